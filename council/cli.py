@@ -87,11 +87,25 @@ def setup(
                 )
             note = {"present": "verified", "installed": "installed", "replaced": "was corrupt, replaced"}[result]
             out.print(f"[green]✓[/green] {src.name}: {note} ({src.size / 2**20:,.0f} MiB) {src.path}")
+        _write_synthetic_models()
     except SetupError as exc:
         raise fail(str(exc), 1) from None
     except OSError as exc:
         raise fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), 1) from None
     out.print(f"setup done in {time.monotonic() - started:.1f}s")
+
+
+def _write_synthetic_models() -> None:
+    """The tiny qwen35 test models (with and without an MTP head), so policies can name them by path."""
+    from council.paths import models_dir
+    from council.synthetic import write_qwen35
+
+    for name, mtp in (("synthetic-qwen35-mtp.gguf", True), ("synthetic-qwen35.gguf", False)):
+        path = models_dir() / name
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_qwen35(path.with_name(name + ".partial"), mtp=mtp).rename(path)
+            out.print(f"[green]✓[/green] {name}: written {path}")
 
 
 @app.command()
@@ -127,6 +141,90 @@ def _print_doctor(report: dict[str, Any]) -> None:
     for problem in report["problems"]:
         out.print(f"[red]✗[/red] {problem}")
     out.print("[green]healthy[/green]" if report["healthy"] else "[red]not healthy[/red]")
+
+
+def _load_or_exit(path: str) -> Any:
+    from council.policy_file import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        for line in exc.lines():
+            err.print(line, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def check(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -> None:
+    """Validate a policy: exit 0 when valid, 2 with one `file:line: path: message` per problem."""
+    from council.check import environment_problems
+    from council.llama import find_llama_server
+
+    loaded = _load_or_exit(policy)
+    server = find_llama_server(require_mtp=False)
+    problems = environment_problems(loaded, server)
+    for problem in problems:
+        err.print(problem.format(loaded.file), highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
+    if server is None:
+        out.print("[yellow]note:[/yellow] no llama-server installed, so draft types were not checked")
+    p = loaded.policy
+    out.print(f"{policy}: valid ({len(p.models)} models, {len(p.councils)} councils)")
+
+
+@app.command()
+def plan(
+    policy: Annotated[str, typer.Argument(help="The policy file (YAML).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Estimate each member's memory and pack councils into slots; exit 3 if some council does not fit."""
+    from council.check import environment_problems
+    from council.estimate import EstimateError
+    from council.gguf_meta import GgufError
+    from council.plan import plan_policy
+
+    loaded = _load_or_exit(policy)
+    problems = [p for p in environment_problems(loaded, None) if p.path[-1] == "path"]
+    for problem in problems:
+        err.print(problem.format(loaded.file), highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
+    try:
+        result = plan_policy(loaded.policy)
+    except (GgufError, EstimateError, FileNotFoundError) as exc:
+        raise fail(str(exc), 2) from None
+    if json_out:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        _print_plan(result.to_json())
+    raise typer.Exit(0 if result.all_admitted else 3)
+
+
+def _print_plan(doc: dict[str, Any]) -> None:
+    from council.units import format_size
+
+    gpus = Table("GPU", "memory", "reserve", "slots used", "source", title=f"slots of {format_size(doc['slot_bytes'])}")
+    for g in doc["gpus"]:
+        gpus.add_row(g["name"], format_size(g["memory_bytes"]), format_size(g["reserve_bytes"]),
+                     f"{g['slots_used']}/{g['slots']}", g["source"])
+    out.print(gpus if doc["gpus"] else "[red]no GPUs: NVML sees none and the policy declares no gpus:[/red]")
+    members = Table("member", "model", "estimate", "weights", "kv", "recurrent", "mtp", "compute", "overhead",
+                    "slots", "GPU", title=f"members (estimates for {doc['device']} memory)")
+    for m in doc["members"]:
+        b = m["breakdown"]
+        source = " (policy)" if m["estimate_source"] == "policy" else ""
+        members.add_row(m["name"], m["model"], format_size(m["estimate_bytes"]) + source,
+                        *(format_size(b[k]) for k in ("weights", "kv", "recurrent", "mtp", "compute", "overhead")),
+                        str(m["slots"]), m["gpu"] or "[red]—[/red]")
+    out.print(members)
+    for c in doc["councils"]:
+        if c["fits"]:
+            out.print(f"[green]✓[/green] council {c['name']} fits")
+        elif c["fallback"]:
+            out.print(f"[yellow]~[/yellow] council {c['name']} runs its fallback: {c['reason']}")
+        else:
+            out.print(f"[red]✗[/red] council {c['name']} does not fit: {c['reason']}")
 
 
 def main() -> None:
