@@ -17,7 +17,8 @@ from council import __version__
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Answer with a council of small local models, by vote.")
-out = Console(soft_wrap=True)
+# Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
@@ -225,6 +226,63 @@ def _print_plan(doc: dict[str, Any]) -> None:
             out.print(f"[yellow]~[/yellow] council {c['name']} runs its fallback: {c['reason']}")
         else:
             out.print(f"[red]✗[/red] council {c['name']} does not fit: {c['reason']}")
+
+
+@app.command()
+def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -> None:
+    """Launch and supervise every member in the foreground until Ctrl-C or SIGTERM, then stop them all."""
+    import asyncio
+
+    from council.fleet import fleet_from_plan
+    from council.llama import find_llama_server
+    from council.paths import council_home
+    from council.plan import plan_policy
+    from council.supervisor import Supervisor, SupervisorConfig
+
+    loaded = _load_or_exit(policy)
+    server = find_llama_server(require_mtp=False)
+    if server is None:
+        raise fail("no llama-server found: run `council setup`", 1)
+    try:
+        plan_result = plan_policy(loaded.policy)
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc), 2) from None
+    fleet = fleet_from_plan(plan_result, server)
+    for council_name, reason in fleet.refused.items():
+        err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
+    if not fleet.factories:
+        raise fail("no council fits: nothing to start (see `council plan`)", 3)
+    supervisor = Supervisor(fleet.factories, SupervisorConfig(run_dir=council_home() / "run"), fleet.served)
+    asyncio.run(_run_until_signalled(supervisor))
+
+
+async def _run_until_signalled(supervisor: Any) -> None:
+    """Start, report every state change on one line, and stop cleanly on SIGINT or SIGTERM."""
+    import asyncio
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    for member in supervisor.members.values():
+        member.listeners.append(
+            lambda c: out.print(f"{time.strftime('%H:%M:%S')} {c.member}: {c.old} → {c.new}"
+                                + (f" ({c.reason})" if c.reason else ""), highlight=False))
+    await supervisor.start()
+    started = time.monotonic()
+    settled = asyncio.create_task(supervisor.wait_settled(3600))
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({settled, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if settled in done:
+        states = [m.state for m in supervisor.members.values()]
+        ready = sum(s == "ready" for s in states)
+        out.print(f"{ready}/{len(states)} members ready in {time.monotonic() - started:.1f}s; Ctrl-C stops them")
+    await waiter
+    settled.cancel()
+    out.print("stopping members…")
+    await supervisor.stop()
+    out.print("all members stopped")
 
 
 def main() -> None:

@@ -41,7 +41,10 @@ def pip_download(
     dest.mkdir(parents=True, exist_ok=True)
     missing = [r for r in requirements if downloaded_file(r, dest) is None]
     if missing:
-        fmt = ["--only-binary=:all:"] if binary else ["--no-binary=:all:", "--no-build-isolation"]
+        # An sdist: only that package from source; its build requirements still come as wheels (with
+        # `--no-binary=:all:` pip would compile CMake itself).
+        names = ",".join(r.partition("==")[0] for r in missing)
+        fmt = ["--only-binary=:all:"] if binary else [f"--no-binary={names}"]
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "off",
                "--disable-pip-version-check", *fmt, "--dest", str(dest), *missing]
         # pip has no machine-readable progress: watch the folder fill to drive ours.

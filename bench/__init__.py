@@ -1,0 +1,1 @@
+"""Benchmarks that start real llama-server processes; `tests/` imports their measuring code."""

@@ -1,0 +1,154 @@
+"""`council plan`: from a policy to estimates per member process to slots on GPUs (CONTRACT §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from council.estimate import MemoryEstimate, estimate_member_bytes
+from council.gguf_meta import read_gguf
+from council.inventory import Gpu, nvml_gpus
+from council.policy import CouncilConfig, GpuDecl, ModelConfig, Policy
+from council.slots import CouncilNeed, ProcessNeed, SlotPlan, pack
+
+Device = Literal["cpu", "gpu"]
+COMPONENTS = ("weights", "kv", "recurrent", "mtp", "compute", "overhead")
+
+
+def declared_gpu(decl: GpuDecl, index: int) -> Gpu:
+    return Gpu(name=decl.name, memory_bytes=decl.memory, free_bytes=decl.memory, source="policy", index=index)
+
+
+def resolve_gpus(policy: Policy, nvml: list[Gpu] | None = None) -> list[Gpu]:
+    """NVML's GPUs; where it sees none, the policy's `gpus:`. A declared GPU named like a seen one (name,
+    `gpuN` or UUID) overrides that GPU's memory, e.g. to plan a 24 GiB card on a larger one."""
+    seen = nvml_gpus() if nvml is None else nvml
+    if not seen:
+        return [declared_gpu(d, i) for i, d in enumerate(policy.gpus)]
+    overrides = {d.name: d for d in policy.gpus}
+    result = []
+    for gpu in seen:
+        decl = next((overrides[k] for k in (gpu.name, f"gpu{gpu.index}", gpu.uuid or "") if k in overrides), None)
+        if decl is not None:
+            gpu = Gpu(name=gpu.name, memory_bytes=decl.memory, free_bytes=min(gpu.free_bytes, decl.memory),
+                      source="policy", index=gpu.index, uuid=gpu.uuid, used_by_others_bytes=gpu.used_by_others_bytes)
+        result.append(gpu)
+    return result
+
+
+def device_of(gpus: list[Gpu]) -> Device:
+    """Members on a declared `cpu` live in host memory; anything else is a GPU."""
+    return "cpu" if gpus and all(g.source == "policy" and g.name.lower() == "cpu" for g in gpus) else "gpu"
+
+
+@dataclass(frozen=True)
+class ProcessEstimate:
+    total: int
+    breakdown: dict[str, int]
+    source: Literal["gguf", "policy"]
+
+
+def estimate_process(policy: Policy, model_name: str, members: int, device: Device) -> ProcessEstimate:
+    """A process's memory: the policy's `memory:` (per member) if given, else the GGUF-based estimate."""
+    model = policy.models[model_name].for_members(members)
+    breakdown = dict.fromkeys(COMPONENTS, 0)
+    estimate: MemoryEstimate | None = None
+    if model.path.exists():
+        draft = None
+        if model.draft.type == "model" and model.draft.model:
+            draft_cfg: ModelConfig = policy.models[model.draft.model]
+            draft = (draft_cfg, read_gguf(draft_cfg.path))
+        estimate = estimate_member_bytes(model, read_gguf(model.path), device=device, draft=draft)
+        breakdown = estimate.breakdown()
+        if device == "cpu":
+            breakdown["overhead"] += model.cache_ram  # the prompt cache lives in host memory, up to its cap
+    if model.memory is not None:
+        return ProcessEstimate(model.memory * members, breakdown, "policy")
+    if estimate is None:
+        raise FileNotFoundError(f"{model.path} does not exist and models.{model_name}.memory is not set")
+    return ProcessEstimate(sum(breakdown.values()), breakdown, "gguf")
+
+
+def council_need(policy: Policy, name: str, council: CouncilConfig, device: Device,
+                 cache: dict[tuple[str, int], ProcessEstimate]) -> CouncilNeed:
+    """One process per member, except members of a `share: true` model, which share one (a slot each)."""
+    names = council.member_names(name)
+    groups: dict[str, list[str]] = {}
+    order: list[str] = []
+    for member_name, member in zip(names, council.members, strict=True):
+        model = policy.models[member.model]
+        key = f"{name}:{member.model}" if model.share else member_name
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(member_name)
+    processes = []
+    for key in order:
+        members = groups[key]
+        model_name = council.members[names.index(members[0])].model
+        if (model_name, len(members)) not in cache:
+            cache[(model_name, len(members))] = estimate_process(policy, model_name, len(members), device)
+        processes.append(ProcessNeed(key, model_name, tuple(members), cache[(model_name, len(members))].total))
+    return CouncilNeed(name, tuple(processes))
+
+
+def fallback_council(name: str, council: CouncilConfig) -> CouncilConfig | None:
+    fb = council.fallback
+    if fb is None:
+        return None
+    members = council.members[: fb.members] if fb.members else council.members
+    if fb.model:
+        members = [m.model_copy(update={"model": fb.model}) for m in members]
+    return council.model_copy(update={"members": members, "fallback": None})
+
+
+@dataclass
+class PolicyPlan:
+    policy: Policy
+    gpus: list[Gpu]
+    device: Device
+    slots: SlotPlan
+    estimates: dict[tuple[str, int], ProcessEstimate]
+
+    @property
+    def all_admitted(self) -> bool:
+        return all(c.admitted for c in self.slots.councils)
+
+    def to_json(self) -> dict[str, Any]:
+        """The document of CONTRACT §4, plus slot counts per GPU and the source of each estimate."""
+        members = []
+        councils = []
+        for result in self.slots.councils:
+            for placement in result.placements:
+                proc = placement.process
+                est = self.estimates[(proc.model, len(proc.members))]
+                for member in proc.members:
+                    members.append({
+                        "name": member, "council": result.name, "model": proc.model, "process": proc.key,
+                        "estimate_bytes": est.total, "estimate_source": est.source, "breakdown": est.breakdown,
+                        "slots": placement.slots, "gpu": placement.gpu,
+                    })
+            councils.append({"name": result.name, "fits": result.fits, "reason": result.reason,
+                             "fallback": result.fallback})
+        return {
+            "gpus": [{"name": s.gpu.name, "memory_bytes": s.gpu.memory_bytes, "reserve_bytes": s.reserve_bytes,
+                      "source": s.gpu.source, "slots": s.total, "slots_used": s.used} for s in self.slots.gpus],
+            "device": self.device,
+            "slot_bytes": self.slots.slot_bytes,
+            "members": members,
+            "councils": councils,
+        }
+
+
+def plan_policy(policy: Policy, nvml: list[Gpu] | None = None) -> PolicyPlan:
+    gpus = resolve_gpus(policy, nvml)
+    device = device_of(gpus)
+    cache: dict[tuple[str, int], ProcessEstimate] = {}
+    needs = [council_need(policy, name, c, device, cache) for name, c in policy.councils.items()]
+
+    def fallback(name: str) -> CouncilNeed | None:
+        alt = fallback_council(name, policy.councils[name])
+        return council_need(policy, name, alt, device, cache) if alt is not None else None
+
+    slots = pack(needs, gpus, policy.slots.size, policy.slots.reserve, fallback)
+    return PolicyPlan(policy, gpus, device, slots, cache)

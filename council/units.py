@@ -1,0 +1,61 @@
+"""Sizes (`3GiB`, `512MiB`, `16GB`) and durations (`30s`, `500ms`, `2m`) as policies write them."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
+
+_SIZE_UNITS = {
+    "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NUMBER_UNIT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string with a unit (`B, KiB, MiB, GiB, TiB`; `KB, MB, GB, TB` are powers of 1000)."""
+    if isinstance(value, bool):
+        raise ValueError("a size must be a number of bytes or a string like 3GiB")
+    if isinstance(value, int | float):
+        number, unit = float(value), "b"
+    elif isinstance(value, str) and (m := _NUMBER_UNIT.match(value)):
+        number, unit = float(m.group(1)), (m.group(2) or "b").lower()
+    else:
+        raise ValueError(f"{value!r} is not a size: write e.g. 3GiB, 512MiB or 16GB")
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"unknown size unit {unit!r} in {value!r}: use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")
+    if number < 0:
+        raise ValueError(f"a size cannot be negative: {value!r}")
+    return round(number * _SIZE_UNITS[unit])
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number (seconds) or a string with a unit (`ms, s, m, h`)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be a number of seconds or a string like 30s")
+    if isinstance(value, int | float):
+        number, unit = float(value), "s"
+    elif isinstance(value, str) and (m := _NUMBER_UNIT.match(value)):
+        number, unit = float(m.group(1)), (m.group(2) or "s").lower()
+    else:
+        raise ValueError(f"{value!r} is not a duration: write e.g. 30s, 500ms or 2m")
+    if unit not in _DURATION_UNITS:
+        raise ValueError(f"unknown duration unit {unit!r} in {value!r}: use ms, s, m or h")
+    if number <= 0:
+        raise ValueError(f"a duration must be positive: {value!r}")
+    return number * _DURATION_UNITS[unit]
+
+
+def format_size(n: float) -> str:
+    """Bytes in the largest binary unit that keeps the number readable (`2.70 GiB`)."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
