@@ -261,6 +261,8 @@ async def _run_until_signalled(supervisor: Any) -> None:
     import asyncio
     import signal
 
+    from rich.live import Live
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -269,6 +271,16 @@ async def _run_until_signalled(supervisor: Any) -> None:
         member.listeners.append(
             lambda c: out.print(f"{time.strftime('%H:%M:%S')} {c.member}: {c.old} → {c.new}"
                                 + (f" ({c.reason})" if c.reason else ""), highlight=False))
+    live = Live(_members_table(supervisor), console=out, auto_refresh=False) if out.is_terminal else None
+    if live is not None:
+        live.start()
+
+        async def refresh() -> None:
+            while True:
+                live.update(_members_table(supervisor), refresh=True)
+                await asyncio.sleep(0.5)
+
+        refresher = asyncio.create_task(refresh())
     await supervisor.start()
     started = time.monotonic()
     settled = asyncio.create_task(supervisor.wait_settled(3600))
@@ -282,7 +294,25 @@ async def _run_until_signalled(supervisor: Any) -> None:
     settled.cancel()
     out.print("stopping members…")
     await supervisor.stop()
+    if live is not None:
+        refresher.cancel()
+        live.update(_members_table(supervisor), refresh=True)
+        live.stop()
     out.print("all members stopped")
+
+
+def _members_table(supervisor: Any) -> Table:
+    """The live view of `council up` on a terminal: one row per member process."""
+    table = Table("member", "model", "state", "pid", "port", "restarts", "tok/s", "draft acc.", "reason",
+                  title="council members")
+    for m in supervisor.members.values():
+        snap = m.snapshot()
+        colour = {"ready": "green", "failed": "red", "backoff": "yellow"}.get(snap["state"], "cyan")
+        tps, acc = snap["tokens_per_second"], snap["draft_acceptance"]
+        table.add_row(m.name, snap["model"], f"[{colour}]{snap['state']}[/{colour}]", str(snap["pid"] or "—"),
+                      str(snap["port"]), str(snap["restarts"]), f"{tps:.1f}" if tps else "—",
+                      f"{acc:.0%}" if acc is not None else "—", str(snap["reason"])[:60])
+    return table
 
 
 def main() -> None:

@@ -65,12 +65,25 @@ class MemberStats:
 
     tokens_per_second: float | None = None
     requests_total: int = 0
-    draft_tokens: int = 0
+    draft_tokens: int = 0  # from /metrics (llamacpp:spec_decode_*), when the build exports them
     draft_accepted: int = 0
+    timings_draft_tokens: int = 0  # summed from responses' `timings`, the fallback
+    timings_draft_accepted: int = 0
+
+    def add_timings(self, timings: dict[str, object]) -> None:
+        """Count a response's `timings.draft_n` / `draft_n_accepted` (for builds without the counters)."""
+        drafted, accepted = timings.get("draft_n"), timings.get("draft_n_accepted")
+        if isinstance(drafted, int) and isinstance(accepted, int):
+            self.timings_draft_tokens += drafted
+            self.timings_draft_accepted += accepted
 
     @property
     def draft_acceptance(self) -> float | None:
-        return self.draft_accepted / self.draft_tokens if self.draft_tokens else None
+        if self.draft_tokens:
+            return self.draft_accepted / self.draft_tokens
+        if self.timings_draft_tokens:
+            return self.timings_draft_accepted / self.timings_draft_tokens
+        return None
 
 
 @dataclass

@@ -298,3 +298,15 @@ def test_council_up_sigkill_leaves_no_member_behind(
     while _members_of(marker):
         assert time.monotonic() < deadline, "members outlived their router"
         time.sleep(0.05)
+
+
+def test_draft_acceptance_falls_back_to_response_timings() -> None:
+    from council.member import MemberStats
+
+    stats = MemberStats()
+    assert stats.draft_acceptance is None
+    stats.add_timings({"draft_n": 20, "draft_n_accepted": 15})
+    stats.add_timings({"predicted_n": 3})  # no speculation in this response
+    assert stats.draft_acceptance == 0.75
+    stats.draft_tokens, stats.draft_accepted = 10, 9  # /metrics counters win when the build has them
+    assert stats.draft_acceptance == 0.9
