@@ -65,10 +65,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ.setdefault("COUNCIL_HOME", str(Path.home() / ".cache" / "council"))
-        alone = {m: statistics.median(time_up([m], work) for _ in range(args.repeats)) for m in MODELS}
+        # Interleaved rounds, so drift on a shared machine hits every configuration alike.
+        configs = [[m] for m in MODELS] + [MODELS[:n] for n in (2, 3)]
+        times: dict[str, list[float]] = {"+".join(c): [] for c in configs}
+        for _ in range(args.repeats):
+            for config in configs:
+                times["+".join(config)].append(time_up(config, work))
+        alone = {m: statistics.median(times[m]) for m in MODELS}
         for n in (1, 2, 3):
             members = MODELS[:n]
-            council_s = statistics.median(time_up(members, work) for _ in range(args.repeats))
+            council_s = statistics.median(times["+".join(members)])
             slowest = max(members, key=lambda m: alone[m])
             rows.append({"members": n, "models": members, "council_s": round(council_s, 3),
                          "slowest_alone": slowest, "slowest_alone_s": round(alone[slowest], 3),

@@ -7,6 +7,7 @@ gguf package only for its quantisation block sizes.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import struct
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 
 class GgufError(ValueError):
@@ -93,9 +95,14 @@ class _Cursor:
         self.pos += length
         return raw.decode("utf-8", errors="replace")
 
-    def skip_string(self) -> None:
-        length = self.unpack("<Q")  # read first: `self.pos += self.unpack()` would lose the 8 bytes read
-        self.pos += length
+    def skip_strings(self, count: int) -> None:
+        """Step over `count` strings (a vocabulary): a tight loop, since each length sits before its bytes."""
+        pos, buf, unpack = self.pos, self.buf, _U64.unpack_from
+        for _ in range(count):
+            pos += 8 + unpack(buf, pos)[0]
+        if pos > len(buf):
+            raise GgufError(f"{self.path}: truncated GGUF header")
+        self.pos = pos
 
     def value(self, vtype: int, keep_arrays: bool) -> Any:
         if vtype in _SCALARS:
@@ -117,8 +124,7 @@ class _Cursor:
             if etype == _STRING:
                 if keep_arrays or small:
                     return [self.string() for _ in range(count)]
-                for _ in range(count):
-                    self.skip_string()
+                self.skip_strings(count)
                 return ArrayInfo(etype, count)
             return [self.value(etype, keep_arrays) for _ in range(count)]
         raise GgufError(f"{self.path}: unknown GGUF value type {vtype}")
@@ -133,8 +139,20 @@ def tensor_bytes(shape: tuple[int, ...], ggml_type: int) -> int:
 
 
 def read_gguf(path: Path | str, *, keep_arrays: bool = False) -> GgufInfo:
-    """Header, metadata and tensor table; big arrays (vocabularies) only as lengths unless `keep_arrays`."""
+    """Header, metadata and tensor table; big arrays (vocabularies) only as lengths unless `keep_arrays`.
+
+    Cached per file version (size and mtime), since planning, checking and launching read the same files.
+    """
     path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise GgufError(f"{path}: cannot read GGUF: {exc}") from exc
+    return _read_gguf(path, st.st_size, st.st_mtime_ns, keep_arrays)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_gguf(path: Path, _size: int, _mtime_ns: int, keep_arrays: bool) -> GgufInfo:
     try:
         with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             cur = _Cursor(buf, path)

@@ -100,6 +100,9 @@ def build_launch(
         # happens to be free at launch.
         "--fit", "off",
         "--cache-ram", str(model.cache_ram >> 20),
+        # The supervisor's warm-up is a real completion; llama-server's own empty-batch warm-up would
+        # only delay /health (~0.15 s per small model on 2 cores).
+        "--no-warmup",
         "--metrics",
         "--no-webui",
         # A chat template needs jinja; a base model (no template) is served for /completion only.

@@ -333,13 +333,13 @@ class Supervisor:
             await asyncio.sleep(self.config.poll_interval)
 
     async def _warm_up(self, name: str, spec: LaunchSpec, proc: asyncio.subprocess.Process) -> None:
-        """A real completion: some builds allocate MTP buffers on the first request and crash there."""
+        """A real completion: some builds allocate MTP buffers on the first request and crash there.
+
+        A raw two-token prompt through `/completion` exercises prompt processing and decoding (with the
+        draft path) at the least cost; a chat template's system prompt would add hundreds of ms on a CPU.
+        """
         headers = {"Authorization": f"Bearer {spec.api_key}"}
-        if spec.chat:
-            url, body = f"{spec.url}/v1/chat/completions", {
-                "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 2, "temperature": 0}
-        else:
-            url, body = f"{spec.url}/completion", {"prompt": "Hello", "n_predict": 2, "temperature": 0}
+        url, body = f"{spec.url}/completion", {"prompt": "Hello", "n_predict": 4, "temperature": 0}
         try:
             reply = await self._client.post(url, json=body, headers=headers, timeout=self.config.warmup_timeout)
         except httpx.HTTPError as exc:

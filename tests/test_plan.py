@@ -52,10 +52,11 @@ def test_demo_plan_fits_with_gguf_estimates() -> None:
 def test_seed_card_policy_fills_the_24gib_card_exactly() -> None:
     code, doc = plan_json(POLICIES / "qwen35-4b-mtp.yaml")
     assert code == 0
-    assert doc["slot_bytes"] == 3 * GiB
-    assert doc["gpus"][0]["slots"] == doc["gpus"][0]["slots_used"] == 7
+    assert doc["slot_bytes"] == 4 * GiB
+    assert doc["gpus"][0]["slots"] == doc["gpus"][0]["slots_used"] == 5
     assert {m["estimate_source"] for m in doc["members"]} == {"policy"}
-    assert {m["estimate_bytes"] for m in doc["members"]} == {round(2.7 * GiB)}
+    assert {m["estimate_bytes"] for m in doc["members"]} == {round(3.65 * GiB)}
+    assert doc["councils"] == [{"name": "quintet", "fits": True, "reason": None, "fallback": False}]
 
 
 def test_fallback_is_admitted_and_says_why() -> None:
@@ -119,4 +120,4 @@ def test_nvml_gpus_win_and_a_declared_name_caps_one() -> None:
     assert capped[0].memory_bytes == 24 * GiB and capped[0].source == "policy"
     plan = plan_policy(loaded.policy, [h100])
     assert plan.device == "gpu"
-    assert plan.slots.gpus[0].total == 26  # (80 GiB - 512 MiB) // 3 GiB
+    assert plan.slots.gpus[0].total == 19  # (80 GiB - 512 MiB) // 4 GiB
