@@ -15,16 +15,18 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NUMBER_UNIT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
+def _number_and_unit(value: object, default_unit: str, what: str, examples: str) -> tuple[float, str]:
+    """`3GiB` -> (3.0, "gib"); a bare number takes `default_unit`. Booleans are not numbers here."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value), default_unit
+    if isinstance(value, str) and (m := _NUMBER_UNIT.match(value)):
+        return float(m.group(1)), (m.group(2) or default_unit).lower()
+    raise ValueError(f"{value!r} is not a {what}: write e.g. {examples}")
+
+
 def parse_size(value: object) -> int:
     """Bytes from an int or a string with a unit (`B, KiB, MiB, GiB, TiB`; `KB, MB, GB, TB` are powers of 1000)."""
-    if isinstance(value, bool):
-        raise ValueError("a size must be a number of bytes or a string like 3GiB")
-    if isinstance(value, int | float):
-        number, unit = float(value), "b"
-    elif isinstance(value, str) and (m := _NUMBER_UNIT.match(value)):
-        number, unit = float(m.group(1)), (m.group(2) or "b").lower()
-    else:
-        raise ValueError(f"{value!r} is not a size: write e.g. 3GiB, 512MiB or 16GB")
+    number, unit = _number_and_unit(value, "b", "size", "3GiB, 512MiB or 16GB")
     if unit not in _SIZE_UNITS:
         raise ValueError(f"unknown size unit {unit!r} in {value!r}: use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")
     if number < 0:
@@ -34,14 +36,7 @@ def parse_size(value: object) -> int:
 
 def parse_duration(value: object) -> float:
     """Seconds from a number (seconds) or a string with a unit (`ms, s, m, h`)."""
-    if isinstance(value, bool):
-        raise ValueError("a duration must be a number of seconds or a string like 30s")
-    if isinstance(value, int | float):
-        number, unit = float(value), "s"
-    elif isinstance(value, str) and (m := _NUMBER_UNIT.match(value)):
-        number, unit = float(m.group(1)), (m.group(2) or "s").lower()
-    else:
-        raise ValueError(f"{value!r} is not a duration: write e.g. 30s, 500ms or 2m")
+    number, unit = _number_and_unit(value, "s", "duration", "30s, 500ms or 2m")
     if unit not in _DURATION_UNITS:
         raise ValueError(f"unknown duration unit {unit!r} in {value!r}: use ms, s, m or h")
     if number <= 0:
