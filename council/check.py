@@ -41,6 +41,8 @@ def vocab_mismatch(target: GgufInfo, draft: GgufInfo) -> str | None:
 
 
 def _read(model: ModelConfig, *, keep_arrays: bool = False) -> GgufInfo | str:
+    if model.path is None:
+        return "a remote model has no GGUF here"
     try:
         return read_gguf(model.path, keep_arrays=keep_arrays)
     except GgufError as exc:
@@ -54,6 +56,8 @@ def environment_problems(loaded: LoadedPolicy, server: LlamaServerInfo | None) -
     infos: dict[str, GgufInfo] = {}
     for name, model in policy.models.items():
         base = ("models", name)
+        if model.path is None:  # remote: nothing on this machine to check
+            continue
         if not model.path.exists():
             if model.memory is None:
                 problems.append(loaded.problem((*base, "path"),

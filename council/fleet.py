@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from council.gguf_meta import GgufError, read_gguf
@@ -19,9 +20,11 @@ class Fleet:
     refused: dict[str, str]  # council -> why it was not admitted
 
 
-def _has_chat_template(path: object) -> bool:
+def _has_chat_template(path: Path | None) -> bool:
+    if path is None:
+        return True
     try:
-        return read_gguf(path).has_chat_template  # type: ignore[arg-type]
+        return read_gguf(path).has_chat_template
     except GgufError:
         return True
 

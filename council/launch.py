@@ -48,7 +48,10 @@ def draft_args(model: ModelConfig, policy: Policy, server: LlamaServerInfo) -> l
         raise LaunchError(f"llama-server build {server.build} has no spec type for draft {draft.type!r}")
     args = ["--spec-type", spec]
     if draft.type == "model" and draft.model:
-        args += ["--spec-draft-model", str(policy.models[draft.model].path)]
+        draft_path = policy.models[draft.model].path
+        if draft_path is None:
+            raise LaunchError(f"draft model {draft.model!r} is remote; a draft model must be a local GGUF")
+        args += ["--spec-draft-model", str(draft_path)]
     if spec.startswith("draft-"):
         args += ["--spec-draft-n-max", str(draft.n_max)]
         if draft.n_min is not None:
@@ -78,6 +81,8 @@ def build_launch(
     CUDA_VISIBLE_DEVICES, and None hides every GPU (a member planned on host memory).
     """
     model = policy.models[model_name].for_members(members)
+    if model.path is None:
+        raise LaunchError(f"model {model_name!r} is remote: it has no process to launch")
     api_key = secrets.token_urlsafe(24)
     fa = "auto" if model.flash_attn == "auto" else ("on" if model.flash_attn else "off")
     argv = [

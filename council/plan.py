@@ -53,11 +53,12 @@ def estimate_process(policy: Policy, model_name: str, members: int, device: Devi
     model = policy.models[model_name].for_members(members)
     breakdown = dict.fromkeys(COMPONENTS, 0)
     estimate: MemoryEstimate | None = None
-    if model.path.exists():
+    if model.path is not None and model.path.exists():
         draft = None
         if model.draft.type == "model" and model.draft.model:
             draft_cfg: ModelConfig = policy.models[model.draft.model]
-            draft = (draft_cfg, read_gguf(draft_cfg.path))
+            if draft_cfg.path is not None:
+                draft = (draft_cfg, read_gguf(draft_cfg.path))
         estimate = estimate_member_bytes(model, read_gguf(model.path), device=device, draft=draft)
         breakdown = estimate.breakdown()
         if device == "cpu":
@@ -77,6 +78,8 @@ def council_need(policy: Policy, name: str, council: CouncilConfig, device: Devi
     order: list[str] = []
     for member_name, member in zip(names, council.members, strict=True):
         model = policy.models[member.model]
+        if model.remote is not None:  # served elsewhere: no process, no slot
+            continue
         key = f"{name}:{member.model}" if model.share else member_name
         if key not in groups:
             groups[key] = []

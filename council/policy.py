@@ -38,9 +38,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ApiKey(_Strict):
+    """A key clients send as `Authorization: Bearer KEY`: stored as its SHA-256 or read from an env var,
+    never written in the policy in clear."""
+
+    name: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    env: str | None = None
+    scopes: list[Literal["chat", "admin"]] = ["chat"]
+    rate_limit: float | None = Field(default=None, gt=0)  # requests per second
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKey:
+        if (self.sha256 is None) == (self.env is None):
+            raise ValueError("an API key needs exactly one of `sha256:` (hex digest of the key) or `env:` (a variable)")
+        return self
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    api_keys: list[ApiKey] = []
+    # Requests waiting for or inside one council; past it, 429 with Retry-After.
+    max_queue: int = Field(default=32, ge=1)
+    max_body: Size = Field(default=1 << 20, gt=0)
+    ballots: int = Field(default=1000, ge=1)  # recent ballots kept for /v1/ballots/{id}
 
 
 class GpuDecl(_Strict):
@@ -77,10 +100,20 @@ class DraftConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
-    """One llama-server process: a GGUF file and how to serve it."""
+class RemoteConfig(_Strict):
+    """A model served elsewhere, called through litellm (any provider it supports, or an OpenAI-compatible
+    URL as `openai/NAME` with `api_base`). It takes no slot and no process here."""
 
-    path: ExpandedPath
+    model: str = Field(min_length=1)
+    api_base: str | None = None
+    api_key_env: str | None = None  # the key is read from this environment variable, never from the file
+
+
+class ModelConfig(_Strict):
+    """One llama-server process (a GGUF file and how to serve it), or a `remote:` model."""
+
+    path: ExpandedPath | None = None
+    remote: RemoteConfig | None = None
     ctx_size: int = Field(default=4096, ge=64)
     cache_type_k: KvType = "f16"
     cache_type_v: KvType = "f16"
@@ -115,6 +148,12 @@ class ModelConfig(_Strict):
         return self.model_copy(update={"parallel": self.parallel * members, "ctx_size": self.ctx_size * members})
 
     @model_validator(mode="after")
+    def _local_or_remote(self) -> ModelConfig:
+        if (self.path is None) == (self.remote is None):
+            raise ValueError("a model needs exactly one of `path:` (a local GGUF) or `remote:` (a litellm model)")
+        return self
+
+    @model_validator(mode="after")
     def _ubatch_within_batch(self) -> ModelConfig:
         if self.ubatch_size > self.batch_size:
             raise ValueError(f"ubatch_size ({self.ubatch_size}) is larger than batch_size ({self.batch_size})")
@@ -135,6 +174,8 @@ class MemberConfig(_Strict):
     weight: float = Field(default=1.0, gt=0)
     name: str | None = Field(default=None, min_length=1)
     sampling: Sampling = Sampling()
+    # Requests per second this member may receive (a paid API's limit, say); None is unlimited.
+    rate_limit: float | None = Field(default=None, gt=0)
 
 
 class VoteConfig(_Strict):

@@ -146,8 +146,11 @@ def test_every_schema_problem_at_once_with_lines(tmp_path: Path) -> None:
 
 
 def test_missing_required_key(tmp_path: Path) -> None:
-    path = write(tmp_path, "models:\n  a:\n    ctx_size: 512\n")
-    assert problems(path) == [f"{path}:2: models.a.path: required key is missing"]
+    path = write(tmp_path, "models:\n  a:\n    ctx_size: 512\ncouncils:\n  c: {vote: {strategy: majority}}\n")
+    assert problems(path) == [
+        f"{path}:2: models.a: a model needs exactly one of `path:` (a local GGUF) or `remote:` (a litellm model)",
+        f"{path}:5: councils.c.members: required key is missing",
+    ]
 
 
 def test_unknown_top_level_key_lists_allowed(tmp_path: Path) -> None:

@@ -1,0 +1,697 @@
+"""Reduce a member's free-text reply to a normalised answer that can be voted on.
+
+An extractor maps a reply to a string, or to None when the member abstains (no answer could be found: a refusal,
+an empty reply, a reply without a number for `number`...). Equal answers give equal strings, so the vote can
+compare them as they are. Specs, as written in policies:
+
+- `number`: the final numeric answer as the shortest exact decimal (`1234`, `-3.5`, `0.75`, `1/3`).
+- `choice`: a multiple-choice letter A-J, as a capital.
+- `text`: free text with markdown stripped, NFKC, case-folded, whitespace collapsed, edge punctuation dropped.
+- `json:PATH`: a value inside the first JSON object/array of the reply (`json:answer`, `json:result.items.0.name`).
+- `regex:PATTERN`: the first group (or whole match) of the last match of PATTERN.
+- `auto`: `choice`, else `number`, else `text`; see `_auto` for the exact precedence.
+
+Every kind but `regex` first drops `<think>...</think>` reasoning: drafts inside it are not the answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import unicodedata
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from functools import lru_cache
+
+__all__ = ["ExtractError", "Extractor", "canonical_tool_call", "extract", "parse_extractor"]
+
+KINDS = ("auto", "number", "choice", "text", "json:PATH", "regex:PATTERN")
+
+
+class ExtractError(ValueError):
+    """A bad extractor spec (unknown kind, bad regex, bad JSON path)."""
+
+
+class Extractor(ABC):
+    """Maps a reply to its normalised answer, or None when the member abstains."""
+
+    name: str
+
+    @abstractmethod
+    def __call__(self, text: str) -> str | None: ...
+
+    def __repr__(self) -> str:
+        return f"<Extractor {self.name}>"
+
+
+# ---------------------------------------------------------------- shared helpers
+
+_THINK_BLOCK = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>", re.I | re.S)
+_THINK_OPEN = re.compile(r"<think(?:ing)?>.*", re.I | re.S)
+_THINK_CLOSE = re.compile(r"</think(?:ing)?>", re.I)
+
+
+def _strip_think(text: str) -> str:
+    """Drop reasoning blocks; an unclosed one means the reply was cut off before any answer."""
+    text = _THINK_OPEN.sub("", _THINK_BLOCK.sub("", text))
+    # some chat templates put the opening tag in the prompt, so only the closing tag shows up
+    closes = list(_THINK_CLOSE.finditer(text))
+    return text[closes[-1].end():] if closes else text
+
+
+_REFUSAL = re.compile(
+    r"^\W*(?:I'?m\s+(?:sorry|unable|not\s+able)|I\s+am\s+(?:sorry|unable|not\s+able)|sorry\b|I\s+apologi[sz]e"
+    r"|I\s+(?:can\s?not|can'?t|won'?t|will\s+not|do\s+not|don'?t)\s+(?:help|answer|assist|provide|comply|do)"
+    r"|as\s+an\s+AI\b|unfortunately,?\s+I\b)",
+    re.I,
+)
+
+# "The answer is", "Answer:", "**Final Answer**", "the answer to part 2 is", "Answer (in dollars):", "####".
+_ANSWER_TAIL = (r"(?:[*_]*\s*(?:\([^)\n]{0,30}\)\s*)?[*_]*\s*"
+                r"(?:(?:is|was|would\s+be|will\s+be|should\s+be|must\s+be|equals|comes\s+to)\b|[:=]))")
+_ANSWER_MARKER = re.compile(
+    rf"\#{{4}}|\bfinal\s+answer\b{_ANSWER_TAIL}?|\banswer\b(?:\s+(?:to|for|of)\b[^\n:=]{{0,80}}?)?{_ANSWER_TAIL}",
+    re.I,
+)
+_ALNUM = re.compile(r"[^\W_]")
+
+
+def _span_after(text: str, end: int) -> str:
+    """The rest of the marker's line, or the next non-empty line when the marker ends its line."""
+    line, _, after = text[end:].partition("\n")
+    if not _ALNUM.search(line):
+        line = next((nxt for nxt in after.split("\n") if nxt.strip()), "")
+    return line[:400]
+
+
+def _marker_spans(text: str) -> list[str]:
+    return [span for m in _ANSWER_MARKER.finditer(text) if (span := _span_after(text, m.end())).strip()]
+
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """Contents of every `\\boxed{...}`, nested braces matched."""
+    out = []
+    for m in _BOXED.finditer(text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            out.append(text[m.end():i - 1])
+    return out
+
+
+# ---------------------------------------------------------------- LaTeX and character cleanup for numbers
+
+_FULLWIDTH = str.maketrans({**{chr(0xFF10 + i): str(i) for i in range(10)},
+                            "．": ".", "，": ",", "－": "-", "＄": "$", "％": "%", "⁄": "/", "∕": "/", "\ufe63": "-"})
+_LATEX_TEXT = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|operatorname|mbox)\s*\{([^{}]*)\}")
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([-−]?[0-9][0-9.,]*)\s*\}\s*\{\s*([0-9][0-9.,]*)\s*\}"
+                         r"|\\[dt]?frac\s*([0-9])\s*([0-9])")
+_LATEX_THIN_IN_NUMBER = re.compile(r"(?<=[0-9])(?:\\[,!;: ]|~)(?=[0-9]{3}(?![0-9]))")
+_LATEX_SUBS = (
+    (re.compile(r"\{,\}"), ","), (re.compile(r"\\left\b|\\right\b"), ""), (re.compile(r"\\\$"), "$"),
+    (re.compile(r"\\%"), "%"), (re.compile(r"\\times\b"), "×"), (re.compile(r"\\cdot\b"), "·"),
+    (re.compile(r"\\div\b"), "÷"), (re.compile(r"\\approx\b"), "≈"), (re.compile(r"\^\s*\{?\\circ\}?"), "°"),
+    (re.compile(r"\\[()\[\]]"), " "), (re.compile(r"\\[,!;: ]|~"), " "),
+)
+
+
+def _frac_sub(m: re.Match[str]) -> str:
+    num, den = (m[1], m[2]) if m[1] is not None else (m[3], m[4])
+    return f"{num.replace(',', '')}/{den.replace(',', '')}"
+
+
+def _delatex(s: str) -> str:
+    """Just enough LaTeX to read numbers: `\\frac{3}{4}` -> `3/4`, `1\\,234` -> `1234`, `\\text{km}` -> `km`."""
+    s = s.translate(_FULLWIDTH)
+    for _ in range(3):  # nested \text{\textbf{..}}
+        s = _LATEX_TEXT.sub(r"\1", s)
+    s = _LATEX_FRAC.sub(_frac_sub, s)
+    s = _LATEX_THIN_IN_NUMBER.sub("", s)
+    for pattern, repl in _LATEX_SUBS:
+        s = pattern.sub(repl, s)
+    return s
+
+
+# ---------------------------------------------------------------- numbers
+
+_MAX_DIGITS = 1000  # past this a plain decimal would be a memory bomb ("1e999999999"), so it stays scientific
+_MINUS = frozenset("-\u2212")
+
+
+def _number_pattern(ascii_space_groups: bool) -> re.Pattern[str]:
+    # A plain space between digit groups ("1 234") is only trusted right after a marker or in \boxed{}: in running
+    # text "2 500-gram bags" or "3 100m sprints" are two numbers. No-break and thin spaces group anywhere.
+    space = "[ \u00a0\u202f\u2009]" if ascii_space_groups else "[\u00a0\u202f\u2009]"
+    integer = (r"[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])"
+               rf"|[0-9]{{1,3}}(?:{space}[0-9]{{3}})+(?![0-9]|-[^\W\d_])"
+               r"|[0-9]+(?:_[0-9]{3})+(?![0-9])"
+               r"|[0-9]+")
+    return re.compile(
+        r"(?<![\w./&])"  # not inside a word ("Q3", "H2O"), a version "1.2.3" or a date "12/25/2023"
+        r"(?P<s1>[-+\u2212])?(?:[$€£¥₹]\s?)?(?P<s2>[-+\u2212])?"
+        rf"(?P<num>(?:{integer})(?:\.[0-9]+)?|\.[0-9]+)"
+        r"(?:(?P<exp>[eE][-+\u2212]?[0-9]{1,9})(?![0-9])"
+        r"|\s?(?:[x×*·]|\\times|\\cdot)\s?10\s?\^\s?\{?\s?(?P<pow>[-+\u2212]?[0-9]{1,9})\s?\}?"
+        r"|[ ]?/[ ]?(?P<den>[0-9]+(?:\.[0-9]+)?)(?![0-9/]))?"
+    )
+
+
+_NUMBER_SPAN = _number_pattern(ascii_space_groups=True)
+_NUMBER_TEXT = _number_pattern(ascii_space_groups=False)
+
+
+def _format_decimal(d: Decimal) -> str:
+    """The shortest exact plain decimal: no trailing zeros, no exponent, no `-0`."""
+    sign, digit_tuple, exp = d.as_tuple()
+    assert isinstance(exp, int)
+    coef = "".join(map(str, digit_tuple)).lstrip("0")
+    if not coef:
+        return "0"
+    stripped = coef.rstrip("0")
+    exp += len(coef) - len(stripped)
+    coef, neg = stripped, "-" if sign else ""
+    if len(coef) + abs(exp) > _MAX_DIGITS:
+        mantissa = coef[0] + (f".{coef[1:]}" if len(coef) > 1 else "")
+        return f"{neg}{mantissa}E{exp + len(coef) - 1:+d}"
+    if exp >= 0:
+        return f"{neg}{coef}{'0' * exp}"
+    k = -exp
+    if k >= len(coef):
+        return f"{neg}0.{'0' * (k - len(coef))}{coef}"
+    return f"{neg}{coef[:-k]}.{coef[-k:]}"
+
+
+def _format_fraction(f: Fraction) -> str:
+    """A terminating fraction as its exact decimal (`3/4` -> `0.75`); any other stays reduced (`2/6` -> `1/3`)."""
+    rest, twos, fives = f.denominator, 0, 0
+    while rest % 2 == 0:
+        rest, twos = rest // 2, twos + 1
+    while rest % 5 == 0:
+        rest, fives = rest // 5, fives + 1
+    if rest != 1:
+        return f"{f.numerator}/{f.denominator}"
+    k = max(twos, fives)
+    scaled = f.numerator * (10**k // f.denominator)
+    return _format_decimal(Decimal((1 if scaled < 0 else 0, tuple(map(int, str(abs(scaled)))), -k)))
+
+
+def _token_value(m: re.Match[str]) -> str | None:
+    """The canonical string of one matched number token, or None when it is not a usable number (`3/0`)."""
+    num = re.sub(r"[,_ \u00a0\u202f\u2009]", "", m["num"])
+    negative = (m["s1"] in _MINUS) != (m["s2"] in _MINUS)
+    try:
+        if m["den"] is not None:
+            if len(num) + len(m["den"]) > _MAX_DIGITS:
+                return None
+            den = Fraction(Decimal(m["den"]))
+            if den == 0:
+                return None
+            value = Fraction(Decimal(num)) / den
+            return _format_fraction(-value if negative else value)
+        power = m["exp"][1:] if m["exp"] else m["pow"]
+        d = Decimal(f"{num}e{power.replace(chr(0x2212), '-')}") if power else Decimal(num)
+    except (InvalidOperation, ValueError, OverflowError):
+        return None
+    return _format_decimal(-d if negative else d)
+
+
+def _first_number(s: str) -> str | None:
+    for m in _NUMBER_SPAN.finditer(s):
+        if (value := _token_value(m)) is not None:
+            return value
+    return None
+
+
+_EXPRESSION = re.compile(r"[\s0-9.,_$€£¥₹%()\[\]{}+\-−*/×÷·^xX]*")
+
+
+def _after_equals(s: str) -> str:
+    """`16 - 3 - 4 = 9 eggs` -> ` 9 eggs`: the result of a chain of arithmetic, not its first operand."""
+    parts = re.split(r"[=≈]", s)
+    i = 0
+    while i < len(parts) - 1 and _EXPRESSION.fullmatch(parts[i]) and parts[i].count("(") == parts[i].count(")"):
+        i += 1
+    return parts[i]
+
+
+_SENTENCE_END = re.compile(r"[.!?;](?=\s|$)")
+
+
+def _first_sentence(s: str) -> str:
+    m = _SENTENCE_END.search(s)
+    return s[:m.end()] if m else s
+
+
+def _span_number(span: str) -> str | None:
+    """The number of a marked answer or a \\boxed{} content: the first one, after any `expression =`."""
+    return _first_number(_after_equals(_first_sentence(span)))
+
+
+_DECORATION = re.compile(r"[*`]+|\\[()\[\]]|^\s*\$(?=.*\$\s*$)|\$\s*$")
+_UNIT_TAIL = re.compile(r"\s?(?:%|°\s?[CFcf]?|[^\W\d_]+(?:/[^\W\d_]+)?\.?)?\s*[.!]?\s*")
+
+
+def _essential_number(s: str) -> str | None:
+    """The number when `s` is essentially just one: `$1,234.50`, `45%`, `12 km`, `x = 5`, `**-3**`; else None."""
+    s = _DECORATION.sub("", _after_equals(_delatex(s).strip())).strip()
+    m = _NUMBER_SPAN.match(s)
+    if m is None or not _UNIT_TAIL.fullmatch(s, m.end()):
+        return None
+    return _token_value(m)
+
+
+_LIST_LABEL_PREFIX = re.compile(r"(?i)(?:\b(?:step|part|case|question|problem|q)\s*|^[\s#*>-]*)$")
+_LIST_LABEL_SUFFIX = re.compile(r"[.):][ \t]+\S|:\s*$")
+
+
+def _is_label(text: str, m: re.Match[str]) -> bool:
+    """`Step 2:`, `Question 3`, or a list marker `1.` at a line start: a label, not a quantity."""
+    if m["den"] or m["exp"] or m["pow"] or m["s1"] or m["s2"] or not m["num"].isdigit():
+        return False
+    prefix = text[text.rfind("\n", 0, m.start()) + 1:m.start()]
+    label = _LIST_LABEL_PREFIX.search(prefix)
+    if label is None:
+        return False
+    if label.group().strip(" \t#*>-"):  # "Step ", "Question "
+        return True
+    return _LIST_LABEL_SUFFIX.match(text, m.end()) is not None
+
+
+def _last_line_equals(body: str) -> str | None:
+    """`... = 18 dollars.` closing the last line."""
+    lines = [line for line in body.splitlines() if line.strip()]
+    if not lines or not re.search(r"[=≈]", lines[-1]):
+        return None
+    return _essential_number(re.split(r"[=≈]", lines[-1])[-1])
+
+
+def _number(text: str) -> str | None:
+    """The final numeric answer. Precedence:
+
+    1. the last `\\boxed{}` that holds a number (after `expr =` inside it, its first number);
+    2. the last answer marker (`The answer is`, `Answer:`, `**Final Answer**`, `####`) whose line holds a number:
+       the first number after it (after `expr =`, within its sentence);
+    3. `= N` closing the last line;
+    4. nothing when the reply opens with a refusal ("I'm sorry", "I cannot help");
+    5. else the last number of the reply, skipping labels (`Step 2:`, list markers `1.` at a line start).
+    """
+    body = _delatex(_strip_think(text))
+    for content in reversed(_boxed_contents(body)):
+        if (value := _span_number(content)) is not None:
+            return value
+    for span in reversed(_marker_spans(body)):
+        if (value := _span_number(span)) is not None:
+            return value
+    if (value := _last_line_equals(body)) is not None:
+        return value
+    if _REFUSAL.match(body):
+        return None
+    for m in reversed(list(_NUMBER_TEXT.finditer(body))):
+        if not _is_label(body, m) and (value := _token_value(m)) is not None:
+            return value
+    return None
+
+
+# ---------------------------------------------------------------- multiple choice
+
+_LETTER = re.compile(r"(?<![\w'’&-])([A-Ja-j])(?![\w'’&])")
+_CHOICE_MARKER = re.compile(
+    r"\b(?:answer|choice|option|letter)\b|\bI(?:\s+would|\s+will|'d|'ll)?\s+(?:choose|pick|select|go\s+with)\b", re.I)
+# Between a marker and its letter: "is", ":", "option", "(", "**" -- a letter this close can be lowercase.
+_RIGHT_AFTER_MARKER = re.compile(
+    r"[\s:=*_(\[-]*(?:(?:is|was|would\s+be|should\s+be|will\s+be|must\s+be|be)\b[\s:*_(\[]*)?"
+    r"(?:(?:option|choice|letter)\b[\s:*_(\[]*)?", re.I)
+_OPTION_PUNCT = re.compile(r"(?:[).:\],;!?]|\*\*|__|\s*$)")
+_A_CONNECTIVE = re.compile(r"\s+(?:because|since|as\b|[—–-]\s)")
+_NOT_AN_OPTION = re.compile(r"\s*[=<>+*/^]|\.\s*[A-Z]\.|-\w|\+")  # "E = mc^2", initials "J. K.", "B-12", "C++"
+_ONLY_LETTER_LINE = re.compile(
+    r"[\s*_`#>()\[\].:,!-]*(?:(?:final\s+|correct\s+)?(?:answer|option|choice)\s*(?:is\b)?\s*[:\-]?[\s*_()\[\]]*)?"
+    r"([A-Ja-j])[\s*_`()\[\].:,!]*", re.I)
+_OPTION_LINE_START = re.compile(r"\s*[*_]*\(?([A-J])[).:\]]\s+\S")
+_BOXED_LETTER = re.compile(r"\s*(?:\\text\s*\{)?\s*\(?([A-Ja-j])\)?\s*\}?\s*")
+
+
+def _option_line_start(line: str) -> str | None:
+    """`B) Paris`, `(C) 42`, `A. mitochondria` -> the letter; `J. K. Rowling` and `E = mc^2` are no options."""
+    m = _OPTION_LINE_START.match(line)
+    return m[1] if m and not _NOT_AN_OPTION.match(line, m.end(1)) else None
+
+
+def _wrapped(s: str, m: re.Match[str]) -> bool:
+    """`(B)`, `[B]`, `**B**`."""
+    before, after = s[:m.start()], s[m.end():]
+    return ((before.endswith(("(", "[")) and after.startswith((")", "]")))
+            or (before.endswith(("**", "__")) and after.startswith(("**", "__"))))
+
+
+def _letter_in_span(span: str) -> str | None:
+    """The first token after a choice marker that reads as an option letter."""
+    for m in _LETTER.finditer(span):
+        letter, after = m[1], span[m.end():]
+        if _wrapped(span, m):
+            return letter.upper()
+        if _NOT_AN_OPTION.match(after):
+            continue
+        if letter in "BCDEFGHJ":
+            return letter
+        close = _RIGHT_AFTER_MARKER.fullmatch(span, 0, m.start()) is not None
+        punct = _OPTION_PUNCT.match(after) is not None
+        if letter.isupper() and (punct or (close and _A_CONNECTIVE.match(after))):  # "A." but not "A cat"
+            return letter
+        if letter.islower() and close and punct:  # "The correct choice is b."
+            return letter.upper()
+    return None
+
+
+def _marked_letter(body: str) -> str | None:
+    """The letter of the last choice marker (`answer`, `option`, `I choose`) or `\\boxed{X}` that names one."""
+    found: list[tuple[int, str]] = []
+    for m in _CHOICE_MARKER.finditer(body):
+        if (letter := _letter_in_span(_span_after(body, m.end())[:120])) is not None:
+            found.append((m.start(), letter))
+    for m in _BOXED.finditer(body):
+        content = _boxed_contents(body[m.start():])[:1]
+        if content and (b := _BOXED_LETTER.fullmatch(content[0])):
+            found.append((m.start(), b[1].upper()))
+    return max(found)[1] if found else None
+
+
+def _choice(text: str, lenient: bool = True) -> str | None:
+    """A multiple-choice letter. Precedence:
+
+    1. the last answer marker naming a letter ("answer is C", "Option E", "I'd go with (d)", `\\boxed{B}`);
+    2. the last line that is only a letter (`B`, `**C**`, `(d)`, `Answer: A.`);
+    3. a reply that opens with one option (`B) Paris`, `(C) 42`, `A. mitochondria`) unless it lists several;
+    4. lenient only: the one letter the reply mentions as an option (`(B)`, `**B**`, a capital B-J standing alone);
+       several different ones are ambiguous -> None.
+
+    A bare capital "A" or "I" counts only where it cannot be English: wrapped, followed by `)`/`.`/`:`, alone on its
+    line, or right after a marker and not followed by a word ("The answer is A cat" is not a vote for A).
+    """
+    body = unicodedata.normalize("NFKC", _strip_think(text))
+    if (letter := _marked_letter(body)) is not None:
+        return letter
+    lines = [line for line in body.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if m := _ONLY_LETTER_LINE.fullmatch(line):
+            return m[1].upper()
+    starts = [_option_line_start(line) for line in lines]
+    if starts and starts[0] is not None and len({s for s in starts if s is not None}) == 1:
+        return starts[0]
+    if not lenient:
+        return None
+    mentioned = set()
+    for m in _LETTER.finditer(body):
+        letter, after = m[1], body[m.end():]
+        if _wrapped(body, m):
+            mentioned.add(letter.upper())
+        elif letter in "BCDEFGHJ" and not _NOT_AN_OPTION.match(after):
+            mentioned.add(letter)
+        elif letter == "A" and re.match(r"\s*(?:[,/&)]|\band\b|\bor\b)\s*\(?[A-J]\b|[).:]", after):
+            mentioned.add(letter)  # "A and B", "A, C" list options; "A cat" does not
+    return mentioned.pop() if len(mentioned) == 1 else None
+
+
+# ---------------------------------------------------------------- free text
+
+_MD_FENCE = re.compile(r"^[ \t]*(?:```|~~~)[^\n]*$", re.M)
+_MD_IMAGE_LINK = re.compile(r"!?\[([^\]\n]*)\]\([^)\n]*\)")
+_MD_HEADER = re.compile(r"^[ \t]*#{1,6}(?=\s|$)", re.M)
+_MD_QUOTE = re.compile(r"^[ \t]*(?:>[ \t]?)+", re.M)
+_MD_BULLET = re.compile(r"^[ \t]*(?:(?:[-*+•‣◦▪]|[0-9]{1,3}[.)])[ \t]+)+", re.M)
+_MD_EMPHASIS = re.compile(r"(?<!\w)(?:[*_]+|~~)|(?:[*_]+|~~)(?!\w)")
+_EDGE_PUNCT = ".,;:!?…¡¿ \t\n"
+_PAIRS = {"(": ")", "[": "]", "{": "}", '"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "`": "`"}
+
+
+def _wraps_whole(s: str) -> bool:
+    """Whether the bracket or quote opening `s` is the one that closes it (`(a)` yes, `(a) and (b)` no)."""
+    opening, closing = s[0], _PAIRS[s[0]]
+    if opening == closing:
+        return s.count(opening) == 2
+    depth = 0
+    for i, ch in enumerate(s):
+        depth += (ch == opening) - (ch == closing)
+        if depth == 0:
+            return i == len(s) - 1
+    return False
+
+
+def _normalise_once(s: str) -> str:
+    s = unicodedata.normalize("NFKC", _strip_think(s))
+    s = _MD_FENCE.sub(" ", s)
+    s = _MD_IMAGE_LINK.sub(r"\1", s)
+    s = _MD_HEADER.sub("", s)
+    s = _MD_QUOTE.sub("", s)
+    s = _MD_BULLET.sub("", s)
+    s = _MD_EMPHASIS.sub("", s).replace("`", "")
+    s = " ".join(s.casefold().split())
+    while True:
+        stripped = s.strip(_EDGE_PUNCT)
+        if len(stripped) >= 2 and stripped[0] in _PAIRS and stripped[-1] == _PAIRS[stripped[0]]:
+            stripped = stripped[1:-1] if _wraps_whole(stripped) else stripped
+        if stripped == s:
+            return s
+        s = stripped
+
+
+def _text(text: str) -> str | None:
+    """Normalised free text; run to a fixed point so that normalising twice changes nothing."""
+    s = text
+    for _ in range(10):
+        nxt = _normalise_once(s)
+        if nxt == s:
+            break
+        s = nxt
+    return s or None
+
+
+# ---------------------------------------------------------------- auto
+
+_TEXT_SENTENCE_END = re.compile(r"(?<=\w\w)[.!?](?=\s|$)")  # "J. K. Rowling" is one sentence
+
+
+def _marked_answer(body: str) -> str | None:
+    """The last `\\boxed{}` content, else the last answer marker's line: what the member calls its answer."""
+    boxed = _boxed_contents(body)
+    if boxed:
+        return _delatex(boxed[-1])
+    spans = _marker_spans(body)
+    if not spans:
+        return None
+    m = _TEXT_SENTENCE_END.search(spans[-1])
+    return spans[-1][:m.end()] if m else spans[-1]
+
+
+def _auto(text: str) -> str | None:
+    """Guess the kind of answer. Precedence, first that applies:
+
+    1. `choice` when a letter is marked (marker, `\\boxed{B}`, a letter-only line, a reply opening with `B) ...`);
+       the lenient "one letter mentioned somewhere" rule is not used here, so "Vitamin C helps" stays text;
+    2. the marked answer (last `\\boxed{}`, else last answer marker's sentence): `number` if it is essentially a
+       number (`42`, `$1,234.50`, `12 km`, `16 - 4 = 12`), else `text` of that answer only;
+    3. `number` when `= N` closes the last line or the whole reply is essentially a number;
+    4. None for a refusal ("I'm sorry, I can't help with that");
+    5. `text` of the whole reply.
+    """
+    body = _strip_think(text)
+    if (letter := _choice(body, lenient=False)) is not None:
+        return letter
+    marked = _marked_answer(body)
+    if marked is not None and marked.strip():
+        value = _essential_number(marked)
+        return value if value is not None else _text(marked)
+    delatexed = _delatex(body)
+    for value in (_last_line_equals(delatexed), _essential_number(delatexed)):
+        if value is not None:
+            return value
+    if _REFUSAL.match(body):
+        return None
+    return _text(body)
+
+
+# ---------------------------------------------------------------- JSON
+
+_FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.S)
+_JSON_START = re.compile(r"[{\[]")
+_MAX_JSON_TRIES = 200  # each failed try re-scans from one brace; bound the quadratic worst case
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_int=Decimal, parse_constant=_reject_constant)
+
+
+def _json_candidates(text: str) -> list[object]:
+    """JSON values of the reply: fenced blocks first, then every top-level object/array in the text, in order."""
+    found: list[object] = []
+    for m in _FENCE.finditer(text):
+        with contextlib.suppress(ValueError, RecursionError):
+            found.append(_DECODER.decode(m[1].strip()))
+    pos, tries = 0, 0
+    while tries < _MAX_JSON_TRIES and (m := _JSON_START.search(text, pos)):
+        tries += 1
+        try:
+            value, end = _DECODER.raw_decode(text, m.start())
+        except (ValueError, RecursionError):
+            pos = m.start() + 1
+            continue
+        found.append(value)
+        pos = end
+    return found
+
+
+def _canonical_json(value: object) -> str:
+    """`json.dumps(sort_keys=True, separators=(",", ":"))`, but numbers exact and canonical (`1.0` == `1`)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("not a finite number")
+        return _format_decimal(value)
+    if isinstance(value, int):
+        return _format_decimal(Decimal(value))
+    if isinstance(value, float):
+        return _canonical_json(Decimal(repr(value)))
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_canonical_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise ValueError("JSON object keys must be strings")
+        return "{" + ",".join(f"{json.dumps(k)}:{_canonical_json(value[k])}" for k in sorted(value)) + "}"
+    raise ValueError(f"{type(value).__name__} is not JSON")
+
+
+_MISSING = object()
+
+
+def _follow(value: object, path: tuple[str, ...]) -> object:
+    for key in path:
+        if isinstance(value, dict) and key in value:
+            value = value[key]
+        elif isinstance(value, list) and re.fullmatch(r"-?[0-9]+", key) and -len(value) <= int(key) < len(value):
+            value = value[int(key)]
+        else:
+            return _MISSING
+    return value
+
+
+def _json(text: str, path: tuple[str, ...]) -> str | None:
+    """The value at `path` in the first JSON value of the reply where that path exists."""
+    for candidate in _json_candidates(_strip_think(text)):
+        value = _follow(candidate, path)
+        if value is _MISSING:
+            continue
+        if isinstance(value, str):
+            return value.strip() or None
+        try:
+            return _canonical_json(value)
+        except (ValueError, RecursionError):
+            return None
+    return None
+
+
+def canonical_tool_call(name: str, arguments: str | dict) -> str | None:
+    """`name(` + canonical JSON arguments + `)`, so that equal tool calls vote together; None when not JSON.
+
+    Empty arguments (`""`) mean `{}`, as servers send for tools without parameters; arguments that are a JSON
+    string holding a JSON object (double-encoded) are decoded once more. Numbers are canonical: `1.0` == `1`.
+    """
+    name = name.strip()
+    if not name:
+        return None
+    args: object = arguments
+    if isinstance(arguments, str):
+        try:
+            args = _DECODER.decode(arguments.strip()) if arguments.strip() else {}
+            if isinstance(args, str) and args.strip().startswith("{"):
+                args = _DECODER.decode(args.strip())
+        except (ValueError, RecursionError):
+            return None
+    try:
+        return f"{name}({_canonical_json(args)})"
+    except (ValueError, RecursionError):
+        return None
+
+
+# ---------------------------------------------------------------- spec parsing
+
+
+class _KindExtractor(Extractor):
+    def __init__(self, name: str, fn: Callable[[str], str | None]) -> None:
+        self.name, self._fn = name, fn
+
+    def __call__(self, text: str) -> str | None:
+        return None if text is None else self._fn(text)
+
+
+class JsonExtractor(Extractor):
+    """`json:PATH`: dot-separated keys and list indexes (negative counts from the end); empty PATH is the root."""
+
+    def __init__(self, path: str) -> None:
+        self.name = f"json:{path}"
+        self.path: tuple[str, ...] = tuple(path.split(".")) if path else ()
+        if any(not key for key in self.path):
+            raise ExtractError(f"empty key in JSON path {path!r}: write e.g. json:result.items.0.name")
+
+    def __call__(self, text: str) -> str | None:
+        return None if text is None else _json(text, self.path)
+
+
+class RegexExtractor(Extractor):
+    """`regex:PATTERN`: the last match's first group, or the whole match when the pattern has no groups."""
+
+    def __init__(self, pattern: str) -> None:
+        self.name = f"regex:{pattern}"
+        if not pattern:
+            raise ExtractError("empty regex: write e.g. regex:ANSWER: (\\w+)")
+        try:
+            self.pattern = re.compile(pattern)
+        except re.error as e:
+            raise ExtractError(f"bad regex {pattern!r}: {e}") from e
+
+    def __call__(self, text: str) -> str | None:
+        if text is None:
+            return None
+        last = None
+        for last in self.pattern.finditer(text):  # noqa: B007 -- only the last match is wanted
+            pass
+        if last is None:
+            return None
+        value = last.group(1) if self.pattern.groups else last.group(0)
+        return value.strip() or None if value is not None else None
+
+
+_SIMPLE: dict[str, Callable[[str], str | None]] = {"auto": _auto, "number": _number, "choice": _choice, "text": _text}
+
+
+@lru_cache(maxsize=256)
+def parse_extractor(spec: str) -> Extractor:
+    """An extractor from its spec: `auto`, `number`, `choice`, `text`, `json:PATH` or `regex:PATTERN`."""
+    kind, sep, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind in _SIMPLE:
+        if sep:
+            raise ExtractError(f"extractor {kind!r} takes no argument: {spec!r}")
+        return _KindExtractor(kind, _SIMPLE[kind])
+    if kind == "json":
+        return JsonExtractor(arg.strip())
+    if kind == "regex":
+        return RegexExtractor(arg)  # PATTERN kept verbatim: it may contain colons and meaningful spaces
+    raise ExtractError(f"unknown extractor {spec!r}: use one of {', '.join(KINDS)}")
+
+
+def extract(text: str | None, spec: str) -> str | None:
+    """The normalised answer in `text` by the extractor `spec`; None (abstain) when there is none."""
+    extractor = parse_extractor(spec)
+    return None if text is None else extractor(text)
