@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -313,6 +314,156 @@ def _members_table(supervisor: Any) -> Table:
                       str(snap["port"]), str(snap["restarts"]), f"{tps:.1f}" if tps else "—",
                       f"{acc:.0%}" if acc is not None else "—", str(snap["reason"])[:60])
     return table
+
+
+@app.command()
+def serve(
+    policy: Annotated[str, typer.Argument(help="The policy file (YAML).")],
+    host: Annotated[str | None, typer.Option(help="Bind address (default: the policy's server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: the policy's server.port).")] = None,
+) -> None:
+    """`council up` plus the HTTP API: OpenAI-compatible /v1/chat/completions where `model` is a council."""
+    import uvicorn
+
+    from council.api import create_app
+    from council.auth import KeyRing, is_loopback
+    from council.llama import find_llama_server
+    from council.paths import council_home
+    from council.router import Router
+
+    loaded = _load_or_exit(policy)
+    settings = loaded.policy.server
+    bind_host, bind_port = host or settings.host, port or settings.port
+    if not is_loopback(bind_host) and not settings.api_keys:
+        raise fail(f"refusing to serve on {bind_host} without API keys: add server.api_keys to the policy "
+                   "(or bind 127.0.0.1)", 2)
+    keys = KeyRing(settings.api_keys)
+    if keys.missing_env:
+        raise fail("API key variables are not set: " + "; ".join(keys.missing_env), 2)
+    server = find_llama_server(require_mtp=False)
+    if server is None:
+        raise fail("no llama-server found: run `council setup`", 1)
+    try:
+        router = Router(policy_path=Path(policy), loaded=loaded, server=server, run_dir=council_home() / "run")
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc), 2) from None
+    for council_name, reason in router.fleet.refused.items():
+        err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
+    for member in router.supervisor.members.values():
+        member.listeners.append(
+            lambda c: out.print(f"{time.strftime('%H:%M:%S')} {c.member}: {c.old} → {c.new}"
+                                + (f" ({c.reason})" if c.reason else ""), highlight=False))
+    out.print(f"council serving on http://{bind_host}:{bind_port} (OpenAI base URL http://{bind_host}:{bind_port}/v1)")
+    _CleanExitServer = _clean_exit_server()
+    config = uvicorn.Config(create_app(router), host=bind_host, port=bind_port, log_level="warning",
+                            access_log=False, lifespan="on", timeout_graceful_shutdown=30)
+    _CleanExitServer(config).run()
+    out.print("all members stopped")
+
+
+def _clean_exit_server() -> type:
+    import signal
+    from types import FrameType
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown (exit -15); `serve` promises exit 0."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
+
+    return Server
+
+
+@app.command()
+def ask(
+    council_name: Annotated[str, typer.Argument(metavar="COUNCIL", help="A council (or model) name.")],
+    prompt: Annotated[str, typer.Argument(help="The question.")],
+    url: Annotated[str, typer.Option(help="The router's base URL.")] = "http://127.0.0.1:8080",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the whole response as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300.0,
+) -> None:
+    """Ask a running `council serve` one question; the API key comes from $COUNCIL_API_KEY."""
+    import os
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {os.environ['COUNCIL_API_KEY']}"} if os.environ.get("COUNCIL_API_KEY") else {}
+    body = {"model": council_name, "messages": [{"role": "user", "content": prompt}]}
+    try:
+        reply = httpx.post(f"{url.rstrip('/')}/v1/chat/completions", json=body, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {url}: {type(exc).__name__}: {exc}", 1) from None
+    try:
+        doc = reply.json()
+    except ValueError:
+        raise fail(f"{url} answered {reply.status_code} with a body that is not JSON", 1) from None
+    if reply.status_code != 200:
+        message = doc.get("error", {}).get("message") if isinstance(doc, dict) else None
+        raise fail(f"{reply.status_code}: {message or reply.text[:200]}", 1)
+    if json_out:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    out.print(doc["choices"][0]["message"].get("content") or "", highlight=False, markup=False)
+    info = doc.get("council")
+    if info:
+        err.print(f"[dim]{info['council']}: answer {info['answer']!r}, agreement {info['agreement']:.0%}, "
+                  f"{'degraded, ' if info['degraded'] else ''}{'early stop, ' if info['early_stop'] else ''}"
+                  f"id {doc['id']}[/dim]", highlight=False)
+
+
+@app.command()
+def tally(
+    ballot: Annotated[str, typer.Argument(help="A recorded ballot (JSON, CONTRACT §5), e.g. from /v1/ballots/ID.")],
+    strategy: Annotated[str | None, typer.Option(help="Override the ballot's strategy.")] = None,
+    extract: Annotated[str | None, typer.Option(help="Override the ballot's extractor.")] = None,
+) -> None:
+    """Re-run the vote on recorded answers and print the decision as JSON (the code live councils use)."""
+    from council.extract import ExtractError, parse_extractor
+    from council.vote import STRATEGIES, Ballot, VoteError, decide
+
+    try:
+        doc = json.loads(Path(ballot).read_text())
+    except (OSError, ValueError) as exc:
+        raise fail(f"{ballot}: cannot read the ballot: {exc}", 2) from None
+    answers = doc.get("answers") if isinstance(doc, dict) else None
+    if not isinstance(answers, list) or not answers:
+        raise fail(f"{ballot}: `answers` must be a non-empty list of {{member, text}}", 2)
+    how = extract or doc.get("extract") or "auto"
+    chosen = strategy or doc.get("strategy") or "majority"
+    if chosen not in STRATEGIES:
+        raise fail(f"unknown strategy {chosen!r}: use {', '.join(STRATEGIES)}", 2)
+    try:
+        extractor = parse_extractor(how)
+    except ExtractError as exc:
+        raise fail(f"bad extractor {how!r}: {exc}", 2) from None
+    ballots = []
+    for i, item in enumerate(answers):
+        if not isinstance(item, dict) or not isinstance(item.get("member"), str):
+            raise fail(f"{ballot}: answers[{i}] needs a `member` name and a `text`", 2)
+        text = item.get("text")
+        try:
+            weight = float(item.get("weight", 1.0))
+            latency = float(item["latency_ms"]) if item.get("latency_ms") is not None else None
+        except (TypeError, ValueError):
+            raise fail(f"{ballot}: answers[{i}]: weight and latency_ms must be numbers", 2) from None
+        if weight <= 0:
+            raise fail(f"{ballot}: answers[{i}]: weight must be positive", 2)
+        ballots.append(Ballot(member=item["member"], order=i, answer=extractor(text) if isinstance(text, str) else None,
+                              text=text if isinstance(text, str) else None, weight=weight, latency_ms=latency))
+    rules = doc.get("tie_break") or ["weight", "latency", "order"]
+    try:
+        # A recorded judge ballot re-votes by majority: the judge's model is not here to ask.
+        decision = decide(ballots, "majority" if chosen == "judge" else chosen, rules)
+    except VoteError as exc:
+        raise fail(str(exc), 2) from None
+    except ValueError as exc:
+        raise fail(f"{ballot}: {exc}", 2) from None
+    sys.stdout.write(json.dumps(decision.to_json(), indent=2) + "\n")
 
 
 def main() -> None:

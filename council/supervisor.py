@@ -195,6 +195,28 @@ class Supervisor:
         await asyncio.gather(*(self._terminate(name, "router stopping") for name in list(self.members)))
         await self._client.aclose()
 
+    def add(self, name: str, factory: Callable[[int], LaunchSpec], served: tuple[str, ...]) -> None:
+        """Start one more member (a reload that added or changed it)."""
+        self._factories[name] = factory
+        self.members[name] = Member(name=name, spec=factory(0), members=served)
+        self._tasks[name] = asyncio.create_task(self._life(name), name=f"member:{name}")
+
+    async def remove(self, name: str, reason: str) -> None:
+        """Drain one member (in-flight requests finish, up to the deadline), stop it and forget it."""
+        member = self.members[name]
+        with contextlib.suppress(TransitionError):
+            member.swap(State.READY, State.DRAINING, reason)
+        deadline = time.monotonic() + self.config.drain_timeout
+        while member.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._terminate(name, reason)
+        del self.members[name]
+        del self._factories[name]
+
     async def restart(self, name: str, reason: str) -> None:
         """Kill a live member now; its life task restarts it after the usual backoff."""
         running = self._running.get(name)

@@ -111,3 +111,56 @@ def start_redis(workdir: Path, deadline_s: float = 20.0) -> tuple[subprocess.Pop
             proc.kill()
             raise TimeoutError("redis-server did not answer PING")
         time.sleep(0.05)
+
+
+@dataclass
+class CouncilServer:
+    """A real `council serve` process (uvicorn) on a free port."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+    policy_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+def start_council_serve(policy_text: str, workdir: Path, env: dict[str, str], deadline_s: float = 120.0,
+                        ready_headers: dict[str, str] | None = None) -> CouncilServer:
+    """Write the policy, start `council serve` on a free port and poll /readyz until 200."""
+    import sys
+
+    port = free_port()
+    policy = workdir / "policy.yaml"
+    policy.write_text(policy_text)
+    log_path = workdir / f"serve-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "council", "serve", str(policy), "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **env})
+    server = CouncilServer(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path, policy_path=policy)
+    start = time.monotonic()
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"council serve exited with {proc.returncode}:\n{server.log()[-3000:]}")
+            try:
+                if client.get(f"{server.url}/readyz", headers=ready_headers).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            if time.monotonic() - start > deadline_s:
+                server.stop()
+                raise TimeoutError(f"council serve not ready:\n{server.log()[-3000:]}")
+            time.sleep(0.05)

@@ -1,0 +1,125 @@
+"""The router process: a policy's members under supervision, its council engines, and reloads."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from council.auth import KeyRing
+from council.ballots import BallotStore
+from council.fleet import Fleet, fleet_from_plan
+from council.llama import LlamaServerInfo
+from council.metrics import MemberCollector, RouterMetrics
+from council.plan import PolicyPlan, plan_policy
+from council.policy import Policy
+from council.policy_file import LoadedPolicy, PolicyError, Problem, load_policy
+from council.runtime import Runtime, build_runtime
+from council.supervisor import Supervisor, SupervisorConfig
+
+
+class ReloadError(Exception):
+    """The new policy is refused; the old one keeps running."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class Router:
+    policy_path: Path
+    loaded: LoadedPolicy
+    server: LlamaServerInfo
+    run_dir: Path
+    supervisor_config: dict[str, Any] = field(default_factory=dict)
+    metrics: RouterMetrics = field(default_factory=RouterMetrics)
+
+    def __post_init__(self) -> None:
+        self.plan: PolicyPlan = plan_policy(self.policy)
+        self.fleet: Fleet = fleet_from_plan(self.plan, self.server)
+        self.supervisor = Supervisor(self.fleet.factories,
+                                     SupervisorConfig(run_dir=self.run_dir, **self.supervisor_config),
+                                     self.fleet.served)
+        self.keys = KeyRing(self.policy.server.api_keys)
+        self.ballots = BallotStore(self.policy.server.ballots)
+        self.runtime: Runtime | None = None
+        self.queues: dict[str, int] = {}
+        self._reload_lock = asyncio.Lock()
+        self.metrics.watch(MemberCollector(
+            lambda: [m.snapshot() for m in self.supervisor.members.values()],
+            lambda: self.plan.to_json()["gpus"]))
+
+    @property
+    def policy(self) -> Policy:
+        return self.loaded.policy
+
+    async def start(self) -> None:
+        await self.supervisor.start()
+        self.runtime = build_runtime(self.plan, self.fleet, self.supervisor, ballots=self.ballots)
+
+    async def stop(self) -> None:
+        await self.supervisor.stop()
+        if self.runtime is not None:
+            await self.runtime.http.aclose()
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Every admitted council has a quorum of ready members (remote members count as ready)."""
+        reasons = []
+        assert self.runtime is not None
+        process_of = {m: p for p, members in self.fleet.served.items() for m in members}
+        for name, engine in self.runtime.engines.items():
+            ready = 0
+            for member in engine.members:
+                process = process_of.get(member.name)
+                if process is None or self.supervisor.members[process].ready:
+                    ready += 1
+            need = engine.config.quorum_count()
+            if ready < need:
+                reasons.append(f"council {name}: {ready} of {len(engine.members)} members ready, quorum {need}")
+        for name, reason in self.fleet.refused.items():
+            reasons.append(f"council {name} is not running: {reason}")
+        return not reasons, reasons
+
+    async def reload(self) -> dict[str, list[str]]:
+        """Re-read the policy: only processes whose launch inputs changed restart; a bad policy is refused."""
+        async with self._reload_lock:
+            try:
+                loaded = load_policy(self.policy_path)
+            except PolicyError as exc:
+                raise ReloadError(exc.lines()) from None
+            try:
+                plan = plan_policy(loaded.policy)
+            except (OSError, ValueError) as exc:
+                raise ReloadError([Problem((), str(exc)).format(str(self.policy_path))]) from None
+            refused = [f"council {c.name} does not fit: {c.reason}" for c in plan.slots.councils if not c.admitted]
+            if refused:
+                raise ReloadError(refused)
+            fleet = fleet_from_plan(plan, self.server)
+            old_keys = {name: self._identity(self.plan, self.fleet, name) for name in self.fleet.factories}
+            new_keys = {name: self._identity(plan, fleet, name) for name in fleet.factories}
+            unchanged = [n for n in new_keys if old_keys.get(n) == new_keys[n]]
+            removed = [n for n in old_keys if n not in new_keys or old_keys[n] != new_keys[n]]
+            added = [n for n in new_keys if n not in unchanged]
+            await asyncio.gather(*(self.supervisor.remove(n, "reload: changed or removed") for n in removed))
+            for name in added:
+                self.supervisor.add(name, fleet.factories[name], fleet.served[name])
+            for name in unchanged:  # same process, but the new plan's factory for its next restart
+                self.supervisor._factories[name] = fleet.factories[name]
+            self.loaded, self.plan, self.fleet = loaded, plan, fleet
+            self.keys = KeyRing(loaded.policy.server.api_keys)
+            old_runtime = self.runtime
+            self.runtime = build_runtime(plan, fleet, self.supervisor,
+                                         http=old_runtime.http if old_runtime else None, ballots=self.ballots)
+            return {"unchanged": sorted(unchanged), "restarted": sorted(set(removed) & set(added)),
+                    "stopped": sorted(set(removed) - set(added)), "started": sorted(set(added) - set(removed))}
+
+    @staticmethod
+    def _identity(plan: PolicyPlan, fleet: Fleet, name: str) -> tuple[Any, ...]:
+        """What a process is launched from: its model's config (and its draft model's), members, GPU."""
+        policy = plan.policy
+        placement = next(p for r in plan.slots.councils for p in r.placements if p.process.key == name)
+        model = policy.models[placement.process.model]
+        draft = policy.models[model.draft.model].model_dump_json() if model.draft.model else None
+        return (placement.process.model, model.model_dump_json(), draft, fleet.served[name], placement.gpu)
