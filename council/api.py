@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -267,35 +267,41 @@ def create_app(router: Router) -> FastAPI:
             raise ApiError(503, f"no ready member serves {model}", "no_ready_member")
         member = min(candidates, key=lambda m: (m.in_flight, m.name))
         assert router.runtime is not None
-        http = router.runtime.http
+        session = router.runtime.http.for_process(member.name)
         url = f"{member.spec.url}/v1/chat/completions"
         headers = {"Authorization": f"Bearer {member.spec.api_key}", "Content-Type": "application/json"}
         payload = json.dumps(body).encode()
         start = time.perf_counter()
         if body.get("stream"):
-            upstream = await _send(http, http.build_request("POST", url, content=payload, headers=headers), member,
-                                   stream=True)
+            upstream = await _send(session, url, payload, headers, member)
 
             async def relay() -> AsyncIterator[bytes]:
                 async with router.supervisor.request(member.name):
                     try:
-                        async for chunk in upstream.aiter_raw():
+                        async for chunk in upstream.content.iter_any():
                             yield chunk
                     finally:
-                        await upstream.aclose()
+                        upstream.release()
 
-            return StreamingResponse(relay(), status_code=upstream.status_code,
+            return StreamingResponse(relay(), status_code=upstream.status,
                                      media_type=upstream.headers.get("content-type", "text/event-stream")), 0.0
         async with router.supervisor.request(member.name):
-            upstream = await _send(http, http.build_request("POST", url, content=payload, headers=headers), member)
+            upstream = await _send(session, url, payload, headers, member)
+            try:
+                content = await upstream.read()
+            except aiohttp.ClientError as exc:
+                raise ApiError(502, f"member {member.name} failed: {type(exc).__name__}", "member_error") from None
+            finally:
+                upstream.release()
         waited = time.perf_counter() - start
-        return Response(content=upstream.content, status_code=upstream.status_code,
+        return Response(content=content, status_code=upstream.status,
                         media_type=upstream.headers.get("content-type", "application/json")), waited
 
-    async def _send(http: httpx.AsyncClient, req: httpx.Request, member: Any, stream: bool = False) -> httpx.Response:
+    async def _send(session: aiohttp.ClientSession, url: str, payload: bytes, headers: dict[str, str],
+                    member: Any) -> aiohttp.ClientResponse:
         try:
-            return await http.send(req, stream=stream)
-        except httpx.HTTPError as exc:
+            return await session.post(url, data=payload, headers=headers)
+        except aiohttp.ClientError as exc:
             raise ApiError(502, f"member {member.name} failed: {type(exc).__name__}", "member_error") from None
 
     @app.get("/v1/models")

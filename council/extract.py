@@ -21,6 +21,7 @@ import json
 import re
 import unicodedata
 from abc import ABC, abstractmethod
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -49,17 +50,27 @@ class Extractor(ABC):
 
 # ---------------------------------------------------------------- shared helpers
 
-_THINK_BLOCK = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>", re.I | re.S)
-_THINK_OPEN = re.compile(r"<think(?:ing)?>.*", re.I | re.S)
-_THINK_CLOSE = re.compile(r"</think(?:ing)?>", re.I)
+_THINK_TAG = re.compile(r"<(/?)think(?:ing)?>", re.I)
 
 
 def _strip_think(text: str) -> str:
-    """Drop reasoning blocks; an unclosed one means the reply was cut off before any answer."""
-    text = _THINK_OPEN.sub("", _THINK_BLOCK.sub("", text))
-    # some chat templates put the opening tag in the prompt, so only the closing tag shows up
-    closes = list(_THINK_CLOSE.finditer(text))
-    return text[closes[-1].end():] if closes else text
+    """Drop `<think>...</think>` reasoning, in one pass over the tags (a regex `.*?` per tag would be quadratic)."""
+    kept: list[str] = []
+    pos, inside = 0, False
+    for tag in _THINK_TAG.finditer(text):
+        closing = bool(tag[1])
+        if not inside and not closing:
+            kept.append(text[pos:tag.start()])
+            inside = True
+        elif not inside:
+            # some chat templates put the opening tag in the prompt, so only the closing tag shows up
+            kept = []
+            pos = tag.end()
+        elif closing:
+            inside, pos = False, tag.end()
+    if not inside:  # an unclosed block means the reply was cut off before any answer
+        kept.append(text[pos:])
+    return "".join(kept)
 
 
 _REFUSAL = re.compile(
@@ -70,7 +81,7 @@ _REFUSAL = re.compile(
 )
 
 # "The answer is", "Answer:", "**Final Answer**", "the answer to part 2 is", "Answer (in dollars):", "####".
-_ANSWER_TAIL = (r"(?:[*_]*\s*(?:\([^)\n]{0,30}\)\s*)?[*_]*\s*"
+_ANSWER_TAIL = (r"(?:[*_\s]*(?:\([^)\n]{0,30}\)[*_\s]*)?"
                 r"(?:(?:is|was|would\s+be|will\s+be|should\s+be|must\s+be|equals|comes\s+to)\b|[:=]))")
 _ANSWER_MARKER = re.compile(
     rf"\#{{4}}|\bfinal\s+answer\b{_ANSWER_TAIL}?|\banswer\b(?:\s+(?:to|for|of)\b[^\n:=]{{0,80}}?)?{_ANSWER_TAIL}",
@@ -80,8 +91,10 @@ _ALNUM = re.compile(r"[^\W_]")
 
 
 def _span_after(text: str, end: int) -> str:
-    """The rest of the marker's line, or the next non-empty line when the marker ends its line."""
-    line, _, after = text[end:].partition("\n")
+    """The rest of the marker's line, or the next non-empty line when the marker ends its line (bounded: no copies
+    of the whole rest of the reply, which made many markers quadratic)."""
+    window = text[end:end + 600]
+    line, _, after = window.partition("\n")
     if not _ALNUM.search(line):
         line = next((nxt for nxt in after.split("\n") if nxt.strip()), "")
     return line[:400]
@@ -92,19 +105,26 @@ def _marker_spans(text: str) -> list[str]:
 
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
+
+
+def _boxed(text: str) -> list[tuple[int, str]]:
+    """(position, content) of every `\\boxed{...}`, nested braces matched (one pass over all braces, so that
+    many unbalanced `\\boxed{` stay linear)."""
+    starts = {m.end() - 1: m.start() for m in _BOXED.finditer(text)}
+    if not starts:
+        return []
+    out, stack = [], []
+    for brace in _BRACE.finditer(text):
+        if brace[0] == "{":
+            stack.append(brace.start())
+        elif stack and (opening := stack.pop()) in starts:
+            out.append((starts[opening], text[opening + 1:brace.start()]))
+    return sorted(out)
 
 
 def _boxed_contents(text: str) -> list[str]:
-    """Contents of every `\\boxed{...}`, nested braces matched."""
-    out = []
-    for m in _BOXED.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            out.append(text[m.end():i - 1])
-    return out
+    return [content for _, content in _boxed(text)]
 
 
 # ---------------------------------------------------------------- LaTeX and character cleanup for numbers
@@ -220,7 +240,7 @@ def _token_value(m: re.Match[str]) -> str | None:
         d = Decimal(f"{num}e{power.replace(chr(0x2212), '-')}") if power else Decimal(num)
     except (InvalidOperation, ValueError, OverflowError):
         return None
-    return _format_decimal(-d if negative else d)
+    return _format_decimal(d.copy_negate() if negative else d)  # unary minus would round to 28 digits
 
 
 def _first_number(s: str) -> str | None:
@@ -268,21 +288,23 @@ def _essential_number(s: str) -> str | None:
     return _token_value(m)
 
 
-_LIST_LABEL_PREFIX = re.compile(r"(?i)(?:\b(?:step|part|case|question|problem|q)\s*|^[\s#*>-]*)$")
-_LIST_LABEL_SUFFIX = re.compile(r"[.):][ \t]+\S|:\s*$")
+_LIST_LABEL_PREFIX = re.compile(r"(?:\b(?:step|part|case|question|problem|q)\s*|^[\s#*>-]*)$", re.I | re.M)
+_LIST_LABEL_SUFFIX = re.compile(r"[.):][ \t]+\S")
 
 
 def _is_label(text: str, m: re.Match[str]) -> bool:
     """`Step 2:`, `Question 3`, or a list marker `1.` at a line start: a label, not a quantity."""
     if m["den"] or m["exp"] or m["pow"] or m["s1"] or m["s2"] or not m["num"].isdigit():
         return False
-    prefix = text[text.rfind("\n", 0, m.start()) + 1:m.start()]
-    label = _LIST_LABEL_PREFIX.search(prefix)
+    lo = max(0, m.start() - 200)  # look back a bounded way: every number of a long line must not rescan it
+    newline = text.rfind("\n", lo, m.start())
+    line_start_seen = newline >= 0 or lo == 0
+    label = _LIST_LABEL_PREFIX.search(text, newline + 1 if newline >= 0 else lo, m.start())
     if label is None:
         return False
     if label.group().strip(" \t#*>-"):  # "Step ", "Question "
         return True
-    return _LIST_LABEL_SUFFIX.match(text, m.end()) is not None
+    return line_start_seen and _LIST_LABEL_SUFFIX.match(text, m.end()) is not None
 
 
 def _last_line_equals(body: str) -> str | None:
@@ -323,17 +345,29 @@ def _number(text: str) -> str | None:
 # ---------------------------------------------------------------- multiple choice
 
 _LETTER = re.compile(r"(?<![\w'’&-])([A-Ja-j])(?![\w'’&])")
+# A verdict ("answer", "the correct option", "I choose") outranks a mere mention ("option A is 12, too small"):
+# small models often explain the other options after giving their answer.
 _CHOICE_MARKER = re.compile(
-    r"\b(?:answer|choice|option|letter)\b|\bI(?:\s+would|\s+will|'d|'ll)?\s+(?:choose|pick|select|go\s+with)\b", re.I)
+    r"\b(?P<adjective>(?:correct|right|best|final|my)\s+)?(?P<noun>answer|choice|option|letter)\b"
+    r"|\bI(?:\s+would|\s+will|'d|'ll)?\s+(?:choose|pick|select|go\s+with)\b", re.I)
 # Between a marker and its letter: "is", ":", "option", "(", "**" -- a letter this close can be lowercase.
 _RIGHT_AFTER_MARKER = re.compile(
     r"[\s:=*_(\[-]*(?:(?:is|was|would\s+be|should\s+be|will\s+be|must\s+be|be)\b[\s:*_(\[]*)?"
     r"(?:(?:option|choice|letter)\b[\s:*_(\[]*)?", re.I)
+_NAMED_BY = re.compile(r"\b(?:option|choice|letter)[\s:(*_\[]*$", re.I)  # "option A": a name, never an article
+_LETTER_BEFORE_MARKER = re.compile(
+    r"(?<![\w'’&(*_-])[(*_]*([A-J])[)*_]*\s+(?:is|would\s+be|seems\s+to\s+be)\s+(?:the\s+)?"
+    r"(?:(?:correct|right|best|only\s+correct)\s+)?(?:answer|option|choice)\b", re.I)
+# "Option A is incorrect": an explanation ruling a letter out, not a vote for it.
+_RULED_OUT = re.compile(
+    r"[)*_]*\s*(?:(?:is|was|are|seems|would\s+be)\s+(?:not\b|incorrect|wrong|false|invalid|ruled\s+out|eliminated)"
+    r"|(?:isn'?t|doesn'?t|does\s+not|can'?t|cannot)\b)", re.I)
 _OPTION_PUNCT = re.compile(r"(?:[).:\],;!?]|\*\*|__|\s*$)")
 _A_CONNECTIVE = re.compile(r"\s+(?:because|since|as\b|[—–-]\s)")
 _NOT_AN_OPTION = re.compile(r"\s*[=<>+*/^]|\.\s*[A-Z]\.|-\w|\+")  # "E = mc^2", initials "J. K.", "B-12", "C++"
+_A_IN_LIST = re.compile(r"\s*(?:[,/&)]|\band\b|\bor\b)\s*\(?[A-J]\b|[).:]")
 _ONLY_LETTER_LINE = re.compile(
-    r"[\s*_`#>()\[\].:,!-]*(?:(?:final\s+|correct\s+)?(?:answer|option|choice)\s*(?:is\b)?\s*[:\-]?[\s*_()\[\]]*)?"
+    r"[\s*_`#>()\[\].:,!-]*(?:(?:final\s+|correct\s+)?(?:answer|option|choice)(?:\s+is\b)?[\s*_()\[\]:-]*)?"
     r"([A-Ja-j])[\s*_`()\[\].:,!]*", re.I)
 _OPTION_LINE_START = re.compile(r"\s*[*_]*\(?([A-J])[).:\]]\s+\S")
 _BOXED_LETTER = re.compile(r"\s*(?:\\text\s*\{)?\s*\(?([A-Ja-j])\)?\s*\}?\s*")
@@ -342,59 +376,71 @@ _BOXED_LETTER = re.compile(r"\s*(?:\\text\s*\{)?\s*\(?([A-Ja-j])\)?\s*\}?\s*")
 def _option_line_start(line: str) -> str | None:
     """`B) Paris`, `(C) 42`, `A. mitochondria` -> the letter; `J. K. Rowling` and `E = mc^2` are no options."""
     m = _OPTION_LINE_START.match(line)
-    return m[1] if m and not _NOT_AN_OPTION.match(line, m.end(1)) else None
+    if m is None or _NOT_AN_OPTION.match(line, m.end(1)) or _RULED_OUT.match(line, m.end(1)):
+        return None
+    return m[1]
 
 
 def _wrapped(s: str, m: re.Match[str]) -> bool:
     """`(B)`, `[B]`, `**B**`."""
-    before, after = s[:m.start()], s[m.end():]
-    return ((before.endswith(("(", "[")) and after.startswith((")", "]")))
-            or (before.endswith(("**", "__")) and after.startswith(("**", "__"))))
+    start, end = m.start(), m.end()
+    return ((s[start - 1:start] in ("(", "[") and s[end:end + 1] in (")", "]"))
+            or (s[max(0, start - 2):start] in ("**", "__") and s[end:end + 2] in ("**", "__")))
 
 
-def _letter_in_span(span: str) -> str | None:
-    """The first token after a choice marker that reads as an option letter."""
+def _letter_in_span(span: str, naming: bool) -> str | None:
+    """The first token after a choice marker that reads as an option letter; `naming`: the marker is a noun that
+    names an option ("option", "choice", "letter"), so a capital right after it is that option's name."""
     for m in _LETTER.finditer(span):
         letter, after = m[1], span[m.end():]
-        if _wrapped(span, m):
+        if _wrapped(span, m) and not _RULED_OUT.match(after):
             return letter.upper()
-        if _NOT_AN_OPTION.match(after):
+        if _NOT_AN_OPTION.match(after) or _RULED_OUT.match(after):
             continue
         if letter in "BCDEFGHJ":
             return letter
         close = _RIGHT_AFTER_MARKER.fullmatch(span, 0, m.start()) is not None
+        named = (naming and re.fullmatch(r"[\s:(*_\[]*", span[:m.start()])) or _NAMED_BY.search(span, 0, m.start())
         punct = _OPTION_PUNCT.match(after) is not None
-        if letter.isupper() and (punct or (close and _A_CONNECTIVE.match(after))):  # "A." but not "A cat"
+        if letter.isupper() and (punct or named or (close and _A_CONNECTIVE.match(after))):  # "A." but not "A cat"
             return letter
-        if letter.islower() and close and punct:  # "The correct choice is b."
+        if letter.islower() and (close or named) and punct:  # "The correct choice is b."
             return letter.upper()
     return None
 
 
 def _marked_letter(body: str) -> str | None:
-    """The letter of the last choice marker (`answer`, `option`, `I choose`) or `\\boxed{X}` that names one."""
-    found: list[tuple[int, str]] = []
+    """The letter of the last verdict (`answer is`, `the correct option`, `I choose`, `\\boxed{X}`, `X is the correct
+    answer`) that names one, else the letter all mentions (`option X`) agree on."""
+    verdicts: list[tuple[int, str]] = []
+    mentions: list[tuple[int, str]] = []
     for m in _CHOICE_MARKER.finditer(body):
-        if (letter := _letter_in_span(_span_after(body, m.end())[:120])) is not None:
-            found.append((m.start(), letter))
-    for m in _BOXED.finditer(body):
-        content = _boxed_contents(body[m.start():])[:1]
-        if content and (b := _BOXED_LETTER.fullmatch(content[0])):
-            found.append((m.start(), b[1].upper()))
-    return max(found)[1] if found else None
+        noun = (m["noun"] or "").lower()
+        naming = noun in ("option", "choice", "letter")
+        if (letter := _letter_in_span(_span_after(body, m.end())[:120], naming)) is not None:
+            (mentions if naming and not m["adjective"] else verdicts).append((m.start(), letter))
+    verdicts += [(m.start(), m[1]) for m in _LETTER_BEFORE_MARKER.finditer(body)]
+    verdicts += [(start, b[1].upper()) for start, content in _boxed(body) if (b := _BOXED_LETTER.fullmatch(content))]
+    if verdicts:
+        return max(verdicts)[1]
+    named = {letter for _, letter in mentions}
+    return named.pop() if len(named) == 1 else None  # "Choice A: 12. Choice B: 14." lists, it does not answer
 
 
 def _choice(text: str, lenient: bool = True) -> str | None:
     """A multiple-choice letter. Precedence:
 
-    1. the last answer marker naming a letter ("answer is C", "Option E", "I'd go with (d)", `\\boxed{B}`);
+    1. the last verdict naming a letter ("answer is C", "the correct option is (b)", "I'd go with D", `\\boxed{B}`,
+       "B is the correct answer"); without one, the letter that every "option X" / "choice X" mention agrees on,
+       leaving out ruled-out ones ("Option A is incorrect");
     2. the last line that is only a letter (`B`, `**C**`, `(d)`, `Answer: A.`);
     3. a reply that opens with one option (`B) Paris`, `(C) 42`, `A. mitochondria`) unless it lists several;
     4. lenient only: the one letter the reply mentions as an option (`(B)`, `**B**`, a capital B-J standing alone);
        several different ones are ambiguous -> None.
 
     A bare capital "A" or "I" counts only where it cannot be English: wrapped, followed by `)`/`.`/`:`, alone on its
-    line, or right after a marker and not followed by a word ("The answer is A cat" is not a vote for A).
+    line, named ("option A"), or right after a marker and not followed by a word ("The answer is A cat" is not a
+    vote for A). Letters glued to maths or names are no options: "E = mc^2", "J. K. Rowling", "B-12", "C++".
     """
     body = unicodedata.normalize("NFKC", _strip_think(text))
     if (letter := _marked_letter(body)) is not None:
@@ -410,12 +456,12 @@ def _choice(text: str, lenient: bool = True) -> str | None:
         return None
     mentioned = set()
     for m in _LETTER.finditer(body):
-        letter, after = m[1], body[m.end():]
+        letter = m[1]
         if _wrapped(body, m):
             mentioned.add(letter.upper())
-        elif letter in "BCDEFGHJ" and not _NOT_AN_OPTION.match(after):
+        elif letter in "BCDEFGHJ" and not _NOT_AN_OPTION.match(body, m.end()):
             mentioned.add(letter)
-        elif letter == "A" and re.match(r"\s*(?:[,/&)]|\band\b|\bor\b)\s*\(?[A-J]\b|[).:]", after):
+        elif letter == "A" and _A_IN_LIST.match(body, m.end()):
             mentioned.add(letter)  # "A and B", "A, C" list options; "A cat" does not
     return mentioned.pop() if len(mentioned) == 1 else None
 
@@ -423,26 +469,46 @@ def _choice(text: str, lenient: bool = True) -> str | None:
 # ---------------------------------------------------------------- free text
 
 _MD_FENCE = re.compile(r"^[ \t]*(?:```|~~~)[^\n]*$", re.M)
-_MD_IMAGE_LINK = re.compile(r"!?\[([^\]\n]*)\]\([^)\n]*\)")
+_MD_IMAGE_LINK = re.compile(r"!?\[([^\[\]\n]*)\]\([^()\n]*\)")
 _MD_HEADER = re.compile(r"^[ \t]*#{1,6}(?=\s|$)", re.M)
 _MD_QUOTE = re.compile(r"^[ \t]*(?:>[ \t]?)+", re.M)
 _MD_BULLET = re.compile(r"^[ \t]*(?:(?:[-*+•‣◦▪]|[0-9]{1,3}[.)])[ \t]+)+", re.M)
 _MD_EMPHASIS = re.compile(r"(?<!\w)(?:[*_]+|~~)|(?:[*_]+|~~)(?!\w)")
-_EDGE_PUNCT = ".,;:!?…¡¿ \t\n"
-_PAIRS = {"(": ")", "[": "]", "{": "}", '"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "`": "`"}
+_EDGE_PUNCT = frozenset(".,;:!?…¡¿ \t\n")
+_BRACKETS = {"(": ")", "[": "]", "{": "}", "“": "”", "‘": "’", "«": "»"}
+_CLOSERS = {closing: opening for opening, closing in _BRACKETS.items()}
+_QUOTES = frozenset("\"'`")
 
 
-def _wraps_whole(s: str) -> bool:
-    """Whether the bracket or quote opening `s` is the one that closes it (`(a)` yes, `(a) and (b)` no)."""
-    opening, closing = s[0], _PAIRS[s[0]]
-    if opening == closing:
-        return s.count(opening) == 2
-    depth = 0
+def _strip_edges(s: str) -> str:
+    """Drop edge punctuation and brackets or quotes that wrap the whole string (`(a)` but not `(a) and (b)`), as
+    often as they nest, in one pass: peeling one layer at a time and rescanning was quadratic on `((((x))))`."""
+    match: dict[int, int] = {}
+    open_at: dict[str, list[int]] = {opening: [] for opening in _BRACKETS}
+    quotes_at: dict[str, list[int]] = {quote: [] for quote in _QUOTES}
     for i, ch in enumerate(s):
-        depth += (ch == opening) - (ch == closing)
-        if depth == 0:
-            return i == len(s) - 1
-    return False
+        if ch in open_at:
+            open_at[ch].append(i)
+        elif ch in _CLOSERS and open_at[_CLOSERS[ch]]:
+            match[open_at[_CLOSERS[ch]].pop()] = i
+        elif ch in quotes_at:
+            quotes_at[ch].append(i)
+    lo, hi = 0, len(s) - 1
+    while True:
+        while lo <= hi and s[lo] in _EDGE_PUNCT:
+            lo += 1
+        while hi >= lo and s[hi] in _EDGE_PUNCT:
+            hi -= 1
+        if hi - lo < 1:
+            break
+        ch = s[lo]
+        if match.get(lo) == hi:
+            lo, hi = lo + 1, hi - 1
+        elif ch in _QUOTES and s[hi] == ch and bisect_right(quotes_at[ch], hi) - bisect_left(quotes_at[ch], lo) == 2:
+            lo, hi = lo + 1, hi - 1  # a quote char in between would make this ambiguous ('a' and 'b')
+        else:
+            break
+    return s[lo:hi + 1]
 
 
 def _normalise_once(s: str) -> str:
@@ -453,14 +519,7 @@ def _normalise_once(s: str) -> str:
     s = _MD_QUOTE.sub("", s)
     s = _MD_BULLET.sub("", s)
     s = _MD_EMPHASIS.sub("", s).replace("`", "")
-    s = " ".join(s.casefold().split())
-    while True:
-        stripped = s.strip(_EDGE_PUNCT)
-        if len(stripped) >= 2 and stripped[0] in _PAIRS and stripped[-1] == _PAIRS[stripped[0]]:
-            stripped = stripped[1:-1] if _wraps_whole(stripped) else stripped
-        if stripped == s:
-            return s
-        s = stripped
+    return _strip_edges(" ".join(s.casefold().split()))
 
 
 def _text(text: str) -> str | None:

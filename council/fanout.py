@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from council.ballots import BallotStore
@@ -61,6 +61,7 @@ class CouncilAnswer:
     outcomes: list[MemberOutcome]
     early_stop: bool
     judge_fallback: bool = False
+    _json: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def degraded(self) -> bool:
@@ -80,7 +81,12 @@ class CouncilAnswer:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def council_json(self) -> dict[str, Any]:
-        """The `council` object of CONTRACT §3."""
+        """The `council` object of CONTRACT §3 (built once: the response, metrics and ballot all use it)."""
+        if self._json is None:
+            self._json = self._build_json()
+        return self._json
+
+    def _build_json(self) -> dict[str, Any]:
         d = self.decision
         return {"council": self.council, "strategy": self.strategy, "answer": d.answer,
                 "agreement": round(d.agreement, 4), "votes": d.votes, "degraded": self.degraded,

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import httpx
+import aiohttp
 
 from council.policy import RemoteConfig
 
@@ -104,7 +105,7 @@ class LocalClient:
     """A member served by our own llama-server; `endpoint()` is asked at each call (restarts move it)."""
 
     endpoint: Callable[[], LocalEndpoint | None]
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     limiter: RateLimiter = field(default_factory=NoLimit)
     # The process's `parallel` slots, shared by the members it serves: more requests would only queue
     # inside llama-server, where our timeout could not see them.
@@ -116,20 +117,26 @@ class LocalClient:
             where = self.endpoint()
             if where is None:
                 return MemberReply(status="error", error="member is not ready")
+            headers = {"Authorization": f"Bearer {where.api_key}", "Content-Type": "application/json"}
             try:
-                async with self.limiter.slot(), self.slots or contextlib.nullcontext(), where.request():
-                    response = await self.http.post(f"{where.url}/v1/chat/completions", json=payload,
-                                                    headers={"Authorization": f"Bearer {where.api_key}"})
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                # Cancelling this (an early stop) drops the connection, which frees the member's slot.
+                async with (self.limiter.slot(), self.slots or contextlib.nullcontext(), where.request(),
+                            self.http.post(f"{where.url}/v1/chat/completions", data=json.dumps(payload),
+                                           headers=headers) as response):
+                    status, raw = response.status, await response.read()
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 if attempt == 2:
                     return MemberReply(status="error", error=f"{type(exc).__name__}: {exc}",
                                        latency_ms=(time.monotonic() - start) * 1000)
                 continue
             latency = (time.monotonic() - start) * 1000
-            if response.status_code != 200:
+            if status != 200:
                 return MemberReply(status="error", latency_ms=latency,
-                                   error=f"member answered {response.status_code}: {response.text[:200]}")
-            return reply_from_openai(response.json(), latency)
+                                   error=f"member answered {status}: {raw[:200].decode(errors='replace')}")
+            try:
+                return reply_from_openai(json.loads(raw), latency)
+            except ValueError:
+                return MemberReply(status="error", latency_ms=latency, error="member answered with invalid JSON")
         raise AssertionError("unreachable")
 
 

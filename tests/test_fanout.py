@@ -218,3 +218,23 @@ async def test_remote_member_through_litellm(
     assert [m["status"] for m in doc["members"]] == ["ok", "ok"], doc
     assert doc["members"][1]["extracted"] == doc["members"][0]["extracted"] == "abcdef"
     assert doc["agreement"] == 1.0
+
+
+def test_tool_calls_vote_as_canonical_json_and_member_settings_win() -> None:
+    from council.fanout import extract_reply, member_payload
+    from council.member_client import MemberReply
+    from council.policy import Sampling
+
+    def call(args: str) -> MemberReply:
+        return MemberReply(status="ok", text="", message={"role": "assistant", "content": None, "tool_calls": [
+            {"id": "1", "type": "function", "function": {"name": "get_weather", "arguments": args}}]})
+
+    a = extract_reply(call('{"city": "Paris", "unit": "c"}'), "number")
+    b = extract_reply(call('{"unit":"c","city":"Paris"}'), "number")
+    assert a == b and a is not None and a.startswith("get_weather(")
+    request = {"model": "c", "stream": True, "temperature": 1.0, "tools": [{"type": "function"}],
+               "messages": [{"role": "system", "content": "old"}, {"role": "user", "content": "q"}]}
+    payload = member_payload(request, Sampling(temperature=0.2, seed=7, system="new"))
+    assert payload["temperature"] == 0.2 and payload["seed"] == 7 and payload["tools"] == [{"type": "function"}]
+    assert "model" not in payload and "stream" not in payload
+    assert payload["messages"] == [{"role": "system", "content": "new"}, {"role": "user", "content": "q"}]

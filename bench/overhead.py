@@ -1,0 +1,176 @@
+"""What the router adds: the same requests to one member directly and through `council serve`.
+
+    python -m bench.overhead [--seconds 5] [--rounds 3]
+
+Part 1, a real member (the synthetic qwen35 model, 1 token per request): direct to the llama-server vs
+through the router as a passthrough (`model` = the model) and as a 1-member council, driven by wrk with
+one connection in interleaved rounds; p50/p99 of each and the difference, plus the router's CPU time per
+request (from /proc).
+Part 2, throughput against a stub upstream (bench/stub_llama_server.py, which answers instantly: the one
+place a stub is right, since it isolates the router): wrk drives passthrough and a 3-member council;
+member calls/s = council requests/s x 3. Goals: <= 1 ms added at p50; >= 1,000 member calls/s on 2 cores.
+Writes bench/results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from council.llama import find_llama_server
+from council.synthetic import write_qwen35
+from tests.servers import start_council_serve
+
+RESULTS = Path(__file__).parent / "results"
+BODY = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 1, "temperature": 0}
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def policy(model: Path, members: int) -> str:
+    listing = ", ".join("{model: syn}" for _ in range(members))
+    return f"""
+gpus: [{{name: cpu, memory: 4GiB}}]
+slots: {{size: 256MiB, reserve: 0}}
+server: {{max_queue: 4096}}
+models:
+  syn: {{path: {model}, ctx_size: 512, parallel: 4}}
+councils:
+  solo: {{members: [{{model: syn}}]}}
+  trio: {{members: [{listing}], vote: {{extract: text}}}}
+"""
+
+
+def member_endpoint(server_url: str) -> tuple[str, str, int]:
+    """URL and key of the council's member process (the key from its command line: bench only)."""
+    member = next(m for m in httpx.get(f"{server_url}/admin/members").json()["members"] if m["name"] == "solo/0")
+    argv = Path(f"/proc/{member['pid']}/cmdline").read_bytes().split(b"\0")
+    key = argv[argv.index(b"--api-key") + 1].decode()
+    return f"http://127.0.0.1:{member['port']}", key, member["pid"]
+
+
+def latency(work: Path, seconds: int, rounds: int, env: dict[str, str]) -> dict[str, object]:
+    """wrk with one connection (a C client: it takes almost no CPU from the 2 cores the router and the
+    member share), `rounds` interleaved runs of `seconds` per path; medians of wrk's percentiles."""
+    server = start_council_serve(policy(write_qwen35(work / "syn.gguf", mtp=False), 1), work, env)
+    try:
+        url, key, _ = member_endpoint(server.url)
+        targets = {
+            "direct": (f"{url}/v1/chat/completions", BODY, {"Authorization": f"Bearer {key}"}),
+            "passthrough": (f"{server.url}/v1/chat/completions", {**BODY, "model": "syn"}, {}),
+            "council": (f"{server.url}/v1/chat/completions", {**BODY, "model": "solo"}, {}),
+        }
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
+        for _ in range(rounds):
+            for name, (target, body, headers) in targets.items():
+                before = cpu_seconds(server.proc.pid)
+                result = wrk_run(target, body, seconds, work, connections=1, headers=headers)
+                used = cpu_seconds(server.proc.pid) - before
+                result["router_cpu_ms_per_request"] = used / result["requests"] * 1000
+                runs[name].append(result)
+    finally:
+        server.stop()
+    doc: dict[str, object] = {"seconds_per_run": seconds, "rounds": rounds}
+    for name, results in runs.items():
+        doc[name] = {k: statistics.median(r[k] for r in results)
+                     for k in ("p50_ms", "p99_ms", "rps", "router_cpu_ms_per_request")}
+    for name in ("passthrough", "council"):
+        row, base = doc[name], doc["direct"]
+        row["added_p50_ms"] = row["p50_ms"] - base["p50_ms"]  # type: ignore[index]
+        row["added_p99_ms"] = row["p99_ms"] - base["p99_ms"]  # type: ignore[index]
+    return doc
+
+
+LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+%s
+wrk.body = '%s'
+"""
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk_run(url: str, body: dict[str, object], seconds: int, work: Path, connections: int = 32,
+            headers: dict[str, str] | None = None) -> dict[str, float]:
+    script = work / "post.lua"
+    extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+    script.write_text(LUA % (extra, json.dumps(body)))
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    assert re.search(r"Non-2xx or 3xx responses: (\d+)", out) is None, out
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+            "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+            "p99_ms": _ms(re.search(r"\s99%\s+(\S+)", out).group(1))}  # type: ignore[union-attr]
+
+
+def wrk(url: str, body: dict[str, object], seconds: int, work: Path, connections: int = 32) -> float:
+    return wrk_run(url, body, seconds, work, connections)["rps"]
+
+
+def throughput(work: Path, seconds: int, env: dict[str, str]) -> dict[str, float]:
+    stub = Path(__file__).with_name("stub_llama_server.py")
+    model = write_qwen35(work / "stub.gguf", mtp=False)  # only planned with; the stub never reads it
+    server = start_council_serve(policy(model, 3), work, {**env, "LLAMA_SERVER": str(stub)})
+    try:
+        url, _, _ = member_endpoint(server.url)
+        doc = {"stub_direct_rps": wrk(f"{url}/v1/chat/completions", BODY, seconds, work)}
+        doc["passthrough_rps"] = wrk(f"{server.url}/v1/chat/completions", {**BODY, "model": "syn"}, seconds, work)
+        doc["council_1_rps"] = wrk(f"{server.url}/v1/chat/completions", {**BODY, "model": "solo"}, seconds, work)
+        doc["council_3_rps"] = wrk(f"{server.url}/v1/chat/completions", {**BODY, "model": "trio"}, seconds, work)
+        doc["member_calls_per_s"] = doc["council_3_rps"] * 3
+    finally:
+        server.stop()
+    return doc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds")
+    args = parser.parse_args()
+    server = find_llama_server()
+    assert server is not None, "run `council setup` first"
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"COUNCIL_HOME": tmp, "LLAMA_SERVER": str(server.path)}
+        (Path(tmp) / "a").mkdir()
+        (Path(tmp) / "b").mkdir()
+        lat = latency(Path(tmp) / "a", args.seconds, args.rounds, env)
+        thr = throughput(Path(tmp) / "b", args.seconds, env)
+    print(f"{'path':<12} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'router CPU/req':>15}")
+    for name in ("direct", "passthrough", "council"):
+        row = lat[name]
+        extra = "" if name == "direct" else (f"{row['added_p50_ms']:>10.3f} {row['added_p99_ms']:>10.3f} "  # type: ignore[index]
+                                             f"{row['router_cpu_ms_per_request']:>12.3f} ms")  # type: ignore[index]
+        print(f"{name:<12} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} {extra}")  # type: ignore[index]
+    print(f"throughput (stub upstream, wrk -c32): stub direct {thr['stub_direct_rps']:.0f} req/s, passthrough "
+          f"{thr['passthrough_rps']:.0f} req/s, 1-member council {thr['council_1_rps']:.0f} req/s, 3-member council "
+          f"{thr['council_3_rps']:.0f} req/s = {thr['member_calls_per_s']:.0f} member calls/s")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "overhead.json").write_text(json.dumps({"latency": lat, "throughput": thr, "cpus": os.cpu_count(),
+                                                        "python": sys.version.split()[0]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
