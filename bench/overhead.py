@@ -1,6 +1,6 @@
 """What the router adds: the same requests to one member directly and through `council serve`.
 
-    python -m bench.overhead [--seconds 5] [--rounds 3]
+    python -m bench.overhead [--seconds 5] [--rounds 3]     (needs wrk: apt-get install wrk)
 
 Part 1, a real member (the synthetic qwen35 model, 1 token per request): direct to the llama-server vs
 through the router as a passthrough (`model` = the model) and as a 1-member council, driven by wrk with
