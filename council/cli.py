@@ -257,6 +257,14 @@ def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -
     asyncio.run(_run_until_signalled(supervisor))
 
 
+def _print_changes(supervisor: Any) -> None:
+    """One line per member state change (the log of `council up` and `council serve`)."""
+    for member in supervisor.members.values():
+        member.listeners.append(
+            lambda c: out.print(f"{time.strftime('%H:%M:%S')} {c.member}: {c.old} → {c.new}"
+                                + (f" ({c.reason})" if c.reason else ""), highlight=False))
+
+
 async def _run_until_signalled(supervisor: Any) -> None:
     """Start, report every state change on one line, and stop cleanly on SIGINT or SIGTERM."""
     import asyncio
@@ -268,10 +276,7 @@ async def _run_until_signalled(supervisor: Any) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    for member in supervisor.members.values():
-        member.listeners.append(
-            lambda c: out.print(f"{time.strftime('%H:%M:%S')} {c.member}: {c.old} → {c.new}"
-                                + (f" ({c.reason})" if c.reason else ""), highlight=False))
+    _print_changes(supervisor)
     live = Live(_members_table(supervisor), console=out, auto_refresh=False) if out.is_terminal else None
     if live is not None:
         live.start()
@@ -349,10 +354,7 @@ def serve(
         raise fail(str(exc), 2) from None
     for council_name, reason in router.fleet.refused.items():
         err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
-    for member in router.supervisor.members.values():
-        member.listeners.append(
-            lambda c: out.print(f"{time.strftime('%H:%M:%S')} {c.member}: {c.old} → {c.new}"
-                                + (f" ({c.reason})" if c.reason else ""), highlight=False))
+    _print_changes(router.supervisor)
     out.print(f"council serving on http://{bind_host}:{bind_port} (OpenAI base URL http://{bind_host}:{bind_port}/v1)")
     _CleanExitServer = _clean_exit_server()
     config = uvicorn.Config(create_app(router), host=bind_host, port=bind_port, log_level="warning",

@@ -12,6 +12,12 @@ from council.llama import LlamaServerInfo, find_llama_server
 from tests.servers import RunningServer, launch, start_redis, wait_ready
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (`pytest.mark.anyio`) run on asyncio, like the router."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def llama_server_bin() -> LlamaServerInfo:
     info = find_llama_server()

@@ -8,10 +8,29 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+
+def poll_ready(check: Callable[[], bool], proc: subprocess.Popen[bytes], deadline_s: float,
+               exited: Callable[[int, float], Exception], timed_out: Callable[[], Exception]) -> None:
+    """Poll `check` (transport errors count as not yet) until it holds; raise if `proc` dies or time runs out."""
+    start = time.monotonic()
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise exited(code, time.monotonic() - start)
+        try:
+            if check():
+                return
+        except (httpx.TransportError, OSError):
+            pass
+        if time.monotonic() - start > deadline_s:
+            raise timed_out()
+        time.sleep(0.05)
 
 
 def free_port() -> int:
@@ -70,21 +89,13 @@ def launch(binary: Path, model: Path, log_dir: Path, *extra: str, ctx: int = 512
 
 def wait_ready(server: RunningServer, deadline_s: float = 120.0) -> None:
     """Poll `/health` until 200; raise ServerExited if the process dies first."""
-    start = time.monotonic()
     with httpx.Client(timeout=2.0) as client:
-        while True:
-            code = server.proc.poll()
-            if code is not None:
-                raise ServerExited(code, server.log(), time.monotonic() - start)
-            try:
-                if client.get(f"{server.url}/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() - start > deadline_s:
-                server.stop()
-                raise TimeoutError(f"llama-server not ready after {deadline_s}s:\n{server.log()[-3000:]}")
-            time.sleep(0.05)
+        def timed_out() -> Exception:
+            server.stop()
+            return TimeoutError(f"llama-server not ready after {deadline_s}s:\n{server.log()[-3000:]}")
+
+        poll_ready(lambda: client.get(f"{server.url}/health").status_code == 200, server.proc, deadline_s,
+                   lambda code, secs: ServerExited(code, server.log(), secs), timed_out)
 
 
 def start_redis(workdir: Path, deadline_s: float = 20.0) -> tuple[subprocess.Popen[bytes], str]:
@@ -98,19 +109,19 @@ def start_redis(workdir: Path, deadline_s: float = 20.0) -> tuple[subprocess.Pop
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
-    start = time.monotonic()
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}")
+
+    def timed_out() -> Exception:
+        proc.kill()
+        return TimeoutError("redis-server did not answer PING")
+
+    def pong() -> bool:
         try:
-            if redis.Redis.from_url(url, socket_timeout=0.5).ping():
-                return proc, url
+            return bool(redis.Redis.from_url(url, socket_timeout=0.5).ping())
         except redis.ConnectionError:
-            pass
-        if time.monotonic() - start > deadline_s:
-            proc.kill()
-            raise TimeoutError("redis-server did not answer PING")
-        time.sleep(0.05)
+            return False
+
+    poll_ready(pong, proc, deadline_s, lambda code, _: RuntimeError(f"redis-server exited with {code}"), timed_out)
+    return proc, url
 
 
 @dataclass
@@ -150,17 +161,14 @@ def start_council_serve(policy_text: str, workdir: Path, env: dict[str, str], de
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **env})
     server = CouncilServer(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path, policy_path=policy)
-    start = time.monotonic()
     with httpx.Client(timeout=2.0) as client:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"council serve exited with {proc.returncode}:\n{server.log()[-3000:]}")
-            try:
-                if client.get(f"{server.url}/readyz", headers=ready_headers).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            if time.monotonic() - start > deadline_s:
-                server.stop()
-                raise TimeoutError(f"council serve not ready:\n{server.log()[-3000:]}")
-            time.sleep(0.05)
+        def timed_out() -> Exception:
+            server.stop()
+            return TimeoutError(f"council serve not ready:\n{server.log()[-3000:]}")
+
+        def exited(code: int, _: float) -> Exception:
+            return RuntimeError(f"council serve exited with {code}:\n{server.log()[-3000:]}")
+
+        poll_ready(lambda: client.get(f"{server.url}/readyz", headers=ready_headers).status_code == 200, proc,
+                   deadline_s, exited, timed_out)
+    return server

@@ -29,11 +29,6 @@ QWEN05, SMOL = by_name("qwen2.5-coder-0.5b"), by_name("smollm2-135m")
 assert QWEN05 and SMOL
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_qwen35(tmp_path_factory.mktemp("syn") / "syn.gguf")

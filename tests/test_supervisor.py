@@ -31,11 +31,6 @@ assert SMOL is not None
 FAST = {"backoff_base": 0.2, "backoff_cap": 1.0, "watch_interval": 0.2, "metrics_interval": 0.5}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def mtp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_qwen35(tmp_path_factory.mktemp("syn") / "syn-mtp.gguf")
