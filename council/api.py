@@ -25,6 +25,7 @@ from council.auth import AuthError, Principal
 from council.fanout import CouncilAnswer, QuorumError
 from council.member import State
 from council.router import ReloadError, Router
+from council.state import StateError
 
 KEEPALIVE_S = 2.0
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -107,6 +108,7 @@ def create_app(router: Router) -> FastAPI:
     app = FastAPI(title="council", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible router over councils of small local models.")
     metrics = router.metrics
+    sharing: set[asyncio.Task[None]] = set()  # ballot copies on their way to Redis (kept from the GC)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -152,7 +154,7 @@ def create_app(router: Router) -> FastAPI:
         if engine is None and model not in router.policy.models:
             known = sorted([*router.runtime.engines, *router.policy.models])
             raise ApiError(404, f"unknown model {model!r}; known: {', '.join(known)}", "model_not_found")
-        if (wait := who.take()) is not None:
+        if (wait := await take(who)) is not None:
             metrics.rejected.labels("rate").inc()
             raise ApiError(429, f"rate limit of key {who.name} exceeded", "rate_limited",
                            {"Retry-After": str(max(1, math.ceil(wait)))})
@@ -192,6 +194,16 @@ def create_app(router: Router) -> FastAPI:
                 who.in_flight -= 1
                 router.queues[model] -= 1
 
+    async def take(who: Principal) -> float | None:
+        """The key's rate limit: shared by all routers through Redis, or this router's own bucket (also the
+        fallback while Redis is away, so an outage never turns into unlimited or refused traffic)."""
+        if who.rate_limit is None or not router.shared:
+            return who.take()
+        try:
+            return await router.state.take(f"key:{who.name}", who.rate_limit, max(1.0, who.rate_limit))
+        except StateError:
+            return who.take()
+
     def _release_after(response: StreamingResponse, who: Principal, model: str) -> StreamingResponse:
         inner = response.body_iterator
 
@@ -218,11 +230,21 @@ def create_app(router: Router) -> FastAPI:
 
     def record(answer: CouncilAnswer) -> None:
         doc = answer.council_json()
+        if router.shared:  # so /v1/ballots/{id} works on every router; an outage only loses the copy
+            task = asyncio.create_task(share_ballot(answer.id))
+            sharing.add(task)
+            task.add_done_callback(sharing.discard)
         metrics.answers.labels(answer.council, str(answer.early_stop).lower(), str(answer.degraded).lower()).inc()
         metrics.agreement.labels(answer.council).observe(answer.decision.agreement)
         winners = set(answer.decision.winner_members)
         for m in doc["members"]:
             metrics.votes.labels(answer.council, m["name"], m["status"], str(m["name"] in winners).lower()).inc()
+
+    async def share_ballot(ballot_id: str) -> None:
+        ballot = router.ballots.get(ballot_id)
+        if ballot is not None:
+            with contextlib.suppress(StateError):
+                await router.state.put_ballot(ballot_id, ballot, router.policy.server.ballots)
 
     async def stream_council(engine: Any, body: dict[str, Any], who: Principal, model: str) -> AsyncIterator[bytes]:
         """Keep-alive comments while members work, then the winning answer, usage and the council object."""
@@ -318,6 +340,12 @@ def create_app(router: Router) -> FastAPI:
     async def ballot(ballot_id: str, request: Request) -> dict[str, Any]:
         principal(request, "chat")
         found = router.ballots.get(ballot_id)
+        if found is None and router.shared:
+            try:
+                found = await router.state.get_ballot(ballot_id)
+            except StateError as exc:
+                message = f"ballot {ballot_id!r} is not on this router and {exc}"
+                raise ApiError(503, message, "state_unavailable") from None
         if found is None:
             raise ApiError(404, f"no recent ballot {ballot_id!r} (the router keeps the last "
                                 f"{router.ballots.capacity})", "ballot_not_found")

@@ -257,12 +257,15 @@ def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -
     asyncio.run(_run_until_signalled(supervisor))
 
 
-def _print_changes(supervisor: Any) -> None:
+def _change_line(change: Any) -> None:
     """One line per member state change (the log of `council up` and `council serve`)."""
+    out.print(f"{time.strftime('%H:%M:%S')} {change.member}: {change.old} → {change.new}"
+              + (f" ({change.reason})" if change.reason else ""), highlight=False)
+
+
+def _print_changes(supervisor: Any) -> None:
     for member in supervisor.members.values():
-        member.listeners.append(
-            lambda c: out.print(f"{time.strftime('%H:%M:%S')} {c.member}: {c.old} → {c.new}"
-                                + (f" ({c.reason})" if c.reason else ""), highlight=False))
+        member.listeners.append(_change_line)
 
 
 async def _run_until_signalled(supervisor: Any) -> None:
@@ -354,7 +357,7 @@ def serve(
         raise fail(str(exc), 2) from None
     for council_name, reason in router.fleet.refused.items():
         err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
-    _print_changes(router.supervisor)
+    router.listeners.append(_change_line)
     out.print(f"council serving on http://{bind_host}:{bind_port} (OpenAI base URL http://{bind_host}:{bind_port}/v1)")
     _CleanExitServer = _clean_exit_server()
     config = uvicorn.Config(create_app(router), host=bind_host, port=bind_port, log_level="warning",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,12 +13,15 @@ from typing import Any
 from council.auth import KeyRing
 from council.ballots import BallotStore
 from council.fleet import Fleet, fleet_from_plan
+from council.leases import LeaseKeeper
 from council.llama import LlamaServerInfo
+from council.member import StateChange
 from council.metrics import MemberCollector, RouterMetrics
 from council.plan import PolicyPlan, plan_policy
 from council.policy import Policy
 from council.policy_file import LoadedPolicy, PolicyError, Problem, load_policy
 from council.runtime import Runtime, build_runtime
+from council.state import StateStore, open_state
 from council.supervisor import Supervisor, SupervisorConfig
 
 
@@ -39,9 +45,11 @@ class Router:
     def __post_init__(self) -> None:
         self.plan: PolicyPlan = plan_policy(self.policy)
         self.fleet: Fleet = fleet_from_plan(self.plan, self.server)
-        self.supervisor = Supervisor(self.fleet.factories,
-                                     SupervisorConfig(run_dir=self.run_dir, **self.supervisor_config),
-                                     self.fleet.served)
+        self.listeners: list[Callable[[StateChange], None]] = []
+        self.supervisor = Supervisor({}, SupervisorConfig(run_dir=self.run_dir, **self.supervisor_config))
+        self.state: StateStore = open_state(self.policy.state)
+        self.shared = self.policy.state != "memory"  # ballots and rate limits live in Redis too
+        self.leases = LeaseKeeper(self.state, holder=f"{socket.gethostname()}:{os.getpid()}")
         self.keys = KeyRing(self.policy.server.api_keys)
         self.ballots = BallotStore(self.policy.server.ballots)
         self.runtime: Runtime | None = None
@@ -56,11 +64,19 @@ class Router:
         return self.loaded.policy
 
     async def start(self) -> None:
+        """Lease the plan's slots (councils that get none are not started), then launch the members."""
+        self.plan = await self.leases.admit(self.plan)
+        self.fleet = fleet_from_plan(self.plan, self.server)
+        self.supervisor = Supervisor(self.fleet.factories, self.supervisor.config, self.fleet.served,
+                                     self.listeners)
         await self.supervisor.start()
+        self.leases.start_renewing()
         self.runtime = build_runtime(self.plan, self.fleet, self.supervisor, ballots=self.ballots)
 
     async def stop(self) -> None:
         await self.supervisor.stop()
+        await self.leases.release_all()
+        await self.state.close()
         if self.runtime is not None:
             await self.runtime.http.aclose()
 
@@ -95,6 +111,16 @@ class Router:
                 raise ReloadError([Problem((), str(exc)).format(str(self.policy_path))]) from None
             refused = [f"council {c.name} does not fit: {c.reason}" for c in plan.slots.councils if not c.admitted]
             if refused:
+                raise ReloadError(refused)
+            # Our own leases would count against the new plan: give them back, lease anew, and on refusal
+            # take the old ones again (the old councils never stopped).
+            await self.leases.release_leases()
+            plan = await self.leases.admit(plan)
+            refused = [f"council {c.name}: {c.reason}" for c in plan.slots.councils if not c.admitted]
+            if refused:
+                await self.leases.release_leases()
+                self.leases.keep_wanting(self.plan)  # the old councils never stopped
+                await self.leases.admit(self.plan)
                 raise ReloadError(refused)
             fleet = fleet_from_plan(plan, self.server)
             old_keys = {name: self._identity(self.plan, self.fleet, name) for name in self.fleet.factories}

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from council.launch import LaunchSpec
-from council.member import Member, State, TransitionError
+from council.member import Member, State, StateChange, TransitionError
 from council.metrics_text import parse_member_metrics
 
 PR_SET_PDEATHSIG = 1
@@ -148,11 +148,14 @@ class Supervisor:
     """Runs a set of members; `members` is the live view the API and the fan-out read."""
 
     def __init__(self, specs: dict[str, Callable[[int], LaunchSpec]], config: SupervisorConfig,
-                 served: dict[str, tuple[str, ...]] | None = None) -> None:
+                 served: dict[str, tuple[str, ...]] | None = None,
+                 listeners: list[Callable[[StateChange], None]] | None = None) -> None:
         self.config = config
         self._factories = specs
+        self.listeners = listeners or []  # given to every member, also those a reload adds
         self.members: dict[str, Member] = {
-            name: Member(name=name, spec=make(0), members=(served or {}).get(name, (name,)))
+            name: Member(name=name, spec=make(0), members=(served or {}).get(name, (name,)),
+                         listeners=list(self.listeners))
             for name, make in specs.items()
         }
         self._running: dict[str, _Running] = {}
@@ -198,7 +201,7 @@ class Supervisor:
     def add(self, name: str, factory: Callable[[int], LaunchSpec], served: tuple[str, ...]) -> None:
         """Start one more member (a reload that added or changed it)."""
         self._factories[name] = factory
-        self.members[name] = Member(name=name, spec=factory(0), members=served)
+        self.members[name] = Member(name=name, spec=factory(0), members=served, listeners=list(self.listeners))
         self._tasks[name] = asyncio.create_task(self._life(name), name=f"member:{name}")
 
     async def remove(self, name: str, reason: str) -> None:

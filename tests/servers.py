@@ -148,8 +148,8 @@ class CouncilServer:
 
 
 def start_council_serve(policy_text: str, workdir: Path, env: dict[str, str], deadline_s: float = 120.0,
-                        ready_headers: dict[str, str] | None = None) -> CouncilServer:
-    """Write the policy, start `council serve` on a free port and poll /readyz until 200."""
+                        ready_headers: dict[str, str] | None = None, ready_path: str = "/readyz") -> CouncilServer:
+    """Write the policy, start `council serve` on a free port and poll `ready_path` (/readyz) until 200."""
     import sys
 
     port = free_port()
@@ -169,6 +169,6 @@ def start_council_serve(policy_text: str, workdir: Path, env: dict[str, str], de
         def exited(code: int, _: float) -> Exception:
             return RuntimeError(f"council serve exited with {code}:\n{server.log()[-3000:]}")
 
-        poll_ready(lambda: client.get(f"{server.url}/readyz", headers=ready_headers).status_code == 200, proc,
+        poll_ready(lambda: client.get(f"{server.url}{ready_path}", headers=ready_headers).status_code == 200, proc,
                    deadline_s, exited, timed_out)
     return server

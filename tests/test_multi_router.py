@@ -1,0 +1,139 @@
+"""Several routers sharing one Redis: slot leases never over-allocate, ballots and rate limits are shared,
+and a Redis outage neither stops admitted councils nor lets new leases through."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from council.llama import LlamaServerInfo
+from council.synthetic import write_qwen35
+from tests.servers import CouncilServer, free_port, start_council_serve
+
+KEY = "shared-key-0123456789"
+CHAT = {"model": "pair", "messages": [{"role": "user", "content": "go"}]}
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_qwen35(tmp_path_factory.mktemp("syn") / "syn.gguf")
+
+
+def policy(syn: Path, state: str, extra_server: str = "") -> str:
+    # Two slots on this host's `cpu`; the council needs both.
+    return f"""
+state: {state}
+server: {{host: 127.0.0.1{extra_server}}}
+gpus: [{{name: cpu, memory: 512MiB}}]
+slots: {{size: 256MiB, reserve: 0}}
+models:
+  syn: {{path: {syn}, ctx_size: 512}}
+councils:
+  pair:
+    members: [{{model: syn, sampling: {{max_tokens: 4}}}}, {{model: syn, sampling: {{max_tokens: 4}}}}]
+    vote: {{extract: text}}
+"""
+
+
+@pytest.fixture
+def serve(tmp_path: Path, llama_server_bin: LlamaServerInfo) -> Iterator[Callable[..., CouncilServer]]:
+    started: list[CouncilServer] = []
+
+    def _serve(text: str, ready_path: str = "/readyz", headers: dict[str, str] | None = None) -> CouncilServer:
+        workdir = tmp_path / f"router{len(started)}"
+        workdir.mkdir()
+        env = {"COUNCIL_HOME": str(workdir), "LLAMA_SERVER": str(llama_server_bin.path)}
+        server = start_council_serve(text, workdir, env, ready_path=ready_path, ready_headers=headers)
+        started.append(server)
+        return server
+
+    yield _serve
+    for server in started:
+        assert server.stop() == 0, server.log()[-2000:]
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_two_routers_never_lease_more_slots_than_the_gpu_has(
+    serve: Callable[..., CouncilServer], syn: Path, redis_url: str
+) -> None:
+    state = redis_url.rsplit("/", 1)[0] + "/1"
+    first = serve(policy(syn, state))
+    second = serve(policy(syn, state), ready_path="/healthz")
+    ready = httpx.get(f"{second.url}/readyz")
+    assert ready.status_code == 503
+    [reason] = ready.json()["reasons"]
+    assert reason == ("council pair is not running: its 2 slots on cpu are leased elsewhere "
+                      "(2 of 2 held by other routers)")
+    assert httpx.get(f"{second.url}/admin/members").json()["members"] == []  # nothing started beside them
+    assert httpx.post(f"{first.url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
+    assert first.stop() == 0  # a clean stop gives its leases back
+    third = serve(policy(syn, state))
+    assert httpx.post(f"{third.url}/v1/chat/completions", json=CHAT, timeout=30).json()["council"]["answer"] == "abcd"
+
+
+def test_ballots_and_rate_limits_are_shared(serve: Callable[..., CouncilServer], syn: Path, redis_url: str) -> None:
+    state = redis_url.rsplit("/", 1)[0] + "/2"
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    keys = f", api_keys: [{{name: app, sha256: {digest}, rate_limit: 0.2}}]"
+    headers = {"Authorization": f"Bearer {KEY}"}
+    first = serve(policy(syn, state, keys), headers=headers)
+    second = serve(policy(syn, state, keys), ready_path="/healthz")
+    answer = httpx.post(f"{first.url}/v1/chat/completions", json=CHAT, headers=headers, timeout=30).json()
+
+    def on_second() -> bool:
+        return httpx.get(f"{second.url}/v1/ballots/{answer['id']}", headers=headers).status_code == 200
+
+    wait_for(on_second, "the ballot to reach the second router")
+    ballot = httpx.get(f"{second.url}/v1/ballots/{answer['id']}", headers=headers).json()
+    assert ballot["answer"] == answer["council"]["answer"] == "abcd"
+    # The key's one request per 5 s was spent on the first router: the second refuses it too.
+    limited = httpx.post(f"{second.url}/v1/chat/completions", json={**CHAT, "model": "syn"}, headers=headers)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+
+def test_redis_outage_keeps_admitted_councils_and_refuses_new_leases(
+    serve: Callable[..., CouncilServer], syn: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                        text=True).stdout.strip() == "PONG", "redis-server")
+        server = serve(policy(syn, url))
+        redis.terminate()
+        redis.wait(timeout=10)
+        reply = httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=30)
+        assert reply.status_code == 200 and reply.json()["council"]["answer"] == "abcd"  # admitted: still answers
+        assert httpx.get(f"{server.url}/v1/ballots/{reply.json()['id']}").status_code == 200  # local copy
+        refused = httpx.post(f"{server.url}/admin/reload", timeout=30)
+        assert refused.status_code == 400
+        assert any(f"Redis at {url} is unreachable" in p for p in refused.json()["problems"]), refused.json()
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
+        # Redis returns (empty: it keeps nothing on disk): the same router leases again, no restart needed.
+        redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                        text=True).stdout.strip() == "PONG", "redis-server again")
+        reloaded = httpx.post(f"{server.url}/admin/reload", timeout=30)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["unchanged"] == ["pair/0", "pair/1"]
+        leased = subprocess.run(["redis-cli", "-p", str(port), "--scan", "--pattern", "council:*"],
+                                capture_output=True, text=True).stdout.split()
+        assert leased, "the router's leases are back in Redis"
+    finally:
+        redis.kill()
+        redis.wait(timeout=10)
