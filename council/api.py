@@ -326,6 +326,29 @@ def create_app(router: Router) -> FastAPI:
         except aiohttp.ClientError as exc:
             raise ApiError(502, f"member {member.name} failed: {type(exc).__name__}", "member_error") from None
 
+    @app.post("/internal/members/{process:path}/v1/chat/completions", include_in_schema=False, response_model=None)
+    async def member_call(process: str, request: Request) -> Response:
+        """A member of this host, for routers on other hosts (state: redis); needs the shared cluster key."""
+        import hmac
+
+        given = request.headers.get("authorization", "").encode()
+        if router.cluster_key is None or not hmac.compare_digest(given, f"Bearer {router.cluster_key}".encode()):
+            raise ApiError(401, "member calls need the cluster key (server.cluster_key_env)", "invalid_cluster_key")
+        member = router.supervisor.members.get(process)
+        if member is None or member.state is not State.READY:
+            raise ApiError(503, f"member {process} is not ready on this host", "no_ready_member")
+        session = router.runtime.http.for_process(process) if router.runtime else None
+        assert session is not None
+        headers = {"Authorization": f"Bearer {member.spec.api_key}", "Content-Type": "application/json"}
+        async with router.supervisor.request(process):
+            upstream = await _send(session, f"{member.spec.url}/v1/chat/completions", await request.body(),
+                                   headers, member)
+            try:
+                content = await upstream.read()
+            finally:
+                upstream.release()
+        return Response(content=content, status_code=upstream.status, media_type="application/json")
+
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         principal(request, "chat")

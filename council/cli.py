@@ -329,6 +329,9 @@ def serve(
     policy: Annotated[str, typer.Argument(help="The policy file (YAML).")],
     host: Annotated[str | None, typer.Option(help="Bind address (default: the policy's server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: the policy's server.port).")] = None,
+    role: Annotated[str, typer.Option(help="both (members + API), host (members, published to the registry) "
+                                           "or router (API over the registry's members); the last two need "
+                                           "state: redis://...")] = "both",
 ) -> None:
     """`council up` plus the HTTP API: OpenAI-compatible /v1/chat/completions where `model` is a council."""
     import uvicorn
@@ -348,11 +351,17 @@ def serve(
     keys = KeyRing(settings.api_keys)
     if keys.missing_env:
         raise fail("API key variables are not set: " + "; ".join(keys.missing_env), 2)
+    if role not in ("both", "host", "router"):
+        raise fail(f"--role must be both, host or router, not {role!r}", 2)
+    if role != "both" and loaded.policy.state == "memory":
+        raise fail(f"--role {role} shares members through the registry: set `state: redis://...`", 2)
     server = find_llama_server(require_mtp=False)
     if server is None:
         raise fail("no llama-server found: run `council setup`", 1)
+    advertise = settings.advertise_url or f"http://{bind_host}:{bind_port}"
     try:
-        router = Router(policy_path=Path(policy), loaded=loaded, server=server, run_dir=council_home() / "run")
+        router = Router(policy_path=Path(policy), loaded=loaded, server=server, run_dir=council_home() / "run",
+                        role=role, advertise_url=advertise)  # type: ignore[arg-type]
     except (OSError, ValueError) as exc:
         raise fail(str(exc), 2) from None
     for council_name, reason in router.fleet.refused.items():

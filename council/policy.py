@@ -63,6 +63,11 @@ class ServerConfig(_Strict):
     max_queue: int = Field(default=32, ge=1)
     max_body: Size = Field(default=1 << 20, gt=0)
     ballots: int = Field(default=1000, ge=1)  # recent ballots kept for /v1/ballots/{id}
+    # Several hosts (state: redis://...): how other routers reach this one's members, the env var holding
+    # the key hosts and routers share for member calls, and how often a host re-publishes its members.
+    advertise_url: str | None = None
+    cluster_key_env: str = "COUNCIL_CLUSTER_KEY"
+    heartbeat: Duration = 2.0
 
 
 class GpuDecl(_Strict):

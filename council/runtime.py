@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -75,20 +76,28 @@ def council_configs(plan: PolicyPlan) -> dict[str, CouncilConfig]:
 
 
 def build_runtime(plan: PolicyPlan, fleet: Fleet, supervisor: Supervisor, *,
-                  http: MemberHttp | None = None, ballots: BallotStore | None = None) -> Runtime:
+                  http: MemberHttp | None = None, ballots: BallotStore | None = None,
+                  elsewhere: Callable[[str], LocalEndpoint | None] | None = None) -> Runtime:
+    """Engines for the councils this router answers. Members it runs are called directly; with `elsewhere`
+    (a router reading the member registry) every council of the policy is answered, members on other
+    hosts through their host's member endpoint."""
     policy = plan.policy
     http = http if http is not None else MemberHttp()
     ballots = ballots if ballots is not None else BallotStore()  # an empty store is falsy
     process_of = {member: process for process, members in fleet.served.items() for member in members}
     slots: dict[str, asyncio.Semaphore] = {}
     engines: dict[str, CouncilEngine] = {}
-    for name, config in council_configs(plan).items():
+    configs = council_configs(plan) if elsewhere is None else dict(policy.councils)
+    for name, config in configs.items():
         members = []
         for order, (member_name, member) in enumerate(zip(config.member_names(name), config.members, strict=True)):
             model = policy.models[member.model]
             limiter = rate_limiter(member.rate_limit)
             if model.remote is not None:
                 client: LocalClient | RemoteClient = RemoteClient(model.remote, limiter)
+            elif member_name not in process_of and elsewhere is not None:
+                client = LocalClient(endpoint=lambda m=member_name: elsewhere(m),
+                                     http=http.for_process(f"registry:{member_name}", model.parallel), limiter=limiter)
             else:
                 process = process_of[member_name]
                 width = model.parallel * len(fleet.served[process])

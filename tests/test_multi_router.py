@@ -4,7 +4,9 @@ and a Redis outage neither stops admitted councils nor lets new leases through."
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -137,3 +139,73 @@ def test_redis_outage_keeps_admitted_councils_and_refuses_new_leases(
     finally:
         redis.kill()
         redis.wait(timeout=10)
+
+
+def test_a_router_answers_with_members_on_another_host_and_drops_a_dead_host(
+    tmp_path: Path, syn: Path, redis_url: str, llama_server_bin: LlamaServerInfo,
+    start_server: Callable[..., object],
+) -> None:
+    """A GPU host (`--role host`) runs a member; a router (`--role router`) runs none and answers with it.
+    The council's other member is remote (an OpenAI-compatible server through litellm), so when the host
+    dies the router still answers, degraded, once the host's heartbeat has lapsed."""
+    far = start_server(syn)
+    state = redis_url.rsplit("/", 1)[0] + "/3"
+    text = f"""
+state: {state}
+server: {{heartbeat: 300ms}}
+gpus: [{{name: cpu, memory: 512MiB}}]
+slots: {{size: 256MiB, reserve: 0}}
+models:
+  syn: {{path: {syn}, ctx_size: 512}}
+  far: {{remote: {{model: openai/far, api_base: "{far.url}/v1", api_key_env: FAR_KEY}}}}  # type: ignore[attr-defined]
+councils:
+  mixed:
+    members: [{{model: syn, sampling: {{max_tokens: 4}}}}, {{model: far, sampling: {{max_tokens: 4}}}}]
+    vote: {{extract: text}}
+    quorum: 1
+""".replace("  # type: ignore[attr-defined]", "")
+    env = {"LLAMA_SERVER": str(llama_server_bin.path), "COUNCIL_CLUSTER_KEY": "cluster-secret-42",
+           "FAR_KEY": far.api_key}  # type: ignore[attr-defined]
+    procs = []
+    try:
+        hosts = {}
+        for role in ("host", "router"):
+            workdir = tmp_path / role
+            workdir.mkdir()
+            port = free_port()
+            (workdir / "policy.yaml").write_text(text)
+            log = (workdir / "serve.log").open("wb")
+            proc = subprocess.Popen([sys.executable, "-m", "council", "serve", str(workdir / "policy.yaml"),
+                                     "--port", str(port), "--role", role], stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **env, "COUNCIL_HOME": str(workdir)})
+            procs.append(proc)
+            hosts[role] = f"http://127.0.0.1:{port}"
+
+        def router_ready() -> bool:
+            try:
+                return httpx.get(f"{hosts['router']}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(router_ready, "the router to answer", timeout=60)
+        body = {"model": "mixed", "messages": [{"role": "user", "content": "go"}]}
+
+        def both_answer() -> bool:  # the host publishes its member once it is ready (a heartbeat later)
+            doc = httpx.post(f"{hosts['router']}/v1/chat/completions", json=body, timeout=30).json()["council"]
+            return [m["status"] for m in doc["members"]] == ["ok", "ok"] and not doc["degraded"]
+
+        wait_for(both_answer, "the router to reach the member on the GPU host", timeout=60)
+        procs[0].kill()  # the GPU host dies (its members die with it)
+        procs[0].wait(timeout=10)
+        died = time.monotonic()
+
+        def dropped() -> bool:
+            reply = httpx.post(f"{hosts['router']}/v1/chat/completions", json=body, timeout=30).json()["council"]
+            return reply["members"][0]["status"] == "error" and reply["degraded"] and reply["answer"] == "abcd"
+
+        wait_for(dropped, "the dead host's member to leave the vote", timeout=10)
+        assert time.monotonic() - died < 3 * 0.3 + 1.5  # the heartbeat bound (3 beats) plus polling slack
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
