@@ -192,7 +192,7 @@ class Router:
             for name in added:
                 self.supervisor.add(name, fleet.factories[name], fleet.served[name])
             for name in unchanged:  # same process, but the new plan's factory for its next restart
-                self.supervisor._factories[name] = fleet.factories[name]
+                self.supervisor.replace_factory(name, fleet.factories[name])
             self.loaded, self.plan, self.fleet = loaded, plan, fleet
             self.keys = KeyRing(loaded.policy.server.api_keys)
             old_runtime = self.runtime

@@ -204,6 +204,10 @@ class Supervisor:
         self.members[name] = Member(name=name, spec=factory(0), members=served, listeners=list(self.listeners))
         self._tasks[name] = asyncio.create_task(self._life(name), name=f"member:{name}")
 
+    def replace_factory(self, name: str, factory: Callable[[int], LaunchSpec]) -> None:
+        """The launch inputs for this member's next start (a reload that left it running)."""
+        self._factories[name] = factory
+
     async def remove(self, name: str, reason: str) -> None:
         """Drain one member (in-flight requests finish, up to the deadline), stop it and forget it."""
         member = self.members[name]
