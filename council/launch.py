@@ -88,6 +88,8 @@ def build_launch(
     argv = [
         str(server.path),
         "--model", str(model.path),
+        # Responses name the policy's model, not a file path on this machine (passthrough relays them).
+        "--alias", model_name,
         "--host", "127.0.0.1",
         "--port", str(port),
         "--api-key", api_key,

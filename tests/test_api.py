@@ -93,6 +93,7 @@ def test_openai_sdk_streaming_council_and_passthrough(open_server: CouncilServer
     assert "".join(pieces) == "abcdefgh" and len(pieces) >= 4  # relayed token by token
     plain = client.chat.completions.create(model="other", max_tokens=3, messages=[{"role": "user", "content": "x"}])
     assert plain.choices[0].message.content == "abc"
+    assert plain.model == "other"  # the policy's name, never the GGUF's path on the host
 
 
 def test_litellm_and_curl_as_clients(open_server: CouncilServer) -> None:
