@@ -79,22 +79,22 @@ def inspect_binary(path: Path) -> LlamaServerInfo:
     )
 
 
-def candidate_binaries() -> list[Path]:
-    """Where to look, in order: `$LLAMA_SERVER`, council's cache, then `PATH`."""
-    found: list[Path] = []
+def candidate_binaries() -> list[tuple[str, Path]]:
+    """Where to look, in order, with where each came from: `$LLAMA_SERVER`, council's cache, then `PATH`."""
+    found: list[tuple[str, Path]] = []
     env = os.environ.get("LLAMA_SERVER")
     if env:
-        found.append(Path(env).expanduser())
-    found.append(cached_binary())
+        found.append(("$LLAMA_SERVER", Path(env).expanduser()))
+    found.append(("cache", cached_binary()))
     on_path = shutil.which("llama-server")
     if on_path:
-        found.append(Path(on_path))
+        found.append(("PATH", Path(on_path)))
     return found
 
 
 def find_llama_server(*, require_mtp: bool = True) -> LlamaServerInfo | None:
     """The first usable llama-server; with `require_mtp`, only one whose `--help` lists an MTP type."""
-    for path in candidate_binaries():
+    for _, path in candidate_binaries():
         try:
             info = inspect_binary(path.resolve())
         except LlamaServerError:

