@@ -288,36 +288,45 @@ def create_app(router: Router) -> FastAPI:
                 raise ApiError(400, f"{model} is a remote model: call its provider directly", "remote_model")
             raise ApiError(503, f"no ready member serves {model}", "no_ready_member")
         member = min(candidates, key=lambda m: (m.in_flight, m.name))
-        assert router.runtime is not None
-        session = router.runtime.http.for_process(member.name)
-        url = f"{member.spec.url}/v1/chat/completions"
-        headers = {"Authorization": f"Bearer {member.spec.api_key}", "Content-Type": "application/json"}
         payload = json.dumps(body).encode()
         start = time.perf_counter()
-        if body.get("stream"):
-            upstream = await _send(session, url, payload, headers, member)
+        if not body.get("stream"):
+            response = await forward(member, payload)
+            return response, time.perf_counter() - start
+        assert router.runtime is not None
+        upstream = await _send(router.runtime.http.for_process(member.name), f"{member.spec.url}/v1/chat/completions",
+                               payload, _member_headers(member), member)
 
-            async def relay() -> AsyncIterator[bytes]:
-                async with router.supervisor.request(member.name):
-                    try:
-                        async for chunk in upstream.content.iter_any():
-                            yield chunk
-                    finally:
-                        upstream.release()
+        async def relay() -> AsyncIterator[bytes]:
+            async with router.supervisor.request(member.name):
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        yield chunk
+                finally:
+                    upstream.release()
 
-            return StreamingResponse(relay(), status_code=upstream.status,
-                                     media_type=upstream.headers.get("content-type", "text/event-stream")), 0.0
+        return StreamingResponse(relay(), status_code=upstream.status,
+                                 media_type=upstream.headers.get("content-type", "text/event-stream")), 0.0
+
+    def _member_headers(member: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {member.spec.api_key}", "Content-Type": "application/json"}
+
+    async def forward(member: Any, payload: bytes) -> Response:
+        """One chat completion relayed to a local member, as its bytes (a passthrough, or a remote router's
+        call to this host); counted for the member's watchdog."""
+        assert router.runtime is not None
+        session = router.runtime.http.for_process(member.name)
         async with router.supervisor.request(member.name):
-            upstream = await _send(session, url, payload, headers, member)
+            upstream = await _send(session, f"{member.spec.url}/v1/chat/completions", payload,
+                                   _member_headers(member), member)
             try:
                 content = await upstream.read()
             except aiohttp.ClientError as exc:
                 raise ApiError(502, f"member {member.name} failed: {type(exc).__name__}", "member_error") from None
             finally:
                 upstream.release()
-        waited = time.perf_counter() - start
         return Response(content=content, status_code=upstream.status,
-                        media_type=upstream.headers.get("content-type", "application/json")), waited
+                        media_type=upstream.headers.get("content-type", "application/json"))
 
     async def _send(session: aiohttp.ClientSession, url: str, payload: bytes, headers: dict[str, str],
                     member: Any) -> aiohttp.ClientResponse:
@@ -337,17 +346,7 @@ def create_app(router: Router) -> FastAPI:
         member = router.supervisor.members.get(process)
         if member is None or member.state is not State.READY:
             raise ApiError(503, f"member {process} is not ready on this host", "no_ready_member")
-        session = router.runtime.http.for_process(process) if router.runtime else None
-        assert session is not None
-        headers = {"Authorization": f"Bearer {member.spec.api_key}", "Content-Type": "application/json"}
-        async with router.supervisor.request(process):
-            upstream = await _send(session, f"{member.spec.url}/v1/chat/completions", await request.body(),
-                                   headers, member)
-            try:
-                content = await upstream.read()
-            finally:
-                upstream.release()
-        return Response(content=content, status_code=upstream.status, media_type="application/json")
+        return await forward(member, await request.body())
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
