@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from council.catalog import by_name
+from council.setup.catalog import by_name
 
 MODELS = ["qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]  # slowest first
 RESULTS = Path(__file__).parent / "results"

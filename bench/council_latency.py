@@ -21,14 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from council.catalog import by_name
-from council.fanout import member_payload
-from council.fleet import fleet_from_plan
-from council.llama import find_llama_server
-from council.plan import plan_policy
-from council.policy_file import load_policy
-from council.runtime import build_runtime
-from council.supervisor import Supervisor, SupervisorConfig
+from council.members.binary import find_llama_server
+from council.members.process import LifeConfig
+from council.plan.planner import plan_policy
+from council.policy.loading import load_policy
+from council.setup.catalog import by_name
+from council.voting.assembly import assemble
+from council.voting.engine import member_payload
 
 RESULTS = Path(__file__).parent / "results"
 QUESTION = {"messages": [{"role": "user", "content": "What is 6 times 7? Reply with just the number."}]}
@@ -37,7 +36,7 @@ QUESTION = {"messages": [{"role": "user", "content": "What is 6 times 7? Reply w
 
 def policy_text(scenario: str, workdir: Path) -> str:
     if scenario == "synthetic":
-        from council.synthetic import write_qwen35
+        from council.setup.synthetic import write_qwen35
 
         syn = write_qwen35(workdir / "syn.gguf")
         return f"""
@@ -86,10 +85,9 @@ async def run(rounds: int, scenario: str) -> dict[str, object]:
         plan = plan_policy(load_policy(path).policy)
         server = find_llama_server()
         assert server is not None
-        fleet = fleet_from_plan(plan, server)
-        supervisor = Supervisor(fleet.factories, SupervisorConfig(run_dir=Path(tmp) / "run"), fleet.served)
+        runtime = assemble(plan, server, LifeConfig(run_dir=Path(tmp) / "run"))
+        supervisor = runtime.supervisor
         await supervisor.start()
-        runtime = build_runtime(plan, fleet, supervisor)
         try:
             assert await supervisor.wait_settled(120)
             engine = runtime.engines["trio"]
@@ -113,7 +111,6 @@ async def run(rounds: int, scenario: str) -> dict[str, object]:
                 agreed += answer.decision.winner_members[:2] == ("trio/0", "trio/1")
         finally:
             await supervisor.stop()
-            await runtime.http.aclose()
     p50 = {k: statistics.median(v) for k, v in times.items()}
     members = sorted((k for k in p50 if k not in ("council", "fast pair")), key=lambda k: p50[k])
     second = members[1]

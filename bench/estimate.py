@@ -4,7 +4,7 @@ For each case a llama-server starts with `--load-mode none --fit off -t 1 -np P 
 (plus `--spec-type draft-mtp --spec-draft-n-max N` for the synthetic MTP model), `/health` is polled until
 200, VmRSS is read from /proc/PID/status (idle), one completion runs whose prompt fills a whole ubatch
 (so the compute buffer is touched), and VmRSS is read again. The server's own buffer-size log lines
-are parsed (regexes in LOG_PATTERNS) and compared one by one with `council.estimate.estimate_parts`;
+are parsed (regexes in LOG_PATTERNS) and compared one by one with `council.plan.estimate.estimate_parts`;
 the estimate's total (device="cpu") is compared with the RSS after the request minus the context
 checkpoints the server logged (host-side caches that grow with use, outside the estimate).
 
@@ -37,12 +37,12 @@ from pathlib import Path
 
 import httpx
 
-from council.catalog import by_name
-from council.estimate import estimate_member_bytes, estimate_parts
-from council.gguf_meta import read_gguf
-from council.llama import find_llama_server
-from council.policy import DraftConfig, ModelConfig
-from council.synthetic import Qwen35Shape, write_qwen35
+from council.members.binary import find_llama_server
+from council.plan.estimate import estimate_member_bytes, estimate_parts
+from council.plan.gguf import read_gguf
+from council.policy.schema import DraftConfig, ModelConfig
+from council.setup.catalog import by_name
+from council.setup.synthetic import Qwen35Shape, write_qwen35
 from tests.servers import RunningServer, launch, wait_ready
 
 MIB = 1 << 20
@@ -253,7 +253,7 @@ def synthetic_models(root: Path) -> dict[str, Path]:
     }
 
 
-# Short case names -> council.catalog names of the real models `council setup --models all` installs.
+# Short case names -> council.setup.catalog names of the real models `council setup --models all` installs.
 REAL_MODELS = {
     "smollm2-135m": "smollm2-135m",
     "qwen2.5-0.5b": "qwen2.5-coder-0.5b",
@@ -264,7 +264,7 @@ REAL_MODELS = {
 
 def real_model(short: str) -> Path:
     source = by_name(REAL_MODELS[short])
-    assert source is not None, f"{short} is not in council.catalog"
+    assert source is not None, f"{short} is not in council.setup.catalog"
     return source.path
 
 

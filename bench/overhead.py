@@ -9,6 +9,9 @@ request (from /proc).
 Part 2, throughput against a stub upstream (bench/stub_llama_server.py, which answers instantly: the one
 place a stub is right, since it isolates the router): wrk drives passthrough and a 3-member council;
 member calls/s = council requests/s x 3. Goals: <= 1 ms added at p50; >= 1,000 member calls/s on 2 cores.
+Part 3, what validating a body against the OpenAI schema costs (server/requests.py, pydantic in strict mode),
+beside the JSON parse every request has always paid: a one-line chat, and an agent's body (a system prompt,
+20 turns, 4 tools).
 Writes bench/results/overhead.json.
 """
 
@@ -26,8 +29,8 @@ from pathlib import Path
 
 import httpx
 
-from council.llama import find_llama_server
-from council.synthetic import write_qwen35
+from council.members.binary import find_llama_server
+from council.setup.synthetic import write_qwen35
 from tests.servers import start_council_serve
 
 RESULTS = Path(__file__).parent / "results"
@@ -145,6 +148,30 @@ def throughput(work: Path, seconds: int, env: dict[str, str]) -> dict[str, float
     return doc
 
 
+def validation_cost(repeat: int = 2000) -> dict[str, dict[str, float]]:
+    """Microseconds per body: json.loads alone vs json.loads + ChatRequest validation."""
+    import timeit
+
+    from council.server.requests import ChatRequest, parse_json, validate_body
+
+    tool = {"type": "function", "function": {"name": "lookup", "description": "find a thing",
+                                             "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 20} for i in range(20)]
+    system = {"role": "system", "content": "be brief " * 50}
+    bodies = {"one-line chat": {**BODY, "model": "solo"},
+              "agent (20 turns, 4 tools)": {"model": "solo", "messages": [system, *turns], "tools": [tool] * 4,
+                                            "temperature": 0.2, "max_tokens": 256}}
+    result = {}
+    for name, body in bodies.items():
+        raw = json.dumps(body).encode()
+        parse = min(timeit.repeat(lambda raw=raw: parse_json(raw), number=repeat, repeat=5)) / repeat * 1e6
+        both = min(timeit.repeat(lambda raw=raw: validate_body(parse_json(raw), ChatRequest), number=repeat,
+                                 repeat=5)) / repeat * 1e6
+        result[name] = {"bytes": len(raw), "parse_us": parse, "parse_and_validate_us": both,
+                        "validate_us": both - parse}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
@@ -167,8 +194,14 @@ def main() -> None:
     print(f"throughput (stub upstream, wrk -c32): stub direct {thr['stub_direct_rps']:.0f} req/s, passthrough "
           f"{thr['passthrough_rps']:.0f} req/s, 1-member council {thr['council_1_rps']:.0f} req/s, 3-member council "
           f"{thr['council_3_rps']:.0f} req/s = {thr['member_calls_per_s']:.0f} member calls/s")
+    valid = validation_cost()
+    for name, row in valid.items():
+        print(f"validation, {name} ({row['bytes']} B): parse {row['parse_us']:.1f} us, parse + validate "
+              f"{row['parse_and_validate_us']:.1f} us (validation {row['validate_us']:.1f} us, "
+              f"{row['parse_and_validate_us'] / row['parse_us']:.1f}x the parse)")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "overhead.json").write_text(json.dumps({"latency": lat, "throughput": thr, "cpus": os.cpu_count(),
+    (RESULTS / "overhead.json").write_text(json.dumps({"latency": lat, "throughput": thr, "validation": valid,
+                                                        "cpus": os.cpu_count(),
                                                         "python": sys.version.split()[0]}, indent=2))
 
 

@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 
 from bench.overhead import pct, wrk_run
-from council.llama import find_llama_server
-from council.state import MemoryState, RedisState, StateStore
-from council.synthetic import write_qwen35
+from council.cluster.memory_store import MemoryState
+from council.cluster.redis_store import RedisState
+from council.cluster.store import StateStore
+from council.members.binary import find_llama_server
+from council.setup.synthetic import write_qwen35
 from tests.servers import start_council_serve, start_redis
 
 RESULTS = Path(__file__).parent / "results"

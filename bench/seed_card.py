@@ -27,9 +27,9 @@ from typing import Any
 
 from gguf import GGMLQuantizationType
 
-from council.estimate import MemoryEstimate, estimate_member_bytes, estimate_parts
-from council.gguf_meta import ArrayInfo, GgufInfo, Tensor, tensor_bytes
-from council.policy import DraftConfig, ModelConfig
+from council.plan.estimate import MemoryEstimate, estimate_member_bytes, estimate_parts
+from council.plan.gguf import ArrayInfo, GgufInfo, Tensor, tensor_bytes
+from council.policy.schema import DraftConfig, ModelConfig
 
 ARCH = "qwen35"
 MIB = 1 << 20

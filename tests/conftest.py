@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from council.llama import LlamaServerInfo, find_llama_server
-from tests.servers import RunningServer, launch, start_redis, wait_ready
+from council.members.binary import LlamaServerInfo, find_llama_server
+from council.setup.synthetic import write_qwen35
+from tests.servers import CouncilServer, RunningServer, launch, start_council_serve, start_redis, wait_ready
 
 
 @pytest.fixture
@@ -41,6 +42,34 @@ def start_server(llama_server_bin: LlamaServerInfo, tmp_path: Path) -> Iterator[
     yield _start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def syn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic qwen35 model with an MTP head (a few MB): it answers `abcdef...` with known acceptance."""
+    return write_qwen35(tmp_path_factory.mktemp("syn") / "syn.gguf")
+
+
+@pytest.fixture
+def serve(tmp_path: Path, llama_server_bin: LlamaServerInfo) -> Iterator[Callable[..., CouncilServer]]:
+    """Start real `council serve` processes: `serve(policy_text)`. Each gets its own folder (and, unless `home`
+    names a shared one, its own COUNCIL_HOME); all must stop with exit 0 and leave no member behind."""
+    started: list[CouncilServer] = []
+
+    def _serve(text: str, *, home: Path | None = None, env: dict[str, str] | None = None,
+               ready_path: str = "/readyz", headers: dict[str, str] | None = None) -> CouncilServer:
+        workdir = tmp_path / f"router{len(started)}"
+        workdir.mkdir()
+        full_env = {"COUNCIL_HOME": str(home or workdir), "LLAMA_SERVER": str(llama_server_bin.path), **(env or {})}
+        server = start_council_serve(text, workdir, full_env, ready_path=ready_path, ready_headers=headers)
+        started.append(server)
+        return server
+
+    yield _serve
+    for server in started:
+        assert server.stop() == 0, server.log()[-2000:]
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert leftover == [], "members outlived `council serve`"
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,14 @@ def poll_ready(check: Callable[[], bool], proc: subprocess.Popen[bytes], deadlin
         time.sleep(0.05)
 
 
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Poll `check` until it holds, or fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

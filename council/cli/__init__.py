@@ -1,0 +1,24 @@
+"""The `council` command line (CONTRACT §1). Every failure is one line on stderr and a documented exit code.
+
+One module per group of commands; each registers its commands on the shared typer app.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# Registration order is the order `council --help` lists them in.
+# isort: off
+from council.cli import setup_commands, policy_commands, run_commands, client_commands
+# isort: on
+from council.cli.console import app, err
+
+__all__ = ["app", "client_commands", "main", "policy_commands", "run_commands", "setup_commands"]
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,99 @@
+"""`council ask` and `council tally`: one question to a running router, and a vote re-run on recorded answers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from council.cli.console import app, err, fail, out
+
+
+@app.command()
+def ask(
+    council_name: Annotated[str, typer.Argument(metavar="COUNCIL", help="A council (or model) name.")],
+    prompt: Annotated[str, typer.Argument(help="The question.")],
+    url: Annotated[str, typer.Option(help="The router's base URL.")] = "http://127.0.0.1:8080",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the whole response as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300.0,
+) -> None:
+    """Ask a running `council serve` one question; the API key comes from $COUNCIL_API_KEY."""
+    import os
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {os.environ['COUNCIL_API_KEY']}"} if os.environ.get("COUNCIL_API_KEY") else {}
+    body = {"model": council_name, "messages": [{"role": "user", "content": prompt}]}
+    try:
+        reply = httpx.post(f"{url.rstrip('/')}/v1/chat/completions", json=body, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {url}: {type(exc).__name__}: {exc}", 1) from None
+    try:
+        doc = reply.json()
+    except ValueError:
+        raise fail(f"{url} answered {reply.status_code} with a body that is not JSON", 1) from None
+    if reply.status_code != 200:
+        message = doc.get("error", {}).get("message") if isinstance(doc, dict) else None
+        raise fail(f"{reply.status_code}: {message or reply.text[:200]}", 1)
+    if json_out:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    out.print(doc["choices"][0]["message"].get("content") or "", highlight=False, markup=False)
+    info = doc.get("council")
+    if info:
+        err.print(f"[dim]{info['council']}: answer {info['answer']!r}, agreement {info['agreement']:.0%}, "
+                  f"{'degraded, ' if info['degraded'] else ''}{'early stop, ' if info['early_stop'] else ''}"
+                  f"id {doc['id']}[/dim]", highlight=False)
+
+
+@app.command()
+def tally(
+    ballot: Annotated[str, typer.Argument(help="A recorded ballot (JSON, CONTRACT §5), e.g. from /v1/ballots/ID.")],
+    strategy: Annotated[str | None, typer.Option(help="Override the ballot's strategy.")] = None,
+    extract: Annotated[str | None, typer.Option(help="Override the ballot's extractor.")] = None,
+) -> None:
+    """Re-run the vote on recorded answers and print the decision as JSON (the code live councils use)."""
+    from council.voting.extract import ExtractError, parse_extractor
+    from council.voting.vote import STRATEGIES, Ballot, VoteError, decide
+
+    try:
+        doc = json.loads(Path(ballot).read_text())
+    except (OSError, ValueError) as exc:
+        raise fail(f"{ballot}: cannot read the ballot: {exc}", 2) from None
+    answers = doc.get("answers") if isinstance(doc, dict) else None
+    if not isinstance(answers, list) or not answers:
+        raise fail(f"{ballot}: `answers` must be a non-empty list of {{member, text}}", 2)
+    how = extract or doc.get("extract") or "auto"
+    chosen = strategy or doc.get("strategy") or "majority"
+    if chosen not in STRATEGIES:
+        raise fail(f"unknown strategy {chosen!r}: use {', '.join(STRATEGIES)}", 2)
+    try:
+        extractor = parse_extractor(how)
+    except ExtractError as exc:
+        raise fail(f"bad extractor {how!r}: {exc}", 2) from None
+    ballots = []
+    for i, item in enumerate(answers):
+        if not isinstance(item, dict) or not isinstance(item.get("member"), str):
+            raise fail(f"{ballot}: answers[{i}] needs a `member` name and a `text`", 2)
+        text = item.get("text")
+        try:
+            weight = float(item.get("weight", 1.0))
+            latency = float(item["latency_ms"]) if item.get("latency_ms") is not None else None
+        except (TypeError, ValueError):
+            raise fail(f"{ballot}: answers[{i}]: weight and latency_ms must be numbers", 2) from None
+        if weight <= 0:
+            raise fail(f"{ballot}: answers[{i}]: weight must be positive", 2)
+        ballots.append(Ballot(member=item["member"], order=i, answer=extractor(text) if isinstance(text, str) else None,
+                              text=text if isinstance(text, str) else None, weight=weight, latency_ms=latency))
+    rules = doc.get("tie_break") or ["weight", "latency", "order"]
+    try:
+        # A recorded judge ballot re-votes by majority: the judge's model is not here to ask.
+        decision = decide(ballots, "majority" if chosen == "judge" else chosen, rules)
+    except VoteError as exc:
+        raise fail(str(exc), 2) from None
+    except ValueError as exc:
+        raise fail(f"{ballot}: {exc}", 2) from None
+    sys.stdout.write(json.dumps(decision.to_json(), indent=2) + "\n")

@@ -1,0 +1,86 @@
+"""`council check` and `council plan`: a policy validated, then packed into slots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from council.cli.console import app, err, fail, load_or_exit, out
+
+
+@app.command()
+def check(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -> None:
+    """Validate a policy: exit 0 when valid, 2 with one `file:line: path: message` per problem."""
+    from council.members.binary import find_llama_server
+    from council.plan.gguf import read_gguf
+    from council.policy.checks import environment_problems
+
+    loaded = load_or_exit(policy)
+    server = find_llama_server(require_mtp=False)
+    problems = environment_problems(loaded, server, read_gguf)
+    for problem in problems:
+        err.print(problem.format(loaded.file), highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
+    if server is None:
+        out.print("[yellow]note:[/yellow] no llama-server installed, so draft types were not checked")
+    p = loaded.policy
+    out.print(f"{policy}: valid ({len(p.models)} models, {len(p.councils)} councils)")
+
+
+@app.command()
+def plan(
+    policy: Annotated[str, typer.Argument(help="The policy file (YAML).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Estimate each member's memory and pack councils into slots; exit 3 if some council does not fit."""
+    from council.plan.estimate import EstimateError
+    from council.plan.gguf import GgufError
+    from council.plan.planner import plan_policy
+    from council.policy.checks import file_problems
+
+    loaded = load_or_exit(policy)
+    problems = file_problems(loaded)
+    for problem in problems:
+        err.print(problem.format(loaded.file), highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
+    try:
+        result = plan_policy(loaded.policy)
+    except (GgufError, EstimateError, FileNotFoundError) as exc:
+        raise fail(str(exc), 2) from None
+    if json_out:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        _print_plan(result.to_json())
+    raise typer.Exit(0 if result.all_admitted else 3)
+
+
+def _print_plan(doc: dict[str, Any]) -> None:
+    from council.units import format_size
+
+    gpus = Table("GPU", "memory", "reserve", "slots used", "source", title=f"slots of {format_size(doc['slot_bytes'])}")
+    for g in doc["gpus"]:
+        gpus.add_row(g["name"], format_size(g["memory_bytes"]), format_size(g["reserve_bytes"]),
+                     f"{g['slots_used']}/{g['slots']}", g["source"])
+    out.print(gpus if doc["gpus"] else "[red]no GPUs: NVML sees none and the policy declares no gpus:[/red]")
+    members = Table("member", "model", "estimate", "weights", "kv", "recurrent", "mtp", "compute", "overhead",
+                    "slots", "GPU", title=f"members (estimates for {doc['device']} memory)")
+    for m in doc["members"]:
+        b = m["breakdown"]
+        source = " (policy)" if m["estimate_source"] == "policy" else ""
+        members.add_row(m["name"], m["model"], format_size(m["estimate_bytes"]) + source,
+                        *(format_size(b[k]) for k in ("weights", "kv", "recurrent", "mtp", "compute", "overhead")),
+                        str(m["slots"]), m["gpu"] or "[red]—[/red]")
+    out.print(members)
+    for c in doc["councils"]:
+        if c["fits"]:
+            out.print(f"[green]✓[/green] council {c['name']} fits")
+        elif c["fallback"]:
+            out.print(f"[yellow]~[/yellow] council {c['name']} runs its fallback: {c['reason']}")
+        else:
+            out.print(f"[red]✗[/red] council {c['name']} does not fit: {c['reason']}")

@@ -1,0 +1,173 @@
+"""`council up` and `council serve`: members under supervision, with or without the HTTP API."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from council.cli.console import app, err, fail, load_or_exit, out
+
+
+@app.command()
+def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -> None:
+    """Launch and supervise every member in the foreground until Ctrl-C or SIGTERM, then stop them all."""
+    import asyncio
+    import os
+
+    from council.members.binary import find_llama_server
+    from council.members.process import LifeConfig
+    from council.paths import council_home
+    from council.plan.planner import plan_policy
+    from council.voting.assembly import assemble
+
+    loaded = load_or_exit(policy)
+    server = find_llama_server(require_mtp=False)
+    if server is None:
+        raise fail("no llama-server found: run `council setup`", 1)
+    try:
+        plan_result = plan_policy(loaded.policy)
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc), 2) from None
+    for council_name, reason in plan_result.refused.items():
+        err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
+    if not plan_result.placements():
+        raise fail("no council fits: nothing to start (see `council plan`)", 3)
+    life = LifeConfig(run_dir=council_home() / "run", instance=f"{Path(policy).stem}-up-{os.getpid()}")
+    supervisor = assemble(plan_result, server, life, listeners=[_change_line]).supervisor
+    asyncio.run(_run_until_signalled(supervisor))
+
+
+def _change_line(change: Any) -> None:
+    """One line per member state change (the log of `council up` and `council serve`)."""
+    out.print(f"{time.strftime('%H:%M:%S')} {change.member}: {change.old} → {change.new}"
+              + (f" ({change.reason})" if change.reason else ""), highlight=False)
+
+
+async def _run_until_signalled(supervisor: Any) -> None:
+    """Start, report every state change on one line, and stop cleanly on SIGINT or SIGTERM."""
+    import asyncio
+    import signal
+
+    from rich.live import Live
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    live = Live(_members_table(supervisor), console=out, auto_refresh=False) if out.is_terminal else None
+    if live is not None:
+        live.start()
+
+        async def refresh() -> None:
+            while True:
+                live.update(_members_table(supervisor), refresh=True)
+                await asyncio.sleep(0.5)
+
+        refresher = asyncio.create_task(refresh())
+    await supervisor.start()
+    started = time.monotonic()
+    settled = asyncio.create_task(supervisor.wait_settled(3600))
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({settled, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if settled in done:
+        states = [m.state for m in supervisor.members.values()]
+        ready = sum(s == "ready" for s in states)
+        out.print(f"{ready}/{len(states)} members ready in {time.monotonic() - started:.1f}s; Ctrl-C stops them")
+    await waiter
+    settled.cancel()
+    out.print("stopping members…")
+    await supervisor.stop()
+    if live is not None:
+        refresher.cancel()
+        live.update(_members_table(supervisor), refresh=True)
+        live.stop()
+    out.print("all members stopped")
+
+
+def _members_table(supervisor: Any) -> Table:
+    """The live view of `council up` on a terminal: one row per member process."""
+    table = Table("member", "model", "state", "pid", "port", "restarts", "tok/s", "draft acc.", "reason",
+                  title="council members")
+    for m in supervisor.members.values():
+        snap = m.snapshot()
+        colour = {"ready": "green", "failed": "red", "backoff": "yellow"}.get(snap["state"], "cyan")
+        tps, acc = snap["tokens_per_second"], snap["draft_acceptance"]
+        table.add_row(m.name, snap["model"], f"[{colour}]{snap['state']}[/{colour}]", str(snap["pid"] or "—"),
+                      str(snap["port"]), str(snap["restarts"]), f"{tps:.1f}" if tps else "—",
+                      f"{acc:.0%}" if acc is not None else "—", str(snap["reason"])[:60])
+    return table
+
+
+@app.command()
+def serve(
+    policy: Annotated[str, typer.Argument(help="The policy file (YAML).")],
+    host: Annotated[str | None, typer.Option(help="Bind address (default: the policy's server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: the policy's server.port).")] = None,
+    role: Annotated[str, typer.Option(help="both (members + API), host (members, published to the registry) "
+                                           "or router (API over the registry's members); the last two need "
+                                           "state: redis://...")] = "both",
+) -> None:
+    """`council up` plus the HTTP API: OpenAI-compatible /v1/chat/completions where `model` is a council."""
+    import uvicorn
+
+    from council.members.binary import find_llama_server
+    from council.paths import council_home
+    from council.server.app import create_app
+    from council.server.auth import KeyRing, is_loopback
+    from council.server.router import Router
+
+    loaded = load_or_exit(policy)
+    settings = loaded.policy.server
+    bind_host, bind_port = host or settings.host, port or settings.port
+    if not is_loopback(bind_host) and not settings.api_keys:
+        raise fail(f"refusing to serve on {bind_host} without API keys: add server.api_keys to the policy "
+                   "(or bind 127.0.0.1)", 2)
+    keys = KeyRing(settings.api_keys)
+    if keys.missing_env:
+        raise fail("API key variables are not set: " + "; ".join(keys.missing_env), 2)
+    if role not in ("both", "host", "router"):
+        raise fail(f"--role must be both, host or router, not {role!r}", 2)
+    if role != "both" and loaded.policy.state == "memory":
+        raise fail(f"--role {role} shares members through the registry: set `state: redis://...`", 2)
+    server = find_llama_server(require_mtp=False)
+    if server is None:
+        raise fail("no llama-server found: run `council setup`", 1)
+    advertise = settings.advertise_url or f"http://{bind_host}:{bind_port}"
+    try:
+        # The log folder is named for this router (policy and port), so two routers never share member logs.
+        router = Router(policy_path=Path(policy), loaded=loaded, server=server, run_dir=council_home() / "run",
+                        life={"instance": f"{Path(policy).stem}-{bind_port}"}, role=role,  # type: ignore[arg-type]
+                        advertise_url=advertise)
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc), 2) from None
+    for council_name, reason in router.refused.items():
+        err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
+    router.listeners.append(_change_line)
+    out.print(f"council serving on http://{bind_host}:{bind_port} (OpenAI base URL http://{bind_host}:{bind_port}/v1)")
+    _CleanExitServer = _clean_exit_server()
+    config = uvicorn.Config(create_app(router), host=bind_host, port=bind_port, log_level="warning",
+                            access_log=False, lifespan="on", timeout_graceful_shutdown=30)
+    _CleanExitServer(config).run()
+    out.print("all members stopped")
+
+
+def _clean_exit_server() -> type:
+    import signal
+    from types import FrameType
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown (exit -15); `serve` promises exit 0."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
+
+    return Server

@@ -1,0 +1,130 @@
+"""The state of one router, in this process: `state: memory`, with the same semantics as Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any
+
+from council.cluster.store import (
+    Lease,
+    StaleLease,
+    check_bucket,
+    check_keep,
+    check_lease_args,
+    check_ttl,
+    json_copy,
+)
+
+
+@dataclass
+class _Held:
+    holder: str
+    slots: int
+    expires: float
+
+
+class MemoryState:
+    """The state of one router, in this process (asyncio.Lock, time.monotonic())."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._leases: dict[str, dict[int, _Held]] = {}
+        self._fences: dict[str, int] = {}
+        self._hosts: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._ballots: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def _live(self, gpu: str, now: float) -> dict[int, _Held]:
+        held = self._leases.setdefault(gpu, {})
+        for token in [t for t, h in held.items() if h.expires <= now]:
+            del held[token]
+        return held
+
+    async def acquire(self, gpu: str, total_slots: int, holder: str, slots: int, ttl: float) -> Lease | None:
+        check_lease_args(total_slots, slots, ttl)
+        async with self._lock:
+            now = time.monotonic()
+            held = self._live(gpu, now)
+            if sum(h.slots for h in held.values()) + slots > total_slots:
+                return None
+            token = self._fences[gpu] = self._fences.get(gpu, 0) + 1
+            held[token] = _Held(holder, slots, now + ttl)
+            return Lease(gpu=gpu, holder=holder, slots=slots, token=token, expires_at=now + ttl)
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease:
+        check_ttl(ttl)
+        async with self._lock:
+            now = time.monotonic()
+            held = self._live(lease.gpu, now).get(lease.token)
+            if held is None or held.holder != lease.holder:
+                raise StaleLease(f"lease {lease.token} on {lease.gpu} is no longer held by {lease.holder}")
+            held.expires = now + ttl
+            return replace(lease, expires_at=now + ttl)
+
+    async def release(self, lease: Lease) -> None:
+        async with self._lock:
+            held = self._leases.get(lease.gpu, {})
+            if lease.token in held and held[lease.token].holder == lease.holder:
+                del held[lease.token]
+
+    async def leased(self, gpu: str) -> int:
+        async with self._lock:
+            return sum(h.slots for h in self._live(gpu, time.monotonic()).values())
+
+    async def check_fence(self, gpu: str, token: int) -> bool:
+        async with self._lock:
+            return token in self._live(gpu, time.monotonic())
+
+    async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:
+        check_ttl(ttl)
+        copied = json_copy(members)
+        async with self._lock:
+            self._hosts[host] = (time.monotonic() + ttl, copied)
+
+    async def withdraw(self, host: str) -> None:
+        async with self._lock:
+            self._hosts.pop(host, None)
+
+    async def members(self) -> dict[str, list[dict[str, Any]]]:
+        async with self._lock:
+            now = time.monotonic()
+            for host in [h for h, (expires, _) in self._hosts.items() if expires <= now]:
+                del self._hosts[host]
+            return {host: json_copy(members) for host, (_, members) in self._hosts.items()}
+
+    async def take(self, key: str, rate: float, burst: float) -> float | None:
+        check_bucket(rate, burst)
+        async with self._lock:
+            now = time.monotonic()
+            tokens, stamp = self._buckets.get(key, (burst, now))
+            tokens = min(burst, tokens + max(0.0, now - stamp) * rate)
+            wait = None
+            if tokens >= 1:
+                tokens -= 1
+            else:
+                wait = (1 - tokens) / rate
+            self._buckets[key] = (tokens, now)
+            return wait
+
+    async def put_ballot(self, ballot_id: str, ballot: dict[str, Any], keep: int) -> None:
+        check_keep(keep)
+        copied = json_copy(ballot)
+        async with self._lock:
+            self._ballots[ballot_id] = copied
+            self._ballots.move_to_end(ballot_id)
+            while len(self._ballots) > keep:
+                self._ballots.popitem(last=False)
+
+    async def get_ballot(self, ballot_id: str) -> dict[str, Any] | None:
+        async with self._lock:
+            found = self._ballots.get(ballot_id)
+            return None if found is None else json_copy(found)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

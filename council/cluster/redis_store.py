@@ -1,0 +1,182 @@
+"""Shared state in Redis: `state: redis://host:port/db`.
+
+Every read-modify-write is one Lua script (atomic on the server), loaded from the package's `lua/` folder;
+a script includes another with a `-- @include NAME` line. Times are integer milliseconds of the server's
+clock, so routers with skewed clocks still agree on what expired; numbers that go back into Redis are
+formatted with %d because Lua's default number-to-string conversion can turn big integers into exponent
+notation, which Redis would not read back as an integer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from functools import cache
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from council.cluster.store import (
+    DEFAULT_PREFIX,
+    Lease,
+    StaleLease,
+    StateError,
+    check_bucket,
+    check_keep,
+    check_lease_args,
+    check_ttl,
+)
+
+# Short enough that a router answers "Redis is down" in about a second instead of hanging a request.
+REDIS_TIMEOUT_S = 1.0
+_INCLUDE = re.compile(r"^-- @include (\w+)$", re.M)
+
+
+@cache
+def lua_script(name: str) -> str:
+    """The text of `lua/NAME.lua` with its includes expanded (package data, so it works from a wheel)."""
+    text = resources.files("council.cluster").joinpath("lua", f"{name}.lua").read_text()
+    return _INCLUDE.sub(lambda m: lua_script(m.group(1)), text)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    host = parts.hostname or ""
+    netloc = f"{user}{host}:{parts.port}" if parts.port else f"{user}{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class RedisState:
+    """Shared state in Redis (redis.asyncio), every key under `prefix`."""
+
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout_s: float = REDIS_TIMEOUT_S) -> None:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        self.url = url
+        self.prefix = prefix
+        self._shown_url = _redact(url)
+        # One immediate retry on a broken connection (e.g. a pooled socket Redis closed); never on a timeout,
+        # since a script that timed out may still have run and acquire/take are not idempotent.
+        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        self._unreachable: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+        self._failed: type[BaseException] = RedisError
+        self._redis = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_s,
+                                              socket_connect_timeout=timeout_s, retry=retry)
+        def script(name: str) -> Any:
+            return self._redis.register_script(lua_script(name))
+
+        self._acquire, self._renew, self._release = script("acquire"), script("renew"), script("release")
+        self._leased, self._fence = script("leased"), script("fence")
+        self._publish, self._members, self._withdraw = script("publish"), script("members"), script("withdraw")
+        self._take = script("take")
+        self._put_ballot = script("put_ballot")
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except self._unreachable as e:
+            raise StateError(f"Redis at {self._shown_url} is unreachable: {_one_line(e)}") from e
+        except self._failed as e:
+            raise StateError(f"Redis at {self._shown_url} failed: {_one_line(e)}") from e
+
+    def _lease_keys(self, gpu: str) -> list[str]:
+        return [f"{self.prefix}gpu:{gpu}:leases", f"{self.prefix}gpu:{gpu}:fence"]
+
+    def _registry_keys(self) -> list[str]:
+        return [f"{self.prefix}hosts", f"{self.prefix}members"]
+
+    def _ballot_keys(self) -> list[str]:
+        return [f"{self.prefix}ballots", f"{self.prefix}ballots:order", f"{self.prefix}ballots:seq"]
+
+    async def acquire(self, gpu: str, total_slots: int, holder: str, slots: int, ttl: float) -> Lease | None:
+        check_lease_args(total_slots, slots, ttl)
+        sent = time.monotonic()
+        with self._errors():
+            token = await self._acquire(keys=self._lease_keys(gpu), args=[total_slots, slots, _ms(ttl), holder])
+        if token is None:
+            return None
+        return Lease(gpu=gpu, holder=holder, slots=slots, token=int(token), expires_at=sent + ttl)
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease:
+        check_ttl(ttl)
+        sent = time.monotonic()
+        with self._errors():
+            renewed = await self._renew(keys=self._lease_keys(lease.gpu)[:1],
+                                        args=[lease.token, lease.holder, _ms(ttl)])
+        if not renewed:
+            raise StaleLease(f"lease {lease.token} on {lease.gpu} is no longer held by {lease.holder}")
+        return replace(lease, expires_at=sent + ttl)
+
+    async def release(self, lease: Lease) -> None:
+        with self._errors():
+            await self._release(keys=self._lease_keys(lease.gpu)[:1], args=[lease.token, lease.holder])
+
+    async def leased(self, gpu: str) -> int:
+        with self._errors():
+            return int(await self._leased(keys=self._lease_keys(gpu)[:1]))
+
+    async def check_fence(self, gpu: str, token: int) -> bool:
+        with self._errors():
+            return bool(await self._fence(keys=self._lease_keys(gpu)[:1], args=[token]))
+
+    async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:
+        check_ttl(ttl)
+        payload = json.dumps(members)
+        with self._errors():
+            await self._publish(keys=self._registry_keys(), args=[host, payload, _ms(ttl)])
+
+    async def withdraw(self, host: str) -> None:
+        with self._errors():
+            await self._withdraw(keys=self._registry_keys(), args=[host])
+
+    async def members(self) -> dict[str, list[dict[str, Any]]]:
+        with self._errors():
+            flat = await self._members(keys=self._registry_keys())
+        return {flat[i]: json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def take(self, key: str, rate: float, burst: float) -> float | None:
+        check_bucket(rate, burst)
+        with self._errors():
+            wait = await self._take(keys=[f"{self.prefix}rate:{key}"], args=[repr(float(rate)), repr(float(burst))])
+        return None if wait is None else float(wait)
+
+    async def put_ballot(self, ballot_id: str, ballot: dict[str, Any], keep: int) -> None:
+        check_keep(keep)
+        payload = json.dumps(ballot)
+        with self._errors():
+            await self._put_ballot(keys=self._ballot_keys(), args=[ballot_id, payload, keep])
+
+    async def get_ballot(self, ballot_id: str) -> dict[str, Any] | None:
+        with self._errors():
+            found = await self._redis.hget(self._ballot_keys()[0], ballot_id)
+        return None if found is None else json.loads(found)
+
+    async def ping(self) -> None:
+        with self._errors():
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        with self._errors():
+            await self._redis.aclose()
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

@@ -1,0 +1,135 @@
+"""State shared by routers: GPU slot leases with fencing tokens, a member registry with heartbeats, a token
+bucket per key and recent ballots.
+
+`state: memory` (one router) keeps it in this process; `state: redis://host:port/db` keeps it in Redis so
+several routers on several hosts see one truth. Both implement `StateStore` with the same semantics.
+
+In Redis every read-modify-write is one Lua script (atomic on the server) and every expiry is judged by
+the server's TIME, never by a router's clock, so routers with skewed clocks still agree on what expired.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from council.errors import CouncilError
+
+DEFAULT_PREFIX = "council:"
+
+
+class StateError(CouncilError, RuntimeError):
+    """The shared state cannot answer (e.g. Redis unreachable); the message is one line."""
+
+
+class StaleLease(StateError):
+    """The lease's fencing token is no longer live: it expired (and maybe was reclaimed) or was released."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """`slots` slots on `gpu`, held by `holder` under fencing `token` (unique per GPU, increasing).
+
+    `expires_at` is on this process's `time.monotonic()` clock and never later than the store's own expiry
+    (for Redis it is measured from before the request was sent), so renewing before it is always in time.
+    """
+
+    gpu: str
+    holder: str
+    slots: int
+    token: int
+    expires_at: float
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    async def acquire(self, gpu: str, total_slots: int, holder: str, slots: int, ttl: float) -> Lease | None:
+        """Lease `slots` of the GPU's `total_slots`; None when not enough are free (expired leases are)."""
+        ...
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease:
+        """Extend the lease to `ttl` from now; raises StaleLease if it expired, was reclaimed or released."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Free the lease's slots; idempotent, and a stale token releases nothing."""
+        ...
+
+    async def leased(self, gpu: str) -> int:
+        """Slots currently held on the GPU (expired leases not counted)."""
+        ...
+
+    async def check_fence(self, gpu: str, token: int) -> bool:
+        """Whether `token` is still a live lease on the GPU."""
+        ...
+
+    async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:
+        """Replace the host's entry in the registry; it disappears `ttl` seconds later unless published again."""
+        ...
+
+    async def withdraw(self, host: str) -> None:
+        """Remove the host's entry now (a clean shutdown need not wait for its heartbeat to lapse)."""
+        ...
+
+    async def members(self) -> dict[str, list[dict[str, Any]]]:
+        """Host -> its published members, for hosts whose heartbeat is alive."""
+        ...
+
+    async def take(self, key: str, rate: float, burst: float) -> float | None:
+        """Spend one token of the key's bucket (refill `rate`/s up to `burst`); None if allowed, else seconds
+        until one is available."""
+        ...
+
+    async def put_ballot(self, ballot_id: str, ballot: dict[str, Any], keep: int) -> None:
+        """Store a ballot; only the `keep` most recently put remain."""
+        ...
+
+    async def get_ballot(self, ballot_id: str) -> dict[str, Any] | None: ...
+
+    async def ping(self) -> None:
+        """Raise StateError unless the store answers."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def open_state(url: str, *, prefix: str = DEFAULT_PREFIX) -> StateStore:
+    """`memory` (or empty) for this process only; `redis://`, `rediss://` or `unix://` for Redis."""
+    from council.cluster.memory_store import MemoryState
+    from council.cluster.redis_store import RedisState
+
+    if url in ("", "memory"):
+        return MemoryState()
+    if urlsplit(url).scheme in ("redis", "rediss", "unix"):
+        return RedisState(url, prefix=prefix)
+    raise ValueError(f"state must be `memory` or a redis:// URL, not {url!r}")
+
+
+def check_lease_args(total_slots: int, slots: int, ttl: float) -> None:
+    if total_slots < 0 or slots < 1:
+        raise ValueError(f"need slots >= 1 and total_slots >= 0, got slots={slots} total_slots={total_slots}")
+    check_ttl(ttl)
+
+
+def check_ttl(ttl: float) -> None:
+    if not ttl > 0:
+        raise ValueError(f"ttl must be positive, got {ttl}")
+
+
+def check_bucket(rate: float, burst: float) -> None:
+    # A bucket that can never hold one whole token would answer "wait" forever.
+    if not rate > 0 or burst < 1:
+        raise ValueError(f"need rate > 0 and burst >= 1, got rate={rate} burst={burst}")
+
+
+def check_keep(keep: int) -> None:
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+
+
+def json_copy(value: Any) -> Any:
+    # Memory keeps what Redis would return: a JSON round trip, so both reject the same values and a caller
+    # mutating its dict afterwards changes nothing stored.
+    return json.loads(json.dumps(value))

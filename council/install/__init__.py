@@ -1,5 +1,0 @@
-"""`council setup`: install llama-server and the small real models into council's cache."""
-
-from council.install.errors import SetupError
-
-__all__ = ["SetupError"]

@@ -1,0 +1,122 @@
+"""The llama-server command line for one member process, built from the policy as an argument list."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from council.errors import CouncilError
+from council.members.binary import LlamaServerInfo
+from council.policy.schema import ModelConfig, Policy
+
+
+class LaunchError(CouncilError, ValueError):
+    """The policy asks for something the installed llama-server cannot do."""
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to start (and recognise) one member process."""
+
+    key: str  # the plan's process key, e.g. `trio:trio/0`
+    model: str
+    model_path: Path
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    port: int
+    api_key: str = field(repr=False)
+    chat: bool = True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def default_threads(processes_on_cpu: int) -> int:
+    """Members sharing the CPU split its cores: with more threads than cores they fight (measured 3x slower)."""
+    return max(1, (os.cpu_count() or 1) // max(1, processes_on_cpu))
+
+
+def draft_args(model: ModelConfig, policy: Policy, server: LlamaServerInfo) -> list[str]:
+    draft = model.draft
+    if draft.type == "none":
+        return []
+    spec = draft.spec_type(server.spec_types)
+    if spec is None:
+        raise LaunchError(f"llama-server build {server.build} has no spec type for draft {draft.type!r}")
+    args = ["--spec-type", spec]
+    if draft.type == "model" and draft.model:
+        draft_path = policy.models[draft.model].path
+        if draft_path is None:
+            raise LaunchError(f"draft model {draft.model!r} is remote; a draft model must be a local GGUF")
+        args += ["--spec-draft-model", str(draft_path)]
+    if spec.startswith("draft-"):
+        args += ["--spec-draft-n-max", str(draft.n_max)]
+        if draft.n_min is not None:
+            args += ["--spec-draft-n-min", str(draft.n_min)]
+    elif spec == "ngram-mod":
+        args += ["--spec-ngram-mod-n-max", str(draft.n_max)]
+        if draft.n_min is not None:
+            args += ["--spec-ngram-mod-n-min", str(draft.n_min)]
+    return args
+
+
+def build_launch(
+    *,
+    key: str,
+    model_name: str,
+    policy: Policy,
+    server: LlamaServerInfo,
+    port: int,
+    members: int = 1,
+    threads: int | None = None,
+    gpu: str | None = None,
+    chat: bool = True,
+) -> LaunchSpec:
+    """The argument list (never a shell string) and environment for one member process.
+
+    Members bind to 127.0.0.1 with a fresh random API key; `gpu` (an NVML index or UUID) becomes
+    CUDA_VISIBLE_DEVICES, and None hides every GPU (a member planned on host memory).
+    """
+    model = policy.models[model_name].for_members(members)
+    if model.path is None:
+        raise LaunchError(f"model {model_name!r} is remote: it has no process to launch")
+    api_key = secrets.token_urlsafe(24)
+    fa = "auto" if model.flash_attn == "auto" else ("on" if model.flash_attn else "off")
+    argv = [
+        str(server.path),
+        "--model", str(model.path),
+        # Responses name the policy's model, not a file path on this machine (passthrough relays them).
+        "--alias", model_name,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--api-key", api_key,
+        "--ctx-size", str(model.ctx_size),
+        "--parallel", str(model.parallel),
+        "--cache-type-k", model.cache_type_k,
+        "--cache-type-v", model.cache_type_v,
+        "--gpu-layers", str(model.gpu_layers),
+        "--flash-attn", fa,
+        "--kv-unified" if model.kv_unified else "--no-kv-unified",
+        "--batch-size", str(model.batch_size),
+        "--ubatch-size", str(model.ubatch_size),
+        "--threads", str(model.threads or threads or default_threads(1)),
+        # The planner sized this process: llama-server must not shrink context or offload to whatever
+        # happens to be free at launch.
+        "--fit", "off",
+        "--cache-ram", str(model.cache_ram >> 20),
+        # The supervisor's warm-up is a real completion; llama-server's own empty-batch warm-up would
+        # only delay /health (~0.15 s per small model on 2 cores).
+        "--no-warmup",
+        "--metrics",
+        "--no-webui",
+        # A chat template needs jinja; a base model (no template) is served for /completion only.
+        "--jinja" if chat else "--no-jinja",
+        *draft_args(model, policy, server),
+        *model.args,
+    ]
+    env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else ""}
+    return LaunchSpec(key=key, model=model_name, model_path=model.path, argv=tuple(argv), env=env, port=port,
+                      api_key=api_key, chat=chat)

@@ -1,0 +1,43 @@
+"""Member logs: a bounded file per member, and the line of it that says why a process ended."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+_LOG_PREFIX = re.compile(r"^[\d.]+ [A-Z] ")  # llama.cpp's `0.00.041.745 E ` timestamp and level
+
+
+class RotatingLog:
+    """Bounded log file: past `limit` bytes it becomes `NAME.1` (replacing the older one)."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path = path
+        self.limit = limit
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("ab")
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.file.flush()
+        if self.file.tell() > self.limit:
+            self.file.close()
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self.file = self.path.open("ab")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def exit_reason(log_tail: Iterable[str], code: int | None) -> str:
+    """How the process ended, with the log line that says why (an error line, else the last one)."""
+    tail = [_LOG_PREFIX.sub("", ln).strip() for ln in log_tail]
+    telling = [ln for ln in tail if any(w in ln.lower() for w in ("error", "failed", "abort", "exception"))]
+    how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+    if telling:
+        # The last few error lines go from specific to generic ("exiting due to ..."): the longest says most.
+        return f"{how}: {max(telling[-6:], key=len)}"
+    return f"{how}: {tail[-1]}" if tail and code is not None and code > 0 else how

@@ -1,0 +1,468 @@
+"""One llama-server process and everything about it (after llama-swap's `Process`).
+
+A `MemberProcess` owns its launch recipe, its state machine, the OS process, the task that runs its life,
+the reason for a restart it was asked for, its in-flight requests, the semaphore of its `parallel` slots
+and the HTTP session council calls use. Its life: spawn → /health 200 and our own /props → a real warm-up
+completion → ready → watched (exit, health, failing or stuck requests) → backoff → spawn again, until it
+fails too often in a row (then `failed`, with the telling line of its log) or it is stopped (drain, SIGTERM
+to its process group, SIGKILL after a deadline). Members die with the router: each is started with a
+parent-death signal, and pid files let the next run clean up after a router that was SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import httpx
+
+from council.errors import CouncilError
+from council.members.launch import LaunchSpec
+from council.members.logs import RotatingLog, exit_reason
+from council.members.metrics import MemberStats, parse_member_metrics
+from council.members.pidfiles import PidFiles
+from council.members.states import State, StateChange, TransitionError, is_valid_transition
+
+PR_SET_PDEATHSIG = 1
+Listener = Callable[[StateChange], None]
+
+
+@dataclass(frozen=True)
+class LifeConfig:
+    """How members are started, watched and stopped (one value for all of a supervisor's members)."""
+
+    run_dir: Path
+    # Names this router's log folder, so two routers on one host never write the same member log.
+    instance: str = ""
+    load_timeout: float = 180.0
+    warmup_timeout: float = 120.0
+    poll_interval: float = 0.1  # while loading
+    watch_interval: float = 1.0  # while ready
+    metrics_interval: float = 5.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    max_failures: int = 4  # failed starts or crashes in a row before `failed`
+    stable_after: float = 30.0  # ready this long: the failure streak is forgotten
+    watchdog_failures: int = 3  # failed requests (or health probes) in a row while the process lives
+    stuck_after: float = 300.0  # a request in flight this long means the member is stuck
+    drain_timeout: float = 30.0
+    stop_timeout: float = 10.0  # SIGTERM, then SIGKILL
+    log_bytes: int = 4 << 20  # per log file; one rotated copy is kept
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs" / self.instance if self.instance else self.run_dir / "logs"
+
+
+@dataclass(frozen=True)
+class ProcessRecipe:
+    """What a plan asks for one process: its name, a launch spec per start (each start gets a fresh port and
+    key), the council members it serves and how many requests it takes at once (its `parallel` slots)."""
+
+    name: str
+    make_spec: Callable[[int], LaunchSpec]
+    members: tuple[str, ...]
+    slots: int = 1
+
+
+class Slots:
+    """The process's `parallel` slots: at most `size` requests inside llama-server at once; `waiting` counts
+    those held back by the router (more would only queue inside llama-server, out of a council's sight)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.waiting = 0
+        self._semaphore = asyncio.Semaphore(size)
+
+    async def __aenter__(self) -> Slots:
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._semaphore.release()
+
+
+class StartFailed(CouncilError, RuntimeError):
+    """This start did not reach `ready`; the message says why (with the log's telling line)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """preexec_fn: SIGKILL this child when the router dies, even by SIGKILL (Linux prctl)."""
+
+    def apply() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return apply
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)  # the whole process group: llama-server and anything it started
+
+
+@dataclass
+class _Running:
+    """The OS process of the current start, with what the watchdog counts about it."""
+
+    proc: asyncio.subprocess.Process
+    reader: asyncio.Task[None]
+    log: RotatingLog
+    request_starts: dict[int, float] = field(default_factory=dict)
+    request_failures: int = 0
+
+
+class MemberProcess:
+    """One member process. The supervisor starts, stops, adds and removes these; callers read `state` and
+    ask `endpoint()` where to send a request."""
+
+    def __init__(self, recipe: ProcessRecipe, config: LifeConfig, *, pids: PidFiles, control: httpx.AsyncClient,
+                 listeners: list[Listener] | None = None) -> None:
+        self.name = recipe.name
+        self.recipe = recipe
+        self.config = config
+        self.spec: LaunchSpec = recipe.make_spec(0)
+        self.members = recipe.members
+        self.state = State.STOPPED
+        self.pid: int | None = None
+        self.restarts = 0
+        self.failures_in_row = 0
+        self.reason = ""
+        self.history: deque[StateChange] = deque(maxlen=64)
+        self.log_tail: deque[str] = deque(maxlen=40)
+        self.stats = MemberStats()
+        self.in_flight = 0
+        self.listeners: list[Listener] = list(listeners or [])
+        # The process's `parallel` slots, shared by every caller (council seats and passthrough): more requests
+        # would only queue inside llama-server, where a council's timeout could not see them.
+        self.slots = Slots(recipe.slots)
+        self._http: aiohttp.ClientSession | None = None
+        self._pids = pids
+        self._control = control
+        self._lock = threading.Lock()
+        self._running: _Running | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._restart_reason: str | None = None
+        self._request_ids = 0
+
+    # ---- state ----------------------------------------------------------------------------------------
+
+    def swap(self, expected: State | tuple[State, ...], new: State, reason: str = "") -> StateChange:
+        """Move to `new` if the state is (one of) `expected` and the edge is valid; else TransitionError."""
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        with self._lock:
+            old = self.state
+            if old not in allowed or not is_valid_transition(old, new):
+                raise TransitionError(self.name, allowed[0], old, new)
+            self.state = new
+            self.reason = reason
+            change = StateChange(self.name, old, new, reason, time.time())
+            self.history.append(change)
+        for listener in list(self.listeners):
+            listener(change)
+        return change
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+    @property
+    def request_failures(self) -> int:
+        """Requests that failed in a row on the current process (the watchdog restarts it at a threshold)."""
+        return self._running.request_failures if self._running is not None else 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.config.log_dir / f"{self.name.replace('/', '_')}.log"
+
+    def snapshot(self) -> dict[str, object]:
+        """The member as `/admin/members` and `council up` show it."""
+        return {
+            "name": self.name, "members": list(self.members), "model": self.spec.model, "state": str(self.state),
+            "reason": self.reason, "port": self.spec.port, "pid": self.pid, "restarts": self.restarts,
+            "in_flight": self.in_flight, "waiting": self.slots.waiting, "slots": self.slots.size,
+            "tokens_per_second": self.stats.tokens_per_second, "draft_acceptance": self.stats.draft_acceptance,
+            "since": self.history[-1].at if self.history else None,
+            "history": [c.to_json() for c in list(self.history)[-8:]], "log": str(self.log_path),
+        }
+
+    # ---- the data plane --------------------------------------------------------------------------------
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """One small aiohttp pool per process for council and passthrough calls: aiohttp costs ~0.2 ms of CPU
+        per call where httpx costs ~1.1 ms (measured against an instant upstream on this machine)."""
+        if self._http is None or self._http.closed:
+            size = 2 * self.recipe.slots + 2
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=size, limit_per_host=size),
+                # No total timeout: the council's own deadline cancels calls; connecting must be quick.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._http
+
+    @contextlib.asynccontextmanager
+    async def request(self) -> AsyncIterator[MemberProcess]:
+        """Count a request in flight; its outcome feeds the watchdog (failures in a row, stuck requests).
+
+        A request the router cancels (an early stop, a council deadline) is neither a success nor a failure:
+        the member did nothing wrong, and three early stops in a row must not restart a healthy member."""
+        running = self._running
+        self._request_ids += 1
+        rid = self._request_ids
+        self.in_flight += 1
+        if running is not None:
+            running.request_starts[rid] = time.monotonic()
+        outcome: bool | None = False
+        try:
+            yield self
+            outcome = True
+        except asyncio.CancelledError:
+            outcome = None
+            raise
+        finally:
+            self.in_flight -= 1
+            if running is not None:
+                running.request_starts.pop(rid, None)
+                if outcome is not None:
+                    running.request_failures = 0 if outcome else running.request_failures + 1
+
+    # ---- life -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._life(), name=f"member:{self.name}")
+
+    def replace_recipe(self, recipe: ProcessRecipe) -> None:
+        """The launch inputs for the next start (a reload that left this process running)."""
+        self.recipe = recipe
+
+    async def restart(self, reason: str) -> None:
+        """Kill the live process now; its life task restarts it after the usual backoff."""
+        running = self._running
+        if running is not None and running.proc.returncode is None:
+            self._restart_reason = reason
+            _signal_group(running.proc.pid, signal.SIGKILL)
+
+    def begin_drain(self, reason: str) -> None:
+        self._stopping = True
+        with contextlib.suppress(TransitionError):
+            self.swap(State.READY, State.DRAINING, reason)
+
+    async def stop(self, reason: str, drain: bool = True) -> None:
+        """Drain in-flight requests (up to the deadline), then stop the process; nothing is left running."""
+        self.begin_drain(reason)
+        if drain:
+            deadline = time.monotonic() + self.config.drain_timeout
+            while self.in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._terminate(reason)
+        if self._http is not None:
+            await self._http.close()
+
+    async def _life(self) -> None:
+        cfg = self.config
+        while not self._stopping:
+            attempt = f"attempt {self.failures_in_row + 1}"
+            self.swap((State.STOPPED, State.BACKOFF, State.FAILED), State.STARTING, attempt)
+            try:
+                await self._start_once()
+            except StartFailed as exc:
+                if await self._after_failure(str(exc)):
+                    return
+                continue
+            ready_at = time.monotonic()
+            verdict = await self._watch()
+            if self._stopping:
+                return
+            if time.monotonic() - ready_at >= cfg.stable_after:
+                self.failures_in_row = 0
+            await self._terminate(verdict, final=False)
+            self.restarts += 1
+            if await self._after_failure(verdict):
+                return
+
+    async def _after_failure(self, reason: str) -> bool:
+        """Count the failure; go `failed` (True) past the cap, else wait out the backoff (False)."""
+        self.failures_in_row += 1
+        if self._stopping:
+            return True
+        if self.failures_in_row >= self.config.max_failures:
+            self.swap(self.state, State.FAILED, f"gave up after {self.failures_in_row} failures in a row: {reason}")
+            return True
+        delay = min(self.config.backoff_cap, self.config.backoff_base * 2 ** (self.failures_in_row - 1))
+        self.swap(self.state, State.BACKOFF, f"{reason}; restarting in {delay:.1f}s")
+        await asyncio.sleep(delay)
+        return False
+
+    async def _start_once(self) -> None:
+        spec = self.recipe.make_spec(free_port())
+        self.spec = spec
+        await self._spawn(spec)
+        running = self._running
+        assert running is not None
+        try:
+            await self._wait_healthy(spec, running)
+            self.swap(State.STARTING, State.WARMING, "health ok, model verified")
+            await self._warm_up(spec, running)
+        except (StartFailed, httpx.HTTPError) as exc:
+            await self._terminate("start failed", final=False)
+            raise StartFailed(str(exc) if isinstance(exc, StartFailed) else f"{type(exc).__name__}: {exc}") from None
+        self.swap(State.WARMING, State.READY, "warm-up completion succeeded")
+
+    async def _spawn(self, spec: LaunchSpec) -> None:
+        log = RotatingLog(self.log_path, self.config.log_bytes)
+        proc = await asyncio.create_subprocess_exec(
+            *spec.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env={**os.environ, **spec.env}, start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
+        self.pid = proc.pid
+        self._pids.add(proc.pid, self.name)
+        reader = asyncio.create_task(self._read_log(proc, log))
+        self._running = _Running(proc=proc, reader=reader, log=log)
+
+    async def _read_log(self, proc: asyncio.subprocess.Process, log: RotatingLog) -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            log.write(line)
+            text = line.decode(errors="replace").rstrip()
+            if text:
+                self.log_tail.append(text)
+
+    async def _exited(self, running: _Running) -> str:
+        await asyncio.wait_for(running.reader, 5)
+        return exit_reason(self.log_tail, running.proc.returncode)
+
+    async def _wait_healthy(self, spec: LaunchSpec, running: _Running) -> None:
+        """/health 200 from *our* process: PID alive and /props naming our model file."""
+        deadline = time.monotonic() + self.config.load_timeout
+        headers = {"Authorization": f"Bearer {spec.api_key}"}
+        proc = running.proc
+        while True:
+            if proc.returncode is not None:
+                raise StartFailed(await self._exited(running))
+            with contextlib.suppress(httpx.TransportError):
+                health = await self._control.get(f"{spec.url}/health", timeout=2.0)
+                if health.status_code == 200:
+                    props = await self._control.get(f"{spec.url}/props", headers=headers, timeout=5.0)
+                    path = props.json().get("model_path") if props.status_code == 200 else None
+                    if proc.returncode is None and path and Path(path).resolve() == spec.model_path.resolve():
+                        return
+                    raise StartFailed(f"port {spec.port} answers, but not as our member "
+                                      f"(props status {props.status_code}, model_path {path!r})")
+            if time.monotonic() > deadline:
+                raise StartFailed(f"not healthy after {self.config.load_timeout:.0f}s")
+            await asyncio.sleep(self.config.poll_interval)
+
+    async def _warm_up(self, spec: LaunchSpec, running: _Running) -> None:
+        """A real completion: some builds allocate MTP buffers on the first request and crash there.
+
+        A raw two-token prompt through `/completion` exercises prompt processing and decoding (with the
+        draft path) at the least cost; a chat template's system prompt would add hundreds of ms on a CPU.
+        """
+        headers = {"Authorization": f"Bearer {spec.api_key}"}
+        url, body = f"{spec.url}/completion", {"prompt": "Hello", "n_predict": 4, "temperature": 0}
+        try:
+            reply = await self._control.post(url, json=body, headers=headers, timeout=self.config.warmup_timeout)
+        except httpx.HTTPError as exc:
+            if running.proc.returncode is not None:
+                raise StartFailed(await self._exited(running)) from None
+            raise StartFailed(f"warm-up completion failed: {type(exc).__name__}") from None
+        if reply.status_code != 200:
+            raise StartFailed(f"warm-up completion answered {reply.status_code}: {reply.text[:200]}")
+
+    async def _watch(self) -> str:
+        """While ready: return the reason the member must restart (exit, failing health, stuck requests)."""
+        running = self._running
+        assert running is not None
+        spec = self.spec
+        health_failures = 0
+        next_metrics = 0.0
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running.proc.wait()), self.config.watch_interval)
+            if running.proc.returncode is not None:
+                reason = await self._exited(running)
+                asked, self._restart_reason = self._restart_reason, None
+                return asked or reason
+            if running.request_failures >= self.config.watchdog_failures:
+                return f"watchdog: {running.request_failures} requests failed in a row"
+            now = time.monotonic()
+            if any(now - t > self.config.stuck_after for t in running.request_starts.values()):
+                return f"watchdog: a request has been in flight over {self.config.stuck_after:.0f}s"
+            try:
+                ok = (await self._control.get(f"{spec.url}/health", timeout=2.0)).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            health_failures = 0 if ok else health_failures + 1
+            if health_failures >= self.config.watchdog_failures:
+                return f"watchdog: /health failed {health_failures} times in a row"
+            if now >= next_metrics:
+                next_metrics = now + self.config.metrics_interval
+                await self.scrape()
+        return "router stopping"
+
+    async def scrape(self) -> None:
+        """Read the member's /metrics into `stats` (tok/s, draft acceptance)."""
+        spec = self.spec
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            reply = await self._control.get(f"{spec.url}/metrics", timeout=2.0,
+                                            headers={"Authorization": f"Bearer {spec.api_key}"})
+            if reply.status_code == 200:
+                parse_member_metrics(reply.text, self.stats)
+
+    async def _terminate(self, reason: str, final: bool = True) -> None:
+        """SIGTERM the process group, SIGKILL after the deadline; reap it and its log reader."""
+        # Cleared only once dead: a stop that cancels us halfway still finds the process to kill.
+        running = self._running
+        if final:
+            with contextlib.suppress(TransitionError):
+                self.swap(tuple(State), State.STOPPING, reason)
+        if running is not None:
+            proc = running.proc
+            if proc.returncode is None:
+                _signal_group(proc.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), self.config.stop_timeout)
+                except TimeoutError:
+                    _signal_group(proc.pid, signal.SIGKILL)
+                    await proc.wait()
+            _signal_group(proc.pid, signal.SIGKILL)  # stragglers left in its group
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(running.reader, 5)
+            running.log.close()
+            self._pids.remove(proc.pid)
+            self._running = None
+        if final:
+            with contextlib.suppress(TransitionError):
+                self.swap(State.STOPPING, State.STOPPED, reason)

@@ -1,0 +1,157 @@
+"""`council plan`: from a policy to estimates per member process to slots on GPUs (CONTRACT §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from council.plan.estimate import MemoryEstimate, estimate_member_bytes
+from council.plan.gguf import read_gguf
+from council.plan.gpus import Device, Gpu, device_of, resolve_gpus
+from council.plan.slots import CouncilNeed, CouncilResult, Placement, ProcessNeed, SlotPlan, pack
+from council.policy.schema import CouncilConfig, ModelConfig, Policy
+
+COMPONENTS = ("weights", "kv", "recurrent", "mtp", "compute", "overhead")
+
+
+@dataclass(frozen=True)
+class ProcessEstimate:
+    total: int
+    breakdown: dict[str, int]
+    source: Literal["gguf", "policy"]
+
+
+def estimate_process(policy: Policy, model_name: str, members: int, device: Device) -> ProcessEstimate:
+    """A process's memory: the policy's `memory:` (per member) if given, else the GGUF-based estimate."""
+    model = policy.models[model_name].for_members(members)
+    breakdown = dict.fromkeys(COMPONENTS, 0)
+    estimate: MemoryEstimate | None = None
+    if model.path is not None and model.path.exists():
+        draft = None
+        if model.draft.type == "model" and model.draft.model:
+            draft_cfg: ModelConfig = policy.models[model.draft.model]
+            if draft_cfg.path is not None:
+                draft = (draft_cfg, read_gguf(draft_cfg.path))
+        estimate = estimate_member_bytes(model, read_gguf(model.path), device=device, draft=draft)
+        breakdown = estimate.breakdown()
+        if device == "cpu":
+            breakdown["overhead"] += model.cache_ram  # the prompt cache lives in host memory, up to its cap
+    if model.memory is not None:
+        return ProcessEstimate(model.memory * members, breakdown, "policy")
+    if estimate is None:
+        raise FileNotFoundError(f"{model.path} does not exist and models.{model_name}.memory is not set")
+    return ProcessEstimate(sum(breakdown.values()), breakdown, "gguf")
+
+
+def council_need(policy: Policy, name: str, council: CouncilConfig, device: Device,
+                 cache: dict[tuple[str, int], ProcessEstimate]) -> CouncilNeed:
+    """One process per member, except members of a `share: true` model, which share one (a slot each)."""
+    names = council.member_names(name)
+    groups: dict[str, list[str]] = {}
+    order: list[str] = []
+    for member_name, member in zip(names, council.members, strict=True):
+        model = policy.models[member.model]
+        if model.remote is not None:  # served elsewhere: no process, no slot
+            continue
+        key = f"{name}:{member.model}" if model.share else member_name
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(member_name)
+    processes = []
+    for key in order:
+        members = groups[key]
+        model_name = council.members[names.index(members[0])].model
+        if (model_name, len(members)) not in cache:
+            cache[(model_name, len(members))] = estimate_process(policy, model_name, len(members), device)
+        processes.append(ProcessNeed(key, model_name, tuple(members), cache[(model_name, len(members))].total))
+    return CouncilNeed(name, tuple(processes))
+
+
+def fallback_council(name: str, council: CouncilConfig) -> CouncilConfig | None:
+    fb = council.fallback
+    if fb is None:
+        return None
+    members = council.members[: fb.members] if fb.members else council.members
+    if fb.model:
+        members = [m.model_copy(update={"model": fb.model}) for m in members]
+    return council.model_copy(update={"members": members, "fallback": None})
+
+
+@dataclass
+class PolicyPlan:
+    policy: Policy
+    gpus: list[Gpu]
+    device: Device
+    slots: SlotPlan
+    estimates: dict[tuple[str, int], ProcessEstimate]
+    # The configuration each admitted council runs with: as declared, or its fallback. Nothing downstream
+    # rebuilds a fallback; a council refused later (a lease taken elsewhere) is dropped with `refuse`.
+    configs: dict[str, CouncilConfig] = field(default_factory=dict)
+
+    @property
+    def all_admitted(self) -> bool:
+        return all(c.admitted for c in self.slots.councils)
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """Council -> why it is not running."""
+        return {c.name: c.reason or "" for c in self.slots.councils if not c.admitted}
+
+    def placements(self) -> list[Placement]:
+        """Every process of every admitted council, in plan order."""
+        return [p for c in self.slots.councils if c.admitted for p in c.placements]
+
+    def refuse(self, reasons: dict[str, str]) -> PolicyPlan:
+        """This plan with the named councils refused for the given reasons (their slots not taken)."""
+        councils = [c if c.name not in reasons else
+                    CouncilResult(c.name, False, reasons[c.name], tuple(Placement(p.process, p.slots, None)
+                                                                          for p in c.placements))
+                    for c in self.slots.councils]
+        return replace(self, slots=replace(self.slots, councils=councils),
+                       configs={k: v for k, v in self.configs.items() if k not in reasons})
+
+    def to_json(self) -> dict[str, Any]:
+        """The document of CONTRACT §4, plus slot counts per GPU and the source of each estimate."""
+        members = []
+        councils = []
+        for result in self.slots.councils:
+            for placement in result.placements:
+                proc = placement.process
+                est = self.estimates[(proc.model, len(proc.members))]
+                for member in proc.members:
+                    members.append({
+                        "name": member, "council": result.name, "model": proc.model, "process": proc.key,
+                        "estimate_bytes": est.total, "estimate_source": est.source, "breakdown": est.breakdown,
+                        "slots": placement.slots, "gpu": placement.gpu,
+                    })
+            councils.append({"name": result.name, "fits": result.fits, "reason": result.reason,
+                             "fallback": result.fallback})
+        return {
+            "gpus": [{"name": s.gpu.name, "memory_bytes": s.gpu.memory_bytes, "reserve_bytes": s.reserve_bytes,
+                      "source": s.gpu.source, "slots": s.total, "slots_used": s.used} for s in self.slots.gpus],
+            "device": self.device,
+            "slot_bytes": self.slots.slot_bytes,
+            "members": members,
+            "councils": councils,
+        }
+
+
+def plan_policy(policy: Policy, nvml: list[Gpu] | None = None) -> PolicyPlan:
+    gpus = resolve_gpus(policy, nvml)
+    device = device_of(gpus)
+    cache: dict[tuple[str, int], ProcessEstimate] = {}
+    needs = [council_need(policy, name, c, device, cache) for name, c in policy.councils.items()]
+
+    def fallback(name: str) -> CouncilNeed | None:
+        alt = fallback_council(name, policy.councils[name])
+        return council_need(policy, name, alt, device, cache) if alt is not None else None
+
+    slots = pack(needs, gpus, policy.slots.size, policy.slots.reserve, fallback)
+    configs: dict[str, CouncilConfig] = {}
+    for result in slots.councils:
+        if result.fits:
+            configs[result.name] = policy.councils[result.name]
+        elif result.fallback and (alt := fallback_council(result.name, policy.councils[result.name])) is not None:
+            configs[result.name] = alt
+    return PolicyPlan(policy, gpus, device, slots, cache, configs)

@@ -1,0 +1,177 @@
+"""Tiny-council slot packing: each GPU minus its reserve is cut into fixed slots; a member process takes
+ceil(estimate / slot size) slots on one GPU; a council is admitted whole or not at all.
+
+Councils are placed in policy order. Within a council an exact search (largest process first, GPUs by
+index) finds a placement whenever one exists for the slots still free, so the result is deterministic
+and a council is refused only when it truly cannot fit beside the councils admitted before it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from council.plan.gpus import Gpu
+from council.units import format_size
+
+
+@dataclass(frozen=True)
+class ProcessNeed:
+    """One llama-server process to place; `members` are the council members it serves."""
+
+    key: str
+    model: str
+    members: tuple[str, ...]
+    estimate_bytes: int
+
+
+@dataclass(frozen=True)
+class CouncilNeed:
+    name: str
+    processes: tuple[ProcessNeed, ...]
+
+
+@dataclass
+class GpuSlots:
+    gpu: Gpu
+    reserve_bytes: int
+    total: int
+    used: int = 0
+
+    @property
+    def free(self) -> int:
+        return self.total - self.used
+
+
+@dataclass(frozen=True)
+class Placement:
+    process: ProcessNeed
+    slots: int
+    gpu: str | None
+
+
+@dataclass(frozen=True)
+class CouncilResult:
+    """`fits`: admitted as declared; `fallback`: admitted as its fallback (`reason` says why not as declared)."""
+
+    name: str
+    fits: bool
+    reason: str | None
+    placements: tuple[Placement, ...]
+    fallback: bool = False
+
+    @property
+    def admitted(self) -> bool:
+        return self.fits or self.fallback
+
+
+@dataclass
+class SlotPlan:
+    slot_bytes: int
+    gpus: list[GpuSlots]
+    councils: list[CouncilResult] = field(default_factory=list)
+
+
+def slots_for(estimate_bytes: int, slot_bytes: int) -> int:
+    return max(1, math.ceil(estimate_bytes / slot_bytes))
+
+
+def gpu_slots(gpus: Sequence[Gpu], slot_bytes: int, reserve_bytes: int) -> list[GpuSlots]:
+    """Whole slots per GPU after the reserve and any memory other processes already hold."""
+    result = []
+    for gpu in gpus:
+        usable = gpu.memory_bytes - reserve_bytes - gpu.used_by_others_bytes
+        result.append(GpuSlots(gpu=gpu, reserve_bytes=reserve_bytes, total=max(0, usable // slot_bytes)))
+    return result
+
+
+def _search(needs: list[int], free: list[int], limit: int = 200_000) -> list[int] | None:
+    """Assign each need (slots) to a GPU index so no GPU exceeds its free slots; None if impossible.
+
+    Needs are sorted largest first by the caller; GPUs with equal free space are interchangeable at a
+    given depth, so only the first of them is tried (keeps the search tiny for councils of a few members).
+    """
+    assignment: list[int] = [-1] * len(needs)
+    budget = [limit]
+
+    def place(i: int) -> bool:
+        if i == len(needs):
+            return True
+        budget[0] -= 1
+        if budget[0] < 0:
+            return False
+        tried: set[int] = set()
+        for g, room in enumerate(free):
+            if room < needs[i] or room in tried:
+                continue
+            tried.add(room)
+            free[g] -= needs[i]
+            assignment[i] = g
+            if place(i + 1):
+                return True
+            free[g] += needs[i]
+        return False
+
+    return assignment if place(0) else None
+
+
+def _why_not(need: CouncilNeed, slots: list[int], gpus: list[GpuSlots], slot_bytes: int) -> str:
+    """Name the member that does not fit, how much is missing and where."""
+    order = sorted(range(len(slots)), key=lambda i: -slots[i])
+    free = [g.free for g in gpus]
+    if not gpus:
+        return "no GPU to place on: NVML sees none and the policy declares no `gpus:`"
+    for i in order:
+        proc = need.processes[i]
+        best = max(range(len(free)), key=lambda g: (free[g], -g))
+        if free[best] >= slots[i]:
+            free[best] -= slots[i]
+            continue
+        who = ", ".join(proc.members)
+        largest = max(gpus, key=lambda g: g.total)
+        if slots[i] > largest.total:
+            return (f"member {who} ({proc.model}, estimate {format_size(proc.estimate_bytes)}) needs {slots[i]} "
+                    f"slots of {format_size(slot_bytes)} but the largest GPU, {largest.gpu.name}, has only "
+                    f"{largest.total} after its reserve")
+        missing = (slots[i] - free[best]) * slot_bytes
+        return (f"member {who} ({proc.model}, estimate {format_size(proc.estimate_bytes)}, {slots[i]} slots) "
+                f"does not fit: {format_size(missing)} missing on {gpus[best].gpu.name} "
+                f"({free[best]} of {gpus[best].total} slots free)")
+    used = sum(slots)
+    return (f"needs {used} slots in all and no split of them over the GPUs' free slots "
+            f"({', '.join(f'{g.gpu.name}: {g.free}' for g in gpus)}) holds every member")
+
+
+def place_council(need: CouncilNeed, gpus: list[GpuSlots], slot_bytes: int) -> CouncilResult:
+    """Admit the whole council (taking its slots) or none of it."""
+    slots = [slots_for(p.estimate_bytes, slot_bytes) for p in need.processes]
+    order = sorted(range(len(slots)), key=lambda i: (-slots[i], i))
+    assignment = _search([slots[i] for i in order], [g.free for g in gpus]) if gpus else None
+    if assignment is None:
+        placements = tuple(Placement(p, s, None) for p, s in zip(need.processes, slots, strict=True))
+        return CouncilResult(need.name, False, _why_not(need, slots, gpus, slot_bytes), placements)
+    where: dict[int, int] = {order[k]: g for k, g in enumerate(assignment)}
+    for i, g in where.items():
+        gpus[g].used += slots[i]
+    placements = tuple(Placement(p, slots[i], gpus[where[i]].gpu.name) for i, p in enumerate(need.processes))
+    return CouncilResult(need.name, True, None, placements)
+
+
+def pack(
+    councils: Sequence[CouncilNeed],
+    gpus: Sequence[Gpu],
+    slot_bytes: int,
+    reserve_bytes: int,
+    fallback: Callable[[str], CouncilNeed | None] | None = None,
+) -> SlotPlan:
+    """Place councils in order; a council that does not fit may be replaced by its fallback, if that fits."""
+    plan = SlotPlan(slot_bytes=slot_bytes, gpus=gpu_slots(gpus, slot_bytes, reserve_bytes))
+    for need in councils:
+        result = place_council(need, plan.gpus, slot_bytes)
+        if not result.fits and fallback is not None and (alt := fallback(need.name)) is not None:
+            alt_result = place_council(alt, plan.gpus, slot_bytes)
+            if alt_result.fits:
+                result = CouncilResult(need.name, False, result.reason, alt_result.placements, fallback=True)
+        plan.councils.append(result)
+    return plan

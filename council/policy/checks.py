@@ -1,0 +1,124 @@
+"""What a policy needs from this machine: model files, MTP heads, vocabularies, the llama-server's spec types.
+
+The facts come in as arguments — GGUF headers read by `council.plan.gguf`, the binary's spec types from
+`council.members.binary` — so the policy layer stays at the bottom of the data path and imports neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from council.errors import CouncilError
+from council.policy.loading import LoadedPolicy, Problem
+from council.policy.schema import ModelConfig
+
+# llama.cpp's own draft/target compatibility rule (common/speculative.cpp).
+VOCAB_MAX_SIZE_DIFFERENCE = 128
+VOCAB_CHECK_START_TOKEN_ID = 5
+
+
+class ServerFlags(Protocol):
+    """What the installed llama-server accepts (`council.members.binary.LlamaServerInfo` is one)."""
+
+    @property
+    def build(self) -> int | None: ...
+
+    @property
+    def spec_types(self) -> tuple[str, ...]: ...
+
+
+class ModelHeader(Protocol):
+    """A GGUF header (`council.plan.gguf.GgufInfo` is one)."""
+
+    @property
+    def arch(self) -> str: ...
+
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+
+    def arch_key(self, suffix: str, default: Any = None) -> Any: ...
+
+
+# Reads a header (`keep_arrays` keeps the vocabulary); raises a CouncilError that says why it cannot.
+HeaderReader = Callable[..., ModelHeader]
+
+
+def vocab_mismatch(target: ModelHeader, draft: ModelHeader) -> str | None:
+    """Why llama-server would refuse `draft` as a draft model for `target`, or None if it would accept it."""
+    meta_t, meta_d = target.metadata, draft.metadata
+    if meta_t.get("tokenizer.ggml.model") != meta_d.get("tokenizer.ggml.model"):
+        return (f"tokenizer {meta_d.get('tokenizer.ggml.model')!r} differs from the target's "
+                f"{meta_t.get('tokenizer.ggml.model')!r}")
+    for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        if meta_t.get(key) != meta_d.get(key):
+            return f"{key.rsplit('.', 1)[-1]} {meta_d.get(key)} differs from the target's {meta_t.get(key)}"
+    tokens_t, tokens_d = meta_t.get("tokenizer.ggml.tokens"), meta_d.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens_t, list) or not isinstance(tokens_d, list):
+        return None
+    if abs(len(tokens_t) - len(tokens_d)) > VOCAB_MAX_SIZE_DIFFERENCE:
+        return f"vocabulary of {len(tokens_d)} tokens vs the target's {len(tokens_t)}"
+    for i in range(VOCAB_CHECK_START_TOKEN_ID, min(len(tokens_t), len(tokens_d))):
+        if tokens_t[i] != tokens_d[i]:
+            return f"token {i} is {tokens_d[i]!r}, the target's is {tokens_t[i]!r}"
+    return None
+
+
+def _read(read_header: HeaderReader, model: ModelConfig, *, keep_arrays: bool = False) -> ModelHeader | str:
+    if model.path is None:
+        return "a remote model has no GGUF here"
+    try:
+        return read_header(Path(model.path), keep_arrays=keep_arrays)
+    except CouncilError as exc:
+        return str(exc)
+
+
+def file_problems(loaded: LoadedPolicy) -> list[Problem]:
+    """Model files that are missing while no `memory:` says how much to plan for them."""
+    problems = []
+    for name, model in loaded.policy.models.items():
+        if model.path is not None and not model.path.exists() and model.memory is None:
+            problems.append(loaded.problem(("models", name, "path"),
+                                           f"{model.path} does not exist (and no `memory:` is given to plan with)"))
+    return problems
+
+
+def environment_problems(loaded: LoadedPolicy, server: ServerFlags | None,
+                         read_header: HeaderReader) -> list[Problem]:
+    """Problems only this machine can reveal; `server` None skips the spec-type checks (nothing to ask)."""
+    policy = loaded.policy
+    problems = file_problems(loaded)
+    headers: dict[str, ModelHeader] = {}
+    for name, model in policy.models.items():
+        base = ("models", name)
+        if model.path is None or not model.path.exists():  # remote, or reported above
+            continue
+        header = _read(read_header, model)
+        if isinstance(header, str):
+            problems.append(loaded.problem((*base, "path"), header))
+            continue
+        headers[name] = header
+        if model.draft.type == "mtp" and int(header.arch_key("nextn_predict_layers", 0) or 0) < 1:
+            problems.append(loaded.problem((*base, "draft", "type"),
+                                           f"draft type mtp needs a model with an MTP head; {model.path.name} "
+                                           f"({header.arch}) has no {header.arch}.nextn_predict_layers"))
+    if server is not None:
+        for name, model in policy.models.items():
+            if model.draft.type != "none" and model.draft.spec_type(server.spec_types) is None:
+                problems.append(loaded.problem(
+                    ("models", name, "draft", "type"),
+                    f"the installed llama-server (build {server.build}) does not support draft type "
+                    f"{model.draft.type!r}; it knows: {', '.join(server.spec_types)}"))
+    for name, model in policy.models.items():
+        draft_name = model.draft.model
+        if model.draft.type != "model" or draft_name is None or name not in headers or draft_name not in headers:
+            continue
+        target = _read(read_header, model, keep_arrays=True)
+        draft = _read(read_header, policy.models[draft_name], keep_arrays=True)
+        if not isinstance(target, str) and not isinstance(draft, str):
+            reason = vocab_mismatch(target, draft)
+            if reason:
+                problems.append(loaded.problem(("models", name, "draft", "model"),
+                                               f"{draft_name!r} cannot draft for {name!r}: {reason}"))
+    return problems

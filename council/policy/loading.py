@@ -1,0 +1,241 @@
+"""Read a policy file: YAML with positions, schema errors and broken references as `file:line: path: message`."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from council.errors import CouncilError
+from council.policy.schema import Policy
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Loc
+    message: str
+    line: int | None = None
+
+    def format(self, file: str) -> str:
+        dotted = ".".join(str(p) for p in self.path) or "(top)"
+        return f"{file}:{self.line or 1}: {dotted}: {self.message}"
+
+
+class PolicyError(CouncilError):
+    """A policy that cannot be used; `problems` holds every reason, each with a location."""
+
+    def __init__(self, file: str, problems: list[Problem]) -> None:
+        super().__init__("\n".join(p.format(file) for p in problems))
+        self.file = file
+        self.problems = problems
+
+    def lines(self) -> list[str]:
+        return [p.format(self.file) for p in self.problems]
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: Policy
+    file: str
+    lines: dict[Loc, int] = field(default_factory=dict)
+
+    def line_of(self, path: Loc) -> int | None:
+        return _line_of(self.lines, path)
+
+    def problem(self, path: Loc, message: str) -> Problem:
+        return Problem(path, message, self.line_of(path))
+
+
+def _line_of(lines: dict[Loc, int], path: Loc) -> int | None:
+    """The line of the longest prefix of `path` that the file spells out."""
+    for end in range(len(path), -1, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return None
+
+
+def _walk(node: yaml.Node, path: Loc, lines: dict[Loc, int], dupes: list[Problem]) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[object] = set()
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark)
+            if name in seen:
+                dupes.append(Problem((*path, name), "duplicate key: each name may appear once",
+                                     key.start_mark.line + 1))
+            seen.add(name)
+            lines[(*path, name)] = key.start_mark.line + 1
+            _walk(value, (*path, name), lines, dupes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, (*path, i), lines, dupes)
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
+    """The document and the line of every key and list item; duplicate keys are errors, not overwrites."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise PolicyError(file, [Problem((), "the file is empty", 1)])
+        lines: dict[Loc, int] = {}
+        dupes: list[Problem] = []
+        _walk(node, (), lines, dupes)
+        if dupes:
+            raise PolicyError(file, dupes)
+        data = loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(file, [Problem((), f"not valid YAML: {reason}", mark.line + 1 if mark else 1)]) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise PolicyError(file, [Problem((), "a policy is a mapping of keys (version, models, councils, ...)", 1)])
+    return data, lines
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete types inside Optional/Union/Annotated."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [t for arg in typing.get_args(annotation) for t in _unwrap(arg)]
+    return [annotation]
+
+
+def _model_at(path: Loc) -> type[BaseModel] | None:
+    """The schema class that the mapping at `path` must match, for naming the keys it allows."""
+    current: list[Any] = [Policy]
+    for element in path:
+        following: list[Any] = []
+        for ann in current:
+            origin = typing.get_origin(ann)
+            if isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(element, str):
+                if element in ann.model_fields:
+                    following += _unwrap(ann.model_fields[element].annotation)
+            elif origin is dict:
+                following += _unwrap(typing.get_args(ann)[1])
+            elif origin is list and isinstance(element, int):
+                following += _unwrap(typing.get_args(ann)[0])
+        current = following
+    return next((t for t in current if isinstance(t, type) and issubclass(t, BaseModel)), None)
+
+
+def _clean_loc(data: Any, loc: tuple[Any, ...], kind: str) -> Loc:
+    """Drop pydantic's union-branch tags so the path names only keys and indexes of the file."""
+    cleaned: list[str | int] = []
+    cur = data
+    for i, element in enumerate(loc):
+        in_dict = isinstance(cur, dict) and element in cur
+        in_list = isinstance(cur, list) and isinstance(element, int) and 0 <= element < len(cur)
+        if in_dict or in_list:
+            cleaned.append(element)
+            cur = cur[element]
+        elif kind == "missing" and i == len(loc) - 1:
+            cleaned.append(element)
+    return tuple(cleaned)
+
+
+def _message(error: Any, path: Loc) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(path[:-1])
+        allowed = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(path[-1]), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        return f"unknown key{hint}"
+    if kind == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def schema_problems(data: Any, exc: ValidationError, lines: dict[Loc, int]) -> list[Problem]:
+    merged: dict[Loc, list[str]] = {}
+    for error in exc.errors():
+        path = _clean_loc(data, error["loc"], error["type"])
+        text = _message(error, path)
+        if text not in merged.setdefault(path, []):
+            merged[path].append(text)
+    problems = [Problem(path, " or ".join(msgs), _line_of(lines, path)) for path, msgs in merged.items()]
+    return sorted(problems, key=lambda p: p.line or 0)
+
+
+def reference_problems(loaded: LoadedPolicy) -> list[Problem]:
+    """Names that must point somewhere: council members, draft models, fallbacks, judges, quorums."""
+    policy = loaded.policy
+    problems: list[Problem] = []
+    known = sorted(policy.models)
+
+    def unknown_model(name: str, path: Loc) -> None:
+        if name not in policy.models:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known models: {', '.join(known) or 'none'}"
+            problems.append(loaded.problem(path, f"unknown model {name!r}; {hint}"))
+
+    for name, model in policy.models.items():
+        if model.draft.type == "model" and model.draft.model:
+            unknown_model(model.draft.model, ("models", name, "draft", "model"))
+            if model.draft.model == name:
+                problems.append(loaded.problem(("models", name, "draft", "model"), "a model cannot draft for itself"))
+    gpu_names: set[str] = set()
+    for i, gpu in enumerate(policy.gpus):
+        if gpu.name in gpu_names:
+            problems.append(loaded.problem(("gpus", i, "name"), f"duplicate GPU name {gpu.name!r}"))
+        gpu_names.add(gpu.name)
+    for cname, council in policy.councils.items():
+        base: Loc = ("councils", cname)
+        for i, member in enumerate(council.members):
+            unknown_model(member.model, (*base, "members", i, "model"))
+        names = council.member_names(cname)
+        for i, member_name in enumerate(names):
+            if names.index(member_name) != i:
+                problems.append(loaded.problem((*base, "members", i, "name"), f"duplicate member name {member_name!r}"))
+        if isinstance(council.quorum, int) and council.quorum > len(council.members):
+            count = len(council.members)
+            problems.append(loaded.problem((*base, "quorum"), f"quorum {council.quorum} is more than {count} members"))
+        judge = council.vote.judge
+        if judge is not None:
+            if isinstance(judge, int) and not 0 <= judge < len(council.members):
+                problems.append(loaded.problem((*base, "vote", "judge"),
+                                               f"judge index {judge} is not a member (0..{len(council.members) - 1})"))
+            elif isinstance(judge, str) and judge not in names:
+                problems.append(loaded.problem((*base, "vote", "judge"), f"judge {judge!r} is not a member name"))
+        if council.fallback is not None:
+            if council.fallback.model is not None:
+                unknown_model(council.fallback.model, (*base, "fallback", "model"))
+            if council.fallback.members is not None and council.fallback.members >= len(council.members):
+                problems.append(loaded.problem((*base, "fallback", "members"),
+                                               "a fallback must keep fewer members than the council has"))
+    return problems
+
+
+def load_policy(path: Path | str) -> LoadedPolicy:
+    """Parse and validate a policy file; raise PolicyError listing every problem found."""
+    file = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise PolicyError(file, [Problem((), "no such file", 1)]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(file, [Problem((), f"cannot read the file: {exc}", 1)]) from None
+    data, lines = parse_yaml(text, file)
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(file, schema_problems(data, exc, lines)) from None
+    loaded = LoadedPolicy(policy, file, lines)
+    problems = reference_problems(loaded)
+    if problems:
+        raise PolicyError(file, sorted(problems, key=lambda p: p.line or 0))
+    return loaded

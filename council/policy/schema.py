@@ -1,0 +1,273 @@
+"""The policy file (CONTRACT §2): a pydantic schema that is its own documentation.
+
+Only shape and internal references are checked here; what needs the machine (model files, the installed
+llama-server's spec types, vocabularies) is checked by `council.policy.checks`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from council.paths import council_home
+from council.policy.extractors import ExtractError, parse_extractor_spec
+from council.units import Duration, Size
+
+KvType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+TieBreak = Literal["weight", "latency", "order", "logprob"]
+Strategy = Literal["majority", "weighted", "similarity", "judge"]
+# MTP was spelled `mtp` in older llama.cpp forks and `draft-mtp` upstream.
+MTP_SPELLINGS = ("draft-mtp", "mtp")
+
+
+def expand_path(value: Path) -> Path:
+    """`~` and `$VARS` expand, so one policy works for every user; `$COUNCIL_HOME` defaults to the cache."""
+    text = str(value)
+    if "COUNCIL_HOME" not in os.environ:
+        home = str(council_home())
+        text = text.replace("${COUNCIL_HOME}", home).replace("$COUNCIL_HOME", home)
+    return Path(os.path.expandvars(text)).expanduser()
+
+
+ExpandedPath = Annotated[Path, AfterValidator(expand_path)]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiKey(_Strict):
+    """A key clients send as `Authorization: Bearer KEY`: stored as its SHA-256 or read from an env var,
+    never written in the policy in clear."""
+
+    name: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    env: str | None = None
+    scopes: list[Literal["chat", "admin"]] = ["chat"]
+    rate_limit: float | None = Field(default=None, gt=0)  # requests per second
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKey:
+        if (self.sha256 is None) == (self.env is None):
+            raise ValueError("an API key needs exactly one of `sha256:` (hex digest of the key) or `env:` (a variable)")
+        return self
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    api_keys: list[ApiKey] = []
+    # Requests waiting for or inside one council; past it, 429 with Retry-After.
+    max_queue: int = Field(default=32, ge=1)
+    max_body: Size = Field(default=1 << 20, gt=0)
+    ballots: int = Field(default=1000, ge=1)  # recent ballots kept for /v1/ballots/{id}
+    # Several hosts (state: redis://...): how other routers reach this one's members, the env var holding
+    # the key hosts and routers share for member calls, and how often a host re-publishes its members.
+    advertise_url: str | None = None
+    cluster_key_env: str = "COUNCIL_CLUSTER_KEY"
+    heartbeat: Duration = 2.0
+
+
+class GpuDecl(_Strict):
+    """A GPU (or the CPU's memory) to plan on when NVML sees none, or to override what it sees."""
+
+    name: str = Field(min_length=1)
+    memory: Size = Field(gt=0)
+
+
+class SlotConfig(_Strict):
+    """Each GPU, minus `reserve`, is cut into fixed slots of `size`; a member takes whole slots."""
+
+    size: Size = Field(default=3 << 30, gt=0)
+    reserve: Size = 512 << 20
+
+
+class DraftConfig(_Strict):
+    """Speculative decoding: `mtp` (the model's own MTP head), `model` (a draft model), or a llama-server
+    `--spec-type` value such as `ngram-mod`; `none` turns it off."""
+
+    type: str = "none"
+    n_max: int = Field(default=3, ge=1, le=32)
+    n_min: int | None = Field(default=None, ge=0)
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _model_only_for_model_type(self) -> DraftConfig:
+        if self.type == "model" and not self.model:
+            raise ValueError("draft type `model` needs `model: NAME` of another model in the policy")
+        if self.type != "model" and self.model:
+            raise ValueError(f"`model` is only for draft type `model`, not {self.type!r}")
+        if self.n_min is not None and self.n_min > self.n_max:
+            raise ValueError(f"n_min ({self.n_min}) is larger than n_max ({self.n_max})")
+        return self
+
+    def spec_type(self, spec_types: tuple[str, ...]) -> str | None:
+        """The llama-server `--spec-type` value for this draft type in a build that lists `spec_types`
+        (MTP is `draft-mtp` upstream, `mtp` in older forks; a draft model is `draft-simple`), or None."""
+        if self.type == "mtp":
+            return next((s for s in MTP_SPELLINGS if s in spec_types), None)
+        wanted = "draft-simple" if self.type == "model" else self.type
+        return wanted if wanted in spec_types else None
+
+
+class RemoteConfig(_Strict):
+    """A model served elsewhere, called through litellm (any provider it supports, or an OpenAI-compatible
+    URL as `openai/NAME` with `api_base`). It takes no slot and no process here."""
+
+    model: str = Field(min_length=1)
+    api_base: str | None = None
+    api_key_env: str | None = None  # the key is read from this environment variable, never from the file
+
+
+class ModelConfig(_Strict):
+    """One llama-server process (a GGUF file and how to serve it), or a `remote:` model."""
+
+    path: ExpandedPath | None = None
+    remote: RemoteConfig | None = None
+    ctx_size: int = Field(default=4096, ge=64)
+    cache_type_k: KvType = "f16"
+    cache_type_v: KvType = "f16"
+    gpu_layers: Literal["all"] | Annotated[int, Field(ge=0)] = "all"
+    flash_attn: bool | Literal["auto"] = "auto"
+    parallel: int = Field(default=1, ge=1, le=256)
+    kv_unified: bool = False
+    batch_size: int = Field(default=2048, ge=1)
+    ubatch_size: int = Field(default=512, ge=1)
+    threads: int | None = Field(default=None, ge=1)
+    draft: DraftConfig = DraftConfig()
+    # Members of this model in one council may share one process (one `parallel` slot each).
+    share: bool = False
+    # llama-server's prompt cache lives in host memory and grows with use (its default cap is 8 GiB):
+    # off unless asked for, and counted in the plan when it is.
+    cache_ram: Size = 0
+    memory: Size | None = Field(default=None, gt=0)
+    args: list[str] = []
+
+    @field_validator("args")
+    @classmethod
+    def _no_shell_strings(cls, args: list[str]) -> list[str]:
+        for arg in args:
+            if any(c in arg for c in "\n\0"):
+                raise ValueError(f"argument {arg!r} holds a newline or NUL: pass one argument per list item")
+        return args
+
+    def for_members(self, members: int) -> ModelConfig:
+        """The process serving `members` members of a shared model: one slot each, each the full context."""
+        if members <= 1:
+            return self
+        return self.model_copy(update={"parallel": self.parallel * members, "ctx_size": self.ctx_size * members})
+
+    @model_validator(mode="after")
+    def _local_or_remote(self) -> ModelConfig:
+        if (self.path is None) == (self.remote is None):
+            raise ValueError("a model needs exactly one of `path:` (a local GGUF) or `remote:` (a litellm model)")
+        return self
+
+    @model_validator(mode="after")
+    def _ubatch_within_batch(self) -> ModelConfig:
+        if self.ubatch_size > self.batch_size:
+            raise ValueError(f"ubatch_size ({self.ubatch_size}) is larger than batch_size ({self.batch_size})")
+        return self
+
+
+class Sampling(_Strict):
+    temperature: float | None = Field(default=None, ge=0, le=5)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    system: str | None = None
+
+
+class MemberConfig(_Strict):
+    model: str
+    weight: float = Field(default=1.0, gt=0)
+    name: str | None = Field(default=None, min_length=1)
+    sampling: Sampling = Sampling()
+    # Requests per second this member may receive (a paid API's limit, say); None is unlimited.
+    rate_limit: float | None = Field(default=None, gt=0)
+
+
+class VoteConfig(_Strict):
+    strategy: Strategy = "majority"
+    extract: str = "auto"
+    tie_break: list[TieBreak] = ["weight", "latency", "order"]
+    # For `judge`: the member (index or name) that picks among the anonymised answers.
+    judge: int | str | None = None
+
+    @field_validator("extract")
+    @classmethod
+    def _known_extractor(cls, value: str) -> str:
+        # The same grammar voting builds extractors from, so a spec that would fail at vote time fails here.
+        try:
+            parse_extractor_spec(value)
+        except ExtractError as exc:
+            raise ValueError(f"{exc}") from None
+        return value
+
+    @field_validator("tie_break")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("tie_break lists a rule twice")
+        return value
+
+    @model_validator(mode="after")
+    def _judge_named_only_for_judge(self) -> VoteConfig:
+        if self.strategy == "judge" and self.judge is None:
+            raise ValueError("strategy `judge` needs `judge:` (a member index or name)")
+        return self
+
+
+class FallbackConfig(_Strict):
+    """What to run instead when the council does not fit: its first `members`, and/or another `model`."""
+
+    members: int | None = Field(default=None, ge=1)
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> FallbackConfig:
+        if self.members is None and self.model is None:
+            raise ValueError("a fallback needs `members:` (how many to keep) or `model:` (a smaller model)")
+        return self
+
+
+class CouncilConfig(_Strict):
+    members: list[MemberConfig] = Field(min_length=1)
+    vote: VoteConfig = VoteConfig()
+    quorum: Literal["majority", "all"] | Annotated[int, Field(ge=1)] = "majority"
+    timeout: Duration = 30.0
+    fallback: FallbackConfig | None = None
+
+    def member_names(self, council: str) -> list[str]:
+        """Each member's name: its own `name:`, else `COUNCIL/INDEX`."""
+        return [m.name or f"{council}/{i}" for i, m in enumerate(self.members)]
+
+    def quorum_count(self) -> int:
+        if self.quorum == "all":
+            return len(self.members)
+        if self.quorum == "majority":
+            return len(self.members) // 2 + 1
+        return self.quorum
+
+
+class Policy(_Strict):
+    version: Literal[1] = 1
+    server: ServerConfig = ServerConfig()
+    state: str = "memory"
+    gpus: list[GpuDecl] = []
+    slots: SlotConfig = SlotConfig()
+    models: dict[str, ModelConfig] = {}
+    councils: dict[str, CouncilConfig] = {}
+
+    @field_validator("state")
+    @classmethod
+    def _state_store(cls, value: str) -> str:
+        if value == "memory" or value.startswith(("redis://", "rediss://", "unix://")):
+            return value
+        raise ValueError(f"state must be `memory` or a redis:// URL, not {value!r}")

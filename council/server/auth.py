@@ -1,0 +1,116 @@
+"""API keys: who is calling, with which scopes and per-key limits (a FastAPI dependency in `server.deps`)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import time
+from dataclasses import dataclass, field
+
+from council.errors import CouncilError
+from council.policy.schema import ApiKey
+
+
+class AuthError(CouncilError):
+    """The caller is not allowed; `code` says how (the HTTP layer maps kinds to 401 and 403)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class MissingKey(AuthError):
+    """No key, or a key that is not one of the configured ones."""
+
+
+class Forbidden(AuthError):
+    """A valid key without the scope this endpoint needs."""
+
+
+@dataclass
+class Principal:
+    """Who is calling: a configured key, or `anonymous` when the router runs without keys (loopback only)."""
+
+    name: str
+    scopes: frozenset[str]
+    rate_limit: float | None = None
+    max_concurrency: int | None = None
+    in_flight: int = 0
+    # Token bucket: `tokens` refill at `rate_limit` per second up to one second's worth (at least 1).
+    tokens: float = 0.0
+    refilled: float = field(default_factory=time.monotonic)
+
+    def take(self) -> float | None:
+        """Spend one request from the bucket; None if allowed, else seconds until the next one is."""
+        if self.rate_limit is None:
+            return None
+        now = time.monotonic()
+        capacity = max(1.0, self.rate_limit)
+        self.tokens = min(capacity, self.tokens + (now - self.refilled) * self.rate_limit)
+        self.refilled = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return None
+        return (1.0 - self.tokens) / self.rate_limit
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class KeyRing:
+    """Resolves bearer tokens to principals; keys are compared as SHA-256 digests in constant time."""
+
+    def __init__(self, keys: list[ApiKey]) -> None:
+        self._digests: list[tuple[bytes, Principal]] = []
+        self.missing_env: list[str] = []
+        self.anonymous = Principal(name="anonymous", scopes=frozenset({"chat", "admin"}))
+        self.update(keys)
+
+    def update(self, keys: list[ApiKey]) -> None:
+        """Take a reloaded key list. A key that stays (same name and secret) keeps its principal: its token
+        bucket and in-flight count carry on, so a reload neither refills a bucket nor loses requests."""
+        old = {(p.name, d): p for d, p in self._digests}
+        self._digests = []
+        self.missing_env = []
+        for key in keys:
+            if key.env is not None:
+                secret = os.environ.get(key.env)
+                if not secret:
+                    self.missing_env.append(f"{key.name}: ${key.env} is not set")
+                    continue
+                digest = hashlib.sha256(secret.encode()).digest()
+            else:
+                digest = bytes.fromhex(key.sha256 or "")
+            principal = old.get((key.name, digest))
+            if principal is None:
+                principal = Principal(name=key.name, scopes=frozenset(key.scopes), rate_limit=key.rate_limit,
+                                      max_concurrency=key.max_concurrency, tokens=max(1.0, key.rate_limit or 1.0))
+            else:
+                principal.scopes = frozenset(key.scopes)
+                principal.max_concurrency = key.max_concurrency
+                if principal.rate_limit != key.rate_limit:
+                    principal.rate_limit = key.rate_limit
+                    principal.tokens = min(principal.tokens, max(1.0, key.rate_limit or 1.0))
+            self._digests.append((digest, principal))
+        self.enabled = bool(keys)
+
+    def principal(self, authorization: str | None, scope: str) -> Principal:
+        if not self.enabled:
+            return self.anonymous
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise MissingKey("missing API key: send `Authorization: Bearer KEY`", "missing_api_key")
+        digest = hashlib.sha256(authorization[7:].strip().encode()).digest()
+        found = next((p for d, p in self._digests if hmac.compare_digest(d, digest)), None)
+        if found is None:
+            raise MissingKey("invalid API key", "invalid_api_key")
+        if scope not in found.scopes:
+            raise Forbidden(f"this key ({found.name}) lacks the `{scope}` scope", "insufficient_scope")
+        return found

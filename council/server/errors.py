@@ -1,0 +1,85 @@
+"""The HTTP boundary of errors: every council error becomes the OpenAI error shape with a fitting status.
+
+Lower layers raise their own `CouncilError`s and know nothing of HTTP; this table is the one place that
+gives each kind its status and code (after httpx, whose one exception root is mapped at the boundary).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from council.cluster.store import StateError
+from council.errors import CouncilError
+from council.server.auth import AuthError, Forbidden, MissingKey
+from council.server.limits import Limited
+from council.server.requests import BadRequest
+from council.server.router import ReloadError
+from council.voting.client import MemberFailed, MemberUnavailable
+from council.voting.engine import QuorumError, RequestRejected
+
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+         429: "rate_limit_error", 502: "server_error", 503: "server_error", 500: "server_error"}
+
+
+class ApiError(CouncilError):
+    """An answer the HTTP layer itself decides (unknown model, body too large, ...)."""
+
+    def __init__(self, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+
+
+def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None,
+                   **extra: Any) -> JSONResponse:
+    body = {"error": {"message": message, "type": TYPES.get(status, "server_error"), "code": code}, **extra}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# Most specific kind first; a code of None means the error carries its own (`exc.code`).
+STATUSES: tuple[tuple[type[CouncilError], int, str | None], ...] = (
+    (BadRequest, 400, None),
+    (RequestRejected, 400, "rejected_by_members"),
+    (ReloadError, 400, "invalid_policy"),
+    (MissingKey, 401, None),
+    (Forbidden, 403, None),
+    (AuthError, 401, None),
+    (Limited, 429, None),
+    (MemberFailed, 502, "member_error"),
+    (QuorumError, 503, "quorum_not_met"),
+    (MemberUnavailable, 503, "no_ready_member"),
+    (StateError, 503, "state_unavailable"),
+)
+
+
+def status_of(exc: CouncilError) -> tuple[int, str, dict[str, str]]:
+    """Status, code and headers for a council error."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code, exc.headers
+    status, code = next(((s, c or getattr(exc, "code", "error")) for kind, s, c in STATUSES if isinstance(exc, kind)),
+                        (500, "internal_error"))
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if isinstance(exc, Limited):
+        headers["Retry-After"] = str(exc.retry_after)
+    return status, code, headers
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CouncilError)
+    async def _council_error(_: Request, exc: CouncilError) -> JSONResponse:
+        status, code, headers = status_of(exc)
+        extra = {"problems": exc.problems} if isinstance(exc, ReloadError) else {}
+        message = "the new policy is refused; the old one keeps running" if isinstance(exc, ReloadError) else str(exc)
+        return error_response(status, message, code, headers or None, **extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http_error")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, f"internal error ({type(exc).__name__}); see the router's log", "internal_error")

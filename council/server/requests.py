@@ -1,0 +1,236 @@
+"""The OpenAI request bodies council accepts, as pydantic models: what the OpenAI schema defines is checked
+(roles, content as a string or parts, tools, tool_choice, response_format, sampling fields' types and
+ranges), in strict mode so `"temperature": "hot"` or `"0.7"` is refused; unknown fields pass through to
+the members untouched (llama-server has many of its own). A bad body is one 400 with the field and reason.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from council.errors import CouncilError
+
+Role = Literal["system", "user", "assistant", "tool", "developer"]
+
+
+class BadRequest(CouncilError, ValueError):
+    """A request body the API refuses; `code` names the field (`invalid_temperature`, `empty_messages`...)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Open(BaseModel):
+    # Strict types (no "0.7" for a number), unknown keys kept: members may understand them.
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class TextPart(_Open):
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(_Open):
+    url: str
+
+
+class ImagePart(_Open):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class AudioPart(_Open):
+    type: Literal["input_audio"]
+    input_audio: dict[str, Any]
+
+
+class FilePart(_Open):
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+Part = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Open):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Open):
+    role: Role
+    content: str | list[Part] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _content_where_needed(self) -> Message:
+        # Only an assistant turn that calls tools may come without content.
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs `content` (a string or a list of content parts)")
+        if self.role in ("system", "developer") and isinstance(self.content, list) and any(
+                not isinstance(p, TextPart) for p in self.content):
+            raise ValueError(f"a {self.role} message takes text parts only")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs `tool_call_id`")
+        return self
+
+    @property
+    def has_media(self) -> bool:
+        return isinstance(self.content, list) and any(not isinstance(p, TextPart) for p in self.content)
+
+
+class FunctionDef(_Open):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Open):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Open):
+    name: str
+
+
+class ToolChoiceFunction(_Open):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchema(_Open):
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(_Open):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Open):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(_Open):
+    type: Literal["json_schema"]
+    json_schema: JsonSchema
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+
+
+class _Sampling(_Open):
+    model: str = Field(min_length=1)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    max_tokens: int | None = Field(default=None, ge=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+
+class ChatRequest(_Sampling):
+    """POST /v1/chat/completions."""
+
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @property
+    def has_media(self) -> bool:
+        return any(m.has_media for m in self.messages)
+
+    @property
+    def question(self) -> str:
+        """The last user turn's text, for the dashboard and logs."""
+        for message in reversed(self.messages):
+            if message.role == "user":
+                if isinstance(message.content, str):
+                    return message.content
+                return " ".join(p.text for p in message.content or [] if isinstance(p, TextPart))
+        return ""
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions (relayed to a model's member)."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = None
+    suffix: str | None = None
+
+
+def _code(error: dict[str, Any]) -> str:
+    loc = error.get("loc") or ()
+    field = str(loc[0]) if loc else "body"
+    if field == "model":
+        return "missing_model"
+    if field == "messages" and len(loc) == 1 and error.get("type") in ("too_short", "missing"):
+        return "empty_messages"
+    if field == "messages":
+        return "invalid_message"
+    if field == "max_completion_tokens":
+        return "invalid_max_tokens"
+    return f"invalid_{field}"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    # Discriminated unions add the tag to the location (`content.0.text`); plain unions add type names.
+    loc = [str(p) for p in error.get("loc", ()) if not str(p).startswith(("function-", "list[", "str", "int"))]
+    where = ".".join(loc) or "body"
+    return f"{where}: {error.get('msg', 'invalid')}"
+
+
+def validate_body(body: Any, model: type[_Sampling]) -> _Sampling:
+    """The body as `model`, or BadRequest naming the first problem (and how many more there are)."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object", "invalid_body")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+        message = _describe(errors[0]) + more
+        if errors[0].get("loc", ("",))[0] == "model":
+            message = "`model` is required: a council or model name (see GET /v1/models)"
+        raise BadRequest(message, _code(errors[0])) from None
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON from a body; malformed or absurdly nested JSON is a BadRequest, never a 500."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise BadRequest("the body is nested too deeply to be a request", "invalid_json") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", "invalid_json") from None

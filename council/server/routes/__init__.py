@@ -1,0 +1,1 @@
+"""The API's routes, one module per concern; each handler validates, authorises, calls one object, answers."""

@@ -1,0 +1,38 @@
+"""Relaying a request to one process that serves a model (`model` names a model, not a council)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi.responses import Response, StreamingResponse
+
+from council.server.errors import ApiError
+from council.server.limits import Admission
+from council.server.router import Router
+
+
+async def relay(router: Router, model: str, payload: bytes, path: str, stream: bool,
+                admission: Admission) -> Response:
+    """Send `payload` to the least busy ready process serving `model`, through the same client (slots, rate
+    limit, watchdog accounting) its council calls use; token by token when streaming."""
+    found = router.passthrough_client(model)
+    if found is None:
+        if router.policy.models[model].remote is not None:
+            raise ApiError(400, f"{model} is a remote model: call its provider directly", "remote_model")
+        raise ApiError(503, f"no ready member serves {model}", "no_ready_member")
+    _, client = found
+    if not stream:
+        relayed = await client.relay(payload, path)
+        return Response(content=relayed.body, status_code=relayed.status, media_type=relayed.content_type)
+    opened = client.stream(payload, path)
+    head, chunks = await opened.__aenter__()
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await opened.__aexit__(None, None, None)
+            admission.release()
+
+    return StreamingResponse(body(), status_code=head.status, media_type=head.content_type)

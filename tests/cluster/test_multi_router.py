@@ -1,0 +1,205 @@
+"""Several routers sharing one Redis: slot leases never over-allocate, ballots and rate limits are shared,
+and a Redis outage neither stops admitted councils nor lets new leases through."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from council.members.binary import LlamaServerInfo
+from tests.servers import CouncilServer, free_port, wait_for
+
+KEY = "shared-key-0123456789"
+CHAT = {"model": "pair", "messages": [{"role": "user", "content": "go"}]}
+
+
+def policy(syn: Path, state: str, extra_server: str = "") -> str:
+    # Two slots on this host's `cpu`; the council needs both.
+    return f"""
+state: {state}
+server: {{host: 127.0.0.1{extra_server}}}
+gpus: [{{name: cpu, memory: 512MiB}}]
+slots: {{size: 256MiB, reserve: 0}}
+models:
+  syn: {{path: {syn}, ctx_size: 512}}
+councils:
+  pair:
+    members: [{{model: syn, sampling: {{max_tokens: 4}}}}, {{model: syn, sampling: {{max_tokens: 4}}}}]
+    vote: {{extract: text}}
+"""
+
+
+def test_two_routers_on_one_host_leave_each_other_alone(serve: Callable[..., CouncilServer], syn: Path,
+                                                        tmp_path: Path) -> None:
+    """Two `council serve` with the same COUNCIL_HOME and member names: before, the second one's start-up cleanup
+    SIGKILLed every member of the first (a pid record was stale whenever its PID still ran), and both wrote the
+    same member log files."""
+    home = tmp_path / "home"
+    home.mkdir()
+    first = serve(policy(syn, "memory"), home=home)
+    before = {m["name"]: m for m in httpx.get(f"{first.url}/admin/members").json()["members"]}
+    second = serve(policy(syn, "memory"), home=home)
+    after = {m["name"]: m for m in httpx.get(f"{first.url}/admin/members").json()["members"]}
+    assert {n: m["pid"] for n, m in after.items()} == {n: m["pid"] for n, m in before.items()}
+    assert all(m["state"] == "ready" and m["restarts"] == 0 for m in after.values())
+    for server in (first, second):
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
+    theirs = {m["name"]: m for m in httpx.get(f"{second.url}/admin/members").json()["members"]}
+    for name in after:
+        assert after[name]["log"] != theirs[name]["log"]
+        assert Path(after[name]["log"]).stat().st_size > 0 and Path(theirs[name]["log"]).stat().st_size > 0
+
+
+def test_two_routers_never_lease_more_slots_than_the_gpu_has(
+    serve: Callable[..., CouncilServer], syn: Path, redis_url: str
+) -> None:
+    state = redis_url.rsplit("/", 1)[0] + "/1"
+    first = serve(policy(syn, state))
+    second = serve(policy(syn, state), ready_path="/healthz")
+    ready = httpx.get(f"{second.url}/readyz")
+    assert ready.status_code == 503
+    [reason] = ready.json()["reasons"]
+    assert reason == ("council pair is not running: its 2 slots on cpu are leased elsewhere "
+                      "(2 of 2 held by other routers)")
+    assert httpx.get(f"{second.url}/admin/members").json()["members"] == []  # nothing started beside them
+    assert httpx.post(f"{first.url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
+    assert first.stop() == 0  # a clean stop gives its leases back
+    third = serve(policy(syn, state))
+    assert httpx.post(f"{third.url}/v1/chat/completions", json=CHAT, timeout=30).json()["council"]["answer"] == "abcd"
+
+
+def test_ballots_and_rate_limits_are_shared(serve: Callable[..., CouncilServer], syn: Path, redis_url: str) -> None:
+    state = redis_url.rsplit("/", 1)[0] + "/2"
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    keys = f", api_keys: [{{name: app, sha256: {digest}, rate_limit: 0.2}}]"
+    headers = {"Authorization": f"Bearer {KEY}"}
+    first = serve(policy(syn, state, keys), headers=headers)
+    second = serve(policy(syn, state, keys), ready_path="/healthz")
+    answer = httpx.post(f"{first.url}/v1/chat/completions", json=CHAT, headers=headers, timeout=30).json()
+
+    def on_second() -> bool:
+        return httpx.get(f"{second.url}/v1/ballots/{answer['id']}", headers=headers).status_code == 200
+
+    wait_for(on_second, "the ballot to reach the second router")
+    ballot = httpx.get(f"{second.url}/v1/ballots/{answer['id']}", headers=headers).json()
+    assert ballot["answer"] == answer["council"]["answer"] == "abcd"
+    # The key's one request per 5 s was spent on the first router: the second refuses it too.
+    limited = httpx.post(f"{second.url}/v1/chat/completions", json={**CHAT, "model": "syn"}, headers=headers)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+
+def test_redis_outage_keeps_admitted_councils_and_refuses_new_leases(
+    serve: Callable[..., CouncilServer], syn: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                        text=True).stdout.strip() == "PONG", "redis-server")
+        server = serve(policy(syn, url))
+        redis.terminate()
+        redis.wait(timeout=10)
+        reply = httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=30)
+        assert reply.status_code == 200 and reply.json()["council"]["answer"] == "abcd"  # admitted: still answers
+        assert httpx.get(f"{server.url}/v1/ballots/{reply.json()['id']}").status_code == 200  # local copy
+        refused = httpx.post(f"{server.url}/admin/reload", timeout=30)
+        assert refused.status_code == 400
+        assert any(f"Redis at {url} is unreachable" in p for p in refused.json()["problems"]), refused.json()
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
+        # Redis returns (empty: it keeps nothing on disk): the same router leases again, no restart needed.
+        redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                        text=True).stdout.strip() == "PONG", "redis-server again")
+        reloaded = httpx.post(f"{server.url}/admin/reload", timeout=30)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["unchanged"] == ["pair/0", "pair/1"]
+        leased = subprocess.run(["redis-cli", "-p", str(port), "--scan", "--pattern", "council:*"],
+                                capture_output=True, text=True).stdout.split()
+        assert leased, "the router's leases are back in Redis"
+    finally:
+        redis.kill()
+        redis.wait(timeout=10)
+
+
+def test_a_router_answers_with_members_on_another_host_and_drops_a_dead_host(
+    tmp_path: Path, syn: Path, redis_url: str, llama_server_bin: LlamaServerInfo,
+    start_server: Callable[..., object],
+) -> None:
+    """A GPU host (`--role host`) runs a member; a router (`--role router`) runs none and answers with it.
+    The council's other member is remote (an OpenAI-compatible server through litellm), so when the host
+    dies the router still answers, degraded, once the host's heartbeat has lapsed."""
+    far = start_server(syn)
+    state = redis_url.rsplit("/", 1)[0] + "/3"
+    text = f"""
+state: {state}
+server: {{heartbeat: 300ms}}
+gpus: [{{name: cpu, memory: 512MiB}}]
+slots: {{size: 256MiB, reserve: 0}}
+models:
+  syn: {{path: {syn}, ctx_size: 512}}
+  far: {{remote: {{model: openai/far, api_base: "{far.url}/v1", api_key_env: FAR_KEY}}}}  # type: ignore[attr-defined]
+councils:
+  mixed:
+    members: [{{model: syn, sampling: {{max_tokens: 4}}}}, {{model: far, sampling: {{max_tokens: 4}}}}]
+    vote: {{extract: text}}
+    quorum: 1
+""".replace("  # type: ignore[attr-defined]", "")
+    env = {"LLAMA_SERVER": str(llama_server_bin.path), "COUNCIL_CLUSTER_KEY": "cluster-secret-42",
+           "FAR_KEY": far.api_key}  # type: ignore[attr-defined]
+    procs = []
+    try:
+        hosts = {}
+        for role in ("host", "router"):
+            workdir = tmp_path / role
+            workdir.mkdir()
+            port = free_port()
+            (workdir / "policy.yaml").write_text(text)
+            log = (workdir / "serve.log").open("wb")
+            proc = subprocess.Popen([sys.executable, "-m", "council", "serve", str(workdir / "policy.yaml"),
+                                     "--port", str(port), "--role", role], stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **env, "COUNCIL_HOME": str(workdir)})
+            procs.append(proc)
+            hosts[role] = f"http://127.0.0.1:{port}"
+
+        def router_ready() -> bool:
+            try:
+                return httpx.get(f"{hosts['router']}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(router_ready, "the router to answer", timeout=60)
+        body = {"model": "mixed", "messages": [{"role": "user", "content": "go"}]}
+
+        def both_answer() -> bool:  # the host publishes its member once it is ready (a heartbeat later)
+            doc = httpx.post(f"{hosts['router']}/v1/chat/completions", json=body, timeout=30).json()["council"]
+            return [m["status"] for m in doc["members"]] == ["ok", "ok"] and not doc["degraded"]
+
+        wait_for(both_answer, "the router to reach the member on the GPU host", timeout=60)
+        procs[0].kill()  # the GPU host dies (its members die with it)
+        procs[0].wait(timeout=10)
+        died = time.monotonic()
+
+        def dropped() -> bool:
+            # Right after the kill the router still tries the dead host (a connection error); once the
+            # heartbeat lapses the registry no longer lists the member at all.
+            reply = httpx.post(f"{hosts['router']}/v1/chat/completions", json=body, timeout=30).json()["council"]
+            first = reply["members"][0]
+            assert reply["answer"] == "abcd" and reply["degraded"] and first["status"] == "error"
+            return first["error"] == "member is not ready"
+
+        wait_for(dropped, "the dead host's member to leave the vote", timeout=10)
+        assert time.monotonic() - died < 3 * 0.3 + 1.5  # the heartbeat bound (3 beats) plus polling slack
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -1,0 +1,328 @@
+"""The shared state (council/state.py) in memory and in a real Redis: leases with fencing, the member
+registry, the shared rate limit, ballots, and a Redis outage and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from council.cluster.memory_store import MemoryState
+from council.cluster.redis_store import RedisState
+from council.cluster.store import Lease, StaleLease, StateError, StateStore, open_state
+from tests.servers import start_redis
+
+pytestmark = pytest.mark.anyio
+LONG = 30.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _pair(kind: str, redis_url: str) -> tuple[StateStore, StateStore]:
+    """Two routers' views of one state: two RedisState clients on one prefix, or one MemoryState twice."""
+    if kind == "memory":
+        store = MemoryState()
+        return store, store
+    prefix = f"test:{uuid.uuid4().hex}:"
+    return RedisState(redis_url, prefix=prefix), RedisState(redis_url, prefix=prefix)
+
+
+async def _close(a: StateStore, b: StateStore) -> None:
+    await a.close()
+    if b is not a:
+        await b.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def pair(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[tuple[StateStore, StateStore]]:
+    a, b = _pair(request.param, redis_url)
+    yield a, b
+    await _close(a, b)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], deadline_s: float = 5.0) -> float:
+    """Poll `condition` until true; seconds it took. Fails the test past the deadline."""
+    start = time.monotonic()
+    while not await condition():
+        if time.monotonic() - start > deadline_s:
+            pytest.fail(f"condition not met within {deadline_s}s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_open_state(redis_url: str) -> None:
+    assert isinstance(open_state("memory"), MemoryState)
+    store = open_state(redis_url, prefix="x:")
+    assert isinstance(store, RedisState) and store.prefix == "x:"
+    assert isinstance(store, StateStore)
+    with pytest.raises(ValueError, match="memory"):
+        open_state("postgres://db")
+
+
+async def test_lease_basics(pair: tuple[StateStore, StateStore]) -> None:
+    a, b = pair
+    first = await a.acquire("gpu0", 4, "router-a", 2, LONG)
+    second = await b.acquire("gpu0", 4, "router-b", 2, LONG)
+    assert first is not None and second is not None
+    assert second.token > first.token
+    assert first.expires_at > time.monotonic()
+    assert await a.acquire("gpu0", 4, "router-a", 1, LONG) is None
+    assert await a.acquire("gpu1", 4, "router-a", 4, LONG) is not None  # GPUs are independent
+    assert await a.leased("gpu0") == 4 and await b.leased("gpu0") == 4
+
+    await b.release(first)
+    assert await a.leased("gpu0") == 2
+    await b.release(first)  # idempotent
+    assert await a.leased("gpu0") == 2
+    with pytest.raises(StaleLease):
+        await a.renew(first, LONG)
+    assert not await a.check_fence("gpu0", first.token)
+    third = await a.acquire("gpu0", 4, "router-a", 2, LONG)
+    assert third is not None and third.token > second.token
+    assert await b.acquire("gpu0", 4, "router-b", 1, LONG) is None
+    with pytest.raises(ValueError):
+        await a.acquire("gpu0", 4, "router-a", 0, LONG)
+
+
+async def test_renew_extends_and_expiry_reclaims(pair: tuple[StateStore, StateStore]) -> None:
+    a, b = pair
+    kept = await a.acquire("gpu0", 3, "router-a", 1, 0.6)
+    lapsing = await a.acquire("gpu0", 3, "router-a", 2, 0.3)
+    assert kept is not None and lapsing is not None
+    renewed = await a.renew(kept, LONG)
+    assert renewed.token == kept.token and renewed.expires_at > kept.expires_at
+
+    # The lease nobody renews lapses; the renewed one outlives it.
+    await until(lambda: _equals(b.leased("gpu0"), 1))
+    assert await b.check_fence("gpu0", kept.token)
+    assert not await b.check_fence("gpu0", lapsing.token)
+
+    new: list[Lease] = []
+
+    async def reclaimed() -> bool:
+        lease = await b.acquire("gpu0", 3, "router-b", 2, LONG)
+        if lease is not None:
+            new.append(lease)
+        return lease is not None
+
+    await until(reclaimed)
+    taken = new[0]
+    assert taken.token > lapsing.token
+    with pytest.raises(StaleLease):
+        await a.renew(lapsing, LONG)
+    assert not await a.check_fence("gpu0", lapsing.token)
+    assert await a.check_fence("gpu0", taken.token)
+    await a.release(lapsing)  # a stale token releases nothing
+    assert await b.leased("gpu0") == 3
+    # Another holder cannot renew or release a lease by guessing its token.
+    forged = Lease(gpu="gpu0", holder="router-a", slots=2, token=taken.token, expires_at=0.0)
+    with pytest.raises(StaleLease):
+        await a.renew(forged, LONG)
+    await a.release(forged)
+    assert await b.leased("gpu0") == 3
+
+    # Past the renewed lease's first deadline it is still live: renew extended it.
+    async def past_first_deadline() -> bool:
+        return time.monotonic() > kept.expires_at + 0.1
+
+    await until(past_first_deadline)
+    assert await b.check_fence("gpu0", kept.token) and await b.leased("gpu0") == 3
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+# No shrinking: a failing example still prints, and shrinking 50-task concurrent runs takes minutes.
+@settings(max_examples=12, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(total=st.integers(1, 10), sizes=st.lists(st.integers(1, 3), min_size=50, max_size=50),
+       releases=st.lists(st.booleans(), min_size=50, max_size=50), seed=st.integers(0, 2**32 - 1))
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_leases_never_oversubscribe(kind: str, redis_url: str, total: int, sizes: list[int], releases: list[bool],
+                                    seed: int) -> None:
+    """Two routers, 50 concurrent acquires of 1-3 slots, some released at once: never more than `total`."""
+    asyncio.run(_oversubscribe(kind, redis_url, total, sizes, releases, random.Random(seed)))
+
+
+async def _oversubscribe(kind: str, redis_url: str, total: int, sizes: list[int], releases: list[bool],
+                         rng: random.Random) -> None:
+    routers = _pair(kind, redis_url)
+    held: list[Lease] = []
+    # Counted after the store granted and before it frees, so it never exceeds what the store holds.
+    holding = [0, 0]  # now, peak
+
+    async def attempt(i: int) -> None:
+        router = routers[i % 2]
+        await asyncio.sleep(rng.random() * 0.005)
+        lease = await router.acquire("gpu", total, f"router-{i % 2}", sizes[i], LONG)
+        if lease is None:
+            return
+        holding[0] += lease.slots
+        holding[1] = max(holding[1], holding[0])
+        if releases[i]:
+            await asyncio.sleep(rng.random() * 0.005)
+            holding[0] -= lease.slots
+            await routers[(i + 1) % 2].release(lease)
+        else:
+            held.append(lease)
+
+    try:
+        await asyncio.gather(*(attempt(i) for i in range(50)))
+        assert holding[1] <= total
+        assert sum(lease.slots for lease in held) == holding[0] <= total
+        assert await routers[0].leased("gpu") == holding[0] == await routers[1].leased("gpu")
+        assert len({lease.token for lease in held}) == len(held)
+    finally:
+        await _close(*routers)
+
+
+async def test_registry(pair: tuple[StateStore, StateStore]) -> None:
+    a, b = pair
+    await a.publish_members("host-a", [{"member": "m1", "port": 1}], 0.5)
+    published = time.monotonic()
+    await b.publish_members("host-b", [{"member": "m2"}], LONG)
+    assert await b.members() == {"host-a": [{"member": "m1", "port": 1}], "host-b": [{"member": "m2"}]}
+    await a.publish_members("host-a", [{"member": "m3"}], 0.5)  # replaces the entry
+    published = time.monotonic()
+    assert (await b.members())["host-a"] == [{"member": "m3"}]
+
+    async def gone() -> bool:
+        return "host-a" not in await b.members()
+
+    await until(gone)
+    assert time.monotonic() - published < 0.5 + 0.4  # ttl, plus polling and a slow machine
+    assert await a.members() == {"host-b": [{"member": "m2"}]}
+    await b.withdraw("host-b")
+    assert await a.members() == {}
+
+
+async def test_rate_limit_is_shared(pair: tuple[StateStore, StateStore]) -> None:
+    a, b = pair
+    key = f"key-{uuid.uuid4().hex}"
+    assert await a.take(key, 2.0, 3) is None
+    assert await b.take(key, 2.0, 3) is None
+    assert await a.take(key, 2.0, 3) is None
+    wait = await b.take(key, 2.0, 3)
+    assert wait is not None and 0 < wait <= 0.5
+    assert await a.take("another-key", 2.0, 3) is None
+
+    async def allowed() -> bool:
+        return await a.take(key, 2.0, 3) is None
+
+    assert await until(allowed) < 2.0
+    with pytest.raises(ValueError):
+        await a.take(key, 0, 3)
+
+
+async def test_ballots(pair: tuple[StateStore, StateStore]) -> None:
+    a, b = pair
+    for i in range(5):
+        await a.put_ballot(f"chatcmpl-{i}", {"i": i, "answers": [{"member": "m", "text": "42"}]}, keep=3)
+    assert await b.get_ballot("chatcmpl-4") == {"i": 4, "answers": [{"member": "m", "text": "42"}]}
+    assert [i for i in range(5) if await b.get_ballot(f"chatcmpl-{i}") is not None] == [2, 3, 4]
+    await b.put_ballot("chatcmpl-2", {"i": 2}, keep=3)  # re-put: newest again
+    await b.put_ballot("chatcmpl-5", {"i": 5}, keep=3)
+    kept = [i for i in range(6) if await a.get_ballot(f"chatcmpl-{i}") is not None]
+    assert kept == [2, 4, 5]
+    assert await a.get_ballot("missing") is None
+
+
+async def test_redis_outage_and_recovery(tmp_path: Path) -> None:
+    proc, url = start_redis(tmp_path)
+    port = urlsplit(url).port
+    state = RedisState(url, prefix="outage:")
+    restarted: subprocess.Popen[bytes] | None = None
+    try:
+        before = await state.acquire("gpu0", 2, "router-a", 1, LONG)
+        assert before is not None
+
+        # A Redis that accepts connections but never answers: a timeout, not a hang.
+        proc.send_signal(signal.SIGSTOP)
+        await _assert_unreachable(state, url, state.leased("gpu0"))
+        proc.send_signal(signal.SIGCONT)
+        await until(_answers(state))
+        assert await state.leased("gpu0") == 1
+
+        # A Redis that is gone: every call fails fast with one line naming the URL.
+        proc.terminate()
+        proc.wait(timeout=10)
+        await _assert_unreachable(state, url, state.acquire("gpu0", 2, "router-a", 1, LONG))
+        await _assert_unreachable(state, url, state.take("k", 1, 1))
+        await _assert_unreachable(state, url, state.members())
+
+        # A new Redis on the same port: the same client works again by itself.
+        restarted = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        await until(_answers(state), deadline_s=20)
+        after = await state.acquire("gpu0", 2, "router-a", 2, LONG)
+        assert after is not None
+        # The restart lost the fence counter, yet tokens still only go up.
+        assert after.token > before.token
+        assert await state.take("k", 1, 1) is None
+    finally:
+        await state.close()
+        for p in (proc, restarted):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+                p.wait(timeout=10)
+
+
+async def _assert_unreachable(state: RedisState, url: str, call: Awaitable[object]) -> None:
+    start = time.monotonic()
+    with pytest.raises(StateError) as caught:
+        await call
+    assert time.monotonic() - start < 2.5
+    message = str(caught.value)
+    assert message.startswith(f"Redis at {url} is unreachable: ") and "\n" not in message
+
+
+def _answers(state: StateStore) -> Callable[[], Awaitable[bool]]:
+    async def answers() -> bool:
+        try:
+            await state.ping()
+        except StateError:
+            return False
+        return True
+
+    return answers
+
+
+def test_password_is_not_shown() -> None:
+    state = RedisState("redis://user:secret@127.0.0.1:1/0")
+    assert "secret" not in state._shown_url and "127.0.0.1:1" in state._shown_url
+
+
+async def test_keys_are_prefixed(redis_url: str) -> None:
+    """Everything a RedisState writes lives under its prefix (tests and deployments can share a Redis)."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    state = RedisState(redis_url, prefix=prefix)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        before = set(client.scan_iter())
+        assert await state.acquire("gpu0", 1, "r", 1, LONG) is not None
+        await state.publish_members("h", [], LONG)
+        await state.take("k", 1, 1)
+        await state.put_ballot("b", {}, 1)
+        written = set(client.scan_iter()) - before
+        assert written and all(k.startswith(prefix) for k in written)
+        client.delete(*written)
+    finally:
+        client.close()
+        await state.close()

@@ -1,0 +1,318 @@
+"""The supervisor against real llama-server processes: ready, crash and restart, failed loads, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from council.members.binary import LlamaServerInfo
+from council.members.launch import LaunchSpec, build_launch
+from council.members.pidfiles import PidFiles, proc_start_time
+from council.members.process import LifeConfig, MemberProcess, ProcessRecipe
+from council.members.states import State, TransitionError
+from council.members.supervisor import Supervisor
+from council.policy.schema import ModelConfig, Policy
+from council.setup.catalog import by_name
+from council.setup.synthetic import write_qwen35
+
+pytestmark = pytest.mark.anyio
+SMOL = by_name("smollm2-135m")
+assert SMOL is not None
+FAST = {"backoff_base": 0.2, "backoff_cap": 1.0, "watch_interval": 0.2, "metrics_interval": 0.5}
+
+
+@pytest.fixture(scope="module")
+def mtp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_qwen35(tmp_path_factory.mktemp("syn") / "syn-mtp.gguf")
+
+
+def policy_of(**models: ModelConfig) -> Policy:
+    return Policy(models=models)
+
+
+@pytest.fixture
+async def supervise(
+    llama_server_bin: LlamaServerInfo, tmp_path: Path
+) -> AsyncIterator[Callable[..., Supervisor]]:
+    made: list[Supervisor] = []
+
+    def _make(policy: Policy, names: dict[str, str] | None = None, **config: float) -> Supervisor:
+        names = names or {m: m for m in policy.models}
+        recipes = [ProcessRecipe(member, lambda port, member=member, model=model: build_launch(
+            key=member, model_name=model, policy=policy, server=llama_server_bin, port=port, threads=1), (member,))
+            for member, model in names.items()]
+        sup = Supervisor(LifeConfig(run_dir=tmp_path / "run", **{**FAST, **config}), recipes)
+        made.append(sup)
+        return sup
+
+    yield _make
+    for sup in made:
+        await sup.stop()
+        for member in sup.members.values():
+            assert member.pid is None or not _alive(member.pid), f"{member.name} left running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    return "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+# ---- the state machine --------------------------------------------------------------------------------
+
+
+def test_transitions_are_checked_in_one_place() -> None:
+    spec = LaunchSpec(key="m", model="m", model_path=Path("m.gguf"), argv=(), env={}, port=0, api_key="k")
+    member = MemberProcess(ProcessRecipe("m", lambda _port: spec, ("m",)), LifeConfig(run_dir=Path("unused")),
+                           pids=PidFiles(Path("unused")), control=None)  # type: ignore[arg-type]
+    seen = []
+    member.listeners.append(seen.append)
+    member.swap(State.STOPPED, State.STARTING, "go")
+    with pytest.raises(TransitionError) as info:
+        member.swap(State.STOPPED, State.STARTING)
+    assert info.value.actual is State.STARTING  # the loser learns the current state
+    with pytest.raises(TransitionError):
+        member.swap(State.STARTING, State.STOPPED)  # not an edge: must go through stopping
+    member.swap(State.STARTING, State.WARMING)
+    member.swap(State.WARMING, State.READY)
+    assert [(c.old, c.new) for c in seen] == [(State.STOPPED, State.STARTING), (State.STARTING, State.WARMING),
+                                              (State.WARMING, State.READY)]
+    assert seen[0].reason == "go" and seen[0].at <= seen[-1].at
+
+
+# ---- real processes -------------------------------------------------------------------------------------
+
+
+async def test_two_members_reach_ready_and_serve(supervise: Callable[..., Supervisor], mtp_model: Path) -> None:
+    policy = policy_of(smol=ModelConfig(path=SMOL.path, ctx_size=512),
+                       syn=ModelConfig(path=mtp_model, ctx_size=512, draft={"type": "mtp", "n_max": 2}))
+    sup = supervise(policy)
+    await sup.start()
+    assert await sup.wait_settled(120)
+    for member in sup.members.values():
+        assert member.state is State.READY, member.reason
+        assert [c.new for c in member.history] == [State.STARTING, State.WARMING, State.READY]
+        assert member.pid is not None and _alive(member.pid)
+        assert "--host" in member.spec.argv and member.spec.argv[member.spec.argv.index("--host") + 1] == "127.0.0.1"
+        # Our key is required: a request without it is refused by the member itself.
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{member.spec.url}/props")).status_code == 401
+
+
+async def test_kill_9_member_is_back_within_backoff_other_untouched(
+    supervise: Callable[..., Supervisor], mtp_model: Path
+) -> None:
+    policy = policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512, draft={"type": "mtp", "n_max": 2}))
+    sup = supervise(policy, {"a": "syn", "b": "syn"})
+    await sup.start()
+    assert await sup.wait_settled(60)
+    a, b = sup.members["a"], sup.members["b"]
+    b_pid, b_history = b.pid, len(b.history)
+    old_pid = a.pid
+    assert old_pid is not None
+    os.kill(old_pid, signal.SIGKILL)
+    await until(lambda: a.ready and a.restarts == 1, 30, "a back to ready")
+    assert a.pid != old_pid
+    backoff = next(c for c in a.history if c.new is State.BACKOFF)
+    assert "killed by SIGKILL" in backoff.reason and "restarting in 0.2s" in backoff.reason
+    assert b.pid == b_pid and len(b.history) == b_history and b.ready  # b never moved
+
+
+async def test_model_that_fails_to_load_is_failed_with_log_reason_others_ready(
+    supervise: Callable[..., Supervisor], tmp_path: Path, mtp_model: Path
+) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(SMOL.path.read_bytes()[: 2 << 20])  # a real header, then nothing
+    policy = policy_of(broken=ModelConfig(path=broken, ctx_size=512), syn=ModelConfig(path=mtp_model, ctx_size=512))
+    sup = supervise(policy, max_failures=2)
+    await sup.start()
+    assert await sup.wait_settled(60)
+    bad, good = sup.members["broken"], sup.members["syn"]
+    assert good.state is State.READY
+    assert bad.state is State.FAILED
+    assert "gave up after 2 failures in a row: exited with code 1" in bad.reason
+    assert "error loading model: tensor 'token_embd.weight' data is not within the file bounds" in bad.reason
+    assert bad.pid is not None and not _alive(bad.pid)
+
+
+async def test_mtp_member_reports_draft_acceptance(supervise: Callable[..., Supervisor], mtp_model: Path) -> None:
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512, draft={"type": "mtp", "n_max": 2})))
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.members["syn"]
+    async with sup.request("syn"), httpx.AsyncClient() as client:
+        reply = await client.post(f"{member.spec.url}/v1/chat/completions",
+                                  headers={"Authorization": f"Bearer {member.spec.api_key}"},
+                                  json={"messages": [{"role": "user", "content": "go"}], "max_tokens": 32})
+        assert reply.status_code == 200
+    await sup.scrape_now("syn")
+    assert member.stats.draft_tokens > 0
+    assert member.stats.draft_acceptance is not None and member.stats.draft_acceptance >= 0.9
+    assert member.snapshot()["draft_acceptance"] == member.stats.draft_acceptance
+    assert member.stats.tokens_per_second and member.stats.tokens_per_second > 0
+
+
+async def test_watchdog_restarts_a_live_member_whose_requests_fail(
+    supervise: Callable[..., Supervisor], mtp_model: Path
+) -> None:
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)), watchdog_failures=2)
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.members["syn"]
+    first_pid = member.pid
+    for _ in range(2):  # what the fan-out reports when completions fail though the process lives
+        with pytest.raises(httpx.ReadTimeout):
+            async with sup.request("syn"):
+                raise httpx.ReadTimeout("no answer")
+    await until(lambda: member.restarts == 1 and member.ready, 30, "watchdog restart")
+    assert member.pid != first_pid
+    assert any("watchdog: 2 requests failed in a row" in c.reason for c in member.history)
+
+
+async def test_an_impostor_on_our_port_is_not_taken_for_our_member(
+    llama_server_bin: LlamaServerInfo, tmp_path: Path, mtp_model: Path
+) -> None:
+    class Impostor(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"model_path": "/somebody/else.gguf"}' if self.path == "/props" else b"{}"
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Impostor)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    policy = policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512))
+    recipe = ProcessRecipe("syn", lambda _port: build_launch(key="syn", model_name="syn", policy=policy,
+                                                             server=llama_server_bin, port=port, threads=1), ("syn",))
+    sup = Supervisor(LifeConfig(run_dir=tmp_path / "run", max_failures=1, **FAST), [recipe])
+    try:
+        await sup.start()
+        assert await sup.wait_settled(30)
+        member = sup.members["syn"]
+        assert member.state is State.FAILED
+        assert State.READY not in [c.new for c in member.history]
+        assert "not as our member" in member.reason or "exited with code" in member.reason
+    finally:
+        await sup.stop()
+        server.shutdown()
+
+
+def _record(folder: Path, pid: int, owner: int, owner_start: str | None, start: str | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{pid}.json").write_text(json.dumps({"pid": pid, "start": start or proc_start_time(pid),
+                                                     "name": f"m{pid}", "owner": owner, "owner_start": owner_start}))
+
+
+def test_stale_member_of_a_killed_router_is_cleaned_up(tmp_path: Path) -> None:
+    folder = tmp_path / "pids"
+    dead_router = subprocess.Popen(["true"])
+    dead_router.wait()
+    live_router = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    orphan, kept, recycled = (subprocess.Popen(["sleep", "300"], start_new_session=True) for _ in range(3))
+    _record(folder, orphan.pid, dead_router.pid, "1")  # its router is gone: stale
+    _record(folder, kept.pid, live_router.pid, proc_start_time(live_router.pid))  # another live router's member
+    _record(folder, recycled.pid, dead_router.pid, "1", start="1")  # same PID, another start time: not ours
+    try:
+        assert PidFiles(folder).kill_stale() == [orphan.pid]
+        assert orphan.wait(timeout=5) == -signal.SIGKILL
+        assert kept.poll() is None and recycled.poll() is None
+        assert sorted(p.name for p in folder.iterdir()) == [f"{kept.pid}.json"]  # the live router's record stays
+    finally:
+        for proc in (orphan, kept, recycled, live_router):
+            proc.kill()
+            proc.wait()
+
+
+# ---- `council up` as a real command -------------------------------------------------------------------
+
+
+def _council_up(tmp_path: Path, mtp_model: Path, binary: Path) -> tuple[subprocess.Popen[str], Path, str]:
+    marker = tmp_path / f"up-{os.getpid()}-{time.monotonic_ns()}.gguf"
+    shutil.copyfile(mtp_model, marker)
+    policy = tmp_path / "up.yaml"
+    policy.write_text(f"""
+gpus: [{{name: cpu, memory: 2GiB}}]
+slots: {{size: 256MiB, reserve: 0}}
+models:
+  syn: {{path: {marker}, ctx_size: 512, draft: {{type: mtp, n_max: 2}}}}
+councils:
+  pair: {{members: [{{model: syn}}, {{model: syn}}]}}
+""")
+    log = tmp_path / "up.log"
+    env = {**os.environ, "COUNCIL_HOME": str(tmp_path), "LLAMA_SERVER": str(binary)}
+    proc = subprocess.Popen([sys.executable, "-m", "council", "up", str(policy)], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while "2/2 members ready" not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    return proc, log, str(marker)
+
+
+def _members_of(marker: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False).stdout
+    return found.split()
+
+
+def test_council_up_sigterm_stops_everything_exit_0(
+    tmp_path: Path, mtp_model: Path, llama_server_bin: LlamaServerInfo
+) -> None:
+    proc, log, marker = _council_up(tmp_path, mtp_model, llama_server_bin.path)
+    assert len(_members_of(marker)) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, log.read_text()
+    assert "all members stopped" in log.read_text()
+    assert _members_of(marker) == []
+
+
+def test_council_up_sigkill_leaves_no_member_behind(
+    tmp_path: Path, mtp_model: Path, llama_server_bin: LlamaServerInfo
+) -> None:
+    proc, _log, marker = _council_up(tmp_path, mtp_model, llama_server_bin.path)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while _members_of(marker):
+        assert time.monotonic() < deadline, "members outlived their router"
+        time.sleep(0.05)
+
+
+def test_draft_acceptance_falls_back_to_response_timings() -> None:
+    from council.members.metrics import MemberStats
+
+    stats = MemberStats()
+    assert stats.draft_acceptance is None
+    stats.add_timings({"draft_n": 20, "draft_n_accepted": 15})
+    stats.add_timings({"predicted_n": 3})  # no speculation in this response
+    assert stats.draft_acceptance == 0.75
+    stats.draft_tokens, stats.draft_accepted = 10, 9  # /metrics counters win when the build has them
+    assert stats.draft_acceptance == 0.9

@@ -1,0 +1,124 @@
+"""`council plan` on the shipped policies and on councils that do not fit (CONTRACT §4)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from council.plan.gpus import Gpu
+from council.plan.planner import plan_policy, resolve_gpus
+from council.policy.loading import load_policy
+from council.setup.catalog import by_name
+from tests.conftest import run_cli
+
+POLICIES = Path(__file__).parents[2] / "policies"
+assert sorted(POLICIES.glob("*.yaml")), f"no policies in {POLICIES}"
+GiB = 1 << 30
+
+
+def plan_json(policy: Path | str) -> tuple[int, dict]:
+    result = run_cli("plan", str(policy), "--json")
+    assert "Traceback" not in result.stderr
+    return result.returncode, json.loads(result.stdout) if result.stdout.strip() else {}
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_policy_is_valid(policy: Path) -> None:
+    result = run_cli("check", str(policy))
+    assert result.returncode == 0, result.stderr
+
+
+def test_demo_plan_fits_with_gguf_estimates() -> None:
+    code, doc = plan_json(POLICIES / "demo.yaml")
+    assert code == 0
+    assert doc["device"] == "cpu"
+    assert doc["gpus"] == [{"name": "cpu", "memory_bytes": 8 * GiB, "reserve_bytes": GiB, "source": "policy",
+                            "slots": 7, "slots_used": 3}]
+    assert [m["name"] for m in doc["members"]] == ["demo/0", "demo/1", "demo/2"]
+    for member in doc["members"]:
+        assert member["estimate_source"] == "gguf"
+        assert member["gpu"] == "cpu" and member["slots"] == 1
+        assert set(member["breakdown"]) == {"weights", "kv", "recurrent", "mtp", "compute", "overhead"}
+        assert member["estimate_bytes"] == sum(member["breakdown"].values())
+    qwen = by_name("qwen2.5-coder-0.5b")
+    assert qwen is not None
+    # Weights resident on the CPU are at least the tensors of the file.
+    assert doc["members"][0]["breakdown"]["weights"] >= 0.95 * qwen.size
+    assert doc["councils"] == [{"name": "demo", "fits": True, "reason": None, "fallback": False}]
+
+
+def test_seed_card_policy_fills_the_24gib_card_exactly() -> None:
+    code, doc = plan_json(POLICIES / "qwen35-4b-mtp.yaml")
+    assert code == 0
+    assert doc["slot_bytes"] == 4 * GiB
+    assert doc["gpus"][0]["slots"] == doc["gpus"][0]["slots_used"] == 5
+    assert {m["estimate_source"] for m in doc["members"]} == {"policy"}
+    assert {m["estimate_bytes"] for m in doc["members"]} == {round(3.65 * GiB)}
+    assert doc["councils"] == [{"name": "quintet", "fits": True, "reason": None, "fallback": False}]
+
+
+def test_fallback_is_admitted_and_says_why() -> None:
+    code, doc = plan_json(POLICIES / "fallback.yaml")
+    assert code == 0
+    [five] = doc["councils"]
+    assert five["fits"] is False and five["fallback"] is True
+    assert "member five/" in five["reason"] and "missing on cpu" in five["reason"]
+    assert [m["model"] for m in doc["members"]] == ["coder-0.5b"] * 3
+
+
+def test_shared_process_serves_three_members() -> None:
+    code, doc = plan_json(POLICIES / "shared-process.yaml")
+    assert code == 0
+    assert len({m["process"] for m in doc["members"]}) == 1
+    assert doc["gpus"][0]["slots_used"] == doc["members"][0]["slots"]
+
+
+def test_council_that_does_not_fit_exits_3_with_reason(tmp_path: Path) -> None:
+    policy = tmp_path / "big.yaml"
+    smol = by_name("smollm2-135m")
+    assert smol is not None
+    policy.write_text(textwrap.dedent(f"""
+        gpus: [{{name: tiny, memory: 2GiB}}]
+        slots: {{size: 512MiB, reserve: 0}}
+        models:
+          s: {{path: {smol.path}}}
+          big: {{path: /nope.gguf, memory: 3GiB}}
+        councils:
+          ok: {{members: [{{model: s}}]}}
+          huge: {{members: [{{model: s}}, {{model: big}}]}}
+        """))
+    code, doc = plan_json(policy)
+    assert code == 3
+    ok, huge = doc["councils"]
+    assert ok["fits"] is True
+    assert huge["fits"] is False
+    assert huge["reason"] == ("member huge/1 (big, estimate 3.00 GiB) needs 6 slots of 512.00 MiB but the largest "
+                              "GPU, tiny, has only 4 after its reserve")
+    assert [m["gpu"] for m in doc["members"]] == ["tiny", None, None]
+    table = run_cli("plan", str(policy))
+    assert table.returncode == 3
+    assert "council huge does not fit" in table.stdout
+
+
+def test_missing_model_without_memory_is_exit_2(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("models:\n  a: {path: /nonexistent.gguf}\ncouncils:\n  c: {members: [{model: a}]}\n")
+    result = run_cli("plan", str(policy))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"{policy}:2: models.a.path: /nonexistent.gguf does not exist "
+                                     "(and no `memory:` is given to plan with)")
+
+
+def test_nvml_gpus_win_and_a_declared_name_caps_one() -> None:
+    loaded = load_policy(POLICIES / "qwen35-4b-mtp.yaml")
+    h100 = Gpu(name="NVIDIA H100 80GB HBM3", memory_bytes=80 * GiB, free_bytes=79 * GiB, source="nvml", uuid="GPU-1")
+    assert resolve_gpus(loaded.policy, [h100]) == [h100]
+    capped = resolve_gpus(loaded.policy.model_copy(update={"gpus": [
+        loaded.policy.gpus[0].model_copy(update={"name": "gpu0"})]}), [h100])
+    assert capped[0].memory_bytes == 24 * GiB and capped[0].source == "policy"
+    plan = plan_policy(loaded.policy, [h100])
+    assert plan.device == "gpu"
+    assert plan.slots.gpus[0].total == 19  # (80 GiB - 512 MiB) // 4 GiB

@@ -1,0 +1,265 @@
+"""Policies: sizes and durations, defaults, and every `council check` error as `file:line: path: message`."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from council.policy.loading import PolicyError, load_policy
+from council.setup.catalog import by_name
+from council.units import parse_duration, parse_size
+from tests.conftest import run_cli
+
+QWEN05 = by_name("qwen2.5-coder-0.5b")
+QWEN15 = by_name("qwen2.5-coder-1.5b")
+SMOL = by_name("smollm2-135m")
+assert QWEN05 and QWEN15 and SMOL
+
+
+def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    return info.value.lines()
+
+
+GOOD = """
+version: 1
+gpus:
+  - {name: cpu, memory: 16GiB}
+models:
+  small:
+    path: %s
+    ctx_size: 1024
+councils:
+  pair:
+    members:
+      - {model: small}
+      - {model: small, weight: 2, sampling: {temperature: 0.7, seed: 7}}
+    timeout: 1500ms
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("3GiB", 3 << 30), ("512MiB", 512 << 20), ("16GB", 16 * 10**9), ("2.5 KiB", 2560), (1024, 1024), ("7", 7),
+     ("1TB", 10**12)],
+)
+def test_sizes(text: object, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["-1GiB", "3 GB GB", "3XiB", True, "", None])
+def test_bad_sizes(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def test_durations() -> None:
+    assert parse_duration("30s") == 30
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("2m") == 120
+    assert parse_duration(3) == 3
+    for bad in ("0s", "-1s", "3 weeks", False):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_good_policy_defaults_and_expansion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELS", str(SMOL.path.parent))
+    loaded = load_policy(write(tmp_path, GOOD % ("$MODELS/" + SMOL.filename)))
+    policy = loaded.policy
+    assert policy.server.host == "127.0.0.1"
+    assert policy.state == "memory"
+    assert policy.slots.size == 3 << 30
+    assert policy.models["small"].path == SMOL.path
+    assert policy.models["small"].draft.type == "none"
+    pair = policy.councils["pair"]
+    assert pair.timeout == 1.5
+    assert pair.member_names("pair") == ["pair/0", "pair/1"]
+    assert pair.quorum_count() == 2
+    assert pair.vote.tie_break == ["weight", "latency", "order"]
+
+
+def test_tilde_expands(tmp_path: Path) -> None:
+    loaded = load_policy(write(tmp_path, GOOD % "~/models/x.gguf"))
+    assert loaded.policy.models["small"].path == Path.home() / "models/x.gguf"
+
+
+def test_missing_file() -> None:
+    assert problems(Path("/nonexistent/policy.yaml")) == ["/nonexistent/policy.yaml:1: (top): no such file"]
+
+
+def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 1\nmodels:\n  a: {path: x\n  b: 2\n")
+    [line] = problems(path)
+    assert line.startswith(f"{path}:4: (top): not valid YAML")
+
+
+def test_empty_and_non_mapping(tmp_path: Path) -> None:
+    assert problems(write(tmp_path, "\n")) == [f"{tmp_path / 'policy.yaml'}:1: (top): the file is empty"]
+    [line] = problems(write(tmp_path, "- 1\n- 2\n"))
+    assert "a policy is a mapping" in line
+
+
+def test_every_schema_problem_at_once_with_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        version: 1
+        slots: {size: 3GiB, reserve: -5MiB}
+        models:
+          qwen:
+            path: /x.gguf
+            ctx_sise: 8192
+            cache_type_k: q3_0
+            gpu_layers: lots
+            draft: {type: model}
+        councils:
+          trio:
+            members:
+              - {model: qwen, weight: -1}
+            vote: {strategy: plurality, extract: autox}
+            timeout: 30x
+        """)
+    got = problems(path)
+    f = str(path)
+    assert got == [
+        f"{f}:2: slots.reserve: a size cannot be negative: '-5MiB'",
+        f"{f}:6: models.qwen.ctx_sise: unknown key; did you mean 'ctx_size'?",
+        f"{f}:7: models.qwen.cache_type_k: Input should be 'f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', "
+        "'iq4_nl', 'q5_0' or 'q5_1'",
+        f"{f}:8: models.qwen.gpu_layers: Input should be 'all' or Input should be a valid integer, unable to "
+        "parse string as an integer",
+        f"{f}:9: models.qwen.draft: draft type `model` needs `model: NAME` of another model in the policy",
+        f"{f}:13: councils.trio.members.0.weight: Input should be greater than 0",
+        f"{f}:14: councils.trio.vote.strategy: Input should be 'majority', 'weighted', 'similarity' or 'judge'",
+        f"{f}:14: councils.trio.vote.extract: unknown extractor 'autox': use one of auto, number, choice, text, "
+        "json:PATH, regex:PATTERN",
+        f"{f}:15: councils.trio.timeout: unknown duration unit 'x' in '30x': use ms, s, m or h",
+    ]
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "models:\n  a:\n    ctx_size: 512\ncouncils:\n  c: {vote: {strategy: majority}}\n")
+    assert problems(path) == [
+        f"{path}:2: models.a: a model needs exactly one of `path:` (a local GGUF) or `remote:` (a litellm model)",
+        f"{path}:5: councils.c.members: required key is missing",
+    ]
+
+
+def test_unknown_top_level_key_lists_allowed(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 1\nfrobnicate: true\n")
+    [line] = problems(path)
+    assert line.startswith(f"{path}:2: frobnicate: unknown key; allowed: version, server, state")
+
+
+def test_wrong_types(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 2\nserver: {port: eighty}\nstate: postgres://x\ngpus: {name: a}\n")
+    got = problems(path)
+    assert got[0] == f"{path}:1: version: Input should be 1"
+    assert got[1].startswith(f"{path}:2: server.port: Input should be a valid integer")
+    assert got[2] == f"{path}:3: state: state must be `memory` or a redis:// URL, not 'postgres://x'"
+    assert got[3] == f"{path}:4: gpus: Input should be a valid list"
+
+
+def test_references(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        gpus:
+          - {name: a, memory: 8GiB}
+          - {name: a, memory: 8GiB}
+        models:
+          qwen: {path: /q.gguf, draft: {type: model, model: qwen-tiny}}
+        councils:
+          trio:
+            members:
+              - {model: qwen, name: x}
+              - {model: qwne, name: x}
+            quorum: 3
+            vote: {strategy: judge, judge: 5}
+            fallback: {members: 2, model: tiny}
+        """)
+    f = str(path)
+    assert problems(path) == [
+        f"{f}:3: gpus.1.name: duplicate GPU name 'a'",
+        f"{f}:5: models.qwen.draft.model: unknown model 'qwen-tiny'; did you mean 'qwen'?",
+        f"{f}:10: councils.trio.members.1.model: unknown model 'qwne'; did you mean 'qwen'?",
+        f"{f}:10: councils.trio.members.1.name: duplicate member name 'x'",
+        f"{f}:11: councils.trio.quorum: quorum 3 is more than 2 members",
+        f"{f}:12: councils.trio.vote.judge: judge index 5 is not a member (0..1)",
+        f"{f}:13: councils.trio.fallback.model: unknown model 'tiny'; known models: qwen",
+        f"{f}:13: councils.trio.fallback.members: a fallback must keep fewer members than the council has",
+    ]
+
+
+def test_duplicate_keys_are_errors_not_overwrites(tmp_path: Path) -> None:
+    path = write(tmp_path, "models:\n  a: {path: /a}\n  a: {path: /b}\n")
+    assert problems(path) == [f"{path}:3: models.a: duplicate key: each name may appear once"]
+
+
+def test_shell_string_in_args_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'models:\n  a: {path: /a, args: ["--foo\\nrm -rf /"]}\n')
+    [line] = problems(path)
+    assert "models.a.args: argument '--foo\\nrm -rf /' holds a newline" in line
+
+
+# --- `council check` on the real machine: files, spec types, MTP heads, vocabularies --------------------
+
+
+def test_check_cli_valid_policy(tmp_path: Path) -> None:
+    result = run_cli("check", str(write(tmp_path, GOOD % SMOL.path)))
+    assert result.returncode == 0, result.stderr
+    assert "valid (1 models, 1 councils)" in result.stdout
+
+
+def test_check_cli_exit_2_one_line_per_problem_no_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        models:
+          a: {path: /nonexistent/a.gguf}
+          b: {path: SMOL, draft: {type: eagle9}}
+          c: {path: SMOL, draft: {type: mtp, n_max: 2}}
+          d: {path: QWEN15, draft: {type: model, model: e}}
+          e: {path: SMOL}
+          f: {path: /nonexistent/f.gguf, memory: 2.7GiB}
+        """.replace("SMOL", str(SMOL.path)).replace("QWEN15", str(QWEN15.path)))
+    result = run_cli("check", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    f = str(path)
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == (f"{f}:2: models.a.path: /nonexistent/a.gguf does not exist "
+                        "(and no `memory:` is given to plan with)")
+    assert lines[1] == (f"{f}:4: models.c.draft.type: draft type mtp needs a model with an MTP head; "
+                        f"{SMOL.filename} (llama) has no llama.nextn_predict_layers")
+    assert lines[2].startswith(f"{f}:3: models.b.draft.type: the installed llama-server (build 11434) does not "
+                               "support draft type 'eagle9'; it knows: none, draft-simple")
+    assert lines[3].startswith(f"{f}:5: models.d.draft.model: 'e' cannot draft for 'd': ")
+    assert len(lines) == 4
+
+
+def test_check_accepts_same_vocabulary_draft_and_mtp_head(tmp_path: Path) -> None:
+    mtp = tmp_path / "mtp.gguf"
+    from council.setup.synthetic import write_qwen35
+
+    write_qwen35(mtp)
+    path = write(tmp_path, """
+        models:
+          big: {path: QWEN15, draft: {type: model, model: small}}
+          small: {path: QWEN05}
+          syn: {path: MTP, draft: {type: mtp, n_max: 2}}
+          ngram: {path: SMOL, draft: {type: ngram-mod}}
+        """.replace("QWEN15", str(QWEN15.path)).replace("QWEN05", str(QWEN05.path)).replace("MTP", str(mtp))
+        .replace("SMOL", str(SMOL.path)))
+    result = run_cli("check", str(path))
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_cli_bad_yaml_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("check", str(write(tmp_path, "models: [\n")))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1

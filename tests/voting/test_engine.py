@@ -1,0 +1,240 @@
+"""The council engine against real llama-server members: answers, early stop, dead and silent members."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from council.members.binary import LlamaServerInfo
+from council.members.process import LifeConfig
+from council.members.supervisor import Supervisor
+from council.plan.planner import plan_policy
+from council.policy.loading import load_policy
+from council.setup.catalog import by_name
+from council.voting.assembly import Assembly, assemble
+from council.voting.engine import QuorumError
+
+pytestmark = pytest.mark.anyio
+QWEN05, SMOL = by_name("qwen2.5-coder-0.5b"), by_name("smollm2-135m")
+assert QWEN05 and SMOL
+
+
+@pytest.fixture
+def running(llama_server_bin: LlamaServerInfo, tmp_path: Path) -> Callable[..., object]:
+    """`async with running(policy_yaml) as (assembly, supervisor)`: a whole policy, members ready."""
+
+    @asynccontextmanager
+    async def _run(text: str) -> AsyncIterator[tuple[Assembly, Supervisor]]:
+        path = tmp_path / "policy.yaml"
+        path.write_text(textwrap.dedent(text))
+        plan = plan_policy(load_policy(path).policy)
+        assembly = assemble(plan, llama_server_bin, LifeConfig(run_dir=tmp_path / "run"))
+        supervisor = assembly.supervisor
+        await supervisor.start()
+        try:
+            assert await supervisor.wait_settled(120)
+            assert all(m.ready for m in supervisor.members.values()), [m.reason for m in supervisor.members.values()]
+            yield assembly, supervisor
+        finally:
+            await supervisor.stop()
+
+    return _run
+
+
+def ask(question: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}]}
+
+
+async def test_three_real_models_answer_with_a_ballot(running: Callable[..., object]) -> None:
+    async with running(f"""
+        gpus: [{{name: cpu, memory: 8GiB}}]
+        slots: {{size: 1GiB, reserve: 0}}
+        models:
+          qwen: {{path: {QWEN05.path}, ctx_size: 1024}}
+          smol: {{path: {SMOL.path}, ctx_size: 1024}}
+        councils:
+          trio:
+            members:
+              - {{model: qwen, sampling: {{temperature: 0, max_tokens: 12}}}}
+              - {{model: qwen, sampling: {{temperature: 0.7, seed: 7, max_tokens: 12}}}}
+              - {{model: smol, sampling: {{temperature: 0, max_tokens: 12}}}}
+            vote: {{strategy: majority, extract: number}}
+            timeout: 120s
+        """) as (runtime, _):  # type: ignore[attr-defined]
+        answer = await runtime.engines["trio"].ask(ask("What is 2+3? Reply with just the number."))
+    doc = answer.council_json()
+    assert doc["council"] == "trio" and doc["strategy"] == "majority"
+    assert [m["name"] for m in doc["members"]] == ["trio/0", "trio/1", "trio/2"]
+    ok = [m for m in doc["members"] if m["status"] == "ok"]
+    assert len(ok) >= 2
+    assert doc["answer"] in {m["extracted"] for m in ok}
+    assert doc["votes"][doc["answer"]] == max(doc["votes"].values())
+    assert 0 < doc["agreement"] <= 1
+    assert all(m["latency_ms"] > 0 and m["completion_tokens"] > 0 for m in ok)
+    assert answer.usage()["completion_tokens"] == sum(m["completion_tokens"] for m in doc["members"])
+    recorded = runtime.ballots.get(answer.id)
+    assert recorded is not None and recorded["answer"] == doc["answer"] and len(recorded["answers"]) == len(ok)
+
+
+def _slow_council(syn: Path, **extra: str) -> str:
+    """Two quick members and one slow heavyweight (weight 3: the vote must wait for it)."""
+    return f"""
+        gpus: [{{name: cpu, memory: 4GiB}}]
+        slots: {{size: 256MiB, reserve: 0}}
+        models:
+          syn: {{path: {syn}, ctx_size: 512}}
+          long: {{path: {syn}, ctx_size: 8192}}
+        councils:
+          c:
+            members:
+              - {{model: syn, sampling: {{max_tokens: 4}}}}
+              - {{model: syn, sampling: {{max_tokens: 4}}}}
+              - {{model: long, weight: 3, sampling: {{max_tokens: 8000}}}}
+            vote: {{strategy: {extra.get("strategy", "weighted")}, extract: "regex:^(\\\\w)"}}
+            quorum: {extra.get("quorum", "majority")}
+            timeout: {extra.get("timeout", "60s")}
+        """
+
+
+async def test_member_killed_mid_request_gives_a_degraded_answer(
+    running: Callable[..., object], syn: Path
+) -> None:
+    async with running(_slow_council(syn)) as (runtime, supervisor):  # type: ignore[attr-defined]
+        slow = supervisor.members["c/2"]
+        task = asyncio.create_task(runtime.engines["c"].ask(ask("go")))
+        deadline = time.monotonic() + 10
+        while not slow.in_flight:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # let it generate for a moment (not synchronisation: any time would do)
+        assert slow.pid is not None
+        os.kill(slow.pid, signal.SIGKILL)
+        answer = await task
+    doc = answer.council_json()
+    assert doc["degraded"] is True
+    assert doc["answer"] == "a" and doc["winner_members"] == ["c/0", "c/1"]
+    assert [m["status"] for m in doc["members"]] == ["ok", "ok", "error"]
+
+
+async def test_member_that_never_answers_times_out_within_the_deadline(
+    running: Callable[..., object], syn: Path
+) -> None:
+    async with running(_slow_council(syn, timeout="3s")) as (runtime, supervisor):  # type: ignore[attr-defined]
+        silent = supervisor.members["c/2"]
+        assert silent.pid is not None
+        os.kill(silent.pid, signal.SIGSTOP)  # alive, listening, never answering
+        try:
+            started = time.monotonic()
+            answer = await runtime.engines["c"].ask(ask("go"))
+            elapsed = time.monotonic() - started
+        finally:
+            os.kill(silent.pid, signal.SIGCONT)
+    doc = answer.council_json()
+    assert 2.9 <= elapsed < 4.5
+    assert [m["status"] for m in doc["members"]] == ["ok", "ok", "timeout"]
+    assert doc["degraded"] is True and doc["answer"] == "a"
+    assert "no answer within the council's 3s" in doc["members"][2]["error"]
+
+
+async def test_fewer_answers_than_quorum_is_an_error_not_a_guess(
+    running: Callable[..., object], syn: Path
+) -> None:
+    async with running(_slow_council(syn, timeout="2s", quorum="all")) as (runtime, supervisor):  # type: ignore[attr-defined]
+        silent = supervisor.members["c/2"]
+        assert silent.pid is not None
+        os.kill(silent.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(QuorumError, match="council c: only 2 of 3 members answered; the quorum is 3"):
+                await runtime.engines["c"].ask(ask("go"))
+        finally:
+            os.kill(silent.pid, signal.SIGCONT)
+
+
+async def test_early_stop_cancels_the_straggler_and_frees_its_slot(
+    running: Callable[..., object], syn: Path
+) -> None:
+    async with running(_slow_council(syn, strategy="majority")) as (runtime, supervisor):  # type: ignore[attr-defined]
+        started = time.monotonic()
+        answer = await runtime.engines["c"].ask(ask("go"))
+        elapsed = time.monotonic() - started
+        doc = answer.council_json()
+        assert doc["early_stop"] is True and doc["degraded"] is False
+        assert [m["status"] for m in doc["members"]] == ["ok", "ok", "cancelled"]
+        assert elapsed < 2.0  # the straggler alone needs ~8 s for its 8000 tokens
+        slow = supervisor.members["c/2"]
+        async with httpx.AsyncClient() as client:
+            deadline = time.monotonic() + 5
+            while True:  # llama-server notices the closed connection and frees the slot
+                slots = (await client.get(f"{slow.spec.url}/slots",
+                                          headers={"Authorization": f"Bearer {slow.spec.api_key}"})).json()
+                if not any(s.get("is_processing") for s in slots):
+                    break
+                assert time.monotonic() < deadline, slots
+                await asyncio.sleep(0.05)
+
+
+async def test_early_stops_are_not_member_failures(running: Callable[..., object], syn: Path) -> None:
+    """Under load the straggler is cancelled on every question; before, three in a row tripped the watchdog and a
+    healthy member was restarted (losing its in-flight work)."""
+    async with running(_slow_council(syn, strategy="majority")) as (runtime, supervisor):  # type: ignore[attr-defined]
+        slow = supervisor.members["c/2"]
+        pid = slow.pid
+        for _ in range(supervisor.config.watchdog_failures + 2):
+            answer = await runtime.engines["c"].ask(ask("go"))
+            assert [m["status"] for m in answer.council_json()["members"]][2] == "cancelled"
+        assert slow.request_failures == 0
+        assert slow.ready and slow.pid == pid and slow.restarts == 0
+
+
+async def test_remote_member_through_litellm(
+    running: Callable[..., object], syn: Path, start_server: Callable[..., object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = start_server(syn)  # an OpenAI-compatible server elsewhere, as far as the council knows
+    monkeypatch.setenv("REMOTE_KEY", remote.api_key)  # type: ignore[attr-defined]
+    async with running(f"""
+        gpus: [{{name: cpu, memory: 2GiB}}]
+        slots: {{size: 256MiB, reserve: 0}}
+        models:
+          syn: {{path: {syn}, ctx_size: 512}}
+          far: {{remote: {{model: openai/syn, api_base: "{remote.url}/v1", api_key_env: REMOTE_KEY}}}}
+        councils:
+          mixed:
+            members: [{{model: syn}}, {{model: far}}]
+            vote: {{strategy: majority, extract: text}}
+            quorum: all
+        """) as (runtime, supervisor):  # type: ignore[attr-defined]
+        assert list(supervisor.members) == ["mixed/0"]  # the remote member has no local process
+        answer = await runtime.engines["mixed"].ask({**ask("go"), "max_tokens": 6})
+    doc = answer.council_json()
+    assert [m["status"] for m in doc["members"]] == ["ok", "ok"], doc
+    assert doc["members"][1]["extracted"] == doc["members"][0]["extracted"] == "abcdef"
+    assert doc["agreement"] == 1.0
+
+
+def test_tool_calls_vote_as_canonical_json_and_member_settings_win() -> None:
+    from council.policy.schema import Sampling
+    from council.voting.client import MemberReply
+    from council.voting.engine import extract_reply, member_payload
+
+    def call(args: str) -> MemberReply:
+        return MemberReply(status="ok", text="", message={"role": "assistant", "content": None, "tool_calls": [
+            {"id": "1", "type": "function", "function": {"name": "get_weather", "arguments": args}}]})
+
+    a = extract_reply(call('{"city": "Paris", "unit": "c"}'), "number")
+    b = extract_reply(call('{"unit":"c","city":"Paris"}'), "number")
+    assert a == b and a is not None and a.startswith("get_weather(")
+    request = {"model": "c", "stream": True, "temperature": 1.0, "tools": [{"type": "function"}],
+               "messages": [{"role": "system", "content": "old"}, {"role": "user", "content": "q"}]}
+    payload = member_payload(request, Sampling(temperature=0.2, seed=7, system="new"))
+    assert payload["temperature"] == 0.2 and payload["seed"] == 7 and payload["tools"] == [{"type": "function"}]
+    assert "model" not in payload and "stream" not in payload
+    assert payload["messages"] == [{"role": "system", "content": "new"}, {"role": "user", "content": "q"}]

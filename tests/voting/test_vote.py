@@ -1,0 +1,138 @@
+"""Voting: order independence, weight scaling, early stops that never change the winner, declared tie-breaks."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from council.voting.vote import Ballot, VoteError, decide, is_decided, judge_pick, judge_prompt
+
+ANSWERS = st.sampled_from(["1", "2", "3", None])
+RULES = st.permutations(["weight", "latency", "order"])
+
+
+@st.composite
+def councils(draw: st.DrawFn) -> list[Ballot]:
+    n = draw(st.integers(min_value=1, max_value=7))
+    return [
+        Ballot(member=f"m{i}", order=i, answer=draw(ANSWERS), text=f"reply {i}",
+               weight=draw(st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0])),
+               latency_ms=draw(st.sampled_from([None, 100.0, 200.0, 300.0])))
+        for i in range(n)
+    ]
+
+
+def _decide_or_none(ballots: list[Ballot], strategy: str, rules: list[str]) -> tuple[str, str | None] | None:
+    try:
+        d = decide(ballots, strategy, rules)
+    except VoteError:
+        return None
+    return d.answer, d.tie_broken_by
+
+
+@settings(max_examples=300, deadline=None)
+@given(councils(), st.sampled_from(["majority", "weighted", "similarity"]), RULES, st.randoms())
+def test_decision_never_depends_on_arrival_order(ballots: list[Ballot], strategy: str, rules: list[str],
+                                                rnd: object) -> None:
+    shuffled = list(ballots)
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    assert _decide_or_none(shuffled, strategy, rules) == _decide_or_none(ballots, strategy, rules)
+
+
+@settings(max_examples=300, deadline=None)
+@given(councils(), st.sampled_from([0.001, 0.1, 3.0, 7.0, 1000.0]), RULES)
+def test_weights_scale_invariantly(ballots: list[Ballot], factor: float, rules: list[str]) -> None:
+    scaled = [Ballot(b.member, b.order, b.answer, b.text, b.weight * factor, b.latency_ms) for b in ballots]
+    before, after = _decide_or_none(ballots, "weighted", rules), _decide_or_none(scaled, "weighted", rules)
+    assert before == after
+    if before is not None:
+        agreement = decide(ballots, "weighted", rules).agreement
+        assert agreement == pytest.approx(decide(scaled, "weighted", rules).agreement)
+
+
+@settings(max_examples=400, deadline=None)
+@given(councils(), st.sampled_from(["majority", "weighted"]), RULES, st.randoms())
+def test_early_stop_never_changes_the_winner(ballots: list[Ballot], strategy: str, rules: list[str],
+                                            rnd: object) -> None:
+    arrival = list(ballots)
+    rnd.shuffle(arrival)  # type: ignore[attr-defined]
+    final = _decide_or_none(ballots, strategy, rules)
+    for k in range(1, len(arrival) + 1):
+        seen, pending = arrival[:k], arrival[k:]
+        pending_weight = sum(1.0 if strategy == "majority" else b.weight for b in pending)
+        if is_decided(seen, pending_weight, strategy):
+            early = decide(seen, strategy, rules)
+            assert final is not None and early.answer == final[0]
+            break
+
+
+def test_majority_with_agreement_and_votes() -> None:
+    ballots = [Ballot("a", 0, "42"), Ballot("b", 1, "42"), Ballot("c", 2, "41"), Ballot("d", 3, None)]
+    d = decide(ballots, "majority")
+    assert (d.answer, d.votes, d.winner_members, d.tie_broken_by) == ("42", {"42": 2.0, "41": 1.0}, ("a", "b"), None)
+    assert d.agreement == pytest.approx(2 / 3)  # the abstention casts no vote
+
+
+def test_weighted_lets_a_heavy_member_win() -> None:
+    ballots = [Ballot("big", 0, "7", weight=3.0), Ballot("s1", 1, "8"), Ballot("s2", 2, "8")]
+    assert decide(ballots, "majority").answer == "8"
+    assert decide(ballots, "weighted").answer == "7"
+
+
+@pytest.mark.parametrize(
+    ("rules", "winner", "rule"),
+    [
+        (["weight"], "x", "weight"),  # x's voter weighs 2
+        (["latency"], "y", "latency"),  # y answered faster
+        (["order"], "y", "order"),  # y's voter comes first in the council
+        ([], "y", "order"),  # order is always the last resort
+    ],
+)
+def test_ties_resolved_by_the_declared_order(rules: list[str], winner: str, rule: str) -> None:
+    ballots = [Ballot("first", 0, "y", weight=1.0, latency_ms=50), Ballot("second", 1, "x", weight=2.0, latency_ms=90)]
+    d = decide(ballots, "majority", rules)
+    assert (d.answer, d.tie_broken_by) == (winner, rule)
+
+
+def test_all_abstain_is_an_error_not_a_guess() -> None:
+    with pytest.raises(VoteError, match="every member abstained"):
+        decide([Ballot("a", 0, None), Ballot("b", 1, None)])
+
+
+def test_is_decided_is_strict() -> None:
+    two_of_three = [Ballot("a", 0, "1"), Ballot("b", 1, "1")]
+    assert is_decided(two_of_three, 1.0, "majority")  # 2 > 0 + 1
+    assert not is_decided([Ballot("a", 0, "1")], 1.0, "majority")  # 1 vs a possible 1: a tie is not decided
+    assert not is_decided([Ballot("a", 0, "1"), Ballot("b", 1, "2")], 1.0, "majority")
+    assert not is_decided(two_of_three, 0.0, "similarity")  # similarity waits for everyone
+
+
+def test_similarity_picks_the_medoid_of_the_heaviest_cluster() -> None:
+    texts = ["the capital of france is paris", "paris is the capital of france", "the capital of france is paris .",
+             "i think it is lyon"]
+    ballots = [Ballot(f"m{i}", i, t, text=t.capitalize()) for i, t in enumerate(texts)]
+    d = decide(ballots, "similarity")
+    assert d.winner_members == ("m0", "m1", "m2") or d.winner_members == ("m0", "m2")
+    assert d.answer in texts[:3] and "lyon" not in d.answer
+    assert d.votes[d.answer] >= 2
+
+
+def test_judge_pick_and_its_fallback() -> None:
+    ballots = [Ballot("a", 0, "12", text="It is 12."), Ballot("b", 1, "13", text="13"),
+               Ballot("c", 2, "13", text="13!")]
+    prompt, candidates = judge_prompt("What is 3*4?", ballots)
+    assert "Answer 1:\nIt is 12." in prompt and "(1-3)" in prompt
+    d = judge_pick("The best is answer 1.", candidates, ballots, ["order"])
+    assert d is not None and d.answer == "12" and d.winner_members == ("a",)
+    assert judge_pick("none of them", candidates, ballots, ["order"]) is None
+    assert judge_pick("answer 9", candidates, ballots, ["order"]) is None
+
+
+def test_every_permutation_of_a_three_way_tie_gives_one_winner() -> None:
+    ballots = [Ballot("a", 0, "1", latency_ms=30), Ballot("b", 1, "2", latency_ms=10),
+               Ballot("c", 2, "3", latency_ms=20)]
+    winners = {decide(list(p), "majority", ["latency", "order"]).answer for p in itertools.permutations(ballots)}
+    assert winners == {"2"}
