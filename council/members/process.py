@@ -78,23 +78,31 @@ class ProcessRecipe:
 
 class Slots:
     """The process's `parallel` slots: at most `size` requests inside llama-server at once; `waiting` counts
-    those held back by the router (more would only queue inside llama-server, out of a council's sight)."""
+    those held back by the router (more would only queue inside llama-server, out of a council's sight). A
+    request with `n: K` (grouped samples) takes K slots at once, or waits until K are free."""
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self.free = size
         self.waiting = 0
-        self._semaphore = asyncio.Semaphore(size)
+        self._changed = asyncio.Condition()
 
-    async def __aenter__(self) -> Slots:
+    @contextlib.asynccontextmanager
+    async def hold(self, count: int = 1) -> AsyncIterator[None]:
+        count = min(count, self.size)  # a wider group than the process would wait forever
         self.waiting += 1
         try:
-            await self._semaphore.acquire()
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.free >= count)
+                self.free -= count
         finally:
             self.waiting -= 1
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        self._semaphore.release()
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.free += count
+                self._changed.notify_all()
 
 
 class StartFailed(CouncilError, RuntimeError):

@@ -45,23 +45,20 @@ def estimate_process(policy: Policy, model_name: str, members: int, device: Devi
 
 def council_need(policy: Policy, name: str, council: CouncilConfig, device: Device,
                  cache: dict[tuple[str, int], ProcessEstimate]) -> CouncilNeed:
-    """One process per member, except members of a `share: true` model, which share one (a slot each)."""
-    names = council.member_names(name)
+    """One process per member entry (the K seats of `samples: K` share it, a slot each), except members of a
+    `share: true` model, which share one process per council."""
     groups: dict[str, list[str]] = {}
-    order: list[str] = []
-    for member_name, member in zip(names, council.members, strict=True):
+    models: dict[str, str] = {}
+    for seat_name, member, entry in council.seats(name):
         model = policy.models[member.model]
         if model.remote is not None:  # served elsewhere: no process, no slot
             continue
-        key = f"{name}:{member.model}" if model.share else member_name
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        groups[key].append(member_name)
+        key = f"{name}:{member.model}" if model.share else entry
+        groups.setdefault(key, []).append(seat_name)
+        models[key] = member.model
     processes = []
-    for key in order:
-        members = groups[key]
-        model_name = council.members[names.index(members[0])].model
+    for key, members in groups.items():
+        model_name = models[key]
         if (model_name, len(members)) not in cache:
             cache[(model_name, len(members))] = estimate_process(policy, model_name, len(members), device)
         processes.append(ProcessNeed(key, model_name, tuple(members), cache[(model_name, len(members))].total))

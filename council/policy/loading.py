@@ -197,20 +197,34 @@ def reference_problems(loaded: LoadedPolicy) -> list[Problem]:
         base: Loc = ("councils", cname)
         for i, member in enumerate(council.members):
             unknown_model(member.model, (*base, "members", i, "model"))
+        entries = council.entry_names(cname)
+        for i, entry in enumerate(entries):
+            if entries.index(entry) != i:
+                problems.append(loaded.problem((*base, "members", i, "name"), f"duplicate member name {entry!r}"))
         names = council.member_names(cname)
-        for i, member_name in enumerate(names):
-            if names.index(member_name) != i:
-                problems.append(loaded.problem((*base, "members", i, "name"), f"duplicate member name {member_name!r}"))
-        if isinstance(council.quorum, int) and council.quorum > len(council.members):
-            count = len(council.members)
-            problems.append(loaded.problem((*base, "quorum"), f"quorum {council.quorum} is more than {count} members"))
+        size = council.size
+        if isinstance(council.quorum, int) and council.quorum > size:
+            problems.append(loaded.problem((*base, "quorum"), f"quorum {council.quorum} is more than {size} members"))
         judge = council.vote.judge
         if judge is not None:
-            if isinstance(judge, int) and not 0 <= judge < len(council.members):
+            if isinstance(judge, int) and not 0 <= judge < size:
                 problems.append(loaded.problem((*base, "vote", "judge"),
-                                               f"judge index {judge} is not a member (0..{len(council.members) - 1})"))
+                                               f"judge index {judge} is not a member (0..{size - 1})"))
             elif isinstance(judge, str) and judge not in names:
                 problems.append(loaded.problem((*base, "vote", "judge"), f"judge {judge!r} is not a member name"))
+        if council.vote.cascade is not None:
+            staged = [i for stage in council.stages() for i in stage]
+            where = (*base, "vote", "cascade")
+            if any(i >= size for i in staged):
+                problems.append(loaded.problem(where, f"a cascade stage names a member past the last (0..{size - 1})"))
+            elif len(set(staged)) != len(staged) or len(staged) != size:
+                problems.append(loaded.problem(where, f"the stages must hold every member (0..{size - 1}) exactly "
+                                                      "once"))
+            elif len(council.stages()) < 2:
+                problems.append(loaded.problem(where, "a cascade needs at least two stages"))
+            if council.vote.strategy in ("similarity", "judge"):
+                problems.append(loaded.problem(where, f"strategy {council.vote.strategy} cannot cascade: it cannot "
+                                                      "tell whether a stage agrees"))
         if council.fallback is not None:
             if council.fallback.model is not None:
                 unknown_model(council.fallback.model, (*base, "fallback", "model"))

@@ -18,7 +18,7 @@ from council.units import Duration, Size
 
 KvType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 TieBreak = Literal["weight", "latency", "order", "logprob"]
-Strategy = Literal["majority", "weighted", "similarity", "judge"]
+Strategy = Literal["majority", "weighted", "confidence", "similarity", "judge"]
 # MTP was spelled `mtp` in older llama.cpp forks and `draft-mtp` upstream.
 MTP_SPELLINGS = ("draft-mtp", "mtp")
 
@@ -191,6 +191,46 @@ class MemberConfig(_Strict):
     sampling: Sampling = Sampling()
     # Requests per second this member may receive (a paid API's limit, say); None is unlimited.
     rate_limit: float | None = Field(default=None, gt=0)
+    # Self-consistency in one line: K votes from K samples of this model, served by one process with K slots
+    # (and asked with one request whose `n` is K). With a `seed`, sample k uses seed + k.
+    samples: int = Field(default=1, ge=1, le=64)
+
+    def seat(self, k: int) -> MemberConfig:
+        """Sample k of this entry as a one-vote member."""
+        if self.samples == 1:
+            return self
+        seed = None if self.sampling.seed is None else self.sampling.seed + k
+        return self.model_copy(update={"samples": 1, "sampling": self.sampling.model_copy(update={"seed": seed})})
+
+
+class CascadeConfig(_Strict):
+    """Stages of members (indexes into the council's seats): the first stage is asked; when its answers agree
+    (the leader holds `agreement` of the votes cast, and no tie), the council answers and later stages are
+    never called; otherwise the next stage is asked. Written `cascade: [[0, 1], [2, 3, 4]]`, or
+    `cascade: {first: 2}` (the first two seats, then the rest), optionally with `agreement: 0.75`."""
+
+    stages: list[list[Annotated[int, Field(ge=0)]]] = []
+    first: int | None = Field(default=None, ge=1)
+    agreement: float = Field(default=1.0, gt=0.5, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_form(cls, value: object) -> object:
+        return {"stages": value} if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CascadeConfig:
+        if bool(self.stages) == (self.first is not None):
+            raise ValueError("a cascade is a list of stages (`[[0, 1], [2, 3]]`) or `{first: N}`")
+        if self.stages and any(not stage for stage in self.stages):
+            raise ValueError("a cascade stage cannot be empty")
+        return self
+
+    def resolve(self, seats: int) -> list[list[int]]:
+        """The stages as seat indexes; `first: N` is [[0..N-1], [N..seats-1]]."""
+        if self.first is not None:
+            return [list(range(min(self.first, seats))), list(range(self.first, seats))]
+        return [list(stage) for stage in self.stages]
 
 
 class VoteConfig(_Strict):
@@ -199,6 +239,13 @@ class VoteConfig(_Strict):
     tie_break: list[TieBreak] = ["weight", "latency", "order"]
     # For `judge`: the member (index or name) that picks among the anonymised answers.
     judge: int | str | None = None
+    # For `confidence`: a vote counts weight x p ** (1 / T), p the member's probability of its answer (from
+    # token logprobs); T > 1 flattens towards a plain weighted vote, T < 1 sharpens towards the surest member.
+    confidence_temperature: float = Field(default=1.0, gt=0)
+    # Which probability: of the answer's tokens, of the whole reply, or of its least likely tenth (see
+    # council/voting/confidence.py); `council eval` scores all three on your data.
+    confidence: Literal["answer", "reply", "tail"] = "tail"
+    cascade: CascadeConfig | None = None
 
     @field_validator("extract")
     @classmethod
@@ -243,17 +290,46 @@ class CouncilConfig(_Strict):
     quorum: Literal["majority", "all"] | Annotated[int, Field(ge=1)] = "majority"
     timeout: Duration = 30.0
     fallback: FallbackConfig | None = None
+    # Members that would send the same request to the same process, differing only in seed, share one request
+    # with `n` (the prompt is read once). Off: one request per member (to compare, or for old servers).
+    share_prompt: bool = True
 
-    def member_names(self, council: str) -> list[str]:
-        """Each member's name: its own `name:`, else `COUNCIL/INDEX`."""
+    def entry_names(self, council: str) -> list[str]:
+        """Each member entry's name as written: its own `name:`, else `COUNCIL/INDEX`."""
         return [m.name or f"{council}/{i}" for i, m in enumerate(self.members)]
 
-    def quorum_count(self) -> int:
+    def seats(self, council: str) -> list[tuple[str, MemberConfig, str]]:
+        """Every vote of the council in order: (seat name, its one-vote config, the entry it comes from). An
+        entry with `samples: K` gives K seats named `ENTRY#0` .. `ENTRY#K-1`."""
+        out = []
+        for entry, member in zip(self.entry_names(council), self.members, strict=True):
+            if member.samples == 1:
+                out.append((entry, member, entry))
+            else:
+                out += [(f"{entry}#{k}", member.seat(k), entry) for k in range(member.samples)]
+        return out
+
+    def member_names(self, council: str) -> list[str]:
+        """Each seat's name (one per vote)."""
+        return [name for name, _, _ in self.seats(council)]
+
+    @property
+    def size(self) -> int:
+        return sum(m.samples for m in self.members)
+
+    def stages(self) -> list[list[int]]:
+        """Seat indexes per cascade stage; one stage of every seat without a cascade."""
+        cascade = self.vote.cascade
+        return cascade.resolve(self.size) if cascade is not None else [list(range(self.size))]
+
+    def quorum_count(self, asked: int | None = None) -> int:
+        """Answers needed; with a cascade it counts the seats asked so far (`asked`), not the whole council."""
+        seats = self.size if asked is None else asked
         if self.quorum == "all":
-            return len(self.members)
+            return seats
         if self.quorum == "majority":
-            return len(self.members) // 2 + 1
-        return self.quorum
+            return seats // 2 + 1
+        return min(self.quorum, seats)
 
 
 class Policy(_Strict):

@@ -157,9 +157,17 @@ class _Sampling(_Open):
     user: str | None = None
 
 
+class CouncilOptions(_Open):
+    """council's own request options (never sent to members): `early_stop: false` waits for every member
+    (what `council eval --url` asks for, so each member's answer is known)."""
+
+    early_stop: bool = True
+
+
 class ChatRequest(_Sampling):
     """POST /v1/chat/completions."""
 
+    council: CouncilOptions | None = None
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[Tool] | None = None

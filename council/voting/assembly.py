@@ -57,7 +57,7 @@ def build_engines(plan: PolicyPlan, supervisor: Supervisor, ballots: BallotStore
     process_clients: dict[str, HttpMemberClient] = {}
     for name, config in configs.items():
         seats = []
-        for order, (seat_name, member) in enumerate(zip(config.member_names(name), config.members, strict=True)):
+        for order, (seat_name, member, _) in enumerate(config.seats(name)):
             model = policy.models[member.model]
             limiter = rate_limiter(member.rate_limit)
             client: MemberClient
@@ -67,7 +67,8 @@ def build_engines(plan: PolicyPlan, supervisor: Supervisor, ballots: BallotStore
                 client = HttpMemberClient(endpoint=lambda m=seat_name: elsewhere(m), limiter=limiter)
             else:
                 process = supervisor.members[process_of[seat_name]]
-                client = HttpMemberClient(endpoint=lambda p=process: process_endpoint(p), limiter=limiter)
+                client = HttpMemberClient(endpoint=lambda p=process: process_endpoint(p), limiter=limiter,
+                                          target=process.name)
                 process_clients.setdefault(process.name, client)
             seats.append(Seat(name=seat_name, order=order, model=member.model, weight=member.weight,
                               sampling=member.sampling, client=client))

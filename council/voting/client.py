@@ -16,7 +16,7 @@ import aiohttp
 from council.errors import CouncilError
 from council.policy.schema import RemoteConfig
 
-Status = Literal["ok", "timeout", "error", "cancelled"]
+Status = Literal["ok", "timeout", "error", "cancelled", "skipped"]
 
 
 @dataclass
@@ -46,21 +46,47 @@ class MemberReply:
         return self.draft_n_accepted / self.draft_n if self.draft_n else None
 
 
-def reply_from_openai(body: dict[str, Any], latency_ms: float) -> MemberReply:
-    """Read an OpenAI chat.completion body (llama-server adds `timings`)."""
-    choice = (body.get("choices") or [{}])[0]
+def _choice_reply(choice: dict[str, Any], latency_ms: float, prompt_tokens: int, completion_tokens: int,
+                  timings: dict[str, Any]) -> MemberReply:
     message = choice.get("message") or {}
-    usage = body.get("usage") or {}
-    timings = body.get("timings") or {}
     logprobs = ((choice.get("logprobs") or {}).get("content")) or []
     values = [t["logprob"] for t in logprobs if isinstance(t, dict) and isinstance(t.get("logprob"), int | float)]
     return MemberReply(
         status="ok", text=message.get("content") or "", message=message, latency_ms=latency_ms,
-        prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=int(usage.get("completion_tokens") or 0),
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         draft_n=timings.get("draft_n"), draft_n_accepted=timings.get("draft_n_accepted"),
         logprob=sum(values) / len(values) if values else None,
         logprobs=choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None,
     )
+
+
+def reply_from_openai(body: dict[str, Any], latency_ms: float) -> MemberReply:
+    """Read an OpenAI chat.completion body (llama-server adds `timings`)."""
+    usage = body.get("usage") or {}
+    return _choice_reply((body.get("choices") or [{}])[0], latency_ms, int(usage.get("prompt_tokens") or 0),
+                         int(usage.get("completion_tokens") or 0), body.get("timings") or {})
+
+
+def replies_from_openai(body: dict[str, Any], latency_ms: float, n: int) -> list[MemberReply]:
+    """One reply per choice of an `n`-choice body, by `index`. The prompt was read once: its tokens go to the
+    first choice. llama-server's `usage` counts the first choice's tokens only, so each choice counts its own
+    from its logprobs (grouped calls ask for them) where it has them."""
+    if n == 1:
+        return [reply_from_openai(body, latency_ms)]
+    usage = body.get("usage") or {}
+    choices = {int(c.get("index", i)): c for i, c in enumerate(body.get("choices") or [])}
+    replies = []
+    for i in range(n):
+        choice = choices.get(i)
+        if choice is None:
+            replies.append(MemberReply(status="error", latency_ms=latency_ms, error=f"choice {i} of {n} missing"))
+            continue
+        tokens = ((choice.get("logprobs") or {}).get("content"))
+        completion = len(tokens) if isinstance(tokens, list) else (int(usage.get("completion_tokens") or 0)
+                                                                   if i == 0 else 0)
+        replies.append(_choice_reply(choice, latency_ms, int(usage.get("prompt_tokens") or 0) if i == 0 else 0,
+                                     completion, body.get("timings") or {} if i == 0 else {}))
+    return replies
 
 
 class RateLimiter(Protocol):
@@ -107,6 +133,12 @@ class MemberFailed(CouncilError):
     """The member's connection broke before it answered; the message names the member and how."""
 
 
+class SlotHolder(Protocol):
+    """A process's `parallel` slots (`council.members.process.Slots`): hold `count` of them for one call."""
+
+    def hold(self, count: int = 1) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
 @dataclass
 class Endpoint:
     """Where a member answers now (it moves on restart) and what a call must hold while it runs: the HTTP
@@ -117,7 +149,7 @@ class Endpoint:
     api_key: str
     http: aiohttp.ClientSession
     request: Callable[[], contextlib.AbstractAsyncContextManager[Any]] = contextlib.nullcontext
-    slots: contextlib.AbstractAsyncContextManager[Any] | None = None
+    slots: SlotHolder | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -141,37 +173,47 @@ class HttpMemberClient:
 
     endpoint: Callable[[], Endpoint | None]
     limiter: RateLimiter = field(default_factory=NoLimit)
+    # What the calls go to (a process name): seats with the same target and the same request can share one
+    # request with `n` (one prompt pass for several samples). None: never grouped.
+    target: str | None = None
 
     @contextlib.asynccontextmanager
-    async def _call(self, where: Endpoint, path: str, data: bytes) -> AsyncIterator[aiohttp.ClientResponse]:
-        # Cancelling this (an early stop) drops the connection, which frees the member's llama-server slot.
-        async with (self.limiter.slot(), where.slots or contextlib.nullcontext(), where.request(),
+    async def _call(self, where: Endpoint, path: str, data: bytes,
+                    width: int = 1) -> AsyncIterator[aiohttp.ClientResponse]:
+        # Cancelling this (an early stop) drops the connection, which frees the member's llama-server slots.
+        async with (self.limiter.slot(), where.slots.hold(width) if where.slots else contextlib.nullcontext(),
+                    where.request(),
                     where.http.post(f"{where.url}{path}", data=data, headers=where.headers) as response):
             yield response
 
     async def complete(self, payload: dict[str, Any], path: str = "/v1/chat/completions") -> MemberReply:
+        return (await self.complete_many(payload, 1, path))[0]
+
+    async def complete_many(self, payload: dict[str, Any], n: int,
+                            path: str = "/v1/chat/completions") -> list[MemberReply]:
+        """`n` choices of one request (`n` > 1: one prompt pass, `n` slots held); one reply per choice."""
         start = time.monotonic()
-        data = json.dumps(payload).encode()
+        data = json.dumps({**payload, "n": n} if n > 1 else payload).encode()
         for attempt in (1, 2):  # one retry on a connection error: the member may be restarting
             where = self.endpoint()
             if where is None:
-                return MemberReply(status="error", error="member is not ready")
+                return [MemberReply(status="error", error="member is not ready")] * n
             try:
-                async with self._call(where, path, data) as response:
+                async with self._call(where, path, data, n) as response:
                     status, raw = response.status, await response.read()
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 if attempt == 2:
-                    return MemberReply(status="error", error=f"{type(exc).__name__}: {exc}",
-                                       latency_ms=(time.monotonic() - start) * 1000)
+                    return [MemberReply(status="error", error=f"{type(exc).__name__}: {exc}",
+                                        latency_ms=(time.monotonic() - start) * 1000)] * n
                 continue
             latency = (time.monotonic() - start) * 1000
             if status != 200:
-                return MemberReply(status="error", latency_ms=latency, http_status=status,
-                                   error=f"member answered {status}: {_reason(raw)}")
+                return [MemberReply(status="error", latency_ms=latency, http_status=status,
+                                    error=f"member answered {status}: {_reason(raw)}")] * n
             try:
-                return reply_from_openai(json.loads(raw), latency)
-            except ValueError:
-                return MemberReply(status="error", latency_ms=latency, error="member answered with invalid JSON")
+                return replies_from_openai(json.loads(raw), latency, n)
+            except (ValueError, KeyError, TypeError):
+                return [MemberReply(status="error", latency_ms=latency, error="member answered with invalid JSON")] * n
         raise AssertionError("unreachable")
 
     def _where(self) -> Endpoint:

@@ -1,13 +1,16 @@
-"""Ask every member of a council at once, stop as soon as the vote is decided, and decide.
+"""Ask a council's members, stop as soon as the vote is decided, and decide.
 
-The council's `timeout` bounds the whole question; members still out at the deadline are `timeout`,
-members still out once no late vote could change the winner are `cancelled` (their HTTP requests are
-closed, so their llama-server slots free up). Fewer answers than the quorum is an error, never a guess.
+Members are asked stage by stage (one stage of everyone, unless the council has a `cascade`): a later stage
+is asked only when the stages before it did not agree; its members are `skipped` otherwise. The council's
+`timeout` bounds the whole question; members still out at the deadline are `timeout`, members still out
+once no late vote could change the winner are `cancelled` (their HTTP requests are closed, so their
+llama-server slots free up). Fewer answers than the quorum is an error, never a guess.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,8 +20,18 @@ from council.errors import CouncilError
 from council.policy.schema import CouncilConfig, Sampling
 from council.voting.ballots import BallotStore
 from council.voting.client import MemberClient, MemberReply
+from council.voting.confidence import signals
 from council.voting.extract import canonical_tool_call, extract
-from council.voting.vote import Ballot, Decision, VoteError, decide, is_decided, judge_pick, judge_prompt
+from council.voting.vote import (
+    Ballot,
+    Decision,
+    VoteError,
+    decide,
+    is_decided,
+    judge_pick,
+    judge_prompt,
+    stage_agrees,
+)
 
 
 @dataclass(frozen=True)
@@ -39,12 +52,19 @@ class MemberOutcome:
     member: Seat
     reply: MemberReply
     extracted: str | None = None
+    confidence: float | None = None  # the member's probability of its answer (from token logprobs)
+    stage: int = 1
+    signals: dict[str, float] | None = None  # every confidence signal (council eval scores each)
 
     def to_json(self) -> dict[str, Any]:
         r = self.reply
-        return {"name": self.member.name, "model": self.member.model, "status": r.status, "answer": r.text,
+        return {"name": self.member.name, "model": self.member.model, "weight": self.member.weight,
+                "status": r.status, "answer": r.text,
                 "extracted": self.extracted, "latency_ms": round(r.latency_ms),
-                "completion_tokens": r.completion_tokens, "draft_acceptance": r.draft_acceptance,
+                "completion_tokens": r.completion_tokens, "prompt_tokens": r.prompt_tokens,
+                "draft_acceptance": r.draft_acceptance,
+                "confidence": None if self.confidence is None else round(self.confidence, 6),
+                "confidence_signals": self.signals, "stage": self.stage,
                 **({"error": r.error} if r.error else {})}
 
 
@@ -72,6 +92,8 @@ class CouncilAnswer:
     outcomes: list[MemberOutcome]
     early_stop: bool
     judge_fallback: bool = False
+    stage: int = 1  # the cascade stage that decided (1 without a cascade)
+    stages: int = 1
     _json: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -113,13 +135,13 @@ class CouncilAnswer:
                 "agreement": round(d.agreement, 4), "votes": d.votes, "degraded": self.degraded,
                 "early_stop": self.early_stop, "tie_broken_by": d.tie_broken_by,
                 "winner_members": list(d.winner_members), "judge_fallback": self.judge_fallback,
-                "members": [o.to_json() for o in self.outcomes]}
+                "stage": self.stage, "stages": self.stages, "members": [o.to_json() for o in self.outcomes]}
 
 
 def member_payload(request: dict[str, Any], sampling: Sampling) -> dict[str, Any]:
     """The request as this member gets it: the policy's per-member sampling wins (it is what makes members
     differ); its `system` replaces the request's system message."""
-    payload = {k: v for k, v in request.items() if k not in ("model", "stream", "n", "stream_options")}
+    payload = {k: v for k, v in request.items() if k not in ("model", "stream", "n", "stream_options", "council")}
     for key in ("temperature", "top_p", "top_k", "seed", "max_tokens"):
         value = getattr(sampling, key)
         if value is not None:
@@ -140,7 +162,7 @@ def extract_reply(reply: MemberReply, how: str) -> str | None:
 
 
 class CouncilEngine:
-    """One council at run time: its members' clients and its vote."""
+    """One council at run time: its seats' clients and its vote."""
 
     def __init__(self, name: str, config: CouncilConfig, members: list[Seat],
                  ballots: BallotStore | None = None) -> None:
@@ -150,62 +172,133 @@ class CouncilEngine:
         self.ballots = ballots if ballots is not None else BallotStore()
 
     def _value(self, member: Seat) -> float:
+        """The most a seat still out can add to one answer (confidence votes are at most the weight)."""
         return 1.0 if self.config.vote.strategy in ("majority", "judge") else member.weight
 
     def _ballot(self, outcome: MemberOutcome) -> Ballot:
         m, r = outcome.member, outcome.reply
         return Ballot(member=m.name, order=m.order, answer=outcome.extracted, text=r.text, weight=m.weight,
-                      latency_ms=r.latency_ms, logprob=r.logprob)
+                      latency_ms=r.latency_ms, logprob=r.logprob, confidence=outcome.confidence)
 
-    async def ask(self, request: dict[str, Any]) -> CouncilAnswer:
-        """Fan `request` (an OpenAI chat request body) out to every member and decide."""
+    def _outcome(self, seat: Seat, reply: MemberReply, stage: int) -> MemberOutcome:
+        how = self.config.vote.extract
+        if reply.status != "ok":
+            return MemberOutcome(seat, reply, stage=stage)
+        extracted = extract_reply(reply, how)
+        found = signals(reply.logprobs, reply.text, extracted, how)
+        return MemberOutcome(seat, reply, extracted, found[self.config.vote.confidence] if found else None, stage,
+                             found)
+
+    def payload(self, request: dict[str, Any], seat: Seat) -> dict[str, Any]:
+        payload = member_payload(request, seat.sampling)
+        if self.config.vote.strategy == "confidence":
+            payload.setdefault("logprobs", True)  # the confidence vote reads the members' token logprobs
+        return payload
+
+    def calls(self, request: dict[str, Any], seats: list[Seat]) -> list[tuple[list[Seat], dict[str, Any]]]:
+        """The requests that ask `seats`: seats that would send the same request to the same process and differ
+        only in seed share one request with `n` (one prompt pass for all of them; it is seeded with its first
+        seat's seed, and llama-server seeds each further choice apart). Others go one request each."""
+        groups: dict[tuple[str, str], tuple[list[Seat], dict[str, Any]]] = {}
+        calls: list[tuple[list[Seat], dict[str, Any]]] = []
+        for seat in seats:
+            payload = self.payload(request, seat)
+            target = getattr(seat.client, "target", None)
+            if target is None or not self.config.share_prompt:
+                calls.append(([seat], payload))
+                continue
+            key = (target, json.dumps({k: v for k, v in payload.items() if k != "seed"}, sort_keys=True, default=str))
+            if key in groups:
+                groups[key][0].append(seat)
+            else:
+                groups[key] = ([seat], payload)
+                calls.append(groups[key])
+        for group, payload in calls:
+            if len(group) > 1:
+                payload.setdefault("logprobs", True)  # each choice counts its own tokens from its logprobs
+        return calls
+
+    async def ask(self, request: dict[str, Any], *, early_stop: bool = True) -> CouncilAnswer:
+        """Ask `request` (an OpenAI chat request body) and decide. `early_stop=False` (evaluation) asks every
+        seat of every stage and waits for each, so every member's answer is known."""
         vote = self.config.vote
+        temperature = vote.confidence_temperature
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.config.timeout
-        tasks = {asyncio.create_task(m.client.complete(member_payload(request, m.sampling))): m for m in self.members}
+        stages = self.config.stages() if early_stop else [list(range(len(self.members)))]
+        stage_of = {self.members[i].name: n for n, stage in enumerate(stages, 1) for i in stage}
+        arrivals: asyncio.Queue[tuple[Seat, MemberReply]] = asyncio.Queue()
         outcomes: dict[str, MemberOutcome] = {}
-        early = False
-        pending = set(tasks)
+        tasks: list[asyncio.Task[None]] = []
+        asked: list[Seat] = []
+        early = timed_out = False
+        decided_at = len(stages)
+
+        async def call(seats: list[Seat], payload: dict[str, Any]) -> None:
+            if len(seats) == 1:
+                replies = [await seats[0].client.complete(payload)]
+            else:
+                replies = await seats[0].client.complete_many(payload, len(seats))  # type: ignore[attr-defined]
+            for seat, reply in zip(seats, replies, strict=True):
+                await arrivals.put((seat, reply))
+
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()),
-                                                   return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    break  # the council's deadline
-                for task in done:
-                    member = tasks[task]
-                    reply = task.result()
-                    outcomes[member.name] = MemberOutcome(member, reply, extract_reply(reply, vote.extract)
-                                                          if reply.status == "ok" else None)
-                answered = [o for o in outcomes.values() if o.reply.status == "ok"]
-                still_out = sum(self._value(tasks[t]) for t in pending)
-                if pending and len(answered) >= self.config.quorum_count() and is_decided(
-                        [self._ballot(o) for o in answered], still_out, vote.strategy):
-                    early = True
+            for number, stage in enumerate(stages, 1):
+                seats = [self.members[i] for i in stage]
+                asked += seats
+                tasks += [asyncio.create_task(call(group, payload)) for group, payload in self.calls(request, seats)]
+                waiting = {seat.name for seat in seats}
+                while waiting:
+                    try:
+                        seat, reply = await asyncio.wait_for(arrivals.get(), max(0.0, deadline - loop.time()))
+                    except TimeoutError:
+                        timed_out = True
+                        break
+                    outcomes[seat.name] = self._outcome(seat, reply, number)
+                    waiting.discard(seat.name)
+                    answered = [self._ballot(o) for o in outcomes.values() if o.reply.status == "ok"]
+                    still_out = sum(self._value(m) for m in self.members if m.name not in outcomes)
+                    if (early_stop and still_out and len(answered) >= self.config.quorum_count(len(asked))
+                            and is_decided(answered, still_out, vote.strategy, temperature)):
+                        early = True
+                        break
+                if early or timed_out:
+                    decided_at = number
+                    break
+                answered = [self._ballot(o) for o in outcomes.values() if o.reply.status == "ok"]
+                if number < len(stages) and len(answered) >= self.config.quorum_count(len(asked)) and stage_agrees(
+                        answered, vote.strategy, vote.cascade.agreement if vote.cascade else 1.0, temperature):
+                    decided_at = number
                     break
         finally:
-            for task in pending:
+            for task in tasks:
                 task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-        for task in pending:
-            member = tasks[task]
-            status = "cancelled" if early else "timeout"
-            error = None if early else f"no answer within the council's {self.config.timeout:g}s"
-            waited = (loop.time() - started) * 1000
-            outcomes[member.name] = MemberOutcome(member, MemberReply(status=status, error=error, latency_ms=waited))
+            await asyncio.gather(*tasks, return_exceptions=True)
+        waited = (loop.time() - started) * 1000
+        for seat in self.members:
+            if seat.name in outcomes:
+                continue
+            if seat not in asked:
+                reply = MemberReply(status="skipped")
+            elif early:
+                reply = MemberReply(status="cancelled", latency_ms=waited)
+            else:
+                reply = MemberReply(status="timeout", latency_ms=waited,
+                                    error=f"no answer within the council's {self.config.timeout:g}s")
+            outcomes[seat.name] = MemberOutcome(seat, reply, stage=stage_of[seat.name])
         ordered = [outcomes[m.name] for m in self.members]
-        answered = [o for o in ordered if o.reply.status == "ok"]
-        if not answered and all(o.reply.rejected for o in ordered):
-            raise RequestRejected(self.name, ordered[0].reply.error or "")
-        if len(answered) < self.config.quorum_count():
-            raise QuorumError(self.name, f"only {len(answered)} of {len(self.members)} members answered; the quorum "
-                              f"is {self.config.quorum_count()}", ordered)
-        ballots = [self._ballot(o) for o in answered]
+        answered_outcomes = [o for o in ordered if o.reply.status == "ok"]
+        if not answered_outcomes and all(o.reply.rejected for o in ordered if o.reply.status != "skipped"):
+            raise RequestRejected(self.name, next(o.reply.error for o in ordered if o.reply.rejected) or "")
+        need = self.config.quorum_count(len(asked))
+        if len(answered_outcomes) < need:
+            raise QuorumError(self.name, f"only {len(answered_outcomes)} of {len(asked)} members answered; "
+                              f"the quorum is {need}", ordered)
+        ballots = [self._ballot(o) for o in answered_outcomes]
         judge_fallback = False
         try:
-            decision = decide(ballots, vote.strategy, vote.tie_break)
+            decision = decide(ballots, vote.strategy, vote.tie_break, temperature=temperature)
             if vote.strategy == "judge":
                 picked = await self._judge(request, ballots)
                 judge_fallback = picked is None
@@ -213,7 +306,8 @@ class CouncilEngine:
         except VoteError as exc:
             raise QuorumError(self.name, str(exc), ordered) from None
         answer = CouncilAnswer(id=f"chatcmpl-{uuid.uuid4().hex}", council=self.name, strategy=vote.strategy,
-                               decision=decision, outcomes=ordered, early_stop=early, judge_fallback=judge_fallback)
+                               decision=decision, outcomes=ordered, early_stop=early, judge_fallback=judge_fallback,
+                               stage=decided_at, stages=len(stages))
         self.ballots.put(answer.id, self.ballot_record(answer))
         return answer
 
@@ -236,6 +330,8 @@ class CouncilEngine:
         """The full ballot: the council object plus the raw answers, in `council tally`'s input format."""
         return {"id": answer.id, "created": int(time.time()), **answer.council_json(),
                 "extract": self.config.vote.extract, "tie_break": list(self.config.vote.tie_break),
+                "confidence_temperature": self.config.vote.confidence_temperature,
                 "answers": [{"member": o.member.name, "text": o.reply.text, "weight": o.member.weight,
-                             "latency_ms": round(o.reply.latency_ms)} for o in answer.outcomes
+                             "latency_ms": round(o.reply.latency_ms), "confidence": o.confidence,
+                             "completion_tokens": o.reply.completion_tokens} for o in answer.outcomes
                             if o.reply.status == "ok"]}

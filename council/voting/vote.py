@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from council.errors import CouncilError
 
-STRATEGIES = ("majority", "weighted", "similarity", "judge")
-# Strategies whose winner can be known before every member has answered.
-EARLY_STOPPABLE = frozenset({"majority", "weighted"})
+STRATEGIES = ("majority", "weighted", "confidence", "similarity", "judge")
+# Strategies whose winner can be known before every member has answered (a vote still out is worth at most
+# its weight, confidence votes included: a probability is at most 1).
+EARLY_STOPPABLE = frozenset({"majority", "weighted", "confidence"})
 SIMILARITY_THRESHOLD = 0.6
 _EPS = 1e-9
 
@@ -36,6 +37,9 @@ class Ballot:
     weight: float = 1.0
     latency_ms: float | None = None
     logprob: float | None = None  # mean token logprob, where the member reported them
+    # The member's probability of its answer (the geometric mean of its answer tokens' probabilities, else
+    # of the whole reply's); None without logprobs (a remote member): it then counts at its weight.
+    confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,12 @@ class Decision:
                 "winner_members": list(self.winner_members), "tie_broken_by": self.tie_broken_by}
 
 
-def _vote_value(ballot: Ballot, strategy: str) -> float:
-    return 1.0 if strategy == "majority" else ballot.weight
+def _vote_value(ballot: Ballot, strategy: str, temperature: float = 1.0) -> float:
+    if strategy == "majority":
+        return 1.0
+    if strategy == "confidence" and ballot.confidence is not None:
+        return ballot.weight * ballot.confidence ** (1.0 / temperature)
+    return ballot.weight
 
 
 def _close(a: float, b: float, scale: float) -> bool:
@@ -95,10 +103,11 @@ def _tally(ballots: Sequence[Ballot], strategy: str, key: Callable[[Ballot], str
     return groups
 
 
-def _decide_groups(groups: dict[str, list[Ballot]], strategy: str, tie_break: Sequence[str]) -> Decision:
+def _decide_groups(groups: dict[str, list[Ballot]], strategy: str, tie_break: Sequence[str],
+                   temperature: float = 1.0) -> Decision:
     if not groups:
         raise VoteError("every member abstained: no answer could be extracted from any reply")
-    votes = {a: sum(_vote_value(b, strategy) for b in voters) for a, voters in groups.items()}
+    votes = {a: sum(_vote_value(b, strategy, temperature) for b in voters) for a, voters in groups.items()}
     total = sum(votes.values())
     top = max(votes.values())
     tied = [a for a, v in votes.items() if _close(v, top, total)]
@@ -109,27 +118,43 @@ def _decide_groups(groups: dict[str, list[Ballot]], strategy: str, tie_break: Se
 
 
 def decide(ballots: Sequence[Ballot], strategy: str = "majority", tie_break: Sequence[str] = ("weight", "latency",
-           "order"), *, threshold: float = SIMILARITY_THRESHOLD) -> Decision:
-    """The council's decision. `judge` decides like `majority` here (the judge's own pick is `judge_pick`)."""
+           "order"), *, threshold: float = SIMILARITY_THRESHOLD, temperature: float = 1.0) -> Decision:
+    """The council's decision. `judge` decides like `majority` here (the judge's own pick is `judge_pick`);
+    `confidence` weighs each vote by the member's probability of its answer, p ** (1 / temperature)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: use {', '.join(STRATEGIES)}")
     if strategy == "similarity":
         return _decide_similarity(ballots, tie_break, threshold)
     return _decide_groups(_tally(ballots, strategy, lambda b: b.answer), "majority" if strategy == "judge" else
-                          strategy, tie_break)
+                          strategy, tie_break, temperature)
 
 
-def is_decided(ballots: Sequence[Ballot], pending_weight: float, strategy: str) -> bool:
+def _ranked(ballots: Sequence[Ballot], strategy: str, temperature: float) -> list[float]:
+    """Each answer's votes, most first."""
+    groups = _tally(ballots, strategy, lambda b: b.answer)
+    return sorted((sum(_vote_value(b, strategy, temperature) for b in v) for v in groups.values()), reverse=True)
+
+
+def stage_agrees(ballots: Sequence[Ballot], strategy: str, agreement: float, temperature: float = 1.0) -> bool:
+    """A cascade stage is decided when its leader holds at least `agreement` of the votes cast, untied."""
+    ranked = _ranked(ballots, strategy, temperature)
+    if not ranked:
+        return False
+    total = sum(ranked)
+    untied = len(ranked) == 1 or ranked[0] > ranked[1] + _EPS * max(1.0, ranked[0])
+    return untied and ranked[0] >= agreement * total - _EPS * max(1.0, total)
+
+
+def is_decided(ballots: Sequence[Ballot], pending_weight: float, strategy: str, temperature: float = 1.0) -> bool:
     """True when no votes of the members still out could change the winner: leader > runner-up + pending.
 
     Strict, so a tie (which a tie-break might settle differently with more voters) is never called early.
     """
     if strategy not in EARLY_STOPPABLE:
         return False
-    groups = _tally(ballots, strategy, lambda b: b.answer)
-    if not groups:
+    ranked = _ranked(ballots, strategy, temperature)
+    if not ranked:
         return False
-    ranked = sorted((sum(_vote_value(b, strategy) for b in v) for v in groups.values()), reverse=True)
     runner_up = ranked[1] if len(ranked) > 1 else 0.0
     return ranked[0] > runner_up + pending_weight + _EPS * max(1.0, ranked[0])
 

@@ -51,11 +51,11 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, Any]:
     return raw, parse_json(raw)
 
 
-def completion_body(answer: CouncilAnswer, created: int) -> dict[str, Any]:
+def completion_body(answer: CouncilAnswer, created: int, logprobs: bool = False) -> dict[str, Any]:
     message = answer.message
     choice: dict[str, Any] = {"index": 0, "message": message,
                               "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}
-    if answer.logprobs is not None:
+    if logprobs and answer.logprobs is not None:
         choice["logprobs"] = answer.logprobs
     return {"id": answer.id, "object": "chat.completion", "created": created, "model": answer.council,
             "choices": [choice], "usage": answer.usage(), "council": answer.council_json()}
@@ -103,10 +103,10 @@ async def chat_completions(request: Request, router: Current, who: Chat) -> Resp
         if engine is None:
             return await _passthrough(router, chat.model, raw, "/v1/chat/completions", admission, started)
         asked = time.perf_counter()
-        answer = await engine.ask(body)
+        answer = await engine.ask(body, early_stop=chat.council is None or chat.council.early_stop)
         waited = time.perf_counter() - asked
         router.answered(answer)
-        response = JSONResponse(completion_body(answer, int(time.time())))
+        response = JSONResponse(completion_body(answer, int(time.time()), logprobs=bool(chat.logprobs)))
         return _measured(router, response, chat.model, started, waited)
 
 
@@ -173,7 +173,7 @@ async def stream_council(router: Router, engine: CouncilEngine, body: dict[str, 
         if message.get("tool_calls"):
             delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
         first: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
-        if answer.logprobs is not None:
+        if body.get("logprobs") and answer.logprobs is not None:
             first["logprobs"] = answer.logprobs
         yield _sse({**head, "choices": [first]})
         finish = "tool_calls" if message.get("tool_calls") else "stop"

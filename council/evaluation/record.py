@@ -1,0 +1,147 @@
+"""Recording a council's answers to every item: each member's reply, tokens, latency and confidence.
+
+Items are asked through the real engine with early stop (and any cascade) off, so every member's answer is
+known; everything after that — strategies, extractors, early stop, cascades — is re-scored offline from
+these records. Records can be appended to a JSONL file as they come, and a run resumes from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from council.evaluation.dataset import Item
+from council.voting.engine import CouncilAnswer, CouncilEngine, MemberOutcome, QuorumError, RequestRejected
+
+
+class MemberAnswer(BaseModel):
+    """One member's reply to one item."""
+
+    member: str
+    model: str
+    status: str  # ok | timeout | error
+    text: str | None = None
+    weight: float = 1.0
+    latency_ms: float = 0.0
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    confidence: float | None = None  # its probability of its answer, from token logprobs
+    signals: dict[str, float] | None = None  # every confidence signal (answer, reply, tail)
+    error: str | None = None
+
+
+class ItemRecord(BaseModel):
+    """Every member's answer to one item, with the reference and the item's wall time."""
+
+    index: int
+    line: int
+    question: str
+    reference: str
+    wall_ms: float
+    answers: list[MemberAnswer]
+    error: str | None = None  # why the council itself could not answer (its members' answers still count)
+
+
+Asker = Callable[[Item], Awaitable[tuple[list[MemberAnswer], str | None]]]
+
+
+def _answers(doc_members: Iterable[dict[str, Any]]) -> list[MemberAnswer]:
+    return [MemberAnswer(member=m["name"], model=m.get("model", ""), status=m["status"], text=m.get("answer"),
+                         weight=m.get("weight", 1.0), latency_ms=m.get("latency_ms", 0.0),
+                         completion_tokens=m.get("completion_tokens", 0), prompt_tokens=m.get("prompt_tokens", 0),
+                         confidence=m.get("confidence"), signals=m.get("confidence_signals"),
+                         error=m.get("error")) for m in doc_members]
+
+
+def _from_outcomes(outcomes: list[MemberOutcome]) -> list[MemberAnswer]:
+    return _answers(o.to_json() for o in outcomes)
+
+
+def item_body(item: Item) -> dict[str, Any]:
+    # Logprobs are asked for so confidence votes can be scored offline from the same answers.
+    return {"messages": item.messages, "logprobs": True}
+
+
+def engine_asker(engine: CouncilEngine) -> Asker:
+    """Ask through an engine of this process (members this command started)."""
+
+    async def ask(item: Item) -> tuple[list[MemberAnswer], str | None]:
+        try:
+            answer: CouncilAnswer = await engine.ask(item_body(item), early_stop=False)
+        except QuorumError as exc:
+            return _from_outcomes(exc.outcomes), str(exc)
+        except RequestRejected as exc:
+            return [], str(exc)
+        return _from_outcomes(answer.outcomes), None
+
+    return ask
+
+
+def http_asker(url: str, council: str, api_key: str | None, timeout: float) -> Asker:
+    """Ask a running `council serve` (its council must not stop early: the request says so)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    async def ask(item: Item) -> tuple[list[MemberAnswer], str | None]:
+        body = {"model": council, **item_body(item), "council": {"early_stop": False}}
+        try:
+            reply = await client.post("/v1/chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            return [], f"cannot reach {url}: {type(exc).__name__}: {exc}"
+        doc = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else {}
+        if reply.status_code != 200:
+            return [], f"{reply.status_code}: {(doc.get('error') or {}).get('message') or reply.text[:200]}"
+        return _answers(doc["council"]["members"]), None
+
+    return ask
+
+
+def read_records(path: Path) -> dict[int, ItemRecord]:
+    """Records already in a JSONL file (to resume a run), by item index."""
+    if not path.is_file():
+        return {}
+    records = [ItemRecord.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r.index: r for r in records}
+
+
+async def record_items(ask: Asker, items: list[Item], *, concurrency: int = 1, append_to: Path | None = None,
+                       on_record: Callable[[ItemRecord], None] | None = None) -> list[ItemRecord]:
+    """Ask every item (`concurrency` at a time); items already in `append_to` are not asked again."""
+    done = read_records(append_to) if append_to is not None else {}
+    gate = asyncio.Semaphore(concurrency)
+    sink = append_to.open("a") if append_to is not None else None
+
+    async def one(item: Item) -> ItemRecord:
+        if item.index in done:
+            record = done[item.index]
+        else:
+            async with gate:
+                started = time.monotonic()
+                answers, error = await ask(item)
+                record = ItemRecord(index=item.index, line=item.line, question=item.question,
+                                    reference=item.reference, wall_ms=(time.monotonic() - started) * 1000,
+                                    answers=answers, error=error)
+            if sink is not None:
+                sink.write(record.model_dump_json() + "\n")
+                sink.flush()
+        if on_record is not None:
+            on_record(record)
+        return record
+
+    try:
+        return list(await asyncio.gather(*(one(item) for item in items)))
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+def dump_records(records: list[ItemRecord]) -> str:
+    return "".join(json.dumps(r.model_dump()) + "\n" for r in records)
