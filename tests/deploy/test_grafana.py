@@ -13,8 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from council.llama import LlamaServerInfo
-from council.synthetic import write_qwen35
+from council.members.binary import LlamaServerInfo
+from council.setup.synthetic import write_qwen35
 from tests.servers import CouncilServer, start_council_serve
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "council.json"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from council.policy import Policy
+from council.policy.schema import Policy
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 BASE = K8S / "base"
