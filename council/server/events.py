@@ -47,6 +47,8 @@ class Subscription:
 
     async def next(self, timeout: float) -> Event | None:
         """The next event, or None when none came within `timeout` seconds."""
+        with contextlib.suppress(asyncio.QueueEmpty):
+            return self.queue.get_nowait()
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
         except TimeoutError:

@@ -10,6 +10,7 @@ callers' prompts are not theirs to read; `/v1/ballots/{id}` has none either).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -63,18 +64,20 @@ async def events(router: Current, who: Chat) -> StreamingResponse:
     async def stream() -> AsyncIterator[bytes]:
         with router.events.subscribe() as subscription:
             yield b"retry: 1000\n\n" + sse("snapshot", snapshot(router, admin))
-            dropped = 0
+            dropped, refresh_at = 0, time.monotonic() + REFRESH_S
             while not router.events.closed:  # a client that goes away cancels this generator
-                event = await subscription.next(REFRESH_S)
+                event = await subscription.next(max(0.0, refresh_at - time.monotonic()))
                 if subscription.dropped != dropped:  # this page fell behind: it must not trust its picture
                     dropped = subscription.dropped
                     yield sse("snapshot", {**snapshot(router, admin), "dropped": dropped})
                     continue
-                if event is None:
+                if time.monotonic() >= refresh_at:  # also while log lines keep the stream busy
+                    refresh_at = time.monotonic() + REFRESH_S
                     if admin:
                         yield sse("members", {"members": [m.snapshot() for m in router.processes.values()]})
                     else:
                         yield b": keep-alive\n\n"
+                if event is None:
                     continue
                 if event.kind == "close":
                     return
