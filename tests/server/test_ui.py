@@ -40,9 +40,11 @@ slots: {{size: 256MiB, reserve: 0}}
 models:
   syn: {{path: {syn}, ctx_size: 512, draft: {{type: mtp, n_max: 2}}}}
   other: {{path: {syn}, ctx_size: 512}}
+  long: {{path: {syn}, ctx_size: 8192}}
 councils:
-  alphabet:
-    members: [{{model: syn, sampling: {{max_tokens: 6}}}}, {{model: syn, sampling: {{max_tokens: 6}}}}]
+  alphabet:  # two quick members decide the vote; the slow third is cancelled
+    members: [{{model: syn, sampling: {{max_tokens: 6}}}}, {{model: syn, sampling: {{max_tokens: 6}}}},
+              {{model: long, sampling: {{max_tokens: 6000}}}}]
     vote: {{strategy: majority, extract: text}}
   solo:
     members: [{{model: other, sampling: {{max_tokens: 6}}}}]
@@ -106,11 +108,11 @@ def test_dashboard_shows_members_state_changes_and_playground_ballots(
     members = httpx.get(f"{server.url}/admin/members").json()["members"]
     browser.get(f"{server.url}/ui")
     states = until(lambda: (s := member_states(browser)) and len(s) == len(members) and s, "the member rows")
-    assert set(states) == {m["name"] for m in members} == {"alphabet/0", "alphabet/1", "solo/0"}
+    assert set(states) == {m["name"] for m in members} == {"alphabet/0", "alphabet/1", "alphabet/2", "solo/0"}
     until(lambda: set(member_states(browser).values()) == {"ready"}, "every member ready on the page")
     for m in members:
         assert row_text(browser, m["name"], ".pid") == str(m["pid"])
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#gpus .slot.held")) == 3  # a slot per process
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#gpus .slot.held")) == 4  # a slot per process
     timing = browser.execute_script("""
         const nav = performance.getEntriesByType('navigation')[0];
         const files = performance.getEntriesByType('resource').filter((r) => r.name.includes('/ui/'));
@@ -152,14 +154,16 @@ def test_dashboard_shows_members_state_changes_and_playground_ballots(
     assert [(r.get_attribute("data-member"), r.get_attribute("data-status"),
              r.find_element(By.CSS_SELECTOR, ".extracted").text) for r in rows] == [
         (m["name"], m["status"], m["extracted"] or "") for m in ballot["members"]]
-    assert ballot["answer"] == "abcdef"
+    assert ballot["answer"] == "abcdef" and ballot["early_stop"] is True
+    assert [m["status"] for m in ballot["members"]] == ["ok", "ok", "cancelled"]
 
     # The same ballot arrives in Votes (over the event stream, with its question) and opens in full.
     vote = until(lambda: browser.find_elements(By.CSS_SELECTOR, f"#ballot-rows tr[data-ballot='{ballot_id}']"),
                  "the ballot in Votes")[0]
     assert "Say the alphabet" in vote.text and "100%" in vote.text
-    assert [c.get_attribute("data-member") for c in vote.find_elements(By.CSS_SELECTOR, ".chip")] == [
-        m["name"] for m in ballot["members"]]
+    assert [(c.get_attribute("data-member"), c.get_attribute("data-status"))
+            for c in vote.find_elements(By.CSS_SELECTOR, ".chip")] == [
+        ("alphabet/0", "winner"), ("alphabet/1", "winner"), ("alphabet/2", "cancelled")]
     vote.click()
     until(lambda: browser.find_elements(By.CSS_SELECTOR, f"#ballot-full .ballot[data-ballot='{ballot_id}']"),
           "the full ballot")
@@ -208,7 +212,7 @@ def test_event_stream_follows_the_scope(serve: Callable[..., CouncilServer], syn
         assert first["scopes"] == ["chat"] and "members" not in first and "slots" not in first
         assert set(first["councils"]) == {"alphabet", "solo"}
         [(_, first)] = read_events(admin_lines, "snapshot")
-        assert first["scopes"] == ["chat", "admin"] and len(first["members"]) == 3 and first["slots"]["gpus"]
+        assert first["scopes"] == ["chat", "admin"] and len(first["members"]) == 4 and first["slots"]["gpus"]
         body = {"model": "alphabet", "messages": [{"role": "user", "content": "private question"}]}
         answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=chat, timeout=30).json()
         seen_by_chat = read_events(chat_lines, "ballot")
@@ -251,7 +255,7 @@ def test_dashboard_with_keys_asks_for_one_and_follows_its_scope(
     browser.find_element(By.ID, "forget-key").click()
     until(lambda: browser.find_element(By.ID, "key-form").is_displayed(), "the key prompt again")
     use_key(ADMIN_KEY)
-    until(lambda: set(member_states(browser).values()) == {"ready"} and len(member_states(browser)) == 3,
+    until(lambda: set(member_states(browser).values()) == {"ready"} and len(member_states(browser)) == 4,
           "the members with an admin key")
     assert browser.find_element(By.ID, "slots").is_displayed()
     assert console_errors(browser) == []
