@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -148,14 +149,14 @@ def serve(
         err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
     router.listeners.append(_change_line)
     out.print(f"council serving on http://{bind_host}:{bind_port} (OpenAI base URL http://{bind_host}:{bind_port}/v1)")
-    _CleanExitServer = _clean_exit_server()
+    _CleanExitServer = _clean_exit_server(router.events.close)
     config = uvicorn.Config(create_app(router), host=bind_host, port=bind_port, log_level="warning",
                             access_log=False, lifespan="on", timeout_graceful_shutdown=30)
     _CleanExitServer(config).run()
     out.print("all members stopped")
 
 
-def _clean_exit_server() -> type:
+def _clean_exit_server(on_exit: Callable[[], None]) -> type:
     import signal
     from types import FrameType
 
@@ -169,5 +170,6 @@ def _clean_exit_server() -> type:
                 self.force_exit = True
             else:
                 self.should_exit = True
+                on_exit()  # open event streams end, so the graceful shutdown need not wait them out
 
     return Server

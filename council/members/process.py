@@ -36,6 +36,7 @@ from council.members.states import State, StateChange, TransitionError, is_valid
 
 PR_SET_PDEATHSIG = 1
 Listener = Callable[[StateChange], None]
+LogListener = Callable[[str, str], None]  # (process name, log line)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ class MemberProcess:
     ask `endpoint()` where to send a request."""
 
     def __init__(self, recipe: ProcessRecipe, config: LifeConfig, *, pids: PidFiles, control: httpx.AsyncClient,
-                 listeners: list[Listener] | None = None) -> None:
+                 listeners: list[Listener] | None = None, log_listeners: list[LogListener] | None = None) -> None:
         self.name = recipe.name
         self.recipe = recipe
         self.config = config
@@ -164,6 +165,8 @@ class MemberProcess:
         self.stats = MemberStats()
         self.in_flight = 0
         self.listeners: list[Listener] = list(listeners or [])
+        # Called with each line of the process's output; the supervisor's list, so later additions reach it.
+        self.log_listeners: list[LogListener] = log_listeners if log_listeners is not None else []
         # The process's `parallel` slots, shared by every caller (council seats and passthrough): more requests
         # would only queue inside llama-server, where a council's timeout could not see them.
         self.slots = Slots(recipe.slots)
@@ -366,6 +369,8 @@ class MemberProcess:
             text = line.decode(errors="replace").rstrip()
             if text:
                 self.log_tail.append(text)
+                for listener in list(self.log_listeners):
+                    listener(self.name, text)
 
     async def _exited(self, running: _Running) -> str:
         await asyncio.wait_for(running.reader, 5)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 import httpx
 
 from council.members.pidfiles import PidFiles
-from council.members.process import LifeConfig, Listener, MemberProcess, ProcessRecipe
+from council.members.process import LifeConfig, Listener, LogListener, MemberProcess, ProcessRecipe
 from council.members.states import State
 
 
@@ -21,6 +21,7 @@ class Supervisor:
                  listeners: list[Listener] | None = None) -> None:
         self.config = config
         self.listeners = listeners if listeners is not None else []  # given to every process, also later ones
+        self.log_listeners: list[LogListener] = []  # shared with every process: each line of member output
         self.pids = PidFiles(config.run_dir / "pids")
         # Health probes, /props, warm-ups and scrapes; the hot path has each process's own aiohttp session.
         self._control = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
@@ -30,7 +31,8 @@ class Supervisor:
         self._started = False
 
     def _make(self, recipe: ProcessRecipe) -> MemberProcess:
-        process = MemberProcess(recipe, self.config, pids=self.pids, control=self._control, listeners=self.listeners)
+        process = MemberProcess(recipe, self.config, pids=self.pids, control=self._control, listeners=self.listeners,
+                                log_listeners=self.log_listeners)
         self.members[recipe.name] = process
         return process
 

@@ -1,5 +1,6 @@
 """The HTTP API (CONTRACT §3), assembled from its route modules: OpenAI-compatible chat completions where
-`model` names a council or a model, plus ballots, health, readiness, Prometheus metrics and admin."""
+`model` names a council or a model, plus ballots, health, readiness, Prometheus metrics, admin, the live event
+stream and the dashboard (`/ui`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fastapi import FastAPI
 from council import __version__
 from council.server.errors import install_error_handlers
 from council.server.router import Router
-from council.server.routes import admin, chat, health, internal, models
+from council.server.routes import admin, chat, events, health, internal, models, ui
 
 
 def create_app(router: Router) -> FastAPI:
@@ -27,6 +28,6 @@ def create_app(router: Router) -> FastAPI:
                   description="OpenAI-compatible router over councils of small local models.")
     app.state.router = router
     install_error_handlers(app)
-    for module in (chat, models, health, admin, internal):
+    for module in (chat, models, health, admin, events, internal, ui):
         app.include_router(module.routes)
     return app

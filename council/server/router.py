@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from council.plan.planner import PolicyPlan, plan_policy
 from council.policy.loading import LoadedPolicy, PolicyError, Problem, load_policy
 from council.policy.schema import Policy
 from council.server.auth import KeyRing
+from council.server.events import EventBus
 from council.server.limits import Limits
 from council.server.metrics import MemberCollector, RouterMetrics
 from council.voting.assembly import Assembly, assemble, build_engines
@@ -59,7 +61,8 @@ class Router:
 
     def __post_init__(self) -> None:
         self.plan: PolicyPlan = plan_policy(self.policy)
-        self.listeners: list[Callable[[StateChange], None]] = []
+        self.events = EventBus()  # the dashboard's live view: member changes, ballots, log lines
+        self.listeners: list[Callable[[StateChange], None]] = [self._member_changed]
         self.state: StateStore = open_state(self.policy.state)
         self.shared = self.policy.state != "memory"  # ballots and rate limits live in Redis too
         self.leases = LeaseKeeper(self.state, holder=f"{socket.gethostname()}:{os.getpid()}")
@@ -128,6 +131,7 @@ class Router:
         self.plan = await self.leases.admit(self.plan)
         self.assembly = assemble(self.plan, self.server, self.life_config, ballots=self.ballots,
                                  listeners=self.listeners)
+        self.assembly.supervisor.log_listeners.append(self._log_line)
         await self.assembly.supervisor.start()
         self.leases.start_renewing()
         if self.shared:
@@ -148,10 +152,13 @@ class Router:
 
     # ---- answers ------------------------------------------------------------------------------------------
 
-    def answered(self, answer: CouncilAnswer) -> None:
-        """Count a council answer in the metrics, and copy its ballot to the shared store."""
+    def answered(self, answer: CouncilAnswer, request: dict[str, Any] | None = None) -> None:
+        """Count a council answer in the metrics, copy its ballot to the shared store, and publish it (with the
+        question: the request's last user message)."""
         metrics = self.metrics
         doc = answer.council_json()
+        self.events.publish("ballot", {"id": answer.id, "question": _question(request), "created": time.time(),
+                                       **doc})
         if self.shared:  # so /v1/ballots/{id} works on every router; an outage only loses the copy
             task = asyncio.create_task(self._share_ballot(answer.id))
             self._sharing.add(task)
@@ -161,6 +168,14 @@ class Router:
         winners = set(answer.decision.winner_members)
         for m in doc["members"]:
             metrics.votes.labels(answer.council, m["name"], m["status"], str(m["name"] in winners).lower()).inc()
+
+    def _member_changed(self, change: StateChange) -> None:
+        process = self.processes.get(change.member)
+        self.events.publish("member", {"change": change.to_json(),
+                                       "member": process.snapshot() if process is not None else None})
+
+    def _log_line(self, member: str, line: str) -> None:
+        self.events.publish("log", {"member": member, "line": line})
 
     async def _share_ballot(self, ballot_id: str) -> None:
         ballot = self.ballots.get(ballot_id)
@@ -249,6 +264,16 @@ class Router:
             supervisor.replace_recipe(recipes[name])
         return plan, {"unchanged": sorted(unchanged), "restarted": sorted(set(removed) & set(added)),
                       "stopped": sorted(set(removed) - set(added)), "started": sorted(set(added) - set(removed))}
+
+
+def _question(request: dict[str, Any] | None) -> str:
+    for message in reversed((request or {}).get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # content parts: their text
+                content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            return str(content or "")
+    return ""
 
 
 def _identity(plan: PolicyPlan, name: str) -> tuple[Any, ...]:

@@ -105,7 +105,7 @@ async def chat_completions(request: Request, router: Current, who: Chat) -> Resp
         asked = time.perf_counter()
         answer = await engine.ask(body, early_stop=chat.council is None or chat.council.early_stop)
         waited = time.perf_counter() - asked
-        router.answered(answer)
+        router.answered(answer, body)
         response = JSONResponse(completion_body(answer, int(time.time()), logprobs=bool(chat.logprobs)))
         return _measured(router, response, chat.model, started, waited)
 
@@ -165,7 +165,7 @@ async def stream_council(router: Router, engine: CouncilEngine, body: dict[str, 
                 yield _sse({"error": {"message": str(exc), "type": "server_error", "code": code}})
                 yield b"data: [DONE]\n\n"
                 return
-        router.answered(answer)
+        router.answered(answer, body)
         created = int(time.time())
         head = {"id": answer.id, "object": "chat.completion.chunk", "created": created, "model": answer.council}
         message = answer.message

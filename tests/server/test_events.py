@@ -1,0 +1,69 @@
+"""The event bus behind GET /admin/events, in process: fan-out, bounded queues, threads, close; and what the
+chat scope may see of it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from council.server.events import Event, EventBus
+from council.server.routes.events import sse, visible
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_every_subscriber_gets_every_event_in_order() -> None:
+    bus = EventBus()
+    with bus.subscribe() as one, bus.subscribe() as two:
+        assert bus.subscribers == 2
+        bus.publish("log", {"member": "a/0", "line": "x"})
+        bus.publish("member", {"change": {"new": "ready"}})
+        for sub in (one, two):
+            first, second = await sub.next(1), await sub.next(1)
+            assert first is not None and second is not None
+            assert (first.kind, second.kind) == ("log", "member") and first.id < second.id
+        assert await one.next(0.01) is None  # nothing more: a timeout, not a hang
+    assert bus.subscribers == 0
+
+
+async def test_a_slow_subscriber_loses_its_oldest_events_and_never_blocks_publish() -> None:
+    bus = EventBus(capacity=4)
+    with bus.subscribe() as slow:
+        for i in range(10):
+            bus.publish("log", {"line": str(i)})  # returns at once though nobody reads
+        assert slow.dropped == 6
+        lines = [(await slow.next(1)).data["line"] for _ in range(4)]  # type: ignore[union-attr]
+        assert lines == ["6", "7", "8", "9"]
+
+
+async def test_publish_from_another_thread_and_close() -> None:
+    bus = EventBus()
+    with bus.subscribe() as sub:
+        thread = threading.Thread(target=bus.publish, args=("log", {"line": "from a thread"}))
+        thread.start()
+        thread.join()
+        event = await sub.next(2)
+        assert event is not None and event.data["line"] == "from a thread"
+        bus.close()
+        event = await sub.next(2)
+        assert event is not None and event.kind == "close" and bus.closed
+
+
+async def test_recent_ballots_are_kept_for_late_pages() -> None:
+    bus = EventBus(keep=2)
+    for i in range(3):
+        bus.publish("ballot", {"id": str(i)})
+    await asyncio.sleep(0)
+    assert [b["id"] for b in bus.recent_ballots] == ["1", "2"]
+
+
+def test_chat_scope_sees_ballots_without_questions_and_nothing_else() -> None:
+    ballot = Event(1, "ballot", {"id": "chatcmpl-1", "question": "private", "answer": "42"}, 0.0)
+    log = Event(2, "log", {"member": "a/0", "line": "x"}, 0.0)
+    member = Event(3, "member", {"change": {}, "member": {}}, 0.0)
+    assert visible(ballot, admin=True) == ballot.data
+    assert visible(ballot, admin=False) == {"id": "chatcmpl-1", "answer": "42"}
+    assert visible(log, admin=False) is None and visible(member, admin=False) is None
+    assert sse("ballot", {"a": 1}, 7) == b'id: 7\nevent: ballot\ndata: {"a":1}\n\n'

@@ -1,0 +1,261 @@
+"""The dashboard (`/ui`) in a real headless Chromium against a real `council serve` with real members.
+
+`COUNCIL_SCREENSHOT=1` also writes the README's screenshot, docs/ui.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from tests.servers import CouncilServer
+
+CHAT_KEY, ADMIN_KEY = "chat-key-0123456789", "admin-key-9876543210"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "ui.png"
+CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                "--window-size=1400,1000"]
+
+
+def policy(syn: Path, extra_server: str = "") -> str:
+    return f"""
+server: {{host: 127.0.0.1, port: 8080{extra_server}}}
+gpus: [{{name: cpu, memory: 4GiB}}]
+slots: {{size: 256MiB, reserve: 0}}
+models:
+  syn: {{path: {syn}, ctx_size: 512, draft: {{type: mtp, n_max: 2}}}}
+  other: {{path: {syn}, ctx_size: 512}}
+  long: {{path: {syn}, ctx_size: 8192}}
+councils:
+  alphabet:  # two quick members decide the vote; the slow third is cancelled
+    members: [{{model: syn, sampling: {{max_tokens: 6}}}}, {{model: syn, sampling: {{max_tokens: 6}}}},
+              {{model: long, sampling: {{max_tokens: 6000}}}}]
+    vote: {{strategy: majority, extract: text}}
+  solo:
+    members: [{{model: other, sampling: {{max_tokens: 6}}}}]
+"""
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    """Headless Chromium through chromedriver (Debian's `chromium` and `chromium-driver`; `./dev test`
+    installs them), with the console log kept for the no-errors check."""
+    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not Path(driver_path).exists():
+        pytest.fail("chromedriver not found: apt-get install chromium chromium-driver (./dev test does)")
+    options = webdriver.ChromeOptions()
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium'}")
+    if Path("/usr/bin/chromium").exists():
+        options.binary_location = "/usr/bin/chromium"
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def until(check: Callable[[], object], what: str, timeout: float = 30.0) -> object:
+    """Poll `check` until it returns something truthy (a re-rendered element counts as not yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except StaleElementReferenceException:
+            value = None
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def console_errors(driver: WebDriver) -> list[dict[str, object]]:
+    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def member_states(driver: WebDriver) -> dict[str, str]:
+    return driver.execute_script("""
+        return Object.fromEntries([...document.querySelectorAll('#member-rows tr')].map(
+            (tr) => [tr.dataset.name, tr.querySelector('.state').dataset.state]));""")
+
+
+def row_text(driver: WebDriver, name: str, cell: str) -> str:
+    return driver.execute_script("const tr = [...document.querySelectorAll('#member-rows tr')]"
+                                 ".find((r) => r.dataset.name === arguments[0]);"
+                                 "return tr ? tr.querySelector(arguments[1]).textContent : '';", name, cell)
+
+
+def test_dashboard_shows_members_state_changes_and_playground_ballots(
+        serve: Callable[..., CouncilServer], syn: Path, browser: WebDriver) -> None:
+    server = serve(policy(syn))
+    members = httpx.get(f"{server.url}/admin/members").json()["members"]
+    browser.get(f"{server.url}/ui")
+    states = until(lambda: (s := member_states(browser)) and len(s) == len(members) and s, "the member rows")
+    assert set(states) == {m["name"] for m in members} == {"alphabet/0", "alphabet/1", "alphabet/2", "solo/0"}
+    until(lambda: set(member_states(browser).values()) == {"ready"}, "every member ready on the page")
+    for m in members:
+        assert row_text(browser, m["name"], ".pid") == str(m["pid"])
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#gpus .slot.held")) == 4  # a slot per process
+    timing = browser.execute_script("""
+        const nav = performance.getEntriesByType('navigation')[0];
+        const files = performance.getEntriesByType('resource').filter((r) => r.name.includes('/ui/'));
+        return {load_ms: nav.loadEventEnd - nav.startTime, first_data_ms: window.council.timings.firstSnapshot,
+                bytes: nav.decodedBodySize + files.reduce((n, r) => n + r.decodedBodySize, 0)};""")
+    print(f"dashboard: {timing['bytes']} bytes, load {timing['load_ms']:.0f} ms, "
+          f"first data {timing['first_data_ms']:.0f} ms")
+    assert timing["load_ms"] < 5000 and timing["bytes"] < 64 * 1024
+
+    # A member killed from outside: backoff and back to ready on the page, without a reload.
+    browser.execute_script("window.notReloaded = true;")
+    victim = next(m for m in members if m["name"] == "alphabet/0")
+    os.kill(victim["pid"], signal.SIGKILL)
+    seen: set[str] = set()
+
+    def back_to_ready() -> bool:
+        state = member_states(browser).get("alphabet/0")
+        seen.add(state)
+        return state == "ready" and row_text(browser, "alphabet/0", ".pid") not in ("", str(victim["pid"]))
+
+    until(back_to_ready, "alphabet/0 restarted on the page", timeout=60)
+    history = row_text(browser, "alphabet/0", ".history")
+    assert "backoff" in seen or "ready→backoff" in history, (seen, history)
+    assert "warming→ready" in history and row_text(browser, "alphabet/0", ".restarts") == "1"
+    assert browser.execute_script("return window.notReloaded === true;")
+
+    # The playground: the streamed answer and its ballot, which matches /v1/ballots/{id}.
+    browser.find_element(By.CSS_SELECTOR, "#pg-model option[value='alphabet']").click()
+    question = browser.find_element(By.ID, "pg-question")
+    question.clear()
+    question.send_keys("Say the alphabet")
+    browser.find_element(By.ID, "pg-ask").click()
+    until(lambda: browser.find_element(By.ID, "pg-answer").get_attribute("data-done") == "true", "the answer")
+    assert browser.find_element(By.ID, "pg-answer").text == "abcdef"
+    shown = browser.find_element(By.CSS_SELECTOR, "#pg-ballot .ballot")
+    ballot_id = shown.get_attribute("data-ballot")
+    ballot = httpx.get(f"{server.url}/v1/ballots/{ballot_id}").json()
+    rows = shown.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert [(r.get_attribute("data-member"), r.get_attribute("data-status"),
+             r.find_element(By.CSS_SELECTOR, ".extracted").text) for r in rows] == [
+        (m["name"], m["status"], m["extracted"] or "") for m in ballot["members"]]
+    assert ballot["answer"] == "abcdef" and ballot["early_stop"] is True
+    assert [m["status"] for m in ballot["members"]] == ["ok", "ok", "cancelled"]
+
+    # The same ballot arrives in Votes (over the event stream, with its question) and opens in full.
+    vote = until(lambda: browser.find_elements(By.CSS_SELECTOR, f"#ballot-rows tr[data-ballot='{ballot_id}']"),
+                 "the ballot in Votes")[0]
+    assert "Say the alphabet" in vote.text and "100%" in vote.text
+    assert [(c.get_attribute("data-member"), c.get_attribute("data-status"))
+            for c in vote.find_elements(By.CSS_SELECTOR, ".chip")] == [
+        ("alphabet/0", "winner"), ("alphabet/1", "winner"), ("alphabet/2", "cancelled")]
+    vote.click()
+    until(lambda: browser.find_elements(By.CSS_SELECTOR, f"#ballot-full .ballot[data-ballot='{ballot_id}']"),
+          "the full ballot")
+    browser.find_element(By.CSS_SELECTOR, "#ballot-dialog form button").click()
+
+    # A member's log tail on click (and live lines after it).
+    browser.find_element(By.CSS_SELECTOR, "#member-rows tr[data-name='solo/0']").click()
+    until(lambda: "llama" in browser.find_element(By.ID, "log-lines").text.lower()
+          or "server" in browser.find_element(By.ID, "log-lines").text.lower(), "the log tail")
+
+    if os.environ.get("COUNCIL_SCREENSHOT") == "1":
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        width, height = browser.execute_script("const e = document.documentElement;"
+                                               "return [e.scrollWidth, e.scrollHeight];")
+        shot = browser.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
+                                        "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})
+        SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
+    assert console_errors(browser) == []
+
+
+def read_events(lines: Iterator[str], until_kind: str) -> list[tuple[str, dict[str, object]]]:
+    """Server-sent events off a stream's lines, up to and including the first of `until_kind`."""
+    events, kind = [], ""
+    for line in lines:
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            events.append((kind, json.loads(line[6:])))
+            if kind == until_kind:
+                return events
+    raise AssertionError(f"the stream ended before a {until_kind} event")
+
+
+def test_event_stream_follows_the_scope(serve: Callable[..., CouncilServer], syn: Path) -> None:
+    digest = hashlib.sha256(CHAT_KEY.encode()).hexdigest()
+    keys = f", api_keys: [{{name: app, sha256: {digest}}}, {{name: ops, env: ADMIN_KEY, scopes: [chat, admin]}}]"
+    server = serve(policy(syn, keys), env={"ADMIN_KEY": ADMIN_KEY})
+    chat, ops = ({"Authorization": f"Bearer {k}"} for k in (CHAT_KEY, ADMIN_KEY))
+    assert httpx.get(f"{server.url}/admin/events").status_code == 401
+    with httpx.Client(base_url=server.url, timeout=30) as client, \
+            client.stream("GET", "/admin/events", headers=chat) as as_chat, \
+            client.stream("GET", "/admin/events", headers=ops) as as_admin:
+        assert as_chat.headers["content-type"].startswith("text/event-stream")
+        chat_lines, admin_lines = as_chat.iter_lines(), as_admin.iter_lines()
+        [(_, first)] = read_events(chat_lines, "snapshot")
+        assert first["scopes"] == ["chat"] and "members" not in first and "slots" not in first
+        assert set(first["councils"]) == {"alphabet", "solo"}
+        [(_, first)] = read_events(admin_lines, "snapshot")
+        assert first["scopes"] == ["chat", "admin"] and len(first["members"]) == 4 and first["slots"]["gpus"]
+        body = {"model": "alphabet", "messages": [{"role": "user", "content": "private question"}]}
+        answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=chat, timeout=30).json()
+        seen_by_chat = read_events(chat_lines, "ballot")
+        assert [k for k, _ in seen_by_chat] == ["ballot"]  # no member or log events for the chat scope
+        assert seen_by_chat[0][1]["id"] == answer["id"] and "question" not in seen_by_chat[0][1]
+        seen_by_admin = read_events(admin_lines, "ballot")
+        assert seen_by_admin[-1][1]["question"] == "private question"
+        assert seen_by_admin[-1][1]["members"] == answer["council"]["members"]
+        if "log" not in {k for k, _ in seen_by_admin}:  # the members log each request, maybe after the vote
+            read_events(admin_lines, "log")
+    log = httpx.get(f"{server.url}/admin/members/alphabet/0/log", headers=ops).json()
+    assert log["name"] == "alphabet/0" and log["lines"]
+    assert httpx.get(f"{server.url}/admin/members/alphabet/0/log", headers=chat).status_code == 403
+    assert httpx.get(f"{server.url}/admin/members/nope/log", headers=ops).status_code == 404
+
+
+def test_dashboard_with_keys_asks_for_one_and_follows_its_scope(
+        serve: Callable[..., CouncilServer], syn: Path, browser: WebDriver) -> None:
+    digest = hashlib.sha256(CHAT_KEY.encode()).hexdigest()
+    keys = f", api_keys: [{{name: app, sha256: {digest}}}, {{name: ops, env: ADMIN_KEY, scopes: [chat, admin]}}]"
+    server = serve(policy(syn, keys), env={"ADMIN_KEY": ADMIN_KEY})
+    browser.get(f"{server.url}/ui")
+    until(lambda: browser.find_element(By.ID, "key-form").is_displayed(), "the key prompt")
+    assert not browser.find_element(By.ID, "main").is_displayed()
+    assert browser.find_elements(By.CSS_SELECTOR, "#member-rows tr, #gpus .gpu, #pg-model option") == []
+    assert console_errors(browser) == []  # without a key the page asks nothing it would be refused
+
+    def use_key(key: str) -> None:
+        browser.find_element(By.ID, "key-input").send_keys(key)
+        browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+
+    use_key(CHAT_KEY)  # the chat scope: ballots and the playground, no members or slots
+    until(lambda: browser.find_element(By.ID, "main").is_displayed(), "the page with a chat key")
+    until(lambda: browser.find_elements(By.CSS_SELECTOR, "#pg-model option"), "the playground's models")
+    assert not browser.find_element(By.ID, "members").is_displayed()
+    assert not browser.find_element(By.ID, "slots").is_displayed()
+    assert browser.find_elements(By.CSS_SELECTOR, "#member-rows tr") == []
+    assert browser.find_element(By.ID, "votes").is_displayed()
+
+    browser.find_element(By.ID, "forget-key").click()
+    until(lambda: browser.find_element(By.ID, "key-form").is_displayed(), "the key prompt again")
+    use_key(ADMIN_KEY)
+    until(lambda: set(member_states(browser).values()) == {"ready"} and len(member_states(browser)) == 4,
+          "the members with an admin key")
+    assert browser.find_element(By.ID, "slots").is_displayed()
+    assert console_errors(browser) == []
