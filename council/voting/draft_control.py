@@ -52,6 +52,7 @@ class DraftController:
         self.changes: dict[str, int] = {}  # process -> draft length changes made
         self._busy: str | None = None  # the process being restarted at a new n
         self._fits: dict[tuple[str, int], str | None] = {}
+        self._fits_plan: PolicyPlan | None = None
         self._said: set[tuple[str, str]] = set()  # refusals already logged (once each, until the next change)
 
     # ---- the loop ----------------------------------------------------------------------------------------
@@ -96,6 +97,8 @@ class DraftController:
         draft = self._plan().policy.models[process.spec.model].draft
         n = int(process.recipe.draft_n or 0)
         tuner = self.tuners.get(process.name)
+        if tuner is not None and tuner.n != n:  # the process was replaced (a reload) at another n
+            tuner.changed(n, now)
         if tuner is None:
             cost = StepCost(dict(draft.step_cost), default_cost_per_token(draft.type))
             tuner = self.tuners[process.name] = DraftTuner(n, cost, tuner_settings(draft.auto))
@@ -116,6 +119,9 @@ class DraftController:
 
     def _memory_refusal(self, process: MemberProcess, n: int) -> str | None:
         """Why n would not fit the member's slots (the plan's estimate redone at n: recurrent state grows)."""
+        plan = self._plan()
+        if plan is not self._fits_plan:  # a reload: other slots, other estimates
+            self._fits, self._fits_plan = {}, plan
         key = (process.name, n)
         if key not in self._fits:
             self._fits[key] = self._check_memory(process, n)

@@ -24,6 +24,7 @@ from council.policy.schema import Policy
 from council.setup.synthetic import write_qwen35
 from council.voting.assembly import assemble
 from council.voting.draft_control import DraftController
+from tests.servers import CouncilServer
 
 pytestmark = pytest.mark.anyio
 FAST = {"backoff_base": 0.2, "backoff_cap": 1.0, "watch_interval": 0.1, "metrics_interval": 60.0,
@@ -141,3 +142,38 @@ async def test_live_tuning_moves_down_and_back_up_within_quorum_and_slots(
 
 async def run(controller: DraftController) -> None:
     await controller.run_forever()
+
+
+def test_serve_tunes_live_and_shows_it(serve: Callable[..., CouncilServer], tmp_path: Path) -> None:
+    """`council serve` runs the controller: /admin/members, /metrics and the log show the change and why."""
+    bad = write_qwen35(tmp_path / "bad.gguf", disagree_every=1)
+    good = write_qwen35(tmp_path / "good.gguf")
+    auto = "{start: 2, limit: 4, interval: 0.2, window: 30, min_drafts: 20, sustain: 2, probe_after: 600}"
+    server = serve(f"""
+gpus: [{{name: cpu, memory: 4GiB}}]
+slots: {{size: 256MiB, reserve: 0}}
+models:
+  auto: {{path: {bad}, ctx_size: 512, threads: 1, draft: {{type: mtp, n_max: auto, auto: {auto}}}}}
+  fixed: {{path: {good}, ctx_size: 512, threads: 1}}
+councils:
+  c: {{members: [{{model: auto}}, {{model: fixed}}], quorum: 1}}
+""")
+
+    def member() -> dict:
+        return next(m for m in httpx.get(f"{server.url}/admin/members").json()["members"] if m["model"] == "auto")
+
+    assert member()["draft_n"] == 2
+    deadline = time.monotonic() + 60
+    with httpx.Client(timeout=30) as client:
+        while member()["draft_n"] != 0 or member()["state"] != "ready":
+            assert time.monotonic() < deadline, member()
+            with contextlib.suppress(httpx.HTTPError):
+                client.post(f"{server.url}/v1/chat/completions",
+                            json={"model": "auto", "max_tokens": 48, "messages": [{"role": "user", "content": "go"}]})
+    snap = member()
+    assert any(h["reason"].startswith("draft tuning: n 2 → 0") for h in snap["history"])
+    assert snap["draft_tuning"]["changes"] == 1
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'council_member_draft_n{member="c/0"} 0.0' in metrics
+    assert 'council_member_draft_changes{member="c/0"} 1.0' in metrics
+    assert "draft tuning: n 2 → 0" in server.log()
