@@ -148,12 +148,26 @@ def serve(
     for council_name, reason in router.refused.items():
         err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
     router.listeners.append(_change_line)
+    _log_draft_tuning()
     out.print(f"council serving on http://{bind_host}:{bind_port} (OpenAI base URL http://{bind_host}:{bind_port}/v1)")
     _CleanExitServer = _clean_exit_server(router.events.close)
     config = uvicorn.Config(create_app(router), host=bind_host, port=bind_port, log_level="warning",
                             access_log=False, lifespan="on", timeout_graceful_shutdown=30)
     _CleanExitServer(config).run()
     out.print("all members stopped")
+
+
+def _log_draft_tuning() -> None:
+    """Live draft tuning's decisions and refusals (`n_max: auto`), one line each, beside the state changes."""
+    import logging
+
+    class Line(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            out.print(f"{time.strftime('%H:%M:%S')} {record.getMessage()}", highlight=False)
+
+    logger = logging.getLogger("council.draft")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(Line())
 
 
 def _clean_exit_server(on_exit: Callable[[], None]) -> type:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 from council.members.binary import LlamaServerInfo
-from council.members.launch import build_launch, default_threads
+from council.members.launch import LaunchSpec, build_launch, default_threads
 from council.members.process import ProcessRecipe
 from council.plan.gguf import GgufError, read_gguf
 from council.plan.planner import PolicyPlan
+from council.policy.schema import Policy
 
 
 def _has_chat_template(path: Path | None) -> bool:
@@ -35,9 +37,21 @@ def recipes_from_plan(plan: PolicyPlan, server: LlamaServerInfo) -> list[Process
         if model not in chat:
             chat[model] = _has_chat_template(policy.models[model].path)
 
-        make_spec = functools.partial(build_launch, key=proc.key, model_name=model, policy=policy, server=server,
-                                      members=len(proc.members), threads=threads,
-                                      gpu=gpu_ids.get(placement.gpu or ""), chat=chat[model])
-        width = policy.models[model].parallel * len(proc.members)
-        recipes.append(ProcessRecipe(proc.key, lambda port, make=make_spec: make(port=port), proc.members, width))
+        launch = functools.partial(build_launch, key=proc.key, model_name=model, server=server,
+                                   members=len(proc.members), threads=threads,
+                                   gpu=gpu_ids.get(placement.gpu or ""), chat=chat[model])
+        recipes.append(_recipe(policy, model, proc.key, proc.members, launch, None))
     return recipes
+
+
+def _recipe(policy: Policy, model: str, key: str, members: tuple[str, ...],
+            launch: Callable[..., LaunchSpec], n: int | None) -> ProcessRecipe:
+    """A process's recipe; for a `draft: {n_max: auto}` model also how to make it at another draft length."""
+    config = policy.models[model]
+    width = config.parallel * len(members)
+    if not config.draft.is_auto:
+        return ProcessRecipe(key, lambda port: launch(port=port, policy=policy), members, width)
+    n = config.draft.n if n is None else n
+    at_n = policy.with_draft_n(model, n)
+    return ProcessRecipe(key, lambda port: launch(port=port, policy=at_n), members, width, draft_n=n,
+                         retune=lambda new_n: _recipe(policy, model, key, members, launch, new_n))

@@ -41,7 +41,7 @@ def default_threads(processes_on_cpu: int) -> int:
 
 def draft_args(model: ModelConfig, policy: Policy, server: LlamaServerInfo) -> list[str]:
     draft = model.draft
-    if draft.type == "none":
+    if draft.type == "none" or draft.n == 0:
         return []
     spec = draft.spec_type(server.spec_types)
     if spec is None:
@@ -53,11 +53,11 @@ def draft_args(model: ModelConfig, policy: Policy, server: LlamaServerInfo) -> l
             raise LaunchError(f"draft model {draft.model!r} is remote; a draft model must be a local GGUF")
         args += ["--spec-draft-model", str(draft_path)]
     if spec.startswith("draft-"):
-        args += ["--spec-draft-n-max", str(draft.n_max)]
+        args += ["--spec-draft-n-max", str(draft.n)]
         if draft.n_min is not None:
             args += ["--spec-draft-n-min", str(draft.n_min)]
     elif spec == "ngram-mod":
-        args += ["--spec-ngram-mod-n-max", str(draft.n_max)]
+        args += ["--spec-ngram-mod-n-max", str(draft.n)]
         if draft.n_min is not None:
             args += ["--spec-ngram-mod-n-min", str(draft.n_min)]
     return args

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -75,6 +76,10 @@ class ProcessRecipe:
     make_spec: Callable[[int], LaunchSpec]
     members: tuple[str, ...]
     slots: int = 1
+    # The draft length this recipe launches with (None: no draft or not tunable), and the recipe of the same
+    # process at another draft length (a live retune, `draft: {n_max: auto}`).
+    draft_n: int | None = None
+    retune: Callable[[int], ProcessRecipe] | None = None
 
 
 class Slots:
@@ -163,6 +168,7 @@ class MemberProcess:
         self.history: deque[StateChange] = deque(maxlen=64)
         self.log_tail: deque[str] = deque(maxlen=40)
         self.stats = MemberStats()
+        self.tuning: dict[str, Any] = {}  # live draft tuning's view of this process (`n_max: auto`)
         self.in_flight = 0
         self.listeners: list[Listener] = list(listeners or [])
         # Called with each line of the process's output; the supervisor's list, so later additions reach it.
@@ -178,6 +184,7 @@ class MemberProcess:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._restart_reason: str | None = None
+        self._planned: str | None = None  # a drained restart asked for (a new draft length), with its reason
         self._request_ids = 0
 
     # ---- state ----------------------------------------------------------------------------------------
@@ -217,6 +224,7 @@ class MemberProcess:
             "reason": self.reason, "port": self.spec.port, "pid": self.pid, "restarts": self.restarts,
             "in_flight": self.in_flight, "waiting": self.slots.waiting, "slots": self.slots.size,
             "tokens_per_second": self.stats.tokens_per_second, "draft_acceptance": self.stats.draft_acceptance,
+            "draft_n": self.recipe.draft_n, "draft_tuning": self.tuning or None,
             "since": self.history[-1].at if self.history else None,
             "history": [c.to_json() for c in list(self.history)[-8:]], "log": str(self.log_path),
         }
@@ -280,6 +288,21 @@ class MemberProcess:
             self._restart_reason = reason
             _signal_group(running.proc.pid, signal.SIGKILL)
 
+    async def restart_planned(self, recipe: ProcessRecipe, reason: str) -> bool:
+        """A restart on purpose with another recipe: ready → draining (no new requests), in-flight requests
+        finish (up to the drain deadline), then stopping → stopped → starting with `recipe`. Not a failure:
+        no backoff, the failure streak is untouched. False (nothing done) unless the process is ready."""
+        try:
+            self.swap(State.READY, State.DRAINING, reason)
+        except TransitionError:
+            return False
+        self.recipe = recipe
+        deadline = time.monotonic() + self.config.drain_timeout
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._planned = reason
+        return True
+
     def begin_drain(self, reason: str) -> None:
         self._stopping = True
         with contextlib.suppress(TransitionError):
@@ -315,6 +338,12 @@ class MemberProcess:
             verdict = await self._watch()
             if self._stopping:
                 return
+            if self._planned is not None:  # drained on purpose: stop and start again at once
+                self._planned = None
+                await self._terminate(verdict, final=True)
+                self.restarts += 1
+                self.stats = MemberStats()
+                continue
             if time.monotonic() - ready_at >= cfg.stable_after:
                 self.failures_in_row = 0
             await self._terminate(verdict, final=False)
@@ -422,8 +451,12 @@ class MemberProcess:
         health_failures = 0
         next_metrics = 0.0
         while not self._stopping:
+            if self._planned is not None:
+                return self._planned
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(running.proc.wait()), self.config.watch_interval)
+            if self._planned is not None:
+                return self._planned
             if running.proc.returncode is not None:
                 reason = await self._exited(running)
                 asked, self._restart_reason = self._restart_reason, None

@@ -367,10 +367,10 @@ def context_params(model: ModelConfig, shape: Shape, parallel: int | None = None
     n_batch = min(n_ctx, model.batch_size)
     n_ubatch = min(n_batch, model.ubatch_size)
     draft_type = model.draft.type
-    n_draft = model.draft.n_max if draft_type != "none" else 0
+    n_draft = model.draft.n if draft_type != "none" else 0
     # server-context.cpp `server_output_limits`: one output per sequence plus one per draft token.
     n_outputs_max = max(1, min(n_batch, n_seq * (1 + n_draft)))
-    n_rs_seq = model.draft.n_max if draft_type in ROLLBACK_SPEC_TYPES and shape.arch in RS_ROLLBACK_ARCHS else 0
+    n_rs_seq = model.draft.n if draft_type in ROLLBACK_SPEC_TYPES and shape.arch in RS_ROLLBACK_ARCHS else 0
     return Context(n_seq=n_seq, n_ctx=n_ctx, n_ctx_seq=n_ctx_seq, n_stream=n_stream, unified=model.kv_unified,
                    n_batch=n_batch, n_ubatch=n_ubatch, n_outputs_max=n_outputs_max, n_rs_seq=n_rs_seq,
                    flash_attn=_flash_attention(model, shape, device))
@@ -606,7 +606,7 @@ def estimate_parts(
     shape = model_shape(gguf)
     ctx = context_params(model, shape, parallel, device)
     where = placement(model, shape, device)
-    mtp_on = model.draft.type in MTP_SPEC_TYPES
+    mtp_on = model.draft.type in MTP_SPEC_TYPES and model.draft.n > 0
     if mtp_on and shape.n_nextn == 0:
         raise EstimateError(f"{gguf.path.name}: draft type mtp needs an MTP block, the GGUF has none")
     if model.draft.type == "model" and draft is None:

@@ -87,14 +87,46 @@ class SlotConfig(_Strict):
     reserve: Size = 512 << 20
 
 
+class AutoDraft(_Strict):
+    """How `n_max: auto` adapts the draft length live (see `council.members.draft_tuning`)."""
+
+    start: int = Field(default=3, ge=0, le=32)  # the n the first process runs with (`council tune` writes it)
+    limit: int = Field(default=8, ge=1, le=32)  # the largest n considered
+    floor: int = Field(default=0, ge=0, le=32)  # the smallest n considered (0: speculation may be turned off)
+    interval: Duration = Field(default=5.0, gt=0)  # how often the counters are read and judged
+    window: Duration = Field(default=60.0, gt=0)  # seconds of counters one judgement looks at
+    min_drafts: int = Field(default=200, ge=1)  # draft steps in the window before anything is concluded
+    margin: float = Field(default=0.10, ge=0)  # another n must be predicted this much faster ...
+    sustain: int = Field(default=3, ge=1)  # ... in this many judgements in a row
+    probe_after: Duration = Field(default=600.0, gt=0)  # at n = 0, try n = 1 again after this long
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoDraft:
+        if not self.floor <= self.start <= self.limit:
+            raise ValueError(f"need floor ({self.floor}) <= start ({self.start}) <= limit ({self.limit})")
+        return self
+
+
 class DraftConfig(_Strict):
     """Speculative decoding: `mtp` (the model's own MTP head), `model` (a draft model), or a llama-server
-    `--spec-type` value such as `ngram-mod`; `none` turns it off."""
+    `--spec-type` value such as `ngram-mod`; `none` turns it off. `n_max: auto` lets council pick the draft
+    length live from the member's acceptance counters (`auto:` says how), `step_cost` is the time of a decode
+    step at each n relative to a plain one, as `council tune` measured it (a default when absent)."""
 
     type: str = "none"
-    n_max: int = Field(default=3, ge=1, le=32)
+    n_max: int | Literal["auto"] = Field(default=3)
     n_min: int | None = Field(default=None, ge=0)
     model: str | None = None
+    step_cost: dict[int, Annotated[float, Field(gt=0)]] = {}
+    auto: AutoDraft = AutoDraft()
+
+    @field_validator("n_max")
+    @classmethod
+    def _n_max_range(cls, value: int | str) -> int | str:
+        # 0 keeps the draft configured but off: what `council tune` writes when no speculation was fastest.
+        if isinstance(value, int) and not 0 <= value <= 32:
+            raise ValueError("n_max must be auto or between 0 and 32")
+        return value
 
     @model_validator(mode="after")
     def _model_only_for_model_type(self) -> DraftConfig:
@@ -102,9 +134,29 @@ class DraftConfig(_Strict):
             raise ValueError("draft type `model` needs `model: NAME` of another model in the policy")
         if self.type != "model" and self.model:
             raise ValueError(f"`model` is only for draft type `model`, not {self.type!r}")
-        if self.n_min is not None and self.n_min > self.n_max:
+        if self.n_min is not None and isinstance(self.n_max, int) and self.n_min > self.n_max:
             raise ValueError(f"n_min ({self.n_min}) is larger than n_max ({self.n_max})")
+        if self.n_max == "auto" and self.type == "none":
+            raise ValueError("`n_max: auto` needs a draft type")
         return self
+
+    @property
+    def is_auto(self) -> bool:
+        return self.n_max == "auto"
+
+    @property
+    def n(self) -> int:
+        """The draft length a process launches with: `n_max`, or `auto.start` (0: no speculation)."""
+        if self.type == "none":
+            return 0
+        return self.auto.start if self.n_max == "auto" else int(self.n_max)
+
+    def with_n(self, n: int) -> DraftConfig:
+        """This draft at length n for one launch (n = 0: speculation off); `auto` stays readable."""
+        if n == 0:
+            return self.model_copy(update={"type": "none", "model": None, "n_max": self.n_max, "n_min": None,
+                                           "auto": self.auto.model_copy(update={"start": 0})})
+        return self.model_copy(update={"n_max": n, "n_min": None if self.n_min is None else min(self.n_min, n)})
 
     def spec_type(self, spec_types: tuple[str, ...]) -> str | None:
         """The llama-server `--spec-type` value for this draft type in a build that lists `spec_types`
@@ -340,6 +392,12 @@ class Policy(_Strict):
     slots: SlotConfig = SlotConfig()
     models: dict[str, ModelConfig] = {}
     councils: dict[str, CouncilConfig] = {}
+
+    def with_draft_n(self, model: str, n: int) -> Policy:
+        """This policy with `model` launched at draft length n (what a live retune plans and starts)."""
+        config = self.models[model]
+        changed = config.model_copy(update={"draft": config.draft.with_n(n)})
+        return self.model_copy(update={"models": {**self.models, model: changed}})
 
     @field_validator("state")
     @classmethod

@@ -27,6 +27,10 @@ class MemberCollector(Collector):
         restarts = GaugeMetricFamily("council_member_restarts", "Restarts of a member process", labels=["member"])
         ready = GaugeMetricFamily("council_member_ready", "1 when the member is ready", labels=["member", "state"])
         inflight = GaugeMetricFamily("council_member_in_flight", "Requests in flight", labels=["member"])
+        draft_n = GaugeMetricFamily("council_member_draft_n", "Draft length the member runs with (n_max: auto)",
+                                    labels=["member"])
+        draft_changes = GaugeMetricFamily("council_member_draft_changes",
+                                          "Draft length changes live tuning made", labels=["member"])
         for snap in self._snapshots():
             name = str(snap["name"])
             if snap["tokens_per_second"] is not None:
@@ -36,12 +40,16 @@ class MemberCollector(Collector):
             restarts.add_metric([name], float(snap["restarts"]))
             ready.add_metric([name, str(snap["state"])], 1.0 if snap["state"] == "ready" else 0.0)
             inflight.add_metric([name], float(snap["in_flight"]))
+            if snap.get("draft_n") is not None:
+                draft_n.add_metric([name], float(snap["draft_n"]))
+                tuning = snap.get("draft_tuning") or {}
+                draft_changes.add_metric([name], float(tuning.get("changes", 0)))
         used = GaugeMetricFamily("council_slots_used", "Slots taken on a GPU", labels=["gpu"])
         total = GaugeMetricFamily("council_slots_total", "Slots on a GPU", labels=["gpu"])
         for gpu in self._slots():
             used.add_metric([gpu["name"]], float(gpu["slots_used"]))
             total.add_metric([gpu["name"]], float(gpu["slots"]))
-        yield from (tps, acc, restarts, ready, inflight, used, total)
+        yield from (tps, acc, restarts, ready, inflight, draft_n, draft_changes, used, total)
 
 
 class RouterMetrics:

@@ -35,6 +35,7 @@ from council.server.metrics import MemberCollector, RouterMetrics
 from council.voting.assembly import Assembly, assemble, build_engines
 from council.voting.ballots import BallotStore
 from council.voting.client import HttpMemberClient
+from council.voting.draft_control import DraftController
 from council.voting.engine import CouncilAnswer, CouncilEngine
 
 Role = Literal["both", "router", "host"]
@@ -72,6 +73,7 @@ class Router:
         self.limits = Limits(self.metrics, self.state, self.shared, self.policy.server.max_queue)
         self.ballots = BallotStore(self.policy.server.ballots)
         self.assembly: Assembly | None = None
+        self.draft_control: DraftController | None = None  # live draft length of `n_max: auto` members
         self._tasks: list[asyncio.Task[None]] = []
         self._sharing: set[asyncio.Task[None]] = set()  # ballot copies on their way to Redis (kept from the GC)
         self._reload_lock = asyncio.Lock()
@@ -134,6 +136,9 @@ class Router:
         self.assembly.supervisor.log_listeners.append(self._log_line)
         await self.assembly.supervisor.start()
         self.leases.start_renewing()
+        # Reads the current plan and engines on every tick, so a reload that adds `n_max: auto` is picked up.
+        self.draft_control = DraftController(lambda: self.plan, self.assembly.supervisor, lambda: self.engines)
+        self._tasks.append(asyncio.create_task(self.draft_control.run_forever(), name="draft-tuning"))
         if self.shared:
             self._tasks.append(asyncio.create_task(
                 self.registry.publish_forever(self.advertise_url, lambda: self.processes.values()), name="heartbeat"))

@@ -138,7 +138,8 @@ def test_every_schema_problem_at_once_with_lines(tmp_path: Path) -> None:
         "parse string as an integer",
         f"{f}:9: models.qwen.draft: draft type `model` needs `model: NAME` of another model in the policy",
         f"{f}:13: councils.trio.members.0.weight: Input should be greater than 0",
-        f"{f}:14: councils.trio.vote.strategy: Input should be 'majority', 'weighted', 'confidence', 'similarity' or 'judge'",
+        f"{f}:14: councils.trio.vote.strategy: Input should be 'majority', 'weighted', 'confidence', 'similarity' "
+        "or 'judge'",
         f"{f}:14: councils.trio.vote.extract: unknown extractor 'autox': use one of auto, number, choice, text, "
         "json:PATH, regex:PATTERN",
         f"{f}:15: councils.trio.timeout: unknown duration unit 'x' in '30x': use ms, s, m or h",

@@ -1,0 +1,134 @@
+"""`council tune POLICY MODEL`: sweep the draft length, print the card's table, recommend (and write) the best n."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from council.cli.console import app, err, fail, load_or_exit, out
+
+
+def _ns(text: str) -> list[int]:
+    try:
+        ns = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise typer.BadParameter(f"--n takes draft lengths like 0,1,2,4, not {text!r}") from None
+    if not ns or ns[0] < 0 or ns[-1] > 32:
+        raise typer.BadParameter("draft lengths are 0 (no speculation) to 32")
+    return ns
+
+
+def _prompts(path: str | None) -> list[str] | None:
+    """A prompts file: a JSON list of strings, or one prompt per paragraph (blank lines between)."""
+    if path is None:
+        return None
+    text = Path(path).read_text()
+    if text.lstrip().startswith("["):
+        prompts = json.loads(text)
+        if not (isinstance(prompts, list) and all(isinstance(p, str) for p in prompts)):
+            raise typer.BadParameter("a JSON prompts file must be a list of strings")
+    else:
+        prompts = [p.strip() for p in text.split("\n\n") if p.strip()]
+    if not prompts:
+        raise typer.BadParameter(f"{path} holds no prompts")
+    return prompts
+
+
+@app.command()
+def tune(
+    policy: Annotated[str, typer.Argument(help="The policy file (YAML).")],
+    model: Annotated[str, typer.Argument(help="A model of the policy with a `draft:`.")],
+    n: Annotated[str, typer.Option("--n", help="Draft lengths to measure (0: no speculation).")] = "0,1,2,3,4,6,8",
+    prompts: Annotated[str | None, typer.Option("--prompts", help="Prompts: a JSON list, or paragraphs.")] = None,
+    tokens: Annotated[int, typer.Option("--tokens", min=1, help="Tokens to decode per prompt.")] = 200,
+    json_out: Annotated[str | None, typer.Option("--json", help="Also write the rows as JSON to this file.")] = None,
+    write: Annotated[bool, typer.Option("--write", help="Write the best n and the step costs into the policy.")]
+    = False,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads of the tuned process.")] = None,
+) -> None:
+    """Start MODEL's llama-server once per draft length, send the same prompts, print decode tok/s, acceptance,
+    speed-up and memory per setting, and recommend the fastest n (exit 1 when no setting ran)."""
+    from council.members.binary import find_llama_server
+    from council.members.sweep import PROMPTS, run_sweep
+
+    loaded = load_or_exit(policy)
+    ns = _ns(n)
+    if model not in loaded.policy.models:
+        raise fail(f"{policy} has no model {model!r} (it has: {', '.join(loaded.policy.models)})", 2)
+    server = find_llama_server(require_mtp=False)
+    if server is None:
+        raise fail("no llama-server found: run `council setup`", 1)
+    chosen = _prompts(prompts) or list(PROMPTS)
+    out.print(f"tuning {model} ({loaded.policy.models[model].draft.type}): n = {', '.join(map(str, ns))}, "
+              f"{len(chosen)} prompts × {tokens} tokens", highlight=False)
+    try:
+        result = run_sweep(loaded.policy, model, ns, server, prompts=chosen, tokens=tokens, threads=threads,
+                           on_row=lambda r: err.print(f"  n={r.n}: " + (r.error or f"{r.tokens_per_second:.1f} tok/s"),
+                                                      highlight=False))
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    doc = result.to_json()
+    _print_table(doc)
+    if json_out:
+        Path(json_out).write_text(json.dumps(doc, indent=2) + "\n")
+    best = result.recommended
+    if best is None:
+        raise fail("no setting produced tokens", 1)
+    row = next(r for r in doc["rows"] if r["n"] == best)
+    speedup = f", {row['speedup']:.2f}× no speculation" if row["speedup"] else ""
+    out.print(f"recommended: n_max {best} ({row['tokens_per_second']:.1f} tok/s{speedup})"
+              + (" — no speculation is fastest" if best == 0 else ""), highlight=False)
+    if write:
+        _write(Path(policy), model, loaded.policy.models[model].draft.is_auto, best, doc["step_cost"])
+
+
+def _print_table(doc: dict[str, Any]) -> None:
+    from council.units import format_size
+
+    table = Table("n", "decode tok/s", "acceptance", "accepted per position", "tokens/step", "step ms", "speed-up",
+                  "memory (estimate)", "memory (RSS)", title=f"{doc['model']}: draft {doc['draft_type']}")
+    for r in doc["rows"]:
+        if r["error"]:
+            table.add_row(str(r["n"]), f"[red]{r['error']}[/red]", *[""] * 7)
+            continue
+        acc = "—" if r["acceptance"] is None else f"{r['acceptance']:.1%}"
+        pos = " ".join(f"{a:.2f}" for a in r["position_acceptance"]) or "—"
+        table.add_row(str(r["n"]), f"{r['tokens_per_second']:.1f}", acc, pos, f"{r['tokens_per_step']:.2f}",
+                      f"{r['step_seconds'] * 1000:.3f}", "—" if r["speedup"] is None else f"{r['speedup']:.2f}×",
+                      "—" if r["estimate_bytes"] is None else format_size(r["estimate_bytes"]),
+                      "—" if r["rss_bytes"] is None else format_size(r["rss_bytes"]))
+    out.print(table)
+    if doc["step_cost"]:
+        out.print("step cost (time of a step ÷ a plain step): "
+                  + ", ".join(f"n={k}: {v:.2f}" for k, v in doc["step_cost"].items()), highlight=False)
+
+
+def _write(path: Path, model: str, auto: bool, best: int, step_cost: dict[str, float]) -> None:
+    """Edit the policy text in place (comments kept): the best n (`auto.start` under `n_max: auto`) and the
+    measured step costs, then check the edited file still loads."""
+    from council.policy.editing import EditError, set_value
+    from council.policy.loading import PolicyError, load_policy
+
+    text = path.read_text()
+    base = ["models", model, "draft"]
+    try:
+        edited = set_value(text, [*base, "auto", "start"] if auto else [*base, "n_max"], str(best))
+        if step_cost:
+            edited = set_value(edited, [*base, "step_cost"],
+                               "{" + ", ".join(f"{k}: {v:.3f}" for k, v in step_cost.items()) + "}")
+    except EditError as exc:
+        raise fail(f"cannot edit {path}: {exc}", 2) from None
+    tmp = path.with_name(path.name + ".tune-tmp")
+    tmp.write_text(edited)
+    try:
+        load_policy(tmp)
+    except PolicyError as exc:
+        tmp.unlink()
+        raise fail(f"the edited policy would not load ({exc}); {path} is unchanged", 2) from None
+    tmp.replace(path)
+    where = "auto.start" if auto else "n_max"
+    out.print(f"wrote {where}: {best} and step_cost to models.{model}.draft in {path}", highlight=False)
