@@ -9,11 +9,12 @@ import sys
 
 # Registration order is the order `council --help` lists them in.
 # isort: off
-from council.cli import setup_commands, policy_commands, tune_command, run_commands, client_commands
+from council.cli import setup_commands, policy_commands, tune_command, run_commands, eval_command, client_commands
 # isort: on
 from council.cli.console import app, err
 
-__all__ = ["app", "client_commands", "main", "policy_commands", "run_commands", "setup_commands", "tune_command"]
+__all__ = ["app", "client_commands", "eval_command", "main", "policy_commands", "run_commands", "setup_commands",
+           "tune_command"]
 
 
 def main() -> None:

@@ -82,18 +82,22 @@ def tally(
         try:
             weight = float(item.get("weight", 1.0))
             latency = float(item["latency_ms"]) if item.get("latency_ms") is not None else None
+            confidence = float(item["confidence"]) if item.get("confidence") is not None else None
         except (TypeError, ValueError):
-            raise fail(f"{ballot}: answers[{i}]: weight and latency_ms must be numbers", 2) from None
-        if weight <= 0:
-            raise fail(f"{ballot}: answers[{i}]: weight must be positive", 2)
+            raise fail(f"{ballot}: answers[{i}]: weight, latency_ms and confidence must be numbers", 2) from None
+        if weight <= 0 or (confidence is not None and not 0 < confidence <= 1):
+            raise fail(f"{ballot}: answers[{i}]: weight must be positive, confidence in (0, 1]", 2)
         ballots.append(Ballot(member=item["member"], order=i, answer=extractor(text) if isinstance(text, str) else None,
-                              text=text if isinstance(text, str) else None, weight=weight, latency_ms=latency))
+                              text=text if isinstance(text, str) else None, weight=weight, latency_ms=latency,
+                              confidence=confidence))
     rules = doc.get("tie_break") or ["weight", "latency", "order"]
     try:
         # A recorded judge ballot re-votes by majority: the judge's model is not here to ask.
-        decision = decide(ballots, "majority" if chosen == "judge" else chosen, rules)
+        temperature = float(doc.get("confidence_temperature") or 1.0)
+        decision = decide(ballots, "majority" if chosen == "judge" else chosen, rules, temperature=temperature)
     except VoteError as exc:
         raise fail(str(exc), 2) from None
     except ValueError as exc:
         raise fail(f"{ballot}: {exc}", 2) from None
-    sys.stdout.write(json.dumps(decision.to_json(), indent=2) + "\n")
+    shown = {**decision.to_json(), "confidence": {b.member: b.confidence for b in ballots}}
+    sys.stdout.write(json.dumps(shown, indent=2) + "\n")

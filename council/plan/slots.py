@@ -128,7 +128,7 @@ def _why_not(need: CouncilNeed, slots: list[int], gpus: list[GpuSlots], slot_byt
         if free[best] >= slots[i]:
             free[best] -= slots[i]
             continue
-        who = ", ".join(proc.members)
+        who = ", ".join(proc.members) if len(proc.members) <= 3 else f"{proc.key} ({len(proc.members)} seats)"
         largest = max(gpus, key=lambda g: g.total)
         if slots[i] > largest.total:
             return (f"member {who} ({proc.model}, estimate {format_size(proc.estimate_bytes)}) needs {slots[i]} "

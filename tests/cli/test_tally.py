@@ -28,7 +28,8 @@ def test_tally_majority_and_override(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     decision = json.loads(result.stdout)
     assert decision == {"answer": "42", "agreement": 0.666667, "votes": {"42": 2.0, "41": 1.0},
-                        "winner_members": ["a", "b"], "tie_broken_by": None}
+                        "winner_members": ["a", "b"], "tie_broken_by": None,
+                        "confidence": {"a": None, "b": None, "c": None, "d": None}}
     weighted = json.loads(run_cli("tally", str(path), "--strategy", "weighted").stdout)
     assert weighted["answer"] == "41" and weighted["votes"] == {"42": 2.0, "41": 3.0}
 
@@ -62,3 +63,19 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path: Path) -> None:
         assert message in result.stderr, (doc, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
     assert run_cli("tally", str(tmp_path / "missing.json")).returncode == 2
+
+
+def test_tally_confidence_votes_weigh_each_members_recorded_confidence(tmp_path: Path) -> None:
+    sure = [{**a, "confidence": c} for a, c in zip(ANSWERS, (0.2, 0.3, 0.9, 0.5), strict=True)]
+    path = write(tmp_path, {"strategy": "confidence", "extract": "number", "answers": sure})
+    decision = json.loads(run_cli("tally", str(path)).stdout)
+    # 42: 1 x 0.2 + 1 x 0.3; 41: 3 x 0.9 (weight x confidence).
+    assert decision["answer"] == "41" and decision["votes"] == {"42": 0.5, "41": 2.7}
+    assert decision["confidence"] == {"a": 0.2, "b": 0.3, "c": 0.9, "d": 0.5}
+    sharp = write(tmp_path, {"strategy": "confidence", "extract": "number", "confidence_temperature": 0.5,
+                             "answers": [{**a, "weight": 1.0} for a in sure]})
+    votes = json.loads(run_cli("tally", str(sharp)).stdout)["votes"]  # p ** 2
+    assert votes["41"] == 0.81 and abs(votes["42"] - 0.13) < 1e-9
+    bad = write(tmp_path, {"strategy": "confidence", "answers": [{"member": "a", "text": "1", "confidence": 2}]})
+    result = run_cli("tally", str(bad))
+    assert result.returncode == 2 and "confidence in (0, 1]" in result.stderr

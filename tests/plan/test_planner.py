@@ -122,3 +122,28 @@ def test_nvml_gpus_win_and_a_declared_name_caps_one() -> None:
     plan = plan_policy(loaded.policy, [h100])
     assert plan.device == "gpu"
     assert plan.slots.gpus[0].total == 19  # (80 GiB - 512 MiB) // 4 GiB
+
+
+def test_samples_share_one_process_sized_for_them_and_too_many_are_refused(tmp_path: Path) -> None:
+    smol = by_name("smollm2-135m")
+    assert smol is not None
+    policy = tmp_path / "samples.yaml"
+    policy.write_text(textwrap.dedent(f"""
+        gpus: [{{name: cpu, memory: 3GiB}}]
+        slots: {{size: 1GiB, reserve: 0}}
+        models:
+          s: {{path: {smol.path}, ctx_size: 2048}}
+        councils:
+          five: {{members: [{{model: s}}, {{model: s, samples: 5}}]}}
+          many: {{members: [{{model: s, samples: 64}}]}}
+        """))
+    code, doc = plan_json(policy)
+    assert code == 3
+    five, many = doc["councils"]
+    assert five["fits"] is True and many["fits"] is False
+    rows = [m for m in doc["members"] if m["council"] == "five"]
+    assert [m["name"] for m in rows] == ["five/0", *(f"five/1#{k}" for k in range(5))]
+    assert {m["process"] for m in rows[1:]} == {"five/1"}  # the five samples: one process, five slots
+    one, shared = rows[0]["estimate_bytes"], rows[1]["estimate_bytes"]
+    assert shared > one  # sized for five slots (KV for each)
+    assert many["reason"].startswith("member many/0 (64 seats) (s, estimate 2.96 GiB, 3 slots) does not fit")

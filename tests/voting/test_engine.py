@@ -238,3 +238,171 @@ def test_tool_calls_vote_as_canonical_json_and_member_settings_win() -> None:
     assert payload["temperature"] == 0.2 and payload["seed"] == 7 and payload["tools"] == [{"type": "function"}]
     assert "model" not in payload and "stream" not in payload
     assert payload["messages"] == [{"role": "system", "content": "new"}, {"role": "user", "content": "q"}]
+
+
+# ---- cascades, shared prompts (n), confidence votes ------------------------------------------------------
+
+
+async def _metric(process: object, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    spec = process.spec  # type: ignore[attr-defined]
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{spec.url}/metrics", headers={"Authorization": f"Bearer {spec.api_key}"})).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def _cascade_council(syn: Path, second_max_tokens: int) -> str:
+    return f"""
+        gpus: [{{name: cpu, memory: 4GiB}}]
+        slots: {{size: 256MiB, reserve: 0}}
+        models:
+          syn: {{path: {syn}, ctx_size: 512}}
+        councils:
+          c:
+            members:
+              - {{model: syn, sampling: {{max_tokens: 3}}}}
+              - {{model: syn, sampling: {{max_tokens: {second_max_tokens}}}}}
+              - {{model: syn, sampling: {{max_tokens: 3}}}}
+            vote: {{extract: text, cascade: {{first: 2}}}}
+        """
+
+
+async def test_a_cascade_stage_that_agrees_never_calls_the_next(running: Callable[..., object], syn: Path) -> None:
+    async with running(_cascade_council(syn, 3)) as (runtime, supervisor):  # type: ignore[attr-defined]
+        later = supervisor.members["c/2"]
+        before = await _metric(later, "llamacpp:prompt_tokens_total")
+        answer = await runtime.engines["c"].ask(ask("go"))
+        doc = answer.council_json()
+        assert [m["status"] for m in doc["members"]] == ["ok", "ok", "skipped"]
+        assert doc["stage"] == 1 and doc["stages"] == 2 and doc["answer"] == "abc"
+        assert await _metric(later, "llamacpp:prompt_tokens_total") == before  # its llama-server never asked
+
+
+async def test_a_cascade_stage_that_disagrees_asks_the_next(running: Callable[..., object], syn: Path) -> None:
+    async with running(_cascade_council(syn, 4)) as (runtime, supervisor):  # type: ignore[attr-defined]
+        later = supervisor.members["c/2"]
+        before = await _metric(later, "llamacpp:prompt_tokens_total")
+        doc = (await runtime.engines["c"].ask(ask("go"))).council_json()
+        assert [m["status"] for m in doc["members"]] == ["ok", "ok", "ok"]
+        assert doc["stage"] == 2 and doc["answer"] == "abc" and doc["votes"] == {"abc": 2.0, "abcd": 1.0}
+        assert await _metric(later, "llamacpp:prompt_tokens_total") > before
+
+
+async def test_five_samples_share_one_request_and_one_prompt_pass(running: Callable[..., object]) -> None:
+    async with running(f"""
+        gpus: [{{name: cpu, memory: 4GiB}}]
+        slots: {{size: 1GiB, reserve: 0}}
+        models:
+          smol: {{path: {SMOL.path}, ctx_size: 512}}
+        councils:
+          sc:
+            members: [{{model: smol, samples: 5, sampling: {{temperature: 1.0, seed: 3, max_tokens: 12}}}}]
+            vote: {{extract: text}}
+        """) as (runtime, supervisor):  # type: ignore[attr-defined]
+        process = supervisor.members["sc/0"]
+        assert process.slots.size == 5
+        before = await _metric(process, "llamacpp:prompt_tokens_total")
+        answer = await runtime.engines["sc"].ask(ask("Name a colour."))
+        doc = answer.council_json()
+        assert [m["name"] for m in doc["members"]] == [f"sc/0#{k}" for k in range(5)]
+        assert all(m["status"] == "ok" and m["answer"] for m in doc["members"])
+        assert len({m["answer"] for m in doc["members"]}) >= 3  # independent samples, not one answer five times
+        prompt = answer.usage()["prompt_tokens"]
+        # One prompt pass: the server read the prompt once (the cache may have held all but a few tokens).
+        assert 0 < await _metric(process, "llamacpp:prompt_tokens_total") - before <= prompt
+        assert [m["prompt_tokens"] for m in doc["members"]] == [prompt, 0, 0, 0, 0]
+        assert all(m["completion_tokens"] >= 1 for m in doc["members"])
+        assert answer.usage()["completion_tokens"] == sum(m["completion_tokens"] for m in doc["members"])
+
+
+async def test_early_stop_cancels_a_whole_sample_group_and_a_deadline_flags_it(
+    running: Callable[..., object], syn: Path
+) -> None:
+    async with running(f"""
+        gpus: [{{name: cpu, memory: 8GiB}}]
+        slots: {{size: 1GiB, reserve: 0}}
+        models:
+          syn: {{path: {syn}, ctx_size: 512}}
+          long: {{path: {SMOL.path}, ctx_size: 4096}}
+        councils:
+          early:
+            members:
+              - {{model: syn, weight: 3, sampling: {{max_tokens: 3}}}}
+              - {{model: syn, weight: 3, sampling: {{max_tokens: 3}}}}
+              - {{model: long, samples: 4, sampling: {{temperature: 1.0, seed: 1, max_tokens: 3000}}}}
+            vote: {{strategy: weighted, extract: text}}
+            quorum: 2
+          late:
+            members:
+              - {{model: syn, sampling: {{max_tokens: 3}}}}
+              - {{model: long, samples: 2, sampling: {{temperature: 1.0, seed: 1, max_tokens: 3000}}}}
+            vote: {{extract: text}}
+            quorum: 1
+            timeout: 3s
+        """) as (runtime, supervisor):  # type: ignore[attr-defined]
+        doc = (await runtime.engines["early"].ask({**ask("go"), "ignore_eos": True})).council_json()
+        assert doc["early_stop"] is True and doc["answer"] == "abc"
+        assert [m["status"] for m in doc["members"]] == ["ok", "ok", "cancelled", "cancelled", "cancelled",
+                                                         "cancelled"]
+        group = supervisor.members["early/2"]
+        deadline = time.monotonic() + 10
+        while group.slots.free != group.slots.size:  # the cancelled group gave its four slots back
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        doc = (await runtime.engines["late"].ask({**ask("go"), "ignore_eos": True})).council_json()
+        assert time.monotonic() - started < 10
+        assert [m["status"] for m in doc["members"]] == ["ok", "timeout", "timeout"] and doc["degraded"] is True
+
+
+def test_members_that_differ_in_more_than_the_seed_are_not_grouped() -> None:
+    from council.policy.schema import CouncilConfig, Sampling
+    from council.voting.client import HttpMemberClient
+    from council.voting.engine import CouncilEngine, Seat
+
+    def seat(i: int, target: str, **sampling: object) -> Seat:
+        client = HttpMemberClient(endpoint=lambda: None, target=target)
+        return Seat(name=f"s{i}", order=i, model="m", weight=1.0, sampling=Sampling(**sampling), client=client)
+
+    seats = [seat(0, "p", temperature=0.7, seed=1), seat(1, "p", temperature=0.7, seed=2),
+             seat(2, "p", temperature=0.9, seed=3), seat(3, "q", temperature=0.7, seed=4),
+             seat(4, "p", temperature=0.7, seed=5, max_tokens=9)]
+    config = CouncilConfig.model_validate({"members": [{"model": "m"}] * 5})
+    calls = CouncilEngine("c", config, seats).calls(ask("go"), seats)
+    assert [[s.name for s in group] for group, _ in calls] == [["s0", "s1"], ["s2"], ["s3"], ["s4"]]
+    assert calls[0][1]["seed"] == 1 and calls[0][1]["logprobs"] is True  # seeded by its first member
+    off = CouncilConfig.model_validate({"members": [{"model": "m"}] * 5, "share_prompt": False})
+    assert len(CouncilEngine("c", off, seats).calls(ask("go"), seats)) == 5
+
+
+async def test_confidence_votes_break_a_tie_majority_leaves_to_order(running: Callable[..., object]) -> None:
+    """Two members disagree 1-1: majority gives the tie to the first (member order); a confidence vote with the
+    members' real token logprobs gives it to the greedy member, far surer than a hot sampler."""
+    text = """
+        gpus: [{{name: cpu, memory: 4GiB}}]
+        slots: {{size: 1GiB, reserve: 0}}
+        models:
+          smol: {{path: {path}, ctx_size: 512}}
+        councils:
+          tie:
+            members:
+              - {{model: smol, sampling: {{temperature: 1.8, seed: 7, max_tokens: 12}}}}
+              - {{model: smol, sampling: {{temperature: 0, max_tokens: 12}}}}
+            vote: {{strategy: {strategy}, extract: text, tie_break: [order]}}
+        """
+    async with running(text.format(path=SMOL.path, strategy="confidence")) as (runtime, _):  # type: ignore[attr-defined]
+        question = ask("Name one planet of the solar system.")
+        doc = (await runtime.engines["tie"].ask(question)).council_json()
+    hot, greedy = doc["members"]
+    assert hot["extracted"] != greedy["extracted"] and hot["confidence"] < greedy["confidence"]
+    assert doc["answer"] == greedy["extracted"] and doc["tie_broken_by"] is None
+    ballot = {"strategy": "majority", "extract": "text", "tie_break": ["order"],
+              "answers": [{"member": m["name"], "text": m["answer"], "confidence": m["confidence"]}
+                          for m in doc["members"]]}
+    from council.voting.vote import Ballot, decide
+
+    ballots = [Ballot(member=a["member"], order=i, answer=m["extracted"], confidence=a["confidence"])
+               for i, (a, m) in enumerate(zip(ballot["answers"], doc["members"], strict=True))]
+    assert decide(ballots, "majority", ["order"]).answer == hot["extracted"]  # the tie goes to order
+    assert decide(ballots, "confidence", ["order"]).answer == greedy["extracted"]

@@ -1,0 +1,112 @@
+"""`council eval`: is the council worth it? Every member answers every item; every strategy is re-scored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from council.cli.console import app, fail, load_or_exit, out
+
+
+@app.command("eval")
+def eval_(
+    policy: Annotated[str, typer.Argument(help="The policy file (YAML).")],
+    council: Annotated[str, typer.Argument(help="The council to evaluate.")],
+    data: Annotated[str, typer.Argument(help="JSONL: `question` (or `messages`) and `answer` per line "
+                                             "(GSM8K's `#### N` understood; `choices` for multiple choice).")],
+    n: Annotated[int | None, typer.Option("--n", help="Only this many items.")] = None,
+    seed: Annotated[int | None, typer.Option(help="With --n: a random sample of items, seeded.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Items asked at once.")] = 1,
+    url: Annotated[str | None, typer.Option(help="Ask a running `council serve` instead of starting the "
+                                                 "members here (key from $COUNCIL_API_KEY).")] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write the report (its JSON Schema: "
+                                                                "`council eval-schema`).")] = None,
+    record: Annotated[str | None, typer.Option(help="Append each item's answers to this JSONL as they come, "
+                                                    "and skip items already in it (resume).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per item with --url.")] = 1800.0,
+) -> None:
+    """Ask every item with every member answering; print each member's accuracy, the council's under every
+    strategy and extractor (re-scored offline), the oracle, tokens and time, early stop and cascade spending,
+    and leave-one-out. Exit 2 for a bad policy or data file."""
+    from council.evaluation.dataset import DatasetError, load_items, sample
+    from council.evaluation.record import http_asker, record_items
+    from council.evaluation.report import print_report
+    from council.evaluation.score import score
+
+    loaded = load_or_exit(policy)
+    config = loaded.policy.councils.get(council)
+    if config is None:
+        raise fail(f"{policy}: no council {council!r}; it has: {', '.join(loaded.policy.councils) or 'none'}", 2)
+    try:
+        items = sample(load_items(data), n, seed)
+    except DatasetError as exc:
+        raise fail(str(exc), 2) from None
+    if concurrency < 1:
+        raise fail("--concurrency must be at least 1", 2)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=out, transient=True) as progress:
+        task = progress.add_task(f"{council}: asking", total=len(items))
+
+        def advance(_: Any) -> None:
+            progress.advance(task)
+
+        append_to = Path(record) if record else None
+        if url is not None:
+            asker = http_asker(url, council, os.environ.get("COUNCIL_API_KEY"), timeout)
+            records = asyncio.run(record_items(asker, items, concurrency=concurrency, append_to=append_to,
+                                               on_record=advance))
+        else:
+            records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance))
+    report = score(records, council, config, data)
+    print_report(report, out)
+    if json_out:
+        Path(json_out).write_text(json.dumps(report.model_dump(), indent=1) + "\n")
+        out.print(f"report written to {json_out}")
+
+
+async def _record_here(loaded: Any, council: str, items: list[Any], concurrency: int, append_to: Path | None,
+                       advance: Any) -> list[Any]:
+    """Start the council's members, record every item, stop them."""
+    from council.evaluation.record import engine_asker, record_items
+    from council.members.binary import find_llama_server
+    from council.members.process import LifeConfig
+    from council.paths import council_home
+    from council.plan.planner import plan_policy
+    from council.voting.assembly import assemble
+
+    server = find_llama_server(require_mtp=False)
+    if server is None:
+        raise fail("no llama-server found: run `council setup`", 1)
+    try:
+        plan = plan_policy(loaded.policy)
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc), 2) from None
+    if council not in plan.configs:
+        raise fail(f"council {council} does not fit: {plan.refused.get(council)}", 3)
+    life = LifeConfig(run_dir=council_home() / "run", instance=f"eval-{os.getpid()}", stuck_after=3600)
+    assembly = assemble(plan, server, life)
+    await assembly.supervisor.start()
+    try:
+        if not await assembly.supervisor.wait_settled(600):
+            raise fail("members did not get ready in 600 s", 1)
+        failed = [m.name for m in assembly.supervisor.members.values() if not m.ready]
+        if failed:
+            raise fail(f"members failed to start: {', '.join(failed)} (see `council up`)", 1)
+        return await record_items(engine_asker(assembly.engines[council]), items, concurrency=concurrency,
+                                  append_to=append_to, on_record=advance)
+    finally:
+        await assembly.supervisor.stop()
+
+
+@app.command("eval-schema", hidden=True)
+def eval_schema() -> None:
+    """The JSON Schema of `council eval --json`."""
+    from council.evaluation.score import EvalReport
+
+    out.print_json(json.dumps(EvalReport.model_json_schema()))

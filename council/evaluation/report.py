@@ -1,0 +1,43 @@
+"""The table `council eval` prints (rich), from an `EvalReport`."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from council.evaluation.score import EvalReport
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def print_report(report: EvalReport, out: Console) -> None:
+    n = report.items
+    members = Table("member", "model", "accuracy", "answered", "tokens/item", "s/item",
+                    title=f"{report.council} on {report.data}: {n} items")
+    for m in report.members:
+        members.add_row(m.name, m.model, f"{_pct(m.accuracy)} ({m.correct}/{n})", str(m.answered),
+                        f"{m.tokens_per_item:.0f}", f"{m.ms_per_item / 1000:.1f}")
+    out.print(members)
+    strategies = Table("strategy", "extract", "accuracy", "vs best member", "undecided",
+                       title=f"the council, re-scored offline (best member: {report.best_member}; "
+                             f"oracle, some member right: {_pct(report.oracle)})")
+    best = next(m.accuracy for m in report.members if m.name == report.best_member)
+    for s in report.strategies:
+        name = s.strategy if s.signal is None else f"confidence ({s.signal}, T={s.temperature:g})"
+        strategies.add_row(name, s.extract, f"{_pct(s.accuracy)} ({s.correct}/{n})",
+                           f"{100 * (s.accuracy - best):+.1f} pts", str(s.undecided))
+    out.print(strategies)
+    spend = Table("how it is asked", "accuracy", "tokens/item", "s/item", "members/item", "stopped early",
+                  title=f"what it costs ({report.strategy} on {report.extract})")
+    for row in report.spend:
+        spend.add_row(row.name, _pct(row.accuracy), f"{row.tokens_per_item:.0f}", f"{row.ms_per_item / 1000:.1f}",
+                      f"{row.members_per_item:.1f}", _pct(row.stopped_early))
+    out.print(spend)
+    loo = Table("member left out", "accuracy without", "change", "items changed", "verdict",
+                title="leave one out")
+    for row in report.leave_one_out:
+        loo.add_row(row.member, _pct(row.accuracy_without), f"{100 * row.delta:+.1f} pts", str(row.changed_items),
+                    row.verdict)
+    out.print(loo)

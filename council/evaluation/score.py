@@ -1,0 +1,251 @@
+"""Scoring recorded answers offline, with the vote code live councils use (no model is asked again).
+
+From one recording: each member's accuracy; the council's under every strategy and extractor; the oracle
+(some member right); what early stop and cascades would have spent; and, by leaving each member out, which
+members never change the outcome and which lower it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from council.evaluation.record import ItemRecord, MemberAnswer
+from council.policy.schema import CouncilConfig
+from council.voting.extract import extract
+from council.voting.vote import Ballot, VoteError, decide, is_decided, stage_agrees
+
+SCHEMA_VERSION = 1
+
+
+class MemberScore(BaseModel):
+    name: str
+    model: str
+    accuracy: float
+    correct: int
+    answered: int  # items it answered at all (status ok)
+    tokens_per_item: float
+    ms_per_item: float
+
+
+class StrategyScore(BaseModel):
+    strategy: str  # majority | weighted | confidence | similarity
+    extract: str
+    signal: str | None = None  # for confidence: answer | reply | tail
+    temperature: float | None = None
+    accuracy: float
+    correct: int
+    undecided: int  # items where every member abstained (counted wrong)
+
+
+class SpendScore(BaseModel):
+    """What a way of asking would have cost per item, and how accurate it is."""
+
+    name: str  # "every member", "early stop", "cascade first 2", ...
+    accuracy: float
+    tokens_per_item: float
+    ms_per_item: float
+    members_per_item: float  # members asked (or, for early stop, not cancelled at once)
+    stopped_early: float  # share of items decided before every member was heard
+
+
+class LeaveOneOut(BaseModel):
+    member: str
+    accuracy_without: float
+    delta: float  # accuracy without it minus with it: > 0 means the member lowers the council
+    changed_items: int
+    verdict: str  # "never changes the outcome" | "lowers it" | "raises it" | "changes it, no net effect"
+
+
+class EvalReport(BaseModel):
+    """`council eval --json`: everything is recomputable from `records` with `council tally`'s vote code."""
+
+    schema_version: int = SCHEMA_VERSION
+    council: str
+    data: str
+    items: int
+    strategy: str  # the council's own strategy and extractor, which `spend` and `leave_one_out` use
+    extract: str
+    members: list[MemberScore]
+    best_member: str
+    strategies: list[StrategyScore]
+    oracle: float
+    spend: list[SpendScore]
+    leave_one_out: list[LeaveOneOut]
+    records: list[ItemRecord]
+
+
+@dataclass(frozen=True)
+class Rule:
+    strategy: str
+    extract: str
+    signal: str = "answer"
+    temperature: float = 1.0
+    tie_break: tuple[str, ...] = ("weight", "latency", "order")
+
+
+def ballots(answers: Sequence[MemberAnswer], rule: Rule, keep: Sequence[int] | None = None) -> list[Ballot]:
+    """The ballots of the answering members (all, or those at indexes `keep`) under `rule`."""
+    out = []
+    for order, answer in enumerate(answers):
+        if answer.status != "ok" or (keep is not None and order not in keep):
+            continue
+        signal = (answer.signals or {}).get(rule.signal, answer.confidence)
+        out.append(Ballot(member=answer.member, order=order, answer=extract(answer.text, rule.extract),
+                          text=answer.text, weight=answer.weight, latency_ms=answer.latency_ms, confidence=signal))
+    return out
+
+
+def council_answer(answers: Sequence[MemberAnswer], rule: Rule, keep: Sequence[int] | None = None) -> str | None:
+    """The council's answer from these answers (None when every member abstained)."""
+    found = ballots(answers, rule, keep)
+    try:
+        return decide(found, rule.strategy, rule.tie_break, temperature=rule.temperature).answer
+    except VoteError:
+        return None
+
+
+def reference(record: ItemRecord, how: str) -> str | None:
+    return extract(record.reference, how)
+
+
+def _accuracy(hits: int, total: int) -> float:
+    return hits / total if total else 0.0
+
+
+def score_members(records: Sequence[ItemRecord], how: str) -> list[MemberScore]:
+    names = [a.member for a in records[0].answers]
+    scores = []
+    for i, name in enumerate(names):
+        mine = [r.answers[i] for r in records]
+        correct = sum(a.status == "ok" and extract(a.text, how) == reference(r, how) for a, r in zip(mine, records,
+                                                                                                      strict=True))
+        scores.append(MemberScore(name=name, model=mine[0].model, accuracy=_accuracy(correct, len(records)),
+                                  correct=correct, answered=sum(a.status == "ok" for a in mine),
+                                  tokens_per_item=sum(a.completion_tokens for a in mine) / len(records),
+                                  ms_per_item=sum(a.latency_ms for a in mine) / len(records)))
+    return scores
+
+
+def score_rule(records: Sequence[ItemRecord], rule: Rule) -> StrategyScore:
+    decided = [council_answer(r.answers, rule) for r in records]
+    correct = sum(d is not None and d == reference(r, rule.extract) for d, r in zip(decided, records, strict=True))
+    confidence = rule.strategy == "confidence"
+    return StrategyScore(strategy=rule.strategy, extract=rule.extract, signal=rule.signal if confidence else None,
+                         temperature=rule.temperature if confidence else None,
+                         accuracy=_accuracy(correct, len(records)), correct=correct,
+                         undecided=sum(d is None for d in decided))
+
+
+def early_stop(record: ItemRecord, rule: Rule, quorum: int) -> tuple[str | None, float, float, int, bool]:
+    """Replay the item with early stop: members arrive in the order they answered; once no late vote could
+    change the winner the rest are cancelled, having spent tokens in proportion to the time they ran.
+    Returns (answer, tokens, ms, members heard, stopped early)."""
+    answers = record.answers
+    order = sorted(range(len(answers)), key=lambda i: (answers[i].latency_ms, i))
+    value = (lambda a: 1.0) if rule.strategy == "majority" else (lambda a: a.weight)
+    heard: list[int] = []
+    stop_at = max((a.latency_ms for a in answers), default=0.0)
+    early = False
+    for position, i in enumerate(order):
+        heard.append(i)
+        pending = sum(value(answers[j]) for j in order[position + 1:])
+        found = ballots(answers, rule, heard)
+        if pending and len(found) >= quorum and is_decided(found, pending, rule.strategy, rule.temperature):
+            stop_at, early = answers[i].latency_ms, True
+            break
+    tokens = 0.0
+    for j, answer in enumerate(answers):
+        share = 1.0 if j in heard else min(1.0, stop_at / answer.latency_ms) if answer.latency_ms else 0.0
+        tokens += answer.completion_tokens * share
+    return council_answer(answers, rule, heard), tokens, stop_at, len(heard), early
+
+
+def cascade(record: ItemRecord, rule: Rule, stages: list[list[int]], agreement: float,
+            config: CouncilConfig) -> tuple[str | None, float, float, int, bool]:
+    """Replay the item as a cascade: a stage is asked only when the stages before it did not agree; stages run
+    one after the other. Returns (answer, tokens, ms, members asked, decided before the last stage)."""
+    answers = record.answers
+    asked: list[int] = []
+    tokens = ms = 0.0
+    for number, stage in enumerate(stages, 1):
+        asked += stage
+        tokens += sum(answers[i].completion_tokens for i in stage)
+        ms += max((answers[i].latency_ms for i in stage), default=0.0)
+        found = ballots(answers, rule, asked)
+        if number < len(stages) and len(found) >= config.quorum_count(len(asked)) and stage_agrees(
+                found, rule.strategy, agreement, rule.temperature):
+            return council_answer(answers, rule, asked), tokens, ms, len(asked), True
+    return council_answer(answers, rule, asked), tokens, ms, len(asked), False
+
+
+def _spend(name: str, records: Sequence[ItemRecord], results: list[tuple[str | None, float, float, int, bool]],
+           how: str) -> SpendScore:
+    n = len(records)
+    correct = sum(r[0] is not None and r[0] == reference(rec, how) for r, rec in zip(results, records, strict=True))
+    return SpendScore(name=name, accuracy=_accuracy(correct, n), tokens_per_item=sum(r[1] for r in results) / n,
+                      ms_per_item=sum(r[2] for r in results) / n, members_per_item=sum(r[3] for r in results) / n,
+                      stopped_early=sum(r[4] for r in results) / n)
+
+
+def spending(records: Sequence[ItemRecord], rule: Rule, config: CouncilConfig) -> list[SpendScore]:
+    """Every member asked (as recorded), early stop, the council's own cascade, and `first: k` cascades."""
+    size = len(records[0].answers)
+    every = [(council_answer(r.answers, rule), float(sum(a.completion_tokens for a in r.answers)), r.wall_ms, size,
+              False) for r in records]
+    rows = [_spend("every member", records, every, rule.extract),
+            _spend("early stop", records, [early_stop(r, rule, config.quorum_count()) for r in records],
+                   rule.extract)]
+    plans: list[tuple[str, list[list[int]], float]] = []
+    if config.vote.cascade is not None:
+        plans.append((f"cascade (policy) {config.stages()}", config.stages(), config.vote.cascade.agreement))
+    for first in (2, 3, 4):  # a first stage of one member always "agrees": it is that member alone
+        if first < size:
+            plans.append((f"cascade first {first}", [list(range(first)), list(range(first, size))], 1.0))
+    for name, stages, agreement in plans:
+        rows.append(_spend(name, records, [cascade(r, rule, stages, agreement, config) for r in records], rule.extract))
+    return rows
+
+
+def leave_one_out(records: Sequence[ItemRecord], rule: Rule) -> list[LeaveOneOut]:
+    size = len(records[0].answers)
+    full = [council_answer(r.answers, rule) for r in records]
+    base = sum(d == reference(r, rule.extract) for d, r in zip(full, records, strict=True))
+    rows = []
+    for m in range(size):
+        keep = [i for i in range(size) if i != m]
+        without = [council_answer(r.answers, rule, keep) for r in records]
+        correct = sum(d == reference(r, rule.extract) for d, r in zip(without, records, strict=True))
+        changed = sum(a != b for a, b in zip(full, without, strict=True))
+        delta = _accuracy(correct - base, len(records))
+        verdict = ("never changes the outcome" if changed == 0 else "lowers it" if delta > 0 else "raises it"
+                   if delta < 0 else "changes it, no net effect")
+        rows.append(LeaveOneOut(member=records[0].answers[m].member, accuracy_without=_accuracy(correct, len(records)),
+                                delta=delta, changed_items=changed, verdict=verdict))
+    return rows
+
+
+def extractors_for(records: Sequence[ItemRecord], configured: str) -> list[str]:
+    """The council's extractor, then the others that fit the data."""
+    kinds = [configured, "auto", "number", "choice", "text"]
+    return list(dict.fromkeys(kinds))
+
+
+def score(records: list[ItemRecord], council: str, config: CouncilConfig, data: str) -> EvalReport:
+    vote = config.vote
+    own = Rule(vote.strategy if vote.strategy != "judge" else "majority", vote.extract, vote.confidence,
+               vote.confidence_temperature, tuple(vote.tie_break))
+    members = score_members(records, vote.extract)
+    rules = [Rule(s, how, tie_break=own.tie_break) for how in extractors_for(records, vote.extract)
+             for s in ("majority", "weighted", "similarity")]
+    rules += [Rule("confidence", vote.extract, signal, t, own.tie_break) for signal in ("answer", "reply", "tail")
+              for t in (0.5, 1.0, 2.0)]
+    oracle = sum(any(a.status == "ok" and extract(a.text, vote.extract) == reference(r, vote.extract)
+                     for a in r.answers) for r in records)
+    best = max(members, key=lambda m: (m.accuracy, -members.index(m)))
+    return EvalReport(council=council, data=data, items=len(records), strategy=own.strategy, extract=own.extract,
+                      members=members, best_member=best.name, strategies=[score_rule(records, r) for r in rules],
+                      oracle=_accuracy(oracle, len(records)), spend=spending(records, own, config),
+                      leave_one_out=leave_one_out(records, own), records=records)

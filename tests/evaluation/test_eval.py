@@ -1,0 +1,109 @@
+"""`council eval` against real llama-server members: a table whose every number the test recomputes from the
+JSON, and bad data files that exit 2 naming the line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from council.members.binary import LlamaServerInfo
+from council.voting.extract import extract
+from tests.conftest import run_cli
+
+
+def council_policy(syn: Path) -> str:
+    # The synthetic model answers the alphabet: max_tokens decides the answer ("abc" or "abcd").
+    return f"""
+gpus: [{{name: cpu, memory: 4GiB}}]
+slots: {{size: 256MiB, reserve: 0}}
+models:
+  syn: {{path: {syn}, ctx_size: 512}}
+councils:
+  trio:
+    members:
+      - {{model: syn, sampling: {{max_tokens: 3}}}}
+      - {{model: syn, sampling: {{max_tokens: 3}}}}
+      - {{model: syn, weight: 3, sampling: {{max_tokens: 4}}}}
+    vote: {{strategy: majority, extract: text}}
+"""
+
+
+def write(path: Path, lines: list[object]) -> Path:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def test_eval_table_and_json_agree_with_the_recorded_answers(tmp_path: Path, syn: Path,
+                                                              llama_server_bin: LlamaServerInfo) -> None:
+    env = {"COUNCIL_HOME": str(tmp_path), "LLAMA_SERVER": str(llama_server_bin.path)}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [
+        {"question": "the first three letters?", "answer": "abc"},
+        {"question": "and four?", "answer": "#### abcd"},  # GSM8K's form
+        {"messages": [{"role": "user", "content": "none of them"}], "answer": "xyz"},
+    ])
+    out = tmp_path / "report.json"
+    result = run_cli("eval", str(policy), "trio", str(data), "--json", str(out), "--record", str(tmp_path / "r.jsonl"),
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    records = doc["records"]
+    assert doc["items"] == len(records) == 3
+    # Every member answered every item (no early stop while evaluating).
+    assert all(a["status"] == "ok" for r in records for a in r["answers"])
+    refs = [extract(r["reference"], "text") for r in records]
+    answers = [[extract(a["text"], "text") for a in r["answers"]] for r in records]
+    assert answers[0] == ["abc", "abc", "abcd"]
+    for i, member in enumerate(doc["members"]):
+        correct = sum(a[i] == ref for a, ref in zip(answers, refs, strict=True))
+        assert member["correct"] == correct and member["accuracy"] == pytest.approx(correct / 3)
+    oracle = sum(ref in a for a, ref in zip(answers, refs, strict=True))
+    assert doc["oracle"] == pytest.approx(oracle / 3) == pytest.approx(2 / 3)
+    rows = {(s["strategy"], s["extract"], s["signal"], s["temperature"]): s for s in doc["strategies"]}
+    # majority: "abc" (2 votes) wins every item; weighted: "abcd" (weight 3) does.
+    majority = sum(max(set(a), key=a.count) == ref for a, ref in zip(answers, refs, strict=True))
+    assert rows[("majority", "text", None, None)]["correct"] == majority == 1
+    assert rows[("weighted", "text", None, None)]["correct"] == 1
+    every = next(s for s in doc["spend"] if s["name"] == "every member")
+    tokens = sum(a["completion_tokens"] for r in records for a in r["answers"]) / 3
+    assert every["tokens_per_item"] == pytest.approx(tokens) == pytest.approx(3 + 3 + 4)
+    early = next(s for s in doc["spend"] if s["name"] == "early stop")
+    assert early["accuracy"] == pytest.approx(majority / 3) and early["tokens_per_item"] <= tokens
+    first2 = next(s for s in doc["spend"] if s["name"] == "cascade first 2")
+    assert first2["members_per_item"] == pytest.approx(2) and first2["tokens_per_item"] == pytest.approx(6)
+    loo = {row["member"]: row for row in doc["leave_one_out"]}
+    assert loo["trio/2"]["verdict"] == "never changes the outcome"  # majority ignores it either way
+    for line in (f"{100 * m['accuracy']:.1f}%" for m in doc["members"]):
+        assert line in result.stdout
+    # The recording resumes: asked again, nothing new is appended.
+    size = (tmp_path / "r.jsonl").stat().st_size
+    again = run_cli("eval", str(policy), "trio", str(data), "--record", str(tmp_path / "r.jsonl"),
+                    env=env)
+    assert again.returncode == 0 and (tmp_path / "r.jsonl").stat().st_size == size
+
+
+@pytest.mark.parametrize(("lines", "says"), [
+    ([{"question": "q", "answer": "1"}, {"question": "no answer"}], ":2: missing `answer`"),
+    ([], ":1: the file has no items"),
+    ([{"question": "q", "answer": "1"}, "", "{not json"], ":3: not valid JSON"),
+    ([{"answer": "1"}], ":1: needs `question`"),
+    ([{"question": "q", "answer": "E", "choices": ["a", "b"]}], ":1: `answer` 'E' is not a letter"),
+])
+def test_bad_data_files_exit_2_naming_the_line(tmp_path: Path, syn: Path, lines: list[object], says: str) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", lines)
+    result = run_cli("eval", str(policy), "trio", str(data))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and f"{data}{says}" in result.stderr, result.stderr
+
+
+def test_eval_refuses_an_unknown_council(tmp_path: Path, syn: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}])
+    result = run_cli("eval", str(policy), "nope", str(data))
+    assert result.returncode == 2 and "no council 'nope'" in result.stderr
