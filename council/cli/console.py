@@ -45,3 +45,23 @@ def load_or_exit(path: str) -> Any:
         for line in exc.lines():
             err.print(line, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def llama_server_or_exit() -> Any:
+    """The installed llama-server, or exit 1 saying how to get one."""
+    from council.members.binary import find_llama_server
+
+    server = find_llama_server(require_mtp=False)
+    if server is None:
+        raise fail("no llama-server found: run `council setup`", 1)
+    return server
+
+
+def plan_or_exit(loaded: Any) -> Any:
+    """The policy's plan, or exit 2 with the reason (a model file that cannot be read, say)."""
+    from council.plan.planner import plan_policy
+
+    try:
+        return plan_policy(loaded.policy)
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc), 2) from None

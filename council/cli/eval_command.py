@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from council.cli.console import app, fail, load_or_exit, out
+from council.cli.console import app, fail, llama_server_or_exit, load_or_exit, out, plan_or_exit
 
 
 @app.command("eval")
@@ -74,19 +74,12 @@ async def _record_here(loaded: Any, council: str, items: list[Any], concurrency:
                        advance: Any) -> list[Any]:
     """Start the council's members, record every item, stop them."""
     from council.evaluation.record import engine_asker, record_items
-    from council.members.binary import find_llama_server
     from council.members.process import LifeConfig
     from council.paths import council_home
-    from council.plan.planner import plan_policy
     from council.voting.assembly import assemble
 
-    server = find_llama_server(require_mtp=False)
-    if server is None:
-        raise fail("no llama-server found: run `council setup`", 1)
-    try:
-        plan = plan_policy(loaded.policy)
-    except (OSError, ValueError) as exc:
-        raise fail(str(exc), 2) from None
+    server = llama_server_or_exit()
+    plan = plan_or_exit(loaded)
     if council not in plan.configs:
         raise fail(f"council {council} does not fit: {plan.refused.get(council)}", 3)
     life = LifeConfig(run_dir=council_home() / "run", instance=f"eval-{os.getpid()}", stuck_after=3600)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from council.cli.console import app, err, fail, load_or_exit, out
+from council.cli.console import app, err, fail, llama_server_or_exit, load_or_exit, out, plan_or_exit
 
 
 @app.command()
@@ -19,20 +19,13 @@ def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -
     import asyncio
     import os
 
-    from council.members.binary import find_llama_server
     from council.members.process import LifeConfig
     from council.paths import council_home
-    from council.plan.planner import plan_policy
     from council.voting.assembly import assemble
 
     loaded = load_or_exit(policy)
-    server = find_llama_server(require_mtp=False)
-    if server is None:
-        raise fail("no llama-server found: run `council setup`", 1)
-    try:
-        plan_result = plan_policy(loaded.policy)
-    except (OSError, ValueError) as exc:
-        raise fail(str(exc), 2) from None
+    server = llama_server_or_exit()
+    plan_result = plan_or_exit(loaded)
     for council_name, reason in plan_result.refused.items():
         err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
     if not plan_result.placements():

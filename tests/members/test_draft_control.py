@@ -24,7 +24,7 @@ from council.policy.schema import Policy
 from council.setup.synthetic import write_qwen35
 from council.voting.assembly import assemble
 from council.voting.draft_control import DraftController
-from tests.servers import CouncilServer
+from tests.servers import CouncilServer, until
 
 pytestmark = pytest.mark.anyio
 FAST = {"backoff_base": 0.2, "backoff_cap": 1.0, "watch_interval": 0.1, "metrics_interval": 60.0,
@@ -47,14 +47,6 @@ def policy_doc(link: Path, good: Path, slot_bytes: int | None = None) -> dict:
         "councils": {"c": {"members": [{"model": "auto", "name": "c/auto"}, {"model": "fixed", "name": "c/1"},
                                        {"model": "fixed", "name": "c/2"}], "quorum": 2}},
     }
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def workload(process: MemberProcess) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from council.members.supervisor import Supervisor
 from council.policy.schema import ModelConfig, Policy
 from council.setup.catalog import by_name
 from council.setup.synthetic import write_qwen35
+from tests.servers import until
 
 pytestmark = pytest.mark.anyio
 SMOL = by_name("smollm2-135m")
@@ -72,14 +72,6 @@ def _alive(pid: int) -> bool:
         return False
     # A zombie is dead for our purposes.
     return "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 # ---- the state machine --------------------------------------------------------------------------------
