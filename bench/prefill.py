@@ -108,9 +108,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16, help="new tokens per answer")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    RESULTS.mkdir(exist_ok=True)
+    doc: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        doc = {name: asyncio.run(run_config(name, sizes, args.rounds, args.tokens, Path(tmp) / "run"))
-               for name in CONFIGS}
+        for name in CONFIGS:
+            doc[name] = asyncio.run(run_config(name, sizes, args.rounds, args.tokens, Path(tmp) / "run"))
+            (RESULTS / "prefill.partial.json").write_text(json.dumps(doc, indent=2))  # a long run keeps its part
     print(f"\n{'prompt':>7} | {'alone s':>8} | {'grouped s':>9} {'x alone':>8} | {'ungrouped s':>11} {'x alone':>8} |"
           f" prompt tokens processed alone / grouped / ungrouped | completion tokens")
     for size in map(str, sizes):
@@ -119,7 +122,6 @@ def main() -> None:
         completions = " / ".join(f"{c['completion_tokens']:.0f}" for c in (a, g, u))
         print(f"{size:>7} | {a['wall_s']:>8.2f} | {g['wall_s']:>9.2f} {g['wall_s'] / a['wall_s']:>7.2f}x | "
               f"{u['wall_s']:>11.2f} {u['wall_s'] / a['wall_s']:>7.2f}x | {prompts} | {completions}")
-    RESULTS.mkdir(exist_ok=True)
     (RESULTS / "prefill.json").write_text(json.dumps({"configs": doc, "sizes": sizes, "rounds": args.rounds,
                                                       "tokens": args.tokens}, indent=2))
 

@@ -129,7 +129,9 @@ async def record_items(ask: Asker, items: list[Item], *, concurrency: int = 1, a
                 record = ItemRecord(index=item.index, line=item.line, question=item.question,
                                     reference=item.reference, wall_ms=(time.monotonic() - started) * 1000,
                                     answers=answers, error=error)
-            if sink is not None:
+            # An item no member answered (a dead process, a deadline on a busy machine) is not kept: a resumed
+            # run asks it again.
+            if sink is not None and any(a.status == "ok" for a in record.answers):
                 sink.write(record.model_dump_json() + "\n")
                 sink.flush()
         if on_record is not None:

@@ -4,6 +4,7 @@ JSON, and bad data files that exit 2 naming the line."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from council.members.binary import LlamaServerInfo
 from council.voting.extract import extract
 from tests.conftest import run_cli
+from tests.servers import CouncilServer
 
 
 def council_policy(syn: Path) -> str:
@@ -107,3 +109,15 @@ def test_eval_refuses_an_unknown_council(tmp_path: Path, syn: Path) -> None:
     data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}])
     result = run_cli("eval", str(policy), "nope", str(data))
     assert result.returncode == 2 and "no council 'nope'" in result.stderr
+
+
+def test_eval_against_a_running_serve(tmp_path: Path, syn: Path, serve: Callable[..., CouncilServer]) -> None:
+    """`--url`: the running router's council answers with every member (the request asks it not to stop early)."""
+    server = serve(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "abc"}, {"question": "q", "answer": "abcd"}])
+    out = tmp_path / "report.json"
+    result = run_cli("eval", str(server.policy_path), "trio", str(data), "--url", server.url, "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert [[a["status"] for a in r["answers"]] for r in doc["records"]] == [["ok"] * 3] * 2  # none cancelled
+    assert [m["correct"] for m in doc["members"]] == [1, 1, 1] and doc["oracle"] == 1.0
