@@ -3,8 +3,9 @@ or sent as five requests, beside that model alone, on prompts of about 100, 1,00
 
     python -m bench.prefill [--rounds 2] [--sizes 100,1000,4000] [--tokens 16]
 
-SmolLM2-135M serves every configuration (one process each, started in turn, 2 threads, so they never share
-the CPU); each round gets a fresh prompt (no prompt-cache hits between rounds). Per configuration and size:
+SmolLM2-135M serves every configuration (one process each, 2 threads; only one is asked at a time, in turn
+for each round and size, so the three see the same machine); each round gets a fresh prompt (no
+prompt-cache hits between rounds). Per configuration and size:
 wall time of a council answer, prompt tokens the server processed (its /metrics), completion tokens.
 Goal: five grouped samples cost at most 1.5x the wall time of one member alone at 4,000 tokens.
 Writes bench/results/prefill.json.
@@ -48,15 +49,17 @@ def prompt(tokens: int, seed: int) -> str:
     return "\n".join(lines) + "\n\nIn one short sentence: which word appears in the first note?"
 
 
-def policy(samples: int, share: bool, ctx: int) -> Policy:
+def policy(ctx: int) -> Policy:
+    """One process per configuration (each SmolLM2, 2 threads); only one is asked at a time."""
     smol = by_name("smollm2-135m")
     assert smol is not None
+    councils = {name: {"members": [{"model": name, "samples": samples, "sampling": {"temperature": 0.8, "seed": 1}}],
+                       "vote": {"extract": "text"}, "share_prompt": share, "quorum": 1, "timeout": "10m"}
+                for name, (samples, share) in CONFIGS.items()}
     return Policy.model_validate({
         "gpus": [{"name": "cpu", "memory": "8GiB"}], "slots": {"size": "2GiB", "reserve": 0},
-        "models": {"smol": {"path": str(smol.path), "ctx_size": ctx, "threads": 2}},
-        "councils": {"c": {"members": [{"model": "smol", "samples": samples,
-                                        "sampling": {"temperature": 0.8, "seed": 1}}],
-                           "vote": {"extract": "text"}, "share_prompt": share, "quorum": 1, "timeout": "10m"}}})
+        "models": {name: {"path": str(smol.path), "ctx_size": ctx, "threads": 2} for name in CONFIGS},
+        "councils": councils})
 
 
 async def prompt_tokens(process: MemberProcess) -> float:
@@ -67,38 +70,40 @@ async def prompt_tokens(process: MemberProcess) -> float:
                if s.name == "llamacpp:prompt_tokens_total")
 
 
-async def run_config(name: str, sizes: list[int], rounds: int, tokens: int, run_dir: Path) -> dict[str, object]:
-    samples, share = CONFIGS[name]
+async def run(sizes: list[int], rounds: int, tokens: int, run_dir: Path) -> dict[str, dict[str, object]]:
+    """Every configuration side by side: for each round and size, each configuration in turn."""
     server = find_llama_server()
     assert server is not None, "run `council setup` first"
-    plan = plan_policy(policy(samples, share, max(sizes) + 512))
-    assembly = assemble(plan, server, LifeConfig(run_dir=run_dir, instance=f"prefill-{name}", stuck_after=3600))
+    assembly = assemble(plan_policy(policy(max(sizes) + 512)), server,
+                        LifeConfig(run_dir=run_dir, instance="prefill", stuck_after=3600))
     await assembly.supervisor.start()
-    results: dict[str, object] = {}
+    seen: dict[str, dict[int, list[tuple[float, float, int]]]] = {n: {s: [] for s in sizes} for n in CONFIGS}
     try:
         assert await assembly.supervisor.wait_settled(300)
-        process = next(iter(assembly.supervisor.members.values()))
-        engine = assembly.engines["c"]
-        for size in sizes:
-            walls, processed, completions = [], [], []
-            for r in range(rounds):
-                body = {"messages": [{"role": "user", "content": prompt(size, seed=1000 * size + r)}],
-                        "max_tokens": tokens}
-                before = await prompt_tokens(process)
-                started = time.monotonic()
-                answer = await engine.ask(body, early_stop=False)
-                walls.append(time.monotonic() - started)
-                processed.append(await prompt_tokens(process) - before)
-                completions.append(answer.usage()["completion_tokens"])
-                assert all(o.reply.status == "ok" for o in answer.outcomes), [o.reply.error for o in answer.outcomes]
-            results[str(size)] = {"wall_s": statistics.median(walls), "walls_s": walls,
-                                  "prompt_tokens_processed": statistics.median(processed),
-                                  "completion_tokens": statistics.median(completions)}
-            print(f"  {name:<10} {size:>5} tokens: {statistics.median(walls):6.2f} s, "
-                  f"{statistics.median(processed):6.0f} prompt tokens processed", flush=True)
+        for r in range(rounds):
+            for size in sizes:
+                text = prompt(size, seed=1000 * size + r)
+                for name in CONFIGS:
+                    # The same question for each configuration, but a fresh one per round: within a round the
+                    # configurations have their own processes, so no prompt cache is shared between them.
+                    process = next(p for p in assembly.supervisor.members.values() if p.spec.model == name)
+                    before = await prompt_tokens(process)
+                    started = time.monotonic()
+                    answer = await assembly.engines[name].ask(
+                        {"messages": [{"role": "user", "content": text}], "max_tokens": tokens}, early_stop=False)
+                    wall = time.monotonic() - started
+                    failed = [o.reply.error for o in answer.outcomes if o.reply.status != "ok"]
+                    assert not failed, failed
+                    processed = await prompt_tokens(process) - before
+                    seen[name][size].append((wall, processed, answer.usage()["completion_tokens"]))
+                    print(f"  round {r + 1} {name:<10} {size:>5} tokens: {wall:6.2f} s, {processed:6.0f} prompt "
+                          f"tokens processed", flush=True)
     finally:
         await assembly.supervisor.stop()
-    return results
+    return {name: {str(size): {"wall_s": statistics.median(w for w, _, _ in runs), "walls_s": [w for w, _, _ in runs],
+                               "prompt_tokens_processed": statistics.median(p for _, p, _ in runs),
+                               "completion_tokens": statistics.median(c for _, _, c in runs)}
+                   for size, runs in by_size.items()} for name, by_size in seen.items()}
 
 
 def main() -> None:
@@ -109,11 +114,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     RESULTS.mkdir(exist_ok=True)
-    doc: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in CONFIGS:
-            doc[name] = asyncio.run(run_config(name, sizes, args.rounds, args.tokens, Path(tmp) / "run"))
-            (RESULTS / "prefill.partial.json").write_text(json.dumps(doc, indent=2))  # a long run keeps its part
+        doc = asyncio.run(run(sizes, args.rounds, args.tokens, Path(tmp) / "run"))
     print(f"\n{'prompt':>7} | {'alone s':>8} | {'grouped s':>9} {'x alone':>8} | {'ungrouped s':>11} {'x alone':>8} |"
           f" prompt tokens processed alone / grouped / ungrouped | completion tokens")
     for size in map(str, sizes):
