@@ -267,6 +267,8 @@ class CouncilEngine:
                     decided_at = number
                     break
                 answered = [self._ballot(o) for o in outcomes.values() if o.reply.status == "ok"]
+                if not answered and all(o.reply.rejected for o in outcomes.values()):
+                    break  # the request itself is refused: later stages would refuse it too
                 if number < len(stages) and len(answered) >= self.config.quorum_count(len(asked)) and stage_agrees(
                         answered, vote.strategy, vote.cascade.agreement if vote.cascade else 1.0, temperature):
                     decided_at = number

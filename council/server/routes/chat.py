@@ -95,15 +95,17 @@ async def chat_completions(request: Request, router: Current, who: Chat) -> Resp
         raise BadRequest(f"{chat.model} is text-only: it has no vision or audio projector (`--mmproj`)",
                          "unsupported_content")
     admission = await router.limits.admit(who, chat.model)
+    early_stop = chat.council is None or chat.council.early_stop  # `council: {early_stop: false}` waits for all
     if chat.stream:
         if engine is not None:
-            return StreamingResponse(stream_council(router, engine, body, admission), media_type="text/event-stream")
+            return StreamingResponse(stream_council(router, engine, body, admission, early_stop),
+                                     media_type="text/event-stream")
         return await _passthrough(router, chat.model, raw, "/v1/chat/completions", admission, started, stream=True)
     async with admission:
         if engine is None:
             return await _passthrough(router, chat.model, raw, "/v1/chat/completions", admission, started)
         asked = time.perf_counter()
-        answer = await engine.ask(body, early_stop=chat.council is None or chat.council.early_stop)
+        answer = await engine.ask(body, early_stop=early_stop)
         waited = time.perf_counter() - asked
         router.answered(answer, body)
         response = JSONResponse(completion_body(answer, int(time.time()), logprobs=bool(chat.logprobs)))
@@ -149,10 +151,10 @@ def _measured(router: Router, response: Response, model: str, started: float, wa
     return response
 
 
-async def stream_council(router: Router, engine: CouncilEngine, body: dict[str, Any],
-                         admission: Admission) -> AsyncIterator[bytes]:
+async def stream_council(router: Router, engine: CouncilEngine, body: dict[str, Any], admission: Admission,
+                         early_stop: bool = True) -> AsyncIterator[bytes]:
     """Keep-alive comments while members work, then the winning answer, usage and the council object."""
-    task = asyncio.create_task(engine.ask(body))
+    task = asyncio.create_task(engine.ask(body, early_stop=early_stop))
     try:
         while True:
             try:
