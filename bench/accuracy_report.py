@@ -37,21 +37,27 @@ def table(records: list[ItemRecord], config: CouncilConfig, council: str, data: 
         label = s.strategy if s.signal is None else f"confidence ({s.signal}, T={s.temperature:g})"
         rows.append(_row(f"council {len(records[0].answers)}: {label}", s.accuracy, tokens, wall, base))
     for spend in report.spend:
-        if spend.name != "every member":
+        if spend.name == "early stop":
             rows.append(_row(f"council {len(records[0].answers)}: {spend.name} (majority)", spend.accuracy,
                              spend.tokens_per_item, spend.ms_per_item / 1000, base))
     # Cascades under the confidence vote: what the recommended council does.
     best_conf = max((s for s in report.strategies if s.strategy == "confidence"), key=lambda s: s.accuracy)
     rule = Rule("confidence", report.extract, best_conf.signal or "tail", best_conf.temperature or 1.0)
     size = len(records[0].answers)
-    for first in (2, 3, 4):
-        stages = [list(range(first)), list(range(first, size))]
-        results = [cascade(r, rule, stages, 1.0, config) for r in records]
-        correct = sum(res[0] is not None and res[0] == reference(r, report.extract)
-                      for res, r in zip(results, records, strict=True))
-        rows.append(_row(f"council {size}: cascade first {first} (confidence {rule.signal}, T={rule.temperature:g})",
-                         correct / n, sum(res[1] for res in results) / n, sum(res[2] for res in results) / n / 1000,
-                         base))
+    plans: list[tuple[str, list[list[int]], float]] = [
+        (f"first {k}", [list(range(k)), list(range(k, size))], 1.0) for k in (2, 3)]
+    if size >= 9:
+        thirds = [[0, 1, 2], [3, 4, 5], list(range(6, size))]
+        plans += [("3+3+3", thirds, 1.0), ("3+3+3, agreement 0.8", thirds, 0.8),
+                  ("2+3+rest, agreement 0.8", [[0, 1], [2, 3, 4], list(range(5, size))], 0.8)]
+    for label, stages, agreement in plans:
+        for vote in (Rule("majority", report.extract), rule):
+            results = [cascade(r, vote, stages, agreement, config) for r in records]
+            correct = sum(res[0] is not None and res[0] == reference(r, report.extract)
+                          for res, r in zip(results, records, strict=True))
+            how = "majority" if vote.strategy == "majority" else f"confidence {vote.signal}, T={vote.temperature:g}"
+            rows.append(_row(f"council {size}: cascade {label} ({how})", correct / n,
+                             sum(res[1] for res in results) / n, sum(res[2] for res in results) / n / 1000, base))
     oracle = report.oracle
     majority_full = sum(council_answer(r.answers, Rule("majority", report.extract)) == reference(r, report.extract)
                         for r in records) / n
@@ -61,9 +67,9 @@ def table(records: list[ItemRecord], config: CouncilConfig, council: str, data: 
 
 def print_table(name: str, doc: dict[str, object]) -> None:
     print(f"\n{name}: {doc['items']} items, oracle (some member right) {100 * doc['oracle']:.1f}%")  # type: ignore[operator]
-    print(f"{'':<62} {'accuracy':>9} {'vs greedy':>10} {'tokens/item':>12} {'s/item':>8}")
+    print(f"{'':<72} {'accuracy':>9} {'vs greedy':>10} {'tokens/item':>12} {'s/item':>8}")
     for row in doc["rows"]:  # type: ignore[attr-defined]
-        print(f"{row['name']:<62} {100 * row['accuracy']:>8.1f}% {row['points_vs_greedy']:>+9.1f} "
+        print(f"{row['name']:<72} {100 * row['accuracy']:>8.1f}% {row['points_vs_greedy']:>+9.1f} "
               f"{row['tokens_per_item']:>12.0f} {row['s_per_item']:>8.1f}")
 
 
