@@ -83,7 +83,7 @@ def report(policy: Path, council: str, sets: dict[str, Path], out: Path) -> dict
             continue
         full = table(records, config, council, name)
         print_table(f"{name}, council of {len(records[0].answers)}", full)
-        five = table(_subset(records, 5), config.model_copy(update={"vote": config.vote}), council, name)
+        five = table(_subset(records, 5), config, council, name)
         print_table(f"{name}, council of 5 (greedy + 4 samples, same answers)", five)
         doc["sets"][name] = {"full": full, "five": five}  # type: ignore[index]
     out.parent.mkdir(exist_ok=True)

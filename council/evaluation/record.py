@@ -8,7 +8,6 @@ these records. Records can be appended to a JSONL file as they come, and a run r
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -143,7 +142,3 @@ async def record_items(ask: Asker, items: list[Item], *, concurrency: int = 1, a
     finally:
         if sink is not None:
             sink.close()
-
-
-def dump_records(records: list[ItemRecord]) -> str:
-    return "".join(json.dumps(r.model_dump()) + "\n" for r in records)

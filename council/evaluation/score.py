@@ -227,10 +227,8 @@ def leave_one_out(records: Sequence[ItemRecord], rule: Rule) -> list[LeaveOneOut
     return rows
 
 
-def extractors_for(records: Sequence[ItemRecord], configured: str) -> list[str]:
-    """The council's extractor, then the others that fit the data."""
-    kinds = [configured, "auto", "number", "choice", "text"]
-    return list(dict.fromkeys(kinds))
+# Scored beside the council's own extractor.
+EXTRACTORS = ("auto", "number", "choice", "text")
 
 
 def score(records: list[ItemRecord], council: str, config: CouncilConfig, data: str) -> EvalReport:
@@ -238,7 +236,7 @@ def score(records: list[ItemRecord], council: str, config: CouncilConfig, data: 
     own = Rule(vote.strategy if vote.strategy != "judge" else "majority", vote.extract, vote.confidence,
                vote.confidence_temperature, tuple(vote.tie_break))
     members = score_members(records, vote.extract)
-    rules = [Rule(s, how, tie_break=own.tie_break) for how in extractors_for(records, vote.extract)
+    rules = [Rule(s, how, tie_break=own.tie_break) for how in dict.fromkeys((vote.extract, *EXTRACTORS))
              for s in ("majority", "weighted", "similarity")]
     rules += [Rule("confidence", vote.extract, signal, t, own.tie_break) for signal in ("answer", "reply", "tail")
               for t in (0.5, 1.0, 2.0)]

@@ -96,14 +96,13 @@ async def chat_completions(request: Request, router: Current, who: Chat) -> Resp
                          "unsupported_content")
     admission = await router.limits.admit(who, chat.model)
     early_stop = chat.council is None or chat.council.early_stop  # `council: {early_stop: false}` waits for all
+    if engine is None:
+        return await _passthrough(router, chat.model, raw, "/v1/chat/completions", admission, started,
+                                  stream=bool(chat.stream))
     if chat.stream:
-        if engine is not None:
-            return StreamingResponse(stream_council(router, engine, body, admission, early_stop),
-                                     media_type="text/event-stream")
-        return await _passthrough(router, chat.model, raw, "/v1/chat/completions", admission, started, stream=True)
+        return StreamingResponse(stream_council(router, engine, body, admission, early_stop),
+                                 media_type="text/event-stream")
     async with admission:
-        if engine is None:
-            return await _passthrough(router, chat.model, raw, "/v1/chat/completions", admission, started)
         asked = time.perf_counter()
         answer = await engine.ask(body, early_stop=early_stop)
         waited = time.perf_counter() - asked
