@@ -50,6 +50,10 @@ def table(records: list[ItemRecord], config: CouncilConfig, council: str, data: 
         thirds = [[0, 1, 2], [3, 4, 5], list(range(6, size))]
         plans += [("3+3+3", thirds, 1.0), ("3+3+3, agreement 0.8", thirds, 0.8),
                   ("2+3+rest, agreement 0.8", [[0, 1], [2, 3, 4], list(range(5, size))], 0.8)]
+        # Adaptive-Consistency's shape: a pair, then one more sample at a time until the leader holds the share.
+        for agreement in (0.75, 0.65):
+            plans.append((f"2, then 1 at a time, agreement {agreement}",
+                          [[0, 1], *([i] for i in range(2, size))], agreement))
     for label, stages, agreement in plans:
         for vote in (Rule("majority", report.extract), rule):
             results = [cascade(r, vote, stages, agreement, config) for r in records]
@@ -67,9 +71,9 @@ def table(records: list[ItemRecord], config: CouncilConfig, council: str, data: 
 
 def print_table(name: str, doc: dict[str, object]) -> None:
     print(f"\n{name}: {doc['items']} items, oracle (some member right) {100 * doc['oracle']:.1f}%")  # type: ignore[operator]
-    print(f"{'':<72} {'accuracy':>9} {'vs greedy':>10} {'tokens/item':>12} {'s/item':>8}")
+    print(f"{'':<84} {'accuracy':>9} {'vs greedy':>10} {'tokens/item':>12} {'s/item':>8}")
     for row in doc["rows"]:  # type: ignore[attr-defined]
-        print(f"{row['name']:<72} {100 * row['accuracy']:>8.1f}% {row['points_vs_greedy']:>+9.1f} "
+        print(f"{row['name']:<84} {100 * row['accuracy']:>8.1f}% {row['points_vs_greedy']:>+9.1f} "
               f"{row['tokens_per_item']:>12.0f} {row['s_per_item']:>8.1f}")
 
 

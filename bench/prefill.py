@@ -1,10 +1,13 @@
 """Self-consistency at the price of one prefill: five samples of one model, grouped into one request (`n: 5`)
-or sent as five requests, beside that model alone, on prompts of about 100, 1,000 and 4,000 tokens.
+or sent as five requests, beside that model alone, on prompts of about 100, 1,000 and 4,000 tokens; and the
+grouped request streamed with early stop on (the vote on the word decides before the slowest choice ends); and
+five members of one process that differ in temperature (so they cannot share `n`), asked at once or chained
+(`prompt_reuse: chain`: one after another, each reusing the prompt the last one left in the server's cache).
 
     python -m bench.prefill [--rounds 2] [--sizes 100,1000,4000] [--tokens 16]
 
 SmolLM2-135M serves every configuration (one process each, 2 threads; only one is asked at a time, in turn
-for each round and size, so the three see the same machine); each round gets a fresh prompt (no
+for each round and size, so all see the same machine); each round gets a fresh prompt (no
 prompt-cache hits between rounds). Per configuration and size:
 wall time of a council answer, prompt tokens the server processed (its /metrics), completion tokens.
 Goal: five grouped samples cost at most 1.5x the wall time of one member alone at 4,000 tokens.
@@ -20,6 +23,7 @@ import random
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -34,7 +38,29 @@ from council.voting.assembly import assemble
 
 RESULTS = Path(__file__).parent / "results"
 WORDS = ("river", "lantern", "copper", "meadow", "signal", "harbor", "quartz", "willow", "ember", "orbit")
-CONFIGS = {"alone": (1, True), "grouped": (5, True), "ungrouped": (5, False)}
+SAMPLES = [{"samples": 5, "sampling": {"temperature": 0.8, "seed": 1}}]
+MIXED = [{"sampling": {"temperature": t, "seed": 1}} for t in (0.2, 0.4, 0.6, 0.8, 1.0)]  # no `n`: no two alike
+
+
+@dataclass(frozen=True)
+class Config:
+    members: list[dict[str, object]]
+    council: dict[str, object]  # council settings beside the members
+    early_stop: bool = False
+
+
+# `grouped` waits for every choice (as evaluation does); `grouped_stop` streams the group and stops once the
+# vote on the word is decided. `mixed_*`: five members of one process differing in temperature (no `n`),
+# asked at once (each reads the prompt) or chained (each reuses the prompt the last one left in the cache).
+CONFIGS = {
+    "alone": Config([{"sampling": {"temperature": 0.8, "seed": 1}}], {}),
+    "grouped": Config(SAMPLES, {}),
+    "grouped_stop": Config(SAMPLES, {}, early_stop=True),
+    "ungrouped": Config(SAMPLES, {"share_prompt": False}),
+    "mixed_parallel": Config(MIXED, {"prompt_reuse": "parallel"}),
+    "mixed_chain": Config(MIXED, {"prompt_reuse": "chain"}),
+}
+EXTRACT = f"regex:({'|'.join(WORDS)})"
 
 
 def prompt(tokens: int, seed: int) -> str:
@@ -53,12 +79,11 @@ def policy(ctx: int) -> Policy:
     """One process per configuration (each SmolLM2, 2 threads); only one is asked at a time."""
     smol = by_name("smollm2-135m")
     assert smol is not None
-    councils = {name: {"members": [{"model": name, "samples": samples, "sampling": {"temperature": 0.8, "seed": 1}}],
-                       "vote": {"extract": "text"}, "share_prompt": share, "quorum": 1, "timeout": "10m"}
-                for name, (samples, share) in CONFIGS.items()}
+    councils = {name: {"members": [{"model": name, **m} for m in c.members], "vote": {"extract": EXTRACT},
+                       "quorum": 1, "timeout": "10m", **c.council} for name, c in CONFIGS.items()}
     return Policy.model_validate({
-        "gpus": [{"name": "cpu", "memory": "8GiB"}], "slots": {"size": "2GiB", "reserve": 0},
-        "models": {name: {"path": str(smol.path), "ctx_size": ctx, "threads": 2} for name in CONFIGS},
+        "gpus": [{"name": "cpu", "memory": "12GiB"}], "slots": {"size": "2GiB", "reserve": 0},
+        "models": {name: {"path": str(smol.path), "ctx_size": ctx, "threads": 2, "share": True} for name in CONFIGS},
         "councils": councils})
 
 
@@ -77,7 +102,7 @@ async def run(sizes: list[int], rounds: int, tokens: int, run_dir: Path) -> dict
     assembly = assemble(plan_policy(policy(max(sizes) + 512)), server,
                         LifeConfig(run_dir=run_dir, instance="prefill", stuck_after=3600))
     await assembly.supervisor.start()
-    seen: dict[str, dict[int, list[tuple[float, float, int]]]] = {n: {s: [] for s in sizes} for n in CONFIGS}
+    seen: dict[str, dict[int, list[tuple[float, float, int, bool]]]] = {n: {s: [] for s in sizes} for n in CONFIGS}
     try:
         assert await assembly.supervisor.wait_settled(300)
         for r in range(rounds):
@@ -90,19 +115,21 @@ async def run(sizes: list[int], rounds: int, tokens: int, run_dir: Path) -> dict
                     before = await prompt_tokens(process)
                     started = time.monotonic()
                     answer = await assembly.engines[name].ask(
-                        {"messages": [{"role": "user", "content": text}], "max_tokens": tokens}, early_stop=False)
+                        {"messages": [{"role": "user", "content": text}], "max_tokens": tokens},
+                        early_stop=CONFIGS[name].early_stop)
                     wall = time.monotonic() - started
-                    failed = [o.reply.error for o in answer.outcomes if o.reply.status != "ok"]
+                    failed = [o.reply.error for o in answer.outcomes if o.reply.status not in ("ok", "cancelled")]
                     assert not failed, failed
                     processed = await prompt_tokens(process) - before
-                    seen[name][size].append((wall, processed, answer.usage()["completion_tokens"]))
-                    print(f"  round {r + 1} {name:<10} {size:>5} tokens: {wall:6.2f} s, {processed:6.0f} prompt "
-                          f"tokens processed", flush=True)
+                    seen[name][size].append((wall, processed, answer.usage()["completion_tokens"], answer.early_stop))
+                    print(f"  round {r + 1} {name:<14} {size:>5} tokens: {wall:6.2f} s, {processed:6.0f} prompt "
+                          f"tokens processed{', stopped early' if answer.early_stop else ''}", flush=True)
     finally:
         await assembly.supervisor.stop()
-    return {name: {str(size): {"wall_s": statistics.median(w for w, _, _ in runs), "walls_s": [w for w, _, _ in runs],
-                               "prompt_tokens_processed": statistics.median(p for _, p, _ in runs),
-                               "completion_tokens": statistics.median(c for _, _, c in runs)}
+    return {name: {str(size): {"wall_s": statistics.median(w for w, *_ in runs), "walls_s": [w for w, *_ in runs],
+                               "prompt_tokens_processed": statistics.median(p for _, p, *_ in runs),
+                               "completion_tokens": statistics.median(c for _, _, c, _ in runs),
+                               "stopped_early": sum(e for *_, e in runs)}
                    for size, runs in by_size.items()} for name, by_size in seen.items()}
 
 
@@ -116,14 +143,17 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         doc = asyncio.run(run(sizes, args.rounds, args.tokens, Path(tmp) / "run"))
-    print(f"\n{'prompt':>7} | {'alone s':>8} | {'grouped s':>9} {'x alone':>8} | {'ungrouped s':>11} {'x alone':>8} |"
-          f" prompt tokens processed alone / grouped / ungrouped | completion tokens")
+    names = list(CONFIGS)
+    print(f"\n{'prompt':>7} | " + " | ".join(f"{n + ' s':>15} {'x alone':>7}" for n in names)
+          + " | prompt tokens processed " + " / ".join(names) + " | completion tokens | stopped early")
     for size in map(str, sizes):
-        a, g, u = (doc[n][size] for n in CONFIGS)  # type: ignore[index]
-        prompts = " / ".join(f"{c['prompt_tokens_processed']:.0f}" for c in (a, g, u))
-        completions = " / ".join(f"{c['completion_tokens']:.0f}" for c in (a, g, u))
-        print(f"{size:>7} | {a['wall_s']:>8.2f} | {g['wall_s']:>9.2f} {g['wall_s'] / a['wall_s']:>7.2f}x | "
-              f"{u['wall_s']:>11.2f} {u['wall_s'] / a['wall_s']:>7.2f}x | {prompts} | {completions}")
+        row = [doc[n][size] for n in names]
+        alone = row[0]["wall_s"]
+        walls = " | ".join(f"{c['wall_s']:>15.2f} {c['wall_s'] / alone:>6.2f}x" for c in row)  # type: ignore[operator]
+        prompts = " / ".join(f"{c['prompt_tokens_processed']:.0f}" for c in row)
+        completions = " / ".join(f"{c['completion_tokens']:.0f}" for c in row)
+        early = " / ".join(f"{c['stopped_early']}" for c in row)
+        print(f"{size:>7} | {walls} | {prompts} | {completions} | {early}")
     (RESULTS / "prefill.json").write_text(json.dumps({"configs": doc, "sizes": sizes, "rounds": args.rounds,
                                                       "tokens": args.tokens}, indent=2))
 

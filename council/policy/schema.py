@@ -345,6 +345,11 @@ class CouncilConfig(_Strict):
     # Members that would send the same request to the same process, differing only in seed, share one request
     # with `n` (the prompt is read once). Off: one request per member (to compare, or for old servers).
     share_prompt: bool = True
+    # Seats that send one prompt to one process with different sampling (so no `n`): `chain` asks them one
+    # after another, each reusing the prompt the last one left in the server's cache; `parallel` asks them at
+    # once (each reads the prompt); `auto` chains when the process's measured prefill of this prompt takes
+    # longer than its measured generation of an answer (long prompts, short answers, a CPU).
+    prompt_reuse: Literal["auto", "chain", "parallel"] = "auto"
 
     def entry_names(self, council: str) -> list[str]:
         """Each member entry's name as written: its own `name:`, else `COUNCIL/INDEX`."""

@@ -3,7 +3,9 @@ through litellm (imported only when a remote member exists: it costs ~3 s to imp
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -35,6 +37,7 @@ class MemberReply:
     logprobs: dict[str, Any] | None = None  # the choice's `logprobs` object, returned for a winning member
     error: str | None = None
     http_status: int | None = None  # the member's status when it answered with an error
+    timings: dict[str, Any] | None = None  # llama-server's own timings of the request (prefill, generation)
 
     @property
     def rejected(self) -> bool:
@@ -57,6 +60,7 @@ def _choice_reply(choice: dict[str, Any], latency_ms: float, prompt_tokens: int,
         draft_n=timings.get("draft_n"), draft_n_accepted=timings.get("draft_n_accepted"),
         logprob=sum(values) / len(values) if values else None,
         logprobs=choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None,
+        timings=timings or None,
     )
 
 
@@ -67,26 +71,47 @@ def reply_from_openai(body: dict[str, Any], latency_ms: float) -> MemberReply:
                          int(usage.get("completion_tokens") or 0), body.get("timings") or {})
 
 
-def replies_from_openai(body: dict[str, Any], latency_ms: float, n: int) -> list[MemberReply]:
-    """One reply per choice of an `n`-choice body, by `index`. The prompt was read once: its tokens go to the
-    first choice. llama-server's `usage` counts the first choice's tokens only, so each choice counts its own
-    from its logprobs (grouped calls ask for them) where it has them."""
-    if n == 1:
-        return [reply_from_openai(body, latency_ms)]
-    usage = body.get("usage") or {}
-    choices = {int(c.get("index", i)): c for i, c in enumerate(body.get("choices") or [])}
-    replies = []
-    for i in range(n):
-        choice = choices.get(i)
-        if choice is None:
-            replies.append(MemberReply(status="error", latency_ms=latency_ms, error=f"choice {i} of {n} missing"))
-            continue
-        tokens = ((choice.get("logprobs") or {}).get("content"))
-        completion = len(tokens) if isinstance(tokens, list) else (int(usage.get("completion_tokens") or 0)
-                                                                   if i == 0 else 0)
-        replies.append(_choice_reply(choice, latency_ms, int(usage.get("prompt_tokens") or 0) if i == 0 else 0,
-                                     completion, body.get("timings") or {} if i == 0 else {}))
-    return replies
+@dataclass
+class _Choice:
+    """One choice of a streamed `n` request, as its chunks arrive."""
+
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    chunks: int = 0
+
+    def add(self, choice: dict[str, Any]) -> None:
+        delta = choice.get("delta") or {}
+        self.chunks += 1
+        if isinstance(delta.get("content"), str):
+            self.content.append(delta["content"])
+        if isinstance(delta.get("reasoning_content"), str):
+            self.reasoning.append(delta["reasoning_content"])
+        for call in delta.get("tool_calls") or []:
+            # Tool calls stream as pieces keyed by their index: the name once, the arguments in parts.
+            into = self.tool_calls.setdefault(int(call.get("index", 0)),
+                                              {"type": "function", "function": {"name": "", "arguments": ""}})
+            if call.get("id"):
+                into["id"] = call["id"]
+            fn = call.get("function") or {}
+            into["function"]["name"] += fn.get("name") or ""
+            into["function"]["arguments"] += fn.get("arguments") or ""
+        entries = (choice.get("logprobs") or {}).get("content")
+        if isinstance(entries, list):
+            self.logprobs += entries
+
+    def reply(self, latency_ms: float, prompt_tokens: int, usage: dict[str, Any] | None,
+              timings: dict[str, Any]) -> MemberReply:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content)}
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        if self.tool_calls:
+            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        # llama-server sends each choice's own usage after its last chunk; without it, count its tokens.
+        completion = int(usage.get("completion_tokens") or 0) if usage else len(self.logprobs) or self.chunks
+        return _choice_reply({"message": message, "logprobs": {"content": self.logprobs} if self.logprobs else None},
+                             latency_ms, prompt_tokens, completion, timings)
 
 
 class RateLimiter(Protocol):
@@ -122,7 +147,15 @@ def rate_limiter(per_second: float | None) -> RateLimiter:
 
 
 class MemberClient(Protocol):
+    """What a seat asks. `target` names the process the calls go to: seats with the same target and the same
+    request can share one request for `n` choices (None: never grouped)."""
+
+    @property
+    def target(self) -> str | None: ...
+
     async def complete(self, payload: dict[str, Any]) -> MemberReply: ...
+
+    def choices(self, payload: dict[str, Any], n: int) -> AsyncIterator[tuple[int, MemberReply]]: ...
 
 
 class MemberUnavailable(CouncilError):
@@ -187,34 +220,66 @@ class HttpMemberClient:
             yield response
 
     async def complete(self, payload: dict[str, Any], path: str = "/v1/chat/completions") -> MemberReply:
-        return (await self.complete_many(payload, 1, path))[0]
-
-    async def complete_many(self, payload: dict[str, Any], n: int,
-                            path: str = "/v1/chat/completions") -> list[MemberReply]:
-        """`n` choices of one request (`n` > 1: one prompt pass, `n` slots held); one reply per choice."""
         start = time.monotonic()
-        data = json.dumps({**payload, "n": n} if n > 1 else payload).encode()
+        data = json.dumps(payload).encode()
         for attempt in (1, 2):  # one retry on a connection error: the member may be restarting
             where = self.endpoint()
             if where is None:
-                return [MemberReply(status="error", error="member is not ready")] * n
+                return MemberReply(status="error", error="member is not ready")
             try:
-                async with self._call(where, path, data, n) as response:
+                async with self._call(where, path, data) as response:
                     status, raw = response.status, await response.read()
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 if attempt == 2:
-                    return [MemberReply(status="error", error=f"{type(exc).__name__}: {exc}",
-                                        latency_ms=(time.monotonic() - start) * 1000)] * n
+                    return MemberReply(status="error", error=f"{type(exc).__name__}: {exc}",
+                                       latency_ms=(time.monotonic() - start) * 1000)
                 continue
             latency = (time.monotonic() - start) * 1000
             if status != 200:
-                return [MemberReply(status="error", latency_ms=latency, http_status=status,
-                                    error=f"member answered {status}: {_reason(raw)}")] * n
+                return MemberReply(status="error", latency_ms=latency, http_status=status,
+                                   error=f"member answered {status}: {_reason(raw)}")
             try:
-                return replies_from_openai(json.loads(raw), latency, n)
-            except (ValueError, KeyError, TypeError):
-                return [MemberReply(status="error", latency_ms=latency, error="member answered with invalid JSON")] * n
+                return reply_from_openai(json.loads(raw), latency)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return MemberReply(status="error", latency_ms=latency, error="member answered with invalid JSON")
         raise AssertionError("unreachable")
+
+    async def choices(self, payload: dict[str, Any], n: int,
+                      path: str = "/v1/chat/completions") -> AsyncIterator[tuple[int, MemberReply]]:
+        """The `n` choices of one request (one prompt pass, `n` slots held), each as soon as it is complete:
+        the request streams (choices arrive interleaved by index), so a vote can be decided, and the request
+        closed, before the slowest choice ends. Every index is yielded once; the prompt's tokens go to the
+        first choice reported (the server read the prompt once)."""
+        start = time.monotonic()
+        body = {**payload, "n": n, "stream": True, "stream_options": {"include_usage": True}}
+        data = json.dumps(body).encode()
+        done: set[int] = set()
+        error = "member is not ready"
+        for attempt in (1, 2):  # one retry on a connection error before any choice came back
+            where = self.endpoint()
+            if where is None:
+                break
+            try:
+                async with self._call(where, path, data, n) as response:
+                    if response.status != 200:
+                        error = f"member answered {response.status}: {_reason(await response.read())}"
+                        for i in range(n):
+                            yield i, MemberReply(status="error", latency_ms=(time.monotonic() - start) * 1000,
+                                                 http_status=response.status, error=error)
+                        return
+                    async for index, reply in _stream_choices(response, n, start):
+                        if index not in done:
+                            done.add(index)
+                            yield index, (reply if len(done) == 1 else _without_prompt(reply))
+                error = "the member's stream ended before every choice finished"
+                break
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if done or attempt == 2:
+                    break
+        for i in range(n):
+            if i not in done:
+                yield i, MemberReply(status="error", latency_ms=(time.monotonic() - start) * 1000, error=error)
 
     def _where(self) -> Endpoint:
         where = self.endpoint()
@@ -245,6 +310,51 @@ class HttpMemberClient:
             raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
 
 
+def _without_prompt(reply: MemberReply) -> MemberReply:
+    return dataclasses.replace(reply, prompt_tokens=0)
+
+
+async def _stream_choices(response: aiohttp.ClientResponse, n: int,
+                          start: float) -> AsyncIterator[tuple[int, MemberReply]]:
+    """Read an `n`-choice chat stream (server-sent events): yield each choice when its usage chunk (which
+    follows its last chunk) arrives, or when the next event shows the usage is not coming."""
+    open_choices: dict[int, _Choice] = {}
+    finished: list[int] = []  # ended, waiting for their usage chunk
+
+    def ready(usage: dict[str, Any] | None, timings: dict[str, Any]) -> tuple[int, MemberReply]:
+        index = finished.pop(0)
+        prompt = int(usage.get("prompt_tokens") or 0) if usage else 0
+        return index, open_choices.pop(index).reply((time.monotonic() - start) * 1000, prompt, usage, timings)
+
+    async for raw_line in response.content:
+        line = raw_line.strip()
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            break
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            continue
+        if not isinstance(chunk, dict):
+            continue
+        if chunk.get("usage") is not None and finished:
+            yield ready(chunk["usage"], chunk.get("timings") or {})
+            continue
+        while finished:  # a choice ended without a usage chunk
+            yield ready(None, {})
+        for choice in chunk.get("choices") or []:
+            index = int(choice.get("index", 0))
+            if not 0 <= index < n:
+                continue
+            open_choices.setdefault(index, _Choice()).add(choice)
+            if choice.get("finish_reason"):
+                finished.append(index)
+    while finished:
+        yield ready(None, {})
+
+
 def _reason(raw: bytes) -> str:
     """A member's error message: the OpenAI error shape's `message` where it sent one, else its first bytes."""
     try:
@@ -263,6 +373,15 @@ class RemoteClient:
 
     remote: RemoteConfig
     limiter: RateLimiter = field(default_factory=NoLimit)
+    target: None = None  # a provider's requests are never grouped
+
+    async def choices(self, payload: dict[str, Any], n: int) -> AsyncIterator[tuple[int, MemberReply]]:
+        """`n` separate calls (providers bill `n` choices as separate completions anyway), as they finish."""
+        async def one(i: int) -> tuple[int, MemberReply]:
+            return i, await self.complete(payload)
+
+        for finished in asyncio.as_completed([one(i) for i in range(n)]):
+            yield await finished
 
     async def complete(self, payload: dict[str, Any]) -> MemberReply:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at import

@@ -10,7 +10,6 @@ llama-server slots free up). Fewer answers than the quorum is an error, never a 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from council.voting.ballots import BallotStore
 from council.voting.client import MemberClient, MemberReply
 from council.voting.confidence import signals
 from council.voting.extract import canonical_tool_call, extract
+from council.voting.lanes import Call, Rates, group_calls, lanes
 from council.voting.vote import (
     Ballot,
     Decision,
@@ -170,6 +170,7 @@ class CouncilEngine:
         self.config = config
         self.members = members
         self.ballots = ballots if ballots is not None else BallotStore()
+        self.rates: dict[str, Rates] = {}  # per process (seat target): what decides `prompt_reuse: auto`
 
     def _value(self, member: Seat) -> float:
         """The most a seat still out can add to one answer (confidence votes are at most the weight)."""
@@ -195,28 +196,13 @@ class CouncilEngine:
             payload.setdefault("logprobs", True)  # the confidence vote reads the members' token logprobs
         return payload
 
-    def calls(self, request: dict[str, Any], seats: list[Seat]) -> list[tuple[list[Seat], dict[str, Any]]]:
-        """The requests that ask `seats`: seats that would send the same request to the same process and differ
-        only in seed share one request with `n` (one prompt pass for all of them; it is seeded with its first
-        seat's seed, and llama-server seeds each further choice apart). Others go one request each."""
-        groups: dict[tuple[str, str], tuple[list[Seat], dict[str, Any]]] = {}
-        calls: list[tuple[list[Seat], dict[str, Any]]] = []
-        for seat in seats:
-            payload = self.payload(request, seat)
-            target = getattr(seat.client, "target", None)
-            if target is None or not self.config.share_prompt:
-                calls.append(([seat], payload))
-                continue
-            key = (target, json.dumps({k: v for k, v in payload.items() if k != "seed"}, sort_keys=True, default=str))
-            if key in groups:
-                groups[key][0].append(seat)
-            else:
-                groups[key] = ([seat], payload)
-                calls.append(groups[key])
-        for group, payload in calls:
-            if len(group) > 1:
-                payload.setdefault("logprobs", True)  # each choice counts its own tokens from its logprobs
-        return calls
+    def calls(self, request: dict[str, Any], seats: list[Seat]) -> list[Call[Seat]]:
+        """The requests that ask `seats` (seats differing only in seed share one, with `n`)."""
+        return group_calls([(seat, self.payload(request, seat)) for seat in seats], self.config.share_prompt)
+
+    def lanes(self, request: dict[str, Any], seats: list[Seat]) -> list[list[Call[Seat]]]:
+        """The requests as lanes: one lane's requests go one after another (reusing one prompt), lanes at once."""
+        return lanes(self.calls(request, seats), self.config.prompt_reuse, self.rates)
 
     async def ask(self, request: dict[str, Any], *, early_stop: bool = True) -> CouncilAnswer:
         """Ask `request` (an OpenAI chat request body) and decide. `early_stop=False` (evaluation) asks every
@@ -235,19 +221,24 @@ class CouncilEngine:
         early = timed_out = False
         decided_at = len(stages)
 
-        async def call(seats: list[Seat], payload: dict[str, Any]) -> None:
-            if len(seats) == 1:
-                replies = [await seats[0].client.complete(payload)]
-            else:
-                replies = await seats[0].client.complete_many(payload, len(seats))  # type: ignore[attr-defined]
-            for seat, reply in zip(seats, replies, strict=True):
-                await arrivals.put((seat, reply))
+        async def arrive(seat: Seat, reply: MemberReply) -> None:
+            if seat.client.target is not None:
+                self.rates.setdefault(seat.client.target, Rates()).observe(reply)
+            await arrivals.put((seat, reply))
+
+        async def run(lane: list[Call[Seat]]) -> None:
+            for call in lane:  # one after another: each finds the prompt the last one left in the cache
+                if len(call.seats) == 1:
+                    await arrive(call.seats[0], await call.seats[0].client.complete(call.payload))
+                    continue
+                async for index, reply in call.seats[0].client.choices(call.payload, len(call.seats)):
+                    await arrive(call.seats[index], reply)  # each choice votes as it ends (early stop can cut in)
 
         try:
             for number, stage in enumerate(stages, 1):
                 seats = [self.members[i] for i in stage]
                 asked += seats
-                tasks += [asyncio.create_task(call(group, payload)) for group, payload in self.calls(request, seats)]
+                tasks += [asyncio.create_task(run(lane)) for lane in self.lanes(request, seats)]
                 waiting = {seat.name for seat in seats}
                 while waiting:
                     try:

@@ -299,6 +299,7 @@ async def test_five_samples_share_one_request_and_one_prompt_pass(running: Calla
           sc:
             members: [{{model: smol, samples: 5, sampling: {{temperature: 1.0, seed: 3, max_tokens: 12}}}}]
             vote: {{extract: text}}
+            timeout: 5m
         """) as (runtime, supervisor):  # type: ignore[attr-defined]
         process = supervisor.members["sc/0"]
         assert process.slots.size == 5
@@ -311,7 +312,8 @@ async def test_five_samples_share_one_request_and_one_prompt_pass(running: Calla
         prompt = answer.usage()["prompt_tokens"]
         # One prompt pass: the server read the prompt once (the cache may have held all but a few tokens).
         assert 0 < await _metric(process, "llamacpp:prompt_tokens_total") - before <= prompt
-        assert [m["prompt_tokens"] for m in doc["members"]] == [prompt, 0, 0, 0, 0]
+        # Counted once, on the first choice that came back; each choice counts its own completion tokens.
+        assert sorted(m["prompt_tokens"] for m in doc["members"]) == [0, 0, 0, 0, prompt]
         assert all(m["completion_tokens"] >= 1 for m in doc["members"])
         assert answer.usage()["completion_tokens"] == sum(m["completion_tokens"] for m in doc["members"])
 
@@ -370,8 +372,8 @@ def test_members_that_differ_in_more_than_the_seed_are_not_grouped() -> None:
              seat(4, "p", temperature=0.7, seed=5, max_tokens=9)]
     config = CouncilConfig.model_validate({"members": [{"model": "m"}] * 5})
     calls = CouncilEngine("c", config, seats).calls(ask("go"), seats)
-    assert [[s.name for s in group] for group, _ in calls] == [["s0", "s1"], ["s2"], ["s3"], ["s4"]]
-    assert calls[0][1]["seed"] == 1 and calls[0][1]["logprobs"] is True  # seeded by its first member
+    assert [[s.name for s in call.seats] for call in calls] == [["s0", "s1"], ["s2"], ["s3"], ["s4"]]
+    assert calls[0].payload["seed"] == 1  # seeded by its first member
     off = CouncilConfig.model_validate({"members": [{"model": "m"}] * 5, "share_prompt": False})
     assert len(CouncilEngine("c", off, seats).calls(ask("go"), seats)) == 5
 
@@ -406,3 +408,38 @@ async def test_confidence_votes_break_a_tie_majority_leaves_to_order(running: Ca
                for i, (a, m) in enumerate(zip(ballot["answers"], doc["members"], strict=True))]
     assert decide(ballots, "majority", ["order"]).answer == hot["extracted"]  # the tie goes to order
     assert decide(ballots, "confidence", ["order"]).answer == greedy["extracted"]
+
+
+async def test_early_stop_decides_inside_a_sample_group_and_closes_its_request(
+    running: Callable[..., object], syn: Path
+) -> None:
+    """The group streams: its first choice to end, with the fast member, decides the vote (4 > 3 still out), so
+    the choices still generating are cancelled and the one upstream request is closed."""
+    async with running(f"""
+        gpus: [{{name: cpu, memory: 8GiB}}]
+        slots: {{size: 1GiB, reserve: 0}}
+        models:
+          syn: {{path: {syn}, ctx_size: 512}}
+          smol: {{path: {SMOL.path}, ctx_size: 1024}}
+        councils:
+          c:
+            members:
+              - {{model: syn, weight: 3, sampling: {{max_tokens: 3}}}}
+              - {{model: smol, samples: 4, sampling: {{temperature: 1.0, seed: 1, max_tokens: 400}}}}
+            vote: {{strategy: weighted, extract: "regex:\\\\A(ok)"}}
+            timeout: 5m
+        """) as (runtime, supervisor):  # type: ignore[attr-defined]
+        group = supervisor.members["c/1"]
+        before = await _metric(group, "llamacpp:requests_processing")
+        # The grammar makes every member start with "ok" (so all vote alike) and leaves the rest free: the
+        # samples end after their own number of tokens.
+        answer = await runtime.engines["c"].ask({**ask("Say ok, then tell me about the sea."),
+                                                 "grammar": 'root ::= "ok" [^\\x00]*'})
+        doc = answer.council_json()
+        statuses = [m["status"] for m in doc["members"]]
+        assert doc["early_stop"] is True and doc["answer"] == "ok", doc
+        assert statuses[0] == "ok" and "ok" in statuses[1:] and "cancelled" in statuses[1:], statuses
+        deadline = time.monotonic() + 30
+        while group.slots.free != group.slots.size or await _metric(group, "llamacpp:requests_processing") > before:
+            assert time.monotonic() < deadline, "the group's request was not closed upstream"
+            await asyncio.sleep(0.1)
