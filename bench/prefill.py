@@ -35,6 +35,7 @@ from council.plan.planner import plan_policy
 from council.policy.schema import Policy
 from council.setup.catalog import by_name
 from council.voting.assembly import assemble
+from council.voting.engine import QuorumError
 
 RESULTS = Path(__file__).parent / "results"
 WORDS = ("river", "lantern", "copper", "meadow", "signal", "harbor", "quartz", "willow", "ember", "orbit")
@@ -114,16 +115,21 @@ async def run(sizes: list[int], rounds: int, tokens: int, run_dir: Path) -> dict
                     process = next(p for p in assembly.supervisor.members.values() if p.spec.model == name)
                     before = await prompt_tokens(process)
                     started = time.monotonic()
-                    answer = await assembly.engines[name].ask(
-                        {"messages": [{"role": "user", "content": text}], "max_tokens": tokens},
-                        early_stop=CONFIGS[name].early_stop)
+                    try:
+                        answer = await assembly.engines[name].ask(
+                            {"messages": [{"role": "user", "content": text}], "max_tokens": tokens},
+                            early_stop=CONFIGS[name].early_stop)
+                        outcomes, early = answer.outcomes, answer.early_stop
+                    except QuorumError as exc:  # no reply named a word: the cost was paid all the same
+                        outcomes, early = exc.outcomes, False
                     wall = time.monotonic() - started
-                    failed = [o.reply.error for o in answer.outcomes if o.reply.status not in ("ok", "cancelled")]
+                    failed = [o.reply.error for o in outcomes if o.reply.status not in ("ok", "cancelled")]
                     assert not failed, failed
                     processed = await prompt_tokens(process) - before
-                    seen[name][size].append((wall, processed, answer.usage()["completion_tokens"], answer.early_stop))
+                    completion = sum(o.reply.completion_tokens for o in outcomes)
+                    seen[name][size].append((wall, processed, completion, early))
                     print(f"  round {r + 1} {name:<14} {size:>5} tokens: {wall:6.2f} s, {processed:6.0f} prompt "
-                          f"tokens processed{', stopped early' if answer.early_stop else ''}", flush=True)
+                          f"tokens processed{', stopped early' if early else ''}", flush=True)
     finally:
         await assembly.supervisor.stop()
     return {name: {str(size): {"wall_s": statistics.median(w for w, *_ in runs), "walls_s": [w for w, *_ in runs],

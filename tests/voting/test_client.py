@@ -1,0 +1,38 @@
+"""Reading one choice of a streamed `n` request from its chunks (the shapes llama-server sends)."""
+
+from __future__ import annotations
+
+import json
+
+from council.voting.client import _Choice
+from council.voting.engine import extract_reply
+
+
+def test_a_streamed_choice_reassembles_text_tool_calls_and_logprobs() -> None:
+    choice = _Choice()
+    choice.add({"index": 2, "delta": {"role": "assistant", "content": None}})
+    choice.add({"index": 2, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                      "function": {"name": "get_weather", "arguments": ""}}]},
+                "logprobs": {"content": [{"token": "<tool_call>", "logprob": -0.1}]}})
+    for piece in ('{"city": ', '"Paris"', "}"):
+        choice.add({"index": 2, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]},
+                    "logprobs": {"content": [{"token": piece, "logprob": -0.3}]}})
+    choice.add({"index": 2, "delta": {}, "finish_reason": "tool_calls"})
+    reply = choice.reply(12.0, 0, {"completion_tokens": 9, "prompt_tokens": 40}, {"draft_n": 4, "draft_n_accepted": 3})
+    assert reply.status == "ok" and reply.completion_tokens == 9 and reply.draft_acceptance == 0.75
+    call = reply.message["tool_calls"][0]  # type: ignore[index]
+    assert call["id"] == "call_1" and json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    assert extract_reply(reply, "auto") == 'get_weather({"city":"Paris"})'
+    assert reply.logprob is not None and abs(reply.logprob - (-0.1 - 0.9) / 4) < 1e-9
+
+
+def test_without_a_usage_chunk_a_choice_counts_its_own_tokens() -> None:
+    choice = _Choice()
+    for word in ("The ", "river", "."):
+        choice.add({"index": 0, "delta": {"content": word}})
+    reply = choice.reply(5.0, 0, None, {})
+    assert reply.text == "The river." and reply.completion_tokens == 3
+    with_logprobs = _Choice()
+    with_logprobs.add({"index": 0, "delta": {"content": "ab"},
+                       "logprobs": {"content": [{"token": "a", "logprob": -1.0}, {"token": "b", "logprob": -1.0}]}})
+    assert with_logprobs.reply(5.0, 0, None, {}).completion_tokens == 2  # a chunk may carry several tokens
