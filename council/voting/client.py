@@ -30,6 +30,7 @@ class MemberReply:
     message: dict[str, Any] | None = None  # the whole assistant message (tool calls live here)
     latency_ms: float = 0.0
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, those the server found in its cache (it did not read them)
     completion_tokens: int = 0
     draft_n: int | None = None
     draft_n_accepted: int | None = None
@@ -64,11 +65,19 @@ def _choice_reply(choice: dict[str, Any], latency_ms: float, prompt_tokens: int,
     )
 
 
+def cached_tokens(usage: dict[str, Any] | None) -> int:
+    """`usage.prompt_tokens_details.cached_tokens`: prompt tokens the server did not have to read."""
+    details = (usage or {}).get("prompt_tokens_details") or {}
+    return int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+
+
 def reply_from_openai(body: dict[str, Any], latency_ms: float) -> MemberReply:
     """Read an OpenAI chat.completion body (llama-server adds `timings`)."""
     usage = body.get("usage") or {}
-    return _choice_reply((body.get("choices") or [{}])[0], latency_ms, int(usage.get("prompt_tokens") or 0),
-                         int(usage.get("completion_tokens") or 0), body.get("timings") or {})
+    reply = _choice_reply((body.get("choices") or [{}])[0], latency_ms, int(usage.get("prompt_tokens") or 0),
+                          int(usage.get("completion_tokens") or 0), body.get("timings") or {})
+    reply.cached_tokens = cached_tokens(usage)
+    return reply
 
 
 @dataclass
@@ -311,7 +320,7 @@ class HttpMemberClient:
 
 
 def _without_prompt(reply: MemberReply) -> MemberReply:
-    return dataclasses.replace(reply, prompt_tokens=0)
+    return dataclasses.replace(reply, prompt_tokens=0, cached_tokens=0)
 
 
 async def _stream_choices(response: aiohttp.ClientResponse, n: int,
@@ -324,7 +333,9 @@ async def _stream_choices(response: aiohttp.ClientResponse, n: int,
     def ready(usage: dict[str, Any] | None, timings: dict[str, Any]) -> tuple[int, MemberReply]:
         index = finished.pop(0)
         prompt = int(usage.get("prompt_tokens") or 0) if usage else 0
-        return index, open_choices.pop(index).reply((time.monotonic() - start) * 1000, prompt, usage, timings)
+        reply = open_choices.pop(index).reply((time.monotonic() - start) * 1000, prompt, usage, timings)
+        reply.cached_tokens = cached_tokens(usage)
+        return index, reply
 
     async for raw_line in response.content:
         line = raw_line.strip()

@@ -62,6 +62,7 @@ class MemberOutcome:
                 "status": r.status, "answer": r.text,
                 "extracted": self.extracted, "latency_ms": round(r.latency_ms),
                 "completion_tokens": r.completion_tokens, "prompt_tokens": r.prompt_tokens,
+                "cached_tokens": r.cached_tokens,
                 "draft_acceptance": r.draft_acceptance,
                 "confidence": None if self.confidence is None else round(self.confidence, 6),
                 "confidence_signals": self.signals, "stage": self.stage,
@@ -118,10 +119,13 @@ class CouncilAnswer:
             return {"role": "assistant", **{k: v for k, v in winner.reply.message.items() if k != "role"}}
         return {"role": "assistant", "content": self.decision.text or self.decision.answer}
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
+        """OpenAI usage over every request sent: a group's prompt counts once; `cached_tokens` are the prompt
+        tokens the servers found in their caches (a chained lane's later members read only the rest)."""
         prompt = sum(o.reply.prompt_tokens for o in self.outcomes)
         completion = sum(o.reply.completion_tokens for o in self.outcomes)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": sum(o.reply.cached_tokens for o in self.outcomes)}}
 
     def council_json(self) -> dict[str, Any]:
         """The `council` object of CONTRACT §3 (built once: the response, metrics and ballot all use it)."""

@@ -100,5 +100,10 @@ async def test_a_chained_lane_reads_the_prompt_once(llama_server_bin: LlamaServe
         prompt = max(o.reply.prompt_tokens for o in answer.outcomes)
         # Chained, the later members read only the last few tokens (the cache holds the rest).
         assert (reads - 0.5) * prompt < read <= (reads + 0.5) * prompt, (read, prompt)
+        # The usage says so: every request's prompt counted, the part the server found cached beside it.
+        usage = answer.usage()
+        assert usage["prompt_tokens"] == sum(o.reply.prompt_tokens for o in answer.outcomes) >= 3 * prompt - 6
+        cached = usage["prompt_tokens_details"]["cached_tokens"]
+        assert (cached > 1.5 * prompt) if mode == "chain" else (cached < 0.5 * prompt), (cached, prompt)
     finally:
         await assembly.supervisor.stop()
