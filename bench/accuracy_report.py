@@ -51,9 +51,9 @@ def table(records: list[ItemRecord], config: CouncilConfig, council: str, data: 
         plans += [("3+3+3", thirds, 1.0), ("3+3+3, agreement 0.8", thirds, 0.8),
                   ("2+3+rest, agreement 0.8", [[0, 1], [2, 3, 4], list(range(5, size))], 0.8)]
         # Adaptive-Consistency's shape: a pair, then one more sample at a time until the leader holds the share.
-        for agreement in (0.75, 0.65):
-            plans.append((f"2, then 1 at a time, agreement {agreement}",
-                          [[0, 1], *([i] for i in range(2, size))], agreement))
+        for first, agreement in ((2, 0.75), (2, 0.55), (3, 0.7)):
+            plans.append((f"{first}, then 1 at a time, agreement {agreement}",
+                          [list(range(first)), *([i] for i in range(first, size))], agreement))
     for label, stages, agreement in plans:
         for vote in (Rule("majority", report.extract), rule):
             results = [cascade(r, vote, stages, agreement, config) for r in records]

@@ -259,10 +259,12 @@ class CascadeConfig(_Strict):
     """Stages of members (indexes into the council's seats): the first stage is asked; when its answers agree
     (the leader holds `agreement` of the votes cast, and no tie), the council answers and later stages are
     never called; otherwise the next stage is asked. Written `cascade: [[0, 1], [2, 3, 4]]`, or
-    `cascade: {first: 2}` (the first two seats, then the rest), optionally with `agreement: 0.75`."""
+    `cascade: {first: 2}` (the first two seats, then the rest), or `{first: 3, then: 1}` (then one more seat at
+    a time, as Adaptive-Consistency samples), optionally with `agreement: 0.75`."""
 
     stages: list[list[Annotated[int, Field(ge=0)]]] = []
     first: int | None = Field(default=None, ge=1)
+    then: int | None = Field(default=None, ge=1)
     agreement: float = Field(default=1.0, gt=0.5, le=1.0)
 
     @model_validator(mode="before")
@@ -276,12 +278,17 @@ class CascadeConfig(_Strict):
             raise ValueError("a cascade is a list of stages (`[[0, 1], [2, 3]]`) or `{first: N}`")
         if self.stages and any(not stage for stage in self.stages):
             raise ValueError("a cascade stage cannot be empty")
+        if self.then is not None and self.first is None:
+            raise ValueError("`then` goes with `first`: `cascade: {first: 3, then: 1}`")
         return self
 
     def resolve(self, seats: int) -> list[list[int]]:
-        """The stages as seat indexes; `first: N` is [[0..N-1], [N..seats-1]]."""
+        """The stages as seat indexes; `first: N` is [[0..N-1], [N..seats-1]]; `then: K` cuts the rest into
+        stages of K seats."""
         if self.first is not None:
-            return [list(range(min(self.first, seats))), list(range(self.first, seats))]
+            rest = list(range(self.first, seats))
+            step = self.then or len(rest) or 1
+            return [list(range(min(self.first, seats))), *(rest[i:i + step] for i in range(0, len(rest), step))]
         return [list(stage) for stage in self.stages]
 
 

@@ -264,3 +264,15 @@ def test_check_cli_bad_yaml_is_one_line(tmp_path: Path) -> None:
     result = run_cli("check", str(write(tmp_path, "models: [\n")))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cascade_shorthands_resolve_to_stages() -> None:
+    from council.policy.schema import CascadeConfig
+
+    assert CascadeConfig.model_validate({"first": 2}).resolve(5) == [[0, 1], [2, 3, 4]]
+    # One more seat at a time after the first three: the Adaptive-Consistency shape.
+    assert CascadeConfig.model_validate({"first": 3, "then": 1}).resolve(6) == [[0, 1, 2], [3], [4], [5]]
+    assert CascadeConfig.model_validate({"first": 3, "then": 2}).resolve(8) == [[0, 1, 2], [3, 4], [5, 6], [7]]
+    assert CascadeConfig.model_validate({"first": 5}).resolve(5) == [[0, 1, 2, 3, 4]]  # no empty last stage
+    with pytest.raises(ValueError, match="`then` goes with `first`"):
+        CascadeConfig.model_validate({"stages": [[0], [1]], "then": 1})
