@@ -10,7 +10,7 @@ from pathlib import Path
 from council.evaluation.record import ItemRecord, read_records
 from council.evaluation.score import Rule, cascade, council_answer, reference, score
 from council.policy.loading import load_policy
-from council.policy.schema import CouncilConfig
+from council.policy.schema import CascadeConfig, CouncilConfig
 
 
 def _subset(records: list[ItemRecord], keep: int) -> list[ItemRecord]:
@@ -69,6 +69,69 @@ def table(records: list[ItemRecord], config: CouncilConfig, council: str, data: 
             "majority": majority_full, "rows": rows, "leave_one_out": [x.model_dump() for x in report.leave_one_out]}
 
 
+def _grid(size: int, extract: str) -> list[tuple[str, list[list[int]], float, Rule]]:
+    """Cascades of the `{first, then, agreement}` family under three votes: the plans `selection` searches."""
+    rules = (Rule("majority", extract), Rule("confidence", extract, "tail", 1.0),
+             Rule("confidence", extract, "answer", 0.5))
+    out = []
+    for first in (1, 2, 3, 4):
+        for then in (1, 2, 3):
+            stages = CascadeConfig(first=first, then=then).resolve(size)
+            for agreement in (0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 1.0):
+                for rule in rules:
+                    how = (rule.strategy if rule.strategy == "majority"
+                           else f"confidence {rule.signal}, T={rule.temperature:g}")
+                    out.append((f"first {first}, then {then}, agreement {agreement} ({how})", stages, agreement, rule))
+    return out
+
+
+def _cascade_score(records: list[ItemRecord], plan: tuple[str, list[list[int]], float, Rule],
+                   config: CouncilConfig, extract: str) -> tuple[float, float]:
+    """(accuracy, tokens as a share of every member's) of one cascade plan on `records`."""
+    _, stages, agreement, rule = plan
+    results = [cascade(r, rule, stages, agreement, config) for r in records]
+    correct = sum(res[0] is not None and res[0] == reference(r, extract)
+                  for res, r in zip(results, records, strict=True))
+    every = sum(a.completion_tokens for r in records for a in r.answers) or 1
+    return correct / len(records), sum(res[1] for res in results) / every
+
+
+def selection(records: list[ItemRecord], config: CouncilConfig, extract: str, budget: float = 0.5) -> dict[str, object]:
+    """How much of the best cheap cascade is luck: the most accurate plan within `budget` of the tokens, picked
+    on all items, then picked on one half and scored on the other (both ways)."""
+    grid = _grid(len(records[0].answers), extract)
+
+    def pick(items: list[ItemRecord]) -> tuple[tuple[str, list[list[int]], float, Rule], float, float]:
+        scored = [(plan, *_cascade_score(items, plan, config, extract)) for plan in grid]
+        return max(scored, key=lambda x: (x[2] <= budget, x[1], -x[2]))
+
+    def full(items: list[ItemRecord]) -> float:
+        majority = Rule("majority", extract)
+        return sum(council_answer(r.answers, majority) == reference(r, extract) for r in items) / len(items)
+
+    plan, accuracy, share = pick(records)
+    folds = []
+    for chosen_on, scored_on in ((records[::2], records[1::2]), (records[1::2], records[::2])):
+        fold_plan, fold_acc, fold_share = pick(chosen_on)
+        held_acc, held_share = _cascade_score(scored_on, fold_plan, config, extract)
+        folds.append({"plan": fold_plan[0], "picked_on": len(chosen_on), "accuracy": fold_acc, "full": full(chosen_on),
+                      "token_share": fold_share, "held_out": len(scored_on), "held_out_accuracy": held_acc,
+                      "held_out_full": full(scored_on), "held_out_token_share": held_share})
+    return {"plans": len(grid), "budget": budget, "best": {"plan": plan[0], "accuracy": accuracy, "full": full(records),
+                                                           "token_share": share}, "folds": folds}
+
+
+def print_selection(doc: dict[str, object]) -> None:
+    best = doc["best"]
+    print(f"\ncheapest-accurate cascade within {doc['budget']:g}x tokens, of {doc['plans']} plans: {best['plan']}: "  # type: ignore[index]
+          f"{100 * best['accuracy']:.1f}% vs every member {100 * best['full']:.1f}% at {best['token_share']:.2f}x")  # type: ignore[index]
+    for f in doc["folds"]:  # type: ignore[attr-defined]
+        print(f"  picked on {f['picked_on']} items: {f['plan']}: {100 * f['accuracy']:.1f}% (every member "
+              f"{100 * f['full']:.1f}%) at {f['token_share']:.2f}x; on the other {f['held_out']}: "
+              f"{100 * f['held_out_accuracy']:.1f}% (every member {100 * f['held_out_full']:.1f}%) at "
+              f"{f['held_out_token_share']:.2f}x")
+
+
 def print_table(name: str, doc: dict[str, object]) -> None:
     print(f"\n{name}: {doc['items']} items, oracle (some member right) {100 * doc['oracle']:.1f}%")  # type: ignore[operator]
     print(f"{'':<84} {'accuracy':>9} {'vs greedy':>10} {'tokens/item':>12} {'s/item':>8}")
@@ -87,9 +150,12 @@ def report(policy: Path, council: str, sets: dict[str, Path], out: Path) -> dict
             continue
         full = table(records, config, council, name)
         print_table(f"{name}, council of {len(records[0].answers)}", full)
+        chosen = selection(records, config, config.vote.extract) if len(records) >= 10 else None
+        if chosen:
+            print_selection(chosen)
         five = table(_subset(records, 5), config, council, name)
         print_table(f"{name}, council of 5 (greedy + 4 samples, same answers)", five)
-        doc["sets"][name] = {"full": full, "five": five}  # type: ignore[index]
+        doc["sets"][name] = {"full": full, "five": five, "cascade_selection": chosen}  # type: ignore[index]
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     return doc
