@@ -51,9 +51,9 @@ def table(records: list[ItemRecord], config: CouncilConfig, council: str, data: 
         plans += [("3+3+3", thirds, 1.0), ("3+3+3, agreement 0.8", thirds, 0.8),
                   ("2+3+rest, agreement 0.8", [[0, 1], [2, 3, 4], list(range(5, size))], 0.8)]
         # Adaptive-Consistency's shape: a pair, then one more sample at a time until the leader holds the share.
-        for first, agreement in ((2, 0.75), (2, 0.55), (3, 0.7)):
-            plans.append((f"{first}, then 1 at a time, agreement {agreement}",
-                          [list(range(first)), *([i] for i in range(first, size))], agreement))
+        for first, then, agreement in ((2, 1, 0.75), (2, 1, 0.55), (3, 1, 0.7), (2, 2, 0.7)):
+            plans.append((f"{first}, then {then} at a time, agreement {agreement}",
+                          CascadeConfig(first=first, then=then).resolve(size), agreement))
     for label, stages, agreement in plans:
         for vote in (Rule("majority", report.extract), rule):
             results = [cascade(r, vote, stages, agreement, config) for r in records]
@@ -105,26 +105,28 @@ def selection(records: list[ItemRecord], config: CouncilConfig, extract: str, bu
         scored = [(plan, *_cascade_score(items, plan, config, extract)) for plan in grid]
         return max(scored, key=lambda x: (x[2] <= budget, x[1], -x[2]))
 
-    def full(items: list[ItemRecord]) -> float:
-        majority = Rule("majority", extract)
-        return sum(council_answer(r.answers, majority) == reference(r, extract) for r in items) / len(items)
+    def full(items: list[ItemRecord], rule: Rule) -> float:  # every member asked, under the plan's own vote
+        return sum(council_answer(r.answers, rule) == reference(r, extract) for r in items) / len(items)
 
     plan, accuracy, share = pick(records)
     folds = []
     for chosen_on, scored_on in ((records[::2], records[1::2]), (records[1::2], records[::2])):
         fold_plan, fold_acc, fold_share = pick(chosen_on)
         held_acc, held_share = _cascade_score(scored_on, fold_plan, config, extract)
-        folds.append({"plan": fold_plan[0], "picked_on": len(chosen_on), "accuracy": fold_acc, "full": full(chosen_on),
-                      "token_share": fold_share, "held_out": len(scored_on), "held_out_accuracy": held_acc,
-                      "held_out_full": full(scored_on), "held_out_token_share": held_share})
-    return {"plans": len(grid), "budget": budget, "best": {"plan": plan[0], "accuracy": accuracy, "full": full(records),
-                                                           "token_share": share}, "folds": folds}
+        folds.append({"plan": fold_plan[0], "picked_on": len(chosen_on), "accuracy": fold_acc,
+                      "full": full(chosen_on, fold_plan[3]), "token_share": fold_share, "held_out": len(scored_on),
+                      "held_out_accuracy": held_acc, "held_out_full": full(scored_on, fold_plan[3]),
+                      "held_out_token_share": held_share})
+    return {"plans": len(grid), "budget": budget, "best": {"plan": plan[0], "accuracy": accuracy,
+                                                           "full": full(records, plan[3]), "token_share": share},
+            "folds": folds}
 
 
 def print_selection(doc: dict[str, object]) -> None:
     best = doc["best"]
     print(f"\ncheapest-accurate cascade within {doc['budget']:g}x tokens, of {doc['plans']} plans: {best['plan']}: "  # type: ignore[index]
-          f"{100 * best['accuracy']:.1f}% vs every member {100 * best['full']:.1f}% at {best['token_share']:.2f}x")  # type: ignore[index]
+          f"{100 * best['accuracy']:.1f}% vs every member (same vote) {100 * best['full']:.1f}% "  # type: ignore[index]
+          f"at {best['token_share']:.2f}x")  # type: ignore[index]
     for f in doc["folds"]:  # type: ignore[attr-defined]
         print(f"  picked on {f['picked_on']} items: {f['plan']}: {100 * f['accuracy']:.1f}% (every member "
               f"{100 * f['full']:.1f}%) at {f['token_share']:.2f}x; on the other {f['held_out']}: "
