@@ -52,14 +52,16 @@ class Config:
 
 # `grouped` waits for every choice (as evaluation does); `grouped_stop` streams the group and stops once the
 # vote on the word is decided. `mixed_*`: five members of one process differing in temperature (no `n`),
-# asked at once (each reads the prompt) or chained (each reuses the prompt the last one left in the cache).
+# asked at once (each reads the prompt), chained (each reuses the prompt the last one left in the cache), or
+# as `prompt_reuse: auto` decides.
 CONFIGS = {
     "alone": Config([{"sampling": {"temperature": 0.8, "seed": 1}}], {}),
     "grouped": Config(SAMPLES, {}),
     "grouped_stop": Config(SAMPLES, {}, early_stop=True),
-    "ungrouped": Config(SAMPLES, {"share_prompt": False}),
+    "ungrouped": Config(SAMPLES, {"share_prompt": False, "prompt_reuse": "parallel"}),
     "mixed_parallel": Config(MIXED, {"prompt_reuse": "parallel"}),
     "mixed_chain": Config(MIXED, {"prompt_reuse": "chain"}),
+    "mixed_auto": Config(MIXED, {}),  # the default: chains once the process measured that its prefill dominates
 }
 EXTRACT = f"regex:({'|'.join(WORDS)})"
 
@@ -83,7 +85,7 @@ def policy(ctx: int) -> Policy:
     councils = {name: {"members": [{"model": name, **m} for m in c.members], "vote": {"extract": EXTRACT},
                        "quorum": 1, "timeout": "10m", **c.council} for name, c in CONFIGS.items()}
     return Policy.model_validate({
-        "gpus": [{"name": "cpu", "memory": "12GiB"}], "slots": {"size": "2GiB", "reserve": 0},
+        "gpus": [{"name": "cpu", "memory": "16GiB"}], "slots": {"size": "2GiB", "reserve": 0},
         "models": {name: {"path": str(smol.path), "ctx_size": ctx, "threads": 2, "share": True} for name in CONFIGS},
         "councils": councils})
 
