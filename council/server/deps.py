@@ -22,7 +22,6 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency that resolves the caller's bearer key and checks it has `scope` (`chat` or `admin`)."""
 
     async def principal(request: Request) -> Principal:
-        router: Router = request.app.state.router
-        return router.keys.principal(request.headers.get("authorization"), scope)
+        return (await current_router(request)).keys.principal(request.headers.get("authorization"), scope)
 
     return principal

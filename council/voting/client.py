@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import time
@@ -51,13 +50,13 @@ class MemberReply:
 
 
 def _choice_reply(choice: dict[str, Any], latency_ms: float, prompt_tokens: int, completion_tokens: int,
-                  timings: dict[str, Any]) -> MemberReply:
+                  timings: dict[str, Any], cached: int = 0) -> MemberReply:
     message = choice.get("message") or {}
     logprobs = ((choice.get("logprobs") or {}).get("content")) or []
     values = [t["logprob"] for t in logprobs if isinstance(t, dict) and isinstance(t.get("logprob"), int | float)]
     return MemberReply(
         status="ok", text=message.get("content") or "", message=message, latency_ms=latency_ms,
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+        prompt_tokens=prompt_tokens, cached_tokens=cached, completion_tokens=completion_tokens,
         draft_n=timings.get("draft_n"), draft_n_accepted=timings.get("draft_n_accepted"),
         logprob=sum(values) / len(values) if values else None,
         logprobs=choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None,
@@ -74,10 +73,8 @@ def cached_tokens(usage: dict[str, Any] | None) -> int:
 def reply_from_openai(body: dict[str, Any], latency_ms: float) -> MemberReply:
     """Read an OpenAI chat.completion body (llama-server adds `timings`)."""
     usage = body.get("usage") or {}
-    reply = _choice_reply((body.get("choices") or [{}])[0], latency_ms, int(usage.get("prompt_tokens") or 0),
-                          int(usage.get("completion_tokens") or 0), body.get("timings") or {})
-    reply.cached_tokens = cached_tokens(usage)
-    return reply
+    return _choice_reply((body.get("choices") or [{}])[0], latency_ms, int(usage.get("prompt_tokens") or 0),
+                         int(usage.get("completion_tokens") or 0), body.get("timings") or {}, cached_tokens(usage))
 
 
 @dataclass
@@ -110,8 +107,9 @@ class _Choice:
         if isinstance(entries, list):
             self.logprobs += entries
 
-    def reply(self, latency_ms: float, prompt_tokens: int, usage: dict[str, Any] | None,
-              timings: dict[str, Any]) -> MemberReply:
+    def reply(self, latency_ms: float, usage: dict[str, Any] | None, timings: dict[str, Any],
+              first: bool) -> MemberReply:
+        """The finished choice; only the `first` one back carries the prompt's tokens (read once for all)."""
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content)}
         if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)
@@ -119,8 +117,9 @@ class _Choice:
             message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
         # llama-server sends each choice's own usage after its last chunk; without it, count its tokens.
         completion = int(usage.get("completion_tokens") or 0) if usage else len(self.logprobs) or self.chunks
+        prompt = int(usage.get("prompt_tokens") or 0) if usage and first else 0
         return _choice_reply({"message": message, "logprobs": {"content": self.logprobs} if self.logprobs else None},
-                             latency_ms, prompt_tokens, completion, timings)
+                             latency_ms, prompt, completion, timings, cached_tokens(usage) if first else 0)
 
 
 class RateLimiter(Protocol):
@@ -277,9 +276,8 @@ class HttpMemberClient:
                                                  http_status=response.status, error=error)
                         return
                     async for index, reply in _stream_choices(response, n, start):
-                        if index not in done:
-                            done.add(index)
-                            yield index, (reply if len(done) == 1 else _without_prompt(reply))
+                        done.add(index)
+                        yield index, reply
                 error = "the member's stream ended before every choice finished"
                 break
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
@@ -319,22 +317,19 @@ class HttpMemberClient:
             raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
 
 
-def _without_prompt(reply: MemberReply) -> MemberReply:
-    return dataclasses.replace(reply, prompt_tokens=0, cached_tokens=0)
-
-
 async def _stream_choices(response: aiohttp.ClientResponse, n: int,
                           start: float) -> AsyncIterator[tuple[int, MemberReply]]:
     """Read an `n`-choice chat stream (server-sent events): yield each choice when its usage chunk (which
-    follows its last chunk) arrives, or when the next event shows the usage is not coming."""
+    follows its last chunk) arrives, or when the next event shows the usage is not coming. Each index is yielded
+    once; chunks for an index already yielded are ignored."""
     open_choices: dict[int, _Choice] = {}
     finished: list[int] = []  # ended, waiting for their usage chunk
+    yielded: set[int] = set()
 
     def ready(usage: dict[str, Any] | None, timings: dict[str, Any]) -> tuple[int, MemberReply]:
         index = finished.pop(0)
-        prompt = int(usage.get("prompt_tokens") or 0) if usage else 0
-        reply = open_choices.pop(index).reply((time.monotonic() - start) * 1000, prompt, usage, timings)
-        reply.cached_tokens = cached_tokens(usage)
+        reply = open_choices.pop(index).reply((time.monotonic() - start) * 1000, usage, timings, not yielded)
+        yielded.add(index)
         return index, reply
 
     async for raw_line in response.content:
@@ -357,7 +352,7 @@ async def _stream_choices(response: aiohttp.ClientResponse, n: int,
             yield ready(None, {})
         for choice in chunk.get("choices") or []:
             index = int(choice.get("index", 0))
-            if not 0 <= index < n:
+            if not 0 <= index < n or index in yielded:
                 continue
             open_choices.setdefault(index, _Choice()).add(choice)
             if choice.get("finish_reason"):

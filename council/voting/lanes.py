@@ -11,6 +11,7 @@ own recent timings tell (`Rates`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -37,23 +38,38 @@ class Call(Generic[S]):
     payload: dict[str, Any]
 
 
+T = TypeVar("T")
+
+
+def _gather(items: list[T], key: Callable[[T], str | None]) -> list[tuple[str | None, list[T]]]:
+    """`items` gathered by key, each group where its first item stood; an item whose key is None stands alone."""
+    groups: dict[str, list[T]] = {}
+    out: list[tuple[str | None, list[T]]] = []
+    for item in items:
+        k = key(item)
+        if k is None:
+            out.append((None, [item]))
+        elif k in groups:
+            groups[k].append(item)
+        else:
+            groups[k] = [item]
+            out.append((k, groups[k]))
+    return out
+
+
+def _same_body(target: str | None, payload: dict[str, Any], leave_out: tuple[str, ...]) -> str | None:
+    """What makes two calls alike for one process: its name and the body without `leave_out` (None: no target)."""
+    if target is None:
+        return None
+    return target + "\n" + json.dumps({k: v for k, v in payload.items() if k not in leave_out}, sort_keys=True,
+                                       default=str)
+
+
 def group_calls(payloads: list[tuple[S, dict[str, Any]]], share_prompt: bool) -> list[Call[S]]:
     """One call per seat, except that seats sending the same body (but for the seed) to the same process share
     one call; it is seeded with its first seat's seed (llama-server seeds each further choice apart)."""
-    groups: dict[tuple[str, str], Call[S]] = {}
-    calls: list[Call[S]] = []
-    for seat, payload in payloads:
-        target = seat.client.target
-        if target is None or not share_prompt:
-            calls.append(Call([seat], payload))
-            continue
-        key = (target, json.dumps({k: v for k, v in payload.items() if k != "seed"}, sort_keys=True, default=str))
-        if key in groups:
-            groups[key].seats.append(seat)
-        else:
-            groups[key] = Call([seat], payload)
-            calls.append(groups[key])
-    return calls
+    groups = _gather(payloads, lambda p: _same_body(p[0].client.target, p[1], ("seed",)) if share_prompt else None)
+    return [Call([seat for seat, _ in run], run[0][1]) for _, run in groups]
 
 
 @dataclass
@@ -86,34 +102,18 @@ class Rates:
         return prompt_tokens / self.prompt_per_s > answer / self.predicted_per_s
 
 
-def prompt_key(payload: dict[str, Any]) -> str:
-    """What decides the prompt the server reads: everything in the body but the sampling."""
-    return json.dumps({k: v for k, v in payload.items() if k not in SAMPLING_KEYS}, sort_keys=True, default=str)
-
-
 def lanes(calls: list[Call[S]], mode: Literal["auto", "chain", "parallel"],
-                        rates: dict[str, Rates]) -> list[list[Call[S]]]:
+          rates: dict[str, Rates]) -> list[list[Call[S]]]:
     """The calls as lanes: each lane's calls go one after another, the lanes at once. Calls with one prompt to
     one process form one lane when `mode` is `chain`, or `auto` and the process's prefill dominates."""
     if mode == "parallel":
         return [[call] for call in calls]
-    by_prompt: dict[tuple[str, str], list[Call[S]]] = {}
-    out: list[list[Call[S]]] = []
-    for call in calls:
-        target = call.seats[0].client.target
-        if target is None:
-            out.append([call])
-            continue
-        key = (target, prompt_key(call.payload))
-        if key not in by_prompt:
-            by_prompt[key] = []
-            out.append(by_prompt[key])
-        by_prompt[key].append(call)
     result: list[list[Call[S]]] = []
-    for lane in out:
-        target = lane[0].seats[0].client.target
-        chain = len(lane) > 1 and (mode == "chain" or (target is not None and rates.setdefault(
-            target, Rates()).prefill_dominates(len(prompt_key(lane[0].payload)) / CHARS_PER_TOKEN,
-                                               lane[0].payload.get("max_tokens"))))
-        result += [lane] if chain else [[call] for call in lane]
+    for key, run in _gather(calls, lambda c: _same_body(c.seats[0].client.target, c.payload, SAMPLING_KEYS)):
+        target = run[0].seats[0].client.target
+        # After the target's name, the key is the prompt's body: its length estimates the prompt.
+        chain = key is not None and target is not None and len(run) > 1 and (
+            mode == "chain" or rates.setdefault(target, Rates()).prefill_dominates(
+                (len(key) - len(target) - 1) / CHARS_PER_TOKEN, run[0].payload.get("max_tokens")))
+        result += [run] if chain else [[call] for call in run]
     return result

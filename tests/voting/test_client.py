@@ -18,8 +18,10 @@ def test_a_streamed_choice_reassembles_text_tool_calls_and_logprobs() -> None:
         choice.add({"index": 2, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]},
                     "logprobs": {"content": [{"token": piece, "logprob": -0.3}]}})
     choice.add({"index": 2, "delta": {}, "finish_reason": "tool_calls"})
-    reply = choice.reply(12.0, 0, {"completion_tokens": 9, "prompt_tokens": 40}, {"draft_n": 4, "draft_n_accepted": 3})
+    reply = choice.reply(12.0, {"completion_tokens": 9, "prompt_tokens": 40}, {"draft_n": 4, "draft_n_accepted": 3},
+                         first=False)
     assert reply.status == "ok" and reply.completion_tokens == 9 and reply.draft_acceptance == 0.75
+    assert reply.prompt_tokens == 0  # only the first choice back carries the prompt
     call = reply.message["tool_calls"][0]  # type: ignore[index]
     assert call["id"] == "call_1" and json.loads(call["function"]["arguments"]) == {"city": "Paris"}
     assert extract_reply(reply, "auto") == 'get_weather({"city":"Paris"})'
@@ -30,9 +32,9 @@ def test_without_a_usage_chunk_a_choice_counts_its_own_tokens() -> None:
     choice = _Choice()
     for word in ("The ", "river", "."):
         choice.add({"index": 0, "delta": {"content": word}})
-    reply = choice.reply(5.0, 0, None, {})
+    reply = choice.reply(5.0, None, {}, first=True)
     assert reply.text == "The river." and reply.completion_tokens == 3
     with_logprobs = _Choice()
     with_logprobs.add({"index": 0, "delta": {"content": "ab"},
                        "logprobs": {"content": [{"token": "a", "logprob": -1.0}, {"token": "b", "logprob": -1.0}]}})
-    assert with_logprobs.reply(5.0, 0, None, {}).completion_tokens == 2  # a chunk may carry several tokens
+    assert with_logprobs.reply(5.0, None, {}, first=True).completion_tokens == 2  # a chunk may carry several tokens
