@@ -91,16 +91,16 @@ async def run(rounds: int, scenario: str) -> dict[str, object]:
         try:
             assert await supervisor.wait_settled(120)
             engine = runtime.engines["trio"]
-            times: dict[str, list[float]] = {m.name: [] for m in engine.members} | {"fast pair": [], "council": []}
+            times: dict[str, list[float]] = {m.name: [] for m in engine.seats} | {"fast pair": [], "council": []}
             agreed = early = 0
             for _ in range(rounds):
-                for m in engine.members:
+                for m in engine.seats:
                     start = time.monotonic()
                     reply = await m.client.complete(member_payload(QUESTION, m.sampling))
                     assert reply.status == "ok", reply.error
                     times[m.name].append(time.monotonic() - start)
                 # The two fast members at once, no council: what sharing the CPU alone costs.
-                fast = engine.members[:2]
+                fast = engine.seats[:2]
                 start = time.monotonic()
                 await asyncio.gather(*(m.client.complete(member_payload(QUESTION, m.sampling)) for m in fast))
                 times["fast pair"].append(time.monotonic() - start)

@@ -114,7 +114,7 @@ async def run(sizes: list[int], rounds: int, tokens: int, run_dir: Path) -> dict
                 for name in CONFIGS:
                     # The same question for each configuration, but a fresh one per round: within a round the
                     # configurations have their own processes, so no prompt cache is shared between them.
-                    process = next(p for p in assembly.supervisor.members.values() if p.spec.model == name)
+                    process = next(p for p in assembly.supervisor.processes.values() if p.spec.model == name)
                     before = await prompt_tokens(process)
                     started = time.monotonic()
                     try:

@@ -88,7 +88,7 @@ async def _record_here(loaded: Any, council: str, items: list[Any], concurrency:
     try:
         if not await assembly.supervisor.wait_settled(600):
             raise fail("members did not get ready in 600 s", 1)
-        failed = [m.name for m in assembly.supervisor.members.values() if not m.ready]
+        failed = [m.name for m in assembly.supervisor.processes.values() if not m.ready]
         if failed:
             raise fail(f"members failed to start: {', '.join(failed)} (see `council up`)", 1)
         return await record_items(engine_asker(assembly.engines[council]), items, concurrency=concurrency,

@@ -68,7 +68,7 @@ async def _run_until_signalled(supervisor: Any) -> None:
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({settled, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if settled in done:
-        states = [m.state for m in supervisor.members.values()]
+        states = [m.state for m in supervisor.processes.values()]
         ready = sum(s == "ready" for s in states)
         out.print(f"{ready}/{len(states)} members ready in {time.monotonic() - started:.1f}s; Ctrl-C stops them")
     await waiter
@@ -86,7 +86,7 @@ def _members_table(supervisor: Any) -> Table:
     """The live view of `council up` on a terminal: one row per member process."""
     table = Table("member", "model", "state", "pid", "port", "restarts", "tok/s", "draft acc.", "reason",
                   title="council members")
-    for m in supervisor.members.values():
+    for m in supervisor.processes.values():
         snap = m.snapshot()
         colour = {"ready": "green", "failed": "red", "backoff": "yellow"}.get(snap["state"], "cyan")
         tps, acc = snap["tokens_per_second"], snap["draft_acceptance"]

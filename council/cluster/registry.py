@@ -31,7 +31,7 @@ class Registry:
     async def publish_forever(self, advertise_url: str, processes: Callable[[], Iterable[MemberProcess]]) -> None:
         """Heartbeat: this host's ready processes, re-published before the last entry expires."""
         while True:
-            entries = [{"process": p.name, "members": list(p.members), "model": p.spec.model, "ready": True,
+            entries = [{"process": p.name, "members": list(p.seats), "model": p.spec.model, "ready": True,
                         "url": f"{advertise_url}/internal/members/{p.name}"} for p in processes() if p.ready]
             with contextlib.suppress(StateError):
                 await self.state.publish_members(advertise_url, entries, ttl=3 * self.heartbeat)

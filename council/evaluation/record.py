@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from council.evaluation.dataset import Item
-from council.voting.engine import CouncilAnswer, CouncilEngine, MemberOutcome, QuorumError, RequestRejected
+from council.voting.engine import CouncilAnswer, CouncilEngine, QuorumError, RequestRejected, SeatOutcome
 
 
 class MemberAnswer(BaseModel):
@@ -58,7 +58,7 @@ def _answers(doc_members: Iterable[dict[str, Any]]) -> list[MemberAnswer]:
                          error=m.get("error")) for m in doc_members]
 
 
-def _from_outcomes(outcomes: list[MemberOutcome]) -> list[MemberAnswer]:
+def _from_outcomes(outcomes: list[SeatOutcome]) -> list[MemberAnswer]:
     return _answers(o.to_json() for o in outcomes)
 
 

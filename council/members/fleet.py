@@ -38,9 +38,9 @@ def recipes_from_plan(plan: PolicyPlan, server: LlamaServerInfo) -> list[Process
             chat[model] = _has_chat_template(policy.models[model].path)
 
         launch = functools.partial(build_launch, key=proc.key, model_name=model, server=server,
-                                   members=len(proc.members), threads=threads,
+                                   members=len(proc.seats), threads=threads,
                                    gpu=gpu_ids.get(placement.gpu or ""), chat=chat[model])
-        recipes.append(_recipe(policy, model, proc.key, proc.members, launch, None))
+        recipes.append(_recipe(policy, model, proc.key, proc.seats, launch, None))
     return recipes
 
 

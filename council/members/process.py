@@ -74,7 +74,7 @@ class ProcessRecipe:
 
     name: str
     make_spec: Callable[[int], LaunchSpec]
-    members: tuple[str, ...]
+    seats: tuple[str, ...]
     slots: int = 1
     # The draft length this recipe launches with (None: no draft or not tunable), and the recipe of the same
     # process at another draft length (a live retune, `draft: {n_max: auto}`).
@@ -159,7 +159,7 @@ class MemberProcess:
         self.recipe = recipe
         self.config = config
         self.spec: LaunchSpec = recipe.make_spec(0)
-        self.members = recipe.members
+        self.seats = recipe.seats
         self.state = State.STOPPED
         self.pid: int | None = None
         self.restarts = 0
@@ -220,7 +220,7 @@ class MemberProcess:
     def snapshot(self) -> dict[str, object]:
         """The member as `/admin/members` and `council up` show it."""
         return {
-            "name": self.name, "members": list(self.members), "model": self.spec.model, "state": str(self.state),
+            "name": self.name, "members": list(self.seats), "model": self.spec.model, "state": str(self.state),
             "reason": self.reason, "port": self.spec.port, "pid": self.pid, "restarts": self.restarts,
             "in_flight": self.in_flight, "waiting": self.slots.waiting, "slots": self.slots.size,
             "tokens_per_second": self.stats.tokens_per_second, "draft_acceptance": self.stats.draft_acceptance,

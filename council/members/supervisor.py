@@ -25,7 +25,7 @@ class Supervisor:
         self.pids = PidFiles(config.run_dir / "pids")
         # Health probes, /props, warm-ups and scrapes; the hot path has each process's own aiohttp session.
         self._control = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
-        self.members: dict[str, MemberProcess] = {}
+        self.processes: dict[str, MemberProcess] = {}
         for recipe in recipes:
             self._make(recipe)
         self._started = False
@@ -33,7 +33,7 @@ class Supervisor:
     def _make(self, recipe: ProcessRecipe) -> MemberProcess:
         process = MemberProcess(recipe, self.config, pids=self.pids, control=self._control, listeners=self.listeners,
                                 log_listeners=self.log_listeners)
-        self.members[recipe.name] = process
+        self.processes[recipe.name] = process
         return process
 
     async def start(self) -> None:
@@ -41,23 +41,23 @@ class Supervisor:
         SIGKILLed router of this host left behind are killed first (those of live routers never are)."""
         self.pids.kill_stale()
         self._started = True
-        for process in self.members.values():
+        for process in self.processes.values():
             process.start()
 
     async def wait_settled(self, timeout: float) -> bool:
         """Until every process is ready or failed (True), or the timeout passes (False)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(m.state in (State.READY, State.FAILED) for m in self.members.values()):
+            if all(m.state in (State.READY, State.FAILED) for m in self.processes.values()):
                 return True
             await asyncio.sleep(0.05)
         return False
 
     async def stop(self) -> None:
         """Drain every process at once (in-flight requests finish, up to the deadline), then stop them all."""
-        for process in self.members.values():
+        for process in self.processes.values():
             process.begin_drain("router stopping")
-        await asyncio.gather(*(p.stop("router stopping") for p in self.members.values()))
+        await asyncio.gather(*(p.stop("router stopping") for p in self.processes.values()))
         await self._control.aclose()
 
     def add(self, recipe: ProcessRecipe) -> MemberProcess:
@@ -68,20 +68,20 @@ class Supervisor:
         return process
 
     def replace_recipe(self, recipe: ProcessRecipe) -> None:
-        self.members[recipe.name].replace_recipe(recipe)
+        self.processes[recipe.name].replace_recipe(recipe)
 
     async def remove(self, name: str, reason: str) -> None:
         """Drain one process, stop it and forget it."""
-        await self.members[name].stop(reason)
-        del self.members[name]
+        await self.processes[name].stop(reason)
+        del self.processes[name]
 
     async def restart(self, name: str, reason: str) -> None:
-        await self.members[name].restart(reason)
+        await self.processes[name].restart(reason)
 
     @contextlib.asynccontextmanager
     async def request(self, name: str) -> AsyncIterator[MemberProcess]:
-        async with self.members[name].request() as process:
+        async with self.processes[name].request() as process:
             yield process
 
     async def scrape_now(self, name: str) -> None:
-        await self.members[name].scrape()
+        await self.processes[name].scrape()

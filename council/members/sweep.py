@@ -168,7 +168,7 @@ async def measure(policy: Policy, model: str, n: int, server: LlamaServerInfo, p
     life = LifeConfig(run_dir=run_dir, instance=f"tune-n{n}", load_timeout=load_timeout, max_failures=1,
                       metrics_interval=3600.0)
     supervisor = Supervisor(life, [recipe])
-    process = supervisor.members[recipe.name]
+    process = supervisor.processes[recipe.name]
     try:
         await supervisor.start()
         await supervisor.wait_settled(load_timeout + 60)

@@ -115,8 +115,8 @@ class PolicyPlan:
         for result in self.slots.councils:
             for placement in result.placements:
                 proc = placement.process
-                est = self.estimates[(proc.model, len(proc.members))]
-                for member in proc.members:
+                est = self.estimates[(proc.model, len(proc.seats))]
+                for member in proc.seats:
                     members.append({
                         "name": member, "council": result.name, "model": proc.model, "process": proc.key,
                         "estimate_bytes": est.total, "estimate_source": est.source, "breakdown": est.breakdown,

@@ -22,7 +22,7 @@ class ProcessNeed:
 
     key: str
     model: str
-    members: tuple[str, ...]
+    seats: tuple[str, ...]
     estimate_bytes: int
 
 
@@ -128,7 +128,7 @@ def _why_not(need: CouncilNeed, slots: list[int], gpus: list[GpuSlots], slot_byt
         if free[best] >= slots[i]:
             free[best] -= slots[i]
             continue
-        who = ", ".join(proc.members) if len(proc.members) <= 3 else f"{proc.key} ({len(proc.members)} seats)"
+        who = ", ".join(proc.seats) if len(proc.seats) <= 3 else f"{proc.key} ({len(proc.seats)} seats)"
         largest = max(gpus, key=lambda g: g.total)
         if slots[i] > largest.total:
             return (f"member {who} ({proc.model}, estimate {format_size(proc.estimate_bytes)}) needs {slots[i]} "

@@ -90,7 +90,7 @@ class Router:
 
     @property
     def processes(self) -> dict[str, MemberProcess]:
-        return self.assembly.supervisor.members if self.assembly is not None else {}
+        return self.assembly.supervisor.processes if self.assembly is not None else {}
 
     @property
     def engines(self) -> dict[str, CouncilEngine]:
@@ -105,7 +105,7 @@ class Router:
         must have a multimodal projector (`--mmproj` in its args); remote models are taken to accept them."""
         policy = self.policy
         engine = self.engines.get(target)
-        models = [s.model for s in engine.members] if engine is not None else [target]
+        models = [s.model for s in engine.seats] if engine is not None else [target]
         return all(policy.models[m].remote is not None or any(a in ("--mmproj", "-mm", "--mmproj-url", "-mmu")
                                                               for a in policy.models[m].args) for m in models)
 
@@ -201,7 +201,7 @@ class Router:
         assert self.assembly is not None
         for name, engine in self.engines.items():
             ready = 0
-            for seat in engine.members:
+            for seat in engine.seats:
                 process = self.assembly.process_of(seat.name)
                 if process is not None:
                     ready += self.processes[process].ready
@@ -209,7 +209,7 @@ class Router:
                     ready += 1  # a remote (litellm) member, or one the registry lists
             need = engine.config.quorum_count()
             if ready < need:
-                reasons.append(f"council {name}: {ready} of {len(engine.members)} members ready, quorum {need}")
+                reasons.append(f"council {name}: {ready} of {len(engine.seats)} members ready, quorum {need}")
         for name, reason in self.refused.items():
             reasons.append(f"council {name} is not running: {reason}")
         return not reasons, reasons
@@ -257,7 +257,7 @@ class Router:
         assert self.assembly is not None
         supervisor = self.assembly.supervisor
         recipes = {r.name: r for r in recipes_from_plan(plan, self.server)}
-        old_keys = {name: _identity(self.plan, name) for name in supervisor.members}
+        old_keys = {name: _identity(self.plan, name) for name in supervisor.processes}
         new_keys = {name: _identity(plan, name) for name in recipes}
         unchanged = [n for n in new_keys if old_keys.get(n) == new_keys[n]]
         removed = [n for n in old_keys if n not in new_keys or old_keys[n] != new_keys[n]]
@@ -287,4 +287,4 @@ def _identity(plan: PolicyPlan, name: str) -> tuple[Any, ...]:
     placement = next(p for p in plan.placements() if p.process.key == name)
     model = policy.models[placement.process.model]
     draft = policy.models[model.draft.model].model_dump_json() if model.draft.model else None
-    return (placement.process.model, model.model_dump_json(), draft, placement.process.members, placement.gpu)
+    return (placement.process.model, model.model_dump_json(), draft, placement.process.seats, placement.gpu)

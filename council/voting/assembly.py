@@ -44,14 +44,14 @@ class Assembly:
     process_clients: dict[str, HttpMemberClient] = field(default_factory=dict)
 
     def process_of(self, member: str) -> str | None:
-        return next((name for name, p in self.supervisor.members.items() if member in p.members), None)
+        return next((name for name, p in self.supervisor.processes.items() if member in p.seats), None)
 
 
 def build_engines(plan: PolicyPlan, supervisor: Supervisor, ballots: BallotStore,
                   elsewhere: Elsewhere | None = None) -> tuple[dict[str, CouncilEngine], dict[str, HttpMemberClient]]:
     """An engine per council this router answers (every council of the policy for a registry router)."""
     policy = plan.policy
-    process_of = {member: name for name, p in supervisor.members.items() for member in p.members}
+    process_of = {member: name for name, p in supervisor.processes.items() for member in p.seats}
     configs: dict[str, CouncilConfig] = plan.configs if elsewhere is None else dict(policy.councils)
     engines: dict[str, CouncilEngine] = {}
     process_clients: dict[str, HttpMemberClient] = {}
@@ -66,7 +66,7 @@ def build_engines(plan: PolicyPlan, supervisor: Supervisor, ballots: BallotStore
             elif seat_name not in process_of and elsewhere is not None:
                 client = HttpMemberClient(endpoint=lambda m=seat_name: elsewhere(m), limiter=limiter)
             else:
-                process = supervisor.members[process_of[seat_name]]
+                process = supervisor.processes[process_of[seat_name]]
                 client = HttpMemberClient(endpoint=lambda p=process: process_endpoint(p), limiter=limiter,
                                           target=process.name)
                 process_clients.setdefault(process.name, client)

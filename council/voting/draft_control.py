@@ -70,13 +70,13 @@ class DraftController:
             await asyncio.sleep(self.interval())
 
     def _tunable(self) -> list[MemberProcess]:
-        return [p for p in self.supervisor.members.values() if p.recipe.retune is not None
+        return [p for p in self.supervisor.processes.values() if p.recipe.retune is not None
                 and p.recipe.draft_n is not None]
 
     async def tick(self) -> None:
         now = self._clock()
         if self._busy is not None:
-            process = self.supervisor.members.get(self._busy)
+            process = self.supervisor.processes.get(self._busy)
             if process is not None and process.state not in (State.READY, State.FAILED):
                 return  # one process at a time, until the restarted one is back
             if process is not None:
@@ -134,7 +134,7 @@ class DraftController:
             return "the member is not in the plan"
         model = placement.process.model
         try:
-            estimate = estimate_process(plan.policy.with_draft_n(model, n), model, len(placement.process.members),
+            estimate = estimate_process(plan.policy.with_draft_n(model, n), model, len(placement.process.seats),
                                         plan.device).total
         except (OSError, GgufError, EstimateError, ValueError) as exc:
             return f"no estimate at n={n}: {exc}"
@@ -146,9 +146,9 @@ class DraftController:
 
     def _quorum_blocker(self, process: MemberProcess) -> str | None:
         """Why taking `process` out now would leave a council below its quorum, or None."""
-        process_of = {m: name for name, p in self.supervisor.members.items() for m in p.members}
+        process_of = {m: name for name, p in self.supervisor.processes.items() for m in p.seats}
         for council, engine in self._engines().items():
-            seats = [s.name for s in engine.members]
+            seats = [s.name for s in engine.seats]
             if not any(process_of.get(s) == process.name for s in seats):
                 continue
             ready = 0
@@ -157,7 +157,7 @@ class DraftController:
                 if owner is None:
                     ready += 1  # remote, or served by another host: not ours to restart
                 elif owner != process.name:
-                    ready += self.supervisor.members[owner].ready
+                    ready += self.supervisor.processes[owner].ready
             need = engine.config.quorum_count()
             if ready < need:
                 return f"council {council} would have {ready} of {len(seats)} members ready, quorum {need}"

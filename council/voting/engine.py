@@ -48,8 +48,8 @@ class Seat:
 
 
 @dataclass
-class MemberOutcome:
-    member: Seat
+class SeatOutcome:
+    seat: Seat
     reply: MemberReply
     extracted: str | None = None
     confidence: float | None = None  # the member's probability of its answer (from token logprobs)
@@ -58,7 +58,7 @@ class MemberOutcome:
 
     def to_json(self) -> dict[str, Any]:
         r = self.reply
-        return {"name": self.member.name, "model": self.member.model, "weight": self.member.weight,
+        return {"name": self.seat.name, "model": self.seat.model, "weight": self.seat.weight,
                 "status": r.status, "answer": r.text,
                 "extracted": self.extracted, "latency_ms": round(r.latency_ms),
                 "completion_tokens": r.completion_tokens, "prompt_tokens": r.prompt_tokens,
@@ -72,7 +72,7 @@ class MemberOutcome:
 class QuorumError(CouncilError, RuntimeError):
     """Fewer members answered than the council's quorum (or every answer abstained)."""
 
-    def __init__(self, council: str, message: str, outcomes: list[MemberOutcome]) -> None:
+    def __init__(self, council: str, message: str, outcomes: list[SeatOutcome]) -> None:
         super().__init__(f"council {council}: {message}")
         self.outcomes = outcomes
 
@@ -90,7 +90,7 @@ class CouncilAnswer:
     council: str
     strategy: str
     decision: Decision
-    outcomes: list[MemberOutcome]
+    outcomes: list[SeatOutcome]
     early_stop: bool
     judge_fallback: bool = False
     stage: int = 1  # the cascade stage that decided (1 without a cascade)
@@ -102,8 +102,8 @@ class CouncilAnswer:
         return any(o.reply.status in ("timeout", "error") for o in self.outcomes)
 
     @property
-    def winner(self) -> MemberOutcome | None:
-        return next((o for o in self.outcomes if o.member.name == self.decision.winner_members[0]), None)
+    def winner(self) -> SeatOutcome | None:
+        return next((o for o in self.outcomes if o.seat.name == self.decision.winner_members[0]), None)
 
     @property
     def logprobs(self) -> dict[str, Any] | None:
@@ -168,11 +168,11 @@ def extract_reply(reply: MemberReply, how: str) -> str | None:
 class CouncilEngine:
     """One council at run time: its seats' clients and its vote."""
 
-    def __init__(self, name: str, config: CouncilConfig, members: list[Seat],
+    def __init__(self, name: str, config: CouncilConfig, seats: list[Seat],
                  ballots: BallotStore | None = None) -> None:
         self.name = name
         self.config = config
-        self.members = members
+        self.seats = seats
         self.ballots = ballots if ballots is not None else BallotStore()
         self.rates: dict[str, Rates] = {}  # per process (seat target): what decides `prompt_reuse: auto`
 
@@ -180,19 +180,19 @@ class CouncilEngine:
         """The most a seat still out can add to one answer (confidence votes are at most the weight)."""
         return 1.0 if self.config.vote.strategy in ("majority", "judge") else member.weight
 
-    def _ballot(self, outcome: MemberOutcome) -> Ballot:
-        m, r = outcome.member, outcome.reply
+    def _ballot(self, outcome: SeatOutcome) -> Ballot:
+        m, r = outcome.seat, outcome.reply
         return Ballot(member=m.name, order=m.order, answer=outcome.extracted, text=r.text, weight=m.weight,
                       latency_ms=r.latency_ms, logprob=r.logprob, confidence=outcome.confidence)
 
-    def _outcome(self, seat: Seat, reply: MemberReply, stage: int) -> MemberOutcome:
+    def _outcome(self, seat: Seat, reply: MemberReply, stage: int) -> SeatOutcome:
         how = self.config.vote.extract
         if reply.status != "ok":
-            return MemberOutcome(seat, reply, stage=stage)
+            return SeatOutcome(seat, reply, stage=stage)
         extracted = extract_reply(reply, how)
         found = signals(reply.logprobs, reply.text, extracted, how)
-        return MemberOutcome(seat, reply, extracted, found[self.config.vote.confidence] if found else None, stage,
-                             found)
+        return SeatOutcome(seat, reply, extracted, found[self.config.vote.confidence] if found else None, stage,
+                           found)
 
     def payload(self, request: dict[str, Any], seat: Seat) -> dict[str, Any]:
         payload = member_payload(request, seat.sampling)
@@ -216,10 +216,10 @@ class CouncilEngine:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.config.timeout
-        stages = self.config.stages() if early_stop else [list(range(len(self.members)))]
-        stage_of = {self.members[i].name: n for n, stage in enumerate(stages, 1) for i in stage}
+        stages = self.config.stages() if early_stop else [list(range(len(self.seats)))]
+        stage_of = {self.seats[i].name: n for n, stage in enumerate(stages, 1) for i in stage}
         arrivals: asyncio.Queue[tuple[Seat, MemberReply]] = asyncio.Queue()
-        outcomes: dict[str, MemberOutcome] = {}
+        outcomes: dict[str, SeatOutcome] = {}
         tasks: list[asyncio.Task[None]] = []
         asked: list[Seat] = []
         early = timed_out = False
@@ -240,7 +240,7 @@ class CouncilEngine:
 
         try:
             for number, stage in enumerate(stages, 1):
-                seats = [self.members[i] for i in stage]
+                seats = [self.seats[i] for i in stage]
                 asked += seats
                 tasks += [asyncio.create_task(run(lane)) for lane in self.lanes(request, seats)]
                 waiting = {seat.name for seat in seats}
@@ -253,7 +253,7 @@ class CouncilEngine:
                     outcomes[seat.name] = self._outcome(seat, reply, number)
                     waiting.discard(seat.name)
                     answered = [self._ballot(o) for o in outcomes.values() if o.reply.status == "ok"]
-                    still_out = sum(self._value(m) for m in self.members if m.name not in outcomes)
+                    still_out = sum(self._value(m) for m in self.seats if m.name not in outcomes)
                     if (early_stop and still_out and len(answered) >= self.config.quorum_count(len(asked))
                             and is_decided(answered, still_out, vote.strategy, temperature)):
                         early = True
@@ -273,7 +273,7 @@ class CouncilEngine:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         waited = (loop.time() - started) * 1000
-        for seat in self.members:
+        for seat in self.seats:
             if seat.name in outcomes:
                 continue
             if seat not in asked:
@@ -283,8 +283,8 @@ class CouncilEngine:
             else:
                 reply = MemberReply(status="timeout", latency_ms=waited,
                                     error=f"no answer within the council's {self.config.timeout:g}s")
-            outcomes[seat.name] = MemberOutcome(seat, reply, stage=stage_of[seat.name])
-        ordered = [outcomes[m.name] for m in self.members]
+            outcomes[seat.name] = SeatOutcome(seat, reply, stage=stage_of[seat.name])
+        ordered = [outcomes[m.name] for m in self.seats]
         answered_outcomes = [o for o in ordered if o.reply.status == "ok"]
         if not answered_outcomes and all(o.reply.rejected for o in ordered if o.reply.status != "skipped"):
             raise RequestRejected(self.name, next(o.reply.error for o in ordered if o.reply.rejected) or "")
@@ -311,7 +311,7 @@ class CouncilEngine:
     async def _judge(self, request: dict[str, Any], ballots: list[Ballot]) -> Decision | None:
         """The judge member picks an answer by number; None (fall back to majority) when it cannot."""
         judge = self.config.vote.judge
-        member = next((m for m in self.members if judge in (m.order, m.name)), None)
+        member = next((m for m in self.seats if judge in (m.order, m.name)), None)
         if member is None:
             return None
         question = next((m.get("content") for m in reversed(request.get("messages", []))
@@ -328,7 +328,7 @@ class CouncilEngine:
         return {"id": answer.id, "created": int(time.time()), **answer.council_json(),
                 "extract": self.config.vote.extract, "tie_break": list(self.config.vote.tie_break),
                 "confidence_temperature": self.config.vote.confidence_temperature,
-                "answers": [{"member": o.member.name, "text": o.reply.text, "weight": o.member.weight,
+                "answers": [{"member": o.seat.name, "text": o.reply.text, "weight": o.seat.weight,
                              "latency_ms": round(o.reply.latency_ms), "confidence": o.confidence,
                              "completion_tokens": o.reply.completion_tokens} for o in answer.outcomes
                             if o.reply.status == "ok"]}

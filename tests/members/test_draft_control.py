@@ -80,7 +80,7 @@ async def test_live_tuning_moves_down_and_back_up_within_quorum_and_slots(
     quorum_seen: list[int] = []
 
     def watch(change: StateChange) -> None:
-        members = assembly.supervisor.members
+        members = assembly.supervisor.processes
         if change.member == "c/auto" and change.new is State.READY:
             ns.append(members["c/auto"].recipe.draft_n)
         if change.member == "c/auto" and change.new is State.DRAINING and change.reason.startswith("draft tuning"):
@@ -88,7 +88,7 @@ async def test_live_tuning_moves_down_and_back_up_within_quorum_and_slots(
 
     assembly = assemble(plan, llama_server_bin, LifeConfig(run_dir=tmp_path / "run", **FAST), listeners=[watch])
     supervisor = assembly.supervisor
-    members = supervisor.members
+    members = supervisor.processes
     auto = members["c/auto"]
     controller = DraftController(lambda: plan, supervisor, lambda: assembly.engines)
     await supervisor.start()

@@ -61,7 +61,7 @@ async def supervise(
     yield _make
     for sup in made:
         await sup.stop()
-        for member in sup.members.values():
+        for member in sup.processes.values():
             assert member.pid is None or not _alive(member.pid), f"{member.name} left running"
 
 
@@ -105,7 +105,7 @@ async def test_two_members_reach_ready_and_serve(supervise: Callable[..., Superv
     sup = supervise(policy)
     await sup.start()
     assert await sup.wait_settled(120)
-    for member in sup.members.values():
+    for member in sup.processes.values():
         assert member.state is State.READY, member.reason
         assert [c.new for c in member.history] == [State.STARTING, State.WARMING, State.READY]
         assert member.pid is not None and _alive(member.pid)
@@ -122,7 +122,7 @@ async def test_kill_9_member_is_back_within_backoff_other_untouched(
     sup = supervise(policy, {"a": "syn", "b": "syn"})
     await sup.start()
     assert await sup.wait_settled(60)
-    a, b = sup.members["a"], sup.members["b"]
+    a, b = sup.processes["a"], sup.processes["b"]
     b_pid, b_history = b.pid, len(b.history)
     old_pid = a.pid
     assert old_pid is not None
@@ -143,7 +143,7 @@ async def test_model_that_fails_to_load_is_failed_with_log_reason_others_ready(
     sup = supervise(policy, max_failures=2)
     await sup.start()
     assert await sup.wait_settled(60)
-    bad, good = sup.members["broken"], sup.members["syn"]
+    bad, good = sup.processes["broken"], sup.processes["syn"]
     assert good.state is State.READY
     assert bad.state is State.FAILED
     assert "gave up after 2 failures in a row: exited with code 1" in bad.reason
@@ -155,7 +155,7 @@ async def test_mtp_member_reports_draft_acceptance(supervise: Callable[..., Supe
     sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512, draft={"type": "mtp", "n_max": 2})))
     await sup.start()
     assert await sup.wait_settled(60)
-    member = sup.members["syn"]
+    member = sup.processes["syn"]
     async with sup.request("syn"), httpx.AsyncClient() as client:
         reply = await client.post(f"{member.spec.url}/v1/chat/completions",
                                   headers={"Authorization": f"Bearer {member.spec.api_key}"},
@@ -174,7 +174,7 @@ async def test_watchdog_restarts_a_live_member_whose_requests_fail(
     sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)), watchdog_failures=2)
     await sup.start()
     assert await sup.wait_settled(60)
-    member = sup.members["syn"]
+    member = sup.processes["syn"]
     first_pid = member.pid
     for _ in range(2):  # what the fan-out reports when completions fail though the process lives
         with pytest.raises(httpx.ReadTimeout):
@@ -208,7 +208,7 @@ async def test_an_impostor_on_our_port_is_not_taken_for_our_member(
     try:
         await sup.start()
         assert await sup.wait_settled(30)
-        member = sup.members["syn"]
+        member = sup.processes["syn"]
         assert member.state is State.FAILED
         assert State.READY not in [c.new for c in member.history]
         assert "not as our member" in member.reason or "exited with code" in member.reason

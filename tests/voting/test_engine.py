@@ -42,7 +42,8 @@ def running(llama_server_bin: LlamaServerInfo, tmp_path: Path) -> Callable[..., 
         await supervisor.start()
         try:
             assert await supervisor.wait_settled(120)
-            assert all(m.ready for m in supervisor.members.values()), [m.reason for m in supervisor.members.values()]
+            assert all(m.ready for m in supervisor.processes.values()), [
+                m.reason for m in supervisor.processes.values()]
             yield assembly, supervisor
         finally:
             await supervisor.stop()
@@ -109,7 +110,7 @@ async def test_member_killed_mid_request_gives_a_degraded_answer(
     running: Callable[..., object], syn: Path
 ) -> None:
     async with running(_slow_council(syn)) as (runtime, supervisor):  # type: ignore[attr-defined]
-        slow = supervisor.members["c/2"]
+        slow = supervisor.processes["c/2"]
         task = asyncio.create_task(runtime.engines["c"].ask(ask("go")))
         deadline = time.monotonic() + 10
         while not slow.in_flight:
@@ -129,7 +130,7 @@ async def test_member_that_never_answers_times_out_within_the_deadline(
     running: Callable[..., object], syn: Path
 ) -> None:
     async with running(_slow_council(syn, timeout="3s")) as (runtime, supervisor):  # type: ignore[attr-defined]
-        silent = supervisor.members["c/2"]
+        silent = supervisor.processes["c/2"]
         assert silent.pid is not None
         os.kill(silent.pid, signal.SIGSTOP)  # alive, listening, never answering
         try:
@@ -149,7 +150,7 @@ async def test_fewer_answers_than_quorum_is_an_error_not_a_guess(
     running: Callable[..., object], syn: Path
 ) -> None:
     async with running(_slow_council(syn, timeout="2s", quorum="all")) as (runtime, supervisor):  # type: ignore[attr-defined]
-        silent = supervisor.members["c/2"]
+        silent = supervisor.processes["c/2"]
         assert silent.pid is not None
         os.kill(silent.pid, signal.SIGSTOP)
         try:
@@ -170,7 +171,7 @@ async def test_early_stop_cancels_the_straggler_and_frees_its_slot(
         assert doc["early_stop"] is True and doc["degraded"] is False
         assert [m["status"] for m in doc["members"]] == ["ok", "ok", "cancelled"]
         assert elapsed < 2.0  # the straggler alone needs ~8 s for its 8000 tokens
-        slow = supervisor.members["c/2"]
+        slow = supervisor.processes["c/2"]
         async with httpx.AsyncClient() as client:
             deadline = time.monotonic() + 5
             while True:  # llama-server notices the closed connection and frees the slot
@@ -186,7 +187,7 @@ async def test_early_stops_are_not_member_failures(running: Callable[..., object
     """Under load the straggler is cancelled on every question; before, three in a row tripped the watchdog and a
     healthy member was restarted (losing its in-flight work)."""
     async with running(_slow_council(syn, strategy="majority")) as (runtime, supervisor):  # type: ignore[attr-defined]
-        slow = supervisor.members["c/2"]
+        slow = supervisor.processes["c/2"]
         pid = slow.pid
         for _ in range(supervisor.config.watchdog_failures + 2):
             answer = await runtime.engines["c"].ask(ask("go"))
@@ -212,7 +213,7 @@ async def test_remote_member_through_litellm(
             vote: {{strategy: majority, extract: text}}
             quorum: all
         """) as (runtime, supervisor):  # type: ignore[attr-defined]
-        assert list(supervisor.members) == ["mixed/0"]  # the remote member has no local process
+        assert list(supervisor.processes) == ["mixed/0"]  # the remote member has no local process
         answer = await runtime.engines["mixed"].ask({**ask("go"), "max_tokens": 6})
     doc = answer.council_json()
     assert [m["status"] for m in doc["members"]] == ["ok", "ok"], doc
@@ -270,7 +271,7 @@ def _cascade_council(syn: Path, second_max_tokens: int) -> str:
 
 async def test_a_cascade_stage_that_agrees_never_calls_the_next(running: Callable[..., object], syn: Path) -> None:
     async with running(_cascade_council(syn, 3)) as (runtime, supervisor):  # type: ignore[attr-defined]
-        later = supervisor.members["c/2"]
+        later = supervisor.processes["c/2"]
         before = await _metric(later, "llamacpp:prompt_tokens_total")
         answer = await runtime.engines["c"].ask(ask("go"))
         doc = answer.council_json()
@@ -281,7 +282,7 @@ async def test_a_cascade_stage_that_agrees_never_calls_the_next(running: Callabl
 
 async def test_a_cascade_stage_that_disagrees_asks_the_next(running: Callable[..., object], syn: Path) -> None:
     async with running(_cascade_council(syn, 4)) as (runtime, supervisor):  # type: ignore[attr-defined]
-        later = supervisor.members["c/2"]
+        later = supervisor.processes["c/2"]
         before = await _metric(later, "llamacpp:prompt_tokens_total")
         doc = (await runtime.engines["c"].ask(ask("go"))).council_json()
         assert [m["status"] for m in doc["members"]] == ["ok", "ok", "ok"]
@@ -301,7 +302,7 @@ async def test_five_samples_share_one_request_and_one_prompt_pass(running: Calla
             vote: {{extract: text}}
             timeout: 5m
         """) as (runtime, supervisor):  # type: ignore[attr-defined]
-        process = supervisor.members["sc/0"]
+        process = supervisor.processes["sc/0"]
         assert process.slots.size == 5
         before = await _metric(process, "llamacpp:prompt_tokens_total")
         answer = await runtime.engines["sc"].ask(ask("Name a colour."))
@@ -347,7 +348,7 @@ async def test_early_stop_cancels_a_whole_sample_group_and_a_deadline_flags_it(
         assert doc["early_stop"] is True and doc["answer"] == "abc"
         assert [m["status"] for m in doc["members"]] == ["ok", "ok", "cancelled", "cancelled", "cancelled",
                                                          "cancelled"]
-        group = supervisor.members["early/2"]
+        group = supervisor.processes["early/2"]
         deadline = time.monotonic() + 10
         while group.slots.free != group.slots.size:  # the cancelled group gave its four slots back
             assert time.monotonic() < deadline
@@ -429,7 +430,7 @@ async def test_early_stop_decides_inside_a_sample_group_and_closes_its_request(
             vote: {{strategy: weighted, extract: "regex:\\\\A(ok)"}}
             timeout: 5m
         """) as (runtime, supervisor):  # type: ignore[attr-defined]
-        group = supervisor.members["c/1"]
+        group = supervisor.processes["c/1"]
         before = await _metric(group, "llamacpp:requests_processing")
         # The grammar makes every member start with "ok" (so all vote alike) and leaves the rest free: the
         # samples end after their own number of tokens.

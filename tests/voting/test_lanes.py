@@ -90,7 +90,7 @@ async def test_a_chained_lane_reads_the_prompt_once(llama_server_bin: LlamaServe
     await assembly.supervisor.start()
     try:
         assert await assembly.supervisor.wait_settled(120)
-        (process,) = assembly.supervisor.members.values()
+        (process,) = assembly.supervisor.processes.values()
         url, key = process.spec.url, process.spec.api_key
         before = _metric(url, key, "llamacpp:prompt_tokens_total")
         notes = " ".join(f"Note {i}: the river is {i * 7 % 90}." for i in range(60))  # ~700 tokens

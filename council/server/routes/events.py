@@ -37,7 +37,7 @@ def snapshot(router: Router, admin: bool) -> dict[str, Any]:
     ballots = list(router.events.recent_ballots)
     seen: dict[str, Any] = {
         "scopes": ["chat", "admin"] if admin else ["chat"],
-        "councils": {name: [s.name for s in e.members] for name, e in router.engines.items()},
+        "councils": {name: [s.name for s in e.seats] for name, e in router.engines.items()},
         "models": sorted(router.policy.models),
         "ballots": ballots if admin else [_for_chat(b) for b in ballots],
     }

@@ -19,7 +19,7 @@ Chat = Annotated[Principal, Depends(require("chat"))]
 @routes.get("/v1/models")
 async def models(router: Annotated[Router, Depends(current_router)], _: Chat) -> dict[str, Any]:
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "council", "kind": "council",
-             "members": [m.name for m in engine.members]} for name, engine in router.engines.items()]
+             "members": [m.name for m in engine.seats]} for name, engine in router.engines.items()]
     data += [{"id": name, "object": "model", "created": 0, "owned_by": "council", "kind": "model"}
              for name in router.policy.models]
     return {"object": "list", "data": data}
