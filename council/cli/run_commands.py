@@ -109,10 +109,11 @@ def serve(
     import uvicorn
 
     from council.members.binary import find_llama_server
+    from council.members.process import LifeConfig
     from council.paths import council_home
     from council.server.app import create_app
     from council.server.auth import KeyRing, is_loopback
-    from council.server.router import Router
+    from council.server.router import open_router
 
     loaded = load_or_exit(policy)
     settings = loaded.policy.server
@@ -133,9 +134,9 @@ def serve(
     advertise = settings.advertise_url or f"http://{bind_host}:{bind_port}"
     try:
         # The log folder is named for this router (policy and port), so two routers never share member logs.
-        router = Router(policy_path=Path(policy), loaded=loaded, server=server, run_dir=council_home() / "run",
-                        life={"instance": f"{Path(policy).stem}-{bind_port}"}, role=role,  # type: ignore[arg-type]
-                        advertise_url=advertise)
+        life = LifeConfig(run_dir=council_home() / "run", instance=f"{Path(policy).stem}-{bind_port}")
+        router = open_router(Path(policy), loaded, server, life, role=role,  # type: ignore[arg-type]
+                             advertise_url=advertise)
     except (OSError, ValueError) as exc:
         raise fail(str(exc), 2) from None
     for council_name, reason in router.refused.items():

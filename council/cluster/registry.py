@@ -27,6 +27,7 @@ class Registry:
         self.cluster_key = cluster_key
         self.hosts: dict[str, list[dict[str, Any]]] = {}  # host -> its ready members (last known)
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._turn = 0  # round robin over the hosts serving a model
 
     async def publish_forever(self, advertise_url: str, processes: Callable[[], Iterable[MemberProcess]]) -> None:
         """Heartbeat: this host's ready processes, re-published before the last entry expires."""
@@ -65,6 +66,19 @@ class Registry:
                     return Endpoint(name=str(entry.get("process", member)), url=str(entry["url"]),
                                     api_key=self.cluster_key, http=self._session(host))
         return None
+
+    def model_endpoint(self, model: str) -> Endpoint | None:
+        """A live host's ready process of `model`, taking turns among them (for a model's own requests)."""
+        if self.cluster_key is None:
+            return None
+        found = [(host, entry) for host in sorted(self.hosts) for entry in self.hosts[host]
+                 if entry.get("model") == model and entry.get("ready")]
+        if not found:
+            return None
+        self._turn += 1
+        host, entry = found[self._turn % len(found)]
+        return Endpoint(name=str(entry.get("process", model)), url=str(entry["url"]), api_key=self.cluster_key,
+                        http=self._session(host))
 
     async def aclose(self) -> None:
         for session in self._sessions.values():

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from council.cluster.leases import LeaseKeeper
 from council.cluster.registry import Registry
@@ -32,7 +32,7 @@ from council.server.auth import KeyRing
 from council.server.events import EventBus
 from council.server.limits import Limits
 from council.server.metrics import MemberCollector, RouterMetrics
-from council.voting.assembly import Assembly, assemble, build_engines
+from council.voting.assembly import Assembly, assemble
 from council.voting.ballots import BallotStore
 from council.voting.client import HttpMemberClient
 from council.voting.draft_control import DraftController
@@ -49,44 +49,183 @@ class ReloadError(CouncilError):
         self.problems = problems
 
 
-@dataclass
-class Router:
-    policy_path: Path
-    loaded: LoadedPolicy
-    server: LlamaServerInfo
-    run_dir: Path
-    life: dict[str, Any] = field(default_factory=dict)  # LifeConfig fields other than run_dir
-    metrics: RouterMetrics = field(default_factory=RouterMetrics)
-    role: Role = "both"
-    advertise_url: str = "http://127.0.0.1:8080"
+class RouterRole(Protocol):
+    """Where a router's seats run: its own processes (`LocalRole`: `--role both|host`) or other hosts' processes
+    found through the member registry (`PeerRole`: `--role router`). The router asks its role; nothing else
+    branches on the role."""
 
-    def __post_init__(self) -> None:
-        self.plan: PolicyPlan = plan_policy(self.policy)
+    name: Role
+
+    def refused(self, plan: PolicyPlan) -> dict[str, str]:
+        """Councils of the plan this router will not answer, with the reason."""
+        ...
+
+    async def start(self, router: Router) -> Assembly: ...
+
+    async def stop(self, router: Router) -> None: ...
+
+    async def swap(self, router: Router, plan: PolicyPlan) -> tuple[PolicyPlan, dict[str, list[str]]]:
+        """Move the running processes to `plan` (a reload); the plan as leased and what changed."""
+        ...
+
+    def passthrough(self, router: Router, model: str) -> HttpMemberClient | None:
+        """The client a request for `model` (not a council) goes through, None while none is ready."""
+        ...
+
+
+@dataclass
+class LocalRole:
+    """Runs the plan's processes here (leased first), tunes their draft length, and with shared state publishes
+    them to the registry (`host`, and `both` with Redis)."""
+
+    server: LlamaServerInfo
+    life: LifeConfig
+    name: Role = "both"
+    draft_control: DraftController | None = None  # live draft length of `n_max: auto` members
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def refused(self, plan: PolicyPlan) -> dict[str, str]:
+        return plan.refused
+
+    async def start(self, router: Router) -> Assembly:
+        router.plan = await router.leases.admit(router.plan)
+        assembly = assemble(router.plan, self.server, self.life, ballots=router.ballots, listeners=router.listeners)
+        assembly.supervisor.log_listeners.append(router.log_line)
+        await assembly.supervisor.start()
+        router.leases.start_renewing()
+        # Reads the current plan on every tick (the assembly's engines too), so a reload that adds `n_max: auto`
+        # is picked up.
+        self.draft_control = DraftController(lambda: router.plan, assembly)
+        self._tasks.append(asyncio.create_task(self.draft_control.run_forever(), name="draft-tuning"))
+        if router.shared:
+            self._tasks.append(asyncio.create_task(router.registry.publish_forever(
+                router.advertise_url, lambda: assembly.supervisor.processes.values()), name="heartbeat"))
+        return assembly
+
+    async def stop(self, router: Router) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if router.shared:
+            await router.registry.withdraw(router.advertise_url)
+        if router.assembly is not None:
+            await router.assembly.supervisor.stop()
+
+    def passthrough(self, router: Router, model: str) -> HttpMemberClient | None:
+        """The least busy ready process serving `model`, through the client its council calls use."""
+        assert router.assembly is not None
+        ready = [p for p in router.assembly.supervisor.processes.values() if p.spec.model == model and p.ready]
+        if not ready:
+            return None
+        return router.assembly.process_clients[min(ready, key=lambda p: (p.in_flight, p.name)).name]
+
+    async def swap(self, router: Router, plan: PolicyPlan) -> tuple[PolicyPlan, dict[str, list[str]]]:
+        refused = [f"council {c.name} does not fit: {c.reason}" for c in plan.slots.councils if not c.admitted]
+        if refused:
+            raise ReloadError(refused)
+        # Our own leases would count against the new plan: give them back, lease anew, and on refusal take the
+        # old ones again (the old councils never stopped).
+        leases = router.leases
+        await leases.release_leases()
+        plan = await leases.admit(plan)
+        refused = [f"council {name}: {reason}" for name, reason in plan.refused.items()]
+        if refused:
+            await leases.release_leases()
+            leases.keep_wanting(router.plan)
+            await leases.admit(router.plan)
+            raise ReloadError(refused)
+        assert router.assembly is not None
+        supervisor = router.assembly.supervisor
+        recipes = {r.name: r for r in recipes_from_plan(plan, self.server)}
+        old_keys = {name: _identity(router.plan, name) for name in supervisor.processes}
+        new_keys = {name: _identity(plan, name) for name in recipes}
+        unchanged = [n for n in new_keys if old_keys.get(n) == new_keys[n]]
+        removed = [n for n in old_keys if n not in new_keys or old_keys[n] != new_keys[n]]
+        added = [n for n in new_keys if n not in unchanged]
+        await asyncio.gather(*(supervisor.remove(n, "reload: changed or removed") for n in removed))
+        for name in added:
+            supervisor.add(recipes[name])
+        for name in unchanged:  # same process, but the new plan's recipe for its next restart
+            supervisor.replace_recipe(recipes[name])
+        return plan, {"unchanged": sorted(unchanged), "restarted": sorted(set(removed) & set(added)),
+                      "stopped": sorted(set(removed) - set(added)), "started": sorted(set(added) - set(removed))}
+
+
+@dataclass
+class PeerRole:
+    """Runs no process: answers every council of the policy with the processes the registry lists on other
+    hosts, and relays a model's requests to a host that serves it."""
+
+    server: LlamaServerInfo
+    life: LifeConfig
+    name: Role = "router"
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def refused(self, plan: PolicyPlan) -> dict[str, str]:
+        return {}  # this router places nothing: the hosts' plans decide
+
+    async def start(self, router: Router) -> Assembly:
+        self._tasks.append(asyncio.create_task(router.registry.follow_forever(), name="registry"))
+        return assemble(router.plan, self.server, self.life, ballots=router.ballots,
+                        elsewhere=router.registry.endpoint, run_members=False)
+
+    async def stop(self, router: Router) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def swap(self, router: Router, plan: PolicyPlan) -> tuple[PolicyPlan, dict[str, list[str]]]:
+        return plan, {"unchanged": [], "restarted": [], "stopped": [], "started": []}  # only councils and keys
+
+    def passthrough(self, router: Router, model: str) -> HttpMemberClient | None:
+        endpoint = router.registry.model_endpoint(model)
+        return HttpMemberClient(endpoint=lambda: endpoint) if endpoint is not None else None
+
+
+def open_router(policy_path: Path, loaded: LoadedPolicy, server: LlamaServerInfo, life: LifeConfig, *,
+                role: Role = "both", advertise_url: str = "http://127.0.0.1:8080",
+                metrics: RouterMetrics | None = None) -> Router:
+    """Read what a router starts from — the plan (GGUF headers, GPUs) and the state store — and build it."""
+    policy = loaded.policy
+    plan = plan_policy(policy)
+    state = open_state(policy.state)
+    impl: RouterRole = (PeerRole(server, life) if role == "router" else LocalRole(server, life, name=role))
+    return Router(policy_path, loaded, plan, state, impl, metrics=metrics or RouterMetrics(),
+                  advertise_url=advertise_url)
+
+
+class Router:
+    """One running policy behind the HTTP API. Its parts are handed in (`open_router` reads them); the role
+    decides where the seats run."""
+
+    def __init__(self, policy_path: Path, loaded: LoadedPolicy, plan: PolicyPlan, state: StateStore,
+                 role: RouterRole, *, metrics: RouterMetrics, advertise_url: str = "http://127.0.0.1:8080") -> None:
+        self.policy_path = policy_path
+        self.loaded = loaded
+        self.plan = plan
+        self.state = state
+        self.role = role
+        self.metrics = metrics
+        self.advertise_url = advertise_url
+        policy = loaded.policy
         self.events = EventBus()  # the dashboard's live view: member changes, ballots, log lines
-        self.listeners: list[Callable[[StateChange], None]] = [self._member_changed]
-        self.state: StateStore = open_state(self.policy.state)
-        self.shared = self.policy.state != "memory"  # ballots and rate limits live in Redis too
-        self.leases = LeaseKeeper(self.state, holder=f"{socket.gethostname()}:{os.getpid()}")
-        self.keys = KeyRing(self.policy.server.api_keys)
-        self.registry = Registry(self.state, self.policy.server.heartbeat,
-                                 os.environ.get(self.policy.server.cluster_key_env) or None)
-        self.limits = Limits(self.metrics, self.state, self.shared, self.policy.server.max_queue)
-        self.ballots = BallotStore(self.policy.server.ballots)
+        self.listeners: list[Callable[[StateChange], None]] = [self._process_changed]
+        self.shared = policy.state != "memory"  # ballots and rate limits live in Redis too
+        self.leases = LeaseKeeper(state, holder=f"{socket.gethostname()}:{os.getpid()}")
+        self.keys = KeyRing(policy.server.api_keys)
+        self.registry = Registry(state, policy.server.heartbeat,
+                                 os.environ.get(policy.server.cluster_key_env) or None)
+        self.limits = Limits(metrics, state, self.shared, policy.server.max_queue)
+        self.ballots = BallotStore(policy.server.ballots)
         self.assembly: Assembly | None = None
-        self.draft_control: DraftController | None = None  # live draft length of `n_max: auto` members
-        self._tasks: list[asyncio.Task[None]] = []
         self._sharing: set[asyncio.Task[None]] = set()  # ballot copies on their way to Redis (kept from the GC)
         self._reload_lock = asyncio.Lock()
-        self.metrics.watch(MemberCollector(lambda: [m.snapshot() for m in self.processes.values()],
-                                           lambda: self.plan.to_json()["gpus"]))
+        metrics.watch(MemberCollector(lambda: [p.snapshot() for p in self.processes.values()],
+                                      lambda: self.plan.to_json()["gpus"]))
 
     @property
     def policy(self) -> Policy:
         return self.loaded.policy
-
-    @property
-    def life_config(self) -> LifeConfig:
-        return LifeConfig(run_dir=self.run_dir, **self.life)
 
     @property
     def processes(self) -> dict[str, MemberProcess]:
@@ -98,7 +237,7 @@ class Router:
 
     @property
     def refused(self) -> dict[str, str]:
-        return {} if self.role == "router" else self.plan.refused
+        return self.role.refused(self.plan)
 
     def accepts_media(self, target: str) -> bool:
         """Whether image or audio parts can go to `target` (a council or a model): every local model behind it
@@ -109,48 +248,19 @@ class Router:
         return all(policy.models[m].remote is not None or any(a in ("--mmproj", "-mm", "--mmproj-url", "-mmu")
                                                               for a in policy.models[m].args) for m in models)
 
-    def passthrough_client(self, model: str) -> tuple[MemberProcess, HttpMemberClient] | None:
-        """The least busy ready process serving `model`, and the client its council calls go through."""
-        assert self.assembly is not None
-        ready = [p for p in self.processes.values() if p.spec.model == model and p.ready]
-        if not ready:
-            return None
-        process = min(ready, key=lambda p: (p.in_flight, p.name))
-        return process, self.assembly.process_clients[process.name]
+    def passthrough_client(self, model: str) -> HttpMemberClient | None:
+        """The client a request for `model` goes through (a ready process here, or a host that serves it)."""
+        return self.role.passthrough(self, model)
 
     # ---- life -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Lease the plan's slots (councils that get none are not started), then launch the members.
-
-        Roles: `both` runs members and answers; `host` runs members and publishes them to the registry;
-        `router` runs none and answers with the members the registry lists (on other hosts)."""
-        if self.role == "router":
-            self.assembly = assemble(self.plan, self.server, self.life_config, ballots=self.ballots,
-                                     elsewhere=self.registry.endpoint, run_members=False)
-            self._tasks.append(asyncio.create_task(self.registry.follow_forever(), name="registry"))
-            return
-        self.plan = await self.leases.admit(self.plan)
-        self.assembly = assemble(self.plan, self.server, self.life_config, ballots=self.ballots,
-                                 listeners=self.listeners)
-        self.assembly.supervisor.log_listeners.append(self._log_line)
-        await self.assembly.supervisor.start()
-        self.leases.start_renewing()
-        # Reads the current plan and engines on every tick, so a reload that adds `n_max: auto` is picked up.
-        self.draft_control = DraftController(lambda: self.plan, self.assembly.supervisor, lambda: self.engines)
-        self._tasks.append(asyncio.create_task(self.draft_control.run_forever(), name="draft-tuning"))
-        if self.shared:
-            self._tasks.append(asyncio.create_task(
-                self.registry.publish_forever(self.advertise_url, lambda: self.processes.values()), name="heartbeat"))
+        """Start the role: lease the plan's slots and launch the processes (councils that get no lease are not
+        started), or follow the registry."""
+        self.assembly = await self.role.start(self)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.role != "router" and self.shared:
-            await self.registry.withdraw(self.advertise_url)
-        if self.assembly is not None:
-            await self.assembly.supervisor.stop()
+        await self.role.stop(self)
         await self.leases.release_all()
         await self.registry.aclose()
         await self.state.close()
@@ -174,13 +284,13 @@ class Router:
         for m in doc["members"]:
             metrics.votes.labels(answer.council, m["name"], m["status"], str(m["name"] in winners).lower()).inc()
 
-    def _member_changed(self, change: StateChange) -> None:
+    def _process_changed(self, change: StateChange) -> None:
         process = self.processes.get(change.member)
         self.events.publish("member", {"change": change.to_json(),
                                        "member": process.snapshot() if process is not None else None})
 
-    def _log_line(self, member: str, line: str) -> None:
-        self.events.publish("log", {"member": member, "line": line})
+    def log_line(self, process: str, line: str) -> None:
+        self.events.publish("log", {"member": process, "line": line})
 
     async def _share_ballot(self, ballot_id: str) -> None:
         ballot = self.ballots.get(ballot_id)
@@ -196,22 +306,10 @@ class Router:
         return found
 
     def readiness(self) -> tuple[bool, list[str]]:
-        """Every admitted council has a quorum of ready members (remote members count as ready)."""
-        reasons = []
+        """Every council has a quorum of ready seats (the assembly's rule), and none was refused."""
         assert self.assembly is not None
-        for name, engine in self.engines.items():
-            ready = 0
-            for seat in engine.seats:
-                process = self.assembly.process_of(seat.name)
-                if process is not None:
-                    ready += self.processes[process].ready
-                elif self.role != "router" or self.registry.endpoint(seat.name) is not None:
-                    ready += 1  # a remote (litellm) member, or one the registry lists
-            need = engine.config.quorum_count()
-            if ready < need:
-                reasons.append(f"council {name}: {ready} of {len(engine.seats)} members ready, quorum {need}")
-        for name, reason in self.refused.items():
-            reasons.append(f"council {name} is not running: {reason}")
+        reasons = [f"council {name}: {why}" for name, why in self.assembly.quorum_shortfalls().items()]
+        reasons += [f"council {name} is not running: {reason}" for name, reason in self.refused.items()]
         return not reasons, reasons
 
     # ---- reload -------------------------------------------------------------------------------------------
@@ -228,47 +326,12 @@ class Router:
             except (OSError, ValueError) as exc:
                 raise ReloadError([Problem((), str(exc)).format(str(self.policy_path))]) from None
             assert self.assembly is not None
-            if self.role == "router":  # no members here: only the councils and keys change
-                changes: dict[str, list[str]] = {"unchanged": [], "restarted": [], "stopped": [], "started": []}
-            else:
-                plan, changes = await self._swap_processes(plan)
+            plan, changes = await self.role.swap(self, plan)
             self.loaded, self.plan = loaded, plan
             self.keys.update(loaded.policy.server.api_keys)
             self.limits.max_queue = loaded.policy.server.max_queue
-            elsewhere = self.registry.endpoint if self.role == "router" else None
-            self.assembly.engines, self.assembly.process_clients = build_engines(
-                plan, self.assembly.supervisor, self.ballots, elsewhere)
+            self.assembly.build_engines(plan, every_council=self.assembly.elsewhere is not None)
             return changes
-
-    async def _swap_processes(self, plan: PolicyPlan) -> tuple[PolicyPlan, dict[str, list[str]]]:
-        refused = [f"council {c.name} does not fit: {c.reason}" for c in plan.slots.councils if not c.admitted]
-        if refused:
-            raise ReloadError(refused)
-        # Our own leases would count against the new plan: give them back, lease anew, and on refusal take the
-        # old ones again (the old councils never stopped).
-        await self.leases.release_leases()
-        plan = await self.leases.admit(plan)
-        refused = [f"council {name}: {reason}" for name, reason in plan.refused.items()]
-        if refused:
-            await self.leases.release_leases()
-            self.leases.keep_wanting(self.plan)
-            await self.leases.admit(self.plan)
-            raise ReloadError(refused)
-        assert self.assembly is not None
-        supervisor = self.assembly.supervisor
-        recipes = {r.name: r for r in recipes_from_plan(plan, self.server)}
-        old_keys = {name: _identity(self.plan, name) for name in supervisor.processes}
-        new_keys = {name: _identity(plan, name) for name in recipes}
-        unchanged = [n for n in new_keys if old_keys.get(n) == new_keys[n]]
-        removed = [n for n in old_keys if n not in new_keys or old_keys[n] != new_keys[n]]
-        added = [n for n in new_keys if n not in unchanged]
-        await asyncio.gather(*(supervisor.remove(n, "reload: changed or removed") for n in removed))
-        for name in added:
-            supervisor.add(recipes[name])
-        for name in unchanged:  # same process, but the new plan's recipe for its next restart
-            supervisor.replace_recipe(recipes[name])
-        return plan, {"unchanged": sorted(unchanged), "restarted": sorted(set(removed) & set(added)),
-                      "stopped": sorted(set(removed) - set(added)), "started": sorted(set(added) - set(removed))}
 
 
 def _question(request: dict[str, Any] | None) -> str:

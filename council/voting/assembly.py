@@ -1,9 +1,10 @@
 """From a plan to a running policy: member processes under a supervisor, and a council engine per council.
 
-`assemble()` is the one place this wiring is written; `council serve` (and its reloads), `council up`, the
-tests and the benchmarks all use it. Members this router runs are called through their process; with
-`elsewhere` (a router reading the member registry) a member no local process serves is called on the host
-that runs it.
+`Assembly` is the one owner of "which seat runs on which process, and is council X ready?": `assemble()` builds
+it, `council serve` (and its reloads), `council up`, `council eval`, the tests and the benchmarks use it, and
+the router's readiness, the draft controller and the internal member route ask it. Seats this router runs are
+called through their process; with `elsewhere` (a router reading the member registry) a seat no local process
+serves is called on the host that runs it; a `remote:` model's seat is called through litellm.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from council.voting.ballots import BallotStore
 from council.voting.client import Endpoint, HttpMemberClient, MemberClient, RemoteClient, rate_limiter
 from council.voting.engine import CouncilEngine, Seat
 
-# Finds the endpoint of a member no local process serves (on another host), or None.
+# Finds the endpoint of a seat no local process serves (on another host), or None.
 Elsewhere = Callable[[str], Endpoint | None]
 
 
@@ -36,44 +37,85 @@ def process_endpoint(process: MemberProcess) -> Endpoint | None:
 
 @dataclass
 class Assembly:
+    """The running policy's processes and engines, and where each seat runs."""
+
     supervisor: Supervisor
-    engines: dict[str, CouncilEngine]
     ballots: BallotStore
-    # Per local process, the client a passthrough uses: the one of the first seat it serves (same slots, same
-    # rate limit as that seat's council calls).
+    elsewhere: Elsewhere | None = None
+    engines: dict[str, CouncilEngine] = field(default_factory=dict)
+    # Per local process, the client a passthrough (or another host's router) uses: the one of the first seat it
+    # serves (same slots, same rate limit as that seat's council calls).
     process_clients: dict[str, HttpMemberClient] = field(default_factory=dict)
+    remote_seats: frozenset[str] = frozenset()  # seats of `remote:` models (litellm): taken to be ready
 
-    def process_of(self, member: str) -> str | None:
-        return next((name for name, p in self.supervisor.processes.items() if member in p.seats), None)
+    def process_of(self, seat: str) -> MemberProcess | None:
+        """The local process that serves `seat`, or None (a remote model's seat, or one on another host)."""
+        return next((p for p in self.supervisor.processes.values() if seat in p.seats), None)
 
+    def seat_ready(self, seat: str, *, without: str | None = None) -> bool:
+        """Whether `seat` can answer now: its local process is ready (and is not the process `without`, which is
+        about to be taken out), the registry lists it on another host, or it is a remote model's."""
+        process = self.process_of(seat)
+        if process is not None:
+            return process.name != without and process.ready
+        if seat in self.remote_seats:
+            return True
+        return self.elsewhere is not None and self.elsewhere(seat) is not None
 
-def build_engines(plan: PolicyPlan, supervisor: Supervisor, ballots: BallotStore,
-                  elsewhere: Elsewhere | None = None) -> tuple[dict[str, CouncilEngine], dict[str, HttpMemberClient]]:
-    """An engine per council this router answers (every council of the policy for a registry router)."""
-    policy = plan.policy
-    process_of = {member: name for name, p in supervisor.processes.items() for member in p.seats}
-    configs: dict[str, CouncilConfig] = plan.configs if elsewhere is None else dict(policy.councils)
-    engines: dict[str, CouncilEngine] = {}
-    process_clients: dict[str, HttpMemberClient] = {}
-    for name, config in configs.items():
-        seats = []
-        for order, (seat_name, member, _) in enumerate(config.seats(name)):
-            model = policy.models[member.model]
-            limiter = rate_limiter(member.rate_limit)
-            client: MemberClient
-            if model.remote is not None:
-                client = RemoteClient(model.remote, limiter)
-            elif seat_name not in process_of and elsewhere is not None:
-                client = HttpMemberClient(endpoint=lambda m=seat_name: elsewhere(m), limiter=limiter)
-            else:
-                process = supervisor.processes[process_of[seat_name]]
-                client = HttpMemberClient(endpoint=lambda p=process: process_endpoint(p), limiter=limiter,
-                                          target=process.name)
-                process_clients.setdefault(process.name, client)
-            seats.append(Seat(name=seat_name, order=order, model=member.model, weight=member.weight,
-                              sampling=member.sampling, client=client))
-        engines[name] = CouncilEngine(name, config, seats, ballots)
-    return engines, process_clients
+    def ready_seats(self, council: str, *, without: str | None = None) -> int:
+        return sum(self.seat_ready(s.name, without=without) for s in self.engines[council].seats)
+
+    def quorum_shortfalls(self, *, without: str | None = None) -> dict[str, str]:
+        """Per council below its quorum (with the process `without` taken out, if given): why, in words."""
+        short = {}
+        for name, engine in self.engines.items():
+            if without is not None and not any(self.process_name(s.name) == without for s in engine.seats):
+                continue  # taking `without` out does not touch this council
+            ready, need = self.ready_seats(name, without=without), engine.config.quorum_count()
+            if ready < need:
+                short[name] = f"{ready} of {len(engine.seats)} members ready, quorum {need}"
+        return short
+
+    def process_name(self, seat: str) -> str | None:
+        process = self.process_of(seat)
+        return process.name if process is not None else None
+
+    def ready_client(self, process: str) -> HttpMemberClient | None:
+        """The client of a local process that is ready now (for passthrough and the internal member route)."""
+        local = self.supervisor.processes.get(process)
+        client = self.process_clients.get(process)
+        return client if local is not None and local.ready else None
+
+    def build_engines(self, plan: PolicyPlan, *, every_council: bool = False) -> None:
+        """An engine per admitted council (`every_council`: each council of the policy, for a router that runs
+        no process and finds its seats through the registry), replacing the engines there were."""
+        policy = plan.policy
+        configs: dict[str, CouncilConfig] = dict(policy.councils) if every_council else plan.configs
+        engines: dict[str, CouncilEngine] = {}
+        clients: dict[str, HttpMemberClient] = {}
+        remote: set[str] = set()
+        for name, config in configs.items():
+            seats = []
+            for order, (seat_name, member, _) in enumerate(config.seats(name)):
+                model = policy.models[member.model]
+                limiter = rate_limiter(member.rate_limit)
+                process = self.process_of(seat_name)
+                client: MemberClient
+                if model.remote is not None:
+                    client = RemoteClient(model.remote, limiter)
+                    remote.add(seat_name)
+                elif process is None and self.elsewhere is not None:
+                    find = self.elsewhere
+                    client = HttpMemberClient(endpoint=lambda s=seat_name, find=find: find(s), limiter=limiter)
+                else:
+                    assert process is not None, f"seat {seat_name} has no process"
+                    client = HttpMemberClient(endpoint=lambda p=process: process_endpoint(p), limiter=limiter,
+                                              target=process.name)
+                    clients.setdefault(process.name, client)
+                seats.append(Seat(name=seat_name, order=order, model=member.model, weight=member.weight,
+                                  sampling=member.sampling, client=client))
+            engines[name] = CouncilEngine(name, config, seats, self.ballots)
+        self.engines, self.process_clients, self.remote_seats = engines, clients, frozenset(remote)
 
 
 def assemble(plan: PolicyPlan, server: LlamaServerInfo, life: LifeConfig, *, ballots: BallotStore | None = None,
@@ -82,7 +124,7 @@ def assemble(plan: PolicyPlan, server: LlamaServerInfo, life: LifeConfig, *, bal
     """The supervisor (not started) with a process per admitted placement, and the engines over them.
     `run_members=False` (a registry router) runs no process and answers through `elsewhere`."""
     recipes = recipes_from_plan(plan, server) if run_members else []
-    supervisor = Supervisor(life, recipes, listeners)
-    ballots = ballots if ballots is not None else BallotStore()
-    engines, clients = build_engines(plan, supervisor, ballots, elsewhere)
-    return Assembly(supervisor, engines, ballots, clients)
+    assembly = Assembly(Supervisor(life, recipes, listeners), ballots if ballots is not None else BallotStore(),
+                        elsewhere)
+    assembly.build_engines(plan, every_council=not run_members)
+    return assembly

@@ -20,14 +20,13 @@ from typing import Any
 from council.members.draft_tuning import DraftTuner, StepCost, TunerSettings, Verdict, default_cost_per_token
 from council.members.process import MemberProcess
 from council.members.states import State
-from council.members.supervisor import Supervisor
 from council.plan.estimate import EstimateError
 from council.plan.gguf import GgufError
 from council.plan.planner import PolicyPlan, estimate_process
 from council.plan.slots import slots_for
 from council.policy.schema import AutoDraft
 from council.units import format_size
-from council.voting.engine import CouncilEngine
+from council.voting.assembly import Assembly
 
 log = logging.getLogger("council.draft")
 
@@ -40,12 +39,11 @@ def tuner_settings(auto: AutoDraft) -> TunerSettings:
 class DraftController:
     """Owns a `DraftTuner` per tunable process; `tick()` judges them all and acts on at most one."""
 
-    def __init__(self, plan: Callable[[], PolicyPlan], supervisor: Supervisor,
-                 engines: Callable[[], dict[str, CouncilEngine]], *, clock: Callable[[], float] = time.monotonic,
-                 history: int = 64) -> None:
+    def __init__(self, plan: Callable[[], PolicyPlan], assembly: Assembly, *,
+                 clock: Callable[[], float] = time.monotonic, history: int = 64) -> None:
         self._plan = plan
-        self.supervisor = supervisor
-        self._engines = engines
+        self.assembly = assembly  # its engines are replaced on reload; the gates read them at each tick
+        self.supervisor = assembly.supervisor
         self._clock = clock
         self.tuners: dict[str, DraftTuner] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=history)  # changes and refusals, newest last
@@ -146,22 +144,8 @@ class DraftController:
 
     def _quorum_blocker(self, process: MemberProcess) -> str | None:
         """Why taking `process` out now would leave a council below its quorum, or None."""
-        process_of = {m: name for name, p in self.supervisor.processes.items() for m in p.seats}
-        for council, engine in self._engines().items():
-            seats = [s.name for s in engine.seats]
-            if not any(process_of.get(s) == process.name for s in seats):
-                continue
-            ready = 0
-            for seat in seats:
-                owner = process_of.get(seat)
-                if owner is None:
-                    ready += 1  # remote, or served by another host: not ours to restart
-                elif owner != process.name:
-                    ready += self.supervisor.processes[owner].ready
-            need = engine.config.quorum_count()
-            if ready < need:
-                return f"council {council} would have {ready} of {len(seats)} members ready, quorum {need}"
-        return None
+        short = self.assembly.quorum_shortfalls(without=process.name)
+        return next((f"council {council} would have {why}" for council, why in short.items()), None)
 
     # ---- acting ------------------------------------------------------------------------------------------
 

@@ -185,6 +185,22 @@ councils:
             return [m["status"] for m in doc["members"]] == ["ok", "ok"] and not doc["degraded"]
 
         wait_for(both_answer, "the router to reach the member on the GPU host", timeout=60)
+        # A model (not a council) is relayed to the host that serves it: chat, streamed chat, text completions.
+        router = hosts["router"]
+        model = {"model": "syn", "max_tokens": 4}
+        chat = httpx.post(f"{router}/v1/chat/completions", timeout=30,
+                          json={**model, "messages": [{"role": "user", "content": "go"}]})
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["choices"][0]["message"]["content"]
+        with httpx.stream("POST", f"{router}/v1/chat/completions", timeout=30,
+                          json={**model, "stream": True, "messages": [{"role": "user", "content": "go"}]}) as streamed:
+            assert streamed.status_code == 200
+            assert streamed.headers["content-type"].startswith("text/event-stream")
+            events = [line for line in streamed.iter_lines() if line.startswith("data:")]
+        assert len(events) >= 3 and events[-1] == "data: [DONE]"  # token by token, not one relayed body
+        text = httpx.post(f"{router}/v1/completions", json={**model, "prompt": "go"}, timeout=30)
+        assert text.status_code == 200, text.text
+        assert text.json()["choices"][0]["text"]
         procs[0].kill()  # the GPU host dies (its members die with it)
         procs[0].wait(timeout=10)
         died = time.monotonic()

@@ -90,7 +90,7 @@ async def test_live_tuning_moves_down_and_back_up_within_quorum_and_slots(
     supervisor = assembly.supervisor
     members = supervisor.processes
     auto = members["c/auto"]
-    controller = DraftController(lambda: plan, supervisor, lambda: assembly.engines)
+    controller = DraftController(lambda: plan, assembly)
     await supervisor.start()
     tasks = [asyncio.create_task(workload(auto))]
     try:

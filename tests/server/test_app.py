@@ -11,11 +11,12 @@ import httpx
 import pytest
 
 from council.members.binary import LlamaServerInfo
+from council.members.process import LifeConfig
 from council.policy.loading import load_policy
 from council.policy.schema import ApiKey
 from council.server.app import create_app
 from council.server.auth import KeyRing
-from council.server.router import Router
+from council.server.router import open_router
 from council.voting.assembly import assemble
 
 pytestmark = pytest.mark.anyio
@@ -37,8 +38,9 @@ councils:
   c: {{members: [{{model: m}}, {{model: m}}]}}
 """)
     server = LlamaServerInfo(path=Path("/bin/false"), build=1, version="", spec_types=("draft-mtp",))
-    router = Router(policy_path=path, loaded=load_policy(path), server=server, run_dir=tmp_path / "run")
-    router.assembly = assemble(router.plan, server, router.life_config, ballots=router.ballots)
+    life = LifeConfig(run_dir=tmp_path / "run")
+    router = open_router(path, load_policy(path), server, life)
+    router.assembly = assemble(router.plan, server, life, ballots=router.ballots)
     transport = httpx.ASGITransport(app=create_app(router))
     async with httpx.AsyncClient(transport=transport, base_url="http://council",
                                  headers={"Authorization": f"Bearer {KEY}"}) as http:

@@ -1,8 +1,10 @@
-"""A member of this host, for routers on other hosts (`state: redis://`); guarded by the shared cluster key."""
+"""A process of this host, for routers on other hosts (`state: redis://`); guarded by the shared cluster key.
+Council calls, a model's chat completions (streamed too) and text completions all come through here."""
 
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -11,19 +13,34 @@ from fastapi.responses import Response
 from council.server.deps import current_router
 from council.server.errors import ApiError
 from council.server.router import Router
+from council.server.routes.passthrough import relay_through
 
 routes = APIRouter(include_in_schema=False)
+Current = Annotated[Router, Depends(current_router)]
 
 
+# Process names hold a `/` (`trio/0`): the name is everything before the relayed path.
 @routes.post("/internal/members/{process:path}/v1/chat/completions", response_model=None)
-async def member_call(process: str, request: Request, router: Annotated[Router, Depends(current_router)]) -> Response:
+async def chat_call(process: str, request: Request, router: Current) -> Response:
+    return await process_call(process, "/v1/chat/completions", request, router)
+
+
+@routes.post("/internal/members/{process:path}/v1/completions", response_model=None)
+async def completion_call(process: str, request: Request, router: Current) -> Response:
+    return await process_call(process, "/v1/completions", request, router)
+
+
+async def process_call(process: str, path: str, request: Request, router: Router) -> Response:
     key = router.registry.cluster_key
     given = request.headers.get("authorization", "").encode()
     if key is None or not hmac.compare_digest(given, f"Bearer {key}".encode()):
         raise ApiError(401, "member calls need the cluster key (server.cluster_key_env)", "invalid_cluster_key")
-    client = router.assembly.process_clients.get(process) if router.assembly is not None else None
-    local = router.processes.get(process)
-    if client is None or local is None or not local.ready:
+    client = router.assembly.ready_client(process) if router.assembly is not None else None
+    if client is None:
         raise ApiError(503, f"member {process} is not ready on this host", "no_ready_member")
-    relayed = await client.relay(await request.body(), "/v1/chat/completions")
-    return Response(content=relayed.body, status_code=relayed.status, media_type=relayed.content_type)
+    raw = await request.body()
+    try:
+        stream = json.loads(raw).get("stream") is True
+    except (ValueError, AttributeError):
+        stream = False  # the process answers a broken body itself
+    return await relay_through(client, raw, path, stream)

@@ -1,26 +1,34 @@
-"""Relaying a request to one process that serves a model (`model` names a model, not a council)."""
+"""Relaying a request to one process that serves a model (`model` names a model, not a council), here or, for a
+`--role router`, on the host the registry lists."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import Response, StreamingResponse
 
 from council.server.errors import ApiError
 from council.server.limits import Admission
 from council.server.router import Router
+from council.voting.client import HttpMemberClient
 
 
 async def relay(router: Router, model: str, payload: bytes, path: str, stream: bool,
                 admission: Admission) -> Response:
     """Send `payload` to the least busy ready process serving `model`, through the same client (slots, rate
     limit, watchdog accounting) its council calls use; token by token when streaming."""
-    found = router.passthrough_client(model)
-    if found is None:
+    client = router.passthrough_client(model)
+    if client is None:
         if router.policy.models[model].remote is not None:
             raise ApiError(400, f"{model} is a remote model: call its provider directly", "remote_model")
         raise ApiError(503, f"no ready member serves {model}", "no_ready_member")
-    _, client = found
+    return await relay_through(client, payload, path, stream, admission.release)
+
+
+async def relay_through(client: HttpMemberClient, payload: bytes, path: str, stream: bool,
+                        done: Callable[[], None] = lambda: None) -> Response:
+    """One call relayed as it came back: whole, or (streaming) chunk by chunk, holding the process's slot and
+    its accounting until the last chunk; `done` runs once the stream is over."""
     if not stream:
         relayed = await client.relay(payload, path)
         return Response(content=relayed.body, status_code=relayed.status, media_type=relayed.content_type)
@@ -33,6 +41,6 @@ async def relay(router: Router, model: str, payload: bytes, path: str, stream: b
                 yield chunk
         finally:
             await opened.__aexit__(None, None, None)
-            admission.release()
+            done()
 
     return StreamingResponse(body(), status_code=head.status, media_type=head.content_type)
