@@ -1,6 +1,6 @@
 """What the router adds: the same requests to one member directly and through `council serve`.
 
-    python -m bench.overhead [--seconds 5] [--rounds 3]     (needs wrk: apt-get install wrk)
+    python -m bench.overhead [--seconds 5] [--rounds 3] [--baseline GITREF]   (needs wrk: apt-get install wrk)
 
 Part 1, a real member (the synthetic qwen35 model, 1 token per request): direct to the llama-server vs
 through the router as a passthrough (`model` = the model) and as a 1-member council, driven by wrk with
@@ -12,6 +12,9 @@ member calls/s = council requests/s x 3. Goals: <= 1 ms added at p50; >= 1,000 m
 Part 3, what validating a body against the OpenAI schema costs (server/requests.py, pydantic in strict mode),
 beside the JSON parse every request has always paid: a one-line chat, and an agent's body (a system prompt,
 20 turns, 4 tools).
+With `--baseline GITREF` (e.g. `main`), part 1 also runs that commit's router (its tree from `git archive`, on
+PYTHONPATH) beside this one, each with its own member, every path of both in the same interleaved rounds, so
+"before" and "after" are measured side by side; the spread of the rounds says what a difference is worth.
 Writes bench/results/overhead.json.
 """
 
@@ -70,36 +73,60 @@ def member_endpoint(server_url: str) -> tuple[str, str, int]:
     return f"http://127.0.0.1:{member['port']}", key, member["pid"]
 
 
-def latency(work: Path, seconds: int, rounds: int, env: dict[str, str]) -> dict[str, object]:
+def latency(work: Path, seconds: int, rounds: int, env: dict[str, str],
+            routers: dict[str, dict[str, str]] | None = None) -> dict[str, object]:
     """wrk with one connection (a C client: it takes almost no CPU from the 2 cores the router and the
-    member share), `rounds` interleaved runs of `seconds` per path; medians of wrk's percentiles."""
-    server = start_council_serve(policy(write_qwen35(work / "syn.gguf", mtp=False), 1), work, env)
+    member share), `rounds` interleaved runs of `seconds` per path; medians of wrk's percentiles and the spread
+    (max - min) of the p50s across rounds. `routers`: label -> extra environment of each router measured
+    (default: this tree's only); the rows are `LABEL direct|passthrough|council` ("" for this tree)."""
+    routers = routers or {"": {}}
+    servers = {}
+    targets: dict[str, tuple[str, dict[str, object], dict[str, str], int]] = {}
     try:
-        url, key, _ = member_endpoint(server.url)
-        targets = {
-            "direct": (f"{url}/v1/chat/completions", BODY, {"Authorization": f"Bearer {key}"}),
-            "passthrough": (f"{server.url}/v1/chat/completions", {**BODY, "model": "syn"}, {}),
-            "council": (f"{server.url}/v1/chat/completions", {**BODY, "model": "solo"}, {}),
-        }
+        for label, extra in routers.items():
+            home = work / (label or "this")
+            home.mkdir(parents=True, exist_ok=True)
+            server = servers[label] = start_council_serve(
+                policy(write_qwen35(home / "syn.gguf", mtp=False), 1), home, {**env, **extra})
+            url, key, _ = member_endpoint(server.url)
+            prefix = f"{label} " if label else ""
+            pid = server.proc.pid
+            targets[f"{prefix}direct"] = (f"{url}/v1/chat/completions", BODY, {"Authorization": f"Bearer {key}"}, pid)
+            targets[f"{prefix}passthrough"] = (f"{server.url}/v1/chat/completions", {**BODY, "model": "syn"}, {}, pid)
+            targets[f"{prefix}council"] = (f"{server.url}/v1/chat/completions", {**BODY, "model": "solo"}, {}, pid)
         runs: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
         for _ in range(rounds):
-            for name, (target, body, headers) in targets.items():
-                before = cpu_seconds(server.proc.pid)
+            for name, (target, body, headers, pid) in targets.items():
+                before = cpu_seconds(pid)
                 result = wrk_run(target, body, seconds, work, connections=1, headers=headers)
-                used = cpu_seconds(server.proc.pid) - before
+                used = cpu_seconds(pid) - before
                 result["router_cpu_ms_per_request"] = used / result["requests"] * 1000
                 runs[name].append(result)
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
     doc: dict[str, object] = {"seconds_per_run": seconds, "rounds": rounds}
     for name, results in runs.items():
         doc[name] = {k: statistics.median(r[k] for r in results)
                      for k in ("p50_ms", "p99_ms", "rps", "router_cpu_ms_per_request")}
-    for name in ("passthrough", "council"):
-        row, base = doc[name], doc["direct"]
-        row["added_p50_ms"] = row["p50_ms"] - base["p50_ms"]  # type: ignore[index]
-        row["added_p99_ms"] = row["p99_ms"] - base["p99_ms"]  # type: ignore[index]
+        doc[name]["p50_spread_ms"] = max(r["p50_ms"] for r in results) - min(r["p50_ms"] for r in results)  # type: ignore[index]
+    for label in routers:
+        prefix = f"{label} " if label else ""
+        base = doc[f"{prefix}direct"]
+        for name in ("passthrough", "council"):
+            row = doc[f"{prefix}{name}"]
+            row["added_p50_ms"] = row["p50_ms"] - base["p50_ms"]  # type: ignore[index]
+            row["added_p99_ms"] = row["p99_ms"] - base["p99_ms"]  # type: ignore[index]
     return doc
+
+
+def baseline_tree(ref: str, into: Path) -> Path:
+    """The package as it was at `ref` (for a side-by-side run), unpacked from git."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", ref, "council"], capture_output=True, check=True,
+                             cwd=Path(__file__).resolve().parent.parent).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 LUA = """wrk.method = "POST"
@@ -176,6 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds")
+    parser.add_argument("--baseline", help="a git ref whose router runs beside this one in part 1 (before/after)")
     args = parser.parse_args()
     server = find_llama_server()
     assert server is not None, "run `council setup` first"
@@ -183,14 +211,27 @@ def main() -> None:
         env = {"COUNCIL_HOME": tmp, "LLAMA_SERVER": str(server.path)}
         (Path(tmp) / "a").mkdir()
         (Path(tmp) / "b").mkdir()
-        lat = latency(Path(tmp) / "a", args.seconds, args.rounds, env)
+        routers = {"": {}}
+        if args.baseline:
+            tree = baseline_tree(args.baseline, Path(tmp) / "baseline")
+            routers[args.baseline] = {"PYTHONPATH": str(tree)}
+        lat = latency(Path(tmp) / "a", args.seconds, args.rounds, env, routers)
         thr = throughput(Path(tmp) / "b", args.seconds, env)
-    print(f"{'path':<12} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'router CPU/req':>15}")
-    for name in ("direct", "passthrough", "council"):
-        row = lat[name]
-        extra = "" if name == "direct" else (f"{row['added_p50_ms']:>10.3f} {row['added_p99_ms']:>10.3f} "  # type: ignore[index]
-                                             f"{row['router_cpu_ms_per_request']:>12.3f} ms")  # type: ignore[index]
-        print(f"{name:<12} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} {extra}")  # type: ignore[index]
+    print(f"{'path':<24} {'p50 ms':>8} {'spread':>7} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} "
+          f"{'router CPU/req':>15}")
+    for label in routers:
+        for path in ("direct", "passthrough", "council"):
+            name = f"{label} {path}" if label else path
+            row = lat[name]
+            extra = "" if path == "direct" else (f"{row['added_p50_ms']:>10.3f} {row['added_p99_ms']:>10.3f} "  # type: ignore[index]
+                                                 f"{row['router_cpu_ms_per_request']:>12.3f} ms")  # type: ignore[index]
+            print(f"{name:<24} {row['p50_ms']:>8.3f} {row['p50_spread_ms']:>7.3f} {row['p99_ms']:>8.3f} {extra}")  # type: ignore[index]
+    if args.baseline:
+        for path in ("passthrough", "council"):
+            now, then = lat[path], lat[f"{args.baseline} {path}"]
+            print(f"{path}: added p50 {now['added_p50_ms']:.3f} ms now vs {then['added_p50_ms']:.3f} ms at "  # type: ignore[index]
+                  f"{args.baseline} ({now['router_cpu_ms_per_request'] / then['router_cpu_ms_per_request']:.2f}x "  # type: ignore[index]
+                  "the router CPU per request)")
     print(f"throughput (stub upstream, wrk -c32): stub direct {thr['stub_direct_rps']:.0f} req/s, passthrough "
           f"{thr['passthrough_rps']:.0f} req/s, 1-member council {thr['council_1_rps']:.0f} req/s, 3-member council "
           f"{thr['council_3_rps']:.0f} req/s = {thr['member_calls_per_s']:.0f} member calls/s")
