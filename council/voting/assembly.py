@@ -19,7 +19,7 @@ from council.members.supervisor import Supervisor
 from council.plan.planner import PolicyPlan
 from council.policy.schema import CouncilConfig
 from council.voting.ballots import BallotStore
-from council.voting.client import Endpoint, HttpMemberClient, MemberClient, RemoteClient, rate_limiter
+from council.voting.client import Endpoint, HttpMemberClient, MemberClient, NoLimit, RateLimits, RemoteClient
 from council.voting.engine import CouncilEngine, Seat
 
 # Finds the endpoint of a member no local process serves (on another host), or None.
@@ -55,20 +55,21 @@ def build_engines(plan: PolicyPlan, supervisor: Supervisor, ballots: BallotStore
     configs: dict[str, CouncilConfig] = plan.configs if elsewhere is None else dict(policy.councils)
     engines: dict[str, CouncilEngine] = {}
     process_clients: dict[str, HttpMemberClient] = {}
+    limits = RateLimits()  # one limiter per process or remote model, whichever seats and calls go to it
     for name, config in configs.items():
         seats = []
         for order, (seat_name, member, _) in enumerate(config.seats(name)):
             model = policy.models[member.model]
-            limiter = rate_limiter(member.rate_limit)
             client: MemberClient
             if model.remote is not None:
-                client = RemoteClient(model.remote, limiter)
+                client = RemoteClient(model.remote, limits.for_target(f"remote:{member.model}", member.rate_limit))
             elif seat_name not in process_of and elsewhere is not None:
-                client = HttpMemberClient(endpoint=lambda m=seat_name: elsewhere(m), limiter=limiter)
+                # Limited on the host that runs it: its relay goes through that process's limiter.
+                client = HttpMemberClient(endpoint=lambda m=seat_name: elsewhere(m), limiter=NoLimit())
             else:
                 process = supervisor.processes[process_of[seat_name]]
-                client = HttpMemberClient(endpoint=lambda p=process: process_endpoint(p), limiter=limiter,
-                                          target=process.name)
+                client = HttpMemberClient(endpoint=lambda p=process: process_endpoint(p), target=process.name,
+                                          limiter=limits.for_target(process.name, member.rate_limit))
                 process_clients.setdefault(process.name, client)
             seats.append(Seat(name=seat_name, order=order, model=member.model, weight=member.weight,
                               sampling=member.sampling, client=client))

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Literal, Protocol
 
 import aiohttp
@@ -125,33 +126,62 @@ class _Choice:
 class RateLimiter(Protocol):
     """Waits until a request may go (one small interface; asyncio-throttle behind it)."""
 
-    def slot(self) -> contextlib.AbstractAsyncContextManager[None]: ...
+    def slot(self, count: int = 1) -> contextlib.AbstractAsyncContextManager[None]: ...
 
 
 class NoLimit:
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, count: int = 1) -> AsyncIterator[None]:
         yield
 
 
-class Throttle:
-    """At most `per_second` requests in any one-second window."""
+def exact_rate(per_second: float) -> tuple[int, float]:
+    """A rate as whole requests per period, exactly: 2.5/s is 5 per 2 s, 0.3/s is 3 per 10 s (asyncio-throttle
+    counts whole requests in a sliding window; rounding 2.5 down to 2 lost a fifth of the rate)."""
+    exact = Fraction(per_second).limit_denominator(1000)
+    if exact == 0:  # below one request per 1000 s: one request per 1/rate seconds
+        return 1, 1.0 / per_second
+    return exact.numerator, float(exact.denominator)
 
-    def __init__(self, per_second: float) -> None:
+
+class Throttle:
+    """At most `per_second` requests per second on one target, exactly (`exact_rate`); unlimited while no rate
+    is set. `tighten` lowers the rate: entries with different rates on one target get the strictest."""
+
+    def __init__(self, per_second: float | None = None) -> None:
         from asyncio_throttle import Throttler
 
-        # Throttler counts whole requests per period: express fractional rates as 1 per 1/rate seconds.
-        rate, period = (int(per_second), 1.0) if per_second >= 1 else (1, 1.0 / per_second)
-        self._throttler = Throttler(rate_limit=rate, period=period)
+        self.per_second: float | None = None
+        self._throttler = Throttler(rate_limit=1)
+        if per_second:
+            self.tighten(per_second)
+
+    def tighten(self, per_second: float) -> None:
+        if self.per_second is None or per_second < self.per_second:
+            self.per_second = per_second
+            self._throttler.rate_limit, self._throttler.period = exact_rate(per_second)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._throttler:
-            yield
+    async def slot(self, count: int = 1) -> AsyncIterator[None]:
+        """`count` requests' worth: a grouped request of `n: K` is K completions, so it counts K."""
+        if self.per_second is not None:
+            for _ in range(count):
+                await self._throttler.acquire()
+        yield
 
 
-def rate_limiter(per_second: float | None) -> RateLimiter:
-    return Throttle(per_second) if per_second else NoLimit()
+class RateLimits:
+    """One limiter per model target (a local process, a remote model), shared by every seat and the passthrough
+    calls on it: K seats on one target share its rate instead of getting K times it."""
+
+    def __init__(self) -> None:
+        self._by_target: dict[str, Throttle] = {}
+
+    def for_target(self, target: str, per_second: float | None) -> Throttle:
+        limiter = self._by_target.setdefault(target, Throttle())
+        if per_second:
+            limiter.tighten(per_second)
+        return limiter
 
 
 class MemberClient(Protocol):
@@ -256,7 +286,7 @@ class HttpMemberClient:
         whether it was readable (`succeeded()` / `failed(reason)`). An exception leaving the block counts as
         a failure; a cancellation (an early stop) as nothing."""
         # Cancelling this (an early stop) drops the connection, which frees the member's llama-server slots.
-        async with (self.limiter.slot(), where.slots.hold(width) if where.slots else contextlib.nullcontext(),
+        async with (self.limiter.slot(width), where.slots.hold(width) if where.slots else contextlib.nullcontext(),
                     where.request() as outcome,
                     where.http.post(f"{where.url}{path}", data=data, headers=where.headers) as response):
             if member_fault(response.status):
