@@ -1,7 +1,7 @@
 """One llama-server process and everything about it (after llama-swap's `Process`).
 
 A `MemberProcess` owns its launch recipe, its state machine, the OS process, the task that runs its life,
-the reason for a restart it was asked for, its in-flight requests, the semaphore of its `parallel` slots
+its in-flight requests (and the outcomes their callers report), the semaphore of its `parallel` slots
 and the HTTP session council calls use. Its life: spawn → /health 200 and our own /props → a real warm-up
 completion → ready → watched (exit, health, failing or stuck requests) → backoff → spawn again, until it
 fails too often in a row (then `failed`, with the telling line of its log) or it is stopped (drain, SIGTERM
@@ -17,7 +17,6 @@ import ctypes
 import os
 import signal
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -147,6 +146,26 @@ class _Running:
     log: RotatingLog
     request_starts: dict[int, float] = field(default_factory=dict)
     request_failures: int = 0
+    last_failure: str = ""
+
+
+class RequestOutcome:
+    """What one request's caller reports about the member's part in it, for the watchdog: `succeeded()` (a
+    readable answer: the failure streak ends), `failed(reason)` (a 5xx, an unreadable body, a broken stream)
+    or nothing (a 4xx is the caller's fault; a request the router cancels says nothing about the member:
+    neither counts nor resets the streak). An exception leaving the block unreported is a failure."""
+
+    __slots__ = ("ok", "reason")
+
+    def __init__(self) -> None:
+        self.ok: bool | None = None
+        self.reason = ""
+
+    def succeeded(self) -> None:
+        self.ok, self.reason = True, ""
+
+    def failed(self, reason: str) -> None:
+        self.ok, self.reason = False, reason
 
 
 class MemberProcess:
@@ -179,11 +198,9 @@ class MemberProcess:
         self._http: aiohttp.ClientSession | None = None
         self._pids = pids
         self._control = control
-        self._lock = threading.Lock()
         self._running: _Running | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._restart_reason: str | None = None
         self._planned: str | None = None  # a drained restart asked for (a new draft length), with its reason
         self._request_ids = 0
 
@@ -191,15 +208,15 @@ class MemberProcess:
 
     def swap(self, expected: State | tuple[State, ...], new: State, reason: str = "") -> StateChange:
         """Move to `new` if the state is (one of) `expected` and the edge is valid; else TransitionError."""
+        # No lock: every caller runs on the event loop, and nothing here awaits.
         allowed = expected if isinstance(expected, tuple) else (expected,)
-        with self._lock:
-            old = self.state
-            if old not in allowed or not is_valid_transition(old, new):
-                raise TransitionError(self.name, allowed[0], old, new)
-            self.state = new
-            self.reason = reason
-            change = StateChange(self.name, old, new, reason, time.time())
-            self.history.append(change)
+        old = self.state
+        if old not in allowed or not is_valid_transition(old, new):
+            raise TransitionError(self.name, allowed[0], old, new)
+        self.state = new
+        self.reason = reason
+        change = StateChange(self.name, old, new, reason, time.time())
+        self.history.append(change)
         for listener in list(self.listeners):
             listener(change)
         return change
@@ -246,30 +263,36 @@ class MemberProcess:
         return self._http
 
     @contextlib.asynccontextmanager
-    async def request(self) -> AsyncIterator[MemberProcess]:
-        """Count a request in flight; its outcome feeds the watchdog (failures in a row, stuck requests).
+    async def request(self) -> AsyncIterator[RequestOutcome]:
+        """Count a request in flight; the outcome its caller reports feeds the watchdog (failures in a row) and
+        its age the stuck-request check. The caller judges the answer (`RequestOutcome`): a 5xx returns
+        normally, yet is the member's failure.
 
-        A request the router cancels (an early stop, a council deadline) is neither a success nor a failure:
-        the member did nothing wrong, and three early stops in a row must not restart a healthy member."""
+        A request the router cancels (an early stop, a council deadline, a client that went away) is neither a
+        success nor a failure: the member did nothing wrong, and three early stops in a row must not restart
+        a healthy member. Cancellation (and a closed generator) is a BaseException, not an Exception."""
         running = self._running
         self._request_ids += 1
         rid = self._request_ids
         self.in_flight += 1
         if running is not None:
             running.request_starts[rid] = time.monotonic()
-        outcome: bool | None = False
+        outcome = RequestOutcome()
         try:
-            yield self
-            outcome = True
-        except asyncio.CancelledError:
-            outcome = None
+            yield outcome
+        except Exception as exc:
+            if outcome.ok is None:
+                outcome.failed(f"{type(exc).__name__}: {exc}"[:200])
             raise
         finally:
             self.in_flight -= 1
             if running is not None:
                 running.request_starts.pop(rid, None)
-                if outcome is not None:
-                    running.request_failures = 0 if outcome else running.request_failures + 1
+                if outcome.ok:
+                    running.request_failures = 0
+                elif outcome.ok is not None:
+                    running.request_failures += 1
+                    running.last_failure = outcome.reason
 
     # ---- life -------------------------------------------------------------------------------------------
 
@@ -280,13 +303,6 @@ class MemberProcess:
     def replace_recipe(self, recipe: ProcessRecipe) -> None:
         """The launch inputs for the next start (a reload that left this process running)."""
         self.recipe = recipe
-
-    async def restart(self, reason: str) -> None:
-        """Kill the live process now; its life task restarts it after the usual backoff."""
-        running = self._running
-        if running is not None and running.proc.returncode is None:
-            self._restart_reason = reason
-            _signal_group(running.proc.pid, signal.SIGKILL)
 
     async def restart_planned(self, recipe: ProcessRecipe, reason: str) -> bool:
         """A restart on purpose with another recipe: ready → draining (no new requests), in-flight requests
@@ -458,11 +474,9 @@ class MemberProcess:
             if self._planned is not None:
                 return self._planned
             if running.proc.returncode is not None:
-                reason = await self._exited(running)
-                asked, self._restart_reason = self._restart_reason, None
-                return asked or reason
+                return await self._exited(running)
             if running.request_failures >= self.config.watchdog_failures:
-                return f"watchdog: {running.request_failures} requests failed in a row"
+                return f"watchdog: {running.request_failures} requests failed in a row (last: {running.last_failure})"
             now = time.monotonic()
             if any(now - t > self.config.stuck_after for t in running.request_starts.values()):
                 return f"watchdog: a request has been in flight over {self.config.stuck_after:.0f}s"

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 import httpx
 
@@ -74,14 +73,3 @@ class Supervisor:
         """Drain one process, stop it and forget it."""
         await self.processes[name].stop(reason)
         del self.processes[name]
-
-    async def restart(self, name: str, reason: str) -> None:
-        await self.processes[name].restart(reason)
-
-    @contextlib.asynccontextmanager
-    async def request(self, name: str) -> AsyncIterator[MemberProcess]:
-        async with self.processes[name].request() as process:
-            yield process
-
-    async def scrape_now(self, name: str) -> None:
-        await self.processes[name].scrape()

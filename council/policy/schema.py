@@ -241,8 +241,11 @@ class MemberConfig(_Strict):
     weight: float = Field(default=1.0, gt=0)
     name: str | None = Field(default=None, min_length=1)
     sampling: Sampling = Sampling()
-    # Requests per second this member may receive (a paid API's limit, say); None is unlimited.
-    rate_limit: float | None = Field(default=None, gt=0)
+    rate_limit: float | None = Field(default=None, gt=0, description=(
+        "Requests per second (fractions are exact: 2.5 is 5 requests in any 2 s) to this member's target: its "
+        "llama-server process, or its remote model. Seats, samples and passthrough on one target share one "
+        "limit; where entries on one target give different rates, the strictest wins. A request for K grouped "
+        "samples (`n: K`) counts as K requests. Unset: unlimited."))
     # Self-consistency in one line: K votes from K samples of this model, served by one process with K slots
     # (and asked with one request whose `n` is K). With a `seed`, sample k uses seed + k.
     samples: int = Field(default=1, ge=1, le=64)

@@ -20,7 +20,7 @@ from council.members.supervisor import Supervisor
 from council.plan.planner import PolicyPlan
 from council.policy.schema import CouncilConfig
 from council.voting.ballots import BallotStore
-from council.voting.client import Endpoint, HttpMemberClient, MemberClient, RemoteClient, rate_limiter
+from council.voting.client import Endpoint, HttpMemberClient, MemberClient, NoLimit, RateLimits, RemoteClient
 from council.voting.engine import CouncilEngine, Seat
 
 # Finds the endpoint of a seat no local process serves (on another host), or None.
@@ -94,23 +94,24 @@ class Assembly:
         engines: dict[str, CouncilEngine] = {}
         clients: dict[str, HttpMemberClient] = {}
         remote: set[str] = set()
+        limits = RateLimits()  # one limiter per process or remote model, whichever seats and calls go to it
         for name, config in configs.items():
             seats = []
             for order, (seat_name, member, _) in enumerate(config.seats(name)):
                 model = policy.models[member.model]
-                limiter = rate_limiter(member.rate_limit)
                 process = self.process_of(seat_name)
                 client: MemberClient
                 if model.remote is not None:
-                    client = RemoteClient(model.remote, limiter)
+                    client = RemoteClient(model.remote, limits.for_target(f"remote:{member.model}", member.rate_limit))
                     remote.add(seat_name)
                 elif process is None and self.elsewhere is not None:
+                    # Limited on the host that runs it: its relay goes through that process's limiter.
                     find = self.elsewhere
-                    client = HttpMemberClient(endpoint=lambda s=seat_name, find=find: find(s), limiter=limiter)
+                    client = HttpMemberClient(endpoint=lambda s=seat_name, find=find: find(s), limiter=NoLimit())
                 else:
                     assert process is not None, f"seat {seat_name} has no process"
-                    client = HttpMemberClient(endpoint=lambda p=process: process_endpoint(p), limiter=limiter,
-                                              target=process.name)
+                    client = HttpMemberClient(endpoint=lambda p=process: process_endpoint(p), target=process.name,
+                                              limiter=limits.for_target(process.name, member.rate_limit))
                     clients.setdefault(process.name, client)
                 seats.append(Seat(name=seat_name, order=order, model=member.model, weight=member.weight,
                                   sampling=member.sampling, client=client))

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Literal, Protocol
 
 import aiohttp
@@ -125,33 +126,62 @@ class _Choice:
 class RateLimiter(Protocol):
     """Waits until a request may go (one small interface; asyncio-throttle behind it)."""
 
-    def slot(self) -> contextlib.AbstractAsyncContextManager[None]: ...
+    def slot(self, count: int = 1) -> contextlib.AbstractAsyncContextManager[None]: ...
 
 
 class NoLimit:
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, count: int = 1) -> AsyncIterator[None]:
         yield
 
 
-class Throttle:
-    """At most `per_second` requests in any one-second window."""
+def exact_rate(per_second: float) -> tuple[int, float]:
+    """A rate as whole requests per period, exactly: 2.5/s is 5 per 2 s, 0.3/s is 3 per 10 s (asyncio-throttle
+    counts whole requests in a sliding window; rounding 2.5 down to 2 lost a fifth of the rate)."""
+    exact = Fraction(per_second).limit_denominator(1000)
+    if exact == 0:  # below one request per 1000 s: one request per 1/rate seconds
+        return 1, 1.0 / per_second
+    return exact.numerator, float(exact.denominator)
 
-    def __init__(self, per_second: float) -> None:
+
+class Throttle:
+    """At most `per_second` requests per second on one target, exactly (`exact_rate`); unlimited while no rate
+    is set. `tighten` lowers the rate: entries with different rates on one target get the strictest."""
+
+    def __init__(self, per_second: float | None = None) -> None:
         from asyncio_throttle import Throttler
 
-        # Throttler counts whole requests per period: express fractional rates as 1 per 1/rate seconds.
-        rate, period = (int(per_second), 1.0) if per_second >= 1 else (1, 1.0 / per_second)
-        self._throttler = Throttler(rate_limit=rate, period=period)
+        self.per_second: float | None = None
+        self._throttler = Throttler(rate_limit=1)
+        if per_second:
+            self.tighten(per_second)
+
+    def tighten(self, per_second: float) -> None:
+        if self.per_second is None or per_second < self.per_second:
+            self.per_second = per_second
+            self._throttler.rate_limit, self._throttler.period = exact_rate(per_second)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._throttler:
-            yield
+    async def slot(self, count: int = 1) -> AsyncIterator[None]:
+        """`count` requests' worth: a grouped request of `n: K` is K completions, so it counts K."""
+        if self.per_second is not None:
+            for _ in range(count):
+                await self._throttler.acquire()
+        yield
 
 
-def rate_limiter(per_second: float | None) -> RateLimiter:
-    return Throttle(per_second) if per_second else NoLimit()
+class RateLimits:
+    """One limiter per model target (a local process, a remote model), shared by every seat and the passthrough
+    calls on it: K seats on one target share its rate instead of getting K times it."""
+
+    def __init__(self) -> None:
+        self._by_target: dict[str, Throttle] = {}
+
+    def for_target(self, target: str, per_second: float | None) -> Throttle:
+        limiter = self._by_target.setdefault(target, Throttle())
+        if per_second:
+            limiter.tighten(per_second)
+        return limiter
 
 
 class MemberClient(Protocol):
@@ -174,6 +204,36 @@ class MemberFailed(CouncilError):
     """The member's connection broke before it answered; the message names the member and how."""
 
 
+class CallOutcome(Protocol):
+    """What a call reports about the member's part in it, for the process's watchdog
+    (`council.members.process.RequestOutcome`): a 5xx or an unreadable body is the member's failure, a readable
+    answer a success; a 4xx (the caller's fault) and a call the router cancels report nothing."""
+
+    def succeeded(self) -> None: ...
+
+    def failed(self, reason: str) -> None: ...
+
+
+class Unaccounted:
+    """The outcome of a call no local watchdog follows (a member on another host counts its own)."""
+
+    def succeeded(self) -> None:
+        pass
+
+    def failed(self, reason: str) -> None:
+        pass
+
+
+def _unaccounted() -> contextlib.AbstractAsyncContextManager[CallOutcome]:
+    return contextlib.nullcontext(Unaccounted())
+
+
+def member_fault(status: int) -> bool:
+    """A status that is the member's failure: a 5xx, but not 501 (llama-server's "not supported": a feature the
+    process was not started with, which no restart brings)."""
+    return status >= 500 and status != 501
+
+
 class SlotHolder(Protocol):
     """A process's `parallel` slots (`council.members.process.Slots`): hold `count` of them for one call."""
 
@@ -189,7 +249,7 @@ class Endpoint:
     url: str
     api_key: str
     http: aiohttp.ClientSession
-    request: Callable[[], contextlib.AbstractAsyncContextManager[Any]] = contextlib.nullcontext
+    request: Callable[[], contextlib.AbstractAsyncContextManager[CallOutcome]] = _unaccounted
     slots: SlotHolder | None = None
 
     @property
@@ -220,12 +280,18 @@ class HttpMemberClient:
 
     @contextlib.asynccontextmanager
     async def _call(self, where: Endpoint, path: str, data: bytes,
-                    width: int = 1) -> AsyncIterator[aiohttp.ClientResponse]:
+                    width: int = 1) -> AsyncIterator[tuple[aiohttp.ClientResponse, CallOutcome]]:
+        """One request to the member, holding its rate limit, `width` of its slots and its request accounting.
+        The status is judged here (a 5xx is the member's failure); a caller that reads a 2xx body reports
+        whether it was readable (`succeeded()` / `failed(reason)`). An exception leaving the block counts as
+        a failure; a cancellation (an early stop) as nothing."""
         # Cancelling this (an early stop) drops the connection, which frees the member's llama-server slots.
-        async with (self.limiter.slot(), where.slots.hold(width) if where.slots else contextlib.nullcontext(),
-                    where.request(),
+        async with (self.limiter.slot(width), where.slots.hold(width) if where.slots else contextlib.nullcontext(),
+                    where.request() as outcome,
                     where.http.post(f"{where.url}{path}", data=data, headers=where.headers) as response):
-            yield response
+            if member_fault(response.status):
+                outcome.failed(f"member answered {response.status}")
+            yield response, outcome
 
     async def complete(self, payload: dict[str, Any], path: str = "/v1/chat/completions") -> MemberReply:
         start = time.monotonic()
@@ -235,21 +301,24 @@ class HttpMemberClient:
             if where is None:
                 return MemberReply(status="error", error="member is not ready")
             try:
-                async with self._call(where, path, data) as response:
+                async with self._call(where, path, data) as (response, outcome):
                     status, raw = response.status, await response.read()
+                    latency = (time.monotonic() - start) * 1000
+                    if status != 200:
+                        return MemberReply(status="error", latency_ms=latency, http_status=status,
+                                           error=f"member answered {status}: {_reason(raw)}")
+                    try:
+                        reply = reply_from_openai(json.loads(raw), latency)
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        outcome.failed("member answered with invalid JSON")
+                        return MemberReply(status="error", latency_ms=latency,
+                                           error="member answered with invalid JSON")
+                    outcome.succeeded()
+                    return reply
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 if attempt == 2:
                     return MemberReply(status="error", error=f"{type(exc).__name__}: {exc}",
                                        latency_ms=(time.monotonic() - start) * 1000)
-                continue
-            latency = (time.monotonic() - start) * 1000
-            if status != 200:
-                return MemberReply(status="error", latency_ms=latency, http_status=status,
-                                   error=f"member answered {status}: {_reason(raw)}")
-            try:
-                return reply_from_openai(json.loads(raw), latency)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                return MemberReply(status="error", latency_ms=latency, error="member answered with invalid JSON")
         raise AssertionError("unreachable")
 
     async def choices(self, payload: dict[str, Any], n: int,
@@ -268,7 +337,7 @@ class HttpMemberClient:
             if where is None:
                 break
             try:
-                async with self._call(where, path, data, n) as response:
+                async with self._call(where, path, data, n) as (response, outcome):
                     if response.status != 200:
                         error = f"member answered {response.status}: {_reason(await response.read())}"
                         for i in range(n):
@@ -278,7 +347,11 @@ class HttpMemberClient:
                     async for index, reply in _stream_choices(response, n, start):
                         done.add(index)
                         yield index, reply
-                error = "the member's stream ended before every choice finished"
+                    error = "the member's stream ended before every choice finished"
+                    if len(done) == n:
+                        outcome.succeeded()
+                    else:
+                        outcome.failed(error)
                 break
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -294,27 +367,60 @@ class HttpMemberClient:
             raise MemberUnavailable("member is not ready")
         return where
 
-    async def relay(self, body: bytes, path: str) -> Relayed:
-        """One call relayed as bytes (a passthrough, or another host's router calling this one)."""
+    async def relay(self, body: bytes, path: str, width: int = 1) -> Relayed:
+        """One call relayed as bytes (a passthrough, or another host's router calling this one); `width` is the
+        request's `n` (the slots and rate it takes)."""
         where = self._where()
         try:
-            async with self._call(where, path, body) as response:
-                return Relayed(response.status, response.headers.get("content-type", "application/json"),
-                               await response.read())
+            async with self._call(where, path, body, width) as (response, outcome):
+                relayed = Relayed(response.status, response.headers.get("content-type", "application/json"),
+                                  await response.read())
+                if 200 <= relayed.status < 300:
+                    if _readable(relayed):
+                        outcome.succeeded()
+                    else:
+                        outcome.failed("member answered with invalid JSON")
+                return relayed
         except aiohttp.ClientError as exc:
             raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
 
     @contextlib.asynccontextmanager
-    async def stream(self, body: bytes, path: str) -> AsyncIterator[tuple[Relayed, AsyncIterator[bytes]]]:
+    async def stream(self, body: bytes, path: str,
+                     width: int = 1) -> AsyncIterator[tuple[Relayed, AsyncIterator[bytes]]]:
         """A streamed call: the head (status, content type) and the body's chunks as they come; the slot and
-        the accounting are held until the caller leaves the block."""
+        the accounting are held until the caller leaves the block. A 2xx stream read to its end is a success,
+        one that breaks a failure; one the caller leaves early (a client that went away) is neither."""
         where = self._where()
         try:
-            async with self._call(where, path, body) as response:
+            async with self._call(where, path, body, width) as (response, outcome):
                 head = Relayed(response.status, response.headers.get("content-type", "text/event-stream"), b"")
-                yield head, response.content.iter_any()
+                yield head, _chunks(response, outcome)
         except aiohttp.ClientError as exc:
             raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
+
+
+async def _chunks(response: aiohttp.ClientResponse, outcome: CallOutcome) -> AsyncIterator[bytes]:
+    """A streamed body's chunks; reports the outcome here, since the caller iterates outside the call's block
+    (an error in its loop never passes through the accounting)."""
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+    except aiohttp.ClientError as exc:
+        outcome.failed(f"the member's stream broke: {type(exc).__name__}")
+        raise
+    if 200 <= response.status < 300:
+        outcome.succeeded()
+
+
+def _readable(relayed: Relayed) -> bool:
+    """A relayed 2xx body that says it is JSON parses as JSON."""
+    if "json" not in relayed.content_type:
+        return True
+    try:
+        json.loads(relayed.body)
+    except ValueError:
+        return False
+    return True
 
 
 async def _stream_choices(response: aiohttp.ClientResponse, n: int,

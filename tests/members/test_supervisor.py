@@ -156,12 +156,12 @@ async def test_mtp_member_reports_draft_acceptance(supervise: Callable[..., Supe
     await sup.start()
     assert await sup.wait_settled(60)
     member = sup.processes["syn"]
-    async with sup.request("syn"), httpx.AsyncClient() as client:
+    async with member.request(), httpx.AsyncClient() as client:
         reply = await client.post(f"{member.spec.url}/v1/chat/completions",
                                   headers={"Authorization": f"Bearer {member.spec.api_key}"},
                                   json={"messages": [{"role": "user", "content": "go"}], "max_tokens": 32})
         assert reply.status_code == 200
-    await sup.scrape_now("syn")
+    await member.scrape()
     assert member.stats.draft_tokens > 0
     assert member.stats.draft_acceptance is not None and member.stats.draft_acceptance >= 0.9
     assert member.snapshot()["draft_acceptance"] == member.stats.draft_acceptance
@@ -178,7 +178,7 @@ async def test_watchdog_restarts_a_live_member_whose_requests_fail(
     first_pid = member.pid
     for _ in range(2):  # what the fan-out reports when completions fail though the process lives
         with pytest.raises(httpx.ReadTimeout):
-            async with sup.request("syn"):
+            async with member.request():
                 raise httpx.ReadTimeout("no answer")
     await until(lambda: member.restarts == 1 and member.ready, 30, "watchdog restart")
     assert member.pid != first_pid

@@ -1,0 +1,112 @@
+"""A stand-in llama-server for faults a real one cannot be made to show: it starts as a member (`/health` 200,
+`/props` naming our model file, the warm-up `/completion` answered), then answers each chat completion as its
+body's `stub` field asks: `ok`, a status (`500`, `400`, `501`), `garbage` (200 with a body that is not JSON),
+`broken` (a 200 stream cut off mid-way) or `hang`. `GET /stub/health` says how many health probes it answered,
+so a test can wait until the watchdog has looked again.
+
+Run as `python stub_llama_server.py --port PORT --model-path PATH`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+health_probes = 0
+lock = threading.Lock()
+
+
+def completion(text: str) -> dict[str, object]:
+    return {"object": "chat.completion", "model": "stub",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+def serve(port: int, model_path: str) -> None:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            global health_probes
+            if self.path == "/health":
+                with lock:
+                    health_probes += 1
+                self.send(200, b'{"status": "ok"}')
+            elif self.path == "/props":
+                self.send(200, json.dumps({"model_path": model_path}).encode())
+            elif self.path == "/stub/health":
+                self.send(200, json.dumps({"probes": health_probes}).encode())
+            else:
+                self.send(200, b"", "text/plain")  # /metrics: nothing to report
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            if self.path == "/completion":  # the warm-up
+                self.send(200, b'{"content": "hi"}')
+                return
+            mode = str(body.get("stub", "ok"))
+            if mode == "hang":
+                time.sleep(3600)
+            elif mode == "garbage":
+                self.send(200, b"this is not JSON")
+            elif mode.isdigit():
+                error = {"error": {"code": int(mode), "message": f"stub says {mode}", "type": "server_error"}}
+                self.send(int(mode), json.dumps(error).encode())
+            elif body.get("stream"):
+                self.stream(int(body.get("n", 1)), broken=mode == "broken")
+            elif mode == "broken":  # promises more bytes than it sends
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(b'{"choices": [')
+                self.close_connection = True
+            else:
+                self.send(200, json.dumps(completion("ok")).encode())
+
+        def stream(self, n: int, broken: bool) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+
+            def chunk(data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
+            for i in range(n):
+                event = {"choices": [{"index": i, "delta": {"content": "ok"}, "finish_reason": None}]}
+                chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+                if broken:  # cut off: no last chunk, the connection closes
+                    self.close_connection = True
+                    return
+                event = {"choices": [{"index": i, "delta": {}, "finish_reason": "stop"}]}
+                chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+            chunk(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    print(f"stub llama-server listening on {port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model-path", required=True)
+    args = parser.parse_args()
+    serve(args.port, args.model_path)

@@ -1,0 +1,185 @@
+"""The watchdog counts what the member answered, not whether the call raised: a stub llama-server (started
+as a member through the supervisor) answers 500 to every completion while its `/health` stays 200, which a
+real llama-server cannot be made to do. Council calls (one completion, `n` streamed choices) and passthrough
+(relay, stream) are all counted; a 4xx and a cancelled request are not."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from council.members.launch import LaunchSpec
+from council.members.process import LifeConfig, MemberProcess, ProcessRecipe
+from council.members.states import State
+from council.members.supervisor import Supervisor
+from council.voting.assembly import process_endpoint
+from council.voting.client import HttpMemberClient, MemberFailed
+from tests.servers import until
+
+pytestmark = pytest.mark.anyio
+STUB = Path(__file__).with_name("stub_llama_server.py")
+FAST = {"backoff_base": 0.2, "backoff_cap": 1.0, "watch_interval": 0.1, "poll_interval": 0.05}
+
+
+@pytest.fixture
+async def stub(tmp_path: Path) -> AsyncIterator[tuple[MemberProcess, HttpMemberClient]]:
+    """One stub member, ready, and the client council calls and passthrough use to reach it."""
+    model = tmp_path / "stub.gguf"
+    model.write_bytes(b"GGUF")
+
+    def spec(port: int) -> LaunchSpec:
+        argv = (sys.executable, str(STUB), "--port", str(port), "--model-path", str(model))
+        return LaunchSpec(key="stub", model="stub", model_path=model, argv=argv, env={}, port=port, api_key="k")
+
+    supervisor = Supervisor(LifeConfig(run_dir=tmp_path / "run", **FAST), [ProcessRecipe("stub", spec, ("c/0",))])
+    await supervisor.start()
+    try:
+        process = supervisor.processes["stub"]
+        await until(lambda: process.ready, 30, f"the stub to be ready ({process.reason})")
+        yield process, HttpMemberClient(endpoint=lambda: process_endpoint(process), target=process.name)
+    finally:
+        await supervisor.stop()
+
+
+def ask(mode: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": "go"}], "stub": mode}
+
+
+def body(mode: str, stream: bool = False) -> bytes:
+    return httpx.Request("POST", "/", json={**ask(mode), "stream": stream}).content
+
+
+async def probes(process: MemberProcess) -> int:
+    async with httpx.AsyncClient() as client:
+        return int((await client.get(f"{process.spec.url}/stub/health")).json()["probes"])
+
+
+async def watchdog_looked(process: MemberProcess) -> None:
+    """Until the watchdog has run twice more (it probes /health after checking the failure streak)."""
+    start = await probes(process)
+    deadline = asyncio.get_running_loop().time() + 10
+    while await probes(process) < start + 2:
+        assert asyncio.get_running_loop().time() < deadline, "the watchdog stopped probing"
+        await asyncio.sleep(0.05)
+
+
+async def test_three_500s_restart_a_member_whose_health_is_fine(
+    stub: tuple[MemberProcess, HttpMemberClient],
+) -> None:
+    """Before, a 5xx returned normally through the request accounting and counted as a success."""
+    process, client = stub
+    first_pid = process.pid
+    for streak in (1, 2, 3):
+        reply = await client.complete(ask("500"))
+        assert reply.status == "error" and reply.http_status == 500
+        assert process.request_failures == streak  # nothing awaited since: the watchdog has not run
+    await until(lambda: process.restarts == 1 and process.ready, 30, "the watchdog to restart the stub")
+    assert process.pid != first_pid
+    after = [c for c in process.history if c.old is State.READY]
+    assert after and after[0].new is State.BACKOFF
+    assert "watchdog: 3 requests failed in a row (last: member answered 500)" in after[0].reason
+    assert [c.new for c in process.history][-3:] == [State.STARTING, State.WARMING, State.READY]
+
+
+async def test_400s_neither_count_nor_reset_the_streak(stub: tuple[MemberProcess, HttpMemberClient]) -> None:
+    process, client = stub
+    pid = process.pid
+    for _ in range(3):
+        assert (await client.complete(ask("400"))).http_status == 400
+    assert process.request_failures == 0
+    await watchdog_looked(process)
+    assert process.restarts == 0 and process.pid == pid and process.ready
+    await client.complete(ask("500"))
+    await client.complete(ask("500"))
+    assert (await client.complete(ask("400"))).rejected
+    assert process.request_failures == 2  # a 4xx did not end the streak
+    assert (await client.complete(ask("501"))).http_status == 501  # "not supported": no restart fixes it
+    assert process.request_failures == 2
+    assert (await client.complete(ask("ok"))).status == "ok"
+    assert process.request_failures == 0  # a readable answer did
+    await watchdog_looked(process)
+    assert process.restarts == 0 and process.pid == pid
+
+
+async def test_unreadable_bodies_fail_for_council_calls_and_passthrough(
+    stub: tuple[MemberProcess, HttpMemberClient],
+) -> None:
+    process, client = stub
+    failures = process.request_failures
+
+    async def counted(expected: int) -> None:
+        nonlocal failures
+        failures += expected
+        assert process.request_failures == failures
+
+    assert (await client.complete(ask("garbage"))).error == "member answered with invalid JSON"
+    await counted(1)
+    assert (await client.relay(body("garbage"), "/v1/chat/completions")).status == 200
+    await counted(1)
+    # A grouped council call whose stream is cut off: each choice reports the error, the member one failure.
+    replies = [reply async for _, reply in client.choices(ask("broken"), 2)]
+    assert len(replies) == 2 and all(r.status == "error" for r in replies)
+    await until(lambda: process.request_failures >= failures + 1 or process.state is not State.READY, 10,
+                "the broken stream to count")
+    await until(lambda: process.restarts == 1 and process.ready, 30, "the watchdog to restart the stub")
+    failures = 0
+    assert process.request_failures == 0  # a new process starts a new streak
+    # A passthrough stream that breaks after its head.
+    with pytest.raises(MemberFailed, match="ClientPayloadError"):
+        async with client.stream(body("broken", stream=True), "/v1/chat/completions") as (head, chunks):
+            assert head.status == 200
+            async for _ in chunks:
+                pass
+    await counted(1)
+    assert (await client.relay(body("ok"), "/v1/chat/completions")).status == 200
+    await counted(-1)  # a readable relay ends the streak
+
+
+async def test_passthrough_and_grouped_calls_count_500s(stub: tuple[MemberProcess, HttpMemberClient]) -> None:
+    process, client = stub
+    assert (await client.relay(body("500"), "/v1/chat/completions")).status == 500
+    assert process.request_failures == 1
+    async with client.stream(body("500", stream=True), "/v1/chat/completions") as (head, chunks):
+        assert head.status == 500
+        assert b"stub says 500" in b"".join([c async for c in chunks])
+    assert process.request_failures == 2
+    replies = [reply async for _, reply in client.choices(ask("500"), 2)]
+    assert [r.http_status for r in replies] == [500, 500]
+    await until(lambda: process.restarts == 1 and process.ready, 30, "the watchdog to restart the stub")
+    # Streams read to their end are successes: ones on a healthy member end a streak.
+    assert (await client.relay(body("500"), "/v1/chat/completions")).status == 500
+    async with client.stream(body("ok", stream=True), "/v1/chat/completions") as (head, chunks):
+        assert head.status == 200 and b"[DONE]" in b"".join([c async for c in chunks])
+    assert process.request_failures == 0
+    replies = [reply async for _, reply in client.choices(ask("ok"), 3)]
+    assert [r.text for r in replies] == ["ok"] * 3 and process.request_failures == 0
+
+
+async def test_requests_the_router_cancels_are_neither(stub: tuple[MemberProcess, HttpMemberClient]) -> None:
+    process, client = stub
+    await client.complete(ask("500"))
+    await client.complete(ask("500"))
+    assert process.request_failures == 2
+    for _ in range(3):  # a council deadline or a client that went away cancels the call
+        call = asyncio.create_task(client.complete(ask("hang")))
+        await until(lambda: process.in_flight == 1, 10, "the call to reach the stub")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert process.in_flight == 0 and process.request_failures == 2
+    # An early stop closes a grouped call's stream after its first choice.
+    choices = client.choices(ask("ok"), 2)
+    assert (await anext(choices))[1].status == "ok"
+    await choices.aclose()
+    # A passthrough stream whose client left before the end.
+    async with client.stream(body("ok", stream=True), "/v1/chat/completions") as (head, chunks):
+        assert head.status == 200 and await anext(chunks)
+    assert process.request_failures == 2
+    await watchdog_looked(process)
+    assert process.restarts == 0 and process.ready
