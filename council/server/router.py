@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -39,6 +40,7 @@ from council.voting.draft_control import DraftController
 from council.voting.engine import CouncilAnswer, CouncilEngine
 
 Role = Literal["both", "router", "host"]
+log = logging.getLogger("council.server.router")
 
 
 class ReloadError(CouncilError):
@@ -66,7 +68,9 @@ class Router:
         self.listeners: list[Callable[[StateChange], None]] = [self._member_changed]
         self.state: StateStore = open_state(self.policy.state)
         self.shared = self.policy.state != "memory"  # ballots and rate limits live in Redis too
-        self.leases = LeaseKeeper(self.state, holder=f"{socket.gethostname()}:{os.getpid()}")
+        self.leases = LeaseKeeper(self.state, holder=f"{socket.gethostname()}:{os.getpid()}",
+                                  on_lost=self.lease_lost)
+        self.lost: dict[str, str] = {}  # council -> why its processes were stopped (its slots went elsewhere)
         self.keys = KeyRing(self.policy.server.api_keys)
         self.registry = Registry(self.state, self.policy.server.heartbeat,
                                  os.environ.get(self.policy.server.cluster_key_env) or None)
@@ -179,6 +183,25 @@ class Router:
         self.events.publish("member", {"change": change.to_json(),
                                        "member": process.snapshot() if process is not None else None})
 
+    def lease_lost(self, council: str, reason: str) -> None:
+        """Another router holds the council's slots now: stop its processes (they would run on memory granted to
+        someone else) and say why in /readyz, the log and the dashboard. Stays so until a reload leases anew."""
+        why = f"lease lost: {reason}"
+        self.lost[council] = why
+        log.error("council %s stops: %s", council, why)
+        self.events.publish("lease", {"council": council, "reason": why})
+        task = asyncio.create_task(self._stop_council(council, why), name=f"stop-{council}")
+        self._sharing.add(task)  # kept from the GC until done
+        task.add_done_callback(self._sharing.discard)
+
+    async def _stop_council(self, council: str, why: str) -> None:
+        async with self._reload_lock:  # a reload swaps processes too
+            if self.assembly is None or council not in self.lost:
+                return
+            supervisor = self.assembly.supervisor
+            names = [p.process.key for c in self.plan.slots.councils if c.name == council for p in c.placements]
+            await asyncio.gather(*(supervisor.remove(n, why) for n in names if n in supervisor.members))
+
     def _log_line(self, member: str, line: str) -> None:
         self.events.publish("log", {"member": member, "line": line})
 
@@ -200,6 +223,9 @@ class Router:
         reasons = []
         assert self.assembly is not None
         for name, engine in self.engines.items():
+            if name in self.lost:
+                reasons.append(f"council {name} is stopped: {self.lost[name]}")
+                continue
             ready = 0
             for seat in engine.members:
                 process = self.assembly.process_of(seat.name)
@@ -233,6 +259,7 @@ class Router:
             else:
                 plan, changes = await self._swap_processes(plan)
             self.loaded, self.plan = loaded, plan
+            self.lost.clear()  # every council of the new plan holds its leases again
             self.keys.update(loaded.policy.server.api_keys)
             self.limits.max_queue = loaded.policy.server.max_queue
             elsewhere = self.registry.endpoint if self.role == "router" else None
