@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from council.cluster.store import Lease, StaleLease, StateError, StateStore
-from council.plan.gpus import Gpu
+from council.plan.gpus import Gpu, handing_back
 from council.plan.planner import PolicyPlan
 from council.plan.slots import CouncilResult, GpuSlots
 
@@ -100,6 +100,27 @@ class LeaseKeeper:
         self.leases[council] = taken
         self.wanted[council] = need
         return None
+
+    async def routers_here(self, gpu: Gpu) -> set[int]:
+        """PIDs of the routers on this host that hold leases on the GPU in this store (holders are `host:pid`)."""
+        found = set()
+        for holder in await self.state.holders(gpu_key(gpu, self.host)):
+            host, _, pid = holder.rpartition(":")
+            if host == self.host and pid.isdigit():
+                found.add(int(pid))
+        return found
+
+    async def for_planning(self, gpus: list[Gpu], ours: int) -> list[Gpu]:
+        """The GPUs as a plan leased here must see them: the memory of our own processes (router PID `ours`) is
+        handed back, and so is that of the processes of routers on this host whose leases on the GPU count them
+        already. A store that cannot answer hands back only ours (the others' memory stays counted: safe)."""
+        leasing: dict[str, set[int]] = {}
+        for gpu in gpus:
+            try:
+                leasing[gpu.name] = await self.routers_here(gpu)
+            except StateError:
+                leasing[gpu.name] = set()
+        return handing_back(gpus, lambda gpu: leasing[gpu.name] | {ours})
 
     def keep_wanting(self, plan: PolicyPlan) -> None:
         """The councils of `plan` run (a reload was refused): keep leasing their slots until Redis agrees."""

@@ -26,6 +26,7 @@ from council.members.binary import LlamaServerInfo
 from council.members.fleet import recipes_from_plan
 from council.members.process import LifeConfig, MemberProcess
 from council.members.states import StateChange
+from council.plan.gpus import Gpu, GpuInventory, nvml_gpus
 from council.plan.planner import PolicyPlan, plan_policy
 from council.policy.loading import LoadedPolicy, PolicyError, Problem, load_policy
 from council.policy.schema import Policy
@@ -61,9 +62,10 @@ class Router:
     metrics: RouterMetrics = field(default_factory=RouterMetrics)
     role: Role = "both"
     advertise_url: str = "http://127.0.0.1:8080"
+    inventory: GpuInventory = nvml_gpus  # the GPUs and what holds their memory (tests hand in their own)
 
     def __post_init__(self) -> None:
-        self.plan: PolicyPlan = plan_policy(self.policy)
+        self.plan: PolicyPlan = plan_policy(self.policy, self.inventory())
         self.events = EventBus()  # the dashboard's live view: member changes, ballots, log lines
         self.listeners: list[Callable[[StateChange], None]] = [self._member_changed]
         self.state: StateStore = open_state(self.policy.state)
@@ -134,7 +136,8 @@ class Router:
                                      elsewhere=self.registry.endpoint, run_members=False)
             self._tasks.append(asyncio.create_task(self.registry.follow_forever(), name="registry"))
             return
-        self.plan = await self.leases.admit(self.plan)
+        # Planned again now the store can say which neighbours' memory its leases count already.
+        self.plan = await self.leases.admit(plan_policy(self.policy, await self._gpus()))
         self.assembly = assemble(self.plan, self.server, self.life_config, ballots=self.ballots,
                                  listeners=self.listeners)
         self.assembly.supervisor.log_listeners.append(self._log_line)
@@ -242,6 +245,11 @@ class Router:
 
     # ---- reload -------------------------------------------------------------------------------------------
 
+    async def _gpus(self) -> list[Gpu]:
+        """The inventory without the memory a new plan accounts for itself: our processes (it places them anew)
+        and those of routers on this host whose leases it sees (the leases count them)."""
+        return await self.leases.for_planning(self.inventory(), os.getpid())
+
     async def reload(self) -> dict[str, list[str]]:
         """Re-read the policy: only processes whose launch inputs changed restart; a bad policy is refused."""
         async with self._reload_lock:
@@ -250,7 +258,7 @@ class Router:
             except PolicyError as exc:
                 raise ReloadError(exc.lines()) from None
             try:
-                plan = plan_policy(loaded.policy)
+                plan = plan_policy(loaded.policy, await self._gpus())
             except (OSError, ValueError) as exc:
                 raise ReloadError([Problem((), str(exc)).format(str(self.policy_path))]) from None
             assert self.assembly is not None

@@ -13,6 +13,7 @@ import redis
 
 from council.cluster.leases import LeaseKeeper
 from council.cluster.redis_store import RedisState
+from council.plan.gpus import Gpu, GpuProcess
 from council.plan.planner import PolicyPlan, plan_policy
 from council.policy.loading import load_policy
 from tests.servers import free_port, wait_for
@@ -156,3 +157,32 @@ async def test_a_redis_outage_loses_nothing(tmp_path: Path) -> None:
         await ours.state.close()
         server.kill()
         server.wait(timeout=10)
+
+
+async def test_planning_hands_back_ours_and_leasing_neighbours_on_this_host_only(redis_url: str,
+                                                                                prefix: str) -> None:
+    """A neighbour's members are counted by its leases: NVML's count of them is handed back, once. A router that
+    leases nothing here (another store, `state: memory`) or a process of another host's holder stays counted."""
+    mib = 1 << 20
+    gpu = Gpu(name="H100", memory_bytes=4096 * mib, free_bytes=1024 * mib, source="nvml", uuid="GPU-x",
+              used_by_others_bytes=3072 * mib,
+              processes=(GpuProcess(11, 10, 1024 * mib),    # ours (router 10)
+                         GpuProcess(21, 20, 1024 * mib),    # a neighbour that leases here (router 20)
+                         GpuProcess(31, 30, 1024 * mib)))   # a router that leases in another store
+    state = RedisState(redis_url, prefix=prefix)
+    keeper = Keeper(state, "testhost:10")
+    try:
+        assert await state.acquire("GPU-x", 16, "testhost:20", 4, 30.0) is not None
+        assert await state.acquire("GPU-x", 16, "otherhost:30", 4, 30.0) is not None  # same PID, other host
+        assert await state.holders("GPU-x") == {"testhost:20": 4, "otherhost:30": 4}
+        assert await keeper.routers_here(gpu) == {20}
+        [planned] = await keeper.for_planning([gpu], ours=10)
+        assert planned.used_by_others_bytes == 1024 * mib
+        assert [p.pid for p in planned.processes] == [31]
+    finally:
+        await state.close()
+    # The store away: only our own memory is handed back (the neighbour's stays counted, the safe side).
+    away = Keeper(RedisState(f"redis://127.0.0.1:{free_port()}/0"), "testhost:10")
+    [planned] = await away.for_planning([gpu], ours=10)
+    assert planned.used_by_others_bytes == 2048 * mib
+    await away.state.close()
