@@ -1,0 +1,83 @@
+"""A router on a GPU it shares: NVML counts every process's memory, but the router's own members are placed anew
+by each plan and a neighbour's are counted by its leases, so neither is counted as held by others too. The GPU
+here is an injected inventory (no GPU on the test machine); the members, the router and Redis are real."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from council.cluster.redis_store import RedisState
+from council.members.binary import LlamaServerInfo
+from council.plan.gpus import Gpu, GpuProcess, parent_pid
+from council.policy.loading import load_policy
+from council.server.router import Router
+
+pytestmark = pytest.mark.anyio
+MiB = 1 << 20
+SLOT = 256 * MiB
+NEIGHBOUR = 4_000_000  # a router PID of this host (above any real one: the inventory is made up around it)
+
+
+async def test_reload_on_a_full_gpu_counts_our_members_and_a_neighbours_leased_memory_once(
+    tmp_path: Path, syn: Path, redis_url: str, llama_server_bin: LlamaServerInfo
+) -> None:
+    """The GPU has 4 slots; a neighbour router on this host leases 2 and its member holds their memory; our
+    council takes the other 2. Before, the start refused the council (the neighbour counted by NVML and by its
+    leases: 2 slots left, 2 leased) and a reload refused itself (our own members counted as others')."""
+    state = redis_url.rsplit("/", 1)[0] + "/5"
+    redis.Redis.from_url(state).flushdb()
+    gpu_uuid = f"GPU-{uuid.uuid4()}"
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"""
+state: {state}
+slots: {{size: 256MiB, reserve: 0}}
+models:
+  syn: {{path: {syn}, ctx_size: 512, memory: 200MiB, gpu_layers: 0}}
+councils:
+  pair:
+    members: [{{model: syn, sampling: {{max_tokens: 4}}}}, {{model: syn, sampling: {{max_tokens: 4}}}}]
+    vote: {{extract: text}}
+""")
+    neighbour = RedisState(state)
+    held = await neighbour.acquire(gpu_uuid, 4, f"{socket.gethostname()}:{NEIGHBOUR}", 2, 300.0)
+    assert held is not None
+    router: Router | None = None
+
+    def inventory() -> list[Gpu]:
+        """What NVML would say: the neighbour's member and every member process of ours, by PID and parent."""
+        ours = [p.pid for p in (router.processes.values() if router is not None else ()) if p.pid is not None]
+        processes = (GpuProcess(NEIGHBOUR + 1, NEIGHBOUR, 2 * SLOT),
+                     *(GpuProcess(pid, parent_pid(pid), 200 * MiB) for pid in ours))
+        used = sum(p.used_bytes for p in processes)
+        return [Gpu(name="Test GPU", memory_bytes=4 * SLOT, free_bytes=4 * SLOT - used, source="nvml", uuid=gpu_uuid,
+                    used_by_others_bytes=used, processes=processes)]
+
+    router = Router(policy_path=path, loaded=load_policy(path), server=llama_server_bin, run_dir=tmp_path / "run",
+                    inventory=inventory)
+    try:
+        await router.start()
+        assert router.plan.refused == {}
+        assert router.assembly is not None and await router.assembly.supervisor.wait_settled(120)
+        assert all(p.ready for p in router.processes.values())
+        assert {parent_pid(p.pid) for p in router.processes.values() if p.pid is not None} == {os.getpid()}
+        # The GPU is full now: the neighbour's 2 slots and our 2, each process counted once.
+        assert await neighbour.leased(gpu_uuid) == 4
+
+        changes = await router.reload()
+        assert changes["unchanged"] == ["pair/0", "pair/1"] and changes["restarted"] == []
+        [gpu] = router.plan.slots.gpus
+        assert (gpu.total, gpu.used) == (4, 2)
+        assert await neighbour.holders(gpu_uuid) == {f"{socket.gethostname()}:{NEIGHBOUR}": 2,
+                                                      router.leases.holder: 2}
+        ready, reasons = router.readiness()
+        assert ready, reasons
+    finally:
+        await router.stop()
+        await neighbour.release(held)
+        await neighbour.close()
