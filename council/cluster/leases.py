@@ -75,7 +75,8 @@ class LeaseKeeper:
         refused = {}
         async with self._lock:
             for result in plan.slots.councils:
-                if result.admitted:
+                # A council leased already (a renewal round that ran first) keeps its leases.
+                if result.admitted and result.name not in self.leases:
                     refusal = await self._lease(result.name, _need(result, gpus))
                     if refusal is not None:
                         refused[result.name] = refusal.reason
