@@ -65,8 +65,8 @@ class LeaseKeeper:
         # What each running council needs; the renewal loop leases what is missing (e.g. after an outage).
         self.wanted: dict[str, list[tuple[GpuSlots, int]]] = {}
         self._task: asyncio.Task[None] | None = None
-        # A renewal round never interleaves with a reload's release-and-lease-anew: a lease the reload gave
-        # back would look stale to the round, and its slots (now ours again) taken.
+        # A renewal round never interleaves with a reload's release-and-lease-anew: to the round, a lease the
+        # reload gave back looks stale and its slots, leased anew by the reload, taken: a council lost for nothing.
         self._lock = asyncio.Lock()
 
     async def admit(self, plan: PolicyPlan) -> PolicyPlan:
