@@ -4,6 +4,10 @@ With `state: redis://...` several routers (or GPU hosts) plan on the same GPUs: 
 start, its router leases their slots (one lease per GPU, atomic in Redis, with a fencing token) and renews
 them while it runs. A council whose slots another router holds is not started, and says why. If Redis
 goes away, councils already admitted keep answering (renewal retries quietly) and new leases are refused.
+
+A lease is lost when the store answers and the slots are no longer ours: our fencing token is dead (it expired
+or was overwritten) and the slots went to another router. Its council's processes would go on using memory
+someone else was granted, so the keeper tells its owner (`on_lost`), which stops them.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import contextlib
 import logging
 import socket
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from council.cluster.store import Lease, StaleLease, StateError, StateStore
-from council.plan.gpus import Gpu
+from council.plan.gpus import Gpu, handing_back
 from council.plan.planner import PolicyPlan
 from council.plan.slots import CouncilResult, GpuSlots
 
@@ -36,30 +42,47 @@ def gpu_key(gpu: Gpu, host: str) -> str:
     return gpu.uuid or f"{host}/{gpu.name}"
 
 
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    answered: bool  # the store answered "taken" (not: it could not be reached)
+
+
+# Called with a council and why its slots are gone: another router holds them now.
+LostLease = Callable[[str, str], None]
+
+
 class LeaseKeeper:
-    def __init__(self, state: StateStore, holder: str, ttl: float = 30.0, host: str | None = None) -> None:
+    def __init__(self, state: StateStore, holder: str, ttl: float = 30.0, host: str | None = None,
+                 on_lost: LostLease | None = None) -> None:
         self.state = state
         self.holder = holder
         self.ttl = ttl
         self.host = host or socket.gethostname()
+        self.on_lost = on_lost
         self.leases: dict[str, list[Lease]] = {}
         self.totals: dict[str, int] = {}  # slots per GPU key, for re-acquiring a stale lease
         # What each running council needs; the renewal loop leases what is missing (e.g. after an outage).
         self.wanted: dict[str, list[tuple[GpuSlots, int]]] = {}
         self._task: asyncio.Task[None] | None = None
+        # A renewal round never interleaves with a reload's release-and-lease-anew: to the round, a lease the
+        # reload gave back looks stale and its slots, leased anew by the reload, taken: a council lost for nothing.
+        self._lock = asyncio.Lock()
 
     async def admit(self, plan: PolicyPlan) -> PolicyPlan:
         """Lease the slots of every council the plan admits; refuse (in a new plan) those that get none."""
         gpus = {g.gpu.name: g for g in plan.slots.gpus}
         refused = {}
-        for result in plan.slots.councils:
-            if result.admitted:
-                reason = await self._lease(result.name, _need(result, gpus))
-                if reason is not None:
-                    refused[result.name] = reason
+        async with self._lock:
+            for result in plan.slots.councils:
+                # A council leased already (a renewal round that ran first) keeps its leases.
+                if result.admitted and result.name not in self.leases:
+                    refusal = await self._lease(result.name, _need(result, gpus))
+                    if refusal is not None:
+                        refused[result.name] = refusal.reason
         return plan.refuse(refused)
 
-    async def _lease(self, council: str, need: list[tuple[GpuSlots, int]]) -> str | None:
+    async def _lease(self, council: str, need: list[tuple[GpuSlots, int]]) -> Refusal | None:
         taken: list[Lease] = []
         try:
             for on_gpu, count in need:
@@ -69,15 +92,36 @@ class LeaseKeeper:
                 if lease is None:
                     leased = await self.state.leased(key)
                     await self._release(taken)
-                    return (f"its {count} slots on {on_gpu.gpu.name} are leased elsewhere "
-                            f"({leased} of {on_gpu.total} held by other routers)")
+                    return Refusal(f"its {count} slots on {on_gpu.gpu.name} are leased elsewhere "
+                                   f"({leased} of {on_gpu.total} held by other routers)", answered=True)
                 taken.append(lease)
         except StateError as exc:
             await self._release(taken)
-            return f"cannot lease its slots: {exc}"
+            return Refusal(f"cannot lease its slots: {exc}", answered=False)
         self.leases[council] = taken
         self.wanted[council] = need
         return None
+
+    async def routers_here(self, gpu: Gpu) -> set[int]:
+        """PIDs of the routers on this host that hold leases on the GPU in this store (holders are `host:pid`)."""
+        found = set()
+        for holder in await self.state.holders(gpu_key(gpu, self.host)):
+            host, _, pid = holder.rpartition(":")
+            if host == self.host and pid.isdigit():
+                found.add(int(pid))
+        return found
+
+    async def for_planning(self, gpus: list[Gpu], ours: int) -> list[Gpu]:
+        """The GPUs as a plan leased here must see them: the memory of our own processes (router PID `ours`) is
+        handed back, and so is that of the processes of routers on this host whose leases on the GPU count them
+        already. A store that cannot answer hands back only ours (the others' memory stays counted: safe)."""
+        leasing: dict[str, set[int]] = {}
+        for gpu in gpus:
+            try:
+                leasing[gpu.name] = await self.routers_here(gpu)
+            except StateError:
+                leasing[gpu.name] = set()
+        return handing_back(gpus, lambda gpu: leasing[gpu.name] | {ours})
 
     def keep_wanting(self, plan: PolicyPlan) -> None:
         """The councils of `plan` run (a reload was refused): keep leasing their slots until Redis agrees."""
@@ -97,33 +141,75 @@ class LeaseKeeper:
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self.ttl / 3)
+            await self.renew_once()
+
+    async def renew_once(self) -> None:
+        """One renewal round: lease what a running council misses, renew what it holds, and report a council
+        whose slots the store says are another router's now (a store that cannot be reached loses nothing)."""
+        async with self._lock:
+            lost: dict[str, str] = {}
             for council, need in list(self.wanted.items()):
-                if council not in self.leases and await self._lease(council, need) is not None:
-                    log.warning("council %s runs without its leases (the store refused or is away)", council)
-            for council, leases in self.leases.items():
-                renewed = []
-                for lease in leases:
-                    try:
-                        renewed.append(await self.state.renew(lease, self.ttl))
-                    except StaleLease:
-                        # Expired while Redis was away, say: take it again if the slots are still free.
-                        log.warning("lease of %s for council %s went stale; re-acquiring", lease.gpu, council)
-                        try:
-                            fresh = await self.state.acquire(lease.gpu, self.totals[lease.gpu], self.holder,
-                                                             lease.slots, self.ttl)
-                        except StateError:
-                            fresh = None
-                        renewed.append(fresh or lease)
-                    except StateError as exc:
-                        log.warning("cannot renew leases (%s); councils keep running", exc)
-                        renewed.append(lease)
-                self.leases[council] = renewed
+                if council in self.leases:
+                    continue
+                refusal = await self._lease(council, need)
+                if refusal is not None and refusal.answered:
+                    lost[council] = refusal.reason
+                elif refusal is not None:
+                    log.warning("council %s runs without its leases (%s)", council, refusal.reason)
+            for council, leases in list(self.leases.items()):
+                renewed, why = await self._renew(council, leases)
+                if why is None:
+                    self.leases[council] = renewed
+                else:
+                    await self._release(renewed)
+                    del self.leases[council]
+                    lost[council] = why
+            for council in lost:
+                self.wanted.pop(council, None)  # its processes stop: nothing left to lease for it
+        for council, why in lost.items():
+            log.warning("council %s lost its leases: %s", council, why)
+            if self.on_lost is not None:
+                self.on_lost(council, why)
+
+    async def _renew(self, council: str, leases: list[Lease]) -> tuple[list[Lease], str | None]:
+        """The council's leases renewed, and why they are lost (None: kept, also through a store outage)."""
+        renewed: list[Lease] = []
+        for lease in leases:
+            try:
+                renewed.append(await self.state.renew(lease, self.ttl))
+                continue
+            except StaleLease:
+                pass
+            except StateError as exc:
+                log.warning("cannot renew leases (%s); councils keep running", exc)
+                renewed.append(lease)
+                continue
+            # Our fencing token is dead: it expired (while Redis was away, say) or was reclaimed. Take the
+            # slots again if they are still free; if another router holds them now, they are lost.
+            total = self.totals[lease.gpu]
+            try:
+                fresh = await self.state.acquire(lease.gpu, total, self.holder, lease.slots, self.ttl)
+                leased = await self.state.leased(lease.gpu) if fresh is None else 0
+            except StateError as exc:
+                log.warning("lease of %s for council %s went stale and the store is away (%s); keeping it",
+                            lease.gpu, council, exc)
+                renewed.append(lease)
+                continue
+            if fresh is None:
+                return renewed + leases[len(renewed) + 1:], (
+                    f"its lease of {lease.slots} slots on {lease.gpu} (fencing token {lease.token}) is no longer "
+                    f"held and another router holds the GPU ({leased} of {total} slots leased)")
+            log.warning("lease of %s for council %s went stale; re-acquired (token %d)", lease.gpu, council,
+                        fresh.token)
+            renewed.append(fresh)
+        return renewed, None
 
     async def release_leases(self) -> None:
-        for leases in self.leases.values():
-            await self._release(leases)
-        self.leases.clear()
-        self.wanted.clear()
+        async with self._lock:
+            for leases in self.leases.values():
+                await self._release(leases)
+            self.leases.clear()
+            self.wanted.clear()
 
     async def release_all(self) -> None:
         if self._task is not None:

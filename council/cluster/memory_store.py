@@ -78,6 +78,13 @@ class MemoryState:
         async with self._lock:
             return token in self._live(gpu, time.monotonic())
 
+    async def holders(self, gpu: str) -> dict[str, int]:
+        async with self._lock:
+            found: dict[str, int] = {}
+            for held in self._live(gpu, time.monotonic()).values():
+                found[held.holder] = found.get(held.holder, 0) + held.slots
+            return found
+
     async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:
         check_ttl(ttl)
         copied = json_copy(members)

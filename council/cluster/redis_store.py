@@ -83,7 +83,7 @@ class RedisState:
             return self._redis.register_script(lua_script(name))
 
         self._acquire, self._renew, self._release = script("acquire"), script("renew"), script("release")
-        self._leased, self._fence = script("leased"), script("fence")
+        self._leased, self._fence, self._holders = script("leased"), script("fence"), script("holders")
         self._publish, self._members, self._withdraw = script("publish"), script("members"), script("withdraw")
         self._take = script("take")
         self._put_ballot = script("put_ballot")
@@ -136,6 +136,11 @@ class RedisState:
     async def check_fence(self, gpu: str, token: int) -> bool:
         with self._errors():
             return bool(await self._fence(keys=self._lease_keys(gpu)[:1], args=[token]))
+
+    async def holders(self, gpu: str) -> dict[str, int]:
+        with self._errors():
+            flat = await self._holders(keys=self._lease_keys(gpu)[:1])
+        return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:
         check_ttl(ttl)

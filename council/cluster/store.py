@@ -65,6 +65,10 @@ class StateStore(Protocol):
         """Whether `token` is still a live lease on the GPU."""
         ...
 
+    async def holders(self, gpu: str) -> dict[str, int]:
+        """Holder -> slots it holds on the GPU now (expired leases not counted)."""
+        ...
+
     async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:
         """Replace the host's entry in the registry; it disappears `ttl` seconds later unless published again."""
         ...

@@ -1,14 +1,31 @@
-"""GPUs council may place members on: what NVML sees, or what the policy declares where it sees none."""
+"""GPUs council may place members on: what NVML sees, or what the policy declares where it sees none.
+
+What NVML reports as held by processes is not all held by others: a router's own member processes (a reload
+places them anew) and those of a router on this host whose leases the planning router sees (the leases count
+them) must not be counted a second time; `handing_back` takes them out.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 from council.policy.schema import GpuDecl, Policy
 
 # Members on a declared `cpu` live in host memory; anything else is a GPU.
 Device = Literal["cpu", "gpu"]
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process NVML sees on a GPU: its PID, its parent's (a member's parent is the router that started it) and
+    the GPU memory it holds."""
+
+    pid: int
+    parent: int | None
+    used_bytes: int
 
 
 @dataclass(frozen=True)
@@ -21,10 +38,41 @@ class Gpu:
     uuid: str | None = None
     # Memory held by processes that are not ours; the planner must not count it as free.
     used_by_others_bytes: int = 0
+    processes: tuple[GpuProcess, ...] = ()  # what `used_by_others_bytes` sums, where NVML lists them
+
+
+# Where a router's GPUs come from: NVML on a real host; a test hands in its own.
+GpuInventory = Callable[[], list[Gpu]]
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def parent_pid(pid: int) -> int | None:
+    """Field 4 of /proc/PID/stat; None if the process is gone or not visible here (another PID namespace)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def handing_back(gpus: Sequence[Gpu], routers: Callable[[Gpu], Collection[int]]) -> list[Gpu]:
+    """The GPUs without the memory of member processes the plan or the leases account for already: those whose
+    parent is one of `routers(gpu)` (this router, whose processes the new plan places, and routers on this host
+    holding leases on that GPU). Any other process's memory stays held by others."""
+    result = []
+    for gpu in gpus:
+        parents = set(routers(gpu))
+        back = [p for p in gpu.processes if p.parent is not None and p.parent in parents]
+        if back:
+            freed = sum(p.used_bytes for p in back)
+            gpu = replace(gpu, used_by_others_bytes=max(0, gpu.used_by_others_bytes - freed),
+                          free_bytes=min(gpu.memory_bytes, gpu.free_bytes + freed),
+                          processes=tuple(p for p in gpu.processes if p not in back))
+        result.append(gpu)
+    return result
 
 
 def nvml_gpus() -> list[Gpu]:
@@ -42,10 +90,10 @@ def nvml_gpus() -> list[Gpu]:
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            others = 0
+            processes = []
             try:
                 for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                    others += proc.usedGpuMemory or 0
+                    processes.append(GpuProcess(int(proc.pid), parent_pid(int(proc.pid)), proc.usedGpuMemory or 0))
             except pynvml.NVMLError:
                 pass
             gpus.append(Gpu(
@@ -55,7 +103,8 @@ def nvml_gpus() -> list[Gpu]:
                 source="nvml",
                 index=index,
                 uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
-                used_by_others_bytes=others,
+                used_by_others_bytes=sum(p.used_bytes for p in processes),
+                processes=tuple(processes),
             ))
         return gpus
     except pynvml.NVMLError:
@@ -79,8 +128,7 @@ def resolve_gpus(policy: Policy, nvml: list[Gpu] | None = None) -> list[Gpu]:
     for gpu in seen:
         decl = next((overrides[k] for k in (gpu.name, f"gpu{gpu.index}", gpu.uuid or "") if k in overrides), None)
         if decl is not None:
-            gpu = Gpu(name=gpu.name, memory_bytes=decl.memory, free_bytes=min(gpu.free_bytes, decl.memory),
-                      source="policy", index=gpu.index, uuid=gpu.uuid, used_by_others_bytes=gpu.used_by_others_bytes)
+            gpu = replace(gpu, memory_bytes=decl.memory, free_bytes=min(gpu.free_bytes, decl.memory), source="policy")
         result.append(gpu)
     return result
 

@@ -1,5 +1,5 @@
-"""The router's live events for the dashboard (`GET /admin/events`): member state changes, new ballots and
-member log lines, published by the router's hooks and fanned out to every subscriber.
+"""The router's live events for the dashboard (`GET /admin/events`): member state changes, new ballots,
+member log lines and lost leases, published by the router's hooks and fanned out to every subscriber.
 
 Each subscriber has a bounded queue: a slow one loses its oldest events (and is told how many) rather than
 holding up the router, which publishes without ever waiting.
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("member", "ballot", "log", "close")
+KINDS = ("member", "ballot", "log", "lease", "close")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -25,6 +26,7 @@ from council.members.binary import LlamaServerInfo
 from council.members.fleet import recipes_from_plan
 from council.members.process import LifeConfig, MemberProcess
 from council.members.states import StateChange
+from council.plan.gpus import Gpu, GpuInventory, nvml_gpus
 from council.plan.planner import PolicyPlan, plan_policy
 from council.policy.loading import LoadedPolicy, PolicyError, Problem, load_policy
 from council.policy.schema import Policy
@@ -38,7 +40,9 @@ from council.voting.client import HttpMemberClient
 from council.voting.draft_control import DraftController
 from council.voting.engine import CouncilAnswer, CouncilEngine
 
+log = logging.getLogger("council.server.router")
 Role = Literal["both", "router", "host"]
+log = logging.getLogger("council.server.router")
 
 
 class ReloadError(CouncilError):
@@ -88,7 +92,8 @@ class LocalRole:
         return plan.refused
 
     async def start(self, router: Router) -> Assembly:
-        router.plan = await router.leases.admit(router.plan)
+        # Planned again now the store can say which neighbours' memory its leases count already.
+        router.plan = await router.leases.admit(plan_policy(router.policy, await router.gpus()))
         assembly = assemble(router.plan, self.server, self.life, ballots=router.ballots, listeners=router.listeners)
         assembly.supervisor.log_listeners.append(router.log_line)
         await assembly.supervisor.start()
@@ -184,14 +189,15 @@ class PeerRole:
 
 def open_router(policy_path: Path, loaded: LoadedPolicy, server: LlamaServerInfo, life: LifeConfig, *,
                 role: Role = "both", advertise_url: str = "http://127.0.0.1:8080",
-                metrics: RouterMetrics | None = None) -> Router:
-    """Read what a router starts from — the plan (GGUF headers, GPUs) and the state store — and build it."""
+                metrics: RouterMetrics | None = None, inventory: GpuInventory = nvml_gpus) -> Router:
+    """Read what a router starts from — the plan (GGUF headers, GPUs) and the state store — and build it.
+    `inventory` lists the GPUs and what holds their memory (NVML; tests hand in their own)."""
     policy = loaded.policy
-    plan = plan_policy(policy)
+    plan = plan_policy(policy, inventory())
     state = open_state(policy.state)
     impl: RouterRole = (PeerRole(server, life) if role == "router" else LocalRole(server, life, name=role))
     return Router(policy_path, loaded, plan, state, impl, metrics=metrics or RouterMetrics(),
-                  advertise_url=advertise_url)
+                  advertise_url=advertise_url, inventory=inventory)
 
 
 class Router:
@@ -199,7 +205,8 @@ class Router:
     decides where the seats run."""
 
     def __init__(self, policy_path: Path, loaded: LoadedPolicy, plan: PolicyPlan, state: StateStore,
-                 role: RouterRole, *, metrics: RouterMetrics, advertise_url: str = "http://127.0.0.1:8080") -> None:
+                 role: RouterRole, *, metrics: RouterMetrics, advertise_url: str = "http://127.0.0.1:8080",
+                 inventory: GpuInventory = nvml_gpus) -> None:
         self.policy_path = policy_path
         self.loaded = loaded
         self.plan = plan
@@ -207,11 +214,13 @@ class Router:
         self.role = role
         self.metrics = metrics
         self.advertise_url = advertise_url
+        self.inventory = inventory
         policy = loaded.policy
         self.events = EventBus()  # the dashboard's live view: member changes, ballots, log lines
         self.listeners: list[Callable[[StateChange], None]] = [self._process_changed]
         self.shared = policy.state != "memory"  # ballots and rate limits live in Redis too
-        self.leases = LeaseKeeper(state, holder=f"{socket.gethostname()}:{os.getpid()}")
+        self.leases = LeaseKeeper(state, holder=f"{socket.gethostname()}:{os.getpid()}", on_lost=self.lease_lost)
+        self.lost: dict[str, str] = {}  # council -> why its processes were stopped (its slots went elsewhere)
         self.keys = KeyRing(policy.server.api_keys)
         self.registry = Registry(state, policy.server.heartbeat,
                                  os.environ.get(policy.server.cluster_key_env) or None)
@@ -289,6 +298,25 @@ class Router:
         self.events.publish("member", {"change": change.to_json(),
                                        "member": process.snapshot() if process is not None else None})
 
+    def lease_lost(self, council: str, reason: str) -> None:
+        """Another router holds the council's slots now: stop its processes (they would run on memory granted to
+        someone else) and say why in /readyz, the log and the dashboard. Stays so until a reload leases anew."""
+        why = f"lease lost: {reason}"
+        self.lost[council] = why
+        log.error("council %s stops: %s", council, why)
+        self.events.publish("lease", {"council": council, "reason": why})
+        task = asyncio.create_task(self._stop_council(council, why), name=f"stop-{council}")
+        self._sharing.add(task)  # kept from the GC until done
+        task.add_done_callback(self._sharing.discard)
+
+    async def _stop_council(self, council: str, why: str) -> None:
+        async with self._reload_lock:  # a reload swaps processes too
+            if self.assembly is None or council not in self.lost:
+                return
+            supervisor = self.assembly.supervisor
+            names = [p.process.key for c in self.plan.slots.councils if c.name == council for p in c.placements]
+            await asyncio.gather(*(supervisor.remove(n, why) for n in names if n in supervisor.processes))
+
     def log_line(self, process: str, line: str) -> None:
         self.events.publish("log", {"member": process, "line": line})
 
@@ -308,11 +336,18 @@ class Router:
     def readiness(self) -> tuple[bool, list[str]]:
         """Every council has a quorum of ready seats (the assembly's rule), and none was refused."""
         assert self.assembly is not None
-        reasons = [f"council {name}: {why}" for name, why in self.assembly.quorum_shortfalls().items()]
+        reasons = [f"council {name} is stopped: {why}" for name, why in self.lost.items()]
+        reasons += [f"council {name}: {why}" for name, why in self.assembly.quorum_shortfalls().items()
+                    if name not in self.lost]
         reasons += [f"council {name} is not running: {reason}" for name, reason in self.refused.items()]
         return not reasons, reasons
 
     # ---- reload -------------------------------------------------------------------------------------------
+
+    async def gpus(self) -> list[Gpu]:
+        """The inventory without the memory a new plan accounts for itself: our processes (it places them anew)
+        and those of routers on this host whose leases it sees (the leases count them)."""
+        return await self.leases.for_planning(self.inventory(), os.getpid())
 
     async def reload(self) -> dict[str, list[str]]:
         """Re-read the policy: only processes whose launch inputs changed restart; a bad policy is refused."""
@@ -322,12 +357,13 @@ class Router:
             except PolicyError as exc:
                 raise ReloadError(exc.lines()) from None
             try:
-                plan = plan_policy(loaded.policy)
+                plan = plan_policy(loaded.policy, await self.gpus())
             except (OSError, ValueError) as exc:
                 raise ReloadError([Problem((), str(exc)).format(str(self.policy_path))]) from None
             assert self.assembly is not None
             plan, changes = await self.role.swap(self, plan)
             self.loaded, self.plan = loaded, plan
+            self.lost.clear()  # every council of the new plan holds its leases again
             self.keys.update(loaded.policy.server.api_keys)
             self.limits.max_queue = loaded.policy.server.max_queue
             self.assembly.build_engines(plan, every_council=self.assembly.elsewhere is not None)

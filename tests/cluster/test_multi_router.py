@@ -4,14 +4,17 @@ and a Redis outage neither stops admitted councils nor lets new leases through."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import redis
 
 from council.members.binary import LlamaServerInfo
 from tests.servers import CouncilServer, free_port, wait_for
@@ -75,6 +78,64 @@ def test_two_routers_never_lease_more_slots_than_the_gpu_has(
     assert httpx.post(f"{third.url}/v1/chat/completions", json=CHAT, timeout=30).json()["council"]["answer"] == "abcd"
 
 
+def test_a_router_whose_slots_another_router_took_stops_its_members_and_says_why(
+    serve: Callable[..., CouncilServer], syn: Path, redis_url: str
+) -> None:
+    """Before, the stale lease was kept: the router's members went on running on slots the store had granted to
+    another router, and /readyz said 200."""
+    state = redis_url.rsplit("/", 1)[0] + "/4"
+    store = redis.Redis.from_url(state)
+    store.flushdb()
+    first = serve(policy(syn, state))
+    pids = [m["pid"] for m in httpx.get(f"{first.url}/admin/members").json()["members"]]
+    with httpx.Client(base_url=first.url, timeout=60) as client, client.stream("GET", "/admin/events") as events:
+        lines = events.iter_lines()
+        next_event(lines, "snapshot", timeout=10)
+        # The router's lease lapses (a long pause, say) and another router leases both slots: in one step, so
+        # the router's renewal cannot take them back in between.
+        [leases] = store.keys("council:gpu:*:leases")
+        token = store.eval(TAKE_OVER, 2, leases, leases.replace(b":leases", b":fence"), "other-host:1")
+        # Within a renewal round (ttl/3 = 10 s) the router finds its fencing token dead and the slots taken.
+        lost = next_event(lines, "lease", timeout=30)
+    assert lost["council"] == "pair" and lost["reason"].startswith("lease lost: its lease of 2 slots on ")
+    assert lost["reason"].endswith("is no longer held and another router holds the GPU (2 of 2 slots leased)")
+
+    def stopped() -> bool:
+        return httpx.get(f"{first.url}/admin/members").json()["members"] == []
+
+    wait_for(stopped, "the router's members to stop", timeout=30)
+    assert [pid for pid in pids if Path(f"/proc/{pid}").exists()] == []
+    ready = httpx.get(f"{first.url}/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["reasons"] == [f"council pair is stopped: {lost['reason']}"]
+    assert f"council pair stops: {lost['reason']}" in first.log()
+    assert httpx.post(f"{first.url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 503
+    assert list(store.hgetall(leases)) == [str(token).encode()]  # the other router's lease, untouched
+
+
+# Replace every lease of a GPU with one of `holder` for 2 slots, 5 minutes, under a fresh fencing token.
+TAKE_OVER = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('DEL', KEYS[1])
+local token = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], token, string.format('%d 2 %s', now + 300000, ARGV[1]))
+return token
+"""
+
+
+def next_event(lines: Iterator[str], kind: str, timeout: float) -> dict[str, Any]:
+    """The data of the next server-sent event of `kind` (the stream sends something at least every 5 s)."""
+    deadline, current = time.monotonic() + timeout, ""
+    for line in lines:
+        if line.startswith("event: "):
+            current = line[7:]
+        elif line.startswith("data: ") and current == kind:
+            return dict(json.loads(line[6:]))
+        assert time.monotonic() < deadline, f"no {kind} event within {timeout} s"
+    raise AssertionError(f"the stream ended before a {kind} event")
+
+
 def test_ballots_and_rate_limits_are_shared(serve: Callable[..., CouncilServer], syn: Path, redis_url: str) -> None:
     state = redis_url.rsplit("/", 1)[0] + "/2"
     digest = hashlib.sha256(KEY.encode()).hexdigest()
@@ -108,6 +169,10 @@ def test_redis_outage_keeps_admitted_councils_and_refuses_new_leases(
         server = serve(policy(syn, url))
         redis.terminate()
         redis.wait(timeout=10)
+        # A renewal round during the outage (ttl/3 = 10 s) loses nothing: an unreachable store is no lost lease.
+        wait_for(lambda: "cannot renew leases" in server.log(), "a renewal round without Redis", timeout=30)
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        assert [m["state"] for m in httpx.get(f"{server.url}/admin/members").json()["members"]] == ["ready"] * 2
         reply = httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=30)
         assert reply.status_code == 200 and reply.json()["council"]["answer"] == "abcd"  # admitted: still answers
         assert httpx.get(f"{server.url}/v1/ballots/{reply.json()['id']}").status_code == 200  # local copy

@@ -147,6 +147,21 @@ async def _equals(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
 
 
+async def test_holders_sum_each_holders_live_leases(pair: tuple[StateStore, StateStore]) -> None:
+    a, b = pair
+    assert await a.holders("gpu0") == {}
+    for slots in (1, 2):
+        assert await a.acquire("gpu0", 8, "host:1", slots, LONG) is not None
+    assert await b.acquire("gpu0", 8, "host:2", 1, 0.3) is not None
+    assert await b.acquire("gpu1", 8, "host:3", 1, LONG) is not None  # another GPU
+    assert await b.holders("gpu0") == {"host:1": 3, "host:2": 1}
+
+    async def lapsed() -> bool:
+        return await a.holders("gpu0") == {"host:1": 3}
+
+    await until(lapsed)
+
+
 # No shrinking: a failing example still prints, and shrinking 50-task concurrent runs takes minutes.
 @settings(max_examples=12, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(total=st.integers(1, 10), sizes=st.lists(st.integers(1, 3), min_size=50, max_size=50),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from council.plan.gpus import Gpu
+from council.plan.gpus import Gpu, GpuProcess, handing_back, parent_pid
 from council.plan.slots import CouncilNeed, ProcessNeed, gpu_slots, pack, slots_for
 
 GiB = 1 << 30
@@ -117,3 +119,22 @@ def test_refused_only_when_no_assignment_exists(needs: list[int], free: list[int
     )
     plan = pack([council("c", *needs)], [gpu(f"g{i}", f) for i, f in enumerate(free)], GiB, 0)
     assert plan.councils[0].fits == possible
+
+
+def test_handing_back_frees_only_the_processes_of_the_named_routers() -> None:
+    """NVML's count of memory held by processes includes a router's own members and its leasing neighbours';
+    handed back, those leave `used_by_others`; a process of anyone else stays counted."""
+    ours, neighbour, stranger = GpuProcess(101, 100, 3 * GiB), GpuProcess(201, 200, 3 * GiB), GpuProcess(301, 1, GiB)
+    orphan = GpuProcess(401, None, GiB)  # its parent is not visible here: never handed back
+    full = Gpu(name="rtx", memory_bytes=24 * GiB, free_bytes=16 * GiB, source="nvml",
+               used_by_others_bytes=8 * GiB, processes=(ours, neighbour, stranger, orphan))
+    [g] = handing_back([full], lambda gpu: {100, 200} if gpu.name == "rtx" else set())
+    assert g.used_by_others_bytes == 2 * GiB and g.free_bytes == 22 * GiB
+    assert g.processes == (stranger, orphan)
+    assert [s.total for s in gpu_slots([g], 3 * GiB, 0)] == [7]  # before: (24 - 8) // 3 = 5
+    assert handing_back([full], lambda gpu: set()) == [full]
+
+
+def test_parent_pid_reads_proc() -> None:
+    assert parent_pid(os.getpid()) == os.getppid()
+    assert parent_pid(2**22 + 1) is None  # beyond pid_max: no such process

@@ -1,7 +1,8 @@
 """GET /admin/events: the dashboard's one server-sent-events stream.
 
 It opens with a `snapshot` (what the caller may see now), then carries `member` (a state change with the
-member's snapshot), `ballot` (a council answer) and `log` (a member's output line) events as they happen, and
+member's snapshot), `ballot` (a council answer), `log` (a member's output line) and `lease` (a council stopped
+because another router holds its slots now) events as they happen, and
 every few seconds a `members` refresh (tok/s, in-flight requests change without a state change). The admin
 scope gets everything; the chat scope gets the councils and the ballots, without the questions (other
 callers' prompts are not theirs to read; `/v1/ballots/{id}` has none either).
@@ -44,6 +45,7 @@ def snapshot(router: Router, admin: bool) -> dict[str, Any]:
     if admin:
         seen["members"] = [m.snapshot() for m in router.processes.values()]
         seen["slots"] = router.plan.to_json()
+        seen["lost"] = dict(router.lost)
     return seen
 
 

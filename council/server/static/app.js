@@ -8,7 +8,7 @@ const MAX_BALLOTS = 50, MAX_LOG = 400;
 
 const state = {
   keys: false, scopes: [], members: new Map(), slots: null, councils: {}, models: [], ballots: [],
-  logName: null, logLines: [], colours: new Map(),
+  logName: null, logLines: [], colours: new Map(), lost: {},
 };
 window.council = { state, timings: {} };  // for tests and curious operators
 
@@ -133,6 +133,10 @@ function handle({ kind, data }) {
     state.ballots.length = Math.min(state.ballots.length, MAX_BALLOTS);
     return renderBallots();
   }
+  if (kind === "lease") {
+    state.lost[data.council] = data.reason;
+    return renderSlots();
+  }
   if (kind === "log" && data.member === state.logName) {
     state.logLines.push(data.line);
     if (state.logLines.length > MAX_LOG) state.logLines.splice(0, state.logLines.length - MAX_LOG);
@@ -147,6 +151,7 @@ function snapshot(data) {
   state.ballots = [...data.ballots].reverse();
   state.members = new Map((data.members || []).map((m) => [m.name, m]));
   state.slots = data.slots || null;
+  state.lost = data.lost || {};
   for (const name of Object.keys(state.councils)) colour(name);
   $("who").textContent = isAdmin() ? "admin scope" : "chat scope: ballots and playground only";
   for (const el of document.querySelectorAll(".admin-only")) el.hidden = !isAdmin();
@@ -200,6 +205,8 @@ function renderSlots() {
   }
   const refused = plan.councils.filter((c) => !c.fits);
   if (refused.length) root.append(h("p", { class: "error" }, refused.map((c) => `council ${c.name}: ${c.reason}`).join("; ")));
+  const lost = Object.entries(state.lost);
+  if (lost.length) root.append(h("p", { class: "error", dataLost: "" }, lost.map(([c, why]) => `council ${c} is stopped: ${why}`).join("; ")));
 }
 
 // ---- members ---------------------------------------------------------------------------------------------
