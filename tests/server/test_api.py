@@ -47,6 +47,7 @@ def test_openai_sdk_council_answer_with_ballot(open_server: CouncilServer) -> No
     client = openai.OpenAI(base_url=f"{open_server.url}/v1", api_key="unused")
     reply = client.chat.completions.create(model="alphabet", messages=[{"role": "user", "content": "go"}])
     assert reply.choices[0].message.content == "abcdef"
+    assert reply.choices[0].finish_reason == "length"  # the synthetic members never stop: max_tokens cut them
     council = reply.model_extra["council"]
     assert council["answer"] == "abcdef" and council["agreement"] == 1.0
     assert [m["status"] for m in council["members"]] == ["ok", "ok"]
