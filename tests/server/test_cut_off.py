@@ -36,6 +36,7 @@ councils:
 
 
 def check_answer(finish_reason: str | None, council: dict[str, Any]) -> None:
+    assert finish_reason == "length", council  # the winner's text is unfinished (the base answered "stop")
     members = council["members"]
     assert [m["status"] for m in members] == ["ok", "ok"]
     assert all(m["finish_reason"] == "length" for m in members), members  # 12 tokens end no such reply
@@ -44,7 +45,6 @@ def check_answer(finish_reason: str | None, council: dict[str, Any]) -> None:
             assert m["abstained"] == "cut off by max_tokens before a final answer"
         else:  # it voted: only with an answer it stated, never its last number
             assert answer_source(m["answer"], "number") == "marked", m["answer"]
-    assert finish_reason == "length"  # the winner's text is unfinished
 
 
 def test_a_council_cut_off_by_max_tokens_says_so(pair: CouncilServer) -> None:
