@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from council.evaluation.record import ItemRecord, read_records
-from council.evaluation.score import Rule, cascade, council_answer, reference, score
+from council.evaluation.score import Rule, cascade, council_answer, reference, score, with_caps
 from council.policy.loading import load_policy
 from council.policy.schema import CascadeConfig, CouncilConfig
 
@@ -146,7 +146,9 @@ def report(policy: Path, council: str, sets: dict[str, Path], out: Path) -> dict
     config = load_policy(policy).policy.councils[council]
     doc: dict[str, object] = {"policy": str(policy), "council": council, "sets": {}}
     for name, path in sets.items():
-        records = sorted(read_records(path).values(), key=lambda r: r.index)
+        # Replies that used every one of their seat's max_tokens were cut off: they abstain unless they stated
+        # an answer (the records predate finish_reason).
+        records = with_caps(sorted(read_records(path).values(), key=lambda r: r.index), config, council)
         if not records:
             print(f"\n{name}: nothing recorded yet ({path})")
             continue

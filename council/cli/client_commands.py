@@ -56,7 +56,7 @@ def tally(
     extract: Annotated[str | None, typer.Option(help="Override the ballot's extractor.")] = None,
 ) -> None:
     """Re-run the vote on recorded answers and print the decision as JSON (the code live councils use)."""
-    from council.voting.extract import ExtractError, parse_extractor
+    from council.voting.extract import ExtractError, extract_cut, parse_extractor
     from council.voting.vote import STRATEGIES, Ballot, VoteError, decide
 
     try:
@@ -87,7 +87,10 @@ def tally(
             raise fail(f"{ballot}: answers[{i}]: weight, latency_ms and confidence must be numbers", 2) from None
         if weight <= 0 or (confidence is not None and not 0 < confidence <= 1):
             raise fail(f"{ballot}: answers[{i}]: weight must be positive, confidence in (0, 1]", 2)
-        ballots.append(Ballot(member=item["member"], order=i, answer=extractor(text) if isinstance(text, str) else None,
+        # A reply cut off by max_tokens votes only with an answer it stated, as it did live.
+        cut = item.get("finish_reason") == "length"
+        vote = (extract_cut(text, how) if cut else extractor(text)) if isinstance(text, str) else None
+        ballots.append(Ballot(member=item["member"], order=i, answer=vote,
                               text=text if isinstance(text, str) else None, weight=weight, latency_ms=latency,
                               confidence=confidence))
     rules = doc.get("tie_break") or ["weight", "latency", "order"]

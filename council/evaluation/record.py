@@ -33,6 +33,17 @@ class MemberAnswer(BaseModel):
     confidence: float | None = None  # its probability of its answer, from token logprobs
     signals: dict[str, float] | None = None  # every confidence signal (answer, reply, tail)
     error: str | None = None
+    # Why generation ended (`length`: cut off by max_tokens) and the seat's max_tokens; records from before they
+    # were kept have neither (`score.with_caps` fills max_tokens from the policy).
+    finish_reason: str | None = None
+    max_tokens: int | None = None
+
+    @property
+    def cut_off(self) -> bool:
+        """The reply was cut off by max_tokens: the member said so, or (an old record) it used every token."""
+        if self.finish_reason is not None:
+            return self.finish_reason == "length"
+        return self.max_tokens is not None and self.completion_tokens >= self.max_tokens
 
 
 class ItemRecord(BaseModel):
@@ -55,11 +66,12 @@ def _answers(doc_members: Iterable[dict[str, Any]]) -> list[MemberAnswer]:
                          weight=m.get("weight", 1.0), latency_ms=m.get("latency_ms", 0.0),
                          completion_tokens=m.get("completion_tokens", 0), prompt_tokens=m.get("prompt_tokens", 0),
                          confidence=m.get("confidence"), signals=m.get("confidence_signals"),
-                         error=m.get("error")) for m in doc_members]
+                         error=m.get("error"), finish_reason=m.get("finish_reason")) for m in doc_members]
 
 
 def _from_outcomes(outcomes: list[SeatOutcome]) -> list[MemberAnswer]:
-    return _answers(o.to_json() for o in outcomes)
+    return [a.model_copy(update={"max_tokens": o.seat.sampling.max_tokens})
+            for a, o in zip(_answers(o.to_json() for o in outcomes), outcomes, strict=True)]
 
 
 def item_body(item: Item) -> dict[str, Any]:

@@ -20,14 +20,27 @@ def print_report(report: EvalReport, out: Console) -> None:
         members.add_row(m.name, m.model, f"{_pct(m.accuracy)} ({m.correct}/{n})", str(m.answered),
                         f"{m.tokens_per_item:.0f}", f"{m.ms_per_item / 1000:.1f}")
     out.print(members)
-    strategies = Table("strategy", "extract", "accuracy", "vs best member", "undecided",
-                       title=f"the council, re-scored offline (best member: {report.best_member}; "
-                             f"oracle, some member right: {_pct(report.oracle)})")
     best = next(m.accuracy for m in report.members if m.name == report.best_member)
+    # What the council is compared with: for samples of one model, its greedy seat and the samples' mean (the
+    # member that scored best on these very items is partly luck); else the best member picked on held-out items.
+    baselines: list[tuple[str, float]] = []
+    notes: list[str] = []
+    if report.greedy_member is not None and report.samples_mean is not None:
+        greedy = next(m.accuracy for m in report.members if m.name == report.greedy_member)
+        baselines += [("vs greedy seat", greedy), ("vs samples' mean", report.samples_mean)]
+        notes += [f"greedy seat {report.greedy_member}: {_pct(greedy)}", f"samples' mean: {_pct(report.samples_mean)}"]
+    elif report.best_member_held_out is not None:
+        baselines.append(("vs best member held out", report.best_member_held_out))
+        notes.append(f"best member picked on held-out halves: {_pct(report.best_member_held_out)}")
+    baselines.append(("vs best member in hindsight", best))
+    notes += [f"best member in hindsight: {report.best_member}, {_pct(best)}",
+              f"oracle, some member right: {_pct(report.oracle)}"]
+    strategies = Table("strategy", "extract", "accuracy", *(name for name, _ in baselines), "undecided",
+                       title=f"the council, re-scored offline ({'; '.join(notes)})")
     for s in report.strategies:
         name = s.strategy if s.signal is None else f"confidence ({s.signal}, T={s.temperature:g})"
         strategies.add_row(name, s.extract, f"{_pct(s.accuracy)} ({s.correct}/{n})",
-                           f"{100 * (s.accuracy - best):+.1f} pts", str(s.undecided))
+                           *(f"{100 * (s.accuracy - base):+.1f} pts" for _, base in baselines), str(s.undecided))
     out.print(strategies)
     spend = Table("how it is asked", "accuracy", "tokens/item", "s/item", "members/item", "stopped early",
                   title=f"what it costs ({report.strategy} on {report.extract})")

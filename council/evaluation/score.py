@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from council.evaluation.record import ItemRecord, MemberAnswer
 from council.policy.schema import CouncilConfig
-from council.voting.extract import extract
+from council.voting.extract import extract, extract_cut
 from council.voting.vote import Ballot, VoteError, decide, is_decided, stage_agrees
 
 SCHEMA_VERSION = 1
@@ -69,7 +69,15 @@ class EvalReport(BaseModel):
     strategy: str  # the council's own strategy and extractor, which `spend` and `leave_one_out` use
     extract: str
     members: list[MemberScore]
+    # The most accurate member on these same items: chosen in hindsight, so a lucky sample can be it.
     best_member: str
+    # The member picked on one half of the items (even, odd), scored on the other half, both ways: what picking
+    # the best member is worth on items it was not picked on. None with fewer than two items.
+    best_member_held_out: float | None = None
+    # When every seat is the same model (samples, or seats differing only in sampling): its greedy seat (the first
+    # at temperature 0, else the first seat) and the mean accuracy of the other seats. None otherwise.
+    greedy_member: str | None = None
+    samples_mean: float | None = None
     strategies: list[StrategyScore]
     oracle: float
     spend: list[SpendScore]
@@ -86,14 +94,21 @@ class Rule:
     tie_break: tuple[str, ...] = ("weight", "latency", "order")
 
 
+def vote_of(answer: MemberAnswer, how: str) -> str | None:
+    """What a recorded reply votes under extractor `how`, as a live council counts it: a reply cut off by
+    max_tokens only with an answer it stated (`extract_cut`)."""
+    return extract_cut(answer.text, how) if answer.cut_off else extract(answer.text, how)
+
+
 def ballots(answers: Sequence[MemberAnswer], rule: Rule, keep: Sequence[int] | None = None) -> list[Ballot]:
-    """The ballots of the answering members (all, or those at indexes `keep`) under `rule`."""
+    """The ballots of the answering members (all, or those at indexes `keep`) under `rule`; a reply cut off by
+    max_tokens abstains unless it stated its answer."""
     out = []
     for order, answer in enumerate(answers):
         if answer.status != "ok" or (keep is not None and order not in keep):
             continue
         signal = (answer.signals or {}).get(rule.signal, answer.confidence)
-        out.append(Ballot(member=answer.member, order=order, answer=extract(answer.text, rule.extract),
+        out.append(Ballot(member=answer.member, order=order, answer=vote_of(answer, rule.extract),
                           text=answer.text, weight=answer.weight, latency_ms=answer.latency_ms, confidence=signal))
     return out
 
@@ -120,8 +135,8 @@ def score_members(records: Sequence[ItemRecord], how: str) -> list[MemberScore]:
     scores = []
     for i, name in enumerate(names):
         mine = [r.answers[i] for r in records]
-        correct = sum(a.status == "ok" and extract(a.text, how) == reference(r, how) for a, r in zip(mine, records,
-                                                                                                      strict=True))
+        correct = sum(a.status == "ok" and vote_of(a, how) == reference(r, how) for a, r in zip(mine, records,
+                                                                                                 strict=True))
         scores.append(MemberScore(name=name, model=mine[0].model, accuracy=_accuracy(correct, len(records)),
                                   correct=correct, answered=sum(a.status == "ok" for a in mine),
                                   tokens_per_item=sum(a.completion_tokens for a in mine) / len(records),
@@ -227,11 +242,49 @@ def leave_one_out(records: Sequence[ItemRecord], rule: Rule) -> list[LeaveOneOut
     return rows
 
 
+def with_caps(records: Sequence[ItemRecord], config: CouncilConfig, council: str) -> list[ItemRecord]:
+    """Records with each answer's max_tokens filled from the policy's seats where the record has neither it nor a
+    finish_reason (recorded before either was kept), so that a reply that used every token counts as cut off."""
+    caps = {name: seat.sampling.max_tokens for name, seat, _ in config.seats(council)}
+
+    def fill(a: MemberAnswer) -> MemberAnswer:
+        known = a.finish_reason is not None or a.max_tokens is not None
+        return a if known or caps.get(a.member) is None else a.model_copy(update={"max_tokens": caps[a.member]})
+
+    return [r.model_copy(update={"answers": [fill(a) for a in r.answers]}) for r in records]
+
+
+def held_out_best(records: Sequence[ItemRecord], how: str) -> float | None:
+    """The accuracy of the best member picked on one half of the items (even, odd) and scored on the other, both
+    ways: picking in hindsight on the same items rewards the luckiest sample."""
+    if len(records) < 2:
+        return None
+    hits = [[a.status == "ok" and vote_of(a, how) == reference(r, how) for a in r.answers] for r in records]
+    correct = 0
+    for picked_on, scored_on in ((hits[::2], hits[1::2]), (hits[1::2], hits[::2])):
+        totals = [sum(row[m] for row in picked_on) for m in range(len(hits[0]))]
+        best = totals.index(max(totals))  # ties: the first in council order
+        correct += sum(row[best] for row in scored_on)
+    return _accuracy(correct, len(records))
+
+
+def greedy_and_samples(members: Sequence[MemberScore], config: CouncilConfig,
+                       council: str) -> tuple[MemberScore, list[MemberScore]] | None:
+    """When every seat is one model (samples of it): the greedy seat (the first at temperature 0, else the first
+    seat) and the other seats, its samples. None for a council of different models."""
+    seats = {name: seat for name, seat, _ in config.seats(council)}
+    if len(members) < 2 or len({m.model for m in members}) != 1:
+        return None
+    greedy = next((m for m in members if m.name in seats and seats[m.name].sampling.temperature == 0), members[0])
+    return greedy, [m for m in members if m is not greedy]
+
+
 # Scored beside the council's own extractor.
 EXTRACTORS = ("auto", "number", "choice", "text")
 
 
 def score(records: list[ItemRecord], council: str, config: CouncilConfig, data: str) -> EvalReport:
+    records = with_caps(records, config, council)
     vote = config.vote
     own = Rule(vote.strategy if vote.strategy != "judge" else "majority", vote.extract, vote.confidence,
                vote.confidence_temperature, tuple(vote.tie_break))
@@ -240,10 +293,15 @@ def score(records: list[ItemRecord], council: str, config: CouncilConfig, data: 
              for s in ("majority", "weighted", "similarity")]
     rules += [Rule("confidence", vote.extract, signal, t, own.tie_break) for signal in ("answer", "reply", "tail")
               for t in (0.5, 1.0, 2.0)]
-    oracle = sum(any(a.status == "ok" and extract(a.text, vote.extract) == reference(r, vote.extract)
+    oracle = sum(any(a.status == "ok" and vote_of(a, vote.extract) == reference(r, vote.extract)
                      for a in r.answers) for r in records)
     best = max(members, key=lambda m: (m.accuracy, -members.index(m)))
+    sampled = greedy_and_samples(members, config, council)
     return EvalReport(council=council, data=data, items=len(records), strategy=own.strategy, extract=own.extract,
-                      members=members, best_member=best.name, strategies=[score_rule(records, r) for r in rules],
+                      members=members, best_member=best.name,
+                      best_member_held_out=held_out_best(records, vote.extract),
+                      greedy_member=sampled[0].name if sampled else None,
+                      samples_mean=sum(m.accuracy for m in sampled[1]) / len(sampled[1]) if sampled else None,
+                      strategies=[score_rule(records, r) for r in rules],
                       oracle=_accuracy(oracle, len(records)), spend=spending(records, own, config),
                       leave_one_out=leave_one_out(records, own), records=records)

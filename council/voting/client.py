@@ -39,6 +39,9 @@ class MemberReply:
     error: str | None = None
     http_status: int | None = None  # the member's status when it answered with an error
     timings: dict[str, Any] | None = None  # llama-server's own timings of the request (prefill, generation)
+    # Why generation ended, as the member said: `stop`, `length` (cut off by max_tokens: the text is unfinished),
+    # `tool_calls`; None when it did not say.
+    finish_reason: str | None = None
 
     @property
     def rejected(self) -> bool:
@@ -62,6 +65,7 @@ def _choice_reply(choice: dict[str, Any], latency_ms: float, prompt_tokens: int,
         logprob=sum(values) / len(values) if values else None,
         logprobs=choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None,
         timings=timings or None,
+        finish_reason=choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None,
     )
 
 
@@ -87,6 +91,7 @@ class _Choice:
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     chunks: int = 0
+    finish_reason: str | None = None
 
     def add(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta") or {}
@@ -107,6 +112,8 @@ class _Choice:
         entries = (choice.get("logprobs") or {}).get("content")
         if isinstance(entries, list):
             self.logprobs += entries
+        if isinstance(choice.get("finish_reason"), str):
+            self.finish_reason = choice["finish_reason"]
 
     def reply(self, latency_ms: float, usage: dict[str, Any] | None, timings: dict[str, Any],
               first: bool) -> MemberReply:
@@ -119,7 +126,8 @@ class _Choice:
         # llama-server sends each choice's own usage after its last chunk; without it, count its tokens.
         completion = int(usage.get("completion_tokens") or 0) if usage else len(self.logprobs) or self.chunks
         prompt = int(usage.get("prompt_tokens") or 0) if usage and first else 0
-        return _choice_reply({"message": message, "logprobs": {"content": self.logprobs} if self.logprobs else None},
+        return _choice_reply({"message": message, "logprobs": {"content": self.logprobs} if self.logprobs else None,
+                              "finish_reason": self.finish_reason},
                              latency_ms, prompt, completion, timings, cached_tokens(usage) if first else 0)
 
 

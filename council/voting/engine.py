@@ -20,7 +20,7 @@ from council.policy.schema import CouncilConfig, Sampling
 from council.voting.ballots import BallotStore
 from council.voting.client import MemberClient, MemberReply
 from council.voting.confidence import signals
-from council.voting.extract import canonical_tool_call, extract
+from council.voting.extract import canonical_tool_call, extract, extract_cut
 from council.voting.lanes import Call, Rates, group_calls, lanes
 from council.voting.vote import (
     Ballot,
@@ -55,6 +55,7 @@ class SeatOutcome:
     confidence: float | None = None  # the member's probability of its answer (from token logprobs)
     stage: int = 1
     signals: dict[str, float] | None = None  # every confidence signal (council eval scores each)
+    abstained: str | None = None  # why an answered reply has no vote, where the engine withheld it
 
     def to_json(self) -> dict[str, Any]:
         r = self.reply
@@ -65,8 +66,12 @@ class SeatOutcome:
                 "cached_tokens": r.cached_tokens,
                 "draft_acceptance": r.draft_acceptance,
                 "confidence": None if self.confidence is None else round(self.confidence, 6),
-                "confidence_signals": self.signals, "stage": self.stage,
+                "confidence_signals": self.signals, "stage": self.stage, "finish_reason": r.finish_reason,
+                **({"abstained": self.abstained} if self.abstained else {}),
                 **({"error": r.error} if r.error else {})}
+
+
+CUT_OFF = "cut off by max_tokens before a final answer"
 
 
 class QuorumError(CouncilError, RuntimeError):
@@ -104,6 +109,15 @@ class CouncilAnswer:
     @property
     def winner(self) -> SeatOutcome | None:
         return next((o for o in self.outcomes if o.seat.name == self.decision.winner_members[0]), None)
+
+    @property
+    def finish_reason(self) -> str:
+        """The council's own: `length` when its winning reply was cut off by max_tokens (its text is unfinished),
+        `tool_calls` when it calls tools, else `stop`."""
+        winner = self.winner
+        if winner is not None and winner.reply.finish_reason == "length":
+            return "length"
+        return "tool_calls" if self.message.get("tool_calls") else "stop"
 
     @property
     def logprobs(self) -> dict[str, Any] | None:
@@ -157,12 +171,14 @@ def member_payload(request: dict[str, Any], sampling: Sampling) -> dict[str, Any
 
 
 def extract_reply(reply: MemberReply, how: str) -> str | None:
-    """A tool call votes as `name(canonical JSON args)`; anything else through the council's extractor."""
+    """A tool call votes as `name(canonical JSON args)`; anything else through the council's extractor. A reply
+    cut off by max_tokens votes only with an answer it stated (`extract_cut`): the last number of unfinished
+    reasoning is no answer."""
     calls = (reply.message or {}).get("tool_calls") or []
     if calls:
         fn = calls[0].get("function") or {}
         return canonical_tool_call(fn.get("name") or "", fn.get("arguments") or "{}")
-    return extract(reply.text, how)
+    return extract_cut(reply.text, how) if reply.finish_reason == "length" else extract(reply.text, how)
 
 
 class CouncilEngine:
@@ -191,8 +207,9 @@ class CouncilEngine:
             return SeatOutcome(seat, reply, stage=stage)
         extracted = extract_reply(reply, how)
         found = signals(reply.logprobs, reply.text, extracted, how)
+        cut = extracted is None and reply.finish_reason == "length"  # it stopped before it answered
         return SeatOutcome(seat, reply, extracted, found[self.config.vote.confidence] if found else None, stage,
-                           found)
+                           found, CUT_OFF if cut else None)
 
     def payload(self, request: dict[str, Any], seat: Seat) -> dict[str, Any]:
         payload = member_payload(request, seat.sampling)
@@ -301,7 +318,7 @@ class CouncilEngine:
                 judge_fallback = picked is None
                 decision = picked or decision
         except VoteError as exc:
-            raise QuorumError(self.name, str(exc), ordered) from None
+            raise QuorumError(self.name, _abstained(answered_outcomes) or str(exc), ordered) from None
         answer = CouncilAnswer(id=f"chatcmpl-{uuid.uuid4().hex}", council=self.name, strategy=vote.strategy,
                                decision=decision, outcomes=ordered, early_stop=early, judge_fallback=judge_fallback,
                                stage=decided_at, stages=len(stages))
@@ -330,5 +347,17 @@ class CouncilEngine:
                 "confidence_temperature": self.config.vote.confidence_temperature,
                 "answers": [{"member": o.seat.name, "text": o.reply.text, "weight": o.seat.weight,
                              "latency_ms": round(o.reply.latency_ms), "confidence": o.confidence,
-                             "completion_tokens": o.reply.completion_tokens} for o in answer.outcomes
+                             "completion_tokens": o.reply.completion_tokens,
+                             "finish_reason": o.reply.finish_reason} for o in answer.outcomes
                             if o.reply.status == "ok"]}
+
+
+def _abstained(answered: list[SeatOutcome]) -> str | None:
+    """Why every reply abstained, when max_tokens is the reason: the caller can act on it."""
+    cut = sum(o.abstained == CUT_OFF for o in answered)
+    if not cut:
+        return None
+    if cut == len(answered):
+        return "every reply was cut off by max_tokens before a final answer; raise max_tokens"
+    return (f"every member abstained: {cut} of {len(answered)} replies were cut off by max_tokens before a final "
+            "answer (raise max_tokens), the others had no answer")

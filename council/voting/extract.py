@@ -26,10 +26,15 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import lru_cache
+from typing import Literal
 
 from council.policy.extractors import KINDS, ExtractError, ExtractorSpec, parse_extractor_spec
 
-__all__ = ["KINDS", "ExtractError", "Extractor", "canonical_tool_call", "extract", "parse_extractor"]
+__all__ = ["KINDS", "ExtractError", "Extractor", "Source", "answer_source", "canonical_tool_call", "extract",
+           "extract_cut", "parse_extractor"]
+
+# Where an extracted answer came from (see `answer_source`).
+Source = Literal["marked", "whole", "read"]
 
 
 class Extractor(ABC):
@@ -321,21 +326,26 @@ def _number(text: str) -> str | None:
     4. nothing when the reply opens with a refusal ("I'm sorry", "I cannot help");
     5. else the last number of the reply, skipping labels (`Step 2:`, list markers `1.` at a line start).
     """
+    return _number_sourced(text)[0]
+
+
+def _number_sourced(text: str) -> tuple[str | None, Source]:
+    """`_number` and where its answer came from: 1-2 are marked, 3 and 5 only read from where the text stops."""
     body = _delatex(_strip_think(text))
     for content in reversed(_boxed_contents(body)):
         if (value := _span_number(content)) is not None:
-            return value
+            return value, "marked"
     for span in reversed(_marker_spans(body)):
         if (value := _span_number(span)) is not None:
-            return value
+            return value, "marked"
     if (value := _last_line_equals(body)) is not None:
-        return value
+        return value, "read"
     if _REFUSAL.match(body):
-        return None
+        return None, "read"
     for m in reversed(list(_NUMBER_TEXT.finditer(body))):
         if not _is_label(body, m) and (value := _token_value(m)) is not None:
-            return value
-    return None
+            return value, "read"
+    return None, "read"
 
 
 # ---------------------------------------------------------------- multiple choice
@@ -408,6 +418,11 @@ def _letter_in_span(span: str, naming: bool) -> str | None:
 def _marked_letter(body: str) -> str | None:
     """The letter of the last verdict (`answer is`, `the correct option`, `I choose`, `\\boxed{X}`, `X is the correct
     answer`) that names one, else the letter all mentions (`option X`) agree on."""
+    return _marked_letter_sourced(body)[0]
+
+
+def _marked_letter_sourced(body: str) -> tuple[str | None, Source]:
+    """`_marked_letter` and where it came from: a verdict is marked, agreeing mentions only read."""
     verdicts: list[tuple[int, str]] = []
     mentions: list[tuple[int, str]] = []
     for m in _CHOICE_MARKER.finditer(body):
@@ -418,9 +433,10 @@ def _marked_letter(body: str) -> str | None:
     verdicts += [(m.start(), m[1]) for m in _LETTER_BEFORE_MARKER.finditer(body)]
     verdicts += [(start, b[1].upper()) for start, content in _boxed(body) if (b := _BOXED_LETTER.fullmatch(content))]
     if verdicts:
-        return max(verdicts)[1]
+        return max(verdicts)[1], "marked"
     named = {letter for _, letter in mentions}
-    return named.pop() if len(named) == 1 else None  # "Choice A: 12. Choice B: 14." lists, it does not answer
+    # "Choice A: 12. Choice B: 14." lists, it does not answer
+    return (named.pop() if len(named) == 1 else None), "read"
 
 
 def _choice(text: str, lenient: bool = True) -> str | None:
@@ -438,18 +454,24 @@ def _choice(text: str, lenient: bool = True) -> str | None:
     line, named ("option A"), or right after a marker and not followed by a word ("The answer is A cat" is not a
     vote for A). Letters glued to maths or names are no options: "E = mc^2", "J. K. Rowling", "B-12", "C++".
     """
+    return _choice_sourced(text, lenient)[0]
+
+
+def _choice_sourced(text: str, lenient: bool = True) -> tuple[str | None, Source]:
+    """`_choice` and where its letter came from: only a verdict (1.) is marked."""
     body = unicodedata.normalize("NFKC", _strip_think(text))
-    if (letter := _marked_letter(body)) is not None:
-        return letter
+    letter, source = _marked_letter_sourced(body)
+    if letter is not None:
+        return letter, source
     lines = [line for line in body.splitlines() if line.strip()]
     for line in reversed(lines):
         if m := _ONLY_LETTER_LINE.fullmatch(line):
-            return m[1].upper()
+            return m[1].upper(), "read"
     starts = [_option_line_start(line) for line in lines]
     if starts and starts[0] is not None and len({s for s in starts if s is not None}) == 1:
-        return starts[0]
+        return starts[0], "read"
     if not lenient:
-        return None
+        return None, "read"
     mentioned = set()
     for m in _LETTER.finditer(body):
         letter = m[1]
@@ -459,7 +481,7 @@ def _choice(text: str, lenient: bool = True) -> str | None:
             mentioned.add(letter)
         elif letter == "A" and _A_IN_LIST.match(body, m.end()):
             mentioned.add(letter)  # "A and B", "A, C" list options; "A cat" does not
-    return mentioned.pop() if len(mentioned) == 1 else None
+    return (mentioned.pop() if len(mentioned) == 1 else None), "read"
 
 
 # ---------------------------------------------------------------- free text
@@ -557,20 +579,27 @@ def _auto(text: str) -> str | None:
     4. None for a refusal ("I'm sorry, I can't help with that");
     5. `text` of the whole reply.
     """
+    return _auto_sourced(text)[0]
+
+
+def _auto_sourced(text: str) -> tuple[str | None, Source]:
+    """`_auto` and where its answer came from: a verdict or the marked answer (1-2) is marked, a number read off
+    the last line (3) or a letter-only line is read, the whole reply as text (5) is whole."""
     body = _strip_think(text)
-    if (letter := _choice(body, lenient=False)) is not None:
-        return letter
+    letter, source = _choice_sourced(body, lenient=False)
+    if letter is not None:
+        return letter, source
     marked = _marked_answer(body)
     if marked is not None and marked.strip():
         value = _essential_number(marked)
-        return value if value is not None else _text(marked)
+        return (value if value is not None else _text(marked)), "marked"
     delatexed = _delatex(body)
     for value in (_last_line_equals(delatexed), _essential_number(delatexed)):
         if value is not None:
-            return value
+            return value, "read"
     if _REFUSAL.match(body):
-        return None
-    return _text(body)
+        return None, "read"
+    return _text(body), "whole"
 
 
 # ---------------------------------------------------------------- JSON
@@ -737,3 +766,26 @@ def extract(text: str | None, spec: str) -> str | None:
     """The normalised answer in `text` by the extractor `spec`; None (abstain) when there is none."""
     extractor = parse_extractor(spec)
     return None if text is None else extractor(text)
+
+
+_SOURCED: dict[str, Callable[[str], tuple[str | None, Source]]] = {
+    "auto": _auto_sourced, "number": _number_sourced, "choice": _choice_sourced}
+
+
+def answer_source(text: str, spec: str) -> Source:
+    """Where `extract(text, spec)` found its answer: `marked` (a `\\boxed{}`, an answer marker such as "The answer
+    is" / "Final answer:" / `####`, a verdict naming a letter), `whole` (the reply itself is the answer: `text`,
+    `auto`'s free-text fallback, a complete `json:` value, the policy's own `regex:`), or `read` (only read off
+    where the text stops: the last number, `= N` closing the last line, a letter-only line). A reply cut off by
+    `max_tokens` is unfinished, so a `read` answer there is whatever its reasoning wrote last."""
+    kind = parse_extractor_spec(spec).kind
+    return _SOURCED[kind](text)[1] if kind in _SOURCED else "whole"
+
+
+def extract_cut(text: str | None, spec: str) -> str | None:
+    """`extract()` for a reply cut off by `max_tokens` (finish_reason `length`): its answer only when the reply
+    stated it (`marked`) or is the answer as a whole; a `read` answer abstains."""
+    value = extract(text, spec)
+    if value is None or text is None:
+        return value
+    return None if answer_source(text, spec) == "read" else value

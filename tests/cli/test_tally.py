@@ -79,3 +79,13 @@ def test_tally_confidence_votes_weigh_each_members_recorded_confidence(tmp_path:
     bad = write(tmp_path, {"strategy": "confidence", "answers": [{"member": "a", "text": "1", "confidence": 2}]})
     result = run_cli("tally", str(bad))
     assert result.returncode == 2 and "confidence in (0, 1]" in result.stderr
+
+
+def test_a_reply_cut_off_by_max_tokens_votes_only_with_an_answer_it_stated(tmp_path: Path) -> None:
+    """A ballot from /v1/ballots/ID keeps each reply's finish_reason: tally re-votes as the council did."""
+    answers = [{"member": "a", "text": "17*20 = 320\n1", "finish_reason": "length"},
+               {"member": "b", "text": "The answer is 391. Check: 1", "finish_reason": "length"},
+               {"member": "c", "text": "So it is 1", "finish_reason": "stop"}]
+    path = write(tmp_path, {"extract": "number", "answers": answers})
+    decision = json.loads(run_cli("tally", str(path)).stdout)
+    assert decision["votes"] == {"391": 1.0, "1": 1.0}  # a's "1" is the last number of unfinished reasoning

@@ -47,6 +47,7 @@ def test_openai_sdk_council_answer_with_ballot(open_server: CouncilServer) -> No
     client = openai.OpenAI(base_url=f"{open_server.url}/v1", api_key="unused")
     reply = client.chat.completions.create(model="alphabet", messages=[{"role": "user", "content": "go"}])
     assert reply.choices[0].message.content == "abcdef"
+    assert reply.choices[0].finish_reason == "length"  # the synthetic members never stop: max_tokens cut them
     council = reply.model_extra["council"]
     assert council["answer"] == "abcdef" and council["agreement"] == 1.0
     assert [m["status"] for m in council["members"]] == ["ok", "ok"]
@@ -62,7 +63,7 @@ def test_openai_sdk_streaming_council_and_passthrough(open_server: CouncilServer
                                                  messages=[{"role": "user", "content": "go"}]))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "abcdef"
     assert chunks[-1].model_extra["council"]["answer"] == "abcdef"
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices[0].finish_reason == "length"  # the members were cut off by max_tokens: 6
     relayed = list(client.chat.completions.create(model="other", stream=True, max_tokens=8,
                                                   messages=[{"role": "user", "content": "go"}]))
     pieces = [c.choices[0].delta.content for c in relayed if c.choices and c.choices[0].delta.content]

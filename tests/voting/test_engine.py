@@ -219,6 +219,8 @@ async def test_remote_member_through_litellm(
     assert [m["status"] for m in doc["members"]] == ["ok", "ok"], doc
     assert doc["members"][1]["extracted"] == doc["members"][0]["extracted"] == "abcdef"
     assert doc["agreement"] == 1.0
+    # Both were cut off by max_tokens, and say so: through aiohttp and through litellm alike.
+    assert [m["finish_reason"] for m in doc["members"]] == ["length", "length"]
 
 
 def test_tool_calls_vote_as_canonical_json_and_member_settings_win() -> None:

@@ -53,8 +53,7 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, Any]:
 
 def completion_body(answer: CouncilAnswer, created: int, logprobs: bool = False) -> dict[str, Any]:
     message = answer.message
-    choice: dict[str, Any] = {"index": 0, "message": message,
-                              "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": answer.finish_reason}
     if logprobs and answer.logprobs is not None:
         choice["logprobs"] = answer.logprobs
     return {"id": answer.id, "object": "chat.completion", "created": created, "model": answer.council,
@@ -177,8 +176,7 @@ async def stream_council(router: Router, engine: CouncilEngine, body: dict[str, 
         if body.get("logprobs") and answer.logprobs is not None:
             first["logprobs"] = answer.logprobs
         yield _sse({**head, "choices": [first]})
-        finish = "tool_calls" if message.get("tool_calls") else "stop"
-        yield _sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+        yield _sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}],
                     "usage": answer.usage(), "council": answer.council_json()})
         yield b"data: [DONE]\n\n"
         router.metrics.requests.labels("chat", engine.name, "200").inc()

@@ -1,0 +1,104 @@
+"""`council eval`'s scoring from recorded answers (in-process, no model asked): a council of samples is compared
+with its greedy seat and the samples' mean, not with the luckiest sample; replies cut off by max_tokens abstain
+offline as they do live, old records included."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from council.evaluation.record import ItemRecord, MemberAnswer
+from council.evaluation.report import print_report
+from council.evaluation.score import EvalReport, Rule, council_answer, score, score_members
+from council.policy.schema import CouncilConfig
+
+SAMPLES = CouncilConfig.model_validate({
+    "members": [{"model": "q", "sampling": {"temperature": 0, "max_tokens": 400}},
+                {"model": "q", "samples": 4, "sampling": {"temperature": 0.8, "seed": 1, "max_tokens": 400}}],
+    "vote": {"strategy": "majority", "extract": "number"}, "quorum": 1})
+SEATS = ["sc/0", "sc/1#0", "sc/1#1", "sc/1#2", "sc/1#3"]
+
+
+def records(grid: list[str], seats: list[str], models: list[str] | None = None) -> list[ItemRecord]:
+    """One item per row of `grid`: seat k answers right (`1`) or wrong (`0`); the reference is 7."""
+    return [ItemRecord(index=i, line=i + 1, question=f"q{i}", reference="7", wall_ms=1.0, answers=[
+        MemberAnswer(member=name, model=(models or ["q"] * len(seats))[k], status="ok",
+                     text="The answer is 7." if row[k] == "1" else "The answer is 8.", completion_tokens=10)
+        for k, name in enumerate(seats)]) for i, row in enumerate(grid)]
+
+
+def printed(report: EvalReport) -> str:
+    buffer = io.StringIO()
+    print_report(report, Console(file=buffer, width=300, color_system=None))
+    return buffer.getvalue()
+
+
+def test_a_council_of_samples_is_compared_with_its_greedy_seat_and_the_samples_mean() -> None:
+    # Ten items. The greedy seat is right on 5; one sample is lucky (9 of 10), the others right on 6, 5 and 4;
+    # the majority of five is right on 6.
+    grid = ["11111", "11110", "11100", "01101", "01100", "01111", "01000", "01010", "10010", "11001"]
+    report = score(records(grid, SEATS), "sc", SAMPLES, "data.jsonl")
+    accuracy = {m.name: m.accuracy for m in report.members}
+    assert accuracy == {"sc/0": 0.5, "sc/1#0": 0.9, "sc/1#1": 0.6, "sc/1#2": 0.5, "sc/1#3": 0.4}
+    majority = next(s for s in report.strategies if (s.strategy, s.extract) == ("majority", "number"))
+    assert majority.accuracy == pytest.approx(0.6)
+    assert report.greedy_member == "sc/0"
+    assert report.samples_mean == pytest.approx((0.9 + 0.6 + 0.5 + 0.4) / 4)
+    assert report.best_member == "sc/1#0"  # kept for compatibility, named as chosen in hindsight
+    text = printed(report)
+    assert "vs greedy seat" in text and "vs samples' mean" in text and "vs best member in hindsight" in text
+    assert "vs best member " not in text.replace("vs best member in hindsight", "")  # never unlabelled
+    row = next(line for line in text.splitlines() if line.strip("│┃ ").startswith("majority") and "number" in line)
+    assert "+10.0 pts" in row and "0.0 pts" in row and "-30.0 pts" in row  # vs greedy, vs mean, vs the lucky one
+    assert "greedy seat sc/0: 50.0%" in text and "samples' mean: 60.0%" in text
+    doc = json.loads(report.model_dump_json())
+    assert doc["greedy_member"] == "sc/0" and doc["samples_mean"] == pytest.approx(0.6)
+    schema = EvalReport.model_json_schema()["properties"]  # `council eval-schema`
+    assert {"greedy_member", "samples_mean", "best_member_held_out"} <= set(schema)
+
+
+def test_a_council_of_different_models_picks_its_best_member_on_held_out_items() -> None:
+    config = CouncilConfig.model_validate({"members": [{"model": "a"}, {"model": "b"}], "vote": {"extract": "number"}})
+    # Member b is best on the even items (picked there, scored on the odd ones: 1 of 2 right); member a is best
+    # on the odd items (scored on the even ones: 0 of 2 right). Held out: 1 of 4.
+    grid = ["01", "10", "01", "11"]
+    report = score(records(grid, ["c/0", "c/1"], ["a", "b"]), "c", config, "data.jsonl")
+    assert report.greedy_member is None and report.samples_mean is None
+    assert report.best_member == "c/1" and report.best_member_held_out == pytest.approx(0.25)
+    text = printed(report)
+    assert "vs best member held out" in text and "vs best member in hindsight" in text
+    assert "vs greedy seat" not in text
+
+
+def test_recorded_replies_cut_off_by_max_tokens_abstain_offline() -> None:
+    config = CouncilConfig.model_validate({
+        "members": [{"model": "q", "sampling": {"max_tokens": 12}} for _ in range(3)],
+        "vote": {"strategy": "majority", "extract": "number"}, "quorum": 1})
+
+    def answer(name: str, text: str, tokens: int, finish: str | None) -> MemberAnswer:
+        return MemberAnswer(member=name, model="q", status="ok", text=text, completion_tokens=tokens,
+                            finish_reason=finish)
+
+    # An old record (no finish_reason) that used all 12 tokens, a new one that says `length`, and a finished
+    # reply: the two cut ones' last numbers ("1") no longer outvote the finished "391".
+    old = ItemRecord(index=0, line=1, question="17*23?", reference="391", wall_ms=1.0, answers=[
+        answer("c/0", "17*20 = 320\n1", 12, None), answer("c/1", "17*20 = 340\n1", 12, "length"),
+        answer("c/2", "The answer is 391.", 8, "stop")])
+    assert council_answer(old.answers, Rule("majority", "number")) == "1"  # without the cap known, old c/0 votes
+    report = score([old], "c", config, "data.jsonl")
+    assert report.records[0].answers[0].cut_off and report.records[0].answers[1].cut_off
+    majority = next(s for s in report.strategies if (s.strategy, s.extract) == ("majority", "number"))
+    assert majority.correct == 1
+    assert [m.correct for m in score_members(report.records, "number")] == [0, 0, 1]
+    # A cut reply that stated its answer still votes; a reply that stopped below the cap is not cut.
+    stated = answer("c/0", "The answer is 391. Check: 17", 12, "length")
+    short = answer("c/1", "17*20 = 340\n391", 11, None).model_copy(update={"max_tokens": 12})
+    assert not short.cut_off
+    assert council_answer([stated, short], Rule("majority", "number")) == "391"
+    # Old records load: the new fields are optional.
+    line = '{"member": "c/0", "model": "q", "status": "ok", "text": "1", "completion_tokens": 12}'
+    loaded = MemberAnswer.model_validate_json(line)
+    assert loaded.finish_reason is None and loaded.max_tokens is None and not loaded.cut_off
