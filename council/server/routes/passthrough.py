@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import Response, StreamingResponse
 
@@ -12,9 +12,10 @@ from council.server.router import Router
 
 
 async def relay(router: Router, model: str, payload: bytes, path: str, stream: bool,
-                admission: Admission) -> Response:
+                admission: Admission, ended: Callable[[int], None] | None = None) -> Response:
     """Send `payload` to the least busy ready process serving `model`, through the same client (slots, rate
-    limit, watchdog accounting) its council calls use; token by token when streaming."""
+    limit, watchdog accounting) its council calls use; token by token when streaming (then `ended` is told the
+    status once the stream is over)."""
     found = router.passthrough_client(model)
     if found is None:
         if router.policy.models[model].remote is not None:
@@ -32,7 +33,11 @@ async def relay(router: Router, model: str, payload: bytes, path: str, stream: b
             async for chunk in chunks:
                 yield chunk
         finally:
-            await opened.__aexit__(None, None, None)
-            admission.release()
+            try:
+                await opened.__aexit__(None, None, None)
+            finally:  # also when the close itself is cancelled (the client went away)
+                admission.release()
+                if ended is not None:
+                    ended(head.status)
 
     return StreamingResponse(body(), status_code=head.status, media_type=head.content_type)
