@@ -104,3 +104,27 @@ def test_key_ring_update_keeps_the_state_of_keys_that_stay() -> None:
     with pytest.raises(Exception, match="invalid API key"):
         ring.principal("Bearer sb", "chat")  # a changed secret is a new key
     assert ring.principal("Bearer new-secret", "chat").in_flight == 0
+
+
+def _requests_total(text: str) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.labels["model"], s.labels["status"]): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "council_requests_total"}
+
+
+async def test_errors_carry_the_routers_time_and_are_counted(client: httpx.AsyncClient) -> None:
+    """README: every response carries `x-council-overhead-ms`, and `council_requests_total` counts every chat
+    request, errors included (before: neither for errors)."""
+    chat = {"model": "c", "messages": [{"role": "user", "content": "x"}]}
+    cases = [({**chat, "temperature": "hot"}, {}, 400), ({**chat, "model": "nope"}, {}, 404),
+             (chat, {"Authorization": ""}, 401), (chat, {}, 503)]  # 503: no member of c is running here
+    for body, headers, status in cases:
+        reply = await post(client, body, **headers)
+        assert reply.status_code == status, reply.text
+        assert 0 <= float(reply.headers["x-council-overhead-ms"]) < 10_000, reply.headers
+    streamed = await post(client, {**chat, "stream": True})  # the error arrives inside a 200 stream
+    assert '"code":"quorum_not_met"' in streamed.text
+    counted = _requests_total((await client.get("/metrics")).text)
+    # A model name is a label once it is known to be one (an unknown name never becomes a label).
+    assert counted == {("-", "400"): 1.0, ("-", "404"): 1.0, ("-", "401"): 1.0, ("c", "503"): 2.0}, counted
