@@ -25,6 +25,13 @@ KEY = "in-process-key-0123456789"
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """The app around a router whose members are planned but never started (no llama-server runs)."""
+    transport = httpx.ASGITransport(app=create_app(_router(tmp_path)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council",
+                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
+        yield http
+
+
+def _router(tmp_path: Path) -> Router:
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     path = tmp_path / "policy.yaml"
     path.write_text(f"""
@@ -39,10 +46,7 @@ councils:
     server = LlamaServerInfo(path=Path("/bin/false"), build=1, version="", spec_types=("draft-mtp",))
     router = Router(policy_path=path, loaded=load_policy(path), server=server, run_dir=tmp_path / "run")
     router.assembly = assemble(router.plan, server, router.life_config, ballots=router.ballots)
-    transport = httpx.ASGITransport(app=create_app(router))
-    async with httpx.AsyncClient(transport=transport, base_url="http://council",
-                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
-        yield http
+    return router
 
 
 async def post(client: httpx.AsyncClient, body: object, **headers: str) -> httpx.Response:
@@ -128,3 +132,44 @@ async def test_errors_carry_the_routers_time_and_are_counted(client: httpx.Async
     counted = _requests_total((await client.get("/metrics")).text)
     # A model name is a label once it is known to be one (an unknown name never becomes a label).
     assert counted == {("-", "400"): 1.0, ("-", "404"): 1.0, ("-", "401"): 1.0, ("c", "503"): 2.0}, counted
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, stream: bool) -> None:
+    """The app driven over raw ASGI, its council's seats scripted to take 30 s: the client's disconnect closes
+    every member request (tests/server/test_chat_lifecycle.py shows the same with real processes)."""
+    import asyncio
+    import dataclasses
+
+    from tests.servers import until
+    from tests.voting.fakes import FakeClient, Say
+
+    router = _router(tmp_path)
+    engine = router.engines["c"]
+    fakes = [FakeClient(Say("a", delay=30.0)) for _ in engine.seats]
+    engine.seats = [dataclasses.replace(seat, client=fake) for seat, fake in zip(engine.seats, fakes, strict=True)]
+    app = create_app(router)
+    body = json.dumps({"model": "c", "messages": [{"role": "user", "content": "x"}], "stream": stream}).encode()
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    left = asyncio.Event()
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        if incoming:
+            return incoming.pop(0)
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("council", 80),
+             "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]}
+    task = asyncio.create_task(app(scope, receive, send))
+    await until(lambda: all(f.in_flight == 1 for f in fakes), 5, "every seat asked")
+    left.set()
+    await asyncio.wait_for(task, 5)
+    await until(lambda: all(f.in_flight == 0 for f in fakes), 5, "every seat's request closed")
+    assert [f.cancelled for f in fakes] == [1, 1]

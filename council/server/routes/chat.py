@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -23,6 +23,7 @@ from council.voting.engine import CouncilAnswer, CouncilEngine, QuorumError, Req
 from council.voting.request import CouncilRequest
 
 KEEPALIVE_S = 2.0
+WATCH_AFTER_S = 0.2  # a non-streamed council request watches for its client's disconnect after this long
 CLIENT_GONE = 499  # what the metrics count for a client that went away before its answer (nginx's code)
 T = TypeVar("T")
 routes = APIRouter()
@@ -129,23 +130,40 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     """`work`'s result, or None when the client disconnects first: `work` is then cancelled (a council's member
-    requests close, so their llama-server slots free at once; a cancel is not the members' failure)."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
+    requests close, so their llama-server slots free at once; a cancel is not the members' failure).
+
+    Watching costs a task, so it starts only once `work` has run `WATCH_AFTER_S`: a quick answer pays for a timer
+    alone, and a client that leaves a long one is noticed within that time."""
+    current = asyncio.current_task()
+    assert current is not None
+    watch: asyncio.Task[None] | None = None
+    finished = gone = False
+
+    def client_gone(task: asyncio.Task[None]) -> None:
+        nonlocal gone
+        if not finished and not task.cancelled() and task.exception() is None:
+            gone = True
+            current.cancel()  # lands in `work`, which closes its member requests on the way out
+
+    def start_watching() -> None:
+        nonlocal watch
+        watch = asyncio.ensure_future(_disconnected(request))
+        watch.add_done_callback(client_gone)
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
     try:
-        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
+        return await work
+    except asyncio.CancelledError:
+        if gone and current.uncancel() == 0:  # our own cancel, nobody else's (a shutdown goes on)
+            return None
         raise
     finally:
-        gone.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)  # the members' requests are closed before we answer
-    return None
+        finished = True
+        timer.cancel()
+        if watch is not None:
+            watch.cancel()
 
 
 @routes.post("/v1/completions", response_model=None)
