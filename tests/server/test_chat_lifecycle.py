@@ -13,19 +13,23 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from council.setup.catalog import by_name
 from tests.servers import CouncilServer
 
-# Members that would generate for many seconds (16,000 tokens with `ignore_eos`): long after a client gives up.
-LONG = {"max_tokens": 16000, "ignore_eos": True}
+SMOL = by_name("smollm2-135m")
+assert SMOL
+# Members that would generate for a long time (SmolLM2-135M on a CPU, 1,500 tokens with `ignore_eos`: tens of
+# seconds at least), long after a client gives up.
+LONG = {"max_tokens": 1500, "ignore_eos": True}
 
 
-def policy(syn: Path) -> str:
+def policy(model: Path) -> str:
     return f"""
 server: {{host: 127.0.0.1, port: 8080}}
-gpus: [{{name: cpu, memory: 4GiB}}]
-slots: {{size: 256MiB, reserve: 0}}
+gpus: [{{name: cpu, memory: 8GiB}}]
+slots: {{size: 1GiB, reserve: 0}}
 models:
-  syn: {{path: {syn}, ctx_size: 16384}}
+  syn: {{path: {model}, ctx_size: 2048}}
 councils:
   pair:
     members: [{{model: syn}}, {{model: syn}}]
@@ -45,8 +49,8 @@ def wait_members(server: CouncilServer, busy: bool, timeout: float, what: str) -
         time.sleep(0.05)
 
 
-def test_a_client_that_goes_away_cancels_its_council(serve: Callable[..., CouncilServer], syn: Path) -> None:
-    server = serve(policy(syn))
+def test_a_client_that_goes_away_cancels_its_council(serve: Callable[..., CouncilServer]) -> None:
+    server = serve(policy(SMOL.path))
     url = f"{server.url}/v1/chat/completions"
     body = {"model": "pair", "messages": [{"role": "user", "content": "go"}], **LONG}
     pids = {m["name"]: m["pid"] for m in members(server)}
