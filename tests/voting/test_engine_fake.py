@@ -165,3 +165,21 @@ def test_the_question_is_the_last_user_turns_text() -> None:
     assert last_user_text(messages) == "look at this"
     assert last_user_text([{"role": "system", "content": "s"}]) == "" and last_user_text(None) == ""
     assert CouncilRequest.of({"messages": messages, "logprobs": True}).logprobs is True
+
+
+@pytest.mark.parametrize("texts", [["a", "a", "b", "a", "b"], ["a", "b", "a", "b", "a"], ["a", "a", "a", "b", "b"]])
+async def test_the_offline_replay_stops_where_the_live_council_does(texts: list[str]) -> None:
+    """One stop rule: replaying recorded answers (`council eval`) hears the members the live engine heard."""
+    from council.evaluation.record import ItemRecord, MemberAnswer
+    from council.evaluation.score import Rule, early_stop
+
+    delays = [0.01 * (i + 1) for i in range(len(texts))]  # members answer in council order, 10 ms apart
+    engine, _ = council({"vote": {"strategy": "majority", "extract": "text"}},
+                        *[Say(t, delay=d) for t, d in zip(texts, delays, strict=True)])
+    live = await engine.ask(ask())
+    record = ItemRecord(index=0, line=1, question="go", reference="a", wall_ms=0.0, answers=[
+        MemberAnswer(member=f"c/{i}", model="m", status="ok", text=t, latency_ms=d * 1000)
+        for i, (t, d) in enumerate(zip(texts, delays, strict=True))])
+    answer, _, _, heard, early = early_stop(record, Rule("majority", "text"), engine.config.quorum_count())
+    assert (answer, early) == (live.decision.answer, live.early_stop)
+    assert heard == sum(o.reply.status == "ok" for o in live.outcomes)
