@@ -8,7 +8,7 @@ benchmarks build it from a plain body with `CouncilRequest.of`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,8 @@ from typing import Any
 def last_user_text(messages: Iterable[Any] | None) -> str:
     """The last user turn's text (content parts: their text parts, space-joined): the council's question, for
     the judge, the dashboard and evaluation records."""
-    for message in reversed(list(messages or ())):
+    listed = messages if isinstance(messages, Sequence) else list(messages or ())  # a request's list: no copy
+    for message in reversed(listed):
         if isinstance(message, Mapping) and message.get("role") == "user":
             content = message.get("content")
             if isinstance(content, list):
