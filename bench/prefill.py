@@ -36,6 +36,7 @@ from council.policy.schema import Policy
 from council.setup.catalog import by_name
 from council.voting.assembly import assemble
 from council.voting.engine import QuorumError
+from council.voting.request import CouncilRequest
 
 RESULTS = Path(__file__).parent / "results"
 WORDS = ("river", "lantern", "copper", "meadow", "signal", "harbor", "quartz", "willow", "ember", "orbit")
@@ -118,9 +119,9 @@ async def run(sizes: list[int], rounds: int, tokens: int, run_dir: Path) -> dict
                     before = await prompt_tokens(process)
                     started = time.monotonic()
                     try:
-                        answer = await assembly.engines[name].ask(
+                        answer = await assembly.engines[name].ask(CouncilRequest.of(
                             {"messages": [{"role": "user", "content": text}], "max_tokens": tokens},
-                            early_stop=CONFIGS[name].early_stop)
+                            early_stop=CONFIGS[name].early_stop))
                         outcomes, early = answer.outcomes, answer.early_stop
                     except QuorumError as exc:  # no reply named a word: the cost was paid all the same
                         outcomes, early = exc.outcomes, False

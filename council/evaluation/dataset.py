@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from council.errors import CouncilError
+from council.voting.request import last_user_text
 
 LETTERS = string.ascii_uppercase[:10]
 
@@ -33,7 +34,7 @@ class Item:
 
     @property
     def question(self) -> str:
-        return next((str(m.get("content")) for m in reversed(self.messages) if m.get("role") == "user"), "")
+        return last_user_text(self.messages)
 
 
 def _reference(raw: object, choices: tuple[str, ...], where: str) -> str:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from council.evaluation.dataset import Item
 from council.voting.engine import CouncilAnswer, CouncilEngine, QuorumError, RequestRejected, SeatOutcome
+from council.voting.request import CouncilRequest
 
 
 class MemberAnswer(BaseModel):
@@ -84,7 +85,7 @@ def engine_asker(engine: CouncilEngine) -> Asker:
 
     async def ask(item: Item) -> tuple[list[MemberAnswer], str | None]:
         try:
-            answer: CouncilAnswer = await engine.ask(item_body(item), early_stop=False)
+            answer: CouncilAnswer = await engine.ask(CouncilRequest.of(item_body(item), early_stop=False))
         except QuorumError as exc:
             return _from_outcomes(exc.outcomes), str(exc)
         except RequestRejected as exc:

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from council.evaluation.record import ItemRecord, MemberAnswer
 from council.policy.schema import CouncilConfig
 from council.voting.extract import extract, extract_cut
-from council.voting.vote import Ballot, VoteError, decide, is_decided, stage_agrees
+from council.voting.vote import Ballot, VoteError, decide, seat_value, stop_after
 
 SCHEMA_VERSION = 1
 
@@ -155,20 +155,19 @@ def score_rule(records: Sequence[ItemRecord], rule: Rule) -> StrategyScore:
 
 
 def early_stop(record: ItemRecord, rule: Rule, quorum: int) -> tuple[str | None, float, float, int, bool]:
-    """Replay the item with early stop: members arrive in the order they answered; once no late vote could
-    change the winner the rest are cancelled, having spent tokens in proportion to the time they ran.
-    Returns (answer, tokens, ms, members heard, stopped early)."""
+    """Replay the item with early stop: members arrive in the order they answered; once the stop rule a live
+    council uses (`vote.stop_after`) says no late vote could change the winner, the rest are cancelled, having
+    spent tokens in proportion to the time they ran. Returns (answer, tokens, ms, members heard, stopped early)."""
     answers = record.answers
     order = sorted(range(len(answers)), key=lambda i: (answers[i].latency_ms, i))
-    value = (lambda a: 1.0) if rule.strategy == "majority" else (lambda a: a.weight)
     heard: list[int] = []
     stop_at = max((a.latency_ms for a in answers), default=0.0)
     early = False
     for position, i in enumerate(order):
         heard.append(i)
-        pending = sum(value(answers[j]) for j in order[position + 1:])
-        found = ballots(answers, rule, heard)
-        if pending and len(found) >= quorum and is_decided(found, pending, rule.strategy, rule.temperature):
+        pending = sum(seat_value(rule.strategy, answers[j].weight) for j in order[position + 1:])
+        if stop_after(ballots(answers, rule, heard), pending, quorum, rule.strategy,
+                      temperature=rule.temperature) == "early":
             stop_at, early = answers[i].latency_ms, True
             break
     tokens = 0.0
@@ -180,8 +179,10 @@ def early_stop(record: ItemRecord, rule: Rule, quorum: int) -> tuple[str | None,
 
 def cascade(record: ItemRecord, rule: Rule, stages: list[list[int]], agreement: float,
             config: CouncilConfig) -> tuple[str | None, float, float, int, bool]:
-    """Replay the item as a cascade: a stage is asked only when the stages before it did not agree; stages run
-    one after the other. Returns (answer, tokens, ms, members asked, decided before the last stage)."""
+    """Replay the item as a cascade: a stage is asked only when the stop rule a live council uses
+    (`vote.stop_after`) finds the stages before it agree; stages run one after the other (each judged once it is
+    complete, as recorded without early stop). Returns (answer, tokens, ms, members asked, decided before the
+    last stage)."""
     answers = record.answers
     asked: list[int] = []
     tokens = ms = 0.0
@@ -189,9 +190,9 @@ def cascade(record: ItemRecord, rule: Rule, stages: list[list[int]], agreement: 
         asked += stage
         tokens += sum(answers[i].completion_tokens for i in stage)
         ms += max((answers[i].latency_ms for i in stage), default=0.0)
-        found = ballots(answers, rule, asked)
-        if number < len(stages) and len(found) >= config.quorum_count(len(asked)) and stage_agrees(
-                found, rule.strategy, agreement, rule.temperature):
+        if stop_after(ballots(answers, rule, asked), 0.0, config.quorum_count(len(asked)), rule.strategy,
+                      early_stop=False, stage_done=True, last_stage=number == len(stages), agreement=agreement,
+                      temperature=rule.temperature) == "stage":
             return council_answer(answers, rule, asked), tokens, ms, len(asked), True
     return council_answer(answers, rule, asked), tokens, ms, len(asked), False
 

@@ -231,6 +231,16 @@ def reference_problems(loaded: LoadedPolicy) -> list[Problem]:
             if council.fallback.members is not None and council.fallback.members >= len(council.members):
                 problems.append(loaded.problem((*base, "fallback", "members"),
                                                "a fallback must keep fewer members than the council has"))
+            elif council.fallback.members is not None and council.vote.cascade is not None:
+                # The fallback runs the same cascade on fewer seats (`samples` expand into seats): listed stages
+                # must not name the seats it drops.
+                seats = sum(m.samples for m in council.members[:council.fallback.members])
+                named = max((i for stage in council.vote.cascade.stages for i in stage), default=-1)
+                if named >= seats:
+                    problems.append(loaded.problem(
+                        (*base, "fallback", "members"),
+                        f"the fallback keeps {seats} seats (0..{seats - 1}) but the cascade's stages name seat "
+                        f"{named}; write the cascade as `{{first: N}}` (it fits any council) or keep more members"))
     return problems
 
 

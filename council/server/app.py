@@ -5,14 +5,29 @@ stream and the dashboard (`/ui`)."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from council import __version__
-from council.server.errors import install_error_handlers
+from council.server.errors import STARTED, install_error_handlers
 from council.server.router import Router
 from council.server.routes import admin, chat, events, health, internal, models, ui
+
+
+class _Arrival:
+    """Notes when each HTTP request arrived, in its scope's state, so an error response can carry the router's own
+    time too (`errors.finish_error`). Plain ASGI: one dict write per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})[STARTED] = time.perf_counter()
+        await self.app(scope, receive, send)
 
 
 def create_app(router: Router) -> FastAPI:
@@ -28,6 +43,7 @@ def create_app(router: Router) -> FastAPI:
                   description="OpenAI-compatible router over councils of small local models.")
     app.state.router = router
     install_error_handlers(app)
+    app.add_middleware(_Arrival)
     for module in (chat, models, health, admin, events, internal, ui):
         app.include_router(module.routes)
     return app

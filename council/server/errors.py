@@ -6,6 +6,7 @@ gives each kind its status and code (after httpx, whose one exception root is ma
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +21,12 @@ from council.server.requests import BadRequest
 from council.server.router import ReloadError
 from council.voting.client import MemberFailed, MemberUnavailable
 from council.voting.engine import QuorumError, RequestRejected
+
+OVERHEAD_HEADER = "x-council-overhead-ms"
+# Keys in a request's ASGI scope state: when it arrived (`app`), the model it named once that is known, and
+# how long it waited for members before it failed (`routes.chat`).
+STARTED, MODEL, WAITED = "council_started", "council_model", "council_waited"
+CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
@@ -68,18 +75,36 @@ def status_of(exc: CouncilError) -> tuple[int, str, dict[str, str]]:
     return status, code, headers
 
 
+def finish_error(request: Request, response: JSONResponse) -> JSONResponse:
+    """An error response carries the router's own time too (`x-council-overhead-ms`: since the request arrived,
+    less any wait for members), and one on a chat route is counted in the request metrics."""
+    state = request.scope.get("state") or {}
+    started = state.get(STARTED)
+    if started is None:
+        return response
+    now = time.perf_counter()
+    overhead = now - started - state.get(WAITED, 0.0)
+    response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
+    router = getattr(request.app.state, "router", None)
+    if request.scope.get("path") in CHAT_PATHS and router is not None:
+        router.metrics.observe("chat", state.get(MODEL, "-"), response.status_code, now - started, overhead)
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CouncilError)
-    async def _council_error(_: Request, exc: CouncilError) -> JSONResponse:
+    async def _council_error(request: Request, exc: CouncilError) -> JSONResponse:
         status, code, headers = status_of(exc)
         extra = {"problems": exc.problems} if isinstance(exc, ReloadError) else {}
         message = "the new policy is refused; the old one keeps running" if isinstance(exc, ReloadError) else str(exc)
-        return error_response(status, message, code, headers or None, **extra)
+        return finish_error(request, error_response(status, message, code, headers or None, **extra))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http_error")
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return finish_error(request, error_response(exc.status_code, str(exc.detail),
+                                                    "not_found" if exc.status_code == 404 else "http_error"))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(500, f"internal error ({type(exc).__name__}); see the router's log", "internal_error")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return finish_error(request, error_response(500, f"internal error ({type(exc).__name__}); see the router's "
+                                                    "log", "internal_error"))

@@ -71,5 +71,13 @@ class RouterMetrics:
                                    registry=self.registry, buckets=(0.2, 0.34, 0.5, 0.67, 0.75, 0.9, 1.0))
         self.rejected = Counter("council_rejected", "Requests refused by limits", ["reason"], registry=self.registry)
 
+    def observe(self, route: str, model: str, status: int | str, seconds: float, overhead: float | None) -> None:
+        """One request answered (errors, streams and cancelled ones too): its status, latency and the router's
+        own time (None where it is not known, e.g. a streamed relay)."""
+        self.requests.labels(route, model, str(status)).inc()
+        self.latency.labels(route, model).observe(seconds)
+        if overhead is not None:
+            self.overhead.labels(route).observe(overhead)
+
     def watch(self, collector: Collector) -> None:
         self.registry.register(collector)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from council.errors import CouncilError
+from council.voting.request import CouncilRequest, last_user_text
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 
@@ -22,6 +23,17 @@ class BadRequest(CouncilError, ValueError):
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class _RouterOnly:
+    """Marks a field the router consumes itself (`Annotated[..., ROUTER]`): members are never sent it; every
+    other field, unknown ones included, passes through to them as the client sent it."""
+
+    def __repr__(self) -> str:
+        return "ROUTER"
+
+
+ROUTER = _RouterOnly()
 
 
 class _Open(BaseModel):
@@ -140,12 +152,12 @@ class StreamOptions(_Open):
 
 
 class _Sampling(_Open):
-    model: str = Field(min_length=1)
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
+    model: Annotated[str, ROUTER] = Field(min_length=1)
+    stream: Annotated[bool | None, ROUTER] = None
+    stream_options: Annotated[StreamOptions | None, ROUTER] = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=128)
+    n: Annotated[int | None, ROUTER] = Field(default=None, ge=1, le=128)
     max_tokens: int | None = Field(default=None, ge=1)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -167,7 +179,7 @@ class CouncilOptions(_Open):
 class ChatRequest(_Sampling):
     """POST /v1/chat/completions."""
 
-    council: CouncilOptions | None = None
+    council: Annotated[CouncilOptions | None, ROUTER] = None
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[Tool] | None = None
@@ -179,15 +191,21 @@ class ChatRequest(_Sampling):
     def has_media(self) -> bool:
         return any(m.has_media for m in self.messages)
 
-    @property
-    def question(self) -> str:
-        """The last user turn's text, for the dashboard and logs."""
-        for message in reversed(self.messages):
-            if message.role == "user":
-                if isinstance(message.content, str):
-                    return message.content
-                return " ".join(p.text for p in message.content or [] if isinstance(p, TextPart))
-        return ""
+    def council_request(self, body: dict[str, Any]) -> CouncilRequest:
+        """What a council needs, built once at the door from this validated `body`: the question, the council
+        options, logprobs, and the members' payload (every field but the router's own, as the client sent it)."""
+        return CouncilRequest(members_payload={k: v for k, v in body.items() if k not in CHAT_ROUTER_FIELDS},
+                              question=last_user_text(body["messages"]),
+                              early_stop=self.council is None or self.council.early_stop,
+                              logprobs=bool(self.logprobs))
+
+
+def router_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of `model` the router consumes itself (marked `ROUTER`)."""
+    return frozenset(name for name, info in model.model_fields.items() if ROUTER in info.metadata)
+
+
+CHAT_ROUTER_FIELDS = router_fields(ChatRequest)
 
 
 class CompletionRequest(_Sampling):

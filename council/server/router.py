@@ -39,6 +39,7 @@ from council.voting.ballots import BallotStore
 from council.voting.client import HttpMemberClient
 from council.voting.draft_control import DraftController
 from council.voting.engine import CouncilAnswer, CouncilEngine
+from council.voting.request import CouncilRequest, last_user_text
 
 log = logging.getLogger("council.server.router")
 Role = Literal["both", "router", "host"]
@@ -276,7 +277,7 @@ class Router:
 
     # ---- answers ------------------------------------------------------------------------------------------
 
-    def answered(self, answer: CouncilAnswer, request: dict[str, Any] | None = None) -> None:
+    def answered(self, answer: CouncilAnswer, request: CouncilRequest | dict[str, Any] | None = None) -> None:
         """Count a council answer in the metrics, copy its ballot to the shared store, and publish it (with the
         question: the request's last user message)."""
         metrics = self.metrics
@@ -370,14 +371,10 @@ class Router:
             return changes
 
 
-def _question(request: dict[str, Any] | None) -> str:
-    for message in reversed((request or {}).get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):  # content parts: their text
-                content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-            return str(content or "")
-    return ""
+def _question(request: CouncilRequest | dict[str, Any] | None) -> str:
+    if isinstance(request, CouncilRequest):
+        return request.question
+    return last_user_text((request or {}).get("messages"))
 
 
 def _identity(plan: PolicyPlan, name: str) -> tuple[Any, ...]:

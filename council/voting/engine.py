@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +23,17 @@ from council.voting.client import MemberClient, MemberReply
 from council.voting.confidence import signals
 from council.voting.extract import canonical_tool_call, extract, extract_cut
 from council.voting.lanes import Call, Rates, group_calls, lanes
+from council.voting.request import CouncilRequest
 from council.voting.vote import (
     Ballot,
     Decision,
+    Stop,
     VoteError,
     decide,
-    is_decided,
     judge_pick,
     judge_prompt,
-    stage_agrees,
+    seat_value,
+    stop_after,
 )
 
 
@@ -107,30 +110,33 @@ class CouncilAnswer:
         return any(o.reply.status in ("timeout", "error") for o in self.outcomes)
 
     @property
-    def winner(self) -> SeatOutcome | None:
-        return next((o for o in self.outcomes if o.seat.name == self.decision.winner_members[0]), None)
+    def speaker(self) -> SeatOutcome | None:
+        """The seat whose reply is the council's: the one the decision names (similarity: the medoid; judge:
+        the answer it picked), not merely the first seat that voted for the winning answer."""
+        name = self.decision.speaker or self.decision.winner_members[0]
+        return next((o for o in self.outcomes if o.seat.name == name), None)
 
     @property
     def finish_reason(self) -> str:
         """The council's own: `length` when its winning reply was cut off by max_tokens (its text is unfinished),
         `tool_calls` when it calls tools, else `stop`."""
-        winner = self.winner
-        if winner is not None and winner.reply.finish_reason == "length":
+        speaker = self.speaker
+        if speaker is not None and speaker.reply.finish_reason == "length":
             return "length"
         return "tool_calls" if self.message.get("tool_calls") else "stop"
 
     @property
     def logprobs(self) -> dict[str, Any] | None:
-        """The winning member's token logprobs, when the request asked for them."""
-        winner = self.winner
-        return winner.reply.logprobs if winner is not None else None
+        """The speaker's token logprobs, when the request asked for them."""
+        speaker = self.speaker
+        return speaker.reply.logprobs if speaker is not None else None
 
     @property
     def message(self) -> dict[str, Any]:
-        """The winning member's message (its tool calls included), as the council's reply."""
-        winner = self.winner
-        if winner is not None and winner.reply.message is not None:
-            return {"role": "assistant", **{k: v for k, v in winner.reply.message.items() if k != "role"}}
+        """The speaker's message (its tool calls included), as the council's reply."""
+        speaker = self.speaker
+        if speaker is not None and speaker.reply.message is not None:
+            return {"role": "assistant", **{k: v for k, v in speaker.reply.message.items() if k != "role"}}
         return {"role": "assistant", "content": self.decision.text or self.decision.answer}
 
     def usage(self) -> dict[str, Any]:
@@ -142,7 +148,8 @@ class CouncilAnswer:
                 "prompt_tokens_details": {"cached_tokens": sum(o.reply.cached_tokens for o in self.outcomes)}}
 
     def council_json(self) -> dict[str, Any]:
-        """The `council` object of CONTRACT §3 (built once: the response, metrics and ballot all use it)."""
+        """The response's `council` object (README, "council serve"); built once: the response, metrics and
+        ballot all use it."""
         if self._json is None:
             self._json = self._build_json()
         return self._json
@@ -152,14 +159,15 @@ class CouncilAnswer:
         return {"council": self.council, "strategy": self.strategy, "answer": d.answer,
                 "agreement": round(d.agreement, 4), "votes": d.votes, "degraded": self.degraded,
                 "early_stop": self.early_stop, "tie_broken_by": d.tie_broken_by,
-                "winner_members": list(d.winner_members), "judge_fallback": self.judge_fallback,
+                "winner_members": list(d.winner_members), "speaker": d.speaker, "judge_fallback": self.judge_fallback,
                 "stage": self.stage, "stages": self.stages, "members": [o.to_json() for o in self.outcomes]}
 
 
-def member_payload(request: dict[str, Any], sampling: Sampling) -> dict[str, Any]:
-    """The request as this member gets it: the policy's per-member sampling wins (it is what makes members
-    differ); its `system` replaces the request's system message."""
-    payload = {k: v for k, v in request.items() if k not in ("model", "stream", "n", "stream_options", "council")}
+def member_payload(request: Mapping[str, Any], sampling: Sampling) -> dict[str, Any]:
+    """The body one seat is sent: the request's pass-through fields (`CouncilRequest.members_payload`) with the
+    policy's per-member sampling on top (it is what makes members differ); its `system` replaces the request's
+    system message."""
+    payload = dict(request)
     for key in ("temperature", "top_p", "top_k", "seed", "max_tokens"):
         value = getattr(sampling, key)
         if value is not None:
@@ -181,6 +189,17 @@ def extract_reply(reply: MemberReply, how: str) -> str | None:
     return extract_cut(reply.text, how) if reply.finish_reason == "length" else extract(reply.text, how)
 
 
+@dataclass
+class Collected:
+    """What asking the seats gave: every seat's outcome in council order, and how the asking ended."""
+
+    outcomes: list[SeatOutcome]
+    asked: int  # seats asked (the quorum counts these)
+    early: bool  # stopped early: no vote still out could change the winner
+    stage: int  # the stage at which asking ended
+    stages: int
+
+
 class CouncilEngine:
     """One council at run time: its seats' clients and its vote."""
 
@@ -191,10 +210,6 @@ class CouncilEngine:
         self.seats = seats
         self.ballots = ballots if ballots is not None else BallotStore()
         self.rates: dict[str, Rates] = {}  # per process (seat target): what decides `prompt_reuse: auto`
-
-    def _value(self, member: Seat) -> float:
-        """The most a seat still out can add to one answer (confidence votes are at most the weight)."""
-        return 1.0 if self.config.vote.strategy in ("majority", "judge") else member.weight
 
     def _ballot(self, outcome: SeatOutcome) -> Ballot:
         m, r = outcome.seat, outcome.reply
@@ -211,36 +226,47 @@ class CouncilEngine:
         return SeatOutcome(seat, reply, extracted, found[self.config.vote.confidence] if found else None, stage,
                            found, CUT_OFF if cut else None)
 
-    def payload(self, request: dict[str, Any], seat: Seat) -> dict[str, Any]:
-        payload = member_payload(request, seat.sampling)
+    def payload(self, body: Mapping[str, Any], seat: Seat) -> dict[str, Any]:
+        payload = member_payload(body, seat.sampling)
         if self.config.vote.strategy == "confidence":
             payload.setdefault("logprobs", True)  # the confidence vote reads the members' token logprobs
         return payload
 
-    def calls(self, request: dict[str, Any], seats: list[Seat]) -> list[Call[Seat]]:
-        """The requests that ask `seats` (seats differing only in seed share one, with `n`)."""
-        return group_calls([(seat, self.payload(request, seat)) for seat in seats], self.config.share_prompt)
+    def calls(self, body: Mapping[str, Any], seats: list[Seat]) -> list[Call[Seat]]:
+        """The requests that ask `seats` with `body` (the members' payload); seats differing only in seed share
+        one, with `n`."""
+        return group_calls([(seat, self.payload(body, seat)) for seat in seats], self.config.share_prompt)
 
-    def lanes(self, request: dict[str, Any], seats: list[Seat]) -> list[list[Call[Seat]]]:
+    def lanes(self, body: Mapping[str, Any], seats: list[Seat]) -> list[list[Call[Seat]]]:
         """The requests as lanes: one lane's requests go one after another (reusing one prompt), lanes at once."""
-        return lanes(self.calls(request, seats), self.config.prompt_reuse, self.rates)
+        return lanes(self.calls(body, seats), self.config.prompt_reuse, self.rates)
 
-    async def ask(self, request: dict[str, Any], *, early_stop: bool = True) -> CouncilAnswer:
-        """Ask `request` (an OpenAI chat request body) and decide. `early_stop=False` (evaluation) asks every
-        seat of every stage and waits for each, so every member's answer is known."""
+    async def ask(self, request: CouncilRequest | Mapping[str, Any]) -> CouncilAnswer:
+        """Ask and decide. A plain mapping is an OpenAI chat body sent to the members as it is
+        (`CouncilRequest.of`). `early_stop=False` in the request (evaluation) asks every seat of every stage and
+        waits for each, so every member's answer is known."""
+        if not isinstance(request, CouncilRequest):
+            request = CouncilRequest.of(request)
+        return await self._conclude(request, await self._collect(request))
+
+    async def _collect(self, request: CouncilRequest) -> Collected:
+        """Ask stage by stage until the stop rule (`vote.stop_after`) says stop, the deadline passes, or every
+        stage was asked; seats still out are then cancelled, timed out or (never asked) skipped."""
         vote = self.config.vote
-        temperature = vote.confidence_temperature
+        early_stop = request.early_stop
+        agreement = vote.cascade.agreement if vote.cascade else 1.0
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.config.timeout
         stages = self.config.stages() if early_stop else [list(range(len(self.seats)))]
-        stage_of = {self.seats[i].name: n for n, stage in enumerate(stages, 1) for i in stage}
         arrivals: asyncio.Queue[tuple[Seat, MemberReply]] = asyncio.Queue()
         outcomes: dict[str, SeatOutcome] = {}
+        ballots: list[Ballot] = []
         tasks: list[asyncio.Task[None]] = []
         asked: list[Seat] = []
-        early = timed_out = False
-        decided_at = len(stages)
+        stop: Stop | None = None
+        timed_out = False
+        ended_at = len(stages)
 
         async def arrive(seat: Seat, reply: MemberReply) -> None:
             if seat.client.target is not None:
@@ -259,37 +285,35 @@ class CouncilEngine:
             for number, stage in enumerate(stages, 1):
                 seats = [self.seats[i] for i in stage]
                 asked += seats
-                tasks += [asyncio.create_task(run(lane)) for lane in self.lanes(request, seats)]
+                quorum = self.config.quorum_count(len(asked))
+                tasks += [asyncio.create_task(run(lane)) for lane in self.lanes(request.members_payload, seats)]
                 waiting = {seat.name for seat in seats}
-                while waiting:
+                while waiting and stop is None:
                     try:
                         seat, reply = await asyncio.wait_for(arrivals.get(), max(0.0, deadline - loop.time()))
                     except TimeoutError:
                         timed_out = True
                         break
-                    outcomes[seat.name] = self._outcome(seat, reply, number)
+                    outcome = outcomes[seat.name] = self._outcome(seat, reply, number)
                     waiting.discard(seat.name)
-                    answered = [self._ballot(o) for o in outcomes.values() if o.reply.status == "ok"]
-                    still_out = sum(self._value(m) for m in self.seats if m.name not in outcomes)
-                    if (early_stop and still_out and len(answered) >= self.config.quorum_count(len(asked))
-                            and is_decided(answered, still_out, vote.strategy, temperature)):
-                        early = True
-                        break
-                if early or timed_out:
-                    decided_at = number
+                    if reply.status == "ok":
+                        ballots.append(self._ballot(outcome))
+                    pending = sum(seat_value(vote.strategy, m.weight) for m in self.seats if m.name not in outcomes)
+                    stop = stop_after(ballots, pending, quorum, vote.strategy, early_stop=early_stop,
+                                      stage_done=not waiting, last_stage=number == len(stages), agreement=agreement,
+                                      temperature=vote.confidence_temperature)
+                if stop is not None or timed_out:
+                    ended_at = number
                     break
-                answered = [self._ballot(o) for o in outcomes.values() if o.reply.status == "ok"]
-                if not answered and all(o.reply.rejected for o in outcomes.values()):
+                if not ballots and all(o.reply.rejected for o in outcomes.values()):
                     break  # the request itself is refused: later stages would refuse it too
-                if number < len(stages) and len(answered) >= self.config.quorum_count(len(asked)) and stage_agrees(
-                        answered, vote.strategy, vote.cascade.agreement if vote.cascade else 1.0, temperature):
-                    decided_at = number
-                    break
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         waited = (loop.time() - started) * 1000
+        stage_of = {self.seats[i].name: n for n, stage in enumerate(stages, 1) for i in stage}
+        early = stop == "early"
         for seat in self.seats:
             if seat.name in outcomes:
                 continue
@@ -301,39 +325,42 @@ class CouncilEngine:
                 reply = MemberReply(status="timeout", latency_ms=waited,
                                     error=f"no answer within the council's {self.config.timeout:g}s")
             outcomes[seat.name] = SeatOutcome(seat, reply, stage=stage_of[seat.name])
-        ordered = [outcomes[m.name] for m in self.seats]
-        answered_outcomes = [o for o in ordered if o.reply.status == "ok"]
-        if not answered_outcomes and all(o.reply.rejected for o in ordered if o.reply.status != "skipped"):
+        return Collected([outcomes[m.name] for m in self.seats], len(asked), early, ended_at, len(stages))
+
+    async def _conclude(self, request: CouncilRequest, collected: Collected) -> CouncilAnswer:
+        """Quorum, vote (and the judge's pick), and the ballot."""
+        vote = self.config.vote
+        ordered = collected.outcomes
+        answered = [o for o in ordered if o.reply.status == "ok"]
+        if not answered and all(o.reply.rejected for o in ordered if o.reply.status != "skipped"):
             raise RequestRejected(self.name, next(o.reply.error for o in ordered if o.reply.rejected) or "")
-        need = self.config.quorum_count(len(asked))
-        if len(answered_outcomes) < need:
-            raise QuorumError(self.name, f"only {len(answered_outcomes)} of {len(asked)} members answered; "
+        need = self.config.quorum_count(collected.asked)
+        if len(answered) < need:
+            raise QuorumError(self.name, f"only {len(answered)} of {collected.asked} members answered; "
                               f"the quorum is {need}", ordered)
-        ballots = [self._ballot(o) for o in answered_outcomes]
+        ballots = [self._ballot(o) for o in answered]
         judge_fallback = False
         try:
-            decision = decide(ballots, vote.strategy, vote.tie_break, temperature=temperature)
+            decision = decide(ballots, vote.strategy, vote.tie_break, temperature=vote.confidence_temperature)
             if vote.strategy == "judge":
-                picked = await self._judge(request, ballots)
+                picked = await self._judge(request.question, ballots)
                 judge_fallback = picked is None
                 decision = picked or decision
         except VoteError as exc:
-            raise QuorumError(self.name, _abstained(answered_outcomes) or str(exc), ordered) from None
+            raise QuorumError(self.name, _abstained(answered) or str(exc), ordered) from None
         answer = CouncilAnswer(id=f"chatcmpl-{uuid.uuid4().hex}", council=self.name, strategy=vote.strategy,
-                               decision=decision, outcomes=ordered, early_stop=early, judge_fallback=judge_fallback,
-                               stage=decided_at, stages=len(stages))
+                               decision=decision, outcomes=ordered, early_stop=collected.early,
+                               judge_fallback=judge_fallback, stage=collected.stage, stages=collected.stages)
         self.ballots.put(answer.id, self.ballot_record(answer))
         return answer
 
-    async def _judge(self, request: dict[str, Any], ballots: list[Ballot]) -> Decision | None:
+    async def _judge(self, question: str, ballots: list[Ballot]) -> Decision | None:
         """The judge member picks an answer by number; None (fall back to majority) when it cannot."""
         judge = self.config.vote.judge
         member = next((m for m in self.seats if judge in (m.order, m.name)), None)
         if member is None:
             return None
-        question = next((m.get("content") for m in reversed(request.get("messages", []))
-                         if m.get("role") == "user"), "") or ""
-        prompt, candidates = judge_prompt(str(question), ballots)
+        prompt, candidates = judge_prompt(question, ballots)
         if not candidates:
             return None
         reply = await member.client.complete({"messages": [{"role": "user", "content": prompt}],

@@ -11,6 +11,7 @@ import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from council.errors import CouncilError
 
@@ -49,7 +50,10 @@ class Decision:
     votes: dict[str, float]
     winner_members: tuple[str, ...]
     tie_broken_by: str | None
-    text: str | None  # the winning reply to show: the first winner's (similarity: the medoid's)
+    text: str | None  # the winning reply to show: the speaker's
+    # The member whose reply is the council's (its text, message and logprobs): the first winner in council
+    # order; similarity: the medoid; judge: the answer the judge picked.
+    speaker: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"answer": self.answer, "agreement": round(self.agreement, 6), "votes": self.votes,
@@ -114,7 +118,8 @@ def _decide_groups(groups: dict[str, list[Ballot]], strategy: str, tie_break: Se
     winner, rule = break_tie(groups, tied, tie_break)
     voters = groups[winner]
     return Decision(answer=winner, agreement=votes[winner] / total if total else 0.0, votes=votes,
-                    winner_members=tuple(b.member for b in voters), tie_broken_by=rule, text=voters[0].text)
+                    winner_members=tuple(b.member for b in voters), tie_broken_by=rule, text=voters[0].text,
+                    speaker=voters[0].member)
 
 
 def decide(ballots: Sequence[Ballot], strategy: str = "majority", tie_break: Sequence[str] = ("weight", "latency",
@@ -159,6 +164,34 @@ def is_decided(ballots: Sequence[Ballot], pending_weight: float, strategy: str, 
     return ranked[0] > runner_up + pending_weight + _EPS * max(1.0, ranked[0])
 
 
+# ---- the stop rule: live councils (`engine`) and their offline replay (`evaluation.score`) both ask it -------
+
+Stop = Literal["early", "stage"]
+
+
+def seat_value(strategy: str, weight: float) -> float:
+    """The most one seat still out can add to one answer: one vote under `majority` (and `judge`, which counts
+    like majority), else its weight (a confidence vote is at most its weight: a probability is at most 1)."""
+    return 1.0 if strategy in ("majority", "judge") else weight
+
+
+def stop_after(ballots: Sequence[Ballot], pending: float, quorum: int, strategy: str, *, early_stop: bool = True,
+               stage_done: bool = False, last_stage: bool = True, agreement: float = 1.0,
+               temperature: float = 1.0) -> Stop | None:
+    """Whether to stop asking after the latest answer, and why. `ballots` are the answers so far, `pending` the
+    `seat_value`s of every seat not yet heard (later stages' included), `quorum` the answers the seats asked so
+    far need. `"early"`: no vote still out can change the winner (the rest are cancelled; only with
+    `early_stop`); `"stage"`: the cascade stage just completed (`stage_done`) agrees, so later stages are never
+    asked; None: go on (wait for the stage, or ask the next one)."""
+    if len(ballots) < quorum:
+        return None
+    if early_stop and pending and is_decided(ballots, pending, strategy, temperature):
+        return "early"
+    if stage_done and not last_stage and stage_agrees(ballots, strategy, agreement, temperature):
+        return "stage"
+    return None
+
+
 # ---- similarity: free text, no extra model call --------------------------------------------------------
 
 
@@ -194,9 +227,10 @@ def _decide_similarity(ballots: Sequence[Ballot], tie_break: Sequence[str], thre
 
     groups = {medoid(c).answer or "": c for c in clusters}
     decision = _decide_groups(groups, "weighted", tie_break)
+    speaker = medoid(groups[decision.answer])
     return Decision(answer=decision.answer, agreement=decision.agreement, votes=decision.votes,
                     winner_members=decision.winner_members, tie_broken_by=decision.tie_broken_by,
-                    text=medoid(groups[decision.answer]).text)
+                    text=speaker.text, speaker=speaker.member)
 
 
 # ---- judge ------------------------------------------------------------------------------------------------
@@ -226,4 +260,5 @@ def judge_pick(reply: str | None, candidates: Sequence[Ballot], ballots: Sequenc
     votes = {a: float(len(v)) for a, v in groups.items()}
     voters = groups[chosen.answer]
     return Decision(answer=chosen.answer, agreement=votes[chosen.answer] / sum(votes.values()), votes=votes,
-                    winner_members=tuple(b.member for b in voters), tie_broken_by=None, text=chosen.text)
+                    winner_members=tuple(b.member for b in voters), tie_broken_by=None, text=chosen.text,
+                    speaker=chosen.member)

@@ -276,3 +276,33 @@ def test_cascade_shorthands_resolve_to_stages() -> None:
     assert CascadeConfig.model_validate({"first": 5}).resolve(5) == [[0, 1, 2, 3, 4]]  # no empty last stage
     with pytest.raises(ValueError, match="`then` goes with `first`"):
         CascadeConfig.model_validate({"stages": [[0], [1]], "then": 1})
+
+
+def test_a_listed_cascade_must_fit_the_fallbacks_seats(tmp_path: Path) -> None:
+    """The fallback keeps the first members (samples expand into seats) and runs the same cascade; stages naming
+    seats it dropped made every early-stop request of the fallback council fail (IndexError in `ask`)."""
+    text = """
+        models:
+          big: {path: /big.gguf, memory: 1GiB}
+          small: {path: /small.gguf, memory: 1GiB}
+        councils:
+          c:
+            members:
+              - {model: big}
+              - {model: big, samples: 2}
+              - {model: big}
+              - {model: big}
+            vote: {cascade: %s}
+            fallback: {members: %d, model: small}
+        """
+    path = write(tmp_path, text % ("[[0, 1], [2, 3, 4]]", 2))
+    assert problems(path) == [f"{path}:12: councils.c.fallback.members: the fallback keeps 3 seats (0..2) but the "
+                              "cascade's stages name seat 4; write the cascade as `{first: N}` (it fits any council) "
+                              "or keep more members"]
+    result = run_cli("check", str(path))
+    assert result.returncode == 2 and f"{path}:12: councils.c.fallback.members" in result.stderr
+    load_policy(write(tmp_path, text % ("{first: 2}", 2), "first.yaml"))  # fits any number of seats
+    three = write(tmp_path, text % ("[[0, 1], [2, 3, 4]]", 3), "three.yaml")  # 3 entries, 4 seats (samples: 2)
+    assert [line.split(": ", 2)[2] for line in problems(three)] == [
+        "the fallback keeps 4 seats (0..3) but the cascade's stages name seat 4; write the cascade as `{first: N}` "
+        "(it fits any council) or keep more members"]

@@ -16,7 +16,7 @@ from council.policy.loading import load_policy
 from council.policy.schema import ApiKey
 from council.server.app import create_app
 from council.server.auth import KeyRing
-from council.server.router import open_router
+from council.server.router import Router, open_router
 from council.voting.assembly import assemble
 
 pytestmark = pytest.mark.anyio
@@ -26,6 +26,13 @@ KEY = "in-process-key-0123456789"
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """The app around a router whose members are planned but never started (no llama-server runs)."""
+    transport = httpx.ASGITransport(app=create_app(_router(tmp_path)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council",
+                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
+        yield http
+
+
+def _router(tmp_path: Path) -> Router:
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     path = tmp_path / "policy.yaml"
     path.write_text(f"""
@@ -41,10 +48,7 @@ councils:
     life = LifeConfig(run_dir=tmp_path / "run")
     router = open_router(path, load_policy(path), server, life)
     router.assembly = assemble(router.plan, server, life, ballots=router.ballots)
-    transport = httpx.ASGITransport(app=create_app(router))
-    async with httpx.AsyncClient(transport=transport, base_url="http://council",
-                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
-        yield http
+    return router
 
 
 async def post(client: httpx.AsyncClient, body: object, **headers: str) -> httpx.Response:
@@ -106,3 +110,68 @@ def test_key_ring_update_keeps_the_state_of_keys_that_stay() -> None:
     with pytest.raises(Exception, match="invalid API key"):
         ring.principal("Bearer sb", "chat")  # a changed secret is a new key
     assert ring.principal("Bearer new-secret", "chat").in_flight == 0
+
+
+def _requests_total(text: str) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.labels["model"], s.labels["status"]): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "council_requests_total"}
+
+
+async def test_errors_carry_the_routers_time_and_are_counted(client: httpx.AsyncClient) -> None:
+    """README: every response carries `x-council-overhead-ms`, and `council_requests_total` counts every chat
+    request, errors included (before: neither for errors)."""
+    chat = {"model": "c", "messages": [{"role": "user", "content": "x"}]}
+    cases = [({**chat, "temperature": "hot"}, {}, 400), ({**chat, "model": "nope"}, {}, 404),
+             (chat, {"Authorization": ""}, 401), (chat, {}, 503)]  # 503: no member of c is running here
+    for body, headers, status in cases:
+        reply = await post(client, body, **headers)
+        assert reply.status_code == status, reply.text
+        assert 0 <= float(reply.headers["x-council-overhead-ms"]) < 10_000, reply.headers
+    streamed = await post(client, {**chat, "stream": True})  # the error arrives inside a 200 stream
+    assert '"code":"quorum_not_met"' in streamed.text
+    counted = _requests_total((await client.get("/metrics")).text)
+    # A model name is a label once it is known to be one (an unknown name never becomes a label).
+    assert counted == {("-", "400"): 1.0, ("-", "404"): 1.0, ("-", "401"): 1.0, ("c", "503"): 2.0}, counted
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, stream: bool) -> None:
+    """The app driven over raw ASGI, its council's seats scripted to take 30 s: the client's disconnect closes
+    every member request (tests/server/test_chat_lifecycle.py shows the same with real processes)."""
+    import asyncio
+    import dataclasses
+
+    from tests.servers import until
+    from tests.voting.fakes import FakeClient, Say
+
+    router = _router(tmp_path)
+    engine = router.engines["c"]
+    fakes = [FakeClient(Say("a", delay=30.0)) for _ in engine.seats]
+    engine.seats = [dataclasses.replace(seat, client=fake) for seat, fake in zip(engine.seats, fakes, strict=True)]
+    app = create_app(router)
+    body = json.dumps({"model": "c", "messages": [{"role": "user", "content": "x"}], "stream": stream}).encode()
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    left = asyncio.Event()
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        if incoming:
+            return incoming.pop(0)
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("council", 80),
+             "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]}
+    task = asyncio.create_task(app(scope, receive, send))
+    await until(lambda: all(f.in_flight == 1 for f in fakes), 5, "every seat asked")
+    left.set()
+    await asyncio.wait_for(task, 5)
+    await until(lambda: all(f.in_flight == 0 for f in fakes), 5, "every seat's request closed")
+    assert [f.cancelled for f in fakes] == [1, 1]

@@ -235,11 +235,20 @@ def test_tool_calls_vote_as_canonical_json_and_member_settings_win() -> None:
     a = extract_reply(call('{"city": "Paris", "unit": "c"}'), "number")
     b = extract_reply(call('{"unit":"c","city":"Paris"}'), "number")
     assert a == b and a is not None and a.startswith("get_weather(")
-    request = {"model": "c", "stream": True, "temperature": 1.0, "tools": [{"type": "function"}],
-               "messages": [{"role": "system", "content": "old"}, {"role": "user", "content": "q"}]}
-    payload = member_payload(request, Sampling(temperature=0.2, seed=7, system="new"))
-    assert payload["temperature"] == 0.2 and payload["seed"] == 7 and payload["tools"] == [{"type": "function"}]
-    assert "model" not in payload and "stream" not in payload
+    from council.server.requests import ChatRequest, validate_body
+
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    body = {"model": "c", "stream": True, "n": 1, "stream_options": {"include_usage": True},
+            "council": {"early_stop": False}, "temperature": 1.0, "tools": tools, "grammar": "root ::= x",
+            "messages": [{"role": "system", "content": "old"}, {"role": "user", "content": "q"}]}
+    chat = validate_body(body, ChatRequest)
+    assert isinstance(chat, ChatRequest)
+    request = chat.council_request(body)  # built once at the door: the router's own fields stay there
+    assert set(request.members_payload) == {"temperature", "tools", "grammar", "messages"}
+    assert request.question == "q" and request.early_stop is False and request.logprobs is False
+    payload = member_payload(request.members_payload, Sampling(temperature=0.2, seed=7, system="new"))
+    assert payload["temperature"] == 0.2 and payload["seed"] == 7 and payload["tools"] == tools
+    assert payload["grammar"] == "root ::= x"  # fields OpenAI does not define pass through untouched
     assert payload["messages"] == [{"role": "system", "content": "new"}, {"role": "user", "content": "q"}]
 
 

@@ -20,6 +20,7 @@ from council.voting.assembly import assemble
 from council.voting.client import HttpMemberClient, MemberReply
 from council.voting.engine import CouncilEngine, Seat
 from council.voting.lanes import Rates
+from council.voting.request import CouncilRequest
 
 SMOL = by_name("smollm2-135m")
 assert SMOL
@@ -94,7 +95,8 @@ async def test_a_chained_lane_reads_the_prompt_once(llama_server_bin: LlamaServe
         url, key = process.spec.url, process.spec.api_key
         before = _metric(url, key, "llamacpp:prompt_tokens_total")
         notes = " ".join(f"Note {i}: the river is {i * 7 % 90}." for i in range(60))  # ~700 tokens
-        answer = await assembly.engines["c"].ask({"messages": [{"role": "user", "content": notes}]}, early_stop=False)
+        answer = await assembly.engines["c"].ask(CouncilRequest.of({"messages": [{"role": "user", "content": notes}]},
+                                                                   early_stop=False))
         assert [o.reply.status for o in answer.outcomes] == ["ok"] * 3
         read = _metric(url, key, "llamacpp:prompt_tokens_total") - before
         prompt = max(o.reply.prompt_tokens for o in answer.outcomes)

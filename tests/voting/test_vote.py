@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from council.voting.vote import Ballot, VoteError, decide, is_decided, judge_pick, judge_prompt
+from council.voting.vote import (
+    Ballot,
+    VoteError,
+    decide,
+    is_decided,
+    judge_pick,
+    judge_prompt,
+    seat_value,
+    stop_after,
+)
 
 ANSWERS = st.sampled_from(["1", "2", "3", None])
 RULES = st.permutations(["weight", "latency", "order"])
@@ -62,8 +71,8 @@ def test_early_stop_never_changes_the_winner(ballots: list[Ballot], strategy: st
     final = _decide_or_none(ballots, strategy, rules)
     for k in range(1, len(arrival) + 1):
         seen, pending = arrival[:k], arrival[k:]
-        pending_weight = sum(1.0 if strategy == "majority" else b.weight for b in pending)
-        if is_decided(seen, pending_weight, strategy):
+        pending_weight = sum(seat_value(strategy, b.weight) for b in pending)
+        if stop_after(seen, pending_weight, 1, strategy) == "early":
             early = decide(seen, strategy, rules)
             assert final is not None and early.answer == final[0]
             break
@@ -136,3 +145,20 @@ def test_every_permutation_of_a_three_way_tie_gives_one_winner() -> None:
                Ballot("c", 2, "3", latency_ms=20)]
     winners = {decide(list(p), "majority", ["latency", "order"]).answer for p in itertools.permutations(ballots)}
     assert winners == {"2"}
+
+
+def test_the_stop_rule_gates_on_quorum_then_early_stop_then_the_stage() -> None:
+    """One rule for live councils and their offline replay: what a seat still out can add, and when to stop."""
+    assert seat_value("majority", 3.0) == seat_value("judge", 3.0) == 1.0  # judge counts votes as majority does
+    assert seat_value("weighted", 3.0) == seat_value("confidence", 3.0) == 3.0
+    two = [Ballot("a", 0, "1"), Ballot("b", 1, "1")]
+    assert stop_after(two, 1.0, 2, "majority") == "early"  # 2 > 0 + 1
+    assert stop_after(two, 1.0, 3, "majority") is None  # below the quorum nothing stops
+    assert stop_after(two, 1.0, 2, "majority", early_stop=False) is None  # evaluation waits for everyone
+    assert stop_after(two, 2.0, 2, "majority") is None  # 2 votes out could still tie
+    assert stop_after(two, 2.0, 2, "majority", stage_done=True, last_stage=False) == "stage"  # the stage agrees
+    assert stop_after(two, 2.0, 2, "majority", stage_done=True, last_stage=True) is None  # no stage after it
+    split = [Ballot("a", 0, "1"), Ballot("b", 1, "1"), Ballot("c", 2, "2")]
+    assert stop_after(split, 2.0, 2, "majority", stage_done=True, last_stage=False) is None  # 2/3 < 1.0
+    assert stop_after(split, 2.0, 2, "majority", stage_done=True, last_stage=False, agreement=0.6) == "stage"
+    assert stop_after(two, 0.0, 2, "majority") is None  # nobody out: nothing to cut short

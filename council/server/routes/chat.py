@@ -5,22 +5,27 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from council.errors import CouncilError
 from council.server.auth import Principal
 from council.server.deps import current_router, require
-from council.server.errors import ApiError
+from council.server.errors import MODEL, OVERHEAD_HEADER, WAITED, ApiError, status_of
 from council.server.limits import Admission
 from council.server.requests import BadRequest, ChatRequest, CompletionRequest, parse_json, validate_body
 from council.server.router import Router
 from council.server.routes.passthrough import relay
 from council.voting.engine import CouncilAnswer, CouncilEngine, QuorumError, RequestRejected
+from council.voting.request import CouncilRequest
 
 KEEPALIVE_S = 2.0
+WATCH_AFTER_S = 0.2  # a non-streamed council request watches for its client's disconnect after this long
+CLIENT_GONE = 499  # what the metrics count for a client that went away before its answer (nginx's code)
+T = TypeVar("T")
 routes = APIRouter()
 Chat = Annotated[Principal, Depends(require("chat"))]
 Current = Annotated[Router, Depends(current_router)]
@@ -88,26 +93,76 @@ async def chat_completions(request: Request, router: Current, who: Chat) -> Resp
     chat = validate_body(body, ChatRequest)
     assert isinstance(chat, ChatRequest)
     engine = _target(router, chat.model)
+    setattr(request.state, MODEL, chat.model)  # a known name: errors from here on are counted under it
     if engine is not None:
         _check_council_request(router, chat)
     elif chat.has_media and not router.accepts_media(chat.model):
         raise BadRequest(f"{chat.model} is text-only: it has no vision or audio projector (`--mmproj`)",
                          "unsupported_content")
     admission = await router.limits.admit(who, chat.model)
-    early_stop = chat.council is None or chat.council.early_stop  # `council: {early_stop: false}` waits for all
     if engine is None:
         return await _passthrough(router, chat.model, raw, "/v1/chat/completions", admission, started,
                                   stream=bool(chat.stream))
+    council = chat.council_request(body)  # what the vote needs, once: question, options, members' payload
     if chat.stream:
-        return StreamingResponse(stream_council(router, engine, body, admission, early_stop),
+        return StreamingResponse(stream_council(router, engine, council, admission, started),
                                  media_type="text/event-stream")
     async with admission:
         asked = time.perf_counter()
-        answer = await engine.ask(body, early_stop=early_stop)
+        try:
+            answer = await _unless_disconnected(request, engine.ask(council))
+        except CouncilError:
+            setattr(request.state, WAITED, time.perf_counter() - asked)  # the error's overhead leaves it out
+            raise
         waited = time.perf_counter() - asked
-        router.answered(answer, body)
-        response = JSONResponse(completion_body(answer, int(time.time()), logprobs=bool(chat.logprobs)))
+        if answer is None:  # the client went away: its members were cancelled, nobody reads an answer
+            router.metrics.observe("chat", chat.model, CLIENT_GONE, time.perf_counter() - started, None)
+            return Response(status_code=CLIENT_GONE)
+        router.answered(answer, council)
+        response = JSONResponse(completion_body(answer, int(time.time()), logprobs=council.logprobs))
         return _measured(router, response, chat.model, started, waited)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the body is read by now: the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None when the client disconnects first: `work` is then cancelled (a council's member
+    requests close, so their llama-server slots free at once; a cancel is not the members' failure).
+
+    Watching costs a task, so it starts only once `work` has run `WATCH_AFTER_S`: a quick answer pays for a timer
+    alone, and a client that leaves a long one is noticed within that time."""
+    current = asyncio.current_task()
+    assert current is not None
+    watch: asyncio.Task[None] | None = None
+    finished = gone = False
+
+    def client_gone(task: asyncio.Task[None]) -> None:
+        nonlocal gone
+        if not finished and not task.cancelled() and task.exception() is None:
+            gone = True
+            current.cancel()  # lands in `work`, which closes its member requests on the way out
+
+    def start_watching() -> None:
+        nonlocal watch
+        watch = asyncio.ensure_future(_disconnected(request))
+        watch.add_done_callback(client_gone)
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and current.uncancel() == 0:  # our own cancel, nobody else's (a shutdown goes on)
+            return None
+        raise
+    finally:
+        finished = True
+        timer.cancel()
+        if watch is not None:
+            watch.cancel()
 
 
 @routes.post("/v1/completions", response_model=None)
@@ -119,6 +174,7 @@ async def completions(request: Request, router: Current, who: Chat) -> Response:
     if _target(router, completion.model) is not None:
         raise ApiError(400, f"{completion.model} is a council: councils answer chat completions "
                             "(POST /v1/chat/completions)", "council_needs_chat")
+    setattr(request.state, MODEL, completion.model)
     admission = await router.limits.admit(who, completion.model)
     return await _passthrough(router, completion.model, raw, "/v1/completions", admission, started,
                               stream=bool(completion.stream))
@@ -127,11 +183,19 @@ async def completions(request: Request, router: Current, who: Chat) -> Response:
 async def _passthrough(router: Router, model: str, raw: bytes, path: str, admission: Admission, started: float,
                        stream: bool = False) -> Response:
     if stream:
+        # A stream's headers leave when the member's do: they carry the router's time before it relayed.
+        overhead = time.perf_counter() - started
+
+        def ended(status: int) -> None:
+            router.metrics.observe("chat", model, status, time.perf_counter() - started, overhead)
+
         try:
-            return await relay(router, model, raw, path, True, admission)
+            response = await relay(router, model, raw, path, True, admission, ended)
         except BaseException:
             admission.release()
             raise
+        response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
+        return response
     async with admission:
         asked = time.perf_counter()
         response = await relay(router, model, raw, path, False, admission)
@@ -140,19 +204,22 @@ async def _passthrough(router: Router, model: str, raw: bytes, path: str, admiss
 
 def _measured(router: Router, response: Response, model: str, started: float, waited: float) -> Response:
     """Stamp the router's own time on the response and count the request."""
-    metrics = router.metrics
-    overhead = time.perf_counter() - started - waited
-    response.headers["x-council-overhead-ms"] = f"{overhead * 1000:.3f}"
-    metrics.overhead.labels("chat").observe(overhead)
-    metrics.requests.labels("chat", model, str(response.status_code)).inc()
-    metrics.latency.labels("chat", model).observe(time.perf_counter() - started)
+    now = time.perf_counter()
+    overhead = now - started - waited
+    response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
+    router.metrics.observe("chat", model, response.status_code, now - started, overhead)
     return response
 
 
-async def stream_council(router: Router, engine: CouncilEngine, body: dict[str, Any], admission: Admission,
-                         early_stop: bool = True) -> AsyncIterator[bytes]:
-    """Keep-alive comments while members work, then the winning answer, usage and the council object."""
-    task = asyncio.create_task(engine.ask(body, early_stop=early_stop))
+async def stream_council(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,
+                         started: float) -> AsyncIterator[bytes]:
+    """Keep-alive comments while members work, then the winning answer, usage and the council object (with the
+    router's own time, `overhead_ms`: the headers left before the work was done). A client that goes away
+    closes this generator, which cancels the council's member requests."""
+    asked = time.perf_counter()
+    task = asyncio.create_task(engine.ask(council))
+    status: int = CLIENT_GONE  # until the stream ends otherwise
+    waited: float | None = None
     try:
         while True:
             try:
@@ -161,11 +228,13 @@ async def stream_council(router: Router, engine: CouncilEngine, body: dict[str, 
             except TimeoutError:
                 yield b": keep-alive\n\n"
             except (QuorumError, RequestRejected) as exc:
-                code = "quorum_not_met" if isinstance(exc, QuorumError) else "rejected_by_members"
+                waited = time.perf_counter() - asked
+                status, code, _ = status_of(exc)
                 yield _sse({"error": {"message": str(exc), "type": "server_error", "code": code}})
                 yield b"data: [DONE]\n\n"
                 return
-        router.answered(answer, body)
+        waited = time.perf_counter() - asked
+        router.answered(answer, council)
         created = int(time.time())
         head = {"id": answer.id, "object": "chat.completion.chunk", "created": created, "model": answer.council}
         message = answer.message
@@ -173,14 +242,18 @@ async def stream_council(router: Router, engine: CouncilEngine, body: dict[str, 
         if message.get("tool_calls"):
             delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
         first: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
-        if body.get("logprobs") and answer.logprobs is not None:
+        if council.logprobs and answer.logprobs is not None:
             first["logprobs"] = answer.logprobs
         yield _sse({**head, "choices": [first]})
+        overhead_ms = round((time.perf_counter() - started - waited) * 1000, 3)
         yield _sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}],
-                    "usage": answer.usage(), "council": answer.council_json()})
+                    "usage": answer.usage(), "council": {**answer.council_json(), "overhead_ms": overhead_ms}})
         yield b"data: [DONE]\n\n"
-        router.metrics.requests.labels("chat", engine.name, "200").inc()
+        status = 200
     finally:
         if not task.done():
             task.cancel()
         admission.release()
+        now = time.perf_counter()
+        router.metrics.observe("chat", engine.name, status, now - started,
+                               None if waited is None else now - started - waited)

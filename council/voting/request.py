@@ -1,0 +1,44 @@
+"""One council request, built once where it comes in: what the vote needs (the question, the council's own
+options, whether the answer carries logprobs) and what every member is sent (`members_payload`, the
+pass-through fields, to which each seat adds its own sampling).
+
+The HTTP layer builds it from a validated body (`council.server.requests.council_request`); evaluation, tests and
+benchmarks build it from a plain body with `CouncilRequest.of`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+def last_user_text(messages: Iterable[Any] | None) -> str:
+    """The last user turn's text (content parts: their text parts, space-joined): the council's question, for
+    the judge, the dashboard and evaluation records."""
+    listed = messages if isinstance(messages, Sequence) else list(messages or ())  # a request's list: no copy
+    for message in reversed(listed):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(str(p.get("text") or "") for p in content
+                                if isinstance(p, Mapping) and p.get("type", "text") == "text")
+            return "" if content is None else str(content)
+    return ""
+
+
+@dataclass(frozen=True)
+class CouncilRequest:
+    """A chat request to a council. `members_payload` is shared, never changed: each seat's body is a copy with
+    its own sampling on top (`council.voting.engine.member_payload`)."""
+
+    members_payload: Mapping[str, Any]
+    question: str = ""
+    early_stop: bool = True  # `council: {early_stop: false}`: wait for every member (what evaluation asks)
+    logprobs: bool = False  # the answer carries the speaker's token logprobs
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any], *, early_stop: bool = True) -> CouncilRequest:
+        """A request whose members get `body` as it is (an OpenAI chat body without the router's own fields)."""
+        return cls(members_payload=body, question=last_user_text(body.get("messages")), early_stop=early_stop,
+                   logprobs=bool(body.get("logprobs")))

@@ -1,0 +1,185 @@
+"""The engine's rules in-process, against scripted members (tests/voting/fakes.py): early stop, deadline, quorum,
+cascades, refusals, and whose reply the council returns. The same rules against real llama-server processes are
+in test_engine.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from council.plan.planner import fallback_council
+from council.policy.schema import CouncilConfig
+from council.voting.engine import QuorumError, RequestRejected
+from council.voting.request import CouncilRequest, last_user_text
+from tests.voting.fakes import Say, council, engine_of
+
+pytestmark = pytest.mark.anyio
+SLOW = 30.0  # a member that would take this long: every test that passes ends long before it
+
+
+def ask(question: str = "go", **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": question}], **extra}
+
+
+def statuses(answer: Any) -> list[str]:
+    return [o.reply.status for o in answer.outcomes]
+
+
+async def test_early_stop_cancels_the_straggler_once_no_vote_can_change_the_winner() -> None:
+    engine, clients = council({"vote": {"strategy": "majority", "extract": "text"}},
+                              Say("a"), Say("a", delay=0.01), Say("b", delay=SLOW))
+    started = time.monotonic()
+    answer = await engine.ask(ask())
+    assert time.monotonic() - started < 5
+    assert statuses(answer) == ["ok", "ok", "cancelled"] and answer.early_stop and not answer.degraded
+    assert clients[2].cancelled == 1 and clients[2].in_flight == 0  # its request was closed, not left running
+
+
+async def test_no_early_stop_waits_for_every_member() -> None:
+    engine, _ = council({"vote": {"strategy": "majority", "extract": "text"}},
+                        Say("a"), Say("a"), Say("b", delay=0.05))
+    answer = await engine.ask(CouncilRequest.of(ask(), early_stop=False))
+    assert statuses(answer) == ["ok", "ok", "ok"] and not answer.early_stop
+    assert answer.decision.votes == {"a": 2.0, "b": 1.0}
+
+
+async def test_a_heavy_vote_still_out_keeps_the_council_waiting_until_the_deadline() -> None:
+    engine, clients = council({"members": [{}, {}, {"weight": 3}], "vote": {"strategy": "weighted", "extract": "text"},
+                               "timeout": "0.3s"}, Say("a"), Say("a"), Say("b", delay=SLOW))
+    started = time.monotonic()
+    answer = await engine.ask(ask())
+    elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 5
+    assert statuses(answer) == ["ok", "ok", "timeout"] and answer.degraded and answer.decision.answer == "a"
+    assert "no answer within the council's 0.3s" in (answer.outcomes[2].reply.error or "")
+    assert clients[2].cancelled == 1
+
+
+async def test_fewer_answers_than_the_quorum_is_an_error() -> None:
+    engine, _ = council({"vote": {"extract": "text"}, "quorum": "all"},
+                        Say("a"), Say("a"), Say(status="error", http_status=500))
+    with pytest.raises(QuorumError, match="only 2 of 3 members answered; the quorum is 3") as caught:
+        await engine.ask(ask())
+    assert [o.reply.status for o in caught.value.outcomes] == ["ok", "ok", "error"]
+
+
+async def test_every_member_refusing_is_the_requests_fault() -> None:
+    engine, clients = council({"vote": {"extract": "text", "cascade": {"first": 1}}},
+                              Say(http_status=400), Say("a"))
+    with pytest.raises(RequestRejected, match="every member rejected the request"):
+        await engine.ask(ask())
+    assert clients[1].sent == []  # a later stage would refuse it too: never asked
+
+
+async def test_a_cascade_stage_that_agrees_skips_the_rest() -> None:
+    engine, clients = council({"vote": {"extract": "text", "cascade": {"first": 2}}},
+                              Say("a"), Say("a"), Say("b"))
+    answer = await engine.ask(ask())
+    assert statuses(answer) == ["ok", "ok", "skipped"] and (answer.stage, answer.stages) == (1, 2)
+    assert clients[2].sent == []
+
+
+async def test_a_cascade_stage_that_disagrees_asks_the_next() -> None:
+    engine, clients = council({"vote": {"extract": "text", "cascade": [[0, 1], [2]]}},
+                              Say("a"), Say("b"), Say("a"))
+    answer = await engine.ask(ask())
+    assert statuses(answer) == ["ok", "ok", "ok"] and (answer.stage, answer.stages) == (2, 2)
+    assert answer.decision.answer == "a" and len(clients[2].sent) == 1
+
+
+async def test_early_stop_reaches_across_stages() -> None:
+    """Stage 2's first answer makes the leader unbeatable (3 > 1 + 1 still out): its straggler is cancelled."""
+    engine, clients = council({"vote": {"strategy": "majority", "extract": "text", "cascade": {"first": 2}}},
+                              Say("a"), Say("b"), Say("a"), Say("a", delay=0.01), Say("b", delay=SLOW))
+    answer = await engine.ask(ask())
+    assert statuses(answer) == ["ok", "ok", "ok", "ok", "cancelled"] and answer.early_stop
+    assert answer.stage == 2 and clients[4].cancelled == 1
+
+
+async def test_similarity_answers_with_the_medoids_own_reply() -> None:
+    """The medoid (the reply most like the others) is the answer: its text, message and logprobs are returned,
+    not those of the first member of the winning cluster (before: member 0's reply with member 1's answer)."""
+    texts = ["the cat sat on the warm mat all day", "the cat sat on the mat", "the cat sat on the mat"]
+    scripts = [Say(t, logprobs={"content": [{"token": str(i), "logprob": -0.1}]}) for i, t in enumerate(texts)]
+    engine, _ = council({"vote": {"strategy": "similarity", "extract": "text"}}, *scripts)
+    answer = await engine.ask(ask(logprobs=True))
+    assert answer.decision.winner_members == ("c/0", "c/1", "c/2")
+    assert answer.decision.speaker == "c/1" and answer.council_json()["speaker"] == "c/1"
+    assert answer.message["content"] == texts[1]
+    assert answer.logprobs == {"content": [{"token": "1", "logprob": -0.1}]}
+
+
+async def test_judge_answers_with_the_reply_it_picked() -> None:
+    def judge(payload: Mapping[str, Any]) -> Say:
+        prompt = last_user_text(payload["messages"])
+        if prompt.startswith("Several assistants answered"):
+            assert "What is 6 times 7?" in prompt  # the question: the last user turn's text parts
+            return Say("2")  # the second answer: member 1's wording of 42
+        return Say("41")
+
+    engine, _ = council({"vote": {"strategy": "judge", "judge": 2, "extract": "number"}},
+                        Say("The answer is 42."), Say("6 x 7 = 42, so 42."), judge)
+    question = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is 6 times 7?"}]}]}
+    answer = await engine.ask(question)
+    assert statuses(answer) == ["ok", "ok", "ok"] and answer.decision.votes == {"42": 2.0, "41": 1.0}
+    assert answer.decision.answer == "42" and not answer.judge_fallback
+    assert answer.decision.winner_members == ("c/0", "c/1") and answer.decision.speaker == "c/1"
+    assert answer.message["content"] == "6 x 7 = 42, so 42."
+
+
+async def test_members_get_the_pass_through_fields_with_their_own_sampling() -> None:
+    engine, clients = council({"members": [{"sampling": {"temperature": 0.2, "system": "be brief"}}, {}],
+                               "vote": {"extract": "text"}}, Say("a"), Say("a"))
+    body = {"messages": [{"role": "system", "content": "old"}, {"role": "user", "content": "q"}], "grammar": "g",
+            "temperature": 1.0}
+    await engine.ask(body)
+    first, second = clients[0].sent[0], clients[1].sent[0]
+    assert first["temperature"] == 0.2 and first["grammar"] == "g"
+    assert first["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "q"}]
+    assert second == body and second is not body  # each seat's own copy; the request is never changed
+    assert body["temperature"] == 1.0
+
+
+async def test_a_fallback_council_with_a_cascade_answers() -> None:
+    """The planner's fallback keeps 3 of 5 members; `first: 2` maps onto its seats (before this issue a list-form
+    cascade naming seats 3 and 4 raised IndexError here: `council check` now refuses that, see test_policy)."""
+    declared = CouncilConfig.model_validate({"members": [{"model": "big"}] * 5, "fallback": {"members": 3,
+                                             "model": "small"}, "vote": {"extract": "text", "cascade": {"first": 2}}})
+    fallback = fallback_council("c", declared)
+    assert fallback is not None and fallback.stages() == [[0, 1], [2]]
+    engine, _ = engine_of(fallback, Say("a"), Say("b"), Say("a"))
+    answer = await engine.ask(ask())
+    assert answer.decision.answer == "a" and (answer.stage, answer.stages) == (2, 2)
+    assert [o.seat.model for o in answer.outcomes] == ["small"] * 3
+
+
+def test_the_question_is_the_last_user_turns_text() -> None:
+    messages = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "reply"},
+                {"role": "user", "content": [{"type": "text", "text": "look at"},
+                                             {"type": "image_url", "image_url": {"url": "data:x"}},
+                                             {"type": "text", "text": "this"}]},
+                {"role": "tool", "content": "t", "tool_call_id": "1"}]
+    assert last_user_text(messages) == "look at this"
+    assert last_user_text([{"role": "system", "content": "s"}]) == "" and last_user_text(None) == ""
+    assert CouncilRequest.of({"messages": messages, "logprobs": True}).logprobs is True
+
+
+@pytest.mark.parametrize("texts", [["a", "a", "b", "a", "b"], ["a", "b", "a", "b", "a"], ["a", "a", "a", "b", "b"]])
+async def test_the_offline_replay_stops_where_the_live_council_does(texts: list[str]) -> None:
+    """One stop rule: replaying recorded answers (`council eval`) hears the members the live engine heard."""
+    from council.evaluation.record import ItemRecord, MemberAnswer
+    from council.evaluation.score import Rule, early_stop
+
+    delays = [0.01 * (i + 1) for i in range(len(texts))]  # members answer in council order, 10 ms apart
+    engine, _ = council({"vote": {"strategy": "majority", "extract": "text"}},
+                        *[Say(t, delay=d) for t, d in zip(texts, delays, strict=True)])
+    live = await engine.ask(ask())
+    record = ItemRecord(index=0, line=1, question="go", reference="a", wall_ms=0.0, answers=[
+        MemberAnswer(member=f"c/{i}", model="m", status="ok", text=t, latency_ms=d * 1000)
+        for i, (t, d) in enumerate(zip(texts, delays, strict=True))])
+    answer, _, _, heard, early = early_stop(record, Rule("majority", "text"), engine.config.quorum_count())
+    assert (answer, early) == (live.decision.answer, live.early_stop)
+    assert heard == sum(o.reply.status == "ok" for o in live.outcomes)
