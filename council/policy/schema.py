@@ -1,4 +1,4 @@
-"""The policy file (CONTRACT §2): a pydantic schema that is its own documentation.
+"""The policy file: a pydantic schema that is its own documentation (`council policy-schema`, docs/policy.md).
 
 Only shape and internal references are checked here; what needs the machine (model files, the installed
 llama-server's spec types, vocabularies) is checked by `council.policy.checks`.

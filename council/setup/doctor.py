@@ -1,4 +1,4 @@
-"""`council doctor`: is this machine ready to run councils? (CONTRACT §6)"""
+"""`council doctor`: is this machine ready to run councils? (README: "`council doctor [--json]`")"""
 
 from __future__ import annotations
 

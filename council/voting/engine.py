@@ -128,7 +128,7 @@ class CouncilAnswer:
                 "prompt_tokens_details": {"cached_tokens": sum(o.reply.cached_tokens for o in self.outcomes)}}
 
     def council_json(self) -> dict[str, Any]:
-        """The `council` object of CONTRACT §3 (built once: the response, metrics and ballot all use it)."""
+        """The `council` object of the README's `council serve` (built once: response, metrics, ballot use it)."""
         if self._json is None:
             self._json = self._build_json()
         return self._json

@@ -1,4 +1,7 @@
-"""`council plan` on the shipped policies and on councils that do not fit (CONTRACT §4)."""
+"""`council plan` on the shipped policies and on councils that do not fit.
+
+README: "Policies, `council check` and `council plan`".
+"""
 
 from __future__ import annotations
 
