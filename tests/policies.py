@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 
-def policy(models: dict[str, Any], councils: dict[str, Any], *, memory: str = "4GiB", slot: str = "256MiB",
+def policy_yaml(models: dict[str, Any], councils: dict[str, Any], *, memory: str = "4GiB", slot: str = "256MiB",
            gpu: str = "cpu", **top: Any) -> str:
     """The policy's YAML: the `top` keys (`server`, `state`, ...), one GPU `gpu` of `memory` in slots of `slot`
     (no reserve), then `models` and `councils`. Values may be `Path`s."""
@@ -18,9 +18,9 @@ def policy(models: dict[str, Any], councils: dict[str, Any], *, memory: str = "4
     return yaml.safe_dump(_plain(doc), sort_keys=False)
 
 
-def member(model: str, **settings: Any) -> dict[str, Any]:
+def member_entry(model: str, **settings: Any) -> dict[str, Any]:
     """A council member: `weight`, `samples`, `name` and `rate_limit` as given, every other keyword is sampling
-    (`member("syn", max_tokens=6)`)."""
+    (`member_entry("syn", max_tokens=6)`)."""
     own = {k: settings.pop(k) for k in ("weight", "samples", "name", "rate_limit") if k in settings}
     return {"model": model, **own, **({"sampling": settings} if settings else {})}
 
