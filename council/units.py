@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 
 _SIZE_UNITS = {
     "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
@@ -52,5 +52,16 @@ def format_size(n: float) -> str:
     return f"{int(n)} B"
 
 
-Size = Annotated[int, BeforeValidator(parse_size)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# The policy's JSON Schema (`council policy-schema`) shows what users write: a number or a string with a unit.
+SIZE_JSON_SCHEMA = {
+    "anyOf": [{"type": "number", "minimum": 0},
+              {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([bB]|[kKmMgGtT][iI]?[bB])?\s*$"}],
+}
+DURATION_JSON_SCHEMA = {
+    "anyOf": [{"type": "number", "exclusiveMinimum": 0},
+              {"type": "string",
+               "pattern": r"^\s*(0*[1-9]\d*(\.\d+)?|0+\.\d*[1-9]\d*)\s*([mM][sS]|[sSmMhH])?\s*$"}],
+}
+
+Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(SIZE_JSON_SCHEMA, mode="validation")]
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(DURATION_JSON_SCHEMA, mode="validation")]

@@ -1,4 +1,4 @@
-"""The `council` command line (CONTRACT §1). Every failure is one line on stderr and a documented exit code.
+"""The `council` command line. Every failure is one line on stderr and an exit code (README: "Commands and exit codes").
 
 One module per group of commands; each registers its commands on the shared typer app.
 """

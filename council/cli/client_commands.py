@@ -51,7 +51,7 @@ def ask(
 
 @app.command()
 def tally(
-    ballot: Annotated[str, typer.Argument(help="A recorded ballot (JSON, CONTRACT §5), e.g. from /v1/ballots/ID.")],
+    ballot: Annotated[str, typer.Argument(help="A recorded ballot (JSON), e.g. from /v1/ballots/ID.")],
     strategy: Annotated[str | None, typer.Option(help="Override the ballot's strategy.")] = None,
     extract: Annotated[str | None, typer.Option(help="Override the ballot's extractor.")] = None,
 ) -> None:

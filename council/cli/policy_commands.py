@@ -84,3 +84,18 @@ def _print_plan(doc: dict[str, Any]) -> None:
             out.print(f"[yellow]~[/yellow] council {c['name']} runs its fallback: {c['reason']}")
         else:
             out.print(f"[red]✗[/red] council {c['name']} does not fit: {c['reason']}")
+
+
+@app.command("policy-schema")
+def policy_schema(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the reference page (docs/policy.md) instead.")]
+    = False,
+) -> None:
+    """Print the policy's JSON Schema (for an editor's YAML language server), or with --markdown every key with
+    its type, default and an example."""
+    from council.policy.reference import policy_json_schema, policy_markdown
+
+    if markdown:
+        sys.stdout.write(policy_markdown())
+    else:
+        sys.stdout.write(json.dumps(policy_json_schema(), indent=2, ensure_ascii=False) + "\n")

@@ -1,4 +1,7 @@
-"""`council plan`: from a policy to estimates per member process to slots on GPUs (CONTRACT §4)."""
+"""`council plan`: from a policy to estimates per member process to slots on GPUs.
+
+README: "Policies, `council check` and `council plan`".
+"""
 
 from __future__ import annotations
 
@@ -109,7 +112,7 @@ class PolicyPlan:
                        configs={k: v for k, v in self.configs.items() if k not in reasons})
 
     def to_json(self) -> dict[str, Any]:
-        """The document of CONTRACT §4, plus slot counts per GPU and the source of each estimate."""
+        """`council plan --json`: estimates, placements and refusals, slot counts per GPU and each estimate's source."""
         members = []
         councils = []
         for result in self.slots.councils:

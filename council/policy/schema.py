@@ -1,4 +1,4 @@
-"""The policy file (CONTRACT §2): a pydantic schema that is its own documentation.
+"""The policy file: a pydantic schema that is its own documentation (`council policy-schema`, docs/policy.md).
 
 Only shape and internal references are checked here; what needs the machine (model files, the installed
 llama-server's spec types, vocabularies) is checked by `council.policy.checks`.
@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from council.paths import council_home
 from council.policy.extractors import ExtractError, parse_extractor_spec
 from council.units import Duration, Size
+
+if TYPE_CHECKING:
+    from pydantic import GetJsonSchemaHandler
+    from pydantic.json_schema import JsonSchemaValue
+    from pydantic_core import CoreSchema
 
 KvType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 TieBreak = Literal["weight", "latency", "order", "logprob"]
@@ -44,12 +49,21 @@ class ApiKey(_Strict):
     """A key clients send as `Authorization: Bearer KEY`: stored as its SHA-256 or read from an env var,
     never written in the policy in clear."""
 
-    name: str = Field(min_length=1)
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    env: str | None = None
-    scopes: list[Literal["chat", "admin"]] = ["chat"]
-    rate_limit: float | None = Field(default=None, gt=0)  # requests per second
-    max_concurrency: int | None = Field(default=None, ge=1)
+    name: str = Field(min_length=1, description="Who holds the key (logs and metrics name it).",
+                      examples=["agents"])
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                               description="The key's SHA-256 as 64 hex digits (`printf %s KEY | sha256sum`).",
+                               examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"])
+    env: str | None = Field(default=None, description="Or: the environment variable that holds the key.",
+                            examples=["COUNCIL_AGENT_KEY"])
+    scopes: list[Literal["chat", "admin"]] = Field(
+        default=["chat"], description="`chat`: the OpenAI API and ballots; `admin`: `/admin/*` and the whole "
+        "dashboard.",
+        examples=[["chat", "admin"]])
+    rate_limit: float | None = Field(default=None, gt=0, description="Requests per second (a token bucket shared "
+                                     "by every router); none is unlimited.", examples=[5])
+    max_concurrency: int | None = Field(default=None, ge=1, description="Requests in flight at once; none is "
+                                        "unlimited.", examples=[4])
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKey:
@@ -59,46 +73,63 @@ class ApiKey(_Strict):
 
 
 class ServerConfig(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
-    api_keys: list[ApiKey] = []
-    # Requests waiting for or inside one council; past it, 429 with Retry-After.
-    max_queue: int = Field(default=32, ge=1)
-    max_body: Size = Field(default=1 << 20, gt=0)
-    ballots: int = Field(default=1000, ge=1)  # recent ballots kept for /v1/ballots/{id}
+    """`council serve`'s HTTP API: where it listens, who may call it, and its limits."""
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on (`serve --host` overrides it); "
+                      "anything but loopback needs `api_keys`.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port to listen on (`serve --port` overrides it).")
+    api_keys: list[ApiKey] = Field(default=[], description="Keys clients send as `Authorization: Bearer KEY`; "
+                                   "none: the router binds to loopback only.",
+                                   examples=[[{"name": "agents", "env": "COUNCIL_AGENT_KEY"}]])
+    max_queue: int = Field(default=32, ge=1, description="Requests waiting for or inside one council; past it, "
+                           "429 with Retry-After.")
+    max_body: Size = Field(default=1 << 20, gt=0, description="Largest request body; past it, 413.",
+                           examples=["4MiB"])
+    ballots: int = Field(default=1000, ge=1, description="Recent ballots kept for `/v1/ballots/{id}`.")
     # Several hosts (state: redis://...): how other routers reach this one's members, the env var holding
     # the key hosts and routers share for member calls, and how often a host re-publishes its members.
-    advertise_url: str | None = None
-    cluster_key_env: str = "COUNCIL_CLUSTER_KEY"
-    heartbeat: Duration = 2.0
+    advertise_url: str | None = Field(default=None, description="With `state: redis://`: the URL other routers "
+                                      "reach this host's members at.", examples=["http://gpu-a:8080"])
+    cluster_key_env: str = Field(default="COUNCIL_CLUSTER_KEY", description="The environment variable holding "
+                                 "the key hosts and routers share for member calls.")
+    heartbeat: Duration = Field(default=2.0, description="How often a host re-publishes its ready members "
+                                "(they expire after three beats).", examples=["5s"])
 
 
 class GpuDecl(_Strict):
     """A GPU (or the CPU's memory) to plan on when NVML sees none, or to override what it sees."""
 
-    name: str = Field(min_length=1)
-    memory: Size = Field(gt=0)
+    name: str = Field(min_length=1, description="`cpu` plans on host memory; a seen GPU's name, `gpuN` or UUID "
+                      "caps that GPU.", examples=["cpu"])
+    memory: Size = Field(gt=0, description="Memory to plan with.", examples=["24GiB"])
 
 
 class SlotConfig(_Strict):
     """Each GPU, minus `reserve`, is cut into fixed slots of `size`; a member takes whole slots."""
 
-    size: Size = Field(default=3 << 30, gt=0)
-    reserve: Size = 512 << 20
+    size: Size = Field(default=3 << 30, gt=0, description="The size of one slot.", examples=["4GiB"])
+    reserve: Size = Field(default=512 << 20, description="Memory kept free on each GPU.", examples=["1GiB"])
 
 
 class AutoDraft(_Strict):
     """How `n_max: auto` adapts the draft length live (see `council.members.draft_tuning`)."""
 
-    start: int = Field(default=3, ge=0, le=32)  # the n the first process runs with (`council tune` writes it)
-    limit: int = Field(default=8, ge=1, le=32)  # the largest n considered
-    floor: int = Field(default=0, ge=0, le=32)  # the smallest n considered (0: speculation may be turned off)
-    interval: Duration = Field(default=5.0, gt=0)  # how often the counters are read and judged
-    window: Duration = Field(default=60.0, gt=0)  # seconds of counters one judgement looks at
-    min_drafts: int = Field(default=200, ge=1)  # draft steps in the window before anything is concluded
-    margin: float = Field(default=0.10, ge=0)  # another n must be predicted this much faster ...
-    sustain: int = Field(default=3, ge=1)  # ... in this many judgements in a row
-    probe_after: Duration = Field(default=600.0, gt=0)  # at n = 0, try n = 1 again after this long
+    start: int = Field(default=3, ge=0, le=32, description="The n the first process runs with (`council tune "
+                       "--write` writes it).")
+    limit: int = Field(default=8, ge=1, le=32, description="The largest n considered.")
+    floor: int = Field(default=0, ge=0, le=32, description="The smallest n considered (0: speculation may be "
+                       "turned off).")
+    interval: Duration = Field(default=5.0, gt=0, description="How often the counters are read and judged.",
+                               examples=["10s"])
+    window: Duration = Field(default=60.0, gt=0, description="How much of the counters' history one judgement "
+                             "looks at.", examples=["2m"])
+    min_drafts: int = Field(default=200, ge=1, description="Draft steps in the window before anything is "
+                            "concluded.")
+    margin: float = Field(default=0.10, ge=0, description="Another n must be predicted this much faster "
+                          "(0.1: 10%) ...")
+    sustain: int = Field(default=3, ge=1, description="... in this many judgements in a row.")
+    probe_after: Duration = Field(default=600.0, gt=0, description="At n = 0, try n = 1 again after this long.",
+                                  examples=["30m"])
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoDraft:
@@ -113,12 +144,20 @@ class DraftConfig(_Strict):
     length live from the member's acceptance counters (`auto:` says how), `step_cost` is the time of a decode
     step at each n relative to a plain one, as `council tune` measured it (a default when absent)."""
 
-    type: str = "none"
-    n_max: int | Literal["auto"] = Field(default=3)
-    n_min: int | None = Field(default=None, ge=0)
-    model: str | None = None
-    step_cost: dict[int, Annotated[float, Field(gt=0)]] = {}
-    auto: AutoDraft = AutoDraft()
+    type: str = Field(default="none", description="`mtp`, `model`, `none`, or a llama-server `--spec-type` "
+                      "value (`ngram-mod`, ...).", examples=["mtp"])
+    n_max: int | Literal["auto"] = Field(default=3, description="Draft length (0..32; 0 keeps the draft "
+                                         "configured but off), or `auto`.", examples=[2])
+    n_min: int | None = Field(default=None, ge=0, description="llama-server's smallest draft length.",
+                              examples=[1])
+    model: str | None = Field(default=None, description="For `type: model`: the draft model, another model of "
+                              "the policy (same vocabulary).", examples=["coder-0.5b"])
+    step_cost: dict[int, Annotated[float, Field(gt=0)]] = Field(
+        default={}, description="Time of a decode step at each n relative to a plain one (`council tune --write` "
+        "measures it); absent: 1 + 0.5n for MTP and draft models, 1 + 0.1n for n-grams.",
+        examples=[{0: 1.0, 1: 1.66, 2: 2.11}])
+    auto: AutoDraft = Field(default=AutoDraft(), description="How `n_max: auto` adapts.",
+                            examples=[{"start": 2, "limit": 8, "window": "60s"}])
 
     @field_validator("n_max")
     @classmethod
@@ -171,34 +210,48 @@ class RemoteConfig(_Strict):
     """A model served elsewhere, called through litellm (any provider it supports, or an OpenAI-compatible
     URL as `openai/NAME` with `api_base`). It takes no slot and no process here."""
 
-    model: str = Field(min_length=1)
-    api_base: str | None = None
-    api_key_env: str | None = None  # the key is read from this environment variable, never from the file
+    model: str = Field(min_length=1, description="The litellm model name.", examples=["openai/gpt-4o-mini"])
+    api_base: str | None = Field(default=None, description="The provider's URL (an OpenAI-compatible server).",
+                                 examples=["http://127.0.0.1:9000/v1"])
+    api_key_env: str | None = Field(default=None, description="The environment variable holding the API key "
+                                    "(never the key itself in the file).", examples=["OPENAI_API_KEY"])
 
 
 class ModelConfig(_Strict):
     """One llama-server process (a GGUF file and how to serve it), or a `remote:` model."""
 
-    path: ExpandedPath | None = None
-    remote: RemoteConfig | None = None
-    ctx_size: int = Field(default=4096, ge=64)
-    cache_type_k: KvType = "f16"
-    cache_type_v: KvType = "f16"
-    gpu_layers: Literal["all"] | Annotated[int, Field(ge=0)] = "all"
-    flash_attn: bool | Literal["auto"] = "auto"
-    parallel: int = Field(default=1, ge=1, le=256)
-    kv_unified: bool = False
-    batch_size: int = Field(default=2048, ge=1)
-    ubatch_size: int = Field(default=512, ge=1)
-    threads: int | None = Field(default=None, ge=1)
-    draft: DraftConfig = DraftConfig()
-    # Members of this model in one council may share one process (one `parallel` slot each).
-    share: bool = False
+    path: ExpandedPath | None = Field(default=None, description="The GGUF file (`~` and `$VARS` expand; "
+                                      "`$COUNCIL_HOME` defaults to the cache).",
+                                      examples=["$COUNCIL_HOME/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"])
+    remote: RemoteConfig | None = Field(default=None, description="Or: a model served elsewhere, through litellm.",
+                                        examples=[{"model": "openai/gpt-4o-mini", "api_key_env": "OPENAI_API_KEY"}])
+    ctx_size: int = Field(default=4096, ge=64, description="Context length per slot, in tokens.")
+    cache_type_k: KvType = Field(default="f16", description="KV cache type of keys.", examples=["q8_0"])
+    cache_type_v: KvType = Field(default="f16", description="KV cache type of values.", examples=["q8_0"])
+    gpu_layers: Literal["all"] | Annotated[int, Field(ge=0)] = Field(
+        default="all", description="Layers offloaded to the GPU.", examples=[20])
+    flash_attn: bool | Literal["auto"] = Field(default="auto", description="Flash attention: true, false or auto.",
+                                             examples=[True])
+    parallel: int = Field(default=1, ge=1, le=256, description="Requests the process serves at once (llama-server "
+                          "slots).")
+    kv_unified: bool = Field(default=False, description="One KV buffer shared by every slot (`--kv-unified`).")
+    batch_size: int = Field(default=2048, ge=1, description="Logical batch size (`--batch-size`).")
+    ubatch_size: int = Field(default=512, ge=1, description="Physical batch size (`--ubatch-size`), at most "
+                             "`batch_size`.")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads; none: processes sharing the CPU "
+                                "split its cores.", examples=[2])
+    draft: DraftConfig = Field(default=DraftConfig(), description="Speculative decoding.",
+                               examples=[{"type": "mtp", "n_max": 2}])
+    share: bool = Field(default=False, description="Members of this model in one council share one process (one "
+                        "`parallel` slot each).")
     # llama-server's prompt cache lives in host memory and grows with use (its default cap is 8 GiB):
     # off unless asked for, and counted in the plan when it is.
-    cache_ram: Size = 0
-    memory: Size | None = Field(default=None, gt=0)
-    args: list[str] = []
+    cache_ram: Size = Field(default=0, description="llama-server's prompt cache in host memory (0: off); "
+                            "counted in the plan.", examples=["1GiB"])
+    memory: Size | None = Field(default=None, gt=0, description="The process's memory for the plan, instead of "
+                                "the estimate from the GGUF header.", examples=["3.65GiB"])
+    args: list[str] = Field(default=[], description="More llama-server arguments, one per item, passed last "
+                            "and verbatim.", examples=[["--mmproj", "/models/mmproj.gguf"]])
 
     @field_validator("args")
     @classmethod
@@ -228,27 +281,38 @@ class ModelConfig(_Strict):
 
 
 class Sampling(_Strict):
-    temperature: float | None = Field(default=None, ge=0, le=5)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)
-    seed: int | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    system: str | None = None
+    """A member's own sampling settings: they win over the request's, they are what makes members differ."""
+
+    temperature: float | None = Field(default=None, ge=0, le=5, description="Sampling temperature (0: greedy).",
+                                      examples=[0.7])
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling.", examples=[0.95])
+    top_k: int | None = Field(default=None, ge=0, description="Top-k sampling.", examples=[40])
+    seed: int | None = Field(default=None, description="Sampling seed (with `samples: K`, sample k uses "
+                             "seed + k).", examples=[1])
+    max_tokens: int | None = Field(default=None, ge=1, description="Most tokens of a reply.", examples=[400])
+    system: str | None = Field(default=None, description="A system prompt put before the request's messages.",
+                               examples=["Reason step by step, then end with \"The answer is N.\""])
 
 
 class MemberConfig(_Strict):
-    model: str
-    weight: float = Field(default=1.0, gt=0)
-    name: str | None = Field(default=None, min_length=1)
-    sampling: Sampling = Sampling()
+    """One member of a council: a model of the policy, its vote's weight and its sampling."""
+
+    model: str = Field(description="A model of the policy (a key of `models`).", examples=["qwen-0.5b"])
+    weight: float = Field(default=1.0, gt=0, description="The member's vote counts this much (`weighted`, "
+                          "`confidence`, ties by weight).", examples=[1.5])
+    name: str | None = Field(default=None, min_length=1, description="Its name in ballots and metrics; "
+                             "default `COUNCIL/INDEX`.", examples=["greedy"])
+    sampling: Sampling = Field(default=Sampling(), description="The member's sampling settings.",
+                               examples=[{"temperature": 0.7, "seed": 7}])
     rate_limit: float | None = Field(default=None, gt=0, description=(
         "Requests per second (fractions are exact: 2.5 is 5 requests in any 2 s) to this member's target: its "
         "llama-server process, or its remote model. Seats, samples and passthrough on one target share one "
         "limit; where entries on one target give different rates, the strictest wins. A request for K grouped "
-        "samples (`n: K`) counts as K requests. Unset: unlimited."))
+        "samples (`n: K`) counts as K requests. Unset: unlimited."), examples=[2.5])
     # Self-consistency in one line: K votes from K samples of this model, served by one process with K slots
-    # (and asked with one request whose `n` is K). With a `seed`, sample k uses seed + k.
-    samples: int = Field(default=1, ge=1, le=64)
+    # (and asked with one request whose `n` is K).
+    samples: int = Field(default=1, ge=1, le=64, description="K votes from K samples of this model (seats "
+                         "`ENTRY#0` .. `ENTRY#K-1`), one process with K slots.", examples=[8])
 
     def seat(self, k: int) -> MemberConfig:
         """Sample k of this entry as a one-vote member."""
@@ -265,10 +329,15 @@ class CascadeConfig(_Strict):
     `cascade: {first: 2}` (the first two seats, then the rest), or `{first: 3, then: 1}` (then one more seat at
     a time, as Adaptive-Consistency samples), optionally with `agreement: 0.75`."""
 
-    stages: list[list[Annotated[int, Field(ge=0)]]] = []
-    first: int | None = Field(default=None, ge=1)
-    then: int | None = Field(default=None, ge=1)
-    agreement: float = Field(default=1.0, gt=0.5, le=1.0)
+    stages: list[list[Annotated[int, Field(ge=0)]]] = Field(
+        default=[], description="Seat indexes per stage (the list form `cascade: [[0, 1], [2, 3, 4]]` is this).",
+        examples=[[[0, 1], [2, 3, 4]]])
+    first: int | None = Field(default=None, ge=1, description="Or: the first N seats, then the rest.",
+                              examples=[3])
+    then: int | None = Field(default=None, ge=1, description="With `first`: then K more seats at a time.",
+                             examples=[1])
+    agreement: float = Field(default=1.0, gt=0.5, le=1.0, description="The share of the votes cast the leader "
+                             "needs for a stage to decide (1.0: unanimous).", examples=[0.75])
 
     @model_validator(mode="before")
     @classmethod
@@ -294,20 +363,38 @@ class CascadeConfig(_Strict):
             return [list(range(min(self.first, seats))), *(rest[i:i + step] for i in range(0, len(rest), step))]
         return [list(stage) for stage in self.stages]
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        # What users write includes the list form the before-validator turns into `stages`.
+        schema = handler(core)
+        if handler.mode != "validation":
+            return schema
+        stage = handler.resolve_ref_schema(schema)["properties"]["stages"]["items"]
+        return {"anyOf": [{"type": "array", "items": {**stage, "minItems": 1}, "minItems": 1}, schema]}
+
 
 class VoteConfig(_Strict):
-    strategy: Strategy = "majority"
-    extract: str = "auto"
-    tie_break: list[TieBreak] = ["weight", "latency", "order"]
-    # For `judge`: the member (index or name) that picks among the anonymised answers.
-    judge: int | str | None = None
-    # For `confidence`: a vote counts weight x p ** (1 / T), p the member's probability of its answer (from
-    # token logprobs); T > 1 flattens towards a plain weighted vote, T < 1 sharpens towards the surest member.
-    confidence_temperature: float = Field(default=1.0, gt=0)
-    # Which probability: of the answer's tokens, of the whole reply, or of its least likely tenth (see
-    # council/voting/confidence.py); `council eval` scores all three on your data.
-    confidence: Literal["answer", "reply", "tail"] = "tail"
-    cascade: CascadeConfig | None = None
+    """How the council decides: what is extracted from each reply, and how the votes count."""
+
+    strategy: Strategy = Field(default="majority", description="`majority`, `weighted`, `confidence` (weight x "
+                               "p^(1/T) from token logprobs), `similarity` (medoid of the heaviest cluster) or "
+                               "`judge`.", examples=["confidence"])
+    extract: str = Field(default="auto", description="What a reply votes with: `number`, `choice`, `text`, "
+                         "`json:PATH`, `regex:PATTERN` or `auto`.", examples=["number"])
+    tie_break: list[TieBreak] = Field(default=["weight", "latency", "order"], description="Rules that break a "
+                                      "tie, in order (`order` always ends the list).",
+                                      examples=[["logprob", "order"]])
+    judge: int | str | None = Field(default=None, description="For `judge`: the member (index or name) that "
+                                    "picks among the anonymised answers.", examples=[0])
+    # T > 1 flattens towards a plain weighted vote, T < 1 sharpens towards the surest member.
+    confidence_temperature: float = Field(default=1.0, gt=0, description="For `confidence`: T in weight x "
+                                          "p^(1/T).", examples=[0.5])
+    # See council/voting/confidence.py; `council eval` scores all three on your data.
+    confidence: Literal["answer", "reply", "tail"] = Field(
+        default="tail", description="For `confidence`: p of the answer's tokens, of the whole reply, or of its "
+        "least likely tenth.", examples=["answer"])
+    cascade: CascadeConfig | None = Field(default=None, description="Ask stages of seats, the next only when "
+                                          "the ones before did not agree.", examples=[{"first": 3}])
 
     @field_validator("extract")
     @classmethod
@@ -336,8 +423,9 @@ class VoteConfig(_Strict):
 class FallbackConfig(_Strict):
     """What to run instead when the council does not fit: its first `members`, and/or another `model`."""
 
-    members: int | None = Field(default=None, ge=1)
-    model: str | None = None
+    members: int | None = Field(default=None, ge=1, description="Keep the first N members.", examples=[3])
+    model: str | None = Field(default=None, description="Run the members on this (smaller) model instead.",
+                              examples=["coder-0.5b"])
 
     @model_validator(mode="after")
     def _something(self) -> FallbackConfig:
@@ -347,19 +435,30 @@ class FallbackConfig(_Strict):
 
 
 class CouncilConfig(_Strict):
-    members: list[MemberConfig] = Field(min_length=1)
-    vote: VoteConfig = VoteConfig()
-    quorum: Literal["majority", "all"] | Annotated[int, Field(ge=1)] = "majority"
-    timeout: Duration = 30.0
-    fallback: FallbackConfig | None = None
-    # Members that would send the same request to the same process, differing only in seed, share one request
-    # with `n` (the prompt is read once). Off: one request per member (to compare, or for old servers).
-    share_prompt: bool = True
-    # Seats that send one prompt to one process with different sampling (so no `n`): `chain` asks them one
-    # after another, each reusing the prompt the last one left in the server's cache; `parallel` asks them at
-    # once (each reads the prompt); `auto` chains when the process's measured prefill of this prompt takes
-    # longer than its measured generation of an answer (long prompts, short answers, a CPU).
-    prompt_reuse: Literal["auto", "chain", "parallel"] = "auto"
+    """A council: its members, how they vote, and how long and how many answers it waits for."""
+
+    members: list[MemberConfig] = Field(min_length=1, description="The members, in order (the order ties end "
+                                        "on).", examples=[[{"model": "qwen-0.5b", "weight": 1.5},
+                                                           {"model": "smollm2"}]])
+    vote: VoteConfig = Field(default=VoteConfig(), description="How the council decides.",
+                             examples=[{"strategy": "weighted", "extract": "number"}])
+    quorum: Literal["majority", "all"] | Annotated[int, Field(ge=1)] = Field(
+        default="majority", description="Answers needed (of the members asked): `majority`, `all` or a number; "
+        "fewer is 503 `quorum_not_met`.", examples=[1])
+    timeout: Duration = Field(default=30.0, description="Members still working after this are `timeout`.",
+                              examples=["60s"])
+    fallback: FallbackConfig | None = Field(default=None, description="What runs instead when the council does "
+                                            "not fit.", examples=[{"members": 3}])
+    # Off: one request per member (to compare, or for old servers).
+    share_prompt: bool = Field(default=True, description="Members that would send the same request to the same "
+                               "process, differing only in seed, share one request with `n` (the prompt is "
+                               "read once).")
+    # `auto` chains when the process's measured prefill of this prompt takes longer than its measured
+    # generation of an answer (long prompts, short answers, a CPU).
+    prompt_reuse: Literal["auto", "chain", "parallel"] = Field(
+        default="auto", description="Seats sending one prompt to one process with different sampling: `chain` "
+        "asks them one after another (each reuses the cached prompt), `parallel` at once, `auto` by the "
+        "process's own timings.", examples=["chain"])
 
     def entry_names(self, council: str) -> list[str]:
         """Each member entry's name as written: its own `name:`, else `COUNCIL/INDEX`."""
@@ -400,13 +499,24 @@ class CouncilConfig(_Strict):
 
 
 class Policy(_Strict):
-    version: Literal[1] = 1
-    server: ServerConfig = ServerConfig()
-    state: str = "memory"
-    gpus: list[GpuDecl] = []
-    slots: SlotConfig = SlotConfig()
-    models: dict[str, ModelConfig] = {}
-    councils: dict[str, CouncilConfig] = {}
+    """A council policy: the models (a GGUF and how to serve it), the councils (members and their vote), the
+    GPUs and the slot size. `council check` validates it; `council plan` packs it into slots."""
+
+    version: Literal[1] = Field(default=1, description="The policy format's version.")
+    server: ServerConfig = Field(default=ServerConfig(), description="The HTTP API of `council serve`.",
+                                 examples=[{"host": "127.0.0.1", "port": 8080}])
+    state: str = Field(default="memory", description="`memory` (one router), or a `redis://` URL that routers "
+                       "and GPU hosts share.", examples=["redis://127.0.0.1:6379/0"])
+    gpus: list[GpuDecl] = Field(default=[], description="GPUs to plan on where NVML sees none (`cpu`: host "
+                                "memory), or caps on seen ones.", examples=[[{"name": "cpu", "memory": "8GiB"}]])
+    slots: SlotConfig = Field(default=SlotConfig(), description="How each GPU is cut into slots.",
+                              examples=[{"size": "1GiB", "reserve": "1GiB"}])
+    models: dict[str, ModelConfig] = Field(
+        default={}, description="The models, by the name councils use.",
+        examples=[{"qwen-0.5b": {"path": "$COUNCIL_HOME/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"}}])
+    councils: dict[str, CouncilConfig] = Field(default={}, description="The councils, by the name a request's "
+                                               "`model` names.",
+                                               examples=[{"demo": {"members": [{"model": "qwen-0.5b"}]}}])
 
     def with_draft_n(self, model: str, n: int) -> Policy:
         """This policy with `model` launched at draft length n (what a live retune plans and starts)."""

@@ -1,4 +1,4 @@
-"""The HTTP API (CONTRACT §3), assembled from its route modules: OpenAI-compatible chat completions where
+"""The HTTP API (README: "`council serve`"), assembled from its route modules: OpenAI-compatible chat completions where
 `model` names a council or a model, plus ballots, health, readiness, Prometheus metrics, admin, the live event
 stream and the dashboard (`/ui`)."""
 

@@ -1,12 +1,13 @@
-"""`council doctor`: is this machine ready to run councils? (CONTRACT §6)"""
+"""`council doctor`: is this machine ready to run councils? (README: "`council doctor [--json]`")"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from council.members.binary import find_llama_server
-from council.plan.gpus import nvml_gpus
+from council.plan.gpus import Gpu, nvml_gpus
 from council.setup.catalog import CATALOG
 from council.setup.install.models import model_status
 
@@ -26,8 +27,9 @@ def redis_reachable(url: str, timeout_s: float = 0.5) -> bool:
         return False
 
 
-def diagnose(*, redis_url: str | None = None) -> dict[str, Any]:
-    """The doctor's report. Healthy = an MTP-capable llama-server and every default model intact."""
+def diagnose(*, redis_url: str | None = None, gpus: Callable[[], list[Gpu]] = nvml_gpus) -> dict[str, Any]:
+    """The doctor's report. Healthy = an MTP-capable llama-server and every default model intact. `gpus` reads
+    the inventory (NVML; a test hands in its own)."""
     info = find_llama_server(require_mtp=False)
     server = None
     if info is not None:
@@ -41,8 +43,8 @@ def diagnose(*, redis_url: str | None = None) -> dict[str, Any]:
             "status": status, "group": src.group,
         })
     url = redis_url or os.environ.get("COUNCIL_REDIS_URL") or DEFAULT_REDIS_URL
-    gpus = [{"name": g.name, "memory_bytes": g.memory_bytes, "free_bytes": g.free_bytes, "source": g.source,
-             "uuid": g.uuid} for g in nvml_gpus()]
+    seen = [{"name": g.name, "memory_bytes": g.memory_bytes, "free_bytes": g.free_bytes, "source": g.source,
+             "uuid": g.uuid} for g in gpus()]
     problems = []
     if server is None:
         problems.append("no llama-server found: run `council setup`")
@@ -53,7 +55,7 @@ def diagnose(*, redis_url: str | None = None) -> dict[str, Any]:
             problems.append(f"model {m['name']} is {m['status']}: run `council setup`")
     return {
         "llama_server": server,
-        "gpus": gpus,
+        "gpus": seen,
         "models": models,
         # Redis is optional (state: memory needs none), so it informs but never makes a machine unhealthy.
         "redis": {"url": url, "reachable": redis_reachable(url)},

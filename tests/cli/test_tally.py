@@ -1,4 +1,4 @@
-"""`council tally` re-runs the vote on recorded answers (CONTRACT §5)."""
+"""`council tally` re-runs the vote on recorded answers (README: "Councils: fan-out, extraction, votes")."""
 
 from __future__ import annotations
 

@@ -17,26 +17,18 @@ import httpx
 import redis
 
 from council.members.binary import LlamaServerInfo
+from tests.policies import member_entry, policy_yaml
 from tests.servers import CouncilServer, free_port, wait_for
 
 KEY = "shared-key-0123456789"
 CHAT = {"model": "pair", "messages": [{"role": "user", "content": "go"}]}
 
 
-def policy(syn: Path, state: str, extra_server: str = "") -> str:
+def policy(syn: Path, state: str, **server: object) -> str:
     # Two slots on this host's `cpu`; the council needs both.
-    return f"""
-state: {state}
-server: {{host: 127.0.0.1{extra_server}}}
-gpus: [{{name: cpu, memory: 512MiB}}]
-slots: {{size: 256MiB, reserve: 0}}
-models:
-  syn: {{path: {syn}, ctx_size: 512}}
-councils:
-  pair:
-    members: [{{model: syn, sampling: {{max_tokens: 4}}}}, {{model: syn, sampling: {{max_tokens: 4}}}}]
-    vote: {{extract: text}}
-"""
+    return policy_yaml({"syn": {"path": syn, "ctx_size": 512}},
+                       {"pair": {"members": [member_entry("syn", max_tokens=4)] * 2, "vote": {"extract": "text"}}},
+                       memory="512MiB", state=state, server={"host": "127.0.0.1", **server})
 
 
 def test_two_routers_on_one_host_leave_each_other_alone(serve: Callable[..., CouncilServer], syn: Path,
@@ -139,10 +131,10 @@ def next_event(lines: Iterator[str], kind: str, timeout: float) -> dict[str, Any
 def test_ballots_and_rate_limits_are_shared(serve: Callable[..., CouncilServer], syn: Path, redis_url: str) -> None:
     state = redis_url.rsplit("/", 1)[0] + "/2"
     digest = hashlib.sha256(KEY.encode()).hexdigest()
-    keys = f", api_keys: [{{name: app, sha256: {digest}, rate_limit: 0.2}}]"
+    keys = [{"name": "app", "sha256": digest, "rate_limit": 0.2}]
     headers = {"Authorization": f"Bearer {KEY}"}
-    first = serve(policy(syn, state, keys), headers=headers)
-    second = serve(policy(syn, state, keys), ready_path="/healthz")
+    first = serve(policy(syn, state, api_keys=keys), headers=headers)
+    second = serve(policy(syn, state, api_keys=keys), ready_path="/healthz")
     answer = httpx.post(f"{first.url}/v1/chat/completions", json=CHAT, headers=headers, timeout=30).json()
 
     def on_second() -> bool:
@@ -205,20 +197,13 @@ def test_a_router_answers_with_members_on_another_host_and_drops_a_dead_host(
     dies the router still answers, degraded, once the host's heartbeat has lapsed."""
     far = start_server(syn)
     state = redis_url.rsplit("/", 1)[0] + "/3"
-    text = f"""
-state: {state}
-server: {{heartbeat: 300ms}}
-gpus: [{{name: cpu, memory: 512MiB}}]
-slots: {{size: 256MiB, reserve: 0}}
-models:
-  syn: {{path: {syn}, ctx_size: 512}}
-  far: {{remote: {{model: openai/far, api_base: "{far.url}/v1", api_key_env: FAR_KEY}}}}  # type: ignore[attr-defined]
-councils:
-  mixed:
-    members: [{{model: syn, sampling: {{max_tokens: 4}}}}, {{model: far, sampling: {{max_tokens: 4}}}}]
-    vote: {{extract: text}}
-    quorum: 1
-""".replace("  # type: ignore[attr-defined]", "")
+    far_url = f"{far.url}/v1"  # type: ignore[attr-defined]
+    text = policy_yaml(
+        {"syn": {"path": syn, "ctx_size": 512},
+         "far": {"remote": {"model": "openai/far", "api_base": far_url, "api_key_env": "FAR_KEY"}}},
+        {"mixed": {"members": [member_entry("syn", max_tokens=4), member_entry("far", max_tokens=4)],
+                   "vote": {"extract": "text"}, "quorum": 1}},
+        memory="512MiB", state=state, server={"heartbeat": "300ms"})
     env = {"LLAMA_SERVER": str(llama_server_bin.path), "COUNCIL_CLUSTER_KEY": "cluster-secret-42",
            "FAR_KEY": far.api_key}  # type: ignore[attr-defined]
     procs = []

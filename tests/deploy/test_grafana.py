@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from council.members.binary import LlamaServerInfo
 from council.setup.synthetic import write_qwen35
+from tests.policies import member_entry, policy_yaml
 from tests.servers import CouncilServer, start_council_serve
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "council.json"
@@ -75,21 +76,12 @@ def council(tmp_path_factory: pytest.TempPathFactory, llama_server_bin: LlamaSer
     measured), and a rate-limited key (so a refusal is counted)."""
     workdir = tmp_path_factory.mktemp("grafana")
     syn = write_qwen35(workdir / "syn.gguf")
-    policy = f"""
-version: 1
-server:
-  api_keys:
-    - {{name: ci, env: GRAFANA_TEST_KEY, scopes: [chat, admin]}}
-    - {{name: slow, env: GRAFANA_SLOW_KEY, rate_limit: 0.2}}
-gpus: [{{name: cpu, memory: 1GiB}}]
-slots: {{size: 256MiB, reserve: 0}}
-models:
-  syn: {{path: {syn}, ctx_size: 512, threads: 1, draft: {{type: mtp, n_max: 2}}}}
-councils:
-  pair:
-    members: [{{model: syn, sampling: {{max_tokens: 8}}}}, {{model: syn, sampling: {{max_tokens: 8, seed: 3}}}}]
-    vote: {{extract: text}}
-"""
+    policy = policy_yaml(
+        {"syn": {"path": syn, "ctx_size": 512, "threads": 1, "draft": {"type": "mtp", "n_max": 2}}},
+        {"pair": {"members": [member_entry("syn", max_tokens=8), member_entry("syn", max_tokens=8, seed=3)],
+                  "vote": {"extract": "text"}}},
+        memory="1GiB", server={"api_keys": [{"name": "ci", "env": "GRAFANA_TEST_KEY", "scopes": ["chat", "admin"]},
+                                            {"name": "slow", "env": "GRAFANA_SLOW_KEY", "rate_limit": 0.2}]})
     env = {"COUNCIL_HOME": str(workdir), "LLAMA_SERVER": str(llama_server_bin.path), "GRAFANA_TEST_KEY": KEY,
            "GRAFANA_SLOW_KEY": SLOW}
     server = start_council_serve(policy, workdir, env)

@@ -12,24 +12,16 @@ import pytest
 from council.members.binary import LlamaServerInfo
 from council.voting.extract import extract
 from tests.conftest import run_cli
+from tests.policies import member_entry, policy_yaml
 from tests.servers import CouncilServer
 
 
 def council_policy(syn: Path) -> str:
     # The synthetic model answers the alphabet: max_tokens decides the answer ("abc" or "abcd").
-    return f"""
-gpus: [{{name: cpu, memory: 4GiB}}]
-slots: {{size: 256MiB, reserve: 0}}
-models:
-  syn: {{path: {syn}, ctx_size: 512}}
-councils:
-  trio:
-    members:
-      - {{model: syn, sampling: {{max_tokens: 3}}}}
-      - {{model: syn, sampling: {{max_tokens: 3}}}}
-      - {{model: syn, weight: 3, sampling: {{max_tokens: 4}}}}
-    vote: {{strategy: majority, extract: text}}
-"""
+    return policy_yaml({"syn": {"path": syn, "ctx_size": 512}},
+                       {"trio": {"members": [member_entry("syn", max_tokens=3), member_entry("syn", max_tokens=3),
+                                             member_entry("syn", weight=3, max_tokens=4)],
+                                 "vote": {"strategy": "majority", "extract": "text"}}})
 
 
 def write(path: Path, lines: list[object]) -> Path:

@@ -26,6 +26,7 @@ from council.members.supervisor import Supervisor
 from council.policy.schema import ModelConfig, Policy
 from council.setup.catalog import by_name
 from council.setup.synthetic import write_qwen35
+from tests.policies import policy_yaml
 from tests.servers import until
 
 pytestmark = pytest.mark.anyio
@@ -250,14 +251,8 @@ def _council_up(tmp_path: Path, mtp_model: Path, binary: Path) -> tuple[subproce
     marker = tmp_path / f"up-{os.getpid()}-{time.monotonic_ns()}.gguf"
     shutil.copyfile(mtp_model, marker)
     policy = tmp_path / "up.yaml"
-    policy.write_text(f"""
-gpus: [{{name: cpu, memory: 2GiB}}]
-slots: {{size: 256MiB, reserve: 0}}
-models:
-  syn: {{path: {marker}, ctx_size: 512, draft: {{type: mtp, n_max: 2}}}}
-councils:
-  pair: {{members: [{{model: syn}}, {{model: syn}}]}}
-""")
+    policy.write_text(policy_yaml({"syn": {"path": marker, "ctx_size": 512, "draft": {"type": "mtp", "n_max": 2}}},
+                                  {"pair": {"members": [{"model": "syn"}, {"model": "syn"}]}}, memory="2GiB"))
     log = tmp_path / "up.log"
     env = {**os.environ, "COUNCIL_HOME": str(tmp_path), "LLAMA_SERVER": str(binary)}
     proc = subprocess.Popen([sys.executable, "-m", "council", "up", str(policy)], stdout=log.open("w"),

@@ -1,9 +1,11 @@
-"""`council plan` on the shipped policies and on councils that do not fit (CONTRACT §4)."""
+"""`council plan` on the shipped policies and on councils that do not fit.
+
+README: "Policies, `council check` and `council plan`".
+"""
 
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from council.plan.planner import plan_policy, resolve_gpus
 from council.policy.loading import load_policy
 from council.setup.catalog import by_name
 from tests.conftest import run_cli
+from tests.policies import policy_yaml
 
 POLICIES = Path(__file__).parents[2] / "policies"
 assert sorted(POLICIES.glob("*.yaml")), f"no policies in {POLICIES}"
@@ -80,16 +83,10 @@ def test_council_that_does_not_fit_exits_3_with_reason(tmp_path: Path) -> None:
     policy = tmp_path / "big.yaml"
     smol = by_name("smollm2-135m")
     assert smol is not None
-    policy.write_text(textwrap.dedent(f"""
-        gpus: [{{name: tiny, memory: 2GiB}}]
-        slots: {{size: 512MiB, reserve: 0}}
-        models:
-          s: {{path: {smol.path}}}
-          big: {{path: /nope.gguf, memory: 3GiB}}
-        councils:
-          ok: {{members: [{{model: s}}]}}
-          huge: {{members: [{{model: s}}, {{model: big}}]}}
-        """))
+    policy.write_text(policy_yaml(
+        {"s": {"path": smol.path}, "big": {"path": tmp_path / "absent.gguf", "memory": "3GiB"}},
+        {"ok": {"members": [{"model": "s"}]}, "huge": {"members": [{"model": "s"}, {"model": "big"}]}},
+        gpu="tiny", memory="2GiB", slot="512MiB"))
     code, doc = plan_json(policy)
     assert code == 3
     ok, huge = doc["councils"]
@@ -128,15 +125,10 @@ def test_samples_share_one_process_sized_for_them_and_too_many_are_refused(tmp_p
     smol = by_name("smollm2-135m")
     assert smol is not None
     policy = tmp_path / "samples.yaml"
-    policy.write_text(textwrap.dedent(f"""
-        gpus: [{{name: cpu, memory: 3GiB}}]
-        slots: {{size: 1GiB, reserve: 0}}
-        models:
-          s: {{path: {smol.path}, ctx_size: 2048}}
-        councils:
-          five: {{members: [{{model: s}}, {{model: s, samples: 5}}]}}
-          many: {{members: [{{model: s, samples: 64}}]}}
-        """))
+    policy.write_text(policy_yaml(
+        {"s": {"path": smol.path, "ctx_size": 2048}},
+        {"five": {"members": [{"model": "s"}, {"model": "s", "samples": 5}]},
+         "many": {"members": [{"model": "s", "samples": 64}]}}, memory="3GiB", slot="1GiB"))
     code, doc = plan_json(policy)
     assert code == 3
     five, many = doc["councils"]

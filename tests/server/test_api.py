@@ -16,26 +16,20 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import run_cli
+from tests.policies import member_entry, policy_yaml
 from tests.servers import CouncilServer
 
 CHAT_KEY, ADMIN_KEY = "chat-key-0123456789", "admin-key-9876543210"
 
 
-def policy(syn: Path, extra_server: str = "", long_ctx: int = 512, members: str = "") -> str:
-    return f"""
-server: {{host: 127.0.0.1, port: 8080{extra_server}}}
-gpus: [{{name: cpu, memory: 4GiB}}]
-slots: {{size: 256MiB, reserve: 0}}
-models:
-  syn: {{path: {syn}, ctx_size: 512, draft: {{type: mtp, n_max: 2}}}}
-  other: {{path: {syn}, ctx_size: {long_ctx}}}
-councils:
-  alphabet:
-    members: [{{model: syn, sampling: {{max_tokens: 6}}}}, {{model: syn, sampling: {{max_tokens: 6}}}}{members}]
-    vote: {{strategy: majority, extract: text}}
-  solo:
-    members: [{{model: other, sampling: {{max_tokens: 6}}}}]
-"""
+def policy(syn: Path, long_ctx: int = 512, solo_tokens: int = 6, **server: object) -> str:
+    return policy_yaml(
+        {"syn": {"path": syn, "ctx_size": 512, "draft": {"type": "mtp", "n_max": 2}},
+         "other": {"path": syn, "ctx_size": long_ctx}},
+        {"alphabet": {"members": [member_entry("syn", max_tokens=6)] * 2,
+                      "vote": {"strategy": "majority", "extract": "text"}},
+         "solo": {"members": [member_entry("other", max_tokens=solo_tokens)]}},
+        server={"host": "127.0.0.1", "port": 8080, **server})
 
 
 @pytest.fixture
@@ -158,8 +152,8 @@ def test_models_health_readiness_admin_and_metrics(open_server: CouncilServer) -
 
 def test_auth_keys_scopes_and_errors(serve: Callable[..., CouncilServer], syn: Path) -> None:
     digest = hashlib.sha256(CHAT_KEY.encode()).hexdigest()
-    keys = f", api_keys: [{{name: app, sha256: {digest}}}, {{name: ops, env: ADMIN_KEY, scopes: [chat, admin]}}]"
-    server = serve(policy(syn, keys), env={"ADMIN_KEY": ADMIN_KEY})
+    keys = [{"name": "app", "sha256": digest}, {"name": "ops", "env": "ADMIN_KEY", "scopes": ["chat", "admin"]}]
+    server = serve(policy(syn, api_keys=keys), env={"ADMIN_KEY": ADMIN_KEY})
     url = f"{server.url}/v1/chat/completions"
     body = {"model": "alphabet", "messages": [{"role": "user", "content": "go"}]}
     missing = httpx.post(url, json=body)
@@ -187,9 +181,8 @@ def test_refuses_to_bind_beyond_loopback_without_keys(syn: Path, tmp_path: Path)
 
 def test_flood_gets_429_with_retry_after(serve: Callable[..., CouncilServer], syn: Path) -> None:
     digest = hashlib.sha256(CHAT_KEY.encode()).hexdigest()
-    server = serve(policy(syn, f", max_queue: 2, api_keys: [{{name: app, sha256: {digest}, rate_limit: 2}}]",
-                          long_ctx=8192).replace("{model: other, sampling: {max_tokens: 6}}",
-                                                 "{model: other, sampling: {max_tokens: 3000}}"),
+    server = serve(policy(syn, long_ctx=8192, solo_tokens=3000, max_queue=2,
+                          api_keys=[{"name": "app", "sha256": digest, "rate_limit": 2}]),
                    headers={"Authorization": f"Bearer {CHAT_KEY}"})
     headers = {"Authorization": f"Bearer {CHAT_KEY}"}
 
@@ -231,8 +224,8 @@ def test_reload_restarts_only_changed_members_and_refuses_bad_policy(
 def test_reload_keeps_each_keys_bucket(serve: Callable[..., CouncilServer], syn: Path) -> None:
     """Before, a reload rebuilt the key ring: every key's token bucket refilled and in-flight counts reset."""
     digest = hashlib.sha256(CHAT_KEY.encode()).hexdigest()
-    text = policy(syn, f", api_keys: [{{name: app, sha256: {digest}, rate_limit: 0.05}}, "
-                       f"{{name: ops, env: ADMIN_KEY, scopes: [chat, admin]}}]")
+    text = policy(syn, api_keys=[{"name": "app", "sha256": digest, "rate_limit": 0.05},
+                                 {"name": "ops", "env": "ADMIN_KEY", "scopes": ["chat", "admin"]}])
     app, ops = ({"Authorization": f"Bearer {k}"} for k in (CHAT_KEY, ADMIN_KEY))
     server = serve(text, env={"ADMIN_KEY": ADMIN_KEY}, headers=ops)
     url = f"{server.url}/v1/chat/completions"

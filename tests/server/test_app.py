@@ -18,6 +18,7 @@ from council.server.app import create_app
 from council.server.auth import KeyRing
 from council.server.router import Router, open_router
 from council.voting.assembly import assemble
+from tests.policies import policy_yaml
 
 pytestmark = pytest.mark.anyio
 KEY = "in-process-key-0123456789"
@@ -35,15 +36,9 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
 def _router(tmp_path: Path) -> Router:
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     path = tmp_path / "policy.yaml"
-    path.write_text(f"""
-server: {{api_keys: [{{name: app, sha256: {digest}}}]}}
-gpus: [{{name: cpu, memory: 1GiB}}]
-slots: {{size: 256MiB, reserve: 0}}
-models:
-  m: {{path: {tmp_path / "absent.gguf"}, memory: 100MiB}}
-councils:
-  c: {{members: [{{model: m}}, {{model: m}}]}}
-""")
+    path.write_text(policy_yaml({"m": {"path": tmp_path / "absent.gguf", "memory": "100MiB"}},
+                                {"c": {"members": [{"model": "m"}, {"model": "m"}]}},
+                                memory="1GiB", server={"api_keys": [{"name": "app", "sha256": digest}]}))
     server = LlamaServerInfo(path=Path("/bin/false"), build=1, version="", spec_types=("draft-mtp",))
     life = LifeConfig(run_dir=tmp_path / "run")
     router = open_router(path, load_policy(path), server, life)

@@ -13,6 +13,7 @@ import httpx
 
 from council.setup.catalog import by_name
 from council.setup.synthetic import write_qwen35
+from tests.policies import member_entry, policy_yaml
 from tests.servers import CouncilServer, wait_for
 
 SMOL = by_name("smollm2-135m")
@@ -21,19 +22,9 @@ assert SMOL is not None
 
 def policy(syn: Path) -> str:
     # `long` is a real small model: slow enough (~100 tok/s here) that a long reply holds its slot for a while.
-    return f"""
-gpus: [{{name: cpu, memory: 4GiB}}]
-slots: {{size: 256MiB, reserve: 0}}
-models:
-  syn: {{path: {syn}, ctx_size: 512}}
-  long: {{path: {SMOL.path}, ctx_size: 4096}}
-councils:
-  alphabet:
-    members: [{{model: syn, sampling: {{max_tokens: 6}}}}, {{model: syn, sampling: {{max_tokens: 6}}}}]
-    vote: {{extract: text}}
-  limited:
-    members: [{{model: long, rate_limit: 0.5}}]
-"""
+    return policy_yaml({"syn": {"path": syn, "ctx_size": 512}, "long": {"path": SMOL.path, "ctx_size": 4096}},
+                       {"alphabet": {"members": [member_entry("syn", max_tokens=6)] * 2, "vote": {"extract": "text"}},
+                        "limited": {"members": [member_entry("long", rate_limit=0.5)]}})
 
 
 def members(server: CouncilServer) -> dict[str, dict[str, object]]:

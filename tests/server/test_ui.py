@@ -23,6 +23,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from tests.policies import member_entry, policy_yaml
 from tests.servers import CouncilServer
 
 CHAT_KEY, ADMIN_KEY = "chat-key-0123456789", "admin-key-9876543210"
@@ -32,23 +33,16 @@ CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-de
                 "--window-size=1400,1000"]
 
 
-def policy(syn: Path, extra_server: str = "") -> str:
-    return f"""
-server: {{host: 127.0.0.1, port: 8080{extra_server}}}
-gpus: [{{name: cpu, memory: 4GiB}}]
-slots: {{size: 256MiB, reserve: 0}}
-models:
-  syn: {{path: {syn}, ctx_size: 512, draft: {{type: mtp, n_max: 2}}}}
-  other: {{path: {syn}, ctx_size: 512}}
-  long: {{path: {syn}, ctx_size: 8192}}
-councils:
-  alphabet:  # two quick members decide the vote; the slow third is cancelled
-    members: [{{model: syn, sampling: {{max_tokens: 6}}}}, {{model: syn, sampling: {{max_tokens: 6}}}},
-              {{model: long, sampling: {{max_tokens: 6000}}}}]
-    vote: {{strategy: majority, extract: text}}
-  solo:
-    members: [{{model: other, sampling: {{max_tokens: 6}}}}]
-"""
+def policy(syn: Path, api_keys: list[dict[str, object]] | None = None) -> str:
+    models = {"syn": {"path": syn, "ctx_size": 512, "draft": {"type": "mtp", "n_max": 2}},
+              "other": {"path": syn, "ctx_size": 512}, "long": {"path": syn, "ctx_size": 8192}}
+    # alphabet: two quick members decide the vote; the slow third is cancelled.
+    councils = {"alphabet": {"members": [member_entry("syn", max_tokens=6), member_entry("syn", max_tokens=6),
+                                         member_entry("long", max_tokens=6000)],
+                             "vote": {"strategy": "majority", "extract": "text"}},
+                "solo": {"members": [member_entry("other", max_tokens=6)]}}
+    server = {"host": "127.0.0.1", "port": 8080, **({"api_keys": api_keys} if api_keys else {})}
+    return policy_yaml(models, councils, server=server)
 
 
 @pytest.fixture
@@ -199,7 +193,7 @@ def read_events(lines: Iterator[str], until_kind: str) -> list[tuple[str, dict[s
 
 def test_event_stream_follows_the_scope(serve: Callable[..., CouncilServer], syn: Path) -> None:
     digest = hashlib.sha256(CHAT_KEY.encode()).hexdigest()
-    keys = f", api_keys: [{{name: app, sha256: {digest}}}, {{name: ops, env: ADMIN_KEY, scopes: [chat, admin]}}]"
+    keys = [{"name": "app", "sha256": digest}, {"name": "ops", "env": "ADMIN_KEY", "scopes": ["chat", "admin"]}]
     server = serve(policy(syn, keys), env={"ADMIN_KEY": ADMIN_KEY})
     chat, ops = ({"Authorization": f"Bearer {k}"} for k in (CHAT_KEY, ADMIN_KEY))
     assert httpx.get(f"{server.url}/admin/events").status_code == 401
@@ -232,7 +226,7 @@ def test_event_stream_follows_the_scope(serve: Callable[..., CouncilServer], syn
 def test_dashboard_with_keys_asks_for_one_and_follows_its_scope(
         serve: Callable[..., CouncilServer], syn: Path, browser: WebDriver) -> None:
     digest = hashlib.sha256(CHAT_KEY.encode()).hexdigest()
-    keys = f", api_keys: [{{name: app, sha256: {digest}}}, {{name: ops, env: ADMIN_KEY, scopes: [chat, admin]}}]"
+    keys = [{"name": "app", "sha256": digest}, {"name": "ops", "env": "ADMIN_KEY", "scopes": ["chat", "admin"]}]
     server = serve(policy(syn, keys), env={"ADMIN_KEY": ADMIN_KEY})
     browser.get(f"{server.url}/ui")
     until(lambda: browser.find_element(By.ID, "key-form").is_displayed(), "the key prompt")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from council.plan.gpus import Gpu, nvml_gpus
 from council.setup.catalog import models_for
+from council.setup.doctor import diagnose
 from tests.conftest import run_cli
 from tests.servers import free_port
 
@@ -21,7 +23,23 @@ def test_doctor_reports_mtp_server_and_ok_models(redis_url: str) -> None:
     for src in models_for("small"):
         assert statuses[src.name] == "ok"
     assert report["redis"] == {"url": redis_url, "reachable": True}
-    assert isinstance(report["gpus"], list)  # empty without a GPU: a normal answer
+    # What NVML reads here, as this process reads it (none without a GPU: a normal answer, still healthy).
+    assert report["gpus"] == [{"name": g.name, "memory_bytes": g.memory_bytes, "free_bytes": g.free_bytes,
+                               "source": "nvml", "uuid": g.uuid} for g in nvml_gpus()]
+
+
+def test_doctor_reports_each_gpu_it_is_handed() -> None:
+    h100 = Gpu(name="NVIDIA H100 80GB HBM3", memory_bytes=80 << 30, free_bytes=79 << 30, source="nvml", index=0,
+               uuid="GPU-0b0e", used_by_others_bytes=1 << 30)
+    l4 = Gpu(name="NVIDIA L4", memory_bytes=24 << 30, free_bytes=24 << 30, source="nvml", index=1, uuid="GPU-4c4d")
+    report = diagnose(redis_url=f"redis://127.0.0.1:{free_port()}/0", gpus=lambda: [h100, l4])
+    assert report["gpus"] == [
+        {"name": "NVIDIA H100 80GB HBM3", "memory_bytes": 80 << 30, "free_bytes": 79 << 30, "source": "nvml",
+         "uuid": "GPU-0b0e"},
+        {"name": "NVIDIA L4", "memory_bytes": 24 << 30, "free_bytes": 24 << 30, "source": "nvml", "uuid": "GPU-4c4d"},
+    ]
+    # GPUs never make a machine unhealthy or healthy: only llama-server and the models do.
+    assert report["problems"] == diagnose(redis_url=report["redis"]["url"], gpus=lambda: [])["problems"]
 
 
 def test_doctor_says_redis_unreachable_without_failing() -> None:

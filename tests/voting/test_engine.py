@@ -22,6 +22,7 @@ from council.policy.loading import load_policy
 from council.setup.catalog import by_name
 from council.voting.assembly import Assembly, assemble
 from council.voting.engine import QuorumError
+from tests.policies import member_entry, policy_yaml
 
 pytestmark = pytest.mark.anyio
 QWEN05, SMOL = by_name("qwen2.5-coder-0.5b"), by_name("smollm2-135m")
@@ -56,21 +57,13 @@ def ask(question: str) -> dict:
 
 
 async def test_three_real_models_answer_with_a_ballot(running: Callable[..., object]) -> None:
-    async with running(f"""
-        gpus: [{{name: cpu, memory: 8GiB}}]
-        slots: {{size: 1GiB, reserve: 0}}
-        models:
-          qwen: {{path: {QWEN05.path}, ctx_size: 1024}}
-          smol: {{path: {SMOL.path}, ctx_size: 1024}}
-        councils:
-          trio:
-            members:
-              - {{model: qwen, sampling: {{temperature: 0, max_tokens: 12}}}}
-              - {{model: qwen, sampling: {{temperature: 0.7, seed: 7, max_tokens: 12}}}}
-              - {{model: smol, sampling: {{temperature: 0, max_tokens: 12}}}}
-            vote: {{strategy: majority, extract: number}}
-            timeout: 120s
-        """) as (runtime, _):  # type: ignore[attr-defined]
+    async with running(policy_yaml(
+        {"qwen": {"path": QWEN05.path, "ctx_size": 1024}, "smol": {"path": SMOL.path, "ctx_size": 1024}},
+        {"trio": {"members": [member_entry("qwen", temperature=0, max_tokens=12),
+                              member_entry("qwen", temperature=0.7, seed=7, max_tokens=12),
+                              member_entry("smol", temperature=0, max_tokens=12)],
+                  "vote": {"strategy": "majority", "extract": "number"}, "timeout": "120s"}},
+        memory="8GiB", slot="1GiB")) as (runtime, _):  # type: ignore[attr-defined]
         answer = await runtime.engines["trio"].ask(ask("What is 2+3? Reply with just the number."))
     doc = answer.council_json()
     assert doc["council"] == "trio" and doc["strategy"] == "majority"
@@ -88,22 +81,12 @@ async def test_three_real_models_answer_with_a_ballot(running: Callable[..., obj
 
 def _slow_council(syn: Path, **extra: str) -> str:
     """Two quick members and one slow heavyweight (weight 3: the vote must wait for it)."""
-    return f"""
-        gpus: [{{name: cpu, memory: 4GiB}}]
-        slots: {{size: 256MiB, reserve: 0}}
-        models:
-          syn: {{path: {syn}, ctx_size: 512}}
-          long: {{path: {syn}, ctx_size: 8192}}
-        councils:
-          c:
-            members:
-              - {{model: syn, sampling: {{max_tokens: 4}}}}
-              - {{model: syn, sampling: {{max_tokens: 4}}}}
-              - {{model: long, weight: 3, sampling: {{max_tokens: 8000}}}}
-            vote: {{strategy: {extra.get("strategy", "weighted")}, extract: "regex:^(\\\\w)"}}
-            quorum: {extra.get("quorum", "majority")}
-            timeout: {extra.get("timeout", "60s")}
-        """
+    return policy_yaml(
+        {"syn": {"path": syn, "ctx_size": 512}, "long": {"path": syn, "ctx_size": 8192}},
+        {"c": {"members": [member_entry("syn", max_tokens=4), member_entry("syn", max_tokens=4),
+                           member_entry("long", weight=3, max_tokens=8000)],
+               "vote": {"strategy": extra.get("strategy", "weighted"), "extract": "regex:^(\\w)"},
+               "quorum": extra.get("quorum", "majority"), "timeout": extra.get("timeout", "60s")}})
 
 
 async def test_member_killed_mid_request_gives_a_degraded_answer(
@@ -201,18 +184,12 @@ async def test_remote_member_through_litellm(
 ) -> None:
     remote = start_server(syn)  # an OpenAI-compatible server elsewhere, as far as the council knows
     monkeypatch.setenv("REMOTE_KEY", remote.api_key)  # type: ignore[attr-defined]
-    async with running(f"""
-        gpus: [{{name: cpu, memory: 2GiB}}]
-        slots: {{size: 256MiB, reserve: 0}}
-        models:
-          syn: {{path: {syn}, ctx_size: 512}}
-          far: {{remote: {{model: openai/syn, api_base: "{remote.url}/v1", api_key_env: REMOTE_KEY}}}}
-        councils:
-          mixed:
-            members: [{{model: syn}}, {{model: far}}]
-            vote: {{strategy: majority, extract: text}}
-            quorum: all
-        """) as (runtime, supervisor):  # type: ignore[attr-defined]
+    far = {"model": "openai/syn", "api_base": f"{remote.url}/v1", "api_key_env": "REMOTE_KEY"}  # type: ignore[attr-defined]
+    async with running(policy_yaml(
+        {"syn": {"path": syn, "ctx_size": 512}, "far": {"remote": far}},
+        {"mixed": {"members": [{"model": "syn"}, {"model": "far"}], "vote": {"strategy": "majority", "extract": "text"},
+                   "quorum": "all"}},
+        memory="2GiB")) as (runtime, supervisor):  # type: ignore[attr-defined]
         assert list(supervisor.processes) == ["mixed/0"]  # the remote member has no local process
         answer = await runtime.engines["mixed"].ask({**ask("go"), "max_tokens": 6})
     doc = answer.council_json()
@@ -265,19 +242,10 @@ async def _metric(process: object, name: str) -> float:
 
 
 def _cascade_council(syn: Path, second_max_tokens: int) -> str:
-    return f"""
-        gpus: [{{name: cpu, memory: 4GiB}}]
-        slots: {{size: 256MiB, reserve: 0}}
-        models:
-          syn: {{path: {syn}, ctx_size: 512}}
-        councils:
-          c:
-            members:
-              - {{model: syn, sampling: {{max_tokens: 3}}}}
-              - {{model: syn, sampling: {{max_tokens: {second_max_tokens}}}}}
-              - {{model: syn, sampling: {{max_tokens: 3}}}}
-            vote: {{extract: text, cascade: {{first: 2}}}}
-        """
+    return policy_yaml(
+        {"syn": {"path": syn, "ctx_size": 512}},
+        {"c": {"members": [member_entry("syn", max_tokens=n) for n in (3, second_max_tokens, 3)],
+               "vote": {"extract": "text", "cascade": {"first": 2}}}})
 
 
 async def test_a_cascade_stage_that_agrees_never_calls_the_next(running: Callable[..., object], syn: Path) -> None:
@@ -302,17 +270,11 @@ async def test_a_cascade_stage_that_disagrees_asks_the_next(running: Callable[..
 
 
 async def test_five_samples_share_one_request_and_one_prompt_pass(running: Callable[..., object]) -> None:
-    async with running(f"""
-        gpus: [{{name: cpu, memory: 4GiB}}]
-        slots: {{size: 1GiB, reserve: 0}}
-        models:
-          smol: {{path: {SMOL.path}, ctx_size: 512}}
-        councils:
-          sc:
-            members: [{{model: smol, samples: 5, sampling: {{temperature: 1.0, seed: 3, max_tokens: 12}}}}]
-            vote: {{extract: text}}
-            timeout: 5m
-        """) as (runtime, supervisor):  # type: ignore[attr-defined]
+    async with running(policy_yaml(
+        {"smol": {"path": SMOL.path, "ctx_size": 512}},
+        {"sc": {"members": [member_entry("smol", samples=5, temperature=1.0, seed=3, max_tokens=12)],
+                "vote": {"extract": "text"}, "timeout": "5m"}},
+        slot="1GiB")) as (runtime, supervisor):  # type: ignore[attr-defined]
         process = supervisor.processes["sc/0"]
         assert process.slots.size == 5
         before = await _metric(process, "llamacpp:prompt_tokens_total")
@@ -333,28 +295,15 @@ async def test_five_samples_share_one_request_and_one_prompt_pass(running: Calla
 async def test_early_stop_cancels_a_whole_sample_group_and_a_deadline_flags_it(
     running: Callable[..., object], syn: Path
 ) -> None:
-    async with running(f"""
-        gpus: [{{name: cpu, memory: 8GiB}}]
-        slots: {{size: 1GiB, reserve: 0}}
-        models:
-          syn: {{path: {syn}, ctx_size: 512}}
-          long: {{path: {SMOL.path}, ctx_size: 4096}}
-        councils:
-          early:
-            members:
-              - {{model: syn, weight: 3, sampling: {{max_tokens: 3}}}}
-              - {{model: syn, weight: 3, sampling: {{max_tokens: 3}}}}
-              - {{model: long, samples: 4, sampling: {{temperature: 1.0, seed: 1, max_tokens: 3000}}}}
-            vote: {{strategy: weighted, extract: text}}
-            quorum: 2
-          late:
-            members:
-              - {{model: syn, sampling: {{max_tokens: 3}}}}
-              - {{model: long, samples: 2, sampling: {{temperature: 1.0, seed: 1, max_tokens: 3000}}}}
-            vote: {{extract: text}}
-            quorum: 1
-            timeout: 3s
-        """) as (runtime, supervisor):  # type: ignore[attr-defined]
+    async with running(policy_yaml(
+        {"syn": {"path": syn, "ctx_size": 512}, "long": {"path": SMOL.path, "ctx_size": 4096}},
+        {"early": {"members": [member_entry("syn", weight=3, max_tokens=3), member_entry("syn", weight=3, max_tokens=3),
+                               member_entry("long", samples=4, temperature=1.0, seed=1, max_tokens=3000)],
+                   "vote": {"strategy": "weighted", "extract": "text"}, "quorum": 2},
+         "late": {"members": [member_entry("syn", max_tokens=3),
+                              member_entry("long", samples=2, temperature=1.0, seed=1, max_tokens=3000)],
+                  "vote": {"extract": "text"}, "quorum": 1, "timeout": "3s"}},
+        memory="8GiB", slot="1GiB")) as (runtime, supervisor):  # type: ignore[attr-defined]
         doc = (await runtime.engines["early"].ask({**ask("go"), "ignore_eos": True})).council_json()
         assert doc["early_stop"] is True and doc["answer"] == "abc"
         assert [m["status"] for m in doc["members"]] == ["ok", "ok", "cancelled", "cancelled", "cancelled",
@@ -393,19 +342,13 @@ def test_members_that_differ_in_more_than_the_seed_are_not_grouped() -> None:
 async def test_confidence_votes_break_a_tie_majority_leaves_to_order(running: Callable[..., object]) -> None:
     """Two members disagree 1-1: majority gives the tie to the first (member order); a confidence vote with the
     members' real token logprobs gives it to the greedy member, far surer than a hot sampler."""
-    text = """
-        gpus: [{{name: cpu, memory: 4GiB}}]
-        slots: {{size: 1GiB, reserve: 0}}
-        models:
-          smol: {{path: {path}, ctx_size: 512}}
-        councils:
-          tie:
-            members:
-              - {{model: smol, sampling: {{temperature: 1.8, seed: 7, max_tokens: 12}}}}
-              - {{model: smol, sampling: {{temperature: 0, max_tokens: 12}}}}
-            vote: {{strategy: {strategy}, extract: text, tie_break: [order]}}
-        """
-    async with running(text.format(path=SMOL.path, strategy="confidence")) as (runtime, _):  # type: ignore[attr-defined]
+    text = policy_yaml(
+        {"smol": {"path": SMOL.path, "ctx_size": 512}},
+        {"tie": {"members": [member_entry("smol", temperature=1.8, seed=7, max_tokens=12),
+                             member_entry("smol", temperature=0, max_tokens=12)],
+                 "vote": {"strategy": "confidence", "extract": "text", "tie_break": ["order"]}}},
+        slot="1GiB")
+    async with running(text) as (runtime, _):  # type: ignore[attr-defined]
         question = ask("Name one planet of the solar system.")
         doc = (await runtime.engines["tie"].ask(question)).council_json()
     hot, greedy = doc["members"]
@@ -427,20 +370,12 @@ async def test_early_stop_decides_inside_a_sample_group_and_closes_its_request(
 ) -> None:
     """The group streams: its first choice to end, with the fast member, decides the vote (4 > 3 still out), so
     the choices still generating are cancelled and the one upstream request is closed."""
-    async with running(f"""
-        gpus: [{{name: cpu, memory: 8GiB}}]
-        slots: {{size: 1GiB, reserve: 0}}
-        models:
-          syn: {{path: {syn}, ctx_size: 512}}
-          smol: {{path: {SMOL.path}, ctx_size: 1024}}
-        councils:
-          c:
-            members:
-              - {{model: syn, weight: 3, sampling: {{max_tokens: 3}}}}
-              - {{model: smol, samples: 4, sampling: {{temperature: 1.0, seed: 1, max_tokens: 400}}}}
-            vote: {{strategy: weighted, extract: "regex:\\\\A(ok)"}}
-            timeout: 5m
-        """) as (runtime, supervisor):  # type: ignore[attr-defined]
+    async with running(policy_yaml(
+        {"syn": {"path": syn, "ctx_size": 512}, "smol": {"path": SMOL.path, "ctx_size": 1024}},
+        {"c": {"members": [member_entry("syn", weight=3, max_tokens=3),
+                           member_entry("smol", samples=4, temperature=1.0, seed=1, max_tokens=400)],
+               "vote": {"strategy": "weighted", "extract": "regex:\\A(ok)"}, "timeout": "5m"}},
+        memory="8GiB", slot="1GiB")) as (runtime, supervisor):  # type: ignore[attr-defined]
         group = supervisor.processes["c/1"]
         before = await _metric(group, "llamacpp:requests_processing")
         # The grammar makes every member start with "ok" (so all vote alike) and leaves the rest free: the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from decimal import Context, Decimal, localcontext
 from pathlib import Path
 
@@ -12,7 +13,10 @@ from hypothesis import strategies as st
 
 from council.voting.extract import ExtractError, Extractor, canonical_tool_call, extract, parse_extractor
 
-GSM8K = Path("/work/shared/data/gsm8k/test.jsonl")
+# The GSM8K test split is not shipped: it lies in the shared/ folder beside a checkout (as bench/accuracy.py
+# reads it), or where $COUNCIL_GSM8K says.
+GSM8K = Path(os.environ.get("COUNCIL_GSM8K")
+             or Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl")
 
 # A chatty GSM8K-style reply (question: Janet's ducks) with many numbers before the marked answer.
 JANET = (
@@ -319,11 +323,6 @@ AUTO_CASES = [
 @pytest.mark.parametrize(("reply", "expected"), AUTO_CASES)
 def test_auto(reply: str, expected: str | None) -> None:
     assert extract(reply, "auto") == expected
-
-
-def test_auto_is_deterministic() -> None:
-    replies = [case.values[0] for case in AUTO_CASES + NUMBER_CASES + CHOICE_CASES]
-    assert [extract(r, "auto") for r in replies] == [extract(r, "auto") for r in replies]
 
 
 # ---------------------------------------------------------------- spec parsing

@@ -3,7 +3,6 @@ the prompt dominates, so each finds the prompt the last one left in the server's
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import httpx
@@ -21,6 +20,7 @@ from council.voting.client import HttpMemberClient, MemberReply
 from council.voting.engine import CouncilEngine, Seat
 from council.voting.lanes import Rates
 from council.voting.request import CouncilRequest
+from tests.policies import member_entry, policy_yaml
 
 SMOL = by_name("smollm2-135m")
 assert SMOL
@@ -71,22 +71,10 @@ def _metric(url: str, key: str, name: str) -> float:
 async def test_a_chained_lane_reads_the_prompt_once(llama_server_bin: LlamaServerInfo, tmp_path: Path, mode: str,
                                                      reads: int) -> None:
     path = tmp_path / "policy.yaml"
-    path.write_text(textwrap.dedent(f"""
-        gpus: [{{name: cpu, memory: 4GiB}}]
-        slots: {{size: 2GiB, reserve: 0}}
-        models:
-          smol: {{path: {SMOL.path}, ctx_size: 1024, share: true}}
-        councils:
-          c:
-            members:
-              - {{model: smol, sampling: {{temperature: 0, max_tokens: 4}}}}
-              - {{model: smol, sampling: {{temperature: 0.5, max_tokens: 4}}}}
-              - {{model: smol, sampling: {{temperature: 1.0, max_tokens: 4}}}}
-            vote: {{extract: text}}
-            quorum: 1
-            timeout: 5m
-            prompt_reuse: {mode}
-        """))
+    path.write_text(policy_yaml(
+        {"smol": {"path": SMOL.path, "ctx_size": 1024, "share": True}},
+        {"c": {"members": [member_entry("smol", temperature=t, max_tokens=4) for t in (0, 0.5, 1.0)],
+               "vote": {"extract": "text"}, "quorum": 1, "timeout": "5m", "prompt_reuse": mode}}, slot="2GiB"))
     assembly = assemble(plan_policy(load_policy(path).policy), llama_server_bin, LifeConfig(run_dir=tmp_path / "run"))
     await assembly.supervisor.start()
     try:

@@ -24,6 +24,7 @@ from council.policy.schema import Policy
 from council.setup.synthetic import write_qwen35
 from council.voting.assembly import assemble
 from council.voting.draft_control import DraftController
+from tests.policies import policy_yaml
 from tests.servers import CouncilServer, until
 
 pytestmark = pytest.mark.anyio
@@ -140,16 +141,11 @@ def test_serve_tunes_live_and_shows_it(serve: Callable[..., CouncilServer], tmp_
     """`council serve` runs the controller: /admin/members, /metrics and the log show the change and why."""
     bad = write_qwen35(tmp_path / "bad.gguf", disagree_every=1)
     good = write_qwen35(tmp_path / "good.gguf")
-    auto = "{start: 2, limit: 4, interval: 0.2, window: 30, min_drafts: 20, sustain: 2, probe_after: 600}"
-    server = serve(f"""
-gpus: [{{name: cpu, memory: 4GiB}}]
-slots: {{size: 256MiB, reserve: 0}}
-models:
-  auto: {{path: {bad}, ctx_size: 512, threads: 1, draft: {{type: mtp, n_max: auto, auto: {auto}}}}}
-  fixed: {{path: {good}, ctx_size: 512, threads: 1}}
-councils:
-  c: {{members: [{{model: auto}}, {{model: fixed}}], quorum: 1}}
-""")
+    auto = {"start": 2, "limit": 4, "interval": 0.2, "window": 30, "min_drafts": 20, "sustain": 2, "probe_after": 600}
+    server = serve(policy_yaml(
+        {"auto": {"path": bad, "ctx_size": 512, "threads": 1, "draft": {"type": "mtp", "n_max": "auto", "auto": auto}},
+         "fixed": {"path": good, "ctx_size": 512, "threads": 1}},
+        {"c": {"members": [{"model": "auto"}, {"model": "fixed"}], "quorum": 1}}))
 
     def member() -> dict:
         return next(m for m in httpx.get(f"{server.url}/admin/members").json()["members"] if m["model"] == "auto")
