@@ -193,11 +193,11 @@ class ChatRequest(_Sampling):
 
     def council_request(self, body: dict[str, Any]) -> CouncilRequest:
         """What a council needs, built once at the door from this validated `body`: the question, the council
-        options, logprobs, and the members' payload (every field but the router's own, as the client sent it)."""
+        options, logprobs, tools, and the members' payload (every field but the router's own, as the client sent it)."""
         return CouncilRequest(members_payload={k: v for k, v in body.items() if k not in CHAT_ROUTER_FIELDS},
                               question=last_user_text(body["messages"]),
                               early_stop=self.council is None or self.council.early_stop,
-                              logprobs=bool(self.logprobs))
+                              logprobs=bool(self.logprobs), tools=body.get("tools") or ())
 
 
 def router_fields(model: type[BaseModel]) -> frozenset[str]:

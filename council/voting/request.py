@@ -1,6 +1,6 @@
 """One council request, built once where it comes in: what the vote needs (the question, the council's own
-options, whether the answer carries logprobs) and what every member is sent (`members_payload`, the
-pass-through fields, to which each seat adds its own sampling).
+options, whether the answer carries logprobs, the tools the client declared) and what every member is sent
+(`members_payload`, the pass-through fields, to which each seat adds its own sampling).
 
 The HTTP layer builds it from a validated body (`council.server.requests.council_request`); evaluation, tests and
 benchmarks build it from a plain body with `CouncilRequest.of`.
@@ -36,9 +36,10 @@ class CouncilRequest:
     question: str = ""
     early_stop: bool = True  # `council: {early_stop: false}`: wait for every member (what evaluation asks)
     logprobs: bool = False  # the answer carries the speaker's token logprobs
+    tools: Sequence[Mapping[str, Any]] = ()  # the functions the client declared (members get them in the payload)
 
     @classmethod
     def of(cls, body: Mapping[str, Any], *, early_stop: bool = True) -> CouncilRequest:
         """A request whose members get `body` as it is (an OpenAI chat body without the router's own fields)."""
         return cls(members_payload=body, question=last_user_text(body.get("messages")), early_stop=early_stop,
-                   logprobs=bool(body.get("logprobs")))
+                   logprobs=bool(body.get("logprobs")), tools=body.get("tools") or ())

@@ -103,3 +103,24 @@ def test_council_returns_the_winners_logprobs_and_rejections_are_400(
     extra = httpx.post(url, timeout=60, json={"model": "alphabet", "n_probs": 1, "cache_prompt": False,
                                               "messages": [{"role": "user", "content": "go"}]})
     assert extra.status_code == 200 and extra.json()["council"]["answer"] == "abcdef"
+
+
+def test_a_passthrough_with_n_choices_holds_n_slots(serve: Callable[..., CouncilServer]) -> None:
+    """`n: 2` is two generations in llama-server: it takes both of the process's two slots, so the next call waits
+    in the router (before, it held one slot and the next call went in beside it)."""
+    two = policy_yaml({"long": {"path": SMOL.path, "ctx_size": 4096, "parallel": 2}},
+                      {"pair": {"members": [member_entry("long")]}})
+    server = serve(two)
+    url = f"{server.url}/v1/chat/completions"
+    long = {"model": "long", "max_tokens": 3000, "ignore_eos": True, "stream": True, "n": 2,
+            "messages": [{"role": "user", "content": "Count to a thousand."}]}
+    with httpx.stream("POST", url, json=long, timeout=120) as streamed:
+        lines = streamed.iter_lines()  # kept: a dropped iterator would close the stream
+        next(lines)
+        second = threading.Thread(target=lambda: httpx.post(url, timeout=120, json={
+            "model": "long", "max_tokens": 2, "messages": [{"role": "user", "content": "go"}]}))
+        second.start()
+        wait_for(lambda: members(server)["pair/0"]["waiting"] == 1, "the second call to wait for a free slot")
+        assert members(server)["pair/0"]["in_flight"] == 1
+    second.join(60)
+    assert not second.is_alive()

@@ -223,6 +223,7 @@ def test_tool_calls_vote_as_canonical_json_and_member_settings_win() -> None:
     request = chat.council_request(body)  # built once at the door: the router's own fields stay there
     assert set(request.members_payload) == {"temperature", "tools", "grammar", "messages"}
     assert request.question == "q" and request.early_stop is False and request.logprobs is False
+    assert request.tools == tools  # what the vote on tool calls will check calls against
     payload = member_payload(request.members_payload, Sampling(temperature=0.2, seed=7, system="new"))
     assert payload["temperature"] == 0.2 and payload["seed"] == 7 and payload["tools"] == tools
     assert payload["grammar"] == "root ::= x"  # fields OpenAI does not define pass through untouched

@@ -102,7 +102,7 @@ async def chat_completions(request: Request, router: Current, who: Chat) -> Resp
     admission = await router.limits.admit(who, chat.model)
     if engine is None:
         return await _passthrough(router, chat.model, raw, "/v1/chat/completions", admission, started,
-                                  stream=bool(chat.stream))
+                                  stream=bool(chat.stream), width=chat.n or 1)
     council = chat.council_request(body)  # what the vote needs, once: question, options, members' payload
     if chat.stream:
         return StreamingResponse(stream_council(router, engine, council, admission, started),
@@ -181,7 +181,9 @@ async def completions(request: Request, router: Current, who: Chat) -> Response:
 
 
 async def _passthrough(router: Router, model: str, raw: bytes, path: str, admission: Admission, started: float,
-                       stream: bool = False) -> Response:
+                       stream: bool = False, width: int = 1) -> Response:
+    """Relay to the model; `width` is the request's `n` (n choices hold n of the process's slots and count n
+    against its rate limit)."""
     if stream:
         # A stream's headers leave when the member's do: they carry the router's time before it relayed.
         overhead = time.perf_counter() - started
@@ -190,7 +192,7 @@ async def _passthrough(router: Router, model: str, raw: bytes, path: str, admiss
             router.metrics.observe("chat", model, status, time.perf_counter() - started, overhead)
 
         try:
-            response = await relay(router, model, raw, path, True, admission, ended)
+            response = await relay(router, model, raw, path, True, admission, ended, width)
         except BaseException:
             admission.release()
             raise
@@ -198,7 +200,7 @@ async def _passthrough(router: Router, model: str, raw: bytes, path: str, admiss
         return response
     async with admission:
         asked = time.perf_counter()
-        response = await relay(router, model, raw, path, False, admission)
+        response = await relay(router, model, raw, path, False, admission, width=width)
         return _measured(router, response, model, started, time.perf_counter() - asked)
 
 

@@ -40,7 +40,9 @@ async def process_call(process: str, path: str, request: Request, router: Router
         raise ApiError(503, f"member {process} is not ready on this host", "no_ready_member")
     raw = await request.body()
     try:
-        stream = json.loads(raw).get("stream") is True
+        doc = json.loads(raw)
+        stream, n = doc.get("stream") is True, doc.get("n")
     except (ValueError, AttributeError):
-        stream = False  # the process answers a broken body itself
-    return await relay_through(client, raw, path, stream)
+        stream, n = False, None  # the process answers a broken body itself
+    width = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+    return await relay_through(client, raw, path, stream, width=width)

@@ -14,7 +14,7 @@ from council.voting.client import HttpMemberClient
 
 
 async def relay(router: Router, model: str, payload: bytes, path: str, stream: bool,
-                admission: Admission, ended: Callable[[int], None] | None = None) -> Response:
+                admission: Admission, ended: Callable[[int], None] | None = None, width: int = 1) -> Response:
     """Send `payload` to the least busy ready process serving `model`, through the same client (slots, rate
     limit, watchdog accounting) its council calls use; token by token when streaming (then `ended` is told the
     status once the stream is over)."""
@@ -29,17 +29,17 @@ async def relay(router: Router, model: str, payload: bytes, path: str, stream: b
         if ended is not None:
             ended(status)
 
-    return await relay_through(client, payload, path, stream, done)
+    return await relay_through(client, payload, path, stream, done, width)
 
 
 async def relay_through(client: HttpMemberClient, payload: bytes, path: str, stream: bool,
-                        done: Callable[[int], None] = lambda _status: None) -> Response:
+                        done: Callable[[int], None] = lambda _status: None, width: int = 1) -> Response:
     """One call relayed as it came back: whole, or (streaming) chunk by chunk, holding the process's slot and
     its accounting until the last chunk; `done` is told the status once the stream is over."""
     if not stream:
-        relayed = await client.relay(payload, path)
+        relayed = await client.relay(payload, path, width)
         return Response(content=relayed.body, status_code=relayed.status, media_type=relayed.content_type)
-    opened = client.stream(payload, path)
+    opened = client.stream(payload, path, width)
     head, chunks = await opened.__aenter__()
 
     async def body() -> AsyncIterator[bytes]:
