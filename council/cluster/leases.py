@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from council.cluster.store import Lease, StaleLease, StateError, StateStore
+from council.cluster.store import Lease, StaleLease, StateError, StateStore, pause
 from council.plan.gpus import Gpu, handing_back
 from council.plan.planner import PolicyPlan
 from council.plan.slots import CouncilResult, GpuSlots
@@ -140,7 +140,7 @@ class LeaseKeeper:
 
     async def _renew_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            await pause(self.ttl / 3)
             await self.renew_once()
 
     async def renew_once(self) -> None:

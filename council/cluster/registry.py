@@ -8,14 +8,13 @@ known.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
 
-from council.cluster.store import StateError, StateStore
+from council.cluster.store import StateError, StateStore, pause
 from council.members.process import MemberProcess
 from council.voting.client import Endpoint
 
@@ -36,13 +35,13 @@ class Registry:
                         "url": f"{advertise_url}/internal/members/{p.name}"} for p in processes() if p.ready]
             with contextlib.suppress(StateError):
                 await self.state.publish_members(advertise_url, entries, ttl=3 * self.heartbeat)
-            await asyncio.sleep(self.heartbeat)
+            await pause(self.heartbeat)
 
     async def follow_forever(self) -> None:
         while True:
             with contextlib.suppress(StateError):
                 self.hosts = await self.state.members()
-            await asyncio.sleep(self.heartbeat / 2)
+            await pause(self.heartbeat / 2)
 
     async def withdraw(self, advertise_url: str) -> None:
         """Leave the registry now (a clean stop need not wait for the heartbeat to lapse)."""

@@ -10,6 +10,7 @@ the server's TIME, never by a router's clock, so routers with skewed clocks stil
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -137,3 +138,13 @@ def json_copy(value: Any) -> Any:
     # Memory keeps what Redis would return: a JSON round trip, so both reject the same values and a caller
     # mutating its dict afterwards changes nothing stored.
     return json.loads(json.dumps(value))
+
+
+async def pause(seconds: float) -> None:
+    """`asyncio.sleep` for loops that ride out store outages: it first honours a cancellation that a library
+    swallowed. redis-py can turn a cancel that races its own socket timeout into a timeout error, which such a loop
+    ignores as an outage; the task is then "cancelling" yet loops on, and the router's stop waits for it forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    await asyncio.sleep(seconds)
