@@ -60,7 +60,7 @@ server: {{max_queue: 4096}}
 models:
   syn: {{path: {model}, ctx_size: 512, parallel: 4}}
 councils:
-  solo: {{members: [{{model: syn}}]}}
+  solo: {{members: [{{model: syn}}], vote: {{extract: text}}}}  # a 1-token reply is cut off: text still votes
   trio: {{members: [{listing}], vote: {{extract: text}}}}
 """
 
