@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from council.errors import CouncilError
-from council.voting.request import CouncilRequest, last_user_text
+from council.voting.request import CouncilRequest, for_members, last_user_text
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 
@@ -168,6 +168,9 @@ class _Sampling(_Open):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
+    def check(self) -> None:
+        """Rules across fields, after validation (a BadRequest when one is broken)."""
+
 
 class CouncilOptions(_Open):
     """council's own request options (never sent to members): `early_stop: false` waits for every member
@@ -194,10 +197,27 @@ class ChatRequest(_Sampling):
     def council_request(self, body: dict[str, Any]) -> CouncilRequest:
         """What a council needs, built once at the door from this validated `body`: the question, the council
         options, logprobs, tools, and the members' payload (every field but the router's own, as the client sent it)."""
-        return CouncilRequest(members_payload={k: v for k, v in body.items() if k not in CHAT_ROUTER_FIELDS},
-                              question=last_user_text(body["messages"]),
+        members = for_members({k: v for k, v in body.items() if k not in CHAT_ROUTER_FIELDS})
+        return CouncilRequest(members_payload=members, question=last_user_text(body["messages"]),
                               early_stop=self.council is None or self.council.early_stop,
-                              logprobs=bool(self.logprobs), tools=body.get("tools") or ())
+                              logprobs=bool(self.logprobs), tools=members.get("tools") or ())
+
+    def check(self) -> None:
+        """What a field alone cannot say: `tool_choice` must name a declared tool (OpenAI answers 400 too)."""
+        choice = self.tool_choice
+        if choice is None or choice in ("none", "auto"):
+            return
+        declared = [t.function.name for t in self.tools or ()]
+        if not declared:
+            raise BadRequest(f"`tool_choice` {_choice(choice)} needs `tools`: declare the functions to call",
+                             "invalid_tool_choice")
+        if isinstance(choice, ToolChoiceFunction) and choice.function.name not in declared:
+            raise BadRequest(f"`tool_choice` names function {choice.function.name!r}, which `tools` does not "
+                             f"declare (declared: {', '.join(declared)})", "invalid_tool_choice")
+
+
+def _choice(choice: str | ToolChoiceFunction) -> str:
+    return repr(choice) if isinstance(choice, str) else f"naming {choice.function.name!r}"
 
 
 def router_fields(model: type[BaseModel]) -> frozenset[str]:
@@ -242,7 +262,7 @@ def validate_body(body: Any, model: type[_Sampling]) -> _Sampling:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object", "invalid_body")
     try:
-        return model.model_validate(body)
+        validated = model.model_validate(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
@@ -250,6 +270,8 @@ def validate_body(body: Any, model: type[_Sampling]) -> _Sampling:
         if errors[0].get("loc", ("",))[0] == "model":
             message = "`model` is required: a council or model name (see GET /v1/models)"
         raise BadRequest(message, _code(errors[0])) from None
+    validated.check()
+    return validated
 
 
 def parse_json(raw: bytes) -> Any:

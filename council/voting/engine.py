@@ -165,17 +165,30 @@ class CouncilAnswer:
 
 def member_payload(request: Mapping[str, Any], sampling: Sampling) -> dict[str, Any]:
     """The body one seat is sent: the request's pass-through fields (`CouncilRequest.members_payload`) with the
-    policy's per-member sampling on top (it is what makes members differ); its `system` replaces the request's
-    system message."""
+    policy's per-member sampling on top (it is what makes members differ). Its `system` is added to the
+    request's system message, never replaces it: an agent's instructions reach every member. Everything else
+    (tool results, assistant turns with their tool calls, tools, `tool_choice`) passes as it is."""
     payload = dict(request)
     for key in ("temperature", "top_p", "top_k", "seed", "max_tokens"):
         value = getattr(sampling, key)
         if value is not None:
             payload[key] = value
     if sampling.system is not None:
-        rest = [m for m in payload.get("messages", []) if m.get("role") != "system"]
-        payload["messages"] = [{"role": "system", "content": sampling.system}, *rest]
+        payload["messages"] = with_system(payload.get("messages") or [], sampling.system)
     return payload
+
+
+def with_system(messages: list[Any], system: str) -> list[Any]:
+    """`messages` with `system` after the leading system (or developer) message's text, in that one message:
+    most chat templates accept a single system message, and only in first place. Without one, `system` leads."""
+    first = messages[0] if messages else None
+    if not isinstance(first, Mapping) or first.get("role") not in ("system", "developer"):
+        return [{"role": "system", "content": system}, *messages]
+    content = first.get("content")
+    if isinstance(content, list):  # text parts (the only parts a system message takes): joined as they render
+        content = "\n".join(str(p.get("text") or "") for p in content if isinstance(p, Mapping))
+    merged = f"{content}\n\n{system}" if content else system
+    return [{**first, "content": merged}, *messages[1:]]
 
 
 def extract_reply(reply: MemberReply, how: str) -> str | None:

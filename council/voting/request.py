@@ -27,6 +27,20 @@ def last_user_text(messages: Iterable[Any] | None) -> str:
     return ""
 
 
+def for_members(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`body` with the tools its members get: none at all for `tool_choice: "none"`; only the named function,
+    with `tool_choice: "required"`, for a named one (llama-server reads `tool_choice` only as a string, and
+    an object would quietly become `auto`). Any other body is returned as it is, uncopied."""
+    choice = body.get("tool_choice")
+    if choice == "none":
+        return {k: v for k, v in body.items() if k not in ("tools", "tool_choice", "parallel_tool_calls")}
+    if isinstance(choice, Mapping):
+        name = (choice.get("function") or {}).get("name")
+        tools = [t for t in body.get("tools") or () if (t.get("function") or {}).get("name") == name]
+        return {**body, "tools": tools, "tool_choice": "required"}
+    return body
+
+
 @dataclass(frozen=True)
 class CouncilRequest:
     """A chat request to a council. `members_payload` is shared, never changed: each seat's body is a copy with
@@ -36,10 +50,12 @@ class CouncilRequest:
     question: str = ""
     early_stop: bool = True  # `council: {early_stop: false}`: wait for every member (what evaluation asks)
     logprobs: bool = False  # the answer carries the speaker's token logprobs
-    tools: Sequence[Mapping[str, Any]] = ()  # the functions the client declared (members get them in the payload)
+    tools: Sequence[Mapping[str, Any]] = ()  # the functions members may call (`for_members`: tool_choice applied)
 
     @classmethod
     def of(cls, body: Mapping[str, Any], *, early_stop: bool = True) -> CouncilRequest:
-        """A request whose members get `body` as it is (an OpenAI chat body without the router's own fields)."""
+        """A request whose members get `body` (an OpenAI chat body without the router's own fields), its tools
+        as `tool_choice` leaves them (`for_members`)."""
+        body = for_members(body)
         return cls(members_payload=body, question=last_user_text(body.get("messages")), early_stop=early_stop,
                    logprobs=bool(body.get("logprobs")), tools=body.get("tools") or ())

@@ -213,6 +213,30 @@ def _measured(router: Router, response: Response, model: str, started: float, wa
     return response
 
 
+def stream_deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The council's message as OpenAI streams one: the role with the text, then for each tool call a delta
+    that opens it (`index`, `id`, `type`, the function's name, empty arguments) and one with its arguments, so
+    clients' accumulators (the openai SDK's stream helpers) rebuild the same calls. The answer is whole once the
+    vote is decided: cutting the arguments finer would send more bytes and nothing sooner."""
+    calls = message.get("tool_calls") or []
+    content = message.get("content")
+    first: dict[str, Any] = {"role": "assistant", "content": content or ("" if not calls else None)}
+    deltas = [first]
+    for index, call in enumerate(calls):
+        fn = call.get("function") or {}
+        opening = {"index": index, "id": call.get("id"), "type": call.get("type") or "function",
+                   "function": {"name": fn.get("name"), "arguments": ""}}
+        if index == 0:
+            first["tool_calls"] = [opening]  # as OpenAI does: the role and the first call open together
+        else:
+            deltas.append({"tool_calls": [opening]})
+        arguments = fn.get("arguments")
+        if arguments:
+            text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
+    return deltas
+
+
 async def stream_council(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,
                          started: float) -> AsyncIterator[bytes]:
     """Keep-alive comments while members work, then the winning answer, usage and the council object (with the
@@ -239,14 +263,11 @@ async def stream_council(router: Router, engine: CouncilEngine, council: Council
         router.answered(answer, council)
         created = int(time.time())
         head = {"id": answer.id, "object": "chat.completion.chunk", "created": created, "model": answer.council}
-        message = answer.message
-        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
-        if message.get("tool_calls"):
-            delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
-        first: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
-        if council.logprobs and answer.logprobs is not None:
-            first["logprobs"] = answer.logprobs
-        yield _sse({**head, "choices": [first]})
+        for n, delta in enumerate(stream_deltas(answer.message)):
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+            if n == 0 and council.logprobs and answer.logprobs is not None:
+                choice["logprobs"] = answer.logprobs
+            yield _sse({**head, "choices": [choice]})
         overhead_ms = round((time.perf_counter() - started - waited) * 1000, 3)
         yield _sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}],
                     "usage": answer.usage(), "council": {**answer.council_json(), "overhead_ms": overhead_ms}})
