@@ -227,7 +227,8 @@ def test_tool_calls_vote_as_canonical_json_and_member_settings_win() -> None:
     payload = member_payload(request.members_payload, Sampling(temperature=0.2, seed=7, system="new"))
     assert payload["temperature"] == 0.2 and payload["seed"] == 7 and payload["tools"] == tools
     assert payload["grammar"] == "root ::= x"  # fields OpenAI does not define pass through untouched
-    assert payload["messages"] == [{"role": "system", "content": "new"}, {"role": "user", "content": "q"}]
+    # the member's system prompt joins the request's, never replaces it (README, "Agents")
+    assert payload["messages"] == [{"role": "system", "content": "old\n\nnew"}, {"role": "user", "content": "q"}]
 
 
 # ---- cascades, shared prompts (n), confidence votes ------------------------------------------------------
