@@ -290,7 +290,8 @@ class Sampling(_Strict):
     seed: int | None = Field(default=None, description="Sampling seed (with `samples: K`, sample k uses "
                              "seed + k).", examples=[1])
     max_tokens: int | None = Field(default=None, ge=1, description="Most tokens of a reply.", examples=[400])
-    system: str | None = Field(default=None, description="A system prompt put before the request's messages.",
+    system: str | None = Field(default=None, description="A system prompt added to the request's: after its system "
+                               "message's text, in that one message (first, when it has none).",
                                examples=["Reason step by step, then end with \"The answer is N.\""])
 
 
