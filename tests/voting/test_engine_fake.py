@@ -138,7 +138,8 @@ async def test_members_get_the_pass_through_fields_with_their_own_sampling() -> 
     await engine.ask(body)
     first, second = clients[0].sent[0], clients[1].sent[0]
     assert first["temperature"] == 0.2 and first["grammar"] == "g"
-    assert first["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "q"}]
+    # the member's system prompt is added to the request's, in one system message
+    assert first["messages"] == [{"role": "system", "content": "old\n\nbe brief"}, {"role": "user", "content": "q"}]
     assert second == body and second is not body  # each seat's own copy; the request is never changed
     assert body["temperature"] == 1.0
 
