@@ -395,6 +395,13 @@ class VoteConfig(_Strict):
         "least likely tenth.", examples=["answer"])
     cascade: CascadeConfig | None = Field(default=None, description="Ask stages of seats, the next only when "
                                           "the ones before did not agree.", examples=[{"first": 3}])
+    # README "Agents" / "Tool calls": how a request with `tools` is voted on.
+    tools: Literal["set", "per_argument"] = Field(
+        default="set", description="With `tools` in the request: `set` votes on each seat's whole set of calls; "
+        "`per_argument` on which functions are called, then on each argument's value.", examples=["per_argument"])
+    recover_tool_calls: bool = Field(default=True, description="With `tools` in the request: a reply whose text "
+                                     "is nothing but tool calls (fenced or bare JSON, `<tool_call>` tags, ...) "
+                                     "votes and answers with those calls.", examples=[False])
 
     @field_validator("extract")
     @classmethod
