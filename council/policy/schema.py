@@ -244,6 +244,10 @@ class ModelConfig(_Strict):
                                examples=[{"type": "mtp", "n_max": 2}])
     share: bool = Field(default=False, description="Members of this model in one council share one process (one "
                         "`parallel` slot each).")
+    recover_tool_calls: bool = Field(default=False, description="Passthrough (`model` names this model) with "
+                                     "`tools`: a reply whose text is nothing but valid tool calls is returned as "
+                                     "those calls (a stream is held back until it is known); councils have "
+                                     "`vote.recover_tool_calls`.", examples=[True])
     # llama-server's prompt cache lives in host memory and grows with use (its default cap is 8 GiB):
     # off unless asked for, and counted in the plan when it is.
     cache_ram: Size = Field(default=0, description="llama-server's prompt cache in host memory (0: off); "

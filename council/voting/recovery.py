@@ -214,6 +214,30 @@ def recover(text: str | None, declared: Collection[str]) -> tuple[Recovered, str
     return None
 
 
+_OPENERS = ("{", "[", "```", "<tool_call>", "<think>", "<thinking>")
+_NAME_SO_FAR = re.compile(r"\[?\s*[A-Za-z_][\w.]*(?:\s*\(.*)?", re.S)
+
+
+def could_be_calls(prefix: str) -> bool:
+    """Whether a reply that begins with `prefix` may still turn out to be nothing but calls: a streamed
+    passthrough with recovery holds the reply back until this is False (then relays it as it came) or the reply
+    ends (then it is calls, or relayed as it came)."""
+    text = prefix.lstrip()
+    if not text:
+        return True
+    if text.startswith(("<think>", "<thinking>")):
+        closed = _THINK.match(text)
+        return True if closed is None else could_be_calls(text[closed.end():])
+    if any(text.startswith(o) or o.startswith(text) for o in _OPENERS):
+        return True
+    if _NAME_SO_FAR.fullmatch(text):  # `get_weather(city=...` so far
+        return True
+    line, newline, rest = text.partition("\n")  # a lead-in line ("Here is the call:"), then calls
+    if not newline:
+        return len(line) <= 200 and not re.search(r"[{}\[\]`<]", line)
+    return bool(_LEAD_IN.match(text)) and could_be_calls(rest)
+
+
 def looks_like_a_call(text: str | None) -> bool:
     """Whether a reply begins the way a written call does: a reply cut off by max_tokens that looks like this
     was probably writing a call, and its lack of one is no answer."""

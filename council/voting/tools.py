@@ -217,6 +217,13 @@ def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reas
     return ToolAnswer(tuple(calls), recovered, set_key(calls), shape=shape)
 
 
+def recovered_calls(content: str | None, toolbox: Toolbox) -> tuple[ToolCall, ...] | None:
+    """The calls a reply's text consists of, when every one is valid (a passthrough with recovery returns them);
+    None otherwise (the reply is relayed as it came)."""
+    answer = read_answer(None, content, None, toolbox)
+    return answer.calls if answer.calls and answer.vote is not None else None
+
+
 # ---- the decision --------------------------------------------------------------------------------------------
 
 

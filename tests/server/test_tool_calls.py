@@ -27,7 +27,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 def agents(serve: Callable[..., CouncilServer]) -> CouncilServer:
     seats = {"members": [{"model": "qwen", "samples": 2, "sampling": {"temperature": 0, "max_tokens": 60}}],
              "timeout": "240s"}
-    return serve(policy_yaml({"qwen": {"path": QWEN05.path, "ctx_size": 1024}},
+    return serve(policy_yaml({"qwen": {"path": QWEN05.path, "ctx_size": 1024, "recover_tool_calls": True}},
                              {"agents": seats, "literal": {**seats, "vote": {"recover_tool_calls": False}}},
                              memory="8GiB", slot="1GiB"))
 
@@ -57,3 +57,29 @@ def test_a_council_of_small_models_returns_the_call_they_wrote_as_text(agents: C
     assert '"get_weather"' in (choice.message.content or "")
     council = literal.model_extra["council"]
     assert council["answer"] == "(no call)" and all("recovered" not in m for m in council["members"])
+
+
+def test_passthrough_with_recovery_returns_the_call_whole_and_streamed(agents: CouncilServer) -> None:
+    client = openai.OpenAI(base_url=f"{agents.url}/v1", api_key="unused", max_retries=0, timeout=300)
+    reply = client.chat.completions.create(model="qwen", messages=ASK, tools=[WEATHER],  # type: ignore[list-item]
+                                           temperature=0, max_tokens=60)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None, choice
+    calls = choice.message.tool_calls
+    assert calls is not None and [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"})]
+    # streamed: held back until it is known, then OpenAI's tool-call chunks, which the SDK's helper accumulates
+    with client.chat.completions.stream(model="qwen", messages=ASK, tools=[WEATHER],  # type: ignore[list-item]
+                                        temperature=0, max_tokens=60) as stream:
+        final = stream.get_final_completion()
+    streamed = final.choices[0]
+    assert streamed.finish_reason == "tool_calls" and streamed.message.tool_calls is not None
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in streamed.message.tool_calls] == [
+        ("get_weather", {"city": "Paris"})]
+    assert not streamed.message.content
+    # a question its tool cannot answer streams as text, as the model wrote it
+    plain = list(client.chat.completions.create(model="qwen", stream=True, tools=[WEATHER],  # type: ignore[list-item]
+                                                temperature=0, max_tokens=12,
+                                                messages=[{"role": "user", "content": "Say hello in French."}]))
+    text = "".join(c.choices[0].delta.content or "" for c in plain if c.choices)
+    assert text and not any(c.choices[0].delta.tool_calls for c in plain if c.choices)
