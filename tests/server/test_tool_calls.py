@@ -13,7 +13,7 @@ import pytest
 
 from council.setup.catalog import by_name
 from tests.policies import policy_yaml
-from tests.servers import CouncilServer
+from tests.servers import CouncilServer, RunningServer
 
 QWEN05 = by_name("qwen2.5-coder-0.5b")
 assert QWEN05
@@ -83,3 +83,31 @@ def test_passthrough_with_recovery_returns_the_call_whole_and_streamed(agents: C
                                                 messages=[{"role": "user", "content": "Say hello in French."}]))
     text = "".join(c.choices[0].delta.content or "" for c in plain if c.choices)
     assert text and not any(c.choices[0].delta.tool_calls for c in plain if c.choices)
+
+
+def test_remote_members_keep_their_tool_calls(serve: Callable[..., CouncilServer],
+                                              start_server: Callable[..., RunningServer]) -> None:
+    """Two `remote:` members through litellm's `openai/` provider: a bare llama-server (the model's JSON text,
+    recovered by the council) and a router relaying the model with `recover_tool_calls` (real `tool_calls`,
+    which the council keeps as they are)."""
+    bare = start_server(QWEN05.path, "--jinja", ctx=1024)
+    relaying = serve(policy_yaml({"qwen": {"path": QWEN05.path, "ctx_size": 1024, "recover_tool_calls": True}},
+                                 {"one": {"members": [{"model": "qwen"}]}}, memory="8GiB", slot="1GiB"))
+    sampling = {"temperature": 0, "max_tokens": 60}
+    mixed = serve(policy_yaml(
+        {"text": {"remote": {"model": "openai/qwen", "api_base": f"{bare.url}/v1", "api_key_env": "BARE_KEY"}},
+         "calls": {"remote": {"model": "openai/qwen", "api_base": f"{relaying.url}/v1", "api_key_env": "RELAY_KEY"}}},
+        {"far": {"members": [{"model": "text", "sampling": sampling}, {"model": "calls", "sampling": sampling}],
+                 "quorum": "all", "timeout": "240s"}}), env={"BARE_KEY": bare.api_key, "RELAY_KEY": "unused"})
+    client = openai.OpenAI(base_url=f"{mixed.url}/v1", api_key="unused", max_retries=0, timeout=300)
+    reply = client.chat.completions.create(model="far", messages=ASK, tools=[WEATHER])  # type: ignore[list-item]
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls is not None, choice
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [
+        ("get_weather", {"city": "Paris"})]
+    text, calls = reply.model_extra["council"]["members"]
+    assert text["status"] == calls["status"] == "ok", (text, calls)
+    assert text["recovered"] is True and '"get_weather"' in text["answer"]
+    assert "recovered" not in calls and calls["calls"] == [
+        {"name": "get_weather", "arguments": {"city": "Paris"}, "verdict": "valid"}]  # its own tool_calls, kept
+    assert reply.model_extra["council"]["agreement"] == 1.0
