@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from council.voting.recovery import looks_like_a_call, recover
+from council.voting.recovery import could_be_calls, looks_like_a_call, recover
 
 DECLARED = {"get_weather", "get_time"}
 PARIS = [("get_weather", {"city": "Paris"})]
@@ -74,3 +74,14 @@ def test_a_reply_that_began_a_call_is_told_apart() -> None:
     assert looks_like_a_call('```json\n{"name": "get_wea')
     assert looks_like_a_call('<think>x</think>{"name"')
     assert not looks_like_a_call("The weather in Paris is")
+
+
+@pytest.mark.parametrize(("prefix", "held"), [
+    ("", True), ("\n ", True), ("``", True), ('```json\n{"na', True), ('{"name"', True), ("[", True),
+    ("<tool_", True), ("get_weather(city=", True), ("Here is the call:", True), ('Here is the call:\n\n{"n', True),
+    ("<think>The user wants", True),
+    ("The weather in Paris is nice.\nBut", False), ("Here: x\n", False), ("Paris is `sunny`", False),
+    ("<think>x</think>\nThe answer is 4.\n", False),
+])
+def test_a_stream_is_held_back_only_while_it_may_still_be_calls(prefix: str, held: bool) -> None:
+    assert could_be_calls(prefix) is held
