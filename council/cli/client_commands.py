@@ -83,7 +83,7 @@ def tally(
     tools = doc.get("tools")
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
         raise fail(f"{ballot}: `tools` must be a list of tool objects, as the request declared them", 2)
-    toolbox = Toolbox(tools) if tools else None
+    toolbox = Toolbox(tools, doc.get("tool_choice")) if tools else None
     mode = tool_vote or doc.get("tool_vote_mode") or "set"
     if mode not in ("set", "per_argument"):
         raise fail(f"unknown tool vote {mode!r}: use set or per_argument", 2)

@@ -111,6 +111,7 @@ class CouncilAnswer:
     tool_calls: list[dict[str, Any]] | None = None
     tool_decision: ToolDecision | None = None
     tools: tuple[Any, ...] = ()
+    tool_choice: Any = None
     _json: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -272,7 +273,9 @@ class CouncilEngine:
         waits for each, so every member's answer is known."""
         if not isinstance(request, CouncilRequest):
             request = CouncilRequest.of(request)
-        toolbox = Toolbox(request.tools) if request.tools else None  # one validator per tool, for every seat
+        # One validator per tool, for every seat; `tool_choice: none` asks for text, voted on as text
+        choice = request.members_payload.get("tool_choice")
+        toolbox = Toolbox(request.tools, choice) if request.tools and choice != "none" else None
         return await self._conclude(request, await self._collect(request, toolbox), toolbox)
 
     async def _collect(self, request: CouncilRequest, toolbox: Toolbox | None = None) -> Collected:
@@ -388,7 +391,8 @@ class CouncilEngine:
                                decision=decision, outcomes=ordered, early_stop=collected.early,
                                judge_fallback=judge_fallback, stage=collected.stage, stages=collected.stages,
                                tool_calls=None if tool_decision is None else [c.openai() for c in tool_decision.calls],
-                               tool_decision=tool_decision, tools=tuple(request.tools))
+                               tool_decision=tool_decision, tools=tuple(request.tools),
+                               tool_choice=request.members_payload.get("tool_choice"))
         self.ballots.put(answer.id, self.ballot_record(answer))
         return answer
 
@@ -416,7 +420,7 @@ class CouncilEngine:
     def ballot_record(self, answer: CouncilAnswer) -> dict[str, Any]:
         """The full ballot: the council object plus the raw answers, in `council tally`'s input format."""
         vote = self.config.vote
-        tools = {"tools": list(answer.tools), "tool_vote_mode": vote.tools,
+        tools = {"tools": list(answer.tools), "tool_choice": answer.tool_choice, "tool_vote_mode": vote.tools,
                  "recover_tool_calls": vote.recover_tool_calls} if answer.tool_decision is not None else {}
         return {"id": answer.id, "created": int(time.time()), **answer.council_json(),
                 "extract": vote.extract, "tie_break": list(vote.tie_break),

@@ -45,6 +45,7 @@ NO_CALL = "(no call)"  # the vote of a seat that called no tool: no call key can
 VALID = "valid"
 ABSENT = "(absent)"  # per-argument vote: the seat left this argument out
 CUT_OFF_CALL = "cut off by max_tokens while writing a tool call"
+NO_CALL_REQUIRED = "made no call, though tool_choice requires one"
 MAX_PERMUTED = 6  # calls to one function aligned by trying every permutation; more are aligned in sorted order
 
 ToolVote = Literal["set", "per_argument"]
@@ -125,9 +126,14 @@ def unique(calls: Sequence[ToolCall]) -> tuple[ToolCall, ...]:
 
 
 class Toolbox:
-    """The functions one request declared, with a JSON Schema validator per function, compiled on first use."""
+    """The functions one request declared, with a JSON Schema validator per function, compiled on first use, and
+    what its `tool_choice` demands: `required` (a seat that calls nothing abstains) or a named function (only
+    calls to it are valid)."""
 
-    def __init__(self, tools: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, tools: Sequence[Mapping[str, Any]], choice: Any = None) -> None:
+        named = choice.get("function") if isinstance(choice, Mapping) else None
+        self.only: str | None = named.get("name") if isinstance(named, Mapping) else None
+        self.required = choice == "required" or self.only is not None
         self.schemas: dict[str, Any] = {}
         for tool in tools:
             function = tool.get("function") if isinstance(tool, Mapping) else None
@@ -160,6 +166,8 @@ class Toolbox:
         if name not in self.schemas:
             known = ", ".join(sorted(self.schemas)) or "none"
             return f"{name!r} is not a declared tool (declared: {known})"
+        if self.only is not None and name != self.only:
+            return f"tool_choice names {self.only}, not {name}"
         if not isinstance(arguments, dict):
             return "arguments are not a JSON object"
         validator = self._validator(name)
@@ -207,6 +215,8 @@ def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reas
             written, shape = found
             calls = [toolbox.call(name, arguments, recovered=True) for name, arguments in written]
     recovered = bool(calls) and not native
+    if not calls and toolbox.required:
+        return ToolAnswer(vote=None, abstained=NO_CALL_REQUIRED)
     if not calls:
         if finish_reason == "length" and looks_like_a_call(text):
             return ToolAnswer(vote=None, abstained=CUT_OFF_CALL)

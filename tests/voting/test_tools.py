@@ -248,3 +248,25 @@ async def test_tally_re_runs_a_tool_call_ballot(tmp_path: Path) -> None:
     path.write_text(json.dumps(bad))
     result = run_cli("tally", str(path))
     assert result.returncode == 2 and "`tools` must be a list" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_tool_choice_decides_what_may_win() -> None:
+    fenced = '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'
+    replies = (calls(weather("Paris")), calls(("locate", {"city": "Paris"})), Say("No."), Say("No."))
+    engine, _ = council({"vote": {"strategy": "majority"}}, *replies)
+    assert (await engine.ask(CouncilRequest.of(ask(), early_stop=False))).decision.answer == NO_CALL
+    # `required`: a seat that calls nothing abstains, and says why
+    required = await engine.ask(CouncilRequest.of({**ask(), "tool_choice": "required"}, early_stop=False))
+    assert "tool_calls" in required.message and member(required, 2)["abstained"] == (
+        "made no call, though tool_choice requires one")
+    # a named function: calls to another declared one are invalid too
+    named = await engine.ask(CouncilRequest.of(
+        {**ask(), "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, early_stop=False))
+    assert returned(named) == [weather("Paris")] and named.council_json()["votes"] == {
+        'get_weather({"city":"Paris"})': 1.0}
+    assert member(named, 1)["calls"][0]["verdict"] == "tool_choice names get_weather, not locate"
+    # `none`: the answer is text, voted on as text (a call written as text stays text)
+    text, _ = council({"vote": {"strategy": "majority", "extract": "text"}}, Say(fenced), Say(fenced), Say("No."))
+    answer = await text.ask({**ask(), "tool_choice": "none"})
+    assert "tool_calls" not in answer.message and answer.message["content"] == fenced
+    assert answer.tool_calls is None and "calls" not in member(answer, 0)
