@@ -177,7 +177,8 @@ class Toolbox:
         if error is None:
             return VALID
         where = f" at {error.json_path}" if error.path else ""
-        return f"arguments fail {name}'s schema{where}: {error.message}"
+        message = error.message if len(error.message) <= 300 else error.message[:297] + "..."  # it quotes the value
+        return f"arguments fail {name}'s schema{where}: {message}"
 
     def call(self, name: str, arguments: Any, recovered: bool = False) -> ToolCall:
         """A call as a member wrote it (arguments as a JSON string, as OpenAI sends them, or already an object),
