@@ -54,9 +54,15 @@ def tally(
     ballot: Annotated[str, typer.Argument(help="A recorded ballot (JSON), e.g. from /v1/ballots/ID.")],
     strategy: Annotated[str | None, typer.Option(help="Override the ballot's strategy.")] = None,
     extract: Annotated[str | None, typer.Option(help="Override the ballot's extractor.")] = None,
+    tool_vote: Annotated[str | None, typer.Option(help="With `tools` in the ballot: override its tool vote "
+                                                  "(`set` or `per_argument`).")] = None,
+    recover_tool_calls: Annotated[bool | None, typer.Option(
+        "--recover-tool-calls/--no-recover-tool-calls",
+        help="With `tools` in the ballot: override whether calls written as text count.")] = None,
 ) -> None:
     """Re-run the vote on recorded answers and print the decision as JSON (the code live councils use)."""
     from council.voting.extract import ExtractError, extract_cut, parse_extractor
+    from council.voting.tools import ToolAnswer, Toolbox, ToolDecision, ballot_text, decide_tools, read_answer
     from council.voting.vote import STRATEGIES, Ballot, VoteError, decide
 
     try:
@@ -74,6 +80,15 @@ def tally(
         extractor = parse_extractor(how)
     except ExtractError as exc:
         raise fail(f"bad extractor {how!r}: {exc}", 2) from None
+    tools = doc.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise fail(f"{ballot}: `tools` must be a list of tool objects, as the request declared them", 2)
+    toolbox = Toolbox(tools, doc.get("tool_choice")) if tools else None
+    mode = tool_vote or doc.get("tool_vote_mode") or "set"
+    if mode not in ("set", "per_argument"):
+        raise fail(f"unknown tool vote {mode!r}: use set or per_argument", 2)
+    recover = recover_tool_calls if recover_tool_calls is not None else doc.get("recover_tool_calls", True) is not False
+    read: dict[str, ToolAnswer] = {}
     ballots = []
     for i, item in enumerate(answers):
         if not isinstance(item, dict) or not isinstance(item.get("member"), str):
@@ -87,20 +102,40 @@ def tally(
             raise fail(f"{ballot}: answers[{i}]: weight, latency_ms and confidence must be numbers", 2) from None
         if weight <= 0 or (confidence is not None and not 0 < confidence <= 1):
             raise fail(f"{ballot}: answers[{i}]: weight must be positive, confidence in (0, 1]", 2)
+        text = text if isinstance(text, str) else None
+        if toolbox is not None:  # the calls re-read and re-checked against the recorded tools, as they were live
+            calls = item.get("tool_calls")
+            if calls is not None and not isinstance(calls, list):
+                raise fail(f"{ballot}: answers[{i}]: `tool_calls` must be a list, as the member returned them", 2)
+            answer = read[item["member"]] = read_answer({"tool_calls": calls}, text, item.get("finish_reason"),
+                                                        toolbox, recover)
+            ballots.append(Ballot(member=item["member"], order=i, answer=answer.vote, text=ballot_text(answer, text),
+                                  weight=weight, latency_ms=latency, confidence=confidence))
+            continue
         # A reply cut off by max_tokens votes only with an answer it stated, as it did live.
         cut = item.get("finish_reason") == "length"
-        vote = (extract_cut(text, how) if cut else extractor(text)) if isinstance(text, str) else None
-        ballots.append(Ballot(member=item["member"], order=i, answer=vote,
-                              text=text if isinstance(text, str) else None, weight=weight, latency_ms=latency,
-                              confidence=confidence))
+        vote = (extract_cut(text, how) if cut else extractor(text)) if text is not None else None
+        ballots.append(Ballot(member=item["member"], order=i, answer=vote, text=text, weight=weight,
+                              latency_ms=latency, confidence=confidence))
     rules = doc.get("tie_break") or ["weight", "latency", "order"]
     try:
         # A recorded judge ballot re-votes by majority: the judge's model is not here to ask.
         temperature = float(doc.get("confidence_temperature") or 1.0)
-        decision = decide(ballots, "majority" if chosen == "judge" else chosen, rules, temperature=temperature)
+        voted = "majority" if chosen == "judge" else chosen
+        called: ToolDecision | None = None
+        if toolbox is not None:
+            called = decide_tools(ballots, read, toolbox, mode=mode, strategy=voted,  # type: ignore[arg-type]
+                                  tie_break=rules, temperature=temperature, how=how)
+            decision = called.decision
+        else:
+            decision = decide(ballots, voted, rules, temperature=temperature)
     except VoteError as exc:
         raise fail(str(exc), 2) from None
     except ValueError as exc:
         raise fail(f"{ballot}: {exc}", 2) from None
     shown = {**decision.to_json(), "confidence": {b.member: b.confidence for b in ballots}}
+    if called is not None:
+        shown |= {"speaker": decision.speaker, "tool_vote": called.to_json(),
+                  "members": {m: {**a.to_json(), **({"abstained": a.abstained} if a.abstained else {})}
+                              for m, a in read.items()}}
     sys.stdout.write(json.dumps(shown, indent=2) + "\n")

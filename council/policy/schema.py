@@ -244,6 +244,10 @@ class ModelConfig(_Strict):
                                examples=[{"type": "mtp", "n_max": 2}])
     share: bool = Field(default=False, description="Members of this model in one council share one process (one "
                         "`parallel` slot each).")
+    recover_tool_calls: bool = Field(default=False, description="Passthrough (`model` names this model) with "
+                                     "`tools`: a reply whose text is nothing but valid tool calls is returned as "
+                                     "those calls (a stream is held back until it is known); councils have "
+                                     "`vote.recover_tool_calls`.", examples=[True])
     # llama-server's prompt cache lives in host memory and grows with use (its default cap is 8 GiB):
     # off unless asked for, and counted in the plan when it is.
     cache_ram: Size = Field(default=0, description="llama-server's prompt cache in host memory (0: off); "
@@ -396,6 +400,13 @@ class VoteConfig(_Strict):
         "least likely tenth.", examples=["answer"])
     cascade: CascadeConfig | None = Field(default=None, description="Ask stages of seats, the next only when "
                                           "the ones before did not agree.", examples=[{"first": 3}])
+    # README "Agents" / "Tool calls": how a request with `tools` is voted on.
+    tools: Literal["set", "per_argument"] = Field(
+        default="set", description="With `tools` in the request: `set` votes on each seat's whole set of calls; "
+        "`per_argument` on which functions are called, then on each argument's value.", examples=["per_argument"])
+    recover_tool_calls: bool = Field(default=True, description="With `tools` in the request: a reply whose text "
+                                     "is nothing but tool calls (fenced or bare JSON, `<tool_call>` tags, ...) "
+                                     "votes and answers with those calls.", examples=[False])
 
     @field_validator("extract")
     @classmethod

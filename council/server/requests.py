@@ -109,6 +109,19 @@ class FunctionDef(_Open):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    @model_validator(mode="after")
+    def _parameters_are_a_schema(self) -> FunctionDef:
+        # A council checks every call against it (council.voting.tools): a broken schema is the client's to fix
+        if self.parameters is not None:
+            from jsonschema import exceptions, validators
+
+            try:
+                validators.validator_for(self.parameters, default=validators.Draft202012Validator).check_schema(
+                    self.parameters)
+            except exceptions.SchemaError as exc:
+                raise ValueError(f"`parameters` of {self.name} is not a valid JSON Schema: {exc.message}") from None
+        return self
+
 
 class Tool(_Open):
     type: Literal["function"]

@@ -24,6 +24,7 @@ from council.voting.confidence import signals
 from council.voting.extract import canonical_tool_call, extract, extract_cut
 from council.voting.lanes import Call, Rates, group_calls, lanes
 from council.voting.request import CouncilRequest
+from council.voting.tools import ToolAnswer, Toolbox, ToolDecision, ballot_text, decide_tools, read_answer
 from council.voting.vote import (
     Ballot,
     Decision,
@@ -59,6 +60,7 @@ class SeatOutcome:
     stage: int = 1
     signals: dict[str, float] | None = None  # every confidence signal (council eval scores each)
     abstained: str | None = None  # why an answered reply has no vote, where the engine withheld it
+    tool: ToolAnswer | None = None  # with `tools` in the request: its calls, their verdicts, `recovered`
 
     def to_json(self) -> dict[str, Any]:
         r = self.reply
@@ -71,7 +73,8 @@ class SeatOutcome:
                 "confidence": None if self.confidence is None else round(self.confidence, 6),
                 "confidence_signals": self.signals, "stage": self.stage, "finish_reason": r.finish_reason,
                 **({"abstained": self.abstained} if self.abstained else {}),
-                **({"error": r.error} if r.error else {})}
+                **({"error": r.error} if r.error else {}),
+                **(self.tool.to_json() if self.tool is not None else {})}
 
 
 CUT_OFF = "cut off by max_tokens before a final answer"
@@ -103,6 +106,12 @@ class CouncilAnswer:
     judge_fallback: bool = False
     stage: int = 1  # the cascade stage that decided (1 without a cascade)
     stages: int = 1
+    # With `tools` in the request: the council's calls as returned (fresh ids; [] answers with text), the tool
+    # vote's details, and the declared tools (the ballot keeps them, so `council tally` re-checks the calls).
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_decision: ToolDecision | None = None
+    tools: tuple[Any, ...] = ()
+    tool_choice: Any = None
     _json: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -120,6 +129,8 @@ class CouncilAnswer:
     def finish_reason(self) -> str:
         """The council's own: `length` when its winning reply was cut off by max_tokens (its text is unfinished),
         `tool_calls` when it calls tools, else `stop`."""
+        if self.tool_calls:
+            return "tool_calls"
         speaker = self.speaker
         if speaker is not None and speaker.reply.finish_reason == "length":
             return "length"
@@ -133,8 +144,14 @@ class CouncilAnswer:
 
     @property
     def message(self) -> dict[str, Any]:
-        """The speaker's message (its tool calls included), as the council's reply."""
+        """The speaker's message (its tool calls included), as the council's reply; with `tools` in the request,
+        the council's own calls (never a call that fails its schema), or the speaker's text without calls."""
         speaker = self.speaker
+        if self.tool_calls:
+            return {"role": "assistant", "content": None, "tool_calls": self.tool_calls}
+        if self.tool_calls is not None and speaker is not None:
+            own = {k: v for k, v in (speaker.reply.message or {}).items() if k not in ("role", "tool_calls")}
+            return {"role": "assistant", **own, "content": speaker.reply.text or ""}
         if speaker is not None and speaker.reply.message is not None:
             return {"role": "assistant", **{k: v for k, v in speaker.reply.message.items() if k != "role"}}
         return {"role": "assistant", "content": self.decision.text or self.decision.answer}
@@ -160,7 +177,8 @@ class CouncilAnswer:
                 "agreement": round(d.agreement, 4), "votes": d.votes, "degraded": self.degraded,
                 "early_stop": self.early_stop, "tie_broken_by": d.tie_broken_by,
                 "winner_members": list(d.winner_members), "speaker": d.speaker, "judge_fallback": self.judge_fallback,
-                "stage": self.stage, "stages": self.stages, "members": [o.to_json() for o in self.outcomes]}
+                "stage": self.stage, "stages": self.stages, "members": [o.to_json() for o in self.outcomes],
+                **({"tool_vote": self.tool_decision.to_json()} if self.tool_decision is not None else {})}
 
 
 def member_payload(request: Mapping[str, Any], sampling: Sampling) -> dict[str, Any]:
@@ -192,13 +210,14 @@ def with_system(messages: list[Any], system: str) -> list[Any]:
 
 
 def extract_reply(reply: MemberReply, how: str) -> str | None:
-    """A tool call votes as `name(canonical JSON args)`; anything else through the council's extractor. A reply
-    cut off by max_tokens votes only with an answer it stated (`extract_cut`): the last number of unfinished
-    reasoning is no answer."""
+    """Without declared tools (with them: `council.voting.tools`): tool calls vote as the set of
+    `name(canonical JSON args)`; anything else through the council's extractor. A reply cut off by max_tokens
+    votes only with an answer it stated (`extract_cut`): the last number of unfinished reasoning is no answer."""
     calls = (reply.message or {}).get("tool_calls") or []
     if calls:
-        fn = calls[0].get("function") or {}
-        return canonical_tool_call(fn.get("name") or "", fn.get("arguments") or "{}")
+        keys = [canonical_tool_call((c.get("function") or {}).get("name") or "",
+                                    (c.get("function") or {}).get("arguments") or "{}") for c in calls]
+        return None if None in keys else "\n".join(sorted({k for k in keys if k is not None}))
     return extract_cut(reply.text, how) if reply.finish_reason == "length" else extract(reply.text, how)
 
 
@@ -226,13 +245,20 @@ class CouncilEngine:
 
     def _ballot(self, outcome: SeatOutcome) -> Ballot:
         m, r = outcome.seat, outcome.reply
-        return Ballot(member=m.name, order=m.order, answer=outcome.extracted, text=r.text, weight=m.weight,
+        return Ballot(member=m.name, order=m.order, answer=outcome.extracted,
+                      text=r.text if outcome.tool is None else ballot_text(outcome.tool, r.text), weight=m.weight,
                       latency_ms=r.latency_ms, logprob=r.logprob, confidence=outcome.confidence)
 
-    def _outcome(self, seat: Seat, reply: MemberReply, stage: int) -> SeatOutcome:
+    def _outcome(self, seat: Seat, reply: MemberReply, stage: int, toolbox: Toolbox | None = None) -> SeatOutcome:
         how = self.config.vote.extract
         if reply.status != "ok":
             return SeatOutcome(seat, reply, stage=stage)
+        if toolbox is not None:
+            tool = read_answer(reply.message, reply.text, reply.finish_reason, toolbox,
+                               self.config.vote.recover_tool_calls)
+            found = signals(reply.logprobs, reply.text, tool.vote, how)
+            return SeatOutcome(seat, reply, tool.vote, found[self.config.vote.confidence] if found else None, stage,
+                               found, tool.abstained, tool)
         extracted = extract_reply(reply, how)
         found = signals(reply.logprobs, reply.text, extracted, how)
         cut = extracted is None and reply.finish_reason == "length"  # it stopped before it answered
@@ -260,13 +286,18 @@ class CouncilEngine:
         waits for each, so every member's answer is known."""
         if not isinstance(request, CouncilRequest):
             request = CouncilRequest.of(request)
-        return await self._conclude(request, await self._collect(request))
+        # One validator per tool, for every seat; `tool_choice: none` asks for text, voted on as text
+        choice = request.members_payload.get("tool_choice")
+        toolbox = Toolbox(request.tools, choice) if request.tools and choice != "none" else None
+        return await self._conclude(request, await self._collect(request, toolbox), toolbox)
 
-    async def _collect(self, request: CouncilRequest) -> Collected:
+    async def _collect(self, request: CouncilRequest, toolbox: Toolbox | None = None) -> Collected:
         """Ask stage by stage until the stop rule (`vote.stop_after`) says stop, the deadline passes, or every
         stage was asked; seats still out are then cancelled, timed out or (never asked) skipped."""
         vote = self.config.vote
         early_stop = request.early_stop
+        # A per-argument tool vote pools votes across call sets: only a majority of all votes decides early.
+        absolute = toolbox is not None and vote.tools == "per_argument"
         agreement = vote.cascade.agreement if vote.cascade else 1.0
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -307,14 +338,14 @@ class CouncilEngine:
                     except TimeoutError:
                         timed_out = True
                         break
-                    outcome = outcomes[seat.name] = self._outcome(seat, reply, number)
+                    outcome = outcomes[seat.name] = self._outcome(seat, reply, number, toolbox)
                     waiting.discard(seat.name)
                     if reply.status == "ok":
                         ballots.append(self._ballot(outcome))
                     pending = sum(seat_value(vote.strategy, m.weight) for m in self.seats if m.name not in outcomes)
                     stop = stop_after(ballots, pending, quorum, vote.strategy, early_stop=early_stop,
                                       stage_done=not waiting, last_stage=number == len(stages), agreement=agreement,
-                                      temperature=vote.confidence_temperature)
+                                      temperature=vote.confidence_temperature, absolute=absolute)
                 if stop is not None or timed_out:
                     ended_at = number
                     break
@@ -340,8 +371,9 @@ class CouncilEngine:
             outcomes[seat.name] = SeatOutcome(seat, reply, stage=stage_of[seat.name])
         return Collected([outcomes[m.name] for m in self.seats], len(asked), early, ended_at, len(stages))
 
-    async def _conclude(self, request: CouncilRequest, collected: Collected) -> CouncilAnswer:
-        """Quorum, vote (and the judge's pick), and the ballot."""
+    async def _conclude(self, request: CouncilRequest, collected: Collected,
+                        toolbox: Toolbox | None = None) -> CouncilAnswer:
+        """Quorum, vote (and the judge's pick; with tools, the council's calls), and the ballot."""
         vote = self.config.vote
         ordered = collected.outcomes
         answered = [o for o in ordered if o.reply.status == "ok"]
@@ -353,19 +385,37 @@ class CouncilEngine:
                               f"the quorum is {need}", ordered)
         ballots = [self._ballot(o) for o in answered]
         judge_fallback = False
+        tool_decision = None
         try:
-            decision = decide(ballots, vote.strategy, vote.tie_break, temperature=vote.confidence_temperature)
+            if toolbox is not None and vote.strategy != "judge":
+                tool_decision = self._decide_tools(ballots, answered, toolbox)
+                decision = tool_decision.decision
+            else:
+                decision = decide(ballots, vote.strategy, vote.tie_break, temperature=vote.confidence_temperature)
             if vote.strategy == "judge":
                 picked = await self._judge(request.question, ballots)
                 judge_fallback = picked is None
                 decision = picked or decision
+                if toolbox is not None:
+                    tool_decision = self._decide_tools(ballots, answered, toolbox, decision)
         except VoteError as exc:
             raise QuorumError(self.name, _abstained(answered) or str(exc), ordered) from None
         answer = CouncilAnswer(id=f"chatcmpl-{uuid.uuid4().hex}", council=self.name, strategy=vote.strategy,
                                decision=decision, outcomes=ordered, early_stop=collected.early,
-                               judge_fallback=judge_fallback, stage=collected.stage, stages=collected.stages)
+                               judge_fallback=judge_fallback, stage=collected.stage, stages=collected.stages,
+                               tool_calls=None if tool_decision is None else [c.openai() for c in tool_decision.calls],
+                               tool_decision=tool_decision, tools=tuple(request.tools),
+                               tool_choice=request.members_payload.get("tool_choice"))
         self.ballots.put(answer.id, self.ballot_record(answer))
         return answer
+
+    def _decide_tools(self, ballots: list[Ballot], answered: list[SeatOutcome], toolbox: Toolbox,
+                      decision: Decision | None = None) -> ToolDecision:
+        vote = self.config.vote
+        answers = {o.seat.name: o.tool for o in answered if o.tool is not None}
+        return decide_tools(ballots, answers, toolbox, mode=vote.tools, strategy=vote.strategy,
+                            tie_break=vote.tie_break, temperature=vote.confidence_temperature, how=vote.extract,
+                            decision=decision)
 
     async def _judge(self, question: str, ballots: list[Ballot]) -> Decision | None:
         """The judge member picks an answer by number; None (fall back to majority) when it cannot."""
@@ -382,21 +432,36 @@ class CouncilEngine:
 
     def ballot_record(self, answer: CouncilAnswer) -> dict[str, Any]:
         """The full ballot: the council object plus the raw answers, in `council tally`'s input format."""
+        vote = self.config.vote
+        tools = {"tools": list(answer.tools), "tool_choice": answer.tool_choice, "tool_vote_mode": vote.tools,
+                 "recover_tool_calls": vote.recover_tool_calls} if answer.tool_decision is not None else {}
         return {"id": answer.id, "created": int(time.time()), **answer.council_json(),
-                "extract": self.config.vote.extract, "tie_break": list(self.config.vote.tie_break),
-                "confidence_temperature": self.config.vote.confidence_temperature,
+                "extract": vote.extract, "tie_break": list(vote.tie_break),
+                "confidence_temperature": vote.confidence_temperature, **tools,
                 "answers": [{"member": o.seat.name, "text": o.reply.text, "weight": o.seat.weight,
                              "latency_ms": round(o.reply.latency_ms), "confidence": o.confidence,
                              "completion_tokens": o.reply.completion_tokens,
-                             "finish_reason": o.reply.finish_reason} for o in answer.outcomes
+                             "finish_reason": o.reply.finish_reason, **_calls_record(o)} for o in answer.outcomes
                             if o.reply.status == "ok"]}
 
 
+def _calls_record(outcome: SeatOutcome) -> dict[str, Any]:
+    """A seat's calls in its ballot entry: the tool calls it sent (`council tally` reads these, with `text` for
+    recovery) and, for the reader, each call as the vote saw it (verdict, `recovered`) and why it abstained."""
+    native = (outcome.reply.message or {}).get("tool_calls")
+    if outcome.tool is None:
+        return {"tool_calls": native} if native else {}
+    return {**({"tool_calls": native} if native else {}), **outcome.tool.to_json(),
+            **({"abstained": outcome.abstained} if outcome.abstained else {})}
+
+
 def _abstained(answered: list[SeatOutcome]) -> str | None:
-    """Why every reply abstained, when max_tokens is the reason: the caller can act on it."""
+    """Why every reply abstained, when max_tokens (or, with tools, invalid calls) is the reason: the caller can act
+    on it."""
     cut = sum(o.abstained == CUT_OFF for o in answered)
     if not cut:
-        return None
+        why = [f"{o.seat.name}: {o.abstained}" for o in answered if o.abstained]  # invalid tool calls, say
+        return "every member abstained: " + "; ".join(why) if len(why) == len(answered) else None
     if cut == len(answered):
         return "every reply was cut off by max_tokens before a final answer; raise max_tokens"
     return (f"every member abstained: {cut} of {len(answered)} replies were cut off by max_tokens before a final "

@@ -150,8 +150,11 @@ def stage_agrees(ballots: Sequence[Ballot], strategy: str, agreement: float, tem
     return untied and ranked[0] >= agreement * total - _EPS * max(1.0, total)
 
 
-def is_decided(ballots: Sequence[Ballot], pending_weight: float, strategy: str, temperature: float = 1.0) -> bool:
+def is_decided(ballots: Sequence[Ballot], pending_weight: float, strategy: str, temperature: float = 1.0,
+               absolute: bool = False) -> bool:
     """True when no votes of the members still out could change the winner: leader > runner-up + pending.
+    `absolute`: leader > every other vote + pending (a per-argument tool vote, whose shapes and argument values
+    pool votes across answers, is decided only by a majority of all the votes there can be).
 
     Strict, so a tie (which a tie-break might settle differently with more voters) is never called early.
     """
@@ -160,7 +163,7 @@ def is_decided(ballots: Sequence[Ballot], pending_weight: float, strategy: str, 
     ranked = _ranked(ballots, strategy, temperature)
     if not ranked:
         return False
-    runner_up = ranked[1] if len(ranked) > 1 else 0.0
+    runner_up = sum(ranked[1:]) if absolute else ranked[1] if len(ranked) > 1 else 0.0
     return ranked[0] > runner_up + pending_weight + _EPS * max(1.0, ranked[0])
 
 
@@ -177,15 +180,15 @@ def seat_value(strategy: str, weight: float) -> float:
 
 def stop_after(ballots: Sequence[Ballot], pending: float, quorum: int, strategy: str, *, early_stop: bool = True,
                stage_done: bool = False, last_stage: bool = True, agreement: float = 1.0,
-               temperature: float = 1.0) -> Stop | None:
+               temperature: float = 1.0, absolute: bool = False) -> Stop | None:
     """Whether to stop asking after the latest answer, and why. `ballots` are the answers so far, `pending` the
     `seat_value`s of every seat not yet heard (later stages' included), `quorum` the answers the seats asked so
     far need. `"early"`: no vote still out can change the winner (the rest are cancelled; only with
     `early_stop`); `"stage"`: the cascade stage just completed (`stage_done`) agrees, so later stages are never
-    asked; None: go on (wait for the stage, or ask the next one)."""
+    asked; None: go on (wait for the stage, or ask the next one). `absolute`: see `is_decided`."""
     if len(ballots) < quorum:
         return None
-    if early_stop and pending and is_decided(ballots, pending, strategy, temperature):
+    if early_stop and pending and is_decided(ballots, pending, strategy, temperature, absolute):
         return "early"
     if stage_done and not last_stage and stage_agrees(ballots, strategy, agreement, temperature):
         return "stage"

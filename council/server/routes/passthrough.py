@@ -1,9 +1,12 @@
 """Relaying a request to one process that serves a model (`model` names a model, not a council), here or, for a
-`--role router`, on the host the registry lists."""
+`--role router`, on the host the registry lists. With `recover_tool_calls` on the model, a reply with `tools` whose
+text is nothing but valid calls is returned as those calls (README "Agents" / "Tool calls")."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
 
@@ -11,6 +14,8 @@ from council.server.errors import ApiError
 from council.server.limits import Admission
 from council.server.router import Router
 from council.voting.client import HttpMemberClient
+from council.voting.recovery import could_be_calls
+from council.voting.tools import Toolbox, recovered_calls
 
 
 async def relay(router: Router, model: str, payload: bytes, path: str, stream: bool,
@@ -29,18 +34,39 @@ async def relay(router: Router, model: str, payload: bytes, path: str, stream: b
         if ended is not None:
             ended(status)
 
-    return await relay_through(client, payload, path, stream, done, width)
+    recover = router.policy.models[model].recover_tool_calls and path == "/v1/chat/completions"
+    return await relay_through(client, payload, path, stream, done, width,
+                               toolbox=_toolbox(payload) if recover else None)
+
+
+def _toolbox(payload: bytes) -> Toolbox | None:
+    """The request's declared tools, when a reply may be calls written as text."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    tools = body.get("tools") if isinstance(body, dict) else None
+    if not isinstance(tools, list) or not tools or body.get("tool_choice") == "none":
+        return None
+    return Toolbox(tools) or None
 
 
 async def relay_through(client: HttpMemberClient, payload: bytes, path: str, stream: bool,
-                        done: Callable[[int], None] = lambda _status: None, width: int = 1) -> Response:
+                        done: Callable[[int], None] = lambda _status: None, width: int = 1,
+                        toolbox: Toolbox | None = None) -> Response:
     """One call relayed as it came back: whole, or (streaming) chunk by chunk, holding the process's slot and
-    its accounting until the last chunk; `done` is told the status once the stream is over."""
+    its accounting until the last chunk; `done` is told the status once the stream is over. With a `toolbox`,
+    calls written as text become tool calls (a stream of one choice is held back while it may be calls)."""
     if not stream:
         relayed = await client.relay(payload, path, width)
-        return Response(content=relayed.body, status_code=relayed.status, media_type=relayed.content_type)
+        body = relayed.body
+        if toolbox is not None and 200 <= relayed.status < 300:
+            body = _recover_body(body, toolbox)
+        return Response(content=body, status_code=relayed.status, media_type=relayed.content_type)
     opened = client.stream(payload, path, width)
     head, chunks = await opened.__aenter__()
+    if toolbox is not None and width == 1 and 200 <= head.status < 300:
+        chunks = _recovering(chunks, toolbox)
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -53,3 +79,92 @@ async def relay_through(client: HttpMemberClient, payload: bytes, path: str, str
                 done(head.status)
 
     return StreamingResponse(body(), status_code=head.status, media_type=head.content_type)
+
+
+def _recover_body(body: bytes, toolbox: Toolbox) -> bytes:
+    """A chat completion whose choices' texts are nothing but valid calls, with those calls as `tool_calls`."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body
+    changed = False
+    for choice in (doc.get("choices") or []) if isinstance(doc, dict) else []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict) or message.get("tool_calls"):
+            continue
+        calls = recovered_calls(message.get("content"), toolbox)
+        if calls:
+            choice["message"] = {**{k: v for k, v in message.items() if k != "content"}, "content": None,
+                                 "tool_calls": [c.openai() for c in calls]}
+            choice["finish_reason"] = "tool_calls"
+            changed = True
+    return json.dumps(doc).encode() if changed else body
+
+
+def _data(event: bytes) -> Any:
+    """The JSON of one server-sent event's `data:` line (None for `[DONE]`, comments and anything else)."""
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            try:
+                return json.loads(line[5:])
+            except ValueError:
+                return None
+    return None
+
+
+async def _recovering(chunks: AsyncIterator[bytes], toolbox: Toolbox) -> AsyncIterator[bytes]:
+    """A one-choice chat stream, held back while its text may still be nothing but calls: relayed as it came once
+    it cannot be (or it makes calls of its own), or, when it ends as valid calls, replayed as OpenAI's tool-call
+    chunks (the calls, then its own closing chunks with `finish_reason: tool_calls`)."""
+    held: list[bytes] = []
+    pending = b""
+    text = ""
+    holding = True
+    async for chunk in chunks:
+        if not holding:
+            yield chunk
+            continue
+        pending += chunk
+        while holding and b"\n\n" in pending:
+            event, pending = pending.split(b"\n\n", 1)
+            held.append(event + b"\n\n")
+            data = _data(event)
+            for choice in (data.get("choices") or []) if isinstance(data, dict) else []:
+                delta = choice.get("delta") or {}
+                if delta.get("tool_calls"):
+                    holding = False  # the server's own calls
+                text += delta.get("content") or ""
+            if not could_be_calls(text):
+                holding = False
+        if not holding:
+            yield b"".join(held) + pending
+            held, pending = [], b""
+    if not holding:
+        return
+    calls = recovered_calls(text, toolbox)
+    if not calls:
+        yield b"".join(held) + pending
+        return
+    events = [_data(e) for e in held]
+    first = next((d for d in events if isinstance(d, dict) and d.get("choices")), None)
+    if first is None:
+        yield b"".join(held) + pending
+        return
+    head = {k: v for k, v in first.items() if k not in ("choices", "usage", "timings")}
+    deltas = [{"index": i, **c.openai()} for i, c in enumerate(calls)]
+    yield _sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None,
+                                                            "tool_calls": deltas}, "finish_reason": None}]})
+    for raw, data in zip(held, events, strict=True):
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if choices is None:
+            yield raw  # `[DONE]`, a comment
+        elif not choices:
+            yield raw  # usage
+        elif any(c.get("finish_reason") for c in choices):
+            yield _sse({**data, "choices": [{**c, "delta": {}, "finish_reason": "tool_calls"} for c in choices]})
+    if pending:
+        yield pending
+
+
+def _sse(data: Any) -> bytes:
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

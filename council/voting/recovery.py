@@ -1,0 +1,245 @@
+"""Tool calls small models write as text: one small parser per shape (as vLLM keeps one tool parser per format).
+
+Small models often write a call in their reply's content instead of the tool-call syntax their chat template's
+parser reads (Qwen2.5-Coder's habit: a fenced ```json {"name": ..., "arguments": ...}``` block). When the request
+declared tools and a reply's content is *nothing but* calls, `recover` returns them; a reply that also says
+something else (prose that mentions JSON, an example followed by an explanation) is text, never a call.
+
+Shapes, tried in order (each on the content without a leading `<think>` block):
+- `tool_call_tags`: `<tool_call>{...}</tool_call>`, one or more (the last may be left unclosed);
+- `fenced`: one or more fenced code blocks (```json, ```tool_call or bare ```), each holding calls as JSON;
+- `bare_json`: JSON objects, or lists of them, one after another;
+- `pythonic`: `[get_weather(city="Paris"), ...]` or one such call, keyword arguments only (BFCL's prompt
+  format and Llama 3.2's); only when every function it names is declared, since code looks the same;
+- `introduced`: one line of prose ending with a colon ("Here is the JSON response:"), then calls in one of the
+  shapes above.
+
+A JSON call is an object with a string `name` and an `arguments` (or `parameters`) object, or a JSON string
+holding one; OpenAI's own `{"type": "function", "function": {...}}` and `{"tool_calls": [...]}` wrappers are
+read too. An object with `name` alone is a call without arguments only when that name is declared (else
+`{"name": "Bob"}` is data). Whether the names are declared and the arguments fit the tools' schemas is decided
+afterwards, by the vote (`council.voting.tools`): a recovered call that fails abstains there, with the reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Callable, Collection
+from typing import Any
+
+# (name, arguments): what a parser recovered; the arguments are as written (an object, or a string of JSON).
+Recovered = list[tuple[str, Any]]
+Parser = Callable[[str, Collection[str]], Recovered | None]
+
+_THINK = re.compile(r"\A\s*<think(?:ing)?>.*?</think(?:ing)?>", re.S | re.I)
+_TAG = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON|tool_call|tool_calls)?[ \t]*\n(.*?)\n?[ \t]*```", re.S)
+_LEAD_IN = re.compile(r"\A[^\n{}\[\]`<]{1,200}:[ \t]*\n")
+_DECODER = json.JSONDecoder()
+_ARGUMENTS = ("arguments", "parameters")
+_WRAPPER_KEYS = {"type", "id"}
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _values(text: str) -> list[Any] | None:
+    """The JSON values `text` consists of, one after another (whitespace between), or None if it holds
+    anything else."""
+    values, at, end = [], 0, len(text)
+    while True:
+        while at < end and text[at] in " \t\r\n,;":
+            at += 1
+        if at == end:
+            return values or None
+        try:
+            value, at = _STRICT.raw_decode(text, at)
+        except ValueError:
+            return None
+        values.append(value)
+
+
+def _as_call(value: Any, declared: Collection[str]) -> Recovered | None:
+    """The calls one JSON value holds, or None when it is not (only) calls."""
+    if isinstance(value, list):
+        calls: Recovered = []
+        for item in value:
+            found = _as_call(item, declared)
+            if found is None:
+                return None
+            calls += found
+        return calls or None
+    if not isinstance(value, dict):
+        return None
+    if set(value) == {"tool_calls"}:
+        return _as_call(value["tool_calls"], declared)
+    if isinstance(value.get("function"), dict) and set(value) - {"function"} <= _WRAPPER_KEYS:
+        return _as_call(value["function"], declared)
+    name = value.get("name")
+    if not isinstance(name, str) or not name.strip():
+        return None
+    rest = set(value) - {"name"} - _WRAPPER_KEYS
+    given = [k for k in _ARGUMENTS if k in rest]
+    if rest - set(_ARGUMENTS) or len(given) > 1:
+        return None  # other keys: data that has a `name`, not a call
+    if not given:
+        return [(name.strip(), {})] if name.strip() in declared else None
+    arguments = value[given[0]]
+    if isinstance(arguments, str):
+        try:
+            arguments = _STRICT.decode(arguments) if arguments.strip() else {}
+        except ValueError:
+            return None
+    if not isinstance(arguments, dict):
+        return None
+    return [(name.strip(), arguments)]
+
+
+def _json_calls(text: str, declared: Collection[str]) -> Recovered | None:
+    values = _values(text)
+    if values is None:
+        return None
+    return _as_call(values, declared)
+
+
+def tool_call_tags(text: str, declared: Collection[str]) -> Recovered | None:
+    """`<tool_call>{"name": ..., "arguments": ...}</tool_call>` (Hermes, Qwen), as the server left them."""
+    if not text.startswith("<tool_call>"):
+        return None
+    calls: Recovered = []
+    at = 0
+    for match in _TAG.finditer(text):
+        if text[at:match.start()].strip():
+            return None
+        found = _json_calls(match.group(1).strip(), declared)
+        if found is None:
+            return None
+        calls += found
+        at = match.end()
+    return calls if calls and not text[at:].strip() else None
+
+
+def fenced(text: str, declared: Collection[str]) -> Recovered | None:
+    """Fenced code blocks, nothing but whitespace around them, each holding calls as JSON."""
+    if not text.startswith("```"):
+        return None
+    calls: Recovered = []
+    at = 0
+    for match in _FENCE.finditer(text):
+        if text[at:match.start()].strip():
+            return None
+        found = _json_calls(match.group(1).strip(), declared)
+        if found is None:
+            return None
+        calls += found
+        at = match.end()
+    return calls if calls and not text[at:].strip() else None
+
+
+def bare_json(text: str, declared: Collection[str]) -> Recovered | None:
+    """JSON call objects, or lists of them, and nothing else."""
+    if not text.startswith(("{", "[")):
+        return None
+    return _json_calls(text, declared)
+
+
+def _literal(node: ast.expr) -> Any:
+    value = ast.literal_eval(node)
+    json.dumps(value)  # only JSON-able values: a tuple becomes a list, a set is refused
+    return json.loads(json.dumps(value))
+
+
+def pythonic(text: str, declared: Collection[str]) -> Recovered | None:
+    """`[f(a=1, b="x"), g()]` or `f(a=1)`: keyword arguments with literal values, every name declared."""
+    if not re.match(r"\[?\s*[A-Za-z_][\w.\-]*\s*\(", text):
+        return None
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    nodes = tree.elts if isinstance(tree, ast.List) else [tree]
+    calls: Recovered = []
+    for node in nodes:
+        if not isinstance(node, ast.Call) or node.args or any(k.arg is None for k in node.keywords):
+            return None
+        name = ast.unparse(node.func)
+        if name not in declared:
+            return None
+        try:
+            calls.append((name, {str(k.arg): _literal(k.value) for k in node.keywords}))
+        except (ValueError, TypeError, SyntaxError, RecursionError):
+            return None
+    return calls or None
+
+
+def _direct(text: str, declared: Collection[str]) -> tuple[Recovered, str] | None:
+    for parser in (tool_call_tags, fenced, bare_json, pythonic):
+        found = parser(text, declared)
+        if found:
+            return found, parser.__name__
+    return None
+
+
+def introduced(text: str, declared: Collection[str]) -> Recovered | None:
+    """One line of prose ending with a colon, then nothing but calls ("Here is the JSON response:\\n\\n{...}")."""
+    match = _LEAD_IN.match(text)
+    if match is None:
+        return None
+    found = _direct(text[match.end():].strip(), declared)
+    return found[0] if found else None
+
+
+PARSERS: tuple[Parser, ...] = (tool_call_tags, fenced, bare_json, pythonic, introduced)
+
+
+def _content(text: str) -> str:
+    return _THINK.sub("", text, count=1).strip()
+
+
+def recover(text: str | None, declared: Collection[str]) -> tuple[Recovered, str] | None:
+    """The calls `text` consists of and the shape they were written in, or None when it is not only calls."""
+    if not text:
+        return None
+    content = _content(text)
+    for parser in PARSERS:
+        found = parser(content, declared)
+        if found:
+            return found, parser.__name__
+    return None
+
+
+_OPENERS = ("{", "[", "```", "<tool_call>", "<think>", "<thinking>")
+_NAME_SO_FAR = re.compile(r"\[?\s*[A-Za-z_][\w.]*(?:\s*\(.*)?", re.S)
+
+
+def could_be_calls(prefix: str) -> bool:
+    """Whether a reply that begins with `prefix` may still turn out to be nothing but calls: a streamed
+    passthrough with recovery holds the reply back until this is False (then relays it as it came) or the reply
+    ends (then it is calls, or relayed as it came)."""
+    text = prefix.lstrip()
+    if not text:
+        return True
+    if text.startswith(("<think>", "<thinking>")):
+        closed = _THINK.match(text)
+        return True if closed is None else could_be_calls(text[closed.end():])
+    if any(text.startswith(o) or o.startswith(text) for o in _OPENERS):
+        return True
+    if _NAME_SO_FAR.fullmatch(text):  # `get_weather(city=...` so far
+        return True
+    line, newline, rest = text.partition("\n")  # a lead-in line ("Here is the call:"), then calls
+    if not newline:
+        return len(line) <= 200 and not re.search(r"[{}\[\]`<]", line)
+    return bool(_LEAD_IN.match(text)) and could_be_calls(rest)
+
+
+def looks_like_a_call(text: str | None) -> bool:
+    """Whether a reply begins the way a written call does: a reply cut off by max_tokens that looks like this
+    was probably writing a call, and its lack of one is no answer."""
+    content = _content(text or "")
+    return content.startswith(("{", "[", "```", "<tool_call>"))

@@ -1,0 +1,369 @@
+"""A tool-calling answer is its set of calls (README, "Agents" / "Tool calls").
+
+When a request declares `tools`, each seat's answer is either its calls or "no call":
+- **Calls**: every call the seat made (its message's `tool_calls`, else — with `vote.recover_tool_calls` —
+  the calls its content consists of, `council.voting.recovery`), each as (name, canonical JSON arguments).
+  The seat votes for the *set* of them (duplicates once, order ignored): parallel calls made in another order
+  agree. A call whose name is not a declared tool, whose arguments are not a JSON object, or whose arguments
+  fail that tool's JSON Schema (`function.parameters`, checked with `jsonschema`) is invalid: the seat then
+  abstains, and its ballot lists each call with its verdict. So an invalid call never wins.
+- **No call**: every seat that calls nothing votes for one answer, `NO_CALL`, whatever it wrote; when "no call"
+  wins, the council answers with text and no `tool_calls`, the text of the no-call seat the council's own
+  extractor votes for (its usual vote over those replies). A reply cut off by max_tokens that began like a
+  written call abstains instead (it was cut off before its call was complete).
+
+`vote.tools: per_argument` votes in two steps: first the *shape* (which functions, how many times each, or no
+call), then, among the seats of the winning shape, each argument's value separately. Parallel calls are aligned
+before their arguments are compared: the reference is the call set the shape's seats agree on most (a set vote
+among them); each other seat's calls to one function are matched to the reference's calls to that function by
+the assignment that agrees on the most argument values (every permutation up to 6 calls of one function, else
+in sorted order). Each argument then takes the value most of the aligned calls give it (an argument a seat left
+out votes for leaving it out). A composed call that fails its schema is never returned: the reference's calls
+are, then.
+
+Validators are compiled once per request (one per declared tool, on first use), never per seat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from jsonschema import exceptions as schema_errors
+from jsonschema import validators
+
+from council.voting.extract import _canonical_json, extract
+from council.voting.recovery import looks_like_a_call, recover
+from council.voting.vote import Ballot, Decision, decide
+
+NO_CALL = "(no call)"  # the vote of a seat that called no tool: no call key can look like it (names have no spaces)
+VALID = "valid"
+ABSENT = "(absent)"  # per-argument vote: the seat left this argument out
+CUT_OFF_CALL = "cut off by max_tokens while writing a tool call"
+NO_CALL_REQUIRED = "made no call, though tool_choice requires one"
+MAX_PERMUTED = 6  # calls to one function aligned by trying every permutation; more are aligned in sorted order
+
+ToolVote = Literal["set", "per_argument"]
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call a seat made: its arguments parsed (or the raw string when they are not JSON), and its verdict:
+    `valid`, or why it is not."""
+
+    name: str
+    arguments: Any
+    verdict: str = VALID
+    recovered: bool = False
+
+    @property
+    def valid(self) -> bool:
+        return self.verdict == VALID
+
+    @property
+    def key(self) -> str:
+        """`name(` + canonical JSON arguments + `)`: equal calls have equal keys (`1.0` == `1`, key order)."""
+        return f"{self.name}({_canonical_json(self.arguments)})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "arguments": self.arguments, "verdict": self.verdict,
+                **({"recovered": True} if self.recovered else {})}
+
+    def openai(self) -> dict[str, Any]:
+        """As a returned tool call: a fresh id, `type: function`, the arguments as a JSON string."""
+        return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)}}
+
+
+@dataclass(frozen=True)
+class ToolAnswer:
+    """What one seat answered to a request with tools: its calls (each with its verdict), whether they were
+    recovered from its text, and the vote: a call set's key, `NO_CALL`, or None (it abstains, `abstained` says
+    why)."""
+
+    calls: tuple[ToolCall, ...] = ()
+    recovered: bool = False
+    vote: str | None = NO_CALL
+    abstained: str | None = None
+    shape: str | None = None  # the recovery parser that read the calls (`fenced`, `bare_json`, ...)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"calls": [c.to_json() for c in self.calls], **({"recovered": True} if self.recovered else {})}
+
+
+def ballot_text(answer: ToolAnswer, text: str | None) -> str | None:
+    """What a seat's ballot shows as its reply: a call set's key (what `similarity` compares and a judge reads; a
+    recovered call's JSON, or no text at all, would not say which calls), else its text."""
+    return answer.vote if answer.vote not in (None, NO_CALL) else text
+
+
+def set_key(calls: Sequence[ToolCall]) -> str:
+    """The vote of a set of valid calls: their keys, each once, sorted (canonical JSON has no raw newline)."""
+    return "\n".join(sorted({c.key for c in calls}))
+
+
+def unique(calls: Sequence[ToolCall]) -> tuple[ToolCall, ...]:
+    """The calls, each once (the first of equal calls), in the order made."""
+    seen: set[str] = set()
+    kept = []
+    for call in calls:
+        if call.key not in seen:
+            seen.add(call.key)
+            kept.append(call)
+    return tuple(kept)
+
+
+class Toolbox:
+    """The functions one request declared, with a JSON Schema validator per function, compiled on first use, and
+    what its `tool_choice` demands: `required` (a seat that calls nothing abstains) or a named function (only
+    calls to it are valid)."""
+
+    def __init__(self, tools: Sequence[Mapping[str, Any]], choice: Any = None) -> None:
+        named = choice.get("function") if isinstance(choice, Mapping) else None
+        self.only: str | None = named.get("name") if isinstance(named, Mapping) else None
+        self.required = choice == "required" or self.only is not None
+        self.schemas: dict[str, Any] = {}
+        for tool in tools:
+            function = tool.get("function") if isinstance(tool, Mapping) else None
+            if isinstance(function, Mapping) and isinstance(function.get("name"), str):
+                parameters = function.get("parameters")
+                self.schemas[function["name"]] = parameters if parameters is not None else {"type": "object"}
+        self._validators: dict[str, Any] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.schemas)
+
+    @property
+    def names(self) -> Collection[str]:
+        return self.schemas.keys()
+
+    def _validator(self, name: str) -> Any:
+        """The compiled validator, or the reason the tool's schema is not one."""
+        if name not in self._validators:
+            schema = self.schemas[name]
+            cls = validators.validator_for(schema, default=validators.Draft202012Validator)
+            try:
+                cls.check_schema(schema)
+                self._validators[name] = cls(schema)
+            except schema_errors.SchemaError as exc:
+                self._validators[name] = f"{name}'s parameters are not a valid JSON Schema: {exc.message}"
+        return self._validators[name]
+
+    def verdict(self, name: str, arguments: Any) -> str:
+        """`valid`, or why a call to `name` with these (parsed) arguments is not."""
+        if name not in self.schemas:
+            known = ", ".join(sorted(self.schemas)) or "none"
+            return f"{name!r} is not a declared tool (declared: {known})"
+        if self.only is not None and name != self.only:
+            return f"tool_choice names {self.only}, not {name}"
+        if not isinstance(arguments, dict):
+            return "arguments are not a JSON object"
+        validator = self._validator(name)
+        if isinstance(validator, str):
+            return validator
+        error = schema_errors.best_match(validator.iter_errors(arguments))
+        if error is None:
+            return VALID
+        where = f" at {error.json_path}" if error.path else ""
+        message = error.message if len(error.message) <= 300 else error.message[:297] + "..."  # it quotes the value
+        return f"arguments fail {name}'s schema{where}: {message}"
+
+    def call(self, name: str, arguments: Any, recovered: bool = False) -> ToolCall:
+        """A call as a member wrote it (arguments as a JSON string, as OpenAI sends them, or already an object),
+        judged."""
+        parsed = arguments
+        if isinstance(arguments, str):
+            try:
+                parsed = _STRICT.decode(arguments.strip()) if arguments.strip() else {}
+                if isinstance(parsed, str) and parsed.strip().startswith("{"):
+                    parsed = _STRICT.decode(parsed.strip())  # double-encoded: a JSON string holding the object
+            except (ValueError, RecursionError):
+                return ToolCall(name, arguments, "arguments are not valid JSON", recovered)
+        try:
+            _canonical_json(parsed)
+        except (ValueError, RecursionError):
+            return ToolCall(name, arguments, "arguments are not valid JSON", recovered)
+        return ToolCall(name, parsed, self.verdict(name, parsed), recovered)
+
+
+def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reason: str | None, toolbox: Toolbox,
+                recover_calls: bool = True) -> ToolAnswer:
+    """One seat's answer to a request with tools: its native calls, else (with `recover_calls`) the calls its
+    text consists of, else no call."""
+    native = (message or {}).get("tool_calls") or []
+    calls: list[ToolCall] = []
+    shape = None
+    for item in native if isinstance(native, list) else []:
+        function = item.get("function") if isinstance(item, Mapping) else None
+        function = function if isinstance(function, Mapping) else {}
+        name = function.get("name")
+        calls.append(toolbox.call(name if isinstance(name, str) else "", function.get("arguments") or "{}"))
+    if not calls and recover_calls:
+        found = recover(text, toolbox.names)
+        if found is not None:
+            written, shape = found
+            calls = [toolbox.call(name, arguments, recovered=True) for name, arguments in written]
+    recovered = bool(calls) and not native
+    if not calls and toolbox.required:
+        return ToolAnswer(vote=None, abstained=NO_CALL_REQUIRED)
+    if not calls:
+        if finish_reason == "length" and looks_like_a_call(text):
+            return ToolAnswer(vote=None, abstained=CUT_OFF_CALL)
+        return ToolAnswer()
+    invalid = [f"{c.name}: {c.verdict}" for c in calls if not c.valid]
+    if invalid:
+        return ToolAnswer(tuple(calls), recovered, None, "invalid tool call: " + "; ".join(invalid), shape)
+    return ToolAnswer(tuple(calls), recovered, set_key(calls), shape=shape)
+
+
+def recovered_calls(content: str | None, toolbox: Toolbox) -> tuple[ToolCall, ...] | None:
+    """The calls a reply's text consists of, when every one is valid (a passthrough with recovery returns them);
+    None otherwise (the reply is relayed as it came)."""
+    answer = read_answer(None, content, None, toolbox)
+    return answer.calls if answer.calls and answer.vote is not None else None
+
+
+# ---- the decision --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolDecision:
+    """The council's decision on a request with tools, and the calls it answers with (none: it answers with the
+    speaker's text). `arguments` shows the per-argument votes (`per_argument` only); `fallback` says why the
+    composed calls were not returned."""
+
+    decision: Decision
+    calls: tuple[ToolCall, ...]
+    arguments: list[dict[str, Any]] | None = None
+    fallback: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"calls": [c.to_json() for c in self.calls],
+                **({"arguments": self.arguments} if self.arguments is not None else {}),
+                **({"fallback": self.fallback} if self.fallback else {})}
+
+
+def _with_speaker(decision: Decision, speaker: Ballot) -> Decision:
+    return dataclasses.replace(decision, speaker=speaker.member, text=speaker.text)
+
+
+def _no_call_speaker(decision: Decision, ballots: Sequence[Ballot], how: str, strategy: str,
+                     tie_break: Sequence[str], temperature: float) -> Decision:
+    """"No call" won: the council's text is the no-call reply its extractor votes for among the no-call seats."""
+    if strategy not in ("majority", "weighted", "confidence"):
+        return decision  # similarity picked its medoid, a judge its answer
+    voters = [b for b in ballots if b.answer == NO_CALL]
+    texts = [dataclasses.replace(b, answer=extract(b.text or "", how)) for b in voters]
+    try:
+        inner = decide(texts, strategy, tie_break, temperature=temperature)
+    except (ValueError, ArithmeticError):  # every no-call reply abstains under the extractor: the first speaks
+        return decision
+    speaker = next(b for b in voters if b.member == inner.speaker)
+    return _with_speaker(decision, speaker)
+
+
+def _shape(answer: ToolAnswer) -> str | None:
+    if answer.vote is None:
+        return None
+    if answer.vote == NO_CALL:
+        return NO_CALL
+    return "\n".join(sorted(c.name for c in unique(answer.calls)))
+
+
+def decide_tools(ballots: Sequence[Ballot], answers: Mapping[str, ToolAnswer], toolbox: Toolbox, *,
+                 mode: ToolVote = "set", strategy: str = "majority", tie_break: Sequence[str] = ("weight", "latency",
+                 "order"), temperature: float = 1.0, how: str = "auto",
+                 decision: Decision | None = None) -> ToolDecision:
+    """Decide on a request with tools. `ballots` vote with each seat's `ToolAnswer.vote` (`answers` by member);
+    `decision` is one already made (a judge's pick), whose calls are then the council's. Raises `VoteError` when
+    every seat abstained, as `decide` does."""
+    if decision is None and mode == "per_argument" and strategy in ("majority", "weighted", "confidence"):
+        return _per_argument(ballots, answers, toolbox, strategy, tie_break, temperature, how)
+    if decision is None:
+        decision = decide(ballots, strategy, tie_break, temperature=temperature)
+    if decision.answer == NO_CALL:
+        return ToolDecision(_no_call_speaker(decision, ballots, how, strategy, tie_break, temperature), ())
+    speaker = decision.speaker or decision.winner_members[0]
+    return ToolDecision(decision, unique(answers[speaker].calls))
+
+
+def _per_argument(ballots: Sequence[Ballot], answers: Mapping[str, ToolAnswer], toolbox: Toolbox, strategy: str,
+                  tie_break: Sequence[str], temperature: float, how: str) -> ToolDecision:
+    shapes = [dataclasses.replace(b, answer=_shape(answers[b.member])) for b in ballots]
+    by_shape = decide(shapes, strategy, tie_break, temperature=temperature)
+    if by_shape.answer == NO_CALL:
+        return ToolDecision(_no_call_speaker(by_shape, ballots, how, strategy, tie_break, temperature), ())
+    voters = [b for b in ballots if b.member in by_shape.winner_members]
+    reference = decide(voters, strategy, tie_break, temperature=temperature)  # the set they agree on most
+    ref_calls = unique(answers[reference.speaker or reference.winner_members[0]].calls)
+    slots: list[tuple[ToolCall, list[tuple[Ballot, ToolCall]]]] = [(c, []) for c in ref_calls]
+    for ballot in voters:
+        aligned = _align(ref_calls, unique(answers[ballot.member].calls))
+        for slot, call in zip(slots, aligned, strict=True):
+            slot[1].append((ballot, call))
+    composed: list[ToolCall] = []
+    shown: list[dict[str, Any]] = []
+    for index, (ref, votes) in enumerate(slots):
+        names = sorted({k for _, call in votes for k in call.arguments})
+        arguments: dict[str, Any] = {}
+        for argument in names:
+            values: dict[str, Any] = {}
+            cast = []
+            for ballot, call in votes:
+                key = _value(call.arguments, argument)
+                values.setdefault(key, call.arguments.get(argument))
+                cast.append(dataclasses.replace(ballot, answer=key))
+            won = decide(cast, strategy, tie_break, temperature=temperature)
+            if won.answer != ABSENT:
+                arguments[argument] = values[won.answer]
+            shown.append({"call": index, "name": ref.name, "argument": argument,
+                          "value": None if won.answer == ABSENT else values[won.answer], "absent": won.answer == ABSENT,
+                          "votes": won.votes})
+        composed.append(toolbox.call(ref.name, arguments))
+    if not all(c.valid for c in composed):
+        why = "; ".join(f"{c.name}: {c.verdict}" for c in composed if not c.valid)
+        return ToolDecision(dataclasses.replace(by_shape, answer=reference.answer, text=reference.answer,
+                                                speaker=reference.speaker), ref_calls, shown,
+                            f"the composed calls fail their schema ({why}): the reference calls are returned")
+    key = set_key(composed)
+    return ToolDecision(dataclasses.replace(by_shape, answer=key, text=key, speaker=reference.speaker),
+                        tuple(composed), shown)
+
+
+def _value(arguments: Mapping[str, Any], name: str) -> str:
+    return _canonical_json(arguments[name]) if name in arguments else ABSENT
+
+
+def _agreement(a: ToolCall, b: ToolCall) -> int:
+    """How many argument values two calls share (an argument both left out counts as shared)."""
+    return sum(_value(a.arguments, k) == _value(b.arguments, k) for k in set(a.arguments) | set(b.arguments))
+
+
+def _align(reference: Sequence[ToolCall], calls: Sequence[ToolCall]) -> list[ToolCall]:
+    """`calls` (the same functions as many times each as `reference`) in the reference's order: per function,
+    the assignment agreeing on the most argument values (ties: the first permutation in sorted order)."""
+    out: list[ToolCall | None] = [None] * len(reference)
+    for name in {c.name for c in reference}:
+        where = [i for i, c in enumerate(reference) if c.name == name]
+        mine = sorted((c for c in calls if c.name == name), key=lambda c: c.key)
+        if len(mine) <= MAX_PERMUTED:
+            best = max(itertools.permutations(mine),
+                       key=lambda p: sum(_agreement(reference[i], c) for i, c in zip(where, p, strict=True)))
+        else:
+            best = tuple(mine)
+        for i, call in zip(where, best, strict=True):
+            out[i] = call
+    assert all(c is not None for c in out), "a seat of the winning shape calls the same functions"
+    return [c for c in out if c is not None]

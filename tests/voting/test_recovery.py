@@ -1,0 +1,87 @@
+"""Each recovery parser on the texts small models write (README "Agents" / "Tool calls"), and prose that merely
+mentions JSON or code left alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from council.voting.recovery import could_be_calls, looks_like_a_call, recover
+
+DECLARED = {"get_weather", "get_time"}
+PARIS = [("get_weather", {"city": "Paris"})]
+BOTH = [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]
+
+
+@pytest.mark.parametrize(("text", "shape", "calls"), [
+    # Qwen2.5-Coder-0.5B's own replies through llama-server (sampled at T=0.8), verbatim
+    ('```json\n{\n  "name": "get_weather",\n  "arguments": {\n    "city": "Paris"\n  }\n}\n```', "fenced", PARIS),
+    ('{"name": "get_weather", "arguments": {"city": "Paris"}}', "bare_json", PARIS),
+    ('Here\'s the corresponding JSON response:\n\n{"name": "get_weather", "arguments": {"city": "Paris"}}',
+     "introduced", PARIS),
+    # "parameters" instead of "arguments"; a list; objects one per line; two fenced blocks; a bare fence
+    ('{"name": "get_weather", "parameters": {"city": "Paris"}}', "bare_json", PARIS),
+    ('[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_weather", "arguments": '
+     '{"city": "Rome"}}]', "bare_json", BOTH),
+    ('{"name": "get_weather", "arguments": {"city": "Paris"}}\n{"name": "get_weather", "arguments": '
+     '{"city": "Rome"}}', "bare_json", BOTH),
+    ('```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```\n\n```json\n{"name": "get_weather", '
+     '"arguments": {"city": "Rome"}}\n```', "fenced", BOTH),
+    ('```\n[{"name": "get_weather", "arguments": {"city": "Paris"}}]\n```', "fenced", PARIS),
+    # arguments double-encoded as a JSON string; OpenAI's own wrapper; a declared tool without arguments
+    ('{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}', "bare_json", PARIS),
+    ('{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}', "bare_json", PARIS),
+    ('{"tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}', "bare_json", PARIS),
+    ('{"name": "get_time"}', "bare_json", [("get_time", {})]),
+    # Hermes tags the server did not parse (the last left open), after a think block
+    ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n'
+     '{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>', "tool_call_tags", BOTH),
+    ('<think>\nThe user wants the weather.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": '
+     '{"city": "Paris"}}', "tool_call_tags", PARIS),
+    # BFCL's prompt format (Python calls), tuples become lists
+    ('[get_weather(city="Paris"), get_weather(city=\'Rome\')]', "pythonic", BOTH),
+    ('get_time(zones=("UTC", "CET"), exact=True)', "pythonic", [("get_time", {"zones": ["UTC", "CET"],
+                                                                             "exact": True})]),
+])
+def test_each_shape_is_recovered(text: str, shape: str, calls: list[tuple[str, Any]]) -> None:
+    assert recover(text, DECLARED) == (calls, shape)
+
+
+@pytest.mark.parametrize("text", [
+    'You can call get_weather with {"city": "Paris"} to get the weather.',
+    'Here is an example:\n```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```\n'
+    "This calls the function with Paris.",  # an example, then an explanation: not only calls
+    'The JSON would be {"name": "get_weather", "arguments": {"city": "Paris"}} but I cannot run it.',
+    '{"name": "Bob", "age": 3}',  # data with a `name`
+    '{"name": "Bob"}',  # a name alone, not a declared tool: data
+    '[{"name": "get_weather", "arguments": {"city": "Paris"}}, 3]',  # a list with something else in it
+    '{"name": "get_weather", "arguments": ["Paris"]}',  # arguments that are no object
+    '{"name": "get_weather", "arguments": {"city": "Paris"}, "comment": "sunny"}',  # extra keys: data
+    '```python\nget_weather(city="Paris")\n```',  # code
+    'print(get_weather(city="Paris"))',  # code: print is not a declared tool
+    "get_weather('Paris')",  # positional arguments: code, not a call
+    "Sure!\nHere it is:\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}",  # two lines of prose
+    "The weather in Paris is sunny, 21 °C.",
+    '{"name": "get_weather", "arguments": {"city": NaN}}',  # not JSON
+    "",
+])
+def test_prose_and_code_are_not_calls(text: str) -> None:
+    assert recover(text, DECLARED) is None
+
+
+def test_a_reply_that_began_a_call_is_told_apart() -> None:
+    assert looks_like_a_call('```json\n{"name": "get_wea')
+    assert looks_like_a_call('<think>x</think>{"name"')
+    assert not looks_like_a_call("The weather in Paris is")
+
+
+@pytest.mark.parametrize(("prefix", "held"), [
+    ("", True), ("\n ", True), ("``", True), ('```json\n{"na', True), ('{"name"', True), ("[", True),
+    ("<tool_", True), ("get_weather(city=", True), ("Here is the call:", True), ('Here is the call:\n\n{"n', True),
+    ("<think>The user wants", True),
+    ("The weather in Paris is nice.\nBut", False), ("Here: x\n", False), ("Paris is `sunny`", False),
+    ("<think>x</think>\nThe answer is 4.\n", False),
+])
+def test_a_stream_is_held_back_only_while_it_may_still_be_calls(prefix: str, held: bool) -> None:
+    assert could_be_calls(prefix) is held

@@ -1,0 +1,272 @@
+"""The tool-call vote in-process, against scripted members (tests/voting/fakes.py): a call set is one answer
+whatever the order of its calls, invalid calls abstain and say why, "no call" can win, per-argument votes,
+recovered calls, and the ballot `council tally` re-runs. The same through a real `council serve` with real
+llama-server members: tests/server/test_tool_calls.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from council.voting.engine import CouncilEngine, QuorumError
+from council.voting.request import CouncilRequest
+from council.voting.tools import CUT_OFF_CALL, NO_CALL, Toolbox, read_answer
+from tests.conftest import run_cli
+from tests.voting.fakes import Say, council
+
+pytestmark = pytest.mark.anyio
+SLOW = 30.0
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                    "unit": {"type": "string", "enum": ["c", "f"]}},
+                   "required": ["city"], "additionalProperties": False}}}
+PLACE = {"type": "function", "function": {
+    "name": "locate", "parameters": {"type": "object",
+                                     "properties": {"city": {"type": "string"}, "lat": {"type": "number"},
+                                                    "lon": {"type": "number"}},
+                                     "oneOf": [{"required": ["city"]}, {"required": ["lat", "lon"]}]}}}
+TOOLS = [WEATHER, PLACE]
+
+
+def ask(tools: list[dict[str, Any]] | None = None, question: str = "Weather in Paris and Rome?") -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": question}], "tools": TOOLS if tools is None else tools}
+
+
+def calls(*made: tuple[str, dict[str, Any] | str], delay: float = 0.0) -> Say:
+    """A member answering with native tool calls (arguments as OpenAI sends them: a JSON string)."""
+    return Say("", delay=delay, message={"role": "assistant", "content": None, "tool_calls": [
+        {"id": f"m{i}", "type": "function",
+         "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)}}
+        for i, (name, args) in enumerate(made)]})
+
+
+def weather(city: str, **more: Any) -> tuple[str, dict[str, Any]]:
+    return ("get_weather", {"city": city, **more})
+
+
+def returned(answer: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The council's calls as a client reads them."""
+    out = []
+    for call in answer.message["tool_calls"]:
+        assert call["type"] == "function" and call["id"].startswith("call_")
+        out.append((call["function"]["name"], json.loads(call["function"]["arguments"])))
+    return out
+
+
+def member(answer: Any, index: int) -> dict[str, Any]:
+    return answer.council_json()["members"][index]
+
+
+async def test_parallel_calls_in_another_order_are_one_vote() -> None:
+    engine, _ = council({"vote": {"strategy": "majority"}},
+                        calls(weather("Paris"), weather("Rome")),
+                        calls(weather("Rome"), ("get_weather", '{"city": "Paris"}'), weather("Rome")),  # a repeat
+                        calls(weather("Paris")))
+    answer = await engine.ask(CouncilRequest.of(ask(), early_stop=False))
+    doc = answer.council_json()
+    assert doc["agreement"] == 0.6667 and doc["winner_members"] == ["c/0", "c/1"]
+    assert sorted(returned(answer), key=str) == [weather("Paris"), weather("Rome")]
+    assert answer.finish_reason == "tool_calls" and answer.message["content"] is None
+    ids = [c["id"] for c in answer.message["tool_calls"]]
+    assert len(set(ids)) == 2 and "m0" not in ids  # fresh ids, not a member's
+
+
+async def test_an_undeclared_function_or_invalid_arguments_never_win_and_the_ballot_says_why() -> None:
+    engine, _ = council({"vote": {"strategy": "majority"}},
+                        calls(("delete_files", {"path": "/"})),
+                        calls(("delete_files", {"path": "/"})),
+                        calls(weather("Paris", unit="kelvin")),
+                        calls(("get_weather", '{"city": "Paris"')),  # not JSON
+                        calls(weather("Paris")))
+    answer = await engine.ask(ask())
+    assert returned(answer) == [weather("Paris")] and answer.council_json()["votes"] == {
+        'get_weather({"city":"Paris"})': 1.0}
+    ballot = engine.ballots.get(answer.id)
+    assert ballot is not None
+    verdicts = [[c["verdict"] for c in a["calls"]] for a in ballot["answers"]]
+    assert verdicts[0] == ["'delete_files' is not a declared tool (declared: get_weather, locate)"]
+    assert verdicts[2] == ["arguments fail get_weather's schema at $.unit: 'kelvin' is not one of ['c', 'f']"]
+    assert verdicts[3] == ["arguments are not valid JSON"] and verdicts[4] == ["valid"]
+    assert ballot["answers"][0]["abstained"].startswith("invalid tool call: delete_files: ")
+    assert member(answer, 0)["extracted"] is None and member(answer, 0)["abstained"]
+    assert ballot["tools"] == TOOLS  # what `council tally` re-checks the calls against
+
+
+async def test_when_every_call_is_invalid_the_error_says_why() -> None:
+    engine, _ = council({"vote": {"strategy": "majority"}}, calls(("delete_files", {})), calls(weather("Paris",
+                                                                                                     unit=3)))
+    with pytest.raises(QuorumError, match=r"every member abstained: c/0: invalid tool call: delete_files: "
+                                          r".*c/1: invalid tool call: get_weather: arguments fail"):
+        await engine.ask(ask())
+
+
+async def test_no_call_wins_when_most_seats_make_none_and_the_council_answers_with_text() -> None:
+    engine, _ = council({"vote": {"strategy": "majority", "extract": "number"}},
+                        calls(weather("Paris")),
+                        Say("I cannot tell the time of day with these tools."),
+                        Say("Sorry, no tool for that. It is 12 o'clock somewhere, the answer is 12."),
+                        Say("12"))
+    answer = await engine.ask(ask(question="What time is it?"))
+    assert answer.decision.answer == NO_CALL and answer.decision.votes == {'get_weather({"city":"Paris"})': 1.0,
+                                                                          NO_CALL: 3.0}
+    assert "tool_calls" not in answer.message and answer.finish_reason == "stop"
+    # the no-call seats' texts voted among themselves with the council's extractor: "12" beat no number
+    assert answer.council_json()["speaker"] == "c/2"
+    assert answer.message["content"] == "Sorry, no tool for that. It is 12 o'clock somewhere, the answer is 12."
+
+
+async def test_a_call_written_as_text_is_recovered_and_marked_unless_the_policy_says_no() -> None:
+    fenced = '```json\n{\n  "name": "get_weather",\n  "arguments": {\n    "city": "Paris"\n  }\n}\n```'
+    for recover in (True, False):
+        engine, _ = council({"vote": {"strategy": "majority", "recover_tool_calls": recover}},
+                            Say(fenced), Say(fenced), calls(weather("Paris")))
+        answer = await engine.ask(ask())
+        first = member(answer, 0)
+        if recover:
+            assert returned(answer) == [weather("Paris")] and answer.council_json()["agreement"] == 1.0
+            assert first["recovered"] is True and first["calls"] == [
+                {"name": "get_weather", "arguments": {"city": "Paris"}, "verdict": "valid", "recovered": True}]
+            assert "recovered" not in member(answer, 2)  # its calls were the server's own
+        else:  # the two fenced replies are text: "no call" wins, with the text as it came
+            assert answer.decision.answer == NO_CALL and answer.message["content"] == fenced
+            assert "tool_calls" not in answer.message and first["calls"] == [] and "recovered" not in first
+
+
+async def test_per_argument_vote_takes_each_value_most_seats_give() -> None:
+    replies = (calls(weather("Paris", unit="c")), calls(weather("Paris", unit="f")), calls(weather("Rome", unit="f")))
+    whole, _ = council({"vote": {"strategy": "majority"}}, *replies)
+    assert returned(await whole.ask(ask())) == [weather("Paris", unit="c")]  # three sets, a tie: the first seat's
+    parts, _ = council({"vote": {"strategy": "majority", "tools": "per_argument"}}, *replies)
+    answer = await parts.ask(ask())
+    assert returned(answer) == [weather("Paris", unit="f")]  # no seat made this call; each value has 2 of 3
+    shown = {(a["argument"], json.dumps(a["value"])): a["votes"] for a in answer.council_json()["tool_vote"][
+        "arguments"]}
+    assert shown == {("city", '"Paris"'): {'"Paris"': 2.0, '"Rome"': 1.0},
+                     ("unit", '"f"'): {'"c"': 1.0, '"f"': 2.0}}
+
+
+async def test_per_argument_aligns_parallel_calls_by_their_arguments_not_their_order() -> None:
+    replies = (calls(weather("Paris", unit="c"), weather("Rome", unit="f")),
+               calls(weather("Rome", unit="c"), weather("Paris", unit="c")),  # the other order
+               calls(weather("Paris", unit="f"), weather("Rome", unit="c")),
+               Say("No idea."))
+    engine, _ = council({"vote": {"strategy": "majority", "tools": "per_argument"}}, *replies)
+    answer = await engine.ask(ask())
+    assert sorted(returned(answer), key=str) == [weather("Paris", unit="c"), weather("Rome", unit="c")]
+    assert answer.council_json()["votes"] == {"get_weather\nget_weather": 3.0, NO_CALL: 1.0}  # the shapes
+
+
+async def test_per_argument_never_returns_a_composed_call_that_fails_its_schema() -> None:
+    replies = (calls(("locate", {"city": "Paris"})), calls(("locate", {"lat": 1, "lon": 2})),
+               calls(("locate", {"lat": 1, "lon": 3})))  # lon: a three-way tie that "absent" wins
+    engine, _ = council({"vote": {"strategy": "majority", "tools": "per_argument"}}, *replies)
+    answer = await engine.ask(ask())
+    assert returned(answer) == [("locate", {"city": "Paris"})]  # {"lat": 1} alone fails oneOf: the set vote's
+    assert "composed calls fail their schema" in answer.council_json()["tool_vote"]["fallback"]
+
+
+async def test_per_argument_stops_early_only_on_a_majority_of_every_vote() -> None:
+    config = {"members": [{"weight": 2.5}, {}, {}, {}], "vote": {"strategy": "weighted"}}
+    replies = (calls(weather("Paris", unit="c")), calls(weather("Paris", unit="f")),
+               calls(weather("Rome", unit="f")), calls(weather("Oslo", unit="f"), delay=0.2))
+    whole, clients = council(config, *replies)
+    answer = await whole.ask(ask())
+    assert answer.early_stop and clients[3].cancelled == 1  # 2.5 > 1 + 1 left: no single set can catch up
+    parts, clients = council({**config, "vote": {"strategy": "weighted", "tools": "per_argument"}}, *replies)
+    answer = await parts.ask(ask())
+    # 1 + 1 + 1 could outvote the 2.5 on `unit`: the slow seat is waited for, and does
+    assert not answer.early_stop and clients[3].cancelled == 0
+    assert returned(answer) == [weather("Paris", unit="f")]
+
+
+async def test_validators_are_compiled_once_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jsonschema import validators
+
+    compiled: list[object] = []
+    real = validators.validator_for
+
+    ours = [t["function"]["parameters"] for t in TOOLS]
+
+    def counting(schema: Any, default: Any = None) -> Any:
+        if any(schema is s for s in ours):  # (checking a schema looks up its metaschema's validator too)
+            compiled.append(schema)
+        return real(schema, default=default)
+
+    monkeypatch.setattr(validators, "validator_for", counting)
+    engine, _ = council({"vote": {"strategy": "majority"}, "members": [{"samples": 5}]},
+                        *[calls(weather("Paris"), ("locate", {"city": "Paris"}))] * 5)
+    await engine.ask(ask())
+    assert len(compiled) == 2  # one per tool, not one per seat
+    await engine.ask(ask())
+    assert len(compiled) == 4  # and anew per request: another request may declare other schemas
+
+
+def test_a_reply_cut_off_while_writing_a_call_abstains() -> None:
+    box = Toolbox(TOOLS)
+    cut = read_answer({}, '```json\n{"name": "get_weather", "argu', "length", box)
+    assert cut.vote is None and cut.abstained == CUT_OFF_CALL
+    assert read_answer({}, "The weather in Paris is usually", "length", box).vote == NO_CALL
+
+
+def test_a_tool_whose_parameters_are_no_schema_fails_its_calls_with_the_reason() -> None:
+    box = Toolbox([{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}])
+    assert box.call("f", "{}").verdict.startswith("f's parameters are not a valid JSON Schema: ")
+
+
+async def test_tally_re_runs_a_tool_call_ballot(tmp_path: Path) -> None:
+    fenced = '```json\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n```'
+    engine: CouncilEngine
+    engine, _ = council({"vote": {"strategy": "majority", "tools": "set"}},
+                        calls(weather("Paris"), weather("Rome")), calls(weather("Rome"), weather("Paris")),
+                        Say(fenced), Say(fenced), Say(fenced), calls(("delete_files", {})))
+    answer = await engine.ask(CouncilRequest.of(ask(), early_stop=False))
+    live = engine.ballots.get(answer.id)
+    assert live is not None and live["answer"] == 'get_weather({"city":"Rome"})'
+    path = tmp_path / "ballot.json"
+    path.write_text(json.dumps(live))
+    started = time.monotonic()
+    result = run_cli("tally", str(path))
+    assert result.returncode == 0, result.stderr
+    offline = json.loads(result.stdout)
+    assert time.monotonic() - started < 120
+    assert offline["answer"] == live["answer"] and offline["votes"] == live["votes"]
+    assert offline["tool_vote"]["calls"] == [{"name": "get_weather", "arguments": {"city": "Rome"},
+                                              "verdict": "valid", "recovered": True}]
+    assert offline["members"]["c/2"]["recovered"] is True
+    assert offline["members"]["c/5"]["abstained"].startswith("invalid tool call: delete_files: 'delete_files' is")
+    # without recovery the fenced replies are text, and "no call" wins
+    plain = json.loads(run_cli("tally", str(path), "--no-recover-tool-calls").stdout)
+    assert plain["votes"] == {NO_CALL: 3.0, 'get_weather({"city":"Paris"})\nget_weather({"city":"Rome"})': 2.0}
+    assert plain["answer"] == NO_CALL and plain["tool_vote"]["calls"] == [] and plain["speaker"] == "c/2"
+    bad = {**live, "tools": "get_weather"}
+    path.write_text(json.dumps(bad))
+    result = run_cli("tally", str(path))
+    assert result.returncode == 2 and "`tools` must be a list" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_tool_choice_decides_what_may_win() -> None:
+    fenced = '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'
+    replies = (calls(weather("Paris")), calls(("locate", {"city": "Paris"})), Say("No."), Say("No."))
+    engine, _ = council({"vote": {"strategy": "majority"}}, *replies)
+    assert (await engine.ask(CouncilRequest.of(ask(), early_stop=False))).decision.answer == NO_CALL
+    # `required`: a seat that calls nothing abstains, and says why
+    required = await engine.ask(CouncilRequest.of({**ask(), "tool_choice": "required"}, early_stop=False))
+    assert "tool_calls" in required.message and member(required, 2)["abstained"] == (
+        "made no call, though tool_choice requires one")
+    # a named function: calls to another declared one are invalid too
+    named = await engine.ask(CouncilRequest.of(
+        {**ask(), "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, early_stop=False))
+    assert returned(named) == [weather("Paris")] and named.council_json()["votes"] == {
+        'get_weather({"city":"Paris"})': 1.0}
+    assert member(named, 1)["calls"][0]["verdict"] == "tool_choice names get_weather, not locate"
+    # `none`: the answer is text, voted on as text (a call written as text stays text)
+    text, _ = council({"vote": {"strategy": "majority", "extract": "text"}}, Say(fenced), Say(fenced), Say("No."))
+    answer = await text.ask({**ask(), "tool_choice": "none"})
+    assert "tool_calls" not in answer.message and answer.message["content"] == fenced
+    assert answer.tool_calls is None and "calls" not in member(answer, 0)
