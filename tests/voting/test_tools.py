@@ -259,12 +259,12 @@ async def test_tool_choice_decides_what_may_win() -> None:
     required = await engine.ask(CouncilRequest.of({**ask(), "tool_choice": "required"}, early_stop=False))
     assert "tool_calls" in required.message and member(required, 2)["abstained"] == (
         "made no call, though tool_choice requires one")
-    # a named function: calls to another declared one are invalid too
+    # a named function: members get only that tool (`request.for_members`), so a call to another is undeclared
     named = await engine.ask(CouncilRequest.of(
         {**ask(), "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, early_stop=False))
     assert returned(named) == [weather("Paris")] and named.council_json()["votes"] == {
         'get_weather({"city":"Paris"})': 1.0}
-    assert member(named, 1)["calls"][0]["verdict"] == "tool_choice names get_weather, not locate"
+    assert member(named, 1)["calls"][0]["verdict"] == "'locate' is not a declared tool (declared: get_weather)"
     # `none`: the answer is text, voted on as text (a call written as text stays text)
     text, _ = council({"vote": {"strategy": "majority", "extract": "text"}}, Say(fenced), Say(fenced), Say("No."))
     answer = await text.ask({**ask(), "tool_choice": "none"})
