@@ -120,7 +120,7 @@ def to_tool(function: Mapping[str, Any]) -> dict[str, Any]:
 class BfclItem:
     """One BFCL question: its messages, the tools sent with it, and the calls that grade right."""
 
-    index: int  # place in the loaded list, from 0
+    index: int  # stable across loads: the category's place in CATEGORIES × 10⁵ + its line (records resume by it)
     line: int
     id: str
     category: str
@@ -235,9 +235,10 @@ def load_bfcl(path: Path | str, categories: Sequence[str] = CATEGORIES) -> list[
         return _items(text, answers.read_text() if answers.is_file() else None, str(path), category)
     source = Source(path)
     items: list[BfclItem] = []
+    ranks = {c: i for i, c in enumerate(dict.fromkeys((*CATEGORIES, *categories)))}
     for category in categories:
         for item in load_category(source, category):
-            items.append(BfclItem(**{**item.__dict__, "index": len(items)}))
+            items.append(BfclItem(**{**item.__dict__, "index": ranks[category] * 100_000 + item.line}))
     return items
 
 

@@ -149,6 +149,7 @@ class CallsRow(BaseModel):
     name: str  # a member, or `council (set)`, `council (argument)`, `oracle`
     model: str = ""
     categories: list[CategoryScore]
+    hits: list[bool] = []  # right or not, item by item in the records' order (for paired comparisons)
 
     def overall(self) -> CategoryScore:
         return self.categories[-1]
@@ -194,7 +195,7 @@ def member_rows(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) ->
         mine = [r.answers[m] for r in records]
         found = [items[r.item_id or ""] for r in records]
         hits = [a.status == "ok" and grade(i, calls_of(a)).valid for a, i in zip(mine, found, strict=True)]
-        rows.append(CallsRow(name=first.member, model=first.model, categories=_category_scores(
+        rows.append(CallsRow(name=first.member, model=first.model, hits=hits, categories=_category_scores(
             records, hits, [_invalid(i, calls_of(a)) for a, i in zip(mine, found, strict=True)],
             [a.status != "ok" for a in mine], [a.completion_tokens for a in mine], [a.latency_ms for a in mine])))
     return rows
@@ -212,7 +213,7 @@ def council_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem], mo
         found.append(item)
     hits = [d is not None and grade(i, d).valid for d, i in zip(decided, found, strict=True)]
     seats = [[a for i, a in enumerate(r.answers) if keep is None or i in keep] for r in records]
-    return CallsRow(name=name or f"council ({mode})", categories=_category_scores(
+    return CallsRow(name=name or f"council ({mode})", hits=hits, categories=_category_scores(
         records, hits, [_invalid(i, d) for d, i in zip(decided, found, strict=True)], [d is None for d in decided],
         [sum(a.completion_tokens for a in s) for s in seats], [r.wall_ms for r in records]))
 
@@ -221,7 +222,7 @@ def oracle_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) -> 
     hits = [any(a.status == "ok" and grade(items[r.item_id or ""], calls_of(a)).valid for a in r.answers)
             for r in records]
     zero = [0] * len(records)
-    return CallsRow(name="oracle (some seat right)", categories=_category_scores(
+    return CallsRow(name="oracle (some seat right)", hits=hits, categories=_category_scores(
         records, hits, zero, [False] * len(records), zero, zero))
 
 

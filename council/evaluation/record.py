@@ -147,7 +147,8 @@ async def record_items(ask: Asker, items: Sequence[AnyItem], *, concurrency: int
     sink = append_to.open("a") if append_to is not None else None
 
     async def one(item: Item) -> ItemRecord:
-        if item.index in done:
+        item_id = item.id if isinstance(item, BfclItem) else None
+        if item.index in done and done[item.index].item_id == item_id:
             record = done[item.index]
         else:
             async with gate:
@@ -156,7 +157,7 @@ async def record_items(ask: Asker, items: Sequence[AnyItem], *, concurrency: int
                 record = ItemRecord(index=item.index, line=item.line, question=item.question,
                                     reference=item.reference, wall_ms=(time.monotonic() - started) * 1000,
                                     answers=answers, error=error,
-                                    item_id=item.id if isinstance(item, BfclItem) else None,
+                                    item_id=item_id,
                                     category=item.category if isinstance(item, BfclItem) else None)
             # An item no member answered (a dead process, a deadline on a busy machine) is not kept: a resumed
             # run asks it again.
