@@ -131,7 +131,42 @@ def vote_argument(answers: Sequence[MemberAnswer], item: BfclItem) -> Calls | No
     return fallback if schema_problems(item, result) else result
 
 
+def _council_voter(mode: str) -> Voter | None:
+    """The live council's own call vote (`council.voting.tools`, where this checkout has it) as an offline voter:
+    the recorded native calls read and validated as the engine reads them, decided by majority."""
+    try:
+        from council.voting import tools  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None
+    from council.voting.vote import Ballot, VoteError
+
+    def vote(answers: Sequence[MemberAnswer], item: BfclItem) -> Calls | None:
+        box = tools.Toolbox(item.tools)
+        read: dict[str, Any] = {}
+        ballots = []
+        for order, a in enumerate(answers):
+            if a.status != "ok":
+                continue
+            # Recovery is applied to the records beforehand (as a separate arm), not here.
+            seen = tools.read_answer({"tool_calls": a.tool_calls} if a.tool_calls else None, a.text, a.finish_reason,
+                                     box, recover_calls=False)
+            read[a.member] = seen
+            ballots.append(Ballot(member=a.member, order=order, answer=seen.vote, text=tools.ballot_text(seen, a.text),
+                                  weight=a.weight, latency_ms=a.latency_ms))
+        try:
+            decided = tools.decide_tools(ballots, read, box, mode=mode)
+        except (VoteError, ValueError):
+            return None
+        return [c.openai() for c in decided.calls]
+
+    return vote
+
+
 VOTERS: dict[str, Voter] = {"set": vote_set, "argument": vote_argument}
+# With the council's own vote code present, its two modes are scored beside the evaluation's reading.
+for _mode, _label in (("set", "council set"), ("per_argument", "council per_argument")):
+    if (_voter := _council_voter(_mode)) is not None:
+        VOTERS[_label] = _voter
 
 
 class CategoryScore(BaseModel):
