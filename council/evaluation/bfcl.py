@@ -37,6 +37,7 @@ from typing import Any
 
 from council.evaluation.dataset import DatasetError
 from council.paths import downloads_dir
+from council.voting.request import last_user_text
 
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple")
 # Older wheels name the first category `simple`.
@@ -132,8 +133,6 @@ class BfclItem:
 
     @property
     def question(self) -> str:
-        from council.voting.request import last_user_text
-
         return last_user_text(self.messages)
 
     @property

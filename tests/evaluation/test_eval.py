@@ -161,3 +161,22 @@ def test_eval_on_bfcl_items_with_a_real_model(tmp_path: Path, llama_server_bin: 
     assert {row["name"] for row in doc["councils"]} == {"council (set)", "council (argument)"}
     for row in doc["members"]:
         assert f"{row['categories'][-1]['correct']}/2" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--categories", "simple_python,no_such"], "no BFCL_v4_no_such.json in it"),
+    (["--format", "xml"], "--format must be auto, qa or bfcl"),
+    (["--tool-choice", "always"], "--tool-choice must be auto, required or none"),
+])
+def test_eval_on_bfcl_refuses_bad_options(tmp_path: Path, syn: Path, args: list[str], says: str) -> None:
+    from council.evaluation.bfcl import download_wheel
+    from council.evaluation.dataset import DatasetError
+
+    try:
+        wheel = download_wheel()
+    except DatasetError as exc:
+        pytest.skip(f"the bfcl-eval wheel cannot be downloaded: {exc}")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    result = run_cli("eval", str(policy), "trio", str(wheel), *args)
+    assert result.returncode == 2 and says in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
