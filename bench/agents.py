@@ -23,10 +23,12 @@ with every seat answering; every number is then re-scored offline from those rec
 Per category: accuracy, calls returned that fail their schema, completion tokens and wall time per item. A table
 on stdout and bench/results/agents.json.
 
-How long it takes (2 shared CPU cores): `--n 2 --models qwen2.5-coder-0.5b --best qwen2.5-coder-0.5b
---samples 2` (12 items, four arms) took about 6 minutes, most of it prompt reading (BFCL's tool documents are
-300-1500 tokens); the default run (120 items; Qwen2.5-Coder-1.5B's three arms, two small models alone) is
-estimated at 3-5 hours there, and minutes on a GPU.
+How long it takes (2 CPU cores shared with other work, load about 5): the smoke run `--n 2 --models
+qwen2.5-coder-0.5b --best qwen2.5-coder-0.5b --samples 2` (12 items, three recorded arms) took 18.7 minutes:
+Qwen2.5-Coder-0.5B alone 38 s per item, with `tool_choice: required` 46 s (every reply ran to max_tokens), its
+three-seat council 14 s (the machine was quieter by then). The default run (120 items: Qwen2.5-Coder-1.5B alone,
+with `required` and as a five-seat council, and the two small models alone) is estimated at 4-5 hours on two idle
+cores, and much more on a busy machine. Re-scoring (`--score-only`) takes seconds.
 """
 
 from __future__ import annotations

@@ -87,11 +87,12 @@ def _from_outcomes(outcomes: list[SeatOutcome]) -> list[MemberAnswer]:
 
 def item_body(item: AnyItem, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What every member is asked: the item's messages (and its tools), with `extra` fields (`tool_choice`...)."""
-    # Logprobs are asked for so confidence votes can be scored offline from the same answers.
-    body: dict[str, Any] = {"messages": item.messages, "logprobs": True}
     if isinstance(item, BfclItem):
-        body["tools"] = item.tools
-    return {**body, **(extra or {})}
+        # No logprobs with tools: llama-server refuses them on a streamed request (seats sharing one `n` request
+        # stream), and a call vote does not use them.
+        return {"messages": item.messages, "tools": item.tools, **(extra or {})}
+    # Logprobs are asked for so confidence votes can be scored offline from the same answers.
+    return {"messages": item.messages, "logprobs": True, **(extra or {})}
 
 
 def engine_asker(engine: CouncilEngine, extra: dict[str, Any] | None = None) -> Asker:
