@@ -116,9 +116,9 @@ def test_eval_against_a_running_serve(tmp_path: Path, syn: Path, serve: Callable
 
 
 def test_eval_on_bfcl_items_with_a_real_model(tmp_path: Path, llama_server_bin: LlamaServerInfo) -> None:
-    """Two BFCL items (one simple_python, one irrelevance) asked of two Qwen2.5-Coder-0.5B samples (one request,
-    `n: 2`): every seat's answer is recorded with its calls, and each number of the table is BFCL's grade of those
-    recorded answers."""
+    """Two BFCL items (one simple_python, one irrelevance) asked of a Qwen2.5-Coder-0.5B greedy seat and two samples
+    (one streamed request, `n: 2`, which llama-server refuses with tools if logprobs are asked): every seat's answer
+    is recorded with its calls, and each number of the table is BFCL's grade of those recorded answers."""
     from council.evaluation.bfcl import download_wheel, grade, load_bfcl
     from council.evaluation.dataset import DatasetError
     from council.setup.catalog import by_name
@@ -131,7 +131,8 @@ def test_eval_on_bfcl_items_with_a_real_model(tmp_path: Path, llama_server_bin: 
     assert qwen is not None
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_yaml({"qwen": {"path": qwen.path, "ctx_size": 1024, "share": True}},
-                                  {"duo": {"members": [member_entry("qwen", samples=2, temperature=0.7, seed=1,
+                                  {"duo": {"members": [member_entry("qwen", temperature=0, max_tokens=80),
+                                                       member_entry("qwen", samples=2, temperature=0.7, seed=1,
                                                                     max_tokens=80)],
                                            "quorum": 1, "timeout": "10m"}}))
     out = tmp_path / "report.json"
@@ -161,6 +162,7 @@ def test_eval_on_bfcl_items_with_a_real_model(tmp_path: Path, llama_server_bin: 
     assert {row["name"] for row in doc["councils"]} == {"council (set)", "council (argument)"}
     for row in doc["members"]:
         assert f"{row['categories'][-1]['correct']}/2" in result.stdout
+    assert len(doc["members"]) == 3
 
 
 @pytest.mark.parametrize(("args", "says"), [
