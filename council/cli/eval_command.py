@@ -19,8 +19,10 @@ def eval_(
     policy: Annotated[str, typer.Argument(help="The policy file (YAML).")],
     council: Annotated[str, typer.Argument(help="The council to evaluate.")],
     data: Annotated[str, typer.Argument(help="JSONL: `question` (or `messages`) and `answer` per line "
-                                             "(GSM8K's `#### N` understood; `choices` for multiple choice).")],
-    n: Annotated[int | None, typer.Option("--n", help="Only this many items.")] = None,
+                                             "(GSM8K's `#### N` understood; `choices` for multiple choice); or "
+                                             "BFCL function-calling data: the bfcl-eval wheel, its data folder, "
+                                             "or one BFCL_v4_*.json question file.")],
+    n: Annotated[int | None, typer.Option("--n", help="Only this many items (BFCL: per category).")] = None,
     seed: Annotated[int | None, typer.Option(help="With --n: a random sample of items, seeded.")] = None,
     concurrency: Annotated[int, typer.Option(help="Items asked at once.")] = 1,
     url: Annotated[str | None, typer.Option(help="Ask a running `council serve` instead of starting the "
@@ -30,10 +32,19 @@ def eval_(
     record: Annotated[str | None, typer.Option(help="Append each item's answers to this JSONL as they come, "
                                                     "and skip items already in it (resume).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per item with --url.")] = 1800.0,
+    data_format: Annotated[str, typer.Option("--format", help="auto (BFCL's files are recognised), qa or bfcl.")
+                           ] = "auto",
+    categories: Annotated[str | None, typer.Option(help="BFCL: the categories, comma-separated (default: "
+                                                        "simple_python, multiple, parallel, parallel_multiple, "
+                                                        "irrelevance, live_simple).")] = None,
+    tool_choice: Annotated[str | None, typer.Option(help="BFCL: the request's `tool_choice` (auto, required, "
+                                                         "none); unset, members decide.")] = None,
 ) -> None:
     """Ask every item with every member answering; print each member's accuracy, the council's under every
     strategy and extractor (re-scored offline), the oracle, tokens and time, early stop and cascade spending,
-    and leave-one-out. Exit 2 for a bad policy or data file."""
+    and leave-one-out; on function-calling data (BFCL), each member's and the council's accuracy per category by
+    BFCL's AST rules, and calls that fail their schema. Exit 2 for a bad policy or data file."""
+    from council.evaluation.bfcl import CATEGORIES, is_bfcl, load_bfcl, sample_per_category
     from council.evaluation.dataset import DatasetError, load_items, sample
     from council.evaluation.record import http_asker, record_items
     from council.evaluation.report import print_report
@@ -43,8 +54,16 @@ def eval_(
     config = loaded.policy.councils.get(council)
     if config is None:
         raise fail(f"{policy}: no council {council!r}; it has: {', '.join(loaded.policy.councils) or 'none'}", 2)
+    if data_format not in ("auto", "qa", "bfcl"):
+        raise fail(f"--format must be auto, qa or bfcl, not {data_format!r}", 2)
+    bfcl = data_format == "bfcl" or (data_format == "auto" and is_bfcl(data))
+    wanted = tuple(c.strip() for c in categories.split(",") if c.strip()) if categories else CATEGORIES
+    if tool_choice is not None and tool_choice not in ("auto", "required", "none"):
+        raise fail(f"--tool-choice must be auto, required or none, not {tool_choice!r}", 2)
+    extra = {"tool_choice": tool_choice} if tool_choice else None
+    items: list[Any]
     try:
-        items = sample(load_items(data), n, seed)
+        items = sample_per_category(load_bfcl(data, wanted), n, seed) if bfcl else sample(load_items(data), n, seed)
     except DatasetError as exc:
         raise fail(str(exc), 2) from None
     if concurrency < 1:
@@ -58,20 +77,28 @@ def eval_(
 
         append_to = Path(record) if record else None
         if url is not None:
-            asker = http_asker(url, council, os.environ.get("COUNCIL_API_KEY"), timeout)
+            asker = http_asker(url, council, os.environ.get("COUNCIL_API_KEY"), timeout, extra)
             records = asyncio.run(record_items(asker, items, concurrency=concurrency, append_to=append_to,
                                                on_record=advance))
         else:
-            records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance))
-    report = score(records, council, config, data)
-    print_report(report, out)
+            records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance, extra))
+    report: Any
+    if bfcl:
+        from council.evaluation.calls import score_calls
+        from council.evaluation.report import print_calls_report
+
+        report = score_calls(records, items, council, data)
+        print_calls_report(report, out)
+    else:
+        report = score(records, council, config, data)
+        print_report(report, out)
     if json_out:
         Path(json_out).write_text(json.dumps(report.model_dump(), indent=1) + "\n")
         out.print(f"report written to {json_out}")
 
 
 async def _record_here(loaded: Any, council: str, items: list[Any], concurrency: int, append_to: Path | None,
-                       advance: Any) -> list[Any]:
+                       advance: Any, extra: dict[str, Any] | None = None) -> list[Any]:
     """Start the council's members, record every item, stop them."""
     from council.evaluation.record import engine_asker, record_items
     from council.members.process import LifeConfig
@@ -91,7 +118,7 @@ async def _record_here(loaded: Any, council: str, items: list[Any], concurrency:
         failed = [m.name for m in assembly.supervisor.processes.values() if not m.ready]
         if failed:
             raise fail(f"members failed to start: {', '.join(failed)} (see `council up`)", 1)
-        return await record_items(engine_asker(assembly.engines[council]), items, concurrency=concurrency,
+        return await record_items(engine_asker(assembly.engines[council], extra), items, concurrency=concurrency,
                                   append_to=append_to, on_record=advance)
     finally:
         await assembly.supervisor.stop()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from council.evaluation.bfcl import BfclItem
 from council.evaluation.dataset import Item
 from council.voting.engine import CouncilAnswer, CouncilEngine, QuorumError, RequestRejected, SeatOutcome
 from council.voting.request import CouncilRequest
@@ -38,6 +39,9 @@ class MemberAnswer(BaseModel):
     # were kept have neither (`score.with_caps` fills max_tokens from the policy).
     finish_reason: str | None = None
     max_tokens: int | None = None
+    # The seat's tool calls as OpenAI sends them (`function.name`, `function.arguments` as a JSON string), when it
+    # made any: a function-calling answer is its set of calls.
+    tool_calls: list[dict[str, Any]] | None = None
 
     @property
     def cut_off(self) -> bool:
@@ -57,9 +61,13 @@ class ItemRecord(BaseModel):
     wall_ms: float
     answers: list[MemberAnswer]
     error: str | None = None  # why the council itself could not answer (its members' answers still count)
+    # Function-calling data (BFCL): the item's id and category; `reference` is its ground truth as JSON.
+    item_id: str | None = None
+    category: str | None = None
 
 
-Asker = Callable[[Item], Awaitable[tuple[list[MemberAnswer], str | None]]]
+AnyItem = Item | BfclItem
+Asker = Callable[[AnyItem], Awaitable[tuple[list[MemberAnswer], str | None]]]
 
 
 def _answers(doc_members: Iterable[dict[str, Any]]) -> list[MemberAnswer]:
@@ -67,25 +75,32 @@ def _answers(doc_members: Iterable[dict[str, Any]]) -> list[MemberAnswer]:
                          weight=m.get("weight", 1.0), latency_ms=m.get("latency_ms", 0.0),
                          completion_tokens=m.get("completion_tokens", 0), prompt_tokens=m.get("prompt_tokens", 0),
                          confidence=m.get("confidence"), signals=m.get("confidence_signals"),
-                         error=m.get("error"), finish_reason=m.get("finish_reason")) for m in doc_members]
+                         error=m.get("error"), finish_reason=m.get("finish_reason"),
+                         tool_calls=m.get("tool_calls") or None) for m in doc_members]
 
 
 def _from_outcomes(outcomes: list[SeatOutcome]) -> list[MemberAnswer]:
-    return [a.model_copy(update={"max_tokens": o.seat.sampling.max_tokens})
+    return [a.model_copy(update={"max_tokens": o.seat.sampling.max_tokens,
+                                 "tool_calls": (o.reply.message or {}).get("tool_calls") or a.tool_calls})
             for a, o in zip(_answers(o.to_json() for o in outcomes), outcomes, strict=True)]
 
 
-def item_body(item: Item) -> dict[str, Any]:
+def item_body(item: AnyItem, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every member is asked: the item's messages (and its tools), with `extra` fields (`tool_choice`...)."""
+    if isinstance(item, BfclItem):
+        # No logprobs with tools: llama-server refuses them on a streamed request (seats sharing one `n` request
+        # stream), and a call vote does not use them.
+        return {"messages": item.messages, "tools": item.tools, **(extra or {})}
     # Logprobs are asked for so confidence votes can be scored offline from the same answers.
-    return {"messages": item.messages, "logprobs": True}
+    return {"messages": item.messages, "logprobs": True, **(extra or {})}
 
 
-def engine_asker(engine: CouncilEngine) -> Asker:
+def engine_asker(engine: CouncilEngine, extra: dict[str, Any] | None = None) -> Asker:
     """Ask through an engine of this process (members this command started)."""
 
-    async def ask(item: Item) -> tuple[list[MemberAnswer], str | None]:
+    async def ask(item: AnyItem) -> tuple[list[MemberAnswer], str | None]:
         try:
-            answer: CouncilAnswer = await engine.ask(CouncilRequest.of(item_body(item), early_stop=False))
+            answer: CouncilAnswer = await engine.ask(CouncilRequest.of(item_body(item, extra), early_stop=False))
         except QuorumError as exc:
             return _from_outcomes(exc.outcomes), str(exc)
         except RequestRejected as exc:
@@ -95,15 +110,16 @@ def engine_asker(engine: CouncilEngine) -> Asker:
     return ask
 
 
-def http_asker(url: str, council: str, api_key: str | None, timeout: float) -> Asker:
+def http_asker(url: str, council: str, api_key: str | None, timeout: float,
+               extra: dict[str, Any] | None = None) -> Asker:
     """Ask a running `council serve` (its council must not stop early: the request says so)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
-    async def ask(item: Item) -> tuple[list[MemberAnswer], str | None]:
-        body = {"model": council, **item_body(item), "council": {"early_stop": False}}
+    async def ask(item: AnyItem) -> tuple[list[MemberAnswer], str | None]:
+        body = {"model": council, **item_body(item, extra), "council": {"early_stop": False}}
         try:
             reply = await client.post("/v1/chat/completions", json=body)
         except httpx.HTTPError as exc:
@@ -124,7 +140,7 @@ def read_records(path: Path) -> dict[int, ItemRecord]:
     return {r.index: r for r in records}
 
 
-async def record_items(ask: Asker, items: list[Item], *, concurrency: int = 1, append_to: Path | None = None,
+async def record_items(ask: Asker, items: Sequence[AnyItem], *, concurrency: int = 1, append_to: Path | None = None,
                        on_record: Callable[[ItemRecord], None] | None = None) -> list[ItemRecord]:
     """Ask every item (`concurrency` at a time); items already in `append_to` are not asked again."""
     done = read_records(append_to) if append_to is not None else {}
@@ -132,7 +148,8 @@ async def record_items(ask: Asker, items: list[Item], *, concurrency: int = 1, a
     sink = append_to.open("a") if append_to is not None else None
 
     async def one(item: Item) -> ItemRecord:
-        if item.index in done:
+        item_id = item.id if isinstance(item, BfclItem) else None
+        if item.index in done and done[item.index].item_id == item_id:
             record = done[item.index]
         else:
             async with gate:
@@ -140,7 +157,9 @@ async def record_items(ask: Asker, items: list[Item], *, concurrency: int = 1, a
                 answers, error = await ask(item)
                 record = ItemRecord(index=item.index, line=item.line, question=item.question,
                                     reference=item.reference, wall_ms=(time.monotonic() - started) * 1000,
-                                    answers=answers, error=error)
+                                    answers=answers, error=error,
+                                    item_id=item_id,
+                                    category=item.category if isinstance(item, BfclItem) else None)
             # An item no member answered (a dead process, a deadline on a busy machine) is not kept: a resumed
             # run asks it again.
             if sink is not None and any(a.status == "ok" for a in record.answers):

@@ -1,10 +1,11 @@
-"""The table `council eval` prints (rich), from an `EvalReport`."""
+"""The tables `council eval` prints (rich), from an `EvalReport` (or a `CallsReport` for function-calling data)."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
 
+from council.evaluation.calls import CallsReport
 from council.evaluation.score import EvalReport
 
 
@@ -54,3 +55,22 @@ def print_report(report: EvalReport, out: Console) -> None:
         loo.add_row(row.member, _pct(row.accuracy_without), f"{100 * row.delta:+.1f} pts", str(row.changed_items),
                     row.verdict)
     out.print(loo)
+
+
+def print_calls_report(report: CallsReport, out: Console) -> None:
+    """Function-calling data: accuracy per category for each member, each call vote and the oracle; then what each
+    returned that fails its schema, and its tokens and time."""
+    rows = [*report.members, *report.councils, report.oracle]
+    columns = [*report.categories, "overall"]
+    accuracy = Table("", *columns, title=f"{report.council} on {report.data}: {report.items} items, accuracy by "
+                                         "BFCL's AST rules (irrelevance: no call)")
+    for row in rows:
+        accuracy.add_row(row.name, *(f"{_pct(c.accuracy)} ({c.correct}/{c.items})" for c in row.categories))
+    out.print(accuracy)
+    cost = Table("", "calls failing their schema", "undecided", "tokens/item", "s/item",
+                 title="what was returned, and its cost (a council: every seat's tokens, the item's wall time)")
+    for row in rows[:-1]:
+        o = row.overall()
+        cost.add_row(row.name, str(o.invalid_calls), str(o.undecided), f"{o.tokens_per_item:.0f}",
+                     f"{o.ms_per_item / 1000:.1f}")
+    out.print(cost)

@@ -113,3 +113,72 @@ def test_eval_against_a_running_serve(tmp_path: Path, syn: Path, serve: Callable
     doc = json.loads(out.read_text())
     assert [[a["status"] for a in r["answers"]] for r in doc["records"]] == [["ok"] * 3] * 2  # none cancelled
     assert [m["correct"] for m in doc["members"]] == [1, 1, 1] and doc["oracle"] == 1.0
+
+
+def test_eval_on_bfcl_items_with_a_real_model(tmp_path: Path, llama_server_bin: LlamaServerInfo) -> None:
+    """Two BFCL items (one simple_python, one irrelevance) asked of a Qwen2.5-Coder-0.5B greedy seat and two samples
+    (one streamed request, `n: 2`, which llama-server refuses with tools if logprobs are asked): every seat's answer
+    is recorded with its calls, and each number of the table is BFCL's grade of those recorded answers."""
+    from council.evaluation.bfcl import download_wheel, grade, load_bfcl
+    from council.evaluation.dataset import DatasetError
+    from council.setup.catalog import by_name
+
+    try:
+        wheel = download_wheel()
+    except DatasetError as exc:
+        pytest.skip(f"the bfcl-eval wheel cannot be downloaded: {exc}")
+    qwen = by_name("qwen2.5-coder-0.5b")
+    assert qwen is not None
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_yaml({"qwen": {"path": qwen.path, "ctx_size": 1024, "share": True}},
+                                  {"duo": {"members": [member_entry("qwen", temperature=0, max_tokens=80),
+                                                       member_entry("qwen", samples=2, temperature=0.7, seed=1,
+                                                                    max_tokens=80)],
+                                           "quorum": 1, "timeout": "10m"}}))
+    out = tmp_path / "report.json"
+    result = run_cli("eval", str(policy), "duo", str(wheel), "--categories", "simple_python,irrelevance", "--n", "1",
+                     "--seed", "1", "--json", str(out),
+                     env={"COUNCIL_HOME": str(tmp_path), "LLAMA_SERVER": str(llama_server_bin.path)})
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "function-calling" and doc["categories"] == ["simple_python", "irrelevance"]
+    items = {i.id: i for i in load_bfcl(wheel, ("simple_python", "irrelevance"))}
+    records = doc["records"]
+    assert [r["category"] for r in records] == ["simple_python", "irrelevance"]
+    assert all(r["item_id"] in items and json.loads(r["reference"]) == (items[r["item_id"]].ground_truth or [])
+               for r in records)
+    declared = {t["function"]["name"] for r in records for t in items[r["item_id"]].tools}
+    for record in records:
+        for answer in record["answers"]:
+            assert answer["status"] == "ok" and (answer["text"] or answer["tool_calls"]), answer
+            assert {c["function"]["name"] for c in answer["tool_calls"] or []} <= declared
+    for m, member in enumerate(doc["members"]):
+        hits = [grade(items[r["item_id"]], r["answers"][m]["tool_calls"]).valid for r in records]
+        assert [c["correct"] for c in member["categories"]] == [hits[0], hits[1], sum(hits)]
+        tokens = [r["answers"][m]["completion_tokens"] for r in records]
+        assert member["categories"][-1]["tokens_per_item"] == pytest.approx(sum(tokens) / 2) and all(tokens)
+    oracle = [any(grade(items[r["item_id"]], a["tool_calls"]).valid for a in r["answers"]) for r in records]
+    assert [c["correct"] for c in doc["oracle"]["categories"]] == [oracle[0], oracle[1], sum(oracle)]
+    assert {row["name"] for row in doc["councils"]} == {"council (set)", "council (argument)"}
+    for row in doc["members"]:
+        assert f"{row['categories'][-1]['correct']}/2" in result.stdout
+    assert len(doc["members"]) == 3
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--categories", "simple_python,no_such"], "no BFCL_v4_no_such.json in it"),
+    (["--format", "xml"], "--format must be auto, qa or bfcl"),
+    (["--tool-choice", "always"], "--tool-choice must be auto, required or none"),
+])
+def test_eval_on_bfcl_refuses_bad_options(tmp_path: Path, syn: Path, args: list[str], says: str) -> None:
+    from council.evaluation.bfcl import download_wheel
+    from council.evaluation.dataset import DatasetError
+
+    try:
+        wheel = download_wheel()
+    except DatasetError as exc:
+        pytest.skip(f"the bfcl-eval wheel cannot be downloaded: {exc}")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    result = run_cli("eval", str(policy), "trio", str(wheel), *args)
+    assert result.returncode == 2 and says in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr

@@ -1,0 +1,266 @@
+"""Do agents get a better answer from a council? BFCL v4 function calling, arms side by side.
+
+    python -m bench.agents [--n 20] [--seed 20] [--models qwen2.5-coder-1.5b,qwen2.5-coder-0.5b,smollm2-135m]
+                           [--best qwen2.5-coder-1.5b] [--samples 4] [--categories ...] [--score-only]
+
+Items: `--n` seeded items of each category (`simple_python`, `multiple`, `parallel`, `parallel_multiple`,
+`irrelevance`, `live_simple`) from the bfcl-eval wheel, downloaded into `$COUNCIL_HOME/downloads/bfcl` and read
+by path (never copied here); graded by `council.evaluation.bfcl` (BFCL's AST rules; irrelevance: no call).
+
+Recorded once, into `bench/records/agents-<arm>.jsonl` (a run resumes where it stopped), through the real engine
+with every seat answering; every number is then re-scored offline from those records (`--score-only`):
+
+- `solo-<model>`: each model alone, greedy, one seat sent the agent's body as it is (messages and tools): the
+  reply is llama-server's own parse of the model's output, what passthrough relays. Re-scored as it is, and (once
+  this checkout has `council.voting.recovery`) with calls written as text recovered offline from the same reply.
+- `required-<best>`: the best model alone with `tool_choice: required`.
+- `sc-<best>`: a self-consistency council of the best model: a greedy seat and `--samples` samples at
+  temperature 0.7 in one request (`n`, the prompt read once), in one process.
+- offline councils: `sc-<best>` and a mixed council (the `solo-*` seats of every model, from their own records)
+  under each call vote of `council.evaluation.calls.VOTERS` (`set`: whole call sets; `argument`: per argument);
+  beside each, its best seat alone (`sc`: the greedy seat), and the paired difference with its 95% interval.
+
+Per category: accuracy, calls returned that fail their schema, completion tokens and wall time per item. A table
+on stdout and bench/results/agents.json.
+
+How long it takes (2 CPU cores shared with other work, load about 5): the smoke run `--n 2 --models
+qwen2.5-coder-0.5b --best qwen2.5-coder-0.5b --samples 2` (12 items, three recorded arms) took 18.7 minutes:
+Qwen2.5-Coder-0.5B alone 38 s per item, with `tool_choice: required` 46 s (every reply ran to max_tokens), its
+three-seat council 14 s (the machine was quieter by then). The default run (120 items: Qwen2.5-Coder-1.5B alone,
+with `required` and as a five-seat council, and the two small models alone) is estimated at 4-5 hours on two idle
+cores, and much more on a busy machine. Re-scoring (`--score-only`) takes seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from council.evaluation.bfcl import CATEGORIES, BfclItem, download_wheel, load_bfcl, sample_per_category
+from council.evaluation.calls import VOTERS, CallsRow, council_row, member_rows
+from council.evaluation.record import ItemRecord, MemberAnswer, engine_asker, read_records, record_items
+from council.members.binary import find_llama_server
+from council.members.process import LifeConfig
+from council.plan.planner import plan_policy
+from council.policy.loading import load_policy
+from council.setup.catalog import by_name
+from council.voting.assembly import assemble
+
+ROOT = Path(__file__).resolve().parent
+RECORDS = ROOT / "records"
+RESULTS = ROOT / "results"
+DEFAULT_MODELS = ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m")
+MAX_TOKENS = 256  # a few calls in JSON; a longer reply is prose
+
+
+def short(model: str) -> str:
+    return model.replace("qwen2.5-coder-", "qwen").replace("smollm2-", "smol").replace("gemma3-", "gemma")
+
+
+def arm_policy(model: str, seats: list[dict[str, Any]]) -> dict[str, Any]:
+    source = by_name(model)
+    assert source is not None, f"unknown model {model}"
+    return {"gpus": [{"name": "cpu", "memory": "24GiB"}], "slots": {"size": "6GiB", "reserve": 0},
+            "models": {"m": {"path": str(source.path), "ctx_size": 4096, "share": True}},
+            "councils": {"arm": {"members": seats, "quorum": 1, "timeout": "30m",
+                                 "vote": {"strategy": "majority"}}}}
+
+
+def arms(models: Sequence[str], best: str, samples: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Each recorded arm: its policy and the extra request fields. Add an arm here and it is recorded and scored."""
+    greedy = {"model": "m", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}}
+    out = {f"solo-{short(m)}": (arm_policy(m, [greedy]), {}) for m in models}
+    out[f"required-{short(best)}"] = (arm_policy(best, [greedy]), {"tool_choice": "required"})
+    if samples:
+        sampled = {"model": "m", "samples": samples,
+                   "sampling": {"temperature": 0.7, "top_p": 0.95, "seed": 1, "max_tokens": MAX_TOKENS}}
+        out[f"sc-{short(best)}"] = (arm_policy(best, [greedy, sampled]), {})
+    return out
+
+
+async def record(policy: dict[str, Any], extra: dict[str, Any], items: list[BfclItem], out: Path) -> None:
+    server = find_llama_server()
+    assert server is not None, "run `council setup --models all` first"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "policy.yaml"
+        path.write_text(yaml.safe_dump(policy, sort_keys=False))
+        plan = plan_policy(load_policy(path).policy)
+        life = LifeConfig(run_dir=Path(tmp) / "run", instance="bench-agents", stuck_after=3600)
+        assembly = assemble(plan, server, life)
+        await assembly.supervisor.start()
+        try:
+            assert await assembly.supervisor.wait_settled(600), "members did not settle"
+            started = time.monotonic()
+
+            def progress(rec: ItemRecord) -> None:
+                calls = sum(bool(a.tool_calls) for a in rec.answers)
+                print(f"  {out.stem} {rec.item_id} ({calls}/{len(rec.answers)} seats called, "
+                      f"{rec.wall_ms / 1000:.0f}s; {time.monotonic() - started:.0f}s in all)", flush=True)
+
+            await record_items(engine_asker(assembly.engines["arm"], extra), items, append_to=out,
+                               on_record=progress)
+        finally:
+            await assembly.supervisor.stop()
+
+
+# --- offline: recovery, mixed councils, pairs ---------------------------------------------------------------------
+
+def recovery() -> Callable[[str | None, list[str]], list[dict[str, Any]] | None] | None:
+    """Calls written as text, recovered by the council's own parsers, when this checkout has them."""
+    try:
+        from council.voting.recovery import recover  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+
+    def calls(text: str | None, declared: list[str]) -> list[dict[str, Any]] | None:
+        found = recover(text, declared)
+        if found is None:
+            return None
+        return [{"type": "function", "function": {"name": name, "arguments": args if isinstance(args, str) else
+                                                  json.dumps(args)}} for name, args in found[0]]
+
+    return calls
+
+
+def with_recovery(records: list[ItemRecord], items: dict[str, BfclItem]) -> list[ItemRecord] | None:
+    """The records with each seat's text recovered into calls where it made none natively."""
+    recover = recovery()
+    if recover is None:
+        return None
+
+    def fix(a: MemberAnswer, item: BfclItem) -> MemberAnswer:
+        if a.tool_calls or a.status != "ok":
+            return a
+        found = recover(a.text, [t["function"]["name"] for t in item.tools])
+        return a.model_copy(update={"tool_calls": found}) if found else a
+
+    return [r.model_copy(update={"answers": [fix(a, items[r.item_id or ""]) for a in r.answers]}) for r in records]
+
+
+def mixed(solos: list[list[ItemRecord]]) -> list[ItemRecord]:
+    """A council of every solo arm's seat, item by item (items every arm answered)."""
+    by_item = [{r.index: r for r in arm} for arm in solos]
+    common = sorted(set.intersection(*(set(b) for b in by_item)))
+    out = []
+    for index in common:
+        first = by_item[0][index]
+        answers = [b[index].answers[0] for b in by_item]
+        out.append(first.model_copy(update={"answers": answers, "wall_ms": max(b[index].wall_ms for b in by_item)}))
+    return out
+
+
+def paired(council: CallsRow, seat: CallsRow) -> dict[str, float]:
+    """The council minus the seat, per item (overall): mean and its 95% interval (normal approximation)."""
+    a, b = council.overall(), seat.overall()
+    n = a.items
+    diffs = [x - y for x, y in zip(council.hits, seat.hits, strict=True)] if n else []
+    mean = sum(diffs) / n if n else 0.0
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
+    half = 1.96 * sd / math.sqrt(n) if n else 0.0
+    return {"points": 100 * (a.accuracy - b.accuracy), "low": 100 * (mean - half), "high": 100 * (mean + half)}
+
+
+def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, row: CallsRow, against: CallsRow | None = None) -> None:
+        rows.append({"arm": name, **({"vs_best_seat": paired(row, against)} if against else {}),
+                     "categories": [c.model_dump() for c in row.categories], "_row": row})
+
+    solos = [name for name in records if name.startswith("solo-")]
+    for name, recs in records.items():
+        if not recs:
+            continue
+        seats = member_rows(recs, items)
+        if len(recs[0].answers) == 1:
+            add(f"{name} (passthrough)", seats[0])
+            recovered = with_recovery(recs, items)
+            if recovered is not None:
+                add(f"{name} (with recovery)", member_rows(recovered, items)[0])
+            continue
+        greedy = seats[0]
+        add(f"{name}: greedy seat alone", greedy)
+        for mode in VOTERS:
+            add(f"{name}: council ({mode})", council_row(recs, items, mode), greedy)
+        recovered = with_recovery(recs, items)
+        if recovered is not None:
+            seat = member_rows(recovered, items)[0]
+            add(f"{name}: greedy seat alone, with recovery", seat)
+            for mode in VOTERS:
+                add(f"{name}: council ({mode}), with recovery", council_row(recovered, items, mode), seat)
+    if len(solos) > 1:
+        council = mixed([records[s] for s in solos])
+        if council:
+            seats = member_rows(council, items)
+            best_seat = next((s for s, name in zip(seats, solos, strict=True) if name == f"solo-{short(best)}"),
+                             seats[0])
+            for mode in VOTERS:
+                add(f"mixed ({', '.join(s.removeprefix('solo-') for s in solos)}): council ({mode})",
+                    council_row(council, items, mode), best_seat)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], categories: Sequence[str]) -> None:
+    width = max(len(r["arm"]) for r in rows)
+    head = "".join(f"{c[:14]:>15}" for c in [*categories, "overall"])
+    print(f"{'arm':<{width}}{head}{'bad calls':>10}{'tok/item':>9}{'s/item':>8}  vs best seat (95% CI)")
+    for r in rows:
+        cats = {c["category"]: c for c in r["categories"]}
+        cells = "".join(f"{100 * cats[c]['accuracy']:>8.0f}% ({cats[c]['correct']:>2}/{cats[c]['items']:<2})"
+                        if c in cats else f"{'-':>15}" for c in [*categories, "overall"])
+        o = cats["overall"]
+        vs = r.get("vs_best_seat")
+        pair = f"  {vs['points']:+.1f} pts [{vs['low']:+.1f}, {vs['high']:+.1f}]" if vs else ""
+        print(f"{r['arm']:<{width}}{cells}{o['invalid_calls']:>10}{o['tokens_per_item']:>9.0f}"
+              f"{o['ms_per_item'] / 1000:>8.1f}{pair}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20, help="items per category (a seeded sample)")
+    parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="catalog models, each alone")
+    parser.add_argument("--best", default=DEFAULT_MODELS[0], help="the model of the self-consistency council and "
+                                                                  "the tool_choice: required arm")
+    parser.add_argument("--samples", type=int, default=4, help="samples beside the greedy seat (0: no sc arm)")
+    parser.add_argument("--categories", default=",".join(CATEGORIES))
+    parser.add_argument("--score-only", action="store_true", help="re-score the recorded answers, ask nothing")
+    args = parser.parse_args()
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    items = sample_per_category(load_bfcl(download_wheel(), categories), args.n, args.seed)
+    by_id = {i.id: i for i in items}
+    RECORDS.mkdir(exist_ok=True)
+    plan = arms(models, args.best, args.samples)
+    files = {name: RECORDS / f"agents-{name}.jsonl" for name in plan}
+    if not args.score_only:
+        for name, (policy, extra) in plan.items():
+            print(f"recording {name}: {len(items)} items", flush=True)
+            asyncio.run(record(policy, extra, items, files[name]))
+    # Only the records of the items sampled now (a file may hold more, from a larger run).
+    records = {name: sorted((r for r in read_records(path).values() if r.item_id in by_id), key=lambda r: r.index)
+               for name, path in files.items()}
+    rows = score(records, by_id, args.best)
+    print_table(rows, categories)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "agents.json"
+    doc = {"n_per_category": args.n, "seed": args.seed, "categories": categories, "models": models,
+           "best": args.best, "samples": args.samples,
+           "items": {name: len(recs) for name, recs in records.items()},
+           "rows": [{k: v for k, v in r.items() if k != "_row"} for r in rows]}
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

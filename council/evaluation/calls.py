@@ -1,0 +1,272 @@
+"""Scoring recorded function-calling answers (BFCL) offline: each member and the council, per category.
+
+A seat's answer is its set of calls, or no call. The council's answer is re-decided from the recorded seat
+answers by a call vote (`VOTERS`, by mode), so a vote rule can be compared on the same recording without asking
+any model again:
+
+- `set`: every call of a seat, as (name, canonical JSON arguments), compared as a multiset (parallel calls in
+  another order agree); "no call" is one more answer and can win. A seat whose calls are not all valid (an
+  undeclared name, arguments its tool's JSON Schema refuses) abstains. Weighted plurality; ties go to the seat
+  first in council order.
+- `argument`: the functions are chosen as in `set`, by the multiset of called names (or no call); the seats that
+  called exactly those are aligned call by call (each seat's calls matched to the first such seat's, one to one,
+  by name and then by the most equal argument values), and each argument takes the weighted plurality of its
+  values (absent is a value); a result that fails its schema falls back to `set`'s answer.
+
+These are the evaluation's own reading of the vote; a council's live vote code can be plugged in as another mode
+(`VOTERS[mode] = f`, `f(answers, item) -> calls or None`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from council.evaluation.bfcl import BfclItem, grade, schema_problems
+from council.evaluation.record import ItemRecord, MemberAnswer
+from council.voting.extract import canonical_tool_call
+
+Calls = list[dict[str, Any]]
+# A call vote: the seats' recorded answers to one item → the council's calls ([] = no call), None when every seat
+# abstained.
+Voter = Callable[[Sequence[MemberAnswer], BfclItem], Calls | None]
+NO_CALL = ("no call",)
+
+
+def calls_of(answer: MemberAnswer) -> Calls:
+    return list(answer.tool_calls or [])
+
+
+def call_key(call: Mapping[str, Any]) -> str:
+    fn = call.get("function") or {}
+    return canonical_tool_call(str(fn.get("name") or ""), fn.get("arguments") or "{}") or f"{fn.get('name')}(?)"
+
+
+def ballot(answer: MemberAnswer, item: BfclItem) -> tuple[str, ...] | None:
+    """What a seat's answer votes for: `NO_CALL`, the sorted keys of its calls, or None (it abstains: it did not
+    answer, or a call of it is invalid)."""
+    if answer.status != "ok":
+        return None
+    calls = calls_of(answer)
+    if not calls:
+        return NO_CALL
+    if schema_problems(item, calls):
+        return None
+    return tuple(sorted(call_key(c) for c in calls))
+
+
+def _plurality(keys: Sequence[tuple[Any, float]]) -> Any:
+    """The key with the most weight; ties go to the one that came first."""
+    totals: dict[Any, float] = {}
+    for key, weight in keys:
+        totals[key] = totals.get(key, 0.0) + weight
+    return max(totals, key=lambda k: (totals[k], -list(totals).index(k))) if totals else None
+
+
+def vote_set(answers: Sequence[MemberAnswer], item: BfclItem) -> Calls | None:
+    votes = [(b, a.weight, a) for a in answers if (b := ballot(a, item)) is not None]
+    winner = _plurality([(b, w) for b, w, _ in votes])
+    if winner is None:
+        return None
+    return [] if winner == NO_CALL else calls_of(next(a for b, _, a in votes if b == winner))
+
+
+def _args(call: Mapping[str, Any]) -> dict[str, Any]:
+    raw = (call.get("function") or {}).get("arguments") or "{}"
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _name(call: Mapping[str, Any]) -> str:
+    return str((call.get("function") or {}).get("name") or "")
+
+
+def _align(anchor: Calls, calls: Calls) -> list[dict[str, Any]]:
+    """`calls` reordered to match `anchor` one to one: same name, then the most equal argument values."""
+    left = list(range(len(calls)))
+    out = []
+    for want in anchor:
+        wanted = _args(want)
+
+        def agreement(i: int, wanted: dict[str, Any] = wanted, name: str = _name(want)) -> tuple[bool, int]:
+            mine = _args(calls[i])
+            return _name(calls[i]) == name, sum(json.dumps(mine.get(k), sort_keys=True) == json.dumps(
+                v, sort_keys=True) for k, v in wanted.items() if k in mine)
+
+        best = max(left, key=lambda i: (*agreement(i), -i))
+        left.remove(best)
+        out.append(_args(calls[best]))
+    return out
+
+
+ABSENT = "\0absent"
+
+
+def vote_argument(answers: Sequence[MemberAnswer], item: BfclItem) -> Calls | None:
+    fallback = vote_set(answers, item)
+    votes = [(b, a) for a in answers if (b := ballot(a, item)) is not None]
+    shapes = [(NO_CALL if b == NO_CALL else tuple(sorted(_name(c) for c in calls_of(a))), a.weight) for b, a in votes]
+    shape = _plurality(shapes)
+    if shape is None or shape == NO_CALL:
+        return fallback if shape is None else []
+    seats = [a for (s, _), (_, a) in zip(shapes, votes, strict=True) if s == shape]
+    anchor = calls_of(seats[0])
+    aligned = [_align(anchor, calls_of(a)) for a in seats]
+    result = []
+    for position, call in enumerate(anchor):
+        keys = dict.fromkeys(k for row in aligned for k in row[position])
+        args = {}
+        for key in keys:
+            value = _plurality([(json.dumps(row[position].get(key, ABSENT), sort_keys=True), a.weight)
+                                for row, a in zip(aligned, seats, strict=True)])
+            if value != json.dumps(ABSENT):
+                args[key] = json.loads(value)
+        result.append({**call, "function": {"name": _name(call), "arguments": json.dumps(args)}})
+    return fallback if schema_problems(item, result) else result
+
+
+def _council_voter(mode: str) -> Voter | None:
+    """The live council's own call vote (`council.voting.tools`, where this checkout has it) as an offline voter:
+    the recorded native calls read and validated as the engine reads them, decided by majority."""
+    try:
+        from council.voting import tools  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None
+    from council.voting.vote import Ballot, VoteError
+
+    def vote(answers: Sequence[MemberAnswer], item: BfclItem) -> Calls | None:
+        box = tools.Toolbox(item.tools)
+        read: dict[str, Any] = {}
+        ballots = []
+        for order, a in enumerate(answers):
+            if a.status != "ok":
+                continue
+            # Recovery is applied to the records beforehand (as a separate arm), not here.
+            seen = tools.read_answer({"tool_calls": a.tool_calls} if a.tool_calls else None, a.text, a.finish_reason,
+                                     box, recover_calls=False)
+            read[a.member] = seen
+            ballots.append(Ballot(member=a.member, order=order, answer=seen.vote, text=tools.ballot_text(seen, a.text),
+                                  weight=a.weight, latency_ms=a.latency_ms))
+        try:
+            decided = tools.decide_tools(ballots, read, box, mode=mode)
+        except (VoteError, ValueError):
+            return None
+        return [c.openai() for c in decided.calls]
+
+    return vote
+
+
+VOTERS: dict[str, Voter] = {"set": vote_set, "argument": vote_argument}
+# With the council's own vote code present, its two modes are scored beside the evaluation's reading.
+for _mode, _label in (("set", "council set"), ("per_argument", "council per_argument")):
+    if (_voter := _council_voter(_mode)) is not None:
+        VOTERS[_label] = _voter
+
+
+class CategoryScore(BaseModel):
+    category: str  # a BFCL category, or "overall"
+    items: int
+    correct: int
+    accuracy: float
+    invalid_calls: int = 0  # calls returned that fail their tool's schema (or name no declared tool)
+    undecided: int = 0  # items where every seat abstained (counted wrong)
+    tokens_per_item: float = 0.0
+    ms_per_item: float = 0.0
+
+
+class CallsRow(BaseModel):
+    name: str  # a member, or `council (set)`, `council (argument)`, `oracle`
+    model: str = ""
+    categories: list[CategoryScore]
+    hits: list[bool] = []  # right or not, item by item in the records' order (for paired comparisons)
+
+    def overall(self) -> CategoryScore:
+        return self.categories[-1]
+
+
+class CallsReport(BaseModel):
+    """`council eval --json` on function-calling data: rows per member and per council vote, per category."""
+
+    kind: str = "function-calling"
+    council: str
+    data: str
+    items: int
+    categories: list[str]
+    members: list[CallsRow]
+    councils: list[CallsRow]
+    oracle: CallsRow  # some seat right
+    records: list[ItemRecord]
+
+
+def _category_scores(records: Sequence[ItemRecord], hits: Sequence[bool], invalid: Sequence[int],
+                     undecided: Sequence[bool], tokens: Sequence[float], ms: Sequence[float]) -> list[CategoryScore]:
+    categories = list(dict.fromkeys(r.category or "?" for r in records))
+    out = []
+    for category in [*categories, "overall"]:
+        keep = [i for i, r in enumerate(records) if category == "overall" or (r.category or "?") == category]
+        n = len(keep)
+        out.append(CategoryScore(category=category, items=n, correct=sum(hits[i] for i in keep),
+                                 accuracy=sum(hits[i] for i in keep) / n if n else 0.0,
+                                 invalid_calls=sum(invalid[i] for i in keep),
+                                 undecided=sum(undecided[i] for i in keep),
+                                 tokens_per_item=sum(tokens[i] for i in keep) / n if n else 0.0,
+                                 ms_per_item=sum(ms[i] for i in keep) / n if n else 0.0))
+    return out
+
+
+def _invalid(item: BfclItem, calls: Calls | None) -> int:
+    return len(schema_problems(item, calls or []))
+
+
+def member_rows(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) -> list[CallsRow]:
+    rows = []
+    for m, first in enumerate(records[0].answers):
+        mine = [r.answers[m] for r in records]
+        found = [items[r.item_id or ""] for r in records]
+        hits = [a.status == "ok" and grade(i, calls_of(a)).valid for a, i in zip(mine, found, strict=True)]
+        rows.append(CallsRow(name=first.member, model=first.model, hits=hits, categories=_category_scores(
+            records, hits, [_invalid(i, calls_of(a)) for a, i in zip(mine, found, strict=True)],
+            [a.status != "ok" for a in mine], [a.completion_tokens for a in mine], [a.latency_ms for a in mine])))
+    return rows
+
+
+def council_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem], mode: str,
+                keep: Sequence[int] | None = None, name: str | None = None) -> CallsRow:
+    """The council's answers re-decided by `VOTERS[mode]` (over the seats at `keep`, else all), scored."""
+    voter = VOTERS[mode]
+    decided, found = [], []
+    for r in records:
+        answers = [a for i, a in enumerate(r.answers) if keep is None or i in keep]
+        item = items[r.item_id or ""]
+        decided.append(voter(answers, item))
+        found.append(item)
+    hits = [d is not None and grade(i, d).valid for d, i in zip(decided, found, strict=True)]
+    seats = [[a for i, a in enumerate(r.answers) if keep is None or i in keep] for r in records]
+    return CallsRow(name=name or f"council ({mode})", hits=hits, categories=_category_scores(
+        records, hits, [_invalid(i, d) for d, i in zip(decided, found, strict=True)], [d is None for d in decided],
+        [sum(a.completion_tokens for a in s) for s in seats], [r.wall_ms for r in records]))
+
+
+def oracle_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) -> CallsRow:
+    hits = [any(a.status == "ok" and grade(items[r.item_id or ""], calls_of(a)).valid for a in r.answers)
+            for r in records]
+    zero = [0] * len(records)
+    return CallsRow(name="oracle (some seat right)", hits=hits, categories=_category_scores(
+        records, hits, zero, [False] * len(records), zero, zero))
+
+
+def score_calls(records: list[ItemRecord], items: Sequence[BfclItem], council: str, data: str) -> CallsReport:
+    by_id = {i.id: i for i in items}
+    missing = [r.item_id for r in records if r.item_id not in by_id]
+    if missing:
+        raise KeyError(f"records of items not in the data: {', '.join(map(str, missing[:5]))}")
+    return CallsReport(council=council, data=data, items=len(records),
+                       categories=list(dict.fromkeys(r.category or "?" for r in records)),
+                       members=member_rows(records, by_id), councils=[council_row(records, by_id, m) for m in VOTERS],
+                       oracle=oracle_row(records, by_id), records=records)

@@ -1,0 +1,86 @@
+"""Offline call votes and scores on recorded answers (BFCL items from the real wheel): parallel calls in another
+order agree, invalid calls abstain, "no call" can win, and the per-argument vote mixes values across seats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from council.evaluation.bfcl import BfclItem, download_wheel, grade, load_bfcl, reference_calls
+from council.evaluation.calls import score_calls, vote_argument, vote_set
+from council.evaluation.dataset import DatasetError
+from council.evaluation.record import ItemRecord, MemberAnswer
+
+
+@pytest.fixture(scope="module")
+def items() -> dict[str, BfclItem]:
+    try:
+        wheel = download_wheel()
+    except DatasetError as exc:
+        pytest.skip(f"the bfcl-eval wheel cannot be downloaded: {exc}")
+    return {i.id: i for i in load_bfcl(wheel, ("simple_python", "parallel", "irrelevance"))}
+
+
+def call(name: str, **args: Any) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+
+
+def seat(i: int, calls: list[dict[str, Any]] | None, text: str = "", weight: float = 1.0) -> MemberAnswer:
+    return MemberAnswer(member=f"c/{i}", model="m", status="ok", text=text, tool_calls=calls or None, weight=weight,
+                        completion_tokens=10, latency_ms=100)
+
+
+def test_parallel_calls_in_another_order_are_one_vote(items: dict[str, BfclItem]) -> None:
+    item = items["parallel_0"]
+    right = reference_calls(item)
+    wrong = [call("spotify_play", artist="Taylor Swift", duration=99)]
+    seats = [seat(0, wrong), seat(1, right), seat(2, right[::-1])]
+    decided = vote_set(seats, item)
+    assert decided is not None and grade(item, decided).valid
+
+
+def test_invalid_calls_abstain_and_no_call_can_win(items: dict[str, BfclItem]) -> None:
+    item = items["simple_python_0"]
+    bad = [call("calculate_triangle_area", base="ten", height=5)]  # fails the schema
+    assert vote_set([seat(0, bad), seat(1, bad), seat(2, reference_calls(item))], item) == reference_calls(item)
+    assert vote_set([seat(0, bad)], item) is None  # every seat abstained
+    no_call = vote_set([seat(0, None, "I can't"), seat(1, None, "no"), seat(2, reference_calls(item))], item)
+    assert no_call == []
+    irrelevant = items["irrelevance_0"]
+    assert grade(irrelevant, vote_set([seat(0, None, "no"), seat(1, None, "no"),
+                                       seat(2, [call(irrelevant.tools[0]["function"]["name"], weight=1.0,
+                                                     height=2.0)])], irrelevant) or []).valid
+
+
+def test_argument_vote_takes_each_value_from_the_majority(items: dict[str, BfclItem]) -> None:
+    item = items["simple_python_0"]  # calculate_triangle_area(base=10, height=5)
+    seats = [seat(0, [call("calculate_triangle_area", base=10, height=6)]),
+             seat(1, [call("calculate_triangle_area", base=11, height=5)]),
+             seat(2, [call("calculate_triangle_area", base=10, height=5, unit="cm")])]
+    assert not grade(item, vote_set(seats, item) or []).valid  # three different sets: the first wins
+    decided = vote_argument(seats, item)
+    assert decided is not None and json.loads(decided[0]["function"]["arguments"]) == {"base": 10, "height": 5}
+    assert grade(item, decided).valid
+
+
+def test_scores_per_category_from_records(items: dict[str, BfclItem], tmp_path: Path) -> None:
+    chosen = [items["simple_python_0"], items["parallel_0"], items["irrelevance_0"]]
+    records = []
+    for n, item in enumerate(chosen):
+        # Seats 0 and 2 call (right, except on irrelevance, where any call is wrong); seat 1 never calls.
+        calls = reference_calls(item) or [call(item.tools[0]["function"]["name"], weight=70.0, height=1.8)]
+        answers = [seat(0, calls), seat(1, None, "no"), seat(2, calls)]
+        records.append(ItemRecord(index=n, line=n + 1, question=item.question, reference=item.reference,
+                                  wall_ms=1000, answers=answers, item_id=item.id, category=item.category))
+    report = score_calls(records, chosen, "c", "bfcl")
+    assert report.categories == ["simple_python", "parallel", "irrelevance"]
+    first, second, _ = report.members
+    assert [c.correct for c in first.categories] == [1, 1, 0, 2] and [c.correct for c in second.categories] == [
+        0, 0, 1, 1]
+    council = report.councils[0]
+    assert council.name == "council (set)" and [c.correct for c in council.categories] == [1, 1, 0, 2]
+    assert [c.correct for c in report.oracle.categories] == [1, 1, 1, 3]
+    assert council.overall().tokens_per_item == 30 and first.overall().invalid_calls == 0
