@@ -267,8 +267,10 @@ class CouncilEngine:
 
     def payload(self, body: Mapping[str, Any], seat: Seat) -> dict[str, Any]:
         payload = member_payload(body, seat.sampling)
-        if self.config.vote.strategy == "confidence":
-            payload.setdefault("logprobs", True)  # the confidence vote reads the members' token logprobs
+        # The confidence vote reads the members' token logprobs; llama-server refuses logprobs with tools on a
+        # streamed (grouped) request, so tool-calling seats vote at their weight instead.
+        if self.config.vote.strategy == "confidence" and not body.get("tools"):
+            payload.setdefault("logprobs", True)
         return payload
 
     def calls(self, body: Mapping[str, Any], seats: list[Seat]) -> list[Call[Seat]]:

@@ -28,7 +28,8 @@ def agents(serve: Callable[..., CouncilServer]) -> CouncilServer:
     seats = {"members": [{"model": "qwen", "samples": 2, "sampling": {"temperature": 0, "max_tokens": 60}}],
              "timeout": "240s"}
     return serve(policy_yaml({"qwen": {"path": QWEN05.path, "ctx_size": 1024, "recover_tool_calls": True}},
-                             {"agents": seats, "literal": {**seats, "vote": {"recover_tool_calls": False}}},
+                             {"agents": seats, "literal": {**seats, "vote": {"recover_tool_calls": False}},
+                              "sure": {**seats, "vote": {"strategy": "confidence"}}},
                              memory="8GiB", slot="1GiB"))
 
 
@@ -57,6 +58,14 @@ def test_a_council_of_small_models_returns_the_call_they_wrote_as_text(agents: C
     assert '"get_weather"' in (choice.message.content or "")
     council = literal.model_extra["council"]
     assert council["answer"] == "(no call)" and all("recovered" not in m for m in council["members"])
+
+
+def test_a_confidence_council_of_samples_answers_tool_requests(agents: CouncilServer) -> None:
+    """Before, its grouped seats asked for logprobs with tools on a streamed request, and llama-server answered 400."""
+    client = openai.OpenAI(base_url=f"{agents.url}/v1", api_key="unused", max_retries=0, timeout=300)
+    reply = client.chat.completions.create(model="sure", messages=ASK, tools=[WEATHER])  # type: ignore[list-item]
+    assert [m["status"] for m in reply.model_extra["council"]["members"]] == ["ok", "ok"]
+    assert reply.choices[0].finish_reason == "tool_calls"
 
 
 def test_passthrough_with_recovery_returns_the_call_whole_and_streamed(agents: CouncilServer) -> None:
