@@ -108,13 +108,13 @@ def _json_calls(text: str, declared: Collection[str]) -> Recovered | None:
     return _as_call(values, declared)
 
 
-def tool_call_tags(text: str, declared: Collection[str]) -> Recovered | None:
-    """`<tool_call>{"name": ..., "arguments": ...}</tool_call>` (Hermes, Qwen), as the server left them."""
-    if not text.startswith("<tool_call>"):
+def _blocks(text: str, opening: str, pattern: re.Pattern[str], declared: Collection[str]) -> Recovered | None:
+    """Blocks matched by `pattern` with nothing but whitespace around them, each holding calls as JSON."""
+    if not text.startswith(opening):
         return None
     calls: Recovered = []
     at = 0
-    for match in _TAG.finditer(text):
+    for match in pattern.finditer(text):
         if text[at:match.start()].strip():
             return None
         found = _json_calls(match.group(1).strip(), declared)
@@ -123,23 +123,16 @@ def tool_call_tags(text: str, declared: Collection[str]) -> Recovered | None:
         calls += found
         at = match.end()
     return calls if calls and not text[at:].strip() else None
+
+
+def tool_call_tags(text: str, declared: Collection[str]) -> Recovered | None:
+    """`<tool_call>{"name": ..., "arguments": ...}</tool_call>` (Hermes, Qwen), as the server left them."""
+    return _blocks(text, "<tool_call>", _TAG, declared)
 
 
 def fenced(text: str, declared: Collection[str]) -> Recovered | None:
     """Fenced code blocks, nothing but whitespace around them, each holding calls as JSON."""
-    if not text.startswith("```"):
-        return None
-    calls: Recovered = []
-    at = 0
-    for match in _FENCE.finditer(text):
-        if text[at:match.start()].strip():
-            return None
-        found = _json_calls(match.group(1).strip(), declared)
-        if found is None:
-            return None
-        calls += found
-        at = match.end()
-    return calls if calls and not text[at:].strip() else None
+    return _blocks(text, "```", _FENCE, declared)
 
 
 def bare_json(text: str, declared: Collection[str]) -> Recovered | None:
