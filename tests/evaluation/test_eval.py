@@ -159,7 +159,9 @@ def test_eval_on_bfcl_items_with_a_real_model(tmp_path: Path, llama_server_bin: 
         assert member["categories"][-1]["tokens_per_item"] == pytest.approx(sum(tokens) / 2) and all(tokens)
     oracle = [any(grade(items[r["item_id"]], a["tool_calls"]).valid for a in r["answers"]) for r in records]
     assert [c["correct"] for c in doc["oracle"]["categories"]] == [oracle[0], oracle[1], sum(oracle)]
-    assert {row["name"] for row in doc["councils"]} == {"council (set)", "council (argument)"}
+    # the stand-in votes, and the council's own tool-call vote code in both modes
+    assert {row["name"] for row in doc["councils"]} == {"council (set)", "council (argument)",
+                                                        "council (council set)", "council (council per_argument)"}
     for row in doc["members"]:
         assert f"{row['categories'][-1]['correct']}/2" in result.stdout
     assert len(doc["members"]) == 3
