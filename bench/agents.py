@@ -67,13 +67,13 @@ def short(model: str) -> str:
     return model.replace("qwen2.5-coder-", "qwen").replace("smollm2-", "smol").replace("gemma3-", "gemma")
 
 
-def arm_policy(model: str, seats: list[dict[str, Any]]) -> dict[str, Any]:
+def arm_policy(model: str, seats: list[dict[str, Any]], instructions: str = "none") -> dict[str, Any]:
     source = by_name(model)
     assert source is not None, f"unknown model {model}"
     return {"gpus": [{"name": "cpu", "memory": "24GiB"}], "slots": {"size": "6GiB", "reserve": 0},
             "models": {"m": {"path": str(source.path), "ctx_size": 4096, "share": True}},
             "councils": {"arm": {"members": seats, "quorum": 1, "timeout": "30m",
-                                 "vote": {"strategy": "majority"}}}}
+                                 "vote": {"strategy": "majority", "tool_instructions": instructions}}}}
 
 
 def arms(models: Sequence[str], best: str, samples: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
@@ -85,6 +85,8 @@ def arms(models: Sequence[str], best: str, samples: int) -> dict[str, tuple[dict
         sampled = {"model": "m", "samples": samples,
                    "sampling": {"temperature": 0.7, "top_p": 0.95, "seed": 1, "max_tokens": MAX_TOKENS}}
         out[f"sc-{short(best)}"] = (arm_policy(best, [greedy, sampled]), {})
+        # The council as a policy gets it by default: the tool instructions it adds (`vote.tool_instructions`).
+        out[f"brief-sc-{short(best)}"] = (arm_policy(best, [greedy, sampled], "brief"), {})
     return out
 
 
@@ -235,6 +237,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="samples beside the greedy seat (0: no sc arm)")
     parser.add_argument("--categories", default=",".join(CATEGORIES))
     parser.add_argument("--score-only", action="store_true", help="re-score the recorded answers, ask nothing")
+    parser.add_argument("--arms", default="", help="record only these arms (comma-separated names; default all)")
     args = parser.parse_args()
     categories = [c.strip() for c in args.categories.split(",") if c.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -244,7 +247,10 @@ def main() -> None:
     plan = arms(models, args.best, args.samples)
     files = {name: RECORDS / f"agents-{name}.jsonl" for name in plan}
     if not args.score_only:
+        chosen = {a.strip() for a in args.arms.split(",") if a.strip()}
         for name, (policy, extra) in plan.items():
+            if chosen and name not in chosen:
+                continue
             print(f"recording {name}: {len(items)} items", flush=True)
             asyncio.run(record(policy, extra, items, files[name]))
     # Only the records of the items sampled now (a file may hold more, from a larger run).

@@ -404,6 +404,12 @@ class VoteConfig(_Strict):
     tools: Literal["set", "per_argument"] = Field(
         default="set", description="With `tools` in the request: `set` votes on each seat's whole set of calls; "
         "`per_argument` on which functions are called, then on each argument's value.", examples=["per_argument"])
+    # Measured on BFCL (README "Agents"): what small members need to write parallel calls and to decline.
+    tool_instructions: Literal["none", "brief", "listed"] = Field(
+        default="brief", description="With `tools` in the request, added to each member's system message: `brief` "
+        "says how to answer (every call the request needs, as a JSON list; plain text when no tool fits); "
+        "`listed` adds each tool's name and parameters, for members whose chat template has no tool syntax "
+        "(SmolLM2, Gemma 3); `none` adds nothing.", examples=["listed"])
     recover_tool_calls: bool = Field(default=True, description="With `tools` in the request: a reply whose text "
                                      "is nothing but tool calls (fenced or bare JSON, `<tool_call>` tags, ...) "
                                      "votes and answers with those calls.", examples=[False])

@@ -24,7 +24,15 @@ from council.voting.confidence import signals
 from council.voting.extract import canonical_tool_call, extract, extract_cut
 from council.voting.lanes import Call, Rates, group_calls, lanes
 from council.voting.request import CouncilRequest
-from council.voting.tools import ToolAnswer, Toolbox, ToolDecision, ballot_text, decide_tools, read_answer
+from council.voting.tools import (
+    ToolAnswer,
+    Toolbox,
+    ToolDecision,
+    ballot_text,
+    decide_tools,
+    read_answer,
+    tool_instructions,
+)
 from council.voting.vote import (
     Ballot,
     Decision,
@@ -293,6 +301,18 @@ class CouncilEngine:
         toolbox = Toolbox(request.tools, choice) if request.tools and choice != "none" else None
         return await self._conclude(request, await self._collect(request, toolbox), toolbox)
 
+    def members_body(self, request: CouncilRequest, toolbox: Toolbox | None) -> Mapping[str, Any]:
+        """The body every seat starts from: the request's, with the council's tool instructions (once per
+        request) when members are to call tools."""
+        body = request.members_payload
+        if toolbox is None:
+            return body
+        parallel = body.get("parallel_tool_calls") is not False
+        text = tool_instructions(request.tools, self.config.vote.tool_instructions, parallel)
+        if text is None:
+            return body
+        return {**body, "messages": with_system(list(body.get("messages") or []), text)}
+
     async def _collect(self, request: CouncilRequest, toolbox: Toolbox | None = None) -> Collected:
         """Ask stage by stage until the stop rule (`vote.stop_after`) says stop, the deadline passes, or every
         stage was asked; seats still out are then cancelled, timed out or (never asked) skipped."""
@@ -305,6 +325,7 @@ class CouncilEngine:
         started = loop.time()
         deadline = started + self.config.timeout
         stages = self.config.stages() if early_stop else [list(range(len(self.seats)))]
+        body = self.members_body(request, toolbox)
         arrivals: asyncio.Queue[tuple[Seat, MemberReply]] = asyncio.Queue()
         outcomes: dict[str, SeatOutcome] = {}
         ballots: list[Ballot] = []
@@ -332,7 +353,7 @@ class CouncilEngine:
                 seats = [self.seats[i] for i in stage]
                 asked += seats
                 quorum = self.config.quorum_count(len(asked))
-                tasks += [asyncio.create_task(run(lane)) for lane in self.lanes(request.members_payload, seats)]
+                tasks += [asyncio.create_task(run(lane)) for lane in self.lanes(body, seats)]
                 waiting = {seat.name for seat in seats}
                 while waiting and stop is None:
                     try:

@@ -367,3 +367,34 @@ def _align(reference: Sequence[ToolCall], calls: Sequence[ToolCall]) -> list[Too
             out[i] = call
     assert all(c is not None for c in out), "a seat of the winning shape calls the same functions"
     return [c for c in out if c is not None]
+
+
+# --- instructions a council adds to its members' system message (`vote.tool_instructions`) ---------------------
+
+TOOL_RULES = (
+    "You may call the functions described in the tools. If the request needs one or more calls, reply with only "
+    "a JSON list of every call it needs, nothing else: "
+    '[{"name": "<function name>", "arguments": {<argument>: <value>, ...}}, ...]. '
+    "When the user asks for several things, or for the same thing with several values, write one call for each. "
+    "If no function fits the request, or a required value is missing, do not call any function: answer in plain "
+    "text.")
+ONE_CALL_RULES = TOOL_RULES.replace("When the user asks for several things, or for the same thing with several "
+                                    "values, write one call for each. ", "Write at most one call. ")
+
+
+def tool_instructions(tools: Sequence[Mapping[str, Any]], how: str, parallel: bool = True) -> str | None:
+    """What a council adds to its members' system message when the request declares `tools`: `brief`, the rules
+    of an answer (every call as a JSON list; plain text when no tool fits: small models otherwise write one call
+    for a parallel question, or call something for a question no tool answers); `listed`, the rules after each
+    tool's name, description and parameters, for members whose chat template renders no tools."""
+    if how == "none" or not tools:
+        return None
+    rules = TOOL_RULES if parallel else ONE_CALL_RULES
+    if how != "listed":
+        return rules
+    lines = ["Functions:"]
+    for tool in tools:
+        fn = tool.get("function") or {}
+        lines.append(json.dumps({"name": fn.get("name"), "description": fn.get("description") or "",
+                                 "parameters": fn.get("parameters") or {}}, separators=(",", ":")))
+    return "\n".join([*lines, "", rules])

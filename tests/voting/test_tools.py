@@ -270,3 +270,26 @@ async def test_tool_choice_decides_what_may_win() -> None:
     answer = await text.ask({**ask(), "tool_choice": "none"})
     assert "tool_calls" not in answer.message and answer.message["content"] == fenced
     assert answer.tool_calls is None and "calls" not in member(answer, 0)
+
+
+async def test_the_council_adds_its_tool_instructions_after_the_agents_system_message() -> None:
+    agent = {"messages": [{"role": "system", "content": "You are a travel agent."},
+                          {"role": "user", "content": "Weather in Paris and Rome?"}], "tools": TOOLS}
+    engine, clients = council({"vote": {"strategy": "majority"}}, calls(weather("Paris")))
+    await engine.ask(agent)
+    system = clients[0].sent[0]["messages"][0]
+    assert system["role"] == "system" and system["content"].startswith("You are a travel agent.\n\n")
+    assert "JSON list of every call" in system["content"] and "one call for each" in system["content"]
+    assert len(clients[0].sent[0]["messages"]) == 2 and agent["messages"][0]["content"] == "You are a travel agent."
+    # `listed` names each tool and its parameters (templates without tool syntax); one call when parallel is off
+    listed, clients = council({"vote": {"strategy": "majority", "tool_instructions": "listed"}}, Say("No."))
+    await listed.ask({**ask(), "parallel_tool_calls": False})
+    first = clients[0].sent[0]["messages"][0]
+    assert first["role"] == "system" and '"name":"locate"' in first["content"]
+    assert "at most one call" in first["content"] and "one call for each" not in first["content"]
+    # nothing without tools, with tool_choice none, or with `none`
+    for config, body in (({}, {"messages": ask()["messages"]}), ({}, {**ask(), "tool_choice": "none"}),
+                         ({"tool_instructions": "none"}, ask())):
+        plain, clients = council({"vote": {"strategy": "majority", "extract": "text", **config}}, Say("No."))
+        await plain.ask(body)
+        assert [m["role"] for m in clients[0].sent[0]["messages"]] == ["user"]
