@@ -37,6 +37,8 @@ import argparse
 import asyncio
 import json
 import math
+import random
+import re
 import sys
 import tempfile
 import time
@@ -161,23 +163,25 @@ def mixed(solos: list[list[ItemRecord]]) -> list[ItemRecord]:
     return out
 
 
-def paired(council: CallsRow, seat: CallsRow) -> dict[str, float]:
-    """The council minus the seat, per item (overall): mean and its 95% interval (normal approximation)."""
-    a, b = council.overall(), seat.overall()
-    n = a.items
-    diffs = [x - y for x, y in zip(council.hits, seat.hits, strict=True)] if n else []
+def paired(council: CallsRow, seat: CallsRow, keep: Sequence[int] | None = None) -> dict[str, float]:
+    """The council minus the seat, item by item (the items at `keep`, else all): the mean difference in points
+    and its 95% interval (normal approximation to the paired differences)."""
+    positions = range(len(council.hits)) if keep is None else keep
+    diffs = [int(council.hits[i]) - int(seat.hits[i]) for i in positions]
+    n = len(diffs)
     mean = sum(diffs) / n if n else 0.0
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
     half = 1.96 * sd / math.sqrt(n) if n else 0.0
-    return {"points": 100 * (a.accuracy - b.accuracy), "low": 100 * (mean - half), "high": 100 * (mean + half)}
+    return {"points": 100 * mean, "low": 100 * (mean - half), "high": 100 * (mean + half), "items": n}
 
 
 def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
-    def add(name: str, row: CallsRow, against: CallsRow | None = None) -> None:
+    def add(name: str, row: CallsRow, against: CallsRow | None = None, of: list[ItemRecord] | None = None) -> None:
         rows.append({"arm": name, **({"vs_best_seat": paired(row, against)} if against else {}),
-                     "categories": [c.model_dump() for c in row.categories], "_row": row})
+                     "categories": [c.model_dump() for c in row.categories], "_row": row, "_seat": against,
+                     "_records": of})
 
     solos = [name for name in records if name.startswith("solo-")]
     for name, recs in records.items():
@@ -193,23 +197,123 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
         greedy = seats[0]
         add(f"{name}: greedy seat alone", greedy)
         for mode in VOTERS:
-            add(f"{name}: council ({mode})", council_row(recs, items, mode), greedy)
+            add(f"{name}: council ({mode})", council_row(recs, items, mode), greedy, recs)
         recovered = with_recovery(recs, items)
         if recovered is not None:
             seat = member_rows(recovered, items)[0]
             add(f"{name}: greedy seat alone, with recovery", seat)
             for mode in VOTERS:
-                add(f"{name}: council ({mode}), with recovery", council_row(recovered, items, mode), seat)
+                add(f"{name}: council ({mode}), with recovery", council_row(recovered, items, mode), seat,
+                    recovered)
     if len(solos) > 1:
-        council = mixed([records[s] for s in solos])
+        council = mixed([with_recovery(records[s], items) or records[s] for s in solos])
         if council:
             seats = member_rows(council, items)
             best_seat = next((s for s, name in zip(seats, solos, strict=True) if name == f"solo-{short(best)}"),
                              seats[0])
             for mode in VOTERS:
-                add(f"mixed ({', '.join(s.removeprefix('solo-') for s in solos)}): council ({mode})",
-                    council_row(council, items, mode), best_seat)
+                add(f"mixed ({', '.join(s.removeprefix('solo-') for s in solos)}): council ({mode}), with recovery",
+                    council_row(council, items, mode), best_seat, council)
     return rows
+
+
+def halves(items: Sequence[BfclItem], seed: int) -> tuple[set[str], set[str]]:
+    """The items split in two, per category, by a seeded shuffle: one half chooses the council, the other reports
+    on the chosen one (the choice is not graded on the items it was made on)."""
+    by: dict[str, list[str]] = {}
+    for item in items:
+        by.setdefault(item.category, []).append(item.id)
+    choose: set[str] = set()
+    for ids in by.values():
+        ids = sorted(ids)
+        random.Random(seed).shuffle(ids)
+        choose |= set(ids[: len(ids) // 2])
+    return choose, {i.id for i in items} - choose
+
+
+def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str,
+             seed: int) -> dict[str, Any] | None:
+    """The council chosen on one seeded half (the council row with the best accuracy there, fewer tokens on a
+    tie), reported on the other half: per category and overall, the council minus its best seat asked alone, paired,
+    with 95% intervals, beside the plain model through passthrough."""
+    choose, report = halves(list(items.values()), seed)
+
+    def only(ids: set[str]) -> dict[str, list[ItemRecord]]:
+        return {name: [r for r in recs if r.item_id in ids] for name, recs in records.items()}
+
+    # Councils as a policy runs them: recovery is on by default.
+    picked = [r for r in score(only(choose), items, best) if "vs_best_seat" in r and "with recovery" in r["arm"]]
+    if not picked:
+        return None
+    chosen = max(picked, key=lambda r: (r["_row"].overall().accuracy, -r["_row"].overall().tokens_per_item))
+    rows = {r["arm"]: r for r in score(only(report), items, best)}
+    row = rows.get(chosen["arm"])
+    if row is None:
+        return None
+    council, seat, ordered = row["_row"], row["_seat"], row["_records"]
+    categories = list(dict.fromkeys(r.category or "?" for r in ordered))
+    per_category = {}
+    for category in categories:
+        keep = [i for i, r in enumerate(ordered) if (r.category or "?") == category]
+        cat = {c.category: c for c in council.categories}[category]
+        alone = {c.category: c for c in seat.categories}[category]
+        per_category[category] = {"council": cat.accuracy, "best_seat": alone.accuracy, **paired(council, seat, keep)}
+    plain = rows.get(f"solo-{short(best)} (passthrough)")
+    return {"seed": seed, "chosen_on": len(choose), "reported_on": len(report), "council": chosen["arm"],
+            "accuracy_on_choice_half": chosen["_row"].overall().accuracy,
+            "council_accuracy": council.overall().accuracy, "best_seat_accuracy": seat.overall().accuracy,
+            "plain_passthrough_accuracy": plain["_row"].overall().accuracy if plain else None,
+            "invalid_calls_returned": council.overall().invalid_calls,
+            "vs_best_seat": paired(council, seat), "per_category": per_category}
+
+
+# --- recovery against a reference parser ----------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```(?:json|tool_call)?\s*\n?(.*?)```", re.S)
+_TAG = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+
+
+def reference_calls(text: str | None) -> list[str]:
+    """An independent reading of the shapes vLLM's parsers read (Hermes/Qwen2.5: `<tool_call>` tags and fenced
+    JSON blocks; Llama 3 JSON: a reply that is one JSON value), each a {"name", "arguments"} object or a list of
+    them: the names."""
+    names: list[str] = []
+    blocks = [*_TAG.findall(text or ""), *_FENCE.findall(text or "")] or [(text or "").strip()]  # or bare JSON
+    for block in blocks:
+        try:
+            value = json.loads(block)
+        except ValueError:
+            continue
+        for call in value if isinstance(value, list) else [value]:
+            if isinstance(call, dict) and isinstance(call.get("name"), str):
+                names.append(call["name"])
+    return names
+
+
+def recovery_check(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem]) -> dict[str, Any] | None:
+    """Over every recorded reply that made no native call: calls the reference parser finds that recovery missed,
+    and calls recovery finds on irrelevance items beyond the reference's (recovery also returns calls to undeclared
+    names: they are then invalid and abstain, with the reason)."""
+    recover = recovery()
+    if recover is None:
+        return None
+    replies = missed = found = added_irrelevant = 0
+    for recs in records.values():
+        for r in recs:
+            item = items[r.item_id or ""]
+            declared = [t["function"]["name"] for t in item.tools]
+            for a in r.answers:
+                if a.status != "ok" or a.tool_calls:
+                    continue
+                replies += 1
+                want = reference_calls(a.text)
+                got = [c["function"]["name"] for c in recover(a.text, declared) or []]
+                found += len(got)
+                missed += sum(max(0, want.count(n) - got.count(n)) for n in set(want))
+                if item.category == "irrelevance":
+                    added_irrelevant += sum(max(0, got.count(n) - want.count(n)) for n in set(got))
+    return {"replies": replies, "recovered_calls": found, "reference_calls_missed": missed,
+            "added_on_irrelevance_beyond_reference": added_irrelevant}
 
 
 def print_table(rows: list[dict[str, Any]], categories: Sequence[str]) -> None:
@@ -258,12 +362,27 @@ def main() -> None:
                for name, path in files.items()}
     rows = score(records, by_id, args.best)
     print_table(rows, categories)
+    chosen = held_out(records, by_id, args.best, args.seed)
+    if chosen is not None:
+        vs = chosen["vs_best_seat"]
+        print(f"\nchosen on {chosen['chosen_on']} items: {chosen['council']}; on the other {chosen['reported_on']}: "
+              f"{100 * chosen['council_accuracy']:.0f}% vs its best seat alone "
+              f"{100 * chosen['best_seat_accuracy']:.0f}%"
+              f" ({vs['points']:+.1f} pts [{vs['low']:+.1f}, {vs['high']:+.1f}]), plain passthrough "
+              f"{100 * (chosen['plain_passthrough_accuracy'] or 0):.0f}%")
+        for category, c in chosen["per_category"].items():
+            print(f"  {category:<18}{100 * c['council']:>5.0f}% vs {100 * c['best_seat']:>4.0f}%  "
+                  f"{c['points']:+6.1f} pts [{c['low']:+.1f}, {c['high']:+.1f}]")
+    check = recovery_check(records, by_id)
+    if check is not None:
+        print(f"\nrecovery vs reference parser: {check}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "agents.json"
     doc = {"n_per_category": args.n, "seed": args.seed, "categories": categories, "models": models,
            "best": args.best, "samples": args.samples,
            "items": {name: len(recs) for name, recs in records.items()},
-           "rows": [{k: v for k, v in r.items() if k != "_row"} for r in rows]}
+           "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+           "held_out": chosen, "recovery_check": check}
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"written to {out}")
 
