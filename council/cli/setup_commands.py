@@ -6,13 +6,16 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from council.cli.console import app, fail, out
+
+if TYPE_CHECKING:
+    from council.setup.catalog import ModelSource
 
 
 def _bar(progress: Progress, task: TaskID) -> Callable[[int, int], None]:
@@ -28,9 +31,7 @@ def setup(
     """Install llama-server and the small real models into the cache (idempotent)."""
     from council.paths import council_home
     from council.setup.catalog import CATALOG, models_for
-    from council.setup.install import SetupError
-    from council.setup.install.llama_server import ensure_llama_server
-    from council.setup.install.models import ensure_model
+    from council.setup.install.lock import setup_lock
 
     if models not in ("small", "all"):
         raise fail(f"--models must be small or all, not {models!r}", 1)
@@ -42,6 +43,16 @@ def setup(
         chosen = tuple(m for m in CATALOG if m.name in only)
     started = time.monotonic()
     out.print(f"council cache: {council_home()}")
+    with setup_lock(council_home(), lambda: out.print("waiting for another `council setup` on this cache")):
+        _install(chosen, skip_server)
+    out.print(f"setup done in {time.monotonic() - started:.1f}s")
+
+
+def _install(chosen: tuple[ModelSource, ...], skip_server: bool) -> None:
+    from council.setup.install import SetupError
+    from council.setup.install.llama_server import ensure_llama_server
+    from council.setup.install.models import ensure_model
+
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
     try:
         if not skip_server:
@@ -67,7 +78,6 @@ def setup(
         raise fail(str(exc), 1) from None
     except OSError as exc:
         raise fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), 1) from None
-    out.print(f"setup done in {time.monotonic() - started:.1f}s")
 
 
 def _write_synthetic_models() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,26 @@ def test_bad_llama_server_env_is_refused(tmp_path: Path) -> None:
     result = run_cli("setup", "--only", "smollm2-135m", env={"LLAMA_SERVER": str(fake)})
     assert result.returncode == 1
     assert f"LLAMA_SERVER={fake} is not a llama-server" in result.stderr
+
+
+def test_a_second_setup_on_one_cache_waits_for_the_first(tmp_path: Path) -> None:
+    """Two `council setup`s on one cache would build llama-server in one folder at once: the second waits."""
+    import threading
+
+    from council.setup.install.lock import setup_lock
+
+    events: list[str] = []
+
+    def second() -> None:
+        with setup_lock(tmp_path, lambda: events.append("waiting")):
+            events.append("installing")
+
+    with setup_lock(tmp_path):
+        thread = threading.Thread(target=second)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while "waiting" not in events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert events == ["waiting"]  # blocked while the first holds the lock
+    thread.join(10)
+    assert events == ["waiting", "installing"]
