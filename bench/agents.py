@@ -117,6 +117,15 @@ async def record(policy: dict[str, Any], extra: dict[str, Any], items: list[Bfcl
             await assembly.supervisor.stop()
 
 
+def round_robin(items: Sequence[BfclItem]) -> list[BfclItem]:
+    """One item of each category in turn: a run stopped early (it resumes) has every category in equal parts."""
+    by: dict[str, list[BfclItem]] = {}
+    for item in items:
+        by.setdefault(item.category, []).append(item)
+    columns = list(by.values())
+    return [col[i] for i in range(max(map(len, columns), default=0)) for col in columns if i < len(col)]
+
+
 # --- offline: recovery, mixed councils, pairs ---------------------------------------------------------------------
 
 def recovery() -> Callable[[str | None, list[str]], list[dict[str, Any]] | None] | None:
@@ -356,7 +365,7 @@ def main() -> None:
             if chosen and name not in chosen:
                 continue
             print(f"recording {name}: {len(items)} items", flush=True)
-            asyncio.run(record(policy, extra, items, files[name]))
+            asyncio.run(record(policy, extra, round_robin(items), files[name]))
     # Only the records of the items sampled now (a file may hold more, from a larger run).
     records = {name: sorted((r for r in read_records(path).values() if r.item_id in by_id), key=lambda r: r.index)
                for name, path in files.items()}
