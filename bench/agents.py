@@ -11,8 +11,8 @@ Recorded once, into `bench/records/agents-<arm>.jsonl` (a run resumes where it s
 with every seat answering; every number is then re-scored offline from those records (`--score-only`):
 
 - `solo-<model>`: each model alone, greedy, one seat sent the agent's body as it is (messages and tools): the
-  reply is llama-server's own parse of the model's output, what passthrough relays. Re-scored as it is, and (once
-  this checkout has `council.voting.recovery`) with calls written as text recovered offline from the same reply.
+  reply is llama-server's own parse of the model's output, what passthrough relays. Re-scored as it is, and with
+  calls written as text recovered offline from the same reply (`council.voting.recovery`).
 - `required-<best>`: the best model alone with `tool_choice: required`.
 - `sc-<best>`: a self-consistency council of the best model: a greedy seat and `--samples` samples at
   temperature 0.7 in one request (`n`, the prompt read once), in one process.
@@ -49,14 +49,15 @@ from typing import Any
 import yaml
 
 from council.evaluation.bfcl import CATEGORIES, BfclItem, download_wheel, load_bfcl, sample_per_category
-from council.evaluation.calls import VOTERS, CallsRow, council_row, member_rows
-from council.evaluation.record import ItemRecord, MemberAnswer, engine_asker, read_records, record_items
+from council.evaluation.calls import VOTERS, CallsRow, council_row, member_rows, with_recovered_calls
+from council.evaluation.record import ItemRecord, engine_asker, read_records, record_items
 from council.members.binary import find_llama_server
 from council.members.process import LifeConfig
 from council.plan.planner import plan_policy
 from council.policy.loading import load_policy
 from council.setup.catalog import by_name
 from council.voting.assembly import assemble
+from council.voting.recovery import recover
 
 ROOT = Path(__file__).resolve().parent
 RECORDS = ROOT / "records"
@@ -128,36 +129,14 @@ def round_robin(items: Sequence[BfclItem]) -> list[BfclItem]:
 
 # --- offline: recovery, mixed councils, pairs ---------------------------------------------------------------------
 
-def recovery() -> Callable[[str | None, list[str]], list[dict[str, Any]] | None] | None:
-    """Calls written as text, recovered by the council's own parsers, when this checkout has them."""
-    try:
-        from council.voting.recovery import recover  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
+def recovery() -> Callable[[str | None, list[str]], list[dict[str, Any]] | None]:
+    """Calls written as text, recovered by the council's own parsers."""
 
     def calls(text: str | None, declared: list[str]) -> list[dict[str, Any]] | None:
         found = recover(text, declared)
-        if found is None:
-            return None
-        return [{"type": "function", "function": {"name": name, "arguments": args if isinstance(args, str) else
-                                                  json.dumps(args)}} for name, args in found[0]]
+        return None if found is None else [{"function": {"name": name}} for name, _ in found[0]]
 
     return calls
-
-
-def with_recovery(records: list[ItemRecord], items: dict[str, BfclItem]) -> list[ItemRecord] | None:
-    """The records with each seat's text recovered into calls where it made none natively."""
-    recover = recovery()
-    if recover is None:
-        return None
-
-    def fix(a: MemberAnswer, item: BfclItem) -> MemberAnswer:
-        if a.tool_calls or a.status != "ok":
-            return a
-        found = recover(a.text, [t["function"]["name"] for t in item.tools])
-        return a.model_copy(update={"tool_calls": found}) if found else a
-
-    return [r.model_copy(update={"answers": [fix(a, items[r.item_id or ""]) for a in r.answers]}) for r in records]
 
 
 def mixed(solos: list[list[ItemRecord]]) -> list[ItemRecord]:
@@ -199,23 +178,20 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
         seats = member_rows(recs, items)
         if len(recs[0].answers) == 1:
             add(f"{name} (passthrough)", seats[0])
-            recovered = with_recovery(recs, items)
-            if recovered is not None:
-                add(f"{name} (with recovery)", member_rows(recovered, items)[0])
+            add(f"{name} (with recovery)", member_rows(with_recovered_calls(recs, items), items)[0])
             continue
         greedy = seats[0]
         add(f"{name}: greedy seat alone", greedy)
         for mode in VOTERS:
             add(f"{name}: council ({mode})", council_row(recs, items, mode), greedy, recs)
-        recovered = with_recovery(recs, items)
-        if recovered is not None:
-            seat = member_rows(recovered, items)[0]
-            add(f"{name}: greedy seat alone, with recovery", seat)
-            for mode in VOTERS:
-                add(f"{name}: council ({mode}), with recovery", council_row(recovered, items, mode), seat,
-                    recovered)
+        recovered = with_recovered_calls(recs, items)
+        seat = member_rows(recovered, items)[0]
+        add(f"{name}: greedy seat alone, with recovery", seat)
+        for mode in VOTERS:
+            add(f"{name}: council ({mode}), with recovery", council_row(recovered, items, mode), seat,
+                recovered)
     if len(solos) > 1:
-        council = mixed([with_recovery(records[s], items) or records[s] for s in solos])
+        council = mixed([with_recovered_calls(records[s], items) for s in solos])
         if council:
             seats = member_rows(council, items)
             best_seat = next((s for s, name in zip(seats, solos, strict=True) if name == f"solo-{short(best)}"),
@@ -245,13 +221,17 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
     """The council chosen on one seeded half (the council row with the best accuracy there, fewer tokens on a
     tie), reported on the other half: per category and overall, the council minus its best seat asked alone, paired,
     with 95% intervals, beside the plain model through passthrough."""
-    choose, report = halves(list(items.values()), seed)
+    # The items the default council's arm answered (a run stopped early); a candidate must cover all of them.
+    main = records.get(f"brief-sc-{short(best)}") or records.get(f"solo-{short(best)}") or []
+    covered = {r.item_id for r in main}
+    choose, report = halves([i for i in items.values() if i.id in covered], seed)
 
     def only(ids: set[str]) -> dict[str, list[ItemRecord]]:
         return {name: [r for r in recs if r.item_id in ids] for name, recs in records.items()}
 
     # Councils as a policy runs them: recovery is on by default.
-    picked = [r for r in score(only(choose), items, best) if "vs_best_seat" in r and "with recovery" in r["arm"]]
+    picked = [r for r in score(only(choose), items, best) if "vs_best_seat" in r and "with recovery" in r["arm"]
+              and r["_row"].overall().items == len(choose)]
     if not picked:
         return None
     chosen = max(picked, key=lambda r: (r["_row"].overall().accuracy, -r["_row"].overall().tokens_per_item))
@@ -304,8 +284,6 @@ def recovery_check(records: dict[str, list[ItemRecord]], items: dict[str, BfclIt
     and calls recovery finds on irrelevance items beyond the reference's (recovery also returns calls to undeclared
     names: they are then invalid and abstain, with the reason)."""
     recover = recovery()
-    if recover is None:
-        return None
     replies = missed = found = added_irrelevant = 0
     for recs in records.values():
         for r in recs:

@@ -87,7 +87,7 @@ def eval_(
         from council.evaluation.calls import score_calls
         from council.evaluation.report import print_calls_report
 
-        report = score_calls(records, items, council, data)
+        report = score_calls(records, items, council, data, recover=config.vote.recover_tool_calls)
         print_calls_report(report, out)
     else:
         report = score(records, council, config, data)

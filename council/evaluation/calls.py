@@ -261,11 +261,34 @@ def oracle_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) -> 
         records, hits, zero, [False] * len(records), zero, zero))
 
 
-def score_calls(records: list[ItemRecord], items: Sequence[BfclItem], council: str, data: str) -> CallsReport:
+def with_recovered_calls(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) -> list[ItemRecord]:
+    """The records with each seat's calls written as text (`council.voting.recovery`) as its calls, where it made
+    none the server parsed: what a council reads with `vote.recover_tool_calls` (its default). The recorded text
+    stays, so the other reading is one flag away."""
+    from council.voting.recovery import recover
+
+    def fix(a: MemberAnswer, item: BfclItem) -> MemberAnswer:
+        if a.tool_calls or a.status != "ok":
+            return a
+        found = recover(a.text, [t["function"]["name"] for t in item.tools])
+        if found is None:
+            return a
+        calls = [{"type": "function", "function": {"name": name, "arguments": args if isinstance(args, str)
+                                                   else json.dumps(args)}} for name, args in found[0]]
+        return a.model_copy(update={"tool_calls": calls})
+
+    return [r.model_copy(update={"answers": [fix(a, items[r.item_id or ""]) for a in r.answers]}) for r in records]
+
+
+def score_calls(records: list[ItemRecord], items: Sequence[BfclItem], council: str, data: str,
+                recover: bool = True) -> CallsReport:
+    """Per member and per call vote; with `recover`, calls written as text count as the council reads them."""
     by_id = {i.id: i for i in items}
     missing = [r.item_id for r in records if r.item_id not in by_id]
     if missing:
         raise KeyError(f"records of items not in the data: {', '.join(map(str, missing[:5]))}")
+    if recover:
+        records = with_recovered_calls(records, by_id)
     return CallsReport(council=council, data=data, items=len(records),
                        categories=list(dict.fromkeys(r.category or "?" for r in records)),
                        members=member_rows(records, by_id), councils=[council_row(records, by_id, m) for m in VOTERS],
