@@ -275,7 +275,7 @@ def with_recovered_calls(records: Sequence[ItemRecord], items: Mapping[str, Bfcl
             return a
         calls = [{"type": "function", "function": {"name": name, "arguments": args if isinstance(args, str)
                                                    else json.dumps(args)}} for name, args in found[0]]
-        return a.model_copy(update={"tool_calls": calls})
+        return a.model_copy(update={"tool_calls": calls, "recovered": True})
 
     return [r.model_copy(update={"answers": [fix(a, items[r.item_id or ""]) for a in r.answers]}) for r in records]
 

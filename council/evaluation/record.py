@@ -42,6 +42,7 @@ class MemberAnswer(BaseModel):
     # The seat's tool calls as OpenAI sends them (`function.name`, `function.arguments` as a JSON string), when it
     # made any: a function-calling answer is its set of calls.
     tool_calls: list[dict[str, Any]] | None = None
+    recovered: bool = False  # the calls were written as text and recovered (`calls.with_recovered_calls`)
 
     @property
     def cut_off(self) -> bool:
