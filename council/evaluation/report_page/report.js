@@ -243,5 +243,6 @@
     plansChart(k, r, sec);
     itemsChart(k, r, sec);
   });
+  window.councilReport.drawnMs = performance.now();  // for bench/report_page.py: every chart drawn
   document.body.dataset.drawn = Object.keys(charts).length;
 })();
