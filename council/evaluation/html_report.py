@@ -36,7 +36,9 @@ def render(reports: Sequence[Report], title: str) -> str:
     """The page: uPlot, the report's script and styles, and the report, all inline."""
     css = _asset("council", "assets", "uplot", "uPlot.min.css") + _asset("council.evaluation", "report_page",
                                                                          "report.css")
-    uplot = _asset("council", "assets", "uplot", "uPlot.iife.min.js")
+    # uPlot's MIT license travels with every copy of it, this page included.
+    uplot = f'/*! uPlot\n{_asset("council", "assets", "uplot", "LICENSE").replace("*/", "")}*/\n' + _asset(
+        "council", "assets", "uplot", "uPlot.iife.min.js")
     script = _asset("council.evaluation", "report_page", "report.js")
     escaped = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n'
