@@ -155,3 +155,11 @@ def test_tool_calling_accuracy_per_category(tmp_path: Path, browser: WebDriver,
     overall = legend_at(browser, "0:categories", len(labels) - 1)
     assert overall[report.oracle.name] == pct(report.oracle.overall().accuracy)
     assert overall[report.councils[0].name] == pct(report.councils[0].overall().accuracy)
+    # Agreement per item under the set vote: right where the council's calls are right.
+    scored = sorted(report.items_scored, key=lambda it: (-it.agreement, it.index))
+    right, wrong = chart_data(browser, "0:items")[1:]
+    assert right == [it.agreement if it.correct else None for it in scored]
+    assert wrong == [None if it.correct else it.agreement for it in scored]
+    council_set = next(row for row in report.councils if row.name == "council (set)")
+    assert sum(it.correct for it in scored) == council_set.overall().correct
+    assert all(it.right_seats <= len(report.members) for it in scored)

@@ -168,11 +168,11 @@
                        num(p.ms_per_item / 1000, 1)])));
   }
 
-  function itemsChart(k, r, parent) {
+  function itemsChart(k, r, parent, vote) {
     if (!r.items_scored || !r.items_scored.length) return;
     parent.append(el("h3", {}, "Agreement per item"));
     parent.append(el("p", { class: "caption" },
-      `The winner's share of the votes (${r.strategy} on ${r.extract}, every member asked), items sorted by it; ` +
+      `The winner's share of the votes (${vote}, every member asked), items sorted by it; ` +
       "green: the council is right, red: wrong."));
     const items = [...r.items_scored].sort((a, b) => b.agreement - a.agreement || a.index - b.index);
     const xs = items.map((_, i) => i + 1);
@@ -190,7 +190,8 @@
              { label: "agreement", values: (u, s) => s.map((v) => Math.round(100 * v) + "%") }],
       hooks: { setCursor: [(u) => {
         const it = items[u.cursor.idx];
-        hover.textContent = it ? `item ${it.index}: answer ${it.answer ?? "(none)"}, agreement ${pct(it.agreement)}, ` +
+        const what = it && it.category ? it.category : it ? `answer ${it.answer ?? "(none)"}` : "";
+        hover.textContent = it ? `item ${it.index} (${what}): agreement ${pct(it.agreement)}, ` +
           `${it.correct ? "right" : "wrong"}; ${it.right_seats} of ${seats} seats right` : "";
       }] },
     }, [xs, items.map((i) => (i.correct ? i.agreement : null)), items.map((i) => (i.correct ? null : i.agreement))],
@@ -228,9 +229,10 @@
     sec.append(el("h2", {}, `${r.council} on ${r.data}: ${r.items} items`));
     if (r.kind === "function-calling") {
       const best = r.councils.length ? r.councils[0].categories.at(-1).accuracy : null;
-      sec.append(facts([["council (" + (r.councils[0] || {}).name + ")", pct(best)],
+      sec.append(facts([[(r.councils[0] || {}).name, pct(best)],
                         ["oracle", pct(r.oracle.categories.at(-1).accuracy)]]));
       categoriesChart(k, r, sec);
+      itemsChart(k, r, sec, "the set vote: whole call sets");
       return;
     }
     const greedy = r.members.find((m) => m.name === r.greedy_member);
@@ -241,7 +243,7 @@
     seatsChart(k, r, sec);
     strategiesChart(k, r, sec);
     plansChart(k, r, sec);
-    itemsChart(k, r, sec);
+    itemsChart(k, r, sec, `${r.strategy} on ${r.extract}`);
   });
   window.councilReport.drawnMs = performance.now();  // for bench/report_page.py: every chart drawn
   document.body.dataset.drawn = Object.keys(charts).length;
