@@ -52,8 +52,9 @@ def legend_at(driver: WebDriver, name: str, idx: int) -> dict[str, str]:
     """Move the chart's cursor onto point `idx` and read its legend: series label -> the value it shows."""
     return driver.execute_script("""
         const u = window.councilReport.charts[arguments[0]], i = arguments[1];
-        const x = u.data[0][i];
-        u.setCursor({left: u.valToPos(x, 'x'), top: 1});
+        const at = u.valToPos(u.data[0][i], 'x');  // a horizontal chart's categories run down its left side
+        u.setCursor(u.scales.x.ori === 1 ? {left: 1, top: at} : {left: at, top: 1});
+        if (u.cursor.idx !== i) return null;
         return Object.fromEntries([...u.root.querySelectorAll('.u-legend .u-series')].map(
             (tr) => [tr.querySelector('.u-label').textContent, tr.querySelector('.u-value').textContent]));""",
                                  name, idx)
@@ -78,14 +79,17 @@ def test_a_recorded_self_consistency_council_as_a_page(tmp_path: Path, browser: 
     seats = chart_data(browser, "0:seats")
     assert seats[1] == [m["accuracy"] for m in r["members"]]
     assert seats[2] == [r["samples_mean"]] * 9 and seats[3] == [r["council_accuracy"]] * 9
-    legend = legend_at(browser, "0:seats", 0)
-    assert legend["accuracy"] == pct(r["members"][0]["accuracy"])
-    assert legend["samples' mean"] == pct(r["samples_mean"])
+    for i, m in enumerate(r["members"]):
+        legend = legend_at(browser, "0:seats", i)
+        assert (legend["seat"], legend["accuracy"]) == (m["name"], pct(m["accuracy"]))
+        assert legend["samples' mean"] == pct(r["samples_mean"])
 
     # Accuracy per strategy, every strategy and extractor scored.
     strategies = chart_data(browser, "0:strategies")
     assert strategies[1] == [s["accuracy"] for s in r["strategies"]]
-    assert legend_at(browser, "0:strategies", 3)["accuracy"] == pct(r["strategies"][3]["accuracy"])
+    for i, s in enumerate(r["strategies"]):
+        legend = legend_at(browser, "0:strategies", i)
+        assert legend["strategy"].endswith(f"· {s['extract']}") and legend["accuracy"] == pct(s["accuracy"])
 
     # Accuracy against tokens: every plan drawn, the front the report marks joined, the council's line.
     plans = r["plans"]
