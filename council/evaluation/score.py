@@ -66,6 +66,7 @@ class PlanScore(BaseModel):
     accuracy: float
     correct: int
     tokens_per_item: float  # completion tokens, every seat asked
+    token_share: float = 1.0  # of the tokens every member spends (the council's own vote, `plans[0]`)
     ms_per_item: float
     members_per_item: float
     stopped_early: float
@@ -306,14 +307,15 @@ def _plan(name: str, kind: str, rule: Rule, records: Sequence[ItemRecord],
                      members_per_item=s.members_per_item, stopped_early=s.stopped_early, **cascade)
 
 
-def mark_front(plans: list[PlanScore], base: float) -> list[PlanScore]:
-    """`pareto` on the plans no other beats on both accuracy and tokens; `keeps_accuracy` on those at `base` or
-    above."""
+def mark_front(plans: list[PlanScore], base: PlanScore) -> list[PlanScore]:
+    """`pareto` on the plans no other beats on both accuracy and tokens; `keeps_accuracy` on those at `base`'s
+    accuracy or above; `token_share` of `base`'s tokens."""
     best = -1.0
     for p in sorted(plans, key=lambda p: (p.tokens_per_item, -p.accuracy)):
         p.pareto = p.accuracy > best
         best = max(best, p.accuracy)
-        p.keeps_accuracy = p.accuracy >= base - 1e-9
+        p.keeps_accuracy = p.accuracy >= base.accuracy - 1e-9
+        p.token_share = p.tokens_per_item / base.tokens_per_item if base.tokens_per_item else 1.0
     return plans
 
 
@@ -340,7 +342,7 @@ def all_plans(records: Sequence[ItemRecord], own: Rule, config: CouncilConfig) -
                     plans.append(_plan(f"first {first}, then {then}, agreement {agreement:g} ({label})", "cascade",
                                        rule, records, [cascade(r, rule, stages, agreement, config) for r in records],
                                        first=first, then=then, agreement=agreement))
-    return mark_front(plans, plans[0].accuracy)
+    return mark_front(plans, plans[0])
 
 
 def score_items(records: Sequence[ItemRecord], rule: Rule) -> list[ItemScore]:

@@ -118,8 +118,8 @@ def test_a_recorded_self_consistency_council_as_a_page(tmp_path: Path, browser: 
     assert browser.find_element("id", "hover-0-plans").text.startswith(
         f"{under['name']}: {pct(under['accuracy'])} at {under['tokens_per_item']:.0f} tokens/item")
     rows = browser.execute_script("return [...document.querySelectorAll('#kept-0 tr')].slice(1)"
-                                  ".map((tr) => tr.cells[0].textContent)")
-    assert rows == [p["name"] for p in kept]
+                                  ".map((tr) => [tr.cells[0].textContent, tr.cells[3].textContent])")
+    assert rows == [[p["name"], pct(p["token_share"])] for p in kept]
 
     # Agreement per item, green where the council is right and red where it is wrong.
     items = sorted(r["items_scored"], key=lambda it: (-it["agreement"], it["index"]))

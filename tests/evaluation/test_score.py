@@ -113,7 +113,7 @@ def test_every_plan_is_replayed_and_the_pareto_front_marked() -> None:
     every = plans["every member (majority)"]
     assert every.accuracy == report.council_accuracy == pytest.approx(0.6) and every.tokens_per_item == 50
     alone = plans["first 1, then 1, agreement 1 (majority)"]  # the greedy seat alone, always "agreeing"
-    assert (alone.accuracy, alone.tokens_per_item, alone.members_per_item) == (0.5, 10, 1)
+    assert (alone.accuracy, alone.tokens_per_item, alone.members_per_item, alone.token_share) == (0.5, 10, 1, 0.2)
     for p in report.plans:
         beaten = any(q.tokens_per_item <= p.tokens_per_item and q.accuracy >= p.accuracy
                      and (q.tokens_per_item, q.accuracy) != (p.tokens_per_item, p.accuracy) for q in report.plans)

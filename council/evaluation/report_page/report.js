@@ -7,7 +7,7 @@
   window.councilReport = { doc, charts };
 
   const C = { seat: "#4c78a8", greedy: "#e8590c", own: "#2f9e44", strategy: "#74a9cf", mean: "#7048e8",
-              council: "#2f9e44", right: "#2f9e44", wrong: "#d9480f", front: "#1d2430", grey: "#98a2b3" };
+              council: "#2f9e44", right: "#2f9e44", wrong: "#d9480f", front: "#1d2430" };
   const VOTES = ["#4c78a8", "#f59f00", "#be4bdb", "#15aabf"];
   const ROWS = ["#4c78a8", "#74c0fc", "#f59f00", "#ffd43b", "#2f9e44", "#8ce99a", "#be4bdb", "#868e96"];
   const WIDTH = Math.min(940, document.querySelector("main").clientWidth);
@@ -56,10 +56,12 @@
                     points: { show: false } });
       data.push(xs.map(() => line.value));
     }
-    const xAxis = { side: horizontal ? 3 : 2, splits: () => xs, values: (u, splits) => splits.map((i) => labels[i] ?? ""),
+    const xAxis = { side: horizontal ? 3 : 2, splits: () => xs,
+                    values: (u, splits) => splits.map((i) => labels[i] ?? ""),
                     size: horizontal ? Math.min(300, 12 + 7 * Math.max(...labels.map((l) => l.length))) : 40,
                     grid: { show: false }, gap: 4 };
-    const yAxis = { side: horizontal ? 2 : 3, splits: () => [0, 0.2, 0.4, 0.6, 0.8, 1], values: (u, splits) => splits.map((v) => Math.round(100 * v) + "%") };
+    const yAxis = { side: horizontal ? 2 : 3, splits: () => [0, 0.2, 0.4, 0.6, 0.8, 1],
+                    values: (u, splits) => splits.map((v) => Math.round(100 * v) + "%") };
     const opts = {
       width: WIDTH, height: horizontal ? 60 + 24 * n : 300,
       scales: { x: { time: false, range: [-0.5, n - 0.5], ori: horizontal ? 1 : 0, dir: horizontal ? -1 : 1 },
@@ -158,14 +160,13 @@
       }] },
     }, data, box);
     charts[`${k}:plans`] = u;
-    const every = r.plans[0];
     const kept = plans.filter((p) => p.pareto && p.keeps_accuracy);
     parent.append(el("p", { class: "caption" }, kept.length
       ? "The cheapest plans that keep the council's accuracy:"
       : "No plan cheaper than every member keeps the council's accuracy."));
-    if (kept.length) parent.append(table(`kept-${k}`, ["plan", "accuracy", "tokens/item", "of every member's", "s/item"],
-      kept.map((p) => [p.name, pct(p.accuracy), num(p.tokens_per_item), pct(p.tokens_per_item / every.tokens_per_item),
-                       num(p.ms_per_item / 1000, 1)])));
+    const head = ["plan", "accuracy", "tokens/item", "of every member's", "s/item"];
+    if (kept.length) parent.append(table(`kept-${k}`, head, kept.map((p) => [
+      p.name, pct(p.accuracy), num(p.tokens_per_item), pct(p.token_share), num(p.ms_per_item / 1000, 1)])));
   }
 
   function itemsChart(k, r, parent, vote) {
