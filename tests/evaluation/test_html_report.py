@@ -167,3 +167,18 @@ def test_tool_calling_accuracy_per_category(tmp_path: Path, browser: WebDriver,
     council_set = next(row for row in report.councils if row.name == "council (set)")
     assert sum(it.correct for it in scored) == council_set.overall().correct
     assert all(it.right_seats <= len(report.members) for it in scored)
+
+
+def test_text_from_the_report_stays_text(tmp_path: Path, browser: WebDriver) -> None:
+    """A data path or member name holding markup is shown as written, and cannot end the embedded JSON early."""
+    from tests.evaluation.test_score import SAMPLES, SEATS, records
+
+    odd = "odd</script><img src=x onerror=alert(1)>.jsonl"
+    report = score(records(["11111", "01000", "10010"], SEATS), "sc", SAMPLES, odd)
+    page = tmp_path / "odd.html"
+    page.write_text(render([report], "<b>title</b>"))
+    doc = open_page(browser, page)
+    assert doc["reports"][0]["data"] == odd and doc["title"] == "<b>title</b>"
+    assert browser.find_element("css selector", "#report-0 h2").text == f"sc on {odd}: 3 items"
+    assert browser.find_element("css selector", "h1").text == "<b>title</b>"
+    assert browser.execute_script("return document.images.length") == 0
