@@ -2,6 +2,7 @@
 
     python -m bench.accuracy [--data ../shared/data/gsm8k/test.jsonl] [--n 60] [--generated 30] [--seed 11]
                              [--policy policies/self-consistency-qwen1.5b.yaml] [--council sc9] [--score-only]
+                             [--html REPORT.html] [--json bench/results/accuracy.json]
 
 Records once, re-scores offline: every item is asked through the real engine with every member answering
 (`council eval`'s recorder), appended to `bench/records/*.jsonl` as it goes (a run resumes where it
@@ -9,7 +10,8 @@ stopped); then the table is computed from those answers alone with the same vote
 the best single member greedy, the council under majority / weighted / confidence, cascades and early stop
 — accuracy, completion tokens and wall time. Two data sets: a seeded sample of GSM8K read from `--data`
 (never copied into the repository) and a generated set of multi-step word problems with exact answers.
-Writes bench/results/accuracy.json.
+Writes bench/results/accuracy.json; with `--html`, also `council eval --html`'s page of charts for both sets (each
+set's `council eval` report, scored from the same records). `--score-only` reads the records alone (not `--data`).
 """
 
 from __future__ import annotations
@@ -113,20 +115,23 @@ def main() -> None:
     parser.add_argument("--policy", type=Path, default=ROOT.parent / "policies" / "self-consistency-qwen1.5b.yaml")
     parser.add_argument("--council", default="sc9")
     parser.add_argument("--score-only", action="store_true", help="re-score the recorded answers, ask nothing")
+    parser.add_argument("--html", type=Path, help="also write the report as a page of charts")
+    parser.add_argument("--json", type=Path, default=RESULTS / "accuracy.json", help="where the table's JSON goes")
     args = parser.parse_args()
-    RECORDS.mkdir(exist_ok=True)
-    generated = RECORDS / f"generated-seed{args.seed}.jsonl"
-    if not generated.exists():
-        generated.write_text("".join(json.dumps(p) + "\n" for p in generated_problems(args.generated, args.seed)))
-    sets = {"gsm8k": (sample(load_items(args.data), args.n, args.seed), RECORDS / f"gsm8k-{args.council}.jsonl"),
-            "generated": (load_items(generated)[: args.generated], RECORDS / f"generated-{args.council}.jsonl")}
+    sets = {"gsm8k": RECORDS / f"gsm8k-{args.council}.jsonl", "generated": RECORDS / f"generated-{args.council}.jsonl"}
     if not args.score_only:
-        for name, (items, out) in sets.items():
+        RECORDS.mkdir(exist_ok=True)
+        generated = RECORDS / f"generated-seed{args.seed}.jsonl"
+        if not generated.exists():
+            generated.write_text("".join(json.dumps(p) + "\n" for p in generated_problems(args.generated, args.seed)))
+        asked = {"gsm8k": sample(load_items(args.data), args.n, args.seed),
+                 "generated": load_items(generated)[: args.generated]}
+        for name, items in asked.items():
             print(f"recording {name}: {len(items)} items with council {args.council}", flush=True)
-            asyncio.run(record(args.policy, args.council, items, out))
+            asyncio.run(record(args.policy, args.council, items, sets[name]))
     from bench.accuracy_report import report
 
-    report(args.policy, args.council, {name: out for name, (_, out) in sets.items()}, RESULTS / "accuracy.json")
+    report(args.policy, args.council, sets, args.json, html=args.html)
 
 
 if __name__ == "__main__":

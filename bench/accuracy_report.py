@@ -7,8 +7,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from council.evaluation.html_report import render
 from council.evaluation.record import ItemRecord, read_records
-from council.evaluation.score import Rule, cascade, council_answer, reference, score, with_caps
+from council.evaluation.score import (
+    PLAN_AGREEMENT,
+    PLAN_FIRST,
+    PLAN_THEN,
+    EvalReport,
+    Rule,
+    cascade,
+    council_answer,
+    reference,
+    score,
+    with_caps,
+)
 from council.policy.loading import load_policy
 from council.policy.schema import CascadeConfig, CouncilConfig
 
@@ -22,8 +34,9 @@ def _row(name: str, accuracy: float, tokens: float, seconds: float, base: float)
             "tokens_per_item": tokens, "s_per_item": seconds}
 
 
-def table(records: list[ItemRecord], config: CouncilConfig, council: str, data: str) -> dict[str, object]:
-    report = score(records, council, config, data)
+def table(records: list[ItemRecord], config: CouncilConfig, council: str, data: str,
+          report: EvalReport | None = None) -> dict[str, object]:
+    report = report or score(records, council, config, data)
     n = len(records)
     greedy = report.members[0]
     base = greedy.accuracy
@@ -74,10 +87,10 @@ def _grid(size: int, extract: str) -> list[tuple[str, list[list[int]], float, Ru
     rules = (Rule("majority", extract), Rule("confidence", extract, "tail", 1.0),
              Rule("confidence", extract, "answer", 0.5))
     out = []
-    for first in (1, 2, 3, 4):
-        for then in (1, 2, 3):
+    for first in PLAN_FIRST:
+        for then in PLAN_THEN:
             stages = CascadeConfig(first=first, then=then).resolve(size)
-            for agreement in (0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 1.0):
+            for agreement in PLAN_AGREEMENT:
                 for rule in rules:
                     how = (rule.strategy if rule.strategy == "majority"
                            else f"confidence {rule.signal}, T={rule.temperature:g}")
@@ -142,9 +155,10 @@ def print_table(name: str, doc: dict[str, object]) -> None:
               f"{row['tokens_per_item']:>12.0f} {row['s_per_item']:>8.1f}")
 
 
-def report(policy: Path, council: str, sets: dict[str, Path], out: Path) -> dict[str, object]:
+def report(policy: Path, council: str, sets: dict[str, Path], out: Path, html: Path | None = None) -> dict[str, object]:
     config = load_policy(policy).policy.councils[council]
     doc: dict[str, object] = {"policy": str(policy), "council": council, "sets": {}}
+    pages: list[EvalReport] = []
     for name, path in sets.items():
         # Replies that used every one of their seat's max_tokens were cut off: they abstain unless they stated
         # an answer (the records predate finish_reason).
@@ -152,7 +166,9 @@ def report(policy: Path, council: str, sets: dict[str, Path], out: Path) -> dict
         if not records:
             print(f"\n{name}: nothing recorded yet ({path})")
             continue
-        full = table(records, config, council, name)
+        scored = score(records, council, config, path.name)
+        pages.append(scored)
+        full = table(records, config, council, name, scored)
         print_table(f"{name}, council of {len(records[0].answers)}", full)
         chosen = selection(records, config, config.vote.extract) if len(records) >= 10 else None
         if chosen:
@@ -162,4 +178,7 @@ def report(policy: Path, council: str, sets: dict[str, Path], out: Path) -> dict
         doc["sets"][name] = {"full": full, "five": five, "cascade_selection": chosen}  # type: ignore[index]
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
+    if html is not None:
+        html.write_text(render(pages, f"bench.accuracy: council {council} of {policy.name}"))
+        print(f"\npage written to {html}")
     return doc

@@ -29,6 +29,8 @@ def eval_(
                                                  "members here (key from $COUNCIL_API_KEY).")] = None,
     json_out: Annotated[str | None, typer.Option("--json", help="Write the report (its JSON Schema: "
                                                                 "`council eval-schema`).")] = None,
+    html_out: Annotated[str | None, typer.Option("--html", help="Write the report as one self-contained page of "
+                                                                "charts, drawn from the same JSON.")] = None,
     record: Annotated[str | None, typer.Option(help="Append each item's answers to this JSONL as they come, "
                                                     "and skip items already in it (resume).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per item with --url.")] = 1800.0,
@@ -68,6 +70,9 @@ def eval_(
         raise fail(str(exc), 2) from None
     if concurrency < 1:
         raise fail("--concurrency must be at least 1", 2)
+    for option, target in (("--json", json_out), ("--html", html_out)):
+        if target is not None and not Path(target).resolve().parent.is_dir():
+            raise fail(f"{option} {target}: no such folder", 2)  # found out before the members are asked
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=out, transient=True) as progress:
         task = progress.add_task(f"{council}: asking", total=len(items))
@@ -95,6 +100,11 @@ def eval_(
     if json_out:
         Path(json_out).write_text(json.dumps(report.model_dump(), indent=1) + "\n")
         out.print(f"report written to {json_out}")
+    if html_out:
+        from council.evaluation.html_report import render
+
+        Path(html_out).write_text(render([report], f"council eval: {council} on {Path(data).name}"))
+        out.print(f"page written to {html_out}")
 
 
 async def _record_here(loaded: Any, council: str, items: list[Any], concurrency: int, append_to: Path | None,

@@ -190,6 +190,16 @@ class CallsRow(BaseModel):
         return self.categories[-1]
 
 
+class CallItem(BaseModel):
+    """One item under the `set` vote, every seat asked."""
+
+    index: int
+    category: str
+    agreement: float  # the winning call set's share of the weight of the seats that voted (0: all abstained)
+    correct: bool  # the council's calls (`set` vote) are right
+    right_seats: int  # seats whose own calls are right
+
+
 class CallsReport(BaseModel):
     """`council eval --json` on function-calling data: rows per member and per council vote, per category."""
 
@@ -201,6 +211,7 @@ class CallsReport(BaseModel):
     members: list[CallsRow]
     councils: list[CallsRow]
     oracle: CallsRow  # some seat right
+    items_scored: list[CallItem] = []
     records: list[ItemRecord]
 
 
@@ -261,6 +272,20 @@ def oracle_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) -> 
         records, hits, zero, [False] * len(records), zero, zero))
 
 
+def score_items(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) -> list[CallItem]:
+    out = []
+    for r in records:
+        item = items[r.item_id or ""]
+        votes = [(b, a.weight) for a in r.answers if (b := ballot(a, item)) is not None]
+        winner, total = _plurality(votes), sum(w for _, w in votes)
+        decided = vote_set(r.answers, item)
+        out.append(CallItem(index=r.index, category=r.category or "?",
+                            agreement=sum(w for b, w in votes if b == winner) / total if total else 0.0,
+                            correct=decided is not None and grade(item, decided).valid,
+                            right_seats=sum(a.status == "ok" and grade(item, calls_of(a)).valid for a in r.answers)))
+    return out
+
+
 def with_recovered_calls(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) -> list[ItemRecord]:
     """The records with each seat's calls written as text (`council.voting.recovery`) as its calls, where it made
     none the server parsed: what a council reads with `vote.recover_tool_calls` (its default). The recorded text
@@ -292,4 +317,4 @@ def score_calls(records: list[ItemRecord], items: Sequence[BfclItem], council: s
     return CallsReport(council=council, data=data, items=len(records),
                        categories=list(dict.fromkeys(r.category or "?" for r in records)),
                        members=member_rows(records, by_id), councils=[council_row(records, by_id, m) for m in VOTERS],
-                       oracle=oracle_row(records, by_id), records=records)
+                       oracle=oracle_row(records, by_id), items_scored=score_items(records, by_id), records=records)

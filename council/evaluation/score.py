@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pydantic import BaseModel
 
 from council.evaluation.record import ItemRecord, MemberAnswer
-from council.policy.schema import CouncilConfig
+from council.policy.schema import CascadeConfig, CouncilConfig
 from council.voting.extract import extract, extract_cut
-from council.voting.vote import Ballot, VoteError, decide, seat_value, stop_after
+from council.voting.vote import Ballot, Decision, VoteError, decide, seat_value, stop_after
 
-SCHEMA_VERSION = 1
+# 2: `plans` (every cascade and early-stop plan, with the Pareto front), `items_scored` (each item's answer,
+# agreement and verdict) and `council_accuracy`.
+SCHEMA_VERSION = 2
 
 
 class MemberScore(BaseModel):
@@ -51,6 +54,38 @@ class SpendScore(BaseModel):
     stopped_early: float  # share of items decided before every member was heard
 
 
+class PlanScore(BaseModel):
+    """One way of asking replayed on every item: every member, early stop, or a cascade; under one vote."""
+
+    name: str
+    kind: str  # "every member" | "early stop" | "cascade" | "cascade (policy)"
+    vote: str  # "majority", "weighted", "confidence tail, T=1", ...
+    first: int | None = None  # a cascade `{first, then, agreement}`
+    then: int | None = None
+    agreement: float | None = None
+    accuracy: float
+    correct: int
+    tokens_per_item: float  # completion tokens, every seat asked
+    token_share: float = 1.0  # of the tokens every member spends (the council's own vote, `plans[0]`)
+    ms_per_item: float
+    members_per_item: float
+    stopped_early: float
+    # No other plan is at least as accurate for fewer tokens (or more accurate for as many): the Pareto front.
+    pareto: bool = False
+    # At least as accurate as the council with every member asked under its own vote (`council_accuracy`).
+    keeps_accuracy: bool = False
+
+
+class ItemScore(BaseModel):
+    """The council's decision on one item under its own vote, every member asked."""
+
+    index: int
+    answer: str | None  # None: every member abstained
+    agreement: float  # the winner's share of the votes cast (0 when undecided)
+    correct: bool
+    right_seats: int  # seats whose own answer is right
+
+
 class LeaveOneOut(BaseModel):
     member: str
     accuracy_without: float
@@ -82,6 +117,10 @@ class EvalReport(BaseModel):
     oracle: float
     spend: list[SpendScore]
     leave_one_out: list[LeaveOneOut]
+    # The council under its own vote with every member asked; every plan of `plans` is compared with it.
+    council_accuracy: float | None = None
+    plans: list[PlanScore] = []
+    items_scored: list[ItemScore] = []
     records: list[ItemRecord]
 
 
@@ -94,10 +133,16 @@ class Rule:
     tie_break: tuple[str, ...] = ("weight", "latency", "order")
 
 
+@lru_cache(maxsize=1 << 16)
+def _read(text: str | None, how: str, cut_off: bool) -> str | None:
+    # Replaying hundreds of plans reads the same replies again and again.
+    return extract_cut(text, how) if cut_off else extract(text, how)
+
+
 def vote_of(answer: MemberAnswer, how: str) -> str | None:
     """What a recorded reply votes under extractor `how`, as a live council counts it: a reply cut off by
     max_tokens only with an answer it stated (`extract_cut`)."""
-    return extract_cut(answer.text, how) if answer.cut_off else extract(answer.text, how)
+    return _read(answer.text, how, answer.cut_off)
 
 
 def ballots(answers: Sequence[MemberAnswer], rule: Rule, keep: Sequence[int] | None = None) -> list[Ballot]:
@@ -113,17 +158,24 @@ def ballots(answers: Sequence[MemberAnswer], rule: Rule, keep: Sequence[int] | N
     return out
 
 
-def council_answer(answers: Sequence[MemberAnswer], rule: Rule, keep: Sequence[int] | None = None) -> str | None:
-    """The council's answer from these answers (None when every member abstained)."""
+def council_decision(answers: Sequence[MemberAnswer], rule: Rule,
+                     keep: Sequence[int] | None = None) -> Decision | None:
+    """The council's decision from these answers (None when every member abstained)."""
     found = ballots(answers, rule, keep)
     try:
-        return decide(found, rule.strategy, rule.tie_break, temperature=rule.temperature).answer
+        return decide(found, rule.strategy, rule.tie_break, temperature=rule.temperature)
     except VoteError:
         return None
 
 
+def council_answer(answers: Sequence[MemberAnswer], rule: Rule, keep: Sequence[int] | None = None) -> str | None:
+    """The council's answer from these answers (None when every member abstained)."""
+    decision = council_decision(answers, rule, keep)
+    return None if decision is None else decision.answer
+
+
 def reference(record: ItemRecord, how: str) -> str | None:
-    return extract(record.reference, how)
+    return _read(record.reference, how, False)
 
 
 def _accuracy(hits: int, total: int) -> float:
@@ -225,6 +277,86 @@ def spending(records: Sequence[ItemRecord], rule: Rule, config: CouncilConfig) -
     return rows
 
 
+def vote_label(rule: Rule) -> str:
+    return f"confidence {rule.signal}, T={rule.temperature:g}" if rule.strategy == "confidence" else rule.strategy
+
+
+# The cascades `plans` replays: `{first, then, agreement}` (README: cascades), under each vote of `plan_votes`.
+PLAN_FIRST = (1, 2, 3, 4)
+PLAN_THEN = (1, 2, 3)
+PLAN_AGREEMENT = (0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 1.0)
+
+
+def plan_votes(records: Sequence[ItemRecord], own: Rule) -> list[Rule]:
+    """The council's own vote, majority, and (where the members sent logprobs) confidence on the tail of the
+    reply at T=1 and on the answer at T=0.5."""
+    votes = [own, Rule("majority", own.extract, tie_break=own.tie_break)]
+    if any(a.confidence is not None or a.signals for r in records for a in r.answers):
+        votes += [Rule("confidence", own.extract, "tail", 1.0, own.tie_break),
+                  Rule("confidence", own.extract, "answer", 0.5, own.tie_break)]
+    return list({vote_label(v): v for v in votes}.values())
+
+
+def _plan(name: str, kind: str, rule: Rule, records: Sequence[ItemRecord],
+          results: list[tuple[str | None, float, float, int, bool]], **cascade: float | None) -> PlanScore:
+    s = _spend(name, records, results, rule.extract)
+    correct = sum(res[0] is not None and res[0] == reference(r, rule.extract)
+                  for res, r in zip(results, records, strict=True))
+    return PlanScore(name=name, kind=kind, vote=vote_label(rule), accuracy=s.accuracy, correct=correct,
+                     tokens_per_item=s.tokens_per_item, ms_per_item=s.ms_per_item,
+                     members_per_item=s.members_per_item, stopped_early=s.stopped_early, **cascade)
+
+
+def mark_front(plans: list[PlanScore], base: PlanScore) -> list[PlanScore]:
+    """`pareto` on the plans no other beats on both accuracy and tokens; `keeps_accuracy` on those at `base`'s
+    accuracy or above; `token_share` of `base`'s tokens."""
+    best = -1.0
+    for p in sorted(plans, key=lambda p: (p.tokens_per_item, -p.accuracy)):
+        p.pareto = p.accuracy > best
+        best = max(best, p.accuracy)
+        p.keeps_accuracy = p.accuracy >= base.accuracy - 1e-9
+        p.token_share = p.tokens_per_item / base.tokens_per_item if base.tokens_per_item else 1.0
+    return plans
+
+
+def all_plans(records: Sequence[ItemRecord], own: Rule, config: CouncilConfig) -> list[PlanScore]:
+    """Every member, early stop and every `{first, then, agreement}` cascade (and the policy's own), under each
+    vote of `plan_votes`, replayed on every item; the Pareto front against the council's own accuracy."""
+    size = len(records[0].answers)
+    plans: list[PlanScore] = []
+    for rule in plan_votes(records, own):
+        label = vote_label(rule)
+        every = [(council_answer(r.answers, rule), float(sum(a.completion_tokens for a in r.answers)), r.wall_ms,
+                  size, False) for r in records]
+        plans.append(_plan(f"every member ({label})", "every member", rule, records, every))
+        plans.append(_plan(f"early stop ({label})", "early stop", rule, records,
+                           [early_stop(r, rule, config.quorum_count()) for r in records]))
+        if config.vote.cascade is not None:
+            stages, agreement = config.stages(), config.vote.cascade.agreement
+            plans.append(_plan(f"cascade (policy) {stages} ({label})", "cascade (policy)", rule, records,
+                               [cascade(r, rule, stages, agreement, config) for r in records], agreement=agreement))
+        for first in (f for f in PLAN_FIRST if f < size):
+            for then in PLAN_THEN:
+                stages = CascadeConfig(first=first, then=then).resolve(size)
+                for agreement in PLAN_AGREEMENT:
+                    plans.append(_plan(f"first {first}, then {then}, agreement {agreement:g} ({label})", "cascade",
+                                       rule, records, [cascade(r, rule, stages, agreement, config) for r in records],
+                                       first=first, then=then, agreement=agreement))
+    return mark_front(plans, plans[0])
+
+
+def score_items(records: Sequence[ItemRecord], rule: Rule) -> list[ItemScore]:
+    out = []
+    for r in records:
+        decision = council_decision(r.answers, rule)
+        ref = reference(r, rule.extract)
+        out.append(ItemScore(index=r.index, answer=decision.answer if decision else None,
+                             agreement=decision.agreement if decision else 0.0,
+                             correct=decision is not None and decision.answer == ref,
+                             right_seats=sum(a.status == "ok" and vote_of(a, rule.extract) == ref for a in r.answers)))
+    return out
+
+
 def leave_one_out(records: Sequence[ItemRecord], rule: Rule) -> list[LeaveOneOut]:
     size = len(records[0].answers)
     full = [council_answer(r.answers, rule) for r in records]
@@ -298,6 +430,7 @@ def score(records: list[ItemRecord], council: str, config: CouncilConfig, data: 
                      for a in r.answers) for r in records)
     best = max(members, key=lambda m: (m.accuracy, -members.index(m)))
     sampled = greedy_and_samples(members, config, council)
+    plans = all_plans(records, own, config)
     return EvalReport(council=council, data=data, items=len(records), strategy=own.strategy, extract=own.extract,
                       members=members, best_member=best.name,
                       best_member_held_out=held_out_best(records, vote.extract),
@@ -305,4 +438,5 @@ def score(records: list[ItemRecord], council: str, config: CouncilConfig, data: 
                       samples_mean=sum(m.accuracy for m in sampled[1]) / len(sampled[1]) if sampled else None,
                       strategies=[score_rule(records, r) for r in rules],
                       oracle=_accuracy(oracle, len(records)), spend=spending(records, own, config),
-                      leave_one_out=leave_one_out(records, own), records=records)
+                      leave_one_out=leave_one_out(records, own), council_accuracy=plans[0].accuracy, plans=plans,
+                      items_scored=score_items(records, own), records=records)

@@ -4,6 +4,7 @@ JSON, and bad data files that exit 2 naming the line."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,11 +40,16 @@ def test_eval_table_and_json_agree_with_the_recorded_answers(tmp_path: Path, syn
         {"question": "and four?", "answer": "#### abcd"},  # GSM8K's form
         {"messages": [{"role": "user", "content": "none of them"}], "answer": "xyz"},
     ])
-    out = tmp_path / "report.json"
+    out, page = tmp_path / "report.json", tmp_path / "report.html"
     result = run_cli("eval", str(policy), "trio", str(data), "--json", str(out), "--record", str(tmp_path / "r.jsonl"),
-                     env=env)
+                     "--html", str(page), env=env)
     assert result.returncode == 0, result.stderr
     doc = json.loads(out.read_text())
+    # The page draws from the same report (less the answers themselves; tests/evaluation/test_html_report.py
+    # opens such pages in a browser).
+    embedded = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>',
+                                    page.read_text()).group(1))
+    assert embedded["reports"] == [{k: v for k, v in doc.items() if k != "records"}]
     records = doc["records"]
     assert doc["items"] == len(records) == 3
     # Every member answered every item (no early stop while evaluating).
@@ -101,6 +107,16 @@ def test_eval_refuses_an_unknown_council(tmp_path: Path, syn: Path) -> None:
     data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}])
     result = run_cli("eval", str(policy), "nope", str(data))
     assert result.returncode == 2 and "no council 'nope'" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--json", "--html"])
+def test_eval_refuses_an_output_in_no_folder(tmp_path: Path, syn: Path, option: str) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}])
+    target = tmp_path / "missing" / "report"
+    result = run_cli("eval", str(policy), "trio", str(data), option, str(target))  # before any member starts
+    assert result.returncode == 2 and f"{option} {target}: no such folder" in result.stderr, result.stderr
 
 
 def test_eval_against_a_running_serve(tmp_path: Path, syn: Path, serve: Callable[..., CouncilServer]) -> None:

@@ -102,3 +102,29 @@ def test_recorded_replies_cut_off_by_max_tokens_abstain_offline() -> None:
     line = '{"member": "c/0", "model": "q", "status": "ok", "text": "1", "completion_tokens": 12}'
     loaded = MemberAnswer.model_validate_json(line)
     assert loaded.finish_reason is None and loaded.max_tokens is None and not loaded.cut_off
+
+
+def test_every_plan_is_replayed_and_the_pareto_front_marked() -> None:
+    grid = ["11111", "11110", "11100", "01101", "01100", "01111", "01000", "01010", "10010", "11001"]
+    report = score(records(grid, SEATS), "sc", SAMPLES, "data.jsonl")
+    plans = {p.name: p for p in report.plans}
+    # No logprobs recorded: one vote (the council's own, majority); every member, early stop, 4 x 3 x 7 cascades.
+    assert len(plans) == 2 + 4 * 3 * 7 and {p.vote for p in report.plans} == {"majority"}
+    every = plans["every member (majority)"]
+    assert every.accuracy == report.council_accuracy == pytest.approx(0.6) and every.tokens_per_item == 50
+    alone = plans["first 1, then 1, agreement 1 (majority)"]  # the greedy seat alone, always "agreeing"
+    assert (alone.accuracy, alone.tokens_per_item, alone.members_per_item, alone.token_share) == (0.5, 10, 1, 0.2)
+    for p in report.plans:
+        beaten = any(q.tokens_per_item <= p.tokens_per_item and q.accuracy >= p.accuracy
+                     and (q.tokens_per_item, q.accuracy) != (p.tokens_per_item, p.accuracy) for q in report.plans)
+        twin = any(q is not p and q.pareto and (q.tokens_per_item, q.accuracy) == (p.tokens_per_item, p.accuracy)
+                   for q in report.plans)
+        assert p.pareto == (not beaten and not twin), p.name  # one plan stands for equal ones
+        assert p.keeps_accuracy == (p.accuracy >= every.accuracy)
+    assert not alone.keeps_accuracy and plans["first 1, then 1, agreement 0.55 (majority)"].pareto  # its twin
+    # Each item: the council's answer, the winner's share of the votes, right or wrong.
+    items = report.items_scored
+    assert [(i.answer, i.agreement, i.correct, i.right_seats) for i in items[:3]] == [
+        ("7", 1.0, True, 5), ("7", 0.8, True, 4), ("7", 0.6, True, 3)]
+    assert (items[6].answer, items[6].agreement, items[6].correct, items[6].right_seats) == ("8", 0.8, False, 1)
+    assert sum(i.correct for i in items) / len(items) == report.council_accuracy
