@@ -6,9 +6,9 @@ the members untouched (llama-server has many of its own). A bad body is one 400 
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from council.errors import CouncilError
@@ -290,8 +290,8 @@ def validate_body(body: Any, model: type[_Sampling]) -> _Sampling:
 def parse_json(raw: bytes) -> Any:
     """JSON from a body; malformed or absurdly nested JSON is a BadRequest, never a 500."""
     try:
-        return json.loads(raw)
-    except RecursionError:
-        raise BadRequest("the body is nested too deeply to be a request", "invalid_json") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:  # orjson stops at 1024 levels of nesting, and takes only UTF-8
+        if str(exc).startswith("depth limit"):
+            raise BadRequest("the body is nested too deeply to be a request", "invalid_json") from None
         raise BadRequest(f"the body is not valid JSON: {exc}", "invalid_json") from None
