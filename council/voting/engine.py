@@ -336,7 +336,9 @@ class CouncilEngine:
                 waiting = {seat.name for seat in seats}
                 while waiting and stop is None:
                     try:
-                        seat, reply = await asyncio.wait_for(arrivals.get(), max(0.0, deadline - loop.time()))
+                        # `timeout_at`, not `wait_for`: no task per arrival (wait_for wraps `get()` in one)
+                        async with asyncio.timeout_at(deadline):
+                            seat, reply = await arrivals.get()
                     except TimeoutError:
                         timed_out = True
                         break
