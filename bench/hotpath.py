@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -24,6 +26,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import timeit
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from bench.overhead import BODY, RESULTS, baseline_tree, cpu_seconds, member_endpoint, policy, wrk_run
@@ -99,7 +104,7 @@ PATHS = (("passthrough", "syn"), ("council-1", "solo"), ("council-3", "trio"))
 
 
 def profile(routers: dict[str, dict[str, str]], tmp: Path, seconds: int, rounds: int, rate: int, paths: list[str],
-            keep: Path | None) -> dict[str, object]:
+            keep: Path | None, connections: int = 32) -> dict[str, object]:
     """Every router (label -> extra environment) with its own stub members, all started first, then `rounds`
     interleaved rounds of every path of every router, py-spy sampling each run; samples add up over rounds."""
     stub = Path(__file__).with_name("stub_llama_server.py")
@@ -113,29 +118,30 @@ def profile(routers: dict[str, dict[str, str]], tmp: Path, seconds: int, rounds:
             model = write_qwen35(work / "stub.gguf", mtp=False)  # only planned with; the stub never reads it
             servers[label] = start_council_serve(policy(model, 3), work, {**env, "LLAMA_SERVER": str(stub)})
             member_endpoint(servers[label].url)
-        for number in range(rounds):
-            for label, server in servers.items():
-                pid, url = server.proc.pid, f"{server.url}/v1/chat/completions"
-                for path, model_name in PATHS:
-                    if path not in paths:
-                        continue
+        for number in range(rounds):  # each path of every router back to back: neighbours share the load
+            for path, model_name in PATHS:
+                if path not in paths:
+                    continue
+                for label, server in servers.items():
+                    pid, url = server.proc.pid, f"{server.url}/v1/chat/completions"
                     if number == 0:  # warm: connections, caches, first-call imports
                         wrk_run(url, {**BODY, "model": model_name}, 1, tmp)
                     raw = tmp / f"{label or 'this'}-{path}-{number}.txt"
-                    spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
-                                            str(pid), "--rate", str(rate), "--format", "raw", "--nonblocking",
-                                            "-o", str(raw), "-d", str(seconds)],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    spy = None if not rate else subprocess.Popen(
+                        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--rate",
+                         str(rate), "--format", "raw", "--nonblocking", "-o", str(raw), "-d", str(seconds)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     before = cpu_seconds(pid)
-                    result = wrk_run(url, {**BODY, "model": model_name}, seconds, tmp)
+                    result = wrk_run(url, {**BODY, "model": model_name}, seconds, tmp, connections)
                     result["cpu_us_per_request"] = (cpu_seconds(pid) - before) / result["requests"] * 1e6
-                    spy.wait(timeout=seconds + 30)
+                    if spy is not None:
+                        spy.wait(timeout=seconds + 30)
                     runs[label, path].append(result)
                     raws[label, path].append(raw)
     finally:
         for server in servers.values():
             server.stop()
-    doc: dict[str, object] = {}
+    doc: dict[str, object] = {"runs": {f"{label or 'this'} {path}": results for (label, path), results in runs.items()}}
     for (label, path), results in runs.items():
         samples = [s for raw in raws[label, path] if raw.exists() for s in read_raw(raw)]
         if keep is not None:
@@ -145,10 +151,13 @@ def profile(routers: dict[str, dict[str, str]], tmp: Path, seconds: int, rounds:
                     shutil.copy(raw, keep / raw.name)
         shares, heaviest, seen = summarise(samples)
         cpu_us = statistics.median(r["cpu_us_per_request"] for r in results)
+        cpu_min = min(r["cpu_us_per_request"] for r in results)  # interference only ever adds
         doc.setdefault(label or "this", {})[path] = {  # type: ignore[index]
             "rps": statistics.median(r["rps"] for r in results),
             "rps_spread": max(r["rps"] for r in results) - min(r["rps"] for r in results),
             "cpu_us_per_request": cpu_us,
+            "cpu_us_min": cpu_min,
+            "p50_ms": statistics.median(r["p50_ms"] for r in results),
             "cpu_us_spread": max(r["cpu_us_per_request"] for r in results) - min(r["cpu_us_per_request"]
                                                                                  for r in results),
             "loop_and_parser": sorted(seen),
@@ -157,26 +166,227 @@ def profile(routers: dict[str, dict[str, str]], tmp: Path, seconds: int, rounds:
     return doc
 
 
+def _per_call(fn: Callable[[], object], number: int = 2000) -> float:
+    """Microseconds per call: the least of 7 repeats (interference only ever adds)."""
+    return min(timeit.repeat(fn, number=number, repeat=7)) / number * 1e6
+
+
+def _per_await(make: Callable[[], Awaitable[object]], number: int = 2000) -> float:
+    """Microseconds per awaited call on uvloop (the loop `council serve` runs), the least of 7 repeats."""
+    import uvloop
+
+    async def rounds() -> float:
+        best = float("inf")
+        for _ in range(7):
+            started = time.perf_counter()
+            for _ in range(number):
+                await make()
+            best = min(best, time.perf_counter() - started)
+        return best / number * 1e6
+
+    return uvloop.run(rounds())
+
+
+def _asgi(plain: bool) -> Callable[[], Awaitable[object]]:
+    """One POST through a FastAPI app with council's middleware shape: as a FastAPI route with two dependencies
+    (the router, the caller: what the chat routes had) or as a plain Starlette route that looks both up itself."""
+    from fastapi import APIRouter, Depends, FastAPI, Request
+    from fastapi.responses import Response
+
+    from council.server.app import _TELEMETRY, _Arrival
+
+    app = FastAPI(**_TELEMETRY)  # type: ignore[arg-type]
+    app.state.router = object()
+
+    async def current(request: Request) -> object:
+        return request.app.state.router
+
+    async def caller(request: Request) -> str | None:
+        return request.headers.get("authorization")
+
+    async def endpoint(request: Request, router: object = Depends(current), who: object = Depends(caller)) -> Response:
+        return Response(await request.body(), media_type="application/json")
+
+    async def plain_endpoint(request: Request) -> Response:
+        current, who = request.app.state.router, request.headers.get("authorization")  # noqa: F841
+        return Response(await request.body(), media_type="application/json")
+
+    routes = APIRouter()
+    routes.post("/v1/chat/completions", response_model=None)(endpoint)
+    for n in range(10):  # the other routes a request is matched past
+        routes.get(f"/other/{n}")(lambda: {})
+    if plain:
+        app.router.add_route("/v1/chat/completions", plain_endpoint, methods=["POST"], include_in_schema=False)
+    app.include_router(routes)
+    app.add_middleware(_Arrival)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "root_path": "", "headers": [(b"host", b"council"), (b"content-type", b"application/json"),
+                                          (b"authorization", b"Bearer k")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+    body = json.dumps({**BODY, "model": "solo"}).encode()
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: object) -> None:
+        pass
+
+    return lambda: app(dict(scope), receive, send)
+
+
+def steps() -> dict[str, float]:
+    """What each step of a request costs on its own, in process (microseconds; the old way beside the new where a
+    change replaced it). The HTTP server, the sockets and the member's own time are not in these."""
+    import asyncio
+
+    import orjson
+    from fastapi import FastAPI
+
+    from council.members.process import Slots
+    from council.policy.schema import ApiKey
+    from council.server.auth import KeyRing
+    from council.server.events import EventBus
+    from council.server.limits import Limits
+    from council.server.metrics import RouterMetrics
+    from council.server.requests import ChatRequest, parse_json, validate_body
+    from council.voting.ballots import BallotStore
+    from council.voting.extract import extract
+    from council.voting.vote import Ballot, decide
+
+    raw = json.dumps({**BODY, "model": "trio"}).encode()
+    reply = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "The answer is 42."},
+                                     "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 8, "completion_tokens": 6}}).encode()
+    body = parse_json(raw)
+    keys = KeyRing([ApiKey(name="app", sha256=hashlib.sha256(b"k").hexdigest())])
+    metrics = RouterMetrics()
+    limits = Limits(metrics, None, False, 4096)  # type: ignore[arg-type]
+    who = keys.principal("Bearer k", "chat")
+    bus = EventBus()
+    ballots = BallotStore()
+    votes = [Ballot(member=f"trio/{i}", order=i, answer="the answer is 42.", text="The answer is 42.")
+             for i in range(3)]
+    out: dict[str, float] = {}
+    out["HTTP: FastAPI route with 2 dependencies (before)"] = _per_await(_asgi(False))
+    out["HTTP: plain Starlette route in the same app (now)"] = _per_await(_asgi(True))
+    telemetry = FastAPI()._native_telemetry  # type: ignore[attr-defined]
+    out["FastAPI telemetry check per request (before; now off)"] = _per_call(telemetry.enabled)
+    out["JSON: parse the body, json (before)"] = _per_call(lambda: json.loads(raw))
+    out["JSON: parse the body, orjson (now)"] = _per_call(lambda: orjson.loads(raw))
+    out["validate the body (pydantic, strict)"] = _per_call(lambda: validate_body(body, ChatRequest))
+    out["auth: resolve a bearer key (SHA-256, constant-time compare)"] = _per_call(
+        lambda: keys.principal("Bearer k", "chat"))
+    out["limits: admit and release"] = _per_await(lambda: _admit(limits, who))
+    out["JSON: a member's payload, json (before)"] = _per_call(lambda: json.dumps(body).encode())
+    out["JSON: a member's payload, orjson (now)"] = _per_call(lambda: orjson.dumps(body))
+    out["JSON: a member's reply, json (before)"] = _per_call(lambda: json.loads(reply))
+    out["JSON: a member's reply, orjson (now)"] = _per_call(lambda: orjson.loads(reply))
+    out["slots: hold and release, free (now)"] = _per_await(lambda: _hold(Slots(4)))
+    out["arrival wait: asyncio.wait_for (before)"] = _per_await(lambda: _arrival(False))
+    out["arrival wait: asyncio.timeout_at (now)"] = _per_await(lambda: _arrival(True))
+    out["extract one reply (vote.extract: text)"] = _per_call(lambda: extract("The answer is 42.", "text"))
+    out["vote: decide 3 ballots (majority)"] = _per_call(lambda: decide(votes, "majority"))
+    out["event bus: publish a ballot, nobody listening"] = _per_call(lambda: bus.publish("ballot", {"id": "x"}))
+    out["ballots: keep one"] = _per_call(lambda: ballots.put(os.urandom(4).hex(), {}))
+    out["metrics: count a request, labels() (before)"] = _per_call(
+        lambda: (metrics.requests.labels("chat", "trio", "200").inc(), metrics.latency.labels("chat", "trio").observe(
+            0.01), metrics.overhead.labels("chat").observe(0.001)))
+    out["metrics: count a request, cached children (now)"] = _per_call(
+        lambda: metrics.observe("chat", "trio", 200, 0.01, 0.001))
+    out["slots: 32 requests on 4 slots, per request, condition (before)"] = _per_await(
+        lambda: _crowd(_ConditionSlots(4)), 100) / 32
+    out["slots: 32 requests on 4 slots, per request, in order (now)"] = _per_await(lambda: _crowd(Slots(4)), 100) / 32
+    del asyncio
+    return out
+
+
+async def _admit(limits: object, who: object) -> None:
+    async with await limits.admit(who, "trio"):  # type: ignore[attr-defined]
+        pass
+
+
+async def _hold(slots: object) -> None:
+    async with slots.hold():  # type: ignore[attr-defined]
+        pass
+
+
+async def _arrival(timeout_at: bool) -> None:
+    import asyncio
+
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    asyncio.get_running_loop().call_soon(queue.put_nowait, 1)  # the reply arrives after the wait began
+    if timeout_at:
+        async with asyncio.timeout_at(loop.time() + 30):
+            await queue.get()
+    else:
+        await asyncio.wait_for(queue.get(), 30)
+
+
+class _ConditionSlots:
+    """The slots as they were (one condition, `notify_all` on every release), for the comparison."""
+
+    def __init__(self, size: int) -> None:
+        import asyncio
+
+        self.free = size
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free >= 1)
+            self.free -= 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.free += 1
+                self._changed.notify_all()
+
+
+async def _crowd(slots: object) -> None:
+    """32 requests at once on `slots`, each holding its slot for one turn of the loop."""
+    import asyncio
+
+    async def one() -> None:
+        async with slots.hold():  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(one() for _ in range(32)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per path and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second (0: no profile)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk's connections")
     parser.add_argument("--baseline", help="a git ref whose router is profiled too")
     parser.add_argument("--paths", default="passthrough,council-1,council-3", help="which paths, comma-separated")
     parser.add_argument("--keep", type=Path, help="a folder to keep py-spy's raw stacks in")
+    parser.add_argument("--steps", action="store_true", help="only the in-process cost of each step")
     args = parser.parse_args()
+    if args.steps:
+        costs = steps()
+        for name, us in costs.items():
+            print(f"{name:<66} {us:8.2f} us")
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "hotpath-steps.json").write_text(json.dumps(costs, indent=2))
+        return
     if shutil.which("wrk") is None or not Path(sys.executable).with_name("py-spy").exists():
         raise SystemExit("needs wrk (apt-get install wrk) and py-spy (pip install py-spy)")
     doc: dict[str, object] = {"cpus": os.cpu_count(), "load_before": os.getloadavg(), "seconds": args.seconds,
-                              "rounds": args.rounds}
+                              "rounds": args.rounds, "connections": args.connections}
     with tempfile.TemporaryDirectory() as tmp:
         routers: dict[str, dict[str, str]] = {"": {"COUNCIL_HOME": tmp}}
         if args.baseline:
-            routers[args.baseline] = {"COUNCIL_HOME": tmp, "PYTHONPATH": str(baseline_tree(args.baseline,
-                                                                                         Path(tmp) / "baseline"))}
+            # PYTHONSAFEPATH: `python -m council` puts the working directory (this tree) ahead of PYTHONPATH
+            routers[args.baseline] = {"COUNCIL_HOME": tmp, "PYTHONSAFEPATH": "1",
+                                      "PYTHONPATH": str(baseline_tree(args.baseline, Path(tmp) / "baseline"))}
         doc.update(profile(routers, Path(tmp), args.seconds, args.rounds, args.rate, args.paths.split(","),
-                           args.keep))
+                           args.keep, args.connections))
     doc["load_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "hotpath.json").write_text(json.dumps(doc, indent=2))
@@ -194,8 +404,15 @@ def main() -> None:
     if args.baseline:
         for path, row in doc["this"].items():  # type: ignore[union-attr]
             then = doc[args.baseline][path]  # type: ignore[index]
+            pairs = zip(doc["runs"][f"this {path}"], doc["runs"][f"{args.baseline} {path}"], strict=True)  # type: ignore[index]
+            ratios = sorted(a["cpu_us_per_request"] / b["cpu_us_per_request"] for a, b in pairs)
+            row["cpu_ratio_rounds"] = ratios
             print(f"{path}: {row['rps'] / then['rps']:.2f}x the requests/s of {args.baseline}, "
-                  f"{row['cpu_us_per_request'] / then['cpu_us_per_request']:.2f}x its router CPU per request")
+                  f"{row['cpu_us_per_request'] / then['cpu_us_per_request']:.2f}x its router CPU per request "
+                  f"(medians; the least of the rounds: {row['cpu_us_min']:.0f} vs {then['cpu_us_min']:.0f} us, "
+                  f"{row['cpu_us_min'] / then['cpu_us_min']:.2f}x; round by round {statistics.median(ratios):.2f}x, "
+                  f"{ratios[0]:.2f}-{ratios[-1]:.2f})")
+        (RESULTS / "hotpath.json").write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":
