@@ -252,6 +252,7 @@ def steps() -> dict[str, float]:
     from council.server.requests import ChatRequest, parse_json, validate_body
     from council.voting.ballots import BallotStore
     from council.voting.extract import extract
+    from council.voting.lanes import group_calls, lanes
     from council.voting.vote import Ballot, decide
 
     raw = json.dumps({**BODY, "model": "trio"}).encode()
@@ -283,8 +284,12 @@ def steps() -> dict[str, float]:
     out["JSON: a member's reply, json (before)"] = _per_call(lambda: json.loads(reply))
     out["JSON: a member's reply, orjson (now)"] = _per_call(lambda: orjson.loads(reply))
     out["slots: hold and release, free (now)"] = _per_await(lambda: _hold(Slots(4)))
-    out["arrival wait: asyncio.wait_for (before)"] = _per_await(lambda: _arrival(False))
-    out["arrival wait: asyncio.timeout_at (now)"] = _per_await(lambda: _arrival(True))
+    agent = _agent_body()
+    seats = [(_Seat(f"trio/{i}"), dict(agent)) for i in range(3)]
+    out["lanes: 3 seats, 3 processes, an agent's body: 6 sorted json dumps (before)"] = _per_call(
+        lambda: [json.dumps(agent, sort_keys=True, default=str) for _ in range(6)], 200)
+    out["lanes: the same, no two calls on one process: nothing to compare (now)"] = _per_call(
+        lambda: lanes(group_calls(seats, True), "auto", {}))
     out["extract one reply (vote.extract: text)"] = _per_call(lambda: extract("The answer is 42.", "text"))
     out["vote: decide 3 ballots (majority)"] = _per_call(lambda: decide(votes, "majority"))
     out["event bus: publish a ballot, nobody listening"] = _per_call(lambda: bus.publish("ballot", {"id": "x"}))
@@ -311,17 +316,20 @@ async def _hold(slots: object) -> None:
         pass
 
 
-async def _arrival(timeout_at: bool) -> None:
-    import asyncio
+class _Seat:
+    """What the lanes read of a seat: its client's target process."""
 
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-    asyncio.get_running_loop().call_soon(queue.put_nowait, 1)  # the reply arrives after the wait began
-    if timeout_at:
-        async with asyncio.timeout_at(loop.time() + 30):
-            await queue.get()
-    else:
-        await asyncio.wait_for(queue.get(), 30)
+    def __init__(self, target: str) -> None:
+        self.client = type("Client", (), {"target": target})()
+
+
+def _agent_body() -> dict[str, object]:
+    """An agent's request: a system prompt, 20 turns, 4 tools (as bench/overhead.py's validation part)."""
+    tool = {"type": "function", "function": {"name": "lookup", "description": "find a thing",
+                                             "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 20} for i in range(20)]
+    return {"messages": [{"role": "system", "content": "be brief " * 50}, *turns], "tools": [tool] * 4,
+            "temperature": 0.2, "max_tokens": 256}
 
 
 class _ConditionSlots:

@@ -336,9 +336,7 @@ class CouncilEngine:
                 waiting = {seat.name for seat in seats}
                 while waiting and stop is None:
                     try:
-                        # `timeout_at`, not `wait_for`: no task per arrival (wait_for wraps `get()` in one)
-                        async with asyncio.timeout_at(deadline):
-                            seat, reply = await arrivals.get()
+                        seat, reply = await asyncio.wait_for(arrivals.get(), max(0.0, deadline - loop.time()))
                     except TimeoutError:
                         timed_out = True
                         break
