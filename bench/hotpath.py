@@ -100,7 +100,7 @@ def summarise(samples: list[tuple[list[str], int]]) -> tuple[dict[str, float], l
             [(k, v / total) for k, v in own.most_common(25)], seen)
 
 
-PATHS = (("passthrough", "syn"), ("council-1", "solo"), ("council-3", "trio"))
+PATHS = (("direct", "syn"), ("passthrough", "syn"), ("council-1", "solo"), ("council-3", "trio"))
 
 
 def profile(routers: dict[str, dict[str, str]], tmp: Path, seconds: int, rounds: int, rate: int, paths: list[str],
@@ -109,6 +109,7 @@ def profile(routers: dict[str, dict[str, str]], tmp: Path, seconds: int, rounds:
     interleaved rounds of every path of every router, py-spy sampling each run; samples add up over rounds."""
     stub = Path(__file__).with_name("stub_llama_server.py")
     servers = {}
+    members: dict[str, str] = {}  # label -> the URL of its 1-member council's stub (the `direct` path)
     raws: dict[tuple[str, str], list[Path]] = collections.defaultdict(list)
     runs: dict[tuple[str, str], list[dict[str, float]]] = collections.defaultdict(list)
     try:
@@ -117,13 +118,14 @@ def profile(routers: dict[str, dict[str, str]], tmp: Path, seconds: int, rounds:
             work.mkdir(parents=True, exist_ok=True)
             model = write_qwen35(work / "stub.gguf", mtp=False)  # only planned with; the stub never reads it
             servers[label] = start_council_serve(policy(model, 3), work, {**env, "LLAMA_SERVER": str(stub)})
-            member_endpoint(servers[label].url)
+            members[label] = member_endpoint(servers[label].url)[0]
         for number in range(rounds):  # each path of every router back to back: neighbours share the load
             for path, model_name in PATHS:
                 if path not in paths:
                     continue
                 for label, server in servers.items():
-                    pid, url = server.proc.pid, f"{server.url}/v1/chat/completions"
+                    base = members[label] if path == "direct" else server.url
+                    pid, url = server.proc.pid, f"{base}/v1/chat/completions"
                     if number == 0:  # warm: connections, caches, first-call imports
                         wrk_run(url, {**BODY, "model": model_name}, 1, tmp)
                     raw = tmp / f"{label or 'this'}-{path}-{number}.txt"
@@ -158,6 +160,7 @@ def profile(routers: dict[str, dict[str, str]], tmp: Path, seconds: int, rounds:
             "cpu_us_per_request": cpu_us,
             "cpu_us_min": cpu_min,
             "p50_ms": statistics.median(r["p50_ms"] for r in results),
+            "p50_spread_ms": max(r["p50_ms"] for r in results) - min(r["p50_ms"] for r in results),
             "cpu_us_spread": max(r["cpu_us_per_request"] for r in results) - min(r["cpu_us_per_request"]
                                                                                  for r in results),
             "loop_and_parser": sorted(seen),
@@ -372,7 +375,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second (0: no profile)")
     parser.add_argument("--connections", type=int, default=32, help="wrk's connections")
     parser.add_argument("--baseline", help="a git ref whose router is profiled too")
-    parser.add_argument("--paths", default="passthrough,council-1,council-3", help="which paths, comma-separated")
+    parser.add_argument("--paths", default="direct,passthrough,council-1,council-3",
+                        help="which paths, comma-separated (direct: wrk to a stub member itself, for the added p50)")
     parser.add_argument("--keep", type=Path, help="a folder to keep py-spy's raw stacks in")
     parser.add_argument("--steps", action="store_true", help="only the in-process cost of each step")
     args = parser.parse_args()
@@ -397,7 +401,6 @@ def main() -> None:
                            args.keep, args.connections))
     doc["load_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "hotpath.json").write_text(json.dumps(doc, indent=2))
     for label in routers:
         run = doc.get(label or "this", {})
         assert isinstance(run, dict)
@@ -405,12 +408,18 @@ def main() -> None:
             print(f"\n{label or 'this tree'} {path}: {row['rps']:.0f} req/s (spread {row['rps_spread']:.0f}), "
                   f"router CPU {row['cpu_us_per_request']:.0f} us/request (spread {row['cpu_us_spread']:.0f}; "
                   f"{', '.join(row['loop_and_parser'])})")
+            if "direct" in run and path != "direct":
+                row["added_p50_ms"] = row["p50_ms"] - run["direct"]["p50_ms"]
+                print(f"  p50 {row['p50_ms']:.3f} ms (spread {row['p50_spread_ms']:.3f}), "
+                      f"{row['added_p50_ms']:.3f} ms over the stub's own")
             for name, part in row["components"].items():
                 print(f"  {name:<42} {part['share'] * 100:5.1f}%  {part['cpu_us']:7.1f} us")
             (RESULTS / f"hotpath-{path}{'-' + label if label else ''}.txt").write_text(
                 "".join(f"{share * 100:5.1f}%  {fn}\n" for fn, share in row["heaviest"]))
     if args.baseline:
         for path, row in doc["this"].items():  # type: ignore[union-attr]
+            if path == "direct":
+                continue
             then = doc[args.baseline][path]  # type: ignore[index]
             pairs = zip(doc["runs"][f"this {path}"], doc["runs"][f"{args.baseline} {path}"], strict=True)  # type: ignore[index]
             ratios = sorted(a["cpu_us_per_request"] / b["cpu_us_per_request"] for a, b in pairs)
@@ -419,8 +428,10 @@ def main() -> None:
                   f"{row['cpu_us_per_request'] / then['cpu_us_per_request']:.2f}x its router CPU per request "
                   f"(medians; the least of the rounds: {row['cpu_us_min']:.0f} vs {then['cpu_us_min']:.0f} us, "
                   f"{row['cpu_us_min'] / then['cpu_us_min']:.2f}x; round by round {statistics.median(ratios):.2f}x, "
-                  f"{ratios[0]:.2f}-{ratios[-1]:.2f})")
-        (RESULTS / "hotpath.json").write_text(json.dumps(doc, indent=2))
+                  f"{ratios[0]:.2f}-{ratios[-1]:.2f})"
+                  + (f"; added p50 {row['added_p50_ms']:.3f} vs {then['added_p50_ms']:.3f} ms"
+                     if "added_p50_ms" in row else ""))
+    (RESULTS / "hotpath.json").write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from council.errors import CouncilError
 from council.voting.request import CouncilRequest, for_members, last_user_text
+from council.voting.tools import schema_problem
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 
@@ -112,14 +113,8 @@ class FunctionDef(_Open):
     @model_validator(mode="after")
     def _parameters_are_a_schema(self) -> FunctionDef:
         # A council checks every call against it (council.voting.tools): a broken schema is the client's to fix
-        if self.parameters is not None:
-            from jsonschema import exceptions, validators
-
-            try:
-                validators.validator_for(self.parameters, default=validators.Draft202012Validator).check_schema(
-                    self.parameters)
-            except exceptions.SchemaError as exc:
-                raise ValueError(f"`parameters` of {self.name} is not a valid JSON Schema: {exc.message}") from None
+        if self.parameters is not None and (problem := schema_problem(self.parameters)) is not None:
+            raise ValueError(f"`parameters` of {self.name} is not a valid JSON Schema: {problem}")
         return self
 
 
