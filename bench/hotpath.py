@@ -256,6 +256,7 @@ def steps() -> dict[str, float]:
     from council.voting.ballots import BallotStore
     from council.voting.extract import extract
     from council.voting.lanes import group_calls, lanes
+    from council.voting.tools import _check_schema
     from council.voting.vote import Ballot, decide
 
     raw = json.dumps({**BODY, "model": "trio"}).encode()
@@ -288,6 +289,12 @@ def steps() -> dict[str, float]:
     out["JSON: a member's reply, orjson (now)"] = _per_call(lambda: orjson.loads(reply))
     out["slots: hold and release, free (now)"] = _per_await(lambda: _hold(Slots(4)))
     agent = _agent_body()
+    tools_body = {"model": "trio", "messages": [{"role": "user", "content": "x"}], "tools": agent["tools"]}
+    schemas = [t["function"]["parameters"] for t in agent["tools"]]  # type: ignore[attr-defined, index]
+    out["validate a body with 4 tools, jsonschema's check of each (before)"] = _per_call(
+        lambda: [_check_schema(p) for p in schemas], 20) + _per_call(lambda: validate_body(tools_body, ChatRequest))
+    out["validate a body with 4 tools, each schema's verdict kept (now)"] = _per_call(
+        lambda: validate_body(tools_body, ChatRequest))
     seats = [(_Seat(f"trio/{i}"), dict(agent)) for i in range(3)]
     out["lanes: 3 seats, 3 processes, an agent's body: 6 sorted json dumps (before)"] = _per_call(
         lambda: [json.dumps(agent, sort_keys=True, default=str) for _ in range(6)], 200)
