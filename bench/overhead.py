@@ -214,7 +214,8 @@ def main() -> None:
         routers = {"": {}}
         if args.baseline:
             tree = baseline_tree(args.baseline, Path(tmp) / "baseline")
-            routers[args.baseline] = {"PYTHONPATH": str(tree)}
+            # PYTHONSAFEPATH: `python -m council` puts the working directory (this tree) ahead of PYTHONPATH
+            routers[args.baseline] = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
         lat = latency(Path(tmp) / "a", args.seconds, args.rounds, env, routers)
         thr = throughput(Path(tmp) / "b", args.seconds, env)
     print(f"{'path':<24} {'p50 ms':>8} {'spread':>7} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} "

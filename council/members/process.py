@@ -84,30 +84,56 @@ class ProcessRecipe:
 class Slots:
     """The process's `parallel` slots: at most `size` requests inside llama-server at once; `waiting` counts
     those held back by the router (more would only queue inside llama-server, out of a council's sight). A
-    request with `n: K` (grouped samples) takes K slots at once, or waits until K are free."""
+    request with `n: K` (grouped samples) takes K slots at once, or waits until K are free.
+
+    Waiters are served first come, first served, and a release wakes only those it lets in: under load (32
+    clients on a 4-slot process) waking every waiter to re-check, as a condition's `notify_all` does, cost more
+    than the request itself (bench/hotpath.py)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.free = size
-        self.waiting = 0
-        self._changed = asyncio.Condition()
+        self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
 
     @contextlib.asynccontextmanager
     async def hold(self, count: int = 1) -> AsyncIterator[None]:
         count = min(count, self.size)  # a wider group than the process would wait forever
-        self.waiting += 1
-        try:
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.free >= count)
-                self.free -= count
-        finally:
-            self.waiting -= 1
+        if self._queue or self.free < count:
+            entry = (count, asyncio.get_running_loop().create_future())
+            self._queue.append(entry)
+            try:
+                await entry[1]  # resolved once `_admit` has taken our slots for us
+            except BaseException:
+                if entry[1].done() and not entry[1].cancelled():
+                    self._release(count)  # handed over as we were cancelled: pass them on
+                else:
+                    with contextlib.suppress(ValueError):  # `_admit` may have dropped it, cancelled
+                        self._queue.remove(entry)
+                    self._admit()  # a wide request at the head may have held narrower ones back
+                raise
+        else:
+            self.free -= count
         try:
             yield
         finally:
-            async with self._changed:
-                self.free += count
-                self._changed.notify_all()
+            self._release(count)
+
+    def _release(self, count: int) -> None:
+        self.free += count
+        self._admit()
+
+    def _admit(self) -> None:
+        """Hand free slots to the waiters at the head of the queue, in order, while they fit."""
+        while self._queue and self._queue[0][0] <= self.free:
+            count, future = self._queue.popleft()
+            if future.cancelled():
+                continue
+            self.free -= count
+            future.set_result(None)
 
 
 class StartFailed(CouncilError, RuntimeError):

@@ -5,6 +5,7 @@ stream and the dashboard (`/ui`)."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from collections.abc import AsyncIterator
 
@@ -30,6 +31,12 @@ class _Arrival:
         await self.app(scope, receive, send)
 
 
+# FastAPI's own OpenTelemetry support (newer releases) asks the global providers whether anyone listens on every
+# request, ~10 us each time (bench/hotpath.py); council configures none, so it is off where FastAPI has it.
+_TELEMETRY = ({"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+              if "telemetry" in inspect.signature(FastAPI).parameters else {})
+
+
 def create_app(router: Router) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -40,10 +47,17 @@ def create_app(router: Router) -> FastAPI:
             await router.stop()
 
     app = FastAPI(title="council", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible router over councils of small local models.")
+                  description="OpenAI-compatible router over councils of small local models.",
+                  **_TELEMETRY)  # type: ignore[arg-type]
     app.state.router = router
     install_error_handlers(app)
     app.add_middleware(_Arrival)
+    # The chat routes run as plain Starlette routes, ahead of the FastAPI routes that document them (OpenAPI) and
+    # so never run: FastAPI's own handling of a request (exit stacks, dependency solving, response checks) cost
+    # several times what the route's matching and call do (bench/hotpath.py). The handlers take the request
+    # alone and check the caller themselves (`deps.caller`).
+    for path, endpoint in chat.PLAIN:
+        app.router.add_route(path, endpoint, methods=["POST"], include_in_schema=False)
     for module in (chat, models, health, admin, events, internal, ui):
         app.include_router(module.routes)
     return app

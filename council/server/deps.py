@@ -18,6 +18,14 @@ async def current_router(request: Request) -> Router:
     return router
 
 
+def caller(request: Request, scope: str) -> tuple[Router, Principal]:
+    """The running router and the caller with `scope`, for the chat routes, which call this first thing rather
+    than declaring dependencies: FastAPI's dependency solving is a measurable share of a passthrough's time
+    (bench/hotpath.py). Same checks, same errors."""
+    router: Router = request.app.state.router
+    return router, router.keys.principal(request.headers.get("authorization"), scope)
+
+
 def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency that resolves the caller's bearer key and checks it has `scope` (`chat` or `admin`)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -70,14 +71,23 @@ class RouterMetrics:
         self.agreement = Histogram("council_agreement", "Winning share of the votes", ["council"],
                                    registry=self.registry, buckets=(0.2, 0.34, 0.5, 0.67, 0.75, 0.9, 1.0))
         self.rejected = Counter("council_rejected", "Requests refused by limits", ["reason"], registry=self.registry)
+        # Each metric's child per label values, looked up once: `labels()` checks its arguments and takes a lock
+        # on every call, several times a request. Label values are bounded (routes, known models, statuses,
+        # councils, members), so the caches are too.
+        self.request_count = functools.lru_cache(maxsize=4096)(self.requests.labels)
+        self.request_latency = functools.lru_cache(maxsize=4096)(self.latency.labels)
+        self.overhead_of = functools.lru_cache(maxsize=64)(self.overhead.labels)
+        self.answer_count = functools.lru_cache(maxsize=1024)(self.answers.labels)
+        self.agreement_of = functools.lru_cache(maxsize=1024)(self.agreement.labels)
+        self.vote_count = functools.lru_cache(maxsize=8192)(self.votes.labels)
 
     def observe(self, route: str, model: str, status: int | str, seconds: float, overhead: float | None) -> None:
         """One request answered (errors, streams and cancelled ones too): its status, latency and the router's
         own time (None where it is not known, e.g. a streamed relay)."""
-        self.requests.labels(route, model, str(status)).inc()
-        self.latency.labels(route, model).observe(seconds)
+        self.request_count(route, model, str(status)).inc()
+        self.request_latency(route, model).observe(seconds)
         if overhead is not None:
-            self.overhead.labels(route).observe(overhead)
+            self.overhead_of(route).observe(overhead)
 
     def watch(self, collector: Collector) -> None:
         self.registry.register(collector)

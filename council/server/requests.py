@@ -6,13 +6,14 @@ the members untouched (llama-server has many of its own). A bad body is one 400 
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from council.errors import CouncilError
 from council.voting.request import CouncilRequest, for_members, last_user_text
+from council.voting.tools import schema_problem
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 
@@ -112,14 +113,8 @@ class FunctionDef(_Open):
     @model_validator(mode="after")
     def _parameters_are_a_schema(self) -> FunctionDef:
         # A council checks every call against it (council.voting.tools): a broken schema is the client's to fix
-        if self.parameters is not None:
-            from jsonschema import exceptions, validators
-
-            try:
-                validators.validator_for(self.parameters, default=validators.Draft202012Validator).check_schema(
-                    self.parameters)
-            except exceptions.SchemaError as exc:
-                raise ValueError(f"`parameters` of {self.name} is not a valid JSON Schema: {exc.message}") from None
+        if self.parameters is not None and (problem := schema_problem(self.parameters)) is not None:
+            raise ValueError(f"`parameters` of {self.name} is not a valid JSON Schema: {problem}")
         return self
 
 
@@ -290,8 +285,8 @@ def validate_body(body: Any, model: type[_Sampling]) -> _Sampling:
 def parse_json(raw: bytes) -> Any:
     """JSON from a body; malformed or absurdly nested JSON is a BadRequest, never a 500."""
     try:
-        return json.loads(raw)
-    except RecursionError:
-        raise BadRequest("the body is nested too deeply to be a request", "invalid_json") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:  # orjson stops at 1024 levels of nesting, and takes only UTF-8
+        if str(exc).startswith("depth limit"):
+            raise BadRequest("the body is nested too deeply to be a request", "invalid_json") from None
         raise BadRequest(f"the body is not valid JSON: {exc}", "invalid_json") from None

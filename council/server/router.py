@@ -288,11 +288,11 @@ class Router:
             task = asyncio.create_task(self._share_ballot(answer.id))
             self._sharing.add(task)
             task.add_done_callback(self._sharing.discard)
-        metrics.answers.labels(answer.council, str(answer.early_stop).lower(), str(answer.degraded).lower()).inc()
-        metrics.agreement.labels(answer.council).observe(answer.decision.agreement)
+        metrics.answer_count(answer.council, str(answer.early_stop).lower(), str(answer.degraded).lower()).inc()
+        metrics.agreement_of(answer.council).observe(answer.decision.agreement)
         winners = set(answer.decision.winner_members)
         for m in doc["members"]:
-            metrics.votes.labels(answer.council, m["name"], m["status"], str(m["name"] in winners).lower()).inc()
+            metrics.vote_count(answer.council, m["name"], m["status"], str(m["name"] in winners).lower()).inc()
 
     def _process_changed(self, change: StateChange) -> None:
         process = self.processes.get(change.member)

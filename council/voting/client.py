@@ -14,6 +14,7 @@ from fractions import Fraction
 from typing import Any, Literal, Protocol
 
 import aiohttp
+import orjson
 
 from council.errors import CouncilError
 from council.policy.schema import RemoteConfig
@@ -303,7 +304,7 @@ class HttpMemberClient:
 
     async def complete(self, payload: dict[str, Any], path: str = "/v1/chat/completions") -> MemberReply:
         start = time.monotonic()
-        data = json.dumps(payload).encode()
+        data = orjson.dumps(payload)
         for attempt in (1, 2):  # one retry on a connection error: the member may be restarting
             where = self.endpoint()
             if where is None:
@@ -316,7 +317,7 @@ class HttpMemberClient:
                         return MemberReply(status="error", latency_ms=latency, http_status=status,
                                            error=f"member answered {status}: {_reason(raw)}")
                     try:
-                        reply = reply_from_openai(json.loads(raw), latency)
+                        reply = reply_from_openai(orjson.loads(raw), latency)
                     except (ValueError, KeyError, TypeError, AttributeError):
                         outcome.failed("member answered with invalid JSON")
                         return MemberReply(status="error", latency_ms=latency,
@@ -337,7 +338,7 @@ class HttpMemberClient:
         first choice reported (the server read the prompt once)."""
         start = time.monotonic()
         body = {**payload, "n": n, "stream": True, "stream_options": {"include_usage": True}}
-        data = json.dumps(body).encode()
+        data = orjson.dumps(body)
         done: set[int] = set()
         error = "member is not ready"
         for attempt in (1, 2):  # one retry on a connection error before any choice came back
@@ -425,7 +426,7 @@ def _readable(relayed: Relayed) -> bool:
     if "json" not in relayed.content_type:
         return True
     try:
-        json.loads(relayed.body)
+        orjson.loads(relayed.body)
     except ValueError:
         return False
     return True
@@ -454,7 +455,7 @@ async def _stream_choices(response: aiohttp.ClientResponse, n: int,
         if payload == b"[DONE]":
             break
         try:
-            chunk = json.loads(payload)
+            chunk = orjson.loads(payload)
         except ValueError:
             continue
         if not isinstance(chunk, dict):

@@ -492,7 +492,8 @@ _MD_HEADER = re.compile(r"^[ \t]*#{1,6}(?=\s|$)", re.M)
 _MD_QUOTE = re.compile(r"^[ \t]*(?:>[ \t]?)+", re.M)
 _MD_BULLET = re.compile(r"^[ \t]*(?:(?:[-*+•‣◦▪]|[0-9]{1,3}[.)])[ \t]+)+", re.M)
 _MD_EMPHASIS = re.compile(r"(?<!\w)(?:[*_]+|~~)|(?:[*_]+|~~)(?!\w)")
-_EDGE_PUNCT = frozenset(".,;:!?…¡¿ \t\n")
+_EDGE_CHARS = ".,;:!?…¡¿ \t\n"
+_EDGE_PUNCT = frozenset(_EDGE_CHARS)
 _BRACKETS = {"(": ")", "[": "]", "{": "}", "“": "”", "‘": "’", "«": "»"}
 _CLOSERS = {closing: opening for opening, closing in _BRACKETS.items()}
 _QUOTES = frozenset("\"'`")
@@ -501,6 +502,9 @@ _QUOTES = frozenset("\"'`")
 def _strip_edges(s: str) -> str:
     """Drop edge punctuation and brackets or quotes that wrap the whole string (`(a)` but not `(a) and (b)`), as
     often as they nest, in one pass: peeling one layer at a time and rescanning was quadratic on `((((x))))`."""
+    core = s.strip(_EDGE_CHARS)
+    if len(core) < 2 or (core[0] not in _BRACKETS and core[0] not in _QUOTES):
+        return core  # nothing wraps it: the scan below, a Python loop over every character, would end here too
     match: dict[int, int] = {}
     open_at: dict[str, list[int]] = {opening: [] for opening in _BRACKETS}
     quotes_at: dict[str, list[int]] = {quote: [] for quote in _QUOTES}

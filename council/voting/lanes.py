@@ -10,10 +10,11 @@ own recent timings tell (`Rates`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
+
+import orjson
 
 from council.voting.client import MemberClient, MemberReply
 
@@ -61,14 +62,23 @@ def _same_body(target: str | None, payload: dict[str, Any], leave_out: tuple[str
     """What makes two calls alike for one process: its name and the body without `leave_out` (None: no target)."""
     if target is None:
         return None
-    return target + "\n" + json.dumps({k: v for k, v in payload.items() if k not in leave_out}, sort_keys=True,
-                                       default=str)
+    body = orjson.dumps({k: v for k, v in payload.items() if k not in leave_out}, default=str,
+                        option=orjson.OPT_SORT_KEYS)
+    return target + "\n" + body.decode()
+
+
+def _alone(targets: list[str | None]) -> bool:
+    """No two calls go to one process: nothing to share or chain (and no body to compare)."""
+    named = [t for t in targets if t is not None]
+    return len(set(named)) == len(named)
 
 
 def group_calls(payloads: list[tuple[S, dict[str, Any]]], share_prompt: bool) -> list[Call[S]]:
     """One call per seat, except that seats sending the same body (but for the seed) to the same process share
     one call; it is seeded with its first seat's seed (llama-server seeds each further choice apart)."""
-    groups = _gather(payloads, lambda p: _same_body(p[0].client.target, p[1], ("seed",)) if share_prompt else None)
+    if not share_prompt or _alone([seat.client.target for seat, _ in payloads]):
+        return [Call([seat], payload) for seat, payload in payloads]
+    groups = _gather(payloads, lambda p: _same_body(p[0].client.target, p[1], ("seed",)))
     return [Call([seat for seat, _ in run], run[0][1]) for _, run in groups]
 
 
@@ -106,7 +116,7 @@ def lanes(calls: list[Call[S]], mode: Literal["auto", "chain", "parallel"],
           rates: dict[str, Rates]) -> list[list[Call[S]]]:
     """The calls as lanes: each lane's calls go one after another, the lanes at once. Calls with one prompt to
     one process form one lane when `mode` is `chain`, or `auto` and the process's prefill dominates."""
-    if mode == "parallel":
+    if mode == "parallel" or _alone([call.seats[0].client.target for call in calls]):
         return [[call] for call in calls]
     result: list[list[Call[S]]] = []
     for key, run in _gather(calls, lambda c: _same_body(c.seats[0].client.target, c.payload, SAMPLING_KEYS)):

@@ -27,6 +27,7 @@ Validators are compiled once per request (one per declared tool, on first use), 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import uuid
@@ -34,6 +35,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from jsonschema import exceptions as schema_errors
 from jsonschema import validators
 
@@ -125,6 +127,30 @@ def unique(calls: Sequence[ToolCall]) -> tuple[ToolCall, ...]:
     return tuple(kept)
 
 
+def schema_problem(schema: Any) -> str | None:
+    """Why `schema` (a tool's `parameters`) is not a valid JSON Schema, or None. Checking one walks jsonschema's
+    metaschema, milliseconds per tool, and an agent sends the same tools with every turn: the verdict is kept per
+    schema (its canonical JSON)."""
+    try:
+        key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # not JSON (a caller's own objects): checked as it is, not kept
+        return _check_schema(schema)
+    return _schema_problem(key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema_problem(key: bytes) -> str | None:
+    return _check_schema(orjson.loads(key))
+
+
+def _check_schema(schema: Any) -> str | None:
+    try:
+        validators.validator_for(schema, default=validators.Draft202012Validator).check_schema(schema)
+    except schema_errors.SchemaError as exc:
+        return str(exc.message)
+    return None
+
+
 class Toolbox:
     """The functions one request declared, with a JSON Schema validator per function, compiled on first use, and
     what its `tool_choice` demands: `required` (a seat that calls nothing abstains) or a named function (only
@@ -153,12 +179,12 @@ class Toolbox:
         """The compiled validator, or the reason the tool's schema is not one."""
         if name not in self._validators:
             schema = self.schemas[name]
-            cls = validators.validator_for(schema, default=validators.Draft202012Validator)
-            try:
-                cls.check_schema(schema)
-                self._validators[name] = cls(schema)
-            except schema_errors.SchemaError as exc:
-                self._validators[name] = f"{name}'s parameters are not a valid JSON Schema: {exc.message}"
+            problem = schema_problem(schema)
+            if problem is None:
+                self._validators[name] = validators.validator_for(schema, default=validators.Draft202012Validator)(
+                    schema)
+            else:
+                self._validators[name] = f"{name}'s parameters are not a valid JSON Schema: {problem}"
         return self._validators[name]
 
     def verdict(self, name: str, arguments: Any) -> str:

@@ -6,14 +6,14 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
 
 from council.errors import CouncilError
-from council.server.auth import Principal
-from council.server.deps import current_router, require
+from council.server.deps import caller
 from council.server.errors import MODEL, OVERHEAD_HEADER, WAITED, ApiError, status_of
 from council.server.limits import Admission
 from council.server.requests import BadRequest, ChatRequest, CompletionRequest, parse_json, validate_body
@@ -27,8 +27,6 @@ WATCH_AFTER_S = 0.2  # a non-streamed council request watches for its client's d
 CLIENT_GONE = 499  # what the metrics count for a client that went away before its answer (nginx's code)
 T = TypeVar("T")
 routes = APIRouter()
-Chat = Annotated[Principal, Depends(require("chat"))]
-Current = Annotated[Router, Depends(current_router)]
 
 # Documented for clients and fuzzers; `ChatRequest` is what checks a body.
 CHAT_REQUEST_SCHEMA: dict[str, Any] = {"required": True, "content": {"application/json": {"schema": {
@@ -66,7 +64,12 @@ def completion_body(answer: CouncilAnswer, created: int, logprobs: bool = False)
 
 
 def _sse(data: Any) -> bytes:
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _json(doc: Any) -> Response:
+    """A JSON response rendered by orjson (Starlette's JSONResponse renders with the standard library's json)."""
+    return Response(orjson.dumps(doc), media_type="application/json")
 
 
 def _target(router: Router, model: str) -> CouncilEngine | None:
@@ -87,8 +90,9 @@ def _check_council_request(router: Router, chat: ChatRequest) -> None:
 
 
 @routes.post("/v1/chat/completions", response_model=None, openapi_extra={"requestBody": CHAT_REQUEST_SCHEMA})
-async def chat_completions(request: Request, router: Current, who: Chat) -> Response:
+async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
+    router, who = caller(request, "chat")
     raw, body = await read_body(request, router.policy.server.max_body)
     chat = validate_body(body, ChatRequest)
     assert isinstance(chat, ChatRequest)
@@ -119,7 +123,7 @@ async def chat_completions(request: Request, router: Current, who: Chat) -> Resp
             router.metrics.observe("chat", chat.model, CLIENT_GONE, time.perf_counter() - started, None)
             return Response(status_code=CLIENT_GONE)
         router.answered(answer, council)
-        response = JSONResponse(completion_body(answer, int(time.time()), logprobs=council.logprobs))
+        response = _json(completion_body(answer, int(time.time()), logprobs=council.logprobs))
         return _measured(router, response, chat.model, started, waited)
 
 
@@ -166,9 +170,10 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
 
 
 @routes.post("/v1/completions", response_model=None)
-async def completions(request: Request, router: Current, who: Chat) -> Response:
+async def completions(request: Request) -> Response:
     """Text completions (editor and agent clients call these), relayed to a model's member."""
     started = time.perf_counter()
+    router, who = caller(request, "chat")
     raw, body = await read_body(request, router.policy.server.max_body)
     completion = validate_body(body, CompletionRequest)
     if _target(router, completion.model) is not None:
@@ -280,3 +285,6 @@ async def stream_council(router: Router, engine: CouncilEngine, council: Council
         now = time.perf_counter()
         router.metrics.observe("chat", engine.name, status, now - started,
                                None if waited is None else now - started - waited)
+
+
+PLAIN = (("/v1/chat/completions", chat_completions), ("/v1/completions", completions))
