@@ -169,17 +169,17 @@ def litellm_proxy(exe: Path, upstream: str, key: str, quiet: bool, work: Path) -
         deadline = time.monotonic() + 300  # its first start compiles and imports a lot (about a minute here)
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"litellm exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"litellm exited with {proc.returncode}: {last_line(log_path)}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"litellm did not answer in 300 s:\n{log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"litellm did not answer in 300 s: {last_line(log_path)}")
             time.sleep(0.5)
         check = httpx.post(f"{url}/v1/chat/completions", json={**BODY, "model": "syn"}, timeout=30,
                            headers={"Authorization": f"Bearer {master}"})
         if check.status_code != 200:
-            raise RuntimeError(f"litellm answered {check.status_code}: {check.text[:500]}")
+            raise RuntimeError(f"litellm answered {check.status_code}: {check.text[:300]}")
         yield url, master, proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -191,13 +191,22 @@ def litellm_proxy(exe: Path, upstream: str, key: str, quiet: bool, work: Path) -
             proc.wait(timeout=10)
 
 
+def last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no output)"
+
+
 def with_litellm(stack: contextlib.ExitStack, exe: Path | None, upstream: str, key: str, work: Path,
                  targets: dict[str, tuple[str, dict[str, object], dict[str, str], int]]) -> None:
     """Add LiteLLM's two rows (defaults, quiet) to `targets`, both relaying to `upstream`."""
     if exe is None:
         return
     for name, quiet in (("litellm", False), ("litellm quiet", True)):
-        url, master, pid = stack.enter_context(litellm_proxy(exe, upstream, key, quiet, work))
+        try:
+            url, master, pid = stack.enter_context(litellm_proxy(exe, upstream, key, quiet, work))
+        except RuntimeError as exc:
+            print(f"skipped {LITELLM_ROWS[name]}: {exc}")
+            continue
         targets[name] = (f"{url}/v1/chat/completions", {**BODY, "model": "syn"},
                          {"Authorization": f"Bearer {master}"}, pid)
 
