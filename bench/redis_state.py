@@ -67,7 +67,9 @@ councils:
                                  ready_headers=headers)
     try:
         body = {"model": "solo", "messages": [{"role": "user", "content": "go"}], "max_tokens": 1}
-        return wrk_run(f"{server.url}/v1/chat/completions", body, seconds, work, connections=1, headers=headers)
+        result = wrk_run(f"{server.url}/v1/chat/completions", body, seconds, work, connections=1, headers=headers)
+        assert not result["non_2xx"], f"{result['non_2xx']:.0f} requests failed"
+        return result
     finally:
         server.stop()
 

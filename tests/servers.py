@@ -167,8 +167,10 @@ class CouncilServer:
 
 
 def start_council_serve(policy_text: str, workdir: Path, env: dict[str, str], deadline_s: float = 120.0,
-                        ready_headers: dict[str, str] | None = None, ready_path: str = "/readyz") -> CouncilServer:
-    """Write the policy, start `council serve` on a free port and poll `ready_path` (/readyz) until 200."""
+                        ready_headers: dict[str, str] | None = None, ready_path: str = "/readyz",
+                        args: tuple[str, ...] = ()) -> CouncilServer:
+    """Write the policy, start `council serve` on a free port (with `args`, e.g. `("--role", "host")`) and poll
+    `ready_path` (/readyz) until 200."""
     import sys
 
     port = free_port()
@@ -176,7 +178,7 @@ def start_council_serve(policy_text: str, workdir: Path, env: dict[str, str], de
     policy.write_text(policy_text)
     log_path = workdir / f"serve-{port}.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "council", "serve", str(policy), "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "council", "serve", str(policy), "--port", str(port), *args],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **env})
     server = CouncilServer(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path, policy_path=policy)

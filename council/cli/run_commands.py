@@ -104,6 +104,9 @@ def serve(
     role: Annotated[str, typer.Option(help="both (members + API), host (members, published to the registry) "
                                            "or router (API over the registry's members); the last two need "
                                            "state: redis://...")] = "both",
+    reuse_port: Annotated[bool, typer.Option("--reuse-port", help="Bind with SO_REUSEPORT, so several "
+                                             "`--role router` processes share one port and the kernel spreads "
+                                             "connections over them.")] = False,
 ) -> None:
     """`council up` plus the HTTP API: OpenAI-compatible /v1/chat/completions where `model` is a council."""
     import uvicorn
@@ -128,10 +131,17 @@ def serve(
         raise fail(f"--role must be both, host or router, not {role!r}", 2)
     if role != "both" and loaded.policy.state == "memory":
         raise fail(f"--role {role} shares members through the registry: set `state: redis://...`", 2)
+    if reuse_port and role != "router":
+        # Routers hold no members, so any of them can take any connection; hosts and `both` run members.
+        raise fail("--reuse-port is for --role router (several routers over the same hosts share one port)", 2)
     server = find_llama_server(require_mtp=False)
     if server is None:
         raise fail("no llama-server found: run `council setup`", 1)
     advertise = settings.advertise_url or f"http://{bind_host}:{bind_port}"
+    try:
+        sockets = [_reuse_port_socket(bind_host, bind_port)] if reuse_port else None
+    except OSError as exc:
+        raise fail(f"cannot bind {bind_host}:{bind_port} with SO_REUSEPORT: {exc}", 1) from None
     try:
         # The log folder is named for this router (policy and port), so two routers never share member logs.
         life = LifeConfig(run_dir=council_home() / "run", instance=f"{Path(policy).stem}-{bind_port}")
@@ -150,8 +160,26 @@ def serve(
     config = uvicorn.Config(create_app(router), host=bind_host, port=bind_port, log_level="warning",
                             access_log=False, lifespan="on", timeout_graceful_shutdown=30, loop="uvloop",
                             http="httptools")
-    _CleanExitServer(config).run()
+    _CleanExitServer(config).run(sockets=sockets)
     out.print("all members stopped")
+
+
+def _reuse_port_socket(host: str, port: int) -> Any:
+    """A socket bound with SO_REUSEPORT, for uvicorn to listen on (its own bind has no such option). Every
+    process that binds this way, as the same user, shares the port; Linux hands each new connection to one of them."""
+    import socket
+
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise OSError("this platform has no SO_REUSEPORT")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _log_draft_tuning() -> None:

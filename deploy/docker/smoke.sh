@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The compose stack for real, on a CPU: build the image, start Redis + two `--role host` services + one
-# `--role router`, ask the router's council through the OpenAI SDK, kill one host and see the answer
-# flagged degraded, then take everything down (containers, network, volumes).
+# The compose stack for real, on a CPU: build the images, start Redis + two `--role host` services + two
+# `--role router` behind the HAProxy front, ask the council through the front with the OpenAI SDK, kill one
+# host and see the answer flagged degraded, kill one router and see the front still answer, then take
+# everything down (containers, network, volumes).
 #
 #   deploy/docker/smoke.sh          (as root where tools are missing: it apt-installs docker.io,
 #                                     docker-compose and debootstrap, and starts dockerd when none answers)
@@ -61,6 +62,9 @@ $docker build -q -f "$here/Dockerfile" -t council:local "${secret[@]}" "$repo" >
 say "docker build council-redis:local"
 $docker build -q -f "$here/redis.Dockerfile" -t council-redis:local "$here" >>"$cache/build.log" 2>&1 \
   || die "the redis image did not build (see $cache/build.log)"
+say "docker build council-front:local"
+$docker build -q -f "$here/front.Dockerfile" -t council-front:local "$here" >>"$cache/build.log" 2>&1 \
+  || die "the front image did not build (see $cache/build.log)"
 
 project=council-smoke-$$
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -86,13 +90,14 @@ down() {
 }
 trap down EXIT
 
-say "docker-compose up (project $project, router on 127.0.0.1:$port)"
+say "docker-compose up (project $project, front on 127.0.0.1:$port)"
 "${compose[@]}" up -d --no-build
 
 py=${PYTHON:-$repo/.venv/bin/python}
 [ -x "$py" ] || py=python3
 "$py" - "http://127.0.0.1:$port" "$project" "$docker" <<'PY'
-"""Ask council `duo` through the OpenAI SDK: both members answer; kill host-b: the answer is degraded."""
+"""Ask council `duo` through the front with the OpenAI SDK: both members answer; kill host-b: the answer is
+degraded; kill router-1: router-2 answers."""
 import subprocess
 import sys
 import time
@@ -119,7 +124,8 @@ def until(check, what, timeout):
     sys.exit(f"timed out after {timeout}s waiting for {what} (last error: {last})")
 
 
-until(lambda: httpx.get(f"{url}/readyz", timeout=3).status_code == 200, "the router's /readyz", 300)
+until(lambda: httpx.get(f"{url}/readyz", timeout=3).status_code == 200, "a router's /readyz (through the front)",
+      300)
 print(f"router ready after {time.monotonic() - t0:.1f}s", flush=True)
 client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, timeout=60, max_retries=0)
 
@@ -138,12 +144,17 @@ def both_answer():
 reply, doc = until(both_answer, "both hosts' members to answer", 120)
 print(f"council answer (both hosts): {reply.choices[0].message.content!r}, agreement {doc['agreement']}", flush=True)
 
-host_b = subprocess.run([docker, "ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
-                         "--filter", "label=com.docker.compose.service=host-b"],
-                        capture_output=True, text=True, check=True).stdout.split()
-assert len(host_b) == 1, host_b
-subprocess.run([docker, "kill", host_b[0]], check=True, capture_output=True)
-print("killed host-b", flush=True)
+
+def kill(service):
+    found = subprocess.run([docker, "ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
+                            "--filter", f"label=com.docker.compose.service={service}"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert len(found) == 1, found
+    subprocess.run([docker, "kill", found[0]], check=True, capture_output=True)
+    print(f"killed {service}", flush=True)
+
+
+kill("host-b")
 
 
 def degraded():
@@ -157,5 +168,8 @@ print(f"council answer (host-b dead): {reply.choices[0].message.content!r}, degr
       f"members {statuses}", flush=True)
 # The router's own view after the host's heartbeat lapsed: still ready (quorum 1), degraded answers.
 assert httpx.get(f"{url}/readyz", timeout=3).status_code == 200
+kill("router-1")
+reply, doc, statuses = until(degraded, "the front to answer through router-2", 60)
+print(f"council answer (router-1 dead): {reply.choices[0].message.content!r}", flush=True)
 print(f"smoke ok in {time.monotonic() - t0:.1f}s after compose up", flush=True)
 PY

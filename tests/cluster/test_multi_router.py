@@ -1,5 +1,6 @@
 """Several routers sharing one Redis: slot leases never over-allocate, ballots and rate limits are shared,
-and a Redis outage neither stops admitted councils nor lets new leases through."""
+a Redis outage neither stops admitted councils nor lets new leases through, and routers share one port
+(`--reuse-port`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from council.members.binary import LlamaServerInfo
 from tests.policies import member_entry, policy_yaml
@@ -269,3 +271,80 @@ def test_a_router_answers_with_members_on_another_host_and_drops_a_dead_host(
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def chat_count(metrics: str, model: str) -> float:
+    """Chat requests for `model` answered 200, as one router's /metrics counts them."""
+    return sum(s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+               if s.name == "council_requests_total" and s.labels["route"] == "chat" and s.labels["model"] == model
+               and s.labels["status"] == "200")
+
+
+def test_routers_with_reuse_port_share_one_port_and_both_answer(
+    tmp_path: Path, syn: Path, redis_url: str, llama_server_bin: LlamaServerInfo
+) -> None:
+    """Two `council serve --role router --reuse-port` bound to one port over one `--role host`: the kernel hands
+    new connections to both, each answers councils; with one stopped the other keeps the port. Each router
+    counts its own requests in /metrics, and a scrape on a fresh connection reaches one of them: after an odd
+    number of requests, two different counts that add up to it can only be both routers' (a count taken before
+    a request was recorded adds up to less)."""
+    state = redis_url.rsplit("/", 1)[0] + "/6"
+    text = policy_yaml({"syn": {"path": syn, "ctx_size": 512}},
+                       {"solo": {"members": [member_entry("syn", max_tokens=4)], "vote": {"extract": "text"}}},
+                       memory="512MiB", state=state, server={"heartbeat": "300ms"})
+    env = {**os.environ, "LLAMA_SERVER": str(llama_server_bin.path), "COUNCIL_CLUSTER_KEY": "cluster-secret-42"}
+    shared = free_port()
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, port, extra in (("host", free_port(), ["--role", "host"]),
+                                  ("router-1", shared, ["--role", "router", "--reuse-port"]),
+                                  ("router-2", shared, ["--role", "router", "--reuse-port"])):
+            workdir = tmp_path / name
+            workdir.mkdir()
+            (workdir / "policy.yaml").write_text(text)
+            with (workdir / "serve.log").open("wb") as log:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "council", "serve", str(workdir / "policy.yaml"), "--port", str(port),
+                     *extra], stdout=log, stderr=subprocess.STDOUT, env={**env, "COUNCIL_HOME": str(workdir)})
+        url = f"http://127.0.0.1:{shared}"
+        body = {"model": "solo", "messages": [{"role": "user", "content": "go"}]}
+        ok = [0]  # requests answered 200 so far, by either router
+
+        def answered() -> bool:  # on a fresh connection each time (httpx.post opens its own)
+            assert all(p.poll() is None for p in procs.values()), {n: p.returncode for n, p in procs.items()}
+            try:
+                reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+            except httpx.TransportError:
+                return False
+            ok[0] += reply.status_code == 200
+            return reply.status_code == 200 and reply.json()["council"]["answer"] == "abcd"
+
+        wait_for(answered, "a council answer through the shared port", timeout=90)
+        deadline = time.monotonic() + 90
+
+        def both_counted() -> bool:
+            counts = {chat_count(httpx.get(f"{url}/metrics", timeout=10).text, "solo") for _ in range(12)}
+            return any(a != b and a > 0 and b > 0 and a + b == ok[0] for a in counts for b in counts)
+
+        while not (ok[0] % 2 == 1 and both_counted()):
+            assert time.monotonic() < deadline, f"both routers never answered ({ok[0]} requests)"
+            assert answered(), "a request through the shared port failed"
+        procs["router-1"].terminate()
+        assert procs["router-1"].wait(timeout=40) == 0
+        del procs["router-1"]
+        for _ in range(6):  # the kernel sends every new connection to the router left
+            assert answered()
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(timeout=40)
+
+
+def test_reuse_port_is_only_for_routers(syn: Path, tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy(syn, "memory"))
+    result = subprocess.run([sys.executable, "-m", "council", "serve", str(path), "--reuse-port"],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COUNCIL_HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert "--reuse-port is for --role router" in result.stderr and "Traceback" not in result.stderr

@@ -1,5 +1,6 @@
-"""The compose stack for real (deploy/docker/smoke.sh): image built, Redis + two hosts + a router started on
-a CPU, a council answer through the OpenAI SDK, one host killed and the answer degraded, all taken down."""
+"""The compose stack for real (deploy/docker/smoke.sh): images built, Redis + two hosts + two routers behind the
+HAProxy front started on a CPU, a council answer through the OpenAI SDK, one host killed and the answer degraded,
+one router killed and the front still answering, all taken down."""
 
 from __future__ import annotations
 
@@ -29,5 +30,5 @@ def test_the_compose_stack_answers_and_degrades_when_a_host_dies() -> None:
     out = proc.stdout + proc.stderr
     print(out[-6000:])
     assert proc.returncode == 0, out[-6000:]
-    assert "council answer (both hosts)" in out and "degraded True" in out
+    assert "council answer (both hosts)" in out and "degraded True" in out and "council answer (router-1 dead)" in out
     print(f"smoke.sh took {took:.0f}s")

@@ -1,5 +1,6 @@
 """deploy/docker, checked without building: the Dockerfile builds llama-server exactly as `council setup`
-does, the compose files are valid for docker-compose, and the stack's policies are valid policies."""
+does, the compose files are valid for docker-compose, the front (HAProxy) balances over every router, and the
+stack's policies are valid policies."""
 
 from __future__ import annotations
 
@@ -69,16 +70,40 @@ def test_docker_compose_accepts_the_files(files: list[str], tmp_path: Path) -> N
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     doc = yaml.safe_load(proc.stdout)
-    assert set(doc["services"]) == {"redis", "host-a", "host-b", "router"}
+    assert set(doc["services"]) == {"redis", "host-a", "host-b", "router-1", "router-2", "front"}
     roles = {name: s["command"][s["command"].index("--role") + 1] for name, s in doc["services"].items()
-             if name != "redis"}
-    assert roles == {"host-a": "host", "host-b": "host", "router": "router"}
+             if name not in ("redis", "front")}
+    assert roles == {"host-a": "host", "host-b": "host", "router-1": "router", "router-2": "router"}
+    # Agents reach the routers only through the front, which publishes the one port.
+    assert [name for name, s in doc["services"].items() if s.get("ports")] == ["front"]
     if "compose.gpu.yaml" in files:
         for host in ("host-a", "host-b"):
             (device,) = doc["services"][host]["deploy"]["resources"]["reservations"]["devices"]
             assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     else:
         assert all("deploy" not in s for s in doc["services"].values())  # the base runs on a CPU
+
+
+def test_the_front_balances_over_every_router_service_and_checks_readyz() -> None:
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    routers = sorted(n for n, s in services.items() if "router" in s.get("command", []))
+    cfg = (DOCKER / "haproxy.cfg").read_text()
+    servers = re.findall(r"^\s*server (\S+) (\S+)$", cfg, re.M)
+    assert servers == [(name, f"{name}:8080") for name in routers] and len(routers) == 2
+    assert re.search(r"^\s*option httpchk GET /readyz$", cfg, re.M)
+    assert re.search(r"^\s*bind :8080$", cfg, re.M)
+    front = services["front"]
+    assert "./haproxy.cfg:/etc/haproxy/haproxy.cfg:ro" in front["volumes"]
+    assert re.search(r"^USER haproxy$", (DOCKER / "front.Dockerfile").read_text(), re.M)  # never root
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is missing (apt-get install haproxy; ./dev "
+                    "test installs it)")
+def test_haproxy_accepts_the_front_config() -> None:
+    # `-c` parses and checks the file; the routers' names need not resolve here (init-addr ... none).
+    proc = subprocess.run(["haproxy", "-c", "-f", str(DOCKER / "haproxy.cfg")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is missing")
