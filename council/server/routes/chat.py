@@ -118,7 +118,7 @@ async def chat_completions(request: Request, router: Current, who: Chat) -> Resp
         if answer is None:  # the client went away: its members were cancelled, nobody reads an answer
             router.metrics.observe("chat", chat.model, CLIENT_GONE, time.perf_counter() - started, None)
             return Response(status_code=CLIENT_GONE)
-        router.answered(answer, council)
+        router.answered(answer, council, waited)
         response = JSONResponse(completion_body(answer, int(time.time()), logprobs=council.logprobs))
         return _measured(router, response, chat.model, started, waited)
 
@@ -260,7 +260,7 @@ async def stream_council(router: Router, engine: CouncilEngine, council: Council
                 yield b"data: [DONE]\n\n"
                 return
         waited = time.perf_counter() - asked
-        router.answered(answer, council)
+        router.answered(answer, council, waited)
         created = int(time.time())
         head = {"id": answer.id, "object": "chat.completion.chunk", "created": created, "model": answer.council}
         for n, delta in enumerate(stream_deltas(answer.message)):
