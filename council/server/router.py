@@ -333,7 +333,11 @@ class Router:
             self.history.resize(self.policy.server.history)  # a reload may change the step
             await asyncio.sleep(self.history.step)
             at = round(time.time(), 3)
-            point = self.history.sample(at, list(self.processes.values()), list(self.engines))
+            try:
+                point = self.history.sample(at, list(self.processes.values()), list(self.engines))
+            except Exception:  # a bug here must not stop the charts for good: the next step tries again
+                log.exception("the dashboard's history could not take a point")
+                continue
             self.events.publish("history", point_json(at, point))
 
     def log_line(self, process: str, line: str) -> None:
