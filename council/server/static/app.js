@@ -171,12 +171,12 @@ function snapshot(data) {
 
 // ---- the last hour -----------------------------------------------------------------------------------------
 
-const CHARTS = {
-  tokens_per_second: { title: "decode tok/s per process", format: (v) => num(v) },
-  draft_acceptance: { title: "draft acceptance per process", format: pct, share: true },
-  requests: { title: "requests in flight and waiting", format: (v) => num(v, 0) },
-  agreement: { title: "agreement per council", format: pct, share: true },
-  latency: { title: "latency per council (s)", format: (v) => num(v, 2) },
+const CHARTS = {  // `tick` labels the y axis
+  tokens_per_second: { title: "decode tok/s per process", format: (v) => num(v), tick: (v) => num(v, 0) },
+  draft_acceptance: { title: "draft acceptance per process", format: pct, tick: pct, share: true },
+  requests: { title: "requests in flight and waiting", format: (v) => num(v, 0), tick: (v) => num(v, 0) },
+  agreement: { title: "agreement per council", format: pct, tick: pct, share: true },
+  latency: { title: "latency per council (s)", format: (v) => num(v, 2), tick: (v) => num(v, 1) },
 };
 
 async function loadHistory() {
@@ -253,9 +253,9 @@ function renderCharts() {
       continue;
     }
     plots[chart] = new uPlot({
-      width: Math.max(200, box.clientWidth || 300), height: 130,
+      width: Math.max(200, box.clientWidth || 300), height: 130, legend: { live: false },
       scales: { x: { time: true }, ...(spec.share ? { y: { range: [0, 1] } } : {}) },
-      axes: [{ size: 28 }, { size: 44, values: (u, ticks) => ticks.map((v) => spec.format(v)) }],
+      axes: [{ size: 28 }, { size: 50, values: (u, ticks) => ticks.map(spec.tick) }],
       series: [{}, ...names.map((name, i) => ({
         label: name, stroke: seriesColour(chart, name, i), width: 1.5, value: (u, v) => spec.format(v),
       }))],
