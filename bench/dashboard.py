@@ -58,19 +58,20 @@ def policy_text(history: bool) -> str:
     server = "server: {history: 1s}\n" if history else ""  # a checkout without charts has no such setting
     return (f"gpus: [{{name: cpu, memory: 4GiB}}]\nslots: {{size: 512MiB, reserve: 0}}\n{server}"
             f"models:\n  smol: {{path: {model.path}, ctx_size: 512}}\n"
-            "councils:\n  pair: {members: [{model: smol, max_tokens: 4}, {model: smol, max_tokens: 4}]}\n")
+            "councils:\n  pair: {members: [{model: smol, sampling: {max_tokens: 4}},\n"
+            "                      {model: smol, sampling: {max_tokens: 4}}]}\n")
 
 
 def start(source: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`council serve` from `source` (its own package, through PYTHONPATH), ready and with a few ballots."""
-    history = "history" in (source / "council" / "policy" / "schema.py").read_text()
+    history = "history: Duration" in (source / "council" / "policy" / "schema.py").read_text()
     policy = workdir / "policy.yaml"
     policy.write_text(policy_text(history))
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(source)}
     proc = subprocess.Popen([sys.executable, "-m", "council", "serve", str(policy), "--port", str(port)],
                             stdout=(workdir / "serve.log").open("wb"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+                            cwd=workdir, start_new_session=True)  # not this folder: `-m` puts the cwd first
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -131,6 +132,11 @@ def load(driver: WebDriver, url: str, charts: bool) -> dict[str, Any]:
     return result
 
 
+def served_from(url: str) -> str:
+    """Which checkout answers (a check that PYTHONPATH won over this one's editable install)."""
+    return "charts" if httpx.get(f"{url}/ui/vendor/LICENSE", timeout=5).status_code == 200 else "no charts"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", type=Path, required=True, help="another checkout (e.g. main's worktree)")
@@ -149,6 +155,7 @@ def main() -> None:
             charts = {name: "/admin/history" in (source / "council" / "server" / "static" / "app.js").read_text()
                       for name, source in sources.items()}
             for name, (_, url) in servers.items():
+                assert served_from(url) == ("charts" if charts[name] else "no charts"), f"{name}: the wrong checkout"
                 if charts[name]:
                     wait_for_points(url)
             driver = browser(Path(tmp) / "chromium")
