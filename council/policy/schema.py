@@ -94,6 +94,8 @@ class ServerConfig(_Strict):
                                  "the key hosts and routers share for member calls.")
     heartbeat: Duration = Field(default=2.0, description="How often a host re-publishes its ready members "
                                 "(they expire after three beats).", examples=["5s"])
+    history: Duration = Field(default=10.0, ge=1.0, description="How often the dashboard's time series take a "
+                              "point; the router keeps the last hour of them in memory.", examples=["10s"])
 
 
 class GpuDecl(_Strict):

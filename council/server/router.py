@@ -32,6 +32,7 @@ from council.policy.loading import LoadedPolicy, PolicyError, Problem, load_poli
 from council.policy.schema import Policy
 from council.server.auth import KeyRing
 from council.server.events import EventBus
+from council.server.history import History, point_json
 from council.server.limits import Limits
 from council.server.metrics import MemberCollector, RouterMetrics
 from council.voting.assembly import Assembly, assemble
@@ -218,6 +219,7 @@ class Router:
         self.inventory = inventory
         policy = loaded.policy
         self.events = EventBus()  # the dashboard's live view: member changes, ballots, log lines
+        self.history = History(policy.server.history)  # the dashboard's last hour, sampled by `_sample_history`
         self.listeners: list[Callable[[StateChange], None]] = [self._process_changed]
         self.shared = policy.state != "memory"  # ballots and rate limits live in Redis too
         self.leases = LeaseKeeper(state, holder=f"{socket.gethostname()}:{os.getpid()}", on_lost=self.lease_lost)
@@ -230,6 +232,7 @@ class Router:
         self.assembly: Assembly | None = None
         self._sharing: set[asyncio.Task[None]] = set()  # ballot copies on their way to Redis (kept from the GC)
         self._reload_lock = asyncio.Lock()
+        self._history_task: asyncio.Task[None] | None = None
         metrics.watch(MemberCollector(lambda: [p.snapshot() for p in self.processes.values()],
                                       lambda: self.plan.to_json()["gpus"]))
 
@@ -268,8 +271,12 @@ class Router:
         """Start the role: lease the plan's slots and launch the processes (councils that get no lease are not
         started), or follow the registry."""
         self.assembly = await self.role.start(self)
+        self._history_task = asyncio.create_task(self._sample_history(), name="history")
 
     async def stop(self) -> None:
+        if self._history_task is not None:
+            self._history_task.cancel()
+            await asyncio.gather(self._history_task, return_exceptions=True)
         await self.role.stop(self)
         await self.leases.release_all()
         await self.registry.aclose()
@@ -277,11 +284,13 @@ class Router:
 
     # ---- answers ------------------------------------------------------------------------------------------
 
-    def answered(self, answer: CouncilAnswer, request: CouncilRequest | dict[str, Any] | None = None) -> None:
-        """Count a council answer in the metrics, copy its ballot to the shared store, and publish it (with the
-        question: the request's last user message)."""
+    def answered(self, answer: CouncilAnswer, request: CouncilRequest | dict[str, Any] | None = None,
+                 seconds: float | None = None) -> None:
+        """Count a council answer (that took `seconds`) in the metrics and the history, copy its ballot to the
+        shared store, and publish it (with the question: the request's last user message)."""
         metrics = self.metrics
         doc = answer.council_json()
+        self.history.answered(answer.council, answer.decision.agreement, seconds)
         self.events.publish("ballot", {"id": answer.id, "question": _question(request), "created": time.time(),
                                        **doc})
         if self.shared:  # so /v1/ballots/{id} works on every router; an outage only loses the copy
@@ -317,6 +326,19 @@ class Router:
             supervisor = self.assembly.supervisor
             names = [p.process.key for c in self.plan.slots.councils if c.name == council for p in c.placements]
             await asyncio.gather(*(supervisor.remove(n, why) for n in names if n in supervisor.processes))
+
+    async def _sample_history(self) -> None:
+        """One point of the dashboard's time series every `server.history` seconds, published as it is taken."""
+        while True:
+            self.history.resize(self.policy.server.history)  # a reload may change the step
+            await asyncio.sleep(self.history.step)
+            at = round(time.time(), 3)
+            try:
+                point = self.history.sample(at, list(self.processes.values()), list(self.engines))
+            except Exception:  # a bug here must not stop the charts for good: the next step tries again
+                log.exception("the dashboard's history could not take a point")
+                continue
+            self.events.publish("history", point_json(at, point))
 
     def log_line(self, process: str, line: str) -> None:
         self.events.publish("log", {"member": process, "line": line})

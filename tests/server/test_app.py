@@ -172,3 +172,26 @@ async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, strea
     await asyncio.wait_for(task, 5)
     await until(lambda: all(f.in_flight == 0 for f in fakes), 5, "every seat's request closed")
     assert [f.cancelled for f in fakes] == [1, 1]
+
+
+async def test_the_dashboard_serves_its_vendored_charts_library_gzipped_with_its_license(
+        client: httpx.AsyncClient) -> None:
+    from importlib import resources
+    vendored = resources.files("council") / "assets" / "uplot"
+    script = await client.get("/ui/vendor/uPlot.iife.min.js", headers={"Accept-Encoding": "gzip"})
+    assert script.status_code == 200 and script.headers["content-encoding"] == "gzip"
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert script.content == (vendored / "uPlot.iife.min.js").read_bytes()  # httpx unpacks it
+    assert int(script.headers["content-length"]) < len(script.content) / 2
+    plain = await client.get("/ui/vendor/uPlot.min.css", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == (vendored / "uPlot.min.css").read_bytes()
+    license_ = await client.get("/ui/vendor/LICENSE")
+    assert license_.status_code == 200 and "MIT" in license_.text and "Leon Sorokin" in license_.text
+    for missing in ("/ui/vendor/app.js", "/ui/vendor/..%2Fapp.js", "/ui/vendor/uPlot.esm.js", "/ui/LICENSE"):
+        assert (await client.get(missing)).status_code == 404, missing
+
+
+async def test_history_needs_a_key_and_starts_empty(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/admin/history", headers={"Authorization": ""})).status_code == 401
+    history = (await client.get("/admin/history")).json()  # the `app` key: chat scope
+    assert history == {"step": 10.0, "window": 3600.0, "times": [], "charts": {"agreement": {}, "latency": {}}}

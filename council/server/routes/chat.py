@@ -122,7 +122,7 @@ async def chat_completions(request: Request) -> Response:
         if answer is None:  # the client went away: its members were cancelled, nobody reads an answer
             router.metrics.observe("chat", chat.model, CLIENT_GONE, time.perf_counter() - started, None)
             return Response(status_code=CLIENT_GONE)
-        router.answered(answer, council)
+        router.answered(answer, council, waited)
         response = _json(completion_body(answer, int(time.time()), logprobs=council.logprobs))
         return _measured(router, response, chat.model, started, waited)
 
@@ -265,7 +265,7 @@ async def stream_council(router: Router, engine: CouncilEngine, council: Council
                 yield b"data: [DONE]\n\n"
                 return
         waited = time.perf_counter() - asked
-        router.answered(answer, council)
+        router.answered(answer, council, waited)
         created = int(time.time())
         head = {"id": answer.id, "object": "chat.completion.chunk", "created": created, "model": answer.council}
         for n, delta in enumerate(stream_deltas(answer.message)):

@@ -1,11 +1,14 @@
 """GET /admin/events: the dashboard's one server-sent-events stream.
 
 It opens with a `snapshot` (what the caller may see now), then carries `member` (a state change with the
-member's snapshot), `ballot` (a council answer), `log` (a member's output line) and `lease` (a council stopped
-because another router holds its slots now) events as they happen, and
-every few seconds a `members` refresh (tok/s, in-flight requests change without a state change). The admin
-scope gets everything; the chat scope gets the councils and the ballots, without the questions (other
-callers' prompts are not theirs to read; `/v1/ballots/{id}` has none either).
+member's snapshot), `ballot` (a council answer), `log` (a member's output line), `lease` (a council stopped
+because another router holds its slots now) and `history` (a new point of the last hour's series) events as
+they happen, and every few seconds a `members` refresh (tok/s, in-flight requests change without a state
+change). The admin scope gets everything; the chat scope gets the councils, the ballots, without the
+questions (other callers' prompts are not theirs to read; `/v1/ballots/{id}` has none either), and the
+councils' series.
+
+GET /admin/history: the last hour's series so far (`council.server.history`), for the same scopes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from council.server.auth import Principal
 from council.server.deps import current_router, require
 from council.server.events import Event
+from council.server.history import CHARTS, COUNCIL_CHARTS
 from council.server.router import Router
 
 REFRESH_S = 5.0
@@ -56,7 +60,16 @@ def _for_chat(ballot: dict[str, Any]) -> dict[str, Any]:
 def visible(event: Event, admin: bool) -> dict[str, Any] | None:
     if admin:
         return event.data
+    if event.kind == "history":
+        return {**event.data, "charts": {c: v for c, v in event.data["charts"].items() if c in COUNCIL_CHARTS}}
     return _for_chat(event.data) if event.kind == "ballot" else None
+
+
+@routes.get("/history")
+async def history(router: Current, who: Chat) -> dict[str, Any]:
+    """The dashboard's time series: `times` (Unix seconds, one every `step`, up to `window` back) and, per chart,
+    one list of values per series, aligned with `times` (null: nothing to show then)."""
+    return router.history.to_json(CHARTS if "admin" in who.scopes else COUNCIL_CHARTS)
 
 
 @routes.get("/events", include_in_schema=False)  # an endless stream: no place in the fuzzed OpenAPI document

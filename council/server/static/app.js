@@ -1,5 +1,6 @@
 // The council dashboard: one page over GET /admin/events (server-sent events read with fetch(), so the key
-// travels in the Authorization header and never in a URL) and the chat API. No build step, no dependencies.
+// travels in the Authorization header and never in a URL), GET /admin/history and the chat API. No build step;
+// one library, uPlot (vendored, loaded before this module as the global `uPlot`), draws the last hour's charts.
 
 const $ = (id) => document.getElementById(id);
 const KEY = "council-key";
@@ -9,8 +10,10 @@ const MAX_BALLOTS = 50, MAX_LOG = 400;
 const state = {
   keys: false, scopes: [], members: new Map(), slots: null, councils: {}, models: [], ballots: [],
   logName: null, logLines: [], colours: new Map(), lost: {},
+  history: null, pendingPoints: [],  // the last hour's series (GET /admin/history), then `history` events
 };
-window.council = { state, timings: {} };  // for tests and curious operators
+const plots = {};  // chart -> its uPlot (its `data` is what the chart shows)
+window.council = { state, timings: {}, plots };  // for tests and curious operators
 
 // ---- small DOM helpers (no innerHTML: every value is text) ------------------------------------------------
 
@@ -133,6 +136,7 @@ function handle({ kind, data }) {
     state.ballots.length = Math.min(state.ballots.length, MAX_BALLOTS);
     return renderBallots();
   }
+  if (kind === "history") return addPoint(data);
   if (kind === "lease") {
     state.lost[data.council] = data.reason;
     return renderSlots();
@@ -161,8 +165,108 @@ function snapshot(data) {
   renderMembers();
   renderBallots();
   renderModels();
+  loadHistory();
   window.council.timings.firstSnapshot ??= performance.now();
 }
+
+// ---- the last hour -----------------------------------------------------------------------------------------
+
+const CHARTS = {  // `tick` labels the y axis
+  tokens_per_second: { title: "decode tok/s per process", format: (v) => num(v), tick: (v) => num(v, 0) },
+  draft_acceptance: { title: "draft acceptance per process", format: pct, tick: pct, share: true },
+  requests: { title: "requests in flight and waiting", format: (v) => num(v, 0), tick: (v) => num(v, 0) },
+  agreement: { title: "agreement per council", format: pct, tick: pct, share: true },
+  latency: { title: "latency per council (s)", format: (v) => num(v, 2), tick: (v) => num(v, 1) },
+};
+
+async function loadHistory() {
+  state.history = null;  // until the series so far are here, new points wait in `pendingPoints`
+  let loaded;
+  try {
+    loaded = await api("/admin/history");
+  } catch (err) {
+    $("charts").replaceChildren(h("p", { class: "error" }, `could not read the history: ${err.message}`));
+    return;
+  }
+  state.history = loaded;
+  for (const point of state.pendingPoints.splice(0)) addPoint(point, false);
+  renderCharts();
+}
+
+function addPoint(point, render = true) {
+  // The server's own rule (council/server/history.py), so the page draws what GET /admin/history returns.
+  const hist = state.history;
+  if (!hist) return void state.pendingPoints.push(point);
+  if (hist.times.length && point.time <= hist.times[hist.times.length - 1]) return;
+  hist.times.push(point.time);
+  const size = hist.times.length, capacity = Math.max(1, Math.ceil(hist.window / hist.step));
+  for (const [chart, values] of Object.entries(point.charts)) {
+    const series = hist.charts[chart] ??= {};
+    for (const [name, value] of Object.entries(values)) {
+      if (!(name in series) && value !== null) series[name] = new Array(size - 1).fill(null);
+    }
+  }
+  for (const [chart, series] of Object.entries(hist.charts)) {
+    for (const [name, values] of Object.entries(series)) {
+      values.push(point.charts[chart]?.[name] ?? null);
+      if (values.length > capacity) values.splice(0, values.length - capacity);
+      if (values.every((v) => v === null)) delete series[name];
+    }
+  }
+  if (size > capacity) hist.times.splice(0, size - capacity);
+  if (render) renderCharts();
+}
+
+function seriesColour(chart, name, i) {
+  if (chart === "agreement" || chart === "latency") return colour(name);
+  if (chart === "requests") return name === "waiting" ? "#e15759" : "#4e79a7";
+  return PALETTE[i % PALETTE.length];
+}
+
+function renderCharts() {
+  const hist = state.history;
+  if (!hist) return;
+  $("history-step").textContent = `· a point every ${hist.step} s`;
+  const root = $("charts");
+  for (const [chart, spec] of Object.entries(CHARTS)) {
+    let cell = root.querySelector(`[data-chart="${chart}"]`);
+    if (!(chart in hist.charts)) {  // not for this scope
+      cell?.remove();
+      plots[chart]?.destroy();
+      delete plots[chart];
+      continue;
+    }
+    if (!cell) root.append(cell = h("div", { class: "chart", dataChart: chart }, h("h3", {}, spec.title), h("div")));
+    const series = hist.charts[chart], names = Object.keys(series).sort();
+    const data = [hist.times, ...names.map((n) => series[n])];
+    const plot = plots[chart];
+    if (plot && plot.series.length - 1 === names.length && names.every((n, i) => plot.series[i + 1].label === n)) {
+      plot.setData(data);
+      continue;
+    }
+    plot?.destroy();
+    delete plots[chart];
+    const box = cell.lastElementChild;
+    box.replaceChildren();
+    if (!names.length) {
+      box.append(h("div", { class: "empty quiet" }, "nothing yet"));
+      continue;
+    }
+    plots[chart] = new uPlot({
+      width: Math.max(200, box.clientWidth || 300), height: 130, legend: { live: false },
+      scales: { x: { time: true }, ...(spec.share ? { y: { range: [0, 1] } } : {}) },
+      axes: [{ size: 28 }, { size: 50, values: (u, ticks) => ticks.map(spec.tick) }],
+      series: [{}, ...names.map((name, i) => ({
+        label: name, stroke: seriesColour(chart, name, i), width: 1.5, value: (u, v) => spec.format(v),
+      }))],
+    }, data, box);
+  }
+  if (Object.keys(plots).length) window.council.timings.firstCharts ??= performance.now();
+}
+
+window.addEventListener("resize", () => {
+  for (const plot of Object.values(plots)) plot.setSize({ width: Math.max(200, plot.root.parentElement.clientWidth), height: 130 });
+});
 
 // ---- slots -----------------------------------------------------------------------------------------------
 
