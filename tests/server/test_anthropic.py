@@ -1,0 +1,331 @@
+"""The Anthropic Messages API (`/v1/messages`, `/v1/messages/count_tokens`, `/v1/models` in its shape), called with
+the official `anthropic` SDK: in process for translation and errors (no member runs), then through a real
+`council serve` whose council and relayed model are a real Qwen2.5-Coder-0.5B llama-server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import httpx2
+import pytest
+
+from council.server.apis.anthropic import (
+    CountTokensRequest,
+    MessagesRequest,
+    to_chat,
+    validate,
+    with_own_system,
+)
+from council.server.app import create_app
+from council.server.requests import BadRequest, ChatRequest, validate_body
+from council.setup.catalog import by_name
+from tests.policies import policy_yaml
+from tests.server.test_app import KEY, _router
+from tests.servers import CouncilServer
+
+QWEN05 = by_name("qwen2.5-coder-0.5b")
+assert QWEN05
+WEATHER = {"name": "get_weather", "description": "Get the current weather in a city",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+BILLING = "x-anthropic-billing-header: cc_version=2.1; cc_entrypoint=cli; "
+PARIS = '{"city": "Paris"}'
+
+
+# ---- translation, in process ------------------------------------------------------------------------------------
+
+
+def test_a_claude_code_turn_becomes_the_chat_request_members_are_sent() -> None:
+    body = {
+        "model": "c", "max_tokens": 512, "stream": True, "temperature": 0.2, "top_k": 5, "stop_sequences": ["END"],
+        "system": [{"type": "text", "text": f"{BILLING}cch=3fa9c;"},
+                   {"type": "text", "text": "You are an agent.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": "weather in Paris?"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "I should call the tool", "signature": "s"},
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "21 C"}]},
+                {"type": "text", "text": "And tomorrow?"}]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_2", "content": "no forecast",
+                                          "is_error": True}]},
+            {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                      "data": "iVBO"}},
+                                         {"type": "text", "text": "and this?"}]}],
+        "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+        "metadata": {"user_id": "u"}, "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "mirostat": 2, "council": {"early_stop": False}}
+    chat = to_chat(validate(body, MessagesRequest), body)
+    assert chat["messages"] == [
+        # the billing header's per-request hash is fixed, or no prompt cache would match past it
+        {"role": "system", "content": f"{BILLING}cch=fffff;\nYou are an agent."},
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": PARIS}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "21 C"},  # the result first, right after its call
+        {"role": "user", "content": "And tomorrow?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "toolu_2", "type": "function", "function": {"name": "get_weather", "arguments": PARIS}}]},
+        {"role": "tool", "tool_call_id": "toolu_2", "content": "Error: no forecast"},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
+                                     {"type": "text", "text": "and this?"}]}]
+    assert chat["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": WEATHER["description"], "parameters": WEATHER["input_schema"]}}]
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert chat["parallel_tool_calls"] is False and chat["stop"] == ["END"] and chat["max_tokens"] == 512
+    assert chat["temperature"] == 0.2 and chat["top_k"] == 5 and chat["mirostat"] == 2  # unknown fields pass
+    assert chat["council"] == {"early_stop": False} and "stream" not in chat  # the router streams, members never
+    assert not {"system", "metadata", "thinking", "stop_sequences"} & set(chat)
+    request = validate_body(chat, ChatRequest)  # what the council is asked, validated as chat's own
+    assert isinstance(request, ChatRequest) and request.has_media
+    council = request.council_request(chat)
+    assert council.members_payload["tools"] == chat["tools"] and council.members_payload["tool_choice"] == "required"
+    assert council.question == "and this?" and council.early_stop is False
+    for choice, chat_choice in [({"type": "auto"}, "auto"), ({"type": "any"}, "required"), ({"type": "none"}, "none")]:
+        assert to_chat(validate({**body, "tool_choice": choice}, MessagesRequest), body)["tool_choice"] == chat_choice
+
+
+@pytest.mark.parametrize(("body", "code", "says"), [
+    ({"messages": ASK}, "invalid_max_tokens", "max_tokens: Field required"),
+    ({"messages": ASK, "max_tokens": 0}, "invalid_max_tokens", "greater than or equal to 1"),
+    ({"messages": [], "max_tokens": 5}, "invalid_messages", "messages"),
+    ({"messages": ASK, "max_tokens": 5, "temperature": 1.5}, "invalid_temperature", "less than or equal to 1"),
+    ({"messages": ASK, "max_tokens": "5"}, "invalid_max_tokens", "max_tokens"),
+    ({"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}],
+      "max_tokens": 5}, "invalid_messages", "`tool_use` blocks belong in assistant turns"),
+    ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}], "max_tokens": 5},
+     "invalid_messages", "document"),
+    ({"messages": ASK, "max_tokens": 5, "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+     "invalid_tools", "'web_search_20250305', one of Anthropic's server tools"),
+    ({"messages": ASK, "max_tokens": 5, "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "book"}},
+     "invalid_tool_choice", "names tool 'book', which `tools` does not declare"),
+    ({"messages": ASK, "max_tokens": 5, "tool_choice": {"type": "any"}}, "invalid_tool_choice", "needs `tools`"),
+    ({"model": 3, "messages": ASK, "max_tokens": 5}, "missing_model", "`model` is required"),
+])
+def test_bad_bodies_are_refused_naming_the_field(body: dict[str, Any], code: str, says: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        validate({"model": "c", **body}, MessagesRequest)
+    assert caught.value.code == code and says in str(caught.value), str(caught.value)
+
+
+def test_a_members_own_system_is_counted_after_the_requests() -> None:
+    body = {"model": "c", "messages": ASK, "system": [{"type": "text", "text": "agent"}]}
+    assert validate(body, CountTokensRequest).system is not None  # count_tokens needs no max_tokens
+    assert with_own_system(body, "own")["system"] == "agent\n\nown"
+    assert with_own_system({**body, "system": None}, "own")["system"] == "own"
+    assert with_own_system(body, None) is body
+
+
+# ---- errors and auth through the app, in process, read by the SDK -----------------------------------------------
+
+
+@pytest.fixture
+async def sdk(tmp_path: Path) -> AsyncIterator[Callable[..., anthropic.AsyncAnthropic]]:
+    """SDK clients on the app around a router whose members never start (no llama-server runs)."""
+    app = create_app(_router(tmp_path))
+    opened: list[httpx2.AsyncClient] = []
+
+    def make(**credentials: str) -> anthropic.AsyncAnthropic:
+        http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://council")
+        opened.append(http)
+        return anthropic.AsyncAnthropic(base_url="http://council", http_client=http, max_retries=0,
+                                        **(credentials or {"api_key": KEY}))
+
+    yield make
+    for http in opened:
+        await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_errors_come_in_anthropics_shape_and_the_sdk_raises_its_own(
+        sdk: Callable[..., anthropic.AsyncAnthropic]) -> None:
+    client = sdk()
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        await client.messages.create(model="c", max_tokens=5, messages=[{"role": "robot", "content": "x"}])  # type: ignore[typeddict-item]
+    assert bad.value.body == {"type": "error", "error": {  # type: ignore[comparison-overlap]
+        "type": "invalid_request_error", "message": bad.value.body["error"]["message"],  # type: ignore[index]
+        "details": {"error_code": "invalid_messages"}}}
+    assert "messages.0.role" in bad.value.message and bad.value.response.headers["x-council-overhead-ms"]
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        await client.messages.create(model="nope", max_tokens=5, messages=ASK)  # type: ignore[arg-type]
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    with pytest.raises(anthropic.AuthenticationError) as wrong:
+        await sdk(api_key="wrong").messages.create(model="c", max_tokens=5, messages=ASK)  # type: ignore[arg-type]
+    assert wrong.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    with pytest.raises(anthropic.AuthenticationError):
+        await sdk(auth_token="wrong").messages.count_tokens(model="c", messages=ASK)  # type: ignore[arg-type]
+    with pytest.raises(anthropic.BadRequestError) as council_only:  # a council of local members: nothing to relay
+        await client.messages.create(model="c", max_tokens=5, messages=ASK, extra_body={"n": 2})  # type: ignore[arg-type]
+    assert "`n` other than 1" in council_only.value.message
+    # the members never started: the council has no quorum, which is Anthropic's "overloaded", as chat's 503
+    with pytest.raises(anthropic.InternalServerError) as down:
+        await client.messages.create(model="c", max_tokens=5, messages=ASK)  # type: ignore[arg-type]
+    assert down.value.status_code == 503 and down.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    with pytest.raises(anthropic.InternalServerError) as relayed:  # a model without a ready process
+        await sdk(auth_token=KEY).messages.create(model="m", max_tokens=5, messages=ASK)  # type: ignore[arg-type]
+    assert relayed.value.status_code == 503 and relayed.value.body["error"]["message"] == "no ready member serves m"  # type: ignore[index]
+
+
+@pytest.mark.anyio
+async def test_models_list_in_each_apis_shape(sdk: Callable[..., anthropic.AsyncAnthropic], tmp_path: Path) -> None:
+    listed = [m async for m in sdk().models.list()]
+    assert [(m.id, m.type, (m.model_extra or {})["kind"]) for m in listed] == [("c", "model", "council"),
+                                                                               ("m", "model", "model")]
+    assert (await sdk(auth_token=KEY).models.retrieve("c")).display_name == "c"
+    with pytest.raises(anthropic.NotFoundError):
+        await sdk().models.retrieve("nope")
+    transport = httpx.ASGITransport(app=create_app(_router(tmp_path)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council") as http:
+        openai_shape = (await http.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})).json()
+        assert openai_shape["object"] == "list" and openai_shape["data"][0]["object"] == "model"
+        anthropic_shape = (await http.get("/v1/models", headers={"x-api-key": KEY})).json()
+        assert anthropic_shape["has_more"] is False and anthropic_shape["first_id"] == "c"
+        refused = await http.get("/v1/models", headers={"x-api-key": "wrong"})
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+        refused = await http.get("/v1/models", headers={"Authorization": "Bearer wrong"})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"  # OpenAI's shape
+        too_big = await http.post("/v1/messages?beta=true", content=b"x" * (2 << 20),
+                                  headers={"x-api-key": KEY, "content-type": "application/json"})
+        assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "request_too_large"
+
+
+# ---- through a real `council serve` ------------------------------------------------------------------------------
+
+REAL_KEY = "anthropic-real-key-0123456789"
+HELLO = [{"role": "user", "content": "Say hello in French."}]
+
+
+@pytest.fixture
+def served(serve: Callable[..., CouncilServer]) -> CouncilServer:
+    """`agents`: two greedy samples of Qwen2.5-Coder-0.5B in one process (one request, `n: 2`); `qwen`: the same
+    process relayed. One key, sent as `x-api-key` or as a bearer token."""
+    seats = {"members": [{"model": "qwen", "samples": 2, "sampling": {"temperature": 0, "max_tokens": 60}}],
+             "timeout": "300s"}
+    digest = hashlib.sha256(REAL_KEY.encode()).hexdigest()
+    return serve(policy_yaml({"qwen": {"path": QWEN05.path, "ctx_size": 1024}}, {"agents": seats},
+                             memory="8GiB", slot="1GiB", server={"api_keys": [{"name": "agent", "sha256": digest}]}))
+
+
+def real_sdk(server: CouncilServer, **credentials: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server.url, max_retries=0, timeout=300,
+                               **(credentials or {"api_key": REAL_KEY}))
+
+
+def blocks(message: Any) -> list[dict[str, Any]]:
+    """Content blocks without the ids a council makes afresh for every answer."""
+    return [{k: v for k, v in b.model_dump(exclude_none=True).items() if k != "id"} for b in message.content]
+
+
+def events(server: CouncilServer, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The raw server-sent events of a streamed request, as (event, data)."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    with httpx.stream("POST", f"{server.url}/v1/messages?beta=true", json={**body, "stream": True}, timeout=300,
+                      headers={"x-api-key": REAL_KEY, "anthropic-version": "2023-06-01"}) as reply:
+        assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream")
+        for event in reply.read().decode().split("\n\n"):
+            lines = dict(line.split(": ", 1) for line in event.splitlines() if ": " in line)
+            if "event" in lines:
+                seen.append((lines["event"], json.loads(lines["data"])))
+    return seen
+
+
+def test_a_council_answers_messages_whole_and_streamed(served: CouncilServer) -> None:
+    client = real_sdk(served)
+    plain = client.messages.create(model="agents", max_tokens=60, messages=HELLO)  # type: ignore[arg-type]
+    assert plain.type == "message" and plain.role == "assistant" and plain.model == "agents"
+    assert plain.id.startswith("msg_") and [b.type for b in plain.content] == ["text"] and plain.content[0].text  # type: ignore[union-attr]
+    assert plain.stop_reason in ("end_turn", "max_tokens")
+    council = (plain.model_extra or {})["council"]
+    assert [m["status"] for m in council["members"]] == ["ok", "ok"], council
+    # usage as one model's: the prompt once (the two samples read it in one pass), the answer's own tokens
+    prompt = council["members"][0]["prompt_tokens"]
+    assert plain.usage.input_tokens + (plain.usage.cache_read_input_tokens or 0) == prompt > 0
+    assert plain.usage.output_tokens == council["members"][0]["completion_tokens"] > 0
+    assert council["usage"]["completion_tokens"] == 2 * plain.usage.output_tokens  # every member's, in the council
+    ballot = httpx.get(f"{served.url}/v1/ballots/{council['ballot_id']}", headers={"x-api-key": REAL_KEY})
+    assert ballot.status_code == 200 and ballot.json()["question"] == "Say hello in French."
+
+    with client.messages.stream(model="agents", max_tokens=60, messages=HELLO) as stream:  # type: ignore[arg-type]
+        final = stream.get_final_message()
+    assert blocks(final) == blocks(plain) and final.stop_reason == plain.stop_reason
+    assert final.usage.output_tokens == plain.usage.output_tokens
+    assert final.usage.input_tokens + (final.usage.cache_read_input_tokens or 0) == prompt
+
+    seen = events(served, {"model": "agents", "max_tokens": 60, "messages": HELLO})
+    names = [name for name, _ in seen if name != "ping"]
+    assert names == ["message_start", "content_block_start", "content_block_delta", "content_block_stop",
+                     "message_delta", "message_stop"], names
+    pings = [i for i, (name, _) in enumerate(seen) if name == "ping"]
+    assert all(0 < i < names.index("content_block_start") + len(pings) for i in pings)  # only while it works
+    delta = next(data for name, data in seen if name == "message_delta")
+    assert delta["delta"]["stop_reason"] == plain.stop_reason and delta["council"]["overhead_ms"] >= 0
+    assert [m["status"] for m in delta["council"]["members"]] == ["ok", "ok"]
+
+
+def test_a_tool_use_round_trip_through_a_council(served: CouncilServer) -> None:
+    """Qwen2.5-Coder-0.5B writes its call as JSON text; the council recovers it and answers with a `tool_use`
+    block, whose id the next turn's `tool_result` answers; every member reads that result."""
+    client = real_sdk(served, auth_token=REAL_KEY)  # Claude Code's ANTHROPIC_AUTH_TOKEN: a bearer token
+    first = client.messages.create(model="agents", max_tokens=60, tools=[WEATHER], messages=ASK)  # type: ignore[arg-type, list-item]
+    assert first.stop_reason == "tool_use", first
+    calls = [b for b in first.content if b.type == "tool_use"]
+    assert [(c.name, c.input) for c in calls] == [("get_weather", {"city": "Paris"})] and calls[0].id
+    with client.messages.stream(model="agents", max_tokens=60, tools=[WEATHER], messages=ASK) as stream:  # type: ignore[arg-type, list-item]
+        streamed = stream.get_final_message()
+    assert blocks(streamed) == blocks(first) and streamed.stop_reason == "tool_use"
+
+    history = [*ASK, {"role": "assistant", "content": first.content},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": calls[0].id,
+                                             "content": "It is 21 C and sunny in Paris."}]}]
+    second = client.messages.create(model="agents", max_tokens=60, tools=[WEATHER], messages=history)  # type: ignore[arg-type, list-item]
+    council = (second.model_extra or {})["council"]
+    assert [m["status"] for m in council["members"]] == ["ok", "ok"], council
+    # the members read the call and its result: the prompt grew by both
+    assert council["members"][0]["prompt_tokens"] > (first.model_extra or {})["council"]["members"][0]["prompt_tokens"]
+    text = "".join(b.text for b in second.content if b.type == "text")
+    assert second.stop_reason in ("end_turn", "max_tokens") and "21" in text, second
+
+
+def test_count_tokens_for_a_model_and_a_council(served: CouncilServer) -> None:
+    client = real_sdk(served)
+    alone = client.messages.count_tokens(model="qwen", messages=HELLO).input_tokens  # type: ignore[arg-type]
+    with_tools = client.messages.count_tokens(model="qwen", messages=ASK, tools=[WEATHER]).input_tokens  # type: ignore[arg-type, list-item]
+    assert 0 < alone < with_tools
+    # the council's seats all read the model's tokenizer: the largest count is the model's
+    assert client.messages.count_tokens(model="agents", messages=ASK, tools=[WEATHER]).input_tokens == with_tools  # type: ignore[arg-type, list-item]
+    bearer = real_sdk(served, auth_token=REAL_KEY)
+    assert bearer.messages.count_tokens(model="agents", messages=HELLO).input_tokens == alone  # type: ignore[arg-type]
+    with pytest.raises(anthropic.AuthenticationError):
+        real_sdk(served, api_key="wrong").messages.count_tokens(model="agents", messages=HELLO)  # type: ignore[arg-type]
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.count_tokens(model="nope", messages=HELLO)  # type: ignore[arg-type]
+
+
+def test_a_model_is_relayed_whole_and_streamed(served: CouncilServer) -> None:
+    client = real_sdk(served)
+    whole = client.messages.create(model="qwen", max_tokens=8, temperature=0, messages=HELLO)  # type: ignore[arg-type]
+    assert whole.type == "message" and whole.content[0].type == "text" and whole.content[0].text
+    assert whole.stop_reason in ("end_turn", "max_tokens") and 0 < whole.usage.output_tokens <= 8
+    with client.messages.stream(model="qwen", max_tokens=8, temperature=0, messages=HELLO) as stream:  # type: ignore[arg-type]
+        kinds = {event.type for event in stream}
+        final = stream.get_final_message()
+    assert {"message_start", "content_block_delta", "message_stop"} <= kinds
+    assert blocks(final) == blocks(whole) and final.stop_reason == whole.stop_reason
+    # llama-server's own refusal (the prompt is over its context), in Anthropic's shape, whole and streamed
+    long = [{"role": "user", "content": "word " * 1500}]
+    for streamed in (False, True):
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            client.messages.create(model="qwen", max_tokens=8, messages=long, stream=streamed)  # type: ignore[call-overload]
+        body = refused.value.body
+        assert isinstance(body, dict) and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        assert "context" in body["error"]["message"], body
