@@ -14,10 +14,15 @@ import anthropic
 import httpx
 import httpx2
 import pytest
+from anthropic.lib.streaming._messages import accumulate_event
 
+from council.policy.schema import Sampling
 from council.server.apis.anthropic import (
     CountTokensRequest,
     MessagesRequest,
+    message_body,
+    stream_answer,
+    stream_start,
     to_chat,
     validate,
     with_own_system,
@@ -25,6 +30,9 @@ from council.server.apis.anthropic import (
 from council.server.app import create_app
 from council.server.requests import BadRequest, ChatRequest, validate_body
 from council.setup.catalog import by_name
+from council.voting.client import MemberReply
+from council.voting.engine import CouncilAnswer, Seat, SeatOutcome
+from council.voting.vote import Decision
 from tests.policies import policy_yaml
 from tests.server.test_app import KEY, _router
 from tests.servers import CouncilServer
@@ -124,6 +132,48 @@ def test_a_members_own_system_is_counted_after_the_requests() -> None:
     assert with_own_system(body, "own")["system"] == "agent\n\nown"
     assert with_own_system({**body, "system": None}, "own")["system"] == "own"
     assert with_own_system(body, None) is body
+
+
+def answer_of(message: dict[str, Any], finish: str) -> CouncilAnswer:
+    """A council answer whose speaker said `message` (two seats, the second with a longer, partly cached prompt)."""
+    seats = [Seat(name=f"s{i}", order=i, model="m", weight=1.0, sampling=Sampling(), client=None)  # type: ignore[arg-type]
+             for i in range(2)]
+    replies = [MemberReply(status="ok", text=message.get("content"), message=message, prompt_tokens=40 + 10 * i,
+                           cached_tokens=8 * i, completion_tokens=7 + i, finish_reason=finish) for i in range(2)]
+    return CouncilAnswer(id="chatcmpl-abc", council="c", strategy="majority",
+                         decision=Decision(answer="x", agreement=1.0, votes={"x": 2.0}, winner_members=("s0", "s1"),
+                                           tie_broken_by=None, text=message.get("content")),
+                         outcomes=[SeatOutcome(seat=s, reply=r) for s, r in zip(seats, replies, strict=True)],
+                         early_stop=False, tool_calls=message.get("tool_calls"))
+
+
+@pytest.mark.parametrize(("message", "finish", "stop"), [
+    ({"role": "assistant", "content": "Bonjour !"}, "stop", "end_turn"),
+    ({"role": "assistant", "content": "Bonj"}, "length", "max_tokens"),
+    ({"role": "assistant", "content": "", "reasoning_content": "hmm"}, "stop", "end_turn"),
+    ({"role": "assistant", "content": "Checking.", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": PARIS}},
+        {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": '{"city": "Rome"}'}}]},
+     "tool_calls", "tool_use"),
+])
+def test_the_sdks_stream_accumulator_rebuilds_the_whole_message(message: dict[str, Any], finish: str,
+                                                                 stop: str) -> None:
+    answer = answer_of(message, finish)
+    whole = message_body(answer)
+    assert whole["id"] == "msg_abc" and whole["stop_reason"] == stop and whole["council"]["ballot_id"] == "chatcmpl-abc"
+    # one model's usage: the longest prompt (cache reads apart) and the speaker's own tokens; every member's in council
+    assert whole["usage"] == {"input_tokens": 42, "cache_read_input_tokens": 8, "cache_creation_input_tokens": 0,
+                              "output_tokens": 7}
+    assert whole["council"]["usage"]["completion_tokens"] == 15
+    snapshot, partial_json = None, {}  # type: ignore[var-annotated]
+    raw = stream_start("msg_abc", "c") + b"".join(stream_answer(answer, overhead_ms=0.5))
+    for event in raw.decode().split("\n\n")[:-1]:
+        name, data = (line.split(": ", 1)[1] for line in event.splitlines())
+        assert json.loads(data)["type"] == name
+        snapshot = accumulate_event(event=json.loads(data), current_snapshot=snapshot, json_bufs=partial_json)
+    assert snapshot is not None
+    assert snapshot.model_dump(exclude_none=True) == anthropic.types.Message.model_validate(
+        {k: v for k, v in whole.items() if k != "council"}).model_dump(exclude_none=True)
 
 
 # ---- errors and auth through the app, in process, read by the SDK -----------------------------------------------

@@ -150,25 +150,32 @@ async def _relay_model(router: Router, model: str, raw: bytes, admission: Admiss
 
 
 async def _normalised(chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
-    """A model's Messages stream, event by event, its `error` events in Anthropic's shape."""
+    """A model's Messages stream, event by event, its `error` events in Anthropic's shape. Closing this closes the
+    relay's own stream at once (a client that went away frees the process's slot now, not at garbage collection)."""
     pending = b""
-    async for chunk in chunks:
-        pending += chunk if isinstance(chunk, bytes) else str(chunk).encode()
-        if b"\n\n" not in pending:
-            continue
-        complete, _, pending = pending.rpartition(b"\n\n")
-        if b"event: error" in complete:
-            complete = b"".join(anthropic.normalise_event(e + b"\n\n") for e in complete.split(b"\n\n"))
-        else:
-            complete += b"\n\n"
-        yield complete
-    if pending:
-        yield pending
+    try:
+        async for chunk in chunks:
+            pending += chunk if isinstance(chunk, bytes) else str(chunk).encode()
+            if b"\n\n" not in pending:
+                continue
+            complete, _, pending = pending.rpartition(b"\n\n")
+            if b"event: error" in complete:
+                complete = b"".join(anthropic.normalise_event(e + b"\n\n") for e in complete.split(b"\n\n"))
+            else:
+                complete += b"\n\n"
+            yield complete
+        if pending:
+            yield pending
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 async def _error_body(status: int, chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
     """A model's error answer to a streamed request (a JSON body, not a stream) in Anthropic's shape."""
-    raw = b"".join([c if isinstance(c, bytes) else str(c).encode() async for c in chunks])
+    try:
+        raw = b"".join([c if isinstance(c, bytes) else str(c).encode() async for c in chunks])
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
     yield json.dumps(anthropic.from_openai_error(status, raw)).encode()
 
 
