@@ -15,6 +15,7 @@ import httpx
 import httpx2
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
+from prometheus_client.parser import text_string_to_metric_families
 
 from council.policy.schema import Sampling
 from council.server.apis.anthropic import (
@@ -33,7 +34,7 @@ from council.setup.catalog import by_name
 from council.voting.client import MemberReply
 from council.voting.engine import CouncilAnswer, Seat, SeatOutcome
 from council.voting.vote import Decision
-from tests.policies import policy_yaml
+from tests.policies import member_entry, policy_yaml
 from tests.server.test_app import KEY, _router
 from tests.servers import CouncilServer
 
@@ -253,17 +254,16 @@ async def test_models_list_in_each_apis_shape(sdk: Callable[..., anthropic.Async
 
 REAL_KEY = "anthropic-real-key-0123456789"
 HELLO = [{"role": "user", "content": "Say hello in French."}]
+KEYS = {"api_keys": [{"name": "agent", "sha256": hashlib.sha256(REAL_KEY.encode()).hexdigest()}]}
 
 
 @pytest.fixture
-def served(serve: Callable[..., CouncilServer]) -> CouncilServer:
-    """`agents`: two greedy samples of Qwen2.5-Coder-0.5B in one process (one request, `n: 2`); `qwen`: the same
-    process relayed. One key, sent as `x-api-key` or as a bearer token."""
-    seats = {"members": [{"model": "qwen", "samples": 2, "sampling": {"temperature": 0, "max_tokens": 60}}],
-             "timeout": "300s"}
-    digest = hashlib.sha256(REAL_KEY.encode()).hexdigest()
-    return serve(policy_yaml({"qwen": {"path": QWEN05.path, "ctx_size": 1024}}, {"agents": seats},
-                             memory="8GiB", slot="1GiB", server={"api_keys": [{"name": "agent", "sha256": digest}]}))
+def alphabet(serve: Callable[..., CouncilServer], syn: Path) -> CouncilServer:
+    """`alphabet`: two members on the synthetic model (each answers `abcdef`); `syn`: that model relayed. One key,
+    sent as `x-api-key` or as a bearer token."""
+    return serve(policy_yaml({"syn": {"path": syn, "ctx_size": 512}},
+                             {"alphabet": {"members": [member_entry("syn", max_tokens=6)] * 2,
+                                           "vote": {"strategy": "majority", "extract": "text"}}}, server=KEYS))
 
 
 def real_sdk(server: CouncilServer, **credentials: str) -> anthropic.Anthropic:
@@ -289,43 +289,92 @@ def events(server: CouncilServer, body: dict[str, Any]) -> list[tuple[str, dict[
     return seen
 
 
-def test_a_council_answers_messages_whole_and_streamed(served: CouncilServer) -> None:
-    client = real_sdk(served)
-    plain = client.messages.create(model="agents", max_tokens=60, messages=HELLO)  # type: ignore[arg-type]
-    assert plain.type == "message" and plain.role == "assistant" and plain.model == "agents"
-    assert plain.id.startswith("msg_") and [b.type for b in plain.content] == ["text"] and plain.content[0].text  # type: ignore[union-attr]
-    assert plain.stop_reason in ("end_turn", "max_tokens")
+def test_a_council_answers_messages_whole_and_streamed(alphabet: CouncilServer) -> None:
+    client = real_sdk(alphabet)
+    plain = client.messages.create(model="alphabet", max_tokens=60, messages=HELLO)  # type: ignore[arg-type]
+    assert plain.type == "message" and plain.role == "assistant" and plain.model == "alphabet"
+    assert plain.id.startswith("msg_") and [(b.type, b.text) for b in plain.content] == [("text", "abcdef")]  # type: ignore[union-attr]
+    assert plain.stop_reason == "max_tokens"  # the members' 6 tokens ran out
     council = (plain.model_extra or {})["council"]
-    assert [m["status"] for m in council["members"]] == ["ok", "ok"], council
-    # usage as one model's: the prompt once (the two samples read it in one pass), the answer's own tokens
+    assert [m["status"] for m in council["members"]] == ["ok", "ok"] and council["votes"] == {"abcdef": 2.0}
+    # usage as one model's: the prompt as one member read it (cache reads apart), the answer's own tokens
     prompt = council["members"][0]["prompt_tokens"]
     assert plain.usage.input_tokens + (plain.usage.cache_read_input_tokens or 0) == prompt > 0
-    assert plain.usage.output_tokens == council["members"][0]["completion_tokens"] > 0
-    assert council["usage"]["completion_tokens"] == 2 * plain.usage.output_tokens  # every member's, in the council
-    ballot = httpx.get(f"{served.url}/v1/ballots/{council['ballot_id']}", headers={"x-api-key": REAL_KEY})
+    assert plain.usage.output_tokens == 6 and council["usage"]["completion_tokens"] == 12  # every member's
+    ballot = httpx.get(f"{alphabet.url}/v1/ballots/{council['ballot_id']}", headers={"x-api-key": REAL_KEY})
     assert ballot.status_code == 200 and ballot.json()["question"] == "Say hello in French."
 
-    with client.messages.stream(model="agents", max_tokens=60, messages=HELLO) as stream:  # type: ignore[arg-type]
+    with client.messages.stream(model="alphabet", max_tokens=60, messages=HELLO) as stream:  # type: ignore[arg-type]
         final = stream.get_final_message()
     assert blocks(final) == blocks(plain) and final.stop_reason == plain.stop_reason
     assert final.usage.output_tokens == plain.usage.output_tokens
     assert final.usage.input_tokens + (final.usage.cache_read_input_tokens or 0) == prompt
 
-    seen = events(served, {"model": "agents", "max_tokens": 60, "messages": HELLO})
+    seen = events(alphabet, {"model": "alphabet", "max_tokens": 60, "messages": HELLO})
     names = [name for name, _ in seen if name != "ping"]
     assert names == ["message_start", "content_block_start", "content_block_delta", "content_block_stop",
                      "message_delta", "message_stop"], names
-    pings = [i for i, (name, _) in enumerate(seen) if name == "ping"]
-    assert all(0 < i < names.index("content_block_start") + len(pings) for i in pings)  # only while it works
+    assert [name for name, _ in seen[:1]] == ["message_start"]  # pings, if any, only while the members work
     delta = next(data for name, data in seen if name == "message_delta")
-    assert delta["delta"]["stop_reason"] == plain.stop_reason and delta["council"]["overhead_ms"] >= 0
+    assert delta["delta"]["stop_reason"] == "max_tokens" and delta["council"]["overhead_ms"] >= 0
     assert [m["status"] for m in delta["council"]["members"]] == ["ok", "ok"]
+    counted = {(s.labels["route"], s.labels["model"], s.labels["status"]): s.value
+               for family in text_string_to_metric_families(httpx.get(f"{alphabet.url}/metrics").text)
+               for s in family.samples if s.name == "council_requests_total"}
+    assert counted[("messages", "alphabet", "200")] == 3  # whole, streamed by the SDK, streamed raw
 
 
-def test_a_tool_use_round_trip_through_a_council(served: CouncilServer) -> None:
+def test_count_tokens_for_a_model_and_a_council(alphabet: CouncilServer) -> None:
+    client = real_sdk(alphabet)
+    alone = client.messages.count_tokens(model="syn", messages=HELLO).input_tokens  # type: ignore[arg-type]
+    with_system = client.messages.count_tokens(model="syn", messages=HELLO, system="be brief").input_tokens  # type: ignore[arg-type]
+    assert 0 < alone < with_system
+    # the council's members read the model's tokenizer: the largest count is the model's
+    assert client.messages.count_tokens(model="alphabet", messages=HELLO, system="be brief").input_tokens == with_system  # type: ignore[arg-type]
+    # what a completion's usage says it read
+    answered = client.messages.create(model="alphabet", max_tokens=6, messages=HELLO)  # type: ignore[arg-type]
+    assert answered.usage.input_tokens + (answered.usage.cache_read_input_tokens or 0) == alone
+    bearer = real_sdk(alphabet, auth_token=REAL_KEY)  # Claude Code's ANTHROPIC_AUTH_TOKEN: a bearer token
+    assert bearer.messages.count_tokens(model="alphabet", messages=HELLO).input_tokens == alone  # type: ignore[arg-type]
+    with pytest.raises(anthropic.AuthenticationError):
+        real_sdk(alphabet, api_key="wrong").messages.count_tokens(model="alphabet", messages=HELLO)  # type: ignore[arg-type]
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.count_tokens(model="nope", messages=HELLO)  # type: ignore[arg-type]
+
+
+def test_a_model_is_relayed_whole_and_streamed(alphabet: CouncilServer) -> None:
+    client = real_sdk(alphabet, auth_token=REAL_KEY)
+    whole = client.messages.create(model="syn", max_tokens=4, messages=HELLO)  # type: ignore[arg-type]
+    assert whole.type == "message" and [(b.type, b.text) for b in whole.content] == [("text", "abcd")]  # type: ignore[union-attr]
+    assert whole.stop_reason == "max_tokens" and whole.usage.output_tokens == 4
+    with client.messages.stream(model="syn", max_tokens=4, messages=HELLO) as stream:  # type: ignore[arg-type]
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop" and "content_block_delta" in kinds
+    assert blocks(final) == blocks(whole) and final.stop_reason == whole.stop_reason
+    # llama-server's own refusal (the prompt is over its context), in Anthropic's shape, whole and streamed
+    long = [{"role": "user", "content": "word " * 600}]
+    for streamed in (False, True):
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            client.messages.create(model="syn", max_tokens=4, messages=long, stream=streamed)  # type: ignore[call-overload]
+        body = refused.value.body
+        assert isinstance(body, dict) and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        assert "context" in body["error"]["message"], body
+
+
+@pytest.fixture
+def agents(serve: Callable[..., CouncilServer]) -> CouncilServer:
+    """`agents`: two greedy samples of Qwen2.5-Coder-0.5B in one process (one request, `n: 2`)."""
+    seats = {"members": [{"model": "qwen", "samples": 2, "sampling": {"temperature": 0, "max_tokens": 60}}],
+             "timeout": "300s"}
+    return serve(policy_yaml({"qwen": {"path": QWEN05.path, "ctx_size": 1024}}, {"agents": seats},
+                             memory="8GiB", slot="1GiB", server=KEYS))
+
+
+def test_a_tool_use_round_trip_through_a_council(agents: CouncilServer) -> None:
     """Qwen2.5-Coder-0.5B writes its call as JSON text; the council recovers it and answers with a `tool_use`
     block, whose id the next turn's `tool_result` answers; every member reads that result."""
-    client = real_sdk(served, auth_token=REAL_KEY)  # Claude Code's ANTHROPIC_AUTH_TOKEN: a bearer token
+    client = real_sdk(agents)
     first = client.messages.create(model="agents", max_tokens=60, tools=[WEATHER], messages=ASK)  # type: ignore[arg-type, list-item]
     assert first.stop_reason == "tool_use", first
     calls = [b for b in first.content if b.type == "tool_use"]
@@ -344,38 +393,3 @@ def test_a_tool_use_round_trip_through_a_council(served: CouncilServer) -> None:
     assert council["members"][0]["prompt_tokens"] > (first.model_extra or {})["council"]["members"][0]["prompt_tokens"]
     text = "".join(b.text for b in second.content if b.type == "text")
     assert second.stop_reason in ("end_turn", "max_tokens") and "21" in text, second
-
-
-def test_count_tokens_for_a_model_and_a_council(served: CouncilServer) -> None:
-    client = real_sdk(served)
-    alone = client.messages.count_tokens(model="qwen", messages=HELLO).input_tokens  # type: ignore[arg-type]
-    with_tools = client.messages.count_tokens(model="qwen", messages=ASK, tools=[WEATHER]).input_tokens  # type: ignore[arg-type, list-item]
-    assert 0 < alone < with_tools
-    # the council's seats all read the model's tokenizer: the largest count is the model's
-    assert client.messages.count_tokens(model="agents", messages=ASK, tools=[WEATHER]).input_tokens == with_tools  # type: ignore[arg-type, list-item]
-    bearer = real_sdk(served, auth_token=REAL_KEY)
-    assert bearer.messages.count_tokens(model="agents", messages=HELLO).input_tokens == alone  # type: ignore[arg-type]
-    with pytest.raises(anthropic.AuthenticationError):
-        real_sdk(served, api_key="wrong").messages.count_tokens(model="agents", messages=HELLO)  # type: ignore[arg-type]
-    with pytest.raises(anthropic.NotFoundError):
-        client.messages.count_tokens(model="nope", messages=HELLO)  # type: ignore[arg-type]
-
-
-def test_a_model_is_relayed_whole_and_streamed(served: CouncilServer) -> None:
-    client = real_sdk(served)
-    whole = client.messages.create(model="qwen", max_tokens=8, temperature=0, messages=HELLO)  # type: ignore[arg-type]
-    assert whole.type == "message" and whole.content[0].type == "text" and whole.content[0].text
-    assert whole.stop_reason in ("end_turn", "max_tokens") and 0 < whole.usage.output_tokens <= 8
-    with client.messages.stream(model="qwen", max_tokens=8, temperature=0, messages=HELLO) as stream:  # type: ignore[arg-type]
-        kinds = {event.type for event in stream}
-        final = stream.get_final_message()
-    assert {"message_start", "content_block_delta", "message_stop"} <= kinds
-    assert blocks(final) == blocks(whole) and final.stop_reason == whole.stop_reason
-    # llama-server's own refusal (the prompt is over its context), in Anthropic's shape, whole and streamed
-    long = [{"role": "user", "content": "word " * 1500}]
-    for streamed in (False, True):
-        with pytest.raises(anthropic.BadRequestError) as refused:
-            client.messages.create(model="qwen", max_tokens=8, messages=long, stream=streamed)  # type: ignore[call-overload]
-        body = refused.value.body
-        assert isinstance(body, dict) and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
-        assert "context" in body["error"]["message"], body
