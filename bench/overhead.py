@@ -23,6 +23,11 @@ bounds what a second router can buy).
 LiteLLM (`litellm[proxy]==1.106.12`, one worker) lives in a venv of its own under the cache
 (~/.cache/council/bench/litellm-venv, made on first use) so it cannot change council's FastAPI/uvicorn; when
 it cannot be installed its rows are skipped with one line saying why.
+Part 5, what the Anthropic Messages API's translation adds (server/apis/anthropic.py): an agent's turn (a system
+prompt, 20 turns with tool calls and results, 4 tools) read, validated and translated to the chat request, beside
+the same request sent as chat; a council's answer written as a message and as its events, beside the chat
+completion; and litellm's Anthropic adapter doing the same translation, with its import time
+(`--translation-only` runs parts 3 and 5 alone, no member, no wrk).
 With `--baseline GITREF` (e.g. `main`), part 1 also runs that commit's router (its tree from `git archive`, on
 PYTHONPATH) beside this one, each with its own member, every path of both in the same interleaved rounds, so
 "before" and "after" are measured side by side; the spread of the rounds says what a difference is worth.
@@ -549,6 +554,82 @@ def print_scale_out(doc: dict[str, object]) -> None:
               f"{two['added_p50_ms']:.3f} vs {one['added_p50_ms']:.3f} ms")
 
 
+def translation_cost(repeat: int = 500) -> dict[str, float]:
+    """Microseconds per request: reading an Anthropic agent turn into the chat request a council is asked, beside
+    the same request as chat; writing an answer back; litellm's adapter on the same body."""
+    import time
+    import timeit
+
+    from council.server.apis import anthropic
+    from council.server.requests import ChatRequest, parse_json, validate_body
+    from council.server.routes.chat import completion_body
+    from council.voting.client import MemberReply
+    from council.voting.engine import CouncilAnswer, Seat, SeatOutcome
+    from council.voting.vote import Decision
+
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+    tools = [{"name": f"lookup{i}", "description": "find a thing", "input_schema": schema} for i in range(4)]
+    turns: list[dict[str, object]] = []
+    for i in range(10):
+        turns.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{i - 1}",
+                                                   "content": f"found {i} " * 20}] if i else f"question {i} " * 20})
+        turns.append({"role": "assistant", "content": [{"type": "text", "text": f"looking {i} " * 10}, {
+            "type": "tool_use", "id": f"toolu_{i}", "name": "lookup0", "input": {"q": f"thing {i}"}}]})
+    turns.append({"role": "user", "content": "and so?"})
+    body = {"model": "solo", "system": "be brief " * 50, "messages": turns, "tools": tools, "max_tokens": 256,
+            "temperature": 0.2}
+    raw = json.dumps(body).encode()
+
+    def messages_in() -> object:
+        doc = parse_json(raw)
+        chat_body = anthropic.to_chat(anthropic.validate(doc, anthropic.MessagesRequest), doc)
+        chat = validate_body(chat_body, ChatRequest)
+        return chat.council_request(chat_body)  # type: ignore[attr-defined]
+
+    def translate() -> object:  # what the Messages API adds before chat's own validation
+        doc = parse_json(raw)
+        return anthropic.to_chat(anthropic.validate(doc, anthropic.MessagesRequest), doc)
+
+    doc = parse_json(raw)
+    chat_raw = json.dumps(anthropic.to_chat(anthropic.validate(doc, anthropic.MessagesRequest), doc)).encode()
+
+    def chat_in() -> object:
+        chat_doc = parse_json(chat_raw)
+        return validate_body(chat_doc, ChatRequest).council_request(chat_doc)  # type: ignore[attr-defined]
+
+    def per_call(work: object) -> float:
+        return min(timeit.repeat(work, number=repeat, repeat=3)) / repeat * 1e6  # type: ignore[arg-type]
+
+    from council.policy.schema import Sampling
+
+    reply = MemberReply(status="ok", text="", message={"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "lookup0", "arguments": '{"q": "x"}'}}]},
+        prompt_tokens=900, completion_tokens=12, finish_reason="tool_calls")
+    seats = [Seat(name=f"s{i}", order=i, model="m", weight=1.0, sampling=Sampling(), client=None)  # type: ignore[arg-type]
+             for i in range(3)]
+    answer = CouncilAnswer(id="chatcmpl-0", council="solo", strategy="majority",
+                           decision=Decision(answer="lookup0", votes={"lookup0": 3.0}, agreement=1.0,
+                                             winner_members=("s0", "s1", "s2"), tie_broken_by=None, text=None),
+                           outcomes=[SeatOutcome(seat=s, reply=reply) for s in seats], early_stop=False,
+                           tool_calls=reply.message["tool_calls"])  # type: ignore[index]
+    # interleaved, the best of three each: a busy machine slows both alike
+    rounds = [(per_call(chat_in), per_call(messages_in)) for _ in range(3)]
+    chat_in_us, messages_in_us = min(c for c, _ in rounds), min(m for _, m in rounds)
+    result = {"bytes": len(raw), "chat_in_us": chat_in_us, "messages_in_us": messages_in_us,
+              "translate_us": per_call(translate),
+              "chat_out_us": per_call(lambda: json.dumps(completion_body(answer, 0))),
+              "messages_out_us": per_call(lambda: json.dumps(anthropic.message_body(answer))),
+              "messages_stream_out_us": per_call(lambda: anthropic.stream_answer(answer))}
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
+    started = time.perf_counter()
+    from litellm.llms.anthropic.messages.adapters.transformation import LiteLLMAnthropicMessagesAdapter
+
+    result["litellm_import_s"] = time.perf_counter() - started
+    adapter = LiteLLMAnthropicMessagesAdapter()
+    result["litellm_in_us"] = per_call(lambda: adapter.translate_anthropic_to_openai(parse_json(raw)))  # type: ignore[arg-type]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
@@ -556,7 +637,11 @@ def main() -> None:
     parser.add_argument("--baseline", help="a git ref whose router runs beside this one in part 1 (before/after)")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
     parser.add_argument("--no-scale-out", action="store_true", help="leave part 4 (two routers) out")
+    parser.add_argument("--translation-only", action="store_true", help="parts 3 and 5 alone (no member, no wrk)")
     args = parser.parse_args()
+    if args.translation_only:
+        report_translation(validation_cost(200), translation_cost(200))
+        return
     server = find_llama_server()
     assert server is not None, "run `council setup` first"
     doc: dict[str, object] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
@@ -598,11 +683,9 @@ def main() -> None:
         if errors:
             print(f"non-2xx responses (left in the figures): {errors}")
     valid = doc["validation"] = validation_cost()
+    translated = doc["translation"] = translation_cost()
     print()
-    for name, row in valid.items():
-        print(f"validation, {name} ({row['bytes']} B): parse {row['parse_us']:.1f} us, parse + validate "
-              f"{row['parse_and_validate_us']:.1f} us (validation {row['validate_us']:.1f} us, "
-              f"{row['parse_and_validate_us'] / row['parse_us']:.1f}x the parse)")
+    report_translation(valid, translated)
     doc["load_after"] = os.getloadavg()[0]
     print(f"load average (1 min) {doc['load_before']:.1f} before, {doc['load_after']:.1f} after, on "
           f"{doc['cpus']} CPUs")
@@ -613,6 +696,28 @@ def save(doc: dict[str, object]) -> None:
     """bench/results/overhead.json, rewritten after each part (a later part's failure keeps the earlier ones)."""
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "overhead.json").write_text(json.dumps(doc, indent=2))
+
+
+def report_translation(valid: dict[str, dict[str, float]], translated: dict[str, float]) -> None:
+    for name, row in valid.items():
+        print(f"validation, {name} ({row['bytes']} B): parse {row['parse_us']:.1f} us, parse + validate "
+              f"{row['parse_and_validate_us']:.1f} us (validation {row['validate_us']:.1f} us, "
+              f"{row['parse_and_validate_us'] / row['parse_us']:.1f}x the parse)")
+    t = translated
+    print(f"Anthropic Messages, agent turn ({t['bytes']:.0f} B, 20 turns, 4 tools), per request:")
+    print(f"{'':<34} {'chat':>9} {'messages':>9} {'ratio':>6}")
+    print(f"{'read, validate, translate (us)':<34} {t['chat_in_us']:>9.1f} {t['messages_in_us']:>9.1f} "
+          f"{t['messages_in_us'] / t['chat_in_us']:>6.2f}")
+    print(f"{'  of which Anthropic -> chat (us)':<34} {'':>9} {t['translate_us']:>9.1f}")
+    print(f"{'write the answer (us)':<34} {t['chat_out_us']:>9.1f} {t['messages_out_us']:>9.1f} "
+          f"{t['messages_out_us'] / t['chat_out_us']:>6.2f}   (events: {t['messages_stream_out_us']:.1f} us)")
+    print(f"litellm's adapter, the same translation in: {t['litellm_in_us']:.1f} us "
+          f"({t['litellm_in_us'] / t['translate_us']:.2f}x ours, which also validates), after "
+          f"{t['litellm_import_s']:.1f} s of import")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "translation.json").write_text(json.dumps({"validation": valid, "translation": translated,
+                                                          "cpus": os.cpu_count(),
+                                                          "python": sys.version.split()[0]}, indent=2))
 
 
 if __name__ == "__main__":

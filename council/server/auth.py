@@ -106,7 +106,8 @@ class KeyRing:
         if not self.enabled:
             return self.anonymous
         if not authorization or not authorization.lower().startswith("bearer "):
-            raise MissingKey("missing API key: send `Authorization: Bearer KEY`", "missing_api_key")
+            raise MissingKey("missing API key: send `Authorization: Bearer KEY` (or `x-api-key: KEY`)",
+                             "missing_api_key")
         digest = hashlib.sha256(authorization[7:].strip().encode()).digest()
         found = next((p for d, p in self._digests if hmac.compare_digest(d, digest)), None)
         if found is None:

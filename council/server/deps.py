@@ -27,9 +27,14 @@ def caller(request: Request, scope: str) -> tuple[Router, Principal]:
 
 
 def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """A dependency that resolves the caller's bearer key and checks it has `scope` (`chat` or `admin`)."""
+    """A dependency that resolves the caller's key and checks it has `scope` (`chat` or `admin`). The key comes as
+    `Authorization: Bearer KEY`, or as `x-api-key: KEY` (Anthropic's clients; Claude Code sends either)."""
 
     async def principal(request: Request) -> Principal:
-        return (await current_router(request)).keys.principal(request.headers.get("authorization"), scope)
+        headers = request.headers
+        authorization = headers.get("authorization")
+        if authorization is None and (key := headers.get("x-api-key")) is not None:
+            authorization = f"Bearer {key}"
+        return (await current_router(request)).keys.principal(authorization, scope)
 
     return principal

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from council.cluster.store import StateError
 from council.errors import CouncilError
+from council.server.apis import anthropic
 from council.server.auth import AuthError, Forbidden, MissingKey
 from council.server.limits import Limited
 from council.server.requests import BadRequest
@@ -26,7 +27,9 @@ OVERHEAD_HEADER = "x-council-overhead-ms"
 # Keys in a request's ASGI scope state: when it arrived (`app`), the model it named once that is known, and
 # how long it waited for members before it failed (`routes.chat`).
 STARTED, MODEL, WAITED = "council_started", "council_model", "council_waited"
-CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+# The routes whose requests the metrics count (errors too), by the route label they are counted under.
+COUNTED_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "chat", "/v1/messages": "messages",
+                 "/v1/messages/count_tokens": "count_tokens"}
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
@@ -45,6 +48,24 @@ def error_response(status: int, message: str, code: str, headers: dict[str, str]
                    **extra: Any) -> JSONResponse:
     body = {"error": {"message": message, "type": TYPES.get(status, "server_error"), "code": code}, **extra}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def anthropic_client(request: Request) -> bool:
+    """A request in the Anthropic API's words: on its own routes, or sent with its `anthropic-version` header (the
+    SDKs send it), or to `/v1/models` with an `x-api-key` alone."""
+    headers, path = request.headers, request.url.path
+    return (path in anthropic.PATHS or "anthropic-version" in headers
+            or (path.startswith("/v1/models") and "x-api-key" in headers and "authorization" not in headers))
+
+
+def shaped_error(request: Request, status: int, message: str, code: str, headers: dict[str, str] | None = None,
+                 **extra: Any) -> JSONResponse:
+    """An error in the caller's API's shape: Anthropic's (`{"type": "error", "error": {"type", "message"}}`) for
+    Anthropic clients, else OpenAI's; the same status either way."""
+    if anthropic_client(request):
+        return JSONResponse({**anthropic.error_body(status, message, code), **extra}, status_code=status,
+                            headers=headers)
+    return error_response(status, message, code, headers, **extra)
 
 
 # Most specific kind first; a code of None means the error carries its own (`exc.code`).
@@ -86,8 +107,9 @@ def finish_error(request: Request, response: JSONResponse) -> JSONResponse:
     overhead = now - started - state.get(WAITED, 0.0)
     response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
     router = getattr(request.app.state, "router", None)
-    if request.scope.get("path") in CHAT_PATHS and router is not None:
-        router.metrics.observe("chat", state.get(MODEL, "-"), response.status_code, now - started, overhead)
+    route = COUNTED_PATHS.get(request.scope.get("path", ""))
+    if route is not None and router is not None:
+        router.metrics.observe(route, state.get(MODEL, "-"), response.status_code, now - started, overhead)
     return response
 
 
@@ -97,14 +119,14 @@ def install_error_handlers(app: FastAPI) -> None:
         status, code, headers = status_of(exc)
         extra = {"problems": exc.problems} if isinstance(exc, ReloadError) else {}
         message = "the new policy is refused; the old one keeps running" if isinstance(exc, ReloadError) else str(exc)
-        return finish_error(request, error_response(status, message, code, headers or None, **extra))
+        return finish_error(request, shaped_error(request, status, message, code, headers or None, **extra))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return finish_error(request, error_response(exc.status_code, str(exc.detail),
-                                                    "not_found" if exc.status_code == 404 else "http_error"))
+        return finish_error(request, shaped_error(request, exc.status_code, str(exc.detail),
+                                                  "not_found" if exc.status_code == 404 else "http_error"))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return finish_error(request, error_response(500, f"internal error ({type(exc).__name__}); see the router's "
-                                                    "log", "internal_error"))
+        return finish_error(request, shaped_error(request, 500, f"internal error ({type(exc).__name__}); see the "
+                                                  "router's log", "internal_error"))

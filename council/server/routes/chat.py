@@ -209,12 +209,13 @@ async def _passthrough(router: Router, model: str, raw: bytes, path: str, admiss
         return _measured(router, response, model, started, time.perf_counter() - asked)
 
 
-def _measured(router: Router, response: Response, model: str, started: float, waited: float) -> Response:
-    """Stamp the router's own time on the response and count the request."""
+def _measured(router: Router, response: Response, model: str, started: float, waited: float,
+              route: str = "chat") -> Response:
+    """Stamp the router's own time on the response and count the request (under `route`, the metrics' label)."""
     now = time.perf_counter()
     overhead = now - started - waited
     response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
-    router.metrics.observe("chat", model, response.status_code, now - started, overhead)
+    router.metrics.observe(route, model, response.status_code, now - started, overhead)
     return response
 
 

@@ -1,5 +1,6 @@
 """A process of this host, for routers on other hosts (`state: redis://`); guarded by the shared cluster key.
-Council calls, a model's chat completions (streamed too) and text completions all come through here."""
+Council calls, a model's chat completions (streamed too), text completions and Anthropic messages (and their token
+counts) all come through here."""
 
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ async def chat_call(process: str, request: Request, router: Current) -> Response
 @routes.post("/internal/members/{process:path}/v1/completions", response_model=None)
 async def completion_call(process: str, request: Request, router: Current) -> Response:
     return await process_call(process, "/v1/completions", request, router)
+
+
+@routes.post("/internal/members/{process:path}/v1/messages", response_model=None)
+async def messages_call(process: str, request: Request, router: Current) -> Response:
+    return await process_call(process, "/v1/messages", request, router)
+
+
+@routes.post("/internal/members/{process:path}/v1/messages/count_tokens", response_model=None)
+async def count_tokens_call(process: str, request: Request, router: Current) -> Response:
+    return await process_call(process, "/v1/messages/count_tokens", request, router)
 
 
 async def process_call(process: str, path: str, request: Request, router: Router) -> Response:

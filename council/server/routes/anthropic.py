@@ -1,0 +1,231 @@
+"""POST /v1/messages and /v1/messages/count_tokens, the Anthropic Messages API (Claude Code, the `anthropic` SDK):
+a council is asked as chat completions ask it (the request translated by `apis.anthropic`, validated as a chat
+request, the same vote, limits, metrics and cancellation), a model is relayed to its process, which answers this
+API itself. Errors come in Anthropic's shape (`errors.shaped_error`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from council.errors import CouncilError
+from council.server.apis import anthropic
+from council.server.apis.anthropic import CountTokensRequest, MessagesRequest
+from council.server.auth import Principal
+from council.server.deps import current_router, require
+from council.server.errors import MODEL, OVERHEAD_HEADER, WAITED, ApiError, status_of
+from council.server.limits import Admission
+from council.server.requests import BadRequest, ChatRequest, validate_body
+from council.server.router import Router
+from council.server.routes.chat import (
+    CLIENT_GONE,
+    KEEPALIVE_S,
+    _check_council_request,
+    _measured,
+    _target,
+    _unless_disconnected,
+    read_body,
+)
+from council.server.routes.passthrough import relay
+from council.voting.client import HttpMemberClient, MemberUnavailable, Relayed
+from council.voting.engine import CouncilEngine
+from council.voting.request import CouncilRequest
+
+ROUTE = "messages"  # the metrics' route label (count_tokens: `count_tokens`)
+routes = APIRouter()
+Chat = Annotated[Principal, Depends(require("chat"))]
+Current = Annotated[Router, Depends(current_router)]
+
+
+@routes.post("/v1/messages", response_model=None)
+async def messages(request: Request, router: Current, who: Chat) -> Response:
+    started = time.perf_counter()
+    raw, body = await read_body(request, router.policy.server.max_body)
+    asked = anthropic.validate(body, MessagesRequest)
+    engine = _target(router, asked.model)
+    setattr(request.state, MODEL, asked.model)  # a known name: errors from here on are counted under it
+    if asked.has_media and not router.accepts_media(asked.model):
+        raise BadRequest(f"{asked.model} is text-only: no member has a vision projector (`--mmproj`); send text",
+                         "unsupported_content")
+    if engine is None:
+        admission = await router.limits.admit(who, asked.model)
+        return await _relay_model(router, asked.model, raw, admission, started, stream=bool(asked.stream))
+    chat_body = anthropic.to_chat(asked, body)
+    chat = validate_body(chat_body, ChatRequest)
+    assert isinstance(chat, ChatRequest)
+    _check_council_request(router, chat)
+    council = chat.council_request(chat_body)
+    admission = await router.limits.admit(who, asked.model)
+    if asked.stream:
+        return StreamingResponse(_stream(router, engine, council, admission, started),
+                                 media_type="text/event-stream")
+    async with admission:
+        waiting = time.perf_counter()
+        try:
+            answer = await _unless_disconnected(request, engine.ask(council))
+        except CouncilError:
+            setattr(request.state, WAITED, time.perf_counter() - waiting)  # the error's overhead leaves it out
+            raise
+        waited = time.perf_counter() - waiting
+        if answer is None:  # the client went away: its members were cancelled, nobody reads an answer
+            router.metrics.observe(ROUTE, asked.model, CLIENT_GONE, time.perf_counter() - started, None)
+            return Response(status_code=CLIENT_GONE)
+        router.answered(answer, council)
+        return _measured(router, JSONResponse(anthropic.message_body(answer)), asked.model, started, waited, ROUTE)
+
+
+async def _stream(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,
+                  started: float) -> AsyncIterator[bytes]:
+    """`message_start` at once, `ping` events while the members work, then the answer's events (with the router's
+    own time, `overhead_ms`, in the `council` object of `message_delta`), or an `error` event. A client that goes
+    away closes this generator, which cancels the council's member requests."""
+    asked = time.perf_counter()
+    task = asyncio.create_task(engine.ask(council))
+    status: int = CLIENT_GONE  # until the stream ends otherwise
+    waited: float | None = None
+    try:
+        yield anthropic.stream_start(f"msg_{uuid.uuid4().hex}", engine.name)
+        while True:
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(task), KEEPALIVE_S)
+                break
+            except TimeoutError:
+                yield anthropic.PING
+            except CouncilError as exc:
+                waited = time.perf_counter() - asked
+                status, code, _ = status_of(exc)
+                yield anthropic.stream_error(status, str(exc), code)
+                return
+        waited = time.perf_counter() - asked
+        router.answered(answer, council)
+        overhead_ms = round((time.perf_counter() - started - waited) * 1000, 3)
+        for event in anthropic.stream_answer(answer, overhead_ms=overhead_ms):
+            yield event
+        status = 200
+    finally:
+        if not task.done():
+            task.cancel()
+        admission.release()
+        now = time.perf_counter()
+        router.metrics.observe(ROUTE, engine.name, status, now - started,
+                               None if waited is None else now - started - waited)
+
+
+# ---- a model: relayed to its process, which answers the Messages API itself --------------------------------------
+
+
+async def _relay_model(router: Router, model: str, raw: bytes, admission: Admission, started: float,
+                       stream: bool) -> Response:
+    if stream:
+        overhead = time.perf_counter() - started  # a stream's headers leave when the member's do
+
+        def ended(status: int) -> None:
+            router.metrics.observe(ROUTE, model, status, time.perf_counter() - started, overhead)
+
+        try:
+            response = await relay(router, model, raw, "/v1/messages", True, admission, ended)
+        except BaseException:
+            admission.release()
+            raise
+        assert isinstance(response, StreamingResponse)
+        response.body_iterator = (_normalised(response.body_iterator) if response.status_code < 400
+                                  else _error_body(response.status_code, response.body_iterator))
+        response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
+        return response
+    async with admission:
+        asking = time.perf_counter()
+        response = await relay(router, model, raw, "/v1/messages", False, admission)
+        waited = time.perf_counter() - asking
+        if response.status_code >= 400:
+            response = JSONResponse(anthropic.from_openai_error(response.status_code, bytes(response.body)),
+                                    status_code=response.status_code)
+        return _measured(router, response, model, started, waited, ROUTE)
+
+
+async def _normalised(chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """A model's Messages stream, event by event, its `error` events in Anthropic's shape. Closing this closes the
+    relay's own stream at once (a client that went away frees the process's slot now, not at garbage collection)."""
+    pending = b""
+    try:
+        async for chunk in chunks:
+            pending += chunk if isinstance(chunk, bytes) else str(chunk).encode()
+            if b"\n\n" not in pending:
+                continue
+            complete, _, pending = pending.rpartition(b"\n\n")
+            if b"event: error" in complete:
+                complete = b"".join(anthropic.normalise_event(e + b"\n\n") for e in complete.split(b"\n\n"))
+            else:
+                complete += b"\n\n"
+            yield complete
+        if pending:
+            yield pending
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def _error_body(status: int, chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """A model's error answer to a streamed request (a JSON body, not a stream) in Anthropic's shape."""
+    try:
+        raw = b"".join([c if isinstance(c, bytes) else str(c).encode() async for c in chunks])
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    yield json.dumps(anthropic.from_openai_error(status, raw)).encode()
+
+
+# ---- count_tokens ---------------------------------------------------------------------------------------------
+
+
+@routes.post("/v1/messages/count_tokens", response_model=None)
+async def count_tokens(request: Request, router: Current, who: Chat) -> Response:
+    """A model's own count; a council's members' tokenizers differ, so the largest of its processes' counts (each
+    with the member's own system prompt, as it is sent)."""
+    started = time.perf_counter()
+    raw, body = await read_body(request, router.policy.server.max_body)
+    asked = anthropic.validate(body, CountTokensRequest)
+    engine = _target(router, asked.model)
+    setattr(request.state, MODEL, asked.model)
+    async with await router.limits.admit(who, asked.model) as admission:
+        waiting = time.perf_counter()
+        if engine is None:
+            response = await relay(router, asked.model, raw, "/v1/messages/count_tokens", False, admission)
+            if response.status_code >= 400:
+                response = JSONResponse(anthropic.from_openai_error(response.status_code, bytes(response.body)),
+                                        status_code=response.status_code)
+        else:
+            response = JSONResponse({"input_tokens": await _council_count(engine, body)})
+        return _measured(router, response, asked.model, started, time.perf_counter() - waiting, "count_tokens")
+
+
+async def _council_count(engine: CouncilEngine, body: dict[str, Any]) -> int:
+    asks: dict[tuple[object, str | None], Any] = {}
+    for seat in engine.seats:
+        client = seat.client
+        if isinstance(client, HttpMemberClient):  # a `remote:` model has no tokenizer here
+            key = (client.target or id(client), seat.sampling.system)
+            if key not in asks:
+                payload = json.dumps(anthropic.with_own_system(body, seat.sampling.system)).encode()
+                asks[key] = client.relay(payload, "/v1/messages/count_tokens")
+    if not asks:
+        raise ApiError(400, f"council {engine.name} has only remote members: no tokenizer here to count with",
+                       "count_unavailable")
+    results: list[Relayed | BaseException] = await asyncio.gather(*asks.values(), return_exceptions=True)
+    counts: list[int] = []
+    for result in results:
+        if isinstance(result, CouncilError):
+            continue  # a process not ready now: the others count
+        if isinstance(result, BaseException):
+            raise result
+        if result.status >= 400:
+            error = anthropic.from_openai_error(result.status, result.body)["error"]
+            raise ApiError(result.status if result.status < 500 else 502, error["message"], "rejected_by_members")
+        counts.append(int(json.loads(result.body)["input_tokens"]))
+    if not counts:
+        raise MemberUnavailable(f"council {engine.name}: no member is ready to count tokens")
+    return max(counts)
