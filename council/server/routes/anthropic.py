@@ -77,7 +77,7 @@ async def messages(request: Request, router: Current, who: Chat) -> Response:
         if answer is None:  # the client went away: its members were cancelled, nobody reads an answer
             router.metrics.observe(ROUTE, asked.model, CLIENT_GONE, time.perf_counter() - started, None)
             return Response(status_code=CLIENT_GONE)
-        router.answered(answer, council)
+        router.answered(answer, council, waited)
         return _measured(router, JSONResponse(anthropic.message_body(answer)), asked.model, started, waited, ROUTE)
 
 
@@ -104,7 +104,7 @@ async def _stream(router: Router, engine: CouncilEngine, council: CouncilRequest
                 yield anthropic.stream_error(status, str(exc), code)
                 return
         waited = time.perf_counter() - asked
-        router.answered(answer, council)
+        router.answered(answer, council, waited)
         overhead_ms = round((time.perf_counter() - started - waited) * 1000, 3)
         for event in anthropic.stream_answer(answer, overhead_ms=overhead_ms):
             yield event
