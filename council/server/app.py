@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from council import __version__
 from council.server.errors import STARTED, install_error_handlers
 from council.server.router import Router
-from council.server.routes import admin, chat, events, health, internal, models, ui
+from council.server.routes import admin, chat, events, health, internal, models, responses, ui
 
 
 class _Arrival:
@@ -44,6 +44,6 @@ def create_app(router: Router) -> FastAPI:
     app.state.router = router
     install_error_handlers(app)
     app.add_middleware(_Arrival)
-    for module in (chat, models, health, admin, events, internal, ui):
+    for module in (chat, responses, models, health, admin, events, internal, ui):
         app.include_router(module.routes)
     return app

@@ -26,7 +26,7 @@ OVERHEAD_HEADER = "x-council-overhead-ms"
 # Keys in a request's ASGI scope state: when it arrived (`app`), the model it named once that is known, and
 # how long it waited for members before it failed (`routes.chat`).
 STARTED, MODEL, WAITED = "council_started", "council_model", "council_waited"
-CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/responses/input_tokens"})
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
