@@ -159,7 +159,7 @@ class ResponsesRequest(_Open):
     """POST /v1/responses (and /v1/responses/input_tokens, where `model` and `input` are what count)."""
 
     model: str = Field(min_length=1)
-    input: str | list[Item]
+    input: str | Annotated[list[Item], Field(min_length=1)]
     instructions: str | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
@@ -213,7 +213,8 @@ def validate_responses(body: Any) -> ResponsesRequest:
     """The body as a `ResponsesRequest`, or BadRequest naming the first problem (and how many more there are)."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object", "invalid_body")
-    for n, tool in enumerate(body.get("tools") or []):
+    tools = body.get("tools")
+    for n, tool in enumerate(tools if isinstance(tools, list) else []):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind != "function":
             raise BadRequest(f"tools.{n}: only function tools are supported (not {kind!r}: OpenAI's hosted tools "
@@ -223,7 +224,7 @@ def validate_responses(body: Any) -> ResponsesRequest:
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         # `input` is a string or a list: the deepest error is the one about what the client meant to send
-        first = max(errors, key=lambda e: len(e.get("loc", ())))
+        first = max(reversed(errors), key=lambda e: len(e.get("loc", ())))
         loc = [str(p) for p in first.get("loc", ()) if not str(p).startswith(("function-", "list[", "str", "int"))]
         field = loc[0] if loc else "body"
         if field == "model":
@@ -234,6 +235,21 @@ def validate_responses(body: Any) -> ResponsesRequest:
                          f"invalid_{field}") from None
     validated.check()
     return validated
+
+
+# Documented for clients and fuzzers; `ResponsesRequest` is what checks a body.
+REQUEST_SCHEMA: dict[str, Any] = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string", "description": "a council or model name (GET /v1/models)"},
+        "input": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}]},
+        "instructions": {"type": "string"},
+        "stream": {"type": "boolean"},
+        "max_output_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "previous_response_id": {"type": "string"},
+        "store": {"type": "boolean"},
+    }}}}}
 
 
 # ---- request: Responses → chat ------------------------------------------------------------------------------

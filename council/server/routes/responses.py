@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from council.cluster.store import StateError
 from council.errors import CouncilError
 from council.server.apis.responses import (
+    REQUEST_SCHEMA,
     ResponsesRequest,
     Sequence,
     StreamFixer,
@@ -88,7 +89,7 @@ def _answered(answer: CouncilAnswer, request: ResponsesRequest, response_id: str
                            council={"ballot": answer.id, **answer.council_json()})
 
 
-@routes.post("/v1/responses", response_model=None)
+@routes.post("/v1/responses", response_model=None, openapi_extra={"requestBody": REQUEST_SCHEMA})
 async def create_response(request: Request, router: Current, who: Chat) -> Response:
     started = time.perf_counter()
     _, body = await read_body(request, router.policy.server.max_body)
@@ -221,7 +222,7 @@ async def _fixed(router: Router, ask: ResponsesRequest, inputs: list[dict[str, A
             await close()
 
 
-@routes.post("/v1/responses/input_tokens", response_model=None)
+@routes.post("/v1/responses/input_tokens", response_model=None, openapi_extra={"requestBody": REQUEST_SCHEMA})
 async def input_tokens(request: Request, router: Current, who: Chat) -> Response:
     """How many tokens the input is: a model's process counts it; a council's members' tokenizers (and their own
     system prompts) differ, so each distinct member is asked and the largest count is the answer."""
