@@ -12,6 +12,9 @@ member calls/s = council requests/s x 3. Goals: <= 1 ms added at p50; >= 1,000 m
 Part 3, what validating a body against the OpenAI schema costs (server/requests.py, pydantic in strict mode),
 beside the JSON parse every request has always paid: a one-line chat, and an agent's body (a system prompt,
 20 turns, 4 tools).
+Part 4, what the Responses API's translation adds beside chat (server/apis/responses.py), per request, for the
+same two conversations: the request read and checked as chat vs read as Responses, translated to chat and checked
+as chat; the answer written as a chat completion vs as a Response object (one message item, or two function calls).
 With `--baseline GITREF` (e.g. `main`), part 1 also runs that commit's router (its tree from `git archive`, on
 PYTHONPATH) beside this one, each with its own member, every path of both in the same interleaved rounds, so
 "before" and "after" are measured side by side; the spread of the rounds says what a difference is worth.
@@ -199,6 +202,63 @@ def validation_cost(repeat: int = 2000) -> dict[str, dict[str, float]]:
     return result
 
 
+def translation_cost(repeat: int = 2000) -> dict[str, dict[str, float]]:
+    """Microseconds per request, chat beside Responses: reading the body, and writing the answer."""
+    import timeit
+
+    from council.server.apis.responses import output_items, response_object, to_chat, validate_responses
+    from council.server.requests import ChatRequest, parse_json, validate_body
+
+    tool = {"type": "function", "name": "lookup", "description": "find a thing",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}
+    chat_tool = {"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}}
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 20} for i in range(20)]
+    bodies = {"one-line": ({**BODY, "model": "solo"},
+                           {"model": "solo", "input": "go", "max_output_tokens": 1, "temperature": 0}),
+              "agent (20 turns, 4 tools)": (
+                  {"model": "solo", "messages": [{"role": "system", "content": "be brief " * 50}, *turns],
+                   "tools": [chat_tool] * 4, "temperature": 0.2, "max_tokens": 256},
+                  {"model": "solo", "instructions": "be brief " * 50, "input": turns, "tools": [tool] * 4,
+                   "temperature": 0.2, "max_output_tokens": 256})}
+
+    def responses(raw: bytes) -> None:
+        body = parse_json(raw)
+        validate_body(to_chat(validate_responses(body), body, []), ChatRequest)
+
+    def best(work: object) -> float:
+        return min(timeit.repeat(work, number=repeat, repeat=5)) / repeat * 1e6  # type: ignore[arg-type]
+
+    result: dict[str, dict[str, float]] = {}
+    for name, (chat, resp) in bodies.items():
+        raw_chat, raw_resp = json.dumps(chat).encode(), json.dumps(resp).encode()
+        result[f"request, {name}"] = {
+            "chat_us": best(lambda raw=raw_chat: validate_body(parse_json(raw), ChatRequest)),
+            "responses_us": best(lambda raw=raw_resp: responses(raw))}
+    ask = validate_responses(bodies["agent (20 turns, 4 tools)"][1])
+    calls = [{"id": f"call_{i}", "type": "function", "function": {"name": "lookup", "arguments": '{"q":"x"}'}}
+             for i in range(2)]
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    council = {"answer": "x", "members": [{"name": "m", "status": "ok"}] * 3}
+    for name, message in (("text", {"role": "assistant", "content": "an answer " * 20}),
+                          ("two calls", {"role": "assistant", "content": None, "tool_calls": calls})):
+        result[f"answer, {name}"] = {
+            "chat_us": best(lambda m=message: json.dumps(
+                {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "solo", "council": council,
+                 "choices": [{"index": 0, "message": m, "finish_reason": "stop"}], "usage": usage})),
+            "responses_us": best(lambda m=message: json.dumps(response_object(
+                "resp_x", ask, 0, "completed", output_items(m), usage, council=council)))}
+    for row in result.values():
+        row["added_us"] = row["responses_us"] - row["chat_us"]
+    return result
+
+
+def print_translation(cost: dict[str, dict[str, float]]) -> None:
+    print(f"{'Responses beside chat':<34} {'chat us':>9} {'responses us':>13} {'added us':>9} {'ratio':>6}")
+    for name, row in cost.items():
+        print(f"{name:<34} {row['chat_us']:>9.1f} {row['responses_us']:>13.1f} {row['added_us']:>9.1f} "
+              f"{row['responses_us'] / row['chat_us']:>5.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
@@ -240,8 +300,11 @@ def main() -> None:
         print(f"validation, {name} ({row['bytes']} B): parse {row['parse_us']:.1f} us, parse + validate "
               f"{row['parse_and_validate_us']:.1f} us (validation {row['validate_us']:.1f} us, "
               f"{row['parse_and_validate_us'] / row['parse_us']:.1f}x the parse)")
+    translation = translation_cost()
+    print_translation(translation)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "overhead.json").write_text(json.dumps({"latency": lat, "throughput": thr, "validation": valid,
+                                                        "translation": translation,
                                                         "cpus": os.cpu_count(),
                                                         "python": sys.version.split()[0]}, indent=2))
 
