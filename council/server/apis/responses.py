@@ -457,7 +457,7 @@ def sse(event: dict[str, Any]) -> bytes:
     return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
 
 
-class Sequence:
+class EventNumbers:
     """Numbers events in the order they are sent (`sequence_number`, which the SDKs use to resume)."""
 
     def __init__(self) -> None:
@@ -492,7 +492,7 @@ class StreamFixer:
 
     def __init__(self, request: ResponsesRequest) -> None:
         self.request = request
-        self.number = Sequence()
+        self.number = EventNumbers()
         self.indexes: dict[str, int] = {}  # item id -> output_index
         self.arguments_done: set[str] = set()
         self.response_id: str | None = None

@@ -23,8 +23,8 @@ from council.cluster.store import StateError
 from council.errors import CouncilError
 from council.server.apis.responses import (
     REQUEST_SCHEMA,
+    EventNumbers,
     ResponsesRequest,
-    Sequence,
     StreamFixer,
     complete_response,
     events_of,
@@ -132,7 +132,7 @@ async def _stream_council(router: Router, engine: CouncilEngine, council: Counci
     answer's items as Responses events and `response.completed` (`response.incomplete` when cut off) with usage
     and the `council` object; a failure is an `error` event and `response.failed`. A client that goes away
     closes this generator, which cancels the council's member requests."""
-    number = Sequence()
+    number = EventNumbers()
     response_id, created = new_id("resp"), int(time.time())
     opening = response_object(response_id, ask, created, "in_progress", [])
     asked = time.perf_counter()
