@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,9 +30,12 @@ from council.server.apis.responses import (
     to_chat,
     validate_responses,
 )
+from council.server.app import create_app
 from council.server.requests import BadRequest
 from council.setup.catalog import by_name
 from tests.policies import policy_yaml
+from tests.server.test_app import KEY as APP_KEY
+from tests.server.test_app import _requests_total, _router
 from tests.servers import CouncilServer, start_council_serve
 
 QWEN05 = by_name("qwen2.5-coder-0.5b")
@@ -181,6 +185,43 @@ def test_llama_servers_stream_is_completed_for_the_sdk() -> None:
         dones = [e for e in events if e["type"] == "response.function_call_arguments.done"]
         assert [d["arguments"] for d in dones] == (['{"city":"Oslo"}'] if call else [])
         assert fixer.final is not None and fixer.final["tools"] == [WEATHER]  # the request's settings, filled in
+
+
+# ---- in process: the routes' errors, as the SDK reads them (no member runs: httpx.ASGITransport) ----------
+
+
+@pytest.mark.anyio
+async def test_errors_and_failures_reach_the_sdk_in_the_responses_shape(tmp_path: Path) -> None:
+    transport = httpx.ASGITransport(app=create_app(_router(tmp_path)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council") as http:
+        client = openai.AsyncOpenAI(base_url="http://council/v1", api_key=APP_KEY, http_client=http, max_retries=0)
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.responses.create(model="c", input="x", max_output_tokens=0)
+        assert bad.value.code == "invalid_max_output_tokens" and bad.value.type == "invalid_request_error"
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.create(model="nope", input="x")
+        with pytest.raises(openai.AuthenticationError):
+            await client.with_options(api_key="wrong").responses.create(model="c", input="x")
+        with pytest.raises(openai.BadRequestError, match="previous_response_id 'resp_gone' is unknown"):
+            await client.responses.create(model="c", input="x", previous_response_id="resp_gone")
+        with pytest.raises(openai.InternalServerError) as down:  # no member of c runs here: no quorum
+            await client.responses.create(model="c", input="x")
+        assert down.value.status_code == 503 and down.value.code == "quorum_not_met"
+        with pytest.raises(openai.InternalServerError) as relayed:  # nor of the model, for a passthrough
+            await client.responses.create(model="m", input="x")
+        assert relayed.value.code == "no_ready_member"
+        # streamed, the failure comes inside the 200 stream: an `error` event and `response.failed`
+        events = [e async for e in await client.responses.create(model="c", input="x", stream=True)]
+        assert [e.type for e in events] == ["response.created", "response.in_progress", "error", "response.failed"]
+        assert [e.sequence_number for e in events] == [0, 1, 2, 3]
+        failed = events[-1].response
+        assert failed.status == "failed" and failed.error is not None and failed.error.code == "quorum_not_met"
+        assert failed.id == events[0].response.id
+        async with client.responses.stream(model="c", input="x") as stream:
+            with pytest.raises(RuntimeError, match=r"response\.completed"):
+                await stream.get_final_response()
+        counted = _requests_total((await http.get("/metrics", headers={"Authorization": f"Bearer {APP_KEY}"})).text)
+        assert counted[("c", "503")] == 3 and counted[("m", "503")] == 1 and counted[("-", "404")] == 1
 
 
 # ---- through a real `council serve` ------------------------------------------------------------------------
