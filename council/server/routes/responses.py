@@ -202,6 +202,7 @@ async def _fixed(router: Router, ask: ResponsesRequest, inputs: list[dict[str, A
     response is stored before it is sent."""
     fixer = StreamFixer(ask)
     pending = b""
+    stored = False
     try:
         async for chunk in chunks:
             pending += chunk if isinstance(chunk, bytes) else str(chunk).encode()
@@ -209,7 +210,8 @@ async def _fixed(router: Router, ask: ResponsesRequest, inputs: list[dict[str, A
             out: list[bytes] = []
             for data in found:
                 out += fixer.fix(data)
-                if fixer.final is not None:
+                if fixer.final is not None and not stored:
+                    stored = True
                     await _store(router, ask, str(fixer.final.get("id")), inputs, fixer.final.get("output") or [])
             if out:
                 yield b"".join(out)
