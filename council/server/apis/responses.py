@@ -152,7 +152,8 @@ OWN_FIELDS = frozenset({
     "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "max_output_tokens",
     "temperature", "top_p", "stream", "stream_options", "previous_response_id", "store", "text", "reasoning",
     "metadata", "include", "truncation", "background", "conversation", "council", "user", "safety_identifier",
-    "prompt_cache_key", "service_tier", "max_tool_calls", "top_logprobs", "prompt", "personality"})
+    "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "context_management", "service_tier",
+    "max_tool_calls", "top_logprobs", "prompt", "personality"})
 
 
 class ResponsesRequest(_Open):
