@@ -359,9 +359,15 @@ def test_a_model_is_relayed_and_its_stream_completed(agents: CouncilServer) -> N
     assert deltas and all(e.output_index == 0 and e.content_index == 0 for e in deltas)
     assert "".join(e.delta for e in deltas) == plain.output_text
 
-    later = client.responses.create(model="qwen", input="Now add 1 to it. The number only.", temperature=0,
-                                    max_output_tokens=8, previous_response_id=plain.id)
-    assert "5" in later.output_text and later.previous_response_id == plain.id
-    with client.responses.stream(model="qwen", input="Now add 2 to it. The number only.", temperature=0,
-                                 max_output_tokens=8, previous_response_id=plain.id) as stream:
-        assert "6" in stream.get_final_response().output_text
+    nxt = "Now add 1 to it. The number only."
+    alone = client.responses.input_tokens.count(model="qwen", input=nxt).input_tokens
+    counted = client.responses.input_tokens.count(model="qwen", input=nxt, previous_response_id=plain.id)
+    later = client.responses.create(model="qwen", input=nxt, temperature=0, max_output_tokens=8,
+                                    previous_response_id=plain.id)
+    assert later.status == "completed" and later.output_text and later.previous_response_id == plain.id
+    assert later.usage is not None and plain.usage.output_tokens > 0
+    assert later.usage.input_tokens == counted.input_tokens > alone + plain.usage.output_tokens  # the earlier turn too
+    with client.responses.stream(model="qwen", input=nxt, temperature=0, max_output_tokens=8,
+                                 previous_response_id=later.id) as stream:
+        longer = stream.get_final_response()
+    assert longer.usage is not None and longer.usage.input_tokens > later.usage.input_tokens  # and a third
