@@ -310,6 +310,7 @@ def test_errors_come_as_the_sdk_reads_them(agents: CouncilServer) -> None:
     assert count.value.code == "invalid_input"
 
 
+@pytest.mark.timeout(1200)  # five council answers of up to 60 tokens each, on a CPU other tests share
 def test_a_function_call_round_trip_through_a_council(agents: CouncilServer) -> None:
     """The members write the call as JSON text; the council recovers it and returns a `function_call` item; its
     output comes back by `previous_response_id` and reaches every member, which answer from it."""
