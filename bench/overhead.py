@@ -27,7 +27,10 @@ Part 5, what the Anthropic Messages API's translation adds (server/apis/anthropi
 prompt, 20 turns with tool calls and results, 4 tools) read, validated and translated to the chat request, beside
 the same request sent as chat; a council's answer written as a message and as its events, beside the chat
 completion; and litellm's Anthropic adapter doing the same translation, with its import time
-(`--translation-only` runs parts 3 and 5 alone, no member, no wrk).
+(`--translation-only` runs parts 3, 5 and 6 alone, no member, no wrk).
+Part 6, what the Responses API's translation adds beside chat (server/apis/responses.py), per request, for the
+same two conversations: the request read and checked as chat vs read as Responses, translated to chat and checked
+as chat; the answer written as a chat completion vs as a Response object (one message item, or two function calls).
 With `--baseline GITREF` (e.g. `main`), part 1 also runs that commit's router (its tree from `git archive`, on
 PYTHONPATH) beside this one, each with its own member, every path of both in the same interleaved rounds, so
 "before" and "after" are measured side by side; the spread of the rounds says what a difference is worth.
@@ -630,6 +633,63 @@ def translation_cost(repeat: int = 500) -> dict[str, float]:
     return result
 
 
+def responses_translation_cost(repeat: int = 2000) -> dict[str, dict[str, float]]:
+    """Microseconds per request, chat beside Responses: reading the body, and writing the answer."""
+    import timeit
+
+    from council.server.apis.responses import output_items, response_object, to_chat, validate_responses
+    from council.server.requests import ChatRequest, parse_json, validate_body
+
+    tool = {"type": "function", "name": "lookup", "description": "find a thing",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}
+    chat_tool = {"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}}
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 20} for i in range(20)]
+    bodies = {"one-line": ({**BODY, "model": "solo"},
+                           {"model": "solo", "input": "go", "max_output_tokens": 1, "temperature": 0}),
+              "agent (20 turns, 4 tools)": (
+                  {"model": "solo", "messages": [{"role": "system", "content": "be brief " * 50}, *turns],
+                   "tools": [chat_tool] * 4, "temperature": 0.2, "max_tokens": 256},
+                  {"model": "solo", "instructions": "be brief " * 50, "input": turns, "tools": [tool] * 4,
+                   "temperature": 0.2, "max_output_tokens": 256})}
+
+    def responses(raw: bytes) -> None:
+        body = parse_json(raw)
+        validate_body(to_chat(validate_responses(body), body, []), ChatRequest)
+
+    def best(work: object) -> float:
+        return min(timeit.repeat(work, number=repeat, repeat=5)) / repeat * 1e6  # type: ignore[arg-type]
+
+    result: dict[str, dict[str, float]] = {}
+    for name, (chat, resp) in bodies.items():
+        raw_chat, raw_resp = json.dumps(chat).encode(), json.dumps(resp).encode()
+        result[f"request, {name}"] = {
+            "chat_us": best(lambda raw=raw_chat: validate_body(parse_json(raw), ChatRequest)),
+            "responses_us": best(lambda raw=raw_resp: responses(raw))}
+    ask = validate_responses(bodies["agent (20 turns, 4 tools)"][1])
+    calls = [{"id": f"call_{i}", "type": "function", "function": {"name": "lookup", "arguments": '{"q":"x"}'}}
+             for i in range(2)]
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    council = {"answer": "x", "members": [{"name": "m", "status": "ok"}] * 3}
+    for name, message in (("text", {"role": "assistant", "content": "an answer " * 20}),
+                          ("two calls", {"role": "assistant", "content": None, "tool_calls": calls})):
+        result[f"answer, {name}"] = {
+            "chat_us": best(lambda m=message: json.dumps(
+                {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "solo", "council": council,
+                 "choices": [{"index": 0, "message": m, "finish_reason": "stop"}], "usage": usage})),
+            "responses_us": best(lambda m=message: json.dumps(response_object(
+                "resp_x", ask, 0, "completed", output_items(m), usage, council=council)))}
+    for row in result.values():
+        row["added_us"] = row["responses_us"] - row["chat_us"]
+    return result
+
+
+def print_responses_translation(cost: dict[str, dict[str, float]]) -> None:
+    print(f"{'Responses beside chat':<34} {'chat us':>9} {'responses us':>13} {'added us':>9} {'ratio':>6}")
+    for name, row in cost.items():
+        print(f"{name:<34} {row['chat_us']:>9.1f} {row['responses_us']:>13.1f} {row['added_us']:>9.1f} "
+              f"{row['responses_us'] / row['chat_us']:>5.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
@@ -637,7 +697,7 @@ def main() -> None:
     parser.add_argument("--baseline", help="a git ref whose router runs beside this one in part 1 (before/after)")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
     parser.add_argument("--no-scale-out", action="store_true", help="leave part 4 (two routers) out")
-    parser.add_argument("--translation-only", action="store_true", help="parts 3 and 5 alone (no member, no wrk)")
+    parser.add_argument("--translation-only", action="store_true", help="parts 3, 5 and 6 alone (no member, no wrk)")
     args = parser.parse_args()
     if args.translation_only:
         report_translation(validation_cost(200), translation_cost(200))
@@ -714,8 +774,11 @@ def report_translation(valid: dict[str, dict[str, float]], translated: dict[str,
     print(f"litellm's adapter, the same translation in: {t['litellm_in_us']:.1f} us "
           f"({t['litellm_in_us'] / t['translate_us']:.2f}x ours, which also validates), after "
           f"{t['litellm_import_s']:.1f} s of import")
+    responses = responses_translation_cost()
+    print_responses_translation(responses)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "translation.json").write_text(json.dumps({"validation": valid, "translation": translated,
+                                                          "responses": responses,
                                                           "cpus": os.cpu_count(),
                                                           "python": sys.version.split()[0]}, indent=2))
 

@@ -36,6 +36,7 @@ class MemoryState:
         self._hosts: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
         self._ballots: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._responses: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def _live(self, gpu: str, now: float) -> dict[int, _Held]:
         held = self._leases.setdefault(gpu, {})
@@ -117,17 +118,29 @@ class MemoryState:
             return wait
 
     async def put_ballot(self, ballot_id: str, ballot: dict[str, Any], keep: int) -> None:
-        check_keep(keep)
-        copied = json_copy(ballot)
-        async with self._lock:
-            self._ballots[ballot_id] = copied
-            self._ballots.move_to_end(ballot_id)
-            while len(self._ballots) > keep:
-                self._ballots.popitem(last=False)
+        await self._put(self._ballots, ballot_id, ballot, keep)
 
     async def get_ballot(self, ballot_id: str) -> dict[str, Any] | None:
+        return await self._get(self._ballots, ballot_id)
+
+    async def put_response(self, response_id: str, conversation: dict[str, Any], keep: int) -> None:
+        await self._put(self._responses, response_id, conversation, keep)
+
+    async def get_response(self, response_id: str) -> dict[str, Any] | None:
+        return await self._get(self._responses, response_id)
+
+    async def _put(self, into: OrderedDict[str, dict[str, Any]], key: str, value: dict[str, Any], keep: int) -> None:
+        check_keep(keep)
+        copied = json_copy(value)
         async with self._lock:
-            found = self._ballots.get(ballot_id)
+            into[key] = copied
+            into.move_to_end(key)
+            while len(into) > keep:
+                into.popitem(last=False)
+
+    async def _get(self, source: OrderedDict[str, dict[str, Any]], key: str) -> dict[str, Any] | None:
+        async with self._lock:
+            found = source.get(key)
             return None if found is None else json_copy(found)
 
     async def ping(self) -> None:

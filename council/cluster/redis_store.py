@@ -103,8 +103,8 @@ class RedisState:
     def _registry_keys(self) -> list[str]:
         return [f"{self.prefix}hosts", f"{self.prefix}members"]
 
-    def _ballot_keys(self) -> list[str]:
-        return [f"{self.prefix}ballots", f"{self.prefix}ballots:order", f"{self.prefix}ballots:seq"]
+    def _ballot_keys(self, kind: str = "ballots") -> list[str]:
+        return [f"{self.prefix}{kind}", f"{self.prefix}{kind}:order", f"{self.prefix}{kind}:seq"]
 
     async def acquire(self, gpu: str, total_slots: int, holder: str, slots: int, ttl: float) -> Lease | None:
         check_lease_args(total_slots, slots, ttl)
@@ -172,6 +172,17 @@ class RedisState:
     async def get_ballot(self, ballot_id: str) -> dict[str, Any] | None:
         with self._errors():
             found = await self._redis.hget(self._ballot_keys()[0], ballot_id)
+        return None if found is None else json.loads(found)
+
+    async def put_response(self, response_id: str, conversation: dict[str, Any], keep: int) -> None:
+        check_keep(keep)
+        payload = json.dumps(conversation)
+        with self._errors():  # the ballots' script: the same bounded, most-recent-kept place
+            await self._put_ballot(keys=self._ballot_keys("responses"), args=[response_id, payload, keep])
+
+    async def get_response(self, response_id: str) -> dict[str, Any] | None:
+        with self._errors():
+            found = await self._redis.hget(self._ballot_keys("responses")[0], response_id)
         return None if found is None else json.loads(found)
 
     async def ping(self) -> None:

@@ -85,7 +85,8 @@ class ServerConfig(_Strict):
                            "429 with Retry-After.")
     max_body: Size = Field(default=1 << 20, gt=0, description="Largest request body; past it, 413.",
                            examples=["4MiB"])
-    ballots: int = Field(default=1000, ge=1, description="Recent ballots kept for `/v1/ballots/{id}`.")
+    ballots: int = Field(default=1000, ge=1, description="Recent ballots kept for `/v1/ballots/{id}`, and as many "
+                         "Responses conversations for `previous_response_id`.")
     # Several hosts (state: redis://...): how other routers reach this one's members, the env var holding
     # the key hosts and routers share for member calls, and how often a host re-publishes its members.
     advertise_url: str | None = Field(default=None, description="With `state: redis://`: the URL other routers "

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from council import __version__
 from council.server.errors import STARTED, install_error_handlers
 from council.server.router import Router
-from council.server.routes import admin, anthropic, chat, events, health, internal, models, ui
+from council.server.routes import admin, anthropic, chat, events, health, internal, models, responses, ui
 
 
 class _Arrival:
@@ -58,6 +58,6 @@ def create_app(router: Router) -> FastAPI:
     # alone and check the caller themselves (`deps.caller`).
     for path, endpoint in chat.PLAIN:
         app.router.add_route(path, endpoint, methods=["POST"], include_in_schema=False)
-    for module in (chat, anthropic, models, health, admin, events, internal, ui):
+    for module in (chat, anthropic, responses, models, health, admin, events, internal, ui):
         app.include_router(module.routes)
     return app

@@ -256,6 +256,18 @@ async def test_ballots(pair: tuple[StateStore, StateStore]) -> None:
     assert await a.get_ballot("missing") is None
 
 
+async def test_responses_are_kept_apart_from_ballots(pair: tuple[StateStore, StateStore]) -> None:
+    a, b = pair
+    conversation = {"items": [{"role": "user", "content": "hi"}, {"type": "message", "role": "assistant"}]}
+    for i in range(4):
+        await a.put_response(f"resp_{i}", {**conversation, "i": i}, keep=2)
+    assert await b.get_response("resp_3") == {**conversation, "i": 3}
+    assert [i for i in range(4) if await b.get_response(f"resp_{i}") is not None] == [2, 3]
+    await a.put_ballot("resp_3", {"ballot": True}, keep=5)  # another place: neither overwrites the other
+    assert await b.get_response("resp_3") == {**conversation, "i": 3}
+    assert await b.get_ballot("resp_3") == {"ballot": True} and await b.get_response("missing") is None
+
+
 async def test_redis_outage_and_recovery(tmp_path: Path) -> None:
     proc, url = start_redis(tmp_path)
     port = urlsplit(url).port
@@ -335,6 +347,7 @@ async def test_keys_are_prefixed(redis_url: str) -> None:
         await state.publish_members("h", [], LONG)
         await state.take("k", 1, 1)
         await state.put_ballot("b", {}, 1)
+        await state.put_response("r", {}, 1)
         written = set(client.scan_iter()) - before
         assert written and all(k.startswith(prefix) for k in written)
         client.delete(*written)

@@ -1,1 +1,2 @@
-"""Other APIs' request and response shapes, translated to and from the chat completion the engine takes."""
+"""Other APIs than chat completions, read in their own shape and translated to and from the chat form the engine
+takes (one module per API)."""

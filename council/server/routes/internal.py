@@ -1,6 +1,6 @@
 """A process of this host, for routers on other hosts (`state: redis://`); guarded by the shared cluster key.
-Council calls, a model's chat completions (streamed too), text completions and Anthropic messages (and their token
-counts) all come through here."""
+Council calls, a model's chat completions (streamed too), text completions, Anthropic messages, Responses and
+their token counts all come through here."""
 
 from __future__ import annotations
 
@@ -39,6 +39,22 @@ async def messages_call(process: str, request: Request, router: Current) -> Resp
 @routes.post("/internal/members/{process:path}/v1/messages/count_tokens", response_model=None)
 async def count_tokens_call(process: str, request: Request, router: Current) -> Response:
     return await process_call(process, "/v1/messages/count_tokens", request, router)
+
+
+# Responses to a model (llama-server serves them), and token counts for a council's `input_tokens`.
+@routes.post("/internal/members/{process:path}/v1/responses", response_model=None)
+async def responses_call(process: str, request: Request, router: Current) -> Response:
+    return await process_call(process, "/v1/responses", request, router)
+
+
+@routes.post("/internal/members/{process:path}/v1/responses/input_tokens", response_model=None)
+async def responses_count(process: str, request: Request, router: Current) -> Response:
+    return await process_call(process, "/v1/responses/input_tokens", request, router)
+
+
+@routes.post("/internal/members/{process:path}/v1/chat/completions/input_tokens", response_model=None)
+async def chat_count(process: str, request: Request, router: Current) -> Response:
+    return await process_call(process, "/v1/chat/completions/input_tokens", request, router)
 
 
 async def process_call(process: str, path: str, request: Request, router: Router) -> Response:

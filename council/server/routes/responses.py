@@ -1,0 +1,287 @@
+"""POST /v1/responses and /v1/responses/input_tokens (the OpenAI Responses API; README "Agents"): a council is
+asked as `routes.chat` asks it, from the request translated to chat (`server.apis.responses`), and answers with a
+Response object (plus the `council` object) or its event stream; a model is relayed to llama-server, which serves
+the Responses API itself, with its stream completed as the SDKs read it.
+
+Responses are stored (input and output items, keyed by response id, in the state store beside the ballots: the
+last `server.ballots`, shared through Redis) unless `store: false`, so `previous_response_id` continues a
+conversation on councils and models alike; an unknown id is a 400."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from council.cluster.store import StateError
+from council.errors import CouncilError
+from council.server.apis.responses import (
+    REQUEST_SCHEMA,
+    EventNumbers,
+    ResponsesRequest,
+    StreamFixer,
+    complete_response,
+    events_of,
+    for_model,
+    input_items,
+    item_events,
+    new_id,
+    output_items,
+    response_object,
+    to_chat,
+    usage,
+    validate_responses,
+)
+from council.server.errors import MODEL, OVERHEAD_HEADER, WAITED, ApiError, status_of
+from council.server.limits import Admission
+from council.server.requests import BadRequest, ChatRequest, validate_body
+from council.server.router import Router
+from council.server.routes.chat import (
+    CLIENT_GONE,
+    KEEPALIVE_S,
+    Chat,
+    Current,
+    _check_council_request,
+    _measured,
+    _passthrough,
+    _target,
+    _unless_disconnected,
+    read_body,
+)
+from council.voting.engine import CouncilAnswer, CouncilEngine, member_payload
+from council.voting.request import CouncilRequest
+
+routes = APIRouter()
+
+
+async def _history(router: Router, request: ResponsesRequest) -> list[dict[str, Any]]:
+    """The stored conversation `previous_response_id` continues (its input and output items), or a 400."""
+    if request.previous_response_id is None:
+        return []
+    found = await router.state.get_response(request.previous_response_id)
+    if found is None:
+        raise BadRequest(f"previous_response_id {request.previous_response_id!r} is unknown: council keeps the "
+                         f"last {router.policy.server.ballots} responses, and none sent with `store: false`",
+                         "previous_response_not_found")
+    return list(found.get("items") or [])
+
+
+async def _store(router: Router, request: ResponsesRequest, response_id: str, inputs: list[dict[str, Any]],
+                 output: list[dict[str, Any]]) -> None:
+    """Keep the conversation so far for `previous_response_id` (an unreachable store loses only that)."""
+    if request.stored:
+        with contextlib.suppress(StateError):
+            await router.state.put_response(response_id, {"items": [*inputs, *output]},
+                                            router.policy.server.ballots)
+
+
+def _answered(answer: CouncilAnswer, request: ResponsesRequest, response_id: str, created: int) -> dict[str, Any]:
+    """The council's answer as a Response object; `council.ballot` is its ballot's id (`/v1/ballots/{id}`)."""
+    incomplete = answer.finish_reason == "length"
+    return response_object(response_id, request, created, "incomplete" if incomplete else "completed",
+                           output_items(answer.message, incomplete), usage(answer.usage()),
+                           council={"ballot": answer.id, **answer.council_json()})
+
+
+@routes.post("/v1/responses", response_model=None, openapi_extra={"requestBody": REQUEST_SCHEMA})
+async def create_response(request: Request, router: Current, who: Chat) -> Response:
+    started = time.perf_counter()
+    _, body = await read_body(request, router.policy.server.max_body)
+    ask = validate_responses(body)
+    engine = _target(router, ask.model)
+    setattr(request.state, MODEL, ask.model)
+    history = await _history(router, ask)
+    inputs = [*history, *input_items(body)]
+    if engine is None:
+        return await _relay(router, ask, body, history, inputs, who, started)
+    chat_body = to_chat(ask, body, history)
+    chat = validate_body(chat_body, ChatRequest)
+    assert isinstance(chat, ChatRequest)
+    _check_council_request(router, chat)
+    admission = await router.limits.admit(who, ask.model)
+    council = chat.council_request(chat_body)
+    if ask.stream:
+        return StreamingResponse(_stream_council(router, engine, council, ask, inputs, admission, started),
+                                 media_type="text/event-stream")
+    async with admission:
+        asked = time.perf_counter()
+        try:
+            answer = await _unless_disconnected(request, engine.ask(council))
+        except CouncilError:
+            setattr(request.state, WAITED, time.perf_counter() - asked)
+            raise
+        waited = time.perf_counter() - asked
+        if answer is None:
+            router.metrics.observe("chat", ask.model, CLIENT_GONE, time.perf_counter() - started, None)
+            return Response(status_code=CLIENT_GONE)
+        router.answered(answer, council, waited)
+        doc = _answered(answer, ask, new_id("resp"), int(time.time()))
+        await _store(router, ask, doc["id"], inputs, doc["output"])
+        return _measured(router, JSONResponse(doc), ask.model, started, waited)
+
+
+async def _stream_council(router: Router, engine: CouncilEngine, council: CouncilRequest, ask: ResponsesRequest,
+                          inputs: list[dict[str, Any]], admission: Admission, started: float) -> AsyncIterator[bytes]:
+    """`response.created` and `response.in_progress` at once, keep-alive comments while members work, then the
+    answer's items as Responses events and `response.completed` (`response.incomplete` when cut off) with usage
+    and the `council` object; a failure is an `error` event and `response.failed`. A client that goes away
+    closes this generator, which cancels the council's member requests."""
+    number = EventNumbers()
+    response_id, created = new_id("resp"), int(time.time())
+    opening = response_object(response_id, ask, created, "in_progress", [])
+    asked = time.perf_counter()
+    task = asyncio.create_task(engine.ask(council))
+    status: int = CLIENT_GONE
+    waited: float | None = None
+    try:
+        yield number({"type": "response.created", "response": opening}) + number(
+            {"type": "response.in_progress", "response": opening})
+        while True:
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(task), KEEPALIVE_S)
+                break
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+            except CouncilError as exc:
+                waited = time.perf_counter() - asked
+                status, code, _ = status_of(exc)
+                failed = response_object(response_id, ask, created, "failed", [],
+                                         error={"code": code, "message": str(exc)})
+                yield number({"type": "error", "code": code, "message": str(exc), "param": None}) + number(
+                    {"type": "response.failed", "response": failed})
+                return
+        waited = time.perf_counter() - asked
+        router.answered(answer, council, waited)
+        doc = _answered(answer, ask, response_id, created)
+        doc["council"]["overhead_ms"] = round((time.perf_counter() - started - waited) * 1000, 3)
+        await _store(router, ask, response_id, inputs, doc["output"])
+        ending = "response.incomplete" if doc["status"] == "incomplete" else "response.completed"
+        yield b"".join(number(e) for e in [*item_events(doc["output"]), {"type": ending, "response": doc}])
+        status = 200
+    finally:
+        if not task.done():
+            task.cancel()
+        admission.release()
+        now = time.perf_counter()
+        router.metrics.observe("chat", engine.name, status, now - started,
+                               None if waited is None else now - started - waited)
+
+
+async def _relay(router: Router, ask: ResponsesRequest, body: dict[str, Any], history: list[dict[str, Any]],
+                 inputs: list[dict[str, Any]], who: Any, started: float) -> Response:
+    """A model: llama-server answers the Responses API itself (the conversation so far sent as input); its
+    answer is completed where the SDKs need more than it writes, and stored."""
+    payload = json.dumps(for_model(body, history)).encode()
+    admission = await router.limits.admit(who, ask.model)
+    response = await _passthrough(router, ask.model, payload, "/v1/responses", admission, started,
+                                  stream=bool(ask.stream))
+    if not 200 <= response.status_code < 300:
+        return response  # the process's own error, in OpenAI's shape
+    if not isinstance(response, StreamingResponse):
+        try:
+            doc = json.loads(response.body)
+        except ValueError:
+            return response
+        complete_response(doc, ask)
+        await _store(router, ask, str(doc.get("id")), inputs, doc.get("output") or [])
+        return JSONResponse(doc, status_code=response.status_code,
+                            headers={OVERHEAD_HEADER: response.headers.get(OVERHEAD_HEADER, "")})
+    response.body_iterator = _fixed(router, ask, inputs, response.body_iterator)
+    return response
+
+
+async def _fixed(router: Router, ask: ResponsesRequest, inputs: list[dict[str, Any]],
+                 chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """llama-server's Responses stream, event by event, as the SDKs read it (`StreamFixer`); the completed
+    response is stored before it is sent."""
+    fixer = StreamFixer(ask)
+    pending = b""
+    stored = False
+    try:
+        async for chunk in chunks:
+            pending += chunk if isinstance(chunk, bytes) else str(chunk).encode()
+            found, pending = events_of(pending)
+            out: list[bytes] = []
+            for data in found:
+                out += fixer.fix(data)
+                if fixer.final is not None and not stored:
+                    stored = True
+                    await _store(router, ask, str(fixer.final.get("id")), inputs, fixer.final.get("output") or [])
+            if out:
+                yield b"".join(out)
+        if fixer.final is None and not fixer.failed:  # the process's stream broke off
+            yield b"".join(fixer.number(e) for e in fixer.failure("the member's stream ended before its response "
+                                                                  "completed", "member_error"))
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+@routes.post("/v1/responses/input_tokens", response_model=None, openapi_extra={"requestBody": REQUEST_SCHEMA})
+async def input_tokens(request: Request, router: Current, who: Chat) -> Response:
+    """How many tokens the input is: a model's process counts it; a council's members' tokenizers (and their own
+    system prompts) differ, so each distinct member is asked and the largest count is the answer."""
+    started = time.perf_counter()
+    _, body = await read_body(request, router.policy.server.max_body)
+    ask = validate_responses(body)
+    engine = _target(router, ask.model)
+    setattr(request.state, MODEL, ask.model)
+    history = await _history(router, ask)
+    admission = await router.limits.admit(who, ask.model)
+    if engine is None:
+        payload = {k: v for k, v in for_model(body, history).items() if k not in ("stream", "stream_options")}
+        return await _passthrough(router, ask.model, json.dumps(payload).encode(), "/v1/responses/input_tokens",
+                                  admission, started)
+    chat_body = to_chat(ask, body, history)
+    chat = validate_body(chat_body, ChatRequest)
+    assert isinstance(chat, ChatRequest)
+    council = chat.council_request(chat_body)
+    async with admission:
+        asked = time.perf_counter()
+        members = await _count(router, engine, council)
+        waited = time.perf_counter() - asked
+    doc = {"object": "response.input_tokens", "input_tokens": max(m["input_tokens"] for m in members),
+           "council": {"council": engine.name, "members": members}}
+    return _measured(router, JSONResponse(doc), ask.model, started, waited)
+
+
+async def _count(router: Router, engine: CouncilEngine, council: CouncilRequest) -> list[dict[str, Any]]:
+    """Each seat's prompt length as a process of its model counts it (`/v1/chat/completions/input_tokens`, the
+    body that seat is sent); seats with the same model and body are counted once. Remote members are left out."""
+    asked: dict[tuple[str, bytes], asyncio.Future[int]] = {}
+    seats: list[tuple[str, str, asyncio.Future[int]]] = []
+    for seat in engine.seats:
+        client = router.passthrough_client(seat.model)
+        if client is None:
+            continue
+        payload = {k: v for k, v in member_payload(council.members_payload, seat.sampling).items()
+                   if k not in ("stream", "stream_options")}
+        raw = json.dumps(payload).encode()
+        if (seat.model, raw) not in asked:
+            counted = client.relay(raw, "/v1/chat/completions/input_tokens")
+            asked[seat.model, raw] = asyncio.ensure_future(_tokens(counted))
+        seats.append((seat.name, seat.model, asked[seat.model, raw]))
+    if not seats:
+        raise ApiError(503, f"no ready local member of {engine.name} can count tokens", "no_ready_member")
+    await asyncio.gather(*asked.values())
+    return [{"name": name, "model": model, "input_tokens": future.result()} for name, model, future in seats]
+
+
+async def _tokens(relayed: Any) -> int:
+    answer = await relayed
+    try:
+        doc = json.loads(answer.body)
+    except ValueError:
+        doc = None
+    if not 200 <= answer.status < 300 or not isinstance(doc, dict) or not isinstance(doc.get("input_tokens"), int):
+        message = (doc or {}).get("error", {}).get("message") if isinstance(doc, dict) else None
+        raise ApiError(400 if 400 <= answer.status < 500 else 502,
+                       f"a member could not count the input: {message or answer.status}", "count_failed")
+    return int(doc["input_tokens"])
