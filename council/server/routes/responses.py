@@ -14,9 +14,9 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from council.cluster.store import StateError
@@ -38,6 +38,8 @@ from council.server.apis.responses import (
     usage,
     validate_responses,
 )
+from council.server.auth import Principal
+from council.server.deps import current_router, require
 from council.server.errors import MODEL, OVERHEAD_HEADER, WAITED, ApiError, status_of
 from council.server.limits import Admission
 from council.server.requests import BadRequest, ChatRequest, validate_body
@@ -45,8 +47,6 @@ from council.server.router import Router
 from council.server.routes.chat import (
     CLIENT_GONE,
     KEEPALIVE_S,
-    Chat,
-    Current,
     _check_council_request,
     _measured,
     _passthrough,
@@ -58,6 +58,8 @@ from council.voting.engine import CouncilAnswer, CouncilEngine, member_payload
 from council.voting.request import CouncilRequest
 
 routes = APIRouter()
+Chat = Annotated[Principal, Depends(require("chat"))]
+Current = Annotated[Router, Depends(current_router)]
 
 
 async def _history(router: Router, request: ResponsesRequest) -> list[dict[str, Any]]:
