@@ -28,6 +28,7 @@ from council.server.routes.chat import stream_deltas
 from council.setup.catalog import by_name
 from council.voting.engine import member_payload
 from council.voting.request import CouncilRequest
+from council.voting.tools import ONE_CALL_RULES, TOOL_RULES
 from tests.policies import member_entry, policy_yaml
 from tests.servers import CouncilServer, RunningServer, wait_for
 
@@ -231,8 +232,10 @@ def test_three_turn_agent_loop_through_a_council(serve: Callable[..., CouncilSer
     assert [m["status"] for m in council["members"]] == ["ok", "ok", "ok"], [m.get("error") for m in
                                                                              council["members"]]
     asked = list(provider.bodies)
-    # the agent's system message reaches both remote seats; the one with its own gets both, in one message
-    assert sorted(b["messages"][0]["content"] for b in asked) == sorted([AGENT, f"{AGENT}\n\n{OWN}"])
+    # the agent's system message reaches both remote seats, then the council's tool instructions (one call: the
+    # agent said parallel_tool_calls false); the seat with its own system gets all three, in one message
+    told = f"{AGENT}\n\n{ONE_CALL_RULES}"
+    assert sorted(b["messages"][0]["content"] for b in asked) == sorted([told, f"{told}\n\n{OWN}"])
     assert all(b["parallel_tool_calls"] is False and b["tools"] == TOOLS for b in asked)
 
     # turn 2: the agent sends the tool's result under the id the council returned; every member gets both
@@ -250,7 +253,7 @@ def test_three_turn_agent_loop_through_a_council(serve: Callable[..., CouncilSer
     # the real member read the agent's system message too: its prompt is exactly the template applied to the
     # merged messages (a replaced system prompt would be shorter), as a llama-server of the same model counts it
     alone = start_server(QWEN05.path, ctx=1024)
-    merged = [{"role": "system", "content": f"{AGENT}\n\n{OWN}"},
+    merged = [{"role": "system", "content": f"{AGENT}\n\n{TOOL_RULES}\n\n{OWN}"},
               *[m if isinstance(m, dict) else m.model_dump(exclude_none=True) for m in messages[1:]]]
     real = next(m for m in council["members"] if m["name"] == "real")
 
