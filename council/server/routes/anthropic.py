@@ -20,7 +20,7 @@ from council.server.apis import anthropic
 from council.server.apis.anthropic import CountTokensRequest, MessagesRequest
 from council.server.auth import Principal
 from council.server.deps import current_router, require
-from council.server.errors import MODEL, OVERHEAD_HEADER, WAITED, ApiError, status_of
+from council.server.errors import MODEL, OVERHEAD_HEADER, ApiError, status_of
 from council.server.limits import Admission
 from council.server.requests import BadRequest, ChatRequest, validate_body
 from council.server.router import Router
@@ -30,7 +30,7 @@ from council.server.routes.chat import (
     _check_council_request,
     _measured,
     _target,
-    _unless_disconnected,
+    ask_council,
     read_body,
 )
 from council.server.routes.passthrough import relay
@@ -67,17 +67,10 @@ async def messages(request: Request, router: Current, who: Chat) -> Response:
         return StreamingResponse(_stream(router, engine, council, admission, started),
                                  media_type="text/event-stream")
     async with admission:
-        waiting = time.perf_counter()
-        try:
-            answer = await _unless_disconnected(request, engine.ask(council))
-        except CouncilError:
-            setattr(request.state, WAITED, time.perf_counter() - waiting)  # the error's overhead leaves it out
-            raise
-        waited = time.perf_counter() - waiting
-        if answer is None:  # the client went away: its members were cancelled, nobody reads an answer
-            router.metrics.observe(ROUTE, asked.model, CLIENT_GONE, time.perf_counter() - started, None)
+        done = await ask_council(request, router, engine, council, started, ROUTE)
+        if done is None:
             return Response(status_code=CLIENT_GONE)
-        router.answered(answer, council, waited)
+        answer, waited = done
         return _measured(router, JSONResponse(anthropic.message_body(answer)), asked.model, started, waited, ROUTE)
 
 

@@ -112,19 +112,31 @@ async def chat_completions(request: Request) -> Response:
         return StreamingResponse(stream_council(router, engine, council, admission, started),
                                  media_type="text/event-stream")
     async with admission:
-        asked = time.perf_counter()
-        try:
-            answer = await _unless_disconnected(request, engine.ask(council))
-        except CouncilError:
-            setattr(request.state, WAITED, time.perf_counter() - asked)  # the error's overhead leaves it out
-            raise
-        waited = time.perf_counter() - asked
-        if answer is None:  # the client went away: its members were cancelled, nobody reads an answer
-            router.metrics.observe("chat", chat.model, CLIENT_GONE, time.perf_counter() - started, None)
+        asked = await ask_council(request, router, engine, council, started)
+        if asked is None:
             return Response(status_code=CLIENT_GONE)
-        router.answered(answer, council, waited)
+        answer, waited = asked
         response = _json(completion_body(answer, int(time.time()), logprobs=council.logprobs))
         return _measured(router, response, chat.model, started, waited)
+
+
+async def ask_council(request: Request, router: Router, engine: CouncilEngine, council: CouncilRequest,
+                      started: float, route: str = "chat") -> tuple[CouncilAnswer, float] | None:
+    """A non-streamed council answer, whatever API asked (chat, Anthropic, Responses): recorded by the router
+    (metrics, history, ballot, events) with the seconds spent waiting on members; None when the client went away
+    first (its members were cancelled, nobody reads an answer; counted as `CLIENT_GONE`)."""
+    asked = time.perf_counter()
+    try:
+        answer = await _unless_disconnected(request, engine.ask(council))
+    except CouncilError:
+        setattr(request.state, WAITED, time.perf_counter() - asked)  # the error's overhead leaves it out
+        raise
+    waited = time.perf_counter() - asked
+    if answer is None:
+        router.metrics.observe(route, engine.name, CLIENT_GONE, time.perf_counter() - started, None)
+        return None
+    router.answered(answer, council, waited)
+    return answer, waited
 
 
 async def _disconnected(request: Request) -> None:

@@ -40,7 +40,7 @@ from council.server.apis.responses import (
 )
 from council.server.auth import Principal
 from council.server.deps import current_router, require
-from council.server.errors import MODEL, OVERHEAD_HEADER, WAITED, ApiError, status_of
+from council.server.errors import MODEL, OVERHEAD_HEADER, ApiError, status_of
 from council.server.limits import Admission
 from council.server.requests import BadRequest, ChatRequest, validate_body
 from council.server.router import Router
@@ -51,7 +51,7 @@ from council.server.routes.chat import (
     _measured,
     _passthrough,
     _target,
-    _unless_disconnected,
+    ask_council,
     read_body,
 )
 from council.voting.engine import CouncilAnswer, CouncilEngine, member_payload
@@ -112,17 +112,10 @@ async def create_response(request: Request, router: Current, who: Chat) -> Respo
         return StreamingResponse(_stream_council(router, engine, council, ask, inputs, admission, started),
                                  media_type="text/event-stream")
     async with admission:
-        asked = time.perf_counter()
-        try:
-            answer = await _unless_disconnected(request, engine.ask(council))
-        except CouncilError:
-            setattr(request.state, WAITED, time.perf_counter() - asked)
-            raise
-        waited = time.perf_counter() - asked
-        if answer is None:
-            router.metrics.observe("chat", ask.model, CLIENT_GONE, time.perf_counter() - started, None)
+        done = await ask_council(request, router, engine, council, started)
+        if done is None:
             return Response(status_code=CLIENT_GONE)
-        router.answered(answer, council, waited)
+        answer, waited = done
         doc = _answered(answer, ask, new_id("resp"), int(time.time()))
         await _store(router, ask, doc["id"], inputs, doc["output"])
         return _measured(router, JSONResponse(doc), ask.model, started, waited)
