@@ -133,10 +133,18 @@ async def test_errors_carry_the_routers_time_and_are_counted(client: httpx.Async
     assert counted == {("-", "400"): 1.0, ("-", "404"): 1.0, ("-", "401"): 1.0, ("c", "503"): 2.0}, counted
 
 
-@pytest.mark.parametrize("stream", [False, True])
-async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, stream: bool) -> None:
+ASKED = [("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+         ("/v1/messages", {"max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}),
+         ("/v1/responses", {"input": "x"})]
+
+
+@pytest.mark.parametrize(("path", "asked", "stream"), [(*a, s) for a in ASKED for s in (False, True)],
+                         ids=[f"{a[0].rsplit('/', 1)[1]}-{'stream' if s else 'whole'}" for a in ASKED for s in (0, 1)])
+async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, path: str, asked: dict[str, object],
+                                                           stream: bool) -> None:
     """The app driven over raw ASGI, its council's seats scripted to take 30 s: the client's disconnect closes
-    every member request (tests/server/test_chat_lifecycle.py shows the same with real processes)."""
+    every member request, whichever API asked, streamed or not (tests/server/test_chat_lifecycle.py shows the same
+    with real processes)."""
     import asyncio
     import dataclasses
 
@@ -148,7 +156,7 @@ async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, strea
     fakes = [FakeClient(Say("a", delay=30.0)) for _ in engine.seats]
     engine.seats = [dataclasses.replace(seat, client=fake) for seat, fake in zip(engine.seats, fakes, strict=True)]
     app = create_app(router)
-    body = json.dumps({"model": "c", "messages": [{"role": "user", "content": "x"}], "stream": stream}).encode()
+    body = json.dumps({"model": "c", **asked, "stream": stream}).encode()
     incoming = [{"type": "http.request", "body": body, "more_body": False}]
     left = asyncio.Event()
     sent: list[dict[str, object]] = []
@@ -163,7 +171,7 @@ async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, strea
         sent.append(message)
 
     scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
              "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("council", 80),
              "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]}
     task = asyncio.create_task(app(scope, receive, send))

@@ -20,22 +20,22 @@ from council.server.apis import anthropic
 from council.server.apis.anthropic import CountTokensRequest, MessagesRequest
 from council.server.auth import Principal
 from council.server.deps import current_router, require
-from council.server.errors import MODEL, OVERHEAD_HEADER, ApiError, status_of
+from council.server.errors import MODEL, OVERHEAD_HEADER, ApiError
 from council.server.limits import Admission
 from council.server.requests import BadRequest, ChatRequest, validate_body
 from council.server.router import Router
 from council.server.routes.chat import (
     CLIENT_GONE,
-    KEEPALIVE_S,
     _check_council_request,
     _measured,
     _target,
     ask_council,
+    council_stream,
     read_body,
 )
 from council.server.routes.passthrough import relay
 from council.voting.client import HttpMemberClient, MemberUnavailable, Relayed
-from council.voting.engine import CouncilEngine
+from council.voting.engine import CouncilAnswer, CouncilEngine
 from council.voting.request import CouncilRequest
 
 ROUTE = "messages"  # the metrics' route label (count_tokens: `count_tokens`)
@@ -74,41 +74,19 @@ async def messages(request: Request, router: Current, who: Chat) -> Response:
         return _measured(router, JSONResponse(anthropic.message_body(answer)), asked.model, started, waited, ROUTE)
 
 
-async def _stream(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,
-                  started: float) -> AsyncIterator[bytes]:
+def _stream(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,
+            started: float) -> AsyncIterator[bytes]:
     """`message_start` at once, `ping` events while the members work, then the answer's events (with the router's
-    own time, `overhead_ms`, in the `council` object of `message_delta`), or an `error` event. A client that goes
-    away closes this generator, which cancels the council's member requests."""
-    asked = time.perf_counter()
-    task = asyncio.create_task(engine.ask(council))
-    status: int = CLIENT_GONE  # until the stream ends otherwise
-    waited: float | None = None
-    try:
-        yield anthropic.stream_start(f"msg_{uuid.uuid4().hex}", engine.name)
-        while True:
-            try:
-                answer = await asyncio.wait_for(asyncio.shield(task), KEEPALIVE_S)
-                break
-            except TimeoutError:
-                yield anthropic.PING
-            except CouncilError as exc:
-                waited = time.perf_counter() - asked
-                status, code, _ = status_of(exc)
-                yield anthropic.stream_error(status, str(exc), code)
-                return
-        waited = time.perf_counter() - asked
-        router.answered(answer, council, waited)
-        overhead_ms = round((time.perf_counter() - started - waited) * 1000, 3)
+    own time, `overhead_ms`, in the `council` object of `message_delta`), or an `error` event."""
+
+    async def answered(answer: CouncilAnswer, overhead_ms: float) -> AsyncIterator[bytes]:
         for event in anthropic.stream_answer(answer, overhead_ms=overhead_ms):
             yield event
-        status = 200
-    finally:
-        if not task.done():
-            task.cancel()
-        admission.release()
-        now = time.perf_counter()
-        router.metrics.observe(ROUTE, engine.name, status, now - started,
-                               None if waited is None else now - started - waited)
+
+    return council_stream(router, engine, council, admission, started, route=ROUTE, keepalive=anthropic.PING,
+                          opening=anthropic.stream_start(f"msg_{uuid.uuid4().hex}", engine.name),
+                          failed=lambda exc, status, code: anthropic.stream_error(status, str(exc), code),
+                          answered=answered)
 
 
 # ---- a model: relayed to its process, which answers the Messages API itself --------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -19,7 +19,7 @@ from council.server.limits import Admission
 from council.server.requests import BadRequest, ChatRequest, CompletionRequest, parse_json, validate_body
 from council.server.router import Router
 from council.server.routes.passthrough import relay
-from council.voting.engine import CouncilAnswer, CouncilEngine, QuorumError, RequestRejected
+from council.voting.engine import CouncilAnswer, CouncilEngine
 from council.voting.request import CouncilRequest
 
 KEEPALIVE_S = 2.0
@@ -255,49 +255,69 @@ def stream_deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
     return deltas
 
 
-async def stream_council(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,
-                         started: float) -> AsyncIterator[bytes]:
-    """Keep-alive comments while members work, then the winning answer, usage and the council object (with the
-    router's own time, `overhead_ms`: the headers left before the work was done). A client that goes away
-    closes this generator, which cancels the council's member requests."""
+async def council_stream(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,
+                         started: float, *, keepalive: bytes, failed: Callable[[CouncilError, int, str], bytes],
+                         answered: Callable[[CouncilAnswer, float], AsyncIterator[bytes]], opening: bytes = b"",
+                         route: str = "chat") -> AsyncIterator[bytes]:
+    """A council's answer as a stream, whatever API asked: `opening` at once, `keepalive` every `KEEPALIVE_S`
+    while members work, then `answered(answer, overhead_ms)`'s events (the router's own time: the headers left
+    before the work was done), or one `failed(error, status, code)`. The router records the answer, the metrics
+    count the request under `route`. A client that goes away closes this generator, which cancels the council's
+    member requests."""
     asked = time.perf_counter()
     task = asyncio.create_task(engine.ask(council))
     status: int = CLIENT_GONE  # until the stream ends otherwise
     waited: float | None = None
     try:
+        if opening:
+            yield opening
         while True:
             try:
                 answer = await asyncio.wait_for(asyncio.shield(task), KEEPALIVE_S)
                 break
             except TimeoutError:
-                yield b": keep-alive\n\n"
-            except (QuorumError, RequestRejected) as exc:
+                yield keepalive
+            except CouncilError as exc:
                 waited = time.perf_counter() - asked
                 status, code, _ = status_of(exc)
-                yield _sse({"error": {"message": str(exc), "type": "server_error", "code": code}})
-                yield b"data: [DONE]\n\n"
+                yield failed(exc, status, code)
                 return
         waited = time.perf_counter() - asked
         router.answered(answer, council, waited)
-        created = int(time.time())
-        head = {"id": answer.id, "object": "chat.completion.chunk", "created": created, "model": answer.council}
-        for n, delta in enumerate(stream_deltas(answer.message)):
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
-            if n == 0 and council.logprobs and answer.logprobs is not None:
-                choice["logprobs"] = answer.logprobs
-            yield _sse({**head, "choices": [choice]})
-        overhead_ms = round((time.perf_counter() - started - waited) * 1000, 3)
-        yield _sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}],
-                    "usage": answer.usage(), "council": {**answer.council_json(), "overhead_ms": overhead_ms}})
-        yield b"data: [DONE]\n\n"
+        async for event in answered(answer, round((time.perf_counter() - started - waited) * 1000, 3)):
+            yield event
         status = 200
     finally:
         if not task.done():
             task.cancel()
         admission.release()
         now = time.perf_counter()
-        router.metrics.observe("chat", engine.name, status, now - started,
+        router.metrics.observe(route, engine.name, status, now - started,
                                None if waited is None else now - started - waited)
+
+
+def stream_council(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,
+                   started: float) -> AsyncIterator[bytes]:
+    """Chat's stream: keep-alive comments, then the winning answer's chunks, usage and the council object (with
+    `overhead_ms`), or an error chunk; `[DONE]` either way."""
+
+    def failed(exc: CouncilError, _status: int, code: str) -> bytes:
+        return _sse({"error": {"message": str(exc), "type": "server_error", "code": code}}) + b"data: [DONE]\n\n"
+
+    async def answered(answer: CouncilAnswer, overhead_ms: float) -> AsyncIterator[bytes]:
+        head = {"id": answer.id, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": answer.council}
+        for n, delta in enumerate(stream_deltas(answer.message)):
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+            if n == 0 and council.logprobs and answer.logprobs is not None:
+                choice["logprobs"] = answer.logprobs
+            yield _sse({**head, "choices": [choice]})
+        yield _sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}],
+                    "usage": answer.usage(), "council": {**answer.council_json(), "overhead_ms": overhead_ms}})
+        yield b"data: [DONE]\n\n"
+
+    return council_stream(router, engine, council, admission, started, keepalive=b": keep-alive\n\n",
+                          failed=failed, answered=answered)
 
 
 PLAIN = (("/v1/chat/completions", chat_completions), ("/v1/completions", completions))

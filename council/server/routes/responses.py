@@ -40,18 +40,18 @@ from council.server.apis.responses import (
 )
 from council.server.auth import Principal
 from council.server.deps import current_router, require
-from council.server.errors import MODEL, OVERHEAD_HEADER, ApiError, status_of
+from council.server.errors import MODEL, OVERHEAD_HEADER, ApiError
 from council.server.limits import Admission
 from council.server.requests import BadRequest, ChatRequest, validate_body
 from council.server.router import Router
 from council.server.routes.chat import (
     CLIENT_GONE,
-    KEEPALIVE_S,
     _check_council_request,
     _measured,
     _passthrough,
     _target,
     ask_council,
+    council_stream,
     read_body,
 )
 from council.voting.engine import CouncilAnswer, CouncilEngine, member_payload
@@ -121,51 +121,31 @@ async def create_response(request: Request, router: Current, who: Chat) -> Respo
         return _measured(router, JSONResponse(doc), ask.model, started, waited)
 
 
-async def _stream_council(router: Router, engine: CouncilEngine, council: CouncilRequest, ask: ResponsesRequest,
-                          inputs: list[dict[str, Any]], admission: Admission, started: float) -> AsyncIterator[bytes]:
+def _stream_council(router: Router, engine: CouncilEngine, council: CouncilRequest, ask: ResponsesRequest,
+                    inputs: list[dict[str, Any]], admission: Admission, started: float) -> AsyncIterator[bytes]:
     """`response.created` and `response.in_progress` at once, keep-alive comments while members work, then the
     answer's items as Responses events and `response.completed` (`response.incomplete` when cut off) with usage
-    and the `council` object; a failure is an `error` event and `response.failed`. A client that goes away
-    closes this generator, which cancels the council's member requests."""
+    and the `council` object; a failure is an `error` event and `response.failed`."""
     number = EventNumbers()
     response_id, created = new_id("resp"), int(time.time())
     opening = response_object(response_id, ask, created, "in_progress", [])
-    asked = time.perf_counter()
-    task = asyncio.create_task(engine.ask(council))
-    status: int = CLIENT_GONE
-    waited: float | None = None
-    try:
-        yield number({"type": "response.created", "response": opening}) + number(
-            {"type": "response.in_progress", "response": opening})
-        while True:
-            try:
-                answer = await asyncio.wait_for(asyncio.shield(task), KEEPALIVE_S)
-                break
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-            except CouncilError as exc:
-                waited = time.perf_counter() - asked
-                status, code, _ = status_of(exc)
-                failed = response_object(response_id, ask, created, "failed", [],
-                                         error={"code": code, "message": str(exc)})
-                yield number({"type": "error", "code": code, "message": str(exc), "param": None}) + number(
-                    {"type": "response.failed", "response": failed})
-                return
-        waited = time.perf_counter() - asked
-        router.answered(answer, council, waited)
+
+    def failed(exc: CouncilError, _status: int, code: str) -> bytes:
+        doc = response_object(response_id, ask, created, "failed", [], error={"code": code, "message": str(exc)})
+        return number({"type": "error", "code": code, "message": str(exc), "param": None}) + number(
+            {"type": "response.failed", "response": doc})
+
+    async def answered(answer: CouncilAnswer, overhead_ms: float) -> AsyncIterator[bytes]:
         doc = _answered(answer, ask, response_id, created)
-        doc["council"]["overhead_ms"] = round((time.perf_counter() - started - waited) * 1000, 3)
+        doc["council"]["overhead_ms"] = overhead_ms
         await _store(router, ask, response_id, inputs, doc["output"])
         ending = "response.incomplete" if doc["status"] == "incomplete" else "response.completed"
         yield b"".join(number(e) for e in [*item_events(doc["output"]), {"type": ending, "response": doc}])
-        status = 200
-    finally:
-        if not task.done():
-            task.cancel()
-        admission.release()
-        now = time.perf_counter()
-        router.metrics.observe("chat", engine.name, status, now - started,
-                               None if waited is None else now - started - waited)
+
+    return council_stream(router, engine, council, admission, started, keepalive=b": keep-alive\n\n",
+                          opening=number({"type": "response.created", "response": opening})
+                          + number({"type": "response.in_progress", "response": opening}),
+                          failed=failed, answered=answered)
 
 
 async def _relay(router: Router, ask: ResponsesRequest, body: dict[str, Any], history: list[dict[str, Any]],
