@@ -14,6 +14,8 @@ with every seat answering; every number is then re-scored offline from those rec
   reply is llama-server's own parse of the model's output, what passthrough relays. Re-scored as it is, and with
   calls written as text recovered offline from the same reply (`council.voting.recovery`).
 - `required-<best>`: the best model alone with `tool_choice: required`.
+- `listed-<model>`: each other model alone with the council's `listed` tool instructions (each tool's name and
+  parameters in the system message: SmolLM2's chat template renders no tools), beside its `solo-` arm.
 - `sc-<best>`: a self-consistency council of the best model: a greedy seat and `--samples` samples at
   temperature 0.7 in one request (`n`, the prompt read once), in one process.
 - offline councils: `sc-<best>` and a mixed council (the `solo-*` seats of every model, from their own records)
@@ -84,6 +86,8 @@ def arms(models: Sequence[str], best: str, samples: int) -> dict[str, tuple[dict
     greedy = {"model": "m", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}}
     out = {f"solo-{short(m)}": (arm_policy(m, [greedy]), {}) for m in models}
     out[f"required-{short(best)}"] = (arm_policy(best, [greedy]), {"tool_choice": "required"})
+    # The small models whose chat templates render no tools (SmolLM2): what `listed` instructions let them do.
+    out |= {f"listed-{short(m)}": (arm_policy(m, [greedy], "listed"), {}) for m in models if m != best}
     if samples:
         sampled = {"model": "m", "samples": samples,
                    "sampling": {"temperature": 0.7, "top_p": 0.95, "seed": 1, "max_tokens": MAX_TOKENS}}
@@ -146,7 +150,8 @@ def mixed(solos: list[list[ItemRecord]]) -> list[ItemRecord]:
     out = []
     for index in common:
         first = by_item[0][index]
-        answers = [b[index].answers[0] for b in by_item]
+        # Every solo arm's seat is `arm/0`: named apart, or a vote keyed by member reads one seat's answer thrice.
+        answers = [b[index].answers[0].model_copy(update={"member": f"mixed/{i}"}) for i, b in enumerate(by_item)]
         out.append(first.model_copy(update={"answers": answers, "wall_ms": max(b[index].wall_ms for b in by_item)}))
     return out
 
@@ -179,6 +184,12 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
         if len(recs[0].answers) == 1:
             add(f"{name} (passthrough)", seats[0])
             add(f"{name} (with recovery)", member_rows(with_recovered_calls(recs, items), items)[0])
+            plain = {r.item_id: r for r in records.get(name.replace("listed-", "solo-", 1), [])}
+            if name.startswith("listed-") and plain:  # the instructions against none, item by item
+                mine = [r for r in recs if r.item_id in plain]
+                add(f"{name} (with recovery) vs no instructions",
+                    member_rows(with_recovered_calls(mine, items), items)[0],
+                    member_rows(with_recovered_calls([plain[r.item_id] for r in mine], items), items)[0])
             continue
         greedy = seats[0]
         add(f"{name}: greedy seat alone", greedy)
@@ -190,6 +201,11 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
         for mode in VOTERS:
             add(f"{name}: council ({mode}), with recovery", council_row(recovered, items, mode), seat,
                 recovered)
+        # Calls among prose too (recovery.among_prose): measured here, not what a council does.
+        prose = with_recovered_calls(recs, items, prose=True)
+        prose_seat = member_rows(prose, items)[0]
+        add(f"{name}: greedy seat alone, with recovery among prose", prose_seat)
+        add(f"{name}: council (set), with recovery among prose", council_row(prose, items, "set"), prose_seat, prose)
     if len(solos) > 1:
         council = mixed([with_recovered_calls(records[s], items) for s in solos])
         if council:
@@ -230,7 +246,7 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
         return {name: [r for r in recs if r.item_id in ids] for name, recs in records.items()}
 
     # Councils as a policy runs them: recovery is on by default.
-    picked = [r for r in score(only(choose), items, best) if "vs_best_seat" in r and "with recovery" in r["arm"]
+    picked = [r for r in score(only(choose), items, best) if "vs_best_seat" in r and r["arm"].endswith("with recovery")
               and r["_row"].overall().items == len(choose)]
     if not picked:
         return None
@@ -283,8 +299,8 @@ def recovery_check(records: dict[str, list[ItemRecord]], items: dict[str, BfclIt
     """Over every recorded reply that made no native call: calls the reference parser finds that recovery missed,
     and calls recovery finds on irrelevance items beyond the reference's (recovery also returns calls to undeclared
     names: they are then invalid and abstain, with the reason)."""
-    recover = recovery()
-    replies = missed = found = added_irrelevant = 0
+    recovered = recovery()
+    replies = missed = among_prose = undeclared = found = added_irrelevant = 0
     for recs in records.values():
         for r in recs:
             item = items[r.item_id or ""]
@@ -294,12 +310,19 @@ def recovery_check(records: dict[str, list[ItemRecord]], items: dict[str, BfclIt
                     continue
                 replies += 1
                 want = reference_calls(a.text)
-                got = [c["function"]["name"] for c in recover(a.text, declared) or []]
+                got = [c["function"]["name"] for c in recovered(a.text, declared) or []]
                 found += len(got)
-                missed += sum(max(0, want.count(n) - got.count(n)) for n in set(want))
+                lost = {n: max(0, want.count(n) - got.count(n)) for n in set(want)}
+                missed += sum(lost.values())
+                undeclared += sum(k for n, k in lost.items() if n not in declared)  # invalid wherever written
+                prose = recover(a.text, declared, prose=True)
+                prose_names = [n for n, _ in prose[0]] if prose else []
+                # written among prose: text by design (see the "among prose" rows)
+                among_prose += sum(min(k, prose_names.count(n)) for n, k in lost.items() if n in declared)
                 if item.category == "irrelevance":
                     added_irrelevant += sum(max(0, got.count(n) - want.count(n)) for n in set(got))
     return {"replies": replies, "recovered_calls": found, "reference_calls_missed": missed,
+            "missed_calls_written_among_prose": among_prose, "missed_calls_to_undeclared_names": undeclared,
             "added_on_irrelevance_beyond_reference": added_irrelevant}
 
 

@@ -5,10 +5,11 @@ LiteLLM's proxy; and what a second router process buys.
     (needs wrk: apt-get install wrk)
 
 Part 1, a real member (the synthetic qwen35 model, 1 token per request): direct to the llama-server vs
-through the router as a passthrough (`model` = the model) and as a 1-member council, and through LiteLLM's
-proxy to the same llama-server (its defaults, and with its logging and cost tracking off), driven by wrk with
-one connection in interleaved rounds; p50/p99 of each and the difference, plus each proxy's CPU time per
-request (from /proc).
+through the router as a passthrough (`model` = the model), as a 1-member council and as a 3-member council (three
+processes of the model asked at once, which on 2 cores also slow each other: an upper bound of the router's
+part), and through LiteLLM's proxy to the same llama-server (its defaults, and with its logging and cost tracking
+off), driven by wrk with one connection in interleaved rounds; p50/p99 of each and the difference, plus each
+proxy's CPU time per request (from /proc).
 Part 2, throughput against a stub upstream (bench/stub_llama_server.py, which answers instantly: the one
 place a stub is right, since it isolates the router): wrk -c32 drives passthrough, a 1- and a 3-member council
 and LiteLLM's proxy (both ways) in interleaved rounds; member calls/s = 3-member council requests/s x 3.
@@ -98,6 +99,9 @@ def children_cpu() -> float:
     """CPU seconds of the bench's finished children (wrk, once it has been waited for)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+LATENCY_PATHS = ("passthrough", "council", "council 3")  # part 1, each beside `direct`
 
 
 def pct(values: list[float], q: float) -> float:
@@ -236,7 +240,7 @@ def latency(work: Path, seconds: int, rounds: int, env: dict[str, str],
             home = work / (label or "this")
             home.mkdir(parents=True, exist_ok=True)
             server = servers[label] = start_council_serve(
-                policy(write_qwen35(home / "syn.gguf", mtp=False), 1), home, {**env, **extra})
+                policy(write_qwen35(home / "syn.gguf", mtp=False), 3), home, {**env, **extra})
             stack.callback(server.stop)
             url, key, _ = member_endpoint(server.url)
             prefix = f"{label} " if label else ""
@@ -244,6 +248,9 @@ def latency(work: Path, seconds: int, rounds: int, env: dict[str, str],
             targets[f"{prefix}direct"] = (f"{url}/v1/chat/completions", BODY, {"Authorization": f"Bearer {key}"}, pid)
             targets[f"{prefix}passthrough"] = (f"{server.url}/v1/chat/completions", {**BODY, "model": "syn"}, {}, pid)
             targets[f"{prefix}council"] = (f"{server.url}/v1/chat/completions", {**BODY, "model": "solo"}, {}, pid)
+            # Three processes of the model, one call each at once: on 2 cores they also slow each other down.
+            targets[f"{prefix}council 3"] = (f"{server.url}/v1/chat/completions", {**BODY, "model": "trio"}, {},
+                                             pid)
             if not label:
                 with_litellm(stack, litellm, url, key, work, targets)
         runs = interleaved(targets, rounds, seconds, work, connections=1)
@@ -254,7 +261,7 @@ def latency(work: Path, seconds: int, rounds: int, env: dict[str, str],
             added(doc[name], base)  # type: ignore[arg-type]
     for label in routers:
         prefix = f"{label} " if label else ""
-        for name in ("passthrough", "council"):
+        for name in LATENCY_PATHS:
             added(doc[f"{prefix}{name}"], doc[f"{prefix}direct"])  # type: ignore[arg-type]
     return doc
 
@@ -485,7 +492,7 @@ def print_latency(lat: dict[str, object], routers: dict[str, dict[str, str]], ba
     print(f"latency, one connection, a real member (p50 and its spread over {lat['rounds']} rounds)")
     print(f"{'path':<40} {'p50 ms':>8} {'spread':>7} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} "
           f"{'proxy CPU/req':>14}")
-    names = [f"{label} {path}" if label else path for label in routers for path in ("direct", "passthrough", "council")]
+    names = [f"{label} {path}" if label else path for label in routers for path in ("direct", *LATENCY_PATHS)]
     names += [n for n in LITELLM_ROWS if n in lat]
     for name in names:
         row: dict[str, float] = lat[name]  # type: ignore[assignment]
@@ -494,7 +501,7 @@ def print_latency(lat: dict[str, object], routers: dict[str, dict[str, str]], ba
         print(f"{LITELLM_ROWS.get(name, name):<40} {row['p50_ms']:>8.3f} {row['p50_spread_ms']:>7.3f} "
               f"{row['p99_ms']:>8.3f} {extra}")
     if baseline:
-        for path in ("passthrough", "council"):
+        for path in LATENCY_PATHS:
             now: dict[str, float] = lat[path]  # type: ignore[assignment]
             then: dict[str, float] = lat[f"{baseline} {path}"]  # type: ignore[assignment]
             print(f"{path}: added p50 {now['added_p50_ms']:.3f} ms now vs {then['added_p50_ms']:.3f} ms at "

@@ -286,16 +286,18 @@ def score_items(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) ->
     return out
 
 
-def with_recovered_calls(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) -> list[ItemRecord]:
+def with_recovered_calls(records: Sequence[ItemRecord], items: Mapping[str, BfclItem],
+                         prose: bool = False) -> list[ItemRecord]:
     """The records with each seat's calls written as text (`council.voting.recovery`) as its calls, where it made
     none the server parsed: what a council reads with `vote.recover_tool_calls` (its default). The recorded text
-    stays, so the other reading is one flag away."""
+    stays, so the other reading is one flag away. `prose` also reads calls among prose (`recovery.among_prose`),
+    which councils do not: the benchmark measures what that would change."""
     from council.voting.recovery import recover
 
     def fix(a: MemberAnswer, item: BfclItem) -> MemberAnswer:
         if a.tool_calls or a.status != "ok":
             return a
-        found = recover(a.text, [t["function"]["name"] for t in item.tools])
+        found = recover(a.text, [t["function"]["name"] for t in item.tools], prose)
         if found is None:
             return a
         calls = [{"type": "function", "function": {"name": name, "arguments": args if isinstance(args, str)

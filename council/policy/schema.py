@@ -247,8 +247,9 @@ class ModelConfig(_Strict):
                                examples=[{"type": "mtp", "n_max": 2}])
     share: bool = Field(default=False, description="Members of this model in one council share one process (one "
                         "`parallel` slot each).")
-    recover_tool_calls: bool = Field(default=False, description="Passthrough (`model` names this model) with "
-                                     "`tools`: a reply whose text is nothing but valid tool calls is returned as "
+    recover_tool_calls: bool = Field(default=False, description="Chat completions passthrough (`model` names this "
+                                     "model) with `tools`: a reply whose text is nothing but valid tool calls is "
+                                     "returned as "
                                      "those calls (a stream is held back until it is known); councils have "
                                      "`vote.recover_tool_calls`.", examples=[True])
     # llama-server's prompt cache lives in host memory and grows with use (its default cap is 8 GiB):

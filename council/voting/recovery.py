@@ -36,6 +36,7 @@ Parser = Callable[[str, Collection[str]], Recovered | None]
 _THINK = re.compile(r"\A\s*<think(?:ing)?>.*?</think(?:ing)?>", re.S | re.I)
 _TAG = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|tool_call|tool_calls)?[ \t]*\n(.*?)\n?[ \t]*```", re.S)
+_FENCE_LINE = re.compile(r"^[ \t]*```[ \t]*[\w-]*[ \t]*$", re.M)
 _LEAD_IN = re.compile(r"\A[^\n{}\[\]`<]{1,200}:[ \t]*\n")
 _DECODER = json.JSONDecoder()
 _ARGUMENTS = ("arguments", "parameters")
@@ -188,6 +189,24 @@ def introduced(text: str, declared: Collection[str]) -> Recovered | None:
     return found[0] if found else None
 
 
+def among_prose(text: str, declared: Collection[str]) -> Recovered | None:
+    """Calls in fenced blocks or `<tool_call>` tags anywhere in prose ("To do this, call:\n```json {...}```, then
+    ..."), as vLLM's Hermes parser reads tags anywhere. Prose may show JSON as an example, so here only blocks
+    that are wholly calls to declared functions count; other blocks are text. A council reads the whole reply
+    before it votes, so it uses this shape; a passthrough does not (it would have to hold back every stream)."""
+    fences = list(_FENCE_LINE.finditer(text))  # paired in order: a ```plaintext block's end opens no block
+    for blocks in ([m.group(1) for m in _TAG.finditer(text)],
+                   [text[a.end():b.start()] for a, b in zip(fences[::2], fences[1::2], strict=False)]):
+        calls: Recovered = []
+        for block in blocks:
+            found = _json_calls(block.strip(), declared)
+            if found and all(name in declared for name, _ in found):
+                calls += found
+        if calls:
+            return calls
+    return None
+
+
 PARSERS: tuple[Parser, ...] = (tool_call_tags, fenced, bare_json, pythonic, introduced)
 
 
@@ -195,12 +214,13 @@ def _content(text: str) -> str:
     return _THINK.sub("", text, count=1).strip()
 
 
-def recover(text: str | None, declared: Collection[str]) -> tuple[Recovered, str] | None:
-    """The calls `text` consists of and the shape they were written in, or None when it is not only calls."""
+def recover(text: str | None, declared: Collection[str], prose: bool = False) -> tuple[Recovered, str] | None:
+    """The calls `text` consists of and the shape they were written in, or None when it is not only calls; with
+    `prose`, also calls to declared functions written in blocks among prose (`among_prose`)."""
     if not text:
         return None
     content = _content(text)
-    for parser in PARSERS:
+    for parser in (*PARSERS, among_prose) if prose else PARSERS:
         found = parser(content, declared)
         if found:
             return found, parser.__name__

@@ -85,3 +85,14 @@ def test_a_reply_that_began_a_call_is_told_apart() -> None:
 ])
 def test_a_stream_is_held_back_only_while_it_may_still_be_calls(prefix: str, held: bool) -> None:
     assert could_be_calls(prefix) is held
+
+
+def test_calls_among_prose_are_read_only_when_asked_and_only_to_declared_functions() -> None:
+    """The shape the benchmark measured and councils leave off (it cost irrelevance items their "no call")."""
+    text = ("Here is the request in plain text:\n\n```plaintext\nWeather in Paris?\n```\n\nTwo calls:\n\n"
+            "1. Paris\n   ```json\n   {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n   ```\n"
+            "2. An example, not a call:\n```json\n{\"name\": \"make_coffee\", \"arguments\": {}}\n```\n"
+            "3. Rome\n```json\n[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}]\n```\nDone.")
+    assert recover(text, DECLARED) is None
+    assert recover(text, DECLARED, prose=True) == (BOTH, "among_prose")
+    assert recover("Use get_weather with the city. ```json\nnot json\n```", DECLARED, prose=True) is None
