@@ -6,6 +6,7 @@ the members untouched (llama-server has many of its own). A bad body is one 400 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -215,17 +216,19 @@ class ChatRequest(_Sampling):
         choice = self.tool_choice
         if choice is None or choice in ("none", "auto"):
             return
-        declared = [t.function.name for t in self.tools or ()]
-        if not declared:
-            raise BadRequest(f"`tool_choice` {_choice(choice)} needs `tools`: declare the functions to call",
-                             "invalid_tool_choice")
-        if isinstance(choice, ToolChoiceFunction) and choice.function.name not in declared:
-            raise BadRequest(f"`tool_choice` names function {choice.function.name!r}, which `tools` does not "
-                             f"declare (declared: {', '.join(declared)})", "invalid_tool_choice")
+        named = choice.function.name if isinstance(choice, ToolChoiceFunction) else None
+        check_tool_choice(repr(choice) if named is None else f"naming {named!r}", named,
+                          [t.function.name for t in self.tools or ()])
 
 
-def _choice(choice: str | ToolChoiceFunction) -> str:
-    return repr(choice) if isinstance(choice, str) else f"naming {choice.function.name!r}"
+def check_tool_choice(said: str, named: str | None, declared: Sequence[str], noun: str = "function") -> None:
+    """Every API's rule: a `tool_choice` that asks for a call (`said`: how the message shows it) needs declared
+    tools, and one naming a tool (`named`) must name a declared one; `noun` is the API's word for a tool."""
+    if not declared:
+        raise BadRequest(f"`tool_choice` {said} needs `tools`: declare the {noun}s to call", "invalid_tool_choice")
+    if named is not None and named not in declared:
+        raise BadRequest(f"`tool_choice` names {noun} {named!r}, which `tools` does not declare "
+                         f"(declared: {', '.join(declared)})", "invalid_tool_choice")
 
 
 def router_fields(model: type[BaseModel]) -> frozenset[str]:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from council.server.requests import ROUTER, BadRequest, CouncilOptions, _describe, router_fields
+from council.server.requests import ROUTER, BadRequest, CouncilOptions, _describe, check_tool_choice, router_fields
 from council.voting.engine import CouncilAnswer
 
 PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
@@ -187,13 +187,8 @@ class CountTokensRequest(_Open):
         choice = self.tool_choice
         if choice is None or isinstance(choice, ToolChoiceAuto | ToolChoiceNone):
             return
-        declared = [t.name for t in self.tools or ()]
-        if not declared:
-            raise BadRequest(f"`tool_choice` {choice.type!r} needs `tools`: declare the tools to call",
-                             "invalid_tool_choice")
-        if isinstance(choice, ToolChoiceTool) and choice.name not in declared:
-            raise BadRequest(f"`tool_choice` names tool {choice.name!r}, which `tools` does not declare "
-                             f"(declared: {', '.join(declared)})", "invalid_tool_choice")
+        check_tool_choice(repr(choice.type), choice.name if isinstance(choice, ToolChoiceTool) else None,
+                          [t.name for t in self.tools or ()], "tool")
 
 
 M = TypeVar("M", bound=CountTokensRequest)

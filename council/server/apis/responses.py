@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
-from council.server.requests import BadRequest, CouncilOptions
+from council.server.requests import BadRequest, CouncilOptions, check_tool_choice
 
 Status = Literal["completed", "incomplete", "failed", "in_progress"]
 
@@ -195,14 +195,9 @@ class ResponsesRequest(_Open):
         choice = self.tool_choice
         if choice is None or choice in ("none", "auto"):
             return
-        declared = [t.name for t in self.tools or ()]
-        named = repr(choice) if isinstance(choice, str) else f"naming {choice.name!r}"
-        if not declared:
-            raise BadRequest(f"`tool_choice` {named} needs `tools`: declare the functions to call",
-                             "invalid_tool_choice")
-        if isinstance(choice, ToolChoiceFunction) and choice.name not in declared:
-            raise BadRequest(f"`tool_choice` names function {choice.name!r}, which `tools` does not declare "
-                             f"(declared: {', '.join(declared)})", "invalid_tool_choice")
+        named = choice.name if isinstance(choice, ToolChoiceFunction) else None
+        check_tool_choice(repr(choice) if named is None else f"naming {named!r}", named,
+                          [t.name for t in self.tools or ()])
 
     @property
     def stored(self) -> bool:

@@ -22,13 +22,13 @@ from council.server.auth import Principal
 from council.server.deps import current_router, require
 from council.server.errors import MODEL, OVERHEAD_HEADER, ApiError
 from council.server.limits import Admission
-from council.server.requests import BadRequest, ChatRequest, validate_body
+from council.server.requests import BadRequest
 from council.server.router import Router
 from council.server.routes.chat import (
     CLIENT_GONE,
-    _check_council_request,
     _measured,
     _target,
+    as_council_request,
     ask_council,
     council_stream,
     read_body,
@@ -57,11 +57,7 @@ async def messages(request: Request, router: Current, who: Chat) -> Response:
     if engine is None:
         admission = await router.limits.admit(who, asked.model)
         return await _relay_model(router, asked.model, raw, admission, started, stream=bool(asked.stream))
-    chat_body = anthropic.to_chat(asked, body)
-    chat = validate_body(chat_body, ChatRequest)
-    assert isinstance(chat, ChatRequest)
-    _check_council_request(router, chat)
-    council = chat.council_request(chat_body)
+    council = as_council_request(router, anthropic.to_chat(asked, body))
     admission = await router.limits.admit(who, asked.model)
     if asked.stream:
         return StreamingResponse(_stream(router, engine, council, admission, started),

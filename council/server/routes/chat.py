@@ -89,6 +89,16 @@ def _check_council_request(router: Router, chat: ChatRequest) -> None:
                          "send text content", "unsupported_content")
 
 
+def as_council_request(router: Router, chat_body: dict[str, Any], *, checked: bool = True) -> CouncilRequest:
+    """Another API's request translated to chat (`chat_body`): validated as chat and read as the vote needs it;
+    `checked`: also refused where a council cannot answer it (`n`, media its members cannot read)."""
+    chat = validate_body(chat_body, ChatRequest)
+    assert isinstance(chat, ChatRequest)
+    if checked:
+        _check_council_request(router, chat)
+    return chat.council_request(chat_body)
+
+
 @routes.post("/v1/chat/completions", response_model=None, openapi_extra={"requestBody": CHAT_REQUEST_SCHEMA})
 async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()

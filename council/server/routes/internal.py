@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -20,41 +21,23 @@ routes = APIRouter(include_in_schema=False)
 Current = Annotated[Router, Depends(current_router)]
 
 
-# Process names hold a `/` (`trio/0`): the name is everything before the relayed path.
-@routes.post("/internal/members/{process:path}/v1/chat/completions", response_model=None)
-async def chat_call(process: str, request: Request, router: Current) -> Response:
-    return await process_call(process, "/v1/chat/completions", request, router)
+# Every path a process serves that a router on another host relays to it (messages, responses and token counts
+# for models asked through those APIs, and for a council's `input_tokens`).
+RELAYED = ("/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses",
+           "/v1/responses/input_tokens", "/v1/chat/completions/input_tokens")
 
 
-@routes.post("/internal/members/{process:path}/v1/completions", response_model=None)
-async def completion_call(process: str, request: Request, router: Current) -> Response:
-    return await process_call(process, "/v1/completions", request, router)
+def _relaying(path: str) -> Callable[..., Awaitable[Response]]:
+    async def call(process: str, request: Request, router: Current) -> Response:
+        return await process_call(process, path, request, router)
+
+    return call
 
 
-@routes.post("/internal/members/{process:path}/v1/messages", response_model=None)
-async def messages_call(process: str, request: Request, router: Current) -> Response:
-    return await process_call(process, "/v1/messages", request, router)
-
-
-@routes.post("/internal/members/{process:path}/v1/messages/count_tokens", response_model=None)
-async def count_tokens_call(process: str, request: Request, router: Current) -> Response:
-    return await process_call(process, "/v1/messages/count_tokens", request, router)
-
-
-# Responses to a model (llama-server serves them), and token counts for a council's `input_tokens`.
-@routes.post("/internal/members/{process:path}/v1/responses", response_model=None)
-async def responses_call(process: str, request: Request, router: Current) -> Response:
-    return await process_call(process, "/v1/responses", request, router)
-
-
-@routes.post("/internal/members/{process:path}/v1/responses/input_tokens", response_model=None)
-async def responses_count(process: str, request: Request, router: Current) -> Response:
-    return await process_call(process, "/v1/responses/input_tokens", request, router)
-
-
-@routes.post("/internal/members/{process:path}/v1/chat/completions/input_tokens", response_model=None)
-async def chat_count(process: str, request: Request, router: Current) -> Response:
-    return await process_call(process, "/v1/chat/completions/input_tokens", request, router)
+for _path in RELAYED:
+    # Process names hold a `/` (`trio/0`): the name is everything before the relayed path.
+    routes.add_api_route(f"/internal/members/{{process:path}}{_path}", _relaying(_path), methods=["POST"],
+                         response_model=None)
 
 
 async def process_call(process: str, path: str, request: Request, router: Router) -> Response:

@@ -42,14 +42,14 @@ from council.server.auth import Principal
 from council.server.deps import current_router, require
 from council.server.errors import MODEL, OVERHEAD_HEADER, ApiError
 from council.server.limits import Admission
-from council.server.requests import BadRequest, ChatRequest, validate_body
+from council.server.requests import BadRequest
 from council.server.router import Router
 from council.server.routes.chat import (
     CLIENT_GONE,
-    _check_council_request,
     _measured,
     _passthrough,
     _target,
+    as_council_request,
     ask_council,
     council_stream,
     read_body,
@@ -60,6 +60,17 @@ from council.voting.request import CouncilRequest
 routes = APIRouter()
 Chat = Annotated[Principal, Depends(require("chat"))]
 Current = Annotated[Router, Depends(current_router)]
+
+
+async def _read(request: Request, router: Router) -> tuple[dict[str, Any], ResponsesRequest, CouncilEngine | None,
+                                                            list[dict[str, Any]]]:
+    """A Responses request's body, validated; the council its `model` names (None: a model; errors from here on
+    are counted under that name); and the stored conversation it continues (`previous_response_id`)."""
+    _, body = await read_body(request, router.policy.server.max_body)
+    ask = validate_responses(body)
+    engine = _target(router, ask.model)
+    setattr(request.state, MODEL, ask.model)
+    return body, ask, engine, await _history(router, ask)
 
 
 async def _history(router: Router, request: ResponsesRequest) -> list[dict[str, Any]]:
@@ -94,20 +105,12 @@ def _answered(answer: CouncilAnswer, request: ResponsesRequest, response_id: str
 @routes.post("/v1/responses", response_model=None, openapi_extra={"requestBody": REQUEST_SCHEMA})
 async def create_response(request: Request, router: Current, who: Chat) -> Response:
     started = time.perf_counter()
-    _, body = await read_body(request, router.policy.server.max_body)
-    ask = validate_responses(body)
-    engine = _target(router, ask.model)
-    setattr(request.state, MODEL, ask.model)
-    history = await _history(router, ask)
+    body, ask, engine, history = await _read(request, router)
     inputs = [*history, *input_items(body)]
     if engine is None:
         return await _relay(router, ask, body, history, inputs, who, started)
-    chat_body = to_chat(ask, body, history)
-    chat = validate_body(chat_body, ChatRequest)
-    assert isinstance(chat, ChatRequest)
-    _check_council_request(router, chat)
+    council = as_council_request(router, to_chat(ask, body, history))
     admission = await router.limits.admit(who, ask.model)
-    council = chat.council_request(chat_body)
     if ask.stream:
         return StreamingResponse(_stream_council(router, engine, council, ask, inputs, admission, started),
                                  media_type="text/event-stream")
@@ -204,20 +207,13 @@ async def input_tokens(request: Request, router: Current, who: Chat) -> Response
     """How many tokens the input is: a model's process counts it; a council's members' tokenizers (and their own
     system prompts) differ, so each distinct member is asked and the largest count is the answer."""
     started = time.perf_counter()
-    _, body = await read_body(request, router.policy.server.max_body)
-    ask = validate_responses(body)
-    engine = _target(router, ask.model)
-    setattr(request.state, MODEL, ask.model)
-    history = await _history(router, ask)
+    body, ask, engine, history = await _read(request, router)
     admission = await router.limits.admit(who, ask.model)
     if engine is None:
         payload = {k: v for k, v in for_model(body, history).items() if k not in ("stream", "stream_options")}
         return await _passthrough(router, ask.model, json.dumps(payload).encode(), "/v1/responses/input_tokens",
                                   admission, started)
-    chat_body = to_chat(ask, body, history)
-    chat = validate_body(chat_body, ChatRequest)
-    assert isinstance(chat, ChatRequest)
-    council = chat.council_request(chat_body)
+    council = as_council_request(router, to_chat(ask, body, history), checked=False)  # counting needs no more
     async with admission:
         asked = time.perf_counter()
         members = await _count(router, engine, council)
