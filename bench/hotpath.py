@@ -254,6 +254,7 @@ def steps() -> dict[str, float]:
     from council.server.metrics import RouterMetrics
     from council.server.requests import ChatRequest, parse_json, validate_body
     from council.voting.ballots import BallotStore
+    from council.voting.client import NoLimit
     from council.voting.extract import extract
     from council.voting.lanes import group_calls, lanes
     from council.voting.tools import _check_schema
@@ -288,6 +289,10 @@ def steps() -> dict[str, float]:
     out["JSON: a member's reply, json (before)"] = _per_call(lambda: json.loads(reply))
     out["JSON: a member's reply, orjson (now)"] = _per_call(lambda: orjson.loads(reply))
     out["slots: hold and release, free (now)"] = _per_await(lambda: _hold(Slots(4)))
+    out["a call's holds: rate, slots, accounting, generators (before)"] = _per_await(_holds_before)
+    process = _process()
+    out["a call's holds: rate, slots, accounting, classes (now)"] = _per_await(
+        lambda: _holds(NoLimit(), process))
     agent = _agent_body()
     tools_body = {"model": "trio", "messages": [{"role": "user", "content": "x"}], "tools": agent["tools"]}
     schemas = [t["function"]["parameters"] for t in agent["tools"]]  # type: ignore[attr-defined, index]
@@ -314,6 +319,35 @@ def steps() -> dict[str, float]:
     out["slots: 32 requests on 4 slots, per request, in order (now)"] = _per_await(lambda: _crowd(Slots(4)), 100) / 32
     del asyncio
     return out
+
+
+def _process() -> object:
+    """A member process as a call sees it (its slots and accounting), never started."""
+    from council.members.pidfiles import PidFiles
+    from council.members.process import LifeConfig, MemberProcess, ProcessRecipe
+
+    recipe = ProcessRecipe(name="p", make_spec=lambda _: None, seats=("s",), slots=4)  # type: ignore[arg-type, return-value]
+    where = Path(tempfile.gettempdir())
+    return MemberProcess(recipe, LifeConfig(run_dir=where), pids=PidFiles(where), control=None)  # type: ignore[arg-type]
+
+
+async def _holds(limiter: object, process: object) -> None:
+    async with (limiter.slot(1), process.slots.hold(1), process.request() as outcome):  # type: ignore[attr-defined]
+        outcome.succeeded()
+
+
+async def _holds_before() -> None:
+    """The same three holds as generator-based context managers (as they were)."""
+    async with (_gen_hold(), _gen_hold(), _gen_hold()):
+        pass
+
+
+@contextlib.asynccontextmanager
+async def _gen_hold() -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        pass
 
 
 async def _admit(limits: object, who: object) -> None:

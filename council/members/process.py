@@ -19,9 +19,10 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -99,28 +100,9 @@ class Slots:
     def waiting(self) -> int:
         return len(self._queue)
 
-    @contextlib.asynccontextmanager
-    async def hold(self, count: int = 1) -> AsyncIterator[None]:
-        count = min(count, self.size)  # a wider group than the process would wait forever
-        if self._queue or self.free < count:
-            entry = (count, asyncio.get_running_loop().create_future())
-            self._queue.append(entry)
-            try:
-                await entry[1]  # resolved once `_admit` has taken our slots for us
-            except BaseException:
-                if entry[1].done() and not entry[1].cancelled():
-                    self._release(count)  # handed over as we were cancelled: pass them on
-                else:
-                    with contextlib.suppress(ValueError):  # `_admit` may have dropped it, cancelled
-                        self._queue.remove(entry)
-                    self._admit()  # a wide request at the head may have held narrower ones back
-                raise
-        else:
-            self.free -= count
-        try:
-            yield
-        finally:
-            self._release(count)
+    def hold(self, count: int = 1) -> _Held:
+        """`count` slots for one call, taken on entry (waiting in turn while they are not free), freed on exit."""
+        return _Held(self, min(count, self.size))  # a wider group than the process would wait forever
 
     def _release(self, count: int) -> None:
         self.free += count
@@ -134,6 +116,37 @@ class Slots:
                 continue
             self.free -= count
             future.set_result(None)
+
+
+class _Held:
+    """Slots held for one call (`Slots.hold`): a class, not a generator-based context manager, since every member
+    call enters one (bench/hotpath.py --steps)."""
+
+    __slots__ = ("_count", "_slots")
+
+    def __init__(self, slots: Slots, count: int) -> None:
+        self._slots, self._count = slots, count
+
+    async def __aenter__(self) -> None:
+        slots, count = self._slots, self._count
+        if not slots._queue and slots.free >= count:
+            slots.free -= count
+            return
+        entry = (count, asyncio.get_running_loop().create_future())
+        slots._queue.append(entry)
+        try:
+            await entry[1]  # resolved once `_admit` has taken our slots for us
+        except BaseException:
+            if entry[1].done() and not entry[1].cancelled():
+                slots._release(count)  # handed over as we were cancelled: pass them on
+            else:
+                with contextlib.suppress(ValueError):  # `_admit` may have dropped it, cancelled
+                    slots._queue.remove(entry)
+                slots._admit()  # a wide request at the head may have held narrower ones back
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._slots._release(self._count)
 
 
 class StartFailed(CouncilError, RuntimeError):
@@ -192,6 +205,41 @@ class RequestOutcome:
 
     def failed(self, reason: str) -> None:
         self.ok, self.reason = False, reason
+
+
+class _Accounted:
+    """One request's accounting on its process (`MemberProcess.request`): a class, not a generator-based context
+    manager, since every member call enters one (bench/hotpath.py --steps)."""
+
+    __slots__ = ("_outcome", "_process", "_rid", "_running")
+
+    def __init__(self, process: MemberProcess) -> None:
+        self._process = process
+
+    async def __aenter__(self) -> RequestOutcome:
+        process = self._process
+        self._running = running = process._running
+        process._request_ids += 1
+        self._rid = process._request_ids
+        process.in_flight += 1
+        if running is not None:
+            running.request_starts[self._rid] = time.monotonic()
+        self._outcome = RequestOutcome()
+        return self._outcome
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        outcome, running = self._outcome, self._running
+        if isinstance(exc, Exception) and outcome.ok is None:
+            outcome.failed(f"{type(exc).__name__}: {exc}"[:200])
+        self._process.in_flight -= 1
+        if running is not None:
+            running.request_starts.pop(self._rid, None)
+            if outcome.ok:
+                running.request_failures = 0
+            elif outcome.ok is not None:
+                running.request_failures += 1
+                running.last_failure = outcome.reason
 
 
 class MemberProcess:
@@ -288,8 +336,7 @@ class MemberProcess:
             )
         return self._http
 
-    @contextlib.asynccontextmanager
-    async def request(self) -> AsyncIterator[RequestOutcome]:
+    def request(self) -> _Accounted:
         """Count a request in flight; the outcome its caller reports feeds the watchdog (failures in a row) and
         its age the stuck-request check. The caller judges the answer (`RequestOutcome`): a 5xx returns
         normally, yet is the member's failure.
@@ -297,28 +344,7 @@ class MemberProcess:
         A request the router cancels (an early stop, a council deadline, a client that went away) is neither a
         success nor a failure: the member did nothing wrong, and three early stops in a row must not restart
         a healthy member. Cancellation (and a closed generator) is a BaseException, not an Exception."""
-        running = self._running
-        self._request_ids += 1
-        rid = self._request_ids
-        self.in_flight += 1
-        if running is not None:
-            running.request_starts[rid] = time.monotonic()
-        outcome = RequestOutcome()
-        try:
-            yield outcome
-        except Exception as exc:
-            if outcome.ok is None:
-                outcome.failed(f"{type(exc).__name__}: {exc}"[:200])
-            raise
-        finally:
-            self.in_flight -= 1
-            if running is not None:
-                running.request_starts.pop(rid, None)
-                if outcome.ok:
-                    running.request_failures = 0
-                elif outcome.ok is not None:
-                    running.request_failures += 1
-                    running.last_failure = outcome.reason
+        return _Accounted(self)
 
     # ---- life -------------------------------------------------------------------------------------------
 

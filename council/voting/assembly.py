@@ -35,6 +35,24 @@ def process_endpoint(process: MemberProcess) -> Endpoint | None:
                     request=process.request, slots=process.slots)
 
 
+def endpoint_of(process: MemberProcess) -> Callable[[], Endpoint | None]:
+    """`process_endpoint`, made once per start (a start has its own port and key) and HTTP session rather than
+    once per call: every member call asks."""
+    made: tuple[object, object, Endpoint | None] = (None, None, None)
+
+    def endpoint() -> Endpoint | None:
+        nonlocal made
+        if process.state is not State.READY:
+            return None
+        spec, http, where = made
+        if where is None or spec is not process.spec or http is not process.http:
+            where = process_endpoint(process)
+            made = (process.spec, process.http, where)
+        return where
+
+    return endpoint
+
+
 @dataclass
 class Assembly:
     """The running policy's processes and engines, and where each seat runs."""
@@ -110,7 +128,7 @@ class Assembly:
                     client = HttpMemberClient(endpoint=lambda s=seat_name, find=find: find(s), limiter=NoLimit())
                 else:
                     assert process is not None, f"seat {seat_name} has no process"
-                    client = HttpMemberClient(endpoint=lambda p=process: process_endpoint(p), target=process.name,
+                    client = HttpMemberClient(endpoint=endpoint_of(process), target=process.name,
                                               limiter=limits.for_target(process.name, member.rate_limit))
                     clients.setdefault(process.name, client)
                 seats.append(Seat(name=seat_name, order=order, model=member.model, weight=member.weight,

@@ -10,9 +10,10 @@ llama-server slots free up). Fewer answers than the quorum is an error, never a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -326,54 +327,79 @@ class CouncilEngine:
         deadline = started + self.config.timeout
         stages = self.config.stages() if early_stop else [list(range(len(self.seats)))]
         body = self.members_body(request, toolbox)
-        arrivals: asyncio.Queue[tuple[Seat, MemberReply]] = asyncio.Queue()
         outcomes: dict[str, SeatOutcome] = {}
         ballots: list[Ballot] = []
         tasks: list[asyncio.Task[None]] = []
         asked: list[Seat] = []
+        waiting: set[str] = set()
         stop: Stop | None = None
-        timed_out = False
+        number = quorum = 0
         ended_at = len(stages)
 
-        async def arrive(seat: Seat, reply: MemberReply) -> None:
+        def arrive(seat: Seat, reply: MemberReply) -> bool:
+            """Count one seat's reply; True once the stop rule says stop."""
+            nonlocal stop
             if seat.client.target is not None:
                 self.rates.setdefault(seat.client.target, Rates()).observe(reply)
-            await arrivals.put((seat, reply))
+            outcome = outcomes[seat.name] = self._outcome(seat, reply, number, toolbox)
+            waiting.discard(seat.name)
+            if reply.status == "ok":
+                ballots.append(self._ballot(outcome))
+            pending = sum(seat_value(vote.strategy, m.weight) for m in self.seats if m.name not in outcomes)
+            stop = stop_after(ballots, pending, quorum, vote.strategy, early_stop=early_stop,
+                              stage_done=not waiting, last_stage=number == len(stages), agreement=agreement,
+                              temperature=vote.confidence_temperature, absolute=absolute)
+            return stop is not None
 
-        async def run(lane: list[Call[Seat]]) -> None:
-            for call in lane:  # one after another: each finds the prompt the last one left in the cache
+        async def ask_lane(lane: list[Call[Seat]], take: Callable[[Seat, MemberReply], bool]) -> None:
+            """A lane's calls one after another (each finds the prompt the last one left in the cache), each reply
+            given to `take` as it ends (a grouped call's choices one by one: early stop can cut in); stops once
+            `take` says so (leaving a grouped call closes its request)."""
+            for call in lane:
                 if len(call.seats) == 1:
-                    await arrive(call.seats[0], await call.seats[0].client.complete(call.payload))
+                    if take(call.seats[0], await call.seats[0].client.complete(call.payload)):
+                        return
                     continue
-                async for index, reply in call.seats[0].client.choices(call.payload, len(call.seats)):
-                    await arrive(call.seats[index], reply)  # each choice votes as it ends (early stop can cut in)
+                async with contextlib.aclosing(call.seats[0].client.choices(call.payload, len(call.seats))) as got:
+                    async for index, reply in got:
+                        if take(call.seats[index], reply):
+                            return
 
+        arrivals: asyncio.Queue[tuple[Seat, MemberReply]] | None = None  # made for the first stage of several lanes
+
+        def queued(seat: Seat, reply: MemberReply) -> bool:
+            assert arrivals is not None
+            arrivals.put_nowait((seat, reply))  # the vote reads it in `_collect`'s own task
+            return False
+
+        deadline_passed = asyncio.timeout_at(deadline)
         try:
-            for number, stage in enumerate(stages, 1):
-                seats = [self.seats[i] for i in stage]
-                asked += seats
-                quorum = self.config.quorum_count(len(asked))
-                tasks += [asyncio.create_task(run(lane)) for lane in self.lanes(body, seats)]
-                waiting = {seat.name for seat in seats}
-                while waiting and stop is None:
-                    try:
-                        seat, reply = await asyncio.wait_for(arrivals.get(), max(0.0, deadline - loop.time()))
-                    except TimeoutError:
-                        timed_out = True
+            async with deadline_passed:
+                for number, stage in enumerate(stages, 1):
+                    seats = [self.seats[i] for i in stage]
+                    asked += seats
+                    quorum = self.config.quorum_count(len(asked))
+                    waiting = {seat.name for seat in seats}
+                    stage_lanes = self.lanes(body, seats)
+                    if len(stage_lanes) == 1:
+                        # One lane (one member, or calls that share a prompt): asked here, with no task or queue
+                        # between the replies and the vote: the common small council's whole path.
+                        await ask_lane(stage_lanes[0], arrive)
+                    else:
+                        if arrivals is None:
+                            arrivals = asyncio.Queue()
+                        tasks += [asyncio.create_task(ask_lane(lane, queued)) for lane in stage_lanes]
+                        while waiting and stop is None:
+                            arrive(*await arrivals.get())
+                    if stop is not None:
+                        ended_at = number
                         break
-                    outcome = outcomes[seat.name] = self._outcome(seat, reply, number, toolbox)
-                    waiting.discard(seat.name)
-                    if reply.status == "ok":
-                        ballots.append(self._ballot(outcome))
-                    pending = sum(seat_value(vote.strategy, m.weight) for m in self.seats if m.name not in outcomes)
-                    stop = stop_after(ballots, pending, quorum, vote.strategy, early_stop=early_stop,
-                                      stage_done=not waiting, last_stage=number == len(stages), agreement=agreement,
-                                      temperature=vote.confidence_temperature, absolute=absolute)
-                if stop is not None or timed_out:
-                    ended_at = number
-                    break
-                if not ballots and all(o.reply.rejected for o in outcomes.values()):
-                    break  # the request itself is refused: later stages would refuse it too
+                    if not ballots and all(o.reply.rejected for o in outcomes.values()):
+                        break  # the request itself is refused: later stages would refuse it too
+        except TimeoutError:
+            if not deadline_passed.expired():
+                raise
+            ended_at = number  # seats still out are `timeout`
         finally:
             for task in tasks:
                 task.cancel()
