@@ -12,7 +12,9 @@ off), driven by wrk with one connection in interleaved rounds; p50/p99 of each a
 proxy's CPU time per request (from /proc).
 Part 2, throughput against a stub upstream (bench/stub_llama_server.py, which answers instantly: the one
 place a stub is right, since it isolates the router): wrk -c32 drives passthrough, a 1- and a 3-member council
-and LiteLLM's proxy (both ways) in interleaved rounds; member calls/s = 3-member council requests/s x 3.
+and LiteLLM's proxy (both ways) in interleaved rounds; member calls/s = 3-member council requests/s x 3. Then
+the same paths with one connection: the router's own added time (p50 against the stub's), without part 1's
+members slowing each other down on shared cores.
 Part 3, what validating a body against the OpenAI schema costs (server/requests.py, pydantic in strict mode),
 beside the JSON parse every request has always paid: a one-line chat, and an agent's body (a system prompt,
 20 turns, 4 tools).
@@ -357,9 +359,16 @@ def throughput(work: Path, seconds: int, rounds: int, env: dict[str, str],
                    "council 3": (chat, {**BODY, "model": "trio"}, {}, pid)}
         with_litellm(stack, litellm, url, key, work, targets)
         runs = interleaved(targets, rounds, seconds, work, connections=32)
+        # One connection against the instant upstream: the router's own added time, apart from how real members
+        # slow each other down on shared cores (part 1's 3-member council runs three llama-servers on 2 cores).
+        alone = interleaved({k: v for k, v in targets.items() if not k.startswith("litellm")}, rounds, seconds,
+                            work, connections=1)
     doc: dict[str, object] = {"seconds_per_run": seconds, "rounds": rounds, "connections": 32, **summarise(runs)}
     calls = [r["rps"] * 3 for r in runs["council 3"]]
     doc["member_calls_per_s"] = {"median": statistics.median(calls), "spread": max(calls) - min(calls)}
+    one = doc["one_connection"] = summarise(alone)
+    for name in ("passthrough", "council 1", "council 3"):
+        added(one[name], one["stub direct"])
     return doc
 
 
@@ -519,6 +528,14 @@ def print_throughput(thr: dict[str, object]) -> None:
                   f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} {row['router_cpu_ms_per_request']:>11.3f} ms")
     calls: dict[str, float] = thr["member_calls_per_s"]  # type: ignore[assignment]
     print(f"3-member council: {calls['median']:.0f} member calls/s (spread {calls['spread']:.0f})")
+    one: dict[str, dict[str, float]] = thr["one_connection"]  # type: ignore[assignment]
+    print("\nthe router's own added time: one connection, the stub upstream (no member contention)")
+    print(f"{'path':<40} {'p50 ms':>8} {'spread':>7} {'added p50':>10} {'added p99':>10} {'proxy CPU/req':>14}")
+    for name in ("stub direct", "passthrough", "council 1", "council 3"):
+        row = one[name]
+        extra = (f"{row['added_p50_ms']:>10.3f} {row['added_p99_ms']:>10.3f} "
+                 f"{row['router_cpu_ms_per_request']:>11.3f} ms") if "added_p50_ms" in row else ""
+        print(f"{name:<40} {row['p50_ms']:>8.3f} {row['p50_spread_ms']:>7.3f} {extra}")
 
 
 def print_versus_litellm(lat: dict[str, object], thr: dict[str, object]) -> dict[str, float]:
