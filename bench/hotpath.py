@@ -30,6 +30,7 @@ import time
 import timeit
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from bench.overhead import BODY, RESULTS, baseline_tree, cpu_seconds, member_endpoint, policy, wrk_run
 from council.setup.synthetic import write_qwen35
@@ -293,6 +294,10 @@ def steps() -> dict[str, float]:
     process = _process()
     out["a call's holds: rate, slots, accounting, classes (now)"] = _per_await(
         lambda: _holds(NoLimit(), process))
+    one, three = _engines()
+    ask = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 1}
+    out["engine: ask a 1-seat council, instant scripted member"] = _per_await(lambda: one.ask(ask))
+    out["engine: ask a 3-seat council, instant scripted members"] = _per_await(lambda: three.ask(ask))
     agent = _agent_body()
     tools_body = {"model": "trio", "messages": [{"role": "user", "content": "x"}], "tools": agent["tools"]}
     schemas = [t["function"]["parameters"] for t in agent["tools"]]  # type: ignore[attr-defined, index]
@@ -319,6 +324,14 @@ def steps() -> dict[str, float]:
     out["slots: 32 requests on 4 slots, per request, in order (now)"] = _per_await(lambda: _crowd(Slots(4)), 100) / 32
     del asyncio
     return out
+
+
+def _engines() -> tuple[Any, Any]:
+    """A 1- and a 3-seat council whose members answer at once (tests/voting/fakes.py: one turn of the loop each)."""
+    from tests.voting.fakes import Say, council
+
+    said = Say("The answer is 42.")
+    return council({"vote": {"extract": "text"}}, said)[0], council({"vote": {"extract": "text"}}, said, said, said)[0]
 
 
 def _process() -> object:

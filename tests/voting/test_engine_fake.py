@@ -4,6 +4,7 @@ in test_engine.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -56,6 +57,31 @@ async def test_a_heavy_vote_still_out_keeps_the_council_waiting_until_the_deadli
     assert statuses(answer) == ["ok", "ok", "timeout"] and answer.degraded and answer.decision.answer == "a"
     assert "no answer within the council's 0.3s" in (answer.outcomes[2].reply.error or "")
     assert clients[2].cancelled == 1
+
+
+async def test_a_one_member_council_past_its_deadline_closes_the_call_and_says_so() -> None:
+    # One member is one lane, asked in the request's own task (no task or queue): the deadline must still close it.
+    engine, clients = council({"vote": {"extract": "text"}, "timeout": "0.2s"}, Say("a", delay=SLOW))
+    started = time.monotonic()
+    with pytest.raises(QuorumError, match="only 0 of 1 members answered") as caught:
+        await engine.ask(ask())
+    assert 0.15 <= time.monotonic() - started < 5
+    assert statuses(caught.value) == ["timeout"] and clients[0].cancelled == 1 and clients[0].in_flight == 0
+
+
+async def test_cancelling_a_one_member_council_is_a_cancel_not_a_timeout() -> None:
+    # A client that goes away cancels the request's task: that must reach the member's call and leave as a cancel,
+    # never be mistaken for the council's deadline.
+    engine, clients = council({"vote": {"extract": "text"}, "timeout": "30s"}, Say("a", delay=SLOW))
+    task = asyncio.create_task(engine.ask(ask()))
+    deadline = time.monotonic() + 5
+    while clients[0].in_flight == 0:
+        assert time.monotonic() < deadline, "the member was never asked"
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert clients[0].cancelled == 1 and clients[0].in_flight == 0
 
 
 async def test_fewer_answers_than_the_quorum_is_an_error() -> None:
