@@ -138,18 +138,9 @@ class RateLimiter(Protocol):
     def slot(self, count: int = 1) -> contextlib.AbstractAsyncContextManager[None]: ...
 
 
-class _Go:
-    """A slot that never waits: one shared object, where a generator-based context manager would cost a
-    generator per call (~1.2 us each, bench/hotpath.py --steps)."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-GO = _Go()
+# A slot that never waits: one shared, stateless object, where a generator-based context manager would cost a
+# generator per call (~1.2 us each, bench/hotpath.py --steps).
+GO: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 
 class NoLimit:
