@@ -17,7 +17,9 @@ with every seat answering; every number is then re-scored offline from those rec
 - `listed-<model>`: each other model alone with the council's `listed` tool instructions (each tool's name and
   parameters in the system message: SmolLM2's chat template renders no tools), beside its `solo-` arm.
 - `sc-<best>`: a self-consistency council of the best model: a greedy seat and `--samples` samples at
-  temperature 0.7 in one request (`n`, the prompt read once), in one process.
+  temperature 0.7 in one request (`n`, the prompt read once), in one process; `brief-sc-<best>` the same with the
+  `brief` tool instructions a council adds by default, and `brief-sc<wide>-<best>` with `--wide` samples (more votes,
+  still one prefill).
 - offline councils: `sc-<best>` and a mixed council (the `solo-*` seats of every model, from their own records)
   under each call vote of `council.evaluation.calls.VOTERS` (`set`: whole call sets; `argument`: per argument);
   beside each, its best seat alone (`sc`: the greedy seat), and the paired difference with its 95% interval.
@@ -81,7 +83,8 @@ def arm_policy(model: str, seats: list[dict[str, Any]], instructions: str = "non
                                  "vote": {"strategy": "majority", "tool_instructions": instructions}}}}
 
 
-def arms(models: Sequence[str], best: str, samples: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+def arms(models: Sequence[str], best: str, samples: int,
+         wide: int = 0) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """Each recorded arm: its policy and the extra request fields. Add an arm here and it is recorded and scored."""
     greedy = {"model": "m", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}}
     out = {f"solo-{short(m)}": (arm_policy(m, [greedy]), {}) for m in models}
@@ -94,6 +97,10 @@ def arms(models: Sequence[str], best: str, samples: int) -> dict[str, tuple[dict
         out[f"sc-{short(best)}"] = (arm_policy(best, [greedy, sampled]), {})
         # The council as a policy gets it by default: the tool instructions it adds (`vote.tool_instructions`).
         out[f"brief-sc-{short(best)}"] = (arm_policy(best, [greedy, sampled], "brief"), {})
+    if wide:  # the same council with more samples: what more votes buy (one prefill still)
+        more = {"model": "m", "samples": wide,
+                "sampling": {"temperature": 0.7, "top_p": 0.95, "seed": 1, "max_tokens": MAX_TOKENS}}
+        out[f"brief-sc{wide}-{short(best)}"] = (arm_policy(best, [greedy, more], "brief"), {})
     return out
 
 
@@ -301,6 +308,7 @@ def recovery_check(records: dict[str, list[ItemRecord]], items: dict[str, BfclIt
     names: they are then invalid and abstain, with the reason)."""
     recovered = recovery()
     replies = missed = among_prose = undeclared = found = added_irrelevant = 0
+    added_by_shape: dict[str, int] = {}
     for recs in records.values():
         for r in recs:
             item = items[r.item_id or ""]
@@ -320,10 +328,15 @@ def recovery_check(records: dict[str, list[ItemRecord]], items: dict[str, BfclIt
                 # written among prose: text by design (see the "among prose" rows)
                 among_prose += sum(min(k, prose_names.count(n)) for n, k in lost.items() if n in declared)
                 if item.category == "irrelevance":
-                    added_irrelevant += sum(max(0, got.count(n) - want.count(n)) for n in set(got))
+                    added = sum(max(0, got.count(n) - want.count(n)) for n in set(got))
+                    added_irrelevant += added
+                    if added:  # by the shape it was read in: the reference reads tags, fences and bare JSON only
+                        shape = (recover(a.text, declared) or ([], "?"))[1]
+                        added_by_shape[shape] = added_by_shape.get(shape, 0) + added
     return {"replies": replies, "recovered_calls": found, "reference_calls_missed": missed,
             "missed_calls_written_among_prose": among_prose, "missed_calls_to_undeclared_names": undeclared,
-            "added_on_irrelevance_beyond_reference": added_irrelevant}
+            "added_on_irrelevance_beyond_reference": added_irrelevant,
+            "added_on_irrelevance_by_shape": added_by_shape}
 
 
 def print_table(rows: list[dict[str, Any]], categories: Sequence[str]) -> None:
@@ -349,6 +362,8 @@ def main() -> None:
     parser.add_argument("--best", default=DEFAULT_MODELS[0], help="the model of the self-consistency council and "
                                                                   "the tool_choice: required arm")
     parser.add_argument("--samples", type=int, default=4, help="samples beside the greedy seat (0: no sc arm)")
+    parser.add_argument("--wide", type=int, default=8, help="samples of a wider council beside the greedy seat, "
+                                                                "`brief` instructions (0: no such arm)")
     parser.add_argument("--categories", default=",".join(CATEGORIES))
     parser.add_argument("--score-only", action="store_true", help="re-score the recorded answers, ask nothing")
     parser.add_argument("--arms", default="", help="record only these arms (comma-separated names; default all)")
@@ -358,7 +373,7 @@ def main() -> None:
     items = sample_per_category(load_bfcl(download_wheel(), categories), args.n, args.seed)
     by_id = {i.id: i for i in items}
     RECORDS.mkdir(exist_ok=True)
-    plan = arms(models, args.best, args.samples)
+    plan = arms(models, args.best, args.samples, args.wide)
     files = {name: RECORDS / f"agents-{name}.jsonl" for name in plan}
     if not args.score_only:
         chosen = {a.strip() for a in args.arms.split(",") if a.strip()}

@@ -7,18 +7,25 @@ something else (prose that mentions JSON, an example followed by an explanation)
 
 Shapes, tried in order (each on the content without a leading `<think>` block):
 - `tool_call_tags`: `<tool_call>{...}</tool_call>`, one or more (the last may be left unclosed);
+- `other_tags`: the same in `<tools>`, `<tool_calls>`, `<function_call>` or `<json>` tags (Qwen2.5's template lists
+  the tools inside `<tools></tools>`, and its sampled replies wrap their calls in the same tags);
 - `fenced`: one or more fenced code blocks (```json, ```tool_call or bare ```), each holding calls as JSON;
 - `bare_json`: JSON objects, or lists of them, one after another;
 - `pythonic`: `[get_weather(city="Paris"), ...]` or one such call, keyword arguments only (BFCL's prompt
   format and Llama 3.2's); only when every function it names is declared, since code looks the same;
 - `introduced`: one line of prose ending with a colon ("Here is the JSON response:"), then calls in one of the
-  shapes above.
+  shapes above;
+- `repaired`: JSON calls as small models mangle them, mended, then read as above: a chat template's escaped
+  braces copied (`{{"name": ..., "arguments": {...}}}`), call objects quoted as strings without escaping
+  (`["{"name": ...}"]`), Python's `True`/`False`/`None`. Seen on BFCL (bench/agents.py): the sampled seats
+  of Qwen2.5-Coder-1.5B write many of their calls so.
 
 A JSON call is an object with a string `name` and an `arguments` (or `parameters`) object, or a JSON string
 holding one; OpenAI's own `{"type": "function", "function": {...}}` and `{"tool_calls": [...]}` wrappers are
 read too. An object with `name` alone is a call without arguments only when that name is declared (else
-`{"name": "Bob"}` is data). Whether the names are declared and the arguments fit the tools' schemas is decided
-afterwards, by the vote (`council.voting.tools`): a recovered call that fails abstains there, with the reason.
+`{"name": "Bob"}` is data). A pair `["<declared name>", {arguments}]` is a call too. Whether the names are
+declared and the arguments fit the tools' schemas is decided afterwards, by the vote (`council.voting.tools`):
+a recovered call that fails abstains there, with the reason.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ Recovered = list[tuple[str, Any]]
 Parser = Callable[[str, Collection[str]], Recovered | None]
 
 _THINK = re.compile(r"\A\s*<think(?:ing)?>.*?</think(?:ing)?>", re.S | re.I)
-_TAG = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
-_FENCE = re.compile(r"```[ \t]*(?:json|JSON|tool_call|tool_calls)?[ \t]*\n(.*?)\n?[ \t]*```", re.S)
+_TAG = re.compile(r"<tool_call>(?P<body>.*?)(?:</tool_call>|\Z)", re.S)
+_OTHER_TAGS = ("tools", "tool_calls", "function_call", "json")
+_OTHER_TAG = re.compile(rf"<(?P<tag>{'|'.join(_OTHER_TAGS)})>(?P<body>.*?)(?:</(?P=tag)>|\Z)", re.S)
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON|tool_call|tool_calls)?[ \t]*\n(?P<body>.*?)\n?[ \t]*```", re.S)
 _FENCE_LINE = re.compile(r"^[ \t]*```[ \t]*[\w-]*[ \t]*$", re.M)
 _LEAD_IN = re.compile(r"\A[^\n{}\[\]`<]{1,200}:[ \t]*\n")
 _DECODER = json.JSONDecoder()
@@ -69,6 +78,8 @@ def _values(text: str) -> list[Any] | None:
 def _as_call(value: Any, declared: Collection[str]) -> Recovered | None:
     """The calls one JSON value holds, or None when it is not (only) calls."""
     if isinstance(value, list):
+        if len(value) == 2 and isinstance(value[1], dict) and isinstance(value[0], str) and value[0] in declared:
+            return [(value[0], value[1])]  # ["get_weather", {"city": "Paris"}]
         calls: Recovered = []
         for item in value:
             found = _as_call(item, declared)
@@ -109,7 +120,8 @@ def _json_calls(text: str, declared: Collection[str]) -> Recovered | None:
     return _as_call(values, declared)
 
 
-def _blocks(text: str, opening: str, pattern: re.Pattern[str], declared: Collection[str]) -> Recovered | None:
+def _blocks(text: str, opening: str | tuple[str, ...], pattern: re.Pattern[str],
+            declared: Collection[str]) -> Recovered | None:
     """Blocks matched by `pattern` with nothing but whitespace around them, each holding calls as JSON."""
     if not text.startswith(opening):
         return None
@@ -118,7 +130,7 @@ def _blocks(text: str, opening: str, pattern: re.Pattern[str], declared: Collect
     for match in pattern.finditer(text):
         if text[at:match.start()].strip():
             return None
-        found = _json_calls(match.group(1).strip(), declared)
+        found = _json_calls(match.group("body").strip(), declared)
         if found is None:
             return None
         calls += found
@@ -129,6 +141,11 @@ def _blocks(text: str, opening: str, pattern: re.Pattern[str], declared: Collect
 def tool_call_tags(text: str, declared: Collection[str]) -> Recovered | None:
     """`<tool_call>{"name": ..., "arguments": ...}</tool_call>` (Hermes, Qwen), as the server left them."""
     return _blocks(text, "<tool_call>", _TAG, declared)
+
+
+def other_tags(text: str, declared: Collection[str]) -> Recovered | None:
+    """`<tools>{...}</tools>`, `<tool_calls>`, `<function_call>`, `<json>`: calls in tags no parser reads."""
+    return _blocks(text, tuple(f"<{t}>" for t in _OTHER_TAGS), _OTHER_TAG, declared)
 
 
 def fenced(text: str, declared: Collection[str]) -> Recovered | None:
@@ -173,7 +190,7 @@ def pythonic(text: str, declared: Collection[str]) -> Recovered | None:
 
 
 def _direct(text: str, declared: Collection[str]) -> tuple[Recovered, str] | None:
-    for parser in (tool_call_tags, fenced, bare_json, pythonic):
+    for parser in (tool_call_tags, other_tags, fenced, bare_json, pythonic):
         found = parser(text, declared)
         if found:
             return found, parser.__name__
@@ -195,7 +212,7 @@ def among_prose(text: str, declared: Collection[str]) -> Recovered | None:
     that are wholly calls to declared functions count; other blocks are text. A council reads the whole reply
     before it votes, so it uses this shape; a passthrough does not (it would have to hold back every stream)."""
     fences = list(_FENCE_LINE.finditer(text))  # paired in order: a ```plaintext block's end opens no block
-    for blocks in ([m.group(1) for m in _TAG.finditer(text)],
+    for blocks in ([m.group("body") for m in _TAG.finditer(text)],
                    [text[a.end():b.start()] for a, b in zip(fences[::2], fences[1::2], strict=False)]):
         calls: Recovered = []
         for block in blocks:
@@ -207,7 +224,80 @@ def among_prose(text: str, declared: Collection[str]) -> Recovered | None:
     return None
 
 
-PARSERS: tuple[Parser, ...] = (tool_call_tags, fenced, bare_json, pythonic, introduced)
+def _outside_strings(text: str) -> list[bool]:
+    """For each character of `text`, whether it lies outside a JSON string (quotes and escapes followed)."""
+    out, inside, escaped = [], False, False
+    for char in text:
+        if inside:
+            out.append(False)
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                inside = False
+        else:
+            inside = char == '"'
+            out.append(not inside)
+    return out
+
+
+_QUOTED_OPEN = re.compile(r'([\[,]\s*)"(\{)')
+_QUOTED_CLOSE = re.compile(r'(\})"(\s*[\],])')
+
+
+def _quoted_objects(text: str) -> str:
+    """`["{"name": ...}", "{...}"]` → `[{"name": ...}, {...}]`: objects a model put in quotes without escaping."""
+    return _QUOTED_CLOSE.sub(r"\1\2", _QUOTED_OPEN.sub(r"\1\2", text))
+
+
+def _doubled_braces(text: str) -> str:
+    """`{{"name": ..., "arguments": {...}}}` → `{"name": ..., "arguments": {...}}`: an object opened with `{{` (a
+    template's escape, copied) loses its extra brace, and so does the `}` that closes it."""
+    if "{{" not in text:
+        return text
+    outside = _outside_strings(text)
+    drop: set[int] = set()
+    opened: list[int | None] = []  # per open brace: the index of an extra brace to drop with it, or None
+    for i, char in enumerate(text):
+        if not outside[i]:
+            continue
+        if char == "{":
+            extra = i + 1 < len(text) and text[i + 1] == "{" and outside[i + 1]
+            opened.append(i if extra else None)
+        elif char == "}" and opened:
+            extra_at = opened.pop()
+            if extra_at is not None:
+                drop |= {extra_at, i}
+    return "".join(c for i, c in enumerate(text) if i not in drop)
+
+
+_PYTHON_CONSTANTS = {"True": "true", "False": "false", "None": "null"}
+_CONSTANT = re.compile(r"\b(True|False|None)\b")
+
+
+def _python_constants(text: str) -> str:
+    """Python's `True`, `False`, `None` outside strings → JSON's `true`, `false`, `null`."""
+    outside = _outside_strings(text)
+    return _CONSTANT.sub(lambda m: _PYTHON_CONSTANTS[m.group(1)] if outside[m.start()] else m.group(1), text)
+
+
+_REPAIRS = (_quoted_objects, _doubled_braces, _python_constants)
+
+
+def repaired(text: str, declared: Collection[str]) -> Recovered | None:
+    """Calls in one of the shapes above once their JSON is mended (`_REPAIRS`, each only where it changes
+    something; the result must still be nothing but calls)."""
+    mended = text
+    for repair in _REPAIRS:
+        mended = repair(mended)
+    if mended == text:
+        return None
+    found = _direct(mended, declared)
+    return found[0] if found else None
+
+
+PARSERS: tuple[Parser, ...] = (tool_call_tags, other_tags, fenced, bare_json, pythonic, introduced, repaired)
 
 
 def _content(text: str) -> str:
@@ -227,7 +317,7 @@ def recover(text: str | None, declared: Collection[str], prose: bool = False) ->
     return None
 
 
-_OPENERS = ("{", "[", "```", "<tool_call>", "<think>", "<thinking>")
+_OPENERS = ("{", "[", "```", "<tool_call>", "<think>", "<thinking>", *(f"<{t}>" for t in _OTHER_TAGS))
 _NAME_SO_FAR = re.compile(r"\[?\s*[A-Za-z_][\w.]*(?:\s*\(.*)?", re.S)
 
 
@@ -255,4 +345,4 @@ def looks_like_a_call(text: str | None) -> bool:
     """Whether a reply begins the way a written call does: a reply cut off by max_tokens that looks like this
     was probably writing a call, and its lack of one is no answer."""
     content = _content(text or "")
-    return content.startswith(("{", "[", "```", "<tool_call>"))
+    return content.startswith(("{", "[", "```", "<tool_call>", *(f"<{t}>" for t in _OTHER_TAGS)))

@@ -39,6 +39,20 @@ BOTH = [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]
      '{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>', "tool_call_tags", BOTH),
     ('<think>\nThe user wants the weather.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": '
      '{"city": "Paris"}}', "tool_call_tags", PARIS),
+    # Qwen2.5-Coder-1.5B's sampled replies on BFCL (bench/records/agents-brief-sc-qwen1.5b.jsonl), city swapped in:
+    # the template's <tools> tags, its escaped braces copied, objects quoted without escaping, [name, arguments]
+    ('<tools>\n{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}\n</tools>',
+     "other_tags", PARIS),
+    ('<json>\n    {\n        "name": "get_weather",\n        "arguments": {"city": "Paris"}\n    }\n</json>',
+     "other_tags", PARIS),
+    ('{{"name": "get_weather", "arguments": {"city": "Paris"}}}', "repaired", PARIS),
+    ('<tools>\n{{"name": "get_weather", "arguments": {"city": "Paris"}}}\n</tools>', "repaired", PARIS),
+    ('["{"name": "get_weather", "arguments": {"city": "Paris"}}", "{"name": "get_weather", "arguments": '
+     '{"city": "Rome"}}"]', "repaired", BOTH),
+    ('["{{"name": "get_weather", "arguments": {"city": "Paris"}}}"]', "repaired", PARIS),
+    ('{"name": "get_time", "arguments": {"exact": True, "zone": "None", "note": "True love"}}', "repaired",
+     [("get_time", {"exact": True, "zone": "None", "note": "True love"})]),
+    ('["get_weather", {"city": "Paris"}], ["get_weather", {"city": "Rome"}]', "bare_json", BOTH),
     # BFCL's prompt format (Python calls), tuples become lists
     ('[get_weather(city="Paris"), get_weather(city=\'Rome\')]', "pythonic", BOTH),
     ('get_time(zones=("UTC", "CET"), exact=True)', "pythonic", [("get_time", {"zones": ["UTC", "CET"],
@@ -64,6 +78,14 @@ def test_each_shape_is_recovered(text: str, shape: str, calls: list[tuple[str, A
     "Sure!\nHere it is:\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}",  # two lines of prose
     "The weather in Paris is sunny, 21 °C.",
     '{"name": "get_weather", "arguments": {"city": NaN}}',  # not JSON
+    # a tool's definition echoed back (description and parameters): not a call; tags with nothing in them
+    '<tools>\n{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": '
+    '{"type": "object"}}}\n</tools>',
+    "<tools></tools>",
+    '["print", {"city": "Paris"}]',  # a pair naming no declared tool: data
+    '["get_weather"]',
+    '{{"name": "get_weather", "arguments": {"city": "Paris"}}}}',  # a brace too many: mangled beyond mending
+    '{{"city": "Paris"}}',  # doubled braces around data
     "",
 ])
 def test_prose_and_code_are_not_calls(text: str) -> None:
@@ -73,13 +95,14 @@ def test_prose_and_code_are_not_calls(text: str) -> None:
 def test_a_reply_that_began_a_call_is_told_apart() -> None:
     assert looks_like_a_call('```json\n{"name": "get_wea')
     assert looks_like_a_call('<think>x</think>{"name"')
+    assert looks_like_a_call('<tools>\n{"name": "get_wea')
     assert not looks_like_a_call("The weather in Paris is")
 
 
 @pytest.mark.parametrize(("prefix", "held"), [
     ("", True), ("\n ", True), ("``", True), ('```json\n{"na', True), ('{"name"', True), ("[", True),
     ("<tool_", True), ("get_weather(city=", True), ("Here is the call:", True), ('Here is the call:\n\n{"n', True),
-    ("<think>The user wants", True),
+    ("<think>The user wants", True), ("<too", True), ('<tools>\n{{"name', True),
     ("The weather in Paris is nice.\nBut", False), ("Here: x\n", False), ("Paris is `sunny`", False),
     ("<think>x</think>\nThe answer is 4.\n", False),
 ])
