@@ -652,6 +652,9 @@ def translation_cost(repeat: int = 500) -> dict[str, float]:
     from litellm.llms.anthropic.messages.adapters.transformation import LiteLLMAnthropicMessagesAdapter
 
     result["litellm_import_s"] = time.perf_counter() - started
+    import litellm
+
+    litellm.suppress_debug_info = True  # else a "Provider List" banner per translated request
     adapter = LiteLLMAnthropicMessagesAdapter()
     result["litellm_in_us"] = per_call(lambda: adapter.translate_anthropic_to_openai(parse_json(raw)))  # type: ignore[arg-type]
     return result
