@@ -30,9 +30,11 @@ on stdout and bench/results/agents.json.
 How long it takes (2 CPU cores shared with other work, load about 5): the smoke run `--n 2 --models
 qwen2.5-coder-0.5b --best qwen2.5-coder-0.5b --samples 2` (12 items, three recorded arms) took 18.7 minutes:
 Qwen2.5-Coder-0.5B alone 38 s per item, with `tool_choice: required` 46 s (every reply ran to max_tokens), its
-three-seat council 14 s (the machine was quieter by then). The default run (120 items: Qwen2.5-Coder-1.5B alone,
-with `required` and as a five-seat council, and the two small models alone) is estimated at 4-5 hours on two idle
-cores, and much more on a busy machine. Re-scoring (`--score-only`) takes seconds.
+three-seat council 14 s (the machine was quieter by then). On 2 quiet cores Qwen2.5-Coder-1.5B alone takes
+13 s per item, its five-seat council about 30 s and its nine-seat council (`--wide 8`) 38 s (120 items in 75
+minutes). The default run (120 items: Qwen2.5-Coder-1.5B alone, with `required` and as five- and nine-seat
+councils, and the two small models alone) is estimated at 5-6 hours on two idle cores, and much more on a busy
+machine. Re-scoring (`--score-only`) takes seconds.
 """
 
 from __future__ import annotations
