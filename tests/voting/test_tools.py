@@ -138,6 +138,19 @@ async def test_a_call_written_as_text_is_recovered_and_marked_unless_the_policy_
             assert "tool_calls" not in answer.message and first["calls"] == [] and "recovered" not in first
 
 
+async def test_calls_in_the_shapes_sampled_seats_write_vote_as_calls() -> None:
+    """Qwen2.5-Coder-1.5B's sampled seats on BFCL (bench/agents.py): the template's <tools> tags and its escaped
+    braces copied. Read as text they would be two votes for "no call", with the mangled JSON as the answer."""
+    tagged = ('<tools>\n{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}\n'
+              "</tools>")
+    doubled = '{{"name": "get_weather", "arguments": {"city": "Paris"}}}'
+    engine, _ = council({"vote": {"strategy": "majority"}}, Say(tagged), Say(doubled), Say("It is sunny in Paris."))
+    answer = await engine.ask(CouncilRequest.of(ask(), early_stop=False))
+    assert returned(answer) == [weather("Paris")]
+    assert member(answer, 0)["recovered"] is True and member(answer, 1)["recovered"] is True
+    assert member(answer, 2)["calls"] == []
+
+
 async def test_per_argument_vote_takes_each_value_most_seats_give() -> None:
     replies = (calls(weather("Paris", unit="c")), calls(weather("Paris", unit="f")), calls(weather("Rome", unit="f")))
     whole, _ = council({"vote": {"strategy": "majority"}}, *replies)
