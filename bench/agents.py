@@ -93,16 +93,18 @@ def arms(models: Sequence[str], best: str, samples: int,
     out[f"required-{short(best)}"] = (arm_policy(best, [greedy]), {"tool_choice": "required"})
     # The small models whose chat templates render no tools (SmolLM2): what `listed` instructions let them do.
     out |= {f"listed-{short(m)}": (arm_policy(m, [greedy], "listed"), {}) for m in models if m != best}
+
+    def sampled_seats(k: int) -> dict[str, Any]:
+        return {"model": "m", "samples": k,
+                "sampling": {"temperature": 0.7, "top_p": 0.95, "seed": 1, "max_tokens": MAX_TOKENS}}
+
     if samples:
-        sampled = {"model": "m", "samples": samples,
-                   "sampling": {"temperature": 0.7, "top_p": 0.95, "seed": 1, "max_tokens": MAX_TOKENS}}
+        sampled = sampled_seats(samples)
         out[f"sc-{short(best)}"] = (arm_policy(best, [greedy, sampled]), {})
         # The council as a policy gets it by default: the tool instructions it adds (`vote.tool_instructions`).
         out[f"brief-sc-{short(best)}"] = (arm_policy(best, [greedy, sampled], "brief"), {})
     if wide:  # the same council with more samples: what more votes buy (one prefill still)
-        more = {"model": "m", "samples": wide,
-                "sampling": {"temperature": 0.7, "top_p": 0.95, "seed": 1, "max_tokens": MAX_TOKENS}}
-        out[f"brief-sc{wide}-{short(best)}"] = (arm_policy(best, [greedy, more], "brief"), {})
+        out[f"brief-sc{wide}-{short(best)}"] = (arm_policy(best, [greedy, sampled_seats(wide)], "brief"), {})
     return out
 
 

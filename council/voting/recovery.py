@@ -43,6 +43,7 @@ Parser = Callable[[str, Collection[str]], Recovered | None]
 _THINK = re.compile(r"\A\s*<think(?:ing)?>.*?</think(?:ing)?>", re.S | re.I)
 _TAG = re.compile(r"<tool_call>(?P<body>.*?)(?:</tool_call>|\Z)", re.S)
 _OTHER_TAGS = ("tools", "tool_calls", "function_call", "json")
+_OTHER_OPENINGS = tuple(f"<{t}>" for t in _OTHER_TAGS)
 _OTHER_TAG = re.compile(rf"<(?P<tag>{'|'.join(_OTHER_TAGS)})>(?P<body>.*?)(?:</(?P=tag)>|\Z)", re.S)
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|tool_call|tool_calls)?[ \t]*\n(?P<body>.*?)\n?[ \t]*```", re.S)
 _FENCE_LINE = re.compile(r"^[ \t]*```[ \t]*[\w-]*[ \t]*$", re.M)
@@ -145,7 +146,7 @@ def tool_call_tags(text: str, declared: Collection[str]) -> Recovered | None:
 
 def other_tags(text: str, declared: Collection[str]) -> Recovered | None:
     """`<tools>{...}</tools>`, `<tool_calls>`, `<function_call>`, `<json>`: calls in tags no parser reads."""
-    return _blocks(text, tuple(f"<{t}>" for t in _OTHER_TAGS), _OTHER_TAG, declared)
+    return _blocks(text, _OTHER_OPENINGS, _OTHER_TAG, declared)
 
 
 def fenced(text: str, declared: Collection[str]) -> Recovered | None:
@@ -189,8 +190,11 @@ def pythonic(text: str, declared: Collection[str]) -> Recovered | None:
     return calls or None
 
 
+_DIRECT: tuple[Parser, ...] = (tool_call_tags, other_tags, fenced, bare_json, pythonic)
+
+
 def _direct(text: str, declared: Collection[str]) -> tuple[Recovered, str] | None:
-    for parser in (tool_call_tags, other_tags, fenced, bare_json, pythonic):
+    for parser in _DIRECT:
         found = parser(text, declared)
         if found:
             return found, parser.__name__
@@ -278,6 +282,8 @@ _CONSTANT = re.compile(r"\b(True|False|None)\b")
 
 def _python_constants(text: str) -> str:
     """Python's `True`, `False`, `None` outside strings → JSON's `true`, `false`, `null`."""
+    if not _CONSTANT.search(text):
+        return text  # most replies: no scan of every character
     outside = _outside_strings(text)
     return _CONSTANT.sub(lambda m: _PYTHON_CONSTANTS[m.group(1)] if outside[m.start()] else m.group(1), text)
 
@@ -297,7 +303,7 @@ def repaired(text: str, declared: Collection[str]) -> Recovered | None:
     return found[0] if found else None
 
 
-PARSERS: tuple[Parser, ...] = (tool_call_tags, other_tags, fenced, bare_json, pythonic, introduced, repaired)
+PARSERS: tuple[Parser, ...] = (*_DIRECT, introduced, repaired)
 
 
 def _content(text: str) -> str:
@@ -317,7 +323,8 @@ def recover(text: str | None, declared: Collection[str], prose: bool = False) ->
     return None
 
 
-_OPENERS = ("{", "[", "```", "<tool_call>", "<think>", "<thinking>", *(f"<{t}>" for t in _OTHER_TAGS))
+_CALL_OPENINGS = ("{", "[", "```", "<tool_call>", *_OTHER_OPENINGS)
+_OPENERS = (*_CALL_OPENINGS, "<think>", "<thinking>")
 _NAME_SO_FAR = re.compile(r"\[?\s*[A-Za-z_][\w.]*(?:\s*\(.*)?", re.S)
 
 
@@ -345,4 +352,4 @@ def looks_like_a_call(text: str | None) -> bool:
     """Whether a reply begins the way a written call does: a reply cut off by max_tokens that looks like this
     was probably writing a call, and its lack of one is no answer."""
     content = _content(text or "")
-    return content.startswith(("{", "[", "```", "<tool_call>", *(f"<{t}>" for t in _OTHER_TAGS)))
+    return content.startswith(_CALL_OPENINGS)
