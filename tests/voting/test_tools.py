@@ -152,9 +152,12 @@ async def test_calls_in_the_shapes_sampled_seats_write_vote_as_calls() -> None:
 
 
 async def test_per_argument_vote_takes_each_value_most_seats_give() -> None:
-    replies = (calls(weather("Paris", unit="c")), calls(weather("Paris", unit="f")), calls(weather("Rome", unit="f")))
+    # three sets, a tie: it goes to the quickest seat (`tie_break`: weight, latency, order), scripted to be the
+    # first; left to chance (every seat at once), a pause of the process could make another seat the quickest
+    replies = (calls(weather("Paris", unit="c")), calls(weather("Paris", unit="f"), delay=0.05),
+               calls(weather("Rome", unit="f"), delay=0.1))
     whole, _ = council({"vote": {"strategy": "majority"}}, *replies)
-    assert returned(await whole.ask(ask())) == [weather("Paris", unit="c")]  # three sets, a tie: the first seat's
+    assert returned(await whole.ask(ask())) == [weather("Paris", unit="c")]
     parts, _ = council({"vote": {"strategy": "majority", "tools": "per_argument"}}, *replies)
     answer = await parts.ask(ask())
     assert returned(answer) == [weather("Paris", unit="f")]  # no seat made this call; each value has 2 of 3
