@@ -44,6 +44,8 @@ _THINK = re.compile(r"\A\s*<think(?:ing)?>.*?</think(?:ing)?>", re.S | re.I)
 _TAG = re.compile(r"<tool_call>(?P<body>.*?)(?:</tool_call>|\Z)", re.S)
 _OTHER_TAGS = ("tools", "tool_calls", "function_call", "json")
 _OTHER_OPENINGS = tuple(f"<{t}>" for t in _OTHER_TAGS)
+_CALL_OPENINGS = ("{", "[", "```", "<tool_call>", *_OTHER_OPENINGS)  # how the JSON shapes begin
+_PYTHONIC_START = re.compile(r"\[?\s*[A-Za-z_][\w.\-]*\s*\(")
 _OTHER_TAG = re.compile(rf"<(?P<tag>{'|'.join(_OTHER_TAGS)})>(?P<body>.*?)(?:</(?P=tag)>|\Z)", re.S)
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|tool_call|tool_calls)?[ \t]*\n(?P<body>.*?)\n?[ \t]*```", re.S)
 _FENCE_LINE = re.compile(r"^[ \t]*```[ \t]*[\w-]*[ \t]*$", re.M)
@@ -169,7 +171,7 @@ def _literal(node: ast.expr) -> Any:
 
 def pythonic(text: str, declared: Collection[str]) -> Recovered | None:
     """`[f(a=1, b="x"), g()]` or `f(a=1)`: keyword arguments with literal values, every name declared."""
-    if not re.match(r"\[?\s*[A-Za-z_][\w.\-]*\s*\(", text):
+    if not _PYTHONIC_START.match(text):
         return None
     try:
         tree = ast.parse(text, mode="eval").body
@@ -294,6 +296,8 @@ _REPAIRS = (_quoted_objects, _doubled_braces, _python_constants)
 def repaired(text: str, declared: Collection[str]) -> Recovered | None:
     """Calls in one of the shapes above once their JSON is mended (`_REPAIRS`, each only where it changes
     something; the result must still be nothing but calls)."""
+    if not (text.startswith(_CALL_OPENINGS) or _PYTHONIC_START.match(text)):
+        return None  # no shape begins so, mended or not (a mend keeps the first character): prose stops here
     mended = text
     for repair in _REPAIRS:
         mended = repair(mended)
@@ -323,7 +327,6 @@ def recover(text: str | None, declared: Collection[str], prose: bool = False) ->
     return None
 
 
-_CALL_OPENINGS = ("{", "[", "```", "<tool_call>", *_OTHER_OPENINGS)
 _OPENERS = (*_CALL_OPENINGS, "<think>", "<thinking>")
 _NAME_SO_FAR = re.compile(r"\[?\s*[A-Za-z_][\w.]*(?:\s*\(.*)?", re.S)
 
