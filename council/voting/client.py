@@ -384,20 +384,26 @@ class HttpMemberClient:
 
     async def relay(self, body: bytes, path: str, width: int = 1) -> Relayed:
         """One call relayed as bytes (a passthrough, or another host's router calling this one); `width` is the
-        request's `n` (the slots and rate it takes)."""
-        where = self._where()
-        try:
-            async with self._call(where, path, body, width) as (response, outcome):
-                relayed = Relayed(response.status, response.headers.get("content-type", "application/json"),
-                                  await response.read())
-                if 200 <= relayed.status < 300:
-                    if _readable(relayed):
-                        outcome.succeeded()
-                    else:
-                        outcome.failed("member answered with invalid JSON")
-                return relayed
-        except aiohttp.ClientError as exc:
-            raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
+        request's `n` (the slots and rate it takes). One retry on a connection error, as `complete` has: a
+        kept-alive connection the member closed meanwhile fails the first send."""
+        for attempt in (1, 2):
+            where = self._where()
+            try:
+                async with self._call(where, path, body, width) as (response, outcome):
+                    relayed = Relayed(response.status, response.headers.get("content-type", "application/json"),
+                                      await response.read())
+                    if 200 <= relayed.status < 300:
+                        if _readable(relayed):
+                            outcome.succeeded()
+                        else:
+                            outcome.failed("member answered with invalid JSON")
+                    return relayed
+            except aiohttp.ClientConnectionError as exc:
+                if attempt == 2:
+                    raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
+            except aiohttp.ClientError as exc:
+                raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
+        raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager
     async def stream(self, body: bytes, path: str,
