@@ -1,11 +1,15 @@
 """Do agents get a better answer from a council? BFCL v4 function calling, arms side by side.
 
-    python -m bench.agents [--n 20] [--seed 20] [--models qwen2.5-coder-1.5b,qwen2.5-coder-0.5b,smollm2-135m]
+    python -m bench.agents [--n 20] [--seed 20] [--more 0] [--models qwen2.5-coder-1.5b,qwen2.5-coder-0.5b,smollm2-135m]
                            [--best qwen2.5-coder-1.5b] [--samples 4] [--categories ...] [--score-only]
 
 Items: `--n` seeded items of each category (`simple_python`, `multiple`, `parallel`, `parallel_multiple`,
 `irrelevance`, `live_simple`) from the bfcl-eval wheel, downloaded into `$COUNCIL_HOME/downloads/bfcl` and read
 by path (never copied here); graded by `council.evaluation.bfcl` (BFCL's AST rules; irrelevance: no call).
+
+`--more M` adds M items of each category, drawn with `seed + 1` from those the first sample left out: the
+council is chosen on a seeded half of the first sample only, so items drawn later are asked of a council already
+fixed, and reported on with the first sample's other half.
 
 Recorded once, into `bench/records/agents-<arm>.jsonl` (a run resumes where it stopped), through the real engine
 with every seat answering; every number is then re-scored offline from those records (`--score-only`):
@@ -244,14 +248,16 @@ def halves(items: Sequence[BfclItem], seed: int) -> tuple[set[str], set[str]]:
 
 
 def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str,
-             seed: int) -> dict[str, Any] | None:
-    """The council chosen on one seeded half (the council row with the best accuracy there, fewer tokens on a
-    tie), reported on the other half: per category and overall, the council minus its best seat asked alone, paired,
-    with 95% intervals, beside the plain model through passthrough."""
+             seed: int, first: set[str] | None = None) -> dict[str, Any] | None:
+    """The council chosen on one seeded half of the `first` sample (the council row with the best accuracy there,
+    fewer tokens on a tie), reported on every other item (that sample's other half and items drawn later with
+    `--more`): per category and overall, the council minus its best seat asked alone, paired, with 95% intervals,
+    beside the plain model through passthrough."""
     # The items the default council's arm answered (a run stopped early); a candidate must cover all of them.
     main = records.get(f"brief-sc-{short(best)}") or records.get(f"solo-{short(best)}") or []
-    covered = {r.item_id for r in main}
-    choose, report = halves([i for i in items.values() if i.id in covered], seed)
+    covered = {r.item_id for r in main} & (set(items) if first is None else first)
+    choose, _ = halves([i for i in items.values() if i.id in covered], seed)
+    report = set(items) - choose
 
     def only(ids: set[str]) -> dict[str, list[ItemRecord]]:
         return {name: [r for r in recs if r.item_id in ids] for name, recs in records.items()}
@@ -267,6 +273,8 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
     if row is None:
         return None
     council, seat, ordered = row["_row"], row["_seat"], row["_records"]
+    # Items drawn after the choice (`--more`): the council was fixed before they were asked.
+    later = [i for i, r in enumerate(ordered) if first is not None and r.item_id not in first]
     categories = list(dict.fromkeys(r.category or "?" for r in ordered))
     per_category = {}
     for category in categories:
@@ -275,12 +283,15 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
         alone = {c.category: c for c in seat.categories}[category]
         per_category[category] = {"council": cat.accuracy, "best_seat": alone.accuracy, **paired(council, seat, keep)}
     plain = rows.get(f"solo-{short(best)} (passthrough)")
-    return {"seed": seed, "chosen_on": len(choose), "reported_on": len(report), "council": chosen["arm"],
+    return {"seed": seed, "chosen_on": len(choose), "reported_on": len(ordered), "council": chosen["arm"],
             "accuracy_on_choice_half": chosen["_row"].overall().accuracy,
             "council_accuracy": council.overall().accuracy, "best_seat_accuracy": seat.overall().accuracy,
             "plain_passthrough_accuracy": plain["_row"].overall().accuracy if plain else None,
             "invalid_calls_returned": council.overall().invalid_calls,
-            "vs_best_seat": paired(council, seat), "per_category": per_category}
+            "vs_best_seat": paired(council, seat), "per_category": per_category,
+            "drawn_later": {"council": sum(council.hits[i] for i in later) / len(later),
+                            "best_seat": sum(seat.hits[i] for i in later) / len(later),
+                            **paired(council, seat, later)} if later else None}
 
 
 # --- recovery against a reference parser ----------------------------------------------------------------------------
@@ -362,6 +373,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20, help="items per category (a seeded sample)")
     parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--more", type=int, default=0, help="items per category drawn (seed + 1) from those the "
+                        "first sample left out: asked after the council was chosen, reported on only")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="catalog models, each alone")
     parser.add_argument("--best", default=DEFAULT_MODELS[0], help="the model of the self-consistency council and "
                                                                   "the tool_choice: required arm")
@@ -374,7 +387,12 @@ def main() -> None:
     args = parser.parse_args()
     categories = [c.strip() for c in args.categories.split(",") if c.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    items = sample_per_category(load_bfcl(download_wheel(), categories), args.n, args.seed)
+    every = load_bfcl(download_wheel(), categories)
+    items = sample_per_category(every, args.n, args.seed)
+    first = {i.id for i in items}
+    if args.more:
+        left = [i for i in every if i.id not in first]
+        items = sorted([*items, *sample_per_category(left, args.more, args.seed + 1)], key=lambda i: i.index)
     by_id = {i.id: i for i in items}
     RECORDS.mkdir(exist_ok=True)
     plan = arms(models, args.best, args.samples, args.wide)
@@ -391,7 +409,7 @@ def main() -> None:
                for name, path in files.items()}
     rows = score(records, by_id, args.best)
     print_table(rows, categories)
-    chosen = held_out(records, by_id, args.best, args.seed)
+    chosen = held_out(records, by_id, args.best, args.seed, first)
     if chosen is not None:
         vs = chosen["vs_best_seat"]
         print(f"\nchosen on {chosen['chosen_on']} items: {chosen['council']}; on the other {chosen['reported_on']}: "
@@ -402,13 +420,17 @@ def main() -> None:
         for category, c in chosen["per_category"].items():
             print(f"  {category:<18}{100 * c['council']:>5.0f}% vs {100 * c['best_seat']:>4.0f}%  "
                   f"{c['points']:+6.1f} pts [{c['low']:+.1f}, {c['high']:+.1f}]")
+        if later := chosen["drawn_later"]:
+            print(f"  of those, the {later['items']} drawn after the choice: {100 * later['council']:.0f}% vs "
+                  f"{100 * later['best_seat']:.0f}% ({later['points']:+.1f} pts [{later['low']:+.1f}, "
+                  f"{later['high']:+.1f}])")
     check = recovery_check(records, by_id)
     if check is not None:
         print(f"\nrecovery vs reference parser: {check}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "agents.json"
-    doc = {"n_per_category": args.n, "seed": args.seed, "categories": categories, "models": models,
-           "best": args.best, "samples": args.samples,
+    doc = {"n_per_category": args.n, "more_per_category": args.more, "seed": args.seed, "categories": categories,
+           "models": models, "best": args.best, "samples": args.samples,
            "items": {name: len(recs) for name, recs in records.items()},
            "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
            "held_out": chosen, "recovery_check": check}
