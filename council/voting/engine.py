@@ -4,7 +4,8 @@ Members are asked stage by stage (one stage of everyone, unless the council has 
 is asked only when the stages before it did not agree; its members are `skipped` otherwise. The council's
 `timeout` bounds the whole question; members still out at the deadline are `timeout`, members still out
 once no late vote could change the winner are `cancelled` (their HTTP requests are closed, so their
-llama-server slots free up). Fewer answers than the quorum is an error, never a guess.
+llama-server slots free up; `STRAGGLER_GRACE` after the answer, not before it, so a seat whose reply is already
+on its way keeps its connection). Fewer answers than the quorum is an error, never a guess.
 """
 
 from __future__ import annotations
@@ -45,6 +46,24 @@ from council.voting.vote import (
     seat_value,
     stop_after,
 )
+
+# After an early stop, how long a seat still out may finish before its request is closed (the answer does not
+# wait for it). Seats asked at once often end within a moment of each other; closing a request whose reply is
+# arriving throws its connection away, and the next question pays a new one (~10% of a 3-seat council's router
+# CPU against an instant member, bench/hotpath.py). A few ms of a straggler's generation is what it costs.
+STRAGGLER_GRACE = 0.005
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """A straggler's end, read so that an error in it is not reported as never retrieved (a lane turns a member's
+    failure into a reply; anything else was already lost with the vote decided)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _close_stragglers(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
 
 
 @dataclass(frozen=True)
@@ -356,6 +375,8 @@ class CouncilEngine:
             given to `take` as it ends (a grouped call's choices one by one: early stop can cut in); stops once
             `take` says so (leaving a grouped call closes its request)."""
             for call in lane:
+                if stop is not None:
+                    return  # decided while this lane was out: it asks no one else
                 if len(call.seats) == 1:
                     if take(call.seats[0], await call.seats[0].client.complete(call.payload)):
                         return
@@ -369,6 +390,8 @@ class CouncilEngine:
 
         def queued(seat: Seat, reply: MemberReply) -> bool:
             assert arrivals is not None
+            if stop is not None:
+                return True  # a straggler ending in its grace: the vote is decided
             arrivals.put_nowait((seat, reply))  # the vote reads it in `_collect`'s own task
             return False
 
@@ -401,9 +424,16 @@ class CouncilEngine:
                 raise
             ended_at = number  # seats still out are `timeout`
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            out = [task for task in tasks if not task.done()]
+            if out and stop == "early":
+                # Closed a moment later, off the answer's path; one that ends before then keeps its connection.
+                for task in out:
+                    task.add_done_callback(_retrieve)
+                loop.call_later(STRAGGLER_GRACE, _close_stragglers, out)
+            else:
+                for task in out:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         waited = (loop.time() - started) * 1000
         stage_of = {self.seats[i].name: n for n, stage in enumerate(stages, 1) for i in stage}
         early = stop == "early"

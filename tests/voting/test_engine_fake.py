@@ -13,8 +13,9 @@ import pytest
 
 from council.plan.planner import fallback_council
 from council.policy.schema import CouncilConfig
-from council.voting.engine import QuorumError, RequestRejected
+from council.voting.engine import STRAGGLER_GRACE, QuorumError, RequestRejected
 from council.voting.request import CouncilRequest, last_user_text
+from tests.servers import until
 from tests.voting.fakes import Say, council, engine_of
 
 pytestmark = pytest.mark.anyio
@@ -36,7 +37,20 @@ async def test_early_stop_cancels_the_straggler_once_no_vote_can_change_the_winn
     answer = await engine.ask(ask())
     assert time.monotonic() - started < 5
     assert statuses(answer) == ["ok", "ok", "cancelled"] and answer.early_stop and not answer.degraded
-    assert clients[2].cancelled == 1 and clients[2].in_flight == 0  # its request was closed, not left running
+    # closed a moment after the answer (STRAGGLER_GRACE), not left running
+    await until(lambda: clients[2].cancelled == 1 and clients[2].in_flight == 0, 5, "the straggler's request closed")
+
+
+async def test_a_straggler_that_ends_within_its_grace_is_not_closed() -> None:
+    """Its reply was on its way when the vote was decided: the call ends as it would have (its connection kept),
+    the answer did not wait for it, and the ballot still says `cancelled` (it did not vote)."""
+    engine, clients = council({"vote": {"strategy": "majority", "extract": "text"}},
+                              Say("a"), Say("a"), Say("b", delay=STRAGGLER_GRACE / 5))
+    answer = await engine.ask(ask())
+    assert statuses(answer) == ["ok", "ok", "cancelled"] and answer.decision.votes == {"a": 2.0}
+    # Its own timer is due before the grace's, which was set later for longer: it ends first, on any machine.
+    await until(lambda: clients[2].in_flight == 0, 5, "the straggler's call to end")
+    assert clients[2].cancelled == 0 and len(clients[2].sent) == 1
 
 
 async def test_no_early_stop_waits_for_every_member() -> None:
@@ -121,8 +135,8 @@ async def test_early_stop_reaches_across_stages() -> None:
     engine, clients = council({"vote": {"strategy": "majority", "extract": "text", "cascade": {"first": 2}}},
                               Say("a"), Say("b"), Say("a"), Say("a", delay=0.01), Say("b", delay=SLOW))
     answer = await engine.ask(ask())
-    assert statuses(answer) == ["ok", "ok", "ok", "ok", "cancelled"] and answer.early_stop
-    assert answer.stage == 2 and clients[4].cancelled == 1
+    assert statuses(answer) == ["ok", "ok", "ok", "ok", "cancelled"] and answer.early_stop and answer.stage == 2
+    await until(lambda: clients[4].cancelled == 1, 5, "the straggler's request closed")
 
 
 async def test_similarity_answers_with_the_medoids_own_reply() -> None:
