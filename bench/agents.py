@@ -36,7 +36,8 @@ qwen2.5-coder-0.5b --best qwen2.5-coder-0.5b --samples 2` (12 items, three recor
 Qwen2.5-Coder-0.5B alone 38 s per item, with `tool_choice: required` 46 s (every reply ran to max_tokens), its
 three-seat council 14 s (the machine was quieter by then). On 2 quiet cores Qwen2.5-Coder-1.5B alone takes
 13 s per item, its five-seat council about 30 s and its nine-seat council (`--wide 8`) 38 s (120 items in 75
-minutes). The default run (120 items: Qwen2.5-Coder-1.5B alone, with `required` and as five- and nine-seat
+minutes; `--more 20` with the nine-seat arm alone, 120 more items, took 102 minutes on a busier machine). The
+default run (120 items: Qwen2.5-Coder-1.5B alone, with `required` and as five- and nine-seat
 councils, and the two small models alone) is estimated at 5-6 hours on two idle cores, and much more on a busy
 machine. Re-scoring (`--score-only`) takes seconds.
 """
