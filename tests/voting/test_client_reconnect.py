@@ -30,12 +30,12 @@ class DroppingMember:
         self.answered = 0
         self.server: asyncio.Server | None = None
 
-    async def _request(self, reader: asyncio.StreamReader) -> bool:
+    async def _request(self, reader: asyncio.StreamReader) -> None:
+        """Read one request, head and body."""
         head = await reader.readuntil(b"\r\n\r\n")
         length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                        if line.lower().startswith(b"content-length:")), 0)
         await reader.readexactly(length)
-        return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
