@@ -180,8 +180,10 @@ async def test_per_argument_aligns_parallel_calls_by_their_arguments_not_their_o
 
 
 async def test_per_argument_never_returns_a_composed_call_that_fails_its_schema() -> None:
-    replies = (calls(("locate", {"city": "Paris"})), calls(("locate", {"lat": 1, "lon": 2})),
-               calls(("locate", {"lat": 1, "lon": 3})))  # lon: a three-way tie that "absent" wins
+    # lon: a three-way tie that "absent" wins; the set vote it falls back to is a three-way tie too, which goes to
+    # the quickest seat: scripted to be the first (left to chance, a pause made the third the quickest in CI)
+    replies = (calls(("locate", {"city": "Paris"})), calls(("locate", {"lat": 1, "lon": 2}), delay=0.05),
+               calls(("locate", {"lat": 1, "lon": 3}), delay=0.1))
     engine, _ = council({"vote": {"strategy": "majority", "tools": "per_argument"}}, *replies)
     answer = await engine.ask(ask())
     assert returned(answer) == [("locate", {"city": "Paris"})]  # {"lat": 1} alone fails oneOf: the set vote's
