@@ -302,39 +302,33 @@ class HttpMemberClient:
         a failure; a cancellation (an early stop) as nothing."""
         # Cancelling this (an early stop) drops the connection, which frees the member's llama-server slots.
         async with (self.limiter.slot(width), where.slots.hold(width) if where.slots else GO,
-                    where.request() as outcome,
-                    where.http.post(f"{where.url}{path}", data=data, headers=where.headers) as response):
+                    where.request() as outcome, await _post(where, path, data) as response):
             if member_fault(response.status):
                 outcome.failed(f"member answered {response.status}")
             yield response, outcome
 
     async def complete(self, payload: dict[str, Any], path: str = "/v1/chat/completions") -> MemberReply:
         start = time.monotonic()
-        data = orjson.dumps(payload)
-        for attempt in (1, 2):  # one retry on a connection error: the member may be restarting
-            where = self.endpoint()
-            if where is None:
-                return MemberReply(status="error", error="member is not ready")
-            try:
-                async with self._call(where, path, data) as (response, outcome):
-                    status, raw = response.status, await response.read()
-                    latency = (time.monotonic() - start) * 1000
-                    if status != 200:
-                        return MemberReply(status="error", latency_ms=latency, http_status=status,
-                                           error=f"member answered {status}: {_reason(raw)}")
-                    try:
-                        reply = reply_from_openai(orjson.loads(raw), latency)
-                    except (ValueError, KeyError, TypeError, AttributeError):
-                        outcome.failed("member answered with invalid JSON")
-                        return MemberReply(status="error", latency_ms=latency,
-                                           error="member answered with invalid JSON")
-                    outcome.succeeded()
-                    return reply
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-                if attempt == 2:
-                    return MemberReply(status="error", error=f"{type(exc).__name__}: {exc}",
-                                       latency_ms=(time.monotonic() - start) * 1000)
-        raise AssertionError("unreachable")
+        where = self.endpoint()
+        if where is None:
+            return MemberReply(status="error", error="member is not ready")
+        try:
+            async with self._call(where, path, orjson.dumps(payload)) as (response, outcome):
+                status, raw = response.status, await response.read()
+                latency = (time.monotonic() - start) * 1000
+                if status != 200:
+                    return MemberReply(status="error", latency_ms=latency, http_status=status,
+                                       error=f"member answered {status}: {_reason(raw)}")
+                try:
+                    reply = reply_from_openai(orjson.loads(raw), latency)
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    outcome.failed("member answered with invalid JSON")
+                    return MemberReply(status="error", latency_ms=latency, error="member answered with invalid JSON")
+                outcome.succeeded()
+                return reply
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            return MemberReply(status="error", error=f"{type(exc).__name__}: {exc}",
+                               latency_ms=(time.monotonic() - start) * 1000)
 
     async def choices(self, payload: dict[str, Any], n: int,
                       path: str = "/v1/chat/completions") -> AsyncIterator[tuple[int, MemberReply]]:
@@ -347,10 +341,8 @@ class HttpMemberClient:
         data = orjson.dumps(body)
         done: set[int] = set()
         error = "member is not ready"
-        for attempt in (1, 2):  # one retry on a connection error before any choice came back
-            where = self.endpoint()
-            if where is None:
-                break
+        where = self.endpoint()
+        if where is not None:
             try:
                 async with self._call(where, path, data, n) as (response, outcome):
                     if response.status != 200:
@@ -367,11 +359,8 @@ class HttpMemberClient:
                         outcome.succeeded()
                     else:
                         outcome.failed(error)
-                break
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                if done or attempt == 2:
-                    break
         for i in range(n):
             if i not in done:
                 yield i, MemberReply(status="error", latency_ms=(time.monotonic() - start) * 1000, error=error)
@@ -384,26 +373,20 @@ class HttpMemberClient:
 
     async def relay(self, body: bytes, path: str, width: int = 1) -> Relayed:
         """One call relayed as bytes (a passthrough, or another host's router calling this one); `width` is the
-        request's `n` (the slots and rate it takes). One retry on a connection error, as `complete` has: a
-        kept-alive connection the member closed meanwhile fails the first send."""
-        for attempt in (1, 2):
-            where = self._where()
-            try:
-                async with self._call(where, path, body, width) as (response, outcome):
-                    relayed = Relayed(response.status, response.headers.get("content-type", "application/json"),
-                                      await response.read())
-                    if 200 <= relayed.status < 300:
-                        if _readable(relayed):
-                            outcome.succeeded()
-                        else:
-                            outcome.failed("member answered with invalid JSON")
-                    return relayed
-            except aiohttp.ClientConnectionError as exc:
-                if attempt == 2:
-                    raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
-            except aiohttp.ClientError as exc:
-                raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
-        raise AssertionError("unreachable")
+        request's `n` (the slots and rate it takes)."""
+        where = self._where()
+        try:
+            async with self._call(where, path, body, width) as (response, outcome):
+                relayed = Relayed(response.status, response.headers.get("content-type", "application/json"),
+                                  await response.read())
+                if 200 <= relayed.status < 300:
+                    if _readable(relayed):
+                        outcome.succeeded()
+                    else:
+                        outcome.failed("member answered with invalid JSON")
+                return relayed
+        except aiohttp.ClientError as exc:
+            raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
 
     @contextlib.asynccontextmanager
     async def stream(self, body: bytes, path: str,
@@ -419,6 +402,20 @@ class HttpMemberClient:
         except aiohttp.ClientError as exc:
             raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
 
+
+
+async def _post(where: Endpoint, path: str, data: bytes) -> aiohttp.ClientResponse:
+    """Send a request and read its head, sending it once more on a fresh connection when the first send fails
+    for want of a connection: a kept-alive connection the member closed meanwhile (its keep-alive ran out, or
+    it restarted) fails here, before any byte of an answer, for every kind of call. Not on a timeout: a member
+    too slow to accept is not made to wait twice."""
+    url = f"{where.url}{path}"
+    try:
+        return await where.http.post(url, data=data, headers=where.headers)
+    except aiohttp.ServerTimeoutError:
+        raise
+    except aiohttp.ClientConnectionError:
+        return await where.http.post(url, data=data, headers=where.headers)
 
 async def _chunks(response: aiohttp.ClientResponse, outcome: CallOutcome) -> AsyncIterator[bytes]:
     """A streamed body's chunks; reports the outcome here, since the caller iterates outside the call's block

@@ -1,6 +1,7 @@
-"""A member that closes a kept-alive connection: the next call on it fails to send, and the client retries once
-on a fresh connection (`complete`, `relay`) instead of failing the member. A stub provokes it: a real
-llama-server closes idle connections only after its keep-alive timeout, at no moment a test can pick."""
+"""A member that closes a kept-alive connection: the next call on it fails to send, and the client sends it once
+more on a fresh connection (every kind of call: `complete`, `relay`, `stream`) instead of failing the member. A
+stub provokes it: a real llama-server closes idle connections only after its keep-alive timeout, at no moment a
+test can pick."""
 
 from __future__ import annotations
 
@@ -83,7 +84,10 @@ async def test_a_call_on_a_connection_the_member_closed_is_sent_again(http: aioh
         assert (first.status, second.status) == ("ok", "ok") and second.text == "4"
         relayed = await client.relay(b"{}", "/v1/chat/completions")  # the same for a relayed call
         assert relayed.status == 200 and json.loads(relayed.body) == json.loads(ANSWER)
-        assert member.answered == 3 and member.connections == 3  # each retry on a fresh connection
+        async with client.stream(b"{}", "/v1/chat/completions") as (head, chunks):  # and a streamed passthrough
+            body = b"".join([chunk async for chunk in chunks])
+        assert head.status == 200 and json.loads(body) == json.loads(ANSWER)
+        assert member.answered == 4 and member.connections == 4  # each retry on a fresh connection
 
 
 async def test_a_member_that_drops_every_connection_fails_after_one_retry(http: aiohttp.ClientSession) -> None:
@@ -94,4 +98,7 @@ async def test_a_member_that_drops_every_connection_fails_after_one_retry(http: 
         assert reply.status == "error" and reply.error and "ServerDisconnected" in reply.error
         with pytest.raises(MemberFailed, match="member m/0 failed: ServerDisconnectedError"):
             await client.relay(b"{}", "/v1/chat/completions")
-        assert member.connections == 4 and member.answered == 0  # two tries each, never more
+        with pytest.raises(MemberFailed, match="member m/0 failed: ServerDisconnectedError"):
+            async with client.stream(b"{}", "/v1/chat/completions"):
+                pass
+        assert member.connections == 6 and member.answered == 0  # two tries each, never more
