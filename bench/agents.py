@@ -26,7 +26,9 @@ with every seat answering; every number is then re-scored offline from those rec
   still one prefill).
 - offline councils: `sc-<best>` and a mixed council (the `solo-*` seats of every model, from their own records)
   under each call vote of `council.evaluation.calls.VOTERS` (`set`: whole call sets; `argument`: per argument);
-  beside each, its best seat alone (`sc`: the greedy seat), and the paired difference with its 95% interval.
+  beside each, its best seat alone (`sc`: the greedy seat), and the paired difference with its 95% interval;
+  and each self-consistency council replayed as a cascade (`cascade {first: N}`, `CASCADES`: its first seats
+  alone where they agree, every seat otherwise), with the completion tokens of the seats it asked.
 
 Per category: accuracy, calls returned that fail their schema, completion tokens and wall time per item. A table
 on stdout and bench/results/agents.json.
@@ -60,7 +62,7 @@ from typing import Any
 import yaml
 
 from council.evaluation.bfcl import CATEGORIES, BfclItem, download_wheel, load_bfcl, sample_per_category
-from council.evaluation.calls import VOTERS, CallsRow, council_row, member_rows, with_recovered_calls
+from council.evaluation.calls import VOTERS, CallsRow, cascade_row, council_row, member_rows, with_recovered_calls
 from council.evaluation.record import ItemRecord, engine_asker, read_records, record_items
 from council.members.binary import find_llama_server
 from council.members.process import LifeConfig
@@ -75,6 +77,7 @@ RECORDS = ROOT / "records"
 RESULTS = ROOT / "results"
 DEFAULT_MODELS = ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m")
 MAX_TOKENS = 256  # a few calls in JSON; a longer reply is prose
+CASCADES = (1, 2, 3)  # a self-consistency council replayed as `cascade: {first: N}`
 
 
 def short(model: str) -> str:
@@ -217,6 +220,13 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
         for mode in VOTERS:
             add(f"{name}: council ({mode}), with recovery", council_row(recovered, items, mode), seat,
                 recovered)
+        # The same council as a cascade (its greedy seat and first samples, the rest only where they disagree):
+        # what the vote costs. Reported beside, not among the councils `held_out` chooses from: cascades were
+        # added after the held-out items' results had been seen.
+        cascade_mode = "council set" if "council set" in VOTERS else "set"
+        for first in CASCADES:
+            add(f"{name}: cascade {{first: {first}}} ({cascade_mode}), recovery on",
+                cascade_row(recovered, items, cascade_mode, first), seat, recovered)
         # Calls among prose too (recovery.among_prose): measured here, not what a council does.
         prose = with_recovered_calls(recs, items, prose=True)
         prose_seat = member_rows(prose, items)[0]
@@ -284,12 +294,18 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
         alone = {c.category: c for c in seat.categories}[category]
         per_category[category] = {"council": cat.accuracy, "best_seat": alone.accuracy, **paired(council, seat, keep)}
     plain = rows.get(f"solo-{short(best)} (passthrough)")
+    # The chosen council's recording replayed as cascades, on the same items: beside it, never chosen.
+    recording = chosen["arm"].split(":")[0]
+    cascades = {arm: {"accuracy": r["_row"].overall().accuracy, "tokens_per_item": r["_row"].overall().tokens_per_item,
+                      **paired(r["_row"], r["_seat"])}
+                for arm, r in rows.items() if arm.startswith(f"{recording}: cascade")}
     return {"seed": seed, "chosen_on": len(choose), "reported_on": len(ordered), "council": chosen["arm"],
             "accuracy_on_choice_half": chosen["_row"].overall().accuracy,
             "council_accuracy": council.overall().accuracy, "best_seat_accuracy": seat.overall().accuracy,
             "plain_passthrough_accuracy": plain["_row"].overall().accuracy if plain else None,
             "invalid_calls_returned": council.overall().invalid_calls,
             "vs_best_seat": paired(council, seat), "per_category": per_category,
+            "tokens_per_item": council.overall().tokens_per_item, "cascades": cascades,
             "drawn_later": {"council": sum(council.hits[i] for i in later) / len(later),
                             "best_seat": sum(seat.hits[i] for i in later) / len(later),
                             **paired(council, seat, later)} if later else None}
@@ -421,6 +437,10 @@ def main() -> None:
         for category, c in chosen["per_category"].items():
             print(f"  {category:<18}{100 * c['council']:>5.0f}% vs {100 * c['best_seat']:>4.0f}%  "
                   f"{c['points']:+6.1f} pts [{c['low']:+.1f}, {c['high']:+.1f}]")
+        print(f"  completion tokens per item: {chosen['tokens_per_item']:.0f}; the same recording as cascades:")
+        for arm, c in chosen["cascades"].items():
+            print(f"    {arm.split(': ', 1)[1]:<40}{100 * c['accuracy']:>5.0f}%  {c['tokens_per_item']:>5.0f} "
+                  f"tokens/item  {c['points']:+.1f} pts [{c['low']:+.1f}, {c['high']:+.1f}] vs its greedy seat")
         if later := chosen["drawn_later"]:
             print(f"  of those, the {later['items']} drawn after the choice: {100 * later['council']:.0f}% vs "
                   f"{100 * later['best_seat']:.0f}% ({later['points']:+.1f} pts [{later['low']:+.1f}, "

@@ -13,6 +13,8 @@ any model again:
   by name and then by the most equal argument values), and each argument takes the weighted plurality of its
   values (absent is a value); a result that fails its schema falls back to `set`'s answer.
 
+`cascade_row` replays a council as a cascade: its first seats alone where they agree, every seat otherwise.
+
 These are the evaluation's own reading of the vote; a council's live vote code can be plugged in as another mode
 (`VOTERS[mode] = f`, `f(answers, item) -> calls or None`).
 """
@@ -262,6 +264,30 @@ def council_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem], mo
     return CallsRow(name=name or f"council ({mode})", hits=hits, categories=_category_scores(
         records, hits, [_invalid(i, d) for d, i in zip(decided, found, strict=True)], [d is None for d in decided],
         [sum(a.completion_tokens for a in s) for s in seats], [r.wall_ms for r in records]))
+
+
+
+def cascade_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem], mode: str, first: int) -> CallsRow:
+    """The council as a cascade (`vote.cascade: {first: N}`), replayed: its first `first` seats answer alone when
+    every one of them that votes agrees (a seat whose call is invalid abstains; a stage where all abstain does not
+    agree), else every seat votes by `VOTERS[mode]`. Tokens count only the seats the cascade asked."""
+    voter = VOTERS[mode]
+    decided, found, tokens = [], [], []
+    for r in records:
+        item = items[r.item_id or ""]
+        asked = r.answers[:first]
+        votes = [(b, a) for a in asked if (b := ballot(a, item)) is not None]
+        if votes and all(b == votes[0][0] for b, _ in votes):
+            decided.append([] if votes[0][0] == NO_CALL else calls_of(votes[0][1]))
+        else:
+            asked = r.answers
+            decided.append(voter(asked, item))
+        found.append(item)
+        tokens.append(sum(a.completion_tokens for a in asked))
+    hits = [d is not None and grade(i, d).valid for d, i in zip(decided, found, strict=True)]
+    return CallsRow(name=f"council ({mode}), cascade {{first: {first}}}", hits=hits, categories=_category_scores(
+        records, hits, [_invalid(i, d) for d, i in zip(decided, found, strict=True)], [d is None for d in decided],
+        tokens, [r.wall_ms for r in records]))
 
 
 def oracle_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) -> CallsRow:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from council.evaluation.bfcl import BfclItem, download_wheel, grade, load_bfcl, reference_calls
-from council.evaluation.calls import score_calls, vote_argument, vote_set
+from council.evaluation.calls import cascade_row, score_calls, vote_argument, vote_set
 from council.evaluation.dataset import DatasetError
 from council.evaluation.record import ItemRecord, MemberAnswer
 
@@ -84,3 +84,27 @@ def test_scores_per_category_from_records(items: dict[str, BfclItem], tmp_path: 
     assert council.name == "council (set)" and [c.correct for c in council.categories] == [1, 1, 0, 2]
     assert [c.correct for c in report.oracle.categories] == [1, 1, 1, 3]
     assert council.overall().tokens_per_item == 30 and first.overall().invalid_calls == 0
+
+
+def test_a_cascade_answers_from_its_first_seats_where_they_agree_and_asks_every_seat_otherwise(
+        items: dict[str, BfclItem]) -> None:
+    item = items["simple_python_0"]
+    right = reference_calls(item)
+    wrong = [call("calculate_triangle_area", base=1, height=1)]
+    bad = [call("calculate_triangle_area", base="ten", height=5)]  # fails the schema: abstains
+
+    def record(n: int, *answers: MemberAnswer) -> ItemRecord:
+        return ItemRecord(index=n, line=n + 1, question=item.question, reference=item.reference, wall_ms=1000,
+                          answers=list(answers), item_id=item.id, category=item.category)
+
+    records = [
+        record(0, seat(0, wrong), seat(1, wrong), seat(2, right), seat(3, right), seat(4, right)),  # agree: wrong
+        record(1, seat(0, right), seat(1, wrong), seat(2, wrong), seat(3, wrong), seat(4, right)),  # split: all vote
+        record(2, seat(0, bad), seat(1, right), seat(2, wrong), seat(3, right), seat(4, right)),  # one votes, agrees
+        record(3, seat(0, bad), seat(1, bad), seat(2, right), seat(3, right), seat(4, wrong)),  # none votes: all
+    ]
+    row = cascade_row(records, {item.id: item}, "set", first=2)
+    assert row.hits == [False, False, True, True]
+    # Tokens only of the seats asked: 2, 5, 2 and 5 seats of 10 tokens each.
+    assert row.overall().tokens_per_item == (20 + 50 + 20 + 50) / 4
+    assert cascade_row(records, {item.id: item}, "set", first=5).hits == [True, False, True, True]  # all first
