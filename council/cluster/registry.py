@@ -51,7 +51,9 @@ class Registry:
     def _session(self, host: str) -> aiohttp.ClientSession:
         session = self._sessions.get(host)
         if session is None or session.closed:
-            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0))
+            # Idle connections go before the host's uvicorn closes them (its keep-alive: 5 s).
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=4.0),
+                                            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0))
             self._sessions[host] = session
         return session
 

@@ -36,6 +36,8 @@ from council.members.pidfiles import PidFiles
 from council.members.states import State, StateChange, TransitionError, is_valid_transition
 
 PR_SET_PDEATHSIG = 1
+# Seconds an idle connection to a member is kept: under llama-server's keep-alive (cpp-httplib: 5 s).
+KEEP_ALIVE = 4.0
 Listener = Callable[[StateChange], None]
 LogListener = Callable[[str, str], None]  # (process name, log line)
 
@@ -329,7 +331,9 @@ class MemberProcess:
         if self._http is None or self._http.closed:
             size = 2 * self.recipe.slots + 2
             self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=size, limit_per_host=size),
+                # Idle connections are let go before llama-server's keep-alive (5 s, cpp-httplib's) closes them, so
+                # a call rarely meets one the member closed (`client._post` sends such a call once more).
+                connector=aiohttp.TCPConnector(limit=size, limit_per_host=size, keepalive_timeout=KEEP_ALIVE),
                 # No total timeout: the council's own deadline cancels calls; connecting must be quick.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
                 skip_auto_headers=("User-Agent",),

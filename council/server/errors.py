@@ -24,6 +24,7 @@ from council.voting.client import MemberFailed, MemberUnavailable
 from council.voting.engine import QuorumError, RequestRejected
 
 OVERHEAD_HEADER = "x-council-overhead-ms"
+CLIENT_GONE = 499  # what the metrics count for a client that went away before its answer (nginx's code)
 # Keys in a request's ASGI scope state: when it arrived (`app`), the model it named once that is known, and
 # how long it waited for members before it failed (`routes.chat`).
 STARTED, MODEL, WAITED = "council_started", "council_model", "council_waited"

@@ -61,16 +61,22 @@ class Limits:
         return Limited(message, code, retry_after)
 
     async def admit(self, who: Principal, target: str) -> Admission:
-        """Admit one request for `target` (a council or model) or raise Limited."""
+        """Admit one request for `target` (a council or model) or raise Limited. The key's places and the queue
+        are checked before its rate: a request refused for them spends none of the key's rate. They are checked
+        again once the rate is taken (taking it may wait on Redis, while other requests come in)."""
+        self._check_places(who, target)
         if (wait := await self._take(who)) is not None:
             raise self._refuse("rate", f"rate limit of key {who.name} exceeded", "rate_limited",
                                max(1, math.ceil(wait)))
+        self._check_places(who, target)
+        who.in_flight += 1
+        self.queues[target] = self.queues.get(target, 0) + 1
+        return Admission(self, who, target)
+
+    def _check_places(self, who: Principal, target: str) -> None:
         if who.max_concurrency is not None and who.in_flight >= who.max_concurrency:
             raise self._refuse("concurrency", f"key {who.name} has {who.in_flight} requests in flight (its limit)",
                                "too_many_requests")
         queued = self.queues.get(target, 0)
         if queued >= self.max_queue:
             raise self._refuse("queue", f"{target}: {queued} requests already queued (max_queue)", "queue_full")
-        who.in_flight += 1
-        self.queues[target] = queued + 1
-        return Admission(self, who, target)

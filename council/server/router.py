@@ -44,7 +44,6 @@ from council.voting.request import CouncilRequest, last_user_text
 
 log = logging.getLogger("council.server.router")
 Role = Literal["both", "router", "host"]
-log = logging.getLogger("council.server.router")
 
 
 class ReloadError(CouncilError):

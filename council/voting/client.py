@@ -326,7 +326,7 @@ class HttpMemberClient:
                     return MemberReply(status="error", latency_ms=latency, error="member answered with invalid JSON")
                 outcome.succeeded()
                 return reply
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        except (aiohttp.ClientError, RuntimeError) as exc:  # RuntimeError: its session closed (the process stopped)
             return MemberReply(status="error", error=f"{type(exc).__name__}: {exc}",
                                latency_ms=(time.monotonic() - start) * 1000)
 
@@ -359,8 +359,10 @@ class HttpMemberClient:
                         outcome.succeeded()
                     else:
                         outcome.failed(error)
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            except (aiohttp.ClientError, RuntimeError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
+            except (ValueError, TypeError, AttributeError) as exc:  # an event that is JSON but not a chunk's shape
+                error = f"the member's stream was malformed: {type(exc).__name__}"
         for i in range(n):
             if i not in done:
                 yield i, MemberReply(status="error", latency_ms=(time.monotonic() - start) * 1000, error=error)
@@ -398,7 +400,7 @@ class HttpMemberClient:
         try:
             async with self._call(where, path, body, width) as (response, outcome):
                 head = Relayed(response.status, response.headers.get("content-type", "text/event-stream"), b"")
-                yield head, _chunks(response, outcome)
+                yield head, _chunks(response, outcome, where.name)
         except aiohttp.ClientError as exc:
             raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
 
@@ -417,15 +419,15 @@ async def _post(where: Endpoint, path: str, data: bytes) -> aiohttp.ClientRespon
     except aiohttp.ClientConnectionError:
         return await where.http.post(url, data=data, headers=where.headers)
 
-async def _chunks(response: aiohttp.ClientResponse, outcome: CallOutcome) -> AsyncIterator[bytes]:
+async def _chunks(response: aiohttp.ClientResponse, outcome: CallOutcome, name: str) -> AsyncIterator[bytes]:
     """A streamed body's chunks; reports the outcome here, since the caller iterates outside the call's block
-    (an error in its loop never passes through the accounting)."""
+    (an error in its loop never passes through the accounting). A stream that breaks raises `MemberFailed`."""
     try:
         async for chunk in response.content.iter_any():
             yield chunk
     except aiohttp.ClientError as exc:
         outcome.failed(f"the member's stream broke: {type(exc).__name__}")
-        raise
+        raise MemberFailed(f"member {name}'s stream broke: {type(exc).__name__}") from None
     if 200 <= response.status < 300:
         outcome.succeeded()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -46,6 +47,8 @@ from council.voting.vote import (
     seat_value,
     stop_after,
 )
+
+log = logging.getLogger("council.voting.engine")
 
 # After an early stop, how long a seat still out may finish before its request is closed (the answer does not
 # wait for it). Seats asked at once often end within a moment of each other; closing a request whose reply is
@@ -373,18 +376,34 @@ class CouncilEngine:
         async def ask_lane(lane: list[Call[Seat]], take: Callable[[Seat, MemberReply], bool]) -> None:
             """A lane's calls one after another (each finds the prompt the last one left in the cache), each reply
             given to `take` as it ends (a grouped call's choices one by one: early stop can cut in); stops once
-            `take` says so (leaving a grouped call closes its request)."""
-            for call in lane:
-                if stop is not None:
-                    return  # decided while this lane was out: it asks no one else
-                if len(call.seats) == 1:
-                    if take(call.seats[0], await call.seats[0].client.complete(call.payload)):
-                        return
-                    continue
-                async with contextlib.aclosing(call.seats[0].client.choices(call.payload, len(call.seats))) as got:
-                    async for index, reply in got:
-                        if take(call.seats[index], reply):
+            `take` says so (leaving a grouped call closes its request). A client that raises instead of replying
+            (a fault no client should have) fails the seats it had not yet reported: a lane that died silently
+            would leave the vote waiting for them until the council's deadline."""
+            reported: set[str] = set()
+
+            def told(seat: Seat, reply: MemberReply) -> bool:
+                reported.add(seat.name)
+                return take(seat, reply)
+
+            try:
+                for call in lane:
+                    if stop is not None:
+                        return  # decided while this lane was out: it asks no one else
+                    if len(call.seats) == 1:
+                        if told(call.seats[0], await call.seats[0].client.complete(call.payload)):
                             return
+                        continue
+                    async with contextlib.aclosing(call.seats[0].client.choices(call.payload,
+                                                                                len(call.seats))) as got:
+                        async for index, reply in got:
+                            if told(call.seats[index], reply):
+                                return
+            except Exception as exc:  # any fault becomes the seats' error, never a stalled vote
+                log.exception("council %s: a member client raised instead of replying", self.name)
+                failed = MemberReply(status="error", error=f"the member's client failed: {type(exc).__name__}: {exc}")
+                for seat in (seat for call in lane for seat in call.seats):
+                    if seat.name not in reported and stop is None:
+                        told(seat, failed)
 
         arrivals: asyncio.Queue[tuple[Seat, MemberReply]] | None = None  # made for the first stage of several lanes
 

@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import json
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -128,6 +128,26 @@ def test_bad_requests_are_4xx_in_the_openai_shape(open_server: CouncilServer) ->
     assert httpx.get(url).status_code == 405
     missing = httpx.get(f"{open_server.url}/v1/ballots/chatcmpl-nope").json()["error"]
     assert missing["code"] == "ballot_not_found"
+
+
+def test_a_chunked_body_past_max_body_is_refused_as_it_arrives(open_server: CouncilServer) -> None:
+    """Without a Content-Length the body is counted as it comes: past `server.max_body` (1 MiB) the router answers
+    413 and closes the connection, rather than reading (and first holding) whatever a client sends."""
+    sent = 0
+    ceiling = 64 << 20
+
+    def endless() -> Iterator[bytes]:
+        nonlocal sent
+        yield b'{"model": "alphabet", "messages": [{"role": "user", "content": "'
+        while sent < ceiling:
+            sent += 64 << 10
+            yield b"x" * (64 << 10)
+
+    reply = httpx.post(f"{open_server.url}/v1/chat/completions", content=endless(),
+                       headers={"Content-Type": "application/json"}, timeout=60)
+    assert reply.status_code == 413 and reply.json()["error"]["code"] == "body_too_large"
+    assert reply.headers["connection"] == "close"
+    assert sent < 16 << 20  # the client stopped sending soon after the limit (socket buffers hold a few MiB)
 
 
 def test_models_health_readiness_admin_and_metrics(open_server: CouncilServer) -> None:

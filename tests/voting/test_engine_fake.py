@@ -53,6 +53,23 @@ async def test_a_straggler_that_ends_within_its_grace_is_not_closed() -> None:
     assert clients[2].cancelled == 0 and len(clients[2].sent) == 1
 
 
+def raises(payload: Mapping[str, Any]) -> Say:
+    raise RuntimeError("Session is closed")  # what aiohttp says to a call on a stopped process's session
+
+
+async def test_a_client_that_raises_fails_its_seat_at_once_and_never_stalls_the_vote() -> None:
+    """A member client should reply, never raise; one that does (a fault) fails its own seat, with the reason,
+    while the others vote: the council neither waits for its deadline nor answers with an internal error."""
+    engine, _ = council({"vote": {"strategy": "majority", "extract": "text"}, "timeout": SLOW},
+                        Say("a"), raises, Say("a", delay=0.01))
+    answer = await asyncio.wait_for(engine.ask(CouncilRequest.of(ask(), early_stop=False)), SLOW / 3)
+    assert statuses(answer) == ["ok", "error", "ok"] and answer.decision.votes == {"a": 2.0}
+    assert answer.outcomes[1].reply.error == "the member's client failed: RuntimeError: Session is closed"
+    alone, _ = council({"vote": {"extract": "text"}}, raises)  # one lane, run in the vote's own task
+    with pytest.raises(QuorumError, match="only 0 of 1 members answered"):  # a 503, not a 500
+        await asyncio.wait_for(alone.ask(ask()), SLOW / 3)
+
+
 async def test_no_early_stop_waits_for_every_member() -> None:
     engine, _ = council({"vote": {"strategy": "majority", "extract": "text"}},
                         Say("a"), Say("a"), Say("b", delay=0.05))

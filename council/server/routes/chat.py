@@ -14,7 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from council.errors import CouncilError
 from council.server.deps import caller
-from council.server.errors import MODEL, OVERHEAD_HEADER, WAITED, ApiError, status_of
+from council.server.errors import CLIENT_GONE, MODEL, OVERHEAD_HEADER, WAITED, ApiError, status_of
 from council.server.limits import Admission
 from council.server.requests import BadRequest, ChatRequest, CompletionRequest, parse_json, validate_body
 from council.server.router import Router
@@ -24,7 +24,6 @@ from council.voting.request import CouncilRequest
 
 KEEPALIVE_S = 2.0
 WATCH_AFTER_S = 0.2  # a non-streamed council request watches for its client's disconnect after this long
-CLIENT_GONE = 499  # what the metrics count for a client that went away before its answer (nginx's code)
 T = TypeVar("T")
 routes = APIRouter()
 
@@ -48,7 +47,16 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, Any]:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body over {limit} bytes", "body_too_large")
-    raw = await request.body()
+    if declared:
+        raw = await request.body()  # the server reads no more than it declared
+    else:  # chunked: counted as it arrives, so a body without end is refused, not held in memory
+        parts, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:  # and the connection closes: the rest of the body is neither kept nor read
+                raise ApiError(413, f"request body over {limit} bytes", "body_too_large", {"Connection": "close"})
+            parts.append(part)
+        raw = b"".join(parts)
     if len(raw) > limit:
         raise ApiError(413, f"request body over {limit} bytes", "body_too_large")
     return raw, parse_json(raw)

@@ -5,17 +5,20 @@ text is nothing but valid calls is returned as those calls (README "Agents" / "T
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
 
-from council.server.errors import ApiError
+from council.server.errors import CLIENT_GONE, ApiError
 from council.server.limits import Admission
 from council.server.router import Router
-from council.voting.client import HttpMemberClient
+from council.voting.client import HttpMemberClient, MemberFailed
 from council.voting.recovery import could_be_calls
 from council.voting.tools import Toolbox, recovered_calls
+
+log = logging.getLogger("council.server.passthrough")
 
 
 async def relay(router: Router, model: str, payload: bytes, path: str, stream: bool,
@@ -69,14 +72,22 @@ async def relay_through(client: HttpMemberClient, payload: bytes, path: str, str
         chunks = _recovering(chunks, toolbox)
 
     async def body() -> AsyncIterator[bytes]:
+        status = head.status  # what the metrics count: the member's, unless the stream did not end well
         try:
             async for chunk in chunks:
                 yield chunk
+        except MemberFailed as exc:  # the headers are gone: the error comes as an event the SDKs raise
+            status = 502
+            log.warning("%s", exc)
+            yield _sse({"error": {"message": str(exc), "type": "server_error", "code": "member_failed"}})
+        except BaseException:  # cancelled or closed: the client went away
+            status = CLIENT_GONE
+            raise
         finally:
             try:
                 await opened.__aexit__(None, None, None)
             finally:  # also when the close itself is cancelled (the client went away)
-                done(head.status)
+                done(status)
 
     return StreamingResponse(body(), status_code=head.status, media_type=head.content_type)
 

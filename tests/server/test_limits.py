@@ -1,0 +1,34 @@
+"""The request limits in-process (the same through a real `council serve`: tests/server/test_api.py and, shared
+through Redis, tests/cluster/test_multi_router.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from council.cluster.memory_store import MemoryState
+from council.server.auth import Principal
+from council.server.limits import Limited, Limits
+from council.server.metrics import RouterMetrics
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_request_refused_for_its_keys_places_or_the_queue_spends_none_of_its_rate() -> None:
+    """A client at its concurrency limit (or facing a full queue) is told so, and keeps its rate for later: it is
+    not soon told `rate_limited` for requests it was never allowed to make."""
+    limits = Limits(RouterMetrics(), MemoryState(), shared=False, max_queue=2)
+    who = Principal("agent", frozenset({"chat"}), rate_limit=5, max_concurrency=1, tokens=5)
+    first = await limits.admit(who, "trio")
+    left = who.tokens
+    with pytest.raises(Limited) as refused:
+        await limits.admit(who, "trio")
+    assert refused.value.code == "too_many_requests" and who.tokens >= left  # only the refill may add to it
+    other = Principal("other", frozenset({"chat"}), rate_limit=5, tokens=5)
+    second = await limits.admit(other, "trio")
+    left = other.tokens
+    with pytest.raises(Limited) as full:
+        await limits.admit(other, "trio")
+    assert full.value.code == "queue_full" and other.tokens >= left
+    first.release()
+    second.release()
+    assert who.in_flight == other.in_flight == 0 and limits.queues["trio"] == 0
