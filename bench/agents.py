@@ -9,7 +9,9 @@ by path (never copied here); graded by `council.evaluation.bfcl` (BFCL's AST rul
 
 `--more M` adds M items of each category, drawn with `seed + 1` from those the first sample left out: the
 council is chosen on a seeded half of the first sample only, so items drawn later are asked of a council already
-fixed, and reported on with the first sample's other half.
+fixed, and reported on with the first sample's other half. `--choice-half` records an arm on that half alone
+(`--temperatures 0.3` adds a nine-seat arm whose samples run cooler): a candidate is tried where the choice is
+made; if it wins there, the report says so and which items it must be asked next.
 
 Recorded once, into `bench/records/agents-<arm>.jsonl` (a run resumes where it stopped), through the real engine
 with every seat answering; every number is then re-scored offline from those records (`--score-only`):
@@ -93,8 +95,8 @@ def arm_policy(model: str, seats: list[dict[str, Any]], instructions: str = "non
                                  "vote": {"strategy": "majority", "tool_instructions": instructions}}}}
 
 
-def arms(models: Sequence[str], best: str, samples: int,
-         wide: int = 0) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+def arms(models: Sequence[str], best: str, samples: int, wide: int = 0,
+         temperatures: Sequence[float] = ()) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """Each recorded arm: its policy and the extra request fields. Add an arm here and it is recorded and scored."""
     greedy = {"model": "m", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}}
     out = {f"solo-{short(m)}": (arm_policy(m, [greedy]), {}) for m in models}
@@ -102,9 +104,9 @@ def arms(models: Sequence[str], best: str, samples: int,
     # The small models whose chat templates render no tools (SmolLM2): what `listed` instructions let them do.
     out |= {f"listed-{short(m)}": (arm_policy(m, [greedy], "listed"), {}) for m in models if m != best}
 
-    def sampled_seats(k: int) -> dict[str, Any]:
+    def sampled_seats(k: int, temperature: float = 0.7) -> dict[str, Any]:
         return {"model": "m", "samples": k,
-                "sampling": {"temperature": 0.7, "top_p": 0.95, "seed": 1, "max_tokens": MAX_TOKENS}}
+                "sampling": {"temperature": temperature, "top_p": 0.95, "seed": 1, "max_tokens": MAX_TOKENS}}
 
     if samples:
         sampled = sampled_seats(samples)
@@ -113,6 +115,9 @@ def arms(models: Sequence[str], best: str, samples: int,
         out[f"brief-sc-{short(best)}"] = (arm_policy(best, [greedy, sampled], "brief"), {})
     if wide:  # the same council with more samples: what more votes buy (one prefill still)
         out[f"brief-sc{wide}-{short(best)}"] = (arm_policy(best, [greedy, sampled_seats(wide)], "brief"), {})
+        # ... and with samples nearer the greedy seat's answer (`--temperatures`)
+        out |= {f"brief-sc{wide}-t{t:g}-{short(best)}": (
+            arm_policy(best, [greedy, sampled_seats(wide, t)], "brief"), {}) for t in temperatures}
     return out
 
 
@@ -281,8 +286,9 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
     chosen = max(picked, key=lambda r: (r["_row"].overall().accuracy, -r["_row"].overall().tokens_per_item))
     rows = {r["arm"]: r for r in score(only(report), items, best)}
     row = rows.get(chosen["arm"])
-    if row is None:
-        return None
+    if row is None:  # a candidate recorded on the choice half alone (`--choice-half`) won there
+        return {"seed": seed, "chosen_on": len(choose), "council": chosen["arm"], "not_yet_asked": len(report),
+                "accuracy_on_choice_half": chosen["_row"].overall().accuracy}
     council, seat, ordered = row["_row"], row["_seat"], row["_records"]
     # Items drawn after the choice (`--more`): the council was fixed before they were asked.
     later = [i for i, r in enumerate(ordered) if first is not None and r.item_id not in first]
@@ -401,6 +407,10 @@ def main() -> None:
     parser.add_argument("--categories", default=",".join(CATEGORIES))
     parser.add_argument("--score-only", action="store_true", help="re-score the recorded answers, ask nothing")
     parser.add_argument("--arms", default="", help="record only these arms (comma-separated names; default all)")
+    parser.add_argument("--temperatures", default="", help="more nine-seat arms (`--wide`) whose samples take these "
+                        "temperatures (comma-separated), beside 0.7")
+    parser.add_argument("--choice-half", action="store_true", help="record only the items the council is chosen on "
+                        "(a seeded half of the first sample): a candidate is tried there before it is asked the rest")
     args = parser.parse_args()
     categories = [c.strip() for c in args.categories.split(",") if c.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -412,22 +422,29 @@ def main() -> None:
         items = sorted([*items, *sample_per_category(left, args.more, args.seed + 1)], key=lambda i: i.index)
     by_id = {i.id: i for i in items}
     RECORDS.mkdir(exist_ok=True)
-    plan = arms(models, args.best, args.samples, args.wide)
+    temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
+    plan = arms(models, args.best, args.samples, args.wide, temperatures)
     files = {name: RECORDS / f"agents-{name}.jsonl" for name in plan}
     if not args.score_only:
         chosen = {a.strip() for a in args.arms.split(",") if a.strip()}
         for name, (policy, extra) in plan.items():
             if chosen and name not in chosen:
                 continue
-            print(f"recording {name}: {len(items)} items", flush=True)
-            asyncio.run(record(policy, extra, round_robin(items), files[name]))
+            asked = [i for i in items if i.id in halves([i for i in items if i.id in first], args.seed)[0]] \
+                if args.choice_half else items
+            print(f"recording {name}: {len(asked)} items", flush=True)
+            asyncio.run(record(policy, extra, round_robin(asked), files[name]))
     # Only the records of the items sampled now (a file may hold more, from a larger run).
     records = {name: sorted((r for r in read_records(path).values() if r.item_id in by_id), key=lambda r: r.index)
                for name, path in files.items()}
     rows = score(records, by_id, args.best)
     print_table(rows, categories)
     chosen = held_out(records, by_id, args.best, args.seed, first)
-    if chosen is not None:
+    if chosen is not None and "not_yet_asked" in chosen:
+        print(f"\nchosen on {chosen['chosen_on']} items: {chosen['council']} "
+              f"({100 * chosen['accuracy_on_choice_half']:.0f}% there), not yet asked the other "
+              f"{chosen['not_yet_asked']}: record its arm (`--arms`) on items drawn now (`--more`, a new `--seed`)")
+    elif chosen is not None:
         vs = chosen["vs_best_seat"]
         print(f"\nchosen on {chosen['chosen_on']} items: {chosen['council']}; on the other {chosen['reported_on']}: "
               f"{100 * chosen['council_accuracy']:.0f}% vs its best seat alone "
