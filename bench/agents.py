@@ -80,6 +80,7 @@ RESULTS = ROOT / "results"
 DEFAULT_MODELS = ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m")
 MAX_TOKENS = 256  # a few calls in JSON; a longer reply is prose
 CASCADES = (1, 2, 3)  # a self-consistency council replayed as `cascade: {first: N}`
+CASCADE_VOTE = "council set" if "council set" in VOTERS else "set"  # the council's own vote where it has one
 
 
 def short(model: str) -> str:
@@ -228,10 +229,9 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
         # The same council as a cascade (its greedy seat and first samples, the rest only where they disagree):
         # what the vote costs. Reported beside, not among the councils `held_out` chooses from: cascades were
         # added after the held-out items' results had been seen.
-        cascade_mode = "council set" if "council set" in VOTERS else "set"
         for first in CASCADES:
-            add(f"{name}: cascade {{first: {first}}} ({cascade_mode}), recovery on",
-                cascade_row(recovered, items, cascade_mode, first), seat, recovered)
+            add(f"{name}: cascade {{first: {first}}} ({CASCADE_VOTE}), recovery on",
+                cascade_row(recovered, items, CASCADE_VOTE, first), seat, recovered)
         # Calls among prose too (recovery.among_prose): measured here, not what a council does.
         prose = with_recovered_calls(recs, items, prose=True)
         prose_seat = member_rows(prose, items)[0]
@@ -427,11 +427,11 @@ def main() -> None:
     files = {name: RECORDS / f"agents-{name}.jsonl" for name in plan}
     if not args.score_only:
         chosen = {a.strip() for a in args.arms.split(",") if a.strip()}
+        choose = halves([i for i in items if i.id in first], args.seed)[0] if args.choice_half else None
+        asked = [i for i in items if choose is None or i.id in choose]
         for name, (policy, extra) in plan.items():
             if chosen and name not in chosen:
                 continue
-            asked = [i for i in items if i.id in halves([i for i in items if i.id in first], args.seed)[0]] \
-                if args.choice_half else items
             print(f"recording {name}: {len(asked)} items", flush=True)
             asyncio.run(record(policy, extra, round_robin(asked), files[name]))
     # Only the records of the items sampled now (a file may hold more, from a larger run).

@@ -253,18 +253,23 @@ def council_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem], mo
                 keep: Sequence[int] | None = None, name: str | None = None) -> CallsRow:
     """The council's answers re-decided by `VOTERS[mode]` (over the seats at `keep`, else all), scored."""
     voter = VOTERS[mode]
-    decided, found = [], []
+    decided, found, tokens = [], [], []
     for r in records:
         answers = [a for i, a in enumerate(r.answers) if keep is None or i in keep]
         item = items[r.item_id or ""]
         decided.append(voter(answers, item))
         found.append(item)
-    hits = [d is not None and grade(i, d).valid for d, i in zip(decided, found, strict=True)]
-    seats = [[a for i, a in enumerate(r.answers) if keep is None or i in keep] for r in records]
-    return CallsRow(name=name or f"council ({mode})", hits=hits, categories=_category_scores(
-        records, hits, [_invalid(i, d) for d, i in zip(decided, found, strict=True)], [d is None for d in decided],
-        [sum(a.completion_tokens for a in s) for s in seats], [r.wall_ms for r in records]))
+        tokens.append(sum(a.completion_tokens for a in answers))
+    return _decided_row(name or f"council ({mode})", records, decided, found, tokens)
 
+
+def _decided_row(name: str, records: Sequence[ItemRecord], decided: Sequence[Calls | None],
+                 found: Sequence[BfclItem], tokens: Sequence[float]) -> CallsRow:
+    """A council's decided calls, item by item, graded and scored per category."""
+    hits = [d is not None and grade(i, d).valid for d, i in zip(decided, found, strict=True)]
+    return CallsRow(name=name, hits=hits, categories=_category_scores(
+        records, hits, [_invalid(i, d) for d, i in zip(decided, found, strict=True)], [d is None for d in decided],
+        tokens, [r.wall_ms for r in records]))
 
 
 def cascade_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem], mode: str, first: int) -> CallsRow:
@@ -284,10 +289,7 @@ def cascade_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem], mo
             decided.append(voter(asked, item))
         found.append(item)
         tokens.append(sum(a.completion_tokens for a in asked))
-    hits = [d is not None and grade(i, d).valid for d, i in zip(decided, found, strict=True)]
-    return CallsRow(name=f"council ({mode}), cascade {{first: {first}}}", hits=hits, categories=_category_scores(
-        records, hits, [_invalid(i, d) for d, i in zip(decided, found, strict=True)], [d is None for d in decided],
-        tokens, [r.wall_ms for r in records]))
+    return _decided_row(f"council ({mode}), cascade {{first: {first}}}", records, decided, found, tokens)
 
 
 def oracle_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) -> CallsRow:

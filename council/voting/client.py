@@ -405,7 +405,6 @@ class HttpMemberClient:
             raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
 
 
-
 async def _post(where: Endpoint, path: str, data: bytes) -> aiohttp.ClientResponse:
     """Send a request and read its head, sending it once more on a fresh connection when the first send fails
     for want of a connection: a kept-alive connection the member closed meanwhile (its keep-alive ran out, or
@@ -418,6 +417,7 @@ async def _post(where: Endpoint, path: str, data: bytes) -> aiohttp.ClientRespon
         raise
     except aiohttp.ClientConnectionError:
         return await where.http.post(url, data=data, headers=where.headers)
+
 
 async def _chunks(response: aiohttp.ClientResponse, outcome: CallOutcome, name: str) -> AsyncIterator[bytes]:
     """A streamed body's chunks; reports the outcome here, since the caller iterates outside the call's block
