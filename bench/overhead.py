@@ -299,6 +299,15 @@ def added(row: dict[str, float], base: dict[str, float]) -> None:
     row["added_p99_ms"] = row["p99_ms"] - base["p99_ms"]
 
 
+def added_by_round(row: dict[str, float], runs: list[dict[str, float]], base: list[dict[str, float]]) -> None:
+    """The added p50 of each round against the base path's p50 in the same round (measured seconds apart, so
+    what the host did meanwhile weighs on both): their median, least and greatest. On a shared VM the host's
+    drift between rounds moves a median of p50s more than the router does."""
+    diffs = [mine["p50_ms"] - theirs["p50_ms"] for mine, theirs in zip(runs, base, strict=True)]
+    row["added_p50_ms_paired"] = statistics.median(diffs)
+    row["added_p50_ms_least"], row["added_p50_ms_greatest"] = min(diffs), max(diffs)
+
+
 def baseline_tree(ref: str, into: Path) -> Path:
     """The package as it was at `ref` (for a side-by-side run), unpacked from git."""
     into.mkdir(parents=True)
@@ -369,6 +378,7 @@ def throughput(work: Path, seconds: int, rounds: int, env: dict[str, str],
     one = doc["one_connection"] = summarise(alone)
     for name in ("passthrough", "council 1", "council 3"):
         added(one[name], one["stub direct"])
+        added_by_round(one[name], alone[name], alone["stub direct"])
     return doc
 
 
@@ -530,11 +540,14 @@ def print_throughput(thr: dict[str, object]) -> None:
     print(f"3-member council: {calls['median']:.0f} member calls/s (spread {calls['spread']:.0f})")
     one: dict[str, dict[str, float]] = thr["one_connection"]  # type: ignore[assignment]
     print("\nthe router's own added time: one connection, the stub upstream (no member contention)")
-    print(f"{'path':<40} {'p50 ms':>8} {'spread':>7} {'added p50':>10} {'added p99':>10} {'proxy CPU/req':>14}")
+    print(f"{'path':<40} {'p50 ms':>8} {'spread':>7} {'added p50':>10} {'added p99':>10} {'proxy CPU/req':>14}"
+          f"  {'added p50 by round: median (least-greatest)':>44}")
     for name in ("stub direct", "passthrough", "council 1", "council 3"):
         row = one[name]
-        extra = (f"{row['added_p50_ms']:>10.3f} {row['added_p99_ms']:>10.3f} "
-                 f"{row['router_cpu_ms_per_request']:>11.3f} ms") if "added_p50_ms" in row else ""
+        extra = "" if "added_p50_ms" not in row else (
+            f"{row['added_p50_ms']:>10.3f} {row['added_p99_ms']:>10.3f} {row['router_cpu_ms_per_request']:>11.3f} ms"
+            f"  {row['added_p50_ms_paired']:>23.3f} "
+            f"({row['added_p50_ms_least']:.3f}-{row['added_p50_ms_greatest']:.3f})")
         print(f"{name:<40} {row['p50_ms']:>8.3f} {row['p50_spread_ms']:>7.3f} {extra}")
 
 

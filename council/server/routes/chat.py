@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ KEEPALIVE_S = 2.0
 WATCH_AFTER_S = 0.2  # a non-streamed council request watches for its client's disconnect after this long
 T = TypeVar("T")
 routes = APIRouter()
+log = logging.getLogger("council.server.chat")
 
 # Documented for clients and fuzzers; `ChatRequest` is what checks a body.
 CHAT_REQUEST_SCHEMA: dict[str, Any] = {"required": True, "content": {"application/json": {"schema": {
@@ -289,18 +291,23 @@ async def council_stream(router: Router, engine: CouncilEngine, council: Council
     try:
         if opening:
             yield opening
-        while True:
-            try:
-                answer = await asyncio.wait_for(asyncio.shield(task), KEEPALIVE_S)
-                break
-            except TimeoutError:
-                yield keepalive
-            except CouncilError as exc:
-                waited = time.perf_counter() - asked
-                status, code, _ = status_of(exc)
-                yield failed(exc, status, code)
-                return
+        # `wait` only waits: the task's own exceptions (a TimeoutError among them) are read below, never taken
+        # for the keep-alive's timeout.
+        while not (await asyncio.wait((task,), timeout=KEEPALIVE_S))[0]:
+            yield keepalive
         waited = time.perf_counter() - asked
+        try:
+            answer = task.result()
+        except CouncilError as exc:
+            status, code, _ = status_of(exc)
+            yield failed(exc, status, code)
+            return
+        except Exception as exc:  # the router's own fault: the stream ends with the 500 a plain request gets
+            log.exception("council %s failed", engine.name)
+            status = 500
+            yield failed(CouncilError(f"internal error ({type(exc).__name__}); see the router's log"), status,
+                         "internal_error")
+            return
         router.answered(answer, council, waited)
         async for event in answered(answer, round((time.perf_counter() - started - waited) * 1000, 3)):
             yield event

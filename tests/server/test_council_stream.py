@@ -1,0 +1,74 @@
+"""A streamed council answer whose engine fails in a way no council error names (a bug, or a TimeoutError of its
+own): the stream ends with the error event and `[DONE]` a client reads, counted as 500 — never keep-alives
+without end, never a stream cut without a word. The fault is provoked in-process: a real council raises only its
+own errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from council.server.routes import chat
+from council.voting.engine import QuorumError
+
+pytestmark = pytest.mark.anyio
+
+
+class Engine:
+    name = "c"
+
+    def __init__(self, fault: BaseException) -> None:
+        self.fault = fault
+
+    async def ask(self, council: Any) -> Any:
+        raise self.fault
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+
+    def observe(self, route: str, model: str, status: int, seconds: float, overhead: float | None) -> None:
+        self.statuses.append(status)
+
+
+class Router:
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+
+    def answered(self, *args: Any) -> None:
+        raise AssertionError("a failed council is not an answer")
+
+
+class Admission:
+    released = 0
+
+    def release(self) -> None:
+        self.released += 1
+
+
+async def _events(fault: BaseException) -> tuple[list[bytes], Router, Admission]:
+    router, admission = Router(), Admission()
+    stream = chat.stream_council(router, Engine(fault), None, admission, 0.0)  # type: ignore[arg-type]
+    events: list[bytes] = []
+    async for event in stream:
+        events.append(event)
+        assert len(events) < 10, f"the stream does not end: {events[:3]}"
+    return events, router, admission
+
+
+@pytest.mark.parametrize("fault", [TimeoutError(), ValueError("a bug")], ids=["TimeoutError", "ValueError"])
+async def test_an_unexpected_fault_ends_the_stream_with_a_500_error_event(fault: BaseException) -> None:
+    events, router, admission = await _events(fault)
+    assert events[-1].endswith(b"data: [DONE]\n\n")
+    error = json.loads(events[-1].split(b"\n\n")[0].removeprefix(b"data: "))["error"]
+    assert error["code"] == "internal_error" and type(fault).__name__ in error["message"]
+    assert router.metrics.statuses == [500] and admission.released == 1
+
+
+async def test_a_council_error_keeps_its_own_status() -> None:
+    events, router, _ = await _events(QuorumError("c", "2 of 3 members failed", []))
+    error = json.loads(events[-1].split(b"\n\n")[0].removeprefix(b"data: "))["error"]
+    assert error["code"] == "quorum_not_met" and router.metrics.statuses == [503]
