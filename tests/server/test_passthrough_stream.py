@@ -1,18 +1,21 @@
-"""A streamed passthrough whose member breaks off mid-stream, or whose client goes away: the client reads an
-error event the SDKs raise (the headers, 200, are long gone), and the metrics count 502 or 499, not the member's
-200. A stub provokes the break: a real llama-server cannot be made to drop a stream at a chosen chunk."""
+"""A streamed passthrough whose member breaks off mid-stream, whose client goes away, or whose relaying fails in
+the router's own code: the client reads an error event the SDKs raise (the headers, 200, are long gone), and the
+metrics count 502, 499 or 500, not the member's 200. Stubs provoke the faults: a real llama-server cannot be made
+to drop a stream at a chosen chunk, nor the router to fail."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 
 from council.server.routes.passthrough import relay_through
-from council.voting.client import Endpoint, HttpMemberClient
+from council.voting.client import Endpoint, HttpMemberClient, Relayed
 
 pytestmark = pytest.mark.anyio
 
@@ -57,3 +60,29 @@ async def test_a_stream_the_client_leaves_counts_as_499(member: HttpMemberClient
     assert await anext(body) == FIRST  # type: ignore[call-overload]
     await body.aclose()  # type: ignore[attr-defined]
     assert statuses == [499]
+
+
+class _Faulty:
+    """A member client whose stream opens well and then fails in the router's own code (no member fault)."""
+
+    def stream(self, payload: bytes, path: str, width: int) -> contextlib.AbstractAsyncContextManager[Any]:
+        @contextlib.asynccontextmanager
+        async def opened() -> AsyncIterator[tuple[Relayed, AsyncIterator[bytes]]]:
+            async def chunks() -> AsyncIterator[bytes]:
+                yield FIRST
+                raise ValueError("a bug")
+
+            yield Relayed(200, "text/event-stream", b""), chunks()
+
+        return opened()
+
+
+async def test_a_fault_of_the_router_while_relaying_ends_with_an_error_event_and_counts_as_500() -> None:
+    statuses: list[int] = []
+    response = await relay_through(_Faulty(), b"{}", "/v1/chat/completions", True,  # type: ignore[arg-type]
+                                   statuses.append)
+    chunks = [chunk async for chunk in response.body_iterator]
+    assert chunks[0] == FIRST
+    error = json.loads(bytes(chunks[-1]).removeprefix(b"data: "))["error"]
+    assert error["code"] == "internal_error" and "ValueError" in error["message"]
+    assert statuses == [500]

@@ -4,6 +4,7 @@ text is nothing but valid calls is returned as those calls (README "Agents" / "T
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -80,9 +81,14 @@ async def relay_through(client: HttpMemberClient, payload: bytes, path: str, str
             status = 502
             log.warning("%s", exc)
             yield _sse({"error": {"message": str(exc), "type": "server_error", "code": "member_failed"}})
-        except BaseException:  # cancelled or closed: the client went away
+        except (GeneratorExit, asyncio.CancelledError):  # closed or cancelled: the client went away
             status = CLIENT_GONE
             raise
+        except Exception as exc:  # the router's own fault (reading the member's stream): a 500, said as an event
+            status = 500
+            log.exception("relaying a stream failed")
+            message = f"internal error ({type(exc).__name__}); see the router's log"
+            yield _sse({"error": {"message": message, "type": "server_error", "code": "internal_error"}})
         finally:
             try:
                 await opened.__aexit__(None, None, None)
