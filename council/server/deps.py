@@ -23,18 +23,24 @@ def caller(request: Request, scope: str) -> tuple[Router, Principal]:
     than declaring dependencies: FastAPI's dependency solving is a measurable share of a passthrough's time
     (bench/hotpath.py). Same checks, same errors."""
     router: Router = request.app.state.router
-    return router, router.keys.principal(request.headers.get("authorization"), scope)
+    return router, router.keys.principal(authorization(request), scope)
+
+
+def authorization(request: Request) -> str | None:
+    """The key as `Authorization: Bearer KEY`, or as `x-api-key: KEY` (Anthropic's clients; Claude Code sends
+    either) made into one."""
+    headers = request.headers
+    sent = headers.get("authorization")
+    if sent is None and (key := headers.get("x-api-key")) is not None:
+        return f"Bearer {key}"
+    return sent
 
 
 def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """A dependency that resolves the caller's key and checks it has `scope` (`chat` or `admin`). The key comes as
-    `Authorization: Bearer KEY`, or as `x-api-key: KEY` (Anthropic's clients; Claude Code sends either)."""
+    """A dependency that resolves the caller's key (`authorization`) and checks it has `scope` (`chat` or
+    `admin`)."""
 
     async def principal(request: Request) -> Principal:
-        headers = request.headers
-        authorization = headers.get("authorization")
-        if authorization is None and (key := headers.get("x-api-key")) is not None:
-            authorization = f"Bearer {key}"
-        return (await current_router(request)).keys.principal(authorization, scope)
+        return (await current_router(request)).keys.principal(authorization(request), scope)
 
     return principal

@@ -319,19 +319,30 @@ class CouncilEngine:
         waits for each, so every member's answer is known."""
         if not isinstance(request, CouncilRequest):
             request = CouncilRequest.of(request)
-        # One validator per tool, for every seat; `tool_choice: none` asks for text, voted on as text
-        choice = request.members_payload.get("tool_choice")
-        toolbox = Toolbox(request.tools, choice) if request.tools and choice != "none" else None
+        toolbox = self.toolbox(request)
         return await self._conclude(request, await self._collect(request, toolbox), toolbox)
+
+    @staticmethod
+    def toolbox(request: CouncilRequest) -> Toolbox | None:
+        """The request's tools, one validator per tool, for every seat; None without tools, or with
+        `tool_choice: none` (which asks for text, voted on as text)."""
+        choice = request.members_payload.get("tool_choice")
+        return Toolbox(request.tools, choice) if request.tools and choice != "none" else None
+
+    def tool_text(self, request: CouncilRequest) -> str | None:
+        """The tool instructions this council adds to each member's system message for `request` (None: the
+        request has no tools, says `tool_choice: none`, or the council adds none)."""
+        body = request.members_payload
+        if not request.tools or body.get("tool_choice") == "none":
+            return None
+        parallel = body.get("parallel_tool_calls") is not False
+        return tool_instructions(request.tools, self.config.vote.tool_instructions, parallel)
 
     def members_body(self, request: CouncilRequest, toolbox: Toolbox | None) -> Mapping[str, Any]:
         """The body every seat starts from: the request's, with the council's tool instructions (once per
         request) when members are to call tools."""
         body = request.members_payload
-        if toolbox is None:
-            return body
-        parallel = body.get("parallel_tool_calls") is not False
-        text = tool_instructions(request.tools, self.config.vote.tool_instructions, parallel)
+        text = None if toolbox is None else self.tool_text(request)
         if text is None:
             return body
         return {**body, "messages": with_system(list(body.get("messages") or []), text)}

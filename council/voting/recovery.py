@@ -46,6 +46,7 @@ _OTHER_TAGS = ("tools", "tool_calls", "function_call", "json")
 _OTHER_OPENINGS = tuple(f"<{t}>" for t in _OTHER_TAGS)
 _CALL_OPENINGS = ("{", "[", "```", "<tool_call>", *_OTHER_OPENINGS)  # how the JSON shapes begin
 _PYTHONIC_START = re.compile(r"\[?\s*[A-Za-z_][\w.\-]*\s*\(")
+_PYTHONIC_NAME = re.compile(r"\[?\s*([A-Za-z_][\w.\-]*)\s*\(")  # the same, naming the function
 _OTHER_TAG = re.compile(rf"<(?P<tag>{'|'.join(_OTHER_TAGS)})>(?P<body>.*?)(?:</(?P=tag)>|\Z)", re.S)
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|tool_call|tool_calls)?[ \t]*\n(?P<body>.*?)\n?[ \t]*```", re.S)
 _FENCE_LINE = re.compile(r"^[ \t]*```[ \t]*[\w-]*[ \t]*$", re.M)
@@ -351,8 +352,14 @@ def could_be_calls(prefix: str) -> bool:
     return bool(_LEAD_IN.match(text)) and could_be_calls(rest)
 
 
-def looks_like_a_call(text: str | None) -> bool:
-    """Whether a reply begins the way a written call does: a reply cut off by max_tokens that looks like this
-    was probably writing a call, and its lack of one is no answer."""
+def looks_like_a_call(text: str | None, declared: Collection[str] = ()) -> bool:
+    """Whether a reply begins the way a written call does, after one lead-in line at most ("Here's the JSON:"):
+    a reply cut off by max_tokens that looks like this was probably writing a call, and its lack of one is no
+    answer. A Python-style call counts when it names a `declared` function."""
     content = _content(text or "")
-    return content.startswith(_CALL_OPENINGS)
+    if lead := _LEAD_IN.match(content):
+        content = content[lead.end():].lstrip()
+    if content.startswith(_CALL_OPENINGS):
+        return True
+    named = _PYTHONIC_NAME.match(content)
+    return named is not None and named.group(1) in declared

@@ -245,7 +245,7 @@ def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reas
     if not calls and toolbox.required:
         return ToolAnswer(vote=None, abstained=NO_CALL_REQUIRED)
     if not calls:
-        if finish_reason == "length" and looks_like_a_call(text):
+        if finish_reason == "length" and looks_like_a_call(text, toolbox.names):
             return ToolAnswer(vote=None, abstained=CUT_OFF_CALL)
         return ToolAnswer()
     invalid = [f"{c.name}: {c.verdict}" for c in calls if not c.valid]

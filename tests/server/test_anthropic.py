@@ -30,9 +30,11 @@ from council.server.apis.anthropic import (
 )
 from council.server.app import create_app
 from council.server.requests import BadRequest, ChatRequest, validate_body
+from council.server.routes.anthropic import _normalised
 from council.setup.catalog import by_name
 from council.voting.client import MemberReply
 from council.voting.engine import CouncilAnswer, Seat, SeatOutcome
+from council.voting.tools import tool_instructions
 from council.voting.vote import Decision
 from tests.policies import member_entry, policy_yaml
 from tests.server.test_app import KEY, _router
@@ -227,6 +229,27 @@ async def test_errors_come_in_anthropics_shape_and_the_sdk_raises_its_own(
     assert relayed.value.status_code == 503 and relayed.value.body["error"]["message"] == "no ready member serves m"  # type: ignore[index]
 
 
+
+@pytest.mark.anyio
+async def test_a_relayed_stream_the_router_cannot_finish_ends_with_an_anthropic_error_event() -> None:
+    """The relay ends a broken stream with an unnamed `data: {"error": ...}` event (chat's shape), which the
+    Anthropic SDK skips: a relayed model's Messages stream turns it into the `error` event the SDK raises."""
+    start = b'event: message_start\ndata: {"type": "message_start"}\n\n'
+    broken = b'data: {"error":{"message":"member m/0\'s stream broke: ClientPayloadError","type":"server_error",' \
+             b'"code":"member_failed"}}\n\n'
+
+    async def relayed() -> AsyncIterator[bytes]:
+        yield start
+        yield broken
+
+    out = b"".join([chunk async for chunk in _normalised(relayed())])
+    assert out.startswith(start)
+    event, data = out[len(start):].split(b"\n", 1)
+    assert event == b"event: error"
+    error = json.loads(data.removeprefix(b"data: "))
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert error["error"]["details"] == {"error_code": "member_failed"} and "stream broke" in error["error"]["message"]
+
 @pytest.mark.anyio
 async def test_models_list_in_each_apis_shape(sdk: Callable[..., anthropic.AsyncAnthropic], tmp_path: Path) -> None:
     listed = [m async for m in sdk().models.list()]
@@ -245,6 +268,12 @@ async def test_models_list_in_each_apis_shape(sdk: Callable[..., anthropic.Async
         assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
         refused = await http.get("/v1/models", headers={"Authorization": "Bearer wrong"})
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"  # OpenAI's shape
+        for path in ("/v1/chat/completions", "/v1/completions"):  # the chat routes take `x-api-key` too
+            unknown = await http.post(path, json={"model": "nope", "messages": ASK, "prompt": "hi"},
+                                      headers={"x-api-key": KEY})
+            assert unknown.status_code == 404, unknown.text  # past auth
+            refused = await http.post(path, json={"model": "nope", "messages": ASK}, headers={"x-api-key": "wrong"})
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
         too_big = await http.post("/v1/messages?beta=true", content=b"x" * (2 << 20),
                                   headers={"x-api-key": KEY, "content-type": "application/json"})
         assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "request_too_large"
@@ -335,6 +364,15 @@ def test_count_tokens_for_a_model_and_a_council(alphabet: CouncilServer) -> None
     # what a completion's usage says it read
     answered = client.messages.create(model="alphabet", max_tokens=6, messages=HELLO)  # type: ignore[arg-type]
     assert answered.usage.input_tokens + (answered.usage.cache_read_input_tokens or 0) == alone
+    # with tools, the members also read the council's tool instructions (`brief`), after the request's system
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tools = [{"name": "get_weather", "description": "The weather in a city", "input_schema": schema}]
+    chat_tool = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                                  "parameters": schema}}
+    told = tool_instructions([chat_tool], "brief")
+    assert told is not None
+    read = client.messages.count_tokens(model="syn", messages=HELLO, system=told, tools=tools).input_tokens  # type: ignore[arg-type]
+    assert client.messages.count_tokens(model="alphabet", messages=HELLO, tools=tools).input_tokens == read  # type: ignore[arg-type]
     bearer = real_sdk(alphabet, auth_token=REAL_KEY)  # Claude Code's ANTHROPIC_AUTH_TOKEN: a bearer token
     assert bearer.messages.count_tokens(model="alphabet", messages=HELLO).input_tokens == alone  # type: ignore[arg-type]
     with pytest.raises(anthropic.AuthenticationError):

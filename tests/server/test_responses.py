@@ -287,6 +287,10 @@ def test_a_council_answers_plain_and_streamed(agents: CouncilServer) -> None:
     assert {m["input_tokens"] for m in counted.model_extra["council"]["members"]} == {counted.input_tokens}
     alone = client.responses.input_tokens.count(model="qwen", input=ADD)
     assert alone.input_tokens == counted.input_tokens  # same model, same template, no member system prompt
+    # with tools, the members also read the council's tool instructions: counted, as they are sent
+    tooled = client.responses.input_tokens.count(model="agents", input=ADD, tools=[WEATHER])  # type: ignore[list-item]
+    bare = client.responses.input_tokens.count(model="qwen", input=ADD, tools=[WEATHER])  # type: ignore[list-item]
+    assert tooled.input_tokens > bare.input_tokens > alone.input_tokens
 
 
 def test_errors_come_as_the_sdk_reads_them(agents: CouncilServer) -> None:

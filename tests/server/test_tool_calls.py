@@ -29,7 +29,8 @@ def agents(serve: Callable[..., CouncilServer]) -> CouncilServer:
              "timeout": "240s"}
     return serve(policy_yaml({"qwen": {"path": QWEN05.path, "ctx_size": 1024, "recover_tool_calls": True}},
                              {"agents": seats, "literal": {**seats, "vote": {"recover_tool_calls": False}},
-                              "sure": {**seats, "vote": {"strategy": "confidence"}}},
+                              "sure": {**seats, "vote": {"strategy": "confidence"}},
+                              "cascade": {**seats, "vote": {"cascade": {"first": 1}}}},
                              memory="8GiB", slot="1GiB"))
 
 
@@ -66,6 +67,22 @@ def test_a_confidence_council_of_samples_answers_tool_requests(agents: CouncilSe
     reply = client.chat.completions.create(model="sure", messages=ASK, tools=[WEATHER])  # type: ignore[list-item]
     assert [m["status"] for m in reply.model_extra["council"]["members"]] == ["ok", "ok"]
     assert reply.choices[0].finish_reason == "tool_calls"
+
+
+def test_a_tool_council_as_a_cascade_answers_from_its_first_seat_when_that_seat_made_a_valid_call(
+        agents: CouncilServer) -> None:
+    """`cascade: {first: 1}`: the first seat's recovered, valid call decides alone (agreement 1 of 1), and the
+    second seat is never asked: what the cascade rows of `bench.agents` replay offline, live."""
+    client = openai.OpenAI(base_url=f"{agents.url}/v1", api_key="unused", max_retries=0, timeout=300)
+    reply = client.chat.completions.create(model="cascade", messages=ASK, tools=[WEATHER])  # type: ignore[list-item]
+    calls = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls" and calls is not None
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
+    council = reply.model_extra["council"]
+    assert (council["stage"], council["stages"]) == (1, 2)
+    assert [m["status"] for m in council["members"]] == ["ok", "skipped"]
+    assert council["members"][0]["recovered"] is True
+    assert reply.usage is not None and reply.usage.completion_tokens == council["members"][0]["completion_tokens"]
 
 
 def test_passthrough_with_recovery_returns_the_call_whole_and_streamed(agents: CouncilServer) -> None:

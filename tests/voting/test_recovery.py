@@ -97,6 +97,11 @@ def test_a_reply_that_began_a_call_is_told_apart() -> None:
     assert looks_like_a_call('<think>x</think>{"name"')
     assert looks_like_a_call('<tools>\n{"name": "get_wea')
     assert not looks_like_a_call("The weather in Paris is")
+    # after one lead-in line, as Qwen2.5-Coder writes it; a Python-style call only to a declared function
+    assert looks_like_a_call('Here\'s the corresponding JSON response:\n```json\n{"name": "get_weather", "argu')
+    assert looks_like_a_call('get_weather(city="Par', ["get_weather"])
+    assert not looks_like_a_call('print(city="Par', ["get_weather"])
+    assert not looks_like_a_call("To find the weather:\nFirst, open a browser and")
 
 
 @pytest.mark.parametrize(("prefix", "held"), [

@@ -311,6 +311,12 @@ def _chat_tools(request: CountTokensRequest) -> dict[str, Any]:
     return out
 
 
+def count_to_chat(request: CountTokensRequest) -> dict[str, Any]:
+    """The chat body a count_tokens request stands for (messages and tools), for a council to read as it reads
+    the chat request it would be asked."""
+    return {"model": request.model, "messages": _chat_messages(request), **_chat_tools(request)}
+
+
 def to_chat(request: MessagesRequest, body: dict[str, Any]) -> dict[str, Any]:
     """The chat completion body this Messages request asks (for `ChatRequest` to validate and a council to ask):
     system → a system message, `tool_use` blocks → the assistant's `tool_calls`, `tool_result` blocks → `tool`
@@ -440,9 +446,20 @@ def stream_error(status: int, message: str, code: str | None = None) -> bytes:
 # ---- a relayed model's stream ---------------------------------------------------------------------------------
 
 
+RELAY_ERROR_STATUS = {"member_failed": 502, "internal_error": 500}  # the relay's own error events, by code
+
+
 def normalise_event(event: bytes) -> bytes:
     """One event of a model's own Messages stream as the SDK reads it: llama-server sends an `error` event's data in
-    OpenAI's shape (`{"code", "message", "type"}`); everything else passes as it came."""
+    OpenAI's shape (`{"code", "message", "type"}`), and the relay ends a stream it could not finish with an unnamed
+    `data: {"error": {...}}` event (which the SDK would skip); everything else passes as it came."""
+    if event.startswith(b"data: {\"error\""):
+        try:
+            error = json.loads(event[5:])["error"]
+            message, code = str(error["message"]), str(error["code"])
+        except (ValueError, KeyError, TypeError):
+            return event
+        return stream_error(RELAY_ERROR_STATUS.get(code, 502), message, code)
     if not event.startswith(b"event: error"):
         return event
     data = next((line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")), b"")

@@ -126,7 +126,7 @@ async def _normalised(chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
             if b"\n\n" not in pending:
                 continue
             complete, _, pending = pending.rpartition(b"\n\n")
-            if b"event: error" in complete:
+            if b"event: error" in complete or b'data: {"error"' in complete:
                 complete = b"".join(anthropic.normalise_event(e + b"\n\n") for e in complete.split(b"\n\n"))
             else:
                 complete += b"\n\n"
@@ -158,6 +158,9 @@ async def count_tokens(request: Request, router: Current, who: Chat) -> Response
     asked = anthropic.validate(body, CountTokensRequest)
     engine = _target(router, asked.model)
     setattr(request.state, MODEL, asked.model)
+    # A council's members also read its tool instructions: checked (as chat) before admission.
+    instructions = None if engine is None else engine.tool_text(
+        as_council_request(router, anthropic.count_to_chat(asked), checked=False))
     async with await router.limits.admit(who, asked.model) as admission:
         waiting = time.perf_counter()
         if engine is None:
@@ -166,18 +169,21 @@ async def count_tokens(request: Request, router: Current, who: Chat) -> Response
                 response = JSONResponse(anthropic.from_openai_error(response.status_code, bytes(response.body)),
                                         status_code=response.status_code)
         else:
-            response = JSONResponse({"input_tokens": await _council_count(engine, body)})
+            response = JSONResponse({"input_tokens": await _council_count(engine, body, instructions)})
         return _measured(router, response, asked.model, started, time.perf_counter() - waiting, "count_tokens")
 
 
-async def _council_count(engine: CouncilEngine, body: dict[str, Any]) -> int:
+async def _council_count(engine: CouncilEngine, body: dict[str, Any], instructions: str | None) -> int:
+    """The largest count among the council's processes, each of the request with what the council and the
+    member add to its system prompt (the council's tool instructions, then the member's own `system`)."""
     asks: dict[tuple[object, str | None], Any] = {}
     for seat in engine.seats:
         client = seat.client
         if isinstance(client, HttpMemberClient):  # a `remote:` model has no tokenizer here
-            key = (client.target or id(client), seat.sampling.system)
+            own = "\n\n".join(t for t in (instructions, seat.sampling.system) if t) or None
+            key = (client.target or id(client), own)
             if key not in asks:
-                payload = json.dumps(anthropic.with_own_system(body, seat.sampling.system)).encode()
+                payload = json.dumps(anthropic.with_own_system(body, own)).encode()
                 asks[key] = client.relay(payload, "/v1/messages/count_tokens")
     if not asks:
         raise ApiError(400, f"council {engine.name} has only remote members: no tokenizer here to count with",

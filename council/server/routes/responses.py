@@ -208,12 +208,13 @@ async def input_tokens(request: Request, router: Current, who: Chat) -> Response
     system prompts) differ, so each distinct member is asked and the largest count is the answer."""
     started = time.perf_counter()
     body, ask, engine, history = await _read(request, router)
-    admission = await router.limits.admit(who, ask.model)
     if engine is None:
         payload = {k: v for k, v in for_model(body, history).items() if k not in ("stream", "stream_options")}
         return await _passthrough(router, ask.model, json.dumps(payload).encode(), "/v1/responses/input_tokens",
-                                  admission, started)
+                                  await router.limits.admit(who, ask.model), started)
+    # Checked before admission: a refused body holds no place in the limits.
     council = as_council_request(router, to_chat(ask, body, history), checked=False)  # counting needs no more
+    admission = await router.limits.admit(who, ask.model)
     async with admission:
         asked = time.perf_counter()
         members = await _count(router, engine, council)
@@ -225,14 +226,16 @@ async def input_tokens(request: Request, router: Current, who: Chat) -> Response
 
 async def _count(router: Router, engine: CouncilEngine, council: CouncilRequest) -> list[dict[str, Any]]:
     """Each seat's prompt length as a process of its model counts it (`/v1/chat/completions/input_tokens`, the
-    body that seat is sent); seats with the same model and body are counted once. Remote members are left out."""
+    body that seat is sent: the council's tool instructions and its own system prompt in it); seats with the same
+    model and body are counted once. Remote members are left out."""
     asked: dict[tuple[str, bytes], asyncio.Future[int]] = {}
     seats: list[tuple[str, str, asyncio.Future[int]]] = []
+    body = engine.members_body(council, engine.toolbox(council))
     for seat in engine.seats:
         client = router.passthrough_client(seat.model)
         if client is None:
             continue
-        payload = {k: v for k, v in member_payload(council.members_payload, seat.sampling).items()
+        payload = {k: v for k, v in member_payload(body, seat.sampling).items()
                    if k not in ("stream", "stream_options")}
         raw = json.dumps(payload).encode()
         if (seat.model, raw) not in asked:
