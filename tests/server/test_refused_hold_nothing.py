@@ -34,3 +34,19 @@ async def test_a_refused_body_holds_no_place(tmp_path: Path, path: str, body: di
             assert code in refused.text
     assert router.limits.queues.get("c", 0) == 0
     assert router.keys.principal(f"Bearer {KEY}", "chat").in_flight == 0
+
+
+IMAGE = [{"type": "message", "role": "user", "content": [
+    {"type": "input_text", "text": "what is this?"},
+    {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}]
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/responses/input_tokens"])
+async def test_an_image_to_a_text_only_model_is_refused_before_it_is_relayed(tmp_path: Path, path: str) -> None:
+    """As chat and messages refuse it: the model has no vision projector (`--mmproj`)."""
+    router = _router(tmp_path)
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council") as http:
+        refused = await http.post(path, json={"model": "m", "input": IMAGE}, headers={"Authorization": f"Bearer {KEY}"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_content", refused.text
+    assert router.limits.queues.get("m", 0) == 0

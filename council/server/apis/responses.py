@@ -184,6 +184,13 @@ class ResponsesRequest(_Open):
     max_tool_calls: int | None = Field(default=None, ge=1)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
+    @property
+    def has_media(self) -> bool:
+        """Whether an input message carries an image (a model without a projector cannot read it)."""
+        return not isinstance(self.input, str) and any(
+            isinstance(item, MessageItem) and not isinstance(item.content, str)
+            and any(isinstance(part, InputImage) for part in item.content) for item in self.input)
+
     def check(self) -> None:
         """What a field alone cannot say."""
         if self.background:
