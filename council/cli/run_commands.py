@@ -149,6 +149,7 @@ def serve(
                              advertise_url=advertise)
     except (OSError, ValueError) as exc:
         raise fail(str(exc), 2) from None
+    router.public = not is_loopback(bind_host)
     for council_name, reason in router.refused.items():
         err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
     router.listeners.append(_change_line)

@@ -329,6 +329,7 @@ def schema_problems(item: BfclItem, tool_calls: Iterable[Mapping[str, Any]] | No
     """Why each failing call fails the tools sent with the item: an undeclared name, arguments that are not a JSON
     object, or arguments its JSON Schema refuses (checked with `jsonschema`). Empty when every call is valid."""
     import jsonschema
+    from referencing import Registry  # empty: nothing is fetched
 
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in item.tools}
     problems = []
@@ -344,7 +345,8 @@ def schema_problems(item: BfclItem, tool_calls: Iterable[Mapping[str, Any]] | No
         except ValueError:
             problems.append(f"{name}: arguments are not JSON")
             continue
-        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schemas[name]).iter_errors(args))
+        validator = jsonschema.Draft202012Validator(schemas[name], registry=Registry())
+        error = jsonschema.exceptions.best_match(validator.iter_errors(args))
         if error is not None:
             problems.append(f"{name}: {error.message}")
     return problems

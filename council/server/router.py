@@ -24,10 +24,13 @@ from council.cluster.store import StateError, StateStore, open_state
 from council.errors import CouncilError
 from council.members.binary import LlamaServerInfo
 from council.members.fleet import recipes_from_plan
+from council.members.launch import LaunchError
 from council.members.process import LifeConfig, MemberProcess
 from council.members.states import StateChange
+from council.plan.gguf import read_gguf
 from council.plan.gpus import Gpu, GpuInventory, nvml_gpus
 from council.plan.planner import PolicyPlan, plan_policy
+from council.policy.checks import environment_problems
 from council.policy.loading import LoadedPolicy, PolicyError, Problem, load_policy
 from council.policy.schema import Policy
 from council.server.auth import KeyRing
@@ -65,6 +68,10 @@ class RouterRole(Protocol):
         """Councils of the plan this router will not answer, with the reason."""
         ...
 
+    def check(self, loaded: LoadedPolicy, file: str) -> list[str]:
+        """Why this router cannot run a new policy here (a reload's check before it stops anything)."""
+        ...
+
     async def start(self, router: Router) -> Assembly: ...
 
     async def stop(self, router: Router) -> None: ...
@@ -91,6 +98,11 @@ class LocalRole:
 
     def refused(self, plan: PolicyPlan) -> dict[str, str]:
         return plan.refused
+
+    def check(self, loaded: LoadedPolicy, file: str) -> list[str]:
+        """What only this machine can say of a new policy (`council check`'s own checks: its files, their GGUF
+        headers, the draft types the installed llama-server knows): a reload refuses it before stopping anything."""
+        return [p.format(file) for p in environment_problems(loaded, self.server, read_gguf)]
 
     async def start(self, router: Router) -> Assembly:
         # Planned again now the store can say which neighbours' memory its leases count already.
@@ -129,6 +141,11 @@ class LocalRole:
         refused = [f"council {c.name} does not fit: {c.reason}" for c in plan.slots.councils if not c.admitted]
         if refused:
             raise ReloadError(refused)
+        try:  # every new process can be launched: found out now, not after the old ones stopped
+            for recipe in recipes_from_plan(plan, self.server):
+                recipe.make_spec(0)
+        except LaunchError as exc:
+            raise ReloadError([str(exc)]) from None
         # Our own leases would count against the new plan: give them back, lease anew, and on refusal take the
         # old ones again (the old councils never stopped).
         leases = router.leases
@@ -169,6 +186,9 @@ class PeerRole:
 
     def refused(self, plan: PolicyPlan) -> dict[str, str]:
         return {}  # this router places nothing: the hosts' plans decide
+
+    def check(self, loaded: LoadedPolicy, file: str) -> list[str]:
+        return []  # it launches nothing: its hosts check their own
 
     async def start(self, router: Router) -> Assembly:
         self._tasks.append(asyncio.create_task(router.registry.follow_forever(), name="registry"))
@@ -224,6 +244,7 @@ class Router:
         self.leases = LeaseKeeper(state, holder=f"{socket.gethostname()}:{os.getpid()}", on_lost=self.lease_lost)
         self.lost: dict[str, str] = {}  # council -> why its processes were stopped (its slots went elsewhere)
         self.keys = KeyRing(policy.server.api_keys)
+        self.public = False  # bound beyond loopback (`serve` says): a reload may not leave it without keys
         self.registry = Registry(state, policy.server.heartbeat,
                                  os.environ.get(policy.server.cluster_key_env) or None)
         self.limits = Limits(metrics, state, self.shared, policy.server.max_queue)
@@ -371,6 +392,15 @@ class Router:
         and those of routers on this host whose leases it sees (the leases count them)."""
         return await self.leases.for_planning(self.inventory(), os.getpid())
 
+    def _key_problems(self, loaded: LoadedPolicy) -> list[str]:
+        """A reload keeps the keys as `serve` demands them at start: each key's variable set, and keys at all
+        where the router is bound beyond loopback."""
+        keys = loaded.policy.server.api_keys
+        problems = [f"API key variable not set: {missing}" for missing in KeyRing(keys).missing_env]
+        if self.public and not keys:
+            problems.append("server.api_keys: this router is bound beyond loopback, so it needs API keys")
+        return problems
+
     async def reload(self) -> dict[str, list[str]]:
         """Re-read the policy: only processes whose launch inputs changed restart; a bad policy is refused."""
         async with self._reload_lock:
@@ -378,6 +408,9 @@ class Router:
                 loaded = load_policy(self.policy_path)
             except PolicyError as exc:
                 raise ReloadError(exc.lines()) from None
+            problems = self.role.check(loaded, str(self.policy_path)) + self._key_problems(loaded)
+            if problems:
+                raise ReloadError(problems)
             try:
                 plan = plan_policy(loaded.policy, await self.gpus())
             except (OSError, ValueError) as exc:

@@ -31,11 +31,14 @@ import functools
 import itertools
 import json
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
+import referencing
+import referencing.exceptions
+import referencing.jsonschema
 from jsonschema import exceptions as schema_errors
 from jsonschema import validators
 
@@ -43,6 +46,9 @@ from council.voting.extract import _canonical_json, extract
 from council.voting.recovery import looks_like_a_call, recover
 from council.voting.vote import Ballot, Decision, decide
 
+# An empty registry: a tool schema's `$ref`s resolve within it, and a remote one fails rather than being fetched
+# (jsonschema's default still downloads `http://` refs: a request could make the router fetch any URL, blocking).
+_NO_RETRIEVAL: referencing.Registry[Any] = referencing.Registry()
 NO_CALL = "(no call)"  # the vote of a seat that called no tool: no call key can look like it (names have no spaces)
 VALID = "valid"
 ABSENT = "(absent)"  # per-argument vote: the seat left this argument out
@@ -144,11 +150,37 @@ def _schema_problem(key: bytes) -> str | None:
 
 
 def _check_schema(schema: Any) -> str | None:
+    kind = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
-        validators.validator_for(schema, default=validators.Draft202012Validator).check_schema(schema)
+        kind.check_schema(schema)
     except schema_errors.SchemaError as exc:
         return str(exc.message)
+    refs = list(_refs(schema))
+    if not refs:
+        return None
+    dialect = str(schema.get("$schema", "")) if isinstance(schema, dict) else ""
+    spec = referencing.jsonschema.specification_with(dialect, default=referencing.jsonschema.DRAFT202012)
+    resolver = _NO_RETRIEVAL.resolver_with_root(spec.create_resource(schema))
+    for ref in refs:
+        try:
+            resolver.lookup(ref)
+        except referencing.exceptions.Unresolvable:
+            return f"$ref {ref!r} does not resolve within the tool's schema (remote schemas are never fetched)"
     return None
+
+
+def _refs(node: Any) -> Iterator[str]:
+    """The `$ref`s of a schema, outside subschemas with an `$id` of their own (which resolve against it)."""
+    if isinstance(node, dict):
+        if isinstance(ref := node.get("$ref"), str):
+            yield ref
+        for key, value in node.items():
+            if key not in ("$ref", "const", "enum", "default", "examples") and not (
+                    isinstance(value, dict) and "$id" in value):
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
 
 
 class Toolbox:
@@ -182,7 +214,7 @@ class Toolbox:
             problem = schema_problem(schema)
             if problem is None:
                 self._validators[name] = validators.validator_for(schema, default=validators.Draft202012Validator)(
-                    schema)
+                    schema, registry=_NO_RETRIEVAL)
             else:
                 self._validators[name] = f"{name}'s parameters are not a valid JSON Schema: {problem}"
         return self._validators[name]
@@ -199,7 +231,10 @@ class Toolbox:
         validator = self._validator(name)
         if isinstance(validator, str):
             return validator
-        error = schema_errors.best_match(validator.iter_errors(arguments))
+        try:
+            error = schema_errors.best_match(validator.iter_errors(arguments))
+        except referencing.exceptions.Unresolvable as exc:  # a $ref the request check could not see (nested $id)
+            return f"{name}'s parameters cannot be checked: $ref {getattr(exc, 'ref', exc)!r} does not resolve"
         if error is None:
             return VALID
         where = f" at {error.json_path}" if error.path else ""

@@ -239,6 +239,13 @@ def test_reload_restarts_only_changed_members_and_refuses_bad_policy(
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_policy"
     assert any("models.broken" in p for p in refused.json()["problems"])
     assert client.chat.completions.create(model="alphabet", messages=[{"role": "user", "content": "go"}]).choices
+    # A policy only this machine can refuse (a draft type the installed llama-server does not know): refused
+    # before anything stops, as `council check` refuses it; before, the changed processes were stopped first.
+    server.policy_path.write_text(policy(syn).replace("type: mtp", "type: ngram_mod"))
+    refused = httpx.post(f"{server.url}/admin/reload", timeout=60)
+    assert refused.status_code == 400, refused.text
+    assert any("models.syn.draft.type" in p and "ngram_mod" in p for p in refused.json()["problems"])
+    assert {m["name"]: m["pid"] for m in httpx.get(f"{server.url}/admin/members").json()["members"]} == after
 
 
 def test_reload_keeps_each_keys_bucket(serve: Callable[..., CouncilServer], syn: Path) -> None:

@@ -63,6 +63,9 @@ async def post(client: httpx.AsyncClient, body: object, **headers: str) -> httpx
     ({"model": "c", "messages": [{"role": "user", "content": "x"}], "tools": "all"}, "invalid_tools", "tools"),
     ({"model": "c", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {
         "name": "f", "parameters": {"type": "objekt"}}}]}, "invalid_tools", "`parameters` of f is not a valid JSON"),
+    ({"model": "c", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"properties": {"a": {"$ref": "http://169.254.169.254/s.json"}}}}}]},
+     "invalid_tools", "remote schemas are never fetched"),
     ({"model": "c", "messages": [{"role": "user", "content": "x"}], "stop": [1, 2]}, "invalid_stop", "stop"),
     ({"model": 7, "messages": [{"role": "user", "content": "x"}]}, "missing_model", "`model` is required"),
 ])

@@ -5,7 +5,9 @@ llama-server members: tests/server/test_tool_calls.py."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 
 from council.voting.engine import CouncilEngine, QuorumError
 from council.voting.request import CouncilRequest
-from council.voting.tools import CUT_OFF_CALL, NO_CALL, Toolbox, read_answer
+from council.voting.tools import CUT_OFF_CALL, NO_CALL, Toolbox, read_answer, schema_problem
 from tests.conftest import run_cli
 from tests.servers import until
 from tests.voting.fakes import Say, council
@@ -335,3 +337,40 @@ async def test_a_tool_council_as_a_cascade_asks_the_rest_only_where_its_first_se
     answer = await engine.ask(ask())
     assert returned(answer) == [weather("Rome")] and answer.council_json()["stage"] == 2
     assert [len(c.sent) for c in clients] == [1, 1, 1, 1, 1]
+
+
+def test_a_tool_schemas_refs_resolve_within_it_and_a_remote_one_is_never_fetched() -> None:
+    """jsonschema's default registry downloads `http://` refs: a request's tool schema could make the router fetch
+    any URL, blocking its event loop. Refs resolve within the schema; a dangling or remote one is refused (400
+    `invalid_tools` at the request) or, where a nested `$id` hides it from that check, makes the call invalid."""
+    fetched: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetched.append(self.path)
+            body = b'{"type": "string"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    remote = f"http://127.0.0.1:{server.server_address[1]}/schema.json"
+    try:
+        local = {"type": "object", "$defs": {"city": {"type": "string"}},
+                 "properties": {"city": {"$ref": "#/$defs/city"}}}
+        assert schema_problem(local) is None
+        assert "does not resolve" in (schema_problem({"properties": {"city": {"$ref": "#/$defs/nowhere"}}}) or "")
+        assert "never fetched" in (schema_problem({"properties": {"city": {"$ref": remote}}}) or "")
+        hidden = {"type": "object", "properties": {"city": {"$id": "urn:city", "$ref": remote}}}
+        box = Toolbox([{"type": "function", "function": {"name": "f", "parameters": hidden}}])
+        assert "does not resolve" in box.verdict("f", {"city": 1})
+        assert Toolbox([{"type": "function", "function": {"name": "g", "parameters": local}}]).verdict(
+            "g", {"city": 1}).startswith("arguments fail g's schema")
+    finally:
+        server.shutdown()
+    assert fetched == []
