@@ -63,6 +63,9 @@ def eval_(
     if tool_choice is not None and tool_choice not in ("auto", "required", "none"):
         raise fail(f"--tool-choice must be auto, required or none, not {tool_choice!r}", 2)
     extra = {"tool_choice": tool_choice} if tool_choice else None
+    if n is not None and n < 1:
+        # `--n 0` left nothing to score and `--n -1` sliced off the last item.
+        raise fail(f"--n must be at least 1, not {n}", 2)
     items: list[Any]
     try:
         items = sample_per_category(load_bfcl(data, wanted), n, seed) if bfcl else sample(load_items(data), n, seed)
@@ -92,7 +95,8 @@ def eval_(
         from council.evaluation.calls import score_calls
         from council.evaluation.report import print_calls_report
 
-        report = score_calls(records, items, council, data, recover=config.vote.recover_tool_calls)
+        report = score_calls(records, items, council, data, recover=config.vote.recover_tool_calls,
+                             seats=[(name, seat.model) for name, seat, _ in config.seats(council)])
         print_calls_report(report, out)
     else:
         report = score(records, council, config, data)

@@ -67,6 +67,22 @@ class ItemRecord(BaseModel):
     category: str | None = None
 
 
+def unanswered(records: Sequence[ItemRecord]) -> int:
+    """Items no member answered at all: the council refused the item, or the router could not be asked."""
+    return sum(not r.answers for r in records)
+
+
+def with_every_seat(records: Sequence[ItemRecord], seats: Sequence[tuple[str, str]]) -> list[ItemRecord]:
+    """The records with an item no member answered (`answers=[]`) given a failed answer from every seat, so that
+    it is scored wrong for each member and the council rather than breaking the per-seat tables. The seats are
+    those of the first record that has answers (the council that answered, which with `--url` is the router's),
+    else `seats` (name, model): the policy's."""
+    template = next(([(a.member, a.model) for a in r.answers] for r in records if r.answers), list(seats))
+    return [r if r.answers else r.model_copy(update={"answers": [
+        MemberAnswer(member=name, model=model, status="error", error=r.error or "no answer")
+        for name, model in template]}) for r in records]
+
+
 AnyItem = Item | BfclItem
 Asker = Callable[[AnyItem], Awaitable[tuple[list[MemberAnswer], str | None]]]
 

@@ -109,6 +109,17 @@ def test_eval_refuses_an_unknown_council(tmp_path: Path, syn: Path) -> None:
     assert result.returncode == 2 and "no council 'nope'" in result.stderr
 
 
+@pytest.mark.parametrize("args", [["--n", "0"], ["--n", "-1"], ["--n", "-1", "--seed", "1"]])
+def test_eval_refuses_fewer_than_one_item(tmp_path: Path, syn: Path, args: list[str]) -> None:
+    # `--n 0` crashed after the run, `--n -1` dropped the last item, and with `--seed` raised a ValueError.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}, {"question": "r", "answer": "2"}])
+    result = run_cli("eval", str(policy), "trio", str(data), *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: --n must be at least 1, not {args[1]}"
+
+
 @pytest.mark.parametrize("option", ["--json", "--html"])
 def test_eval_refuses_an_output_in_no_folder(tmp_path: Path, syn: Path, option: str) -> None:
     policy = tmp_path / "policy.yaml"
