@@ -48,7 +48,7 @@ def eval_(
     BFCL's AST rules, and calls that fail their schema. Exit 2 for a bad policy or data file."""
     from council.evaluation.bfcl import CATEGORIES, is_bfcl, load_bfcl, sample_per_category
     from council.evaluation.dataset import DatasetError, load_items, sample
-    from council.evaluation.record import http_asker, record_items
+    from council.evaluation.record import RecordError, http_asker, record_items, resumable
     from council.evaluation.report import print_report
     from council.evaluation.score import score
 
@@ -73,9 +73,14 @@ def eval_(
         raise fail(str(exc), 2) from None
     if concurrency < 1:
         raise fail("--concurrency must be at least 1", 2)
-    for option, target in (("--json", json_out), ("--html", html_out)):
+    for option, target in (("--json", json_out), ("--html", html_out), ("--record", record)):
         if target is not None and not Path(target).resolve().parent.is_dir():
             raise fail(f"{option} {target}: no such folder", 2)  # found out before the members are asked
+    append_to = Path(record) if record else None
+    try:
+        done = resumable(append_to, items) if append_to is not None else {}  # read before any member starts
+    except RecordError as exc:
+        raise fail(str(exc), 2) from None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=out, transient=True) as progress:
         task = progress.add_task(f"{council}: asking", total=len(items))
@@ -83,13 +88,13 @@ def eval_(
         def advance(_: Any) -> None:
             progress.advance(task)
 
-        append_to = Path(record) if record else None
         if url is not None:
             asker = http_asker(url, council, os.environ.get("COUNCIL_API_KEY"), timeout, extra)
             records = asyncio.run(record_items(asker, items, concurrency=concurrency, append_to=append_to,
-                                               on_record=advance))
+                                               on_record=advance, done=done))
         else:
-            records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance, extra))
+            records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance, done,
+                                               extra))
     report: Any
     if bfcl:
         from council.evaluation.calls import score_calls
@@ -112,7 +117,7 @@ def eval_(
 
 
 async def _record_here(loaded: Any, council: str, items: list[Any], concurrency: int, append_to: Path | None,
-                       advance: Any, extra: dict[str, Any] | None = None) -> list[Any]:
+                       advance: Any, done: dict[int, Any], extra: dict[str, Any] | None = None) -> list[Any]:
     """Start the council's members, record every item, stop them."""
     from council.evaluation.record import engine_asker, record_items
     from council.members.process import LifeConfig
@@ -133,7 +138,7 @@ async def _record_here(loaded: Any, council: str, items: list[Any], concurrency:
         if failed:
             raise fail(f"members failed to start: {', '.join(failed)} (see `council up`)", 1)
         return await record_items(engine_asker(assembly.engines[council], extra), items, concurrency=concurrency,
-                                  append_to=append_to, on_record=advance)
+                                  append_to=append_to, on_record=advance, done=done)
     finally:
         await assembly.supervisor.stop()
 
