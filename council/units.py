@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -18,10 +19,15 @@ _NUMBER_UNIT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 def _number_and_unit(value: object, default_unit: str, what: str, examples: str) -> tuple[float, str]:
     """`3GiB` -> (3.0, "gib"); a bare number takes `default_unit`. Booleans are not numbers here."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value), default_unit
-    if isinstance(value, str) and (m := _NUMBER_UNIT.match(value)):
-        return float(m.group(1)), (m.group(2) or default_unit).lower()
-    raise ValueError(f"{value!r} is not a {what}: write e.g. {examples}")
+        number, unit = float(value), default_unit
+    elif isinstance(value, str) and (m := _NUMBER_UNIT.match(value)):
+        number, unit = float(m.group(1)), (m.group(2) or default_unit).lower()
+    else:
+        raise ValueError(f"{value!r} is not a {what}: write e.g. {examples}")
+    # YAML's `.inf` and `.nan` are floats, and so is a 400-digit number (inf): none is a size or a duration.
+    if not math.isfinite(number):
+        raise ValueError(f"a {what} must be a finite number, not {value!r}")
+    return number, unit
 
 
 def parse_size(value: object) -> int:
@@ -31,7 +37,10 @@ def parse_size(value: object) -> int:
         raise ValueError(f"unknown size unit {unit!r} in {value!r}: use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")
     if number < 0:
         raise ValueError(f"a size cannot be negative: {value!r}")
-    return round(number * _SIZE_UNITS[unit])
+    size = number * _SIZE_UNITS[unit]
+    if not math.isfinite(size):
+        raise ValueError(f"a size must be a finite number, not {value!r}")
+    return round(size)
 
 
 def parse_duration(value: object) -> float:
@@ -41,7 +50,10 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"unknown duration unit {unit!r} in {value!r}: use ms, s, m or h")
     if number <= 0:
         raise ValueError(f"a duration must be positive: {value!r}")
-    return number * _DURATION_UNITS[unit]
+    seconds = number * _DURATION_UNITS[unit]
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number, not {value!r}")
+    return seconds
 
 
 def format_size(n: float) -> str:

@@ -73,6 +73,8 @@ def tally(
     if not isinstance(answers, list) or not answers:
         raise fail(f"{ballot}: `answers` must be a non-empty list of {{member, text}}", 2)
     how = extract or doc.get("extract") or "auto"
+    if not isinstance(how, str):
+        raise fail(f"{ballot}: `extract` must be a string (auto, number, choice, text, regex:...), not {how!r}", 2)
     chosen = strategy or doc.get("strategy") or "majority"
     if chosen not in STRATEGIES:
         raise fail(f"unknown strategy {chosen!r}: use {', '.join(STRATEGIES)}", 2)
@@ -83,6 +85,18 @@ def tally(
     tools = doc.get("tools")
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
         raise fail(f"{ballot}: `tools` must be a list of tool objects, as the request declared them", 2)
+    for i, tool in enumerate(tools or ()):
+        # As a live request is refused (council.server.requests.FunctionDef): a hand-made ballot must match it.
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise fail(f"{ballot}: tools[{i}] needs a `function` with a `name`, as the request declared it", 2)
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise fail(f"{ballot}: tools[{i}]: `function.parameters` must be a JSON Schema object, not "
+                       f"{parameters!r}", 2)
+    rules = doc.get("tie_break") or ["weight", "latency", "order"]
+    if not (isinstance(rules, list) and all(isinstance(r, str) for r in rules)):
+        raise fail(f"{ballot}: `tie_break` must be a list of rules (weight, latency, order...), not {rules!r}", 2)
     toolbox = Toolbox(tools, doc.get("tool_choice")) if tools else None
     mode = tool_vote or doc.get("tool_vote_mode") or "set"
     if mode not in ("set", "per_argument"):
@@ -117,7 +131,6 @@ def tally(
         vote = (extract_cut(text, how) if cut else extractor(text)) if text is not None else None
         ballots.append(Ballot(member=item["member"], order=i, answer=vote, text=text, weight=weight,
                               latency_ms=latency, confidence=confidence))
-    rules = doc.get("tie_break") or ["weight", "latency", "order"]
     try:
         # A recorded judge ballot re-votes by majority: the judge's model is not here to ask.
         temperature = float(doc.get("confidence_temperature") or 1.0)

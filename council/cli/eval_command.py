@@ -48,7 +48,7 @@ def eval_(
     BFCL's AST rules, and calls that fail their schema. Exit 2 for a bad policy or data file."""
     from council.evaluation.bfcl import CATEGORIES, is_bfcl, load_bfcl, sample_per_category
     from council.evaluation.dataset import DatasetError, load_items, sample
-    from council.evaluation.record import http_asker, record_items
+    from council.evaluation.record import RecordError, http_asker, record_items, resumable
     from council.evaluation.report import print_report
     from council.evaluation.score import score
 
@@ -63,6 +63,9 @@ def eval_(
     if tool_choice is not None and tool_choice not in ("auto", "required", "none"):
         raise fail(f"--tool-choice must be auto, required or none, not {tool_choice!r}", 2)
     extra = {"tool_choice": tool_choice} if tool_choice else None
+    if n is not None and n < 1:
+        # `--n 0` left nothing to score and `--n -1` sliced off the last item.
+        raise fail(f"--n must be at least 1, not {n}", 2)
     items: list[Any]
     try:
         items = sample_per_category(load_bfcl(data, wanted), n, seed) if bfcl else sample(load_items(data), n, seed)
@@ -70,9 +73,14 @@ def eval_(
         raise fail(str(exc), 2) from None
     if concurrency < 1:
         raise fail("--concurrency must be at least 1", 2)
-    for option, target in (("--json", json_out), ("--html", html_out)):
+    for option, target in (("--json", json_out), ("--html", html_out), ("--record", record)):
         if target is not None and not Path(target).resolve().parent.is_dir():
             raise fail(f"{option} {target}: no such folder", 2)  # found out before the members are asked
+    append_to = Path(record) if record else None
+    try:
+        done = resumable(append_to, items) if append_to is not None else {}  # read before any member starts
+    except RecordError as exc:
+        raise fail(str(exc), 2) from None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=out, transient=True) as progress:
         task = progress.add_task(f"{council}: asking", total=len(items))
@@ -80,19 +88,20 @@ def eval_(
         def advance(_: Any) -> None:
             progress.advance(task)
 
-        append_to = Path(record) if record else None
         if url is not None:
             asker = http_asker(url, council, os.environ.get("COUNCIL_API_KEY"), timeout, extra)
             records = asyncio.run(record_items(asker, items, concurrency=concurrency, append_to=append_to,
-                                               on_record=advance))
+                                               on_record=advance, done=done))
         else:
-            records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance, extra))
+            records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance, done,
+                                               extra))
     report: Any
     if bfcl:
         from council.evaluation.calls import score_calls
         from council.evaluation.report import print_calls_report
 
-        report = score_calls(records, items, council, data, recover=config.vote.recover_tool_calls)
+        report = score_calls(records, items, council, data, recover=config.vote.recover_tool_calls,
+                             seats=[(name, seat.model) for name, seat, _ in config.seats(council)])
         print_calls_report(report, out)
     else:
         report = score(records, council, config, data)
@@ -108,7 +117,7 @@ def eval_(
 
 
 async def _record_here(loaded: Any, council: str, items: list[Any], concurrency: int, append_to: Path | None,
-                       advance: Any, extra: dict[str, Any] | None = None) -> list[Any]:
+                       advance: Any, done: dict[int, Any], extra: dict[str, Any] | None = None) -> list[Any]:
     """Start the council's members, record every item, stop them."""
     from council.evaluation.record import engine_asker, record_items
     from council.members.process import LifeConfig
@@ -129,7 +138,7 @@ async def _record_here(loaded: Any, council: str, items: list[Any], concurrency:
         if failed:
             raise fail(f"members failed to start: {', '.join(failed)} (see `council up`)", 1)
         return await record_items(engine_asker(assembly.engines[council], extra), items, concurrency=concurrency,
-                                  append_to=append_to, on_record=advance)
+                                  append_to=append_to, on_record=advance, done=done)
     finally:
         await assembly.supervisor.stop()
 

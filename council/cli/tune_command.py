@@ -23,18 +23,30 @@ def _ns(text: str) -> list[int]:
 
 
 def _prompts(path: str | None) -> list[str] | None:
-    """A prompts file: a JSON list of strings, or one prompt per paragraph (blank lines between)."""
+    """A prompts file: a JSON list of strings, or one prompt per paragraph (blank lines between). ValueError, its
+    message `FILE: what is wrong`, for a file that cannot be used."""
     if path is None:
         return None
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if text.lstrip().startswith("["):
-        prompts = json.loads(text)
+        try:
+            prompts = json.loads(text)
+        except json.JSONDecodeError as exc:
+            # A file starting with `[` is taken for JSON: say where it stops being JSON.
+            raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         if not (isinstance(prompts, list) and all(isinstance(p, str) for p in prompts)):
-            raise typer.BadParameter("a JSON prompts file must be a list of strings")
+            raise ValueError(f"{path}: a JSON prompts file must be a list of strings")
     else:
         prompts = [p.strip() for p in text.split("\n\n") if p.strip()]
     if not prompts:
-        raise typer.BadParameter(f"{path} holds no prompts")
+        raise ValueError(f"{path} holds no prompts")
     return prompts
 
 
@@ -59,10 +71,13 @@ def tune(
     ns = _ns(n)
     if model not in loaded.policy.models:
         raise fail(f"{policy} has no model {model!r} (it has: {', '.join(loaded.policy.models)})", 2)
+    try:
+        chosen = _prompts(prompts) or list(PROMPTS)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
     server = find_llama_server(require_mtp=False)
     if server is None:
         raise fail("no llama-server found: run `council setup`", 1)
-    chosen = _prompts(prompts) or list(PROMPTS)
     out.print(f"tuning {model} ({loaded.policy.models[model].draft.type}): n = {', '.join(map(str, ns))}, "
               f"{len(chosen)} prompts × {tokens} tokens", highlight=False)
     try:

@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from council.evaluation.bfcl import BfclItem, grade, schema_problems
-from council.evaluation.record import ItemRecord, MemberAnswer
+from council.evaluation.record import ItemRecord, MemberAnswer, unanswered, with_every_seat
 from council.voting.extract import canonical_tool_call
 
 Calls = list[dict[str, Any]]
@@ -209,6 +209,8 @@ class CallsReport(BaseModel):
     council: str
     data: str
     items: int
+    # Items no member answered (refused, or the router could not be asked): counted wrong for every row.
+    unanswered: int = 0
     categories: list[str]
     members: list[CallsRow]
     councils: list[CallsRow]
@@ -336,15 +338,18 @@ def with_recovered_calls(records: Sequence[ItemRecord], items: Mapping[str, Bfcl
 
 
 def score_calls(records: list[ItemRecord], items: Sequence[BfclItem], council: str, data: str,
-                recover: bool = True) -> CallsReport:
-    """Per member and per call vote; with `recover`, calls written as text count as the council reads them."""
+                recover: bool = True, seats: Sequence[tuple[str, str]] = ()) -> CallsReport:
+    """Per member and per call vote; with `recover`, calls written as text count as the council reads them. An item
+    no member answered counts wrong for every seat (`seats`, (name, model), name them when no item was answered)."""
+    none = unanswered(records)
+    records = with_every_seat(records, seats)
     by_id = {i.id: i for i in items}
     missing = [r.item_id for r in records if r.item_id not in by_id]
     if missing:
         raise KeyError(f"records of items not in the data: {', '.join(map(str, missing[:5]))}")
     if recover:
         records = with_recovered_calls(records, by_id)
-    return CallsReport(council=council, data=data, items=len(records),
+    return CallsReport(council=council, data=data, items=len(records), unanswered=none,
                        categories=list(dict.fromkeys(r.category or "?" for r in records)),
                        members=member_rows(records, by_id), councils=[council_row(records, by_id, m) for m in VOTERS],
                        oracle=oracle_row(records, by_id), items_scored=score_items(records, by_id), records=records)

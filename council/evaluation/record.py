@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from council.errors import CouncilError
 from council.evaluation.bfcl import BfclItem
 from council.evaluation.dataset import Item
 from council.voting.engine import CouncilAnswer, CouncilEngine, QuorumError, RequestRejected, SeatOutcome
@@ -65,6 +66,22 @@ class ItemRecord(BaseModel):
     # Function-calling data (BFCL): the item's id and category; `reference` is its ground truth as JSON.
     item_id: str | None = None
     category: str | None = None
+
+
+def unanswered(records: Sequence[ItemRecord]) -> int:
+    """Items no member answered at all: the council refused the item, or the router could not be asked."""
+    return sum(not r.answers for r in records)
+
+
+def with_every_seat(records: Sequence[ItemRecord], seats: Sequence[tuple[str, str]]) -> list[ItemRecord]:
+    """The records with an item no member answered (`answers=[]`) given a failed answer from every seat, so that
+    it is scored wrong for each member and the council rather than breaking the per-seat tables. The seats are
+    those of the first record that has answers (the council that answered, which with `--url` is the router's),
+    else `seats` (name, model): the policy's."""
+    template = next(([(a.member, a.model) for a in r.answers] for r in records if r.answers), list(seats))
+    return [r if r.answers else r.model_copy(update={"answers": [
+        MemberAnswer(member=name, model=model, status="error", error=r.error or "no answer")
+        for name, model in template]}) for r in records]
 
 
 AnyItem = Item | BfclItem
@@ -133,24 +150,76 @@ def http_asker(url: str, council: str, api_key: str | None, timeout: float,
     return ask
 
 
-def read_records(path: Path) -> dict[int, ItemRecord]:
-    """Records already in a JSONL file (to resume a run), by item index."""
+class RecordError(CouncilError, ValueError):
+    """A records file that cannot be read or resumed from; the message is `file:line: what is wrong`."""
+
+
+def _problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+def _numbered_records(path: Path) -> list[tuple[int, ItemRecord]]:
+    if not path.exists():
+        return []
     if not path.is_file():
-        return {}
-    records = [ItemRecord.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r.index: r for r in records}
+        raise RecordError(f"{path}: not a file")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: not UTF-8 text") from None
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((number, ItemRecord.model_validate_json(line)))
+        except ValidationError as exc:
+            # A run killed while writing leaves a cut last line: named, so it can be removed by hand.
+            raise RecordError(f"{path}:{number}: not a record ({_problem(exc)})") from None
+    return out
+
+
+def read_records(path: Path) -> dict[int, ItemRecord]:
+    """Records already in a JSONL file (to resume a run), by item index; RecordError for a line that is not one."""
+    return {r.index: r for _, r in _numbered_records(path)}
+
+
+def resumable(path: Path, items: Sequence[AnyItem]) -> dict[int, ItemRecord]:
+    """The records of `path` that answer `items`, by index: what a resumed run does not ask again. RecordError for a
+    line that is not a record, or a record of an item whose question is not the data's at that index (a recording
+    of other data, whose answers would be scored against this data's references)."""
+    by_index = {item.index: item for item in items}
+    done: dict[int, ItemRecord] = {}
+    for number, record in _numbered_records(path):
+        item = by_index.get(record.index)
+        if item is None or record.item_id != (item.id if isinstance(item, BfclItem) else None):
+            continue  # not asked now, or (BFCL) another item at this index: asked again, as before
+        if record.question != item.question:
+            raise RecordError(f"{path}:{number}: item {record.index} is {_short(record.question)} here but "
+                              f"{_short(item.question)} in the data (line {item.line}): a recording of other data?")
+        done[record.index] = record
+    return done
+
+
+def _short(text: str, size: int = 60) -> str:
+    return repr(text if len(text) <= size else text[:size - 1] + "…")
 
 
 async def record_items(ask: Asker, items: Sequence[AnyItem], *, concurrency: int = 1, append_to: Path | None = None,
-                       on_record: Callable[[ItemRecord], None] | None = None) -> list[ItemRecord]:
-    """Ask every item (`concurrency` at a time); items already in `append_to` are not asked again."""
-    done = read_records(append_to) if append_to is not None else {}
+                       on_record: Callable[[ItemRecord], None] | None = None,
+                       done: dict[int, ItemRecord] | None = None) -> list[ItemRecord]:
+    """Ask every item (`concurrency` at a time); items already in `append_to` are not asked again (`done`: those
+    records, when the caller has read them already with `resumable`)."""
+    if done is None:
+        done = resumable(append_to, items) if append_to is not None else {}
     gate = asyncio.Semaphore(concurrency)
     sink = append_to.open("a") if append_to is not None else None
 
     async def one(item: Item) -> ItemRecord:
         item_id = item.id if isinstance(item, BfclItem) else None
-        if item.index in done and done[item.index].item_id == item_id:
+        if item.index in done:
             record = done[item.index]
         else:
             async with gate:

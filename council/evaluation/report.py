@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from council.evaluation.calls import CallsReport
+from council.evaluation.record import ItemRecord
 from council.evaluation.score import EvalReport
 
 
@@ -55,6 +56,15 @@ def print_report(report: EvalReport, out: Console) -> None:
         loo.add_row(row.member, _pct(row.accuracy_without), f"{100 * row.delta:+.1f} pts", str(row.changed_items),
                     row.verdict)
     out.print(loo)
+    _print_unanswered(report.unanswered, report.items, report.records, out)
+
+
+def _print_unanswered(count: int, n: int, records: list[ItemRecord], out: Console) -> None:
+    """Say so when some items were never answered: they are counted wrong everywhere, and why matters."""
+    if count:
+        why = next((r.error for r in records if r.error and all(a.status != "ok" for a in r.answers)), None)
+        out.print(f"{count} of {n} items got no answer from any member (counted wrong for every member and the "
+                  f"council){f'; the first: {why}' if why else ''}", markup=False)
 
 
 def print_calls_report(report: CallsReport, out: Console) -> None:
@@ -74,3 +84,4 @@ def print_calls_report(report: CallsReport, out: Console) -> None:
         cost.add_row(row.name, str(o.invalid_calls), str(o.undecided), f"{o.tokens_per_item:.0f}",
                      f"{o.ms_per_item / 1000:.1f}")
     out.print(cost)
+    _print_unanswered(report.unanswered, report.items, report.records, out)

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from pydantic import BaseModel
 
-from council.evaluation.record import ItemRecord, MemberAnswer
+from council.evaluation.record import ItemRecord, MemberAnswer, unanswered, with_every_seat
 from council.policy.schema import CascadeConfig, CouncilConfig
 from council.voting.extract import extract, extract_cut
 from council.voting.vote import Ballot, Decision, VoteError, decide, seat_value, stop_after
@@ -101,6 +101,9 @@ class EvalReport(BaseModel):
     council: str
     data: str
     items: int
+    # Items no member answered (refused, e.g. longer than ctx_size; or the router could not be asked): each
+    # member and the council count them wrong; their records have a failed answer from every seat.
+    unanswered: int = 0
     strategy: str  # the council's own strategy and extractor, which `spend` and `leave_one_out` use
     extract: str
     members: list[MemberScore]
@@ -417,7 +420,9 @@ EXTRACTORS = ("auto", "number", "choice", "text")
 
 
 def score(records: list[ItemRecord], council: str, config: CouncilConfig, data: str) -> EvalReport:
-    records = with_caps(records, config, council)
+    missing = unanswered(records)
+    records = with_caps(with_every_seat(records, [(name, seat.model) for name, seat, _ in config.seats(council)]),
+                        config, council)
     vote = config.vote
     own = Rule(vote.strategy if vote.strategy != "judge" else "majority", vote.extract, vote.confidence,
                vote.confidence_temperature, tuple(vote.tie_break))
@@ -431,7 +436,8 @@ def score(records: list[ItemRecord], council: str, config: CouncilConfig, data: 
     best = max(members, key=lambda m: (m.accuracy, -members.index(m)))
     sampled = greedy_and_samples(members, config, council)
     plans = all_plans(records, own, config)
-    return EvalReport(council=council, data=data, items=len(records), strategy=own.strategy, extract=own.extract,
+    return EvalReport(council=council, data=data, items=len(records), unanswered=missing, strategy=own.strategy,
+                      extract=own.extract,
                       members=members, best_member=best.name,
                       best_member_held_out=held_out_best(records, vote.extract),
                       greedy_member=sampled[0].name if sampled else None,

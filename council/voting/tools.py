@@ -150,6 +150,9 @@ def _schema_problem(key: bytes) -> str | None:
 
 
 def _check_schema(schema: Any) -> str | None:
+    if not isinstance(schema, Mapping | bool):
+        # jsonschema looks `$schema` up in it first: a number there is a TypeError, not a SchemaError.
+        return f"{schema!r} is not a JSON Schema (an object)"
     kind = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         kind.check_schema(schema)

@@ -22,6 +22,10 @@ ANSWERS = [
 ]
 
 
+CALLS = [{"member": "a", "text": "", "tool_calls": [{"type": "function", "function": {"name": "f",
+                                                                                    "arguments": "{}"}}]}]
+
+
 def test_tally_majority_and_override(tmp_path: Path) -> None:
     path = write(tmp_path, {"council": "x", "strategy": "majority", "extract": "number", "answers": ANSWERS})
     result = run_cli("tally", str(path))
@@ -56,12 +60,23 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path: Path) -> None:
         ({"answers": [{"member": "a", "text": "1", "weight": -1}]}, "weight must be positive"),
         ({"strategy": "plurality", "answers": ANSWERS}, "unknown strategy 'plurality'"),
         ({"extract": "regex:(", "answers": ANSWERS}, "bad extractor 'regex:('"),
+        # Hand-made ballots that were tracebacks (exit 1): an extractor that is no string, a tool's `parameters`
+        # that is no object, tools or tie-break rules of the wrong shape.
+        ({"extract": 5, "answers": ANSWERS}, "`extract` must be a string (auto, number, choice, text, regex:...), "
+                                             "not 5"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": 5}}], "answers": CALLS},
+         "tools[0]: `function.parameters` must be a JSON Schema object, not 5"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": 1.5}}], "answers": CALLS},
+         "tools[0]: `function.parameters` must be a JSON Schema object, not 1.5"),
+        ({"tools": [{"type": "function", "name": "f"}], "answers": CALLS},
+         "tools[0] needs a `function` with a `name`"),
+        ({"tie_break": "weight", "answers": ANSWERS}, "`tie_break` must be a list of rules"),
     ]
     for doc, message in cases:
         result = run_cli("tally", str(write(tmp_path, doc)))
         assert result.returncode == 2, (doc, result.stdout)
         assert message in result.stderr, (doc, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert run_cli("tally", str(tmp_path / "missing.json")).returncode == 2
 
 

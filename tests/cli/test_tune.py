@@ -101,3 +101,25 @@ def test_write_edits_keep_the_layout() -> None:
     assert edited == ("models:\n  m:\n    path: /m.gguf  # here\n    draft:\n      type: mtp   # head\n"
                       "      n_max: auto\n      auto: {start: 2}\n      step_cost: {0: 1.0, 2: 1.4}\n")
     assert set_value("a: {b: 1}  # c\n", ["a", "b"], "2") == "a: {b: 2}  # c\n"
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (None, ": no such file"),
+    ('["one prompt",\n "two", oops]', ":2: not valid JSON (Expecting value)"),
+    ('[1, 2]', ": a JSON prompts file must be a list of strings"),
+    ("\n\n  \n", " holds no prompts"),
+])
+def test_a_bad_prompts_file_is_one_line_naming_it(tmp_path: Path, syn: Path, content: str | None, says: str) -> None:
+    from council.cli.tune_command import _prompts
+
+    prompts = tmp_path / "prompts.txt"
+    if content is not None:
+        prompts.write_text(content)
+    with pytest.raises(ValueError) as caught:
+        _prompts(str(prompts))
+    assert str(caught.value) == f"{prompts}{says}"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn))
+    # Found before any llama-server starts; a missing or broken file used to be a traceback.
+    result = run_cli("tune", str(policy), "syn", "--prompts", str(prompts))
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {prompts}{says}", result.stderr

@@ -108,3 +108,19 @@ def test_a_cascade_answers_from_its_first_seats_where_they_agree_and_asks_every_
     # Tokens only of the seats asked: 2, 5, 2 and 5 seats of 10 tokens each.
     assert row.overall().tokens_per_item == (20 + 50 + 20 + 50) / 4
     assert cascade_row(records, {item.id: item}, "set", first=5).hits == [True, False, True, True]  # all first
+
+
+def test_an_item_no_member_answered_counts_wrong_for_every_row(items: dict[str, BfclItem]) -> None:
+    chosen = [items["simple_python_0"], items["parallel_0"]]
+    records = [ItemRecord(index=n, line=n + 1, question=item.question, reference=item.reference, wall_ms=1000,
+                          answers=[seat(0, reference_calls(item)), seat(1, reference_calls(item))] if n == 0 else [],
+                          error=None if n == 0 else "503: no member can take it", item_id=item.id,
+                          category=item.category) for n, item in enumerate(chosen)]
+    report = score_calls(records, chosen, "c", "bfcl", seats=[("c/0", "m"), ("c/1", "m")])
+    assert report.unanswered == 1 and [m.name for m in report.members] == ["c/0", "c/1"]
+    assert all(m.hits == [True, False] for m in report.members) and report.councils[0].hits == [True, False]
+    assert report.oracle.hits == [True, False]
+    # None answered: the seats come from the policy.
+    report = score_calls([r.model_copy(update={"answers": []}) for r in records], chosen, "c", "bfcl",
+                         seats=[("c/0", "m"), ("c/1", "m")])
+    assert report.unanswered == 2 and [m.hits for m in report.members] == [[False, False]] * 2

@@ -109,7 +109,46 @@ def test_eval_refuses_an_unknown_council(tmp_path: Path, syn: Path) -> None:
     assert result.returncode == 2 and "no council 'nope'" in result.stderr
 
 
-@pytest.mark.parametrize("option", ["--json", "--html"])
+@pytest.mark.parametrize("args", [["--n", "0"], ["--n", "-1"], ["--n", "-1", "--seed", "1"]])
+def test_eval_refuses_fewer_than_one_item(tmp_path: Path, syn: Path, args: list[str]) -> None:
+    # `--n 0` crashed after the run, `--n -1` dropped the last item, and with `--seed` raised a ValueError.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}, {"question": "r", "answer": "2"}])
+    result = run_cli("eval", str(policy), "trio", str(data), *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: --n must be at least 1, not {args[1]}"
+
+
+@pytest.mark.parametrize("here", [True, False], ids=["members here", "--url"])
+def test_eval_refuses_a_record_file_it_cannot_resume_from_before_asking(tmp_path: Path, syn: Path,
+                                                                          llama_server_bin: LlamaServerInfo,
+                                                                          here: bool) -> None:
+    home = tmp_path / "home"
+    env = {"COUNCIL_HOME": str(home), "LLAMA_SERVER": str(llama_server_bin.path)}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "abc"}, {"question": "r", "answer": "abcd"}])
+    url = [] if here else ["--url", "http://127.0.0.1:9"]  # nothing listens there: it must not be asked
+    kept = ('{"index": 0, "line": 1, "question": "q", "reference": "abc", "wall_ms": 1.0, "answers": '
+            '[{"member": "trio/0", "model": "syn", "status": "ok", "text": "abc"}]}\n')
+    record = tmp_path / "r.jsonl"
+    record.write_text(kept + kept.replace('"index": 0', '"index": 1')[:50])  # a run killed while writing
+    result = run_cli("eval", str(policy), "trio", str(data), "--record", str(record), *url, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {record}:2: not a record (Invalid JSON") and \
+        result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (home / "run").exists()  # no member was started (their logs and pid files go there)
+    # A recording of other data: item 1 asked another question there.
+    record.write_text(kept + kept.replace('"index": 0', '"index": 1').replace('"q"', '"other"'))
+    result = run_cli("eval", str(policy), "trio", str(data), "--record", str(record), *url, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"error: {record}:2: item 1 is 'other' here but 'r' in the data (line 2): a "
+                                     "recording of other data?")
+    assert record.read_text().count("\n") == 2  # nothing appended
+
+
+@pytest.mark.parametrize("option", ["--json", "--html", "--record"])
 def test_eval_refuses_an_output_in_no_folder(tmp_path: Path, syn: Path, option: str) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(council_policy(syn))

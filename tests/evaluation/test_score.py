@@ -128,3 +128,23 @@ def test_every_plan_is_replayed_and_the_pareto_front_marked() -> None:
         ("7", 1.0, True, 5), ("7", 0.8, True, 4), ("7", 0.6, True, 3)]
     assert (items[6].answer, items[6].agreement, items[6].correct, items[6].right_seats) == ("8", 0.8, False, 1)
     assert sum(i.correct for i in items) / len(items) == report.council_accuracy
+
+
+def test_an_item_no_member_answered_is_scored_wrong_for_every_member_and_the_council() -> None:
+    # Item 1 was refused for every seat (longer than ctx_size: `answers=[]`); the others are right for all.
+    recorded = records(["11111", "11111", "11111"], SEATS)
+    recorded[1] = recorded[1].model_copy(update={"answers": [], "error": "the prompt is longer than ctx_size"})
+    report = score(recorded, "sc", SAMPLES, "data.jsonl")
+    assert report.items == 3 and report.unanswered == 1
+    assert [(m.name, m.correct, m.answered) for m in report.members] == [(name, 2, 2) for name in SEATS]
+    assert report.council_accuracy == pytest.approx(2 / 3) and report.oracle == pytest.approx(2 / 3)
+    assert [i.correct for i in report.items_scored] == [True, False, True]
+    assert all(len(row.answers) == len(SEATS) for row in report.records)  # the item is kept, every seat failed
+    assert {a.status for a in report.records[1].answers} == {"error"}
+    assert "1 of 3 items got no answer from any member" in printed(report)
+    assert "the prompt is longer than ctx_size" in printed(report)
+    # No item answered at all (a router that could not be reached): the policy names the seats.
+    nothing = [r.model_copy(update={"answers": []}) for r in recorded]
+    report = score(nothing, "sc", SAMPLES, "data.jsonl")
+    assert report.unanswered == 3 and [m.name for m in report.members] == SEATS
+    assert report.council_accuracy == 0.0 and all(m.correct == 0 for m in report.members)

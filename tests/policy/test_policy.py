@@ -306,3 +306,30 @@ def test_a_listed_cascade_must_fit_the_fallbacks_seats(tmp_path: Path) -> None:
     assert [line.split(": ", 2)[2] for line in problems(three)] == [
         "the fallback keeps 4 seats (0..3) but the cascade's stages name seat 4; write the cascade as `{first: N}` "
         "(it fits any council) or keep more members"]
+
+
+def test_sizes_and_durations_must_be_finite(tmp_path: Path) -> None:
+    # `.inf` as a size made round() raise OverflowError (a traceback, a reload answering 500); `.nan` as a duration
+    # passed the `<= 0` check and later killed the heartbeat task.
+    for bad in (float("inf"), float("nan"), "9" * 400, "1" + "0" * 300 + "TiB"):  # the last: finite until its unit
+        with pytest.raises(ValueError, match="must be a finite number"):
+            parse_size(bad)
+    for bad in (float("nan"), float("inf"), "9" * 400 + "h"):
+        with pytest.raises(ValueError, match="must be a finite number"):
+            parse_duration(bad)
+    path = write(tmp_path, """
+        gpus:
+          - {name: cpu, memory: .inf}
+        models:
+          small: {path: /nonexistent/s.gguf, memory: 1GiB}
+        councils:
+          pair:
+            members: [{model: small}]
+            timeout: .nan
+        """)
+    f = str(path)
+    assert problems(path) == [f"{f}:2: gpus.0.memory: a size must be a finite number, not inf",
+                              f"{f}:8: councils.pair.timeout: a duration must be a finite number, not nan"]
+    result = run_cli("check", f)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == problems(path)

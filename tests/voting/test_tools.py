@@ -239,6 +239,10 @@ def test_a_reply_cut_off_while_writing_a_call_abstains() -> None:
 def test_a_tool_whose_parameters_are_no_schema_fails_its_calls_with_the_reason() -> None:
     box = Toolbox([{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}])
     assert box.call("f", "{}").verdict.startswith("f's parameters are not a valid JSON Schema: ")
+    # Not an object at all (a hand-made ballot): a number was a TypeError from jsonschema, not a verdict.
+    for parameters in (5, 1.5, "x", [1]):
+        box = Toolbox([{"type": "function", "function": {"name": "f", "parameters": parameters}}])
+        assert box.call("f", "{}").verdict.startswith("f's parameters are not a valid JSON Schema: "), parameters
 
 
 async def test_tally_re_runs_a_tool_call_ballot(tmp_path: Path) -> None:
