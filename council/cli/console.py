@@ -57,6 +57,19 @@ def llama_server_or_exit() -> Any:
     return server
 
 
+def machine_fits_or_exit(loaded: Any, server: Any) -> None:
+    """Exit 2 with `council check`'s own lines where only this machine can refuse the policy (a draft type the
+    installed llama-server lacks, a GGUF it cannot read): before any process starts, not as a traceback after."""
+    from council.plan.gguf import read_gguf
+    from council.policy.checks import environment_problems
+
+    problems = environment_problems(loaded, server, read_gguf)
+    for problem in problems:
+        err.print(problem.format(loaded.file), highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
+
+
 def plan_or_exit(loaded: Any) -> Any:
     """The policy's plan, or exit 2 with the reason (a model file that cannot be read, say)."""
     from council.plan.planner import plan_policy

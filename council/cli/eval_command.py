@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from council.cli.console import app, fail, llama_server_or_exit, load_or_exit, out, plan_or_exit
+from council.cli.console import app, fail, llama_server_or_exit, load_or_exit, machine_fits_or_exit, out, plan_or_exit
 
 
 @app.command("eval")
@@ -125,6 +125,7 @@ async def _record_here(loaded: Any, council: str, items: list[Any], concurrency:
     from council.voting.assembly import assemble
 
     server = llama_server_or_exit()
+    machine_fits_or_exit(loaded, server)
     plan = plan_or_exit(loaded)
     if council not in plan.configs:
         raise fail(f"council {council} does not fit: {plan.refused.get(council)}", 3)

@@ -10,7 +10,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from council.cli.console import app, err, fail, llama_server_or_exit, load_or_exit, out, plan_or_exit
+from council.cli.console import (
+    app,
+    err,
+    fail,
+    llama_server_or_exit,
+    load_or_exit,
+    machine_fits_or_exit,
+    out,
+    plan_or_exit,
+)
 
 
 @app.command()
@@ -25,6 +34,7 @@ def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -
 
     loaded = load_or_exit(policy)
     server = llama_server_or_exit()
+    machine_fits_or_exit(loaded, server)
     plan_result = plan_or_exit(loaded)
     for council_name, reason in plan_result.refused.items():
         err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
@@ -137,6 +147,8 @@ def serve(
     server = find_llama_server(require_mtp=False)
     if server is None:
         raise fail("no llama-server found: run `council setup`", 1)
+    if role != "router":  # a router launches nothing: its hosts check their own
+        machine_fits_or_exit(loaded, server)
     advertise = settings.advertise_url or f"http://{bind_host}:{bind_port}"
     try:
         sockets = [_reuse_port_socket(bind_host, bind_port)] if reuse_port else None

@@ -15,6 +15,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from council.members.binary import LlamaServerInfo
 from tests.conftest import run_cli
 from tests.policies import member_entry, policy_yaml
 from tests.servers import CouncilServer
@@ -271,3 +272,22 @@ def test_schemathesis_finds_no_server_error(open_server: CouncilServer) -> None:
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:]
     assert " passed" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1]
+
+
+@pytest.mark.parametrize("command", [["up"], ["serve"], ["eval", "alphabet", "DATA"]])
+def test_a_policy_only_this_machine_refuses_is_exit_2_before_anything_starts(
+        syn: Path, tmp_path: Path, command: list[str], llama_server_bin: LlamaServerInfo) -> None:
+    """A draft type the installed llama-server lacks: `council check`'s own lines, exit 2, no process started.
+    Before, `up` and `eval` failed building the launch with a traceback (exit 1) and `serve` with uvicorn's
+    lifespan log (exit 3)."""
+    path = tmp_path / "typo.yaml"
+    path.write_text(policy(syn).replace("type: mtp", "type: ngram_mod"))
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"question": "go", "answer": "abcdef"}\n')
+    result = run_cli(command[0], str(path), *[str(data) if a == "DATA" else a for a in command[1:]],
+                     env={"COUNCIL_HOME": str(tmp_path / "home"), "LLAMA_SERVER": str(llama_server_bin.path)},
+                     timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "models.syn.draft.type" in result.stderr and "ngram_mod" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "home" / "run").exists()  # no member was started
