@@ -120,9 +120,11 @@ def serve(
 
     loaded = load_or_exit(policy)
     settings = loaded.policy.server
-    bind_host, bind_port = host or settings.host, port or settings.port
+    # `--host ""` is every interface, not "use the policy's": it must meet the key check below.
+    bind_host, bind_port = host if host is not None else settings.host, port or settings.port
     if not is_loopback(bind_host) and not settings.api_keys:
-        raise fail(f"refusing to serve on {bind_host} without API keys: add server.api_keys to the policy "
+        where = bind_host or '"" (every interface)'
+        raise fail(f"refusing to serve on {where} without API keys: add server.api_keys to the policy "
                    "(or bind 127.0.0.1)", 2)
     keys = KeyRing(settings.api_keys)
     if keys.missing_env:
