@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.table import Table
@@ -130,9 +132,11 @@ def serve(
 
     loaded = load_or_exit(policy)
     settings = loaded.policy.server
-    bind_host, bind_port = host or settings.host, port or settings.port
+    # `--host ""` is every interface, not "use the policy's": it must meet the key check below.
+    bind_host, bind_port = host if host is not None else settings.host, port or settings.port
     if not is_loopback(bind_host) and not settings.api_keys:
-        raise fail(f"refusing to serve on {bind_host} without API keys: add server.api_keys to the policy "
+        where = bind_host or '"" (every interface)'
+        raise fail(f"refusing to serve on {where} without API keys: add server.api_keys to the policy "
                    "(or bind 127.0.0.1)", 2)
     keys = KeyRing(settings.api_keys)
     if keys.missing_env:
@@ -144,12 +148,18 @@ def serve(
     if reuse_port and role != "router":
         # Routers hold no members, so any of them can take any connection; hosts and `both` run members.
         raise fail("--reuse-port is for --role router (several routers over the same hosts share one port)", 2)
+    advertise = settings.advertise_url or f"http://{bind_host}:{bind_port}"
+    # Members run here and state is shared: the registry lists them under `advertise`, its key and the URL other
+    # routers call. A wildcard there reaches no one, and every such host would overwrite the others' entry.
+    if role != "router" and loaded.policy.state != "memory" and _wildcard(
+            urlsplit(settings.advertise_url).hostname if settings.advertise_url else bind_host):
+        raise fail(f"--role {role} publishes this host's members as {advertise}, which other routers cannot reach: "
+                   "set server.advertise_url to how they reach this host (e.g. http://gpu-a:8080)", 2)
     server = find_llama_server(require_mtp=False)
     if server is None:
         raise fail("no llama-server found: run `council setup`", 1)
     if role != "router":  # a router launches nothing: its hosts check their own
         machine_fits_or_exit(loaded, server)
-    advertise = settings.advertise_url or f"http://{bind_host}:{bind_port}"
     try:
         sockets = [_reuse_port_socket(bind_host, bind_port)] if reuse_port else None
     except OSError as exc:
@@ -175,6 +185,16 @@ def serve(
                             http="httptools")
     _CleanExitServer(config).run(sockets=sockets)
     out.print("all members stopped")
+
+
+def _wildcard(host: str | None) -> bool:
+    """An address that means every interface (0.0.0.0, ::, empty): no other machine reaches a host by it."""
+    if not host:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False  # a name
 
 
 def _reuse_port_socket(host: str, port: int) -> Any:

@@ -32,6 +32,45 @@ class RotatingLog:
         self.file.close()
 
 
+class LineCutter:
+    """Splits a byte stream into text lines, each cut to `limit` bytes with a marker saying how much was cut.
+
+    Memory stays bounded whatever the process writes: llama-server `--verbose` logs whole request bodies on one
+    line, and a line-reading StreamReader raises past its 64 KiB limit instead."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._head = bytearray()  # the current line up to `limit` bytes
+        self._cut = 0  # bytes of the current line past `limit`, dropped
+
+    def feed(self, data: bytes) -> list[str]:
+        """The lines `data` completes."""
+        done: list[str] = []
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            piece = data[start:] if end < 0 else data[start:end]
+            room = max(0, self.limit - len(self._head))
+            self._head += piece[:room]
+            self._cut += max(0, len(piece) - room)
+            if end < 0:
+                return done
+            done.append(self._finish())
+            start = end + 1
+
+    def close(self) -> list[str]:
+        """The last line, if the stream ended without a newline."""
+        return [self._finish()] if self._head or self._cut else []
+
+    def _finish(self) -> str:
+        text = self._head.decode(errors="replace").rstrip()
+        if self._cut:
+            text += f" ... [{self._cut} more bytes cut]"
+        self._head.clear()
+        self._cut = 0
+        return text
+
+
 def exit_reason(log_tail: Iterable[str], code: int | None) -> str:
     """How the process ended, with the log line that says why (an error line, else the last one)."""
     tail = [_LOG_PREFIX.sub("", ln).strip() for ln in log_tail]

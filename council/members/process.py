@@ -30,7 +30,7 @@ import httpx
 
 from council.errors import CouncilError
 from council.members.launch import LaunchSpec
-from council.members.logs import RotatingLog, exit_reason
+from council.members.logs import LineCutter, RotatingLog, exit_reason
 from council.members.metrics import MemberStats, parse_member_metrics
 from council.members.pidfiles import PidFiles
 from council.members.states import State, StateChange, TransitionError, is_valid_transition
@@ -38,6 +38,10 @@ from council.members.states import State, StateChange, TransitionError, is_valid
 PR_SET_PDEATHSIG = 1
 # Seconds an idle connection to a member is kept: under llama-server's keep-alive (cpp-httplib: 5 s).
 KEEP_ALIVE = 4.0
+# The member's output is read in chunks of READ_CHUNK bytes; a line past LINE_LIMIT bytes is kept cut, with a
+# marker, in the tail and for the listeners (the log file gets it whole).
+READ_CHUNK = 64 << 10
+LINE_LIMIT = 8 << 10
 Listener = Callable[[StateChange], None]
 LogListener = Callable[[str, str], None]  # (process name, log line)
 
@@ -464,17 +468,47 @@ class MemberProcess:
         self._running = _Running(proc=proc, reader=reader, log=log)
 
     async def _read_log(self, proc: asyncio.subprocess.Process, log: RotatingLog) -> None:
-        assert proc.stdout is not None
-        async for line in proc.stdout:
-            log.write(line)
-            text = line.decode(errors="replace").rstrip()
-            if text:
-                self.log_tail.append(text)
-                for listener in list(self.log_listeners):
-                    listener(self.name, text)
+        """Copy the output to the log file (every byte) and each line, cut at LINE_LIMIT, to the tail and the
+        listeners. Chunks, not `async for line`: a line over StreamReader's 64 KiB limit raised there, and the
+        dead reader left the pipe undrained and the log silent. Nothing escapes: on a fault the pipe is still
+        drained, or the member would block writing to it."""
+        stdout = proc.stdout
+        assert stdout is not None
+        lines = LineCutter(LINE_LIMIT)
+        try:
+            while chunk := await stdout.read(READ_CHUNK):
+                log.write(chunk)
+                for text in lines.feed(chunk):
+                    self._log_line(text)
+            for text in lines.close():
+                self._log_line(text)
+        except Exception as exc:  # a full disk, a listener that raised
+            self.log_tail.append(f"council: reading this log failed ({type(exc).__name__}: {exc}); "
+                                 "later lines go to the log file only")
+            with contextlib.suppress(Exception):
+                while chunk := await stdout.read(READ_CHUNK):
+                    with contextlib.suppress(OSError, ValueError):  # ValueError: the file was closed
+                        log.write(chunk)
+
+    def _log_line(self, text: str) -> None:
+        if text:
+            self.log_tail.append(text)
+            for listener in list(self.log_listeners):
+                listener(self.name, text)
+
+    async def _reap_reader(self, running: _Running) -> None:
+        """Let the log reader reach the end of the output (up to 5 s, then cancel it). Never raises but our own
+        cancellation: from `_exited` it would end the watchdog loop, from `_terminate` a stop."""
+        reader = running.reader
+        if not reader.done():
+            await asyncio.wait([reader], timeout=5)  # unlike wait_for, does not raise what the task raised
+        if not reader.done():
+            reader.cancel()  # a grandchild still holds the pipe open: the group is SIGKILLed by `_terminate`
+        elif not reader.cancelled() and reader.exception() is not None:
+            self.log_tail.append(f"council: the log reader failed: {reader.exception()!r}")
 
     async def _exited(self, running: _Running) -> str:
-        await asyncio.wait_for(running.reader, 5)
+        await self._reap_reader(running)
         return exit_reason(self.log_tail, running.proc.returncode)
 
     async def _wait_healthy(self, spec: LaunchSpec, running: _Running) -> None:
@@ -574,8 +608,7 @@ class MemberProcess:
                     _signal_group(proc.pid, signal.SIGKILL)
                     await proc.wait()
             _signal_group(proc.pid, signal.SIGKILL)  # stragglers left in its group
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(running.reader, 5)
+            await self._reap_reader(running)
             running.log.close()
             self._pids.remove(proc.pid)
             self._running = None

@@ -75,8 +75,9 @@ class ApiKey(_Strict):
 class ServerConfig(_Strict):
     """`council serve`'s HTTP API: where it listens, who may call it, and its limits."""
 
-    host: str = Field(default="127.0.0.1", description="Address to listen on (`serve --host` overrides it); "
-                      "anything but loopback needs `api_keys`.")
+    # Not empty: "" binds every interface, which reads as no address at all.
+    host: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on (`serve --host` "
+                      "overrides it); anything but loopback needs `api_keys`.")
     port: int = Field(default=8080, ge=1, le=65535, description="Port to listen on (`serve --port` overrides it).")
     api_keys: list[ApiKey] = Field(default=[], description="Keys clients send as `Authorization: Bearer KEY`; "
                                    "none: the router binds to loopback only.",

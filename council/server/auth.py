@@ -57,7 +57,8 @@ class Principal:
 
 
 def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
+    # Not "": uvicorn and asyncio bind an empty host to every interface.
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -348,3 +349,26 @@ def test_reuse_port_is_only_for_routers(syn: Path, tmp_path: Path) -> None:
                             env={**os.environ, "COUNCIL_HOME": str(tmp_path)})
     assert result.returncode == 2
     assert "--reuse-port is for --role router" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("role", "host", "server", "published"), [
+    ("host", "0.0.0.0", {}, "http://0.0.0.0:8080"),
+    ("both", "::", {}, "http://:::8080"),  # `both` with shared state publishes its members too
+    ("host", "127.0.0.1", {"advertise_url": "http://0.0.0.0:9000"}, "http://0.0.0.0:9000"),
+])
+def test_a_host_published_at_a_wildcard_address_is_refused(
+    syn: Path, tmp_path: Path, role: str, host: str, server: dict[str, str], published: str,
+) -> None:
+    """Before, it served and published its members as http://0.0.0.0:8080: no other router reached them, and two
+    such hosts overwrote each other's registry entry (the URL is its key)."""
+    path = tmp_path / "policy.yaml"
+    # Refused before Redis is reached: nothing listens at this one.
+    path.write_text(policy(syn, "redis://127.0.0.1:1/0", api_keys=[{"name": "a", "env": "COUNCIL_TEST_KEY"}],
+                           **server))
+    result = subprocess.run([sys.executable, "-m", "council", "serve", str(path), "--role", role, "--host", host,
+                             "--port", "8080"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COUNCIL_HOME": str(tmp_path), "COUNCIL_TEST_KEY": "k" * 24})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: --role {role} publishes this host's members as {published}, which other routers cannot reach: "
+        "set server.advertise_url to how they reach this host (e.g. http://gpu-a:8080)"]

@@ -1,8 +1,9 @@
 """A stand-in llama-server for faults a real one cannot be made to show: it starts as a member (`/health` 200,
 `/props` naming our model file, the warm-up `/completion` answered), then answers each chat completion as its
 body's `stub` field asks: `ok`, a status (`500`, `400`, `501`), `garbage` (200 with a body that is not JSON),
-`broken` (a 200 stream cut off mid-way) or `hang`. `GET /stub/health` says how many health probes it answered,
-so a test can wait until the watchdog has looked again.
+`broken` (a 200 stream cut off mid-way), `hang`, or `long-log` (answers, then writes a 200 KB line to its output,
+as llama-server `--verbose` does with a request body, and a short line after it). `GET /stub/health` says how many
+health probes it answered, so a test can wait until the watchdog has looked again.
 
 Run as `python stub_llama_server.py --port PORT --model-path PATH`.
 """
@@ -60,6 +61,11 @@ def serve(port: int, model_path: str) -> None:
             mode = str(body.get("stub", "ok"))
             if mode == "hang":
                 time.sleep(3600)
+            elif mode == "long-log":
+                self.send(200, json.dumps(completion("ok")).encode())
+                # After the answer: an undrained pipe blocks only this thread, not the test's request.
+                print("request body: " + "x" * 200_000, flush=True)
+                print("after the long line", flush=True)
             elif mode == "garbage":
                 self.send(200, b"this is not JSON")
             elif mode.isdigit():

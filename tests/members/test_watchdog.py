@@ -6,6 +6,8 @@ real llama-server cannot be made to do. Council calls (one completion, `n` strea
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import httpx
 import pytest
 
 from council.members.launch import LaunchSpec
-from council.members.process import LifeConfig, MemberProcess, ProcessRecipe
+from council.members.process import LINE_LIMIT, LifeConfig, MemberProcess, ProcessRecipe
 from council.members.states import State
 from council.members.supervisor import Supervisor
 from council.voting.assembly import process_endpoint
@@ -183,3 +185,58 @@ async def test_requests_the_router_cancels_are_neither(stub: tuple[MemberProcess
     assert process.request_failures == 2
     await watchdog_looked(process)
     assert process.restarts == 0 and process.ready
+
+
+async def crash_restart_and_stop(process: MemberProcess) -> None:
+    """SIGKILL the member: the watchdog starts a new one; then a stop completes and leaves nothing behind."""
+    first_pid = process.pid
+    assert first_pid is not None
+    os.kill(first_pid, signal.SIGKILL)
+    await until(lambda: process.restarts == 1 and process.ready, 30, "the watchdog to restart the stub")
+    assert process.pid != first_pid
+    after = [c for c in process.history if c.old is State.READY]
+    assert after and after[0].reason.startswith("killed by SIGKILL")
+    last_pid = process.pid
+    await process.stop("test over")
+    assert process.state is State.STOPPED and process._running is None
+    assert not list((process.config.run_dir / "pids").glob("*.json"))
+    with pytest.raises(ProcessLookupError):
+        os.kill(last_pid, 0)  # reaped, not a zombie
+
+
+async def test_an_output_line_over_64_kib_keeps_the_log_the_watchdog_and_stop_working(
+    stub: tuple[MemberProcess, HttpMemberClient],
+) -> None:
+    """llama-server `--verbose` logs a whole request body on one line. Before, the log was read line by line with
+    StreamReader's 64 KiB limit: such a line killed the reader (the log went silent), the next crash killed the
+    watchdog loop (the member stayed `ready`, never restarted) and stop() raised."""
+    process, client = stub
+    assert (await client.complete(ask("long-log"))).status == "ok"
+    await until(lambda: "after the long line" in process.log_tail, 10, "the line after the long one in the tail")
+    long = [line for line in process.log_tail if line.startswith("request body: ")]
+    cut = len("request body: ") + 200_000 - LINE_LIMIT
+    assert long == ["request body: " + "x" * (LINE_LIMIT - len("request body: ")) + f" ... [{cut} more bytes cut]"]
+    log = process.log_path.read_bytes()  # the file keeps the line whole
+    assert b"request body: " + b"x" * 200_000 + b"\nafter the long line\n" in log
+    await crash_restart_and_stop(process)
+
+
+async def test_a_failing_log_listener_neither_blocks_the_member_nor_breaks_restart_or_stop(
+    stub: tuple[MemberProcess, HttpMemberClient],
+) -> None:
+    """An in-process fault no server can cause: before, an exception in the log reader escaped the watchdog
+    (the member stayed `ready` after a crash) and stop()."""
+    process, client = stub
+
+    def broken(name: str, line: str) -> None:
+        raise RuntimeError("listener broke")
+
+    process.log_listeners.append(broken)
+    # Output far past the pipe's buffer after the fault: it still reaches the file, so the pipe is drained.
+    for _ in range(2):
+        assert (await client.complete(ask("long-log"))).status == "ok"
+    await until(lambda: any("listener broke" in line for line in process.log_tail), 10, "the reader's fault noted")
+    await until(lambda: process.log_path.read_bytes().count(b"after the long line") == 2, 10,
+                "the output after the fault to reach the log file")
+    assert (await client.complete(ask("ok"))).status == "ok"
+    await crash_restart_and_stop(process)

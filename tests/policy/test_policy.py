@@ -169,6 +169,12 @@ def test_wrong_types(tmp_path: Path) -> None:
     assert got[3] == f"{path}:4: gpus: Input should be a valid list"
 
 
+def test_an_empty_server_host_is_refused(tmp_path: Path) -> None:
+    """Before, `host: ""` passed as loopback and served without keys on every interface."""
+    path = write(tmp_path, 'version: 1\nserver: {host: ""}\n')
+    assert problems(path) == [f"{path}:2: server.host: String should have at least 1 character"]
+
+
 def test_references(tmp_path: Path) -> None:
     path = write(tmp_path, """
         gpus:

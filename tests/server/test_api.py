@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from council.members.binary import LlamaServerInfo
+from council.server.auth import is_loopback
 from tests.conftest import run_cli
 from tests.policies import member_entry, policy_yaml
 from tests.servers import CouncilServer
@@ -198,6 +199,17 @@ def test_refuses_to_bind_beyond_loopback_without_keys(syn: Path, tmp_path: Path)
     result = run_cli("serve", str(path), "--host", "0.0.0.0")
     assert result.returncode == 2
     assert "refusing to serve on 0.0.0.0 without API keys" in result.stderr
+
+
+def test_an_empty_host_is_every_interface_not_loopback(syn: Path, tmp_path: Path) -> None:
+    """uvicorn binds "" to every interface; before, it passed as loopback and served without keys."""
+    assert not is_loopback("")
+    assert is_loopback("localhost") and is_loopback("127.0.0.1") and is_loopback("::1")
+    path = tmp_path / "open.yaml"
+    path.write_text(policy(syn))
+    result = run_cli("serve", str(path), "--host", "")
+    assert result.returncode == 2
+    assert 'refusing to serve on "" (every interface) without API keys' in result.stderr
 
 
 def test_flood_gets_429_with_retry_after(serve: Callable[..., CouncilServer], syn: Path) -> None:
