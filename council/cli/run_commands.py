@@ -148,7 +148,8 @@ def serve(
     if reuse_port and role != "router":
         # Routers hold no members, so any of them can take any connection; hosts and `both` run members.
         raise fail("--reuse-port is for --role router (several routers over the same hosts share one port)", 2)
-    advertise = settings.advertise_url or f"http://{bind_host}:{bind_port}"
+    base = f"http://[{bind_host}]:{bind_port}" if ":" in bind_host else f"http://{bind_host}:{bind_port}"  # IPv6
+    advertise = settings.advertise_url or base
     # Members run here and state is shared: the registry lists them under `advertise`, its key and the URL other
     # routers call. A wildcard there reaches no one, and every such host would overwrite the others' entry.
     if role != "router" and loaded.policy.state != "memory" and _wildcard(
@@ -160,10 +161,11 @@ def serve(
         raise fail("no llama-server found: run `council setup`", 1)
     if role != "router":  # a router launches nothing: its hosts check their own
         machine_fits_or_exit(loaded, server)
-    try:
-        sockets = [_reuse_port_socket(bind_host, bind_port)] if reuse_port else None
+    try:  # bound before any member starts: a port already taken is one line, not members started for nothing
+        sockets = [_listening_socket(bind_host, bind_port, reuse_port)]
     except OSError as exc:
-        raise fail(f"cannot bind {bind_host}:{bind_port} with SO_REUSEPORT: {exc}", 1) from None
+        how = " with SO_REUSEPORT" if reuse_port else ""
+        raise fail(f"cannot bind {bind_host}:{bind_port}{how}: {exc.strerror or exc}", 1) from None
     try:
         # The log folder is named for this router (policy and port), so two routers never share member logs.
         life = LifeConfig(run_dir=council_home() / "run", instance=f"{Path(policy).stem}-{bind_port}")
@@ -176,7 +178,7 @@ def serve(
         err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
     router.listeners.append(_change_line)
     _log_draft_tuning()
-    out.print(f"council serving on http://{bind_host}:{bind_port} (OpenAI base URL http://{bind_host}:{bind_port}/v1)")
+    out.print(f"council serving on {base} (OpenAI base URL {base}/v1)")
     _CleanExitServer = _clean_exit_server(router.events.close)
     # uvloop and httptools by name (both come with uvicorn[standard]): "auto" would fall back to asyncio and h11,
     # slower per request, without a word.
@@ -197,17 +199,19 @@ def _wildcard(host: str | None) -> bool:
         return False  # a name
 
 
-def _reuse_port_socket(host: str, port: int) -> Any:
-    """A socket bound with SO_REUSEPORT, for uvicorn to listen on (its own bind has no such option). Every
-    process that binds this way, as the same user, shares the port; Linux hands each new connection to one of them."""
+def _listening_socket(host: str, port: int, reuse_port: bool = False) -> Any:
+    """The socket uvicorn listens on, bound here (uvicorn would bind only after the lifespan started the members).
+    With `reuse_port`, SO_REUSEPORT (uvicorn's own bind has no such option): every process that binds this way, as
+    the same user, shares the port; Linux hands each new connection to one of them."""
     import socket
 
-    if not hasattr(socket, "SO_REUSEPORT"):
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise OSError("this platform has no SO_REUSEPORT")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own bind does
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()

@@ -353,7 +353,7 @@ def test_reuse_port_is_only_for_routers(syn: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("role", "host", "server", "published"), [
     ("host", "0.0.0.0", {}, "http://0.0.0.0:8080"),
-    ("both", "::", {}, "http://:::8080"),  # `both` with shared state publishes its members too
+    ("both", "::", {}, "http://[::]:8080"),  # `both` with shared state publishes its members too
     ("host", "127.0.0.1", {"advertise_url": "http://0.0.0.0:9000"}, "http://0.0.0.0:9000"),
 ])
 def test_a_host_published_at_a_wildcard_address_is_refused(

@@ -303,3 +303,25 @@ def test_a_policy_only_this_machine_refuses_is_exit_2_before_anything_starts(
     assert "models.syn.draft.type" in result.stderr and "ngram_mod" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "home" / "run").exists()  # no member was started
+
+
+def test_a_port_already_taken_is_one_line_before_any_member_starts(
+        syn: Path, tmp_path: Path, llama_server_bin: LlamaServerInfo) -> None:
+    """Before, uvicorn bound the port only after its lifespan had started every member: a taken port was found
+    once they were up, and reported as uvicorn's log line with exit 3 (which says a council does not fit)."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        path = tmp_path / "policy.yaml"
+        path.write_text(policy(syn))
+        port = taken.getsockname()[1]
+        result = run_cli("serve", str(path), "--port", str(port), timeout=120,
+                         env={"COUNCIL_HOME": str(tmp_path / "home"), "LLAMA_SERVER": str(llama_server_bin.path)})
+    finally:
+        taken.close()
+    assert result.returncode == 1, result.stderr
+    assert f"cannot bind 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert not (tmp_path / "home" / "run").exists()  # no member was started
