@@ -86,6 +86,11 @@ STATUSES: tuple[tuple[type[CouncilError], int, str | None], ...] = (
 )
 
 
+def internal_error(exc: BaseException) -> str:
+    """What a user is told of the router's own fault (a 500, or a stream's error event): its kind, not its text."""
+    return f"internal error ({type(exc).__name__}); see the router's log"
+
+
 def status_of(exc: CouncilError) -> tuple[int, str, dict[str, str]]:
     """Status, code and headers for a council error."""
     if isinstance(exc, ApiError):
@@ -130,5 +135,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return finish_error(request, shaped_error(request, 500, f"internal error ({type(exc).__name__}); see the "
-                                                  "router's log", "internal_error"))
+        return finish_error(request, shaped_error(request, 500, internal_error(exc), "internal_error"))

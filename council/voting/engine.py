@@ -323,19 +323,22 @@ class CouncilEngine:
         return await self._conclude(request, await self._collect(request, toolbox), toolbox)
 
     @staticmethod
-    def toolbox(request: CouncilRequest) -> Toolbox | None:
-        """The request's tools, one validator per tool, for every seat; None without tools, or with
-        `tool_choice: none` (which asks for text, voted on as text)."""
-        choice = request.members_payload.get("tool_choice")
-        return Toolbox(request.tools, choice) if request.tools and choice != "none" else None
+    def calls_tools(request: CouncilRequest) -> bool:
+        """Whether members are to call tools: the request declares some, and `tool_choice` is not `none` (which
+        asks for text, voted on as text)."""
+        return bool(request.tools) and request.members_payload.get("tool_choice") != "none"
+
+    @classmethod
+    def toolbox(cls, request: CouncilRequest) -> Toolbox | None:
+        """The request's tools, one validator per tool, for every seat; None where members call no tools."""
+        return Toolbox(request.tools, request.members_payload.get("tool_choice")) if cls.calls_tools(request) else None
 
     def tool_text(self, request: CouncilRequest) -> str | None:
-        """The tool instructions this council adds to each member's system message for `request` (None: the
-        request has no tools, says `tool_choice: none`, or the council adds none)."""
-        body = request.members_payload
-        if not request.tools or body.get("tool_choice") == "none":
+        """The tool instructions this council adds to each member's system message for `request` (None: members
+        call no tools, or the council adds none)."""
+        if not self.calls_tools(request):
             return None
-        parallel = body.get("parallel_tool_calls") is not False
+        parallel = request.members_payload.get("parallel_tool_calls") is not False
         return tool_instructions(request.tools, self.config.vote.tool_instructions, parallel)
 
     def members_body(self, request: CouncilRequest, toolbox: Toolbox | None) -> Mapping[str, Any]:

@@ -45,8 +45,7 @@ _TAG = re.compile(r"<tool_call>(?P<body>.*?)(?:</tool_call>|\Z)", re.S)
 _OTHER_TAGS = ("tools", "tool_calls", "function_call", "json")
 _OTHER_OPENINGS = tuple(f"<{t}>" for t in _OTHER_TAGS)
 _CALL_OPENINGS = ("{", "[", "```", "<tool_call>", *_OTHER_OPENINGS)  # how the JSON shapes begin
-_PYTHONIC_START = re.compile(r"\[?\s*[A-Za-z_][\w.\-]*\s*\(")
-_PYTHONIC_NAME = re.compile(r"\[?\s*([A-Za-z_][\w.\-]*)\s*\(")  # the same, naming the function
+_PYTHONIC_START = re.compile(r"\[?\s*([A-Za-z_][\w.\-]*)\s*\(")  # group 1: the function's name
 _OTHER_TAG = re.compile(rf"<(?P<tag>{'|'.join(_OTHER_TAGS)})>(?P<body>.*?)(?:</(?P=tag)>|\Z)", re.S)
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|tool_call|tool_calls)?[ \t]*\n(?P<body>.*?)\n?[ \t]*```", re.S)
 _FENCE_LINE = re.compile(r"^[ \t]*```[ \t]*[\w-]*[ \t]*$", re.M)
@@ -361,5 +360,5 @@ def looks_like_a_call(text: str | None, declared: Collection[str] = ()) -> bool:
         content = content[lead.end():].lstrip()
     if content.startswith(_CALL_OPENINGS):
         return True
-    named = _PYTHONIC_NAME.match(content)
+    named = _PYTHONIC_START.match(content)
     return named is not None and named.group(1) in declared

@@ -15,7 +15,15 @@ from fastapi.responses import Response, StreamingResponse
 
 from council.errors import CouncilError
 from council.server.deps import caller
-from council.server.errors import CLIENT_GONE, MODEL, OVERHEAD_HEADER, WAITED, ApiError, status_of
+from council.server.errors import (
+    CLIENT_GONE,
+    MODEL,
+    OVERHEAD_HEADER,
+    WAITED,
+    ApiError,
+    internal_error,
+    status_of,
+)
 from council.server.limits import Admission
 from council.server.requests import BadRequest, ChatRequest, CompletionRequest, parse_json, validate_body
 from council.server.router import Router
@@ -305,8 +313,7 @@ async def council_stream(router: Router, engine: CouncilEngine, council: Council
         except Exception as exc:  # the router's own fault: the stream ends with the 500 a plain request gets
             log.exception("council %s failed", engine.name)
             status = 500
-            yield failed(CouncilError(f"internal error ({type(exc).__name__}); see the router's log"), status,
-                         "internal_error")
+            yield failed(CouncilError(internal_error(exc)), status, "internal_error")
             return
         router.answered(answer, council, waited)
         async for event in answered(answer, round((time.perf_counter() - started - waited) * 1000, 3)):

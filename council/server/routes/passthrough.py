@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
 
-from council.server.errors import CLIENT_GONE, ApiError
+from council.server.errors import CLIENT_GONE, ApiError, internal_error
 from council.server.limits import Admission
 from council.server.router import Router
 from council.voting.client import HttpMemberClient, MemberFailed
@@ -87,8 +87,7 @@ async def relay_through(client: HttpMemberClient, payload: bytes, path: str, str
         except Exception as exc:  # the router's own fault (reading the member's stream): a 500, said as an event
             status = 500
             log.exception("relaying a stream failed")
-            message = f"internal error ({type(exc).__name__}); see the router's log"
-            yield _sse({"error": {"message": message, "type": "server_error", "code": "internal_error"}})
+            yield _sse({"error": {"message": internal_error(exc), "type": "server_error", "code": "internal_error"}})
         finally:
             try:
                 await opened.__aexit__(None, None, None)
