@@ -91,17 +91,25 @@ class _Choice:
     reasoning: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
-    chunks: int = 0
+    # Chunks that carried generated text (llama-server streams one per token; its first chunk, the role, and
+    # its last, the finish reason, carry none): the tokens so far when no usage says.
+    generated: int = 0
     finish_reason: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return len(self.logprobs) or self.generated
 
     def add(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta") or {}
-        self.chunks += 1
-        if isinstance(delta.get("content"), str):
-            self.content.append(delta["content"])
-        if isinstance(delta.get("reasoning_content"), str):
-            self.reasoning.append(delta["reasoning_content"])
-        for call in delta.get("tool_calls") or []:
+        content, reasoning, calls = delta.get("content"), delta.get("reasoning_content"), delta.get("tool_calls")
+        if content or reasoning or calls:
+            self.generated += 1
+        if isinstance(content, str):
+            self.content.append(content)
+        if isinstance(reasoning, str):
+            self.reasoning.append(reasoning)
+        for call in calls or []:
             # Tool calls stream as pieces keyed by their index: the name once, the arguments in parts.
             into = self.tool_calls.setdefault(int(call.get("index", 0)),
                                               {"type": "function", "function": {"name": "", "arguments": ""}})
@@ -125,11 +133,20 @@ class _Choice:
         if self.tool_calls:
             message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
         # llama-server sends each choice's own usage after its last chunk; without it, count its tokens.
-        completion = int(usage.get("completion_tokens") or 0) if usage else len(self.logprobs) or self.chunks
+        completion = int(usage.get("completion_tokens") or 0) if usage else self.tokens
         prompt = int(usage.get("prompt_tokens") or 0) if usage and first else 0
         return _choice_reply({"message": message, "logprobs": {"content": self.logprobs} if self.logprobs else None,
                               "finish_reason": self.finish_reason},
                              latency_ms, prompt, completion, timings, cached_tokens(usage) if first else 0)
+
+
+class Streaming(dict[int, _Choice]):
+    """The choices of a grouped request still being generated, by index, as they stand: when an early stop closes
+    the request, what each had generated (its usage never comes) is still counted."""
+
+    def tokens(self, index: int) -> int:
+        choice = self.get(index)
+        return 0 if choice is None else choice.tokens
 
 
 class RateLimiter(Protocol):
@@ -208,7 +225,8 @@ class MemberClient(Protocol):
 
     async def complete(self, payload: dict[str, Any]) -> MemberReply: ...
 
-    def choices(self, payload: dict[str, Any], n: int) -> AsyncIterator[tuple[int, MemberReply]]: ...
+    def choices(self, payload: dict[str, Any], n: int,
+                streaming: Streaming | None = None) -> AsyncIterator[tuple[int, MemberReply]]: ...
 
 
 class MemberUnavailable(CouncilError):
@@ -330,12 +348,13 @@ class HttpMemberClient:
             return MemberReply(status="error", error=f"{type(exc).__name__}: {exc}",
                                latency_ms=(time.monotonic() - start) * 1000)
 
-    async def choices(self, payload: dict[str, Any], n: int,
+    async def choices(self, payload: dict[str, Any], n: int, streaming: Streaming | None = None,
                       path: str = "/v1/chat/completions") -> AsyncIterator[tuple[int, MemberReply]]:
         """The `n` choices of one request (one prompt pass, `n` slots held), each as soon as it is complete:
         the request streams (choices arrive interleaved by index), so a vote can be decided, and the request
         closed, before the slowest choice ends. Every index is yielded once; the prompt's tokens go to the
-        first choice reported (the server read the prompt once)."""
+        first choice reported (the server read the prompt once). `streaming` holds the choices not yet
+        complete, as they stand."""
         start = time.monotonic()
         body = {**payload, "n": n, "stream": True, "stream_options": {"include_usage": True}}
         data = orjson.dumps(body)
@@ -351,7 +370,7 @@ class HttpMemberClient:
                             yield i, MemberReply(status="error", latency_ms=(time.monotonic() - start) * 1000,
                                                  http_status=response.status, error=error)
                         return
-                    async for index, reply in _stream_choices(response, n, start):
+                    async for index, reply in _stream_choices(response, n, start, streaming):
                         done.add(index)
                         yield index, reply
                     error = "the member's stream ended before every choice finished"
@@ -443,12 +462,12 @@ def _readable(relayed: Relayed) -> bool:
     return True
 
 
-async def _stream_choices(response: aiohttp.ClientResponse, n: int,
-                          start: float) -> AsyncIterator[tuple[int, MemberReply]]:
+async def _stream_choices(response: aiohttp.ClientResponse, n: int, start: float,
+                          streaming: Streaming | None = None) -> AsyncIterator[tuple[int, MemberReply]]:
     """Read an `n`-choice chat stream (server-sent events): yield each choice when its usage chunk (which
     follows its last chunk) arrives, or when the next event shows the usage is not coming. Each index is yielded
-    once; chunks for an index already yielded are ignored."""
-    open_choices: dict[int, _Choice] = {}
+    once; chunks for an index already yielded are ignored. The choices still open are kept in `streaming`."""
+    open_choices: dict[int, _Choice] = Streaming() if streaming is None else streaming
     finished: list[int] = []  # ended, waiting for their usage chunk
     yielded: set[int] = set()
 
@@ -507,7 +526,8 @@ class RemoteClient:
     limiter: RateLimiter = field(default_factory=NoLimit)
     target: None = None  # a provider's requests are never grouped
 
-    async def choices(self, payload: dict[str, Any], n: int) -> AsyncIterator[tuple[int, MemberReply]]:
+    async def choices(self, payload: dict[str, Any], n: int,
+                      streaming: Streaming | None = None) -> AsyncIterator[tuple[int, MemberReply]]:
         """`n` separate calls (providers bill `n` choices as separate completions anyway), as they finish."""
         async def one(i: int) -> tuple[int, MemberReply]:
             return i, await self.complete(payload)

@@ -22,7 +22,7 @@ from typing import Any
 from council.errors import CouncilError
 from council.policy.schema import CouncilConfig, Sampling
 from council.voting.ballots import BallotStore
-from council.voting.client import MemberClient, MemberReply
+from council.voting.client import MemberClient, MemberReply, Streaming
 from council.voting.confidence import signals
 from council.voting.extract import canonical_tool_call, extract, extract_cut
 from council.voting.lanes import Call, Rates, group_calls, lanes
@@ -368,6 +368,8 @@ class CouncilEngine:
         tasks: list[asyncio.Task[None]] = []
         asked: list[Seat] = []
         waiting: set[str] = set()
+        # A grouped call's seats, by name: its choices as they stand, for the tokens of those an early stop cuts.
+        generating: dict[str, tuple[Streaming, int]] = {}
         stop: Stop | None = None
         number = quorum = 0
         ended_at = len(stages)
@@ -407,8 +409,11 @@ class CouncilEngine:
                         if told(call.seats[0], await call.seats[0].client.complete(call.payload)):
                             return
                         continue
-                    async with contextlib.aclosing(call.seats[0].client.choices(call.payload,
-                                                                                len(call.seats))) as got:
+                    streaming = Streaming()
+                    for index, seat in enumerate(call.seats):
+                        generating[seat.name] = (streaming, index)
+                    async with contextlib.aclosing(call.seats[0].client.choices(call.payload, len(call.seats),
+                                                                                streaming)) as got:
                         async for index, reply in got:
                             if told(call.seats[index], reply):
                                 return
@@ -476,7 +481,11 @@ class CouncilEngine:
             if seat not in asked:
                 reply = MemberReply(status="skipped")
             elif early:
-                reply = MemberReply(status="cancelled", latency_ms=waited)
+                # A choice of a grouped request counts what it had streamed (it was generated: it is a cost); a
+                # request of its own was closed before its usage came, so it counts none.
+                streaming, index = generating.get(seat.name, (None, 0))
+                reply = MemberReply(status="cancelled", latency_ms=waited,
+                                    completion_tokens=streaming.tokens(index) if streaming is not None else 0)
             else:
                 reply = MemberReply(status="timeout", latency_ms=waited,
                                     error=f"no answer within the council's {self.config.timeout:g}s")

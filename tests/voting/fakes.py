@@ -63,7 +63,8 @@ class FakeClient:
             self.in_flight -= 1
         return say.reply((loop.time() - start) * 1000)
 
-    async def choices(self, payload: Mapping[str, Any], n: int) -> AsyncIterator[tuple[int, MemberReply]]:
+    async def choices(self, payload: Mapping[str, Any], n: int,
+                      streaming: object = None) -> AsyncIterator[tuple[int, MemberReply]]:
         async def one(i: int) -> tuple[int, MemberReply]:
             return i, await self.complete(payload)
 

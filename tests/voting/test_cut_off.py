@@ -73,7 +73,8 @@ class Given:
     async def complete(self, payload: dict[str, Any]) -> MemberReply:
         return self.reply
 
-    async def choices(self, payload: dict[str, Any], n: int) -> AsyncIterator[tuple[int, MemberReply]]:
+    async def choices(self, payload: dict[str, Any], n: int,
+                      streaming: object = None) -> AsyncIterator[tuple[int, MemberReply]]:
         for i in range(n):
             yield i, self.reply
 
