@@ -1,9 +1,11 @@
-"""GPU slot leases for the councils a router runs, kept in the shared state store.
+"""GPU memory leases for the councils a router runs, kept in the shared state store.
 
 With `state: redis://...` several routers (or GPU hosts) plan on the same GPUs: before a council's members
-start, its router leases their slots (one lease per GPU, atomic in Redis, with a fencing token) and renews
-them while it runs. A council whose slots another router holds is not started, and says why. If Redis
-goes away, councils already admitted keep answering (renewal retries quietly) and new leases are refused.
+start, its router leases the memory of their slots (one lease per GPU, atomic in Redis, with a fencing token)
+and renews them while it runs. Leases count MiB, not slots: each router cuts a GPU into slots of its own
+policy's `slots.size`, so two routers' slot counts do not compare, and together they could over-lease it. A
+council whose slots another router holds is not started, and says why. If Redis goes away, councils already
+admitted keep answering (renewal retries quietly) and new leases are refused.
 
 A lease is lost when the store answers and the slots are no longer ours: our fencing token is dead (it expired
 or was overwritten) and the slots went to another router. Its council's processes would go on using memory
@@ -20,21 +22,61 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from council.cluster.store import Lease, StaleLease, StateError, StateStore, pause
+from council.cluster.store import Lease, LegacyLease, StaleLease, StateError, StateStore, pause
 from council.plan.gpus import Gpu, handing_back
 from council.plan.planner import PolicyPlan
-from council.plan.slots import CouncilResult, GpuSlots
+from council.plan.slots import CouncilResult, SlotPlan
+from council.units import format_size
 
 log = logging.getLogger("council.cluster.leases")
+MiB = 1 << 20
 
 
-def _need(result: CouncilResult, gpus: dict[str, GpuSlots]) -> list[tuple[GpuSlots, int]]:
-    """The slots a council takes on each GPU."""
+@dataclass(frozen=True)
+class Room:
+    """A GPU as this router leases on it: the capacity every router sharing it agrees on, and our reserve."""
+
+    capacity_mib: int
+    keep_free_mib: int  # the policy's `slots.reserve`, rounded up: our own acquires leave that much unleased
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a council takes on one GPU: `slots` of its router's size, and their memory, which the store counts."""
+
+    gpu: Gpu
+    slots: int
+    mib: int  # rounded up: a lease never claims less than the slots use
+    room: Room
+
+
+def capacity_mib(gpu: Gpu) -> int:
+    """The GPU's capacity in the store. It must be one figure for every router that shares the GPU, so neither
+    the usable memory after `slots.reserve` nor a slot count (both are per policy) will do: it is the device's
+    total as NVML reports it (a policy's cap on that memory only limits its own plan), else for a declared GPU
+    (`HOST/NAME` keys, shared only by routers of one host) its declared memory. Rounded down: never more than
+    the GPU has. Each router's reserve is kept by its own acquires instead (`Room.keep_free_mib`)."""
+    return (gpu.device_bytes or gpu.memory_bytes) // MiB
+
+
+def _mib(size_bytes: int) -> int:
+    return -(-size_bytes // MiB)  # rounded up, in integers
+
+
+def _need(result: CouncilResult, slots: SlotPlan) -> list[Need]:
+    """The slots, and their memory, that a council takes on each GPU."""
+    gpus = {g.gpu.name: g for g in slots.gpus}
     need: dict[str, int] = defaultdict(int)
     for placement in result.placements:
         if placement.gpu is not None:
             need[placement.gpu] += placement.slots
-    return [(gpus[name], count) for name, count in need.items()]
+    return [Need(gpus[name].gpu, count, _mib(count * slots.slot_bytes),
+                 Room(capacity_mib(gpus[name].gpu), _mib(gpus[name].reserve_bytes)))
+            for name, count in need.items()]
+
+
+def _mib_size(mib: int) -> str:
+    return format_size(mib * MiB)
 
 
 def gpu_key(gpu: Gpu, host: str) -> str:
@@ -61,9 +103,9 @@ class LeaseKeeper:
         self.host = host or socket.gethostname()
         self.on_lost = on_lost
         self.leases: dict[str, list[Lease]] = {}
-        self.totals: dict[str, int] = {}  # slots per GPU key, for re-acquiring a stale lease
+        self.totals: dict[str, Room] = {}  # per GPU key, for re-acquiring a stale lease
         # What each running council needs; the renewal loop leases what is missing (e.g. after an outage).
-        self.wanted: dict[str, list[tuple[GpuSlots, int]]] = {}
+        self.wanted: dict[str, list[Need]] = {}
         self._task: asyncio.Task[None] | None = None
         # A renewal round never interleaves with a reload's release-and-lease-anew: to the round, a lease the
         # reload gave back looks stale and its slots, leased anew by the reload, taken: a council lost for nothing.
@@ -71,33 +113,37 @@ class LeaseKeeper:
 
     async def admit(self, plan: PolicyPlan) -> PolicyPlan:
         """Lease the slots of every council the plan admits; refuse (in a new plan) those that get none."""
-        gpus = {g.gpu.name: g for g in plan.slots.gpus}
         refused = {}
         async with self._lock:
             for result in plan.slots.councils:
                 # A council leased already (a renewal round that ran first) keeps its leases.
                 if result.admitted and result.name not in self.leases:
-                    refusal = await self._lease(result.name, _need(result, gpus))
+                    refusal = await self._lease(result.name, _need(result, plan.slots))
                     if refusal is not None:
                         refused[result.name] = refusal.reason
         return plan.refuse(refused)
 
-    async def _lease(self, council: str, need: list[tuple[GpuSlots, int]]) -> Refusal | None:
+    async def _lease(self, council: str, need: list[Need]) -> Refusal | None:
         taken: list[Lease] = []
-        try:
-            for on_gpu, count in need:
-                key = gpu_key(on_gpu.gpu, self.host)
-                self.totals[key] = on_gpu.total
-                lease = await self.state.acquire(key, on_gpu.total, self.holder, count, self.ttl)
-                if lease is None:
-                    leased = await self.state.leased(key)
-                    await self._release(taken)
-                    return Refusal(f"its {count} slots on {on_gpu.gpu.name} are leased elsewhere "
-                                   f"({leased} of {on_gpu.total} held by other routers)", answered=True)
-                taken.append(lease)
-        except StateError as exc:
-            await self._release(taken)
-            return Refusal(f"cannot lease its slots: {exc}", answered=False)
+        for want in need:
+            key = gpu_key(want.gpu, self.host)
+            room = self.totals[key] = want.room
+            what = f"its {want.slots} slots ({_mib_size(want.mib)}) on {want.gpu.name}"
+            try:
+                lease = await self.state.acquire(key, room.capacity_mib, self.holder, want.mib, self.ttl,
+                                                 room.keep_free_mib)
+                leased = await self.state.leased(key) if lease is None else 0
+            except LegacyLease as exc:  # the store answered: an older router holds memory of unknown size
+                await self._release(taken)
+                return Refusal(f"{what} cannot be leased: {exc}", answered=True)
+            except StateError as exc:
+                await self._release(taken)
+                return Refusal(f"cannot lease its slots: {exc}", answered=False)
+            if lease is None:
+                await self._release(taken)
+                return Refusal(f"{what} are leased elsewhere ({_held(leased, room)} held by other routers"
+                               f"{_kept(room)})", answered=True)
+            taken.append(lease)
         self.leases[council] = taken
         self.wanted[council] = need
         return None
@@ -125,10 +171,9 @@ class LeaseKeeper:
 
     def keep_wanting(self, plan: PolicyPlan) -> None:
         """The councils of `plan` run (a reload was refused): keep leasing their slots until Redis agrees."""
-        gpus = {g.gpu.name: g for g in plan.slots.gpus}
         for result in plan.slots.councils:
             if result.admitted:
-                self.wanted[result.name] = _need(result, gpus)
+                self.wanted[result.name] = _need(result, plan.slots)
 
     async def _release(self, leases: list[Lease]) -> None:
         for lease in leases:
@@ -185,11 +230,15 @@ class LeaseKeeper:
                 renewed.append(lease)
                 continue
             # Our fencing token is dead: it expired (while Redis was away, say) or was reclaimed. Take the
-            # slots again if they are still free; if another router holds them now, they are lost.
-            total = self.totals[lease.gpu]
+            # memory again if it is still free; if another router holds it now, it is lost.
+            room = self.totals[lease.gpu]
+            what = f"its lease of {_mib_size(lease.mib)} on {lease.gpu} (fencing token {lease.token})"
             try:
-                fresh = await self.state.acquire(lease.gpu, total, self.holder, lease.slots, self.ttl)
+                fresh = await self.state.acquire(lease.gpu, room.capacity_mib, self.holder, lease.mib, self.ttl,
+                                                 room.keep_free_mib)
                 leased = await self.state.leased(lease.gpu) if fresh is None else 0
+            except LegacyLease as exc:
+                return renewed + leases[len(renewed) + 1:], f"{what} is no longer held and {exc}"
             except StateError as exc:
                 log.warning("lease of %s for council %s went stale and the store is away (%s); keeping it",
                             lease.gpu, council, exc)
@@ -197,8 +246,8 @@ class LeaseKeeper:
                 continue
             if fresh is None:
                 return renewed + leases[len(renewed) + 1:], (
-                    f"its lease of {lease.slots} slots on {lease.gpu} (fencing token {lease.token}) is no longer "
-                    f"held and another router holds the GPU ({leased} of {total} slots leased)")
+                    f"{what} is no longer held and another router holds the GPU ({_held(leased, room)} leased"
+                    f"{_kept(room)})")
             log.warning("lease of %s for council %s went stale; re-acquired (token %d)", lease.gpu, council,
                         fresh.token)
             renewed.append(fresh)
@@ -216,3 +265,12 @@ class LeaseKeeper:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.release_leases()
+
+
+def _held(leased_mib: int, room: Room) -> str:
+    return f"{_mib_size(leased_mib)} of {_mib_size(room.capacity_mib)}"
+
+
+def _kept(room: Room) -> str:
+    """Why a lease that looks like it fits is refused: our reserve stays unleased too."""
+    return f", {_mib_size(room.keep_free_mib)} kept free by slots.reserve" if room.keep_free_mib else ""

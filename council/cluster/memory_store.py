@@ -22,7 +22,7 @@ from council.cluster.store import (
 @dataclass
 class _Held:
     holder: str
-    slots: int
+    mib: int
     expires: float
 
 
@@ -44,16 +44,17 @@ class MemoryState:
             del held[token]
         return held
 
-    async def acquire(self, gpu: str, total_slots: int, holder: str, slots: int, ttl: float) -> Lease | None:
-        check_lease_args(total_slots, slots, ttl)
+    async def acquire(self, gpu: str, capacity_mib: int, holder: str, mib: int, ttl: float,
+                      keep_free_mib: int = 0) -> Lease | None:
+        check_lease_args(capacity_mib, mib, ttl, keep_free_mib)
         async with self._lock:
             now = time.monotonic()
             held = self._live(gpu, now)
-            if sum(h.slots for h in held.values()) + slots > total_slots:
+            if sum(h.mib for h in held.values()) + mib + keep_free_mib > capacity_mib:
                 return None
             token = self._fences[gpu] = self._fences.get(gpu, 0) + 1
-            held[token] = _Held(holder, slots, now + ttl)
-            return Lease(gpu=gpu, holder=holder, slots=slots, token=token, expires_at=now + ttl)
+            held[token] = _Held(holder, mib, now + ttl)
+            return Lease(gpu=gpu, holder=holder, mib=mib, token=token, expires_at=now + ttl)
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
         check_ttl(ttl)
@@ -73,7 +74,7 @@ class MemoryState:
 
     async def leased(self, gpu: str) -> int:
         async with self._lock:
-            return sum(h.slots for h in self._live(gpu, time.monotonic()).values())
+            return sum(h.mib for h in self._live(gpu, time.monotonic()).values())
 
     async def check_fence(self, gpu: str, token: int) -> bool:
         async with self._lock:
@@ -83,7 +84,7 @@ class MemoryState:
         async with self._lock:
             found: dict[str, int] = {}
             for held in self._live(gpu, time.monotonic()).values():
-                found[held.holder] = found.get(held.holder, 0) + held.slots
+                found[held.holder] = found.get(held.holder, 0) + held.mib
             return found
 
     async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from council.cluster.store import (
     DEFAULT_PREFIX,
     Lease,
+    LegacyLease,
     StaleLease,
     StateError,
     check_bucket,
@@ -106,14 +107,19 @@ class RedisState:
     def _ballot_keys(self, kind: str = "ballots") -> list[str]:
         return [f"{self.prefix}{kind}", f"{self.prefix}{kind}:order", f"{self.prefix}{kind}:seq"]
 
-    async def acquire(self, gpu: str, total_slots: int, holder: str, slots: int, ttl: float) -> Lease | None:
-        check_lease_args(total_slots, slots, ttl)
+    async def acquire(self, gpu: str, capacity_mib: int, holder: str, mib: int, ttl: float,
+                      keep_free_mib: int = 0) -> Lease | None:
+        check_lease_args(capacity_mib, mib, ttl, keep_free_mib)
         sent = time.monotonic()
         with self._errors():
-            token = await self._acquire(keys=self._lease_keys(gpu), args=[total_slots, slots, _ms(ttl), holder])
+            token = await self._acquire(keys=self._lease_keys(gpu),
+                                        args=[capacity_mib, keep_free_mib, mib, _ms(ttl), holder])
         if token is None:
             return None
-        return Lease(gpu=gpu, holder=holder, slots=slots, token=int(token), expires_at=sent + ttl)
+        if int(token) < 0:
+            raise LegacyLease(f"an older council router holds a live lease on {gpu} in {self._shown_url}, counted in "
+                              "its own slots rather than MiB: upgrade every router that shares this Redis")
+        return Lease(gpu=gpu, holder=holder, mib=mib, token=int(token), expires_at=sent + ttl)
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
         check_ttl(ttl)

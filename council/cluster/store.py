@@ -1,4 +1,4 @@
-"""State shared by routers: GPU slot leases with fencing tokens, a member registry with heartbeats, a token
+"""State shared by routers: GPU memory leases with fencing tokens, a member registry with heartbeats, a token
 bucket per key and recent ballots.
 
 `state: memory` (one router) keeps it in this process; `state: redis://host:port/db` keeps it in Redis so
@@ -29,9 +29,18 @@ class StaleLease(StateError):
     """The lease's fencing token is no longer live: it expired (and maybe was reclaimed) or was released."""
 
 
+class LegacyLease(StateError):
+    """A live lease on the GPU was written by an older council, which counted slots of its own size rather than
+    MiB: nobody can tell how much memory it holds, so nothing more is leased there until it is gone. The store
+    answered (this is no outage); the message is one line."""
+
+
 @dataclass(frozen=True)
 class Lease:
-    """`slots` slots on `gpu`, held by `holder` under fencing `token` (unique per GPU, increasing).
+    """`mib` MiB of `gpu`'s memory, held by `holder` under fencing `token` (unique per GPU, increasing).
+
+    Memory, not slots: routers whose policies cut a GPU into slots of different sizes share it, and only MiB
+    compare between them.
 
     `expires_at` is on this process's `time.monotonic()` clock and never later than the store's own expiry
     (for Redis it is measured from before the request was sent), so renewing before it is always in time.
@@ -39,15 +48,18 @@ class Lease:
 
     gpu: str
     holder: str
-    slots: int
+    mib: int
     token: int
     expires_at: float
 
 
 @runtime_checkable
 class StateStore(Protocol):
-    async def acquire(self, gpu: str, total_slots: int, holder: str, slots: int, ttl: float) -> Lease | None:
-        """Lease `slots` of the GPU's `total_slots`; None when not enough are free (expired leases are)."""
+    async def acquire(self, gpu: str, capacity_mib: int, holder: str, mib: int, ttl: float,
+                      keep_free_mib: int = 0) -> Lease | None:
+        """Lease `mib` of the GPU's `capacity_mib` so that every live lease together leaves `keep_free_mib` unleased;
+        None when not enough is free (expired leases are). Raises LegacyLease while an older council's lease is
+        live on the GPU."""
         ...
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
@@ -55,11 +67,11 @@ class StateStore(Protocol):
         ...
 
     async def release(self, lease: Lease) -> None:
-        """Free the lease's slots; idempotent, and a stale token releases nothing."""
+        """Free the lease's memory; idempotent, and a stale token releases nothing."""
         ...
 
     async def leased(self, gpu: str) -> int:
-        """Slots currently held on the GPU (expired leases not counted)."""
+        """MiB currently leased on the GPU (expired leases and an older council's, in slots, not counted)."""
         ...
 
     async def check_fence(self, gpu: str, token: int) -> bool:
@@ -67,7 +79,7 @@ class StateStore(Protocol):
         ...
 
     async def holders(self, gpu: str) -> dict[str, int]:
-        """Holder -> slots it holds on the GPU now (expired leases not counted)."""
+        """Holder -> MiB it holds on the GPU now (expired leases and an older council's, in slots, not counted)."""
         ...
 
     async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:
@@ -118,9 +130,10 @@ def open_state(url: str, *, prefix: str = DEFAULT_PREFIX) -> StateStore:
     raise ValueError(f"state must be `memory` or a redis:// URL, not {url!r}")
 
 
-def check_lease_args(total_slots: int, slots: int, ttl: float) -> None:
-    if total_slots < 0 or slots < 1:
-        raise ValueError(f"need slots >= 1 and total_slots >= 0, got slots={slots} total_slots={total_slots}")
+def check_lease_args(capacity_mib: int, mib: int, ttl: float, keep_free_mib: int) -> None:
+    if capacity_mib < 0 or mib < 1 or keep_free_mib < 0:
+        raise ValueError(f"need mib >= 1, capacity_mib >= 0 and keep_free_mib >= 0, got mib={mib} "
+                         f"capacity_mib={capacity_mib} keep_free_mib={keep_free_mib}")
     check_ttl(ttl)
 
 

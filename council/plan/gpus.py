@@ -39,6 +39,9 @@ class Gpu:
     # Memory held by processes that are not ours; the planner must not count it as free.
     used_by_others_bytes: int = 0
     processes: tuple[GpuProcess, ...] = ()  # what `used_by_others_bytes` sums, where NVML lists them
+    # The device's own total as NVML reports it, kept when a policy caps `memory_bytes`: a cap is one router's
+    # planning, while routers sharing the GPU must agree on what it holds (leases count against this).
+    device_bytes: int | None = None
 
 
 # Where a router's GPUs come from: NVML on a real host; a test hands in its own.
@@ -99,6 +102,7 @@ def nvml_gpus() -> list[Gpu]:
             gpus.append(Gpu(
                 name=_text(pynvml.nvmlDeviceGetName(handle)),
                 memory_bytes=int(mem.total),
+                device_bytes=int(mem.total),
                 free_bytes=int(mem.free),
                 source="nvml",
                 index=index,

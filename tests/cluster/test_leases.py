@@ -1,5 +1,6 @@
-"""The lease keeper against a real Redis: a lease another router now holds is lost (and reported, once); a
-lease that merely expired is taken again; a Redis outage loses nothing."""
+"""The lease keeper against a real Redis: leases count memory, so routers with different slot sizes share a GPU
+without over-leasing it; a lease another router now holds is lost (and reported, once); a lease that merely
+expired is taken again; a Redis outage loses nothing; an older council's lease (in slots) blocks, not crashes."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from council.cluster.leases import LeaseKeeper
+from council.cluster.leases import LeaseKeeper, capacity_mib
 from council.cluster.redis_store import RedisState
-from council.plan.gpus import Gpu, GpuProcess
+from council.plan.gpus import Gpu, GpuProcess, resolve_gpus
 from council.plan.planner import PolicyPlan, plan_policy
 from council.policy.loading import load_policy
 from tests.servers import free_port, wait_for
 
 pytestmark = pytest.mark.anyio
+GiB = 1 << 30
 
 
 @pytest.fixture
@@ -75,14 +77,15 @@ async def test_a_lease_another_router_took_is_lost_and_reported(redis_url: str, 
         await ours.renew_once()
         [(council, reason)] = ours.reported
         assert council == "pair"
-        assert f"fencing token {old.token}" in reason and "another router holds the GPU (2 of 2" in reason
+        assert f"its lease of 512.00 MiB on testhost/cpu (fencing token {old.token})" in reason
+        assert reason.endswith("another router holds the GPU (512.00 MiB of 512.00 MiB leased)")
         assert ours.leases == {} and ours.wanted == {}
         assert not await ours.state.check_fence(old.gpu, old.token)
         # Theirs is untouched, and the next round reports nothing again.
         await ours.renew_once()
         await theirs.renew_once()
         assert len(ours.reported) == 1 and theirs.reported == []
-        assert await theirs.state.leased(old.gpu) == 2
+        assert await theirs.state.leased(old.gpu) == 512  # MiB
     finally:
         await ours.release_all()
         await theirs.release_all()
@@ -125,6 +128,117 @@ async def test_an_expired_lease_with_free_slots_is_taken_again(redis_url: str, p
         await ours.state.close()
 
 
+def sized_plan(tmp_path: Path, slot: str, councils: dict[str, tuple[int, str]], gpu: Gpu,
+               reserve: str = "0") -> PolicyPlan:
+    """A policy cutting `gpu` into slots of `slot`; each council: that many members of that memory."""
+    path = tmp_path / f"policy-{slot}-{'-'.join(councils)}.yaml"
+    lines = [f"slots: {{size: {slot}, reserve: {reserve}}}", "models:"]
+    lines += [f"  m{name}: {{path: /nonexistent/m.gguf, memory: {memory}}}" for name, (_, memory) in councils.items()]
+    lines += ["councils:"]
+    lines += [f"  {name}: {{members: [{', '.join([f'{{model: m{name}}}'] * count)}]}}"
+              for name, (count, _) in councils.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return plan_policy(load_policy(path).policy, [gpu])
+
+
+async def test_routers_with_different_slot_sizes_never_lease_more_memory_than_the_gpu_has(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """One 40 GiB GPU (its NVML UUID is the key), two routers on other hosts: one cuts it into 20 GiB slots, the
+    other into 8 GiB ones. Before, leases counted slots against each router's own slot total: the first leased 1
+    of its 2, the second then 4 more of its 5 (5 <= 5), 52 GiB of 40 leased."""
+    gpu = Gpu(name="GPU0", memory_bytes=40 * GiB, free_bytes=40 * GiB, source="nvml", uuid=f"GPU-{uuid.uuid4()}",
+              device_bytes=40 * GiB)
+    large = sized_plan(tmp_path, "20GiB", {"solo": (1, "19GiB")}, gpu)
+    small = sized_plan(tmp_path, "8GiB", {"wide": (4, "7GiB"), "lone": (1, "7GiB")}, gpu)
+    assert [g.total for g in large.slots.gpus] == [2] and [g.total for g in small.slots.gpus] == [5]
+    assert large.all_admitted and small.all_admitted  # each plan alone fits the GPU
+    first = LeaseKeeper(RedisState(redis_url, prefix=prefix), "host-a:1", host="host-a")
+    second = LeaseKeeper(RedisState(redis_url, prefix=prefix), "host-b:2", host="host-b")
+    try:
+        assert (await first.admit(large)).all_admitted
+        admitted = await second.admit(small)
+        # 20 GiB + 4 x 8 GiB would be 52 GiB: refused, in memory; the one 8 GiB slot still fits beside it.
+        assert admitted.refused == {"wide": "its 4 slots (32.00 GiB) on GPU0 are leased elsewhere "
+                                            "(20.00 GiB of 40.00 GiB held by other routers)"}
+        assert list(second.leases) == ["lone"]
+        assert await first.state.holders(gpu.uuid or "") == {"host-a:1": 20 * 1024, "host-b:2": 8 * 1024}
+        assert await first.state.leased(gpu.uuid or "") == 28 * 1024 <= capacity_mib(gpu)
+        # Renewal keeps both, and the other way round holds too: the large slot no longer fits beside 28 GiB.
+        await first.renew_once()
+        await second.renew_once()
+        assert list(first.leases) == ["solo"] and list(second.leases) == ["lone"]
+        await first.release_leases()
+        assert (await second.admit(small)).all_admitted  # `wide` now: 40 GiB in all
+        refused = await first.admit(large)
+        assert refused.refused == {"solo": "its 1 slots (20.00 GiB) on GPU0 are leased elsewhere "
+                                           "(40.00 GiB of 40.00 GiB held by other routers)"}
+    finally:
+        for keeper in (first, second):
+            await keeper.release_all()
+            await keeper.state.close()
+
+
+async def test_a_routers_reserve_stays_unleased_by_its_own_acquires(redis_url: str, prefix: str,
+                                                                   tmp_path: Path) -> None:
+    """The capacity is the GPU's whole memory, the same for everyone; each router's `slots.reserve` is kept by its
+    own acquires, so routers of one slot size and reserve refuse what slot counts refused: 2 + 3 of 4 slots."""
+    gpu = Gpu(name="GPU0", memory_bytes=10 * GiB, free_bytes=10 * GiB, source="nvml", uuid=f"GPU-{uuid.uuid4()}",
+              device_bytes=10 * GiB)
+    pair = sized_plan(tmp_path, "2GiB", {"pair": (2, "1536MiB")}, gpu, reserve="2GiB")
+    trio = sized_plan(tmp_path, "2GiB", {"trio": (3, "1536MiB")}, gpu, reserve="2GiB")
+    assert [g.total for g in trio.slots.gpus] == [4] and pair.all_admitted and trio.all_admitted
+    first = LeaseKeeper(RedisState(redis_url, prefix=prefix), "a:1", host="a")
+    second = LeaseKeeper(RedisState(redis_url, prefix=prefix), "b:2", host="b")
+    try:
+        assert (await first.admit(pair)).all_admitted
+        # 4 GiB + 6 GiB fit the 10 GiB, but not beside the 2 GiB this router keeps free.
+        assert (await second.admit(trio)).refused == {"trio": (
+            "its 3 slots (6.00 GiB) on GPU0 are leased elsewhere (4.00 GiB of 10.00 GiB held by other routers, "
+            "2.00 GiB kept free by slots.reserve)")}
+    finally:
+        for keeper in (first, second):
+            await keeper.release_all()
+            await keeper.state.close()
+
+
+def test_the_capacity_is_the_devices_memory_whatever_a_policy_caps(tmp_path: Path) -> None:
+    """A policy may cap a GPU's memory to plan a smaller card; the routers sharing it still agree on its capacity."""
+    seen = Gpu(name="GPU0", memory_bytes=80 * GiB, free_bytes=80 * GiB, source="nvml", uuid="GPU-1",
+               device_bytes=80 * GiB)
+    path = tmp_path / "policy.yaml"
+    path.write_text("gpus: [{name: GPU-1, memory: 24GiB}]\nmodels: {}\ncouncils: {}\n")
+    [capped] = resolve_gpus(load_policy(path).policy, [seen])
+    assert capped.memory_bytes == 24 * GiB
+    assert capacity_mib(capped) == capacity_mib(seen) == 80 * 1024
+    declared = Gpu(name="cpu", memory_bytes=512 * (1 << 20) + 5, free_bytes=0, source="policy")
+    assert capacity_mib(declared) == 512  # rounded down: never more than there is
+
+
+async def test_an_older_councils_lease_in_slots_refuses_the_council_and_crashes_nothing(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """Left in Redis by a router from before leases counted MiB (`EXPIRES SLOTS HOLDER`), its size is unknown:
+    the council is refused with a reason, like slots leased elsewhere, until that lease is gone."""
+    plan = two_slot_plan(tmp_path)
+    ours = Keeper(RedisState(redis_url, prefix=prefix), "a:1")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    key = f"{prefix}gpu:testhost/cpu:leases"
+    try:
+        seconds, micros = client.time()
+        client.hset(key, "3", f"{seconds * 1000 + micros // 1000 + 300_000} 1 oldhost:7")
+        refused = await ours.admit(plan)
+        assert refused.refused["pair"].startswith("its 2 slots (512.00 MiB) on cpu cannot be leased: an older "
+                                                  "council router holds a live lease on testhost/cpu")
+        assert ours.leases == {}
+        client.delete(key)
+        assert (await ours.admit(plan)).all_admitted
+    finally:
+        client.close()
+        await ours.release_all()
+        await ours.state.close()
+
+
 def _redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
@@ -151,7 +265,7 @@ async def test_a_redis_outage_loses_nothing(tmp_path: Path) -> None:
         await ours.renew_once()
         [fresh] = ours.leases["pair"]
         assert ours.reported == [] and fresh.token != old.token
-        assert await ours.state.leased(fresh.gpu) == 2
+        assert await ours.state.leased(fresh.gpu) == 512  # MiB
     finally:
         await ours.release_all()
         await ours.state.close()

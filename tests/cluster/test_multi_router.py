@@ -64,8 +64,8 @@ def test_two_routers_never_lease_more_slots_than_the_gpu_has(
     ready = httpx.get(f"{second.url}/readyz")
     assert ready.status_code == 503
     [reason] = ready.json()["reasons"]
-    assert reason == ("council pair is not running: its 2 slots on cpu are leased elsewhere "
-                      "(2 of 2 held by other routers)")
+    assert reason == ("council pair is not running: its 2 slots (512.00 MiB) on cpu are leased elsewhere "
+                      "(512.00 MiB of 512.00 MiB held by other routers)")
     assert httpx.get(f"{second.url}/admin/members").json()["members"] == []  # nothing started beside them
     assert httpx.post(f"{first.url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
     assert first.stop() == 0  # a clean stop gives its leases back
@@ -92,8 +92,9 @@ def test_a_router_whose_slots_another_router_took_stops_its_members_and_says_why
         token = store.eval(TAKE_OVER, 2, leases, leases.replace(b":leases", b":fence"), "other-host:1")
         # Within a renewal round (ttl/3 = 10 s) the router finds its fencing token dead and the slots taken.
         lost = next_event(lines, "lease", timeout=30)
-    assert lost["council"] == "pair" and lost["reason"].startswith("lease lost: its lease of 2 slots on ")
-    assert lost["reason"].endswith("is no longer held and another router holds the GPU (2 of 2 slots leased)")
+    assert lost["council"] == "pair" and lost["reason"].startswith("lease lost: its lease of 512.00 MiB on ")
+    assert lost["reason"].endswith("is no longer held and another router holds the GPU (512.00 MiB of 512.00 MiB "
+                                   "leased)")
 
     def stopped() -> bool:
         return httpx.get(f"{first.url}/admin/members").json()["members"] == []
@@ -108,13 +109,13 @@ def test_a_router_whose_slots_another_router_took_stops_its_members_and_says_why
     assert list(store.hgetall(leases)) == [str(token).encode()]  # the other router's lease, untouched
 
 
-# Replace every lease of a GPU with one of `holder` for 2 slots, 5 minutes, under a fresh fencing token.
+# Replace every lease of a GPU with one of `holder` for all its 512 MiB, 5 minutes, under a fresh fencing token.
 TAKE_OVER = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('DEL', KEYS[1])
 local token = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[1], token, string.format('%d 2 %s', now + 300000, ARGV[1]))
+redis.call('HSET', KEYS[1], token, string.format('%d 512MiB %s', now + 300000, ARGV[1]))
 return token
 """
 

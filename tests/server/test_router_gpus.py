@@ -55,7 +55,8 @@ class FakeNvml:
         processes = (*self.others, *(GpuProcess(pid, parent_pid(pid), 200 * MiB) for pid in ours))
         used = sum(p.used_bytes for p in processes)
         return [Gpu(name="Test GPU", memory_bytes=self.slots * SLOT, free_bytes=self.slots * SLOT - used,
-                    source="nvml", uuid=self.uuid, used_by_others_bytes=used, processes=processes)]
+                    source="nvml", uuid=self.uuid, used_by_others_bytes=used, processes=processes,
+                    device_bytes=self.slots * SLOT)]
 
 
 async def test_reload_of_a_policy_that_fills_the_gpu_is_accepted_while_its_members_run(
@@ -92,7 +93,9 @@ async def test_reload_on_a_full_gpu_counts_our_members_and_a_neighbours_leased_m
     nvml = FakeNvml(slots=4, others=(GpuProcess(NEIGHBOUR + 1, NEIGHBOUR, 2 * SLOT),))  # the neighbour's member
     gpu_uuid = nvml.uuid
     neighbour = RedisState(state)
-    held = await neighbour.acquire(gpu_uuid, 4, f"{socket.gethostname()}:{NEIGHBOUR}", 2, 300.0)
+    # Leases count MiB: the neighbour holds 2 slots' worth (512 MiB) of the GPU's 1024.
+    held = await neighbour.acquire(gpu_uuid, 4 * SLOT // MiB, f"{socket.gethostname()}:{NEIGHBOUR}", 2 * SLOT // MiB,
+                                   300.0)
     assert held is not None
     router = nvml.router = open_router(path, load_policy(path), llama_server_bin,
                                        LifeConfig(run_dir=tmp_path / "run"), inventory=nvml)
@@ -103,14 +106,14 @@ async def test_reload_on_a_full_gpu_counts_our_members_and_a_neighbours_leased_m
         assert all(p.ready for p in router.processes.values())
         assert {parent_pid(p.pid) for p in router.processes.values() if p.pid is not None} == {os.getpid()}
         # The GPU is full now: the neighbour's 2 slots and our 2, each process counted once.
-        assert await neighbour.leased(gpu_uuid) == 4
+        assert await neighbour.leased(gpu_uuid) == 4 * SLOT // MiB
 
         changes = await router.reload()
         assert changes["unchanged"] == ["pair/0", "pair/1"] and changes["restarted"] == []
         [gpu] = router.plan.slots.gpus
         assert (gpu.total, gpu.used) == (4, 2)
-        assert await neighbour.holders(gpu_uuid) == {f"{socket.gethostname()}:{NEIGHBOUR}": 2,
-                                                      router.leases.holder: 2}
+        assert await neighbour.holders(gpu_uuid) == {f"{socket.gethostname()}:{NEIGHBOUR}": 2 * SLOT // MiB,
+                                                      router.leases.holder: 2 * SLOT // MiB}
         ready, reasons = router.readiness()
         assert ready, reasons
     finally:

@@ -1,19 +1,26 @@
--- A lease is a field of the GPU's hash: token -> "EXPIRES_MS SLOTS HOLDER".
--- KEYS: leases hash, fence counter. ARGV: total, slots, ttl_ms, holder. Returns the token, or nil when full.
--- @include now
+-- KEYS: leases hash, fence counter. ARGV: capacity_mib, keep_free_mib, mib, ttl_ms, holder. Returns the token;
+-- nil when the live leases and this one would leave less than keep_free_mib of capacity_mib; -1 while an older
+-- council's lease (in slots, so of unknown size) is live on the GPU.
+-- @include lease_entry
 local now = now_ms()
-local total, want, ttl, holder = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local used = 0
+local capacity, keep_free = tonumber(ARGV[1]), tonumber(ARGV[2])
+local want, ttl, holder = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local used, legacy = 0, false
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
-  local expires, slots = string.match(entries[i + 1], '^(%d+) (%d+) ')
-  if tonumber(expires) <= now then
+  local expires, mib = lease_entry(entries[i + 1])
+  if expires <= now then
     redis.call('HDEL', KEYS[1], entries[i])
+  elseif mib == nil then
+    legacy = true
   else
-    used = used + tonumber(slots)
+    used = used + mib
   end
 end
-if used + want > total then
+if legacy then
+  return -1
+end
+if used + want + keep_free > capacity then
   return false
 end
 -- Seed a missing counter from the clock so tokens keep increasing even if Redis lost the counter in a
@@ -22,7 +29,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[2], string.format('%d', now * 1000))
 end
 local token = string.format('%d', redis.call('INCR', KEYS[2]))
-redis.call('HSET', KEYS[1], token, string.format('%d %d %s', now + ttl, want, holder))
+redis.call('HSET', KEYS[1], token, string.format('%d %dMiB %s', now + ttl, want, holder))
 if redis.call('PTTL', KEYS[1]) < ttl then
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
