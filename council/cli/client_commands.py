@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +50,35 @@ def ask(
         err.print(f"[dim]{info['council']}: answer {info['answer']!r}, agreement {info['agreement']:.0%}, "
                   f"{'degraded, ' if info['degraded'] else ''}{'early stop, ' if info['early_stop'] else ''}"
                   f"id {doc['id']}[/dim]", highlight=False)
+
+
+def _ballot_number(value: object, where: str, rule: str, ok: Callable[[float], bool]) -> float:
+    """A ballot's number as the vote reads it, or exit 2 naming the field: a JSON number (not a boolean, not a
+    string), finite (Python's json reads `NaN` and `Infinity`, and a 400-digit integer overflows), and `ok`."""
+    number = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):
+            number = float(value)
+    if number is None or not math.isfinite(number) or not ok(number):
+        shown = repr(value)
+        rule = "a finite number" if number is not None and not math.isfinite(number) else rule
+        raise fail(f"{where} must be {rule}, not {shown if len(shown) <= 40 else shown[:37] + '...'}", 2)
+    return number
+
+
+def _check_tool_choice(ballot: str, choice: object, declared: list[str]) -> None:
+    """A ballot's `tool_choice` as a live request's is checked (council.server.requests): Toolbox reads any other
+    value as `auto`, and a name the tools lack made every seat abstain, which read as the members' fault."""
+    if choice is None or choice in ("none", "auto", "required"):
+        return
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str):
+        raise fail(f"{ballot}: `tool_choice` must be none, auto, required or {{\"type\": \"function\", "
+                   f"\"function\": {{\"name\": NAME}}}}, not {choice!r}", 2)
+    if name not in declared:
+        raise fail(f"{ballot}: `tool_choice` names function {name!r}, which `tools` does not declare "
+                   f"(declared: {', '.join(declared)})", 2)
 
 
 @app.command()
@@ -97,25 +129,40 @@ def tally(
     rules = doc.get("tie_break") or ["weight", "latency", "order"]
     if not (isinstance(rules, list) and all(isinstance(r, str) for r in rules)):
         raise fail(f"{ballot}: `tie_break` must be a list of rules (weight, latency, order...), not {rules!r}", 2)
+    if tools:
+        _check_tool_choice(ballot, doc.get("tool_choice"), [t["function"]["name"] for t in tools])
     toolbox = Toolbox(tools, doc.get("tool_choice")) if tools else None
     mode = tool_vote or doc.get("tool_vote_mode") or "set"
     if mode not in ("set", "per_argument"):
         raise fail(f"unknown tool vote {mode!r}: use set or per_argument", 2)
-    recover = recover_tool_calls if recover_tool_calls is not None else doc.get("recover_tool_calls", True) is not False
+    recorded_recover = doc.get("recover_tool_calls")
+    if recorded_recover is not None and not isinstance(recorded_recover, bool):
+        # `"no"` read as true (anything but `false` did).
+        raise fail(f"{ballot}: `recover_tool_calls` must be true or false, not {recorded_recover!r}", 2)
+    recover = recover_tool_calls if recover_tool_calls is not None else recorded_recover is not False
+    # Absent or null is the schema's default, 1; 0 was read as absent (`or 1.0`) and a negative T inverted the
+    # confidence vote, both exit 0. The live schema's rule (VoteConfig.confidence_temperature, gt=0) holds here.
+    recorded_t = doc.get("confidence_temperature")
+    temperature = 1.0 if recorded_t is None else _ballot_number(
+        recorded_t, f"{ballot}: `confidence_temperature`", "a positive number (T in weight x p^(1/T))",
+        lambda t: t > 0)
     read: dict[str, ToolAnswer] = {}
     ballots = []
+    seen: set[str] = set()
     for i, item in enumerate(answers):
         if not isinstance(item, dict) or not isinstance(item.get("member"), str):
             raise fail(f"{ballot}: answers[{i}] needs a `member` name and a `text`", 2)
+        if item["member"] in seen:
+            # Live ballots name each seat once; a second entry voted twice and overwrote the first's tool calls.
+            raise fail(f"{ballot}: answers[{i}]: member {item['member']!r} is listed twice", 2)
+        seen.add(item["member"])
         text = item.get("text")
-        try:
-            weight = float(item.get("weight", 1.0))
-            latency = float(item["latency_ms"]) if item.get("latency_ms") is not None else None
-            confidence = float(item["confidence"]) if item.get("confidence") is not None else None
-        except (TypeError, ValueError):
-            raise fail(f"{ballot}: answers[{i}]: weight, latency_ms and confidence must be numbers", 2) from None
-        if weight <= 0 or (confidence is not None and not 0 < confidence <= 1):
-            raise fail(f"{ballot}: answers[{i}]: weight must be positive, confidence in (0, 1]", 2)
+        where = f"{ballot}: answers[{i}]:"
+        weight = _ballot_number(item.get("weight", 1.0), f"{where} `weight`", "a positive number", lambda w: w > 0)
+        latency = None if item.get("latency_ms") is None else _ballot_number(
+            item["latency_ms"], f"{where} `latency_ms`", "a number of milliseconds, 0 or more", lambda ms: ms >= 0)
+        confidence = None if item.get("confidence") is None else _ballot_number(
+            item["confidence"], f"{where} `confidence`", "a probability in (0, 1]", lambda p: 0 < p <= 1)
         text = text if isinstance(text, str) else None
         if toolbox is not None:  # the calls re-read and re-checked against the recorded tools, as they were live
             calls = item.get("tool_calls")
@@ -133,7 +180,6 @@ def tally(
                               latency_ms=latency, confidence=confidence))
     try:
         # A recorded judge ballot re-votes by majority: the judge's model is not here to ask.
-        temperature = float(doc.get("confidence_temperature") or 1.0)
         voted = "majority" if chosen == "judge" else chosen
         called: ToolDecision | None = None
         if toolbox is not None:

@@ -48,9 +48,10 @@ def eval_(
     BFCL's AST rules, and calls that fail their schema. Exit 2 for a bad policy or data file."""
     from council.evaluation.bfcl import CATEGORIES, is_bfcl, load_bfcl, sample_per_category
     from council.evaluation.dataset import DatasetError, load_items, sample
-    from council.evaluation.record import RecordError, http_asker, record_items, resumable
+    from council.evaluation.record import RecordError, http_asker, in_one_seat_order, record_items, resumable
     from council.evaluation.report import print_report
     from council.evaluation.score import score
+    from council.plan.planner import fallback_council
 
     loaded = load_or_exit(policy)
     config = loaded.policy.councils.get(council)
@@ -77,8 +78,12 @@ def eval_(
         if target is not None and not Path(target).resolve().parent.is_dir():
             raise fail(f"{option} {target}: no such folder", 2)  # found out before the members are asked
     append_to = Path(record) if record else None
+    # The seats a recording may hold: the council as declared, or its fallback (what runs when it does not fit).
+    seats = [config.member_names(council)]
+    if (fallback := fallback_council(council, config)) is not None:
+        seats.append(fallback.member_names(council))
     try:
-        done = resumable(append_to, items) if append_to is not None else {}  # read before any member starts
+        done = resumable(append_to, items, seats) if append_to is not None else {}  # read before any member starts
     except RecordError as exc:
         raise fail(str(exc), 2) from None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -95,6 +100,12 @@ def eval_(
         else:
             records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance, done,
                                                extra))
+    try:
+        # Resumed and new answers scored as one council's (with --url, the router's may not be the recording's).
+        records = in_one_seat_order(records, seats)
+    except RecordError as exc:
+        kept = f"; this run's answers are kept in {record}" if record else ""
+        raise fail(f"{exc}: two councils' answers cannot be scored as one{kept}", 2) from None
     report: Any
     if bfcl:
         from council.evaluation.calls import score_calls
@@ -119,7 +130,7 @@ def eval_(
 async def _record_here(loaded: Any, council: str, items: list[Any], concurrency: int, append_to: Path | None,
                        advance: Any, done: dict[int, Any], extra: dict[str, Any] | None = None) -> list[Any]:
     """Start the council's members, record every item, stop them."""
-    from council.evaluation.record import engine_asker, record_items
+    from council.evaluation.record import engine_asker, in_seat_order, record_items
     from council.members.process import LifeConfig
     from council.paths import council_home
     from council.voting.assembly import assemble
@@ -129,6 +140,14 @@ async def _record_here(loaded: Any, council: str, items: list[Any], concurrency:
     plan = plan_or_exit(loaded)
     if council not in plan.configs:
         raise fail(f"council {council} does not fit: {plan.refused.get(council)}", 3)
+    # Declared and fallback seats both resume; not a recording of one when the council runs here as the other.
+    runs = plan.configs[council].member_names(council)
+    for index, kept in done.items():
+        _, _, problem = in_seat_order(kept, [runs])
+        if problem is not None:
+            how = "as declared" if runs == loaded.policy.councils[council].member_names(council) else "as its fallback"
+            raise fail(f"{append_to}: item {index} was answered by {problem}: the council runs {how} here; "
+                       "record to another file", 2)
     life = LifeConfig(run_dir=council_home() / "run", instance=f"eval-{os.getpid()}", stuck_after=3600)
     assembly = assemble(plan, server, life)
     await assembly.supervisor.start()

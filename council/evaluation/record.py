@@ -186,10 +186,12 @@ def read_records(path: Path) -> dict[int, ItemRecord]:
     return {r.index: r for _, r in _numbered_records(path)}
 
 
-def resumable(path: Path, items: Sequence[AnyItem]) -> dict[int, ItemRecord]:
+def resumable(path: Path, items: Sequence[AnyItem], seats: Sequence[Sequence[str]] = ()) -> dict[int, ItemRecord]:
     """The records of `path` that answer `items`, by index: what a resumed run does not ask again. RecordError for a
     line that is not a record, or a record of an item whose question is not the data's at that index (a recording
-    of other data, whose answers would be scored against this data's references)."""
+    of other data, whose answers would be scored against this data's references). With `seats` (the seat names the
+    council may run with: as declared, its fallback), each record's answers are put in that order by name, and a
+    record of other seats is refused (see `in_seat_order`)."""
     by_index = {item.index: item for item in items}
     done: dict[int, ItemRecord] = {}
     for number, record in _numbered_records(path):
@@ -199,8 +201,67 @@ def resumable(path: Path, items: Sequence[AnyItem]) -> dict[int, ItemRecord]:
         if record.question != item.question:
             raise RecordError(f"{path}:{number}: item {record.index} is {_short(record.question)} here but "
                               f"{_short(item.question)} in the data (line {item.line}): a recording of other data?")
+        record, order, problem = in_seat_order(record, seats)
+        if problem is not None:
+            raise RecordError(f"{path}:{number}: item {record.index} was answered by {problem}: a recording of "
+                              "another council? Record to another file, or score this one with the policy it was "
+                              "made with")
+        if order is not None:
+            seats = [order]  # one file, one council: not the declared seats for one item and the fallback's for another
         done[record.index] = record
     return done
+
+
+def _seat_difference(recorded: Sequence[str], council: Sequence[str], mine: str = "the record",
+                     theirs: str = "the council") -> str | None:
+    """None when `recorded` names the council's seats (in any order); else the two lists and what differs."""
+    if sorted(recorded) == sorted(council):
+        return None
+    only_recorded = [s for s in recorded if s not in council]
+    only_council = [s for s in council if s not in recorded]
+    differ = "; ".join([*([f"only in {mine}: {', '.join(only_recorded)}"] if only_recorded else []),
+                        *([f"only in {theirs}: {', '.join(only_council)}"] if only_council else [])])
+    whose = f"{theirs}'" if theirs.endswith("s") else f"{theirs}'s"
+    return f"seats {', '.join(recorded)}, not {whose} {', '.join(council)} ({differ or 'a seat named twice'})"
+
+
+def in_seat_order(record: ItemRecord, seats: Sequence[Sequence[str]]
+                  ) -> tuple[ItemRecord, Sequence[str] | None, str | None]:
+    """The record with its answers in the order of the first of `seats` (seat-name lists) that names the same seats,
+    matched by name: scoring reads a seat's answer by its position (the per-member tables, cascade stages, ties
+    broken by `order`), so a record of the same seats in another order would credit one seat with another's answers.
+    Returns (record, the seat list it matched or None, why none matched or None). Answers of other seats are not
+    guessed at: a seat missing from the record has no answer to vote with, and one the council lacks is not its."""
+    if not record.answers or not seats:
+        return record, None, None
+    recorded = [a.member for a in record.answers]
+    for order in seats:
+        if _seat_difference(recorded, order) is None:
+            by_name = {a.member: a for a in record.answers}
+            same = recorded == list(order)
+            return (record if same else record.model_copy(update={"answers": [by_name[s] for s in order]}), order,
+                    None)
+    closest = min(seats, key=lambda order: len(set(order) ^ set(recorded)))
+    return record, None, _seat_difference(recorded, closest)
+
+
+def in_one_seat_order(records: Sequence[ItemRecord], seats: Sequence[Sequence[str]]) -> list[ItemRecord]:
+    """Every record's answers in one seat order: the first record that has answers sets it (the list of `seats`
+    naming its seats, else its own: with `--url`, the router's council is what answered), and every later one is
+    put in it by name (`in_seat_order`). RecordError naming the first item answered by other seats than the items
+    before it (resumed answers of one council, new ones from a router running another)."""
+    out: list[ItemRecord] = []
+    fixed: Sequence[str] | None = None
+    for record in records:
+        if fixed is None and record.answers:
+            fixed = in_seat_order(record, seats)[1] or [a.member for a in record.answers]
+        if fixed is not None and record.answers:
+            problem = _seat_difference([a.member for a in record.answers], fixed, "this item", "the earlier items")
+            if problem is not None:
+                raise RecordError(f"item {record.index} was answered by {problem}")
+            record = in_seat_order(record, [fixed])[0]
+        out.append(record)
+    return out
 
 
 def _short(text: str, size: int = 60) -> str:

@@ -272,6 +272,7 @@ class MemberProcess:
         self.listeners: list[Listener] = list(listeners or [])
         # Called with each line of the process's output; the supervisor's list, so later additions reach it.
         self.log_listeners: list[LogListener] = log_listeners if log_listeners is not None else []
+        self._failed_log_listeners: list[LogListener] = []  # noted in the tail once each
         # The process's `parallel` slots, shared by every caller (council seats and passthrough): more requests
         # would only queue inside llama-server, where a council's timeout could not see them.
         self.slots = Slots(recipe.slots)
@@ -482,7 +483,7 @@ class MemberProcess:
                     self._log_line(text)
             for text in lines.close():
                 self._log_line(text)
-        except Exception as exc:  # a full disk, a listener that raised
+        except Exception as exc:  # a full disk (a listener's fault stays in `_log_line`)
             self.log_tail.append(f"council: reading this log failed ({type(exc).__name__}: {exc}); "
                                  "later lines go to the log file only")
             with contextlib.suppress(Exception):
@@ -494,7 +495,17 @@ class MemberProcess:
         if text:
             self.log_tail.append(text)
             for listener in list(self.log_listeners):
-                listener(self.name, text)
+                try:
+                    listener(self.name, text)
+                except Exception as exc:
+                    # One listener's fault is its own: raised into the reader it stopped the tail and every other
+                    # listener (the dashboard's log) for the rest of the process's life. It keeps getting lines,
+                    # since a fault may pass (it is the shared list of every process, not this one's to edit);
+                    # noted once, not once per line.
+                    if not any(failed is listener for failed in self._failed_log_listeners):
+                        self._failed_log_listeners.append(listener)
+                        self.log_tail.append(f"council: a log listener failed ({type(exc).__name__}: {exc}); "
+                                             "the others still get every line")
 
     async def _reap_reader(self, running: _Running) -> None:
         """Let the log reader reach the end of the output (up to 5 s, then cancel it). Never raises but our own

@@ -156,6 +156,9 @@ def _message(error: Any, path: Loc) -> str:
         return f"unknown key{hint}"
     if kind == "missing":
         return "required key is missing"
+    if kind == "finite_number":
+        # The same words as a size's or a duration's (council.units); pydantic's names no value.
+        return f"must be a finite number, not {error['input']!r}"
     message = str(error["msg"])
     return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 

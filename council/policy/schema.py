@@ -41,8 +41,10 @@ ExpandedPath = Annotated[Path, AfterValidator(expand_path)]
 
 
 class _Strict(BaseModel):
-    # Unknown keys are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors: a typo must not silently fall back to a default. No float of a policy (weights,
+    # temperatures, rates, shares, step costs) means anything as YAML's `.inf` or `.nan`: an infinite weight
+    # outvotes every other seat and NaN passes no comparison, so both are refused before any `gt`/`le` bound.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ApiKey(_Strict):

@@ -57,7 +57,8 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path: Path) -> None:
         ("{not json", "cannot read the ballot"),
         ({"answers": []}, "`answers` must be a non-empty list"),
         ({"answers": [{"text": "1"}]}, "answers[0] needs a `member`"),
-        ({"answers": [{"member": "a", "text": "1", "weight": -1}]}, "weight must be positive"),
+        ({"answers": [{"member": "a", "text": "1", "weight": -1}]},
+         "answers[0]: `weight` must be a positive number, not -1"),
         ({"strategy": "plurality", "answers": ANSWERS}, "unknown strategy 'plurality'"),
         ({"extract": "regex:(", "answers": ANSWERS}, "bad extractor 'regex:('"),
         # Hand-made ballots that were tracebacks (exit 1): an extractor that is no string, a tool's `parameters`
@@ -93,7 +94,47 @@ def test_tally_confidence_votes_weigh_each_members_recorded_confidence(tmp_path:
     assert votes["41"] == 0.81 and abs(votes["42"] - 0.13) < 1e-9
     bad = write(tmp_path, {"strategy": "confidence", "answers": [{"member": "a", "text": "1", "confidence": 2}]})
     result = run_cli("tally", str(bad))
-    assert result.returncode == 2 and "confidence in (0, 1]" in result.stderr
+    assert result.returncode == 2 and "answers[0]: `confidence` must be a probability in (0, 1], not 2" in result.stderr
+
+
+def test_numbers_and_settings_a_vote_cannot_use_are_exit_2(tmp_path: Path) -> None:
+    # Each was exit 0 (a negative temperature even turned the vote: 41 won), a traceback (a list), or a message that
+    # named no field ("min() arg is an empty sequence" for NaN, which Python's json reads, as it does Infinity).
+    sure = [{"member": "a", "text": "42", "confidence": 0.9}, {"member": "b", "text": "41", "confidence": 0.5}]
+    conf = {"strategy": "confidence", "extract": "number", "answers": sure}
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    temperature = "`confidence_temperature` must be a positive number (T in weight x p^(1/T)), not"
+    cases: list[tuple[object, str]] = [
+        ({**conf, "confidence_temperature": -1}, f"{temperature} -1"),
+        ({**conf, "confidence_temperature": 0}, f"{temperature} 0"),
+        ({**conf, "confidence_temperature": "warm"}, f"{temperature} 'warm'"),
+        ({**conf, "confidence_temperature": [1]}, f"{temperature} [1]"),
+        (json.dumps({"confidence_temperature": 1, **conf}).replace(": 1,", ": NaN,", 1),
+         "`confidence_temperature` must be a finite number, not nan"),
+        ({**conf, "answers": [{**sure[0], "weight": True}, sure[1]]}, "answers[0]: `weight` must be a positive number, "
+                                                                     "not True"),
+        (json.dumps({**conf, "strategy": "weighted"}).replace('"confidence": 0.9', '"weight": Infinity'),
+         "answers[0]: `weight` must be a finite number, not inf"),
+        ({**conf, "answers": [sure[0], {**sure[1], "latency_ms": -5}]},
+         "answers[1]: `latency_ms` must be a number of milliseconds, 0 or more, not -5"),
+        ({**conf, "answers": [{**sure[0], "confidence": True}, sure[1]]},
+         "answers[0]: `confidence` must be a probability in (0, 1], not True"),
+        ({**conf, "answers": [sure[0], {**sure[1], "member": "a"}]}, "answers[1]: member 'a' is listed twice"),
+        ({"tools": tools, "tool_choice": "sometimes", "answers": CALLS}, "`tool_choice` must be none, auto, required "
+                                                                         "or {\"type\": \"function\""),
+        ({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "g"}}, "answers": CALLS},
+         "`tool_choice` names function 'g', which `tools` does not declare (declared: f)"),
+        ({"tools": tools, "recover_tool_calls": "no", "answers": CALLS},
+         "`recover_tool_calls` must be true or false, not 'no'"),
+    ]
+    for doc, message in cases:
+        result = run_cli("tally", str(write(tmp_path, doc)))
+        assert result.returncode == 2, (doc, result.stdout)
+        assert message in result.stderr, (doc, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    # Absent or null is the schema's default, T = 1.
+    votes = json.loads(run_cli("tally", str(write(tmp_path, {**conf, "confidence_temperature": None}))).stdout)
+    assert votes["votes"] == {"42": 0.9, "41": 0.5}
 
 
 def test_a_reply_cut_off_by_max_tokens_votes_only_with_an_answer_it_stated(tmp_path: Path) -> None:

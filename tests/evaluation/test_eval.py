@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,8 +131,9 @@ def test_eval_refuses_a_record_file_it_cannot_resume_from_before_asking(tmp_path
     policy.write_text(council_policy(syn))
     data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "abc"}, {"question": "r", "answer": "abcd"}])
     url = [] if here else ["--url", "http://127.0.0.1:9"]  # nothing listens there: it must not be asked
-    kept = ('{"index": 0, "line": 1, "question": "q", "reference": "abc", "wall_ms": 1.0, "answers": '
-            '[{"member": "trio/0", "model": "syn", "status": "ok", "text": "abc"}]}\n')
+    seats = ", ".join(f'{{"member": "trio/{i}", "model": "syn", "status": "ok", "text": "abc"}}' for i in range(3))
+    kept = f'{{"index": 0, "line": 1, "question": "q", "reference": "abc", "wall_ms": 1.0, "answers": [{seats}]}}\n'
+
     record = tmp_path / "r.jsonl"
     record.write_text(kept + kept.replace('"index": 0', '"index": 1')[:50])  # a run killed while writing
     result = run_cli("eval", str(policy), "trio", str(data), "--record", str(record), *url, env=env)
@@ -146,6 +148,44 @@ def test_eval_refuses_a_record_file_it_cannot_resume_from_before_asking(tmp_path
     assert result.stderr.strip() == (f"error: {record}:2: item 1 is 'other' here but 'r' in the data (line 2): a "
                                      "recording of other data?")
     assert record.read_text().count("\n") == 2  # nothing appended
+
+
+def test_a_recording_is_scored_by_seat_name_and_refused_from_other_seats(tmp_path: Path) -> None:
+    # Scores read a seat's answer by its position: a record whose seats came in another order (the policy's members
+    # reordered between runs) credited seat a with c's answers, one with a seat fewer was an IndexError traceback,
+    # and one of other seats altogether was scored as this council. No member is asked: every item is recorded.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_yaml({"m": {"remote": {"model": "openai/x"}}},
+                                  {"trio": {"members": [{"model": "m", "name": n} for n in "abc"],
+                                            "vote": {"strategy": "majority", "extract": "text"}}}))
+    data = write(tmp_path / "data.jsonl", [{"question": "q0", "answer": "x"}, {"question": "q1", "answer": "y"}])
+
+    def recording(*items: list[tuple[str, str]]) -> Path:
+        return write(tmp_path / "r.jsonl", [
+            {"index": i, "line": i + 1, "question": f"q{i}", "reference": "xy"[i], "wall_ms": 1.0,
+             "answers": [{"member": m, "model": "m", "status": "ok", "text": t} for m, t in answers]}
+            for i, answers in enumerate(items)])
+
+    def run(record: Path) -> subprocess.CompletedProcess[str]:
+        return run_cli("eval", str(policy), "trio", str(data), "--record", str(record), "--url", "http://127.0.0.1:9",
+                       "--json", str(tmp_path / "report.json"))
+
+    result = run(recording([("a", "x"), ("b", "x"), ("c", "z")], [("c", "y"), ("a", "n"), ("b", "n")]))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert [(m["name"], m["correct"]) for m in doc["members"]] == [("a", 1), ("b", 1), ("c", 1)]
+    assert [[a["member"] for a in r["answers"]] for r in doc["records"]] == [["a", "b", "c"]] * 2
+    record = recording([("a", "x"), ("b", "x"), ("c", "z")], [("a", "y"), ("c", "y")])
+    before = record.read_text()
+    result = run(record)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"error: {record}:2: item 1 was answered by seats a, c, not the council's a, b, c "
+                                     "(only in the council: b): a recording of another council? Record to another "
+                                     "file, or score this one with the policy it was made with")
+    assert record.read_text() == before
+    result = run(recording([("d", "x"), ("e", "x")], [("d", "y"), ("e", "n")]))
+    assert result.returncode == 2 and "item 0 was answered by seats d, e, not the council's a, b, c (only in the " \
+        "record: d, e; only in the council: a, b, c)" in result.stderr
 
 
 @pytest.mark.parametrize("option", ["--json", "--html", "--record"])

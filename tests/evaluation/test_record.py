@@ -15,6 +15,7 @@ from council.evaluation.record import (
     ItemRecord,
     MemberAnswer,
     RecordError,
+    in_one_seat_order,
     read_records,
     record_items,
     resumable,
@@ -68,3 +69,40 @@ def test_a_recording_of_other_data_is_refused_not_reused(tmp_path: Path) -> None
         asyncio.run(record_items(ask, items, append_to=path))
     assert asked == []
 
+
+def seated(item: AnyItem, *seats: str) -> ItemRecord:
+    return ItemRecord(index=item.index, line=item.line, question=item.question, reference=item.reference,
+                      wall_ms=1.0, answers=[MemberAnswer(member=s, model="m", status="ok", text=s) for s in seats])
+
+
+def test_a_resumed_record_is_matched_to_the_seats_by_name(tmp_path: Path) -> None:
+    items = data(tmp_path)
+    declared, fallback = ["c/0", "c/1", "c/2"], ["c/0", "c/1"]
+    path = tmp_path / "r.jsonl"
+    path.write_text(seated(items[0], "c/0", "c/1", "c/2").model_dump_json() + "\n"
+                    + seated(items[1], "c/2", "c/0", "c/1").model_dump_json() + "\n")
+    done = resumable(path, items, [declared, fallback])
+    assert [[a.member for a in r.answers] for r in done.values()] == [declared, declared]
+    assert [a.text for a in done[1].answers] == declared  # each answer stays its seat's
+    # The fallback's seats resume too (a council that did not fit), but not beside the declared council's.
+    path.write_text(seated(items[0], "c/1", "c/0").model_dump_json() + "\n")
+    assert [a.member for a in resumable(path, items, [declared, fallback])[0].answers] == fallback
+    path.write_text(seated(items[0], "c/0", "c/1").model_dump_json() + "\n"
+                    + seated(items[1], "c/0", "c/1", "c/2").model_dump_json() + "\n")
+    with pytest.raises(RecordError) as caught:
+        resumable(path, items, [declared, fallback])
+    assert str(caught.value).startswith(f"{path}:2: item 1 was answered by seats c/0, c/1, c/2, not the council's "
+                                        "c/0, c/1 (only in the record: c/2): a recording of another council?")
+    path.write_text(seated(items[0], "c/0", "x", "c/2").model_dump_json() + "\n")
+    with pytest.raises(RecordError, match=r":1: item 0 was answered by seats c/0, x, c/2, not the council's c/0, "
+                                          r"c/1, c/2 \(only in the record: x; only in the council: c/1\)"):
+        resumable(path, items, [declared, fallback])
+
+
+def test_new_answers_from_other_seats_than_the_resumed_ones_are_refused(tmp_path: Path) -> None:
+    items = data(tmp_path)
+    ordered = in_one_seat_order([seated(items[0], "b", "a"), seated(items[1], "a", "b")], [])
+    assert [[a.member for a in r.answers] for r in ordered] == [["b", "a"], ["b", "a"]]  # the first record's order
+    with pytest.raises(RecordError, match=r"^item 1 was answered by seats a, c, not the earlier items' b, a \(only "
+                                          r"in this item: c; only in the earlier items: b\)$"):
+        in_one_seat_order([seated(items[0], "b", "a"), seated(items[1], "a", "c")], [])

@@ -225,18 +225,24 @@ async def test_a_failing_log_listener_neither_blocks_the_member_nor_breaks_resta
     stub: tuple[MemberProcess, HttpMemberClient],
 ) -> None:
     """An in-process fault no server can cause: before, an exception in the log reader escaped the watchdog
-    (the member stayed `ready` after a crash) and stop()."""
+    (the member stayed `ready` after a crash) and stop(); and after the first line a listener raised on, the
+    tail and every other listener (the dashboard's log) got no line again: the file only."""
     process, client = stub
+    heard: list[str] = []
 
     def broken(name: str, line: str) -> None:
         raise RuntimeError("listener broke")
 
-    process.log_listeners.append(broken)
+    process.log_listeners.extend([broken, lambda name, line: heard.append(line)])
     # Output far past the pipe's buffer after the fault: it still reaches the file, so the pipe is drained.
     for _ in range(2):
         assert (await client.complete(ask("long-log"))).status == "ok"
-    await until(lambda: any("listener broke" in line for line in process.log_tail), 10, "the reader's fault noted")
     await until(lambda: process.log_path.read_bytes().count(b"after the long line") == 2, 10,
                 "the output after the fault to reach the log file")
+    await until(lambda: heard.count("after the long line") == 2, 10, "the other listener to get every line")
+    assert list(process.log_tail).count("after the long line") == 2
+    noted = [line for line in process.log_tail if "listener broke" in line]
+    assert noted == ["council: a log listener failed (RuntimeError: listener broke); the others still get every "
+                     "line"]  # once, not once per line
     assert (await client.complete(ask("ok"))).status == "ok"
     await crash_restart_and_stop(process)

@@ -339,3 +339,36 @@ def test_sizes_and_durations_must_be_finite(tmp_path: Path) -> None:
     result = run_cli("check", f)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == problems(path)
+
+
+def test_every_float_of_a_policy_must_be_finite(tmp_path: Path) -> None:
+    # `weight: .inf` was accepted (`gt=0` alone lets infinity through): one seat outvoted the rest, and an infinite
+    # confidence_temperature or rate_limit passed as well; `.nan` failed only by luck, as "should be greater than 0".
+    path = write(tmp_path, """
+        server:
+          api_keys: [{name: a, env: KEY, rate_limit: .inf}]
+        models:
+          m: {remote: {model: openai/x}, draft: {type: ngram-mod, step_cost: {1: .inf}, auto: {margin: .inf}}}
+        councils:
+          c:
+            members:
+              - {model: m, weight: .inf, rate_limit: .inf}
+              - {model: m, weight: .nan, sampling: {temperature: .nan, top_p: .nan}}
+            vote: {strategy: confidence, confidence_temperature: .inf, cascade: {first: 1, agreement: .nan}}
+        """)
+    f = str(path)
+    assert problems(path) == [
+        f"{f}:2: server.api_keys.0.rate_limit: must be a finite number, not inf",
+        f"{f}:4: models.m.draft.step_cost.1: must be a finite number, not inf",
+        f"{f}:4: models.m.draft.auto.margin: must be a finite number, not inf",
+        f"{f}:8: councils.c.members.0.weight: must be a finite number, not inf",
+        f"{f}:8: councils.c.members.0.rate_limit: must be a finite number, not inf",
+        f"{f}:9: councils.c.members.1.weight: must be a finite number, not nan",
+        f"{f}:9: councils.c.members.1.sampling.temperature: must be a finite number, not nan",
+        f"{f}:9: councils.c.members.1.sampling.top_p: must be a finite number, not nan",
+        f"{f}:10: councils.c.vote.confidence_temperature: must be a finite number, not inf",
+        f"{f}:10: councils.c.vote.cascade.agreement: must be a finite number, not nan",
+    ]
+    result = run_cli("check", f)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == problems(path)

@@ -50,3 +50,41 @@ async def test_an_image_to_a_text_only_model_is_refused_before_it_is_relayed(tmp
         refused = await http.post(path, json={"model": "m", "input": IMAGE}, headers={"Authorization": f"Bearer {KEY}"})
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_content", refused.text
     assert router.limits.queues.get("m", 0) == 0
+
+
+CHAT_IMAGE = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                           {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]}]
+MESSAGES_IMAGE = [{"role": "user", "content": [
+    {"type": "text", "text": "what is this?"},
+    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}]}]
+TEXT_ONLY = {"c": "c is text-only: its model m has no vision or audio projector (`--mmproj` in the model's `args`); "
+                  "send text content",
+             "m": "m is text-only: it has no vision or audio projector (`--mmproj` in the model's `args`); send text "
+                  "content"}
+
+
+@pytest.mark.parametrize(("path", "body", "target"), [
+    *((path, body, target) for path, body in [("/v1/chat/completions", {"messages": CHAT_IMAGE}),
+                                             ("/v1/messages", {"messages": MESSAGES_IMAGE, "max_tokens": 10}),
+                                             ("/v1/responses", {"input": IMAGE})] for target in ("c", "m")),
+    # Counting: a model's process is asked (a council's count asks its members as a chat body, unchecked).
+    ("/v1/messages/count_tokens", {"messages": MESSAGES_IMAGE}, "m"),
+    ("/v1/responses/input_tokens", {"input": IMAGE}, "m"),
+])
+async def test_media_a_model_cannot_read_is_refused_in_one_message_by_every_api(
+        tmp_path: Path, path: str, body: dict[str, object], target: str) -> None:
+    # The check was written three times, in four wordings ("no member has a vision projector" for a model, "send
+    # text" or nothing said), and count_tokens relayed the image; one function now, each API keeping its own error
+    # envelope.
+    router = _router(tmp_path)
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council") as http:
+        refused = await http.post(path, json={"model": target, **body}, headers={"Authorization": f"Bearer {KEY}"})
+    assert refused.status_code == 400, refused.text
+    doc = refused.json()
+    if path.startswith("/v1/messages"):
+        assert doc == {"type": "error", "error": {"type": "invalid_request_error", "message": TEXT_ONLY[target],
+                                                  "details": {"error_code": "unsupported_content"}}}
+    else:
+        assert doc["error"]["message"] == TEXT_ONLY[target] and doc["error"]["code"] == "unsupported_content"
+    assert router.limits.queues.get(target, 0) == 0

@@ -182,6 +182,14 @@ class CountTokensRequest(_Open):
                                  "members run none: declare tools with `name` and `input_schema`")
         return tools
 
+    @property
+    def has_media(self) -> bool:
+        def media(block: Any) -> bool:
+            return isinstance(block, ImageBlock) or (isinstance(block, ToolResultBlock) and isinstance(
+                block.content, list) and any(isinstance(b, ImageBlock) for b in block.content))
+
+        return any(isinstance(m.content, list) and any(media(b) for b in m.content) for m in self.messages)
+
     def check(self) -> None:
         """What a field alone cannot say: `tool_choice` must name a declared tool."""
         choice = self.tool_choice
@@ -206,13 +214,6 @@ class MessagesRequest(CountTokensRequest):
     stop_sequences: list[str] | None = None
     metadata: dict[str, Any] | None = None
 
-    @property
-    def has_media(self) -> bool:
-        def media(block: Any) -> bool:
-            return isinstance(block, ImageBlock) or (isinstance(block, ToolResultBlock) and isinstance(
-                block.content, list) and any(isinstance(b, ImageBlock) for b in block.content))
-
-        return any(isinstance(m.content, list) and any(media(b) for b in m.content) for m in self.messages)
 
 
 def validate(body: Any, model: type[M]) -> M:

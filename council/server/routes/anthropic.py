@@ -22,7 +22,6 @@ from council.server.auth import Principal
 from council.server.deps import current_router, require
 from council.server.errors import MODEL, OVERHEAD_HEADER, ApiError
 from council.server.limits import Admission
-from council.server.requests import BadRequest
 from council.server.router import Router
 from council.server.routes.chat import (
     CLIENT_GONE,
@@ -30,6 +29,7 @@ from council.server.routes.chat import (
     _target,
     as_council_request,
     ask_council,
+    check_media,
     council_stream,
     read_body,
 )
@@ -51,9 +51,7 @@ async def messages(request: Request, router: Current, who: Chat) -> Response:
     asked = anthropic.validate(body, MessagesRequest)
     engine = _target(router, asked.model)
     setattr(request.state, MODEL, asked.model)  # a known name: errors from here on are counted under it
-    if asked.has_media and not router.accepts_media(asked.model):
-        raise BadRequest(f"{asked.model} is text-only: no member has a vision projector (`--mmproj`); send text",
-                         "unsupported_content")
+    check_media(router, asked.model, asked.has_media)
     if engine is None:
         admission = await router.limits.admit(who, asked.model)
         return await _relay_model(router, asked.model, raw, admission, started, stream=bool(asked.stream))
@@ -161,6 +159,8 @@ async def count_tokens(request: Request, router: Current, who: Chat) -> Response
     # A council's members also read its tool instructions: checked (as chat) before admission.
     instructions = None if engine is None else engine.tool_text(
         as_council_request(router, anthropic.count_to_chat(asked), checked=False))
+    if engine is None:  # as /v1/responses/input_tokens refuses it: the process could not read the image either
+        check_media(router, asked.model, asked.has_media)
     async with await router.limits.admit(who, asked.model) as admission:
         waiting = time.perf_counter()
         if engine is None:

@@ -99,12 +99,24 @@ def _target(router: Router, model: str) -> CouncilEngine | None:
     return engine
 
 
+def check_media(router: Router, model: str, has_media: bool) -> None:
+    """Image or audio parts go only where every model behind `model` can read them: the one rule and message of
+    chat, messages and responses (each API's error envelope is `errors.shaped_error`'s)."""
+    lacking = router.text_only(model) if has_media else []
+    if not lacking:
+        return
+    if model not in router.engines:
+        who = "it has"
+    else:
+        who = f"its model {lacking[0]} has" if len(lacking) == 1 else f"its models {', '.join(lacking)} have"
+    raise BadRequest(f"{model} is text-only: {who} no vision or audio projector (`--mmproj` in the model's `args`); "
+                     "send text content", "unsupported_content")
+
+
 def _check_council_request(router: Router, chat: ChatRequest) -> None:
     if chat.n not in (None, 1):
         raise BadRequest("`n` other than 1 is not supported: a council already asks several models", "invalid_n")
-    if chat.has_media and not router.accepts_media(chat.model):
-        raise BadRequest(f"{chat.model} is text-only: its members have no vision or audio projector (`--mmproj`); "
-                         "send text content", "unsupported_content")
+    check_media(router, chat.model, chat.has_media)
 
 
 def as_council_request(router: Router, chat_body: dict[str, Any], *, checked: bool = True) -> CouncilRequest:
@@ -128,9 +140,8 @@ async def chat_completions(request: Request) -> Response:
     setattr(request.state, MODEL, chat.model)  # a known name: errors from here on are counted under it
     if engine is not None:
         _check_council_request(router, chat)
-    elif chat.has_media and not router.accepts_media(chat.model):
-        raise BadRequest(f"{chat.model} is text-only: it has no vision or audio projector (`--mmproj`)",
-                         "unsupported_content")
+    else:
+        check_media(router, chat.model, chat.has_media)
     admission = await router.limits.admit(who, chat.model)
     if engine is None:
         return await _passthrough(router, chat.model, raw, "/v1/chat/completions", admission, started,

@@ -51,6 +51,7 @@ from council.server.routes.chat import (
     _target,
     as_council_request,
     ask_council,
+    check_media,
     council_stream,
     read_body,
 )
@@ -71,13 +72,6 @@ async def _read(request: Request, router: Router) -> tuple[dict[str, Any], Respo
     engine = _target(router, ask.model)
     setattr(request.state, MODEL, ask.model)
     return body, ask, engine, await _history(router, ask)
-
-
-def _check_media(router: Router, ask: ResponsesRequest) -> None:
-    """A model is refused an image it cannot read, as chat and messages refuse it (a council checks as chat)."""
-    if ask.has_media and not router.accepts_media(ask.model):
-        raise BadRequest(f"{ask.model} is text-only: it has no vision projector (`--mmproj`); send text",
-                         "unsupported_content")
 
 
 async def _history(router: Router, request: ResponsesRequest) -> list[dict[str, Any]]:
@@ -114,8 +108,8 @@ async def create_response(request: Request, router: Current, who: Chat) -> Respo
     started = time.perf_counter()
     body, ask, engine, history = await _read(request, router)
     inputs = [*history, *input_items(body)]
-    if engine is None:
-        _check_media(router, ask)
+    if engine is None:  # a council is checked as chat (as_council_request)
+        check_media(router, ask.model, ask.has_media)
         return await _relay(router, ask, body, history, inputs, who, started)
     council = as_council_request(router, to_chat(ask, body, history))
     admission = await router.limits.admit(who, ask.model)
@@ -217,7 +211,7 @@ async def input_tokens(request: Request, router: Current, who: Chat) -> Response
     started = time.perf_counter()
     body, ask, engine, history = await _read(request, router)
     if engine is None:
-        _check_media(router, ask)
+        check_media(router, ask.model, ask.has_media)
         payload = {k: v for k, v in for_model(body, history).items() if k not in ("stream", "stream_options")}
         return await _passthrough(router, ask.model, json.dumps(payload).encode(), "/v1/responses/input_tokens",
                                   await router.limits.admit(who, ask.model), started)
