@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -34,6 +35,8 @@ from council.members.logs import LineCutter, RotatingLog, exit_reason
 from council.members.metrics import MemberStats, parse_member_metrics
 from council.members.pidfiles import PidFiles
 from council.members.states import State, StateChange, TransitionError, is_valid_transition
+
+log = logging.getLogger("council.members.process")
 
 PR_SET_PDEATHSIG = 1
 # Seconds an idle connection to a member is kept: under llama-server's keep-alive (cpp-httplib: 5 s).
@@ -299,7 +302,12 @@ class MemberProcess:
         change = StateChange(self.name, old, new, reason, time.time())
         self.history.append(change)
         for listener in list(self.listeners):
-            listener(change)
+            try:
+                listener(change)
+            except Exception:
+                # A listener's fault (a console that went away, a hook's bug) is its own: raised here, it reached
+                # whoever moved the state (start, the watchdog, stop) after the state had already moved.
+                log.exception("member %s: a state listener failed on %s -> %s", self.name, old.value, new.value)
         return change
 
     @property

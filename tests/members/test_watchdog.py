@@ -18,7 +18,7 @@ import pytest
 
 from council.members.launch import LaunchSpec
 from council.members.process import LINE_LIMIT, LifeConfig, MemberProcess, ProcessRecipe
-from council.members.states import State
+from council.members.states import State, StateChange
 from council.members.supervisor import Supervisor
 from council.voting.assembly import process_endpoint
 from council.voting.client import HttpMemberClient, MemberFailed
@@ -246,3 +246,23 @@ async def test_a_failing_log_listener_neither_blocks_the_member_nor_breaks_resta
                      "line"]  # once, not once per line
     assert (await client.complete(ask("ok"))).status == "ok"
     await crash_restart_and_stop(process)
+
+
+async def test_a_failing_state_listener_neither_breaks_the_change_nor_the_other_listeners(
+    stub: tuple[MemberProcess, HttpMemberClient], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An in-process fault no server can cause: a state listener that raised (a console gone away under `council
+    up | head`) reached whoever moved the state, after the state had moved: the watchdog's restart or stop broke
+    halfway. Now the change goes on, the other listeners hear it, and the fault is logged."""
+    process, _ = stub
+    heard: list[StateChange] = []
+
+    def broken(change: StateChange) -> None:
+        raise BrokenPipeError("console gone")
+
+    process.listeners.extend([broken, heard.append])
+    before = list(process.history)
+    await crash_restart_and_stop(process)  # a crash, the watchdog's restart and a stop: each change went on
+    assert heard == [c for c in process.history if c not in before] and heard[-1].new is State.STOPPED
+    failed = [r.getMessage() for r in caplog.records if "a state listener failed" in r.getMessage()]
+    assert len(failed) == len(heard), failed
