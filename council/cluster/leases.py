@@ -128,7 +128,8 @@ class LeaseKeeper:
         for want in need:
             key = gpu_key(want.gpu, self.host)
             room = self.totals[key] = want.room
-            what = f"its {want.slots} slots ({_mib_size(want.mib)}) on {want.gpu.name}"
+            one = want.slots == 1
+            what = f"its {want.slots} slot{'' if one else 's'} ({_mib_size(want.mib)}) on {want.gpu.name}"
             try:
                 lease = await self.state.acquire(key, room.capacity_mib, self.holder, want.mib, self.ttl,
                                                  room.keep_free_mib)
@@ -141,8 +142,8 @@ class LeaseKeeper:
                 return Refusal(f"cannot lease its slots: {exc}", answered=False)
             if lease is None:
                 await self._release(taken)
-                return Refusal(f"{what} are leased elsewhere ({_held(leased, room)} held by other routers"
-                               f"{_kept(room)})", answered=True)
+                return Refusal(f"{what} {'is' if one else 'are'} leased elsewhere ({_held(leased, room)} held by "
+                               f"other routers{_kept(room)})", answered=True)
             taken.append(lease)
         self.leases[council] = taken
         self.wanted[council] = need

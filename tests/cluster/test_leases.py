@@ -171,7 +171,7 @@ async def test_routers_with_different_slot_sizes_never_lease_more_memory_than_th
         await first.release_leases()
         assert (await second.admit(small)).all_admitted  # `wide` now: 40 GiB in all
         refused = await first.admit(large)
-        assert refused.refused == {"solo": "its 1 slots (20.00 GiB) on GPU0 are leased elsewhere "
+        assert refused.refused == {"solo": "its 1 slot (20.00 GiB) on GPU0 is leased elsewhere "
                                            "(40.00 GiB of 40.00 GiB held by other routers)"}
     finally:
         for keeper in (first, second):
