@@ -117,17 +117,20 @@ def wait_ready(server: RunningServer, deadline_s: float = 120.0) -> None:
                    lambda code, secs: ServerExited(code, server.log(), secs), timed_out)
 
 
-def start_redis(workdir: Path, deadline_s: float = 20.0) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a throwaway redis-server on a free port and wait until it answers PING."""
+def start_redis(workdir: Path, deadline_s: float = 20.0,
+                password: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a throwaway redis-server on a free port and wait until it answers PING; with `password`, it
+    requires it (the URL returned carries it)."""
     import redis
 
     port = free_port()
+    auth = ["--requirepass", password] if password else []
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
+         "--dir", str(workdir), *auth],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{password}@127.0.0.1:{port}/0" if password else f"redis://127.0.0.1:{port}/0"
 
     def timed_out() -> Exception:
         proc.kill()

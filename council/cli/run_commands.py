@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,7 +128,7 @@ def serve(
     from council.members.process import LifeConfig
     from council.paths import council_home
     from council.server.app import create_app
-    from council.server.auth import KeyRing, is_loopback
+    from council.server.auth import MAKE_A_KEY, KeyRing, is_loopback, weak_secret
     from council.server.router import open_router
 
     loaded = load_or_exit(policy)
@@ -141,6 +142,17 @@ def serve(
     keys = KeyRing(settings.api_keys)
     if keys.missing_env:
         raise fail("API key variables are not set: " + "; ".join(keys.missing_env), 2)
+    if not is_loopback(bind_host):
+        # Beyond loopback a guessable key (the examples' `change-me`) is no lock; the cluster key opens every
+        # member's /internal endpoint here.
+        weak = list(keys.weak)
+        cluster_key = os.environ.get(settings.cluster_key_env)
+        if cluster_key and (why := weak_secret(cluster_key)) is not None:
+            weak.append(f"${settings.cluster_key_env} (the cluster key) {why}")
+        if weak:
+            where = bind_host or '"" (every interface)'
+            raise fail(f"refusing to serve on {where} with keys too weak to be secret: {'; '.join(weak)}; "
+                       f"{MAKE_A_KEY}", 2)
     if role not in ("both", "host", "router"):
         raise fail(f"--role must be both, host or router, not {role!r}", 2)
     if role != "both" and loaded.policy.state == "memory":

@@ -4,11 +4,18 @@ member on the host that runs it, through the host's `/internal/members/...` endp
 A host re-publishes every `heartbeat` with a TTL of three beats, so a host that dies leaves the votes within
 three heartbeats. A router keeps the last registry it read: during a Redis outage it answers with what was
 known.
+
+Each entry is signed with the cluster key (HMAC-SHA256 over the host and the entry) and a router keeps only the
+entries it can verify: it sends the cluster key, and its users' prompts, to the URLs it reads here, so whoever
+can write to Redis without holding the key must not be able to list a URL of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,6 +24,23 @@ import aiohttp
 from council.cluster.store import StateError, StateStore, pause
 from council.members.process import MemberProcess
 from council.voting.client import Endpoint
+
+
+def sign(key: str, host: str, entry: dict[str, Any]) -> str:
+    """The entry's signature: HMAC-SHA256 under the cluster key of the host it is listed under and its fields
+    (canonical JSON, without `sig` itself)."""
+    body = json.dumps([host, {k: v for k, v in entry.items() if k != "sig"}], sort_keys=True, separators=(",", ":"))
+    return hmac.new(key.encode(), body.encode(), hashlib.sha256).hexdigest()
+
+
+def verified(key: str | None, hosts: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """The entries signed with `key` (none without a key: a router without it calls no host anyway)."""
+    if key is None:
+        return {}
+    kept = {host: [e for e in entries if isinstance(e, dict) and isinstance(e.get("sig"), str)
+                   and hmac.compare_digest(e["sig"], sign(key, host, e))]
+            for host, entries in hosts.items() if isinstance(entries, list)}
+    return {host: entries for host, entries in kept.items() if entries}
 
 
 class Registry:
@@ -31,17 +55,30 @@ class Registry:
     async def publish_forever(self, advertise_url: str, processes: Callable[[], Iterable[MemberProcess]]) -> None:
         """Heartbeat: this host's ready processes, re-published before the last entry expires."""
         while True:
-            entries = [{"process": p.name, "members": list(p.seats), "model": p.spec.model, "ready": True,
-                        "url": f"{advertise_url}/internal/members/{p.name}"} for p in processes() if p.ready]
             with contextlib.suppress(StateError):
-                await self.state.publish_members(advertise_url, entries, ttl=3 * self.heartbeat)
+                await self.state.publish_members(advertise_url, self.entries(advertise_url, processes()),
+                                                 ttl=3 * self.heartbeat)
             await pause(self.heartbeat)
+
+    def entries(self, advertise_url: str, processes: Iterable[MemberProcess]) -> list[dict[str, Any]]:
+        """This host's registry entries: its ready processes, each signed with the cluster key."""
+        entries: list[dict[str, Any]] = [
+            {"process": p.name, "members": list(p.seats), "model": p.spec.model, "ready": True,
+             "url": f"{advertise_url}/internal/members/{p.name}"} for p in processes if p.ready]
+        if self.cluster_key is not None:
+            for entry in entries:
+                entry["sig"] = sign(self.cluster_key, advertise_url, entry)
+        return entries
 
     async def follow_forever(self) -> None:
         while True:
             with contextlib.suppress(StateError):
-                self.hosts = await self.state.members()
+                await self.refresh()
             await pause(self.heartbeat / 2)
+
+    async def refresh(self) -> None:
+        """Read the registry once, keeping the entries signed with our cluster key."""
+        self.hosts = verified(self.cluster_key, await self.state.members())
 
     async def withdraw(self, advertise_url: str) -> None:
         """Leave the registry now (a clean stop need not wait for the heartbeat to lapse)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -118,15 +120,31 @@ class StateStore(Protocol):
     async def close(self) -> None: ...
 
 
+_ENV_REF = re.compile(r"\$\{(\w+)\}")
+
+
+def expand_env(url: str) -> str:
+    """The state URL with each `${NAME}` replaced by that environment variable, so a policy file (a ConfigMap,
+    say) can name Redis' password without holding it: `redis://:${COUNCIL_REDIS_PASSWORD}@redis:6379/0`.
+    Only the braced form: a literal `$` in a password stays as written. The value goes in as it is (a hex
+    password needs no URL quoting). An unset or empty variable is a ValueError naming it: an empty password would
+    quietly try Redis without one."""
+    missing = [name for name in _ENV_REF.findall(url) if not os.environ.get(name)]
+    if missing:
+        raise ValueError(f"state: ${{{missing[0]}}} is not set (the state URL reads it from the environment)")
+    return _ENV_REF.sub(lambda m: os.environ[m.group(1)], url)
+
+
 def open_state(url: str, *, prefix: str = DEFAULT_PREFIX) -> StateStore:
-    """`memory` (or empty) for this process only; `redis://`, `rediss://` or `unix://` for Redis."""
+    """`memory` (or empty) for this process only; `redis://`, `rediss://` or `unix://` for Redis, `${NAME}` in
+    the URL read from the environment (`expand_env`)."""
     from council.cluster.memory_store import MemoryState
     from council.cluster.redis_store import RedisState
 
     if url in ("", "memory"):
         return MemoryState()
     if urlsplit(url).scheme in ("redis", "rediss", "unix"):
-        return RedisState(url, prefix=prefix)
+        return RedisState(expand_env(url), prefix=prefix)
     raise ValueError(f"state must be `memory` or a redis:// URL, not {url!r}")
 
 

@@ -531,7 +531,9 @@ class Policy(_Strict):
     server: ServerConfig = Field(default=ServerConfig(), description="The HTTP API of `council serve`.",
                                  examples=[{"host": "127.0.0.1", "port": 8080}])
     state: str = Field(default="memory", description="`memory` (one router), or a `redis://` URL that routers "
-                       "and GPU hosts share.", examples=["redis://127.0.0.1:6379/0"])
+                       "and GPU hosts share; `${NAME}` in it is read from the environment (a password: "
+                       "`redis://:${COUNCIL_REDIS_PASSWORD}@redis:6379/0`).",
+                       examples=["redis://127.0.0.1:6379/0"])
     gpus: list[GpuDecl] = Field(default=[], description="GPUs to plan on where NVML sees none (`cpu`: host "
                                 "memory), or caps on seen ones.", examples=[[{"name": "cpu", "memory": "8GiB"}]])
     slots: SlotConfig = Field(default=SlotConfig(), description="How each GPU is cut into slots.",

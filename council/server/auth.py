@@ -56,6 +56,25 @@ class Principal:
         return (1.0 - self.tokens) / self.rate_limit
 
 
+# A key guards a router bound beyond loopback only if nobody can guess it: the shipped examples' placeholders,
+# and anything shorter than this, are refused there (`serve` and a reload). 16 characters is a floor, not a goal.
+MIN_SECRET_CHARS = 16
+PLACEHOLDERS = ("change-me", "changeme", "change_me")
+# A `sha256:` key's length is unknown, but the digest of a bare placeholder is recognisable.
+_PLACEHOLDER_DIGESTS = {hashlib.sha256(p.encode()).digest() for p in PLACEHOLDERS}
+MAKE_A_KEY = ("make one with `openssl rand -hex 32` "
+              "(or `python3 -c 'import secrets; print(secrets.token_hex(32))'`)")
+
+
+def weak_secret(secret: str) -> str | None:
+    """Why `secret` is too weak to guard a router bound beyond loopback, or None."""
+    if any(p in secret.lower() for p in PLACEHOLDERS):
+        return "is a placeholder"
+    if len(secret) < MIN_SECRET_CHARS:
+        return f"has {len(secret)} characters, fewer than {MIN_SECRET_CHARS}"
+    return None
+
+
 def is_loopback(host: str) -> bool:
     # Not "": uvicorn and asyncio bind an empty host to every interface.
     if host == "localhost":
@@ -81,6 +100,7 @@ class KeyRing:
         old = {(p.name, d): p for d, p in self._digests}
         self._digests = []
         self.missing_env = []
+        self.weak: list[str] = []  # keys too weak for a public bind (`serve` and a reload refuse them there)
         for key in keys:
             if key.env is not None:
                 secret = os.environ.get(key.env)
@@ -88,8 +108,12 @@ class KeyRing:
                     self.missing_env.append(f"{key.name}: ${key.env} is not set")
                     continue
                 digest = hashlib.sha256(secret.encode()).digest()
+                if (why := weak_secret(secret)) is not None:
+                    self.weak.append(f"${key.env} (API key {key.name}) {why}")
             else:
                 digest = bytes.fromhex(key.sha256 or "")
+                if digest in _PLACEHOLDER_DIGESTS:
+                    self.weak.append(f"API key {key.name} is the sha256 of a placeholder")
             principal = old.get((key.name, digest))
             if principal is None:
                 principal = Principal(name=key.name, scopes=frozenset(key.scopes), rate_limit=key.rate_limit,

@@ -33,7 +33,7 @@ from council.plan.planner import PolicyPlan, plan_policy
 from council.policy.checks import environment_problems
 from council.policy.loading import LoadedPolicy, PolicyError, Problem, load_policy
 from council.policy.schema import Policy
-from council.server.auth import KeyRing
+from council.server.auth import MAKE_A_KEY, KeyRing
 from council.server.events import EventBus
 from council.server.history import History, point_json
 from council.server.limits import Limits
@@ -394,12 +394,16 @@ class Router:
         return await self.leases.for_planning(self.inventory(), os.getpid())
 
     def _key_problems(self, loaded: LoadedPolicy) -> list[str]:
-        """A reload keeps the keys as `serve` demands them at start: each key's variable set, and keys at all
-        where the router is bound beyond loopback."""
+        """A reload keeps the keys as `serve` demands them at start: each key's variable set, and keys at all,
+        none of them a placeholder or short, where the router is bound beyond loopback."""
         keys = loaded.policy.server.api_keys
-        problems = [f"API key variable not set: {missing}" for missing in KeyRing(keys).missing_env]
+        ring = KeyRing(keys)
+        problems = [f"API key variable not set: {missing}" for missing in ring.missing_env]
         if self.public and not keys:
             problems.append("server.api_keys: this router is bound beyond loopback, so it needs API keys")
+        if self.public:
+            problems += [f"server.api_keys: {weak}, too weak for a router bound beyond loopback: {MAKE_A_KEY}"
+                         for weak in ring.weak]
         return problems
 
     async def reload(self) -> dict[str, list[str]]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
@@ -41,3 +42,43 @@ async def test_following_the_registry_stops_when_cancelled_although_the_store_sw
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=5)  # (wait_for would wait on, cancelling it again and again)
     assert task in done and task.cancelled()
+
+
+def _process(name: str, seats: list[str], model: str = "m") -> SimpleNamespace:
+    return SimpleNamespace(name=name, seats=seats, spec=SimpleNamespace(model=model), ready=True)
+
+
+async def test_a_router_calls_only_hosts_whose_entries_carry_the_cluster_keys_signature() -> None:
+    """Before, any process that could write to Redis listed a URL of its own for a member, and the router sent it
+    its users' prompts with `Authorization: Bearer <cluster key>`. Entries are now signed with the cluster key
+    (host and fields): the router drops unsigned ones, ones signed with another key, and signed ones whose URL,
+    members or host were changed."""
+    key = "the-real-cluster-key-0123456789"
+    state = MemoryState()
+    host = Registry(state, heartbeat=1.0, cluster_key=key)
+    genuine = host.entries("http://gpu-a:8080", [_process("a", ["a"])])
+    assert genuine[0]["url"] == "http://gpu-a:8080/internal/members/a" and genuine[0]["sig"]
+    await state.publish_members("http://gpu-a:8080", genuine, ttl=60)
+    evil = "http://10.9.9.9:80/internal/members/b"
+    unsigned = {"process": "b", "members": ["b"], "model": "m", "ready": True, "url": evil}
+    await state.publish_members("0-attacker", [unsigned], ttl=60)
+    await state.publish_members("0-other-key", Registry(state, 1.0, "another-cluster-key-987654321").entries(
+        "http://10.9.9.9:80", [_process("b", ["b"])]), ttl=60)
+    await state.publish_members("0-moved", [{**genuine[0], "url": evil}], ttl=60)
+    await state.publish_members("0-seats", [{**genuine[0], "members": ["a", "b"]}], ttl=60)
+    await state.publish_members("0-copied", genuine, ttl=60)  # the same entry under another host name
+
+    router = Registry(state, heartbeat=1.0, cluster_key=key)
+    await router.refresh()
+    assert router.hosts == {"http://gpu-a:8080": genuine}
+    found = router.endpoint("a")
+    assert found is not None and found.url == "http://gpu-a:8080/internal/members/a" and found.api_key == key
+    assert router.endpoint("b") is None
+    model = router.model_endpoint("m")
+    assert model is not None and model.url == found.url
+    await router.aclose()
+
+    keyless = Registry(state, heartbeat=1.0, cluster_key=None)
+    assert keyless.entries("http://gpu-a:8080", [_process("a", ["a"])])[0].get("sig") is None
+    await keyless.refresh()
+    assert keyless.hosts == {} and keyless.endpoint("a") is None

@@ -20,7 +20,15 @@ from hypothesis import strategies as st
 
 from council.cluster.memory_store import MemoryState
 from council.cluster.redis_store import RedisState
-from council.cluster.store import Lease, LegacyLease, StaleLease, StateError, StateStore, open_state
+from council.cluster.store import (
+    Lease,
+    LegacyLease,
+    StaleLease,
+    StateError,
+    StateStore,
+    expand_env,
+    open_state,
+)
 from tests.servers import start_redis
 
 pytestmark = pytest.mark.anyio
@@ -378,6 +386,32 @@ def _answers(state: StateStore) -> Callable[[], Awaitable[bool]]:
         return True
 
     return answers
+
+
+async def test_the_state_url_reads_the_password_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`redis://:${VAR}@host` (the Kubernetes policy's, with the Secret's password in the pod's environment): a
+    Redis that requires a password answers with it, refuses without it, and an unset variable is one line, never a
+    try without a password."""
+    proc, url = start_redis(tmp_path, password="f00dfeedc0ffee0123456789abcdef01")
+    try:
+        port = urlsplit(url).port
+        monkeypatch.setenv("COUNCIL_TEST_REDIS_PASSWORD", "f00dfeedc0ffee0123456789abcdef01")
+        store = open_state(f"redis://:${{COUNCIL_TEST_REDIS_PASSWORD}}@127.0.0.1:{port}/0")
+        assert isinstance(store, RedisState) and "f00dfeed" not in store._shown_url
+        await store.ping()
+        await store.close()
+        anonymous = open_state(f"redis://127.0.0.1:{port}/0")
+        with pytest.raises(StateError, match=r"(?i)auth"):
+            await anonymous.publish_members("0-attacker", [], LONG)
+        await anonymous.close()
+        monkeypatch.setenv("COUNCIL_TEST_REDIS_PASSWORD", "")
+        with pytest.raises(ValueError, match=r"state: \$\{COUNCIL_TEST_REDIS_PASSWORD\} is not set"):
+            open_state(f"redis://:${{COUNCIL_TEST_REDIS_PASSWORD}}@127.0.0.1:{port}/0")
+        assert expand_env("redis://:pa$word@h:1/0") == "redis://:pa$word@h:1/0"  # only the braced form
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_password_is_not_shown() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from council.policy.loading import load_policy
 from council.server.router import ReloadError
 from tests.server.test_app import KEY, _router
 
@@ -38,3 +39,17 @@ async def test_a_reload_whose_key_variable_is_unset_is_refused(tmp_path: Path, m
     with pytest.raises(ReloadError, match="COUNCIL_TEST_UNSET_KEY is not set"):
         await router.reload()
     assert router.keys.principal(f"Bearer {KEY}", "chat").name == "app"
+
+
+async def test_a_reload_may_not_give_a_public_router_a_placeholder_key(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, `COUNCIL_KEY_AGENTS=change-me` on 0.0.0.0 served, and a reload took such a key too."""
+    monkeypatch.setenv("COUNCIL_TEST_WEAK_KEY", "change-me")
+    router = _router(tmp_path)
+    router.public = True
+    _rewrite(router.policy_path, api_keys=[{"name": "ops", "env": "COUNCIL_TEST_WEAK_KEY"}])
+    with pytest.raises(ReloadError, match=r"\$COUNCIL_TEST_WEAK_KEY \(API key ops\) is a placeholder, too weak"):
+        await router.reload()
+    assert router.keys.principal(f"Bearer {KEY}", "chat").name == "app"
+    router.public = False  # on loopback the same policy is fine
+    assert router._key_problems(load_policy(router.policy_path)) == []
