@@ -206,3 +206,23 @@ async def test_history_needs_a_key_and_starts_empty(client: httpx.AsyncClient) -
     assert (await client.get("/admin/history", headers={"Authorization": ""})).status_code == 401
     history = (await client.get("/admin/history")).json()  # the `app` key: chat scope
     assert history == {"step": 10.0, "window": 3600.0, "times": [], "charts": {"agreement": {}, "latency": {}}}
+
+
+async def test_a_policy_nested_too_deeply_is_a_refused_reload_not_a_500(tmp_path: Path) -> None:
+    """PyYAML raises RecursionError, not a YAMLError, at some hundreds of levels: a 500 before; now a problem."""
+    router = _router(tmp_path)
+    ops = "ops-key-0123456789"
+    router.keys.update([*router.policy.server.api_keys, ApiKey(
+        name="ops", sha256=hashlib.sha256(ops.encode()).hexdigest(), scopes=["chat", "admin"])])
+    before = router.loaded
+    router.policy_path.write_text("version: 1\nmodels: " + "[" * 2000 + "]" * 2000 + "\n")
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council",
+                                 headers={"Authorization": f"Bearer {ops}"}) as http:
+        refused = await http.post("/admin/reload")
+    assert refused.status_code == 400, refused.text
+    body = refused.json()
+    assert body["error"]["code"] == "invalid_policy", body
+    [problem] = body["problems"]
+    assert problem.startswith(f"{router.policy_path}:2: (top): nested too deeply")
+    assert router.loaded is before  # the old policy keeps serving
