@@ -378,3 +378,22 @@ def test_dashboard_with_keys_asks_for_one_and_follows_its_scope(
     shown = [r.get_attribute("data-ballot") for r in browser.find_elements(By.CSS_SELECTOR, "#ballot-rows tr")]
     assert shown == [mine, theirs]  # every key's ballots, newest first
     assert console_errors(browser) == []
+
+
+def test_a_members_log_opens_whatever_its_council_is_named(
+        serve: Callable[..., CouncilServer], syn: Path, browser: WebDriver) -> None:
+    """A council named with `#` and `?`: the log view asked `/admin/members/odd#1?x/0/log` as it was written, so
+    the browser cut the path at `#` and the log could not be read."""
+    name = "odd#1?x/0"
+    server = serve(policy_yaml({"other": {"path": syn, "ctx_size": 512}},
+                               {"odd#1?x": {"members": [member_entry("other", max_tokens=6)]}},
+                               server={"host": "127.0.0.1", "port": 8080}))
+    browser.get(f"{server.url}/ui")
+    until(lambda: member_states(browser).get(name) == "ready", "the member ready on the page")
+    browser.execute_script("[...document.querySelectorAll('#member-rows tr')]"
+                           ".find((r) => r.dataset.name === arguments[0]).click();", name)
+    until(lambda: browser.find_element(By.ID, "log-name").text == name, "the log view")
+    lines = str(until(lambda: (text := browser.find_element(By.ID, "log-lines").text)
+                      and ("could not read" in text or "server" in text.lower()) and text, "the log tail"))
+    assert "could not read the log" not in lines
+    assert console_errors(browser) == []

@@ -350,7 +350,9 @@ async function openLog(name) {
   $("log-name").textContent = name;
   renderMembers();
   try {
-    const tail = await api(`/admin/members/${name}/log`);
+    // Each segment encoded (a council may be named `a#b?`): the server decodes the path before it matches
+    // `{name:path}`, and the `/` between council and seat stays a separator.
+    const tail = await api(`/admin/members/${name.split("/").map(encodeURIComponent).join("/")}/log`);
     if (state.logName === name) state.logLines = [...tail.lines, ...state.logLines];
   } catch (err) {
     state.logLines = [`(could not read the log: ${err.message})`];
