@@ -16,6 +16,9 @@ from council.errors import CouncilError
 from council.policy.schema import Policy
 
 Loc = tuple[str | int, ...]
+# PyYAML composes nested lists and mappings recursively, and so do the walks over the document here and in
+# validation: a few hundred levels exhaust Python's stack. A policy needs a handful, so that is a problem to report.
+TOO_DEEP = "nested too deeply: more levels of lists and mappings than a policy can be read with (it needs a handful)"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
         mark = getattr(exc, "problem_mark", None)
         reason = getattr(exc, "problem", None) or str(exc)
         raise PolicyError(file, [Problem((), f"not valid YAML: {reason}", mark.line + 1 if mark else 1)]) from None
+    except RecursionError:  # the stack is unwound here: where the reader had got to is where it was too deep
+        raise PolicyError(file, [Problem((), TOO_DEEP, loader.line + 1)]) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
@@ -257,6 +262,13 @@ def load_policy(path: Path | str) -> LoadedPolicy:
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(file, [Problem((), f"cannot read the file: {exc}", 1)]) from None
     data, lines = parse_yaml(text, file)
+    try:
+        return _validated(data, lines, file)
+    except RecursionError:  # a document parsed, but deeper than validation or its error reporting can walk
+        raise PolicyError(file, [Problem((), TOO_DEEP, 1)]) from None
+
+
+def _validated(data: Any, lines: dict[Loc, int], file: str) -> LoadedPolicy:
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:

@@ -59,8 +59,8 @@ class ApiKey(_Strict):
     env: str | None = Field(default=None, description="Or: the environment variable that holds the key.",
                             examples=["COUNCIL_AGENT_KEY"])
     scopes: list[Literal["chat", "admin"]] = Field(
-        default=["chat"], description="`chat`: the OpenAI API and ballots; `admin`: `/admin/*` and the whole "
-        "dashboard.",
+        default=["chat"], description="`chat`: the OpenAI API and the ballots of its own requests; `admin`: "
+        "`/admin/*`, every ballot and the whole dashboard.",
         examples=[["chat", "admin"]])
     rate_limit: float | None = Field(default=None, gt=0, description="Requests per second (a token bucket shared "
                                      "by every router); none is unlimited.", examples=[5])

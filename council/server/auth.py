@@ -7,7 +7,9 @@ import hmac
 import ipaddress
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from council.errors import CouncilError
 from council.policy.schema import ApiKey
@@ -73,6 +75,13 @@ def weak_secret(secret: str) -> str | None:
     if len(secret) < MIN_SECRET_CHARS:
         return f"has {len(secret)} characters, fewer than {MIN_SECRET_CHARS}"
     return None
+
+
+def may_read(who: Principal, ballot: Mapping[str, Any]) -> bool:
+    """Whether `who` may read a ballot: the admin scope reads every one, a chat-scope key only those of its own
+    requests (their answers and tool calls are another caller's data). Keys are told apart by name; a ballot
+    without an owner (made by an older router) is the admins' alone."""
+    return "admin" in who.scopes or ballot.get("owner") == who.name
 
 
 def is_loopback(host: str) -> bool:

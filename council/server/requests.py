@@ -203,13 +203,14 @@ class ChatRequest(_Sampling):
     def has_media(self) -> bool:
         return any(m.has_media for m in self.messages)
 
-    def council_request(self, body: dict[str, Any]) -> CouncilRequest:
+    def council_request(self, body: dict[str, Any], owner: str | None = None) -> CouncilRequest:
         """What a council needs, built once at the door from this validated `body`: the question, the council
-        options, logprobs, tools, and the members' payload (every field but the router's own, as the client sent it)."""
+        options, logprobs, tools, and the members' payload (every field but the router's own, as the client sent it);
+        `owner`: the caller's key name, which its ballot keeps."""
         members = for_members({k: v for k, v in body.items() if k not in CHAT_ROUTER_FIELDS})
         return CouncilRequest(members_payload=members, question=last_user_text(body["messages"]),
                               early_stop=self.council is None or self.council.early_stop,
-                              logprobs=bool(self.logprobs), tools=members.get("tools") or ())
+                              logprobs=bool(self.logprobs), tools=members.get("tools") or (), owner=owner)
 
     def check(self) -> None:
         """What a field alone cannot say: `tool_choice` must name a declared tool (OpenAI answers 400 too)."""

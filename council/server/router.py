@@ -308,12 +308,14 @@ class Router:
     def answered(self, answer: CouncilAnswer, request: CouncilRequest | dict[str, Any] | None = None,
                  seconds: float | None = None) -> None:
         """Count a council answer (that took `seconds`) in the metrics and the history, copy its ballot to the
-        shared store, and publish it (with the question: the request's last user message)."""
+        shared store, and publish it (with the question: the request's last user message, and its owner: who
+        asked, so each subscriber sees only what `may_read` allows)."""
         metrics = self.metrics
         doc = answer.council_json()
         self.history.answered(answer.council, answer.decision.agreement, seconds)
+        owner = request.owner if isinstance(request, CouncilRequest) else None
         self.events.publish("ballot", {"id": answer.id, "question": _question(request), "created": time.time(),
-                                       **doc})
+                                       **({"owner": owner} if owner is not None else {}), **doc})
         if self.shared:  # so /v1/ballots/{id} works on every router; an outage only loses the copy
             task = asyncio.create_task(self._share_ballot(answer.id))
             self._sharing.add(task)

@@ -527,7 +527,7 @@ class CouncilEngine:
                                tool_calls=None if tool_decision is None else [c.openai() for c in tool_decision.calls],
                                tool_decision=tool_decision, tools=tuple(request.tools),
                                tool_choice=request.members_payload.get("tool_choice"))
-        self.ballots.put(answer.id, self.ballot_record(answer))
+        self.ballots.put(answer.id, self.ballot_record(answer, request.owner))
         return answer
 
     def _decide_tools(self, ballots: list[Ballot], answered: list[SeatOutcome], toolbox: Toolbox,
@@ -551,12 +551,14 @@ class CouncilEngine:
                                               "temperature": 0, "max_tokens": 16})
         return judge_pick(reply.text if reply.status == "ok" else None, candidates, ballots, self.config.vote.tie_break)
 
-    def ballot_record(self, answer: CouncilAnswer) -> dict[str, Any]:
-        """The full ballot: the council object plus the raw answers, in `council tally`'s input format."""
+    def ballot_record(self, answer: CouncilAnswer, owner: str | None = None) -> dict[str, Any]:
+        """The full ballot: the council object plus the raw answers, in `council tally`'s input format, and who
+        asked (`owner`), which travels with it (a shared store's copy too) so every router can tell who may read it."""
         vote = self.config.vote
         tools = {"tools": list(answer.tools), "tool_choice": answer.tool_choice, "tool_vote_mode": vote.tools,
                  "recover_tool_calls": vote.recover_tool_calls} if answer.tool_decision is not None else {}
-        return {"id": answer.id, "created": int(time.time()), **answer.council_json(),
+        return {"id": answer.id, "created": int(time.time()), **({"owner": owner} if owner is not None else {}),
+                **answer.council_json(),
                 "extract": vote.extract, "tie_break": list(vote.tie_break),
                 "confidence_temperature": vote.confidence_temperature, **tools,
                 "answers": [{"member": o.seat.name, "text": o.reply.text, "weight": o.seat.weight,

@@ -51,6 +51,9 @@ class CouncilRequest:
     early_stop: bool = True  # `council: {early_stop: false}`: wait for every member (what evaluation asks)
     logprobs: bool = False  # the answer carries the speaker's token logprobs
     tools: Sequence[Mapping[str, Any]] = ()  # the functions members may call (`for_members`: tool_choice applied)
+    # Who asked (the HTTP API's name for the caller's key), kept on the ballot from the moment it is stored: only
+    # they and the admin scope may read it. None outside the API (evaluation, tests, benchmarks).
+    owner: str | None = None
 
     @classmethod
     def of(cls, body: Mapping[str, Any], *, early_stop: bool = True) -> CouncilRequest:

@@ -372,3 +372,30 @@ def test_every_float_of_a_policy_must_be_finite(tmp_path: Path) -> None:
     result = run_cli("check", f)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == problems(path)
+
+
+@pytest.mark.parametrize("nested", ["[" * 2000 + "]" * 2000, "{a: " * 2000 + "1" + "}" * 2000,
+                                    "".join(f"\n{'  ' * (i + 1)}k{i}:" for i in range(1500)) + " 1"],
+                         ids=["lists", "flow-mappings", "block-mappings"])
+def test_a_policy_nested_too_deeply_is_one_problem(tmp_path: Path, nested: str) -> None:
+    """PyYAML raises RecursionError (not a YAMLError) at some hundreds of levels: it was a traceback."""
+    path = write(tmp_path, "")
+    path.write_text(f"version: 1\nmodels: {nested}\n")
+    [line] = problems(path)
+    assert line.startswith(f"{path}:") and ": (top): nested too deeply" in line
+    result = run_cli("check", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [said] = result.stderr.strip().splitlines()  # its line: where the reader was when the stack ran out
+    assert said.startswith(f"{path}:") and said.split(": ", 1)[1] == line.split(": ", 1)[1]
+
+
+def test_a_walk_too_deep_after_parsing_is_the_same_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation walks the document too: a RecursionError there is reported as one, never raised."""
+    from council.policy import loading
+
+    def too_deep(data: object) -> object:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(loading.Policy, "model_validate", too_deep)
+    path = write(tmp_path, "version: 1\nmodels: {}\n")
+    assert problems(path) == [f"{path}:1: (top): {loading.TOO_DEEP}"]

@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -206,3 +207,45 @@ async def test_history_needs_a_key_and_starts_empty(client: httpx.AsyncClient) -
     assert (await client.get("/admin/history", headers={"Authorization": ""})).status_code == 401
     history = (await client.get("/admin/history")).json()  # the `app` key: chat scope
     assert history == {"step": 10.0, "window": 3600.0, "times": [], "charts": {"agreement": {}, "latency": {}}}
+
+
+async def test_a_policy_nested_too_deeply_is_a_refused_reload_not_a_500(tmp_path: Path) -> None:
+    """PyYAML raises RecursionError, not a YAMLError, at some hundreds of levels: a 500 before; now a problem."""
+    router = _router(tmp_path)
+    ops = "ops-key-0123456789"
+    router.keys.update([*router.policy.server.api_keys, ApiKey(
+        name="ops", sha256=hashlib.sha256(ops.encode()).hexdigest(), scopes=["chat", "admin"])])
+    before = router.loaded
+    router.policy_path.write_text("version: 1\nmodels: " + "[" * 2000 + "]" * 2000 + "\n")
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council",
+                                 headers={"Authorization": f"Bearer {ops}"}) as http:
+        refused = await http.post("/admin/reload")
+    assert refused.status_code == 400, refused.text
+    body = refused.json()
+    assert body["error"]["code"] == "invalid_policy", body
+    [problem] = body["problems"]
+    assert problem.startswith(f"{router.policy_path}:2: (top): nested too deeply")
+    assert router.loaded is before  # the old policy keeps serving
+
+
+async def test_a_members_log_route_takes_its_name_encoded_segment_by_segment(tmp_path: Path) -> None:
+    """The dashboard encodes each segment of a member's name (a council may be named with `#`, `?`, `%`, spaces);
+    the server decodes the path before matching `{name:path}`, so the route finds the process by its own name."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_yaml({"m": {"path": tmp_path / "absent.gguf", "memory": "100MiB"}},
+                                {"we#ird?c%20 x": {"members": [{"model": "m"}]}}, memory="1GiB"))
+    server = LlamaServerInfo(path=Path("/bin/false"), build=1, version="", spec_types=("draft-mtp",))
+    life = LifeConfig(run_dir=tmp_path / "run")
+    router = open_router(path, load_policy(path), server, life)
+    router.assembly = assemble(router.plan, server, life, ballots=router.ballots)
+    [name] = router.processes
+    assert name == "we#ird?c%20 x/0"
+    encoded = "/".join(quote(segment, safe="") for segment in name.split("/"))  # as app.js's openLog does
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(router)),
+                                 base_url="http://council") as http:  # no keys: the one caller is admin
+        reply = await http.get(f"/admin/members/{encoded}/log")
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["name"] == name
+        # Unencoded, `#` ends the path and `?` starts a query: another member's log, or none.
+        assert (await http.get(f"/admin/members/{name}/log")).status_code == 404

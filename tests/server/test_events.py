@@ -1,5 +1,5 @@
-"""The event bus behind GET /admin/events, in process: fan-out, bounded queues, threads, close; and what the
-chat scope may see of it."""
+"""The event bus behind GET /admin/events, in process: fan-out, bounded queues, threads, close; and what a
+chat-scope key may see of it (its own ballots: tests/server/test_ballot_owners.py follows them end to end)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from council.server.auth import Principal
 from council.server.events import Event, EventBus
 from council.server.routes.events import sse, visible
 
@@ -59,11 +60,15 @@ async def test_recent_ballots_are_kept_for_late_pages() -> None:
     assert [b["id"] for b in bus.recent_ballots] == ["1", "2"]
 
 
-def test_chat_scope_sees_ballots_without_questions_and_nothing_else() -> None:
-    ballot = Event(1, "ballot", {"id": "chatcmpl-1", "question": "private", "answer": "42"}, 0.0)
-    log = Event(2, "log", {"member": "a/0", "line": "x"}, 0.0)
-    member = Event(3, "member", {"change": {}, "member": {}}, 0.0)
-    assert visible(ballot, admin=True) == ballot.data
-    assert visible(ballot, admin=False) == {"id": "chatcmpl-1", "answer": "42"}
-    assert visible(log, admin=False) is None and visible(member, admin=False) is None
+def test_chat_scope_sees_its_own_ballots_whole_and_nothing_else() -> None:
+    alice, bob = (Principal(name=name, scopes=frozenset({"chat"})) for name in ("alice", "bob"))
+    ops = Principal(name="ops", scopes=frozenset({"chat", "admin"}))
+    ballot = Event(1, "ballot", {"id": "chatcmpl-1", "owner": "alice", "question": "private", "answer": "42"}, 0.0)
+    ownerless = Event(2, "ballot", {"id": "chatcmpl-2", "question": "older router", "answer": "7"}, 0.0)
+    log = Event(3, "log", {"member": "a/0", "line": "x"}, 0.0)
+    member = Event(4, "member", {"change": {}, "member": {}}, 0.0)
+    assert visible(ballot, ops) == visible(ballot, alice) == ballot.data  # the asker's own question too
+    assert visible(ballot, bob) is None  # another key's ballot: not even that it exists
+    assert visible(ownerless, ops) == ownerless.data and visible(ownerless, alice) is None
+    assert visible(log, alice) is None and visible(member, alice) is None
     assert sse("ballot", {"a": 1}, 7) == b'id: 7\nevent: ballot\ndata: {"a":1}\n\n'

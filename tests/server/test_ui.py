@@ -293,14 +293,23 @@ def test_event_stream_follows_the_scope(serve: Callable[..., CouncilServer], syn
         assert set(first["councils"]) == {"alphabet", "solo"}
         [(_, first)] = read_events(admin_lines, "snapshot")
         assert first["scopes"] == ["chat", "admin"] and len(first["members"]) == 4 and first["slots"]["gpus"]
-        body = {"model": "alphabet", "messages": [{"role": "user", "content": "private question"}]}
-        answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=chat, timeout=30).json()
+        def ask(question: str, key: dict[str, str]) -> dict[str, object]:
+            body = {"model": "alphabet", "messages": [{"role": "user", "content": question}]}
+            return httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=key, timeout=30).json()
+
+        theirs = ask("the admin's question", ops)  # another key's ballot: the chat key never sees it
+        answer = ask("my question", chat)
         seen_by_chat = read_events(chat_lines, "ballot")
         assert [k for k, _ in seen_by_chat] == ["ballot"]  # no member or log events for the chat scope
-        assert seen_by_chat[0][1]["id"] == answer["id"] and "question" not in seen_by_chat[0][1]
+        assert seen_by_chat[0][1]["id"] == answer["id"] and seen_by_chat[0][1]["question"] == "my question"
+        assert httpx.get(f"{server.url}/v1/ballots/{theirs['id']}", headers=chat).status_code == 404
+        assert httpx.get(f"{server.url}/v1/ballots/{answer['id']}", headers=chat).json()["owner"] == "app"
         seen_by_admin = read_events(admin_lines, "ballot")
-        assert seen_by_admin[-1][1]["question"] == "private question"
-        assert seen_by_admin[-1][1]["members"] == answer["council"]["members"]
+        seen_by_admin += read_events(admin_lines, "ballot")  # the admin scope sees every key's ballots
+        ballots = [data for kind, data in seen_by_admin if kind == "ballot"]
+        assert [(b["question"], b["owner"]) for b in ballots] == [("the admin's question", "ops"),
+                                                                  ("my question", "app")]
+        assert ballots[-1]["members"] == answer["council"]["members"]  # type: ignore[index]
         if "log" not in {k for k, _ in seen_by_admin}:  # the members log each request, maybe after the vote
             read_events(admin_lines, "log")
     # The last hour's series: the chat scope gets the councils' charts only, like their ballots.
@@ -323,6 +332,9 @@ def test_dashboard_with_keys_asks_for_one_and_follows_its_scope(
     digest = hashlib.sha256(CHAT_KEY.encode()).hexdigest()
     keys = [{"name": "app", "sha256": digest}, {"name": "ops", "env": "ADMIN_KEY", "scopes": ["chat", "admin"]}]
     server = serve(policy(syn, keys), env={"ADMIN_KEY": ADMIN_KEY})
+    body = {"model": "alphabet", "messages": [{"role": "user", "content": "the admin's question"}]}
+    theirs = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30,
+                        headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()["id"]
     browser.get(f"{server.url}/ui")
     until(lambda: browser.find_element(By.ID, "key-form").is_displayed(), "the key prompt")
     assert not browser.find_element(By.ID, "main").is_displayed()
@@ -341,6 +353,20 @@ def test_dashboard_with_keys_asks_for_one_and_follows_its_scope(
     assert browser.find_elements(By.CSS_SELECTOR, "#member-rows tr") == []
     assert browser.find_element(By.ID, "votes").is_displayed()
     until(lambda: chart_cells(browser) == {"agreement", "latency"}, "the councils' charts only")
+    # Votes: this key's own ballots, whole (its question, and the full ballot on click); the admin's not at all.
+    assert browser.find_elements(By.CSS_SELECTOR, "#ballot-rows tr") == []
+    browser.find_element(By.CSS_SELECTOR, "#pg-model option[value='alphabet']").click()
+    browser.find_element(By.ID, "pg-question").send_keys("my question")
+    browser.find_element(By.ID, "pg-ask").click()
+    until(lambda: browser.find_element(By.ID, "pg-answer").get_attribute("data-done") == "true", "the answer")
+    mine = browser.find_element(By.CSS_SELECTOR, "#pg-ballot .ballot").get_attribute("data-ballot")
+    vote = until(lambda: browser.find_elements(By.CSS_SELECTOR, "#ballot-rows tr"), "the ballot in Votes")[0]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#ballot-rows tr")) == 1
+    assert vote.get_attribute("data-ballot") == mine and "my question" in vote.text
+    vote.click()
+    until(lambda: browser.find_elements(By.CSS_SELECTOR, f"#ballot-full .ballot[data-ballot='{mine}']"),
+          "the full ballot")
+    browser.find_element(By.CSS_SELECTOR, "#ballot-dialog form button").click()
 
     browser.find_element(By.ID, "forget-key").click()
     until(lambda: browser.find_element(By.ID, "key-form").is_displayed(), "the key prompt again")
@@ -349,4 +375,25 @@ def test_dashboard_with_keys_asks_for_one_and_follows_its_scope(
           "the members with an admin key")
     assert browser.find_element(By.ID, "slots").is_displayed()
     until(lambda: len(chart_cells(browser)) == 5, "every chart with an admin key")
+    shown = [r.get_attribute("data-ballot") for r in browser.find_elements(By.CSS_SELECTOR, "#ballot-rows tr")]
+    assert shown == [mine, theirs]  # every key's ballots, newest first
+    assert console_errors(browser) == []
+
+
+def test_a_members_log_opens_whatever_its_council_is_named(
+        serve: Callable[..., CouncilServer], syn: Path, browser: WebDriver) -> None:
+    """A council named with `#` and `?`: the log view asked `/admin/members/odd#1?x/0/log` as it was written, so
+    the browser cut the path at `#` and the log could not be read."""
+    name = "odd#1?x/0"
+    server = serve(policy_yaml({"other": {"path": syn, "ctx_size": 512}},
+                               {"odd#1?x": {"members": [member_entry("other", max_tokens=6)]}},
+                               server={"host": "127.0.0.1", "port": 8080}))
+    browser.get(f"{server.url}/ui")
+    until(lambda: member_states(browser).get(name) == "ready", "the member ready on the page")
+    browser.execute_script("[...document.querySelectorAll('#member-rows tr')]"
+                           ".find((r) => r.dataset.name === arguments[0]).click();", name)
+    until(lambda: browser.find_element(By.ID, "log-name").text == name, "the log view")
+    lines = str(until(lambda: (text := browser.find_element(By.ID, "log-lines").text)
+                      and ("could not read" in text or "server" in text.lower()) and text, "the log tail"))
+    assert "could not read the log" not in lines
     assert console_errors(browser) == []

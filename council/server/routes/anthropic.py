@@ -55,7 +55,7 @@ async def messages(request: Request, router: Current, who: Chat) -> Response:
     if engine is None:
         admission = await router.limits.admit(who, asked.model)
         return await _relay_model(router, asked.model, raw, admission, started, stream=bool(asked.stream))
-    council = as_council_request(router, anthropic.to_chat(asked, body))
+    council = as_council_request(router, anthropic.to_chat(asked, body), owner=who.name)
     admission = await router.limits.admit(who, asked.model)
     if asked.stream:
         return StreamingResponse(_stream(router, engine, council, admission, started),

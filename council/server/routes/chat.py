@@ -119,14 +119,16 @@ def _check_council_request(router: Router, chat: ChatRequest) -> None:
     check_media(router, chat.model, chat.has_media)
 
 
-def as_council_request(router: Router, chat_body: dict[str, Any], *, checked: bool = True) -> CouncilRequest:
+def as_council_request(router: Router, chat_body: dict[str, Any], *, checked: bool = True,
+                       owner: str | None = None) -> CouncilRequest:
     """Another API's request translated to chat (`chat_body`): validated as chat and read as the vote needs it;
-    `checked`: also refused where a council cannot answer it (`n`, media its members cannot read)."""
+    `checked`: also refused where a council cannot answer it (`n`, media its members cannot read); `owner`: the
+    caller's key name, which the ballot keeps."""
     chat = validate_body(chat_body, ChatRequest)
     assert isinstance(chat, ChatRequest)
     if checked:
         _check_council_request(router, chat)
-    return chat.council_request(chat_body)
+    return chat.council_request(chat_body, owner)
 
 
 @routes.post("/v1/chat/completions", response_model=None, openapi_extra={"requestBody": CHAT_REQUEST_SCHEMA})
@@ -146,7 +148,8 @@ async def chat_completions(request: Request) -> Response:
     if engine is None:
         return await _passthrough(router, chat.model, raw, "/v1/chat/completions", admission, started,
                                   stream=bool(chat.stream), width=chat.n or 1)
-    council = chat.council_request(body)  # what the vote needs, once: question, options, members' payload
+    # What the vote needs, once: question, options, members' payload, and whose ballot it will be.
+    council = chat.council_request(body, who.name)
     if chat.stream:
         return StreamingResponse(stream_council(router, engine, council, admission, started),
                                  media_type="text/event-stream")

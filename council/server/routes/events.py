@@ -4,9 +4,10 @@ It opens with a `snapshot` (what the caller may see now), then carries `member` 
 member's snapshot), `ballot` (a council answer), `log` (a member's output line), `lease` (a council stopped
 because another router holds its slots now) and `history` (a new point of the last hour's series) events as
 they happen, and every few seconds a `members` refresh (tok/s, in-flight requests change without a state
-change). The admin scope gets everything; the chat scope gets the councils, the ballots, without the
-questions (other callers' prompts are not theirs to read; `/v1/ballots/{id}` has none either), and the
-councils' series.
+change). The admin scope gets everything; the chat scope gets the councils, the ballots of its own key's
+requests (whole, with their questions) and the councils' series. Other keys' ballots are not sent to it at all:
+their questions, answers and tool calls are another caller's data, and `/v1/ballots/{id}` denies they exist, so
+the stream does not list them either (the councils' charts already show how every council is doing).
 
 GET /admin/history: the last hour's series so far (`council.server.history`), for the same scopes.
 """
@@ -21,7 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from council.server.auth import Principal
+from council.server.auth import Principal, may_read
 from council.server.deps import current_router, require
 from council.server.events import Event
 from council.server.history import CHARTS, COUNCIL_CHARTS
@@ -38,13 +39,13 @@ def sse(kind: str, data: Any, event_id: int | None = None) -> bytes:
     return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def snapshot(router: Router, admin: bool) -> dict[str, Any]:
-    ballots = list(router.events.recent_ballots)
+def snapshot(router: Router, who: Principal) -> dict[str, Any]:
+    admin = "admin" in who.scopes
     seen: dict[str, Any] = {
         "scopes": ["chat", "admin"] if admin else ["chat"],
         "councils": {name: [s.name for s in e.seats] for name, e in router.engines.items()},
         "models": sorted(router.policy.models),
-        "ballots": ballots if admin else [_for_chat(b) for b in ballots],
+        "ballots": [b for b in router.events.recent_ballots if may_read(who, b)],
     }
     if admin:
         seen["members"] = [m.snapshot() for m in router.processes.values()]
@@ -53,16 +54,14 @@ def snapshot(router: Router, admin: bool) -> dict[str, Any]:
     return seen
 
 
-def _for_chat(ballot: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in ballot.items() if k != "question"}
-
-
-def visible(event: Event, admin: bool) -> dict[str, Any] | None:
-    if admin:
+def visible(event: Event, who: Principal) -> dict[str, Any] | None:
+    """What of `event` `who` may see: all of it with the admin scope; with the chat scope, the councils' series
+    and the ballots `may_read` allows it, nothing else."""
+    if "admin" in who.scopes:
         return event.data
     if event.kind == "history":
         return {**event.data, "charts": {c: v for c, v in event.data["charts"].items() if c in COUNCIL_CHARTS}}
-    return _for_chat(event.data) if event.kind == "ballot" else None
+    return event.data if event.kind == "ballot" and may_read(who, event.data) else None
 
 
 @routes.get("/history")
@@ -78,13 +77,13 @@ async def events(router: Current, who: Chat) -> StreamingResponse:
 
     async def stream() -> AsyncIterator[bytes]:
         with router.events.subscribe() as subscription:
-            yield b"retry: 1000\n\n" + sse("snapshot", snapshot(router, admin))
+            yield b"retry: 1000\n\n" + sse("snapshot", snapshot(router, who))
             dropped, refresh_at = 0, time.monotonic() + REFRESH_S
             while not router.events.closed:  # a client that goes away cancels this generator
                 event = await subscription.next(max(0.0, refresh_at - time.monotonic()))
                 if subscription.dropped != dropped:  # this page fell behind: it must not trust its picture
                     dropped = subscription.dropped
-                    yield sse("snapshot", {**snapshot(router, admin), "dropped": dropped})
+                    yield sse("snapshot", {**snapshot(router, who), "dropped": dropped})
                     continue
                 if time.monotonic() >= refresh_at:  # also while log lines keep the stream busy
                     refresh_at = time.monotonic() + REFRESH_S
@@ -96,7 +95,7 @@ async def events(router: Current, who: Chat) -> StreamingResponse:
                     continue
                 if event.kind == "close":
                     return
-                data = visible(event, admin)
+                data = visible(event, who)
                 if data is not None:
                     yield sse(event.kind, data, event.id)
 

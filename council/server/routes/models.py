@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from council.cluster.store import StateError
-from council.server.auth import Principal
+from council.server.auth import Principal, may_read
 from council.server.deps import current_router, require
 from council.server.errors import ApiError, anthropic_client
 from council.server.router import Router
@@ -49,12 +49,14 @@ async def model(model_id: str, request: Request, router: Current, _: Chat) -> di
 
 
 @routes.get("/v1/ballots/{ballot_id}")
-async def ballot(ballot_id: str, router: Current, _: Chat) -> dict[str, Any]:
+async def ballot(ballot_id: str, router: Current, who: Chat) -> dict[str, Any]:
+    """The ballot, to the key that asked it (or the admin scope); anyone else's is answered as unknown, so its
+    existence is not told either."""
     try:
         found = await router.ballot(ballot_id)
     except StateError as exc:
         raise ApiError(503, f"ballot {ballot_id!r} is not on this router and {exc}", "state_unavailable") from None
-    if found is None:
+    if found is None or not may_read(who, found):
         raise ApiError(404, f"no recent ballot {ballot_id!r} (the router keeps the last {router.ballots.capacity})",
                        "ballot_not_found")
     return found

@@ -111,7 +111,7 @@ async def create_response(request: Request, router: Current, who: Chat) -> Respo
     if engine is None:  # a council is checked as chat (as_council_request)
         check_media(router, ask.model, ask.has_media)
         return await _relay(router, ask, body, history, inputs, who, started)
-    council = as_council_request(router, to_chat(ask, body, history))
+    council = as_council_request(router, to_chat(ask, body, history), owner=who.name)
     admission = await router.limits.admit(who, ask.model)
     if ask.stream:
         return StreamingResponse(_stream_council(router, engine, council, ask, inputs, admission, started),

@@ -157,7 +157,7 @@ function snapshot(data) {
   state.slots = data.slots || null;
   state.lost = data.lost || {};
   for (const name of Object.keys(state.councils)) colour(name);
-  $("who").textContent = isAdmin() ? "admin scope" : "chat scope: ballots and playground only";
+  $("who").textContent = isAdmin() ? "admin scope" : "chat scope: this key's ballots and the playground";
   for (const el of document.querySelectorAll(".admin-only")) el.hidden = !isAdmin();
   $("key-form").hidden = true;
   $("main").hidden = false;
@@ -350,7 +350,9 @@ async function openLog(name) {
   $("log-name").textContent = name;
   renderMembers();
   try {
-    const tail = await api(`/admin/members/${name}/log`);
+    // Each segment encoded (a council may be named `a#b?`): the server decodes the path before it matches
+    // `{name:path}`, and the `/` between council and seat stays a separator.
+    const tail = await api(`/admin/members/${name.split("/").map(encodeURIComponent).join("/")}/log`);
     if (state.logName === name) state.logLines = [...tail.lines, ...state.logLines];
   } catch (err) {
     state.logLines = [`(could not read the log: ${err.message})`];
@@ -389,7 +391,7 @@ function renderBallots() {
     h("tr", { dataBallot: b.id, onclick: () => openBallot(b.id) },
       h("td", {}, clock(b.created)),
       h("td", {}, h("span", { class: "swatch", colour: colour(b.council) }), b.council),
-      h("td", {}, b.question ?? h("span", { class: "quiet" }, "(admin scope only)")),
+      h("td", {}, b.question ?? ""),
       h("td", { class: "answer-cell" }, b.answer ?? ""),
       h("td", { class: "agree" }, pct(b.agreement), b.early_stop ? h("span", { class: "reason" }, "early stop") : null),
       h("td", {}, chips(b)))));
