@@ -167,3 +167,33 @@ async def test_the_owner_travels_with_the_ballot_through_a_shared_store(tmp_path
     finally:
         await a.state.close()
         await b.state.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_stored_response_is_continued_only_by_the_key_that_made_it(tmp_path: Path, stream: bool) -> None:
+    """`previous_response_id` sends the stored conversation back to the members, and the answer repeats it: a
+    conversation is its key's, as its ballots are. Another chat key gets the 400 an unknown id gets."""
+    router = _router(tmp_path)
+    async with _client(router, "bob") as bob:
+        first = await bob.post("/v1/responses", json={"model": "c", "input": "My account number is 1234-5678.",
+                                                      "stream": stream})
+        assert first.status_code == 200, first.text
+        if stream:  # the id is in the first event's response
+            found = first.text.split("data: ", 1)[1].split("\n", 1)[0]
+            made = str(json.loads(found)["response"]["id"])
+        else:
+            made = str(first.json()["id"])
+        again = await bob.post("/v1/responses", json={"model": "c", "input": "And again?",
+                                                      "previous_response_id": made})
+        assert again.status_code == 200 and SECRET in again.text  # his own conversation goes on
+    async with _client(router, "alice") as alice:
+        stolen = await alice.post("/v1/responses", json={"model": "c", "input": "What did he say?",
+                                                         "previous_response_id": made})
+        unknown = await alice.post("/v1/responses", json={"model": "c", "input": "x",
+                                                          "previous_response_id": "resp_never"})
+    assert stolen.status_code == 400 and stolen.json()["error"]["code"] == "previous_response_not_found"
+    assert SECRET not in stolen.text and made in stolen.text
+    assert stolen.json()["error"]["message"] == unknown.json()["error"]["message"].replace("resp_never", made)
+    async with _client(router, "ops") as ops:  # the admin scope reads every ballot, and continues any conversation
+        assert (await ops.post("/v1/responses", json={"model": "c", "input": "x",
+                                                      "previous_response_id": made})).status_code == 200

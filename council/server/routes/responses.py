@@ -38,7 +38,7 @@ from council.server.apis.responses import (
     usage,
     validate_responses,
 )
-from council.server.auth import Principal
+from council.server.auth import Principal, may_read
 from council.server.deps import current_router, require
 from council.server.errors import MODEL, OVERHEAD_HEADER, ApiError
 from council.server.limits import Admission
@@ -63,35 +63,37 @@ Chat = Annotated[Principal, Depends(require("chat"))]
 Current = Annotated[Router, Depends(current_router)]
 
 
-async def _read(request: Request, router: Router) -> tuple[dict[str, Any], ResponsesRequest, CouncilEngine | None,
-                                                            list[dict[str, Any]]]:
+async def _read(request: Request, router: Router,
+                who: Principal) -> tuple[dict[str, Any], ResponsesRequest, CouncilEngine | None, list[dict[str, Any]]]:
     """A Responses request's body, validated; the council its `model` names (None: a model; errors from here on
     are counted under that name); and the stored conversation it continues (`previous_response_id`)."""
     _, body = await read_body(request, router.policy.server.max_body)
     ask = validate_responses(body)
     engine = _target(router, ask.model)
     setattr(request.state, MODEL, ask.model)
-    return body, ask, engine, await _history(router, ask)
+    return body, ask, engine, await _history(router, ask, who)
 
 
-async def _history(router: Router, request: ResponsesRequest) -> list[dict[str, Any]]:
-    """The stored conversation `previous_response_id` continues (its input and output items), or a 400."""
+async def _history(router: Router, request: ResponsesRequest, who: Principal) -> list[dict[str, Any]]:
+    """The stored conversation `previous_response_id` continues (its input and output items), or a 400. Another
+    key's conversation is not this caller's to continue (it would read it back): unknown, as its ballots are."""
     if request.previous_response_id is None:
         return []
     found = await router.state.get_response(request.previous_response_id)
-    if found is None:
+    if found is None or not may_read(who, found):
         raise BadRequest(f"previous_response_id {request.previous_response_id!r} is unknown: council keeps the "
                          f"last {router.policy.server.ballots} responses, and none sent with `store: false`",
                          "previous_response_not_found")
     return list(found.get("items") or [])
 
 
-async def _store(router: Router, request: ResponsesRequest, response_id: str, inputs: list[dict[str, Any]],
-                 output: list[dict[str, Any]]) -> None:
-    """Keep the conversation so far for `previous_response_id` (an unreachable store loses only that)."""
+async def _store(router: Router, request: ResponsesRequest, owner: str | None, response_id: str,
+                 inputs: list[dict[str, Any]], output: list[dict[str, Any]]) -> None:
+    """Keep the conversation so far for `previous_response_id`, as the `owner` key's (an unreachable store loses
+    only that)."""
     if request.stored:
         with contextlib.suppress(StateError):
-            await router.state.put_response(response_id, {"items": [*inputs, *output]},
+            await router.state.put_response(response_id, {"items": [*inputs, *output], "owner": owner},
                                             router.policy.server.ballots)
 
 
@@ -106,7 +108,7 @@ def _answered(answer: CouncilAnswer, request: ResponsesRequest, response_id: str
 @routes.post("/v1/responses", response_model=None, openapi_extra={"requestBody": REQUEST_SCHEMA})
 async def create_response(request: Request, router: Current, who: Chat) -> Response:
     started = time.perf_counter()
-    body, ask, engine, history = await _read(request, router)
+    body, ask, engine, history = await _read(request, router, who)
     inputs = [*history, *input_items(body)]
     if engine is None:  # a council is checked as chat (as_council_request)
         check_media(router, ask.model, ask.has_media)
@@ -122,7 +124,7 @@ async def create_response(request: Request, router: Current, who: Chat) -> Respo
             return Response(status_code=CLIENT_GONE)
         answer, waited = done
         doc = _answered(answer, ask, new_id("resp"), int(time.time()))
-        await _store(router, ask, doc["id"], inputs, doc["output"])
+        await _store(router, ask, who.name, doc["id"], inputs, doc["output"])
         return _measured(router, JSONResponse(doc), ask.model, started, waited)
 
 
@@ -143,7 +145,7 @@ def _stream_council(router: Router, engine: CouncilEngine, council: CouncilReque
     async def answered(answer: CouncilAnswer, overhead_ms: float) -> AsyncIterator[bytes]:
         doc = _answered(answer, ask, response_id, created)
         doc["council"]["overhead_ms"] = overhead_ms
-        await _store(router, ask, response_id, inputs, doc["output"])
+        await _store(router, ask, council.owner, response_id, inputs, doc["output"])
         ending = "response.incomplete" if doc["status"] == "incomplete" else "response.completed"
         yield b"".join(number(e) for e in [*item_events(doc["output"]), {"type": ending, "response": doc}])
 
@@ -154,7 +156,7 @@ def _stream_council(router: Router, engine: CouncilEngine, council: CouncilReque
 
 
 async def _relay(router: Router, ask: ResponsesRequest, body: dict[str, Any], history: list[dict[str, Any]],
-                 inputs: list[dict[str, Any]], who: Any, started: float) -> Response:
+                 inputs: list[dict[str, Any]], who: Principal, started: float) -> Response:
     """A model: llama-server answers the Responses API itself (the conversation so far sent as input); its
     answer is completed where the SDKs need more than it writes, and stored."""
     payload = json.dumps(for_model(body, history)).encode()
@@ -169,14 +171,14 @@ async def _relay(router: Router, ask: ResponsesRequest, body: dict[str, Any], hi
         except ValueError:
             return response
         complete_response(doc, ask)
-        await _store(router, ask, str(doc.get("id")), inputs, doc.get("output") or [])
+        await _store(router, ask, who.name, str(doc.get("id")), inputs, doc.get("output") or [])
         return JSONResponse(doc, status_code=response.status_code,
                             headers={OVERHEAD_HEADER: response.headers.get(OVERHEAD_HEADER, "")})
-    response.body_iterator = _fixed(router, ask, inputs, response.body_iterator)
+    response.body_iterator = _fixed(router, ask, who.name, inputs, response.body_iterator)
     return response
 
 
-async def _fixed(router: Router, ask: ResponsesRequest, inputs: list[dict[str, Any]],
+async def _fixed(router: Router, ask: ResponsesRequest, owner: str, inputs: list[dict[str, Any]],
                  chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
     """llama-server's Responses stream, event by event, as the SDKs read it (`StreamFixer`); the completed
     response is stored before it is sent."""
@@ -192,7 +194,8 @@ async def _fixed(router: Router, ask: ResponsesRequest, inputs: list[dict[str, A
                 out += fixer.fix(data)
                 if fixer.final is not None and not stored:
                     stored = True
-                    await _store(router, ask, str(fixer.final.get("id")), inputs, fixer.final.get("output") or [])
+                    await _store(router, ask, owner, str(fixer.final.get("id")), inputs,
+                                 fixer.final.get("output") or [])
             if out:
                 yield b"".join(out)
         if fixer.final is None and not fixer.failed:  # the process's stream broke off
@@ -209,7 +212,7 @@ async def input_tokens(request: Request, router: Current, who: Chat) -> Response
     """How many tokens the input is: a model's process counts it; a council's members' tokenizers (and their own
     system prompts) differ, so each distinct member is asked and the largest count is the answer."""
     started = time.perf_counter()
-    body, ask, engine, history = await _read(request, router)
+    body, ask, engine, history = await _read(request, router, who)
     if engine is None:
         check_media(router, ask.model, ask.has_media)
         payload = {k: v for k, v in for_model(body, history).items() if k not in ("stream", "stream_options")}
