@@ -388,11 +388,8 @@ async def test_early_stop_decides_inside_a_sample_group_and_closes_its_request(
         statuses = [m["status"] for m in doc["members"]]
         assert doc["early_stop"] is True and doc["answer"] == "ok", doc
         assert statuses[0] == "ok" and "ok" in statuses[1:] and "cancelled" in statuses[1:], statuses
-        # The cut choices were being decoded in the same batch as the one that ended (a choice may start a step
-        # late, so not each of them need have streamed a token yet): the usage counts what they had generated,
-        # as well as the finished ones' own.
-        cut = [m["completion_tokens"] for m in doc["members"] if m["status"] == "cancelled"]
-        assert sum(cut) >= 1, [(m["status"], m["completion_tokens"], m["answer"]) for m in doc["members"]]
+        # The usage is every member entry's tokens, the cut choices' included (what each had streamed: how many
+        # depends on when llama-server started it, so tests/voting/test_cut_choices_usage.py fixes that order).
         assert answer.usage()["completion_tokens"] == sum(m["completion_tokens"] for m in doc["members"])
         deadline = time.monotonic() + 30
         while group.slots.free != group.slots.size or await _metric(group, "llamacpp:requests_processing") > before:
