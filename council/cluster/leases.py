@@ -2,7 +2,7 @@
 
 With `state: redis://...` several routers (or GPU hosts) plan on the same GPUs: before a council's members
 start, its router leases the memory of their slots (one lease per GPU, atomic in Redis, with a fencing token)
-and renews them while it runs. Leases count MiB, not slots: each router cuts a GPU into slots of its own
+and renews them while it runs. Leases count bytes of memory, not slots: each router cuts a GPU into slots of its own
 policy's `slots.size`, so two routers' slot counts do not compare, and together they could over-lease it. A
 council whose slots another router holds is not started, and says why. If Redis goes away, councils already
 admitted keep answering (renewal retries quietly) and new leases are refused.
@@ -29,15 +29,14 @@ from council.plan.slots import CouncilResult, SlotPlan
 from council.units import format_size
 
 log = logging.getLogger("council.cluster.leases")
-MiB = 1 << 20
 
 
 @dataclass(frozen=True)
 class Room:
     """A GPU as this router leases on it: the capacity every router sharing it agrees on, and our reserve."""
 
-    capacity_mib: int
-    keep_free_mib: int  # the policy's `slots.reserve`, rounded up: our own acquires leave that much unleased
+    capacity_bytes: int
+    keep_free_bytes: int  # the policy's `slots.reserve`: our own acquires leave that much unleased
 
 
 @dataclass(frozen=True)
@@ -46,21 +45,18 @@ class Need:
 
     gpu: Gpu
     slots: int
-    mib: int  # rounded up: a lease never claims less than the slots use
+    size: int  # bytes: exact, so what the plan fits in bytes the store fits too
     room: Room
 
 
-def capacity_mib(gpu: Gpu) -> int:
+def capacity_bytes(gpu: Gpu) -> int:
     """The GPU's capacity in the store. It must be one figure for every router that shares the GPU, so neither
     the usable memory after `slots.reserve` nor a slot count (both are per policy) will do: it is the device's
     total as NVML reports it (a policy's cap on that memory only limits its own plan), else for a declared GPU
-    (`HOST/NAME` keys, shared only by routers of one host) its declared memory. Rounded down: never more than
-    the GPU has. Each router's reserve is kept by its own acquires instead (`Room.keep_free_mib`)."""
-    return (gpu.device_bytes or gpu.memory_bytes) // MiB
-
-
-def _mib(size_bytes: int) -> int:
-    return -(-size_bytes // MiB)  # rounded up, in integers
+    (`HOST/NAME` keys, shared only by routers of one host) its declared memory. In bytes, as the plan counts:
+    a unit any coarser, rounded, refused councils the plan fits exactly (8 slots of 1 GB on 8 GB). Each router's
+    reserve is kept by its own acquires instead (`Room.keep_free_bytes`)."""
+    return gpu.device_bytes or gpu.memory_bytes
 
 
 def _need(result: CouncilResult, slots: SlotPlan) -> list[Need]:
@@ -70,13 +66,9 @@ def _need(result: CouncilResult, slots: SlotPlan) -> list[Need]:
     for placement in result.placements:
         if placement.gpu is not None:
             need[placement.gpu] += placement.slots
-    return [Need(gpus[name].gpu, count, _mib(count * slots.slot_bytes),
-                 Room(capacity_mib(gpus[name].gpu), _mib(gpus[name].reserve_bytes)))
+    return [Need(gpus[name].gpu, count, count * slots.slot_bytes,
+                 Room(capacity_bytes(gpus[name].gpu), gpus[name].reserve_bytes))
             for name, count in need.items()]
-
-
-def _mib_size(mib: int) -> str:
-    return format_size(mib * MiB)
 
 
 def gpu_key(gpu: Gpu, host: str) -> str:
@@ -129,10 +121,10 @@ class LeaseKeeper:
             key = gpu_key(want.gpu, self.host)
             room = self.totals[key] = want.room
             one = want.slots == 1
-            what = f"its {want.slots} slot{'' if one else 's'} ({_mib_size(want.mib)}) on {want.gpu.name}"
+            what = f"its {want.slots} slot{'' if one else 's'} ({format_size(want.size)}) on {want.gpu.name}"
             try:
-                lease = await self.state.acquire(key, room.capacity_mib, self.holder, want.mib, self.ttl,
-                                                 room.keep_free_mib)
+                lease = await self.state.acquire(key, room.capacity_bytes, self.holder, want.size, self.ttl,
+                                                 room.keep_free_bytes)
                 leased = await self.state.leased(key) if lease is None else 0
             except LegacyLease as exc:  # the store answered: an older router holds memory of unknown size
                 await self._release(taken)
@@ -233,10 +225,10 @@ class LeaseKeeper:
             # Our fencing token is dead: it expired (while Redis was away, say) or was reclaimed. Take the
             # memory again if it is still free; if another router holds it now, it is lost.
             room = self.totals[lease.gpu]
-            what = f"its lease of {_mib_size(lease.mib)} on {lease.gpu} (fencing token {lease.token})"
+            what = f"its lease of {format_size(lease.size)} on {lease.gpu} (fencing token {lease.token})"
             try:
-                fresh = await self.state.acquire(lease.gpu, room.capacity_mib, self.holder, lease.mib, self.ttl,
-                                                 room.keep_free_mib)
+                fresh = await self.state.acquire(lease.gpu, room.capacity_bytes, self.holder, lease.size, self.ttl,
+                                                 room.keep_free_bytes)
                 leased = await self.state.leased(lease.gpu) if fresh is None else 0
             except LegacyLease as exc:
                 return renewed + leases[len(renewed) + 1:], f"{what} is no longer held and {exc}"
@@ -268,10 +260,10 @@ class LeaseKeeper:
         await self.release_leases()
 
 
-def _held(leased_mib: int, room: Room) -> str:
-    return f"{_mib_size(leased_mib)} of {_mib_size(room.capacity_mib)}"
+def _held(leased_bytes: int, room: Room) -> str:
+    return f"{format_size(leased_bytes)} of {format_size(room.capacity_bytes)}"
 
 
 def _kept(room: Room) -> str:
     """Why a lease that looks like it fits is refused: our reserve stays unleased too."""
-    return f", {_mib_size(room.keep_free_mib)} kept free by slots.reserve" if room.keep_free_mib else ""
+    return f", {format_size(room.keep_free_bytes)} kept free by slots.reserve" if room.keep_free_bytes else ""

@@ -22,7 +22,7 @@ from council.cluster.store import (
 @dataclass
 class _Held:
     holder: str
-    mib: int
+    size: int
     expires: float
 
 
@@ -44,17 +44,17 @@ class MemoryState:
             del held[token]
         return held
 
-    async def acquire(self, gpu: str, capacity_mib: int, holder: str, mib: int, ttl: float,
-                      keep_free_mib: int = 0) -> Lease | None:
-        check_lease_args(capacity_mib, mib, ttl, keep_free_mib)
+    async def acquire(self, gpu: str, capacity_bytes: int, holder: str, size: int, ttl: float,
+                      keep_free_bytes: int = 0) -> Lease | None:
+        check_lease_args(capacity_bytes, size, ttl, keep_free_bytes)
         async with self._lock:
             now = time.monotonic()
             held = self._live(gpu, now)
-            if sum(h.mib for h in held.values()) + mib + keep_free_mib > capacity_mib:
+            if sum(h.size for h in held.values()) + size + keep_free_bytes > capacity_bytes:
                 return None
             token = self._fences[gpu] = self._fences.get(gpu, 0) + 1
-            held[token] = _Held(holder, mib, now + ttl)
-            return Lease(gpu=gpu, holder=holder, mib=mib, token=token, expires_at=now + ttl)
+            held[token] = _Held(holder, size, now + ttl)
+            return Lease(gpu=gpu, holder=holder, size=size, token=token, expires_at=now + ttl)
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
         check_ttl(ttl)
@@ -74,7 +74,7 @@ class MemoryState:
 
     async def leased(self, gpu: str) -> int:
         async with self._lock:
-            return sum(h.mib for h in self._live(gpu, time.monotonic()).values())
+            return sum(h.size for h in self._live(gpu, time.monotonic()).values())
 
     async def check_fence(self, gpu: str, token: int) -> bool:
         async with self._lock:
@@ -84,7 +84,7 @@ class MemoryState:
         async with self._lock:
             found: dict[str, int] = {}
             for held in self._live(gpu, time.monotonic()).values():
-                found[held.holder] = found.get(held.holder, 0) + held.mib
+                found[held.holder] = found.get(held.holder, 0) + held.size
             return found
 
     async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:

@@ -107,19 +107,19 @@ class RedisState:
     def _ballot_keys(self, kind: str = "ballots") -> list[str]:
         return [f"{self.prefix}{kind}", f"{self.prefix}{kind}:order", f"{self.prefix}{kind}:seq"]
 
-    async def acquire(self, gpu: str, capacity_mib: int, holder: str, mib: int, ttl: float,
-                      keep_free_mib: int = 0) -> Lease | None:
-        check_lease_args(capacity_mib, mib, ttl, keep_free_mib)
+    async def acquire(self, gpu: str, capacity_bytes: int, holder: str, size: int, ttl: float,
+                      keep_free_bytes: int = 0) -> Lease | None:
+        check_lease_args(capacity_bytes, size, ttl, keep_free_bytes)
         sent = time.monotonic()
         with self._errors():
             token = await self._acquire(keys=self._lease_keys(gpu),
-                                        args=[capacity_mib, keep_free_mib, mib, _ms(ttl), holder])
+                                        args=[capacity_bytes, keep_free_bytes, size, _ms(ttl), holder])
         if token is None:
             return None
         if int(token) < 0:
             raise LegacyLease(f"an older council router holds a live lease on {gpu} in {self._shown_url}, counted in "
-                              "its own slots rather than MiB: upgrade every router that shares this Redis")
-        return Lease(gpu=gpu, holder=holder, mib=mib, token=int(token), expires_at=sent + ttl)
+                              "its own slots rather than bytes: upgrade every router that shares this Redis")
+        return Lease(gpu=gpu, holder=holder, size=size, token=int(token), expires_at=sent + ttl)
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
         check_ttl(ttl)

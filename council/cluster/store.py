@@ -33,16 +33,16 @@ class StaleLease(StateError):
 
 class LegacyLease(StateError):
     """A live lease on the GPU was written by an older council, which counted slots of its own size rather than
-    MiB: nobody can tell how much memory it holds, so nothing more is leased there until it is gone. The store
+    bytes: nobody can tell how much memory it holds, so nothing more is leased there until it is gone. The store
     answered (this is no outage); the message is one line."""
 
 
 @dataclass(frozen=True)
 class Lease:
-    """`mib` MiB of `gpu`'s memory, held by `holder` under fencing `token` (unique per GPU, increasing).
+    """`size` bytes of `gpu`'s memory, held by `holder` under fencing `token` (unique per GPU, increasing).
 
-    Memory, not slots: routers whose policies cut a GPU into slots of different sizes share it, and only MiB
-    compare between them.
+    Memory, not slots: routers whose policies cut a GPU into slots of different sizes share it, and only memory
+    compares between them.
 
     `expires_at` is on this process's `time.monotonic()` clock and never later than the store's own expiry
     (for Redis it is measured from before the request was sent), so renewing before it is always in time.
@@ -50,18 +50,18 @@ class Lease:
 
     gpu: str
     holder: str
-    mib: int
+    size: int
     token: int
     expires_at: float
 
 
 @runtime_checkable
 class StateStore(Protocol):
-    async def acquire(self, gpu: str, capacity_mib: int, holder: str, mib: int, ttl: float,
-                      keep_free_mib: int = 0) -> Lease | None:
-        """Lease `mib` of the GPU's `capacity_mib` so that every live lease together leaves `keep_free_mib` unleased;
-        None when not enough is free (expired leases are). Raises LegacyLease while an older council's lease is
-        live on the GPU."""
+    async def acquire(self, gpu: str, capacity_bytes: int, holder: str, size: int, ttl: float,
+                      keep_free_bytes: int = 0) -> Lease | None:
+        """Lease `size` bytes of the GPU's `capacity_bytes` so that every live lease together leaves
+        `keep_free_bytes` unleased; None when not enough is free (expired leases are). Raises LegacyLease while an
+        older council's lease is live on the GPU."""
         ...
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
@@ -73,7 +73,7 @@ class StateStore(Protocol):
         ...
 
     async def leased(self, gpu: str) -> int:
-        """MiB currently leased on the GPU (expired leases and an older council's, in slots, not counted)."""
+        """Bytes currently leased on the GPU (expired leases and an older council's, in slots, not counted)."""
         ...
 
     async def check_fence(self, gpu: str, token: int) -> bool:
@@ -81,7 +81,7 @@ class StateStore(Protocol):
         ...
 
     async def holders(self, gpu: str) -> dict[str, int]:
-        """Holder -> MiB it holds on the GPU now (expired leases and an older council's, in slots, not counted)."""
+        """Holder -> bytes it holds on the GPU now (expired leases and an older council's, in slots, not counted)."""
         ...
 
     async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:
@@ -148,10 +148,10 @@ def open_state(url: str, *, prefix: str = DEFAULT_PREFIX) -> StateStore:
     raise ValueError(f"state must be `memory` or a redis:// URL, not {url!r}")
 
 
-def check_lease_args(capacity_mib: int, mib: int, ttl: float, keep_free_mib: int) -> None:
-    if capacity_mib < 0 or mib < 1 or keep_free_mib < 0:
-        raise ValueError(f"need mib >= 1, capacity_mib >= 0 and keep_free_mib >= 0, got mib={mib} "
-                         f"capacity_mib={capacity_mib} keep_free_mib={keep_free_mib}")
+def check_lease_args(capacity_bytes: int, size: int, ttl: float, keep_free_bytes: int) -> None:
+    if capacity_bytes < 0 or size < 1 or keep_free_bytes < 0:
+        raise ValueError(f"need size >= 1, capacity_bytes >= 0 and keep_free_bytes >= 0, got size={size} "
+                         f"capacity_bytes={capacity_bytes} keep_free_bytes={keep_free_bytes}")
     check_ttl(ttl)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from council.cluster.leases import LeaseKeeper, capacity_mib
+from council.cluster.leases import LeaseKeeper, capacity_bytes
 from council.cluster.redis_store import RedisState
 from council.plan.gpus import Gpu, GpuProcess, resolve_gpus
 from council.plan.planner import PolicyPlan, plan_policy
@@ -85,7 +85,7 @@ async def test_a_lease_another_router_took_is_lost_and_reported(redis_url: str, 
         await ours.renew_once()
         await theirs.renew_once()
         assert len(ours.reported) == 1 and theirs.reported == []
-        assert await theirs.state.leased(old.gpu) == 512  # MiB
+        assert await theirs.state.leased(old.gpu) == 512 << 20  # bytes
     finally:
         await ours.release_all()
         await theirs.release_all()
@@ -141,6 +141,26 @@ def sized_plan(tmp_path: Path, slot: str, councils: dict[str, tuple[int, str]], 
     return plan_policy(load_policy(path).policy, [gpu])
 
 
+@pytest.mark.parametrize(("memory", "slot", "seats", "reserve"), [("8GB", "1GB", 8, "0"), ("10GB", "3GB", 3, "1GB")])
+async def test_a_council_the_plan_fits_exactly_is_leased(redis_url: str, prefix: str, tmp_path: Path, memory: str,
+                                                         slot: str, seats: int, reserve: str) -> None:
+    """Leases count bytes, as the plan does. Counted in MiB, the slots' memory and the reserve rounded up and the
+    capacity down, a council that fills a GPU sized in decimal units exactly was refused after the plan had
+    admitted it (8 slots of 1 GB on 8 GB: 7630 MiB asked of 7629)."""
+    from council.units import parse_size
+    size = parse_size(memory)
+    gpu = Gpu(name="cpu", memory_bytes=size, free_bytes=size, source="policy")
+    plan = sized_plan(tmp_path, slot, {"full": (seats, "100MiB")}, gpu, reserve=reserve)
+    assert plan.all_admitted
+    keeper = LeaseKeeper(RedisState(redis_url, prefix=prefix), "host-a:1", host="host-a")
+    try:
+        assert (await keeper.admit(plan)).refused == {}
+        assert await keeper.state.leased("host-a/cpu") == seats * parse_size(slot)
+    finally:
+        await keeper.release_all()
+        await keeper.state.close()
+
+
 async def test_routers_with_different_slot_sizes_never_lease_more_memory_than_the_gpu_has(
     redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
@@ -162,8 +182,8 @@ async def test_routers_with_different_slot_sizes_never_lease_more_memory_than_th
         assert admitted.refused == {"wide": "its 4 slots (32.00 GiB) on GPU0 are leased elsewhere "
                                             "(20.00 GiB of 40.00 GiB held by other routers)"}
         assert list(second.leases) == ["lone"]
-        assert await first.state.holders(gpu.uuid or "") == {"host-a:1": 20 * 1024, "host-b:2": 8 * 1024}
-        assert await first.state.leased(gpu.uuid or "") == 28 * 1024 <= capacity_mib(gpu)
+        assert await first.state.holders(gpu.uuid or "") == {"host-a:1": 20 * GiB, "host-b:2": 8 * GiB}
+        assert await first.state.leased(gpu.uuid or "") == 28 * GiB <= capacity_bytes(gpu)
         # Renewal keeps both, and the other way round holds too: the large slot no longer fits beside 28 GiB.
         await first.renew_once()
         await second.renew_once()
@@ -210,15 +230,15 @@ def test_the_capacity_is_the_devices_memory_whatever_a_policy_caps(tmp_path: Pat
     path.write_text("gpus: [{name: GPU-1, memory: 24GiB}]\nmodels: {}\ncouncils: {}\n")
     [capped] = resolve_gpus(load_policy(path).policy, [seen])
     assert capped.memory_bytes == 24 * GiB
-    assert capacity_mib(capped) == capacity_mib(seen) == 80 * 1024
+    assert capacity_bytes(capped) == capacity_bytes(seen) == 80 * GiB
     declared = Gpu(name="cpu", memory_bytes=512 * (1 << 20) + 5, free_bytes=0, source="policy")
-    assert capacity_mib(declared) == 512  # rounded down: never more than there is
+    assert capacity_bytes(declared) == 512 * (1 << 20) + 5  # bytes, as the plan counts them
 
 
 async def test_an_older_councils_lease_in_slots_refuses_the_council_and_crashes_nothing(
     redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
-    """Left in Redis by a router from before leases counted MiB (`EXPIRES SLOTS HOLDER`), its size is unknown:
+    """Left in Redis by a router from before leases counted bytes (`EXPIRES SLOTS HOLDER`), its size is unknown:
     the council is refused with a reason, like slots leased elsewhere, until that lease is gone."""
     plan = two_slot_plan(tmp_path)
     ours = Keeper(RedisState(redis_url, prefix=prefix), "a:1")
@@ -265,7 +285,7 @@ async def test_a_redis_outage_loses_nothing(tmp_path: Path) -> None:
         await ours.renew_once()
         [fresh] = ours.leases["pair"]
         assert ours.reported == [] and fresh.token != old.token
-        assert await ours.state.leased(fresh.gpu) == 512  # MiB
+        assert await ours.state.leased(fresh.gpu) == 512 << 20  # bytes
     finally:
         await ours.release_all()
         await ours.state.close()
@@ -277,12 +297,12 @@ async def test_planning_hands_back_ours_and_leasing_neighbours_on_this_host_only
                                                                                 prefix: str) -> None:
     """A neighbour's members are counted by its leases: NVML's count of them is handed back, once. A router that
     leases nothing here (another store, `state: memory`) or a process of another host's holder stays counted."""
-    mib = 1 << 20
-    gpu = Gpu(name="H100", memory_bytes=4096 * mib, free_bytes=1024 * mib, source="nvml", uuid="GPU-x",
-              used_by_others_bytes=3072 * mib,
-              processes=(GpuProcess(11, 10, 1024 * mib),    # ours (router 10)
-                         GpuProcess(21, 20, 1024 * mib),    # a neighbour that leases here (router 20)
-                         GpuProcess(31, 30, 1024 * mib)))   # a router that leases in another store
+    size = 1 << 20
+    gpu = Gpu(name="H100", memory_bytes=4096 * size, free_bytes=1024 * size, source="nvml", uuid="GPU-x",
+              used_by_others_bytes=3072 * size,
+              processes=(GpuProcess(11, 10, 1024 * size),    # ours (router 10)
+                         GpuProcess(21, 20, 1024 * size),    # a neighbour that leases here (router 20)
+                         GpuProcess(31, 30, 1024 * size)))   # a router that leases in another store
     state = RedisState(redis_url, prefix=prefix)
     keeper = Keeper(state, "testhost:10")
     try:
@@ -291,12 +311,12 @@ async def test_planning_hands_back_ours_and_leasing_neighbours_on_this_host_only
         assert await state.holders("GPU-x") == {"testhost:20": 4, "otherhost:30": 4}
         assert await keeper.routers_here(gpu) == {20}
         [planned] = await keeper.for_planning([gpu], ours=10)
-        assert planned.used_by_others_bytes == 1024 * mib
+        assert planned.used_by_others_bytes == 1024 * size
         assert [p.pid for p in planned.processes] == [31]
     finally:
         await state.close()
     # The store away: only our own memory is handed back (the neighbour's stays counted, the safe side).
     away = Keeper(RedisState(f"redis://127.0.0.1:{free_port()}/0"), "testhost:10")
     [planned] = await away.for_planning([gpu], ours=10)
-    assert planned.used_by_others_bytes == 2048 * mib
+    assert planned.used_by_others_bytes == 2048 * size
     await away.state.close()

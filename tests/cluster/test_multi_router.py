@@ -115,7 +115,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('DEL', KEYS[1])
 local token = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[1], token, string.format('%d 512MiB %s', now + 300000, ARGV[1]))
+redis.call('HSET', KEYS[1], token, string.format('%d %dB %s', now + 300000, 512 * 1048576, ARGV[1]))
 return token
 """
 

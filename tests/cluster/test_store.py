@@ -107,19 +107,19 @@ async def test_lease_basics(pair: tuple[StateStore, StateStore]) -> None:
 
 
 async def test_an_acquire_leaves_its_routers_reserve_unleased(pair: tuple[StateStore, StateStore]) -> None:
-    """`keep_free_mib` is the acquiring router's `slots.reserve`: what all live leases leave, not what this one
+    """`keep_free_bytes` is the acquiring router's `slots.reserve`: what all live leases leave, not what this one
     may take."""
     a, b = pair
-    assert await a.acquire("gpu0", 1000, "router-a", 600, LONG, keep_free_mib=100) is not None
-    assert await b.acquire("gpu0", 1000, "router-b", 301, LONG, keep_free_mib=100) is None
-    assert await b.acquire("gpu0", 1000, "router-b", 300, LONG, keep_free_mib=100) is not None
+    assert await a.acquire("gpu0", 1000, "router-a", 600, LONG, keep_free_bytes=100) is not None
+    assert await b.acquire("gpu0", 1000, "router-b", 301, LONG, keep_free_bytes=100) is None
+    assert await b.acquire("gpu0", 1000, "router-b", 300, LONG, keep_free_bytes=100) is not None
     assert await a.leased("gpu0") == 900
     with pytest.raises(ValueError):
-        await a.acquire("gpu1", 1000, "router-a", 1, LONG, keep_free_mib=-1)
+        await a.acquire("gpu1", 1000, "router-a", 1, LONG, keep_free_bytes=-1)
 
 
 async def test_a_lease_an_older_council_wrote_in_slots_blocks_the_gpu_until_it_expires(redis_url: str) -> None:
-    """Before leases counted MiB, an entry was `EXPIRES SLOTS HOLDER` in its router's own slot size: read as MiB it
+    """Before leases counted bytes, an entry was `EXPIRES SLOTS HOLDER` in its router's own slot size: read as bytes it
     would count next to nothing. While one is live, acquire refuses (LegacyLease, one line) instead of guessing;
     reads leave it out; renew and release leave it alone; once expired it is swept like any other."""
     prefix = f"test:{uuid.uuid4().hex}:"
@@ -132,10 +132,10 @@ async def test_a_lease_an_older_council_wrote_in_slots_blocks_the_gpu_until_it_e
         client.hset(key, "7", f"{now_ms + 400} 2 oldhost:9")
         client.pexpire(key, 60_000)
         with pytest.raises(LegacyLease) as caught:
-            await state.acquire("gpu0", 81920, "router-a", 1024, LONG)
+            await state.acquire("gpu0", 80 << 30, "router-a", 1 << 30, LONG)
         assert "older council router" in str(caught.value) and "\n" not in str(caught.value)
         assert await state.leased("gpu0") == 0 and await state.holders("gpu0") == {}
-        forged = Lease(gpu="gpu0", holder="oldhost:9", mib=2, token=7, expires_at=0.0)
+        forged = Lease(gpu="gpu0", holder="oldhost:9", size=2, token=7, expires_at=0.0)
         with pytest.raises(StaleLease):
             await state.renew(forged, LONG)
         await state.release(forged)
@@ -143,12 +143,12 @@ async def test_a_lease_an_older_council_wrote_in_slots_blocks_the_gpu_until_it_e
 
         async def swept() -> bool:
             try:
-                return await state.acquire("gpu0", 81920, "router-a", 1024, LONG) is not None
+                return await state.acquire("gpu0", 80 << 30, "router-a", 1 << 30, LONG) is not None
             except LegacyLease:
                 return False
 
         await until(swept)
-        assert list(client.hvals(key)) and all(v.split()[1] == "1024MiB" for v in client.hvals(key))
+        assert list(client.hvals(key)) and all(v.split()[1] == f"{1 << 30}B" for v in client.hvals(key))
     finally:
         client.delete(key, f"{prefix}gpu:gpu0:fence")
         client.close()
@@ -186,7 +186,7 @@ async def test_renew_extends_and_expiry_reclaims(pair: tuple[StateStore, StateSt
     await a.release(lapsing)  # a stale token releases nothing
     assert await b.leased("gpu0") == 3
     # Another holder cannot renew or release a lease by guessing its token.
-    forged = Lease(gpu="gpu0", holder="router-a", mib=2, token=taken.token, expires_at=0.0)
+    forged = Lease(gpu="gpu0", holder="router-a", size=2, token=taken.token, expires_at=0.0)
     with pytest.raises(StaleLease):
         await a.renew(forged, LONG)
     await a.release(forged)
@@ -226,7 +226,7 @@ async def test_holders_sum_each_holders_live_leases(pair: tuple[StateStore, Stat
 @pytest.mark.parametrize("kind", ["memory", "redis"])
 def test_leases_never_oversubscribe(kind: str, redis_url: str, total: int, sizes: list[int], releases: list[bool],
                                     seed: int) -> None:
-    """Two routers, 50 concurrent acquires of 1-3 MiB, some released at once: never more than `total`."""
+    """Two routers, 50 concurrent acquires of 1-3 bytes, some released at once: never more than `total`."""
     asyncio.run(_oversubscribe(kind, redis_url, total, sizes, releases, random.Random(seed)))
 
 
@@ -243,11 +243,11 @@ async def _oversubscribe(kind: str, redis_url: str, total: int, sizes: list[int]
         lease = await router.acquire("gpu", total, f"router-{i % 2}", sizes[i], LONG)
         if lease is None:
             return
-        holding[0] += lease.mib
+        holding[0] += lease.size
         holding[1] = max(holding[1], holding[0])
         if releases[i]:
             await asyncio.sleep(rng.random() * 0.005)
-            holding[0] -= lease.mib
+            holding[0] -= lease.size
             await routers[(i + 1) % 2].release(lease)
         else:
             held.append(lease)
@@ -255,7 +255,7 @@ async def _oversubscribe(kind: str, redis_url: str, total: int, sizes: list[int]
     try:
         await asyncio.gather(*(attempt(i) for i in range(50)))
         assert holding[1] <= total
-        assert sum(lease.mib for lease in held) == holding[0] <= total
+        assert sum(lease.size for lease in held) == holding[0] <= total
         assert await routers[0].leased("gpu") == holding[0] == await routers[1].leased("gpu")
         assert len({lease.token for lease in held}) == len(held)
     finally:

@@ -93,8 +93,8 @@ async def test_reload_on_a_full_gpu_counts_our_members_and_a_neighbours_leased_m
     nvml = FakeNvml(slots=4, others=(GpuProcess(NEIGHBOUR + 1, NEIGHBOUR, 2 * SLOT),))  # the neighbour's member
     gpu_uuid = nvml.uuid
     neighbour = RedisState(state)
-    # Leases count MiB: the neighbour holds 2 slots' worth (512 MiB) of the GPU's 1024.
-    held = await neighbour.acquire(gpu_uuid, 4 * SLOT // MiB, f"{socket.gethostname()}:{NEIGHBOUR}", 2 * SLOT // MiB,
+    # Leases count bytes: the neighbour holds 2 slots' worth (512 MiB) of the GPU's 1024.
+    held = await neighbour.acquire(gpu_uuid, 4 * SLOT, f"{socket.gethostname()}:{NEIGHBOUR}", 2 * SLOT,
                                    300.0)
     assert held is not None
     router = nvml.router = open_router(path, load_policy(path), llama_server_bin,
@@ -106,14 +106,14 @@ async def test_reload_on_a_full_gpu_counts_our_members_and_a_neighbours_leased_m
         assert all(p.ready for p in router.processes.values())
         assert {parent_pid(p.pid) for p in router.processes.values() if p.pid is not None} == {os.getpid()}
         # The GPU is full now: the neighbour's 2 slots and our 2, each process counted once.
-        assert await neighbour.leased(gpu_uuid) == 4 * SLOT // MiB
+        assert await neighbour.leased(gpu_uuid) == 4 * SLOT
 
         changes = await router.reload()
         assert changes["unchanged"] == ["pair/0", "pair/1"] and changes["restarted"] == []
         [gpu] = router.plan.slots.gpus
         assert (gpu.total, gpu.used) == (4, 2)
-        assert await neighbour.holders(gpu_uuid) == {f"{socket.gethostname()}:{NEIGHBOUR}": 2 * SLOT // MiB,
-                                                      router.leases.holder: 2 * SLOT // MiB}
+        assert await neighbour.holders(gpu_uuid) == {f"{socket.gethostname()}:{NEIGHBOUR}": 2 * SLOT,
+                                                      router.leases.holder: 2 * SLOT}
         ready, reasons = router.readiness()
         assert ready, reasons
     finally:

@@ -1,5 +1,5 @@
--- KEYS: leases hash, fence counter. ARGV: capacity_mib, keep_free_mib, mib, ttl_ms, holder. Returns the token;
--- nil when the live leases and this one would leave less than keep_free_mib of capacity_mib; -1 while an older
+-- KEYS: leases hash, fence counter. ARGV: capacity_bytes, keep_free_bytes, size, ttl_ms, holder. Returns the token;
+-- nil when the live leases and this one would leave less than keep_free_bytes of capacity_bytes; -1 while an older
 -- council's lease (in slots, so of unknown size) is live on the GPU.
 -- @include lease_entry
 local now = now_ms()
@@ -8,13 +8,13 @@ local want, ttl, holder = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local used, legacy = 0, false
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
-  local expires, mib = lease_entry(entries[i + 1])
+  local expires, size = lease_entry(entries[i + 1])
   if expires <= now then
     redis.call('HDEL', KEYS[1], entries[i])
-  elseif mib == nil then
+  elseif size == nil then
     legacy = true
   else
-    used = used + mib
+    used = used + size
   end
 end
 if legacy then
@@ -29,7 +29,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[2], string.format('%d', now * 1000))
 end
 local token = string.format('%d', redis.call('INCR', KEYS[2]))
-redis.call('HSET', KEYS[1], token, string.format('%d %dMiB %s', now + ttl, want, holder))
+redis.call('HSET', KEYS[1], token, string.format('%d %dB %s', now + ttl, want, holder))
 if redis.call('PTTL', KEYS[1]) < ttl then
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
