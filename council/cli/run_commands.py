@@ -157,6 +157,11 @@ def serve(
         raise fail(f"--role must be both, host or router, not {role!r}", 2)
     if role != "both" and loaded.policy.state == "memory":
         raise fail(f"--role {role} shares members through the registry: set `state: redis://...`", 2)
+    if role != "both" and not os.environ.get(settings.cluster_key_env):
+        # Without it a host publishes entries no router trusts and a router calls no host: seats that never come,
+        # and nothing said why.
+        raise fail(f"--role {role} calls members across hosts with the cluster key: set ${settings.cluster_key_env}, "
+                   f"the same on every host and router ({MAKE_A_KEY})", 2)
     if reuse_port and role != "router":
         # Routers hold no members, so any of them can take any connection; hosts and `both` run members.
         raise fail("--reuse-port is for --role router (several routers over the same hosts share one port)", 2)

@@ -161,7 +161,7 @@ class RedisState:
     async def members(self) -> dict[str, list[dict[str, Any]]]:
         with self._errors():
             flat = await self._members(keys=self._registry_keys())
-        return {flat[i]: json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return {flat[i]: entries for i in range(0, len(flat), 2) if (entries := _json(flat[i + 1])) is not None}
 
     async def take(self, key: str, rate: float, burst: float) -> float | None:
         check_bucket(rate, burst)
@@ -178,7 +178,7 @@ class RedisState:
     async def get_ballot(self, ballot_id: str) -> dict[str, Any] | None:
         with self._errors():
             found = await self._redis.hget(self._ballot_keys()[0], ballot_id)
-        return None if found is None else json.loads(found)
+        return None if found is None else _object(found)
 
     async def put_response(self, response_id: str, conversation: dict[str, Any], keep: int) -> None:
         check_keep(keep)
@@ -189,7 +189,7 @@ class RedisState:
     async def get_response(self, response_id: str) -> dict[str, Any] | None:
         with self._errors():
             found = await self._redis.hget(self._ballot_keys("responses")[0], response_id)
-        return None if found is None else json.loads(found)
+        return None if found is None else _object(found)
 
     async def ping(self) -> None:
         with self._errors():
@@ -202,3 +202,17 @@ class RedisState:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
+
+
+def _json(raw: str | bytes) -> Any:
+    """A stored value, or None where it is not JSON: anyone who reaches Redis can write there, and a value we did
+    not write is one we never had (an unknown ballot, a host not listed), never a 500."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _object(raw: str | bytes) -> dict[str, Any] | None:
+    found = _json(raw)
+    return found if isinstance(found, dict) else None

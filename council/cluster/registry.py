@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,6 +25,8 @@ import aiohttp
 from council.cluster.store import StateError, StateStore, pause
 from council.members.process import MemberProcess
 from council.voting.client import Endpoint
+
+log = logging.getLogger("council.cluster.registry")
 
 
 def sign(key: str, host: str, entry: dict[str, Any]) -> str:
@@ -38,7 +41,7 @@ def verified(key: str | None, hosts: dict[str, list[dict[str, Any]]]) -> dict[st
     if key is None:
         return {}
     kept = {host: [e for e in entries if isinstance(e, dict) and isinstance(e.get("sig"), str)
-                   and hmac.compare_digest(e["sig"], sign(key, host, e))]
+                   and hmac.compare_digest(e["sig"].encode(), sign(key, host, e).encode())]
             for host, entries in hosts.items() if isinstance(entries, list)}
     return {host: entries for host, entries in kept.items() if entries}
 
@@ -72,8 +75,14 @@ class Registry:
 
     async def follow_forever(self) -> None:
         while True:
-            with contextlib.suppress(StateError):
+            try:
                 await self.refresh()
+            except StateError:
+                pass  # Redis away: the last registry read keeps answering
+            except Exception:
+                # Whatever is in Redis (anyone who reaches it can write there), the loop goes on: a task that died
+                # here froze the router's registry, dead hosts listed and new ones never seen, with no word.
+                log.exception("reading the member registry failed; keeping the last one read")
             await pause(self.heartbeat / 2)
 
     async def refresh(self) -> None:

@@ -68,3 +68,17 @@ def test_the_rule() -> None:
     assert weak_secret("x" * 16) is None and weak_secret(GOOD) is None
     ring = KeyRing([ApiKey(name="ok", sha256=hashlib.sha256(GOOD.encode()).hexdigest())])
     assert ring.weak == []  # a real key's digest says nothing of its length: only placeholders' are known
+
+
+@pytest.mark.parametrize(("role", "env"), [("router", {}), ("host", {"COUNCIL_CLUSTER_KEY": ""})])
+def test_a_host_or_router_without_the_cluster_key_is_refused(tmp_path: Path, role: str, env: dict[str, str]) -> None:
+    """Before, it started: a host published entries no router trusts, a router called no host, and its councils
+    waited for seats that never came, nothing saying why. On loopback too: it is not about being reachable."""
+    path = tmp_path / "shared.yaml"
+    path.write_text(policy_yaml({"m": {"path": tmp_path / "absent.gguf", "memory": "100MiB"}},
+                                {"c": {"members": [{"model": "m"}]}}, memory="1GiB", state="redis://127.0.0.1:1/0"))
+    code, lines = _serve(path, "127.0.0.1", env, "--role", role)
+    assert code == 2 and lines == [f"error: --role {role} calls members across hosts with the cluster key: set "
+                                   "$COUNCIL_CLUSTER_KEY, the same on every host and router (make one with "
+                                   "`openssl rand -hex 32` (or `python3 -c 'import secrets; "
+                                   "print(secrets.token_hex(32))'`))"]

@@ -82,3 +82,29 @@ async def test_a_router_calls_only_hosts_whose_entries_carry_the_cluster_keys_si
     assert keyless.entries("http://gpu-a:8080", [_process("a", ["a"])])[0].get("sig") is None
     await keyless.refresh()
     assert keyless.hosts == {} and keyless.endpoint("a") is None
+
+
+async def test_what_anyone_may_write_in_redis_never_stops_the_router_following_the_registry() -> None:
+    """Anyone who reaches Redis can write there. A signature that is not ASCII made hmac.compare_digest raise
+    TypeError, which killed the follow task: the registry froze (dead hosts listed, new ones never seen). Now such
+    an entry is one nobody signed, and the loop goes on to see the real host."""
+    from council.cluster.registry import sign
+
+    state = MemoryState()
+    registry = Registry(state, heartbeat=0.05, cluster_key="k" * 32)
+    forged = {"process": "m/0", "members": ["c/0"], "model": "m", "ready": True, "url": "http://evil/x", "sig": "é"}
+    await state.publish_members("http://0-evil:1", [forged], ttl=30)
+    task = asyncio.create_task(registry.follow_forever())
+    try:
+        real = {"process": "m/0", "members": ["c/0"], "model": "m", "ready": True, "url": "http://gpu-a:8080/m"}
+        await state.publish_members("http://gpu-a:8080", [{**real, "sig": sign("k" * 32, "http://gpu-a:8080", real)}],
+                                    ttl=30)
+        deadline = asyncio.get_running_loop().time() + 10
+        while "http://gpu-a:8080" not in registry.hosts:
+            assert not task.done(), task
+            assert asyncio.get_running_loop().time() < deadline, "the real host was never seen"
+            await asyncio.sleep(0.02)
+        assert "http://0-evil:1" not in registry.hosts
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -437,3 +437,25 @@ async def test_keys_are_prefixed(redis_url: str) -> None:
     finally:
         client.close()
         await state.close()
+
+
+async def test_values_council_did_not_write_read_as_absent(redis_url: str) -> None:
+    """Anyone who reaches Redis can write there: a registry value, a ballot or a stored conversation that is not
+    JSON (or not an object) was a JSONDecodeError from the store, a 500 on /v1/ballots/{id}. Now it reads as
+    absent, and the other hosts are still listed."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    state = RedisState(redis_url, prefix=prefix)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await state.publish_members("http://gpu-a:8080", [{"process": "m/0"}], ttl=30)
+        await state.publish_members("http://junk:1", [], ttl=30)
+        client.hset(f"{prefix}members", "http://junk:1", "{not json")
+        client.hset(f"{prefix}ballots", "b-junk", "{not json")
+        client.hset(f"{prefix}responses", "r-list", "[1, 2]")
+        assert await state.members() == {"http://gpu-a:8080": [{"process": "m/0"}]}
+        assert await state.get_ballot("b-junk") is None and await state.get_response("r-list") is None
+    finally:
+        for key in client.keys(f"{prefix}*"):
+            client.delete(key)
+        client.close()
+        await state.close()
