@@ -368,7 +368,8 @@ def test_a_host_published_at_a_wildcard_address_is_refused(
                            **server))
     result = subprocess.run([sys.executable, "-m", "council", "serve", str(path), "--role", role, "--host", host,
                              "--port", "8080"], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "COUNCIL_HOME": str(tmp_path), "COUNCIL_TEST_KEY": "k" * 24})
+                            env={**os.environ, "COUNCIL_HOME": str(tmp_path), "COUNCIL_TEST_KEY": "k" * 24,
+                                 "COUNCIL_CLUSTER_KEY": "c" * 32})
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         f"error: --role {role} publishes this host's members as {published}, which other routers cannot reach: "
