@@ -136,6 +136,13 @@ class KeyRing:
             self._digests.append((digest, principal))
         self.enabled = bool(keys)
 
+    def holds(self, who: Principal) -> bool:
+        """Whether `who` still opens this router with the chat scope: a reload may have removed its key, its chat
+        scope, or every key (a key kept as it was keeps its principal, whose scopes a reload updates in place)."""
+        if not self.enabled:
+            return who is self.anonymous
+        return "chat" in who.scopes and any(p is who for _, p in self._digests)
+
     def principal(self, authorization: str | None, scope: str) -> Principal:
         if not self.enabled:
             return self.anonymous

@@ -197,3 +197,26 @@ async def test_a_stored_response_is_continued_only_by_the_key_that_made_it(tmp_p
     async with _client(router, "ops") as ops:  # the admin scope reads every ballot, and continues any conversation
         assert (await ops.post("/v1/responses", json={"model": "c", "input": "x",
                                                       "previous_response_id": made})).status_code == 200
+
+
+async def test_an_event_stream_ends_when_a_reload_takes_its_key_away(tmp_path: Path) -> None:
+    """Before, a dashboard connected with a key kept receiving ballots after a reload had removed that key (and a
+    key that lost the admin scope kept the members' refreshes). Now the stream ends at its next event; the page
+    reconnects, and the router asks it for a key it no longer accepts."""
+    router = _router(tmp_path)
+    streams = {name: (await event_stream(router, _principal(router, name))).body_iterator for name in ("alice", "bob")}
+    try:
+        for stream in streams.values():
+            assert (await _next_event(stream))[0] == "snapshot"
+        kept = [key for key in router.policy.server.api_keys if key.name != "alice"]
+        router.keys.update(kept)  # what a reload does with the new policy's keys
+        bobs = await _ask(router, "bob", "still here?")
+        kind, seen = await _next_event(streams["bob"])  # a key the reload kept: its stream goes on
+        assert (kind, seen["id"]) == ("ballot", bobs)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(_next_event(streams["alice"]), 10)
+        with pytest.raises(Exception, match="invalid API key"):
+            _principal(router, "alice")
+    finally:
+        for stream in streams.values():
+            await stream.aclose()  # type: ignore[attr-defined]

@@ -73,21 +73,21 @@ async def history(router: Current, who: Chat) -> dict[str, Any]:
 
 @routes.get("/events", include_in_schema=False)  # an endless stream: no place in the fuzzed OpenAPI document
 async def events(router: Current, who: Chat) -> StreamingResponse:
-    admin = "admin" in who.scopes
-
     async def stream() -> AsyncIterator[bytes]:
         with router.events.subscribe() as subscription:
             yield b"retry: 1000\n\n" + sse("snapshot", snapshot(router, who))
             dropped, refresh_at = 0, time.monotonic() + REFRESH_S
             while not router.events.closed:  # a client that goes away cancels this generator
                 event = await subscription.next(max(0.0, refresh_at - time.monotonic()))
+                if not router.keys.holds(who):
+                    return  # a reload took its key away: the page reconnects and is asked for a key again
                 if subscription.dropped != dropped:  # this page fell behind: it must not trust its picture
                     dropped = subscription.dropped
                     yield sse("snapshot", {**snapshot(router, who), "dropped": dropped})
                     continue
                 if time.monotonic() >= refresh_at:  # also while log lines keep the stream busy
                     refresh_at = time.monotonic() + REFRESH_S
-                    if admin:
+                    if "admin" in who.scopes:  # as the reload left them
                         yield sse("members", {"members": [m.snapshot() for m in router.processes.values()]})
                     else:
                         yield b": keep-alive\n\n"
