@@ -76,9 +76,12 @@ def _check_tool_choice(ballot: str, choice: object, declared: list[str]) -> None
     if not isinstance(name, str):
         raise fail(f"{ballot}: `tool_choice` must be none, auto, required or {{\"type\": \"function\", "
                    f"\"function\": {{\"name\": NAME}}}}, not {choice!r}", 2)
-    if name not in declared:
-        raise fail(f"{ballot}: `tool_choice` names function {name!r}, which `tools` does not declare "
-                   f"(declared: {', '.join(declared)})", 2)
+    from council.server.requests import BadRequest, check_tool_choice
+
+    try:
+        check_tool_choice(f"naming {name!r}", name, declared)  # the rule every API applies, in its words
+    except BadRequest as exc:
+        raise fail(f"{ballot}: {exc}", 2) from None
 
 
 @app.command()
