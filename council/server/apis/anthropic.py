@@ -215,7 +215,6 @@ class MessagesRequest(CountTokensRequest):
     metadata: dict[str, Any] | None = None
 
 
-
 def validate(body: Any, model: type[M]) -> M:
     """The body as `model`, or BadRequest naming the first problem (and how many more there are)."""
     if not isinstance(body, dict):
