@@ -95,7 +95,7 @@ class LeaseKeeper:
         self.host = host or socket.gethostname()
         self.on_lost = on_lost
         self.leases: dict[str, list[Lease]] = {}
-        self.totals: dict[str, Room] = {}  # per GPU key, for re-acquiring a stale lease
+        self.rooms: dict[str, Room] = {}  # per GPU key, for re-acquiring a stale lease
         # What each running council needs; the renewal loop leases what is missing (e.g. after an outage).
         self.wanted: dict[str, list[Need]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -119,7 +119,7 @@ class LeaseKeeper:
         taken: list[Lease] = []
         for want in need:
             key = gpu_key(want.gpu, self.host)
-            room = self.totals[key] = want.room
+            room = self.rooms[key] = want.room
             one = want.slots == 1
             what = f"its {want.slots} slot{'' if one else 's'} ({format_size(want.size)}) on {want.gpu.name}"
             try:
@@ -224,7 +224,7 @@ class LeaseKeeper:
                 continue
             # Our fencing token is dead: it expired (while Redis was away, say) or was reclaimed. Take the
             # memory again if it is still free; if another router holds it now, it is lost.
-            room = self.totals[lease.gpu]
+            room = self.rooms[lease.gpu]
             what = f"its lease of {format_size(lease.size)} on {lease.gpu} (fencing token {lease.token})"
             try:
                 fresh = await self.state.acquire(lease.gpu, room.capacity_bytes, self.holder, lease.size, self.ttl,
