@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 KvType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 TieBreak = Literal["weight", "latency", "order", "logprob"]
+ToolInstructions = Literal["none", "brief", "listed"]  # what a council adds for a request with `tools`
 Strategy = Literal["majority", "weighted", "confidence", "similarity", "judge"]
 # MTP was spelled `mtp` in older llama.cpp forks and `draft-mtp` upstream.
 MTP_SPELLINGS = ("draft-mtp", "mtp")
@@ -325,6 +326,11 @@ class MemberConfig(_Strict):
     # (and asked with one request whose `n` is K).
     samples: int = Field(default=1, ge=1, le=64, description="K votes from K samples of this model (seats "
                          "`ENTRY#0` .. `ENTRY#K-1`), one process with K slots.", examples=[8])
+    # One council may hold models that need different instructions (SmolLM2's template renders no tools), or
+    # give seats of one model different prompts, so that they err independently.
+    tool_instructions: ToolInstructions | None = Field(
+        default=None, description="This member's own `vote.tool_instructions`, for each of its `samples` (which "
+        "still share one request). Unset: the council's.", examples=["listed"])
 
     def seat(self, k: int) -> MemberConfig:
         """Sample k of this entry as a one-vote member."""
@@ -412,11 +418,12 @@ class VoteConfig(_Strict):
         default="set", description="With `tools` in the request: `set` votes on each seat's whole set of calls; "
         "`per_argument` on which functions are called, then on each argument's value.", examples=["per_argument"])
     # Measured on BFCL (README "Agents"): what small members need to write parallel calls and to decline.
-    tool_instructions: Literal["none", "brief", "listed"] = Field(
+    tool_instructions: ToolInstructions = Field(
         default="brief", description="With `tools` in the request, added to each member's system message: `brief` "
         "says how to answer (every call the request needs, as a JSON list; plain text when no tool fits); "
         "`listed` adds each tool's name and parameters, for members whose chat template has no tool syntax "
-        "(SmolLM2, Gemma 3); `none` adds nothing.", examples=["listed"])
+        "(SmolLM2, Gemma 3); `none` adds nothing. A member's own `tool_instructions` wins over this.",
+        examples=["listed"])
     recover_tool_calls: bool = Field(default=True, description="With `tools` in the request: a reply whose text "
                                      "is nothing but tool calls (fenced or bare JSON, `<tool_call>` tags, ...) "
                                      "votes and answers with those calls.", examples=[False])

@@ -132,7 +132,7 @@ class Assembly:
                                               limiter=limits.for_target(process.name, member.rate_limit))
                     clients.setdefault(process.name, client)
                 seats.append(Seat(name=seat_name, order=order, model=member.model, weight=member.weight,
-                                  sampling=member.sampling, client=client))
+                                  sampling=member.sampling, client=client, tool_instructions=member.tool_instructions))
             engines[name] = CouncilEngine(name, config, seats, self.ballots)
         self.engines, self.process_clients, self.remote_seats = engines, clients, frozenset(remote)
 

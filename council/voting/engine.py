@@ -17,10 +17,10 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from council.errors import CouncilError
-from council.policy.schema import CouncilConfig, Sampling
+from council.policy.schema import CouncilConfig, Sampling, ToolInstructions
 from council.voting.ballots import BallotStore
 from council.voting.client import MemberClient, MemberReply, Streaming
 from council.voting.confidence import signals
@@ -71,8 +71,9 @@ def _close_stragglers(tasks: list[asyncio.Task[None]]) -> None:
 
 @dataclass(frozen=True)
 class Seat:
-    """A member's place in a council: its name, order, model, weight, sampling and the client that asks it.
-    (A `MemberProcess` is a llama-server process; several seats may share one.)"""
+    """A member's place in a council: its name, order, model, weight, sampling, the client that asks it and its
+    member's own `tool_instructions` (None: the council's). (A `MemberProcess` is a llama-server process; several
+    seats may share one.)"""
 
     name: str
     order: int
@@ -80,6 +81,11 @@ class Seat:
     weight: float
     sampling: Sampling
     client: MemberClient
+    tool_instructions: ToolInstructions | None = None
+
+
+Bodies = Callable[[Seat], Mapping[str, Any]]  # the body each seat starts from (`CouncilEngine.seat_bodies`)
+T = TypeVar("T")
 
 
 @dataclass
@@ -304,12 +310,14 @@ class CouncilEngine:
             payload.setdefault("logprobs", True)
         return payload
 
-    def calls(self, body: Mapping[str, Any], seats: list[Seat]) -> list[Call[Seat]]:
-        """The requests that ask `seats` with `body` (the members' payload); seats differing only in seed share
-        one, with `n`."""
-        return group_calls([(seat, self.payload(body, seat)) for seat in seats], self.config.share_prompt)
+    def calls(self, body: Mapping[str, Any] | Bodies, seats: list[Seat]) -> list[Call[Seat]]:
+        """The requests that ask `seats` with `body` (the members' payload: one for every seat, or each seat's,
+        `seat_bodies`); seats whose payloads differ only in seed share one, with `n` (a member's samples, which
+        take its one body)."""
+        body_of = body if callable(body) else lambda _: body
+        return group_calls([(seat, self.payload(body_of(seat), seat)) for seat in seats], self.config.share_prompt)
 
-    def lanes(self, body: Mapping[str, Any], seats: list[Seat]) -> list[list[Call[Seat]]]:
+    def lanes(self, body: Mapping[str, Any] | Bodies, seats: list[Seat]) -> list[list[Call[Seat]]]:
         """The requests as lanes: one lane's requests go one after another (reusing one prompt), lanes at once."""
         return lanes(self.calls(body, seats), self.config.prompt_reuse, self.rates)
 
@@ -333,22 +341,54 @@ class CouncilEngine:
         """The request's tools, one validator per tool, for every seat; None where members call no tools."""
         return Toolbox(request.tools, request.members_payload.get("tool_choice")) if cls.calls_tools(request) else None
 
-    def tool_text(self, request: CouncilRequest) -> str | None:
-        """The tool instructions this council adds to each member's system message for `request` (None: members
-        call no tools, or the council adds none)."""
+    def per_instructions(self, make: Callable[[ToolInstructions], T]) -> Callable[[Seat], T]:
+        """Each seat's `make(kind)`, for the kind of tool instructions it is given (its member's own, else the
+        council's), made once per kind, on the first seat that needs it."""
+        made: dict[str, T] = {}
+        default = self.config.vote.tool_instructions
+
+        def of(seat: Seat) -> T:
+            how = seat.tool_instructions or default
+            if how not in made:
+                made[how] = make(how)
+            return made[how]
+
+        return of
+
+    def tool_text(self, request: CouncilRequest, how: ToolInstructions | None = None) -> str | None:
+        """The tool instructions added to a member's system message for `request`: `how` (a member's own), else
+        the council's (None: members call no tools, or they are given none)."""
         if not self.calls_tools(request):
             return None
         parallel = request.members_payload.get("parallel_tool_calls") is not False
-        return tool_instructions(request.tools, self.config.vote.tool_instructions, parallel)
+        return tool_instructions(request.tools, how or self.config.vote.tool_instructions, parallel)
 
-    def members_body(self, request: CouncilRequest, toolbox: Toolbox | None) -> Mapping[str, Any]:
-        """The body every seat starts from: the request's, with the council's tool instructions (once per
-        request) when members are to call tools."""
+    def tool_texts(self, request: CouncilRequest) -> Callable[[Seat], str | None]:
+        """Each seat's `tool_text` for `request`, each distinct text made once."""
+        return self.per_instructions(lambda how: self.tool_text(request, how))
+
+    def members_body(self, request: CouncilRequest, toolbox: Toolbox | None,
+                     how: ToolInstructions | None = None) -> Mapping[str, Any]:
+        """The body a seat starts from: the request's, with the tool instructions `how` (else the council's)
+        when members are to call tools."""
         body = request.members_payload
-        text = None if toolbox is None else self.tool_text(request)
+        text = None if toolbox is None else self.tool_text(request, how)
         if text is None:
             return body
         return {**body, "messages": with_system(list(body.get("messages") or []), text)}
+
+    def seat_bodies(self, request: CouncilRequest, toolbox: Toolbox | None) -> Bodies:
+        """Each seat's body (`members_body` with its own tool instructions), each distinct one made once per
+        request. The common case is one body for all, made at once: no tools to call (the request's), or no member
+        with instructions of its own (or all with the same)."""
+        if toolbox is None:
+            body = request.members_payload
+            return lambda _: body
+        own = {seat.tool_instructions for seat in self.seats}
+        if len(own) == 1:
+            told = self.members_body(request, toolbox, own.pop())
+            return lambda _: told
+        return self.per_instructions(lambda how: self.members_body(request, toolbox, how))
 
     async def _collect(self, request: CouncilRequest, toolbox: Toolbox | None = None) -> Collected:
         """Ask stage by stage until the stop rule (`vote.stop_after`) says stop, the deadline passes, or every
@@ -362,7 +402,7 @@ class CouncilEngine:
         started = loop.time()
         deadline = started + self.config.timeout
         stages = self.config.stages() if early_stop else [list(range(len(self.seats)))]
-        body = self.members_body(request, toolbox)
+        body = self.seat_bodies(request, toolbox)  # each member's own tool instructions
         outcomes: dict[str, SeatOutcome] = {}
         ballots: list[Ballot] = []
         tasks: list[asyncio.Task[None]] = []

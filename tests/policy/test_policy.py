@@ -284,6 +284,29 @@ def test_cascade_shorthands_resolve_to_stages() -> None:
         CascadeConfig.model_validate({"stages": [[0], [1]], "then": 1})
 
 
+def test_a_members_tool_instructions_reach_its_samples_and_a_bad_value_is_a_problem(tmp_path: Path) -> None:
+    text = """
+        models:
+          smol: {path: /smol.gguf, memory: 1GiB}
+          qwen: {path: /qwen.gguf, memory: 1GiB}
+        councils:
+          mixed:
+            members:
+              - {model: smol, samples: 2, tool_instructions: %s}
+              - {model: qwen}
+            vote: {tool_instructions: brief}
+        """
+    policy = load_policy(write(tmp_path, text % "listed", "good.yaml")).policy
+    seats = policy.councils["mixed"].seats("mixed")
+    assert [(name, seat.tool_instructions) for name, seat, _ in seats] == [
+        ("mixed/0#0", "listed"), ("mixed/0#1", "listed"), ("mixed/1", None)]  # None: the council's
+    path = write(tmp_path, text % "verbose")
+    line = f"{path}:7: councils.mixed.members.0.tool_instructions: Input should be 'none', 'brief' or 'listed'"
+    assert problems(path) == [line]
+    result = run_cli("check", str(path))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [line]
+
+
 def test_a_listed_cascade_must_fit_the_fallbacks_seats(tmp_path: Path) -> None:
     """The fallback keeps the first members (samples expand into seats) and runs the same cascade; stages naming
     seats it dropped made every early-stop request of the fallback council fail (IndexError in `ask`)."""

@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -34,11 +35,13 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-def _router(tmp_path: Path) -> Router:
+def _router(tmp_path: Path, members: list[dict[str, Any]] | None = None) -> Router:
+    """A router for council `c`: two members of model `m`, or `members` (of models `m` and `n`)."""
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     path = tmp_path / "policy.yaml"
-    path.write_text(policy_yaml({"m": {"path": tmp_path / "absent.gguf", "memory": "100MiB"}},
-                                {"c": {"members": [{"model": "m"}, {"model": "m"}]}},
+    absent = {"path": tmp_path / "absent.gguf", "memory": "100MiB"}
+    path.write_text(policy_yaml({"m": absent, **({"n": absent} if members else {})},
+                                {"c": {"members": members or [{"model": "m"}, {"model": "m"}]}},
                                 memory="1GiB", server={"api_keys": [{"name": "app", "sha256": digest}]}))
     server = LlamaServerInfo(path=Path("/bin/false"), build=1, version="", spec_types=("draft-mtp",))
     life = LifeConfig(run_dir=tmp_path / "run")
@@ -184,6 +187,42 @@ async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, path:
     await asyncio.wait_for(task, 5)
     await until(lambda: all(f.in_flight == 0 for f in fakes), 5, "every seat's request closed")
     assert [f.cancelled for f in fakes] == [1, 1]
+
+
+WEATHER = {"name": "get_weather", "description": "The weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+CHAT_TOOL = {"type": "function", "function": WEATHER}
+ANTHROPIC_TOOL = {"name": WEATHER["name"], "description": WEATHER["description"], "input_schema": WEATHER["parameters"]}
+USER = [{"role": "user", "content": "x"}]
+TOOLED = [("/v1/chat/completions", {"messages": USER, "tools": [CHAT_TOOL]}),
+          ("/v1/messages", {"max_tokens": 16, "messages": USER, "tools": [ANTHROPIC_TOOL]}),
+          ("/v1/responses", {"input": "x", "tools": [{"type": "function", **WEATHER}]})]
+MIXED = [{"model": "m", "tool_instructions": "listed"}, {"model": "n"}]  # the council's: `brief`
+
+
+@pytest.mark.parametrize(("path", "asked", "stream"), [(*a, s) for a in TOOLED for s in (False, True)],
+                         ids=[f"{a[0].rsplit('/', 1)[1]}-{'stream' if s else 'whole'}" for a in TOOLED for s in (0, 1)])
+async def test_each_seat_is_sent_its_members_tool_instructions_whichever_api_asks(
+        tmp_path: Path, path: str, asked: dict[str, Any], stream: bool) -> None:
+    """From the policy to the seats (`assemble`): the member with `tool_instructions: listed` is sent each tool's
+    name and parameters, the other member the council's `brief` rules, through every API, streamed or not."""
+    import dataclasses
+
+    from council.voting.tools import tool_instructions
+    from tests.voting.fakes import FakeClient, Say
+
+    router = _router(tmp_path, MIXED)
+    engine = router.engines["c"]
+    assert [seat.tool_instructions for seat in engine.seats] == ["listed", None]
+    fakes = [FakeClient(Say("No.")) for _ in engine.seats]
+    engine.seats = [dataclasses.replace(seat, client=fake) for seat, fake in zip(engine.seats, fakes, strict=True)]
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council",
+                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
+        answer = await http.post(path, content=json.dumps({"model": "c", **asked, "stream": stream}))
+    assert answer.status_code == 200, answer.text
+    systems = [[m["content"] for m in fake.sent[0]["messages"] if m["role"] == "system"] for fake in fakes]
+    assert systems == [[tool_instructions([CHAT_TOOL], "listed")], [tool_instructions([CHAT_TOOL], "brief")]]
 
 
 async def test_the_dashboard_serves_its_vendored_charts_library_gzipped_with_its_license(

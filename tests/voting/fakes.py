@@ -45,6 +45,7 @@ class FakeClient:
     script: Script
     target: str | None = None  # None: never grouped into one `n` request
     sent: list[Mapping[str, Any]] = field(default_factory=list)
+    grouped: list[int] = field(default_factory=list)  # the `n` of each grouped request (`choices`) it was sent
     in_flight: int = 0
     cancelled: int = 0
 
@@ -65,6 +66,8 @@ class FakeClient:
 
     async def choices(self, payload: Mapping[str, Any], n: int,
                       streaming: object = None) -> AsyncIterator[tuple[int, MemberReply]]:
+        self.grouped.append(n)
+
         async def one(i: int) -> tuple[int, MemberReply]:
             return i, await self.complete(payload)
 
@@ -85,6 +88,6 @@ def engine_of(config: CouncilConfig, *scripts: Script, name: str = "c") -> tuple
     assert len(seats_of) == len(scripts), f"{len(seats_of)} seats, {len(scripts)} scripts"
     clients = [FakeClient(script) for script in scripts]
     seats = [Seat(name=seat_name, order=i, model=member.model, weight=member.weight, sampling=member.sampling,
-                  client=client) for i, ((seat_name, member, _), client) in enumerate(zip(seats_of, clients,
-                                                                                          strict=True))]
+                  client=client, tool_instructions=member.tool_instructions)
+             for i, ((seat_name, member, _), client) in enumerate(zip(seats_of, clients, strict=True))]
     return CouncilEngine(name, config, seats), clients

@@ -16,10 +16,19 @@ import pytest
 
 from council.voting.engine import CouncilEngine, QuorumError
 from council.voting.request import CouncilRequest
-from council.voting.tools import CUT_OFF_CALL, NO_CALL, Toolbox, read_answer, schema_problem
+from council.voting.tools import (
+    CUT_OFF_CALL,
+    NO_CALL,
+    ONE_CALL_RULES,
+    TOOL_RULES,
+    Toolbox,
+    read_answer,
+    schema_problem,
+    tool_instructions,
+)
 from tests.conftest import run_cli
 from tests.servers import until
-from tests.voting.fakes import Say, council
+from tests.voting.fakes import FakeClient, Say, council
 
 pytestmark = pytest.mark.anyio
 SLOW = 30.0
@@ -319,6 +328,69 @@ async def test_the_council_adds_its_tool_instructions_after_the_agents_system_me
         plain, clients = council({"vote": {"strategy": "majority", "extract": "text", **config}}, Say("No."))
         await plain.ask(body)
         assert [m["role"] for m in clients[0].sent[0]["messages"]] == ["user"]
+
+
+def told(client: FakeClient, request: int = 0) -> str | None:
+    """The system message a seat's member was sent with its `request`-th request (None: it had none)."""
+    first = client.sent[request]["messages"][0]
+    return first["content"] if first["role"] == "system" else None
+
+
+async def test_each_member_is_given_its_own_tool_instructions() -> None:
+    """A mixed council: SmolLM2's template renders no tools (`listed`), Qwen2.5-Coder's does (the council's
+    `brief`); each seat is sent its own text after the agent's system message, and `parallel_tool_calls: false`
+    picks the one-call rules for each."""
+    agent = {"messages": [{"role": "system", "content": "You are a travel agent."},
+                          {"role": "user", "content": "Weather in Paris and Rome?"}], "tools": TOOLS}
+    listed = tool_instructions(TOOLS, "listed")
+    mixed = {"members": [{"model": "smollm2", "tool_instructions": "listed"}, {"model": "qwen"}],
+             "vote": {"strategy": "majority"}}
+    engine, clients = council(mixed, Say("No."), Say("No."))
+    await engine.ask(CouncilRequest.of(agent, early_stop=False))
+    assert told(clients[0]) == f"You are a travel agent.\n\n{listed}" and '"name":"locate"' in (listed or "")
+    assert told(clients[1]) == f"You are a travel agent.\n\n{TOOL_RULES}"
+    await engine.ask(CouncilRequest.of({**agent, "parallel_tool_calls": False}, early_stop=False))
+    assert told(clients[0], 1) == f"You are a travel agent.\n\n{tool_instructions(TOOLS, 'listed', False)}"
+    assert told(clients[1], 1) == f"You are a travel agent.\n\n{ONE_CALL_RULES}"
+    # and in a cascade's later stage, asked because the first two seats disagree
+    staged, clients = council({"members": [*mixed["members"], {"model": "smollm2", "tool_instructions": "listed"}],
+                               "vote": {"strategy": "majority", "cascade": {"first": 2}}},
+                              calls(weather("Paris")), calls(weather("Rome")), calls(weather("Paris")))
+    answer = await staged.ask(agent)
+    assert answer.council_json()["stage"] == 2 and returned(answer) == [weather("Paris")]
+    assert [told(c) for c in clients] == [f"You are a travel agent.\n\n{text}" for text in (listed, TOOL_RULES,
+                                                                                            listed)]
+
+
+async def test_a_members_samples_share_one_request_with_its_own_tool_instructions() -> None:
+    """`samples: 3` with the member's own instructions: its three seats still send one request, `n: 3` (one
+    prefill), and the council's other member on the same process gets the council's text, in a request of its own."""
+    engine, clients = council({"members": [{"model": "qwen", "samples": 3, "tool_instructions": "listed",
+                                            "sampling": {"temperature": 0.7, "seed": 1}},
+                                           {"model": "qwen", "sampling": {"temperature": 0.7, "seed": 9}}],
+                               "vote": {"strategy": "majority"}}, *[calls(weather("Paris"))] * 4)
+    for client in clients:
+        client.target = "qwen-process"  # one llama-server: what lets seats share a request
+    answer = await engine.ask(CouncilRequest.of(ask(), early_stop=False))
+    assert [m["status"] for m in answer.council_json()["members"]] == ["ok"] * 4
+    assert [c.grouped for c in clients] == [[3], [], [], []]  # the samples' one request, `n: 3`
+    assert [len(c.sent) for c in clients] == [3, 0, 0, 1]  # (the fake answers its `n` choices one by one)
+    assert told(clients[0]) == tool_instructions(TOOLS, "listed") and told(clients[3]) == TOOL_RULES
+
+
+async def test_a_member_with_none_is_given_nothing_while_the_others_get_the_councils() -> None:
+    engine, clients = council({"members": [{"model": "qwen"}, {"model": "big", "tool_instructions": "none"},
+                                           {"model": "smollm2", "tool_instructions": "brief"}],
+                               "vote": {"strategy": "majority", "tool_instructions": "listed"}},
+                              *[calls(weather("Paris"))] * 3)
+    await engine.ask(CouncilRequest.of(ask(), early_stop=False))
+    assert told(clients[0]) == tool_instructions(TOOLS, "listed")
+    assert [m["role"] for m in clients[1].sent[0]["messages"]] == ["user"]  # the request as the agent sent it
+    assert told(clients[2]) == TOOL_RULES
+    engine, clients = council({"members": [{"model": "qwen", "tool_instructions": "none"}, {"model": "smollm2"}],
+                               "vote": {"strategy": "majority"}}, *[calls(weather("Paris"))] * 2)
+    await engine.ask(CouncilRequest.of(ask(), early_stop=False))
+    assert told(clients[0]) is None and told(clients[1]) == TOOL_RULES
 
 
 async def test_a_tool_council_as_a_cascade_asks_the_rest_only_where_its_first_seats_disagree() -> None:
