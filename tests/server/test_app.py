@@ -225,6 +225,38 @@ async def test_each_seat_is_sent_its_members_tool_instructions_whichever_api_ask
     assert systems == [[tool_instructions([CHAT_TOOL], "listed")], [tool_instructions([CHAT_TOOL], "brief")]]
 
 
+@pytest.mark.parametrize(("path", "asked"), [
+    ("/v1/messages/count_tokens", TOOLED[1][1]), ("/v1/responses/input_tokens", TOOLED[2][1])])
+async def test_a_councils_token_count_reads_each_members_own_tool_instructions(
+        tmp_path: Path, path: str, asked: dict[str, Any]) -> None:
+    """The count routes ask each member's process with the prompt that member is sent: its own instructions."""
+    import dataclasses
+
+    from council.voting.client import HttpMemberClient, Relayed
+    from council.voting.tools import tool_instructions
+
+    class Counter(HttpMemberClient):
+        """A process that counts a body's characters, and records what it was asked to count."""
+
+        async def relay(self, body: bytes, path: str, width: int = 1) -> Relayed:
+            counted.append(json.loads(body))
+            return Relayed(200, "application/json", json.dumps({"input_tokens": len(body)}).encode())
+
+    counted: list[dict[str, Any]] = []
+    router = _router(tmp_path, MIXED)
+    engine = router.engines["c"]
+    counters = {seat.model: Counter(endpoint=lambda: None, target=seat.model) for seat in engine.seats}
+    engine.seats = [dataclasses.replace(seat, client=counters[seat.model]) for seat in engine.seats]
+    router.passthrough_client = counters.get  # type: ignore[method-assign]
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council",
+                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
+        answer = await http.post(path, content=json.dumps({"model": "c", **asked}))
+    assert answer.status_code == 200, answer.text
+    texts = [body.get("system") or body["messages"][0]["content"] for body in counted]
+    assert texts == [tool_instructions([CHAT_TOOL], "listed"), tool_instructions([CHAT_TOOL], "brief")]
+
+
 async def test_the_dashboard_serves_its_vendored_charts_library_gzipped_with_its_license(
         client: httpx.AsyncClient) -> None:
     from importlib import resources

@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -35,7 +35,7 @@ from council.server.routes.chat import (
 )
 from council.server.routes.passthrough import relay
 from council.voting.client import HttpMemberClient, MemberUnavailable, Relayed
-from council.voting.engine import CouncilAnswer, CouncilEngine
+from council.voting.engine import CouncilAnswer, CouncilEngine, Seat
 from council.voting.request import CouncilRequest
 
 ROUTE = "messages"  # the metrics' route label (count_tokens: `count_tokens`)
@@ -156,8 +156,8 @@ async def count_tokens(request: Request, router: Current, who: Chat) -> Response
     asked = anthropic.validate(body, CountTokensRequest)
     engine = _target(router, asked.model)
     setattr(request.state, MODEL, asked.model)
-    # A council's members also read its tool instructions: checked (as chat) before admission.
-    instructions = None if engine is None else engine.tool_text(
+    # A council's members also read their tool instructions: checked (as chat) before admission.
+    instructions = None if engine is None else engine.tool_texts(
         as_council_request(router, anthropic.count_to_chat(asked), checked=False))
     if engine is None:  # as /v1/responses/input_tokens refuses it: the process could not read the image either
         check_media(router, asked.model, asked.has_media)
@@ -173,14 +173,15 @@ async def count_tokens(request: Request, router: Current, who: Chat) -> Response
         return _measured(router, response, asked.model, started, time.perf_counter() - waiting, "count_tokens")
 
 
-async def _council_count(engine: CouncilEngine, body: dict[str, Any], instructions: str | None) -> int:
+async def _council_count(engine: CouncilEngine, body: dict[str, Any],
+                         instructions: Callable[[Seat], str | None]) -> int:
     """The largest count among the council's processes, each of the request with what the council and the
-    member add to its system prompt (the council's tool instructions, then the member's own `system`)."""
+    member add to its system prompt (the seat's tool instructions, then the member's own `system`)."""
     asks: dict[tuple[object, str | None], Any] = {}
     for seat in engine.seats:
         client = seat.client
         if isinstance(client, HttpMemberClient):  # a `remote:` model has no tokenizer here
-            own = "\n\n".join(t for t in (instructions, seat.sampling.system) if t) or None
+            own = "\n\n".join(t for t in (instructions(seat), seat.sampling.system) if t) or None
             key = (client.target or id(client), own)
             if key not in asks:
                 payload = json.dumps(anthropic.with_own_system(body, own)).encode()

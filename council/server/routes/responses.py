@@ -232,16 +232,16 @@ async def input_tokens(request: Request, router: Current, who: Chat) -> Response
 
 async def _count(router: Router, engine: CouncilEngine, council: CouncilRequest) -> list[dict[str, Any]]:
     """Each seat's prompt length as a process of its model counts it (`/v1/chat/completions/input_tokens`, the
-    body that seat is sent: the council's tool instructions and its own system prompt in it); seats with the same
+    body that seat is sent: its tool instructions and its own system prompt in it); seats with the same
     model and body are counted once. Remote members are left out."""
     asked: dict[tuple[str, bytes], asyncio.Future[int]] = {}
     seats: list[tuple[str, str, asyncio.Future[int]]] = []
-    body = engine.members_body(council, engine.toolbox(council))
+    body_of = engine.seat_bodies(council, engine.toolbox(council))  # each with its member's tool instructions
     for seat in engine.seats:
         client = router.passthrough_client(seat.model)
         if client is None:
             continue
-        payload = {k: v for k, v in member_payload(body, seat.sampling).items()
+        payload = {k: v for k, v in member_payload(body_of(seat), seat.sampling).items()
                    if k not in ("stream", "stream_options")}
         raw = json.dumps(payload).encode()
         if (seat.model, raw) not in asked:
