@@ -154,8 +154,8 @@ class DraftConfig(_Strict):
                       "value (`ngram-mod`, ...).", examples=["mtp"])
     n_max: int | Literal["auto"] = Field(default=3, description="Draft length (0..32; 0 keeps the draft "
                                          "configured but off), or `auto`.", examples=[2])
-    n_min: int | None = Field(default=None, ge=0, description="llama-server's smallest draft length.",
-                              examples=[1])
+    n_min: int | None = Field(default=None, ge=0, description="llama-server's smallest draft length (at most "
+                              "`n_max`, unless `n_max` is 0: off).", examples=[1])
     model: str | None = Field(default=None, description="For `type: model`: the draft model, another model of "
                               "the policy (same vocabulary).", examples=["coder-0.5b"])
     step_cost: dict[int, Annotated[float, Field(gt=0)]] = Field(
@@ -179,7 +179,9 @@ class DraftConfig(_Strict):
             raise ValueError("draft type `model` needs `model: NAME` of another model in the policy")
         if self.type != "model" and self.model:
             raise ValueError(f"`model` is only for draft type `model`, not {self.type!r}")
-        if self.n_min is not None and isinstance(self.n_max, int) and self.n_min > self.n_max:
+        # Not at n_max 0: speculation is off there and n_min unused, and 0 is what `council tune --write` writes
+        # when no speculation was fastest, which must not make a policy with n_min invalid.
+        if self.n_min is not None and isinstance(self.n_max, int) and 0 < self.n_max < self.n_min:
             raise ValueError(f"n_min ({self.n_min}) is larger than n_max ({self.n_max})")
         if self.n_max == "auto" and self.type == "none":
             raise ValueError("`n_max: auto` needs a draft type")
@@ -195,6 +197,13 @@ class DraftConfig(_Strict):
         if self.type == "none":
             return 0
         return self.auto.start if self.n_max == "auto" else int(self.n_max)
+
+    def accepts_n(self, n: int) -> bool:
+        """Whether this draft may run at length n, so `council tune` may recommend and write it: within
+        `auto.floor`..`auto.limit` under `n_max: auto`, else 0 (off) or at least `n_min`."""
+        if self.is_auto:
+            return self.auto.floor <= n <= self.auto.limit
+        return 0 <= n <= 32 and (n == 0 or self.n_min is None or n >= self.n_min)
 
     def with_n(self, n: int) -> DraftConfig:
         """This draft at length n for one launch (n = 0: speculation off); `auto` stays readable."""
