@@ -69,12 +69,16 @@ def tune(
     speed-up and memory per setting, and recommend the fastest n (exit 1 when no setting ran)."""
     from council.members.binary import find_llama_server
     from council.members.sweep import PROMPTS, run_sweep
+    from council.policy.schema import FIXED_DRAFT_LENGTHS
 
     loaded = load_or_exit(policy)
     ns = _ns(n)
     if model not in loaded.policy.models:
         raise fail(f"{policy} has no model {model!r} (it has: {', '.join(loaded.policy.models)})", 2)
     draft = loaded.policy.models[model].draft
+    if draft.type in FIXED_DRAFT_LENGTHS:
+        raise fail(f"models.{model}.draft: llama-server drafts {FIXED_DRAFT_LENGTHS[draft.type]} tokens with "
+                   f"{draft.type} whatever is asked, so there is no draft length to tune", 2)
     # Only lengths the policy can be set to are measured (and so recommended and written); n = 0 stays as the
     # baseline of the speed-up and the step costs.
     measured = [k for k in ns if k == 0 or draft.accepts_n(k)]

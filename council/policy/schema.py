@@ -26,6 +26,9 @@ TieBreak = Literal["weight", "latency", "order", "logprob"]
 Strategy = Literal["majority", "weighted", "confidence", "similarity", "judge"]
 # MTP was spelled `mtp` in older llama.cpp forks and `draft-mtp` upstream.
 MTP_SPELLINGS = ("draft-mtp", "mtp")
+# Draft types whose length no llama-server flag sets (build 11434, common/speculative.cpp: ngram-cache's
+# `n_draft = 8; // TODO get from config?`): n_max can only turn them off, so there is nothing to adapt or tune.
+FIXED_DRAFT_LENGTHS = {"ngram-cache": 8}
 
 
 def expand_path(value: Path) -> Path:
@@ -153,7 +156,8 @@ class DraftConfig(_Strict):
     type: str = Field(default="none", description="`mtp`, `model`, `none`, or a llama-server `--spec-type` "
                       "value (`ngram-mod`, ...).", examples=["mtp"])
     n_max: int | Literal["auto"] = Field(default=3, description="Draft length (0..32; 0 keeps the draft "
-                                         "configured but off), or `auto`.", examples=[2])
+                                         "configured but off; `ngram-cache` drafts 8 at any other), or `auto`.",
+                                         examples=[2])
     n_min: int | None = Field(default=None, ge=0, description="llama-server's smallest draft length (at most "
                               "`n_max`, unless `n_max` is 0: off).", examples=[1])
     model: str | None = Field(default=None, description="For `type: model`: the draft model, another model of "
@@ -185,6 +189,9 @@ class DraftConfig(_Strict):
             raise ValueError(f"n_min ({self.n_min}) is larger than n_max ({self.n_max})")
         if self.n_max == "auto" and self.type == "none":
             raise ValueError("`n_max: auto` needs a draft type")
+        if self.n_max == "auto" and self.type in FIXED_DRAFT_LENGTHS:
+            raise ValueError(f"`n_max: auto` cannot change {self.type}'s draft length: llama-server drafts "
+                             f"{FIXED_DRAFT_LENGTHS[self.type]} tokens with it whatever is asked (0 turns it off)")
         return self
 
     @property
