@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -86,6 +87,7 @@ def tune(
         raise fail(f"--n {n}: none of these lengths can be models.{model}.draft's ({_lengths(draft)})", 2)
     try:
         chosen = _prompts(prompts) or list(PROMPTS)
+        json_path = _json_target(json_out)
     except ValueError as exc:
         raise fail(str(exc), 2) from None
     server = find_llama_server(require_mtp=False)
@@ -103,17 +105,49 @@ def tune(
         raise fail(str(exc), 2) from None
     doc = result.to_json()
     _print_table(doc)
-    if json_out:
-        Path(json_out).write_text(json.dumps(doc, indent=2) + "\n")
     best = result.recommended
     if best is None:
+        if json_error := _save_json(json_path, doc):  # the rows' errors are worth keeping
+            err.print(f"[red]error:[/red] {json_error}", highlight=False, soft_wrap=True)
         raise fail("no setting produced tokens", 1)
     row = next(r for r in doc["rows"] if r["n"] == best)
     speedup = f", {row['speedup']:.2f}× no speculation" if row["speedup"] else ""
     out.print(f"recommended: n_max {best} ({row['tokens_per_second']:.1f} tok/s{speedup})"
               + (" — no speculation is fastest" if best == 0 else ""), highlight=False)
+    # After the recommendation, and not in the way of --write: a file that cannot be written (its folder removed
+    # during the sweep) costs only itself.
+    json_error = _save_json(json_path, doc)
     if write:
         _write(Path(policy), model, draft.is_auto, best, doc["step_cost"])
+    if json_error:
+        raise fail(json_error, 2)
+
+
+def _json_target(path: str | None) -> Path | None:
+    """Where `--json` will write, checked before the sweep's minutes as `--prompts` is: ValueError, its message
+    `PATH: what is wrong`, for a place no file can be written."""
+    if path is None:
+        return None
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise ValueError(f"{path}: is a folder")
+    if not folder.is_dir():
+        raise ValueError(f"{path}: no such folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"{path}: not writable")
+    return target
+
+
+def _save_json(target: Path | None, doc: dict[str, Any]) -> str | None:
+    """Write the rows; the one-line reason when that fails."""
+    if target is None:
+        return None
+    try:
+        target.write_text(json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        return f"cannot write {target}: {exc.strerror or exc}"
+    return None
 
 
 def _lengths(draft: DraftConfig) -> str:

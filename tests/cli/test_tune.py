@@ -147,15 +147,18 @@ class TuneRun:
 @pytest.fixture
 def tune_given(monkeypatch: pytest.MonkeyPatch) -> Callable[..., TuneRun]:
     """`council tune POLICY syn ARGS` in process, each length's decode speed given (`speeds`, tokens/s) instead
-    of measured by a llama-server: what the command does with the rows is real."""
+    of measured by a llama-server (`during(n)` runs as n is "measured"): what the command does with the rows is
+    real."""
     from council.cli import app
     from council.members import binary, sweep
 
-    def run(policy: Path, speeds: dict[int, float], *args: str) -> TuneRun:
+    def run(policy: Path, speeds: dict[int, float], *args: str,
+            during: Callable[[int], None] = lambda n: None) -> TuneRun:
         measured: list[int] = []
 
         async def measure(policy: Policy, model: str, n: int, *_: object, **__: object) -> sweep.SweepRow:
             measured.append(n)
+            during(n)
             return sweep.SweepRow(n, tokens=100, decode_seconds=100 / speeds[n])
 
         monkeypatch.setattr(sweep, "measure", measure)
@@ -223,3 +226,34 @@ def test_a_refused_edit_names_the_policy_not_a_temporary_file(tmp_path: Path,
     said = capsys.readouterr().err
     assert f"{policy}:7: models.syn.draft.n_max: " in said and ".tune-tmp" not in said
     assert policy.read_text() == before and list(tmp_path.iterdir()) == [policy]
+
+
+def test_json_into_a_missing_folder_is_refused_before_the_sweep(tmp_path: Path, syn: Path,
+                                                                tune_given: Callable[..., TuneRun]) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn))
+    out = tmp_path / "missing" / "tune.json"
+    run = tune_given(policy, {0: 10.0, 2: 20.0}, "--n", "0,2", "--json", str(out), "--write")
+    assert run.code == 2 and run.measured == []
+    assert run.stderr.strip() == f"error: {out}: no such folder {out.parent}"
+    run = tune_given(policy, {0: 10.0, 2: 20.0}, "--n", "0,2", "--json", str(tmp_path))
+    assert run.code == 2 and run.stderr.strip() == f"error: {tmp_path}: is a folder" and run.measured == []
+
+
+def test_json_that_cannot_be_written_after_the_sweep_costs_only_itself(tmp_path: Path, syn: Path,
+                                                                      tune_given: Callable[..., TuneRun]) -> None:
+    """The folder removed during the sweep: the recommendation is printed and written, then one line, exit 2."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn))
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "tune.json"
+    run = tune_given(policy, {0: 10.0, 2: 20.0}, "--n", "0,2", "--json", str(out), "--write",
+                     during=lambda n: (tmp_path / "out").rmdir() if n == 2 else None)
+    assert run.code == 2 and run.measured == [0, 2]
+    assert "recommended: n_max 2" in run.stdout
+    assert load_policy(policy).policy.models["syn"].draft.n_max == 2
+    assert run.stderr.strip().splitlines()[-1] == f"error: cannot write {out}: No such file or directory"
+
+    (tmp_path / "out").mkdir()
+    run = tune_given(policy, {0: 10.0, 2: 20.0}, "--n", "0,2", "--json", str(out))
+    assert run.code == 0 and json.loads(out.read_text())["recommended"] == 2
