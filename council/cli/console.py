@@ -60,10 +60,10 @@ def llama_server_or_exit() -> Any:
 def machine_fits_or_exit(loaded: Any, server: Any) -> None:
     """Exit 2 with `council check`'s own lines where only this machine can refuse the policy (a draft type the
     installed llama-server lacks, a GGUF it cannot read): before any process starts, not as a traceback after."""
-    from council.plan.gguf import read_gguf
+    from council.plan.estimate import read_model_header
     from council.policy.checks import environment_problems
 
-    problems = environment_problems(loaded, server, read_gguf)
+    problems = environment_problems(loaded, server, read_model_header)
     for problem in problems:
         err.print(problem.format(loaded.file), highlight=False, soft_wrap=True)
     if problems:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from council.cli.console import app, err, fail, load_or_exit, out
+
+if TYPE_CHECKING:
+    from council.policy.schema import DraftConfig
 
 
 def _ns(text: str) -> list[int]:
@@ -66,39 +70,93 @@ def tune(
     speed-up and memory per setting, and recommend the fastest n (exit 1 when no setting ran)."""
     from council.members.binary import find_llama_server
     from council.members.sweep import PROMPTS, run_sweep
+    from council.policy.schema import FIXED_DRAFT_LENGTHS
 
     loaded = load_or_exit(policy)
     ns = _ns(n)
     if model not in loaded.policy.models:
         raise fail(f"{policy} has no model {model!r} (it has: {', '.join(loaded.policy.models)})", 2)
+    draft = loaded.policy.models[model].draft
+    if draft.type in FIXED_DRAFT_LENGTHS:
+        raise fail(f"models.{model}.draft: llama-server drafts {FIXED_DRAFT_LENGTHS[draft.type]} tokens with "
+                   f"{draft.type} whatever is asked, so there is no draft length to tune", 2)
+    # Only lengths the policy can be set to are measured (and so recommended and written); n = 0 stays as the
+    # baseline of the speed-up and the step costs.
+    measured = [k for k in ns if k == 0 or draft.accepts_n(k)]
+    if not any(draft.accepts_n(k) for k in measured):
+        raise fail(f"--n {n}: none of these lengths can be models.{model}.draft's ({_lengths(draft)})", 2)
     try:
         chosen = _prompts(prompts) or list(PROMPTS)
+        json_path = _json_target(json_out)
     except ValueError as exc:
         raise fail(str(exc), 2) from None
     server = find_llama_server(require_mtp=False)
     if server is None:
         raise fail("no llama-server found: run `council setup`", 1)
-    out.print(f"tuning {model} ({loaded.policy.models[model].draft.type}): n = {', '.join(map(str, ns))}, "
+    out.print(f"tuning {model} ({draft.type}): n = {', '.join(map(str, measured))}, "
               f"{len(chosen)} prompts × {tokens} tokens", highlight=False)
+    if skipped := [k for k in ns if k not in measured]:
+        out.print(f"not measuring n = {', '.join(map(str, skipped))}: {_lengths(draft)}", highlight=False)
     try:
-        result = run_sweep(loaded.policy, model, ns, server, prompts=chosen, tokens=tokens, threads=threads,
+        result = run_sweep(loaded.policy, model, measured, server, prompts=chosen, tokens=tokens, threads=threads,
                            on_row=lambda r: err.print(f"  n={r.n}: " + (r.error or f"{r.tokens_per_second:.1f} tok/s"),
                                                       highlight=False))
     except ValueError as exc:
         raise fail(str(exc), 2) from None
     doc = result.to_json()
     _print_table(doc)
-    if json_out:
-        Path(json_out).write_text(json.dumps(doc, indent=2) + "\n")
     best = result.recommended
     if best is None:
+        if json_error := _save_json(json_path, doc):  # the rows' errors are worth keeping
+            err.print(f"[red]error:[/red] {json_error}", highlight=False, soft_wrap=True)
         raise fail("no setting produced tokens", 1)
     row = next(r for r in doc["rows"] if r["n"] == best)
     speedup = f", {row['speedup']:.2f}× no speculation" if row["speedup"] else ""
     out.print(f"recommended: n_max {best} ({row['tokens_per_second']:.1f} tok/s{speedup})"
               + (" — no speculation is fastest" if best == 0 else ""), highlight=False)
+    # After the recommendation, and not in the way of --write: a file that cannot be written (its folder removed
+    # during the sweep) costs only itself.
+    json_error = _save_json(json_path, doc)
     if write:
-        _write(Path(policy), model, loaded.policy.models[model].draft.is_auto, best, doc["step_cost"])
+        _write(Path(policy), model, draft.is_auto, best, doc["step_cost"])
+    if json_error:
+        raise fail(json_error, 2)
+
+
+def _json_target(path: str | None) -> Path | None:
+    """Where `--json` will write, checked before the sweep's minutes as `--prompts` is: ValueError, its message
+    `PATH: what is wrong`, for a place no file can be written."""
+    if path is None:
+        return None
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise ValueError(f"{path}: is a folder")
+    if not folder.is_dir():
+        raise ValueError(f"{path}: no such folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"{path}: not writable")
+    return target
+
+
+def _save_json(target: Path | None, doc: dict[str, Any]) -> str | None:
+    """Write the rows; the one-line reason when that fails."""
+    if target is None:
+        return None
+    try:
+        target.write_text(json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        return f"cannot write {target}: {exc.strerror or exc}"
+    return None
+
+
+def _lengths(draft: DraftConfig) -> str:
+    """Which draft lengths the policy's draft can take (`DraftConfig.accepts_n`), in words."""
+    if draft.is_auto:
+        return f"`n_max: auto` runs from auto.floor {draft.auto.floor} to auto.limit {draft.auto.limit}"
+    if draft.n_min:
+        return f"n_max is 0 (off) or at least n_min {draft.n_min}"
+    return "n_max is 0 to 32"
 
 
 def _print_table(doc: dict[str, Any]) -> None:
@@ -126,7 +184,7 @@ def _write(path: Path, model: str, auto: bool, best: int, step_cost: dict[str, f
     """Edit the policy text in place (comments kept): the best n (`auto.start` under `n_max: auto`) and the
     measured step costs, then check the edited file still loads."""
     from council.policy.editing import EditError, set_value
-    from council.policy.loading import PolicyError, load_policy
+    from council.policy.loading import PolicyError, load_policy_text
 
     text = path.read_text()
     base = ["models", model, "draft"]
@@ -137,13 +195,13 @@ def _write(path: Path, model: str, auto: bool, best: int, step_cost: dict[str, f
                                "{" + ", ".join(f"{k}: {v:.3f}" for k, v in step_cost.items()) + "}")
     except EditError as exc:
         raise fail(f"cannot edit {path}: {exc}", 2) from None
+    try:
+        # Checked as the text it is, under the policy's own name: its problems point into the real file.
+        load_policy_text(edited, str(path))
+    except PolicyError as exc:
+        raise fail(f"the edited policy would not load ({'; '.join(exc.lines())}); {path} is unchanged", 2) from None
     tmp = path.with_name(path.name + ".tune-tmp")
     tmp.write_text(edited)
-    try:
-        load_policy(tmp)
-    except PolicyError as exc:
-        tmp.unlink()
-        raise fail(f"the edited policy would not load ({exc}); {path} is unchanged", 2) from None
     tmp.replace(path)
     where = "auto.start" if auto else "n_max"
     out.print(f"wrote {where}: {best} and step_cost to models.{model}.draft in {path}", highlight=False)

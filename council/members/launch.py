@@ -39,6 +39,37 @@ def default_threads(processes_on_cpu: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, processes_on_cpu))
 
 
+# The flags that set each `--spec-type`'s draft length in llama-server build 11434 (common/arg.cpp; the length
+# each one drafts: common/speculative.cpp `common_speculative_n_max`). `draft-*` types share the draft flags, as
+# did `mtp` (draft-mtp's name before llama.cpp PR 22673 renamed it); the n-gram lookups draft the m-gram they
+# copy, with no smallest length. ngram-cache drafts 8 whatever is passed (`schema.FIXED_DRAFT_LENGTHS`).
+DRAFT_LENGTH_FLAGS: dict[str, tuple[str, str | None]] = {
+    "mtp": ("--spec-draft-n-max", "--spec-draft-n-min"),
+    "ngram-mod": ("--spec-ngram-mod-n-max", "--spec-ngram-mod-n-min"),
+    "ngram-simple": ("--spec-ngram-simple-size-m", None),
+    "ngram-map-k": ("--spec-ngram-map-k-size-m", None),
+    "ngram-map-k4v": ("--spec-ngram-map-k4v-size-m", None),
+}
+# ngram-simple drafts only when the m-gram it copies is at least as long as the n-gram it looked up
+# (common/ngram-map.cpp `common_ngram_simple_draft`), whose default length is 12: below that, the lookup shrinks
+# to n, or every n under 12 would draft nothing.
+NGRAM_SIMPLE_LOOKUP = 12
+
+
+def draft_length_args(spec: str, n: int, n_min: int | None) -> list[str]:
+    """The flags that make `spec` draft at most n tokens (and at least `n_min` where it has a minimum)."""
+    flags = ("--spec-draft-n-max", "--spec-draft-n-min") if spec.startswith("draft-") else DRAFT_LENGTH_FLAGS.get(spec)
+    if flags is None:
+        return []
+    n_max_flag, n_min_flag = flags
+    args = [n_max_flag, str(n)]
+    if n_min is not None and n_min_flag is not None:
+        args += [n_min_flag, str(n_min)]
+    if spec == "ngram-simple":
+        args += ["--spec-ngram-simple-size-n", str(min(n, NGRAM_SIMPLE_LOOKUP))]
+    return args
+
+
 def draft_args(model: ModelConfig, policy: Policy, server: LlamaServerInfo) -> list[str]:
     draft = model.draft
     if draft.type == "none" or draft.n == 0:
@@ -52,15 +83,7 @@ def draft_args(model: ModelConfig, policy: Policy, server: LlamaServerInfo) -> l
         if draft_path is None:
             raise LaunchError(f"draft model {draft.model!r} is remote; a draft model must be a local GGUF")
         args += ["--spec-draft-model", str(draft_path)]
-    if spec.startswith("draft-"):
-        args += ["--spec-draft-n-max", str(draft.n)]
-        if draft.n_min is not None:
-            args += ["--spec-draft-n-min", str(draft.n_min)]
-    elif spec == "ngram-mod":
-        args += ["--spec-ngram-mod-n-max", str(draft.n)]
-        if draft.n_min is not None:
-            args += ["--spec-ngram-mod-n-min", str(draft.n_min)]
-    return args
+    return args + draft_length_args(spec, draft.n, draft.n_min)
 
 
 def build_launch(

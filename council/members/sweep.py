@@ -95,6 +95,9 @@ class SweepResult:
     model: str
     draft_type: str
     rows: list[SweepRow]
+    # The lengths the policy can be set to (None: every one measured); others, such as n = 0 below `auto.floor`,
+    # are measured only as the baseline of the speed-up and the step costs.
+    candidates: frozenset[int] | None = None
 
     @property
     def ok_rows(self) -> list[SweepRow]:
@@ -110,7 +113,7 @@ class SweepResult:
 
     @property
     def recommended(self) -> int | None:
-        rows = self.ok_rows
+        rows = [r for r in self.ok_rows if self.candidates is None or r.n in self.candidates]
         return recommend([{"n": r.n, "tokens_per_second": r.tokens_per_second} for r in rows]) if rows else None
 
     def step_cost(self) -> StepCost:
@@ -213,7 +216,7 @@ async def sweep(policy: Policy, model: str, ns: Sequence[int], server: LlamaServ
             rows.append(row)
             if on_row is not None:
                 on_row(row)
-    return SweepResult(model, config.draft.type, rows)
+    return SweepResult(model, config.draft.type, rows, frozenset(n for n in ns if config.draft.accepts_n(n)))
 
 
 def run_sweep(*args: Any, **kwargs: Any) -> SweepResult:

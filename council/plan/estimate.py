@@ -25,10 +25,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Literal
 
 from council.errors import CouncilError
-from council.plan.gguf import ArrayInfo, GgufInfo
+from council.plan.gguf import ArrayInfo, GgufInfo, read_gguf
 from council.policy.schema import ModelConfig
 
 MIB = 1 << 20
@@ -186,15 +187,46 @@ def _pad(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _per_layer(value: Any, n_layer: int, name: str) -> tuple[int, ...]:
+def _is_count(value: Any, minimum: int) -> bool:
+    # A GGUF bool reads as a Python bool, an int to isinstance; llama.cpp takes neither it nor a float as a count.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, ArrayInfo | list):
+        return f"an array of {_array_length(value)} values"
+    return repr(value)
+
+
+def _count(gguf: GgufInfo, suffix: str, value: Any, minimum: int = 0) -> int:
+    """A header value that must be one integer of at least `minimum`: an EstimateError naming the file and key
+    otherwise (`block_count: 0` or an array would surface later as an IndexError or TypeError)."""
+    if not _is_count(value, minimum):
+        raise EstimateError(f"{gguf.path.name}: GGUF key `{gguf.arch}.{suffix}` is {_describe(value)}; "
+                            f"expected an integer of at least {minimum}")
+    return int(value)
+
+
+def _optional_count(gguf: GgufInfo, suffix: str, default: int) -> int:
+    """An optional count; absent or 0 (llama.cpp's "not set") gives `default`."""
+    value = gguf.arch_key(suffix)
+    if value is None:
+        return default
+    return _count(gguf, suffix, value) or default
+
+
+def _per_layer(gguf: GgufInfo, suffix: str, value: Any, n_layer: int, minimum: int = 0) -> tuple[int, ...]:
     """A hyperparameter that may be one number or one per layer (e.g. `head_count_kv` arrays)."""
+    name = f"{gguf.path.name}: GGUF key `{gguf.arch}.{suffix}`"
     if isinstance(value, list):
         if len(value) < n_layer:
             raise EstimateError(f"{name} lists {len(value)} values for {n_layer} layers")
+        if not all(_is_count(v, 0) for v in value[:n_layer]):
+            raise EstimateError(f"{name} holds a value that is not a whole number of at least 0")
         return tuple(int(v) for v in value[:n_layer])
     if isinstance(value, ArrayInfo):
         raise EstimateError(f"{name} is an array too long to read from the header")
-    return (int(value),) * n_layer
+    return (_count(gguf, suffix, value, minimum),) * n_layer
 
 
 def _required(gguf: GgufInfo, suffix: str) -> Any:
@@ -225,7 +257,7 @@ def _swa_layers(gguf: GgufInfo, n_layer: int, n_layer_all: int) -> tuple[int, fr
     """Window size and sliding-window layers (llama-hparams.cpp `set_swa_pattern`)."""
     arch = gguf.arch
     default = SWA_DEFAULTS.get(arch)
-    n_swa = int(gguf.arch_key("attention.sliding_window", default[2] if default else 0) or 0)
+    n_swa = _optional_count(gguf, "attention.sliding_window", default[2] if default else 0)
     if n_swa <= 0:
         return 0, frozenset()
     pattern = gguf.arch_key("attention.sliding_window_pattern")
@@ -250,7 +282,7 @@ def _recurrent_layers(gguf: GgufInfo, n_layer: int, n_layer_all: int) -> frozens
     if explicit is not None:
         return frozenset(i for i in explicit if i < n_layer)
     if gguf.arch in INTERVAL_HYBRID_ARCHS:
-        interval = int(gguf.arch_key("full_attention_interval", 4) or 4)
+        interval = _optional_count(gguf, "full_attention_interval", 4)
         return frozenset(il for il in range(n_layer) if (il + 1) % interval != 0)
     return frozenset()
 
@@ -260,36 +292,41 @@ def model_shape(gguf: GgufInfo) -> Shape:
 
     Known architectures follow their llama.cpp loader; any other falls back to generic transformer
     rules on the keys present (every layer full attention with KV, no recurrent state), which can only
-    over-estimate. A missing `block_count`, `embedding_length` or `attention.head_count` raises
-    EstimateError, never KeyError.
+    over-estimate. A missing `block_count`, `embedding_length` or `attention.head_count`, or one that is not a
+    positive integer (a count that is 0, an array, a float), raises EstimateError naming the file and the key,
+    never KeyError, IndexError or TypeError.
     """
     if not gguf.arch:
         raise EstimateError(f"{gguf.path.name}: GGUF has no general.architecture")
-    n_layer_all = int(_required(gguf, "block_count"))
-    n_embd = int(_required(gguf, "embedding_length"))
-    n_nextn = int(gguf.arch_key("nextn_predict_layers", 0) or 0)
+    n_layer_all = _count(gguf, "block_count", _required(gguf, "block_count"), 1)
+    n_embd = _count(gguf, "embedding_length", _required(gguf, "embedding_length"), 1)
+    n_nextn = _optional_count(gguf, "nextn_predict_layers", 0)
+    if n_nextn >= n_layer_all:
+        raise EstimateError(f"{gguf.path.name}: {n_nextn} MTP layers (`{gguf.arch}.nextn_predict_layers`) leave "
+                            f"none of the {n_layer_all} blocks for the model itself")
     n_layer = n_layer_all - n_nextn
-    n_head = _per_layer(_required(gguf, "attention.head_count"), n_layer_all, "attention.head_count")
-    n_head_kv = _per_layer(gguf.arch_key("attention.head_count_kv", n_head[0]), n_layer_all,
-                           "attention.head_count_kv")
+    n_head = _per_layer(gguf, "attention.head_count", _required(gguf, "attention.head_count"), n_layer_all, 1)
+    n_head_kv = _per_layer(gguf, "attention.head_count_kv", gguf.arch_key("attention.head_count_kv", n_head[0]),
+                           n_layer_all)
     head_default = n_embd // max(n_head[0], 1)
-    head_k = int(gguf.arch_key("attention.key_length", head_default) or head_default)
-    head_v = int(gguf.arch_key("attention.value_length", head_default) or head_default)
+    head_k = _optional_count(gguf, "attention.key_length", head_default)
+    head_v = _optional_count(gguf, "attention.value_length", head_default)
     n_ff_raw = gguf.arch_key("feed_forward_length")
-    if isinstance(n_ff_raw, list):
-        n_ff = max(int(v) for v in n_ff_raw)
+    if isinstance(n_ff_raw, list | ArrayInfo):
+        n_ff = max(_per_layer(gguf, "feed_forward_length", n_ff_raw, _array_length(n_ff_raw)), default=0)
     elif n_ff_raw is not None:
-        n_ff = int(n_ff_raw)
+        n_ff = _count(gguf, "feed_forward_length", n_ff_raw)
     else:
         # MoE or unusual files: the up projection's width, else the usual 4x.
         n_ff = _tensor_dim(gguf, "blk.0.ffn_up.weight", 1) or 4 * n_embd
-    n_vocab = gguf.vocab_size or int(gguf.arch_key("vocab_size", 0) or 0)
+    n_vocab = gguf.vocab_size or _optional_count(gguf, "vocab_size", 0)
     if n_vocab == 0:
         n_vocab = _tensor_dim(gguf, "token_embd.weight", 1) or 0
     n_swa, swa_layers = _swa_layers(gguf, n_layer, n_layer_all)
     recurrent = _recurrent_layers(gguf, n_layer, n_layer_all)
     # Recurrent layers need the SSM sizes, as llama.cpp's loader does (no silent zero-size state).
-    ssm = {key: int(_required(gguf, f"ssm.{key}") if recurrent else gguf.arch_key(f"ssm.{key}", 0) or 0)
+    ssm = {key: _count(gguf, f"ssm.{key}", _required(gguf, f"ssm.{key}")) if recurrent
+           else _optional_count(gguf, f"ssm.{key}", 0)
            for key in ("conv_kernel", "inner_size", "state_size", "group_count")}
     return Shape(
         arch=gguf.arch,
@@ -313,6 +350,14 @@ def model_shape(gguf: GgufInfo) -> Shape:
         n_tensors=len(gguf.tensors),
         n_merges=_array_length(gguf.metadata.get("tokenizer.ggml.merges")),
     )
+
+
+def read_model_header(path: Path | str, *, keep_arrays: bool = False) -> GgufInfo:
+    """`read_gguf`, refused (EstimateError) where `model_shape` cannot read the model from it, so `council check`
+    says what `council plan` would."""
+    info = read_gguf(path, keep_arrays=keep_arrays)
+    model_shape(info)
+    return info
 
 
 # Architectures whose memory layout the rules above describe exactly.

@@ -21,6 +21,7 @@ from council.errors import CouncilError
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
+GGML_MAX_DIMS = 4  # ggml.h
 
 
 class GgufError(CouncilError, ValueError):
@@ -80,19 +81,27 @@ class _Cursor:
         self.buf = buf
         self.pos = 0
         self.path = path
+        self.where = "the header"  # what is being read, for the error a truncated file raises
+
+    def truncated(self) -> GgufError:
+        return GgufError(f"{self.path}: truncated GGUF: {self.where} runs past the end of the file "
+                         f"({len(self.buf)} bytes)")
+
+    def need(self, size: int) -> None:
+        """Fail as a GgufError, not a struct.error or a bogus slice, before reading `size` bytes past the end."""
+        if self.pos + size > len(self.buf):
+            raise self.truncated()
 
     def unpack(self, fmt: str) -> Any:
         size = struct.calcsize(fmt)
-        if self.pos + size > len(self.buf):
-            raise GgufError(f"{self.path}: truncated GGUF header")
+        self.need(size)
         (value,) = struct.unpack_from(fmt, self.buf, self.pos)
         self.pos += size
         return value
 
     def string(self) -> str:
         length = self.unpack("<Q")
-        if self.pos + length > len(self.buf):
-            raise GgufError(f"{self.path}: truncated GGUF header")
+        self.need(length)
         raw = self.buf[self.pos : self.pos + length]
         self.pos += length
         return raw.decode("utf-8", errors="replace")
@@ -100,10 +109,13 @@ class _Cursor:
     def skip_strings(self, count: int) -> None:
         """Step over `count` strings (a vocabulary): a tight loop, since each length sits before its bytes."""
         pos, buf, unpack = self.pos, self.buf, _U64.unpack_from
-        for _ in range(count):
-            pos += 8 + unpack(buf, pos)[0]
+        try:
+            for _ in range(count):
+                pos += 8 + unpack(buf, pos)[0]
+        except struct.error:  # a length read from past the end: the file is cut short inside the array
+            raise self.truncated() from None
         if pos > len(buf):
-            raise GgufError(f"{self.path}: truncated GGUF header")
+            raise self.truncated()
         self.pos = pos
 
     def value(self, vtype: int, keep_arrays: bool) -> Any:
@@ -117,6 +129,7 @@ class _Cursor:
             small = count <= 64
             if etype in _SCALARS:
                 size = struct.calcsize(_SCALARS[etype])
+                self.need(size * count)
                 if keep_arrays or small:
                     values = list(struct.unpack_from(f"<{count}{_SCALARS[etype][1]}", self.buf, self.pos))
                     self.pos += size * count
@@ -129,7 +142,7 @@ class _Cursor:
                 self.skip_strings(count)
                 return ArrayInfo(etype, count)
             return [self.value(etype, keep_arrays) for _ in range(count)]
-        raise GgufError(f"{self.path}: unknown GGUF value type {vtype}")
+        raise GgufError(f"{self.path}: {self.where} has unknown GGUF value type {vtype}")
 
 
 def tensor_bytes(shape: tuple[int, ...], ggml_type: int) -> int:
@@ -165,13 +178,19 @@ def _read_gguf(path: Path, _size: int, _mtime_ns: int, keep_arrays: bool) -> Ggu
             n_tensors = cur.unpack("<Q")
             n_kv = cur.unpack("<Q")
             metadata: dict[str, Any] = {}
-            for _ in range(n_kv):
+            for i in range(n_kv):
+                cur.where = f"metadata entry {i}"
                 key = cur.string()
+                cur.where = f"metadata `{key}`"
                 metadata[key] = cur.value(cur.unpack("<I"), keep_arrays)
             tensors: dict[str, Tensor] = {}
-            for _ in range(n_tensors):
+            for i in range(n_tensors):
+                cur.where = f"tensor entry {i}"
                 name = cur.string()
+                cur.where = f"tensor `{name}`"
                 n_dims = cur.unpack("<I")
+                if n_dims > GGML_MAX_DIMS:  # garbage: reading that many dimensions would walk the whole file
+                    raise GgufError(f"{path}: tensor `{name}` has {n_dims} dimensions (ggml allows {GGML_MAX_DIMS})")
                 shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
                 ggml_type = cur.unpack("<I")
                 cur.unpack("<Q")  # offset into the data section
@@ -181,7 +200,8 @@ def _read_gguf(path: Path, _size: int, _mtime_ns: int, keep_arrays: bool) -> Ggu
                     raise GgufError(f"{path}: tensor {name} has unknown type {ggml_type}") from exc
                 tensors[name] = Tensor(name, shape, ggml_type, n_bytes)
             size = len(buf)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, struct.error) as exc:
+        # struct.error is no ValueError: without it a read the checks above missed would be a traceback.
         if isinstance(exc, GgufError):
             raise
         raise GgufError(f"{path}: cannot read GGUF: {exc}") from exc

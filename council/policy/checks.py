@@ -99,7 +99,9 @@ def environment_problems(loaded: LoadedPolicy, server: ServerFlags | None,
             problems.append(loaded.problem((*base, "path"), header))
             continue
         headers[name] = header
-        if model.draft.type == "mtp" and int(header.arch_key("nextn_predict_layers", 0) or 0) < 1:
+        nextn = header.arch_key("nextn_predict_layers", 0)
+        # Not int(): a malformed header (an array there) is a problem line, not a TypeError.
+        if model.draft.type == "mtp" and not (isinstance(nextn, int) and nextn >= 1):
             problems.append(loaded.problem((*base, "draft", "type"),
                                            f"draft type mtp needs a model with an MTP head; {model.path.name} "
                                            f"({header.arch}) has no {header.arch}.nextn_predict_layers"))

@@ -261,6 +261,11 @@ def load_policy(path: Path | str) -> LoadedPolicy:
         raise PolicyError(file, [Problem((), "no such file", 1)]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(file, [Problem((), f"cannot read the file: {exc}", 1)]) from None
+    return load_policy_text(text, file)
+
+
+def load_policy_text(text: str, file: str) -> LoadedPolicy:
+    """Parse and validate a policy's text, its problems named as in `file` (an edit checked before it is saved)."""
     data, lines = parse_yaml(text, file)
     try:
         return _validated(data, lines, file)

@@ -27,6 +27,9 @@ ToolInstructions = Literal["none", "brief", "listed"]  # what a council adds for
 Strategy = Literal["majority", "weighted", "confidence", "similarity", "judge"]
 # MTP was spelled `mtp` in older llama.cpp forks and `draft-mtp` upstream.
 MTP_SPELLINGS = ("draft-mtp", "mtp")
+# Draft types whose length no llama-server flag sets (build 11434, common/speculative.cpp: ngram-cache's
+# `n_draft = 8; // TODO get from config?`): n_max can only turn them off, so there is nothing to adapt or tune.
+FIXED_DRAFT_LENGTHS = {"ngram-cache": 8}
 
 
 def expand_path(value: Path) -> Path:
@@ -154,9 +157,10 @@ class DraftConfig(_Strict):
     type: str = Field(default="none", description="`mtp`, `model`, `none`, or a llama-server `--spec-type` "
                       "value (`ngram-mod`, ...).", examples=["mtp"])
     n_max: int | Literal["auto"] = Field(default=3, description="Draft length (0..32; 0 keeps the draft "
-                                         "configured but off), or `auto`.", examples=[2])
-    n_min: int | None = Field(default=None, ge=0, description="llama-server's smallest draft length.",
-                              examples=[1])
+                                         "configured but off; `ngram-cache` drafts 8 at any other), or `auto`.",
+                                         examples=[2])
+    n_min: int | None = Field(default=None, ge=0, description="llama-server's smallest draft length (at most "
+                              "`n_max`, unless `n_max` is 0: off).", examples=[1])
     model: str | None = Field(default=None, description="For `type: model`: the draft model, another model of "
                               "the policy (same vocabulary).", examples=["coder-0.5b"])
     step_cost: dict[int, Annotated[float, Field(gt=0)]] = Field(
@@ -180,10 +184,15 @@ class DraftConfig(_Strict):
             raise ValueError("draft type `model` needs `model: NAME` of another model in the policy")
         if self.type != "model" and self.model:
             raise ValueError(f"`model` is only for draft type `model`, not {self.type!r}")
-        if self.n_min is not None and isinstance(self.n_max, int) and self.n_min > self.n_max:
+        # Not at n_max 0: speculation is off there and n_min unused, and 0 is what `council tune --write` writes
+        # when no speculation was fastest, which must not make a policy with n_min invalid.
+        if self.n_min is not None and isinstance(self.n_max, int) and 0 < self.n_max < self.n_min:
             raise ValueError(f"n_min ({self.n_min}) is larger than n_max ({self.n_max})")
         if self.n_max == "auto" and self.type == "none":
             raise ValueError("`n_max: auto` needs a draft type")
+        if self.n_max == "auto" and self.type in FIXED_DRAFT_LENGTHS:
+            raise ValueError(f"`n_max: auto` cannot change {self.type}'s draft length: llama-server drafts "
+                             f"{FIXED_DRAFT_LENGTHS[self.type]} tokens with it whatever is asked (0 turns it off)")
         return self
 
     @property
@@ -196,6 +205,13 @@ class DraftConfig(_Strict):
         if self.type == "none":
             return 0
         return self.auto.start if self.n_max == "auto" else int(self.n_max)
+
+    def accepts_n(self, n: int) -> bool:
+        """Whether this draft may run at length n, so `council tune` may recommend and write it: within
+        `auto.floor`..`auto.limit` under `n_max: auto`, else 0 (off) or at least `n_min`."""
+        if self.is_auto:
+            return self.auto.floor <= n <= self.auto.limit
+        return 0 <= n <= 32 and (n == 0 or self.n_min is None or n >= self.n_min)
 
     def with_n(self, n: int) -> DraftConfig:
         """This draft at length n for one launch (n = 0: speculation off); `auto` stays readable."""

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from council.members.binary import LlamaServerInfo
 from council.paths import council_home
 from council.policy.editing import set_value
 from council.policy.loading import load_policy
+from council.policy.schema import Policy
 from council.setup.synthetic import write_qwen35
 from tests.conftest import run_cli
 
@@ -123,3 +128,132 @@ def test_a_bad_prompts_file_is_one_line_naming_it(tmp_path: Path, syn: Path, con
     # Found before any llama-server starts; a missing or broken file used to be a traceback.
     result = run_cli("tune", str(policy), "syn", "--prompts", str(prompts))
     assert result.returncode == 2 and result.stderr.strip() == f"error: {prompts}{says}", result.stderr
+
+
+# --- which lengths tune measures and writes, with the sweep's measurements given ---------------------------------
+
+SPEC_TYPES = ("none", "draft-simple", "draft-mtp", "ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod",
+              "ngram-cache")
+
+
+@dataclass
+class TuneRun:
+    code: int
+    stdout: str
+    stderr: str
+    measured: list[int]
+
+
+@pytest.fixture
+def tune_given(monkeypatch: pytest.MonkeyPatch) -> Callable[..., TuneRun]:
+    """`council tune POLICY syn ARGS` in process, each length's decode speed given (`speeds`, tokens/s) instead
+    of measured by a llama-server (`during(n)` runs as n is "measured"): what the command does with the rows is
+    real."""
+    from council.cli import app
+    from council.members import binary, sweep
+
+    def run(policy: Path, speeds: dict[int, float], *args: str,
+            during: Callable[[int], None] = lambda n: None) -> TuneRun:
+        measured: list[int] = []
+
+        async def measure(policy: Policy, model: str, n: int, *_: object, **__: object) -> sweep.SweepRow:
+            measured.append(n)
+            during(n)
+            return sweep.SweepRow(n, tokens=100, decode_seconds=100 / speeds[n])
+
+        monkeypatch.setattr(sweep, "measure", measure)
+        monkeypatch.setattr(binary, "find_llama_server",
+                            lambda **_: LlamaServerInfo(Path("/opt/llama-server"), 11434, "", SPEC_TYPES))
+        result = CliRunner().invoke(app, ["tune", str(policy), "syn", *args])
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        return TuneRun(result.exit_code, result.stdout, result.stderr, measured)
+
+    return run
+
+
+def test_write_0_keeps_the_policys_n_min(tmp_path: Path, syn: Path, tune_given: Callable[..., TuneRun]) -> None:
+    """No speculation fastest: `n_max: 0` is written beside `n_min: 1` (the schema refused that pair before)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn).replace("{type: mtp, n_max: 3}", "{type: mtp, n_max: 3, n_min: 1}"))
+    run = tune_given(policy, {0: 50.0, 1: 40.0, 2: 30.0}, "--n", "0,1,2", "--write")
+    assert run.code == 0, run.stderr
+    assert "recommended: n_max 0" in run.stdout
+    draft = load_policy(policy).policy.models["syn"].draft
+    assert (draft.n_max, draft.n_min) == (0, 1)
+
+
+def test_lengths_below_n_min_are_not_measured(tmp_path: Path, syn: Path, tune_given: Callable[..., TuneRun]) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn).replace("{type: mtp, n_max: 3}", "{type: mtp, n_max: 3, n_min: 3}"))
+    run = tune_given(policy, {0: 10.0, 1: 90.0, 2: 80.0, 3: 30.0, 4: 20.0}, "--n", "0,1,2,3,4", "--write")
+    assert run.code == 0, run.stderr
+    assert run.measured == [0, 3, 4]
+    assert "not measuring n = 1, 2: n_max is 0 (off) or at least n_min 3" in run.stdout
+    assert load_policy(policy).policy.models["syn"].draft.n_max == 3
+
+
+def test_auto_measures_and_writes_within_floor_and_limit(tmp_path: Path, syn: Path,
+                                                         tune_given: Callable[..., TuneRun]) -> None:
+    """Under `n_max: auto` only auto.floor..auto.limit are candidates: n = 8, fastest but past the limit, is not
+    measured (auto.start 8 would not load), and n = 0 below the floor is measured only as the baseline."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn).replace(
+        "{type: mtp, n_max: 3}", "{type: mtp, n_max: auto, auto: {floor: 2, start: 2, limit: 4}}"))
+    speeds = {0: 100.0, 1: 20.0, 2: 30.0, 3: 40.0, 4: 50.0, 6: 60.0, 8: 70.0}
+    run = tune_given(policy, speeds, "--write")  # the default lengths, 0,1,2,3,4,6,8
+    assert run.code == 0, run.stderr
+    assert run.measured == [0, 2, 3, 4]
+    assert "not measuring n = 1, 6, 8: `n_max: auto` runs from auto.floor 2 to auto.limit 4" in run.stdout
+    assert "recommended: n_max 4" in run.stdout
+    draft = load_policy(policy).policy.models["syn"].draft
+    assert draft.auto.start == 4 and set(draft.step_cost) == {0, 2, 3, 4}
+
+    run = tune_given(policy, speeds, "--n", "0,6,8")
+    assert run.code == 2 and run.measured == []
+    assert run.stderr.strip() == ("error: --n 0,6,8: none of these lengths can be models.syn.draft's "
+                                  "(`n_max: auto` runs from auto.floor 2 to auto.limit 4)")
+
+
+def test_a_refused_edit_names_the_policy_not_a_temporary_file(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from council.cli.tune_command import _write
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=tmp_path / "m.gguf"))
+    before = policy.read_text()
+    with pytest.raises(typer.Exit):
+        _write(policy, "syn", False, 33, {})
+    said = capsys.readouterr().err
+    assert f"{policy}:7: models.syn.draft.n_max: " in said and ".tune-tmp" not in said
+    assert policy.read_text() == before and list(tmp_path.iterdir()) == [policy]
+
+
+def test_json_into_a_missing_folder_is_refused_before_the_sweep(tmp_path: Path, syn: Path,
+                                                                tune_given: Callable[..., TuneRun]) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn))
+    out = tmp_path / "missing" / "tune.json"
+    run = tune_given(policy, {0: 10.0, 2: 20.0}, "--n", "0,2", "--json", str(out), "--write")
+    assert run.code == 2 and run.measured == []
+    assert run.stderr.strip() == f"error: {out}: no such folder {out.parent}"
+    run = tune_given(policy, {0: 10.0, 2: 20.0}, "--n", "0,2", "--json", str(tmp_path))
+    assert run.code == 2 and run.stderr.strip() == f"error: {tmp_path}: is a folder" and run.measured == []
+
+
+def test_json_that_cannot_be_written_after_the_sweep_costs_only_itself(tmp_path: Path, syn: Path,
+                                                                      tune_given: Callable[..., TuneRun]) -> None:
+    """The folder removed during the sweep: the recommendation is printed and written, then one line, exit 2."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn))
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "tune.json"
+    run = tune_given(policy, {0: 10.0, 2: 20.0}, "--n", "0,2", "--json", str(out), "--write",
+                     during=lambda n: (tmp_path / "out").rmdir() if n == 2 else None)
+    assert run.code == 2 and run.measured == [0, 2]
+    assert "recommended: n_max 2" in run.stdout
+    assert load_policy(policy).policy.models["syn"].draft.n_max == 2
+    assert run.stderr.strip().splitlines()[-1] == f"error: cannot write {out}: No such file or directory"
+
+    (tmp_path / "out").mkdir()
+    run = tune_given(policy, {0: 10.0, 2: 20.0}, "--n", "0,2", "--json", str(out))
+    assert run.code == 0 and json.loads(out.read_text())["recommended"] == 2

@@ -422,3 +422,19 @@ def test_a_walk_too_deep_after_parsing_is_the_same_problem(tmp_path: Path, monke
     monkeypatch.setattr(loading.Policy, "model_validate", too_deep)
     path = write(tmp_path, "version: 1\nmodels: {}\n")
     assert problems(path) == [f"{path}:1: (top): {loading.TOO_DEEP}"]
+
+
+def test_n_min_is_checked_against_a_speculating_n_max_only() -> None:
+    """n_max 0 turns speculation off (what `council tune --write` writes when none was fastest): n_min is kept for
+    when it is turned on again, not refused."""
+    from pydantic import ValidationError
+
+    from council.policy.schema import DraftConfig
+
+    assert DraftConfig(type="mtp", n_max=0, n_min=2).n == 0
+    with pytest.raises(ValidationError, match=r"n_min \(2\) is larger than n_max \(1\)"):
+        DraftConfig(type="mtp", n_max=1, n_min=2)
+    fixed, auto = DraftConfig(type="mtp", n_max=4, n_min=2), DraftConfig(type="mtp", n_max="auto",
+                                                                          auto={"floor": 1, "start": 2, "limit": 3})
+    assert [n for n in range(6) if fixed.accepts_n(n)] == [0, 2, 3, 4, 5]
+    assert [n for n in range(6) if auto.accepts_n(n)] == [1, 2, 3]

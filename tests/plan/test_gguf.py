@@ -1,0 +1,91 @@
+"""GGUF files that are cut short or malformed: one clear line from the reader, the estimate and the commands.
+
+The broken files are the synthetic qwen35 model (a real GGUF from `gguf`'s writer) cut or patched in its header.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from council.plan.estimate import EstimateError, model_shape
+from council.plan.gguf import GgufError, read_gguf
+from tests.conftest import run_cli
+from tests.policies import policy_yaml
+
+GGUF_ARRAY, GGUF_U32 = 9, 4
+
+
+def _value_at(data: bytes, key: str) -> int:
+    """Where the value of metadata `key` starts: after its length-prefixed name and its 4-byte type."""
+    name = key.encode()
+    at = data.index(struct.pack("<Q", len(name)) + name)
+    return at + 8 + len(name) + 4
+
+
+def cut_inside_array(syn: Path, out: Path, key: str) -> Path:
+    """The file cut 5 bytes into the elements of array `key` (after its element type and count)."""
+    data = syn.read_bytes()
+    out.write_bytes(data[: _value_at(data, key) + 4 + 8 + 5])
+    return out
+
+
+def with_block_count(syn: Path, out: Path, value: bytes, vtype: int = GGUF_U32) -> Path:
+    """The file with `qwen35.block_count` (a u32) replaced by `value` of type `vtype`."""
+    data = syn.read_bytes()
+    at = _value_at(data, "qwen35.block_count")
+    assert struct.unpack_from("<I", data, at - 4)[0] == GGUF_U32
+    out.write_bytes(data[: at - 4] + struct.pack("<I", vtype) + value + data[at + 4:])
+    return out
+
+
+@pytest.fixture
+def broken(syn: Path, tmp_path: Path) -> dict[str, Path]:
+    assert read_gguf(syn).metadata["qwen35.rope.dimension_sections"] == [2, 1, 1, 0]  # a small array
+    return {
+        # 267 tokens: longer than the reader keeps, so it steps over them without decoding
+        "vocabulary": cut_inside_array(syn, tmp_path / "vocab.gguf", "tokenizer.ggml.tokens"),
+        "small-array": cut_inside_array(syn, tmp_path / "sections.gguf", "qwen35.rope.dimension_sections"),
+        "block-count-0": with_block_count(syn, tmp_path / "zero.gguf", struct.pack("<I", 0)),
+        "block-count-array": with_block_count(syn, tmp_path / "array.gguf",
+                                              struct.pack("<IQII", GGUF_U32, 2, 2, 2), GGUF_ARRAY),
+    }
+
+
+WHAT = {
+    "vocabulary": "truncated GGUF: metadata `tokenizer.ggml.tokens` runs past the end of the file",
+    "small-array": "truncated GGUF: metadata `qwen35.rope.dimension_sections` runs past the end of the file",
+    "block-count-0": "GGUF key `qwen35.block_count` is 0; expected an integer of at least 1",
+    "block-count-array": "GGUF key `qwen35.block_count` is an array of 2 values; expected an integer of at least 1",
+}
+
+
+@pytest.mark.parametrize("case", ["vocabulary", "small-array"])
+def test_a_truncated_file_is_a_gguf_error_naming_it(broken: dict[str, Path], case: str) -> None:
+    with pytest.raises(GgufError) as caught:
+        read_gguf(broken[case])
+    assert str(caught.value).startswith(f"{broken[case]}: {WHAT[case]}")
+
+
+@pytest.mark.parametrize("case", ["block-count-0", "block-count-array"])
+def test_a_block_count_that_is_no_positive_integer_is_an_estimate_error(broken: dict[str, Path], case: str) -> None:
+    with pytest.raises(EstimateError) as caught:
+        model_shape(read_gguf(broken[case]))
+    assert str(caught.value) == f"{broken[case].name}: {WHAT[case]}"
+
+
+@pytest.mark.parametrize("command", ["check", "plan"])
+@pytest.mark.parametrize("case", list(WHAT))
+def test_check_and_plan_say_what_is_wrong_in_one_line(broken: dict[str, Path], tmp_path: Path, case: str,
+                                                      command: str) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_yaml({"m": {"path": broken[case], "ctx_size": 512}}, {"c": {"members": [{"model": "m"}]}}))
+    result = run_cli(command, str(policy))
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert WHAT[case] in lines[0]
+    if command == "check":  # a problem line at the model's path
+        assert lines[0].startswith(f"{policy}:") and "models.m.path: " in lines[0]
