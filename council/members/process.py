@@ -180,6 +180,22 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return apply
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line: its kind and message (a state's reason is one line)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def _model_path(props: httpx.Response) -> str | None:
+    """`/props`' `model_path`, or None when the body is not llama-server's (another program on the port)."""
+    try:
+        doc = props.json()
+    except ValueError:
+        return None
+    path = doc.get("model_path") if isinstance(doc, dict) else None
+    return path if isinstance(path, str) else None
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)  # the whole process group: llama-server and anything it started
@@ -450,31 +466,38 @@ class MemberProcess:
         return False
 
     async def _start_once(self) -> None:
-        spec = self.recipe.make_spec(free_port())
-        self.spec = spec
-        await self._spawn(spec)
-        running = self._running
-        assert running is not None
+        """One start: spawn, healthy and ours, warm-up. Whatever goes wrong, the member's fault or one on our side
+        (a binary gone, a full disk, a port answering something else), stops what was spawned and is this start's
+        failure: escaping as anything else, it ended the life task and left the member `starting` for good."""
         try:
+            spec = self.recipe.make_spec(free_port())
+            self.spec = spec
+            running = await self._spawn(spec)
             await self._wait_healthy(spec, running)
             self.swap(State.STARTING, State.WARMING, "health ok, model verified")
             await self._warm_up(spec, running)
-        except (StartFailed, httpx.HTTPError) as exc:
+        except Exception as exc:
             await self._terminate("start failed", final=False)
-            raise StartFailed(str(exc) if isinstance(exc, StartFailed) else f"{type(exc).__name__}: {exc}") from None
+            raise StartFailed(str(exc) if isinstance(exc, StartFailed) else one_line(exc)) from None
         self.swap(State.WARMING, State.READY, "warm-up completion succeeded")
 
-    async def _spawn(self, spec: LaunchSpec) -> None:
+    async def _spawn(self, spec: LaunchSpec) -> _Running:
         log = RotatingLog(self.log_path, self.config.log_bytes)
-        proc = await asyncio.create_subprocess_exec(
-            *spec.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env={**os.environ, **spec.env}, start_new_session=True,
-            preexec_fn=_die_with_parent(os.getpid()),
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *spec.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env={**os.environ, **spec.env}, start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
+        except BaseException:
+            log.close()
+            raise
         self.pid = proc.pid
-        self._pids.add(proc.pid, self.name)
         reader = asyncio.create_task(self._read_log(proc, log))
-        self._running = _Running(proc=proc, reader=reader, log=log)
+        # Ours to stop from here on: the pid file comes after, so a failure to write it still finds the process.
+        self._running = running = _Running(proc=proc, reader=reader, log=log)
+        self._pids.add(proc.pid, self.name)
+        return running
 
     async def _read_log(self, proc: asyncio.subprocess.Process, log: RotatingLog) -> None:
         """Copy the output to the log file (every byte) and each line, cut at LINE_LIMIT, to the tail and the
@@ -542,7 +565,7 @@ class MemberProcess:
                 health = await self._control.get(f"{spec.url}/health", timeout=2.0)
                 if health.status_code == 200:
                     props = await self._control.get(f"{spec.url}/props", headers=headers, timeout=5.0)
-                    path = props.json().get("model_path") if props.status_code == 200 else None
+                    path = _model_path(props) if props.status_code == 200 else None
                     if proc.returncode is None and path and Path(path).resolve() == spec.model_path.resolve():
                         return
                     raise StartFailed(f"port {spec.port} answers, but not as our member "
@@ -628,9 +651,13 @@ class MemberProcess:
                     await proc.wait()
             _signal_group(proc.pid, signal.SIGKILL)  # stragglers left in its group
             await self._reap_reader(running)
-            running.log.close()
-            self._pids.remove(proc.pid)
             self._running = None
+            # Dead and reaped: a log or pid file that cannot be closed or removed (a full or read-only disk) must
+            # not make the stop, or the failed start that called it, fail in turn.
+            with contextlib.suppress(OSError):
+                running.log.close()
+            with contextlib.suppress(OSError):
+                self._pids.remove(proc.pid)
         if final:
             with contextlib.suppress(TransitionError):
                 self.swap(State.STOPPING, State.STOPPED, reason)

@@ -186,12 +186,15 @@ async def test_watchdog_restarts_a_live_member_whose_requests_fail(
     assert any("watchdog: 2 requests failed in a row" in c.reason for c in member.history)
 
 
+@pytest.mark.parametrize("props", [b'{"model_path": "/somebody/else.gguf"}', b"<html>not JSON</html>", b"[1, 2]"],
+                         ids=["another-model", "not-json", "not-an-object"])
 async def test_an_impostor_on_our_port_is_not_taken_for_our_member(
-    llama_server_bin: LlamaServerInfo, tmp_path: Path, mtp_model: Path
+    llama_server_bin: LlamaServerInfo, tmp_path: Path, mtp_model: Path, props: bytes
 ) -> None:
+    """Before, a `/props` body that was not a JSON object raised out of the start: the member stayed `starting`."""
     class Impostor(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = b'{"model_path": "/somebody/else.gguf"}' if self.path == "/props" else b"{}"
+            body = props if self.path == "/props" else b"{}"
             self.send_response(200)
             self.end_headers()
             self.wfile.write(body)
@@ -216,6 +219,47 @@ async def test_an_impostor_on_our_port_is_not_taken_for_our_member(
     finally:
         await sup.stop()
         server.shutdown()
+
+
+async def test_a_start_whose_pid_file_cannot_be_written_fails_and_leaves_nothing_running(
+    supervise: Callable[..., Supervisor], tmp_path: Path, mtp_model: Path
+) -> None:
+    """A fault on our side after the spawn (here the pid folder is a file; a full disk does the same). Before, it
+    ended the member's life task: the member stayed `starting` for good, and its process outlived `stop()`."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "pids").write_text("not a folder")
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)), max_failures=2)
+    member = sup.processes["syn"]
+    spawned: list[int | None] = []
+    member.listeners.append(lambda c: spawned.append(member.pid) if c.new in (State.BACKOFF, State.FAILED) else None)
+    await sup.start()
+    assert await sup.wait_settled(30), member.state
+    assert member.state is State.FAILED
+    assert member.reason.startswith("gave up after 2 failures in a row: FileExistsError: ")
+    assert len(spawned) == 2 and len(set(spawned)) == 2
+    for pid in spawned:
+        assert pid is not None and not _alive(pid), "a failed start left its process running"
+
+
+async def test_a_llama_server_that_is_gone_fails_the_member(
+    supervise: Callable[..., Supervisor], llama_server_bin: LlamaServerInfo, tmp_path: Path, mtp_model: Path
+) -> None:
+    """The binary removed after the router checked it: the spawn's OSError is a failed start, not a dead task."""
+    gone = LlamaServerInfo(path=tmp_path / "gone" / "llama-server", build=llama_server_bin.build,
+                           version=llama_server_bin.version, spec_types=llama_server_bin.spec_types)
+    policy = policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512))
+    recipe = ProcessRecipe("syn", lambda port: build_launch(key="syn", model_name="syn", policy=policy, server=gone,
+                                                            port=port, threads=1), ("syn",))
+    sup = Supervisor(LifeConfig(run_dir=tmp_path / "run", max_failures=2, **FAST), [recipe])
+    try:
+        await sup.start()
+        assert await sup.wait_settled(30)
+        member = sup.processes["syn"]
+        assert member.state is State.FAILED and member.pid is None
+        assert "FileNotFoundError: [Errno 2] No such file or directory" in member.reason
+        assert [c.new for c in member.history].count(State.STARTING) == 2
+    finally:
+        await sup.stop()
 
 
 def _record(folder: Path, pid: int, owner: int, owner_start: str | None, start: str | None = None) -> None:
