@@ -135,6 +135,25 @@ async def test_kill_9_member_is_back_within_backoff_other_untouched(
     assert b.pid == b_pid and len(b.history) == b_history and b.ready  # b never moved
 
 
+async def test_a_member_killed_by_a_real_time_signal_is_restarted(
+    supervise: Callable[..., Supervisor], mtp_model: Path
+) -> None:
+    """Python names no real-time signal (`signal.Signals(40)` raises): before, naming the exit ended the member's
+    life task, and the dead member stayed `ready` for good."""
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)))
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.processes["syn"]
+    old_pid = member.pid
+    assert old_pid is not None
+    rt = signal.SIGRTMIN + 6
+    os.kill(old_pid, rt)
+    await until(lambda: member.ready and member.restarts == 1, 30, "the member back to ready")
+    assert member.pid != old_pid
+    backoff = next(c for c in member.history if c.new is State.BACKOFF)
+    assert backoff.reason.startswith(f"killed by signal {int(rt)}")
+
+
 async def test_model_that_fails_to_load_is_failed_with_log_reason_others_ready(
     supervise: Callable[..., Supervisor], tmp_path: Path, mtp_model: Path
 ) -> None:
