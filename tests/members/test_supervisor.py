@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -152,6 +153,31 @@ async def test_a_member_killed_by_a_real_time_signal_is_restarted(
     assert member.pid != old_pid
     backoff = next(c for c in member.history if c.new is State.BACKOFF)
     assert backoff.reason.startswith(f"killed by signal {int(rt)}")
+
+
+async def test_a_crash_while_draining_that_is_the_last_straw_fails_the_member(
+    supervise: Callable[..., Supervisor], mtp_model: Path
+) -> None:
+    """A planned restart (live draft tuning) drains the member; it crashes meanwhile, its 2nd failure in a row of
+    2 allowed. Before, `draining -> failed` was no edge: the life task ended on the TransitionError and the dead
+    member stayed `draining` for good."""
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)), max_failures=2)
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.processes["syn"]
+    assert member.pid is not None
+    os.kill(member.pid, signal.SIGKILL)  # the first failure
+    await until(lambda: member.ready and member.restarts == 1, 30, "the member back to ready")
+    async with member.request():  # a request in flight: the drain waits for it
+        planned = asyncio.create_task(member.restart_planned(member.recipe, "draft tuning: n 2 -> 1"))
+        await until(lambda: member.state is State.DRAINING, 10, "the drain")
+        assert member.pid is not None
+        os.kill(member.pid, signal.SIGKILL)
+        await until(lambda: member.state is State.FAILED, 30, f"the member to fail ({member.state})")
+    await planned
+    assert member.reason.startswith("gave up after 2 failures in a row: killed by SIGKILL")
+    assert [(c.old, c.new) for c in member.history][-1] == (State.DRAINING, State.FAILED)
+    assert member.pid is not None and not _alive(member.pid)
 
 
 async def test_model_that_fails_to_load_is_failed_with_log_reason_others_ready(
