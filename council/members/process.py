@@ -392,7 +392,9 @@ class MemberProcess:
     async def restart_planned(self, recipe: ProcessRecipe, reason: str) -> bool:
         """A restart on purpose with another recipe: ready → draining (no new requests), in-flight requests
         finish (up to the drain deadline), then stopping → stopped → starting with `recipe`. Not a failure:
-        no backoff, the failure streak is untouched. False (nothing done) unless the process is ready."""
+        no backoff, the failure streak is untouched. False (nothing done) unless the process is ready, or when it
+        crashed while draining and failed."""
+        running = self._running
         try:
             self.swap(State.READY, State.DRAINING, reason)
         except TransitionError:
@@ -401,6 +403,10 @@ class MemberProcess:
         deadline = time.monotonic() + self.config.drain_timeout
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if self.state is not State.DRAINING or self._running is not running:
+            # It crashed while draining: its restart already takes `recipe`; a planned one now would stop that
+            # fresh process again for nothing.
+            return self.state is not State.FAILED
         self._planned = reason
         return True
 

@@ -180,6 +180,27 @@ async def test_a_crash_while_draining_that_is_the_last_straw_fails_the_member(
     assert member.pid is not None and not _alive(member.pid)
 
 
+async def test_a_crash_while_draining_restarts_the_member_once(
+    supervise: Callable[..., Supervisor], mtp_model: Path
+) -> None:
+    """Before, the drain still armed its planned restart once it ended: the process the crash restart had brought
+    up (already with the new recipe) was stopped and started again for nothing."""
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)))
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.processes["syn"]
+    async with member.request():
+        planned = asyncio.create_task(member.restart_planned(member.recipe, "draft tuning: n 2 -> 1"))
+        await until(lambda: member.state is State.DRAINING, 10, "the drain")
+        assert member.pid is not None
+        os.kill(member.pid, signal.SIGKILL)
+        await until(lambda: member.state is State.BACKOFF, 10, "the crash to be seen")
+    assert await planned  # the new recipe is the one the restart takes
+    assert member._planned is None  # nothing left to stop the fresh process again
+    await until(lambda: member.ready, 30, "the member back to ready")
+    assert member.restarts == 1 and State.STOPPING not in [c.new for c in member.history]
+
+
 async def test_model_that_fails_to_load_is_failed_with_log_reason_others_ready(
     supervise: Callable[..., Supervisor], tmp_path: Path, mtp_model: Path
 ) -> None:
