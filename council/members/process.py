@@ -431,6 +431,24 @@ class MemberProcess:
             await self._http.close()
 
     async def _life(self) -> None:
+        """The member's life until it is stopped or gives up. A fault no step expects (a bug of ours) must not end
+        it silently, leaving the member `ready` or `starting` for good and never restarted: it stops the process
+        and makes the member `failed`, the fault as the reason (its traceback in the router's log)."""
+        try:
+            await self._live()
+        except Exception as exc:
+            log.exception("member %s: its life ended on an unexpected fault", self.name)
+            with contextlib.suppress(Exception):
+                await self._terminate("unexpected fault", final=False)
+            if self._stopping:
+                return  # stop() is under way and takes it to `stopped`
+            reason = f"council fault: {one_line(exc)}"
+            if is_valid_transition(self.state, State.FAILED):
+                self.swap(self.state, State.FAILED, reason)
+            else:  # stopped, stopping or failed: no step that can raise leaves it there, but say so if one does
+                log.error("member %s: left %s after the fault: %s", self.name, self.state.value, reason)
+
+    async def _live(self) -> None:
         cfg = self.config
         while not self._stopping:
             attempt = f"attempt {self.failures_in_row + 1}"

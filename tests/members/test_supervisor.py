@@ -201,6 +201,30 @@ async def test_a_crash_while_draining_restarts_the_member_once(
     assert member.restarts == 1 and State.STOPPING not in [c.new for c in member.history]
 
 
+async def test_an_unexpected_fault_in_the_life_loop_fails_the_member_and_stops_its_process(
+    supervise: Callable[..., Supervisor], mtp_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug of ours no server can show (here: reading /metrics raises). Before, it ended the member's life task:
+    the member stayed `ready` for good, never watched again, never restarted."""
+    from council.members import process as process_module
+
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)))
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.processes["syn"]
+    pid = member.pid
+    assert pid is not None
+
+    def broken(text: str, stats: object) -> None:
+        raise RuntimeError("a bug in the metrics parser")
+
+    monkeypatch.setattr(process_module, "parse_member_metrics", broken)
+    await until(lambda: member.state is State.FAILED, 30, f"the member to fail ({member.state})")
+    assert member.reason == "council fault: RuntimeError: a bug in the metrics parser"
+    assert not _alive(pid) and member._running is None
+    assert not list((member.config.run_dir / "pids").glob("*.json"))
+
+
 async def test_model_that_fails_to_load_is_failed_with_log_reason_others_ready(
     supervise: Callable[..., Supervisor], tmp_path: Path, mtp_model: Path
 ) -> None:
