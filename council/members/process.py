@@ -66,7 +66,9 @@ class LifeConfig:
     max_failures: int = 4  # failed starts or crashes in a row before `failed`
     stable_after: float = 30.0  # ready this long: the failure streak is forgotten
     watchdog_failures: int = 3  # failed requests (or health probes) in a row while the process lives
-    stuck_after: float = 300.0  # a request in flight this long means the member is stuck
+    # A request that got no byte from the member this long (or as long as its caller gives it, if longer: a
+    # council's timeout) means the member is stuck; a stream's every chunk counts.
+    stuck_after: float = 300.0
     drain_timeout: float = 30.0
     stop_timeout: float = 10.0  # SIGTERM, then SIGKILL
     log_bytes: int = 4 << 20  # per log file; one rotated copy is kept
@@ -208,7 +210,7 @@ class _Running:
     proc: asyncio.subprocess.Process
     reader: asyncio.Task[None]
     log: RotatingLog
-    request_starts: dict[int, float] = field(default_factory=dict)
+    requests: dict[int, RequestOutcome] = field(default_factory=dict)  # in flight, by id
     request_failures: int = 0
     last_failure: str = ""
 
@@ -217,13 +219,21 @@ class RequestOutcome:
     """What one request's caller reports about the member's part in it, for the watchdog: `succeeded()` (a
     readable answer: the failure streak ends), `failed(reason)` (a 5xx, an unreadable body, a broken stream)
     or nothing (a 4xx is the caller's fault; a request the router cancels says nothing about the member:
-    neither counts nor resets the streak). An exception leaving the block unreported is a failure."""
+    neither counts nor resets the streak). An exception leaving the block unreported is a failure.
 
-    __slots__ = ("ok", "reason")
+    `progressed()`, each time bytes of the answer arrive, tells the watchdog the member is not stuck: a request
+    is stuck once it has had no byte for `patience` seconds, however long it has run."""
 
-    def __init__(self) -> None:
+    __slots__ = ("last", "ok", "patience", "reason")
+
+    def __init__(self, patience: float) -> None:
         self.ok: bool | None = None
         self.reason = ""
+        self.patience = patience
+        self.last = time.monotonic()
+
+    def progressed(self) -> None:
+        self.last = time.monotonic()  # per chunk: one timestamp (~0.1 us), no lock, no other state
 
     def succeeded(self) -> None:
         self.ok, self.reason = True, ""
@@ -236,10 +246,12 @@ class _Accounted:
     """One request's accounting on its process (`MemberProcess.request`): a class, not a generator-based context
     manager, since every member call enters one (bench/hotpath.py --steps)."""
 
-    __slots__ = ("_outcome", "_process", "_rid", "_running")
+    __slots__ = ("_outcome", "_patience", "_process", "_rid", "_running")
 
-    def __init__(self, process: MemberProcess) -> None:
+    def __init__(self, process: MemberProcess, patience: float | None) -> None:
         self._process = process
+        stuck_after = process.config.stuck_after
+        self._patience = stuck_after if patience is None or patience < stuck_after else patience
 
     async def __aenter__(self) -> RequestOutcome:
         process = self._process
@@ -247,10 +259,10 @@ class _Accounted:
         process._request_ids += 1
         self._rid = process._request_ids
         process.in_flight += 1
+        self._outcome = outcome = RequestOutcome(self._patience)
         if running is not None:
-            running.request_starts[self._rid] = time.monotonic()
-        self._outcome = RequestOutcome()
-        return self._outcome
+            running.requests[self._rid] = outcome
+        return outcome
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -259,7 +271,7 @@ class _Accounted:
             outcome.failed(f"{type(exc).__name__}: {exc}"[:200])
         self._process.in_flight -= 1
         if running is not None:
-            running.request_starts.pop(self._rid, None)
+            running.requests.pop(self._rid, None)
             if outcome.ok:
                 running.request_failures = 0
             elif outcome.ok is not None:
@@ -369,15 +381,17 @@ class MemberProcess:
             )
         return self._http
 
-    def request(self) -> _Accounted:
-        """Count a request in flight; the outcome its caller reports feeds the watchdog (failures in a row) and
-        its age the stuck-request check. The caller judges the answer (`RequestOutcome`): a 5xx returns
-        normally, yet is the member's failure.
+    def request(self, patience: float | None = None) -> _Accounted:
+        """Count a request in flight; the outcome its caller reports feeds the watchdog (failures in a row), and
+        the progress it reports the stuck-request check: stuck after `stuck_after` seconds with no byte from the
+        member, or `patience`, when longer (a council's call: the council's deadline cancels it anyway, and a
+        member may read a long prompt for minutes before its first byte). The caller judges the answer
+        (`RequestOutcome`): a 5xx returns normally, yet is the member's failure.
 
         A request the router cancels (an early stop, a council deadline, a client that went away) is neither a
         success nor a failure: the member did nothing wrong, and three early stops in a row must not restart
         a healthy member. Cancellation (and a closed generator) is a BaseException, not an Exception."""
-        return _Accounted(self)
+        return _Accounted(self, patience)
 
     # ---- life -------------------------------------------------------------------------------------------
 
@@ -634,8 +648,9 @@ class MemberProcess:
             if running.request_failures >= self.config.watchdog_failures:
                 return f"watchdog: {running.request_failures} requests failed in a row (last: {running.last_failure})"
             now = time.monotonic()
-            if any(now - t > self.config.stuck_after for t in running.request_starts.values()):
-                return f"watchdog: a request has been in flight over {self.config.stuck_after:.0f}s"
+            stuck = next((r for r in running.requests.values() if now - r.last > r.patience), None)
+            if stuck is not None:
+                return f"watchdog: a request has had no byte from the member for over {stuck.patience:g}s"
             try:
                 ok = (await self._control.get(f"{spec.url}/health", timeout=2.0)).status_code == 200
             except httpx.HTTPError:
