@@ -524,7 +524,7 @@ class MemberProcess:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env={**os.environ, **spec.env}, start_new_session=True,
+                stderr=asyncio.subprocess.STDOUT, env=spec.environ(os.environ), start_new_session=True,
                 preexec_fn=_die_with_parent(os.getpid()),
             )
         except BaseException:

@@ -117,6 +117,26 @@ async def test_two_members_reach_ready_and_serve(supervise: Callable[..., Superv
             assert (await client.get(f"{member.spec.url}/props")).status_code == 401
 
 
+async def test_a_members_key_is_in_its_environment_not_its_world_readable_command_line(
+    supervise: Callable[..., Supervisor], mtp_model: Path
+) -> None:
+    """Before, `--api-key KEY` was in the member's argv, which every local user reads in /proc/PID/cmdline."""
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)))
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.processes["syn"]
+    key, proc = member.spec.api_key.encode(), Path(f"/proc/{member.pid}")
+    assert key not in (proc / "cmdline").read_bytes()
+    assert (proc / "cmdline").stat().st_mode & 0o777 == 0o444
+    assert b"LLAMA_API_KEY=" + key in (proc / "environ").read_bytes().split(b"\0")
+    assert (proc / "environ").stat().st_mode & 0o777 == 0o400  # its owner's alone
+    async with httpx.AsyncClient(base_url=member.spec.url) as client:
+        assert (await client.get("/props")).status_code == 401
+        assert (await client.get("/props", headers={"Authorization": "Bearer wrong"})).status_code == 401
+        answer = await client.get("/props", headers={"Authorization": f"Bearer {member.spec.api_key}"})
+        assert answer.status_code == 200 and Path(answer.json()["model_path"]) == mtp_model
+
+
 async def test_kill_9_member_is_back_within_backoff_other_untouched(
     supervise: Callable[..., Supervisor], mtp_model: Path
 ) -> None:
