@@ -124,7 +124,6 @@ def serve(
     """`council up` plus the HTTP API: OpenAI-compatible /v1/chat/completions where `model` is a council."""
     import uvicorn
 
-    from council.members.binary import find_llama_server
     from council.members.process import LifeConfig
     from council.paths import council_home
     from council.server.app import create_app
@@ -173,9 +172,7 @@ def serve(
             urlsplit(settings.advertise_url).hostname if settings.advertise_url else bind_host):
         raise fail(f"--role {role} publishes this host's members as {advertise}, which other routers cannot reach: "
                    "set server.advertise_url to how they reach this host (e.g. http://gpu-a:8080)", 2)
-    server = find_llama_server(require_mtp=False)
-    if server is None:
-        raise fail("no llama-server found: run `council setup`", 1)
+    server = llama_server_or_exit()
     if role != "router":  # a router launches nothing: its hosts check their own
         machine_fits_or_exit(loaded, server)
     try:  # bound before any member starts: a port already taken is one line, not members started for nothing

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from council.cli.console import app, err, fail, load_or_exit, out
+from council.cli.console import app, err, fail, llama_server_or_exit, load_or_exit, out
 
 
 def _ns(text: str) -> list[int]:
@@ -64,7 +64,6 @@ def tune(
 ) -> None:
     """Start MODEL's llama-server once per draft length, send the same prompts, print decode tok/s, acceptance,
     speed-up and memory per setting, and recommend the fastest n (exit 1 when no setting ran)."""
-    from council.members.binary import find_llama_server
     from council.members.sweep import PROMPTS, run_sweep
 
     loaded = load_or_exit(policy)
@@ -75,9 +74,7 @@ def tune(
         chosen = _prompts(prompts) or list(PROMPTS)
     except ValueError as exc:
         raise fail(str(exc), 2) from None
-    server = find_llama_server(require_mtp=False)
-    if server is None:
-        raise fail("no llama-server found: run `council setup`", 1)
+    server = llama_server_or_exit()
     out.print(f"tuning {model} ({loaded.policy.models[model].draft.type}): n = {', '.join(map(str, ns))}, "
               f"{len(chosen)} prompts × {tokens} tokens", highlight=False)
     try:
