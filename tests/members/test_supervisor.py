@@ -435,6 +435,27 @@ def test_council_up_sigterm_stops_everything_exit_0(
     assert _members_of(marker) == []
 
 
+def test_council_up_exits_1_once_every_member_failed(
+    tmp_path: Path, llama_server_bin: LlamaServerInfo
+) -> None:
+    """README: exit 1 for "members that did not start". Before, `council up` waited for Ctrl-C with nothing
+    running, and then exited 0."""
+    broken = tmp_path / f"broken-{time.monotonic_ns()}.gguf"
+    broken.write_bytes(SMOL.path.read_bytes()[: 2 << 20])  # a real header, then nothing
+    policy = tmp_path / "up.yaml"
+    policy.write_text(policy_yaml({"b": {"path": broken, "ctx_size": 512, "memory": "256MiB"}},
+                                  {"pair": {"members": [{"model": "b"}, {"model": "b"}]}}, memory="2GiB"))
+    env = {**os.environ, "COUNCIL_HOME": str(tmp_path), "LLAMA_SERVER": str(llama_server_bin.path)}
+    result = subprocess.run([sys.executable, "-m", "council", "up", str(policy)], capture_output=True, text=True,
+                            env=env, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.count("→ failed (gave up after 4 failures in a row") == 2
+    assert "all members stopped" in result.stdout
+    assert result.stderr.splitlines() == [
+        "error: every member failed, and none restarts: pair/0, pair/1 (their reasons above)"]
+    assert _members_of(str(broken)) == []
+
+
 def test_council_up_sigkill_leaves_no_member_behind(
     tmp_path: Path, mtp_model: Path, llama_server_bin: LlamaServerInfo
 ) -> None:
