@@ -127,10 +127,11 @@ councils:
 
 
 def member_endpoint(server_url: str) -> tuple[str, str, int]:
-    """URL and key of the council's member process (the key from its command line: bench only)."""
+    """URL and key of the council's member process (the key from its environment, which its owner may read: bench
+    only)."""
     member = next(m for m in httpx.get(f"{server_url}/admin/members").json()["members"] if m["name"] == "solo/0")
-    argv = Path(f"/proc/{member['pid']}/cmdline").read_bytes().split(b"\0")
-    key = argv[argv.index(b"--api-key") + 1].decode()
+    environ = Path(f"/proc/{member['pid']}/environ").read_bytes().split(b"\0")
+    key = next(v for k, _, v in (e.partition(b"=") for e in environ) if k == b"LLAMA_API_KEY").decode()
     return f"http://127.0.0.1:{member['port']}", key, member["pid"]
 
 

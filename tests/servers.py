@@ -92,17 +92,18 @@ class ServerExited(RuntimeError):
 
 
 def launch(binary: Path, model: Path, log_dir: Path, *extra: str, ctx: int = 512) -> RunningServer:
-    """Spawn llama-server on a free loopback port with a random API key (no waiting)."""
+    """Spawn llama-server on a free loopback port with a random API key, in its environment as members get theirs
+    (no waiting)."""
     port = free_port()
     key = secrets.token_hex(16)
     args = [
-        str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "--api-key", key,
+        str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
         "-c", str(ctx), "-t", "1", "-np", "1", "--metrics", *extra,
     ]
     log_path = log_dir / f"llama-server-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, "LLAMA_API_KEY": key})
     return RunningServer(proc=proc, url=f"http://127.0.0.1:{port}", api_key=key, log_path=log_path, args=args)
 
 

@@ -47,12 +47,16 @@ def load_or_exit(path: str) -> Any:
         raise typer.Exit(2) from None
 
 
-def llama_server_or_exit() -> Any:
-    """The installed llama-server, or exit 1 saying how to get one."""
-    from council.members.binary import find_llama_server
+def llama_server_or_exit(*, required: bool = True) -> Any:
+    """The installed llama-server, or exit 1 saying how to get one (None, when not `required`); exit 2 when
+    `$LLAMA_SERVER` names no usable one (bad input, never passed over for another build)."""
+    from council.members.binary import LlamaServerVariableError, find_llama_server
 
-    server = find_llama_server(require_mtp=False)
-    if server is None:
+    try:
+        server = find_llama_server(require_mtp=False)
+    except LlamaServerVariableError as exc:
+        raise fail(str(exc), 2) from None
+    if server is None and required:
         raise fail("no llama-server found: run `council setup`", 1)
     return server
 

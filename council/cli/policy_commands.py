@@ -9,18 +9,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from council.cli.console import app, err, fail, load_or_exit, out
+from council.cli.console import app, err, fail, llama_server_or_exit, load_or_exit, out
 
 
 @app.command()
 def check(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -> None:
     """Validate a policy: exit 0 when valid, 2 with one `file:line: path: message` per problem."""
-    from council.members.binary import find_llama_server
     from council.plan.estimate import read_model_header
     from council.policy.checks import environment_problems
 
     loaded = load_or_exit(policy)
-    server = find_llama_server(require_mtp=False)
+    server = llama_server_or_exit(required=False)
     problems = environment_problems(loaded, server, read_model_header)
     for problem in problems:
         err.print(problem.format(loaded.file), highlight=False, soft_wrap=True)

@@ -45,7 +45,9 @@ def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -
         raise fail("no council fits: nothing to start (see `council plan`)", 3)
     life = LifeConfig(run_dir=council_home() / "run", instance=f"{Path(policy).stem}-up-{os.getpid()}")
     supervisor = assemble(plan_result, server, life, listeners=[_change_line]).supervisor
-    asyncio.run(_run_until_signalled(supervisor))
+    failed = asyncio.run(_run_until_signalled(supervisor))
+    if failed:
+        raise fail(f"every member failed, and none restarts: {', '.join(failed)} (their reasons above)", 1)
 
 
 def _change_line(change: Any) -> None:
@@ -54,13 +56,25 @@ def _change_line(change: Any) -> None:
               + (f" ({change.reason})" if change.reason else ""), highlight=False)
 
 
-async def _run_until_signalled(supervisor: Any) -> None:
-    """Start, report every state change on one line, and stop cleanly on SIGINT or SIGTERM."""
+async def _run_until_signalled(supervisor: Any) -> list[str]:
+    """Start, report every state change on one line, and stop cleanly on SIGINT or SIGTERM, or once every member
+    is `failed` (a failed member is never restarted: nothing would ever run): then the failed members' names."""
     import asyncio
     import signal
 
     from rich.live import Live
 
+    from council.members.states import State
+
+    processes = list(supervisor.processes.values())
+    all_failed = asyncio.Event()
+
+    def on_change(change: Any) -> None:
+        if change.new is State.FAILED and all(m.state is State.FAILED for m in processes):
+            all_failed.set()
+
+    for process in processes:
+        process.listeners.append(on_change)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -79,13 +93,16 @@ async def _run_until_signalled(supervisor: Any) -> None:
     started = time.monotonic()
     settled = asyncio.create_task(supervisor.wait_settled(3600))
     waiter = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({settled, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if settled in done:
+    gave_up = asyncio.create_task(all_failed.wait())
+    done, _ = await asyncio.wait({settled, waiter, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+    if settled in done and not all_failed.is_set():
         states = [m.state for m in supervisor.processes.values()]
         ready = sum(s == "ready" for s in states)
         out.print(f"{ready}/{len(states)} members ready in {time.monotonic() - started:.1f}s; Ctrl-C stops them")
-    await waiter
-    settled.cancel()
+    await asyncio.wait({waiter, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+    failed = [m.name for m in processes] if all_failed.is_set() and not stop.is_set() else []
+    for task in (settled, waiter, gave_up):
+        task.cancel()
     out.print("stopping members…")
     await supervisor.stop()
     if live is not None:
@@ -93,6 +110,7 @@ async def _run_until_signalled(supervisor: Any) -> None:
         live.update(_members_table(supervisor), refresh=True)
         live.stop()
     out.print("all members stopped")
+    return failed
 
 
 def _members_table(supervisor: Any) -> Table:
@@ -124,7 +142,6 @@ def serve(
     """`council up` plus the HTTP API: OpenAI-compatible /v1/chat/completions where `model` is a council."""
     import uvicorn
 
-    from council.members.binary import find_llama_server
     from council.members.process import LifeConfig
     from council.paths import council_home
     from council.server.app import create_app
@@ -173,9 +190,7 @@ def serve(
             urlsplit(settings.advertise_url).hostname if settings.advertise_url else bind_host):
         raise fail(f"--role {role} publishes this host's members as {advertise}, which other routers cannot reach: "
                    "set server.advertise_url to how they reach this host (e.g. http://gpu-a:8080)", 2)
-    server = find_llama_server(require_mtp=False)
-    if server is None:
-        raise fail("no llama-server found: run `council setup`", 1)
+    server = llama_server_or_exit()
     if role != "router":  # a router launches nothing: its hosts check their own
         machine_fits_or_exit(loaded, server)
     try:  # bound before any member starts: a port already taken is one line, not members started for nothing

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from council.cli.console import app, err, fail, load_or_exit, out
+from council.cli.console import app, err, fail, llama_server_or_exit, load_or_exit, out
 
 if TYPE_CHECKING:
     from council.policy.schema import DraftConfig
@@ -68,7 +68,6 @@ def tune(
 ) -> None:
     """Start MODEL's llama-server once per draft length, send the same prompts, print decode tok/s, acceptance,
     speed-up and memory per setting, and recommend the fastest n (exit 1 when no setting ran)."""
-    from council.members.binary import find_llama_server
     from council.members.sweep import PROMPTS, run_sweep
     from council.policy.schema import FIXED_DRAFT_LENGTHS
 
@@ -90,9 +89,7 @@ def tune(
         json_path = _json_target(json_out)
     except ValueError as exc:
         raise fail(str(exc), 2) from None
-    server = find_llama_server(require_mtp=False)
-    if server is None:
-        raise fail("no llama-server found: run `council setup`", 1)
+    server = llama_server_or_exit()
     out.print(f"tuning {model} ({draft.type}): n = {', '.join(map(str, measured))}, "
               f"{len(chosen)} prompts × {tokens} tokens", highlight=False)
     if skipped := [k for k in ns if k not in measured]:

@@ -19,6 +19,11 @@ class LlamaServerError(CouncilError, RuntimeError):
     """The llama-server binary is missing or does not answer `--help` / `--version`."""
 
 
+class LlamaServerVariableError(LlamaServerError):
+    """`$LLAMA_SERVER` names no usable llama-server. Bad input, not a reason to look on: quietly taking the cached
+    build instead ran another build than the one asked for (a typo, or a fork that moved)."""
+
+
 @dataclass(frozen=True)
 class LlamaServerInfo:
     path: Path
@@ -92,12 +97,22 @@ def candidate_binaries() -> list[tuple[str, Path]]:
 
 
 def find_llama_server(*, require_mtp: bool = True) -> LlamaServerInfo | None:
-    """The first usable llama-server; with `require_mtp`, only one whose `--help` lists an MTP type."""
-    for _, path in candidate_binaries():
+    """The first usable llama-server; with `require_mtp`, only one whose `--help` lists an MTP type. A set
+    `$LLAMA_SERVER` is the only one looked at: LlamaServerVariableError when it is not usable."""
+    for origin, path in candidate_binaries():
+        resolved = path.resolve()
         try:
-            info = inspect_binary(path.resolve())
-        except LlamaServerError:
+            info = inspect_binary(resolved)
+        except LlamaServerError as exc:
+            if origin == "$LLAMA_SERVER":
+                raise LlamaServerVariableError(_named(str(exc).removeprefix(f"{resolved}: "))) from None
             continue
         if not require_mtp or info.mtp_spelling is not None:
             return info
+        if origin == "$LLAMA_SERVER":
+            raise LlamaServerVariableError(_named("its `--help` lists no MTP spec type (draft-mtp)"))
     return None
+
+
+def _named(why: str) -> str:
+    return f"LLAMA_SERVER={os.environ.get('LLAMA_SERVER', '')}: {why} (point it at a llama-server, or unset it)"

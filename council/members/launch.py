@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from council.errors import CouncilError
 from council.members.binary import LlamaServerInfo
 from council.policy.schema import ModelConfig, Policy
+
+# llama-server reads its `--api-key` from this variable too (common/arg.cpp). The key goes there, not in the
+# argument list: /proc/PID/cmdline is readable by every local user, /proc/PID/environ by the process's owner only.
+API_KEY_ENV = "LLAMA_API_KEY"
 
 
 class LaunchError(CouncilError, ValueError):
@@ -32,6 +37,11 @@ class LaunchSpec:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def environ(self, base: Mapping[str, str]) -> dict[str, str]:
+        """The process's whole environment: `base` (the router's), the spec's `env` and the API key (kept out of
+        `env`, which is printed and compared, as `api_key` is kept out of the repr)."""
+        return {**base, **self.env, API_KEY_ENV: self.api_key}
 
 
 def default_threads(processes_on_cpu: int) -> int:
@@ -100,8 +110,9 @@ def build_launch(
 ) -> LaunchSpec:
     """The argument list (never a shell string) and environment for one member process.
 
-    Members bind to 127.0.0.1 with a fresh random API key; `gpu` (an NVML index or UUID) becomes
-    CUDA_VISIBLE_DEVICES, and None hides every GPU (a member planned on host memory).
+    Members bind to 127.0.0.1 with a fresh random API key, passed in the environment (`LaunchSpec.environ`);
+    `gpu` (an NVML index or UUID) becomes CUDA_VISIBLE_DEVICES, and None hides every GPU (a member planned on
+    host memory).
     """
     model = policy.models[model_name].for_members(members)
     if model.path is None:
@@ -115,7 +126,6 @@ def build_launch(
         "--alias", model_name,
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--api-key", api_key,
         "--ctx-size", str(model.ctx_size),
         "--parallel", str(model.parallel),
         "--cache-type-k", model.cache_type_k,

@@ -71,11 +71,19 @@ class LineCutter:
         return text
 
 
+def signal_name(number: int) -> str:
+    """`SIGKILL`, or `signal 40` for one Python has no name for (a real-time signal: `Signals(40)` raises)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def exit_reason(log_tail: Iterable[str], code: int | None) -> str:
     """How the process ended, with the log line that says why (an error line, else the last one)."""
     tail = [_LOG_PREFIX.sub("", ln).strip() for ln in log_tail]
     telling = [ln for ln in tail if any(w in ln.lower() for w in ("error", "failed", "abort", "exception"))]
-    how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+    how = f"killed by {signal_name(-code)}" if code is not None and code < 0 else f"exited with code {code}"
     if telling:
         # The last few error lines go from specific to generic ("exiting due to ..."): the longest says most.
         return f"{how}: {max(telling[-6:], key=len)}"

@@ -66,7 +66,9 @@ class LifeConfig:
     max_failures: int = 4  # failed starts or crashes in a row before `failed`
     stable_after: float = 30.0  # ready this long: the failure streak is forgotten
     watchdog_failures: int = 3  # failed requests (or health probes) in a row while the process lives
-    stuck_after: float = 300.0  # a request in flight this long means the member is stuck
+    # A request that got no byte from the member this long (or as long as its caller gives it, if longer: a
+    # council's timeout) means the member is stuck; a stream's every chunk counts.
+    stuck_after: float = 300.0
     drain_timeout: float = 30.0
     stop_timeout: float = 10.0  # SIGTERM, then SIGKILL
     log_bytes: int = 4 << 20  # per log file; one rotated copy is kept
@@ -180,6 +182,22 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return apply
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line: its kind and message (a state's reason is one line)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def _model_path(props: httpx.Response) -> str | None:
+    """`/props`' `model_path`, or None when the body is not llama-server's (another program on the port)."""
+    try:
+        doc = props.json()
+    except ValueError:
+        return None
+    path = doc.get("model_path") if isinstance(doc, dict) else None
+    return path if isinstance(path, str) else None
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)  # the whole process group: llama-server and anything it started
@@ -192,7 +210,7 @@ class _Running:
     proc: asyncio.subprocess.Process
     reader: asyncio.Task[None]
     log: RotatingLog
-    request_starts: dict[int, float] = field(default_factory=dict)
+    requests: dict[int, RequestOutcome] = field(default_factory=dict)  # in flight, by id
     request_failures: int = 0
     last_failure: str = ""
 
@@ -201,13 +219,21 @@ class RequestOutcome:
     """What one request's caller reports about the member's part in it, for the watchdog: `succeeded()` (a
     readable answer: the failure streak ends), `failed(reason)` (a 5xx, an unreadable body, a broken stream)
     or nothing (a 4xx is the caller's fault; a request the router cancels says nothing about the member:
-    neither counts nor resets the streak). An exception leaving the block unreported is a failure."""
+    neither counts nor resets the streak). An exception leaving the block unreported is a failure.
 
-    __slots__ = ("ok", "reason")
+    `progressed()`, each time bytes of the answer arrive, tells the watchdog the member is not stuck: a request
+    is stuck once it has had no byte for `patience` seconds, however long it has run."""
 
-    def __init__(self) -> None:
+    __slots__ = ("last", "ok", "patience", "reason")
+
+    def __init__(self, patience: float) -> None:
         self.ok: bool | None = None
         self.reason = ""
+        self.patience = patience
+        self.last = time.monotonic()
+
+    def progressed(self) -> None:
+        self.last = time.monotonic()  # per chunk: one timestamp (~0.1 us), no lock, no other state
 
     def succeeded(self) -> None:
         self.ok, self.reason = True, ""
@@ -220,10 +246,12 @@ class _Accounted:
     """One request's accounting on its process (`MemberProcess.request`): a class, not a generator-based context
     manager, since every member call enters one (bench/hotpath.py --steps)."""
 
-    __slots__ = ("_outcome", "_process", "_rid", "_running")
+    __slots__ = ("_outcome", "_patience", "_process", "_rid", "_running")
 
-    def __init__(self, process: MemberProcess) -> None:
+    def __init__(self, process: MemberProcess, patience: float | None) -> None:
         self._process = process
+        stuck_after = process.config.stuck_after
+        self._patience = stuck_after if patience is None or patience < stuck_after else patience
 
     async def __aenter__(self) -> RequestOutcome:
         process = self._process
@@ -231,10 +259,10 @@ class _Accounted:
         process._request_ids += 1
         self._rid = process._request_ids
         process.in_flight += 1
+        self._outcome = outcome = RequestOutcome(self._patience)
         if running is not None:
-            running.request_starts[self._rid] = time.monotonic()
-        self._outcome = RequestOutcome()
-        return self._outcome
+            running.requests[self._rid] = outcome
+        return outcome
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -243,7 +271,7 @@ class _Accounted:
             outcome.failed(f"{type(exc).__name__}: {exc}"[:200])
         self._process.in_flight -= 1
         if running is not None:
-            running.request_starts.pop(self._rid, None)
+            running.requests.pop(self._rid, None)
             if outcome.ok:
                 running.request_failures = 0
             elif outcome.ok is not None:
@@ -353,15 +381,17 @@ class MemberProcess:
             )
         return self._http
 
-    def request(self) -> _Accounted:
-        """Count a request in flight; the outcome its caller reports feeds the watchdog (failures in a row) and
-        its age the stuck-request check. The caller judges the answer (`RequestOutcome`): a 5xx returns
-        normally, yet is the member's failure.
+    def request(self, patience: float | None = None) -> _Accounted:
+        """Count a request in flight; the outcome its caller reports feeds the watchdog (failures in a row), and
+        the progress it reports the stuck-request check: stuck after `stuck_after` seconds with no byte from the
+        member, or `patience`, when longer (a council's call: the council's deadline cancels it anyway, and a
+        member may read a long prompt for minutes before its first byte). The caller judges the answer
+        (`RequestOutcome`): a 5xx returns normally, yet is the member's failure.
 
         A request the router cancels (an early stop, a council deadline, a client that went away) is neither a
         success nor a failure: the member did nothing wrong, and three early stops in a row must not restart
         a healthy member. Cancellation (and a closed generator) is a BaseException, not an Exception."""
-        return _Accounted(self)
+        return _Accounted(self, patience)
 
     # ---- life -------------------------------------------------------------------------------------------
 
@@ -376,7 +406,9 @@ class MemberProcess:
     async def restart_planned(self, recipe: ProcessRecipe, reason: str) -> bool:
         """A restart on purpose with another recipe: ready → draining (no new requests), in-flight requests
         finish (up to the drain deadline), then stopping → stopped → starting with `recipe`. Not a failure:
-        no backoff, the failure streak is untouched. False (nothing done) unless the process is ready."""
+        no backoff, the failure streak is untouched. False (nothing done) unless the process is ready, or when it
+        crashed while draining and failed."""
+        running = self._running
         try:
             self.swap(State.READY, State.DRAINING, reason)
         except TransitionError:
@@ -385,6 +417,10 @@ class MemberProcess:
         deadline = time.monotonic() + self.config.drain_timeout
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if self.state is not State.DRAINING or self._running is not running:
+            # It crashed while draining: its restart already takes `recipe`; a planned one now would stop that
+            # fresh process again for nothing.
+            return self.state is not State.FAILED
         self._planned = reason
         return True
 
@@ -409,6 +445,24 @@ class MemberProcess:
             await self._http.close()
 
     async def _life(self) -> None:
+        """The member's life until it is stopped or gives up. A fault no step expects (a bug of ours) must not end
+        it silently, leaving the member `ready` or `starting` for good and never restarted: it stops the process
+        and makes the member `failed`, the fault as the reason (its traceback in the router's log)."""
+        try:
+            await self._live()
+        except Exception as exc:
+            log.exception("member %s: its life ended on an unexpected fault", self.name)
+            with contextlib.suppress(Exception):
+                await self._terminate("unexpected fault", final=False)
+            if self._stopping:
+                return  # stop() is under way and takes it to `stopped`
+            reason = f"council fault: {one_line(exc)}"
+            if is_valid_transition(self.state, State.FAILED):
+                self.swap(self.state, State.FAILED, reason)
+            else:  # stopped, stopping or failed: no step that can raise leaves it there, but say so if one does
+                log.error("member %s: left %s after the fault: %s", self.name, self.state.value, reason)
+
+    async def _live(self) -> None:
         cfg = self.config
         while not self._stopping:
             attempt = f"attempt {self.failures_in_row + 1}"
@@ -450,31 +504,38 @@ class MemberProcess:
         return False
 
     async def _start_once(self) -> None:
-        spec = self.recipe.make_spec(free_port())
-        self.spec = spec
-        await self._spawn(spec)
-        running = self._running
-        assert running is not None
+        """One start: spawn, healthy and ours, warm-up. Whatever goes wrong, the member's fault or one on our side
+        (a binary gone, a full disk, a port answering something else), stops what was spawned and is this start's
+        failure: escaping as anything else, it ended the life task and left the member `starting` for good."""
         try:
+            spec = self.recipe.make_spec(free_port())
+            self.spec = spec
+            running = await self._spawn(spec)
             await self._wait_healthy(spec, running)
             self.swap(State.STARTING, State.WARMING, "health ok, model verified")
             await self._warm_up(spec, running)
-        except (StartFailed, httpx.HTTPError) as exc:
+        except Exception as exc:
             await self._terminate("start failed", final=False)
-            raise StartFailed(str(exc) if isinstance(exc, StartFailed) else f"{type(exc).__name__}: {exc}") from None
+            raise StartFailed(str(exc) if isinstance(exc, StartFailed) else one_line(exc)) from None
         self.swap(State.WARMING, State.READY, "warm-up completion succeeded")
 
-    async def _spawn(self, spec: LaunchSpec) -> None:
+    async def _spawn(self, spec: LaunchSpec) -> _Running:
         log = RotatingLog(self.log_path, self.config.log_bytes)
-        proc = await asyncio.create_subprocess_exec(
-            *spec.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env={**os.environ, **spec.env}, start_new_session=True,
-            preexec_fn=_die_with_parent(os.getpid()),
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *spec.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=spec.environ(os.environ), start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
+        except BaseException:
+            log.close()
+            raise
         self.pid = proc.pid
-        self._pids.add(proc.pid, self.name)
         reader = asyncio.create_task(self._read_log(proc, log))
-        self._running = _Running(proc=proc, reader=reader, log=log)
+        # Ours to stop from here on: the pid file comes after, so a failure to write it still finds the process.
+        self._running = running = _Running(proc=proc, reader=reader, log=log)
+        self._pids.add(proc.pid, self.name)
+        return running
 
     async def _read_log(self, proc: asyncio.subprocess.Process, log: RotatingLog) -> None:
         """Copy the output to the log file (every byte) and each line, cut at LINE_LIMIT, to the tail and the
@@ -542,7 +603,7 @@ class MemberProcess:
                 health = await self._control.get(f"{spec.url}/health", timeout=2.0)
                 if health.status_code == 200:
                     props = await self._control.get(f"{spec.url}/props", headers=headers, timeout=5.0)
-                    path = props.json().get("model_path") if props.status_code == 200 else None
+                    path = _model_path(props) if props.status_code == 200 else None
                     if proc.returncode is None and path and Path(path).resolve() == spec.model_path.resolve():
                         return
                     raise StartFailed(f"port {spec.port} answers, but not as our member "
@@ -587,8 +648,9 @@ class MemberProcess:
             if running.request_failures >= self.config.watchdog_failures:
                 return f"watchdog: {running.request_failures} requests failed in a row (last: {running.last_failure})"
             now = time.monotonic()
-            if any(now - t > self.config.stuck_after for t in running.request_starts.values()):
-                return f"watchdog: a request has been in flight over {self.config.stuck_after:.0f}s"
+            stuck = next((r for r in running.requests.values() if now - r.last > r.patience), None)
+            if stuck is not None:
+                return f"watchdog: a request has had no byte from the member for over {stuck.patience:g}s"
             try:
                 ok = (await self._control.get(f"{spec.url}/health", timeout=2.0)).status_code == 200
             except httpx.HTTPError:
@@ -628,9 +690,13 @@ class MemberProcess:
                     await proc.wait()
             _signal_group(proc.pid, signal.SIGKILL)  # stragglers left in its group
             await self._reap_reader(running)
-            running.log.close()
-            self._pids.remove(proc.pid)
             self._running = None
+            # Dead and reaped: a log or pid file that cannot be closed or removed (a full or read-only disk) must
+            # not make the stop, or the failed start that called it, fail in turn.
+            with contextlib.suppress(OSError):
+                running.log.close()
+            with contextlib.suppress(OSError):
+                self._pids.remove(proc.pid)
         if final:
             with contextlib.suppress(TransitionError):
                 self.swap(State.STOPPING, State.STOPPED, reason)

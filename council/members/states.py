@@ -29,7 +29,9 @@ VALID_TRANSITIONS: dict[State, frozenset[State]] = {
     State.STARTING: frozenset({State.WARMING, State.BACKOFF, State.FAILED, State.STOPPING}),
     State.WARMING: frozenset({State.READY, State.BACKOFF, State.FAILED, State.STOPPING}),
     State.READY: frozenset({State.DRAINING, State.BACKOFF, State.FAILED, State.STOPPING}),
-    State.DRAINING: frozenset({State.STOPPING, State.BACKOFF}),
+    # A crash while draining (a planned restart) is a failure like one while ready: backoff, or, the last in a
+    # row, failed at once (through backoff would announce a restart that never comes).
+    State.DRAINING: frozenset({State.STOPPING, State.BACKOFF, State.FAILED}),
     State.BACKOFF: frozenset({State.STARTING, State.FAILED, State.STOPPING}),
     State.STOPPING: frozenset({State.STOPPED}),
     State.FAILED: frozenset({State.STARTING, State.STOPPING}),

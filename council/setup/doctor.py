@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from council.members.binary import find_llama_server
+from council.members.binary import LlamaServerVariableError, find_llama_server
 from council.plan.gpus import Gpu, nvml_gpus
 from council.setup.catalog import CATALOG
 from council.setup.install.models import model_status
@@ -30,7 +30,12 @@ def redis_reachable(url: str, timeout_s: float = 0.5) -> bool:
 def diagnose(*, redis_url: str | None = None, gpus: Callable[[], list[Gpu]] = nvml_gpus) -> dict[str, Any]:
     """The doctor's report. Healthy = an MTP-capable llama-server and every default model intact. `gpus` reads
     the inventory (NVML; a test hands in its own)."""
-    info = find_llama_server(require_mtp=False)
+    problems = []
+    try:
+        info = find_llama_server(require_mtp=False)
+    except LlamaServerVariableError as exc:  # a failed check, not a reason to report another build
+        info = None
+        problems.append(str(exc))
     server = None
     if info is not None:
         server = {"path": str(info.path), "build": info.build, "version": info.version,
@@ -45,9 +50,9 @@ def diagnose(*, redis_url: str | None = None, gpus: Callable[[], list[Gpu]] = nv
     url = redis_url or os.environ.get("COUNCIL_REDIS_URL") or DEFAULT_REDIS_URL
     seen = [{"name": g.name, "memory_bytes": g.memory_bytes, "free_bytes": g.free_bytes, "source": g.source,
              "uuid": g.uuid} for g in gpus()]
-    problems = []
     if server is None:
-        problems.append("no llama-server found: run `council setup`")
+        if not problems:
+            problems.append("no llama-server found: run `council setup`")
     elif server["mtp"] is None:
         problems.append(f"{server['path']} has no MTP spec type: run `council setup`")
     for m in models:

@@ -10,7 +10,7 @@ serves is called on the host that runs it; a `remote:` model's seat is called th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from council.members.binary import LlamaServerInfo
 from council.members.fleet import recipes_from_plan
@@ -125,12 +125,15 @@ class Assembly:
                 elif process is None and self.elsewhere is not None:
                     # Limited on the host that runs it: its relay goes through that process's limiter.
                     find = self.elsewhere
-                    client = HttpMemberClient(endpoint=lambda s=seat_name, find=find: find(s), limiter=NoLimit())
+                    client = HttpMemberClient(endpoint=lambda s=seat_name, find=find: find(s), limiter=NoLimit(),
+                                              patience=config.timeout)
                 else:
                     assert process is not None, f"seat {seat_name} has no process"
                     client = HttpMemberClient(endpoint=endpoint_of(process), target=process.name,
-                                              limiter=limits.for_target(process.name, member.rate_limit))
-                    clients.setdefault(process.name, client)
+                                              limiter=limits.for_target(process.name, member.rate_limit),
+                                              patience=config.timeout)
+                    # Passthrough has no deadline of its own: the watchdog's patience, not this council's.
+                    clients.setdefault(process.name, replace(client, patience=None))
                 seats.append(Seat(name=seat_name, order=order, model=member.model, weight=member.weight,
                                   sampling=member.sampling, client=client, tool_instructions=member.tool_instructions))
             engines[name] = CouncilEngine(name, config, seats, self.ballots)

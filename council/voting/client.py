@@ -246,6 +246,9 @@ class CallOutcome(Protocol):
 
     def failed(self, reason: str) -> None: ...
 
+    def progressed(self) -> None:
+        """Bytes of the answer arrived: the member is not stuck (a stream's every chunk)."""
+
 
 class Unaccounted:
     """The outcome of a call no local watchdog follows (a member on another host counts its own)."""
@@ -256,8 +259,11 @@ class Unaccounted:
     def failed(self, reason: str) -> None:
         pass
 
+    def progressed(self) -> None:
+        pass
 
-def _unaccounted() -> contextlib.AbstractAsyncContextManager[CallOutcome]:
+
+def _unaccounted(patience: float | None = None) -> contextlib.AbstractAsyncContextManager[CallOutcome]:
     return contextlib.nullcontext(Unaccounted())
 
 
@@ -276,13 +282,14 @@ class SlotHolder(Protocol):
 @dataclass
 class Endpoint:
     """Where a member answers now (it moves on restart) and what a call must hold while it runs: the HTTP
-    session, the process's `parallel` slots and its request accounting (the watchdog's view)."""
+    session, the process's `parallel` slots and its request accounting (the watchdog's view), which takes the
+    call's patience (`HttpMemberClient.patience`)."""
 
     name: str
     url: str
     api_key: str
     http: aiohttp.ClientSession
-    request: Callable[[], contextlib.AbstractAsyncContextManager[CallOutcome]] = _unaccounted
+    request: Callable[[float | None], contextlib.AbstractAsyncContextManager[CallOutcome]] = _unaccounted
     slots: SlotHolder | None = None
     headers: dict[str, str] = field(init=False, repr=False)  # every call's; aiohttp copies them, never changes them
 
@@ -310,6 +317,10 @@ class HttpMemberClient:
     # What the calls go to (a process name): seats with the same target and the same request can share one
     # request with `n` (one prompt pass for several samples). None: never grouped.
     target: str | None = None
+    # How long a call may go without a byte from the member before the member's watchdog takes it for stuck,
+    # where longer than the watchdog's own `stuck_after`: a council's timeout (its deadline cancels the call
+    # anyway). None (passthrough): the watchdog's.
+    patience: float | None = None
 
     @contextlib.asynccontextmanager
     async def _call(self, where: Endpoint, path: str, data: bytes,
@@ -320,7 +331,7 @@ class HttpMemberClient:
         a failure; a cancellation (an early stop) as nothing."""
         # Cancelling this (an early stop) drops the connection, which frees the member's llama-server slots.
         async with (self.limiter.slot(width), where.slots.hold(width) if where.slots else GO,
-                    where.request() as outcome, await _post(where, path, data) as response):
+                    where.request(self.patience) as outcome, await _post(where, path, data) as response):
             if member_fault(response.status):
                 outcome.failed(f"member answered {response.status}")
             yield response, outcome
@@ -370,7 +381,7 @@ class HttpMemberClient:
                             yield i, MemberReply(status="error", latency_ms=(time.monotonic() - start) * 1000,
                                                  http_status=response.status, error=error)
                         return
-                    async for index, reply in _stream_choices(response, n, start, streaming):
+                    async for index, reply in _stream_choices(response, outcome, n, start, streaming):
                         done.add(index)
                         yield index, reply
                     error = "the member's stream ended before every choice finished"
@@ -443,6 +454,7 @@ async def _chunks(response: aiohttp.ClientResponse, outcome: CallOutcome, name: 
     (an error in its loop never passes through the accounting). A stream that breaks raises `MemberFailed`."""
     try:
         async for chunk in response.content.iter_any():
+            outcome.progressed()
             yield chunk
     except aiohttp.ClientError as exc:
         outcome.failed(f"the member's stream broke: {type(exc).__name__}")
@@ -462,11 +474,12 @@ def _readable(relayed: Relayed) -> bool:
     return True
 
 
-async def _stream_choices(response: aiohttp.ClientResponse, n: int, start: float,
+async def _stream_choices(response: aiohttp.ClientResponse, outcome: CallOutcome, n: int, start: float,
                           streaming: Streaming | None = None) -> AsyncIterator[tuple[int, MemberReply]]:
     """Read an `n`-choice chat stream (server-sent events): yield each choice when its usage chunk (which
     follows its last chunk) arrives, or when the next event shows the usage is not coming. Each index is yielded
-    once; chunks for an index already yielded are ignored. The choices still open are kept in `streaming`."""
+    once; chunks for an index already yielded are ignored. The choices still open are kept in `streaming`; each
+    line read is `outcome`'s progress."""
     open_choices: dict[int, _Choice] = Streaming() if streaming is None else streaming
     finished: list[int] = []  # ended, waiting for their usage chunk
     yielded: set[int] = set()
@@ -478,6 +491,7 @@ async def _stream_choices(response: aiohttp.ClientResponse, n: int, start: float
         return index, reply
 
     async for raw_line in response.content:
+        outcome.progressed()
         line = raw_line.strip()
         if not line.startswith(b"data:"):
             continue

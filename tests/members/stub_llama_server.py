@@ -1,9 +1,10 @@
 """A stand-in llama-server for faults a real one cannot be made to show: it starts as a member (`/health` 200,
 `/props` naming our model file, the warm-up `/completion` answered), then answers each chat completion as its
 body's `stub` field asks: `ok`, a status (`500`, `400`, `501`), `garbage` (200 with a body that is not JSON),
-`broken` (a 200 stream cut off mid-way), `hang`, or `long-log` (answers, then writes a 200 KB line to its output,
-as llama-server `--verbose` does with a request body, and a short line after it). `GET /stub/health` says how many
-health probes it answered, so a test can wait until the watchdog has looked again.
+`broken` (a 200 stream cut off mid-way), `hang`, `slow` (answers after SLOW seconds of silence; streamed, a chunk
+every tenth of a second for SLOW seconds: a long answer making progress), or `long-log` (answers, then writes a
+200 KB line to its output, as llama-server `--verbose` does with a request body, and a short line after it).
+`GET /stub/health` says how many health probes it answered, so a test can wait until the watchdog has looked again.
 
 Run as `python stub_llama_server.py --port PORT --model-path PATH`.
 """
@@ -17,6 +18,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 health_probes = 0
+SLOW = 2.0
 lock = threading.Lock()
 
 
@@ -61,6 +63,9 @@ def serve(port: int, model_path: str) -> None:
             mode = str(body.get("stub", "ok"))
             if mode == "hang":
                 time.sleep(3600)
+            elif mode == "slow" and not body.get("stream"):
+                time.sleep(SLOW)
+                self.send(200, json.dumps(completion("ok")).encode())
             elif mode == "long-log":
                 self.send(200, json.dumps(completion("ok")).encode())
                 # After the answer: an undrained pipe blocks only this thread, not the test's request.
@@ -72,7 +77,7 @@ def serve(port: int, model_path: str) -> None:
                 error = {"error": {"code": int(mode), "message": f"stub says {mode}", "type": "server_error"}}
                 self.send(int(mode), json.dumps(error).encode())
             elif body.get("stream"):
-                self.stream(int(body.get("n", 1)), broken=mode == "broken")
+                self.stream(int(body.get("n", 1)), broken=mode == "broken", slow=mode == "slow")
             elif mode == "broken":  # promises more bytes than it sends
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -83,7 +88,7 @@ def serve(port: int, model_path: str) -> None:
             else:
                 self.send(200, json.dumps(completion("ok")).encode())
 
-        def stream(self, n: int, broken: bool) -> None:
+        def stream(self, n: int, broken: bool, slow: bool = False) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
@@ -95,7 +100,10 @@ def serve(port: int, model_path: str) -> None:
 
             for i in range(n):
                 event = {"choices": [{"index": i, "delta": {"content": "ok"}, "finish_reason": None}]}
-                chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+                for _ in range(round(SLOW * 10 / n) if slow else 1):
+                    if slow:
+                        time.sleep(0.1)
+                    chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
                 if broken:  # cut off: no last chunk, the connection closes
                     self.close_connection = True
                     return

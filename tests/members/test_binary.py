@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
-from council.members.binary import LlamaServerInfo, parse_build, parse_spec_types
+from council.members.binary import (
+    LlamaServerInfo,
+    LlamaServerVariableError,
+    find_llama_server,
+    inspect_binary,
+    parse_build,
+    parse_spec_types,
+)
 from council.setup.catalog import ModelSource, models_for
 from tests.servers import RunningServer
 
@@ -28,6 +36,24 @@ def test_installed_build_lists_draft_mtp(llama_server_bin: LlamaServerInfo) -> N
 )
 def test_parse_spec_types_handles_both_list_styles(help_text: str, expected: tuple[str, ...]) -> None:
     assert parse_spec_types(help_text) == expected
+
+
+def test_a_set_llama_server_variable_is_the_only_one_looked_at(
+    llama_server_bin: LlamaServerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A llama-server without MTP named by `$LLAMA_SERVER` serves what needs no MTP; where MTP is required it is an
+    error naming the variable, not a reason to take the cached build."""
+    no_mtp = tmp_path / "llama-server"
+    no_mtp.write_text("#!/bin/sh\necho '--port N   port to listen on'\necho 'version: 1 (abc)'\n")
+    no_mtp.chmod(0o755)
+    inspect_binary.cache_clear()
+    monkeypatch.setenv("LLAMA_SERVER", str(no_mtp))
+    found = find_llama_server(require_mtp=False)
+    assert found is not None and found.path == no_mtp.resolve() and found.mtp_spelling is None
+    with pytest.raises(LlamaServerVariableError, match=f"^LLAMA_SERVER={no_mtp}: its `--help` lists no MTP"):
+        find_llama_server(require_mtp=True)
+    monkeypatch.setenv("LLAMA_SERVER", str(llama_server_bin.path))
+    assert find_llama_server() == llama_server_bin
 
 
 def test_parse_build() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from council.members.binary import LlamaServerInfo
-from council.members.launch import LaunchError, build_launch, default_threads
+from council.members.launch import API_KEY_ENV, LaunchError, build_launch, default_threads
 from council.policy.schema import ModelConfig, Policy
 
 SERVER = LlamaServerInfo(path=Path("/opt/llama-server"), build=11434, version="",
@@ -34,7 +34,6 @@ def test_secure_defaults_and_policy_values() -> None:
     assert argv[0] == "/opt/llama-server"
     assert value(argv, "--host") == "127.0.0.1"
     assert value(argv, "--port") == "4321"
-    assert len(value(argv, "--api-key")) >= 24
     assert value(argv, "--ctx-size") == "8192" and value(argv, "--parallel") == "1"
     assert value(argv, "--cache-type-k") == "q4_0" and value(argv, "--cache-type-v") == "q4_0"
     assert value(argv, "--flash-attn") == "on" and "--kv-unified" in argv
@@ -43,6 +42,16 @@ def test_secure_defaults_and_policy_values() -> None:
     assert value(argv, "--fit") == "off"  # the plan sized it; llama-server must not re-fit at launch
     assert value(argv, "--cache-ram") == "0"
     assert argv[-2:] == ["--seed", "1"]  # the policy's extra args come last, verbatim
+
+
+def test_the_key_is_in_the_environment_never_the_argument_list() -> None:
+    """Before, `--api-key KEY` was in argv: /proc/PID/cmdline is readable by every local user."""
+    policy = Policy(models={"m": ModelConfig(path=Path("/m.gguf"), args=["--seed", "1"])})
+    spec = build_launch(key="k", model_name="m", policy=policy, server=SERVER, port=1, gpu="0")
+    assert "--api-key" not in spec.argv and spec.api_key not in " ".join(spec.argv)
+    assert len(spec.api_key) >= 24 and spec.api_key not in repr(spec) and API_KEY_ENV not in spec.env
+    environ = spec.environ({"PATH": "/bin", API_KEY_ENV: "the router's own"})
+    assert environ == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", API_KEY_ENV: spec.api_key}
 
 
 def test_every_start_gets_its_own_key() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -116,6 +117,26 @@ async def test_two_members_reach_ready_and_serve(supervise: Callable[..., Superv
             assert (await client.get(f"{member.spec.url}/props")).status_code == 401
 
 
+async def test_a_members_key_is_in_its_environment_not_its_world_readable_command_line(
+    supervise: Callable[..., Supervisor], mtp_model: Path
+) -> None:
+    """Before, `--api-key KEY` was in the member's argv, which every local user reads in /proc/PID/cmdline."""
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)))
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.processes["syn"]
+    key, proc = member.spec.api_key.encode(), Path(f"/proc/{member.pid}")
+    assert key not in (proc / "cmdline").read_bytes()
+    assert (proc / "cmdline").stat().st_mode & 0o777 == 0o444
+    assert b"LLAMA_API_KEY=" + key in (proc / "environ").read_bytes().split(b"\0")
+    assert (proc / "environ").stat().st_mode & 0o777 == 0o400  # its owner's alone
+    async with httpx.AsyncClient(base_url=member.spec.url) as client:
+        assert (await client.get("/props")).status_code == 401
+        assert (await client.get("/props", headers={"Authorization": "Bearer wrong"})).status_code == 401
+        answer = await client.get("/props", headers={"Authorization": f"Bearer {member.spec.api_key}"})
+        assert answer.status_code == 200 and Path(answer.json()["model_path"]) == mtp_model
+
+
 async def test_kill_9_member_is_back_within_backoff_other_untouched(
     supervise: Callable[..., Supervisor], mtp_model: Path
 ) -> None:
@@ -133,6 +154,95 @@ async def test_kill_9_member_is_back_within_backoff_other_untouched(
     backoff = next(c for c in a.history if c.new is State.BACKOFF)
     assert "killed by SIGKILL" in backoff.reason and "restarting in 0.2s" in backoff.reason
     assert b.pid == b_pid and len(b.history) == b_history and b.ready  # b never moved
+
+
+async def test_a_member_killed_by_a_real_time_signal_is_restarted(
+    supervise: Callable[..., Supervisor], mtp_model: Path
+) -> None:
+    """Python names no real-time signal (`signal.Signals(40)` raises): before, naming the exit ended the member's
+    life task, and the dead member stayed `ready` for good."""
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)))
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.processes["syn"]
+    old_pid = member.pid
+    assert old_pid is not None
+    rt = signal.SIGRTMIN + 6
+    os.kill(old_pid, rt)
+    await until(lambda: member.ready and member.restarts == 1, 30, "the member back to ready")
+    assert member.pid != old_pid
+    backoff = next(c for c in member.history if c.new is State.BACKOFF)
+    assert backoff.reason.startswith(f"killed by signal {int(rt)}")
+
+
+async def test_a_crash_while_draining_that_is_the_last_straw_fails_the_member(
+    supervise: Callable[..., Supervisor], mtp_model: Path
+) -> None:
+    """A planned restart (live draft tuning) drains the member; it crashes meanwhile, its 2nd failure in a row of
+    2 allowed. Before, `draining -> failed` was no edge: the life task ended on the TransitionError and the dead
+    member stayed `draining` for good."""
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)), max_failures=2)
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.processes["syn"]
+    assert member.pid is not None
+    os.kill(member.pid, signal.SIGKILL)  # the first failure
+    await until(lambda: member.ready and member.restarts == 1, 30, "the member back to ready")
+    async with member.request():  # a request in flight: the drain waits for it
+        planned = asyncio.create_task(member.restart_planned(member.recipe, "draft tuning: n 2 -> 1"))
+        await until(lambda: member.state is State.DRAINING, 10, "the drain")
+        assert member.pid is not None
+        os.kill(member.pid, signal.SIGKILL)
+        await until(lambda: member.state is State.FAILED, 30, f"the member to fail ({member.state})")
+    await planned
+    assert member.reason.startswith("gave up after 2 failures in a row: killed by SIGKILL")
+    assert [(c.old, c.new) for c in member.history][-1] == (State.DRAINING, State.FAILED)
+    assert member.pid is not None and not _alive(member.pid)
+
+
+async def test_a_crash_while_draining_restarts_the_member_once(
+    supervise: Callable[..., Supervisor], mtp_model: Path
+) -> None:
+    """Before, the drain still armed its planned restart once it ended: the process the crash restart had brought
+    up (already with the new recipe) was stopped and started again for nothing."""
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)))
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.processes["syn"]
+    async with member.request():
+        planned = asyncio.create_task(member.restart_planned(member.recipe, "draft tuning: n 2 -> 1"))
+        await until(lambda: member.state is State.DRAINING, 10, "the drain")
+        assert member.pid is not None
+        os.kill(member.pid, signal.SIGKILL)
+        await until(lambda: member.state is State.BACKOFF, 10, "the crash to be seen")
+    assert await planned  # the new recipe is the one the restart takes
+    assert member._planned is None  # nothing left to stop the fresh process again
+    await until(lambda: member.ready, 30, "the member back to ready")
+    assert member.restarts == 1 and State.STOPPING not in [c.new for c in member.history]
+
+
+async def test_an_unexpected_fault_in_the_life_loop_fails_the_member_and_stops_its_process(
+    supervise: Callable[..., Supervisor], mtp_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug of ours no server can show (here: reading /metrics raises). Before, it ended the member's life task:
+    the member stayed `ready` for good, never watched again, never restarted."""
+    from council.members import process as process_module
+
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)))
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.processes["syn"]
+    pid = member.pid
+    assert pid is not None
+
+    def broken(text: str, stats: object) -> None:
+        raise RuntimeError("a bug in the metrics parser")
+
+    monkeypatch.setattr(process_module, "parse_member_metrics", broken)
+    await until(lambda: member.state is State.FAILED, 30, f"the member to fail ({member.state})")
+    assert member.reason == "council fault: RuntimeError: a bug in the metrics parser"
+    assert not _alive(pid) and member._running is None
+    assert not list((member.config.run_dir / "pids").glob("*.json"))
 
 
 async def test_model_that_fails_to_load_is_failed_with_log_reason_others_ready(
@@ -186,12 +296,15 @@ async def test_watchdog_restarts_a_live_member_whose_requests_fail(
     assert any("watchdog: 2 requests failed in a row" in c.reason for c in member.history)
 
 
+@pytest.mark.parametrize("props", [b'{"model_path": "/somebody/else.gguf"}', b"<html>not JSON</html>", b"[1, 2]"],
+                         ids=["another-model", "not-json", "not-an-object"])
 async def test_an_impostor_on_our_port_is_not_taken_for_our_member(
-    llama_server_bin: LlamaServerInfo, tmp_path: Path, mtp_model: Path
+    llama_server_bin: LlamaServerInfo, tmp_path: Path, mtp_model: Path, props: bytes
 ) -> None:
+    """Before, a `/props` body that was not a JSON object raised out of the start: the member stayed `starting`."""
     class Impostor(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = b'{"model_path": "/somebody/else.gguf"}' if self.path == "/props" else b"{}"
+            body = props if self.path == "/props" else b"{}"
             self.send_response(200)
             self.end_headers()
             self.wfile.write(body)
@@ -216,6 +329,47 @@ async def test_an_impostor_on_our_port_is_not_taken_for_our_member(
     finally:
         await sup.stop()
         server.shutdown()
+
+
+async def test_a_start_whose_pid_file_cannot_be_written_fails_and_leaves_nothing_running(
+    supervise: Callable[..., Supervisor], tmp_path: Path, mtp_model: Path
+) -> None:
+    """A fault on our side after the spawn (here the pid folder is a file; a full disk does the same). Before, it
+    ended the member's life task: the member stayed `starting` for good, and its process outlived `stop()`."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "pids").write_text("not a folder")
+    sup = supervise(policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512)), max_failures=2)
+    member = sup.processes["syn"]
+    spawned: list[int | None] = []
+    member.listeners.append(lambda c: spawned.append(member.pid) if c.new in (State.BACKOFF, State.FAILED) else None)
+    await sup.start()
+    assert await sup.wait_settled(30), member.state
+    assert member.state is State.FAILED
+    assert member.reason.startswith("gave up after 2 failures in a row: FileExistsError: ")
+    assert len(spawned) == 2 and len(set(spawned)) == 2
+    for pid in spawned:
+        assert pid is not None and not _alive(pid), "a failed start left its process running"
+
+
+async def test_a_llama_server_that_is_gone_fails_the_member(
+    supervise: Callable[..., Supervisor], llama_server_bin: LlamaServerInfo, tmp_path: Path, mtp_model: Path
+) -> None:
+    """The binary removed after the router checked it: the spawn's OSError is a failed start, not a dead task."""
+    gone = LlamaServerInfo(path=tmp_path / "gone" / "llama-server", build=llama_server_bin.build,
+                           version=llama_server_bin.version, spec_types=llama_server_bin.spec_types)
+    policy = policy_of(syn=ModelConfig(path=mtp_model, ctx_size=512))
+    recipe = ProcessRecipe("syn", lambda port: build_launch(key="syn", model_name="syn", policy=policy, server=gone,
+                                                            port=port, threads=1), ("syn",))
+    sup = Supervisor(LifeConfig(run_dir=tmp_path / "run", max_failures=2, **FAST), [recipe])
+    try:
+        await sup.start()
+        assert await sup.wait_settled(30)
+        member = sup.processes["syn"]
+        assert member.state is State.FAILED and member.pid is None
+        assert "FileNotFoundError: [Errno 2] No such file or directory" in member.reason
+        assert [c.new for c in member.history].count(State.STARTING) == 2
+    finally:
+        await sup.stop()
 
 
 def _record(folder: Path, pid: int, owner: int, owner_start: str | None, start: str | None = None) -> None:
@@ -279,6 +433,27 @@ def test_council_up_sigterm_stops_everything_exit_0(
     assert proc.wait(timeout=30) == 0, log.read_text()
     assert "all members stopped" in log.read_text()
     assert _members_of(marker) == []
+
+
+def test_council_up_exits_1_once_every_member_failed(
+    tmp_path: Path, llama_server_bin: LlamaServerInfo
+) -> None:
+    """README: exit 1 for "members that did not start". Before, `council up` waited for Ctrl-C with nothing
+    running, and then exited 0."""
+    broken = tmp_path / f"broken-{time.monotonic_ns()}.gguf"
+    broken.write_bytes(SMOL.path.read_bytes()[: 2 << 20])  # a real header, then nothing
+    policy = tmp_path / "up.yaml"
+    policy.write_text(policy_yaml({"b": {"path": broken, "ctx_size": 512, "memory": "256MiB"}},
+                                  {"pair": {"members": [{"model": "b"}, {"model": "b"}]}}, memory="2GiB"))
+    env = {**os.environ, "COUNCIL_HOME": str(tmp_path), "LLAMA_SERVER": str(llama_server_bin.path)}
+    result = subprocess.run([sys.executable, "-m", "council", "up", str(policy)], capture_output=True, text=True,
+                            env=env, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.count("→ failed (gave up after 4 failures in a row") == 2
+    assert "all members stopped" in result.stdout
+    assert result.stderr.splitlines() == [
+        "error: every member failed, and none restarts: pair/0, pair/1 (their reasons above)"]
+    assert _members_of(str(broken)) == []
 
 
 def test_council_up_sigkill_leaves_no_member_behind(

@@ -6,6 +6,7 @@ real llama-server cannot be made to do. Council calls (one completion, `n` strea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -29,9 +30,10 @@ STUB = Path(__file__).with_name("stub_llama_server.py")
 FAST = {"backoff_base": 0.2, "backoff_cap": 1.0, "watch_interval": 0.1, "poll_interval": 0.05}
 
 
-@pytest.fixture
-async def stub(tmp_path: Path) -> AsyncIterator[tuple[MemberProcess, HttpMemberClient]]:
-    """One stub member, ready, and the client council calls and passthrough use to reach it."""
+@contextlib.asynccontextmanager
+async def running_stub(tmp_path: Path, **config: float) -> AsyncIterator[tuple[MemberProcess, HttpMemberClient]]:
+    """One stub member, ready, and the client passthrough uses to reach it (council calls use the same, with
+    their council's patience)."""
     model = tmp_path / "stub.gguf"
     model.write_bytes(b"GGUF")
 
@@ -39,7 +41,8 @@ async def stub(tmp_path: Path) -> AsyncIterator[tuple[MemberProcess, HttpMemberC
         argv = (sys.executable, str(STUB), "--port", str(port), "--model-path", str(model))
         return LaunchSpec(key="stub", model="stub", model_path=model, argv=argv, env={}, port=port, api_key="k")
 
-    supervisor = Supervisor(LifeConfig(run_dir=tmp_path / "run", **FAST), [ProcessRecipe("stub", spec, ("c/0",))])
+    life = LifeConfig(run_dir=tmp_path / "run", **{**FAST, **config})
+    supervisor = Supervisor(life, [ProcessRecipe("stub", spec, ("c/0",))])
     await supervisor.start()
     try:
         process = supervisor.processes["stub"]
@@ -47,6 +50,12 @@ async def stub(tmp_path: Path) -> AsyncIterator[tuple[MemberProcess, HttpMemberC
         yield process, HttpMemberClient(endpoint=lambda: process_endpoint(process), target=process.name)
     finally:
         await supervisor.stop()
+
+
+@pytest.fixture
+async def stub(tmp_path: Path) -> AsyncIterator[tuple[MemberProcess, HttpMemberClient]]:
+    async with running_stub(tmp_path) as made:
+        yield made
 
 
 def ask(mode: str) -> dict[str, Any]:
@@ -266,3 +275,39 @@ async def test_a_failing_state_listener_neither_breaks_the_change_nor_the_other_
     assert heard == [c for c in process.history if c not in before] and heard[-1].new is State.STOPPED
     failed = [r.getMessage() for r in caplog.records if "a state listener failed" in r.getMessage()]
     assert len(failed) == len(heard), failed
+
+
+# The stub's `slow` answers take 2 s, twice the patience these watchdogs have.
+IMPATIENT = {"stuck_after": 1.0}
+
+
+async def test_long_streams_making_progress_are_not_taken_for_stuck(tmp_path: Path) -> None:
+    """Before, a request in flight past `stuck_after` was stuck however it went: a long stream, tokens arriving all
+    along (a long CPU answer), restarted the healthy member and cut every request on it. Now a stream's every
+    chunk is progress: passthrough streams and a council's grouped samples alike."""
+    async with running_stub(tmp_path, **IMPATIENT) as (process, client):
+        pid = process.pid
+        async with client.stream(body("slow", stream=True), "/v1/chat/completions") as (head, chunks):
+            assert head.status == 200 and b"[DONE]" in b"".join([c async for c in chunks])
+        replies = [reply async for _, reply in client.choices(ask("slow"), 2)]
+        assert [r.text for r in replies] == ["ok" * 10] * 2
+        assert process.restarts == 0 and process.pid == pid and process.ready
+
+
+async def test_a_council_call_may_stay_silent_for_its_timeout_a_passthrough_call_for_stuck_after(
+    tmp_path: Path,
+) -> None:
+    """A member reading a long prompt sends nothing until its first token, for minutes on a CPU. Before, a council
+    whose `timeout` is longer than `stuck_after` had its members restarted under it; now its calls may stay silent
+    as long as its timeout (its deadline cancels them anyway). A call with no deadline of its own (passthrough)
+    is still stuck after `stuck_after` without a byte."""
+    async with running_stub(tmp_path, **IMPATIENT) as (process, passthrough):
+        council = HttpMemberClient(endpoint=passthrough.endpoint, target=process.name, patience=5.0)
+        pid = process.pid
+        assert (await council.complete(ask("slow"))).status == "ok"
+        assert process.restarts == 0 and process.pid == pid
+        with pytest.raises(MemberFailed):  # cut by the restart
+            await passthrough.relay(body("slow"), "/v1/chat/completions")
+        await until(lambda: process.restarts == 1 and process.ready, 30, "the watchdog to restart the stub")
+        restart = next(c for c in process.history if c.old is State.READY)
+        assert restart.reason.startswith("watchdog: a request has had no byte from the member for over 1s")

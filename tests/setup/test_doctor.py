@@ -61,6 +61,17 @@ def test_doctor_on_empty_cache_is_unhealthy_and_says_why(tmp_path: Path) -> None
     assert any("run `council setup`" in p for p in report["problems"])
 
 
+def test_doctor_fails_a_bad_llama_server_variable_instead_of_reporting_another_build(tmp_path: Path) -> None:
+    """Before, the doctor reported the cached build, healthy, while every command would run... the cached build too,
+    though `$LLAMA_SERVER` asked for another."""
+    missing = tmp_path / "my-fork" / "llama-server"
+    result = run_cli("doctor", "--json", env={"LLAMA_SERVER": str(missing)})
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["healthy"] is False and report["llama_server"] is None
+    assert report["problems"] == [
+        f"LLAMA_SERVER={missing}: not an executable file (point it at a llama-server, or unset it)"]
+
+
 def test_doctor_table_is_readable() -> None:
     result = run_cli("doctor")
     assert result.returncode == 0
