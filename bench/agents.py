@@ -20,7 +20,7 @@ with every seat answering; every number is then re-scored offline from those rec
   reply is llama-server's own parse of the model's output, what passthrough relays. Re-scored as it is, and with
   calls written as text recovered offline from the same reply (`council.voting.recovery`).
 - `required-<best>`: the best model alone with `tool_choice: required`.
-- `listed-<model>`: each model alone with the council's `listed` tool instructions (each tool's name and
+- `listed-<model>`: each other model alone with the council's `listed` tool instructions (each tool's name and
   parameters in the system message: SmolLM2's chat template renders no tools), beside its `solo-` arm.
 - `sc-<best>`: a self-consistency council of the best model: a greedy seat and `--samples` samples at
   temperature 0.7 in one request (`n`, the prompt read once), in one process; `brief-sc-<best>` the same with the
@@ -29,9 +29,10 @@ with every seat answering; every number is then re-scored offline from those rec
 - offline councils: `sc-<best>` and a mixed council (the `solo-*` seats of every model, from their own records)
   under each call vote of `council.evaluation.calls.VOTERS` (`set`: whole call sets; `argument`: per argument);
   beside each, its best seat alone (`sc`: the greedy seat), and the paired difference with its 95% interval;
-  a prompt-diverse council (a `brief-sc*` recording of the best model joined with its greedy `solo-` and
-  `listed-` seats, as a member's own `tool_instructions` asks them: seats whose prompts differ err more
-  independently than samples), beside the best of its seats alone on the same items;
+  a prompt-diverse council (a `brief-sc*` recording of the best model joined with its greedy `solo-` seat, which
+  reads no instructions but its chat template's own tool prompt, as a member's own `tool_instructions: none`
+  asks it: seats whose prompts differ may err more independently than samples), beside the best of its seats
+  alone on the same items;
   and each self-consistency council replayed as a cascade (`cascade {first: N}`, `CASCADES`: its first seats
   alone where they agree, every seat otherwise), with the completion tokens of the seats it asked.
 
@@ -105,9 +106,8 @@ def arms(models: Sequence[str], best: str, samples: int, wide: int = 0,
     greedy = {"model": "m", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}}
     out = {f"solo-{short(m)}": (arm_policy(m, [greedy]), {}) for m in models}
     out[f"required-{short(best)}"] = (arm_policy(best, [greedy]), {"tool_choice": "required"})
-    # The small models whose chat templates render no tools (SmolLM2): what `listed` instructions let them do; for
-    # the best model, one more prompt for a prompt-diverse council (`diverse` below).
-    out |= {f"listed-{short(m)}": (arm_policy(m, [greedy], "listed"), {}) for m in models}
+    # The small models whose chat templates render no tools (SmolLM2): what `listed` instructions let them do.
+    out |= {f"listed-{short(m)}": (arm_policy(m, [greedy], "listed"), {}) for m in models if m != best}
 
     def sampled_seats(k: int, temperature: float = 0.7) -> dict[str, Any]:
         return {"model": "m", "samples": k,
@@ -257,9 +257,9 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
         add(f"{name}: greedy seat alone, with recovery among prose", prose_seat)
         add(f"{name}: council (set), with recovery among prose", council_row(prose, items, "set"), prose_seat, prose)
     # Prompt-diverse councils: a self-consistency recording of the best model (`brief`) joined with its greedy seat
-    # under the other prompts (no instructions: the chat template's own tool prompt; `listed`). Their errors differ
-    # more than samples' do. Against the best of its seats alone on the same items (the strongest baseline).
-    others = [n for n in (f"solo-{short(best)}", f"listed-{short(best)}") if records.get(n)]
+    # under another prompt (no instructions: the chat template's own tool prompt), whose errors may differ more than
+    # samples' do. Against the best of its seats alone on the same items (the strongest baseline).
+    others = [n for n in (f"solo-{short(best)}",) if records.get(n)]
     for name in [n for n in records if n.startswith("brief-sc") and n.endswith(f"-{short(best)}") and records[n]]:
         if not others or len(records[name][0].answers) < 2:
             continue
@@ -268,7 +268,7 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
             continue
         seats = member_rows(council, items)
         best_seat = max(seats, key=lambda s: sum(s.hits))
-        label = f"diverse ({name} + {', '.join(o.split('-')[0] for o in others)} greedy)"
+        label = f"diverse ({name} + {', '.join(others)})"
         for mode in VOTERS:
             add(f"{label}: council ({mode}), with recovery", council_row(council, items, mode), best_seat, council)
     if len(solos) > 1:
