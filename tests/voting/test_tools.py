@@ -450,3 +450,85 @@ def test_a_tool_schemas_refs_resolve_within_it_and_a_remote_one_is_never_fetched
     finally:
         server.shutdown()
     assert fetched == []
+
+
+def _tool(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+BACKTRACKS = "^(a|a)*$"  # exponential in `re` and in `regex` alike: 26 a's and a "!" take seconds in either
+
+
+def test_a_pattern_that_backtracks_makes_its_call_invalid_within_the_time_limit() -> None:
+    """A tool schema comes from the client, a call's arguments from a member, and both are checked on the event
+    loop: jsonschema's `re` took seconds on a pattern that backtracks (the router stalled for every request).
+    Patterns are matched with `regex` under a time limit: past it the call is invalid, and the verdict says why;
+    every pattern keyword that reads a member's text is covered, and the request's searches share a budget."""
+    from council.voting.patterns import PATTERN_BUDGET, PATTERN_TIMEOUT
+
+    slow = "a" * 26 + "!"
+    boxes = {
+        "pattern": (Toolbox([_tool("f", {"type": "object", "properties": {"s": {"pattern": BACKTRACKS}}})]),
+                    {"s": slow}),
+        "patternProperties": (Toolbox([_tool("f", {"type": "object", "patternProperties": {BACKTRACKS: {}}})]),
+                              {slow: 1}),
+        "propertyNames": (Toolbox([_tool("f", {"type": "object", "propertyNames": {"pattern": BACKTRACKS}})]),
+                          {slow: 1}),
+    }
+    for keyword, (box, arguments) in boxes.items():
+        started = time.monotonic()
+        verdict = box.call("f", arguments).verdict
+        took = time.monotonic() - started
+        assert verdict.startswith("arguments of f cannot be checked: pattern '^(a|a)*$' ran out of time"), keyword
+        assert took < PATTERN_TIMEOUT + 0.3, (keyword, took)
+    box, arguments = boxes["pattern"]
+    started = time.monotonic()
+    for _ in range(20):  # 20 seats' calls in one request: together within the request's budget
+        assert "ran out of time" in box.call("f", arguments).verdict
+    assert time.monotonic() - started < PATTERN_BUDGET + 0.5
+
+
+def test_patterns_still_decide_as_json_schema_says() -> None:
+    box = Toolbox([_tool("f", {"type": "object", "properties": {"s": {"type": "string", "pattern": "^[a-z]+$"}},
+                               "patternProperties": {"^x_": {"type": "integer"}}, "additionalProperties": False})])
+    assert box.call("f", {"s": "abc", "x_n": 1}).valid
+    assert box.call("f", {"s": "abc1"}).verdict == "arguments fail f's schema at $.s: 'abc1' does not match '^[a-z]+$'"
+    assert box.call("f", {"x_n": "one"}).verdict == "arguments fail f's schema at $.x_n: 'one' is not of type 'integer'"
+    assert box.call("f", {"y": 1}).verdict == "arguments fail f's schema: 'y' does not match any of the regexes: '^x_'"
+    loose = Toolbox([_tool("f", {"type": "object", "patternProperties": {"^x_": {"type": "integer"}},
+                                 "additionalProperties": {"type": "string"}})])
+    assert loose.call("f", {"x_n": 1, "y": "z"}).valid
+    assert loose.call("f", {"y": 2}).verdict == "arguments fail f's schema at $.y: 2 is not of type 'string'"
+    draft4 = Toolbox([_tool("f", {"$schema": "http://json-schema.org/draft-04/schema#",
+                                  "properties": {"s": {"pattern": "^x"}}})])
+    assert draft4.call("f", {"s": "y"}).verdict == "arguments fail f's schema at $.s: 'y' does not match '^x'"
+
+
+def test_what_jsonschema_would_match_without_a_time_limit_is_refused_at_the_door() -> None:
+    """jsonschema matches `unevaluatedProperties`' names against `patternProperties` with `re` itself, and a
+    nested `$schema` naming a draft switches to its own validators: with patterns, such a schema is refused."""
+    unevaluated = {"type": "object", "patternProperties": {"^x": {}}, "unevaluatedProperties": False}
+    assert "`unevaluatedProperties` beside `patternProperties` is not supported" in (schema_problem(unevaluated) or "")
+    nested = {"type": "object", "properties": {
+        "s": {"$schema": "http://json-schema.org/draft-07/schema#", "pattern": BACKTRACKS}}}
+    assert "a `$schema` inside a schema that uses patterns" in (schema_problem(nested) or "")
+    box = Toolbox([_tool("f", nested)])
+    assert box.call("f", {"s": "a" * 26 + "!"}).verdict.startswith("f's parameters are not a valid JSON Schema")
+    # A property named `$schema` is a name, not the keyword; patterns under a top-level `$schema` are ours.
+    assert schema_problem({"type": "object", "properties": {"$schema": {"type": "string", "pattern": "^h"}}}) is None
+    assert schema_problem({"$schema": "http://json-schema.org/draft-07/schema#",
+                           "properties": {"s": {"pattern": "^x"}}}) is None
+    assert schema_problem({"type": "object", "unevaluatedProperties": False}) is None
+
+
+async def test_a_members_argument_against_a_backtracking_pattern_does_not_stall_the_council() -> None:
+    """The reviewer's case: `^(\\w+\\s?)*$` passes the request's schema check, and a member's 27-character title
+    held the event loop for ~5 s; `regex` decides it at once (the seat abstains: it does not match)."""
+    tool = _tool("set_title", {"type": "object", "properties": {"title": {"type": "string",
+                                                                          "pattern": "^(\\w+\\s?)*$"}}})
+    assert schema_problem(tool["function"]["parameters"]) is None
+    engine, _ = council({}, calls(("set_title", {"title": "Meeting" + "s" * 19 + "!"})), Say("ok"), Say("ok"))
+    started = time.monotonic()
+    answer = await engine.ask(ask([tool], "set my title"))
+    assert time.monotonic() - started < 1.0
+    assert "does not match" in member(answer, 0)["abstained"]
