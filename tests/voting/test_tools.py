@@ -5,15 +5,18 @@ llama-server members: tests/server/test_tool_calls.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import threading
 import time
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from council.voting.client import MemberReply
 from council.voting.engine import CouncilEngine, QuorumError
 from council.voting.request import CouncilRequest
 from council.voting.tools import (
@@ -376,6 +379,41 @@ async def test_a_members_samples_share_one_request_with_its_own_tool_instruction
     assert [c.grouped for c in clients] == [[3], [], [], []]  # the samples' one request, `n: 3`
     assert [len(c.sent) for c in clients] == [3, 0, 0, 1]  # (the fake answers its `n` choices one by one)
     assert told(clients[0]) == tool_instructions(TOOLS, "listed") and told(clients[3]) == TOOL_RULES
+
+
+class StreamingServer(FakeClient):
+    """A process whose `n` requests stream, as `HttpMemberClient.choices` sends them, and which refuses logprobs with
+    tools on a stream as llama-server b11434 does (tools/server/server-common.cpp: a 400)."""
+
+    async def choices(self, payload: Mapping[str, Any], n: int,
+                      streaming: object = None) -> AsyncIterator[tuple[int, MemberReply]]:
+        if payload.get("tools") and (payload.get("logprobs") or payload.get("top_logprobs")):
+            self.grouped.append(n)
+            for i in range(n):
+                yield i, MemberReply(status="error", http_status=400,
+                                     error="member answered 400: logprobs is not supported with tools + stream")
+            return
+        async for choice in super().choices(payload, n, streaming):
+            yield choice
+
+
+async def test_a_clients_logprobs_with_tools_leave_grouped_samples_one_prompt_pass_without_logprobs() -> None:
+    """`logprobs: true` with `tools` reached the samples' shared request, which streams, and llama-server refuses
+    that: every sample errored and the answer was degraded. The grouped request now goes without the client's
+    logprobs (one prefill for the samples still); a seat asked alone keeps them, and the council returns its
+    speaker's."""
+    lp = {"content": [{"token": "x", "logprob": -0.5}]}
+    say = Say(calls(weather("Paris")).text, message=calls(weather("Paris")).message, logprobs=lp)
+    engine, _ = council({"members": [{"sampling": {"temperature": 0}},
+                                     {"samples": 4, "sampling": {"temperature": 0.7, "seed": 1}}]}, *[say] * 5)
+    process = StreamingServer(say, target="p")
+    engine.seats = [dataclasses.replace(seat, client=process) for seat in engine.seats]
+    answer = await engine.ask(CouncilRequest.of({**ask(), "logprobs": True, "top_logprobs": 2}, early_stop=False))
+    assert not answer.degraded and [m["status"] for m in answer.council_json()["members"]] == ["ok"] * 5
+    assert process.grouped == [4]
+    asked = [(s.get("logprobs"), s.get("top_logprobs")) for s in process.sent]
+    assert sorted(asked, key=str) == [(None, None)] * 4 + [(True, 2)]  # 4 samples as one request; the greedy seat
+    assert returned(answer) == [weather("Paris")] and answer.speaker.seat.name == "c/0" and answer.logprobs == lp
 
 
 async def test_a_member_with_none_is_given_nothing_while_the_others_get_the_councils() -> None:
