@@ -189,6 +189,75 @@ async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, path:
     assert [f.cancelled for f in fakes] == [1, 1]
 
 
+class HeldMember:
+    """A process's client whose non-streamed answer never comes: it records whether its request was closed."""
+
+    def __init__(self) -> None:
+        self.in_flight = self.cancelled = 0
+
+    async def relay(self, body: bytes, path: str, width: int = 1) -> object:
+        import asyncio
+
+        self.in_flight += 1
+        try:
+            await asyncio.Event().wait()  # generating, for as long as nobody closes the request
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        raise AssertionError("unreachable")
+
+
+RELAYED = [("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, "chat"),
+           ("/v1/completions", {"prompt": "x"}, "chat"),
+           ("/v1/responses", {"input": "x"}, "chat"),
+           ("/v1/messages", {"max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}, "messages")]
+
+
+@pytest.mark.parametrize(("path", "asked", "route"), RELAYED, ids=["chat", "completions", "responses", "messages"])
+async def test_a_disconnect_closes_a_non_streamed_passthrough(tmp_path: Path, path: str, asked: dict[str, object],
+                                                               route: str) -> None:
+    """A model's non-streamed relay ignored its client leaving: the member generated on (its slot held) until it
+    answered nobody. The disconnect now closes the member's request, and the request counts as 499 (README)."""
+    import asyncio
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.servers import until
+
+    router = _router(tmp_path)
+    member = HeldMember()
+    router.passthrough_client = lambda model: member  # type: ignore[method-assign, assignment, return-value]
+    app = create_app(router)
+    incoming = [{"type": "http.request", "body": json.dumps({"model": "m", **asked}).encode(), "more_body": False}]
+    left = asyncio.Event()
+
+    async def receive() -> dict[str, object]:
+        if incoming:
+            return incoming.pop(0)
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        pass
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("council", 80),
+             "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]}
+    task = asyncio.create_task(app(scope, receive, send))
+    await until(lambda: member.in_flight == 1, 5, "the member asked")
+    left.set()
+    await asyncio.wait_for(task, 5)
+    assert member.cancelled == 1 and member.in_flight == 0
+    metrics = text_string_to_metric_families(generate_latest(router.metrics.registry).decode())
+    counted = {(s.labels["route"], s.labels["model"], s.labels["status"]): s.value for f in metrics
+               for s in f.samples if s.name == "council_requests_total"}
+    assert counted == {(route, "m", "499"): 1.0}, counted
+
+
 WEATHER = {"name": "get_weather", "description": "The weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 CHAT_TOOL = {"type": "function", "function": WEATHER}
