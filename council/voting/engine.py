@@ -149,6 +149,7 @@ class CouncilAnswer:
     tool_decision: ToolDecision | None = None
     tools: tuple[Any, ...] = ()
     tool_choice: Any = None
+    parallel_tool_calls: bool = True  # False: each seat's first call alone votes (the ballot keeps it for tally)
     judge: tuple[str, MemberReply] | None = None  # with `judge`: who judged and what its call cost (or why not)
     _json: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -351,8 +352,12 @@ class CouncilEngine:
 
     @classmethod
     def toolbox(cls, request: CouncilRequest) -> Toolbox | None:
-        """The request's tools, one validator per tool, for every seat; None where members call no tools."""
-        return Toolbox(request.tools, request.members_payload.get("tool_choice")) if cls.calls_tools(request) else None
+        """The request's tools, one validator per tool, for every seat, and what `tool_choice` and
+        `parallel_tool_calls` allow; None where members call no tools."""
+        if not cls.calls_tools(request):
+            return None
+        asked = request.members_payload
+        return Toolbox(request.tools, asked.get("tool_choice"), asked.get("parallel_tool_calls") is not False)
 
     def per_instructions(self, make: Callable[[ToolInstructions], T]) -> Callable[[Seat], T]:
         """Each seat's `make(kind)`, for the kind of tool instructions it is given (its member's own, else the
@@ -580,7 +585,8 @@ class CouncilEngine:
                                judge_fallback=judge_fallback, stage=collected.stage, stages=collected.stages,
                                tool_calls=None if tool_decision is None else [c.openai() for c in tool_decision.calls],
                                tool_decision=tool_decision, tools=tuple(request.tools),
-                               tool_choice=request.members_payload.get("tool_choice"), judge=judged)
+                               tool_choice=request.members_payload.get("tool_choice"), judge=judged,
+                               parallel_tool_calls=toolbox is None or toolbox.parallel)
         self.ballots.put(answer.id, self.ballot_record(answer, request.owner))
         return answer
 
@@ -624,6 +630,8 @@ class CouncilEngine:
         vote = self.config.vote
         tools = {"tools": list(answer.tools), "tool_choice": answer.tool_choice, "tool_vote_mode": vote.tools,
                  "recover_tool_calls": vote.recover_tool_calls} if answer.tool_decision is not None else {}
+        if tools and not answer.parallel_tool_calls:
+            tools["parallel_tool_calls"] = False
         return {"id": answer.id, "created": int(time.time()), **({"owner": owner} if owner is not None else {}),
                 **answer.council_json(),
                 "extract": vote.extract, "tie_break": list(vote.tie_break),

@@ -64,6 +64,7 @@ VALID = "valid"
 ABSENT = "(absent)"  # per-argument vote: the seat left this argument out
 CUT_OFF_CALL = "cut off by max_tokens while writing a tool call"
 NO_CALL_REQUIRED = "made no call, though tool_choice requires one"
+ONE_CALL_ONLY = "left out: parallel_tool_calls is false, so a seat's first call is its answer"
 MAX_PERMUTED = 6  # calls to one function aligned by trying every permutation; more are aligned in sorted order
 
 ToolVote = Literal["set", "per_argument"]
@@ -116,9 +117,11 @@ class ToolAnswer:
     vote: str | None = NO_CALL
     abstained: str | None = None
     shape: str | None = None  # the recovery parser that read the calls (`fenced`, `bare_json`, ...)
+    dropped: tuple[ToolCall, ...] = ()  # calls after the first, with `parallel_tool_calls: false`
 
     def to_json(self) -> dict[str, Any]:
-        return {"calls": [c.to_json() for c in self.calls], **({"recovered": True} if self.recovered else {})}
+        return {"calls": [c.to_json() for c in self.calls], **({"recovered": True} if self.recovered else {}),
+                **({"dropped": [c.to_json() for c in self.dropped]} if self.dropped else {})}
 
 
 def ballot_text(answer: ToolAnswer, text: str | None) -> str | None:
@@ -209,9 +212,10 @@ def _refs(node: Any) -> Iterator[str]:
 class Toolbox:
     """The functions one request declared, with a JSON Schema validator per function, compiled on first use, and
     what its `tool_choice` demands: `required` (a seat that calls nothing abstains) or a named function (only
-    calls to it are valid)."""
+    calls to it are valid); `parallel`: False where `parallel_tool_calls: false` allows one call per answer."""
 
-    def __init__(self, tools: Sequence[Mapping[str, Any]], choice: Any = None) -> None:
+    def __init__(self, tools: Sequence[Mapping[str, Any]], choice: Any = None, parallel: bool = True) -> None:
+        self.parallel = parallel
         named = choice.get("function") if isinstance(choice, Mapping) else None
         self.only: str | None = named.get("name") if isinstance(named, Mapping) else None
         self.required = choice == "required" or self.only is not None
@@ -314,6 +318,12 @@ def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reas
             written, shape = found
             calls = [toolbox.call(name, arguments, recovered=True) for name, arguments in written]
     recovered = bool(calls) and not native
+    dropped: tuple[ToolCall, ...] = ()
+    if not toolbox.parallel and len(distinct := unique(calls)) > 1:
+        # OpenAI's promise is at most one call per answer (the agent asks again for the next), and llama-server
+        # keeps it for native calls by letting the model write only its first; calls recovered from text, or a
+        # provider's, are held to it here the same way, rather than discarding the seat.
+        calls, dropped = [distinct[0]], tuple(dataclasses.replace(c, verdict=ONE_CALL_ONLY) for c in distinct[1:])
     if not calls and toolbox.required:
         return ToolAnswer(vote=None, abstained=NO_CALL_REQUIRED)
     if not calls:
@@ -322,8 +332,8 @@ def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reas
         return ToolAnswer()
     invalid = [f"{c.name}: {c.verdict}" for c in calls if not c.valid]
     if invalid:
-        return ToolAnswer(tuple(calls), recovered, None, "invalid tool call: " + "; ".join(invalid), shape)
-    return ToolAnswer(tuple(calls), recovered, set_key(calls), shape=shape)
+        return ToolAnswer(tuple(calls), recovered, None, "invalid tool call: " + "; ".join(invalid), shape, dropped)
+    return ToolAnswer(tuple(calls), recovered, set_key(calls), shape=shape, dropped=dropped)
 
 
 def recovered_calls(content: str | None, toolbox: Toolbox) -> tuple[ToolCall, ...] | None:

@@ -22,6 +22,7 @@ from council.voting.request import CouncilRequest
 from council.voting.tools import (
     CUT_OFF_CALL,
     NO_CALL,
+    ONE_CALL_ONLY,
     ONE_CALL_RULES,
     TOOL_RULES,
     Toolbox,
@@ -255,6 +256,34 @@ def test_a_tool_whose_parameters_are_no_schema_fails_its_calls_with_the_reason()
     for parameters in (5, 1.5, "x", [1]):
         box = Toolbox([{"type": "function", "function": {"name": "f", "parameters": parameters}}])
         assert box.call("f", "{}").verdict.startswith("f's parameters are not a valid JSON Schema: "), parameters
+
+
+TWO_WRITTEN = Say('[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+                  '{"name": "get_weather", "arguments": {"city": "Rome"}}]')
+
+
+async def test_with_parallel_tool_calls_false_a_seat_answers_with_its_first_call() -> None:
+    """llama-server holds a member's native calls to one under `parallel_tool_calls: false`, but calls recovered
+    from text bypassed it: the council returned two. As OpenAI promises (one call an answer, the agent asks again
+    for the next) and as the server's own enforcement leaves it, a seat's first call is its answer; the others are
+    listed as `dropped`, with why."""
+    engine, _ = council({"vote": {"strategy": "majority"}}, TWO_WRITTEN, TWO_WRITTEN, Say("I don't know"))
+    answer = await engine.ask({**ask(), "parallel_tool_calls": False})
+    assert returned(answer) == [weather("Paris")] and answer.finish_reason == "tool_calls"
+    seat = member(answer, 0)
+    assert [c["arguments"] for c in seat["calls"]] == [{"city": "Paris"}] and "abstained" not in seat
+    assert seat["dropped"] == [{"name": "get_weather", "arguments": {"city": "Rome"}, "verdict": ONE_CALL_ONLY,
+                                "recovered": True}]
+    assert engine.ballots.get(answer.id)["parallel_tool_calls"] is False  # `council tally` re-runs it so
+    # A provider's native calls are held to it too; a repeated call is one call.
+    engine, _ = council({"vote": {"strategy": "majority"}},
+                        calls(weather("Rome"), weather("Rome"), weather("Paris")), calls(weather("Rome")))
+    answer = await engine.ask({**ask(), "parallel_tool_calls": False})
+    assert returned(answer) == [weather("Rome")] and answer.council_json()["agreement"] == 1.0
+    # Parallel calls allowed (unset, or true): every call is the answer, as before.
+    engine, _ = council({"vote": {"strategy": "majority"}}, TWO_WRITTEN, TWO_WRITTEN, Say("I don't know"))
+    answer = await engine.ask(ask())
+    assert returned(answer) == [weather("Paris"), weather("Rome")] and "dropped" not in member(answer, 0)
 
 
 async def test_tally_re_runs_a_tool_call_ballot(tmp_path: Path) -> None:
