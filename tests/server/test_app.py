@@ -258,6 +258,31 @@ async def test_a_disconnect_closes_a_non_streamed_passthrough(tmp_path: Path, pa
     assert counted == {(route, "m", "499"): 1.0}, counted
 
 
+async def test_a_streamed_council_answer_rebuilds_the_non_streamed_message_with_the_sdk(tmp_path: Path) -> None:
+    """The stream dropped the speaker's `reasoning_content`, so an openai SDK client's accumulated message lacked
+    what the same request without `stream` returned; it now comes as a delta field, as llama-server streams it."""
+    import dataclasses
+
+    import openai
+
+    from tests.voting.fakes import FakeClient, Say
+
+    reasoned = Say("It is 7.", message={"role": "assistant", "content": "It is 7.", "reasoning_content": "6+1=7"})
+    router = _router(tmp_path)
+    engine = router.engines["c"]
+    engine.seats = [dataclasses.replace(seat, client=FakeClient(reasoned)) for seat in engine.seats]
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council/v1") as http:
+        sdk = openai.AsyncOpenAI(api_key=KEY, base_url="http://council/v1", http_client=http)
+        messages: list[Any] = [{"role": "user", "content": "6+1?"}]
+        plain = (await sdk.chat.completions.create(model="c", messages=messages)).choices[0].message
+        async with sdk.chat.completions.stream(model="c", messages=messages) as stream:
+            streamed = (await stream.get_final_completion()).choices[0].message
+    assert plain.model_dump(exclude_none=True) == {"role": "assistant", "content": "It is 7.",
+                                                   "reasoning_content": "6+1=7"}
+    assert streamed.model_dump(exclude_none=True, exclude={"parsed"}) == plain.model_dump(exclude_none=True)
+
+
 WEATHER = {"name": "get_weather", "description": "The weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 CHAT_TOOL = {"type": "function", "function": WEATHER}

@@ -289,13 +289,19 @@ def _measured(router: Router, response: Response, model: str, started: float, wa
 
 
 def stream_deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """The council's message as OpenAI streams one: the role with the text, then for each tool call a delta
-    that opens it (`index`, `id`, `type`, the function's name, empty arguments) and one with its arguments, so
-    clients' accumulators (the openai SDK's stream helpers) rebuild the same calls. The answer is whole once the
-    vote is decided: cutting the arguments finer would send more bytes and nothing sooner."""
+    """The council's message as OpenAI streams one: the role with the text (and the message's other fields, such
+    as llama-server's `reasoning_content`, as delta fields ahead of it, where llama-server streams them), then for
+    each tool call a delta that opens it (`index`, `id`, `type`, the function's name, empty arguments) and one
+    with its arguments, so clients' accumulators (the openai SDK's stream helpers) rebuild the message the
+    non-streamed answer has. The answer is whole once the vote is decided: cutting it finer would send more bytes
+    and nothing sooner."""
     calls = message.get("tool_calls") or []
     content = message.get("content")
-    first: dict[str, Any] = {"role": "assistant", "content": content or ("" if not calls else None)}
+    first: dict[str, Any] = {"role": "assistant"}
+    for key, value in message.items():  # the speaker's reasoning, say: the non-streamed message has it
+        if key not in ("role", "content", "tool_calls") and value is not None:
+            first[key] = value
+    first["content"] = content or ("" if not calls else None)
     deltas = [first]
     for index, call in enumerate(calls):
         fn = call.get("function") or {}
