@@ -258,6 +258,49 @@ async def test_a_disconnect_closes_a_non_streamed_passthrough(tmp_path: Path, pa
     assert counted == {(route, "m", "499"): 1.0}, counted
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_n_choices_take_n_slots_and_n_rate_tokens_on_completions_as_on_chat(tmp_path: Path,
+                                                                                  stream: bool) -> None:
+    """`n: 8` is 8 completions: chat relayed it holding 8 of the process's slots and 8 of its rate limit's
+    requests, /v1/completions one of each (so a rate limit or `parallel` was overrun 8 times over)."""
+    import contextlib
+
+    from council.voting.client import Relayed
+
+    class Recorder:
+        """A process's client that records the width each call holds (slots, rate)."""
+
+        def __init__(self) -> None:
+            self.widths: list[int] = []
+
+        async def relay(self, body: bytes, path: str, width: int = 1) -> Relayed:
+            self.widths.append(width)
+            return Relayed(200, "application/json", b"{}")
+
+        @contextlib.asynccontextmanager
+        async def stream(self, body: bytes, path: str, width: int = 1) -> AsyncIterator[tuple[Relayed, Any]]:
+            self.widths.append(width)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield b"data: [DONE]\n\n"
+
+            yield Relayed(200, "text/event-stream", b""), chunks()
+
+    router = _router(tmp_path)
+    member = Recorder()
+    router.passthrough_client = lambda model: member  # type: ignore[method-assign, assignment, return-value]
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council",
+                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
+        for path, asked in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+                            ("/v1/completions", {"prompt": "x"})):
+            for n in (8, None):
+                body = {"model": "m", **asked, "stream": stream, **({"n": n} if n else {})}
+                reply = await http.post(path, content=json.dumps(body))
+                assert reply.status_code == 200, reply.text
+    assert member.widths == [8, 1, 8, 1]
+
+
 async def test_a_streamed_council_answer_rebuilds_the_non_streamed_message_with_the_sdk(tmp_path: Path) -> None:
     """The stream dropped the speaker's `reasoning_content`, so an openai SDK client's accumulated message lacked
     what the same request without `stream` returned; it now comes as a delta field, as llama-server streams it."""
