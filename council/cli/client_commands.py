@@ -134,7 +134,7 @@ def tally(
         raise fail(f"{ballot}: `tie_break` must be a list of rules (weight, latency, order...), not {rules!r}", 2)
     if tools:
         _check_tool_choice(ballot, doc.get("tool_choice"), [t["function"]["name"] for t in tools])
-    toolbox = Toolbox(tools, doc.get("tool_choice")) if tools else None
+    toolbox = Toolbox(tools, doc.get("tool_choice"), doc.get("parallel_tool_calls") is not False) if tools else None
     mode = tool_vote or doc.get("tool_vote_mode") or "set"
     if mode not in ("set", "per_argument"):
         raise fail(f"unknown tool vote {mode!r}: use set or per_argument", 2)

@@ -419,6 +419,12 @@ class HttpMemberClient:
                 return relayed
         except aiohttp.ClientError as exc:
             raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
+        except RuntimeError:
+            if not where.http.closed:  # not the member's stop: the router's own fault, as it is
+                raise
+            # aiohttp's "Session is closed": the process was stopped (drain, reload, a draft restart) while the call
+            # waited for its slot. The member is not ready (503; `complete` makes it the seat's error), not a 500.
+            raise MemberUnavailable(f"member {where.name} was stopped while the request waited") from None
 
     @contextlib.asynccontextmanager
     async def stream(self, body: bytes, path: str,
@@ -433,6 +439,10 @@ class HttpMemberClient:
                 yield head, _chunks(response, outcome, where.name)
         except aiohttp.ClientError as exc:
             raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
+        except RuntimeError:
+            if not where.http.closed:
+                raise
+            raise MemberUnavailable(f"member {where.name} was stopped while the request waited") from None
 
 
 async def _post(where: Endpoint, path: str, data: bytes) -> aiohttp.ClientResponse:

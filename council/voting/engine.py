@@ -149,6 +149,8 @@ class CouncilAnswer:
     tool_decision: ToolDecision | None = None
     tools: tuple[Any, ...] = ()
     tool_choice: Any = None
+    parallel_tool_calls: bool = True  # False: each seat's first call alone votes (the ballot keeps it for tally)
+    judge: tuple[str, MemberReply] | None = None  # with `judge`: who judged and what its call cost (or why not)
     _json: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -194,12 +196,15 @@ class CouncilAnswer:
         return {"role": "assistant", "content": self.decision.text or self.decision.answer}
 
     def usage(self) -> dict[str, Any]:
-        """OpenAI usage over every request sent: a group's prompt counts once; `cached_tokens` are the prompt
-        tokens the servers found in their caches (a chained lane's later members read only the rest)."""
-        prompt = sum(o.reply.prompt_tokens for o in self.outcomes)
-        completion = sum(o.reply.completion_tokens for o in self.outcomes)
+        """OpenAI usage over every request sent, the judge's too: a group's prompt counts once; `cached_tokens` are
+        the prompt tokens the servers found in their caches (a chained lane's later members read only the rest)."""
+        replies = [o.reply for o in self.outcomes]
+        if self.judge is not None:
+            replies.append(self.judge[1])
+        prompt = sum(r.prompt_tokens for r in replies)
+        completion = sum(r.completion_tokens for r in replies)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": sum(o.reply.cached_tokens for o in self.outcomes)}}
+                "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in replies)}}
 
     def council_json(self) -> dict[str, Any]:
         """The response's `council` object (README, "council serve"); built once: the response, metrics and
@@ -215,7 +220,15 @@ class CouncilAnswer:
                 "early_stop": self.early_stop, "tie_broken_by": d.tie_broken_by,
                 "winner_members": list(d.winner_members), "speaker": d.speaker, "judge_fallback": self.judge_fallback,
                 "stage": self.stage, "stages": self.stages, "members": [o.to_json() for o in self.outcomes],
+                **({"judge": _judge_json(*self.judge)} if self.judge is not None else {}),
                 **({"tool_vote": self.tool_decision.to_json()} if self.tool_decision is not None else {})}
+
+
+def _judge_json(member: str, reply: MemberReply) -> dict[str, Any]:
+    """The judge's call in the `council` object: its tokens are in `usage`, this says whose they are."""
+    return {"member": member, "status": reply.status, "latency_ms": round(reply.latency_ms),
+            "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+            **({"error": reply.error} if reply.error else {})}
 
 
 def member_payload(request: Mapping[str, Any], sampling: Sampling) -> dict[str, Any]:
@@ -267,6 +280,7 @@ class Collected:
     early: bool  # stopped early: no vote still out could change the winner
     stage: int  # the stage at which asking ended
     stages: int
+    deadline: float  # the council's (event loop time): what the judge's call has left
 
 
 class CouncilEngine:
@@ -338,8 +352,12 @@ class CouncilEngine:
 
     @classmethod
     def toolbox(cls, request: CouncilRequest) -> Toolbox | None:
-        """The request's tools, one validator per tool, for every seat; None where members call no tools."""
-        return Toolbox(request.tools, request.members_payload.get("tool_choice")) if cls.calls_tools(request) else None
+        """The request's tools, one validator per tool, for every seat, and what `tool_choice` and
+        `parallel_tool_calls` allow; None where members call no tools."""
+        if not cls.calls_tools(request):
+            return None
+        asked = request.members_payload
+        return Toolbox(request.tools, asked.get("tool_choice"), asked.get("parallel_tool_calls") is not False)
 
     def per_instructions(self, make: Callable[[ToolInstructions], T]) -> Callable[[Seat], T]:
         """Each seat's `make(kind)`, for the kind of tool instructions it is given (its member's own, else the
@@ -530,7 +548,7 @@ class CouncilEngine:
                 reply = MemberReply(status="timeout", latency_ms=waited,
                                     error=f"no answer within the council's {self.config.timeout:g}s")
             outcomes[seat.name] = SeatOutcome(seat, reply, stage=stage_of[seat.name])
-        return Collected([outcomes[m.name] for m in self.seats], len(asked), early, ended_at, len(stages))
+        return Collected([outcomes[m.name] for m in self.seats], len(asked), early, ended_at, len(stages), deadline)
 
     async def _conclude(self, request: CouncilRequest, collected: Collected,
                         toolbox: Toolbox | None = None) -> CouncilAnswer:
@@ -546,6 +564,7 @@ class CouncilEngine:
                               f"the quorum is {need}", ordered)
         ballots = [self._ballot(o) for o in answered]
         judge_fallback = False
+        judged: tuple[str, MemberReply] | None = None
         tool_decision = None
         try:
             if toolbox is not None and vote.strategy != "judge":
@@ -554,7 +573,7 @@ class CouncilEngine:
             else:
                 decision = decide(ballots, vote.strategy, vote.tie_break, temperature=vote.confidence_temperature)
             if vote.strategy == "judge":
-                picked = await self._judge(request.question, ballots)
+                picked, judged = await self._judge(request.question, ballots, collected.deadline)
                 judge_fallback = picked is None
                 decision = picked or decision
                 if toolbox is not None:
@@ -566,7 +585,8 @@ class CouncilEngine:
                                judge_fallback=judge_fallback, stage=collected.stage, stages=collected.stages,
                                tool_calls=None if tool_decision is None else [c.openai() for c in tool_decision.calls],
                                tool_decision=tool_decision, tools=tuple(request.tools),
-                               tool_choice=request.members_payload.get("tool_choice"))
+                               tool_choice=request.members_payload.get("tool_choice"), judge=judged,
+                               parallel_tool_calls=toolbox is None or toolbox.parallel)
         self.ballots.put(answer.id, self.ballot_record(answer, request.owner))
         return answer
 
@@ -578,18 +598,31 @@ class CouncilEngine:
                             tie_break=vote.tie_break, temperature=vote.confidence_temperature, how=vote.extract,
                             decision=decision)
 
-    async def _judge(self, question: str, ballots: list[Ballot]) -> Decision | None:
-        """The judge member picks an answer by number; None (fall back to majority) when it cannot."""
+    async def _judge(self, question: str, ballots: list[Ballot],
+                     deadline: float) -> tuple[Decision | None, tuple[str, MemberReply] | None]:
+        """The judge member picks an answer by number, within the council's deadline; None (fall back to majority)
+        when it cannot. Also who was asked and its reply (its tokens count in `usage`), None when nobody was."""
         judge = self.config.vote.judge
         member = next((m for m in self.seats if judge in (m.order, m.name)), None)
         if member is None:
-            return None
+            return None, None
         prompt, candidates = judge_prompt(question, ballots)
         if not candidates:
-            return None
-        reply = await member.client.complete({"messages": [{"role": "user", "content": prompt}],
-                                              "temperature": 0, "max_tokens": 16})
-        return judge_pick(reply.text if reply.status == "ok" else None, candidates, ballots, self.config.vote.tie_break)
+            return None, None
+        started = asyncio.get_running_loop().time()
+        out_of_time = asyncio.timeout_at(deadline)
+        try:
+            async with out_of_time:  # cancelled past it: its request closes, freeing the judge's slot
+                reply = await member.client.complete({"messages": [{"role": "user", "content": prompt}],
+                                                      "temperature": 0, "max_tokens": 16})
+        except TimeoutError:
+            if not out_of_time.expired():
+                raise
+            reply = MemberReply(status="timeout", latency_ms=(asyncio.get_running_loop().time() - started) * 1000,
+                                error=f"the judge did not answer within the council's {self.config.timeout:g}s")
+        picked = judge_pick(reply.text if reply.status == "ok" else None, candidates, ballots,
+                            self.config.vote.tie_break)
+        return picked, (member.name, reply)
 
     def ballot_record(self, answer: CouncilAnswer, owner: str | None = None) -> dict[str, Any]:
         """The full ballot: the council object plus the raw answers, in `council tally`'s input format, and who
@@ -597,6 +630,8 @@ class CouncilEngine:
         vote = self.config.vote
         tools = {"tools": list(answer.tools), "tool_choice": answer.tool_choice, "tool_vote_mode": vote.tools,
                  "recover_tool_calls": vote.recover_tool_calls} if answer.tool_decision is not None else {}
+        if tools and not answer.parallel_tool_calls:
+            tools["parallel_tool_calls"] = False
         return {"id": answer.id, "created": int(time.time()), **({"owner": owner} if owner is not None else {}),
                 **answer.council_json(),
                 "extract": vote.extract, "tie_break": list(vote.tie_break),

@@ -79,7 +79,17 @@ def group_calls(payloads: list[tuple[S, dict[str, Any]]], share_prompt: bool) ->
     if not share_prompt or _alone([seat.client.target for seat, _ in payloads]):
         return [Call([seat], payload) for seat, payload in payloads]
     groups = _gather(payloads, lambda p: _same_body(p[0].client.target, p[1], ("seed",)))
-    return [Call([seat for seat, _ in run], run[0][1]) for _, run in groups]
+    return [Call([seat for seat, _ in run], run[0][1] if len(run) == 1 else _shared(run[0][1])) for _, run in groups]
+
+
+def _shared(payload: dict[str, Any]) -> dict[str, Any]:
+    """The body of a request for `n` choices. It streams (`HttpMemberClient.choices`), and llama-server b11434
+    refuses logprobs with tools on a stream (a 400 for every choice): with tools, the client's `logprobs` and
+    `top_logprobs` are left out, so its samples still share one prompt pass; they answer without logprobs (a seat
+    asked alone keeps them, and the council returns its speaker's)."""
+    if not payload.get("tools") or ("logprobs" not in payload and "top_logprobs" not in payload):
+        return payload
+    return {k: v for k, v in payload.items() if k not in ("logprobs", "top_logprobs")}
 
 
 @dataclass

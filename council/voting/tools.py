@@ -5,8 +5,9 @@ When a request declares `tools`, each seat's answer is either its calls or "no c
   the calls its content consists of, `council.voting.recovery`), each as (name, canonical JSON arguments).
   The seat votes for the *set* of them (duplicates once, order ignored): parallel calls made in another order
   agree. A call whose name is not a declared tool, whose arguments are not a JSON object, or whose arguments
-  fail that tool's JSON Schema (`function.parameters`, checked with `jsonschema`) is invalid: the seat then
-  abstains, and its ballot lists each call with its verdict. So an invalid call never wins.
+  fail that tool's JSON Schema (`function.parameters`, checked with `jsonschema`, its patterns under a time limit:
+  `council.voting.patterns`) is invalid: the seat then abstains, and its ballot lists each call with its verdict.
+  So an invalid call never wins.
 - **No call**: every seat that calls nothing votes for one answer, `NO_CALL`, whatever it wrote; when "no call"
   wins, the council answers with text and no `tool_calls`, the text of the no-call seat the council's own
   extractor votes for (its usual vote over those replies). A reply cut off by max_tokens that began like a
@@ -30,6 +31,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import time
 import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +45,14 @@ from jsonschema import exceptions as schema_errors
 from jsonschema import validators
 
 from council.voting.extract import _canonical_json, extract
+from council.voting.patterns import (
+    PATTERN_BUDGET,
+    PATTERN_TIMEOUT,
+    PatternUnchecked,
+    deadline,
+    pattern_problem,
+    validator_class,
+)
 from council.voting.recovery import looks_like_a_call, recover
 from council.voting.vote import Ballot, Decision, decide
 
@@ -54,6 +64,7 @@ VALID = "valid"
 ABSENT = "(absent)"  # per-argument vote: the seat left this argument out
 CUT_OFF_CALL = "cut off by max_tokens while writing a tool call"
 NO_CALL_REQUIRED = "made no call, though tool_choice requires one"
+ONE_CALL_ONLY = "left out: parallel_tool_calls is false, so a seat's first call is its answer"
 MAX_PERMUTED = 6  # calls to one function aligned by trying every permutation; more are aligned in sorted order
 
 ToolVote = Literal["set", "per_argument"]
@@ -106,9 +117,11 @@ class ToolAnswer:
     vote: str | None = NO_CALL
     abstained: str | None = None
     shape: str | None = None  # the recovery parser that read the calls (`fenced`, `bare_json`, ...)
+    dropped: tuple[ToolCall, ...] = ()  # calls after the first, with `parallel_tool_calls: false`
 
     def to_json(self) -> dict[str, Any]:
-        return {"calls": [c.to_json() for c in self.calls], **({"recovered": True} if self.recovered else {})}
+        return {"calls": [c.to_json() for c in self.calls], **({"recovered": True} if self.recovered else {}),
+                **({"dropped": [c.to_json() for c in self.dropped]} if self.dropped else {})}
 
 
 def ballot_text(answer: ToolAnswer, text: str | None) -> str | None:
@@ -134,30 +147,40 @@ def unique(calls: Sequence[ToolCall]) -> tuple[ToolCall, ...]:
 
 
 def schema_problem(schema: Any) -> str | None:
-    """Why `schema` (a tool's `parameters`) is not a valid JSON Schema, or None. Checking one walks jsonschema's
-    metaschema, milliseconds per tool, and an agent sends the same tools with every turn: the verdict is kept per
-    schema (its canonical JSON)."""
+    """Why `schema` (a tool's `parameters`) is not a valid JSON Schema, or not one the router can check, or None."""
+    return _schema_facts(schema)[1]
+
+
+def _schema_facts(schema: Any) -> tuple[bool, str | None]:
+    """Whether `schema` uses patterns (`council.voting.patterns`), and `schema_problem`. Checking one walks
+    jsonschema's metaschema, milliseconds per tool, and an agent sends the same tools with every turn: the facts
+    are kept per schema (its canonical JSON)."""
     try:
         key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # not JSON (a caller's own objects): checked as it is, not kept
         return _check_schema(schema)
-    return _schema_problem(key)
+    return _cached_facts(key)
 
 
 @functools.lru_cache(maxsize=1024)
-def _schema_problem(key: bytes) -> str | None:
+def _cached_facts(key: bytes) -> tuple[bool, str | None]:
     return _check_schema(orjson.loads(key))
 
 
-def _check_schema(schema: Any) -> str | None:
+def _check_schema(schema: Any) -> tuple[bool, str | None]:
     if not isinstance(schema, Mapping | bool):
         # jsonschema looks `$schema` up in it first: a number there is a TypeError, not a SchemaError.
-        return f"{schema!r} is not a JSON Schema (an object)"
+        return False, f"{schema!r} is not a JSON Schema (an object)"
     kind = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         kind.check_schema(schema)
     except schema_errors.SchemaError as exc:
-        return str(exc.message)
+        return False, str(exc.message)
+    patterned, problem = pattern_problem(schema)
+    return patterned, _ref_problem(schema) or problem
+
+
+def _ref_problem(schema: Mapping[str, Any] | bool) -> str | None:
     refs = list(_refs(schema))
     if not refs:
         return None
@@ -189,9 +212,10 @@ def _refs(node: Any) -> Iterator[str]:
 class Toolbox:
     """The functions one request declared, with a JSON Schema validator per function, compiled on first use, and
     what its `tool_choice` demands: `required` (a seat that calls nothing abstains) or a named function (only
-    calls to it are valid)."""
+    calls to it are valid); `parallel`: False where `parallel_tool_calls: false` allows one call per answer."""
 
-    def __init__(self, tools: Sequence[Mapping[str, Any]], choice: Any = None) -> None:
+    def __init__(self, tools: Sequence[Mapping[str, Any]], choice: Any = None, parallel: bool = True) -> None:
+        self.parallel = parallel
         named = choice.get("function") if isinstance(choice, Mapping) else None
         self.only: str | None = named.get("name") if isinstance(named, Mapping) else None
         self.required = choice == "required" or self.only is not None
@@ -202,6 +226,8 @@ class Toolbox:
                 parameters = function.get("parameters")
                 self.schemas[function["name"]] = parameters if parameters is not None else {"type": "object"}
         self._validators: dict[str, Any] = {}
+        self._patterned: set[str] = set()  # tools whose schema uses patterns: their calls' searches are timed
+        self._pattern_time = PATTERN_BUDGET  # left to this request's pattern searches, every seat's calls together
 
     def __bool__(self) -> bool:
         return bool(self.schemas)
@@ -214,10 +240,11 @@ class Toolbox:
         """The compiled validator, or the reason the tool's schema is not one."""
         if name not in self._validators:
             schema = self.schemas[name]
-            problem = schema_problem(schema)
+            patterned, problem = _schema_facts(schema)
             if problem is None:
-                self._validators[name] = validators.validator_for(schema, default=validators.Draft202012Validator)(
-                    schema, registry=_NO_RETRIEVAL)
+                self._validators[name] = validator_class(schema)(schema, registry=_NO_RETRIEVAL)
+                if patterned:
+                    self._patterned.add(name)
             else:
                 self._validators[name] = f"{name}'s parameters are not a valid JSON Schema: {problem}"
         return self._validators[name]
@@ -234,10 +261,21 @@ class Toolbox:
         validator = self._validator(name)
         if isinstance(validator, str):
             return validator
+        timed = name in self._patterned
+        if timed:
+            started = time.monotonic()
+            window = deadline.set(started + min(PATTERN_TIMEOUT, self._pattern_time))
         try:
             error = schema_errors.best_match(validator.iter_errors(arguments))
         except referencing.exceptions.Unresolvable as exc:  # a $ref the request check could not see (nested $id)
             return f"{name}'s parameters cannot be checked: $ref {getattr(exc, 'ref', exc)!r} does not resolve"
+        except PatternUnchecked as exc:
+            return (f"arguments of {name} cannot be checked: {exc} "
+                    f"({PATTERN_TIMEOUT * 1000:g} ms a call, {PATTERN_BUDGET * 1000:g} ms a request)")
+        finally:
+            if timed:
+                deadline.reset(window)
+                self._pattern_time -= time.monotonic() - started
         if error is None:
             return VALID
         where = f" at {error.json_path}" if error.path else ""
@@ -280,6 +318,12 @@ def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reas
             written, shape = found
             calls = [toolbox.call(name, arguments, recovered=True) for name, arguments in written]
     recovered = bool(calls) and not native
+    dropped: tuple[ToolCall, ...] = ()
+    if not toolbox.parallel and len(distinct := unique(calls)) > 1:
+        # OpenAI's promise is at most one call per answer (the agent asks again for the next), and llama-server
+        # keeps it for native calls by letting the model write only its first; calls recovered from text, or a
+        # provider's, are held to it here the same way, rather than discarding the seat.
+        calls, dropped = [distinct[0]], tuple(dataclasses.replace(c, verdict=ONE_CALL_ONLY) for c in distinct[1:])
     if not calls and toolbox.required:
         return ToolAnswer(vote=None, abstained=NO_CALL_REQUIRED)
     if not calls:
@@ -288,8 +332,8 @@ def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reas
         return ToolAnswer()
     invalid = [f"{c.name}: {c.verdict}" for c in calls if not c.valid]
     if invalid:
-        return ToolAnswer(tuple(calls), recovered, None, "invalid tool call: " + "; ".join(invalid), shape)
-    return ToolAnswer(tuple(calls), recovered, set_key(calls), shape=shape)
+        return ToolAnswer(tuple(calls), recovered, None, "invalid tool call: " + "; ".join(invalid), shape, dropped)
+    return ToolAnswer(tuple(calls), recovered, set_key(calls), shape=shape, dropped=dropped)
 
 
 def recovered_calls(content: str | None, toolbox: Toolbox) -> tuple[ToolCall, ...] | None:

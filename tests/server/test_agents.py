@@ -115,7 +115,10 @@ def test_streamed_deltas_accumulate_into_the_message_with_the_sdks_own_accumulat
              {"id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": '{"city":"Rome"}'}}]
     for message in ({"role": "assistant", "content": None, "tool_calls": calls},
                     {"role": "assistant", "content": "Checking.", "tool_calls": calls},
-                    {"role": "assistant", "content": "plain text"}):
+                    {"role": "assistant", "content": "plain text"},
+                    {"role": "assistant", "content": "It is 7.", "reasoning_content": "6+1=7"},
+                    {"role": "assistant", "content": None, "reasoning_content": "Oslo, then Rome.",
+                     "tool_calls": calls}):
         deltas = stream_deltas(message)
         state = ChatCompletionStreamState()
         ends = "tool_calls" if message.get("tool_calls") else "stop"
@@ -125,6 +128,7 @@ def test_streamed_deltas_accumulate_into_the_message_with_the_sdks_own_accumulat
                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
         got = state.get_final_completion().choices[0].message
         assert got.content == message["content"]
+        assert (got.model_extra or {}).get("reasoning_content") == message.get("reasoning_content")  # (was lost)
         keep = {"id": True, "type": True, "function": {"name", "arguments"}}
         assert [c.model_dump(include=keep) for c in got.tool_calls or []] == (message.get("tool_calls") or [])
         if message.get("tool_calls"):  # OpenAI's shape: a call opens with its name and empty arguments

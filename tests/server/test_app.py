@@ -189,6 +189,143 @@ async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, path:
     assert [f.cancelled for f in fakes] == [1, 1]
 
 
+class HeldMember:
+    """A process's client whose non-streamed answer never comes: it records whether its request was closed."""
+
+    def __init__(self) -> None:
+        self.in_flight = self.cancelled = 0
+
+    async def relay(self, body: bytes, path: str, width: int = 1) -> object:
+        import asyncio
+
+        self.in_flight += 1
+        try:
+            await asyncio.Event().wait()  # generating, for as long as nobody closes the request
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        raise AssertionError("unreachable")
+
+
+RELAYED = [("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, "chat"),
+           ("/v1/completions", {"prompt": "x"}, "chat"),
+           ("/v1/responses", {"input": "x"}, "chat"),
+           ("/v1/messages", {"max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}, "messages")]
+
+
+@pytest.mark.parametrize(("path", "asked", "route"), RELAYED, ids=["chat", "completions", "responses", "messages"])
+async def test_a_disconnect_closes_a_non_streamed_passthrough(tmp_path: Path, path: str, asked: dict[str, object],
+                                                               route: str) -> None:
+    """A model's non-streamed relay ignored its client leaving: the member generated on (its slot held) until it
+    answered nobody. The disconnect now closes the member's request, and the request counts as 499 (README)."""
+    import asyncio
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.servers import until
+
+    router = _router(tmp_path)
+    member = HeldMember()
+    router.passthrough_client = lambda model: member  # type: ignore[method-assign, assignment, return-value]
+    app = create_app(router)
+    incoming = [{"type": "http.request", "body": json.dumps({"model": "m", **asked}).encode(), "more_body": False}]
+    left = asyncio.Event()
+
+    async def receive() -> dict[str, object]:
+        if incoming:
+            return incoming.pop(0)
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        pass
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("council", 80),
+             "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]}
+    task = asyncio.create_task(app(scope, receive, send))
+    await until(lambda: member.in_flight == 1, 5, "the member asked")
+    left.set()
+    await asyncio.wait_for(task, 5)
+    assert member.cancelled == 1 and member.in_flight == 0
+    metrics = text_string_to_metric_families(generate_latest(router.metrics.registry).decode())
+    counted = {(s.labels["route"], s.labels["model"], s.labels["status"]): s.value for f in metrics
+               for s in f.samples if s.name == "council_requests_total"}
+    assert counted == {(route, "m", "499"): 1.0}, counted
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_n_choices_take_n_slots_and_n_rate_tokens_on_completions_as_on_chat(tmp_path: Path,
+                                                                                  stream: bool) -> None:
+    """`n: 8` is 8 completions: chat relayed it holding 8 of the process's slots and 8 of its rate limit's
+    requests, /v1/completions one of each (so a rate limit or `parallel` was overrun 8 times over)."""
+    import contextlib
+
+    from council.voting.client import Relayed
+
+    class Recorder:
+        """A process's client that records the width each call holds (slots, rate)."""
+
+        def __init__(self) -> None:
+            self.widths: list[int] = []
+
+        async def relay(self, body: bytes, path: str, width: int = 1) -> Relayed:
+            self.widths.append(width)
+            return Relayed(200, "application/json", b"{}")
+
+        @contextlib.asynccontextmanager
+        async def stream(self, body: bytes, path: str, width: int = 1) -> AsyncIterator[tuple[Relayed, Any]]:
+            self.widths.append(width)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield b"data: [DONE]\n\n"
+
+            yield Relayed(200, "text/event-stream", b""), chunks()
+
+    router = _router(tmp_path)
+    member = Recorder()
+    router.passthrough_client = lambda model: member  # type: ignore[method-assign, assignment, return-value]
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council",
+                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
+        for path, asked in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+                            ("/v1/completions", {"prompt": "x"})):
+            for n in (8, None):
+                body = {"model": "m", **asked, "stream": stream, **({"n": n} if n else {})}
+                reply = await http.post(path, content=json.dumps(body))
+                assert reply.status_code == 200, reply.text
+    assert member.widths == [8, 1, 8, 1]
+
+
+async def test_a_streamed_council_answer_rebuilds_the_non_streamed_message_with_the_sdk(tmp_path: Path) -> None:
+    """The stream dropped the speaker's `reasoning_content`, so an openai SDK client's accumulated message lacked
+    what the same request without `stream` returned; it now comes as a delta field, as llama-server streams it."""
+    import dataclasses
+
+    import openai
+
+    from tests.voting.fakes import FakeClient, Say
+
+    reasoned = Say("It is 7.", message={"role": "assistant", "content": "It is 7.", "reasoning_content": "6+1=7"})
+    router = _router(tmp_path)
+    engine = router.engines["c"]
+    engine.seats = [dataclasses.replace(seat, client=FakeClient(reasoned)) for seat in engine.seats]
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council/v1") as http:
+        sdk = openai.AsyncOpenAI(api_key=KEY, base_url="http://council/v1", http_client=http)
+        messages: list[Any] = [{"role": "user", "content": "6+1?"}]
+        plain = (await sdk.chat.completions.create(model="c", messages=messages)).choices[0].message
+        async with sdk.chat.completions.stream(model="c", messages=messages) as stream:
+            streamed = (await stream.get_final_completion()).choices[0].message
+    assert plain.model_dump(exclude_none=True) == {"role": "assistant", "content": "It is 7.",
+                                                   "reasoning_content": "6+1=7"}
+    assert streamed.model_dump(exclude_none=True, exclude={"parsed"}) == plain.model_dump(exclude_none=True)
+
+
 WEATHER = {"name": "get_weather", "description": "The weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 CHAT_TOOL = {"type": "function", "function": WEATHER}

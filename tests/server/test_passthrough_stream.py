@@ -86,3 +86,30 @@ async def test_a_fault_of_the_router_while_relaying_ends_with_an_error_event_and
     error = json.loads(bytes(chunks[-1]).removeprefix(b"data: "))["error"]
     assert error["code"] == "internal_error" and "ValueError" in error["message"]
     assert statuses == [500]
+
+
+class _Written:
+    """A member whose whole answer is two calls written as text (a small model's way), relayed as llama-server
+    returns it."""
+
+    async def relay(self, body: bytes, path: str, width: int = 1) -> Relayed:
+        content = json.dumps([{"name": "get_weather", "arguments": {"city": c}} for c in ("Paris", "Rome")])
+        return Relayed(200, "application/json", json.dumps({"choices": [{
+            "index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}).encode())
+
+
+async def test_a_relayed_models_recovered_calls_keep_to_parallel_tool_calls_false() -> None:
+    """A model relayed with `recover_tool_calls`: calls written as text became `tool_calls`, all of them, though
+    the request said `parallel_tool_calls: false` (the server holds only its own native calls to one)."""
+    from council.server.routes.passthrough import _toolbox
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    for parallel, cities in ((False, ["Paris"]), (True, ["Paris", "Rome"])):
+        payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Paris and Rome?"}],
+                              "tools": [tool], "parallel_tool_calls": parallel}).encode()
+        response = await relay_through(_Written(), payload, "/v1/chat/completions", False,  # type: ignore[arg-type]
+                                       toolbox=_toolbox(payload))
+        choice = json.loads(bytes(response.body))["choices"][0]
+        assert choice["finish_reason"] == "tool_calls"
+        assert [json.loads(c["function"]["arguments"])["city"] for c in choice["message"]["tool_calls"]] == cities

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from council.voting.client import _Choice
+import aiohttp
+import pytest
+
+from council.members.process import Slots
+from council.voting.client import Endpoint, HttpMemberClient, MemberUnavailable, _Choice
 from council.voting.engine import extract_reply
 
 
@@ -38,3 +43,28 @@ def test_without_a_usage_chunk_a_choice_counts_its_own_tokens() -> None:
     with_logprobs.add({"index": 0, "delta": {"content": "ab"},
                        "logprobs": {"content": [{"token": "a", "logprob": -1.0}, {"token": "b", "logprob": -1.0}]}})
     assert with_logprobs.reply(5.0, None, {}, first=True).completion_tokens == 2  # a chunk may carry several tokens
+
+
+@pytest.mark.anyio
+async def test_a_passthrough_waiting_on_a_process_being_stopped_is_member_unavailable() -> None:
+    """A relayed call waiting for the process's slot while the process stops (its HTTP session closes) raised
+    aiohttp's RuntimeError('Session is closed'), which the app answered with a 500 (`internal_error`). It is the
+    member not being ready: `MemberUnavailable`, 503 `no_ready_member`."""
+    from tests.servers import until
+
+    http = aiohttp.ClientSession()
+    slots = Slots(1)
+    where = Endpoint(name="m/0", url="http://127.0.0.1:9", api_key="k", http=http, slots=slots)
+    client = HttpMemberClient(endpoint=lambda: where, target="m")
+    held = slots.hold()
+    await held.__aenter__()  # a request in flight
+    waiting = asyncio.create_task(client.relay(b"{}", "/v1/chat/completions"))
+    await until(lambda: slots.waiting == 1, 5, "the relay waiting for the slot")
+    await http.close()  # MemberProcess.stop closes the process's session
+    await held.__aexit__(None, None, None)  # the one in flight ends: the waiting call gets the slot
+    with pytest.raises(MemberUnavailable, match="m/0 was stopped"):
+        await waiting
+    with pytest.raises(MemberUnavailable, match="m/0 was stopped"):  # a stream the same
+        async with client.stream(b"{}", "/v1/chat/completions"):
+            pass
+    assert slots.free == 1

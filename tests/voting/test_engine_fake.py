@@ -187,6 +187,42 @@ async def test_judge_answers_with_the_reply_it_picked() -> None:
     assert answer.message["content"] == "6 x 7 = 42, so 42."
 
 
+def _judging(pick: Say) -> Any:
+    """Seat 0's script: `pick` to the judge's prompt, 7 to the question."""
+    def script(payload: Mapping[str, Any]) -> Say:
+        return pick if last_user_text(payload["messages"]).startswith("Several assistants") else Say("7")
+    return script
+
+
+async def test_the_judge_answers_within_the_councils_deadline_or_majority_decides() -> None:
+    """The judge's call ran without the council's deadline: a judge on a busy slot held the answer for as long as
+    it took (`timeout: 1s` answered after 5 s). It is cancelled at the deadline (its slot freed) and the council
+    falls back to majority, as when the judge fails."""
+    engine, clients = council({"timeout": "1s", "vote": {"strategy": "judge", "judge": 0}},
+                              _judging(Say("1", delay=SLOW)), Say("8"), Say("8"))
+    started = time.monotonic()
+    answer = await engine.ask(ask("q?"))
+    assert time.monotonic() - started < 5
+    assert answer.judge_fallback and answer.decision.answer == "8" and statuses(answer) == ["ok", "ok", "ok"]
+    assert len(clients[0].sent) == 2 and clients[0].cancelled == 1 and clients[0].in_flight == 0
+    judge = answer.council_json()["judge"]
+    assert judge["member"] == "c/0" and judge["status"] == "timeout" and "within the council's 1s" in judge["error"]
+
+
+async def test_the_judges_tokens_count_in_usage() -> None:
+    """README: usage is every member's tokens; the judge's call is one of them (it was left out)."""
+    engine, _ = council({"vote": {"strategy": "judge", "judge": 0}},
+                        _judging(Say("pick 2")), Say("8"), Say("8"))
+    answer = await engine.ask(ask("q?"))
+    assert not answer.judge_fallback and answer.decision.answer == "8"
+    members = sum(o.reply.prompt_tokens + o.reply.completion_tokens for o in answer.outcomes)
+    assert members == 3 * (3 + 1)
+    assert answer.usage()["total_tokens"] == members + 3 + 2  # the judge's prompt and its two words
+    judge = answer.council_json()["judge"]
+    assert judge["member"] == "c/0" and judge["status"] == "ok"
+    assert (judge["prompt_tokens"], judge["completion_tokens"]) == (3, 2) and "error" not in judge
+
+
 async def test_members_get_the_pass_through_fields_with_their_own_sampling() -> None:
     engine, clients = council({"members": [{"sampling": {"temperature": 0.2, "system": "be brief"}}, {}],
                                "vote": {"extract": "text"}}, Say("a"), Say("a"))

@@ -5,20 +5,24 @@ llama-server members: tests/server/test_tool_calls.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import threading
 import time
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from council.voting.client import MemberReply
 from council.voting.engine import CouncilEngine, QuorumError
 from council.voting.request import CouncilRequest
 from council.voting.tools import (
     CUT_OFF_CALL,
     NO_CALL,
+    ONE_CALL_ONLY,
     ONE_CALL_RULES,
     TOOL_RULES,
     Toolbox,
@@ -254,6 +258,34 @@ def test_a_tool_whose_parameters_are_no_schema_fails_its_calls_with_the_reason()
         assert box.call("f", "{}").verdict.startswith("f's parameters are not a valid JSON Schema: "), parameters
 
 
+TWO_WRITTEN = Say('[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+                  '{"name": "get_weather", "arguments": {"city": "Rome"}}]')
+
+
+async def test_with_parallel_tool_calls_false_a_seat_answers_with_its_first_call() -> None:
+    """llama-server holds a member's native calls to one under `parallel_tool_calls: false`, but calls recovered
+    from text bypassed it: the council returned two. As OpenAI promises (one call an answer, the agent asks again
+    for the next) and as the server's own enforcement leaves it, a seat's first call is its answer; the others are
+    listed as `dropped`, with why."""
+    engine, _ = council({"vote": {"strategy": "majority"}}, TWO_WRITTEN, TWO_WRITTEN, Say("I don't know"))
+    answer = await engine.ask({**ask(), "parallel_tool_calls": False})
+    assert returned(answer) == [weather("Paris")] and answer.finish_reason == "tool_calls"
+    seat = member(answer, 0)
+    assert [c["arguments"] for c in seat["calls"]] == [{"city": "Paris"}] and "abstained" not in seat
+    assert seat["dropped"] == [{"name": "get_weather", "arguments": {"city": "Rome"}, "verdict": ONE_CALL_ONLY,
+                                "recovered": True}]
+    assert engine.ballots.get(answer.id)["parallel_tool_calls"] is False  # `council tally` re-runs it so
+    # A provider's native calls are held to it too; a repeated call is one call.
+    engine, _ = council({"vote": {"strategy": "majority"}},
+                        calls(weather("Rome"), weather("Rome"), weather("Paris")), calls(weather("Rome")))
+    answer = await engine.ask({**ask(), "parallel_tool_calls": False})
+    assert returned(answer) == [weather("Rome")] and answer.council_json()["agreement"] == 1.0
+    # Parallel calls allowed (unset, or true): every call is the answer, as before.
+    engine, _ = council({"vote": {"strategy": "majority"}}, TWO_WRITTEN, TWO_WRITTEN, Say("I don't know"))
+    answer = await engine.ask(ask())
+    assert returned(answer) == [weather("Paris"), weather("Rome")] and "dropped" not in member(answer, 0)
+
+
 async def test_tally_re_runs_a_tool_call_ballot(tmp_path: Path) -> None:
     fenced = '```json\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n```'
     engine: CouncilEngine
@@ -378,6 +410,41 @@ async def test_a_members_samples_share_one_request_with_its_own_tool_instruction
     assert told(clients[0]) == tool_instructions(TOOLS, "listed") and told(clients[3]) == TOOL_RULES
 
 
+class StreamingServer(FakeClient):
+    """A process whose `n` requests stream, as `HttpMemberClient.choices` sends them, and which refuses logprobs with
+    tools on a stream as llama-server b11434 does (tools/server/server-common.cpp: a 400)."""
+
+    async def choices(self, payload: Mapping[str, Any], n: int,
+                      streaming: object = None) -> AsyncIterator[tuple[int, MemberReply]]:
+        if payload.get("tools") and (payload.get("logprobs") or payload.get("top_logprobs")):
+            self.grouped.append(n)
+            for i in range(n):
+                yield i, MemberReply(status="error", http_status=400,
+                                     error="member answered 400: logprobs is not supported with tools + stream")
+            return
+        async for choice in super().choices(payload, n, streaming):
+            yield choice
+
+
+async def test_a_clients_logprobs_with_tools_leave_grouped_samples_one_prompt_pass_without_logprobs() -> None:
+    """`logprobs: true` with `tools` reached the samples' shared request, which streams, and llama-server refuses
+    that: every sample errored and the answer was degraded. The grouped request now goes without the client's
+    logprobs (one prefill for the samples still); a seat asked alone keeps them, and the council returns its
+    speaker's."""
+    lp = {"content": [{"token": "x", "logprob": -0.5}]}
+    say = Say(calls(weather("Paris")).text, message=calls(weather("Paris")).message, logprobs=lp)
+    engine, _ = council({"members": [{"sampling": {"temperature": 0}},
+                                     {"samples": 4, "sampling": {"temperature": 0.7, "seed": 1}}]}, *[say] * 5)
+    process = StreamingServer(say, target="p")
+    engine.seats = [dataclasses.replace(seat, client=process) for seat in engine.seats]
+    answer = await engine.ask(CouncilRequest.of({**ask(), "logprobs": True, "top_logprobs": 2}, early_stop=False))
+    assert not answer.degraded and [m["status"] for m in answer.council_json()["members"]] == ["ok"] * 5
+    assert process.grouped == [4]
+    asked = [(s.get("logprobs"), s.get("top_logprobs")) for s in process.sent]
+    assert sorted(asked, key=str) == [(None, None)] * 4 + [(True, 2)]  # 4 samples as one request; the greedy seat
+    assert returned(answer) == [weather("Paris")] and answer.speaker.seat.name == "c/0" and answer.logprobs == lp
+
+
 async def test_a_member_with_none_is_given_nothing_while_the_others_get_the_councils() -> None:
     engine, clients = council({"members": [{"model": "qwen"}, {"model": "big", "tool_instructions": "none"},
                                            {"model": "smollm2", "tool_instructions": "brief"}],
@@ -450,3 +517,85 @@ def test_a_tool_schemas_refs_resolve_within_it_and_a_remote_one_is_never_fetched
     finally:
         server.shutdown()
     assert fetched == []
+
+
+def _tool(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+BACKTRACKS = "^(a|a)*$"  # exponential in `re` and in `regex` alike: 26 a's and a "!" take seconds in either
+
+
+def test_a_pattern_that_backtracks_makes_its_call_invalid_within_the_time_limit() -> None:
+    """A tool schema comes from the client, a call's arguments from a member, and both are checked on the event
+    loop: jsonschema's `re` took seconds on a pattern that backtracks (the router stalled for every request).
+    Patterns are matched with `regex` under a time limit: past it the call is invalid, and the verdict says why;
+    every pattern keyword that reads a member's text is covered, and the request's searches share a budget."""
+    from council.voting.patterns import PATTERN_BUDGET, PATTERN_TIMEOUT
+
+    slow = "a" * 26 + "!"
+    boxes = {
+        "pattern": (Toolbox([_tool("f", {"type": "object", "properties": {"s": {"pattern": BACKTRACKS}}})]),
+                    {"s": slow}),
+        "patternProperties": (Toolbox([_tool("f", {"type": "object", "patternProperties": {BACKTRACKS: {}}})]),
+                              {slow: 1}),
+        "propertyNames": (Toolbox([_tool("f", {"type": "object", "propertyNames": {"pattern": BACKTRACKS}})]),
+                          {slow: 1}),
+    }
+    for keyword, (box, arguments) in boxes.items():
+        started = time.monotonic()
+        verdict = box.call("f", arguments).verdict
+        took = time.monotonic() - started
+        assert verdict.startswith("arguments of f cannot be checked: pattern '^(a|a)*$' ran out of time"), keyword
+        assert took < PATTERN_TIMEOUT + 0.3, (keyword, took)
+    box, arguments = boxes["pattern"]
+    started = time.monotonic()
+    for _ in range(20):  # 20 seats' calls in one request: together within the request's budget
+        assert "ran out of time" in box.call("f", arguments).verdict
+    assert time.monotonic() - started < PATTERN_BUDGET + 0.5
+
+
+def test_patterns_still_decide_as_json_schema_says() -> None:
+    box = Toolbox([_tool("f", {"type": "object", "properties": {"s": {"type": "string", "pattern": "^[a-z]+$"}},
+                               "patternProperties": {"^x_": {"type": "integer"}}, "additionalProperties": False})])
+    assert box.call("f", {"s": "abc", "x_n": 1}).valid
+    assert box.call("f", {"s": "abc1"}).verdict == "arguments fail f's schema at $.s: 'abc1' does not match '^[a-z]+$'"
+    assert box.call("f", {"x_n": "one"}).verdict == "arguments fail f's schema at $.x_n: 'one' is not of type 'integer'"
+    assert box.call("f", {"y": 1}).verdict == "arguments fail f's schema: 'y' does not match any of the regexes: '^x_'"
+    loose = Toolbox([_tool("f", {"type": "object", "patternProperties": {"^x_": {"type": "integer"}},
+                                 "additionalProperties": {"type": "string"}})])
+    assert loose.call("f", {"x_n": 1, "y": "z"}).valid
+    assert loose.call("f", {"y": 2}).verdict == "arguments fail f's schema at $.y: 2 is not of type 'string'"
+    draft4 = Toolbox([_tool("f", {"$schema": "http://json-schema.org/draft-04/schema#",
+                                  "properties": {"s": {"pattern": "^x"}}})])
+    assert draft4.call("f", {"s": "y"}).verdict == "arguments fail f's schema at $.s: 'y' does not match '^x'"
+
+
+def test_what_jsonschema_would_match_without_a_time_limit_is_refused_at_the_door() -> None:
+    """jsonschema matches `unevaluatedProperties`' names against `patternProperties` with `re` itself, and a
+    nested `$schema` naming a draft switches to its own validators: with patterns, such a schema is refused."""
+    unevaluated = {"type": "object", "patternProperties": {"^x": {}}, "unevaluatedProperties": False}
+    assert "`unevaluatedProperties` beside `patternProperties` is not supported" in (schema_problem(unevaluated) or "")
+    nested = {"type": "object", "properties": {
+        "s": {"$schema": "http://json-schema.org/draft-07/schema#", "pattern": BACKTRACKS}}}
+    assert "a `$schema` inside a schema that uses patterns" in (schema_problem(nested) or "")
+    box = Toolbox([_tool("f", nested)])
+    assert box.call("f", {"s": "a" * 26 + "!"}).verdict.startswith("f's parameters are not a valid JSON Schema")
+    # A property named `$schema` is a name, not the keyword; patterns under a top-level `$schema` are ours.
+    assert schema_problem({"type": "object", "properties": {"$schema": {"type": "string", "pattern": "^h"}}}) is None
+    assert schema_problem({"$schema": "http://json-schema.org/draft-07/schema#",
+                           "properties": {"s": {"pattern": "^x"}}}) is None
+    assert schema_problem({"type": "object", "unevaluatedProperties": False}) is None
+
+
+async def test_a_members_argument_against_a_backtracking_pattern_does_not_stall_the_council() -> None:
+    """The reviewer's case: `^(\\w+\\s?)*$` passes the request's schema check, and a member's 27-character title
+    held the event loop for ~5 s; `regex` decides it at once (the seat abstains: it does not match)."""
+    tool = _tool("set_title", {"type": "object", "properties": {"title": {"type": "string",
+                                                                          "pattern": "^(\\w+\\s?)*$"}}})
+    assert schema_problem(tool["function"]["parameters"]) is None
+    engine, _ = council({}, calls(("set_title", {"title": "Meeting" + "s" * 19 + "!"})), Say("ok"), Say("ok"))
+    started = time.monotonic()
+    answer = await engine.ask(ask([tool], "set my title"))
+    assert time.monotonic() - started < 1.0
+    assert "does not match" in member(answer, 0)["abstained"]

@@ -32,6 +32,7 @@ from council.server.routes.chat import (
     check_media,
     council_stream,
     read_body,
+    relay_whole,
 )
 from council.server.routes.passthrough import relay
 from council.voting.client import HttpMemberClient, MemberUnavailable, Relayed
@@ -54,7 +55,7 @@ async def messages(request: Request, router: Current, who: Chat) -> Response:
     check_media(router, asked.model, asked.has_media)
     if engine is None:
         admission = await router.limits.admit(who, asked.model)
-        return await _relay_model(router, asked.model, raw, admission, started, stream=bool(asked.stream))
+        return await _relay_model(request, router, asked.model, raw, admission, started, stream=bool(asked.stream))
     council = as_council_request(router, anthropic.to_chat(asked, body), owner=who.name)
     admission = await router.limits.admit(who, asked.model)
     if asked.stream:
@@ -86,8 +87,8 @@ def _stream(router: Router, engine: CouncilEngine, council: CouncilRequest, admi
 # ---- a model: relayed to its process, which answers the Messages API itself --------------------------------------
 
 
-async def _relay_model(router: Router, model: str, raw: bytes, admission: Admission, started: float,
-                       stream: bool) -> Response:
+async def _relay_model(request: Request, router: Router, model: str, raw: bytes, admission: Admission,
+                       started: float, stream: bool) -> Response:
     if stream:
         overhead = time.perf_counter() - started  # a stream's headers leave when the member's do
 
@@ -105,9 +106,10 @@ async def _relay_model(router: Router, model: str, raw: bytes, admission: Admiss
         response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
         return response
     async with admission:
-        asking = time.perf_counter()
-        response = await relay(router, model, raw, "/v1/messages", False, admission)
-        waited = time.perf_counter() - asking
+        relayed = await relay_whole(request, router, model, raw, "/v1/messages", admission, started, ROUTE)
+        if relayed is None:
+            return Response(status_code=CLIENT_GONE)
+        response, waited = relayed
         if response.status_code >= 400:
             response = JSONResponse(anthropic.from_openai_error(response.status_code, bytes(response.body)),
                                     status_code=response.status_code)

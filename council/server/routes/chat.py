@@ -146,7 +146,7 @@ async def chat_completions(request: Request) -> Response:
         check_media(router, chat.model, chat.has_media)
     admission = await router.limits.admit(who, chat.model)
     if engine is None:
-        return await _passthrough(router, chat.model, raw, "/v1/chat/completions", admission, started,
+        return await _passthrough(request, router, chat.model, raw, "/v1/chat/completions", admission, started,
                                   stream=bool(chat.stream), width=chat.n or 1)
     # What the vote needs, once: question, options, members' payload, and whose ballot it will be.
     council = chat.council_request(body, who.name)
@@ -235,12 +235,12 @@ async def completions(request: Request) -> Response:
                             "(POST /v1/chat/completions)", "council_needs_chat")
     setattr(request.state, MODEL, completion.model)
     admission = await router.limits.admit(who, completion.model)
-    return await _passthrough(router, completion.model, raw, "/v1/completions", admission, started,
-                              stream=bool(completion.stream))
+    return await _passthrough(request, router, completion.model, raw, "/v1/completions", admission, started,
+                              stream=bool(completion.stream), width=completion.n or 1)
 
 
-async def _passthrough(router: Router, model: str, raw: bytes, path: str, admission: Admission, started: float,
-                       stream: bool = False, width: int = 1) -> Response:
+async def _passthrough(request: Request, router: Router, model: str, raw: bytes, path: str, admission: Admission,
+                       started: float, stream: bool = False, width: int = 1) -> Response:
     """Relay to the model; `width` is the request's `n` (n choices hold n of the process's slots and count n
     against its rate limit)."""
     if stream:
@@ -258,9 +258,24 @@ async def _passthrough(router: Router, model: str, raw: bytes, path: str, admiss
         response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
         return response
     async with admission:
-        asked = time.perf_counter()
-        response = await relay(router, model, raw, path, False, admission, width=width)
-        return _measured(router, response, model, started, time.perf_counter() - asked)
+        relayed = await relay_whole(request, router, model, raw, path, admission, started, width=width)
+        if relayed is None:
+            return Response(status_code=CLIENT_GONE)
+        response, waited = relayed
+        return _measured(router, response, model, started, waited)
+
+
+async def relay_whole(request: Request, router: Router, model: str, raw: bytes, path: str, admission: Admission,
+                      started: float, route: str = "chat", width: int = 1) -> tuple[Response, float] | None:
+    """A non-streamed relay, whatever API asked: the member's response and the seconds spent waiting on it; None
+    when the client went away first (the member's request is closed, freeing its slot; counted as `CLIENT_GONE`
+    under `route`), as `ask_council` does for a council."""
+    asked = time.perf_counter()
+    response = await _unless_disconnected(request, relay(router, model, raw, path, False, admission, width=width))
+    if response is None:
+        router.metrics.observe(route, model, CLIENT_GONE, time.perf_counter() - started, None)
+        return None
+    return response, time.perf_counter() - asked
 
 
 def _measured(router: Router, response: Response, model: str, started: float, waited: float,
@@ -274,13 +289,19 @@ def _measured(router: Router, response: Response, model: str, started: float, wa
 
 
 def stream_deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """The council's message as OpenAI streams one: the role with the text, then for each tool call a delta
-    that opens it (`index`, `id`, `type`, the function's name, empty arguments) and one with its arguments, so
-    clients' accumulators (the openai SDK's stream helpers) rebuild the same calls. The answer is whole once the
-    vote is decided: cutting the arguments finer would send more bytes and nothing sooner."""
+    """The council's message as OpenAI streams one: the role with the text (and the message's other fields, such
+    as llama-server's `reasoning_content`, as delta fields ahead of it, where llama-server streams them), then for
+    each tool call a delta that opens it (`index`, `id`, `type`, the function's name, empty arguments) and one
+    with its arguments, so clients' accumulators (the openai SDK's stream helpers) rebuild the message the
+    non-streamed answer has. The answer is whole once the vote is decided: cutting it finer would send more bytes
+    and nothing sooner."""
     calls = message.get("tool_calls") or []
     content = message.get("content")
-    first: dict[str, Any] = {"role": "assistant", "content": content or ("" if not calls else None)}
+    first: dict[str, Any] = {"role": "assistant"}
+    for key, value in message.items():  # the speaker's reasoning, say: the non-streamed message has it
+        if key not in ("role", "content", "tool_calls") and value is not None:
+            first[key] = value
+    first["content"] = content or ("" if not calls else None)
     deltas = [first]
     for index, call in enumerate(calls):
         fn = call.get("function") or {}

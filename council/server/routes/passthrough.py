@@ -52,7 +52,7 @@ def _toolbox(payload: bytes) -> Toolbox | None:
     tools = body.get("tools") if isinstance(body, dict) else None
     if not isinstance(tools, list) or not tools or body.get("tool_choice") == "none":
         return None
-    return Toolbox(tools) or None
+    return Toolbox(tools, parallel=body.get("parallel_tool_calls") is not False) or None
 
 
 async def relay_through(client: HttpMemberClient, payload: bytes, path: str, stream: bool,

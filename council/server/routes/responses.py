@@ -112,7 +112,7 @@ async def create_response(request: Request, router: Current, who: Chat) -> Respo
     inputs = [*history, *input_items(body)]
     if engine is None:  # a council is checked as chat (as_council_request)
         check_media(router, ask.model, ask.has_media)
-        return await _relay(router, ask, body, history, inputs, who, started)
+        return await _relay(request, router, ask, body, history, inputs, who, started)
     council = as_council_request(router, to_chat(ask, body, history), owner=who.name)
     admission = await router.limits.admit(who, ask.model)
     if ask.stream:
@@ -155,13 +155,14 @@ def _stream_council(router: Router, engine: CouncilEngine, council: CouncilReque
                           failed=failed, answered=answered)
 
 
-async def _relay(router: Router, ask: ResponsesRequest, body: dict[str, Any], history: list[dict[str, Any]],
-                 inputs: list[dict[str, Any]], who: Principal, started: float) -> Response:
+async def _relay(request: Request, router: Router, ask: ResponsesRequest, body: dict[str, Any],
+                 history: list[dict[str, Any]], inputs: list[dict[str, Any]], who: Principal,
+                 started: float) -> Response:
     """A model: llama-server answers the Responses API itself (the conversation so far sent as input); its
     answer is completed where the SDKs need more than it writes, and stored."""
     payload = json.dumps(for_model(body, history)).encode()
     admission = await router.limits.admit(who, ask.model)
-    response = await _passthrough(router, ask.model, payload, "/v1/responses", admission, started,
+    response = await _passthrough(request, router, ask.model, payload, "/v1/responses", admission, started,
                                   stream=bool(ask.stream))
     if not 200 <= response.status_code < 300:
         return response  # the process's own error, in OpenAI's shape
@@ -216,7 +217,8 @@ async def input_tokens(request: Request, router: Current, who: Chat) -> Response
     if engine is None:
         check_media(router, ask.model, ask.has_media)
         payload = {k: v for k, v in for_model(body, history).items() if k not in ("stream", "stream_options")}
-        return await _passthrough(router, ask.model, json.dumps(payload).encode(), "/v1/responses/input_tokens",
+        return await _passthrough(request, router, ask.model, json.dumps(payload).encode(),
+                                  "/v1/responses/input_tokens",
                                   await router.limits.admit(who, ask.model), started)
     # Checked before admission: a refused body holds no place in the limits.
     council = as_council_request(router, to_chat(ask, body, history), checked=False)  # counting needs no more
