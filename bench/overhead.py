@@ -128,11 +128,14 @@ councils:
 
 def member_endpoint(server_url: str) -> tuple[str, str, int]:
     """URL and key of the council's member process (the key from its environment, which its owner may read: bench
-    only)."""
+    only; a `--baseline` router older than that put it in the argument list)."""
     member = next(m for m in httpx.get(f"{server_url}/admin/members").json()["members"] if m["name"] == "solo/0")
     environ = Path(f"/proc/{member['pid']}/environ").read_bytes().split(b"\0")
-    key = next(v for k, _, v in (e.partition(b"=") for e in environ) if k == b"LLAMA_API_KEY").decode()
-    return f"http://127.0.0.1:{member['port']}", key, member["pid"]
+    key = next((v for k, _, v in (e.partition(b"=") for e in environ) if k == b"LLAMA_API_KEY"), None)
+    if key is None:
+        argv = Path(f"/proc/{member['pid']}/cmdline").read_bytes().split(b"\0")
+        key = argv[argv.index(b"--api-key") + 1]
+    return f"http://127.0.0.1:{member['port']}", key.decode(), member["pid"]
 
 
 # --- LiteLLM's proxy, in a venv of its own ---
