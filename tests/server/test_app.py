@@ -145,6 +145,30 @@ ASKED = [("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}
          ("/v1/responses", {"input": "x"})]
 
 
+def _leaving_client(app: Any, path: str, body: dict[str, object]) -> tuple[Any, Any]:
+    """The app driven over raw ASGI by a client that sends `body` to `path`, then disconnects once the returned
+    event is set: (that event, the app's task)."""
+    import asyncio
+
+    incoming = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+    left = asyncio.Event()
+
+    async def receive() -> dict[str, object]:
+        if incoming:
+            return incoming.pop(0)
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        pass
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("council", 80),
+             "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]}
+    return left, asyncio.create_task(app(scope, receive, send))
+
+
 @pytest.mark.parametrize(("path", "asked", "stream"), [(*a, s) for a in ASKED for s in (False, True)],
                          ids=[f"{a[0].rsplit('/', 1)[1]}-{'stream' if s else 'whole'}" for a in ASKED for s in (0, 1)])
 async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, path: str, asked: dict[str, object],
@@ -162,26 +186,7 @@ async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, path:
     engine = router.engines["c"]
     fakes = [FakeClient(Say("a", delay=30.0)) for _ in engine.seats]
     engine.seats = [dataclasses.replace(seat, client=fake) for seat, fake in zip(engine.seats, fakes, strict=True)]
-    app = create_app(router)
-    body = json.dumps({"model": "c", **asked, "stream": stream}).encode()
-    incoming = [{"type": "http.request", "body": body, "more_body": False}]
-    left = asyncio.Event()
-    sent: list[dict[str, object]] = []
-
-    async def receive() -> dict[str, object]:
-        if incoming:
-            return incoming.pop(0)
-        await left.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, object]) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
-             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("council", 80),
-             "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]}
-    task = asyncio.create_task(app(scope, receive, send))
+    left, task = _leaving_client(create_app(router), path, {"model": "c", **asked, "stream": stream})
     await until(lambda: all(f.in_flight == 1 for f in fakes), 5, "every seat asked")
     left.set()
     await asyncio.wait_for(task, 5)
@@ -230,24 +235,7 @@ async def test_a_disconnect_closes_a_non_streamed_passthrough(tmp_path: Path, pa
     router = _router(tmp_path)
     member = HeldMember()
     router.passthrough_client = lambda model: member  # type: ignore[method-assign, assignment, return-value]
-    app = create_app(router)
-    incoming = [{"type": "http.request", "body": json.dumps({"model": "m", **asked}).encode(), "more_body": False}]
-    left = asyncio.Event()
-
-    async def receive() -> dict[str, object]:
-        if incoming:
-            return incoming.pop(0)
-        await left.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, object]) -> None:
-        pass
-
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
-             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("council", 80),
-             "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]}
-    task = asyncio.create_task(app(scope, receive, send))
+    left, task = _leaving_client(create_app(router), path, {"model": "m", **asked})
     await until(lambda: member.in_flight == 1, 5, "the member asked")
     left.set()
     await asyncio.wait_for(task, 5)
