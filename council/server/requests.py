@@ -247,6 +247,14 @@ class CompletionRequest(_Sampling):
     echo: bool | None = None
     suffix: str | None = None
 
+    @property
+    def width(self) -> int:
+        """How many of the process's slots (and rate-limit requests) it takes: llama-server runs `n` tasks for each
+        prompt of a list (one list of token ids is one prompt)."""
+        prompts = len(self.prompt) if isinstance(self.prompt, list) and self.prompt and \
+            not isinstance(self.prompt[0], int) else 1
+        return max(1, prompts) * (self.n or 1)
+
 
 def _code(error: dict[str, Any]) -> str:
     loc = error.get("loc") or ()

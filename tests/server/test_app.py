@@ -286,7 +286,11 @@ async def test_n_choices_take_n_slots_and_n_rate_tokens_on_completions_as_on_cha
                 body = {"model": "m", **asked, "stream": stream, **({"n": n} if n else {})}
                 reply = await http.post(path, content=json.dumps(body))
                 assert reply.status_code == 200, reply.text
-    assert member.widths == [8, 1, 8, 1]
+        # A list of prompts is a task per prompt (and per choice) in llama-server; a list of token ids is one.
+        for prompt in (["x", "y", "z"], [[1, 2], [3]], [1, 2, 3]):
+            body = {"model": "m", "prompt": prompt, "n": 2, "stream": stream}
+            assert (await http.post("/v1/completions", content=json.dumps(body))).status_code == 200
+    assert member.widths == [8, 1, 8, 1, 6, 4, 2]
 
 
 async def test_a_streamed_council_answer_rebuilds_the_non_streamed_message_with_the_sdk(tmp_path: Path) -> None:

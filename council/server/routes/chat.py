@@ -236,7 +236,7 @@ async def completions(request: Request) -> Response:
     setattr(request.state, MODEL, completion.model)
     admission = await router.limits.admit(who, completion.model)
     return await _passthrough(request, router, completion.model, raw, "/v1/completions", admission, started,
-                              stream=bool(completion.stream), width=completion.n or 1)
+                              stream=bool(completion.stream), width=completion.width)
 
 
 async def _passthrough(request: Request, router: Router, model: str, raw: bytes, path: str, admission: Admission,
