@@ -417,14 +417,10 @@ class HttpMemberClient:
                     else:
                         outcome.failed("member answered with invalid JSON")
                 return relayed
-        except aiohttp.ClientError as exc:
-            raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
-        except RuntimeError:
-            if not where.http.closed:  # not the member's stop: the router's own fault, as it is
+        except (aiohttp.ClientError, RuntimeError) as exc:
+            if (failure := _relay_failure(where, exc)) is None:
                 raise
-            # aiohttp's "Session is closed": the process was stopped (drain, reload, a draft restart) while the call
-            # waited for its slot. The member is not ready (503; `complete` makes it the seat's error), not a 500.
-            raise MemberUnavailable(f"member {where.name} was stopped while the request waited") from None
+            raise failure from None
 
     @contextlib.asynccontextmanager
     async def stream(self, body: bytes, path: str,
@@ -437,12 +433,22 @@ class HttpMemberClient:
             async with self._call(where, path, body, width) as (response, outcome):
                 head = Relayed(response.status, response.headers.get("content-type", "text/event-stream"), b"")
                 yield head, _chunks(response, outcome, where.name)
-        except aiohttp.ClientError as exc:
-            raise MemberFailed(f"member {where.name} failed: {type(exc).__name__}") from None
-        except RuntimeError:
-            if not where.http.closed:
+        except (aiohttp.ClientError, RuntimeError) as exc:
+            if (failure := _relay_failure(where, exc)) is None:
                 raise
-            raise MemberUnavailable(f"member {where.name} was stopped while the request waited") from None
+            raise failure from None
+
+
+def _relay_failure(where: Endpoint, exc: Exception) -> CouncilError | None:
+    """What a relayed call's exception means for its caller: the member failed (an HTTP error), or was stopped
+    while the call waited for its slot (aiohttp's "Session is closed" RuntimeError after a drain, reload or draft
+    restart: not ready, a 503, not a 500); None for any other RuntimeError, the router's own fault, raised as it
+    is."""
+    if isinstance(exc, aiohttp.ClientError):
+        return MemberFailed(f"member {where.name} failed: {type(exc).__name__}")
+    if where.http.closed:
+        return MemberUnavailable(f"member {where.name} was stopped while the request waited")
+    return None
 
 
 async def _post(where: Endpoint, path: str, data: bytes) -> aiohttp.ClientResponse:
