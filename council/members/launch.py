@@ -53,8 +53,9 @@ def default_threads(processes_on_cpu: int) -> int:
 # each one drafts: common/speculative.cpp `common_speculative_n_max`). `draft-*` types share the draft flags, as
 # did `mtp` (draft-mtp's name before llama.cpp PR 22673 renamed it); the n-gram lookups draft the m-gram they
 # copy, with no smallest length. ngram-cache drafts 8 whatever is passed (`schema.FIXED_DRAFT_LENGTHS`).
+_DRAFT_FLAGS = ("--spec-draft-n-max", "--spec-draft-n-min")
 DRAFT_LENGTH_FLAGS: dict[str, tuple[str, str | None]] = {
-    "mtp": ("--spec-draft-n-max", "--spec-draft-n-min"),
+    "mtp": _DRAFT_FLAGS,
     "ngram-mod": ("--spec-ngram-mod-n-max", "--spec-ngram-mod-n-min"),
     "ngram-simple": ("--spec-ngram-simple-size-m", None),
     "ngram-map-k": ("--spec-ngram-map-k-size-m", None),
@@ -68,7 +69,7 @@ NGRAM_SIMPLE_LOOKUP = 12
 
 def draft_length_args(spec: str, n: int, n_min: int | None) -> list[str]:
     """The flags that make `spec` draft at most n tokens (and at least `n_min` where it has a minimum)."""
-    flags = ("--spec-draft-n-max", "--spec-draft-n-min") if spec.startswith("draft-") else DRAFT_LENGTH_FLAGS.get(spec)
+    flags = _DRAFT_FLAGS if spec.startswith("draft-") else DRAFT_LENGTH_FLAGS.get(spec)
     if flags is None:
         return []
     n_max_flag, n_min_flag = flags

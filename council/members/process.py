@@ -250,8 +250,7 @@ class _Accounted:
 
     def __init__(self, process: MemberProcess, patience: float | None) -> None:
         self._process = process
-        stuck_after = process.config.stuck_after
-        self._patience = stuck_after if patience is None or patience < stuck_after else patience
+        self._patience = max(process.config.stuck_after, patience or 0.0)
 
     async def __aenter__(self) -> RequestOutcome:
         process = self._process
