@@ -172,23 +172,11 @@ def recovery() -> Callable[[str | None, list[str]], list[dict[str, Any]] | None]
     return calls
 
 
-def mixed(solos: list[list[ItemRecord]]) -> list[ItemRecord]:
-    """A council of every solo arm's seat, item by item (items every arm answered)."""
-    by_item = [{r.index: r for r in arm} for arm in solos]
-    common = sorted(set.intersection(*(set(b) for b in by_item)))
-    out = []
-    for index in common:
-        first = by_item[0][index]
-        # Every solo arm's seat is `arm/0`: named apart, or a vote keyed by member reads one seat's answer thrice.
-        answers = [b[index].answers[0].model_copy(update={"member": f"mixed/{i}"}) for i, b in enumerate(by_item)]
-        out.append(first.model_copy(update={"answers": answers, "wall_ms": max(b[index].wall_ms for b in by_item)}))
-    return out
-
-
 def joined(arms: dict[str, list[ItemRecord]]) -> list[ItemRecord]:
-    """One council of every seat of every arm, in arm order, item by item (items every arm answered): seats of one
-    model asked with different prompts (tool instructions) or sampled, as a member's own `tool_instructions` lets
-    one policy ask them."""
+    """One council of every seat of every arm, in arm order, item by item (items every arm answered): the single
+    models' seats (a mixed council), or seats of one model asked with different prompts (tool instructions) or
+    sampled, as a member's own `tool_instructions` lets one policy ask them. Seats are named `<arm>/<seat>`: a
+    vote keyed by member must not read one seat's answer for another's."""
     by_item = {name: {r.index: r for r in recs} for name, recs in arms.items()}
     common = sorted(set.intersection(*(set(b) for b in by_item.values())))
     out = []
@@ -272,7 +260,7 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
         for mode in VOTERS:
             add(f"{label}: council ({mode}), with recovery", council_row(council, items, mode), best_seat, council)
     if len(solos) > 1:
-        council = mixed([with_recovered_calls(records[s], items) for s in solos])
+        council = joined({s: with_recovered_calls(records[s], items) for s in solos})
         if council:
             seats = member_rows(council, items)
             best_seat = next((s for s, name in zip(seats, solos, strict=True) if name == f"solo-{short(best)}"),
