@@ -3,7 +3,9 @@
 The file is composed (not loaded) so each node knows where it starts and ends in the text; the value is
 replaced in that span, or a `key: value` is inserted into its mapping (block style: a new line at the
 mapping's indentation after its last entry; flow style: before the closing brace). Missing levels are
-written as one nested flow mapping (`auto: {start: 2}`).
+written as one nested flow mapping (`auto: {start: 2}`). A block mapping is replaced from its first key to
+the end of its last entry (a block node's own end is the next key, past any comments between) and, when the
+new value is a flat mapping, written in block style at the same indentation.
 """
 
 from __future__ import annotations
@@ -50,6 +52,21 @@ def _insert(text: str, mapping: yaml.MappingNode, key: str, value: str) -> str:
     return text[: newline + 1] + line + text[newline + 1 :]
 
 
+def _replace(text: str, found: yaml.Node, value: str) -> str:
+    """`text` with the node `found` replaced by the YAML snippet `value`."""
+    if not (isinstance(found, yaml.MappingNode) and not found.flow_style and found.value):
+        return text[: found.start_mark.index] + value + text[found.end_mark.index :]
+    first = found.value[0][0].start_mark
+    new = yaml.compose(value)
+    if isinstance(new, yaml.MappingNode) and all(isinstance(k, yaml.ScalarNode) and isinstance(v, yaml.ScalarNode)
+                                                 for k, v in new.value):
+        # The user wrote this mapping in block style: keep it, one entry a line at the old entries' column.
+        value = ("\n" + " " * first.column).join(f"{value[k.start_mark.index : k.end_mark.index]}: "
+                                                 f"{value[v.start_mark.index : v.end_mark.index]}"
+                                                 for k, v in new.value)
+    return text[: first.index] + value + text[_end_of_entry(found) :]
+
+
 def set_value(text: str, path: Sequence[str], value: str) -> str:
     """`text` with the value at `path` (mapping keys from the top) set to the YAML snippet `value`."""
     node = yaml.compose(text)
@@ -63,7 +80,7 @@ def set_value(text: str, path: Sequence[str], value: str) -> str:
                 nested = f"{{{inner}: {nested}}}"
             return _insert(text, node, key, nested)
         if depth == len(path) - 1:
-            return text[: found.start_mark.index] + value + text[found.end_mark.index :]
+            return _replace(text, found, value)
         if not isinstance(found, yaml.MappingNode):
             raise EditError(f"{'.'.join(path[: depth + 1])} is not a mapping")
         node = found

@@ -228,6 +228,42 @@ def test_a_refused_edit_names_the_policy_not_a_temporary_file(tmp_path: Path,
     assert policy.read_text() == before and list(tmp_path.iterdir()) == [policy]
 
 
+BLOCK_POLICY = """\
+gpus: [{{name: cpu, memory: 8GiB}}]
+councils:
+  c: {{members: [{{model: syn}}]}}
+models:
+  syn:
+    path: {path}
+    ctx_size: 512
+    draft:
+      type: mtp
+"""
+
+
+@pytest.mark.parametrize(("draft", "written"), [
+    # At the end of the file, comments after it: they were deleted, with the file's last newline.
+    ("      n_max: 3\n      step_cost:\n        0: 1.0\n        3: 2.5\n# measured on the build box; keep them\n"
+     "# unless a re-tune says otherwise\n",
+     "      n_max: 2\n      step_cost:\n        0: 1.000\n        1: {c1}\n        2: {c2}\n"
+     "# measured on the build box; keep them\n# unless a re-tune says otherwise\n"),
+    # Another key after it: the edit was glued to it (`}n_max: 3`), refused as not YAML after the sweep.
+    ("      step_cost:\n        0: 1.0\n        3: 2.5\n      # the length tune last picked:\n      n_max: 3\n",
+     "      step_cost:\n        0: 1.000\n        1: {c1}\n        2: {c2}\n      # the length tune last picked:\n"
+     "      n_max: 2\n"),
+])
+def test_write_keeps_a_block_step_cost_in_block_style_and_what_follows_it(
+        tmp_path: Path, syn: Path, tune_given: Callable[..., TuneRun], draft: str, written: str) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BLOCK_POLICY.format(path=syn) + draft)
+    run = tune_given(policy, {0: 10.0, 1: 15.0, 2: 30.0}, "--n", "0,1,2", "--write")
+    assert run.code == 0, run.stderr
+    cost = load_policy(policy).policy.models["syn"].draft.step_cost
+    assert policy.read_text() == BLOCK_POLICY.format(path=syn) + written.format(c1=f"{cost[1]:.3f}",
+                                                                                c2=f"{cost[2]:.3f}")
+    assert set(cost) == {0, 1, 2} and cost[0] == 1.0
+
+
 def test_json_into_a_missing_folder_is_refused_before_the_sweep(tmp_path: Path, syn: Path,
                                                                 tune_given: Callable[..., TuneRun]) -> None:
     policy = tmp_path / "policy.yaml"
