@@ -89,6 +89,8 @@ def tune(
         json_path = _json_target(json_out)
     except ValueError as exc:
         raise fail(str(exc), 2) from None
+    if write:
+        _check_writable(Path(policy), model, draft.is_auto)
     server = llama_server_or_exit()
     out.print(f"tuning {model} ({draft.type}): n = {', '.join(map(str, measured))}, "
               f"{len(chosen)} prompts × {tokens} tokens", highlight=False)
@@ -177,19 +179,40 @@ def _print_table(doc: dict[str, Any]) -> None:
                   + ", ".join(f"n={k}: {v:.2f}" for k, v in doc["step_cost"].items()), highlight=False)
 
 
+# What the check before the sweep writes: values no policy holds, so a place that shares text with the edited
+# one (an anchor, a merge key) shows as changed whatever the sweep then recommends.
+_PROBE_N = 987654321
+_PROBE_COST = {str(_PROBE_N): 0.5}
+
+
+def _edits(model: str, auto: bool, best: int, step_cost: dict[str, float]) -> list[tuple[list[str], str]]:
+    """The edits `--write` makes: the best n (`auto.start` under `n_max: auto`) and the measured step costs."""
+    base = ["models", model, "draft"]
+    edits = [([*base, "auto", "start"] if auto else [*base, "n_max"], str(best))]
+    if step_cost:
+        edits.append(([*base, "step_cost"], "{" + ", ".join(f"{k}: {v:.3f}" for k, v in step_cost.items()) + "}"))
+    return edits
+
+
+def _check_writable(path: Path, model: str, auto: bool) -> None:
+    """Refuse (exit 2) before the sweep a policy that `--write` could not edit to mean what was measured."""
+    from council.policy.editing import EditError, set_values
+
+    try:
+        set_values(path.read_text(), _edits(model, auto, _PROBE_N, _PROBE_COST))
+    except EditError as exc:
+        raise fail(f"cannot --write models.{model}.draft in {path}: {exc}", 2) from None
+
+
 def _write(path: Path, model: str, auto: bool, best: int, step_cost: dict[str, float]) -> None:
     """Edit the policy text in place (comments kept): the best n (`auto.start` under `n_max: auto`) and the
     measured step costs, then check the edited file still loads."""
-    from council.policy.editing import EditError, set_value
+    from council.policy.editing import EditError, set_values
     from council.policy.loading import PolicyError, load_policy_text
 
     text = path.read_text()
-    base = ["models", model, "draft"]
     try:
-        edited = set_value(text, [*base, "auto", "start"] if auto else [*base, "n_max"], str(best))
-        if step_cost:
-            edited = set_value(edited, [*base, "step_cost"],
-                               "{" + ", ".join(f"{k}: {v:.3f}" for k, v in step_cost.items()) + "}")
+        edited = set_values(text, _edits(model, auto, best, step_cost))
     except EditError as exc:
         raise fail(f"cannot edit {path}: {exc}", 2) from None
     try:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from council.members.binary import LlamaServerInfo
 from council.paths import council_home
-from council.policy.editing import set_value
+from council.policy.editing import EditError, set_value, set_values
 from council.policy.loading import load_policy
 from council.policy.schema import Policy
 from council.setup.synthetic import write_qwen35
@@ -106,6 +106,14 @@ def test_write_edits_keep_the_layout() -> None:
     assert edited == ("models:\n  m:\n    path: /m.gguf  # here\n    draft:\n      type: mtp   # head\n"
                       "      n_max: auto\n      auto: {start: 2}\n      step_cost: {0: 1.0, 2: 1.4}\n")
     assert set_value("a: {b: 1}  # c\n", ["a", "b"], "2") == "a: {b: 2}  # c\n"
+
+
+def test_an_edit_through_an_alias_writes_this_places_own_copy() -> None:
+    text = "a: {n: &n 4, d: &d {x: 1, y: 2}}\nb: {n: *n, d: *d}\n"
+    assert set_values(text, [(["b", "n"], "2"), (["b", "d", "x"], "3")]) == (
+        "a: {n: &n 4, d: &d {x: 1, y: 2}}\nb: {n: 2, d: {x: 3, y: 2}}\n")
+    with pytest.raises(EditError, match=r"would also change b\.d\.y"):
+        set_values(text, [(["a", "d", "y"], "5")])
 
 
 @pytest.mark.parametrize(("content", "says"), [
@@ -262,6 +270,65 @@ def test_write_keeps_a_block_step_cost_in_block_style_and_what_follows_it(
     assert policy.read_text() == BLOCK_POLICY.format(path=syn) + written.format(c1=f"{cost[1]:.3f}",
                                                                                 c2=f"{cost[2]:.3f}")
     assert set(cost) == {0, 1, 2} and cost[0] == 1.0
+
+
+SHARED_HEAD = """\
+gpus: [{name: cpu, memory: 8GiB}]
+councils:
+  c: {members: [{model: syn}, {model: other}]}
+models:
+"""
+
+
+@pytest.mark.parametrize("merging", ["    <<: *base\n    ctx_size: 1024\n", "    <<: *base\n"])
+def test_write_through_a_merge_key_keeps_the_inherited_draft(tmp_path: Path, syn: Path, merging: str,
+                                                             tune_given: Callable[..., TuneRun]) -> None:
+    """`syn`'s draft comes from `<<: *base`: --write gives syn its own draft, the inherited one with the tuned values.
+    It used to add `draft: {auto: {start: 2}, step_cost: ...}`, which replaced the whole merged draft (type none:
+    no speculation), or, with the merge as the mapping's only key, wrote into the anchored model."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(SHARED_HEAD + f"""\
+  other: &base
+    path: {syn}
+    ctx_size: 512
+    draft: {{type: mtp, n_max: auto, auto: {{start: 1, floor: 1, limit: 4}}}}  # shared
+  syn:
+{merging}""")
+    before = load_policy(policy).policy.models
+    run = tune_given(policy, {0: 10.0, 1: 15.0, 2: 30.0}, "--n", "0,1,2", "--write")
+    assert run.code == 0, run.stderr
+    after = load_policy(policy).policy.models
+    tuned = after["syn"].draft
+    assert tuned == before["syn"].draft.model_copy(update={"auto": before["syn"].draft.auto.model_copy(
+        update={"start": 2}), "step_cost": tuned.step_cost})
+    assert set(tuned.step_cost) == {0, 1, 2} and tuned.type == "mtp" and tuned.n_max == "auto"
+    assert after["syn"].model_copy(update={"draft": None}) == before["syn"].model_copy(update={"draft": None})
+    assert after["other"] == before["other"]
+    assert "# shared" in policy.read_text()
+
+
+@pytest.mark.parametrize(("models", "shared"), [
+    # syn is the anchor `other` merges its draft from: editing syn's text would tune `other` too.
+    ("  syn: &base\n    path: {syn}\n    draft: {{type: mtp, n_max: 3}}\n  other:\n    <<: *base\n",
+     "models.other.draft.n_max"),
+    # n_max itself anchored and used by `other`: the edit used to drop the anchor, a traceback after the sweep.
+    ("  syn:\n    path: {syn}\n    draft: {{type: mtp, n_max: &n 3}}\n"
+     "  other:\n    path: {syn}\n    draft: {{type: mtp, n_max: *n}}\n",
+     "models.other.draft.n_max"),
+])
+def test_write_that_would_change_another_model_is_refused_before_the_sweep(
+        tmp_path: Path, syn: Path, tune_given: Callable[..., TuneRun], models: str, shared: str) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(SHARED_HEAD + models.format(syn=syn))
+    before = policy.read_text()
+    run = tune_given(policy, {0: 10.0, 1: 15.0, 2: 30.0}, "--n", "0,1,2", "--write")
+    assert run.code == 2 and run.measured == []
+    assert run.stderr.strip() == (f"error: cannot --write models.syn.draft in {policy}: the edit would also change "
+                                  f"{shared}, which shares text with what is edited (a YAML anchor or merge key); "
+                                  "edit the policy by hand")
+    assert policy.read_text() == before
+    # Without --write, nothing is edited: the sweep runs.
+    assert tune_given(policy, {0: 10.0, 1: 15.0, 2: 30.0}, "--n", "0,1,2").code == 0
 
 
 def test_json_into_a_missing_folder_is_refused_before_the_sweep(tmp_path: Path, syn: Path,
