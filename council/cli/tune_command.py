@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -220,8 +221,18 @@ def _write(path: Path, model: str, auto: bool, best: int, step_cost: dict[str, f
         load_policy_text(edited, str(path))
     except PolicyError as exc:
         raise fail(f"the edited policy would not load ({'; '.join(exc.lines())}); {path} is unchanged", 2) from None
-    tmp = path.with_name(path.name + ".tune-tmp")
-    tmp.write_text(edited)
-    tmp.replace(path)
+    # A linked policy (/etc/council/policy.yaml -> a checkout) is edited where it lives, not replaced by a copy, and
+    # keeps its mode: the temporary file is created with it, never readable by more than the policy was.
+    real = path.resolve()
+    mode = stat.S_IMODE(real.stat().st_mode)
+    tmp = real.with_name(real.name + ".tune-tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as file:
+            os.fchmod(file.fileno(), mode)  # os.open's mode is narrowed by the umask
+            file.write(edited)
+        tmp.replace(real)
+    finally:
+        tmp.unlink(missing_ok=True)
     where = "auto.start" if auto else "n_max"
     out.print(f"wrote {where}: {best} and step_cost to models.{model}.draft in {path}", highlight=False)

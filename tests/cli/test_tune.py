@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,6 +330,24 @@ def test_write_that_would_change_another_model_is_refused_before_the_sweep(
     assert policy.read_text() == before
     # Without --write, nothing is edited: the sweep runs.
     assert tune_given(policy, {0: 10.0, 1: 15.0, 2: 30.0}, "--n", "0,1,2").code == 0
+
+
+def test_write_through_a_link_edits_the_linked_policy_and_keeps_its_mode(tmp_path: Path, syn: Path,
+                                                                       tune_given: Callable[..., TuneRun]) -> None:
+    """A policy reached through a symlink was replaced by a new file with the default mode (0644): the link became a
+    copy, the real policy kept its old n_max, and the copy of a 0600 policy was readable by anyone."""
+    (tmp_path / "checkout").mkdir()
+    real = tmp_path / "checkout" / "policy.yaml"
+    real.write_text(POLICY.format(path=syn))
+    real.chmod(0o600)
+    link = tmp_path / "policy.yaml"
+    link.symlink_to(real)
+    run = tune_given(link, {0: 10.0, 1: 15.0, 2: 30.0}, "--n", "0,1,2", "--write")
+    assert run.code == 0, run.stderr
+    assert link.is_symlink() and link.resolve() == real
+    assert load_policy(real).policy.models["syn"].draft.n_max == 2
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkout", "policy.yaml", "policy.yaml"]
 
 
 def test_json_into_a_missing_folder_is_refused_before_the_sweep(tmp_path: Path, syn: Path,
