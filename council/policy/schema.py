@@ -327,8 +327,10 @@ class MemberConfig(_Strict):
     """One member of a council: a model of the policy, its vote's weight and its sampling."""
 
     model: str = Field(description="A model of the policy (a key of `models`).", examples=["qwen-0.5b"])
-    weight: float = Field(default=1.0, gt=0, description="The member's vote counts this much (`weighted`, "
-                          "`confidence`, ties by weight).", examples=[1.5])
+    # Bounded so that no council's sum of weights can overflow to infinity, where every answer ties at `inf` and the
+    # vote has no winner; weights only count relative to each other.
+    weight: float = Field(default=1.0, gt=0, le=1e6, description="The member's vote counts this much (`weighted`, "
+                          "`confidence`, ties by weight); at most 1,000,000 (weights are relative).", examples=[1.5])
     name: str | None = Field(default=None, min_length=1, description="Its name in ballots and metrics; "
                              "default `COUNCIL/INDEX`.", examples=["greedy"])
     sampling: Sampling = Field(default=Sampling(), description="The member's sampling settings.",

@@ -397,6 +397,23 @@ def test_every_float_of_a_policy_must_be_finite(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == problems(path)
 
 
+def test_weights_are_bounded_so_their_sum_stays_finite(tmp_path: Path) -> None:
+    # Two weights of 1e308 passed `check`, then summed to inf in the live vote: every answer tied at inf, none was
+    # close to the top, and the engine raised a bare ValueError (min() of no tied answers) for every question.
+    path = write(tmp_path, """
+        models:
+          m: {remote: {model: openai/x}}
+        councils:
+          c:
+            members: [{model: m, weight: 1e308}, {model: m, weight: 1000000}]
+            vote: {strategy: weighted}
+        """)
+    f = str(path)
+    assert problems(path) == [f"{f}:5: councils.c.members.0.weight: Input should be less than or equal to 1000000"]
+    result = run_cli("check", f)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == problems(path)
+
+
 @pytest.mark.parametrize("nested", ["[" * 2000 + "]" * 2000, "{a: " * 2000 + "1" + "}" * 2000,
                                     "".join(f"\n{'  ' * (i + 1)}k{i}:" for i in range(1500)) + " 1"],
                          ids=["lists", "flow-mappings", "block-mappings"])
