@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from pydantic.json_schema import JsonSchemaValue
     from pydantic_core import CoreSchema
 
+# The largest value llama-server reads for an integer flag (std::stoi: a 32-bit int).
+MAX_FLAG_INT = 2**31 - 1
+MAX_CTX_SIZE = 2**24
 KvType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 TieBreak = Literal["weight", "latency", "order", "logprob"]
 ToolInstructions = Literal["none", "brief", "listed"]  # what a council adds for a request with `tools`
@@ -248,7 +251,12 @@ class ModelConfig(_Strict):
                                       examples=["$COUNCIL_HOME/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"])
     remote: RemoteConfig | None = Field(default=None, description="Or: a model served elsewhere, through litellm.",
                                         examples=[{"model": "openai/gpt-4o-mini", "api_key_env": "OPENAI_API_KEY"}])
-    ctx_size: int = Field(default=4096, ge=64, description="Context length per slot, in tokens.")
+    # llama-server reads its integer flags with std::stoi: past 2**31 - 1 a member cannot start, after `check` and
+    # `plan` said the policy was fine. A context is bounded well below that (a shared process's is ctx_size x its
+    # members, still within it for up to 127).
+    ctx_size: int = Field(default=4096, ge=64, le=MAX_CTX_SIZE, description="Context length of the process, in "
+                          "tokens (`--ctx-size`), split among its `parallel` slots (each gets ctx_size / parallel "
+                          "unless `kv_unified`); at most 16,777,216 (2^24), more than any model is trained for.")
     cache_type_k: KvType = Field(default="f16", description="KV cache type of keys.", examples=["q8_0"])
     cache_type_v: KvType = Field(default="f16", description="KV cache type of values.", examples=["q8_0"])
     gpu_layers: Literal["all"] | Annotated[int, Field(ge=0)] = Field(
@@ -258,11 +266,12 @@ class ModelConfig(_Strict):
     parallel: int = Field(default=1, ge=1, le=256, description="Requests the process serves at once (llama-server "
                           "slots).")
     kv_unified: bool = Field(default=False, description="One KV buffer shared by every slot (`--kv-unified`).")
-    batch_size: int = Field(default=2048, ge=1, description="Logical batch size (`--batch-size`).")
-    ubatch_size: int = Field(default=512, ge=1, description="Physical batch size (`--ubatch-size`), at most "
-                             "`batch_size`.")
-    threads: int | None = Field(default=None, ge=1, description="CPU threads; none: processes sharing the CPU "
-                                "split its cores.", examples=[2])
+    batch_size: int = Field(default=2048, ge=1, le=MAX_FLAG_INT, description="Logical batch size (`--batch-size`; "
+                            "at most 2^31 - 1, what llama-server reads).")
+    ubatch_size: int = Field(default=512, ge=1, le=MAX_FLAG_INT, description="Physical batch size (`--ubatch-size`), "
+                             "at most `batch_size`.")
+    threads: int | None = Field(default=None, ge=1, le=MAX_FLAG_INT, description="CPU threads; none: processes "
+                                "sharing the CPU split its cores.", examples=[2])
     draft: DraftConfig = Field(default=DraftConfig(), description="Speculative decoding.",
                                examples=[{"type": "mtp", "n_max": 2}])
     share: bool = Field(default=False, description="Members of this model in one council share one process (one "

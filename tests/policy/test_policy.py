@@ -414,6 +414,29 @@ def test_weights_are_bounded_so_their_sum_stays_finite(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.strip().splitlines() == problems(path)
 
 
+def test_llama_server_flags_are_bounded_by_what_it_reads(tmp_path: Path) -> None:
+    # ctx_size: 3000000000 (a typo for 3000) passed `check` and `plan`, then every member failed to start: llama-server
+    # reads --ctx-size with std::stoi, a 32-bit int; so do --batch-size, --ubatch-size and --threads.
+    path = write(tmp_path, """
+        models:
+          a: {path: /m/a.gguf, memory: 1GiB, ctx_size: 3000000000, threads: 2147483648}
+          b: {path: /m/b.gguf, memory: 1GiB, ctx_size: 16777217, batch_size: 2147483648, ubatch_size: 2147483648}
+          c: {path: /m/c.gguf, memory: 1GiB, ctx_size: 16777216, batch_size: 2147483647, threads: 2147483647}
+        councils:
+          x: {members: [{model: a}, {model: b}, {model: c}]}
+        """)
+    f = str(path)
+    assert problems(path) == [
+        f"{f}:2: models.a.ctx_size: Input should be less than or equal to 16777216",
+        f"{f}:2: models.a.threads: Input should be less than or equal to 2147483647",
+        f"{f}:3: models.b.ctx_size: Input should be less than or equal to 16777216",
+        f"{f}:3: models.b.batch_size: Input should be less than or equal to 2147483647",
+        f"{f}:3: models.b.ubatch_size: Input should be less than or equal to 2147483647",
+    ]
+    result = run_cli("check", f)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == problems(path)
+
+
 @pytest.mark.parametrize("nested", ["[" * 2000 + "]" * 2000, "{a: " * 2000 + "1" + "}" * 2000,
                                     "".join(f"\n{'  ' * (i + 1)}k{i}:" for i in range(1500)) + " 1"],
                          ids=["lists", "flow-mappings", "block-mappings"])
