@@ -35,14 +35,16 @@ CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-de
                 "--window-size=1400,1000"]
 
 
-def policy(syn: Path, api_keys: list[dict[str, object]] | None = None, history: str | None = None) -> str:
+def policy(syn: Path, api_keys: list[dict[str, object]] | None = None, history: str | None = None,
+           solo: tuple[str, int] = ("solo", 1)) -> str:
+    """`solo`: the second council's name and how many members of `other` it has."""
     models = {"syn": {"path": syn, "ctx_size": 512, "draft": {"type": "mtp", "n_max": 2}},
               "other": {"path": syn, "ctx_size": 512}, "long": {"path": syn, "ctx_size": 8192}}
     # alphabet: two quick members decide the vote; the slow third is cancelled.
     councils = {"alphabet": {"members": [member_entry("syn", max_tokens=6), member_entry("syn", max_tokens=6),
                                          member_entry("long", max_tokens=6000)],
                              "vote": {"strategy": "majority", "extract": "text"}},
-                "solo": {"members": [member_entry("other", max_tokens=6)]}}
+                solo[0]: {"members": [member_entry("other", max_tokens=6) for _ in range(solo[1])]}}
     server = {"host": "127.0.0.1", "port": 8080, **({"api_keys": api_keys} if api_keys else {}),
               **({"history": history} if history else {})}
     return policy_yaml(models, councils, server=server)
@@ -396,4 +398,44 @@ def test_a_members_log_opens_whatever_its_council_is_named(
     lines = str(until(lambda: (text := browser.find_element(By.ID, "log-lines").text)
                       and ("could not read" in text or "server" in text.lower()) and text, "the log tail"))
     assert "could not read the log" not in lines
+    assert console_errors(browser) == []
+
+
+def page_picture(driver: WebDriver) -> dict[str, object]:
+    """What the page shows of the policy: the slot legend's processes, the playground's choices, the step."""
+    return driver.execute_script("""
+        return {slots: [...document.querySelectorAll('#gpus [data-process]')].map((e) => e.dataset.process).sort(),
+                playground: [...document.querySelectorAll('#pg-model option')].map((o) => o.value),
+                step: document.getElementById('history-step').textContent};""")
+
+
+def test_dashboard_follows_a_reload(serve: Callable[..., CouncilServer], syn: Path, browser: WebDriver) -> None:
+    """Before, a reload reached only the member rows: the page kept the old slot plan, offered the removed
+    council in the playground (404 when asked) and not the new one, and kept the old history step."""
+    server = serve(policy(syn, history="1s"))
+    browser.get(f"{server.url}/ui")
+    until(lambda: page_picture(browser) == {"slots": ["alphabet/0", "alphabet/1", "alphabet/2", "solo/0"],
+                                            "playground": ["alphabet", "solo", "long", "other", "syn"],
+                                            "step": "· a point every 1 s"}, "the page before the reload")
+    browser.execute_script("window.notReloaded = true;")
+
+    server.policy_path.write_text(policy(syn, history="2s", solo=("duo", 2)))
+    reloaded = httpx.post(f"{server.url}/admin/reload", timeout=60)
+    assert reloaded.status_code == 200, reloaded.text
+    processes = sorted({m["process"] for m in httpx.get(f"{server.url}/admin/slots").json()["members"]})
+    assert "duo/0" in processes and "solo/0" not in processes
+    assert httpx.get(f"{server.url}/admin/history").json()["step"] == 2
+    until(lambda: page_picture(browser) == {"slots": processes,
+                                            "playground": ["alphabet", "duo", "long", "other", "syn"],
+                                            "step": "· a point every 2 s"}, "the page after the reload")
+    assert browser.execute_script("return window.council.state.history.step;") == 2  # it trims to the new window
+    assert browser.execute_script("return window.notReloaded === true;")  # the stream told it, not a new load
+
+    # The new council answers from the playground.
+    until(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, "the new council ready")
+    browser.find_element(By.CSS_SELECTOR, "#pg-model option[value='duo']").click()
+    browser.find_element(By.ID, "pg-question").send_keys("Say the alphabet")
+    browser.find_element(By.ID, "pg-ask").click()
+    until(lambda: browser.find_element(By.ID, "pg-answer").get_attribute("data-done") == "true", "the answer")
+    assert browser.find_element(By.ID, "pg-answer").text == "abcdef"
     assert console_errors(browser) == []

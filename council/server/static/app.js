@@ -179,15 +179,20 @@ const CHARTS = {  // `tick` labels the y axis
   latency: { title: "latency per council (s)", format: (v) => num(v, 2), tick: (v) => num(v, 1) },
 };
 
+let historyLoads = 0;
+
 async function loadHistory() {
   state.history = null;  // until the series so far are here, new points wait in `pendingPoints`
+  const load = ++historyLoads;  // a snapshot after a reload can start a load while one is still out
   let loaded;
   try {
     loaded = await api("/admin/history");
   } catch (err) {
+    if (load !== historyLoads) return;
     $("charts").replaceChildren(h("p", { class: "error" }, `could not read the history: ${err.message}`));
     return;
   }
+  if (load !== historyLoads) return;  // only the newest load applies (an older one may hold the old step)
   state.history = loaded;
   for (const point of state.pendingPoints.splice(0)) addPoint(point, false);
   renderCharts();
