@@ -439,3 +439,37 @@ def test_dashboard_follows_a_reload(serve: Callable[..., CouncilServer], syn: Pa
     until(lambda: browser.find_element(By.ID, "pg-answer").get_attribute("data-done") == "true", "the answer")
     assert browser.find_element(By.ID, "pg-answer").text == "abcdef"
     assert console_errors(browser) == []
+
+
+def test_more_councils_than_the_palette_share_no_colour(
+        serve: Callable[..., CouncilServer], syn: Path, browser: WebDriver) -> None:
+    """The palette has 9 colours and the page reused them: with 12 councils, c00 and c09 (c01 and c10, c02 and
+    c11) drew their lines and slots in one colour, which nothing else on the strip or the chart tells apart."""
+    names = [f"c{i:02d}" for i in range(12)]
+    server = serve(policy_yaml({"other": {"path": syn, "ctx_size": 512}},
+                               {n: {"members": [member_entry("other", max_tokens=6)]} for n in names},
+                               server={"host": "127.0.0.1", "port": 8080, "history": "1s"}))
+    browser.get(f"{server.url}/ui")
+    until(lambda: len(member_states(browser)) == 12, "the member rows")
+    for name in names:  # an answer each: a line each in the councils' charts, tok/s in the processes' chart
+        body = {"model": name, "messages": [{"role": "user", "content": "abc"}]}
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+
+    def strokes() -> dict[str, dict[str, str]]:
+        return browser.execute_script("""
+            return Object.fromEntries(Object.entries(window.council.plots).map(([chart, u]) => [chart,
+                Object.fromEntries(u.series.slice(1).map((s, i) => [s.label, s.stroke(u, i + 1)]))]));""")
+
+    drawn = until(lambda: (s := strokes()) and all(len(s.get(c, {})) == 12 for c in
+                                                   ("agreement", "latency", "tokens_per_second")) and s,
+                  "a line per council and per process", timeout=60)
+    for chart in ("agreement", "latency", "tokens_per_second"):
+        assert len(set(drawn[chart].values())) == 12, (chart, drawn[chart])  # type: ignore[index]
+    assert drawn["agreement"] == drawn["latency"]  # type: ignore[index]  # a council's colour is its own
+    # The slot strip: a colour per council, the one its lines have (the first 9 are the palette's, as before).
+    held = browser.execute_script("""
+        return [...document.querySelectorAll('#gpus .slot.held')].map((e) =>
+            [e.title.match(/council (\\S+)\\)/)[1], e.style.getPropertyValue('--c')]);""")
+    assert sorted(map(tuple, held)) == sorted(drawn["agreement"].items())  # type: ignore[index]
+    assert drawn["agreement"]["c00"] == "#4e79a7" and drawn["agreement"]["c08"] == "#9c755f"  # type: ignore[index]
+    assert console_errors(browser) == []

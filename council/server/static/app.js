@@ -7,6 +7,14 @@ const KEY = "council-key";
 const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"];
 const MAX_BALLOTS = 50, MAX_LOG = 400;
 
+function paletteColour(i) {
+  // Past the palette, hues a golden angle apart (no hue repeats, and consecutive ones are far apart), starting
+  // in the palette's widest gap of hue, at three lightnesses: more than 9 councils or processes share no colour.
+  if (i < PALETTE.length) return PALETTE[i];
+  const j = i - PALETTE.length;
+  return `hsl(${((j * 137.508 + 265) % 360).toFixed(1)}, 60%, ${[42, 30, 56][j % 3]}%)`;
+}
+
 const state = {
   keys: false, scopes: [], members: new Map(), slots: null, councils: {}, models: [], ballots: [],
   logName: null, logLines: [], colours: new Map(), lost: {},
@@ -41,7 +49,7 @@ const clock = (t) => t ? new Date(t * 1000).toLocaleTimeString() : "";
 const isAdmin = () => state.scopes.includes("admin");
 
 function colour(council) {
-  if (!state.colours.has(council)) state.colours.set(council, PALETTE[state.colours.size % PALETTE.length]);
+  if (!state.colours.has(council)) state.colours.set(council, paletteColour(state.colours.size));
   return state.colours.get(council);
 }
 
@@ -225,7 +233,7 @@ function addPoint(point, render = true) {
 function seriesColour(chart, name, i) {
   if (chart === "agreement" || chart === "latency") return colour(name);
   if (chart === "requests") return name === "waiting" ? "#e15759" : "#4e79a7";
-  return PALETTE[i % PALETTE.length];
+  return paletteColour(i);
 }
 
 function renderCharts() {
