@@ -1,6 +1,6 @@
 """The router's live events for the dashboard (`GET /admin/events`): member state changes, new ballots,
-member log lines, lost leases and the history's new points, published by the router's hooks and fanned out to
-every subscriber.
+member log lines, lost leases, the history's new points and finished reloads, published by the router's hooks
+and fanned out to every subscriber.
 
 Each subscriber has a bounded queue: a slow one loses its oldest events (and is told how many) rather than
 holding up the router, which publishes without ever waiting.
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("member", "ballot", "log", "lease", "history", "close")
+KINDS = ("member", "ballot", "log", "lease", "history", "reload", "close")
 
 
 @dataclass(frozen=True)

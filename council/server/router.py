@@ -429,6 +429,10 @@ class Router:
             self.keys.update(loaded.policy.server.api_keys)
             self.limits.max_queue = loaded.policy.server.max_queue
             self.assembly.build_engines(plan, every_council=self.assembly.elsewhere is not None)
+            # Open dashboards take a fresh snapshot (councils, plan) and re-read the history, whose step is the
+            # new one now rather than after the sampler's current (old) step.
+            self.history.resize(loaded.policy.server.history)
+            self.events.publish("reload", {})
             return changes
 
 

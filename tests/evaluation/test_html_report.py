@@ -60,6 +60,16 @@ def legend_at(driver: WebDriver, name: str, idx: int) -> dict[str, str]:
                                  name, idx)
 
 
+def hover_plans(driver: WebDriver, tokens: float, accuracy: float) -> str:
+    """Put the plans chart's cursor on the point (tokens, accuracy) and read what the hover says, up to the
+    tokens per item."""
+    driver.execute_script("""
+        const u = window.councilReport.charts['0:plans'];
+        u.setCursor({left: u.valToPos(arguments[0], 'x'), top: u.valToPos(arguments[1], 'y')});""",
+                          tokens, accuracy)
+    return driver.find_element("id", "hover-0-plans").text.split(" tokens/item")[0] + " tokens/item"
+
+
 def test_a_recorded_self_consistency_council_as_a_page(tmp_path: Path, browser: WebDriver) -> None:
     page, table = tmp_path / "accuracy.html", tmp_path / "accuracy.json"
     done = subprocess.run([sys.executable, "-m", "bench.accuracy", "--score-only", "--html", str(page), "--json",
@@ -109,14 +119,10 @@ def test_a_recorded_self_consistency_council_as_a_page(tmp_path: Path, browser: 
     assert min(p["tokens_per_item"] for p in kept) < plans[0]["tokens_per_item"]  # cheaper than every member
     # Hovering a point names its plan, with the report's numbers.
     cheapest = kept[0]
-    idx = browser.execute_script("""
-        const u = window.councilReport.charts['0:plans'];
-        u.setCursor({left: u.valToPos(arguments[0], 'x'), top: u.valToPos(arguments[1], 'y')});
-        return u.cursor.idx;""", cheapest["tokens_per_item"], cheapest["accuracy"])
-    under = by_x[idx]
-    assert under["tokens_per_item"] == cheapest["tokens_per_item"]
-    assert browser.find_element("id", "hover-0-plans").text.startswith(
-        f"{under['name']}: {pct(under['accuracy'])} at {under['tokens_per_item']:.0f} tokens/item")
+    here = {p["name"] for p in plans
+            if (p["tokens_per_item"], p["accuracy"]) == (cheapest["tokens_per_item"], cheapest["accuracy"])}
+    assert hover_plans(browser, cheapest["tokens_per_item"], cheapest["accuracy"]) in {
+        f"{name}: {pct(cheapest['accuracy'])} at {cheapest['tokens_per_item']:.0f} tokens/item" for name in here}
     rows = browser.execute_script("return [...document.querySelectorAll('#kept-0 tr')].slice(1)"
                                   ".map((tr) => [tr.cells[0].textContent, tr.cells[3].textContent])")
     assert rows == [[p["name"], pct(p["token_share"])] for p in kept]
@@ -182,3 +188,21 @@ def test_text_from_the_report_stays_text(tmp_path: Path, browser: WebDriver) -> 
     assert browser.find_element("css selector", "#report-0 h2").text == f"sc on {odd}: 3 items"
     assert browser.find_element("css selector", "h1").text == "<b>title</b>"
     assert browser.execute_script("return document.images.length") == 0
+
+
+def test_hovering_a_plan_names_the_point_under_the_cursor(tmp_path: Path, browser: WebDriver) -> None:
+    """Plans under different votes that spend the same tokens per item share an x, and uPlot's cursor picks a
+    point by x alone: hovering the lower of two such points named (and quoted the accuracy of) the other plan."""
+    config = load_policy(POLICY).policy.councils["sc9"]
+    records = sorted(read_records(RECORDS / "gsm8k-sc9.jsonl").values(), key=lambda r: r.index)
+    page = tmp_path / "plans.html"
+    page.write_text(render([score(records, "sc9", config, "gsm8k-sc9.jsonl")], ""))
+    plans = open_page(browser, page)["reports"][0]["plans"]
+    points: dict[tuple[float, float], set[str]] = {}
+    for p in plans:
+        points.setdefault((p["tokens_per_item"], p["accuracy"]), set()).add(p["name"])
+    shared = [(x, y) for x, y in points if any(x == x2 and y != y2 for x2, y2 in points)]
+    assert len(shared) >= 6  # the recording has several x values with plans of different accuracy
+    for x, y in shared:
+        assert hover_plans(browser, x, y) in {f"{name}: {pct(y)} at {x:.0f} tokens/item" for name in points[x, y]}
+    assert console_errors(browser) == []

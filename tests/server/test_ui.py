@@ -35,14 +35,16 @@ CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-de
                 "--window-size=1400,1000"]
 
 
-def policy(syn: Path, api_keys: list[dict[str, object]] | None = None, history: str | None = None) -> str:
+def policy(syn: Path, api_keys: list[dict[str, object]] | None = None, history: str | None = None,
+           solo: tuple[str, int] = ("solo", 1)) -> str:
+    """`solo`: the second council's name and how many members of `other` it has."""
     models = {"syn": {"path": syn, "ctx_size": 512, "draft": {"type": "mtp", "n_max": 2}},
               "other": {"path": syn, "ctx_size": 512}, "long": {"path": syn, "ctx_size": 8192}}
     # alphabet: two quick members decide the vote; the slow third is cancelled.
     councils = {"alphabet": {"members": [member_entry("syn", max_tokens=6), member_entry("syn", max_tokens=6),
                                          member_entry("long", max_tokens=6000)],
                              "vote": {"strategy": "majority", "extract": "text"}},
-                "solo": {"members": [member_entry("other", max_tokens=6)]}}
+                solo[0]: {"members": [member_entry("other", max_tokens=6) for _ in range(solo[1])]}}
     server = {"host": "127.0.0.1", "port": 8080, **({"api_keys": api_keys} if api_keys else {}),
               **({"history": history} if history else {})}
     return policy_yaml(models, councils, server=server)
@@ -396,4 +398,78 @@ def test_a_members_log_opens_whatever_its_council_is_named(
     lines = str(until(lambda: (text := browser.find_element(By.ID, "log-lines").text)
                       and ("could not read" in text or "server" in text.lower()) and text, "the log tail"))
     assert "could not read the log" not in lines
+    assert console_errors(browser) == []
+
+
+def page_picture(driver: WebDriver) -> dict[str, object]:
+    """What the page shows of the policy: the slot legend's processes, the playground's choices, the step."""
+    return driver.execute_script("""
+        return {slots: [...document.querySelectorAll('#gpus [data-process]')].map((e) => e.dataset.process).sort(),
+                playground: [...document.querySelectorAll('#pg-model option')].map((o) => o.value),
+                step: document.getElementById('history-step').textContent};""")
+
+
+def test_dashboard_follows_a_reload(serve: Callable[..., CouncilServer], syn: Path, browser: WebDriver) -> None:
+    """Before, a reload reached only the member rows: the page kept the old slot plan, offered the removed
+    council in the playground (404 when asked) and not the new one, and kept the old history step."""
+    server = serve(policy(syn, history="1s"))
+    browser.get(f"{server.url}/ui")
+    until(lambda: page_picture(browser) == {"slots": ["alphabet/0", "alphabet/1", "alphabet/2", "solo/0"],
+                                            "playground": ["alphabet", "solo", "long", "other", "syn"],
+                                            "step": "· a point every 1 s"}, "the page before the reload")
+    browser.execute_script("window.notReloaded = true;")
+
+    server.policy_path.write_text(policy(syn, history="2s", solo=("duo", 2)))
+    reloaded = httpx.post(f"{server.url}/admin/reload", timeout=60)
+    assert reloaded.status_code == 200, reloaded.text
+    processes = sorted({m["process"] for m in httpx.get(f"{server.url}/admin/slots").json()["members"]})
+    assert "duo/0" in processes and "solo/0" not in processes
+    assert httpx.get(f"{server.url}/admin/history").json()["step"] == 2
+    until(lambda: page_picture(browser) == {"slots": processes,
+                                            "playground": ["alphabet", "duo", "long", "other", "syn"],
+                                            "step": "· a point every 2 s"}, "the page after the reload")
+    assert browser.execute_script("return window.council.state.history.step;") == 2  # it trims to the new window
+    assert browser.execute_script("return window.notReloaded === true;")  # the stream told it, not a new load
+
+    # The new council answers from the playground.
+    until(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, "the new council ready")
+    browser.find_element(By.CSS_SELECTOR, "#pg-model option[value='duo']").click()
+    browser.find_element(By.ID, "pg-question").send_keys("Say the alphabet")
+    browser.find_element(By.ID, "pg-ask").click()
+    until(lambda: browser.find_element(By.ID, "pg-answer").get_attribute("data-done") == "true", "the answer")
+    assert browser.find_element(By.ID, "pg-answer").text == "abcdef"
+    assert console_errors(browser) == []
+
+
+def test_more_councils_than_the_palette_share_no_colour(
+        serve: Callable[..., CouncilServer], syn: Path, browser: WebDriver) -> None:
+    """The palette has 9 colours and the page reused them: with 12 councils, c00 and c09 (c01 and c10, c02 and
+    c11) drew their lines and slots in one colour, which nothing else on the strip or the chart tells apart."""
+    names = [f"c{i:02d}" for i in range(12)]
+    server = serve(policy_yaml({"other": {"path": syn, "ctx_size": 512}},
+                               {n: {"members": [member_entry("other", max_tokens=6)]} for n in names},
+                               server={"host": "127.0.0.1", "port": 8080, "history": "1s"}))
+    browser.get(f"{server.url}/ui")
+    until(lambda: len(member_states(browser)) == 12, "the member rows")
+    for name in names:  # an answer each: a line each in the councils' charts, tok/s in the processes' chart
+        body = {"model": name, "messages": [{"role": "user", "content": "abc"}]}
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+
+    def strokes() -> dict[str, dict[str, str]]:
+        return browser.execute_script("""
+            return Object.fromEntries(Object.entries(window.council.plots).map(([chart, u]) => [chart,
+                Object.fromEntries(u.series.slice(1).map((s, i) => [s.label, s.stroke(u, i + 1)]))]));""")
+
+    drawn = until(lambda: (s := strokes()) and all(len(s.get(c, {})) == 12 for c in
+                                                   ("agreement", "latency", "tokens_per_second")) and s,
+                  "a line per council and per process", timeout=60)
+    for chart in ("agreement", "latency", "tokens_per_second"):
+        assert len(set(drawn[chart].values())) == 12, (chart, drawn[chart])  # type: ignore[index]
+    assert drawn["agreement"] == drawn["latency"]  # type: ignore[index]  # a council's colour is its own
+    # The slot strip: a colour per council, the one its lines have (the first 9 are the palette's, as before).
+    held = browser.execute_script("""
+        return [...document.querySelectorAll('#gpus .slot.held')].map((e) =>
+            [e.title.match(/council (\\S+)\\)/)[1], e.style.getPropertyValue('--c')]);""")
+    assert sorted(map(tuple, held)) == sorted(drawn["agreement"].items())  # type: ignore[index]
+    assert drawn["agreement"]["c00"] == "#4e79a7" and drawn["agreement"]["c08"] == "#9c755f"  # type: ignore[index]
     assert console_errors(browser) == []

@@ -154,7 +154,7 @@
              { label: "accuracy", values: (u, s) => s.map((v) => Math.round(100 * v) + "%") }],
       cursor: { drag: { x: true, y: false } },
       hooks: { setCursor: [(u) => {
-        const p = plans[u.cursor.idx];
+        const p = nearestPlan(u, plans, votes);
         hover.textContent = p ? `${p.name}: ${pct(p.accuracy)} at ${num(p.tokens_per_item)} tokens/item, ` +
           `${num(p.members_per_item, 1)} members/item, ${pct(p.stopped_early)} stopped early` : "";
       }] },
@@ -167,6 +167,20 @@
     const head = ["plan", "accuracy", "tokens/item", "of every member's", "s/item"];
     if (kept.length) parent.append(table(`kept-${k}`, head, kept.map((p) => [
       p.name, pct(p.accuracy), num(p.tokens_per_item), pct(p.token_share), num(p.ms_per_item / 1000, 1)])));
+  }
+
+  function nearestPlan(u, plans, votes) {
+    // uPlot's cursor takes the nearest x only, and plans under different votes often spend the same tokens (one
+    // x): name the shown plan nearest the pointer on both axes, in pixels.
+    const { left, top, idx } = u.cursor;
+    if (idx == null || left == null || left < 0) return null;
+    let nearest = null, best = Infinity;
+    for (const p of plans) {
+      if (!u.series[1 + votes.indexOf(p.vote)].show) continue;  // its vote is hidden in the legend
+      const d = (u.valToPos(p.tokens_per_item, "x") - left) ** 2 + (u.valToPos(p.accuracy, "y") - top) ** 2;
+      if (d < best) [nearest, best] = [p, d];
+    }
+    return nearest;
   }
 
   function itemsChart(k, r, parent, vote) {

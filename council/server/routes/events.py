@@ -3,9 +3,10 @@
 It opens with a `snapshot` (what the caller may see now), then carries `member` (a state change with the
 member's snapshot), `ballot` (a council answer), `log` (a member's output line), `lease` (a council stopped
 because another router holds its slots now) and `history` (a new point of the last hour's series) events as
-they happen, and every few seconds a `members` refresh (tok/s, in-flight requests change without a state
-change). The admin scope gets everything; the chat scope gets the councils, the ballots of its own key's
-requests (whole, with their questions) and the councils' series. Other keys' ballots are not sent to it at all:
+they happen, a fresh `snapshot` after each reload (councils, slot plan and history step may be new), and every
+few seconds a `members` refresh (tok/s, in-flight requests change without a state change). The admin scope
+gets everything; the chat scope gets the councils, the ballots of its own key's requests (whole, with their
+questions) and the councils' series. Other keys' ballots are not sent to it at all:
 their questions, answers and tool calls are another caller's data, and `/v1/ballots/{id}` denies they exist, so
 the stream does not list them either (the councils' charts already show how every council is doing).
 
@@ -95,6 +96,9 @@ async def events(router: Current, who: Chat) -> StreamingResponse:
                     continue
                 if event.kind == "close":
                     return
+                if event.kind == "reload":  # its councils, slot plan and history step are new: the page rebuilds
+                    yield sse("snapshot", snapshot(router, who))
+                    continue
                 data = visible(event, who)
                 if data is not None:
                     yield sse(event.kind, data, event.id)

@@ -7,6 +7,14 @@ const KEY = "council-key";
 const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"];
 const MAX_BALLOTS = 50, MAX_LOG = 400;
 
+function paletteColour(i) {
+  // Past the palette, hues a golden angle apart (no hue repeats, and consecutive ones are far apart), starting
+  // in the palette's widest gap of hue, at three lightnesses: more than 9 councils or processes share no colour.
+  if (i < PALETTE.length) return PALETTE[i];
+  const j = i - PALETTE.length;
+  return `hsl(${((j * 137.508 + 265) % 360).toFixed(1)}, 60%, ${[42, 30, 56][j % 3]}%)`;
+}
+
 const state = {
   keys: false, scopes: [], members: new Map(), slots: null, councils: {}, models: [], ballots: [],
   logName: null, logLines: [], colours: new Map(), lost: {},
@@ -41,7 +49,7 @@ const clock = (t) => t ? new Date(t * 1000).toLocaleTimeString() : "";
 const isAdmin = () => state.scopes.includes("admin");
 
 function colour(council) {
-  if (!state.colours.has(council)) state.colours.set(council, PALETTE[state.colours.size % PALETTE.length]);
+  if (!state.colours.has(council)) state.colours.set(council, paletteColour(state.colours.size));
   return state.colours.get(council);
 }
 
@@ -179,15 +187,20 @@ const CHARTS = {  // `tick` labels the y axis
   latency: { title: "latency per council (s)", format: (v) => num(v, 2), tick: (v) => num(v, 1) },
 };
 
+let historyLoads = 0;
+
 async function loadHistory() {
   state.history = null;  // until the series so far are here, new points wait in `pendingPoints`
+  const load = ++historyLoads;  // a snapshot after a reload can start a load while one is still out
   let loaded;
   try {
     loaded = await api("/admin/history");
   } catch (err) {
+    if (load !== historyLoads) return;
     $("charts").replaceChildren(h("p", { class: "error" }, `could not read the history: ${err.message}`));
     return;
   }
+  if (load !== historyLoads) return;  // only the newest load applies (an older one may hold the old step)
   state.history = loaded;
   for (const point of state.pendingPoints.splice(0)) addPoint(point, false);
   renderCharts();
@@ -220,7 +233,7 @@ function addPoint(point, render = true) {
 function seriesColour(chart, name, i) {
   if (chart === "agreement" || chart === "latency") return colour(name);
   if (chart === "requests") return name === "waiting" ? "#e15759" : "#4e79a7";
-  return PALETTE[i % PALETTE.length];
+  return paletteColour(i);
 }
 
 function renderCharts() {
