@@ -18,7 +18,7 @@ from dataclasses import replace
 from functools import cache
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from council.cluster.store import (
     DEFAULT_PREFIX,
@@ -45,14 +45,17 @@ def lua_script(name: str) -> str:
 
 
 def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password, for messages: the userinfo's and a `password=` query parameter's (redis-py
+    reads both, and a `unix://` URL can carry one only in its query)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    host = parts.hostname or ""
-    netloc = f"{user}{host}:{parts.port}" if parts.port else f"{user}{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, where = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{where}"  # the host as written: IPv6 keeps its brackets
+    query = "&".join(f"{item.partition('=')[0]}=***" if unquote(item.partition("=")[0]).lower() == "password"
+                     else item for item in parts.query.split("&")) if parts.query else ""
+    # Written out, not urlunsplit: that drops the `//` of `unix:///path`.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def _ms(seconds: float) -> int:

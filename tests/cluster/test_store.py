@@ -29,7 +29,7 @@ from council.cluster.store import (
     expand_env,
     open_state,
 )
-from tests.servers import start_redis
+from tests.servers import free_port, start_redis
 
 pytestmark = pytest.mark.anyio
 LONG = 30.0
@@ -417,6 +417,28 @@ async def test_the_state_url_reads_the_password_from_the_environment(
 def test_password_is_not_shown() -> None:
     state = RedisState("redis://user:secret@127.0.0.1:1/0")
     assert "secret" not in state._shown_url and "127.0.0.1:1" in state._shown_url
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://127.0.0.1:{port}/0?password=s3cret-pw", "redis://127.0.0.1:{port}/0?password=***"),
+    ("redis://127.0.0.1:{port}/0?socket_keepalive=true&password=s3cret-pw",
+     "redis://127.0.0.1:{port}/0?socket_keepalive=true&password=***"),
+    ("unix:///run/no-such-redis-{port}.sock?db=0&password=s3cret-pw",
+     "unix:///run/no-such-redis-{port}.sock?db=0&password=***"),
+    ("redis://u:s3cret-pw@[::1]:{port}/0", "redis://u:***@[::1]:{port}/0"),
+])
+async def test_a_password_in_the_query_is_not_shown_either(url: str, shown: str) -> None:
+    """redis-py reads `?password=` too (a `unix://` URL has nowhere else for it), and the unreachable message is what
+    /readyz (open to all), 503 bodies and the log repeat: it names the place, never the password."""
+    port = free_port()
+    state = RedisState(url.format(port=port))
+    try:
+        with pytest.raises(StateError) as caught:
+            await state.ping()
+        assert str(caught.value).startswith(f"Redis at {shown.format(port=port)} is unreachable: ")
+        assert "s3cret" not in str(caught.value)
+    finally:
+        await state.close()
 
 
 async def test_keys_are_prefixed(redis_url: str) -> None:
