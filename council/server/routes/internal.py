@@ -14,6 +14,7 @@ from fastapi.responses import Response
 
 from council.server.deps import current_router
 from council.server.errors import ApiError
+from council.server.requests import completion_width
 from council.server.router import Router
 from council.server.routes.passthrough import relay_through
 
@@ -51,8 +52,10 @@ async def process_call(process: str, path: str, request: Request, router: Router
     raw = await request.body()
     try:
         doc = json.loads(raw)
-        stream, n = doc.get("stream") is True, doc.get("n")
+        stream, n, prompt = doc.get("stream") is True, doc.get("n"), doc.get("prompt")
     except (ValueError, AttributeError):
-        stream, n = False, None  # the process answers a broken body itself
+        stream, n, prompt = False, None, None  # the process answers a broken body itself
     width = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+    if path == "/v1/completions":  # n tasks per prompt of a list, as the public route holds them
+        width = completion_width(prompt, width)
     return await relay_through(client, raw, path, stream, width=width)
