@@ -3,6 +3,7 @@ processes, and what those calls hold here."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ import pytest
 from council.server.app import create_app
 from council.server.router import Router
 from council.voting.client import Relayed
-from tests.server.test_app import _router
+from tests.server.test_app import KEY, HeldMember, _leaving_client, _router
+from tests.servers import until
 
 pytestmark = pytest.mark.anyio
 CLUSTER_KEY = "cluster-key-0123456789abcdef"
@@ -68,3 +70,20 @@ async def test_a_relayed_completion_holds_a_slot_per_prompt_and_choice(host: Rou
     chat = {"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2, "prompt": ["a", "b"]}
     assert (await peer.post("/internal/members/c/0/v1/chat/completions", content=json.dumps(chat))).status_code == 200
     assert recorder.widths == [width, 2]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/messages"])
+async def test_a_router_hanging_up_closes_the_hosts_member_request(host: Router, path: str) -> None:
+    """Every one-seat council call reaches a host as a non-streamed relay; when the calling router drops it (an
+    early stop, a client that left its council) the host's member request closes too, freeing its slot. Before,
+    the host waited on the member to the end of an answer nobody read."""
+    host.registry.cluster_key = KEY  # the raw-ASGI client sends KEY
+    member = HeldMember()
+    assert host.assembly is not None
+    host.assembly.ready_client = lambda process: member  # type: ignore[method-assign]
+    left, task = _leaving_client(create_app(host), f"/internal/members/c/0{path}",
+                                 {"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    await until(lambda: member.in_flight == 1, 5, "the member asked")
+    left.set()
+    await asyncio.wait_for(task, 5)
+    assert member.cancelled == 1 and member.in_flight == 0

@@ -16,6 +16,7 @@ from council.server.deps import current_router
 from council.server.errors import ApiError
 from council.server.requests import completion_width
 from council.server.router import Router
+from council.server.routes.chat import CLIENT_GONE, _unless_disconnected
 from council.server.routes.passthrough import relay_through
 
 routes = APIRouter(include_in_schema=False)
@@ -58,4 +59,9 @@ async def process_call(process: str, path: str, request: Request, router: Router
     width = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
     if path == "/v1/completions":  # n tasks per prompt of a list, as the public route holds them
         width = completion_width(prompt, width)
-    return await relay_through(client, raw, path, stream, width=width)
+    if stream:  # a stream's body closes the member's request when the caller hangs up
+        return await relay_through(client, raw, path, stream, width=width)
+    # Starlette cancels no plain route when its caller hangs up: a router that dropped the call (an early stop, a
+    # client that left its council) would leave the member generating, its slot held, to the end.
+    relayed = await _unless_disconnected(request, relay_through(client, raw, path, stream, width=width))
+    return Response(status_code=CLIENT_GONE) if relayed is None else relayed
