@@ -154,8 +154,10 @@ class LocalRole:
         refused = [f"council {name}: {reason}" for name, reason in plan.refused.items()]
         if refused:
             await leases.release_leases()
-            leases.keep_wanting(router.plan)
-            await leases.admit(router.plan)
+            # Not a council whose lease was lost: its processes are stopped, and its memory is someone else's.
+            running = router.plan.refuse(router.lost)
+            leases.keep_wanting(running)
+            await leases.admit(running)
             raise ReloadError(refused)
         assert router.assembly is not None
         supervisor = router.assembly.supervisor

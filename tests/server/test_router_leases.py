@@ -1,0 +1,71 @@
+"""A router's leases through its life (start, lease lost, reload), in process, on the test's own Redis prefix:
+no member ever starts (the policy's model file is absent), so what is leased is all there is to see."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from council.cluster.redis_store import RedisState
+from council.server.router import ReloadError, Router
+from tests.server.test_app import _router
+from tests.servers import until
+
+pytestmark = pytest.mark.anyio
+MiB, GiB = 1 << 20, 1 << 30
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test:{uuid.uuid4().hex}:"
+
+
+def _leasing(tmp_path: Path, redis_url: str, prefix: str) -> Router:
+    """`_router`'s council `c` (2 slots, 512 MiB of a 1 GiB `cpu`), leasing in the test's Redis prefix."""
+    router = _router(tmp_path)
+    router.state = router.leases.state = RedisState(redis_url, prefix=prefix)
+    return router
+
+
+def _add_council_d(router: Router) -> None:
+    """The operator adds council `d` (2 more slots: the plan still fits the GPU)."""
+    text = router.policy_path.read_text()
+    assert "councils:\n  c:" in text
+    router.policy_path.write_text(text.replace("councils:\n  c:", "councils:\n  d:\n    members:\n    - model: m\n"
+                                               "    - model: m\n  c:"))
+
+
+async def test_a_refused_reload_leases_nothing_for_a_council_whose_lease_was_lost(
+        tmp_path: Path, redis_url: str, prefix: str) -> None:
+    """A council whose lease was lost stays stopped until a reload succeeds; a refused reload re-leased its memory
+    (and the renewal loop kept it for good), withholding it from every other router for a council that runs
+    nothing."""
+    router = _leasing(tmp_path, redis_url, prefix)
+    other = RedisState(redis_url, prefix=prefix)
+    gpu = f"{router.leases.host}/cpu"
+    try:
+        router.plan = await router.leases.admit(router.plan)
+        assert router.plan.all_admitted
+        # Our lease lapses (a long stall) and another router takes the whole GPU: council c is lost.
+        redis.Redis.from_url(redis_url).delete(f"{prefix}gpu:{gpu}:leases")
+        whole = await other.acquire(gpu, GiB, "b:2", GiB, 30.0)
+        assert whole is not None
+        await router.leases.renew_once()
+        assert list(router.lost) == ["c"]
+        await until(lambda: not router.processes, 5, "council c's processes stopped")
+        await other.release(whole)
+        assert await other.acquire(gpu, GiB, "c:3", 512 * MiB, 30.0) is not None  # a third router: half
+        _add_council_d(router)
+        with pytest.raises(ReloadError, match="are leased elsewhere"):
+            await router.reload()
+        await router.leases.renew_once()
+        assert router.leases.leases == {} and await other.holders(gpu) == {"c:3": 512 * MiB}
+        ready, reasons = router.readiness()
+        assert not ready and reasons[0].startswith("council c is stopped: lease lost")
+    finally:
+        await router.leases.release_all()
+        await router.state.close()
+        await other.close()
