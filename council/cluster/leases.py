@@ -115,7 +115,46 @@ class LeaseKeeper:
                         refused[result.name] = refusal.reason
         return plan.refuse(refused)
 
+    async def admit_instead(self, plan: PolicyPlan) -> PolicyPlan:
+        """A reload's leases: those of every council `plan` admits, taken with our current leases counted as given
+        back, which they are only once every new one is held. Refused (a new plan of the refusals): the new ones
+        taken go back and the old ones stay held. Nothing is ever free in between, for another router to take
+        while our processes still use it."""
+        taken: dict[str, list[Lease]] = {}
+        wanted: dict[str, list[Need]] = {}
+        refused: dict[str, str] = {}
+        async with self._lock:
+            ours: dict[str, list[int]] = defaultdict(list)
+            for lease in (lease for leases in self.leases.values() for lease in leases):
+                ours[lease.gpu].append(lease.token)
+            for result in plan.slots.councils:
+                if result.admitted:
+                    need = wanted[result.name] = _need(result, plan.slots)
+                    got = await self._take(need, ours)
+                    if isinstance(got, Refusal):
+                        refused[result.name] = got.reason
+                    else:
+                        taken[result.name] = got
+            if refused:
+                for leases in taken.values():
+                    await self._release(leases)
+                return plan.refuse(refused)
+            for leases in self.leases.values():
+                await self._release(leases)
+            self.leases, self.wanted = taken, wanted
+        return plan
+
     async def _lease(self, council: str, need: list[Need]) -> Refusal | None:
+        got = await self._take(need, {})
+        if isinstance(got, Refusal):
+            return got
+        self.leases[council] = got
+        self.wanted[council] = need
+        return None
+
+    async def _take(self, need: list[Need], replacing: dict[str, list[int]]) -> list[Lease] | Refusal:
+        """A lease for each GPU of `need` (`replacing`: per GPU key, tokens of ours not counted), or why not (none
+        held then)."""
         taken: list[Lease] = []
         for want in need:
             key = gpu_key(want.gpu, self.host)
@@ -124,7 +163,7 @@ class LeaseKeeper:
             what = f"its {want.slots} slot{'' if one else 's'} ({format_size(want.size)}) on {want.gpu.name}"
             try:
                 lease = await self.state.acquire(key, room.capacity_bytes, self.holder, want.size, self.ttl,
-                                                 room.keep_free_bytes)
+                                                 room.keep_free_bytes, replacing.get(key, ()))
                 leased = await self.state.leased(key) if lease is None else 0
             except LegacyLease as exc:  # the store answered: an older router holds memory of unknown size
                 await self._release(taken)
@@ -137,9 +176,7 @@ class LeaseKeeper:
                 return Refusal(f"{what} {'is' if one else 'are'} leased elsewhere ({_held(leased, room)} held by "
                                f"other routers{_kept(room)})", answered=True)
             taken.append(lease)
-        self.leases[council] = taken
-        self.wanted[council] = need
-        return None
+        return taken
 
     async def routers_here(self, gpu: Gpu) -> set[int]:
         """PIDs of the routers on this host that hold leases on the GPU in this store (holders are `host:pid`)."""
@@ -161,12 +198,6 @@ class LeaseKeeper:
             except StateError:
                 leasing[gpu.name] = set()
         return handing_back(gpus, lambda gpu: leasing[gpu.name] | {ours})
-
-    def keep_wanting(self, plan: PolicyPlan) -> None:
-        """The councils of `plan` run (a reload was refused): keep leasing their slots until Redis agrees."""
-        for result in plan.slots.councils:
-            if result.admitted:
-                self.wanted[result.name] = _need(result, plan.slots)
 
     async def _release(self, leases: list[Lease]) -> None:
         for lease in leases:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from functools import cache
 from importlib import resources
@@ -111,12 +111,13 @@ class RedisState:
         return [f"{self.prefix}{kind}", f"{self.prefix}{kind}:order", f"{self.prefix}{kind}:seq"]
 
     async def acquire(self, gpu: str, capacity_bytes: int, holder: str, size: int, ttl: float,
-                      keep_free_bytes: int = 0) -> Lease | None:
+                      keep_free_bytes: int = 0, replacing: Collection[int] = ()) -> Lease | None:
         check_lease_args(capacity_bytes, size, ttl, keep_free_bytes)
         sent = time.monotonic()
         with self._errors():
             token = await self._acquire(keys=self._lease_keys(gpu),
-                                        args=[capacity_bytes, keep_free_bytes, size, _ms(ttl), holder])
+                                        args=[capacity_bytes, keep_free_bytes, size, _ms(ttl), holder,
+                                              *(str(t) for t in replacing)])
         if token is None:
             return None
         if int(token) < 0:

@@ -146,18 +146,11 @@ class LocalRole:
                 recipe.make_spec(0)
         except LaunchError as exc:
             raise ReloadError([str(exc)]) from None
-        # Our own leases would count against the new plan: give them back, lease anew, and on refusal take the
-        # old ones again (the old councils never stopped).
-        leases = router.leases
-        await leases.release_leases()
-        plan = await leases.admit(plan)
+        # The new plan's leases, our own old ones counted as given back; they are released only once the new ones
+        # are held, and a refusal leaves them held (the old councils never stopped).
+        plan = await router.leases.admit_instead(plan)
         refused = [f"council {name}: {reason}" for name, reason in plan.refused.items()]
         if refused:
-            await leases.release_leases()
-            # Not a council whose lease was lost: its processes are stopped, and its memory is someone else's.
-            running = router.plan.refuse(router.lost)
-            leases.keep_wanting(running)
-            await leases.admit(running)
             raise ReloadError(refused)
         assert router.assembly is not None
         supervisor = router.assembly.supervisor

@@ -106,6 +106,22 @@ async def test_lease_basics(pair: tuple[StateStore, StateStore]) -> None:
         await a.acquire("gpu0", 4, "router-a", 0, LONG)
 
 
+async def test_an_acquire_replacing_its_holders_own_leases_does_not_count_them(
+        pair: tuple[StateStore, StateStore]) -> None:
+    """A reload's acquire: the holder's leases it replaces are not counted (it releases them once it holds their
+    replacements), another holder's are, whatever tokens are named."""
+    a, b = pair
+    old = await a.acquire("gpu0", 4, "router-a", 3, LONG)
+    theirs = await b.acquire("gpu0", 4, "router-b", 1, LONG)
+    assert old is not None and theirs is not None
+    assert await a.acquire("gpu0", 4, "router-a", 3, LONG) is None
+    new = await a.acquire("gpu0", 4, "router-a", 3, LONG, replacing=[old.token])
+    assert new is not None and await a.leased("gpu0") == 7  # both held until the old one is released
+    await a.release(old)
+    assert await b.acquire("gpu0", 4, "router-b", 1, LONG, replacing=[new.token]) is None  # not its own
+    assert await a.acquire("gpu0", 4, "router-a", 1, LONG, replacing=[theirs.token]) is None
+
+
 async def test_an_acquire_leaves_its_routers_reserve_unleased(pair: tuple[StateStore, StateStore]) -> None:
     """`keep_free_bytes` is the acquiring router's `slots.reserve`: what all live leases leave, not what this one
     may take."""

@@ -69,3 +69,51 @@ async def test_a_refused_reload_leases_nothing_for_a_council_whose_lease_was_los
         await router.leases.release_all()
         await router.state.close()
         await other.close()
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["same-policy", "refused"])
+async def test_a_reload_never_frees_memory_its_running_processes_use(tmp_path: Path, redis_url: str, prefix: str,
+                                                                     refused: bool) -> None:
+    """A reload gave back every lease before leasing the new plan: another router acquiring in between was granted
+    memory our unchanged processes still used, and a refused reload then could not take it back (the next renewal
+    round stopped the council). Another router now asks for that memory after each of the reload's store calls and
+    never gets it; a refused reload leaves our lease held, the same token."""
+    router = _leasing(tmp_path, redis_url, prefix)
+    other = RedisState(redis_url, prefix=prefix)
+    gpu = f"{router.leases.host}/cpu"
+    granted: list[bool] = []
+    try:
+        router.plan = await router.leases.admit(router.plan)
+        [[ours]] = router.leases.leases.values()
+        assert await other.acquire(gpu, GiB, "c:3", 256 * MiB, 30.0) is not None  # a third router: a quarter
+        state = router.leases.state
+        calls = {name: getattr(state, name) for name in ("acquire", "release")}
+
+        def probing(name: str) -> object:
+            async def call(*args: object, **kwargs: object) -> object:
+                result = await calls[name](*args, **kwargs)
+                probe = await other.acquire(gpu, GiB, "b:2", 512 * MiB, 30.0)
+                granted.append(probe is not None)
+                return result
+            return call
+
+        for name in calls:
+            setattr(state, name, probing(name))
+        if refused:
+            _add_council_d(router)  # 1 GiB in all: refused while the third router holds its quarter
+            with pytest.raises(ReloadError, match="are leased elsewhere"):
+                await router.reload()
+        else:
+            await router.reload()
+        for name in calls:
+            delattr(state, name)
+        assert granted and not any(granted)
+        [[held]] = router.leases.leases.values()
+        assert (held.token == ours.token) is refused and await other.check_fence(gpu, held.token)
+        assert await other.holders(gpu) == {router.leases.holder: 512 * MiB, "c:3": 256 * MiB}
+        await router.leases.renew_once()
+        assert router.lost == {} and list(router.leases.leases) == ["c"]
+    finally:
+        await router.leases.release_all()
+        await router.state.close()
+        await other.close()
