@@ -3,6 +3,7 @@ no member ever starts (the policy's model file is absent), so what is leased is 
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import pytest
 import redis
 
 from council.cluster.redis_store import RedisState
-from council.server.router import ReloadError, Router
+from council.members.binary import LlamaServerInfo
+from council.members.process import LifeConfig
+from council.server.router import LocalRole, ReloadError, Router
 from tests.server.test_app import _router
-from tests.servers import until
+from tests.servers import free_port, until, wait_for
 
 pytestmark = pytest.mark.anyio
 MiB, GiB = 1 << 20, 1 << 30
@@ -117,3 +120,47 @@ async def test_a_reload_never_frees_memory_its_running_processes_use(tmp_path: P
         await router.leases.release_all()
         await router.state.close()
         await other.close()
+
+
+@pytest.mark.parametrize("why", ["crashed-predecessor", "redis-away"])
+async def test_a_council_refused_at_start_runs_once_its_slots_can_be_leased(tmp_path: Path, redis_url: str,
+                                                                           prefix: str, why: str) -> None:
+    """A router restarted after a crash is refused by its predecessor's leases until they expire; one started
+    while Redis is away is refused until it returns. Either way its council never ran afterwards (nothing asked
+    again), /readyz stayed 503 until someone reloaded. A renewal round now leases it and the council starts."""
+    redis_server: subprocess.Popen[bytes] | None = None
+    if why == "redis-away":
+        port = free_port()
+        url = f"redis://127.0.0.1:{port}/0"
+    else:
+        url = redis_url
+    router = _router(tmp_path)
+    router.role = LocalRole(LlamaServerInfo(path=Path("/bin/false"), build=1, version="", spec_types=("draft-mtp",)),
+                            LifeConfig(run_dir=tmp_path / "run"))
+    router.state = router.leases.state = RedisState(url, prefix=prefix)
+    router.leases.ttl = 1.5  # a renewal round every 0.5 s
+    gpu = f"{router.leases.host}/cpu"
+    other = RedisState(url, prefix=prefix)
+    try:
+        if why == "crashed-predecessor":  # its leases live on for their TTL
+            assert await other.acquire(gpu, GiB, f"{router.leases.host}:1", GiB, 1.0) is not None
+        await router.start()
+        ready, reasons = router.readiness()
+        assert not ready and router.processes == {}
+        assert reasons == [f"council c is not running: {router.plan.refused['c']}"]
+        assert ("unreachable" if why == "redis-away" else "leased elsewhere") in reasons[0]
+        if why == "redis-away":
+            redis_server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                             "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+            wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                            text=True).stdout.strip() == "PONG", "redis-server")
+        await until(lambda: sorted(router.processes) == ["c/0", "c/1"], 10, "council c's processes started")
+        assert router.refused == {} and "c" in router.engines
+        assert not any("not running" in reason for reason in router.readiness()[1])
+        assert await other.holders(gpu) == {router.leases.holder: 512 * MiB}
+    finally:
+        await router.stop()
+        await other.close()
+        if redis_server is not None:
+            redis_server.kill()
+            redis_server.wait(timeout=10)
