@@ -13,6 +13,7 @@ import contextlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import replace
 from functools import cache
@@ -76,8 +77,10 @@ class RedisState:
         self.url = url
         self.prefix = prefix
         self._shown_url = _redact(url)
-        # One immediate retry on a broken connection (e.g. a pooled socket Redis closed); never on a timeout,
-        # since a script that timed out may still have run and acquire/take are not idempotent.
+        # One immediate retry on a broken connection (e.g. a pooled socket Redis closed); never on a timeout.
+        # A connection can also break after Redis ran the script, its reply lost: acquire and take carry a request
+        # id, so the retry gets the first answer rather than a second lease or token (put_ballot's second run only
+        # bumps the order's counter once more).
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         self._unreachable: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
         self._failed: type[BaseException] = RedisError
@@ -115,7 +118,9 @@ class RedisState:
         check_lease_args(capacity_bytes, size, ttl, keep_free_bytes)
         sent = time.monotonic()
         with self._errors():
-            token = await self._acquire(keys=self._lease_keys(gpu),
+            # A request id: redis-py's retry on a broken connection resends it, and the script grants it once.
+            asked = f"{self.prefix}gpu:{gpu}:acquire:{uuid.uuid4().hex}"
+            token = await self._acquire(keys=[*self._lease_keys(gpu), asked],
                                         args=[capacity_bytes, keep_free_bytes, size, _ms(ttl), holder,
                                               *(str(t) for t in replacing)])
         if token is None:
@@ -170,7 +175,8 @@ class RedisState:
     async def take(self, key: str, rate: float, burst: float) -> float | None:
         check_bucket(rate, burst)
         with self._errors():
-            wait = await self._take(keys=[f"{self.prefix}rate:{key}"], args=[repr(float(rate)), repr(float(burst))])
+            wait = await self._take(keys=[f"{self.prefix}rate:{key}"],
+                                    args=[repr(float(rate)), repr(float(burst)), uuid.uuid4().hex])
         return None if wait is None else float(wait)
 
     async def put_ballot(self, ballot_id: str, ballot: dict[str, Any], keep: int) -> None:

@@ -497,3 +497,68 @@ async def test_values_council_did_not_write_read_as_absent(redis_url: str) -> No
             client.delete(key)
         client.close()
         await state.close()
+
+
+class ReplyLosingProxy:
+    """A TCP proxy to Redis that, once armed, forwards the next EVALSHA, reads Redis' reply and drops the
+    connection instead of passing it on: the script ran, its caller saw a broken connection (and retries)."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.upstream = urlsplit(redis_url)
+        self.armed = False
+        self.dropped = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}{self.upstream.path}"
+
+    async def _handle(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        redis_in, redis_out = await asyncio.open_connection(self.upstream.hostname, self.upstream.port)
+        try:
+            while data := await client_in.read(65536):
+                redis_out.write(data)
+                await redis_out.drain()
+                reply = await redis_in.read(65536)
+                if self.armed and b"EVALSHA" in data.upper():
+                    self.armed = False
+                    self.dropped += 1
+                    return
+                client_out.write(reply)
+                await client_out.drain()
+        finally:
+            client_out.close()
+            redis_out.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_script_whose_reply_was_lost_is_not_run_twice(redis_url: str) -> None:
+    """redis-py retries once on a broken connection, also one that broke after Redis ran the script: one
+    acquire() left two leases (the first unknown to its keeper, blocking other routers for its TTL), one take()
+    spent two tokens. Each carries a request id now, and the retry gets the first run's answer."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    proxy = ReplyLosingProxy(redis_url)
+    state = RedisState(await proxy.start(), prefix=prefix)
+    direct = RedisState(redis_url, prefix=prefix)
+    try:
+        warm = await state.acquire("warm", 100, "me:1", 1, LONG)  # scripts loaded, a connection pooled
+        assert warm is not None
+        proxy.armed = True
+        lease = await state.acquire("gpu0", 1000, "me:1", 400, LONG)
+        assert proxy.dropped == 1 and lease is not None
+        assert await direct.holders("gpu0") == {"me:1": 400} and await direct.check_fence("gpu0", lease.token)
+        await state.release(lease)
+        assert await direct.leased("gpu0") == 0
+        proxy.armed = True
+        assert await state.take("k", 0.001, 2) is None  # one of the bucket's two tokens
+        assert proxy.dropped == 2
+        assert await direct.take("k", 0.001, 2) is None  # the second is still there
+        assert await direct.take("k", 0.001, 2) is not None
+    finally:
+        await state.close()
+        await direct.close()
+        await proxy.close()
