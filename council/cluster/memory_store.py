@@ -149,5 +149,8 @@ class MemoryState:
     async def ping(self) -> None:
         return None
 
+    async def clock_ms(self) -> int:
+        return int(time.monotonic() * 1000)  # the clock its own expiries are judged by
+
     async def close(self) -> None:
         return None

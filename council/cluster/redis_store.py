@@ -205,6 +205,11 @@ class RedisState:
         with self._errors():
             await self._redis.ping()
 
+    async def clock_ms(self) -> int:
+        with self._errors():
+            seconds, micros = await self._redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     async def close(self) -> None:
         with self._errors():
             await self._redis.aclose()

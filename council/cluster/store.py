@@ -120,6 +120,11 @@ class StateStore(Protocol):
         """Raise StateError unless the store answers."""
         ...
 
+    async def clock_ms(self) -> int:
+        """The store's clock, in integer milliseconds: the one every router and host reads (Redis' TIME), so a
+        time a host signs into its registry entries is judged the same by every router."""
+        ...
+
     async def close(self) -> None: ...
 
 
