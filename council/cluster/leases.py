@@ -84,20 +84,26 @@ class Refusal:
 
 # Called with a council and why its slots are gone: another router holds them now.
 LostLease = Callable[[str, str], None]
+# Called with a council refused at start whose slots a renewal round has leased since.
+GrantedLease = Callable[[str], None]
 
 
 class LeaseKeeper:
     def __init__(self, state: StateStore, holder: str, ttl: float = 30.0, host: str | None = None,
-                 on_lost: LostLease | None = None) -> None:
+                 on_lost: LostLease | None = None, on_granted: GrantedLease | None = None) -> None:
         self.state = state
         self.holder = holder
         self.ttl = ttl
         self.host = host or socket.gethostname()
         self.on_lost = on_lost
+        self.on_granted = on_granted
         self.leases: dict[str, list[Lease]] = {}
         self.rooms: dict[str, Room] = {}  # per GPU key, for re-acquiring a stale lease
         # What each running council needs; the renewal loop leases what is missing (e.g. after an outage).
         self.wanted: dict[str, list[Need]] = {}
+        # Councils `admit` refused (their slots held elsewhere, Redis away): asked again every round, since what
+        # refused them passes (a crashed predecessor's leases expire, Redis returns) and nothing else retries.
+        self.pending: dict[str, list[Need]] = {}
         self._task: asyncio.Task[None] | None = None
         # A renewal round never interleaves with a reload's release-and-lease-anew: to the round, a lease the
         # reload gave back looks stale and its slots, leased anew by the reload, taken: a council lost for nothing.
@@ -110,12 +116,53 @@ class LeaseKeeper:
             for result in plan.slots.councils:
                 # A council leased already (a renewal round that ran first) keeps its leases.
                 if result.admitted and result.name not in self.leases:
-                    refusal = await self._lease(result.name, _need(result, plan.slots))
+                    need = _need(result, plan.slots)
+                    refusal = await self._lease(result.name, need)
                     if refusal is not None:
                         refused[result.name] = refusal.reason
+                        self.pending[result.name] = need
         return plan.refuse(refused)
 
+    async def admit_instead(self, plan: PolicyPlan) -> PolicyPlan:
+        """A reload's leases: those of every council `plan` admits, taken with our current leases counted as given
+        back, which they are only once every new one is held. Refused (a new plan of the refusals): the new ones
+        taken go back and the old ones stay held. Nothing is ever free in between, for another router to take
+        while our processes still use it."""
+        taken: dict[str, list[Lease]] = {}
+        wanted: dict[str, list[Need]] = {}
+        refused: dict[str, str] = {}
+        async with self._lock:
+            ours: dict[str, list[int]] = defaultdict(list)
+            for lease in (lease for leases in self.leases.values() for lease in leases):
+                ours[lease.gpu].append(lease.token)
+            for result in plan.slots.councils:
+                if result.admitted:
+                    need = wanted[result.name] = _need(result, plan.slots)
+                    got = await self._take(need, ours)
+                    if isinstance(got, Refusal):
+                        refused[result.name] = got.reason
+                    else:
+                        taken[result.name] = got
+            if refused:
+                for leases in taken.values():
+                    await self._release(leases)
+                return plan.refuse(refused)
+            for leases in self.leases.values():
+                await self._release(leases)
+            self.leases, self.wanted, self.pending = taken, wanted, {}
+        return plan
+
     async def _lease(self, council: str, need: list[Need]) -> Refusal | None:
+        got = await self._take(need, {})
+        if isinstance(got, Refusal):
+            return got
+        self.leases[council] = got
+        self.wanted[council] = need
+        return None
+
+    async def _take(self, need: list[Need], replacing: dict[str, list[int]]) -> list[Lease] | Refusal:
+        """A lease for each GPU of `need` (`replacing`: per GPU key, tokens of ours not counted), or why not (none
+        held then)."""
         taken: list[Lease] = []
         for want in need:
             key = gpu_key(want.gpu, self.host)
@@ -124,7 +171,7 @@ class LeaseKeeper:
             what = f"its {want.slots} slot{'' if one else 's'} ({format_size(want.size)}) on {want.gpu.name}"
             try:
                 lease = await self.state.acquire(key, room.capacity_bytes, self.holder, want.size, self.ttl,
-                                                 room.keep_free_bytes)
+                                                 room.keep_free_bytes, replacing.get(key, ()))
                 leased = await self.state.leased(key) if lease is None else 0
             except LegacyLease as exc:  # the store answered: an older router holds memory of unknown size
                 await self._release(taken)
@@ -137,9 +184,7 @@ class LeaseKeeper:
                 return Refusal(f"{what} {'is' if one else 'are'} leased elsewhere ({_held(leased, room)} held by "
                                f"other routers{_kept(room)})", answered=True)
             taken.append(lease)
-        self.leases[council] = taken
-        self.wanted[council] = need
-        return None
+        return taken
 
     async def routers_here(self, gpu: Gpu) -> set[int]:
         """PIDs of the routers on this host that hold leases on the GPU in this store (holders are `host:pid`)."""
@@ -162,12 +207,6 @@ class LeaseKeeper:
                 leasing[gpu.name] = set()
         return handing_back(gpus, lambda gpu: leasing[gpu.name] | {ours})
 
-    def keep_wanting(self, plan: PolicyPlan) -> None:
-        """The councils of `plan` run (a reload was refused): keep leasing their slots until Redis agrees."""
-        for result in plan.slots.councils:
-            if result.admitted:
-                self.wanted[result.name] = _need(result, plan.slots)
-
     async def _release(self, leases: list[Lease]) -> None:
         for lease in leases:
             with contextlib.suppress(StateError):
@@ -184,8 +223,13 @@ class LeaseKeeper:
     async def renew_once(self) -> None:
         """One renewal round: lease what a running council misses, renew what it holds, and report a council
         whose slots the store says are another router's now (a store that cannot be reached loses nothing)."""
+        granted: list[str] = []
         async with self._lock:
             lost: dict[str, str] = {}
+            for council, need in list(self.pending.items()):
+                if await self._lease(council, need) is None:
+                    del self.pending[council]
+                    granted.append(council)
             for council, need in list(self.wanted.items()):
                 if council in self.leases:
                     continue
@@ -208,6 +252,10 @@ class LeaseKeeper:
             log.warning("council %s lost its leases: %s", council, why)
             if self.on_lost is not None:
                 self.on_lost(council, why)
+        for council in granted:
+            log.info("council %s, refused at start, has its leases now", council)
+            if self.on_granted is not None:
+                self.on_granted(council)
 
     async def _renew(self, council: str, leases: list[Lease]) -> tuple[list[Lease], str | None]:
         """The council's leases renewed, and why they are lost (None: kept, also through a store outage)."""
@@ -252,6 +300,7 @@ class LeaseKeeper:
                 await self._release(leases)
             self.leases.clear()
             self.wanted.clear()
+            self.pending.clear()
 
     async def release_all(self) -> None:
         if self._task is not None:

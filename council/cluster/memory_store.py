@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,12 +46,13 @@ class MemoryState:
         return held
 
     async def acquire(self, gpu: str, capacity_bytes: int, holder: str, size: int, ttl: float,
-                      keep_free_bytes: int = 0) -> Lease | None:
+                      keep_free_bytes: int = 0, replacing: Collection[int] = ()) -> Lease | None:
         check_lease_args(capacity_bytes, size, ttl, keep_free_bytes)
         async with self._lock:
             now = time.monotonic()
             held = self._live(gpu, now)
-            if sum(h.size for h in held.values()) + size + keep_free_bytes > capacity_bytes:
+            used = sum(h.size for t, h in held.items() if not (t in replacing and h.holder == holder))
+            if used + size + keep_free_bytes > capacity_bytes:
                 return None
             token = self._fences[gpu] = self._fences.get(gpu, 0) + 1
             held[token] = _Held(holder, size, now + ttl)
@@ -146,6 +148,9 @@ class MemoryState:
 
     async def ping(self) -> None:
         return None
+
+    async def clock_ms(self) -> int:
+        return int(time.monotonic() * 1000)  # the clock its own expiries are judged by
 
     async def close(self) -> None:
         return None

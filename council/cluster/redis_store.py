@@ -13,12 +13,13 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from functools import cache
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from council.cluster.store import (
     DEFAULT_PREFIX,
@@ -45,14 +46,17 @@ def lua_script(name: str) -> str:
 
 
 def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password, for messages: the userinfo's and a `password=` query parameter's (redis-py
+    reads both, and a `unix://` URL can carry one only in its query)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    host = parts.hostname or ""
-    netloc = f"{user}{host}:{parts.port}" if parts.port else f"{user}{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, where = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{where}"  # the host as written: IPv6 keeps its brackets
+    query = "&".join(f"{item.partition('=')[0]}=***" if unquote(item.partition("=")[0]).lower() == "password"
+                     else item for item in parts.query.split("&")) if parts.query else ""
+    # Written out, not urlunsplit: that drops the `//` of `unix:///path`.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def _ms(seconds: float) -> int:
@@ -73,8 +77,10 @@ class RedisState:
         self.url = url
         self.prefix = prefix
         self._shown_url = _redact(url)
-        # One immediate retry on a broken connection (e.g. a pooled socket Redis closed); never on a timeout,
-        # since a script that timed out may still have run and acquire/take are not idempotent.
+        # One immediate retry on a broken connection (e.g. a pooled socket Redis closed); never on a timeout.
+        # A connection can also break after Redis ran the script, its reply lost: acquire and take carry a request
+        # id, so the retry gets the first answer rather than a second lease or token (put_ballot's second run only
+        # bumps the order's counter once more).
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         self._unreachable: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
         self._failed: type[BaseException] = RedisError
@@ -108,12 +114,15 @@ class RedisState:
         return [f"{self.prefix}{kind}", f"{self.prefix}{kind}:order", f"{self.prefix}{kind}:seq"]
 
     async def acquire(self, gpu: str, capacity_bytes: int, holder: str, size: int, ttl: float,
-                      keep_free_bytes: int = 0) -> Lease | None:
+                      keep_free_bytes: int = 0, replacing: Collection[int] = ()) -> Lease | None:
         check_lease_args(capacity_bytes, size, ttl, keep_free_bytes)
         sent = time.monotonic()
         with self._errors():
-            token = await self._acquire(keys=self._lease_keys(gpu),
-                                        args=[capacity_bytes, keep_free_bytes, size, _ms(ttl), holder])
+            # A request id: redis-py's retry on a broken connection resends it, and the script grants it once.
+            asked = f"{self.prefix}gpu:{gpu}:acquire:{uuid.uuid4().hex}"
+            token = await self._acquire(keys=[*self._lease_keys(gpu), asked],
+                                        args=[capacity_bytes, keep_free_bytes, size, _ms(ttl), holder,
+                                              *(str(t) for t in replacing)])
         if token is None:
             return None
         if int(token) < 0:
@@ -166,7 +175,8 @@ class RedisState:
     async def take(self, key: str, rate: float, burst: float) -> float | None:
         check_bucket(rate, burst)
         with self._errors():
-            wait = await self._take(keys=[f"{self.prefix}rate:{key}"], args=[repr(float(rate)), repr(float(burst))])
+            wait = await self._take(keys=[f"{self.prefix}rate:{key}"],
+                                    args=[repr(float(rate)), repr(float(burst)), uuid.uuid4().hex])
         return None if wait is None else float(wait)
 
     async def put_ballot(self, ballot_id: str, ballot: dict[str, Any], keep: int) -> None:
@@ -194,6 +204,11 @@ class RedisState:
     async def ping(self) -> None:
         with self._errors():
             await self._redis.ping()
+
+    async def clock_ms(self) -> int:
+        with self._errors():
+            seconds, micros = await self._redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
 
     async def close(self) -> None:
         with self._errors():

@@ -5,9 +5,10 @@ A host re-publishes every `heartbeat` with a TTL of three beats, so a host that 
 three heartbeats. A router keeps the last registry it read: during a Redis outage it answers with what was
 known.
 
-Each entry is signed with the cluster key (HMAC-SHA256 over the host and the entry) and a router keeps only the
-entries it can verify: it sends the cluster key, and its users' prompts, to the URLs it reads here, so whoever
-can write to Redis without holding the key must not be able to list a URL of their own.
+Each entry is signed with the cluster key (HMAC-SHA256 over the host and the entry, the store's time it is good
+`until` among its fields) and a router keeps only the entries it can verify whose time has not passed: it sends the
+cluster key, and its users' prompts, to the URLs it reads here, so whoever can write to Redis without holding the
+key must not be able to list a URL of their own, nor put back an entry of a host that has left.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ def sign(key: str, host: str, entry: dict[str, Any]) -> str:
     return hmac.new(key.encode(), body.encode(), hashlib.sha256).hexdigest()
 
 
-def verified(key: str | None, hosts: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
-    """The entries signed with `key` (none without a key: a router without it calls no host anyway)."""
+def verified(key: str | None, hosts: dict[str, list[dict[str, Any]]], now_ms: int) -> dict[str, list[dict[str, Any]]]:
+    """The entries signed with `key` that are good until after `now_ms` (the store's clock); none without a key: a
+    router without it calls no host anyway. The signed time is what keeps an old entry from being put back (the
+    heartbeat's deadline in the store is unsigned, anyone who can write there can set it)."""
     if key is None:
         return {}
     kept = {host: [e for e in entries if isinstance(e, dict) and isinstance(e.get("sig"), str)
+                   and isinstance(e.get("until"), int) and e["until"] > now_ms
                    and hmac.compare_digest(e["sig"].encode(), sign(key, host, e).encode())]
             for host, entries in hosts.items() if isinstance(entries, list)}
     return {host: entries for host, entries in kept.items() if entries}
@@ -59,15 +63,18 @@ class Registry:
         """Heartbeat: this host's ready processes, re-published before the last entry expires."""
         while True:
             with contextlib.suppress(StateError):
-                await self.state.publish_members(advertise_url, self.entries(advertise_url, processes()),
-                                                 ttl=3 * self.heartbeat)
+                ttl = 3 * self.heartbeat
+                until = await self.state.clock_ms() + round(ttl * 1000)
+                await self.state.publish_members(advertise_url, self.entries(advertise_url, processes(), until),
+                                                 ttl=ttl)
             await pause(self.heartbeat)
 
-    def entries(self, advertise_url: str, processes: Iterable[MemberProcess]) -> list[dict[str, Any]]:
-        """This host's registry entries: its ready processes, each signed with the cluster key."""
+    def entries(self, advertise_url: str, processes: Iterable[MemberProcess], until_ms: int) -> list[dict[str, Any]]:
+        """This host's registry entries: its ready processes, good until `until_ms` (the store's clock), each signed
+        with the cluster key."""
         entries: list[dict[str, Any]] = [
             {"process": p.name, "members": list(p.seats), "model": p.spec.model, "ready": True,
-             "url": f"{advertise_url}/internal/members/{p.name}"} for p in processes if p.ready]
+             "url": f"{advertise_url}/internal/members/{p.name}", "until": until_ms} for p in processes if p.ready]
         if self.cluster_key is not None:
             for entry in entries:
                 entry["sig"] = sign(self.cluster_key, advertise_url, entry)
@@ -87,7 +94,8 @@ class Registry:
 
     async def refresh(self) -> None:
         """Read the registry once, keeping the entries signed with our cluster key."""
-        self.hosts = verified(self.cluster_key, await self.state.members())
+        now = await self.state.clock_ms()
+        self.hosts = verified(self.cluster_key, await self.state.members(), now)
 
     async def withdraw(self, advertise_url: str) -> None:
         """Leave the registry now (a clean stop need not wait for the heartbeat to lapse)."""

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -58,10 +59,12 @@ class Lease:
 @runtime_checkable
 class StateStore(Protocol):
     async def acquire(self, gpu: str, capacity_bytes: int, holder: str, size: int, ttl: float,
-                      keep_free_bytes: int = 0) -> Lease | None:
+                      keep_free_bytes: int = 0, replacing: Collection[int] = ()) -> Lease | None:
         """Lease `size` bytes of the GPU's `capacity_bytes` so that every live lease together leaves
-        `keep_free_bytes` unleased; None when not enough is free (expired leases are). Raises LegacyLease while an
-        older council's lease is live on the GPU."""
+        `keep_free_bytes` unleased; None when not enough is free (expired leases are). `replacing`: tokens of
+        `holder`'s own leases that are not counted, since the caller releases them once it holds their
+        replacements (a reload), so their memory is never free in between. Raises LegacyLease while an older
+        council's lease is live on the GPU."""
         ...
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
@@ -115,6 +118,11 @@ class StateStore(Protocol):
 
     async def ping(self) -> None:
         """Raise StateError unless the store answers."""
+        ...
+
+    async def clock_ms(self) -> int:
+        """The store's clock, in integer milliseconds: the one every router and host reads (Redis' TIME), so a
+        time a host signs into its registry entries is judged the same by every router."""
         ...
 
     async def close(self) -> None: ...

@@ -111,6 +111,14 @@ class PolicyPlan:
         return replace(self, slots=replace(self.slots, councils=councils),
                        configs={k: v for k, v in self.configs.items() if k not in reasons})
 
+    def readmit(self, planned: PolicyPlan, name: str) -> PolicyPlan:
+        """This plan with council `name` as `planned` placed it (a council refused for want of a lease, leased
+        later): the placements and configuration `refuse` dropped."""
+        result = next(c for c in planned.slots.councils if c.name == name)
+        councils = [result if c.name == name else c for c in self.slots.councils]
+        configs = {**self.configs, **{k: v for k, v in planned.configs.items() if k == name}}
+        return replace(self, slots=replace(self.slots, councils=councils), configs=configs)
+
     def to_json(self) -> dict[str, Any]:
         """`council plan --json`: estimates, placements and refusals, slot counts per GPU and each estimate's source."""
         members = []

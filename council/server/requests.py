@@ -251,9 +251,14 @@ class CompletionRequest(_Sampling):
     def width(self) -> int:
         """How many of the process's slots (and rate-limit requests) it takes: llama-server runs `n` tasks for each
         prompt of a list (one list of token ids is one prompt)."""
-        prompts = len(self.prompt) if isinstance(self.prompt, list) and self.prompt and \
-            not isinstance(self.prompt[0], int) else 1
-        return max(1, prompts) * (self.n or 1)
+        return completion_width(self.prompt, self.n or 1)
+
+
+def completion_width(prompt: object, n: int) -> int:
+    """The slots a `/v1/completions` request takes: `n` for each prompt of a list (a list of token ids is one
+    prompt). Also a host's relay of one, whose body it reads unvalidated (its router validated it)."""
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+    return max(1, prompts) * n
 
 
 def _code(error: dict[str, Any]) -> str:

@@ -84,6 +84,10 @@ class RouterRole(Protocol):
         """The client a request for `model` (not a council) goes through, None while none is ready."""
         ...
 
+    async def granted(self, router: Router, council: str) -> None:
+        """A council refused at start for want of leases holds them now: run it."""
+        ...
+
 
 @dataclass
 class LocalRole:
@@ -106,7 +110,8 @@ class LocalRole:
 
     async def start(self, router: Router) -> Assembly:
         # Planned again now the store can say which neighbours' memory its leases count already.
-        router.plan = await router.leases.admit(plan_policy(router.policy, await router.gpus()))
+        router.planned = plan_policy(router.policy, await router.gpus())
+        router.plan = await router.leases.admit(router.planned)
         assembly = assemble(router.plan, self.server, self.life, ballots=router.ballots, listeners=router.listeners)
         assembly.supervisor.log_listeners.append(router.log_line)
         await assembly.supervisor.start()
@@ -137,6 +142,17 @@ class LocalRole:
             return None
         return router.assembly.process_clients[min(ready, key=lambda p: (p.in_flight, p.name)).name]
 
+    async def granted(self, router: Router, council: str) -> None:
+        """Start the council's processes as the plan placed it before its lease was refused, and its engine."""
+        assert router.assembly is not None
+        router.plan = router.plan.readmit(router.planned, council)
+        names = {p.process.key for c in router.plan.slots.councils if c.name == council for p in c.placements}
+        supervisor = router.assembly.supervisor
+        for recipe in recipes_from_plan(router.plan, self.server):
+            if recipe.name in names and recipe.name not in supervisor.processes:
+                supervisor.add(recipe)
+        router.assembly.build_engines(router.plan)
+
     async def swap(self, router: Router, plan: PolicyPlan) -> tuple[PolicyPlan, dict[str, list[str]]]:
         refused = [f"council {c.name} does not fit: {c.reason}" for c in plan.slots.councils if not c.admitted]
         if refused:
@@ -146,16 +162,11 @@ class LocalRole:
                 recipe.make_spec(0)
         except LaunchError as exc:
             raise ReloadError([str(exc)]) from None
-        # Our own leases would count against the new plan: give them back, lease anew, and on refusal take the
-        # old ones again (the old councils never stopped).
-        leases = router.leases
-        await leases.release_leases()
-        plan = await leases.admit(plan)
+        # The new plan's leases, our own old ones counted as given back; they are released only once the new ones
+        # are held, and a refusal leaves them held (the old councils never stopped).
+        plan = await router.leases.admit_instead(plan)
         refused = [f"council {name}: {reason}" for name, reason in plan.refused.items()]
         if refused:
-            await leases.release_leases()
-            leases.keep_wanting(router.plan)
-            await leases.admit(router.plan)
             raise ReloadError(refused)
         assert router.assembly is not None
         supervisor = router.assembly.supervisor
@@ -203,6 +214,9 @@ class PeerRole:
     async def swap(self, router: Router, plan: PolicyPlan) -> tuple[PolicyPlan, dict[str, list[str]]]:
         return plan, {"unchanged": [], "restarted": [], "stopped": [], "started": []}  # only councils and keys
 
+    async def granted(self, router: Router, council: str) -> None:
+        return None  # it leases nothing
+
     def passthrough(self, router: Router, model: str) -> HttpMemberClient | None:
         endpoint = router.registry.model_endpoint(model)
         return HttpMemberClient(endpoint=lambda: endpoint) if endpoint is not None else None
@@ -231,6 +245,7 @@ class Router:
         self.policy_path = policy_path
         self.loaded = loaded
         self.plan = plan
+        self.planned = plan  # as placed before leases refused any council (`plan` is as leased)
         self.state = state
         self.role = role
         self.metrics = metrics
@@ -241,7 +256,8 @@ class Router:
         self.history = History(policy.server.history)  # the dashboard's last hour, sampled by `_sample_history`
         self.listeners: list[Callable[[StateChange], None]] = [self._process_changed]
         self.shared = policy.state != "memory"  # ballots and rate limits live in Redis too
-        self.leases = LeaseKeeper(state, holder=f"{socket.gethostname()}:{os.getpid()}", on_lost=self.lease_lost)
+        self.leases = LeaseKeeper(state, holder=f"{socket.gethostname()}:{os.getpid()}", on_lost=self.lease_lost,
+                                  on_granted=self.lease_granted)
         self.lost: dict[str, str] = {}  # council -> why its processes were stopped (its slots went elsewhere)
         self.keys = KeyRing(policy.server.api_keys)
         self.public = False  # bound beyond loopback (`serve` says): a reload may not leave it without keys
@@ -252,6 +268,7 @@ class Router:
         self.assembly: Assembly | None = None
         self._sharing: set[asyncio.Task[None]] = set()  # ballot copies on their way to Redis (kept from the GC)
         self._reload_lock = asyncio.Lock()
+        self._stopping = False
         self._history_task: asyncio.Task[None] | None = None
         metrics.watch(MemberCollector(lambda: [p.snapshot() for p in self.processes.values()],
                                       lambda: self.plan.to_json()["gpus"]))
@@ -295,6 +312,7 @@ class Router:
         self._history_task = asyncio.create_task(self._sample_history(), name="history")
 
     async def stop(self) -> None:
+        self._stopping = True  # a council leased in a last renewal round starts nothing now
         if self._history_task is not None:
             self._history_task.cancel()
             await asyncio.gather(self._history_task, return_exceptions=True)
@@ -341,6 +359,22 @@ class Router:
         task = asyncio.create_task(self._stop_council(council, why), name=f"stop-{council}")
         self._sharing.add(task)  # kept from the GC until done
         task.add_done_callback(self._sharing.discard)
+
+    def lease_granted(self, council: str) -> None:
+        """A council refused at start (its slots leased elsewhere, Redis away) holds its leases now: run it, as if
+        it had been leased at start (a crashed predecessor's leases expired, Redis came back)."""
+        task = asyncio.create_task(self._start_council(council), name=f"start-{council}")
+        self._sharing.add(task)  # kept from the GC until done
+        task.add_done_callback(self._sharing.discard)
+
+    async def _start_council(self, council: str) -> None:
+        async with self._reload_lock:  # a reload swaps processes too
+            # A reload since may have leased it (or dropped it) already.
+            if (self.assembly is None or self._stopping or council not in self.plan.refused
+                    or council not in self.leases.leases):
+                return
+            log.info("council %s starts: its leases are held now", council)
+            await self.role.granted(self, council)
 
     async def _stop_council(self, council: str, why: str) -> None:
         async with self._reload_lock:  # a reload swaps processes too
@@ -424,7 +458,7 @@ class Router:
                 raise ReloadError([Problem((), str(exc)).format(str(self.policy_path))]) from None
             assert self.assembly is not None
             plan, changes = await self.role.swap(self, plan)
-            self.loaded, self.plan = loaded, plan
+            self.loaded, self.plan, self.planned = loaded, plan, plan
             self.lost.clear()  # every council of the new plan holds its leases again
             self.keys.update(loaded.policy.server.api_keys)
             self.limits.max_queue = loaded.policy.server.max_queue

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from types import SimpleNamespace
 
 import pytest
 
 from council.cluster.memory_store import MemoryState
+from council.cluster.redis_store import RedisState
 from council.cluster.registry import Registry
 from council.cluster.store import StateError
 
@@ -56,14 +59,15 @@ async def test_a_router_calls_only_hosts_whose_entries_carry_the_cluster_keys_si
     key = "the-real-cluster-key-0123456789"
     state = MemoryState()
     host = Registry(state, heartbeat=1.0, cluster_key=key)
-    genuine = host.entries("http://gpu-a:8080", [_process("a", ["a"])])
+    until = await state.clock_ms() + 60_000
+    genuine = host.entries("http://gpu-a:8080", [_process("a", ["a"])], until)
     assert genuine[0]["url"] == "http://gpu-a:8080/internal/members/a" and genuine[0]["sig"]
     await state.publish_members("http://gpu-a:8080", genuine, ttl=60)
     evil = "http://10.9.9.9:80/internal/members/b"
     unsigned = {"process": "b", "members": ["b"], "model": "m", "ready": True, "url": evil}
     await state.publish_members("0-attacker", [unsigned], ttl=60)
     await state.publish_members("0-other-key", Registry(state, 1.0, "another-cluster-key-987654321").entries(
-        "http://10.9.9.9:80", [_process("b", ["b"])]), ttl=60)
+        "http://10.9.9.9:80", [_process("b", ["b"])], until), ttl=60)
     await state.publish_members("0-moved", [{**genuine[0], "url": evil}], ttl=60)
     await state.publish_members("0-seats", [{**genuine[0], "members": ["a", "b"]}], ttl=60)
     await state.publish_members("0-copied", genuine, ttl=60)  # the same entry under another host name
@@ -79,7 +83,7 @@ async def test_a_router_calls_only_hosts_whose_entries_carry_the_cluster_keys_si
     await router.aclose()
 
     keyless = Registry(state, heartbeat=1.0, cluster_key=None)
-    assert keyless.entries("http://gpu-a:8080", [_process("a", ["a"])])[0].get("sig") is None
+    assert keyless.entries("http://gpu-a:8080", [_process("a", ["a"])], until)[0].get("sig") is None
     await keyless.refresh()
     assert keyless.hosts == {} and keyless.endpoint("a") is None
 
@@ -96,7 +100,8 @@ async def test_what_anyone_may_write_in_redis_never_stops_the_router_following_t
     await state.publish_members("http://0-evil:1", [forged], ttl=30)
     task = asyncio.create_task(registry.follow_forever())
     try:
-        real = {"process": "m/0", "members": ["c/0"], "model": "m", "ready": True, "url": "http://gpu-a:8080/m"}
+        real = {"process": "m/0", "members": ["c/0"], "model": "m", "ready": True, "url": "http://gpu-a:8080/m",
+                "until": await state.clock_ms() + 30_000}
         await state.publish_members("http://gpu-a:8080", [{**real, "sig": sign("k" * 32, "http://gpu-a:8080", real)}],
                                     ttl=30)
         deadline = asyncio.get_running_loop().time() + 10
@@ -108,3 +113,39 @@ async def test_what_anyone_may_write_in_redis_never_stops_the_router_following_t
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_entry_put_back_after_its_host_left_is_not_listed(redis_url: str) -> None:
+    """Entries were signed with no time in them: whoever could write to Redis without the key could put back any
+    entry a host ever published (it left, its address is another machine's now) with a deadline of their own, and
+    routers sent that seat's prompts and the cluster key there. The signed `until` (Redis' clock) now drops it."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    state = RedisState(redis_url, prefix=prefix)
+    key = "the-real-cluster-key-0123456789"
+    host = Registry(state, heartbeat=0.1, cluster_key=key)
+    router = Registry(state, heartbeat=0.1, cluster_key=key)
+    beating = asyncio.create_task(host.publish_forever("http://gpu-old:8080", lambda: [_process("c/0", ["c/0"])]))
+    try:
+        stored: dict[str, list[dict[str, object]]] = {}
+        deadline = time.monotonic() + 5
+        while not stored:
+            assert time.monotonic() < deadline, "the host never published"
+            stored = await state.members()
+            await asyncio.sleep(0.02)
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
+        await host.withdraw("http://gpu-old:8080")
+        await state.publish_members("http://gpu-old:8080", stored["http://gpu-old:8080"], ttl=3600)  # put back
+        await router.refresh()
+        assert router.endpoint("c/0") is not None  # still within its three heartbeats: fine
+        deadline = time.monotonic() + 5
+        while router.endpoint("c/0") is not None:
+            assert time.monotonic() < deadline, "the put-back entry is still listed"
+            await asyncio.sleep(0.05)
+            await router.refresh()
+        assert "http://gpu-old:8080" in await state.members()  # Redis still lists it: the router drops it
+    finally:
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
+        await router.aclose()
+        await state.close()

@@ -29,7 +29,7 @@ from council.cluster.store import (
     expand_env,
     open_state,
 )
-from tests.servers import start_redis
+from tests.servers import free_port, start_redis
 
 pytestmark = pytest.mark.anyio
 LONG = 30.0
@@ -104,6 +104,22 @@ async def test_lease_basics(pair: tuple[StateStore, StateStore]) -> None:
     assert await b.acquire("gpu0", 4, "router-b", 1, LONG) is None
     with pytest.raises(ValueError):
         await a.acquire("gpu0", 4, "router-a", 0, LONG)
+
+
+async def test_an_acquire_replacing_its_holders_own_leases_does_not_count_them(
+        pair: tuple[StateStore, StateStore]) -> None:
+    """A reload's acquire: the holder's leases it replaces are not counted (it releases them once it holds their
+    replacements), another holder's are, whatever tokens are named."""
+    a, b = pair
+    old = await a.acquire("gpu0", 4, "router-a", 3, LONG)
+    theirs = await b.acquire("gpu0", 4, "router-b", 1, LONG)
+    assert old is not None and theirs is not None
+    assert await a.acquire("gpu0", 4, "router-a", 3, LONG) is None
+    new = await a.acquire("gpu0", 4, "router-a", 3, LONG, replacing=[old.token])
+    assert new is not None and await a.leased("gpu0") == 7  # both held until the old one is released
+    await a.release(old)
+    assert await b.acquire("gpu0", 4, "router-b", 1, LONG, replacing=[new.token]) is None  # not its own
+    assert await a.acquire("gpu0", 4, "router-a", 1, LONG, replacing=[theirs.token]) is None
 
 
 async def test_an_acquire_leaves_its_routers_reserve_unleased(pair: tuple[StateStore, StateStore]) -> None:
@@ -419,6 +435,28 @@ def test_password_is_not_shown() -> None:
     assert "secret" not in state._shown_url and "127.0.0.1:1" in state._shown_url
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://127.0.0.1:{port}/0?password=s3cret-pw", "redis://127.0.0.1:{port}/0?password=***"),
+    ("redis://127.0.0.1:{port}/0?socket_keepalive=true&password=s3cret-pw",
+     "redis://127.0.0.1:{port}/0?socket_keepalive=true&password=***"),
+    ("unix:///run/no-such-redis-{port}.sock?db=0&password=s3cret-pw",
+     "unix:///run/no-such-redis-{port}.sock?db=0&password=***"),
+    ("redis://u:s3cret-pw@[::1]:{port}/0", "redis://u:***@[::1]:{port}/0"),
+])
+async def test_a_password_in_the_query_is_not_shown_either(url: str, shown: str) -> None:
+    """redis-py reads `?password=` too (a `unix://` URL has nowhere else for it), and the unreachable message is what
+    /readyz (open to all), 503 bodies and the log repeat: it names the place, never the password."""
+    port = free_port()
+    state = RedisState(url.format(port=port))
+    try:
+        with pytest.raises(StateError) as caught:
+            await state.ping()
+        assert str(caught.value).startswith(f"Redis at {shown.format(port=port)} is unreachable: ")
+        assert "s3cret" not in str(caught.value)
+    finally:
+        await state.close()
+
+
 async def test_keys_are_prefixed(redis_url: str) -> None:
     """Everything a RedisState writes lives under its prefix (tests and deployments can share a Redis)."""
     prefix = f"test:{uuid.uuid4().hex}:"
@@ -459,3 +497,68 @@ async def test_values_council_did_not_write_read_as_absent(redis_url: str) -> No
             client.delete(key)
         client.close()
         await state.close()
+
+
+class ReplyLosingProxy:
+    """A TCP proxy to Redis that, once armed, forwards the next EVALSHA, reads Redis' reply and drops the
+    connection instead of passing it on: the script ran, its caller saw a broken connection (and retries)."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.upstream = urlsplit(redis_url)
+        self.armed = False
+        self.dropped = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}{self.upstream.path}"
+
+    async def _handle(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        redis_in, redis_out = await asyncio.open_connection(self.upstream.hostname, self.upstream.port)
+        try:
+            while data := await client_in.read(65536):
+                redis_out.write(data)
+                await redis_out.drain()
+                reply = await redis_in.read(65536)
+                if self.armed and b"EVALSHA" in data.upper():
+                    self.armed = False
+                    self.dropped += 1
+                    return
+                client_out.write(reply)
+                await client_out.drain()
+        finally:
+            client_out.close()
+            redis_out.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_script_whose_reply_was_lost_is_not_run_twice(redis_url: str) -> None:
+    """redis-py retries once on a broken connection, also one that broke after Redis ran the script: one
+    acquire() left two leases (the first unknown to its keeper, blocking other routers for its TTL), one take()
+    spent two tokens. Each carries a request id now, and the retry gets the first run's answer."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    proxy = ReplyLosingProxy(redis_url)
+    state = RedisState(await proxy.start(), prefix=prefix)
+    direct = RedisState(redis_url, prefix=prefix)
+    try:
+        warm = await state.acquire("warm", 100, "me:1", 1, LONG)  # scripts loaded, a connection pooled
+        assert warm is not None
+        proxy.armed = True
+        lease = await state.acquire("gpu0", 1000, "me:1", 400, LONG)
+        assert proxy.dropped == 1 and lease is not None
+        assert await direct.holders("gpu0") == {"me:1": 400} and await direct.check_fence("gpu0", lease.token)
+        await state.release(lease)
+        assert await direct.leased("gpu0") == 0
+        proxy.armed = True
+        assert await state.take("k", 0.001, 2) is None  # one of the bucket's two tokens
+        assert proxy.dropped == 2
+        assert await direct.take("k", 0.001, 2) is None  # the second is still there
+        assert await direct.take("k", 0.001, 2) is not None
+    finally:
+        await state.close()
+        await direct.close()
+        await proxy.close()

@@ -14,7 +14,9 @@ from fastapi.responses import Response
 
 from council.server.deps import current_router
 from council.server.errors import ApiError
+from council.server.requests import completion_width
 from council.server.router import Router
+from council.server.routes.chat import CLIENT_GONE, _unless_disconnected
 from council.server.routes.passthrough import relay_through
 
 routes = APIRouter(include_in_schema=False)
@@ -51,8 +53,15 @@ async def process_call(process: str, path: str, request: Request, router: Router
     raw = await request.body()
     try:
         doc = json.loads(raw)
-        stream, n = doc.get("stream") is True, doc.get("n")
+        stream, n, prompt = doc.get("stream") is True, doc.get("n"), doc.get("prompt")
     except (ValueError, AttributeError):
-        stream, n = False, None  # the process answers a broken body itself
+        stream, n, prompt = False, None, None  # the process answers a broken body itself
     width = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
-    return await relay_through(client, raw, path, stream, width=width)
+    if path == "/v1/completions":  # n tasks per prompt of a list, as the public route holds them
+        width = completion_width(prompt, width)
+    if stream:  # a stream's body closes the member's request when the caller hangs up
+        return await relay_through(client, raw, path, stream, width=width)
+    # Starlette cancels no plain route when its caller hangs up: a router that dropped the call (an early stop, a
+    # client that left its council) would leave the member generating, its slot held, to the end.
+    relayed = await _unless_disconnected(request, relay_through(client, raw, path, stream, width=width))
+    return Response(status_code=CLIENT_GONE) if relayed is None else relayed
