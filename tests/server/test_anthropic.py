@@ -4,6 +4,7 @@ the official `anthropic` SDK: in process for translation and errors (no member r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -13,6 +14,7 @@ from typing import Any
 import anthropic
 import httpx
 import httpx2
+import pydantic
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,6 +41,7 @@ from council.voting.vote import Decision
 from tests.policies import member_entry, policy_yaml
 from tests.server.test_app import KEY, _router
 from tests.servers import CouncilServer
+from tests.voting.fakes import FakeClient, Say
 
 QWEN05 = by_name("qwen2.5-coder-0.5b")
 assert QWEN05
@@ -197,6 +200,49 @@ async def sdk(tmp_path: Path) -> AsyncIterator[Callable[..., anthropic.AsyncAnth
     yield make
     for http in opened:
         await http.aclose()
+
+
+@pytest.fixture
+async def scripted(tmp_path: Path) -> AsyncIterator[Callable[[Say], tuple[anthropic.AsyncAnthropic, list[FakeClient]]]]:
+    """An SDK client on the app around a router whose council `c` has its seats scripted (no llama-server runs),
+    and the seats' fake clients, which record what each member was sent."""
+    opened: list[httpx2.AsyncClient] = []
+
+    def make(say: Say) -> tuple[anthropic.AsyncAnthropic, list[FakeClient]]:
+        router = _router(tmp_path)
+        engine = router.engines["c"]
+        fakes = [FakeClient(say) for _ in engine.seats]
+        engine.seats = [dataclasses.replace(s, client=f) for s, f in zip(engine.seats, fakes, strict=True)]
+        http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=create_app(router)), base_url="http://council")
+        opened.append(http)
+        return anthropic.AsyncAnthropic(base_url="http://council", http_client=http, max_retries=0, api_key=KEY), fakes
+
+    yield make
+    for http in opened:
+        await http.aclose()
+
+
+class City(pydantic.BaseModel):
+    name: str
+    population: int
+
+
+@pytest.mark.anyio
+async def test_structured_output_reaches_the_members_as_response_format(
+        scripted: Callable[[Say], tuple[anthropic.AsyncAnthropic, list[FakeClient]]]) -> None:
+    """`output_config.format` (what `messages.parse(output_format=...)` sends) went to the members as a field
+    llama-server ignores, so nothing held their answer to the schema; it is chat's `response_format` now."""
+    client, fakes = scripted(Say('{"name": "Tokyo", "population": 37000000}'))
+    parsed = await client.messages.parse(model="c", max_tokens=64, messages=ASK, output_format=City)  # type: ignore[arg-type]
+    assert parsed.parsed_output == City(name="Tokyo", population=37000000)
+    sent = fakes[0].sent[-1]
+    assert sent["response_format"]["type"] == "json_schema" and "output_config" not in sent
+    assert sent["response_format"]["json_schema"]["schema"]["properties"].keys() == {"name", "population"}
+    with pytest.raises(anthropic.BadRequestError) as bad:  # a format without its schema
+        await client.messages.create(model="c", max_tokens=64, messages=ASK,  # type: ignore[arg-type]
+                                     output_config={"format": {"type": "json_schema"}})  # type: ignore[typeddict-item]
+    assert bad.value.body["error"]["details"]["error_code"] == "invalid_output_config"  # type: ignore[index]
+    assert "output_config.format.schema" in bad.value.message
 
 
 @pytest.mark.anyio
