@@ -186,10 +186,15 @@ class ResponsesRequest(_Open):
 
     @property
     def has_media(self) -> bool:
-        """Whether an input message carries an image (a model without a projector cannot read it)."""
+        """Whether an input message or a tool's output carries an image (a model without a projector cannot read
+        it)."""
+        def parts(item: Any) -> str | list[Any]:
+            return item.content if isinstance(item, MessageItem) else (
+                item.output if isinstance(item, FunctionCallOutputItem) else "")
+
         return not isinstance(self.input, str) and any(
-            isinstance(item, MessageItem) and not isinstance(item.content, str)
-            and any(isinstance(part, InputImage) for part in item.content) for item in self.input)
+            not isinstance(parts(item), str) and any(isinstance(part, InputImage) for part in parts(item))
+            for item in self.input)
 
     def check(self) -> None:
         """What a field alone cannot say."""
@@ -282,17 +287,21 @@ def _chat_part(part: Any) -> dict[str, Any]:
     return {"type": "text", "text": _text_of([part])}
 
 
+def _chat_content(parts: str | list[Any]) -> str | list[dict[str, Any]]:
+    """A message's content or a tool's output in chat's words: text as one string, else every part (an image or a
+    file is a part of its own, so a model that cannot read it refuses the request rather than lose it)."""
+    if isinstance(parts, str) or all(isinstance(p, InputText | OutputText | Refusal) for p in parts):
+        return _text_of(parts)
+    return [_chat_part(p) for p in parts]
+
+
 def chat_messages(items: Iterable[Any]) -> list[dict[str, Any]]:
     """Input items as chat messages: a run of `function_call` items is one assistant turn with its calls (added to
     the assistant's text just before it), each `function_call_output` a tool message; reasoning items are dropped."""
     messages: list[dict[str, Any]] = []
     for item in items:
         if isinstance(item, MessageItem):
-            content: Any = item.content
-            if isinstance(content, list):
-                plain = all(isinstance(p, InputText | OutputText | Refusal) for p in content)
-                content = _text_of(content) if plain else [_chat_part(p) for p in content]
-            messages.append({"role": item.role, "content": content})
+            messages.append({"role": item.role, "content": _chat_content(item.content)})
         elif isinstance(item, FunctionCallItem):
             call = {"id": item.call_id, "type": "function",
                     "function": {"name": item.name, "arguments": item.arguments}}
@@ -302,7 +311,7 @@ def chat_messages(items: Iterable[Any]) -> list[dict[str, Any]]:
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif isinstance(item, FunctionCallOutputItem):
-            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": _text_of(item.output)})
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": _chat_content(item.output)})
     return messages
 
 
