@@ -14,11 +14,15 @@ from typing import Any
 import anthropic
 import httpx
 import httpx2
+import openai
 import pydantic
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 from prometheus_client.parser import text_string_to_metric_families
 
+from council.members.binary import LlamaServerInfo
+from council.members.process import LifeConfig
+from council.policy.loading import load_policy
 from council.policy.schema import Sampling
 from council.server.apis.anthropic import (
     CountTokensRequest,
@@ -32,8 +36,10 @@ from council.server.apis.anthropic import (
 )
 from council.server.app import create_app
 from council.server.requests import BadRequest, ChatRequest, validate_body
+from council.server.router import open_router
 from council.server.routes.anthropic import _normalised
 from council.setup.catalog import by_name
+from council.voting.assembly import assemble
 from council.voting.client import MemberReply
 from council.voting.engine import CouncilAnswer, Seat, SeatOutcome
 from council.voting.tools import tool_instructions
@@ -323,6 +329,32 @@ async def test_models_list_in_each_apis_shape(sdk: Callable[..., anthropic.Async
         too_big = await http.post("/v1/messages?beta=true", content=b"x" * (2 << 20),
                                   headers={"x-api-key": KEY, "content-type": "application/json"})
         assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "request_too_large"
+
+
+@pytest.mark.anyio
+async def test_a_name_with_a_slash_is_retrieved_in_each_apis_shape(tmp_path: Path) -> None:
+    """`/v1/models/{id}` matched no `/`, so `models.retrieve("org/m")` of a listed name was Starlette's bare 404;
+    the id is now the rest of the path."""
+    path = tmp_path / "policy.yaml"
+    keys = {"api_keys": [{"name": "app", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}
+    path.write_text(policy_yaml({"org/m": {"path": tmp_path / "absent.gguf", "memory": "100MiB"}},
+                                {"team/c": {"members": [{"model": "org/m"}]}}, memory="1GiB", server=keys))
+    server = LlamaServerInfo(path=Path("/bin/false"), build=1, version="", spec_types=())
+    life = LifeConfig(run_dir=tmp_path / "run")
+    router = open_router(path, load_policy(path), server, life)
+    router.assembly = assemble(router.plan, server, life, ballots=router.ballots)  # the councils' engines
+    app = create_app(router)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://council") as http, \
+            httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://council") as http2:
+        oai = openai.AsyncOpenAI(api_key=KEY, base_url="http://council/v1", http_client=http, max_retries=0)
+        ant = anthropic.AsyncAnthropic(api_key=KEY, base_url="http://council", http_client=http2, max_retries=0)
+        for name, kind in (("team/c", "council"), ("org/m", "model")):
+            found = await oai.models.retrieve(name)
+            assert (found.id, found.object, (found.model_extra or {})["kind"]) == (name, "model", kind)
+            assert (await ant.models.retrieve(name)).display_name == name
+        with pytest.raises(openai.NotFoundError) as missing:  # an unknown name with a slash: the route's own 404
+            await oai.models.retrieve("org/nope")
+        assert missing.value.code == "model_not_found" and "'org/nope'" in missing.value.message
 
 
 # ---- through a real `council serve` ------------------------------------------------------------------------------
