@@ -131,6 +131,7 @@ def test_a_claude_code_turn_becomes_the_chat_request_members_are_sent() -> None:
      "invalid_tool_choice", "names tool 'book', which `tools` does not declare"),
     ({"messages": ASK, "max_tokens": 5, "tool_choice": {"type": "any"}}, "invalid_tool_choice", "needs `tools`"),
     ({"model": 3, "messages": ASK, "max_tokens": 5}, "missing_model", "`model` is required"),
+    ({"messages": ASK, "max_tokens": 5, "stream": 1}, "invalid_stream", "stream: Input should be a valid boolean"),
 ])
 def test_bad_bodies_are_refused_naming_the_field(body: dict[str, Any], code: str, says: str) -> None:
     with pytest.raises(BadRequest) as caught:

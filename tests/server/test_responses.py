@@ -92,6 +92,12 @@ def test_input_items_become_the_chat_body_members_are_sent() -> None:
     ({"model": "c", "input": "x", "tool_choice": {"type": "function", "name": "book"}, "tools": [WEATHER]},
      "invalid_tool_choice", "names function 'book'"),
     ({"model": "c", "input": "x", "background": True}, "unsupported_background", "background"),
+    # fields that begin like a union's branch name (`str`) are named, and give the code, all the same
+    ({"model": "c", "input": "x", "stream": "yes"}, "invalid_stream", "stream: Input should be a valid boolean"),
+    ({"model": "c", "input": "x", "stream_options": "x"}, "invalid_stream_options",
+     "stream_options: Input should be a valid dictionary"),
+    ({"model": "c", "input": "x", "tools": [{**WEATHER, "strict": "yes"}]}, "invalid_tools",
+     "tools.0.strict: Input should be a valid boolean"),
 ])
 def test_bad_bodies_are_one_clear_400(body: dict[str, Any], code: str, says: str) -> None:
     with pytest.raises(BadRequest) as caught:

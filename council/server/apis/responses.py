@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
-from council.server.requests import BadRequest, CouncilOptions, check_tool_choice
+from council.server.requests import BadRequest, CouncilOptions, check_tool_choice, location
 
 Status = Literal["completed", "incomplete", "failed", "in_progress"]
 
@@ -233,7 +233,7 @@ def validate_responses(body: Any) -> ResponsesRequest:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         # `input` is a string or a list: the deepest error is the one about what the client meant to send
         first = max(reversed(errors), key=lambda e: len(e.get("loc", ())))
-        loc = [str(p) for p in first.get("loc", ()) if not str(p).startswith(("function-", "list[", "str", "int"))]
+        loc = location(first)
         field = loc[0] if loc else "body"
         if field == "model":
             raise BadRequest("`model` is required: a council or model name (see GET /v1/models)",
