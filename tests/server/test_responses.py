@@ -92,6 +92,8 @@ def test_input_items_become_the_chat_body_members_are_sent() -> None:
     ({"model": "c", "input": "x", "tool_choice": {"type": "function", "name": "book"}, "tools": [WEATHER]},
      "invalid_tool_choice", "names function 'book'"),
     ({"model": "c", "input": "x", "background": True}, "unsupported_background", "background"),
+    ({"model": "c", "input": "x", "prompt": {"id": "pmpt_1", "variables": {"city": "Paris"}}}, "unsupported_prompt",
+     "`prompt` (a stored prompt template) is not supported"),
     # fields that begin like a union's branch name (`str`) are named, and give the code, all the same
     ({"model": "c", "input": "x", "stream": "yes"}, "invalid_stream", "stream: Input should be a valid boolean"),
     ({"model": "c", "input": "x", "stream_options": "x"}, "invalid_stream_options",
@@ -239,6 +241,9 @@ async def test_errors_and_failures_reach_the_sdk_in_the_responses_shape(tmp_path
             await client.responses.create(model="nope", input="x")
         with pytest.raises(openai.AuthenticationError):
             await client.with_options(api_key="wrong").responses.create(model="c", input="x")
+        with pytest.raises(openai.BadRequestError) as template:  # stored at OpenAI: the members would lose it
+            await client.responses.create(model="c", input="x", prompt={"id": "pmpt_1", "variables": {"a": "b"}})
+        assert template.value.code == "unsupported_prompt"
         with pytest.raises(openai.BadRequestError, match="previous_response_id 'resp_gone' is unknown"):
             await client.responses.create(model="c", input="x", previous_response_id="resp_gone")
         with pytest.raises(openai.InternalServerError) as down:  # no member of c runs here: no quorum

@@ -1,9 +1,9 @@
 """The OpenAI Responses API (`POST /v1/responses`), translated to and from the chat form the engine takes.
 
 The request is read as pydantic models, written as `server.requests` writes the chat one: strict types, what a
-council cannot honour refused with a clear 400 (hosted tools, `background`, conversations), unknown fields passed
-to the members untouched. `to_chat` turns it into a chat body (instructions → a system message, input items →
-messages, function tools → chat's nested shape); `output_items`, `response_object` and `stream_events` write a
+council cannot honour refused with a clear 400 (hosted tools, `background`, conversations, stored prompts), unknown
+fields passed to the members untouched. `to_chat` turns it into a chat body (instructions → a system message, input
+items → messages, function tools → chat's nested shape); `output_items`, `response_object` and `stream_events` write a
 council's answer back as Responses `output` items and the event sequence the SDKs read; `StreamFixer` completes
 llama-server's own Responses stream (sequence numbers, output and content indexes, `function_call_arguments.done`).
 
@@ -179,6 +179,7 @@ class ResponsesRequest(_Open):
     truncation: Literal["auto", "disabled"] | None = None
     background: bool | None = None
     conversation: Any = None
+    prompt: Any = None  # a prompt template stored at OpenAI: refused (check)
     council: CouncilOptions | None = None
     user: str | None = None
     max_tool_calls: int | None = Field(default=None, ge=1)
@@ -204,6 +205,10 @@ class ResponsesRequest(_Open):
         if self.conversation is not None:
             raise BadRequest("`conversation` is not supported: continue with `previous_response_id`",
                              "unsupported_conversation")
+        if self.prompt is not None:
+            # its instructions and variables live on OpenAI's servers: members would be asked the input alone
+            raise BadRequest("`prompt` (a stored prompt template) is not supported: the router stores no prompts; "
+                             "send its text as `instructions` and `input`", "unsupported_prompt")
         choice = self.tool_choice
         if choice is None or choice in ("none", "auto"):
             return
