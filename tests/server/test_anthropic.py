@@ -252,6 +252,56 @@ async def test_structured_output_reaches_the_members_as_response_format(
     assert "output_config.format.schema" in bad.value.message
 
 
+CALLED = {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                            "input": {"city": "Paris"}}]}
+RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "21C"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("messages", "says"), [
+    ([{"role": "user", "content": []}], "messages.0: all messages must have non-empty content"),
+    ([{"role": "user", "content": ""}], "messages.0: all messages must have non-empty content"),
+    ([*ASK, {"role": "assistant", "content": ""}, {"role": "user", "content": "hi"}],
+     "messages.1: all messages must have non-empty content"),
+    ([*ASK, CALLED, {"role": "user", "content": "never mind, say hi"}],
+     "messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: toolu_1"),
+    ([*ASK, CALLED, {"role": "user", "content": "wait"}, {"role": "assistant", "content": "OK."},
+      {"role": "user", "content": [RESULT]}], "messages.1: `tool_use` ids were found without `tool_result`"),
+    ([{"role": "user", "content": [{**RESULT, "tool_use_id": "toolu_nope"}]}],
+     "messages.0.content.0: unexpected `tool_use_id` found in `tool_result` blocks: toolu_nope"),
+    ([*ASK, CALLED, {"role": "user", "content": [RESULT, {**RESULT, "tool_use_id": "toolu_2"}]}],
+     "messages.2.content.1: unexpected `tool_use_id` found in `tool_result` blocks: toolu_2"),
+])
+async def test_a_broken_conversation_is_refused_as_anthropic_refuses_it(
+        scripted: Callable[[Say], tuple[anthropic.AsyncAnthropic, list[FakeClient]]], messages: list[Any],
+        says: str) -> None:
+    """Empty turns and unpaired `tool_use`/`tool_result` blocks reached the members as an empty user turn, calls
+    nobody answered or a tool message answering no call; they are 400 `invalid_messages` now, in Anthropic's
+    words."""
+    client, fakes = scripted(Say("hi"))
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        await client.messages.create(model="c", max_tokens=16, messages=messages)
+    assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert bad.value.body["error"]["details"] == {"error_code": "invalid_messages"}  # type: ignore[index]
+    assert says in bad.value.message and not fakes[0].sent
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("messages", [
+    [*ASK, CALLED, {"role": "user", "content": [RESULT, {"type": "text", "text": "and tomorrow?"}]}],
+    # consecutive turns of one role are one turn: the result may come in a later user message of it
+    [*ASK, CALLED, {"role": "user", "content": "one moment"}, {"role": "user", "content": [RESULT]}],
+    [*ASK, {"role": "assistant", "content": "Let me look."}, CALLED, {"role": "user", "content": [RESULT]}],
+    # a final assistant turn is a prefill: empty, or a call whose result is not in yet
+    [*ASK, {"role": "assistant", "content": ""}], [*ASK, CALLED],
+])
+async def test_conversations_anthropic_takes_reach_the_members(
+        scripted: Callable[[Say], tuple[anthropic.AsyncAnthropic, list[FakeClient]]], messages: list[Any]) -> None:
+    client, fakes = scripted(Say("hi"))
+    answer = await client.messages.create(model="c", max_tokens=16, messages=messages)
+    assert answer.content[0].type == "text" and answer.content[0].text == "hi" and fakes[0].sent
+
+
 @pytest.mark.anyio
 async def test_errors_come_in_anthropics_shape_and_the_sdk_raises_its_own(
         sdk: Callable[..., anthropic.AsyncAnthropic]) -> None:

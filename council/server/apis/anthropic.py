@@ -228,6 +228,50 @@ class MessagesRequest(CountTokensRequest):
     metadata: dict[str, Any] | None = None
     output_config: OutputConfig | None = None
 
+    def check(self) -> None:
+        super().check()
+        # here only: count_tokens is not known to refuse these, and counting a broken history harms nothing
+        check_turns(self.messages)
+
+
+def check_turns(messages: list[MessageParam]) -> None:
+    """What Anthropic refuses of a conversation as a whole, with its words, where the members would be sent a
+    broken history: a turn without content (but a final assistant one, a prefill), a `tool_use` the next user turn
+    does not answer with its `tool_result`, a `tool_result` answering no `tool_use` of the turn before. Consecutive
+    turns of one role are one turn, as Anthropic combines them. A final assistant turn's calls await no result."""
+    last = len(messages) - 1
+    for i, turn in enumerate(messages):
+        if not turn.content and not (i == last and turn.role == "assistant"):
+            raise BadRequest(f"messages.{i}: all messages must have non-empty content except for the optional "
+                             "final assistant message", "invalid_messages")
+    runs: list[list[int]] = []  # the indexes of each turn's messages
+    for i, turn in enumerate(messages):
+        if runs and messages[runs[-1][0]].role == turn.role:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    for before, run in zip([None, *runs], runs, strict=False):
+        if messages[run[0]].role != "user":
+            continue
+        calls = {b.id: i for i in before or () for b in _blocks(messages[i]) if isinstance(b, ToolUseBlock)}
+        results = [(i, n, b.tool_use_id) for i in run for n, b in enumerate(_blocks(messages[i]))
+                   if isinstance(b, ToolResultBlock)]
+        answered = {tool_use_id for _, _, tool_use_id in results}
+        unanswered = [tool_use_id for tool_use_id in calls if tool_use_id not in answered]
+        if unanswered:
+            raise BadRequest(f"messages.{calls[unanswered[0]]}: `tool_use` ids were found without `tool_result` "
+                             f"blocks immediately after: {', '.join(unanswered)}. Each `tool_use` block must have a "
+                             "corresponding `tool_result` block in the next message.", "invalid_messages")
+        for i, n, tool_use_id in results:
+            if tool_use_id not in calls:
+                raise BadRequest(f"messages.{i}.content.{n}: unexpected `tool_use_id` found in `tool_result` "
+                                 f"blocks: {tool_use_id}. Each `tool_result` block must have a corresponding "
+                                 "`tool_use` block in the previous message.", "invalid_messages")
+
+
+def _blocks(turn: MessageParam) -> list[Any]:
+    return turn.content if isinstance(turn.content, list) else []
+
 
 def validate(body: Any, model: type[M]) -> M:
     """The body as `model`, or BadRequest naming the first problem (and how many more there are)."""
