@@ -275,10 +275,20 @@ def _code(error: dict[str, Any]) -> str:
     return f"invalid_{field}"
 
 
+# The names pydantic gives a plain union's scalar branches in an error's location; the others hold brackets
+# (`list[str]`, `literal['auto']`, `function-after[...]`), which no field's name does.
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "dict", "list", "none"})
+
+
+def location(error: dict[str, Any]) -> list[str]:
+    """Where an error is, without the branch names plain unions add to it: exact type names only, so a field
+    whose name begins like one (`stream`, `stream_options`, `strict`) is kept. Discriminated unions add their
+    tag (`content.0.text`), which is kept too."""
+    return [str(p) for p in error.get("loc", ()) if str(p) not in _UNION_TAGS and "[" not in str(p)]
+
+
 def _describe(error: dict[str, Any]) -> str:
-    # Discriminated unions add the tag to the location (`content.0.text`); plain unions add type names.
-    loc = [str(p) for p in error.get("loc", ()) if not str(p).startswith(("function-", "list[", "str", "int"))]
-    where = ".".join(loc) or "body"
+    where = ".".join(location(error)) or "body"
     return f"{where}: {error.get('msg', 'invalid')}"
 
 

@@ -4,6 +4,7 @@ the official `anthropic` SDK: in process for translation and errors (no member r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -13,10 +14,15 @@ from typing import Any
 import anthropic
 import httpx
 import httpx2
+import openai
+import pydantic
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 from prometheus_client.parser import text_string_to_metric_families
 
+from council.members.binary import LlamaServerInfo
+from council.members.process import LifeConfig
+from council.policy.loading import load_policy
 from council.policy.schema import Sampling
 from council.server.apis.anthropic import (
     CountTokensRequest,
@@ -30,8 +36,10 @@ from council.server.apis.anthropic import (
 )
 from council.server.app import create_app
 from council.server.requests import BadRequest, ChatRequest, validate_body
+from council.server.router import open_router
 from council.server.routes.anthropic import _normalised
 from council.setup.catalog import by_name
+from council.voting.assembly import assemble
 from council.voting.client import MemberReply
 from council.voting.engine import CouncilAnswer, Seat, SeatOutcome
 from council.voting.tools import tool_instructions
@@ -39,6 +47,7 @@ from council.voting.vote import Decision
 from tests.policies import member_entry, policy_yaml
 from tests.server.test_app import KEY, _router
 from tests.servers import CouncilServer
+from tests.voting.fakes import FakeClient, Say
 
 QWEN05 = by_name("qwen2.5-coder-0.5b")
 assert QWEN05
@@ -122,6 +131,7 @@ def test_a_claude_code_turn_becomes_the_chat_request_members_are_sent() -> None:
      "invalid_tool_choice", "names tool 'book', which `tools` does not declare"),
     ({"messages": ASK, "max_tokens": 5, "tool_choice": {"type": "any"}}, "invalid_tool_choice", "needs `tools`"),
     ({"model": 3, "messages": ASK, "max_tokens": 5}, "missing_model", "`model` is required"),
+    ({"messages": ASK, "max_tokens": 5, "stream": 1}, "invalid_stream", "stream: Input should be a valid boolean"),
 ])
 def test_bad_bodies_are_refused_naming_the_field(body: dict[str, Any], code: str, says: str) -> None:
     with pytest.raises(BadRequest) as caught:
@@ -197,6 +207,99 @@ async def sdk(tmp_path: Path) -> AsyncIterator[Callable[..., anthropic.AsyncAnth
     yield make
     for http in opened:
         await http.aclose()
+
+
+@pytest.fixture
+async def scripted(tmp_path: Path) -> AsyncIterator[Callable[[Say], tuple[anthropic.AsyncAnthropic, list[FakeClient]]]]:
+    """An SDK client on the app around a router whose council `c` has its seats scripted (no llama-server runs),
+    and the seats' fake clients, which record what each member was sent."""
+    opened: list[httpx2.AsyncClient] = []
+
+    def make(say: Say) -> tuple[anthropic.AsyncAnthropic, list[FakeClient]]:
+        router = _router(tmp_path)
+        engine = router.engines["c"]
+        fakes = [FakeClient(say) for _ in engine.seats]
+        engine.seats = [dataclasses.replace(s, client=f) for s, f in zip(engine.seats, fakes, strict=True)]
+        http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=create_app(router)), base_url="http://council")
+        opened.append(http)
+        return anthropic.AsyncAnthropic(base_url="http://council", http_client=http, max_retries=0, api_key=KEY), fakes
+
+    yield make
+    for http in opened:
+        await http.aclose()
+
+
+class City(pydantic.BaseModel):
+    name: str
+    population: int
+
+
+@pytest.mark.anyio
+async def test_structured_output_reaches_the_members_as_response_format(
+        scripted: Callable[[Say], tuple[anthropic.AsyncAnthropic, list[FakeClient]]]) -> None:
+    """`output_config.format` (what `messages.parse(output_format=...)` sends) went to the members as a field
+    llama-server ignores, so nothing held their answer to the schema; it is chat's `response_format` now."""
+    client, fakes = scripted(Say('{"name": "Tokyo", "population": 37000000}'))
+    parsed = await client.messages.parse(model="c", max_tokens=64, messages=ASK, output_format=City)  # type: ignore[arg-type]
+    assert parsed.parsed_output == City(name="Tokyo", population=37000000)
+    sent = fakes[0].sent[-1]
+    assert sent["response_format"]["type"] == "json_schema" and "output_config" not in sent
+    assert sent["response_format"]["json_schema"]["schema"]["properties"].keys() == {"name", "population"}
+    with pytest.raises(anthropic.BadRequestError) as bad:  # a format without its schema
+        await client.messages.create(model="c", max_tokens=64, messages=ASK,  # type: ignore[arg-type]
+                                     output_config={"format": {"type": "json_schema"}})  # type: ignore[typeddict-item]
+    assert bad.value.body["error"]["details"]["error_code"] == "invalid_output_config"  # type: ignore[index]
+    assert "output_config.format.schema" in bad.value.message
+
+
+CALLED = {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                            "input": {"city": "Paris"}}]}
+RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "21C"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("messages", "says"), [
+    ([{"role": "user", "content": []}], "messages.0: all messages must have non-empty content"),
+    ([{"role": "user", "content": ""}], "messages.0: all messages must have non-empty content"),
+    ([*ASK, {"role": "assistant", "content": ""}, {"role": "user", "content": "hi"}],
+     "messages.1: all messages must have non-empty content"),
+    ([*ASK, CALLED, {"role": "user", "content": "never mind, say hi"}],
+     "messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: toolu_1"),
+    ([*ASK, CALLED, {"role": "user", "content": "wait"}, {"role": "assistant", "content": "OK."},
+      {"role": "user", "content": [RESULT]}], "messages.1: `tool_use` ids were found without `tool_result`"),
+    ([{"role": "user", "content": [{**RESULT, "tool_use_id": "toolu_nope"}]}],
+     "messages.0.content.0: unexpected `tool_use_id` found in `tool_result` blocks: toolu_nope"),
+    ([*ASK, CALLED, {"role": "user", "content": [RESULT, {**RESULT, "tool_use_id": "toolu_2"}]}],
+     "messages.2.content.1: unexpected `tool_use_id` found in `tool_result` blocks: toolu_2"),
+])
+async def test_a_broken_conversation_is_refused_as_anthropic_refuses_it(
+        scripted: Callable[[Say], tuple[anthropic.AsyncAnthropic, list[FakeClient]]], messages: list[Any],
+        says: str) -> None:
+    """Empty turns and unpaired `tool_use`/`tool_result` blocks reached the members as an empty user turn, calls
+    nobody answered or a tool message answering no call; they are 400 `invalid_messages` now, in Anthropic's
+    words."""
+    client, fakes = scripted(Say("hi"))
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        await client.messages.create(model="c", max_tokens=16, messages=messages)
+    assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert bad.value.body["error"]["details"] == {"error_code": "invalid_messages"}  # type: ignore[index]
+    assert says in bad.value.message and not fakes[0].sent
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("messages", [
+    [*ASK, CALLED, {"role": "user", "content": [RESULT, {"type": "text", "text": "and tomorrow?"}]}],
+    # consecutive turns of one role are one turn: the result may come in a later user message of it
+    [*ASK, CALLED, {"role": "user", "content": "one moment"}, {"role": "user", "content": [RESULT]}],
+    [*ASK, {"role": "assistant", "content": "Let me look."}, CALLED, {"role": "user", "content": [RESULT]}],
+    # a final assistant turn is a prefill: empty, or a call whose result is not in yet
+    [*ASK, {"role": "assistant", "content": ""}], [*ASK, CALLED],
+])
+async def test_conversations_anthropic_takes_reach_the_members(
+        scripted: Callable[[Say], tuple[anthropic.AsyncAnthropic, list[FakeClient]]], messages: list[Any]) -> None:
+    client, fakes = scripted(Say("hi"))
+    answer = await client.messages.create(model="c", max_tokens=16, messages=messages)
+    assert answer.content[0].type == "text" and answer.content[0].text == "hi" and fakes[0].sent
 
 
 @pytest.mark.anyio
@@ -277,6 +380,32 @@ async def test_models_list_in_each_apis_shape(sdk: Callable[..., anthropic.Async
         too_big = await http.post("/v1/messages?beta=true", content=b"x" * (2 << 20),
                                   headers={"x-api-key": KEY, "content-type": "application/json"})
         assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "request_too_large"
+
+
+@pytest.mark.anyio
+async def test_a_name_with_a_slash_is_retrieved_in_each_apis_shape(tmp_path: Path) -> None:
+    """`/v1/models/{id}` matched no `/`, so `models.retrieve("org/m")` of a listed name was Starlette's bare 404;
+    the id is now the rest of the path."""
+    path = tmp_path / "policy.yaml"
+    keys = {"api_keys": [{"name": "app", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}
+    path.write_text(policy_yaml({"org/m": {"path": tmp_path / "absent.gguf", "memory": "100MiB"}},
+                                {"team/c": {"members": [{"model": "org/m"}]}}, memory="1GiB", server=keys))
+    server = LlamaServerInfo(path=Path("/bin/false"), build=1, version="", spec_types=())
+    life = LifeConfig(run_dir=tmp_path / "run")
+    router = open_router(path, load_policy(path), server, life)
+    router.assembly = assemble(router.plan, server, life, ballots=router.ballots)  # the councils' engines
+    app = create_app(router)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://council") as http, \
+            httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://council") as http2:
+        oai = openai.AsyncOpenAI(api_key=KEY, base_url="http://council/v1", http_client=http, max_retries=0)
+        ant = anthropic.AsyncAnthropic(api_key=KEY, base_url="http://council", http_client=http2, max_retries=0)
+        for name, kind in (("team/c", "council"), ("org/m", "model")):
+            found = await oai.models.retrieve(name)
+            assert (found.id, found.object, (found.model_extra or {})["kind"]) == (name, "model", kind)
+            assert (await ant.models.retrieve(name)).display_name == name
+        with pytest.raises(openai.NotFoundError) as missing:  # an unknown name with a slash: the route's own 404
+            await oai.models.retrieve("org/nope")
+        assert missing.value.code == "model_not_found" and "'org/nope'" in missing.value.message
 
 
 # ---- through a real `council serve` ------------------------------------------------------------------------------

@@ -72,6 +72,11 @@ async def post(client: httpx.AsyncClient, body: object, **headers: str) -> httpx
      "invalid_tools", "remote schemas are never fetched"),
     ({"model": "c", "messages": [{"role": "user", "content": "x"}], "stop": [1, 2]}, "invalid_stop", "stop"),
     ({"model": 7, "messages": [{"role": "user", "content": "x"}]}, "missing_model", "`model` is required"),
+    # fields that begin like a union's branch name (`str`) are named all the same
+    ({"model": "c", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "invalid_stream",
+     "stream: Input should be a valid boolean"),
+    ({"model": "c", "messages": [{"role": "user", "content": "x"}], "stream_options": "x"}, "invalid_stream_options",
+     "stream_options: Input should be a valid dictionary"),
 ])
 async def test_bad_fields_are_400_naming_the_field(client: httpx.AsyncClient, body: object, code: str,
                                                    says: str) -> None:

@@ -92,11 +92,50 @@ def test_input_items_become_the_chat_body_members_are_sent() -> None:
     ({"model": "c", "input": "x", "tool_choice": {"type": "function", "name": "book"}, "tools": [WEATHER]},
      "invalid_tool_choice", "names function 'book'"),
     ({"model": "c", "input": "x", "background": True}, "unsupported_background", "background"),
+    ({"model": "c", "input": "x", "prompt": {"id": "pmpt_1", "variables": {"city": "Paris"}}}, "unsupported_prompt",
+     "`prompt` (a stored prompt template) is not supported"),
+    # fields that begin like a union's branch name (`str`) are named, and give the code, all the same
+    ({"model": "c", "input": "x", "stream": "yes"}, "invalid_stream", "stream: Input should be a valid boolean"),
+    ({"model": "c", "input": "x", "stream_options": "x"}, "invalid_stream_options",
+     "stream_options: Input should be a valid dictionary"),
+    ({"model": "c", "input": "x", "tools": [{**WEATHER, "strict": "yes"}]}, "invalid_tools",
+     "tools.0.strict: Input should be a valid boolean"),
 ])
 def test_bad_bodies_are_one_clear_400(body: dict[str, Any], code: str, says: str) -> None:
     with pytest.raises(BadRequest) as caught:
         validate_responses(body)
     assert caught.value.code == code and says in str(caught.value)
+
+
+IMAGE = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+SHOT = {"type": "function_call", "call_id": "call_1", "name": "screenshot", "arguments": "{}"}
+
+
+def tool_output(*parts: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": "What is on screen?"}, SHOT,
+            {"type": "function_call_output", "call_id": "call_1", "output": list(parts)}]
+
+
+@pytest.mark.anyio
+async def test_an_image_or_file_a_tool_returns_is_kept_or_refused_never_dropped(tmp_path: Path) -> None:
+    """A `function_call_output` holding an image or a file (an agent's screenshot tool) was flattened to its text:
+    the members read `"screenshot:\n"` and the council answered as if they had seen it. Its parts now reach the
+    members as a user message's do, so a text-only council or model refuses it as it refuses the same image sent
+    by the user."""
+    ask, body = request(input=tool_output({"type": "input_text", "text": "screenshot:"}, IMAGE))
+    assert ask.has_media
+    assert to_chat(ask, body, [])["messages"][-1] == {"role": "tool", "tool_call_id": "call_1", "content": [
+        {"type": "text", "text": "screenshot:"}, {"type": "image_url", "image_url": {"url": IMAGE["image_url"]}}]}
+    transport = httpx.ASGITransport(app=create_app(_router(tmp_path)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council") as http:
+        client = openai.AsyncOpenAI(base_url="http://council/v1", api_key=APP_KEY, http_client=http, max_retries=0)
+        pdf = {"type": "input_file", "filename": "r.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}
+        for model, sent in [("c", tool_output(IMAGE)), ("m", tool_output(IMAGE)), ("c", tool_output(pdf)),
+                            ("c", [{"role": "user", "content": [IMAGE]}])]:  # the user's own image, as before
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.responses.create(model=model, input=sent)  # type: ignore[arg-type]
+            assert refused.value.code == "unsupported_content", (model, refused.value.message)
+            assert f"{model} is text-only" in refused.value.message
 
 
 def accumulate(events: list[dict[str, Any]], tools: list[Any]) -> Any:
@@ -202,6 +241,9 @@ async def test_errors_and_failures_reach_the_sdk_in_the_responses_shape(tmp_path
             await client.responses.create(model="nope", input="x")
         with pytest.raises(openai.AuthenticationError):
             await client.with_options(api_key="wrong").responses.create(model="c", input="x")
+        with pytest.raises(openai.BadRequestError) as template:  # stored at OpenAI: the members would lose it
+            await client.responses.create(model="c", input="x", prompt={"id": "pmpt_1", "variables": {"a": "b"}})
+        assert template.value.code == "unsupported_prompt"
         with pytest.raises(openai.BadRequestError, match="previous_response_id 'resp_gone' is unknown"):
             await client.responses.create(model="c", input="x", previous_response_id="resp_gone")
         with pytest.raises(openai.InternalServerError) as down:  # no member of c runs here: no quorum

@@ -163,6 +163,19 @@ class ToolChoiceNone(_Open):
 ToolChoice = Annotated[ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone, Field(discriminator="type")]
 
 
+class JsonOutputFormat(_Open):
+    """Anthropic's structured output (`output_config.format`, what the SDK's `messages.parse(output_format=...)`
+    sends): the answer is JSON that `schema` describes."""
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Open):
+    format: JsonOutputFormat | None = None
+    effort: str | None = None  # read by no member, as `thinking` is not
+
+
 class CountTokensRequest(_Open):
     """POST /v1/messages/count_tokens: what a prompt is made of."""
 
@@ -213,6 +226,51 @@ class MessagesRequest(CountTokensRequest):
     top_k: int | None = Field(default=None, ge=0)
     stop_sequences: list[str] | None = None
     metadata: dict[str, Any] | None = None
+    output_config: OutputConfig | None = None
+
+    def check(self) -> None:
+        super().check()
+        # here only: count_tokens is not known to refuse these, and counting a broken history harms nothing
+        check_turns(self.messages)
+
+
+def check_turns(messages: list[MessageParam]) -> None:
+    """What Anthropic refuses of a conversation as a whole, with its words, where the members would be sent a
+    broken history: a turn without content (but a final assistant one, a prefill), a `tool_use` the next user turn
+    does not answer with its `tool_result`, a `tool_result` answering no `tool_use` of the turn before. Consecutive
+    turns of one role are one turn, as Anthropic combines them. A final assistant turn's calls await no result."""
+    last = len(messages) - 1
+    for i, turn in enumerate(messages):
+        if not turn.content and not (i == last and turn.role == "assistant"):
+            raise BadRequest(f"messages.{i}: all messages must have non-empty content except for the optional "
+                             "final assistant message", "invalid_messages")
+    runs: list[list[int]] = []  # the indexes of each turn's messages
+    for i, turn in enumerate(messages):
+        if runs and messages[runs[-1][0]].role == turn.role:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    for before, run in zip([None, *runs], runs, strict=False):
+        if messages[run[0]].role != "user":
+            continue
+        calls = {b.id: i for i in before or () for b in _blocks(messages[i]) if isinstance(b, ToolUseBlock)}
+        results = [(i, n, b.tool_use_id) for i in run for n, b in enumerate(_blocks(messages[i]))
+                   if isinstance(b, ToolResultBlock)]
+        answered = {tool_use_id for _, _, tool_use_id in results}
+        unanswered = [tool_use_id for tool_use_id in calls if tool_use_id not in answered]
+        if unanswered:
+            raise BadRequest(f"messages.{calls[unanswered[0]]}: `tool_use` ids were found without `tool_result` "
+                             f"blocks immediately after: {', '.join(unanswered)}. Each `tool_use` block must have a "
+                             "corresponding `tool_result` block in the next message.", "invalid_messages")
+        for i, n, tool_use_id in results:
+            if tool_use_id not in calls:
+                raise BadRequest(f"messages.{i}.content.{n}: unexpected `tool_use_id` found in `tool_result` "
+                                 f"blocks: {tool_use_id}. Each `tool_result` block must have a corresponding "
+                                 "`tool_use` block in the previous message.", "invalid_messages")
+
+
+def _blocks(turn: MessageParam) -> list[Any]:
+    return turn.content if isinstance(turn.content, list) else []
 
 
 def validate(body: Any, model: type[M]) -> M:
@@ -240,7 +298,7 @@ def validate(body: Any, model: type[M]) -> M:
 
 # Fields read here and written in chat's words (or dropped); every other one passes to the members as it came.
 _TRANSLATED = frozenset({"messages", "system", "tools", "tool_choice", "max_tokens", "stop_sequences", "metadata",
-                         "thinking"}) | router_fields(MessagesRequest)
+                         "thinking", "output_config"}) | router_fields(MessagesRequest)
 _BILLING = re.compile(r"^(x-anthropic-billing-header:.*?cch=)[0-9a-f]{5};")
 
 
@@ -320,12 +378,16 @@ def count_to_chat(request: CountTokensRequest) -> dict[str, Any]:
 def to_chat(request: MessagesRequest, body: dict[str, Any]) -> dict[str, Any]:
     """The chat completion body this Messages request asks (for `ChatRequest` to validate and a council to ask):
     system → a system message, `tool_use` blocks → the assistant's `tool_calls`, `tool_result` blocks → `tool`
-    messages with the same ids, tools and `tool_choice` in chat's words. Fields Anthropic does not define pass
-    through as they came."""
+    messages with the same ids, tools and `tool_choice` in chat's words, `output_config.format` → `response_format`.
+    Fields Anthropic does not define pass through as they came."""
     chat: dict[str, Any] = {"model": request.model, "messages": _chat_messages(request),
                             "max_tokens": request.max_tokens, **_chat_tools(request)}
     if request.stop_sequences is not None:
         chat["stop"] = request.stop_sequences
+    fmt = request.output_config.format if request.output_config is not None else None
+    if fmt is not None:
+        # chat's json_schema needs a name, which Anthropic's format has none of; llama-server reads only the schema
+        chat["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt.schema_}}
     if request.council is not None:
         chat["council"] = body["council"]
     chat.update({k: v for k, v in body.items() if k not in _TRANSLATED and k not in chat})

@@ -1,9 +1,9 @@
 """The OpenAI Responses API (`POST /v1/responses`), translated to and from the chat form the engine takes.
 
 The request is read as pydantic models, written as `server.requests` writes the chat one: strict types, what a
-council cannot honour refused with a clear 400 (hosted tools, `background`, conversations), unknown fields passed
-to the members untouched. `to_chat` turns it into a chat body (instructions → a system message, input items →
-messages, function tools → chat's nested shape); `output_items`, `response_object` and `stream_events` write a
+council cannot honour refused with a clear 400 (hosted tools, `background`, conversations, stored prompts), unknown
+fields passed to the members untouched. `to_chat` turns it into a chat body (instructions → a system message, input
+items → messages, function tools → chat's nested shape); `output_items`, `response_object` and `stream_events` write a
 council's answer back as Responses `output` items and the event sequence the SDKs read; `StreamFixer` completes
 llama-server's own Responses stream (sequence numbers, output and content indexes, `function_call_arguments.done`).
 
@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
-from council.server.requests import BadRequest, CouncilOptions, check_tool_choice
+from council.server.requests import BadRequest, CouncilOptions, check_tool_choice, location
 
 Status = Literal["completed", "incomplete", "failed", "in_progress"]
 
@@ -179,6 +179,7 @@ class ResponsesRequest(_Open):
     truncation: Literal["auto", "disabled"] | None = None
     background: bool | None = None
     conversation: Any = None
+    prompt: Any = None  # a prompt template stored at OpenAI: refused (check)
     council: CouncilOptions | None = None
     user: str | None = None
     max_tool_calls: int | None = Field(default=None, ge=1)
@@ -186,10 +187,15 @@ class ResponsesRequest(_Open):
 
     @property
     def has_media(self) -> bool:
-        """Whether an input message carries an image (a model without a projector cannot read it)."""
+        """Whether an input message or a tool's output carries an image (a model without a projector cannot read
+        it)."""
+        def parts(item: Any) -> str | list[Any]:
+            return item.content if isinstance(item, MessageItem) else (
+                item.output if isinstance(item, FunctionCallOutputItem) else "")
+
         return not isinstance(self.input, str) and any(
-            isinstance(item, MessageItem) and not isinstance(item.content, str)
-            and any(isinstance(part, InputImage) for part in item.content) for item in self.input)
+            not isinstance(parts(item), str) and any(isinstance(part, InputImage) for part in parts(item))
+            for item in self.input)
 
     def check(self) -> None:
         """What a field alone cannot say."""
@@ -199,6 +205,10 @@ class ResponsesRequest(_Open):
         if self.conversation is not None:
             raise BadRequest("`conversation` is not supported: continue with `previous_response_id`",
                              "unsupported_conversation")
+        if self.prompt is not None:
+            # its instructions and variables live on OpenAI's servers: members would be asked the input alone
+            raise BadRequest("`prompt` (a stored prompt template) is not supported: the router stores no prompts; "
+                             "send its text as `instructions` and `input`", "unsupported_prompt")
         choice = self.tool_choice
         if choice is None or choice in ("none", "auto"):
             return
@@ -228,7 +238,7 @@ def validate_responses(body: Any) -> ResponsesRequest:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         # `input` is a string or a list: the deepest error is the one about what the client meant to send
         first = max(reversed(errors), key=lambda e: len(e.get("loc", ())))
-        loc = [str(p) for p in first.get("loc", ()) if not str(p).startswith(("function-", "list[", "str", "int"))]
+        loc = location(first)
         field = loc[0] if loc else "body"
         if field == "model":
             raise BadRequest("`model` is required: a council or model name (see GET /v1/models)",
@@ -282,17 +292,21 @@ def _chat_part(part: Any) -> dict[str, Any]:
     return {"type": "text", "text": _text_of([part])}
 
 
+def _chat_content(parts: str | list[Any]) -> str | list[dict[str, Any]]:
+    """A message's content or a tool's output in chat's words: text as one string, else every part (an image or a
+    file is a part of its own, so a model that cannot read it refuses the request rather than lose it)."""
+    if isinstance(parts, str) or all(isinstance(p, InputText | OutputText | Refusal) for p in parts):
+        return _text_of(parts)
+    return [_chat_part(p) for p in parts]
+
+
 def chat_messages(items: Iterable[Any]) -> list[dict[str, Any]]:
     """Input items as chat messages: a run of `function_call` items is one assistant turn with its calls (added to
     the assistant's text just before it), each `function_call_output` a tool message; reasoning items are dropped."""
     messages: list[dict[str, Any]] = []
     for item in items:
         if isinstance(item, MessageItem):
-            content: Any = item.content
-            if isinstance(content, list):
-                plain = all(isinstance(p, InputText | OutputText | Refusal) for p in content)
-                content = _text_of(content) if plain else [_chat_part(p) for p in content]
-            messages.append({"role": item.role, "content": content})
+            messages.append({"role": item.role, "content": _chat_content(item.content)})
         elif isinstance(item, FunctionCallItem):
             call = {"id": item.call_id, "type": "function",
                     "function": {"name": item.name, "arguments": item.arguments}}
@@ -302,7 +316,7 @@ def chat_messages(items: Iterable[Any]) -> list[dict[str, Any]]:
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif isinstance(item, FunctionCallOutputItem):
-            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": _text_of(item.output)})
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": _chat_content(item.output)})
     return messages
 
 

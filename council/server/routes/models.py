@@ -39,7 +39,8 @@ async def models(request: Request, router: Current, _: Chat) -> dict[str, Any]:
     return {"object": "list", "data": _entries(router, False)}
 
 
-@routes.get("/v1/models/{model_id}")
+# `:path`: policy names may hold a `/` (`org/m`), which a plain parameter does not match
+@routes.get("/v1/models/{model_id:path}")
 async def model(model_id: str, request: Request, router: Current, _: Chat) -> dict[str, Any]:
     found = next((m for m in _entries(router, anthropic_client(request)) if m["id"] == model_id), None)
     if found is None:
