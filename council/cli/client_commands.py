@@ -104,6 +104,8 @@ def tally(
         doc = json.loads(Path(ballot).read_text())
     except (OSError, ValueError) as exc:
         raise fail(f"{ballot}: cannot read the ballot: {exc}", 2) from None
+    except RecursionError:  # JSON nested deeper than the decoder's stack: bad input, as invalid JSON is
+        raise fail(f"{ballot}: cannot read the ballot: nested too deeply", 2) from None
     answers = doc.get("answers") if isinstance(doc, dict) else None
     if not isinstance(answers, list) or not answers:
         raise fail(f"{ballot}: `answers` must be a non-empty list of {{member, text}}", 2)

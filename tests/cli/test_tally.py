@@ -81,6 +81,14 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path: Path) -> None:
     assert run_cli("tally", str(tmp_path / "missing.json")).returncode == 2
 
 
+def test_a_ballot_nested_too_deeply_is_exit_2_with_one_line(tmp_path: Path) -> None:
+    # json.loads raises RecursionError, not ValueError: it was a traceback, exit 1.
+    result = run_cli("tally", str(write(tmp_path, '{"answers": ' + "[" * 100_000 + "]" * 100_000 + "}")))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'ballot.json'}: cannot read the ballot: "
+                                                  "nested too deeply"]
+
+
 def test_tally_confidence_votes_weigh_each_members_recorded_confidence(tmp_path: Path) -> None:
     sure = [{**a, "confidence": c} for a, c in zip(ANSWERS, (0.2, 0.3, 0.9, 0.5), strict=True)]
     path = write(tmp_path, {"strategy": "confidence", "extract": "number", "answers": sure})
