@@ -283,7 +283,8 @@ def decode_calls(tool_calls: Iterable[Mapping[str, Any]] | None) -> list[dict[st
     for call in tool_calls or ():
         fn = call.get("function") or {}
         raw = fn.get("arguments")
-        args = raw if isinstance(raw, dict) else json.loads(raw or "{}") if isinstance(raw, str) else None
+        # `""` is a decoder failure, as BFCL's own json.loads makes it (right on irrelevance, wrong elsewhere).
+        args = raw if isinstance(raw, dict) else json.loads(raw) if isinstance(raw, str) else None
         if not isinstance(args, dict):
             raise ValueError(f"arguments of {fn.get('name')!r} are not a JSON object")
         out.append({str(fn.get("name") or ""): args})

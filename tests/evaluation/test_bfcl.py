@@ -174,6 +174,20 @@ def test_irrelevance_is_right_with_no_call(items: list[BfclItem]) -> None:
     assert not grade(item, [call(name)]).valid
 
 
+def test_empty_arguments_are_a_decoder_failure_as_in_bfcl(items: list[BfclItem]) -> None:
+    # BFCL decodes `arguments` with json.loads, which fails on "": right on irrelevance (no call decoded), wrong on
+    # an item whose right call takes no argument. The port read "" as {} and graded both the other way.
+    empty = {"type": "function", "function": {"name": "", "arguments": ""}}
+    irrelevant = next(i for i in items if i.category == "irrelevance")
+    name = irrelevant.tools[0]["function"]["name"]
+    assert grade(irrelevant, [{**empty, "function": {"name": name, "arguments": ""}}]).valid
+    no_arguments = by_id(items, "live_simple_247-129-0")
+    name = no_arguments.tools[0]["function"]["name"]
+    assert grade(no_arguments, [{**empty, "function": {"name": name, "arguments": "{}"}}]).valid
+    verdict = grade(no_arguments, [{**empty, "function": {"name": name, "arguments": ""}}])
+    assert not verdict.valid and verdict.error_type == "ast_decoder:decoder_failed"
+
+
 def test_schema_problems_name_the_failing_call(items: list[BfclItem]) -> None:
     item = by_id(items, "simple_python_0")
     assert schema_problems(item, reference_calls(item)) == []
