@@ -141,6 +141,23 @@ class BfclItem:
         return json.dumps(self.ground_truth or [], separators=(",", ":"))
 
 
+def _decoded(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{where}:1: cannot read the file: {exc}") from None
+
+
+def read_text(file: Path) -> str:
+    """A data file's text; DatasetError `file:1: cannot read the file: ...` when it is not UTF-8 or unreadable (as the
+    QA loader says it)."""
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{file}:1: cannot read the file: {exc}") from None
+    return _decoded(raw, str(file))
+
+
 class Source:
     """BFCL's data files, read from the wheel (a zip) or from an unpacked `bfcl_eval/data` folder."""
 
@@ -154,11 +171,14 @@ class Source:
     def read(self, relative: str) -> str | None:
         if self.zip is not None:
             try:
-                return self.zip.read(f"{DATA}/{relative}").decode()
+                raw = self.zip.read(f"{DATA}/{relative}")
             except KeyError:
                 return None
+            except (OSError, zipfile.BadZipFile) as exc:
+                raise DatasetError(f"{self.path}:{relative}:1: cannot read the file: {exc}") from None
+            return _decoded(raw, f"{self.path}:{relative}")
         file = self.folder / relative
-        return file.read_text() if file.is_file() else None
+        return read_text(file) if file.is_file() else None
 
     def category_file(self, category: str) -> tuple[str, str] | None:
         """(file name, its text) for a category's questions."""
@@ -177,7 +197,7 @@ def _lines(text: str, where: str) -> list[tuple[int, dict[str, Any]]]:
             continue
         try:
             doc = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the decoder's stack
             raise DatasetError(f"{where}:{number}: not valid JSON: {exc}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
             raise DatasetError(f"{where}:{number}: each line must be a JSON object with an `id`")
@@ -230,8 +250,8 @@ def load_bfcl(path: Path | str, categories: Sequence[str] = CATEGORIES) -> list[
     if path.is_file() and not zipfile.is_zipfile(path):
         answers = path.parent / "possible_answer" / path.name
         category = category_of(path.stem.removeprefix("BFCL_v4_") + "_0")
-        text = path.read_text()
-        return _items(text, answers.read_text() if answers.is_file() else None, str(path), category)
+        text = read_text(path)
+        return _items(text, read_text(answers) if answers.is_file() else None, str(path), category)
     source = Source(path)
     items: list[BfclItem] = []
     ranks = {c: i for i, c in enumerate(dict.fromkeys((*CATEGORIES, *categories)))}
@@ -255,7 +275,7 @@ def is_bfcl(path: Path | str) -> bool:
         with path.open() as f:
             first = next((line for line in f if line.strip()), "")
         doc = json.loads(first)
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, RecursionError):  # not BFCL's: the QA loader says what is wrong with it
         return False
     return isinstance(doc, dict) and {"id", "question", "function"} <= doc.keys()
 

@@ -102,6 +102,24 @@ def test_bad_data_files_exit_2_naming_the_line(tmp_path: Path, syn: Path, lines:
     assert result.stderr.strip().count("\n") == 0 and f"{data}{says}" in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize(("content", "fmt", "says"), [
+    (b"\x8b\x00 not text", "bfcl", ":1: cannot read the file: 'utf-8' codec can't decode byte 0x8b"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "auto", ":1: not valid JSON: maximum recursion depth exceeded"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "bfcl", ":1: not valid JSON: maximum recursion depth exceeded"),
+], ids=["not UTF-8 as bfcl", "too deep, auto", "too deep as bfcl"])
+def test_bfcl_data_that_cannot_be_read_exits_2_naming_the_line(tmp_path: Path, syn: Path, content: bytes, fmt: str,
+                                                        says: str) -> None:
+    # BFCL's loader (and its sniffing under --format auto) let UnicodeDecodeError and RecursionError out as
+    # tracebacks, exit 1, where the QA loader names the line.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(content)
+    result = run_cli("eval", str(policy), "trio", str(data), "--format", fmt)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and f"{data}{says}" in result.stderr, result.stderr
+
+
 def test_eval_refuses_an_unknown_council(tmp_path: Path, syn: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(council_policy(syn))
