@@ -46,7 +46,7 @@ def eval_(
     strategy and extractor (re-scored offline), the oracle, tokens and time, early stop and cascade spending,
     and leave-one-out; on function-calling data (BFCL), each member's and the council's accuracy per category by
     BFCL's AST rules, and calls that fail their schema. Exit 2 for a bad policy or data file."""
-    from council.evaluation.bfcl import CATEGORIES, is_bfcl, load_bfcl, sample_per_category
+    from council.evaluation.bfcl import CATEGORIES, is_bfcl, load_bfcl, sample_per_category, unsupported
     from council.evaluation.dataset import DatasetError, load_items, sample
     from council.evaluation.record import RecordError, http_asker, in_one_seat_order, record_items, resumable
     from council.evaluation.report import print_report
@@ -61,6 +61,8 @@ def eval_(
         raise fail(f"--format must be auto, qa or bfcl, not {data_format!r}", 2)
     bfcl = data_format == "bfcl" or (data_format == "auto" and is_bfcl(data))
     wanted = tuple(c.strip() for c in categories.split(",") if c.strip()) if categories else CATEGORIES
+    if bfcl and (why := unsupported(wanted)) is not None:
+        raise fail(f"--categories {why}", 2)
     if tool_choice is not None and tool_choice not in ("auto", "required", "none"):
         raise fail(f"--tool-choice must be auto, required or none, not {tool_choice!r}", 2)
     extra = {"tool_choice": tool_choice} if tool_choice else None

@@ -40,6 +40,9 @@ from council.paths import downloads_dir
 from council.voting.request import last_user_text
 
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple")
+# The categories `grade` implements: BFCL's Python AST categories. Java and JavaScript are graded by other type rules
+# (values as strings), and multi-turn, relevance, memory, web search and format sensitivity by other checkers.
+SUPPORTED = (*CATEGORIES, "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance")
 # Older wheels name the first category `simple`.
 FILE_NAMES = {"simple_python": ("simple_python", "simple")}
 PYTHON_HINT = " Note that the provided function is in Python 3 syntax."
@@ -205,6 +208,15 @@ def _lines(text: str, where: str) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
+def unsupported(categories: Iterable[str]) -> str | None:
+    """Why these categories cannot be graded, naming the ones that can; None when every one can."""
+    bad = [c for c in categories if c not in SUPPORTED]
+    if not bad:
+        return None
+    return (f"{', '.join(bad)}: council grades only BFCL's Python AST categories ({', '.join(SUPPORTED)}); "
+            "BFCL grades the others by rules council does not implement")
+
+
 def category_of(item_id: str) -> str:
     """`live_simple_3-2-1` → `live_simple`, `simple_python_10` → `simple_python`, `simple_10` → `simple_python`."""
     stem = re.sub(r"_\d+(-\d+)*$", "", item_id)
@@ -223,6 +235,8 @@ def _items(questions: str, answers: str | None, where: str, category: str | None
                                                     for f in functions)):
             raise DatasetError(f"{at}: `function` must be a list of function documents with a `name`")
         kind = category or category_of(doc["id"])
+        if (why := unsupported([kind])) is not None:
+            raise DatasetError(f"{at}: {doc['id']} is in {why}")
         expected = truth.get(doc["id"])
         if expected is None and "irrelevance" not in kind:
             raise DatasetError(f"{at}: no ground truth for {doc['id']} (possible_answer/ beside the file)")
@@ -249,9 +263,15 @@ def load_bfcl(path: Path | str, categories: Sequence[str] = CATEGORIES) -> list[
         raise DatasetError(f"{path}:1: no such file")
     if path.is_file() and not zipfile.is_zipfile(path):
         answers = path.parent / "possible_answer" / path.name
-        category = category_of(path.stem.removeprefix("BFCL_v4_") + "_0")
+        # BFCL's file names give the category; another name, each item's id (refused item by item when unsupported).
+        named = path.name.startswith("BFCL_v4_")
+        category = category_of(path.stem.removeprefix("BFCL_v4_") + "_0") if named else None
+        if category is not None and (why := unsupported([category])) is not None:
+            raise DatasetError(f"{path}:1: {why}")
         text = read_text(path)
         return _items(text, read_text(answers) if answers.is_file() else None, str(path), category)
+    if (why := unsupported(categories)) is not None:
+        raise DatasetError(f"{path}:1: {why}")
     source = Source(path)
     items: list[BfclItem] = []
     ranks = {c: i for i, c in enumerate(dict.fromkeys((*CATEGORIES, *categories)))}
