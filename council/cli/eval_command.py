@@ -77,8 +77,9 @@ def eval_(
     if concurrency < 1:
         raise fail("--concurrency must be at least 1", 2)
     for option, target in (("--json", json_out), ("--html", html_out), ("--record", record)):
-        if target is not None and not Path(target).resolve().parent.is_dir():
-            raise fail(f"{option} {target}: no such folder", 2)  # found out before the members are asked
+        # Found out before the members are asked: a report that cannot be written lost the whole run.
+        if target is not None and (problem := _unwritable(Path(target))) is not None:
+            raise fail(f"{option} {target}: {problem}", 2)
     append_to = Path(record) if record else None
     # The seats a recording may hold: the council as declared, or its fallback (what runs when it does not fit).
     seats = [config.member_names(council)]
@@ -120,13 +121,34 @@ def eval_(
         report = score(records, council, config, data)
         print_report(report, out)
     if json_out:
-        Path(json_out).write_text(json.dumps(report.model_dump(), indent=1) + "\n")
+        _write(json_out, json.dumps(report.model_dump(), indent=1) + "\n", record)
         out.print(f"report written to {json_out}")
     if html_out:
         from council.evaluation.html_report import render
 
-        Path(html_out).write_text(render([report], f"council eval: {council} on {Path(data).name}"))
+        _write(html_out, render([report], f"council eval: {council} on {Path(data).name}"), record)
         out.print(f"page written to {html_out}")
+
+
+def _unwritable(target: Path) -> str | None:
+    """Why no file can be written at `target` (checked before the run), or None."""
+    if target.is_dir():
+        return "is a folder"
+    folder = target.resolve().parent
+    if not folder.is_dir():
+        return "no such folder"
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        return "not writable"
+    return None
+
+
+def _write(path: str, text: str, record: str | None) -> None:
+    """Write an output checked before the run; a failure now (a full disk) is one line, exit 1."""
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        kept = f"; the answers are kept in {record}" if record else ""
+        raise fail(f"cannot write {path}: {exc.strerror or exc}{kept}", 1) from None
 
 
 async def _record_here(loaded: Any, council: str, items: list[Any], concurrency: int, append_to: Path | None,

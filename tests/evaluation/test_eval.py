@@ -216,6 +216,17 @@ def test_eval_refuses_an_output_in_no_folder(tmp_path: Path, syn: Path, option: 
     assert result.returncode == 2 and f"{option} {target}: no such folder" in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("option", ["--json", "--html", "--record"])
+def test_eval_refuses_an_output_that_is_a_folder(tmp_path: Path, syn: Path, option: str) -> None:
+    # Only the parent was checked: the whole run was asked, then writing the report was a traceback, exit 1.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}])
+    result = run_cli("eval", str(policy), "trio", str(data), option, str(tmp_path), "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: {option} {tmp_path}: is a folder"
+
+
 def test_eval_against_a_running_serve(tmp_path: Path, syn: Path, serve: Callable[..., CouncilServer]) -> None:
     """`--url`: the running router's council answers with every member (the request asks it not to stop early)."""
     server = serve(council_policy(syn))
