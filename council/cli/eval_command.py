@@ -48,7 +48,14 @@ def eval_(
     BFCL's AST rules, and calls that fail their schema. Exit 2 for a bad policy or data file."""
     from council.evaluation.bfcl import CATEGORIES, is_bfcl, load_bfcl, sample_per_category, unsupported
     from council.evaluation.dataset import DatasetError, load_items, sample
-    from council.evaluation.record import RecordError, http_asker, in_one_seat_order, record_items, resumable
+    from council.evaluation.record import (
+        NotACouncil,
+        RecordError,
+        http_asker,
+        in_one_seat_order,
+        record_items,
+        resumable,
+    )
     from council.evaluation.report import print_report
     from council.evaluation.score import score
     from council.plan.planner import fallback_council
@@ -76,6 +83,8 @@ def eval_(
         raise fail(str(exc), 2) from None
     if concurrency < 1:
         raise fail("--concurrency must be at least 1", 2)
+    if url is not None and (problem := _bad_url(url)) is not None:
+        raise fail(f"--url {url}: {problem}", 2)
     for option, target in (("--json", json_out), ("--html", html_out), ("--record", record)):
         # Found out before the members are asked: a report that cannot be written lost the whole run.
         if target is not None and (problem := _unwritable(Path(target))) is not None:
@@ -98,8 +107,11 @@ def eval_(
 
         if url is not None:
             asker = http_asker(url, council, os.environ.get("COUNCIL_API_KEY"), timeout, extra)
-            records = asyncio.run(record_items(asker, items, concurrency=concurrency, append_to=append_to,
-                                               on_record=advance, done=done))
+            try:
+                records = asyncio.run(record_items(asker, items, concurrency=concurrency, append_to=append_to,
+                                                   on_record=advance, done=done))
+            except NotACouncil as exc:
+                raise fail(str(exc), 2) from None
         else:
             records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance, done,
                                                extra))
@@ -128,6 +140,17 @@ def eval_(
 
         _write(html_out, render([report], f"council eval: {council} on {Path(data).name}"), record)
         out.print(f"page written to {html_out}")
+
+
+def _bad_url(url: str) -> str | None:
+    """Why `--url` is no URL to ask (httpx raised InvalidURL, a traceback, when the client was made), or None."""
+    import httpx
+
+    try:
+        httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        return f"not a URL ({exc})"
+    return None
 
 
 def _unwritable(target: Path) -> str | None:

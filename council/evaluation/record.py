@@ -142,12 +142,34 @@ def http_asker(url: str, council: str, api_key: str | None, timeout: float,
             reply = await client.post("/v1/chat/completions", json=body)
         except httpx.HTTPError as exc:
             return [], f"cannot reach {url}: {type(exc).__name__}: {exc}"
-        doc = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else {}
+        doc: Any = {}
+        if reply.headers.get("content-type", "").startswith("application/json"):
+            try:
+                doc = reply.json()
+            except ValueError:
+                doc = None
         if reply.status_code != 200:
-            return [], f"{reply.status_code}: {(doc.get('error') or {}).get('message') or reply.text[:200]}"
-        return _answers(doc["council"]["members"]), None
+            error = doc.get("error") if isinstance(doc, dict) else None
+            message = error.get("message") if isinstance(error, dict) else None
+            return [], f"{reply.status_code}: {message or reply.text[:200]}"
+        found = doc.get("council") if isinstance(doc, dict) else None
+        members = found.get("members") if isinstance(found, dict) else None
+        if not isinstance(members, list):
+            # Another OpenAI-compatible server (llama-server, a proxy) answers without the seats' answers: every
+            # item would be scored from nothing, so the run stops at the first such reply.
+            raise NotACouncil(f"{url} is not a council router: its reply to item {item.index} has no "
+                              f"`council.members` ({'not JSON' if doc is None else 'a chat completion without it'})")
+        try:
+            return _answers(members), None
+        except (KeyError, TypeError, AttributeError, ValidationError) as exc:
+            raise NotACouncil(f"{url} is not a council router: its reply to item {item.index} has members of "
+                              f"another shape ({type(exc).__name__}: {exc})") from None
 
     return ask
+
+
+class NotACouncil(CouncilError, ValueError):
+    """`--url` answered, but not as a council router does (no `council.members`): the option is wrong."""
 
 
 class RecordError(CouncilError, ValueError):

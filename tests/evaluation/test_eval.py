@@ -3,10 +3,13 @@ JSON, and bad data files that exit 2 naming the line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -225,6 +228,67 @@ def test_eval_refuses_an_output_that_is_a_folder(tmp_path: Path, syn: Path, opti
     result = run_cli("eval", str(policy), "trio", str(data), option, str(tmp_path), "--url", "http://127.0.0.1:9")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == f"error: {option} {tmp_path}: is a folder"
+
+
+@contextlib.contextmanager
+def stub_router(status: int, content_type: str, body: bytes) -> Iterator[str]:
+    """An HTTP server answering every request with one reply (a server that is not `council serve`)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _reply
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+CHAT = {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",
+                                                                                   "content": "1"}}]}
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (json.dumps(CHAT).encode(), "has no `council.members` (a chat completion without it)"),
+    (b"<html>not json", "has no `council.members` (not JSON)"),
+    (json.dumps({**CHAT, "council": {"members": [1, 2]}}).encode(),
+     "has members of another shape (TypeError: 'int' object is not subscriptable)"),
+], ids=["an OpenAI server", "not JSON", "members of another shape"])
+def test_eval_url_of_no_council_router_is_one_line_exit_2(tmp_path: Path, syn: Path, body: bytes, says: str) -> None:
+    # A 200 without `council` was a KeyError traceback, a body that is not JSON a JSONDecodeError, both exit 1.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}])
+    with stub_router(200, "application/json", body) as url:
+        result = run_cli("eval", str(policy), "trio", str(data), "--url", url, "--json", str(tmp_path / "r.json"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: {url} is not a council router: its reply to item 0 {says}"
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_url_that_is_no_url_is_one_line_exit_2(tmp_path: Path, syn: Path) -> None:
+    # httpx raised InvalidURL as the client was made: a traceback, exit 1.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}])
+    result = run_cli("eval", str(policy), "trio", str(data), "--url", "http://[::1")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("error: --url http://[::1: not a URL (")
+    assert result.stderr.strip().count("\n") == 0
 
 
 def test_eval_against_a_running_serve(tmp_path: Path, syn: Path, serve: Callable[..., CouncilServer]) -> None:
