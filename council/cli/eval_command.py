@@ -98,6 +98,8 @@ def eval_(
         done = resumable(append_to, items, seats) if append_to is not None else {}  # read before any member starts
     except RecordError as exc:
         raise fail(str(exc), 2) from None
+    if url is not None and any(item.index not in done for item in items):  # (all resumed: nothing is asked)
+        _reach_or_exit(url)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=out, transient=True) as progress:
         task = progress.add_task(f"{council}: asking", total=len(items))
@@ -112,6 +114,11 @@ def eval_(
                                                    on_record=advance, done=done))
             except NotACouncil as exc:
                 raise fail(str(exc), 2) from None
+            asked = [r for r in records if r.index not in done]
+            if asked and not any(r.answers for r in asked):
+                # Not one item answered (the router went away, or refuses every request): a failed run, not a
+                # measurement of 0%.
+                raise fail(f"no item was answered by {url}: {asked[0].error}", 1)
         else:
             records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance, done,
                                                extra))
@@ -147,10 +154,26 @@ def _bad_url(url: str) -> str | None:
     import httpx
 
     try:
-        httpx.URL(url)
+        parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
         return f"not a URL ({exc})"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        # `127.0.0.1:8080` failed every item as unreachable, and the run wrote a 0% report, exit 0.
+        return "not an http:// or https:// URL (e.g. http://127.0.0.1:8080)"
     return None
+
+
+def _reach_or_exit(url: str) -> None:
+    """A router that cannot be reached fails before anything is asked (each item would fail alike), exit 1; any HTTP
+    reply will do here (what it says about each item is the items' answer)."""
+    import httpx
+
+    try:
+        httpx.get(url.rstrip("/") + "/healthz", timeout=10)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as exc:
+        raise fail(f"cannot reach {url}: {type(exc).__name__}: {exc}", 1) from None
+    except httpx.HTTPError:
+        pass
 
 
 def _unwritable(target: Path) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -289,6 +290,32 @@ def test_eval_url_that_is_no_url_is_one_line_exit_2(tmp_path: Path, syn: Path) -
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().startswith("error: --url http://[::1: not a URL (")
     assert result.stderr.strip().count("\n") == 0
+
+
+def test_eval_url_without_a_scheme_is_exit_2_and_one_never_reached_exit_1(tmp_path: Path, syn: Path) -> None:
+    # Both asked every item, failed each as unreachable, and wrote a 0% report, exit 0.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}, {"question": "r", "answer": "2"}])
+    report = tmp_path / "r.json"
+    result = run_cli("eval", str(policy), "trio", str(data), "--url", "127.0.0.1:8080", "--json", str(report))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "error: --url 127.0.0.1:8080: not an http:// or https:// URL (e.g. " \
+                                    "http://127.0.0.1:8080)"
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run_cli("eval", str(policy), "trio", str(data), "--url", f"http://127.0.0.1:{port}", "--json", str(report))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().startswith(f"error: cannot reach http://127.0.0.1:{port}: ConnectError")
+    assert result.stderr.strip().count("\n") == 0 and not report.exists()
+    # Reached, but no item answered (here: every request refused): a failed run too, with the first item's reason.
+    refused = json.dumps({"error": {"message": "no such council"}}).encode()
+    with stub_router(404, "application/json", refused) as url:
+        result = run_cli("eval", str(policy), "trio", str(data), "--url", url, "--json", str(report))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == f"error: no item was answered by {url}: 404: no such council"
+    assert not report.exists()
 
 
 def test_eval_against_a_running_serve(tmp_path: Path, syn: Path, serve: Callable[..., CouncilServer]) -> None:
