@@ -213,7 +213,8 @@ def resumable(path: Path, items: Sequence[AnyItem], seats: Sequence[Sequence[str
     line that is not a record, or a record of an item whose question is not the data's at that index (a recording
     of other data, whose answers would be scored against this data's references). With `seats` (the seat names the
     council may run with: as declared, its fallback), each record's answers are put in that order by name, and a
-    record of other seats is refused (see `in_seat_order`)."""
+    record of other seats is refused (see `in_seat_order`). Each record carries the data's reference, not the one
+    it was recorded with."""
     by_index = {item.index: item for item in items}
     done: dict[int, ItemRecord] = {}
     for number, record in _numbered_records(path):
@@ -223,6 +224,9 @@ def resumable(path: Path, items: Sequence[AnyItem], seats: Sequence[Sequence[str
         if record.question != item.question:
             raise RecordError(f"{path}:{number}: item {record.index} is {_short(record.question)} here but "
                               f"{_short(item.question)} in the data (line {item.line}): a recording of other data?")
+        # The data is what is scored against: an answer corrected since the recording counts (the members' answers
+        # are not asked again), and the item's line is where it is now.
+        record = record.model_copy(update={"reference": item.reference, "line": item.line})
         record, order, problem = in_seat_order(record, seats)
         if problem is not None:
             raise RecordError(f"{path}:{number}: item {record.index} was answered by {problem}: a recording of "
