@@ -81,6 +81,12 @@ def eval_(
         items = sample_per_category(load_bfcl(data, wanted), n, seed) if bfcl else sample(load_items(data), n, seed)
     except DatasetError as exc:
         raise fail(str(exc), 2) from None
+    if not bfcl:
+        from council.evaluation.score import unreadable_reference
+
+        # Refused before asking: against a reference the extractor reads as nothing, no answer is ever right.
+        if (why := unreadable_reference([(i.line, i.reference) for i in items], config.vote.extract)) is not None:
+            raise fail(f"{data}:{why}", 2)
     if concurrency < 1:
         raise fail("--concurrency must be at least 1", 2)
     if url is not None and (problem := _bad_url(url)) is not None:

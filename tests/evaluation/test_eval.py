@@ -124,6 +124,19 @@ def test_bfcl_data_that_cannot_be_read_exits_2_naming_the_line(tmp_path: Path, s
     assert result.stderr.strip().count("\n") == 0 and f"{data}{says}" in result.stderr, result.stderr
 
 
+def test_eval_refuses_references_the_councils_extractor_cannot_read(tmp_path: Path, syn: Path) -> None:
+    # Letters under `extract: number` read as nothing: every abstaining member was scored right on them.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn).replace("extract: text", "extract: number"))
+    assert "extract: number" in policy.read_text()
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "4"},
+                                           {"question": "r", "choices": ["x", "y"], "answer": "B"}])
+    result = run_cli("eval", str(policy), "trio", str(data), "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"error: {data}:2: answer 'B' cannot be read by the council's extractor number "
+                                     "(vote.extract): no member's answer could be scored right against it")
+
+
 def test_eval_refuses_an_unknown_council(tmp_path: Path, syn: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(council_policy(syn))

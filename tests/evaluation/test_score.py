@@ -148,3 +148,21 @@ def test_an_item_no_member_answered_is_scored_wrong_for_every_member_and_the_cou
     report = score(nothing, "sc", SAMPLES, "data.jsonl")
     assert report.unanswered == 3 and [m.name for m in report.members] == SEATS
     assert report.council_accuracy == 0.0 and all(m.correct == 0 for m in report.members)
+
+
+def test_an_abstention_is_never_right_even_where_the_reference_reads_as_nothing() -> None:
+    # Multiple-choice references under `extract: number` read as None, as does every "I do not know": each member,
+    # the oracle, the held-out best member, every item's right seats and leave-one-out said 100% (None == None)
+    # while the council said 0%.
+    answers = ["I do not know.", "No idea.", "The answer is 7."]
+    recorded = [ItemRecord(index=i, line=i + 1, question=f"q{i}", reference="B", wall_ms=1.0, answers=[
+        MemberAnswer(member=f"c/{k}", model="q", status="ok", text=text, completion_tokens=5)
+        for k, text in enumerate(answers)]) for i in range(2)]
+    config = CouncilConfig.model_validate({"members": [{"model": "q"}] * 3, "vote": {"extract": "number"}})
+    report = score(recorded, "c", config, "data.jsonl")
+    assert [m.correct for m in report.members] == [0, 0, 0]
+    assert report.oracle == 0.0 and report.best_member_held_out == 0.0 and report.council_accuracy == 0.0
+    assert [i.right_seats for i in report.items_scored] == [0, 0] and not any(i.correct for i in report.items_scored)
+    assert [row.accuracy_without for row in report.leave_one_out] == [0.0, 0.0, 0.0]
+    assert all(s.correct == 0 for s in report.strategies if s.extract == "number")
+    assert all(p.correct == 0 for p in report.plans) and all(s.accuracy == 0.0 for s in report.spend)
