@@ -154,7 +154,7 @@ def _council_voter(mode: str) -> Voter | None:
                                      box, recover_calls=False)
             read[a.member] = seen
             ballots.append(Ballot(member=a.member, order=order, answer=seen.vote, text=tools.ballot_text(seen, a.text),
-                                  weight=a.weight, latency_ms=a.latency_ms))
+                                  weight=a.weight, latency_ms=a.latency_ms, logprob=a.logprob))
         try:
             decided = tools.decide_tools(ballots, read, box, mode=mode)
         except (VoteError, ValueError):

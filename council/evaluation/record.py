@@ -34,6 +34,9 @@ class MemberAnswer(BaseModel):
     completion_tokens: int = 0
     prompt_tokens: int = 0
     confidence: float | None = None  # its probability of its answer, from token logprobs
+    # Its mean token logprob, which the tie-break rule `logprob` reads; absent (not in `model_fields_set`) in records
+    # made before it was kept, where the replay cannot break a tie as the live council did (`logprob_known`).
+    logprob: float | None = None
     signals: dict[str, float] | None = None  # every confidence signal (answer, reply, tail)
     error: str | None = None
     # Why generation ended (`length`: cut off by max_tokens) and the seat's max_tokens; records from before they
@@ -44,6 +47,11 @@ class MemberAnswer(BaseModel):
     # made any: a function-calling answer is its set of calls.
     tool_calls: list[dict[str, Any]] | None = None
     recovered: bool = False  # the calls were written as text and recovered (`calls.with_recovered_calls`)
+
+    @property
+    def logprob_known(self) -> bool:
+        """Whether the record says what the live tie-break `logprob` read (a value, or null: the member sent none)."""
+        return "logprob" in self.model_fields_set
 
     @property
     def cut_off(self) -> bool:
@@ -94,7 +102,9 @@ def _answers(doc_members: Iterable[dict[str, Any]]) -> list[MemberAnswer]:
                          completion_tokens=m.get("completion_tokens", 0), prompt_tokens=m.get("prompt_tokens", 0),
                          confidence=m.get("confidence"), signals=m.get("confidence_signals"),
                          error=m.get("error"), finish_reason=m.get("finish_reason"),
-                         tool_calls=m.get("tool_calls") or None) for m in doc_members]
+                         tool_calls=m.get("tool_calls") or None,
+                         # A router from before `logprob` was in the council object: left unknown, not null.
+                         **({"logprob": m["logprob"]} if "logprob" in m else {})) for m in doc_members]
 
 
 def _from_outcomes(outcomes: list[SeatOutcome]) -> list[MemberAnswer]:

@@ -57,6 +57,8 @@ def print_report(report: EvalReport, out: Console) -> None:
                     row.verdict)
     out.print(loo)
     _print_unanswered(report.unanswered, report.items, report.records, out)
+    for note in report.notes:
+        out.print(f"note: {note}", highlight=False)
 
 
 def _print_unanswered(count: int, n: int, records: list[ItemRecord], out: Console) -> None:

@@ -124,6 +124,8 @@ class EvalReport(BaseModel):
     council_accuracy: float | None = None
     plans: list[PlanScore] = []
     items_scored: list[ItemScore] = []
+    # What the replay could not decide as the live council did (records made before a tie-break's input was kept).
+    notes: list[str] = []
     records: list[ItemRecord]
 
 
@@ -157,7 +159,8 @@ def ballots(answers: Sequence[MemberAnswer], rule: Rule, keep: Sequence[int] | N
             continue
         signal = (answer.signals or {}).get(rule.signal, answer.confidence)
         out.append(Ballot(member=answer.member, order=order, answer=vote_of(answer, rule.extract),
-                          text=answer.text, weight=answer.weight, latency_ms=answer.latency_ms, confidence=signal))
+                          text=answer.text, weight=answer.weight, latency_ms=answer.latency_ms,
+                          logprob=answer.logprob, confidence=signal))
     return out
 
 
@@ -396,6 +399,24 @@ def leave_one_out(records: Sequence[ItemRecord], rule: Rule) -> list[LeaveOneOut
     return rows
 
 
+def unknown_logprob_ties(records: Sequence[ItemRecord], rule: Rule) -> int:
+    """Items whose tie went to the tie-break rule `logprob` (or a rule after it) in records that do not say what the
+    live rule read (made before `logprob` was kept): the replay broke those ties by the next rule, live may not
+    have."""
+    rules = [*rule.tie_break, *([] if "order" in rule.tie_break else ["order"])]
+    if "logprob" not in rules:
+        return 0
+    count = 0
+    for r in records:
+        if all(a.logprob_known for a in r.answers if a.status == "ok"):
+            continue
+        decision = council_decision(r.answers, rule)
+        if decision is not None and decision.tie_broken_by is not None and (
+                rules.index(decision.tie_broken_by) >= rules.index("logprob")):
+            count += 1
+    return count
+
+
 def with_caps(records: Sequence[ItemRecord], config: CouncilConfig, council: str) -> list[ItemRecord]:
     """Records with each answer's max_tokens filled from the policy's seats where the record has neither it nor a
     finish_reason (recorded before either was kept), so that a reply that used every token counts as cut off."""
@@ -454,8 +475,13 @@ def score(records: list[ItemRecord], council: str, config: CouncilConfig, data: 
     best = max(members, key=lambda m: (m.accuracy, -members.index(m)))
     sampled = greedy_and_samples(members, config, council)
     plans = all_plans(records, own, config)
+    notes = []
+    if unsure := unknown_logprob_ties(records, own):
+        notes.append(f"{unsure} of {len(records)} items tied under the council's vote and reached tie_break `logprob` "
+                     "in records made before logprobs were recorded: the replay broke those ties by the next rule, "
+                     "the live council may have answered otherwise")
     return EvalReport(council=council, data=data, items=len(records), unanswered=missing, strategy=own.strategy,
-                      extract=own.extract,
+                      extract=own.extract, notes=notes,
                       members=members, best_member=best.name,
                       best_member_held_out=held_out_best(records, vote.extract),
                       greedy_member=sampled[0].name if sampled else None,
