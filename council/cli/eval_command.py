@@ -140,7 +140,8 @@ def eval_(
         from council.evaluation.report import print_calls_report
 
         report = score_calls(records, items, council, data, recover=config.vote.recover_tool_calls,
-                             seats=[(name, seat.model) for name, seat, _ in config.seats(council)])
+                             seats=[(name, seat.model) for name, seat, _ in config.seats(council)], vote=config.vote,
+                             tool_choice=tool_choice)
         print_calls_report(report, out)
     else:
         report = score(records, council, config, data)

@@ -87,3 +87,5 @@ def print_calls_report(report: CallsReport, out: Console) -> None:
                      f"{o.ms_per_item / 1000:.1f}")
     out.print(cost)
     _print_unanswered(report.unanswered, report.items, report.records, out)
+    for line in report.vote:
+        out.print(f"note: {line}", highlight=False)
