@@ -17,6 +17,7 @@ from council.evaluation.score import (
     Rule,
     cascade,
     council_answer,
+    is_right,
     reference,
     score,
     with_caps,
@@ -70,14 +71,14 @@ def table(records: list[ItemRecord], config: CouncilConfig, council: str, data: 
     for label, stages, agreement in plans:
         for vote in (Rule("majority", report.extract), rule):
             results = [cascade(r, vote, stages, agreement, config) for r in records]
-            correct = sum(res[0] is not None and res[0] == reference(r, report.extract)
+            correct = sum(is_right(res[0], reference(r, report.extract))
                           for res, r in zip(results, records, strict=True))
             how = "majority" if vote.strategy == "majority" else f"confidence {vote.signal}, T={vote.temperature:g}"
             rows.append(_row(f"council {size}: cascade {label} ({how})", correct / n,
                              sum(res[1] for res in results) / n, sum(res[2] for res in results) / n / 1000, base))
     oracle = report.oracle
-    majority_full = sum(council_answer(r.answers, Rule("majority", report.extract)) == reference(r, report.extract)
-                        for r in records) / n
+    majority_full = sum(is_right(council_answer(r.answers, Rule("majority", report.extract)),
+                                 reference(r, report.extract)) for r in records) / n
     return {"items": n, "members": [m.model_dump() for m in report.members], "oracle": oracle,
             "majority": majority_full, "rows": rows, "leave_one_out": [x.model_dump() for x in report.leave_one_out]}
 
@@ -103,8 +104,7 @@ def _cascade_score(records: list[ItemRecord], plan: tuple[str, list[list[int]], 
     """(accuracy, tokens as a share of every member's) of one cascade plan on `records`."""
     _, stages, agreement, rule = plan
     results = [cascade(r, rule, stages, agreement, config) for r in records]
-    correct = sum(res[0] is not None and res[0] == reference(r, extract)
-                  for res, r in zip(results, records, strict=True))
+    correct = sum(is_right(res[0], reference(r, extract)) for res, r in zip(results, records, strict=True))
     every = sum(a.completion_tokens for r in records for a in r.answers) or 1
     return correct / len(records), sum(res[1] for res in results) / every
 
@@ -119,7 +119,7 @@ def selection(records: list[ItemRecord], config: CouncilConfig, extract: str, bu
         return max(scored, key=lambda x: (x[2] <= budget, x[1], -x[2]))
 
     def full(items: list[ItemRecord], rule: Rule) -> float:  # every member asked, under the plan's own vote
-        return sum(council_answer(r.answers, rule) == reference(r, extract) for r in items) / len(items)
+        return sum(is_right(council_answer(r.answers, rule), reference(r, extract)) for r in items) / len(items)
 
     plan, accuracy, share = pick(records)
     folds = []

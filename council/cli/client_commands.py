@@ -104,6 +104,8 @@ def tally(
         doc = json.loads(Path(ballot).read_text())
     except (OSError, ValueError) as exc:
         raise fail(f"{ballot}: cannot read the ballot: {exc}", 2) from None
+    except RecursionError:  # JSON nested deeper than the decoder's stack: bad input, as invalid JSON is
+        raise fail(f"{ballot}: cannot read the ballot: nested too deeply", 2) from None
     answers = doc.get("answers") if isinstance(doc, dict) else None
     if not isinstance(answers, list) or not answers:
         raise fail(f"{ballot}: `answers` must be a non-empty list of {{member, text}}", 2)
@@ -166,6 +168,9 @@ def tally(
             item["latency_ms"], f"{where} `latency_ms`", "a number of milliseconds, 0 or more", lambda ms: ms >= 0)
         confidence = None if item.get("confidence") is None else _ballot_number(
             item["confidence"], f"{where} `confidence`", "a probability in (0, 1]", lambda p: 0 < p <= 1)
+        # The mean token logprob the live tie-break `logprob` read (ballots before it was kept have none).
+        logprob = None if item.get("logprob") is None else _ballot_number(
+            item["logprob"], f"{where} `logprob`", "a mean token logprob, 0 or less", lambda lp: lp <= 0)
         text = text if isinstance(text, str) else None
         if toolbox is not None:  # the calls re-read and re-checked against the recorded tools, as they were live
             calls = item.get("tool_calls")
@@ -174,13 +179,13 @@ def tally(
             answer = read[item["member"]] = read_answer({"tool_calls": calls}, text, item.get("finish_reason"),
                                                         toolbox, recover)
             ballots.append(Ballot(member=item["member"], order=i, answer=answer.vote, text=ballot_text(answer, text),
-                                  weight=weight, latency_ms=latency, confidence=confidence))
+                                  weight=weight, latency_ms=latency, logprob=logprob, confidence=confidence))
             continue
         # A reply cut off by max_tokens votes only with an answer it stated, as it did live.
         cut = item.get("finish_reason") == "length"
         vote = (extract_cut(text, how) if cut else extractor(text)) if text is not None else None
         ballots.append(Ballot(member=item["member"], order=i, answer=vote, text=text, weight=weight,
-                              latency_ms=latency, confidence=confidence))
+                              latency_ms=latency, logprob=logprob, confidence=confidence))
     try:
         # A recorded judge ballot re-votes by majority: the judge's model is not here to ask.
         voted = "majority" if chosen == "judge" else chosen
@@ -195,6 +200,14 @@ def tally(
         raise fail(str(exc), 2) from None
     except ValueError as exc:
         raise fail(f"{ballot}: {exc}", 2) from None
+    order = [*rules, *([] if "order" in rules else ["order"])]
+    if ("logprob" in order and decision.tie_broken_by is not None
+            and order.index(decision.tie_broken_by) >= order.index("logprob")
+            and any("logprob" not in item for item in answers)):
+        # Said, not decided differently in silence: the ballot predates `logprob` in its answers.
+        err.print(f"note: {ballot}: the tie reached tie_break `logprob`, but the ballot's answers have no `logprob` "
+                  f"(recorded before it was kept): broken by {decision.tie_broken_by!r}, the live council may have "
+                  "answered otherwise", highlight=False, soft_wrap=True)
     shown = {**decision.to_json(), "confidence": {b.member: b.confidence for b in ballots}}
     if called is not None:
         shown |= {"speaker": decision.speaker, "tool_vote": called.to_json(),

@@ -46,9 +46,16 @@ def eval_(
     strategy and extractor (re-scored offline), the oracle, tokens and time, early stop and cascade spending,
     and leave-one-out; on function-calling data (BFCL), each member's and the council's accuracy per category by
     BFCL's AST rules, and calls that fail their schema. Exit 2 for a bad policy or data file."""
-    from council.evaluation.bfcl import CATEGORIES, is_bfcl, load_bfcl, sample_per_category
+    from council.evaluation.bfcl import CATEGORIES, is_bfcl, load_bfcl, sample_per_category, unsupported
     from council.evaluation.dataset import DatasetError, load_items, sample
-    from council.evaluation.record import RecordError, http_asker, in_one_seat_order, record_items, resumable
+    from council.evaluation.record import (
+        NotACouncil,
+        RecordError,
+        http_asker,
+        in_one_seat_order,
+        record_items,
+        resumable,
+    )
     from council.evaluation.report import print_report
     from council.evaluation.score import score
     from council.plan.planner import fallback_council
@@ -61,6 +68,8 @@ def eval_(
         raise fail(f"--format must be auto, qa or bfcl, not {data_format!r}", 2)
     bfcl = data_format == "bfcl" or (data_format == "auto" and is_bfcl(data))
     wanted = tuple(c.strip() for c in categories.split(",") if c.strip()) if categories else CATEGORIES
+    if bfcl and (why := unsupported(wanted)) is not None:
+        raise fail(f"--categories {why}", 2)
     if tool_choice is not None and tool_choice not in ("auto", "required", "none"):
         raise fail(f"--tool-choice must be auto, required or none, not {tool_choice!r}", 2)
     extra = {"tool_choice": tool_choice} if tool_choice else None
@@ -72,11 +81,20 @@ def eval_(
         items = sample_per_category(load_bfcl(data, wanted), n, seed) if bfcl else sample(load_items(data), n, seed)
     except DatasetError as exc:
         raise fail(str(exc), 2) from None
+    if not bfcl:
+        from council.evaluation.score import unreadable_reference
+
+        # Refused before asking: against a reference the extractor reads as nothing, no answer is ever right.
+        if (why := unreadable_reference([(i.line, i.reference) for i in items], config.vote.extract)) is not None:
+            raise fail(f"{data}:{why}", 2)
     if concurrency < 1:
         raise fail("--concurrency must be at least 1", 2)
+    if url is not None and (problem := _bad_url(url)) is not None:
+        raise fail(f"--url {url}: {problem}", 2)
     for option, target in (("--json", json_out), ("--html", html_out), ("--record", record)):
-        if target is not None and not Path(target).resolve().parent.is_dir():
-            raise fail(f"{option} {target}: no such folder", 2)  # found out before the members are asked
+        # Found out before the members are asked: a report that cannot be written lost the whole run.
+        if target is not None and (problem := _unwritable(Path(target))) is not None:
+            raise fail(f"{option} {target}: {problem}", 2)
     append_to = Path(record) if record else None
     # The seats a recording may hold: the council as declared, or its fallback (what runs when it does not fit).
     seats = [config.member_names(council)]
@@ -86,6 +104,8 @@ def eval_(
         done = resumable(append_to, items, seats) if append_to is not None else {}  # read before any member starts
     except RecordError as exc:
         raise fail(str(exc), 2) from None
+    if url is not None and any(item.index not in done for item in items):  # (all resumed: nothing is asked)
+        _reach_or_exit(url)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=out, transient=True) as progress:
         task = progress.add_task(f"{council}: asking", total=len(items))
@@ -95,8 +115,16 @@ def eval_(
 
         if url is not None:
             asker = http_asker(url, council, os.environ.get("COUNCIL_API_KEY"), timeout, extra)
-            records = asyncio.run(record_items(asker, items, concurrency=concurrency, append_to=append_to,
-                                               on_record=advance, done=done))
+            try:
+                records = asyncio.run(record_items(asker, items, concurrency=concurrency, append_to=append_to,
+                                                   on_record=advance, done=done))
+            except NotACouncil as exc:
+                raise fail(str(exc), 2) from None
+            asked = [r for r in records if r.index not in done]
+            if asked and not any(r.answers for r in asked):
+                # Not one item answered (the router went away, or refuses every request): a failed run, not a
+                # measurement of 0%.
+                raise fail(f"no item was answered by {url}: {asked[0].error}", 1)
         else:
             records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance, done,
                                                extra))
@@ -112,19 +140,68 @@ def eval_(
         from council.evaluation.report import print_calls_report
 
         report = score_calls(records, items, council, data, recover=config.vote.recover_tool_calls,
-                             seats=[(name, seat.model) for name, seat, _ in config.seats(council)])
+                             seats=[(name, seat.model) for name, seat, _ in config.seats(council)], vote=config.vote,
+                             tool_choice=tool_choice)
         print_calls_report(report, out)
     else:
         report = score(records, council, config, data)
         print_report(report, out)
     if json_out:
-        Path(json_out).write_text(json.dumps(report.model_dump(), indent=1) + "\n")
+        _write(json_out, json.dumps(report.model_dump(), indent=1) + "\n", record)
         out.print(f"report written to {json_out}")
     if html_out:
         from council.evaluation.html_report import render
 
-        Path(html_out).write_text(render([report], f"council eval: {council} on {Path(data).name}"))
+        _write(html_out, render([report], f"council eval: {council} on {Path(data).name}"), record)
         out.print(f"page written to {html_out}")
+
+
+def _bad_url(url: str) -> str | None:
+    """Why `--url` is no URL to ask (httpx raised InvalidURL, a traceback, when the client was made), or None."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        return f"not a URL ({exc})"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        # `127.0.0.1:8080` failed every item as unreachable, and the run wrote a 0% report, exit 0.
+        return "not an http:// or https:// URL (e.g. http://127.0.0.1:8080)"
+    return None
+
+
+def _reach_or_exit(url: str) -> None:
+    """A router that cannot be reached fails before anything is asked (each item would fail alike), exit 1; any HTTP
+    reply will do here (what it says about each item is the items' answer)."""
+    import httpx
+
+    try:
+        httpx.get(url.rstrip("/") + "/healthz", timeout=10)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as exc:
+        raise fail(f"cannot reach {url}: {type(exc).__name__}: {exc}", 1) from None
+    except httpx.HTTPError:
+        pass
+
+
+def _unwritable(target: Path) -> str | None:
+    """Why no file can be written at `target` (checked before the run), or None."""
+    if target.is_dir():
+        return "is a folder"
+    folder = target.resolve().parent
+    if not folder.is_dir():
+        return "no such folder"
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        return "not writable"
+    return None
+
+
+def _write(path: str, text: str, record: str | None) -> None:
+    """Write an output checked before the run; a failure now (a full disk) is one line, exit 1."""
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        kept = f"; the answers are kept in {record}" if record else ""
+        raise fail(f"cannot write {path}: {exc.strerror or exc}{kept}", 1) from None
 
 
 async def _record_here(loaded: Any, council: str, items: list[Any], concurrency: int, append_to: Path | None,

@@ -40,6 +40,9 @@ from council.paths import downloads_dir
 from council.voting.request import last_user_text
 
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple")
+# The categories `grade` implements: BFCL's Python AST categories. Java and JavaScript are graded by other type rules
+# (values as strings), and multi-turn, relevance, memory, web search and format sensitivity by other checkers.
+SUPPORTED = (*CATEGORIES, "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance")
 # Older wheels name the first category `simple`.
 FILE_NAMES = {"simple_python": ("simple_python", "simple")}
 PYTHON_HINT = " Note that the provided function is in Python 3 syntax."
@@ -141,6 +144,23 @@ class BfclItem:
         return json.dumps(self.ground_truth or [], separators=(",", ":"))
 
 
+def _decoded(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{where}:1: cannot read the file: {exc}") from None
+
+
+def read_text(file: Path) -> str:
+    """A data file's text; DatasetError `file:1: cannot read the file: ...` when it is not UTF-8 or unreadable (as the
+    QA loader says it)."""
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{file}:1: cannot read the file: {exc}") from None
+    return _decoded(raw, str(file))
+
+
 class Source:
     """BFCL's data files, read from the wheel (a zip) or from an unpacked `bfcl_eval/data` folder."""
 
@@ -154,11 +174,14 @@ class Source:
     def read(self, relative: str) -> str | None:
         if self.zip is not None:
             try:
-                return self.zip.read(f"{DATA}/{relative}").decode()
+                raw = self.zip.read(f"{DATA}/{relative}")
             except KeyError:
                 return None
+            except (OSError, zipfile.BadZipFile) as exc:
+                raise DatasetError(f"{self.path}:{relative}:1: cannot read the file: {exc}") from None
+            return _decoded(raw, f"{self.path}:{relative}")
         file = self.folder / relative
-        return file.read_text() if file.is_file() else None
+        return read_text(file) if file.is_file() else None
 
     def category_file(self, category: str) -> tuple[str, str] | None:
         """(file name, its text) for a category's questions."""
@@ -177,12 +200,21 @@ def _lines(text: str, where: str) -> list[tuple[int, dict[str, Any]]]:
             continue
         try:
             doc = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the decoder's stack
             raise DatasetError(f"{where}:{number}: not valid JSON: {exc}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
             raise DatasetError(f"{where}:{number}: each line must be a JSON object with an `id`")
         out.append((number, doc))
     return out
+
+
+def unsupported(categories: Iterable[str]) -> str | None:
+    """Why these categories cannot be graded, naming the ones that can; None when every one can."""
+    bad = [c for c in categories if c not in SUPPORTED]
+    if not bad:
+        return None
+    return (f"{', '.join(bad)}: council grades only BFCL's Python AST categories ({', '.join(SUPPORTED)}); "
+            "BFCL grades the others by rules council does not implement")
 
 
 def category_of(item_id: str) -> str:
@@ -203,6 +235,8 @@ def _items(questions: str, answers: str | None, where: str, category: str | None
                                                     for f in functions)):
             raise DatasetError(f"{at}: `function` must be a list of function documents with a `name`")
         kind = category or category_of(doc["id"])
+        if (why := unsupported([kind])) is not None:
+            raise DatasetError(f"{at}: {doc['id']} is in {why}")
         expected = truth.get(doc["id"])
         if expected is None and "irrelevance" not in kind:
             raise DatasetError(f"{at}: no ground truth for {doc['id']} (possible_answer/ beside the file)")
@@ -229,9 +263,15 @@ def load_bfcl(path: Path | str, categories: Sequence[str] = CATEGORIES) -> list[
         raise DatasetError(f"{path}:1: no such file")
     if path.is_file() and not zipfile.is_zipfile(path):
         answers = path.parent / "possible_answer" / path.name
-        category = category_of(path.stem.removeprefix("BFCL_v4_") + "_0")
-        text = path.read_text()
-        return _items(text, answers.read_text() if answers.is_file() else None, str(path), category)
+        # BFCL's file names give the category; another name, each item's id (refused item by item when unsupported).
+        named = path.name.startswith("BFCL_v4_")
+        category = category_of(path.stem.removeprefix("BFCL_v4_") + "_0") if named else None
+        if category is not None and (why := unsupported([category])) is not None:
+            raise DatasetError(f"{path}:1: {why}")
+        text = read_text(path)
+        return _items(text, read_text(answers) if answers.is_file() else None, str(path), category)
+    if (why := unsupported(categories)) is not None:
+        raise DatasetError(f"{path}:1: {why}")
     source = Source(path)
     items: list[BfclItem] = []
     ranks = {c: i for i, c in enumerate(dict.fromkeys((*CATEGORIES, *categories)))}
@@ -255,7 +295,7 @@ def is_bfcl(path: Path | str) -> bool:
         with path.open() as f:
             first = next((line for line in f if line.strip()), "")
         doc = json.loads(first)
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, RecursionError):  # not BFCL's: the QA loader says what is wrong with it
         return False
     return isinstance(doc, dict) and {"id", "question", "function"} <= doc.keys()
 
@@ -283,7 +323,8 @@ def decode_calls(tool_calls: Iterable[Mapping[str, Any]] | None) -> list[dict[st
     for call in tool_calls or ():
         fn = call.get("function") or {}
         raw = fn.get("arguments")
-        args = raw if isinstance(raw, dict) else json.loads(raw or "{}") if isinstance(raw, str) else None
+        # `""` is a decoder failure, as BFCL's own json.loads makes it (right on irrelevance, wrong elsewhere).
+        args = raw if isinstance(raw, dict) else json.loads(raw) if isinstance(raw, str) else None
         if not isinstance(args, dict):
             raise ValueError(f"arguments of {fn.get('name')!r} are not a JSON object")
         out.append({str(fn.get("name") or ""): args})

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from council.evaluation.bfcl import BfclItem, grade, schema_problems
 from council.evaluation.record import ItemRecord, MemberAnswer, unanswered, with_every_seat
+from council.policy.schema import VoteConfig
 from council.voting.extract import canonical_tool_call
 
 Calls = list[dict[str, Any]]
@@ -133,17 +134,37 @@ def vote_argument(answers: Sequence[MemberAnswer], item: BfclItem) -> Calls | No
     return fallback if schema_problems(item, result) else result
 
 
-def _council_voter(mode: str) -> Voter | None:
+DEFAULT_TIE_BREAK = ("weight", "latency", "order")
+
+
+def council_voter(mode: str, strategy: str = "majority", tie_break: Sequence[str] = DEFAULT_TIE_BREAK,
+                  temperature: float = 1.0, how: str = "auto", tool_choice: Any = None) -> Voter | None:
     """The live council's own call vote (`council.voting.tools`, where this checkout has it) as an offline voter:
-    the recorded native calls read and validated as the engine reads them, decided by majority."""
+    the recorded native calls read and validated as the engine reads them (under the request's `tool_choice`), and
+    decided with the council's strategy, tie-break, confidence temperature and extractor, as `CouncilEngine`
+    decides them. `judge` cannot be replayed (its model is not asked again): majority stands in, as the live
+    council falls back to it. `tool_choice: none` asks the members for text: the live council votes on the text and
+    answers without calls (None when every reply abstains)."""
     try:
         from council.voting import tools  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         return None
-    from council.voting.vote import Ballot, VoteError
+    from council.voting.extract import extract, extract_cut
+    from council.voting.vote import Ballot, VoteError, decide
+
+    voted = "majority" if strategy == "judge" else strategy
 
     def vote(answers: Sequence[MemberAnswer], item: BfclItem) -> Calls | None:
-        box = tools.Toolbox(item.tools)
+        if tool_choice == "none":
+            texts = [Ballot(member=a.member, order=order, answer=(extract_cut if a.cut_off else extract)(a.text, how),
+                            text=a.text, weight=a.weight, latency_ms=a.latency_ms, logprob=a.logprob)
+                     for order, a in enumerate(answers) if a.status == "ok"]
+            try:
+                decide(texts, voted, tie_break, temperature=temperature)
+            except VoteError:
+                return None
+            return []
+        box = tools.Toolbox(item.tools, tool_choice)
         read: dict[str, Any] = {}
         ballots = []
         for order, a in enumerate(answers):
@@ -154,9 +175,10 @@ def _council_voter(mode: str) -> Voter | None:
                                      box, recover_calls=False)
             read[a.member] = seen
             ballots.append(Ballot(member=a.member, order=order, answer=seen.vote, text=tools.ballot_text(seen, a.text),
-                                  weight=a.weight, latency_ms=a.latency_ms))
+                                  weight=a.weight, latency_ms=a.latency_ms, logprob=a.logprob))
         try:
-            decided = tools.decide_tools(ballots, read, box, mode=mode)
+            decided = tools.decide_tools(ballots, read, box, mode=mode, strategy=voted, tie_break=tie_break,
+                                         temperature=temperature, how=how)
         except (VoteError, ValueError):
             return None
         return [c.openai() for c in decided.calls]
@@ -164,11 +186,35 @@ def _council_voter(mode: str) -> Voter | None:
     return vote
 
 
+COUNCIL_MODES = (("set", "council set"), ("per_argument", "council per_argument"))
 VOTERS: dict[str, Voter] = {"set": vote_set, "argument": vote_argument}
-# With the council's own vote code present, its two modes are scored beside the evaluation's reading.
-for _mode, _label in (("set", "council set"), ("per_argument", "council per_argument")):
-    if (_voter := _council_voter(_mode)) is not None:
+# With the council's own vote code present, its two modes are scored beside the evaluation's reading (here with the
+# vote's defaults; `score_calls` replays them with the policy's settings).
+for _mode, _label in COUNCIL_MODES:
+    if (_voter := council_voter(_mode)) is not None:
         VOTERS[_label] = _voter
+
+
+def policy_voters(vote: VoteConfig, tool_choice: Any = None) -> dict[str, Voter]:
+    """`VOTERS` with the council's own two modes deciding as the policy's vote does, under the run's `tool_choice`."""
+    voters = dict(VOTERS)
+    for mode, label in COUNCIL_MODES:
+        found = council_voter(mode, vote.strategy, tuple(vote.tie_break), vote.confidence_temperature, vote.extract,
+                              tool_choice)
+        if found is not None:
+            voters[label] = found
+    return voters
+
+
+def replayed_vote(vote: VoteConfig, tool_choice: Any = None) -> list[str]:
+    """What the council rows replay of the policy's vote, and what they cannot."""
+    said = [f"council set / council per_argument: strategy {vote.strategy}, tie_break {', '.join(vote.tie_break)}, "
+            f"tool_choice {tool_choice or 'unset'}, each seat at its recorded weight (the policy's own tool vote: "
+            f"{vote.tools})"]
+    if vote.strategy == "judge":
+        said.append("the judge is not asked again offline: majority decides the council rows, as it does live when "
+                    "the judge names no answer")
+    return said
 
 
 class CategoryScore(BaseModel):
@@ -216,6 +262,8 @@ class CallsReport(BaseModel):
     councils: list[CallsRow]
     oracle: CallsRow  # some seat right
     items_scored: list[CallItem] = []
+    # How the council rows replay the policy's vote (strategy, tie-break, tool_choice), and what cannot be replayed.
+    vote: list[str] = []
     records: list[ItemRecord]
 
 
@@ -252,9 +300,10 @@ def member_rows(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) ->
 
 
 def council_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem], mode: str,
-                keep: Sequence[int] | None = None, name: str | None = None) -> CallsRow:
-    """The council's answers re-decided by `VOTERS[mode]` (over the seats at `keep`, else all), scored."""
-    voter = VOTERS[mode]
+                keep: Sequence[int] | None = None, name: str | None = None,
+                voters: Mapping[str, Voter] = VOTERS) -> CallsRow:
+    """The council's answers re-decided by `voters[mode]` (over the seats at `keep`, else all), scored."""
+    voter = voters[mode]
     decided, found, tokens = [], [], []
     for r in records:
         answers = [a for i, a in enumerate(r.answers) if keep is None or i in keep]
@@ -338,9 +387,13 @@ def with_recovered_calls(records: Sequence[ItemRecord], items: Mapping[str, Bfcl
 
 
 def score_calls(records: list[ItemRecord], items: Sequence[BfclItem], council: str, data: str,
-                recover: bool = True, seats: Sequence[tuple[str, str]] = ()) -> CallsReport:
+                recover: bool = True, seats: Sequence[tuple[str, str]] = (), vote: VoteConfig | None = None,
+                tool_choice: Any = None) -> CallsReport:
     """Per member and per call vote; with `recover`, calls written as text count as the council reads them. An item
-    no member answered counts wrong for every seat (`seats`, (name, model), name them when no item was answered)."""
+    no member answered counts wrong for every seat (`seats`, (name, model), name them when no item was answered).
+    The council's own vote code decides as `vote` (the policy's) does, under the run's `tool_choice`."""
+    vote = vote if vote is not None else VoteConfig()
+    voters = policy_voters(vote, tool_choice)
     none = unanswered(records)
     records = with_every_seat(records, seats)
     by_id = {i.id: i for i in items}
@@ -351,5 +404,7 @@ def score_calls(records: list[ItemRecord], items: Sequence[BfclItem], council: s
         records = with_recovered_calls(records, by_id)
     return CallsReport(council=council, data=data, items=len(records), unanswered=none,
                        categories=list(dict.fromkeys(r.category or "?" for r in records)),
-                       members=member_rows(records, by_id), councils=[council_row(records, by_id, m) for m in VOTERS],
-                       oracle=oracle_row(records, by_id), items_scored=score_items(records, by_id), records=records)
+                       members=member_rows(records, by_id),
+                       councils=[council_row(records, by_id, m, voters=voters) for m in voters],
+                       oracle=oracle_row(records, by_id), items_scored=score_items(records, by_id),
+                       vote=replayed_vote(vote, tool_choice), records=records)

@@ -34,6 +34,9 @@ class MemberAnswer(BaseModel):
     completion_tokens: int = 0
     prompt_tokens: int = 0
     confidence: float | None = None  # its probability of its answer, from token logprobs
+    # Its mean token logprob, which the tie-break rule `logprob` reads; absent (not in `model_fields_set`) in records
+    # made before it was kept, where the replay cannot break a tie as the live council did (`logprob_known`).
+    logprob: float | None = None
     signals: dict[str, float] | None = None  # every confidence signal (answer, reply, tail)
     error: str | None = None
     # Why generation ended (`length`: cut off by max_tokens) and the seat's max_tokens; records from before they
@@ -44,6 +47,11 @@ class MemberAnswer(BaseModel):
     # made any: a function-calling answer is its set of calls.
     tool_calls: list[dict[str, Any]] | None = None
     recovered: bool = False  # the calls were written as text and recovered (`calls.with_recovered_calls`)
+
+    @property
+    def logprob_known(self) -> bool:
+        """Whether the record says what the live tie-break `logprob` read (a value, or null: the member sent none)."""
+        return "logprob" in self.model_fields_set
 
     @property
     def cut_off(self) -> bool:
@@ -94,7 +102,9 @@ def _answers(doc_members: Iterable[dict[str, Any]]) -> list[MemberAnswer]:
                          completion_tokens=m.get("completion_tokens", 0), prompt_tokens=m.get("prompt_tokens", 0),
                          confidence=m.get("confidence"), signals=m.get("confidence_signals"),
                          error=m.get("error"), finish_reason=m.get("finish_reason"),
-                         tool_calls=m.get("tool_calls") or None) for m in doc_members]
+                         tool_calls=m.get("tool_calls") or None,
+                         # A router from before `logprob` was in the council object: left unknown, not null.
+                         **({"logprob": m["logprob"]} if "logprob" in m else {})) for m in doc_members]
 
 
 def _from_outcomes(outcomes: list[SeatOutcome]) -> list[MemberAnswer]:
@@ -142,12 +152,34 @@ def http_asker(url: str, council: str, api_key: str | None, timeout: float,
             reply = await client.post("/v1/chat/completions", json=body)
         except httpx.HTTPError as exc:
             return [], f"cannot reach {url}: {type(exc).__name__}: {exc}"
-        doc = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else {}
+        doc: Any = {}
+        if reply.headers.get("content-type", "").startswith("application/json"):
+            try:
+                doc = reply.json()
+            except ValueError:
+                doc = None
         if reply.status_code != 200:
-            return [], f"{reply.status_code}: {(doc.get('error') or {}).get('message') or reply.text[:200]}"
-        return _answers(doc["council"]["members"]), None
+            error = doc.get("error") if isinstance(doc, dict) else None
+            message = error.get("message") if isinstance(error, dict) else None
+            return [], f"{reply.status_code}: {message or reply.text[:200]}"
+        found = doc.get("council") if isinstance(doc, dict) else None
+        members = found.get("members") if isinstance(found, dict) else None
+        if not isinstance(members, list):
+            # Another OpenAI-compatible server (llama-server, a proxy) answers without the seats' answers: every
+            # item would be scored from nothing, so the run stops at the first such reply.
+            raise NotACouncil(f"{url} is not a council router: its reply to item {item.index} has no "
+                              f"`council.members` ({'not JSON' if doc is None else 'a chat completion without it'})")
+        try:
+            return _answers(members), None
+        except (KeyError, TypeError, AttributeError, ValidationError) as exc:
+            raise NotACouncil(f"{url} is not a council router: its reply to item {item.index} has members of "
+                              f"another shape ({type(exc).__name__}: {exc})") from None
 
     return ask
+
+
+class NotACouncil(CouncilError, ValueError):
+    """`--url` answered, but not as a council router does (no `council.members`): the option is wrong."""
 
 
 class RecordError(CouncilError, ValueError):
@@ -191,7 +223,8 @@ def resumable(path: Path, items: Sequence[AnyItem], seats: Sequence[Sequence[str
     line that is not a record, or a record of an item whose question is not the data's at that index (a recording
     of other data, whose answers would be scored against this data's references). With `seats` (the seat names the
     council may run with: as declared, its fallback), each record's answers are put in that order by name, and a
-    record of other seats is refused (see `in_seat_order`)."""
+    record of other seats is refused (see `in_seat_order`). Each record carries the data's reference, not the one
+    it was recorded with."""
     by_index = {item.index: item for item in items}
     done: dict[int, ItemRecord] = {}
     for number, record in _numbered_records(path):
@@ -201,6 +234,9 @@ def resumable(path: Path, items: Sequence[AnyItem], seats: Sequence[Sequence[str
         if record.question != item.question:
             raise RecordError(f"{path}:{number}: item {record.index} is {_short(record.question)} here but "
                               f"{_short(item.question)} in the data (line {item.line}): a recording of other data?")
+        # The data is what is scored against: an answer corrected since the recording counts (the members' answers
+        # are not asked again), and the item's line is where it is now.
+        record = record.model_copy(update={"reference": item.reference, "line": item.line})
         record, order, problem = in_seat_order(record, seats)
         if problem is not None:
             raise RecordError(f"{path}:{number}: item {record.index} was answered by {problem}: a recording of "

@@ -57,6 +57,8 @@ def print_report(report: EvalReport, out: Console) -> None:
                     row.verdict)
     out.print(loo)
     _print_unanswered(report.unanswered, report.items, report.records, out)
+    for note in report.notes:
+        out.print(f"note: {note}", highlight=False)
 
 
 def _print_unanswered(count: int, n: int, records: list[ItemRecord], out: Console) -> None:
@@ -85,3 +87,5 @@ def print_calls_report(report: CallsReport, out: Console) -> None:
                      f"{o.ms_per_item / 1000:.1f}")
     out.print(cost)
     _print_unanswered(report.unanswered, report.items, report.records, out)
+    for line in report.vote:
+        out.print(f"note: {line}", highlight=False)

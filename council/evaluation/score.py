@@ -124,6 +124,8 @@ class EvalReport(BaseModel):
     council_accuracy: float | None = None
     plans: list[PlanScore] = []
     items_scored: list[ItemScore] = []
+    # What the replay could not decide as the live council did (records made before a tie-break's input was kept).
+    notes: list[str] = []
     records: list[ItemRecord]
 
 
@@ -157,7 +159,8 @@ def ballots(answers: Sequence[MemberAnswer], rule: Rule, keep: Sequence[int] | N
             continue
         signal = (answer.signals or {}).get(rule.signal, answer.confidence)
         out.append(Ballot(member=answer.member, order=order, answer=vote_of(answer, rule.extract),
-                          text=answer.text, weight=answer.weight, latency_ms=answer.latency_ms, confidence=signal))
+                          text=answer.text, weight=answer.weight, latency_ms=answer.latency_ms,
+                          logprob=answer.logprob, confidence=signal))
     return out
 
 
@@ -181,6 +184,24 @@ def reference(record: ItemRecord, how: str) -> str | None:
     return _read(record.reference, how, False)
 
 
+def is_right(vote: str | None, ref: str | None) -> bool:
+    """An answer is right when it is the reference: an abstention (None) never is, even where the reference reads
+    as None under this extractor (`council eval` refuses such data for the council's own extractor; under the
+    others, nobody is right on that item)."""
+    return vote is not None and vote == ref
+
+
+def unreadable_reference(references: Sequence[tuple[int, str]], how: str) -> str | None:
+    """`line: why` for the first (line, reference) that extractor `how` reads as nothing, else None: no answer could
+    be scored right against it."""
+    for line, ref in references:
+        if _read(ref, how, False) is None:
+            shown = ref if len(ref) <= 40 else ref[:39] + "…"
+            return (f"{line}: answer {shown!r} cannot be read by the council's extractor {how} (vote.extract): no "
+                    "member's answer could be scored right against it")
+    return None
+
+
 def _accuracy(hits: int, total: int) -> float:
     return hits / total if total else 0.0
 
@@ -190,8 +211,8 @@ def score_members(records: Sequence[ItemRecord], how: str) -> list[MemberScore]:
     scores = []
     for i, name in enumerate(names):
         mine = [r.answers[i] for r in records]
-        correct = sum(a.status == "ok" and vote_of(a, how) == reference(r, how) for a, r in zip(mine, records,
-                                                                                                 strict=True))
+        correct = sum(a.status == "ok" and is_right(vote_of(a, how), reference(r, how))
+                      for a, r in zip(mine, records, strict=True))
         scores.append(MemberScore(name=name, model=mine[0].model, accuracy=_accuracy(correct, len(records)),
                                   correct=correct, answered=sum(a.status == "ok" for a in mine),
                                   tokens_per_item=sum(a.completion_tokens for a in mine) / len(records),
@@ -201,7 +222,7 @@ def score_members(records: Sequence[ItemRecord], how: str) -> list[MemberScore]:
 
 def score_rule(records: Sequence[ItemRecord], rule: Rule) -> StrategyScore:
     decided = [council_answer(r.answers, rule) for r in records]
-    correct = sum(d is not None and d == reference(r, rule.extract) for d, r in zip(decided, records, strict=True))
+    correct = sum(is_right(d, reference(r, rule.extract)) for d, r in zip(decided, records, strict=True))
     confidence = rule.strategy == "confidence"
     return StrategyScore(strategy=rule.strategy, extract=rule.extract, signal=rule.signal if confidence else None,
                          temperature=rule.temperature if confidence else None,
@@ -255,7 +276,7 @@ def cascade(record: ItemRecord, rule: Rule, stages: list[list[int]], agreement: 
 def _spend(name: str, records: Sequence[ItemRecord], results: list[tuple[str | None, float, float, int, bool]],
            how: str) -> SpendScore:
     n = len(records)
-    correct = sum(r[0] is not None and r[0] == reference(rec, how) for r, rec in zip(results, records, strict=True))
+    correct = sum(is_right(r[0], reference(rec, how)) for r, rec in zip(results, records, strict=True))
     return SpendScore(name=name, accuracy=_accuracy(correct, n), tokens_per_item=sum(r[1] for r in results) / n,
                       ms_per_item=sum(r[2] for r in results) / n, members_per_item=sum(r[3] for r in results) / n,
                       stopped_early=sum(r[4] for r in results) / n)
@@ -303,8 +324,7 @@ def plan_votes(records: Sequence[ItemRecord], own: Rule) -> list[Rule]:
 def _plan(name: str, kind: str, rule: Rule, records: Sequence[ItemRecord],
           results: list[tuple[str | None, float, float, int, bool]], **cascade: float | None) -> PlanScore:
     s = _spend(name, records, results, rule.extract)
-    correct = sum(res[0] is not None and res[0] == reference(r, rule.extract)
-                  for res, r in zip(results, records, strict=True))
+    correct = sum(is_right(res[0], reference(r, rule.extract)) for res, r in zip(results, records, strict=True))
     return PlanScore(name=name, kind=kind, vote=vote_label(rule), accuracy=s.accuracy, correct=correct,
                      tokens_per_item=s.tokens_per_item, ms_per_item=s.ms_per_item,
                      members_per_item=s.members_per_item, stopped_early=s.stopped_early, **cascade)
@@ -355,20 +375,21 @@ def score_items(records: Sequence[ItemRecord], rule: Rule) -> list[ItemScore]:
         ref = reference(r, rule.extract)
         out.append(ItemScore(index=r.index, answer=decision.answer if decision else None,
                              agreement=decision.agreement if decision else 0.0,
-                             correct=decision is not None and decision.answer == ref,
-                             right_seats=sum(a.status == "ok" and vote_of(a, rule.extract) == ref for a in r.answers)))
+                             correct=decision is not None and is_right(decision.answer, ref),
+                             right_seats=sum(a.status == "ok" and is_right(vote_of(a, rule.extract), ref)
+                                             for a in r.answers)))
     return out
 
 
 def leave_one_out(records: Sequence[ItemRecord], rule: Rule) -> list[LeaveOneOut]:
     size = len(records[0].answers)
     full = [council_answer(r.answers, rule) for r in records]
-    base = sum(d == reference(r, rule.extract) for d, r in zip(full, records, strict=True))
+    base = sum(is_right(d, reference(r, rule.extract)) for d, r in zip(full, records, strict=True))
     rows = []
     for m in range(size):
         keep = [i for i in range(size) if i != m]
         without = [council_answer(r.answers, rule, keep) for r in records]
-        correct = sum(d == reference(r, rule.extract) for d, r in zip(without, records, strict=True))
+        correct = sum(is_right(d, reference(r, rule.extract)) for d, r in zip(without, records, strict=True))
         changed = sum(a != b for a, b in zip(full, without, strict=True))
         delta = _accuracy(correct - base, len(records))
         verdict = ("never changes the outcome" if changed == 0 else "lowers it" if delta > 0 else "raises it"
@@ -376,6 +397,24 @@ def leave_one_out(records: Sequence[ItemRecord], rule: Rule) -> list[LeaveOneOut
         rows.append(LeaveOneOut(member=records[0].answers[m].member, accuracy_without=_accuracy(correct, len(records)),
                                 delta=delta, changed_items=changed, verdict=verdict))
     return rows
+
+
+def unknown_logprob_ties(records: Sequence[ItemRecord], rule: Rule) -> int:
+    """Items whose tie went to the tie-break rule `logprob` (or a rule after it) in records that do not say what the
+    live rule read (made before `logprob` was kept): the replay broke those ties by the next rule, live may not
+    have."""
+    rules = [*rule.tie_break, *([] if "order" in rule.tie_break else ["order"])]
+    if "logprob" not in rules:
+        return 0
+    count = 0
+    for r in records:
+        if all(a.logprob_known for a in r.answers if a.status == "ok"):
+            continue
+        decision = council_decision(r.answers, rule)
+        if decision is not None and decision.tie_broken_by is not None and (
+                rules.index(decision.tie_broken_by) >= rules.index("logprob")):
+            count += 1
+    return count
 
 
 def with_caps(records: Sequence[ItemRecord], config: CouncilConfig, council: str) -> list[ItemRecord]:
@@ -395,7 +434,7 @@ def held_out_best(records: Sequence[ItemRecord], how: str) -> float | None:
     ways: picking in hindsight on the same items rewards the luckiest sample."""
     if len(records) < 2:
         return None
-    hits = [[a.status == "ok" and vote_of(a, how) == reference(r, how) for a in r.answers] for r in records]
+    hits = [[a.status == "ok" and is_right(vote_of(a, how), reference(r, how)) for a in r.answers] for r in records]
     correct = 0
     for picked_on, scored_on in ((hits[::2], hits[1::2]), (hits[1::2], hits[::2])):
         totals = [sum(row[m] for row in picked_on) for m in range(len(hits[0]))]
@@ -431,13 +470,18 @@ def score(records: list[ItemRecord], council: str, config: CouncilConfig, data: 
              for s in ("majority", "weighted", "similarity")]
     rules += [Rule("confidence", vote.extract, signal, t, own.tie_break) for signal in ("answer", "reply", "tail")
               for t in (0.5, 1.0, 2.0)]
-    oracle = sum(any(a.status == "ok" and vote_of(a, vote.extract) == reference(r, vote.extract)
+    oracle = sum(any(a.status == "ok" and is_right(vote_of(a, vote.extract), reference(r, vote.extract))
                      for a in r.answers) for r in records)
     best = max(members, key=lambda m: (m.accuracy, -members.index(m)))
     sampled = greedy_and_samples(members, config, council)
     plans = all_plans(records, own, config)
+    notes = []
+    if unsure := unknown_logprob_ties(records, own):
+        notes.append(f"{unsure} of {len(records)} items tied under the council's vote and reached tie_break `logprob` "
+                     "in records made before logprobs were recorded: the replay broke those ties by the next rule, "
+                     "the live council may have answered otherwise")
     return EvalReport(council=council, data=data, items=len(records), unanswered=missing, strategy=own.strategy,
-                      extract=own.extract,
+                      extract=own.extract, notes=notes,
                       members=members, best_member=best.name,
                       best_member_held_out=held_out_best(records, vote.extract),
                       greedy_member=sampled[0].name if sampled else None,

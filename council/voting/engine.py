@@ -103,7 +103,9 @@ class SeatOutcome:
         r = self.reply
         return {"name": self.seat.name, "model": self.seat.model, "weight": self.seat.weight,
                 "status": r.status, "answer": r.text,
-                "extracted": self.extracted, "latency_ms": round(r.latency_ms),
+                # Unrounded, with the mean token logprob: the tie-break rules `latency` and `logprob` read them, and
+                # `council eval` replays the vote from this entry.
+                "extracted": self.extracted, "latency_ms": r.latency_ms, "logprob": r.logprob,
                 "completion_tokens": r.completion_tokens, "prompt_tokens": r.prompt_tokens,
                 "cached_tokens": r.cached_tokens,
                 "draft_acceptance": r.draft_acceptance,
@@ -637,7 +639,8 @@ class CouncilEngine:
                 "extract": vote.extract, "tie_break": list(vote.tie_break),
                 "confidence_temperature": vote.confidence_temperature, **tools,
                 "answers": [{"member": o.seat.name, "text": o.reply.text, "weight": o.seat.weight,
-                             "latency_ms": round(o.reply.latency_ms), "confidence": o.confidence,
+                             "latency_ms": o.reply.latency_ms, "logprob": o.reply.logprob,
+                             "confidence": o.confidence,
                              "completion_tokens": o.reply.completion_tokens,
                              "finish_reason": o.reply.finish_reason, **_calls_record(o)} for o in answer.outcomes
                             if o.reply.status == "ok"]}

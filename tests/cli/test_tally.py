@@ -45,6 +45,22 @@ def test_tally_tie_break_is_reported(tmp_path: Path) -> None:
     assert (decision["answer"], decision["tie_broken_by"]) == ("8", "latency")
 
 
+def test_tally_breaks_a_tie_by_the_recorded_logprob_and_says_when_a_ballot_has_none(tmp_path: Path) -> None:
+    # The answers' logprob was neither recorded nor read: the tie went to `order` ("7") in silence.
+    answers = [{"member": "a", "text": "7", "logprob": -2.0}, {"member": "b", "text": "8", "logprob": -0.1}]
+    path = write(tmp_path, {"extract": "number", "tie_break": ["logprob", "order"], "answers": answers})
+    result = run_cli("tally", str(path))
+    assert result.returncode == 0 and result.stderr == ""
+    assert (json.loads(result.stdout)["answer"], json.loads(result.stdout)["tie_broken_by"]) == ("8", "logprob")
+    old = [{k: v for k, v in a.items() if k != "logprob"} for a in answers]  # a ballot from before it was kept
+    result = run_cli("tally", str(write(tmp_path, {"extract": "number", "tie_break": ["logprob", "order"],
+                                                   "answers": old})))
+    assert result.returncode == 0 and json.loads(result.stdout)["answer"] == "7"
+    assert result.stderr.strip() == (f"note: {path}: the tie reached tie_break `logprob`, but the ballot's answers "
+                                     "have no `logprob` (recorded before it was kept): broken by 'order', the live "
+                                     "council may have answered otherwise")
+
+
 def test_all_abstaining_is_exit_2(tmp_path: Path) -> None:
     path = write(tmp_path, {"extract": "number", "answers": [{"member": "a", "text": "no idea"}]})
     result = run_cli("tally", str(path))
@@ -79,6 +95,14 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path: Path) -> None:
         assert message in result.stderr, (doc, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert run_cli("tally", str(tmp_path / "missing.json")).returncode == 2
+
+
+def test_a_ballot_nested_too_deeply_is_exit_2_with_one_line(tmp_path: Path) -> None:
+    # json.loads raises RecursionError, not ValueError: it was a traceback, exit 1.
+    result = run_cli("tally", str(write(tmp_path, '{"answers": ' + "[" * 100_000 + "]" * 100_000 + "}")))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'ballot.json'}: cannot read the ballot: "
+                                                  "nested too deeply"]
 
 
 def test_tally_confidence_votes_weigh_each_members_recorded_confidence(tmp_path: Path) -> None:

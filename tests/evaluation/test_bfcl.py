@@ -174,6 +174,20 @@ def test_irrelevance_is_right_with_no_call(items: list[BfclItem]) -> None:
     assert not grade(item, [call(name)]).valid
 
 
+def test_empty_arguments_are_a_decoder_failure_as_in_bfcl(items: list[BfclItem]) -> None:
+    # BFCL decodes `arguments` with json.loads, which fails on "": right on irrelevance (no call decoded), wrong on
+    # an item whose right call takes no argument. The port read "" as {} and graded both the other way.
+    empty = {"type": "function", "function": {"name": "", "arguments": ""}}
+    irrelevant = next(i for i in items if i.category == "irrelevance")
+    name = irrelevant.tools[0]["function"]["name"]
+    assert grade(irrelevant, [{**empty, "function": {"name": name, "arguments": ""}}]).valid
+    no_arguments = by_id(items, "live_simple_247-129-0")
+    name = no_arguments.tools[0]["function"]["name"]
+    assert grade(no_arguments, [{**empty, "function": {"name": name, "arguments": "{}"}}]).valid
+    verdict = grade(no_arguments, [{**empty, "function": {"name": name, "arguments": ""}}])
+    assert not verdict.valid and verdict.error_type == "ast_decoder:decoder_failed"
+
+
 def test_schema_problems_name_the_failing_call(items: list[BfclItem]) -> None:
     item = by_id(items, "simple_python_0")
     assert schema_problems(item, reference_calls(item)) == []
@@ -200,3 +214,20 @@ def test_one_question_file_and_its_answers_beside_it(wheel: Path, tmp_path: Path
     gsm = tmp_path / "gsm.jsonl"
     gsm.write_text('{"question": "q", "answer": "1"}\n')
     assert not is_bfcl(gsm)
+
+
+def test_categories_the_grader_does_not_implement_are_refused(wheel: Path, tmp_path: Path) -> None:
+    # simple_java and simple_javascript were graded by the Python rules (BFCL wants their values as strings).
+    with pytest.raises(DatasetError, match=r":1: simple_java, live_relevance: council grades only BFCL's Python AST "
+                                           r"categories \(simple_python, .*live_irrelevance\)"):
+        load_bfcl(wheel, ("simple_python", "simple_java", "live_relevance"))
+    with zipfile.ZipFile(wheel) as z:
+        java = z.read("bfcl_eval/data/BFCL_v4_simple_java.json")
+    (tmp_path / "BFCL_v4_simple_java.json").write_bytes(java)
+    with pytest.raises(DatasetError, match=r"BFCL_v4_simple_java.json:1: simple_java: council grades only"):
+        load_bfcl(tmp_path / "BFCL_v4_simple_java.json")
+    (tmp_path / "mine.json").write_bytes(java)  # another name: each item's id gives its category
+    with pytest.raises(DatasetError, match=r"mine.json:1: simple_java_0 is in simple_java: council grades only"):
+        load_bfcl(tmp_path / "mine.json")
+    assert {i.category for i in load_bfcl(wheel, ("live_multiple", "live_irrelevance"))} == {
+        "live_multiple", "live_irrelevance"}

@@ -13,6 +13,7 @@ from council.evaluation.bfcl import BfclItem, download_wheel, grade, load_bfcl, 
 from council.evaluation.calls import cascade_row, score_calls, vote_argument, vote_set
 from council.evaluation.dataset import DatasetError
 from council.evaluation.record import ItemRecord, MemberAnswer
+from council.policy.schema import VoteConfig
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +125,36 @@ def test_an_item_no_member_answered_counts_wrong_for_every_row(items: dict[str, 
     report = score_calls([r.model_copy(update={"answers": []}) for r in records], chosen, "c", "bfcl",
                          seats=[("c/0", "m"), ("c/1", "m")])
     assert report.unanswered == 2 and [m.hits for m in report.members] == [[False, False]] * 2
+
+
+def test_the_council_rows_replay_the_policys_vote_and_tool_choice(items: dict[str, BfclItem]) -> None:
+    # The "council set" / "council per_argument" rows always decided by majority with the default tie-break and no
+    # tool_choice, whatever the policy said.
+    item = items["simple_python_0"]
+    right = reference_calls(item)
+    wrong = [call("calculate_triangle_area", base=10, height=6)]
+    record = ItemRecord(index=0, line=1, question=item.question, reference=item.reference, wall_ms=1.0,
+                        item_id=item.id, category=item.category,
+                        answers=[seat(0, wrong), seat(1, wrong), seat(2, right, weight=3.0)])
+
+    def rows(**kwargs: Any) -> dict[str, bool]:
+        report = score_calls([record], [item], "c", "d", recover=False, **kwargs)
+        return {row.name: row.hits[0] for row in report.councils if "council " in row.name.removeprefix("council (")}
+
+    both = {"council (council set)", "council (council per_argument)"}
+    assert rows() == dict.fromkeys(both, False)  # majority: the two wrong seats
+    assert rows(vote=VoteConfig(strategy="weighted")) == dict.fromkeys(both, True)  # weight 3 against 2
+    # A tie (1 against 1; the right seat answered in 50 ms, the other in 100) broken as the policy says.
+    faster = seat(1, right).model_copy(update={"latency_ms": 50})
+    tie = record.model_copy(update={"answers": [seat(0, wrong), faster]})
+    by_latency = score_calls([tie], [item], "c", "d", recover=False, vote=VoteConfig(tie_break=["latency", "order"]))
+    assert [r.hits[0] for r in by_latency.councils[2:]] == [True, True]
+    by_order = score_calls([tie], [item], "c", "d", recover=False, vote=VoteConfig(tie_break=["order"]))
+    assert [r.hits[0] for r in by_order.councils[2:]] == [False, False]
+    # tool_choice required: a seat that calls nothing abstains, so "no call" cannot win.
+    no_call = record.model_copy(update={"answers": [seat(0, None, "no"), seat(1, None, "no"), seat(2, right)]})
+    assert not score_calls([no_call], [item], "c", "d", recover=False).councils[2].hits[0]
+    required = score_calls([no_call], [item], "c", "d", recover=False, tool_choice="required")
+    assert [r.hits[0] for r in required.councils[2:]] == [True, True]
+    assert required.vote[0].startswith("council set / council per_argument: strategy majority, tie_break weight, "
+                                       "latency, order, tool_choice required")

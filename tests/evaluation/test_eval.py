@@ -3,10 +3,14 @@ JSON, and bad data files that exit 2 naming the line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -100,6 +104,37 @@ def test_bad_data_files_exit_2_naming_the_line(tmp_path: Path, syn: Path, lines:
     result = run_cli("eval", str(policy), "trio", str(data))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and f"{data}{says}" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("content", "fmt", "says"), [
+    (b"\x8b\x00 not text", "bfcl", ":1: cannot read the file: 'utf-8' codec can't decode byte 0x8b"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "auto", ":1: not valid JSON: maximum recursion depth exceeded"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "bfcl", ":1: not valid JSON: maximum recursion depth exceeded"),
+], ids=["not UTF-8 as bfcl", "too deep, auto", "too deep as bfcl"])
+def test_bfcl_data_that_cannot_be_read_exits_2_naming_the_line(tmp_path: Path, syn: Path, content: bytes, fmt: str,
+                                                        says: str) -> None:
+    # BFCL's loader (and its sniffing under --format auto) let UnicodeDecodeError and RecursionError out as
+    # tracebacks, exit 1, where the QA loader names the line.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(content)
+    result = run_cli("eval", str(policy), "trio", str(data), "--format", fmt)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and f"{data}{says}" in result.stderr, result.stderr
+
+
+def test_eval_refuses_references_the_councils_extractor_cannot_read(tmp_path: Path, syn: Path) -> None:
+    # Letters under `extract: number` read as nothing: every abstaining member was scored right on them.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn).replace("extract: text", "extract: number"))
+    assert "extract: number" in policy.read_text()
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "4"},
+                                           {"question": "r", "choices": ["x", "y"], "answer": "B"}])
+    result = run_cli("eval", str(policy), "trio", str(data), "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"error: {data}:2: answer 'B' cannot be read by the council's extractor number "
+                                     "(vote.extract): no member's answer could be scored right against it")
 
 
 def test_eval_refuses_an_unknown_council(tmp_path: Path, syn: Path) -> None:
@@ -198,6 +233,104 @@ def test_eval_refuses_an_output_in_no_folder(tmp_path: Path, syn: Path, option: 
     assert result.returncode == 2 and f"{option} {target}: no such folder" in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("option", ["--json", "--html", "--record"])
+def test_eval_refuses_an_output_that_is_a_folder(tmp_path: Path, syn: Path, option: str) -> None:
+    # Only the parent was checked: the whole run was asked, then writing the report was a traceback, exit 1.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}])
+    result = run_cli("eval", str(policy), "trio", str(data), option, str(tmp_path), "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: {option} {tmp_path}: is a folder"
+
+
+@contextlib.contextmanager
+def stub_router(status: int, content_type: str, body: bytes) -> Iterator[str]:
+    """An HTTP server answering every request with one reply (a server that is not `council serve`)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _reply
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+CHAT = {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",
+                                                                                   "content": "1"}}]}
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (json.dumps(CHAT).encode(), "has no `council.members` (a chat completion without it)"),
+    (b"<html>not json", "has no `council.members` (not JSON)"),
+    (json.dumps({**CHAT, "council": {"members": [1, 2]}}).encode(),
+     "has members of another shape (TypeError: 'int' object is not subscriptable)"),
+], ids=["an OpenAI server", "not JSON", "members of another shape"])
+def test_eval_url_of_no_council_router_is_one_line_exit_2(tmp_path: Path, syn: Path, body: bytes, says: str) -> None:
+    # A 200 without `council` was a KeyError traceback, a body that is not JSON a JSONDecodeError, both exit 1.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}])
+    with stub_router(200, "application/json", body) as url:
+        result = run_cli("eval", str(policy), "trio", str(data), "--url", url, "--json", str(tmp_path / "r.json"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: {url} is not a council router: its reply to item 0 {says}"
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_url_that_is_no_url_is_one_line_exit_2(tmp_path: Path, syn: Path) -> None:
+    # httpx raised InvalidURL as the client was made: a traceback, exit 1.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}])
+    result = run_cli("eval", str(policy), "trio", str(data), "--url", "http://[::1")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("error: --url http://[::1: not a URL (")
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_eval_url_without_a_scheme_is_exit_2_and_one_never_reached_exit_1(tmp_path: Path, syn: Path) -> None:
+    # Both asked every item, failed each as unreachable, and wrote a 0% report, exit 0.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}, {"question": "r", "answer": "2"}])
+    report = tmp_path / "r.json"
+    result = run_cli("eval", str(policy), "trio", str(data), "--url", "127.0.0.1:8080", "--json", str(report))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "error: --url 127.0.0.1:8080: not an http:// or https:// URL (e.g. " \
+                                    "http://127.0.0.1:8080)"
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run_cli("eval", str(policy), "trio", str(data), "--url", f"http://127.0.0.1:{port}", "--json", str(report))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().startswith(f"error: cannot reach http://127.0.0.1:{port}: ConnectError")
+    assert result.stderr.strip().count("\n") == 0 and not report.exists()
+    # Reached, but no item answered (here: every request refused): a failed run too, with the first item's reason.
+    refused = json.dumps({"error": {"message": "no such council"}}).encode()
+    with stub_router(404, "application/json", refused) as url:
+        result = run_cli("eval", str(policy), "trio", str(data), "--url", url, "--json", str(report))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == f"error: no item was answered by {url}: 404: no such council"
+    assert not report.exists()
+
+
 def test_eval_against_a_running_serve(tmp_path: Path, syn: Path, serve: Callable[..., CouncilServer]) -> None:
     """`--url`: the running router's council answers with every member (the request asks it not to stop early)."""
     server = serve(council_policy(syn))
@@ -269,7 +402,12 @@ def test_eval_on_bfcl_items_with_a_real_model(tmp_path: Path, llama_server_bin: 
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (["--categories", "simple_python,no_such"], "no BFCL_v4_no_such.json in it"),
+    # Categories the port does not grade (BFCL grades Java/JS values as strings, and the others with other checkers)
+    # were graded by the Python rules or refused blaming the data file.
+    *[(["--categories", f"simple_python,{c}"], f"--categories {c}: council grades only BFCL's Python AST categories "
+       "(simple_python, multiple, parallel, parallel_multiple, irrelevance, live_simple, live_multiple, live_parallel, "
+       "live_parallel_multiple, live_irrelevance)") for c in ("simple_java", "simple_javascript", "live_relevance",
+                                                              "multi_turn_base", "format_sensitivity", "no_such")],
     (["--format", "xml"], "--format must be auto, qa or bfcl"),
     (["--tool-choice", "always"], "--tool-choice must be auto, required or none"),
 ])

@@ -70,6 +70,25 @@ def test_a_recording_of_other_data_is_refused_not_reused(tmp_path: Path) -> None
     assert asked == []
 
 
+def test_a_resumed_record_is_scored_against_the_datas_reference_now(tmp_path: Path) -> None:
+    # The record's own reference was scored: an answer corrected in the data after a run counted for nothing.
+    items = data(tmp_path)
+    path = tmp_path / "r.jsonl"
+    path.write_text(recorded(items[0]) + "\n" + recorded(items[1], "6") + "\n")
+    (tmp_path / "data.jsonl").write_text("\n" + "".join(json.dumps(line) + "\n" for line in [
+        {"question": "two and two?", "answer": "4"}, {"question": "three and three?", "answer": "7"}]))
+    fixed = list(load_items(tmp_path / "data.jsonl"))
+    done = resumable(path, fixed)
+    assert [(r.reference, r.line) for r in done.values()] == [("4", 2), ("7", 3)]
+
+    async def ask(item: AnyItem) -> tuple[list[MemberAnswer], str | None]:
+        raise AssertionError("nothing is asked again")
+
+    records = asyncio.run(record_items(ask, fixed, append_to=path, done=done))
+    assert [r.reference for r in records] == ["4", "7"]
+    assert [r.answers[0].text for r in records] == ["4", "6"]  # the answers stay as recorded
+
+
 def seated(item: AnyItem, *seats: str) -> ItemRecord:
     return ItemRecord(index=item.index, line=item.line, question=item.question, reference=item.reference,
                       wall_ms=1.0, answers=[MemberAnswer(member=s, model="m", status="ok", text=s) for s in seats])

@@ -4,16 +4,24 @@ offline as they do live, old records included."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from council.evaluation.record import ItemRecord, MemberAnswer
+from council.evaluation.record import ItemRecord, MemberAnswer, _from_outcomes
 from council.evaluation.report import print_report
 from council.evaluation.score import EvalReport, Rule, council_answer, score, score_members
 from council.policy.schema import CouncilConfig
+from council.voting.client import MemberReply
+from council.voting.request import CouncilRequest
+from tests.conftest import run_cli
+from tests.voting.fakes import Say, council
 
 SAMPLES = CouncilConfig.model_validate({
     "members": [{"model": "q", "sampling": {"temperature": 0, "max_tokens": 400}},
@@ -148,3 +156,72 @@ def test_an_item_no_member_answered_is_scored_wrong_for_every_member_and_the_cou
     report = score(nothing, "sc", SAMPLES, "data.jsonl")
     assert report.unanswered == 3 and [m.name for m in report.members] == SEATS
     assert report.council_accuracy == 0.0 and all(m.correct == 0 for m in report.members)
+
+
+def test_an_abstention_is_never_right_even_where_the_reference_reads_as_nothing() -> None:
+    # Multiple-choice references under `extract: number` read as None, as does every "I do not know": each member,
+    # the oracle, the held-out best member, every item's right seats and leave-one-out said 100% (None == None)
+    # while the council said 0%.
+    answers = ["I do not know.", "No idea.", "The answer is 7."]
+    recorded = [ItemRecord(index=i, line=i + 1, question=f"q{i}", reference="B", wall_ms=1.0, answers=[
+        MemberAnswer(member=f"c/{k}", model="q", status="ok", text=text, completion_tokens=5)
+        for k, text in enumerate(answers)]) for i in range(2)]
+    config = CouncilConfig.model_validate({"members": [{"model": "q"}] * 3, "vote": {"extract": "number"}})
+    report = score(recorded, "c", config, "data.jsonl")
+    assert [m.correct for m in report.members] == [0, 0, 0]
+    assert report.oracle == 0.0 and report.best_member_held_out == 0.0 and report.council_accuracy == 0.0
+    assert [i.right_seats for i in report.items_scored] == [0, 0] and not any(i.correct for i in report.items_scored)
+    assert [row.accuracy_without for row in report.leave_one_out] == [0.0, 0.0, 0.0]
+    assert all(s.correct == 0 for s in report.strategies if s.extract == "number")
+    assert all(p.correct == 0 for p in report.plans) and all(s.accuracy == 0.0 for s in report.spend)
+
+
+@dataclass(frozen=True)
+class Timed(Say):
+    """A scripted reply with a fixed latency (ms) and mean token logprob."""
+
+    latency: float = 0.0
+    logprob: float = 0.0
+
+    def reply(self, latency_ms: float) -> MemberReply:
+        return dataclasses.replace(super().reply(latency_ms), latency_ms=self.latency, logprob=self.logprob)
+
+
+@pytest.mark.parametrize(("tie_break", "seats"), [
+    (["logprob", "order"], [Timed("1", latency=50.0, logprob=-2.0), Timed("2", latency=50.0, logprob=-0.1)]),
+    (["latency", "order"], [Timed("1", latency=1000.4, logprob=-1.0), Timed("2", latency=1000.0, logprob=-1.0)]),
+], ids=["logprob", "latency within a millisecond"])
+def test_a_tie_is_replayed_as_the_live_council_broke_it(tmp_path: Path, tie_break: list[str],
+                                                        seats: list[Timed]) -> None:
+    # The records and the ballot record kept no logprob and whole milliseconds: `council eval` and `council tally`
+    # broke these ties by `order` ("1") where the live council answered "2".
+    engine, _ = council({"vote": {"strategy": "majority", "extract": "number", "tie_break": tie_break}}, *seats)
+    live = asyncio.run(engine.ask(CouncilRequest.of({"messages": [{"role": "user", "content": "q"}]},
+                                                    early_stop=False)))
+    assert (live.decision.answer, live.decision.tie_broken_by) == ("2", tie_break[0])
+    vote = engine.config.vote
+    rule = Rule(vote.strategy, vote.extract, tie_break=tuple(vote.tie_break))
+    answers = [MemberAnswer.model_validate_json(a.model_dump_json()) for a in _from_outcomes(live.outcomes)]
+    assert council_answer(answers, rule) == "2"  # as `council eval` re-scores a recording
+    ballot = tmp_path / "ballot.json"
+    ballot.write_text(json.dumps(engine.ballots.get(live.id)))
+    tallied = run_cli("tally", str(ballot))
+    assert tallied.returncode == 0, tallied.stderr
+    assert (json.loads(tallied.stdout)["answer"], tallied.stderr) == ("2", "")
+
+
+def test_a_tie_a_record_cannot_replay_is_said_so() -> None:
+    # Records made before `logprob` was kept: the tie goes past `logprob` to `order`, and the report says so.
+    def item(index: int, **logprobs: float) -> ItemRecord:
+        return ItemRecord(index=index, line=index + 1, question="q", reference="2", wall_ms=1.0, answers=[
+            MemberAnswer(member=f"c/{k}", model="m", status="ok", text=text, **logprobs)
+            for k, text in enumerate(("1", "2"))])
+
+    config = CouncilConfig.model_validate({"members": [{"model": "m"}] * 2,
+                                           "vote": {"extract": "number", "tie_break": ["logprob", "order"]}})
+    old = score([item(0), item(1)], "c", config, "d.jsonl")
+    assert old.notes == ["2 of 2 items tied under the council's vote and reached tie_break `logprob` in records made "
+                         "before logprobs were recorded: the replay broke those ties by the next rule, the live "
+                         "council may have answered otherwise"]
+    assert "note: 2 of 2 items tied" in printed(old)
+    assert score([item(0, logprob=-1.0)], "c", config, "d.jsonl").notes == []  # recorded: nothing to say
