@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -118,7 +119,12 @@ def tune(
     # during the sweep) costs only itself.
     json_error = _save_json(json_path, doc)
     if write:
-        _write(Path(policy), model, draft.is_auto, best, doc["step_cost"])
+        try:
+            _write(Path(policy), model, draft.is_auto, best, doc["step_cost"])
+        except typer.Exit:
+            if json_error:  # the rows were not kept either: both are said
+                err.print(f"[red]error:[/red] {json_error}", highlight=False, soft_wrap=True)
+            raise
     if json_error:
         raise fail(json_error, 2)
 
@@ -203,6 +209,13 @@ def _check_writable(path: Path, model: str, auto: bool) -> None:
         set_values(path.read_text(), _edits(model, auto, _PROBE_N, _PROBE_COST))
     except EditError as exc:
         raise fail(f"cannot --write models.{model}.draft in {path}: {exc}", 2) from None
+    # The edit is written beside the policy (where a link points) and moved over it: a folder or a file that cannot
+    # be written is found now, not after the sweep's minutes.
+    real = path.resolve()
+    if not os.access(real.parent, os.W_OK | os.X_OK):
+        raise fail(f"cannot --write {path}: its folder {real.parent} is not writable", 2)
+    if not os.access(real, os.W_OK):
+        raise fail(f"cannot --write {path}: the file is not writable", 2)
 
 
 def _write(path: Path, model: str, auto: bool, best: int, step_cost: dict[str, float]) -> None:
@@ -211,7 +224,11 @@ def _write(path: Path, model: str, auto: bool, best: int, step_cost: dict[str, f
     from council.policy.editing import EditError, set_values
     from council.policy.loading import PolicyError, load_policy_text
 
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:  # removed or changed during the sweep
+        reason = getattr(exc, "strerror", None) or exc
+        raise fail(f"cannot read {path} again: {reason}; nothing is written", 1) from None
     try:
         edited = set_values(text, _edits(model, auto, best, step_cost))
     except EditError as exc:
@@ -224,15 +241,19 @@ def _write(path: Path, model: str, auto: bool, best: int, step_cost: dict[str, f
     # A linked policy (/etc/council/policy.yaml -> a checkout) is edited where it lives, not replaced by a copy, and
     # keeps its mode: the temporary file is created with it, never readable by more than the policy was.
     real = path.resolve()
-    mode = stat.S_IMODE(real.stat().st_mode)
     tmp = real.with_name(real.name + ".tune-tmp")
-    tmp.unlink(missing_ok=True)
     try:
+        mode = stat.S_IMODE(real.stat().st_mode)
+        tmp.unlink(missing_ok=True)
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as file:
             os.fchmod(file.fileno(), mode)  # os.open's mode is narrowed by the umask
             file.write(edited)
         tmp.replace(real)
+    except OSError as exc:
+        # Its folder made read-only during the sweep, a full disk: the policy is as it was, and says so in one line.
+        raise fail(f"cannot write {path}: {exc.strerror or exc}; {path} is unchanged", 1) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never created, or its folder cannot be written
+            tmp.unlink(missing_ok=True)
     where = "auto.start" if auto else "n_max"
     out.print(f"wrote {where}: {best} and step_cost to models.{model}.draft in {path}", highlight=False)

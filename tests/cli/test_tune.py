@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import stat
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -379,3 +382,80 @@ def test_json_that_cannot_be_written_after_the_sweep_costs_only_itself(tmp_path:
     (tmp_path / "out").mkdir()
     run = tune_given(policy, {0: 10.0, 2: 20.0}, "--n", "0,2", "--json", str(out))
     assert run.code == 0 and json.loads(out.read_text())["recommended"] == 2
+
+
+# --- a policy --write cannot write -----------------------------------------------------------------------------------
+
+
+def _can_create_in(folder: Path) -> bool:
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        return False
+    (folder / "probe").unlink()
+    return True
+
+
+@pytest.fixture
+def lock() -> Iterator[Callable[[Path, bool], None]]:
+    """`lock(path, immutable)`: make a file or folder unwritable, for this user even as root: `chmod a-w` where that
+    stops it, else `chattr +i`, which `immutable=True` asks for (a file whose mode says read-only can still be
+    replaced by a rename). Skips where neither works; undone at teardown, so pytest can remove its folders."""
+    undo: list[Callable[[], None]] = []
+
+    def chattr(path: Path, flag: str) -> bool:
+        return shutil.which("chattr") is not None and subprocess.run(
+            ["chattr", flag, str(path)], capture_output=True, check=False).returncode == 0
+
+    def locked(path: Path, immutable: bool) -> None:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if not immutable:
+            path.chmod(mode & ~0o222)
+            undo.append(lambda: path.chmod(mode))
+            if not path.is_dir() or not _can_create_in(path):
+                return
+        if not chattr(path, "+i"):
+            pytest.skip("chmod does not stop this user and `chattr +i` is not available here")
+        undo.append(lambda: chattr(path, "-i"))
+
+    yield locked
+    for step in reversed(undo):
+        step()
+
+
+@pytest.mark.parametrize("which", ["folder", "file"])
+def test_write_to_a_policy_that_cannot_be_written_is_refused_before_the_sweep(
+        tmp_path: Path, syn: Path, lock: Callable[[Path, bool], None], which: str) -> None:
+    """Found after the sweep's minutes, it was a PermissionError traceback, exit 1; now one line, exit 2, before any
+    llama-server starts (`council tune` without --write still runs: tests below)."""
+    (tmp_path / "etc").mkdir()
+    policy = tmp_path / "etc" / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn))
+    before = policy.read_bytes()
+    lock(policy.parent if which == "folder" else policy, which == "file")
+    result = run_cli("tune", str(policy), "syn", "--n", "0,1", "--write", env={"LLAMA_SERVER": "/nonexistent"})
+    says = f"its folder {policy.parent} is not writable" if which == "folder" else "the file is not writable"
+    assert result.returncode == 2 and result.stderr.strip() == f"error: cannot --write {policy}: {says}", result.stderr
+    assert result.stdout == ""  # nothing was tuned
+    assert policy.read_bytes() == before
+
+
+@pytest.mark.parametrize("which", ["folder", "file"])
+def test_a_policy_that_cannot_be_written_after_the_sweep_is_one_line_and_unchanged(
+        tmp_path: Path, syn: Path, tune_given: Callable[..., TuneRun], lock: Callable[[Path, bool], None],
+        which: str) -> None:
+    """The folder (no temporary file can be made) or the file (the temporary file is made, then cannot replace it)
+    made read-only during the sweep: a traceback, exit 1, that could leave `policy.yaml.tune-tmp` behind."""
+    (tmp_path / "etc").mkdir()
+    policy = tmp_path / "etc" / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn))
+    before = policy.read_bytes()
+    run = tune_given(policy, {0: 10.0, 2: 20.0}, "--n", "0,2", "--write",
+                     during=lambda n: lock(policy.parent if which == "folder" else policy, which == "file")
+                     if n == 2 else None)
+    assert run.code == 1 and run.measured == [0, 2]
+    assert "recommended: n_max 2" in run.stdout
+    assert re.fullmatch(rf"error: cannot write {re.escape(str(policy))}: (Permission denied|Operation not "
+                        rf"permitted); {re.escape(str(policy))} is unchanged", run.stderr.splitlines()[-1]), run.stderr
+    assert policy.read_bytes() == before
+    assert [p.name for p in policy.parent.iterdir()] == ["policy.yaml"]
