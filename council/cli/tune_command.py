@@ -218,6 +218,16 @@ def _check_writable(path: Path, model: str, auto: bool) -> None:
         raise fail(f"cannot --write {path}: the file is not writable", 2)
 
 
+def _read_policy(path: Path) -> tuple[str, str]:
+    """The policy's text with LF line ends, as the loader and the editor read it, and the line end the file has
+    (its most common one), to write it back with. A byte order mark stays in the text, so it is written back too."""
+    with path.open(newline="") as file:  # the loader's encoding, line ends as they are
+        raw = file.read()
+    crlf = raw.count("\r\n")
+    counts = {"\n": raw.count("\n") - crlf, "\r\n": crlf, "\r": raw.count("\r") - crlf}
+    return raw.replace("\r\n", "\n").replace("\r", "\n"), max(counts, key=counts.__getitem__)
+
+
 def _write(path: Path, model: str, auto: bool, best: int, step_cost: dict[str, float]) -> None:
     """Edit the policy text in place (comments kept): the best n (`auto.start` under `n_max: auto`) and the
     measured step costs, then check the edited file still loads."""
@@ -225,7 +235,7 @@ def _write(path: Path, model: str, auto: bool, best: int, step_cost: dict[str, f
     from council.policy.loading import PolicyError, load_policy_text
 
     try:
-        text = path.read_text()
+        text, newline = _read_policy(path)
     except (OSError, UnicodeDecodeError) as exc:  # removed or changed during the sweep
         reason = getattr(exc, "strerror", None) or exc
         raise fail(f"cannot read {path} again: {reason}; nothing is written", 1) from None
@@ -245,7 +255,7 @@ def _write(path: Path, model: str, auto: bool, best: int, step_cost: dict[str, f
     try:
         mode = stat.S_IMODE(real.stat().st_mode)
         tmp.unlink(missing_ok=True)
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as file:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", newline=newline) as file:
             os.fchmod(file.fileno(), mode)  # os.open's mode is narrowed by the umask
             file.write(edited)
         tmp.replace(real)

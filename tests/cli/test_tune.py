@@ -459,3 +459,23 @@ def test_a_policy_that_cannot_be_written_after_the_sweep_is_one_line_and_unchang
                         rf"permitted); {re.escape(str(policy))} is unchanged", run.stderr.splitlines()[-1]), run.stderr
     assert policy.read_bytes() == before
     assert [p.name for p in policy.parent.iterdir()] == ["policy.yaml"]
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\r"])
+def test_write_keeps_the_policys_line_ends_and_byte_order_mark(tmp_path: Path, syn: Path, newline: str,
+                                                               tune_given: Callable[..., TuneRun]) -> None:
+    """A policy written on Windows (CRLF, a UTF-8 byte order mark) came back with LF line ends: every line of it
+    changed, for the one value --write meant to change."""
+    policy = tmp_path / "policy.yaml"
+    text = "\ufeff# réglé à la main\n" + POLICY.format(path=syn)
+    policy.write_bytes(text.replace("\n", newline).encode())
+    run = tune_given(policy, {0: 10.0, 1: 15.0, 2: 30.0}, "--n", "0,1,2", "--write")
+    assert run.code == 0, run.stderr
+    draft = load_policy(policy).policy.models["syn"].draft
+    assert draft.n_max == 2 and set(draft.step_cost) == {0, 1, 2}
+    written = policy.read_bytes()
+    assert written.startswith("\ufeff# réglé à la main".encode() + newline.encode())
+    ends = written.count(newline.encode())
+    assert ends == len(text.splitlines()) and written.count(b"\r") + written.count(b"\n") == ends * len(newline)
+    cost = ", ".join(f"{k}: {v:.3f}" for k, v in draft.step_cost.items())
+    assert written.decode() == text.replace("n_max: 3}", f"n_max: 2, step_cost: {{{cost}}}}}").replace("\n", newline)
