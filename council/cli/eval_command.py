@@ -32,7 +32,7 @@ def eval_(
     html_out: Annotated[str | None, typer.Option("--html", help="Write the report as one self-contained page of "
                                                                 "charts, drawn from the same JSON.")] = None,
     record: Annotated[str | None, typer.Option(help="Append each item's answers to this JSONL as they come, "
-                                                    "and skip items already in it (resume).")] = None,
+                                                    "and skip items every seat answered in it (resume).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per item with --url.")] = 1800.0,
     data_format: Annotated[str, typer.Option("--format", help="auto (BFCL's files are recognised), qa or bfcl.")
                            ] = "auto",
@@ -51,6 +51,7 @@ def eval_(
     from council.evaluation.record import (
         NotACouncil,
         RecordError,
+        drop_asked_again,
         http_asker,
         in_one_seat_order,
         record_items,
@@ -104,6 +105,16 @@ def eval_(
         done = resumable(append_to, items, seats) if append_to is not None else {}  # read before any member starts
     except RecordError as exc:
         raise fail(str(exc), 2) from None
+    again: dict[int, str] = {}
+    if append_to is not None:
+        try:
+            again = drop_asked_again(append_to, items, done)
+        except OSError as exc:
+            raise fail(f"cannot rewrite {record} without the items to ask again: {exc.strerror or exc}", 1) from None
+        if again:
+            which = ", ".join(map(str, list(again)[:10])) + (", …" if len(again) > 10 else "")
+            out.print(f"asking {len(again)} item{'s' * (len(again) > 1)} of {record} again, where a seat did not "
+                      f"answer (timed out or failed): {which}", highlight=False)
     if url is not None and any(item.index not in done for item in items):  # (all resumed: nothing is asked)
         _reach_or_exit(url)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -117,7 +128,7 @@ def eval_(
             asker = http_asker(url, council, os.environ.get("COUNCIL_API_KEY"), timeout, extra)
             try:
                 records = asyncio.run(record_items(asker, items, concurrency=concurrency, append_to=append_to,
-                                                   on_record=advance, done=done))
+                                                   on_record=advance, done=done, replacing=again))
             except NotACouncil as exc:
                 raise fail(str(exc), 2) from None
             asked = [r for r in records if r.index not in done]
@@ -127,7 +138,7 @@ def eval_(
                 raise fail(f"no item was answered by {url}: {asked[0].error}", 1)
         else:
             records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance, done,
-                                               extra))
+                                               again, extra))
     try:
         # Resumed and new answers scored as one council's (with --url, the router's may not be the recording's).
         records = in_one_seat_order(records, seats)
@@ -205,7 +216,8 @@ def _write(path: str, text: str, record: str | None) -> None:
 
 
 async def _record_here(loaded: Any, council: str, items: list[Any], concurrency: int, append_to: Path | None,
-                       advance: Any, done: dict[int, Any], extra: dict[str, Any] | None = None) -> list[Any]:
+                       advance: Any, done: dict[int, Any], replacing: dict[int, str],
+                       extra: dict[str, Any] | None = None) -> list[Any]:
     """Start the council's members, record every item, stop them."""
     from council.evaluation.record import engine_asker, in_seat_order, record_items
     from council.members.process import LifeConfig
@@ -235,7 +247,7 @@ async def _record_here(loaded: Any, council: str, items: list[Any], concurrency:
         if failed:
             raise fail(f"members failed to start: {', '.join(failed)} (see `council up`)", 1)
         return await record_items(engine_asker(assembly.engines[council], extra), items, concurrency=concurrency,
-                                  append_to=append_to, on_record=advance, done=done)
+                                  append_to=append_to, on_record=advance, done=done, replacing=replacing)
     finally:
         await assembly.supervisor.stop()
 

@@ -8,8 +8,11 @@ these records. Records can be appended to a JSONL file as they come, and a run r
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +77,11 @@ class ItemRecord(BaseModel):
     # Function-calling data (BFCL): the item's id and category; `reference` is its ground truth as JSON.
     item_id: str | None = None
     category: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every seat answered: none timed out or failed. A resumed run asks the other items again."""
+        return bool(self.answers) and all(a.status == "ok" for a in self.answers)
 
 
 def unanswered(records: Sequence[ItemRecord]) -> int:
@@ -224,7 +232,8 @@ def resumable(path: Path, items: Sequence[AnyItem], seats: Sequence[Sequence[str
     of other data, whose answers would be scored against this data's references). With `seats` (the seat names the
     council may run with: as declared, its fallback), each record's answers are put in that order by name, and a
     record of other seats is refused (see `in_seat_order`). Each record carries the data's reference, not the one
-    it was recorded with."""
+    it was recorded with. A record where a seat did not answer (it timed out or failed) is not returned: the item is
+    asked again, every seat (`record_items` replaces its line)."""
     by_index = {item.index: item for item in items}
     done: dict[int, ItemRecord] = {}
     for number, record in _numbered_records(path):
@@ -244,8 +253,47 @@ def resumable(path: Path, items: Sequence[AnyItem], seats: Sequence[Sequence[str
                               "made with")
         if order is not None:
             seats = [order]  # one file, one council: not the declared seats for one item and the fallback's for another
+        if not record.complete:
+            # A member's hiccup (a timeout, a process that died) is not what the run measures, and kept, it could
+            # never be mended: the item is asked again. Every seat, as the live council asks them: seats of one
+            # model share one request, and a seat asked alone would answer from another prefill.
+            done.pop(record.index, None)
+            continue
         done[record.index] = record
     return done
+
+
+def _item_id(item: AnyItem) -> str | None:
+    return item.id if isinstance(item, BfclItem) else None
+
+
+def drop_asked_again(path: Path, items: Sequence[AnyItem], done: Mapping[int, ItemRecord]) -> dict[int, str]:
+    """Rewrite `path` without the records of the items `done` lacks (`resumable` left out those where a seat did not
+    answer): they are asked again and their new answers appended, one line per item, so a reader of the file never
+    counts one twice. Returns the lines taken out, by item index. The other lines stay as they were; the file is
+    replaced at once, keeping its mode (OSError when that fails)."""
+    again = {(item.index, _item_id(item)) for item in items if item.index not in done}
+    if not again or not path.is_file():
+        return {}
+    dropped: dict[int, str] = {}
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        record = ItemRecord.model_validate_json(line) if line.strip() else None
+        if record is not None and (record.index, record.item_id) in again:
+            dropped[record.index] = line.rstrip("\n")
+        else:
+            kept.append(line)
+    if not dropped:
+        return {}
+    handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            os.fchmod(file.fileno(), stat.S_IMODE(path.stat().st_mode))
+            file.writelines(kept)
+        Path(name).replace(path)
+    finally:
+        Path(name).unlink(missing_ok=True)
+    return dict(sorted(dropped.items()))
 
 
 def _seat_difference(recorded: Sequence[str], council: Sequence[str], mine: str = "the record",
@@ -306,16 +354,21 @@ def _short(text: str, size: int = 60) -> str:
 
 async def record_items(ask: Asker, items: Sequence[AnyItem], *, concurrency: int = 1, append_to: Path | None = None,
                        on_record: Callable[[ItemRecord], None] | None = None,
-                       done: dict[int, ItemRecord] | None = None) -> list[ItemRecord]:
+                       done: dict[int, ItemRecord] | None = None,
+                       replacing: Mapping[int, str] | None = None) -> list[ItemRecord]:
     """Ask every item (`concurrency` at a time); items already in `append_to` are not asked again (`done`: those
-    records, when the caller has read them already with `resumable`)."""
+    records, when the caller has read them already with `resumable`). The record in `append_to` of an item asked
+    again (a seat did not answer) is taken out before anything is asked and the new answers appended (`replacing`:
+    those lines, when the caller has taken them out with `drop_asked_again`)."""
     if done is None:
         done = resumable(append_to, items) if append_to is not None else {}
+    if replacing is None:
+        replacing = drop_asked_again(append_to, items, done) if append_to is not None else {}
     gate = asyncio.Semaphore(concurrency)
     sink = append_to.open("a") if append_to is not None else None
 
     async def one(item: Item) -> ItemRecord:
-        item_id = item.id if isinstance(item, BfclItem) else None
+        item_id = _item_id(item)
         if item.index in done:
             record = done[item.index]
         else:
@@ -328,9 +381,11 @@ async def record_items(ask: Asker, items: Sequence[AnyItem], *, concurrency: int
                                     item_id=item_id,
                                     category=item.category if isinstance(item, BfclItem) else None)
             # An item no member answered (a dead process, a deadline on a busy machine) is not kept: a resumed
-            # run asks it again.
-            if sink is not None and any(a.status == "ok" for a in record.answers):
-                sink.write(record.model_dump_json() + "\n")
+            # run asks it again. One asked again keeps the answers it had (this run scores what it got now).
+            line = record.model_dump_json() if any(a.status == "ok" for a in record.answers) else \
+                replacing.get(item.index)
+            if sink is not None and line is not None:
+                sink.write(line + "\n")
                 sink.flush()
         if on_record is not None:
             on_record(record)

@@ -245,12 +245,15 @@ def test_eval_refuses_an_output_that_is_a_folder(tmp_path: Path, syn: Path, opti
 
 
 @contextlib.contextmanager
-def stub_router(status: int, content_type: str, body: bytes) -> Iterator[str]:
-    """An HTTP server answering every request with one reply (a server that is not `council serve`)."""
+def stub_router(status: int, content_type: str, body: bytes, posted: list[dict] | None = None) -> Iterator[str]:
+    """An HTTP server answering every request with one reply (a server that is not `council serve`); the bodies
+    POSTed to it are appended to `posted`."""
 
     class Handler(BaseHTTPRequestHandler):
         def _reply(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length") or 0))
+            sent = self.rfile.read(int(self.headers.get("content-length") or 0))
+            if posted is not None and self.command == "POST":
+                posted.append(json.loads(sent))
             self.send_response(status)
             self.send_header("content-type", content_type)
             self.send_header("content-length", str(len(body)))
@@ -423,3 +426,47 @@ def test_eval_on_bfcl_refuses_bad_options(tmp_path: Path, syn: Path, args: list[
     policy.write_text(council_policy(syn))
     result = run_cli("eval", str(policy), "trio", str(wheel), *args)
     assert result.returncode == 2 and says in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def test_a_resumed_record_asks_again_the_items_a_seat_did_not_answer(tmp_path: Path) -> None:
+    """An item where a seat timed out (a member's hiccup) was kept in --record and never asked again, so a run a
+    member's restart interrupted could not be completed: every resume scored that seat wrong on it. It is asked
+    again, every seat, and its line replaced: the file keeps one line per item."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_yaml({"m": {"remote": {"model": "openai/x"}}},
+                                  {"trio": {"members": [{"model": "m", "name": n} for n in "abc"],
+                                            "vote": {"strategy": "majority", "extract": "text"}}}))
+    data = write(tmp_path / "data.jsonl", [{"question": "q0", "answer": "x"}, {"question": "q1", "answer": "y"}])
+    seats = [{"member": "a", "model": "m", "status": "ok", "text": "x"},
+             {"member": "b", "model": "m", "status": "ok", "text": "x"},
+             {"member": "c", "model": "m", "status": "ok", "text": "z"}]
+    complete = {"index": 0, "line": 1, "question": "q0", "reference": "x", "wall_ms": 1.0, "answers": seats}
+    hiccup = {"index": 1, "line": 2, "question": "q1", "reference": "y", "wall_ms": 1.0, "error": None,
+              "answers": [{**seats[0], "text": "n"}, {"member": "b", "model": "m", "status": "timeout", "text": None,
+                                                      "error": "no answer within the council's 60s"},
+                          {**seats[2], "text": "n"}]}
+    record = write(tmp_path / "r.jsonl", [complete, hiccup])
+    first_line = record.read_text().splitlines()[0]
+    answered = json.dumps({**CHAT, "council": {"members": [
+        {"name": n, "model": "m", "status": "ok", "answer": "y", "latency_ms": 5.0} for n in "abc"]}}).encode()
+    posted: list[dict] = []
+    report = tmp_path / "report.json"
+    with stub_router(200, "application/json", answered, posted) as url:
+        result = run_cli("eval", str(policy), "trio", str(data), "--record", str(record), "--url", url,
+                         "--json", str(report))
+        assert result.returncode == 0, result.stderr
+        assert [body["messages"][-1]["content"] for body in posted] == ["q1"]  # the item, every seat of it
+        assert f"asking 1 item of {record} again, where a seat did not answer (timed out or failed): 1" \
+            in result.stdout
+        lines = record.read_text().splitlines()
+        assert len(lines) == 2 and lines[0] == first_line  # replaced, not appended beside the old answers
+        again = json.loads(lines[1])
+        assert again["index"] == 1 and [(a["member"], a["status"], a["text"]) for a in again["answers"]] == [
+            ("a", "ok", "y"), ("b", "ok", "y"), ("c", "ok", "y")]
+        doc = json.loads(report.read_text())
+        assert [(m["name"], m["correct"]) for m in doc["members"]] == [("a", 2), ("b", 2), ("c", 1)]
+        # Complete now: the next resume asks nothing and leaves the file as it is.
+        before = record.read_text()
+        result = run_cli("eval", str(policy), "trio", str(data), "--record", str(record), "--url", url)
+        assert result.returncode == 0, result.stderr
+        assert len(posted) == 1 and record.read_text() == before and "asking" not in result.stdout

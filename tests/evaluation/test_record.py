@@ -125,3 +125,37 @@ def test_new_answers_from_other_seats_than_the_resumed_ones_are_refused(tmp_path
     with pytest.raises(RecordError, match=r"^item 1 was answered by seats a, c, not the earlier items' b, a \(only "
                                           r"in this item: c; only in the earlier items: b\)$"):
         in_one_seat_order([seated(items[0], "b", "a"), seated(items[1], "a", "c")], [])
+
+
+def test_an_item_a_seat_did_not_answer_is_asked_again_and_its_line_replaced(tmp_path: Path) -> None:
+    items = data(tmp_path)
+    path = tmp_path / "r.jsonl"
+    hiccup = seated(items[1], "c/0", "c/1")
+    hiccup.answers[1] = MemberAnswer(member="c/1", model="m", status="error", error="connection refused")
+    path.write_text(seated(items[0], "c/0", "c/1").model_dump_json() + "\n" + hiccup.model_dump_json() + "\n")
+    assert list(resumable(path, items)) == [0]
+    replies: list[list[MemberAnswer]] = [
+        [MemberAnswer(member="c/0", model="m", status="ok", text="6"),
+         MemberAnswer(member="c/1", model="m", status="timeout")],  # a seat fails again
+        [],  # then no seat answers at all (the router went away)
+        [MemberAnswer(member=s, model="m", status="ok", text="6") for s in ("c/0", "c/1")],
+    ]
+    asked: list[int] = []
+
+    async def ask(item: AnyItem) -> tuple[list[MemberAnswer], str | None]:
+        asked.append(item.index)
+        return replies[len(asked) - 1], None
+
+    def statuses() -> list[tuple[int, list[str]]]:
+        return [(r.index, [a.status for a in r.answers])
+                for r in map(ItemRecord.model_validate_json, path.read_text().splitlines())]
+
+    asyncio.run(record_items(ask, items, append_to=path))
+    assert asked == [1] and statuses() == [(0, ["ok", "ok"]), (1, ["ok", "timeout"])]  # one line per item
+    records = asyncio.run(record_items(ask, items, append_to=path))
+    assert asked == [1, 1] and records[1].answers == []  # this run scores what it got: nothing
+    assert statuses() == [(0, ["ok", "ok"]), (1, ["ok", "timeout"])]  # the file keeps what it had
+    asyncio.run(record_items(ask, items, append_to=path))
+    assert asked == [1, 1, 1] and statuses() == [(0, ["ok", "ok"]), (1, ["ok", "ok"])]
+    asyncio.run(record_items(ask, items, append_to=path))
+    assert asked == [1, 1, 1]
