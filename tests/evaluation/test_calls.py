@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from council.evaluation.bfcl import BfclItem, download_wheel, grade, load_bfcl, reference_calls
-from council.evaluation.calls import cascade_row, score_calls, vote_argument, vote_set
+from council.evaluation.calls import CallsRow, cascade_row, score_calls, vote_argument, vote_set
 from council.evaluation.dataset import DatasetError
 from council.evaluation.record import ItemRecord, MemberAnswer
 from council.policy.schema import VoteConfig
@@ -158,3 +158,36 @@ def test_the_council_rows_replay_the_policys_vote_and_tool_choice(items: dict[st
     assert [r.hits[0] for r in required.councils[2:]] == [True, True]
     assert required.vote[0].startswith("council set / council per_argument: strategy majority, tie_break weight, "
                                        "latency, order, tool_choice required")
+
+
+def test_tool_choice_none_replays_a_text_vote_that_answers_without_calls(items: dict[str, BfclItem]) -> None:
+    """`--tool-choice none` asks the members for text: the council rows replay the live council, which votes on the
+    text and answers with no call, whatever calls the records hold (here, calls made anyway): right on irrelevance
+    items, wrong where a call was wanted, and undecided where every reply abstains."""
+    wanted, irrelevant = items["simple_python_0"], items["irrelevance_0"]
+    stray = [call(irrelevant.tools[0]["function"]["name"], weight=1.0, height=2.0)]
+    chosen = [wanted, irrelevant, wanted]
+    texts = [["5", "5", "7"], ["5", "5", "7"], ["no idea", "none", "?"]]  # the last item: every reply abstains
+    records = [ItemRecord(index=n, line=n + 1, question=item.question, reference=item.reference, wall_ms=1.0,
+                          item_id=item.id, category=item.category,
+                          answers=[seat(0, reference_calls(item) if item is wanted else stray, said[0]),
+                                   seat(1, reference_calls(item) if item is wanted else stray, said[1]),
+                                   seat(2, None, said[2]).model_copy(update={"status": "timeout"})])
+               for n, (item, said) in enumerate(zip(chosen, texts, strict=True))]
+    vote = VoteConfig(extract="number")
+
+    def council_rows(tool_choice: str | None) -> list[CallsRow]:
+        report = score_calls(records, chosen, "c", "d", recover=False, vote=vote, tool_choice=tool_choice)
+        rows = [r for r in report.councils if r.name in ("council (council set)", "council (council per_argument)")]
+        assert len(rows) == 2
+        return rows
+
+    # The recorded calls decide under `auto`: right where a call was wanted, wrong on the irrelevance item.
+    assert [row.hits for row in council_rows(None)] == [[True, False, True]] * 2
+    for row in council_rows("none"):
+        assert row.hits == [False, True, False]  # no call: the text vote's answer ("5") carries none
+        assert row.overall().undecided == 1  # the item whose replies all abstain
+        assert row.overall().invalid_calls == 0
+    report = score_calls(records, chosen, "c", "d", recover=False, vote=vote, tool_choice="none")
+    assert report.vote[0].startswith("council set / council per_argument: strategy majority, tie_break weight, "
+                                      "latency, order, tool_choice none")
