@@ -4,16 +4,8 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY = "council-key";
-const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"];
 const MAX_BALLOTS = 50, MAX_LOG = 400;
-
-function paletteColour(i) {
-  // Past the palette, hues a golden angle apart (no hue repeats, and consecutive ones are far apart), starting
-  // in the palette's widest gap of hue, at three lightnesses: more than 9 councils or processes share no colour.
-  if (i < PALETTE.length) return PALETTE[i];
-  const j = i - PALETTE.length;
-  return `hsl(${((j * 137.508 + 265) % 360).toFixed(1)}, 60%, ${[42, 30, 56][j % 3]}%)`;
-}
+// paletteColour(i): the shared palette (council/assets/palette.js, loaded before this module).
 
 const state = {
   keys: false, scopes: [], members: new Map(), slots: null, councils: {}, models: [], ballots: [],
