@@ -1,8 +1,8 @@
 """`council eval --html`: the report as one self-contained page (no network).
 
 The page holds the JSON report (`--json`'s document, without its `records`: the answers themselves are not
-drawn) and draws every chart from it in the browser with uPlot; uPlot and the page's own script and styles are
-package data, inlined.
+drawn) and draws every chart from it in the browser with uPlot; uPlot, the palette shared with the dashboard and the
+page's own script and styles are package data, inlined.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def render(reports: Sequence[Report], title: str) -> str:
     # uPlot's MIT license travels with every copy of it, this page included.
     uplot = f'/*! uPlot\n{_asset("council", "assets", "uplot", "LICENSE").replace("*/", "")}*/\n' + _asset(
         "council", "assets", "uplot", "uPlot.iife.min.js")
-    script = _asset("council.evaluation", "report_page", "report.js")
+    # The colours are the dashboard's too (council/assets/palette.js): its globals, before the script using them.
+    script = _asset("council", "assets", "palette.js") + _asset("council.evaluation", "report_page", "report.js")
     escaped = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{escaped}</title>\n'

@@ -206,3 +206,43 @@ def test_hovering_a_plan_names_the_point_under_the_cursor(tmp_path: Path, browse
     for x, y in shared:
         assert hover_plans(browser, x, y) in {f"{name}: {pct(y)} at {x:.0f} tokens/item" for name in points[x, y]}
     assert console_errors(browser) == []
+
+
+def series_colours(driver: WebDriver, name: str) -> dict[str, str]:
+    """Each series of a chart (by its label, in order) and the colour uPlot fills it with (the bars; the plans'
+    points)."""
+    return dict(driver.execute_script("""
+        const u = window.councilReport.charts[arguments[0]];
+        return u.series.slice(1).map((s, i) => [s.label, s.fill ? s.fill(u, i + 1) : null]);""", name))
+
+
+def test_no_two_rows_or_votes_share_a_colour(tmp_path: Path, browser: WebDriver,
+                                              bfcl_items: dict[str, BfclItem]) -> None:
+    """The per-category rows took 8 colours and the plans' votes 4, each modulo its list: with nine seats (14
+    rows: the members, four call votes, the oracle) arm/0 and arm/1#7 were one colour, as were a first and fifth
+    vote. They take the dashboard's paletteColour now, and votes leave green to the council's line."""
+    records = sorted(read_records(RECORDS / "agents-brief-sc8-qwen1.5b.jsonl").values(), key=lambda r: r.index)
+    calls = score_calls(records, list(bfcl_items.values()), "sc", "agents-brief-sc8-qwen1.5b.jsonl")
+    rows = [row.name for row in [*calls.members, *calls.councils, calls.oracle]]
+    assert len(rows) == 14
+    # Six votes: the recording's plans relabelled (the page colours whatever votes a report holds; today's
+    # `plan_votes` gives at most four).
+    config = load_policy(POLICY).policy.councils["sc9"]
+    sc9 = sorted(read_records(RECORDS / "gsm8k-sc9.jsonl").values(), key=lambda r: r.index)
+    text = score(sc9, "sc9", config, "gsm8k-sc9.jsonl")
+    text = text.model_copy(update={"plans": [p.model_copy(update={"vote": f"vote {i % 6}"})
+                                             for i, p in enumerate(text.plans)]})
+    page = tmp_path / "colours.html"
+    page.write_text(render([text, calls], "colours"))
+    open_page(browser, page)
+
+    categories = series_colours(browser, "1:categories")
+    assert list(categories) == rows and len(set(categories.values())) == 14, categories
+    assert categories["arm/0"] == "#4e79a7" and categories["arm/1#7"] == "#9c755f"  # the dashboard's first 9
+    plans = series_colours(browser, "0:plans")
+    votes = {label: plans[label] for label in (f"vote {i}" for i in range(6))}
+    assert len(set(votes.values())) == 6, votes
+    council = browser.execute_script("""const u = window.councilReport.charts['0:plans'];
+        const s = u.series.find((s) => s.label.startsWith('council, every member')); return s.stroke(u, 1);""")
+    assert council not in votes.values() and "#59a14f" not in votes.values()  # green is the council's here
+    assert console_errors(browser) == []

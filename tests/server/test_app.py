@@ -404,7 +404,12 @@ async def test_the_dashboard_serves_its_vendored_charts_library_gzipped_with_its
     assert "content-encoding" not in plain.headers and plain.content == (vendored / "uPlot.min.css").read_bytes()
     license_ = await client.get("/ui/vendor/LICENSE")
     assert license_.status_code == 200 and "MIT" in license_.text and "Leon Sorokin" in license_.text
-    for missing in ("/ui/vendor/app.js", "/ui/vendor/..%2Fapp.js", "/ui/vendor/uPlot.esm.js", "/ui/LICENSE"):
+    # The palette it shares with the `council eval --html` page: that file only, not the folder's others.
+    palette = await client.get("/ui/shared/palette.js")
+    assert palette.status_code == 200 and palette.headers["content-type"].startswith("text/javascript")
+    assert palette.content == (resources.files("council") / "assets" / "palette.js").read_bytes()
+    for missing in ("/ui/vendor/app.js", "/ui/vendor/..%2Fapp.js", "/ui/vendor/uPlot.esm.js", "/ui/LICENSE",
+                    "/ui/shared/uplot", "/ui/shared/uplot%2FLICENSE", "/ui/shared/app.js"):
         assert (await client.get(missing)).status_code == 404, missing
 
 

@@ -6,19 +6,23 @@ have points by then).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import openai
 import pytest
+from aiohttp import web
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -26,7 +30,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.policies import member_entry, policy_yaml
-from tests.servers import CouncilServer
+from tests.servers import CouncilServer, free_port
 
 CHAT_KEY, ADMIN_KEY = "chat-key-0123456789", "admin-key-9876543210"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "ui.png"
@@ -473,3 +477,115 @@ def test_more_councils_than_the_palette_share_no_colour(
     assert sorted(map(tuple, held)) == sorted(drawn["agreement"].items())  # type: ignore[index]
     assert drawn["agreement"]["c00"] == "#4e79a7" and drawn["agreement"]["c08"] == "#9c755f"  # type: ignore[index]
     assert console_errors(browser) == []
+
+
+class FlakyFront:
+    """A front for one router, as HAProxy is in the compose stack: every request goes through to the router, but
+    while `failing` is set `GET /admin/history` is answered 503 (counted in `refused`), and `after_snapshot`'s
+    bytes go out on an event stream after its first snapshot. Runs its own event loop in a thread."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream, self.url = upstream, ""
+        self.failing = threading.Event()
+        self.refused = 0
+        self.after_snapshot = b""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> FlakyFront:
+        self._thread.start()
+        port = free_port()
+        asyncio.run_coroutine_threadsafe(self._start(port), self._loop).result(10)
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(20)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self, port: int) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._relay)
+        self._runner = web.AppRunner(app, shutdown_timeout=1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+
+    async def _stop(self) -> None:
+        await self._runner.cleanup()
+        await self._session.close()
+
+    async def _relay(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/admin/history" and self.failing.is_set():
+            self.refused += 1
+            return web.Response(status=503, text="no router could answer")
+        sent = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+        async with self._session.request(request.method, self.upstream + request.path_qs, headers=sent,
+                                         data=await request.read()) as up:
+            reply = web.StreamResponse(status=up.status, headers={
+                k: v for k, v in up.headers.items() if k.lower() in ("content-type", "cache-control")})
+            await reply.prepare(request)
+            buffer, extra = b"", self.after_snapshot if request.path == "/admin/events" else b""
+            async for chunk in up.content.iter_any():
+                if not extra:
+                    await reply.write(chunk)
+                    continue
+                buffer += chunk  # whole events only, so the extra ones go in between two
+                end = buffer.find(b"\n\n", buffer.find(b"event: snapshot"))
+                if end < 0 or b"event: snapshot" not in buffer:
+                    continue
+                await reply.write(buffer[:end + 2] + extra + buffer[end + 2:])
+                buffer, extra = b"", b""
+            return reply
+
+
+def test_dashboard_reads_the_history_again_after_it_failed(
+        serve: Callable[..., CouncilServer], syn: Path, browser: WebDriver) -> None:
+    """A failed GET /admin/history (a 5xx, a blip) left the charts at "could not read the history" until the
+    stream reconnected: nothing asked again, and every `history` event meanwhile was kept, without bound. The page
+    asks again (1 s, 2 s, ... at most every 30 s) and keeps no more points than a ring holds."""
+    server = serve(policy(syn, history="1s"))
+    capacity = 3600  # an hour of 1 s points
+    stale = time.time() - 2 * capacity  # points older than any the router has: the load leaves them out
+    extra = 400 + capacity  # more than a ring holds, as over an hour of failing reads would bring
+    with FlakyFront(server.url) as front:
+        front.failing.set()
+        front.after_snapshot = b"".join(
+            b"event: history\ndata: " + json.dumps({"time": stale + i, "charts": {
+                "requests": {"in flight": 0.0, "waiting": 0.0}}}).encode() + b"\n\n" for i in range(extra))
+        browser.get(f"{front.url}/ui")
+        pending = "return window.council.state.pendingPoints.map((p) => p.time);"
+        kept = until(lambda: (times := browser.execute_script(pending)) and stale + extra - 1 in times and times,
+                     "the stream's points, kept while the history cannot be read")
+        assert len(kept) <= capacity and kept[0] >= stale + extra - capacity, len(kept)  # the newest kept
+        until(lambda: front.refused >= 3, "the page asking again", timeout=20)  # 1 s, then 2 s
+        assert len(browser.execute_script(pending)) <= capacity
+        assert "could not read the history" in browser.find_element(By.ID, "charts").text
+
+        front.failing.clear()  # the router answers: the charts are the router's own, as if nothing failed
+        until(lambda: browser.execute_script("return window.council.state.history !== null;"), "the history read",
+              timeout=20)
+        shown = until(lambda: "requests" in (drawn := page_history(browser)) and drawn, "the charts")
+        assert_drawn_as_served(shown, httpx.get(f"{server.url}/admin/history").json())  # no stale point drawn
+        assert browser.execute_script("return window.council.state.pendingPoints.length;") == 0
+
+        # Charts already drawn, then a reload's fresh snapshot whose history read fails: drawn again after it.
+        front.failing.set()
+        refused = front.refused
+        browser.execute_script("window.notReloaded = true;")
+        assert httpx.post(f"{server.url}/admin/reload", timeout=60).status_code == 200
+        until(lambda: front.refused >= refused + 2, "the page asking again after the reload", timeout=20)
+        front.failing.clear()
+        until(lambda: browser.execute_script("return window.council.state.history !== null;"), "the history read",
+              timeout=20)
+        drawn = until(lambda: browser.execute_script("""
+            const plots = Object.values(window.council.plots);  // drawn in the page, not in cells it let go
+            return "requests" in window.council.plots && plots.every((u) => u.root.isConnected) && plots.length;"""),
+                      "the charts on the page")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#charts [data-chart] canvas")) == drawn
+        assert_drawn_as_served(page_history(browser), httpx.get(f"{server.url}/admin/history").json())
+        assert browser.execute_script("return window.notReloaded === true;")
+        failed = [e for e in console_errors(browser) if "/admin/history" not in str(e["message"])]
+        assert failed == []  # the refused reads are logged by the browser; nothing else went wrong

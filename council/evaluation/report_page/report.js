@@ -8,8 +8,10 @@
 
   const C = { seat: "#4c78a8", greedy: "#e8590c", own: "#2f9e44", strategy: "#74a9cf", mean: "#7048e8",
               council: "#2f9e44", right: "#2f9e44", wrong: "#d9480f", front: "#1d2430" };
-  const VOTES = ["#4c78a8", "#f59f00", "#be4bdb", "#15aabf"];
-  const ROWS = ["#4c78a8", "#74c0fc", "#f59f00", "#ffd43b", "#2f9e44", "#8ce99a", "#be4bdb", "#868e96"];
+  // The per-category rows and the plans' votes take paletteColour(i) (council/assets/palette.js, the dashboard's
+  // too, inlined before this script): no two share a colour however many there are. Votes skip the palette's
+  // green (2): on the plans chart green is the council's line and the ringed plans.
+  const voteColour = (j) => paletteColour(j < 2 ? j : j + 1);
   const WIDTH = Math.min(940, document.querySelector("main").clientWidth);
   const pct = (v) => (v == null ? "–" : (100 * v).toFixed(1) + "%");
   const num = (v, d = 0) => (v == null ? "–" : v.toFixed(d));
@@ -127,9 +129,9 @@
     const data = [xs];
     const series = [{ label: "tokens/item", value: (u, v) => (v == null ? "" : num(v)) }];
     votes.forEach((vote, j) => {
-      series.push({ label: vote, stroke: VOTES[j % VOTES.length], fill: VOTES[j % VOTES.length], width: 0,
-                    paths: () => null, value: (u, v) => pct(v),
-                    points: { show: true, size: 6, width: 1, fill: VOTES[j % VOTES.length] } });
+      const colour = voteColour(j);
+      series.push({ label: vote, stroke: colour, fill: colour, width: 0, paths: () => null, value: (u, v) => pct(v),
+                    points: { show: true, size: 6, width: 1, fill: colour } });
       data.push(plans.map((p) => (p.vote === vote ? p.accuracy : null)));
     });
     series.push({ label: "Pareto front", stroke: C.front, width: 1.5, spanGaps: true, value: (u, v) => pct(v),
@@ -222,7 +224,7 @@
     const labels = [...r.categories, "overall"];
     barChart(`${k}:categories`, parent, {
       what: "category", labels, groups: rows.map((row, j) => ({
-        label: row.name, color: ROWS[j % ROWS.length],
+        label: row.name, color: paletteColour(j),
         values: labels.map((c) => (row.categories.find((x) => x.category === c) || {}).accuracy ?? null),
       })),
     });

@@ -47,6 +47,9 @@ def snapshot(router: Router, who: Principal) -> dict[str, Any]:
         "councils": {name: [s.name for s in e.seats] for name, e in router.engines.items()},
         "models": sorted(router.policy.models),
         "ballots": [b for b in router.events.recent_ballots if may_read(who, b)],
+        # The points a history ring holds: the page keeps no more `history` events than that while it cannot
+        # read GET /admin/history.
+        "history_capacity": router.history.capacity,
     }
     if admin:
         seen["members"] = [m.snapshot() for m in router.processes.values()]

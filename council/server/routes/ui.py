@@ -2,7 +2,8 @@
 
 The page holds no data: it reads `GET /admin/events`, `GET /admin/history` (and the chat API) with the key the
 operator gives it. `GET /ui/auth` tells it, without a key, whether to ask for one. `GET /ui/vendor/NAME` serves
-the one library it uses, uPlot (package data in `council/assets/uplot`, with its license).
+the one library it uses, uPlot (package data in `council/assets/uplot`, with its license), and `GET /ui/shared/NAME`
+what it shares with the `council eval --html` page (`council/assets/palette.js`: the colours).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from council.server.router import Router
 routes = APIRouter(prefix="/ui", include_in_schema=False)
 STATIC = resources.files("council.server") / "static"
 VENDOR = resources.files("council") / "assets" / "uplot"
+SHARED = resources.files("council") / "assets"  # its files only: uplot/ is a folder, not served from here
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", "": "text/plain; charset=utf-8"}
 # Same-origin only: the page may load nothing from elsewhere (it must work offline anyway).
@@ -61,6 +63,11 @@ async def auth(router: Annotated[Router, Depends(current_router)]) -> dict[str, 
 @routes.get("/vendor/{name}")
 async def vendor(name: str, request: Request) -> Response:
     return _asset(name, request, VENDOR)
+
+
+@routes.get("/shared/{name}")
+async def shared(name: str, request: Request) -> Response:
+    return _asset(name, request, SHARED)
 
 
 @routes.get("/{name}")

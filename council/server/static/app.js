@@ -4,21 +4,14 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY = "council-key";
-const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"];
 const MAX_BALLOTS = 50, MAX_LOG = 400;
-
-function paletteColour(i) {
-  // Past the palette, hues a golden angle apart (no hue repeats, and consecutive ones are far apart), starting
-  // in the palette's widest gap of hue, at three lightnesses: more than 9 councils or processes share no colour.
-  if (i < PALETTE.length) return PALETTE[i];
-  const j = i - PALETTE.length;
-  return `hsl(${((j * 137.508 + 265) % 360).toFixed(1)}, 60%, ${[42, 30, 56][j % 3]}%)`;
-}
+// paletteColour(i): the shared palette (council/assets/palette.js, loaded before this module).
 
 const state = {
   keys: false, scopes: [], members: new Map(), slots: null, councils: {}, models: [], ballots: [],
   logName: null, logLines: [], colours: new Map(), lost: {},
   history: null, pendingPoints: [],  // the last hour's series (GET /admin/history), then `history` events
+  historyCapacity: 1,  // the points the router's rings hold (snapshot): what pendingPoints may keep
 };
 const plots = {};  // chart -> its uPlot (its `data` is what the chart shows)
 window.council = { state, timings: {}, plots };  // for tests and curious operators
@@ -164,6 +157,7 @@ function snapshot(data) {
   state.members = new Map((data.members || []).map((m) => [m.name, m]));
   state.slots = data.slots || null;
   state.lost = data.lost || {};
+  state.historyCapacity = data.history_capacity;
   for (const name of Object.keys(state.councils)) colour(name);
   $("who").textContent = isAdmin() ? "admin scope" : "chat scope: this key's ballots and the playground";
   for (const el of document.querySelectorAll(".admin-only")) el.hidden = !isAdmin();
@@ -187,17 +181,31 @@ const CHARTS = {  // `tick` labels the y axis
   latency: { title: "latency per council (s)", format: (v) => num(v, 2), tick: (v) => num(v, 1) },
 };
 
-let historyLoads = 0;
+let historyLoads = 0, historyRetry = null;
+const HISTORY_RETRY_S = [1, 2, 4, 8, 15, 30];  // then every 30 s
 
-async function loadHistory() {
-  state.history = null;  // until the series so far are here, new points wait in `pendingPoints`
+async function loadHistory(attempt = 0) {
+  clearTimeout(historyRetry);
+  if (!attempt) state.history = null;  // until the series so far are here, new points wait in `pendingPoints`
   const load = ++historyLoads;  // a snapshot after a reload can start a load while one is still out
+  const owner = stream;
   let loaded;
   try {
     loaded = await api("/admin/history");
   } catch (err) {
     if (load !== historyLoads) return;
-    $("charts").replaceChildren(h("p", { class: "error" }, `could not read the history: ${err.message}`));
+    // A 5xx or a blip while the stream lives on: nothing else would ask again until the stream reconnects, so
+    // ask again after a growing, bounded wait (while this stream is the page's; a new one loads anew).
+    const wait = HISTORY_RETRY_S[Math.min(attempt, HISTORY_RETRY_S.length - 1)];
+    for (const [chart, plot] of Object.entries(plots)) {  // their cells go: a later load draws them anew
+      plot.destroy();
+      delete plots[chart];
+    }
+    $("charts").replaceChildren(h("p", { class: "error" },
+      `could not read the history: ${err.message} (trying again in ${wait} s)`));
+    historyRetry = setTimeout(() => {
+      if (load === historyLoads && owner && owner === stream) loadHistory(attempt + 1);
+    }, wait * 1000);
     return;
   }
   if (load !== historyLoads) return;  // only the newest load applies (an older one may hold the old step)
@@ -209,7 +217,12 @@ async function loadHistory() {
 function addPoint(point, render = true) {
   // The server's own rule (council/server/history.py), so the page draws what GET /admin/history returns.
   const hist = state.history;
-  if (!hist) return void state.pendingPoints.push(point);
+  if (!hist) {  // kept for the load; no more than the rings hold, however long the history cannot be read
+    const pending = state.pendingPoints;
+    pending.push(point);
+    if (pending.length > state.historyCapacity) pending.splice(0, pending.length - state.historyCapacity);
+    return;
+  }
   if (hist.times.length && point.time <= hist.times[hist.times.length - 1]) return;
   hist.times.push(point.time);
   const size = hist.times.length, capacity = Math.max(1, Math.ceil(hist.window / hist.step));
