@@ -54,6 +54,12 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {"required": True, "content": {"applicatio
 
 async def read_body(request: Request, limit: int) -> tuple[bytes, Any]:
     """The raw body and its JSON, within `server.max_body`."""
+    raw = await read_raw(request, limit)
+    return raw, parse_json(raw)
+
+
+async def read_raw(request: Request, limit: int) -> bytes:
+    """The raw body, 413 past `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body over {limit} bytes", "body_too_large")
@@ -69,7 +75,7 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, Any]:
         raw = b"".join(parts)
     if len(raw) > limit:
         raise ApiError(413, f"request body over {limit} bytes", "body_too_large")
-    return raw, parse_json(raw)
+    return raw
 
 
 def completion_body(answer: CouncilAnswer, created: int, logprobs: bool = False) -> dict[str, Any]:
