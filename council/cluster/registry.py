@@ -18,14 +18,14 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import aiohttp
 
 from council.cluster.store import StateError, StateStore, pause
 from council.members.process import MemberProcess
-from council.voting.client import Endpoint
+from council.voting.client import CallOutcome, Endpoint, Unaccounted
 
 log = logging.getLogger("council.cluster.registry")
 
@@ -50,13 +50,37 @@ def verified(key: str | None, hosts: dict[str, list[dict[str, Any]]], now_ms: in
     return {host: entries for host, entries in kept.items() if entries}
 
 
+class HostSession:
+    """The HTTP session to one host, and how many calls are in it: a host that left the registry has its session
+    closed once its last call ends (a call it was still answering, a drain on its way out, is not cut off)."""
+
+    def __init__(self) -> None:
+        # Idle connections go before the host's uvicorn closes them (its keep-alive: 5 s).
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=4.0),
+                                          timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0))
+        self.calls = 0
+        self.left = False  # the host is no longer listed: closed once idle
+
+    @contextlib.asynccontextmanager
+    async def call(self, patience: float | None = None) -> AsyncIterator[CallOutcome]:
+        """Held by each call through this session (the `Endpoint.request` of the host's members)."""
+        self.calls += 1
+        try:
+            yield Unaccounted()  # the host's own watchdog counts its members' outcomes
+        finally:
+            self.calls -= 1
+            if self.left and self.calls == 0:
+                await self.http.close()
+
+
 class Registry:
     def __init__(self, state: StateStore, heartbeat: float, cluster_key: str | None) -> None:
         self.state = state
         self.heartbeat = heartbeat
         self.cluster_key = cluster_key
         self.hosts: dict[str, list[dict[str, Any]]] = {}  # host -> its ready members (last known)
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._sessions: dict[str, HostSession] = {}  # hosts listed now (or called since the last refresh)
+        self._leaving: set[HostSession] = set()  # of hosts that left, closed once their last call ends
         self._turn = 0  # round robin over the hosts serving a model
 
     async def publish_forever(self, advertise_url: str, processes: Callable[[], Iterable[MemberProcess]]) -> None:
@@ -96,20 +120,31 @@ class Registry:
         """Read the registry once, keeping the entries signed with our cluster key."""
         now = await self.state.clock_ms()
         self.hosts = verified(self.cluster_key, await self.state.members(), now)
+        await self._drop_sessions(set(self._sessions) - set(self.hosts))
+
+    async def _drop_sessions(self, hosts: set[str]) -> None:
+        """The sessions of hosts that left: closed now if idle, else once their last call ends. One kept for every
+        host ever seen held its connector (and any connection left open) for the router's life."""
+        self._leaving = {s for s in self._leaving if not s.http.closed}
+        for host in hosts:
+            session = self._sessions.pop(host)
+            session.left = True
+            if session.calls == 0:
+                await session.http.close()
+            else:
+                self._leaving.add(session)
 
     async def withdraw(self, advertise_url: str) -> None:
         """Leave the registry now (a clean stop need not wait for the heartbeat to lapse)."""
         with contextlib.suppress(StateError):
             await self.state.withdraw(advertise_url)
 
-    def _session(self, host: str) -> aiohttp.ClientSession:
+    def _endpoint(self, host: str, entry: dict[str, Any], name: str) -> Endpoint:
         session = self._sessions.get(host)
-        if session is None or session.closed:
-            # Idle connections go before the host's uvicorn closes them (its keep-alive: 5 s).
-            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=4.0),
-                                            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0))
-            self._sessions[host] = session
-        return session
+        if session is None or session.http.closed:
+            session = self._sessions[host] = HostSession()
+        return Endpoint(name=str(entry.get("process", name)), url=str(entry["url"]), api_key=str(self.cluster_key),
+                        http=session.http, request=session.call)
 
     def endpoint(self, member: str) -> Endpoint | None:
         """The first live host (in name order) that lists `member` as ready; None without the cluster key."""
@@ -118,8 +153,7 @@ class Registry:
         for host in sorted(self.hosts):
             for entry in self.hosts[host]:
                 if member in entry.get("members", ()) and entry.get("ready"):
-                    return Endpoint(name=str(entry.get("process", member)), url=str(entry["url"]),
-                                    api_key=self.cluster_key, http=self._session(host))
+                    return self._endpoint(host, entry, member)
         return None
 
     def model_endpoint(self, model: str) -> Endpoint | None:
@@ -132,10 +166,10 @@ class Registry:
             return None
         self._turn += 1
         host, entry = found[self._turn % len(found)]
-        return Endpoint(name=str(entry.get("process", model)), url=str(entry["url"]), api_key=self.cluster_key,
-                        http=self._session(host))
+        return self._endpoint(host, entry, model)
 
     async def aclose(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
+        for session in [*self._sessions.values(), *self._leaving]:
+            await session.http.close()
         self._sessions.clear()
+        self._leaving.clear()

@@ -47,6 +47,13 @@ from council.voting.request import CouncilRequest, last_user_text
 
 log = logging.getLogger("council.server.router")
 Role = Literal["both", "router", "host"]
+# What a router reads of its policy only when it starts: the state store, and the registry, lease keeper and
+# limits built on it (`state`), where it listens (`serve` binds once), the URL it publishes its members at, the
+# cluster key's variable and the heartbeat (the registry's). A reload that changes one is refused: it would answer
+# `reloaded` and go on as before.
+AT_START: tuple[tuple[str, ...], ...] = (("state",), ("server", "host"), ("server", "port"),
+                                         ("server", "advertise_url"), ("server", "cluster_key_env"),
+                                         ("server", "heartbeat"))
 
 
 class ReloadError(CouncilError):
@@ -442,6 +449,19 @@ class Router:
                          for weak in ring.weak]
         return problems
 
+    def _restart_problems(self, loaded: LoadedPolicy) -> list[str]:
+        """The settings read only at start (`AT_START`) that the new policy changes, each with its line."""
+        problems = []
+        for path in AT_START:
+            old: Any = self.policy
+            new: Any = loaded.policy
+            for part in path:
+                old, new = getattr(old, part), getattr(new, part)
+            if old != new:  # no values: `state` may hold a password
+                problems.append(loaded.problem(path, "changed, but read only when the router starts: restart it "
+                                               "to change this").format(str(self.policy_path)))
+        return problems
+
     async def reload(self) -> dict[str, list[str]]:
         """Re-read the policy: only processes whose launch inputs changed restart; a bad policy is refused."""
         async with self._reload_lock:
@@ -449,7 +469,8 @@ class Router:
                 loaded = load_policy(self.policy_path)
             except PolicyError as exc:
                 raise ReloadError(exc.lines()) from None
-            problems = self.role.check(loaded, str(self.policy_path)) + self._key_problems(loaded)
+            problems = (self._restart_problems(loaded) + self.role.check(loaded, str(self.policy_path))
+                        + self._key_problems(loaded))
             if problems:
                 raise ReloadError(problems)
             try:
@@ -462,6 +483,7 @@ class Router:
             self.lost.clear()  # every council of the new plan holds its leases again
             self.keys.update(loaded.policy.server.api_keys)
             self.limits.max_queue = loaded.policy.server.max_queue
+            self.ballots.resize(loaded.policy.server.ballots)  # Redis' copies and Responses' store read it live
             self.assembly.build_engines(plan, every_council=self.assembly.elsewhere is not None)
             # Open dashboards take a fresh snapshot (councils, plan) and re-read the history, whose step is the
             # new one now rather than after the sampler's current (old) step.

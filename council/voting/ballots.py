@@ -17,6 +17,12 @@ class BallotStore:
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
+    def resize(self, capacity: int) -> None:
+        """Keep the last `capacity` ballots from now on (a reload's `server.ballots`)."""
+        self.capacity = capacity
+        while len(self._items) > capacity:
+            self._items.popitem(last=False)
+
     def get(self, ballot_id: str) -> dict[str, Any] | None:
         return self._items.get(ballot_id)
 

@@ -149,3 +149,39 @@ async def test_an_entry_put_back_after_its_host_left_is_not_listed(redis_url: st
         await asyncio.gather(beating, return_exceptions=True)
         await router.aclose()
         await state.close()
+
+
+async def test_a_host_that_leaves_has_its_session_closed_once_its_calls_end(redis_url: str) -> None:
+    """The router kept an HTTP session (a connector, its pooled connections) per host ever seen, for its whole life.
+    A host that leaves the registry now has its session closed and dropped: at once when no call is in it, else
+    when its last call ends (a call it was still answering is not cut off); one that comes back gets a new one."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    state = RedisState(redis_url, prefix=prefix)
+    key = "the-real-cluster-key-0123456789"
+    hosts = {"http://gpu-a:8080": "a/0", "http://gpu-b:8080": "b/0"}
+    publisher = Registry(state, heartbeat=1.0, cluster_key=key)
+    router = Registry(state, heartbeat=1.0, cluster_key=key)
+    try:
+        until = await state.clock_ms() + 60_000
+        for url, process in hosts.items():
+            await state.publish_members(url, publisher.entries(url, [_process(process, [process])], until), ttl=60)
+        await router.refresh()
+        a, b = router.endpoint("a/0"), router.endpoint("b/0")
+        assert a is not None and b is not None and not a.http.closed and not b.http.closed
+        async with b.request(None):  # a call to b in flight
+            for url in hosts:
+                await publisher.withdraw(url)
+            await router.refresh()
+            assert router.hosts == {}
+            assert a.http.closed  # idle: closed at once
+            assert not b.http.closed  # its call goes on
+        assert b.http.closed  # closed as its last call ended
+        assert router._sessions == {}
+        await state.publish_members("http://gpu-a:8080", publisher.entries(
+            "http://gpu-a:8080", [_process("a/0", ["a/0"])], until), ttl=60)
+        await router.refresh()
+        again = router.endpoint("a/0")
+        assert again is not None and not again.http.closed and again.http is not a.http
+    finally:
+        await router.aclose()
+        await state.close()

@@ -271,13 +271,24 @@ RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "21C"}
      "messages.0.content.0: unexpected `tool_use_id` found in `tool_result` blocks: toolu_nope"),
     ([*ASK, CALLED, {"role": "user", "content": [RESULT, {**RESULT, "tool_use_id": "toolu_2"}]}],
      "messages.2.content.1: unexpected `tool_use_id` found in `tool_result` blocks: toolu_2"),
+    ([{"role": "user", "content": [{"type": "text", "text": ""}]}],
+     "messages.0.content.0: text content blocks must be non-empty"),
+    ([{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": ""}]}],
+     "messages.0.content.1: text content blocks must be non-empty"),
+    ([*ASK, {"role": "assistant", "content": [{"type": "text", "text": ""}, *CALLED["content"]]},
+      {"role": "user", "content": [RESULT]}], "messages.1.content.0: text content blocks must be non-empty"),
+    ([*ASK, {"role": "assistant", "content": [*CALLED["content"], *CALLED["content"]]},
+      {"role": "user", "content": [RESULT]}], "messages.1.content.1: `tool_use` ids must be unique"),
+    ([*ASK, CALLED, {"role": "user", "content": [RESULT]}, CALLED, {"role": "user", "content": [RESULT]}],
+     "messages.3.content.0: `tool_use` ids must be unique"),
 ])
 async def test_a_broken_conversation_is_refused_as_anthropic_refuses_it(
         scripted: Callable[[Say], tuple[anthropic.AsyncAnthropic, list[FakeClient]]], messages: list[Any],
         says: str) -> None:
     """Empty turns and unpaired `tool_use`/`tool_result` blocks reached the members as an empty user turn, calls
     nobody answered or a tool message answering no call; they are 400 `invalid_messages` now, in Anthropic's
-    words."""
+    words. So are an empty text block (an empty turn, or a stray line break in one) and two calls with one id
+    (a result answering either), which Anthropic refuses too."""
     client, fakes = scripted(Say("hi"))
     with pytest.raises(anthropic.BadRequestError) as bad:
         await client.messages.create(model="c", max_tokens=16, messages=messages)
@@ -294,6 +305,12 @@ async def test_a_broken_conversation_is_refused_as_anthropic_refuses_it(
     [*ASK, {"role": "assistant", "content": "Let me look."}, CALLED, {"role": "user", "content": [RESULT]}],
     # a final assistant turn is a prefill: empty, or a call whose result is not in yet
     [*ASK, {"role": "assistant", "content": ""}], [*ASK, CALLED],
+    [*ASK, {"role": "assistant", "content": [{"type": "text", "text": ""}]}],
+    # the tool runner's second round: calls of their own ids, each answered
+    [*ASK, CALLED, {"role": "user", "content": [RESULT]},
+     {"role": "assistant", "content": [{"type": "text", "text": "And Rome?"},
+                                       {**CALLED["content"][0], "id": "toolu_2"}]},
+     {"role": "user", "content": [{**RESULT, "tool_use_id": "toolu_2", "content": ""}]}],
 ])
 async def test_conversations_anthropic_takes_reach_the_members(
         scripted: Callable[[Say], tuple[anthropic.AsyncAnthropic, list[FakeClient]]], messages: list[Any]) -> None:

@@ -53,7 +53,7 @@ async def _events(fault: BaseException) -> tuple[list[bytes], Router, Admission]
     router, admission = Router(), Admission()
     stream = chat.stream_council(router, Engine(fault), None, admission, 0.0)  # type: ignore[arg-type]
     events: list[bytes] = []
-    async for event in stream:
+    async for event in stream.body_iterator:
         events.append(event)
         assert len(events) < 10, f"the stream does not end: {events[:3]}"
     return events, router, admission

@@ -87,3 +87,37 @@ async def test_a_router_hanging_up_closes_the_hosts_member_request(host: Router,
     left.set()
     await asyncio.wait_for(task, 5)
     assert member.cancelled == 1 and member.in_flight == 0
+
+
+async def test_a_call_past_the_body_limit_is_refused_as_on_the_public_routes(host: Router,
+                                                                              peer: httpx.AsyncClient) -> None:
+    """`/internal/...` read a body of any size into memory, where the public routes refuse one past
+    `server.max_body` with 413. It now refuses past the same limit, with headroom for what a council adds to its
+    client's body (a member's system prompt, tool instructions), with the same error, declared or chunked; nothing
+    reaches the process."""
+    from council.server.routes.internal import BODY_HEADROOM
+
+    recorder = Recorder()
+    assert host.assembly is not None
+    host.assembly.ready_client = lambda process: recorder  # type: ignore[method-assign]
+    limit = BODY_HEADROOM * host.policy.server.max_body
+    path = "/internal/members/c/0/v1/chat/completions"
+
+    def body(size: int) -> bytes:
+        head, tail = b'{"model": "m", "messages": [{"role": "user", "content": "', b'"}]}'
+        return head + b"x" * (size - len(head) - len(tail)) + tail
+
+    async def chunked(raw: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), 1 << 16):
+            yield raw[start:start + (1 << 16)]
+
+    for content in (body(limit + 1), chunked(body(limit + 1))):
+        refused = await peer.post(path, content=content)
+        assert refused.status_code == 413, refused.text
+        assert refused.json()["error"]["code"] == "body_too_large", refused.text
+        assert refused.json()["error"]["message"] == f"request body over {limit} bytes"
+    assert recorder.widths == []
+    larger_than_public = body(host.policy.server.max_body + 1)  # what a council may send for a body within it
+    assert (await peer.post(path, content=larger_than_public)).status_code == 200
+    assert (await peer.post(path, content=chunked(body(limit)))).status_code == 200
+    assert recorder.widths == [1, 1]

@@ -34,7 +34,7 @@ from council.server.routes.chat import (
     read_body,
     relay_whole,
 )
-from council.server.routes.passthrough import relay
+from council.server.routes.passthrough import HeldStream, relay
 from council.voting.client import HttpMemberClient, MemberUnavailable, Relayed
 from council.voting.engine import CouncilAnswer, CouncilEngine, Seat
 from council.voting.request import CouncilRequest
@@ -59,8 +59,7 @@ async def messages(request: Request, router: Current, who: Chat) -> Response:
     council = as_council_request(router, anthropic.to_chat(asked, body), owner=who.name)
     admission = await router.limits.admit(who, asked.model)
     if asked.stream:
-        return StreamingResponse(_stream(router, engine, council, admission, started),
-                                 media_type="text/event-stream")
+        return _stream(router, engine, council, admission, started)
     async with admission:
         done = await ask_council(request, router, engine, council, started, ROUTE)
         if done is None:
@@ -70,7 +69,7 @@ async def messages(request: Request, router: Current, who: Chat) -> Response:
 
 
 def _stream(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,
-            started: float) -> AsyncIterator[bytes]:
+            started: float) -> HeldStream:
     """`message_start` at once, `ping` events while the members work, then the answer's events (with the router's
     own time, `overhead_ms`, in the `council` object of `message_delta`), or an `error` event."""
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from council.errors import CouncilError
 from council.server.deps import caller
@@ -27,7 +27,7 @@ from council.server.errors import (
 from council.server.limits import Admission
 from council.server.requests import BadRequest, ChatRequest, CompletionRequest, parse_json, validate_body
 from council.server.router import Router
-from council.server.routes.passthrough import relay
+from council.server.routes.passthrough import HeldStream, relay
 from council.voting.engine import CouncilAnswer, CouncilEngine
 from council.voting.request import CouncilRequest
 
@@ -54,6 +54,12 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {"required": True, "content": {"applicatio
 
 async def read_body(request: Request, limit: int) -> tuple[bytes, Any]:
     """The raw body and its JSON, within `server.max_body`."""
+    raw = await read_raw(request, limit)
+    return raw, parse_json(raw)
+
+
+async def read_raw(request: Request, limit: int) -> bytes:
+    """The raw body, 413 past `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body over {limit} bytes", "body_too_large")
@@ -69,7 +75,7 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, Any]:
         raw = b"".join(parts)
     if len(raw) > limit:
         raise ApiError(413, f"request body over {limit} bytes", "body_too_large")
-    return raw, parse_json(raw)
+    return raw
 
 
 def completion_body(answer: CouncilAnswer, created: int, logprobs: bool = False) -> dict[str, Any]:
@@ -151,8 +157,7 @@ async def chat_completions(request: Request) -> Response:
     # What the vote needs, once: question, options, members' payload, and whose ballot it will be.
     council = chat.council_request(body, who.name)
     if chat.stream:
-        return StreamingResponse(stream_council(router, engine, council, admission, started),
-                                 media_type="text/event-stream")
+        return stream_council(router, engine, council, admission, started)
     async with admission:
         asked = await ask_council(request, router, engine, council, started)
         if asked is None:
@@ -318,53 +323,67 @@ def stream_deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
     return deltas
 
 
-async def council_stream(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,
-                         started: float, *, keepalive: bytes, failed: Callable[[CouncilError, int, str], bytes],
-                         answered: Callable[[CouncilAnswer, float], AsyncIterator[bytes]], opening: bytes = b"",
-                         route: str = "chat") -> AsyncIterator[bytes]:
+def council_stream(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,
+                   started: float, *, keepalive: bytes, failed: Callable[[CouncilError, int, str], bytes],
+                   answered: Callable[[CouncilAnswer, float], AsyncIterator[bytes]], opening: bytes = b"",
+                   route: str = "chat") -> HeldStream:
     """A council's answer as a stream, whatever API asked: `opening` at once, `keepalive` every `KEEPALIVE_S`
     while members work, then `answered(answer, overhead_ms)`'s events (the router's own time: the headers left
     before the work was done), or one `failed(error, status, code)`. The router records the answer, the metrics
-    count the request under `route`. A client that goes away closes this generator, which cancels the council's
-    member requests."""
+    count the request under `route`. A client that goes away closes the stream, which cancels the council's
+    member requests and releases the admission (also where the body never started)."""
     asked = time.perf_counter()
-    task = asyncio.create_task(engine.ask(council))
+    task: asyncio.Task[CouncilAnswer] | None = None
     status: int = CLIENT_GONE  # until the stream ends otherwise
     waited: float | None = None
-    try:
-        if opening:
-            yield opening
-        # `wait` only waits: the task's own exceptions (a TimeoutError among them) are read below, never taken
-        # for the keep-alive's timeout.
-        while not (await asyncio.wait((task,), timeout=KEEPALIVE_S))[0]:
-            yield keepalive
-        waited = time.perf_counter() - asked
-        try:
-            answer = task.result()
-        except CouncilError as exc:
-            status, code, _ = status_of(exc)
-            yield failed(exc, status, code)
+    ended = False
+
+    async def end() -> None:
+        nonlocal ended
+        if ended:
             return
-        except Exception as exc:  # the router's own fault: the stream ends with the 500 a plain request gets
-            log.exception("council %s failed", engine.name)
-            status = 500
-            yield failed(CouncilError(internal_error(exc)), status, "internal_error")
-            return
-        router.answered(answer, council, waited)
-        async for event in answered(answer, round((time.perf_counter() - started - waited) * 1000, 3)):
-            yield event
-        status = 200
-    finally:
-        if not task.done():
+        ended = True
+        if task is not None and not task.done():
             task.cancel()
         admission.release()
         now = time.perf_counter()
         router.metrics.observe(route, engine.name, status, now - started,
                                None if waited is None else now - started - waited)
 
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal task, status, waited
+        task = asyncio.create_task(engine.ask(council))
+        try:
+            if opening:
+                yield opening
+            # `wait` only waits: the task's own exceptions (a TimeoutError among them) are read below, never taken
+            # for the keep-alive's timeout.
+            while not (await asyncio.wait((task,), timeout=KEEPALIVE_S))[0]:
+                yield keepalive
+            waited = time.perf_counter() - asked
+            try:
+                answer = task.result()
+            except CouncilError as exc:
+                status, code, _ = status_of(exc)
+                yield failed(exc, status, code)
+                return
+            except Exception as exc:  # the router's own fault: the stream ends with the 500 a plain request gets
+                log.exception("council %s failed", engine.name)
+                status = 500
+                yield failed(CouncilError(internal_error(exc)), status, "internal_error")
+                return
+            router.answered(answer, council, waited)
+            async for event in answered(answer, round((time.perf_counter() - started - waited) * 1000, 3)):
+                yield event
+            status = 200
+        finally:
+            await end()
+
+    return HeldStream(body(), end)
+
 
 def stream_council(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,
-                   started: float) -> AsyncIterator[bytes]:
+                   started: float) -> HeldStream:
     """Chat's stream: keep-alive comments, then the winning answer's chunks, usage and the council object (with
     `overhead_ms`), or an error chunk; `[DONE]` either way."""
 

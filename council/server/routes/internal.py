@@ -16,11 +16,15 @@ from council.server.deps import current_router
 from council.server.errors import ApiError
 from council.server.requests import completion_width
 from council.server.router import Router
-from council.server.routes.chat import CLIENT_GONE, _unless_disconnected
+from council.server.routes.chat import CLIENT_GONE, _unless_disconnected, read_raw
 from council.server.routes.passthrough import relay_through
 
 routes = APIRouter(include_in_schema=False)
 Current = Annotated[Router, Depends(current_router)]
+# A call's body may be this many times `server.max_body`: a council's call to a member is the body its client sent
+# plus what the council adds (a member's system prompt, the tool instructions, which under `listed` write the
+# tools out again), so a body the router's public route took can be larger here.
+BODY_HEADROOM = 4
 
 
 # Every path a process serves that a router on another host relays to it (messages, responses and token counts
@@ -50,7 +54,7 @@ async def process_call(process: str, path: str, request: Request, router: Router
     client = router.assembly.ready_client(process) if router.assembly is not None else None
     if client is None:
         raise ApiError(503, f"member {process} is not ready on this host", "no_ready_member")
-    raw = await request.body()
+    raw = await read_raw(request, BODY_HEADROOM * router.policy.server.max_body)
     try:
         doc = json.loads(raw)
         stream, n, prompt = doc.get("stream") is True, doc.get("n"), doc.get("prompt")

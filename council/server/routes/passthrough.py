@@ -4,13 +4,13 @@ text is nothing but valid calls is returned as those calls (README "Agents" / "T
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from council.server.errors import CLIENT_GONE, ApiError, internal_error
 from council.server.limits import Admission
@@ -20,6 +20,25 @@ from council.voting.recovery import could_be_calls
 from council.voting.tools import Toolbox, recovered_calls
 
 log = logging.getLogger("council.server.passthrough")
+
+
+class HeldStream(StreamingResponse):
+    """A stream whose body holds what its request took (its admission, a member's request) and gives it back in its
+    `finally`, which runs only once the body has started: Starlette cancels the response's task wherever it waits,
+    the head's `send` among them (a client gone while the write is paused), and a body that never started held all
+    of it for good (a generator never started has nothing to run when collected). `end` gives it back however the
+    response ended; the body calls it too, and only the first call acts."""
+
+    def __init__(self, content: AsyncIterator[bytes], end: Callable[[], Awaitable[None]], *, status_code: int = 200,
+                 media_type: str = "text/event-stream") -> None:
+        super().__init__(content, status_code=status_code, media_type=media_type)
+        self.end = end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.end()
 
 
 async def relay(router: Router, model: str, payload: bytes, path: str, stream: bool,
@@ -72,29 +91,37 @@ async def relay_through(client: HttpMemberClient, payload: bytes, path: str, str
     if toolbox is not None and width == 1 and 200 <= head.status < 300:
         chunks = _recovering(chunks, toolbox)
 
+    status = CLIENT_GONE  # what the metrics count until the stream ends otherwise: the client went away
+    ended = False
+
+    async def end() -> None:
+        nonlocal ended
+        if ended:
+            return
+        ended = True
+        try:
+            await opened.__aexit__(None, None, None)
+        finally:  # also when the close itself is cancelled (the client went away)
+            done(status)
+
     async def body() -> AsyncIterator[bytes]:
-        status = head.status  # what the metrics count: the member's, unless the stream did not end well
+        nonlocal status
         try:
             async for chunk in chunks:
                 yield chunk
+            status = head.status  # the member's, the stream having ended well
         except MemberFailed as exc:  # the headers are gone: the error comes as an event the SDKs raise
             status = 502
             log.warning("%s", exc)
             yield _sse({"error": {"message": str(exc), "type": "server_error", "code": "member_failed"}})
-        except (GeneratorExit, asyncio.CancelledError):  # closed or cancelled: the client went away
-            status = CLIENT_GONE
-            raise
         except Exception as exc:  # the router's own fault (reading the member's stream): a 500, said as an event
             status = 500
             log.exception("relaying a stream failed")
             yield _sse({"error": {"message": internal_error(exc), "type": "server_error", "code": "internal_error"}})
         finally:
-            try:
-                await opened.__aexit__(None, None, None)
-            finally:  # also when the close itself is cancelled (the client went away)
-                done(status)
+            await end()
 
-    return StreamingResponse(body(), status_code=head.status, media_type=head.content_type)
+    return HeldStream(body(), end, status_code=head.status, media_type=head.content_type)
 
 
 def _recover_body(body: bytes, toolbox: Toolbox) -> bytes:

@@ -55,6 +55,7 @@ from council.server.routes.chat import (
     council_stream,
     read_body,
 )
+from council.server.routes.passthrough import HeldStream
 from council.voting.engine import CouncilAnswer, CouncilEngine, member_payload
 from council.voting.request import CouncilRequest
 
@@ -116,8 +117,7 @@ async def create_response(request: Request, router: Current, who: Chat) -> Respo
     council = as_council_request(router, to_chat(ask, body, history), owner=who.name)
     admission = await router.limits.admit(who, ask.model)
     if ask.stream:
-        return StreamingResponse(_stream_council(router, engine, council, ask, inputs, admission, started),
-                                 media_type="text/event-stream")
+        return _stream_council(router, engine, council, ask, inputs, admission, started)
     async with admission:
         done = await ask_council(request, router, engine, council, started)
         if done is None:
@@ -129,7 +129,7 @@ async def create_response(request: Request, router: Current, who: Chat) -> Respo
 
 
 def _stream_council(router: Router, engine: CouncilEngine, council: CouncilRequest, ask: ResponsesRequest,
-                    inputs: list[dict[str, Any]], admission: Admission, started: float) -> AsyncIterator[bytes]:
+                    inputs: list[dict[str, Any]], admission: Admission, started: float) -> HeldStream:
     """`response.created` and `response.in_progress` at once, keep-alive comments while members work, then the
     answer's items as Responses events and `response.completed` (`response.incomplete` when cut off) with usage
     and the `council` object; a failure is an `error` event and `response.failed`."""
