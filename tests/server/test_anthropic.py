@@ -275,8 +275,6 @@ RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "21C"}
      "messages.0.content.0: text content blocks must be non-empty"),
     ([{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": ""}]}],
      "messages.0.content.1: text content blocks must be non-empty"),
-    ([*ASK, {"role": "assistant", "content": [{"type": "text", "text": ""}, *CALLED["content"]]},
-      {"role": "user", "content": [RESULT]}], "messages.1.content.0: text content blocks must be non-empty"),
     ([*ASK, {"role": "assistant", "content": [*CALLED["content"], *CALLED["content"]]},
       {"role": "user", "content": [RESULT]}], "messages.1.content.1: `tool_use` ids must be unique"),
     ([*ASK, CALLED, {"role": "user", "content": [RESULT]}, CALLED, {"role": "user", "content": [RESULT]}],
@@ -306,6 +304,10 @@ async def test_a_broken_conversation_is_refused_as_anthropic_refuses_it(
     # a final assistant turn is a prefill: empty, or a call whose result is not in yet
     [*ASK, {"role": "assistant", "content": ""}], [*ASK, CALLED],
     [*ASK, {"role": "assistant", "content": [{"type": "text", "text": ""}]}],
+    # an assistant turn as the council wrote it, sent back: its empty answer, or an empty text before its call
+    [*ASK, {"role": "assistant", "content": [{"type": "text", "text": ""}]}, {"role": "user", "content": "hello?"}],
+    [*ASK, {"role": "assistant", "content": [{"type": "text", "text": ""}, *CALLED["content"]]},
+     {"role": "user", "content": [RESULT]}],
     # the tool runner's second round: calls of their own ids, each answered
     [*ASK, CALLED, {"role": "user", "content": [RESULT]},
      {"role": "assistant", "content": [{"type": "text", "text": "And Rome?"},

@@ -236,8 +236,8 @@ class MessagesRequest(CountTokensRequest):
 
 def check_turns(messages: list[MessageParam]) -> None:
     """What Anthropic refuses of a conversation as a whole, with its words, where the members would be sent a
-    broken history: a turn without content or with an empty text block (but a final assistant one, a prefill), two
-    `tool_use` blocks with one id, a `tool_use` the next user turn does not answer with its `tool_result`, a
+    broken history: a turn without content (but a final assistant one, a prefill) or a user turn with an empty text
+    block, two `tool_use` blocks with one id, a `tool_use` the next user turn does not answer with its `tool_result`, a
     `tool_result` answering no `tool_use` of the turn before. Consecutive turns of one role are one turn, as
     Anthropic combines them. A final assistant turn's calls await no result."""
     last = len(messages) - 1
@@ -248,8 +248,10 @@ def check_turns(messages: list[MessageParam]) -> None:
             raise BadRequest(f"messages.{i}: all messages must have non-empty content except for the optional "
                              "final assistant message", "invalid_messages")
         for n, block in enumerate(_blocks(turn)):
-            # An empty block reached the members as an empty turn, or a stray line break in the turn's text.
-            if isinstance(block, TextBlock) and not block.text and not prefill:
+            # An empty block reached the members as an empty turn, or a stray line break in the turn's text. Not
+            # refused in an assistant turn: a council that answered nothing wrote one, and an agent sends its
+            # answers back as they came (the members get the assistant turn's other blocks, or an empty turn).
+            if isinstance(block, TextBlock) and not block.text and turn.role == "user":
                 raise BadRequest(f"messages.{i}.content.{n}: text content blocks must be non-empty",
                                  "invalid_messages")
             # Two calls with one id: a result cannot say which it answers (the members' history pairs them by id).
