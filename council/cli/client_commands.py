@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from council.cli.console import app, err, fail, out
+from council.cli.console import app, bad_url, err, fail, out, wait_seconds
 
 
 @app.command()
@@ -21,13 +21,15 @@ def ask(
     prompt: Annotated[str, typer.Argument(help="The question.")],
     url: Annotated[str, typer.Option(help="The router's base URL.")] = "http://127.0.0.1:8080",
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole response as JSON.")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.", callback=wait_seconds)] = 300.0,
 ) -> None:
     """Ask a running `council serve` one question; the API key comes from $COUNCIL_API_KEY."""
     import os
 
     import httpx
 
+    if (problem := bad_url(url)) is not None:  # as `council eval --url` is: bad input, where it was "cannot reach"
+        raise fail(f"--url {url}: {problem}", 2)
     headers = {"Authorization": f"Bearer {os.environ['COUNCIL_API_KEY']}"} if os.environ.get("COUNCIL_API_KEY") else {}
     body = {"model": council_name, "messages": [{"role": "user", "content": prompt}]}
     try:

@@ -22,6 +22,34 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+# The longest `--timeout`: a socket's timeout past what the platform's clock holds (`inf`, 1e300) raised
+# OverflowError, a traceback; a week is longer than any answer is worth waiting for.
+MAX_WAIT = 7 * 24 * 3600
+
+
+def wait_seconds(value: float) -> float:
+    """`--timeout`'s check, as typer checks a range: 0 or less (and NaN) timed out at once or raised ValueError in
+    the socket, past MAX_WAIT raised OverflowError, so those were tracebacks or every request "unreachable"."""
+    if not 0 < value <= MAX_WAIT:
+        raise typer.BadParameter(f"Input should be greater than 0 and at most {MAX_WAIT} seconds (a week), "
+                                 f"not {value:g}")
+    return value
+
+
+def bad_url(url: str) -> str | None:
+    """Why `--url` is no URL to ask (httpx raised InvalidURL, a traceback, when the client was made), or None."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        return f"not a URL ({exc})"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        # `127.0.0.1:8080` was "unreachable": `ask` exit 1, and `eval` failed every item, a 0% report, exit 0.
+        return "not an http:// or https:// URL (e.g. http://127.0.0.1:8080)"
+    return None
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"council {__version__}")

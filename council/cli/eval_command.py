@@ -11,7 +11,17 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from council.cli.console import app, fail, llama_server_or_exit, load_or_exit, machine_fits_or_exit, out, plan_or_exit
+from council.cli.console import (
+    app,
+    bad_url,
+    fail,
+    llama_server_or_exit,
+    load_or_exit,
+    machine_fits_or_exit,
+    out,
+    plan_or_exit,
+    wait_seconds,
+)
 
 
 @app.command("eval")
@@ -33,7 +43,7 @@ def eval_(
                                                                 "charts, drawn from the same JSON.")] = None,
     record: Annotated[str | None, typer.Option(help="Append each item's answers to this JSONL as they come, "
                                                     "and skip items every seat answered in it (resume).")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds per item with --url.")] = 1800.0,
+    timeout: Annotated[float, typer.Option(help="Seconds per item with --url.", callback=wait_seconds)] = 1800.0,
     data_format: Annotated[str, typer.Option("--format", help="auto (BFCL's files are recognised), qa or bfcl.")
                            ] = "auto",
     categories: Annotated[str | None, typer.Option(help="BFCL: the categories, comma-separated (default: "
@@ -90,7 +100,7 @@ def eval_(
             raise fail(f"{data}:{why}", 2)
     if concurrency < 1:
         raise fail("--concurrency must be at least 1", 2)
-    if url is not None and (problem := _bad_url(url)) is not None:
+    if url is not None and (problem := bad_url(url)) is not None:
         raise fail(f"--url {url}: {problem}", 2)
     for option, target in (("--json", json_out), ("--html", html_out), ("--record", record)):
         # Found out before the members are asked: a report that cannot be written lost the whole run.
@@ -165,20 +175,6 @@ def eval_(
 
         _write(html_out, render([report], f"council eval: {council} on {Path(data).name}"), record)
         out.print(f"page written to {html_out}")
-
-
-def _bad_url(url: str) -> str | None:
-    """Why `--url` is no URL to ask (httpx raised InvalidURL, a traceback, when the client was made), or None."""
-    import httpx
-
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        return f"not a URL ({exc})"
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        # `127.0.0.1:8080` failed every item as unreachable, and the run wrote a 0% report, exit 0.
-        return "not an http:// or https:// URL (e.g. http://127.0.0.1:8080)"
-    return None
 
 
 def _reach_or_exit(url: str) -> None:

@@ -131,7 +131,9 @@ def _members_table(supervisor: Any) -> Table:
 def serve(
     policy: Annotated[str, typer.Argument(help="The policy file (YAML).")],
     host: Annotated[str | None, typer.Option(help="Bind address (default: the policy's server.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: the policy's server.port).")] = None,
+    # The range server.port has: past it bind() raised OverflowError (a traceback), and 0 read as "the policy's".
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: the policy's server.port).")
+                    ] = None,
     role: Annotated[str, typer.Option(help="both (members + API), host (members, published to the registry) "
                                            "or router (API over the registry's members); the last two need "
                                            "state: redis://...")] = "both",
@@ -151,7 +153,7 @@ def serve(
     loaded = load_or_exit(policy)
     settings = loaded.policy.server
     # `--host ""` is every interface, not "use the policy's": it must meet the key check below.
-    bind_host, bind_port = host if host is not None else settings.host, port or settings.port
+    bind_host, bind_port = host if host is not None else settings.host, port if port is not None else settings.port
     if not is_loopback(bind_host) and not settings.api_keys:
         where = bind_host or '"" (every interface)'
         raise fail(f"refusing to serve on {where} without API keys: add server.api_keys to the policy "
