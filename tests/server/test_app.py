@@ -142,7 +142,46 @@ async def test_errors_carry_the_routers_time_and_are_counted(client: httpx.Async
     assert '"code":"quorum_not_met"' in streamed.text
     counted = _requests_total((await client.get("/metrics")).text)
     # A model name is a label once it is known to be one (an unknown name never becomes a label).
-    assert counted == {("-", "400"): 1.0, ("-", "404"): 1.0, ("-", "401"): 1.0, ("c", "503"): 2.0}, counted
+    assert counted == {("c", "400"): 1.0, ("-", "404"): 1.0, ("-", "401"): 1.0, ("c", "503"): 2.0}, counted
+
+
+ASK = [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize(("path", "route", "body"), [
+    ("/v1/chat/completions", "chat", {"model": "c", "messages": ASK, "temperature": "hot"}),
+    ("/v1/chat/completions", "chat", {"model": "m", "messages": []}),
+    ("/v1/chat/completions", "chat", {"model": "c", "messages": ASK, "tool_choice": "required"}),
+    ("/v1/completions", "chat", {"model": "m", "prompt": "x", "max_tokens": True}),
+    ("/v1/completions", "chat", {"model": "c", "prompt": "x"}),  # a council: council_needs_chat
+    ("/v1/messages", "messages", {"model": "c", "max_tokens": 0, "messages": ASK}),
+    ("/v1/messages/count_tokens", "count_tokens", {"model": "m", "messages": "x"}),
+    ("/v1/responses", "chat", {"model": "c", "input": 7}),
+    ("/v1/responses/input_tokens", "chat", {"model": "m", "input": 7}),
+], ids=lambda v: v if isinstance(v, str) else "")
+async def test_a_body_refused_for_a_field_is_counted_under_the_model_it_names(
+        client: httpx.AsyncClient, path: str, route: str, body: dict[str, Any]) -> None:
+    """README: `council_requests_total` counts a request under the council or model its body names where the
+    router serves one, a refusal of another field included (before: all of these were `-`); any other name is
+    `-`, so a client cannot make label values."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    named = await client.post(path, content=json.dumps(body))
+    assert named.status_code == 400, named.text
+    unknown = await client.post(path, content=json.dumps({**body, "model": "nope"}))
+    assert unknown.status_code in (400, 404), unknown.text
+    counted = {(s.labels["route"], s.labels["model"], s.labels["status"]): s.value
+               for f in text_string_to_metric_families((await client.get("/metrics")).text)
+               for s in f.samples if s.name == "council_requests_total"}
+    assert counted == {(route, body["model"], "400"): 1.0, (route, "-", str(unknown.status_code)): 1.0}, counted
+
+
+async def test_a_body_whose_model_cannot_be_read_is_counted_under_dash(client: httpx.AsyncClient) -> None:
+    for raw in (b'{"model": "c", "messages": [', json.dumps({"model": ["c"], "messages": ASK}).encode(),
+                json.dumps([{"model": "c"}]).encode()):
+        reply = await client.post("/v1/chat/completions", content=raw)
+        assert reply.status_code == 400, reply.text
+    assert _requests_total((await client.get("/metrics")).text) == {("-", "400"): 3.0}
 
 
 ASKED = [("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),

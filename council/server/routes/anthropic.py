@@ -20,7 +20,7 @@ from council.server.apis import anthropic
 from council.server.apis.anthropic import CountTokensRequest, MessagesRequest
 from council.server.auth import Principal
 from council.server.deps import current_router, require
-from council.server.errors import MODEL, OVERHEAD_HEADER, ApiError
+from council.server.errors import OVERHEAD_HEADER, ApiError
 from council.server.limits import Admission
 from council.server.router import Router
 from council.server.routes.chat import (
@@ -48,10 +48,9 @@ Current = Annotated[Router, Depends(current_router)]
 @routes.post("/v1/messages", response_model=None)
 async def messages(request: Request, router: Current, who: Chat) -> Response:
     started = time.perf_counter()
-    raw, body = await read_body(request, router.policy.server.max_body)
+    raw, body = await read_body(request, router)
     asked = anthropic.validate(body, MessagesRequest)
     engine = _target(router, asked.model)
-    setattr(request.state, MODEL, asked.model)  # a known name: errors from here on are counted under it
     check_media(router, asked.model, asked.has_media)
     if engine is None:
         admission = await router.limits.admit(who, asked.model)
@@ -153,10 +152,9 @@ async def count_tokens(request: Request, router: Current, who: Chat) -> Response
     """A model's own count; a council's members' tokenizers differ, so the largest of its processes' counts (each
     with the member's own system prompt, as it is sent)."""
     started = time.perf_counter()
-    raw, body = await read_body(request, router.policy.server.max_body)
+    raw, body = await read_body(request, router)
     asked = anthropic.validate(body, CountTokensRequest)
     engine = _target(router, asked.model)
-    setattr(request.state, MODEL, asked.model)
     # A council's members also read their tool instructions: checked (as chat) before admission.
     instructions = None if engine is None else engine.tool_texts(
         as_council_request(router, anthropic.count_to_chat(asked), checked=False))

@@ -52,10 +52,17 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {"required": True, "content": {"applicatio
     }}}}}
 
 
-async def read_body(request: Request, limit: int) -> tuple[bytes, Any]:
-    """The raw body and its JSON, within `server.max_body`."""
-    raw = await read_raw(request, limit)
-    return raw, parse_json(raw)
+async def read_body(request: Request, router: Router) -> tuple[bytes, Any]:
+    """The raw body and its JSON, within `server.max_body`. From here on the request is counted (its metrics'
+    `model`) under the council or model its `model` names, a refusal of its other fields included, where this
+    router serves one by that name; any other name is `-`, as a body that cannot be read is, so clients cannot
+    add label values."""
+    raw = await read_raw(request, router.policy.server.max_body)
+    body = parse_json(raw)
+    named = body.get("model") if isinstance(body, dict) else None
+    if isinstance(named, str) and (named in router.engines or named in router.policy.models):
+        setattr(request.state, MODEL, named)
+    return raw, body
 
 
 async def read_raw(request: Request, limit: int) -> bytes:
@@ -141,11 +148,10 @@ def as_council_request(router: Router, chat_body: dict[str, Any], *, checked: bo
 async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
     router, who = caller(request, "chat")
-    raw, body = await read_body(request, router.policy.server.max_body)
+    raw, body = await read_body(request, router)
     chat = validate_body(body, ChatRequest)
     assert isinstance(chat, ChatRequest)
     engine = _target(router, chat.model)
-    setattr(request.state, MODEL, chat.model)  # a known name: errors from here on are counted under it
     if engine is not None:
         _check_council_request(router, chat)
     else:
@@ -233,12 +239,11 @@ async def completions(request: Request) -> Response:
     """Text completions (editor and agent clients call these), relayed to a model's member."""
     started = time.perf_counter()
     router, who = caller(request, "chat")
-    raw, body = await read_body(request, router.policy.server.max_body)
+    raw, body = await read_body(request, router)
     completion = validate_body(body, CompletionRequest)
     if _target(router, completion.model) is not None:
         raise ApiError(400, f"{completion.model} is a council: councils answer chat completions "
                             "(POST /v1/chat/completions)", "council_needs_chat")
-    setattr(request.state, MODEL, completion.model)
     admission = await router.limits.admit(who, completion.model)
     return await _passthrough(request, router, completion.model, raw, "/v1/completions", admission, started,
                               stream=bool(completion.stream), width=completion.width)

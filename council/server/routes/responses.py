@@ -40,7 +40,7 @@ from council.server.apis.responses import (
 )
 from council.server.auth import Principal, may_read
 from council.server.deps import current_router, require
-from council.server.errors import MODEL, OVERHEAD_HEADER, ApiError
+from council.server.errors import OVERHEAD_HEADER, ApiError
 from council.server.limits import Admission
 from council.server.requests import BadRequest
 from council.server.router import Router
@@ -66,12 +66,11 @@ Current = Annotated[Router, Depends(current_router)]
 
 async def _read(request: Request, router: Router,
                 who: Principal) -> tuple[dict[str, Any], ResponsesRequest, CouncilEngine | None, list[dict[str, Any]]]:
-    """A Responses request's body, validated; the council its `model` names (None: a model; errors from here on
-    are counted under that name); and the stored conversation it continues (`previous_response_id`)."""
-    _, body = await read_body(request, router.policy.server.max_body)
+    """A Responses request's body, validated; the council its `model` names (None: a model); and the stored
+    conversation it continues (`previous_response_id`)."""
+    _, body = await read_body(request, router)
     ask = validate_responses(body)
     engine = _target(router, ask.model)
-    setattr(request.state, MODEL, ask.model)
     return body, ask, engine, await _history(router, ask, who)
 
 
