@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
+from packaging.markers import Marker, default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -22,6 +25,13 @@ def _pins() -> dict[str, tuple[Version, list[str]]]:
         if m := re.match(r"^([A-Za-z0-9._-]+)==(\S+)", block):
             pins[canonicalize_name(m[1])] = (Version(m[2]), re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
     return pins
+
+
+def _lock_markers() -> dict[str, Marker]:
+    """The environment marker of each locked package that only some Pythons install."""
+    text = (ROOT / "requirements.lock").read_text()
+    return {canonicalize_name(m[1]): Marker(m[2])
+            for m in re.finditer(r"^([A-Za-z0-9._-]+)==\S+ ; ([^\\\n]+?)\s*\\?$", text, re.M)}
 
 
 def _declared() -> list[Requirement]:
@@ -52,3 +62,52 @@ def test_dev_installs_from_the_lock_and_reinstalls_when_it_changes() -> None:
     dev = (ROOT / "dev").read_text()
     assert "--require-hashes -r requirements.lock" in dev
     assert "requirements.lock -nt .venv/.installed" in dev and "pyproject.toml -nt .venv/.installed" in dev
+
+
+# Every Python `requires-python = ">=3.11"` lets in that a marker can tell apart: Debian 12's 3.11.2 is below
+# redis's `python_full_version < "3.11.3"`, and pip-compile only sees the interpreter it runs on.
+SUPPORTED_PYTHONS = ("3.11.0", "3.11.2", "3.11.3", "3.11.4", "3.11.9", "3.12.0", "3.13.0", "3.14.0")
+
+
+def _environments(extras: frozenset[str]) -> Iterator[dict[str, str]]:
+    """Marker environments of the machines README names (Linux, CPython) on each supported Python."""
+    for version in SUPPORTED_PYTHONS:
+        for machine in ("x86_64", "aarch64"):
+            for extra in extras or {""}:
+                yield {**default_environment(), "python_full_version": version,
+                       "python_version": ".".join(version.split(".")[:2]), "sys_platform": "linux",
+                       "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
+                       "platform_python_implementation": "CPython", "platform_machine": machine, "extra": extra}
+
+
+def test_every_dependency_of_a_locked_package_is_locked_for_every_supported_python() -> None:
+    """`pip install --require-hashes` refuses a dependency the lock does not pin: walk what the locked packages
+    declare (their installed metadata, in the venv ./dev made from the lock) on every supported Python."""
+    pins, markers = _pins(), _lock_markers()
+    todo = [(r, frozenset[str]()) for r in _declared()]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        requirement, wanted_by = todo.pop()
+        name = canonicalize_name(requirement.name)
+        envs = [e for e in _environments(wanted_by)
+                if requirement.marker is None or requirement.marker.evaluate(e)]
+        if not envs:
+            continue
+        assert name in pins, f"{requirement} is not in requirements.lock"
+        version, _ = pins[name]
+        assert requirement.specifier.contains(version, prereleases=True), (str(requirement), str(version))
+        if name in markers:  # pip must install it wherever it is needed
+            missed = sorted({e["python_full_version"] for e in envs if not markers[name].evaluate(e)})
+            assert not missed, f"{name}'s marker in requirements.lock leaves it out on Python {missed}"
+        extras = frozenset(requirement.extras)
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            # Locked for other Pythons only (pip skipped it here): nothing to read its dependencies from.
+            assert name in markers, f"{name} is locked but not installed: run ./dev"
+            continue
+        assert Version(dist.version) == version, f"{name} {dist.version} is installed, the lock has {version}: ./dev"
+        todo += [(Requirement(r), extras) for r in dist.requires or []]
