@@ -103,6 +103,28 @@ def test_docker_compose_accepts_the_files(files: list[str], tmp_path: Path) -> N
         assert all("deploy" not in s for s in doc["services"].values())  # the base runs on a CPU
 
 
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is missing")
+def test_no_service_is_asked_to_fetch_models_into_a_read_only_mount(tmp_path: Path) -> None:
+    """The entrypoint's `council setup` (COUNCIL_SETUP_MODELS) writes into /var/lib/council/models: where that is a
+    read-only mount it fails at every start and the service crash-loops."""
+    env = {**os.environ, "COUNCIL_CLUSTER_KEY": "k", "COUNCIL_API_KEY": "k", "COUNCIL_MODELS_DIR": str(tmp_path),
+           "COUNCIL_SETUP_MODELS": "small"}
+    proc = subprocess.run(["docker-compose", "-f", str(DOCKER / "compose.yaml"), "config"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    read_only = set()
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            target, ro = ((volume.split(":")[1], volume.endswith(":ro")) if isinstance(volume, str)
+                          else (volume["target"], volume.get("read_only", False)))
+            if target == "/var/lib/council/models" and ro:
+                read_only.add(name)
+    assert read_only == {"host-a", "host-b"}  # the models come from COUNCIL_MODELS_DIR, read-only
+    asked = {name for name, s in services.items() if (s.get("environment") or {}).get("COUNCIL_SETUP_MODELS")}
+    assert asked & read_only == set()
+
+
 def test_the_front_balances_over_every_router_service_and_checks_readyz() -> None:
     services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
     routers = sorted(n for n, s in services.items() if "router" in s.get("command", []))
