@@ -141,7 +141,8 @@ def _unpack(sdist: Path, dest: Path) -> None:
 
 
 def _extract(tar: tarfile.TarFile, dest: Path) -> None:
-    """Unpack `tar` into `dest` with nothing written outside it, no links or device files, no setuid bits."""
+    """Unpack `tar` into `dest` with nothing written outside it, no link leading out of it, no device files and no
+    setuid bits."""
     if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
         tar.extractall(dest, filter="data")
         return
