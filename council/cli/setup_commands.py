@@ -31,6 +31,7 @@ def setup(
     """Install llama-server and the small real models into the cache (idempotent)."""
     from council.paths import council_home
     from council.setup.catalog import CATALOG, models_for
+    from council.setup.install import SetupError
     from council.setup.install.lock import setup_lock
 
     if models not in ("small", "all"):
@@ -43,8 +44,11 @@ def setup(
         chosen = tuple(m for m in CATALOG if m.name in only)
     started = time.monotonic()
     out.print(f"council cache: {council_home()}")
-    with setup_lock(council_home(), lambda: out.print("waiting for another `council setup` on this cache")):
-        _install(chosen, skip_server)
+    try:
+        with setup_lock(council_home(), lambda: out.print("waiting for another `council setup` on this cache")):
+            _install(chosen, skip_server)
+    except SetupError as exc:  # the cache itself unusable (_install says its own failures)
+        raise fail(str(exc), 1) from None
     out.print(f"setup done in {time.monotonic() - started:.1f}s")
 
 

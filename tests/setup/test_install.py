@@ -133,3 +133,16 @@ def test_a_second_setup_on_one_cache_waits_for_the_first(tmp_path: Path) -> None
         assert events == ["waiting"]  # blocked while the first holds the lock
     thread.join(10)
     assert events == ["waiting", "installing"]
+
+
+@pytest.mark.parametrize("where", ["a-file", "under-a-file"])
+def test_a_cache_folder_that_cannot_be_made_is_one_line(where: str, tmp_path: Path) -> None:
+    """COUNCIL_HOME pointing at a file (a typo), or below one: setup cannot make its folder or its lock."""
+    (tmp_path / "a-file").write_text("not a folder\n")
+    home = tmp_path / "a-file" if where == "a-file" else tmp_path / "a-file" / "council"
+    result = run_cli("setup", "--skip-server", "--only", "smollm2-135m", env={"COUNCIL_HOME": str(home)})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert lines[0].startswith(f"error: cannot use {home} as council's cache (COUNCIL_HOME): "), lines[0]
+    assert (tmp_path / "a-file").read_text() == "not a folder\n"

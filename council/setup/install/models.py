@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -61,7 +62,10 @@ def model_status(src: ModelSource, *, rehash: bool = False) -> ModelStatus:
             return "ok"
     if sha256_file(path) != src.sha256:
         return "corrupt"
-    _write_stamp(src)
+    # The stamp only spares the next look a re-hash: a read-only models folder (a `:ro` mount) keeps none, and a
+    # check such as `council doctor` must not need to write.
+    with contextlib.suppress(OSError):
+        _write_stamp(src)
     return "ok"
 
 
