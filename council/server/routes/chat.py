@@ -27,7 +27,7 @@ from council.server.errors import (
 from council.server.limits import Admission
 from council.server.requests import BadRequest, ChatRequest, CompletionRequest, parse_json, validate_body
 from council.server.router import Router
-from council.server.routes.passthrough import HeldStream, relay
+from council.server.routes.passthrough import HeldStream, once, relay
 from council.voting.engine import CouncilAnswer, CouncilEngine
 from council.voting.request import CouncilRequest
 
@@ -341,13 +341,9 @@ def council_stream(router: Router, engine: CouncilEngine, council: CouncilReques
     task: asyncio.Task[CouncilAnswer] | None = None
     status: int = CLIENT_GONE  # until the stream ends otherwise
     waited: float | None = None
-    ended = False
 
+    @once
     async def end() -> None:
-        nonlocal ended
-        if ended:
-            return
-        ended = True
         if task is not None and not task.done():
             task.cancel()
         admission.release()

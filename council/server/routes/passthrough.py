@@ -41,6 +41,19 @@ class HeldStream(StreamingResponse):
             await self.end()
 
 
+def once(act: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """`act` done by the first call alone: a held stream's body and its response both end it."""
+    acted = False
+
+    async def first() -> None:
+        nonlocal acted
+        if not acted:
+            acted = True
+            await act()
+
+    return first
+
+
 async def relay(router: Router, model: str, payload: bytes, path: str, stream: bool,
                 admission: Admission, ended: Callable[[int], None] | None = None, width: int = 1) -> Response:
     """Send `payload` to the least busy ready process serving `model`, through the same client (slots, rate
@@ -92,13 +105,9 @@ async def relay_through(client: HttpMemberClient, payload: bytes, path: str, str
         chunks = _recovering(chunks, toolbox)
 
     status = CLIENT_GONE  # what the metrics count until the stream ends otherwise: the client went away
-    ended = False
 
+    @once
     async def end() -> None:
-        nonlocal ended
-        if ended:
-            return
-        ended = True
         try:
             await opened.__aexit__(None, None, None)
         finally:  # also when the close itself is cancelled (the client went away)
