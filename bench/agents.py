@@ -140,8 +140,12 @@ async def record(policy: dict[str, Any], extra: dict[str, Any], items: list[Bfcl
             assert await assembly.supervisor.wait_settled(600), "members did not settle"
             started = time.monotonic()
 
+            declared = {i.id: [t["function"]["name"] for t in i.tools] for i in items}
+
             def progress(rec: ItemRecord) -> None:
-                calls = sum(bool(a.tool_calls) for a in rec.answers)
+                # Calls llama-server parsed, and those written as text that recovery reads (Qwen2.5-Coder's usual).
+                calls = sum(bool(a.tool_calls) or recover(a.text, declared.get(rec.item_id, [])) is not None
+                            for a in rec.answers)
                 print(f"  {out.stem} {rec.item_id} ({calls}/{len(rec.answers)} seats called, "
                       f"{rec.wall_ms / 1000:.0f}s; {time.monotonic() - started:.0f}s in all)", flush=True)
 
