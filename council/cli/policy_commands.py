@@ -62,13 +62,15 @@ def plan(
 def _print_plan(doc: dict[str, Any]) -> None:
     from council.units import format_size
 
-    gpus = Table("GPU", "memory", "reserve", "slots used", "source", title=f"slots of {format_size(doc['slot_bytes'])}")
+    gpus = Table("GPU", "id", "memory", "reserve", "slots used", "source",
+                 title=f"slots of {format_size(doc['slot_bytes'])}")
     for g in doc["gpus"]:
-        gpus.add_row(g["name"], format_size(g["memory_bytes"]), format_size(g["reserve_bytes"]),
+        gpus.add_row(g["name"], g["id"], format_size(g["memory_bytes"]), format_size(g["reserve_bytes"]),
                      f"{g['slots_used']}/{g['slots']}", g["source"])
     out.print(gpus if doc["gpus"] else "[red]no GPUs: NVML sees none and the policy declares no gpus:[/red]")
+    # A member's GPU by id: identical cards share a name.
     members = Table("member", "model", "estimate", "weights", "kv", "recurrent", "mtp", "compute", "overhead",
-                    "slots", "GPU", title=f"members (estimates for {doc['device']} memory)")
+                    "slots", "GPU id", title=f"members (estimates for {doc['device']} memory)")
     for m in doc["members"]:
         b = m["breakdown"]
         source = " (policy)" if m["estimate_source"] == "policy" else ""

@@ -61,19 +61,21 @@ def capacity_bytes(gpu: Gpu) -> int:
 
 def _need(result: CouncilResult, slots: SlotPlan) -> list[Need]:
     """The slots, and their memory, that a council takes on each GPU."""
-    gpus = {g.gpu.name: g for g in slots.gpus}
+    # By id, as placements are: identical cards share a name, and by name their needs were summed on one.
+    gpus = {g.gpu.id: g for g in slots.gpus}
     need: dict[str, int] = defaultdict(int)
     for placement in result.placements:
         if placement.gpu is not None:
             need[placement.gpu] += placement.slots
-    return [Need(gpus[name].gpu, count, count * slots.slot_bytes,
-                 Room(capacity_bytes(gpus[name].gpu), gpus[name].reserve_bytes))
-            for name, count in need.items()]
+    return [Need(gpus[ident].gpu, count, count * slots.slot_bytes,
+                 Room(capacity_bytes(gpus[ident].gpu), gpus[ident].reserve_bytes))
+            for ident, count in need.items()]
 
 
 def gpu_key(gpu: Gpu, host: str) -> str:
-    """A GPU's name in the shared store: its NVML UUID (unique everywhere), else `host/name`."""
-    return gpu.uuid or f"{host}/{gpu.name}"
+    """A GPU's name in the shared store: its NVML UUID (unique everywhere), else `host/ID` (a declared GPU's id is
+    its name)."""
+    return gpu.uuid or f"{host}/{gpu.id}"
 
 
 @dataclass(frozen=True)
@@ -199,13 +201,13 @@ class LeaseKeeper:
         """The GPUs as a plan leased here must see them: the memory of our own processes (router PID `ours`) is
         handed back, and so is that of the processes of routers on this host whose leases on the GPU count them
         already. A store that cannot answer hands back only ours (the others' memory stays counted: safe)."""
-        leasing: dict[str, set[int]] = {}
+        leasing: dict[str, set[int]] = {}  # by id: identical cards share a name
         for gpu in gpus:
             try:
-                leasing[gpu.name] = await self.routers_here(gpu)
+                leasing[gpu.id] = await self.routers_here(gpu)
             except StateError:
-                leasing[gpu.name] = set()
-        return handing_back(gpus, lambda gpu: leasing[gpu.name] | {ours})
+                leasing[gpu.id] = set()
+        return handing_back(gpus, lambda gpu: leasing[gpu.id] | {ours})
 
     async def _release(self, leases: list[Lease]) -> None:
         for lease in leases:

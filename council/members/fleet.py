@@ -28,7 +28,8 @@ def recipes_from_plan(plan: PolicyPlan, server: LlamaServerInfo) -> list[Process
     policy = plan.policy
     placements = plan.placements()
     threads = default_threads(len(placements)) if plan.device == "cpu" and placements else None
-    gpu_ids = {g.name: (g.uuid or str(g.index)) for g in plan.gpus if g.source == "nvml" or g.uuid}
+    # Keyed by the GPU's id, as placements are: by name, identical cards were one, and every process went to it.
+    gpu_ids = {g.id: (g.uuid or str(g.index)) for g in plan.gpus if g.source == "nvml" or g.uuid}
     chat: dict[str, bool] = {}
     recipes = []
     for placement in placements:

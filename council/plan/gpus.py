@@ -42,6 +42,15 @@ class Gpu:
     # The device's own total as NVML reports it, kept when a policy caps `memory_bytes`: a cap is one router's
     # planning, while routers sharing the GPU must agree on what it holds (leases count against this).
     device_bytes: int | None = None
+    # This GPU among the others, for placement, launch and leases (`name` is for messages): NVML gives identical
+    # cards the same product name. Its UUID, else NVML's index (`gpuN`), else the declared name (unique in a
+    # policy). Set once from what NVML or the policy said, so a policy's cap (`replace`) keeps it.
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            ident = self.uuid or (f"gpu{self.index}" if self.source == "nvml" else self.name)
+            object.__setattr__(self, "id", ident)
 
 
 # Where a router's GPUs come from: NVML on a real host; a test hands in its own.

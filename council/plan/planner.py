@@ -120,7 +120,8 @@ class PolicyPlan:
         return replace(self, slots=replace(self.slots, councils=councils), configs=configs)
 
     def to_json(self) -> dict[str, Any]:
-        """`council plan --json`: estimates, placements and refusals, slot counts per GPU and each estimate's source."""
+        """`council plan --json`: estimates, placements and refusals, slot counts per GPU and each estimate's source.
+        A member's `gpu` is the GPU's `id` (identical cards share a `name`)."""
         members = []
         councils = []
         for result in self.slots.councils:
@@ -136,8 +137,9 @@ class PolicyPlan:
             councils.append({"name": result.name, "fits": result.fits, "reason": result.reason,
                              "fallback": result.fallback})
         return {
-            "gpus": [{"name": s.gpu.name, "memory_bytes": s.gpu.memory_bytes, "reserve_bytes": s.reserve_bytes,
-                      "source": s.gpu.source, "slots": s.total, "slots_used": s.used} for s in self.slots.gpus],
+            "gpus": [{"name": s.gpu.name, "id": s.gpu.id, "memory_bytes": s.gpu.memory_bytes,
+                      "reserve_bytes": s.reserve_bytes, "source": s.gpu.source, "slots": s.total,
+                      "slots_used": s.used} for s in self.slots.gpus],
             "device": self.device,
             "slot_bytes": self.slots.slot_bytes,
             "members": members,

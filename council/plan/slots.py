@@ -48,7 +48,7 @@ class GpuSlots:
 class Placement:
     process: ProcessNeed
     slots: int
-    gpu: str | None
+    gpu: str | None  # the GPU's `id` (identical cards share a name), None where not placed
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def place_council(need: CouncilNeed, gpus: list[GpuSlots], slot_bytes: int) -> C
     where: dict[int, int] = {order[k]: g for k, g in enumerate(assignment)}
     for i, g in where.items():
         gpus[g].used += slots[i]
-    placements = tuple(Placement(p, slots[i], gpus[where[i]].gpu.name) for i, p in enumerate(need.processes))
+    placements = tuple(Placement(p, slots[i], gpus[where[i]].gpu.id) for i, p in enumerate(need.processes))
     return CouncilResult(need.name, True, None, placements)
 
 

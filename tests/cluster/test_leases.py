@@ -7,12 +7,14 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
 from council.cluster.leases import LeaseKeeper, capacity_bytes
+from council.cluster.memory_store import MemoryState
 from council.cluster.redis_store import RedisState
 from council.plan.gpus import Gpu, GpuProcess, resolve_gpus
 from council.plan.planner import PolicyPlan, plan_policy
@@ -320,3 +322,28 @@ async def test_planning_hands_back_ours_and_leasing_neighbours_on_this_host_only
     [planned] = await away.for_planning([gpu], ours=10)
     assert planned.used_by_others_bytes == 2048 * size
     await away.state.close()
+
+
+async def test_two_identical_gpus_are_leased_and_handed_back_each_on_its_own(tmp_path: Path) -> None:
+    """NVML names identical cards alike. Before, leases keyed GPUs by that name: a council of 20 GiB on each of
+    two 24 GiB cards asked for 40 GiB of one card's memory and was refused; and planning handed back on both
+    cards the processes of a router that leases on one only."""
+    name = "NVIDIA GeForce RTX 4090"
+    a, b = (Gpu(name=name, memory_bytes=24 * GiB, free_bytes=24 * GiB, source="nvml", index=i, uuid=f"GPU-{i}",
+                device_bytes=24 * GiB) for i in range(2))
+    plan = sized_plan(tmp_path, "1GiB", {"duo": (2, "20GiB")}, a)
+    plan = plan_policy(plan.policy, [a, b])
+    assert plan.all_admitted
+    state = MemoryState()
+    keeper = LeaseKeeper(state, "testhost:10", host="testhost")
+    assert (await keeper.admit(plan)).refused == {}
+    assert await state.holders("GPU-0") == await state.holders("GPU-1") == {"testhost:10": 20 * GiB}
+    await keeper.release_leases()
+
+    # Router 20 of this host leases on the second card only; a process of it sits on each card.
+    held = [GpuProcess(21, 20, GiB)]
+    a, b = (replace(g, free_bytes=23 * GiB, used_by_others_bytes=GiB, processes=tuple(held)) for g in (a, b))
+    assert await state.acquire("GPU-1", 24 * GiB, "testhost:20", GiB, 30.0) is not None
+    first, second = await keeper.for_planning([a, b], ours=10)
+    assert first.used_by_others_bytes == GiB  # its leases do not count it on this card
+    assert second.used_by_others_bytes == 0

@@ -13,6 +13,7 @@ import pytest
 from council.plan.gpus import Gpu
 from council.plan.planner import plan_policy, resolve_gpus
 from council.policy.loading import load_policy
+from council.policy.schema import Policy
 from council.setup.catalog import by_name
 from tests.conftest import run_cli
 from tests.policies import policy_yaml
@@ -38,8 +39,8 @@ def test_demo_plan_fits_with_gguf_estimates() -> None:
     code, doc = plan_json(POLICIES / "demo.yaml")
     assert code == 0
     assert doc["device"] == "cpu"
-    assert doc["gpus"] == [{"name": "cpu", "memory_bytes": 8 * GiB, "reserve_bytes": GiB, "source": "policy",
-                            "slots": 7, "slots_used": 3}]
+    assert doc["gpus"] == [{"name": "cpu", "id": "cpu", "memory_bytes": 8 * GiB, "reserve_bytes": GiB,
+                            "source": "policy", "slots": 7, "slots_used": 3}]
     assert [m["name"] for m in doc["members"]] == ["demo/0", "demo/1", "demo/2"]
     for member in doc["members"]:
         assert member["estimate_source"] == "gguf"
@@ -119,6 +120,24 @@ def test_nvml_gpus_win_and_a_declared_name_caps_one() -> None:
     plan = plan_policy(loaded.policy, [h100])
     assert plan.device == "gpu"
     assert plan.slots.gpus[0].total == 19  # (80 GiB - 512 MiB) // 4 GiB
+
+
+def test_identical_gpus_are_placed_on_by_id_and_named_in_the_json() -> None:
+    """NVML gives identical cards one product name; a placement names the card by its id (UUID here), and
+    `council plan --json` (the CLI's table, the dashboard) says which card each member is on."""
+    policy = Policy.model_validate({
+        "slots": {"size": "1GiB", "reserve": 0},
+        "models": {"big": {"path": "/nonexistent/big.gguf", "memory": "20GiB"}},
+        "councils": {"duo": {"members": [{"model": "big"}, {"model": "big"}]}},
+    })
+    name = "NVIDIA GeForce RTX 4090"
+    gpus = [Gpu(name=name, memory_bytes=24 * GiB, free_bytes=24 * GiB, source="nvml", index=i, uuid=f"GPU-{i}")
+            for i in range(2)]
+    plan = plan_policy(policy, nvml=gpus)
+    assert sorted(p.gpu or "" for p in plan.placements()) == ["GPU-0", "GPU-1"]
+    doc = plan.to_json()
+    assert [(g["name"], g["id"], g["slots_used"]) for g in doc["gpus"]] == [(name, "GPU-0", 20), (name, "GPU-1", 20)]
+    assert sorted(m["gpu"] for m in doc["members"]) == ["GPU-0", "GPU-1"]
 
 
 def test_samples_share_one_process_sized_for_them_and_too_many_are_refused(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ def test_packing_properties(sizes: list[list[float]], gpu_gib: list[float], slot
             assert all(p.gpu is None for p in result.placements)  # nothing of it placed
             assert result.reason
     for g in plan.gpus:
-        assert used.get(g.gpu.name, 0) == g.used <= g.total
+        assert used.get(g.gpu.id, 0) == g.used <= g.total
         assert g.used * slot <= max(0, g.gpu.memory_bytes - res)
     # Deterministic: the same input gives the same plan.
     again = pack(needs, gpus, slot, res)

@@ -309,7 +309,7 @@ function renderSlots() {
     processes.set(m.process, p);
   }
   for (const gpu of plan.gpus) {
-    const held = [...processes.values()].filter((p) => p.gpu === gpu.name);
+    const held = [...processes.values()].filter((p) => p.gpu === gpu.id);  // by id: identical cards share a name
     const cells = [];
     for (const p of held) {
       for (let i = 0; i < p.slots; i++) {
@@ -327,7 +327,7 @@ function renderSlots() {
           h("i", { width: `${Math.min(100, 100 * p.estimate / size)}%` })),
         `${bytes(p.estimate)} of ${bytes(size)}`);
     });
-    root.append(h("div", { class: "gpu", dataGpu: gpu.name },
+    root.append(h("div", { class: "gpu", dataGpu: gpu.id },
       h("div", { class: "gpu-head" }, h("strong", {}, gpu.name),
         h("span", { class: "quiet" }, `${gpu.slots_used} of ${gpu.slots} slots of ${bytes(plan.slot_bytes)} used`)),
       h("div", { class: "strip" }, cells),
