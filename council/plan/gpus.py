@@ -1,5 +1,8 @@
 """GPUs council may place members on: what NVML sees, or what the policy declares where it sees none.
 
+Only what NVML reports free is free: memory held by graphics processes, or by processes NVML does not list or
+cannot size, is in no process list, so the slot cut never counts more than `free_bytes`.
+
 What NVML reports as held by processes is not all held by others: a router's own member processes (a reload
 places them anew) and those of a router on this host whose leases the planning router sees (the leases count
 them) must not be counted a second time; `handing_back` takes them out.
@@ -32,7 +35,7 @@ class GpuProcess:
 class Gpu:
     name: str
     memory_bytes: int
-    free_bytes: int
+    free_bytes: int  # NVML's free, plus what `handing_back` returns: the most a plan may count as free
     source: Literal["nvml", "policy"]
     index: int = 0
     uuid: str | None = None
@@ -102,12 +105,18 @@ def nvml_gpus() -> list[Gpu]:
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            processes = []
-            try:
-                for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                    processes.append(GpuProcess(int(proc.pid), parent_pid(int(proc.pid)), proc.usedGpuMemory or 0))
-            except pynvml.NVMLError:
-                pass
+            # Graphics processes (a desktop, a browser) hold memory too; one doing both is in both lists, once here.
+            listed: dict[int, GpuProcess] = {}
+            for running in (pynvml.nvmlDeviceGetComputeRunningProcesses,
+                            pynvml.nvmlDeviceGetGraphicsRunningProcesses):
+                try:
+                    for proc in running(handle):
+                        pid, used = int(proc.pid), proc.usedGpuMemory or 0
+                        if pid not in listed or used > listed[pid].used_bytes:
+                            listed[pid] = GpuProcess(pid, parent_pid(pid), used)
+                except pynvml.NVMLError:
+                    pass
+            processes = list(listed.values())
             gpus.append(Gpu(
                 name=_text(pynvml.nvmlDeviceGetName(handle)),
                 memory_bytes=int(mem.total),

@@ -81,7 +81,10 @@ def gpu_slots(gpus: Sequence[Gpu], slot_bytes: int, reserve_bytes: int) -> list[
     """Whole slots per GPU after the reserve and any memory other processes already hold."""
     result = []
     for gpu in gpus:
-        usable = gpu.memory_bytes - reserve_bytes - gpu.used_by_others_bytes
+        # Never more than the free memory: what NVML's process lists miss (graphics, unlisted or unsized
+        # processes) is held all the same.
+        room = min(gpu.memory_bytes - gpu.used_by_others_bytes, gpu.free_bytes)
+        usable = room - reserve_bytes
         result.append(GpuSlots(gpu=gpu, reserve_bytes=reserve_bytes, total=max(0, usable // slot_bytes)))
     return result
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
+import types
+from types import SimpleNamespace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from council.plan.gpus import Gpu, GpuProcess, handing_back, parent_pid
+from council.plan.gpus import Gpu, GpuProcess, handing_back, nvml_gpus, parent_pid
 from council.plan.slots import CouncilNeed, ProcessNeed, gpu_slots, pack, slots_for
 
 GiB = 1 << 30
@@ -133,6 +137,45 @@ def test_handing_back_frees_only_the_processes_of_the_named_routers() -> None:
     assert g.processes == (stranger, orphan)
     assert [s.total for s in gpu_slots([g], 3 * GiB, 0)] == [7]  # before: (24 - 8) // 3 = 5
     assert handing_back([full], lambda gpu: set()) == [full]
+
+
+def test_memory_nvml_does_not_report_free_is_never_planned() -> None:
+    """Before, the cut took the total less the listed processes: 14 GiB that NVML's lists miss (a desktop's
+    graphics processes, a process it cannot size) counted as free, and 23 slots were planned where 10 GiB are."""
+    unlisted = Gpu(name="rtx", memory_bytes=24 * GiB, free_bytes=10 * GiB, source="nvml")
+    assert [s.total for s in gpu_slots([unlisted], GiB, GiB)] == [9]  # (10 - 1) // 1
+    # What this router hands back counts as free again, and still no more than that.
+    ours = Gpu(name="rtx", memory_bytes=24 * GiB, free_bytes=10 * GiB, source="nvml", used_by_others_bytes=4 * GiB,
+               processes=(GpuProcess(101, 100, 4 * GiB),))
+    [back] = handing_back([ours], lambda gpu: {100})
+    assert back.free_bytes == 14 * GiB and [s.total for s in gpu_slots([back], GiB, GiB)] == [13]
+
+
+def test_nvml_counts_graphics_processes_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake pynvml: a 24 GiB card whose desktop holds 14 GiB through graphics processes, one of them also a
+    compute process. Before, only compute processes were asked: a council of 2 x 8 GiB was admitted on 10 GiB."""
+    fake = types.ModuleType("pynvml")
+
+    class NVMLError(Exception):
+        pass
+
+    both = SimpleNamespace(pid=2**22 + 1, usedGpuMemory=4 * GiB)  # no such PID here: no parent
+    vars(fake).update(
+        NVMLError=NVMLError, nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetMemoryInfo=lambda handle: SimpleNamespace(total=24 * GiB, free=10 * GiB, used=14 * GiB),
+        nvmlDeviceGetComputeRunningProcesses=lambda handle: [both],
+        nvmlDeviceGetGraphicsRunningProcesses=lambda handle: [both, SimpleNamespace(pid=2**22 + 2,
+                                                                                    usedGpuMemory=10 * GiB)],
+        nvmlDeviceGetName=lambda handle: b"NVIDIA GeForce RTX 4090", nvmlDeviceGetUUID=lambda handle: b"GPU-0")
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+
+    [seen] = nvml_gpus()
+    assert seen.used_by_others_bytes == 14 * GiB and seen.free_bytes == 10 * GiB
+    assert sorted(p.used_bytes for p in seen.processes) == [4 * GiB, 10 * GiB]
+    plan = pack([council("c", 8, 8)], [seen], GiB, GiB)
+    assert not plan.councils[0].fits and plan.gpus[0].total == 9
+    assert "missing on NVIDIA GeForce RTX 4090" in (plan.councils[0].reason or "")
 
 
 def test_parent_pid_reads_proc() -> None:
