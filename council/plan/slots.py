@@ -3,7 +3,8 @@ ceil(estimate / slot size) slots on one GPU; a council is admitted whole or not 
 
 Councils are placed in policy order. Within a council an exact search (largest process first, GPUs by
 index) finds a placement whenever one exists for the slots still free, so the result is deterministic
-and a council is refused only when it truly cannot fit beside the councils admitted before it.
+and a council is refused only when it truly cannot fit beside the councils admitted before it, or, for a
+council of very many processes, when the search runs out of steps (its reason says so).
 """
 
 from __future__ import annotations
@@ -89,21 +90,38 @@ def gpu_slots(gpus: Sequence[Gpu], slot_bytes: int, reserve_bytes: int) -> list[
     return result
 
 
-def _search(needs: list[int], free: list[int], limit: int = 200_000) -> list[int] | None:
-    """Assign each need (slots) to a GPU index so no GPU exceeds its free slots; None if impossible.
+# The exact search's bound. Remembering failed states keeps councils far below it (22 processes filling 7 GPUs:
+# under a thousand steps); it only stops a pathological one from hanging `council plan` and the router.
+SEARCH_STEPS = 200_000
 
-    Needs are sorted largest first by the caller; GPUs with equal free space are interchangeable at a
-    given depth, so only the first of them is tried (keeps the search tiny for councils of a few members).
+
+class _GaveUp(Exception):
+    """The search used its steps without settling whether the council fits."""
+
+
+def _search(needs: list[int], free: list[int], limit: int) -> list[int] | None:
+    """Assign each need (slots) to a GPU index so no GPU exceeds its free slots; None if impossible. Raises
+    `_GaveUp` after `limit` steps.
+
+    Needs are sorted largest first by the caller. Whether the needs from i on fit depends only on the multiset
+    of free slots, not on which GPU has which: so a state that failed is remembered by (i, sorted free) and never
+    searched again, and GPUs with equal free space at a depth are interchangeable (only the first is tried).
     """
     assignment: list[int] = [-1] * len(needs)
-    budget = [limit]
+    rest = [sum(needs[i:]) for i in range(len(needs) + 1)]  # the slots still to place from i on
+    failed: set[tuple[int, tuple[int, ...]]] = set()
+    steps = 0
 
     def place(i: int) -> bool:
+        nonlocal steps
         if i == len(needs):
             return True
-        budget[0] -= 1
-        if budget[0] < 0:
+        state = (i, tuple(sorted(free)))
+        if state in failed or rest[i] > sum(free):
             return False
+        steps += 1
+        if steps > limit:
+            raise _GaveUp
         tried: set[int] = set()
         for g, room in enumerate(free):
             if room < needs[i] or room in tried:
@@ -114,9 +132,17 @@ def _search(needs: list[int], free: list[int], limit: int = 200_000) -> list[int
             if place(i + 1):
                 return True
             free[g] += needs[i]
+        failed.add(state)
         return False
 
     return assignment if place(0) else None
+
+
+def _gave_up(slots: list[int], gpus: list[GpuSlots]) -> str:
+    """The reason for a council the search could not settle: not a missing-memory reason, which would be false."""
+    return (f"the search for a split of its {len(slots)} processes ({sum(slots)} slots) over the GPUs' free "
+            f"slots ({', '.join(f'{g.gpu.name}: {g.free}' for g in gpus)}) gave up after {SEARCH_STEPS:,} steps: "
+            "it may fit, but no split was found")
 
 
 def _why_not(need: CouncilNeed, slots: list[int], gpus: list[GpuSlots], slot_bytes: int) -> str:
@@ -150,10 +176,14 @@ def place_council(need: CouncilNeed, gpus: list[GpuSlots], slot_bytes: int) -> C
     """Admit the whole council (taking its slots) or none of it."""
     slots = [slots_for(p.estimate_bytes, slot_bytes) for p in need.processes]
     order = sorted(range(len(slots)), key=lambda i: (-slots[i], i))
-    assignment = _search([slots[i] for i in order], [g.free for g in gpus]) if gpus else None
+    try:
+        assignment = _search([slots[i] for i in order], [g.free for g in gpus], SEARCH_STEPS) if gpus else None
+        reason = _why_not(need, slots, gpus, slot_bytes) if assignment is None else None
+    except _GaveUp:
+        assignment, reason = None, _gave_up(slots, gpus)
     if assignment is None:
         placements = tuple(Placement(p, s, None) for p, s in zip(need.processes, slots, strict=True))
-        return CouncilResult(need.name, False, _why_not(need, slots, gpus, slot_bytes), placements)
+        return CouncilResult(need.name, False, reason, placements)
     where: dict[int, int] = {order[k]: g for k, g in enumerate(assignment)}
     for i, g in where.items():
         gpus[g].used += slots[i]

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from council.plan import slots
 from council.plan.gpus import Gpu, GpuProcess, handing_back, nvml_gpus, parent_pid
 from council.plan.slots import CouncilNeed, ProcessNeed, gpu_slots, pack, slots_for
 
@@ -60,6 +61,26 @@ def test_exact_search_finds_split_that_greedy_misses() -> None:
     plan = pack([council("c", 3, 3, 2, 2)], [gpu("a", 5), gpu("b", 5)], GiB, 0)
     assert plan.councils[0].fits
     assert sorted(g.used for g in plan.gpus) == [5, 5]
+
+
+def test_a_large_council_that_fills_the_gpus_exactly_is_admitted() -> None:
+    """22 processes that fill 7 GPUs of 16 slots exactly. Before, the search spent its 200,000 steps on states
+    it had already seen fail and refused the council with a false reason: "member c/21 ... 1.00 GiB missing"."""
+    sizes = [14, 11, 10, 8, 7, 6, 6, 5, 5, 5, 5, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 2]
+    plan = pack([council("c", *sizes)], [gpu(f"g{i}", 16) for i in range(7)], GiB, 0)
+    assert plan.councils[0].fits, plan.councils[0].reason
+    assert [g.used for g in plan.gpus] == [16] * 7
+
+
+def test_a_search_that_runs_out_of_steps_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the bound is reached, the reason is that, not a missing-memory reason that is false."""
+    monkeypatch.setattr(slots, "SEARCH_STEPS", 3)
+    plan = pack([council("c", 3, 3, 2, 2, 1, 1)], [gpu("a", 6), gpu("b", 6)], GiB, 0)
+    [result] = plan.councils
+    assert not result.fits and all(p.gpu is None for p in result.placements)
+    assert result.reason == ("the search for a split of its 6 processes (12 slots) over the GPUs' free slots "
+                             "(a: 6, b: 6) gave up after 3 steps: it may fit, but no split was found")
+    assert [g.used for g in plan.gpus] == [0, 0]
 
 
 def test_no_gpus_is_a_reason_not_a_crash() -> None:
