@@ -307,8 +307,13 @@ class CouncilEngine:
         if reply.status != "ok":
             return SeatOutcome(seat, reply, stage=stage)
         if toolbox is not None:
-            tool = read_answer(reply.message, reply.text, reply.finish_reason, toolbox,
-                               self.config.vote.recover_tool_calls)
+            try:
+                tool = read_answer(reply.message, reply.text, reply.finish_reason, toolbox,
+                                   self.config.vote.recover_tool_calls)
+            except Exception as exc:  # the seat answered: a fault in checking its calls is its abstention, never
+                # the vote's fault (a 500) nor its lane's (the seat reported as a timeout)
+                log.exception("council %s: the calls of %s could not be checked", self.name, seat.name)
+                tool = ToolAnswer(vote=None, abstained=f"its calls could not be checked: {type(exc).__name__}: {exc}")
             found = signals(reply.logprobs, reply.text, tool.vote, how)
             return SeatOutcome(seat, reply, tool.vote, found[self.config.vote.confidence] if found else None, stage,
                                found, tool.abstained, tool)

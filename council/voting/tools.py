@@ -177,13 +177,11 @@ def _check_schema(schema: Any) -> tuple[bool, str | None]:
     except schema_errors.SchemaError as exc:
         return False, str(exc.message)
     patterned, problem = pattern_problem(schema)
-    return patterned, _ref_problem(schema) or problem
+    return patterned, _ref_problem(schema, kind) or problem
 
 
-def _ref_problem(schema: Mapping[str, Any] | bool) -> str | None:
+def _ref_problem(schema: Mapping[str, Any] | bool, kind: Any) -> str | None:
     refs = list(_refs(schema))
-    if not refs:
-        return None
     dialect = str(schema.get("$schema", "")) if isinstance(schema, dict) else ""
     spec = referencing.jsonschema.specification_with(dialect, default=referencing.jsonschema.DRAFT202012)
     resolver = _NO_RETRIEVAL.resolver_with_root(spec.create_resource(schema))
@@ -192,6 +190,101 @@ def _ref_problem(schema: Mapping[str, Any] | bool) -> str | None:
             resolver.lookup(ref)
         except referencing.exceptions.Unresolvable:
             return f"$ref {ref!r} does not resolve within the tool's schema (remote schemas are never fetched)"
+    return _target_problem(schema, spec, resolver, kind)
+
+
+# Keywords whose subschemas check the same value as the schema they are in; the others descend into a part of it
+# (a property, an item, a name). A loop through these and `$ref`s alone never reaches a smaller value.
+_IN_PLACE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas", "dependencies", "extends")
+_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def _in_place(contents: Mapping[str, Any]) -> set[int]:
+    found: set[int] = set()
+    for keyword in _IN_PLACE:
+        value = contents.get(keyword)
+        if keyword in ("dependentSchemas", "dependencies") and isinstance(value, Mapping):
+            found.update(id(each) for each in value.values())
+        elif isinstance(value, list):
+            found.update(id(each) for each in value)
+        elif value is not None:
+            found.add(id(value))
+    return found
+
+
+def _target_problem(schema: Mapping[str, Any] | bool, spec: Any, resolver: Any, kind: Any) -> str | None:
+    """Why a `$ref` the checker would follow cannot be followed: it points at something that is not a schema
+    (`#/required`, a `type`'s string: jsonschema raises on it) or at no valid one (outside the keywords the
+    metaschema check covered), or it loops back to where it is without descending into the arguments (checking a
+    call would recurse until Python's limit). The schema's subschemas and every `$ref` target are walked once,
+    without recursion (a chain of refs can be long), each `$ref` resolved where it is (a nested `$id` included)."""
+    edges: dict[int, list[int]] = {}  # a subschema (its id()) -> those checked against the same value
+    ref_of: dict[int, str] = {}
+    todo: list[tuple[Any, Any]] = [(spec.create_resource(schema), resolver)]
+    targets: list[tuple[str, Any, Any]] = []  # walked once the metaschema-checked tree is
+    while todo or targets:
+        if not todo:
+            ref, contents, at = targets.pop()
+            if id(contents) in edges:
+                continue
+            try:  # outside the keywords the metaschema check walked: jsonschema would apply it unchecked
+                kind.check_schema(contents)
+            except schema_errors.SchemaError as exc:
+                return f"$ref {ref!r} points at no valid JSON Schema: {exc.message}"
+            todo.append((spec.create_resource(contents), at))
+            continue
+        resource, at = todo.pop()
+        contents = resource.contents
+        if not isinstance(contents, Mapping) or id(contents) in edges:
+            continue
+        in_place = _in_place(contents)
+        mine = edges[id(contents)] = []
+        for sub in resource.subresources():
+            todo.append((sub, at.in_subresource(sub)))
+            if id(sub.contents) in in_place:
+                mine.append(id(sub.contents))
+        for keyword in _REF_KEYWORDS:
+            if not isinstance(ref := contents.get(keyword), str):
+                continue
+            try:
+                resolved = at.lookup(ref)
+            except referencing.exceptions.Unresolvable:
+                continue  # under a nested `$id`: the call's check says so (`Toolbox.verdict`)
+            if not isinstance(resolved.contents, Mapping | bool):
+                return f"$ref {ref!r} points at {resolved.contents!r}, not a schema"
+            if isinstance(resolved.contents, Mapping):
+                mine.append(id(resolved.contents))
+                ref_of.setdefault(id(contents), ref)
+                targets.append((ref, resolved.contents, resolved.resolver))
+    return _loop_problem(edges, ref_of)
+
+
+def _loop_problem(edges: Mapping[int, list[int]], ref_of: Mapping[int, str]) -> str | None:
+    """A `$ref` on a loop of `edges` (depth-first, without recursion), said as a problem."""
+    done: set[int] = set()
+    for first in edges:
+        if first in done:
+            continue
+        path = [first]
+        on_path = {first}
+        left = [iter(edges[first])]
+        while left:
+            step = next(left[-1], None)
+            if step is None:
+                node = path.pop()
+                on_path.discard(node)
+                done.add(node)
+                left.pop()
+                continue
+            if step in on_path:
+                loop = path[path.index(step):]
+                ref = next(ref_of[node] for node in loop if node in ref_of)  # JSON is a tree: a loop has a $ref
+                return (f"$ref {ref!r} leads back to where it is without descending into the arguments: checking "
+                        "a call would never end")
+            if step not in done and step in edges:
+                path.append(step)
+                on_path.add(step)
+                left.append(iter(edges[step]))
     return None
 
 
@@ -272,6 +365,10 @@ class Toolbox:
         except PatternUnchecked as exc:
             return (f"arguments of {name} cannot be checked: {exc} "
                     f"({PATTERN_TIMEOUT * 1000:g} ms a call, {PATTERN_BUDGET * 1000:g} ms a request)")
+        except Exception as exc:  # a schema jsonschema cannot apply (a $ref chain past Python's recursion limit, say)
+            # that the request check let through: the seat abstains, saying why, and the vote goes on
+            shown = str(exc) if len(str(exc)) <= 200 else str(exc)[:197] + "..."
+            return f"arguments of {name} cannot be checked: {type(exc).__name__}: {shown}"
         finally:
             if timed:
                 deadline.reset(window)

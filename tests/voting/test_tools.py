@@ -599,3 +599,67 @@ async def test_a_members_argument_against_a_backtracking_pattern_does_not_stall_
     answer = await engine.ask(ask([tool], "set my title"))
     assert time.monotonic() - started < 1.0
     assert "does not match" in member(answer, 0)["abstained"]
+
+
+def test_a_ref_to_no_schema_or_one_that_loops_is_refused_at_the_door() -> None:
+    """Each of these resolved, so the request check let it through; checking a call then raised inside jsonschema
+    (a 500, or the seat reported as a timeout) or recursed until Python's limit."""
+    b = {"type": "string", "enum": ["x"]}
+    refused = {
+        "points at 'string', not a schema": {"properties": {"a": {"$ref": "#/properties/b/type"}, "b": b}},
+        "points at ['x'], not a schema": {"properties": {"a": {"$ref": "#/properties/b/enum"}, "b": b}},
+        "points at ['a'], not a schema": {"required": ["a"], "properties": {"a": {"$ref": "#/required"}}},
+        "points at no valid JSON Schema": {"x": {"type": 5}, "properties": {"a": {"$ref": "#/x"}}},
+    }
+    loops = [{"$defs": {"x": {"$ref": "#/$defs/x"}}, "properties": {"a": {"$ref": "#/$defs/x"}}},
+             {"$defs": {"x": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/x"}]}}},
+             {"not": {"$ref": "#"}},
+             {"properties": {"a": {"$id": "urn:a", "allOf": [{"$ref": "#"}]}}}]  # resolved where it is
+    for says, schema in refused.items():
+        assert says in (schema_problem({"type": "object", **schema}) or ""), schema
+    for schema in loops:
+        assert "leads back to where it is without descending into the arguments" in (schema_problem(schema) or "")
+    # a ref that descends into the arguments is no loop (a tree); a schema outside the keywords is a schema
+    tree = {"type": "object", "properties": {"name": {"type": "string"},
+                                             "children": {"type": "array", "items": {"$ref": "#"}}}}
+    aside = {"type": "object", "x": {"type": "string"}, "properties": {"a": {"$ref": "#/x"},
+                                                                        "b": {"$ref": "#/properties/a"}}}
+    assert schema_problem(tree) is None and schema_problem(aside) is None
+    box = Toolbox([_tool("t", tree), _tool("a", aside)])
+    assert box.verdict("t", {"name": "x", "children": [{"name": "y", "children": []}]}) == "valid"
+    assert box.verdict("t", {"children": [{"name": 1}]}).startswith("arguments fail t's schema at $.children[0]")
+    assert box.verdict("a", {"a": "x", "b": 1}) == "arguments fail a's schema at $.b: 1 is not of type 'string'"
+
+
+HALVES = _tool("f", {"type": "object", "properties": {"n": {"type": "number", "multipleOf": 0.5}}})
+HUGE = calls(("f", '{"n": 1' + "0" * 400 + "}"))  # past a float's range: jsonschema's multipleOf raised on it
+
+
+async def test_a_call_that_cannot_be_checked_makes_its_seat_abstain_never_a_500_or_a_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A valid schema, a member's argument jsonschema raised on: with seats on several processes the exception
+    left the vote (HTTP 500); with one, the seat that answered at once was reported as a timeout."""
+    assert Toolbox([HALVES]).verdict("f", {"n": 10 ** 400}).startswith(
+        "arguments of f cannot be checked: OverflowError: ")
+    engine, _ = council({}, HUGE, calls(("f", {"n": 1.5})), calls(("f", {"n": 1.5})))
+    answer = await engine.ask(CouncilRequest.of(ask([HALVES], "f"), early_stop=False))
+    assert returned(answer) == [("f", {"n": 1.5})]
+    assert member(answer, 0)["abstained"].startswith("invalid tool call: f: arguments of f cannot be checked: "
+                                                     "OverflowError")
+    engine, _ = council({}, HUGE)
+    with pytest.raises(QuorumError, match="c/0: invalid tool call: f: arguments of f cannot be checked") as alone:
+        await engine.ask(ask([HALVES], "f"))
+    assert alone.value.outcomes[0].reply.status == "ok"  # it answered: no timeout
+    # Whatever else fails in reading a seat's calls is that seat's abstention too, never the vote's fault.
+    import council.voting.engine as engine_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a fault of its own")
+
+    monkeypatch.setattr(engine_module, "read_answer", broken)
+    for seats in (1, 3):
+        engine, _ = council({}, *[calls(("f", {"n": 1.5}))] * seats)
+        with pytest.raises(QuorumError, match="its calls could not be checked: RuntimeError: a fault of its own"
+                           ) as failed:
+            await engine.ask(ask([HALVES], "f"))
+        assert [o.reply.status for o in failed.value.outcomes] == ["ok"] * seats
