@@ -19,8 +19,8 @@ before their arguments are compared: the reference is the call set the shape's s
 among them); each other seat's calls to one function are matched to the reference's calls to that function by
 the assignment that agrees on the most argument values (every permutation up to 6 calls of one function, else
 in sorted order). Each argument then takes the value most of the aligned calls give it (an argument a seat left
-out votes for leaving it out). A composed call that fails its schema is never returned: the reference's calls
-are, then.
+out votes for leaving it out). A composed call that fails its schema is never returned, nor one composed twice
+(an agent would run it twice): the reference's calls are, then.
 
 Validators are compiled once per request (one per declared tool, on first use), never per seat.
 """
@@ -537,11 +537,19 @@ def _per_argument(ballots: Sequence[Ballot], answers: Mapping[str, ToolAnswer], 
                           "value": None if won.answer == ABSENT else values[won.answer], "absent": won.answer == ABSENT,
                           "votes": won.votes})
         composed.append(toolbox.call(ref.name, arguments))
+    fallback = None
     if not all(c.valid for c in composed):
         why = "; ".join(f"{c.name}: {c.verdict}" for c in composed if not c.valid)
+        fallback = f"the composed calls fail their schema ({why})"
+    elif len(distinct := unique(composed)) < len(composed):
+        # Two slots composed the same call: returned twice, an agent would run it twice, and as a set (each call
+        # once) it no longer has the shape that won.
+        repeated = ", ".join(c.key for c in distinct if sum(d.key == c.key for d in composed) > 1)
+        fallback = f"the composed calls repeat {repeated}"
+    if fallback is not None:
         return ToolDecision(dataclasses.replace(by_shape, answer=reference.answer, text=reference.answer,
                                                 speaker=reference.speaker), ref_calls, shown,
-                            f"the composed calls fail their schema ({why}): the reference calls are returned")
+                            f"{fallback}: the reference calls are returned")
     key = set_key(composed)
     return ToolDecision(dataclasses.replace(by_shape, answer=key, text=key, speaker=reference.speaker),
                         tuple(composed), shown)

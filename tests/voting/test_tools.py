@@ -663,3 +663,17 @@ async def test_a_call_that_cannot_be_checked_makes_its_seat_abstain_never_a_500_
                            ) as failed:
             await engine.ask(ask([HALVES], "f"))
         assert [o.reply.status for o in failed.value.outcomes] == ["ok"] * seats
+
+
+async def test_per_argument_never_returns_the_same_call_twice() -> None:
+    """Each slot is composed on its own: two could come out the same call, which the council returned twice (two
+    ids: an agent ran it twice) though no seat made it twice and its vote counted it once."""
+    pair = _tool("f", {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}})
+    replies = (calls(("f", {"a": 1, "b": 2}), ("f", {"a": 1, "b": 3})),  # the quickest: the reference on a tie
+               calls(("f", {"a": 1, "b": 3}), ("f", {"a": 3, "b": 3}), delay=0.05),
+               calls(("f", {"a": 1, "b": 3}), ("f", {"a": 2, "b": 3}), delay=0.1))
+    engine, _ = council({"vote": {"strategy": "majority", "tools": "per_argument"}}, *replies)
+    answer = await engine.ask(ask([pair], "go"))
+    assert returned(answer) == [("f", {"a": 1, "b": 2}), ("f", {"a": 1, "b": 3})]  # the reference's, each once
+    assert answer.council_json()["tool_vote"]["fallback"] == (
+        'the composed calls repeat f({"a":1,"b":3}): the reference calls are returned')
