@@ -48,6 +48,7 @@ from council.voting.extract import _canonical_json, extract
 from council.voting.patterns import (
     PATTERN_BUDGET,
     PATTERN_TIMEOUT,
+    REF_KEYWORDS,
     PatternUnchecked,
     deadline,
     pattern_problem,
@@ -147,37 +148,32 @@ def unique(calls: Sequence[ToolCall]) -> tuple[ToolCall, ...]:
 
 
 def schema_problem(schema: Any) -> str | None:
-    """Why `schema` (a tool's `parameters`) is not a valid JSON Schema, or not one the router can check, or None."""
-    return _schema_facts(schema)[1]
-
-
-def _schema_facts(schema: Any) -> tuple[bool, str | None]:
-    """Whether `schema` uses patterns (`council.voting.patterns`), and `schema_problem`. Checking one walks
-    jsonschema's metaschema, milliseconds per tool, and an agent sends the same tools with every turn: the facts
-    are kept per schema (its canonical JSON)."""
+    """Why `schema` (a tool's `parameters`) is not a valid JSON Schema, or not one the router can check, or None.
+    Checking one walks jsonschema's metaschema, milliseconds per tool, and an agent sends the same tools with every
+    turn: the verdict is kept per schema (its canonical JSON)."""
     try:
         key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # not JSON (a caller's own objects): checked as it is, not kept
         return _check_schema(schema)
-    return _cached_facts(key)
+    return _cached_problem(key)
 
 
 @functools.lru_cache(maxsize=1024)
-def _cached_facts(key: bytes) -> tuple[bool, str | None]:
+def _cached_problem(key: bytes) -> str | None:
     return _check_schema(orjson.loads(key))
 
 
-def _check_schema(schema: Any) -> tuple[bool, str | None]:
+def _check_schema(schema: Any) -> str | None:
     if not isinstance(schema, Mapping | bool):
         # jsonschema looks `$schema` up in it first: a number there is a TypeError, not a SchemaError.
-        return False, f"{schema!r} is not a JSON Schema (an object)"
+        return f"{schema!r} is not a JSON Schema (an object)"
     kind = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         kind.check_schema(schema)
     except schema_errors.SchemaError as exc:
-        return False, str(exc.message)
-    patterned, problem = pattern_problem(schema)
-    return patterned, _ref_problem(schema, kind) or problem
+        return str(exc.message)
+    # The refs first: the pattern walk follows them, each to a schema, once they are known to lead to one.
+    return _ref_problem(schema, kind) or pattern_problem(schema)[1]
 
 
 def _ref_problem(schema: Mapping[str, Any] | bool, kind: Any) -> str | None:
@@ -196,7 +192,6 @@ def _ref_problem(schema: Mapping[str, Any] | bool, kind: Any) -> str | None:
 # Keywords whose subschemas check the same value as the schema they are in; the others descend into a part of it
 # (a property, an item, a name). A loop through these and `$ref`s alone never reaches a smaller value.
 _IN_PLACE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas", "dependencies", "extends")
-_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 
 def _in_place(contents: Mapping[str, Any]) -> set[int]:
@@ -243,7 +238,7 @@ def _target_problem(schema: Mapping[str, Any] | bool, spec: Any, resolver: Any, 
             todo.append((sub, at.in_subresource(sub)))
             if id(sub.contents) in in_place:
                 mine.append(id(sub.contents))
-        for keyword in _REF_KEYWORDS:
+        for keyword in REF_KEYWORDS:
             if not isinstance(ref := contents.get(keyword), str):
                 continue
             try:
@@ -319,7 +314,6 @@ class Toolbox:
                 parameters = function.get("parameters")
                 self.schemas[function["name"]] = parameters if parameters is not None else {"type": "object"}
         self._validators: dict[str, Any] = {}
-        self._patterned: set[str] = set()  # tools whose schema uses patterns: their calls' searches are timed
         self._pattern_time = PATTERN_BUDGET  # left to this request's pattern searches, every seat's calls together
 
     def __bool__(self) -> bool:
@@ -333,11 +327,9 @@ class Toolbox:
         """The compiled validator, or the reason the tool's schema is not one."""
         if name not in self._validators:
             schema = self.schemas[name]
-            patterned, problem = _schema_facts(schema)
+            problem = schema_problem(schema)
             if problem is None:
                 self._validators[name] = validator_class(schema)(schema, registry=_NO_RETRIEVAL)
-                if patterned:
-                    self._patterned.add(name)
             else:
                 self._validators[name] = f"{name}'s parameters are not a valid JSON Schema: {problem}"
         return self._validators[name]
@@ -354,10 +346,10 @@ class Toolbox:
         validator = self._validator(name)
         if isinstance(validator, str):
             return validator
-        timed = name in self._patterned
-        if timed:
-            started = time.monotonic()
-            window = deadline.set(started + min(PATTERN_TIMEOUT, self._pattern_time))
+        # Every call is timed, not only those to tools the request check saw patterns in: a pattern it did not see
+        # (one way or another) would otherwise get a fresh PATTERN_TIMEOUT for each search, and no budget at all.
+        started = time.monotonic()
+        window = deadline.set(started + min(PATTERN_TIMEOUT, self._pattern_time))
         try:
             error = schema_errors.best_match(validator.iter_errors(arguments))
         except referencing.exceptions.Unresolvable as exc:  # a $ref the request check could not see (nested $id)
@@ -370,9 +362,8 @@ class Toolbox:
             shown = str(exc) if len(str(exc)) <= 200 else str(exc)[:197] + "..."
             return f"arguments of {name} cannot be checked: {type(exc).__name__}: {shown}"
         finally:
-            if timed:
-                deadline.reset(window)
-                self._pattern_time -= time.monotonic() - started
+            deadline.reset(window)
+            self._pattern_time -= time.monotonic() - started
         if error is None:
             return VALID
         where = f" at {error.json_path}" if error.path else ""

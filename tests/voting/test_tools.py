@@ -677,3 +677,21 @@ async def test_per_argument_never_returns_the_same_call_twice() -> None:
     assert returned(answer) == [("f", {"a": 1, "b": 2}), ("f", {"a": 1, "b": 3})]  # the reference's, each once
     assert answer.council_json()["tool_vote"]["fallback"] == (
         'the composed calls repeat f({"a":1,"b":3}): the reference calls are returned')
+
+
+def test_a_pattern_reached_by_a_ref_from_beside_the_keywords_is_held_to_the_time_limits() -> None:
+    """`"$ref": "#/x"` with `x` beside `properties` (no keyword reads it, jsonschema follows the ref all the same):
+    the request check did not see the pattern there, so its calls were not timed. Each search got a fresh 20 ms,
+    no call or request budget applied, and nine seats' calls held the event loop for seconds; and a `$schema`
+    there made jsonschema match it with `re`, without any limit."""
+    from council.voting.patterns import PATTERN_BUDGET
+
+    aside = {"type": "object", "x": {"type": "string", "pattern": BACKTRACKS}, "properties": {"s": {"$ref": "#/x"}}}
+    assert schema_problem(aside) is None
+    box = Toolbox([_tool("f", aside)])
+    started = time.monotonic()
+    for _ in range(60):  # 60 seats' calls, each search out of time: 20 ms each, until the request's budget is spent
+        assert "ran out of time" in box.call("f", {"s": "a" * 26 + "!"}).verdict
+    assert time.monotonic() - started < PATTERN_BUDGET + 0.5  # not 60 x 20 ms
+    drafted = {**aside, "x": {"$schema": "http://json-schema.org/draft-07/schema#", **aside["x"]}}
+    assert "a `$schema` inside a schema that uses patterns" in (schema_problem(drafted) or "")
