@@ -167,13 +167,21 @@ def _check_schema(schema: Any) -> str | None:
     if not isinstance(schema, Mapping | bool):
         # jsonschema looks `$schema` up in it first: a number there is a TypeError, not a SchemaError.
         return f"{schema!r} is not a JSON Schema (an object)"
-    kind = validators.validator_for(schema, default=validators.Draft202012Validator)
+    if isinstance(schema, Mapping) and not isinstance(dialect := schema.get("$schema", ""), str):
+        # looked up before the metaschema can say so: a number there was an AttributeError from urllib
+        return f"$schema must be a string (a metaschema's URI), not {dialect!r}"
     try:
-        kind.check_schema(schema)
-    except schema_errors.SchemaError as exc:
-        return str(exc.message)
-    # The refs first: the pattern walk follows them, each to a schema, once they are known to lead to one.
-    return _ref_problem(schema, kind) or pattern_problem(schema)[1]
+        kind = validators.validator_for(schema, default=validators.Draft202012Validator)
+        try:
+            kind.check_schema(schema)
+        except schema_errors.SchemaError as exc:
+            return str(exc.message)
+        # The refs first: the pattern walk follows them, each to a schema, once they are known to lead to one.
+        return _ref_problem(schema, kind) or pattern_problem(schema)[1]
+    except Exception as exc:  # jsonschema or referencing raising on a schema they did not expect (`$schema:
+        # "http://["`): the request is at fault (400 `invalid_tools`), never the router (a 500)
+        shown = str(exc) if len(str(exc)) <= 200 else str(exc)[:197] + "..."
+        return f"it cannot be checked: {type(exc).__name__}: {shown}"
 
 
 def _ref_problem(schema: Mapping[str, Any] | bool, kind: Any) -> str | None:

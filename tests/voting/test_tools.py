@@ -695,3 +695,13 @@ def test_a_pattern_reached_by_a_ref_from_beside_the_keywords_is_held_to_the_time
     assert time.monotonic() - started < PATTERN_BUDGET + 0.5  # not 60 x 20 ms
     drafted = {**aside, "x": {"$schema": "http://json-schema.org/draft-07/schema#", **aside["x"]}}
     assert "a `$schema` inside a schema that uses patterns" in (schema_problem(drafted) or "")
+
+
+def test_a_schema_jsonschema_cannot_even_look_up_is_a_problem_not_an_exception() -> None:
+    """`$schema` is looked up before the metaschema is applied: a number there raised AttributeError from
+    urllib (the request check then gave a 500, not 400 `invalid_tools`), and a URI urllib cannot split, ValueError."""
+    assert schema_problem({"type": "object", "$schema": 5}) == "$schema must be a string (a metaschema's URI), not 5"
+    assert schema_problem({"$schema": "http://["}) == "it cannot be checked: ValueError: Invalid IPv6 URL"
+    box = Toolbox([_tool("f", {"type": "object", "$schema": 5})])
+    assert box.call("f", "{}").verdict == ("f's parameters are not a valid JSON Schema: $schema must be a string (a "
+                                           "metaschema's URI), not 5")
