@@ -120,7 +120,7 @@ CUT_OFF = "cut off by max_tokens before a final answer"
 
 
 class QuorumError(CouncilError, RuntimeError):
-    """Fewer members answered than the council's quorum (or every answer abstained)."""
+    """Fewer seats answered than the council's quorum (or every answer abstained)."""
 
     def __init__(self, council: str, message: str, outcomes: list[SeatOutcome]) -> None:
         super().__init__(f"council {council}: {message}")
@@ -567,7 +567,7 @@ class CouncilEngine:
             raise RequestRejected(self.name, next(o.reply.error for o in ordered if o.reply.rejected) or "")
         need = self.config.quorum_count(collected.asked)
         if len(answered) < need:
-            raise QuorumError(self.name, f"only {len(answered)} of {collected.asked} members answered; "
+            raise QuorumError(self.name, f"only {len(answered)} of {collected.asked} seats answered; "
                               f"the quorum is {need}", ordered)
         ballots = [self._ballot(o) for o in answered]
         judge_fallback = False
@@ -667,8 +667,8 @@ def _abstained(answered: list[SeatOutcome]) -> str | None:
     cut = sum(o.abstained == CUT_OFF for o in answered)
     if not cut:
         why = [f"{o.seat.name}: {o.abstained}" for o in answered if o.abstained]  # invalid tool calls, say
-        return "every member abstained: " + "; ".join(why) if len(why) == len(answered) else None
+        return "every seat abstained: " + "; ".join(why) if len(why) == len(answered) else None
     if cut == len(answered):
         return "every reply was cut off by max_tokens before a final answer; raise max_tokens"
-    return (f"every member abstained: {cut} of {len(answered)} replies were cut off by max_tokens before a final "
+    return (f"every seat abstained: {cut} of {len(answered)} replies were cut off by max_tokens before a final "
             "answer (raise max_tokens), the others had no answer")

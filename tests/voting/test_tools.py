@@ -117,7 +117,7 @@ async def test_an_undeclared_function_or_invalid_arguments_never_win_and_the_bal
 async def test_when_every_call_is_invalid_the_error_says_why() -> None:
     engine, _ = council({"vote": {"strategy": "majority"}}, calls(("delete_files", {})), calls(weather("Paris",
                                                                                                      unit=3)))
-    with pytest.raises(QuorumError, match=r"every member abstained: c/0: invalid tool call: delete_files: "
+    with pytest.raises(QuorumError, match=r"every seat abstained: c/0: invalid tool call: delete_files: "
                                           r".*c/1: invalid tool call: get_weather: arguments fail"):
         await engine.ask(ask())
 
