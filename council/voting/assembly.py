@@ -91,7 +91,7 @@ class Assembly:
                 continue  # taking `without` out does not touch this council
             ready, need = self.ready_seats(name, without=without), engine.config.quorum_count()
             if ready < need:
-                short[name] = f"{ready} of {len(engine.seats)} members ready, quorum {need}"
+                short[name] = f"{ready} of {len(engine.seats)} seats ready, quorum {need}"
         return short
 
     def process_name(self, seat: str) -> str | None:

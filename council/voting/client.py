@@ -233,6 +233,9 @@ class MemberUnavailable(CouncilError):
     """No ready process serves this member right now (starting, restarting, or gone)."""
 
 
+NOT_READY = "process is not ready"  # the seat's llama-server: a member is the policy's entry, not this process
+
+
 class MemberFailed(CouncilError):
     """The member's connection broke before it answered; the message names the member and how."""
 
@@ -340,7 +343,7 @@ class HttpMemberClient:
         start = time.monotonic()
         where = self.endpoint()
         if where is None:
-            return MemberReply(status="error", error="member is not ready")
+            return MemberReply(status="error", error=NOT_READY)
         try:
             async with self._call(where, path, orjson.dumps(payload)) as (response, outcome):
                 status, raw = response.status, await response.read()
@@ -370,7 +373,7 @@ class HttpMemberClient:
         body = {**payload, "n": n, "stream": True, "stream_options": {"include_usage": True}}
         data = orjson.dumps(body)
         done: set[int] = set()
-        error = "member is not ready"
+        error = NOT_READY
         where = self.endpoint()
         if where is not None:
             try:
@@ -400,7 +403,7 @@ class HttpMemberClient:
     def _where(self) -> Endpoint:
         where = self.endpoint()
         if where is None:
-            raise MemberUnavailable("member is not ready")
+            raise MemberUnavailable(NOT_READY)
         return where
 
     async def relay(self, body: bytes, path: str, width: int = 1) -> Relayed:

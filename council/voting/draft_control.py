@@ -129,7 +129,7 @@ class DraftController:
         plan = self._plan()
         placement = next((p for p in plan.placements() if p.process.key == process.name), None)
         if placement is None:
-            return "the member is not in the plan"
+            return "the process is not in the plan"
         model = placement.process.model
         try:
             estimate = estimate_process(plan.policy.with_draft_n(model, n), model, len(placement.process.seats),
@@ -139,7 +139,7 @@ class DraftController:
         need = slots_for(estimate, plan.slots.slot_bytes)
         if need > placement.slots:
             return (f"estimate {format_size(estimate)} at n={n} needs {need} slots of "
-                    f"{format_size(plan.slots.slot_bytes)}, the member has {placement.slots}")
+                    f"{format_size(plan.slots.slot_bytes)}, the process has {placement.slots}")
         return None
 
     def _quorum_blocker(self, process: MemberProcess) -> str | None:

@@ -120,7 +120,7 @@ CUT_OFF = "cut off by max_tokens before a final answer"
 
 
 class QuorumError(CouncilError, RuntimeError):
-    """Fewer members answered than the council's quorum (or every answer abstained)."""
+    """Fewer seats answered than the council's quorum (or every answer abstained)."""
 
     def __init__(self, council: str, message: str, outcomes: list[SeatOutcome]) -> None:
         super().__init__(f"council {council}: {message}")
@@ -307,8 +307,13 @@ class CouncilEngine:
         if reply.status != "ok":
             return SeatOutcome(seat, reply, stage=stage)
         if toolbox is not None:
-            tool = read_answer(reply.message, reply.text, reply.finish_reason, toolbox,
-                               self.config.vote.recover_tool_calls)
+            try:
+                tool = read_answer(reply.message, reply.text, reply.finish_reason, toolbox,
+                                   self.config.vote.recover_tool_calls)
+            except Exception as exc:  # the seat answered: a fault in checking its calls is its abstention, never
+                # the vote's fault (a 500) nor its lane's (the seat reported as a timeout)
+                log.exception("council %s: the calls of %s could not be checked", self.name, seat.name)
+                tool = ToolAnswer(vote=None, abstained=f"its calls could not be checked: {type(exc).__name__}: {exc}")
             found = signals(reply.logprobs, reply.text, tool.vote, how)
             return SeatOutcome(seat, reply, tool.vote, found[self.config.vote.confidence] if found else None, stage,
                                found, tool.abstained, tool)
@@ -562,7 +567,7 @@ class CouncilEngine:
             raise RequestRejected(self.name, next(o.reply.error for o in ordered if o.reply.rejected) or "")
         need = self.config.quorum_count(collected.asked)
         if len(answered) < need:
-            raise QuorumError(self.name, f"only {len(answered)} of {collected.asked} members answered; "
+            raise QuorumError(self.name, f"only {len(answered)} of {collected.asked} seats answered; "
                               f"the quorum is {need}", ordered)
         ballots = [self._ballot(o) for o in answered]
         judge_fallback = False
@@ -662,8 +667,8 @@ def _abstained(answered: list[SeatOutcome]) -> str | None:
     cut = sum(o.abstained == CUT_OFF for o in answered)
     if not cut:
         why = [f"{o.seat.name}: {o.abstained}" for o in answered if o.abstained]  # invalid tool calls, say
-        return "every member abstained: " + "; ".join(why) if len(why) == len(answered) else None
+        return "every seat abstained: " + "; ".join(why) if len(why) == len(answered) else None
     if cut == len(answered):
         return "every reply was cut off by max_tokens before a final answer; raise max_tokens"
-    return (f"every member abstained: {cut} of {len(answered)} replies were cut off by max_tokens before a final "
+    return (f"every seat abstained: {cut} of {len(answered)} replies were cut off by max_tokens before a final "
             "answer (raise max_tokens), the others had no answer")

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
 
+import referencing
+import referencing.exceptions
 import referencing.jsonschema
 import regex
 from jsonschema import validators
@@ -30,6 +32,7 @@ PATTERN_BUDGET = 0.1  # s: what one request's (every seat's calls') may take tog
 # by its caller (a ContextVar, not the validator: jsonschema makes a new validator for every subschema).
 deadline: ContextVar[float | None] = ContextVar("council_pattern_deadline", default=None)
 _PATTERN_KEYWORDS = ("pattern", "patternProperties")
+REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")  # what jsonschema follows to another schema
 
 
 class PatternUnchecked(Exception):
@@ -111,21 +114,34 @@ def validator_class(schema: Any) -> Any:
 def pattern_problem(schema: Any) -> tuple[bool, str | None]:
     """Whether a (valid) tool schema uses patterns, and why those could not be matched under the time limit, if
     so: jsonschema matches `unevaluatedProperties`' property names against `patternProperties` with `re` itself,
-    and a nested `$schema` naming a draft switches to jsonschema's own validators."""
+    and a nested `$schema` naming a draft switches to jsonschema's own validators. Its `$ref`s are followed (each
+    once), not only its keywords' subschemas: one can lead to a schema beside them, under a key no keyword reads,
+    which jsonschema checks all the same."""
     dialect = str(schema.get("$schema", "")) if isinstance(schema, Mapping) else ""
     spec = referencing.jsonschema.specification_with(dialect, default=referencing.jsonschema.DRAFT202012)
     found: set[str] = set()
     nested_schema = False
-    todo = [spec.create_resource(schema)]
-    root = True
+    root = spec.create_resource(schema)
+    todo = [(root, referencing.Registry().resolver_with_root(root))]  # empty: nothing remote is fetched
+    seen: set[int] = set()
     while todo:
-        resource = todo.pop()
+        resource, resolver = todo.pop()
         contents = resource.contents
         if isinstance(contents, Mapping):
+            if id(contents) in seen:
+                continue
+            seen.add(id(contents))
             found.update(k for k in (*_PATTERN_KEYWORDS, "unevaluatedProperties") if k in contents)
-            nested_schema = nested_schema or (not root and "$schema" in contents)
-        root = False
-        todo.extend(resource.subresources())
+            nested_schema = nested_schema or (contents is not schema and "$schema" in contents)
+            for keyword in REF_KEYWORDS:
+                if isinstance(ref := contents.get(keyword), str):
+                    try:
+                        resolved = resolver.lookup(ref)
+                    except referencing.exceptions.Unresolvable:
+                        continue  # the call's check says so
+                    if isinstance(resolved.contents, Mapping):
+                        todo.append((spec.create_resource(resolved.contents), resolved.resolver))
+        todo.extend((sub, resolver.in_subresource(sub)) for sub in resource.subresources())
     patterned = any(k in found for k in _PATTERN_KEYWORDS)
     if "patternProperties" in found and "unevaluatedProperties" in found:
         return True, ("`unevaluatedProperties` beside `patternProperties` is not supported: its property names would "

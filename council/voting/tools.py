@@ -19,8 +19,8 @@ before their arguments are compared: the reference is the call set the shape's s
 among them); each other seat's calls to one function are matched to the reference's calls to that function by
 the assignment that agrees on the most argument values (every permutation up to 6 calls of one function, else
 in sorted order). Each argument then takes the value most of the aligned calls give it (an argument a seat left
-out votes for leaving it out). A composed call that fails its schema is never returned: the reference's calls
-are, then.
+out votes for leaving it out). A composed call that fails its schema is never returned, nor one composed twice
+(an agent would run it twice): the reference's calls are, then.
 
 Validators are compiled once per request (one per declared tool, on first use), never per seat.
 """
@@ -48,6 +48,7 @@ from council.voting.extract import _canonical_json, extract
 from council.voting.patterns import (
     PATTERN_BUDGET,
     PATTERN_TIMEOUT,
+    REF_KEYWORDS,
     PatternUnchecked,
     deadline,
     pattern_problem,
@@ -147,43 +148,44 @@ def unique(calls: Sequence[ToolCall]) -> tuple[ToolCall, ...]:
 
 
 def schema_problem(schema: Any) -> str | None:
-    """Why `schema` (a tool's `parameters`) is not a valid JSON Schema, or not one the router can check, or None."""
-    return _schema_facts(schema)[1]
-
-
-def _schema_facts(schema: Any) -> tuple[bool, str | None]:
-    """Whether `schema` uses patterns (`council.voting.patterns`), and `schema_problem`. Checking one walks
-    jsonschema's metaschema, milliseconds per tool, and an agent sends the same tools with every turn: the facts
-    are kept per schema (its canonical JSON)."""
+    """Why `schema` (a tool's `parameters`) is not a valid JSON Schema, or not one the router can check, or None.
+    Checking one walks jsonschema's metaschema, milliseconds per tool, and an agent sends the same tools with every
+    turn: the verdict is kept per schema (its canonical JSON)."""
     try:
         key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # not JSON (a caller's own objects): checked as it is, not kept
         return _check_schema(schema)
-    return _cached_facts(key)
+    return _cached_problem(key)
 
 
 @functools.lru_cache(maxsize=1024)
-def _cached_facts(key: bytes) -> tuple[bool, str | None]:
+def _cached_problem(key: bytes) -> str | None:
     return _check_schema(orjson.loads(key))
 
 
-def _check_schema(schema: Any) -> tuple[bool, str | None]:
+def _check_schema(schema: Any) -> str | None:
     if not isinstance(schema, Mapping | bool):
         # jsonschema looks `$schema` up in it first: a number there is a TypeError, not a SchemaError.
-        return False, f"{schema!r} is not a JSON Schema (an object)"
-    kind = validators.validator_for(schema, default=validators.Draft202012Validator)
+        return f"{schema!r} is not a JSON Schema (an object)"
+    if isinstance(schema, Mapping) and not isinstance(dialect := schema.get("$schema", ""), str):
+        # looked up before the metaschema can say so: a number there was an AttributeError from urllib
+        return f"$schema must be a string (a metaschema's URI), not {dialect!r}"
     try:
-        kind.check_schema(schema)
-    except schema_errors.SchemaError as exc:
-        return False, str(exc.message)
-    patterned, problem = pattern_problem(schema)
-    return patterned, _ref_problem(schema) or problem
+        kind = validators.validator_for(schema, default=validators.Draft202012Validator)
+        try:
+            kind.check_schema(schema)
+        except schema_errors.SchemaError as exc:
+            return str(exc.message)
+        # The refs first: the pattern walk follows them, each to a schema, once they are known to lead to one.
+        return _ref_problem(schema, kind) or pattern_problem(schema)[1]
+    except Exception as exc:  # jsonschema or referencing raising on a schema they did not expect (`$schema:
+        # "http://["`): the request is at fault (400 `invalid_tools`), never the router (a 500)
+        shown = str(exc) if len(str(exc)) <= 200 else str(exc)[:197] + "..."
+        return f"it cannot be checked: {type(exc).__name__}: {shown}"
 
 
-def _ref_problem(schema: Mapping[str, Any] | bool) -> str | None:
+def _ref_problem(schema: Mapping[str, Any] | bool, kind: Any) -> str | None:
     refs = list(_refs(schema))
-    if not refs:
-        return None
     dialect = str(schema.get("$schema", "")) if isinstance(schema, dict) else ""
     spec = referencing.jsonschema.specification_with(dialect, default=referencing.jsonschema.DRAFT202012)
     resolver = _NO_RETRIEVAL.resolver_with_root(spec.create_resource(schema))
@@ -192,6 +194,100 @@ def _ref_problem(schema: Mapping[str, Any] | bool) -> str | None:
             resolver.lookup(ref)
         except referencing.exceptions.Unresolvable:
             return f"$ref {ref!r} does not resolve within the tool's schema (remote schemas are never fetched)"
+    return _target_problem(schema, spec, resolver, kind)
+
+
+# Keywords whose subschemas check the same value as the schema they are in; the others descend into a part of it
+# (a property, an item, a name). A loop through these and `$ref`s alone never reaches a smaller value.
+_IN_PLACE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas", "dependencies", "extends")
+
+
+def _in_place(contents: Mapping[str, Any]) -> set[int]:
+    found: set[int] = set()
+    for keyword in _IN_PLACE:
+        value = contents.get(keyword)
+        if keyword in ("dependentSchemas", "dependencies") and isinstance(value, Mapping):
+            found.update(id(each) for each in value.values())
+        elif isinstance(value, list):
+            found.update(id(each) for each in value)
+        elif value is not None:
+            found.add(id(value))
+    return found
+
+
+def _target_problem(schema: Mapping[str, Any] | bool, spec: Any, resolver: Any, kind: Any) -> str | None:
+    """Why a `$ref` the checker would follow cannot be followed: it points at something that is not a schema
+    (`#/required`, a `type`'s string: jsonschema raises on it) or at no valid one (outside the keywords the
+    metaschema check covered), or it loops back to where it is without descending into the arguments (checking a
+    call would recurse until Python's limit). The schema's subschemas and every `$ref` target are walked once,
+    without recursion (a chain of refs can be long), each `$ref` resolved where it is (a nested `$id` included)."""
+    edges: dict[int, list[int]] = {}  # a subschema (its id()) -> those checked against the same value
+    ref_of: dict[int, str] = {}
+    todo: list[tuple[Any, Any]] = [(spec.create_resource(schema), resolver)]
+    targets: list[tuple[str, Any, Any]] = []  # walked once the metaschema-checked tree is
+    while todo or targets:
+        if not todo:
+            ref, contents, at = targets.pop()
+            if id(contents) in edges:
+                continue
+            try:  # outside the keywords the metaschema check walked: jsonschema would apply it unchecked
+                kind.check_schema(contents)
+            except schema_errors.SchemaError as exc:
+                return f"$ref {ref!r} points at no valid JSON Schema: {exc.message}"
+            todo.append((spec.create_resource(contents), at))
+            continue
+        resource, at = todo.pop()
+        contents = resource.contents
+        if not isinstance(contents, Mapping) or id(contents) in edges:
+            continue
+        in_place = _in_place(contents)
+        mine = edges[id(contents)] = []
+        for sub in resource.subresources():
+            todo.append((sub, at.in_subresource(sub)))
+            if id(sub.contents) in in_place:
+                mine.append(id(sub.contents))
+        for keyword in REF_KEYWORDS:
+            if not isinstance(ref := contents.get(keyword), str):
+                continue
+            try:
+                resolved = at.lookup(ref)
+            except referencing.exceptions.Unresolvable:
+                continue  # under a nested `$id`: the call's check says so (`Toolbox.verdict`)
+            if not isinstance(resolved.contents, Mapping | bool):
+                return f"$ref {ref!r} points at {resolved.contents!r}, not a schema"
+            if isinstance(resolved.contents, Mapping):
+                mine.append(id(resolved.contents))
+                ref_of.setdefault(id(contents), ref)
+                targets.append((ref, resolved.contents, resolved.resolver))
+    return _loop_problem(edges, ref_of)
+
+
+def _loop_problem(edges: Mapping[int, list[int]], ref_of: Mapping[int, str]) -> str | None:
+    """A `$ref` on a loop of `edges` (depth-first, without recursion), said as a problem."""
+    done: set[int] = set()
+    for first in edges:
+        if first in done:
+            continue
+        path = [first]
+        on_path = {first}
+        left = [iter(edges[first])]
+        while left:
+            step = next(left[-1], None)
+            if step is None:
+                node = path.pop()
+                on_path.discard(node)
+                done.add(node)
+                left.pop()
+                continue
+            if step in on_path:
+                loop = path[path.index(step):]
+                ref = next(ref_of[node] for node in loop if node in ref_of)  # JSON is a tree: a loop has a $ref
+                return (f"$ref {ref!r} leads back to where it is without descending into the arguments: checking "
+                        "a call would never end")
+            if step not in done and step in edges:
+                path.append(step)
+                on_path.add(step)
+                left.append(iter(edges[step]))
     return None
 
 
@@ -226,7 +322,6 @@ class Toolbox:
                 parameters = function.get("parameters")
                 self.schemas[function["name"]] = parameters if parameters is not None else {"type": "object"}
         self._validators: dict[str, Any] = {}
-        self._patterned: set[str] = set()  # tools whose schema uses patterns: their calls' searches are timed
         self._pattern_time = PATTERN_BUDGET  # left to this request's pattern searches, every seat's calls together
 
     def __bool__(self) -> bool:
@@ -240,11 +335,9 @@ class Toolbox:
         """The compiled validator, or the reason the tool's schema is not one."""
         if name not in self._validators:
             schema = self.schemas[name]
-            patterned, problem = _schema_facts(schema)
+            problem = schema_problem(schema)
             if problem is None:
                 self._validators[name] = validator_class(schema)(schema, registry=_NO_RETRIEVAL)
-                if patterned:
-                    self._patterned.add(name)
             else:
                 self._validators[name] = f"{name}'s parameters are not a valid JSON Schema: {problem}"
         return self._validators[name]
@@ -261,10 +354,10 @@ class Toolbox:
         validator = self._validator(name)
         if isinstance(validator, str):
             return validator
-        timed = name in self._patterned
-        if timed:
-            started = time.monotonic()
-            window = deadline.set(started + min(PATTERN_TIMEOUT, self._pattern_time))
+        # Every call is timed, not only those to tools the request check saw patterns in: a pattern it did not see
+        # (one way or another) would otherwise get a fresh PATTERN_TIMEOUT for each search, and no budget at all.
+        started = time.monotonic()
+        window = deadline.set(started + min(PATTERN_TIMEOUT, self._pattern_time))
         try:
             error = schema_errors.best_match(validator.iter_errors(arguments))
         except referencing.exceptions.Unresolvable as exc:  # a $ref the request check could not see (nested $id)
@@ -272,10 +365,13 @@ class Toolbox:
         except PatternUnchecked as exc:
             return (f"arguments of {name} cannot be checked: {exc} "
                     f"({PATTERN_TIMEOUT * 1000:g} ms a call, {PATTERN_BUDGET * 1000:g} ms a request)")
+        except Exception as exc:  # a schema jsonschema cannot apply (a $ref chain past Python's recursion limit, say)
+            # that the request check let through: the seat abstains, saying why, and the vote goes on
+            shown = str(exc) if len(str(exc)) <= 200 else str(exc)[:197] + "..."
+            return f"arguments of {name} cannot be checked: {type(exc).__name__}: {shown}"
         finally:
-            if timed:
-                deadline.reset(window)
-                self._pattern_time -= time.monotonic() - started
+            deadline.reset(window)
+            self._pattern_time -= time.monotonic() - started
         if error is None:
             return VALID
         where = f" at {error.json_path}" if error.path else ""
@@ -440,11 +536,19 @@ def _per_argument(ballots: Sequence[Ballot], answers: Mapping[str, ToolAnswer], 
                           "value": None if won.answer == ABSENT else values[won.answer], "absent": won.answer == ABSENT,
                           "votes": won.votes})
         composed.append(toolbox.call(ref.name, arguments))
+    fallback = None
     if not all(c.valid for c in composed):
         why = "; ".join(f"{c.name}: {c.verdict}" for c in composed if not c.valid)
+        fallback = f"the composed calls fail their schema ({why})"
+    elif len(distinct := unique(composed)) < len(composed):
+        # Two slots composed the same call: returned twice, an agent would run it twice, and as a set (each call
+        # once) it no longer has the shape that won.
+        repeated = ", ".join(c.key for c in distinct if sum(d.key == c.key for d in composed) > 1)
+        fallback = f"the composed calls repeat {repeated}"
+    if fallback is not None:
         return ToolDecision(dataclasses.replace(by_shape, answer=reference.answer, text=reference.answer,
                                                 speaker=reference.speaker), ref_calls, shown,
-                            f"the composed calls fail their schema ({why}): the reference calls are returned")
+                            f"{fallback}: the reference calls are returned")
     key = set_key(composed)
     return ToolDecision(dataclasses.replace(by_shape, answer=key, text=key, speaker=reference.speaker),
                         tuple(composed), shown)

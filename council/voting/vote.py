@@ -24,7 +24,7 @@ _EPS = 1e-9
 
 
 class VoteError(CouncilError, ValueError):
-    """No decision is possible: every member abstained, or fewer answered than the quorum."""
+    """No decision is possible: every seat abstained, or fewer answered than the quorum."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def _tally(ballots: Sequence[Ballot], strategy: str, key: Callable[[Ballot], str
 def _decide_groups(groups: dict[str, list[Ballot]], strategy: str, tie_break: Sequence[str],
                    temperature: float = 1.0) -> Decision:
     if not groups:
-        raise VoteError("every member abstained: no answer could be extracted from any reply")
+        raise VoteError("every seat abstained: no answer could be extracted from any reply")
     votes = {a: sum(_vote_value(b, strategy, temperature) for b in voters) for a, voters in groups.items()}
     total = sum(votes.values())
     top = max(votes.values())
@@ -214,7 +214,7 @@ def _decide_similarity(ballots: Sequence[Ballot], tie_break: Sequence[str], thre
     heaviest cluster wins and its medoid — the reply most like the others in it — is the answer."""
     voting = [b for b in sorted(ballots, key=lambda b: b.order) if b.answer is not None]
     if not voting:
-        raise VoteError("every member abstained: no reply had any text")
+        raise VoteError("every seat abstained: no reply had any text")
     words = {b.member: _words(b) for b in voting}
     clusters: list[list[Ballot]] = []
     for ballot in voting:

@@ -65,7 +65,7 @@ def test_all_abstaining_is_exit_2(tmp_path: Path) -> None:
     path = write(tmp_path, {"extract": "number", "answers": [{"member": "a", "text": "no idea"}]})
     result = run_cli("tally", str(path))
     assert result.returncode == 2
-    assert "every member abstained" in result.stderr and "Traceback" not in result.stderr
+    assert "every seat abstained" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bad_input_is_exit_2_with_one_line(tmp_path: Path) -> None:

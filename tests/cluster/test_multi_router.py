@@ -265,7 +265,7 @@ def test_a_router_answers_with_members_on_another_host_and_drops_a_dead_host(
             reply = httpx.post(f"{hosts['router']}/v1/chat/completions", json=body, timeout=30).json()["council"]
             first = reply["members"][0]
             assert reply["answer"] == "abcd" and reply["degraded"] and first["status"] == "error"
-            return first["error"] == "member is not ready"
+            return first["error"] == "process is not ready"
 
         wait_for(dropped, "the dead host's member to leave the vote", timeout=10)
         assert time.monotonic() - died < 3 * 0.3 + 1.5  # the heartbeat bound (3 beats) plus polling slack

@@ -70,6 +70,17 @@ async def post(client: httpx.AsyncClient, body: object, **headers: str) -> httpx
     ({"model": "c", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {
         "name": "f", "parameters": {"properties": {"a": {"$ref": "http://169.254.169.254/s.json"}}}}}]},
      "invalid_tools", "remote schemas are never fetched"),
+    # a $ref that resolves, but to no schema, or back to itself: checking a call raised (500) or never ended
+    ({"model": "c", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"properties": {"a": {"$ref": "#/properties/b/type"}, "b": {"type": "string"}}}}}]},
+     "invalid_tools", "$ref '#/properties/b/type' points at 'string', not a schema"),
+    ({"model": "c", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"$defs": {"x": {"$ref": "#/$defs/x"}},
+                                    "properties": {"a": {"$ref": "#/$defs/x"}}}}}]},
+     "invalid_tools", "$ref '#/$defs/x' leads back to where it is"),
+    ({"model": "c", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "$schema": 5}}}]},
+     "invalid_tools", "`parameters` of f is not a valid JSON Schema: $schema must be a string"),
     ({"model": "c", "messages": [{"role": "user", "content": "x"}], "stop": [1, 2]}, "invalid_stop", "stop"),
     ({"model": 7, "messages": [{"role": "user", "content": "x"}]}, "missing_model", "`model` is required"),
     # fields that begin like a union's branch name (`str`) are named all the same

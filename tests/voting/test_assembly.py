@@ -37,7 +37,7 @@ def test_seats_map_to_their_processes_and_a_remote_seat_counts_as_ready(tmp_path
     assert first is not None and "c/0" in first.seats and assembly.process_of("c/2") is None
     assert not assembly.seat_ready("c/0")  # planned, never started
     assert assembly.seat_ready("c/2")  # a remote model's seat: litellm calls it, nothing here to wait for
-    assert assembly.quorum_shortfalls() == {"c": "1 of 3 members ready, quorum 2"}
+    assert assembly.quorum_shortfalls() == {"c": "1 of 3 seats ready, quorum 2"}
     assert assembly.ready_client(first.name) is None  # passthrough and peers get no client until it is ready
 
 

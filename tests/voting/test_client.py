@@ -68,3 +68,14 @@ async def test_a_passthrough_waiting_on_a_process_being_stopped_is_member_unavai
         async with client.stream(b"{}", "/v1/chat/completions"):
             pass
     assert slots.free == 1
+
+
+@pytest.mark.anyio
+async def test_a_seat_whose_process_is_not_ready_says_so() -> None:
+    """No endpoint is the seat's process not being ready (a member is the policy's entry, which may have several
+    processes and seats): the reply and the passthrough's 503 said "member is not ready"."""
+    client = HttpMemberClient(endpoint=lambda: None, target="m")
+    assert (await client.complete({})).error == "process is not ready"
+    assert [reply.error async for _, reply in client.choices({}, 2)] == ["process is not ready"] * 2
+    with pytest.raises(MemberUnavailable, match=r"^process is not ready$"):
+        await client.relay(b"{}", "/v1/chat/completions")

@@ -118,5 +118,5 @@ def test_every_reply_cut_off_is_an_error_that_says_raise_max_tokens() -> None:
         ask(council((UNFINISHED, "length"), ("17*23 = 17*20 +", "length")))
     with pytest.raises(QuorumError, match="1 of 2 replies were cut off by max_tokens"):
         ask(council((UNFINISHED, "length"), ("I'm sorry, I cannot help with that.", "stop")))
-    with pytest.raises(QuorumError, match="every member abstained: no answer could be extracted"):
+    with pytest.raises(QuorumError, match="every seat abstained: no answer could be extracted"):
         ask(council(("no number here", "stop"), ("none here either", "stop")))

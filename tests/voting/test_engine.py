@@ -137,7 +137,7 @@ async def test_fewer_answers_than_quorum_is_an_error_not_a_guess(
         assert silent.pid is not None
         os.kill(silent.pid, signal.SIGSTOP)
         try:
-            with pytest.raises(QuorumError, match="council c: only 2 of 3 members answered; the quorum is 3"):
+            with pytest.raises(QuorumError, match="council c: only 2 of 3 seats answered; the quorum is 3"):
                 await runtime.engines["c"].ask(ask("go"))
         finally:
             os.kill(silent.pid, signal.SIGCONT)

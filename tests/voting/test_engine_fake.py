@@ -66,7 +66,7 @@ async def test_a_client_that_raises_fails_its_seat_at_once_and_never_stalls_the_
     assert statuses(answer) == ["ok", "error", "ok"] and answer.decision.votes == {"a": 2.0}
     assert answer.outcomes[1].reply.error == "the member's client failed: RuntimeError: Session is closed"
     alone, _ = council({"vote": {"extract": "text"}}, raises)  # one lane, run in the vote's own task
-    with pytest.raises(QuorumError, match="only 0 of 1 members answered"):  # a 503, not a 500
+    with pytest.raises(QuorumError, match="only 0 of 1 seats answered"):  # a 503, not a 500
         await asyncio.wait_for(alone.ask(ask()), SLOW / 3)
 
 
@@ -94,7 +94,7 @@ async def test_a_one_member_council_past_its_deadline_closes_the_call_and_says_s
     # One member is one lane, asked in the request's own task (no task or queue): the deadline must still close it.
     engine, clients = council({"vote": {"extract": "text"}, "timeout": "0.2s"}, Say("a", delay=SLOW))
     started = time.monotonic()
-    with pytest.raises(QuorumError, match="only 0 of 1 members answered") as caught:
+    with pytest.raises(QuorumError, match="only 0 of 1 seats answered") as caught:
         await engine.ask(ask())
     assert 0.15 <= time.monotonic() - started < 5
     assert statuses(caught.value) == ["timeout"] and clients[0].cancelled == 1 and clients[0].in_flight == 0
@@ -118,7 +118,7 @@ async def test_cancelling_a_one_member_council_is_a_cancel_not_a_timeout() -> No
 async def test_fewer_answers_than_the_quorum_is_an_error() -> None:
     engine, _ = council({"vote": {"extract": "text"}, "quorum": "all"},
                         Say("a"), Say("a"), Say(status="error", http_status=500))
-    with pytest.raises(QuorumError, match="only 2 of 3 members answered; the quorum is 3") as caught:
+    with pytest.raises(QuorumError, match="only 2 of 3 seats answered; the quorum is 3") as caught:
         await engine.ask(ask())
     assert [o.reply.status for o in caught.value.outcomes] == ["ok", "ok", "error"]
 
@@ -277,3 +277,15 @@ async def test_the_offline_replay_stops_where_the_live_council_does(texts: list[
     answer, _, _, heard, early = early_stop(record, Rule("majority", "text"), engine.config.quorum_count())
     assert (answer, early) == (live.decision.answer, live.early_stop)
     assert heard == sum(o.reply.status == "ok" for o in live.outcomes)
+
+
+async def test_the_quorum_error_counts_seats_and_calls_them_seats() -> None:
+    """One member with `samples: 3` is three seats: the error said "only 1 of 3 members answered", a count of
+    members the policy does not have."""
+    engine, _ = council({"members": [{"samples": 3}], "vote": {"extract": "text"}},
+                        Say("42"), Say(status="error"), Say(status="error"))
+    with pytest.raises(QuorumError, match=r"^council c: only 1 of 3 seats answered; the quorum is 2$"):
+        await engine.ask(ask())
+    every, _ = council({"vote": {"extract": "regex:(\\d+)"}}, Say("no number"), Say("none either"))
+    with pytest.raises(QuorumError, match=r"^council c: every seat abstained: no answer could be extracted"):
+        await every.ask(ask())

@@ -117,7 +117,7 @@ async def test_an_undeclared_function_or_invalid_arguments_never_win_and_the_bal
 async def test_when_every_call_is_invalid_the_error_says_why() -> None:
     engine, _ = council({"vote": {"strategy": "majority"}}, calls(("delete_files", {})), calls(weather("Paris",
                                                                                                      unit=3)))
-    with pytest.raises(QuorumError, match=r"every member abstained: c/0: invalid tool call: delete_files: "
+    with pytest.raises(QuorumError, match=r"every seat abstained: c/0: invalid tool call: delete_files: "
                                           r".*c/1: invalid tool call: get_weather: arguments fail"):
         await engine.ask(ask())
 
@@ -599,3 +599,109 @@ async def test_a_members_argument_against_a_backtracking_pattern_does_not_stall_
     answer = await engine.ask(ask([tool], "set my title"))
     assert time.monotonic() - started < 1.0
     assert "does not match" in member(answer, 0)["abstained"]
+
+
+def test_a_ref_to_no_schema_or_one_that_loops_is_refused_at_the_door() -> None:
+    """Each of these resolved, so the request check let it through; checking a call then raised inside jsonschema
+    (a 500, or the seat reported as a timeout) or recursed until Python's limit."""
+    b = {"type": "string", "enum": ["x"]}
+    refused = {
+        "points at 'string', not a schema": {"properties": {"a": {"$ref": "#/properties/b/type"}, "b": b}},
+        "points at ['x'], not a schema": {"properties": {"a": {"$ref": "#/properties/b/enum"}, "b": b}},
+        "points at ['a'], not a schema": {"required": ["a"], "properties": {"a": {"$ref": "#/required"}}},
+        "points at no valid JSON Schema": {"x": {"type": 5}, "properties": {"a": {"$ref": "#/x"}}},
+    }
+    loops = [{"$defs": {"x": {"$ref": "#/$defs/x"}}, "properties": {"a": {"$ref": "#/$defs/x"}}},
+             {"$defs": {"x": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/x"}]}}},
+             {"not": {"$ref": "#"}},
+             {"properties": {"a": {"$id": "urn:a", "allOf": [{"$ref": "#"}]}}}]  # resolved where it is
+    for says, schema in refused.items():
+        assert says in (schema_problem({"type": "object", **schema}) or ""), schema
+    for schema in loops:
+        assert "leads back to where it is without descending into the arguments" in (schema_problem(schema) or "")
+    # a ref that descends into the arguments is no loop (a tree); a schema outside the keywords is a schema
+    tree = {"type": "object", "properties": {"name": {"type": "string"},
+                                             "children": {"type": "array", "items": {"$ref": "#"}}}}
+    aside = {"type": "object", "x": {"type": "string"}, "properties": {"a": {"$ref": "#/x"},
+                                                                        "b": {"$ref": "#/properties/a"}}}
+    assert schema_problem(tree) is None and schema_problem(aside) is None
+    box = Toolbox([_tool("t", tree), _tool("a", aside)])
+    assert box.verdict("t", {"name": "x", "children": [{"name": "y", "children": []}]}) == "valid"
+    assert box.verdict("t", {"children": [{"name": 1}]}).startswith("arguments fail t's schema at $.children[0]")
+    assert box.verdict("a", {"a": "x", "b": 1}) == "arguments fail a's schema at $.b: 1 is not of type 'string'"
+
+
+HALVES = _tool("f", {"type": "object", "properties": {"n": {"type": "number", "multipleOf": 0.5}}})
+HUGE = calls(("f", '{"n": 1' + "0" * 400 + "}"))  # past a float's range: jsonschema's multipleOf raised on it
+
+
+async def test_a_call_that_cannot_be_checked_makes_its_seat_abstain_never_a_500_or_a_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A valid schema, a member's argument jsonschema raised on: with seats on several processes the exception
+    left the vote (HTTP 500); with one, the seat that answered at once was reported as a timeout."""
+    assert Toolbox([HALVES]).verdict("f", {"n": 10 ** 400}).startswith(
+        "arguments of f cannot be checked: OverflowError: ")
+    engine, _ = council({}, HUGE, calls(("f", {"n": 1.5})), calls(("f", {"n": 1.5})))
+    answer = await engine.ask(CouncilRequest.of(ask([HALVES], "f"), early_stop=False))
+    assert returned(answer) == [("f", {"n": 1.5})]
+    assert member(answer, 0)["abstained"].startswith("invalid tool call: f: arguments of f cannot be checked: "
+                                                     "OverflowError")
+    engine, _ = council({}, HUGE)
+    with pytest.raises(QuorumError, match="c/0: invalid tool call: f: arguments of f cannot be checked") as alone:
+        await engine.ask(ask([HALVES], "f"))
+    assert alone.value.outcomes[0].reply.status == "ok"  # it answered: no timeout
+    # Whatever else fails in reading a seat's calls is that seat's abstention too, never the vote's fault.
+    import council.voting.engine as engine_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a fault of its own")
+
+    monkeypatch.setattr(engine_module, "read_answer", broken)
+    for seats in (1, 3):
+        engine, _ = council({}, *[calls(("f", {"n": 1.5}))] * seats)
+        with pytest.raises(QuorumError, match="its calls could not be checked: RuntimeError: a fault of its own"
+                           ) as failed:
+            await engine.ask(ask([HALVES], "f"))
+        assert [o.reply.status for o in failed.value.outcomes] == ["ok"] * seats
+
+
+async def test_per_argument_never_returns_the_same_call_twice() -> None:
+    """Each slot is composed on its own: two could come out the same call, which the council returned twice (two
+    ids: an agent ran it twice) though no seat made it twice and its vote counted it once."""
+    pair = _tool("f", {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}})
+    replies = (calls(("f", {"a": 1, "b": 2}), ("f", {"a": 1, "b": 3})),  # the quickest: the reference on a tie
+               calls(("f", {"a": 1, "b": 3}), ("f", {"a": 3, "b": 3}), delay=0.05),
+               calls(("f", {"a": 1, "b": 3}), ("f", {"a": 2, "b": 3}), delay=0.1))
+    engine, _ = council({"vote": {"strategy": "majority", "tools": "per_argument"}}, *replies)
+    answer = await engine.ask(ask([pair], "go"))
+    assert returned(answer) == [("f", {"a": 1, "b": 2}), ("f", {"a": 1, "b": 3})]  # the reference's, each once
+    assert answer.council_json()["tool_vote"]["fallback"] == (
+        'the composed calls repeat f({"a":1,"b":3}): the reference calls are returned')
+
+
+def test_a_pattern_reached_by_a_ref_from_beside_the_keywords_is_held_to_the_time_limits() -> None:
+    """`"$ref": "#/x"` with `x` beside `properties` (no keyword reads it, jsonschema follows the ref all the same):
+    the request check did not see the pattern there, so its calls were not timed. Each search got a fresh 20 ms,
+    no call or request budget applied, and nine seats' calls held the event loop for seconds; and a `$schema`
+    there made jsonschema match it with `re`, without any limit."""
+    from council.voting.patterns import PATTERN_BUDGET
+
+    aside = {"type": "object", "x": {"type": "string", "pattern": BACKTRACKS}, "properties": {"s": {"$ref": "#/x"}}}
+    assert schema_problem(aside) is None
+    box = Toolbox([_tool("f", aside)])
+    started = time.monotonic()
+    for _ in range(60):  # 60 seats' calls, each search out of time: 20 ms each, until the request's budget is spent
+        assert "ran out of time" in box.call("f", {"s": "a" * 26 + "!"}).verdict
+    assert time.monotonic() - started < PATTERN_BUDGET + 0.5  # not 60 x 20 ms
+    drafted = {**aside, "x": {"$schema": "http://json-schema.org/draft-07/schema#", **aside["x"]}}
+    assert "a `$schema` inside a schema that uses patterns" in (schema_problem(drafted) or "")
+
+
+def test_a_schema_jsonschema_cannot_even_look_up_is_a_problem_not_an_exception() -> None:
+    """`$schema` is looked up before the metaschema is applied: a number there raised AttributeError from
+    urllib (the request check then gave a 500, not 400 `invalid_tools`), and a URI urllib cannot split, ValueError."""
+    assert schema_problem({"type": "object", "$schema": 5}) == "$schema must be a string (a metaschema's URI), not 5"
+    assert schema_problem({"$schema": "http://["}) == "it cannot be checked: ValueError: Invalid IPv6 URL"
+    box = Toolbox([_tool("f", {"type": "object", "$schema": 5})])
+    assert box.call("f", "{}").verdict == ("f's parameters are not a valid JSON Schema: $schema must be a string (a "
+                                           "metaschema's URI), not 5")

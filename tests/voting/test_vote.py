@@ -107,7 +107,7 @@ def test_ties_resolved_by_the_declared_order(rules: list[str], winner: str, rule
 
 
 def test_all_abstain_is_an_error_not_a_guess() -> None:
-    with pytest.raises(VoteError, match="every member abstained"):
+    with pytest.raises(VoteError, match="every seat abstained"):
         decide([Ballot("a", 0, None), Ballot("b", 1, None)])
 
 

@@ -397,7 +397,7 @@ function renderLog() {
 
 function memberStatus(ballot, m) {
   if (m.status === "ok") return ballot.winner_members.includes(m.name) ? "winner" : "dissent";
-  if (m.status === "error" && m.error === "member is not ready") return "skipped";
+  if (m.status === "error" && m.error === "process is not ready") return "skipped";
   return m.status;
 }
 
