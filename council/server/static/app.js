@@ -397,7 +397,8 @@ function renderLog() {
 
 function memberStatus(ballot, m) {
   if (m.status === "ok") return ballot.winner_members.includes(m.name) ? "winner" : "dissent";
-  if (m.status === "error" && m.error === "process is not ready") return "skipped";
+  // "member is not ready": ballots recorded before the message named the process
+  if (m.status === "error" && ["process is not ready", "member is not ready"].includes(m.error)) return "skipped";
   return m.status;
 }
 
