@@ -405,7 +405,8 @@ class MemberProcess:
     async def restart_planned(self, recipe: ProcessRecipe, reason: str) -> bool:
         """A restart on purpose with another recipe: ready → draining (no new requests), in-flight requests
         finish (up to the drain deadline), then stopping → stopped → starting with `recipe`. Not a failure:
-        no backoff, the failure streak is untouched. False (nothing done) unless the process is ready, or when it
+        no backoff, and the failure streak is not counted up (it is forgotten, as after any restart, once the
+        process was ready for `stable_after`). False (nothing done) unless the process is ready, or when it
         crashed while draining and failed."""
         running = self._running
         try:
@@ -476,14 +477,16 @@ class MemberProcess:
             verdict = await self._watch()
             if self._stopping:
                 return
+            # Before the planned branch: a process that served for hours must not carry its boot streak into
+            # a draft-length restart, where one failed start would then make it `failed` for good.
+            if time.monotonic() - ready_at >= cfg.stable_after:
+                self.failures_in_row = 0
             if self._planned is not None:  # drained on purpose: stop and start again at once
                 self._planned = None
                 await self._terminate(verdict, final=True)
                 self.restarts += 1
                 self.stats = MemberStats()
                 continue
-            if time.monotonic() - ready_at >= cfg.stable_after:
-                self.failures_in_row = 0
             await self._terminate(verdict, final=False)
             self.restarts += 1
             if await self._after_failure(verdict):
