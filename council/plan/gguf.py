@@ -22,6 +22,9 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
 GGML_MAX_DIMS = 4  # ggml.h
+# llama.cpp reads no array of arrays (gguf.cpp: "invalid GGUF type"); gguf's writer can write one. Deeper is
+# garbage, and reading it recursively would end in a RecursionError: 12 bytes make a level.
+MAX_ARRAY_DEPTH = 2
 
 
 class GgufError(CouncilError, ValueError):
@@ -112,18 +115,23 @@ class _Cursor:
         try:
             for _ in range(count):
                 pos += 8 + unpack(buf, pos)[0]
-        except struct.error:  # a length read from past the end: the file is cut short inside the array
+        # struct.error: a length read from past the end (the file is cut short inside the array); OverflowError:
+        # a corrupt length (2^63 and up) walked the offset past what unpack_from takes.
+        except (struct.error, OverflowError):
             raise self.truncated() from None
         if pos > len(buf):
             raise self.truncated()
         self.pos = pos
 
-    def value(self, vtype: int, keep_arrays: bool) -> Any:
+    def value(self, vtype: int, keep_arrays: bool, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise GgufError(f"{self.path}: malformed GGUF: {self.where} has arrays nested more than "
+                                f"{MAX_ARRAY_DEPTH} deep")
             etype = self.unpack("<I")
             count = self.unpack("<Q")
             small = count <= 64
@@ -141,7 +149,7 @@ class _Cursor:
                     return [self.string() for _ in range(count)]
                 self.skip_strings(count)
                 return ArrayInfo(etype, count)
-            return [self.value(etype, keep_arrays) for _ in range(count)]
+            return [self.value(etype, keep_arrays, depth + 1) for _ in range(count)]
         raise GgufError(f"{self.path}: {self.where} has unknown GGUF value type {vtype}")
 
 
@@ -200,8 +208,9 @@ def _read_gguf(path: Path, _size: int, _mtime_ns: int, keep_arrays: bool) -> Ggu
                     raise GgufError(f"{path}: tensor {name} has unknown type {ggml_type}") from exc
                 tensors[name] = Tensor(name, shape, ggml_type, n_bytes)
             size = len(buf)
-    except (OSError, ValueError, struct.error) as exc:
-        # struct.error is no ValueError: without it a read the checks above missed would be a traceback.
+    except (OSError, ValueError, struct.error, OverflowError, RecursionError) as exc:
+        # None of the last three is a ValueError: without them a read the checks above missed (a huge length, a
+        # deep nest) would be a traceback, not one line.
         if isinstance(exc, GgufError):
             raise
         raise GgufError(f"{path}: cannot read GGUF: {exc}") from exc

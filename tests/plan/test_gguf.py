@@ -32,6 +32,14 @@ def cut_inside_array(syn: Path, out: Path, key: str) -> Path:
     return out
 
 
+def with_first_string_length(syn: Path, out: Path, key: str, length: int) -> Path:
+    """The file with the first string of array `key` claiming `length` bytes (one corrupted length field)."""
+    data = syn.read_bytes()
+    at = _value_at(data, key) + 4 + 8
+    out.write_bytes(data[:at] + struct.pack("<Q", length) + data[at + 8:])
+    return out
+
+
 def with_block_count(syn: Path, out: Path, value: bytes, vtype: int = GGUF_U32) -> Path:
     """The file with `qwen35.block_count` (a u32) replaced by `value` of type `vtype`."""
     data = syn.read_bytes()
@@ -51,6 +59,11 @@ def broken(syn: Path, tmp_path: Path) -> dict[str, Path]:
         "block-count-0": with_block_count(syn, tmp_path / "zero.gguf", struct.pack("<I", 0)),
         "block-count-array": with_block_count(syn, tmp_path / "array.gguf",
                                               struct.pack("<IQII", GGUF_U32, 2, 2, 2), GGUF_ARRAY),
+        # a vocabulary string 2^63 bytes long: the walk over the lengths passed what struct takes (OverflowError)
+        "string-length": with_first_string_length(syn, tmp_path / "long.gguf", "tokenizer.ggml.tokens", 1 << 63),
+        # arrays in arrays 5000 deep, 12 bytes a level: read recursively, a RecursionError
+        "nested-arrays": with_block_count(syn, tmp_path / "nested.gguf", struct.pack("<IQ", GGUF_ARRAY, 1) * 5000
+                                          + struct.pack("<IQ", GGUF_U32, 0), GGUF_ARRAY),
     }
 
 
@@ -59,11 +72,21 @@ WHAT = {
     "small-array": "truncated GGUF: metadata `qwen35.rope.dimension_sections` runs past the end of the file",
     "block-count-0": "GGUF key `qwen35.block_count` is 0; expected an integer of at least 1",
     "block-count-array": "GGUF key `qwen35.block_count` is an array of 2 values; expected an integer of at least 1",
+    "string-length": "truncated GGUF: metadata `tokenizer.ggml.tokens` runs past the end of the file",
+    "nested-arrays": "malformed GGUF: metadata `qwen35.block_count` has arrays nested more than 2 deep",
 }
 
 
 @pytest.mark.parametrize("case", ["vocabulary", "small-array"])
 def test_a_truncated_file_is_a_gguf_error_naming_it(broken: dict[str, Path], case: str) -> None:
+    with pytest.raises(GgufError) as caught:
+        read_gguf(broken[case])
+    assert str(caught.value).startswith(f"{broken[case]}: {WHAT[case]}")
+
+
+@pytest.mark.parametrize("case", ["string-length", "nested-arrays"])
+def test_a_malformed_file_is_a_gguf_error_naming_it(broken: dict[str, Path], case: str) -> None:
+    """Before, an OverflowError and a RecursionError: tracebacks from `check` and `plan`, exit 1."""
     with pytest.raises(GgufError) as caught:
         read_gguf(broken[case])
     assert str(caught.value).startswith(f"{broken[case]}: {WHAT[case]}")
