@@ -436,14 +436,16 @@ def test_council_up_sigterm_stops_everything_exit_0(
 
 
 def test_council_up_exits_1_once_every_member_failed(
-    tmp_path: Path, llama_server_bin: LlamaServerInfo
+    tmp_path: Path, mtp_model: Path, llama_server_bin: LlamaServerInfo
 ) -> None:
     """README: exit 1 for "members that did not start". Before, `council up` waited for Ctrl-C with nothing
-    running, and then exited 0."""
-    broken = tmp_path / f"broken-{time.monotonic_ns()}.gguf"
-    broken.write_bytes(SMOL.path.read_bytes()[: 2 << 20])  # a real header, then nothing
+    running, and then exited 0. llama-server itself refuses to start (an argument it does not know): a model cut
+    short inside its tensor data, used here before, is now refused by `council up`'s own check."""
+    broken = tmp_path / f"unstartable-{time.monotonic_ns()}.gguf"
+    shutil.copyfile(mtp_model, broken)
     policy = tmp_path / "up.yaml"
-    policy.write_text(policy_yaml({"b": {"path": broken, "ctx_size": 512, "memory": "256MiB"}},
+    policy.write_text(policy_yaml({"b": {"path": broken, "ctx_size": 512, "memory": "256MiB",
+                                         "args": ["--no-such-flag"]}},
                                   {"pair": {"members": [{"model": "b"}, {"model": "b"}]}}, memory="2GiB"))
     env = {**os.environ, "COUNCIL_HOME": str(tmp_path), "LLAMA_SERVER": str(llama_server_bin.path)}
     result = subprocess.run([sys.executable, "-m", "council", "up", str(policy)], capture_output=True, text=True,
