@@ -341,7 +341,8 @@ class MemberConfig(_Strict):
     weight: float = Field(default=1.0, gt=0, le=1e6, description="The member's vote counts this much (`weighted`, "
                           "`confidence`, ties by weight); at most 1,000,000 (weights are relative).", examples=[1.5])
     name: str | None = Field(default=None, min_length=1, description="Its name in ballots and metrics; "
-                             "default `COUNCIL/INDEX`.", examples=["greedy"])
+                             "default `COUNCIL/INDEX`. Unique across every council: it names its process and "
+                             "its seats.", examples=["greedy"])
     sampling: Sampling = Field(default=Sampling(), description="The member's sampling settings.",
                                examples=[{"temperature": 0.7, "seed": 7}])
     rate_limit: float | None = Field(default=None, gt=0, description=(

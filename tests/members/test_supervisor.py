@@ -23,7 +23,7 @@ from council.members.launch import LaunchSpec, build_launch
 from council.members.pidfiles import PidFiles, proc_start_time
 from council.members.process import LifeConfig, MemberProcess, ProcessRecipe
 from council.members.states import State, TransitionError
-from council.members.supervisor import Supervisor
+from council.members.supervisor import DuplicateProcess, Supervisor
 from council.policy.schema import ModelConfig, Policy
 from council.setup.catalog import by_name
 from council.setup.synthetic import write_qwen35
@@ -96,6 +96,23 @@ def test_transitions_are_checked_in_one_place() -> None:
     assert [(c.old, c.new) for c in seen] == [(State.STOPPED, State.STARTING), (State.STARTING, State.WARMING),
                                               (State.WARMING, State.READY)]
     assert seen[0].reason == "go" and seen[0].at <= seen[-1].at
+
+
+def test_a_second_recipe_for_a_process_name_is_refused_not_taken_over(tmp_path: Path) -> None:
+    """Before, the second recipe replaced the first: a planned process was never started, and its seats were
+    served by the other's model (two councils naming a member alike; `council check` refuses those now)."""
+
+    def recipe(model: str, seat: str) -> ProcessRecipe:
+        spec = LaunchSpec(key="greedy", model=model, model_path=Path(f"{model}.gguf"), argv=(), env={}, port=0,
+                          api_key="k")
+        return ProcessRecipe("greedy", lambda _port: spec, (seat,))
+
+    with pytest.raises(DuplicateProcess, match="process 'greedy' is already supervised"):
+        Supervisor(LifeConfig(run_dir=tmp_path), [recipe("coder", "code/0"), recipe("smol", "chat/0")])
+    sup = Supervisor(LifeConfig(run_dir=tmp_path), [recipe("coder", "code/0")])
+    with pytest.raises(DuplicateProcess):
+        sup.add(recipe("smol", "chat/0"))
+    assert sup.processes["greedy"].spec.model == "coder" and sup.processes["greedy"].seats == ("code/0",)
 
 
 # ---- real processes -------------------------------------------------------------------------------------

@@ -204,6 +204,43 @@ def test_references(tmp_path: Path) -> None:
     ]
 
 
+CROSSED = """
+    models:
+      coder: {path: /nonexistent/coder.gguf, memory: 1GiB}
+      smol: {path: /nonexistent/smol.gguf, memory: 512MiB}
+    councils:
+      code:
+        members:
+          - {model: coder, name: greedy}
+          - {model: coder, name: sampled, samples: 2}
+      chat:
+        members:
+          - {model: smol, name: greedy}
+          - {model: smol, name: "sampled#1"}
+          - {model: smol}
+      solo:
+        members:
+          - {model: smol, name: chat/2}
+    """
+
+
+def test_a_member_name_in_two_councils_is_one_problem_naming_both(tmp_path: Path) -> None:
+    """Before, it passed: the plan counted a process per `greedy`, the supervisor kept one, and council code's seat
+    `greedy` was answered by council chat's model. A seat of `samples` (`sampled#1`) and a default name (`chat/2`)
+    are names too."""
+    path = write(tmp_path, CROSSED)
+    f = str(path)
+    why = "names must differ across councils (a name names its process and its seats)"
+    expected = [f"{f}:11: councils.chat.members.0.name: member name 'greedy' is used in councils code and chat: {why}",
+                f"{f}:12: councils.chat.members.1.name: member name 'sampled#1' is used in councils code and chat: "
+                f"{why}",
+                f"{f}:16: councils.solo.members.0.name: member name 'chat/2' is used in councils chat and solo: {why}"]
+    assert problems(path) == expected
+    result = run_cli("check", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == expected
+
+
 def test_duplicate_keys_are_errors_not_overwrites(tmp_path: Path) -> None:
     path = write(tmp_path, "models:\n  a: {path: /a}\n  a: {path: /b}\n")
     assert problems(path) == [f"{path}:3: models.a: duplicate key: each name may appear once"]
