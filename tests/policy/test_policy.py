@@ -252,6 +252,37 @@ def test_shell_string_in_args_is_refused(tmp_path: Path) -> None:
     assert "models.a.args: argument '--foo\\nrm -rf /' holds a newline" in line
 
 
+@pytest.mark.parametrize(("arg", "flag"), [
+    ("--host", "--host"), ("--host=0.0.0.0", "--host"), ("--port", "--port"), ("--port=8080", "--port"),
+    ("--model", "--model"), ("-m", "--model"), ("--model=/other.gguf", "--model"), ("--alias", "--alias"),
+    ("-a", "--alias"), ("--metrics", "--metrics"), ("--api-key", None), ("--api_key", None),
+    ("--api-key=secret", None), ("--api-key-file", None), ("--api-key-file=/keys", None)])
+def test_args_may_not_set_the_flags_council_owns(tmp_path: Path, arg: str, flag: str | None) -> None:
+    """Before, `args: [--host, 0.0.0.0]` passed, and llama-server (which keeps a repeated flag's last value) listened
+    on every interface; an `--api-key` replaced the router's key (every start failed) in a world-readable argv."""
+    path = write(tmp_path, f'models:\n  a: {{path: /a, args: ["--seed", "1", "{arg}", "x"]}}\n')
+    [line] = problems(path)
+    assert line.startswith(f"{path}:2: models.a.args: argument {arg!r} sets ")
+    if flag is None:
+        assert "sets an API key: council gives every process its own, in its environment" in line
+    else:
+        assert f"sets {flag}, which council sets itself for every process" in line
+
+
+def test_args_council_does_not_set_pass(tmp_path: Path) -> None:
+    path = write(tmp_path, 'models:\n  a: {path: /a, args: ["--mmproj", "/p.gguf", "--seed", "1", "--fit", "on"]}\n')
+    assert load_policy(path).policy.models["a"].args[-1] == "on"
+
+
+def test_check_refuses_args_binding_beyond_loopback_in_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, 'models:\n  a: {path: /a, memory: 1GiB, args: ["--host", "0.0.0.0"]}\n'
+                           "councils:\n  c: {members: [{model: a}]}\n")
+    result = run_cli("check", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"{path}:2: models.a.args: argument '--host' sets --host, which council sets itself")
+
+
 # --- `council check` on the real machine: files, spec types, MTP heads, vocabularies --------------------
 
 
