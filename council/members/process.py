@@ -81,7 +81,7 @@ class LifeConfig:
 @dataclass(frozen=True)
 class ProcessRecipe:
     """What a plan asks for one process: its name, a launch spec per start (each start gets a fresh port and
-    key), the council members it serves and how many requests it takes at once (its `parallel` slots)."""
+    key), the council seats it serves and how many requests it takes at once (its `parallel` slots)."""
 
     name: str
     make_spec: Callable[[int], LaunchSpec]
@@ -351,7 +351,8 @@ class MemberProcess:
         return self.config.log_dir / f"{self.name.replace('/', '_')}.log"
 
     def snapshot(self) -> dict[str, object]:
-        """The member as `/admin/members` and `council up` show it."""
+        """The process as `/admin/members` and `council up` show it; `members` (the API's key, kept) lists the
+        seats it serves."""
         return {
             "name": self.name, "members": list(self.seats), "model": self.spec.model, "state": str(self.state),
             "reason": self.reason, "port": self.spec.port, "pid": self.pid, "restarts": self.restarts,

@@ -19,7 +19,7 @@ class DuplicateProcess(CouncilError, ValueError):
 
 
 class Supervisor:
-    """Runs a set of member processes; `members` is the live view the API and the councils read."""
+    """Runs a set of member processes; `processes` (by name) is the live view the API and the councils read."""
 
     def __init__(self, config: LifeConfig, recipes: Iterable[ProcessRecipe] = (),
                  listeners: list[Listener] | None = None) -> None:

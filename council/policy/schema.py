@@ -329,7 +329,7 @@ class ModelConfig(_Strict):
         return args
 
     def for_members(self, members: int) -> ModelConfig:
-        """The process serving `members` members of a shared model: one slot each, each the full context."""
+        """The process serving `members` seats of a shared model: one slot each, each the full context."""
         if members <= 1:
             return self
         return self.model_copy(update={"parallel": self.parallel * members, "ctx_size": self.ctx_size * members})

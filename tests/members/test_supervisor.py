@@ -429,7 +429,7 @@ def _council_up(tmp_path: Path, mtp_model: Path, binary: Path) -> tuple[subproce
     proc = subprocess.Popen([sys.executable, "-m", "council", "up", str(policy)], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 60
-    while "2/2 members ready" not in log.read_text():
+    while "2/2 processes ready" not in log.read_text():
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
@@ -471,7 +471,7 @@ def test_council_up_exits_1_once_every_member_failed(
     assert result.stdout.count("→ failed (gave up after 4 failures in a row") == 2
     assert "all members stopped" in result.stdout
     assert result.stderr.splitlines() == [
-        "error: every member failed, and none restarts: pair/0, pair/1 (their reasons above)"]
+        "error: every process failed, and none restarts: pair/0, pair/1 (their reasons above)"]
     assert _members_of(str(broken)) == []
 
 
