@@ -4,7 +4,7 @@ with the slowest of those members started alone. Goal: ratio <= 1.2.
     python bench/coldstart.py [--repeats 3]
 
 Prints a table and writes bench/results/coldstart.json. Each run is a real `council up` subprocess,
-timed from spawn to its "N/N members ready" line (process start, planning, load, warm-up), then SIGTERM.
+timed from spawn to its "N/N processes ready" line (process start, planning, load, warm-up), then SIGTERM.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def time_up(models: list[str], workdir: Path) -> float:
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "council", "up", str(policy)], stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
-    want = f"{len(models)}/{len(models)} members ready"
+    want = f"{len(models)}/{len(models)} processes ready"
     try:
         while want not in log.read_text():
             if proc.poll() is not None or time.monotonic() - start > 300:

@@ -47,18 +47,18 @@ def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -
     supervisor = assemble(plan_result, server, life, listeners=[_change_line]).supervisor
     failed = asyncio.run(_run_until_signalled(supervisor))
     if failed:
-        raise fail(f"every member failed, and none restarts: {', '.join(failed)} (their reasons above)", 1)
+        raise fail(f"every process failed, and none restarts: {', '.join(failed)} (their reasons above)", 1)
 
 
 def _change_line(change: Any) -> None:
-    """One line per member state change (the log of `council up` and `council serve`)."""
+    """One line per process state change (the log of `council up` and `council serve`)."""
     out.print(f"{time.strftime('%H:%M:%S')} {change.member}: {change.old} → {change.new}"
               + (f" ({change.reason})" if change.reason else ""), highlight=False)
 
 
 async def _run_until_signalled(supervisor: Any) -> list[str]:
-    """Start, report every state change on one line, and stop cleanly on SIGINT or SIGTERM, or once every member
-    is `failed` (a failed member is never restarted: nothing would ever run): then the failed members' names."""
+    """Start, report every state change on one line, and stop cleanly on SIGINT or SIGTERM, or once every process
+    is `failed` (a failed process is never restarted: nothing would ever run): then the failed processes' names."""
     import asyncio
     import signal
 
@@ -98,7 +98,7 @@ async def _run_until_signalled(supervisor: Any) -> list[str]:
     if settled in done and not all_failed.is_set():
         states = [m.state for m in supervisor.processes.values()]
         ready = sum(s == "ready" for s in states)
-        out.print(f"{ready}/{len(states)} members ready in {time.monotonic() - started:.1f}s; Ctrl-C stops them")
+        out.print(f"{ready}/{len(states)} processes ready in {time.monotonic() - started:.1f}s; Ctrl-C stops them")
     await asyncio.wait({waiter, gave_up}, return_when=asyncio.FIRST_COMPLETED)
     failed = [m.name for m in processes] if all_failed.is_set() and not stop.is_set() else []
     for task in (settled, waiter, gave_up):
@@ -115,8 +115,8 @@ async def _run_until_signalled(supervisor: Any) -> list[str]:
 
 def _members_table(supervisor: Any) -> Table:
     """The live view of `council up` on a terminal: one row per member process."""
-    table = Table("member", "model", "state", "pid", "port", "restarts", "tok/s", "draft acc.", "reason",
-                  title="council members")
+    table = Table("process", "model", "state", "pid", "port", "restarts", "tok/s", "draft acc.", "reason",
+                  title="council processes")
     for m in supervisor.processes.values():
         snap = m.snapshot()
         colour = {"ready": "green", "failed": "red", "backoff": "yellow"}.get(snap["state"], "cyan")

@@ -25,7 +25,7 @@ class LaunchError(CouncilError, ValueError):
 class LaunchSpec:
     """Everything needed to start (and recognise) one member process."""
 
-    key: str  # the plan's process key, e.g. `trio:trio/0`
+    key: str  # the plan's process key: `trio/0` (or the entry's `name`), `trio:qwen` for a shared model
     model: str
     model_path: Path
     argv: tuple[str, ...]
@@ -109,7 +109,8 @@ def build_launch(
     gpu: str | None = None,
     chat: bool = True,
 ) -> LaunchSpec:
-    """The argument list (never a shell string) and environment for one member process.
+    """The argument list (never a shell string) and environment for one member process; `members` is the number
+    of seats it serves (a shared model's process: one slot and one context each).
 
     Members bind to 127.0.0.1 with a fresh random API key, passed in the environment (`LaunchSpec.environ`);
     `gpu` (an NVML index or UUID) becomes CUDA_VISIBLE_DEVICES, and None hides every GPU (a member planned on

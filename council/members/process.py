@@ -81,7 +81,7 @@ class LifeConfig:
 @dataclass(frozen=True)
 class ProcessRecipe:
     """What a plan asks for one process: its name, a launch spec per start (each start gets a fresh port and
-    key), the council members it serves and how many requests it takes at once (its `parallel` slots)."""
+    key), the council seats it serves and how many requests it takes at once (its `parallel` slots)."""
 
     name: str
     make_spec: Callable[[int], LaunchSpec]
@@ -351,7 +351,8 @@ class MemberProcess:
         return self.config.log_dir / f"{self.name.replace('/', '_')}.log"
 
     def snapshot(self) -> dict[str, object]:
-        """The member as `/admin/members` and `council up` show it."""
+        """The process as `/admin/members` and `council up` show it; `members` (the API's key, kept) lists the
+        seats it serves."""
         return {
             "name": self.name, "members": list(self.seats), "model": self.spec.model, "state": str(self.state),
             "reason": self.reason, "port": self.spec.port, "pid": self.pid, "restarts": self.restarts,
@@ -405,7 +406,8 @@ class MemberProcess:
     async def restart_planned(self, recipe: ProcessRecipe, reason: str) -> bool:
         """A restart on purpose with another recipe: ready → draining (no new requests), in-flight requests
         finish (up to the drain deadline), then stopping → stopped → starting with `recipe`. Not a failure:
-        no backoff, the failure streak is untouched. False (nothing done) unless the process is ready, or when it
+        no backoff, and the failure streak is not counted up (it is forgotten, as after any restart, once the
+        process was ready for `stable_after`). False (nothing done) unless the process is ready, or when it
         crashed while draining and failed."""
         running = self._running
         try:
@@ -476,14 +478,16 @@ class MemberProcess:
             verdict = await self._watch()
             if self._stopping:
                 return
+            # Before the planned branch: a process that served for hours must not carry its boot streak into
+            # a draft-length restart, where one failed start would then make it `failed` for good.
+            if time.monotonic() - ready_at >= cfg.stable_after:
+                self.failures_in_row = 0
             if self._planned is not None:  # drained on purpose: stop and start again at once
                 self._planned = None
                 await self._terminate(verdict, final=True)
                 self.restarts += 1
                 self.stats = MemberStats()
                 continue
-            if time.monotonic() - ready_at >= cfg.stable_after:
-                self.failures_in_row = 0
             await self._terminate(verdict, final=False)
             self.restarts += 1
             if await self._after_failure(verdict):

@@ -50,7 +50,7 @@ class TransitionError(CouncilError, RuntimeError):
 
 @dataclass(frozen=True)
 class StateChange:
-    member: str
+    member: str  # the process's name (`member` in events and their JSON)
     old: State
     new: State
     reason: str

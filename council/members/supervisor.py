@@ -8,13 +8,18 @@ from collections.abc import Iterable
 
 import httpx
 
+from council.errors import CouncilError
 from council.members.pidfiles import PidFiles
 from council.members.process import LifeConfig, Listener, LogListener, MemberProcess, ProcessRecipe
 from council.members.states import State
 
 
+class DuplicateProcess(CouncilError, ValueError):
+    """A recipe for a process name the supervisor already holds: taking it would drop the process there was."""
+
+
 class Supervisor:
-    """Runs a set of member processes; `members` is the live view the API and the councils read."""
+    """Runs a set of member processes; `processes` (by name) is the live view the API and the councils read."""
 
     def __init__(self, config: LifeConfig, recipes: Iterable[ProcessRecipe] = (),
                  listeners: list[Listener] | None = None) -> None:
@@ -30,6 +35,10 @@ class Supervisor:
         self._started = False
 
     def _make(self, recipe: ProcessRecipe) -> MemberProcess:
+        if recipe.name in self.processes:  # overwritten, the old process would never start, or run unsupervised
+            raise DuplicateProcess(f"process {recipe.name!r} is already supervised (serving seats "
+                                   f"{', '.join(self.processes[recipe.name].seats)}); it cannot also serve "
+                                   f"{', '.join(recipe.seats)}")
         process = MemberProcess(recipe, self.config, pids=self.pids, control=self._control, listeners=self.listeners,
                                 log_listeners=self.log_listeners)
         self.processes[recipe.name] = process

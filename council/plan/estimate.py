@@ -1,6 +1,6 @@
-"""How much memory one council member (one llama-server process) takes, known before it is launched.
+"""How much memory one llama-server process takes, known before it is launched.
 
-The planner packs members into fixed GPU-memory slots, so it needs each process's footprint from its
+The planner packs processes into fixed GPU-memory slots, so it needs each process's footprint from its
 `ModelConfig` and the GGUF header alone. Every rule below follows llama.cpp build 11434 (the build
 `council setup` installs); the source file that holds each rule is cited next to it. What llama.cpp
 allocates is exact arithmetic (weights, KV cache, recurrent state); the compute buffer is a fit of the

@@ -22,6 +22,10 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
 GGML_MAX_DIMS = 4  # ggml.h
+DEFAULT_ALIGNMENT = 32  # gguf.h GGUF_DEFAULT_ALIGNMENT: where `general.alignment` is not set
+# llama.cpp reads no array of arrays (gguf.cpp: "invalid GGUF type"); gguf's writer can write one. Deeper is
+# garbage, and reading it recursively would end in a RecursionError: 12 bytes make a level.
+MAX_ARRAY_DEPTH = 2
 
 
 class GgufError(CouncilError, ValueError):
@@ -112,18 +116,23 @@ class _Cursor:
         try:
             for _ in range(count):
                 pos += 8 + unpack(buf, pos)[0]
-        except struct.error:  # a length read from past the end: the file is cut short inside the array
+        # struct.error: a length read from past the end (the file is cut short inside the array); OverflowError:
+        # a corrupt length (2^63 and up) walked the offset past what unpack_from takes.
+        except (struct.error, OverflowError):
             raise self.truncated() from None
         if pos > len(buf):
             raise self.truncated()
         self.pos = pos
 
-    def value(self, vtype: int, keep_arrays: bool) -> Any:
+    def value(self, vtype: int, keep_arrays: bool, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise GgufError(f"{self.path}: malformed GGUF: {self.where} has arrays nested more than "
+                                f"{MAX_ARRAY_DEPTH} deep")
             etype = self.unpack("<I")
             count = self.unpack("<Q")
             small = count <= 64
@@ -141,7 +150,7 @@ class _Cursor:
                     return [self.string() for _ in range(count)]
                 self.skip_strings(count)
                 return ArrayInfo(etype, count)
-            return [self.value(etype, keep_arrays) for _ in range(count)]
+            return [self.value(etype, keep_arrays, depth + 1) for _ in range(count)]
         raise GgufError(f"{self.path}: {self.where} has unknown GGUF value type {vtype}")
 
 
@@ -151,6 +160,22 @@ def tensor_bytes(shape: tuple[int, ...], ggml_type: int) -> int:
     for dim in shape:
         count *= dim
     return count // block * type_size
+
+
+def _check_data_extent(path: Path, metadata: dict[str, Any], table_end: int, tensors: dict[str, Tensor],
+                       offsets: dict[str, int], size: int) -> None:
+    """Refuse a file cut short inside its tensor data (an interrupted copy or download): its header reads fine,
+    and only llama-server would find it, after every start failed. The data section starts after the tensor
+    table, aligned to `general.alignment` (gguf.cpp)."""
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise GgufError(f"{path}: malformed GGUF: general.alignment is {alignment!r}, not a power of 2")
+    start = -(-table_end // alignment) * alignment
+    ends = {name: start + offsets[name] + t.n_bytes for name, t in tensors.items()}
+    past = next((name for name, end in ends.items() if end > size), None)
+    if past is not None:
+        raise GgufError(f"{path}: truncated GGUF: the data of tensor `{past}` runs past the end of the file "
+                        f"({size} bytes of the {max(ends.values())} its tensor table needs)")
 
 
 def read_gguf(path: Path | str, *, keep_arrays: bool = False) -> GgufInfo:
@@ -184,6 +209,7 @@ def _read_gguf(path: Path, _size: int, _mtime_ns: int, keep_arrays: bool) -> Ggu
                 cur.where = f"metadata `{key}`"
                 metadata[key] = cur.value(cur.unpack("<I"), keep_arrays)
             tensors: dict[str, Tensor] = {}
+            offsets: dict[str, int] = {}
             for i in range(n_tensors):
                 cur.where = f"tensor entry {i}"
                 name = cur.string()
@@ -193,15 +219,18 @@ def _read_gguf(path: Path, _size: int, _mtime_ns: int, keep_arrays: bool) -> Ggu
                     raise GgufError(f"{path}: tensor `{name}` has {n_dims} dimensions (ggml allows {GGML_MAX_DIMS})")
                 shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
                 ggml_type = cur.unpack("<I")
-                cur.unpack("<Q")  # offset into the data section
+                offsets[name] = cur.unpack("<Q")  # into the data section
                 try:
                     n_bytes = tensor_bytes(shape, ggml_type)
                 except (KeyError, ValueError) as exc:
                     raise GgufError(f"{path}: tensor {name} has unknown type {ggml_type}") from exc
                 tensors[name] = Tensor(name, shape, ggml_type, n_bytes)
             size = len(buf)
-    except (OSError, ValueError, struct.error) as exc:
-        # struct.error is no ValueError: without it a read the checks above missed would be a traceback.
+            if tensors:
+                _check_data_extent(path, metadata, cur.pos, tensors, offsets, size)
+    except (OSError, ValueError, struct.error, OverflowError, RecursionError) as exc:
+        # None of the last three is a ValueError: without them a read the checks above missed (a huge length, a
+        # deep nest) would be a traceback, not one line.
         if isinstance(exc, GgufError):
             raise
         raise GgufError(f"{path}: cannot read GGUF: {exc}") from exc

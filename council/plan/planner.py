@@ -25,7 +25,8 @@ class ProcessEstimate:
 
 
 def estimate_process(policy: Policy, model_name: str, members: int, device: Device) -> ProcessEstimate:
-    """A process's memory: the policy's `memory:` (per member) if given, else the GGUF-based estimate."""
+    """A process's memory: the policy's `memory:` (per seat: `members` counts the seats the process serves) if
+    given, else the GGUF-based estimate."""
     model = policy.models[model_name].for_members(members)
     breakdown = dict.fromkeys(COMPONENTS, 0)
     estimate: MemoryEstimate | None = None

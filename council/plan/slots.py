@@ -19,7 +19,8 @@ from council.units import format_size
 
 @dataclass(frozen=True)
 class ProcessNeed:
-    """One llama-server process to place; `members` are the council members it serves."""
+    """One llama-server process to place; `seats` are the council seats it serves. `key`: a member entry's name
+    (`COUNCIL/INDEX` unless named), or `COUNCIL:MODEL` for the process a `share: true` model's members share."""
 
     key: str
     model: str
@@ -160,16 +161,16 @@ def _why_not(need: CouncilNeed, slots: list[int], gpus: list[GpuSlots], slot_byt
         who = ", ".join(proc.seats) if len(proc.seats) <= 3 else f"{proc.key} ({len(proc.seats)} seats)"
         largest = max(gpus, key=lambda g: g.total)
         if slots[i] > largest.total:
-            return (f"member {who} ({proc.model}, estimate {format_size(proc.estimate_bytes)}) needs {slots[i]} "
+            return (f"process {who} ({proc.model}, estimate {format_size(proc.estimate_bytes)}) needs {slots[i]} "
                     f"slots of {format_size(slot_bytes)} but the largest GPU, {largest.gpu.name}, has only "
                     f"{largest.total} after its reserve")
         missing = (slots[i] - free[best]) * slot_bytes
-        return (f"member {who} ({proc.model}, estimate {format_size(proc.estimate_bytes)}, {slots[i]} slots) "
+        return (f"process {who} ({proc.model}, estimate {format_size(proc.estimate_bytes)}, {slots[i]} slots) "
                 f"does not fit: {format_size(missing)} missing on {gpus[best].gpu.name} "
                 f"({free[best]} of {gpus[best].total} slots free)")
     used = sum(slots)
     return (f"needs {used} slots in all and no split of them over the GPUs' free slots "
-            f"({', '.join(f'{g.gpu.name}: {g.free}' for g in gpus)}) holds every member")
+            f"({', '.join(f'{g.gpu.name}: {g.free}' for g in gpus)}) holds every process")
 
 
 def place_council(need: CouncilNeed, gpus: list[GpuSlots], slot_bytes: int) -> CouncilResult:

@@ -180,7 +180,8 @@ def schema_problems(data: Any, exc: ValidationError, lines: dict[Loc, int]) -> l
 
 
 def reference_problems(loaded: LoadedPolicy) -> list[Problem]:
-    """Names that must point somewhere: council members, draft models, fallbacks, judges, quorums."""
+    """Names that must point somewhere: council members, draft models, fallbacks, judges, quorums; and member
+    names, which must differ within a council and across councils."""
     policy = loaded.policy
     problems: list[Problem] = []
     known = sorted(policy.models)
@@ -249,6 +250,37 @@ def reference_problems(loaded: LoadedPolicy) -> list[Problem]:
                         (*base, "fallback", "members"),
                         f"the fallback keeps {seats} seats (0..{seats - 1}) but the cascade's stages name seat "
                         f"{named}; write the cascade as `{{first: N}}` (it fits any council) or keep more members"))
+    return problems + _names_across_councils(loaded)
+
+
+def _names_across_councils(loaded: LoadedPolicy) -> list[Problem]:
+    """A member's name is router-wide: its process is keyed by it and its seats are found by it (`samples` add
+    `#K`, a `share: true` model's process is `COUNCIL:MODEL`). Two councils naming one member alike planned two
+    processes, ran one, and answered both councils' seat with it: one council got another model's answers."""
+    problems: list[Problem] = []
+    owner: dict[str, str] = {}  # each name -> the first council that takes it
+    for cname, council in loaded.policy.councils.items():
+        entries = council.entry_names(cname)
+        claims: dict[str, int] = {}  # each name this council takes -> its first member entry
+        for seat, member, entry in council.seats(cname):
+            i = entries.index(entry)
+            names = [entry, seat]
+            model = loaded.policy.models.get(member.model)
+            if model is not None and model.share:
+                names.append(f"{cname}:{member.model}")
+            for name in names:
+                claims.setdefault(name, i)
+        reported: set[int] = set()
+        for name, i in claims.items():
+            first = owner.setdefault(name, cname)
+            if first != cname and i not in reported:
+                reported.add(i)
+                where: Loc = ("councils", cname, "members", i)
+                if council.members[i].name is not None:
+                    where = (*where, "name")
+                problems.append(loaded.problem(where, f"member name {name!r} is used in councils {first} and "
+                                                      f"{cname}: names must differ across councils (a name "
+                                                      "names its process and its seats)"))
     return problems
 
 

@@ -33,6 +33,26 @@ MTP_SPELLINGS = ("draft-mtp", "mtp")
 # Draft types whose length no llama-server flag sets (build 11434, common/speculative.cpp: ngram-cache's
 # `n_draft = 8; // TODO get from config?`): n_max can only turn them off, so there is nothing to adapt or tune.
 FIXED_DRAFT_LENGTHS = {"ngram-cache": 8}
+# Flags council sets on every process (members/launch.py), with the short spellings llama-server takes
+# (common/arg.cpp): where it listens, the model it loads and the name it answers as (the router checks both),
+# and /metrics, which it scrapes. A policy's `args` come last and llama-server keeps a repeated flag's last value,
+# so one of these there would replace council's own: a process bound to every interface, say.
+COUNCIL_FLAGS: dict[str, tuple[str, ...]] = {"--host": (), "--port": (), "--model": ("-m",), "--alias": ("-a",),
+                                             "--metrics": ()}
+# Council gives each start its own key in the environment: one in the argument list would replace it (every
+# start fails its health check) and be readable by every local user in /proc/PID/cmdline.
+KEY_FLAGS = ("--api-key", "--api-key-file")
+
+
+def owned_flag(arg: str) -> str | None:
+    """The flag of COUNCIL_FLAGS or KEY_FLAGS that `arg` spells (`--host`, `--host=X`, `--api_key`, `-m`), or
+    None. llama-server reads `_` as `-` in a long flag."""
+    flag = arg.split("=", 1)[0]
+    if flag.startswith("--"):
+        flag = flag.replace("_", "-")
+    if flag in KEY_FLAGS:
+        return flag
+    return next((name for name, short in COUNCIL_FLAGS.items() if flag == name or flag in short), None)
 
 
 def expand_path(value: Path) -> Path:
@@ -288,18 +308,28 @@ class ModelConfig(_Strict):
     memory: Size | None = Field(default=None, gt=0, description="The process's memory for the plan, instead of "
                                 "the estimate from the GGUF header.", examples=["3.65GiB"])
     args: list[str] = Field(default=[], description="More llama-server arguments, one per item, passed last "
-                            "and verbatim.", examples=[["--mmproj", "/models/mmproj.gguf"]])
+                            "and verbatim; not the flags council sets itself (`--host`, `--port`, `--model`, "
+                            "`--alias`, `--metrics`) nor an API key (`--api-key`, `--api-key-file`).",
+                            examples=[["--mmproj", "/models/mmproj.gguf"]])
 
     @field_validator("args")
     @classmethod
-    def _no_shell_strings(cls, args: list[str]) -> list[str]:
+    def _no_shell_strings_nor_owned_flags(cls, args: list[str]) -> list[str]:
         for arg in args:
             if any(c in arg for c in "\n\0"):
                 raise ValueError(f"argument {arg!r} holds a newline or NUL: pass one argument per list item")
+            flag = owned_flag(arg)
+            if flag in KEY_FLAGS:
+                raise ValueError(f"argument {arg!r} sets an API key: council gives every process its own, in its "
+                                 "environment; this one would replace it, and show in the process's command line")
+            if flag is not None:
+                raise ValueError(f"argument {arg!r} sets {flag}, which council sets itself for every process (on "
+                                 "127.0.0.1 at a port it picks, the model's file and name, /metrics: how the router "
+                                 "reaches and checks it); llama-server would take this one instead")
         return args
 
     def for_members(self, members: int) -> ModelConfig:
-        """The process serving `members` members of a shared model: one slot each, each the full context."""
+        """The process serving `members` seats of a shared model: one slot each, each the full context."""
         if members <= 1:
             return self
         return self.model_copy(update={"parallel": self.parallel * members, "ctx_size": self.ctx_size * members})
@@ -341,7 +371,8 @@ class MemberConfig(_Strict):
     weight: float = Field(default=1.0, gt=0, le=1e6, description="The member's vote counts this much (`weighted`, "
                           "`confidence`, ties by weight); at most 1,000,000 (weights are relative).", examples=[1.5])
     name: str | None = Field(default=None, min_length=1, description="Its name in ballots and metrics; "
-                             "default `COUNCIL/INDEX`.", examples=["greedy"])
+                             "default `COUNCIL/INDEX`. Unique across every council: it names its process and "
+                             "its seats.", examples=["greedy"])
     sampling: Sampling = Field(default=Sampling(), description="The member's sampling settings.",
                                examples=[{"temperature": 0.7, "seed": 7}])
     rate_limit: float | None = Field(default=None, gt=0, description=(

@@ -8,7 +8,7 @@ import pytest
 
 from council.members.binary import LlamaServerInfo
 from council.members.launch import API_KEY_ENV, LaunchError, build_launch, default_threads
-from council.policy.schema import ModelConfig, Policy
+from council.policy.schema import COUNCIL_FLAGS, KEY_FLAGS, ModelConfig, Policy, owned_flag
 
 SERVER = LlamaServerInfo(path=Path("/opt/llama-server"), build=11434, version="",
                          spec_types=("none", "draft-simple", "draft-mtp", "ngram-mod"))
@@ -52,6 +52,15 @@ def test_the_key_is_in_the_environment_never_the_argument_list() -> None:
     assert len(spec.api_key) >= 24 and spec.api_key not in repr(spec) and API_KEY_ENV not in spec.env
     environ = spec.environ({"PATH": "/bin", API_KEY_ENV: "the router's own"})
     assert environ == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", API_KEY_ENV: spec.api_key}
+
+
+def test_the_flags_a_policy_may_not_pass_are_those_launch_sets_and_the_key_ones() -> None:
+    """The policy refuses `args` that spell these (`schema.owned_flag`): each is in every argument list council
+    builds, but the key flags, whose value goes in the environment."""
+    argv = argv_of(ModelConfig(path=Path("/m.gguf"), draft={"type": "mtp", "n_max": 2}))
+    assert all(flag in argv for flag in COUNCIL_FLAGS)
+    assert not any(flag in argv for flag in KEY_FLAGS)
+    assert {owned_flag(a) for a in argv if a.startswith("-")} - {None} == set(COUNCIL_FLAGS)
 
 
 def test_every_start_gets_its_own_key() -> None:

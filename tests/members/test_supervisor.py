@@ -23,7 +23,7 @@ from council.members.launch import LaunchSpec, build_launch
 from council.members.pidfiles import PidFiles, proc_start_time
 from council.members.process import LifeConfig, MemberProcess, ProcessRecipe
 from council.members.states import State, TransitionError
-from council.members.supervisor import Supervisor
+from council.members.supervisor import DuplicateProcess, Supervisor
 from council.policy.schema import ModelConfig, Policy
 from council.setup.catalog import by_name
 from council.setup.synthetic import write_qwen35
@@ -96,6 +96,23 @@ def test_transitions_are_checked_in_one_place() -> None:
     assert [(c.old, c.new) for c in seen] == [(State.STOPPED, State.STARTING), (State.STARTING, State.WARMING),
                                               (State.WARMING, State.READY)]
     assert seen[0].reason == "go" and seen[0].at <= seen[-1].at
+
+
+def test_a_second_recipe_for_a_process_name_is_refused_not_taken_over(tmp_path: Path) -> None:
+    """Before, the second recipe replaced the first: a planned process was never started, and its seats were
+    served by the other's model (two councils naming a member alike; `council check` refuses those now)."""
+
+    def recipe(model: str, seat: str) -> ProcessRecipe:
+        spec = LaunchSpec(key="greedy", model=model, model_path=Path(f"{model}.gguf"), argv=(), env={}, port=0,
+                          api_key="k")
+        return ProcessRecipe("greedy", lambda _port: spec, (seat,))
+
+    with pytest.raises(DuplicateProcess, match="process 'greedy' is already supervised"):
+        Supervisor(LifeConfig(run_dir=tmp_path), [recipe("coder", "code/0"), recipe("smol", "chat/0")])
+    sup = Supervisor(LifeConfig(run_dir=tmp_path), [recipe("coder", "code/0")])
+    with pytest.raises(DuplicateProcess):
+        sup.add(recipe("smol", "chat/0"))
+    assert sup.processes["greedy"].spec.model == "coder" and sup.processes["greedy"].seats == ("code/0",)
 
 
 # ---- real processes -------------------------------------------------------------------------------------
@@ -412,7 +429,7 @@ def _council_up(tmp_path: Path, mtp_model: Path, binary: Path) -> tuple[subproce
     proc = subprocess.Popen([sys.executable, "-m", "council", "up", str(policy)], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 60
-    while "2/2 members ready" not in log.read_text():
+    while "2/2 processes ready" not in log.read_text():
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
@@ -436,14 +453,16 @@ def test_council_up_sigterm_stops_everything_exit_0(
 
 
 def test_council_up_exits_1_once_every_member_failed(
-    tmp_path: Path, llama_server_bin: LlamaServerInfo
+    tmp_path: Path, mtp_model: Path, llama_server_bin: LlamaServerInfo
 ) -> None:
     """README: exit 1 for "members that did not start". Before, `council up` waited for Ctrl-C with nothing
-    running, and then exited 0."""
-    broken = tmp_path / f"broken-{time.monotonic_ns()}.gguf"
-    broken.write_bytes(SMOL.path.read_bytes()[: 2 << 20])  # a real header, then nothing
+    running, and then exited 0. llama-server itself refuses to start (an argument it does not know): a model cut
+    short inside its tensor data, used here before, is now refused by `council up`'s own check."""
+    broken = tmp_path / f"unstartable-{time.monotonic_ns()}.gguf"
+    shutil.copyfile(mtp_model, broken)
     policy = tmp_path / "up.yaml"
-    policy.write_text(policy_yaml({"b": {"path": broken, "ctx_size": 512, "memory": "256MiB"}},
+    policy.write_text(policy_yaml({"b": {"path": broken, "ctx_size": 512, "memory": "256MiB",
+                                         "args": ["--no-such-flag"]}},
                                   {"pair": {"members": [{"model": "b"}, {"model": "b"}]}}, memory="2GiB"))
     env = {**os.environ, "COUNCIL_HOME": str(tmp_path), "LLAMA_SERVER": str(llama_server_bin.path)}
     result = subprocess.run([sys.executable, "-m", "council", "up", str(policy)], capture_output=True, text=True,
@@ -452,7 +471,7 @@ def test_council_up_exits_1_once_every_member_failed(
     assert result.stdout.count("→ failed (gave up after 4 failures in a row") == 2
     assert "all members stopped" in result.stdout
     assert result.stderr.splitlines() == [
-        "error: every member failed, and none restarts: pair/0, pair/1 (their reasons above)"]
+        "error: every process failed, and none restarts: pair/0, pair/1 (their reasons above)"]
     assert _members_of(str(broken)) == []
 
 

@@ -32,6 +32,20 @@ def cut_inside_array(syn: Path, out: Path, key: str) -> Path:
     return out
 
 
+def cut_in_half(syn: Path, out: Path) -> Path:
+    data = syn.read_bytes()
+    out.write_bytes(data[: len(data) // 2])
+    return out
+
+
+def with_first_string_length(syn: Path, out: Path, key: str, length: int) -> Path:
+    """The file with the first string of array `key` claiming `length` bytes (one corrupted length field)."""
+    data = syn.read_bytes()
+    at = _value_at(data, key) + 4 + 8
+    out.write_bytes(data[:at] + struct.pack("<Q", length) + data[at + 8:])
+    return out
+
+
 def with_block_count(syn: Path, out: Path, value: bytes, vtype: int = GGUF_U32) -> Path:
     """The file with `qwen35.block_count` (a u32) replaced by `value` of type `vtype`."""
     data = syn.read_bytes()
@@ -48,22 +62,41 @@ def broken(syn: Path, tmp_path: Path) -> dict[str, Path]:
         # 267 tokens: longer than the reader keeps, so it steps over them without decoding
         "vocabulary": cut_inside_array(syn, tmp_path / "vocab.gguf", "tokenizer.ggml.tokens"),
         "small-array": cut_inside_array(syn, tmp_path / "sections.gguf", "qwen35.rope.dimension_sections"),
+        # half the file: the header and tensor table whole, the tensors past the middle missing
+        "tensor-data": cut_in_half(syn, tmp_path / "half.gguf"),
         "block-count-0": with_block_count(syn, tmp_path / "zero.gguf", struct.pack("<I", 0)),
+        # 6 values: the header grows by 32 bytes, the alignment, so the tensor data is still where it is looked for
         "block-count-array": with_block_count(syn, tmp_path / "array.gguf",
-                                              struct.pack("<IQII", GGUF_U32, 2, 2, 2), GGUF_ARRAY),
+                                              struct.pack("<IQ6I", GGUF_U32, 6, *[2] * 6), GGUF_ARRAY),
+        # a vocabulary string 2^63 bytes long: the walk over the lengths passed what struct takes (OverflowError)
+        "string-length": with_first_string_length(syn, tmp_path / "long.gguf", "tokenizer.ggml.tokens", 1 << 63),
+        # arrays in arrays 5000 deep, 12 bytes a level: read recursively, a RecursionError
+        "nested-arrays": with_block_count(syn, tmp_path / "nested.gguf", struct.pack("<IQ", GGUF_ARRAY, 1) * 5000
+                                          + struct.pack("<IQ", GGUF_U32, 0), GGUF_ARRAY),
     }
 
 
 WHAT = {
     "vocabulary": "truncated GGUF: metadata `tokenizer.ggml.tokens` runs past the end of the file",
     "small-array": "truncated GGUF: metadata `qwen35.rope.dimension_sections` runs past the end of the file",
+    "tensor-data": "truncated GGUF: the data of tensor `",
     "block-count-0": "GGUF key `qwen35.block_count` is 0; expected an integer of at least 1",
-    "block-count-array": "GGUF key `qwen35.block_count` is an array of 2 values; expected an integer of at least 1",
+    "block-count-array": "GGUF key `qwen35.block_count` is an array of 6 values; expected an integer of at least 1",
+    "string-length": "truncated GGUF: metadata `tokenizer.ggml.tokens` runs past the end of the file",
+    "nested-arrays": "malformed GGUF: metadata `qwen35.block_count` has arrays nested more than 2 deep",
 }
 
 
-@pytest.mark.parametrize("case", ["vocabulary", "small-array"])
+@pytest.mark.parametrize("case", ["vocabulary", "small-array", "tensor-data"])
 def test_a_truncated_file_is_a_gguf_error_naming_it(broken: dict[str, Path], case: str) -> None:
+    with pytest.raises(GgufError) as caught:
+        read_gguf(broken[case])
+    assert str(caught.value).startswith(f"{broken[case]}: {WHAT[case]}")
+
+
+@pytest.mark.parametrize("case", ["string-length", "nested-arrays"])
+def test_a_malformed_file_is_a_gguf_error_naming_it(broken: dict[str, Path], case: str) -> None:
+    """Before, an OverflowError and a RecursionError: tracebacks from `check` and `plan`, exit 1."""
     with pytest.raises(GgufError) as caught:
         read_gguf(broken[case])
     assert str(caught.value).startswith(f"{broken[case]}: {WHAT[case]}")

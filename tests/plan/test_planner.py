@@ -69,7 +69,7 @@ def test_fallback_is_admitted_and_says_why() -> None:
     assert code == 0
     [five] = doc["councils"]
     assert five["fits"] is False and five["fallback"] is True
-    assert "member five/" in five["reason"] and "missing on cpu" in five["reason"]
+    assert "process five/" in five["reason"] and "missing on cpu" in five["reason"]
     assert [m["model"] for m in doc["members"]] == ["coder-0.5b"] * 3
 
 
@@ -93,7 +93,7 @@ def test_council_that_does_not_fit_exits_3_with_reason(tmp_path: Path) -> None:
     ok, huge = doc["councils"]
     assert ok["fits"] is True
     assert huge["fits"] is False
-    assert huge["reason"] == ("member huge/1 (big, estimate 3.00 GiB) needs 6 slots of 512.00 MiB but the largest "
+    assert huge["reason"] == ("process huge/1 (big, estimate 3.00 GiB) needs 6 slots of 512.00 MiB but the largest "
                               "GPU, tiny, has only 4 after its reserve")
     assert [m["gpu"] for m in doc["members"]] == ["tiny", None, None]
     table = run_cli("plan", str(policy))
@@ -157,4 +157,16 @@ def test_samples_share_one_process_sized_for_them_and_too_many_are_refused(tmp_p
     assert {m["process"] for m in rows[1:]} == {"five/1"}  # the five samples: one process, five slots
     one, shared = rows[0]["estimate_bytes"], rows[1]["estimate_bytes"]
     assert shared > one  # sized for five slots (KV for each)
-    assert many["reason"].startswith("member many/0 (64 seats) (s, estimate 2.96 GiB, 3 slots) does not fit")
+    assert many["reason"].startswith("process many/0 (64 seats) (s, estimate 2.96 GiB, 3 slots) does not fit")
+
+
+def test_a_refusal_names_a_shared_process_as_a_process() -> None:
+    """Before: "member sc:q (4 seats) ...": `sc:q` is the process four members share, no member."""
+    policy = Policy.model_validate({
+        "slots": {"size": "1GiB", "reserve": 0},
+        "models": {"q": {"path": "/nonexistent/q.gguf", "memory": "1GiB", "share": True}},
+        "councils": {"sc": {"members": [{"model": "q", "sampling": {"temperature": t}} for t in (0, .3, .6, .9)]}},
+    })
+    plan = plan_policy(policy, [Gpu("gpu0", 3 * GiB, 3 * GiB, "nvml", uuid="GPU-0")])
+    assert plan.refused["sc"] == ("process sc:q (4 seats) (q, estimate 4.00 GiB) needs 4 slots of 1.00 GiB but the "
+                                  "largest GPU, gpu0, has only 3 after its reserve")

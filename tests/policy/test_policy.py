@@ -204,6 +204,43 @@ def test_references(tmp_path: Path) -> None:
     ]
 
 
+CROSSED = """
+    models:
+      coder: {path: /nonexistent/coder.gguf, memory: 1GiB}
+      smol: {path: /nonexistent/smol.gguf, memory: 512MiB}
+    councils:
+      code:
+        members:
+          - {model: coder, name: greedy}
+          - {model: coder, name: sampled, samples: 2}
+      chat:
+        members:
+          - {model: smol, name: greedy}
+          - {model: smol, name: "sampled#1"}
+          - {model: smol}
+      solo:
+        members:
+          - {model: smol, name: chat/2}
+    """
+
+
+def test_a_member_name_in_two_councils_is_one_problem_naming_both(tmp_path: Path) -> None:
+    """Before, it passed: the plan counted a process per `greedy`, the supervisor kept one, and council code's seat
+    `greedy` was answered by council chat's model. A seat of `samples` (`sampled#1`) and a default name (`chat/2`)
+    are names too."""
+    path = write(tmp_path, CROSSED)
+    f = str(path)
+    why = "names must differ across councils (a name names its process and its seats)"
+    expected = [f"{f}:11: councils.chat.members.0.name: member name 'greedy' is used in councils code and chat: {why}",
+                f"{f}:12: councils.chat.members.1.name: member name 'sampled#1' is used in councils code and chat: "
+                f"{why}",
+                f"{f}:16: councils.solo.members.0.name: member name 'chat/2' is used in councils chat and solo: {why}"]
+    assert problems(path) == expected
+    result = run_cli("check", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == expected
+
+
 def test_duplicate_keys_are_errors_not_overwrites(tmp_path: Path) -> None:
     path = write(tmp_path, "models:\n  a: {path: /a}\n  a: {path: /b}\n")
     assert problems(path) == [f"{path}:3: models.a: duplicate key: each name may appear once"]
@@ -213,6 +250,37 @@ def test_shell_string_in_args_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, 'models:\n  a: {path: /a, args: ["--foo\\nrm -rf /"]}\n')
     [line] = problems(path)
     assert "models.a.args: argument '--foo\\nrm -rf /' holds a newline" in line
+
+
+@pytest.mark.parametrize(("arg", "flag"), [
+    ("--host", "--host"), ("--host=0.0.0.0", "--host"), ("--port", "--port"), ("--port=8080", "--port"),
+    ("--model", "--model"), ("-m", "--model"), ("--model=/other.gguf", "--model"), ("--alias", "--alias"),
+    ("-a", "--alias"), ("--metrics", "--metrics"), ("--api-key", None), ("--api_key", None),
+    ("--api-key=secret", None), ("--api-key-file", None), ("--api-key-file=/keys", None)])
+def test_args_may_not_set_the_flags_council_owns(tmp_path: Path, arg: str, flag: str | None) -> None:
+    """Before, `args: [--host, 0.0.0.0]` passed, and llama-server (which keeps a repeated flag's last value) listened
+    on every interface; an `--api-key` replaced the router's key (every start failed) in a world-readable argv."""
+    path = write(tmp_path, f'models:\n  a: {{path: /a, args: ["--seed", "1", "{arg}", "x"]}}\n')
+    [line] = problems(path)
+    assert line.startswith(f"{path}:2: models.a.args: argument {arg!r} sets ")
+    if flag is None:
+        assert "sets an API key: council gives every process its own, in its environment" in line
+    else:
+        assert f"sets {flag}, which council sets itself for every process" in line
+
+
+def test_args_council_does_not_set_pass(tmp_path: Path) -> None:
+    path = write(tmp_path, 'models:\n  a: {path: /a, args: ["--mmproj", "/p.gguf", "--seed", "1", "--fit", "on"]}\n')
+    assert load_policy(path).policy.models["a"].args[-1] == "on"
+
+
+def test_check_refuses_args_binding_beyond_loopback_in_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, 'models:\n  a: {path: /a, memory: 1GiB, args: ["--host", "0.0.0.0"]}\n'
+                           "councils:\n  c: {members: [{model: a}]}\n")
+    result = run_cli("check", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"{path}:2: models.a.args: argument '--host' sets --host, which council sets itself")
 
 
 # --- `council check` on the real machine: files, spec types, MTP heads, vocabularies --------------------
