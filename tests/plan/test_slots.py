@@ -44,13 +44,13 @@ def test_seed_card_council_of_seven_fits_one_24gib_gpu_and_an_eighth_does_not() 
     assert [c.fits for c in plan.councils] == [True, False]
     assert plan.gpus[0].used == 7
     reason = plan.councils[1].reason or ""
-    assert "member one-more/0" in reason and "3.00 GiB missing on rtx (0 of 7 slots free)" in reason
+    assert "process one-more/0" in reason and "3.00 GiB missing on rtx (0 of 7 slots free)" in reason
 
 
 def test_member_larger_than_any_gpu_is_named() -> None:
     plan = pack([council("big", 1, 30)], [gpu("a", 24), gpu("b", 16)], 3 * GiB, 0)
     assert not plan.councils[0].fits
-    assert "member big/1" in (plan.councils[0].reason or "")
+    assert "process big/1" in (plan.councils[0].reason or "")
     assert "needs 10 slots" in (plan.councils[0].reason or "")
     assert [g.used for g in plan.gpus] == [0, 0]  # nothing of a refused council is kept
 
