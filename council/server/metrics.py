@@ -45,11 +45,13 @@ class MemberCollector(Collector):
                 draft_n.add_metric([name], float(snap["draft_n"]))
                 tuning = snap.get("draft_tuning") or {}
                 draft_changes.add_metric([name], float(tuning.get("changes", 0)))
-        used = GaugeMetricFamily("council_slots_used", "Slots taken on a GPU", labels=["gpu"])
-        total = GaugeMetricFamily("council_slots_total", "Slots on a GPU", labels=["gpu"])
+        # `gpu` is the product name (what a legend shows), `id` tells identical cards apart: by name alone two
+        # such cards were one series twice, and Prometheus drops duplicate samples.
+        used = GaugeMetricFamily("council_slots_used", "Slots taken on a GPU", labels=["gpu", "id"])
+        total = GaugeMetricFamily("council_slots_total", "Slots on a GPU", labels=["gpu", "id"])
         for gpu in self._slots():
-            used.add_metric([gpu["name"]], float(gpu["slots_used"]))
-            total.add_metric([gpu["name"]], float(gpu["slots"]))
+            used.add_metric([gpu["name"], gpu["id"]], float(gpu["slots_used"]))
+            total.add_metric([gpu["name"], gpu["id"]], float(gpu["slots"]))
         yield from (tps, acc, restarts, ready, inflight, draft_n, draft_changes, used, total)
 
 
