@@ -120,6 +120,9 @@ def arms(models: Sequence[str], best: str, samples: int, wide: int = 0,
         out[f"brief-sc-{short(best)}"] = (arm_policy(best, [greedy, sampled], "brief"), {})
     if wide:  # the same council with more samples: what more votes buy (one prefill still)
         out[f"brief-sc{wide}-{short(best)}"] = (arm_policy(best, [greedy, sampled_seats(wide)], "brief"), {})
+        # The same policy recorded once the engine mixed the question into a fixed seed (`engine.salted`): the
+        # arms above were recorded before, when sample k replayed one random sequence on every question.
+        out[f"brief-sc{wide}-fresh-{short(best)}"] = out[f"brief-sc{wide}-{short(best)}"]
         # ... and with samples nearer the greedy seat's answer (`--temperatures`)
         out |= {f"brief-sc{wide}-t{t:g}-{short(best)}": (
             arm_policy(best, [greedy, sampled_seats(wide, t)], "brief"), {}) for t in temperatures}

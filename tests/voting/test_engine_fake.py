@@ -289,3 +289,27 @@ async def test_the_quorum_error_counts_seats_and_calls_them_seats() -> None:
     every, _ = council({"vote": {"extract": "regex:(\\d+)"}}, Say("no number"), Say("none either"))
     with pytest.raises(QuorumError, match=r"^council c: every seat abstained: no answer could be extracted"):
         await every.ask(ask())
+
+
+async def test_a_fixed_seed_draws_anew_for_each_question_and_repeats_for_one_question() -> None:
+    """Before: `seed: 1` with `samples: 3` sent seeds 1, 2, 3 on every question, so sample k replayed one sequence of
+    random numbers everywhere (on BFCL two of eight such samples were right on 95 of 240 items, the rest on about
+    160). Now the question is mixed in: other questions draw anew, the same question repeats its draws."""
+    engine, clients = council({"members": [{"samples": 3, "sampling": {"temperature": 0.7, "seed": 1}}],
+                               "vote": {"extract": "text"}}, Say("a"), Say("a"), Say("a"))
+    for question in ("What is 2+2?", "Name a colour.", "What is 2+2?"):
+        await engine.ask(ask(question))
+    seeds = [[c.sent[i]["seed"] for c in clients] for i in range(3)]
+    assert seeds[0] == seeds[2]  # a seeded council repeats itself on one question
+    assert seeds[0] != seeds[1] and seeds[0] != [1, 2, 3]
+    assert len(set(seeds[0])) == 3  # the samples of one question still differ
+
+
+def test_salted_leaves_random_and_absent_seeds_alone() -> None:
+    from council.voting.engine import question_salt, salted
+
+    body = {"messages": [{"role": "user", "content": "x"}], "tools": [{"n": 10 ** 30}]}  # beyond orjson's ints
+    salt = question_salt(body)
+    assert salt == question_salt(dict(body)) and salt != question_salt({"messages": body["messages"]})
+    assert salted(None, salt) is None and salted(-1, salt) == -1 and salted(True, salt) is True
+    assert salted(0xFFFFFFFF - 1 - salt % 0xFFFFFFFF, salt) != 0xFFFFFFFF  # never llama-server's "random"
