@@ -103,8 +103,13 @@ class ToolCall:
 
     def openai(self) -> dict[str, Any]:
         """As a returned tool call: a fresh id, `type: function`, the arguments as a JSON string."""
+        arguments = json.dumps(self.arguments, ensure_ascii=False)
+        try:
+            arguments.encode()
+        except UnicodeEncodeError:  # a lone surrogate the model wrote as an escape: kept as that escape
+            arguments = json.dumps(self.arguments)
         return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)}}
+                "function": {"name": self.name, "arguments": arguments}}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -25,7 +24,7 @@ from council.server.errors import (
     status_of,
 )
 from council.server.limits import Admission
-from council.server.requests import BadRequest, ChatRequest, CompletionRequest, parse_json, validate_body
+from council.server.requests import BadRequest, ChatRequest, CompletionRequest, dumps, parse_json, validate_body
 from council.server.router import Router
 from council.server.routes.passthrough import HeldStream, once, relay
 from council.voting.engine import CouncilAnswer, CouncilEngine
@@ -95,12 +94,13 @@ def completion_body(answer: CouncilAnswer, created: int, logprobs: bool = False)
 
 
 def _sse(data: Any) -> bytes:
-    return b"data: " + orjson.dumps(data) + b"\n\n"
+    return b"data: " + dumps(data) + b"\n\n"
 
 
 def _json(doc: Any) -> Response:
-    """A JSON response rendered by orjson (Starlette's JSONResponse renders with the standard library's json)."""
-    return Response(orjson.dumps(doc), media_type="application/json")
+    """A JSON response rendered by orjson (Starlette's JSONResponse renders with the standard library's json, and
+    fails on a lone surrogate in a model's arguments), the standard library only for what orjson refuses."""
+    return Response(dumps(doc), media_type="application/json")
 
 
 def _target(router: Router, model: str) -> CouncilEngine | None:
@@ -373,9 +373,15 @@ def council_stream(router: Router, engine: CouncilEngine, council: CouncilReques
                 status = 500
                 yield failed(CouncilError(internal_error(exc)), status, "internal_error")
                 return
-            router.answered(answer, council, waited)
-            async for event in answered(answer, round((time.perf_counter() - started - waited) * 1000, 3)):
-                yield event
+            try:
+                router.answered(answer, council, waited)
+                async for event in answered(answer, round((time.perf_counter() - started - waited) * 1000, 3)):
+                    yield event
+            except Exception as exc:  # writing the answer failed: the headers are gone, so end as an error event
+                log.exception("writing council %s's answer failed", engine.name)
+                status = 500
+                yield failed(CouncilError(internal_error(exc)), status, "internal_error")
+                return
             status = 200
         finally:
             await end()
