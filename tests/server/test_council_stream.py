@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import pytest
 
 from council.server.routes import chat
-from council.voting.engine import QuorumError
+from council.voting.engine import QuorumError, RequestRejected
 
 pytestmark = pytest.mark.anyio
 
@@ -72,6 +72,16 @@ async def test_a_council_error_keeps_its_own_status() -> None:
     events, router, _ = await _events(QuorumError("c", "2 of 3 members failed", []))
     error = json.loads(events[-1].split(b"\n\n")[0].removeprefix(b"data: "))["error"]
     assert error["code"] == "quorum_not_met" and router.metrics.statuses == [503]
+    assert error["type"] == "server_error"
+
+
+async def test_a_request_every_member_refused_is_the_clients_error_streamed_as_whole() -> None:
+    """Streamed, it said `type: server_error` (unstreamed: 400 `invalid_request_error`), so a client that tells
+    its own mistakes from the server's by `type` would retry a request that cannot succeed."""
+    events, router, _ = await _events(RequestRejected("c", "m/0: 400 failed to parse grammar"))
+    error = json.loads(events[-1].split(b"\n\n")[0].removeprefix(b"data: "))["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "rejected_by_members"
+    assert router.metrics.statuses == [400]
 
 
 class Answer:

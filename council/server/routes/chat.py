@@ -18,6 +18,7 @@ from council.server.errors import (
     CLIENT_GONE,
     MODEL,
     OVERHEAD_HEADER,
+    TYPES,
     WAITED,
     ApiError,
     internal_error,
@@ -394,8 +395,10 @@ def stream_council(router: Router, engine: CouncilEngine, council: CouncilReques
     """Chat's stream: keep-alive comments, then the winning answer's chunks, usage and the council object (with
     `overhead_ms`), or an error chunk; `[DONE]` either way."""
 
-    def failed(exc: CouncilError, _status: int, code: str) -> bytes:
-        return _sse({"error": {"message": str(exc), "type": "server_error", "code": code}}) + b"data: [DONE]\n\n"
+    def failed(exc: CouncilError, status: int, code: str) -> bytes:
+        # The type the same error has unstreamed: a client tells its own mistakes (400s) from the server's by it.
+        error = {"message": str(exc), "type": TYPES.get(status, "server_error"), "code": code}
+        return _sse({"error": error}) + b"data: [DONE]\n\n"
 
     async def answered(answer: CouncilAnswer, overhead_ms: float) -> AsyncIterator[bytes]:
         head = {"id": answer.id, "object": "chat.completion.chunk", "created": int(time.time()),
