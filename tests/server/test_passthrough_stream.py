@@ -92,8 +92,11 @@ class _Written:
     """A member whose whole answer is two calls written as text (a small model's way), relayed as llama-server
     returns it."""
 
+    def __init__(self, cities: tuple[str, ...] = ("Paris", "Rome")) -> None:
+        self.cities = cities
+
     async def relay(self, body: bytes, path: str, width: int = 1) -> Relayed:
-        content = json.dumps([{"name": "get_weather", "arguments": {"city": c}} for c in ("Paris", "Rome")])
+        content = json.dumps([{"name": "get_weather", "arguments": {"city": c}} for c in self.cities])
         return Relayed(200, "application/json", json.dumps({"choices": [{
             "index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}).encode())
 
@@ -113,3 +116,19 @@ async def test_a_relayed_models_recovered_calls_keep_to_parallel_tool_calls_fals
         choice = json.loads(bytes(response.body))["choices"][0]
         assert choice["finish_reason"] == "tool_calls"
         assert [json.loads(c["function"]["arguments"])["city"] for c in choice["message"]["tool_calls"]] == cities
+
+
+async def test_a_relayed_models_call_written_twice_is_one_call_with_parallel_tool_calls_false() -> None:
+    """The same call written twice came back as two identical `tool_calls` (only distinct calls were held to one),
+    so the agent ran the action twice; a council, voting on the set, returned one."""
+    from council.server.routes.passthrough import _toolbox
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Paris?"}], "tools": [tool],
+                          "parallel_tool_calls": False}).encode()
+    response = await relay_through(_Written(("Paris", "Paris")), payload,  # type: ignore[arg-type]
+                                   "/v1/chat/completions", False, toolbox=_toolbox(payload))
+    choice = json.loads(bytes(response.body))["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert [json.loads(c["function"]["arguments"]) for c in choice["message"]["tool_calls"]] == [{"city": "Paris"}]
