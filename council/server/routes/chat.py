@@ -25,11 +25,19 @@ from council.server.errors import (
     status_of,
 )
 from council.server.limits import Admission
-from council.server.requests import BadRequest, ChatRequest, CompletionRequest, dumps, parse_json, validate_body
+from council.server.requests import (
+    BadRequest,
+    ChatRequest,
+    CompletionRequest,
+    ToolChoiceFunction,
+    dumps,
+    parse_json,
+    validate_body,
+)
 from council.server.router import Router
 from council.server.routes.passthrough import HeldStream, once, relay
 from council.voting.engine import CouncilAnswer, CouncilEngine
-from council.voting.request import CouncilRequest
+from council.voting.request import CouncilRequest, for_members
 
 KEEPALIVE_S = 2.0
 WATCH_AFTER_S = 0.2  # a non-streamed council request watches for its client's disconnect after this long
@@ -159,6 +167,10 @@ async def chat_completions(request: Request) -> Response:
         check_media(router, chat.model, chat.has_media)
     admission = await router.limits.admit(who, chat.model)
     if engine is None:
+        if isinstance(chat.tool_choice, ToolChoiceFunction):
+            # llama-server reads `tool_choice` only as a string (an object quietly becomes `auto`): the model gets
+            # the named tool alone, required, as a council's members do. Any other body is relayed as it came.
+            raw = dumps(for_members(body))
         return await _passthrough(request, router, chat.model, raw, "/v1/chat/completions", admission, started,
                                   stream=bool(chat.stream), width=chat.n or 1)
     # What the vote needs, once: question, options, members' payload, and whose ballot it will be.

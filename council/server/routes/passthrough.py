@@ -84,7 +84,8 @@ def _toolbox(payload: bytes) -> Toolbox | None:
     tools = body.get("tools") if isinstance(body, dict) else None
     if not isinstance(tools, list) or not tools or body.get("tool_choice") == "none":
         return None
-    return Toolbox(tools, parallel=body.get("parallel_tool_calls") is not False) or None
+    # `tool_choice` as the council reads it: a named function (or `required`) holds the recovered calls to it.
+    return Toolbox(tools, body.get("tool_choice"), parallel=body.get("parallel_tool_calls") is not False) or None
 
 
 async def relay_through(client: HttpMemberClient, payload: bytes, path: str, stream: bool,
