@@ -103,8 +103,13 @@ class ToolCall:
 
     def openai(self) -> dict[str, Any]:
         """As a returned tool call: a fresh id, `type: function`, the arguments as a JSON string."""
+        arguments = json.dumps(self.arguments, ensure_ascii=False)
+        try:
+            arguments.encode()
+        except UnicodeEncodeError:  # a lone surrogate the model wrote as an escape: kept as that escape
+            arguments = json.dumps(self.arguments)
         return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)}}
+                "function": {"name": self.name, "arguments": arguments}}
 
 
 @dataclass(frozen=True)
@@ -415,11 +420,12 @@ def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reas
             calls = [toolbox.call(name, arguments, recovered=True) for name, arguments in written]
     recovered = bool(calls) and not native
     dropped: tuple[ToolCall, ...] = ()
-    if not toolbox.parallel and len(distinct := unique(calls)) > 1:
+    if not toolbox.parallel and len(calls) > 1:
         # OpenAI's promise is at most one call per answer (the agent asks again for the next), and llama-server
         # keeps it for native calls by letting the model write only its first; calls recovered from text, or a
-        # provider's, are held to it here the same way, rather than discarding the seat.
-        calls, dropped = [distinct[0]], tuple(dataclasses.replace(c, verdict=ONE_CALL_ONLY) for c in distinct[1:])
+        # provider's, are held to it here the same way, rather than discarding the seat. A repeat of the first
+        # call goes too: a relayed model's calls are returned as they are, and the agent would run it twice.
+        calls, dropped = [calls[0]], tuple(dataclasses.replace(c, verdict=ONE_CALL_ONLY) for c in calls[1:])
     if not calls and toolbox.required:
         return ToolAnswer(vote=None, abstained=NO_CALL_REQUIRED)
     if not calls:

@@ -92,8 +92,11 @@ class _Written:
     """A member whose whole answer is two calls written as text (a small model's way), relayed as llama-server
     returns it."""
 
+    def __init__(self, cities: tuple[str, ...] = ("Paris", "Rome")) -> None:
+        self.cities = cities
+
     async def relay(self, body: bytes, path: str, width: int = 1) -> Relayed:
-        content = json.dumps([{"name": "get_weather", "arguments": {"city": c}} for c in ("Paris", "Rome")])
+        content = json.dumps([{"name": "get_weather", "arguments": {"city": c}} for c in self.cities])
         return Relayed(200, "application/json", json.dumps({"choices": [{
             "index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}).encode())
 
@@ -113,3 +116,67 @@ async def test_a_relayed_models_recovered_calls_keep_to_parallel_tool_calls_fals
         choice = json.loads(bytes(response.body))["choices"][0]
         assert choice["finish_reason"] == "tool_calls"
         assert [json.loads(c["function"]["arguments"])["city"] for c in choice["message"]["tool_calls"]] == cities
+
+
+async def test_a_relayed_models_call_written_twice_is_one_call_with_parallel_tool_calls_false() -> None:
+    """The same call written twice came back as two identical `tool_calls` (only distinct calls were held to one),
+    so the agent ran the action twice; a council, voting on the set, returned one."""
+    from council.server.routes.passthrough import _toolbox
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Paris?"}], "tools": [tool],
+                          "parallel_tool_calls": False}).encode()
+    response = await relay_through(_Written(("Paris", "Paris")), payload,  # type: ignore[arg-type]
+                                   "/v1/chat/completions", False, toolbox=_toolbox(payload))
+    choice = json.loads(bytes(response.body))["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert [json.loads(c["function"]["arguments"]) for c in choice["message"]["tool_calls"]] == [{"city": "Paris"}]
+
+
+class _Thinking:
+    """A thinking model's stream whose reply is a call written as text, after its reasoning, as llama-server
+    streams them (the reasoning as `reasoning_content` deltas, with their logprobs)."""
+
+    def stream(self, payload: bytes, path: str, width: int) -> contextlib.AbstractAsyncContextManager[Any]:
+        text = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+        deltas = [{"role": "assistant", "content": None}, {"reasoning_content": "Paris "},
+                  {"reasoning_content": "weather."}, *({"content": text[i:i + 9]} for i in range(0, len(text), 9))]
+        logprobs = {"content": [{"token": "Paris", "logprob": -0.5}]}
+        chunks = [{"choices": [{"index": 0, "delta": d, "finish_reason": None,
+                                **({"logprobs": logprobs} if "reasoning_content" in d else {})}]} for d in deltas]
+        chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+
+        @contextlib.asynccontextmanager
+        async def opened() -> AsyncIterator[tuple[Relayed, AsyncIterator[bytes]]]:
+            async def events() -> AsyncIterator[bytes]:
+                for chunk in chunks:
+                    yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                yield b"data: [DONE]\n\n"
+
+            yield Relayed(200, "text/event-stream", b""), events()
+
+        return opened()
+
+
+async def test_a_relayed_streams_recovered_calls_keep_its_reasoning_and_logprobs() -> None:
+    """Streamed, a reply recovered as calls lost its `reasoning_content` and logprobs (only the calls and the
+    finish chunk were replayed), which the same reply unstreamed keeps."""
+    from council.server.routes.passthrough import _toolbox
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Paris?"}], "tools": [tool],
+                          "stream": True}).encode()
+    response = await relay_through(_Thinking(), payload, "/v1/chat/completions", True,  # type: ignore[arg-type]
+                                   toolbox=_toolbox(payload))
+    text = b"".join([bytes(c) async for c in response.body_iterator]).decode()
+    data = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    choices = [json.loads(d)["choices"][0] for d in data[:-1]]
+    deltas = [c["delta"] for c in choices]
+    assert "".join(d.get("reasoning_content") or "" for d in deltas) == "Paris weather."
+    assert not any(d.get("content") for d in deltas)
+    assert [c["function"]["name"] for d in deltas for c in d.get("tool_calls") or []] == ["get_weather"]
+    assert len([c for c in choices if c.get("logprobs")]) == 2
+    assert [c["finish_reason"] for c in choices if c["finish_reason"]] == ["tool_calls"]

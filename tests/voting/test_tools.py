@@ -280,6 +280,8 @@ async def test_with_parallel_tool_calls_false_a_seat_answers_with_its_first_call
                         calls(weather("Rome"), weather("Rome"), weather("Paris")), calls(weather("Rome")))
     answer = await engine.ask({**ask(), "parallel_tool_calls": False})
     assert returned(answer) == [weather("Rome")] and answer.council_json()["agreement"] == 1.0
+    assert [(c["arguments"], c["verdict"]) for c in member(answer, 0)["dropped"]] == [  # the repeat too
+        ({"city": "Rome"}, ONE_CALL_ONLY), ({"city": "Paris"}, ONE_CALL_ONLY)]
     # Parallel calls allowed (unset, or true): every call is the answer, as before.
     engine, _ = council({"vote": {"strategy": "majority"}}, TWO_WRITTEN, TWO_WRITTEN, Say("I don't know"))
     answer = await engine.ask(ask())

@@ -25,6 +25,7 @@ from council.server.limits import Admission
 from council.server.router import Router
 from council.server.routes.chat import (
     CLIENT_GONE,
+    _json,
     _measured,
     _target,
     as_council_request,
@@ -64,7 +65,7 @@ async def messages(request: Request, router: Current, who: Chat) -> Response:
         if done is None:
             return Response(status_code=CLIENT_GONE)
         answer, waited = done
-        return _measured(router, JSONResponse(anthropic.message_body(answer)), asked.model, started, waited, ROUTE)
+        return _measured(router, _json(anthropic.message_body(answer)), asked.model, started, waited, ROUTE)
 
 
 def _stream(router: Router, engine: CouncilEngine, council: CouncilRequest, admission: Admission,

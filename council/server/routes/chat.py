@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -19,17 +18,26 @@ from council.server.errors import (
     CLIENT_GONE,
     MODEL,
     OVERHEAD_HEADER,
+    TYPES,
     WAITED,
     ApiError,
     internal_error,
     status_of,
 )
 from council.server.limits import Admission
-from council.server.requests import BadRequest, ChatRequest, CompletionRequest, parse_json, validate_body
+from council.server.requests import (
+    BadRequest,
+    ChatRequest,
+    CompletionRequest,
+    ToolChoiceFunction,
+    dumps,
+    parse_json,
+    validate_body,
+)
 from council.server.router import Router
 from council.server.routes.passthrough import HeldStream, once, relay
 from council.voting.engine import CouncilAnswer, CouncilEngine
-from council.voting.request import CouncilRequest
+from council.voting.request import CouncilRequest, for_members
 
 KEEPALIVE_S = 2.0
 WATCH_AFTER_S = 0.2  # a non-streamed council request watches for its client's disconnect after this long
@@ -95,12 +103,13 @@ def completion_body(answer: CouncilAnswer, created: int, logprobs: bool = False)
 
 
 def _sse(data: Any) -> bytes:
-    return b"data: " + orjson.dumps(data) + b"\n\n"
+    return b"data: " + dumps(data) + b"\n\n"
 
 
 def _json(doc: Any) -> Response:
-    """A JSON response rendered by orjson (Starlette's JSONResponse renders with the standard library's json)."""
-    return Response(orjson.dumps(doc), media_type="application/json")
+    """A JSON response rendered by orjson (Starlette's JSONResponse renders with the standard library's json, and
+    fails on a lone surrogate in a model's arguments), the standard library only for what orjson refuses."""
+    return Response(dumps(doc), media_type="application/json")
 
 
 def _target(router: Router, model: str) -> CouncilEngine | None:
@@ -158,6 +167,10 @@ async def chat_completions(request: Request) -> Response:
         check_media(router, chat.model, chat.has_media)
     admission = await router.limits.admit(who, chat.model)
     if engine is None:
+        if isinstance(chat.tool_choice, ToolChoiceFunction):
+            # llama-server reads `tool_choice` only as a string (an object quietly becomes `auto`): the model gets
+            # the named tool alone, required, as a council's members do. Any other body is relayed as it came.
+            raw = dumps(for_members(body))
         return await _passthrough(request, router, chat.model, raw, "/v1/chat/completions", admission, started,
                                   stream=bool(chat.stream), width=chat.n or 1)
     # What the vote needs, once: question, options, members' payload, and whose ballot it will be.
@@ -373,9 +386,15 @@ def council_stream(router: Router, engine: CouncilEngine, council: CouncilReques
                 status = 500
                 yield failed(CouncilError(internal_error(exc)), status, "internal_error")
                 return
-            router.answered(answer, council, waited)
-            async for event in answered(answer, round((time.perf_counter() - started - waited) * 1000, 3)):
-                yield event
+            try:
+                router.answered(answer, council, waited)
+                async for event in answered(answer, round((time.perf_counter() - started - waited) * 1000, 3)):
+                    yield event
+            except Exception as exc:  # writing the answer failed: the headers are gone, so end as an error event
+                log.exception("writing council %s's answer failed", engine.name)
+                status = 500
+                yield failed(CouncilError(internal_error(exc)), status, "internal_error")
+                return
             status = 200
         finally:
             await end()
@@ -388,8 +407,10 @@ def stream_council(router: Router, engine: CouncilEngine, council: CouncilReques
     """Chat's stream: keep-alive comments, then the winning answer's chunks, usage and the council object (with
     `overhead_ms`), or an error chunk; `[DONE]` either way."""
 
-    def failed(exc: CouncilError, _status: int, code: str) -> bytes:
-        return _sse({"error": {"message": str(exc), "type": "server_error", "code": code}}) + b"data: [DONE]\n\n"
+    def failed(exc: CouncilError, status: int, code: str) -> bytes:
+        # The type the same error has unstreamed: a client tells its own mistakes (400s) from the server's by it.
+        error = {"message": str(exc), "type": TYPES.get(status, "server_error"), "code": code}
+        return _sse({"error": error}) + b"data: [DONE]\n\n"
 
     async def answered(answer: CouncilAnswer, overhead_ms: float) -> AsyncIterator[bytes]:
         head = {"id": answer.id, "object": "chat.completion.chunk", "created": int(time.time()),

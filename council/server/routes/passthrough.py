@@ -84,7 +84,8 @@ def _toolbox(payload: bytes) -> Toolbox | None:
     tools = body.get("tools") if isinstance(body, dict) else None
     if not isinstance(tools, list) or not tools or body.get("tool_choice") == "none":
         return None
-    return Toolbox(tools, parallel=body.get("parallel_tool_calls") is not False) or None
+    # `tool_choice` as the council reads it: a named function (or `required`) holds the recovered calls to it.
+    return Toolbox(tools, body.get("tool_choice"), parallel=body.get("parallel_tool_calls") is not False) or None
 
 
 async def relay_through(client: HttpMemberClient, payload: bytes, path: str, stream: bool,
@@ -167,7 +168,7 @@ def _data(event: bytes) -> Any:
 async def _recovering(chunks: AsyncIterator[bytes], toolbox: Toolbox) -> AsyncIterator[bytes]:
     """A one-choice chat stream, held back while its text may still be nothing but calls: relayed as it came once
     it cannot be (or it makes calls of its own), or, when it ends as valid calls, replayed as OpenAI's tool-call
-    chunks (the calls, then its own closing chunks with `finish_reason: tool_calls`)."""
+    chunks (the calls, then its own chunks without their text, closing with `finish_reason: tool_calls`)."""
     held: list[bytes] = []
     pending = b""
     text = ""
@@ -208,12 +209,19 @@ async def _recovering(chunks: AsyncIterator[bytes], toolbox: Toolbox) -> AsyncIt
                                                             "tool_calls": deltas}, "finish_reason": None}]})
     for raw, data in zip(held, events, strict=True):
         choices = data.get("choices") if isinstance(data, dict) else None
-        if choices is None:
-            yield raw  # `[DONE]`, a comment
-        elif not choices:
-            yield raw  # usage
-        elif any(c.get("finish_reason") for c in choices):
-            yield _sse({**data, "choices": [{**c, "delta": {}, "finish_reason": "tool_calls"} for c in choices]})
+        if not choices:
+            yield raw  # `[DONE]`, a comment, usage
+            continue
+        # Each held chunk less the text the calls replaced: its other fields (`reasoning_content`, logprobs) are
+        # what the non-streamed reply keeps, and an SDK rebuilds that message from them.
+        kept = []
+        for c in choices:
+            delta = {k: v for k, v in (c.get("delta") or {}).items() if k not in ("role", "content")}
+            finish = "tool_calls" if c.get("finish_reason") else None
+            if delta or finish or c.get("logprobs"):
+                kept.append({**c, "delta": delta, "finish_reason": finish})
+        if kept:
+            yield _sse({**data, "choices": kept})
     if pending:
         yield pending
 

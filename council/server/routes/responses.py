@@ -46,6 +46,7 @@ from council.server.requests import BadRequest
 from council.server.router import Router
 from council.server.routes.chat import (
     CLIENT_GONE,
+    _json,
     _measured,
     _passthrough,
     _target,
@@ -124,7 +125,7 @@ async def create_response(request: Request, router: Current, who: Chat) -> Respo
         answer, waited = done
         doc = _answered(answer, ask, new_id("resp"), int(time.time()))
         await _store(router, ask, who.name, doc["id"], inputs, doc["output"])
-        return _measured(router, JSONResponse(doc), ask.model, started, waited)
+        return _measured(router, _json(doc), ask.model, started, waited)
 
 
 def _stream_council(router: Router, engine: CouncilEngine, council: CouncilRequest, ask: ResponsesRequest,
