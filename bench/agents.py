@@ -228,7 +228,7 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
             continue
         seats = member_rows(recs, items)
         if len(recs[0].answers) == 1:
-            add(f"{name} (passthrough)", seats[0])
+            add(f"{name} (passthrough)", seats[0], of=recs)
             add(f"{name} (with recovery)", member_rows(with_recovered_calls(recs, items), items)[0])
             plain = {r.item_id: r for r in records.get(name.replace("listed-", "solo-", 1), [])}
             if name.startswith("listed-") and plain:  # the instructions against none, item by item
@@ -336,6 +336,10 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
         alone = {c.category: c for c in seat.categories}[category]
         per_category[category] = {"council": cat.accuracy, "best_seat": alone.accuracy, **paired(council, seat, keep)}
     plain = rows.get(f"solo-{short(best)} (passthrough)")
+    # On the council's own items: a candidate still being recorded covers part of the report half only.
+    asked = {r.item_id for r in ordered}
+    plain_hits = [h for r, h in zip(plain["_records"], plain["_row"].hits, strict=True) if r.item_id in asked] \
+        if plain else []
     # The chosen council's recording replayed as cascades, on the same items: beside it, never chosen.
     recording = chosen["arm"].split(":")[0]
     cascades = {arm: {"accuracy": r["_row"].overall().accuracy, "tokens_per_item": r["_row"].overall().tokens_per_item,
@@ -344,7 +348,8 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
     return {"seed": seed, "chosen_on": len(choose), "reported_on": len(ordered), "council": chosen["arm"],
             "accuracy_on_choice_half": chosen["_row"].overall().accuracy,
             "council_accuracy": council.overall().accuracy, "best_seat_accuracy": seat.overall().accuracy,
-            "plain_passthrough_accuracy": plain["_row"].overall().accuracy if plain else None,
+            "plain_passthrough_accuracy": sum(plain_hits) / len(plain_hits) if plain_hits else None,
+            "report_half": len(report),
             "invalid_calls_returned": council.overall().invalid_calls,
             "vs_best_seat": paired(council, seat), "per_category": per_category,
             "tokens_per_item": council.overall().tokens_per_item, "cascades": cascades,
@@ -488,7 +493,9 @@ def main() -> None:
               f"{100 * chosen['council_accuracy']:.0f}% vs its best seat alone "
               f"{100 * chosen['best_seat_accuracy']:.0f}%"
               f" ({vs['points']:+.1f} pts [{vs['low']:+.1f}, {vs['high']:+.1f}]), plain passthrough "
-              f"{100 * (chosen['plain_passthrough_accuracy'] or 0):.0f}%")
+              f"{100 * (chosen['plain_passthrough_accuracy'] or 0):.0f}%"
+              + (f" (recorded on {chosen['reported_on']} of the {chosen['report_half']} items so far: an interim "
+                 "count, not a result)" if chosen["reported_on"] < chosen["report_half"] else ""))
         for category, c in chosen["per_category"].items():
             print(f"  {category:<18}{100 * c['council']:>5.0f}% vs {100 * c['best_seat']:>4.0f}%  "
                   f"{c['points']:+6.1f} pts [{c['low']:+.1f}, {c['high']:+.1f}]")
