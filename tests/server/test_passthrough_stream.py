@@ -17,6 +17,22 @@ import pytest
 from council.server.routes.passthrough import relay_through
 from council.voting.client import Endpoint, HttpMemberClient, Relayed
 
+
+def sse_stream(chunks: list[dict[str, Any]]) -> contextlib.AbstractAsyncContextManager[Any]:
+    """What a stand-in member's `stream` opens: `chunks` as server-sent events, then `[DONE]`."""
+
+    @contextlib.asynccontextmanager
+    async def opened() -> AsyncIterator[tuple[Relayed, AsyncIterator[bytes]]]:
+        async def events() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        yield Relayed(200, "text/event-stream", b""), events()
+
+    return opened()
+
+
 pytestmark = pytest.mark.anyio
 
 FIRST = b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
@@ -147,16 +163,7 @@ class _Thinking:
                                 **({"logprobs": logprobs} if "reasoning_content" in d else {})}]} for d in deltas]
         chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
 
-        @contextlib.asynccontextmanager
-        async def opened() -> AsyncIterator[tuple[Relayed, AsyncIterator[bytes]]]:
-            async def events() -> AsyncIterator[bytes]:
-                for chunk in chunks:
-                    yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-                yield b"data: [DONE]\n\n"
-
-            yield Relayed(200, "text/event-stream", b""), events()
-
-        return opened()
+        return sse_stream(chunks)
 
 
 async def test_a_relayed_streams_recovered_calls_keep_its_reasoning_and_logprobs() -> None:

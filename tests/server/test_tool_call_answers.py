@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from council.voting.assembly import assemble
 from council.voting.client import Relayed
 from tests.policies import policy_yaml
 from tests.server.test_app import KEY, _router
+from tests.server.test_passthrough_stream import sse_stream
 from tests.voting.fakes import FakeClient, Say
 
 pytestmark = pytest.mark.anyio
@@ -132,16 +132,7 @@ class _Writes:
                                 "finish_reason": None}]},
                   {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
 
-        @contextlib.asynccontextmanager
-        async def opened() -> AsyncIterator[tuple[Relayed, AsyncIterator[bytes]]]:
-            async def events() -> AsyncIterator[bytes]:
-                for chunk in chunks:
-                    yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-                yield b"data: [DONE]\n\n"
-
-            yield Relayed(200, "text/event-stream", b""), events()
-
-        return opened()
+        return sse_stream(chunks)
 
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
