@@ -6,7 +6,6 @@ the members untouched (llama-server has many of its own). A bad body is one 400 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -308,16 +307,6 @@ def validate_body(body: Any, model: type[_Sampling]) -> _Sampling:
         raise BadRequest(message, _code(errors[0])) from None
     validated.check()
     return validated
-
-
-def dumps(doc: Any) -> bytes:
-    """`doc` as JSON, by orjson; what orjson refuses to write (an integer past 64 bits, a lone UTF-16 surrogate:
-    a model's tool-call arguments may hold either) by the standard library, which writes the integer exactly and
-    escapes the surrogate, so an answer is never lost to its encoding."""
-    try:
-        return orjson.dumps(doc)
-    except TypeError:
-        return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def parse_json(raw: bytes) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -21,8 +20,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import orjson
-
 from council.errors import CouncilError
 from council.policy.schema import CouncilConfig, Sampling, ToolInstructions
 from council.voting.ballots import BallotStore
@@ -30,7 +27,7 @@ from council.voting.client import MemberClient, MemberReply, Streaming
 from council.voting.confidence import signals
 from council.voting.extract import canonical_tool_call, extract, extract_cut
 from council.voting.lanes import Call, Rates, group_calls, lanes
-from council.voting.request import CouncilRequest
+from council.voting.request import CouncilRequest, dumps
 from council.voting.tools import (
     ToolAnswer,
     Toolbox,
@@ -254,12 +251,7 @@ def member_payload(request: Mapping[str, Any], sampling: Sampling) -> dict[str, 
 
 def question_salt(body: Mapping[str, Any]) -> int:
     """A 32-bit hash of what a seat is asked (its messages and tools), mixed into a fixed seed (`salted`)."""
-    asked = [body.get("messages"), body.get("tools")]
-    try:
-        raw = orjson.dumps(asked)
-    except TypeError:  # what orjson cannot write (an integer beyond 64 bits) the json module can
-        raw = json.dumps(asked, default=str).encode()
-    return zlib.crc32(raw)
+    return zlib.crc32(dumps([body.get("messages"), body.get("tools")]))
 
 
 def salted(seed: Any, salt: int) -> Any:
@@ -348,11 +340,10 @@ class CouncilEngine:
         return SeatOutcome(seat, reply, extracted, found[self.config.vote.confidence] if found else None, stage,
                            found, CUT_OFF if cut else None)
 
-    def payload(self, body: Mapping[str, Any], seat: Seat, salt: int = 0) -> dict[str, Any]:
+    def payload(self, body: Mapping[str, Any], seat: Seat, salt: Callable[[], int] | None = None) -> dict[str, Any]:
         payload = member_payload(body, seat.sampling)
-        payload["seed"] = salted(payload.get("seed"), salt)
-        if payload["seed"] is None:
-            del payload["seed"]
+        if salt is not None and "seed" in payload:  # hashed only where a seat is seeded
+            payload["seed"] = salted(payload["seed"], salt())
         # The confidence vote reads the members' token logprobs; llama-server refuses logprobs with tools on a
         # streamed (grouped) request, so tool-calling seats vote at their weight instead.
         if self.config.vote.strategy == "confidence" and not body.get("tools"):
@@ -366,10 +357,12 @@ class CouncilEngine:
         body_of = body if callable(body) else lambda _: body
         salts: dict[int, int] = {}  # per distinct body (bodies are made once per request): hashed once
 
-        def salt(one: Mapping[str, Any]) -> int:
-            if id(one) not in salts:
-                salts[id(one)] = question_salt(one)
-            return salts[id(one)]
+        def salt(one: Mapping[str, Any]) -> Callable[[], int]:
+            def hashed() -> int:
+                if id(one) not in salts:
+                    salts[id(one)] = question_salt(one)
+                return salts[id(one)]
+            return hashed
 
         return group_calls([(seat, self.payload(body_of(seat), seat, salt(body_of(seat)))) for seat in seats],
                            self.config.share_prompt)

@@ -8,9 +8,12 @@ benchmarks build it from a plain body with `CouncilRequest.of`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 
 def last_user_text(messages: Iterable[Any] | None) -> str:
@@ -62,3 +65,13 @@ class CouncilRequest:
         body = for_members(body)
         return cls(members_payload=body, question=last_user_text(body.get("messages")), early_stop=early_stop,
                    logprobs=bool(body.get("logprobs")), tools=body.get("tools") or ())
+
+
+def dumps(doc: Any) -> bytes:
+    """`doc` as JSON, by orjson; what orjson refuses to write (an integer past 64 bits, a lone UTF-16 surrogate:
+    a model's tool-call arguments may hold either) by the standard library, which writes the integer exactly and
+    escapes the surrogate, so an answer is never lost to its encoding."""
+    try:
+        return orjson.dumps(doc)
+    except TypeError:
+        return json.dumps(doc, separators=(",", ":")).encode()

@@ -30,14 +30,13 @@ from council.server.requests import (
     ChatRequest,
     CompletionRequest,
     ToolChoiceFunction,
-    dumps,
     parse_json,
     validate_body,
 )
 from council.server.router import Router
 from council.server.routes.passthrough import HeldStream, once, relay
 from council.voting.engine import CouncilAnswer, CouncilEngine
-from council.voting.request import CouncilRequest, for_members
+from council.voting.request import CouncilRequest, dumps, for_members
 
 KEEPALIVE_S = 2.0
 WATCH_AFTER_S = 0.2  # a non-streamed council request watches for its client's disconnect after this long
