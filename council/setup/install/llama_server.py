@@ -53,7 +53,7 @@ def record_path() -> Path:
     return cached_binary().with_name("llama-server.json")
 
 
-def _cached_is_pinned(info: LlamaServerInfo) -> bool:
+def cached_is_pinned(info: LlamaServerInfo) -> bool:
     """Whether the cache's llama-server is the one this council pins: its record names this sdist and these flags
     (one put there by hand, with no record, by its build number). A council upgraded to another pin would run the
     old build for good."""
@@ -71,7 +71,7 @@ def existing_llama_server() -> tuple[LlamaServerInfo, str] | None:
     `council up` runs)."""
     for origin, path in candidate_binaries():
         info = _usable(path)
-        if origin == "cache" and info is not None and not _cached_is_pinned(info):
+        if origin == "cache" and info is not None and not cached_is_pinned(info):
             return None
         if info is not None:
             return info, origin
