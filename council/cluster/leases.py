@@ -9,7 +9,8 @@ admitted keep answering (renewal retries quietly) and new leases are refused.
 
 A lease is lost when the store answers and the slots are no longer ours: our fencing token is dead (it expired
 or was overwritten) and the slots went to another router. Its council's processes would go on using memory
-someone else was granted, so the keeper tells its owner (`on_lost`), which stops them.
+someone else was granted, so the keeper tells its owner (`on_lost`), which stops them. From then on it asks for them
+every round, as for a council refused at start, and tells its owner once they are its own again (`on_granted`).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class Refusal:
 
 # Called with a council and why its slots are gone: another router holds them now.
 LostLease = Callable[[str, str], None]
-# Called with a council refused at start whose slots a renewal round has leased since.
+# Called with a council refused at start, or whose lease was lost, whose slots a renewal round has leased since.
 GrantedLease = Callable[[str], None]
 
 
@@ -249,13 +250,15 @@ class LeaseKeeper:
                     del self.leases[council]
                     lost[council] = why
             for council in lost:
-                self.wanted.pop(council, None)  # its processes stop: nothing left to lease for it
+                # Its processes stop. Asked for again from the next round on, as a council refused at start is:
+                # when the other router gives the slots back (it stopped, or its lease lapsed), it runs again.
+                self.pending[council] = self.wanted.pop(council)
         for council, why in lost.items():
             log.warning("council %s lost its leases: %s", council, why)
             if self.on_lost is not None:
                 self.on_lost(council, why)
         for council in granted:
-            log.info("council %s, refused at start, has its leases now", council)
+            log.info("council %s has its leases now", council)
             if self.on_granted is not None:
                 self.on_granted(council)
 
