@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from council.cluster.store import StateError, StateStore, pause
-from council.members.process import MemberProcess
+from council.members.process import STUCK_AFTER_S, MemberProcess
 from council.voting.client import CallOutcome, Endpoint, Unaccounted
 
 log = logging.getLogger("council.cluster.registry")
@@ -74,10 +74,14 @@ class HostSession:
 
 
 class Registry:
-    def __init__(self, state: StateStore, heartbeat: float, cluster_key: str | None) -> None:
+    def __init__(self, state: StateStore, heartbeat: float, cluster_key: str | None,
+                 stuck_after: float = STUCK_AFTER_S) -> None:
         self.state = state
         self.heartbeat = heartbeat
         self.cluster_key = cluster_key
+        # A host that goes silent (frozen, cut off without a reset) is no process of ours for a watchdog to catch:
+        # a call to it with no byte this long (or its council's timeout, where longer) fails instead of hanging.
+        self.stuck_after = stuck_after
         self.hosts: dict[str, list[dict[str, Any]]] = {}  # host -> its ready members (last known)
         self._sessions: dict[str, HostSession] = {}  # hosts listed now (or called since the last refresh)
         self._leaving: set[HostSession] = set()  # of hosts that left, closed once their last call ends
@@ -144,7 +148,7 @@ class Registry:
         if session is None or session.http.closed:
             session = self._sessions[host] = HostSession()
         return Endpoint(name=str(entry.get("process", name)), url=str(entry["url"]), api_key=str(self.cluster_key),
-                        http=session.http, request=session.call)
+                        http=session.http, request=session.call, silence=self.stuck_after)
 
     def endpoint(self, member: str) -> Endpoint | None:
         """The first live host (in name order) that lists `member` as ready; None without the cluster key."""
