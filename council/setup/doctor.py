@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from council.cluster.redis_store import redacted
 from council.members.binary import LlamaServerVariableError, cached_binary, find_llama_server
 from council.plan.gpus import Gpu, nvml_gpus
 from council.setup.catalog import CATALOG
@@ -67,7 +68,7 @@ def diagnose(*, redis_url: str | None = None, gpus: Callable[[], list[Gpu]] = nv
         "gpus": seen,
         "models": models,
         # Redis is optional (state: memory needs none), so it informs but never makes a machine unhealthy.
-        "redis": {"url": url, "reachable": redis_reachable(url)},
+        "redis": {"url": redacted(url), "reachable": redis_reachable(url)},  # the README's URL holds a password
         "problems": problems,
         "healthy": not problems,
     }
