@@ -104,8 +104,8 @@ def test_a_router_whose_slots_another_router_took_stops_its_members_and_says_why
         # Within a renewal round (ttl/3 = 10 s) the router finds its fencing token dead and the slots taken.
         lost = next_event(lines, "lease", timeout=30)
     assert lost["council"] == "pair" and lost["reason"].startswith("lease lost: its lease of 512.00 MiB on ")
-    assert lost["reason"].endswith("is no longer held and another router holds the GPU (512.00 MiB of 512.00 MiB "
-                                   "leased)")
+    assert lost["reason"].endswith("is no longer held, and the GPU's memory is taken (512.00 MiB of 512.00 MiB "
+                                   "held by other routers)")
 
     def stopped() -> bool:
         return httpx.get(f"{first.url}/admin/members").json()["members"] == []
