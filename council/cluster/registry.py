@@ -86,6 +86,7 @@ class Registry:
         self._sessions: dict[str, HostSession] = {}  # hosts listed now (or called since the last refresh)
         self._leaving: set[HostSession] = set()  # of hosts that left, closed once their last call ends
         self._turn = 0  # round robin over the hosts serving a model
+        self._mismatched: set[tuple[str, str]] = set()  # (host, seat) listed with another model: said once
 
     async def publish_forever(self, advertise_url: str, processes: Callable[[], Iterable[MemberProcess]]) -> None:
         """Heartbeat: this host's ready processes, re-published before the last entry expires."""
@@ -150,14 +151,24 @@ class Registry:
         return Endpoint(name=str(entry.get("process", name)), url=str(entry["url"]), api_key=str(self.cluster_key),
                         http=session.http, request=session.call, silence=self.stuck_after)
 
-    def endpoint(self, member: str) -> Endpoint | None:
-        """The first live host (in name order) that lists `member` as ready; None without the cluster key."""
+    def endpoint(self, member: str, model: str | None = None) -> Endpoint | None:
+        """The first live host (in name order) that lists `member` as ready, serving `model` where given (the
+        router's policy's model for that seat: a host whose policy differs, in a rolling change say, would answer
+        the seat with another model, counted ready and voting under this one's name); None without the cluster
+        key."""
         if self.cluster_key is None:
             return None
         for host in sorted(self.hosts):
             for entry in self.hosts[host]:
-                if member in entry.get("members", ()) and entry.get("ready"):
-                    return self._endpoint(host, entry, member)
+                if member not in entry.get("members", ()) or not entry.get("ready"):
+                    continue
+                if model is not None and entry.get("model") != model:
+                    if (host, member) not in self._mismatched:
+                        self._mismatched.add((host, member))
+                        log.warning("%s lists seat %s for model %r, where this router's policy has %r: not called",
+                                    host, member, entry.get("model"), model)
+                    continue
+                return self._endpoint(host, entry, member)
         return None
 
     def model_endpoint(self, model: str) -> Endpoint | None:

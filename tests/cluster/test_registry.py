@@ -247,3 +247,39 @@ async def test_a_call_relayed_to_a_host_that_goes_silent_fails_instead_of_hangin
     finally:
         await router.registry.aclose()
         host_server.close()
+
+
+async def test_a_seat_a_host_lists_for_another_model_is_not_called(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A host whose policy gives seat `c/0` another model (a rolling policy change, one host's file edited alone)
+    answered the router's seat `c/0`, model `m`: counted ready, voting, its ballot naming `m`. The seat is now found
+    only on a host that serves the seat's model, and the router says once which host lists it otherwise."""
+    monkeypatch.setenv("COUNCIL_CLUSTER_KEY", "the-real-cluster-key-0123456789")
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_yaml({"m": {"path": tmp_path / "absent.gguf", "memory": "100MiB"}},
+                                {"c": {"members": [{"model": "m"}, {"model": "m"}]}}, memory="1GiB"))
+    info = LlamaServerInfo(path=Path("/bin/false"), build=1, version="", spec_types=("draft-mtp",))
+    life = LifeConfig(run_dir=tmp_path / "run")
+    router = open_router(path, load_policy(path), info, life, role="router")
+    router.assembly = assemble(router.plan, info, life, ballots=router.ballots, elsewhere=router.registry.endpoint,
+                               run_members=False)
+    try:
+        until = await router.state.clock_ms() + 60_000
+        for host, model in (("http://gpu-a:8080", "other"), ("http://gpu-b:8080", "m")):
+            process = _process(f"{model}/0", ["c/0"], model)
+            await router.state.publish_members(host, router.registry.entries(host, [process], until), ttl=60)
+        await router.registry.refresh()
+        # gpu-a comes first in name order and lists c/0, but for `other`: gpu-b, which serves `m`, answers it
+        seat = router.engines["c"].seats[0]
+        assert seat.name == "c/0" and seat.model == "m"
+        where = seat.client.endpoint()  # type: ignore[attr-defined]
+        assert where is not None and where.url == "http://gpu-b:8080/internal/members/m/0"
+        assert router.assembly.seat_ready("c/0") and not router.assembly.seat_ready("c/1")
+        await router.state.withdraw("http://gpu-b:8080")
+        await router.registry.refresh()
+        assert not router.assembly.seat_ready("c/0") and seat.client.endpoint() is None  # type: ignore[attr-defined]
+        said = [r.getMessage() for r in caplog.records if "lists seat c/0" in r.getMessage()]
+        assert said == ["http://gpu-a:8080 lists seat c/0 for model 'other', where this router's policy has 'm': "
+                        "not called"]
+    finally:
+        await router.registry.aclose()
