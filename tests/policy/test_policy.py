@@ -186,6 +186,18 @@ def test_wrong_types(tmp_path: Path) -> None:
     assert got[3] == f"{path}:4: gpus: Input should be a valid list"
 
 
+@pytest.mark.parametrize(("url", "says"), [
+    ("redis://:pw@10.0.0.5:6379/zero", "'zero'"), ("rediss://10.0.0.5/1x", "'1x'"), ("redis://h:6379/0/1", "'0/1'")])
+def test_a_redis_database_that_is_no_number_is_refused(tmp_path: Path, url: str, says: str) -> None:
+    """redis-py opens database 0 for `/zero` without a word: two deployments meant to be apart shared one."""
+    path = write(tmp_path, f"version: 1\nstate: {url!r}\n")
+    assert problems(path) == [f"{path}:2: state: the database after the host must be a number (`/0`, `/1`...), "
+                              f"not {says}"]
+    for good in ("redis://10.0.0.5:6379/12", "redis://10.0.0.5:6379", "redis://h/", "redis://h/${DB}",
+                 "unix:///run/redis.sock?db=1"):
+        assert load_policy(write(tmp_path, f"version: 1\nstate: {good!r}\n")).policy.state == good
+
+
 def test_an_empty_server_host_is_refused(tmp_path: Path) -> None:
     """Before, `host: ""` passed as loopback and served without keys on every interface."""
     path = write(tmp_path, 'version: 1\nserver: {host: ""}\n')
