@@ -22,6 +22,7 @@ from council.cli.console import (
     plan_or_exit,
     wait_seconds,
 )
+from council.paths import same_file, write_whole
 
 
 @app.command("eval")
@@ -106,6 +107,8 @@ def eval_(
         # Found out before the members are asked: a report that cannot be written lost the whole run.
         if target is not None and (problem := _unwritable(Path(target))) is not None:
             raise fail(f"{option} {target}: {problem}", 2)
+    if (clash := _clash({"--json": json_out, "--html": html_out}, policy, data, record)) is not None:
+        raise fail(clash, 2)
     append_to = Path(record) if record else None
     # The seats a recording may hold: the council as declared, or its fallback (what runs when it does not fit).
     seats = [config.member_names(council)]
@@ -202,10 +205,31 @@ def _unwritable(target: Path) -> str | None:
     return None
 
 
+def _clash(outputs: dict[str, str | None], policy: str, data: str, record: str | None) -> str | None:
+    """Why a report would be written over what the run reads or keeps, or over the other report (each ran to its
+    end, exit 0, and the recorded answers, the data set or the policy were gone): or None."""
+    named = [(option, Path(target)) for option, target in outputs.items() if target is not None]
+    data_path = Path(data)
+    read = [("the --record file", Path(record))] if record else []
+    read += [("the policy", Path(policy)), ("the data file", data_path)]
+    if data_path.is_dir():  # a BFCL data folder: the question and answer files it holds
+        read += [("a data file", p) for p in sorted(data_path.rglob("BFCL_v4_*.json"))]
+    for i, (option, target) in enumerate(named):
+        for what, path in read:
+            if same_file(target, path):
+                return f"{option} {target} is {what}: the report would be written over it"
+        for other, path in named[:i]:
+            if same_file(target, path):
+                return f"{option} and {other} name one file, {target}: the two reports would be written over each other"
+    return None
+
+
 def _write(path: str, text: str, record: str | None) -> None:
-    """Write an output checked before the run; a failure now (a full disk) is one line, exit 1."""
+    """Write an output checked before the run, whole or not at all (written beside it, then moved over it: a
+    failure half way, a full disk, left a broken prefix where the last good report was); a failure now is one
+    line, exit 1."""
     try:
-        Path(path).write_text(text)
+        write_whole(Path(path), text)
     except OSError as exc:
         kept = f"; the answers are kept in {record}" if record else ""
         raise fail(f"cannot write {path}: {exc.strerror or exc}{kept}", 1) from None

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from council.cli.console import app, err, fail, llama_server_or_exit, load_or_exit, out
+from council.paths import same_file, write_whole
 
 if TYPE_CHECKING:
     from council.policy.schema import DraftConfig
@@ -88,7 +89,7 @@ def tune(
         raise fail(f"--n {n}: none of these lengths can be models.{model}.draft's ({_lengths(draft)})", 2)
     try:
         chosen = _prompts(prompts) or list(PROMPTS)
-        json_path = _json_target(json_out)
+        json_path = _json_target(json_out, Path(policy))
     except ValueError as exc:
         raise fail(str(exc), 2) from None
     if write:
@@ -129,12 +130,14 @@ def tune(
         raise fail(json_error, 2)
 
 
-def _json_target(path: str | None) -> Path | None:
+def _json_target(path: str | None, policy: Path) -> Path | None:
     """Where `--json` will write, checked before the sweep's minutes as `--prompts` is: ValueError, its message
-    `PATH: what is wrong`, for a place no file can be written."""
+    `PATH: what is wrong`, for a place no file can be written, or the policy (its rows were written over it)."""
     if path is None:
         return None
     target = Path(path)
+    if same_file(target, policy):
+        raise ValueError(f"{path}: is the policy: the rows would be written over it")
     folder = target.parent
     if target.is_dir():
         raise ValueError(f"{path}: is a folder")
@@ -150,7 +153,7 @@ def _save_json(target: Path | None, doc: dict[str, Any]) -> str | None:
     if target is None:
         return None
     try:
-        target.write_text(json.dumps(doc, indent=2) + "\n")
+        write_whole(target, json.dumps(doc, indent=2) + "\n")  # a failure half way keeps the last rows
     except OSError as exc:
         return f"cannot write {target}: {exc.strerror or exc}"
     return None

@@ -9,7 +9,8 @@ admitted keep answering (renewal retries quietly) and new leases are refused.
 
 A lease is lost when the store answers and the slots are no longer ours: our fencing token is dead (it expired
 or was overwritten) and the slots went to another router. Its council's processes would go on using memory
-someone else was granted, so the keeper tells its owner (`on_lost`), which stops them.
+someone else was granted, so the keeper tells its owner (`on_lost`), which stops them. From then on it asks for them
+every round, as for a council refused at start, and tells its owner once they are its own again (`on_granted`).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class Refusal:
 
 # Called with a council and why its slots are gone: another router holds them now.
 LostLease = Callable[[str, str], None]
-# Called with a council refused at start whose slots a renewal round has leased since.
+# Called with a council refused at start, or whose lease was lost, whose slots a renewal round has leased since.
 GrantedLease = Callable[[str], None]
 
 
@@ -174,7 +175,7 @@ class LeaseKeeper:
             try:
                 lease = await self.state.acquire(key, room.capacity_bytes, self.holder, want.size, self.ttl,
                                                  room.keep_free_bytes, replacing.get(key, ()))
-                leased = await self.state.leased(key) if lease is None else 0
+                holders = await self.state.holders(key) if lease is None else {}
             except LegacyLease as exc:  # the store answered: an older router holds memory of unknown size
                 await self._release(taken)
                 return Refusal(f"{what} cannot be leased: {exc}", answered=True)
@@ -183,8 +184,8 @@ class LeaseKeeper:
                 return Refusal(f"cannot lease its slots: {exc}", answered=False)
             if lease is None:
                 await self._release(taken)
-                return Refusal(f"{what} {'is' if one else 'are'} leased elsewhere ({_held(leased, room)} held by "
-                               f"other routers{_kept(room)})", answered=True)
+                return Refusal(f"{what} {'is' if one else 'are'} leased elsewhere ({_held(holders, room, self.holder)}"
+                               f"{_kept(room)})", answered=True)
             taken.append(lease)
         return taken
 
@@ -249,13 +250,15 @@ class LeaseKeeper:
                     del self.leases[council]
                     lost[council] = why
             for council in lost:
-                self.wanted.pop(council, None)  # its processes stop: nothing left to lease for it
+                # Its processes stop. Asked for again from the next round on, as a council refused at start is:
+                # when the other router gives the slots back (it stopped, or its lease lapsed), it runs again.
+                self.pending[council] = self.wanted.pop(council)
         for council, why in lost.items():
             log.warning("council %s lost its leases: %s", council, why)
             if self.on_lost is not None:
                 self.on_lost(council, why)
         for council in granted:
-            log.info("council %s, refused at start, has its leases now", council)
+            log.info("council %s has its leases now", council)
             if self.on_granted is not None:
                 self.on_granted(council)
 
@@ -279,7 +282,7 @@ class LeaseKeeper:
             try:
                 fresh = await self.state.acquire(lease.gpu, room.capacity_bytes, self.holder, lease.size, self.ttl,
                                                  room.keep_free_bytes)
-                leased = await self.state.leased(lease.gpu) if fresh is None else 0
+                holders = await self.state.holders(lease.gpu) if fresh is None else {}
             except LegacyLease as exc:
                 return renewed + leases[len(renewed) + 1:], f"{what} is no longer held and {exc}"
             except StateError as exc:
@@ -289,7 +292,7 @@ class LeaseKeeper:
                 continue
             if fresh is None:
                 return renewed + leases[len(renewed) + 1:], (
-                    f"{what} is no longer held and another router holds the GPU ({_held(leased, room)} leased"
+                    f"{what} is no longer held, and the GPU's memory is taken ({_held(holders, room, self.holder)}"
                     f"{_kept(room)})")
             log.warning("lease of %s for council %s went stale; re-acquired (token %d)", lease.gpu, council,
                         fresh.token)
@@ -311,8 +314,12 @@ class LeaseKeeper:
         await self.release_leases()
 
 
-def _held(leased_bytes: int, room: Room) -> str:
-    return f"{format_size(leased_bytes)} of {format_size(room.capacity_bytes)}"
+def _held(holders: dict[str, int], room: Room, ours: str) -> str:
+    """Who holds the GPU's leased memory: other routers, and ours apart (its other councils, or what a reload
+    replaces), so that an operator looks for the router that holds it."""
+    others = sum(held for holder, held in holders.items() if holder != ours)
+    mine = f", {format_size(holders[ours])} by this router" if holders.get(ours) else ""
+    return f"{format_size(others)} of {format_size(room.capacity_bytes)} held by other routers{mine}"
 
 
 def _kept(room: Room) -> str:

@@ -45,7 +45,7 @@ def lua_script(name: str) -> str:
     return _INCLUDE.sub(lambda m: lua_script(m.group(1)), text)
 
 
-def _redact(url: str) -> str:
+def redacted(url: str) -> str:
     """The URL without its password, for messages: the userinfo's and a `password=` query parameter's (redis-py
     reads both, and a `unix://` URL can carry one only in its query)."""
     parts = urlsplit(url)
@@ -76,7 +76,7 @@ class RedisState:
 
         self.url = url
         self.prefix = prefix
-        self._shown_url = _redact(url)
+        self._shown_url = redacted(url)
         # One immediate retry on a broken connection (e.g. a pooled socket Redis closed); never on a timeout.
         # A connection can also break after Redis ran the script, its reply lost: acquire and take carry a request
         # id, so the retry gets the first answer rather than a second lease or token (put_ballot's second run only

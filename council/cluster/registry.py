@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from council.cluster.store import StateError, StateStore, pause
-from council.members.process import MemberProcess
+from council.members.process import STUCK_AFTER_S, MemberProcess
 from council.voting.client import CallOutcome, Endpoint, Unaccounted
 
 log = logging.getLogger("council.cluster.registry")
@@ -74,14 +74,19 @@ class HostSession:
 
 
 class Registry:
-    def __init__(self, state: StateStore, heartbeat: float, cluster_key: str | None) -> None:
+    def __init__(self, state: StateStore, heartbeat: float, cluster_key: str | None,
+                 stuck_after: float = STUCK_AFTER_S) -> None:
         self.state = state
         self.heartbeat = heartbeat
         self.cluster_key = cluster_key
+        # A host that goes silent (frozen, cut off without a reset) is no process of ours for a watchdog to catch:
+        # a call to it with no byte this long (or its council's timeout, where longer) fails instead of hanging.
+        self.stuck_after = stuck_after
         self.hosts: dict[str, list[dict[str, Any]]] = {}  # host -> its ready members (last known)
         self._sessions: dict[str, HostSession] = {}  # hosts listed now (or called since the last refresh)
         self._leaving: set[HostSession] = set()  # of hosts that left, closed once their last call ends
         self._turn = 0  # round robin over the hosts serving a model
+        self._mismatched: set[tuple[str, str]] = set()  # (host, seat) listed with another model: said once
 
     async def publish_forever(self, advertise_url: str, processes: Callable[[], Iterable[MemberProcess]]) -> None:
         """Heartbeat: this host's ready processes, re-published before the last entry expires."""
@@ -144,16 +149,26 @@ class Registry:
         if session is None or session.http.closed:
             session = self._sessions[host] = HostSession()
         return Endpoint(name=str(entry.get("process", name)), url=str(entry["url"]), api_key=str(self.cluster_key),
-                        http=session.http, request=session.call)
+                        http=session.http, request=session.call, silence=self.stuck_after)
 
-    def endpoint(self, member: str) -> Endpoint | None:
-        """The first live host (in name order) that lists `member` as ready; None without the cluster key."""
+    def endpoint(self, member: str, model: str | None = None) -> Endpoint | None:
+        """The first live host (in name order) that lists `member` as ready, serving `model` where given (the
+        router's policy's model for that seat: a host whose policy differs, in a rolling change say, would answer
+        the seat with another model, counted ready and voting under this one's name); None without the cluster
+        key."""
         if self.cluster_key is None:
             return None
         for host in sorted(self.hosts):
             for entry in self.hosts[host]:
-                if member in entry.get("members", ()) and entry.get("ready"):
-                    return self._endpoint(host, entry, member)
+                if member not in entry.get("members", ()) or not entry.get("ready"):
+                    continue
+                if model is not None and entry.get("model") != model:
+                    if (host, member) not in self._mismatched:
+                        self._mismatched.add((host, member))
+                        log.warning("%s lists seat %s for model %r, where this router's policy has %r: not called",
+                                    host, member, entry.get("model"), model)
+                    continue
+                return self._endpoint(host, entry, member)
         return None
 
     def model_endpoint(self, model: str) -> Endpoint | None:

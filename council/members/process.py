@@ -49,6 +49,11 @@ Listener = Callable[[StateChange], None]
 LogListener = Callable[[str, str], None]  # (process name, log line)
 
 
+# A request that got no byte from its member this long is stuck (`LifeConfig.stuck_after`); a router relaying to
+# another host's member, which no local watchdog follows, gives up on it after as long.
+STUCK_AFTER_S = 300.0
+
+
 @dataclass(frozen=True)
 class LifeConfig:
     """How members are started, watched and stopped (one value for all of a supervisor's members)."""
@@ -68,7 +73,7 @@ class LifeConfig:
     watchdog_failures: int = 3  # failed requests (or health probes) in a row while the process lives
     # A request that got no byte from the member this long (or as long as its caller gives it, if longer: a
     # council's timeout) means the member is stuck; a stream's every chunk counts.
-    stuck_after: float = 300.0
+    stuck_after: float = STUCK_AFTER_S
     drain_timeout: float = 30.0
     stop_timeout: float = 10.0  # SIGTERM, then SIGKILL
     log_bytes: int = 4 << 20  # per log file; one rotated copy is kept

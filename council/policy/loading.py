@@ -82,6 +82,35 @@ def _walk(node: yaml.Node, path: Loc, lines: dict[Loc, int], dupes: list[Problem
             _walk(item, (*path, i), lines, dupes)
 
 
+# What a policy may expand to through its aliases: real ones hold hundreds of values. An alias is one node however
+# often it is used, but the walk below, the schema's validation and every later reading expand it at each use, so
+# a few hundred bytes of nested aliases ("billion laughs") took gigabytes and minutes, or never ended.
+MAX_VALUES = 100_000
+
+
+def _expanded(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values `node` stands for once every alias in it is expanded (each node counted once: linear)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise _AliasLoop(node.start_mark.line + 1)
+    open_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded(k, sizes, open_nodes) + _expanded(v, sizes, open_nodes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded(item, sizes, open_nodes) for item in node.value)
+    else:
+        size = 1
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
+class _AliasLoop(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
     """The document and the line of every key and list item; duplicate keys are errors, not overwrites."""
     loader = yaml.SafeLoader(text)
@@ -89,6 +118,13 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
         node = loader.get_single_node()
         if node is None:
             raise PolicyError(file, [Problem((), "the file is empty", 1)])
+        try:
+            if (size := _expanded(node, {}, set())) > MAX_VALUES:
+                raise PolicyError(file, [Problem((), f"its aliases expand it to {size:,} values, more than the "
+                                                     f"{MAX_VALUES:,} a policy may hold (one needs hundreds)", 1)])
+        except _AliasLoop as loop:
+            raise PolicyError(file, [Problem((), "an alias is used inside the node it names: a policy cannot "
+                                                 "hold itself", loop.line)]) from None
         lines: dict[Loc, int] = {}
         dupes: list[Problem] = []
         _walk(node, (), lines, dupes)

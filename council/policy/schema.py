@@ -7,8 +7,10 @@ llama-server's spec types, vocabularies) is checked by `council.policy.checks`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -621,6 +623,13 @@ class Policy(_Strict):
     @field_validator("state")
     @classmethod
     def _state_store(cls, value: str) -> str:
-        if value == "memory" or value.startswith(("redis://", "rediss://", "unix://")):
+        if value.startswith(("redis://", "rediss://")):
+            # redis-py reads a database that is no number (`/zero`, `/1x`) as 0, without a word: two deployments
+            # meant to be apart would share its leases, ballots and rate limits. (The URL is not shown: a password.)
+            path = urlsplit(value).path
+            if path not in ("", "/") and "${" not in path and not re.fullmatch(r"/\d+", path):
+                raise ValueError(f"the database after the host must be a number (`/0`, `/1`...), not {path[1:]!r}")
+            return value
+        if value == "memory" or value.startswith("unix://"):
             return value
         raise ValueError(f"state must be `memory` or a redis:// URL, not {value!r}")

@@ -213,7 +213,9 @@ class ChatRequest(_Sampling):
                               logprobs=bool(self.logprobs), tools=members.get("tools") or (), owner=owner)
 
     def check(self) -> None:
-        """What a field alone cannot say: `tool_choice` must name a declared tool (OpenAI answers 400 too)."""
+        """What a field alone cannot say: tool names are unique, and `tool_choice` must name a declared tool (OpenAI
+        answers 400 too)."""
+        check_tool_names([t.function.name for t in self.tools or ()])
         choice = self.tool_choice
         if choice is None or choice in ("none", "auto"):
             return
@@ -230,6 +232,17 @@ def check_tool_choice(said: str, named: str | None, declared: Sequence[str], nou
     if named is not None and named not in declared:
         raise BadRequest(f"`tool_choice` names {noun} {named!r}, which `tools` does not declare "
                          f"(declared: {', '.join(declared)})", "invalid_tool_choice")
+
+
+def check_tool_names(declared: Sequence[str], noun: str = "function") -> None:
+    """Every API's rule (Anthropic and Gemini answer 400 too): a call names its tool, so two tools of one name
+    would leave the vote to check a call against either one's schema (`noun`: the API's word for a tool)."""
+    seen: set[str] = set()
+    for name in declared:
+        if name in seen:
+            raise BadRequest(f"`tools` declares {noun} {name!r} twice: each {noun} needs a name of its own",
+                             "invalid_tools")
+        seen.add(name)
 
 
 def router_fields(model: type[BaseModel]) -> frozenset[str]:

@@ -150,7 +150,8 @@ class LocalRole:
         return router.assembly.process_clients[min(ready, key=lambda p: (p.in_flight, p.name)).name]
 
     async def granted(self, router: Router, council: str) -> None:
-        """Start the council's processes as the plan placed it before its lease was refused, and its engine."""
+        """Start the council's processes as the plan placed it before its lease was refused (or, lost, as it ran),
+        and its engine."""
         assert router.assembly is not None
         router.plan = router.plan.readmit(router.planned, council)
         names = {p.process.key for c in router.plan.slots.councils if c.name == council for p in c.placements}
@@ -358,7 +359,8 @@ class Router:
 
     def lease_lost(self, council: str, reason: str) -> None:
         """Another router holds the council's slots now: stop its processes (they would run on memory granted to
-        someone else) and say why in /readyz, the log and the dashboard. Stays so until a reload leases anew."""
+        someone else) and say why in /readyz, the log and the dashboard. Stays so until the keeper leases its slots
+        again (`lease_granted`: the other router gave them back) or a reload leases anew."""
         why = f"lease lost: {reason}"
         self.lost[council] = why
         log.error("council %s stops: %s", council, why)
@@ -368,8 +370,9 @@ class Router:
         task.add_done_callback(self._sharing.discard)
 
     def lease_granted(self, council: str) -> None:
-        """A council refused at start (its slots leased elsewhere, Redis away) holds its leases now: run it, as if
-        it had been leased at start (a crashed predecessor's leases expired, Redis came back)."""
+        """A council refused at start (its slots leased elsewhere, Redis away), or stopped when its lease was lost,
+        holds its leases now: run it, as if it had been leased at start (a crashed predecessor's leases expired,
+        Redis came back, the router that took its slots gave them back)."""
         task = asyncio.create_task(self._start_council(council), name=f"start-{council}")
         self._sharing.add(task)  # kept from the GC until done
         task.add_done_callback(self._sharing.discard)
@@ -377,10 +380,12 @@ class Router:
     async def _start_council(self, council: str) -> None:
         async with self._reload_lock:  # a reload swaps processes too
             # A reload since may have leased it (or dropped it) already.
-            if (self.assembly is None or self._stopping or council not in self.plan.refused
-                    or council not in self.leases.leases):
+            if (self.assembly is None or self._stopping or council not in self.leases.leases
+                    or (council not in self.plan.refused and council not in self.lost)):
                 return
             log.info("council %s starts: its leases are held now", council)
+            if self.lost.pop(council, None) is not None:
+                self.events.publish("lease", {"council": council, "reason": None})  # the dashboard's "stopped" goes
             await self.role.granted(self, council)
 
     async def _stop_council(self, council: str, why: str) -> None:

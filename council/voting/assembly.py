@@ -24,7 +24,8 @@ from council.voting.client import Endpoint, HttpMemberClient, MemberClient, NoLi
 from council.voting.engine import CouncilEngine, Seat
 
 # Finds the endpoint of a seat no local process serves (on another host), or None.
-Elsewhere = Callable[[str], Endpoint | None]
+# Where another host runs a seat (its name, and the model the policy gives it), or None.
+Elsewhere = Callable[[str, str | None], Endpoint | None]
 
 
 def process_endpoint(process: MemberProcess) -> Endpoint | None:
@@ -65,6 +66,7 @@ class Assembly:
     # serves (same slots, same rate limit as that seat's council calls).
     process_clients: dict[str, HttpMemberClient] = field(default_factory=dict)
     remote_seats: frozenset[str] = frozenset()  # seats of `remote:` models (litellm): taken to be ready
+    seat_models: dict[str, str] = field(default_factory=dict)  # the model the policy gives each seat
 
     def process_of(self, seat: str) -> MemberProcess | None:
         """The local process that serves `seat`, or None (a remote model's seat, or one on another host)."""
@@ -78,7 +80,7 @@ class Assembly:
             return process.name != without and process.ready
         if seat in self.remote_seats:
             return True
-        return self.elsewhere is not None and self.elsewhere(seat) is not None
+        return self.elsewhere is not None and self.elsewhere(seat, self.seat_models.get(seat)) is not None
 
     def ready_seats(self, council: str, *, without: str | None = None) -> int:
         return sum(self.seat_ready(s.name, without=without) for s in self.engines[council].seats)
@@ -112,11 +114,13 @@ class Assembly:
         engines: dict[str, CouncilEngine] = {}
         clients: dict[str, HttpMemberClient] = {}
         remote: set[str] = set()
+        models: dict[str, str] = {}
         limits = RateLimits()  # one limiter per process or remote model, whichever seats and calls go to it
         for name, config in configs.items():
             seats = []
             for order, (seat_name, member, _) in enumerate(config.seats(name)):
                 model = policy.models[member.model]
+                models[seat_name] = member.model
                 process = self.process_of(seat_name)
                 client: MemberClient
                 if model.remote is not None:
@@ -125,8 +129,8 @@ class Assembly:
                 elif process is None and self.elsewhere is not None:
                     # Limited on the host that runs it: its relay goes through that process's limiter.
                     find = self.elsewhere
-                    client = HttpMemberClient(endpoint=lambda s=seat_name, find=find: find(s), limiter=NoLimit(),
-                                              patience=config.timeout)
+                    client = HttpMemberClient(endpoint=lambda s=seat_name, m=member.model, find=find: find(s, m),
+                                              limiter=NoLimit(), patience=config.timeout)
                 else:
                     assert process is not None, f"seat {seat_name} has no process"
                     client = HttpMemberClient(endpoint=endpoint_of(process), target=process.name,
@@ -138,6 +142,7 @@ class Assembly:
                                   sampling=member.sampling, client=client, tool_instructions=member.tool_instructions))
             engines[name] = CouncilEngine(name, config, seats, self.ballots)
         self.engines, self.process_clients, self.remote_seats = engines, clients, frozenset(remote)
+        self.seat_models = models
 
 
 def assemble(plan: PolicyPlan, server: LlamaServerInfo, life: LifeConfig, *, ballots: BallotStore | None = None,

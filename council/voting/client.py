@@ -294,6 +294,10 @@ class Endpoint:
     http: aiohttp.ClientSession
     request: Callable[[float | None], contextlib.AbstractAsyncContextManager[CallOutcome]] = _unaccounted
     slots: SlotHolder | None = None
+    # Where no local watchdog follows the call (a member on another host, which may go silent without closing the
+    # connection): how long it may wait for a byte, or as long as the call's patience where longer, before it
+    # fails. None: the process's watchdog takes a stuck call for its process's fault.
+    silence: float | None = None
     headers: dict[str, str] = field(init=False, repr=False)  # every call's; aiohttp copies them, never changes them
 
     def __post_init__(self) -> None:
@@ -334,7 +338,8 @@ class HttpMemberClient:
         a failure; a cancellation (an early stop) as nothing."""
         # Cancelling this (an early stop) drops the connection, which frees the member's llama-server slots.
         async with (self.limiter.slot(width), where.slots.hold(width) if where.slots else GO,
-                    where.request(self.patience) as outcome, await _post(where, path, data) as response):
+                    where.request(self.patience) as outcome,
+                    await _post(where, path, data, self.patience) as response):
             if member_fault(response.status):
                 outcome.failed(f"member answered {response.status}")
             yield response, outcome
@@ -447,6 +452,9 @@ def _relay_failure(where: Endpoint, exc: Exception) -> CouncilError | None:
     while the call waited for its slot (aiohttp's "Session is closed" RuntimeError after a drain, reload or draft
     restart: not ready, a 503, not a 500); None for any other RuntimeError, the router's own fault, raised as it
     is."""
+    if isinstance(exc, aiohttp.ServerTimeoutError) and where.silence is not None:  # a relay has no patience
+        return MemberFailed(f"member {where.name} failed: its host sent nothing for {where.silence:g} s (down, or cut "
+                            "off without closing the connection)")
     if isinstance(exc, aiohttp.ClientError):
         return MemberFailed(f"member {where.name} failed: {type(exc).__name__}")
     if where.http.closed:
@@ -454,18 +462,20 @@ def _relay_failure(where: Endpoint, exc: Exception) -> CouncilError | None:
     return None
 
 
-async def _post(where: Endpoint, path: str, data: bytes) -> aiohttp.ClientResponse:
+async def _post(where: Endpoint, path: str, data: bytes, patience: float | None = None) -> aiohttp.ClientResponse:
     """Send a request and read its head, sending it once more on a fresh connection when the first send fails
     for want of a connection: a kept-alive connection the member closed meanwhile (its keep-alive ran out, or
     it restarted) fails here, before any byte of an answer, for every kind of call. Not on a timeout: a member
-    too slow to accept is not made to wait twice."""
+    too slow to accept is not made to wait twice. An endpoint's `silence` bounds each read, the body's too."""
     url = f"{where.url}{path}"
+    timeout = {} if where.silence is None else {"timeout": aiohttp.ClientTimeout(
+        total=None, sock_connect=where.http.timeout.sock_connect, sock_read=max(where.silence, patience or 0.0))}
     try:
-        return await where.http.post(url, data=data, headers=where.headers)
+        return await where.http.post(url, data=data, headers=where.headers, **timeout)
     except aiohttp.ServerTimeoutError:
         raise
     except aiohttp.ClientConnectionError:
-        return await where.http.post(url, data=data, headers=where.headers)
+        return await where.http.post(url, data=data, headers=where.headers, **timeout)
 
 
 async def _chunks(response: aiohttp.ClientResponse, outcome: CallOutcome, name: str) -> AsyncIterator[bytes]:

@@ -181,6 +181,10 @@ def _check_schema(schema: Any) -> str | None:
             kind.check_schema(schema)
         except schema_errors.SchemaError as exc:
             return str(exc.message)
+        if isinstance(schema, Mapping) and "type" in schema and "object" not in (
+                [schema["type"]] if isinstance(schema["type"], str) else schema["type"]):
+            # a call's arguments are always a JSON object: no call could pass (OpenAI refuses it too)
+            return f"`type` {schema['type']!r} admits no JSON object, and a call's arguments always are one"
         # The refs first: the pattern walk follows them, each to a schema, once they are known to lead to one.
         return _ref_problem(schema, kind) or pattern_problem(schema)[1]
     except Exception as exc:  # jsonschema or referencing raising on a schema they did not expect (`$schema:

@@ -216,17 +216,28 @@ def _decide_similarity(ballots: Sequence[Ballot], tie_break: Sequence[str], thre
     if not voting:
         raise VoteError("every seat abstained: no reply had any text")
     words = {b.member: _words(b) for b in voting}
+    # Each ordered pair compared once (difflib's ratio is not quite symmetric): the medoids compared every pair of
+    # a cluster twice over, each reply with itself too, and long replies cost difflib O(n*m) words each time: nine
+    # replies of 800 words held the router's event loop for a second.
+    known: dict[tuple[str, str], float] = {}
+
+    def like(a: Ballot, b: Ballot) -> float:
+        if a.member == b.member:
+            return 1.0  # what difflib gives a reply against itself, without reading it
+        if (key := (a.member, b.member)) not in known:
+            known[key] = similarity(words[a.member], words[b.member])
+        return known[key]
+
     clusters: list[list[Ballot]] = []
     for ballot in voting:
-        home = next((c for c in clusters if similarity(words[c[0].member], words[ballot.member]) >= threshold), None)
+        home = next((c for c in clusters if like(c[0], ballot) >= threshold), None)
         if home is None:
             clusters.append([ballot])
         else:
             home.append(ballot)
 
     def medoid(cluster: list[Ballot]) -> Ballot:
-        return max(cluster, key=lambda b: (sum(similarity(words[b.member], words[o.member]) for o in cluster),
-                                           -b.order))
+        return max(cluster, key=lambda b: (sum(like(b, o) for o in cluster), -b.order))
 
     groups = {medoid(c).answer or "": c for c in clusters}
     decision = _decide_groups(groups, "weighted", tie_break)

@@ -479,3 +479,15 @@ def test_write_keeps_the_policys_line_ends_and_byte_order_mark(tmp_path: Path, s
     assert ends == len(text.splitlines()) and written.count(b"\r") + written.count(b"\n") == ends * len(newline)
     cost = ", ".join(f"{k}: {v:.3f}" for k, v in draft.step_cost.items())
     assert written.decode() == text.replace("n_max: 3}", f"n_max: 2, step_cost: {{{cost}}}}}").replace("\n", newline)
+
+
+@pytest.mark.parametrize("write", [[], ["--write"]], ids=["rows", "rows-and-write"])
+def test_json_naming_the_policy_is_refused_before_any_sweep(tmp_path: Path, syn: Path, write: list[str]) -> None:
+    """`--json POLICY` wrote the rows over the policy (with `--write`, then edited what was no policy any more)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn))
+    before = policy.read_bytes()
+    result = run_cli("tune", str(policy), "syn", "--json", str(policy), *write)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: {policy}: is the policy: the rows would be written over it"
+    assert policy.read_bytes() == before

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from council.cluster.leases import LeaseKeeper, capacity_bytes
+from council.cluster.leases import LeaseKeeper, Need, Room, capacity_bytes
 from council.cluster.memory_store import MemoryState
 from council.cluster.redis_store import RedisState
 from council.plan.gpus import Gpu, GpuProcess, resolve_gpus
@@ -80,7 +80,7 @@ async def test_a_lease_another_router_took_is_lost_and_reported(redis_url: str, 
         [(council, reason)] = ours.reported
         assert council == "pair"
         assert f"its lease of 512.00 MiB on testhost/cpu (fencing token {old.token})" in reason
-        assert reason.endswith("another router holds the GPU (512.00 MiB of 512.00 MiB leased)")
+        assert reason.endswith("the GPU's memory is taken (512.00 MiB of 512.00 MiB held by other routers)")
         assert ours.leases == {} and ours.wanted == {}
         assert not await ours.state.check_fence(old.gpu, old.token)
         # Theirs is untouched, and the next round reports nothing again.
@@ -347,3 +347,29 @@ async def test_two_identical_gpus_are_leased_and_handed_back_each_on_its_own(tmp
     first, second = await keeper.for_planning([a, b], ours=10)
     assert first.used_by_others_bytes == GiB  # its leases do not count it on this card
     assert second.used_by_others_bytes == 0
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_a_refusal_counts_this_routers_own_leases_apart_from_other_routers(redis_url: str, prefix: str,
+                                                                                 store: str) -> None:
+    """Two councils of one router that its plan fits beside a neighbour's lease but its leases cannot both get:
+    the refusal said "3.00 GiB of 4.00 GiB held by other routers" where another router holds 1 GiB, sending the
+    operator after the wrong router."""
+    def state() -> MemoryState | RedisState:
+        return shared if store == "memory" else RedisState(redis_url, prefix=prefix)
+
+    shared = MemoryState()
+    gpu = Gpu(name="GPU0", memory_bytes=4 * GiB, free_bytes=4 * GiB, source="nvml", uuid=f"GPU-{uuid.uuid4()}")
+    room = Room(capacity_bytes=4 * GiB, keep_free_bytes=0)
+    other, ours = LeaseKeeper(state(), holder="otherhost:111", host="h"), LeaseKeeper(state(), holder="h:222", host="h")
+    try:
+        assert await other._lease("x", [Need(gpu, 1, GiB, room)]) is None
+        assert await ours._lease("a", [Need(gpu, 2, 2 * GiB, room)]) is None
+        refusal = await ours._lease("b", [Need(gpu, 2, 2 * GiB, room)])
+        assert refusal is not None and refusal.reason == (
+            "its 2 slots (2.00 GiB) on GPU0 are leased elsewhere (1.00 GiB of 4.00 GiB held by other routers, "
+            "2.00 GiB by this router)")
+    finally:
+        for keeper in (other, ours):
+            await keeper.release_all()
+            await keeper.state.close()

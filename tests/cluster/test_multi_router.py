@@ -18,10 +18,15 @@ import httpx
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from council.members.binary import LlamaServerInfo
 from tests.policies import member_entry, policy_yaml
+from tests.server.test_ui import browser, console_errors
 from tests.servers import CouncilServer, free_port, wait_for
+
+__all__ = ["browser"]  # the dashboard's headless Chromium fixture, shared
 
 KEY = "shared-key-0123456789"
 CHAT = {"model": "pair", "messages": [{"role": "user", "content": "go"}]}
@@ -74,15 +79,21 @@ def test_two_routers_never_lease_more_slots_than_the_gpu_has(
 
 
 def test_a_router_whose_slots_another_router_took_stops_its_members_and_says_why(
-    serve: Callable[..., CouncilServer], syn: Path, redis_url: str
+    serve: Callable[..., CouncilServer], syn: Path, redis_url: str, browser: WebDriver
 ) -> None:
     """Before, the stale lease was kept: the router's members went on running on slots the store had granted to
-    another router, and /readyz said 200."""
+    another router, and /readyz said 200. Once the slots are free again, the council runs again."""
     state = redis_url.rsplit("/", 1)[0] + "/4"
     store = redis.Redis.from_url(state)
     store.flushdb()
     first = serve(policy(syn, state))
     pids = [m["pid"] for m in httpx.get(f"{first.url}/admin/members").json()["members"]]
+    browser.get(f"{first.url}/ui")
+
+    def banner() -> str | None:  # the dashboard's line over the slots for a stopped council
+        shown = browser.find_elements(By.CSS_SELECTOR, "[data-lost]")
+        return shown[0].text if shown else None
+
     with httpx.Client(base_url=first.url, timeout=60) as client, client.stream("GET", "/admin/events") as events:
         lines = events.iter_lines()
         next_event(lines, "snapshot", timeout=10)
@@ -93,8 +104,8 @@ def test_a_router_whose_slots_another_router_took_stops_its_members_and_says_why
         # Within a renewal round (ttl/3 = 10 s) the router finds its fencing token dead and the slots taken.
         lost = next_event(lines, "lease", timeout=30)
     assert lost["council"] == "pair" and lost["reason"].startswith("lease lost: its lease of 512.00 MiB on ")
-    assert lost["reason"].endswith("is no longer held and another router holds the GPU (512.00 MiB of 512.00 MiB "
-                                   "leased)")
+    assert lost["reason"].endswith("is no longer held, and the GPU's memory is taken (512.00 MiB of 512.00 MiB "
+                                   "held by other routers)")
 
     def stopped() -> bool:
         return httpx.get(f"{first.url}/admin/members").json()["members"] == []
@@ -107,6 +118,16 @@ def test_a_router_whose_slots_another_router_took_stops_its_members_and_says_why
     assert f"council pair stops: {lost['reason']}" in first.log()
     assert httpx.post(f"{first.url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 503
     assert list(store.hgetall(leases)) == [str(token).encode()]  # the other router's lease, untouched
+    wait_for(lambda: banner() == f"council pair is stopped: {lost['reason']}", "the dashboard to say so")
+
+    # The other router stops and gives the slots back: within a renewal round the council runs again (it stayed
+    # stopped until someone reloaded).
+    store.hdel(leases, str(token))
+    wait_for(lambda: httpx.get(f"{first.url}/readyz").status_code == 200, "the council to run again", timeout=90)
+    assert len(httpx.get(f"{first.url}/admin/members").json()["members"]) == len(pids)
+    assert httpx.post(f"{first.url}/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
+    wait_for(lambda: banner() is None, "the dashboard to stop saying it is stopped")
+    assert console_errors(browser) == []
 
 
 # Replace every lease of a GPU with one of `holder` for all its 512 MiB, 5 minutes, under a fresh fencing token.

@@ -4,16 +4,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import time
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 
 from council.cluster.memory_store import MemoryState
 from council.cluster.redis_store import RedisState
 from council.cluster.registry import Registry
 from council.cluster.store import StateError
+from council.members.binary import LlamaServerInfo
+from council.members.process import LifeConfig
+from council.policy.loading import load_policy
+from council.server.app import create_app
+from council.server.router import open_router
+from council.voting.assembly import assemble
+from tests.policies import policy_yaml
 
 pytestmark = pytest.mark.anyio
 
@@ -185,3 +196,90 @@ async def test_a_host_that_leaves_has_its_session_closed_once_its_calls_end(redi
     finally:
         await router.aclose()
         await state.close()
+
+
+async def test_a_call_relayed_to_a_host_that_goes_silent_fails_instead_of_hanging(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `--role router` relaying a model's request to a host that froze (or was cut off without a reset: the
+    connection stays open) waited forever: no local watchdog follows a host's member, and the session had no read
+    limit. The call held the key's and the model's places (429s followed). It now fails as a stuck call does,
+    after the stuck rule's silence (here shortened), a 502, with its places given back."""
+    monkeypatch.setenv("COUNCIL_CLUSTER_KEY", "the-real-cluster-key-0123456789")
+    reached = asyncio.Event()
+
+    async def silent_host(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # takes the request, then says nothing
+        reached.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        writer.close()
+
+    host_server = await asyncio.start_server(silent_host, "127.0.0.1", 0)
+    host = f"http://127.0.0.1:{host_server.sockets[0].getsockname()[1]}"
+    key = "in-process-key-0123456789"
+    path = tmp_path / "policy.yaml"
+    keys = [{"name": "app", "sha256": hashlib.sha256(key.encode()).hexdigest()}]
+    path.write_text(policy_yaml({"m": {"path": tmp_path / "absent.gguf", "memory": "100MiB"}},
+                                {"c": {"members": [{"model": "m"}, {"model": "m"}]}}, memory="1GiB",
+                                server={"api_keys": keys}))
+    info = LlamaServerInfo(path=Path("/bin/false"), build=1, version="", spec_types=("draft-mtp",))
+    life = LifeConfig(run_dir=tmp_path / "run")
+    router = open_router(path, load_policy(path), info, life, role="router")
+    router.registry.stuck_after = 0.5
+    router.assembly = assemble(router.plan, info, life, ballots=router.ballots, elsewhere=router.registry.endpoint,
+                               run_members=False)
+    try:
+        until = await router.state.clock_ms() + 60_000
+        await router.state.publish_members(host, router.registry.entries(host, [_process("m/0", ["c/0"])], until),
+                                           ttl=60)
+        await router.registry.refresh()
+        transport = httpx.ASGITransport(app=create_app(router))
+        async with httpx.AsyncClient(transport=transport, base_url="http://council", timeout=30,
+                                     headers={"Authorization": f"Bearer {key}"}) as http:
+            # (an in-process transport has no timeout of its own: the deadline is the test's)
+            reply = await asyncio.wait_for(http.post("/v1/chat/completions", json={
+                "model": "m", "messages": [{"role": "user", "content": "hi"}]}), 20)
+            assert reached.is_set()
+        assert reply.status_code == 502, reply.text
+        said = "member m/0 failed: its host sent nothing for 0.5 s (down, or cut off without closing the connection)"
+        assert reply.json()["error"] == {"message": said, "type": "server_error", "code": "member_error"}
+        assert router.limits.queues.get("m", 0) == 0
+    finally:
+        await router.registry.aclose()
+        host_server.close()
+
+
+async def test_a_seat_a_host_lists_for_another_model_is_not_called(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A host whose policy gives seat `c/0` another model (a rolling policy change, one host's file edited alone)
+    answered the router's seat `c/0`, model `m`: counted ready, voting, its ballot naming `m`. The seat is now found
+    only on a host that serves the seat's model, and the router says once which host lists it otherwise."""
+    monkeypatch.setenv("COUNCIL_CLUSTER_KEY", "the-real-cluster-key-0123456789")
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_yaml({"m": {"path": tmp_path / "absent.gguf", "memory": "100MiB"}},
+                                {"c": {"members": [{"model": "m"}, {"model": "m"}]}}, memory="1GiB"))
+    info = LlamaServerInfo(path=Path("/bin/false"), build=1, version="", spec_types=("draft-mtp",))
+    life = LifeConfig(run_dir=tmp_path / "run")
+    router = open_router(path, load_policy(path), info, life, role="router")
+    router.assembly = assemble(router.plan, info, life, ballots=router.ballots, elsewhere=router.registry.endpoint,
+                               run_members=False)
+    try:
+        until = await router.state.clock_ms() + 60_000
+        for host, model in (("http://gpu-a:8080", "other"), ("http://gpu-b:8080", "m")):
+            process = _process(f"{model}/0", ["c/0"], model)
+            await router.state.publish_members(host, router.registry.entries(host, [process], until), ttl=60)
+        await router.registry.refresh()
+        # gpu-a comes first in name order and lists c/0, but for `other`: gpu-b, which serves `m`, answers it
+        seat = router.engines["c"].seats[0]
+        assert seat.name == "c/0" and seat.model == "m"
+        where = seat.client.endpoint()  # type: ignore[attr-defined]
+        assert where is not None and where.url == "http://gpu-b:8080/internal/members/m/0"
+        assert router.assembly.seat_ready("c/0") and not router.assembly.seat_ready("c/1")
+        await router.state.withdraw("http://gpu-b:8080")
+        await router.registry.refresh()
+        assert not router.assembly.seat_ready("c/0") and seat.client.endpoint() is None  # type: ignore[attr-defined]
+        said = [r.getMessage() for r in caplog.records if "lists seat c/0" in r.getMessage()]
+        assert said == ["http://gpu-a:8080 lists seat c/0 for model 'other', where this router's policy has 'm': "
+                        "not called"]
+    finally:
+        await router.registry.aclose()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import resource
+import signal
 import socket
 import subprocess
 import threading
@@ -242,6 +245,60 @@ def test_eval_refuses_an_output_that_is_a_folder(tmp_path: Path, syn: Path, opti
     result = run_cli("eval", str(policy), "trio", str(data), option, str(tmp_path), "--url", "http://127.0.0.1:9")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == f"error: {option} {tmp_path}: is a folder"
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--html", "REC", "--record", "REC"], "--html REC is the --record file: the report would be written over it"),
+    (["--json", "DATA"], "--json DATA is the data file: the report would be written over it"),
+    (["--json", "POLICY"], "--json POLICY is the policy: the report would be written over it"),
+    (["--json", "OUT", "--html", "OUT"],
+     "--html and --json name one file, OUT: the two reports would be written over each other"),
+])
+def test_eval_refuses_a_report_written_over_what_the_run_reads(tmp_path: Path, syn: Path, args: list[str],
+                                                                says: str) -> None:
+    """`--html REC --record REC` wrote the page over every recorded answer, `--json DATA` the report over the data
+    set, both exit 0 (the next run refused the file). Refused before anything is asked, every file as it was."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}])
+    record = tmp_path / "answers.jsonl"
+    record.write_text("")
+    names = {"REC": str(record), "DATA": str(data), "POLICY": str(policy), "OUT": str(tmp_path / "out")}
+    before = {p: p.read_bytes() for p in (policy, data, record)}
+    result = run_cli("eval", str(policy), "trio", str(data), *(names.get(a, a) for a in args),
+                     "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2, result.stderr
+    expected = says
+    for name, path in names.items():
+        expected = expected.replace(name, path)
+    assert result.stderr.strip() == f"error: {expected}"
+    assert {p: p.read_bytes() for p in (policy, data, record)} == before and not (tmp_path / "out").exists()
+
+
+def test_a_report_is_written_whole_or_the_last_one_stays(tmp_path: Path) -> None:
+    """A report write that failed half way (a full disk) left a broken prefix where the last good report was."""
+    from council.paths import write_whole
+
+    report = tmp_path / "report.json"
+    report.write_text('{"good": true}\n')
+    report.chmod(0o640)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))  # a disk that fills at 64 KiB
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails (EFBIG), as a full disk's
+    try:
+        with pytest.raises(OSError):
+            write_whole(report, "x" * (1 << 17))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert report.read_text() == '{"good": true}\n' and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    write_whole(report, '{"better": true}\n')
+    assert report.read_text() == '{"better": true}\n' and report.stat().st_mode & 0o777 == 0o640
+    fresh = tmp_path / "fresh.json"
+    write_whole(fresh, "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 @contextlib.contextmanager

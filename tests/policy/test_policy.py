@@ -103,6 +103,23 @@ def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
     assert line.startswith(f"{path}:4: (top): not valid YAML")
 
 
+def test_aliases_that_expand_past_any_policy_are_one_line_not_gigabytes(tmp_path: Path) -> None:
+    """A few hundred bytes of nested aliases ("billion laughs"): each level multiplied time and memory by ten
+    (7 levels: 2.2 GB and 11 s; 8: a MemoryError traceback; a router's /admin/reload reads policies too)."""
+    lines = ["version: 1", "x0: &x0 [a, a, a, a, a, a, a, a, a, a]"]
+    lines += [f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = write(tmp_path, "\n".join([*lines, "models: {}", "councils: {}"]) + "\n")
+    assert problems(path) == [f"{path}:1: (top): its aliases expand it to 1,234,567,915 values, more than the "
+                              "100,000 a policy may hold (one needs hundreds)"]
+    # one that loops (a node holding an alias of itself) is one line too, at the alias
+    assert problems(write(tmp_path, "version: 1\na: &a [1, [*a]]\n")) == [
+        f"{path}:2: (top): an alias is used inside the node it names: a policy cannot hold itself"]
+    # aliases as policies use them (a sampling block shared by members) read as before
+    shared = (GOOD % SMOL.path).replace("- {model: small}\n", "- {model: small, sampling: &s {temperature: 0.5}}\n"
+                                        "      - {model: small, sampling: *s}\n")
+    assert load_policy(write(tmp_path, shared)).policy.councils["pair"].members[1].sampling.temperature == 0.5
+
+
 def test_empty_and_non_mapping(tmp_path: Path) -> None:
     assert problems(write(tmp_path, "\n")) == [f"{tmp_path / 'policy.yaml'}:1: (top): the file is empty"]
     [line] = problems(write(tmp_path, "- 1\n- 2\n"))
@@ -167,6 +184,18 @@ def test_wrong_types(tmp_path: Path) -> None:
     assert got[1].startswith(f"{path}:2: server.port: Input should be a valid integer")
     assert got[2] == f"{path}:3: state: state must be `memory` or a redis:// URL, not 'postgres://x'"
     assert got[3] == f"{path}:4: gpus: Input should be a valid list"
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("redis://:pw@10.0.0.5:6379/zero", "'zero'"), ("rediss://10.0.0.5/1x", "'1x'"), ("redis://h:6379/0/1", "'0/1'")])
+def test_a_redis_database_that_is_no_number_is_refused(tmp_path: Path, url: str, says: str) -> None:
+    """redis-py opens database 0 for `/zero` without a word: two deployments meant to be apart shared one."""
+    path = write(tmp_path, f"version: 1\nstate: {url!r}\n")
+    assert problems(path) == [f"{path}:2: state: the database after the host must be a number (`/0`, `/1`...), "
+                              f"not {says}"]
+    for good in ("redis://10.0.0.5:6379/12", "redis://10.0.0.5:6379", "redis://h/", "redis://h/${DB}",
+                 "unix:///run/redis.sock?db=1"):
+        assert load_policy(write(tmp_path, f"version: 1\nstate: {good!r}\n")).policy.state == good
 
 
 def test_an_empty_server_host_is_refused(tmp_path: Path) -> None:

@@ -127,6 +127,9 @@ def test_a_claude_code_turn_becomes_the_chat_request_members_are_sent() -> None:
      "invalid_messages", "document"),
     ({"messages": ASK, "max_tokens": 5, "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
      "invalid_tools", "'web_search_20250305', one of Anthropic's server tools"),
+    # which tool a call names must be one: Anthropic refuses this too ("Tool names must be unique")
+    ({"messages": ASK, "max_tokens": 5, "tools": [WEATHER, {**WEATHER, "description": "another"}]},
+     "invalid_tools", "`tools` declares tool 'get_weather' twice"),
     ({"messages": ASK, "max_tokens": 5, "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "book"}},
      "invalid_tool_choice", "names tool 'book', which `tools` does not declare"),
     ({"messages": ASK, "max_tokens": 5, "tool_choice": {"type": "any"}}, "invalid_tool_choice", "needs `tools`"),

@@ -81,6 +81,17 @@ async def post(client: httpx.AsyncClient, body: object, **headers: str) -> httpx
     ({"model": "c", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {
         "name": "f", "parameters": {"type": "object", "$schema": 5}}}]},
      "invalid_tools", "`parameters` of f is not a valid JSON Schema: $schema must be a string"),
+    # a call's arguments are an object: under a schema of another type every call would fail it
+    ({"model": "c", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "string"}}}]},
+     "invalid_tools", "`type` 'string' admits no JSON object, and a call's arguments always are one"),
+    ({"model": "c", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": ["array", "null"]}}}]}, "invalid_tools", "admits no JSON object"),
+    # which tool a call names must be one (Anthropic and Gemini refuse this too)
+    ({"model": "c", "messages": [{"role": "user", "content": "x"}], "tools": [
+        {"type": "function", "function": {"name": "f"}},
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
+     "invalid_tools", "`tools` declares function 'f' twice: each function needs a name of its own"),
     ({"model": "c", "messages": [{"role": "user", "content": "x"}], "stop": [1, 2]}, "invalid_stop", "stop"),
     ({"model": 7, "messages": [{"role": "user", "content": "x"}]}, "missing_model", "`model` is required"),
     # fields that begin like a union's branch name (`str`) are named all the same

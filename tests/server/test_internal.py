@@ -72,6 +72,19 @@ async def test_a_relayed_completion_holds_a_slot_per_prompt_and_choice(host: Rou
     assert recorder.widths == [width, 2]
 
 
+async def test_a_body_nested_past_the_decoder_is_relayed_for_the_process_to_refuse(host: Router,
+                                                                                   peer: httpx.AsyncClient) -> None:
+    """JSON nested deeper than the decoder's stack was a RecursionError, a 500: it is relayed as any broken body
+    (the process answers it itself), one slot wide."""
+    recorder = Recorder()
+    assert host.assembly is not None
+    host.assembly.ready_client = lambda process: recorder  # type: ignore[method-assign]
+    deep = b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    reply = await peer.post("/internal/members/c/0/v1/chat/completions", content=deep)
+    assert reply.status_code == 200, reply.text
+    assert recorder.widths == [1]
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/messages"])
 async def test_a_router_hanging_up_closes_the_hosts_member_request(host: Router, path: str) -> None:
     """Every one-seat council call reaches a host as a non-streamed relay; when the calling router drops it (an

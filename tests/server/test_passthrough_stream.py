@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -187,3 +188,35 @@ async def test_a_relayed_streams_recovered_calls_keep_its_reasoning_and_logprobs
     assert [c["function"]["name"] for d in deltas for c in d.get("tool_calls") or []] == ["get_weather"]
     assert len([c for c in choices if c.get("logprobs")]) == 2
     assert [c["finish_reason"] for c in choices if c["finish_reason"]] == ["tool_calls"]
+
+
+async def test_a_relayed_stream_held_for_recovery_sends_keep_alives_and_the_same_events() -> None:
+    """Held back while it may be calls, a relayed stream sent nothing for as long as the model wrote (a proxy's
+    idle timeout could cut it): it sends the comment a council's held stream sends, before any event, and the
+    events themselves are the ones sent without it."""
+    from council.server.routes.passthrough import KEEPALIVE, _recovering, _toolbox
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Paris?"}], "tools": [tool],
+                          "stream": True}).encode()
+    text = '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'
+    chunks = [{"choices": [{"index": 0, "delta": {"content": text[i:i + 5]}, "finish_reason": None}]}
+              for i in range(0, len(text), 5)]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+
+    async def relayed(keepalive_s: float) -> list[bytes]:
+        toolbox = _toolbox(payload)
+        assert toolbox is not None
+        async with sse_stream(chunks) as (_head, events):
+            return [bytes(c) async for c in _recovering(events, toolbox, keepalive_s)]
+
+    at_once, patient = await relayed(0.0), await relayed(3600.0)
+    kept = [c for c in at_once if c == KEEPALIVE]
+    assert len(kept) == len(chunks) + 1  # one before each event it held back (here: every one, `[DONE]` too)
+    assert at_once[:len(kept)] == kept and KEEPALIVE not in patient
+    def events(sent: list[bytes]) -> bytes:  # a recovered call's id is drawn anew on each run
+        return re.sub(rb'"id":"[^"]+"', b'"id":""', b"".join(c for c in sent if c != KEEPALIVE))
+
+    assert events(at_once) == events(patient)
+    assert b'"tool_calls"' in patient[0] and b'"finish_reason":"tool_calls"' in b"".join(patient)

@@ -98,6 +98,8 @@ def test_input_items_become_the_chat_body_members_are_sent() -> None:
     ({"model": "c", "input": "x", "stream": "yes"}, "invalid_stream", "stream: Input should be a valid boolean"),
     ({"model": "c", "input": "x", "stream_options": "x"}, "invalid_stream_options",
      "stream_options: Input should be a valid dictionary"),
+    ({"model": "c", "input": "x", "tools": [WEATHER, WEATHER]}, "invalid_tools",
+     "`tools` declares function 'get_weather' twice"),
     ({"model": "c", "input": "x", "tools": [{**WEATHER, "strict": "yes"}]}, "invalid_tools",
      "tools.0.strict: Input should be a valid boolean"),
 ])

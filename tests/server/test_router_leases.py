@@ -41,11 +41,12 @@ def _add_council_d(router: Router) -> None:
                                                "    - model: m\n  c:"))
 
 
-async def test_a_refused_reload_leases_nothing_for_a_council_whose_lease_was_lost(
+async def test_a_council_whose_lease_was_lost_runs_again_once_its_slots_are_free_not_on_a_refused_reload(
         tmp_path: Path, redis_url: str, prefix: str) -> None:
-    """A council whose lease was lost stays stopped until a reload succeeds; a refused reload re-leased its memory
-    (and the renewal loop kept it for good), withholding it from every other router for a council that runs
-    nothing."""
+    """A council whose lease was lost stays stopped while its slots are held elsewhere. A refused reload re-leased
+    its memory (and the renewal loop kept it for good), withholding it from every other router for a council that
+    runs nothing. And once the slots were free again it stayed stopped until someone reloaded: a renewal round now
+    leases them and the council runs again."""
     router = _leasing(tmp_path, redis_url, prefix)
     other = RedisState(redis_url, prefix=prefix)
     gpu = f"{router.leases.host}/cpu"
@@ -59,18 +60,28 @@ async def test_a_refused_reload_leases_nothing_for_a_council_whose_lease_was_los
         await router.leases.renew_once()
         assert list(router.lost) == ["c"]
         await until(lambda: not router.processes, 5, "council c's processes stopped")
+        await router.leases.renew_once()  # asked again: still held elsewhere
+        assert list(router.lost) == ["c"] and router.leases.leases == {}
         await other.release(whole)
-        assert await other.acquire(gpu, GiB, "c:3", 512 * MiB, 30.0) is not None  # a third router: half
+        third = await other.acquire(gpu, GiB, "c:3", 768 * MiB, 30.0)  # a third router: more than half
+        assert third is not None
         _add_council_d(router)
         with pytest.raises(ReloadError, match="are leased elsewhere"):
             await router.reload()
         await router.leases.renew_once()
-        assert router.leases.leases == {} and await other.holders(gpu) == {"c:3": 512 * MiB}
+        assert router.leases.leases == {} and await other.holders(gpu) == {"c:3": 768 * MiB}
         ready, reasons = router.readiness()
         assert not ready and reasons[0].startswith("council c is stopped: lease lost")
+
+        # The third router stops: the next round leases c's slots and c runs again.
+        await other.release(third)
+        await router.leases.renew_once()
+        assert list(router.leases.leases) == ["c"] and await other.holders(gpu) == {router.leases.holder: 512 * MiB}
+        await until(lambda: sorted(router.processes) == ["c/0", "c/1"], 5, "council c's processes started again")
+        assert router.lost == {} and "c" in router.engines
+        assert not any("stopped" in reason for reason in router.readiness()[1])
     finally:
-        await router.leases.release_all()
-        await router.state.close()
+        await router.stop()
         await other.close()
 
 

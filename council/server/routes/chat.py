@@ -34,11 +34,10 @@ from council.server.requests import (
     validate_body,
 )
 from council.server.router import Router
-from council.server.routes.passthrough import HeldStream, once, relay
+from council.server.routes.passthrough import KEEPALIVE, KEEPALIVE_S, HeldStream, once, relay
 from council.voting.engine import CouncilAnswer, CouncilEngine
 from council.voting.request import CouncilRequest, dumps, for_members
 
-KEEPALIVE_S = 2.0
 WATCH_AFTER_S = 0.2  # a non-streamed council request watches for its client's disconnect after this long
 T = TypeVar("T")
 routes = APIRouter()
@@ -423,7 +422,7 @@ def stream_council(router: Router, engine: CouncilEngine, council: CouncilReques
                     "usage": answer.usage(), "council": {**answer.council_json(), "overhead_ms": overhead_ms}})
         yield b"data: [DONE]\n\n"
 
-    return council_stream(router, engine, council, admission, started, keepalive=b": keep-alive\n\n",
+    return council_stream(router, engine, council, admission, started, keepalive=KEEPALIVE,
                           failed=failed, answered=answered)
 
 

@@ -58,7 +58,7 @@ async def process_call(process: str, path: str, request: Request, router: Router
     try:
         doc = json.loads(raw)
         stream, n, prompt = doc.get("stream") is True, doc.get("n"), doc.get("prompt")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: JSON nested past the decoder's stack
         stream, n, prompt = False, None, None  # the process answers a broken body itself
     width = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
     if path == "/v1/completions":  # n tasks per prompt of a list, as the public route holds them

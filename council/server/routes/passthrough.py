@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,11 @@ from council.server.router import Router
 from council.voting.client import HttpMemberClient, MemberFailed
 from council.voting.recovery import could_be_calls
 from council.voting.tools import Toolbox, recovered_calls
+
+# How often a stream whose answer is held back (a council voting, a reply that may be calls) sends a comment: a
+# proxy or client that times out an idle connection keeps it, and SDKs skip comments.
+KEEPALIVE_S = 2.0
+KEEPALIVE = b": keep-alive\n\n"
 
 log = logging.getLogger("council.server.passthrough")
 
@@ -165,18 +171,24 @@ def _data(event: bytes) -> Any:
     return None
 
 
-async def _recovering(chunks: AsyncIterator[bytes], toolbox: Toolbox) -> AsyncIterator[bytes]:
+async def _recovering(chunks: AsyncIterator[bytes], toolbox: Toolbox,
+                      keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[bytes]:
     """A one-choice chat stream, held back while its text may still be nothing but calls: relayed as it came once
     it cannot be (or it makes calls of its own), or, when it ends as valid calls, replayed as OpenAI's tool-call
-    chunks (the calls, then its own chunks without their text, closing with `finish_reason: tool_calls`)."""
+    chunks (the calls, then its own chunks without their text, closing with `finish_reason: tool_calls`). While it
+    is held, a keep-alive comment goes out every `keepalive_s`, as a council's held stream sends them."""
     held: list[bytes] = []
     pending = b""
     text = ""
     holding = True
+    quiet_since = time.monotonic()
     async for chunk in chunks:
         if not holding:
             yield chunk
             continue
+        if time.monotonic() - quiet_since >= keepalive_s:
+            yield KEEPALIVE
+            quiet_since = time.monotonic()
         pending += chunk
         while holding and b"\n\n" in pending:
             event, pending = pending.split(b"\n\n", 1)

