@@ -321,14 +321,25 @@ def decode_calls(tool_calls: Iterable[Mapping[str, Any]] | None) -> list[dict[st
     JSON object (BFCL: a decoder failure, graded wrong)."""
     out = []
     for call in tool_calls or ():
+        if not isinstance(call, Mapping) or not isinstance(call.get("function") or {}, Mapping):
+            # A call of another shape is what BFCL's decoder fails on too: graded wrong, not a crash.
+            raise ValueError(f"a tool call whose `function` is not an object: {_shown(call)}")
         fn = call.get("function") or {}
         raw = fn.get("arguments")
         # `""` is a decoder failure, as BFCL's own json.loads makes it (right on irrelevance, wrong elsewhere).
-        args = raw if isinstance(raw, dict) else json.loads(raw) if isinstance(raw, str) else None
+        try:
+            args = raw if isinstance(raw, dict) else json.loads(raw) if isinstance(raw, str) else None
+        except RecursionError:  # nested deeper than the decoder's stack: a degenerate reply, not a JSON object
+            raise ValueError(f"arguments of {fn.get('name')!r} are nested too deeply") from None
         if not isinstance(args, dict):
             raise ValueError(f"arguments of {fn.get('name')!r} are not a JSON object")
         out.append({str(fn.get("name") or ""): args})
     return out
+
+
+def _shown(value: object, size: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= size else text[:size - 3] + "..."
 
 
 def _pick(allowed: list[Any], required: bool = False) -> tuple[bool, Any]:
@@ -375,7 +386,10 @@ def schema_problems(item: BfclItem, tool_calls: Iterable[Mapping[str, Any]] | No
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in item.tools}
     problems = []
     for call in tool_calls or ():
-        fn = call.get("function") or {}
+        fn = (call.get("function") if isinstance(call, Mapping) else None) or {}
+        if not isinstance(fn, Mapping):
+            problems.append(f"{_shown(fn)}: not a declared tool")
+            continue
         name = str(fn.get("name") or "")
         if name not in schemas:
             problems.append(f"{name}: not a declared tool")
@@ -383,7 +397,7 @@ def schema_problems(item: BfclItem, tool_calls: Iterable[Mapping[str, Any]] | No
         try:
             args = json.loads(fn.get("arguments") or "{}") if isinstance(fn.get("arguments"), str) else fn.get(
                 "arguments")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder's stack
             problems.append(f"{name}: arguments are not JSON")
             continue
         validator = jsonschema.Draft202012Validator(schemas[name], registry=Registry())

@@ -14,9 +14,9 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from council.errors import CouncilError
 from council.evaluation.bfcl import BfclItem
@@ -25,30 +25,47 @@ from council.voting.engine import CouncilAnswer, CouncilEngine, QuorumError, Req
 from council.voting.request import CouncilRequest
 
 
+def _calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for call in calls:
+        if not isinstance(call.get("function", {}), dict):
+            raise ValueError("a tool call's `function` must be an object (`name`, `arguments`), as OpenAI sends it")
+    return calls
+
+
+# A member's probability of its answer: 0 is possible (the router rounds to 6 places, and a long reply's geometric
+# mean can underflow), above 1 or below 0 is not.
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
 class MemberAnswer(BaseModel):
-    """One member's reply to one item."""
+    """One member's reply to one item. Its numbers are bounded as a live council's are (a ballot in `council tally`
+    too): a record edited by hand or merged from another tool with a NaN weight or a negative confidence is refused
+    as not a record, where scoring it died in the vote."""
+
+    # pydantic's JSON parser reads `NaN` and `Infinity`; no recorded number means anything as either.
+    model_config = ConfigDict(allow_inf_nan=False)
 
     member: str
     model: str
     status: str  # ok | timeout | error
     text: str | None = None
-    weight: float = 1.0
-    latency_ms: float = 0.0
-    completion_tokens: int = 0
-    prompt_tokens: int = 0
-    confidence: float | None = None  # its probability of its answer, from token logprobs
+    weight: float = Field(default=1.0, gt=0)
+    latency_ms: float = Field(default=0.0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    prompt_tokens: int = Field(default=0, ge=0)
+    confidence: Probability | None = None  # its probability of its answer, from token logprobs
     # Its mean token logprob, which the tie-break rule `logprob` reads; absent (not in `model_fields_set`) in records
     # made before it was kept, where the replay cannot break a tie as the live council did (`logprob_known`).
-    logprob: float | None = None
-    signals: dict[str, float] | None = None  # every confidence signal (answer, reply, tail)
+    logprob: float | None = Field(default=None, le=0)
+    signals: dict[str, Probability] | None = None  # every confidence signal (answer, reply, tail)
     error: str | None = None
     # Why generation ended (`length`: cut off by max_tokens) and the seat's max_tokens; records from before they
     # were kept have neither (`score.with_caps` fills max_tokens from the policy).
     finish_reason: str | None = None
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
     # The seat's tool calls as OpenAI sends them (`function.name`, `function.arguments` as a JSON string), when it
     # made any: a function-calling answer is its set of calls.
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: Annotated[list[dict[str, Any]], AfterValidator(_calls)] | None = None
     recovered: bool = False  # the calls were written as text and recovered (`calls.with_recovered_calls`)
 
     @property
@@ -67,11 +84,13 @@ class MemberAnswer(BaseModel):
 class ItemRecord(BaseModel):
     """Every member's answer to one item, with the reference and the item's wall time."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     index: int
     line: int
     question: str
     reference: str
-    wall_ms: float
+    wall_ms: float = Field(ge=0)
     answers: list[MemberAnswer]
     error: str | None = None  # why the council itself could not answer (its members' answers still count)
     # Function-calling data (BFCL): the item's id and category; `reference` is its ground truth as JSON.
