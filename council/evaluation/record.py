@@ -304,6 +304,8 @@ def drop_asked_again(path: Path, items: Sequence[AnyItem], done: Mapping[int, It
             kept.append(line)
     if not dropped:
         return {}
+    if kept and not kept[-1].endswith("\n"):
+        kept[-1] += "\n"  # a last line left unended (a cut run, a hand edit): the next append starts its own line
     handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as file:
@@ -371,6 +373,15 @@ def _short(text: str, size: int = 60) -> str:
     return repr(text if len(text) <= size else text[:size - 1] + "…")
 
 
+def _ends_a_line(path: Path) -> bool:
+    """Whether the file is empty or ends with a newline: what is appended then starts a line of its own."""
+    with path.open("rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return True
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
+
+
 async def record_items(ask: Asker, items: Sequence[AnyItem], *, concurrency: int = 1, append_to: Path | None = None,
                        on_record: Callable[[ItemRecord], None] | None = None,
                        done: dict[int, ItemRecord] | None = None,
@@ -385,8 +396,12 @@ async def record_items(ask: Asker, items: Sequence[AnyItem], *, concurrency: int
         replacing = drop_asked_again(append_to, items, done) if append_to is not None else {}
     gate = asyncio.Semaphore(concurrency)
     sink = append_to.open("a") if append_to is not None else None
+    # A file whose last record has no newline (a run cut between the record and its "\n", a hand edit) still reads;
+    # the first new record must not be glued onto that line, which no later run could read.
+    unended = append_to is not None and not _ends_a_line(append_to)
 
     async def one(item: Item) -> ItemRecord:
+        nonlocal unended
         item_id = _item_id(item)
         if item.index in done:
             record = done[item.index]
@@ -404,7 +419,8 @@ async def record_items(ask: Asker, items: Sequence[AnyItem], *, concurrency: int
             line = record.model_dump_json() if any(a.status == "ok" for a in record.answers) else \
                 replacing.get(item.index)
             if sink is not None and line is not None:
-                sink.write(line + "\n")
+                sink.write(("\n" if unended else "") + line + "\n")
+                unended = False
                 sink.flush()
         if on_record is not None:
             on_record(record)
