@@ -144,6 +144,11 @@ class BfclItem:
         return json.dumps(self.ground_truth or [], separators=(",", ":"))
 
 
+def _shown(value: object, size: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= size else text[:size - 3] + "..."
+
+
 def _decoded(raw: bytes, where: str) -> str:
     try:
         return raw.decode()
@@ -223,6 +228,20 @@ def category_of(item_id: str) -> str:
     return "simple_python" if stem == "simple" else stem
 
 
+def _parameters_problem(parameters: object) -> str | None:
+    """Why a function document's `parameters` cannot be read (the tools are made from it, and the grader reads its
+    `properties` and `required`), or None."""
+    if not isinstance(parameters, dict):
+        return f"`parameters` must be an object (a JSON Schema), not {_shown(parameters)}"
+    properties = parameters.get("properties", {})
+    if not (isinstance(properties, dict) and all(isinstance(p, dict) for p in properties.values())):
+        return f"`parameters.properties` must be an object of parameter objects, not {_shown(properties)}"
+    required = parameters.get("required", [])
+    if not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
+        return f"`parameters.required` must be a list of parameter names, not {_shown(required)}"
+    return None
+
+
 def _items(questions: str, answers: str | None, where: str, category: str | None) -> list[BfclItem]:
     truth = {doc["id"]: doc.get("ground_truth") for _, doc in _lines(answers, where + " (answers)")} if answers else {}
     items = []
@@ -231,9 +250,14 @@ def _items(questions: str, answers: str | None, where: str, category: str | None
         turns, functions = doc.get("question"), doc.get("function")
         if not (isinstance(turns, list) and turns and isinstance(turns[0], list) and turns[0]):
             raise DatasetError(f"{at}: `question` must be a list of turns, each a list of messages")
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in turns[0]):
+            raise DatasetError(f"{at}: `question` must hold chat messages with a `role`")
         if not (isinstance(functions, list) and all(isinstance(f, dict) and isinstance(f.get("name"), str)
                                                     for f in functions)):
             raise DatasetError(f"{at}: `function` must be a list of function documents with a `name`")
+        for f in functions:
+            if (why := _parameters_problem(f.get("parameters", {}))) is not None:
+                raise DatasetError(f"{at}: {f['name']}: {why}")
         kind = category or category_of(doc["id"])
         if (why := unsupported([kind])) is not None:
             raise DatasetError(f"{at}: {doc['id']} is in {why}")
@@ -335,11 +359,6 @@ def decode_calls(tool_calls: Iterable[Mapping[str, Any]] | None) -> list[dict[st
             raise ValueError(f"arguments of {fn.get('name')!r} are not a JSON object")
         out.append({str(fn.get("name") or ""): args})
     return out
-
-
-def _shown(value: object, size: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= size else text[:size - 3] + "..."
 
 
 def _pick(allowed: list[Any], required: bool = False) -> tuple[bool, Any]:

@@ -106,15 +106,31 @@ def test_bad_data_files_exit_2_naming_the_line(tmp_path: Path, syn: Path, lines:
     assert result.stderr.strip().count("\n") == 0 and f"{data}{says}" in result.stderr, result.stderr
 
 
+def bfcl_line(question: object = None, parameters: object = None) -> bytes:
+    """One BFCL question line, its messages or its function's `parameters` as given."""
+    function = {"name": "area", **({"parameters": parameters} if parameters is not None else {})}
+    return json.dumps({"id": "simple_python_0", "question": question or [[{"role": "user", "content": "area?"}]],
+                       "function": [function]}).encode() + b"\n"
+
+
 @pytest.mark.parametrize(("content", "fmt", "says"), [
     (b"\x8b\x00 not text", "bfcl", ":1: cannot read the file: 'utf-8' codec can't decode byte 0x8b"),
     (b"[" * 100_000 + b"]" * 100_000 + b"\n", "auto", ":1: not valid JSON: maximum recursion depth exceeded"),
     (b"[" * 100_000 + b"]" * 100_000 + b"\n", "bfcl", ":1: not valid JSON: maximum recursion depth exceeded"),
-], ids=["not UTF-8 as bfcl", "too deep, auto", "too deep as bfcl"])
+    (bfcl_line([["What is the area?"]]), "auto", ":1: `question` must hold chat messages with a `role`"),
+    (bfcl_line(parameters=["base", "height"]), "bfcl",
+     ":1: area: `parameters` must be an object (a JSON Schema), not ['base', 'height']"),
+    (bfcl_line(parameters={"type": "dict", "properties": {"base": "integer"}}), "bfcl",
+     ":1: area: `parameters.properties` must be an object of parameter objects, not {'base': 'integer'}"),
+    (bfcl_line(parameters={"type": "dict", "properties": {}, "required": "base"}), "bfcl",
+     ":1: area: `parameters.required` must be a list of parameter names, not 'base'"),
+], ids=["not UTF-8 as bfcl", "too deep, auto", "too deep as bfcl", "a message that is a string",
+        "parameters a list", "properties of strings", "required a string"])
 def test_bfcl_data_that_cannot_be_read_exits_2_naming_the_line(tmp_path: Path, syn: Path, content: bytes, fmt: str,
                                                         says: str) -> None:
     # BFCL's loader (and its sniffing under --format auto) let UnicodeDecodeError and RecursionError out as
-    # tracebacks, exit 1, where the QA loader names the line.
+    # tracebacks, exit 1, where the QA loader names the line; so were a message that is not an object (`dict(m)`)
+    # and a `parameters` that is not one (spread into the tool), and the grader read `properties` and `required`.
     policy = tmp_path / "policy.yaml"
     policy.write_text(council_policy(syn))
     data = tmp_path / "data.jsonl"
