@@ -200,7 +200,7 @@ class Source:
 
 def _lines(text: str, where: str) -> list[tuple[int, dict[str, Any]]]:
     out = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # not `splitlines`: JSON keeps U+2028 raw
         if not line.strip():
             continue
         try:

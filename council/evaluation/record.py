@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 import tempfile
 import time
@@ -229,7 +230,8 @@ def _numbered_records(path: Path) -> list[tuple[int, ItemRecord]]:
     except UnicodeDecodeError:
         raise RecordError(f"{path}: not UTF-8 text") from None
     out = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" alone: a reply may hold U+2028 or U+0085, which JSON keeps raw and `splitlines` would cut.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -296,7 +298,7 @@ def drop_asked_again(path: Path, items: Sequence[AnyItem], done: Mapping[int, It
         return {}
     dropped: dict[int, str] = {}
     kept = []
-    for line in path.read_text().splitlines(keepends=True):
+    for line in re.findall(r"[^\n]*\n|[^\n]+\Z", path.read_text()):  # at "\n" alone, as `_numbered_records`
         record = ItemRecord.model_validate_json(line) if line.strip() else None
         if record is not None and (record.index, record.item_id) in again:
             dropped[record.index] = line.rstrip("\n")

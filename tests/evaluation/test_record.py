@@ -187,3 +187,25 @@ def test_answers_appended_after_a_last_line_without_a_newline_start_their_own_li
     asyncio.run(record_items(ask, items, append_to=path))
     assert [(i, [a.status for a in r.answers]) for i, r in read_records(path).items()] == [(0, ["ok"]), (1, ["ok"])]
     assert path.read_text().splitlines()[0] == recorded(items[0]) and path.read_text().count("\n") == 2
+
+
+def test_a_reply_holding_a_unicode_line_separator_is_one_record_line(tmp_path: Path) -> None:
+    """JSON keeps U+2028, U+2029 and U+0085 raw in a string, and `splitlines` cut a line there: a recording whose
+    reply held one (a model may write it) was refused as not a record by the next run."""
+    items = data(tmp_path)
+    path = tmp_path / "r.jsonl"
+    reply = "four\u2028that is 4\x85\u2029done"
+
+    async def ask(item: AnyItem) -> tuple[list[MemberAnswer], str | None]:
+        return [MemberAnswer(member="c/0", model="m", status="ok", text=reply if item.index == 0 else "6")], None
+
+    asyncio.run(record_items(ask, items[:1], append_to=path))
+    assert "\u2028" in path.read_text()  # written raw, as JSON allows
+    assert [r.answers[0].text for r in read_records(path).values()] == [reply]
+    assert list(resumable(path, items)) == [0]
+    # asked again (its seat failed): the rewrite keeps the other lines whole
+    failed = seated(items[1], "c/0").model_copy(update={"answers": [MemberAnswer(member="c/0", model="m",
+                                                                                 status="timeout")]})
+    path.write_text(path.read_text() + failed.model_dump_json() + "\n")
+    asyncio.run(record_items(ask, items, append_to=path))
+    assert [r.answers[0].text for r in read_records(path).values()] == [reply, "6"]
