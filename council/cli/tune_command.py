@@ -48,6 +48,8 @@ def _prompts(path: str | None) -> list[str] | None:
         except json.JSONDecodeError as exc:
             # A file starting with `[` is taken for JSON: say where it stops being JSON.
             raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        except RecursionError:  # nested deeper than the decoder's stack: bad input, as invalid JSON is
+            raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
         if not (isinstance(prompts, list) and all(isinstance(p, str) for p in prompts)):
             raise ValueError(f"{path}: a JSON prompts file must be a list of strings")
     else:

@@ -144,6 +144,11 @@ class BfclItem:
         return json.dumps(self.ground_truth or [], separators=(",", ":"))
 
 
+def _shown(value: object, size: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= size else text[:size - 3] + "..."
+
+
 def _decoded(raw: bytes, where: str) -> str:
     try:
         return raw.decode()
@@ -195,7 +200,7 @@ class Source:
 
 def _lines(text: str, where: str) -> list[tuple[int, dict[str, Any]]]:
     out = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # not `splitlines`: JSON keeps U+2028 raw
         if not line.strip():
             continue
         try:
@@ -223,6 +228,20 @@ def category_of(item_id: str) -> str:
     return "simple_python" if stem == "simple" else stem
 
 
+def _parameters_problem(parameters: object) -> str | None:
+    """Why a function document's `parameters` cannot be read (the tools are made from it, and the grader reads its
+    `properties` and `required`), or None."""
+    if not isinstance(parameters, dict):
+        return f"`parameters` must be an object (a JSON Schema), not {_shown(parameters)}"
+    properties = parameters.get("properties", {})
+    if not (isinstance(properties, dict) and all(isinstance(p, dict) for p in properties.values())):
+        return f"`parameters.properties` must be an object of parameter objects, not {_shown(properties)}"
+    required = parameters.get("required", [])
+    if not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
+        return f"`parameters.required` must be a list of parameter names, not {_shown(required)}"
+    return None
+
+
 def _items(questions: str, answers: str | None, where: str, category: str | None) -> list[BfclItem]:
     truth = {doc["id"]: doc.get("ground_truth") for _, doc in _lines(answers, where + " (answers)")} if answers else {}
     items = []
@@ -231,9 +250,14 @@ def _items(questions: str, answers: str | None, where: str, category: str | None
         turns, functions = doc.get("question"), doc.get("function")
         if not (isinstance(turns, list) and turns and isinstance(turns[0], list) and turns[0]):
             raise DatasetError(f"{at}: `question` must be a list of turns, each a list of messages")
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in turns[0]):
+            raise DatasetError(f"{at}: `question` must hold chat messages with a `role`")
         if not (isinstance(functions, list) and all(isinstance(f, dict) and isinstance(f.get("name"), str)
                                                     for f in functions)):
             raise DatasetError(f"{at}: `function` must be a list of function documents with a `name`")
+        for f in functions:
+            if (why := _parameters_problem(f.get("parameters", {}))) is not None:
+                raise DatasetError(f"{at}: {f['name']}: {why}")
         kind = category or category_of(doc["id"])
         if (why := unsupported([kind])) is not None:
             raise DatasetError(f"{at}: {doc['id']} is in {why}")
@@ -321,10 +345,16 @@ def decode_calls(tool_calls: Iterable[Mapping[str, Any]] | None) -> list[dict[st
     JSON object (BFCL: a decoder failure, graded wrong)."""
     out = []
     for call in tool_calls or ():
+        if not isinstance(call, Mapping) or not isinstance(call.get("function") or {}, Mapping):
+            # A call of another shape is what BFCL's decoder fails on too: graded wrong, not a crash.
+            raise ValueError(f"a tool call whose `function` is not an object: {_shown(call)}")
         fn = call.get("function") or {}
         raw = fn.get("arguments")
         # `""` is a decoder failure, as BFCL's own json.loads makes it (right on irrelevance, wrong elsewhere).
-        args = raw if isinstance(raw, dict) else json.loads(raw) if isinstance(raw, str) else None
+        try:
+            args = raw if isinstance(raw, dict) else json.loads(raw) if isinstance(raw, str) else None
+        except RecursionError:  # nested deeper than the decoder's stack: a degenerate reply, not a JSON object
+            raise ValueError(f"arguments of {fn.get('name')!r} are nested too deeply") from None
         if not isinstance(args, dict):
             raise ValueError(f"arguments of {fn.get('name')!r} are not a JSON object")
         out.append({str(fn.get("name") or ""): args})
@@ -375,7 +405,10 @@ def schema_problems(item: BfclItem, tool_calls: Iterable[Mapping[str, Any]] | No
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in item.tools}
     problems = []
     for call in tool_calls or ():
-        fn = call.get("function") or {}
+        fn = (call.get("function") if isinstance(call, Mapping) else None) or {}
+        if not isinstance(fn, Mapping):
+            problems.append(f"{_shown(fn)}: not a declared tool")
+            continue
         name = str(fn.get("name") or "")
         if name not in schemas:
             problems.append(f"{name}: not a declared tool")
@@ -383,7 +416,7 @@ def schema_problems(item: BfclItem, tool_calls: Iterable[Mapping[str, Any]] | No
         try:
             args = json.loads(fn.get("arguments") or "{}") if isinstance(fn.get("arguments"), str) else fn.get(
                 "arguments")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder's stack
             problems.append(f"{name}: arguments are not JSON")
             continue
         validator = jsonschema.Draft202012Validator(schemas[name], registry=Registry())

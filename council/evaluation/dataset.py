@@ -92,7 +92,7 @@ def load_items(path: Path | str) -> list[Item]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{file}:1: cannot read the file: {exc}") from None
     items = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # not `splitlines`: JSON keeps U+2028 raw
         if not line.strip():
             continue
         where = f"{file}:{number}"

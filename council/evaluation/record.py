@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from council.errors import CouncilError
 from council.evaluation.bfcl import BfclItem
@@ -25,30 +26,47 @@ from council.voting.engine import CouncilAnswer, CouncilEngine, QuorumError, Req
 from council.voting.request import CouncilRequest
 
 
+def _calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for call in calls:
+        if not isinstance(call.get("function", {}), dict):
+            raise ValueError("a tool call's `function` must be an object (`name`, `arguments`), as OpenAI sends it")
+    return calls
+
+
+# A member's probability of its answer: 0 is possible (the router rounds to 6 places, and a long reply's geometric
+# mean can underflow), above 1 or below 0 is not.
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
 class MemberAnswer(BaseModel):
-    """One member's reply to one item."""
+    """One member's reply to one item. Its numbers are bounded as a live council's are (a ballot in `council tally`
+    too): a record edited by hand or merged from another tool with a NaN weight or a negative confidence is refused
+    as not a record, where scoring it died in the vote."""
+
+    # pydantic's JSON parser reads `NaN` and `Infinity`; no recorded number means anything as either.
+    model_config = ConfigDict(allow_inf_nan=False)
 
     member: str
     model: str
     status: str  # ok | timeout | error
     text: str | None = None
-    weight: float = 1.0
-    latency_ms: float = 0.0
-    completion_tokens: int = 0
-    prompt_tokens: int = 0
-    confidence: float | None = None  # its probability of its answer, from token logprobs
+    weight: float = Field(default=1.0, gt=0)
+    latency_ms: float = Field(default=0.0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    prompt_tokens: int = Field(default=0, ge=0)
+    confidence: Probability | None = None  # its probability of its answer, from token logprobs
     # Its mean token logprob, which the tie-break rule `logprob` reads; absent (not in `model_fields_set`) in records
     # made before it was kept, where the replay cannot break a tie as the live council did (`logprob_known`).
-    logprob: float | None = None
-    signals: dict[str, float] | None = None  # every confidence signal (answer, reply, tail)
+    logprob: float | None = Field(default=None, le=0)
+    signals: dict[str, Probability] | None = None  # every confidence signal (answer, reply, tail)
     error: str | None = None
     # Why generation ended (`length`: cut off by max_tokens) and the seat's max_tokens; records from before they
     # were kept have neither (`score.with_caps` fills max_tokens from the policy).
     finish_reason: str | None = None
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
     # The seat's tool calls as OpenAI sends them (`function.name`, `function.arguments` as a JSON string), when it
     # made any: a function-calling answer is its set of calls.
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: Annotated[list[dict[str, Any]], AfterValidator(_calls)] | None = None
     recovered: bool = False  # the calls were written as text and recovered (`calls.with_recovered_calls`)
 
     @property
@@ -67,11 +85,13 @@ class MemberAnswer(BaseModel):
 class ItemRecord(BaseModel):
     """Every member's answer to one item, with the reference and the item's wall time."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     index: int
     line: int
     question: str
     reference: str
-    wall_ms: float
+    wall_ms: float = Field(ge=0)
     answers: list[MemberAnswer]
     error: str | None = None  # why the council itself could not answer (its members' answers still count)
     # Function-calling data (BFCL): the item's id and category; `reference` is its ground truth as JSON.
@@ -210,7 +230,8 @@ def _numbered_records(path: Path) -> list[tuple[int, ItemRecord]]:
     except UnicodeDecodeError:
         raise RecordError(f"{path}: not UTF-8 text") from None
     out = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" alone: a reply may hold U+2028 or U+0085, which JSON keeps raw and `splitlines` would cut.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -277,7 +298,7 @@ def drop_asked_again(path: Path, items: Sequence[AnyItem], done: Mapping[int, It
         return {}
     dropped: dict[int, str] = {}
     kept = []
-    for line in path.read_text().splitlines(keepends=True):
+    for line in re.findall(r"[^\n]*\n|[^\n]+\Z", path.read_text()):  # at "\n" alone, as `_numbered_records`
         record = ItemRecord.model_validate_json(line) if line.strip() else None
         if record is not None and (record.index, record.item_id) in again:
             dropped[record.index] = line.rstrip("\n")
@@ -285,6 +306,8 @@ def drop_asked_again(path: Path, items: Sequence[AnyItem], done: Mapping[int, It
             kept.append(line)
     if not dropped:
         return {}
+    if kept and not kept[-1].endswith("\n"):
+        kept[-1] += "\n"  # a last line left unended (a cut run, a hand edit): the next append starts its own line
     handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as file:
@@ -352,6 +375,15 @@ def _short(text: str, size: int = 60) -> str:
     return repr(text if len(text) <= size else text[:size - 1] + "…")
 
 
+def _ends_a_line(path: Path) -> bool:
+    """Whether the file is empty or ends with a newline: what is appended then starts a line of its own."""
+    with path.open("rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return True
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
+
+
 async def record_items(ask: Asker, items: Sequence[AnyItem], *, concurrency: int = 1, append_to: Path | None = None,
                        on_record: Callable[[ItemRecord], None] | None = None,
                        done: dict[int, ItemRecord] | None = None,
@@ -366,8 +398,12 @@ async def record_items(ask: Asker, items: Sequence[AnyItem], *, concurrency: int
         replacing = drop_asked_again(append_to, items, done) if append_to is not None else {}
     gate = asyncio.Semaphore(concurrency)
     sink = append_to.open("a") if append_to is not None else None
+    # A file whose last record has no newline (a run cut between the record and its "\n", a hand edit) still reads;
+    # the first new record must not be glued onto that line, which no later run could read.
+    unended = append_to is not None and not _ends_a_line(append_to)
 
     async def one(item: Item) -> ItemRecord:
+        nonlocal unended
         item_id = _item_id(item)
         if item.index in done:
             record = done[item.index]
@@ -385,7 +421,8 @@ async def record_items(ask: Asker, items: Sequence[AnyItem], *, concurrency: int
             line = record.model_dump_json() if any(a.status == "ok" for a in record.answers) else \
                 replacing.get(item.index)
             if sink is not None and line is not None:
-                sink.write(line + "\n")
+                sink.write(("\n" if unended else "") + line + "\n")
+                unended = False
                 sink.flush()
         if on_record is not None:
             on_record(record)

@@ -125,6 +125,7 @@ def test_an_edit_through_an_alias_writes_this_places_own_copy() -> None:
     ('["one prompt",\n "two", oops]', ":2: not valid JSON (Expecting value)"),
     ('[1, 2]', ": a JSON prompts file must be a list of strings"),
     ("\n\n  \n", " holds no prompts"),
+    ("[" * 100_000 + "]" * 100_000, ": not valid JSON (nested too deeply)"),  # was a RecursionError traceback
 ])
 def test_a_bad_prompts_file_is_one_line_naming_it(tmp_path: Path, syn: Path, content: str | None, says: str) -> None:
     from council.cli.tune_command import _prompts

@@ -231,3 +231,15 @@ def test_categories_the_grader_does_not_implement_are_refused(wheel: Path, tmp_p
         load_bfcl(tmp_path / "mine.json")
     assert {i.category for i in load_bfcl(wheel, ("live_multiple", "live_irrelevance"))} == {
         "live_multiple", "live_irrelevance"}
+
+
+def test_calls_of_another_shape_or_nested_too_deep_are_a_decoder_failure(items: list[BfclItem]) -> None:
+    # A `function` that is a string raised AttributeError, and arguments nested deeper than the decoder's stack
+    # RecursionError, out of the grader: `council eval` died with a traceback instead of grading the answer wrong.
+    item = by_id(items, "simple_python_0")
+    deep = {"type": "function", "function": {"name": "calculate_triangle_area", "arguments": "[" * 3000 + "]" * 3000}}
+    for calls in ([{"type": "function", "function": "calculate_triangle_area"}], ["calculate_triangle_area"], [deep]):
+        verdict = grade(item, calls)  # type: ignore[arg-type]
+        assert not verdict.valid and verdict.error_type == "ast_decoder:decoder_failed", calls
+    assert schema_problems(item, [deep]) == ["calculate_triangle_area: arguments are not JSON"]
+    assert grade(by_id(items, "irrelevance_0"), [deep]).valid  # no call decoded: right where no call is due

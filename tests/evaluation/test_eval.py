@@ -109,15 +109,31 @@ def test_bad_data_files_exit_2_naming_the_line(tmp_path: Path, syn: Path, lines:
     assert result.stderr.strip().count("\n") == 0 and f"{data}{says}" in result.stderr, result.stderr
 
 
+def bfcl_line(question: object = None, parameters: object = None) -> bytes:
+    """One BFCL question line, its messages or its function's `parameters` as given."""
+    function = {"name": "area", **({"parameters": parameters} if parameters is not None else {})}
+    return json.dumps({"id": "simple_python_0", "question": question or [[{"role": "user", "content": "area?"}]],
+                       "function": [function]}).encode() + b"\n"
+
+
 @pytest.mark.parametrize(("content", "fmt", "says"), [
     (b"\x8b\x00 not text", "bfcl", ":1: cannot read the file: 'utf-8' codec can't decode byte 0x8b"),
     (b"[" * 100_000 + b"]" * 100_000 + b"\n", "auto", ":1: not valid JSON: maximum recursion depth exceeded"),
     (b"[" * 100_000 + b"]" * 100_000 + b"\n", "bfcl", ":1: not valid JSON: maximum recursion depth exceeded"),
-], ids=["not UTF-8 as bfcl", "too deep, auto", "too deep as bfcl"])
+    (bfcl_line([["What is the area?"]]), "auto", ":1: `question` must hold chat messages with a `role`"),
+    (bfcl_line(parameters=["base", "height"]), "bfcl",
+     ":1: area: `parameters` must be an object (a JSON Schema), not ['base', 'height']"),
+    (bfcl_line(parameters={"type": "dict", "properties": {"base": "integer"}}), "bfcl",
+     ":1: area: `parameters.properties` must be an object of parameter objects, not {'base': 'integer'}"),
+    (bfcl_line(parameters={"type": "dict", "properties": {}, "required": "base"}), "bfcl",
+     ":1: area: `parameters.required` must be a list of parameter names, not 'base'"),
+], ids=["not UTF-8 as bfcl", "too deep, auto", "too deep as bfcl", "a message that is a string",
+        "parameters a list", "properties of strings", "required a string"])
 def test_bfcl_data_that_cannot_be_read_exits_2_naming_the_line(tmp_path: Path, syn: Path, content: bytes, fmt: str,
                                                         says: str) -> None:
     # BFCL's loader (and its sniffing under --format auto) let UnicodeDecodeError and RecursionError out as
-    # tracebacks, exit 1, where the QA loader names the line.
+    # tracebacks, exit 1, where the QA loader names the line; so were a message that is not an object (`dict(m)`)
+    # and a `parameters` that is not one (spread into the tool), and the grader read `properties` and `required`.
     policy = tmp_path / "policy.yaml"
     policy.write_text(council_policy(syn))
     data = tmp_path / "data.jsonl"
@@ -527,3 +543,82 @@ def test_a_resumed_record_asks_again_the_items_a_seat_did_not_answer(tmp_path: P
         result = run_cli("eval", str(policy), "trio", str(data), "--record", str(record), "--url", url)
         assert result.returncode == 0, result.stderr
         assert len(posted) == 1 and record.read_text() == before and "asking" not in result.stdout
+
+
+def remote_trio(tmp_path: Path) -> Path:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_yaml({"m": {"remote": {"model": "openai/x"}}},
+                                  {"trio": {"members": [{"model": "m", "name": n} for n in "abc"],
+                                            "vote": {"strategy": "confidence", "extract": "text"}}}))
+    return policy
+
+
+@pytest.mark.parametrize(("changed", "says"), [
+    ({"weight": float("nan")}, "answers.1.weight: Input should be a finite number"),
+    ({"weight": 0}, "answers.1.weight: Input should be greater than 0"),
+    ({"latency_ms": -5.0}, "answers.1.latency_ms: Input should be greater than or equal to 0"),
+    ({"confidence": 1.5}, "answers.1.confidence: Input should be less than or equal to 1"),
+    ({"signals": {"tail": -1.0, "answer": 0.5, "reply": 0.5}},
+     "answers.1.signals.tail: Input should be greater than or equal to 0"),
+    ({"logprob": 0.5}, "answers.1.logprob: Input should be less than or equal to 0"),
+    ({"tool_calls": [{"type": "function", "function": "f"}]},
+     "answers.1.tool_calls: Value error, a tool call's `function` must be an object"),
+], ids=["NaN weight", "zero weight", "negative latency", "confidence over 1", "negative signal", "positive logprob",
+        "function a string"])
+def test_a_record_of_values_no_council_writes_is_not_a_record(tmp_path: Path, changed: dict[str, object],
+                                                             says: str) -> None:
+    # Such a line validated (only types were checked), then scoring it died in the vote: a traceback, exit 1, no
+    # report. Nothing listens at the URL: nothing is asked, every item being recorded.
+    policy = remote_trio(tmp_path)
+    data = write(tmp_path / "data.jsonl", [{"question": "q0", "answer": "x"}, {"question": "q1", "answer": "y"}])
+    seats = [{"member": n, "model": "m", "status": "ok", "text": "x", "confidence": 0.5,
+              "signals": {"tail": 0.5, "answer": 0.5, "reply": 0.5}} for n in "abc"]
+    first = {"index": 0, "line": 1, "question": "q0", "reference": "x", "wall_ms": 1.0, "answers": seats}
+    second = {**first, "index": 1, "line": 2, "question": "q1", "reference": "y",
+              "answers": [seats[0], {**seats[1], **changed}, seats[2]]}
+    record = write(tmp_path / "r.jsonl", [first, second])
+    report = tmp_path / "report.json"
+    result = run_cli("eval", str(policy), "trio", str(data), "--record", str(record), "--url", "http://127.0.0.1:9",
+                     "--json", str(report))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {record}:2: not a record ({says}") and \
+        result.stderr.strip().count("\n") == 0, result.stderr
+    assert not report.exists()
+    # The same answers with the values a council writes are scored (0 confidence: the router rounds to 6 places).
+    write(record, [first, {**second, "answers": [seats[0], {**seats[1], "confidence": 0.0}, seats[2]]}])
+    result = run_cli("eval", str(policy), "trio", str(data), "--record", str(record), "--url", "http://127.0.0.1:9",
+                     "--json", str(report))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(report.read_text())["items"] == 2
+
+
+def test_recorded_tool_calls_of_any_shape_or_depth_are_graded_not_a_crash(tmp_path: Path) -> None:
+    # Arguments nested deeper than the JSON decoder's stack (a degenerate reply, which a live run records) raised
+    # RecursionError out of the grader: a traceback, exit 1, no report. They are a decoder failure, as BFCL has it.
+    policy = remote_trio(tmp_path)
+    data = tmp_path / "BFCL_v4_simple_python.json"
+    (tmp_path / "possible_answer").mkdir()
+    data.write_text(json.dumps({"id": "simple_python_0", "question": [[{"role": "user", "content": "area?"}]],
+                                "function": [{"name": "area", "parameters": {
+                                    "type": "dict", "properties": {"base": {"type": "integer"}},
+                                    "required": ["base"]}}]}) + "\n")
+    (tmp_path / "possible_answer" / data.name).write_text(
+        json.dumps({"id": "simple_python_0", "ground_truth": [{"area": {"base": [10]}}]}) + "\n")
+
+    def called(arguments: object) -> dict[str, object]:
+        return {"type": "function", "function": {"name": "area", "arguments": arguments}}
+
+    answers = [called("[" * 3000 + "]" * 3000), called('{"base": ' + "[" * 3000 + "]" * 3000 + "}"),
+               called(json.dumps({"base": 10}))]
+    reference = json.dumps([{"area": {"base": [10]}}], separators=(",", ":"))
+    seats = [{"member": n, "model": "m", "status": "ok", "text": "", "tool_calls": [call]}
+             for n, call in zip("abc", answers, strict=True)]
+    record = write(tmp_path / "r.jsonl", [{"index": 0, "line": 1, "question": "area?", "reference": reference,
+                                           "wall_ms": 1.0, "item_id": "simple_python_0", "category": "simple_python",
+                                           "answers": seats}])
+    report = tmp_path / "report.json"
+    result = run_cli("eval", str(policy), "trio", str(data), "--record", str(record), "--url", "http://127.0.0.1:9",
+                     "--json", str(report))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(report.read_text())
+    assert [(m["name"], m["categories"][-1]["correct"]) for m in doc["members"]] == [("a", 0), ("b", 0), ("c", 1)]

@@ -159,3 +159,53 @@ def test_an_item_a_seat_did_not_answer_is_asked_again_and_its_line_replaced(tmp_
     assert asked == [1, 1, 1] and statuses() == [(0, ["ok", "ok"]), (1, ["ok", "ok"])]
     asyncio.run(record_items(ask, items, append_to=path))
     assert asked == [1, 1, 1]
+
+
+def test_answers_appended_after_a_last_line_without_a_newline_start_their_own_line(tmp_path: Path) -> None:
+    # A last record without its "\n" (a run cut between the two, a file trimmed by hand) read fine, but the next
+    # answers were appended onto that line: the file could no longer be read, the next run refused it.
+    items = data(tmp_path)
+    path = tmp_path / "r.jsonl"
+    path.write_text(recorded(items[0]))
+
+    async def ask(item: AnyItem) -> tuple[list[MemberAnswer], str | None]:
+        return [MemberAnswer(member="c/0", model="m", status="ok", text="6")], None
+
+    asyncio.run(record_items(ask, items, append_to=path))
+    lines = path.read_text().split("\n")
+    assert lines[0] == recorded(items[0]) and len(lines) == 3 and lines[2] == ""  # one record a line, ended
+    assert [r.answers[0].text for r in read_records(path).values()] == ["4", "6"]
+    # Where the unended last line is an item asked again, the line before it ends the kept part of the file.
+    hiccup = seated(items[1], "c/0").model_copy(update={"answers": [
+        MemberAnswer(member="c/0", model="m", status="timeout")]})
+    path.write_text(recorded(items[0]) + "\n" + hiccup.model_dump_json())
+    asyncio.run(record_items(ask, items, append_to=path))
+    assert [[a.status for a in r.answers] for r in read_records(path).values()] == [["ok"], ["ok"]]
+    assert path.read_text().count("\n") == 2 and path.read_text().endswith("\n")
+    # And where it is kept, the item asked again starts a line of its own after it.
+    path.write_text(hiccup.model_dump_json() + "\n" + recorded(items[0]))
+    asyncio.run(record_items(ask, items, append_to=path))
+    assert [(i, [a.status for a in r.answers]) for i, r in read_records(path).items()] == [(0, ["ok"]), (1, ["ok"])]
+    assert path.read_text().splitlines()[0] == recorded(items[0]) and path.read_text().count("\n") == 2
+
+
+def test_a_reply_holding_a_unicode_line_separator_is_one_record_line(tmp_path: Path) -> None:
+    """JSON keeps U+2028, U+2029 and U+0085 raw in a string, and `splitlines` cut a line there: a recording whose
+    reply held one (a model may write it) was refused as not a record by the next run."""
+    items = data(tmp_path)
+    path = tmp_path / "r.jsonl"
+    reply = "four\u2028that is 4\x85\u2029done"
+
+    async def ask(item: AnyItem) -> tuple[list[MemberAnswer], str | None]:
+        return [MemberAnswer(member="c/0", model="m", status="ok", text=reply if item.index == 0 else "6")], None
+
+    asyncio.run(record_items(ask, items[:1], append_to=path))
+    assert "\u2028" in path.read_text()  # written raw, as JSON allows
+    assert [r.answers[0].text for r in read_records(path).values()] == [reply]
+    assert list(resumable(path, items)) == [0]
+    # asked again (its seat failed): the rewrite keeps the other lines whole
+    failed = seated(items[1], "c/0").model_copy(update={"answers": [MemberAnswer(member="c/0", model="m",
+                                                                                 status="timeout")]})
+    path.write_text(path.read_text() + failed.model_dump_json() + "\n")
+    asyncio.run(record_items(ask, items, append_to=path))
+    assert [r.answers[0].text for r in read_records(path).values()] == [reply, "6"]
