@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import stat
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from council.errors import CouncilError
 from council.evaluation.bfcl import BfclItem
 from council.evaluation.dataset import Item
+from council.paths import write_whole
 from council.voting.engine import CouncilAnswer, CouncilEngine, QuorumError, RequestRejected, SeatOutcome
 from council.voting.request import CouncilRequest
 
@@ -308,14 +307,7 @@ def drop_asked_again(path: Path, items: Sequence[AnyItem], done: Mapping[int, It
         return {}
     if kept and not kept[-1].endswith("\n"):
         kept[-1] += "\n"  # a last line left unended (a cut run, a hand edit): the next append starts its own line
-    handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            os.fchmod(file.fileno(), stat.S_IMODE(path.stat().st_mode))
-            file.writelines(kept)
-        Path(name).replace(path)
-    finally:
-        Path(name).unlink(missing_ok=True)
+    write_whole(path, "".join(kept))  # its mode kept, the old file whole if the write fails
     return dict(sorted(dropped.items()))
 
 
