@@ -520,3 +520,31 @@ async def test_a_members_log_route_takes_its_name_encoded_segment_by_segment(tmp
         assert reply.json()["name"] == name
         # Unencoded, `#` ends the path and `?` starts a query: another member's log, or none.
         assert (await http.get(f"/admin/members/{name}/log")).status_code == 404
+
+
+async def test_every_sdk_sees_a_tool_declared_twice_refused_as_invalid_tools(tmp_path: Path) -> None:
+    """Two tools of one name: the openai SDK (chat and Responses) and the anthropic SDK each raise their own 400
+    error naming the tool, before any seat is asked (the seats' processes are not even running here)."""
+    import anthropic
+    import httpx2
+    import openai
+
+    router = _router(tmp_path)
+    app = create_app(router)
+    twice = [CHAT_TOOL, {"type": "function", "function": {**WEATHER, "description": "another"}}]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://council") as http, \
+            httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://council") as http2:
+        sdk = openai.AsyncOpenAI(api_key=KEY, base_url="http://council/v1", http_client=http, max_retries=0)
+        with pytest.raises(openai.BadRequestError) as chat:
+            await sdk.chat.completions.create(model="c", messages=USER, tools=twice)  # type: ignore[arg-type]
+        with pytest.raises(openai.BadRequestError) as responses:
+            await sdk.responses.create(model="c", input="x", tools=[{"type": "function", **t["function"]}
+                                                                    for t in twice])  # type: ignore[misc]
+        claude = anthropic.AsyncAnthropic(api_key=KEY, base_url="http://council", http_client=http2, max_retries=0)
+        with pytest.raises(anthropic.BadRequestError) as messages:
+            await claude.messages.create(model="c", max_tokens=16, messages=USER,  # type: ignore[arg-type]
+                                         tools=[ANTHROPIC_TOOL, {**ANTHROPIC_TOOL, "description": "another"}])
+    for caught in (chat, responses):
+        assert caught.value.code == "invalid_tools" and "declares function 'get_weather' twice" in caught.value.message
+    error = messages.value.body["error"]  # type: ignore[index]
+    assert error["type"] == "invalid_request_error" and "declares tool 'get_weather' twice" in error["message"]
