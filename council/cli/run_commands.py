@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -147,7 +146,7 @@ def serve(
     from council.members.process import LifeConfig
     from council.paths import council_home
     from council.server.app import create_app
-    from council.server.auth import MAKE_A_KEY, KeyRing, is_loopback, weak_secret
+    from council.server.auth import MAKE_A_KEY, KeyRing, env_secret, is_loopback, weak_secret
     from council.server.router import open_router
 
     loaded = load_or_exit(policy)
@@ -165,7 +164,7 @@ def serve(
         # Beyond loopback a guessable key (the examples' `change-me`) is no lock; the cluster key opens every
         # member's /internal endpoint here.
         weak = list(keys.weak)
-        cluster_key = os.environ.get(settings.cluster_key_env)
+        cluster_key = env_secret(settings.cluster_key_env)
         if cluster_key and (why := weak_secret(cluster_key)) is not None:
             weak.append(f"${settings.cluster_key_env} (the cluster key) {why}")
         if weak:
@@ -176,7 +175,7 @@ def serve(
         raise fail(f"--role must be both, host or router, not {role!r}", 2)
     if role != "both" and loaded.policy.state == "memory":
         raise fail(f"--role {role} shares members through the registry: set `state: redis://...`", 2)
-    if role != "both" and not os.environ.get(settings.cluster_key_env):
+    if role != "both" and env_secret(settings.cluster_key_env) is None:
         # Without it a host publishes entries no router trusts and a router calls no host: seats that never come,
         # and nothing said why.
         raise fail(f"--role {role} calls members across hosts with the cluster key: set ${settings.cluster_key_env}, "

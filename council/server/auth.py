@@ -68,6 +68,13 @@ MAKE_A_KEY = ("make one with `openssl rand -hex 32` "
               "(or `python3 -c 'import secrets; print(secrets.token_hex(32))'`)")
 
 
+def env_secret(name: str) -> str | None:
+    """A key from the environment without its surrounding whitespace, or None if unset or blank: a Secret mounted
+    from a file (`kubectl create secret --from-file`) often ends in a newline, which no `Authorization` header
+    carries: such a key matched no client, and a cluster key signed entries no peer without it could verify."""
+    return (os.environ.get(name) or "").strip() or None
+
+
 def weak_secret(secret: str) -> str | None:
     """Why `secret` is too weak to guard a router bound beyond loopback, or None."""
     if any(p in secret.lower() for p in PLACEHOLDERS):
@@ -112,8 +119,8 @@ class KeyRing:
         self.weak: list[str] = []  # keys too weak for a public bind (`serve` and a reload refuse them there)
         for key in keys:
             if key.env is not None:
-                secret = os.environ.get(key.env)
-                if not secret:
+                secret = env_secret(key.env)
+                if secret is None:
                     self.missing_env.append(f"{key.name}: ${key.env} is not set")
                     continue
                 digest = hashlib.sha256(secret.encode()).digest()

@@ -33,7 +33,7 @@ from council.plan.planner import PolicyPlan, plan_policy
 from council.policy.checks import environment_problems
 from council.policy.loading import LoadedPolicy, PolicyError, Problem, load_policy
 from council.policy.schema import Policy
-from council.server.auth import MAKE_A_KEY, KeyRing
+from council.server.auth import MAKE_A_KEY, KeyRing, env_secret
 from council.server.events import EventBus
 from council.server.history import History, point_json
 from council.server.limits import Limits
@@ -270,7 +270,7 @@ class Router:
         self.keys = KeyRing(policy.server.api_keys)
         self.public = False  # bound beyond loopback (`serve` says): a reload may not leave it without keys
         self.registry = Registry(state, policy.server.heartbeat,
-                                 os.environ.get(policy.server.cluster_key_env) or None)
+                                 env_secret(policy.server.cluster_key_env))
         self.limits = Limits(metrics, state, self.shared, policy.server.max_queue)
         self.ballots = BallotStore(policy.server.ballots)
         self.assembly: Assembly | None = None

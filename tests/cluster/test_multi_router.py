@@ -242,7 +242,10 @@ def test_a_router_answers_with_members_on_another_host_and_drops_a_dead_host(
             log = (workdir / "serve.log").open("wb")
             proc = subprocess.Popen([sys.executable, "-m", "council", "serve", str(workdir / "policy.yaml"),
                                      "--port", str(port), "--role", role], stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **env, "COUNCIL_HOME": str(workdir)})
+                                    # the host's key as a Secret mounted from a file holds it (a newline
+                                    # at its end), the router's without: they are one key all the same
+                                    env={**os.environ, **env, "COUNCIL_HOME": str(workdir),
+                                         **({"COUNCIL_CLUSTER_KEY": "cluster-secret-42\n"} if role == "host" else {})})
             procs.append(proc)
             hosts[role] = f"http://127.0.0.1:{port}"
 

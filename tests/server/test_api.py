@@ -175,7 +175,8 @@ def test_models_health_readiness_admin_and_metrics(open_server: CouncilServer) -
 def test_auth_keys_scopes_and_errors(serve: Callable[..., CouncilServer], syn: Path) -> None:
     digest = hashlib.sha256(CHAT_KEY.encode()).hexdigest()
     keys = [{"name": "app", "sha256": digest}, {"name": "ops", "env": "ADMIN_KEY", "scopes": ["chat", "admin"]}]
-    server = serve(policy(syn, api_keys=keys), env={"ADMIN_KEY": ADMIN_KEY})
+    # as a Secret mounted from a file holds it, newline and all: a client sends the key without one
+    server = serve(policy(syn, api_keys=keys), env={"ADMIN_KEY": f"{ADMIN_KEY}\n"})
     url = f"{server.url}/v1/chat/completions"
     body = {"model": "alphabet", "messages": [{"role": "user", "content": "go"}]}
     missing = httpx.post(url, json=body)
