@@ -21,7 +21,7 @@ from council.server.limits import Limited
 from council.server.requests import BadRequest
 from council.server.router import ReloadError
 from council.voting.client import MemberFailed, MemberUnavailable
-from council.voting.engine import QuorumError, RequestRejected
+from council.voting.engine import NoValidAnswer, QuorumError, RequestRejected
 
 OVERHEAD_HEADER = "x-council-overhead-ms"
 CLIENT_GONE = 499  # what the metrics count for a client that went away before its answer (nginx's code)
@@ -80,6 +80,7 @@ STATUSES: tuple[tuple[type[CouncilError], int, str | None], ...] = (
     (AuthError, 401, None),
     (Limited, 429, None),
     (MemberFailed, 502, "member_error"),
+    (NoValidAnswer, 502, "no_valid_answer"),
     (QuorumError, 503, "quorum_not_met"),
     (MemberUnavailable, 503, "no_ready_member"),
     (StateError, 503, "state_unavailable"),
@@ -100,6 +101,9 @@ def status_of(exc: CouncilError) -> tuple[int, str, dict[str, str]]:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     if isinstance(exc, Limited):
         headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, NoValidAnswer) and not exc.retry:
+        # The openai and anthropic SDKs retry a 5xx twice unless told: the same seats would answer alike.
+        headers["x-should-retry"] = "false"
     return status, code, headers
 
 

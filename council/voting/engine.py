@@ -29,6 +29,7 @@ from council.voting.extract import canonical_tool_call, extract, extract_cut
 from council.voting.lanes import Call, Rates, group_calls, lanes
 from council.voting.request import CouncilRequest, dumps
 from council.voting.tools import (
+    CUT_OFF_CALL,
     ToolAnswer,
     Toolbox,
     ToolDecision,
@@ -126,6 +127,16 @@ class QuorumError(CouncilError, RuntimeError):
     def __init__(self, council: str, message: str, outcomes: list[SeatOutcome]) -> None:
         super().__init__(f"council {council}: {message}")
         self.outcomes = outcomes
+
+
+class NoValidAnswer(QuorumError):
+    """Enough seats answered, and every answer abstained (calls that fail their schema, nothing to extract): the
+    replies were unusable, not too few. `retry`: whether asking again may help (a seat failed; otherwise the same
+    seats asked the same question answer alike: greedy, or a seed mixed with the question)."""
+
+    def __init__(self, council: str, message: str, outcomes: list[SeatOutcome]) -> None:
+        super().__init__(council, message, outcomes)
+        self.retry = any(o.reply.status in ("timeout", "error") for o in outcomes)
 
 
 class RequestRejected(CouncilError, ValueError):
@@ -615,11 +626,15 @@ class CouncilEngine:
                 if toolbox is not None:
                     tool_decision = self._decide_tools(ballots, answered, toolbox, decision)
         except VoteError as exc:
-            raise QuorumError(self.name, _abstained(answered) or str(exc), ordered) from None
+            unfinished = _unfinished(answered)
+            if unfinished is None:
+                raise NoValidAnswer(self.name, _abstained(answered) or str(exc), ordered) from None
+            decision, tool_decision = unfinished, None
+        calls = [c.openai() for c in tool_decision.calls] if tool_decision is not None else None
         answer = CouncilAnswer(id=f"chatcmpl-{uuid.uuid4().hex}", council=self.name, strategy=vote.strategy,
                                decision=decision, outcomes=ordered, early_stop=collected.early,
                                judge_fallback=judge_fallback, stage=collected.stage, stages=collected.stages,
-                               tool_calls=None if tool_decision is None else [c.openai() for c in tool_decision.calls],
+                               tool_calls=[] if calls is None and toolbox is not None else calls,
                                tool_decision=tool_decision, tools=tuple(request.tools),
                                tool_choice=request.members_payload.get("tool_choice"), judge=judged,
                                parallel_tool_calls=toolbox is None or toolbox.parallel)
@@ -665,7 +680,7 @@ class CouncilEngine:
         asked (`owner`), which travels with it (a shared store's copy too) so every router can tell who may read it."""
         vote = self.config.vote
         tools = {"tools": list(answer.tools), "tool_choice": answer.tool_choice, "tool_vote_mode": vote.tools,
-                 "recover_tool_calls": vote.recover_tool_calls} if answer.tool_decision is not None else {}
+                 "recover_tool_calls": vote.recover_tool_calls} if answer.tool_calls is not None else {}
         if tools and not answer.parallel_tool_calls:
             tools["parallel_tool_calls"] = False
         return {"id": answer.id, "created": int(time.time()), **({"owner": owner} if owner is not None else {}),
@@ -690,14 +705,23 @@ def _calls_record(outcome: SeatOutcome) -> dict[str, Any]:
             **({"abstained": outcome.abstained} if outcome.abstained else {})}
 
 
+def _unfinished(answered: list[SeatOutcome]) -> Decision | None:
+    """Where every reply was cut off by max_tokens before it stated an answer or finished its calls: the first
+    seat's unfinished reply as the council's, which nobody voted for (its `finish_reason` is `length`, as a single
+    model's would be; an agent's SDK acts on that, where an error reads as an outage and is retried as it was)."""
+    if not answered or any(o.abstained not in (CUT_OFF, CUT_OFF_CALL) for o in answered):
+        return None
+    first = answered[0]
+    return Decision(answer=None, agreement=0.0, votes={}, winner_members=(), tie_broken_by=None,
+                    text=first.reply.text, speaker=first.seat.name)
+
+
 def _abstained(answered: list[SeatOutcome]) -> str | None:
     """Why every reply abstained, when max_tokens (or, with tools, invalid calls) is the reason: the caller can act
-    on it."""
-    cut = sum(o.abstained == CUT_OFF for o in answered)
+    on it (every reply cut off is an unfinished answer, not this error)."""
+    cut = sum(o.abstained in (CUT_OFF, CUT_OFF_CALL) for o in answered)
     if not cut:
         why = [f"{o.seat.name}: {o.abstained}" for o in answered if o.abstained]  # invalid tool calls, say
         return "every seat abstained: " + "; ".join(why) if len(why) == len(answered) else None
-    if cut == len(answered):
-        return "every reply was cut off by max_tokens before a final answer; raise max_tokens"
-    return (f"every seat abstained: {cut} of {len(answered)} replies were cut off by max_tokens before a final "
-            "answer (raise max_tokens), the others had no answer")
+    return (f"every seat abstained: {cut} of {len(answered)} replies were cut off by max_tokens (raise max_tokens), "
+            "the others had no valid answer")

@@ -45,7 +45,7 @@ class Ballot:
 
 @dataclass(frozen=True)
 class Decision:
-    answer: str
+    answer: str | None  # None: nobody voted (every reply was cut off; the speaker's unfinished text is shown)
     agreement: float  # winning weight / weight of all votes cast
     votes: dict[str, float]
     winner_members: tuple[str, ...]

@@ -16,7 +16,6 @@ from tests.servers import CouncilServer
 QWEN05, SMOL = by_name("qwen2.5-coder-0.5b"), by_name("smollm2-135m")
 assert QWEN05 and SMOL
 QUESTION = "Compute 17 times 23. Show the partial products first, then the final answer."
-ALL_CUT = "every reply was cut off by max_tokens before a final answer; raise max_tokens"
 
 
 @pytest.fixture
@@ -48,23 +47,12 @@ def check_answer(finish_reason: str | None, council: dict[str, Any]) -> None:
 
 
 def test_a_council_cut_off_by_max_tokens_says_so(pair: CouncilServer) -> None:
+    """Whether a reply stated an answer (it votes) or none did (the first seat's unfinished reply, voted for by
+    nobody), the council answers `length`, streamed or not, as one model cut off does."""
     client = openai.OpenAI(base_url=f"{pair.url}/v1", api_key="unused", max_retries=0, timeout=300)
-    messages = [{"role": "user", "content": QUESTION}]
-    outcomes = []
-    try:
-        reply = client.chat.completions.create(model="pair", messages=messages, max_tokens=12)
-    except openai.APIStatusError as exc:  # every reply abstained: the error names the cause
-        assert exc.status_code == 503 and ALL_CUT in exc.message, exc.message
-        outcomes.append("error")
-    else:
-        check_answer(reply.choices[0].finish_reason, reply.model_extra["council"])
-        outcomes.append("answer")
-    try:
-        chunks = list(client.chat.completions.create(model="pair", messages=messages, max_tokens=12, stream=True))
-    except openai.APIError as exc:  # the streamed error event
-        assert ALL_CUT in exc.message, exc.message
-        outcomes.append("error")
-    else:
-        check_answer(chunks[-1].choices[0].finish_reason, chunks[-1].model_extra["council"])
-        outcomes.append("answer")
-    assert outcomes[0] == outcomes[1]  # greedy members: both ways end alike
+    messages: list[Any] = [{"role": "user", "content": QUESTION}]
+    reply = client.chat.completions.create(model="pair", messages=messages, max_tokens=12)
+    check_answer(reply.choices[0].finish_reason, reply.model_extra["council"])  # type: ignore[index]
+    chunks = list(client.chat.completions.create(model="pair", messages=messages, max_tokens=12, stream=True))
+    check_answer(chunks[-1].choices[0].finish_reason, chunks[-1].model_extra["council"])  # type: ignore[index]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content  # greedy

@@ -24,6 +24,7 @@ class Say:
     http_status: int | None = None  # a member's own refusal (4xx) or failure (5xx)
     logprobs: dict[str, Any] | None = None
     message: dict[str, Any] | None = None  # the whole message (tool calls), else {"content": text}
+    finish_reason: str | None = None  # `length`: cut off by max_tokens
 
     def reply(self, latency_ms: float) -> MemberReply:
         if self.status != "ok" or self.http_status is not None:
@@ -31,7 +32,8 @@ class Say:
                                http_status=self.http_status, error=f"scripted {self.http_status or self.status}")
         message = self.message or {"role": "assistant", "content": self.text}
         return MemberReply(status="ok", text=self.text, message=message, latency_ms=latency_ms,
-                           prompt_tokens=3, completion_tokens=max(1, len(self.text.split())), logprobs=self.logprobs)
+                           prompt_tokens=3, completion_tokens=max(1, len(self.text.split())), logprobs=self.logprobs,
+                           finish_reason=self.finish_reason)
 
 
 Script = Say | Callable[[Mapping[str, Any]], Say]  # a reply, or one chosen from the payload (a judge's prompt)

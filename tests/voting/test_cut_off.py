@@ -13,7 +13,7 @@ import pytest
 
 from council.policy.schema import CouncilConfig, Sampling
 from council.voting.client import MemberReply, _Choice, reply_from_openai
-from council.voting.engine import CouncilEngine, QuorumError, Seat
+from council.voting.engine import CouncilEngine, NoValidAnswer, Seat
 from council.voting.extract import answer_source, extract, extract_cut
 
 # What a small model wrote when asked "Compute 17 times 23. Show the partial products first, then the final answer."
@@ -112,11 +112,16 @@ def test_a_cut_off_reply_that_stated_its_answer_votes_and_the_council_says_lengt
     assert answer.finish_reason == "length"  # its winning reply is unfinished text
 
 
-def test_every_reply_cut_off_is_an_error_that_says_raise_max_tokens() -> None:
-    with pytest.raises(QuorumError, match="every reply was cut off by max_tokens before a final answer; "
-                                          "raise max_tokens"):
-        ask(council((UNFINISHED, "length"), ("17*23 = 17*20 +", "length")))
-    with pytest.raises(QuorumError, match="1 of 2 replies were cut off by max_tokens"):
+def test_every_reply_cut_off_is_the_first_seats_unfinished_reply_with_finish_reason_length() -> None:
+    """As a single model cut off answers (OpenAI's `length`, Anthropic's `max_tokens`): an agent's SDK acts on
+    that. It was a 503 "raise max_tokens", which the SDKs read as an outage and retried twice, to the same end."""
+    answer = ask(council((UNFINISHED, "length"), ("17*23 = 17*20 +", "length")))
+    assert answer.finish_reason == "length" and answer.message == {"role": "assistant", "content": UNFINISHED}
+    doc = answer.council_json()
+    assert doc["answer"] is None and doc["votes"] == {} and doc["winner_members"] == [] and doc["speaker"] == "c/0"
+    assert [m["abstained"] for m in doc["members"]] == ["cut off by max_tokens before a final answer"] * 2
+    with pytest.raises(NoValidAnswer, match="1 of 2 replies were cut off by max_tokens") as mixed:
         ask(council((UNFINISHED, "length"), ("I'm sorry, I cannot help with that.", "stop")))
-    with pytest.raises(QuorumError, match="every seat abstained: no answer could be extracted"):
+    with pytest.raises(NoValidAnswer, match="every seat abstained: no answer could be extracted") as none:
         ask(council(("no number here", "stop"), ("none here either", "stop")))
+    assert not mixed.value.retry and not none.value.retry  # every seat answered: asking again ends alike

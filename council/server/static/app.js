@@ -427,7 +427,8 @@ function renderBallots() {
 }
 
 function ballotDetails(b) {
-  const meta = [["id", b.id], ["council", b.council], ["strategy", b.strategy], ["answer", b.answer],
+  const meta = [["id", b.id], ["council", b.council], ["strategy", b.strategy],
+    ["answer", b.answer ?? "– (nobody voted: every reply was cut off)"],
     ["agreement", pct(b.agreement)], ["votes", JSON.stringify(b.votes)], ["winners", b.winner_members.join(", ")],
     ["early stop", b.early_stop], ["degraded", b.degraded], ["tie broken by", b.tie_broken_by ?? "–"],
     ["judge fallback", b.judge_fallback]];
