@@ -542,6 +542,13 @@ def test_a_model_is_relayed_whole_and_streamed(alphabet: CouncilServer) -> None:
         final = stream.get_final_message()
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop" and "content_block_delta" in kinds
     assert blocks(final) == blocks(whole) and final.stop_reason == whole.stop_reason
+    # a stop sequence that ended the reply is said (llama-server named it, but said `end_turn`)
+    stopped = client.messages.create(model="syn", max_tokens=6, messages=HELLO, stop_sequences=["d"])  # type: ignore[arg-type]
+    with client.messages.stream(model="syn", max_tokens=6, messages=HELLO, stop_sequences=["d"]) as stream:  # type: ignore[arg-type]
+        streamed = stream.get_final_message()
+    for message in (stopped, streamed):
+        assert (message.stop_reason, message.stop_sequence, blocks(message)) == ("stop_sequence", "d", [
+            {"type": "text", "text": "abc"}])
     # llama-server's own refusal (the prompt is over its context), in Anthropic's shape, whole and streamed
     long = [{"role": "user", "content": "word " * 600}]
     for streamed in (False, True):

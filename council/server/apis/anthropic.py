@@ -535,6 +535,17 @@ def stream_error(status: int, message: str, code: str | None = None) -> bytes:
 RELAY_ERROR_STATUS = {"member_failed": 502, "internal_error": 500}  # the relay's own error events, by code
 
 
+# llama-server (b11434) names the stop sequence that ended a reply but says `end_turn`, in this order, compact; the
+# Messages API says `stop_sequence` then (agents that stop on "Observation:" branch on it). Inside a JSON string a
+# quote is escaped, so only the fields themselves match.
+_ENDED_BY_SEQUENCE = (b'"stop_reason":"end_turn","stop_sequence":"', b'"stop_reason":"stop_sequence","stop_sequence":"')
+
+
+def stop_sequence_said(raw: bytes) -> bytes:
+    """A model's own Messages answer or stream events with `stop_reason: stop_sequence` where a sequence ended it."""
+    return raw.replace(*_ENDED_BY_SEQUENCE)
+
+
 def normalise_event(event: bytes) -> bytes:
     """One event of a model's own Messages stream as the SDK reads it: llama-server sends an `error` event's data in
     OpenAI's shape (`{"code", "message", "type"}`), and the relay ends a stream it could not finish with an unnamed

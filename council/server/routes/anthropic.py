@@ -112,6 +112,8 @@ async def _relay_model(request: Request, router: Router, model: str, raw: bytes,
         if response.status_code >= 400:
             response = JSONResponse(anthropic.from_openai_error(response.status_code, bytes(response.body)),
                                     status_code=response.status_code)
+        elif (said := anthropic.stop_sequence_said(bytes(response.body))) != response.body:
+            response = Response(content=said, status_code=response.status_code, media_type=response.media_type)
         return _measured(router, response, model, started, waited, ROUTE)
 
 
@@ -128,7 +130,7 @@ async def _normalised(chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
             if b"event: error" in complete or b'data: {"error"' in complete:
                 complete = b"".join(anthropic.normalise_event(e + b"\n\n") for e in complete.split(b"\n\n"))
             else:
-                complete += b"\n\n"
+                complete = anthropic.stop_sequence_said(complete) + b"\n\n"
             yield complete
         if pending:
             yield pending
