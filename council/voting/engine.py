@@ -220,6 +220,14 @@ class CouncilAnswer:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
                 "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in replies)}}
 
+    def context_usage(self) -> tuple[int, int, int]:
+        """Prompt, cached and completion tokens as one model's answer would count them: the prompt as the seat that
+        read the most of it counts it (what an agent's context window holds), the answer's own tokens. The agents'
+        APIs report these (an agent compacts its context by them); `usage()` is every request's, the cost."""
+        prompt, cached = max(((o.reply.prompt_tokens, o.reply.cached_tokens) for o in self.outcomes), default=(0, 0))
+        speaker = self.speaker
+        return prompt, cached, speaker.reply.completion_tokens if speaker else 0
+
     def council_json(self) -> dict[str, Any]:
         """The response's `council` object (README, "council serve"); built once: the response, metrics and
         ballot all use it."""

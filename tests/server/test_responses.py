@@ -310,6 +310,13 @@ def test_a_council_answers_plain_and_streamed(agents: CouncilServer) -> None:
     assert plain.usage is not None and plain.usage.input_tokens > 0 and plain.usage.output_tokens > 0
     council = plain.model_extra["council"]
     assert [m["status"] for m in council["members"]] == ["ok", "ok"] and council["agreement"] == 1.0
+    # `usage` as one model's answer counts it (the context an agent compacts by), `council.usage` every request's
+    members = council["members"]
+    speaker = next(m for m in members if m["name"] == council["speaker"])
+    assert (plain.usage.input_tokens, plain.usage.output_tokens) == (max(m["prompt_tokens"] for m in members),
+                                                                     speaker["completion_tokens"])
+    assert council["usage"]["prompt_tokens"] == sum(m["prompt_tokens"] for m in members)
+    assert council["usage"]["completion_tokens"] == sum(m["completion_tokens"] for m in members)
     ballot = httpx.get(f"{agents.url}/v1/ballots/{council['ballot']}", headers={"Authorization": f"Bearer {KEY}"})
     assert ballot.status_code == 200 and ballot.json()["council"] == "agents"
 

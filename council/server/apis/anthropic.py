@@ -460,13 +460,11 @@ def content_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def usage(answer: CouncilAnswer) -> dict[str, int]:
-    """Usage as one model's would read: the prompt as the member that read the most of it counts it (what an
-    agent's context window holds; Anthropic's `input_tokens` leave out cache reads), and the answer's own tokens.
-    Every member's tokens are in the `council` object (`usage`, and per member)."""
-    prompt, cached = max(((o.reply.prompt_tokens, o.reply.cached_tokens) for o in answer.outcomes), default=(0, 0))
-    speaker = answer.speaker
+    """Usage as one model's would read (`CouncilAnswer.context_usage`; Anthropic's `input_tokens` leave out cache
+    reads). Every member's tokens are in the `council` object (`usage`, and per member)."""
+    prompt, cached, completion = answer.context_usage()
     return {"input_tokens": prompt - cached, "cache_read_input_tokens": cached,
-            "cache_creation_input_tokens": 0, "output_tokens": speaker.reply.completion_tokens if speaker else 0}
+            "cache_creation_input_tokens": 0, "output_tokens": completion}
 
 
 def council_object(answer: CouncilAnswer, **extra: Any) -> dict[str, Any]:

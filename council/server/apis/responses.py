@@ -403,10 +403,8 @@ def _chat_text(content: Any) -> str:
     return ""
 
 
-def usage(chat_usage: dict[str, Any]) -> dict[str, Any]:
-    """Chat usage in the Responses names."""
-    prompt, completion = int(chat_usage.get("prompt_tokens") or 0), int(chat_usage.get("completion_tokens") or 0)
-    cached = int((chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+def usage(prompt: int, cached: int, completion: int) -> dict[str, Any]:
+    """Token counts in the Responses names (`input_tokens` include the cached ones)."""
     return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached}, "output_tokens": completion,
             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + completion}
 
