@@ -588,3 +588,22 @@ def test_a_tool_use_round_trip_through_a_council(agents: CouncilServer) -> None:
     assert [m["status"] for m in council["members"]] == ["ok", "ok"], council
     text = "".join(b.text for b in second.content if b.type == "text")
     assert second.stop_reason in ("end_turn", "max_tokens") and "21" in text, second  # it read the result
+
+
+def test_a_relayed_model_is_offered_only_the_tools_its_tool_choice_leaves(agents: CouncilServer) -> None:
+    """llama-server's own Messages translation dropped `tool_choice: none` (the model was still offered every
+    tool) and made a named tool `required` over every tool (it could call another). The tools a model is offered
+    are in its prompt, so the prompt's size says which it was offered."""
+    client = real_sdk(agents)
+    clock = {"name": "get_time", "description": "The time in a city", "input_schema": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+    def prompt(**extra: Any) -> int:
+        message = client.messages.create(model="qwen", max_tokens=1, messages=ASK, **extra)  # type: ignore[arg-type]
+        return message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0)
+
+    both = [WEATHER, clock]
+    assert prompt(tools=both, tool_choice={"type": "none"}) == prompt()
+    named = prompt(tools=both, tool_choice={"type": "tool", "name": "get_weather"})
+    required = {"type": "any"}
+    assert named == prompt(tools=[WEATHER], tool_choice=required) < prompt(tools=both, tool_choice=required)

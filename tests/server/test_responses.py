@@ -415,6 +415,15 @@ def test_a_model_is_relayed_and_its_stream_completed(agents: CouncilServer) -> N
     assert deltas and all(e.output_index == 0 and e.content_index == 0 for e in deltas)
     assert "".join(e.delta for e in deltas) == plain.output_text
 
+    # a named function: llama-server reads `tool_choice` only as a string (the object became `auto` over every tool)
+    clock = {**WEATHER, "name": "get_time", "description": "Get the current time in a city"}
+    named = client.responses.create(model="qwen", input=ADD, max_output_tokens=1, tools=[WEATHER, clock],  # type: ignore[list-item]
+                                    tool_choice={"type": "function", "name": "get_weather"})
+    only = client.responses.create(model="qwen", input=ADD, max_output_tokens=1, tools=[WEATHER],  # type: ignore[list-item]
+                                   tool_choice="required")
+    assert named.usage is not None and only.usage is not None
+    assert named.usage.input_tokens == only.usage.input_tokens  # offered that tool alone
+
     nxt = "Now add 1 to it. The number only."
     alone = client.responses.input_tokens.count(model="qwen", input=nxt).input_tokens
     counted = client.responses.input_tokens.count(model="qwen", input=nxt, previous_response_id=plain.id)

@@ -533,6 +533,21 @@ def stream_error(status: int, message: str, code: str | None = None) -> bytes:
 RELAY_ERROR_STATUS = {"member_failed": 502, "internal_error": 500}  # the relay's own error events, by code
 
 
+def for_model(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The body a model's llama-server is sent where it would misread `tool_choice`, else None (relayed as it came):
+    its Messages translation (b11434) drops `none`, so the model was still offered every tool, and makes a named
+    tool `required` over every tool, so it could call another. `none` sends no tools; a named tool, that tool
+    alone, required."""
+    choice = body.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "none":
+        return {k: v for k, v in body.items() if k not in ("tools", "tool_choice")}
+    if kind == "tool":
+        named = [t for t in body.get("tools") or () if isinstance(t, dict) and t.get("name") == choice.get("name")]
+        return {**body, "tools": named, "tool_choice": {"type": "any"}}
+    return None
+
+
 # llama-server (b11434) names the stop sequence that ended a reply but says `end_turn`, in this order, compact; the
 # Messages API says `stop_sequence` then (agents that stop on "Observation:" branch on it). Inside a JSON string a
 # quote is escaped, so only the fields themselves match.

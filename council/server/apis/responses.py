@@ -363,10 +363,17 @@ def _parse_items(raw: list[dict[str, Any]]) -> list[Any]:
 
 def for_model(body: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
     """The body relayed to a model's llama-server: the stored conversation before the input (llama-server has no
-    `previous_response_id`), without the router's own fields."""
+    `previous_response_id`), without the router's own fields. A named function in `tool_choice` becomes that
+    tool alone, `required`, as `for_members` does for chat: llama-server reads `tool_choice` only as a string,
+    and the object quietly became `auto` over every tool."""
     relayed = {k: v for k, v in body.items() if k not in ("previous_response_id", "store", "council")}
     if history:
         relayed["input"] = [*history, *input_items(body)]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        relayed["tools"] = [t for t in body.get("tools") or () if isinstance(t, dict)
+                            and t.get("name") == choice.get("name")]
+        relayed["tool_choice"] = "required"
     return relayed
 
 

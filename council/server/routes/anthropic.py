@@ -38,7 +38,7 @@ from council.server.routes.chat import (
 from council.server.routes.passthrough import HeldStream, relay
 from council.voting.client import HttpMemberClient, MemberUnavailable, Relayed
 from council.voting.engine import CouncilAnswer, CouncilEngine, Seat
-from council.voting.request import CouncilRequest
+from council.voting.request import CouncilRequest, dumps
 
 ROUTE = "messages"  # the metrics' route label (count_tokens: `count_tokens`)
 routes = APIRouter()
@@ -54,6 +54,8 @@ async def messages(request: Request, router: Current, who: Chat) -> Response:
     engine = _target(router, asked.model)
     check_media(router, asked.model, asked.has_media)
     if engine is None:
+        if (relayed := anthropic.for_model(body)) is not None:
+            raw = dumps(relayed)
         admission = await router.limits.admit(who, asked.model)
         return await _relay_model(request, router, asked.model, raw, admission, started, stream=bool(asked.stream))
     council = as_council_request(router, anthropic.to_chat(asked, body), owner=who.name)
