@@ -24,6 +24,7 @@ from council.server.apis.responses import (
     ResponsesRequest,
     StreamFixer,
     events_of,
+    for_model,
     item_events,
     output_items,
     response_object,
@@ -79,6 +80,21 @@ def test_input_items_become_the_chat_body_members_are_sent() -> None:
     ask, body = request(text={"format": schema})
     assert to_chat(ask, body, [])["response_format"] == {
         "type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}, "strict": True}}
+
+
+def test_allowed_tools_offer_members_and_a_relayed_model_those_tools_alone() -> None:
+    """`tool_choice: {type: allowed_tools}` (OpenAI's form for "only these of the declared tools") was a 400 whose
+    message named a field of another form; now members, and a model's llama-server, are offered those alone."""
+    clock = {**WEATHER, "name": "get_time"}
+    choice = {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "get_time"}]}
+    ask, body = request(tools=[WEATHER, clock], tool_choice=choice)
+    chat = to_chat(ask, body, [])
+    assert [t["function"]["name"] for t in chat["tools"]] == ["get_time"] and chat["tool_choice"] == "required"
+    relayed = for_model(body, [])
+    assert relayed["tools"] == [clock] and relayed["tool_choice"] == "required"
+    assert response_object("resp_1", ask, 1, "completed", [])["tool_choice"] == choice  # echoed as it was asked
+    with pytest.raises(BadRequest, match="`tool_choice` names function 'book', which `tools` does not declare"):
+        validate_responses({**body, "tool_choice": {**choice, "tools": [{"type": "function", "name": "book"}]}})
 
 
 @pytest.mark.parametrize(("body", "code", "says"), [

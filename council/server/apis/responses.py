@@ -126,6 +126,14 @@ class ToolChoiceFunction(_Open):
     name: str
 
 
+class ToolChoiceAllowed(_Open):
+    """`allowed_tools`: the model may call only these of the declared tools (`mode`: may, or must)."""
+
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"]
+    tools: list[ToolChoiceFunction] = Field(min_length=1)
+
+
 class TextFormatText(_Open):
     type: Literal["text"]
 
@@ -163,7 +171,7 @@ class ResponsesRequest(_Open):
     input: str | Annotated[list[Item], Field(min_length=1)]
     instructions: str | None = None
     tools: list[FunctionTool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | ToolChoiceAllowed | None = None
     parallel_tool_calls: bool | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -213,9 +221,13 @@ class ResponsesRequest(_Open):
         choice = self.tool_choice
         if choice is None or choice in ("none", "auto"):
             return
+        declared = [t.name for t in self.tools or ()]
+        if isinstance(choice, ToolChoiceAllowed):
+            for allowed in choice.tools:
+                check_tool_choice(f"allowing {allowed.name!r}", allowed.name, declared)
+            return
         named = choice.name if isinstance(choice, ToolChoiceFunction) else None
-        check_tool_choice(repr(choice) if named is None else f"naming {named!r}", named,
-                          [t.name for t in self.tools or ()])
+        check_tool_choice(repr(choice) if named is None else f"naming {named!r}", named, declared)
 
     @property
     def stored(self) -> bool:
@@ -337,6 +349,10 @@ def to_chat(request: ResponsesRequest, body: dict[str, Any], history: list[dict[
                                                                        by_alias=True)} for t in request.tools]
     if isinstance(request.tool_choice, ToolChoiceFunction):
         chat["tool_choice"] = {"type": "function", "function": {"name": request.tool_choice.name}}
+    elif isinstance(request.tool_choice, ToolChoiceAllowed):  # members are offered the allowed tools alone
+        allowed = {t.name for t in request.tool_choice.tools}
+        chat["tools"] = [t for t in chat["tools"] if t["function"]["name"] in allowed]
+        chat["tool_choice"] = request.tool_choice.mode
     elif request.tool_choice is not None:
         chat["tool_choice"] = request.tool_choice
     for name, value in (("parallel_tool_calls", request.parallel_tool_calls), ("max_tokens", request.max_output_tokens),
@@ -364,16 +380,17 @@ def _parse_items(raw: list[dict[str, Any]]) -> list[Any]:
 def for_model(body: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
     """The body relayed to a model's llama-server: the stored conversation before the input (llama-server has no
     `previous_response_id`), without the router's own fields. A named function in `tool_choice` becomes that
-    tool alone, `required`, as `for_members` does for chat: llama-server reads `tool_choice` only as a string,
-    and the object quietly became `auto` over every tool."""
+    tool alone, `required`, as `for_members` does for chat (llama-server reads `tool_choice` only as a string,
+    and the object quietly became `auto` over every tool); `allowed_tools`, those tools alone, in its mode."""
     relayed = {k: v for k, v in body.items() if k not in ("previous_response_id", "store", "council")}
     if history:
         relayed["input"] = [*history, *input_items(body)]
     choice = body.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        relayed["tools"] = [t for t in body.get("tools") or () if isinstance(t, dict)
-                            and t.get("name") == choice.get("name")]
-        relayed["tool_choice"] = "required"
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind in ("function", "allowed_tools"):  # `allowed_tools` too: the allowed tools alone, as its mode says
+        names = {choice.get("name")} if kind == "function" else {t.get("name") for t in choice.get("tools") or ()}
+        relayed["tools"] = [t for t in body.get("tools") or () if isinstance(t, dict) and t.get("name") in names]
+        relayed["tool_choice"] = "required" if kind == "function" else choice.get("mode")
     return relayed
 
 
@@ -426,7 +443,7 @@ def echo(request: ResponsesRequest) -> dict[str, Any]:
             "temperature": request.temperature, "top_p": request.top_p,
             "text": request.text.model_dump(exclude_none=True, by_alias=True)
             if request.text is not None and request.text.format is not None else {"format": {"type": "text"}},
-            "tool_choice": choice.model_dump() if isinstance(choice, ToolChoiceFunction) else choice or "auto",
+            "tool_choice": choice.model_dump() if isinstance(choice, BaseModel) else choice or "auto",
             "tools": [t.model_dump(exclude_none=True) for t in request.tools or ()],
             "truncation": request.truncation or "disabled", "reasoning": {"effort": None, "summary": None},
             "error": None, "incomplete_details": None, "object": "response"}
