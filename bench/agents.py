@@ -345,7 +345,12 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
     cascades = {arm: {"accuracy": r["_row"].overall().accuracy, "tokens_per_item": r["_row"].overall().tokens_per_item,
                       **paired(r["_row"], r["_seat"])}
                 for arm, r in rows.items() if arm.startswith(f"{recording}: cascade")}
+    # What a vote could reach at most: each seat alone on the same items, and the items some seat got right.
+    seat_rows = member_rows(ordered, items)
+    seats = [sum(r.hits) / len(r.hits) for r in seat_rows]
+    any_seat = sum(any(r.hits[i] for r in seat_rows) for i in range(len(ordered))) / len(ordered)
     return {"seed": seed, "chosen_on": len(choose), "reported_on": len(ordered), "council": chosen["arm"],
+            "seat_accuracies": seats, "any_seat_right": any_seat,
             "accuracy_on_choice_half": chosen["_row"].overall().accuracy,
             "council_accuracy": council.overall().accuracy, "best_seat_accuracy": seat.overall().accuracy,
             "plain_passthrough_accuracy": sum(plain_hits) / len(plain_hits) if plain_hits else None,
@@ -503,6 +508,11 @@ def main() -> None:
         for arm, c in chosen["cascades"].items():
             print(f"    {arm.split(': ', 1)[1]:<40}{100 * c['accuracy']:>5.0f}%  {c['tokens_per_item']:>5.0f} "
                   f"tokens/item  {c['points']:+.1f} pts [{c['low']:+.1f}, {c['high']:+.1f}] vs its greedy seat")
+        others = chosen["seat_accuracies"][1:]
+        print(f"  each seat alone: greedy {100 * chosen['seat_accuracies'][0]:.0f}%, samples "
+              f"{100 * min(others, default=0):.0f}% to {100 * max(others, default=0):.0f}% (mean "
+              f"{100 * sum(others) / max(len(others), 1):.0f}%); some seat right: "
+              f"{100 * chosen['any_seat_right']:.0f}%")
         if later := chosen["drawn_later"]:
             print(f"  of those, the {later['items']} drawn after the choice: {100 * later['council']:.0f}% vs "
                   f"{100 * later['best_seat']:.0f}% ({later['points']:+.1f} pts [{later['low']:+.1f}, "
