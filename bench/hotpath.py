@@ -385,7 +385,8 @@ def _agent_body() -> dict[str, object]:
     tool = {"type": "function", "function": {"name": "lookup", "description": "find a thing",
                                              "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 20} for i in range(20)]
-    return {"messages": [{"role": "system", "content": "be brief " * 50}, *turns], "tools": [tool] * 4,
+    tools = [{**tool, "function": {**tool["function"], "name": f"lookup{i}"}} for i in range(4)]  # names differ
+    return {"messages": [{"role": "system", "content": "be brief " * 50}, *turns], "tools": tools,
             "temperature": 0.2, "max_tokens": 256}
 
 

@@ -496,7 +496,8 @@ def validation_cost(repeat: int = 2000) -> dict[str, dict[str, float]]:
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 20} for i in range(20)]
     system = {"role": "system", "content": "be brief " * 50}
     bodies = {"one-line chat": {**BODY, "model": "solo"},
-              "agent (20 turns, 4 tools)": {"model": "solo", "messages": [system, *turns], "tools": [tool] * 4,
+              "agent (20 turns, 4 tools)": {"model": "solo", "messages": [system, *turns], "tools": [
+                  {**tool, "function": {**tool["function"], "name": f"lookup{i}"}} for i in range(4)],
                                             "temperature": 0.2, "max_tokens": 256}}
     result = {}
     for name, body in bodies.items():
@@ -619,7 +620,9 @@ def translation_cost(repeat: int = 500) -> dict[str, float]:
                                                    "content": f"found {i} " * 20}] if i else f"question {i} " * 20})
         turns.append({"role": "assistant", "content": [{"type": "text", "text": f"looking {i} " * 10}, {
             "type": "tool_use", "id": f"toolu_{i}", "name": "lookup0", "input": {"q": f"thing {i}"}}]})
-    turns.append({"role": "user", "content": "and so?"})
+    turns.append({"role": "user", "content": [  # the last call answered too, as Anthropic requires
+        {"type": "tool_result", "tool_use_id": "toolu_9", "content": "found 10 " * 20},
+        {"type": "text", "text": "and so?"}]})
     body = {"model": "solo", "system": "be brief " * 50, "messages": turns, "tools": tools, "max_tokens": 256,
             "temperature": 0.2}
     raw = json.dumps(body).encode()
@@ -692,8 +695,10 @@ def responses_translation_cost(repeat: int = 2000) -> dict[str, dict[str, float]
                            {"model": "solo", "input": "go", "max_output_tokens": 1, "temperature": 0}),
               "agent (20 turns, 4 tools)": (
                   {"model": "solo", "messages": [{"role": "system", "content": "be brief " * 50}, *turns],
-                   "tools": [chat_tool] * 4, "temperature": 0.2, "max_tokens": 256},
-                  {"model": "solo", "instructions": "be brief " * 50, "input": turns, "tools": [tool] * 4,
+                   "tools": [{**chat_tool, "function": {**chat_tool["function"], "name": f"lookup{i}"}}
+                             for i in range(4)], "temperature": 0.2, "max_tokens": 256},
+                  {"model": "solo", "instructions": "be brief " * 50, "input": turns,
+                   "tools": [{**tool, "name": f"lookup{i}"} for i in range(4)],
                    "temperature": 0.2, "max_output_tokens": 256})}
 
     def responses(raw: bytes) -> None:
