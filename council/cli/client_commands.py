@@ -100,7 +100,7 @@ def tally(
     """Re-run the vote on recorded answers and print the decision as JSON (the code live councils use)."""
     from council.voting.extract import ExtractError, extract_cut, parse_extractor
     from council.voting.tools import ToolAnswer, Toolbox, ToolDecision, ballot_text, decide_tools, read_answer
-    from council.voting.vote import STRATEGIES, Ballot, VoteError, decide
+    from council.voting.vote import STRATEGIES, Ballot, Decision, VoteError, decide
 
     try:
         doc = json.loads(Path(ballot).read_text())
@@ -199,7 +199,16 @@ def tally(
         else:
             decision = decide(ballots, voted, rules, temperature=temperature)
     except VoteError as exc:
-        raise fail(str(exc), 2) from None
+        if not answers or any(item.get("finish_reason") != "length" for item in answers):
+            raise fail(str(exc), 2) from None
+        # Every reply cut off by max_tokens: the live council answered its first seat's unfinished reply, which
+        # nobody voted for (`finish_reason: length`), not this error.
+        first = answers[0]
+        decision = Decision(answer=None, agreement=0.0, votes={}, winner_members=(), tie_broken_by=None,
+                            text=first.get("text"), speaker=first["member"])
+        sys.stdout.write(json.dumps({**decision.to_json(), "speaker": decision.speaker, "finish_reason": "length"},
+                                    indent=2) + "\n")
+        return
     except ValueError as exc:
         raise fail(f"{ballot}: {exc}", 2) from None
     order = [*rules, *([] if "order" in rules else ["order"])]

@@ -68,6 +68,22 @@ def test_all_abstaining_is_exit_2(tmp_path: Path) -> None:
     assert "every seat abstained" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_every_reply_cut_off_is_the_first_seats_unfinished_reply_as_it_was_live(tmp_path: Path) -> None:
+    cut = [{"member": "c/0", "text": "17*20 = 340\n1", "finish_reason": "length"},
+           {"member": "c/1", "text": '[{"name": "f", "arguments": {"ci', "finish_reason": "length"}]
+    result = run_cli("tally", str(write(tmp_path, {"extract": "number", "answers": cut})))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"answer": None, "agreement": 0.0, "votes": {}, "winner_members": [],
+                                         "tie_broken_by": None, "speaker": "c/0", "finish_reason": "length"}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    called = run_cli("tally", str(write(tmp_path, {"tools": tools, "answers": cut[1:]})))
+    assert called.returncode == 0 and json.loads(called.stdout)["speaker"] == "c/1", called.stderr
+    # one reply that finished and abstained: the error, as live
+    finished = run_cli("tally", str(write(tmp_path, {"extract": "number", "answers": [
+        cut[0], {"member": "c/1", "text": "no idea", "finish_reason": "stop"}]})))
+    assert finished.returncode == 2 and "every seat abstained" in finished.stderr
+
+
 def test_bad_input_is_exit_2_with_one_line(tmp_path: Path) -> None:
     cases = [
         ("{not json", "cannot read the ballot"),
