@@ -284,16 +284,17 @@ def salted(seed: Any, salt: int) -> Any:
     return (seed + salt) % 0xFFFFFFFF  # 0xFFFFFFFF is llama-server's "random"
 
 
-def with_system(messages: list[Any], system: str) -> list[Any]:
-    """`messages` with `system` after the leading system (or developer) message's text, in that one message:
-    most chat templates accept a single system message, and only in first place. Without one, `system` leads."""
+def with_system(messages: list[Any], system: str, before: bool = False) -> list[Any]:
+    """`messages` with `system` after (`before`: ahead of) the leading system (or developer) message's text, in
+    that one message: most chat templates accept a single system message, and only in first place. Without one,
+    `system` leads."""
     first = messages[0] if messages else None
     if not isinstance(first, Mapping) or first.get("role") not in ("system", "developer"):
         return [{"role": "system", "content": system}, *messages]
     content = first.get("content")
     if isinstance(content, list):  # text parts (the only parts a system message takes): joined as they render
         content = "\n".join(str(p.get("text") or "") for p in content if isinstance(p, Mapping))
-    merged = f"{content}\n\n{system}" if content else system
+    merged = (f"{system}\n\n{content}" if before else f"{content}\n\n{system}") if content else system
     return [{**first, "content": merged}, *messages[1:]]
 
 

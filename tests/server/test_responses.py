@@ -82,6 +82,20 @@ def test_input_items_become_the_chat_body_members_are_sent() -> None:
         "type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}, "strict": True}}
 
 
+def test_instructions_and_a_leading_developer_message_are_one_system_message() -> None:
+    """Codex sends `instructions` and developer messages: they reached the members as two system messages, which
+    most chat templates refuse past the first place (the router's own rule for a member's `system` is one)."""
+    ask, body = request(instructions="You are Codex.", input=[
+        {"role": "developer", "content": [{"type": "input_text", "text": "Sandbox: read-only."}]},
+        {"role": "user", "content": "list the files"}])
+    assert to_chat(ask, body, [])["messages"] == [
+        {"role": "developer", "content": "You are Codex.\n\nSandbox: read-only."},
+        {"role": "user", "content": "list the files"}]
+    ask, body = request(instructions="You are Codex.", input="hi")  # alone, the instructions lead
+    assert to_chat(ask, body, [])["messages"] == [{"role": "system", "content": "You are Codex."},
+                                                  {"role": "user", "content": "hi"}]
+
+
 def test_allowed_tools_offer_members_and_a_relayed_model_those_tools_alone() -> None:
     """`tool_choice: {type: allowed_tools}` (OpenAI's form for "only these of the declared tools") was a 400 whose
     message named a field of another form; now members, and a model's llama-server, are offered those alone."""

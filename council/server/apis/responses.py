@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from council.server.requests import BadRequest, CouncilOptions, check_tool_choice, check_tool_names, location
+from council.voting.engine import with_system
 
 Status = Literal["completed", "incomplete", "failed", "in_progress"]
 
@@ -340,8 +341,8 @@ def to_chat(request: ResponsesRequest, body: dict[str, Any], history: list[dict[
     items = [*_parse_items(history), *(request.input if isinstance(request.input, list) else
                                         [MessageItem(role="user", content=request.input)])]
     messages = chat_messages(items)
-    if request.instructions:
-        messages.insert(0, {"role": "system", "content": request.instructions})
+    if request.instructions:  # ahead of a leading system or developer message, in it: one system message
+        messages = with_system(messages, request.instructions, before=True)
     chat: dict[str, Any] = {k: v for k, v in body.items() if k not in OWN_FIELDS}
     chat.update(model=request.model, messages=messages)
     if request.tools:
