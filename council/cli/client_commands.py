@@ -203,9 +203,7 @@ def tally(
             raise fail(str(exc), 2) from None
         # Every reply cut off by max_tokens: the live council answered its first seat's unfinished reply, which
         # nobody voted for (`finish_reason: length`), not this error.
-        first = answers[0]
-        decision = Decision(answer=None, agreement=0.0, votes={}, winner_members=(), tie_broken_by=None,
-                            text=first.get("text"), speaker=first["member"])
+        decision = Decision.unfinished(answers[0]["member"], answers[0].get("text"))
         sys.stdout.write(json.dumps({**decision.to_json(), "speaker": decision.speaker, "finish_reason": "length"},
                                     indent=2) + "\n")
         return

@@ -720,9 +720,7 @@ def _unfinished(answered: list[SeatOutcome]) -> Decision | None:
     model's would be; an agent's SDK acts on that, where an error reads as an outage and is retried as it was)."""
     if not answered or any(o.abstained not in (CUT_OFF, CUT_OFF_CALL) for o in answered):
         return None
-    first = answered[0]
-    return Decision(answer=None, agreement=0.0, votes={}, winner_members=(), tie_broken_by=None,
-                    text=first.reply.text, speaker=first.seat.name)
+    return Decision.unfinished(answered[0].seat.name, answered[0].reply.text)
 
 
 def _abstained(answered: list[SeatOutcome]) -> str | None:

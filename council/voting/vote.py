@@ -55,6 +55,12 @@ class Decision:
     # order; similarity: the medoid; judge: the answer the judge picked.
     speaker: str | None = None
 
+    @classmethod
+    def unfinished(cls, speaker: str, text: str | None) -> Decision:
+        """Nobody voted: every reply was cut off by max_tokens, and `speaker`'s unfinished reply is the answer."""
+        return cls(answer=None, agreement=0.0, votes={}, winner_members=(), tie_broken_by=None, text=text,
+                   speaker=speaker)
+
     def to_json(self) -> dict[str, object]:
         return {"answer": self.answer, "agreement": round(self.agreement, 6), "votes": self.votes,
                 "winner_members": list(self.winner_members), "tie_broken_by": self.tie_broken_by}
