@@ -68,9 +68,11 @@ $docker build -q -f "$here/front.Dockerfile" -t council-front:local "$here" >>"$
 
 project=council-smoke-$$
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export COUNCIL_CLUSTER_KEY COUNCIL_API_KEY COUNCIL_MODELS_DIR=$models COUNCIL_PORT=$port COUNCIL_BIND=127.0.0.1
+export COUNCIL_CLUSTER_KEY COUNCIL_API_KEY COUNCIL_REDIS_PASSWORD COUNCIL_MODELS_DIR=$models COUNCIL_PORT=$port \
+  COUNCIL_BIND=127.0.0.1
 COUNCIL_CLUSTER_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 COUNCIL_API_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+COUNCIL_REDIS_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 compose=(docker-compose -p "$project" -f "$here/compose.yaml")
 export DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}
 
@@ -145,12 +147,23 @@ reply, doc = until(both_answer, "both hosts' members to answer", 120)
 print(f"council answer (both hosts): {reply.choices[0].message.content!r}, agreement {doc['agreement']}", flush=True)
 
 
-def kill(service):
+def container(service):
     found = subprocess.run([docker, "ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
                             "--filter", f"label=com.docker.compose.service={service}"],
                            capture_output=True, text=True, check=True).stdout.split()
     assert len(found) == 1, found
-    subprocess.run([docker, "kill", found[0]], check=True, capture_output=True)
+    return found[0]
+
+
+# The hosts and routers above reached Redis with the password; a client without it is refused.
+anonymous = subprocess.run([docker, "exec", container("redis"), "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping"],
+                           capture_output=True, text=True, check=True).stdout
+assert "NOAUTH" in anonymous, anonymous
+print(f"redis without the password: {anonymous.strip()!r}", flush=True)
+
+
+def kill(service):
+    subprocess.run([docker, "kill", container(service)], check=True, capture_output=True)
     print(f"killed {service}", flush=True)
 
 

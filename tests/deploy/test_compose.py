@@ -31,4 +31,5 @@ def test_the_compose_stack_answers_and_degrades_when_a_host_dies() -> None:
     print(out[-6000:])
     assert proc.returncode == 0, out[-6000:]
     assert "council answer (both hosts)" in out and "degraded True" in out and "council answer (router-1 dead)" in out
+    assert "redis without the password: 'NOAUTH" in out
     print(f"smoke.sh took {took:.0f}s")

