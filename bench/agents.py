@@ -1,7 +1,7 @@
 """Do agents get a better answer from a council? BFCL v4 function calling, arms side by side.
 
     python -m bench.agents [--n 20] [--seed 20] [--more 0] [--models qwen2.5-coder-1.5b,qwen2.5-coder-0.5b,smollm2-135m]
-                           [--best qwen2.5-coder-1.5b] [--samples 4] [--categories ...] [--score-only]
+                           [--best qwen2.5-coder-1.5b] [--samples 4] [--categories ...] [--score-only] [--judge]
 
 Items: `--n` seeded items of each category (`simple_python`, `multiple`, `parallel`, `parallel_multiple`,
 `irrelevance`, `live_simple`) from the bfcl-eval wheel, downloaded into `$COUNCIL_HOME/downloads/bfcl` and read
@@ -33,6 +33,10 @@ with every seat answering; every number is then re-scored offline from those rec
   reads no instructions but its chat template's own tool prompt, as a member's own `tool_instructions: none`
   asks it: seats whose prompts differ may err more independently than samples), beside the best of its seats
   alone on the same items;
+  `--judge`: the chosen council (`brief-sc<wide>-fresh-<best>`) under `vote.strategy: judge`, its greedy seat
+  judging: the live judge's prompt (`council.voting.vote.judge_prompt`) for each item whose seats disagree, asked
+  of the best model as the engine asks it, the replies recorded in `agents-judge-<arm>.jsonl` and replayed
+  (`council_voter(..., judged=)`); with `--choice-half`, on that half alone;
   and each self-consistency council replayed as a cascade (`cascade {first: N}`, `CASCADES`: its first seats
   alone where they agree, every seat otherwise), with the completion tokens of the seats it asked.
 
@@ -54,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -61,14 +66,23 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from council.evaluation.bfcl import CATEGORIES, BfclItem, download_wheel, load_bfcl, sample_per_category
-from council.evaluation.calls import VOTERS, CallsRow, cascade_row, council_row, member_rows, with_recovered_calls
+from council.evaluation.calls import (
+    VOTERS,
+    CallsRow,
+    cascade_row,
+    council_row,
+    council_voter,
+    judge_prompt_for,
+    member_rows,
+    with_recovered_calls,
+)
 from council.evaluation.record import ItemRecord, engine_asker, read_records, record_items
 from council.members.binary import find_llama_server
 from council.members.process import LifeConfig
@@ -77,6 +91,7 @@ from council.policy.loading import load_policy
 from council.setup.catalog import by_name
 from council.voting.assembly import assemble
 from council.voting.recovery import recover
+from council.voting.vote import judge_request
 
 ROOT = Path(__file__).resolve().parent
 RECORDS = ROOT / "records"
@@ -129,10 +144,10 @@ def arms(models: Sequence[str], best: str, samples: int, wide: int = 0,
     return out
 
 
-async def record(policy: dict[str, Any], extra: dict[str, Any], items: list[BfclItem], out: Path,
-                 concurrency: int = 1) -> None:
-    """Ask `items` of the arm's council, `concurrency` items at a time: the process gets that many slots per seat,
-    each with the arm's context (a batch of 18 sequences decodes in little more time than one of 9 on CPU)."""
+@contextlib.asynccontextmanager
+async def started(policy: dict[str, Any], concurrency: int = 1) -> AsyncIterator[Any]:
+    """The arm's council, its processes started and settled (stopped on the way out): the assembly. `concurrency`:
+    the process gets that many slots per seat, each with the arm's context."""
     server = find_llama_server()
     assert server is not None, "run `council setup --models all` first"
     if concurrency > 1:
@@ -148,21 +163,64 @@ async def record(policy: dict[str, Any], extra: dict[str, Any], items: list[Bfcl
         await assembly.supervisor.start()
         try:
             assert await assembly.supervisor.wait_settled(600), "members did not settle"
-            started = time.monotonic()
-
-            declared = {i.id: [t["function"]["name"] for t in i.tools] for i in items}
-
-            def progress(rec: ItemRecord) -> None:
-                # Calls llama-server parsed, and those written as text that recovery reads (Qwen2.5-Coder's usual).
-                calls = sum(bool(a.tool_calls) or recover(a.text, declared.get(rec.item_id, [])) is not None
-                            for a in rec.answers)
-                print(f"  {out.stem} {rec.item_id} ({calls}/{len(rec.answers)} seats called, "
-                      f"{rec.wall_ms / 1000:.0f}s; {time.monotonic() - started:.0f}s in all)", flush=True)
-
-            await record_items(engine_asker(assembly.engines["arm"], extra), items, append_to=out,
-                               on_record=progress, concurrency=concurrency)
+            yield assembly
         finally:
             await assembly.supervisor.stop()
+
+
+async def record(policy: dict[str, Any], extra: dict[str, Any], items: list[BfclItem], out: Path,
+                 concurrency: int = 1) -> None:
+    """Ask `items` of the arm's council, `concurrency` items at a time (a batch of 18 sequences decodes in little
+    more time than one of 9 on CPU)."""
+    async with started(policy, concurrency) as assembly:
+        started_at = time.monotonic()
+        declared = {i.id: [t["function"]["name"] for t in i.tools] for i in items}
+
+        def progress(rec: ItemRecord) -> None:
+            # Calls llama-server parsed, and those written as text that recovery reads (Qwen2.5-Coder's usual).
+            calls = sum(bool(a.tool_calls) or recover(a.text, declared.get(rec.item_id, [])) is not None
+                        for a in rec.answers)
+            print(f"  {out.stem} {rec.item_id} ({calls}/{len(rec.answers)} seats called, "
+                  f"{rec.wall_ms / 1000:.0f}s; {time.monotonic() - started_at:.0f}s in all)", flush=True)
+
+        await record_items(engine_asker(assembly.engines["arm"], extra), items, append_to=out,
+                           on_record=progress, concurrency=concurrency)
+
+
+# --- the judge: `vote.strategy: judge` replayed -------------------------------------------------------------------
+
+def judged_arm(best: str, wide: int) -> str:
+    """The recording whose seats a judge is asked to choose among: the chosen council's (#20)."""
+    return f"brief-sc{wide}-fresh-{short(best)}"
+
+
+def read_judged(path: Path) -> dict[str, str]:
+    """The judge's recorded replies: its prompt → what it answered."""
+    if not path.exists():
+        return {}
+    lines = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {r["prompt"]: r["reply"] for r in lines if r.get("status") == "ok"}
+
+
+async def record_judge(best: str, prompts: Sequence[tuple[str, str]], out: Path) -> None:
+    """Ask the best model (greedy, alone: the council's greedy seat as its `vote.judge`) each prompt a live judge
+    would read, as the engine asks it (`judge_request`); each reply appended to `out` (a run resumes)."""
+    done = read_judged(out)
+    todo = [(item_id, prompt) for item_id, prompt in dict.fromkeys(prompts) if prompt not in done]
+    print(f"recording the judge: {len(todo)} prompts ({len(done)} recorded before)", flush=True)
+    if not todo:
+        return
+    greedy = {"model": "m", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}}
+    async with started(arm_policy(best, [greedy])) as assembly:
+        seat = assembly.engines["arm"].seats[0]
+        with out.open("a") as sink:
+            for n, (item_id, prompt) in enumerate(todo, 1):
+                reply = await seat.client.complete(judge_request(prompt))
+                sink.write(json.dumps({"item_id": item_id, "prompt": prompt, "reply": reply.text,
+                                       "status": reply.status, "ms": reply.latency_ms}) + "\n")
+                sink.flush()
+                print(f"  judge {item_id}: {reply.text!r} ({reply.latency_ms / 1000:.1f}s; {n}/{len(todo)})",
+                      flush=True)
 
 
 def round_robin(items: Sequence[BfclItem]) -> list[BfclItem]:
@@ -214,7 +272,10 @@ def paired(council: CallsRow, seat: CallsRow, keep: Sequence[int] | None = None)
     return {"points": 100 * mean, "low": 100 * (mean - half), "high": 100 * (mean + half), "items": n}
 
 
-def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str) -> list[dict[str, Any]]:
+def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str,
+          judged: dict[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Every row; `judged`: per recording, its judge's recorded replies (a `judge` council row where they cover
+    every item whose seats disagree)."""
     rows: list[dict[str, Any]] = []
 
     def add(name: str, row: CallsRow, against: CallsRow | None = None, of: list[ItemRecord] | None = None) -> None:
@@ -247,6 +308,13 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
         for mode in VOTERS:
             add(f"{name}: council ({mode}), with recovery", council_row(recovered, items, mode), seat,
                 recovered)
+        # A judge choosing among the seats (`vote.strategy: judge`, the greedy model judging), its replies recorded;
+        # tokens are the seats' (the judge's short prompt and reply are not counted).
+        if (replies := (judged or {}).get(name)) is not None and all(
+                (p := judge_prompt_for(r.answers, items[r.item_id or ""])) is None or p in replies for r in recovered):
+            add(f"{name}: council (judge: its greedy seat), with recovery",
+                council_row(recovered, items, "judge", voters={"judge": council_voter("set", "judge", judged=replies)}),
+                seat, recovered)
         # The same council as a cascade (its greedy seat and first samples, the rest only where they disagree):
         # what the vote costs. Reported beside, not among the councils `held_out` chooses from: cascades were
         # added after the held-out items' results had been seen.
@@ -300,7 +368,8 @@ def halves(items: Sequence[BfclItem], seed: int) -> tuple[set[str], set[str]]:
 
 
 def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str,
-             seed: int, first: set[str] | None = None) -> dict[str, Any] | None:
+             seed: int, first: set[str] | None = None,
+             judged: dict[str, dict[str, str]] | None = None) -> dict[str, Any] | None:
     """The council chosen on one seeded half of the `first` sample (the council row with the best accuracy there,
     fewer tokens on a tie), reported on every other item (that sample's other half and items drawn later with
     `--more`): per category and overall, the council minus its best seat asked alone, paired, with 95% intervals,
@@ -315,16 +384,19 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
         return {name: [r for r in recs if r.item_id in ids] for name, recs in records.items()}
 
     # Councils as a policy runs them: recovery is on by default.
-    picked = [r for r in score(only(choose), items, best) if "vs_best_seat" in r and r["arm"].endswith("with recovery")
+    picked = [r for r in score(only(choose), items, best, judged)
+              if "vs_best_seat" in r and r["arm"].endswith("with recovery")
               and r["_row"].overall().items == len(choose)]
     if not picked:
         return None
     chosen = max(picked, key=lambda r: (r["_row"].overall().accuracy, -r["_row"].overall().tokens_per_item))
-    rows = {r["arm"]: r for r in score(only(report), items, best)}
+    # Each candidate where the choice was made (a judge recorded there only is compared there only).
+    candidates = {r["arm"]: r["_row"].overall().accuracy for r in picked}
+    rows = {r["arm"]: r for r in score(only(report), items, best, judged)}
     row = rows.get(chosen["arm"])
     if row is None:  # a candidate recorded on the choice half alone (`--choice-half`) won there
         return {"seed": seed, "chosen_on": len(choose), "council": chosen["arm"], "not_yet_asked": len(report),
-                "accuracy_on_choice_half": chosen["_row"].overall().accuracy}
+                "accuracy_on_choice_half": chosen["_row"].overall().accuracy, "candidates": candidates}
     council, seat, ordered = row["_row"], row["_seat"], row["_records"]
     # Items drawn after the choice (`--more`): the council was fixed before they were asked.
     later = [i for i, r in enumerate(ordered) if first is not None and r.item_id not in first]
@@ -351,7 +423,7 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
     any_seat = sum(any(r.hits[i] for r in seat_rows) for i in range(len(ordered))) / len(ordered)
     return {"seed": seed, "chosen_on": len(choose), "reported_on": len(ordered), "council": chosen["arm"],
             "seat_accuracies": seats, "any_seat_right": any_seat,
-            "accuracy_on_choice_half": chosen["_row"].overall().accuracy,
+            "accuracy_on_choice_half": chosen["_row"].overall().accuracy, "candidates": candidates,
             "council_accuracy": council.overall().accuracy, "best_seat_accuracy": seat.overall().accuracy,
             "plain_passthrough_accuracy": sum(plain_hits) / len(plain_hits) if plain_hits else None,
             "report_half": len(report),
@@ -457,6 +529,9 @@ def main() -> None:
                         "temperatures (comma-separated), beside 0.7")
     parser.add_argument("--concurrency", type=int, default=1, help="items asked at once while recording (each "
                         "seat gets that many slots; on CPU a bigger batch costs little more time per step)")
+    parser.add_argument("--judge", action="store_true", help="record a judge (the best model, greedy) choosing among "
+                        "the seats of the chosen council's recording, where they disagree (with --choice-half: on "
+                        "that half only): `vote.strategy: judge`, replayed")
     parser.add_argument("--choice-half", action="store_true", help="record only the items the council is chosen on "
                         "(a seeded half of the first sample): a candidate is tried there before it is asked the rest")
     args = parser.parse_args()
@@ -485,9 +560,17 @@ def main() -> None:
     # Only the records of the items sampled now (a file may hold more, from a larger run).
     records = {name: sorted((r for r in read_records(path).values() if r.item_id in by_id), key=lambda r: r.index)
                for name, path in files.items()}
-    rows = score(records, by_id, args.best)
+    judging = judged_arm(args.best, args.wide)
+    judge_file = RECORDS / f"agents-judge-{judging}.jsonl"
+    if args.judge and not args.score_only and records.get(judging):
+        choose = halves([i for i in items if i.id in first], args.seed)[0] if args.choice_half else None
+        asked = [r for r in with_recovered_calls(records[judging], by_id) if choose is None or r.item_id in choose]
+        prompts = [(r.item_id or "", p) for r in asked if (p := judge_prompt_for(r.answers, by_id[r.item_id or ""]))]
+        asyncio.run(record_judge(args.best, prompts, judge_file))
+    judged = {judging: read_judged(judge_file)} if judge_file.exists() else {}
+    rows = score(records, by_id, args.best, judged)
     print_table(rows, categories)
-    chosen = held_out(records, by_id, args.best, args.seed, first)
+    chosen = held_out(records, by_id, args.best, args.seed, first, judged)
     if chosen is not None and "not_yet_asked" in chosen:
         print(f"\nchosen on {chosen['chosen_on']} items: {chosen['council']} "
               f"({100 * chosen['accuracy_on_choice_half']:.0f}% there), not yet asked the other "
@@ -501,6 +584,10 @@ def main() -> None:
               f"{100 * (chosen['plain_passthrough_accuracy'] or 0):.0f}%"
               + (f" (recorded on {chosen['reported_on']} of the {chosen['report_half']} items so far: an interim "
                  "count, not a result)" if chosen["reported_on"] < chosen["report_half"] else ""))
+        judges = {arm: a for arm, a in chosen["candidates"].items() if "(judge" in arm}
+        for arm, accuracy in judges.items():
+            print(f"  on the choice half, against it ({100 * chosen['accuracy_on_choice_half']:.0f}%): {arm} "
+                  f"{100 * accuracy:.0f}%")
         for category, c in chosen["per_category"].items():
             print(f"  {category:<18}{100 * c['council']:>5.0f}% vs {100 * c['best_seat']:>4.0f}%  "
                   f"{c['points']:+6.1f} pts [{c['low']:+.1f}, {c['high']:+.1f}]")

@@ -138,19 +138,21 @@ DEFAULT_TIE_BREAK = ("weight", "latency", "order")
 
 
 def council_voter(mode: str, strategy: str = "majority", tie_break: Sequence[str] = DEFAULT_TIE_BREAK,
-                  temperature: float = 1.0, how: str = "auto", tool_choice: Any = None) -> Voter | None:
+                  temperature: float = 1.0, how: str = "auto", tool_choice: Any = None,
+                  judged: Mapping[str, str] | None = None) -> Voter | None:
     """The live council's own call vote (`council.voting.tools`, where this checkout has it) as an offline voter:
     the recorded native calls read and validated as the engine reads them (under the request's `tool_choice`), and
     decided with the council's strategy, tie-break, confidence temperature and extractor, as `CouncilEngine`
-    decides them. `judge` cannot be replayed (its model is not asked again): majority stands in, as the live
-    council falls back to it. `tool_choice: none` asks the members for text: the live council votes on the text and
-    answers without calls (None when every reply abstains)."""
+    decides them. `judge` is replayed from the judge's recorded replies (`judged`: its prompt, `judge_prompt_for`,
+    → what it answered), picked as the live council picks; where none is recorded, or it names no answer, majority
+    decides, as the live council falls back to it. `tool_choice: none` asks the members for text: the live council
+    votes on the text and answers without calls (None when every reply abstains)."""
     try:
         from council.voting import tools  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         return None
     from council.voting.extract import extract, extract_cut
-    from council.voting.vote import Ballot, VoteError, decide
+    from council.voting.vote import Ballot, VoteError, decide, judge_pick, judge_prompt
 
     voted = "majority" if strategy == "judge" else strategy
 
@@ -165,25 +167,53 @@ def council_voter(mode: str, strategy: str = "majority", tie_break: Sequence[str
                 return None
             return []
         box = tools.Toolbox(item.tools, tool_choice)
-        read: dict[str, Any] = {}
-        ballots = []
-        for order, a in enumerate(answers):
-            if a.status != "ok":
-                continue
-            # Recovery is applied to the records beforehand (as a separate arm), not here.
-            seen = tools.read_answer({"tool_calls": a.tool_calls} if a.tool_calls else None, a.text, a.finish_reason,
-                                     box, recover_calls=False)
-            read[a.member] = seen
-            ballots.append(Ballot(member=a.member, order=order, answer=seen.vote, text=tools.ballot_text(seen, a.text),
-                                  weight=a.weight, latency_ms=a.latency_ms, logprob=a.logprob))
+        ballots, read = _tool_ballots(answers, box)
         try:
+            picked = None
+            if strategy == "judge":  # as the engine: the judge's pick, else the majority's, decides the calls
+                prompt, candidates = judge_prompt(item.question, ballots)
+                if judged is not None and prompt in judged:
+                    picked = judge_pick(judged[prompt], candidates, ballots, tie_break)
+                picked = picked or decide(ballots, strategy, tie_break, temperature=temperature)
             decided = tools.decide_tools(ballots, read, box, mode=mode, strategy=voted, tie_break=tie_break,
-                                         temperature=temperature, how=how)
+                                         temperature=temperature, how=how, decision=picked)
         except (VoteError, ValueError):
             return None
         return [c.openai() for c in decided.calls]
 
     return vote
+
+
+def _tool_ballots(answers: Sequence[MemberAnswer], box: Any) -> tuple[list[Any], dict[str, Any]]:
+    """The seats' ballots on a request with tools, as the engine builds them, and each seat's read answer."""
+    from council.voting import tools
+    from council.voting.vote import Ballot
+
+    read: dict[str, Any] = {}
+    ballots = []
+    for order, a in enumerate(answers):
+        if a.status != "ok":
+            continue
+        # Recovery is applied to the records beforehand (as a separate arm), not here.
+        seen = tools.read_answer({"tool_calls": a.tool_calls} if a.tool_calls else None, a.text, a.finish_reason,
+                                 box, recover_calls=False)
+        read[a.member] = seen
+        ballots.append(Ballot(member=a.member, order=order, answer=seen.vote, text=tools.ballot_text(seen, a.text),
+                              weight=a.weight, latency_ms=a.latency_ms, logprob=a.logprob))
+    return ballots, read
+
+
+def judge_prompt_for(answers: Sequence[MemberAnswer], item: BfclItem) -> str | None:
+    """The prompt a live council's judge reads for these answers (`vote.strategy: judge`), or None where asking it
+    cannot change the answer: the seats that vote all agree (or none votes)."""
+    from council.voting import tools
+    from council.voting.vote import judge_prompt
+
+    ballots, _ = _tool_ballots(answers, tools.Toolbox(item.tools))
+    if len({b.answer for b in ballots if b.answer is not None}) < 2:
+        return None
+    prompt, candidates = judge_prompt(item.question, ballots)
+    return prompt if candidates else None
 
 
 COUNCIL_MODES = (("set", "council set"), ("per_argument", "council per_argument"))

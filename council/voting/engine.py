@@ -46,6 +46,7 @@ from council.voting.vote import (
     decide,
     judge_pick,
     judge_prompt,
+    judge_request,
     seat_value,
     stop_after,
 )
@@ -673,8 +674,7 @@ class CouncilEngine:
         out_of_time = asyncio.timeout_at(deadline)
         try:
             async with out_of_time:  # cancelled past it: its request closes, freeing the judge's slot
-                reply = await member.client.complete({"messages": [{"role": "user", "content": prompt}],
-                                                      "temperature": 0, "max_tokens": 16})
+                reply = await member.client.complete(judge_request(prompt))
         except TimeoutError:
             if not out_of_time.expired():
                 raise

@@ -11,7 +11,7 @@ import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from council.errors import CouncilError
 
@@ -263,6 +263,11 @@ def judge_prompt(question: str, ballots: Sequence[Ballot]) -> tuple[str, list[Ba
     prompt = (f"Several assistants answered this question:\n\n{question}\n\n{listing}\n\n"
               f"Which answer is correct? Reply with the number of the best answer (1-{len(candidates)}) only.")
     return prompt, candidates
+
+
+def judge_request(prompt: str) -> dict[str, Any]:
+    """What the judge member is sent: its prompt, answered greedily and briefly (a number)."""
+    return {"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 16}
 
 
 def judge_pick(reply: str | None, candidates: Sequence[Ballot], ballots: Sequence[Ballot],

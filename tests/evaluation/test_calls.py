@@ -191,3 +191,51 @@ def test_tool_choice_none_replays_a_text_vote_that_answers_without_calls(items: 
     report = score_calls(records, chosen, "c", "d", recover=False, vote=vote, tool_choice="none")
     assert report.vote[0].startswith("council set / council per_argument: strategy majority, tie_break weight, "
                                       "latency, order, tool_choice none")
+
+
+@pytest.mark.anyio
+async def test_a_judges_recorded_reply_replays_the_live_councils_pick(items: dict[str, BfclItem]) -> None:
+    """`vote.strategy: judge` replays offline from the judge's recorded reply: the same prompt the live judge read,
+    the same pick, the same calls; without its reply, majority decides, as live when the judge names nothing."""
+    from council.evaluation.calls import council_voter, judge_prompt_for
+    from council.evaluation.record import engine_asker
+    from council.voting.request import last_user_text
+    from tests.voting.fakes import Say, council
+
+    item = items["simple_python_0"]  # calculate_triangle_area(base=10, height=5)
+    right, wrong = reference_calls(item), [call("calculate_triangle_area", base=10, height=6)]
+    asked: list[str] = []
+
+    def says(calls: list[dict[str, Any]]) -> Any:
+        def script(payload: Any) -> Say:
+            prompt = last_user_text(payload["messages"])
+            if prompt.startswith("Several assistants answered"):
+                asked.append(prompt)
+                return Say("3")  # the third answer: seat 2's, outvoted two to one
+            return Say("", message={"role": "assistant", "content": None, "tool_calls": calls})
+        return script
+
+    engine, _ = council({"vote": {"strategy": "judge", "judge": 2}}, says(wrong), says(wrong), says(right))
+    answers, error = await engine_asker(engine)(item)
+    assert error is None and len(asked) == 1
+    prompt = judge_prompt_for(answers, item)
+    assert prompt == asked[0]
+    live = await engine.ask(item_request(item))
+    assert grade(item, live.tool_calls).valid  # the judge's pick, against the majority
+
+    def replayed(judged: dict[str, str]) -> list[dict[str, Any]]:
+        voter = council_voter("set", "judge", judged=judged)
+        assert voter is not None
+        return voter(answers, item) or []
+
+    assert grade(item, replayed({prompt: "3"})).valid
+    assert not grade(item, replayed({})).valid  # no reply recorded: majority
+    assert not grade(item, replayed({prompt: "none of them"})).valid  # it named no answer: majority
+    assert judge_prompt_for([a for a in answers if a.member != answers[2].member], item) is None  # the rest agree
+
+
+def item_request(item: BfclItem) -> Any:
+    from council.evaluation.record import item_body
+    from council.voting.request import CouncilRequest
+
+    return CouncilRequest.of(item_body(item), early_stop=False)
