@@ -322,11 +322,31 @@ def validate_body(body: Any, model: type[_Sampling]) -> _Sampling:
     return validated
 
 
+# The deepest nesting a body may have. orjson reads 1024 levels but writes 254, and the router writes parts of a
+# body again, some a level or two deeper (to members, ballots, stored responses): a body between the two failed
+# later, as a 500 or as every seat failing (503). No request needs more than a few dozen.
+MAX_DEPTH = 128
+ORJSON_DEPTH = 254
+TOO_DEEP = f"the body is nested too deeply to be a request (more than {MAX_DEPTH} levels)"
+
+
 def parse_json(raw: bytes) -> Any:
     """JSON from a body; malformed or absurdly nested JSON is a BadRequest, never a 500."""
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:  # orjson stops at 1024 levels of nesting, and takes only UTF-8
         if str(exc).startswith("depth limit"):
-            raise BadRequest("the body is nested too deeply to be a request", "invalid_json") from None
+            raise BadRequest(TOO_DEEP, "invalid_json") from None
         raise BadRequest(f"the body is not valid JSON: {exc}", "invalid_json") from None
+    # Fewer brackets than the limit cannot nest past it (counted in C); else orjson writes it (in C too) inside as
+    # many lists as leave it MAX_DEPTH levels: it refuses past its own limit.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        wrapped = value
+        for _ in range(ORJSON_DEPTH - MAX_DEPTH):
+            wrapped = [wrapped]
+        try:
+            orjson.dumps(wrapped)
+        except TypeError as exc:
+            if "ecursion" in str(exc):
+                raise BadRequest(TOO_DEEP, "invalid_json") from None
+    return value
