@@ -35,7 +35,7 @@ from council.server.routes.chat import (
     read_body,
     relay_whole,
 )
-from council.server.routes.passthrough import HeldStream, relay
+from council.server.routes.passthrough import HeldStream, counted_tokens, relay
 from council.voting.client import HttpMemberClient, MemberUnavailable, Relayed
 from council.voting.engine import CouncilAnswer, CouncilEngine, Seat
 from council.voting.request import CouncilRequest, dumps
@@ -203,7 +203,7 @@ async def _council_count(engine: CouncilEngine, body: dict[str, Any],
         if result.status >= 400:
             error = anthropic.from_openai_error(result.status, result.body)["error"]
             raise ApiError(result.status if result.status < 500 else 502, error["message"], "rejected_by_members")
-        counts.append(int(json.loads(result.body)["input_tokens"]))
+        counts.append(counted_tokens(result.status, result.body))
     if not counts:
         raise MemberUnavailable(f"council {engine.name}: no member is ready to count tokens")
     return max(counts)

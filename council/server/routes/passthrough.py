@@ -240,3 +240,20 @@ async def _recovering(chunks: AsyncIterator[bytes], toolbox: Toolbox,
 
 def _sse(data: Any) -> bytes:
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def counted_tokens(status: int, body: bytes) -> int:
+    """A process's answer to a count request (`/v1/messages/count_tokens`, `/v1/responses/input_tokens`): its
+    `input_tokens`; anything else is an ApiError (`count_failed`: 400 where the process refused the input, else
+    502: the member failed), never a 500."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not 200 <= status < 300 or not isinstance(doc, dict) or not isinstance(doc.get("input_tokens"), int):
+        error = doc.get("error") if isinstance(doc, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        said = message or (f"it answered {status} without `input_tokens`" if 200 <= status < 300 else status)
+        raise ApiError(400 if 400 <= status < 500 else 502, f"a member could not count the input: {said}",
+                       "count_failed")
+    return int(doc["input_tokens"])

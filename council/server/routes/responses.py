@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from council.cluster.store import StateError
 from council.errors import CouncilError
@@ -40,7 +40,7 @@ from council.server.apis.responses import (
 )
 from council.server.auth import Principal, may_read
 from council.server.deps import current_router, require
-from council.server.errors import OVERHEAD_HEADER, ApiError
+from council.server.errors import ApiError, error_response
 from council.server.limits import Admission
 from council.server.requests import BadRequest
 from council.server.router import Router
@@ -55,8 +55,9 @@ from council.server.routes.chat import (
     check_media,
     council_stream,
     read_body,
+    relay_whole,
 )
-from council.server.routes.passthrough import KEEPALIVE, HeldStream
+from council.server.routes.passthrough import KEEPALIVE, HeldStream, counted_tokens
 from council.voting.engine import CouncilAnswer, CouncilEngine, member_payload
 from council.voting.request import CouncilRequest
 
@@ -164,21 +165,36 @@ async def _relay(request: Request, router: Router, ask: ResponsesRequest, body: 
     answer is completed where the SDKs need more than it writes, and stored."""
     payload = json.dumps(for_model(body, history)).encode()
     admission = await router.limits.admit(who, ask.model)
+    if not ask.stream:
+        async with admission:
+            relayed = await relay_whole(request, router, ask.model, payload, "/v1/responses", admission, started)
+            if relayed is None:
+                return Response(status_code=CLIENT_GONE)
+            response, waited = relayed
+            if 200 <= response.status_code < 300:  # else the process's own error, in OpenAI's shape
+                response = await _completed(router, ask, who.name, inputs, bytes(response.body))
+            return _measured(router, response, ask.model, started, waited)
     response = await _passthrough(request, router, ask.model, payload, "/v1/responses", admission, started,
-                                  stream=bool(ask.stream))
-    if not 200 <= response.status_code < 300:
-        return response  # the process's own error, in OpenAI's shape
-    if not isinstance(response, StreamingResponse):
-        try:
-            doc = json.loads(response.body)
-        except ValueError:
-            return response
-        complete_response(doc, ask)
-        await _store(router, ask, who.name, str(doc.get("id")), inputs, doc.get("output") or [])
-        return JSONResponse(doc, status_code=response.status_code,
-                            headers={OVERHEAD_HEADER: response.headers.get(OVERHEAD_HEADER, "")})
-    response.body_iterator = _fixed(router, ask, who.name, inputs, response.body_iterator)
+                                  stream=True)
+    if 200 <= response.status_code < 300:
+        response.body_iterator = _fixed(router, ask, who.name, inputs, response.body_iterator)
     return response
+
+
+async def _completed(router: Router, ask: ResponsesRequest, owner: str, inputs: list[dict[str, Any]],
+                     body: bytes) -> Response:
+    """A process's Response object completed where the SDKs need more than it writes, and stored; a body that is
+    no Response object is the member's failure (502), never the router's (a 500)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.setdefault("output", []), list):
+        return error_response(502, f"model {ask.model} answered /v1/responses with something other than a Response "
+                              "object", "member_error")
+    complete_response(doc, ask)
+    await _store(router, ask, owner, str(doc.get("id")), inputs, doc["output"])
+    return JSONResponse(doc)
 
 
 async def _fixed(router: Router, ask: ResponsesRequest, owner: str, inputs: list[dict[str, Any]],
@@ -260,12 +276,4 @@ async def _count(router: Router, engine: CouncilEngine, council: CouncilRequest)
 
 async def _tokens(relayed: Any) -> int:
     answer = await relayed
-    try:
-        doc = json.loads(answer.body)
-    except ValueError:
-        doc = None
-    if not 200 <= answer.status < 300 or not isinstance(doc, dict) or not isinstance(doc.get("input_tokens"), int):
-        message = (doc or {}).get("error", {}).get("message") if isinstance(doc, dict) else None
-        raise ApiError(400 if 400 <= answer.status < 500 else 502,
-                       f"a member could not count the input: {message or answer.status}", "count_failed")
-    return int(doc["input_tokens"])
+    return counted_tokens(answer.status, answer.body)

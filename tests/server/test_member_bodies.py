@@ -1,0 +1,90 @@
+"""A member that answers 200 with a body its API does not define (no `input_tokens` in a count, no Response object
+from `/v1/responses`): the client gets a 502 naming the member's failure, never a 500 (the router's own fault).
+A stand-in llama-server provokes it: a real one cannot be made to answer so."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+from aiohttp import web
+
+from council.server.app import create_app
+from council.voting.client import Endpoint, HttpMemberClient
+from tests.server.test_app import KEY, _router
+
+pytestmark = pytest.mark.anyio
+
+BODIES = {"no count": b'{"nope": 1}', "html": b"<html>busy</html>", "a list": b"[1]", "a string": b'"x"',
+          "null output": b'{"id": "resp_1", "output": null}'}
+
+
+@pytest.fixture
+async def answering(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, bytes]]]:
+    """The app for council `c` (two seats of model `m`) and model `m`, every request of either sent to a
+    stand-in process that answers 200 with `said["body"]`."""
+    said = {"body": b"{}"}
+
+    async def answer(_: web.Request) -> web.Response:
+        return web.Response(body=said["body"], content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/{path:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    router = _router(tmp_path)
+    async with aiohttp.ClientSession() as http:
+        member = HttpMemberClient(lambda: Endpoint("m/0", f"http://127.0.0.1:{port}", "key", http), target="m/0")
+        engine = router.engines["c"]
+        engine.seats = [dataclasses.replace(s, client=member) for s in engine.seats]
+        router.passthrough_client = lambda model: member  # type: ignore[method-assign]
+        transport = httpx.ASGITransport(app=create_app(router), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://council",
+                                     headers={"Authorization": f"Bearer {KEY}"}) as client:
+            yield client, said
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("body", ["no count", "html"])
+async def test_a_councils_count_the_member_did_not_give_is_a_502(
+        answering: tuple[httpx.AsyncClient, dict[str, bytes]], body: str) -> None:
+    """`/v1/messages/count_tokens` on a council read the member's `input_tokens` unguarded: 500 (KeyError,
+    JSONDecodeError), where `/v1/responses/input_tokens` answered 502 `count_failed` for the same member."""
+    client, said = answering
+    said["body"] = BODIES[body]
+    messages = await client.post("/v1/messages/count_tokens",
+                                 json={"model": "c", "messages": [{"role": "user", "content": "x"}]})
+    assert messages.status_code == 502, messages.text
+    error = messages.json()["error"]
+    assert error["type"] == "api_error" and "could not count the input" in error["message"], error
+    responses = await client.post("/v1/responses/input_tokens", json={"model": "c", "input": "x"})
+    assert responses.status_code == 502 and responses.json()["error"]["code"] == "count_failed", responses.text
+
+
+@pytest.mark.parametrize("body", ["a list", "a string", "null output"])
+async def test_a_relayed_model_whose_answer_is_no_response_object_is_a_502(
+        answering: tuple[httpx.AsyncClient, dict[str, bytes]], body: str) -> None:
+    """`/v1/responses` relayed to a model completed the process's answer as a dict with an `output` list: a list, a
+    string or `output: null` was a 500 (AttributeError, TypeError). Now 502 `member_error`, counted as such."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, said = answering
+    said["body"] = BODIES[body]
+    reply = await client.post("/v1/responses", json={"model": "m", "input": "x"})
+    assert reply.status_code == 502, reply.text
+    assert reply.json()["error"]["code"] == "member_error" and "Response object" in reply.text, reply.text
+    counted = {s.labels["status"] for f in text_string_to_metric_families((await client.get("/metrics")).text)
+               for s in f.samples if s.name == "council_requests_total" and s.labels["model"] == "m"}
+    assert counted == {"502"}, counted
+    said["body"] = json.dumps({"id": "resp_2", "object": "response", "output": [], "status": "completed"}).encode()
+    fine = await client.post("/v1/responses", json={"model": "m", "input": "x"})
+    assert fine.status_code == 200 and fine.json()["id"] == "resp_2", fine.text
+    assert fine.json()["model"] and "x-council-overhead-ms" in fine.headers
