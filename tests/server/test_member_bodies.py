@@ -88,3 +88,28 @@ async def test_a_relayed_model_whose_answer_is_no_response_object_is_a_502(
     fine = await client.post("/v1/responses", json={"model": "m", "input": "x"})
     assert fine.status_code == 200 and fine.json()["id"] == "resp_2", fine.text
     assert fine.json()["model"] and "x-council-overhead-ms" in fine.headers
+
+
+@pytest.mark.parametrize(("output", "says"), [
+    ([{"type": "function_call", "id": "fc_1", "name": "f", "arguments": "{}"}], "(call_id: Field required)"),
+    ([{"type": "web_search_call", "id": "ws_1", "status": "completed"}], "a `web_search_call` item"),
+    (["x"], "(not an object)"),
+])
+async def test_a_model_conversation_a_council_cannot_read_is_a_400_on_the_council(
+        answering: tuple[httpx.AsyncClient, dict[str, bytes]], output: list[object], says: str) -> None:
+    """A model's Response is stored with the process's own output items; continuing it on a council
+    (`previous_response_id`) read them as input items unguarded: an item the council's schema refuses (a call
+    without `call_id`, a built-in tool's item) was a 500 (ValidationError). Now a 400 naming the item; the model
+    itself still continues it."""
+    client, said = answering
+    said["body"] = json.dumps({"id": "resp_m", "object": "response", "output": output, "status": "completed"}).encode()
+    first = await client.post("/v1/responses", json={"model": "m", "input": "hi"})
+    assert first.status_code == 200, first.text
+    for path in ("/v1/responses", "/v1/responses/input_tokens"):
+        reply = await client.post(path, json={"model": "c", "input": "and?", "previous_response_id": "resp_m"})
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "invalid_previous_response" and says in error["message"], error
+    said["body"] = json.dumps({"id": "resp_n", "object": "response", "output": [], "status": "completed"}).encode()
+    again = await client.post("/v1/responses", json={"model": "m", "input": "and?", "previous_response_id": "resp_m"})
+    assert again.status_code == 200, again.text

@@ -372,10 +372,29 @@ def to_chat(request: ResponsesRequest, body: dict[str, Any], history: list[dict[
 
 
 def _parse_items(raw: list[dict[str, Any]]) -> list[Any]:
-    """Stored items (input and output) as models; output messages and calls read as input items do."""
+    """Stored items (input and output) as models; output messages and calls read as input items do. A model's
+    own output may hold items a council cannot read (a call without `call_id`, a built-in tool's item): a 400
+    naming the first, never a 500."""
     if not raw:
         return []
-    return list(ResponsesRequest.model_validate({"model": "-", "input": raw}).input)
+    try:
+        return list(ResponsesRequest.model_validate({"model": "-", "input": raw}).input)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        first = max(reversed(errors), key=lambda e: len(e.get("loc", ())))
+        where = location(first)
+        index = int(where[1]) if len(where) > 1 and where[1].isdigit() else None
+        item = raw[index] if index is not None and index < len(raw) else None
+        if not isinstance(item, dict):
+            kind, why = "an item", "not an object"
+        elif first.get("type") == "union_tag_invalid":  # a type no council reads
+            kind, why = f"a `{item.get('type')}` item", "a council reads message, function_call, " \
+                "function_call_output and reasoning items"
+        else:
+            kind, why = f"a `{item.get('type', 'message')}` item", f"{'.'.join(where[3:]) or 'it'}: {first.get('msg')}"
+        raise BadRequest(f"previous_response_id: the stored conversation holds {kind} a council cannot read "
+                         f"({why}); continue it on the model that answered it, or send the conversation as `input`",
+                         "invalid_previous_response") from None
 
 
 def for_model(body: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
