@@ -42,23 +42,47 @@ class PidFiles:
         (self.folder / f"{pid}.json").unlink(missing_ok=True)
 
     def kill_stale(self) -> list[int]:
-        """SIGKILL recorded processes that still run (same PID and start time) and whose owner router is gone;
-        forget records of processes that are gone. Members of a live router are left alone."""
+        """SIGKILL the process group of each recorded member whose owner router is gone: the member itself (same PID
+        and start time), or what it started when it is gone itself (a wrapper script that ran llama-server without
+        `exec`: its child outlives it in its group); forget records of members that are gone. Members of a live
+        router are left alone. A record that cannot be read or forgotten (a stray folder, a read-only mount) is
+        skipped, never a failed start."""
         killed = []
         for path in self.folder.glob("*.json") if self.folder.is_dir() else []:
             try:
                 record = json.loads(path.read_text())
                 pid = int(record["pid"])
             except (OSError, ValueError, KeyError, TypeError):
-                path.unlink(missing_ok=True)
-                continue
-            if not _alive(pid, record.get("start")):
-                path.unlink(missing_ok=True)
+                _forget(path)
                 continue
             if _alive(record.get("owner"), record.get("owner_start")):
                 continue  # another live router's member: never ours to touch
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-                killed.append(pid)
-            path.unlink(missing_ok=True)
+            if _alive(pid, record.get("start")) or (proc_start_time(pid) is None
+                                                    and _group_outlived(pid, record.get("start"))):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                    killed.append(pid)
+            _forget(path)
         return killed
+
+
+def _forget(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def _group_outlived(pgid: int, start: object) -> bool:
+    """Whether process group `pgid`, whose leader (the recorded member, started at `start`) is gone, still holds
+    what it started: a process of that group started within a minute after it. (No new process takes a PID that is
+    a live group's id, and a group is named by its leader's PID.)"""
+    if not isinstance(start, str) or not start.isdigit():
+        return False
+    window = 60 * os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == str(pgid) and 0 <= int(fields[19]) - int(start) <= window:
+            return True
+    return False

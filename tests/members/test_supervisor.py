@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -413,6 +414,59 @@ def test_stale_member_of_a_killed_router_is_cleaned_up(tmp_path: Path) -> None:
         for proc in (orphan, kept, recycled, live_router):
             proc.kill()
             proc.wait()
+
+
+def _gone(pid: int) -> bool:
+    """Not running: no such process, or a zombie (an orphan's parent here may never reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_what_a_dead_wrapper_started_is_killed_with_its_group(tmp_path: Path) -> None:
+    """README "No orphans": a `$LLAMA_SERVER` wrapper script that runs llama-server without `exec` is the recorded
+    member; SIGKILLed with its router, its child lives on in the member's process group. The next start saw the
+    recorded member gone and forgot the record: the child was never killed. Now the group is killed."""
+    folder = tmp_path / "pids"
+    dead_router = subprocess.Popen(["true"])
+    dead_router.wait()
+    wrapper = subprocess.Popen(["bash", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    assert wrapper.stdout is not None
+    child = int(wrapper.stdout.readline())
+    _record(folder, wrapper.pid, dead_router.pid, "1")
+    wrapper.kill()
+    wrapper.wait()
+    try:
+        assert not _gone(child)  # orphaned, in the dead wrapper's group
+        assert PidFiles(folder).kill_stale() == [wrapper.pid]
+        deadline = time.monotonic() + 5
+        while not _gone(child):
+            assert time.monotonic() < deadline, "the wrapper's child still runs"
+            time.sleep(0.02)
+        assert list(folder.iterdir()) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_record_that_cannot_be_read_or_forgotten_does_not_stop_a_start(tmp_path: Path) -> None:
+    """A stray folder named like a record made kill_stale raise (IsADirectoryError), and every router on that
+    COUNCIL_HOME failed to start with a traceback; a record in a read-only folder likewise (PermissionError)."""
+    folder = tmp_path / "pids"
+    (folder / "12345.json").mkdir(parents=True)
+    dead_router = subprocess.Popen(["true"])
+    dead_router.wait()
+    orphan = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    _record(folder, orphan.pid, dead_router.pid, "1")
+    try:
+        assert PidFiles(folder).kill_stale() == [orphan.pid]
+        assert orphan.wait(timeout=5) == -signal.SIGKILL
+        assert [p.name for p in folder.iterdir()] == ["12345.json"]  # skipped, not a failed start
+    finally:
+        orphan.kill()
+        orphan.wait()
 
 
 # ---- `council up` as a real command -------------------------------------------------------------------
