@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 _LOG_PREFIX = re.compile(r"^[\d.]+ [A-Z] ")  # llama.cpp's `0.00.041.745 E ` timestamp and level
+_ERROR_LEVEL = re.compile(r"^[\d.]+ E ")  # an error line, whatever its words ("invalid magic characters")
 
 
 class RotatingLog:
@@ -79,12 +80,21 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+# llama-server's generic lines after the one that says why: they name the model (a long path), not the cause.
+_ECHO = re.compile(r"failed to (load|create) (model|context)|exiting due to|trying to fit params", re.I)
+
+
 def exit_reason(log_tail: Iterable[str], code: int | None) -> str:
     """How the process ended, with the log line that says why (an error line, else the last one)."""
-    tail = [_LOG_PREFIX.sub("", ln).strip() for ln in log_tail]
-    telling = [ln for ln in tail if any(w in ln.lower() for w in ("error", "failed", "abort", "exception"))]
+    lines = list(log_tail)
+    tail = [_LOG_PREFIX.sub("", ln).strip() for ln in lines]
+    telling = [ln for raw, ln in zip(lines, tail, strict=True) if _ERROR_LEVEL.match(raw)
+               or any(w in ln.lower() for w in ("error", "failed", "abort", "exception"))]
     how = f"killed by {signal_name(-code)}" if code is not None and code < 0 else f"exited with code {code}"
     if telling:
-        # The last few error lines go from specific to generic ("exiting due to ..."): the longest says most.
-        return f"{how}: {max(telling[-6:], key=len)}"
+        # The last few error lines go from the cause to generic echoes of it ("failed to load model '<path>'",
+        # "exiting due to ..."): the first that is not an echo names the cause, else the longest says most.
+        last = telling[-6:]
+        causes = [ln for ln in last if not _ECHO.search(ln)]
+        return f"{how}: {causes[0] if causes else max(last, key=len)}"
     return f"{how}: {tail[-1]}" if tail and code is not None and code > 0 else how

@@ -21,6 +21,7 @@ import pytest
 
 from council.members.binary import LlamaServerInfo
 from council.members.launch import LaunchSpec, build_launch
+from council.members.logs import exit_reason
 from council.members.pidfiles import PidFiles, proc_start_time
 from council.members.process import LifeConfig, MemberProcess, ProcessRecipe
 from council.members.states import State, TransitionError
@@ -278,6 +279,43 @@ async def test_model_that_fails_to_load_is_failed_with_log_reason_others_ready(
     assert "gave up after 2 failures in a row: exited with code 1" in bad.reason
     assert "error loading model: tensor 'token_embd.weight' data is not within the file bounds" in bad.reason
     assert bad.pid is not None and not _alive(bad.pid)
+
+
+async def test_a_member_that_fails_on_its_own_argument_says_why_not_which_model(
+    supervise: Callable[..., Supervisor]
+) -> None:
+    """llama-server's error lines go from the cause to echoes of it that name the model; the reason took the
+    longest line, so a missing `--lora` file read "failed to create context with model '<its path>'", pointing at
+    a model that is fine. Now the first line that is not such an echo."""
+    absent = Path("/nonexistent/x.gguf")  # shorter than the model's path
+    sup = supervise(policy_of(smol=ModelConfig(path=SMOL.path, ctx_size=512, args=["--lora", str(absent)])),
+                    max_failures=1)
+    await sup.start()
+    assert await sup.wait_settled(60)
+    member = sup.processes["smol"]
+    assert member.state is State.FAILED
+    assert f"failed to open '{absent}'" in member.reason and "create context" not in member.reason, member.reason
+
+
+def test_the_exit_reason_is_the_cause_not_its_echoes() -> None:
+    """Real llama-server b11434 tails: a file that is not a GGUF, and a model file that is gone."""
+    junk = ["0.00.004.685 E gguf_init_from_reader: invalid magic characters: 'junk', expected 'GGUF'",
+            "0.00.005.825 E llama_model_load: error loading model: llama_model_loader: failed to load model from "
+            "/models/a-long-name.gguf",
+            "0.00.005.826 E llama_model_load_from_file_impl: failed to load model",
+            "0.00.005.827 E cmn  common_init_: failed to load model '/models/a-long-name.gguf'",
+            "0.00.005.828 E srv    load_model: failed to load model, '/models/a-long-name.gguf'",
+            "0.00.005.830 I srv    operator(): operator(): cleaning up before exit...",
+            "0.00.006.288 E srv  llama_server: exiting due to model loading error"]
+    assert exit_reason(junk, 1) == "exited with code 1: gguf_init_from_reader: invalid magic characters: 'junk', " \
+        "expected 'GGUF'"
+    gone = ["0.00.003.576 E common_fit_params: encountered an error while trying to fit params to free device "
+            "memory: failed to load model",
+            "0.00.003.579 E gguf_init_from_file: failed to open GGUF file '/m/x.gguf' (No such file or directory)",
+            *junk[1:]]
+    assert exit_reason(gone, 1).endswith("failed to open GGUF file '/m/x.gguf' (No such file or directory)")
+    echoes = junk[2:]  # only echoes: the longest, as before
+    assert exit_reason(echoes, 1).endswith("load_model: failed to load model, '/models/a-long-name.gguf'")
 
 
 async def test_mtp_member_reports_draft_acceptance(supervise: Callable[..., Supervisor], mtp_model: Path) -> None:
