@@ -31,7 +31,8 @@ def authorization(request: Request) -> str | None:
     either) made into one."""
     headers = request.headers
     sent = headers.get("authorization")
-    if sent is None and (key := headers.get("x-api-key")) is not None:
+    # An empty `Authorization` beside a key in `x-api-key` (a client that fills both headers) is no key sent there.
+    if (sent is None or not sent.strip()) and (key := headers.get("x-api-key")):
         return f"Bearer {key}"
     return sent
 

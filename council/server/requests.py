@@ -337,6 +337,8 @@ def parse_json(raw: bytes) -> Any:
     except orjson.JSONDecodeError as exc:  # orjson stops at 1024 levels of nesting, and takes only UTF-8
         if str(exc).startswith("depth limit"):
             raise BadRequest(TOO_DEEP, "invalid_json") from None
+        if "UTF-8" in str(exc):  # orjson's "str is not valid UTF-8: surrogates not allowed", for any byte
+            raise BadRequest("the body is not valid JSON: it is not UTF-8 text", "invalid_json") from None
         raise BadRequest(f"the body is not valid JSON: {exc}", "invalid_json") from None
     # Fewer brackets than the limit cannot nest past it (counted in C); else orjson writes it (in C too) inside as
     # many lists as leave it MAX_DEPTH levels: it refuses past its own limit.

@@ -128,6 +128,25 @@ async def test_auth_errors_and_deep_json(client: httpx.AsyncClient) -> None:
     assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json"
 
 
+async def test_an_empty_authorization_beside_x_api_key_and_bodies_that_are_not_utf8_json(
+        client: httpx.AsyncClient) -> None:
+    """An empty `Authorization` beside a valid `x-api-key` was 401 "missing API key: send ... (or `x-api-key`)";
+    a gzip-encoded or latin-1 body was 400 "... surrogates not allowed" (orjson's words for any byte that is not
+    UTF-8), which says nothing of the encoding."""
+    import gzip
+
+    body = json.dumps({"model": "c", "messages": [{"role": "user", "content": "x"}]}).encode()
+    both = await client.post("/v1/chat/completions", content=body, headers={"Authorization": "", "x-api-key": KEY})
+    assert both.status_code == 503 and both.json()["error"]["code"] == "quorum_not_met", both.text  # past the key
+    zipped = await client.post("/v1/chat/completions", content=gzip.compress(body),
+                               headers={"Content-Encoding": "gzip"})
+    assert zipped.status_code == 400 and zipped.json()["error"]["code"] == "unsupported_encoding", zipped.text
+    assert "Content-Encoding 'gzip'" in zipped.json()["error"]["message"]
+    latin = await client.post("/v1/chat/completions", content=body.replace(b'"x"', b'"\xe9"'))
+    assert latin.status_code == 400 and latin.json()["error"]["message"] == \
+        "the body is not valid JSON: it is not UTF-8 text", latin.text
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens",
                                   "/v1/responses", "/v1/responses/input_tokens"])
 @pytest.mark.parametrize("model", ["c", "m"])

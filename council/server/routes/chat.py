@@ -63,6 +63,10 @@ async def read_body(request: Request, router: Router) -> tuple[bytes, Any]:
     `model`) under the council or model its `model` names, a refusal of its other fields included, where this
     router serves one by that name; any other name is `-`, as a body that cannot be read is, so clients cannot
     add label values."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise BadRequest(f"a body sent with Content-Encoding {encoding!r} cannot be read here: send plain JSON",
+                         "unsupported_encoding")
     raw = await read_raw(request, router.policy.server.max_body)
     body = parse_json(raw)
     named = body.get("model") if isinstance(body, dict) else None
