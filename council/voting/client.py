@@ -57,6 +57,9 @@ class MemberReply:
 def _choice_reply(choice: dict[str, Any], latency_ms: float, prompt_tokens: int, completion_tokens: int,
                   timings: dict[str, Any], cached: int = 0) -> MemberReply:
     message = choice.get("message") or {}
+    if isinstance(message.get("content"), list):  # text parts (an OpenAI-compatible remote may answer so): one text
+        message = {**message, "content": "".join(str(p.get("text") or "") for p in message["content"]
+                                                 if isinstance(p, dict) and p.get("type", "text") == "text")}
     logprobs = ((choice.get("logprobs") or {}).get("content")) or []
     values = [t["logprob"] for t in logprobs if isinstance(t, dict) and isinstance(t.get("logprob"), int | float)]
     return MemberReply(

@@ -42,10 +42,13 @@ async def answering(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, di
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     router = _router(tmp_path)
     async with aiohttp.ClientSession() as http:
-        member = HttpMemberClient(lambda: Endpoint("m/0", f"http://127.0.0.1:{port}", "key", http), target="m/0")
+        def member(i: int) -> HttpMemberClient:  # a process per seat: each asked alone (`complete`)
+            return HttpMemberClient(lambda: Endpoint(f"m/{i}", f"http://127.0.0.1:{port}", "key", http),
+                                    target=f"m/{i}")
+
         engine = router.engines["c"]
-        engine.seats = [dataclasses.replace(s, client=member) for s in engine.seats]
-        router.passthrough_client = lambda model: member  # type: ignore[method-assign]
+        engine.seats = [dataclasses.replace(s, client=member(i)) for i, s in enumerate(engine.seats)]
+        router.passthrough_client = lambda model: member(0)  # type: ignore[method-assign]
         transport = httpx.ASGITransport(app=create_app(router), raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://council",
                                      headers={"Authorization": f"Bearer {KEY}"}) as client:
@@ -113,3 +116,22 @@ async def test_a_model_conversation_a_council_cannot_read_is_a_400_on_the_counci
     said["body"] = json.dumps({"id": "resp_n", "object": "response", "output": [], "status": "completed"}).encode()
     again = await client.post("/v1/responses", json={"model": "m", "input": "and?", "previous_response_id": "resp_m"})
     assert again.status_code == 200, again.text
+
+
+async def test_a_reply_whose_content_is_text_parts_is_one_text_on_every_api(
+        answering: tuple[httpx.AsyncClient, dict[str, bytes]]) -> None:
+    """A member may answer `content` as a list of parts (OpenAI-compatible remotes do): the Messages API wrote the
+    list into a text block's `text`, and the anthropic SDK's stream accumulator raised TypeError on it."""
+    client, said = answering
+    said["body"] = json.dumps({"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": [{"type": "text", "text": "forty"}, {"type": "text", "text": "-two"}]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2}}).encode()
+    ask = {"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "q"}]}
+    whole = await client.post("/v1/messages", json=ask)
+    assert whole.status_code == 200 and whole.json()["content"] == [{"type": "text", "text": "forty-two"}], whole.text
+    streamed = await client.post("/v1/messages", json={**ask, "stream": True})
+    deltas = [json.loads(line[6:])["delta"] for line in streamed.text.splitlines()
+              if line.startswith("data: ") and '"content_block_delta"' in line]
+    assert deltas == [{"type": "text_delta", "text": "forty-two"}], streamed.text
+    chat = await client.post("/v1/chat/completions", json={k: v for k, v in ask.items() if k != "max_tokens"})
+    assert chat.json()["choices"][0]["message"]["content"] == "forty-two", chat.text
