@@ -44,6 +44,18 @@ def _compiled(pattern: str) -> regex.Pattern[str]:
     return regex.compile(pattern)
 
 
+def _compiles(pattern: object) -> bool:
+    if isinstance(pattern, str):
+        _compiled(pattern)  # a regex.error says why not
+    return True
+
+
+# A schema's own check (its `pattern`s are `format: regex` in the metaschema): compiled as they are matched, with
+# `regex`, not jsonschema's `re`, which refuses what JSON Schema allows (`\p{L}`, `(?<n>...)\k<n>`).
+FORMATS = validators.Draft202012Validator.FORMAT_CHECKER.__class__()
+FORMATS.checks("regex", raises=regex.error)(_compiles)
+
+
 def search(pattern: str, text: str) -> bool:
     """Whether `pattern` matches somewhere in `text` (JSON Schema's rule), within what `deadline` leaves."""
     until = deadline.get()

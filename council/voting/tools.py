@@ -46,6 +46,7 @@ from jsonschema import validators
 
 from council.voting.extract import _canonical_json, extract
 from council.voting.patterns import (
+    FORMATS,
     PATTERN_BUDGET,
     PATTERN_TIMEOUT,
     REF_KEYWORDS,
@@ -178,7 +179,7 @@ def _check_schema(schema: Any) -> str | None:
     try:
         kind = validators.validator_for(schema, default=validators.Draft202012Validator)
         try:
-            kind.check_schema(schema)
+            kind.check_schema(schema, format_checker=FORMATS)
         except schema_errors.SchemaError as exc:
             return str(exc.message)
         if isinstance(schema, Mapping) and "type" in schema and "object" not in (
@@ -240,7 +241,7 @@ def _target_problem(schema: Mapping[str, Any] | bool, spec: Any, resolver: Any, 
             if id(contents) in edges:
                 continue
             try:  # outside the keywords the metaschema check walked: jsonschema would apply it unchecked
-                kind.check_schema(contents)
+                kind.check_schema(contents, format_checker=FORMATS)
             except schema_errors.SchemaError as exc:
                 return f"$ref {ref!r} points at no valid JSON Schema: {exc.message}"
             todo.append((spec.create_resource(contents), at))

@@ -573,6 +573,19 @@ def test_patterns_still_decide_as_json_schema_says() -> None:
     assert draft4.call("f", {"s": "y"}).verdict == "arguments fail f's schema at $.s: 'y' does not match '^x'"
 
 
+def test_a_schema_pattern_is_checked_as_it_is_matched_with_regex() -> None:
+    """Patterns are matched with `regex`, but a schema's own check compiled them with `re` (the metaschema's
+    `format: regex`): `\\p{L}`, which JSON Schema allows and `regex` matches, was 400 "is not a 'regex'"."""
+    letters = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^\\p{L}+$"}}}
+    assert schema_problem(letters) is None
+    box = Toolbox([_tool("f", letters)])
+    assert box.call("f", {"s": "Åsa"}).valid and not box.call("f", {"s": "a1"}).valid
+    via_ref = {"type": "object", "$defs": {"w": {"type": "string", "pattern": "^\\p{Lu}"}},
+               "properties": {"s": {"$ref": "#/$defs/w"}}}
+    assert schema_problem(via_ref) is None
+    assert "is not a 'regex'" in (schema_problem({"type": "object", "properties": {"s": {"pattern": "(?<"}}}) or "")
+
+
 def test_what_jsonschema_would_match_without_a_time_limit_is_refused_at_the_door() -> None:
     """jsonschema matches `unevaluatedProperties`' names against `patternProperties` with `re` itself, and a
     nested `$schema` naming a draft switches to its own validators: with patterns, such a schema is refused."""
