@@ -6,6 +6,7 @@ the members untouched (llama-server has many of its own). A bad body is one 400 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -291,18 +292,27 @@ def _code(error: dict[str, Any]) -> str:
 # The names pydantic gives a plain union's scalar branches in an error's location; the others hold brackets
 # (`list[str]`, `literal['auto']`, `function-after[...]`), which no field's name does.
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "dict", "list", "none"})
+_CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9]*")  # a model's (fields here are snake_case)
 
 
 def location(error: dict[str, Any]) -> list[str]:
     """Where an error is, without the branch names plain unions add to it: exact type names only, so a field
     whose name begins like one (`stream`, `stream_options`, `strict`) is kept. Discriminated unions add their
     tag (`content.0.text`), which is kept too."""
-    return [str(p) for p in error.get("loc", ()) if str(p) not in _UNION_TAGS and "[" not in str(p)]
+    loc = [str(p) for p in error.get("loc", ())]
+    # A union of models adds the branch's class name (`tool_choice.ToolChoiceAllowed.tools`): never a field's name
+    return [p for i, p in enumerate(loc) if p not in _UNION_TAGS and "[" not in p
+            and not (i + 1 < len(loc) and _CLASS_NAME.fullmatch(p))]
 
 
 def _describe(error: dict[str, Any]) -> str:
     where = ".".join(location(error)) or "body"
-    return f"{where}: {error.get('msg', 'invalid')}"
+    return f"{where}: {message_of(error)}"
+
+
+def message_of(error: dict[str, Any]) -> str:
+    """pydantic's message, without the prefix it gives a validator's own words."""
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 def validate_body(body: Any, model: type[_Sampling]) -> _Sampling:
@@ -314,10 +324,14 @@ def validate_body(body: Any, model: type[_Sampling]) -> _Sampling:
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-        message = _describe(errors[0]) + more
-        if errors[0].get("loc", ("",))[0] == "model":
+        # The first field's problem; where it is a union (content: a string or parts), the deepest branch's error
+        # is the one about what the client meant to send
+        field = location(errors[0])[:1]
+        first = max(reversed([e for e in errors if location(e)[:1] == field]), key=lambda e: len(location(e)))
+        message = _describe(first) + more
+        if first.get("loc", ("",))[0] == "model":
             message = "`model` is required: a council or model name (see GET /v1/models)"
-        raise BadRequest(message, _code(errors[0])) from None
+        raise BadRequest(message, _code(first)) from None
     validated.check()
     return validated
 

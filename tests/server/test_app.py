@@ -211,6 +211,45 @@ async def test_errors_carry_the_routers_time_and_are_counted(client: httpx.Async
 ASK = [{"role": "user", "content": "x"}]
 
 
+BROKEN = {"type": "objekt"}
+ANTHROPIC = {"model": "c", "max_tokens": 5, "messages": ASK}
+RESPONSES = {"model": "c", "input": "x"}
+
+
+@pytest.mark.parametrize(("path", "body", "code", "says", "not_said"), [
+    ("/v1/messages", {**ANTHROPIC, "tools": [{"name": "f", "input_schema": BROKEN}]}, "invalid_tools",
+     "tools.0: `input_schema` of f is not a valid JSON Schema", "function"),
+    ("/v1/messages/count_tokens", {**ANTHROPIC, "tools": [{"name": "f", "input_schema": BROKEN}]}, "invalid_tools",
+     "tools.0: `input_schema` of f is not a valid JSON Schema", "function"),
+    ("/v1/responses", {**RESPONSES, "tools": [{"type": "function", "name": "f", "parameters": BROKEN}]},
+     "invalid_tools", "tools.0: `parameters` of f is not a valid JSON Schema", "Value error"),
+    ("/v1/responses", {**RESPONSES, "input": [{"type": "reasoning", "id": "r", "summary": []}]}, "empty_input",
+     "input: no message a council can be asked", "messages"),
+    ("/v1/responses", {**RESPONSES, "tool_choice": {"type": "web_search_preview"}}, "invalid_tool_choice",
+     "tool_choice: type 'web_search_preview' is not supported", "ToolChoice"),
+    ("/v1/responses", {**RESPONSES, "tools": [{"type": "function", "name": "f"}],
+                       "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}},
+     "invalid_tool_choice", "tool_choice.tools: List should have at least 1 item", "ToolChoice"),
+    ("/v1/chat/completions", {"model": "c", "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": "http://x/a.png"}]}]}, "invalid_message",
+     "messages.0.content.0.image_url", "valid string"),
+    ("/v1/chat/completions", {"model": "c", "messages": ASK, "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": BROKEN}}]}, "invalid_tools",
+     "tools.0.function: `parameters` of f is not a valid JSON Schema", "Value error"),
+], ids=lambda v: v if isinstance(v, str) and v.startswith("/") else "")
+async def test_a_refusal_names_the_field_the_client_sent(client: httpx.AsyncClient, path: str, body: dict[str, Any],
+                                                         code: str, says: str, not_said: str) -> None:
+    """Refusals named another API's field (Anthropic and Responses tools checked as chat's `tools.0.function`),
+    a model class (`tool_choice.ToolChoiceAllowed.tools`), pydantic's `Value error, ` prefix, or the wrong union
+    branch's problem (a string image_url: "Input should be a valid string")."""
+    reply = await client.post(path, content=json.dumps(body))
+    assert reply.status_code == 400, reply.text
+    doc = reply.json()["error"]
+    message = doc["message"]
+    assert (doc.get("code") or doc.get("details", {}).get("error_code")) == code, doc
+    assert says in message and not_said not in message, message
+
+
 @pytest.mark.parametrize(("path", "route", "body"), [
     ("/v1/chat/completions", "chat", {"model": "c", "messages": ASK, "temperature": "hot"}),
     ("/v1/chat/completions", "chat", {"model": "m", "messages": []}),

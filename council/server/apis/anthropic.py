@@ -25,6 +25,7 @@ from council.server.requests import (
     router_fields,
 )
 from council.voting.engine import CouncilAnswer
+from council.voting.tools import schema_problem
 
 PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 # Anthropic's error types by status (https://docs.anthropic.com/en/api/errors); council's own code goes in
@@ -146,6 +147,13 @@ class ToolParam(_Open):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
     input_schema: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _input_schema_is_a_schema(self) -> ToolParam:
+        # Checked here, in this API's words: the chat body it becomes would name `function.parameters`.
+        if (problem := schema_problem(self.input_schema)) is not None:
+            raise ValueError(f"`input_schema` of {self.name} is not a valid JSON Schema: {problem}")
+        return self
 
 
 class ToolChoiceAuto(_Open):

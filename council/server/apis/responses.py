@@ -22,8 +22,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
-from council.server.requests import BadRequest, CouncilOptions, check_tool_choice, check_tool_names, location
+from council.server.requests import (
+    BadRequest,
+    CouncilOptions,
+    check_tool_choice,
+    check_tool_names,
+    location,
+    message_of,
+)
 from council.voting.engine import with_system
+from council.voting.tools import schema_problem
 
 Status = Literal["completed", "incomplete", "failed", "in_progress"]
 
@@ -120,6 +128,13 @@ class FunctionTool(_Open):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _parameters_are_a_schema(self) -> FunctionTool:
+        # Checked here, where the tool is flat: the chat body it becomes would name `function.parameters`.
+        if self.parameters is not None and (problem := schema_problem(self.parameters)) is not None:
+            raise ValueError(f"`parameters` of {self.name} is not a valid JSON Schema: {problem}")
+        return self
 
 
 class ToolChoiceFunction(_Open):
@@ -246,6 +261,11 @@ def validate_responses(body: Any) -> ResponsesRequest:
         if kind != "function":
             raise BadRequest(f"tools.{n}: only function tools are supported (not {kind!r}: OpenAI's hosted tools "
                              "run on OpenAI's servers)", "unsupported_tool")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") not in ("function", "allowed_tools"):
+        # else each object form's own problems, one named by its class (`ToolChoiceAllowed.tools`)
+        raise BadRequest(f"tool_choice: type {choice.get('type')!r} is not supported: `none`, `auto`, `required`, "
+                         "{type: function, name} or {type: allowed_tools, mode, tools}", "invalid_tool_choice")
     try:
         validated = ResponsesRequest.model_validate(body)
     except ValidationError as exc:
@@ -258,8 +278,7 @@ def validate_responses(body: Any) -> ResponsesRequest:
             raise BadRequest("`model` is required: a council or model name (see GET /v1/models)",
                              "missing_model") from None
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-        raise BadRequest(f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}{more}",
-                         f"invalid_{field}") from None
+        raise BadRequest(f"{'.'.join(loc) or 'body'}: {message_of(first)}{more}", f"invalid_{field}") from None
     validated.check()
     return validated
 
@@ -341,6 +360,9 @@ def to_chat(request: ResponsesRequest, body: dict[str, Any], history: list[dict[
     items = [*_parse_items(history), *(request.input if isinstance(request.input, list) else
                                         [MessageItem(role="user", content=request.input)])]
     messages = chat_messages(items)
+    if not messages:  # else chat's own words: "messages: List should have at least 1 item"
+        raise BadRequest("input: no message a council can be asked (reasoning items alone are dropped)",
+                         "empty_input")
     if request.instructions:  # ahead of a leading system or developer message, in it: one system message
         messages = with_system(messages, request.instructions, before=True)
     chat: dict[str, Any] = {k: v for k, v in body.items() if k not in OWN_FIELDS}
