@@ -17,6 +17,7 @@ from aiohttp import web
 from council.server.app import create_app
 from council.voting.client import Endpoint, HttpMemberClient
 from tests.server.test_app import KEY, _router
+from tests.servers import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -35,16 +36,10 @@ async def answering(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, di
 
     app = web.Application()
     app.router.add_post("/{path:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     router = _router(tmp_path)
-    async with aiohttp.ClientSession() as http:
+    async with serving(app) as url, aiohttp.ClientSession() as http:
         def member(i: int) -> HttpMemberClient:  # a process per seat: each asked alone (`complete`)
-            return HttpMemberClient(lambda: Endpoint(f"m/{i}", f"http://127.0.0.1:{port}", "key", http),
-                                    target=f"m/{i}")
+            return HttpMemberClient(lambda: Endpoint(f"m/{i}", url, "key", http), target=f"m/{i}")
 
         engine = router.engines["c"]
         engine.seats = [dataclasses.replace(s, client=member(i)) for i, s in enumerate(engine.seats)]
@@ -53,7 +48,6 @@ async def answering(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, di
         async with httpx.AsyncClient(transport=transport, base_url="http://council",
                                      headers={"Authorization": f"Bearer {KEY}"}) as client:
             yield client, said
-    await runner.cleanup()
 
 
 @pytest.mark.parametrize("body", ["no count", "html"])

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from council.voting.client import Endpoint, HttpMemberClient, Streaming
+from tests.servers import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -53,15 +54,8 @@ async def member(closed: asyncio.Event) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 async def test_a_choice_cut_by_closing_the_request_keeps_its_tokens() -> None:
