@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import mmap
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,8 @@ def read_gguf(path: Path | str, *, keep_arrays: bool = False) -> GgufInfo:
         st = path.stat()
     except OSError as exc:
         raise GgufError(f"{path}: cannot read GGUF: {exc}") from exc
+    if not stat.S_ISREG(st.st_mode):  # a FIFO's open waits for a writer: forever, on the caller's thread
+        raise GgufError(f"{path}: cannot read GGUF: not a file")
     return _read_gguf(path, st.st_size, st.st_mtime_ns, keep_arrays)
 
 

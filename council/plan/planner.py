@@ -12,6 +12,7 @@ from council.plan.estimate import MemoryEstimate, estimate_member_bytes
 from council.plan.gguf import read_gguf
 from council.plan.gpus import Device, Gpu, device_of, resolve_gpus
 from council.plan.slots import CouncilNeed, CouncilResult, Placement, ProcessNeed, SlotPlan, pack
+from council.policy.checks import path_problem
 from council.policy.schema import CouncilConfig, ModelConfig, Policy
 
 COMPONENTS = ("weights", "kv", "recurrent", "mtp", "compute", "overhead")
@@ -30,7 +31,7 @@ def estimate_process(policy: Policy, model_name: str, members: int, device: Devi
     model = policy.models[model_name].for_members(members)
     breakdown = dict.fromkeys(COMPONENTS, 0)
     estimate: MemoryEstimate | None = None
-    if model.path is not None and model.path.exists():
+    if model.path is not None and path_problem(model.path) is None:
         draft = None
         if model.draft.type == "model" and model.draft.model:
             draft_cfg: ModelConfig = policy.models[model.draft.model]

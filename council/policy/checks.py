@@ -6,6 +6,7 @@ The facts come in as arguments — GGUF headers read by `council.plan.gguf`, the
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,13 +75,30 @@ def _read(read_header: HeaderReader, model: ModelConfig, *, keep_arrays: bool = 
         return str(exc)
 
 
+def path_problem(path: Path) -> str | None:
+    """Why a model's `path` names no file to read, or None. Not a regular file (a folder, a FIFO, whose open would
+    wait for a writer forever) is one; so is a name the system refuses (too long), which `Path.exists` raises on."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except OSError as exc:
+        return f"{path}: cannot read it: {exc.strerror or exc}"
+    return None if stat.S_ISREG(st.st_mode) else f"{path} is not a file"
+
+
 def file_problems(loaded: LoadedPolicy) -> list[Problem]:
-    """Model files that are missing while no `memory:` says how much to plan for them."""
+    """Model files that are missing while no `memory:` says how much to plan for them, and paths that name no
+    file at all (a folder, a FIFO, a name too long), which no `memory:` excuses."""
     problems = []
     for name, model in loaded.policy.models.items():
-        if model.path is not None and not model.path.exists() and model.memory is None:
+        if model.path is None or (problem := path_problem(model.path)) is None:
+            continue
+        if not problem.endswith("does not exist"):
+            problems.append(loaded.problem(("models", name, "path"), problem))
+        elif model.memory is None:
             problems.append(loaded.problem(("models", name, "path"),
-                                           f"{model.path} does not exist (and no `memory:` is given to plan with)"))
+                                           f"{problem} (and no `memory:` is given to plan with)"))
     return problems
 
 
@@ -92,7 +110,7 @@ def environment_problems(loaded: LoadedPolicy, server: ServerFlags | None,
     headers: dict[str, ModelHeader] = {}
     for name, model in policy.models.items():
         base = ("models", name)
-        if model.path is None or not model.path.exists():  # remote, or reported above
+        if model.path is None or path_problem(model.path) is not None:  # remote, or reported above
             continue
         header = _read(read_header, model)
         if isinstance(header, str):

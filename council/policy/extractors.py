@@ -52,7 +52,7 @@ def parse_extractor_spec(spec: str) -> ExtractorSpec:
             raise ExtractError("empty regex: write e.g. regex:ANSWER: (\\w+)")
         try:
             pattern = re.compile(arg)
-        except re.error as e:
+        except (re.error, OverflowError, RecursionError) as e:  # `a{4294967296}`: OverflowError, not re.error
             raise ExtractError(f"bad regex {arg!r}: {e}") from e
         return ExtractorSpec("regex", f"regex:{arg}", pattern=pattern)
     raise ExtractError(f"unknown extractor {spec!r}: use one of {', '.join(KINDS)}")

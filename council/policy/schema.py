@@ -63,7 +63,10 @@ def expand_path(value: Path) -> Path:
     if "COUNCIL_HOME" not in os.environ:
         home = str(council_home())
         text = text.replace("${COUNCIL_HOME}", home).replace("$COUNCIL_HOME", home)
-    return Path(os.path.expandvars(text)).expanduser()
+    try:
+        return Path(os.path.expandvars(text)).expanduser()
+    except RuntimeError:  # `~nosuchuser/...`: "Could not determine home directory"
+        raise ValueError(f"{text}: no such user's home (`~user` must name a user of this machine)") from None
 
 
 ExpandedPath = Annotated[Path, AfterValidator(expand_path)]

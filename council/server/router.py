@@ -467,21 +467,27 @@ class Router:
                                                "to change this").format(str(self.policy_path)))
         return problems
 
+    def _checked_policy(self, gpus: list[Gpu]) -> tuple[LoadedPolicy, PolicyPlan]:
+        """The policy file read again, checked and planned on `gpus`; a bad one is a ReloadError."""
+        try:
+            loaded = load_policy(self.policy_path)
+        except PolicyError as exc:
+            raise ReloadError(exc.lines()) from None
+        problems = (self._restart_problems(loaded) + self.role.check(loaded, str(self.policy_path))
+                    + self._key_problems(loaded))
+        if problems:
+            raise ReloadError(problems)
+        try:
+            return loaded, plan_policy(loaded.policy, gpus)
+        except (OSError, ValueError) as exc:
+            raise ReloadError([Problem((), str(exc)).format(str(self.policy_path))]) from None
+
     async def reload(self) -> dict[str, list[str]]:
         """Re-read the policy: only processes whose launch inputs changed restart; a bad policy is refused."""
         async with self._reload_lock:
-            try:
-                loaded = load_policy(self.policy_path)
-            except PolicyError as exc:
-                raise ReloadError(exc.lines()) from None
-            problems = (self._restart_problems(loaded) + self.role.check(loaded, str(self.policy_path))
-                        + self._key_problems(loaded))
-            if problems:
-                raise ReloadError(problems)
-            try:
-                plan = plan_policy(loaded.policy, await self.gpus())
-            except (OSError, ValueError) as exc:
-                raise ReloadError([Problem((), str(exc)).format(str(self.policy_path))]) from None
+            # Read, checked and planned in a thread: the model files' headers are read from disk (a network mount
+            # may take long), and requests go on meanwhile.
+            loaded, plan = await asyncio.to_thread(self._checked_policy, await self.gpus())
             assert self.assembly is not None
             plan, changes = await self.role.swap(self, plan)
             self.loaded, self.plan, self.planned = loaded, plan, plan

@@ -312,6 +312,40 @@ def test_check_refuses_args_binding_beyond_loopback_in_one_line(tmp_path: Path) 
     assert line.startswith(f"{path}:2: models.a.args: argument '--host' sets --host, which council sets itself")
 
 
+@pytest.mark.parametrize(("model", "extract", "says"), [
+    ("{path: /a, memory: 1GiB}", "regex:a{4294967296}", "councils.c.vote.extract: bad regex 'a{4294967296}'"),
+    ("{path: '~nosuchuser-council/x.gguf', memory: 1GiB}", "auto", "models.a.path: ~nosuchuser-council/x.gguf: no "
+     "such user's home"),
+    ("{path: /%s.gguf, memory: 1GiB}" % ("a" * 5000), "auto", "File name too long"),
+], ids=["huge-regex-repeat", "unknown-user", "name-too-long"])
+def test_inputs_the_loader_raised_on_are_problems_not_tracebacks(tmp_path: Path, model: str, extract: str,
+                                                                 says: str) -> None:
+    """`re.compile` raises OverflowError for a repeat past its limit, `expanduser` RuntimeError for an unknown
+    user, `Path.exists` OSError for a name too long: each was a traceback (exit 1) from `check`, `plan` and every
+    command that loads a policy, and a 500 from `/admin/reload`."""
+    path = write(tmp_path, f"models:\n  a: {model}\ncouncils:\n  c: {{members: [{{model: a}}], "
+                           f"vote: {{extract: '{extract}'}}}}\n")
+    for command in ("check", "plan"):
+        result = run_cli(command, str(path), timeout=60)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert says in result.stderr, result.stderr
+
+
+def test_a_model_path_that_names_no_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """A FIFO's open waits for a writer: `check` and `plan` hung on it, and `/admin/reload` froze the router's
+    every request. A folder, too, is no model file; a `memory:` excuses a file not there yet, not these."""
+    import os
+
+    fifo = tmp_path / "fifo.gguf"
+    os.mkfifo(fifo)
+    for target, says in ((fifo, "is not a file"), (tmp_path, "is not a file")):
+        path = write(tmp_path, f"models:\n  a: {{path: {target}, memory: 1GiB}}\ncouncils:\n  c: {{members: "
+                               "[{model: a}]}\n")
+        for command in ("check", "plan"):
+            result = run_cli(command, str(path), timeout=60)
+            assert result.returncode == 2 and f"models.a.path: {target} {says}" in result.stderr, result.stderr
+
+
 # --- `council check` on the real machine: files, spec types, MTP heads, vocabularies --------------------
 
 

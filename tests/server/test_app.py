@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -578,6 +579,34 @@ async def test_a_policy_nested_too_deeply_is_a_refused_reload_not_a_500(tmp_path
     [problem] = body["problems"]
     assert problem.startswith(f"{router.policy_path}:2: (top): nested too deeply")
     assert router.loaded is before  # the old policy keeps serving
+
+
+@pytest.mark.parametrize("model_path", ["FIFO", "'~nosuchuser-council/m.gguf'", "/" + "a" * 5000],
+                         ids=["fifo", "user", "long"])
+async def test_a_reload_the_loader_raised_on_is_refused_and_requests_go_on(tmp_path: Path, model_path: str) -> None:
+    """A policy whose model path is a FIFO froze the router (its header was read on the event loop, and a FIFO's
+    open waits for a writer); an unknown `~user` or a name too long was a 500. Each is a 400 now, the old policy
+    serving, and the policy is read off the event loop."""
+    import os
+
+    router = _router(tmp_path)
+    ops = "ops-key-0123456789"
+    router.keys.update([*router.policy.server.api_keys, ApiKey(
+        name="ops", sha256=hashlib.sha256(ops.encode()).hexdigest(), scopes=["chat", "admin"])])
+    before = router.loaded
+    if model_path == "FIFO":
+        model_path = str(tmp_path / "m.gguf")
+        os.mkfifo(model_path)
+    text = router.policy_path.read_text()
+    assert f"path: {tmp_path / 'absent.gguf'}" in text
+    router.policy_path.write_text(text.replace(f"path: {tmp_path / 'absent.gguf'}", f"path: {model_path}"))
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council",
+                                 headers={"Authorization": f"Bearer {ops}"}) as http:
+        refused = await asyncio.wait_for(http.post("/admin/reload"), 30)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "invalid_policy" and "models.m.path" in refused.text, refused.text
+    assert router.loaded is before
 
 
 async def test_a_members_log_route_takes_its_name_encoded_segment_by_segment(tmp_path: Path) -> None:
