@@ -358,12 +358,14 @@ class Sampling(_Strict):
     temperature: float | None = Field(default=None, ge=0, le=5, description="Sampling temperature (0: greedy).",
                                       examples=[0.7])
     top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling.", examples=[0.95])
-    top_k: int | None = Field(default=None, ge=0, description="Top-k sampling.", examples=[40])
+    # Bounded as llama-server's own integers are: past 64 bits no request to the member could even be written.
+    top_k: int | None = Field(default=None, ge=0, le=MAX_FLAG_INT, description="Top-k sampling.", examples=[40])
     seed: int | None = Field(default=None, description="Sampling seed (with `samples: K`, sample k uses "
                              "seed + k), mixed with a hash of the seat's messages and tools: one question gets "
                              "the same draws each time, other questions other draws (a seed alone would replay one "
                              "random sequence on every question). Negative: llama-server's random.", examples=[1])
-    max_tokens: int | None = Field(default=None, ge=1, description="Most tokens of a reply.", examples=[400])
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_FLAG_INT, description="Most tokens of a reply.",
+                                   examples=[400])
     system: str | None = Field(default=None, description="A system prompt added to the request's: after its system "
                                "message's text, in that one message (first, when it has none).",
                                examples=["Reason step by step, then end with \"The answer is N.\""])

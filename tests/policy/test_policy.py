@@ -331,6 +331,16 @@ def test_inputs_the_loader_raised_on_are_problems_not_tracebacks(tmp_path: Path,
         assert says in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("field", ["top_k", "max_tokens"])
+def test_sampling_integers_past_what_a_request_can_carry_are_refused(tmp_path: Path, field: str) -> None:
+    """`top_k` or `max_tokens` past 64 bits passed `check`; no request to the member could then be written
+    (orjson), so every answer was a 503 `quorum_not_met` blaming the members, and the SDKs retried it."""
+    path = write(tmp_path, f"models:\n  a: {{path: /a, memory: 1GiB}}\ncouncils:\n  c: {{members: [{{model: a, "
+                           f"sampling: {{{field}: 99999999999999999999999}}}}]}}\n")
+    [line] = problems(path)
+    assert f"councils.c.members.0.sampling.{field}: Input should be less than or equal to 2147483647" in line
+
+
 def test_a_model_path_that_names_no_file_is_refused_without_reading_it(tmp_path: Path) -> None:
     """A FIFO's open waits for a writer: `check` and `plan` hung on it, and `/admin/reload` froze the router's
     every request. A folder, too, is no model file; a `memory:` excuses a file not there yet, not these."""
