@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +43,25 @@ def cached_binary() -> Path:
     return bin_dir() / "llama-server"
 
 
-def _run(path: Path, flag: str) -> str:
+def _run(path: Path, flag: str, timeout: float = 30) -> str:
+    """`path flag`'s output. In a session of its own, killed whole past `timeout`: a wrapper script's child (a
+    llama-server it runs without `exec`) would outlive the wrapper alone."""
     try:
-        proc = subprocess.run(
-            [str(path), flag], capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        proc = subprocess.Popen([str(path), flag], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
         raise LlamaServerError(f"{path}: cannot run `{flag}`: {exc}") from exc
-    return proc.stdout + proc.stderr
+    try:
+        out, errors = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise LlamaServerError(f"{path}: cannot run `{flag}`: {exc}") from exc
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever it left behind once it answered
+    return out + errors
 
 
 def parse_spec_types(help_text: str) -> tuple[str, ...]:

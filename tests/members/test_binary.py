@@ -9,8 +9,10 @@ import httpx
 import pytest
 
 from council.members.binary import (
+    LlamaServerError,
     LlamaServerInfo,
     LlamaServerVariableError,
+    _run,
     find_llama_server,
     inspect_binary,
     parse_build,
@@ -93,3 +95,27 @@ def test_base_model_completes_raw_text(start_server: Callable[..., RunningServer
                        json={"prompt": "The capital of France is", "n_predict": 6, "temperature": 0})
     assert reply.status_code == 200, reply.text
     assert reply.json()["tokens_predicted"] > 0
+
+
+def test_a_wrapper_whose_help_hangs_leaves_nothing_behind(tmp_path: Path) -> None:
+    """`$LLAMA_SERVER` may be a wrapper script; one whose `--help` hangs was killed after the timeout, but only
+    itself: the process it ran lived on (reparented to init)."""
+    import time
+
+    child_pid = tmp_path / "child.pid"
+    wrapper = tmp_path / "llama-server"
+    wrapper.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {child_pid}\nwait\n")
+    wrapper.chmod(0o755)
+    with pytest.raises(LlamaServerError, match=r"cannot run `--help`: .*timed out"):
+        _run(wrapper, "--help", timeout=1)
+    child = int(child_pid.read_text())
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break  # gone
+        if state == "Z":
+            break  # killed, not yet reaped by init
+        assert time.monotonic() < deadline, f"the wrapper's child {child} still runs"
+        time.sleep(0.02)
