@@ -41,17 +41,32 @@ def ask(
     except ValueError:
         raise fail(f"{url} answered {reply.status_code} with a body that is not JSON", 1) from None
     if reply.status_code != 200:
-        message = doc.get("error", {}).get("message") if isinstance(doc, dict) else None
+        error = doc.get("error") if isinstance(doc, dict) else None  # a proxy's may be a string
+        message = error.get("message") if isinstance(error, dict) else error if isinstance(error, str) else None
         raise fail(f"{reply.status_code}: {message or reply.text[:200]}", 1)
     if json_out:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
-    out.print(doc["choices"][0]["message"].get("content") or "", highlight=False, markup=False)
+    out.print(_reply_text(doc, url), highlight=False, markup=False)
     info = doc.get("council")
-    if info:
-        err.print(f"[dim]{info['council']}: answer {info['answer']!r}, agreement {info['agreement']:.0%}, "
-                  f"{'degraded, ' if info['degraded'] else ''}{'early stop, ' if info['early_stop'] else ''}"
-                  f"id {doc['id']}[/dim]", highlight=False)
+    if isinstance(info, dict):  # a plain model's answer has none; another service's may have anything
+        agreement = info.get("agreement")
+        err.print(f"[dim]{info.get('council')}: answer {info.get('answer')!r}, agreement "
+                  f"{f'{agreement:.0%}' if isinstance(agreement, int | float) else '?'}, "
+                  f"{'degraded, ' if info.get('degraded') else ''}{'early stop, ' if info.get('early_stop') else ''}"
+                  f"id {doc.get('id')}[/dim]", highlight=False)
+
+
+def _reply_text(doc: object, url: str) -> str:
+    """A chat completion's first choice's text, or exit 1: `url` answered 200 with something else (another
+    service on that port, a proxy's page)."""
+    choices = doc.get("choices") if isinstance(doc, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise fail(f"{url} answered 200 with a body that is not a chat completion", 1)
+    content = message.get("content")
+    return content if isinstance(content, str) else ""
 
 
 def _ballot_number(value: object, where: str, rule: str, ok: Callable[[float], bool]) -> float:
@@ -165,7 +180,10 @@ def tally(
         seen.add(item["member"])
         text = item.get("text")
         where = f"{ballot}: answers[{i}]:"
-        weight = _ballot_number(item.get("weight", 1.0), f"{where} `weight`", "a positive number", lambda w: w > 0)
+        # Bounded as a member's weight is (the policy's, at most 1e6): three weights of 1e308 summed to infinity, and
+        # a one-vote answer won over a two-vote one.
+        weight = _ballot_number(item.get("weight", 1.0), f"{where} `weight`", "a positive number up to 1e6",
+                                lambda w: 0 < w <= 1e6)
         latency = None if item.get("latency_ms") is None else _ballot_number(
             item["latency_ms"], f"{where} `latency_ms`", "a number of milliseconds, 0 or more", lambda ms: ms >= 0)
         confidence = None if item.get("confidence") is None else _ballot_number(

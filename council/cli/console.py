@@ -47,6 +47,8 @@ def bad_url(url: str) -> str | None:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         # `127.0.0.1:8080` was "unreachable": `ask` exit 1, and `eval` failed every item, a 0% report, exit 0.
         return "not an http:// or https:// URL (e.g. http://127.0.0.1:8080)"
+    if parsed.port is not None and not 0 < parsed.port <= 65535:  # else the connection went to port % 65536
+        return f"port {parsed.port} is out of range (1-65535)"
     return None
 
 

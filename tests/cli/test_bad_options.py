@@ -6,6 +6,11 @@ unknown option, a missing argument) drew the usage and a box of several lines.""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -46,6 +51,63 @@ def test_an_option_out_of_range_is_one_line_and_exit_2(args: tuple[str, ...], sa
 def test_ask_url_without_a_scheme_is_bad_input_as_in_eval() -> None:
     line = _one_line("ask", "demo", "hi", "--url", "127.0.0.1:9")
     assert line == "error: --url 127.0.0.1:9: not an http:// or https:// URL (e.g. http://127.0.0.1:8080)"
+
+
+def test_ask_url_with_a_port_past_65535_is_bad_input() -> None:
+    """httpx took port 99999 and connected to 99999 % 65536 (34463): whatever listened there answered."""
+    line = _one_line("ask", "demo", "hi", "--url", "http://127.0.0.1:99999")
+    assert line == "error: --url http://127.0.0.1:99999: port 99999 is out of range (1-65535)"
+
+
+@contextlib.contextmanager
+def _answering(status: int, body: object) -> Iterator[str]:
+    """A local HTTP service that answers every POST with `status` and `body` (JSON): its base URL."""
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("status", "body", "says"), [
+    (200, {}, "answered 200 with a body that is not a chat completion"),
+    (200, [1, 2], "answered 200 with a body that is not a chat completion"),
+    (200, {"choices": []}, "answered 200 with a body that is not a chat completion"),
+    (200, {"choices": [{"message": None}]}, "answered 200 with a body that is not a chat completion"),
+    (500, {"error": "boom"}, "error: 500: boom"),
+    (400, {"error": ["boom"]}, 'error: 400: {"error"'),
+])
+def test_ask_of_a_service_that_answers_something_else_is_one_line(status: int, body: object, says: str) -> None:
+    """`council ask` read the reply unguarded: another service on the port (`{}`), a proxy's error (`{"error":
+    "boom"}`) was a traceback (KeyError, IndexError, AttributeError...)."""
+    with _answering(status, body) as url:
+        result = run_cli("ask", "c", "hi", "--url", url, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_ask_prints_a_council_object_of_any_shape() -> None:
+    """A `council` object with a missing or non-numeric `agreement` was a traceback after the answer."""
+    doc = {"id": "x", "choices": [{"message": {"content": "42"}}], "council": {"council": "c", "agreement": "high"}}
+    with _answering(200, doc) as url:
+        result = run_cli("ask", "c", "hi", "--url", url, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "42", result
+    assert "agreement ?" in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 def test_a_timeout_in_range_is_used() -> None:

@@ -90,7 +90,10 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path: Path) -> None:
         ({"answers": []}, "`answers` must be a non-empty list"),
         ({"answers": [{"text": "1"}]}, "answers[0] needs a `member`"),
         ({"answers": [{"member": "a", "text": "1", "weight": -1}]},
-         "answers[0]: `weight` must be a positive number, not -1"),
+         "answers[0]: `weight` must be a positive number up to 1e6, not -1"),
+        # Three of 1e308 summed to infinity: the one-vote answer won, and the printed JSON held `Infinity`.
+        ({"answers": [{"member": "a", "text": "1", "weight": 1e308}]},
+         "answers[0]: `weight` must be a positive number up to 1e6, not 1e+308"),
         ({"strategy": "plurality", "answers": ANSWERS}, "unknown strategy 'plurality'"),
         ({"extract": "regex:(", "answers": ANSWERS}, "bad extractor 'regex:('"),
         # Hand-made ballots that were tracebacks (exit 1): an extractor that is no string, a tool's `parameters`
@@ -151,8 +154,8 @@ def test_numbers_and_settings_a_vote_cannot_use_are_exit_2(tmp_path: Path) -> No
         ({**conf, "confidence_temperature": [1]}, f"{temperature} [1]"),
         (json.dumps({"confidence_temperature": 1, **conf}).replace(": 1,", ": NaN,", 1),
          "`confidence_temperature` must be a finite number, not nan"),
-        ({**conf, "answers": [{**sure[0], "weight": True}, sure[1]]}, "answers[0]: `weight` must be a positive number, "
-                                                                     "not True"),
+        ({**conf, "answers": [{**sure[0], "weight": True}, sure[1]]}, "answers[0]: `weight` must be a positive number "
+                                                                     "up to 1e6, not True"),
         (json.dumps({**conf, "strategy": "weighted"}).replace('"confidence": 0.9', '"weight": Infinity'),
          "answers[0]: `weight` must be a finite number, not inf"),
         ({**conf, "answers": [sure[0], {**sure[1], "latency_ms": -5}]},
