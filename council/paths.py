@@ -53,4 +53,22 @@ def write_whole(path: Path, text: str) -> None:
 
 def same_file(a: Path, b: Path) -> bool:
     """Whether two paths name one file (spelled alike once resolved, or one file through a link)."""
-    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:  # a name too long, a folder that cannot be searched: none the other can be either
+        return False
+
+
+def unwritable(target: Path) -> str | None:
+    """Why no file can be written at `target` (checked before a long run that ends by writing it), or None."""
+    try:
+        if target.is_dir():
+            return "is a folder"
+        folder = target.resolve().parent
+        if not folder.is_dir():
+            return f"no such folder {target.parent}"
+        if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+            return "not writable"
+    except OSError as exc:  # a name too long, a folder that cannot be searched: `Path.exists` raises on those
+        return str(exc.strerror or exc)
+    return None

@@ -22,7 +22,7 @@ from council.cli.console import (
     plan_or_exit,
     wait_seconds,
 )
-from council.paths import same_file, write_whole
+from council.paths import same_file, unwritable, write_whole
 
 
 @app.command("eval")
@@ -105,7 +105,7 @@ def eval_(
         raise fail(f"--url {url}: {problem}", 2)
     for option, target in (("--json", json_out), ("--html", html_out), ("--record", record)):
         # Found out before the members are asked: a report that cannot be written lost the whole run.
-        if target is not None and (problem := _unwritable(Path(target))) is not None:
+        if target is not None and (problem := unwritable(Path(target))) is not None:
             raise fail(f"{option} {target}: {problem}", 2)
     if (clash := _clash({"--json": json_out, "--html": html_out}, policy, data, record)) is not None:
         raise fail(clash, 2)
@@ -193,16 +193,11 @@ def _reach_or_exit(url: str) -> None:
         pass
 
 
-def _unwritable(target: Path) -> str | None:
-    """Why no file can be written at `target` (checked before the run), or None."""
-    if target.is_dir():
-        return "is a folder"
-    folder = target.resolve().parent
-    if not folder.is_dir():
-        return "no such folder"
-    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        return "not writable"
-    return None
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long: reading it says so later, as the data file's own problem
+        return False
 
 
 def _clash(outputs: dict[str, str | None], policy: str, data: str, record: str | None) -> str | None:
@@ -212,7 +207,7 @@ def _clash(outputs: dict[str, str | None], policy: str, data: str, record: str |
     data_path = Path(data)
     read = [("the --record file", Path(record))] if record else []
     read += [("the policy", Path(policy)), ("the data file", data_path)]
-    if data_path.is_dir():  # a BFCL data folder: the question and answer files it holds
+    if _is_dir(data_path):  # a BFCL data folder: the question and answer files it holds
         read += [("a data file", p) for p in sorted(data_path.rglob("BFCL_v4_*.json"))]
     for i, (option, target) in enumerate(named):
         for what, path in read:

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from council.cli.console import app, err, fail, llama_server_or_exit, load_or_exit, out
-from council.paths import same_file, write_whole
+from council.paths import same_file, unwritable, write_whole
 
 if TYPE_CHECKING:
     from council.policy.schema import DraftConfig
@@ -140,13 +140,8 @@ def _json_target(path: str | None, policy: Path) -> Path | None:
     target = Path(path)
     if same_file(target, policy):
         raise ValueError(f"{path}: is the policy: the rows would be written over it")
-    folder = target.parent
-    if target.is_dir():
-        raise ValueError(f"{path}: is a folder")
-    if not folder.is_dir():
-        raise ValueError(f"{path}: no such folder {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise ValueError(f"{path}: not writable")
+    if (why := unwritable(target)) is not None:
+        raise ValueError(f"{path}: {why}")
     return target
 
 

@@ -309,9 +309,12 @@ def is_bfcl(path: Path | str) -> bool:
     """Whether a data file is BFCL's: the wheel, a data folder, or JSON lines with `id`, `question` and
     `function`."""
     path = Path(path)
-    if path.is_dir():
-        return Source(path).category_file(CATEGORIES[0]) is not None
-    if not path.is_file():
+    try:
+        if path.is_dir():
+            return Source(path).category_file(CATEGORIES[0]) is not None
+        if not path.is_file():
+            return False
+    except OSError:  # a name too long: reading it as another format says so
         return False
     if zipfile.is_zipfile(path):
         return True

@@ -364,6 +364,9 @@ def test_json_into_a_missing_folder_is_refused_before_the_sweep(tmp_path: Path, 
     assert run.stderr.strip() == f"error: {out}: no such folder {out.parent}"
     run = tune_given(policy, {0: 10.0, 2: 20.0}, "--n", "0,2", "--json", str(tmp_path))
     assert run.code == 2 and run.stderr.strip() == f"error: {tmp_path}: is a folder" and run.measured == []
+    long = tmp_path / ("x" * 300)  # `Path.exists` raised on it: a traceback, exit 1
+    run = tune_given(policy, {0: 10.0, 2: 20.0}, "--n", "0,2", "--json", str(long))
+    assert run.code == 2 and run.stderr.strip() == f"error: {long}: File name too long" and run.measured == []
 
 
 def test_json_that_cannot_be_written_after_the_sweep_costs_only_itself(tmp_path: Path, syn: Path,

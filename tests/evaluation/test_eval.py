@@ -252,6 +252,19 @@ def test_eval_refuses_an_output_in_no_folder(tmp_path: Path, syn: Path, option: 
     assert result.returncode == 2 and f"{option} {target}: no such folder" in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("option", ["--json", "--html", "--record", "DATA"])
+def test_a_name_too_long_is_one_line_not_a_traceback(tmp_path: Path, syn: Path, option: str) -> None:
+    """`Path.exists` and `is_dir` raise on a name past the system's limit: each was an OSError traceback, exit 1."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(council_policy(syn))
+    data = write(tmp_path / "data.jsonl", [{"question": "q", "answer": "1"}])
+    long = tmp_path / ("x" * 300)
+    args = [str(long)] if option == "DATA" else [str(data), option, str(long)]
+    result = run_cli("eval", str(policy), "trio", *args, "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "File name too long" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 @pytest.mark.parametrize("option", ["--json", "--html", "--record"])
 def test_eval_refuses_an_output_that_is_a_folder(tmp_path: Path, syn: Path, option: str) -> None:
     # Only the parent was checked: the whole run was asked, then writing the report was a traceback, exit 1.
