@@ -148,7 +148,8 @@ def eval_(
             if asked and not any(r.answers for r in asked):
                 # Not one item answered (the router went away, or refuses every request): a failed run, not a
                 # measurement of 0%.
-                raise fail(f"no item was answered by {url}: {asked[0].error}", 1)
+                why = asked[0].error or "its replies listed no member's answer"
+                raise fail(f"no item was answered by {url}: {why}", 1)
         else:
             records = asyncio.run(_record_here(loaded, council, items, concurrency, append_to, advance, done,
                                                again, extra))

@@ -35,12 +35,12 @@ def setup(
     from council.setup.install.lock import setup_lock
 
     if models not in ("small", "all"):
-        raise fail(f"--models must be small or all, not {models!r}", 1)
+        raise fail(f"--models must be small or all, not {models!r}", 2)
     chosen = models_for(models)
     if only:
         unknown = sorted(set(only) - {m.name for m in CATALOG})
         if unknown:
-            raise fail(f"unknown model {', '.join(unknown)}; known: {', '.join(m.name for m in CATALOG)}", 1)
+            raise fail(f"unknown model {', '.join(unknown)}; known: {', '.join(m.name for m in CATALOG)}", 2)
         chosen = tuple(m for m in CATALOG if m.name in only)
     started = time.monotonic()
     out.print(f"council cache: {council_home()}")

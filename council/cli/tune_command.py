@@ -81,6 +81,9 @@ def tune(
     if model not in loaded.policy.models:
         raise fail(f"{policy} has no model {model!r} (it has: {', '.join(loaded.policy.models)})", 2)
     draft = loaded.policy.models[model].draft
+    if draft.type == "none":  # before the banner: nothing is tuned
+        raise fail(f"models.{model} has no draft (`draft: {{type: mtp|model|ngram-mod, ...}}`): no draft length "
+                   "to tune", 2)
     if draft.type in FIXED_DRAFT_LENGTHS:
         raise fail(f"models.{model}.draft: llama-server drafts {FIXED_DRAFT_LENGTHS[draft.type]} tokens with "
                    f"{draft.type} whatever is asked, so there is no draft length to tune", 2)

@@ -120,8 +120,8 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
             raise PolicyError(file, [Problem((), "the file is empty", 1)])
         try:
             if (size := _expanded(node, {}, set())) > MAX_VALUES:
-                raise PolicyError(file, [Problem((), f"its aliases expand it to {size:,} values, more than the "
-                                                     f"{MAX_VALUES:,} a policy may hold (one needs hundreds)", 1)])
+                raise PolicyError(file, [Problem((), f"it holds {size:,} values (its aliases expanded), more than "
+                                                     f"the {MAX_VALUES:,} a policy may hold (one needs hundreds)", 1)])
         except _AliasLoop as loop:
             raise PolicyError(file, [Problem((), "an alias is used inside the node it names: a policy cannot "
                                                  "hold itself", loop.line)]) from None

@@ -57,14 +57,22 @@ def owned_flag(arg: str) -> str | None:
     return next((name for name, short in COUNCIL_FLAGS.items() if flag == name or flag in short), None)
 
 
+_VAR_REF = re.compile(r"\$\{?([A-Za-z_]\w*)\}?")  # what expandvars reads, as it left it
+
+
 def expand_path(value: Path) -> Path:
     """`~` and `$VARS` expand, so one policy works for every user; `$COUNCIL_HOME` defaults to the cache."""
     text = str(value)
     if "COUNCIL_HOME" not in os.environ:
         home = str(council_home())
         text = text.replace("${COUNCIL_HOME}", home).replace("$COUNCIL_HOME", home)
+    expanded = os.path.expandvars(text)
+    if unset := [name for name in _VAR_REF.findall(expanded) if name not in os.environ]:
+        # expandvars leaves them as they are: the file was then "missing", or, with `memory:`, a literal `${X}`
+        # path went on to launch
+        raise ValueError(f"{text}: ${unset[0]} is not set (the path reads it from the environment)")
     try:
-        return Path(os.path.expandvars(text)).expanduser()
+        return Path(expanded).expanduser()
     except RuntimeError:  # `~nosuchuser/...`: "Could not determine home directory"
         raise ValueError(f"{text}: no such user's home (`~user` must name a user of this machine)") from None
 

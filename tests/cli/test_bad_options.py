@@ -110,6 +110,33 @@ def test_ask_prints_a_council_object_of_any_shape() -> None:
     assert "agreement ?" in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (("setup", "--skip-server", "--models", "bogus"), "error: --models must be small or all, not 'bogus'"),
+    (("setup", "--skip-server", "--only", "bogus"), "error: unknown model bogus; known: "),
+])
+def test_a_bad_setup_choice_is_exit_2(args: tuple[str, ...], says: str) -> None:
+    """Bad input to `setup` was exit 1 (a failed install), as none of the other commands' bad input is."""
+    assert _one_line(*args).startswith(says)
+
+
+def test_tune_of_a_model_without_a_draft_refuses_before_its_banner() -> None:
+    """It printed "tuning smollm2 (none): n = 0, 1, 2 ..." and then refused."""
+    result = run_cli("tune", DEMO, "smollm2", timeout=60)
+    assert result.returncode == 2 and result.stdout == "", result
+    assert "models.smollm2 has no draft" in result.stderr, result.stderr
+
+
+def test_eval_of_a_router_whose_replies_list_no_member_says_so(tmp_path: Path) -> None:
+    """It ended "no item was answered by URL: None"."""
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    doc = {"id": "x", "choices": [{"message": {"content": "2"}}], "council": {"council": "demo", "members": []}}
+    with _answering(200, doc) as url:
+        result = run_cli("eval", DEMO, "demo", str(data), "--url", url, timeout=60)
+    assert result.returncode == 1, result
+    assert result.stderr.strip().endswith(f"no item was answered by {url}: its replies listed no member's answer")
+
+
 def test_a_timeout_in_range_is_used() -> None:
     # The check passes a good value through: this one reaches the request, and nothing listens there (exit 1).
     result = run_cli("ask", "demo", "hi", "--url", NOWHERE, "--timeout", "2.5", timeout=60)

@@ -29,7 +29,9 @@ def test_a_bad_llama_server_variable_is_one_line_and_exit_2(
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "llama-server").symlink_to(llama_server_bin.path)  # this COUNCIL_HOME's cached build
     policy, data = tmp_path / "policy.yaml", tmp_path / "items.jsonl"
-    policy.write_text(policy_yaml({"syn": {"path": syn, "ctx_size": 512}}, {"c": {"members": [{"model": "syn"}]}}))
+    drafted = {"draft": {"type": "mtp", "n_max": 2}} if command == "tune" else {}  # a length to tune
+    policy.write_text(policy_yaml({"syn": {"path": syn, "ctx_size": 512, **drafted}},
+                                  {"c": {"members": [{"model": "syn"}]}}))
     data.write_text(json.dumps({"question": "What is 1 + 1?", "answer": "2"}) + "\n")
     missing = tmp_path / "my-fork" / "llama-server"
     args = [a.format(policy=policy, data=data) for a in COMMANDS[command]]

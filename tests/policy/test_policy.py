@@ -109,8 +109,8 @@ def test_aliases_that_expand_past_any_policy_are_one_line_not_gigabytes(tmp_path
     lines = ["version: 1", "x0: &x0 [a, a, a, a, a, a, a, a, a, a]"]
     lines += [f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 10) + "]" for i in range(1, 9)]
     path = write(tmp_path, "\n".join([*lines, "models: {}", "councils: {}"]) + "\n")
-    assert problems(path) == [f"{path}:1: (top): its aliases expand it to 1,234,567,915 values, more than the "
-                              "100,000 a policy may hold (one needs hundreds)"]
+    assert problems(path) == [f"{path}:1: (top): it holds 1,234,567,915 values (its aliases expanded), more than "
+                              "the 100,000 a policy may hold (one needs hundreds)"]
     # one that loops (a node holding an alias of itself) is one line too, at the alias
     assert problems(write(tmp_path, "version: 1\na: &a [1, [*a]]\n")) == [
         f"{path}:2: (top): an alias is used inside the node it names: a policy cannot hold itself"]
@@ -339,6 +339,20 @@ def test_sampling_integers_past_what_a_request_can_carry_are_refused(tmp_path: P
                            f"sampling: {{{field}: 99999999999999999999999}}}}]}}\n")
     [line] = problems(path)
     assert f"councils.c.members.0.sampling.{field}: Input should be less than or equal to 2147483647" in line
+
+
+def test_a_path_naming_an_unset_variable_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`os.path.expandvars` leaves an unset variable as it is: the file was reported missing with `${NOPE}` in its
+    name, and with `memory:` the literal path went on to plan and launch."""
+    monkeypatch.delenv("COUNCIL_TEST_NOPE", raising=False)
+    for given in ("${COUNCIL_TEST_NOPE}/x.gguf", "$COUNCIL_TEST_NOPE/x.gguf"):
+        path = write(tmp_path, f"models:\n  a: {{path: '{given}', memory: 1GiB}}\n")
+        [line] = problems(path)
+        assert line == f"{path}:2: models.a.path: {given}: $COUNCIL_TEST_NOPE is not set (the path reads it " \
+                       "from the environment)", line
+    monkeypatch.setenv("COUNCIL_TEST_NOPE", str(tmp_path))
+    loaded = load_policy(write(tmp_path, "models:\n  a: {path: '${COUNCIL_TEST_NOPE}/x.gguf', memory: 1GiB}\n"))
+    assert loaded.policy.models["a"].path == tmp_path / "x.gguf"
 
 
 def test_a_model_path_that_names_no_file_is_refused_without_reading_it(tmp_path: Path) -> None:
