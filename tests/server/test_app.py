@@ -155,18 +155,18 @@ async def test_a_body_nested_deeper_than_the_router_writes_is_refused_at_the_doo
         client: httpx.AsyncClient, path: str, model: str) -> None:
     """orjson reads 1024 levels but writes 254, and the router writes bodies again (to members, as ballots): a
     body nested between the two was a 500 (RecursionError) on the routes that rewrite it, or every seat failing
-    to send it (503 quorum_not_met, which the SDKs retry). Now: 400 invalid_json past 128 levels, whatever the
-    route; 128 levels pass the door."""
+    to send it (503 quorum_not_met, which the SDKs retry). Now: 400 invalid_json past 250 levels, whatever the
+    route; 250 levels pass the door."""
     def body(depth: int) -> bytes:
         asked = b'"input":"x"' if "responses" in path else b'"messages":[{"role":"user","content":"x"}]'
         return (b'{"model":"%s","max_tokens":5,%s,"extra":' % (model.encode(), asked) + b"[" * (depth - 1)
                 + b"]" * (depth - 1) + b"}")
 
-    for depth in (129, 300, 1000):
+    for depth in (251, 300, 1000):
         reply = await client.post(path, content=body(depth))
         assert reply.status_code == 400, reply.text
-        assert "nested too deeply" in reply.text and "128 levels" in reply.text, reply.text
-    allowed = await client.post(path, content=body(128))
+        assert "nested too deeply" in reply.text and "250 levels" in reply.text, reply.text
+    allowed = await client.post(path, content=body(250))
     assert "nested too deeply" not in allowed.text and allowed.status_code != 500, allowed.text
 
 
