@@ -34,6 +34,7 @@ def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -
     from council.paths import council_home
     from council.voting.assembly import assemble
 
+    _stop_on_sigterm()
     loaded = load_or_exit(policy)
     server = llama_server_or_exit()
     machine_fits_or_exit(loaded, server)
@@ -47,6 +48,17 @@ def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -
     failed = asyncio.run(_run_until_signalled(supervisor))
     if failed:
         raise fail(f"every process failed, and none restarts: {', '.join(failed)} (their reasons above)", 1)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM before the command's own handlers (uvicorn's, the supervisor loop's) are in place, while the policy
+    is read and checked and no member runs yet: exit 0, as after (Python's default was death by the signal, 143)."""
+    import signal
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _change_line(change: Any) -> None:
@@ -149,6 +161,7 @@ def serve(
     from council.server.auth import MAKE_A_KEY, KeyRing, env_secret, is_loopback, weak_secret
     from council.server.router import open_router
 
+    _stop_on_sigterm()
     loaded = load_or_exit(policy)
     settings = loaded.policy.server
     # `--host ""` is every interface, not "use the policy's": it must meet the key check below.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from council.members.binary import LlamaServerInfo
 from tests.conftest import run_cli
 
 DEMO = str(Path(__file__).parents[2] / "policies" / "demo.yaml")
@@ -135,6 +137,41 @@ def test_eval_of_a_router_whose_replies_list_no_member_says_so(tmp_path: Path) -
         result = run_cli("eval", DEMO, "demo", str(data), "--url", url, timeout=60)
     assert result.returncode == 1, result
     assert result.stderr.strip().endswith(f"no item was answered by {url}: its replies listed no member's answer")
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_sigterm_while_the_policy_is_checked_is_exit_0_with_nothing_left(
+        command: str, tmp_path: Path, llama_server_bin: LlamaServerInfo) -> None:
+    """README: SIGTERM stops `serve` and `up` with exit 0 and no process left. Before the command's own handlers
+    were in place (the policy read and checked, the binary asked `--help`) it died of the signal: exit 143. A
+    `$LLAMA_SERVER` wrapper that takes its time answering `--help` holds the command there."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.servers import free_port
+
+    asked = tmp_path / "asked"
+    wrapper = tmp_path / "llama-server"
+    wrapper.write_text(f'#!/bin/sh\ntouch {asked}\nsleep 60\nexec {llama_server_bin.path} "$@"\n')
+    wrapper.chmod(0o755)
+    port = ["--port", str(free_port())] if command == "serve" else []
+    proc = subprocess.Popen([sys.executable, "-m", "council", command, DEMO, *port], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "LLAMA_SERVER": str(wrapper)})
+    try:
+        deadline = time.monotonic() + 60
+        while not asked.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, errors = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, (proc.returncode, out, errors)
+    assert "Traceback" not in errors, errors
+    left = subprocess.run(["pgrep", "-f", str(wrapper)], capture_output=True, text=True, check=False).stdout
+    assert left == "", left  # the wrapper asked for --help is gone with it
 
 
 def test_a_timeout_in_range_is_used() -> None:
