@@ -431,6 +431,10 @@ def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reas
         # provider's, are held to it here the same way, rather than discarding the seat. A repeat of the first
         # call goes too: a relayed model's calls are returned as they are, and the agent would run it twice.
         calls, dropped = [calls[0]], tuple(dataclasses.replace(c, verdict=ONE_CALL_ONLY) for c in calls[1:])
+    if native and finish_reason == "length":
+        # cut off by max_tokens while writing its calls (a grouped seat streamed by llama-server keeps the partial
+        # arguments): unfinished, as a call cut off in its text is, not an invalid call
+        return ToolAnswer(tuple(calls), vote=None, abstained=CUT_OFF_CALL)
     if not calls and toolbox.required:
         return ToolAnswer(vote=None, abstained=NO_CALL_REQUIRED)
     if not calls:

@@ -129,3 +129,20 @@ async def test_a_reply_whose_content_is_text_parts_is_one_text_on_every_api(
     assert deltas == [{"type": "text_delta", "text": "forty-two"}], streamed.text
     chat = await client.post("/v1/chat/completions", json={k: v for k, v in ask.items() if k != "max_tokens"})
     assert chat.json()["choices"][0]["message"]["content"] == "forty-two", chat.text
+
+
+async def test_a_streamed_answer_whose_content_is_null_stays_null(
+        answering: tuple[httpx.AsyncClient, dict[str, bytes]]) -> None:
+    """A reply whose `content` is null (a reasoning model cut off while it thought) was null in the whole answer
+    and "" in the stream, so the SDK's stream helpers rebuilt another message than the whole answer is."""
+    client, said = answering
+    said["body"] = json.dumps({"choices": [{"index": 0, "finish_reason": "length", "message": {
+        "role": "assistant", "content": None, "reasoning_content": "Let me think about"}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4}}).encode()
+    ask = {"model": "c", "messages": [{"role": "user", "content": "q"}], "council": {"extract": "text"}}
+    whole = (await client.post("/v1/chat/completions", json=ask)).json()
+    streamed = await client.post("/v1/chat/completions", json={**ask, "stream": True})
+    deltas = [json.loads(line[6:])["choices"][0]["delta"] for line in streamed.text.splitlines()
+              if line.startswith("data: {") and '"choices":[{' in line]
+    assert deltas and "content" in deltas[0], streamed.text
+    assert [d.get("content") for d in deltas if "content" in d] == [whole["choices"][0]["message"]["content"]]

@@ -72,6 +72,29 @@ async def test_every_seat_cut_off_writing_a_call_is_an_unfinished_answer_on_ever
     assert [len(f.sent) for f in fakes] == [4, 4]  # once per request: nothing was retried
 
 
+async def test_every_seat_cut_off_in_a_native_call_is_an_unfinished_answer_too(tmp_path: Path) -> None:
+    """A seat grouped with others (`samples`) is streamed by llama-server, and a call it was writing when max_tokens
+    ended it stays in `tool_calls` with partial arguments: that read as an invalid call, and the council answered
+    502 `no_valid_answer` where the same call cut off in its text is an unfinished answer."""
+    cut = Say("", finish_reason="length", message={"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Pa'}}]})
+    app, fakes = scripted(tmp_path, cut, cut)
+    chat, claude = sdks(app)
+    completion = await chat.chat.completions.create(model="c", messages=ASK, tools=[CHAT_TOOL],  # type: ignore[list-item]
+                                                    max_tokens=12)
+    whole = completion.choices[0]
+    assert whole.finish_reason == "length" and whole.message.tool_calls is None  # no call that fails its schema
+    council = completion.model_extra["council"]  # type: ignore[index]
+    assert {m["abstained"] for m in council["members"]} == {"cut off by max_tokens while writing a tool call"}
+    message = await claude.messages.create(model="c", max_tokens=12, messages=ASK,  # type: ignore[arg-type]
+                                           tools=[ANTHROPIC_TOOL])  # type: ignore[list-item]
+    assert message.stop_reason == "max_tokens"
+    response = await chat.responses.create(model="c", input="What is the weather in Paris?", max_output_tokens=12,
+                                           tools=[{"type": "function", **WEATHER}])  # type: ignore[list-item]
+    assert response.status == "incomplete"
+    assert [len(f.sent) for f in fakes] == [3, 3]  # once per request: nothing was retried
+
+
 async def test_calls_that_fail_their_schema_everywhere_are_a_502_the_sdks_do_not_retry(tmp_path: Path) -> None:
     app, fakes = scripted(tmp_path, TOWN, TOWN)
     chat, claude = sdks(app)

@@ -326,7 +326,7 @@ def stream_deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
     for key, value in message.items():  # the speaker's reasoning, say: the non-streamed message has it
         if key not in ("role", "content", "tool_calls") and value is not None:
             first[key] = value
-    first["content"] = content or ("" if not calls else None)
+    first["content"] = (content or None) if calls else content  # null stays null (a reply cut off while thinking)
     deltas = [first]
     for index, call in enumerate(calls):
         fn = call.get("function") or {}
