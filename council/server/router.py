@@ -47,6 +47,7 @@ from council.voting.request import CouncilRequest, last_user_text
 
 log = logging.getLogger("council.server.router")
 Role = Literal["both", "router", "host"]
+SHARE_WAIT = 1.0  # s: the most an answer waits for its ballot's copy in the shared store
 # What a router reads of its policy only when it starts: the state store, and the registry, lease keeper and
 # limits built on it (`state`), where it listens (`serve` binds once), the URL it publishes its members at, the
 # cluster key's variable and the heartbeat (the registry's). A reload that changes one is refused: it would answer
@@ -331,26 +332,30 @@ class Router:
 
     # ---- answers ------------------------------------------------------------------------------------------
 
-    def answered(self, answer: CouncilAnswer, request: CouncilRequest | dict[str, Any] | None = None,
-                 seconds: float | None = None) -> None:
-        """Count a council answer (that took `seconds`) in the metrics and the history, copy its ballot to the
-        shared store, and publish it (with the question: the request's last user message, and its owner: who
-        asked, so each subscriber sees only what `may_read` allows)."""
+    async def answered(self, answer: CouncilAnswer, request: CouncilRequest | dict[str, Any] | None = None,
+                       seconds: float | None = None) -> None:
+        """Count a council answer (that took `seconds`) in the metrics and the history, publish it (with the
+        question: the request's last user message, and its owner: who asked, so each subscriber sees only what
+        `may_read` allows), and copy its ballot to the shared store before the answer leaves."""
         metrics = self.metrics
         doc = answer.council_json()
         self.history.answered(answer.council, answer.decision.agreement, seconds)
         owner = request.owner if isinstance(request, CouncilRequest) else None
         self.events.publish("ballot", {"id": answer.id, "question": _question(request), "created": time.time(),
                                        **({"owner": owner} if owner is not None else {}), **doc})
-        if self.shared:  # so /v1/ballots/{id} works on every router; an outage only loses the copy
-            task = asyncio.create_task(self._share_ballot(answer.id))
-            self._sharing.add(task)
-            task.add_done_callback(self._sharing.discard)
         metrics.answer_count(answer.council, str(answer.early_stop).lower(), str(answer.degraded).lower()).inc()
         metrics.agreement_of(answer.council).observe(answer.decision.agreement)
         winners = set(answer.decision.winner_members)
         for m in doc["members"]:
             metrics.vote_count(answer.council, m["name"], m["status"], str(m["name"] in winners).lower()).inc()
+        if self.shared:  # so /v1/ballots/{id} works on every router; an outage only loses the copy
+            task = asyncio.create_task(self._share_ballot(answer.id))
+            self._sharing.add(task)
+            task.add_done_callback(self._sharing.discard)
+            # Awaited, so a client that asks another router for the ballot at once finds it there (it was copied
+            # after the answer left: 4 of 30 such reads were 404); a slow store holds no answer past a second.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), SHARE_WAIT)
 
     def _process_changed(self, change: StateChange) -> None:
         process = self.processes.get(change.member)

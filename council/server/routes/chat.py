@@ -203,7 +203,7 @@ async def ask_council(request: Request, router: Router, engine: CouncilEngine, c
     if answer is None:
         router.metrics.observe(route, engine.name, CLIENT_GONE, time.perf_counter() - started, None)
         return None
-    router.answered(answer, council, waited)
+    await router.answered(answer, council, waited)
     return answer, waited
 
 
@@ -389,7 +389,7 @@ def council_stream(router: Router, engine: CouncilEngine, council: CouncilReques
                 yield failed(CouncilError(internal_error(exc)), status, "internal_error")
                 return
             try:
-                router.answered(answer, council, waited)
+                await router.answered(answer, council, waited)
                 async for event in answered(answer, round((time.perf_counter() - started - waited) * 1000, 3)):
                     yield event
             except Exception as exc:  # writing the answer failed: the headers are gone, so end as an error event
