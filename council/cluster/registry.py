@@ -87,6 +87,7 @@ class Registry:
         self._leaving: set[HostSession] = set()  # of hosts that left, closed once their last call ends
         self._turn = 0  # round robin over the hosts serving a model
         self._mismatched: set[tuple[str, str]] = set()  # (host, seat) listed with another model: said once
+        self._unsigned: set[str] = set()  # hosts listed with entries this router cannot verify: said once
 
     async def publish_forever(self, advertise_url: str, processes: Callable[[], Iterable[MemberProcess]]) -> None:
         """Heartbeat: this host's ready processes, re-published before the last entry expires."""
@@ -110,11 +111,17 @@ class Registry:
         return entries
 
     async def follow_forever(self) -> None:
+        failing = False
         while True:
             try:
                 await self.refresh()
-            except StateError:
-                pass  # Redis away: the last registry read keeps answering
+                if failing:
+                    log.warning("the member registry is readable again")
+                failing = False
+            except StateError as exc:  # Redis away: the last registry read keeps answering
+                if not failing:  # once per outage: a router that never reached it said nothing at all
+                    log.warning("cannot read the member registry (%s); keeping the last one read", exc)
+                failing = True
             except Exception:
                 # Whatever is in Redis (anyone who reaches it can write there), the loop goes on: a task that died
                 # here froze the router's registry, dead hosts listed and new ones never seen, with no word.
@@ -124,8 +131,23 @@ class Registry:
     async def refresh(self) -> None:
         """Read the registry once, keeping the entries signed with our cluster key."""
         now = await self.state.clock_ms()
-        self.hosts = verified(self.cluster_key, await self.state.members(), now)
+        listed = await self.state.members()
+        self.hosts = verified(self.cluster_key, listed, now)
+        self._say_unsigned(listed, now)
         await self._drop_sessions(set(self._sessions) - set(self.hosts))
+
+    def _say_unsigned(self, listed: dict[str, list[dict[str, Any]]], now_ms: int) -> None:
+        """Say once per host that its current entries are not signed with this router's cluster key (another key
+        on that host, or none here): they are never called, and a router whose every host differed answered 503
+        with no word of why."""
+        for host, entries in listed.items():
+            current = [e for e in entries if isinstance(e, dict) and isinstance(e.get("until"), int)
+                       and e["until"] > now_ms] if isinstance(entries, list) else []
+            if current and host not in self.hosts and host not in self._unsigned:
+                self._unsigned.add(host)
+                log.warning("%s's registry entries are not signed with this router's cluster key (%s): its members "
+                            "are not called; give every host and router the same key", host,
+                            "none is set here" if self.cluster_key is None else "another key")
 
     async def _drop_sessions(self, hosts: set[str]) -> None:
         """The sessions of hosts that left: closed now if idle, else once their last call ends. One kept for every

@@ -99,6 +99,53 @@ async def test_a_router_calls_only_hosts_whose_entries_carry_the_cluster_keys_si
     assert keyless.hosts == {} and keyless.endpoint("a") is None
 
 
+class OutageState(MemoryState):
+    """`members()` fails as an unreachable Redis does for the first `failing` reads, then answers."""
+
+    def __init__(self, failing: int) -> None:
+        super().__init__()
+        self.failing = failing
+
+    async def members(self) -> dict[str, list[dict[str, object]]]:
+        if self.failing > 0:
+            self.failing -= 1
+            raise StateError("Redis at redis://x is unreachable: Connection refused")
+        return await super().members()
+
+
+async def test_a_router_says_why_it_calls_no_host(caplog: pytest.LogCaptureFixture) -> None:
+    """A router whose cluster key differs from its hosts', or that cannot read Redis, served on with every answer a
+    503 `quorum_not_met` and nothing in its log after "council serving". Now each is said, once."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="council.cluster.registry")
+    state = OutageState(failing=3)
+    until = await state.clock_ms() + 60_000
+    await state.publish_members("http://gpu-a:8080", Registry(state, 1.0, "another-cluster-key-987654321").entries(
+        "http://gpu-a:8080", [_process("a", ["a"])], until), ttl=60)
+    router = Registry(state, heartbeat=0.02, cluster_key="the-real-cluster-key-0123456789")
+    task = asyncio.create_task(router.follow_forever())
+    try:
+        deadline = time.monotonic() + 10
+        while "not signed with this router's cluster key" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(0.02)
+        for _ in range(5):  # several more reads: nothing said twice
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("cannot read the member registry (Redis at redis://x is unreachable" in m for m in lines) == 1, lines
+    assert sum("the member registry is readable again" in m for m in lines) == 1, lines
+    assert [m for m in lines if "not signed" in m] == [
+        "http://gpu-a:8080's registry entries are not signed with this router's cluster key (another key): its "
+        "members are not called; give every host and router the same key"], lines
+    assert router.endpoint("a") is None
+    await router.aclose()
+
+
 async def test_what_anyone_may_write_in_redis_never_stops_the_router_following_the_registry() -> None:
     """Anyone who reaches Redis can write there. A signature that is not ASCII made hmac.compare_digest raise
     TypeError, which killed the follow task: the registry froze (dead hosts listed, new ones never seen). Now such
