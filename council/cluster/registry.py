@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -54,12 +55,18 @@ class HostSession:
     """The HTTP session to one host, and how many calls are in it: a host that left the registry has its session
     closed once its last call ends (a call it was still answering, a drain on its way out, is not cut off)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shunned_for: float = 15.0) -> None:
         # Idle connections go before the host's uvicorn closes them (its keep-alive: 5 s).
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=4.0),
                                           timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0))
         self.calls = 0
         self.left = False  # the host is no longer listed: closed once idle
+        self.shunned_for = shunned_for
+        self.unreachable_until = 0.0  # (monotonic) a call found no way to the host: others are asked first
+
+    @property
+    def unreachable(self) -> bool:
+        return time.monotonic() < self.unreachable_until
 
     @contextlib.asynccontextmanager
     async def call(self, patience: float | None = None) -> AsyncIterator[CallOutcome]:
@@ -67,6 +74,11 @@ class HostSession:
         self.calls += 1
         try:
             yield Unaccounted()  # the host's own watchdog counts its members' outcomes
+        except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError):
+            # Listed, but not reached at the URL it advertises (a wrong advertise_url, a firewall) or silent: its
+            # heartbeat keeps it listed, so without this every call for its seats went to it and failed.
+            self.unreachable_until = time.monotonic() + self.shunned_for
+            raise
         finally:
             self.calls -= 1
             if self.left and self.calls == 0:
@@ -169,18 +181,19 @@ class Registry:
     def _endpoint(self, host: str, entry: dict[str, Any], name: str) -> Endpoint:
         session = self._sessions.get(host)
         if session is None or session.http.closed:
-            session = self._sessions[host] = HostSession()
+            session = self._sessions[host] = HostSession(shunned_for=3 * self.heartbeat)
         return Endpoint(name=str(entry.get("process", name)), url=str(entry["url"]), api_key=str(self.cluster_key),
                         http=session.http, request=session.call, silence=self.stuck_after)
 
     def endpoint(self, member: str, model: str | None = None) -> Endpoint | None:
         """The first live host (in name order) that lists `member` as ready, serving `model` where given (the
         router's policy's model for that seat: a host whose policy differs, in a rolling change say, would answer
-        the seat with another model, counted ready and voting under this one's name); None without the cluster
-        key."""
+        the seat with another model, counted ready and voting under this one's name), a host a call could not reach
+        lately last; None without the cluster key."""
         if self.cluster_key is None:
             return None
-        for host in sorted(self.hosts):
+        shunned = {h for h, s in self._sessions.items() if s.unreachable}
+        for host in sorted(self.hosts, key=lambda h: (h in shunned, h)):
             for entry in self.hosts[host]:
                 if member not in entry.get("members", ()) or not entry.get("ready"):
                     continue

@@ -146,6 +146,39 @@ async def test_a_router_says_why_it_calls_no_host(caplog: pytest.LogCaptureFixtu
     await router.aclose()
 
 
+async def test_a_host_that_cannot_be_reached_is_asked_after_one_that_can(tmp_path: Path) -> None:
+    """Two hosts list seat `a`; the first in name order advertises a URL nobody reaches (a wrong advertise_url),
+    and its heartbeat keeps it listed: every call for `a` went to it and failed (18 of 18 answers degraded), the
+    healthy host never asked. Now a host a call could not reach is asked last for a while."""
+    from aiohttp import web
+
+    from council.voting.client import HttpMemberClient
+    from tests.servers import free_port, serving
+
+    async def answer(_: web.Request) -> web.Response:
+        return web.json_response({"choices": [{"index": 0, "finish_reason": "stop",
+                                               "message": {"role": "assistant", "content": "42"}}]})
+
+    app = web.Application()
+    app.router.add_post("/{path:.*}", answer)
+    key = "the-real-cluster-key-0123456789"
+    state = MemoryState()
+    until = await state.clock_ms() + 60_000
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    async with serving(app) as healthy:
+        for url in (nowhere, healthy.replace("127.0.0.1", "localhost")):  # `nowhere` first in name order
+            entries = Registry(state, 1.0, key).entries(url, [_process("a", ["a"])], until)
+            await state.publish_members(url, entries, ttl=60)
+        router = Registry(state, heartbeat=1.0, cluster_key=key)
+        await router.refresh()
+        client = HttpMemberClient(lambda: router.endpoint("a"))
+        first = await client.complete({"messages": []})
+        assert first.status == "error", first
+        then = [await client.complete({"messages": []}) for _ in range(3)]
+        assert [r.text for r in then] == ["42"] * 3, then
+        await router.aclose()
+
+
 async def test_what_anyone_may_write_in_redis_never_stops_the_router_following_the_registry() -> None:
     """Anyone who reaches Redis can write there. A signature that is not ASCII made hmac.compare_digest raise
     TypeError, which killed the follow task: the registry froze (dead hosts listed, new ones never seen). Now such
