@@ -38,7 +38,7 @@ class Router:
     def __init__(self) -> None:
         self.metrics = Metrics()
 
-    def answered(self, *args: Any) -> None:
+    async def answered(self, *args: Any) -> None:
         raise AssertionError("a failed council is not an answer")
 
 
@@ -104,7 +104,7 @@ class Recording(Router):
         super().__init__()
         self.fault = fault
 
-    def answered(self, *args: Any) -> None:
+    async def answered(self, *args: Any) -> None:
         if self.fault:
             raise ValueError("a bug")
 
