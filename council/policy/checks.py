@@ -75,13 +75,14 @@ def _read(read_header: HeaderReader, model: ModelConfig, *, keep_arrays: bool = 
         return str(exc)
 
 
-def path_problem(path: Path) -> str | None:
+def path_problem(path: Path, *, missing: str | None = "") -> str | None:
     """Why a model's `path` names no file to read, or None. Not a regular file (a folder, a FIFO, whose open would
-    wait for a writer forever) is one; so is a name the system refuses (too long), which `Path.exists` raises on."""
+    wait for a writer forever) is one; so is a name the system refuses (too long), which `Path.exists` raises on.
+    A file that does not exist is one too, said with `missing` after it; `missing=None`: no problem."""
     try:
         st = path.stat()
     except FileNotFoundError:
-        return f"{path} does not exist"
+        return None if missing is None else f"{path} does not exist{missing}"
     except OSError as exc:
         return f"{path}: cannot read it: {exc.strerror or exc}"
     return None if stat.S_ISREG(st.st_mode) else f"{path} is not a file"
@@ -92,13 +93,9 @@ def file_problems(loaded: LoadedPolicy) -> list[Problem]:
     file at all (a folder, a FIFO, a name too long), which no `memory:` excuses."""
     problems = []
     for name, model in loaded.policy.models.items():
-        if model.path is None or (problem := path_problem(model.path)) is None:
-            continue
-        if not problem.endswith("does not exist"):
+        unplanned = None if model.memory is not None else " (and no `memory:` is given to plan with)"
+        if model.path is not None and (problem := path_problem(model.path, missing=unplanned)) is not None:
             problems.append(loaded.problem(("models", name, "path"), problem))
-        elif model.memory is None:
-            problems.append(loaded.problem(("models", name, "path"),
-                                           f"{problem} (and no `memory:` is given to plan with)"))
     return problems
 
 
