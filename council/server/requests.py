@@ -114,10 +114,15 @@ class FunctionDef(_Open):
 
     @model_validator(mode="after")
     def _parameters_are_a_schema(self) -> FunctionDef:
-        # A council checks every call against it (council.voting.tools): a broken schema is the client's to fix
-        if self.parameters is not None and (problem := schema_problem(self.parameters)) is not None:
-            raise ValueError(f"`parameters` of {self.name} is not a valid JSON Schema: {problem}")
+        check_tool_schema("parameters", self.name, self.parameters)
         return self
+
+
+def check_tool_schema(field: str, name: str, schema: dict[str, Any] | None) -> None:
+    """A tool's JSON Schema (`field` of tool `name`, in the words of the API that declared it): a council checks
+    every call against it (council.voting.tools), so a broken one is the client's to fix, a ValueError."""
+    if schema is not None and (problem := schema_problem(schema)) is not None:
+        raise ValueError(f"`{field}` of {name} is not a valid JSON Schema: {problem}")
 
 
 class Tool(_Open):
@@ -308,6 +313,12 @@ def location(error: dict[str, Any]) -> list[str]:
 def _describe(error: dict[str, Any]) -> str:
     where = ".".join(location(error)) or "body"
     return f"{where}: {message_of(error)}"
+
+
+def deepest(errors: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Of a union's failed branches, the error deepest in the body (the last of equals): the one about what the
+    client meant to send."""
+    return max(reversed(errors), key=lambda e: len(e.get("loc", ())))
 
 
 def message_of(error: dict[str, Any]) -> str:

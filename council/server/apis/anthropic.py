@@ -22,10 +22,10 @@ from council.server.requests import (
     _describe,
     check_tool_choice,
     check_tool_names,
+    check_tool_schema,
     router_fields,
 )
 from council.voting.engine import CouncilAnswer
-from council.voting.tools import schema_problem
 
 PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 # Anthropic's error types by status (https://docs.anthropic.com/en/api/errors); council's own code goes in
@@ -151,8 +151,7 @@ class ToolParam(_Open):
     @model_validator(mode="after")
     def _input_schema_is_a_schema(self) -> ToolParam:
         # Checked here, in this API's words: the chat body it becomes would name `function.parameters`.
-        if (problem := schema_problem(self.input_schema)) is not None:
-            raise ValueError(f"`input_schema` of {self.name} is not a valid JSON Schema: {problem}")
+        check_tool_schema("input_schema", self.name, self.input_schema)
         return self
 
 

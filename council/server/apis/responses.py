@@ -27,11 +27,12 @@ from council.server.requests import (
     CouncilOptions,
     check_tool_choice,
     check_tool_names,
+    check_tool_schema,
+    deepest,
     location,
     message_of,
 )
 from council.voting.engine import with_system
-from council.voting.tools import schema_problem
 
 Status = Literal["completed", "incomplete", "failed", "in_progress"]
 
@@ -132,8 +133,7 @@ class FunctionTool(_Open):
     @model_validator(mode="after")
     def _parameters_are_a_schema(self) -> FunctionTool:
         # Checked here, where the tool is flat: the chat body it becomes would name `function.parameters`.
-        if self.parameters is not None and (problem := schema_problem(self.parameters)) is not None:
-            raise ValueError(f"`parameters` of {self.name} is not a valid JSON Schema: {problem}")
+        check_tool_schema("parameters", self.name, self.parameters)
         return self
 
 
@@ -271,7 +271,7 @@ def validate_responses(body: Any) -> ResponsesRequest:
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         # `input` is a string or a list: the deepest error is the one about what the client meant to send
-        first = max(reversed(errors), key=lambda e: len(e.get("loc", ())))
+        first = deepest(errors)
         loc = location(first)
         field = loc[0] if loc else "body"
         if field == "model":
@@ -403,7 +403,7 @@ def _parse_items(raw: list[dict[str, Any]]) -> list[Any]:
         return list(ResponsesRequest.model_validate({"model": "-", "input": raw}).input)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        first = max(reversed(errors), key=lambda e: len(e.get("loc", ())))
+        first = deepest(errors)
         where = location(first)
         index = int(where[1]) if len(where) > 1 and where[1].isdigit() else None
         item = raw[index] if index is not None and index < len(raw) else None
