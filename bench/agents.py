@@ -98,6 +98,7 @@ RECORDS = ROOT / "records"
 RESULTS = ROOT / "results"
 DEFAULT_MODELS = ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m")
 MAX_TOKENS = 256  # a few calls in JSON; a longer reply is prose
+GREEDY = {"model": "m", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}}  # the best seat alone
 CASCADES = (1, 2, 3)  # a self-consistency council replayed as `cascade: {first: N}`
 CASCADE_VOTE = "council set" if "council set" in VOTERS else "set"  # the council's own vote where it has one
 
@@ -118,11 +119,10 @@ def arm_policy(model: str, seats: list[dict[str, Any]], instructions: str = "non
 def arms(models: Sequence[str], best: str, samples: int, wide: int = 0,
          temperatures: Sequence[float] = ()) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """Each recorded arm: its policy and the extra request fields. Add an arm here and it is recorded and scored."""
-    greedy = {"model": "m", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}}
-    out = {f"solo-{short(m)}": (arm_policy(m, [greedy]), {}) for m in models}
-    out[f"required-{short(best)}"] = (arm_policy(best, [greedy]), {"tool_choice": "required"})
+    out = {f"solo-{short(m)}": (arm_policy(m, [GREEDY]), {}) for m in models}
+    out[f"required-{short(best)}"] = (arm_policy(best, [GREEDY]), {"tool_choice": "required"})
     # The small models whose chat templates render no tools (SmolLM2): what `listed` instructions let them do.
-    out |= {f"listed-{short(m)}": (arm_policy(m, [greedy], "listed"), {}) for m in models if m != best}
+    out |= {f"listed-{short(m)}": (arm_policy(m, [GREEDY], "listed"), {}) for m in models if m != best}
 
     def sampled_seats(k: int, temperature: float = 0.7) -> dict[str, Any]:
         return {"model": "m", "samples": k,
@@ -130,17 +130,17 @@ def arms(models: Sequence[str], best: str, samples: int, wide: int = 0,
 
     if samples:
         sampled = sampled_seats(samples)
-        out[f"sc-{short(best)}"] = (arm_policy(best, [greedy, sampled]), {})
+        out[f"sc-{short(best)}"] = (arm_policy(best, [GREEDY, sampled]), {})
         # The council as a policy gets it by default: the tool instructions it adds (`vote.tool_instructions`).
-        out[f"brief-sc-{short(best)}"] = (arm_policy(best, [greedy, sampled], "brief"), {})
+        out[f"brief-sc-{short(best)}"] = (arm_policy(best, [GREEDY, sampled], "brief"), {})
     if wide:  # the same council with more samples: what more votes buy (one prefill still)
-        out[f"brief-sc{wide}-{short(best)}"] = (arm_policy(best, [greedy, sampled_seats(wide)], "brief"), {})
+        out[f"brief-sc{wide}-{short(best)}"] = (arm_policy(best, [GREEDY, sampled_seats(wide)], "brief"), {})
         # The same policy recorded once the engine mixed the question into a fixed seed (`engine.salted`): the
         # arms above were recorded before, when sample k replayed one random sequence on every question.
         out[f"brief-sc{wide}-fresh-{short(best)}"] = out[f"brief-sc{wide}-{short(best)}"]
         # ... and with samples nearer the greedy seat's answer (`--temperatures`)
         out |= {f"brief-sc{wide}-t{t:g}-{short(best)}": (
-            arm_policy(best, [greedy, sampled_seats(wide, t)], "brief"), {}) for t in temperatures}
+            arm_policy(best, [GREEDY, sampled_seats(wide, t)], "brief"), {}) for t in temperatures}
     return out
 
 
@@ -210,8 +210,7 @@ async def record_judge(best: str, prompts: Sequence[tuple[str, str]], out: Path)
     print(f"recording the judge: {len(todo)} prompts ({len(done)} recorded before)", flush=True)
     if not todo:
         return
-    greedy = {"model": "m", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}}
-    async with started(arm_policy(best, [greedy])) as assembly:
+    async with started(arm_policy(best, [GREEDY])) as assembly:
         seat = assembly.engines["arm"].seats[0]
         with out.open("a") as sink:
             for n, (item_id, prompt) in enumerate(todo, 1):
