@@ -55,7 +55,7 @@ class HostSession:
     """The HTTP session to one host, and how many calls are in it: a host that left the registry has its session
     closed once its last call ends (a call it was still answering, a drain on its way out, is not cut off)."""
 
-    def __init__(self, shunned_for: float = 15.0) -> None:
+    def __init__(self, shunned_for: float) -> None:
         # Idle connections go before the host's uvicorn closes them (its keep-alive: 5 s).
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=4.0),
                                           timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0))
