@@ -70,6 +70,15 @@ async def serving(app: Any) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+def gone(pid: int) -> bool:
+    """Not running: no such process, or a zombie (an orphan's parent here, init in a container, may never reap
+    it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,7 +19,7 @@ from council.members.binary import (
     parse_spec_types,
 )
 from council.setup.catalog import ModelSource, models_for
-from tests.servers import RunningServer
+from tests.servers import RunningServer, gone
 
 
 def test_installed_build_lists_draft_mtp(llama_server_bin: LlamaServerInfo) -> None:
@@ -110,12 +110,6 @@ def test_a_wrapper_whose_help_hangs_leaves_nothing_behind(tmp_path: Path) -> Non
         _run(wrapper, "--help", timeout=1)
     child = int(child_pid.read_text())
     deadline = time.monotonic() + 5
-    while True:
-        try:
-            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            break  # gone
-        if state == "Z":
-            break  # killed, not yet reaped by init
+    while not gone(child):
         assert time.monotonic() < deadline, f"the wrapper's child {child} still runs"
         time.sleep(0.02)

@@ -30,7 +30,7 @@ from council.policy.schema import ModelConfig, Policy
 from council.setup.catalog import by_name
 from council.setup.synthetic import write_qwen35
 from tests.policies import policy_yaml
-from tests.servers import until
+from tests.servers import gone, until
 
 pytestmark = pytest.mark.anyio
 SMOL = by_name("smollm2-135m")
@@ -454,14 +454,6 @@ def test_stale_member_of_a_killed_router_is_cleaned_up(tmp_path: Path) -> None:
             proc.wait()
 
 
-def _gone(pid: int) -> bool:
-    """Not running: no such process, or a zombie (an orphan's parent here may never reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 def test_what_a_dead_wrapper_started_is_killed_with_its_group(tmp_path: Path) -> None:
     """README "No orphans": a `$LLAMA_SERVER` wrapper script that runs llama-server without `exec` is the recorded
     member; SIGKILLed with its router, its child lives on in the member's process group. The next start saw the
@@ -477,10 +469,10 @@ def test_what_a_dead_wrapper_started_is_killed_with_its_group(tmp_path: Path) ->
     wrapper.kill()
     wrapper.wait()
     try:
-        assert not _gone(child)  # orphaned, in the dead wrapper's group
+        assert not gone(child)  # orphaned, in the dead wrapper's group
         assert PidFiles(folder).kill_stale() == [wrapper.pid]
         deadline = time.monotonic() + 5
-        while not _gone(child):
+        while not gone(child):
             assert time.monotonic() < deadline, "the wrapper's child still runs"
             time.sleep(0.02)
         assert list(folder.iterdir()) == []
