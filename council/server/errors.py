@@ -29,9 +29,9 @@ CLIENT_GONE = 499  # what the metrics count for a client that went away before i
 # how long it waited for members before it failed (`routes.chat`).
 STARTED, MODEL, WAITED = "council_started", "council_model", "council_waited"
 # The routes whose requests the metrics count (errors too), by the route label they are counted under.
-COUNTED_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "chat", "/v1/messages": "messages",
-                 "/v1/messages/count_tokens": "count_tokens", "/v1/responses": "chat",
-                 "/v1/responses/input_tokens": "chat"}
+COUNTED_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/messages": "messages",
+                 "/v1/messages/count_tokens": "count_tokens", "/v1/responses": "responses",
+                 "/v1/responses/input_tokens": "input_tokens"}
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",

@@ -255,18 +255,19 @@ async def test_a_refusal_names_the_field_the_client_sent(client: httpx.AsyncClie
     ("/v1/chat/completions", "chat", {"model": "c", "messages": ASK, "temperature": "hot"}),
     ("/v1/chat/completions", "chat", {"model": "m", "messages": []}),
     ("/v1/chat/completions", "chat", {"model": "c", "messages": ASK, "tool_choice": "required"}),
-    ("/v1/completions", "chat", {"model": "m", "prompt": "x", "max_tokens": True}),
-    ("/v1/completions", "chat", {"model": "c", "prompt": "x"}),  # a council: council_needs_chat
+    ("/v1/completions", "completions", {"model": "m", "prompt": "x", "max_tokens": True}),
+    ("/v1/completions", "completions", {"model": "c", "prompt": "x"}),  # a council: council_needs_chat
     ("/v1/messages", "messages", {"model": "c", "max_tokens": 0, "messages": ASK}),
     ("/v1/messages/count_tokens", "count_tokens", {"model": "m", "messages": "x"}),
-    ("/v1/responses", "chat", {"model": "c", "input": 7}),
-    ("/v1/responses/input_tokens", "chat", {"model": "m", "input": 7}),
+    ("/v1/responses", "responses", {"model": "c", "input": 7}),
+    ("/v1/responses/input_tokens", "input_tokens", {"model": "m", "input": 7}),
 ], ids=lambda v: v if isinstance(v, str) else "")
 async def test_a_body_refused_for_a_field_is_counted_under_the_model_it_names(
         client: httpx.AsyncClient, path: str, route: str, body: dict[str, Any]) -> None:
     """README: `council_requests_total` counts a request under the council or model its body names where the
     router serves one, a refusal of another field included (before: all of these were `-`); any other name is
-    `-`, so a client cannot make label values."""
+    `-`, so a client cannot make label values. Each API has its own route (completions and both Responses routes
+    were counted as `chat`: an agent's Responses traffic could not be told from chat's)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     named = await client.post(path, content=json.dumps(body))
@@ -362,8 +363,8 @@ class HeldMember:
 
 
 RELAYED = [("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, "chat"),
-           ("/v1/completions", {"prompt": "x"}, "chat"),
-           ("/v1/responses", {"input": "x"}, "chat"),
+           ("/v1/completions", {"prompt": "x"}, "completions"),
+           ("/v1/responses", {"input": "x"}, "responses"),
            ("/v1/messages", {"max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}, "messages")]
 
 

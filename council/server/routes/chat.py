@@ -261,19 +261,19 @@ async def completions(request: Request) -> Response:
                             "(POST /v1/chat/completions)", "council_needs_chat")
     admission = await router.limits.admit(who, completion.model)
     return await _passthrough(request, router, completion.model, raw, "/v1/completions", admission, started,
-                              stream=bool(completion.stream), width=completion.width)
+                              stream=bool(completion.stream), width=completion.width, route="completions")
 
 
 async def _passthrough(request: Request, router: Router, model: str, raw: bytes, path: str, admission: Admission,
-                       started: float, stream: bool = False, width: int = 1) -> Response:
-    """Relay to the model; `width` is the request's `n` (n choices hold n of the process's slots and count n
-    against its rate limit)."""
+                       started: float, stream: bool = False, width: int = 1, route: str = "chat") -> Response:
+    """Relay to the model, counted under `route`; `width` is the request's `n` (n choices hold n of the process's
+    slots and count n against its rate limit)."""
     if stream:
         # A stream's headers leave when the member's do: they carry the router's time before it relayed.
         overhead = time.perf_counter() - started
 
         def ended(status: int) -> None:
-            router.metrics.observe("chat", model, status, time.perf_counter() - started, overhead)
+            router.metrics.observe(route, model, status, time.perf_counter() - started, overhead)
 
         try:
             response = await relay(router, model, raw, path, True, admission, ended, width)
@@ -283,11 +283,11 @@ async def _passthrough(request: Request, router: Router, model: str, raw: bytes,
         response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
         return response
     async with admission:
-        relayed = await relay_whole(request, router, model, raw, path, admission, started, width=width)
+        relayed = await relay_whole(request, router, model, raw, path, admission, started, route, width)
         if relayed is None:
             return Response(status_code=CLIENT_GONE)
         response, waited = relayed
-        return _measured(router, response, model, started, waited)
+        return _measured(router, response, model, started, waited, route)
 
 
 async def relay_whole(request: Request, router: Router, model: str, raw: bytes, path: str, admission: Admission,

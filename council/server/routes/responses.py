@@ -62,6 +62,7 @@ from council.voting.engine import CouncilAnswer, CouncilEngine, member_payload
 from council.voting.request import CouncilRequest
 
 routes = APIRouter()
+ROUTE = "responses"  # the metrics' route label (input_tokens: `input_tokens`)
 Chat = Annotated[Principal, Depends(require("chat"))]
 Current = Annotated[Router, Depends(current_router)]
 
@@ -122,13 +123,13 @@ async def create_response(request: Request, router: Current, who: Chat) -> Respo
     if ask.stream:
         return _stream_council(router, engine, council, ask, inputs, admission, started)
     async with admission:
-        done = await ask_council(request, router, engine, council, started)
+        done = await ask_council(request, router, engine, council, started, ROUTE)
         if done is None:
             return Response(status_code=CLIENT_GONE)
         answer, waited = done
         doc = _answered(answer, ask, new_id("resp"), int(time.time()))
         await _store(router, ask, who.name, doc["id"], inputs, doc["output"])
-        return _measured(router, _json(doc), ask.model, started, waited)
+        return _measured(router, _json(doc), ask.model, started, waited, ROUTE)
 
 
 def _stream_council(router: Router, engine: CouncilEngine, council: CouncilRequest, ask: ResponsesRequest,
@@ -152,7 +153,7 @@ def _stream_council(router: Router, engine: CouncilEngine, council: CouncilReque
         ending = "response.incomplete" if doc["status"] == "incomplete" else "response.completed"
         yield b"".join(number(e) for e in [*item_events(doc["output"]), {"type": ending, "response": doc}])
 
-    return council_stream(router, engine, council, admission, started, keepalive=KEEPALIVE,
+    return council_stream(router, engine, council, admission, started, route=ROUTE, keepalive=KEEPALIVE,
                           opening=number({"type": "response.created", "response": opening})
                           + number({"type": "response.in_progress", "response": opening}),
                           failed=failed, answered=answered)
@@ -167,15 +168,16 @@ async def _relay(request: Request, router: Router, ask: ResponsesRequest, body: 
     admission = await router.limits.admit(who, ask.model)
     if not ask.stream:
         async with admission:
-            relayed = await relay_whole(request, router, ask.model, payload, "/v1/responses", admission, started)
+            relayed = await relay_whole(request, router, ask.model, payload, "/v1/responses", admission, started,
+                                        ROUTE)
             if relayed is None:
                 return Response(status_code=CLIENT_GONE)
             response, waited = relayed
             if 200 <= response.status_code < 300:  # else the process's own error, in OpenAI's shape
                 response = await _completed(router, ask, who.name, inputs, bytes(response.body))
-            return _measured(router, response, ask.model, started, waited)
+            return _measured(router, response, ask.model, started, waited, ROUTE)
     response = await _passthrough(request, router, ask.model, payload, "/v1/responses", admission, started,
-                                  stream=True)
+                                  stream=True, route=ROUTE)
     if 200 <= response.status_code < 300:
         response.body_iterator = _fixed(router, ask, who.name, inputs, response.body_iterator)
     return response
@@ -237,7 +239,7 @@ async def input_tokens(request: Request, router: Current, who: Chat) -> Response
         payload = {k: v for k, v in for_model(body, history).items() if k not in ("stream", "stream_options")}
         return await _passthrough(request, router, ask.model, json.dumps(payload).encode(),
                                   "/v1/responses/input_tokens",
-                                  await router.limits.admit(who, ask.model), started)
+                                  await router.limits.admit(who, ask.model), started, route="input_tokens")
     # Checked before admission: a refused body holds no place in the limits.
     council = as_council_request(router, to_chat(ask, body, history), checked=False)  # counting needs no more
     admission = await router.limits.admit(who, ask.model)
@@ -247,7 +249,7 @@ async def input_tokens(request: Request, router: Current, who: Chat) -> Response
         waited = time.perf_counter() - asked
     doc = {"object": "response.input_tokens", "input_tokens": max(m["input_tokens"] for m in members),
            "council": {"council": engine.name, "members": members}}
-    return _measured(router, JSONResponse(doc), ask.model, started, waited)
+    return _measured(router, JSONResponse(doc), ask.model, started, waited, "input_tokens")
 
 
 async def _count(router: Router, engine: CouncilEngine, council: CouncilRequest) -> list[dict[str, Any]]:
