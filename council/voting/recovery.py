@@ -117,10 +117,11 @@ def _as_call(value: Any, declared: Collection[str]) -> Recovered | None:
 
 
 def _json_calls(text: str, declared: Collection[str]) -> Recovered | None:
-    values = _values(text)
-    if values is None:
+    try:
+        values = _values(text)
+        return None if values is None else _as_call(values, declared)
+    except RecursionError:  # nested past Python's limit (a model looping `[[[[`): no call a schema could check
         return None
-    return _as_call(values, declared)
 
 
 def _blocks(text: str, opening: str | tuple[str, ...], pattern: re.Pattern[str],

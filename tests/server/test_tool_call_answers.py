@@ -175,3 +175,44 @@ async def test_a_named_tool_choice_holds_a_relayed_models_recovered_calls_to_tha
 
     toolbox = _toolbox(json.dumps(asked).encode())
     assert toolbox is not None and recovered_calls('{"name": "get_weather", "arguments": {}}', toolbox) is None
+
+
+DEEP = {"brackets": "[" * 3000 + "]" * 3000, "objects": '{"a": ' * 3000 + "1" + "}" * 3000,
+        "fenced": "```json\n" + "[" * 3000 + "]" * 3000 + "\n```", "tagged": "<tool_call>" + "[" * 3000 + "]" * 3000
+        + "</tool_call>", "in prose": "Call it:\n```json\n" + "[" * 3000 + "]" * 3000 + "\n```\nthen answer."}
+
+
+@pytest.mark.parametrize("shape", list(DEEP))
+async def test_a_reply_nested_too_deep_to_read_is_text(tmp_path: Path, shape: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A reply that opens brackets without end (a small model looping `[[[[` to max_tokens) was read for calls
+    with Python's JSON decoder, which recursed past Python's limit: RecursionError, a 500 from a model relayed
+    with `recover_tool_calls`, and a council logged a traceback for the seat. Such a reply holds no call a schema
+    could check: it is the text it was, the council answers with the other seat's call, the relayed model with
+    its text."""
+    deep = DEEP[shape]
+    call = Say('{"name": "add", "arguments": {"n": 1}}')
+    router = _seated(tmp_path, Say(deep), call)
+    async with _client(router) as http:
+        for path in ASKED:
+            answer = await http.post(path, json={"model": "c", **ASKED[path]})
+            assert answer.status_code == 200, (path, answer.text[:300])
+        council = (await http.post("/v1/chat/completions", json={"model": "c", **ASKED["/v1/chat/completions"]}))
+    members = council.json()["council"]["members"]
+    assert members[0]["status"] != "error" and not members[0].get("calls"), members[0]
+    assert members[1]["calls"][0]["name"] == "add", members
+    (tmp_path / "relayed").mkdir()
+    relayed = _recovering(tmp_path / "relayed")
+    for stream in (False, True):
+        member = _Writes(deep)
+        relayed.passthrough_client = lambda model, member=member: member  # type: ignore[method-assign,misc]
+        async with _client(relayed) as http:
+            answer = await http.post("/v1/chat/completions", json={"model": "m", **ASKED["/v1/chat/completions"],
+                                                                   "stream": stream})
+        assert answer.status_code == 200, answer.text[:300]
+        if stream:
+            deltas = [e["choices"][0]["delta"] for e in _events(answer.text)[:-1]]
+            assert "".join(d.get("content") or "" for d in deltas) == deep
+        else:
+            assert answer.json()["choices"][0]["message"]["content"] == deep
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.records
