@@ -279,6 +279,7 @@ def _log_draft_tuning() -> None:
 
 
 def _clean_exit_server(on_exit: Callable[[], None]) -> type:
+    import logging
     import signal
     from types import FrameType
 
@@ -286,6 +287,13 @@ def _clean_exit_server(on_exit: Callable[[], None]) -> type:
 
     class Server(uvicorn.Server):
         """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown (exit -15); `serve` promises exit 0."""
+
+        def __init__(self, config: uvicorn.Config) -> None:
+            super().__init__(config)
+            # A second Ctrl-C forces the exit: the app's lifespan, still waiting on uvicorn, is cancelled, and
+            # starlette hands uvicorn that CancelledError's traceback, which it logged as an error. Asked for.
+            logging.getLogger("uvicorn.error").addFilter(
+                lambda record: not (self.force_exit and "CancelledError" in str(record.msg)))
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if self.should_exit and sig == signal.SIGINT:

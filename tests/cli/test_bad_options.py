@@ -174,6 +174,33 @@ def test_sigterm_while_the_policy_is_checked_is_exit_0_with_nothing_left(
     assert left == "", left  # the wrapper asked for --help is gone with it
 
 
+def test_a_second_ctrl_c_while_serve_starts_is_exit_0_without_a_traceback(llama_server_bin: LlamaServerInfo) -> None:
+    """The second Ctrl-C forces the exit: the app's lifespan, still waiting on uvicorn, was cancelled, and uvicorn
+    logged that CancelledError's traceback as an error (the members still stopped, exit 0)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.servers import free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "council", "serve", DEMO, "--port", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        while "→" not in (line := proc.stdout.readline()):  # a member's first change: the lifespan is starting
+            assert line, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)  # not to wait for anything: a person's second Ctrl-C, while the first is being handled
+        proc.send_signal(signal.SIGINT)
+        out, errors = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, (proc.returncode, out, errors)
+    assert "Traceback" not in errors and "CancelledError" not in errors, errors
+    assert out.rstrip().endswith("all members stopped"), out
+
+
 def test_a_timeout_in_range_is_used() -> None:
     # The check passes a good value through: this one reaches the request, and nothing listens there (exit 1).
     result = run_cli("ask", "demo", "hi", "--url", NOWHERE, "--timeout", "2.5", timeout=60)
