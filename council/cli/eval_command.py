@@ -166,7 +166,7 @@ def eval_(
 
         report = score_calls(records, items, council, data, recover=config.vote.recover_tool_calls,
                              seats=[(name, seat.model) for name, seat, _ in config.seats(council)], vote=config.vote,
-                             tool_choice=tool_choice)
+                             tool_choice=tool_choice, quorum=config.quorum)
         print_calls_report(report, out)
     else:
         report = score(records, council, config, data)

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from council.evaluation.bfcl import BfclItem, grade, schema_problems
 from council.evaluation.record import ItemRecord, MemberAnswer, unanswered, with_every_seat
-from council.policy.schema import VoteConfig
+from council.policy.schema import VoteConfig, quorum_needed
 from council.voting.extract import canonical_tool_call
 
 Calls = list[dict[str, Any]]
@@ -329,16 +329,23 @@ def member_rows(records: Sequence[ItemRecord], items: Mapping[str, BfclItem]) ->
     return rows
 
 
+def _quorate(answers: Sequence[MemberAnswer], quorum: int | Literal["majority", "all"]) -> bool:
+    """Enough of the seats asked answered for the council's `quorum` (else the live council answers
+    `quorum_not_met`, never a guess)."""
+    return sum(a.status == "ok" for a in answers) >= quorum_needed(quorum, len(answers))
+
+
 def council_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem], mode: str,
                 keep: Sequence[int] | None = None, name: str | None = None,
-                voters: Mapping[str, Voter] = VOTERS) -> CallsRow:
-    """The council's answers re-decided by `voters[mode]` (over the seats at `keep`, else all), scored."""
+                voters: Mapping[str, Voter] = VOTERS, quorum: int | Literal["majority", "all"] = 1) -> CallsRow:
+    """The council's answers re-decided by `voters[mode]` (over the seats at `keep`, else all), scored; an item
+    fewer seats answered than `quorum` needs is decided by none."""
     voter = voters[mode]
     decided, found, tokens = [], [], []
     for r in records:
         answers = [a for i, a in enumerate(r.answers) if keep is None or i in keep]
         item = items[r.item_id or ""]
-        decided.append(voter(answers, item))
+        decided.append(voter(answers, item) if _quorate(answers, quorum) else None)
         found.append(item)
         tokens.append(sum(a.completion_tokens for a in answers))
     return _decided_row(name or f"council ({mode})", records, decided, found, tokens)
@@ -418,10 +425,11 @@ def with_recovered_calls(records: Sequence[ItemRecord], items: Mapping[str, Bfcl
 
 def score_calls(records: list[ItemRecord], items: Sequence[BfclItem], council: str, data: str,
                 recover: bool = True, seats: Sequence[tuple[str, str]] = (), vote: VoteConfig | None = None,
-                tool_choice: Any = None) -> CallsReport:
+                tool_choice: Any = None, quorum: int | Literal["majority", "all"] = 1) -> CallsReport:
     """Per member and per call vote; with `recover`, calls written as text count as the council reads them. An item
     no member answered counts wrong for every seat (`seats`, (name, model), name them when no item was answered).
-    The council's own vote code decides as `vote` (the policy's) does, under the run's `tool_choice`."""
+    The council's own vote code decides as `vote` (the policy's) does, under the run's `tool_choice`, and an item
+    fewer seats answered than the council's `quorum` needs is decided by none, as live."""
     vote = vote if vote is not None else VoteConfig()
     voters = policy_voters(vote, tool_choice)
     none = unanswered(records)
@@ -435,6 +443,6 @@ def score_calls(records: list[ItemRecord], items: Sequence[BfclItem], council: s
     return CallsReport(council=council, data=data, items=len(records), unanswered=none,
                        categories=list(dict.fromkeys(r.category or "?" for r in records)),
                        members=member_rows(records, by_id),
-                       councils=[council_row(records, by_id, m, voters=voters) for m in voters],
+                       councils=[council_row(records, by_id, m, voters=voters, quorum=quorum) for m in voters],
                        oracle=oracle_row(records, by_id), items_scored=score_items(records, by_id),
                        vote=replayed_vote(vote, tool_choice), records=records)

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import BaseModel
 
 from council.evaluation.record import ItemRecord, MemberAnswer, unanswered, with_every_seat
-from council.policy.schema import CascadeConfig, CouncilConfig
+from council.policy.schema import CascadeConfig, CouncilConfig, quorum_needed
 from council.voting.extract import extract, extract_cut
 from council.voting.vote import Ballot, Decision, VoteError, decide, seat_value, stop_after
 
@@ -136,6 +137,8 @@ class Rule:
     signal: str = "answer"
     temperature: float = 1.0
     tie_break: tuple[str, ...] = ("weight", "latency", "order")
+    # The council's `quorum`: fewer answers decide nothing, as live (`quorum_not_met`).
+    quorum: int | Literal["majority", "all"] = 1
 
 
 @lru_cache(maxsize=1 << 16)
@@ -166,8 +169,12 @@ def ballots(answers: Sequence[MemberAnswer], rule: Rule, keep: Sequence[int] | N
 
 def council_decision(answers: Sequence[MemberAnswer], rule: Rule,
                      keep: Sequence[int] | None = None) -> Decision | None:
-    """The council's decision from these answers (None when every member abstained)."""
+    """The council's decision from these answers (those at `keep`, the seats asked, else all); None when every
+    member abstained, or fewer answered than the quorum needs of the seats asked (the live council answers
+    `quorum_not_met` then, never a guess)."""
     found = ballots(answers, rule, keep)
+    if len(found) < quorum_needed(rule.quorum, len(answers) if keep is None else len(keep)):
+        return None
     try:
         return decide(found, rule.strategy, rule.tie_break, temperature=rule.temperature)
     except VoteError:
@@ -314,10 +321,10 @@ PLAN_AGREEMENT = (0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 1.0)
 def plan_votes(records: Sequence[ItemRecord], own: Rule) -> list[Rule]:
     """The council's own vote, majority, and (where the members sent logprobs) confidence on the tail of the
     reply at T=1 and on the answer at T=0.5."""
-    votes = [own, Rule("majority", own.extract, tie_break=own.tie_break)]
+    votes = [own, Rule("majority", own.extract, tie_break=own.tie_break, quorum=own.quorum)]
     if any(a.confidence is not None or a.signals for r in records for a in r.answers):
-        votes += [Rule("confidence", own.extract, "tail", 1.0, own.tie_break),
-                  Rule("confidence", own.extract, "answer", 0.5, own.tie_break)]
+        votes += [Rule("confidence", own.extract, "tail", 1.0, own.tie_break, own.quorum),
+                  Rule("confidence", own.extract, "answer", 0.5, own.tie_break, own.quorum)]
     return list({vote_label(v): v for v in votes}.values())
 
 
@@ -464,11 +471,12 @@ def score(records: list[ItemRecord], council: str, config: CouncilConfig, data: 
                         config, council)
     vote = config.vote
     own = Rule(vote.strategy if vote.strategy != "judge" else "majority", vote.extract, vote.confidence,
-               vote.confidence_temperature, tuple(vote.tie_break))
+               vote.confidence_temperature, tuple(vote.tie_break), config.quorum)
     members = score_members(records, vote.extract)
-    rules = [Rule(s, how, tie_break=own.tie_break) for how in dict.fromkeys((vote.extract, *EXTRACTORS))
-             for s in ("majority", "weighted", "similarity")]
-    rules += [Rule("confidence", vote.extract, signal, t, own.tie_break) for signal in ("answer", "reply", "tail")
+    rules = [Rule(s, how, tie_break=own.tie_break, quorum=own.quorum)
+             for how in dict.fromkeys((vote.extract, *EXTRACTORS)) for s in ("majority", "weighted", "similarity")]
+    rules += [Rule("confidence", vote.extract, signal, t, own.tie_break, own.quorum)
+              for signal in ("answer", "reply", "tail")
               for t in (0.5, 1.0, 2.0)]
     oracle = sum(any(a.status == "ok" and is_right(vote_of(a, vote.extract), reference(r, vote.extract))
                      for a in r.answers) for r in records)

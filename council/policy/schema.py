@@ -597,12 +597,16 @@ class CouncilConfig(_Strict):
 
     def quorum_count(self, asked: int | None = None) -> int:
         """Answers needed; with a cascade it counts the seats asked so far (`asked`), not the whole council."""
-        seats = self.size if asked is None else asked
-        if self.quorum == "all":
-            return seats
-        if self.quorum == "majority":
-            return seats // 2 + 1
-        return min(self.quorum, seats)
+        return quorum_needed(self.quorum, self.size if asked is None else asked)
+
+
+def quorum_needed(quorum: int | Literal["majority", "all"], seats: int) -> int:
+    """Answers a council's `quorum` needs of `seats` asked (the live engine's rule, and the offline replay's)."""
+    if quorum == "all":
+        return seats
+    if quorum == "majority":
+        return seats // 2 + 1
+    return min(quorum, seats)
 
 
 class Policy(_Strict):

@@ -239,3 +239,15 @@ def item_request(item: BfclItem) -> Any:
     from council.voting.request import CouncilRequest
 
     return CouncilRequest.of(item_body(item), early_stop=False)
+
+
+def test_an_item_below_the_quorum_is_decided_by_no_call_vote(items: dict[str, BfclItem]) -> None:
+    """As live (`quorum_not_met`): one seat of three answered, the quorum a majority; the replay voted its call."""
+    item = items["simple_python_0"]
+    failed = MemberAnswer(member="c/1", model="m", status="timeout", completion_tokens=0, latency_ms=100)
+    record = ItemRecord(index=0, line=1, question=item.question, reference=item.reference, wall_ms=1.0,
+                        item_id=item.id, category=item.category, answers=[
+                            seat(0, reference_calls(item)), failed, failed.model_copy(update={"member": "c/2"})])
+    for quorum, decided in (("majority", False), (1, True)):
+        report = score_calls([record], [item], "c", "d", recover=False, quorum=quorum)
+        assert [row.hits[0] for row in report.councils] == [decided] * len(report.councils), (quorum, report.councils)

@@ -225,3 +225,30 @@ def test_a_tie_a_record_cannot_replay_is_said_so() -> None:
                          "council may have answered otherwise"]
     assert "note: 2 of 2 items tied" in printed(old)
     assert score([item(0, logprob=-1.0)], "c", config, "d.jsonl").notes == []  # recorded: nothing to say
+
+
+def test_an_item_below_the_quorum_is_decided_by_no_rule_as_live() -> None:
+    """The live council refuses an item fewer seats answered than its quorum (`quorum_not_met`, never a guess);
+    the replay decided it from the one answer there was, so `council eval` counted it right for every strategy,
+    plan and item score."""
+    from council.evaluation.dataset import Item
+    from council.evaluation.record import engine_asker
+
+    config = {"members": [{}, {}, {}], "vote": {"strategy": "majority", "extract": "number"}, "quorum": "majority"}
+    engine, _ = council(config, Say(text="The answer is 5."), Say(status="timeout"), Say(status="error"))
+    item = Item(index=0, line=1, messages=[{"role": "user", "content": "q"}], reference="5")
+    answers, error = asyncio.run(engine_asker(engine)(item))
+    assert error is not None and "the quorum is 2" in error
+    below = ItemRecord(index=0, line=1, question="q", reference="5", wall_ms=1, answers=answers, error=error)
+    full = below.model_copy(update={"index": 1, "answers": [a.model_copy(update={"status": "ok",
+                                                                                  "text": "The answer is 5."})
+                                                           for a in answers]})
+    policy = CouncilConfig.model_validate({**config, "members": [{"model": "m"}] * 3})
+    report = score([below, full], "c", policy, "d")
+    assert [i.correct for i in report.items_scored] == [False, True] and report.council_accuracy == 0.5
+    assert max(s.correct for s in report.strategies) == 1, report.strategies  # `full` only, under any rule
+    # A cascade whose first stage is the one seat that answered decides there, live too (a quorum of the one asked).
+    assert {(p.name.startswith("first 1,"), p.correct) for p in report.plans} == {(True, 2), (False, 1)}
+    # A quorum of one (the default) decides it from the one answer, live and offline.
+    one = CouncilConfig.model_validate({**config, "members": [{"model": "m"}] * 3, "quorum": 1})
+    assert score([below, full], "c", one, "d").council_accuracy == 1.0
