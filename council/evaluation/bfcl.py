@@ -124,7 +124,7 @@ def to_tool(function: Mapping[str, Any]) -> dict[str, Any]:
 class BfclItem:
     """One BFCL question: its messages, the tools sent with it, and the calls that grade right."""
 
-    index: int  # stable across loads: the category's place in CATEGORIES × 10⁵ + its line (records resume by it)
+    index: int  # stable across loads: the category's place in SUPPORTED × 10⁵ + its line (records resume by it)
     line: int
     id: str
     category: str
@@ -298,7 +298,9 @@ def load_bfcl(path: Path | str, categories: Sequence[str] = CATEGORIES) -> list[
         raise DatasetError(f"{path}:1: {why}")
     source = Source(path)
     items: list[BfclItem] = []
-    ranks = {c: i for i, c in enumerate(dict.fromkeys((*CATEGORIES, *categories)))}
+    # An item's index is its category's place among every supported one, whatever the `--categories` order (records
+    # resume by it: ranked by the option's order, the same item was another index in another run, asked again).
+    ranks = {c: i for i, c in enumerate(SUPPORTED)}
     for category in categories:
         for item in load_category(source, category):
             items.append(BfclItem(**{**item.__dict__, "index": ranks[category] * 100_000 + item.line}))

@@ -233,6 +233,17 @@ def test_categories_the_grader_does_not_implement_are_refused(wheel: Path, tmp_p
         "live_multiple", "live_irrelevance"}
 
 
+def test_an_items_index_does_not_depend_on_the_categories_order(wheel: Path) -> None:
+    """Records resume by index: a category outside the default six was ranked by its place in `--categories`, so
+    `live_multiple_0-0-0` was 600001 asked alone and 700001 after `live_parallel` (which then took 600001), and a
+    second run asked every recorded item again."""
+    alone = {i.id: i.index for i in load_bfcl(wheel, ("live_multiple",))}
+    after = {i.id: i.index for i in load_bfcl(wheel, ("live_parallel", "simple_python", "live_multiple"))}
+    assert all(after[k] == v for k, v in alone.items())
+    assert len(set(after.values())) == len(after)  # no two items share one
+    assert {i.id: i.index for i in load_bfcl(wheel, ("simple_python",))}["simple_python_0"] == 1  # as recorded
+
+
 def test_calls_of_another_shape_or_nested_too_deep_are_a_decoder_failure(items: list[BfclItem]) -> None:
     # A `function` that is a string raised AttributeError, and arguments nested deeper than the decoder's stack
     # RecursionError, out of the grader: `council eval` died with a traceback instead of grading the answer wrong.
