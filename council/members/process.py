@@ -641,14 +641,23 @@ class MemberProcess:
         """While ready: return the reason the member must restart (exit, failing health, stuck requests)."""
         running = self._running
         assert running is not None
+        # One wait for the exit, looked at every tick: a shielded wait per tick left its inner task behind at each
+        # timeout, one more pending task every second per process for as long as it ran.
+        exited = asyncio.ensure_future(running.proc.wait())
+        try:
+            return await self._watching(running, exited)
+        finally:
+            exited.cancel()
+
+    async def _watching(self, running: _Running, exited: asyncio.Future[int]) -> str:
+        """`_watch`'s loop, `exited` its one wait for the process's exit."""
         spec = self.spec
         health_failures = 0
         next_metrics = 0.0
         while not self._stopping:
             if self._planned is not None:
                 return self._planned
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(running.proc.wait()), self.config.watch_interval)
+            await asyncio.wait((exited,), timeout=self.config.watch_interval)
             if self._planned is not None:
                 return self._planned
             if running.proc.returncode is not None:

@@ -311,3 +311,19 @@ async def test_a_council_call_may_stay_silent_for_its_timeout_a_passthrough_call
         await until(lambda: process.restarts == 1 and process.ready, 30, "the watchdog to restart the stub")
         restart = next(c for c in process.history if c.old is State.READY)
         assert restart.reason.startswith("watchdog: a request has had no byte from the member for over 1s")
+
+
+async def test_watching_a_ready_process_leaves_no_task_behind(tmp_path: Path) -> None:
+    """The watch loop waited for the process's exit with a shielded wait per tick, whose inner task the tick's
+    timeout left pending: one more task every `watch_interval` per process (every second by default) for as long as
+    it ran, ~1 KB each, about 100 MB a process a day. The count now stays put however many ticks pass."""
+    async with running_stub(tmp_path, watch_interval=0.02) as (process, _):
+        await watchdog_looked(process)
+        before = len(asyncio.all_tasks())
+        start, deadline = await probes(process), asyncio.get_running_loop().time() + 30
+        while await probes(process) < start + 25:  # 25 more ticks: the old loop left 25 tasks behind
+            assert asyncio.get_running_loop().time() < deadline, "the watchdog stopped probing"
+            await asyncio.sleep(0.02)
+        assert len(asyncio.all_tasks()) <= before + 2, [t.get_coro() for t in asyncio.all_tasks()]
+    waits = [t for t in asyncio.all_tasks() if "wait" in repr(t.get_coro()) and "Process" in repr(t.get_coro())]
+    assert waits == [], waits  # a stopped process leaves none either
