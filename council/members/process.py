@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import signal
 import socket
@@ -227,7 +228,9 @@ class RequestOutcome:
     neither counts nor resets the streak). An exception leaving the block unreported is a failure.
 
     `progressed()`, each time bytes of the answer arrive, tells the watchdog the member is not stuck: a request
-    is stuck once it has had no byte for `patience` seconds, however long it has run."""
+    is stuck once it has had no byte for `patience` seconds, however long it has run. `held()`: the caller holds
+    what arrived (a relay writing it to a client that reads slowly, or not at all) and asks the member for no more
+    until its next `progressed()`: that time is the client's, not the member's silence."""
 
     __slots__ = ("last", "ok", "patience", "reason")
 
@@ -239,6 +242,9 @@ class RequestOutcome:
 
     def progressed(self) -> None:
         self.last = time.monotonic()  # per chunk: one timestamp (~0.1 us), no lock, no other state
+
+    def held(self) -> None:
+        self.last = math.inf  # never stuck while held
 
     def succeeded(self) -> None:
         self.ok, self.reason = True, ""

@@ -255,6 +255,9 @@ class CallOutcome(Protocol):
     def progressed(self) -> None:
         """Bytes of the answer arrived: the member is not stuck (a stream's every chunk)."""
 
+    def held(self) -> None:
+        """The caller holds a chunk and asks for no more until the next `progressed()`: not the member's silence."""
+
 
 class Unaccounted:
     """The outcome of a call no local watchdog follows (a member on another host counts its own)."""
@@ -266,6 +269,9 @@ class Unaccounted:
         pass
 
     def progressed(self) -> None:
+        pass
+
+    def held(self) -> None:
         pass
 
 
@@ -486,8 +492,11 @@ async def _chunks(response: aiohttp.ClientResponse, outcome: CallOutcome, name: 
     (an error in its loop never passes through the accounting). A stream that breaks raises `MemberFailed`."""
     try:
         async for chunk in response.content.iter_any():
-            outcome.progressed()
+            # Held while the caller writes the chunk on: a client that stops reading stops the relay reading the
+            # member, and the watchdog restarted the member for that silence (any chat key could).
+            outcome.held()
             yield chunk
+            outcome.progressed()  # asking the member for more from now on
     except aiohttp.ClientError as exc:
         outcome.failed(f"the member's stream broke: {type(exc).__name__}")
         raise MemberFailed(f"member {name}'s stream broke: {type(exc).__name__}") from None

@@ -327,3 +327,19 @@ async def test_watching_a_ready_process_leaves_no_task_behind(tmp_path: Path) ->
         assert len(asyncio.all_tasks()) <= before + 2, [t.get_coro() for t in asyncio.all_tasks()]
     waits = [t for t in asyncio.all_tasks() if "wait" in repr(t.get_coro()) and "Process" in repr(t.get_coro())]
     assert waits == [], waits  # a stopped process leaves none either
+
+
+async def test_a_caller_that_holds_a_relayed_stream_is_not_the_members_silence(tmp_path: Path) -> None:
+    """A client that stops reading a streamed passthrough stops the relay reading the member (back-pressure), and
+    the watchdog took that silence for a stuck member: after `stuck_after` it restarted the process, cutting every
+    request on it (any chat key could). Time the caller holds a chunk is not counted; a silent member still is."""
+    async with running_stub(tmp_path, **IMPATIENT) as (process, client):
+        pid = process.pid
+        async with client.stream(body("slow", stream=True), "/v1/chat/completions") as (head, chunks):
+            first = await anext(chunks)
+            held = asyncio.get_running_loop().time()
+            while asyncio.get_running_loop().time() < held + 2 * IMPATIENT["stuck_after"]:
+                await watchdog_looked(process)  # the watchdog looks on, past its patience
+            rest = b"".join([c async for c in chunks])
+        assert head.status == 200 and first.startswith(b"data: ") and rest.endswith(b"data: [DONE]\n\n")
+        assert process.restarts == 0 and process.pid == pid and process.ready
