@@ -343,7 +343,7 @@ async def test_a_disconnect_cancels_the_council_in_process(tmp_path: Path, path:
 
 
 class HeldMember:
-    """A process's client whose non-streamed answer never comes: it records whether its request was closed."""
+    """A process's client whose answer (a stream's head) never comes: it records whether its request was closed."""
 
     def __init__(self) -> None:
         self.in_flight = self.cancelled = 0
@@ -361,6 +361,15 @@ class HeldMember:
             self.in_flight -= 1
         raise AssertionError("unreachable")
 
+    def stream(self, body: bytes, path: str, width: int = 1) -> Any:
+        import contextlib
+
+        @contextlib.asynccontextmanager
+        async def opened() -> AsyncIterator[object]:  # waiting for a slot, or reading a long prompt
+            yield await self.relay(body, path, width)
+
+        return opened()
+
 
 RELAYED = [("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, "chat"),
            ("/v1/completions", {"prompt": "x"}, "completions"),
@@ -368,11 +377,16 @@ RELAYED = [("/v1/chat/completions", {"messages": [{"role": "user", "content": "x
            ("/v1/messages", {"max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}, "messages")]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize(("path", "asked", "route"), RELAYED, ids=["chat", "completions", "responses", "messages"])
-async def test_a_disconnect_closes_a_non_streamed_passthrough(tmp_path: Path, path: str, asked: dict[str, object],
-                                                               route: str) -> None:
+async def test_a_disconnect_closes_a_passthrough_before_its_answer(tmp_path: Path, path: str,
+                                                                   asked: dict[str, object], route: str,
+                                                                   stream: bool) -> None:
     """A model's non-streamed relay ignored its client leaving: the member generated on (its slot held) until it
-    answered nobody. The disconnect now closes the member's request, and the request counts as 499 (README)."""
+    answered nobody. A streamed one did too until the member's head came (the stream's own watch on its client
+    starts with its body): a client that timed out waiting for a slot kept its place in the queue and the key's
+    limit, and the member served it in full, counted 200. The disconnect now closes the member's request, and the
+    request counts as 499 (README)."""
     import asyncio
 
     from prometheus_client import generate_latest
@@ -383,11 +397,12 @@ async def test_a_disconnect_closes_a_non_streamed_passthrough(tmp_path: Path, pa
     router = _router(tmp_path)
     member = HeldMember()
     router.passthrough_client = lambda model: member  # type: ignore[method-assign, assignment, return-value]
-    left, task = _leaving_client(create_app(router), path, {"model": "m", **asked})
+    left, task = _leaving_client(create_app(router), path, {"model": "m", **asked, "stream": stream})
     await until(lambda: member.in_flight == 1, 5, "the member asked")
     left.set()
     await asyncio.wait_for(task, 5)
     assert member.cancelled == 1 and member.in_flight == 0
+    assert router.keys.principal(f"Bearer {KEY}", "chat").in_flight == 0  # its places in the limits are free
     metrics = text_string_to_metric_families(generate_latest(router.metrics.registry).decode())
     counted = {(s.labels["route"], s.labels["model"], s.labels["status"]): s.value for f in metrics
                for s in f.samples if s.name == "council_requests_total"}

@@ -20,7 +20,7 @@ from council.server.apis import anthropic
 from council.server.apis.anthropic import CountTokensRequest, MessagesRequest
 from council.server.auth import Principal
 from council.server.deps import current_router, require
-from council.server.errors import OVERHEAD_HEADER, ApiError
+from council.server.errors import ApiError
 from council.server.limits import Admission
 from council.server.router import Router
 from council.server.routes.chat import (
@@ -33,6 +33,7 @@ from council.server.routes.chat import (
     check_media,
     council_stream,
     read_body,
+    relay_stream,
     relay_whole,
 )
 from council.server.routes.passthrough import HeldStream, counted_tokens, relay
@@ -91,20 +92,10 @@ def _stream(router: Router, engine: CouncilEngine, council: CouncilRequest, admi
 async def _relay_model(request: Request, router: Router, model: str, raw: bytes, admission: Admission,
                        started: float, stream: bool) -> Response:
     if stream:
-        overhead = time.perf_counter() - started  # a stream's headers leave when the member's do
-
-        def ended(status: int) -> None:
-            router.metrics.observe(ROUTE, model, status, time.perf_counter() - started, overhead)
-
-        try:
-            response = await relay(router, model, raw, "/v1/messages", True, admission, ended)
-        except BaseException:
-            admission.release()
-            raise
-        assert isinstance(response, StreamingResponse)
-        response.body_iterator = (_normalised(response.body_iterator) if response.status_code < 400
-                                  else _error_body(response.status_code, response.body_iterator))
-        response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
+        response = await relay_stream(request, router, model, raw, "/v1/messages", admission, started, ROUTE)
+        if isinstance(response, StreamingResponse):  # else the client went away first
+            response.body_iterator = (_normalised(response.body_iterator) if response.status_code < 400
+                                      else _error_body(response.status_code, response.body_iterator))
         return response
     async with admission:
         relayed = await relay_whole(request, router, model, raw, "/v1/messages", admission, started, ROUTE)

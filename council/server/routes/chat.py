@@ -269,25 +269,38 @@ async def _passthrough(request: Request, router: Router, model: str, raw: bytes,
     """Relay to the model, counted under `route`; `width` is the request's `n` (n choices hold n of the process's
     slots and count n against its rate limit)."""
     if stream:
-        # A stream's headers leave when the member's do: they carry the router's time before it relayed.
-        overhead = time.perf_counter() - started
-
-        def ended(status: int) -> None:
-            router.metrics.observe(route, model, status, time.perf_counter() - started, overhead)
-
-        try:
-            response = await relay(router, model, raw, path, True, admission, ended, width)
-        except BaseException:
-            admission.release()
-            raise
-        response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
-        return response
+        return await relay_stream(request, router, model, raw, path, admission, started, route, width)
     async with admission:
         relayed = await relay_whole(request, router, model, raw, path, admission, started, route, width)
         if relayed is None:
             return Response(status_code=CLIENT_GONE)
         response, waited = relayed
         return _measured(router, response, model, started, waited, route)
+
+
+async def relay_stream(request: Request, router: Router, model: str, raw: bytes, path: str, admission: Admission,
+                       started: float, route: str = "chat", width: int = 1) -> Response:
+    """A streamed relay, whatever API asked: the member's stream, counted under `route` once it ends. A client
+    that goes away before the member's head (while a slot is waited for, or the member reads a long prompt)
+    closes the member's request, frees its places in the limits and is counted as `CLIENT_GONE`, as a whole
+    relay's is: the stream's own watch on its client starts only with its body."""
+    # A stream's headers leave when the member's do: they carry the router's time before it relayed.
+    overhead = time.perf_counter() - started
+
+    def ended(status: int) -> None:
+        router.metrics.observe(route, model, status, time.perf_counter() - started, overhead)
+
+    try:
+        response = await _unless_disconnected(request, relay(router, model, raw, path, True, admission, ended, width))
+    except BaseException:
+        admission.release()
+        raise
+    if response is None:
+        admission.release()
+        ended(CLIENT_GONE)
+        return Response(status_code=CLIENT_GONE)
+    response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
+    return response
 
 
 async def relay_whole(request: Request, router: Router, model: str, raw: bytes, path: str, admission: Admission,

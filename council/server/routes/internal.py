@@ -63,9 +63,8 @@ async def process_call(process: str, path: str, request: Request, router: Router
     width = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
     if path == "/v1/completions":  # n tasks per prompt of a list, as the public route holds them
         width = completion_width(prompt, width)
-    if stream:  # a stream's body closes the member's request when the caller hangs up
-        return await relay_through(client, raw, path, stream, width=width)
     # Starlette cancels no plain route when its caller hangs up: a router that dropped the call (an early stop, a
-    # client that left its council) would leave the member generating, its slot held, to the end.
+    # client that left its council) would leave the member generating, its slot held, to the end; a stream's body
+    # closes it once begun, so a stream is watched until the member's head.
     relayed = await _unless_disconnected(request, relay_through(client, raw, path, stream, width=width))
     return Response(status_code=CLIENT_GONE) if relayed is None else relayed
