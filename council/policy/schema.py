@@ -128,6 +128,9 @@ class ServerConfig(_Strict):
                            "429 with Retry-After.")
     max_body: Size = Field(default=1 << 20, gt=0, description="Largest request body; past it, 413.",
                            examples=["4MiB"])
+    body_timeout: Duration = Field(default=60.0, gt=0, le=3600, description="How long a request's body may take to "
+                                   "arrive; past it, 408 and the connection closes (a client that sends part of a "
+                                   "body and goes silent holds no socket for good).", examples=["2m"])
     ballots: int = Field(default=1000, ge=1, description="Recent ballots kept for `/v1/ballots/{id}`, and as many "
                          "Responses conversations for `previous_response_id`.")
     # Several hosts (state: redis://...): how other routers reach this one's members, the env var holding

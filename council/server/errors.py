@@ -34,8 +34,9 @@ COUNTED_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions
                  "/v1/responses/input_tokens": "input_tokens"}
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-         429: "rate_limit_error", 502: "server_error", 503: "server_error", 500: "server_error"}
+         404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error",
+         413: "invalid_request_error", 429: "rate_limit_error", 502: "server_error", 503: "server_error",
+         500: "server_error"}
 
 
 class ApiError(CouncilError):

@@ -152,6 +152,34 @@ def test_a_chunked_body_past_max_body_is_refused_as_it_arrives(open_server: Coun
     assert sent < 16 << 20  # the client stopped sending soon after the limit (socket buffers hold a few MiB)
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_that_stops_arriving_is_408_and_its_connection_closes(serve: Callable[..., CouncilServer],
+                                                                      syn: Path, framing: str) -> None:
+    """A client that sent part of a body and went silent held its socket and a task for good (before admission,
+    so no limit counted it: a few hundred such connections used up the router's file descriptors). Past
+    `server.body_timeout` the router answers 408 and closes the connection."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    server = serve(policy(syn, body_timeout="1s"))
+    where = urlsplit(server.url)
+    framed = (b"Content-Length: 1000\r\n\r\n" + b'{"model": "alphabet"' if framing == "content-length" else
+              b"Transfer-Encoding: chunked\r\n\r\n" + b'14\r\n{"model": "alphabet"\r\n')
+    started = time.monotonic()
+    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + framed)
+        reply = b""
+        while chunk := sock.recv(65536):  # until the router closes the connection
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower(), reply
+    assert json.loads(body)["error"]["code"] == "body_timeout" and b"server.body_timeout" in body, body
+    assert time.monotonic() - started < 25  # the router's second, not the socket's 30
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
 def test_models_health_readiness_admin_and_metrics(open_server: CouncilServer) -> None:
     base = open_server.url
     models = httpx.get(f"{base}/v1/models").json()

@@ -31,7 +31,7 @@ PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 # Anthropic's error types by status (https://docs.anthropic.com/en/api/errors); council's own code goes in
 # `error.details.error_code`, where the SDK looks for one.
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+               404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error", 413: "request_too_large",
                429: "rate_limit_error", 500: "api_error", 501: "api_error", 502: "api_error",
                503: "overloaded_error", 529: "overloaded_error"}
 STOP_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}

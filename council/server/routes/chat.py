@@ -67,7 +67,7 @@ async def read_body(request: Request, router: Router) -> tuple[bytes, Any]:
     if encoding not in ("", "identity"):
         raise BadRequest(f"a body sent with Content-Encoding {encoding!r} cannot be read here: send plain JSON",
                          "unsupported_encoding")
-    raw = await read_raw(request, router.policy.server.max_body)
+    raw = await read_raw(request, router.policy.server.max_body, router.policy.server.body_timeout)
     body = parse_json(raw)
     named = body.get("model") if isinstance(body, dict) else None
     if isinstance(named, str) and (named in router.engines or named in router.policy.models):
@@ -75,24 +75,33 @@ async def read_body(request: Request, router: Router) -> tuple[bytes, Any]:
     return raw, body
 
 
-async def read_raw(request: Request, limit: int) -> bytes:
-    """The raw body, 413 past `limit` bytes."""
+async def read_raw(request: Request, limit: int, within: float) -> bytes:
+    """The raw body, 413 past `limit` bytes, 408 if it has not all arrived `within` seconds."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body over {limit} bytes", "body_too_large")
-    if declared:
-        raw = await request.body()  # the server reads no more than it declared
-    else:  # chunked: counted as it arrives, so a body without end is refused, not held in memory
-        parts, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:  # and the connection closes: the rest of the body is neither kept nor read
-                raise ApiError(413, f"request body over {limit} bytes", "body_too_large", {"Connection": "close"})
-            parts.append(part)
-        raw = b"".join(parts)
+    try:
+        async with asyncio.timeout(within):
+            raw = await _body(request, limit, bool(declared))
+    except TimeoutError:  # a body sent in part, then nothing: its socket and task were held for good
+        raise ApiError(408, f"the request body did not arrive within {within:g} s (server.body_timeout)",
+                       "body_timeout", {"Connection": "close"}) from None
     if len(raw) > limit:
         raise ApiError(413, f"request body over {limit} bytes", "body_too_large")
     return raw
+
+
+async def _body(request: Request, limit: int, declared: bool) -> bytes:
+    if declared:
+        return await request.body()  # the server reads no more than it declared
+    # Chunked: counted as it arrives, so a body without end is refused, not held in memory.
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:  # and the connection closes: the rest of the body is neither kept nor read
+            raise ApiError(413, f"request body over {limit} bytes", "body_too_large", {"Connection": "close"})
+        parts.append(part)
+    return b"".join(parts)
 
 
 def completion_body(answer: CouncilAnswer, created: int, logprobs: bool = False) -> dict[str, Any]:

@@ -54,7 +54,7 @@ async def process_call(process: str, path: str, request: Request, router: Router
     client = router.assembly.ready_client(process) if router.assembly is not None else None
     if client is None:
         raise ApiError(503, f"member {process} is not ready on this host", "no_ready_member")
-    raw = await read_raw(request, BODY_HEADROOM * router.policy.server.max_body)
+    raw = await read_raw(request, BODY_HEADROOM * router.policy.server.max_body, router.policy.server.body_timeout)
     try:
         doc = json.loads(raw)
         stream, n, prompt = doc.get("stream") is True, doc.get("n"), doc.get("prompt")
