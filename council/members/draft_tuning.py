@@ -220,6 +220,9 @@ class DraftTuner:
         """`allowed(n)` returns why n may not run (e.g. its memory overflows the member's slots), or None."""
         s = self.settings
         candidates = list(range(s.n_floor, s.n_limit + 1))
+        if self.n > s.n_limit or 0 < self.n < s.n_floor:  # the range moved under a running process
+            into = min(max(self.n, s.n_floor), s.n_limit)
+            return Verdict(self.n, None, into, f"n {self.n} is outside {s.n_floor}..{s.n_limit}: n → {into}")
         if self.n == 0:
             if s.n_floor > 0:
                 return Verdict(0, None, s.n_floor, f"n 0 is below the floor {s.n_floor}")

@@ -46,6 +46,7 @@ class DraftController:
         self.supervisor = assembly.supervisor
         self._clock = clock
         self.tuners: dict[str, DraftTuner] = {}
+        self._made_from: dict[str, Any] = {}  # process -> the model's `draft` its tuner was made from
         self.events: deque[dict[str, Any]] = deque(maxlen=history)  # changes and refusals, newest last
         self.changes: dict[str, int] = {}  # process -> draft length changes made
         self._busy: str | None = None  # the process being restarted at a new n
@@ -95,11 +96,14 @@ class DraftController:
         draft = self._plan().policy.models[process.spec.model].draft
         n = int(process.recipe.draft_n or 0)
         tuner = self.tuners.get(process.name)
-        if tuner is not None and tuner.n != n:  # the process was replaced (a reload) at another n
-            tuner.changed(n, now)
-        if tuner is None:
+        if tuner is None or self._made_from.get(process.name) != draft:
+            # New, or a reload changed the model's `auto` or step costs (`tune --write`): the process, restarted
+            # under the same name, kept the old tuner, ran past a lowered limit and ignored the new costs.
             cost = StepCost(dict(draft.step_cost), default_cost_per_token(draft.type))
             tuner = self.tuners[process.name] = DraftTuner(n, cost, tuner_settings(draft.auto))
+            self._made_from[process.name] = draft
+            tuner.changed(n, now)
+        elif tuner.n != n:  # the process was replaced (a reload) at another n
             tuner.changed(n, now)
         if process.state is not State.READY:
             return None

@@ -144,3 +144,13 @@ def test_a_restarted_process_starts_a_new_baseline() -> None:
     assert tuner.window_counters().drafts == 0
     tuner.observe(DraftCounters(13, 26, 26, (13, 13)), 2.0)
     assert tuner.window_counters() == DraftCounters(10, 20, 20, (10, 10))
+
+
+def test_a_process_outside_the_tuners_range_is_moved_into_it() -> None:
+    """A process running past `auto.limit` (or under `auto.floor`) was judged over a range without its own n:
+    KeyError at every evaluation, which stopped live tuning for every member."""
+    cost = StepCost({}, 0.1)
+    above = DraftTuner(8, cost, TunerSettings(n_limit=2)).evaluate(0.0)
+    below = DraftTuner(1, cost, TunerSettings(n_floor=3, n_limit=6)).evaluate(0.0)
+    assert (above.move_to, below.move_to) == (2, 3), (above, below)
+    assert above.reason == "n 8 is outside 0..2: n → 2"

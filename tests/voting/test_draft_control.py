@@ -165,3 +165,74 @@ def test_serve_tunes_live_and_shows_it(serve: Callable[..., CouncilServer], tmp_
     assert 'council_member_draft_n{member="c/0"} 0.0' in metrics
     assert 'council_member_draft_changes{member="c/0"} 1.0' in metrics
     assert "draft tuning: n 2 → 0" in server.log()
+
+
+class _Reloaded:
+    """A tunable process as the controller sees one (its recipe, state, counters), every draft position accepted:
+    a stand-in, so a reload can swap it between ticks at once (the real reload is tested above and in tests/server)."""
+
+    def __init__(self, name: str, n: int) -> None:
+        from types import SimpleNamespace
+
+        from council.members.draft_tuning import DraftCounters
+
+        self.name, self.state, self.tuning, self.moved_to = name, State.READY, dict[str, object](), list[int]()
+        self.recipe = SimpleNamespace(draft_n=n, retune=lambda n: SimpleNamespace(draft_n=n, retune=None))
+        self.spec = SimpleNamespace(model="m")
+        self.counters = DraftCounters()
+        self.stats = SimpleNamespace(counters=lambda: self.counters)
+
+    async def scrape(self) -> None:
+        pass
+
+    async def restart_planned(self, recipe: object, reason: str) -> bool:
+        self.moved_to.append(recipe.draft_n)  # type: ignore[attr-defined]
+        self.recipe.draft_n = recipe.draft_n  # type: ignore[attr-defined]
+        return True
+
+    def drafts(self, steps: int) -> None:
+        from council.members.draft_tuning import DraftCounters
+
+        n, c = self.recipe.draft_n, self.counters
+        self.counters = DraftCounters(c.drafts + steps, c.drafted + steps * n, c.accepted + steps * n, tuple(
+            (c.per_pos[i] if i < len(c.per_pos) else 0) + steps for i in range(n)))
+
+
+@pytest.mark.parametrize(("before", "after", "moves"), [
+    ({"start": 2, "limit": 8}, {"start": 2, "limit": 2}, []),  # it went to 8 under a limit of 2
+    ({"start": 2, "limit": 4}, {"start": 6, "limit": 8}, []),  # KeyError every tick: live tuning stopped
+    ({"start": 2, "limit": 4, "step_cost": {0: 1.0, 1: 1.1, 4: 1.4}},
+     {"start": 2, "limit": 4, "step_cost": {0: 1.0, 1: 3.0, 4: 9.0}}, [0]),  # it went up to 4 by the old costs
+], ids=["limit lowered", "range raised", "new step costs"])
+async def test_a_reload_that_changes_a_models_draft_retunes_by_the_new_one(
+        tmp_path: Path, before: dict[str, object], after: dict[str, object], moves: list[int]) -> None:
+    """A reload restarts a process whose model's `draft` changed under the same name, and the controller kept its
+    tuner: the old `auto` range and step costs (`tune --write` then reload was ignored)."""
+    from types import SimpleNamespace
+
+    gguf = write_qwen35(tmp_path / "m.gguf")
+
+    def planned(settings: dict[str, object]) -> object:
+        auto = {k: v for k, v in settings.items() if k != "step_cost"}
+        draft = {"type": "mtp", "n_max": "auto", "step_cost": settings.get("step_cost", {}), "auto": {
+            "interval": 1, "window": 600, "min_drafts": 10, "margin": 0.1, "sustain": 1, **auto}}
+        return plan_policy(Policy.model_validate({
+            "gpus": [{"name": "cpu", "memory": "64GiB"}], "slots": {"size": "8GiB", "reserve": 0},
+            "models": {"m": {"path": str(gguf), "ctx_size": 256, "draft": draft}},
+            "councils": {"c": {"members": [{"model": "m"}], "quorum": 1}}}))
+
+    now = [1000.0]
+    state = SimpleNamespace(plan=planned(before))
+    name = next(iter(state.plan.placements())).process.key
+    processes = {name: _Reloaded(name, int(before["start"]))}  # type: ignore[call-overload]
+    assembly = SimpleNamespace(supervisor=SimpleNamespace(processes=processes), quorum_shortfalls=lambda without: {})
+    controller = DraftController(lambda: state.plan, assembly, clock=lambda: now[0])  # type: ignore[arg-type]
+    await controller.tick()
+    state.plan = planned(after)  # the reload: a new plan, the process replaced at the new start
+    process = processes[name] = _Reloaded(name, int(after["start"]))  # type: ignore[call-overload]
+    for _ in range(4):
+        now[0] += 1
+        process.drafts(50)
+        await controller.tick()
+    assert process.moved_to == moves and controller.tuners[name].settings.n_limit == after["limit"]
+    assert process.tuning["n"] == process.recipe.draft_n, process.tuning  # judged at every tick: none failed
