@@ -72,7 +72,7 @@ def tune(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads of the tuned process.")] = None,
 ) -> None:
     """Start MODEL's llama-server once per draft length, send the same prompts, print decode tok/s, acceptance,
-    speed-up and memory per setting, and recommend the fastest n (exit 1 when no setting ran)."""
+    speed-up and memory per setting, and recommend the fastest n (exit 1 when no draft length ran)."""
     from council.members.sweep import PROMPTS, run_sweep
     from council.policy.schema import FIXED_DRAFT_LENGTHS
 
@@ -92,6 +92,8 @@ def tune(
     measured = [k for k in ns if k == 0 or draft.accepts_n(k)]
     if not any(draft.accepts_n(k) for k in measured):
         raise fail(f"--n {n}: none of these lengths can be models.{model}.draft's ({_lengths(draft)})", 2)
+    if all(k == 0 for k in measured):  # it "recommended" 0 and --write turned speculation off, comparing nothing
+        raise fail(f"--n {n}: no draft length to compare with no speculation (0); give some, e.g. --n 0,1,2,4", 2)
     try:
         chosen = _prompts(prompts) or list(PROMPTS)
         json_path = _json_target(json_out, Path(policy))
@@ -100,6 +102,7 @@ def tune(
     if write:
         _check_writable(Path(policy), model, draft.is_auto)
     server = llama_server_or_exit()
+    _fits_or_exit(loaded, model, server)
     out.print(f"tuning {model} ({draft.type}): n = {', '.join(map(str, measured))}, "
               f"{len(chosen)} prompts × {tokens} tokens", highlight=False)
     if skipped := [k for k in ns if k not in measured]:
@@ -113,10 +116,13 @@ def tune(
     doc = result.to_json()
     _print_table(doc)
     best = result.recommended
-    if best is None:
+    drafted = [r for r in result.ok_rows if r.n > 0]
+    if best is None or not drafted:
         if json_error := _save_json(json_path, doc):  # the rows' errors are worth keeping
             err.print(f"[red]error:[/red] {json_error}", highlight=False, soft_wrap=True)
-        raise fail("no setting produced tokens", 1)
+        # Every draft length failing is no measurement that speculation loses: nothing is recommended or written.
+        raise fail("no setting produced tokens" if best is None else
+                   "no draft length produced tokens (their errors above): nothing to compare no speculation with", 1)
     row = next(r for r in doc["rows"] if r["n"] == best)
     speedup = f", {row['speedup']:.2f}× no speculation" if row["speedup"] else ""
     out.print(f"recommended: n_max {best} ({row['tokens_per_second']:.1f} tok/s{speedup})"
@@ -133,6 +139,21 @@ def tune(
             raise
     if json_error:
         raise fail(json_error, 2)
+
+
+def _fits_or_exit(loaded: Any, model: str, server: Any) -> None:
+    """Exit 2 with `council check`'s lines where this machine refuses the tuned model (an MTP draft on a model
+    without an MTP head, a draft type the binary lacks): every length failed to start, and the sweep called that
+    a measurement ("no speculation is fastest", exit 0, `--write` n_max 0). Other models' problems are not its."""
+    from council.plan.estimate import read_model_header
+    from council.policy.checks import environment_problems
+
+    problems = [p for p in environment_problems(loaded, server, read_model_header)
+                if tuple(p.path[:2]) == ("models", model)]
+    for problem in problems:
+        err.print(problem.format(loaded.file), highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
 
 
 def _json_target(path: str | None, policy: Path) -> Path | None:

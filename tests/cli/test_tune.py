@@ -165,14 +165,17 @@ def tune_given(monkeypatch: pytest.MonkeyPatch) -> Callable[..., TuneRun]:
     from council.cli import app
     from council.members import binary, sweep
 
-    def run(policy: Path, speeds: dict[int, float], *args: str,
+    def run(policy: Path, speeds: dict[int, float | str], *args: str,
             during: Callable[[int], None] = lambda n: None) -> TuneRun:
         measured: list[int] = []
 
         async def measure(policy: Policy, model: str, n: int, *_: object, **__: object) -> sweep.SweepRow:
             measured.append(n)
             during(n)
-            return sweep.SweepRow(n, tokens=100, decode_seconds=100 / speeds[n])
+            speed = speeds[n]
+            if isinstance(speed, str):  # the length failed so
+                return sweep.SweepRow(n, error=speed)
+            return sweep.SweepRow(n, tokens=100, decode_seconds=100 / speed)
 
         monkeypatch.setattr(sweep, "measure", measure)
         monkeypatch.setattr(binary, "find_llama_server",
@@ -193,6 +196,34 @@ def test_write_0_keeps_the_policys_n_min(tmp_path: Path, syn: Path, tune_given: 
     assert "recommended: n_max 0" in run.stdout
     draft = load_policy(policy).policy.models["syn"].draft
     assert (draft.n_max, draft.n_min) == (0, 1)
+
+
+def test_a_model_the_machine_cannot_draft_with_is_refused_before_the_sweep(
+        tmp_path: Path, tune_given: Callable[..., TuneRun]) -> None:
+    """An MTP draft on a model without an MTP head (`council check` refuses it): every length failed to start, and
+    tune said "no speculation is fastest", exit 0, and `--write` turned speculation off in a policy still refused."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=write_qwen35(tmp_path / "plain.gguf", mtp=False)))
+    before = policy.read_text()
+    run = tune_given(policy, {0: 50.0, 1: "failed to create MTP context"}, "--n", "0,1", "--write")
+    assert run.code == 2 and run.measured == [] and run.stdout == "", run
+    assert "models.syn.draft.type: draft type mtp needs a model with an MTP head" in run.stderr, run.stderr
+    assert policy.read_text() == before
+
+
+def test_no_recommendation_where_every_draft_length_failed_or_none_was_given(
+        tmp_path: Path, syn: Path, tune_given: Callable[..., TuneRun]) -> None:
+    """Lengths that fail to run measure nothing: "no speculation is fastest" (and `--write` n_max 0) was a
+    failure read as a result; `--n 0` alone compared nothing and wrote 0 all the same."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn))
+    before = policy.read_text()
+    failed = tune_given(policy, {0: 50.0, 1: "exited with code 1", 2: "exited with code 1"}, "--n", "0,1,2", "--write")
+    assert failed.code == 1 and failed.measured == [0, 1, 2], failed
+    assert "no draft length produced tokens" in failed.stderr and "recommended" not in failed.stdout, failed
+    alone = tune_given(policy, {0: 50.0}, "--n", "0", "--write")
+    assert alone.code == 2 and alone.measured == [] and "no draft length to compare" in alone.stderr, alone
+    assert policy.read_text() == before
 
 
 def test_lengths_below_n_min_are_not_measured(tmp_path: Path, syn: Path, tune_given: Callable[..., TuneRun]) -> None:
