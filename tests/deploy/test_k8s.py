@@ -134,6 +134,9 @@ def test_gpu_hosts_request_gpus_and_every_pod_has_the_probes() -> None:
     for svc in by_kind("Service"):
         sel = set(svc["spec"]["selector"].items())
         assert any(sel <= set(d["spec"]["template"]["metadata"]["labels"].items()) for d in deployments.values()), svc
+    # Two routers, each dashboard's history its own: one client's page and event stream from one router (README).
+    front = next(s for s in by_kind("Service") if s["metadata"]["name"] == "council")
+    assert front["spec"]["sessionAffinity"] == "ClientIP"
     pdbs = by_kind("PodDisruptionBudget")
     assert any(p["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "router" for p in pdbs)
 
