@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -103,6 +104,10 @@ def tune(
         _check_writable(Path(policy), model, draft.is_auto)
     server = llama_server_or_exit()
     _fits_or_exit(loaded, model, server)
+    # SIGTERM and SIGHUP end the sweep as Ctrl-C does: its process stops and its run folder (the member's log, a
+    # pid record) goes; Python's default was death on the spot, the folder left in /tmp.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, signal.default_int_handler)
     out.print(f"tuning {model} ({draft.type}): n = {', '.join(map(str, measured))}, "
               f"{len(chosen)} prompts × {tokens} tokens", highlight=False)
     if skipped := [k for k in ns if k not in measured]:
@@ -273,14 +278,19 @@ def _write(path: Path, model: str, auto: bool, best: int, step_cost: dict[str, f
     except PolicyError as exc:
         raise fail(f"the edited policy would not load ({'; '.join(exc.lines())}); {path} is unchanged", 2) from None
     # A linked policy (/etc/council/policy.yaml -> a checkout) is edited where it lives, not replaced by a copy, and
-    # keeps its mode: the temporary file is created with it, never readable by more than the policy was.
+    # keeps its mode and owner: the temporary file is created with them, never readable by more than the policy
+    # was (`sudo council tune --write` handed a service's 0640 policy to root, which its service could not read).
     real = path.resolve()
     tmp = real.with_name(real.name + ".tune-tmp")
     try:
-        mode = stat.S_IMODE(real.stat().st_mode)
+        was = real.stat()
+        mode = stat.S_IMODE(was.st_mode)
         tmp.unlink(missing_ok=True)
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", newline=newline) as file:
             os.fchmod(file.fileno(), mode)  # os.open's mode is narrowed by the umask
+            if (was.st_uid, was.st_gid) != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):  # only root gives a file away; others write their own
+                    os.fchown(file.fileno(), was.st_uid, was.st_gid)
             file.write(edited)
         tmp.replace(real)
     except OSError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import stat
@@ -84,6 +85,38 @@ def test_tune_synthetic_mtp_matches_the_design(llama_server_bin: LlamaServerInfo
         assert rows[n]["position_acceptance"][1:] == [0.0] * (n - 1)
         assert rows[n]["acceptance"] == pytest.approx(1 / n, abs=0.02)
     check_recommendation(doc)
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_a_sweep_stopped_by_a_signal_leaves_no_process_or_folder(llama_server_bin: LlamaServerInfo, tmp_path: Path,
+                                                                 stop: str) -> None:
+    """SIGTERM or SIGHUP killed `tune` on the spot: its llama-server died with it, but its run folder (the member's
+    log, a pid record) stayed in /tmp. They now end the sweep as Ctrl-C does (exit 130), the folder removed."""
+    import os
+    import signal
+    import sys
+    import time
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=write_qwen35(tmp_path / "m.gguf")))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "council", "tune", str(policy), "syn", "--n", "0,1", "--tokens",
+                             "100000", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(temp)})
+    try:
+        deadline = time.monotonic() + 60
+        while not list(temp.glob("council-tune-*/*")):  # the sweep's process is starting
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(getattr(signal, stop))
+        out, errors = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (proc.returncode, out, errors)
+    assert list(temp.iterdir()) == [] and "Traceback" not in errors, errors
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "m.gguf")], capture_output=True, text=True).stdout
+    assert left == "", left
 
 
 def test_tune_ngram_mod_on_copying_with_qwen(llama_server_bin: LlamaServerInfo, tmp_path: Path) -> None:
@@ -383,6 +416,21 @@ def test_write_through_a_link_edits_the_linked_policy_and_keeps_its_mode(tmp_pat
     assert load_policy(real).policy.models["syn"].draft.n_max == 2
     assert stat.S_IMODE(real.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkout", "policy.yaml", "policy.yaml"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root writes a file another user owns")
+def test_write_as_root_keeps_the_policys_owner(tmp_path: Path, syn: Path, tune_given: Callable[..., TuneRun]) -> None:
+    """`sudo council tune --write` replaced a service's 0640 policy with root's: its service could no longer read
+    it (the next serve, reload or check failed)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(path=syn))
+    os.chown(policy, 1000, 1000)
+    policy.chmod(0o640)
+    run = tune_given(policy, {0: 10.0, 1: 15.0, 2: 30.0}, "--n", "0,1,2", "--write")
+    assert run.code == 0, run.stderr
+    after = policy.stat()
+    assert (after.st_uid, after.st_gid, stat.S_IMODE(after.st_mode)) == (1000, 1000, 0o640)
+    assert load_policy(policy).policy.models["syn"].draft.n_max == 2
 
 
 def test_json_into_a_missing_folder_is_refused_before_the_sweep(tmp_path: Path, syn: Path,
