@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -26,7 +27,9 @@ class RotatingLog:
         self.file.flush()
         if self.file.tell() > self.limit:
             self.file.close()
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            # Moved away already (logrotate, a cleanup): the next file starts at the path all the same.
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
             self.file = self.path.open("ab")
 
     def close(self) -> None:

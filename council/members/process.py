@@ -559,20 +559,25 @@ class MemberProcess:
         stdout = proc.stdout
         assert stdout is not None
         lines = LineCutter(LINE_LIMIT)
+        writing = True  # to the log file; the tail and the listeners get every line whatever the file does
         try:
             while chunk := await stdout.read(READ_CHUNK):
-                log.write(chunk)
+                if writing:
+                    try:
+                        log.write(chunk)
+                    except (OSError, ValueError) as exc:  # a full disk, its folder gone; ValueError: file closed
+                        writing = False
+                        self.log_tail.append(f"council: writing this log failed ({type(exc).__name__}: {exc}); "
+                                             "later lines are kept in memory only")
                 for text in lines.feed(chunk):
                     self._log_line(text)
             for text in lines.close():
                 self._log_line(text)
-        except Exception as exc:  # a full disk (a listener's fault stays in `_log_line`)
-            self.log_tail.append(f"council: reading this log failed ({type(exc).__name__}: {exc}); "
-                                 "later lines go to the log file only")
-            with contextlib.suppress(Exception):
-                while chunk := await stdout.read(READ_CHUNK):
-                    with contextlib.suppress(OSError, ValueError):  # ValueError: the file was closed
-                        log.write(chunk)
+        except Exception as exc:  # the router's own fault (a listener's stays in `_log_line`)
+            self.log_tail.append(f"council: reading this log failed ({type(exc).__name__}: {exc})")
+            with contextlib.suppress(Exception):  # drained, or the member blocks writing to the pipe
+                while await stdout.read(READ_CHUNK):
+                    pass
 
     def _log_line(self, text: str) -> None:
         if text:

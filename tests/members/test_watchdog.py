@@ -343,3 +343,30 @@ async def test_a_caller_that_holds_a_relayed_stream_is_not_the_members_silence(t
             rest = b"".join([c async for c in chunks])
         assert head.status == 200 and first.startswith(b"data: ") and rest.endswith(b"data: [DONE]\n\n")
         assert process.restarts == 0 and process.pid == pid and process.ready
+
+
+async def test_a_log_moved_away_neither_silences_the_member_nor_loses_its_lines(tmp_path: Path) -> None:
+    """logrotate (or a cleanup) moved a member's log: at the next rotation `os.replace` raised, and from then on
+    nothing reached the tail, the dashboard's live log or any file for the rest of the process's life."""
+    heard: list[str] = []
+    async with running_stub(tmp_path, log_bytes=100_000) as (process, client):
+        process.log_listeners.append(lambda _name, line: heard.append(line))
+        moved = process.log_path.with_name("moved-by-logrotate.log")
+        process.log_path.rename(moved)
+        assert (await client.complete(ask("long-log"))).status == "ok"  # 200 KB: past log_bytes, a rotation
+        await until(lambda: "after the long line" in heard, 10, "the line after the rotation to reach a listener")
+        assert "after the long line" in process.log_tail
+        await until(lambda: process.log_path.exists() and b"after the long line" in process.log_path.read_bytes(),
+                    10, "a new log at the member's path")
+        assert not [line for line in process.log_tail if "log failed" in line], list(process.log_tail)
+
+
+async def test_a_log_file_that_cannot_be_written_still_leaves_every_line_in_the_tail(tmp_path: Path) -> None:
+    """A log file fault (a full disk, here its file closed under it) stopped the tail and the listeners as well:
+    "later lines go to the log file only", which could not be written either."""
+    async with running_stub(tmp_path) as (process, client):
+        assert process._running is not None
+        process._running.log.file.close()
+        assert (await client.complete(ask("long-log"))).status == "ok"
+        await until(lambda: "after the long line" in process.log_tail, 10, "the line in the tail")
+        assert any("writing this log failed (ValueError" in line for line in process.log_tail), list(process.log_tail)
