@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -56,6 +57,10 @@ def parse_member_metrics(text: str, stats: MemberStats) -> MemberStats:
     per_pos: dict[int, int] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
+            if not math.isfinite(sample.value) or sample.value < 0:
+                # No figure of ours is infinite, NaN or negative: int() of +Inf raised OverflowError, which failed
+                # the members for good, and an Infinity the dashboard's stream sent no browser can parse.
+                continue
             if not sample.labels:
                 samples[sample.name] = sample.value
             elif sample.name == DRAFT_ACCEPTED_PER_POS and sample.labels.get("position", "").isdigit():

@@ -694,7 +694,7 @@ class MemberProcess:
     async def scrape(self) -> None:
         """Read the member's /metrics into `stats` (tok/s, draft acceptance)."""
         spec = self.spec
-        with contextlib.suppress(httpx.HTTPError, ValueError):
+        with contextlib.suppress(httpx.HTTPError, ValueError, ArithmeticError):  # whatever it says, never the life
             reply = await self._control.get(f"{spec.url}/metrics", timeout=2.0,
                                             headers={"Authorization": f"Bearer {spec.api_key}"})
             if reply.status_code == 200:

@@ -9,6 +9,7 @@ benchmarks build it from a plain body with `CouncilRequest.of`.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,8 +71,19 @@ class CouncilRequest:
 def dumps(doc: Any) -> bytes:
     """`doc` as JSON, by orjson; what orjson refuses to write (an integer past 64 bits, a lone UTF-16 surrogate:
     a model's tool-call arguments may hold either) by the standard library, which writes the integer exactly and
-    escapes the surrogate, so an answer is never lost to its encoding."""
+    escapes the surrogate, so an answer is never lost to its encoding. A float that is not finite is null either
+    way (as orjson writes it; the standard library's `Infinity` is no JSON a client parses)."""
     try:
         return orjson.dumps(doc)
     except TypeError:
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return json.dumps(_finite(doc), separators=(",", ":")).encode()
+
+
+def _finite(doc: Any) -> Any:
+    if isinstance(doc, float):
+        return doc if math.isfinite(doc) else None
+    if isinstance(doc, dict):
+        return {k: _finite(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [_finite(v) for v in doc]
+    return doc

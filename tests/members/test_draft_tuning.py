@@ -35,6 +35,19 @@ def test_metrics_give_the_per_position_counters() -> None:
     assert stats.counters() == DraftCounters(drafts=16, drafted=47, accepted=47, per_pos=(16, 16, 15))
 
 
+def test_figures_that_are_not_finite_are_not_read() -> None:
+    """A member (or a proxy before it) whose /metrics said +Inf: int() of it raised OverflowError out of the
+    watchdog's scrape, and both members of a council went `failed` for good; a +Inf tok/s reached the dashboard's
+    stream as `Infinity`. Such a figure is skipped; the others still count."""
+    odd = (METRICS.replace("spec_decode_num_draft_tokens_total 47", "spec_decode_num_draft_tokens_total +Inf")
+           .replace("predicted_tokens_seconds 1388.34", "predicted_tokens_seconds NaN")
+           .replace('position="2"} 15', 'position="2"} -Inf'))
+    stats = parse_member_metrics(odd, MemberStats(tokens_per_second=12.5))
+    assert stats.tokens_per_second == 12.5 and stats.counters() == DraftCounters()  # no draft token count: none
+    stats = parse_member_metrics(METRICS.replace('position="2"} 15', 'position="2"} +Inf'), MemberStats())
+    assert stats.counters() == DraftCounters(drafts=16, drafted=47, accepted=47, per_pos=(16, 16))
+
+
 def test_expected_tokens_from_per_position_counts() -> None:
     # 10 draft steps at n=3: position 0 accepted 8 times, position 1 6 times, position 2 3 times.
     counters = DraftCounters(drafts=10, drafted=30, accepted=17, per_pos=(8, 6, 3))

