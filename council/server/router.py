@@ -341,8 +341,8 @@ class Router:
         doc = answer.council_json()
         self.history.answered(answer.council, answer.decision.agreement, seconds)
         owner = request.owner if isinstance(request, CouncilRequest) else None
-        self.events.publish("ballot", {"id": answer.id, "question": _question(request), "created": time.time(),
-                                       **({"owner": owner} if owner is not None else {}), **doc})
+        self.events.publish("ballot", glimpse({"id": answer.id, "question": _question(request), "created": time.time(),
+                                               **({"owner": owner} if owner is not None else {}), **doc}))
         metrics.answer_count(answer.council, str(answer.early_stop).lower(), str(answer.degraded).lower()).inc()
         metrics.agreement_of(answer.council).observe(answer.decision.agreement)
         winners = set(answer.decision.winner_members)
@@ -506,6 +506,24 @@ class Router:
             self.history.resize(loaded.policy.server.history)
             self.events.publish("reload", {})
             return changes
+
+
+GLIMPSE_CHARS = 1000  # of any one text in a ballot the dashboard's stream carries
+
+
+def glimpse(value: Any) -> Any:
+    """A ballot as the dashboard's stream carries it: each text (a question, a reply voted whole, a vote's key) cut
+    to GLIMPSE_CHARS. Each page that connects gets the last 50 ballots: whole, prompts of a megabyte made each
+    connect ~100 MB written on the event loop, seconds of every other request's time. A ballot opens in full from
+    /v1/ballots/{id}."""
+    if isinstance(value, str):
+        return value if len(value) <= GLIMPSE_CHARS else (
+            f"{value[:GLIMPSE_CHARS]}… [{len(value) - GLIMPSE_CHARS} more characters]")
+    if isinstance(value, dict):
+        return {glimpse(k) if isinstance(k, str) else k: glimpse(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [glimpse(v) for v in value]
+    return value
 
 
 def _question(request: CouncilRequest | dict[str, Any] | None) -> str:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
 from council.server.auth import Principal
 from council.server.events import Event, EventBus
 from council.server.routes.events import sse, visible
+from tests.server.test_tool_call_answers import Say, _client, _seated
 
 pytestmark = pytest.mark.anyio
 
@@ -82,3 +84,21 @@ def test_chat_scope_sees_its_own_ballots_whole_and_nothing_else() -> None:
 
     odd = sse("member", {"tps": [float("-inf"), float("nan")], "s": "\ud83d"}).removeprefix(b"event: member\ndata: ")
     assert json.loads(odd, parse_constant=strict) == {"tps": [None, None], "s": "\ud83d"}
+
+
+async def test_the_dashboards_stream_carries_a_glimpse_of_a_large_ballot(tmp_path: Path) -> None:
+    """Each page that connects gets the recent ballots: whole, 50 prompts of a megabyte made each connect ~100 MB
+    written on the event loop while other requests waited. The stream's ballot cuts each text; the answer and
+    /v1/ballots/{id} keep every character."""
+    long = "word " * 50_000
+    router = _seated(tmp_path, Say(long), Say(long))
+    async with _client(router) as http:
+        answer = await http.post("/v1/chat/completions", json={"model": "c", "messages": [
+            {"role": "user", "content": "tell me " + long}]})
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == long
+        full = (await http.get(f"/v1/ballots/{answer.json()['id']}")).json()
+    seen = router.events.recent_ballots[-1]
+    assert seen["id"] == answer.json()["id"] and seen["question"].startswith("tell me word")
+    assert len(json.dumps(seen)) < 12_000, len(json.dumps(seen))  # each text cut to 1,000 characters
+    assert seen["question"].endswith(f"… [{len('tell me ' + long) - 1000} more characters]"), seen["question"][-60:]
+    assert any(len(a) > 200_000 for a in (full["answer"], *[m.get("answer") or "" for m in full["members"]]))

@@ -216,3 +216,4 @@ async def test_a_reply_nested_too_deep_to_read_is_text(tmp_path: Path, shape: st
         else:
             assert answer.json()["choices"][0]["message"]["content"] == deep
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.records
+
