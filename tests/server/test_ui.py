@@ -405,6 +405,64 @@ def test_a_members_log_opens_whatever_its_council_is_named(
     assert console_errors(browser) == []
 
 
+def test_following_a_log_of_long_lines_costs_each_line_once(
+        serve: Callable[..., CouncilServer], syn: Path, browser: WebDriver) -> None:
+    """The log panel was rebuilt from every kept line (up to 400 of 8 KiB) for each new one: a member writing long
+    lines fast (llama-server `--verbose` logs request bodies on one line) laid out megabytes a line, and 300 such
+    lines froze the page for 18 s. New lines are now added once, the oldest taken off, a frame at a time."""
+    server = serve(policy(syn))
+    browser.get(f"{server.url}/ui")
+    until(lambda: member_states(browser).get("solo/0") == "ready", "the member ready on the page")
+    browser.find_element(By.CSS_SELECTOR, "#member-rows tr[data-name='solo/0']").click()
+    until(lambda: browser.find_element(By.ID, "log-name").text == "solo/0", "the log view")
+    until(lambda: browser.find_element(By.ID, "log-lines").text, "the log tail")
+    inserted = browser.execute_script("""
+        const pre = document.getElementById("log-lines");
+        window.inserted = 0;
+        new MutationObserver((records) => { for (const r of records) for (const n of r.addedNodes)
+            window.inserted += n.textContent.length; }).observe(pre, { childList: true, subtree: true,
+                                                                      characterData: true });
+        for (let i = 0; i < 300; i++)
+          window.council.handle({ kind: "log", data: { member: "solo/0", line: `${"x".repeat(8192)} ${i}` } });
+        return window.inserted;""")
+    assert inserted == 0  # nothing laid out until the next frame
+    until(lambda: browser.execute_script(
+        "return document.getElementById('log-lines').lastChild.textContent.endsWith(' 299\\n');"), "the last line")
+    shown = browser.execute_script("""
+        const pre = document.getElementById("log-lines");
+        return { inserted: window.inserted, nodes: pre.childNodes.length };""")
+    assert shown["inserted"] <= 300 * 8200, shown  # each line once (before: ~370 MB for these 300)
+    assert shown["nodes"] <= 400, shown
+    assert console_errors(browser) == []
+
+
+def test_the_page_keeps_the_series_the_router_keeps(
+        serve: Callable[..., CouncilServer], syn: Path, browser: WebDriver) -> None:
+    """A chart holds 64 series. The router kept those of processes reloaded away and left out the ones running now,
+    while the page, which followed every value the stream carried, drew 70 (64 after a reload of the page). Now
+    the longest silent make room on both, and the stream carries what the router kept."""
+    from council.server.history import MAX_SERIES, History, point_json
+
+    server = serve(policy(syn, history="1s"))
+    browser.get(f"{server.url}/ui")
+    until(lambda: browser.execute_script("return window.council.state.history !== null;"), "the history read")
+    hist = browser.execute_script("return window.council.state.history;")
+    mirror = History(step=hist["step"], window=hist["window"])
+    start = time.time() + 3600  # after any point the router takes meanwhile
+    steps = [{f"old{i}": 1.0 for i in range(MAX_SERIES)}, {f"old{i}": 1.0 for i in range(10)},
+             {**{f"old{i}": 2.0 for i in range(5)}, **{f"new{i}": 3.0 for i in range(6)}}]
+    for k, values in enumerate(steps):
+        kept = mirror.add(start + k, {"tokens_per_second": values})
+        browser.execute_script("window.council.handle({kind: 'history', data: arguments[0]});",
+                               point_json(start + k, kept, ("tokens_per_second",)))
+    drawn = browser.execute_script("""
+        const series = window.council.state.history.charts.tokens_per_second;
+        return Object.keys(series).filter((name) => /^(old|new)/.test(name)).sort();""")
+    assert drawn == sorted(mirror.to_json()["charts"]["tokens_per_second"]), drawn
+    assert len(drawn) == MAX_SERIES and "new5" in drawn and "old9" in drawn
+    assert console_errors(browser) == []
+
+
 def page_picture(driver: WebDriver) -> dict[str, object]:
     """What the page shows of the policy: the slot legend's processes, the playground's choices, the step."""
     return driver.execute_script("""
@@ -570,6 +628,7 @@ def test_dashboard_reads_the_history_again_after_it_failed(
         shown = until(lambda: "requests" in (drawn := page_history(browser)) and drawn, "the charts")
         assert_drawn_as_served(shown, httpx.get(f"{server.url}/admin/history").json())  # no stale point drawn
         assert browser.execute_script("return window.council.state.pendingPoints.length;") == 0
+        assert "could not read the history" not in browser.find_element(By.ID, "charts").text  # it stayed, before
 
         # Charts already drawn, then a reload's fresh snapshot whose history read fails: drawn again after it.
         front.failing.set()

@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY = "council-key";
-const MAX_BALLOTS = 50, MAX_LOG = 400;
+const MAX_BALLOTS = 50, MAX_LOG = 400, MAX_SERIES = 64;  // MAX_SERIES: council/server/history.py's
 // paletteColour(i): the shared palette (council/assets/palette.js, loaded before this module).
 
 const state = {
@@ -14,7 +14,7 @@ const state = {
   historyCapacity: 1,  // the points the router's rings hold (snapshot): what pendingPoints may keep
 };
 const plots = {};  // chart -> its uPlot (its `data` is what the chart shows)
-window.council = { state, timings: {}, plots };  // for tests and curious operators
+window.council = { state, timings: {}, plots };  // for tests and curious operators (and `handle`, below)
 
 // ---- small DOM helpers (no innerHTML: every value is text) ------------------------------------------------
 
@@ -121,6 +121,8 @@ function retry(controller, why) {
   setTimeout(() => { if (controller === stream) connect(); }, 1000);
 }
 
+window.council.handle = handle;  // an event as the stream delivers it
+
 function handle({ kind, data }) {
   if (kind === "snapshot") return snapshot(data);
   if (kind === "member") {
@@ -147,7 +149,7 @@ function handle({ kind, data }) {
   if (kind === "log" && data.member === state.logName) {
     state.logLines.push(data.line);
     if (state.logLines.length > MAX_LOG) state.logLines.splice(0, state.logLines.length - MAX_LOG);
-    return renderLog();
+    return appendLog(data.line);
   }
 }
 
@@ -231,7 +233,13 @@ function addPoint(point, render = true) {
   for (const [chart, values] of Object.entries(point.charts)) {
     const series = hist.charts[chart] ??= {};
     for (const [name, value] of Object.entries(values)) {
-      if (!(name in series) && value !== null) series[name] = new Array(size - 1).fill(null);
+      if (name in series || value === null) continue;
+      if (Object.keys(series).length >= MAX_SERIES) {  // the longest silent makes room, as on the server
+        const silent = Object.keys(series).filter((s) => (values[s] ?? null) === null);
+        const last = (s) => series[s].findLastIndex((v) => v !== null);
+        if (silent.length) delete series[silent.reduce((a, b) => (last(b) < last(a) ? b : a))];
+      }
+      if (Object.keys(series).length < MAX_SERIES) series[name] = new Array(size - 1).fill(null);
     }
   }
   for (const [chart, series] of Object.entries(hist.charts)) {
@@ -256,6 +264,7 @@ function renderCharts() {
   if (!hist) return;
   $("history-step").textContent = `· a point every ${hist.step} s`;
   const root = $("charts");
+  for (const said of root.querySelectorAll(":scope > p.error")) said.remove();  // a failed read's, now read
   for (const [chart, spec] of Object.entries(CHARTS)) {
     let cell = root.querySelector(`[data-chart="${chart}"]`);
     if (!(chart in hist.charts)) {  // not for this scope
@@ -374,6 +383,7 @@ function renderMembers() {
 async function openLog(name) {
   state.logName = name;
   state.logLines = [];
+  renderLog();  // another member's lines go at once
   $("log").hidden = false;
   $("log-name").textContent = name;
   renderMembers();
@@ -388,10 +398,29 @@ async function openLog(name) {
   renderLog();
 }
 
+// One text node a line. Rebuilding the whole panel for each new line (up to 400 lines of 8 KiB) froze the page for
+// minutes when a member logged long lines fast; new lines are now added, and the oldest taken off, once a frame.
+let logFresh = [];
+
 function renderLog() {
+  logFresh = [];
   const pre = $("log-lines");
+  pre.replaceChildren(...state.logLines.map((line) => document.createTextNode(`${line}\n`)));
+  pre.scrollTop = pre.scrollHeight;
+}
+
+function appendLog(line) {
+  logFresh.push(line);
+  if (logFresh.length === 1) requestAnimationFrame(drawFreshLog);  // none while the tab is hidden: kept bounded
+  else if (logFresh.length > MAX_LOG) logFresh.splice(0, logFresh.length - MAX_LOG);
+}
+
+function drawFreshLog() {
+  const pre = $("log-lines"), fresh = logFresh.slice(-MAX_LOG);
+  logFresh = [];
   const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-  pre.textContent = state.logLines.join("\n");
+  pre.append(...fresh.map((line) => document.createTextNode(`${line}\n`)));
+  while (pre.childNodes.length > MAX_LOG) pre.firstChild.remove();
   if (atBottom) pre.scrollTop = pre.scrollHeight;
 }
 
