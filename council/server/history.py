@@ -78,8 +78,7 @@ class History:
             point["agreement"][council] = answers.agreement / answers.count if answers else None
             point["latency"][council] = answers.seconds / answers.timed if answers and answers.timed else None
         self._answers.clear()  # answers of councils no longer in the policy
-        self.add(at, point)
-        return point
+        return self.add(at, point)
 
     def _acceptance(self, process: MemberProcess) -> float | None:
         """Accepted / drafted tokens since the last point (the counters start again with a new PID)."""
@@ -92,15 +91,21 @@ class History:
         self._drafts[process.name] = (process.pid, drafted, accepted)
         return (accepted - before_accepted) / (drafted - before_drafted) if drafted > before_drafted else None
 
-    def add(self, at: float, point: Point) -> None:
+    def add(self, at: float, point: Point) -> Point:
         """Append a point: series missing from it get None, new ones start with None for the older points, and
-        a series with nothing in the whole window is dropped."""
+        a series with nothing in the whole window is dropped. A chart at MAX_SERIES makes room for a new series
+        by dropping the one silent longest (a process reloaded away), never one with a value now. Returns the
+        point as kept (what the `history` event carries: the page follows the same series as /admin/history)."""
         self.times.append(at)
         size = len(self.times)
         for chart, values in point.items():
             series = self.charts.setdefault(chart, {})
             for name, value in values.items():
-                if name not in series and value is not None and len(series) < MAX_SERIES:
+                if name in series or value is None:
+                    continue
+                if len(series) >= MAX_SERIES and (stale := _silent_longest(series, values)) is not None:
+                    del series[stale]  # before: the cap kept it, and left out the processes running now
+                if len(series) < MAX_SERIES:
                     series[name] = deque([None] * (size - 1), maxlen=self.capacity)
         for chart, series in self.charts.items():
             given = point.get(chart, {})
@@ -109,10 +114,22 @@ class History:
                 if all(v is None for v in series[name]):
                     del series[name]
         self._drafts = {k: v for k, v in self._drafts.items() if k in point.get("draft_acceptance", {})}
+        return {chart: {name: v for name, v in values.items() if v is None or name in self.charts.get(chart, {})}
+                for chart, values in point.items()}
 
     def to_json(self, charts: tuple[str, ...] = CHARTS) -> dict[str, Any]:
         return {"step": self.step, "window": self.window, "times": list(self.times),
                 "charts": {c: {name: list(v) for name, v in self.charts.get(c, {}).items()} for c in charts}}
+
+
+def _silent_longest(series: dict[str, deque[float | None]], now: dict[str, float | None]) -> str | None:
+    """The series whose last value is the oldest, of those with none in the point being added; None if all have."""
+    def last(name: str) -> int:
+        values = series[name]
+        return next((i for i in range(len(values) - 1, -1, -1) if values[i] is not None), -1)
+
+    silent = [name for name in series if now.get(name) is None]
+    return min(silent, key=last) if silent else None
 
 
 def point_json(at: float, point: Point, charts: tuple[str, ...] = CHARTS) -> dict[str, Any]:

@@ -37,8 +37,29 @@ def test_series_stay_aligned_and_go_when_the_window_has_nothing_of_them() -> Non
 
 def test_a_chart_holds_at_most_max_series() -> None:
     history = History(step=1, window=10)
-    history.add(1.0, {"tokens_per_second": {f"p{i}": 1.0 for i in range(MAX_SERIES + 5)}})
+    kept = history.add(1.0, {"tokens_per_second": {f"p{i}": 1.0 for i in range(MAX_SERIES + 5)}})
     assert len(history.to_json()["charts"]["tokens_per_second"]) == MAX_SERIES
+    assert kept["tokens_per_second"].keys() == history.to_json()["charts"]["tokens_per_second"].keys()
+
+
+def test_a_full_chart_makes_room_for_the_processes_running_now() -> None:
+    """The cap kept the series of processes reloaded away (until silent for the whole window, an hour) and left out
+    the processes running now; the `history` event carried them all the same, so a live page drew 70 series and
+    a reloaded one 64, without the current processes. Now the longest silent go first, and the event carries what
+    was kept."""
+    history = History(step=1, window=3600)
+    history.add(1.0, {"tokens_per_second": {f"old{i}": 1.0 for i in range(MAX_SERIES)}})
+    history.add(2.0, {"tokens_per_second": {f"old{i}": 1.0 for i in range(10)}})  # 54 left since
+    kept = history.add(3.0, {"tokens_per_second": {**{f"old{i}": 2.0 for i in range(5)},
+                                                   **{f"new{i}": 3.0 for i in range(6)}}})
+    shown = history.to_json()["charts"]["tokens_per_second"]
+    assert len(shown) == MAX_SERIES and all(f"new{i}" in shown for i in range(6))
+    assert all(f"old{i}" in shown for i in range(10))  # heard from later than the ones that made room
+    assert kept["tokens_per_second"] == {**{f"old{i}": 2.0 for i in range(5)}, **{f"new{i}": 3.0 for i in range(6)}}
+    full = History(step=1, window=3600)
+    full.add(1.0, {"tokens_per_second": {f"p{i}": 1.0 for i in range(MAX_SERIES)}})
+    kept = full.add(2.0, {"tokens_per_second": {**{f"p{i}": 1.0 for i in range(MAX_SERIES)}, "late": 1.0}})
+    assert "late" not in kept["tokens_per_second"]  # every series has a value now: none is dropped for it
 
 
 def test_a_shorter_step_keeps_the_newest_points_that_fit() -> None:
