@@ -194,9 +194,10 @@ def _tool_ballots(answers: Sequence[MemberAnswer], box: Any) -> tuple[list[Any],
     for order, a in enumerate(answers):
         if a.status != "ok":
             continue
-        # Recovery is applied to the records beforehand (as a separate arm), not here.
-        seen = tools.read_answer({"tool_calls": a.tool_calls} if a.tool_calls else None, a.text, a.finish_reason,
-                                 box, recover_calls=False)
+        # Recovery is applied to the records beforehand (as a separate arm), not here. A recovered call was written
+        # whole in the text: the live engine's rule for a native call cut off by max_tokens (abstain) is not its.
+        seen = tools.read_answer({"tool_calls": a.tool_calls} if a.tool_calls else None, a.text,
+                                 None if a.recovered else a.finish_reason, box, recover_calls=False)
         read[a.member] = seen
         ballots.append(Ballot(member=a.member, order=order, answer=seen.vote, text=tools.ballot_text(seen, a.text),
                               weight=a.weight, latency_ms=a.latency_ms, logprob=a.logprob))

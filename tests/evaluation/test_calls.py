@@ -251,3 +251,29 @@ def test_an_item_below_the_quorum_is_decided_by_no_call_vote(items: dict[str, Bf
     for quorum, decided in (("majority", False), (1, True)):
         report = score_calls([record], [item], "c", "d", recover=False, quorum=quorum)
         assert [row.hits[0] for row in report.councils] == [decided] * len(report.councils), (quorum, report.councils)
+
+
+@pytest.mark.anyio
+async def test_a_call_written_as_text_in_a_reply_cut_at_its_end_votes_offline_as_live(
+        items: dict[str, BfclItem]) -> None:
+    """A seat that wrote its call whole as text and hit max_tokens right after it: the live engine recovers the
+    call and counts it; the replay made it a native call first, and a native call cut off by max_tokens abstains,
+    so the "council set" rows scored a right council wrong."""
+    from council.evaluation.record import engine_asker
+    from tests.voting.fakes import Say, council
+
+    item = items["simple_python_0"]  # calculate_triangle_area(base=10, height=5)
+    right = json.dumps({"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5}})
+    wrong = [call("calculate_triangle_area", base=10, height=6)]
+    engine, _ = council({"vote": {"strategy": "majority", "tools": "set"}},
+                        Say("", message={"role": "assistant", "content": None, "tool_calls": wrong}),
+                        Say(right, finish_reason="length"), Say(right))
+    live = await engine.ask(item_request(item))
+    assert grade(item, live.tool_calls).valid
+    answers, error = await engine_asker(engine)(item)
+    assert error is None
+    record = ItemRecord(index=0, line=1, question=item.question, reference=item.reference, wall_ms=1.0,
+                        item_id=item.id, category=item.category, answers=answers)
+    report = score_calls([record], [item], "c", "d", vote=VoteConfig(tools="set"))
+    replayed = {row.name: row.hits[0] for row in report.councils}
+    assert replayed["council (council set)"] and replayed["council (council per_argument)"], replayed
