@@ -227,7 +227,10 @@ class DraftTuner:
             if s.n_floor > 0:
                 return Verdict(0, None, s.n_floor, f"n 0 is below the floor {s.n_floor}")
             waited = now - self._since
-            if waited >= s.probe_after and allowed(1) is None and s.n_limit >= 1:
+            if waited >= s.probe_after and s.n_limit >= 1:
+                if (why := allowed(1)) is not None:  # said, where the status kept waiting for a probe that never ran
+                    return Verdict(0, None, None, f"no speculation: the probe at n=1 is refused: {why}",
+                                   refused={1: why})
                 return Verdict(0, None, 1, f"probe: {waited:.0f}s without speculation, measuring acceptance at n=1")
             return Verdict(0, None, None, "no speculation: nothing to measure until the probe")
         window = self.window_counters()

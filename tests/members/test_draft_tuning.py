@@ -167,3 +167,16 @@ def test_a_process_outside_the_tuners_range_is_moved_into_it() -> None:
     below = DraftTuner(1, cost, TunerSettings(n_floor=3, n_limit=6)).evaluate(0.0)
     assert (above.move_to, below.move_to) == (2, 3), (above, below)
     assert above.reason == "n 8 is outside 0..2: n → 2"
+
+
+def test_a_probe_the_budget_refuses_says_so() -> None:
+    """At n=0 a probe at n=1 that the member's slots cannot hold was refused in silence: the status kept saying it
+    waited for the probe, for good."""
+    tuner = DraftTuner(0, StepCost({}, 0.1), TunerSettings(probe_after=10.0))
+    tuner.changed(0, 0.0)
+    early = tuner.evaluate(5.0, allowed=lambda n: "needs 2 slots, the process has 1")
+    late = tuner.evaluate(20.0, allowed=lambda n: "needs 2 slots, the process has 1")
+    assert early.move_to is None and "until the probe" in early.reason
+    assert late.move_to is None and late.refused == {1: "needs 2 slots, the process has 1"}
+    assert late.reason == "no speculation: the probe at n=1 is refused: needs 2 slots, the process has 1"
+    assert tuner.evaluate(20.0).move_to == 1
