@@ -16,7 +16,7 @@ COMMANDS = {
     "check": ("check", "{policy}"),
     "up": ("up", "{policy}"),
     "serve": ("serve", "{policy}", "--port", "9"),
-    "tune": ("tune", "{policy}", "syn", "--n", "0"),
+    "tune": ("tune", "{policy}", "syn", "--n", "0,1"),
     "eval": ("eval", "{policy}", "c", "{data}"),
 }
 
