@@ -68,10 +68,12 @@ $docker build -q -f "$here/front.Dockerfile" -t council-front:local "$here" >>"$
 
 project=council-smoke-$$
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export COUNCIL_CLUSTER_KEY COUNCIL_API_KEY COUNCIL_REDIS_PASSWORD COUNCIL_MODELS_DIR=$models COUNCIL_PORT=$port \
+export COUNCIL_CLUSTER_KEY COUNCIL_API_KEY COUNCIL_ADMIN_KEY COUNCIL_REDIS_PASSWORD COUNCIL_MODELS_DIR=$models \
+  COUNCIL_PORT=$port \
   COUNCIL_BIND=127.0.0.1
 COUNCIL_CLUSTER_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 COUNCIL_API_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+COUNCIL_ADMIN_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 COUNCIL_REDIS_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 compose=(docker-compose -p "$project" -f "$here/compose.yaml")
 export DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}

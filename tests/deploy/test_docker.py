@@ -24,7 +24,8 @@ from council.setup.install.llama_server import BUILD_NUMBER, CMAKE_FLAGS, LLAMA_
 from tests.servers import free_port
 
 DOCKER = Path(__file__).resolve().parents[2] / "deploy" / "docker"
-KEYS = {"COUNCIL_CLUSTER_KEY": "k", "COUNCIL_API_KEY": "k", "COUNCIL_REDIS_PASSWORD": "r3dis"}  # compose needs each
+KEYS = {"COUNCIL_CLUSTER_KEY": "k", "COUNCIL_API_KEY": "k", "COUNCIL_ADMIN_KEY": "a",  # compose needs each
+        "COUNCIL_REDIS_PASSWORD": "r3dis"}
 
 
 def dockerfile() -> str:
@@ -89,7 +90,8 @@ def test_the_stack_policies_are_valid_and_split_the_council_over_the_hosts() -> 
         assert policy.state == "redis://:${COUNCIL_REDIS_PASSWORD}@redis:6379/0"
         assert policy.server.advertise_url == f"http://{host}:8080"
         assert [m.name for m in policy.councils["duo"].members] == [host[-1]]
-        assert [k.env for k in policy.server.api_keys] == ["COUNCIL_API_KEY"]
+        assert [(k.env, k.scopes) for k in policy.server.api_keys] == [  # agents get no admin scope
+            ("COUNCIL_API_KEY", ["chat"]), ("COUNCIL_ADMIN_KEY", ["chat", "admin"])]
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is missing (apt-get install "
