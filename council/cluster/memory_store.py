@@ -34,7 +34,7 @@ class MemoryState:
         self._lock = asyncio.Lock()
         self._leases: dict[str, dict[int, _Held]] = {}
         self._fences: dict[str, int] = {}
-        self._hosts: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._hosts: dict[str, tuple[float, list[dict[str, Any]], str]] = {}  # host -> (expires, members, owner)
         self._buckets: dict[str, tuple[float, float]] = {}
         self._ballots: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._responses: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -89,22 +89,30 @@ class MemoryState:
                 found[held.holder] = found.get(held.holder, 0) + held.size
             return found
 
-    async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:
+    async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float,
+                              owner: str = "") -> str | None:
         check_ttl(ttl)
         copied = json_copy(members)
         async with self._lock:
-            self._hosts[host] = (time.monotonic() + ttl, copied)
+            now = time.monotonic()
+            held = self._hosts.get(host)
+            if held is not None and held[0] > now and held[2] != owner:
+                return held[2]
+            self._hosts[host] = (now + ttl, copied, owner)
+        return None
 
-    async def withdraw(self, host: str) -> None:
+    async def withdraw(self, host: str, owner: str = "") -> None:
         async with self._lock:
-            self._hosts.pop(host, None)
+            held = self._hosts.get(host)
+            if held is not None and held[2] == owner:
+                del self._hosts[host]
 
     async def members(self) -> dict[str, list[dict[str, Any]]]:
         async with self._lock:
             now = time.monotonic()
-            for host in [h for h, (expires, _) in self._hosts.items() if expires <= now]:
+            for host in [h for h, (expires, _, _) in self._hosts.items() if expires <= now]:
                 del self._hosts[host]
-            return {host: json_copy(members) for host, (_, members) in self._hosts.items()}
+            return {host: json_copy(members) for host, (_, members, _) in self._hosts.items()}
 
     async def take(self, key: str, rate: float, burst: float) -> float | None:
         check_bucket(rate, burst)

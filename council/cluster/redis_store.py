@@ -108,7 +108,7 @@ class RedisState:
         return [f"{self.prefix}gpu:{gpu}:leases", f"{self.prefix}gpu:{gpu}:fence"]
 
     def _registry_keys(self) -> list[str]:
-        return [f"{self.prefix}hosts", f"{self.prefix}members"]
+        return [f"{self.prefix}hosts", f"{self.prefix}members", f"{self.prefix}owners"]
 
     def _ballot_keys(self, kind: str = "ballots") -> list[str]:
         return [f"{self.prefix}{kind}", f"{self.prefix}{kind}:order", f"{self.prefix}{kind}:seq"]
@@ -157,15 +157,17 @@ class RedisState:
             flat = await self._holders(keys=self._lease_keys(gpu)[:1])
         return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
-    async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:
+    async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float,
+                              owner: str = "") -> str | None:
         check_ttl(ttl)
         payload = json.dumps(members)
         with self._errors():
-            await self._publish(keys=self._registry_keys(), args=[host, payload, _ms(ttl)])
+            other = await self._publish(keys=self._registry_keys(), args=[host, payload, _ms(ttl), owner])
+        return other if isinstance(other, str) else None
 
-    async def withdraw(self, host: str) -> None:
+    async def withdraw(self, host: str, owner: str = "") -> None:
         with self._errors():
-            await self._withdraw(keys=self._registry_keys(), args=[host])
+            await self._withdraw(keys=self._registry_keys(), args=[host, owner])
 
     async def members(self) -> dict[str, list[dict[str, Any]]]:
         with self._errors():

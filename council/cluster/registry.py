@@ -18,8 +18,11 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,6 +32,24 @@ from council.members.process import STUCK_AFTER_S, MemberProcess
 from council.voting.client import CallOutcome, Endpoint, Unaccounted
 
 log = logging.getLogger("council.cluster.registry")
+
+
+def host_instance(run_dir: Path) -> str:
+    """This host's instance id, kept in its run folder: a host restarted (by systemd, after a crash) is the same
+    instance, so it replaces its own live entry at once rather than waiting for it to lapse. A new id where the
+    folder cannot keep one."""
+    path = run_dir / "registry-instance"
+    try:
+        found = path.read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{32}", found):
+            return found
+    except (OSError, UnicodeDecodeError):
+        pass
+    made = uuid.uuid4().hex
+    with contextlib.suppress(OSError):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(made + "\n")
+    return made
 
 
 def sign(key: str, host: str, entry: dict[str, Any]) -> str:
@@ -100,6 +121,10 @@ class Registry:
         self._turn = 0  # round robin over the hosts serving a model
         self._mismatched: set[tuple[str, str]] = set()  # (host, seat) listed with another model: said once
         self._unsigned: set[str] = set()  # hosts listed with entries this router cannot verify: said once
+        # Who publishes this host's entry (`host_instance`: the same across the host's restarts): another instance
+        # at the same advertise URL is refused, not overwritten, and its entry is not this one's to withdraw.
+        self.instance = uuid.uuid4().hex
+        self._held_by: str | None = None  # the other instance holding our URL, while it does: said once
 
     async def publish_forever(self, advertise_url: str, processes: Callable[[], Iterable[MemberProcess]]) -> None:
         """Heartbeat: this host's ready processes, re-published before the last entry expires."""
@@ -107,9 +132,21 @@ class Registry:
             with contextlib.suppress(StateError):
                 ttl = 3 * self.heartbeat
                 until = await self.state.clock_ms() + round(ttl * 1000)
-                await self.state.publish_members(advertise_url, self.entries(advertise_url, processes(), until),
-                                                 ttl=ttl)
+                other = await self.state.publish_members(
+                    advertise_url, self.entries(advertise_url, processes(), until), ttl=ttl, owner=self.instance)
+                self._say_held(advertise_url, other)
             await pause(self.heartbeat)
+
+    def _say_held(self, advertise_url: str, other: str | None) -> None:
+        """Two hosts given one advertise URL replaced each other's entries at every heartbeat, and one's withdraw
+        took the other's members out, with no word: now the first keeps it and the second says so, once."""
+        if other is not None and self._held_by is None:
+            log.warning("%s is listed by another host (instance %s): this host's members are not listed while that "
+                        "entry is live. Two hosts given one server.advertise_url replace each other's members: give "
+                        "each host its own", advertise_url, other)
+        elif other is None and self._held_by is not None:
+            log.warning("%s: the other host's entry lapsed; this host's members are listed", advertise_url)
+        self._held_by = other
 
     def entries(self, advertise_url: str, processes: Iterable[MemberProcess], until_ms: int) -> list[dict[str, Any]]:
         """This host's registry entries: its ready processes, good until `until_ms` (the store's clock), each signed
@@ -176,7 +213,7 @@ class Registry:
     async def withdraw(self, advertise_url: str) -> None:
         """Leave the registry now (a clean stop need not wait for the heartbeat to lapse)."""
         with contextlib.suppress(StateError):
-            await self.state.withdraw(advertise_url)
+            await self.state.withdraw(advertise_url, owner=self.instance)
 
     def _endpoint(self, host: str, entry: dict[str, Any], name: str) -> Endpoint:
         session = self._sessions.get(host)

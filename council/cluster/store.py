@@ -87,12 +87,16 @@ class StateStore(Protocol):
         """Holder -> bytes it holds on the GPU now (expired leases and an older council's, in slots, not counted)."""
         ...
 
-    async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float) -> None:
-        """Replace the host's entry in the registry; it disappears `ttl` seconds later unless published again."""
+    async def publish_members(self, host: str, members: list[dict[str, Any]], ttl: float,
+                              owner: str = "") -> str | None:
+        """Replace the host's entry in the registry, as `owner` (the instance publishing it); it disappears `ttl`
+        seconds later unless published again. While another owner's entry for `host` is live, nothing is written
+        and that owner is returned (two hosts with one advertise URL replaced each other's entries)."""
         ...
 
-    async def withdraw(self, host: str) -> None:
-        """Remove the host's entry now (a clean shutdown need not wait for its heartbeat to lapse)."""
+    async def withdraw(self, host: str, owner: str = "") -> None:
+        """Remove the host's entry now, if `owner`'s (a clean shutdown need not wait for its heartbeat to lapse;
+        another instance's entry at the same URL is not this one's to remove)."""
         ...
 
     async def members(self) -> dict[str, list[dict[str, Any]]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from council.cluster.leases import LeaseKeeper
-from council.cluster.registry import Registry
+from council.cluster.registry import Registry, host_instance
 from council.cluster.store import StateError, StateStore, open_state
 from council.errors import CouncilError
 from council.members.binary import LlamaServerInfo
@@ -129,6 +129,7 @@ class LocalRole:
         self.draft_control = DraftController(lambda: router.plan, assembly)
         self._tasks.append(asyncio.create_task(self.draft_control.run_forever(), name="draft-tuning"))
         if router.shared:
+            router.registry.instance = host_instance(self.life.run_dir)
             self._tasks.append(asyncio.create_task(router.registry.publish_forever(
                 router.advertise_url, lambda: assembly.supervisor.processes.values()), name="heartbeat"))
         return assembly

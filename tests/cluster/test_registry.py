@@ -255,7 +255,8 @@ async def test_a_host_that_leaves_has_its_session_closed_once_its_calls_end(redi
     try:
         until = await state.clock_ms() + 60_000
         for url, process in hosts.items():
-            await state.publish_members(url, publisher.entries(url, [_process(process, [process])], until), ttl=60)
+            await state.publish_members(url, publisher.entries(url, [_process(process, [process])], until), ttl=60,
+                                        owner=publisher.instance)
         await router.refresh()
         a, b = router.endpoint("a/0"), router.endpoint("b/0")
         assert a is not None and b is not None and not a.http.closed and not b.http.closed
@@ -363,3 +364,58 @@ async def test_a_seat_a_host_lists_for_another_model_is_not_called(
                         "not called"]
     finally:
         await router.registry.aclose()
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_two_hosts_given_one_advertise_url_neither_replace_nor_withdraw_each_other(
+        store: str, request: pytest.FixtureRequest, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Two hosts given the same `server.advertise_url` replaced each other's entry at every heartbeat (a router
+    called whichever published last) and one's clean stop withdrew the other's members, with no word of why. Now
+    the first keeps the URL and the second says so once; its withdraw leaves the first's entry; once the first
+    leaves, the second is listed. A host restarted from its run folder is the same instance: it replaces its own
+    live entry at once."""
+    import logging
+
+    from council.cluster.registry import host_instance
+
+    caplog.set_level(logging.WARNING, logger="council.cluster.registry")
+    state = (MemoryState() if store == "memory" else
+             RedisState(request.getfixturevalue("redis_url"), prefix=f"test:{uuid.uuid4().hex}:"))
+    key, url = "the-real-cluster-key-0123456789", "http://gpu-a:8080"
+    first, second = Registry(state, 0.02, key), Registry(state, 0.02, key)
+    first.instance = host_instance(tmp_path / "first")
+    second.instance = host_instance(tmp_path / "second")
+    assert host_instance(tmp_path / "first") == first.instance != second.instance  # kept in its run folder
+    mine, theirs = [_process("a/0", ["a/0"])], [_process("b/0", ["b/0"])]
+    beating = [asyncio.create_task(first.publish_forever(url, lambda: mine))]
+    try:
+        deadline = time.monotonic() + 10
+        while url not in await state.members():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        beating.append(asyncio.create_task(second.publish_forever(url, lambda: theirs)))
+        while "is listed by another host" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(0.02)
+        for _ in range(5):  # more heartbeats of both: the first's members stay listed
+            await asyncio.sleep(0.02)
+            assert [e["process"] for e in (await state.members())[url]] == ["a/0"]
+        await second.withdraw(url)
+        assert [e["process"] for e in (await state.members())[url]] == ["a/0"]  # not the second's to withdraw
+        restarted = Registry(state, 0.02, key)
+        restarted.instance = host_instance(tmp_path / "first")
+        assert await state.publish_members(url, [], ttl=1, owner=restarted.instance) is None  # its own: at once
+        beating[0].cancel()
+        await asyncio.gather(beating[0], return_exceptions=True)
+        await first.withdraw(url)
+        while [e["process"] for e in (await state.members()).get(url, [])] != ["b/0"]:
+            assert time.monotonic() < deadline, await state.members()
+            await asyncio.sleep(0.02)
+    finally:
+        for task in beating:
+            task.cancel()
+        await asyncio.gather(*beating, return_exceptions=True)
+        await state.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("is listed by another host" in m for m in said) == 1, said
+    assert sum("the other host's entry lapsed" in m for m in said) == 1, said

@@ -1,5 +1,11 @@
--- KEYS: hosts zset, members hash. ARGV: host, members JSON, ttl_ms.
+-- KEYS: hosts zset, members hash, owners hash. ARGV: host, members JSON, ttl_ms, instance.
+-- Returns the other instance whose live entry holds `host` (nothing is written), or false once published.
 -- @include prune_hosts
+local owner = redis.call('HGET', KEYS[3], ARGV[1])
+if owner and owner ~= ARGV[4] and redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return owner
+end
 redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[3])), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-return 1
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+return false
