@@ -573,6 +573,16 @@ def _reason(raw: bytes) -> str:
     return raw[:200].decode(errors="replace")
 
 
+# What a remote member is sent of a request: OpenAI's chat parameters, and the policy's own sampling. The client's
+# body carried every other field to `litellm.acompletion`, which reads its own settings from its arguments: a chat
+# key's `base_url` sent the operator's provider key, and the prompt, to a server of the client's choosing
+# (`extra_headers`, `custom_llm_provider`, `mock_response` and the rest alike).
+REMOTE_FIELDS = frozenset({
+    "messages", "temperature", "top_p", "top_k", "seed", "max_tokens", "max_completion_tokens", "stop",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice",
+    "parallel_tool_calls", "response_format", "user", "reasoning_effort"})
+
+
 @dataclass
 class RemoteClient:
     """A member served elsewhere, through litellm."""
@@ -599,7 +609,8 @@ class RemoteClient:
         try:
             async with self.limiter.slot():
                 response = await litellm.acompletion(model=self.remote.model, api_base=self.remote.api_base,
-                                                     api_key=key, **payload)
+                                                     api_key=key, **{k: v for k, v in payload.items()
+                                                                     if k in REMOTE_FIELDS})
         except Exception as exc:  # litellm maps every provider failure to its own exception tree
             return MemberReply(status="error", error=f"{type(exc).__name__}: {str(exc)[:200]}",
                                latency_ms=(time.monotonic() - start) * 1000)

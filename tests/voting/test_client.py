@@ -79,3 +79,44 @@ async def test_a_seat_whose_process_is_not_ready_says_so() -> None:
     assert [reply.error async for _, reply in client.choices({}, 2)] == ["process is not ready"] * 2
     with pytest.raises(MemberUnavailable, match=r"^process is not ready$"):
         await client.relay(b"{}", "/v1/chat/completions")
+
+
+@pytest.mark.anyio
+async def test_a_remote_member_is_sent_chat_parameters_never_litellms_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote member called `litellm.acompletion(**the client's body)`, and litellm reads its own settings from
+    its arguments: a chat key's `"base_url"` sent the operator's provider key, and the prompt, to the client's
+    server (which could also answer for the seat); `extra_headers` and the rest alike. It is now sent OpenAI's chat
+    parameters and the policy's sampling only."""
+    from aiohttp import web
+
+    from council.policy.schema import RemoteConfig
+    from council.voting.client import RemoteClient
+    from tests.servers import serving
+
+    heard: dict[str, list[dict[str, object]]] = {"provider": [], "attacker": []}
+
+    def app(who: str) -> web.Application:
+        async def complete(request: web.Request) -> web.Response:
+            heard[who].append({"auth": request.headers.get("Authorization"), "x": request.headers.get("X-Sneak"),
+                               "body": await request.json()})
+            return web.json_response({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                                      "choices": [{"index": 0, "finish_reason": "stop",
+                                                   "message": {"role": "assistant", "content": f"from {who}"}}],
+                                      "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}})
+        served = web.Application()
+        served.router.add_post("/v1/chat/completions", complete)
+        return served
+
+    monkeypatch.setenv("PROVIDER_KEY", "sk-operator-provider-secret")
+    async with serving(app("provider")) as provider, serving(app("attacker")) as attacker:
+        client = RemoteClient(RemoteConfig(model="openai/m", api_base=f"{provider}/v1", api_key_env="PROVIDER_KEY"))
+        reply = await client.complete({"messages": [{"role": "user", "content": "hi"}], "temperature": 0,
+                                       "base_url": f"{attacker}/v1", "api_base": f"{attacker}/v1",
+                                       "extra_headers": {"X-Sneak": "1"}, "api_key": "theirs",
+                                       "mock_response": "forged", "max_tokens": 5})
+    assert reply.status == "ok" and reply.text == "from provider", reply
+    assert heard["attacker"] == [] and len(heard["provider"]) == 1
+    call = heard["provider"][0]
+    assert call["auth"] == "Bearer sk-operator-provider-secret" and call["x"] is None
+    body = call["body"]
+    assert isinstance(body, dict) and body["max_tokens"] == 5 and body["temperature"] == 0
