@@ -95,7 +95,7 @@ class ApiKey(_Strict):
                       examples=["agents"])
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
                                description="The key's SHA-256 as 64 hex digits (`printf %s KEY | sha256sum`).",
-                               examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"])
+                               examples=["8966332067fe725ac6fc3cf087b7954dbd657005a7710acb2654034dab324fba"])
     env: str | None = Field(default=None, description="Or: the environment variable that holds the key.",
                             examples=["COUNCIL_AGENT_KEY"])
     scopes: list[Literal["chat", "admin"]] = Field(

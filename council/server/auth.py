@@ -62,8 +62,11 @@ class Principal:
 # and anything shorter than this, are refused there (`serve` and a reload). 16 characters is a floor, not a goal.
 MIN_SECRET_CHARS = 16
 PLACEHOLDERS = ("change-me", "changeme", "change_me")
-# A `sha256:` key's length is unknown, but the digest of a bare placeholder is recognisable.
-_PLACEHOLDER_DIGESTS = {hashlib.sha256(p.encode()).digest() for p in PLACEHOLDERS}
+# A `sha256:` key's length is unknown, but the digest of a bare placeholder, or of a word anyone would try first,
+# is recognisable; so is the empty string's (`printf %s $KEY | sha256sum` with $KEY unset), which no token matches.
+_PLACEHOLDER_DIGESTS = {hashlib.sha256(p.encode()).digest() for p in (
+    *PLACEHOLDERS, "test", "password", "secret", "admin", "key", "apikey", "api-key", "council", "token")}
+_EMPTY_DIGEST = hashlib.sha256(b"").digest()
 MAKE_A_KEY = ("make one with `openssl rand -hex 32` "
               "(or `python3 -c 'import secrets; print(secrets.token_hex(32))'`)")
 
@@ -128,8 +131,11 @@ class KeyRing:
                     self.weak.append(f"${key.env} (API key {key.name}) {why}")
             else:
                 digest = bytes.fromhex(key.sha256 or "")
-                if digest in _PLACEHOLDER_DIGESTS:
-                    self.weak.append(f"API key {key.name} is the sha256 of a placeholder")
+                if digest == _EMPTY_DIGEST:
+                    self.weak.append(f"API key {key.name} is the sha256 of nothing (`printf %s $KEY | sha256sum` "
+                                     "with $KEY unset): no client can send it")
+                elif digest in _PLACEHOLDER_DIGESTS:
+                    self.weak.append(f"API key {key.name} is the sha256 of a placeholder or a common word")
             principal = old.get((key.name, digest))
             if principal is None:
                 principal = Principal(name=key.name, scopes=frozenset(key.scopes), rate_limit=key.rate_limit,
@@ -156,7 +162,11 @@ class KeyRing:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise MissingKey("missing API key: send `Authorization: Bearer KEY` (or `x-api-key: KEY`)",
                              "missing_api_key")
-        digest = hashlib.sha256(authorization[7:].strip().encode()).digest()
+        token = authorization[7:].strip()
+        if not token:  # `Bearer ` and a space of any kind: the sha256 of nothing, which a `sha256:` key may be
+            raise MissingKey("missing API key: send `Authorization: Bearer KEY` (or `x-api-key: KEY`)",
+                             "missing_api_key")
+        digest = hashlib.sha256(token.encode()).digest()
         found = next((p for d, p in self._digests if hmac.compare_digest(d, digest)), None)
         if found is None:
             raise MissingKey("invalid API key", "invalid_api_key")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from council.policy.schema import ApiKey
-from council.server.auth import KeyRing, weak_secret
+from council.server.auth import KeyRing, MissingKey, weak_secret
 from tests.conftest import run_cli
 from tests.policies import policy_yaml
 
@@ -43,6 +43,9 @@ def _serve(path: Path, host: str, env: dict[str, str], *extra: str) -> tuple[int
     ("10.1.2.3", {"env": "COUNCIL_KEY_AGENTS"}, {"COUNCIL_KEY_AGENTS": "hunter2"},
      "$COUNCIL_KEY_AGENTS (API key agents) has 7 characters, fewer than 16"),
     ("", {"sha256": hashlib.sha256(b"changeme").hexdigest()}, {}, "API key agents is the sha256 of a placeholder"),
+    # `printf %s $KEY | sha256sum` with $KEY unset, and the docs' own example's word: anyone's first guesses
+    ("0.0.0.0", {"sha256": hashlib.sha256(b"").hexdigest()}, {}, "API key agents is the sha256 of nothing"),
+    ("0.0.0.0", {"sha256": hashlib.sha256(b"test").hexdigest()}, {}, "the sha256 of a placeholder or a common word"),
     ("0.0.0.0", {"env": "COUNCIL_KEY_AGENTS"}, {"COUNCIL_KEY_AGENTS": GOOD, "COUNCIL_CLUSTER_KEY": "change-me"},
      "$COUNCIL_CLUSTER_KEY (the cluster key) is a placeholder"),
 ])
@@ -68,6 +71,12 @@ def test_the_rule() -> None:
     assert weak_secret("x" * 16) is None and weak_secret(GOOD) is None
     ring = KeyRing([ApiKey(name="ok", sha256=hashlib.sha256(GOOD.encode()).hexdigest())])
     assert ring.weak == []  # a real key's digest says nothing of its length: only placeholders' are known
+    # A token of nothing but spaces (any kind: U+00A0 too) was hashed as the empty string, which a `sha256:` key of
+    # an unset variable matched: an anonymous client had that key's scopes on a public router.
+    empty = KeyRing([ApiKey(name="unset", sha256=hashlib.sha256(b"").hexdigest(), scopes=["chat", "admin"])])
+    for blank in ("Bearer \u00a0", "Bearer  ", "Bearer \t"):
+        with pytest.raises(MissingKey, match="missing API key"):
+            empty.principal(blank, "admin")
 
 
 @pytest.mark.parametrize(("role", "env"), [("router", {}), ("host", {"COUNCIL_CLUSTER_KEY": ""})])
