@@ -166,13 +166,16 @@ class StreamOptions(_Open):
     include_usage: bool | None = None
 
 
+MAX_COMPLETIONS = 128  # in one request: `n`, and a completions request's prompts × n
+
+
 class _Sampling(_Open):
     model: Annotated[str, ROUTER] = Field(min_length=1)
     stream: Annotated[bool | None, ROUTER] = None
     stream_options: Annotated[StreamOptions | None, ROUTER] = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: Annotated[int | None, ROUTER] = Field(default=None, ge=1, le=128)
+    n: Annotated[int | None, ROUTER] = Field(default=None, ge=1, le=MAX_COMPLETIONS)
     max_tokens: int | None = Field(default=None, ge=1)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -271,6 +274,14 @@ class CompletionRequest(_Sampling):
         """How many of the process's slots (and rate-limit requests) it takes: llama-server runs `n` tasks for each
         prompt of a list (one list of token ids is one prompt)."""
         return completion_width(self.prompt, self.n or 1)
+
+    def check(self) -> None:
+        """No more completions in one request than `n` may ask for alone: the prompts of a list had no bound, and one
+        request of 300 prompts × `n: 2` took every slot of the process for minutes under a key limited to one request
+        at a time (another key's answer waited 238 s)."""
+        if self.width > MAX_COMPLETIONS:
+            raise BadRequest(f"{self.width} completions in one request (prompts × n): at most {MAX_COMPLETIONS}; send "
+                             "the prompts in several requests", "too_many_completions")
 
 
 def completion_width(prompt: object, n: int) -> int:

@@ -453,7 +453,14 @@ async def test_n_choices_take_n_slots_and_n_rate_tokens_on_completions_as_on_cha
         for prompt in (["x", "y", "z"], [[1, 2], [3]], [1, 2, 3]):
             body = {"model": "m", "prompt": prompt, "n": 2, "stream": stream}
             assert (await http.post("/v1/completions", content=json.dumps(body))).status_code == 200
-    assert member.widths == [8, 1, 8, 1, 6, 4, 2]
+        # At most 128 completions a request: 300 prompts × n 2 took every slot of the process for minutes.
+        body = {"model": "m", "prompt": ["x"] * 300, "n": 2, "stream": stream}
+        wide = await http.post("/v1/completions", content=json.dumps(body))
+        assert wide.status_code == 400 and wide.json()["error"]["code"] == "too_many_completions", wide.text
+        assert "600 completions in one request" in wide.json()["error"]["message"]
+        body = {"model": "m", "prompt": ["x"] * 64, "n": 2, "stream": stream}
+        assert (await http.post("/v1/completions", content=json.dumps(body))).status_code == 200
+    assert member.widths == [8, 1, 8, 1, 6, 4, 2, 128]
 
 
 async def test_a_streamed_council_answer_rebuilds_the_non_streamed_message_with_the_sdk(tmp_path: Path) -> None:
