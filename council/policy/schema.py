@@ -128,6 +128,10 @@ class ServerConfig(_Strict):
                            "429 with Retry-After.")
     max_body: Size = Field(default=1 << 20, gt=0, description="Largest request body; past it, 413.",
                            examples=["4MiB"])
+    fetch_media: bool = Field(default=False, description="Pass image or audio given by URL to members with a "
+                              "projector, which fetch it themselves from their host (any address a client names: "
+                              "cloud metadata, internal services). Off: such media is 400 `remote_media`; send it "
+                              "inline as a `data:` URL.")
     body_timeout: Duration = Field(default=60.0, gt=0, le=3600, description="How long a request's body may take to "
                                    "arrive; past it, 408 and the connection closes (a client that sends part of a "
                                    "body and goes silent holds no socket for good).", examples=["2m"])

@@ -88,3 +88,45 @@ async def test_media_a_model_cannot_read_is_refused_in_one_message_by_every_api(
     else:
         assert doc["error"]["message"] == TEXT_ONLY[target] and doc["error"]["code"] == "unsupported_content"
     assert router.limits.queues.get(target, 0) == 0
+
+
+URL_IMAGES = {
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "{url}"}}]}]},
+    "/v1/messages": {"max_tokens": 10, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"}, {"type": "image", "source": {"type": "url", "url": "{url}"}}]}]},
+    "/v1/responses": {"input": [{"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "what is this?"}, {"type": "input_image", "image_url": "{url}"}]}]},
+}
+
+
+@pytest.mark.parametrize("target", ["c", "m"])
+@pytest.mark.parametrize("path", list(URL_IMAGES))
+async def test_media_given_by_url_is_refused_unless_the_policy_fetches_it(
+        tmp_path: Path, path: str, target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member with a projector fetches an image URL itself, from its host: any chat key could make a GPU host read
+    cloud metadata (169.254.169.254) or an internal service. Media by URL is now 400 `remote_media` unless
+    `server.fetch_media: true`; inline media (`data:`) goes as before."""
+    import dataclasses
+    import json
+
+    router = _router(tmp_path)
+    monkeypatch.setattr(router, "text_only", lambda target: [])  # as if every model had a projector
+    transport = httpx.ASGITransport(app=create_app(router))
+
+    def asked(url: str) -> dict[str, object]:
+        return {"model": target, **json.loads(json.dumps(URL_IMAGES[path]).replace("{url}", url))}
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://council",
+                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
+        refused = await http.post(path, json=asked("http://169.254.169.254/latest/meta-data/"))
+        assert refused.status_code == 400 and "remote_media" in refused.text, refused.text
+        assert "169.254.169.254" in refused.text and "server.fetch_media" in refused.text
+        inline = await http.post(path, json=asked("data:image/png;base64,iVBORw0KGgo="))
+        assert "remote_media" not in inline.text and "unsupported_content" not in inline.text, inline.text
+        server = router.policy.server.model_copy(update={"fetch_media": True})
+        monkeypatch.setattr(router, "loaded", dataclasses.replace(
+            router.loaded, policy=router.policy.model_copy(update={"server": server})))
+        fetched = await http.post(path, json=asked("http://169.254.169.254/latest/meta-data/"))
+        assert "remote_media" not in fetched.text, fetched.text
+    assert router.limits.queues.get(target, 0) == 0

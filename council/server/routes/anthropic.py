@@ -53,7 +53,7 @@ async def messages(request: Request, router: Current, who: Chat) -> Response:
     raw, body = await read_body(request, router)
     asked = anthropic.validate(body, MessagesRequest)
     engine = _target(router, asked.model)
-    check_media(router, asked.model, asked.has_media)
+    check_media(router, asked.model, asked.has_media, body)
     if engine is None:
         if (relayed := anthropic.for_model(body)) is not None:
             raw = dumps(relayed)
@@ -155,7 +155,7 @@ async def count_tokens(request: Request, router: Current, who: Chat) -> Response
     instructions = None if engine is None else engine.tool_texts(
         as_council_request(router, anthropic.count_to_chat(asked), checked=False))
     if engine is None:  # as /v1/responses/input_tokens refuses it: the process could not read the image either
-        check_media(router, asked.model, asked.has_media)
+        check_media(router, asked.model, asked.has_media, body)
     async with await router.limits.admit(who, asked.model) as admission:
         waiting = time.perf_counter()
         if engine is None:

@@ -132,11 +132,18 @@ def _target(router: Router, model: str) -> CouncilEngine | None:
     return engine
 
 
-def check_media(router: Router, model: str, has_media: bool) -> None:
-    """Image or audio parts go only where every model behind `model` can read them: the one rule and message of
-    chat, messages and responses (each API's error envelope is `errors.shaped_error`'s)."""
+def check_media(router: Router, model: str, has_media: bool, body: Any = None) -> None:
+    """Image or audio parts go only where every model behind `model` can read them, and (unless
+    `server.fetch_media`) only inline: the one rule and message of chat, messages and responses (each API's error
+    envelope is `errors.shaped_error`'s). `body`: the request's JSON, where media given by URL is looked for."""
     lacking = router.text_only(model) if has_media else []
     if not lacking:
+        if has_media and not router.policy.server.fetch_media and (urls := remote_media(body)):
+            # llama-server fetches an image URL itself, from the member's host: a chat key could make it read
+            # cloud metadata or an internal service.
+            raise BadRequest(f"media given by URL ({urls[0][:100]}): a member would fetch it from its host, whatever "
+                             "address a client names; send it inline (a `data:` URL), or set `server.fetch_media: "
+                             "true`", "remote_media")
         return
     if model not in router.engines:
         who = "it has"
@@ -146,10 +153,31 @@ def check_media(router: Router, model: str, has_media: bool) -> None:
                      "send text content", "unsupported_content")
 
 
-def _check_council_request(router: Router, chat: ChatRequest) -> None:
+def remote_media(body: Any) -> list[str]:
+    """The media URLs in a request of any API that are not inline (`data:`): chat's and Responses' `image_url`,
+    Anthropic's `{"type": "url"}` image source."""
+    found: list[str] = []
+    todo = [body]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, dict):
+            url = item.get("image_url") if item.get("type") in ("image_url", "input_image") else None
+            url = url.get("url") if isinstance(url, dict) else url
+            source = item.get("source") if item.get("type") == "image" else None
+            if isinstance(source, dict) and source.get("type") == "url":
+                url = source.get("url")
+            if isinstance(url, str) and not url.lstrip().lower().startswith("data:"):
+                found.append(url)
+            todo.extend(v for v in item.values() if isinstance(v, dict | list))
+    return found
+
+
+def _check_council_request(router: Router, chat: ChatRequest, body: Any) -> None:
     if chat.n not in (None, 1):
         raise BadRequest("`n` other than 1 is not supported: a council already asks several models", "invalid_n")
-    check_media(router, chat.model, chat.has_media)
+    check_media(router, chat.model, chat.has_media, body)
 
 
 def as_council_request(router: Router, chat_body: dict[str, Any], *, checked: bool = True,
@@ -160,7 +188,7 @@ def as_council_request(router: Router, chat_body: dict[str, Any], *, checked: bo
     chat = validate_body(chat_body, ChatRequest)
     assert isinstance(chat, ChatRequest)
     if checked:
-        _check_council_request(router, chat)
+        _check_council_request(router, chat, chat_body)
     return chat.council_request(chat_body, owner)
 
 
@@ -173,9 +201,9 @@ async def chat_completions(request: Request) -> Response:
     assert isinstance(chat, ChatRequest)
     engine = _target(router, chat.model)
     if engine is not None:
-        _check_council_request(router, chat)
+        _check_council_request(router, chat, body)
     else:
-        check_media(router, chat.model, chat.has_media)
+        check_media(router, chat.model, chat.has_media, body)
     admission = await router.limits.admit(who, chat.model)
     if engine is None:
         if isinstance(chat.tool_choice, ToolChoiceFunction):
