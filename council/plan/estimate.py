@@ -107,6 +107,9 @@ GPU_SPEC_CONTEXT_BYTES = 110 * MIB
 CUDA_FA_HEAD_SIZES = frozenset({40, 64, 72, 80, 96, 112, 128, 192, 256, 320, 512, 576})
 
 
+MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS: its loader refuses a model with more
+
+
 class EstimateError(CouncilError, ValueError):
     """The GGUF header lacks a key the estimate needs, or the configuration cannot start."""
 
@@ -299,6 +302,9 @@ def model_shape(gguf: GgufInfo) -> Shape:
     if not gguf.arch:
         raise EstimateError(f"{gguf.path.name}: GGUF has no general.architecture")
     n_layer_all = _count(gguf, "block_count", _required(gguf, "block_count"), 1)
+    if n_layer_all > MAX_LAYERS:  # a corrupt count: per-layer tuples of 2^31 entries took gigabytes, then died
+        raise EstimateError(f"{gguf.path.name}: GGUF key `{gguf.arch}.block_count` is {n_layer_all}; llama.cpp "
+                            f"loads at most {MAX_LAYERS} layers (a corrupt or foreign file)")
     n_embd = _count(gguf, "embedding_length", _required(gguf, "embedding_length"), 1)
     n_nextn = _optional_count(gguf, "nextn_predict_layers", 0)
     if n_nextn >= n_layer_all:

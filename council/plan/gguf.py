@@ -24,9 +24,14 @@ _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
 GGML_MAX_DIMS = 4  # ggml.h
 DEFAULT_ALIGNMENT = 32  # gguf.h GGUF_DEFAULT_ALIGNMENT: where `general.alignment` is not set
-# llama.cpp reads no array of arrays (gguf.cpp: "invalid GGUF type"); gguf's writer can write one. Deeper is
-# garbage, and reading it recursively would end in a RecursionError: 12 bytes make a level.
-MAX_ARRAY_DEPTH = 2
+# llama.cpp reads no array of arrays (gguf.cpp: "invalid GGUF type"), though gguf's writer can write one: refused,
+# as llama-server would refuse the file at every start.
+# The versions llama.cpp reads (gguf.cpp: v1 "no longer supported", newer ones unknown to it).
+VERSIONS = (2, 3)
+# Longest key and string value taken as read: a corrupt length read the rest of the file as one string (2 GB of
+# memory for a copy of a 1 GB model), where real keys are short and the longest values (chat templates) kilobytes.
+MAX_KEY_BYTES = 1 << 16
+MAX_STRING_BYTES = 1 << 26
 
 
 class GgufError(CouncilError, ValueError):
@@ -104,8 +109,11 @@ class _Cursor:
         self.pos += size
         return value
 
-    def string(self) -> str:
+    def string(self, limit: int = MAX_STRING_BYTES) -> str:
         length = self.unpack("<Q")
+        if length > limit:
+            raise GgufError(f"{self.path}: malformed GGUF: {self.where} is a string of {length} bytes (at most "
+                            f"{limit} taken: a corrupt length)")
         self.need(length)
         raw = self.buf[self.pos : self.pos + length]
         self.pos += length
@@ -125,16 +133,17 @@ class _Cursor:
             raise self.truncated()
         self.pos = pos
 
-    def value(self, vtype: int, keep_arrays: bool, depth: int = 0) -> Any:
+    def value(self, vtype: int, keep_arrays: bool) -> Any:
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
-            if depth >= MAX_ARRAY_DEPTH:
-                raise GgufError(f"{self.path}: malformed GGUF: {self.where} has arrays nested more than "
-                                f"{MAX_ARRAY_DEPTH} deep")
             etype = self.unpack("<I")
+            if etype == _ARRAY or (etype not in _SCALARS and etype != _STRING):
+                what = "an array of arrays" if etype == _ARRAY else f"an array of unknown GGUF value type {etype}"
+                raise GgufError(f"{self.path}: malformed GGUF: {self.where} is {what}, which llama.cpp does not "
+                                "read")
             count = self.unpack("<Q")
             small = count <= 64
             if etype in _SCALARS:
@@ -151,7 +160,6 @@ class _Cursor:
                     return [self.string() for _ in range(count)]
                 self.skip_strings(count)
                 return ArrayInfo(etype, count)
-            return [self.value(etype, keep_arrays, depth + 1) for _ in range(count)]
         raise GgufError(f"{self.path}: {self.where} has unknown GGUF value type {vtype}")
 
 
@@ -203,19 +211,22 @@ def _read_gguf(path: Path, _size: int, _mtime_ns: int, keep_arrays: bool) -> Ggu
                 raise GgufError(f"{path}: not a GGUF file (bad magic)")
             cur.pos = 4
             version = cur.unpack("<I")
+            if version not in VERSIONS:
+                raise GgufError(f"{path}: GGUF version {version}: llama.cpp reads versions "
+                                f"{' and '.join(map(str, VERSIONS))}")
             n_tensors = cur.unpack("<Q")
             n_kv = cur.unpack("<Q")
             metadata: dict[str, Any] = {}
             for i in range(n_kv):
                 cur.where = f"metadata entry {i}"
-                key = cur.string()
+                key = cur.string(MAX_KEY_BYTES)
                 cur.where = f"metadata `{key}`"
                 metadata[key] = cur.value(cur.unpack("<I"), keep_arrays)
             tensors: dict[str, Tensor] = {}
             offsets: dict[str, int] = {}
             for i in range(n_tensors):
                 cur.where = f"tensor entry {i}"
-                name = cur.string()
+                name = cur.string(MAX_KEY_BYTES)
                 cur.where = f"tensor `{name}`"
                 n_dims = cur.unpack("<I")
                 if n_dims > GGML_MAX_DIMS:  # garbage: reading that many dimensions would walk the whole file

@@ -46,6 +46,23 @@ def with_first_string_length(syn: Path, out: Path, key: str, length: int) -> Pat
     return out
 
 
+def with_version(syn: Path, out: Path, version: int) -> Path:
+    data = syn.read_bytes()
+    out.write_bytes(data[:4] + struct.pack("<I", version) + data[8:])
+    return out
+
+
+def with_first_key_length(syn: Path, out: Path, length: int) -> Path:
+    """The file with its first metadata key claiming `length` bytes, padded to that size (the length fits the file)."""
+    data = syn.read_bytes()
+    at = 4 + 4 + 8 + 8  # magic, version, tensor count, key count
+    patched = data[:at] + struct.pack("<Q", length) + data[at + 8:]
+    with out.open("wb") as f:
+        f.write(patched)
+        f.truncate(max(len(patched), at + 8 + length + 64))  # sparse: no disk spent
+    return out
+
+
 def with_block_count(syn: Path, out: Path, value: bytes, vtype: int = GGUF_U32) -> Path:
     """The file with `qwen35.block_count` (a u32) replaced by `value` of type `vtype`."""
     data = syn.read_bytes()
@@ -73,6 +90,17 @@ def broken(syn: Path, tmp_path: Path) -> dict[str, Path]:
         # arrays in arrays 5000 deep, 12 bytes a level: read recursively, a RecursionError
         "nested-arrays": with_block_count(syn, tmp_path / "nested.gguf", struct.pack("<IQ", GGUF_ARRAY, 1) * 5000
                                           + struct.pack("<IQ", GGUF_U32, 0), GGUF_ARRAY),
+        # 2^31 layers in 100 bytes: per-layer tuples of that length took gigabytes (MemoryError, or the OOM killer)
+        "block-count-huge": with_block_count(syn, tmp_path / "huge.gguf", struct.pack("<I", 1 << 31)),
+        # versions llama.cpp does not read, an array of arrays, an empty array of no known type: each passed check
+        # and failed every start of llama-server
+        "version-1": with_version(syn, tmp_path / "v1.gguf", 1),
+        "version-4": with_version(syn, tmp_path / "v4.gguf", 4),
+        "array-of-arrays": with_block_count(syn, tmp_path / "aa.gguf", struct.pack("<IQIQI", GGUF_ARRAY, 1, GGUF_U32,
+                                                                                   1, 2), GGUF_ARRAY),
+        "unknown-array-type": with_block_count(syn, tmp_path / "unknown.gguf", struct.pack("<IQ", 99, 0), GGUF_ARRAY),
+        # the first key claims 400 MB: the rest of the file was read as one key (2 GB for a copy of a 1 GB model)
+        "key-length": with_first_key_length(syn, tmp_path / "key.gguf", 400_000_000),
     }
 
 
@@ -83,7 +111,16 @@ WHAT = {
     "block-count-0": "GGUF key `qwen35.block_count` is 0; expected an integer of at least 1",
     "block-count-array": "GGUF key `qwen35.block_count` is an array of 6 values; expected an integer of at least 1",
     "string-length": "truncated GGUF: metadata `tokenizer.ggml.tokens` runs past the end of the file",
-    "nested-arrays": "malformed GGUF: metadata `qwen35.block_count` has arrays nested more than 2 deep",
+    "nested-arrays": "malformed GGUF: metadata `qwen35.block_count` is an array of arrays, which llama.cpp does "
+                     "not read",
+    "block-count-huge": "GGUF key `qwen35.block_count` is 2147483648; llama.cpp loads at most 512 layers (a corrupt "
+                        "or foreign file)",
+    "version-1": "GGUF version 1: llama.cpp reads versions 2 and 3",
+    "version-4": "GGUF version 4: llama.cpp reads versions 2 and 3",
+    "array-of-arrays": "malformed GGUF: metadata `qwen35.block_count` is an array of arrays, which llama.cpp does "
+                       "not read",
+    "unknown-array-type": "malformed GGUF: metadata `qwen35.block_count` is an array of unknown GGUF value type 99",
+    "key-length": "malformed GGUF: metadata entry 0 is a string of 400000000 bytes",
 }
 
 
@@ -94,7 +131,8 @@ def test_a_truncated_file_is_a_gguf_error_naming_it(broken: dict[str, Path], cas
     assert str(caught.value).startswith(f"{broken[case]}: {WHAT[case]}")
 
 
-@pytest.mark.parametrize("case", ["string-length", "nested-arrays"])
+@pytest.mark.parametrize("case", ["string-length", "nested-arrays", "version-1", "version-4", "array-of-arrays",
+                                  "unknown-array-type", "key-length"])
 def test_a_malformed_file_is_a_gguf_error_naming_it(broken: dict[str, Path], case: str) -> None:
     """Before, an OverflowError and a RecursionError: tracebacks from `check` and `plan`, exit 1."""
     with pytest.raises(GgufError) as caught:
@@ -102,7 +140,7 @@ def test_a_malformed_file_is_a_gguf_error_naming_it(broken: dict[str, Path], cas
     assert str(caught.value).startswith(f"{broken[case]}: {WHAT[case]}")
 
 
-@pytest.mark.parametrize("case", ["block-count-0", "block-count-array"])
+@pytest.mark.parametrize("case", ["block-count-0", "block-count-array", "block-count-huge"])
 def test_a_block_count_that_is_no_positive_integer_is_an_estimate_error(broken: dict[str, Path], case: str) -> None:
     with pytest.raises(EstimateError) as caught:
         model_shape(read_gguf(broken[case]))
