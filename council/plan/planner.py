@@ -31,12 +31,17 @@ def estimate_process(policy: Policy, model_name: str, members: int, device: Devi
     model = policy.models[model_name].for_members(members)
     breakdown = dict.fromkeys(COMPONENTS, 0)
     estimate: MemoryEstimate | None = None
-    if model.path is not None and path_problem(model.path) is None:
+    draft_cfg: ModelConfig | None = None
+    if model.draft.type == "model" and model.draft.model:
+        draft_cfg = policy.models[model.draft.model]
+    # A draft model's file not there yet (`memory:` lets a policy be planned before its files are): the estimate
+    # needs both files, so it is the policy's `memory:` or, without one, a refusal naming both (it was a bare
+    # "cannot read GGUF" that named no field).
+    draft_missing = draft_cfg is not None and draft_cfg.path is not None and path_problem(draft_cfg.path) is not None
+    if model.path is not None and path_problem(model.path) is None and not draft_missing:
         draft = None
-        if model.draft.type == "model" and model.draft.model:
-            draft_cfg: ModelConfig = policy.models[model.draft.model]
-            if draft_cfg.path is not None:
-                draft = (draft_cfg, read_gguf(draft_cfg.path))
+        if draft_cfg is not None and draft_cfg.path is not None:
+            draft = (draft_cfg, read_gguf(draft_cfg.path))
         estimate = estimate_member_bytes(model, read_gguf(model.path), device=device, draft=draft)
         breakdown = estimate.breakdown()
         if device == "cpu":
@@ -44,6 +49,9 @@ def estimate_process(policy: Policy, model_name: str, members: int, device: Devi
     if model.memory is not None:
         return ProcessEstimate(model.memory * members, breakdown, "policy")
     if estimate is None:
+        if draft_missing and draft_cfg is not None:
+            raise FileNotFoundError(f"{draft_cfg.path} (models.{model.draft.model}, the draft model of models."
+                                    f"{model_name}) does not exist and models.{model_name}.memory is not set")
         raise FileNotFoundError(f"{model.path} does not exist and models.{model_name}.memory is not set")
     return ProcessEstimate(sum(breakdown.values()), breakdown, "gguf")
 

@@ -84,8 +84,10 @@ def gpu_slots(gpus: Sequence[Gpu], slot_bytes: int, reserve_bytes: int) -> list[
     result = []
     for gpu in gpus:
         # Never more than the free memory: what NVML's process lists miss (graphics, unlisted or unsized
-        # processes) is held all the same.
-        room = min(gpu.memory_bytes - gpu.used_by_others_bytes, gpu.free_bytes)
+        # processes) is held all the same. Other processes hold part of the device, not of a policy's cap on it:
+        # a 24 GiB cap on an 80 GiB card where others hold 50 is 24 GiB of room, not 24 - 50.
+        device = gpu.device_bytes or gpu.memory_bytes
+        room = min(gpu.memory_bytes, device - gpu.used_by_others_bytes, gpu.free_bytes)
         usable = room - reserve_bytes
         result.append(GpuSlots(gpu=gpu, reserve_bytes=reserve_bytes, total=max(0, usable // slot_bytes)))
     return result

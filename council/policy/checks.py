@@ -92,10 +92,21 @@ def file_problems(loaded: LoadedPolicy) -> list[Problem]:
     """Model files that are missing while no `memory:` says how much to plan for them, and paths that name no
     file at all (a folder, a FIFO, a name too long), which no `memory:` excuses."""
     problems = []
-    for name, model in loaded.policy.models.items():
+    models = loaded.policy.models
+    for name, model in models.items():
         unplanned = None if model.memory is not None else " (and no `memory:` is given to plan with)"
         if model.path is not None and (problem := path_problem(model.path, missing=unplanned)) is not None:
             problems.append(loaded.problem(("models", name, "path"), problem))
+        # A draft model's memory is planned in its target's process: from both files, or the target's `memory:`
+        # (the draft's own says nothing of it). `plan` refused such a policy that `check` called valid.
+        draft = models.get(model.draft.model or "") if model.draft.type == "model" else None
+        # (Its own line says a draft file that is missing without a `memory:` of its own, or names no file.)
+        if (draft is not None and draft.path is not None and draft.memory is not None and model.memory is None
+                and model.path is not None and path_problem(model.path) is None
+                and path_problem(draft.path, missing=None) is None and path_problem(draft.path) is not None):
+            problems.append(loaded.problem(("models", name, "draft", "model"), (
+                f"the draft model {model.draft.model}'s file {draft.path} is not there, and its memory is planned "
+                f"in {name}'s process: set models.{name}.memory, or fetch the file")))
     return problems
 
 

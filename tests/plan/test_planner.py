@@ -6,6 +6,7 @@ README: "Policies, `council check` and `council plan`".
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,23 @@ def test_nvml_gpus_win_and_a_declared_name_caps_one() -> None:
     plan = plan_policy(loaded.policy, [h100])
     assert plan.device == "gpu"
     assert plan.slots.gpus[0].total == 19  # (80 GiB - 512 MiB) // 4 GiB
+
+
+def test_a_cap_on_a_shared_gpu_counts_other_tenants_against_the_device_not_the_cap() -> None:
+    """A 24 GiB cap on an 80 GiB card where another tenant holds 50 GiB (30 free) gave 0 slots (24 - 50) and refused
+    a council that fits, saying the GPU had nothing "after its reserve". Room is the cap, within what is free."""
+    policy = Policy.model_validate({
+        "gpus": [{"name": "gpu0", "memory": "24GiB"}], "slots": {"size": "4GiB", "reserve": "1GiB"},
+        "models": {"m": {"path": "/nonexistent/m.gguf", "memory": "7GiB"}},
+        "councils": {"c": {"members": [{"model": "m"}]}}})
+    h100 = Gpu(name="NVIDIA H100 80GB HBM3", memory_bytes=80 * GiB, device_bytes=80 * GiB, free_bytes=30 * GiB,
+               source="nvml", uuid="GPU-1", used_by_others_bytes=50 * GiB)
+    plan = plan_policy(policy, nvml=[h100])
+    assert plan.all_admitted and plan.slots.gpus[0].total == 5, plan.refused  # (24 - 1) // 4
+    squeezed = plan_policy(policy, nvml=[replace(h100, free_bytes=9 * GiB, used_by_others_bytes=71 * GiB)])
+    assert squeezed.slots.gpus[0].total == 2  # the cap, within what is free: (9 - 1) // 4
+    uncapped = plan_policy(policy.model_copy(update={"gpus": []}), nvml=[h100])
+    assert uncapped.slots.gpus[0].total == 7  # min(80 - 50, 30) - 1, as before
 
 
 def test_identical_gpus_are_placed_on_by_id_and_named_in_the_json() -> None:

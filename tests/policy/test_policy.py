@@ -404,6 +404,29 @@ def test_check_cli_exit_2_one_line_per_problem_no_traceback(tmp_path: Path) -> N
     assert len(lines) == 4
 
 
+def test_a_draft_model_whose_file_is_not_there_is_said_by_check_as_plan_refuses_it(tmp_path: Path) -> None:
+    """A draft model with `memory:` and no file yet: `check` said valid, `plan` exited 2 with a bare "cannot read
+    GGUF" naming no field (the draft's memory is planned in its target's process, from both files). Both now say
+    which fields; with the target's own `memory:` both plan it."""
+    text = """
+        gpus: [{name: cpu, memory: 8GiB}]
+        models:
+          big: {path: QWEN15, draft: {type: model, model: small}MEMORY}
+          small: {path: /nonexistent/small.gguf, memory: 600MiB}
+        councils:
+          c: {members: [{model: big}]}
+        """.replace("QWEN15", str(QWEN15.path))
+    path = write(tmp_path, text.replace("MEMORY", ""))
+    checked, planned = run_cli("check", str(path)), run_cli("plan", str(path))
+    assert checked.returncode == planned.returncode == 2, (checked, planned)
+    assert checked.stderr.strip() == (f"{path}:3: models.big.draft.model: the draft model small's file "
+                                      "/nonexistent/small.gguf is not there, and its memory is planned in big's "
+                                      "process: set models.big.memory, or fetch the file"), checked.stderr
+    assert planned.stderr == checked.stderr  # `plan` says what `check` says
+    path = write(tmp_path, text.replace("MEMORY", ", memory: 2GiB"))
+    assert run_cli("check", str(path)).returncode == 0 and run_cli("plan", str(path)).returncode == 0
+
+
 def test_check_accepts_same_vocabulary_draft_and_mtp_head(tmp_path: Path) -> None:
     mtp = tmp_path / "mtp.gguf"
     from council.setup.synthetic import write_qwen35
