@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from council.errors import CouncilError
-from council.policy.schema import Policy
+from council.policy.schema import MAX_FLAG_INT, Policy
 
 Loc = tuple[str | int, ...]
 # PyYAML composes nested lists and mappings recursively, and so do the walks over the document here and in
@@ -215,6 +215,32 @@ def schema_problems(data: Any, exc: ValidationError, lines: dict[Loc, int]) -> l
     return sorted(problems, key=lambda p: p.line or 0)
 
 
+def _seat_widths(loaded: LoadedPolicy, cname: str) -> list[Problem]:
+    """A process serving several seats (`samples: K`, or a `share: true` model's seats) runs with their context and
+    slots multiplied, and llama-server reads both flags with std::stoi: past 2^31-1 the process cannot start, after
+    `check` and `plan` had passed it (128 seats at the largest `ctx_size`)."""
+    policy = loaded.policy
+    council = policy.councils[cname]
+    seats: dict[str, tuple[int, int]] = {}  # process -> (its seats, its first member entry)
+    for i, member in enumerate(council.members):
+        model = policy.models.get(member.model)
+        if model is None or model.remote is not None:
+            continue
+        key = member.model if model.share else f"#{i}"
+        count, first = seats.get(key, (0, i))
+        seats[key] = (count + member.samples, first)
+    problems = []
+    for count, first in seats.values():
+        name = council.members[first].model
+        model = policy.models[name]
+        if count > 1 and max(model.ctx_size, model.parallel) * count > MAX_FLAG_INT:
+            problems.append(loaded.problem(("councils", cname, "members", first), (
+                f"{count} seats of {name} in one process need --ctx-size {model.ctx_size * count} (and --parallel "
+                f"{model.parallel * count}), past llama-server's largest, {MAX_FLAG_INT}: fewer seats or a smaller "
+                "ctx_size")))
+    return problems
+
+
 def reference_problems(loaded: LoadedPolicy) -> list[Problem]:
     """Names that must point somewhere: council members, draft models, fallbacks, judges, quorums; and member
     names, which must differ within a council and across councils."""
@@ -242,6 +268,7 @@ def reference_problems(loaded: LoadedPolicy) -> list[Problem]:
         base: Loc = ("councils", cname)
         for i, member in enumerate(council.members):
             unknown_model(member.model, (*base, "members", i, "model"))
+        problems += _seat_widths(loaded, cname)
         entries = council.entry_names(cname)
         for i, entry in enumerate(entries):
             if entries.index(entry) != i:

@@ -97,6 +97,22 @@ def test_missing_file() -> None:
     assert problems(Path("/nonexistent/policy.yaml")) == ["/nonexistent/policy.yaml:1: (top): no such file"]
 
 
+def test_seats_of_one_process_past_llama_servers_largest_context_are_refused(tmp_path: Path) -> None:
+    """128 seats of a shared model at the largest ctx_size: check and plan passed `--ctx-size 2147483648`, which
+    llama-server's std::stoi refuses at every start."""
+    text = """
+        models:
+          m: {path: /nonexistent/m.gguf, ctx_size: 16777216, share: SHARE, memory: 100MiB}
+        councils:
+          c: {members: [{model: m, samples: 64}, {model: m, samples: SECOND}]}
+        """
+    [line] = problems(write(tmp_path, text.replace("SHARE", "true").replace("SECOND", "64")))
+    assert line.endswith("councils.c.members.0: 128 seats of m in one process need --ctx-size 2147483648 (and "
+                         "--parallel 128), past llama-server's largest, 2147483647: fewer seats or a smaller ctx_size")
+    load_policy(write(tmp_path, text.replace("SHARE", "true").replace("SECOND", "63")))  # 127 seats: within it
+    load_policy(write(tmp_path, text.replace("SHARE", "false").replace("SECOND", "64")))  # two processes of 64
+
+
 def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "version: 1\nmodels:\n  a: {path: x\n  b: 2\n")
     [line] = problems(path)
