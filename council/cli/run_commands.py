@@ -281,9 +281,12 @@ def _log_draft_tuning() -> None:
 def _clean_exit_server(on_exit: Callable[[], None]) -> type:
     import logging
     import signal
+    import socket
     from types import FrameType
 
     import uvicorn
+
+    from council.server.router import settle_memory
 
     class Server(uvicorn.Server):
         """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown (exit -15); `serve` promises exit 0."""
@@ -294,6 +297,10 @@ def _clean_exit_server(on_exit: Callable[[], None]) -> type:
             # starlette hands uvicorn that CancelledError's traceback, which it logged as an error. Asked for.
             logging.getLogger("uvicorn.error").addFilter(
                 lambda record: not (self.force_exit and "CancelledError" in str(record.msg)))
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            settle_memory()  # start-up's objects (modules, the app, the router and its members) live as long
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if self.should_exit and sig == signal.SIGINT:

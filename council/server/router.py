@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -506,7 +507,18 @@ class Router:
             # new one now rather than after the sampler's current (old) step.
             self.history.resize(loaded.policy.server.history)
             self.events.publish("reload", {})
+            settle_memory()  # what the old plan held goes; what the new one built lives as long
             return changes
+
+
+def settle_memory() -> None:
+    """Collect, then freeze what is left: the app, the plan, the processes and their clients live as long as the
+    router, and every full pass of the cyclic collector walked them all (~120,000 objects, ~140 ms each, every few
+    hundred requests: 16-20% of the router's CPU per request). Frozen objects are still freed by reference
+    counting; a reload (which calls this again) unfreezes them first, so the old plan's cycles are collected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 GLIMPSE_CHARS = 1000  # of any one text in a ballot the dashboard's stream carries
