@@ -5,26 +5,50 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+import orjson
+
+# Ballots hold every seat's whole reply: kept by count alone, 1,000 answers of three 128 KB replies held 260 MB.
+MAX_BYTES = 256 << 20
+
+
+def _size(ballot: dict[str, Any]) -> int:
+    """About what a ballot holds: its JSON's length (a few microseconds for an ordinary ballot)."""
+    try:
+        return len(orjson.dumps(ballot))
+    except TypeError:  # what orjson refuses (an integer past 64 bits in a call's arguments): its text's length
+        return len(str(ballot))
+
 
 class BallotStore:
-    def __init__(self, capacity: int = 1000) -> None:
+    """The last `capacity` ballots, within `max_bytes` of them: the oldest go first."""
+
+    def __init__(self, capacity: int = 1000, max_bytes: int = MAX_BYTES) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
 
     def put(self, ballot_id: str, ballot: dict[str, Any]) -> None:
-        self._items[ballot_id] = ballot
-        self._items.move_to_end(ballot_id)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        if (old := self._items.pop(ballot_id, None)) is not None:
+            self.bytes -= old[1]
+        size = _size(ballot)
+        self._items[ballot_id] = (ballot, size)
+        self.bytes += size
+        self._trim(self.capacity)
 
     def resize(self, capacity: int) -> None:
         """Keep the last `capacity` ballots from now on (a reload's `server.ballots`)."""
         self.capacity = capacity
-        while len(self._items) > capacity:
-            self._items.popitem(last=False)
+        self._trim(capacity)
+
+    def _trim(self, capacity: int) -> None:
+        while len(self._items) > capacity or (self.bytes > self.max_bytes and len(self._items) > 1):
+            _, (_, size) = self._items.popitem(last=False)
+            self.bytes -= size
 
     def get(self, ballot_id: str) -> dict[str, Any] | None:
-        return self._items.get(ballot_id)
+        found = self._items.get(ballot_id)
+        return None if found is None else found[0]
 
     def __len__(self) -> int:
         return len(self._items)
