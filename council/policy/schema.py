@@ -128,7 +128,7 @@ class ServerConfig(_Strict):
                            "429 with Retry-After.")
     max_body: Size = Field(default=1 << 20, gt=0, description="Largest request body; past it, 413.",
                            examples=["4MiB"])
-    fetch_media: bool = Field(default=False, description="Pass image or audio given by URL to members with a "
+    fetch_media: bool = Field(default=False, description="Pass image or audio given by URL to local members with a "
                               "projector, which fetch it themselves from their host (any address a client names: "
                               "cloud metadata, internal services). Off: such media is 400 `remote_media`; send it "
                               "inline as a `data:` URL.")

@@ -300,15 +300,18 @@ class Router:
     def refused(self) -> dict[str, str]:
         return self.role.refused(self.plan)
 
+    def local_models(self, target: str) -> list[str]:
+        """The models behind `target` (a council or a model) that llama-server processes serve, each once."""
+        engine = self.engines.get(target)
+        models = [s.model for s in engine.seats] if engine is not None else [target]
+        return [m for m in dict.fromkeys(models) if m in self.policy.models and self.policy.models[m].remote is None]
+
     def text_only(self, target: str) -> list[str]:
         """The models behind `target` (a council or a model) that cannot read image or audio parts, each once, in
         seat order: local models without a multimodal projector (`--mmproj` in their args); remote models are taken
         to accept them. Empty: media can go to `target`."""
-        policy = self.policy
-        engine = self.engines.get(target)
-        models = [s.model for s in engine.seats] if engine is not None else [target]
-        return [m for m in dict.fromkeys(models) if policy.models[m].remote is None
-                and not any(a in ("--mmproj", "-mm", "--mmproj-url", "-mmu") for a in policy.models[m].args)]
+        return [m for m in self.local_models(target)
+                if not any(a in ("--mmproj", "-mm", "--mmproj-url", "-mmu") for a in self.policy.models[m].args)]
 
     def passthrough_client(self, model: str) -> HttpMemberClient | None:
         """The client a request for `model` goes through (a ready process here, or a host that serves it)."""

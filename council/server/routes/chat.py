@@ -138,9 +138,10 @@ def check_media(router: Router, model: str, has_media: bool, body: Any = None) -
     envelope is `errors.shaped_error`'s). `body`: the request's JSON, where media given by URL is looked for."""
     lacking = router.text_only(model) if has_media else []
     if not lacking:
-        if has_media and not router.policy.server.fetch_media and (urls := remote_media(body)):
+        if has_media and not router.policy.server.fetch_media and router.local_models(model) and (
+                urls := remote_media(body)):
             # llama-server fetches an image URL itself, from the member's host: a chat key could make it read
-            # cloud metadata or an internal service.
+            # cloud metadata or an internal service. (A remote provider fetches it on its own side.)
             raise BadRequest(f"media given by URL ({urls[0][:100]}): a member would fetch it from its host, whatever "
                              "address a client names; send it inline (a `data:` URL), or set `server.fetch_media: "
                              "true`", "remote_media")
