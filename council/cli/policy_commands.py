@@ -56,6 +56,8 @@ def plan(
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:
         _print_plan(result.to_json())
+    for why in result.ignored:
+        err.print(f"{loaded.file}: {why}", highlight=False, soft_wrap=True)
     raise typer.Exit(0 if result.all_admitted else 3)
 
 

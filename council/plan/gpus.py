@@ -155,6 +155,17 @@ def resolve_gpus(policy: Policy, nvml: list[Gpu] | None = None) -> list[Gpu]:
     return result
 
 
+def unmatched(policy: Policy, seen: list[Gpu]) -> list[str]:
+    """Why each declared GPU that stands for none of the GPUs NVML sees is ignored (none where NVML sees none: the
+    declared ones are the GPUs then). A cap with a typo in its name planned on the whole card without a word."""
+    if not seen:
+        return []
+    names = {k for g in seen for k in (g.name, f"gpu{g.index}", g.uuid or "") if k}
+    found = ", ".join(f"gpu{g.index} ({g.name})" for g in seen)
+    return [f"gpus.{i}.name: {d.name!r} is none of the GPUs NVML sees ({found}): it is ignored, and caps nothing; "
+            "name a GPU by `gpuN`, its name or its UUID" for i, d in enumerate(policy.gpus) if d.name not in names]
+
+
 def device_of(gpus: list[Gpu]) -> Device:
     """Members on a declared `cpu` live in host memory; anything else is a GPU."""
     return "cpu" if gpus and all(g.source == "policy" and g.name.lower() == "cpu" for g in gpus) else "gpu"

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from council.plan.estimate import MemoryEstimate, estimate_member_bytes
 from council.plan.gguf import read_gguf
-from council.plan.gpus import Device, Gpu, device_of, resolve_gpus
+from council.plan.gpus import Device, Gpu, device_of, nvml_gpus, resolve_gpus, unmatched
 from council.plan.slots import CouncilNeed, CouncilResult, Placement, ProcessNeed, SlotPlan, pack
 from council.policy.checks import path_problem
 from council.policy.schema import CouncilConfig, ModelConfig, Policy
@@ -98,6 +98,7 @@ class PolicyPlan:
     # The configuration each admitted council runs with: as declared, or its fallback. Nothing downstream
     # rebuilds a fallback; a council refused later (a lease taken elsewhere) is dropped with `refuse`.
     configs: dict[str, CouncilConfig] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)  # declared GPUs NVML's GPUs leave out, and why (`plan` says)
 
     @property
     def all_admitted(self) -> bool:
@@ -154,11 +155,13 @@ class PolicyPlan:
             "slot_bytes": self.slots.slot_bytes,
             "members": members,
             "councils": councils,
+            "ignored_gpus": self.ignored,
         }
 
 
 def plan_policy(policy: Policy, nvml: list[Gpu] | None = None) -> PolicyPlan:
-    gpus = resolve_gpus(policy, nvml)
+    seen = nvml_gpus() if nvml is None else nvml
+    gpus = resolve_gpus(policy, seen)
     device = device_of(gpus)
     cache: dict[tuple[str, int], ProcessEstimate] = {}
     needs = [council_need(policy, name, c, device, cache) for name, c in policy.councils.items()]
@@ -174,4 +177,4 @@ def plan_policy(policy: Policy, nvml: list[Gpu] | None = None) -> PolicyPlan:
             configs[result.name] = policy.councils[result.name]
         elif result.fallback and (alt := fallback_council(result.name, policy.councils[result.name])) is not None:
             configs[result.name] = alt
-    return PolicyPlan(policy, gpus, device, slots, cache, configs)
+    return PolicyPlan(policy, gpus, device, slots, cache, configs, unmatched(policy, seen))

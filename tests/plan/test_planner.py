@@ -140,6 +140,23 @@ def test_a_cap_on_a_shared_gpu_counts_other_tenants_against_the_device_not_the_c
     assert uncapped.slots.gpus[0].total == 7  # min(80 - 50, 30) - 1, as before
 
 
+def test_a_declared_gpu_that_stands_for_no_seen_one_is_said_to_be_ignored() -> None:
+    """A cap whose name matched no GPU NVML sees (a typo, `gpu1` on a one-GPU host) was dropped without a word,
+    and the plan used the whole card. `council plan` says so now, naming the GPUs it sees."""
+    policy = Policy.model_validate({
+        "gpus": [{"name": "gpu1", "memory": "24GiB"}, {"name": "gpu0", "memory": "40GiB"}],
+        "slots": {"size": "4GiB", "reserve": 0},
+        "models": {"m": {"path": "/nonexistent/m.gguf", "memory": "7GiB"}}, "councils": {"c": {"members": [
+            {"model": "m"}]}}})
+    h100 = Gpu(name="NVIDIA H100 80GB HBM3", memory_bytes=80 * GiB, device_bytes=80 * GiB, free_bytes=80 * GiB,
+               source="nvml", uuid="GPU-1")
+    plan = plan_policy(policy, nvml=[h100])
+    assert plan.ignored == ["gpus.0.name: 'gpu1' is none of the GPUs NVML sees (gpu0 (NVIDIA H100 80GB HBM3)): it "
+                            "is ignored, and caps nothing; name a GPU by `gpuN`, its name or its UUID"]
+    assert plan.to_json()["ignored_gpus"] == plan.ignored and plan.slots.gpus[0].total == 10  # gpu0's cap holds
+    assert plan_policy(policy, nvml=[]).ignored == []  # no GPU seen: the declared ones are the GPUs
+
+
 def test_identical_gpus_are_placed_on_by_id_and_named_in_the_json() -> None:
     """NVML gives identical cards one product name; a placement names the card by its id (UUID here), and
     `council plan --json` (the CLI's table, the dashboard) says which card each member is on."""
