@@ -130,3 +130,24 @@ async def test_media_given_by_url_is_refused_unless_the_policy_fetches_it(
         fetched = await http.post(path, json=asked("http://169.254.169.254/latest/meta-data/"))
         assert "remote_media" not in fetched.text, fetched.text
     assert router.limits.queues.get(target, 0) == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/responses/input_tokens"])
+async def test_media_by_url_in_a_stored_conversation_is_refused_too(tmp_path: Path, path: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Continuing a stored conversation (`previous_response_id`) on a model sent its items along, and only the new
+    input was searched for media URLs: an image URL stored when it was allowed (a council of remote members, or
+    before a reload turned `fetch_media` off) reached a local member, which fetched it."""
+    router = _router(tmp_path)
+    monkeypatch.setattr(router, "text_only", lambda target: [])
+    stored = [{"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "what is this?"},
+        {"type": "input_image", "image_url": "http://169.254.169.254/latest/meta-data/"}]}]
+    await router.state.put_response("resp_stored", {"items": stored, "owner": "app"}, 10)
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council",
+                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
+        refused = await http.post(path, json={"model": "m", "previous_response_id": "resp_stored",
+                                              "input": "and now?"})
+    assert refused.status_code == 400 and "remote_media" in refused.text, refused.text
+    assert router.limits.queues.get("m", 0) == 0

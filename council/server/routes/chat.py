@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -132,14 +132,15 @@ def _target(router: Router, model: str) -> CouncilEngine | None:
     return engine
 
 
-def check_media(router: Router, model: str, has_media: bool, body: Any = None) -> None:
+def check_media(router: Router, model: str, has_media: bool, body: Any = None, history: Sequence[Any] = ()) -> None:
     """Image or audio parts go only where every model behind `model` can read them, and (unless
     `server.fetch_media`) only inline: the one rule and message of chat, messages and responses (each API's error
-    envelope is `errors.shaped_error`'s). `body`: the request's JSON, where media given by URL is looked for."""
+    envelope is `errors.shaped_error`'s). `body`: the request's JSON, where media given by URL is looked for;
+    `history`: a stored conversation it continues, sent along (its media, once allowed, may not be now)."""
     lacking = router.text_only(model) if has_media else []
     if not lacking:
-        if has_media and not router.policy.server.fetch_media and router.local_models(model) and (
-                urls := remote_media(body)):
+        if not router.policy.server.fetch_media and (has_media or history) and router.local_models(model) and (
+                urls := [*(remote_media(body) if has_media else []), *remote_media(list(history))]):
             # llama-server fetches an image URL itself, from the member's host: a chat key could make it read
             # cloud metadata or an internal service. (A remote provider fetches it on its own side.)
             raise BadRequest(f"media given by URL ({urls[0][:100]}): a member would fetch it from its host, whatever "

@@ -116,7 +116,7 @@ async def create_response(request: Request, router: Current, who: Chat) -> Respo
     body, ask, engine, history = await _read(request, router, who)
     inputs = [*history, *input_items(body)]
     if engine is None:  # a council is checked as chat (as_council_request)
-        check_media(router, ask.model, ask.has_media, [body, history])
+        check_media(router, ask.model, ask.has_media, body, history)
         return await _relay(request, router, ask, body, history, inputs, who, started)
     council = as_council_request(router, to_chat(ask, body, history), owner=who.name)
     admission = await router.limits.admit(who, ask.model)
@@ -235,7 +235,7 @@ async def input_tokens(request: Request, router: Current, who: Chat) -> Response
     started = time.perf_counter()
     body, ask, engine, history = await _read(request, router, who)
     if engine is None:
-        check_media(router, ask.model, ask.has_media, [body, history])
+        check_media(router, ask.model, ask.has_media, body, history)
         payload = {k: v for k, v in for_model(body, history).items() if k not in ("stream", "stream_options")}
         return await _passthrough(request, router, ask.model, json.dumps(payload).encode(),
                                   "/v1/responses/input_tokens",
