@@ -580,7 +580,9 @@ def _reason(raw: bytes) -> str:
 REMOTE_FIELDS = frozenset({
     "messages", "temperature", "top_p", "top_k", "seed", "max_tokens", "max_completion_tokens", "stop",
     "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice",
-    "parallel_tool_calls", "response_format", "user", "reasoning_effort"})
+    "parallel_tool_calls", "response_format", "user", "reasoning_effort", "verbosity", "service_tier", "store",
+    "metadata", "prediction", "web_search_options", "modalities", "audio", "prompt_cache_key", "safety_identifier",
+    "functions", "function_call", "thinking"})
 
 
 @dataclass

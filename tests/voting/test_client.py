@@ -113,10 +113,11 @@ async def test_a_remote_member_is_sent_chat_parameters_never_litellms_own(monkey
         reply = await client.complete({"messages": [{"role": "user", "content": "hi"}], "temperature": 0,
                                        "base_url": f"{attacker}/v1", "api_base": f"{attacker}/v1",
                                        "extra_headers": {"X-Sneak": "1"}, "api_key": "theirs",
-                                       "mock_response": "forged", "max_tokens": 5})
+                                       "mock_response": "forged", "max_tokens": 5, "service_tier": "flex"})
     assert reply.status == "ok" and reply.text == "from provider", reply
     assert heard["attacker"] == [] and len(heard["provider"]) == 1
     call = heard["provider"][0]
     assert call["auth"] == "Bearer sk-operator-provider-secret" and call["x"] is None
     body = call["body"]
     assert isinstance(body, dict) and body["max_tokens"] == 5 and body["temperature"] == 0
+    assert body["service_tier"] == "flex"  # OpenAI's chat parameters pass
