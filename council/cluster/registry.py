@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -34,22 +35,38 @@ from council.voting.client import CallOutcome, Endpoint, Unaccounted
 log = logging.getLogger("council.cluster.registry")
 
 
-def host_instance(run_dir: Path) -> str:
-    """This host's instance id, kept in its run folder: a host restarted (by systemd, after a crash) is the same
-    instance, so it replaces its own live entry at once rather than waiting for it to lapse. A new id where the
-    folder cannot keep one."""
-    path = run_dir / "registry-instance"
-    try:
-        found = path.read_text().strip()
-        if re.fullmatch(r"[0-9a-f]{32}", found):
+def host_instance(run_dir: Path, advertise_url: str) -> str:
+    """This host's instance id at `advertise_url`, kept in its run folder with the process holding it: a host
+    restarted (by systemd, after a crash) is the same instance, so it replaces its own live entry at once rather
+    than waiting for it to lapse; a second host sharing the folder (and the URL: the misconfiguration this guards
+    against) finds the id's process alive and takes a new one. A new id where the folder cannot keep one."""
+    path = run_dir / f"registry-{hashlib.sha256(advertise_url.encode()).hexdigest()[:16]}"
+    with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
+        found, pid = path.read_text().split()
+        if re.fullmatch(r"[0-9a-f]{32}", found) and not _alive(int(pid)):
+            _keep(path, found)
             return found
-    except (OSError, UnicodeDecodeError):
-        pass
     made = uuid.uuid4().hex
-    with contextlib.suppress(OSError):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(made + "\n")
+    _keep(path, made)
     return made
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process's own record (a second call): the id is its own
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _keep(path: Path, instance: str) -> None:
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{instance} {os.getpid()}\n")
 
 
 def sign(key: str, host: str, entry: dict[str, Any]) -> str:

@@ -130,7 +130,7 @@ class LocalRole:
         self.draft_control = DraftController(lambda: router.plan, assembly)
         self._tasks.append(asyncio.create_task(self.draft_control.run_forever(), name="draft-tuning"))
         if router.shared:
-            router.registry.instance = host_instance(self.life.run_dir)
+            router.registry.instance = host_instance(self.life.run_dir, router.advertise_url)
             self._tasks.append(asyncio.create_task(router.registry.publish_forever(
                 router.advertise_url, lambda: assembly.supervisor.processes.values()), name="heartbeat"))
         return assembly

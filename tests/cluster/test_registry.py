@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import time
 import uuid
 from pathlib import Path
@@ -383,9 +384,14 @@ async def test_two_hosts_given_one_advertise_url_neither_replace_nor_withdraw_ea
              RedisState(request.getfixturevalue("redis_url"), prefix=f"test:{uuid.uuid4().hex}:"))
     key, url = "the-real-cluster-key-0123456789", "http://gpu-a:8080"
     first, second = Registry(state, 0.02, key), Registry(state, 0.02, key)
-    first.instance = host_instance(tmp_path / "first")
-    second.instance = host_instance(tmp_path / "second")
-    assert host_instance(tmp_path / "first") == first.instance != second.instance  # kept in its run folder
+    first.instance = host_instance(tmp_path / "first", url)
+    second.instance = host_instance(tmp_path / "second", url)
+    assert host_instance(tmp_path / "first", url) == first.instance != second.instance  # kept in its run folder
+    # Two hosts sharing one run folder (one COUNCIL_HOME) and the URL: the id's process is alive, a new one is made.
+    record = next((tmp_path / "first").glob("registry-*"))
+    record.write_text(f"{first.instance} 1\n")  # held by a live process (init) other than this one
+    assert host_instance(tmp_path / "first", url) != first.instance
+    record.write_text(f"{first.instance} {os.getpid()}\n")
     mine, theirs = [_process("a/0", ["a/0"])], [_process("b/0", ["b/0"])]
     beating = [asyncio.create_task(first.publish_forever(url, lambda: mine))]
     try:
@@ -403,7 +409,7 @@ async def test_two_hosts_given_one_advertise_url_neither_replace_nor_withdraw_ea
         await second.withdraw(url)
         assert [e["process"] for e in (await state.members())[url]] == ["a/0"]  # not the second's to withdraw
         restarted = Registry(state, 0.02, key)
-        restarted.instance = host_instance(tmp_path / "first")
+        restarted.instance = host_instance(tmp_path / "first", url)
         assert await state.publish_members(url, [], ttl=1, owner=restarted.instance) is None  # its own: at once
         beating[0].cancel()
         await asyncio.gather(beating[0], return_exceptions=True)
