@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Collection
@@ -18,6 +19,8 @@ from council.cluster.store import (
     check_ttl,
     json_copy,
 )
+
+MAX_BYTES = 256 << 20  # of ballots, and of Responses conversations, each (a Redis keeps them in its own memory)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class MemoryState:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._ballots: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._responses: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._sizes: dict[int, dict[str, int]] = {}  # per kept collection: each entry's JSON length
 
     def _live(self, gpu: str, now: float) -> dict[int, _Held]:
         held = self._leases.setdefault(gpu, {})
@@ -141,13 +145,19 @@ class MemoryState:
         return await self._get(self._responses, response_id)
 
     async def _put(self, into: OrderedDict[str, dict[str, Any]], key: str, value: dict[str, Any], keep: int) -> None:
+        """Kept as Redis would keep it (a JSON copy), the last `keep`, within MAX_BYTES: each stored Responses
+        conversation holds its whole history again, so 300 turns of 1 MB held 300 MB, by count alone."""
         check_keep(keep)
-        copied = json_copy(value)
+        text = json.dumps(value)
+        copied = json.loads(text)
         async with self._lock:
+            sizes = self._sizes.setdefault(id(into), {})
             into[key] = copied
             into.move_to_end(key)
-            while len(into) > keep:
-                into.popitem(last=False)
+            sizes[key] = len(text)
+            while len(into) > keep or (sum(sizes.values()) > MAX_BYTES and len(into) > 1):
+                gone, _ = into.popitem(last=False)
+                sizes.pop(gone, None)
 
     async def _get(self, source: OrderedDict[str, dict[str, Any]], key: str) -> dict[str, Any] | None:
         async with self._lock:

@@ -562,3 +562,18 @@ async def test_a_script_whose_reply_was_lost_is_not_run_twice(redis_url: str) ->
         await state.close()
         await direct.close()
         await proxy.close()
+
+
+async def test_the_memory_store_keeps_its_conversations_within_a_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each stored Responses conversation holds its whole history again: 300 turns of 1 MB held 300 MB, bounded
+    by count alone (`server.ballots`). The oldest now go past the budget too (one larger than it is kept alone)."""
+    from council.cluster import memory_store
+
+    monkeypatch.setattr(memory_store, "MAX_BYTES", 1_000_000)
+    state = MemoryState()
+    for i in range(20):
+        await state.put_response(f"resp_{i}", {"items": ["x" * 100_000]}, keep=1000)
+    kept = [i for i in range(20) if await state.get_response(f"resp_{i}") is not None]
+    assert kept == list(range(11, 20)), kept  # the nine newest fit
+    await state.put_response("resp_huge", {"items": ["x" * 5_000_000]}, keep=1000)
+    assert await state.get_response("resp_huge") is not None and await state.get_response("resp_19") is None
