@@ -91,13 +91,15 @@ def llama_server_or_exit(*, required: bool = True) -> Any:
     return server
 
 
-def machine_fits_or_exit(loaded: Any, server: Any) -> None:
+def machine_fits_or_exit(loaded: Any, server: Any, model: str | None = None) -> None:
     """Exit 2 with `council check`'s own lines where only this machine can refuse the policy (a draft type the
-    installed llama-server lacks, a GGUF it cannot read): before any process starts, not as a traceback after."""
+    installed llama-server lacks, a GGUF it cannot read): before any process starts, not as a traceback after.
+    `model`: only that model's problems (`tune` runs it alone)."""
     from council.plan.estimate import read_model_header
     from council.policy.checks import environment_problems
 
-    problems = environment_problems(loaded, server, read_model_header)
+    problems = [p for p in environment_problems(loaded, server, read_model_header)
+                if model is None or tuple(p.path[:2]) == ("models", model)]
     for problem in problems:
         err.print(problem.format(loaded.file), highlight=False, soft_wrap=True)
     if problems:

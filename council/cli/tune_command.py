@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from council.cli.console import app, err, fail, llama_server_or_exit, load_or_exit, out
+from council.cli.console import app, err, fail, llama_server_or_exit, load_or_exit, machine_fits_or_exit, out
 from council.paths import same_file, unwritable, write_whole
 
 if TYPE_CHECKING:
@@ -103,7 +103,9 @@ def tune(
     if write:
         _check_writable(Path(policy), model, draft.is_auto)
     server = llama_server_or_exit()
-    _fits_or_exit(loaded, model, server)
+    # Where this machine refuses the tuned model (an MTP draft on a model without an MTP head), every length failed
+    # to start, and the sweep called that a measurement ("no speculation is fastest", exit 0, `--write` n_max 0).
+    machine_fits_or_exit(loaded, server, model)
     # SIGTERM and SIGHUP end the sweep as Ctrl-C does: its process stops and its run folder (the member's log, a
     # pid record) goes; Python's default was death on the spot, the folder left in /tmp.
     for stop in (signal.SIGTERM, signal.SIGHUP):
@@ -144,21 +146,6 @@ def tune(
             raise
     if json_error:
         raise fail(json_error, 2)
-
-
-def _fits_or_exit(loaded: Any, model: str, server: Any) -> None:
-    """Exit 2 with `council check`'s lines where this machine refuses the tuned model (an MTP draft on a model
-    without an MTP head, a draft type the binary lacks): every length failed to start, and the sweep called that
-    a measurement ("no speculation is fastest", exit 0, `--write` n_max 0). Other models' problems are not its."""
-    from council.plan.estimate import read_model_header
-    from council.policy.checks import environment_problems
-
-    problems = [p for p in environment_problems(loaded, server, read_model_header)
-                if tuple(p.path[:2]) == ("models", model)]
-    for problem in problems:
-        err.print(problem.format(loaded.file), highlight=False, soft_wrap=True)
-    if problems:
-        raise typer.Exit(2)
 
 
 def _json_target(path: str | None, policy: Path) -> Path | None:
