@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,8 +18,7 @@ from council.cluster.store import (
     check_ttl,
     json_copy,
 )
-
-MAX_BYTES = 256 << 20  # of ballots, and of Responses conversations, each (a Redis keeps them in its own memory)
+from council.voting.ballots import MAX_BYTES, BallotStore
 
 
 @dataclass
@@ -39,9 +37,10 @@ class MemoryState:
         self._fences: dict[str, int] = {}
         self._hosts: dict[str, tuple[float, list[dict[str, Any]], str]] = {}  # host -> (expires, members, owner)
         self._buckets: dict[str, tuple[float, float]] = {}
-        self._ballots: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._responses: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._sizes: dict[int, dict[str, int]] = {}  # per kept collection: each entry's JSON length
+        # Each within MAX_BYTES (a Redis keeps them in its own memory): a stored Responses conversation holds its
+        # whole history again, so 300 turns of 1 MB held 300 MB, by count alone.
+        self._ballots = BallotStore(max_bytes=MAX_BYTES)
+        self._responses = BallotStore(max_bytes=MAX_BYTES)
 
     def _live(self, gpu: str, now: float) -> dict[int, _Held]:
         held = self._leases.setdefault(gpu, {})
@@ -144,22 +143,15 @@ class MemoryState:
     async def get_response(self, response_id: str) -> dict[str, Any] | None:
         return await self._get(self._responses, response_id)
 
-    async def _put(self, into: OrderedDict[str, dict[str, Any]], key: str, value: dict[str, Any], keep: int) -> None:
-        """Kept as Redis would keep it (a JSON copy), the last `keep`, within MAX_BYTES: each stored Responses
-        conversation holds its whole history again, so 300 turns of 1 MB held 300 MB, by count alone."""
+    async def _put(self, into: BallotStore, key: str, value: dict[str, Any], keep: int) -> None:
+        """Kept as Redis would keep it (a JSON copy), the last `keep`."""
         check_keep(keep)
         text = json.dumps(value)
-        copied = json.loads(text)
         async with self._lock:
-            sizes = self._sizes.setdefault(id(into), {})
-            into[key] = copied
-            into.move_to_end(key)
-            sizes[key] = len(text)
-            while len(into) > keep or (sum(sizes.values()) > MAX_BYTES and len(into) > 1):
-                gone, _ = into.popitem(last=False)
-                sizes.pop(gone, None)
+            into.capacity = keep
+            into.put(key, json.loads(text), size=len(text))
 
-    async def _get(self, source: OrderedDict[str, dict[str, Any]], key: str) -> dict[str, Any] | None:
+    async def _get(self, source: BallotStore, key: str) -> dict[str, Any] | None:
         async with self._lock:
             found = source.get(key)
             return None if found is None else json_copy(found)

@@ -1,4 +1,5 @@
-"""Recent council answers by completion id, for `GET /v1/ballots/{id}` (bounded: oldest dropped first)."""
+"""Recent council answers by completion id, for `GET /v1/ballots/{id}` (bounded: oldest dropped first); the memory
+store keeps its ballots and Responses conversations in the same way."""
 
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ class BallotStore:
         self.bytes = 0
         self._items: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
 
-    def put(self, ballot_id: str, ballot: dict[str, Any]) -> None:
+    def put(self, ballot_id: str, ballot: dict[str, Any], size: int | None = None) -> None:
+        """`size`: what the ballot holds, where the caller knows it (its JSON's length), else measured."""
         if (old := self._items.pop(ballot_id, None)) is not None:
             self.bytes -= old[1]
-        size = _size(ballot)
+        size = _size(ballot) if size is None else size
         self._items[ballot_id] = (ballot, size)
         self.bytes += size
         self._trim(self.capacity)
