@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 
 from council.cluster.store import StateError, StateStore, pause
+from council.members.pidfiles import alive, proc_start_time
 from council.members.process import STUCK_AFTER_S, MemberProcess
 from council.voting.client import CallOutcome, Endpoint, Unaccounted
 
@@ -42,8 +43,9 @@ def host_instance(run_dir: Path, advertise_url: str) -> str:
     against) finds the id's process alive and takes a new one. A new id where the folder cannot keep one."""
     path = run_dir / f"registry-{hashlib.sha256(advertise_url.encode()).hexdigest()[:16]}"
     with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
-        found, pid = path.read_text().split()
-        if re.fullmatch(r"[0-9a-f]{32}", found) and not _alive(int(pid)):
+        found, pid, start = path.read_text().split()
+        # Its process gone (or this one: a second call): ours. A recycled PID is told apart by its start time.
+        if re.fullmatch(r"[0-9a-f]{32}", found) and (int(pid) == os.getpid() or not alive(int(pid), start)):
             _keep(path, found)
             return found
     made = uuid.uuid4().hex
@@ -51,22 +53,10 @@ def host_instance(run_dir: Path, advertise_url: str) -> str:
     return made
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process's own record (a second call): the id is its own
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _keep(path: Path, instance: str) -> None:
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"{instance} {os.getpid()}\n")
+        path.write_text(f"{instance} {os.getpid()} {proc_start_time(os.getpid())}\n")
 
 
 def sign(key: str, host: str, entry: dict[str, Any]) -> str:

@@ -22,7 +22,8 @@ def proc_start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _alive(pid: object, start: object) -> bool:
+def alive(pid: object, start: object) -> bool:
+    """Whether `pid` is the process that started at `start` (`proc_start_time`), not a recycled PID."""
     return isinstance(pid, int) and bool(start) and proc_start_time(pid) == start
 
 
@@ -55,9 +56,9 @@ class PidFiles:
             except (OSError, ValueError, KeyError, TypeError):
                 _forget(path)
                 continue
-            if _alive(record.get("owner"), record.get("owner_start")):
+            if alive(record.get("owner"), record.get("owner_start")):
                 continue  # another live router's member: never ours to touch
-            if _alive(pid, record.get("start")) or (proc_start_time(pid) is None
+            if alive(pid, record.get("start")) or (proc_start_time(pid) is None
                                                     and _group_outlived(pid, record.get("start"))):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)

@@ -378,6 +378,7 @@ async def test_two_hosts_given_one_advertise_url_neither_replace_nor_withdraw_ea
     import logging
 
     from council.cluster.registry import host_instance
+    from council.members.pidfiles import proc_start_time
 
     caplog.set_level(logging.WARNING, logger="council.cluster.registry")
     state = (MemoryState() if store == "memory" else
@@ -389,9 +390,9 @@ async def test_two_hosts_given_one_advertise_url_neither_replace_nor_withdraw_ea
     assert host_instance(tmp_path / "first", url) == first.instance != second.instance  # kept in its run folder
     # Two hosts sharing one run folder (one COUNCIL_HOME) and the URL: the id's process is alive, a new one is made.
     record = next((tmp_path / "first").glob("registry-*"))
-    record.write_text(f"{first.instance} 1\n")  # held by a live process (init) other than this one
+    record.write_text(f"{first.instance} 1 {proc_start_time(1)}\n")  # held by a live process (init), not this one
     assert host_instance(tmp_path / "first", url) != first.instance
-    record.write_text(f"{first.instance} {os.getpid()}\n")
+    record.write_text(f"{first.instance} {os.getpid()} {proc_start_time(os.getpid())}\n")
     mine, theirs = [_process("a/0", ["a/0"])], [_process("b/0", ["b/0"])]
     beating = [asyncio.create_task(first.publish_forever(url, lambda: mine))]
     try:
