@@ -11,6 +11,7 @@ from typing import Any
 
 from council.cluster.store import (
     Lease,
+    Listing,
     StaleLease,
     check_bucket,
     check_keep,
@@ -110,12 +111,13 @@ class MemoryState:
             if held is not None and held[2] == owner:
                 del self._hosts[host]
 
-    async def members(self) -> dict[str, list[dict[str, Any]]]:
+    async def members(self) -> Listing:
         async with self._lock:
             now = time.monotonic()
             for host in [h for h, (expires, _, _) in self._hosts.items() if expires <= now]:
                 del self._hosts[host]
-            return {host: json_copy(members) for host, (_, members, _) in self._hosts.items()}
+            # One epoch for the store's life: this process's memory is never emptied under its readers.
+            return Listing({host: json_copy(members) for host, (_, members, _) in self._hosts.items()}, "memory")
 
     async def take(self, key: str, rate: float, burst: float) -> float | None:
         check_bucket(rate, burst)

@@ -25,6 +25,7 @@ from council.cluster.store import (
     DEFAULT_PREFIX,
     Lease,
     LegacyLease,
+    Listing,
     StaleLease,
     StateError,
     check_bucket,
@@ -108,7 +109,7 @@ class RedisState:
         return [f"{self.prefix}gpu:{gpu}:leases", f"{self.prefix}gpu:{gpu}:fence"]
 
     def _registry_keys(self) -> list[str]:
-        return [f"{self.prefix}hosts", f"{self.prefix}members", f"{self.prefix}owners"]
+        return [f"{self.prefix}hosts", f"{self.prefix}members", f"{self.prefix}owners", f"{self.prefix}epoch"]
 
     def _ballot_keys(self, kind: str = "ballots") -> list[str]:
         return [f"{self.prefix}{kind}", f"{self.prefix}{kind}:order", f"{self.prefix}{kind}:seq"]
@@ -162,17 +163,19 @@ class RedisState:
         check_ttl(ttl)
         payload = json.dumps(members)
         with self._errors():
-            other = await self._publish(keys=self._registry_keys(), args=[host, payload, _ms(ttl), owner])
+            other = await self._publish(keys=self._registry_keys(), args=[host, payload, _ms(ttl), owner,
+                                                                          uuid.uuid4().hex])
         return other if isinstance(other, str) else None
 
     async def withdraw(self, host: str, owner: str = "") -> None:
         with self._errors():
             await self._withdraw(keys=self._registry_keys(), args=[host, owner])
 
-    async def members(self) -> dict[str, list[dict[str, Any]]]:
+    async def members(self) -> Listing:
         with self._errors():
-            flat = await self._members(keys=self._registry_keys())
-        return {flat[i]: entries for i in range(0, len(flat), 2) if (entries := _json(flat[i + 1])) is not None}
+            epoch, *flat = await self._members(keys=self._registry_keys())
+        hosts = {flat[i]: entries for i in range(0, len(flat), 2) if (entries := _json(flat[i + 1])) is not None}
+        return Listing(hosts, epoch if isinstance(epoch, str) and epoch else None)
 
     async def take(self, key: str, rate: float, burst: float) -> float | None:
         check_bucket(rate, burst)

@@ -132,6 +132,8 @@ class Registry:
         # at the same advertise URL is refused, not overwritten, and its entry is not this one's to withdraw.
         self.instance = uuid.uuid4().hex
         self._held_by: str | None = None  # the other instance holding our URL, while it does: said once
+        self._epoch: str | None = None  # the registry's epoch at the last read (see `refresh`)
+        self._carried: dict[str, list[dict[str, Any]]] = {}  # hosts listed before the store was emptied
 
     async def publish_forever(self, advertise_url: str, processes: Callable[[], Iterable[MemberProcess]]) -> None:
         """Heartbeat: this host's ready processes, re-published before the last entry expires."""
@@ -185,11 +187,24 @@ class Registry:
             await pause(self.heartbeat / 2)
 
     async def refresh(self) -> None:
-        """Read the registry once, keeping the entries signed with our cluster key."""
+        """Read the registry once, keeping the entries signed with our cluster key.
+
+        A store emptied under the routers (Redis restarted without persistence, flushed, failed over to an empty
+        replica) listed no host until each published again, up to a heartbeat later: every request in between was
+        a 503. The registry's epoch tells that apart from hosts leaving (which leave it as it was): the hosts read
+        before are carried until their own signed entries lapse or they are listed again."""
         now = await self.state.clock_ms()
-        listed = await self.state.members()
-        self.hosts = verified(self.cluster_key, listed, now)
-        self._say_unsigned(listed, now)
+        listing = await self.state.members()
+        hosts = verified(self.cluster_key, listing.hosts, now)
+        if self._epoch is not None and listing.epoch != self._epoch:
+            log.warning("the member registry was emptied (Redis restarted, flushed or replaced): the hosts it "
+                        "listed are kept until they publish again or their entries lapse")
+            self._carried = {**self.hosts}
+        self._epoch = listing.epoch
+        self._carried = {host: kept for host, entries in self._carried.items()
+                         if host not in hosts and (kept := [e for e in entries if e["until"] > now])}
+        self.hosts = {**self._carried, **hosts}
+        self._say_unsigned(listing.hosts, now)
         await self._drop_sessions(set(self._sessions) - set(self.hosts))
 
     def _say_unsigned(self, listed: dict[str, list[dict[str, Any]]], now_ms: int) -> None:

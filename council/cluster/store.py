@@ -24,6 +24,17 @@ from council.errors import CouncilError
 DEFAULT_PREFIX = "council:"
 
 
+@dataclass(frozen=True)
+class Listing:
+    """The registry as read at one moment: host -> its published members (hosts whose heartbeat is alive), and
+    the registry's epoch, a token the first host to publish into an empty store writes there. A changed or
+    missing epoch tells a router the store lost everything (Redis restarted without persistence, flushed or
+    replaced), which hosts that left cannot look like."""
+
+    hosts: dict[str, list[dict[str, Any]]]
+    epoch: str | None
+
+
 class StateError(CouncilError, RuntimeError):
     """The shared state cannot answer (e.g. Redis unreachable); the message is one line."""
 
@@ -99,8 +110,8 @@ class StateStore(Protocol):
         another instance's entry at the same URL is not this one's to remove)."""
         ...
 
-    async def members(self) -> dict[str, list[dict[str, Any]]]:
-        """Host -> its published members, for hosts whose heartbeat is alive."""
+    async def members(self) -> Listing:
+        """Host -> its published members, for hosts whose heartbeat is alive, and the registry's epoch."""
         ...
 
     async def take(self, key: str, rate: float, burst: float) -> float | None:

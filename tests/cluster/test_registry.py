@@ -18,7 +18,7 @@ import pytest
 from council.cluster.memory_store import MemoryState
 from council.cluster.redis_store import RedisState
 from council.cluster.registry import Registry
-from council.cluster.store import StateError
+from council.cluster.store import Listing, StateError
 from council.members.binary import LlamaServerInfo
 from council.members.process import LifeConfig
 from council.policy.loading import load_policy
@@ -38,14 +38,14 @@ class SwallowingState(MemoryState):
         super().__init__()
         self.entered = asyncio.Event()
 
-    async def members(self) -> dict[str, list[dict[str, object]]]:
+    async def members(self) -> Listing:
         if not self.entered.is_set():
             self.entered.set()
             try:
                 await asyncio.sleep(30)
             except asyncio.CancelledError:
                 raise StateError("Redis at redis://x is unreachable: Timeout reading from socket") from None
-        return {}
+        return Listing({}, "memory")
 
 
 async def test_following_the_registry_stops_when_cancelled_although_the_store_swallowed_it() -> None:
@@ -107,7 +107,7 @@ class OutageState(MemoryState):
         super().__init__()
         self.failing = failing
 
-    async def members(self) -> dict[str, list[dict[str, object]]]:
+    async def members(self) -> Listing:
         if self.failing > 0:
             self.failing -= 1
             raise StateError("Redis at redis://x is unreachable: Connection refused")
@@ -222,7 +222,7 @@ async def test_an_entry_put_back_after_its_host_left_is_not_listed(redis_url: st
         deadline = time.monotonic() + 5
         while not stored:
             assert time.monotonic() < deadline, "the host never published"
-            stored = await state.members()
+            stored = (await state.members()).hosts
             await asyncio.sleep(0.02)
         beating.cancel()
         await asyncio.gather(beating, return_exceptions=True)
@@ -235,7 +235,7 @@ async def test_an_entry_put_back_after_its_host_left_is_not_listed(redis_url: st
             assert time.monotonic() < deadline, "the put-back entry is still listed"
             await asyncio.sleep(0.05)
             await router.refresh()
-        assert "http://gpu-old:8080" in await state.members()  # Redis still lists it: the router drops it
+        assert "http://gpu-old:8080" in (await state.members()).hosts  # Redis still lists it: the router drops it
     finally:
         beating.cancel()
         await asyncio.gather(beating, return_exceptions=True)
@@ -397,7 +397,7 @@ async def test_two_hosts_given_one_advertise_url_neither_replace_nor_withdraw_ea
     beating = [asyncio.create_task(first.publish_forever(url, lambda: mine))]
     try:
         deadline = time.monotonic() + 10
-        while url not in await state.members():
+        while url not in (await state.members()).hosts:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         beating.append(asyncio.create_task(second.publish_forever(url, lambda: theirs)))
@@ -406,17 +406,17 @@ async def test_two_hosts_given_one_advertise_url_neither_replace_nor_withdraw_ea
             await asyncio.sleep(0.02)
         for _ in range(5):  # more heartbeats of both: the first's members stay listed
             await asyncio.sleep(0.02)
-            assert [e["process"] for e in (await state.members())[url]] == ["a/0"]
+            assert [e["process"] for e in (await state.members()).hosts[url]] == ["a/0"]
         await second.withdraw(url)
-        assert [e["process"] for e in (await state.members())[url]] == ["a/0"]  # not the second's to withdraw
+        assert [e["process"] for e in (await state.members()).hosts[url]] == ["a/0"]  # not the second's to withdraw
         restarted = Registry(state, 0.02, key)
         restarted.instance = host_instance(tmp_path / "first", url)
         assert await state.publish_members(url, [], ttl=1, owner=restarted.instance) is None  # its own: at once
         beating[0].cancel()
         await asyncio.gather(beating[0], return_exceptions=True)
         await first.withdraw(url)
-        while [e["process"] for e in (await state.members()).get(url, [])] != ["b/0"]:
-            assert time.monotonic() < deadline, await state.members()
+        while [e["process"] for e in (await state.members()).hosts.get(url, [])] != ["b/0"]:
+            assert time.monotonic() < deadline, (await state.members()).hosts
             await asyncio.sleep(0.02)
     finally:
         for task in beating:
@@ -426,3 +426,65 @@ async def test_two_hosts_given_one_advertise_url_neither_replace_nor_withdraw_ea
     said = [r.getMessage() for r in caplog.records]
     assert sum("is listed by another host" in m for m in said) == 1, said
     assert sum("the other host's entry lapsed" in m for m in said) == 1, said
+
+
+async def _emptied(redis_url: str, prefix: str) -> None:
+    """What a Redis restarted without persistence (or flushed) looks like to one cluster: none of its keys."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def test_a_router_keeps_its_hosts_through_a_redis_emptied_under_it(redis_url: str) -> None:
+    """Redis restarted empty: until each host published again (up to a heartbeat), routers read no host at all
+    and answered every request 503. The registry's epoch tells an emptied store from hosts that left: the hosts
+    read before are kept until they are listed again or their own entries lapse, and a host that withdraws
+    cleanly is still dropped at once."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    state = RedisState(redis_url, prefix=prefix)
+    key = "the-real-cluster-key-0123456789"
+    router = Registry(state, heartbeat=0.2, cluster_key=key)
+    hosts = {url: Registry(state, heartbeat=0.2, cluster_key=key) for url in ("http://gpu-a:8080", "http://gpu-b:8080")}
+    try:
+        for url, host in hosts.items():
+            await state.publish_members(url, host.entries(url, [_process(f"{url[-6]}/0", [url[-6]])],
+                                                          await state.clock_ms() + 600), ttl=0.6, owner=host.instance)
+        await router.refresh()
+        assert router.endpoint("a") is not None and router.endpoint("b") is not None
+        await _emptied(redis_url, prefix)
+        assert (await state.members()).hosts == {}
+        await router.refresh()
+        assert router.endpoint("a") is not None and router.endpoint("b") is not None  # was None: a 503
+        # One host publishes again (a new epoch); the other is still carried, not yet listed.
+        url = "http://gpu-a:8080"
+
+        async def publish(ttl_s: float) -> None:
+            until = await state.clock_ms() + round(ttl_s * 1000)
+            await state.publish_members(url, hosts[url].entries(url, [_process("a/0", ["a"])], until), ttl=ttl_s,
+                                        owner=hosts[url].instance)
+
+        await publish(0.6)
+        await router.refresh()
+        assert router.endpoint("a") is not None and router.endpoint("b") is not None
+        # The one that never came back lapses with its own entry's deadline, as it would have without the restart.
+        deadline = time.monotonic() + 5
+        while router.endpoint("b") is not None:
+            assert time.monotonic() < deadline, "a host carried across the restart never lapsed"
+            await asyncio.sleep(0.05)
+            await router.refresh()
+        # A clean withdraw leaves the epoch as it was: the host is dropped at the next read, not carried.
+        await publish(60)
+        await router.refresh()
+        assert router.endpoint("a") is not None
+        await hosts[url].withdraw(url)
+        await router.refresh()
+        assert router.endpoint("a") is None
+    finally:
+        await router.aclose()
+        await state.close()

@@ -283,19 +283,19 @@ async def test_registry(pair: tuple[StateStore, StateStore]) -> None:
     await a.publish_members("host-a", [{"member": "m1", "port": 1}], 0.5)
     published = time.monotonic()
     await b.publish_members("host-b", [{"member": "m2"}], LONG)
-    assert await b.members() == {"host-a": [{"member": "m1", "port": 1}], "host-b": [{"member": "m2"}]}
+    assert (await b.members()).hosts == {"host-a": [{"member": "m1", "port": 1}], "host-b": [{"member": "m2"}]}
     await a.publish_members("host-a", [{"member": "m3"}], 0.5)  # replaces the entry
     published = time.monotonic()
-    assert (await b.members())["host-a"] == [{"member": "m3"}]
+    assert (await b.members()).hosts["host-a"] == [{"member": "m3"}]
 
     async def gone() -> bool:
-        return "host-a" not in await b.members()
+        return "host-a" not in (await b.members()).hosts
 
     await until(gone)
     assert time.monotonic() - published < 0.5 + 0.4  # ttl, plus polling and a slow machine
-    assert await a.members() == {"host-b": [{"member": "m2"}]}
+    assert (await a.members()).hosts == {"host-b": [{"member": "m2"}]}
     await b.withdraw("host-b")
-    assert await a.members() == {}
+    assert (await a.members()).hosts == {}
 
 
 async def test_rate_limit_is_shared(pair: tuple[StateStore, StateStore]) -> None:
@@ -490,7 +490,7 @@ async def test_values_council_did_not_write_read_as_absent(redis_url: str) -> No
         client.hset(f"{prefix}members", "http://junk:1", "{not json")
         client.hset(f"{prefix}ballots", "b-junk", "{not json")
         client.hset(f"{prefix}responses", "r-list", "[1, 2]")
-        assert await state.members() == {"http://gpu-a:8080": [{"process": "m/0"}]}
+        assert (await state.members()).hosts == {"http://gpu-a:8080": [{"process": "m/0"}]}
         assert await state.get_ballot("b-junk") is None and await state.get_response("r-list") is None
     finally:
         for key in client.keys(f"{prefix}*"):
