@@ -54,14 +54,29 @@ class MemberReply:
         return self.draft_n_accepted / self.draft_n if self.draft_n else None
 
 
+class NotACompletion(ValueError):
+    """A member's 200 body that is no chat completion (no choices, a message that is not one): its failure."""
+
+
 def _choice_reply(choice: dict[str, Any], latency_ms: float, prompt_tokens: int, completion_tokens: int,
                   timings: dict[str, Any], cached: int = 0) -> MemberReply:
-    message = choice.get("message") or {}
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise NotACompletion("its choice holds no message")
     if isinstance(message.get("content"), list):  # text parts (an OpenAI-compatible remote may answer so): one text
         message = {**message, "content": "".join(str(p.get("text") or "") for p in message["content"]
                                                  if isinstance(p, dict) and p.get("type", "text") == "text")}
+    # Text or nothing: anything else (a number, an object) reached the extractors and failed the whole vote.
+    if message.get("content") is not None and not isinstance(message["content"], str):
+        raise NotACompletion(f"its message's content is {type(message['content']).__name__}, not text")
+    calls = message.get("tool_calls")
+    if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+        raise NotACompletion("its message's tool_calls are not a list of calls")
     logprobs = ((choice.get("logprobs") or {}).get("content")) or []
-    values = [t["logprob"] for t in logprobs if isinstance(t, dict) and isinstance(t.get("logprob"), int | float)]
+    # A log probability is at most 0: a positive one (a broken or proxied member) made a confidence above 1, which
+    # outweighed other seats live and which `council tally` then refused to replay.
+    values = [min(0.0, t["logprob"]) for t in logprobs
+              if isinstance(t, dict) and isinstance(t.get("logprob"), int | float)]
     return MemberReply(
         status="ok", text=message.get("content") or "", message=message, latency_ms=latency_ms,
         prompt_tokens=prompt_tokens, cached_tokens=cached, completion_tokens=completion_tokens,
@@ -79,10 +94,15 @@ def cached_tokens(usage: dict[str, Any] | None) -> int:
     return int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
 
 
-def reply_from_openai(body: dict[str, Any], latency_ms: float) -> MemberReply:
-    """Read an OpenAI chat.completion body (llama-server adds `timings`)."""
+def reply_from_openai(body: Any, latency_ms: float) -> MemberReply:
+    """Read an OpenAI chat.completion body (llama-server adds `timings`); NotACompletion where it is none: `{}` or
+    `{"error": ...}` with a 200 read as one empty choice, an `ok` seat that abstained, and where every seat did, a
+    502 telling SDKs not to retry a council whose members had all failed."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise NotACompletion("no choices")
     usage = body.get("usage") or {}
-    return _choice_reply((body.get("choices") or [{}])[0], latency_ms, int(usage.get("prompt_tokens") or 0),
+    return _choice_reply(choices[0], latency_ms, int(usage.get("prompt_tokens") or 0),
                          int(usage.get("completion_tokens") or 0), body.get("timings") or {}, cached_tokens(usage))
 
 
@@ -367,6 +387,10 @@ class HttpMemberClient:
                                        error=f"member answered {status}: {_reason(raw)}")
                 try:
                     reply = reply_from_openai(orjson.loads(raw), latency)
+                except NotACompletion as exc:
+                    outcome.failed(f"member answered with no chat completion: {exc}")
+                    return MemberReply(status="error", latency_ms=latency,
+                                       error=f"member answered with no chat completion: {exc}")
                 except (ValueError, KeyError, TypeError, AttributeError):
                     outcome.failed("member answered with invalid JSON")
                     return MemberReply(status="error", latency_ms=latency, error="member answered with invalid JSON")
@@ -616,4 +640,8 @@ class RemoteClient:
         except Exception as exc:  # litellm maps every provider failure to its own exception tree
             return MemberReply(status="error", error=f"{type(exc).__name__}: {str(exc)[:200]}",
                                latency_ms=(time.monotonic() - start) * 1000)
-        return reply_from_openai(response.model_dump(), (time.monotonic() - start) * 1000)
+        try:
+            return reply_from_openai(response.model_dump(), (time.monotonic() - start) * 1000)
+        except NotACompletion as exc:
+            return MemberReply(status="error", error=f"{self.remote.model} answered with no chat completion: {exc}",
+                               latency_ms=(time.monotonic() - start) * 1000)

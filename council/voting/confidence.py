@@ -41,7 +41,7 @@ def _token_logprobs(tokens: Sequence[dict[str, Any]]) -> list[tuple[int, int, fl
         piece, logprob = token.get("token"), token.get("logprob")
         if not isinstance(piece, str) or not isinstance(logprob, int | float):
             return []
-        spans.append((at, at + len(piece), float(logprob)))
+        spans.append((at, at + len(piece), min(0.0, float(logprob))))  # a probability is at most 1
         at += len(piece)
     return spans
 

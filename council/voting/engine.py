@@ -355,11 +355,22 @@ class CouncilEngine:
             found = signals(reply.logprobs, reply.text, tool.vote, how)
             return SeatOutcome(seat, reply, tool.vote, found[self.config.vote.confidence] if found else None, stage,
                                found, tool.abstained, tool)
-        extracted = extract_reply(reply, how)
-        found = signals(reply.logprobs, reply.text, extracted, how)
-        cut = extracted is None and reply.finish_reason == "length"  # it stopped before it answered
+        try:
+            extracted = extract_reply(reply, how)
+            found = signals(reply.logprobs, reply.text, extracted, how)
+        except Exception as exc:  # as with calls: a reply the extractor cannot read is its seat's abstention,
+            # never the whole vote's fault (a 500) nor its lane's (the seat reported as a timeout)
+            log.exception("council %s: the reply of %s could not be read", self.name, seat.name)
+            return SeatOutcome(seat, reply, None, None, stage, None,
+                               f"its reply could not be read: {type(exc).__name__}: {exc}")
+        if extracted is not None:
+            why = None
+        elif reply.finish_reason == "length":
+            why = CUT_OFF  # it stopped before it answered
+        else:  # the 502 that follows when every seat abstains names each one's reason
+            why = "an empty reply" if not reply.text.strip() else f"no answer found by vote.extract ({how})"
         return SeatOutcome(seat, reply, extracted, found[self.config.vote.confidence] if found else None, stage,
-                           found, CUT_OFF if cut else None)
+                           found, why)
 
     def payload(self, body: Mapping[str, Any], seat: Seat, salt: Callable[[], int] | None = None) -> dict[str, Any]:
         payload = member_payload(body, seat.sampling)

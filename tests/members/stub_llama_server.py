@@ -1,6 +1,8 @@
 """A stand-in llama-server for faults a real one cannot be made to show: it starts as a member (`/health` 200,
 `/props` naming our model file, the warm-up `/completion` answered), then answers each chat completion as its
 body's `stub` field asks: `ok`, a status (`500`, `400`, `501`), `garbage` (200 with a body that is not JSON),
+`empty`, `error200`, `number`, `calls` (200 with JSON that is no chat completion: `{}`, an error, a number as
+the content, tool calls that are no list),
 `broken` (a 200 stream cut off mid-way), `hang`, `slow` (answers after SLOW seconds of silence; streamed, a chunk
 every tenth of a second for SLOW seconds: a long answer making progress), or `long-log` (answers, then writes a
 200 KB line to its output, as llama-server `--verbose` does with a request body, and a short line after it).
@@ -18,6 +20,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 health_probes = 0
+# 200 bodies that are JSON but no chat completion a vote can read: a broken member or a proxy in front of one.
+SHAPES = {"empty": {}, "error200": {"error": {"message": "overloaded"}},
+          "number": {"choices": [{"message": {"role": "assistant", "content": 5}, "finish_reason": "stop"}]},
+          "calls": {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": "f()"}}]}}
 SLOW = 2.0
 lock = threading.Lock()
 
@@ -73,6 +79,8 @@ def serve(port: int, model_path: str) -> None:
                 print("after the long line", flush=True)
             elif mode == "garbage":
                 self.send(200, b"this is not JSON")
+            elif mode in SHAPES:  # JSON, a 200, but no chat completion
+                self.send(200, json.dumps(SHAPES[mode]).encode())
             elif mode.isdigit():
                 error = {"error": {"code": int(mode), "message": f"stub says {mode}", "type": "server_error"}}
                 self.send(int(mode), json.dumps(error).encode())

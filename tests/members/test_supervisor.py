@@ -532,7 +532,7 @@ def test_council_up_sigterm_stops_everything_exit_0(
     assert len(_members_of(marker)) == 2
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, log.read_text()
-    assert "all members stopped" in log.read_text()
+    assert "all processes stopped" in log.read_text()
     assert _members_of(marker) == []
 
 
@@ -553,7 +553,7 @@ def test_council_up_exits_1_once_every_member_failed(
                             env=env, timeout=120, stdin=subprocess.DEVNULL, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.count("→ failed (gave up after 4 failures in a row") == 2
-    assert "all members stopped" in result.stdout
+    assert "all processes stopped" in result.stdout
     assert result.stderr.splitlines() == [
         "error: every process failed, and none restarts: pair/0, pair/1 (their reasons above)"]
     assert _members_of(str(broken)) == []

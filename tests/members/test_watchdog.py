@@ -152,6 +152,23 @@ async def test_unreadable_bodies_fail_for_council_calls_and_passthrough(
     await counted(-1)  # a readable relay ends the streak
 
 
+async def test_json_that_is_no_chat_completion_is_the_members_failure(
+    stub: tuple[MemberProcess, HttpMemberClient],
+) -> None:
+    """`{}` and a 200 error read as one empty choice: an `ok` seat that abstained (where every seat did, a 502
+    that SDKs do not retry, for members that had all failed), and the watchdog told of a success. A number as the
+    content failed the whole vote with a 500."""
+    process, client = stub
+    for mode, why in (("empty", "no choices"), ("error200", "no choices"),
+                      ("number", "its message's content is int, not text"),
+                      ("calls", "its message's tool_calls are not a list of calls")):
+        reply = await client.complete(ask(mode))
+        assert (reply.status, reply.error) == ("error", f"member answered with no chat completion: {why}"), mode
+        assert process.request_failures == 1, mode  # counted as the member's failure
+        assert (await client.complete(ask("ok"))).status == "ok"  # (a readable answer ends the streak)
+        assert process.request_failures == 0
+
+
 async def test_passthrough_and_grouped_calls_count_500s(stub: tuple[MemberProcess, HttpMemberClient]) -> None:
     process, client = stub
     assert (await client.relay(body("500"), "/v1/chat/completions")).status == 500

@@ -121,3 +121,18 @@ async def test_a_remote_member_is_sent_chat_parameters_never_litellms_own(monkey
     body = call["body"]
     assert isinstance(body, dict) and body["max_tokens"] == 5 and body["temperature"] == 0
     assert body["service_tier"] == "flex"  # OpenAI's chat parameters pass
+
+
+def test_a_positive_log_probability_is_read_as_certainty_not_more() -> None:
+    """Token logprobs above 0 (a broken or proxied member: llama-server's are at most 0) made a confidence above 1,
+    which outweighed the other seats live and which `council tally` then refused to replay ("`confidence` must be
+    a probability in (0, 1]")."""
+    from council.voting.client import reply_from_openai
+    from council.voting.confidence import signals
+
+    tokens = [{"token": "4", "logprob": 0.5}, {"token": "2", "logprob": -0.1}]
+    reply = reply_from_openai({"choices": [{"message": {"role": "assistant", "content": "42"},
+                                            "logprobs": {"content": tokens}}]}, 1.0)
+    assert reply.logprob is not None and -0.1 < reply.logprob <= 0
+    found = signals(reply.logprobs, reply.text, "42", "number")
+    assert found is not None and all(0 < v <= 1 for v in found.values()), found

@@ -162,8 +162,8 @@ def test_serve_tunes_live_and_shows_it(serve: Callable[..., CouncilServer], tmp_
     assert any(h["reason"].startswith("draft tuning: n 2 → 0") for h in snap["history"])
     assert snap["draft_tuning"]["changes"] == 1
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'council_member_draft_n{member="c/0"} 0.0' in metrics
-    assert 'council_member_draft_changes{member="c/0"} 1.0' in metrics
+    assert 'council_process_draft_n{process="c/0"} 0.0' in metrics
+    assert 'council_process_draft_changes{process="c/0"} 1.0' in metrics
     assert "draft tuning: n 2 → 0" in server.log()
 
 

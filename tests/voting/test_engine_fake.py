@@ -287,7 +287,8 @@ async def test_the_quorum_error_counts_seats_and_calls_them_seats() -> None:
     with pytest.raises(QuorumError, match=r"^council c: only 1 of 3 seats answered; the quorum is 2$"):
         await engine.ask(ask())
     every, _ = council({"vote": {"extract": "regex:(\\d+)"}}, Say("no number"), Say("none either"))
-    with pytest.raises(QuorumError, match=r"^council c: every seat abstained: no answer could be extracted"):
+    with pytest.raises(QuorumError, match=r"^council c: every seat abstained: c/0: no answer found by vote.extract "
+                       r"\(regex:\(\\d\+\)\); c/1: "):
         await every.ask(ask())
 
 
@@ -313,3 +314,15 @@ def test_salted_leaves_random_and_absent_seeds_alone() -> None:
     assert salt == question_salt(dict(body)) and salt != question_salt({"messages": body["messages"]})
     assert salted(None, salt) is None and salted(-1, salt) == -1 and salted(True, salt) is True
     assert salted(0xFFFFFFFF - 1 - salt % 0xFFFFFFFF, salt) != 0xFFFFFFFF  # never llama-server's "random"
+
+
+async def test_a_reply_the_extractor_cannot_read_abstains_and_the_others_vote() -> None:
+    """A reply the extractor could not read (here a tool call whose `function` is a number, from a member asked
+    without tools) raised out of the vote: a 500 for the whole council, or, for a seat asked alone, its seat
+    reported as a timeout. It is that seat's abstention now, with the reason in its ballot."""
+    garbage = Say(message={"role": "assistant", "content": None, "tool_calls": [{"function": 5}]})
+    engine, _ = council({"vote": {"strategy": "majority", "extract": "text"}}, garbage, Say("a"), Say("a"))
+    answer = await engine.ask(ask())
+    assert answer.decision.answer == "a" and statuses(answer) == ["ok", "ok", "ok"]
+    broken = answer.council_json()["members"][0]
+    assert broken["abstained"].startswith("its reply could not be read: AttributeError"), broken
