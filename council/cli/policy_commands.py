@@ -36,7 +36,8 @@ def plan(
     policy: Annotated[str, typer.Argument(help="The policy file (YAML).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
-    """Estimate each member's memory and pack councils into slots; exit 3 if some council does not fit."""
+    """Estimate each llama-server process's memory and pack councils into slots; exit 3 if some council does not
+    fit."""
     from council.plan.estimate import EstimateError
     from council.plan.gguf import GgufError
     from council.plan.planner import plan_policy
@@ -70,16 +71,21 @@ def _print_plan(doc: dict[str, Any]) -> None:
         gpus.add_row(g["name"], g["id"], format_size(g["memory_bytes"]), format_size(g["reserve_bytes"]),
                      f"{g['slots_used']}/{g['slots']}", g["source"])
     out.print(gpus if doc["gpus"] else "[red]no GPUs: NVML sees none and the policy declares no gpus:[/red]")
-    # A member's GPU by id: identical cards share a name.
-    members = Table("member", "model", "estimate", "weights", "kv", "recurrent", "mtp", "compute", "overhead",
-                    "slots", "GPU id", title=f"members (estimates for {doc['device']} memory)")
+    # One row per llama-server process (the plan lists each seat, with its process's whole estimate: a row per
+    # seat counted a shared process once per seat). A process's GPU by id: identical cards share a name.
+    processes = Table("process", "seats", "model", "estimate", "weights", "kv", "recurrent", "mtp", "compute",
+                      "overhead", "slots", "GPU id", title=f"processes (estimates for {doc['device']} memory)")
+    seats: dict[str, list[dict[str, Any]]] = {}
     for m in doc["members"]:
-        b = m["breakdown"]
+        seats.setdefault(m["process"], []).append(m)
+    for key, served in seats.items():
+        m, b = served[0], served[0]["breakdown"]
         source = " (policy)" if m["estimate_source"] == "policy" else ""
-        members.add_row(m["name"], m["model"], format_size(m["estimate_bytes"]) + source,
-                        *(format_size(b[k]) for k in ("weights", "kv", "recurrent", "mtp", "compute", "overhead")),
-                        str(m["slots"]), m["gpu"] or "[red]—[/red]")
-    out.print(members)
+        processes.add_row(key, ", ".join(s["name"] for s in served), m["model"],
+                          format_size(m["estimate_bytes"]) + source,
+                          *(format_size(b[k]) for k in ("weights", "kv", "recurrent", "mtp", "compute", "overhead")),
+                          str(m["slots"]), m["gpu"] or "[red]—[/red]")
+    out.print(processes)
     for c in doc["councils"]:
         if c["fits"]:
             out.print(f"[green]✓[/green] council {c['name']} fits")

@@ -26,7 +26,8 @@ from council.cli.console import (
 
 @app.command()
 def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -> None:
-    """Launch and supervise every member in the foreground until Ctrl-C or SIGTERM, then stop them all."""
+    """Launch and supervise every council's llama-server processes in the foreground until Ctrl-C or SIGTERM,
+    then stop them all."""
     import asyncio
     import os
 
@@ -114,13 +115,13 @@ async def _run_until_signalled(supervisor: Any) -> list[str]:
     failed = [m.name for m in processes] if all_failed.is_set() and not stop.is_set() else []
     for task in (settled, waiter, gave_up):
         task.cancel()
-    out.print("stopping members…")
+    out.print("stopping processes…")
     await supervisor.stop()
     if live is not None:
         refresher.cancel()
         live.update(_members_table(supervisor), refresh=True)
         live.stop()
-    out.print("all members stopped")
+    out.print("all processes stopped")
     return failed
 
 
@@ -232,7 +233,7 @@ def serve(
                             access_log=False, lifespan="on", timeout_graceful_shutdown=30, loop="uvloop",
                             http="httptools")
     _CleanExitServer(config).run(sockets=sockets)
-    out.print("all members stopped")
+    out.print("all processes stopped")
 
 
 def _wildcard(host: str | None) -> bool:

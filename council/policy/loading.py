@@ -276,7 +276,7 @@ def reference_problems(loaded: LoadedPolicy) -> list[Problem]:
         names = council.member_names(cname)
         size = council.size
         if isinstance(council.quorum, int) and council.quorum > size:
-            problems.append(loaded.problem((*base, "quorum"), f"quorum {council.quorum} is more than {size} members"))
+            problems.append(loaded.problem((*base, "quorum"), f"quorum {council.quorum} is more than {size} seats"))
         judge = council.vote.judge
         if judge is not None:
             if isinstance(judge, int) and not 0 <= judge < size:

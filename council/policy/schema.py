@@ -124,8 +124,8 @@ class ServerConfig(_Strict):
     api_keys: list[ApiKey] = Field(default=[], description="Keys clients send as `Authorization: Bearer KEY`; "
                                    "none: the router binds to loopback only.",
                                    examples=[[{"name": "agents", "env": "COUNCIL_AGENT_KEY"}]])
-    max_queue: int = Field(default=32, ge=1, description="Requests waiting for or inside one council; past it, "
-                           "429 with Retry-After.")
+    max_queue: int = Field(default=32, ge=1, description="Requests waiting for or inside one council (or one "
+                           "model asked by passthrough); past it, 429 with Retry-After.")
     max_body: Size = Field(default=1 << 20, gt=0, description="Largest request body; past it, 413.",
                            examples=["4MiB"])
     fetch_media: bool = Field(default=False, description="Pass image or audio given by URL to local members with a "
@@ -284,7 +284,8 @@ class RemoteConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """One llama-server process (a GGUF file and how to serve it), or a `remote:` model."""
+    """A model: a GGUF file and how llama-server serves it (each member of it runs as a process of its own, or one
+    per council with `share: true`), or a `remote:` model."""
 
     path: ExpandedPath | None = Field(default=None, description="The GGUF file (`~` and `$VARS` expand; "
                                       "`$COUNCIL_HOME` defaults to the cache).",
@@ -294,9 +295,10 @@ class ModelConfig(_Strict):
     # llama-server reads its integer flags with std::stoi: past 2**31 - 1 a member cannot start, after `check` and
     # `plan` said the policy was fine. A context is bounded well below that (a shared process's is ctx_size x its
     # members, still within it for up to 127).
-    ctx_size: int = Field(default=4096, ge=64, le=MAX_CTX_SIZE, description="Context length of the process, in "
-                          "tokens (`--ctx-size`), split among its `parallel` slots (each gets ctx_size / parallel "
-                          "unless `kv_unified`); at most 16,777,216 (2^24), more than any model is trained for.")
+    ctx_size: int = Field(default=4096, ge=64, le=MAX_CTX_SIZE, description="Context length of a process for each "
+                          "seat it serves, in tokens (`--ctx-size`: this times the seats of `samples` or `share: true` "
+                          "in one process), split among its `parallel` slots (each gets ctx_size / parallel unless "
+                          "`kv_unified`); at most 16,777,216 (2^24), more than any model is trained for.")
     cache_type_k: KvType = Field(default="f16", description="KV cache type of keys.", examples=["q8_0"])
     cache_type_v: KvType = Field(default="f16", description="KV cache type of values.", examples=["q8_0"])
     gpu_layers: Literal["all"] | Annotated[int, Field(ge=0)] = Field(
@@ -314,8 +316,8 @@ class ModelConfig(_Strict):
                                 "sharing the CPU split its cores.", examples=[2])
     draft: DraftConfig = Field(default=DraftConfig(), description="Speculative decoding.",
                                examples=[{"type": "mtp", "n_max": 2}])
-    share: bool = Field(default=False, description="Members of this model in one council share one process (one "
-                        "`parallel` slot each).")
+    share: bool = Field(default=False, description="Members of this model in one council share one process (each "
+                        "with the model's `parallel` slots and `ctx_size`: the process has that many times each).")
     recover_tool_calls: bool = Field(default=False, description="Chat completions passthrough (`model` names this "
                                      "model) with `tools`: a reply whose text is nothing but valid tool calls is "
                                      "returned as "
@@ -349,7 +351,7 @@ class ModelConfig(_Strict):
         return args
 
     def for_members(self, members: int) -> ModelConfig:
-        """The process serving `members` seats of a shared model: one slot each, each the full context."""
+        """The process serving `members` seats of a shared model: each its own `parallel` slots and `ctx_size`."""
         if members <= 1:
             return self
         return self.model_copy(update={"parallel": self.parallel * members, "ctx_size": self.ctx_size * members})
@@ -407,7 +409,8 @@ class MemberConfig(_Strict):
     # Self-consistency in one line: K votes from K samples of this model, served by one process with K slots
     # (and asked with one request whose `n` is K).
     samples: int = Field(default=1, ge=1, le=64, description="K votes from K samples of this model (seats "
-                         "`ENTRY#0` .. `ENTRY#K-1`), one process with K slots.", examples=[8])
+                         "`ENTRY#0` .. `ENTRY#K-1`), one process with the model's `parallel` slots and `ctx_size` for "
+                         "each (K times each in all).", examples=[8])
     # One council may hold models that need different instructions (SmolLM2's template renders no tools), or
     # give seats of one model different prompts, so that they err independently.
     tool_instructions: ToolInstructions | None = Field(
@@ -557,7 +560,7 @@ class CouncilConfig(_Strict):
     vote: VoteConfig = Field(default=VoteConfig(), description="How the council decides.",
                              examples=[{"strategy": "weighted", "extract": "number"}])
     quorum: Literal["majority", "all"] | Annotated[int, Field(ge=1)] = Field(
-        default="majority", description="Answers needed (of the members asked): `majority`, `all` or a number; "
+        default="majority", description="Answers needed (of the seats asked): `majority`, `all` or a number; "
         "fewer is 503 `quorum_not_met`.", examples=[1])
     timeout: Duration = Field(default=30.0, description="Members still working after this are `timeout`.",
                               examples=["60s"])

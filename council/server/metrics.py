@@ -1,4 +1,4 @@
-"""Prometheus metrics of the router: requests, latency, votes, and each member's live figures."""
+"""Prometheus metrics of the router: requests, latency, each seat's votes, and each process's live figures."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from prometheus_client.registry import Collector
 disable_created_metrics()
 
 
-class MemberCollector(Collector):
-    """Reads the supervisor's members at scrape time, so gauges are never stale or left behind."""
+class ProcessCollector(Collector):
+    """Reads the supervisor's processes at scrape time, so gauges are never stale or left behind."""
 
     def __init__(self, snapshots: Callable[[], list[dict[str, Any]]],
                  slots: Callable[[], list[dict[str, Any]]]) -> None:
@@ -23,15 +23,21 @@ class MemberCollector(Collector):
         self._slots = slots
 
     def collect(self) -> Iterator[Metric]:
-        tps = GaugeMetricFamily("council_member_tokens_per_second", "Decode speed of a member", labels=["member"])
-        acc = GaugeMetricFamily("council_member_draft_acceptance", "Accepted / drafted tokens", labels=["member"])
-        restarts = GaugeMetricFamily("council_member_restarts", "Restarts of a member process", labels=["member"])
-        ready = GaugeMetricFamily("council_member_ready", "1 when the member is ready", labels=["member", "state"])
-        inflight = GaugeMetricFamily("council_member_in_flight", "Requests in flight", labels=["member"])
-        draft_n = GaugeMetricFamily("council_member_draft_n", "Draft length the member runs with (n_max: auto)",
-                                    labels=["member"])
-        draft_changes = GaugeMetricFamily("council_member_draft_changes",
-                                          "Draft length changes live tuning made", labels=["member"])
+        # One series per llama-server process (its key, `COUNCIL/I` or a shared model's), labelled `process`: the
+        # seats it serves vote under their own names (`council_seat_votes_total`).
+        tps = GaugeMetricFamily("council_process_tokens_per_second", "Decode speed of a llama-server process",
+                                labels=["process"])
+        acc = GaugeMetricFamily("council_process_draft_acceptance", "Accepted / drafted tokens of a process",
+                                labels=["process"])
+        restarts = GaugeMetricFamily("council_process_restarts", "Restarts of a process", labels=["process"])
+        ready = GaugeMetricFamily("council_process_ready", "1 when the process is ready (its state as a label)",
+                                  labels=["process", "state"])
+        inflight = GaugeMetricFamily("council_process_in_flight", "Requests in flight on a process",
+                                     labels=["process"])
+        draft_n = GaugeMetricFamily("council_process_draft_n", "Draft length the process runs with (n_max: auto)",
+                                    labels=["process"])
+        draft_changes = GaugeMetricFamily("council_process_draft_changes",
+                                          "Draft length changes live tuning made", labels=["process"])
         for snap in self._snapshots():
             name = str(snap["name"])
             if snap["tokens_per_second"] is not None:
@@ -68,8 +74,8 @@ class RouterMetrics:
                                   buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05))
         self.answers = Counter("council_answers", "Council answers", ["council", "early_stop", "degraded"],
                                registry=self.registry)
-        self.votes = Counter("council_member_votes", "Member outcomes in council answers",
-                             ["council", "member", "status", "with_winner"], registry=self.registry)
+        self.votes = Counter("council_seat_votes", "Seat outcomes in council answers",
+                             ["council", "seat", "status", "with_winner"], registry=self.registry)
         self.agreement = Histogram("council_agreement", "Winning share of the votes", ["council"],
                                    registry=self.registry, buckets=(0.2, 0.34, 0.5, 0.67, 0.75, 0.9, 1.0))
         self.rejected = Counter("council_rejected", "Requests refused by limits", ["reason"], registry=self.registry)

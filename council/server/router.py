@@ -38,7 +38,7 @@ from council.server.auth import MAKE_A_KEY, KeyRing, env_secret
 from council.server.events import EventBus
 from council.server.history import History, point_json
 from council.server.limits import Limits
-from council.server.metrics import MemberCollector, RouterMetrics
+from council.server.metrics import ProcessCollector, RouterMetrics
 from council.voting.assembly import Assembly, assemble
 from council.voting.ballots import BallotStore
 from council.voting.client import HttpMemberClient
@@ -281,7 +281,7 @@ class Router:
         self._reload_lock = asyncio.Lock()
         self._stopping = False
         self._history_task: asyncio.Task[None] | None = None
-        metrics.watch(MemberCollector(lambda: [p.snapshot() for p in self.processes.values()],
+        metrics.watch(ProcessCollector(lambda: [p.snapshot() for p in self.processes.values()],
                                       lambda: self.plan.to_json()["gpus"]))
 
     @property

@@ -198,7 +198,7 @@ def test_a_second_ctrl_c_while_serve_starts_is_exit_0_without_a_traceback(llama_
         proc.kill()
     assert proc.returncode == 0, (proc.returncode, out, errors)
     assert "Traceback" not in errors and "CancelledError" not in errors, errors
-    assert out.rstrip().endswith("all members stopped"), out
+    assert out.rstrip().endswith("all processes stopped"), out
 
 
 def test_a_timeout_in_range_is_used() -> None:

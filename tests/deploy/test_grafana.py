@@ -23,7 +23,7 @@ KEY = "grafana-test-key-0123456789"
 SLOW = "grafana-slow-key-0123456789"  # rate-limited: its second request is refused
 # Every panel the issue names, by a word of its title.
 WANTED = ("Requests per second", "Latency per council", "Router overhead", "Agreement", "Early stops",
-          "Degraded answers", "Decode speed", "Draft acceptance", "Restarts", "Member states", "Slots in use")
+          "Degraded answers", "Decode speed", "Draft acceptance", "Restarts", "Process states", "Slots in use")
 
 
 def dashboard() -> dict:
@@ -44,7 +44,7 @@ def metric_names(expr: str) -> set[str]:
     stripped = re.sub(r"\{[^}]*\}", "{}", stripped)  # label matchers
     names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", stripped))
     functions = {"sum", "max", "min", "avg", "count", "rate", "increase", "irate", "histogram_quantile",
-                 "label_values", "le", "council", "member", "topk", "abs", "clamp_min"}
+                 "label_values", "le", "council", "process", "seat", "topk", "abs", "clamp_min"}
     return {n for n in names if not n.startswith("__") and n not in functions and not n.isdigit()}
 
 
@@ -107,7 +107,7 @@ def test_every_metric_the_dashboard_reads_is_exposed_by_a_live_council(council: 
     assert refused.status_code == 429, refused.text  # 0.2 requests/s: the second at once is refused
     doc = dashboard()
     used = set().union(*(metric_names(q) for q in queries(doc)))
-    # Members' tok/s and draft acceptance come from the supervisor's scrape of each llama-server: keep
+    # Processes' tok/s and draft acceptance come from the supervisor's scrape of each llama-server: keep
     # asking until it has run.
     deadline = time.monotonic() + 60
     while True:

@@ -205,3 +205,15 @@ def test_a_refusal_names_a_shared_process_as_a_process() -> None:
     plan = plan_policy(policy, [Gpu("gpu0", 3 * GiB, 3 * GiB, "nvml", uuid="GPU-0")])
     assert plan.refused["sc"] == ("process sc:q (4 seats) (q, estimate 4.00 GiB) needs 4 slots of 1.00 GiB but the "
                                   "largest GPU, gpu0, has only 3 after its reserve")
+
+
+def test_the_plan_table_has_a_row_per_process_naming_its_seats() -> None:
+    """The table had a row per seat, each with its process's whole estimate and slots: a process shared by three
+    seats read as three processes (3 × the memory, 3 slots, where the GPU row said 1 used)."""
+    code, doc = plan_json(POLICIES / "shared-process.yaml")
+    assert code == 0 and {m["process"] for m in doc["members"]} == {"triplets:smollm2"} and len(doc["members"]) == 3
+    table = run_cli("plan", str(POLICIES / "shared-process.yaml"))
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if "smollm2" in line]  # the seats' column may wrap
+    assert len(rows) == 1 and "triplets:smollm2" in rows[0] and rows[0].count("MiB") == 5, table.stdout
+    assert all(f"triplets/{i}" in table.stdout for i in range(3)), table.stdout

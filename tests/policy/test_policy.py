@@ -242,7 +242,7 @@ def test_references(tmp_path: Path) -> None:
         f"{f}:5: models.qwen.draft.model: unknown model 'qwen-tiny'; did you mean 'qwen'?",
         f"{f}:10: councils.trio.members.1.model: unknown model 'qwne'; did you mean 'qwen'?",
         f"{f}:10: councils.trio.members.1.name: duplicate member name 'x'",
-        f"{f}:11: councils.trio.quorum: quorum 3 is more than 2 members",
+        f"{f}:11: councils.trio.quorum: quorum 3 is more than 2 seats",
         f"{f}:12: councils.trio.vote.judge: judge index 5 is not a member (0..1)",
         f"{f}:13: councils.trio.fallback.model: unknown model 'tiny'; known models: qwen",
         f"{f}:13: councils.trio.fallback.members: a fallback must keep fewer members than the council has",

@@ -196,8 +196,12 @@ def test_models_health_readiness_admin_and_metrics(open_server: CouncilServer) -
     families = {f.name: f for f in text_string_to_metric_families(text)}
     answers = [s for s in families["council_answers"].samples if s.name == "council_answers_total"]
     assert answers and answers[0].labels["council"] == "alphabet" and answers[0].value >= 1
-    assert {"council_request_seconds", "council_member_tokens_per_second", "council_member_draft_acceptance",
-            "council_member_restarts", "council_slots_used", "council_agreement"} <= set(families)
+    assert {"council_request_seconds", "council_process_tokens_per_second", "council_process_draft_acceptance",
+            "council_process_restarts", "council_slots_used", "council_agreement"} <= set(families)
+    # A process is labelled `process`, a seat's vote `seat` (both were `member`, one word for two things).
+    assert {s.labels["process"] for s in families["council_process_ready"].samples} == {
+        "alphabet/0", "alphabet/1", "solo/0"}
+    assert {s.labels["seat"] for s in families["council_seat_votes"].samples} == {"alphabet/0", "alphabet/1"}
 
 
 def test_auth_keys_scopes_and_errors(serve: Callable[..., CouncilServer], syn: Path) -> None:

@@ -100,7 +100,7 @@ async def test_every_api_records_who_asked(tmp_path: Path) -> None:
             "model": "c", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
         response = await bob.post("/v1/responses", json={"model": "c", "input": "hi"})
     assert message.status_code == response.status_code == 200, (message.text, response.text)
-    for ballot_id in (message.json()["council"]["ballot_id"], response.json()["council"]["ballot"]):
+    for ballot_id in (message.json()["council"]["ballot_id"], response.json()["council"]["ballot_id"]):
         ballot = router.ballots.get(ballot_id)
         assert ballot is not None and ballot["owner"] == "bob"
 

@@ -347,7 +347,7 @@ def test_a_council_answers_plain_and_streamed(agents: CouncilServer) -> None:
                                                                      speaker["completion_tokens"])
     assert council["usage"]["prompt_tokens"] == sum(m["prompt_tokens"] for m in members)
     assert council["usage"]["completion_tokens"] == sum(m["completion_tokens"] for m in members)
-    ballot = httpx.get(f"{agents.url}/v1/ballots/{council['ballot']}", headers={"Authorization": f"Bearer {KEY}"})
+    ballot = httpx.get(f"{agents.url}/v1/ballots/{council['ballot_id']}", headers={"Authorization": f"Bearer {KEY}"})
     assert ballot.status_code == 200 and ballot.json()["council"] == "agents"
 
     with client.responses.stream(model="agents", input=ADD, instructions="You are a calculator.") as stream:

@@ -101,13 +101,14 @@ async def _store(router: Router, request: ResponsesRequest, owner: str | None, r
 
 
 def _answered(answer: CouncilAnswer, request: ResponsesRequest, response_id: str, created: int) -> dict[str, Any]:
-    """The council's answer as a Response object; `council.ballot` is its ballot's id (`/v1/ballots/{id}`). Its
+    """The council's answer as a Response object; `council.ballot_id` is its ballot's id (`/v1/ballots/{id}`), as
+    in a Messages answer's `council` object. Its
     `usage` is one model's view (an agent such as Codex compacts its context by it), `council.usage` every
     request's tokens, what the answer cost."""
     incomplete = answer.finish_reason == "length"
     return response_object(response_id, request, created, "incomplete" if incomplete else "completed",
                            output_items(answer.message, incomplete), usage(*answer.context_usage()),
-                           council={"ballot": answer.id, **answer.council_json(), "usage": answer.usage()})
+                           council={"ballot_id": answer.id, **answer.council_json(), "usage": answer.usage()})
 
 
 @routes.post("/v1/responses", response_model=None, openapi_extra={"requestBody": REQUEST_SCHEMA})
