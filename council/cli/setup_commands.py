@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +44,11 @@ def setup(
             raise fail(f"unknown model {', '.join(unknown)}; known: {', '.join(m.name for m in CATALOG)}", 2)
         chosen = tuple(m for m in CATALOG if m.name in only)
     started = time.monotonic()
+    # SIGTERM and SIGHUP (systemd, `timeout`, a CI cancel) end setup as Ctrl-C does: its build or download stops
+    # with it (their process group killed), then the lock is released, exit 130.
+    # Python's default was death on the spot: the build ran on, unlocked, beside the next setup's.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, signal.default_int_handler)
     out.print(f"council cache: {council_home()}")
     try:
         with setup_lock(council_home(), lambda: out.print("waiting for another `council setup` on this cache")):
@@ -93,7 +99,13 @@ def _write_synthetic_models() -> None:
         path = models_dir() / name
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_qwen35(path.with_name(name + ".partial"), mtp=mtp).rename(path)
+            partial = path.with_name(name + ".partial")
+            try:
+                write_qwen35(partial, mtp=mtp).rename(path)
+            except OSError as exc:  # a full disk, say: its error names no file, and the partial one stayed
+                raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+            finally:
+                partial.unlink(missing_ok=True)
             out.print(f"[green]✓[/green] {name}: written {path}")
 
 

