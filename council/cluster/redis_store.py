@@ -48,8 +48,15 @@ def lua_script(name: str) -> str:
 
 def redacted(url: str) -> str:
     """The URL without its password, for messages: the userinfo's and a `password=` query parameter's (redis-py
-    reads both, and a `unix://` URL can carry one only in its query)."""
-    parts = urlsplit(url)
+    reads both, and a `unix://` URL can carry one only in its query). Something that is no URL is said so, never
+    echoed (it may hold a password): `council doctor` read `$COUNCIL_REDIS_URL` so, and `redis://[::1` was a
+    traceback there."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(not a valid URL)"
+    if not parts.scheme or "://" not in url:
+        return "(not a valid URL)"
     netloc = parts.netloc
     if parts.password is not None:
         userinfo, _, where = netloc.rpartition("@")

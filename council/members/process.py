@@ -188,6 +188,26 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return apply
 
 
+_WRAPPERS_SAID: set[str] = set()
+
+
+def _say_if_wrapped(binary: str, pid: int | None) -> None:
+    """Say once per binary when what was started holds llama-server as a child of its own (a `$LLAMA_SERVER` script
+    that runs it without `exec`): the parent-death signal reaches only the process council started, so a router
+    killed by SIGKILL leaves that child serving (the next council start on this cache kills it)."""
+    if pid is None or binary in _WRAPPERS_SAID:
+        return
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return  # not Linux, or gone: nothing to say
+    if children:
+        _WRAPPERS_SAID.add(binary)
+        log.warning("%s runs llama-server as a child process (pid %s) rather than becoming it: if this router is "
+                    "killed by SIGKILL, that child keeps serving until the next council start on this cache; end the "
+                    "script with `exec llama-server ...`", binary, children[0])
+
+
 def one_line(exc: BaseException) -> str:
     """An exception as one short line: its kind and message (a state's reason is one line)."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
@@ -531,6 +551,7 @@ class MemberProcess:
         except Exception as exc:
             await self._terminate("start failed", final=False)
             raise StartFailed(str(exc) if isinstance(exc, StartFailed) else one_line(exc)) from None
+        _say_if_wrapped(spec.argv[0], self.pid)
         self.swap(State.WARMING, State.READY, "warm-up completion succeeded")
 
     async def _spawn(self, spec: LaunchSpec) -> _Running:

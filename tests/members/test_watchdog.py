@@ -387,3 +387,36 @@ async def test_a_log_file_that_cannot_be_written_still_leaves_every_line_in_the_
         assert (await client.complete(ask("long-log"))).status == "ok"
         await until(lambda: "after the long line" in process.log_tail, 10, "the line in the tail")
         assert any("writing this log failed (ValueError" in line for line in process.log_tail), list(process.log_tail)
+
+
+@pytest.mark.parametrize("exec_", [False, True], ids=["child", "exec"])
+async def test_a_wrapper_that_keeps_llama_server_as_its_child_is_said(
+    tmp_path: Path, exec_: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The parent-death signal reaches only the process council starts: a `$LLAMA_SERVER` script that runs
+    llama-server without `exec` leaves it serving when the router is SIGKILLed (until the next council start on
+    the cache kills it). Nothing can stop that from here, so the log says it once, with the fix."""
+    import logging
+
+    import council.members.process as process_module
+
+    caplog.set_level(logging.WARNING, logger="council.members.process")
+    process_module._WRAPPERS_SAID.clear()
+    model = tmp_path / "stub.gguf"
+    model.write_bytes(b"GGUF")
+
+    def spec(port: int) -> LaunchSpec:
+        run = f"{'exec ' if exec_ else ''}{sys.executable} {STUB} --port {port} --model-path {model}"
+        argv = ("/bin/sh", "-c", run if exec_ else f"{run}; true")  # `; true`: the shell waits, it does not exec
+        return LaunchSpec(key="stub", model="stub", model_path=model, argv=argv, env={}, port=port, api_key="k")
+
+    supervisor = Supervisor(LifeConfig(run_dir=tmp_path / "run", **FAST), [ProcessRecipe("stub", spec, ("c/0",))])
+    await supervisor.start()
+    try:
+        process = supervisor.processes["stub"]
+        await until(lambda: process.ready, 30, f"the stub to be ready ({process.reason})")
+    finally:
+        await supervisor.stop()
+    said = [r.getMessage() for r in caplog.records if "runs llama-server as a child process" in r.getMessage()]
+    assert len(said) == (0 if exec_ else 1), said
+    assert exec_ or "end the script with `exec llama-server ...`" in said[0]

@@ -80,6 +80,17 @@ def test_doctor_fails_a_bad_llama_server_variable_instead_of_reporting_another_b
         f"LLAMA_SERVER={missing}: not an executable file (point it at a llama-server, or unset it)"]
 
 
+@pytest.mark.parametrize("url", ["redis://:S3CRET@[::1", "S3CRET"])
+def test_doctor_reports_a_redis_url_that_is_no_url_and_the_rest(url: str) -> None:
+    """`redis://[::1` was a ValueError traceback with none of the report; `foo` read as `://foo`. Redis only
+    informs: the rest of the report comes, the URL is not echoed (it may hold a password)."""
+    result = run_cli("doctor", "--json", env={"COUNCIL_REDIS_URL": url})
+    assert "Traceback" not in result.stderr and result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["redis"] == {"url": "(not a valid URL)", "reachable": False} and report["llama_server"]
+    assert "S3CRET" not in result.stdout
+
+
 def test_doctor_says_a_cached_llama_server_of_another_pin_needs_setup(tmp_path: Path,
                                                                      llama_server_bin: LlamaServerInfo) -> None:
     """A council upgraded to a new llama.cpp pin: the cached build still runs, but it is not the one pinned."""
