@@ -31,6 +31,7 @@ def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -
     import asyncio
     import os
 
+    from council.members.logs import prune_up_logs
     from council.members.process import LifeConfig
     from council.paths import council_home
     from council.voting.assembly import assemble
@@ -44,6 +45,7 @@ def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -
         err.print(f"[yellow]warning:[/yellow] council {council_name} is not started: {reason}")
     if not plan_result.placements():
         raise fail("no council fits: nothing to start (see `council plan`)", 3)
+    prune_up_logs(council_home() / "run" / "logs")
     life = LifeConfig(run_dir=council_home() / "run", instance=f"{Path(policy).stem}-up-{os.getpid()}")
     supervisor = assemble(plan_result, server, life, listeners=[_change_line]).supervisor
     failed = asyncio.run(_run_until_signalled(supervisor))

@@ -101,3 +101,38 @@ def exit_reason(log_tail: Iterable[str], code: int | None) -> str:
         causes = [ln for ln in last if not _ECHO.search(ln)]
         return f"{how}: {causes[0] if causes else max(last, key=len)}"
     return f"{how}: {tail[-1]}" if tail and code is not None and code > 0 else how
+
+
+UP_LOGS_KEPT = 8  # `council up` runs whose log folders are kept once their router has ended
+_UP_FOLDER = re.compile(r"^.+-up-(\d+)$")
+
+
+def prune_up_logs(logs: Path, keep: int = UP_LOGS_KEPT) -> list[Path]:
+    """Remove the log folders of ended `council up` runs (`POLICY-up-PID`, whose PID no longer runs) but the `keep`
+    newest: each run made one, and none was ever removed (the cache grew with every start). `serve`'s are named
+    by port, so reused. Folders of runs still going, and anything that cannot be read or removed, are left."""
+    import shutil
+
+    ended: list[tuple[float, Path]] = []
+    with contextlib.suppress(OSError):
+        for folder in logs.iterdir():
+            match = _UP_FOLDER.match(folder.name)
+            if match is None or not folder.is_dir() or _running(int(match.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                ended.append((folder.stat().st_mtime, folder))
+    ended.sort(reverse=True)
+    removed = [folder for _, folder in ended[keep:]]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

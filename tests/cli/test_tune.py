@@ -101,9 +101,11 @@ def test_a_sweep_stopped_by_a_signal_leaves_no_process_or_folder(llama_server_bi
     policy.write_text(POLICY.format(path=write_qwen35(tmp_path / "m.gguf")))
     temp = tmp_path / "tmp"
     temp.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "council", "tune", str(policy), "syn", "--n", "0,1", "--tokens",
-                             "100000", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TMPDIR": str(temp)})
+    # Six lengths, a process each: the synthetic model decodes so fast that a sweep of two could end, on a busy
+    # machine, before the signal arrived (exit 0 and the signal's traceback at exit).
+    proc = subprocess.Popen([sys.executable, "-m", "council", "tune", str(policy), "syn", "--n", "0,1,2,3,4,5",
+                             "--tokens", "100000", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "TMPDIR": str(temp)})
     try:
         deadline = time.monotonic() + 60
         while not list(temp.glob("council-tune-*/*")):  # the sweep's process is starting

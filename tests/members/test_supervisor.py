@@ -581,3 +581,32 @@ def test_draft_acceptance_falls_back_to_response_timings() -> None:
     assert stats.draft_acceptance == 0.75
     stats.draft_tokens, stats.draft_accepted = 10, 9  # /metrics counters win when the build has them
     assert stats.draft_acceptance == 0.9
+
+
+def test_council_up_keeps_the_log_folders_of_its_newest_ended_runs_only(tmp_path: Path) -> None:
+    """Each `council up` wrote its logs to a folder of its own (`POLICY-up-PID`) that nothing removed: the cache grew
+    with every start. Ended runs beyond the newest eight go; a run still going, `serve`'s folders and anything else
+    stay."""
+    import os
+
+    from council.members.logs import UP_LOGS_KEPT, prune_up_logs
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a PID no process holds now
+    logs = tmp_path / "logs"
+    made = []
+    for i in range(UP_LOGS_KEPT + 4):
+        folder = logs / f"p{i}-up-{ended.pid}"
+        folder.mkdir(parents=True)
+        (folder / "p_0.log").write_text("x\n")
+        os.utime(folder, (1_000_000 + i, 1_000_000 + i))
+        made.append(folder)
+    running = logs / f"old-up-{os.getpid()}"
+    serve = logs / "policy-8080"
+    for folder in (running, serve, logs / "up-notapid"):
+        folder.mkdir()
+        os.utime(folder, (1, 1))
+    removed = prune_up_logs(logs)
+    assert sorted(removed) == sorted(made[:4])  # the four oldest ended runs
+    assert sorted(p.name for p in logs.iterdir()) == sorted(
+        [f.name for f in made[4:]] + [running.name, serve.name, "up-notapid"])
