@@ -202,13 +202,22 @@ class CouncilAnswer:
         the council's own calls (never a call that fails its schema), or the speaker's text without calls."""
         speaker = self.speaker
         if self.tool_calls:
-            return {"role": "assistant", "content": None, "tool_calls": self.tool_calls}
+            # The speaker's own words beside its calls ("I'll look that up"), where its calls are the council's
+            # and its tool-call syntax was parsed (a recovered call's text is the call itself): an agent shows them.
+            text = speaker.reply.text if speaker is not None and self._speaks_for_the_calls(speaker) else None
+            return {"role": "assistant", "content": text or None, "tool_calls": self.tool_calls}
         if self.tool_calls is not None and speaker is not None:
             own = {k: v for k, v in (speaker.reply.message or {}).items() if k not in ("role", "tool_calls")}
             return {"role": "assistant", **own, "content": speaker.reply.text or ""}
         if speaker is not None and speaker.reply.message is not None:
             return {"role": "assistant", **{k: v for k, v in speaker.reply.message.items() if k != "role"}}
         return {"role": "assistant", "content": self.decision.text or self.decision.answer}
+
+    def _speaks_for_the_calls(self, speaker: SeatOutcome) -> bool:
+        own = speaker.tool
+        if own is None or own.recovered or self.tool_decision is None or not speaker.reply.text.strip():
+            return False
+        return {c.key for c in own.calls} == {c.key for c in self.tool_decision.calls}
 
     def usage(self) -> dict[str, Any]:
         """OpenAI usage over every request sent, the judge's too: a group's prompt counts once; `cached_tokens` are

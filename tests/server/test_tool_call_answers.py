@@ -217,3 +217,30 @@ async def test_a_reply_nested_too_deep_to_read_is_text(tmp_path: Path, shape: st
             assert answer.json()["choices"][0]["message"]["content"] == deep
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.records
 
+
+
+async def test_the_speakers_words_beside_its_calls_reach_the_agent_on_every_api(tmp_path: Path) -> None:
+    """A seat whose calls won and who said something beside them ("I'll add it up.", parsed as tool-call syntax)
+    had its words dropped: the council answered `content: null`. Its words come with the calls now, on every API
+    and streamed; a call recovered from text (the text is the call) and a seat whose calls differ from the
+    council's keep `content` null."""
+    said = "I'll add it up."
+    native = Say(said, message={"role": "assistant", "content": said, "tool_calls": [
+        {"id": "x", "type": "function", "function": {"name": "add", "arguments": '{"n": 2}'}}]})
+    async with _client(_seated(tmp_path, native, native)) as http:
+        chat = (await http.post("/v1/chat/completions", json={**ASKED["/v1/chat/completions"], "model": "c"})).json()
+        message = chat["choices"][0]["message"]
+        assert message["content"] == said and message["tool_calls"][0]["function"]["name"] == "add", message
+        streamed = await http.post("/v1/chat/completions",
+                                   json={**ASKED["/v1/chat/completions"], "model": "c", "stream": True})
+        deltas = [e["choices"][0]["delta"] for e in _events(streamed.text)[:-1] if e.get("choices")]
+        assert "".join(d.get("content") or "" for d in deltas) == said
+        claude = (await http.post("/v1/messages", json={**ASKED["/v1/messages"], "model": "c"})).json()
+        assert [b["type"] for b in claude["content"]] == ["text", "tool_use"] and claude["content"][0]["text"] == said
+        response = (await http.post("/v1/responses", json={**ASKED["/v1/responses"], "model": "c"})).json()
+        assert [i["type"] for i in response["output"]] == ["message", "function_call"], response["output"]
+    recovered = Say('{"name": "add", "arguments": {"n": 2}}')
+    (tmp_path / "r").mkdir()
+    async with _client(_seated(tmp_path / "r", recovered, recovered)) as http:
+        chat = (await http.post("/v1/chat/completions", json={**ASKED["/v1/chat/completions"], "model": "c"})).json()
+        assert chat["choices"][0]["message"]["content"] is None
