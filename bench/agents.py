@@ -266,8 +266,10 @@ def paired(council: CallsRow, seat: CallsRow, keep: Sequence[int] | None = None)
     diffs = [int(council.hits[i]) - int(seat.hits[i]) for i in positions]
     n = len(diffs)
     mean = sum(diffs) / n if n else 0.0
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
-    half = 1.96 * sd / math.sqrt(n) if n else 0.0
+    if n < 2:  # one difference says nothing of its spread: the interval is every difference possible, not 0 wide
+        return {"points": 100 * mean, "low": -100.0, "high": 100.0, "items": n}
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = 1.96 * sd / math.sqrt(n)
     return {"points": 100 * mean, "low": 100 * (mean - half), "high": 100 * (mean + half), "items": n}
 
 
