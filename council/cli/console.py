@@ -93,12 +93,13 @@ def llama_server_or_exit(*, required: bool = True) -> Any:
 
 def machine_fits_or_exit(loaded: Any, server: Any, model: str | None = None) -> None:
     """Exit 2 with `council check`'s own lines where only this machine can refuse the policy (a draft type the
-    installed llama-server lacks, a GGUF it cannot read): before any process starts, not as a traceback after.
+    installed llama-server lacks, a GGUF it cannot read, a model file its councils run that is not there, which
+    `memory:` lets `check` plan without): before any process starts, not as a traceback after.
     `model`: only that model's problems (`tune` runs it alone)."""
     from council.plan.estimate import read_model_header
-    from council.policy.checks import environment_problems
+    from council.policy.checks import environment_problems, missing_run_files
 
-    problems = [p for p in environment_problems(loaded, server, read_model_header)
+    problems = [p for p in [*environment_problems(loaded, server, read_model_header), *missing_run_files(loaded)]
                 if model is None or tuple(p.path[:2]) == ("models", model)]
     for problem in problems:
         err.print(problem.format(loaded.file), highlight=False, soft_wrap=True)

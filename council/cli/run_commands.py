@@ -62,6 +62,7 @@ def _stop_on_sigterm() -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
 
 
 def _change_line(change: Any) -> None:
@@ -91,7 +92,7 @@ async def _run_until_signalled(supervisor: Any) -> list[str]:
         process.listeners.append(on_change)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: a closed terminal
         loop.add_signal_handler(sig, stop.set)
     live = Live(_members_table(supervisor), console=out, auto_refresh=False) if out.is_terminal else None
     if live is not None:
@@ -156,6 +157,8 @@ def serve(
                                              "connections over them.")] = False,
 ) -> None:
     """`council up` plus the HTTP API: OpenAI-compatible /v1/chat/completions where `model` is a council."""
+    import signal
+
     import uvicorn
 
     from council.members.process import LifeConfig
@@ -234,7 +237,12 @@ def serve(
     config = uvicorn.Config(create_app(router), host=bind_host, port=bind_port, log_level="warning",
                             access_log=False, lifespan="on", timeout_graceful_shutdown=30, loop="uvloop",
                             http="httptools")
-    _CleanExitServer(config).run(sockets=sockets)
+    server_ = _CleanExitServer(config)
+    # SIGHUP (a closed terminal) stops as SIGTERM does: drained, members stopped, exit 0. Python's default was death
+    # on the spot: requests cut, members left to their parent-death kill, a pid file behind. (A reload is
+    # POST /admin/reload.)
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: server_.handle_exit(signal.SIGTERM, None))
+    server_.run(sockets=sockets)
     out.print("all processes stopped")
 
 

@@ -150,3 +150,23 @@ def environment_problems(loaded: LoadedPolicy, server: ServerFlags | None,
                 problems.append(loaded.problem(("models", name, "draft", "model"),
                                                f"{draft_name!r} cannot draft for {name!r}: {reason}"))
     return problems
+
+
+def missing_run_files(loaded: LoadedPolicy) -> list[Problem]:
+    """The model files that processes of this host would run from and that are not there, `memory:` or not:
+    `check` plans a missing file by its `memory:` (a policy written for another machine), but a reload that
+    accepted one stopped a council's working processes for ones that could never start."""
+    policy = loaded.policy
+    used: set[str] = set()
+    for council in policy.councils.values():
+        used |= {m.model for m in council.members}
+        if council.fallback is not None and council.fallback.model is not None:
+            used.add(council.fallback.model)
+    used |= {policy.models[m].draft.model or "" for m in used if m in policy.models}
+    problems = []
+    for name in sorted(used & set(policy.models)):
+        path = policy.models[name].path
+        if path is not None and (why := path_problem(path, missing="")) is not None:
+            problems.append(loaded.problem(("models", name, "path"), f"{why}: a process of this host runs it "
+                                           "(`memory:` plans for it, but cannot start it)"))
+    return problems

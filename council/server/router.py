@@ -31,7 +31,7 @@ from council.members.states import StateChange
 from council.plan.gguf import read_gguf
 from council.plan.gpus import Gpu, GpuInventory, nvml_gpus
 from council.plan.planner import PolicyPlan, plan_policy
-from council.policy.checks import environment_problems
+from council.policy.checks import environment_problems, missing_run_files
 from council.policy.loading import LoadedPolicy, PolicyError, Problem, load_policy
 from council.policy.schema import Policy
 from council.server.auth import MAKE_A_KEY, KeyRing, env_secret
@@ -114,8 +114,10 @@ class LocalRole:
 
     def check(self, loaded: LoadedPolicy, file: str) -> list[str]:
         """What only this machine can say of a new policy (`council check`'s own checks: its files, their GGUF
-        headers, the draft types the installed llama-server knows): a reload refuses it before stopping anything."""
-        return [p.format(file) for p in environment_problems(loaded, self.server, read_gguf)]
+        headers, the draft types the installed llama-server knows; and the files of the models its councils run
+        here, which `memory:` lets `check` plan without): a reload refuses it before stopping anything."""
+        return [p.format(file) for p in [*environment_problems(loaded, self.server, read_gguf),
+                                         *missing_run_files(loaded)]]
 
     async def start(self, router: Router) -> Assembly:
         # Planned again now the store can say which neighbours' memory its leases count already.
@@ -191,7 +193,12 @@ class LocalRole:
         for name in added:
             supervisor.add(recipes[name])
         for name in unchanged:  # same process, but the new plan's recipe for its next restart
-            supervisor.replace_recipe(recipes[name])
+            recipe, running = recipes[name], supervisor.processes[name].recipe.draft_n
+            if recipe.retune is not None and running is not None and running != recipe.draft_n:
+                # At the length live tuning chose, which it runs at: the new recipe's is `auto.start`, and the
+                # process was reported, and restarted at its next start, as if tuning had never moved it.
+                recipe = recipe.retune(running)
+            supervisor.replace_recipe(recipe)
         return plan, {"unchanged": sorted(unchanged), "restarted": sorted(set(removed) & set(added)),
                       "stopped": sorted(set(removed) - set(added)), "started": sorted(set(added) - set(removed))}
 
@@ -499,10 +506,17 @@ class Router:
             # may take long), and requests go on meanwhile.
             loaded, plan = await asyncio.to_thread(self._checked_policy, await self.gpus())
             assert self.assembly is not None
-            plan, changes = await self.role.swap(self, plan)
+            # The keys first: the swap waits for changed processes to drain (up to drain_timeout, then their
+            # stop), and a key the new policy removes was honoured all that while. A refused swap puts them back.
+            before = self.loaded.policy.server.api_keys
+            self.keys.update(loaded.policy.server.api_keys)
+            try:
+                plan, changes = await self.role.swap(self, plan)
+            except BaseException:
+                self.keys.update(before)
+                raise
             self.loaded, self.plan, self.planned = loaded, plan, plan
             self.lost.clear()  # every council of the new plan holds its leases again
-            self.keys.update(loaded.policy.server.api_keys)
             self.limits.max_queue = loaded.policy.server.max_queue
             self.ballots.resize(loaded.policy.server.ballots)  # Redis' copies and Responses' store read it live
             self.assembly.build_engines(plan, every_council=self.assembly.elsewhere is not None)

@@ -210,3 +210,22 @@ def test_a_timeout_in_range_is_used() -> None:
 def test_no_command_prints_the_help() -> None:
     result = run_cli(timeout=60)
     assert result.returncode == 2 and "Usage" in result.stdout and "serve" in result.stdout, result
+
+
+@pytest.mark.parametrize("command", ["up", "serve"])
+def test_a_model_file_that_is_not_there_is_refused_at_start_though_memory_plans_it(command: str,
+                                                                                   tmp_path: Path) -> None:
+    """`memory:` lets `check` and `plan` plan a file that is not there (a policy written for another machine);
+    `up` and `serve` started its processes anyway, each failing to load until it gave up."""
+    from tests.policies import policy_yaml
+
+    missing = tmp_path / "elsewhere.gguf"
+    policy = tmp_path / "p.yaml"
+    policy.write_text(policy_yaml({"m": {"path": missing, "memory": "100MiB"}}, {"c": {"members": [{"model": "m"}]}},
+                                  memory="1GiB"))
+    assert run_cli("check", str(policy)).returncode == 0
+    result = run_cli(command, str(policy), timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"{policy}:9: models.m.path: {missing} does not exist: a process of this host runs it (`memory:` plans for "
+        "it, but cannot start it)"], result.stderr

@@ -525,12 +525,15 @@ def _members_of(marker: str) -> list[str]:
     return found.split()
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_council_up_sigterm_stops_everything_exit_0(
-    tmp_path: Path, mtp_model: Path, llama_server_bin: LlamaServerInfo
+    tmp_path: Path, mtp_model: Path, llama_server_bin: LlamaServerInfo, stop: signal.Signals
 ) -> None:
+    """SIGHUP (a closed terminal) stops as SIGTERM does; it killed `up` and `serve` on the spot (their members left
+    to the parent-death kill, a pid file behind)."""
     proc, log, marker = _council_up(tmp_path, mtp_model, llama_server_bin.path)
     assert len(_members_of(marker)) == 2
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop)
     assert proc.wait(timeout=30) == 0, log.read_text()
     assert "all processes stopped" in log.read_text()
     assert _members_of(marker) == []
@@ -610,3 +613,23 @@ def test_council_up_keeps_the_log_folders_of_its_newest_ended_runs_only(tmp_path
     assert sorted(removed) == sorted(made[:4])  # the four oldest ended runs
     assert sorted(p.name for p in logs.iterdir()) == sorted(
         [f.name for f in made[4:]] + [running.name, serve.name, "up-notapid"])
+
+
+def test_council_serve_stops_on_sighup_as_on_sigterm(
+    tmp_path: Path, mtp_model: Path, llama_server_bin: LlamaServerInfo
+) -> None:
+    from tests.servers import start_council_serve
+
+    marker = tmp_path / f"serve-{os.getpid()}-{time.monotonic_ns()}.gguf"
+    shutil.copyfile(mtp_model, marker)
+    server = start_council_serve(policy_yaml({"syn": {"path": marker, "ctx_size": 512}},
+                                             {"pair": {"members": [{"model": "syn"}]}}, memory="2GiB"),
+                                 tmp_path, {"COUNCIL_HOME": str(tmp_path), "LLAMA_SERVER": str(llama_server_bin.path)})
+    try:
+        assert len(_members_of(str(marker))) == 1
+        server.proc.send_signal(signal.SIGHUP)
+        assert server.proc.wait(timeout=60) == 0, server.log()
+        assert "all processes stopped" in server.log() and "Traceback" not in server.log()
+        assert _members_of(str(marker)) == [] and not list((tmp_path / "run" / "pids").glob("*.json"))
+    finally:
+        server.stop()

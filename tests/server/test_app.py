@@ -37,10 +37,16 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def _router(tmp_path: Path, members: list[dict[str, Any]] | None = None) -> Router:
-    """A router for council `c`: two members of model `m`, or `members` (of models `m` and `n`)."""
+    """A router for council `c`: two members of model `m`, or `members` (of models `m` and `n`), from a synthetic
+    GGUF (a reload checks that the files this host runs are there); no process starts unless the test starts
+    the supervisor, and then the binary is /bin/false."""
+    from council.setup.synthetic import write_qwen35
+
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     path = tmp_path / "policy.yaml"
-    absent = {"path": tmp_path / "absent.gguf", "memory": "100MiB"}
+    if not (tmp_path / "m.gguf").exists():
+        write_qwen35(tmp_path / "m.gguf")
+    absent = {"path": tmp_path / "m.gguf", "memory": "100MiB"}
     path.write_text(policy_yaml({"m": absent, **({"n": absent} if members else {})},
                                 {"c": {"members": members or [{"model": "m"}, {"model": "m"}]}},
                                 memory="1GiB", server={"api_keys": [{"name": "app", "sha256": digest}]}))
@@ -618,11 +624,11 @@ async def test_a_reload_the_loader_raised_on_is_refused_and_requests_go_on(tmp_p
         name="ops", sha256=hashlib.sha256(ops.encode()).hexdigest(), scopes=["chat", "admin"])])
     before = router.loaded
     if model_path == "FIFO":
-        model_path = str(tmp_path / "m.gguf")
+        model_path = str(tmp_path / "fifo.gguf")
         os.mkfifo(model_path)
     text = router.policy_path.read_text()
-    assert f"path: {tmp_path / 'absent.gguf'}" in text
-    router.policy_path.write_text(text.replace(f"path: {tmp_path / 'absent.gguf'}", f"path: {model_path}"))
+    assert f"path: {tmp_path / 'm.gguf'}" in text
+    router.policy_path.write_text(text.replace(f"path: {tmp_path / 'm.gguf'}", f"path: {model_path}"))
     transport = httpx.ASGITransport(app=create_app(router))
     async with httpx.AsyncClient(transport=transport, base_url="http://council",
                                  headers={"Authorization": f"Bearer {ops}"}) as http:

@@ -53,3 +53,57 @@ async def test_a_reload_may_not_give_a_public_router_a_placeholder_key(tmp_path:
     assert router.keys.principal(f"Bearer {KEY}", "chat").name == "app"
     router.public = False  # on loopback the same policy is fine
     assert router._key_problems(load_policy(router.policy_path)) == []
+
+
+async def test_a_key_the_reload_removes_is_refused_while_the_old_processes_drain(tmp_path: Path) -> None:
+    """The keys were swapped only after the processes: a reload that restarted a busy member waited for it to
+    drain (up to `drain_timeout`, then its stop), and the key it removed was honoured all that while (11 s in a
+    review's run). The swap stands still here where a real one waits for a drain; a refused swap puts the keys
+    back."""
+    import asyncio
+    import hashlib
+
+    from council.server.auth import MissingKey
+
+    other = "another-key-0123456789abcdef"
+    router = _router(tmp_path)
+    _rewrite(router.policy_path, api_keys=[{"name": "ops", "sha256": hashlib.sha256(other.encode()).hexdigest()}])
+    draining, release = asyncio.Event(), asyncio.Event()
+    swap = router.role.swap
+
+    async def draining_swap(*args: object) -> object:
+        draining.set()
+        await release.wait()
+        return await swap(*args)  # type: ignore[arg-type]
+
+    router.role.swap = draining_swap  # type: ignore[method-assign]
+    reload = asyncio.create_task(router.reload())
+    await asyncio.wait_for(draining.wait(), 10)
+    with pytest.raises(MissingKey, match="invalid API key"):
+        router.keys.principal(f"Bearer {KEY}", "chat")
+    assert router.keys.principal(f"Bearer {other}", "chat").name == "ops"
+    release.set()
+    await asyncio.wait_for(reload, 10)
+
+    async def refused_swap(*args: object) -> object:
+        raise ReloadError(["council c does not fit"])
+
+    router.role.swap = refused_swap  # type: ignore[method-assign]
+    _rewrite(router.policy_path, api_keys=[{"name": "app", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}])
+    with pytest.raises(ReloadError):
+        await router.reload()
+    assert router.keys.principal(f"Bearer {other}", "chat").name == "ops"  # the refused reload changed nothing
+    with pytest.raises(MissingKey):
+        router.keys.principal(f"Bearer {KEY}", "chat")
+
+
+async def test_a_reload_to_a_model_file_that_is_not_there_is_refused_though_memory_plans_it(tmp_path: Path) -> None:
+    """`memory:` lets `check` plan a file that is not there (a policy written for another machine); a reload took
+    it too, stopped the council's working processes, and started ones that could never load (503 from then on).
+    The files this host runs must be there; the old processes keep serving."""
+    router = _router(tmp_path)
+    (tmp_path / "m.gguf").unlink()
+    with pytest.raises(ReloadError) as refused:
+        await router.reload()
+    assert any(f"{tmp_path / 'm.gguf'} does not exist: a process of this host runs it" in line
+               for line in refused.value.problems), refused.value.problems

@@ -1,5 +1,5 @@
 """A router's leases through its life (start, lease lost, reload), in process, on the test's own Redis prefix:
-no member ever starts (the policy's model file is absent), so what is leased is all there is to see."""
+no member ever starts (the binary is /bin/false), so what is leased is all there is to see."""
 
 from __future__ import annotations
 

@@ -165,6 +165,11 @@ def test_serve_tunes_live_and_shows_it(serve: Callable[..., CouncilServer], tmp_
     assert 'council_process_draft_n{process="c/0"} 0.0' in metrics
     assert 'council_process_draft_changes{process="c/0"} 1.0' in metrics
     assert "draft tuning: n 2 → 0" in server.log()
+    # A reload that leaves the process as it is keeps the length tuning chose: the new recipe's was `auto.start`
+    # (2), so /admin/members said 2 and the process's next start would have run at 2.
+    reloaded = httpx.post(f"{server.url}/admin/reload", timeout=60)
+    assert reloaded.status_code == 200 and "c/0" in reloaded.json()["unchanged"], reloaded.text
+    assert member()["draft_n"] == 0 and member()["state"] == "ready", member()
 
 
 class _Reloaded:
