@@ -108,6 +108,7 @@ class LeaseKeeper:
         # refused them passes (a crashed predecessor's leases expire, Redis returns) and nothing else retries.
         self.pending: dict[str, list[Need]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._store_away = False  # renewals failing for want of the store: said once per outage, not per lease
         # A renewal round never interleaves with a reload's release-and-lease-anew: to the round, a lease the
         # reload gave back looks stale and its slots, leased anew by the reload, taken: a council lost for nothing.
         self._lock = asyncio.Lock()
@@ -268,11 +269,16 @@ class LeaseKeeper:
         for lease in leases:
             try:
                 renewed.append(await self.state.renew(lease, self.ttl))
+                if self._store_away:
+                    self._store_away = False
+                    log.warning("leases are renewed again")
                 continue
             except StaleLease:
                 pass
             except StateError as exc:
-                log.warning("cannot renew leases (%s); councils keep running", exc)
+                if not self._store_away:  # it was said for every lease at every round of the outage
+                    self._store_away = True
+                    log.warning("cannot renew leases (%s); councils keep running", exc)
                 renewed.append(lease)
                 continue
             # Our fencing token is dead: it expired (while Redis was away, say) or was reclaimed. Take the

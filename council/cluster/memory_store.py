@@ -158,6 +158,9 @@ class MemoryState:
             found = source.get(key)
             return None if found is None else json_copy(found)
 
+    async def eviction_policy(self) -> str | None:
+        return None  # this process's memory drops nothing
+
     async def ping(self) -> None:
         return None
 

@@ -101,6 +101,7 @@ class RedisState:
         self._leased, self._fence, self._holders = script("leased"), script("fence"), script("holders")
         self._publish, self._members, self._withdraw = script("publish"), script("members"), script("withdraw")
         self._take = script("take")
+        self._unanswered: dict[tuple[str, str, int, tuple[int, ...]], str] = {}  # acquire ids that got no answer
         self._put_ballot = script("put_ballot")
 
     @contextlib.contextmanager
@@ -125,12 +126,21 @@ class RedisState:
                       keep_free_bytes: int = 0, replacing: Collection[int] = ()) -> Lease | None:
         check_lease_args(capacity_bytes, size, ttl, keep_free_bytes)
         sent = time.monotonic()
-        with self._errors():
-            # A request id: redis-py's retry on a broken connection resends it, and the script grants it once.
-            asked = f"{self.prefix}gpu:{gpu}:acquire:{uuid.uuid4().hex}"
-            token = await self._acquire(keys=[*self._lease_keys(gpu), asked],
-                                        args=[capacity_bytes, keep_free_bytes, size, _ms(ttl), holder,
-                                              *(str(t) for t in replacing)])
+        # A request id: redis-py's retry on a broken connection resends it, and the script grants it once. One that
+        # got no answer (a timeout: Redis slow or paused) is sent again by the next ask for the same lease: Redis
+        # may run the first once it resumes, and the lease it granted then was known to nobody, refusing this
+        # router's own next ask for its whole TTL.
+        same = (gpu, holder, size, tuple(sorted(replacing)))
+        asked = self._unanswered.pop(same, None) or f"{self.prefix}gpu:{gpu}:acquire:{uuid.uuid4().hex}"
+        try:
+            with self._errors():
+                token = await self._acquire(keys=[*self._lease_keys(gpu), asked],
+                                            args=[capacity_bytes, keep_free_bytes, size, _ms(ttl), holder,
+                                                  *(str(t) for t in replacing)])
+        except StateError:
+            if len(self._unanswered) < 1024:  # a few leases a router: bounded all the same
+                self._unanswered[same] = asked
+            raise
         if token is None:
             return None
         if int(token) < 0:
@@ -212,6 +222,17 @@ class RedisState:
         with self._errors():
             found = await self._redis.hget(self._ballot_keys("responses")[0], response_id)
         return None if found is None else _object(found)
+
+    async def eviction_policy(self) -> str | None:
+        """Redis' `maxmemory-policy`, or None where it cannot say (CONFIG disabled, as managed services do, or Redis
+        away): one that evicts (`allkeys-*`, `volatile-*`) may drop a live lease under memory pressure, and another
+        router then leases the same GPU memory until the holder's next renewal."""
+        try:
+            found = await self._redis.config_get("maxmemory-policy")
+        except (self._failed, *self._unreachable):
+            return None
+        policy = found.get("maxmemory-policy") if isinstance(found, dict) else None
+        return policy if isinstance(policy, str) else None
 
     async def ping(self) -> None:
         with self._errors():

@@ -134,6 +134,7 @@ class Registry:
         self._held_by: str | None = None  # the other instance holding our URL, while it does: said once
         self._epoch: str | None = None  # the registry's epoch at the last read (see `refresh`)
         self._carried: dict[str, list[dict[str, Any]]] = {}  # hosts listed before the store was emptied
+        self._carried_until = 0  # store-clock ms: how long they are kept, unless they publish again
 
     async def publish_forever(self, advertise_url: str, processes: Callable[[], Iterable[MemberProcess]]) -> None:
         """Heartbeat: this host's ready processes, re-published before the last entry expires."""
@@ -192,17 +193,20 @@ class Registry:
         A store emptied under the routers (Redis restarted without persistence, flushed, failed over to an empty
         replica) listed no host until each published again, up to a heartbeat later: every request in between was
         a 503. The registry's epoch tells that apart from hosts leaving (which leave it as it was): the hosts read
-        before are carried until their own signed entries lapse or they are listed again."""
+        before are carried until they are listed again, for three heartbeats from the moment the router finds the
+        store emptied (their own signed deadlines may have passed while Redis was away: those copies were verified
+        when read, and a host publishes again within a heartbeat of Redis' return)."""
         now = await self.state.clock_ms()
         listing = await self.state.members()
         hosts = verified(self.cluster_key, listing.hosts, now)
         if self._epoch is not None and listing.epoch != self._epoch:
             log.warning("the member registry was emptied (Redis restarted, flushed or replaced): the hosts it "
-                        "listed are kept until they publish again or their entries lapse")
+                        "listed are kept until they publish again, for up to three heartbeats")
             self._carried = {**self.hosts}
+            self._carried_until = now + round(3 * self.heartbeat * 1000)
         self._epoch = listing.epoch
-        self._carried = {host: kept for host, entries in self._carried.items()
-                         if host not in hosts and (kept := [e for e in entries if e["until"] > now])}
+        self._carried = {host: entries for host, entries in self._carried.items()
+                         if host not in hosts and now < self._carried_until}
         self.hosts = {**self._carried, **hosts}
         self._say_unsigned(listing.hosts, now)
         await self._drop_sessions(set(self._sessions) - set(self.hosts))

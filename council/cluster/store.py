@@ -131,6 +131,11 @@ class StateStore(Protocol):
 
     async def get_response(self, response_id: str) -> dict[str, Any] | None: ...
 
+    async def eviction_policy(self) -> str | None:
+        """How the store drops keys under memory pressure (Redis' `maxmemory-policy`), None where it cannot say
+        or never does."""
+        ...
+
     async def ping(self) -> None:
         """Raise StateError unless the store answers."""
         ...

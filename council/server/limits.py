@@ -4,6 +4,7 @@ state is shared), a key's requests in flight, and the requests queued for one co
 from __future__ import annotations
 
 import math
+import time
 from types import TracebackType
 
 from council.cluster.store import StateError, StateStore
@@ -41,19 +42,26 @@ class Admission:
         self.release()
 
 
+LOCAL_AFTER_FAILURE_S = 5.0  # rate limits kept by each router's own buckets after Redis failed to answer
+
+
 class Limits:
     def __init__(self, metrics: RouterMetrics, state: StateStore, shared: bool, max_queue: int) -> None:
         self.metrics, self.state, self.shared, self.max_queue = metrics, state, shared, max_queue
         self.queues: dict[str, int] = {}  # requests waiting for or inside one council or model
+        self._local_until = 0.0  # monotonic: Redis failed lately, this router's own buckets answer until then
 
     async def _take(self, who: Principal) -> float | None:
         """The key's rate limit: shared by all routers through Redis, or this router's own bucket (also the
-        fallback while Redis is away, so an outage never turns into unlimited or refused traffic)."""
-        if who.rate_limit is None or not self.shared:
+        fallback while Redis is away, so an outage never turns into unlimited or refused traffic). After a failed
+        ask, Redis is not asked again for LOCAL_AFTER_FAILURE_S: a Redis stalled (paused, slow) made every
+        rate-limited request wait out the store's timeout, a second or two each, for as long as it lasted."""
+        if who.rate_limit is None or not self.shared or time.monotonic() < self._local_until:
             return who.take()
         try:
             return await self.state.take(f"key:{who.name}", who.rate_limit, max(1.0, who.rate_limit))
         except StateError:
+            self._local_until = time.monotonic() + LOCAL_AFTER_FAILURE_S
             return who.take()
 
     def _refuse(self, reason: str, message: str, code: str, retry_after: int = 1) -> Limited:

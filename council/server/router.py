@@ -329,6 +329,10 @@ class Router:
     async def start(self) -> None:
         """Start the role: lease the plan's slots and launch the processes (councils that get no lease are not
         started), or follow the registry."""
+        if (policy := await self.state.eviction_policy()) not in (None, "noeviction"):
+            log.warning("Redis evicts keys under memory pressure (maxmemory-policy %s): a lease or a registry entry "
+                        "it drops lets another router lease the same GPU memory; set maxmemory-policy noeviction",
+                        policy)
         self.assembly = await self.role.start(self)
         self._history_task = asyncio.create_task(self._sample_history(), name="history")
 

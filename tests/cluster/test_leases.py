@@ -373,3 +373,36 @@ async def test_a_refusal_counts_this_routers_own_leases_apart_from_other_routers
         for keeper in (other, ours):
             await keeper.release_all()
             await keeper.state.close()
+
+
+async def test_a_store_outage_is_said_once_not_for_every_lease_at_every_round(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """"cannot renew leases" was logged for every lease at every renewal round for as long as Redis was away (the
+    registry said its outage once); now once, and once again when renewals go through. (A store that refuses to
+    renew stands in for an unreachable Redis.)"""
+    import logging
+
+    from council.cluster.store import Lease, StateError
+
+    class Away(MemoryState):
+        away = False
+
+        async def renew(self, lease: Lease, ttl: float) -> Lease:
+            if self.away:
+                raise StateError("Redis at redis://x is unreachable: Connection refused")
+            return await super().renew(lease, ttl)
+
+    caplog.set_level(logging.WARNING, logger="council.cluster.leases")
+    state = Away()
+    keeper = LeaseKeeper(state, "host-a:1", host="host-a")
+    assert (await keeper.admit(two_slot_plan(tmp_path))).all_admitted
+    state.away = True
+    for _ in range(3):
+        await keeper.renew_once()
+    said = [r.getMessage() for r in caplog.records]
+    assert len([m for m in said if m.startswith("cannot renew leases")]) == 1, said
+    state.away = False
+    await keeper.renew_once()
+    await keeper.renew_once()
+    assert [r.getMessage() for r in caplog.records][1:] == ["leases are renewed again"]
+    await keeper.release_all()

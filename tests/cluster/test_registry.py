@@ -472,7 +472,7 @@ async def test_a_router_keeps_its_hosts_through_a_redis_emptied_under_it(redis_u
         await publish(0.6)
         await router.refresh()
         assert router.endpoint("a") is not None and router.endpoint("b") is not None
-        # The one that never came back lapses with its own entry's deadline, as it would have without the restart.
+        # The one that never came back is dropped three of the router's heartbeats after the restart was seen.
         deadline = time.monotonic() + 5
         while router.endpoint("b") is not None:
             assert time.monotonic() < deadline, "a host carried across the restart never lapsed"
@@ -485,6 +485,35 @@ async def test_a_router_keeps_its_hosts_through_a_redis_emptied_under_it(redis_u
         await hosts[url].withdraw(url)
         await router.refresh()
         assert router.endpoint("a") is None
+    finally:
+        await router.aclose()
+        await state.close()
+
+
+async def test_hosts_are_kept_through_a_redis_outage_longer_than_their_entries_then_an_empty_restart(
+        redis_url: str) -> None:
+    """Redis away longer than three heartbeats, then back empty: the hosts' signed deadlines had passed while it
+    was away, so the router kept them (the epoch changed) and at once dropped them as lapsed: 503s until each
+    published again. The copies it carries were verified when read: they are kept for three of its heartbeats
+    from the moment it finds the store emptied."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    state = RedisState(redis_url, prefix=prefix)
+    key = "the-real-cluster-key-0123456789"
+    router = Registry(state, heartbeat=2.0, cluster_key=key)
+    host = Registry(state, heartbeat=0.1, cluster_key=key)
+    try:
+        until = await state.clock_ms() + 300
+        await state.publish_members("http://gpu-a:8080", host.entries("http://gpu-a:8080", [_process("a/0", ["a"])],
+                                                                      until), ttl=0.3, owner=host.instance)
+        await router.refresh()
+        assert router.endpoint("a") is not None
+        await _emptied(redis_url, prefix)  # Redis "away" (the router does not read) and back empty
+        deadline = time.monotonic() + 10
+        while await state.clock_ms() <= until:  # the entry's own deadline passes meanwhile
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await router.refresh()
+        assert router.endpoint("a") is not None  # was None: every request a 503 until the host published again
     finally:
         await router.aclose()
         await state.close()

@@ -564,6 +564,54 @@ async def test_a_script_whose_reply_was_lost_is_not_run_twice(redis_url: str) ->
         await proxy.close()
 
 
+class ReplyHoldingProxy(ReplyLosingProxy):
+    """Once armed, forwards the next EVALSHA and never answers it (Redis ran it; its caller times out), as a Redis
+    paused or slow past the router's timeout does, then resumed."""
+
+    async def _handle(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        redis_in, redis_out = await asyncio.open_connection(self.upstream.hostname, self.upstream.port)
+        try:
+            while data := await client_in.read(65536):
+                redis_out.write(data)
+                await redis_out.drain()
+                reply = await redis_in.read(65536)
+                if self.armed and b"EVALSHA" in data.upper():
+                    self.armed = False
+                    self.dropped += 1
+                    await client_in.read(65536)  # until the caller gives up and closes
+                    return
+                client_out.write(reply)
+                await client_out.drain()
+        finally:
+            client_out.close()
+            redis_out.close()
+
+
+async def test_an_acquire_that_timed_out_is_asked_again_as_the_same_request(redis_url: str) -> None:
+    """An acquire Redis ran but answered too late (paused, slow) timed out; the next ask carried a new request id,
+    so the first run's lease, known to nobody, refused this router's own next ask for its whole TTL. The next ask
+    for the same lease now carries the same id and gets that lease."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    proxy = ReplyHoldingProxy(redis_url)
+    state = RedisState(await proxy.start(), prefix=prefix)
+    direct = RedisState(redis_url, prefix=prefix)
+    try:
+        assert await state.acquire("warm", 100, "me:1", 1, LONG) is not None  # scripts loaded
+        proxy.armed = True
+        with pytest.raises(StateError, match="unreachable"):
+            await state.acquire("gpu0", 1000, "me:1", 600, LONG)
+        assert proxy.dropped == 1 and await direct.holders("gpu0") == {"me:1": 600}  # granted, unanswered
+        lease = await state.acquire("gpu0", 1000, "me:1", 600, LONG)
+        assert lease is not None, "refused by its own unanswered lease"
+        assert await direct.holders("gpu0") == {"me:1": 600} and await direct.check_fence("gpu0", lease.token)
+        other = await state.acquire("gpu0", 1000, "me:1", 300, LONG)  # another ask: a request of its own
+        assert other is not None and other.token != lease.token
+    finally:
+        await state.close()
+        await direct.close()
+        await proxy.close()
+
+
 async def test_the_memory_store_keeps_its_conversations_within_a_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each stored Responses conversation holds its whole history again: 300 turns of 1 MB held 300 MB, bounded
     by count alone (`server.ballots`). The oldest now go past the budget too (one larger than it is kept alone)."""
@@ -577,3 +625,30 @@ async def test_the_memory_store_keeps_its_conversations_within_a_byte_budget(mon
     assert kept == list(range(11, 20)), kept  # the nine newest fit
     await state.put_response("resp_huge", {"items": ["x" * 5_000_000]}, keep=1000)
     assert await state.get_response("resp_huge") is not None and await state.get_response("resp_19") is None
+
+
+async def test_the_store_says_whether_redis_evicts_keys(tmp_path: Path, redis_url: str) -> None:
+    """A Redis with `maxmemory` and an evicting policy dropped live leases under memory pressure, and another
+    router leased the same GPU memory until the holder's next renewal: the router now warns at start (README)."""
+    from tests.servers import free_port, wait_for
+
+    assert await MemoryState().eviction_policy() is None
+    default = RedisState(redis_url)
+    assert await default.eviction_policy() == "noeviction"
+    await default.close()
+    port = free_port()
+    evicting = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", str(tmp_path), "--maxmemory", "64mb",
+                                 "--maxmemory-policy", "allkeys-lru"], stdout=subprocess.DEVNULL)
+    state = RedisState(f"redis://127.0.0.1:{port}/0")
+    try:
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                        text=True).stdout.strip() == "PONG", "redis-server")
+        assert await state.eviction_policy() == "allkeys-lru"
+        evicting.kill()
+        evicting.wait(timeout=10)
+        assert await state.eviction_policy() is None  # away: it cannot say
+    finally:
+        await state.close()
+        evicting.kill()
+        evicting.wait(timeout=10)

@@ -686,3 +686,29 @@ async def test_every_sdk_sees_a_tool_declared_twice_refused_as_invalid_tools(tmp
         assert caught.value.code == "invalid_tools" and "declares function 'get_weather' twice" in caught.value.message
     error = messages.value.body["error"]  # type: ignore[index]
     assert error["type"] == "invalid_request_error" and "declares tool 'get_weather' twice" in error["message"]
+
+
+async def test_a_council_that_is_not_running_is_503_with_its_reason_not_an_unknown_model(tmp_path: Path) -> None:
+    """A council of the policy refused at start (here: it does not fit; also its slots leased by another router,
+    or Redis away) answered 404 "unknown model", which clients never retry, while `/readyz` said why."""
+    from council.setup.synthetic import write_qwen35
+
+    path = tmp_path / "policy.yaml"
+    model = write_qwen35(tmp_path / "m.gguf")
+    path.write_text(policy_yaml({"m": {"path": model, "memory": "100MiB"}, "big": {"path": model, "memory": "5GiB"}},
+                                {"c": {"members": [{"model": "m"}]}, "huge": {"members": [{"model": "big"}]}},
+                                memory="1GiB"))
+    server = LlamaServerInfo(path=Path("/bin/false"), build=1, version="", spec_types=("draft-mtp",))
+    life = LifeConfig(run_dir=tmp_path / "run")
+    router = open_router(path, load_policy(path), server, life)
+    router.assembly = assemble(router.plan, server, life, ballots=router.ballots)
+    assert "huge" in router.refused and "huge" not in router.engines
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://council") as http:
+        for route, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+                            ("/v1/messages", {"max_tokens": 8, "messages": [{"role": "user", "content": "x"}]})):
+            answer = await http.post(route, json={"model": "huge", **body})
+            assert answer.status_code == 503, answer.text
+            assert "council huge is not running: " in answer.text and "council_not_running" in answer.text
+        unknown = {"model": "nope", "messages": [{"role": "user", "content": "x"}]}
+        assert (await http.post("/v1/chat/completions", json=unknown)).status_code == 404

@@ -124,8 +124,13 @@ def _json(doc: Any) -> Response:
 
 
 def _target(router: Router, model: str) -> CouncilEngine | None:
-    """The council engine `model` names, None for a model (passthrough), 404 for neither."""
+    """The council engine `model` names, None for a model (passthrough), 404 for neither; a council of the policy
+    that is not running here (refused at start: its slots leased elsewhere, Redis away, it does not fit) is 503
+    with the reason `/readyz` gives, where it was 404 "unknown model", which clients never retry."""
     engine = router.engines.get(model)
+    if engine is None and model in router.policy.councils:
+        why = router.refused.get(model) or router.lost.get(model) or "it is not running on this router"
+        raise ApiError(503, f"council {model} is not running: {why}", "council_not_running")
     if engine is None and model not in router.policy.models:
         known = sorted([*router.engines, *router.policy.models])
         raise ApiError(404, f"unknown model {model!r}; known: {', '.join(known)}", "model_not_found")
