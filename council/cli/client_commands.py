@@ -54,7 +54,7 @@ def ask(
         err.print(f"[dim]{info.get('council')}: answer {info.get('answer')!r}, agreement "
                   f"{f'{agreement:.0%}' if isinstance(agreement, int | float) else '?'}, "
                   f"{'degraded, ' if info.get('degraded') else ''}{'early stop, ' if info.get('early_stop') else ''}"
-                  f"id {doc.get('id')}[/dim]", highlight=False)
+                  f"id {doc.get('id')}[/dim]", highlight=False, soft_wrap=True)  # one line (a pipe is 80 wide)
 
 
 def _reply_text(doc: object, url: str) -> str:

@@ -110,6 +110,13 @@ def test_ask_prints_a_council_object_of_any_shape() -> None:
         result = run_cli("ask", "c", "hi", "--url", url, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "42", result
     assert "agreement ?" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    # The summary is one line, whatever its length (it wrapped at 80 columns into a pipe, the id on its own line).
+    long = {**doc, "id": "chatcmpl-" + "0123456789abcdef" * 4,
+            "council": {"council": "council-with-a-long-name", "agreement": 0.5, "answer": "x" * 40}}
+    with _answering(200, long) as url:
+        result = run_cli("ask", "c", "hi", "--url", url, timeout=60)
+    assert result.returncode == 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.strip().endswith("id chatcmpl-" + "0123456789abcdef" * 4), result.stderr
 
 
 @pytest.mark.parametrize(("args", "says"), [
