@@ -30,10 +30,12 @@ from council.voting.lanes import Call, Rates, group_calls, lanes
 from council.voting.request import CouncilRequest, dumps
 from council.voting.tools import (
     CUT_OFF_CALL,
+    FOLLOW_UP_RULE,
     ToolAnswer,
     Toolbox,
     ToolDecision,
     ballot_text,
+    calls_as_text,
     decide_tools,
     read_answer,
     tool_instructions,
@@ -470,7 +472,10 @@ class CouncilEngine:
         text = None if toolbox is None else self.tool_text(request, how)
         if text is None:
             return body
-        return {**body, "messages": with_system(list(body.get("messages") or []), text)}
+        # Told to write calls as a JSON list, a member reads its past calls and their results so too (and, once
+        # results are in, that they may answer from them): see `calls_as_text`.
+        messages, results = calls_as_text(list(body.get("messages") or []))
+        return {**body, "messages": with_system(messages, text + FOLLOW_UP_RULE if results else text)}
 
     def seat_bodies(self, request: CouncilRequest, toolbox: Toolbox | None) -> Bodies:
         """Each seat's body (`members_body` with its own tool instructions), each distinct one made once per

@@ -28,7 +28,7 @@ from council.server.routes.chat import stream_deltas
 from council.setup.catalog import by_name
 from council.voting.engine import member_payload
 from council.voting.request import CouncilRequest
-from council.voting.tools import ONE_CALL_RULES, TOOL_RULES
+from council.voting.tools import FOLLOW_UP_RULE, ONE_CALL_RULES, RESULTS, TOOL_RULES, calls_as_text
 from tests.policies import member_entry, policy_yaml
 from tests.servers import CouncilServer, RunningServer, wait_for
 
@@ -170,7 +170,7 @@ class Provider:
         messages, tools = doc["messages"], doc.get("tools") or []
         names = [t["function"]["name"] for t in tools]
         message: dict[str, Any] = {"role": "assistant", "content": f"no call; tools: {names}"}
-        if messages[-1]["role"] == "tool":
+        if messages[-1]["role"] == "tool" or str(messages[-1].get("content")).startswith(RESULTS):
             message = {"role": "assistant", "content": FINAL}
         elif names:
             wanted = names if "time" in str(messages[-1]["content"]) else names[:1]
@@ -242,7 +242,9 @@ def test_three_turn_agent_loop_through_a_council(serve: Callable[..., CouncilSer
     assert sorted(b["messages"][0]["content"] for b in asked) == sorted([told, f"{told}\n\n{OWN}"])
     assert all(b["parallel_tool_calls"] is False and b["tools"] == TOOLS for b in asked)
 
-    # turn 2: the agent sends the tool's result under the id the council returned; every member gets both
+    # turn 2: the agent sends the tool's result under the id the council returned; every member gets both, in
+    # the words of the tool rules it was given (its call as the JSON list they ask for, the result as a user
+    # turn: in the template's own tags a small model echoed the result back), and may answer from them
     messages += [choice.message, {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'}]
     second = client.chat.completions.create(model="agent", messages=messages, tools=TOOLS, extra_body=EVERY)
     assert second.choices[0].finish_reason == "stop" and second.choices[0].message.content == FINAL
@@ -250,15 +252,17 @@ def test_three_turn_agent_loop_through_a_council(serve: Callable[..., CouncilSer
     assert [m["status"] for m in council["members"]] == ["ok", "ok", "ok"], council  # llama-server took it
     for sent in provider.bodies[len(asked):]:
         assistant, result = sent["messages"][-2:]
-        assert [c["id"] for c in assistant["tool_calls"]] == [call.id]
-        assert assistant["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": call.function.arguments}
-        assert result == {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'}
+        called = '[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+        assert assistant == {"role": "assistant", "content": called}
+        returned = f'{RESULTS}\n- get_weather with {{"city": "Paris"}}: {{"temp_c": 21}}'
+        assert result == {"role": "user", "content": returned}
+        assert FOLLOW_UP_RULE in sent["messages"][0]["content"]
 
     # the real member read the agent's system message too: its prompt is exactly the template applied to the
     # merged messages (a replaced system prompt would be shorter), as a llama-server of the same model counts it
     alone = start_server(QWEN05.path, ctx=1024)
-    merged = [{"role": "system", "content": f"{AGENT}\n\n{TOOL_RULES}\n\n{OWN}"},
-              *[m if isinstance(m, dict) else m.model_dump(exclude_none=True) for m in messages[1:]]]
+    told, _ = calls_as_text([m if isinstance(m, dict) else m.model_dump(exclude_none=True) for m in messages[1:]])
+    merged = [{"role": "system", "content": f"{AGENT}\n\n{TOOL_RULES}{FOLLOW_UP_RULE}\n\n{OWN}"}, *told]
     real = next(m for m in council["members"] if m["name"] == "real")
 
     def count(msgs: list[Any]) -> int:

@@ -137,6 +137,24 @@ async def test_no_call_wins_when_most_seats_make_none_and_the_council_answers_wi
     assert answer.message["content"] == "Sorry, no tool for that. It is 12 o'clock somewhere, the answer is 12."
 
 
+async def test_free_text_that_agrees_with_no_other_is_the_first_no_call_seats_not_the_quickest() -> None:
+    """After an agent's tool results every seat answers in its own words: each reply was a vote of its own, and
+    the tie went to the quickest, the shortest: a sample restating the question beat the greedy seat's answer.
+    Without a majority among the no-call texts the first no-call seat speaks (where most agree, they do)."""
+    answer_text = "The distance from Berlin to Munich by road is 584 km."
+    engine, _ = council({"vote": {"strategy": "majority"}},
+                        Say(answer_text, delay=0.05), Say("The road distance is 584 km.", delay=0.03),
+                        Say("How far is it from Berlin to Munich by road?"))
+    asked = CouncilRequest.of(ask(question="How far is it from Berlin to Munich by road?"), early_stop=False)
+    answer = await engine.ask(asked)  # every seat answers (early stop would close the slowest, here the first)
+    assert answer.decision.answer == NO_CALL and answer.message["content"] == answer_text
+    assert answer.council_json()["speaker"] == "c/0"
+    same = Say("Berlin to Munich: 584 km.")
+    agreeing, _ = council({"vote": {"strategy": "majority"}}, Say(answer_text, delay=0.05), same, same)
+    agreed = await agreeing.ask(CouncilRequest.of(ask(question="How far?"), early_stop=False))
+    assert agreed.message["content"] == "Berlin to Munich: 584 km."
+
+
 async def test_a_call_written_as_text_is_recovered_and_marked_unless_the_policy_says_no() -> None:
     fenced = '```json\n{\n  "name": "get_weather",\n  "arguments": {\n    "city": "Paris"\n  }\n}\n```'
     for recover in (True, False):
@@ -720,3 +738,29 @@ def test_a_schema_jsonschema_cannot_even_look_up_is_a_problem_not_an_exception()
     box = Toolbox([_tool("f", {"type": "object", "$schema": 5})])
     assert box.call("f", "{}").verdict == ("f's parameters are not a valid JSON Schema: $schema must be a string (a "
                                            "metaschema's URI), not 5")
+
+
+def test_an_agents_calls_and_results_reach_a_member_in_the_words_of_its_rules() -> None:
+    """A member told to write calls as a JSON list read its past calls and their results in its chat template's
+    tags, which Qwen2.5-Coder-1.5B echoed back (`<tool_response>...`) or called again, 10 of 10 turns after a
+    result; told in the rules' own words (and that it may answer from the results), it answered all 10."""
+    from council.voting.tools import RESULTS, calls_as_text
+
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris and London?"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {"id": "b", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "London"}'}}]},
+        {"role": "tool", "tool_call_id": "b", "content": [{"type": "text", "text": "14 C"}]},
+        {"role": "tool", "tool_call_id": "a", "content": "18 C"},
+        {"role": "tool", "tool_call_id": "unknown", "content": "?"},
+    ]
+    told, results = calls_as_text(messages)
+    assert results and told[:2] == messages[:2]
+    assert told[2] == {"role": "assistant", "content": 'Checking.\n[{"name": "get_weather", "arguments": {"city": '
+                       '"Paris"}}, {"name": "get_weather", "arguments": {"city": "London"}}]'}
+    assert told[3] == {"role": "user", "content": f'{RESULTS}\n- get_weather with {{"city": "London"}}: 14 C\n'
+                       '- get_weather with {"city": "Paris"}: 18 C\n- a call: ?'}
+    assert len(told) == 4
+    assert calls_as_text(messages[:2]) == (messages[:2], False)  # nothing to tell: as it came
