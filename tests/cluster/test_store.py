@@ -501,10 +501,13 @@ async def test_values_council_did_not_write_read_as_absent(redis_url: str) -> No
 
 class ReplyLosingProxy:
     """A TCP proxy to Redis that, once armed, forwards the next EVALSHA, reads Redis' reply and drops the
-    connection instead of passing it on: the script ran, its caller saw a broken connection (and retries)."""
+    connection instead of passing it on: the script ran, its caller saw a broken connection (and retries). With
+    `hold`, it keeps the connection silent until the caller gives up (a timeout), as a Redis paused or slow past
+    the router's timeout does, then resumed."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, hold: bool = False) -> None:
         self.upstream = urlsplit(redis_url)
+        self.hold = hold
         self.armed = False
         self.dropped = 0
         self.server: asyncio.Server | None = None
@@ -524,6 +527,8 @@ class ReplyLosingProxy:
                 if self.armed and b"EVALSHA" in data.upper():
                     self.armed = False
                     self.dropped += 1
+                    if self.hold:
+                        await client_in.read(65536)  # until the caller gives up and closes
                     return
                 client_out.write(reply)
                 await client_out.drain()
@@ -564,35 +569,12 @@ async def test_a_script_whose_reply_was_lost_is_not_run_twice(redis_url: str) ->
         await proxy.close()
 
 
-class ReplyHoldingProxy(ReplyLosingProxy):
-    """Once armed, forwards the next EVALSHA and never answers it (Redis ran it; its caller times out), as a Redis
-    paused or slow past the router's timeout does, then resumed."""
-
-    async def _handle(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
-        redis_in, redis_out = await asyncio.open_connection(self.upstream.hostname, self.upstream.port)
-        try:
-            while data := await client_in.read(65536):
-                redis_out.write(data)
-                await redis_out.drain()
-                reply = await redis_in.read(65536)
-                if self.armed and b"EVALSHA" in data.upper():
-                    self.armed = False
-                    self.dropped += 1
-                    await client_in.read(65536)  # until the caller gives up and closes
-                    return
-                client_out.write(reply)
-                await client_out.drain()
-        finally:
-            client_out.close()
-            redis_out.close()
-
-
 async def test_an_acquire_that_timed_out_is_asked_again_as_the_same_request(redis_url: str) -> None:
     """An acquire Redis ran but answered too late (paused, slow) timed out; the next ask carried a new request id,
     so the first run's lease, known to nobody, refused this router's own next ask for its whole TTL. The next ask
     for the same lease now carries the same id and gets that lease."""
     prefix = f"test:{uuid.uuid4().hex}:"
-    proxy = ReplyHoldingProxy(redis_url)
+    proxy = ReplyLosingProxy(redis_url, hold=True)
     state = RedisState(await proxy.start(), prefix=prefix)
     direct = RedisState(redis_url, prefix=prefix)
     try:
