@@ -115,3 +115,12 @@ def plan_or_exit(loaded: Any) -> Any:
         return plan_policy(loaded.policy)
     except (OSError, ValueError) as exc:
         raise fail(str(exc), 2) from None
+
+
+def stopping_signals() -> tuple[int, ...]:
+    """SIGTERM, and SIGHUP (a closed terminal) unless the command was started ignoring it: `nohup council ...`
+    hands it SIGHUP ignored so that it outlives the terminal, and a handler of ours would undo that."""
+    import signal
+
+    hup = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGTERM, *hup)

@@ -21,6 +21,7 @@ from council.cli.console import (
     machine_fits_or_exit,
     out,
     plan_or_exit,
+    stopping_signals,
 )
 
 
@@ -31,7 +32,7 @@ def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -
     import asyncio
     import os
 
-    from council.members.logs import prune_up_logs
+    from council.members.logs import mark_up_logs, prune_up_logs
     from council.members.process import LifeConfig
     from council.paths import council_home
     from council.voting.assembly import assemble
@@ -47,6 +48,7 @@ def up(policy: Annotated[str, typer.Argument(help="The policy file (YAML).")]) -
         raise fail("no council fits: nothing to start (see `council plan`)", 3)
     prune_up_logs(council_home() / "run" / "logs")
     life = LifeConfig(run_dir=council_home() / "run", instance=f"{Path(policy).stem}-up-{os.getpid()}")
+    mark_up_logs(life.log_dir)
     supervisor = assemble(plan_result, server, life, listeners=[_change_line]).supervisor
     failed = asyncio.run(_run_until_signalled(supervisor))
     if failed:
@@ -61,8 +63,8 @@ def _stop_on_sigterm() -> None:
     def stop(_signum: int, _frame: Any) -> None:
         raise SystemExit(0)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)
+    for sig in stopping_signals():
+        signal.signal(sig, stop)
 
 
 def _change_line(change: Any) -> None:
@@ -92,7 +94,7 @@ async def _run_until_signalled(supervisor: Any) -> list[str]:
         process.listeners.append(on_change)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: a closed terminal
+    for sig in (signal.SIGINT, *stopping_signals()):  # SIGHUP: a closed terminal (not under nohup)
         loop.add_signal_handler(sig, stop.set)
     live = Live(_members_table(supervisor), console=out, auto_refresh=False) if out.is_terminal else None
     if live is not None:
@@ -241,7 +243,8 @@ def serve(
     # SIGHUP (a closed terminal) stops as SIGTERM does: drained, members stopped, exit 0. Python's default was death
     # on the spot: requests cut, members left to their parent-death kill, a pid file behind. (A reload is
     # POST /admin/reload.)
-    signal.signal(signal.SIGHUP, lambda _sig, _frame: server_.handle_exit(signal.SIGTERM, None))
+    if signal.SIGHUP in stopping_signals():  # not under nohup
+        signal.signal(signal.SIGHUP, lambda _sig, _frame: server_.handle_exit(signal.SIGTERM, None))
     server_.run(sockets=sockets)
     out.print("all processes stopped")
 

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from council.cli.console import app, fail, out
+from council.cli.console import app, fail, out, stopping_signals
 
 if TYPE_CHECKING:
     from council.setup.catalog import ModelSource
@@ -47,7 +47,7 @@ def setup(
     # SIGTERM and SIGHUP (systemd, `timeout`, a CI cancel) end setup as Ctrl-C does: its build or download stops
     # with it (their process group killed), then the lock is released, exit 130.
     # Python's default was death on the spot: the build ran on, unlocked, beside the next setup's.
-    for stop in (signal.SIGTERM, signal.SIGHUP):
+    for stop in stopping_signals():  # SIGTERM, and SIGHUP unless under nohup
         signal.signal(stop, signal.default_int_handler)
     out.print(f"council cache: {council_home()}")
     try:

@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from council.cli.console import app, err, fail, llama_server_or_exit, load_or_exit, machine_fits_or_exit, out
+from council.cli.console import (
+    app,
+    err,
+    fail,
+    llama_server_or_exit,
+    load_or_exit,
+    machine_fits_or_exit,
+    out,
+    stopping_signals,
+)
 from council.paths import same_file, unwritable, write_whole
 
 if TYPE_CHECKING:
@@ -108,7 +117,7 @@ def tune(
     machine_fits_or_exit(loaded, server, model)
     # SIGTERM and SIGHUP end the sweep as Ctrl-C does: its process stops and its run folder (the member's log, a
     # pid record) goes; Python's default was death on the spot, the folder left in /tmp.
-    for stop in (signal.SIGTERM, signal.SIGHUP):
+    for stop in stopping_signals():  # SIGTERM, and SIGHUP unless under nohup
         signal.signal(stop, signal.default_int_handler)
     out.print(f"tuning {model} ({draft.type}): n = {', '.join(map(str, measured))}, "
               f"{len(chosen)} prompts × {tokens} tokens", highlight=False)

@@ -104,20 +104,22 @@ def exit_reason(log_tail: Iterable[str], code: int | None) -> str:
 
 
 UP_LOGS_KEPT = 8  # `council up` runs whose log folders are kept once their router has ended
+UP_MARKER = ".council-up"  # in an `up` run's log folder: its PID (a `serve` folder, POLICY-PORT, may look alike)
 _UP_FOLDER = re.compile(r"^.+-up-(\d+)$")
 
 
 def prune_up_logs(logs: Path, keep: int = UP_LOGS_KEPT) -> list[Path]:
-    """Remove the log folders of ended `council up` runs (`POLICY-up-PID`, whose PID no longer runs) but the `keep`
-    newest: each run made one, and none was ever removed (the cache grew with every start). `serve`'s are named
-    by port, so reused. Folders of runs still going, and anything that cannot be read or removed, are left."""
+    """Remove the log folders of ended `council up` runs (`POLICY-up-PID` holding `UP_MARKER`, whose PID no longer
+    runs) but the `keep` newest: each run made one, and none was ever removed (the cache grew with every start).
+    `serve`'s are named by port, so reused (`scale-up-8080` is one: the marker tells them apart). Folders of runs
+    still going, and anything that cannot be read or removed, are left."""
     import shutil
 
     ended: list[tuple[float, Path]] = []
     with contextlib.suppress(OSError):
         for folder in logs.iterdir():
             match = _UP_FOLDER.match(folder.name)
-            if match is None or not folder.is_dir() or _running(int(match.group(1))):
+            if (match is None or not (folder / UP_MARKER).is_file() or _running(int(match.group(1)))):
                 continue
             with contextlib.suppress(OSError):
                 ended.append((folder.stat().st_mtime, folder))
@@ -136,3 +138,10 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def mark_up_logs(folder: Path) -> None:
+    """Mark `folder` as an `up` run's log folder (`prune_up_logs` removes only such folders); best effort."""
+    with contextlib.suppress(OSError):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / UP_MARKER).write_text(f"{os.getpid()}\n")

@@ -7,7 +7,7 @@ The facts come in as arguments — GGUF headers read by `council.plan.gguf`, the
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -152,16 +152,18 @@ def environment_problems(loaded: LoadedPolicy, server: ServerFlags | None,
     return problems
 
 
-def missing_run_files(loaded: LoadedPolicy) -> list[Problem]:
-    """The model files that processes of this host would run from and that are not there, `memory:` or not:
-    `check` plans a missing file by its `memory:` (a policy written for another machine), but a reload that
-    accepted one stopped a council's working processes for ones that could never start."""
+def missing_run_files(loaded: LoadedPolicy, models: Collection[str] | None = None) -> list[Problem]:
+    """The model files that processes of this host would run from (those of `models`, else every council's) and
+    that are not there, `memory:` or not: `check` plans a missing file by its `memory:` (a policy written for
+    another machine), but `up` and `serve` started processes that could never load, and a reload that accepted
+    one stopped a council's working processes for them."""
     policy = loaded.policy
-    used: set[str] = set()
-    for council in policy.councils.values():
-        used |= {m.model for m in council.members}
-        if council.fallback is not None and council.fallback.model is not None:
-            used.add(council.fallback.model)
+    used: set[str] = set(models or ())
+    if models is None:
+        for council in policy.councils.values():
+            used |= {m.model for m in council.members}
+            if council.fallback is not None and council.fallback.model is not None:
+                used.add(council.fallback.model)
     used |= {policy.models[m].draft.model or "" for m in used if m in policy.models}
     problems = []
     for name in sorted(used & set(policy.models)):

@@ -81,6 +81,10 @@ class RouterRole(Protocol):
         """Why this router cannot run a new policy here (a reload's check before it stops anything)."""
         ...
 
+    def starting_problems(self, router: Router, loaded: LoadedPolicy, plan: PolicyPlan) -> list[str]:
+        """Why a process the reload to `plan` would start cannot start here (its model file is not there)."""
+        ...
+
     async def start(self, router: Router) -> Assembly: ...
 
     async def stop(self, router: Router) -> None: ...
@@ -116,8 +120,17 @@ class LocalRole:
         """What only this machine can say of a new policy (`council check`'s own checks: its files, their GGUF
         headers, the draft types the installed llama-server knows; and the files of the models its councils run
         here, which `memory:` lets `check` plan without): a reload refuses it before stopping anything."""
-        return [p.format(file) for p in [*environment_problems(loaded, self.server, read_gguf),
-                                         *missing_run_files(loaded)]]
+        return [p.format(file) for p in environment_problems(loaded, self.server, read_gguf)]
+
+    def starting_problems(self, router: Router, loaded: LoadedPolicy, plan: PolicyPlan) -> list[str]:
+        """The model files of the processes the reload would start (changed or new) that are not there, `memory:`
+        or not: it accepted one and stopped a council's working processes for ones that could never load. A
+        process it leaves running is not asked (its file may go: it has it open)."""
+        assert router.assembly is not None
+        running = {name: _identity(router.plan, name) for name in router.assembly.supervisor.processes}
+        models = {p.process.model for p in plan.placements()
+                  if running.get(p.process.key) != _identity(plan, p.process.key)}
+        return [p.format(str(router.policy_path)) for p in missing_run_files(loaded, models)]
 
     async def start(self, router: Router) -> Assembly:
         # Planned again now the store can say which neighbours' memory its leases count already.
@@ -218,6 +231,9 @@ class PeerRole:
 
     def check(self, loaded: LoadedPolicy, file: str) -> list[str]:
         return []  # it launches nothing: its hosts check their own
+
+    def starting_problems(self, router: Router, loaded: LoadedPolicy, plan: PolicyPlan) -> list[str]:
+        return []
 
     async def start(self, router: Router) -> Assembly:
         self._tasks.append(asyncio.create_task(router.registry.follow_forever(), name="registry"))
@@ -510,6 +526,8 @@ class Router:
             # may take long), and requests go on meanwhile.
             loaded, plan = await asyncio.to_thread(self._checked_policy, await self.gpus())
             assert self.assembly is not None
+            if problems := self.role.starting_problems(self, loaded, plan):
+                raise ReloadError(problems)
             # The keys first: the swap waits for changed processes to drain (up to drain_timeout, then their
             # stop), and a key the new policy removes was honoured all that while. A refused swap puts them back.
             before = self.loaded.policy.server.api_keys

@@ -475,7 +475,9 @@ class CouncilEngine:
         # Told to write calls as a JSON list, a member reads its past calls and their results so too (and, once
         # results are in, that they may answer from them): see `calls_as_text`.
         messages, results = calls_as_text(list(body.get("messages") or []))
-        return {**body, "messages": with_system(messages, text + FOLLOW_UP_RULE if results else text)}
+        # (Not where a call is required: the rule would say the opposite.)
+        follow_up = results and body.get("tool_choice") in (None, "auto")
+        return {**body, "messages": with_system(messages, text + FOLLOW_UP_RULE if follow_up else text)}
 
     def seat_bodies(self, request: CouncilRequest, toolbox: Toolbox | None) -> Bodies:
         """Each seat's body (`members_body` with its own tool instructions), each distinct one made once per

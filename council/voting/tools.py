@@ -494,8 +494,9 @@ def _no_call_speaker(decision: Decision, ballots: Sequence[Ballot], how: str, st
         inner = decide(texts, strategy, tie_break, temperature=temperature)
     except (ValueError, ArithmeticError):  # every no-call reply abstains under the extractor: the first speaks
         return decision
-    if inner.agreement <= 0.5:
-        return _with_speaker(decision, min(voters, key=lambda b: b.order))
+    if inner.agreement <= 0.5:  # (a no-call seat whose reply the extractor reads as nothing never speaks)
+        first = min((b for b in texts if b.answer is not None), key=lambda b: b.order)
+        return _with_speaker(decision, next(b for b in voters if b.member == first.member))
     speaker = next(b for b in voters if b.member == inner.speaker)
     return _with_speaker(decision, speaker)
 
@@ -627,9 +628,12 @@ RESULTS = "Results of your calls:"
 def calls_as_text(messages: Sequence[Any]) -> tuple[list[Any], bool]:
     """An agent's conversation in the words the council's tool rules ask for: each assistant turn's `tool_calls`
     as the JSON list those rules say to write (after its text), and each run of `tool` messages as one user
-    message, `Results of your calls:` then `- name with ARGUMENTS: RESULT` a line; and whether it held any
-    results. A member given the rules then reads its own past calls as it was told to write them, not in its chat
-    template's tags, which small models echo back."""
+    message, `Results of your calls:` then `- name with ARGUMENTS: RESULT` a line; and whether results came after
+    its last user turn (the request continues from them). A conversation whose results hold an image or other
+    media is returned as it came. A member given the rules then reads its own past calls as it was told to write
+    them, not in its chat template's tags, which small models echo back."""
+    if any(_holds_media(m) for m in messages):
+        return list(messages), False  # a result holding an image (a screenshot): as sent, or the image is lost
     out: list[Any] = []
     calls: dict[str, tuple[str, Any]] = {}  # tool_call_id -> (name, arguments)
     results: list[str] = []
@@ -665,7 +669,17 @@ def calls_as_text(messages: Sequence[Any]) -> tuple[list[Any], bool]:
                     "content": f"{said}\n{text}" if said else text})
     if results:
         out.append({"role": "user", "content": "\n".join([RESULTS, *results])})
-    return out, any(isinstance(m, Mapping) and m.get("role") == "tool" for m in messages)
+    # Results the current request continues from: after its last user turn (a new question later in a session,
+    # "And in Rome?", is asked afresh).
+    roles = [m.get("role") for m in messages if isinstance(m, Mapping)]
+    last_user = max((i for i, r in enumerate(roles) if r == "user"), default=-1)
+    return out, "tool" in roles[last_user + 1:]
+
+
+def _holds_media(message: Any) -> bool:
+    content = message.get("content") if isinstance(message, Mapping) and message.get("role") == "tool" else None
+    return isinstance(content, list) and any(isinstance(p, Mapping) and p.get("type", "text") != "text"
+                                             for p in content)
 
 
 def _text(content: Any) -> str:

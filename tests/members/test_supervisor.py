@@ -502,7 +502,8 @@ def test_a_record_that_cannot_be_read_or_forgotten_does_not_stop_a_start(tmp_pat
 # ---- `council up` as a real command -------------------------------------------------------------------
 
 
-def _council_up(tmp_path: Path, mtp_model: Path, binary: Path) -> tuple[subprocess.Popen[str], Path, str]:
+def _council_up(tmp_path: Path, mtp_model: Path, binary: Path,
+                nohup: bool = False) -> tuple[subprocess.Popen[str], Path, str]:
     marker = tmp_path / f"up-{os.getpid()}-{time.monotonic_ns()}.gguf"
     shutil.copyfile(mtp_model, marker)
     policy = tmp_path / "up.yaml"
@@ -510,8 +511,9 @@ def _council_up(tmp_path: Path, mtp_model: Path, binary: Path) -> tuple[subproce
                                   {"pair": {"members": [{"model": "syn"}, {"model": "syn"}]}}, memory="2GiB"))
     log = tmp_path / "up.log"
     env = {**os.environ, "COUNCIL_HOME": str(tmp_path), "LLAMA_SERVER": str(binary)}
+    ignore_hup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None  # as `nohup` starts it
     proc = subprocess.Popen([sys.executable, "-m", "council", "up", str(policy)], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, text=True, env=env)
+                            stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=ignore_hup)
     deadline = time.monotonic() + 60
     while "2/2 processes ready" not in log.read_text():
         assert proc.poll() is None, log.read_text()
@@ -536,6 +538,21 @@ def test_council_up_sigterm_stops_everything_exit_0(
     proc.send_signal(stop)
     assert proc.wait(timeout=30) == 0, log.read_text()
     assert "all processes stopped" in log.read_text()
+    assert _members_of(marker) == []
+
+
+def test_council_up_under_nohup_outlives_sighup(
+    tmp_path: Path, mtp_model: Path, llama_server_bin: LlamaServerInfo
+) -> None:
+    """`nohup council up &` starts it with SIGHUP ignored, to outlive the terminal: the handler that stops `up` on
+    SIGHUP (a closed terminal) replaced that, and a nohup'd router stopped when its terminal closed."""
+    proc, log, marker = _council_up(tmp_path, mtp_model, llama_server_bin.path, nohup=True)
+    proc.send_signal(signal.SIGHUP)
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=2)  # (a stop takes well under a second here: the SIGHUP test above)
+    assert len(_members_of(marker)) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, log.read_text()
     assert _members_of(marker) == []
 
 
@@ -592,7 +609,7 @@ def test_council_up_keeps_the_log_folders_of_its_newest_ended_runs_only(tmp_path
     stay."""
     import os
 
-    from council.members.logs import UP_LOGS_KEPT, prune_up_logs
+    from council.members.logs import UP_LOGS_KEPT, UP_MARKER, prune_up_logs
 
     ended = subprocess.Popen(["true"])
     ended.wait()  # a PID no process holds now
@@ -602,17 +619,20 @@ def test_council_up_keeps_the_log_folders_of_its_newest_ended_runs_only(tmp_path
         folder = logs / f"p{i}-up-{ended.pid}"
         folder.mkdir(parents=True)
         (folder / "p_0.log").write_text("x\n")
+        (folder / UP_MARKER).write_text(f"{ended.pid}\n")
         os.utime(folder, (1_000_000 + i, 1_000_000 + i))
         made.append(folder)
     running = logs / f"old-up-{os.getpid()}"
     serve = logs / "policy-8080"
-    for folder in (running, serve, logs / "up-notapid"):
+    scale_up = logs / "scale-up-8080"  # `serve scale-up.yaml --port 8080`: no marker, never an up run's
+    for folder in (running, serve, logs / "up-notapid", scale_up):
         folder.mkdir()
         os.utime(folder, (1, 1))
+    (running / UP_MARKER).write_text(f"{os.getpid()}\n")
     removed = prune_up_logs(logs)
     assert sorted(removed) == sorted(made[:4])  # the four oldest ended runs
     assert sorted(p.name for p in logs.iterdir()) == sorted(
-        [f.name for f in made[4:]] + [running.name, serve.name, "up-notapid"])
+        [f.name for f in made[4:]] + [running.name, serve.name, "up-notapid", scale_up.name])
 
 
 def test_council_serve_stops_on_sighup_as_on_sigterm(

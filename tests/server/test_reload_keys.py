@@ -103,6 +103,11 @@ async def test_a_reload_to_a_model_file_that_is_not_there_is_refused_though_memo
     The files this host runs must be there; the old processes keep serving."""
     router = _router(tmp_path)
     (tmp_path / "m.gguf").unlink()
+    # A reload that leaves the process as it is (a key rotated, say) goes through: the running process has it.
+    assert (await router.reload())["unchanged"] == ["c/0", "c/1"]
+    doc = yaml.safe_load(router.policy_path.read_text())
+    doc["models"]["m"]["ctx_size"] = 1024  # the processes would restart from the file
+    router.policy_path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ReloadError) as refused:
         await router.reload()
     assert any(f"{tmp_path / 'm.gguf'} does not exist: a process of this host runs it" in line

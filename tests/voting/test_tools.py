@@ -149,6 +149,10 @@ async def test_free_text_that_agrees_with_no_other_is_the_first_no_call_seats_no
     answer = await engine.ask(asked)  # every seat answers (early stop would close the slowest, here the first)
     assert answer.decision.answer == NO_CALL and answer.message["content"] == answer_text
     assert answer.council_json()["speaker"] == "c/0"
+    # A first no-call seat that wrote nothing never speaks: the first with something to say does.
+    silent, _ = council({"vote": {"strategy": "majority"}}, Say(""), Say(answer_text), Say("How far is it?"))
+    spoken = await silent.ask(CouncilRequest.of(ask(question="How far?"), early_stop=False))
+    assert spoken.message["content"] == answer_text and spoken.council_json()["speaker"] == "c/1"
     same = Say("Berlin to Munich: 584 km.")
     agreeing, _ = council({"vote": {"strategy": "majority"}}, Say(answer_text, delay=0.05), same, same)
     agreed = await agreeing.ask(CouncilRequest.of(ask(question="How far?"), early_stop=False))
@@ -764,3 +768,25 @@ def test_an_agents_calls_and_results_reach_a_member_in_the_words_of_its_rules() 
                        '- get_weather with {"city": "Paris"}: 18 C\n- a call: ?'}
     assert len(told) == 4
     assert calls_as_text(messages[:2]) == (messages[:2], False)  # nothing to tell: as it came
+    # A new question after the results is asked afresh: no rule to answer from the old results.
+    assert calls_as_text([*messages, {"role": "assistant", "content": "18 and 14 C."},
+                          {"role": "user", "content": "And in Rome?"}])[1] is False
+    # A result holding an image (a screenshot) goes as it came: in text, the image was lost.
+    shot = {"role": "tool", "tool_call_id": "a", "content": [
+        {"type": "text", "text": "the page:"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}
+    assert calls_as_text([*messages[:3], shot]) == ([*messages[:3], shot], False)
+
+
+def test_the_rule_to_answer_from_results_is_not_given_where_a_call_is_required() -> None:
+    from council.voting.tools import FOLLOW_UP_RULE
+
+    engine, _ = council({"vote": {"strategy": "majority"}}, Say("x"), Say("x"))
+    body = {**ask(), "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "a", "content": "18 C"}]}
+    for choice, told in ((None, True), ("auto", True), ("required", False)):
+        request = CouncilRequest.of({**body, **({"tool_choice": choice} if choice else {})})
+        system = engine.members_body(request, engine.toolbox(request))["messages"][0]["content"]
+        assert (FOLLOW_UP_RULE in system) is told, choice
