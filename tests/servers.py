@@ -211,7 +211,7 @@ def start_council_serve(policy_text: str, workdir: Path, env: dict[str, str], de
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "council", "serve", str(policy), "--port", str(port), *args],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **env})
+                                env={**os.environ, **env}, preexec_fn=hup_as_from_a_terminal)
     server = CouncilServer(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path, policy_path=policy)
     with httpx.Client(timeout=2.0) as client:
         def timed_out() -> Exception:
@@ -224,3 +224,11 @@ def start_council_serve(policy_text: str, workdir: Path, env: dict[str, str], de
         poll_ready(lambda: client.get(f"{server.url}{ready_path}", headers=ready_headers).status_code == 200, proc,
                    deadline_s, exited, timed_out)
     return server
+
+
+def hup_as_from_a_terminal() -> None:
+    """preexec_fn: SIGHUP at its default in the child, as a command started from a terminal has it. The suite
+    itself may run under `nohup` (SIGHUP ignored, inherited), and `council` keeps an ignored SIGHUP ignored."""
+    import signal
+
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)

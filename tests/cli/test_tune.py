@@ -23,6 +23,7 @@ from council.policy.loading import load_policy
 from council.policy.schema import Policy
 from council.setup.synthetic import write_qwen35
 from tests.conftest import run_cli
+from tests.servers import hup_as_from_a_terminal
 
 POLICY = """\
 # tuned by the test; this comment must survive --write
@@ -105,7 +106,7 @@ def test_a_sweep_stopped_by_a_signal_leaves_no_process_or_folder(llama_server_bi
     # machine, before the signal arrived (exit 0 and the signal's traceback at exit).
     proc = subprocess.Popen([sys.executable, "-m", "council", "tune", str(policy), "syn", "--n", "0,1,2,3,4,5",
                              "--tokens", "100000", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "TMPDIR": str(temp)})
+                            text=True, env={**os.environ, "TMPDIR": str(temp)}, preexec_fn=hup_as_from_a_terminal)
     try:
         deadline = time.monotonic() + 60
         while not list(temp.glob("council-tune-*/*")):  # the sweep's process is starting

@@ -30,7 +30,7 @@ from council.policy.schema import ModelConfig, Policy
 from council.setup.catalog import by_name
 from council.setup.synthetic import write_qwen35
 from tests.policies import policy_yaml
-from tests.servers import gone, until
+from tests.servers import gone, hup_as_from_a_terminal, until
 
 pytestmark = pytest.mark.anyio
 SMOL = by_name("smollm2-135m")
@@ -511,9 +511,12 @@ def _council_up(tmp_path: Path, mtp_model: Path, binary: Path,
                                   {"pair": {"members": [{"model": "syn"}, {"model": "syn"}]}}, memory="2GiB"))
     log = tmp_path / "up.log"
     env = {**os.environ, "COUNCIL_HOME": str(tmp_path), "LLAMA_SERVER": str(binary)}
-    ignore_hup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None  # as `nohup` starts it
+    def ignore_hup() -> None:  # as `nohup` starts it
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
     proc = subprocess.Popen([sys.executable, "-m", "council", "up", str(policy)], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=ignore_hup)
+                            stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=ignore_hup if nohup else hup_as_from_a_terminal)
     deadline = time.monotonic() + 60
     while "2/2 processes ready" not in log.read_text():
         assert proc.poll() is None, log.read_text()
@@ -534,11 +537,15 @@ def test_council_up_sigterm_stops_everything_exit_0(
     """SIGHUP (a closed terminal) stops as SIGTERM does; it killed `up` and `serve` on the spot (their members left
     to the parent-death kill, a pid file behind)."""
     proc, log, marker = _council_up(tmp_path, mtp_model, llama_server_bin.path)
-    assert len(_members_of(marker)) == 2
-    proc.send_signal(stop)
-    assert proc.wait(timeout=30) == 0, log.read_text()
-    assert "all processes stopped" in log.read_text()
-    assert _members_of(marker) == []
+    try:
+        assert len(_members_of(marker)) == 2
+        proc.send_signal(stop)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        assert "all processes stopped" in log.read_text()
+        assert _members_of(marker) == []
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_council_up_under_nohup_outlives_sighup(
@@ -547,13 +554,17 @@ def test_council_up_under_nohup_outlives_sighup(
     """`nohup council up &` starts it with SIGHUP ignored, to outlive the terminal: the handler that stops `up` on
     SIGHUP (a closed terminal) replaced that, and a nohup'd router stopped when its terminal closed."""
     proc, log, marker = _council_up(tmp_path, mtp_model, llama_server_bin.path, nohup=True)
-    proc.send_signal(signal.SIGHUP)
-    with pytest.raises(subprocess.TimeoutExpired):
-        proc.wait(timeout=2)  # (a stop takes well under a second here: the SIGHUP test above)
-    assert len(_members_of(marker)) == 2
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0, log.read_text()
-    assert _members_of(marker) == []
+    try:
+        proc.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)  # (a stop takes well under a second here: the SIGHUP test above)
+        assert len(_members_of(marker)) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        assert _members_of(marker) == []
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_council_up_exits_1_once_every_member_failed(
