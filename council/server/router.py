@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -118,8 +118,7 @@ class LocalRole:
 
     def check(self, loaded: LoadedPolicy, file: str) -> list[str]:
         """What only this machine can say of a new policy (`council check`'s own checks: its files, their GGUF
-        headers, the draft types the installed llama-server knows; and the files of the models its councils run
-        here, which `memory:` lets `check` plan without): a reload refuses it before stopping anything."""
+        headers, the draft types the installed llama-server knows): a reload refuses it before stopping anything."""
         return [p.format(file) for p in environment_problems(loaded, self.server, read_gguf)]
 
     def starting_problems(self, router: Router, loaded: LoadedPolicy, plan: PolicyPlan) -> list[str]:
@@ -127,9 +126,8 @@ class LocalRole:
         or not: it accepted one and stopped a council's working processes for ones that could never load. A
         process it leaves running is not asked (its file may go: it has it open)."""
         assert router.assembly is not None
-        running = {name: _identity(router.plan, name) for name in router.assembly.supervisor.processes}
-        models = {p.process.model for p in plan.placements()
-                  if running.get(p.process.key) != _identity(plan, p.process.key)}
+        started = _started(router.plan, router.assembly.supervisor.processes, plan)
+        models = {p.process.model for p in plan.placements() if p.process.key in started}
         return [p.format(str(router.policy_path)) for p in missing_run_files(loaded, models)]
 
     async def start(self, router: Router) -> Assembly:
@@ -197,11 +195,10 @@ class LocalRole:
         assert router.assembly is not None
         supervisor = router.assembly.supervisor
         recipes = {r.name: r for r in recipes_from_plan(plan, self.server)}
-        old_keys = {name: _identity(router.plan, name) for name in supervisor.processes}
-        new_keys = {name: _identity(plan, name) for name in recipes}
-        unchanged = [n for n in new_keys if old_keys.get(n) == new_keys[n]]
-        removed = [n for n in old_keys if n not in new_keys or old_keys[n] != new_keys[n]]
-        added = [n for n in new_keys if n not in unchanged]
+        started = _started(router.plan, supervisor.processes, plan)
+        unchanged = [n for n in recipes if n not in started]
+        removed = [n for n in supervisor.processes if n not in recipes or n in started]
+        added = [n for n in recipes if n in started]
         await asyncio.gather(*(supervisor.remove(n, "reload: changed or removed") for n in removed))
         for name in added:
             supervisor.add(recipes[name])
@@ -582,6 +579,13 @@ def _question(request: CouncilRequest | dict[str, Any] | None) -> str:
     if isinstance(request, CouncilRequest):
         return request.question
     return last_user_text((request or {}).get("messages"))
+
+
+def _started(old: PolicyPlan, running: Iterable[str], new: PolicyPlan) -> set[str]:
+    """The processes of `new` a reload to it starts: new ones, and those whose launch inputs (`_identity`) changed;
+    the others keep running (what `swap` does, and what `starting_problems` checks first)."""
+    before = {name: _identity(old, name) for name in running}
+    return {key for p in new.placements() if before.get(key := p.process.key) != _identity(new, key)}
 
 
 def _identity(plan: PolicyPlan, name: str) -> tuple[Any, ...]:
