@@ -9,6 +9,8 @@ import signal
 from collections.abc import Iterable
 from pathlib import Path
 
+from council.members.pidfiles import alive, proc_start_time
+
 _LOG_PREFIX = re.compile(r"^[\d.]+ [A-Z] ")  # llama.cpp's `0.00.041.745 E ` timestamp and level
 _ERROR_LEVEL = re.compile(r"^[\d.]+ E ")  # an error line, whatever its words ("invalid magic characters")
 
@@ -104,25 +106,25 @@ def exit_reason(log_tail: Iterable[str], code: int | None) -> str:
 
 
 UP_LOGS_KEPT = 8  # `council up` runs whose log folders are kept once their router has ended
-UP_MARKER = ".council-up"  # in an `up` run's log folder: its PID (a `serve` folder, POLICY-PORT, may look alike)
-_UP_FOLDER = re.compile(r"^.+-up-(\d+)$")
+UP_MARKER = ".council-up"  # in an `up` run's log folder: its PID and start time (`mark_up_logs`)
 
 
 def prune_up_logs(logs: Path, keep: int = UP_LOGS_KEPT) -> list[Path]:
-    """Remove the log folders of ended `council up` runs (`POLICY-up-PID` holding `UP_MARKER`, whose PID no longer
-    runs) but the `keep` newest: each run made one, and none was ever removed (the cache grew with every start).
-    `serve`'s are named by port, so reused (`scale-up-8080` is one: the marker tells them apart). Folders of runs
-    still going, and anything that cannot be read or removed, are left."""
+    """Remove the log folders of ended `council up` runs (those `mark_up_logs` marked, whose process is gone) but
+    the `keep` newest: each run made one, and none was ever removed (the cache grew with every start). `serve`'s
+    folders are named by port, so reused, and unmarked (`scale-up-8080` looks like an `up` run's by its name).
+    Folders of runs still going, and anything that cannot be read or removed, are left."""
     import shutil
 
     ended: list[tuple[float, Path]] = []
     with contextlib.suppress(OSError):
         for folder in logs.iterdir():
-            match = _UP_FOLDER.match(folder.name)
-            if (match is None or not (folder / UP_MARKER).is_file() or _running(int(match.group(1)))):
-                continue
-            with contextlib.suppress(OSError):
-                ended.append((folder.stat().st_mtime, folder))
+            try:
+                pid, _, started = (folder / UP_MARKER).read_text().strip().partition(" ")
+                if not alive(int(pid), started):  # (its start time too: a recycled PID is not the run)
+                    ended.append((folder.stat().st_mtime, folder))
+            except (OSError, ValueError):
+                continue  # no marker: not an `up` run's folder
     ended.sort(reverse=True)
     removed = [folder for _, folder in ended[keep:]]
     for folder in removed:
@@ -130,18 +132,8 @@ def prune_up_logs(logs: Path, keep: int = UP_LOGS_KEPT) -> list[Path]:
     return removed
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def mark_up_logs(folder: Path) -> None:
-    """Mark `folder` as an `up` run's log folder (`prune_up_logs` removes only such folders); best effort."""
+    """Mark `folder` as this `up` run's log folder (`prune_up_logs` removes only such folders); best effort."""
     with contextlib.suppress(OSError):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / UP_MARKER).write_text(f"{os.getpid()}\n")
+        (folder / UP_MARKER).write_text(f"{os.getpid()} {proc_start_time(os.getpid())}\n")

@@ -620,7 +620,7 @@ def test_council_up_keeps_the_log_folders_of_its_newest_ended_runs_only(tmp_path
     stay."""
     import os
 
-    from council.members.logs import UP_LOGS_KEPT, UP_MARKER, prune_up_logs
+    from council.members.logs import UP_LOGS_KEPT, UP_MARKER, mark_up_logs, prune_up_logs
 
     ended = subprocess.Popen(["true"])
     ended.wait()  # a PID no process holds now
@@ -630,7 +630,7 @@ def test_council_up_keeps_the_log_folders_of_its_newest_ended_runs_only(tmp_path
         folder = logs / f"p{i}-up-{ended.pid}"
         folder.mkdir(parents=True)
         (folder / "p_0.log").write_text("x\n")
-        (folder / UP_MARKER).write_text(f"{ended.pid}\n")
+        (folder / UP_MARKER).write_text(f"{ended.pid} 12345\n")  # its PID and start time: gone
         os.utime(folder, (1_000_000 + i, 1_000_000 + i))
         made.append(folder)
     running = logs / f"old-up-{os.getpid()}"
@@ -639,7 +639,7 @@ def test_council_up_keeps_the_log_folders_of_its_newest_ended_runs_only(tmp_path
     for folder in (running, serve, logs / "up-notapid", scale_up):
         folder.mkdir()
         os.utime(folder, (1, 1))
-    (running / UP_MARKER).write_text(f"{os.getpid()}\n")
+    mark_up_logs(running)  # this process: a run still going
     removed = prune_up_logs(logs)
     assert sorted(removed) == sorted(made[:4])  # the four oldest ended runs
     assert sorted(p.name for p in logs.iterdir()) == sorted(
