@@ -530,37 +530,25 @@ def _members_of(marker: str) -> list[str]:
     return found.split()
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(("stop", "nohup"), [(signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGHUP, True)],
+                         ids=["SIGTERM", "SIGHUP", "SIGHUP under nohup"])
 def test_council_up_sigterm_stops_everything_exit_0(
-    tmp_path: Path, mtp_model: Path, llama_server_bin: LlamaServerInfo, stop: signal.Signals
+    tmp_path: Path, mtp_model: Path, llama_server_bin: LlamaServerInfo, stop: signal.Signals, nohup: bool
 ) -> None:
     """SIGHUP (a closed terminal) stops as SIGTERM does; it killed `up` and `serve` on the spot (their members left
-    to the parent-death kill, a pid file behind)."""
-    proc, log, marker = _council_up(tmp_path, mtp_model, llama_server_bin.path)
+    to the parent-death kill, a pid file behind). Under `nohup` (SIGHUP ignored, to outlive the terminal) it is
+    ignored still: a handler that stopped `up` on it undid that, and a nohup'd router stopped with its terminal."""
+    proc, log, marker = _council_up(tmp_path, mtp_model, llama_server_bin.path, nohup=nohup)
     try:
         assert len(_members_of(marker)) == 2
         proc.send_signal(stop)
+        if nohup:
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=2)  # (a stop takes well under a second here: the SIGHUP case)
+            assert len(_members_of(marker)) == 2
+            proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
         assert "all processes stopped" in log.read_text()
-        assert _members_of(marker) == []
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def test_council_up_under_nohup_outlives_sighup(
-    tmp_path: Path, mtp_model: Path, llama_server_bin: LlamaServerInfo
-) -> None:
-    """`nohup council up &` starts it with SIGHUP ignored, to outlive the terminal: the handler that stops `up` on
-    SIGHUP (a closed terminal) replaced that, and a nohup'd router stopped when its terminal closed."""
-    proc, log, marker = _council_up(tmp_path, mtp_model, llama_server_bin.path, nohup=True)
-    try:
-        proc.send_signal(signal.SIGHUP)
-        with pytest.raises(subprocess.TimeoutExpired):
-            proc.wait(timeout=2)  # (a stop takes well under a second here: the SIGHUP test above)
-        assert len(_members_of(marker)) == 2
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log.read_text()
         assert _members_of(marker) == []
     finally:
         proc.kill()
