@@ -372,9 +372,9 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
              seed: int, first: set[str] | None = None,
              judged: dict[str, dict[str, str]] | None = None) -> dict[str, Any] | None:
     """The council chosen on one seeded half of the `first` sample (the council row with the best accuracy there,
-    fewer tokens on a tie), reported on every other item (that sample's other half and items drawn later with
-    `--more`): per category and overall, the council minus its best seat asked alone, paired, with 95% intervals,
-    beside the plain model through passthrough."""
+    fewer tokens on a tie, then the council's own vote), reported on every other item (that sample's other half
+    and items drawn later with `--more`): per category and overall, the council minus its best seat asked alone,
+    paired, with 95% intervals, beside the plain model through passthrough."""
     # The items the default council's arm answered (a run stopped early); a candidate must cover all of them.
     main = records.get(f"brief-sc-{short(best)}") or records.get(f"solo-{short(best)}") or []
     covered = {r.item_id for r in main} & (set(items) if first is None else first)
@@ -390,7 +390,9 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
               and r["_row"].overall().items == len(choose)]
     if not picked:
         return None
-    chosen = max(picked, key=lambda r: (r["_row"].overall().accuracy, -r["_row"].overall().tokens_per_item))
+    # On a tie, fewer tokens, then the council's own vote code over the evaluation's stand-in (what a policy runs).
+    chosen = max(picked, key=lambda r: (r["_row"].overall().accuracy, -r["_row"].overall().tokens_per_item,
+                                        "(council " in r["arm"]))
     # Each candidate where the choice was made (a judge recorded there only is compared there only).
     candidates = {r["arm"]: r["_row"].overall().accuracy for r in picked}
     rows = {r["arm"]: r for r in score(only(report), items, best, judged)}

@@ -6,8 +6,9 @@ any model again:
 
 - `set`: every call of a seat, as (name, canonical JSON arguments), compared as a multiset (parallel calls in
   another order agree); "no call" is one more answer and can win. A seat whose calls are not all valid (an
-  undeclared name, arguments its tool's JSON Schema refuses) abstains. Weighted plurality; ties go to the seat
-  first in council order.
+  undeclared name, arguments its tool's JSON Schema refuses) abstains, and so does a reply cut off by max_tokens
+  before it made a call. Arguments equal to their declared default are left out first (`voted_calls`), as the
+  council does. Weighted plurality; ties go to the seat first in council order.
 - `argument`: the functions are chosen as in `set`, by the multiset of called names (or no call); the seats that
   called exactly those are aligned call by call (each seat's calls matched to the first such seat's, one to one,
   by name and then by the most equal argument values), and each argument takes the weighted plurality of its
@@ -31,6 +32,7 @@ from council.evaluation.bfcl import BfclItem, grade, schema_problems
 from council.evaluation.record import ItemRecord, MemberAnswer, unanswered, with_every_seat
 from council.policy.schema import VoteConfig, quorum_needed
 from council.voting.extract import canonical_tool_call
+from council.voting.tools import without_defaults
 
 Calls = list[dict[str, Any]]
 # A call vote: the seats' recorded answers to one item → the council's calls ([] = no call), None when every seat
@@ -43,6 +45,26 @@ def calls_of(answer: MemberAnswer) -> Calls:
     return list(answer.tool_calls or [])
 
 
+def voted_calls(answer: MemberAnswer, item: BfclItem) -> Calls:
+    """A seat's calls as the council counts and returns them: each less the arguments that equal the default
+    their property declares (`council.voting.tools.without_defaults`)."""
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in item.tools}
+    out = []
+    for call in calls_of(answer):
+        fn = call.get("function") or {}
+        raw = fn.get("arguments")
+        try:
+            args = json.loads(raw) if isinstance(raw, str) else raw
+        except (ValueError, RecursionError):
+            args = None
+        if isinstance(args, dict) and fn.get("name") in schemas:
+            kept, dropped = without_defaults(schemas[fn["name"]], args)
+            if dropped:
+                call = {**call, "function": {**fn, "arguments": json.dumps(kept)}}
+        out.append(call)
+    return out
+
+
 def call_key(call: Mapping[str, Any]) -> str:
     fn = call.get("function") or {}
     return canonical_tool_call(str(fn.get("name") or ""), fn.get("arguments") or "{}") or f"{fn.get('name')}(?)"
@@ -53,9 +75,9 @@ def ballot(answer: MemberAnswer, item: BfclItem) -> tuple[str, ...] | None:
     answer, or a call of it is invalid)."""
     if answer.status != "ok":
         return None
-    calls = calls_of(answer)
-    if not calls:
-        return NO_CALL
+    calls = voted_calls(answer, item)
+    if not calls:  # a reply cut off by max_tokens is unfinished: its lack of a call is no answer
+        return None if answer.cut_off and not answer.recovered else NO_CALL
     if schema_problems(item, calls):
         return None
     return tuple(sorted(call_key(c) for c in calls))
@@ -74,7 +96,7 @@ def vote_set(answers: Sequence[MemberAnswer], item: BfclItem) -> Calls | None:
     winner = _plurality([(b, w) for b, w, _ in votes])
     if winner is None:
         return None
-    return [] if winner == NO_CALL else calls_of(next(a for b, _, a in votes if b == winner))
+    return [] if winner == NO_CALL else voted_calls(next(a for b, _, a in votes if b == winner), item)
 
 
 def _args(call: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,13 +136,14 @@ ABSENT = "\0absent"
 def vote_argument(answers: Sequence[MemberAnswer], item: BfclItem) -> Calls | None:
     fallback = vote_set(answers, item)
     votes = [(b, a) for a in answers if (b := ballot(a, item)) is not None]
-    shapes = [(NO_CALL if b == NO_CALL else tuple(sorted(_name(c) for c in calls_of(a))), a.weight) for b, a in votes]
+    shapes = [(NO_CALL if b == NO_CALL else tuple(sorted(_name(c) for c in calls_of(a))), a.weight)
+              for b, a in votes]
     shape = _plurality(shapes)
     if shape is None or shape == NO_CALL:
         return fallback if shape is None else []
     seats = [a for (s, _), (_, a) in zip(shapes, votes, strict=True) if s == shape]
-    anchor = calls_of(seats[0])
-    aligned = [_align(anchor, calls_of(a)) for a in seats]
+    anchor = voted_calls(seats[0], item)
+    aligned = [_align(anchor, voted_calls(a, item)) for a in seats]
     result = []
     for position, call in enumerate(anchor):
         keys = dict.fromkeys(k for row in aligned for k in row[position])
@@ -197,7 +220,8 @@ def _tool_ballots(answers: Sequence[MemberAnswer], box: Any) -> tuple[list[Any],
         # Recovery is applied to the records beforehand (as a separate arm), not here. A recovered call was written
         # whole in the text: the live engine's rule for a native call cut off by max_tokens (abstain) is not its.
         seen = tools.read_answer({"tool_calls": a.tool_calls} if a.tool_calls else None, a.text,
-                                 None if a.recovered else a.finish_reason, box, recover_calls=False)
+                                 None if a.recovered else "length" if a.cut_off else a.finish_reason, box,
+                                 recover_calls=False)
         read[a.member] = seen
         ballots.append(Ballot(member=a.member, order=order, answer=seen.vote, text=tools.ballot_text(seen, a.text),
                               weight=a.weight, latency_ms=a.latency_ms, logprob=a.logprob))
@@ -372,7 +396,7 @@ def cascade_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem], mo
         asked = r.answers[:first]
         votes = [(b, a) for a in asked if (b := ballot(a, item)) is not None]
         if votes and all(b == votes[0][0] for b, _ in votes):
-            decided.append([] if votes[0][0] == NO_CALL else calls_of(votes[0][1]))
+            decided.append([] if votes[0][0] == NO_CALL else voted_calls(votes[0][1], item))
         else:
             asked = r.answers
             decided.append(voter(asked, item))

@@ -29,6 +29,7 @@ from council.voting.extract import canonical_tool_call, extract, extract_cut
 from council.voting.lanes import Call, Rates, group_calls, lanes
 from council.voting.request import CouncilRequest, dumps
 from council.voting.tools import (
+    CUT_OFF,
     CUT_OFF_CALL,
     FOLLOW_UP_RULE,
     ToolAnswer,
@@ -120,8 +121,6 @@ class SeatOutcome:
                 **({"error": r.error} if r.error else {}),
                 **(self.tool.to_json() if self.tool is not None else {})}
 
-
-CUT_OFF = "cut off by max_tokens before a final answer"
 
 
 class QuorumError(CouncilError, RuntimeError):

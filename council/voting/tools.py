@@ -66,6 +66,8 @@ NO_CALL = "(no call)"  # the vote of a seat that called no tool: no call key can
 VALID = "valid"
 ABSENT = "(absent)"  # per-argument vote: the seat left this argument out
 CUT_OFF_CALL = "cut off by max_tokens while writing a tool call"
+# A reply cut off before it stated an answer, text or calls: unfinished, it abstains (the engine's text votes too).
+CUT_OFF = "cut off by max_tokens before a final answer"
 NO_CALL_REQUIRED = "made no call, though tool_choice requires one"
 ONE_CALL_ONLY = "left out: parallel_tool_calls is false, so a seat's first call is its answer"
 MAX_PERMUTED = 6  # calls to one function aligned by trying every permutation; more are aligned in sorted order
@@ -89,6 +91,7 @@ class ToolCall:
     arguments: Any
     verdict: str = VALID
     recovered: bool = False
+    defaulted: tuple[str, ...] = ()  # arguments left out: each equal to its declared default (`without_defaults`)
 
     @property
     def valid(self) -> bool:
@@ -101,7 +104,8 @@ class ToolCall:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "arguments": self.arguments, "verdict": self.verdict,
-                **({"recovered": True} if self.recovered else {})}
+                **({"recovered": True} if self.recovered else {}),
+                **({"defaulted": list(self.defaulted)} if self.defaulted else {})}
 
     def openai(self) -> dict[str, Any]:
         """As a returned tool call: a fresh id, `type: function`, the arguments as a JSON string."""
@@ -152,6 +156,38 @@ def unique(calls: Sequence[ToolCall]) -> tuple[ToolCall, ...]:
             seen.add(call.key)
             kept.append(call)
     return tuple(kept)
+
+
+def without_defaults(schema: Any, arguments: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The arguments less each one that is not required and equals the `default` its property declares, and the
+    names left out (a nested object's as `outer.inner`). The tool gets that value either way (a default is what a
+    tool applies to an argument left out), so seats that differ only there make one call and vote together, and a
+    default the schema's own type refuses (BFCL's tools declare `"default": null` on strings) is no invalid call."""
+    properties = schema.get("properties") if isinstance(schema, Mapping) else None
+    if not isinstance(properties, Mapping):
+        return arguments, ()
+    required = schema.get("required")
+    required = required if isinstance(required, list) else []
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, value in arguments.items():
+        spec = properties.get(key)
+        if isinstance(spec, Mapping):
+            if key not in required and "default" in spec and _same_json(value, spec["default"]):
+                dropped.append(key)
+                continue
+            if isinstance(value, dict):
+                value, inner = without_defaults(spec, value)
+                dropped += [f"{key}.{name}" for name in inner]
+        kept[key] = value
+    return (kept, tuple(dropped)) if dropped else (arguments, ())
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    try:
+        return _canonical_json(a) == _canonical_json(b)
+    except (ValueError, RecursionError):  # a default that is not JSON (a schema built in Python) equals nothing
+        return False
 
 
 def schema_problem(schema: Any) -> str | None:
@@ -404,7 +440,10 @@ class Toolbox:
             _canonical_json(parsed)
         except (ValueError, RecursionError):
             return ToolCall(name, arguments, "arguments are not valid JSON", recovered)
-        return ToolCall(name, parsed, self.verdict(name, parsed), recovered)
+        defaulted: tuple[str, ...] = ()
+        if isinstance(parsed, dict) and name in self.schemas:
+            parsed, defaulted = without_defaults(self.schemas[name], parsed)
+        return ToolCall(name, parsed, self.verdict(name, parsed), recovered, defaulted)
 
 
 def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reason: str | None, toolbox: Toolbox,
@@ -439,8 +478,10 @@ def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reas
     if not calls and toolbox.required:
         return ToolAnswer(vote=None, abstained=NO_CALL_REQUIRED)
     if not calls:
-        if finish_reason == "length" and looks_like_a_call(text, toolbox.names):
-            return ToolAnswer(vote=None, abstained=CUT_OFF_CALL)
+        if finish_reason == "length":
+            # Unfinished: "no call" is an answer only a finished reply gives (prose cut off may have been leading
+            # up to its calls), as a cut-off text reply votes only with an answer it stated.
+            return ToolAnswer(vote=None, abstained=CUT_OFF_CALL if looks_like_a_call(text, toolbox.names) else CUT_OFF)
         return ToolAnswer()
     invalid = [f"{c.name}: {c.verdict}" for c in calls if not c.valid]
     if invalid:

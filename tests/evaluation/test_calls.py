@@ -277,3 +277,38 @@ async def test_a_call_written_as_text_in_a_reply_cut_at_its_end_votes_offline_as
     report = score_calls([record], [item], "c", "d", vote=VoteConfig(tools="set"))
     replayed = {row.name: row.hits[0] for row in report.councils}
     assert replayed["council (council set)"] and replayed["council (council per_argument)"], replayed
+
+
+@pytest.mark.anyio
+async def test_a_default_left_out_and_a_reply_cut_off_before_its_calls_vote_offline_as_live(
+        items: dict[str, BfclItem]) -> None:
+    """Seats that differ only by an argument equal to its declared default make one call; seats cut off by
+    max_tokens while still explaining abstain rather than voting "no call". Live and replayed alike, by the
+    council's own vote and the evaluation's stand-ins."""
+    from council.evaluation.record import engine_asker
+    from tests.voting.fakes import Say, council
+
+    item = items["simple_python_50"]  # pressure: an integer, `default: 1`; the reference allows it or nothing
+    given = {"substance": "ice", "mass": 1, "initial_temperature": 0, "final_temperature": 100}
+
+    def native(**args: Any) -> Say:
+        return Say("", message={"role": "assistant", "content": None,
+                                "tool_calls": [call("entropy_change_calculate", **args)]})
+
+    cut = Say("To work out the entropy change of melting ice, I first need the heat absorbed, which",
+              finish_reason="length")
+    engine, _ = council({"vote": {"strategy": "majority", "tools": "set"}}, cut, cut, cut,
+                        native(**{**given, "mass": 2}), native(**given, pressure=1), native(**given))
+    live = await engine.ask(item_request(item))
+    assert live.council_json()["votes"] == {
+        "entropy_change_calculate(" + json.dumps(given, sort_keys=True, separators=(",", ":")) + ")": 2.0,
+        "entropy_change_calculate(" + json.dumps({**given, "mass": 2}, sort_keys=True, separators=(",", ":"))
+        + ")": 1.0}
+    assert grade(item, live.tool_calls).valid
+    answers, error = await engine_asker(engine)(item)
+    assert error is None
+    record = ItemRecord(index=0, line=1, question=item.question, reference=item.reference, wall_ms=1.0,
+                        item_id=item.id, category=item.category, answers=answers)
+    report = score_calls([record], [item], "c", "d", vote=VoteConfig(tools="set"))
+    replayed = {row.name: row.hits[0] for row in report.councils}
+    assert all(replayed.values()), replayed

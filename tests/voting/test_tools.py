@@ -20,6 +20,7 @@ from council.voting.client import MemberReply
 from council.voting.engine import CouncilEngine, QuorumError
 from council.voting.request import CouncilRequest
 from council.voting.tools import (
+    CUT_OFF,
     CUT_OFF_CALL,
     NO_CALL,
     ONE_CALL_ONLY,
@@ -268,7 +269,66 @@ def test_a_reply_cut_off_while_writing_a_call_abstains() -> None:
     box = Toolbox(TOOLS)
     cut = read_answer({}, '```json\n{"name": "get_weather", "argu', "length", box)
     assert cut.vote is None and cut.abstained == CUT_OFF_CALL
-    assert read_answer({}, "The weather in Paris is usually", "length", box).vote == NO_CALL
+    # Prose cut off is unfinished too (it may have been leading up to its calls): "no call" only when it ended.
+    prose = read_answer({}, "To answer, I will first look up the weather in Paris, then", "length", box)
+    assert prose.vote is None and prose.abstained == CUT_OFF
+    assert read_answer({}, "The weather in Paris is usually mild.", "stop", box).vote == NO_CALL
+
+
+async def test_seats_cut_off_before_they_called_never_outvote_those_that_called() -> None:
+    """Three seats still explaining at max_tokens are no "no call" majority over two that made the call."""
+    cut = Say("To find the weather in Paris, I need to call get_weather. Let me think about the unit first",
+              finish_reason="length")
+    engine, _ = council({"vote": {"strategy": "majority"}}, cut, cut, cut, calls(weather("Paris")),
+                        calls(weather("Paris")))
+    answer = await engine.ask(CouncilRequest.of(ask(), early_stop=False))
+    assert returned(answer) == [weather("Paris")] and answer.council_json()["votes"] == {
+        'get_weather({"city":"Paris"})': 2.0}
+    assert member(answer, 0)["abstained"] == CUT_OFF and member(answer, 0)["finish_reason"] == "length"
+    # Every seat cut off: as one model cut off answers (its unfinished text, finish_reason length), not an error.
+    engine, _ = council({"vote": {"strategy": "majority"}}, cut, cut)
+    answer = await engine.ask(ask())
+    assert answer.finish_reason == "length" and answer.message["content"] == cut.text
+    assert "tool_calls" not in answer.message
+
+
+def test_an_argument_equal_to_its_declared_default_is_left_out() -> None:
+    """The tool gets its default either way: the call is the one without it, and a default the schema's own type
+    refuses (`"default": null` on a string, as BFCL's tools declare) is no invalid call."""
+    schema = {"type": "object", "required": ["city", "days"],
+              "properties": {"city": {"type": "string"}, "days": {"type": "integer", "default": 1},
+                             "unit": {"type": "string", "enum": ["c", "f"], "default": "c"},
+                             "station": {"type": "string", "default": None},
+                             "window": {"type": "object", "properties": {"hours": {"type": "number", "default": 24}}}}}
+    box = Toolbox([{"type": "function", "function": {"name": "forecast", "parameters": schema}}])
+    call = box.call("forecast", '{"city": "Paris", "days": 1, "unit": "c", "station": null, "window": {"hours": 24.0}}')
+    assert call.valid and call.arguments == {"city": "Paris", "days": 1, "window": {}}  # `days` is required: kept
+    assert call.defaulted == ("unit", "station", "window.hours") and call.to_json()["defaulted"] == [
+        "unit", "station", "window.hours"]
+    assert call.key == box.call("forecast", {"city": "Paris", "days": 1, "window": {}}).key
+    other = box.call("forecast", {"city": "Paris", "days": 1, "unit": "f", "station": "LFPG"})
+    assert other.valid and other.arguments == {"city": "Paris", "days": 1, "unit": "f", "station": "LFPG"}
+    assert other.defaulted == () and "defaulted" not in other.to_json()
+    # a value that only looks like the default is another value: "c " is not "c"
+    assert box.call("forecast", {"city": "Paris", "days": 1, "unit": "c "}).verdict.startswith("arguments fail")
+
+
+async def test_seats_that_differ_only_by_a_default_vote_together_and_the_call_returned_leaves_it_out() -> None:
+    parameters = {"type": "object", "required": ["city"],
+                  "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"],
+                                                                      "default": "c"},
+                                 "station": {"type": "string", "default": None}}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": parameters}}]
+    engine, _ = council({"vote": {"strategy": "majority"}},
+                        calls(weather("Rome")), calls(weather("Rome")),
+                        calls(weather("Paris")), calls(weather("Paris", unit="c")),
+                        calls(weather("Paris", station=None)))  # null: the declared default, not a string
+    answer = await engine.ask(CouncilRequest.of(ask(tools), early_stop=False))
+    assert answer.council_json()["votes"] == {'get_weather({"city":"Paris"})': 3.0,
+                                              'get_weather({"city":"Rome"})': 2.0}
+    assert returned(answer) == [weather("Paris")]
+    ballot = engine.ballots.get(answer.id)
+    assert ballot is not None and ballot["answers"][4]["calls"][0]["defaulted"] == ["station"]
 
 
 def test_a_tool_whose_parameters_are_no_schema_fails_its_calls_with_the_reason() -> None:
