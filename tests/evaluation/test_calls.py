@@ -234,6 +234,18 @@ async def test_a_judges_recorded_reply_replays_the_live_councils_pick(items: dic
     assert judge_prompt_for([a for a in answers if a.member != answers[2].member], item) is None  # the rest agree
 
 
+async def replayed_hits(engine: Any, item: BfclItem) -> dict[str, bool]:
+    """The item asked of `engine` as `council eval` records it, then re-scored offline: each council row's hit."""
+    from council.evaluation.record import engine_asker
+
+    answers, error = await engine_asker(engine)(item)
+    assert error is None
+    record = ItemRecord(index=0, line=1, question=item.question, reference=item.reference, wall_ms=1.0,
+                        item_id=item.id, category=item.category, answers=answers)
+    report = score_calls([record], [item], "c", "d", vote=VoteConfig(tools="set"))
+    return {row.name: row.hits[0] for row in report.councils}
+
+
 def item_request(item: BfclItem) -> Any:
     from council.evaluation.record import item_body
     from council.voting.request import CouncilRequest
@@ -259,7 +271,6 @@ async def test_a_call_written_as_text_in_a_reply_cut_at_its_end_votes_offline_as
     """A seat that wrote its call whole as text and hit max_tokens right after it: the live engine recovers the
     call and counts it; the replay made it a native call first, and a native call cut off by max_tokens abstains,
     so the "council set" rows scored a right council wrong."""
-    from council.evaluation.record import engine_asker
     from tests.voting.fakes import Say, council
 
     item = items["simple_python_0"]  # calculate_triangle_area(base=10, height=5)
@@ -270,12 +281,7 @@ async def test_a_call_written_as_text_in_a_reply_cut_at_its_end_votes_offline_as
                         Say(right, finish_reason="length"), Say(right))
     live = await engine.ask(item_request(item))
     assert grade(item, live.tool_calls).valid
-    answers, error = await engine_asker(engine)(item)
-    assert error is None
-    record = ItemRecord(index=0, line=1, question=item.question, reference=item.reference, wall_ms=1.0,
-                        item_id=item.id, category=item.category, answers=answers)
-    report = score_calls([record], [item], "c", "d", vote=VoteConfig(tools="set"))
-    replayed = {row.name: row.hits[0] for row in report.councils}
+    replayed = await replayed_hits(engine, item)
     assert replayed["council (council set)"] and replayed["council (council per_argument)"], replayed
 
 
@@ -285,7 +291,6 @@ async def test_a_default_left_out_and_a_reply_cut_off_before_its_calls_vote_offl
     """Seats that differ only by an argument equal to its declared default make one call; seats cut off by
     max_tokens while still explaining abstain rather than voting "no call". Live and replayed alike, by the
     council's own vote and the evaluation's stand-ins."""
-    from council.evaluation.record import engine_asker
     from tests.voting.fakes import Say, council
 
     item = items["simple_python_50"]  # pressure: an integer, `default: 1`; the reference allows it or nothing
@@ -305,10 +310,5 @@ async def test_a_default_left_out_and_a_reply_cut_off_before_its_calls_vote_offl
         "entropy_change_calculate(" + json.dumps({**given, "mass": 2}, sort_keys=True, separators=(",", ":"))
         + ")": 1.0}
     assert grade(item, live.tool_calls).valid
-    answers, error = await engine_asker(engine)(item)
-    assert error is None
-    record = ItemRecord(index=0, line=1, question=item.question, reference=item.reference, wall_ms=1.0,
-                        item_id=item.id, category=item.category, answers=answers)
-    report = score_calls([record], [item], "c", "d", vote=VoteConfig(tools="set"))
-    replayed = {row.name: row.hits[0] for row in report.councils}
+    replayed = await replayed_hits(engine, item)
     assert all(replayed.values()), replayed
