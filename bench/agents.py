@@ -9,7 +9,9 @@ by path (never copied here); graded by `council.evaluation.bfcl` (BFCL's AST rul
 
 `--more M` adds M items of each category, drawn with `seed + 1` from those the first sample left out: the
 council is chosen on a seeded half of the first sample only, so items drawn later are asked of a council already
-fixed, and reported on with the first sample's other half. `--choice-half` records an arm on that half alone
+fixed, and reported on with the first sample's other half. `--fresh F` adds F more of each category, drawn with
+`seed + 2` from those neither draw holds, reported apart from the rest: items no change to the council was
+looked for on (record the chosen council's arm on them, `--arms`). `--choice-half` records an arm on that half alone
 (`--temperatures 0.3` adds a nine-seat arm whose samples run cooler): a candidate is tried where the choice is
 made; if it wins there, the report says so and which items it must be asked next.
 
@@ -370,16 +372,17 @@ def halves(items: Sequence[BfclItem], seed: int) -> tuple[set[str], set[str]]:
 
 def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str,
              seed: int, first: set[str] | None = None,
-             judged: dict[str, dict[str, str]] | None = None) -> dict[str, Any] | None:
+             judged: dict[str, dict[str, str]] | None = None, fresh: set[str] | None = None) -> dict[str, Any] | None:
     """The council chosen on one seeded half of the `first` sample (the council row with the best accuracy there,
     fewer tokens on a tie, then the council's own vote), reported on every other item (that sample's other half
     and items drawn later with `--more`): per category and overall, the council minus its best seat asked alone,
-    paired, with 95% intervals, beside the plain model through passthrough."""
+    paired, with 95% intervals, beside the plain model through passthrough. The `fresh` items (`--fresh`) are
+    reported apart, the chosen council against its greedy seat on those it was asked."""
     # The items the default council's arm answered (a run stopped early); a candidate must cover all of them.
     main = records.get(f"brief-sc-{short(best)}") or records.get(f"solo-{short(best)}") or []
     covered = {r.item_id for r in main} & (set(items) if first is None else first)
     choose, _ = halves([i for i in items.values() if i.id in covered], seed)
-    report = set(items) - choose
+    report = set(items) - choose - (fresh or set())
 
     def only(ids: set[str]) -> dict[str, list[ItemRecord]]:
         return {name: [r for r in recs if r.item_id in ids] for name, recs in records.items()}
@@ -433,9 +436,28 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
             "invalid_calls_returned": council.overall().invalid_calls,
             "vs_best_seat": paired(council, seat), "per_category": per_category,
             "tokens_per_item": council.overall().tokens_per_item, "cascades": cascades,
+            "fresh": _on_fresh(only(fresh or set()), items, best, judged, chosen["arm"]),
             "drawn_later": {"council": sum(council.hits[i] for i in later) / len(later),
                             "best_seat": sum(seat.hits[i] for i in later) / len(later),
                             **paired(council, seat, later)} if later else None}
+
+
+def _on_fresh(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str,
+              judged: dict[str, dict[str, str]] | None, arm: str) -> dict[str, Any] | None:
+    """The chosen council against its greedy seat on the `--fresh` items it was asked, per category too."""
+    row = {r["arm"]: r for r in score(records, items, best, judged)}.get(arm)
+    if row is None:
+        return None
+    council, seat, ordered = row["_row"], row["_seat"], row["_records"]
+    per_category = {}
+    for category in dict.fromkeys(r.category or "?" for r in ordered):
+        keep = [i for i, r in enumerate(ordered) if (r.category or "?") == category]
+        per_category[category] = {"council": sum(council.hits[i] for i in keep) / len(keep),
+                                  "best_seat": sum(seat.hits[i] for i in keep) / len(keep),
+                                  **paired(council, seat, keep)}
+    return {"council": council.overall().accuracy, "best_seat": seat.overall().accuracy,
+            "invalid_calls_returned": council.overall().invalid_calls, **paired(council, seat),
+            "per_category": per_category}
 
 
 # --- recovery against a reference parser ----------------------------------------------------------------------------
@@ -519,6 +541,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--more", type=int, default=0, help="items per category drawn (seed + 1) from those the "
                         "first sample left out: asked after the council was chosen, reported on only")
+    parser.add_argument("--fresh", type=int, default=0, help="items per category drawn (seed + 2) from those neither "
+                        "draw above holds: reported apart, as items nothing was tuned on")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="catalog models, each alone")
     parser.add_argument("--best", default=DEFAULT_MODELS[0], help="the model of the self-consistency council and "
                                                                   "the tool_choice: required arm")
@@ -546,6 +570,11 @@ def main() -> None:
     if args.more:
         left = [i for i in every if i.id not in first]
         items = sorted([*items, *sample_per_category(left, args.more, args.seed + 1)], key=lambda i: i.index)
+    fresh: set[str] = set()
+    if args.fresh:
+        drawn = {i.id for i in items}
+        fresh = {i.id for i in sample_per_category([i for i in every if i.id not in drawn], args.fresh, args.seed + 2)}
+        items = sorted([*items, *(i for i in every if i.id in fresh)], key=lambda i: i.index)
     by_id = {i.id: i for i in items}
     RECORDS.mkdir(exist_ok=True)
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
@@ -573,7 +602,7 @@ def main() -> None:
     judged = {judging: read_judged(judge_file)} if judge_file.exists() else {}
     rows = score(records, by_id, args.best, judged)
     print_table(rows, categories)
-    chosen = held_out(records, by_id, args.best, args.seed, first, judged)
+    chosen = held_out(records, by_id, args.best, args.seed, first, judged, fresh)
     if chosen is not None and "not_yet_asked" in chosen:
         print(f"\nchosen on {chosen['chosen_on']} items: {chosen['council']} "
               f"({100 * chosen['accuracy_on_choice_half']:.0f}% there), not yet asked the other "
@@ -607,12 +636,20 @@ def main() -> None:
             print(f"  of those, the {later['items']} drawn after the choice: {100 * later['council']:.0f}% vs "
                   f"{100 * later['best_seat']:.0f}% ({later['points']:+.1f} pts [{later['low']:+.1f}, "
                   f"{later['high']:+.1f}])")
+        if new := chosen.get("fresh"):
+            print(f"  apart, on the {new['items']} `--fresh` items it was asked: {100 * new['council']:.0f}% vs its "
+                  f"greedy seat {100 * new['best_seat']:.0f}% ({new['points']:+.1f} pts [{new['low']:+.1f}, "
+                  f"{new['high']:+.1f}]), calls returned that fail their schema: {new['invalid_calls_returned']}")
+            for category, c in new["per_category"].items():
+                print(f"    {category:<18}{100 * c['council']:>5.0f}% vs {100 * c['best_seat']:>4.0f}%  "
+                      f"{c['points']:+6.1f} pts [{c['low']:+.1f}, {c['high']:+.1f}]")
     check = recovery_check(records, by_id)
     if check is not None:
         print(f"\nrecovery vs reference parser: {check}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "agents.json"
-    doc = {"n_per_category": args.n, "more_per_category": args.more, "seed": args.seed, "categories": categories,
+    doc = {"n_per_category": args.n, "more_per_category": args.more, "fresh_per_category": args.fresh,
+           "seed": args.seed, "categories": categories,
            "models": models, "best": args.best, "samples": args.samples,
            "items": {name: len(recs) for name, recs in records.items()},
            "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
