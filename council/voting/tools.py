@@ -440,10 +440,15 @@ class Toolbox:
             _canonical_json(parsed)
         except (ValueError, RecursionError):
             return ToolCall(name, arguments, "arguments are not valid JSON", recovered)
-        defaulted: tuple[str, ...] = ()
         if isinstance(parsed, dict) and name in self.schemas:
-            parsed, defaulted = without_defaults(self.schemas[name], parsed)
-        return ToolCall(name, parsed, self.verdict(name, parsed), recovered, defaulted)
+            kept, defaulted = without_defaults(self.schemas[name], parsed)
+            if defaulted:
+                verdict = self.verdict(name, kept)
+                # A schema can tie arguments together (`dependentRequired`, `oneOf` of required sets): where leaving
+                # the defaults out breaks it, the call stands as written.
+                if verdict == VALID or self.verdict(name, parsed) != VALID:
+                    return ToolCall(name, kept, verdict, recovered, defaulted)
+        return ToolCall(name, parsed, self.verdict(name, parsed), recovered)
 
 
 def read_answer(message: Mapping[str, Any] | None, text: str | None, finish_reason: str | None, toolbox: Toolbox,

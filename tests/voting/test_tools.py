@@ -311,6 +311,11 @@ def test_an_argument_equal_to_its_declared_default_is_left_out() -> None:
     assert other.defaulted == () and "defaulted" not in other.to_json()
     # a value that only looks like the default is another value: "c " is not "c"
     assert box.call("forecast", {"city": "Paris", "days": 1, "unit": "c "}).verdict.startswith("arguments fail")
+    # where leaving a default out would break the schema (an argument that requires it), the call stands as written
+    tied = {**schema, "dependentRequired": {"station": ["unit"]}}
+    box = Toolbox([{"type": "function", "function": {"name": "forecast", "parameters": tied}}])
+    whole = box.call("forecast", {"city": "Paris", "days": 1, "unit": "c", "station": "LFPG"})
+    assert whole.valid and whole.arguments["unit"] == "c" and whole.defaulted == ()
 
 
 async def test_seats_that_differ_only_by_a_default_vote_together_and_the_call_returned_leaves_it_out() -> None:
