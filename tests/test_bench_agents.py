@@ -34,10 +34,10 @@ def test_the_paired_interval_is_the_normal_approximation() -> None:
 
 
 def test_the_recorded_answers_still_give_the_held_out_result_readme_reports() -> None:
-    """#20's goal, re-scored from bench/records/ as `--score-only --more 20 --wide 8 --temperatures 0.3,1.0`
-    does: the council chosen on the seeded half is the agents policy's, and on the 180 items it was not chosen on
-    it gains +5 points over its greedy seat with the interval above 0, no category significantly lower and
-    irrelevance at least the seat's. A change to the vote, recovery or the grader that moves it shows here."""
+    """README's held-out result, re-scored from bench/records/ as `--score-only --more 20 --wide 8 --temperatures
+    0.3,1.0` does: the council chosen on the seeded half is the agents policy's, and on the 180 items it was not
+    chosen on it gains +5 points over its greedy seat with the interval above 0, no category significantly lower
+    and irrelevance at least the seat's. A change to the vote, recovery or the grader that moves it shows here."""
     try:
         every = load_bfcl(download_wheel(), CATEGORIES)
     except DatasetError as exc:
