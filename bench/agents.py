@@ -406,13 +406,7 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
     council, seat, ordered = row["_row"], row["_seat"], row["_records"]
     # Items drawn after the choice (`--more`): the council was fixed before they were asked.
     later = [i for i, r in enumerate(ordered) if first is not None and r.item_id not in first]
-    categories = list(dict.fromkeys(r.category or "?" for r in ordered))
-    per_category = {}
-    for category in categories:
-        keep = [i for i, r in enumerate(ordered) if (r.category or "?") == category]
-        cat = {c.category: c for c in council.categories}[category]
-        alone = {c.category: c for c in seat.categories}[category]
-        per_category[category] = {"council": cat.accuracy, "best_seat": alone.accuracy, **paired(council, seat, keep)}
+    per_category = by_category(council, seat, ordered)
     plain = rows.get(f"solo-{short(best)} (passthrough)")
     # On the council's own items: a candidate still being recorded covers part of the report half only.
     asked = {r.item_id for r in ordered}
@@ -449,15 +443,26 @@ def _on_fresh(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], 
     if row is None:
         return None
     council, seat, ordered = row["_row"], row["_seat"], row["_records"]
-    per_category = {}
-    for category in dict.fromkeys(r.category or "?" for r in ordered):
-        keep = [i for i, r in enumerate(ordered) if (r.category or "?") == category]
-        per_category[category] = {"council": sum(council.hits[i] for i in keep) / len(keep),
-                                  "best_seat": sum(seat.hits[i] for i in keep) / len(keep),
-                                  **paired(council, seat, keep)}
     return {"council": council.overall().accuracy, "best_seat": seat.overall().accuracy,
             "invalid_calls_returned": council.overall().invalid_calls, **paired(council, seat),
-            "per_category": per_category}
+            "per_category": by_category(council, seat, ordered)}
+
+
+def by_category(council: CallsRow, seat: CallsRow, ordered: Sequence[ItemRecord]) -> dict[str, dict[str, float]]:
+    """Per category, in the order met: the council's and the seat's accuracy and their paired difference."""
+    out = {}
+    for category in dict.fromkeys(r.category or "?" for r in ordered):
+        keep = [i for i, r in enumerate(ordered) if (r.category or "?") == category]
+        cat = {c.category: c for c in council.categories}[category]
+        alone = {c.category: c for c in seat.categories}[category]
+        out[category] = {"council": cat.accuracy, "best_seat": alone.accuracy, **paired(council, seat, keep)}
+    return out
+
+
+def print_by_category(per_category: dict[str, dict[str, float]], indent: str = "  ") -> None:
+    for category, c in per_category.items():
+        print(f"{indent}{category:<18}{100 * c['council']:>5.0f}% vs {100 * c['best_seat']:>4.0f}%  "
+              f"{c['points']:+6.1f} pts [{c['low']:+.1f}, {c['high']:+.1f}]")
 
 
 # --- recovery against a reference parser ----------------------------------------------------------------------------
@@ -620,9 +625,7 @@ def main() -> None:
         for arm, accuracy in judges.items():
             print(f"  on the choice half, against it ({100 * chosen['accuracy_on_choice_half']:.0f}%): {arm} "
                   f"{100 * accuracy:.0f}%")
-        for category, c in chosen["per_category"].items():
-            print(f"  {category:<18}{100 * c['council']:>5.0f}% vs {100 * c['best_seat']:>4.0f}%  "
-                  f"{c['points']:+6.1f} pts [{c['low']:+.1f}, {c['high']:+.1f}]")
+        print_by_category(chosen["per_category"])
         print(f"  completion tokens per item: {chosen['tokens_per_item']:.0f}; the same recording as cascades:")
         for arm, c in chosen["cascades"].items():
             print(f"    {arm.split(': ', 1)[1]:<40}{100 * c['accuracy']:>5.0f}%  {c['tokens_per_item']:>5.0f} "
@@ -640,9 +643,7 @@ def main() -> None:
             print(f"  apart, on the {new['items']} `--fresh` items it was asked: {100 * new['council']:.0f}% vs its "
                   f"greedy seat {100 * new['best_seat']:.0f}% ({new['points']:+.1f} pts [{new['low']:+.1f}, "
                   f"{new['high']:+.1f}]), calls returned that fail their schema: {new['invalid_calls_returned']}")
-            for category, c in new["per_category"].items():
-                print(f"    {category:<18}{100 * c['council']:>5.0f}% vs {100 * c['best_seat']:>4.0f}%  "
-                      f"{c['points']:+6.1f} pts [{c['low']:+.1f}, {c['high']:+.1f}]")
+            print_by_category(new["per_category"], "    ")
     check = recovery_check(records, by_id)
     if check is not None:
         print(f"\nrecovery vs reference parser: {check}")

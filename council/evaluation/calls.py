@@ -51,16 +51,10 @@ def voted_calls(answer: MemberAnswer, item: BfclItem) -> Calls:
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in item.tools}
     out = []
     for call in calls_of(answer):
-        fn = call.get("function") or {}
-        raw = fn.get("arguments")
-        try:
-            args = json.loads(raw) if isinstance(raw, str) else raw
-        except (ValueError, RecursionError):
-            args = None
-        if isinstance(args, dict) and fn.get("name") in schemas:
-            kept, dropped = without_defaults(schemas[fn["name"]], args)
+        if _name(call) in schemas:
+            kept, dropped = without_defaults(schemas[_name(call)], _args(call))
             if dropped:
-                call = {**call, "function": {**fn, "arguments": json.dumps(kept)}}
+                call = {**call, "function": {**call["function"], "arguments": json.dumps(kept)}}
         out.append(call)
     return out
 
@@ -103,7 +97,7 @@ def _args(call: Mapping[str, Any]) -> dict[str, Any]:
     raw = (call.get("function") or {}).get("arguments") or "{}"
     try:
         value = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder's stack
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -444,10 +444,13 @@ class Toolbox:
             kept, defaulted = without_defaults(self.schemas[name], parsed)
             if defaulted:
                 verdict = self.verdict(name, kept)
+                if verdict == VALID:
+                    return ToolCall(name, kept, verdict, recovered, defaulted)
                 # A schema can tie arguments together (`dependentRequired`, `oneOf` of required sets): where leaving
                 # the defaults out breaks it, the call stands as written.
-                if verdict == VALID or self.verdict(name, parsed) != VALID:
-                    return ToolCall(name, kept, verdict, recovered, defaulted)
+                as_written = self.verdict(name, parsed)
+                return ToolCall(name, parsed, as_written, recovered) if as_written == VALID else ToolCall(
+                    name, kept, verdict, recovered, defaulted)
         return ToolCall(name, parsed, self.verdict(name, parsed), recovered)
 
 
