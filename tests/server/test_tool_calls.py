@@ -137,3 +137,20 @@ def test_remote_members_keep_their_tool_calls(serve: Callable[..., CouncilServer
     assert "recovered" not in calls and calls["calls"] == [
         {"name": "get_weather", "arguments": {"city": "Paris"}, "verdict": "valid"}]  # its own tool_calls, kept
     assert reply.model_extra["council"]["agreement"] == 1.0
+
+
+def test_an_argument_a_model_gives_at_its_declared_default_is_left_out_of_the_call(agents: CouncilServer) -> None:
+    """Real seats asked for the default unit write it; the council returns the call without it (the tool applies
+    its default either way) and each seat's call says what was left out."""
+    weather = {"type": "function", "function": {**WEATHER["function"], "parameters": {
+        "type": "object", "required": ["city"],
+        "properties": {"city": {"type": "string"},
+                       "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"}}}}}
+    client = openai.OpenAI(base_url=f"{agents.url}/v1", api_key="unused", max_retries=0, timeout=300)
+    reply = client.chat.completions.create(model="agents", tools=[weather],  # type: ignore[list-item]
+                                           messages=[{"role": "user", "content": "Weather in Paris, in celsius?"}])
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls is not None, choice
+    assert [json.loads(c.function.arguments) for c in choice.message.tool_calls] == [{"city": "Paris"}]
+    for seat in reply.model_extra["council"]["members"]:
+        assert seat["calls"][0]["defaulted"] == ["unit"] and seat["calls"][0]["verdict"] == "valid", seat
