@@ -11,9 +11,12 @@ by path (never copied here); graded by `council.evaluation.bfcl` (BFCL's AST rul
 council is chosen on a seeded half of the first sample only, so items drawn later are asked of a council already
 fixed, and reported on with the first sample's other half. `--fresh F` adds F more of each category, drawn with
 `seed + 2` from those neither draw holds, reported apart from the rest: items no change to the council was
-looked for on (record the chosen council's arm on them, `--arms`). `--choice-half` records an arm on that half alone
-(`--temperatures 0.3` adds a nine-seat arm whose samples run cooler): a candidate is tried where the choice is
-made; if it wins there, the report says so and which items it must be asked next.
+looked for on (record the chosen council's arm on them, `--arms`). `--fresh F,G` adds a second such draw of G
+(`seed + 3`, from those no earlier draw holds), for when the first has been looked at: each draw is reported
+apart, and all of them pooled with the held-out items (every item the choice was not made on; the chosen
+council's arm with `--concurrency 2` takes about 31 s an item on 2 cores). `--choice-half` records an arm on that
+half alone (`--temperatures 0.3` adds a nine-seat arm whose samples run cooler): a candidate is tried where the
+choice is made; if it wins there, the report says so and which items it must be asked next.
 
 Recorded once, into `bench/records/agents-<arm>.jsonl` (a run resumes where it stopped), through the real engine
 with every seat answering; every number is then re-scored offline from those records (`--score-only`):
@@ -103,6 +106,11 @@ MAX_TOKENS = 256  # a few calls in JSON; a longer reply is prose
 GREEDY = {"model": "m", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}}  # the best seat alone
 CASCADES = (1, 2, 3)  # a self-consistency council replayed as `cascade: {first: N}`
 CASCADE_VOTE = "council set" if "council set" in VOTERS else "set"  # the council's own vote where it has one
+# The council's own `set` vote with `tie_break: [order]`: a tie goes to the group holding the first seat, the greedy
+# one (the model's own best guess, and alone the strongest seat), not to the reply that finished first. Registered
+# before the second `--fresh` draw was scored, and kept (policies/agents-qwen1.5b.yaml) as it did no worse there.
+TIES_TO_GREEDY = "council set, ties to its greedy seat"
+TIE_VOTERS = {TIES_TO_GREEDY: found} if (found := council_voter("set", tie_break=("order",))) is not None else {}
 
 
 def short(model: str) -> str:
@@ -311,6 +319,9 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
         for mode in VOTERS:
             add(f"{name}: council ({mode}), with recovery", council_row(recovered, items, mode), seat,
                 recovered)
+        for mode in TIE_VOTERS:
+            add(f"{name}: council ({mode}), with recovery", council_row(recovered, items, mode, voters=TIE_VOTERS),
+                seat, recovered)
         # A judge choosing among the seats (`vote.strategy: judge`, the greedy model judging), its replies recorded;
         # tokens are the seats' (the judge's short prompt and reply are not counted).
         if (replies := (judged or {}).get(name)) is not None and all(
@@ -356,6 +367,23 @@ def score(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best
     return rows
 
 
+def drawn(every: Sequence[BfclItem], n: int, seed: int, more: int = 0,
+          fresh: Sequence[int] = ()) -> tuple[list[BfclItem], set[str], list[set[str]]]:
+    """The items asked, in the benchmark's order: `n` of each category (seed), `more` from those left (seed + 1),
+    then each `fresh` draw from those no earlier draw holds (seed + 2, seed + 3, ...). With the first sample's ids
+    and each fresh draw's: a later draw never changes an earlier one, so records stay comparable."""
+    items = sample_per_category(every, n, seed)
+    first = {i.id for i in items}
+    if more:
+        items = [*items, *sample_per_category([i for i in every if i.id not in first], more, seed + 1)]
+    draws: list[set[str]] = []
+    for k, count in enumerate(c for c in fresh if c):
+        held = {i.id for i in items}
+        draws.append({i.id for i in sample_per_category([i for i in every if i.id not in held], count, seed + 2 + k)})
+        items = [*items, *(i for i in every if i.id in draws[-1])]
+    return sorted(items, key=lambda i: i.index), first, draws
+
+
 def halves(items: Sequence[BfclItem], seed: int) -> tuple[set[str], set[str]]:
     """The items split in two, per category, by a seeded shuffle: one half chooses the council, the other reports
     on the chosen one (the choice is not graded on the items it was made on)."""
@@ -372,17 +400,20 @@ def halves(items: Sequence[BfclItem], seed: int) -> tuple[set[str], set[str]]:
 
 def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str,
              seed: int, first: set[str] | None = None,
-             judged: dict[str, dict[str, str]] | None = None, fresh: set[str] | None = None) -> dict[str, Any] | None:
+             judged: dict[str, dict[str, str]] | None = None,
+             fresh: Sequence[set[str]] = ()) -> dict[str, Any] | None:
     """The council chosen on one seeded half of the `first` sample (the council row with the best accuracy there,
     fewer tokens on a tie, then the council's own vote), reported on every other item (that sample's other half
     and items drawn later with `--more`): per category and overall, the council minus its best seat asked alone,
-    paired, with 95% intervals, beside the plain model through passthrough. The `fresh` items (`--fresh`) are
-    reported apart, the chosen council against its greedy seat on those it was asked."""
+    paired, with 95% intervals, beside the plain model through passthrough. The `fresh` draws (`--fresh`) are
+    reported apart, the chosen council against its greedy seat on those it was asked (all draws pooled; each in
+    `splits`)."""
     # The items the default council's arm answered (a run stopped early); a candidate must cover all of them.
     main = records.get(f"brief-sc-{short(best)}") or records.get(f"solo-{short(best)}") or []
     covered = {r.item_id for r in main} & (set(items) if first is None else first)
     choose, _ = halves([i for i in items.values() if i.id in covered], seed)
-    report = set(items) - choose - (fresh or set())
+    pooled = set().union(*fresh)
+    report = set(items) - choose - pooled
 
     def only(ids: set[str]) -> dict[str, list[ItemRecord]]:
         return {name: [r for r in recs if r.item_id in ids] for name, recs in records.items()}
@@ -393,9 +424,10 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
               and r["_row"].overall().items == len(choose)]
     if not picked:
         return None
-    # On a tie, fewer tokens, then the council's own vote code over the evaluation's stand-in (what a policy runs).
+    # On a tie, fewer tokens, then the council's own vote code over the evaluation's stand-in (what a policy runs),
+    # then `TIES_TO_GREEDY` over the vote's default tie-break (the agents policy's, kept on the second fresh draw).
     chosen = max(picked, key=lambda r: (r["_row"].overall().accuracy, -r["_row"].overall().tokens_per_item,
-                                        "(council " in r["arm"]))
+                                        "(council " in r["arm"], TIES_TO_GREEDY in r["arm"]))
     # Each candidate where the choice was made (a judge recorded there only is compared there only).
     candidates = {r["arm"]: r["_row"].overall().accuracy for r in picked}
     rows = {r["arm"]: r for r in score(only(report), items, best, judged)}
@@ -430,7 +462,15 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
             "invalid_calls_returned": council.overall().invalid_calls,
             "vs_best_seat": paired(council, seat), "per_category": per_category,
             "tokens_per_item": council.overall().tokens_per_item, "cascades": cascades,
-            "fresh": _on_fresh(only(fresh or set()), items, best, judged, chosen["arm"]),
+            "fresh": _on_fresh(only(pooled), items, best, judged, chosen["arm"]),
+            # The chosen council, and its recording under the council's `set` vote with the default tie-break and
+            # with `TIES_TO_GREEDY`, on each set of items the choice was not made on, and on all of them together
+            # (the largest sample nothing was chosen on).
+            "splits": {arm: {name: _on_fresh(only(ids), items, best, judged, arm) for name, ids in (
+                ("held out", report), *((f"fresh draw {k}", draw) for k, draw in enumerate(fresh, 1)),
+                ("all past the choice", report | pooled))}
+                for arm in dict.fromkeys([chosen["arm"], *(f"{recording}: council ({mode}), with recovery"
+                                                           for mode in (CASCADE_VOTE, *TIE_VOTERS))])},
             "drawn_later": {"council": sum(council.hits[i] for i in later) / len(later),
                             "best_seat": sum(seat.hits[i] for i in later) / len(later),
                             **paired(council, seat, later)} if later else None}
@@ -438,7 +478,10 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
 
 def _on_fresh(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str,
               judged: dict[str, dict[str, str]] | None, arm: str) -> dict[str, Any] | None:
-    """The chosen council against its greedy seat on the `--fresh` items it was asked, per category too."""
+    """A council row against its greedy seat on the items of `records` it was asked (the `--fresh` ones), per
+    category too."""
+    if (recording := arm.split(":")[0]) in records:  # a single recording's row: score that recording alone
+        records = {recording: records[recording]}
     row = {r["arm"]: r for r in score(records, items, best, judged)}.get(arm)
     if row is None:
         return None
@@ -546,8 +589,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--more", type=int, default=0, help="items per category drawn (seed + 1) from those the "
                         "first sample left out: asked after the council was chosen, reported on only")
-    parser.add_argument("--fresh", type=int, default=0, help="items per category drawn (seed + 2) from those neither "
-                        "draw above holds: reported apart, as items nothing was tuned on")
+    parser.add_argument("--fresh", default="0", help="items per category drawn (seed + 2) from those neither draw "
+                        "above holds: reported apart, as items nothing was tuned on; F,G: a second draw of G "
+                        "(seed + 3) from those no earlier draw holds, each draw reported apart and pooled")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="catalog models, each alone")
     parser.add_argument("--best", default=DEFAULT_MODELS[0], help="the model of the self-consistency council and "
                                                                   "the tool_choice: required arm")
@@ -570,16 +614,8 @@ def main() -> None:
     categories = [c.strip() for c in args.categories.split(",") if c.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     every = load_bfcl(download_wheel(), categories)
-    items = sample_per_category(every, args.n, args.seed)
-    first = {i.id for i in items}
-    if args.more:
-        left = [i for i in every if i.id not in first]
-        items = sorted([*items, *sample_per_category(left, args.more, args.seed + 1)], key=lambda i: i.index)
-    fresh: set[str] = set()
-    if args.fresh:
-        drawn = {i.id for i in items}
-        fresh = {i.id for i in sample_per_category([i for i in every if i.id not in drawn], args.fresh, args.seed + 2)}
-        items = sorted([*items, *(i for i in every if i.id in fresh)], key=lambda i: i.index)
+    items, first, fresh = drawn(every, args.n, args.seed, args.more,
+                                [int(f) for f in args.fresh.split(",") if f.strip()])
     by_id = {i.id: i for i in items}
     RECORDS.mkdir(exist_ok=True)
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
@@ -644,12 +680,22 @@ def main() -> None:
                   f"greedy seat {100 * new['best_seat']:.0f}% ({new['points']:+.1f} pts [{new['low']:+.1f}, "
                   f"{new['high']:+.1f}]), calls returned that fail their schema: {new['invalid_calls_returned']}")
             print_by_category(new["per_category"], "    ")
+        print("  against its greedy seat, on the items the choice was not made on:")
+        for arm, splits in chosen["splits"].items():
+            print(f"    {arm.split(': ', 1)[1]}")
+            for name, got in splits.items():
+                if got:
+                    label = f"{name} ({got['items']})"
+                    print(f"      {label:<28}"
+                          f"{100 * got['council']:>5.1f}% vs {100 * got['best_seat']:5.1f}%  {got['points']:+.1f} pts "
+                          f"[{got['low']:+.1f}, {got['high']:+.1f}], {got['invalid_calls_returned']} failing schema")
     check = recovery_check(records, by_id)
     if check is not None:
         print(f"\nrecovery vs reference parser: {check}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "agents.json"
-    doc = {"n_per_category": args.n, "more_per_category": args.more, "fresh_per_category": args.fresh,
+    doc = {"n_per_category": args.n, "more_per_category": args.more,
+           "fresh_per_category": [int(f) for f in args.fresh.split(",") if f.strip()],
            "seed": args.seed, "categories": categories,
            "models": models, "best": args.best, "samples": args.samples,
            "items": {name: len(recs) for name, recs in records.items()},
