@@ -206,6 +206,19 @@ async def test_per_argument_vote_takes_each_value_most_seats_give() -> None:
                      ("unit", '"f"'): {'"c"': 1.0, '"f"': 2.0}}
 
 
+async def test_with_tie_break_order_a_tied_call_vote_goes_to_the_first_seat_not_the_quickest() -> None:
+    """The agents policy lists its greedy seat first and breaks ties by `order`: where the calls tie, the council
+    answers with the greedy seat's, however long it took (by default the group whose seat finished first wins)."""
+    replies = (calls(weather("Paris"), delay=0.1), calls(weather("Rome")), calls(weather("Paris"), delay=0.1),
+               calls(weather("Rome")))
+    quickest, _ = council({"vote": {"strategy": "majority"}}, *replies)
+    assert returned(await quickest.ask(ask())) == [weather("Rome")]
+    first, _ = council({"vote": {"strategy": "majority", "tie_break": ["order"]}}, *replies)
+    answer = await first.ask(ask())
+    assert returned(answer) == [weather("Paris")]
+    assert answer.council_json()["tie_broken_by"] == "order"
+
+
 async def test_per_argument_aligns_parallel_calls_by_their_arguments_not_their_order() -> None:
     replies = (calls(weather("Paris", unit="c"), weather("Rome", unit="f")),
                calls(weather("Rome", unit="c"), weather("Paris", unit="c")),  # the other order
