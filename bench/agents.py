@@ -446,6 +446,8 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
         if plain else []
     # The chosen council's recording replayed as cascades, on the same items: beside it, never chosen.
     recording = chosen["arm"].split(":")[0]
+    compared = list(dict.fromkeys([chosen["arm"], *(f"{recording}: council ({mode}), with recovery"
+                                                    for mode in (CASCADE_VOTE, *TIE_VOTERS))]))
     cascades = {arm: {"accuracy": r["_row"].overall().accuracy, "tokens_per_item": r["_row"].overall().tokens_per_item,
                       **paired(r["_row"], r["_seat"])}
                 for arm, r in rows.items() if arm.startswith(f"{recording}: cascade")}
@@ -462,33 +464,44 @@ def held_out(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], b
             "invalid_calls_returned": council.overall().invalid_calls,
             "vs_best_seat": paired(council, seat), "per_category": per_category,
             "tokens_per_item": council.overall().tokens_per_item, "cascades": cascades,
-            "fresh": _on_fresh(only(pooled), items, best, judged, chosen["arm"]),
+            "fresh": against_seat(only(pooled), items, best, judged, [chosen["arm"]])[chosen["arm"]],
             # The chosen council, and its recording under the council's `set` vote with the default tie-break and
             # with `TIES_TO_GREEDY`, on each set of items the choice was not made on, and on all of them together
             # (the largest sample nothing was chosen on).
-            "splits": {arm: {name: _on_fresh(only(ids), items, best, judged, arm) for name, ids in (
-                ("held out", report), *((f"fresh draw {k}", draw) for k, draw in enumerate(fresh, 1)),
-                ("all past the choice", report | pooled))}
-                for arm in dict.fromkeys([chosen["arm"], *(f"{recording}: council ({mode}), with recovery"
-                                                           for mode in (CASCADE_VOTE, *TIE_VOTERS))])},
+            "splits": _splits(only, items, best, judged, compared, {
+                "held out": report, **{f"fresh draw {k}": draw for k, draw in enumerate(fresh, 1)},
+                "all past the choice": report | pooled}),
             "drawn_later": {"council": sum(council.hits[i] for i in later) / len(later),
                             "best_seat": sum(seat.hits[i] for i in later) / len(later),
                             **paired(council, seat, later)} if later else None}
 
 
-def _on_fresh(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str,
-              judged: dict[str, dict[str, str]] | None, arm: str) -> dict[str, Any] | None:
-    """A council row against its greedy seat on the items of `records` it was asked (the `--fresh` ones), per
-    category too."""
-    if (recording := arm.split(":")[0]) in records:  # a single recording's row: score that recording alone
-        records = {recording: records[recording]}
-    row = {r["arm"]: r for r in score(records, items, best, judged)}.get(arm)
-    if row is None:
-        return None
-    council, seat, ordered = row["_row"], row["_seat"], row["_records"]
-    return {"council": council.overall().accuracy, "best_seat": seat.overall().accuracy,
-            "invalid_calls_returned": council.overall().invalid_calls, **paired(council, seat),
-            "per_category": by_category(council, seat, ordered)}
+def against_seat(records: dict[str, list[ItemRecord]], items: dict[str, BfclItem], best: str,
+                 judged: dict[str, dict[str, str]] | None, arms: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """Each council row of `arms` against its greedy seat on the items of `records` it was asked, per category
+    too (None: not asked any). The records are scored once for all of them."""
+    recordings = {arm.split(":")[0] for arm in arms}
+    if recordings <= set(records):  # rows of single recordings: score those recordings alone
+        records = {name: records[name] for name in recordings}
+    rows = {r["arm"]: r for r in score(records, items, best, judged)}
+    out: dict[str, dict[str, Any] | None] = {}
+    for arm in arms:
+        if (row := rows.get(arm)) is None:
+            out[arm] = None
+            continue
+        council, seat, ordered = row["_row"], row["_seat"], row["_records"]
+        out[arm] = {"council": council.overall().accuracy, "best_seat": seat.overall().accuracy,
+                    "invalid_calls_returned": council.overall().invalid_calls, **paired(council, seat),
+                    "per_category": by_category(council, seat, ordered)}
+    return out
+
+
+def _splits(only: Callable[[set[str]], dict[str, list[ItemRecord]]], items: dict[str, BfclItem], best: str,
+            judged: dict[str, dict[str, str]] | None, arms: Sequence[str],
+            splits: dict[str, set[str]]) -> dict[str, dict[str, dict[str, Any] | None]]:
+    """`against_seat` on each split of the items, by arm then split."""
+    found = {name: against_seat(only(ids), items, best, judged, arms) for name, ids in splits.items()}
+    return {arm: {name: found[name][arm] for name in splits} for arm in arms}
 
 
 def by_category(council: CallsRow, seat: CallsRow, ordered: Sequence[ItemRecord]) -> dict[str, dict[str, float]]:
@@ -583,15 +596,20 @@ def print_table(rows: list[dict[str, Any]], categories: Sequence[str]) -> None:
               f"{o['ms_per_item'] / 1000:>8.1f}{pair}")
 
 
+def counts(text: str) -> list[int]:
+    """`--fresh F,G,...`: the size of each draw."""
+    return [int(f) for f in text.split(",") if f.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20, help="items per category (a seeded sample)")
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--more", type=int, default=0, help="items per category drawn (seed + 1) from those the "
                         "first sample left out: asked after the council was chosen, reported on only")
-    parser.add_argument("--fresh", default="0", help="items per category drawn (seed + 2) from those neither draw "
-                        "above holds: reported apart, as items nothing was tuned on; F,G: a second draw of G "
-                        "(seed + 3) from those no earlier draw holds, each draw reported apart and pooled")
+    parser.add_argument("--fresh", type=counts, default="0", help="items per category drawn (seed + 2) from those "
+                        "neither draw above holds: reported apart, as items nothing was tuned on; F,G: a second draw "
+                        "of G (seed + 3) from those no earlier draw holds, each draw reported apart and pooled")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="catalog models, each alone")
     parser.add_argument("--best", default=DEFAULT_MODELS[0], help="the model of the self-consistency council and "
                                                                   "the tool_choice: required arm")
@@ -614,8 +632,7 @@ def main() -> None:
     categories = [c.strip() for c in args.categories.split(",") if c.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     every = load_bfcl(download_wheel(), categories)
-    items, first, fresh = drawn(every, args.n, args.seed, args.more,
-                                [int(f) for f in args.fresh.split(",") if f.strip()])
+    items, first, fresh = drawn(every, args.n, args.seed, args.more, args.fresh)
     by_id = {i.id: i for i in items}
     RECORDS.mkdir(exist_ok=True)
     temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
@@ -695,7 +712,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "agents.json"
     doc = {"n_per_category": args.n, "more_per_category": args.more,
-           "fresh_per_category": [int(f) for f in args.fresh.split(",") if f.strip()],
+           "fresh_per_category": args.fresh,
            "seed": args.seed, "categories": categories,
            "models": models, "best": args.best, "samples": args.samples,
            "items": {name: len(recs) for name, recs in records.items()},
