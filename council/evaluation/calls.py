@@ -381,15 +381,16 @@ def _decided_row(name: str, records: Sequence[ItemRecord], decided: Sequence[Cal
 
 def cascade_row(records: Sequence[ItemRecord], items: Mapping[str, BfclItem], mode: str, first: int) -> CallsRow:
     """The council as a cascade (`vote.cascade: {first: N}`), replayed: its first `first` seats answer alone when
-    every one of them that votes agrees (a seat whose call is invalid abstains; a stage where all abstain does not
-    agree), else every seat votes by `VOTERS[mode]`. Tokens count only the seats the cascade asked."""
+    every one of them votes and all agree (a seat whose call is invalid abstains, and an abstention is no
+    agreement, as in the live council), else every seat votes by `VOTERS[mode]`. Tokens count only the seats the
+    cascade asked."""
     voter = VOTERS[mode]
     decided, found, tokens = [], [], []
     for r in records:
         item = items[r.item_id or ""]
         asked = r.answers[:first]
         votes = [(b, a) for a in asked if (b := ballot(a, item)) is not None]
-        if votes and all(b == votes[0][0] for b, _ in votes):
+        if len(votes) == len(asked) and all(b == votes[0][0] for b, _ in votes):
             decided.append([] if votes[0][0] == NO_CALL else voted_calls(votes[0][1], item))
         else:
             asked = r.answers

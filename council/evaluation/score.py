@@ -273,9 +273,12 @@ def cascade(record: ItemRecord, rule: Rule, stages: list[list[int]], agreement: 
         asked += stage
         tokens += sum(answers[i].completion_tokens for i in stage)
         ms += max((answers[i].latency_ms for i in stage), default=0.0)
-        if stop_after(ballots(answers, rule, asked), 0.0, config.quorum_count(len(asked)), rule.strategy,
-                      early_stop=False, stage_done=True, last_stage=number == len(stages), agreement=agreement,
-                      temperature=rule.temperature) == "stage":
+        cast = ballots(answers, rule, asked)
+        voted = {b.order for b in cast if b.answer is not None}
+        silent = sum(seat_value(rule.strategy, answers[i].weight) for i in asked if i not in voted)
+        if stop_after(cast, 0.0, config.quorum_count(len(asked)), rule.strategy, early_stop=False, stage_done=True,
+                      last_stage=number == len(stages), agreement=agreement, temperature=rule.temperature,
+                      silent=silent) == "stage":
             return council_answer(answers, rule, asked), tokens, ms, len(asked), True
     return council_answer(answers, rule, asked), tokens, ms, len(asked), False
 

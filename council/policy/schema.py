@@ -427,7 +427,8 @@ class MemberConfig(_Strict):
 
 class CascadeConfig(_Strict):
     """Stages of members (indexes into the council's seats): the first stage is asked; when its answers agree
-    (the leader holds `agreement` of the votes cast, and no tie), the council answers and later stages are
+    (the leader holds `agreement` of the votes its seats could cast, and no tie: a seat that failed or abstained
+    counts against it), the council answers and later stages are
     never called; otherwise the next stage is asked. Written `cascade: [[0, 1], [2, 3, 4]]`, or
     `cascade: {first: 2}` (the first two seats, then the rest), or `{first: 3, then: 1}` (then one more seat at
     a time, as Adaptive-Consistency samples), optionally with `agreement: 0.75`."""
@@ -439,8 +440,9 @@ class CascadeConfig(_Strict):
                               examples=[3])
     then: int | None = Field(default=None, ge=1, description="With `first`: then K more seats at a time.",
                              examples=[1])
-    agreement: float = Field(default=1.0, gt=0.5, le=1.0, description="The share of the votes cast the leader "
-                             "needs for a stage to decide (1.0: unanimous).", examples=[0.75])
+    agreement: float = Field(default=1.0, gt=0.5, le=1.0, description="The share of the votes the seats asked "
+                             "could cast that the leader needs for a stage to decide (1.0: unanimous; a seat that "
+                             "failed or abstained counts against it).", examples=[0.75])
 
     @model_validator(mode="before")
     @classmethod

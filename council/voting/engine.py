@@ -513,21 +513,24 @@ class CouncilEngine:
         generating: dict[str, tuple[Streaming, int]] = {}
         stop: Stop | None = None
         number = quorum = 0
+        silent = 0.0  # the seat values of seats heard that cast no vote: against a cascade stage's agreement
         ended_at = len(stages)
 
         def arrive(seat: Seat, reply: MemberReply) -> bool:
             """Count one seat's reply; True once the stop rule says stop."""
-            nonlocal stop
+            nonlocal stop, silent
             if seat.client.target is not None:
                 self.rates.setdefault(seat.client.target, Rates()).observe(reply)
             outcome = outcomes[seat.name] = self._outcome(seat, reply, number, toolbox)
             waiting.discard(seat.name)
             if reply.status == "ok":
                 ballots.append(self._ballot(outcome))
+            if reply.status != "ok" or outcome.extracted is None:
+                silent += seat_value(vote.strategy, seat.weight)
             pending = sum(seat_value(vote.strategy, m.weight) for m in self.seats if m.name not in outcomes)
             stop = stop_after(ballots, pending, quorum, vote.strategy, early_stop=early_stop,
                               stage_done=not waiting, last_stage=number == len(stages), agreement=agreement,
-                              temperature=vote.confidence_temperature, absolute=absolute)
+                              temperature=vote.confidence_temperature, absolute=absolute, silent=silent)
             return stop is not None
 
         async def ask_lane(lane: list[Call[Seat]], take: Callable[[Seat, MemberReply], bool]) -> None:

@@ -147,12 +147,15 @@ def _ranked(ballots: Sequence[Ballot], strategy: str, temperature: float) -> lis
     return sorted((sum(_vote_value(b, strategy, temperature) for b in v) for v in groups.values()), reverse=True)
 
 
-def stage_agrees(ballots: Sequence[Ballot], strategy: str, agreement: float, temperature: float = 1.0) -> bool:
-    """A cascade stage is decided when its leader holds at least `agreement` of the votes cast, untied."""
+def stage_agrees(ballots: Sequence[Ballot], strategy: str, agreement: float, temperature: float = 1.0,
+                 silent: float = 0.0) -> bool:
+    """A cascade stage is decided when its leader holds at least `agreement` of the votes its seats could cast,
+    untied. `silent`: the `seat_value`s of the seats asked that cast none (failed, or abstained): they count
+    against agreement, so a stage where one seat answers and the other wrote nothing readable is not unanimous."""
     ranked = _ranked(ballots, strategy, temperature)
     if not ranked:
         return False
-    total = sum(ranked)
+    total = sum(ranked) + silent
     untied = len(ranked) == 1 or ranked[0] > ranked[1] + _EPS * max(1.0, ranked[0])
     return untied and ranked[0] >= agreement * total - _EPS * max(1.0, total)
 
@@ -187,17 +190,18 @@ def seat_value(strategy: str, weight: float) -> float:
 
 def stop_after(ballots: Sequence[Ballot], pending: float, quorum: int, strategy: str, *, early_stop: bool = True,
                stage_done: bool = False, last_stage: bool = True, agreement: float = 1.0,
-               temperature: float = 1.0, absolute: bool = False) -> Stop | None:
+               temperature: float = 1.0, absolute: bool = False, silent: float = 0.0) -> Stop | None:
     """Whether to stop asking after the latest answer, and why. `ballots` are the answers so far, `pending` the
     `seat_value`s of every seat not yet heard (later stages' included), `quorum` the answers the seats asked so
     far need. `"early"`: no vote still out can change the winner (the rest are cancelled; only with
     `early_stop`); `"stage"`: the cascade stage just completed (`stage_done`) agrees, so later stages are never
-    asked; None: go on (wait for the stage, or ask the next one). `absolute`: see `is_decided`."""
+    asked; None: go on (wait for the stage, or ask the next one). `absolute`: see `is_decided`; `silent`: see
+    `stage_agrees`."""
     if len(ballots) < quorum:
         return None
     if early_stop and pending and is_decided(ballots, pending, strategy, temperature, absolute):
         return "early"
-    if stage_done and not last_stage and stage_agrees(ballots, strategy, agreement, temperature):
+    if stage_done and not last_stage and stage_agrees(ballots, strategy, agreement, temperature, silent):
         return "stage"
     return None
 

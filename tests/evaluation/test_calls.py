@@ -101,13 +101,14 @@ def test_a_cascade_answers_from_its_first_seats_where_they_agree_and_asks_every_
     records = [
         record(0, seat(0, wrong), seat(1, wrong), seat(2, right), seat(3, right), seat(4, right)),  # agree: wrong
         record(1, seat(0, right), seat(1, wrong), seat(2, wrong), seat(3, wrong), seat(4, right)),  # split: all vote
-        record(2, seat(0, bad), seat(1, right), seat(2, wrong), seat(3, right), seat(4, right)),  # one votes, agrees
+        # one abstains: no agreement (before, the one seat that voted decided alone), so every seat votes
+        record(2, seat(0, bad), seat(1, right), seat(2, wrong), seat(3, right), seat(4, right)),
         record(3, seat(0, bad), seat(1, bad), seat(2, right), seat(3, right), seat(4, wrong)),  # none votes: all
     ]
     row = cascade_row(records, {item.id: item}, "set", first=2)
     assert row.hits == [False, False, True, True]
-    # Tokens only of the seats asked: 2, 5, 2 and 5 seats of 10 tokens each.
-    assert row.overall().tokens_per_item == (20 + 50 + 20 + 50) / 4
+    # Tokens only of the seats asked: 2, 5, 5 and 5 seats of 10 tokens each.
+    assert row.overall().tokens_per_item == (20 + 50 + 50 + 50) / 4
     assert cascade_row(records, {item.id: item}, "set", first=5).hits == [True, False, True, True]  # all first
 
 

@@ -252,3 +252,22 @@ def test_an_item_below_the_quorum_is_decided_by_no_rule_as_live() -> None:
     # A quorum of one (the default) decides it from the one answer, live and offline.
     one = CouncilConfig.model_validate({**config, "members": [{"model": "m"}] * 3, "quorum": 1})
     assert score([below, full], "c", one, "d").council_accuracy == 1.0
+
+
+def test_a_cascade_stage_with_a_silent_seat_asks_the_next_offline_as_live() -> None:
+    """The first stage's second seat writes no number (it abstains): the live council asks the next stage, and so
+    does the replay of the same answers (before, the one vote cast counted as a unanimous stage of two)."""
+    from council.evaluation.dataset import Item
+    from council.evaluation.record import engine_asker
+
+    config = {"members": [{}, {}, {}, {}], "vote": {"strategy": "majority", "extract": "number",
+                                                    "cascade": {"first": 2}}}
+    engine, clients = council(config, Say(text="It is 4."), Say(text="I cannot tell."), Say(text="5"), Say(text="5"))
+    item = Item(index=0, line=1, messages=[{"role": "user", "content": "q"}], reference="5")
+    answers, error = asyncio.run(engine_asker(engine)(item))
+    assert error is None and len(clients[2].sent) == 1  # live: stage 2 asked
+    everyone = [a.model_copy(update={"status": "ok"}) for a in answers]  # as recorded without early stop
+    record = ItemRecord(index=0, line=1, question="q", reference="5", wall_ms=1, answers=everyone)
+    report = score([record], "c", CouncilConfig.model_validate({**config, "members": [{"model": "m"}] * 4}), "d")
+    policy = next(s for s in report.spend if s.name.startswith("cascade (policy)"))
+    assert policy.members_per_item == 4 and policy.accuracy == 1.0

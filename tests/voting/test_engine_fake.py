@@ -147,6 +147,34 @@ async def test_a_cascade_stage_that_disagrees_asks_the_next() -> None:
     assert answer.decision.answer == "a" and len(clients[2].sent) == 1
 
 
+async def test_a_cascade_stage_with_an_abstaining_seat_does_not_agree() -> None:
+    """A seat of the stage wrote no answer (no number here): one vote for "42" is not the two-seat agreement the
+    stage asks for, so the next stage is asked (before, the votes cast were all that counted: 1 of 1 agreed)."""
+    engine, clients = council({"vote": {"extract": "number", "cascade": {"first": 2}}},
+                              Say("42"), Say("I cannot say"), Say("41"), Say("41"))
+    answer = await engine.ask(ask())
+    assert statuses(answer) == ["ok", "ok", "ok", "ok"] and (answer.stage, answer.stages) == (2, 2)
+    assert answer.decision.answer == "41" and len(clients[2].sent) == 1
+
+
+async def test_a_cascade_stage_with_a_failed_seat_does_not_agree() -> None:
+    """The same for a seat that failed, where the quorum lets one answer through (`quorum: 1`)."""
+    engine, clients = council({"quorum": 1, "vote": {"extract": "text", "cascade": {"first": 2}}},
+                              Say("a"), Say(status="error", http_status=500), Say("b"), Say("b"))
+    answer = await engine.ask(ask())
+    assert statuses(answer) == ["ok", "error", "ok", "ok"] and answer.stage == 2
+    assert answer.decision.answer == "b" and len(clients[3].sent) == 1
+
+
+async def test_a_cascade_stage_agrees_by_the_share_of_its_seats() -> None:
+    """`agreement: 0.6` of three seats: two that agree beside one that abstains decide the stage (2/3)."""
+    engine, clients = council({"vote": {"extract": "number", "cascade": {"first": 3, "agreement": 0.6}}},
+                              Say("7"), Say("7"), Say("no number"), Say("8"))
+    answer = await engine.ask(ask())
+    assert statuses(answer) == ["ok", "ok", "ok", "skipped"] and answer.stage == 1 and answer.decision.answer == "7"
+    assert clients[3].sent == []
+
+
 async def test_early_stop_reaches_across_stages() -> None:
     """Stage 2's first answer makes the leader unbeatable (3 > 1 + 1 still out): its straggler is cancelled."""
     engine, clients = council({"vote": {"strategy": "majority", "extract": "text", "cascade": {"first": 2}}},

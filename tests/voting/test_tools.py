@@ -564,9 +564,9 @@ async def test_a_member_with_none_is_given_nothing_while_the_others_get_the_coun
 
 async def test_a_tool_council_as_a_cascade_asks_the_rest_only_where_its_first_seats_disagree() -> None:
     """`cascade: {first: 2}` on a tool council (README, "Measured on BFCL": what the vote costs): where the first
-    two seats' calls agree the others are never asked; where the first seat's call is invalid it abstains and the
-    other's call, the only vote, decides the stage; where they disagree every seat is asked and the majority
-    wins."""
+    two seats' calls agree the others are never asked; where the first seat's call is invalid it abstains, and an
+    abstention is no agreement: every seat is asked (before, the other seat's call, the only vote, decided the
+    stage); where they disagree every seat is asked and the majority wins."""
     cascade = {"vote": {"strategy": "majority", "cascade": {"first": 2}}}
     agree, others = calls(weather("Paris")), calls(weather("Rome"))
     engine, clients = council(cascade, agree, agree, others, others, others)
@@ -575,8 +575,9 @@ async def test_a_tool_council_as_a_cascade_asks_the_rest_only_where_its_first_se
     assert [len(c.sent) for c in clients] == [1, 1, 0, 0, 0]
 
     engine, clients = council(cascade, calls(weather("Paris", unit="kelvin")), agree, others, others, others)
-    answer = await engine.ask(ask())  # the one seat that votes agrees with itself: the stage stands
-    assert returned(answer) == [weather("Paris")] and [len(c.sent) for c in clients] == [1, 1, 0, 0, 0]
+    answer = await engine.ask(ask())
+    assert returned(answer) == [weather("Rome")] and answer.council_json()["stage"] == 2
+    assert [len(c.sent) for c in clients] == [1, 1, 1, 1, 1]
 
     engine, clients = council(cascade, agree, others, others, agree, others)
     answer = await engine.ask(ask())

@@ -200,3 +200,10 @@ def test_the_stop_rule_gates_on_quorum_then_early_stop_then_the_stage() -> None:
     assert stop_after(split, 2.0, 2, "majority", stage_done=True, last_stage=False) is None  # 2/3 < 1.0
     assert stop_after(split, 2.0, 2, "majority", stage_done=True, last_stage=False, agreement=0.6) == "stage"
     assert stop_after(two, 0.0, 2, "majority") is None  # nobody out: nothing to cut short
+    # A seat of the stage that failed or abstained (`silent`) counts against agreement: 2 of 3 is not unanimous,
+    # and is 0.6 of the votes the stage could cast; the weight of a silent seat counts under `weighted`.
+    assert stop_after(two, 2.0, 2, "majority", stage_done=True, last_stage=False, silent=1.0) is None
+    assert stop_after(two, 2.0, 2, "majority", stage_done=True, last_stage=False, silent=1.0,
+                      agreement=0.6) == "stage"
+    assert stop_after(two, 2.0, 2, "weighted", stage_done=True, last_stage=False, silent=2.0,
+                      agreement=0.6) is None  # 2 of 4
