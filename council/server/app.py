@@ -8,9 +8,10 @@ import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from council import __version__
 from council.server.errors import STARTED, install_error_handlers
@@ -20,7 +21,8 @@ from council.server.routes import admin, anthropic, chat, events, health, intern
 
 class _Arrival:
     """Notes when each HTTP request arrived, in its scope's state, so an error response can carry the router's own
-    time too (`errors.finish_error`). Plain ASGI: one dict write per request."""
+    time too (`errors.finish_error`). Plain ASGI: one dict write per request. It also makes a trailing-slash
+    redirect relative (`_relative_redirects`), in the same layer: a second middleware costs every request."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -28,7 +30,31 @@ class _Arrival:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             scope.setdefault("state", {})[STARTED] = time.perf_counter()
+            path = scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                send = _relative_redirects(send)
         await self.app(scope, receive, send)
+
+
+def _relative_redirects(send: Send) -> Send:
+    """Starlette answers a path with a trailing slash (`/healthz/`) with a redirect to the path without it, as an
+    absolute URL built from the request's Host header: a caller could make the router send clients to any host
+    (`Host: evil.example` gave `Location: http://evil.example/healthz`). A relative Location (RFC 9110) goes to the
+    same place on the host the client asked. Only such paths are watched: no route here ends with a slash, so no
+    other request is redirected."""
+
+    async def relative(message: Message) -> None:
+        if message["type"] == "http.response.start" and 300 <= message["status"] < 400:
+            headers = []
+            for name, value in message.get("headers", []):
+                if name.lower() == b"location":
+                    parts = urlsplit(value.decode("latin-1"))
+                    value = urlunsplit(("", "", parts.path or "/", parts.query, "")).encode("latin-1")
+                headers.append((name, value))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return relative
 
 
 # FastAPI's own OpenTelemetry support (newer releases) asks the global providers whether anyone listens on every

@@ -135,6 +135,16 @@ async def test_auth_errors_and_deep_json(client: httpx.AsyncClient) -> None:
     assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize("path", ["/healthz/", "/v1/chat/completions/?stream=1", "/ui/"])
+async def test_a_trailing_slash_redirects_on_the_host_asked_never_to_the_one_a_header_names(
+        client: httpx.AsyncClient, path: str) -> None:
+    """Starlette built the redirect from the Host header: `Host: evil.example` sent the client to that host."""
+    got = await client.get(path, headers={"Host": "evil.example"})
+    assert got.status_code == 307 and got.headers["location"] == path.replace("/?", "?").rstrip("/")
+    same = await client.get(path.split("?")[0], headers={"Host": "evil.example"}, follow_redirects=True)
+    assert same.url.host == "council" and same.status_code in (200, 405)
+
+
 async def test_an_empty_authorization_beside_x_api_key_and_bodies_that_are_not_utf8_json(
         client: httpx.AsyncClient) -> None:
     """An empty `Authorization` beside a valid `x-api-key` was 401 "missing API key: send ... (or `x-api-key`)";
