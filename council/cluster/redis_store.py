@@ -33,6 +33,7 @@ from council.cluster.store import (
     check_lease_args,
     check_ttl,
 )
+from council.voting.ballots import MAX_BYTES
 
 # Short enough that a router answers "Redis is down" in about a second instead of hanging a request.
 REDIS_TIMEOUT_S = 1.0
@@ -120,7 +121,8 @@ class RedisState:
         return [f"{self.prefix}hosts", f"{self.prefix}members", f"{self.prefix}owners", f"{self.prefix}epoch"]
 
     def _ballot_keys(self, kind: str = "ballots") -> list[str]:
-        return [f"{self.prefix}{kind}", f"{self.prefix}{kind}:order", f"{self.prefix}{kind}:seq"]
+        return [f"{self.prefix}{kind}", f"{self.prefix}{kind}:order", f"{self.prefix}{kind}:seq",
+                f"{self.prefix}{kind}:bytes"]
 
     async def acquire(self, gpu: str, capacity_bytes: int, holder: str, size: int, ttl: float,
                       keep_free_bytes: int = 0, replacing: Collection[int] = ()) -> Lease | None:
@@ -205,7 +207,7 @@ class RedisState:
         check_keep(keep)
         payload = json.dumps(ballot)
         with self._errors():
-            await self._put_ballot(keys=self._ballot_keys(), args=[ballot_id, payload, keep])
+            await self._put_ballot(keys=self._ballot_keys(), args=[ballot_id, payload, keep, MAX_BYTES])
 
     async def get_ballot(self, ballot_id: str) -> dict[str, Any] | None:
         with self._errors():
@@ -216,7 +218,7 @@ class RedisState:
         check_keep(keep)
         payload = json.dumps(conversation)
         with self._errors():  # the ballots' script: the same bounded, most-recent-kept place
-            await self._put_ballot(keys=self._ballot_keys("responses"), args=[response_id, payload, keep])
+            await self._put_ballot(keys=self._ballot_keys("responses"), args=[response_id, payload, keep, MAX_BYTES])
 
     async def get_response(self, response_id: str) -> dict[str, Any] | None:
         with self._errors():

@@ -609,6 +609,36 @@ async def test_the_memory_store_keeps_its_conversations_within_a_byte_budget(mon
     assert await state.get_response("resp_huge") is not None and await state.get_response("resp_19") is None
 
 
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_ballots_are_kept_within_a_byte_budget_in_either_store(
+        monkeypatch: pytest.MonkeyPatch, redis_url: str, kind: str) -> None:
+    """Redis kept the last `server.ballots` ballots by count alone, each every seat's whole reply: 1,000 answers of
+    large replies held hundreds of MB of the memory the routers' leases share. It now keeps within the budget the
+    memory store keeps (the oldest go first; one larger than it is kept alone), shared by every router, and a
+    ballot put again counts once."""
+    from council.cluster import memory_store, redis_store
+
+    monkeypatch.setattr(memory_store, "MAX_BYTES", 1_000_000)
+    monkeypatch.setattr(redis_store, "MAX_BYTES", 1_000_000)
+    a, b = _pair(kind, redis_url)
+    try:
+        for i in range(20):
+            await (a if i % 2 else b).put_ballot(f"chatcmpl-{i}", {"text": "x" * 100_000}, keep=1000)
+        kept = [i for i in range(20) if await a.get_ballot(f"chatcmpl-{i}") is not None]
+        assert kept == list(range(11, 20)), kept  # the nine newest fit
+        await a.put_ballot("chatcmpl-19", {"text": "y" * 100_000}, keep=1000)  # the same id again: no one else goes
+        assert [i for i in range(20) if await b.get_ballot(f"chatcmpl-{i}") is not None] == kept
+        await b.put_ballot("chatcmpl-huge", {"text": "x" * 5_000_000}, keep=1000)
+        assert await a.get_ballot("chatcmpl-huge") is not None and await a.get_ballot("chatcmpl-19") is None
+        await a.put_ballot("chatcmpl-small", {"text": "z"}, keep=1000)  # the huge one goes once another comes
+        assert await b.get_ballot("chatcmpl-huge") is None and await b.get_ballot("chatcmpl-small") is not None
+        # Responses conversations are kept apart, within a budget of their own
+        await a.put_response("resp_0", {"items": ["x" * 900_000]}, keep=1000)
+        assert await b.get_response("resp_0") is not None and await b.get_ballot("chatcmpl-small") is not None
+    finally:
+        await _close(a, b)
+
+
 async def test_the_store_says_whether_redis_evicts_keys(tmp_path: Path, redis_url: str) -> None:
     """A Redis with `maxmemory` and an evicting policy dropped live leases under memory pressure, and another
     router leased the same GPU memory until the holder's next renewal: the router now warns at start (README)."""
