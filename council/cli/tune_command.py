@@ -21,6 +21,7 @@ from council.cli.console import (
     load_or_exit,
     machine_fits_or_exit,
     out,
+    run_stoppable,
     stopping_signals,
 )
 from council.paths import same_file, unwritable, write_whole
@@ -83,7 +84,7 @@ def tune(
 ) -> None:
     """Start MODEL's llama-server once per draft length, send the same prompts, print decode tok/s, acceptance,
     speed-up and memory per setting, and recommend the fastest n (exit 1 when no draft length ran)."""
-    from council.members.sweep import PROMPTS, run_sweep
+    from council.members.sweep import PROMPTS, sweep
     from council.policy.schema import FIXED_DRAFT_LENGTHS
 
     loaded = load_or_exit(policy)
@@ -116,7 +117,8 @@ def tune(
     # to start, and the sweep called that a measurement ("no speculation is fastest", exit 0, `--write` n_max 0).
     machine_fits_or_exit(loaded, server, model)
     # SIGTERM and SIGHUP end the sweep as Ctrl-C does: its process stops and its run folder (the member's log, a
-    # pid record) goes; Python's default was death on the spot, the folder left in /tmp.
+    # pid record) goes; Python's default was death on the spot, the folder left in /tmp. Here until the sweep starts;
+    # during it the event loop takes them (`run_stoppable`).
     for stop in stopping_signals():  # SIGTERM, and SIGHUP unless under nohup
         signal.signal(stop, signal.default_int_handler)
     out.print(f"tuning {model} ({draft.type}): n = {', '.join(map(str, measured))}, "
@@ -124,9 +126,10 @@ def tune(
     if skipped := [k for k in ns if k not in measured]:
         out.print(f"not measuring n = {', '.join(map(str, skipped))}: {_lengths(draft)}", highlight=False)
     try:
-        result = run_sweep(loaded.policy, model, measured, server, prompts=chosen, tokens=tokens, threads=threads,
-                           on_row=lambda r: err.print(f"  n={r.n}: " + (r.error or f"{r.tokens_per_second:.1f} tok/s"),
-                                                      highlight=False))
+        result = run_stoppable(sweep(loaded.policy, model, measured, server, prompts=chosen, tokens=tokens,
+                                     threads=threads, on_row=lambda r: err.print(
+                                         f"  n={r.n}: " + (r.error or f"{r.tokens_per_second:.1f} tok/s"),
+                                         highlight=False)))
     except ValueError as exc:
         raise fail(str(exc), 2) from None
     doc = result.to_json()

@@ -9,7 +9,6 @@ per-position accepted counts from `/metrics`, the plan's memory estimate and the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import tempfile
 from collections.abc import Callable, Sequence
@@ -217,7 +216,3 @@ async def sweep(policy: Policy, model: str, ns: Sequence[int], server: LlamaServ
             if on_row is not None:
                 on_row(row)
     return SweepResult(model, config.draft.type, rows, frozenset(n for n in ns if config.draft.accepts_n(n)))
-
-
-def run_sweep(*args: Any, **kwargs: Any) -> SweepResult:
-    return asyncio.run(sweep(*args, **kwargs))
