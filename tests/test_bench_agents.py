@@ -53,12 +53,12 @@ def test_a_second_fresh_draw_changes_no_earlier_one_and_shares_no_item_with_it()
 
 def test_the_recorded_answers_still_give_the_held_out_result_readme_reports() -> None:
     """README's results, re-scored from bench/records/ as `--score-only --more 20 --wide 8 --temperatures 0.3,1.0
-    --fresh 20,20,10` does: the council chosen on the seeded half is the agents policy's (ties to its greedy seat),
+    --fresh 20,20,10,20` does: the council chosen on the seeded half is the agents policy's (ties to its greedy seat),
     and on the 180 items it was not chosen on it gains +5 points over its greedy seat with the interval above 0, no
-    category significantly lower and irrelevance at least the seat's; over all 480 items it was not chosen on (the
-    three fresh draws too) +4.0, the interval above 0, where the default tie-break's interval is not. A change to
+    category significantly lower and irrelevance at least the seat's; over all 600 items it was not chosen on (the
+    four fresh draws too) +2.7, the interval above 0, where the default tie-break's (+1.2) is not. A change to
     the vote, recovery or the grader that moves them shows here."""
-    items, first, fresh = drawn(_every(), 20, 20, 20, [20, 20, 10])
+    items, first, fresh = drawn(_every(), 20, 20, 20, [20, 20, 10, 20])
     by_id = {i.id: i for i in items}
     files = {name: RECORDS / f"agents-{name}.jsonl" for name in arms(list(DEFAULT_MODELS), DEFAULT_MODELS[0], 4, 8,
                                                                         [0.3, 1.0])}
@@ -74,8 +74,8 @@ def test_the_recorded_answers_still_give_the_held_out_result_readme_reports() ->
     irrelevance = result["per_category"]["irrelevance"]
     assert irrelevance["council"] >= irrelevance["best_seat"]
     past = result["splits"][result["council"]]["all past the choice"]
-    assert past["items"] == 480 and round(past["points"], 1) == 4.0 and past["low"] > 0, past
+    assert past["items"] == 600 and round(past["points"], 1) == 2.7 and past["low"] > 0, past
     assert past["invalid_calls_returned"] == 0
     assert all(c["high"] >= 0 for c in past["per_category"].values()), past["per_category"]
     default = result["splits"]["brief-sc8-fresh-qwen1.5b: council (council set), with recovery"]["all past the choice"]
-    assert round(default["points"], 1) == 2.5 and default["low"] < 0, default
+    assert round(default["points"], 1) == 1.2 and default["low"] < 0, default
